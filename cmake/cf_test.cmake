@@ -1,0 +1,16 @@
+# cf_test(name SOURCES a.c [b.c] LABEL unit|integration|fault [TIMEOUT s])
+# One cmocka program, one CTest entry, linked to the static library so it
+# reaches internals. Integration tests find the daemons and example task
+# library through environment variables, never through fixed paths.
+function(cf_test name)
+    cmake_parse_arguments(T "" "LABEL;TIMEOUT" "SOURCES" ${ARGN})
+    if(NOT T_TIMEOUT)
+        set(T_TIMEOUT 120)
+    endif()
+    add_executable(${name} ${T_SOURCES})
+    target_link_libraries(${name} PRIVATE cfutures_static PkgConfig::CMOCKA cf_flags)
+    target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+    add_test(NAME ${name} COMMAND ${name})
+    set_tests_properties(${name} PROPERTIES TIMEOUT ${T_TIMEOUT} LABELS ${T_LABEL}
+        ENVIRONMENT "CF_BROKER_BIN=$<TARGET_FILE:cf-broker>;CF_WORKER_BIN=$<TARGET_FILE:cf-worker>;CF_TASKS_LIB=$<TARGET_FILE:example_tasks>;CF_EXAMPLES_DIR=${PROJECT_BINARY_DIR}/examples;CF_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+endfunction()

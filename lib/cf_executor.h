@@ -1,0 +1,47 @@
+//  The executor front: one public API (cf_submit, map, shutdown, progress)
+//  over three back ends behind a table of operations:
+//      CF_THREADS    cf_pool    direct in-process queue and worker threads
+//      CF_PROCESSES  cf_client  + embedded cf_broker actor + cf_procs supervisor
+//      CF_REMOTE     cf_client  to a cf-broker over tcp://
+//  The front owns the executor struct, the progress counters and shutdown
+//  state; a back end owns its threads, sockets and processes.
+
+#ifndef CF_EXECUTOR_H
+#define CF_EXECUTOR_H
+
+#include "cf_future.h"
+
+//  One task on its way: what a back end receives from the front.
+typedef struct cf_task {
+    cf_future_t *future;        //  a reference owned by the task
+    char *function;             //  NUL-terminated, owned
+    uint8_t *args;              //  one msgpack array, owned
+    size_t args_len;
+    int32_t retries;            //  resolved: <0 none
+    uint32_t timeout_ms;        //  resolved: 0 none
+    uint32_t flags;             //  CF_TASK_* of cf_proto.h
+} cf_task_t;
+
+//  Frees a task and drops its future reference. Safe with NULL and twice.
+void cf_task_destroy(cf_task_t **task);
+
+typedef struct {
+    const char *name;
+    //  Takes the task (also on error). The back end must resolve the
+    //  future eventually: result, error or cancelled.
+    cf_err_t (*submit)(void *backend, cf_task_t **task);
+    //  Stop taking tasks; cancel_futures: cancel queued ones; wait: return
+    //  when everything in flight is resolved.
+    cf_err_t (*shutdown)(void *backend, bool wait, bool cancel_futures);
+    //  Frees the back end after shutdown(wait = true): no thread or process
+    //  left behind.
+    void (*destroy)(void **backend);
+    int (*max_workers)(void *backend);
+} cf_backend_ops_t;
+
+#define CF_DEFAULT_RETRIES 3
+
+//  Number of online CPUs (at least 1).
+int cf_executor_cores(void);
+
+#endif

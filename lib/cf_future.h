@@ -1,0 +1,74 @@
+//  Futures: the only objects shared between threads. Each has a mutex and a
+//  condition variable held briefly, never while user code (callbacks) runs.
+//
+//  State machine:  PENDING -> RUNNING -> FINISHED | FAILED
+//                  PENDING -> CANCELLED
+//  The first transition to a final state wins; later ones return false, so
+//  a result that arrives after a cancel or a timeout is dropped harmlessly.
+//
+//  Executors resolve futures; cancel is forwarded to the executor through
+//  the canceller hook, which decides (a queued task can be removed, a
+//  running one cannot).
+//
+//  Waiters (cf_wait, cf_as_completed, map) register a cf_future_waiter_t and
+//  are notified on completion; the notification only touches the waiter's own
+//  lock, so a waiter on thousands of futures costs one wakeup per completion.
+
+#ifndef CF_FUTURE_H
+#define CF_FUTURE_H
+
+#include "cfutures.h"
+
+#include <pthread.h>
+
+typedef enum {
+    CF_FUTURE_PENDING,
+    CF_FUTURE_RUNNING,
+    CF_FUTURE_FINISHED,
+    CF_FUTURE_FAILED,
+    CF_FUTURE_CANCELLED
+} cf_future_state_t;
+
+//  Asked to cancel f; returns true if the task was removed before starting
+//  (the canceller then calls cf_future_set_cancelled itself or lets
+//  cf_future_cancel do it: see cf_future_cancel in cf_future.c).
+typedef bool (cf_canceller_fn)(void *executor, cf_future_t *f);
+
+//  A new pending future with one reference (the caller's). NULL on ENOMEM.
+cf_future_t *cf_future_new(const char *function, size_t function_len);
+//  Another reference (the executor keeps one while the task is in flight).
+cf_future_t *cf_future_ref(cf_future_t *f);
+
+void cf_future_set_canceller(cf_future_t *f, cf_canceller_fn *fn, void *executor);
+cf_future_state_t cf_future_state(cf_future_t *f);
+
+//  Transitions; each returns true when it happened. Results and errors are
+//  copied. Completion wakes waiters, runs callbacks then the completion hook.
+bool cf_future_set_running(cf_future_t *f);
+bool cf_future_set_result(cf_future_t *f, const void *value, size_t len);
+//  Takes value (malloc'd) instead of copying it; frees it when not taken.
+bool cf_future_take_result(cf_future_t *f, uint8_t *value, size_t len);
+bool cf_future_set_error(cf_future_t *f, const char *type, const char *message,
+                         const char *host, int pid);
+bool cf_future_set_cancelled(cf_future_t *f);
+
+//  Called once after f completes, after its callbacks, with the final state:
+//  executors use it for progress counters. One hook per future.
+typedef void (cf_complete_fn)(void *arg, cf_future_t *f, cf_future_state_t state);
+void cf_future_set_complete_hook(cf_future_t *f, cf_complete_fn *fn, void *arg);
+
+//  Waiters. A waiter is signalled (under its own lock) each time one of its
+//  futures completes; the future is appended to its ready list.
+typedef struct cf_future_waiter cf_future_waiter_t;
+cf_future_waiter_t *cf_future_waiter_new(void);
+void cf_future_waiter_destroy(cf_future_waiter_t **waiter);
+//  Registers waiter on f; returns true if f was already done (then nothing
+//  is registered and the caller treats it as ready).
+bool cf_future_waiter_add(cf_future_waiter_t *waiter, cf_future_t *f);
+//  Unregisters from f (safe if f already completed).
+void cf_future_waiter_remove(cf_future_waiter_t *waiter, cf_future_t *f);
+//  Pops the next completed future, waiting until deadline_ms (absolute
+//  cf_clock_now_ms time, -1: none). NULL on timeout.
+cf_future_t *cf_future_waiter_next(cf_future_waiter_t *waiter, int64_t deadline_ms);
+
+#endif

@@ -1,0 +1,26 @@
+//  A hash map from uint64 ids to pointers: open addressing, linear probing,
+//  backward-shift deletion (no tombstones, so a long-running broker's map
+//  never degrades). Not thread-safe: each actor owns its maps.
+
+#ifndef CF_IDMAP_H
+#define CF_IDMAP_H
+
+#include "cfutures.h"
+
+typedef struct cf_idmap cf_idmap_t;
+
+cf_idmap_t *cf_idmap_new(size_t initial_capacity);
+//  Frees the map, not the values. Safe with NULL and twice.
+void cf_idmap_destroy(cf_idmap_t **map);
+//  Inserts or replaces. CF_OK or CF_ENOMEM.
+cf_err_t cf_idmap_put(cf_idmap_t *map, uint64_t id, void *value);
+//  The value, or NULL.
+void *cf_idmap_get(const cf_idmap_t *map, uint64_t id);
+//  Removes and returns the value, or NULL.
+void *cf_idmap_remove(cf_idmap_t *map, uint64_t id);
+size_t cf_idmap_size(const cf_idmap_t *map);
+//  Iteration: *cursor starts at 0; returns false at the end. Removing the
+//  current entry during iteration is not allowed; collect ids first.
+bool cf_idmap_next(const cf_idmap_t *map, size_t *cursor, uint64_t *id, void **value);
+
+#endif

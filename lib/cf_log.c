@@ -1,0 +1,53 @@
+//  Process-wide log handler. The handler and level are read on every call
+//  without a lock: they are set once at startup by the application or the
+//  daemon's main, and atomics keep a late change well-defined.
+
+#include "cf_log.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static _Atomic(cf_log_fn *) s_handler = NULL;
+static void *_Atomic s_handler_arg = NULL;
+static atomic_int s_min_level = CF_LOG_INFO;
+
+void cf_log_set_handler(cf_log_fn *fn, void *arg, cf_log_level_t min_level)
+{
+    atomic_store(&s_handler_arg, arg);
+    atomic_store(&s_min_level, (int)min_level);
+    atomic_store(&s_handler, fn);
+}
+
+bool cf_log_enabled(cf_log_level_t level)
+{
+    return atomic_load(&s_handler) != NULL && (int)level >= atomic_load(&s_min_level);
+}
+
+void cf_log(cf_log_level_t level, const char *component, const char *fmt, ...)
+{
+    cf_log_fn *fn = atomic_load(&s_handler);
+    if (!fn || (int)level < atomic_load(&s_min_level))
+        return;
+    char message[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    fn(level, component, message, atomic_load(&s_handler_arg));
+}
+
+void cf_log_to_stderr(cf_log_level_t level, const char *component, const char *message,
+                      void *arg)
+{
+    static const char letters[] = "DIWE";
+    (void)arg;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    //  One fprintf per line so lines from several threads never interleave.
+    fprintf(stderr, "%02d:%02d:%02d.%03ld %c: %s: %s\n", tm.tm_hour, tm.tm_min, tm.tm_sec,
+            ts.tv_nsec / 1000000, letters[level & 3], component, message);
+}

@@ -1,0 +1,88 @@
+//  msgpack, bounded. msgpack-c's unpacker has no size limits (5 bytes
+//  "dd 05 f5 e1 00" make it reserve 4 GiB), accepts trailing bytes and says
+//  CONTINUE on truncation, so network input never reaches it: this module
+//  reads msgpack with a cursor that checks every length and count against the
+//  bytes actually present before anything is allocated, and decodes values
+//  into one arena allocation. Writing uses msgpack-c's packer.
+//
+//  Everything else in cfutures reads msgpack only through this module.
+
+#ifndef CF_MP_H
+#define CF_MP_H
+
+#include "cfutures.h"
+
+#include <msgpack.h>
+
+//  Nesting deeper than this is malformed (also bounds recursion).
+#define CF_MP_MAX_DEPTH 64
+
+// ---------------------------------------------------------------------------
+//  Cursor reading: each call checks the type and that the bytes are present,
+//  advances on success and returns CF_OK, else CF_EPROTO (wrong type,
+//  truncated) and leaves the cursor where it was.
+
+typedef struct {
+    const uint8_t *data;
+    size_t size;
+    size_t pos;
+} cf_mp_reader_t;
+
+void cf_mp_reader_init(cf_mp_reader_t *r, const void *data, size_t size);
+size_t cf_mp_reader_left(const cf_mp_reader_t *r);
+//  An array header; *count is checked against the bytes left (each item takes
+//  at least one byte) and against max_count.
+cf_err_t cf_mp_read_array(cf_mp_reader_t *r, uint32_t max_count, uint32_t *count);
+cf_err_t cf_mp_read_map(cf_mp_reader_t *r, uint32_t max_count, uint32_t *count);
+cf_err_t cf_mp_read_uint(cf_mp_reader_t *r, uint64_t *out);     //  non-negative ints
+cf_err_t cf_mp_read_int(cf_mp_reader_t *r, int64_t *out);
+cf_err_t cf_mp_read_bool(cf_mp_reader_t *r, bool *out);
+cf_err_t cf_mp_read_nil(cf_mp_reader_t *r);
+bool cf_mp_peek_nil(const cf_mp_reader_t *r);
+//  A str: *ptr points into the input (not NUL-terminated), at most max_len.
+cf_err_t cf_mp_read_str(cf_mp_reader_t *r, size_t max_len, const char **ptr, size_t *len);
+cf_err_t cf_mp_read_bin(cf_mp_reader_t *r, size_t max_len, const void **ptr, size_t *len);
+//  Skips one whole value of any type (bounded depth). *start/*len (may be
+//  NULL) get the bytes it spanned, so a nested value can be kept raw.
+cf_err_t cf_mp_skip(cf_mp_reader_t *r, const uint8_t **start, size_t *len);
+
+//  True when data holds exactly one well-formed value, nothing after it.
+bool cf_mp_valid(const void *data, size_t size);
+//  True when data holds exactly one well-formed array.
+bool cf_mp_valid_array(const void *data, size_t size);
+
+// ---------------------------------------------------------------------------
+//  Decoded values (cf_value_t of the public API). One malloc holds the whole
+//  tree and NUL-terminated copies of every str.
+
+typedef struct cf_mp_doc cf_mp_doc_t;
+
+//  Decodes exactly one value (trailing bytes are malformed). CF_EPROTO or
+//  CF_ENOMEM; *doc is NULL on error.
+cf_err_t cf_mp_doc_decode(const void *data, size_t size, cf_mp_doc_t **doc);
+const cf_value_t *cf_mp_doc_root(const cf_mp_doc_t *doc);
+void cf_mp_doc_destroy(cf_mp_doc_t **doc);
+
+// ---------------------------------------------------------------------------
+//  Writing.
+
+//  A growable buffer with a packer writing into it.
+typedef struct {
+    msgpack_sbuffer buf;
+    msgpack_packer pk;
+} cf_mp_writer_t;
+
+void cf_mp_writer_init(cf_mp_writer_t *w);
+void cf_mp_writer_fini(cf_mp_writer_t *w);
+void cf_mp_writer_reset(cf_mp_writer_t *w);     //  keeps capacity
+//  Hands the bytes over (yours to free) and resets the writer.
+uint8_t *cf_mp_writer_take(cf_mp_writer_t *w, size_t *len);
+//  Appends one copy of v.
+cf_err_t cf_mp_write_value(cf_mp_writer_t *w, const cf_value_t *v);
+//  Appends what fmt describes (see "Argument formats" in cfutures.h).
+//  as_array: wrap everything in one array (argument lists); otherwise fmt
+//  must describe exactly one value. CF_EINVAL on a bad format, with
+//  cf_error_set saying where.
+cf_err_t cf_mp_write_format(cf_mp_writer_t *w, bool as_array, const char *fmt, va_list *ap);
+
+#endif

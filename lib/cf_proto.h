@@ -1,0 +1,178 @@
+//  The wire protocol, "cf/1" (docs/protocol.md is its specification and
+//  changes in the same commit as this module). The only code that touches
+//  frames.
+//
+//  A message is three ZeroMQ frames after any routing id:
+//      [ "cf/1" ] [ command, ASCII ] [ body, one msgpack value ]
+//  Decoding checks the version frame first, holds every length and count to
+//  a named limit before allocating, and has one exit for malformed input.
+//
+//  Ids: a client numbers its tasks (starting at random, so a restarted client
+//  cannot match its predecessor's replies); the broker gives each task its own
+//  id for the worker side and maps results back.
+
+#ifndef CF_PROTO_H
+#define CF_PROTO_H
+
+#include "cfutures.h"
+
+#include <zmq.h>
+
+#define CF_PROTO_VERSION        "cf/1"
+#define CF_PROTO_MAX_FRAME      (64u * 1024 * 1024)    //  body bytes
+#define CF_PROTO_MAX_FRAMES     8       //  frames in a message, routing id included
+#define CF_PROTO_MAX_BATCH      65536   //  tasks, results or ids in one body
+#define CF_PROTO_MAX_NAME       255     //  function name bytes
+#define CF_PROTO_MAX_TEXT       4096    //  error type/message/host bytes
+#define CF_PROTO_MAX_STATS      64      //  stats map pairs
+
+typedef enum {
+    CF_MSG_SUBMIT = 1,  //  client -> broker: tasks
+    CF_MSG_CANCEL,      //  client -> broker: ids to cancel if not started
+    CF_MSG_STARTED,     //  broker -> client: ids now on a worker
+    CF_MSG_RESULT,      //  broker -> client, worker -> broker: outcomes
+    CF_MSG_TASK,        //  broker -> worker: tasks to run
+    CF_MSG_READY,       //  worker -> broker: hello with capacity
+    CF_MSG_CREDIT,      //  worker -> broker: more capacity
+    CF_MSG_HEARTBEAT,   //  both ways
+    CF_MSG_DISCONNECT,  //  both ways: going away
+    CF_MSG_STATS,       //  client -> broker request, broker -> client reply
+    CF_MSG_ERROR,       //  broker -> peer: a message was refused
+    CF_MSG_TYPE_COUNT_
+} cf_msg_type_t;
+
+//  The command frame's text ("SUBMIT", ...), or NULL.
+const char *cf_proto_command_name(cf_msg_type_t type);
+
+typedef enum {
+    CF_STATUS_OK = 0,           //  value holds the msgpack result
+    CF_STATUS_ERROR = 1,        //  error holds type, message, ...
+    CF_STATUS_CANCELLED = 2,    //  removed before it started
+    CF_STATUS_BUSY = 3          //  broker queue full: resend later
+} cf_status_t;
+
+//  Task flags.
+#define CF_TASK_RETRY_ON_ERROR 0x1u
+
+//  Strings and byte fields in decoded messages point into the message's body
+//  and live as long as the message. Strings are NOT NUL-terminated: use the
+//  _len fields.
+typedef struct {
+    const char *ptr;
+    size_t len;
+} cf_proto_str_t;
+
+typedef struct {
+    uint64_t id;
+    cf_proto_str_t function;
+    const uint8_t *args;        //  one msgpack array
+    size_t args_len;
+    int32_t retries;            //  retries after a lost worker (<0: none)
+    uint32_t timeout_ms;        //  0: none
+    uint32_t flags;             //  CF_TASK_*
+} cf_proto_task_t;
+
+typedef struct {
+    cf_proto_str_t type, message, function, host;
+    int32_t pid;
+} cf_proto_error_t;
+
+typedef struct {
+    uint64_t id;
+    cf_status_t status;
+    const uint8_t *value;       //  CF_STATUS_OK: one msgpack value
+    size_t value_len;
+    cf_proto_error_t error;     //  CF_STATUS_ERROR
+} cf_proto_result_t;
+
+typedef struct {
+    cf_proto_str_t name;
+    uint64_t value;
+} cf_proto_stat_t;
+
+typedef struct {
+    cf_msg_type_t type;
+    //  Which of these is set depends on type.
+    cf_proto_task_t *tasks;     //  SUBMIT, TASK
+    cf_proto_result_t *results; //  RESULT
+    uint64_t *ids;              //  CANCEL, STARTED
+    size_t count;               //  items in tasks / results / ids / stats
+    uint32_t credit;            //  READY, CREDIT
+    uint64_t boot;              //  HEARTBEAT from the broker: its instance id (0 from peers)
+    uint32_t ivl_ms;            //  HEARTBEAT from the broker: its heartbeat interval
+    cf_proto_str_t host;        //  READY
+    int32_t pid;                //  READY
+    cf_proto_stat_t *stats;     //  STATS reply
+    cf_proto_str_t text;        //  ERROR, DISCONNECT: reason
+    uint64_t ref;               //  ERROR: id it concerns, 0 if none
+    //  Owned storage behind the pointers above.
+    zmq_msg_t body_;
+    bool has_body_;
+    void *storage_;
+} cf_proto_msg_t;
+
+//  Decodes the frames of one message (routing id already removed):
+//  frames[0] version, frames[1] command, frames[2] body. CF_EPROTO for any
+//  malformed input, CF_ENOMEM; *msg is NULL on error. On success the body
+//  frame is moved into the message (frames[2] is left empty).
+cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg);
+void cf_proto_msg_destroy(cf_proto_msg_t **msg);
+
+//  Receives one whole message from socket without blocking past what zmq
+//  already has: *routing_id gets the first frame when is_router (caller
+//  closes it with zmq_msg_close). A message with more than
+//  CF_PROTO_MAX_FRAMES frames is read to its end and dropped (CF_EPROTO),
+//  so an endless multipart stream never grows memory. Returns CF_OK,
+//  CF_EPROTO (malformed: counted by the caller; *routing_id still set when
+//  known), CF_ETIMEDOUT (EAGAIN: nothing to read) or CF_ESYS.
+cf_err_t cf_proto_recv(void *socket, bool is_router, zmq_msg_t *routing_id,
+                       cf_proto_msg_t **msg);
+
+// ---------------------------------------------------------------------------
+//  Encoding: an encoder builds one message body incrementally, then sends.
+//  Sending uses ZMQ_DONTWAIT: CF_EBUSY means the peer is at its high-water
+//  mark (EAGAIN), CF_ENOTFOUND that a ROUTER peer is gone (EHOSTUNREACH);
+//  the caller decides what happens to the content. A successful send never
+//  means delivered.
+
+typedef struct cf_proto_enc cf_proto_enc_t;
+
+cf_proto_enc_t *cf_proto_enc_new(void);
+void cf_proto_enc_destroy(cf_proto_enc_t **enc);
+//  Starts a message of type; previous content is discarded.
+void cf_proto_enc_begin(cf_proto_enc_t *enc, cf_msg_type_t type);
+//  Items of SUBMIT / TASK (TASK ignores retries and flags).
+cf_err_t cf_proto_enc_task(cf_proto_enc_t *enc, uint64_t id, const char *function,
+                           size_t function_len, const void *args, size_t args_len,
+                           int32_t retries, uint32_t timeout_ms, uint32_t flags);
+//  Items of RESULT.
+cf_err_t cf_proto_enc_result_ok(cf_proto_enc_t *enc, uint64_t id, const void *value,
+                                size_t value_len);
+cf_err_t cf_proto_enc_result_error(cf_proto_enc_t *enc, uint64_t id, const char *type,
+                                   const char *message, const char *function,
+                                   const char *host, int32_t pid);
+cf_err_t cf_proto_enc_result_status(cf_proto_enc_t *enc, uint64_t id, cf_status_t status);
+//  Items of CANCEL / STARTED.
+cf_err_t cf_proto_enc_id(cf_proto_enc_t *enc, uint64_t id);
+//  Items of STATS replies.
+cf_err_t cf_proto_enc_stat(cf_proto_enc_t *enc, const char *name, uint64_t value);
+//  The single-body messages.
+void cf_proto_enc_ready(cf_proto_enc_t *enc, uint32_t credit, const char *host, int32_t pid);
+void cf_proto_enc_credit(cf_proto_enc_t *enc, uint32_t credit);
+//  The broker sends its boot id and interval; clients and workers send 0, 0.
+void cf_proto_enc_heartbeat(cf_proto_enc_t *enc, uint64_t boot, uint32_t ivl_ms);
+void cf_proto_enc_text(cf_proto_enc_t *enc, const char *text, uint64_t ref);  //  ERROR, DISCONNECT
+//  Items added since begin.
+size_t cf_proto_enc_count(const cf_proto_enc_t *enc);
+//  Bytes of the body so far (callers split batches before CF_PROTO_MAX_FRAME).
+size_t cf_proto_enc_size(const cf_proto_enc_t *enc);
+//  Sends the message (to routing_id on a ROUTER, NULL on a DEALER) and
+//  resets the encoder whatever happens.
+cf_err_t cf_proto_enc_send(cf_proto_enc_t *enc, void *socket, const void *routing_id,
+                           size_t routing_id_len);
+
+//  Applies the socket options every cfutures socket gets: linger, maximum
+//  frame size, ROUTER_MANDATORY on routers, handshake interval.
+cf_err_t cf_proto_socket_setup(void *socket, bool is_router);
+
+#endif

@@ -1,0 +1,52 @@
+//  Task registry and task execution. Functions are registered by name
+//  (CF_TASK runs cf_task_register from a constructor, in a program or in a
+//  task library loaded with cf_registry_load). cf_registry_run runs one task
+//  from its encoded arguments and produces an encoded outcome; every executor
+//  kind and cf-worker run tasks only through it, so a task behaves the same
+//  everywhere.
+//
+//  Built-in function "cf.chunk": arguments [function, [args1, args2, ...]];
+//  runs function on each argument list in order and returns an array with
+//  one item per input: [0, value] on success or [1, type, message] on error.
+//  map's chunksize sends chunks through it on every executor kind.
+
+#ifndef CF_REGISTRY_H
+#define CF_REGISTRY_H
+
+#include "cfutures.h"
+
+#define CF_CHUNK_FUNCTION "cf.chunk"
+
+//  The function registered under name (name_len bytes, not NUL-terminated),
+//  or NULL. Safe from any thread; registration after startup is allowed.
+cf_task_fn *cf_registry_find(const char *name, size_t name_len);
+size_t cf_registry_count(void);
+
+//  dlopen()s a task library so its CF_TASK constructors register its tasks.
+//  CF_ENOTFOUND with cf_last_error() giving dlerror()'s text, or
+//  CF_EINVAL when it registered nothing.
+cf_err_t cf_registry_load(const char *path);
+
+//  The outcome of running one task.
+typedef struct {
+    bool ok;
+    uint8_t *value;             //  ok: one msgpack value (malloc'd, yours)
+    size_t value_len;
+    char *error_type;           //  !ok: malloc'd, yours
+    char *error_message;        //  !ok: malloc'd, yours
+} cf_outcome_t;
+
+void cf_outcome_fini(cf_outcome_t *outcome);
+
+//  Runs function (not NUL-terminated) on args (one msgpack array, validated
+//  here). Never fails as a call: an unknown function gives UnknownFunction,
+//  malformed args ProtocolError, a bad argument TypeError, all as outcomes.
+//  Only CF_ENOMEM is returned as an error. Thread-safe; the task runs on the
+//  calling thread.
+cf_err_t cf_registry_run(const char *function, size_t function_len, const void *args,
+                         size_t args_len, cf_outcome_t *outcome);
+
+//  This host's name (cached; for error reports).
+const char *cf_registry_hostname(void);
+
+#endif

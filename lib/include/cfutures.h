@@ -1,0 +1,452 @@
+//  cfutures: Python's concurrent.futures model in C, across threads, local
+//  processes and remote workers behind a broker.
+//
+//  A task is a function registered by name (CF_TASK) that takes msgpack
+//  arguments and produces a msgpack result or an error. Arguments and results
+//  are encoded on every executor kind, so a task that works on CF_THREADS works
+//  unchanged on CF_PROCESSES and on a remote broker: switching kind is one
+//  identifier.
+//
+//      static void slow_double(cf_call_t *call)
+//      {
+//          int64_t x = cf_arg_int(call, 0);
+//          usleep(100 * 1000);
+//          cf_return_int(call, 2 * x);
+//      }
+//      CF_TASK(slow_double);
+//
+//      cf_executor_t *ex = cf_executor_new(CF_THREADS, &(cf_options_t){.max_workers = 5});
+//      cf_future_t *f = cf_submit(ex, "slow_double", "i", 21);
+//      int64_t value;
+//      if (cf_future_int(f, -1, &value) == CF_OK)
+//          printf("%lld\n", (long long)value);
+//      cf_future_release(&f);
+//      cf_executor_destroy(&ex);
+//
+//  Ownership: a T ** argument means "I take it and set yours to NULL". A
+//  returned const pointer is borrowed; its lifetime is stated on each call.
+//  Every call is safe from any thread unless it says otherwise.
+
+#ifndef CFUTURES_H
+#define CFUTURES_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CF_VERSION_MAJOR 0
+#define CF_VERSION_MINOR 1
+#define CF_VERSION_PATCH 0
+
+#if defined(__GNUC__)
+#   define CF_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#   define CF_PRINTF(f, a)
+#endif
+
+// ---------------------------------------------------------------------------
+//  Errors
+
+//  One list yields the enum and cf_strerror().
+#define CF_ERRORS(X)                                                   \
+    X(CF_OK,         "success")                                        \
+    X(CF_EINVAL,     "invalid argument")                               \
+    X(CF_ENOMEM,     "out of memory")                                  \
+    X(CF_ESYS,       "system call failed")                             \
+    X(CF_EPROTO,     "malformed or unexpected message")                \
+    X(CF_ETIMEDOUT,  "timed out")                                      \
+    X(CF_ECANCELLED, "cancelled")                                      \
+    X(CF_ETASK,      "task failed")                                    \
+    X(CF_ESHUTDOWN,  "executor is shut down")                          \
+    X(CF_EBUSY,      "queue full")                                     \
+    X(CF_ETOOBIG,    "message too large")                              \
+    X(CF_ENOTFOUND,  "not found")                                      \
+    X(CF_ETYPE,      "wrong type")                                     \
+    X(CF_EAUTH,      "authentication failed")                          \
+    X(CF_ESTOP,      "no more items")
+
+typedef enum {
+#define CF_ERR_ENUM_(name, text) name,
+    CF_ERRORS(CF_ERR_ENUM_)
+#undef CF_ERR_ENUM_
+    CF_ERR_COUNT_
+} cf_err_t;
+
+//  A static description of err, never NULL.
+const char *cf_strerror(cf_err_t err);
+
+//  The code and one-line message of the last failed call in this thread that
+//  returned NULL (constructors, cf_submit). The message is borrowed until the
+//  next failing call in this thread.
+cf_err_t cf_last_err(void);
+const char *cf_last_error(void);
+
+// ---------------------------------------------------------------------------
+//  Values: a read-only view of decoded msgpack. Strings are NUL-terminated.
+//  A value lives as long as what it came from (the future, the call, the map
+//  iterator) and is never freed by the caller.
+
+typedef enum {
+    CF_TYPE_NIL,
+    CF_TYPE_BOOL,
+    CF_TYPE_INT,        //  any integer; cf_value_get_int/uint say if it fits
+    CF_TYPE_FLOAT,
+    CF_TYPE_STR,
+    CF_TYPE_BIN,
+    CF_TYPE_ARRAY,
+    CF_TYPE_MAP,
+    CF_TYPE_EXT
+} cf_type_t;
+
+typedef struct cf_value cf_value_t;
+
+cf_type_t cf_value_type(const cf_value_t *v);
+//  A static name: "nil", "bool", "int", "float", "str", "bin", "array", ...
+const char *cf_type_name(cf_type_t type);
+//  CF_OK, or CF_ETYPE when v is not of that type (or does not fit).
+cf_err_t cf_value_get_int(const cf_value_t *v, int64_t *out);
+cf_err_t cf_value_get_uint(const cf_value_t *v, uint64_t *out);
+cf_err_t cf_value_get_double(const cf_value_t *v, double *out);   //  ints convert
+cf_err_t cf_value_get_bool(const cf_value_t *v, bool *out);
+//  NULL unless a string; len (may be NULL) gets its length in bytes.
+const char *cf_value_str(const cf_value_t *v, size_t *len);
+//  NULL unless bin; len gets its length.
+const void *cf_value_bin(const cf_value_t *v, size_t *len);
+//  Items of an array, pairs of a map, bytes of a str/bin; 0 otherwise.
+size_t cf_value_len(const cf_value_t *v);
+//  Array item i, or NULL when v is not an array or i is out of range.
+const cf_value_t *cf_value_at(const cf_value_t *v, size_t i);
+//  Map pair i, or NULL.
+const cf_value_t *cf_value_key_at(const cf_value_t *v, size_t i);
+const cf_value_t *cf_value_val_at(const cf_value_t *v, size_t i);
+//  The value under a string key of a map, or NULL.
+const cf_value_t *cf_value_get(const cf_value_t *v, const char *key);
+//  A Python-like rendering ("[0, 2, 4]", "{'a': 1}", "'text'", "None"),
+//  malloc'd: yours to free. NULL when out of memory.
+char *cf_value_repr(const cf_value_t *v);
+
+// ---------------------------------------------------------------------------
+//  Argument formats. cf_submit, cf_returnf and cf_args_addf describe values
+//  with a short format, like Python's Py_BuildValue. Each letter takes
+//  C arguments (after default promotions):
+//
+//      n  nil                          (none)
+//      b  bool                         int
+//      i  int64 from int               int
+//      l  int64 from long              long
+//      L  int64                        int64_t
+//      u  uint64 from unsigned         unsigned
+//      U  uint64                       uint64_t
+//      d  float64                      double
+//      s  string (NULL packs nil)      const char *
+//      y  bytes                        const void *, size_t
+//      v  a copy of a value            const cf_value_t *
+//      m  raw msgpack, one value       const void *, size_t   (validated)
+//      [ ... ]  an array of what is inside
+//      { ... }  a map: key, value, key, value, ...
+//
+//  Spaces and commas are ignored. For cf_submit the whole format is the
+//  argument list: "ii" passes two ints, "" passes none.
+
+// ---------------------------------------------------------------------------
+//  Tasks: writing them
+
+typedef struct cf_call cf_call_t;
+typedef void (cf_task_fn)(cf_call_t *call);
+
+//  Registers fn under its own name before main runs (a constructor), in a
+//  program or in a task library that cf-worker loads. One line next to the
+//  function:  CF_TASK(slow_double);
+#define CF_TASK(fn) CF_TASK_NAMED(#fn, fn)
+#define CF_TASK_NAMED(name, fn)                                        \
+    __attribute__((constructor)) static void cf_register_task_##fn(void) \
+    { cf_task_register(name, fn); }
+
+//  Adds or replaces a task by name. Names are 1..255 bytes. Returns CF_OK,
+//  CF_EINVAL or CF_ENOMEM. Safe from any thread.
+cf_err_t cf_task_register(const char *name, cf_task_fn *fn);
+
+//  Arguments of the running call. A getter given a missing index or a value
+//  of another type raises TypeError on the call (the task fails with a clear
+//  message naming the function, the index and the types) and returns 0, "",
+//  false or NULL, so a task can read all its arguments and check once with
+//  cf_failed, or not at all: what it returns after a failed getter is ignored.
+size_t cf_arg_count(cf_call_t *call);
+int64_t cf_arg_int(cf_call_t *call, size_t i);
+uint64_t cf_arg_uint(cf_call_t *call, size_t i);
+double cf_arg_double(cf_call_t *call, size_t i);
+bool cf_arg_bool(cf_call_t *call, size_t i);
+const char *cf_arg_str(cf_call_t *call, size_t i);                 //  NUL-terminated
+const void *cf_arg_bytes(cf_call_t *call, size_t i, size_t *len);
+const cf_value_t *cf_arg(cf_call_t *call, size_t i);               //  any type
+const cf_value_t *cf_args(cf_call_t *call);                        //  the array
+//  The raw msgpack array of arguments.
+const void *cf_args_raw(cf_call_t *call, size_t *len);
+//  The function name this call runs under.
+const char *cf_call_function(cf_call_t *call);
+//  True once the call raised (explicitly or through a failed getter).
+bool cf_failed(cf_call_t *call);
+
+//  The result. The last return wins; no return means nil.
+void cf_return_nil(cf_call_t *call);
+void cf_return_int(cf_call_t *call, int64_t value);
+void cf_return_uint(cf_call_t *call, uint64_t value);
+void cf_return_double(cf_call_t *call, double value);
+void cf_return_bool(cf_call_t *call, bool value);
+void cf_return_str(cf_call_t *call, const char *value);
+void cf_return_bytes(cf_call_t *call, const void *data, size_t len);
+//  One value built from a format: cf_returnf(call, "[is]", 1, "one").
+void cf_returnf(cf_call_t *call, const char *fmt, ...);
+//  One raw msgpack value; validated, a malformed one raises ValueError.
+void cf_return_raw(cf_call_t *call, const void *msgpack, size_t len);
+
+//  Fails the call with an error type ("ValueError") and a message, like a
+//  Python exception. The first raise wins.
+void cf_raise(cf_call_t *call, const char *type, const char *fmt, ...) CF_PRINTF(3, 4);
+
+// ---------------------------------------------------------------------------
+//  Errors of tasks, as they come back in futures.
+//
+//  Runtime error types: "UnknownFunction", "TypeError" (bad arguments),
+//  "WorkerLost" (retries used up), "TimeoutError" (task timeout),
+//  "ProtocolError", "Busy"; any other type is what the task raised.
+
+typedef struct {
+    const char *type;       //  "ValueError", "WorkerLost", ...
+    const char *message;    //  human-readable
+    const char *function;   //  the task's function name
+    const char *host;       //  where it happened ("" when unknown)
+    int pid;                //  process that ran it (0 when unknown)
+} cf_task_error_t;
+
+// ---------------------------------------------------------------------------
+//  Futures
+
+typedef struct cf_future cf_future_t;
+
+//  Block until done or timeout_ms passes (-1: no limit, 0: poll). Returns
+//  CF_OK (done, whatever the outcome) or CF_ETIMEDOUT.
+cf_err_t cf_future_wait(cf_future_t *f, int timeout_ms);
+
+//  Block until done, then: CF_OK with *value (borrowed, lives as long as the
+//  future), CF_ETASK (see cf_future_error), CF_ECANCELLED, or CF_ETIMEDOUT
+//  when timeout_ms passed first; the timeout is never confused with a task's
+//  own TimeoutError, which is CF_ETASK. value may be NULL.
+cf_err_t cf_future_result(cf_future_t *f, int timeout_ms, const cf_value_t **value);
+//  The same, converted; CF_ETYPE when the result is of another type.
+cf_err_t cf_future_int(cf_future_t *f, int timeout_ms, int64_t *out);
+cf_err_t cf_future_double(cf_future_t *f, int timeout_ms, double *out);
+cf_err_t cf_future_bool(cf_future_t *f, int timeout_ms, bool *out);
+//  *out is borrowed and lives as long as the future.
+cf_err_t cf_future_str(cf_future_t *f, int timeout_ms, const char **out);
+//  The raw msgpack result.
+cf_err_t cf_future_raw(cf_future_t *f, int timeout_ms, const void **data, size_t *len);
+
+//  The error of a failed future (Python's exception()), or NULL if it has not
+//  failed (yet). Non-blocking; borrowed, lives as long as the future.
+const cf_task_error_t *cf_future_error(cf_future_t *f);
+
+//  Cancels a task that has not started: true if it is now cancelled (or
+//  already was), false if it is running or done. Callbacks run.
+bool cf_future_cancel(cf_future_t *f);
+bool cf_future_cancelled(cf_future_t *f);
+bool cf_future_running(cf_future_t *f);
+bool cf_future_done(cf_future_t *f);
+//  The function name the future was submitted with (borrowed).
+const char *cf_future_function(cf_future_t *f);
+
+//  Attaches a pointer of the application's (Python users keep a dict from
+//  future to input; this is that, without the dict).
+void cf_future_set_tag(cf_future_t *f, void *tag);
+void *cf_future_tag(cf_future_t *f);
+
+//  Runs fn(f, arg) once the future is done, in the thread that completes it,
+//  or at once in this thread when it is done already. A callback that
+//  returns non-zero is logged and the others still run. Callbacks must not
+//  block for long: they run on the executor's own thread.
+typedef int (cf_done_fn)(cf_future_t *f, void *arg);
+cf_err_t cf_future_add_done_callback(cf_future_t *f, cf_done_fn *fn, void *arg);
+
+//  Drops the caller's reference; the future lives on while its executor
+//  needs it. Safe with NULL and twice.
+void cf_future_release(cf_future_t **f);
+
+// ---------------------------------------------------------------------------
+//  Executors
+
+typedef enum {
+    CF_THREADS = 1,     //  threads in this process (I/O-bound work)
+    CF_PROCESSES,       //  worker processes on this host (CPU-bound work)
+    CF_REMOTE           //  a cf-broker at options.endpoint
+} cf_kind_t;
+
+typedef struct cf_executor cf_executor_t;
+
+typedef struct {
+    //  Workers: 0 means the default (threads: min(32, cores + 4);
+    //  processes: cores); negative is an error. Ignored by CF_REMOTE.
+    int max_workers;
+    //  Run once in each worker thread or process before its first task.
+    //  Not used by CF_REMOTE (the workers belong to cf-worker).
+    void (*initializer)(void *arg);
+    void *initarg;
+    //  CF_PROCESSES: replace a worker process after this many tasks (0: never).
+    int max_tasks_per_worker;
+    //  CF_THREADS: worker thread names are prefix-N (default "cf-worker").
+    const char *thread_name_prefix;
+    //  CF_REMOTE: the broker's client endpoint, "tcp://127.0.0.1:5555".
+    const char *endpoint;
+    //  CF_REMOTE: heartbeat interval with the broker (0: 1000 ms); the broker
+    //  counts as lost after 3 silent intervals and pending tasks are resent.
+    int heartbeat_ivl_ms;
+    //  Task defaults; a cf_task_opts_t given to cf_submit_with overrides them.
+    int retries;        //  retries after a lost worker: 0 = default 3, <0 = none
+    int timeout_ms;     //  per-task run time limit: 0 = none
+} cf_options_t;
+
+//  A new executor of the given kind; opts may be NULL for defaults. NULL on
+//  error, with cf_last_error() saying why ("max_workers must be > 0, got -2").
+cf_executor_t *cf_executor_new(cf_kind_t kind, const cf_options_t *opts);
+//  Shorthand for CF_REMOTE at endpoint.
+cf_executor_t *cf_executor_connect(const char *endpoint, const cf_options_t *opts);
+
+cf_kind_t cf_executor_kind(cf_executor_t *ex);
+//  Workers this executor runs (CF_REMOTE: 0, the broker decides).
+int cf_executor_max_workers(cf_executor_t *ex);
+//  "threads", "processes" or "remote".
+const char *cf_kind_name(cf_kind_t kind);
+
+//  Per-task options.
+typedef struct {
+    int retries;            //  0 = executor default, <0 = none
+    int timeout_ms;         //  0 = executor default
+    bool retry_on_error;    //  also retry when the task itself raised
+} cf_task_opts_t;
+
+//  Submits fn(args...) and returns a future at once, or NULL with
+//  cf_last_error() (CF_ESHUTDOWN after shutdown, CF_EINVAL for a bad format,
+//  CF_ETOOBIG for over-size arguments). Release the future when done with it.
+cf_future_t *cf_submit(cf_executor_t *ex, const char *fn, const char *fmt, ...);
+cf_future_t *cf_submit_with(cf_executor_t *ex, const cf_task_opts_t *opts,
+                            const char *fn, const char *fmt, ...);
+cf_future_t *cf_submitv(cf_executor_t *ex, const cf_task_opts_t *opts,
+                        const char *fn, const char *fmt, va_list ap);
+//  args is one msgpack array (validated).
+cf_future_t *cf_submit_raw(cf_executor_t *ex, const cf_task_opts_t *opts,
+                           const char *fn, const void *args, size_t len);
+
+//  Stops accepting tasks. wait: block until every submitted task finished.
+//  cancel_futures: cancel what has not started. Safe to call twice.
+cf_err_t cf_executor_shutdown(cf_executor_t *ex, bool wait, bool cancel_futures);
+//  Shuts down (waiting for running and queued work) and frees the executor;
+//  no thread or process is left behind. Futures stay valid until released.
+void cf_executor_destroy(cf_executor_t **ex);
+
+//  Progress of everything submitted to the executor. The hook runs on the
+//  thread that completes each future, after its callbacks; keep it short.
+typedef struct {
+    uint64_t submitted;
+    uint64_t done;          //  finished in any way, including failed and cancelled
+    uint64_t failed;
+    uint64_t cancelled;
+} cf_progress_t;
+typedef void (cf_progress_fn)(const cf_progress_t *progress, void *arg);
+void cf_executor_on_progress(cf_executor_t *ex, cf_progress_fn *fn, void *arg);
+cf_progress_t cf_executor_progress(cf_executor_t *ex);
+
+// ---------------------------------------------------------------------------
+//  map: results in submission order, inputs consumed lazily within a window.
+
+//  An argument list being built for one input of map.
+typedef struct cf_args cf_args_t;
+cf_err_t cf_args_add_int(cf_args_t *args, int64_t value);
+cf_err_t cf_args_add_double(cf_args_t *args, double value);
+cf_err_t cf_args_add_str(cf_args_t *args, const char *value);
+cf_err_t cf_args_add_bytes(cf_args_t *args, const void *data, size_t len);
+cf_err_t cf_args_addf(cf_args_t *args, const char *fmt, ...);
+
+//  The source of map's inputs: fill args for input number index and return
+//  1, return 0 at the end, or a negative number to stop with an error.
+typedef int (cf_map_source_fn)(void *state, size_t index, cf_args_t *args);
+
+typedef struct {
+    size_t chunksize;       //  inputs per message (0 or 1: one task each)
+    size_t window;          //  tasks in flight at most (0: 2 x workers, >= 64)
+    int timeout_ms;         //  for the whole iteration (0 or -1: none)
+    cf_task_opts_t task;    //  options of each task
+} cf_map_opts_t;
+
+typedef struct cf_map cf_map_t;
+
+//  Starts mapping fn over the source; opts may be NULL. NULL on error.
+cf_map_t *cf_map_new(cf_executor_t *ex, const char *fn, cf_map_source_fn *source,
+                     void *state, const cf_map_opts_t *opts);
+//  Conveniences: one int / one string argument per input, from an array the
+//  caller keeps alive until the map is destroyed.
+cf_map_t *cf_map_ints(cf_executor_t *ex, const char *fn, const int64_t *inputs,
+                      size_t count, const cf_map_opts_t *opts);
+cf_map_t *cf_map_strs(cf_executor_t *ex, const char *fn, const char *const *inputs,
+                      size_t count, const cf_map_opts_t *opts);
+//  The next result in order: CF_OK with *value (borrowed until the next
+//  call), CF_ESTOP at the end, CF_ETASK at the first failed input (see
+//  cf_map_error; iteration ends there), CF_ETIMEDOUT when the timeout passed,
+//  or the error the source returned (CF_EINVAL).
+cf_err_t cf_map_next(cf_map_t *map, const cf_value_t **value);
+//  Input index of the last value or error returned.
+size_t cf_map_index(cf_map_t *map);
+//  The error that stopped iteration, or NULL.
+const cf_task_error_t *cf_map_error(cf_map_t *map);
+//  Cancels what is still queued and frees the map.
+void cf_map_destroy(cf_map_t **map);
+
+// ---------------------------------------------------------------------------
+//  as_completed and wait. Futures are borrowed: the caller keeps its
+//  references for as long as it uses the iterator or the result arrays.
+
+typedef struct cf_as_completed cf_as_completed_t;
+
+//  Yields each distinct future once as it finishes, those already done
+//  first. timeout_ms counts from creation (-1: none). NULL on error.
+cf_as_completed_t *cf_as_completed_new(cf_future_t *const *fs, size_t count, int timeout_ms);
+//  CF_OK with *f, CF_ESTOP when all were yielded, CF_ETIMEDOUT when the
+//  timeout passed (cf_as_completed_pending says how many are unfinished).
+cf_err_t cf_as_completed_next(cf_as_completed_t *it, cf_future_t **f);
+size_t cf_as_completed_pending(cf_as_completed_t *it);
+void cf_as_completed_destroy(cf_as_completed_t **it);
+
+typedef enum {
+    CF_FIRST_COMPLETED,
+    CF_FIRST_EXCEPTION,     //  or all completed, when none fails
+    CF_ALL_COMPLETED
+} cf_wait_mode_t;
+
+//  Waits on count futures. done and not_done are caller arrays of count
+//  slots (either may be NULL); n_done and n_not_done get how many were
+//  filled. Returns CF_OK when the condition was met, CF_ETIMEDOUT otherwise
+//  (the sets are filled either way), CF_EINVAL for bad arguments.
+cf_err_t cf_wait(cf_future_t *const *fs, size_t count, int timeout_ms, cf_wait_mode_t mode,
+                 cf_future_t **done, size_t *n_done,
+                 cf_future_t **not_done, size_t *n_not_done);
+
+// ---------------------------------------------------------------------------
+//  Logging: the library is silent unless a handler is set.
+
+typedef enum { CF_LOG_DEBUG, CF_LOG_INFO, CF_LOG_WARN, CF_LOG_ERROR } cf_log_level_t;
+typedef void (cf_log_fn)(cf_log_level_t level, const char *component, const char *message,
+                         void *arg);
+//  Sets the process-wide handler (NULL: silent) and the lowest level passed.
+void cf_log_set_handler(cf_log_fn *fn, void *arg, cf_log_level_t min_level);
+//  A ready handler writing "time L: component: message" lines to stderr.
+void cf_log_to_stderr(cf_log_level_t level, const char *component, const char *message,
+                      void *arg);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,53 @@
+//  A supervisor of worker processes, for cf-worker --procs and for the
+//  CF_PROCESSES executor.
+//
+//  Processes are forked by a zygote: a process forked once, from the
+//  supervisor's thread, when the supervisor starts. The zygote is single
+//  threaded and forks every worker (first ones and replacements), so no worker
+//  is ever forked from a multi-threaded process that might hold a lock in
+//  another thread; and no worker ever touches its parent's ZeroMQ context
+//  (each closes inherited descriptors and makes its own). Task functions
+//  registered with CF_TASK reach the workers because each is a copy of the
+//  program: the C counterpart of Python's rule that a worker must be able to
+//  import the function (see docs/architecture.md).
+//
+//  A worker that exits (crash, signal, OOM kill, max_tasks reached) is
+//  reported through on_exit and replaced, until the supervisor is destroyed.
+//  Workers and the zygote die with their supervisor (PR_SET_PDEATHSIG, and a
+//  lost broker ends a worker).
+
+#ifndef CF_PROCS_H
+#define CF_PROCS_H
+
+#include "cfutures.h"
+
+#include <sys/types.h>
+
+typedef struct cf_procs cf_procs_t;
+
+//  pid exited with wait status; identity is the routing id it used with the
+//  broker. Called on the supervisor's thread.
+typedef void (cf_procs_exit_fn)(void *arg, pid_t pid, const char *identity, int status);
+
+typedef struct {
+    int count;                      //  worker processes (>= 1)
+    int threads;                    //  execution threads in each (>= 1)
+    const char *endpoint;           //  broker worker endpoint for the children
+    void (*initializer)(void *arg); //  run in each worker before its first task
+    void *initarg;
+    int max_tasks_per_worker;       //  replace after this many tasks (0: never)
+    bool exit_on_broker_loss;       //  passed to each cf_worker_config_t
+    cf_procs_exit_fn *on_exit;
+    void *on_exit_arg;
+} cf_procs_config_t;
+
+//  Forks the zygote and count workers; returns once each worker process
+//  started. NULL with cf_last_error().
+cf_procs_t *cf_procs_new(const cf_procs_config_t *config);
+//  Worker processes currently alive.
+int cf_procs_alive(cf_procs_t *procs);
+//  SIGTERM to every worker (they finish their task and say DISCONNECT),
+//  SIGKILL after grace_ms, reaps all, ends the zygote, frees. Safe with NULL.
+void cf_procs_destroy(cf_procs_t **procs, int grace_ms);
+
+#endif

@@ -1,0 +1,43 @@
+//  The worker actor: one DEALER to a broker's worker endpoint, N execution
+//  threads. The actor thread does all I/O (so heartbeats flow while a task
+//  computes for minutes); execution threads take tasks from an internal
+//  queue, run them with cf_registry_run, and hand outcomes back through an
+//  outbox the actor drains. It announces its capacity with READY, and when
+//  the broker's boot id changes (a restarted broker) it announces again.
+//
+//  Used by cf-worker (threads mode, and each child of --procs) and by the
+//  CF_PROCESSES executor's worker processes.
+
+#ifndef CF_WORKER_H
+#define CF_WORKER_H
+
+#include "cfutures.h"
+
+typedef struct cf_worker cf_worker_t;
+
+typedef struct {
+    const char *endpoint;           //  broker worker endpoint (connect)
+    int threads;                    //  execution threads (>= 1)
+    void *zmq_context;              //  NULL: own context
+    const char *identity;           //  routing id; NULL: random
+    int heartbeat_ivl_ms;           //  0: CF_HEARTBEAT_IVL_MS
+    int heartbeat_liveness;         //  0: CF_HEARTBEAT_LIVENESS
+    void (*initializer)(void *arg); //  run in each execution thread first
+    void *initarg;
+    int max_tasks;                  //  stop after this many tasks (0: never)
+    //  true: a lost broker ends the worker (pool children die with their
+    //  executor); false: reconnect and wait for it (cf-worker).
+    bool exit_on_broker_loss;
+} cf_worker_config_t;
+
+//  Starts the actor and its threads; returns once connected (in zmq's
+//  sense) and READY was sent. NULL with cf_last_error().
+cf_worker_t *cf_worker_new(const cf_worker_config_t *config);
+//  Blocks until the worker ended by itself (max_tasks reached, broker lost
+//  with exit_on_broker_loss) or timeout_ms passed: CF_OK or CF_ETIMEDOUT.
+cf_err_t cf_worker_wait(cf_worker_t *worker, int timeout_ms);
+//  Stops taking tasks, finishes the running ones and sends their results,
+//  says DISCONNECT, joins every thread and frees. Safe with NULL and twice.
+void cf_worker_destroy(cf_worker_t **worker);
+
+#endif
