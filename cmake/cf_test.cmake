@@ -11,6 +11,11 @@ function(cf_test name)
     target_link_libraries(${name} PRIVATE cfutures_static PkgConfig::CMOCKA cf_flags)
     target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)
     add_test(NAME ${name} COMMAND ${name})
+    set(env "CF_EXAMPLES_DIR=${PROJECT_BINARY_DIR}/examples;CF_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+    if(TARGET cf-broker AND TARGET cf-worker)
+        list(APPEND env "CF_BROKER_BIN=$<TARGET_FILE:cf-broker>" "CF_WORKER_BIN=$<TARGET_FILE:cf-worker>"
+                        "CF_TASKS_LIB=$<TARGET_FILE:example_tasks>")
+    endif()
     set_tests_properties(${name} PROPERTIES TIMEOUT ${T_TIMEOUT} LABELS ${T_LABEL}
-        ENVIRONMENT "CF_BROKER_BIN=$<TARGET_FILE:cf-broker>;CF_WORKER_BIN=$<TARGET_FILE:cf-worker>;CF_TASKS_LIB=$<TARGET_FILE:example_tasks>;CF_EXAMPLES_DIR=${PROJECT_BINARY_DIR}/examples;CF_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+        ENVIRONMENT "${env}")
 endfunction()
