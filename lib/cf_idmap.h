@@ -1,6 +1,7 @@
 //  A hash map from uint64 ids to pointers: open addressing, linear probing,
 //  backward-shift deletion (no tombstones, so a long-running broker's map
-//  never degrades). Not thread-safe: each actor owns its maps.
+//  never degrades). It grows at 3/4 load and shrinks again when mostly empty.
+//  Not thread-safe: each actor owns its maps.
 
 #ifndef CF_IDMAP_H
 #define CF_IDMAP_H
@@ -9,14 +10,17 @@
 
 typedef struct cf_idmap cf_idmap_t;
 
+//  A map with room for initial_capacity entries before it grows (it never
+//  shrinks below that). NULL when out of memory.
 cf_idmap_t *cf_idmap_new(size_t initial_capacity);
 //  Frees the map, not the values. Safe with NULL and twice.
 void cf_idmap_destroy(cf_idmap_t **map);
-//  Inserts or replaces. CF_OK or CF_ENOMEM.
+//  Inserts or replaces. value must not be NULL (NULL marks an empty slot).
+//  CF_OK or CF_ENOMEM (the map is unchanged).
 cf_err_t cf_idmap_put(cf_idmap_t *map, uint64_t id, void *value);
 //  The value, or NULL.
 void *cf_idmap_get(const cf_idmap_t *map, uint64_t id);
-//  Removes and returns the value, or NULL.
+//  Removes and returns the value, or NULL when absent.
 void *cf_idmap_remove(cf_idmap_t *map, uint64_t id);
 size_t cf_idmap_size(const cf_idmap_t *map);
 //  Iteration: *cursor starts at 0; returns false at the end. Removing the
