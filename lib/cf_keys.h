@@ -1,0 +1,134 @@
+//  CurveZMQ keys: generating key pairs, reading and writing key files, and
+//  applying CURVE options to a socket. The broker's side of authentication
+//  (the ZAP handler and the allow-lists) is broker/cf_auth; docs/security.md
+//  shows how the pieces fit.
+//
+//  Keys are handled as Z85 text, 40 characters for 32 bytes, NUL-terminated
+//  in char[CF_KEY_Z85_SIZE] buffers. A key file holds exactly one key line;
+//  blank lines and comment lines (starting with '#', e.g. "# cfutures public
+//  key: alice") are ignored; surrounding white space and a CR are trimmed.
+//  '#' is a Z85 digit, but no valid key starts with it (a 5-character group
+//  starting with '#' or '$' exceeds 32 bits), so "#..." is always a comment,
+//  a commented-out key included.
+//
+//  Secret key files are created mode 0600 at open (O_CREAT|O_EXCL), so they
+//  never exist with looser permissions, and reading one that group or others
+//  may access is refused, as ssh does. Keys never appear in logs or error
+//  messages: at most a fingerprint, the first 8 Z85 characters of a public
+//  key. Buffers that held a secret key are wiped (explicit_bzero) before
+//  they are released.
+//
+//  All functions are thread-safe (no shared state); the socket functions
+//  follow ZeroMQ's rule that a socket is used by one thread at a time.
+
+#ifndef CF_KEYS_H
+#define CF_KEYS_H
+
+#include "cfutures.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CF_KEY_Z85_LEN      40      //  characters of a Z85 key
+#define CF_KEY_Z85_SIZE     41      //  a Z85 key with its NUL
+#define CF_KEY_BIN_LEN      32      //  bytes of a binary key
+#define CF_KEY_FP_LEN       8       //  characters of a fingerprint
+#define CF_KEY_FP_SIZE      9       //  a fingerprint with its NUL
+#define CF_KEY_FILE_MAX     4096    //  bytes of a key file at most
+
+//  A CURVE key pair as Z85 text.
+typedef struct {
+    char public_z85[CF_KEY_Z85_SIZE];
+    char secret_z85[CF_KEY_Z85_SIZE];
+} cf_keypair_t;
+
+//  Generates a fresh key pair (zmq_curve_keypair). CF_OK, or CF_ESYS when
+//  libzmq was built without CURVE support (zmq_has("curve") is 0).
+cf_err_t cf_keys_generate(cf_keypair_t *pair);
+
+//  Wipes the secret half of pair. Safe with NULL.
+void cf_keys_wipe(cf_keypair_t *pair);
+
+//  True when z85 is exactly 40 Z85 characters that decode to 32 bytes and
+//  encode back to the same text (so every key has one spelling).
+bool cf_keys_valid(const char *z85);
+
+//  Decodes a valid Z85 key into 32 bytes. CF_OK or CF_EINVAL.
+cf_err_t cf_keys_decode(const char *z85, uint8_t bin[CF_KEY_BIN_LEN]);
+//  Encodes 32 bytes as Z85 text (never fails).
+void cf_keys_encode(const uint8_t bin[CF_KEY_BIN_LEN], char z85[CF_KEY_Z85_SIZE]);
+
+//  The first 8 characters of a (public) Z85 key, for logs; "" when z85
+//  does not start with 8 Z85 characters. Never pass a secret key.
+void cf_keys_fingerprint(const char *z85, char fp[CF_KEY_FP_SIZE]);
+
+//  Derives the public key of a secret key (zmq_curve_public). CF_OK or
+//  CF_EINVAL for an invalid secret key.
+cf_err_t cf_keys_public_of(const char *secret_z85, char public_z85[CF_KEY_Z85_SIZE]);
+
+//  Writes pair to two new files: public_path (mode 0644) and secret_path
+//  (mode 0600, set at creation). comment, when not NULL, is written as a
+//  "# comment" line before the key; it must be one line of printable text.
+//  Refuses to replace an existing file: CF_ESYS with errno EEXIST, and
+//  nothing is created. On any failure no half-written file is left behind.
+//  Returns CF_OK, CF_EINVAL or CF_ESYS with cf_last_error() saying why.
+cf_err_t cf_keys_write(const cf_keypair_t *pair, const char *public_path,
+                       const char *secret_path, const char *comment);
+
+//  Reads the one public key in a key file into z85. CF_OK, CF_ENOTFOUND (no
+//  such file), CF_EINVAL (not a regular file, too large, no key, more than
+//  one key, a line that is neither) or CF_ESYS, with cf_last_error() naming
+//  the file and line but never the key.
+cf_err_t cf_keys_read_public(const char *path, char z85[CF_KEY_Z85_SIZE]);
+
+//  Reads the one secret key in a secret key file. As cf_keys_read_public,
+//  and CF_EAUTH when group or others may access the file ("chmod 600 it").
+cf_err_t cf_keys_read_secret(const char *path, char z85[CF_KEY_Z85_SIZE]);
+
+//  Reads a secret key file and derives its public half: a process's own
+//  key pair (cf-worker --key, a client's key). Same errors as
+//  cf_keys_read_secret.
+cf_err_t cf_keys_read_pair(const char *secret_path, cf_keypair_t *pair);
+
+//  Makes socket a CURVE server with this secret key (ZMQ_CURVE_SERVER,
+//  ZMQ_CURVE_SECRETKEY). Call before bind. This alone does NOT authenticate
+//  clients: without a ZAP handler libzmq accepts any client that knows the
+//  server's public key. Brokers use cf_auth_apply_server, which also fails
+//  closed. CF_OK, CF_EINVAL (bad key) or CF_ESYS.
+cf_err_t cf_keys_apply_server(void *socket, const char *secret_z85);
+
+//  Makes socket a CURVE client of a server with public key server_public,
+//  proving its own identity with the client key pair. Call before connect.
+//  CF_OK, CF_EINVAL (a bad key) or CF_ESYS.
+cf_err_t cf_keys_apply_client(void *socket, const char *server_public,
+                              const char *client_public, const char *client_secret);
+
+// ---------------------------------------------------------------------------
+//  Noticing a refused handshake. ZeroMQ reconnects silently forever when the
+//  server refuses a key, so a client or worker that wants to fail fast with
+//  CF_EAUTH watches its socket's handshake events.
+
+//  Starts watching socket's handshake outcomes: returns a PAIR socket in ctx
+//  (yours: poll it for ZMQ_POLLIN, read it with cf_keys_monitor_read, close
+//  it with cf_keys_monitor_close before closing socket), or NULL with
+//  cf_last_error(). Call before connect. Use from the thread that owns
+//  socket.
+void *cf_keys_monitor_new(void *ctx, void *socket);
+
+//  Reads one event without blocking. Returns
+//      CF_OK        a handshake succeeded (the server accepted the keys)
+//      CF_EAUTH     the server refused our key (ZAP said no)
+//      CF_EPROTO    a handshake failed otherwise (wrong server key: the
+//                   server cannot decrypt us and drops the connection;
+//                   mechanism mismatch; a server with no ZAP handler that
+//                   fails closed)
+//      CF_ESTOP     the connection closed before or after a handshake
+//      CF_ETIMEDOUT no event pending
+//  *value (may be NULL) gets the event's value: the ZAP status code (400)
+//  for CF_EAUTH, the ZMQ_PROTOCOL_ERROR_* code for CF_EPROTO.
+cf_err_t cf_keys_monitor_read(void *monitor, int *value);
+
+//  Stops the monitor on socket and closes the PAIR. Safe with NULL and twice.
+void cf_keys_monitor_close(void *socket, void **monitor);
+
+#endif
