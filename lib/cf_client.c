@@ -1,0 +1,1210 @@
+//  The client actor (see cf_client.h): the CF_REMOTE back end and the client
+//  half of CF_PROCESSES.
+//
+//  Design note. Two kinds of thread meet here.
+//    - Application threads call s_submit, s_shutdown and s_cancel (the
+//      futures' canceller). They touch only the shared part of cf_client_t,
+//      under self->mutex: the inbox of new tasks, cancel requests, a few
+//      flags and the count of outstanding tasks. A submission is one mutex
+//      round trip; the eventfd the actor polls is written only when the
+//      inbox goes from empty to non-empty, so a burst costs one syscall.
+//    - The actor thread owns the socket, the encoder, the id maps and the
+//      lists of tasks, and resolves the futures.
+//
+//  A task moves: inbox -> outbox (encoded into SUBMIT, many per message) ->
+//  at the broker (waiting for RESULT) -> resolved. A BUSY result parks it
+//  for a backoff, then it goes back to the outbox; while anything is parked,
+//  new tasks queue behind it, so backpressure neither loses nor reorders
+//  much and resends track what the broker frees.
+//
+//  The broker may forget us: it restarted (its boot id in HEARTBEAT
+//  changes), our connection was re-established (it sees a new routing id),
+//  or it declared us lost. It then answers our heartbeat with ERROR [0,
+//  "unknown client"]. In each case every task at the broker goes back to the
+//  outbox: delivery is at-least-once. The broker leaves a resubmitted id it
+//  still holds alone, and a second result for a task is dropped here because
+//  the first one removed it.
+//
+//  Callbacks of futures run on the actor thread (the thread that completes
+//  a future). They may submit and cancel; they must not wait for this
+//  executor to shut down.
+
+#include "cf_client.h"
+
+#include "cf_broker.h"
+#include "cf_clock.h"
+#include "cf_error.h"
+#include "cf_idmap.h"
+#include "cf_log.h"
+#include "cf_proto.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define S_LOG "client"
+
+//  A SUBMIT carries at most this many tasks or bytes: large enough that the
+//  per-message cost vanishes, small enough that the broker starts dispatching
+//  a burst before all of it has arrived.
+#define S_BATCH_TASKS       4096
+#define S_BATCH_BYTES       (4u * 1024 * 1024)
+//  Envelope bytes per task beyond its name and arguments (array header, id,
+//  retries, timeout, flags, str/bin headers), rounded up.
+#define S_TASK_OVERHEAD     48
+//  Replies read per poll wakeup before the actor looks at its inbox again.
+#define S_RECV_BURST        512
+//  BUSY backoff: doubles while the broker frees nothing, back to the minimum
+//  as soon as it completes tasks again.
+#define S_BACKOFF_MIN_MS    5
+#define S_BACKOFF_MAX_MS    1000
+//  A resend round sends twice what the broker completed in the last round
+//  (slow start), at least this many.
+#define S_RESEND_MIN        64
+//  How long a canceller waits for the broker's answer to CANCEL.
+#define S_CANCEL_WAIT_MS    5000
+
+typedef enum {
+    S_AT_INBOX,         //  handed over by an application thread
+    S_AT_OUTBOX,        //  waiting to be encoded and sent
+    S_AT_PARKED,        //  answered BUSY, waiting for the backoff
+    S_AT_BROKER         //  sent: waiting for STARTED / RESULT
+} s_where_t;
+
+typedef struct s_item {
+    struct s_item *prev, *next; //  links in the inbox, outbox or parked list
+    cf_task_t *task;            //  owned; holds a reference to the future
+    uint64_t id;                //  client task id on the wire
+    size_t function_len;        //  strlen(task->function), taken once
+    s_where_t where;
+    bool started;               //  STARTED seen: cancel can no longer win
+    bool cancel_asked;          //  CANCEL sent, a canceller may be waiting
+} s_item_t;
+
+typedef struct {
+    s_item_t *head, *tail;
+    size_t size;
+} s_list_t;
+
+typedef struct {
+    //  Shared with application threads, under mutex.
+    pthread_mutex_t mutex;
+    pthread_cond_t idle_cond;       //  outstanding reached 0
+    pthread_cond_t cancel_cond;     //  a cancel was answered; a canceller left
+    s_list_t inbox;                 //  new tasks, in submission order
+    cf_future_t **cancels;          //  futures to cancel (each a reference)
+    size_t cancels_len, cancels_cap;
+    bool cancel_all;                //  shutdown(cancel_futures) asked
+    bool terminate;                 //  destroy asked
+    bool signalled;                 //  wake_fd written since the actor drained
+    bool closed;                    //  no more submissions
+    bool stopping;                  //  destroy runs: cancellers stop waiting
+    size_t outstanding;             //  submitted and not yet resolved
+    int cancel_waiters;             //  cancellers blocked in s_cancel
+
+    //  Fixed after construction.
+    int wake_fd;                    //  eventfd the actor polls
+    void *ctx;
+    bool own_ctx;                   //  we made ctx, we terminate it
+    void *socket;                   //  DEALER to the broker (actor's)
+    void *monitor;                  //  PAIR receiving socket events, or NULL
+    char *endpoint;
+    int ivl_ms;                     //  our heartbeat interval
+    int liveness;                   //  silent intervals before the broker is lost
+    pthread_t thread;
+    bool thread_started;
+
+    //  Actor only.
+    cf_proto_enc_t *enc;            //  one reusable encoder
+    cf_idmap_t *pending;            //  task id -> item, every unresolved task
+    cf_idmap_t *by_future;          //  future address -> item, for cancel
+    s_list_t outbox;
+    s_list_t parked;
+    uint64_t next_id;
+    uint64_t boot;                  //  broker instance id, 0 unknown
+    uint32_t broker_ivl_ms;         //  the broker's heartbeat interval
+    int64_t last_heard_ms;          //  last message from the broker
+    int64_t next_heartbeat_ms;
+    int64_t resend_at_ms;           //  parked tasks go out then; -1 none
+    int backoff_ms;
+    size_t freed;                   //  results since the last resend round
+    bool blocked;                   //  a send hit the HWM: wait for POLLOUT
+    bool connected;                 //  heard from the broker, not lost since
+    bool ever_connected;            //  the transport came up once
+    bool terminated;                //  the actor loop ends
+    size_t resolved;                //  resolved since the last report
+    bool answered;                  //  a cancel answer to broadcast
+    uint64_t *cancel_ids;           //  ids to send in CANCEL
+    size_t cancel_ids_len, cancel_ids_cap;
+    cf_future_t **cancels_spare;    //  swapped with cancels when draining
+    size_t cancels_spare_cap;
+    uint64_t malformed;             //  replies dropped as malformed
+    uint64_t stale;                 //  results for tasks no longer pending
+    char err_type[CF_PROTO_MAX_TEXT + 1];
+    char err_message[CF_PROTO_MAX_TEXT + 1];
+    char err_host[CF_PROTO_MAX_TEXT + 1];
+} cf_client_t;
+
+//  The client whose actor runs on this thread, so a canceller called from a
+//  future callback never blocks an actor waiting for itself.
+static _Thread_local cf_client_t *s_actor_self = NULL;
+
+// ---------------------------------------------------------------------------
+//  Lists
+
+static void s_list_push_back(s_list_t *list, s_item_t *item)
+{
+    item->next = NULL;
+    item->prev = list->tail;
+    if (list->tail)
+        list->tail->next = item;
+    else
+        list->head = item;
+    list->tail = item;
+    list->size++;
+}
+
+static void s_list_unlink(s_list_t *list, s_item_t *item)
+{
+    if (item->prev)
+        item->prev->next = item->next;
+    else
+        list->head = item->next;
+    if (item->next)
+        item->next->prev = item->prev;
+    else
+        list->tail = item->prev;
+    item->prev = item->next = NULL;
+    list->size--;
+}
+
+static s_item_t *s_list_pop_front(s_list_t *list)
+{
+    s_item_t *item = list->head;
+    if (item)
+        s_list_unlink(list, item);
+    return item;
+}
+
+//  Moves all of from to the front of to.
+static void s_list_prepend(s_list_t *to, s_list_t *from)
+{
+    if (!from->head)
+        return;
+    if (to->head) {
+        from->tail->next = to->head;
+        to->head->prev = from->tail;
+    }
+    else
+        to->tail = from->tail;
+    to->head = from->head;
+    to->size += from->size;
+    *from = (s_list_t){0};
+}
+
+// ---------------------------------------------------------------------------
+//  Shared side
+
+static void s_wake(cf_client_t *self)
+{
+    uint64_t one = 1;
+    while (write(self->wake_fd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+    //  EAGAIN means the counter is saturated: the actor is awake anyway.
+}
+
+//  Under mutex: makes sure the actor looks at the inbox. Returns true when
+//  the caller must write the eventfd (after unlocking).
+static bool s_signal_locked(cf_client_t *self)
+{
+    if (self->signalled)
+        return false;
+    self->signalled = true;
+    return true;
+}
+
+static bool s_cancel(void *executor, cf_future_t *f);
+
+static cf_err_t s_submit(void *backend, cf_task_t **task_p)
+{
+    cf_client_t *self = backend;
+    assert(self && task_p && *task_p);
+    cf_task_t *task = *task_p;
+    *task_p = NULL;
+
+    size_t function_len = strlen(task->function);
+    if (function_len == 0 || function_len > CF_PROTO_MAX_NAME) {
+        cf_task_destroy(&task);
+        return cf_error_set(CF_EINVAL, "function name must be 1..%d bytes", CF_PROTO_MAX_NAME);
+    }
+    if (task->args_len + function_len + S_TASK_OVERHEAD > CF_PROTO_MAX_FRAME) {
+        cf_task_destroy(&task);
+        return cf_error_set(CF_ETOOBIG, "arguments of %zu bytes exceed the message limit",
+                            task->args_len);
+    }
+    s_item_t *item = calloc(1, sizeof *item);
+    if (!item) {
+        cf_task_destroy(&task);
+        return cf_error_set(CF_ENOMEM, "out of memory");
+    }
+    item->task = task;
+    item->function_len = function_len;
+    item->where = S_AT_INBOX;
+    cf_future_set_canceller(task->future, s_cancel, self);
+
+    pthread_mutex_lock(&self->mutex);
+    if (self->closed) {
+        pthread_mutex_unlock(&self->mutex);
+        cf_task_destroy(&item->task);
+        free(item);
+        return cf_error_set(CF_ESHUTDOWN, "executor is shut down");
+    }
+    s_list_push_back(&self->inbox, item);
+    self->outstanding++;
+    bool wake = s_signal_locked(self);
+    pthread_mutex_unlock(&self->mutex);
+    if (wake)
+        s_wake(self);
+    return CF_OK;
+}
+
+//  The canceller of every future this client runs. A task the actor still
+//  holds (outbox, parked) is cancelled locally; one at the broker gets a
+//  CANCEL and we wait, bounded, for the answer: RESULT cancelled (true), or
+//  STARTED or another result (false).
+static bool s_cancel(void *executor, cf_future_t *f)
+{
+    cf_client_t *self = executor;
+    cf_future_state_t state = cf_future_state(f);
+    if (state != CF_FUTURE_PENDING)
+        return state == CF_FUTURE_CANCELLED;
+
+    pthread_mutex_lock(&self->mutex);
+    if (self->stopping) {
+        pthread_mutex_unlock(&self->mutex);
+        return cf_future_cancelled(f);
+    }
+    if (self->cancels_len == self->cancels_cap) {
+        size_t cap = self->cancels_cap ? self->cancels_cap * 2 : 16;
+        cf_future_t **grown = realloc(self->cancels, cap * sizeof *grown);
+        if (!grown) {
+            pthread_mutex_unlock(&self->mutex);
+            return false;
+        }
+        self->cancels = grown;
+        self->cancels_cap = cap;
+    }
+    //  A reference, so the address cannot be reused by another future
+    //  before the actor looked it up.
+    self->cancels[self->cancels_len++] = cf_future_ref(f);
+    bool wake = s_signal_locked(self);
+    if (wake) {
+        pthread_mutex_unlock(&self->mutex);
+        s_wake(self);
+        pthread_mutex_lock(&self->mutex);
+    }
+    //  An actor thread (ours, from a callback, or another client's) never
+    //  blocks: the request is queued and the answer is what we know now.
+    if (!s_actor_self) {
+        self->cancel_waiters++;
+        struct timespec deadline = cf_clock_deadline(S_CANCEL_WAIT_MS);
+        while (cf_future_state(f) == CF_FUTURE_PENDING && !self->stopping) {
+            int rc = pthread_cond_timedwait(&self->cancel_cond, &self->mutex, &deadline);
+            if (rc == ETIMEDOUT)
+                break;
+        }
+        self->cancel_waiters--;
+        if (self->stopping)
+            pthread_cond_broadcast(&self->cancel_cond);
+    }
+    pthread_mutex_unlock(&self->mutex);
+    return cf_future_state(f) == CF_FUTURE_CANCELLED;
+}
+
+static cf_err_t s_shutdown(void *backend, bool wait, bool cancel_futures)
+{
+    cf_client_t *self = backend;
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    self->closed = true;
+    bool wake = false;
+    if (cancel_futures) {
+        self->cancel_all = true;
+        wake = s_signal_locked(self);
+    }
+    pthread_mutex_unlock(&self->mutex);
+    if (wake)
+        s_wake(self);
+    if (!wait)
+        return CF_OK;
+    if (s_actor_self == self)
+        return cf_error_set(CF_EINVAL, "shutdown(wait) from a callback of the same executor");
+
+    pthread_mutex_lock(&self->mutex);
+    while (self->outstanding > 0)
+        pthread_cond_wait(&self->idle_cond, &self->mutex);
+    pthread_mutex_unlock(&self->mutex);
+    return CF_OK;
+}
+
+static int s_max_workers(void *backend)
+{
+    (void)backend;
+    return 0;           //  the broker decides
+}
+
+// ---------------------------------------------------------------------------
+//  Actor: resolving tasks
+
+//  Removes item from every structure and frees it; the caller resolved (or
+//  resolves next) its future through the reference it took.
+static void s_forget(cf_client_t *self, s_item_t *item)
+{
+    if (item->where == S_AT_OUTBOX)
+        s_list_unlink(&self->outbox, item);
+    else if (item->where == S_AT_PARKED)
+        s_list_unlink(&self->parked, item);
+    cf_idmap_remove(self->pending, item->id);
+    cf_idmap_remove(self->by_future, (uint64_t)(uintptr_t)item->task->future);
+    if (item->cancel_asked)
+        self->answered = true;
+    cf_task_destroy(&item->task);
+    free(item);
+    self->resolved++;
+}
+
+//  Runs fn's transition on the future of item, then forgets item. The
+//  future outlives the item through the extra reference.
+static void s_resolve_cancelled(cf_client_t *self, s_item_t *item)
+{
+    cf_future_t *f = cf_future_ref(item->task->future);
+    s_forget(self, item);
+    cf_future_set_cancelled(f);
+    cf_future_release(&f);
+}
+
+static void s_resolve_error(cf_client_t *self, s_item_t *item, const char *type,
+                            const char *message, const char *host, int pid)
+{
+    cf_future_t *f = cf_future_ref(item->task->future);
+    s_forget(self, item);
+    cf_future_set_error(f, type, message, host, pid);
+    cf_future_release(&f);
+}
+
+//  Reports resolutions and cancel answers to waiting application threads:
+//  one lock per loop iteration, not per task.
+static void s_report(cf_client_t *self)
+{
+    if (!self->resolved && !self->answered)
+        return;
+    pthread_mutex_lock(&self->mutex);
+    assert(self->outstanding >= self->resolved);
+    self->outstanding -= self->resolved;
+    if (self->outstanding == 0)
+        pthread_cond_broadcast(&self->idle_cond);
+    if (self->answered)
+        pthread_cond_broadcast(&self->cancel_cond);
+    pthread_mutex_unlock(&self->mutex);
+    self->resolved = 0;
+    self->answered = false;
+}
+
+static void s_queue_cancel_id(cf_client_t *self, s_item_t *item)
+{
+    if (self->cancel_ids_len == self->cancel_ids_cap) {
+        size_t cap = self->cancel_ids_cap ? self->cancel_ids_cap * 2 : 64;
+        uint64_t *grown = realloc(self->cancel_ids, cap * sizeof *grown);
+        if (!grown) {
+            //  The canceller times out and reports false: honest, since
+            //  the task was not cancelled.
+            cf_log_warn(S_LOG, "out of memory queueing a cancel");
+            return;
+        }
+        self->cancel_ids = grown;
+        self->cancel_ids_cap = cap;
+    }
+    self->cancel_ids[self->cancel_ids_len++] = item->id;
+    item->cancel_asked = true;
+}
+
+//  Every task at the broker goes back to the outbox (a lost or restarted
+//  broker may have forgotten it). One that a canceller is waiting on is
+//  back in our hands, so it is cancelled here instead.
+static void s_resend_all(cf_client_t *self, const char *why)
+{
+    s_list_t resend = {0}, cancel = {0};
+    size_t cursor = 0;
+    uint64_t id;
+    void *value;
+    while (cf_idmap_next(self->pending, &cursor, &id, &value)) {
+        s_item_t *item = value;
+        if (item->where != S_AT_BROKER)
+            continue;
+        if (item->cancel_asked && !item->started) {
+            s_list_push_back(&cancel, item);
+            continue;
+        }
+        item->where = S_AT_OUTBOX;
+        s_list_push_back(&resend, item);
+    }
+    if (resend.size || cancel.size)
+        cf_log_info(S_LOG, "%s: resending %zu tasks", why, resend.size);
+    //  Resent tasks go first: they are the oldest.
+    s_list_prepend(&self->outbox, &resend);
+    s_item_t *item;
+    while ((item = s_list_pop_front(&cancel))) {
+        item->where = S_AT_BROKER;      //  in no list now
+        s_resolve_cancelled(self, item);
+    }
+    self->blocked = false;
+}
+
+//  The broker stopped answering or said goodbye. Nothing to do but wait:
+//  zmq reconnects, and what the broker forgot is resent when it says so
+//  (unknown client, new boot id, new connection).
+static void s_lost(cf_client_t *self, const char *why)
+{
+    if (!self->connected)
+        return;
+    cf_log_warn(S_LOG, "broker at %s lost (%s)", self->endpoint, why);
+    self->connected = false;
+}
+
+static void s_park(cf_client_t *self, s_item_t *item, int64_t now)
+{
+    item->where = S_AT_PARKED;
+    s_list_push_back(&self->parked, item);
+    if (self->resend_at_ms < 0)
+        self->resend_at_ms = now + self->backoff_ms;
+}
+
+// ---------------------------------------------------------------------------
+//  Actor: inbox
+
+static void s_copy_text(char *dst, cf_proto_str_t src)
+{
+    size_t len = src.len > CF_PROTO_MAX_TEXT ? CF_PROTO_MAX_TEXT : src.len;
+    if (len)
+        memcpy(dst, src.ptr, len);
+    dst[len] = '\0';
+}
+
+static void s_accept_tasks(cf_client_t *self, s_list_t *tasks)
+{
+    s_item_t *item;
+    while ((item = s_list_pop_front(tasks))) {
+        if (++self->next_id == 0)
+            self->next_id = 1;      //  0 means "no task" in ERROR refs
+        item->id = self->next_id;
+        if (cf_idmap_put(self->pending, item->id, item) != CF_OK) {
+            item->where = S_AT_BROKER;  //  in no list: s_forget unlinks nothing
+            s_resolve_error(self, item, "MemoryError", "out of memory in the client", "", 0);
+            continue;
+        }
+        if (cf_idmap_put(self->by_future, (uint64_t)(uintptr_t)item->task->future, item)
+            != CF_OK) {
+            item->where = S_AT_BROKER;
+            s_resolve_error(self, item, "MemoryError", "out of memory in the client", "", 0);
+            continue;
+        }
+        //  Behind parked tasks while the broker pushes back.
+        if (self->parked.size) {
+            item->where = S_AT_PARKED;
+            s_list_push_back(&self->parked, item);
+        }
+        else {
+            item->where = S_AT_OUTBOX;
+            s_list_push_back(&self->outbox, item);
+        }
+    }
+}
+
+static void s_handle_cancel(cf_client_t *self, cf_future_t *f)
+{
+    s_item_t *item = cf_idmap_get(self->by_future, (uint64_t)(uintptr_t)f);
+    if (!item) {
+        self->answered = true;      //  already resolved: the state says so
+        return;
+    }
+    switch (item->where) {
+        case S_AT_OUTBOX:
+        case S_AT_PARKED:
+            s_resolve_cancelled(self, item);
+            self->answered = true;
+            break;
+        case S_AT_BROKER:
+            if (item->started)
+                self->answered = true;
+            else if (!item->cancel_asked)
+                s_queue_cancel_id(self, item);
+            break;
+        case S_AT_INBOX:
+            assert(false);          //  the inbox was drained first
+            break;
+    }
+}
+
+static void s_cancel_everything_queued(cf_client_t *self)
+{
+    s_item_t *item;
+    while ((item = self->outbox.head))
+        s_resolve_cancelled(self, item);
+    while ((item = self->parked.head))
+        s_resolve_cancelled(self, item);
+    self->resend_at_ms = -1;
+    size_t cursor = 0;
+    uint64_t id;
+    void *value;
+    while (cf_idmap_next(self->pending, &cursor, &id, &value)) {
+        item = value;
+        if (item->where == S_AT_BROKER && !item->started && !item->cancel_asked)
+            s_queue_cancel_id(self, item);
+    }
+}
+
+static void s_drain_inbox(cf_client_t *self)
+{
+    //  Read the eventfd before taking the inbox: a submission that comes
+    //  after the swap then writes it again, so none is missed.
+    uint64_t count;
+    while (read(self->wake_fd, &count, sizeof count) < 0 && errno == EINTR)
+        ;
+    pthread_mutex_lock(&self->mutex);
+    s_list_t tasks = self->inbox;
+    self->inbox = (s_list_t){0};
+    //  The two cancel arrays swap roles, so neither side allocates in the
+    //  steady state.
+    cf_future_t **cancels = self->cancels;
+    size_t cancels_len = self->cancels_len;
+    size_t cancels_cap = self->cancels_cap;
+    self->cancels = self->cancels_spare;
+    self->cancels_cap = self->cancels_spare_cap;
+    self->cancels_len = 0;
+    bool cancel_all = self->cancel_all;
+    self->cancel_all = false;
+    if (self->terminate)
+        self->terminated = true;
+    self->signalled = false;
+    pthread_mutex_unlock(&self->mutex);
+
+    //  Tasks first: a cancel always follows its task's submission.
+    s_accept_tasks(self, &tasks);
+    for (size_t i = 0; i < cancels_len; i++) {
+        s_handle_cancel(self, cancels[i]);
+        cf_future_release(&cancels[i]);
+    }
+    self->cancels_spare = cancels;
+    self->cancels_spare_cap = cancels_cap;
+    if (cancel_all)
+        s_cancel_everything_queued(self);
+}
+
+// ---------------------------------------------------------------------------
+//  Actor: sending
+
+static cf_err_t s_send_heartbeat(cf_client_t *self)
+{
+    cf_proto_enc_begin(self->enc, CF_MSG_HEARTBEAT);
+    cf_proto_enc_heartbeat(self->enc, 0, 0);
+    return cf_proto_enc_send(self->enc, self->socket, NULL, 0);
+}
+
+static void s_send_cancels(cf_client_t *self)
+{
+    size_t sent = 0;
+    while (sent < self->cancel_ids_len && !self->blocked) {
+        size_t n = self->cancel_ids_len - sent;
+        if (n > CF_PROTO_MAX_BATCH)
+            n = CF_PROTO_MAX_BATCH;
+        cf_proto_enc_begin(self->enc, CF_MSG_CANCEL);
+        cf_err_t rc = CF_OK;
+        for (size_t i = 0; i < n && rc == CF_OK; i++)
+            rc = cf_proto_enc_id(self->enc, self->cancel_ids[sent + i]);
+        if (rc == CF_OK)
+            rc = cf_proto_enc_send(self->enc, self->socket, NULL, 0);
+        if (rc == CF_OK)
+            sent += n;
+        else if (rc == CF_EBUSY)
+            self->blocked = true;
+        else {
+            //  Dropped: the cancellers time out and report false.
+            cf_log_warn(S_LOG, "cannot send CANCEL: %s", cf_strerror(rc));
+            sent += n;
+        }
+    }
+    memmove(self->cancel_ids, self->cancel_ids + sent,
+            (self->cancel_ids_len - sent) * sizeof *self->cancel_ids);
+    self->cancel_ids_len -= sent;
+}
+
+//  Encodes the outbox into SUBMIT messages until it is empty or the socket
+//  is at its high-water mark (then the tasks stay for the next iteration).
+static void s_send_tasks(cf_client_t *self)
+{
+    while (self->outbox.head && !self->blocked) {
+        cf_proto_enc_begin(self->enc, CF_MSG_SUBMIT);
+        size_t count = 0;
+        s_item_t *item = self->outbox.head;
+        bool redo = false;
+        while (item && count < S_BATCH_TASKS) {
+            cf_task_t *task = item->task;
+            size_t need = item->function_len + task->args_len + S_TASK_OVERHEAD;
+            if (count > 0 && cf_proto_enc_size(self->enc) + need > S_BATCH_BYTES)
+                break;
+            cf_err_t rc = cf_proto_enc_task(self->enc, item->id, task->function,
+                                            item->function_len, task->args, task->args_len,
+                                            task->retries, task->timeout_ms, task->flags);
+            if (rc != CF_OK) {
+                //  This task cannot travel; fail it alone and rebuild the
+                //  message without it.
+                char message[96];
+                snprintf(message, sizeof message, "cannot encode the task: %s",
+                         cf_strerror(rc));
+                s_resolve_error(self, item, "ProtocolError", message, "", 0);
+                redo = true;
+                break;
+            }
+            count++;
+            item = item->next;
+        }
+        if (redo)
+            continue;
+        cf_err_t rc = cf_proto_enc_send(self->enc, self->socket, NULL, 0);
+        if (rc == CF_EBUSY) {
+            self->blocked = true;
+            break;
+        }
+        if (rc != CF_OK) {
+            //  ETERM and the like: the loop ends at the next poll; keep the
+            //  tasks so they are resolved at the end.
+            cf_log_warn(S_LOG, "cannot send SUBMIT: %s", cf_strerror(rc));
+            self->blocked = true;
+            break;
+        }
+        for (size_t i = 0; i < count; i++) {
+            item = s_list_pop_front(&self->outbox);
+            item->where = S_AT_BROKER;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+//  Actor: receiving
+
+static void s_contact(cf_client_t *self, int64_t now)
+{
+    self->last_heard_ms = now;
+    if (!self->connected) {
+        cf_log_debug(S_LOG, "broker at %s answers", self->endpoint);
+        self->connected = true;
+    }
+}
+
+static void s_on_result(cf_client_t *self, cf_proto_msg_t *msg, int64_t now)
+{
+    for (size_t i = 0; i < msg->count; i++) {
+        cf_proto_result_t *r = &msg->results[i];
+        s_item_t *item = cf_idmap_get(self->pending, r->id);
+        if (!item) {
+            self->stale++;          //  resolved already (a resend's twin)
+            continue;
+        }
+        //  A result for a task we are resending (its first copy came
+        //  through after all) resolves it just the same; only BUSY is
+        //  ignored then.
+        switch (r->status) {
+            case CF_STATUS_OK: {
+                cf_future_t *f = cf_future_ref(item->task->future);
+                s_forget(self, item);
+                cf_future_set_result(f, r->value, r->value_len);
+                cf_future_release(&f);
+                self->freed++;
+                break;
+            }
+            case CF_STATUS_ERROR:
+                s_copy_text(self->err_type, r->error.type);
+                s_copy_text(self->err_message, r->error.message);
+                s_copy_text(self->err_host, r->error.host);
+                s_resolve_error(self, item, self->err_type, self->err_message,
+                                self->err_host, r->error.pid);
+                self->freed++;
+                break;
+            case CF_STATUS_CANCELLED:
+                s_resolve_cancelled(self, item);
+                self->freed++;
+                break;
+            case CF_STATUS_BUSY:
+                if (item->where == S_AT_BROKER)
+                    s_park(self, item, now);
+                break;
+            default:
+                self->malformed++;
+                break;
+        }
+    }
+}
+
+static void s_on_started(cf_client_t *self, cf_proto_msg_t *msg)
+{
+    for (size_t i = 0; i < msg->count; i++) {
+        s_item_t *item = cf_idmap_get(self->pending, msg->ids[i]);
+        if (!item || item->started)
+            continue;
+        item->started = true;
+        cf_future_set_running(item->task->future);
+        if (item->cancel_asked)
+            self->answered = true;
+    }
+}
+
+static void s_on_heartbeat(cf_client_t *self, cf_proto_msg_t *msg)
+{
+    if (msg->ivl_ms)
+        self->broker_ivl_ms = msg->ivl_ms;
+    if (msg->boot == 0)
+        return;
+    if (self->boot != 0 && msg->boot != self->boot) {
+        cf_log_warn(S_LOG, "broker at %s restarted", self->endpoint);
+        s_resend_all(self, "broker restarted");
+    }
+    self->boot = msg->boot;
+}
+
+static void s_on_error(cf_client_t *self, cf_proto_msg_t *msg)
+{
+    s_copy_text(self->err_message, msg->text);
+    if (msg->ref == 0 && strcmp(self->err_message, CF_BROKER_UNKNOWN_CLIENT) == 0) {
+        //  It lost our tasks (or never had them): give them again.
+        s_resend_all(self, "broker does not know us");
+        return;
+    }
+    s_item_t *item = msg->ref ? cf_idmap_get(self->pending, msg->ref) : NULL;
+    if (item) {
+        s_resolve_error(self, item, "ProtocolError", self->err_message, "", 0);
+        return;
+    }
+    cf_log_warn(S_LOG, "broker refused a message: %s", self->err_message);
+}
+
+static void s_recv(cf_client_t *self)
+{
+    int64_t now = cf_clock_now_ms();
+    for (int n = 0; n < S_RECV_BURST; n++) {
+        cf_proto_msg_t *msg = NULL;
+        cf_err_t rc = cf_proto_recv(self->socket, false, NULL, &msg);
+        if (rc == CF_ETIMEDOUT)
+            break;
+        if (rc == CF_EPROTO) {
+            self->malformed++;
+            cf_log_debug(S_LOG, "malformed message from the broker dropped");
+            continue;
+        }
+        if (rc != CF_OK) {
+            if (rc != CF_ESYS || errno != ETERM)
+                cf_log_warn(S_LOG, "receive failed: %s", cf_strerror(rc));
+            break;
+        }
+        s_contact(self, now);
+        switch (msg->type) {
+            case CF_MSG_RESULT:
+                s_on_result(self, msg, now);
+                break;
+            case CF_MSG_STARTED:
+                s_on_started(self, msg);
+                break;
+            case CF_MSG_HEARTBEAT:
+                s_on_heartbeat(self, msg);
+                break;
+            case CF_MSG_ERROR:
+                s_on_error(self, msg);
+                break;
+            case CF_MSG_DISCONNECT:
+                s_lost(self, "it said goodbye");
+                break;
+            case CF_MSG_STATS:
+                break;              //  we never ask; harmless
+            default:
+                self->malformed++;
+                cf_log_debug(S_LOG, "unexpected %s from the broker dropped",
+                             cf_proto_command_name(msg->type));
+                break;
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+}
+
+//  Socket events: a reconnection means the broker may be another instance,
+//  or the same one that now sees us under a new routing id and will drop
+//  our old tasks; either way, resend.
+static void s_on_monitor(cf_client_t *self)
+{
+    for (;;) {
+        zmq_msg_t frame;
+        zmq_msg_init(&frame);
+        if (zmq_msg_recv(&frame, self->monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&frame);
+            return;
+        }
+        uint16_t event = 0;
+        if (zmq_msg_size(&frame) >= sizeof event)
+            memcpy(&event, zmq_msg_data(&frame), sizeof event);
+        bool more = zmq_msg_more(&frame);
+        zmq_msg_close(&frame);
+        while (more) {              //  the endpoint frame
+            zmq_msg_init(&frame);
+            if (zmq_msg_recv(&frame, self->monitor, ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close(&frame);
+                return;
+            }
+            more = zmq_msg_more(&frame);
+            zmq_msg_close(&frame);
+        }
+        if (event == ZMQ_EVENT_CONNECTED) {
+            if (self->ever_connected) {
+                cf_log_info(S_LOG, "reconnected to %s", self->endpoint);
+                self->boot = 0;
+                //  The SUBMIT of the resent tasks introduces us again.
+                s_resend_all(self, "reconnected");
+            }
+            self->ever_connected = true;
+        }
+        else if (event == ZMQ_EVENT_DISCONNECTED)
+            s_lost(self, "disconnected");
+    }
+}
+
+// ---------------------------------------------------------------------------
+//  Actor: timers and loop
+
+static int64_t s_dead_after_ms(cf_client_t *self)
+{
+    int64_t ivl = self->ivl_ms;
+    if ((int64_t)self->broker_ivl_ms > ivl)
+        ivl = self->broker_ivl_ms;
+    return ivl * self->liveness;
+}
+
+static void s_run_timers(cf_client_t *self)
+{
+    int64_t now = cf_clock_now_ms();
+    if (now >= self->next_heartbeat_ms) {
+        //  Every interval, busy or not: it costs nothing and the broker
+        //  never has to guess whether a busy client is alive.
+        cf_err_t rc = s_send_heartbeat(self);
+        if (rc != CF_OK && rc != CF_EBUSY)
+            cf_log_debug(S_LOG, "heartbeat not sent: %s", cf_strerror(rc));
+        self->next_heartbeat_ms = now + self->ivl_ms;
+    }
+    if (self->connected && now - self->last_heard_ms > s_dead_after_ms(self))
+        s_lost(self, "silent");
+    if (self->resend_at_ms >= 0 && now >= self->resend_at_ms) {
+        if (self->freed == 0)
+            self->backoff_ms = self->backoff_ms * 2 > S_BACKOFF_MAX_MS
+                             ? S_BACKOFF_MAX_MS : self->backoff_ms * 2;
+        else
+            self->backoff_ms = S_BACKOFF_MIN_MS;
+        size_t n = self->freed * 2 > S_RESEND_MIN ? self->freed * 2 : S_RESEND_MIN;
+        self->freed = 0;
+        s_list_t round = {0};
+        s_item_t *item;
+        while (n-- > 0 && (item = s_list_pop_front(&self->parked))) {
+            item->where = S_AT_OUTBOX;
+            s_list_push_back(&round, item);
+        }
+        s_list_prepend(&self->outbox, &round);
+        self->resend_at_ms = self->parked.size ? now + self->backoff_ms : -1;
+    }
+}
+
+static int s_poll_timeout(cf_client_t *self)
+{
+    int64_t next = self->next_heartbeat_ms;
+    if (self->connected && self->last_heard_ms + s_dead_after_ms(self) + 1 < next)
+        next = self->last_heard_ms + s_dead_after_ms(self) + 1;
+    if (self->resend_at_ms >= 0 && self->resend_at_ms < next)
+        next = self->resend_at_ms;
+    return cf_clock_ms_until(next);
+}
+
+//  Resolves everything still pending when the actor ends: tasks that never
+//  started are cancelled, running ones fail, so no future hangs.
+static void s_finish_all(cf_client_t *self)
+{
+    pthread_mutex_lock(&self->mutex);
+    self->closed = true;
+    s_list_t tasks = self->inbox;
+    self->inbox = (s_list_t){0};
+    pthread_mutex_unlock(&self->mutex);
+    s_accept_tasks(self, &tasks);
+
+    s_item_t *item;
+    while ((item = self->outbox.head))
+        s_resolve_cancelled(self, item);
+    while ((item = self->parked.head))
+        s_resolve_cancelled(self, item);
+    s_list_t rest = {0};
+    size_t cursor = 0;
+    uint64_t id;
+    void *value;
+    while (cf_idmap_next(self->pending, &cursor, &id, &value))
+        s_list_push_back(&rest, value);
+    while ((item = s_list_pop_front(&rest))) {
+        if (item->started)
+            s_resolve_error(self, item, "ExecutorDestroyed",
+                            "the executor was destroyed before the task finished", "", 0);
+        else
+            s_resolve_cancelled(self, item);
+    }
+    s_report(self);
+}
+
+static void *s_actor(void *arg)
+{
+    cf_client_t *self = arg;
+    s_actor_self = self;
+    int64_t now = cf_clock_now_ms();
+    self->last_heard_ms = now;
+    //  No hello: the broker knows a client from its first SUBMIT and
+    //  answers anything before that with "unknown client", which would
+    //  make us resubmit a burst that raced the answer.
+    self->next_heartbeat_ms = now + self->ivl_ms;
+
+    while (!self->terminated) {
+        zmq_pollitem_t items[3] = {
+            {self->socket, 0, (short)(ZMQ_POLLIN | (self->blocked ? ZMQ_POLLOUT : 0)), 0},
+            {NULL, self->wake_fd, ZMQ_POLLIN, 0},
+            {self->monitor, 0, ZMQ_POLLIN, 0},
+        };
+        int rc = zmq_poll(items, self->monitor ? 3 : 2, s_poll_timeout(self));
+        if (rc < 0 && errno == EINTR)
+            continue;
+        if (rc < 0) {
+            cf_log_warn(S_LOG, "poll failed: %s", zmq_strerror(errno));
+            break;
+        }
+        if (items[1].revents & ZMQ_POLLIN)
+            s_drain_inbox(self);
+        if (items[0].revents & ZMQ_POLLIN)
+            s_recv(self);
+        if (items[0].revents & ZMQ_POLLOUT)
+            self->blocked = false;
+        if (self->monitor && (items[2].revents & ZMQ_POLLIN))
+            s_on_monitor(self);
+        s_run_timers(self);
+        if (self->cancel_ids_len)
+            s_send_cancels(self);
+        s_send_tasks(self);
+        s_report(self);
+    }
+    s_finish_all(self);
+    //  Tell the broker to drop what it still queues for us. Best effort:
+    //  at the high-water mark it is lost and the broker's heartbeats find
+    //  out instead.
+    cf_proto_enc_begin(self->enc, CF_MSG_DISCONNECT);
+    cf_proto_enc_text(self->enc, "client closed", 0);
+    cf_proto_enc_send(self->enc, self->socket, NULL, 0);
+    if (self->monitor) {
+        zmq_socket_monitor(self->socket, NULL, 0);
+        zmq_close(self->monitor);
+        self->monitor = NULL;
+    }
+    zmq_close(self->socket);
+    self->socket = NULL;
+    s_actor_self = NULL;
+    return NULL;
+}
+
+// ---------------------------------------------------------------------------
+//  Construction and destruction
+
+static void s_free(cf_client_t *self)
+{
+    if (self->monitor)
+        zmq_close(self->monitor);
+    if (self->socket)
+        zmq_close(self->socket);
+    if (self->own_ctx && self->ctx)
+        zmq_ctx_term(self->ctx);
+    if (self->wake_fd >= 0)
+        close(self->wake_fd);
+    cf_proto_enc_destroy(&self->enc);
+    cf_idmap_destroy(&self->pending);
+    cf_idmap_destroy(&self->by_future);
+    free(self->cancels);
+    free(self->cancels_spare);
+    free(self->cancel_ids);
+    free(self->endpoint);
+    pthread_cond_destroy(&self->idle_cond);
+    pthread_cond_destroy(&self->cancel_cond);
+    pthread_mutex_destroy(&self->mutex);
+    free(self);
+}
+
+static uint64_t s_random_u64(void)
+{
+    uint64_t value = 0;
+    if (getrandom(&value, sizeof value, GRND_NONBLOCK) != (ssize_t)sizeof value) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        value = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec)
+              ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&value;
+    }
+    return value;
+}
+
+void *cf_client_new(const cf_client_config_t *config)
+{
+    if (!config || !config->endpoint || !*config->endpoint) {
+        cf_error_set(CF_EINVAL, "client: no broker endpoint given");
+        return NULL;
+    }
+    cf_client_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        cf_error_set(CF_ENOMEM, "out of memory");
+        return NULL;
+    }
+    self->wake_fd = -1;
+    pthread_mutex_init(&self->mutex, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&self->idle_cond, &attr);
+    pthread_cond_init(&self->cancel_cond, &attr);
+    pthread_condattr_destroy(&attr);
+
+    self->ivl_ms = config->heartbeat_ivl_ms > 0 ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
+    self->liveness = config->heartbeat_liveness > 0 ? config->heartbeat_liveness
+                                                     : CF_HEARTBEAT_LIVENESS;
+    self->backoff_ms = S_BACKOFF_MIN_MS;
+    self->resend_at_ms = -1;
+    self->next_id = s_random_u64();
+    self->endpoint = strdup(config->endpoint);
+    self->enc = cf_proto_enc_new();
+    self->pending = cf_idmap_new(1024);
+    self->by_future = cf_idmap_new(1024);
+    if (!self->endpoint || !self->enc || !self->pending || !self->by_future) {
+        cf_error_set(CF_ENOMEM, "out of memory");
+        s_free(self);
+        return NULL;
+    }
+    self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (self->wake_fd < 0) {
+        cf_error_set(CF_ESYS, "client: eventfd: %s", strerror(errno));
+        s_free(self);
+        return NULL;
+    }
+    self->ctx = config->zmq_context;
+    if (!self->ctx) {
+        self->ctx = zmq_ctx_new();
+        self->own_ctx = true;
+        if (!self->ctx) {
+            cf_error_set(CF_ESYS, "client: zmq_ctx_new: %s", zmq_strerror(errno));
+            s_free(self);
+            return NULL;
+        }
+    }
+    self->socket = zmq_socket(self->ctx, ZMQ_DEALER);
+    if (!self->socket) {
+        cf_error_set(CF_ESYS, "client: zmq_socket: %s", zmq_strerror(errno));
+        s_free(self);
+        return NULL;
+    }
+    cf_err_t rc = cf_proto_socket_setup(self->socket, false);
+    if (rc != CF_OK) {
+        cf_error_set(rc, "client: socket setup: %s", zmq_strerror(errno));
+        s_free(self);
+        return NULL;
+    }
+    //  inproc peers never reconnect: no monitor needed there.
+    if (strncmp(config->endpoint, "inproc://", 9) != 0) {
+        char name[96];
+        snprintf(name, sizeof name, "inproc://cf-client-monitor-%p-%016" PRIx64,
+                 (void *)self, self->next_id);
+        if (zmq_socket_monitor(self->socket, name,
+                               ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0) {
+            cf_error_set(CF_ESYS, "client: socket monitor: %s", zmq_strerror(errno));
+            s_free(self);
+            return NULL;
+        }
+        self->monitor = zmq_socket(self->ctx, ZMQ_PAIR);
+        if (!self->monitor || zmq_connect(self->monitor, name) != 0) {
+            cf_error_set(CF_ESYS, "client: socket monitor: %s", zmq_strerror(errno));
+            if (self->monitor)
+                zmq_socket_monitor(self->socket, NULL, 0);
+            s_free(self);
+            return NULL;
+        }
+    }
+    if (zmq_connect(self->socket, config->endpoint) != 0) {
+        cf_error_set(CF_EINVAL, "cannot connect to %s: %s", config->endpoint,
+                     zmq_strerror(errno));
+        if (self->monitor)
+            zmq_socket_monitor(self->socket, NULL, 0);
+        s_free(self);
+        return NULL;
+    }
+    //  From here the sockets belong to the actor thread (pthread_create is
+    //  the memory barrier zmq asks for when a socket changes threads).
+    int err = pthread_create(&self->thread, NULL, s_actor, self);
+    if (err != 0) {
+        cf_error_set(CF_ESYS, "client: cannot start its thread: %s", strerror(err));
+        if (self->monitor)
+            zmq_socket_monitor(self->socket, NULL, 0);
+        s_free(self);
+        return NULL;
+    }
+    self->thread_started = true;
+    return self;
+}
+
+static void s_destroy(void **backend_p)
+{
+    if (!backend_p || !*backend_p)
+        return;
+    cf_client_t *self = *backend_p;
+    *backend_p = NULL;
+
+    pthread_mutex_lock(&self->mutex);
+    self->closed = true;
+    self->stopping = true;
+    self->terminate = true;
+    bool wake = s_signal_locked(self);
+    pthread_cond_broadcast(&self->cancel_cond);
+    pthread_mutex_unlock(&self->mutex);
+    if (wake)
+        s_wake(self);
+    if (self->thread_started)
+        pthread_join(self->thread, NULL);
+
+    //  Cancellers still inside s_cancel hold self: let them leave first.
+    pthread_mutex_lock(&self->mutex);
+    while (self->cancel_waiters > 0)
+        pthread_cond_wait(&self->cancel_cond, &self->mutex);
+    pthread_mutex_unlock(&self->mutex);
+    //  Cancel requests that arrived after the actor's last drain.
+    for (size_t i = 0; i < self->cancels_len; i++)
+        cf_future_release(&self->cancels[i]);
+    self->cancels_len = 0;
+    if (self->malformed || self->stale)
+        cf_log_debug(S_LOG, "closed: %" PRIu64 " malformed replies, %" PRIu64 " stale results",
+                     self->malformed, self->stale);
+    s_free(self);
+}
+
+const cf_backend_ops_t cf_client_ops = {
+    .name = "remote",
+    .submit = s_submit,
+    .shutdown = s_shutdown,
+    .destroy = s_destroy,
+    .max_workers = s_max_workers,
+};
