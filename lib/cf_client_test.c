@@ -1,0 +1,478 @@
+//  cf_client: the CF_REMOTE back end against a real broker actor and real
+//  worker actors, all in this process on loopback tcp. Tasks are registered
+//  here with CF_TASK; the workers run them on their own threads.
+
+#include "cf_broker.h"
+#include "cf_client.h"
+#include "cf_executor.h"
+#include "cf_future.h"
+#include "cf_worker.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+//  Heartbeats fast enough that a broker restart is noticed in well under a
+//  second.
+#define S_IVL_MS 100
+
+// ---------------------------------------------------------------------------
+//  Tasks
+
+static void t_add(cf_call_t *call)
+{
+    cf_return_int(call, cf_arg_int(call, 0) + cf_arg_int(call, 1));
+}
+CF_TASK(t_add);
+
+static void t_fail(cf_call_t *call)
+{
+    cf_raise(call, "ValueError", "bad value %lld", (long long)cf_arg_int(call, 0));
+}
+CF_TASK(t_fail);
+
+//  A gate tasks wait at, so a test decides when they may finish.
+static pthread_mutex_t s_gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t s_gate_cond = PTHREAD_COND_INITIALIZER;
+static bool s_gate_open = true;
+static int s_gate_entered;
+
+static void t_gate(cf_call_t *call)
+{
+    int64_t x = cf_arg_int(call, 0);
+    pthread_mutex_lock(&s_gate_lock);
+    s_gate_entered++;
+    pthread_cond_broadcast(&s_gate_cond);
+    while (!s_gate_open)
+        pthread_cond_wait(&s_gate_cond, &s_gate_lock);
+    pthread_mutex_unlock(&s_gate_lock);
+    cf_return_int(call, x);
+}
+CF_TASK(t_gate);
+
+static void s_gate_close(void)
+{
+    pthread_mutex_lock(&s_gate_lock);
+    s_gate_open = false;
+    s_gate_entered = 0;
+    pthread_mutex_unlock(&s_gate_lock);
+}
+
+static void s_gate_release(void)
+{
+    pthread_mutex_lock(&s_gate_lock);
+    s_gate_open = true;
+    pthread_cond_broadcast(&s_gate_cond);
+    pthread_mutex_unlock(&s_gate_lock);
+}
+
+//  True once n tasks entered the gate; false after 10 s (a hung test fails
+//  instead of stalling CTest).
+static bool s_gate_wait_entered(int n)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    pthread_mutex_lock(&s_gate_lock);
+    int rc = 0;
+    while (s_gate_entered < n && rc == 0)
+        rc = pthread_cond_timedwait(&s_gate_cond, &s_gate_lock, &deadline);
+    bool ok = s_gate_entered >= n;
+    pthread_mutex_unlock(&s_gate_lock);
+    return ok;
+}
+
+// ---------------------------------------------------------------------------
+//  Environment: a broker, one worker actor, an executor
+
+typedef struct {
+    cf_broker_t *broker;
+    cf_worker_t *worker;
+    cf_executor_t *ex;
+    char client_endpoint[128];
+    char worker_endpoint[128];
+} s_env_t;
+
+static void s_start_broker(s_env_t *env, const char *client_ep, const char *worker_ep,
+                           size_t max_queued)
+{
+    env->broker = cf_broker_new(&(cf_broker_config_t){
+        .client_endpoint = client_ep,
+        .worker_endpoint = worker_ep,
+        .heartbeat_ivl_ms = S_IVL_MS,
+        .max_queued = max_queued,
+        .max_queued_per_client = max_queued,
+    });
+    if (!env->broker)
+        fail_msg("cf_broker_new: %s", cf_last_error());
+    snprintf(env->client_endpoint, sizeof env->client_endpoint, "%s",
+             cf_broker_client_endpoint(env->broker));
+    snprintf(env->worker_endpoint, sizeof env->worker_endpoint, "%s",
+             cf_broker_worker_endpoint(env->broker));
+}
+
+static void s_start_worker(s_env_t *env, int threads)
+{
+    env->worker = cf_worker_new(&(cf_worker_config_t){
+        .endpoint = env->worker_endpoint,
+        .threads = threads,
+        .heartbeat_ivl_ms = S_IVL_MS,
+        .exit_on_broker_loss = false,
+    });
+    if (!env->worker)
+        fail_msg("cf_worker_new: %s", cf_last_error());
+}
+
+static void s_start(s_env_t *env, int threads, size_t max_queued)
+{
+    memset(env, 0, sizeof *env);
+    s_start_broker(env, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", max_queued);
+    s_start_worker(env, threads);
+    env->ex = cf_executor_new(CF_REMOTE, &(cf_options_t){
+        .endpoint = env->client_endpoint,
+        .heartbeat_ivl_ms = S_IVL_MS,
+    });
+    if (!env->ex)
+        fail_msg("cf_executor_new: %s", cf_last_error());
+}
+
+static void s_stop(s_env_t *env)
+{
+    cf_executor_destroy(&env->ex);
+    cf_worker_destroy(&env->worker);
+    cf_broker_destroy(&env->broker);
+}
+
+static int64_t s_int_result(cf_future_t *f)
+{
+    int64_t value = -1;
+    cf_err_t rc = cf_future_int(f, 20000, &value);
+    if (rc != CF_OK) {
+        const cf_task_error_t *e = cf_future_error(f);
+        fail_msg("future of %s: %s (%s: %s)", cf_future_function(f), cf_strerror(rc),
+                 e ? e->type : "-", e ? e->message : "-");
+    }
+    return value;
+}
+
+// ---------------------------------------------------------------------------
+//  Results and errors
+
+static void test_tasks_return_their_results(void **state)
+{
+    (void)state;
+    s_env_t env;
+    s_start(&env, 2, 0);
+    cf_future_t *fs[10];
+    for (int i = 0; i < 10; i++) {
+        fs[i] = cf_submit(env.ex, "t_add", "ii", i, 100);
+        assert_non_null(fs[i]);
+    }
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(s_int_result(fs[i]), i + 100);
+        assert_true(cf_future_done(fs[i]));
+        assert_false(cf_future_cancelled(fs[i]));
+        cf_future_release(&fs[i]);
+    }
+    assert_int_equal(cf_executor_max_workers(env.ex), 0);
+    s_stop(&env);
+}
+
+static void test_task_error_keeps_type_message_and_origin(void **state)
+{
+    (void)state;
+    s_env_t env;
+    s_start(&env, 1, 0);
+    cf_future_t *f = cf_submit(env.ex, "t_fail", "i", 7);
+    assert_non_null(f);
+    assert_int_equal(cf_future_result(f, 20000, NULL), CF_ETASK);
+    const cf_task_error_t *e = cf_future_error(f);
+    assert_non_null(e);
+    assert_string_equal(e->type, "ValueError");
+    assert_string_equal(e->message, "bad value 7");
+    assert_string_equal(e->function, "t_fail");
+    assert_int_equal(e->pid, getpid());     //  the worker runs in this process
+    assert_non_null(e->host);
+    cf_future_release(&f);
+    s_stop(&env);
+}
+
+static void test_unknown_function_fails_with_unknown_function(void **state)
+{
+    (void)state;
+    s_env_t env;
+    s_start(&env, 1, 0);
+    cf_future_t *f = cf_submit(env.ex, "no_such_task", "i", 1);
+    assert_non_null(f);
+    assert_int_equal(cf_future_result(f, 20000, NULL), CF_ETASK);
+    const cf_task_error_t *e = cf_future_error(f);
+    assert_non_null(e);
+    assert_string_equal(e->type, "UnknownFunction");
+    cf_future_release(&f);
+    s_stop(&env);
+}
+
+static void test_many_tasks_in_flight_all_finish(void **state)
+{
+    (void)state;
+    enum { N = 20000 };
+    s_env_t env;
+    s_start(&env, 2, 0);
+    cf_future_t **fs = calloc(N, sizeof *fs);
+    assert_non_null(fs);
+    for (int i = 0; i < N; i++) {
+        fs[i] = cf_submit(env.ex, "t_add", "ii", i, i);
+        assert_non_null(fs[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(s_int_result(fs[i]), 2 * i);
+        cf_future_release(&fs[i]);
+    }
+    free(fs);
+    cf_progress_t p = cf_executor_progress(env.ex);
+    assert_int_equal(p.submitted, N);
+    assert_int_equal(p.done, N);
+    assert_int_equal(p.failed, 0);
+    s_stop(&env);
+}
+
+// ---------------------------------------------------------------------------
+//  Cancel
+
+static void test_cancel_wins_on_a_queued_task_and_loses_on_a_started_one(void **state)
+{
+    (void)state;
+    enum { QUEUED = 8 };
+    s_env_t env;
+    s_start(&env, 1, 0);
+    s_gate_close();
+    cf_future_t *running = cf_submit(env.ex, "t_gate", "i", 42);
+    assert_non_null(running);
+    assert_true(s_gate_wait_entered(1));
+    //  The one worker thread is busy: these wait in the broker (or in the
+    //  client); the last is past any prefetch a worker might do.
+    cf_future_t *queued[QUEUED];
+    for (int i = 0; i < QUEUED; i++) {
+        queued[i] = cf_submit(env.ex, "t_add", "ii", i, 1);
+        assert_non_null(queued[i]);
+    }
+    assert_true(cf_future_cancel(queued[QUEUED - 1]));
+    assert_true(cf_future_cancelled(queued[QUEUED - 1]));
+    assert_true(cf_future_done(queued[QUEUED - 1]));
+    assert_int_equal(cf_future_result(queued[QUEUED - 1], 0, NULL), CF_ECANCELLED);
+    //  Cancelling twice is still true.
+    assert_true(cf_future_cancel(queued[QUEUED - 1]));
+
+    assert_false(cf_future_cancel(running));
+    assert_false(cf_future_cancelled(running));
+    s_gate_release();
+    assert_int_equal(s_int_result(running), 42);
+    //  A done future cannot be cancelled.
+    assert_false(cf_future_cancel(running));
+    for (int i = 0; i < QUEUED - 1; i++) {
+        assert_int_equal(s_int_result(queued[i]), i + 1);
+        cf_future_release(&queued[i]);
+    }
+    cf_future_release(&queued[QUEUED - 1]);
+    cf_future_release(&running);
+    s_stop(&env);
+}
+
+static void test_shutdown_cancel_futures_cancels_what_has_not_started(void **state)
+{
+    (void)state;
+    enum { QUEUED = 20 };
+    s_env_t env;
+    s_start(&env, 1, 0);
+    s_gate_close();
+    cf_future_t *running = cf_submit(env.ex, "t_gate", "i", 5);
+    assert_true(s_gate_wait_entered(1));
+    cf_future_t *queued[QUEUED];
+    for (int i = 0; i < QUEUED; i++)
+        queued[i] = cf_submit(env.ex, "t_gate", "i", i);
+    assert_int_equal(cf_executor_shutdown(env.ex, false, true), CF_OK);
+    assert_null(cf_submit(env.ex, "t_add", "ii", 1, 2));
+    assert_int_equal(cf_last_err(), CF_ESHUTDOWN);
+    s_gate_release();
+    assert_int_equal(cf_executor_shutdown(env.ex, true, false), CF_OK);
+    assert_int_equal(s_int_result(running), 5);
+    //  A worker may have taken a few before the cancel arrived; the rest,
+    //  at least the last one, are cancelled, and every one is done.
+    int cancelled = 0;
+    for (int i = 0; i < QUEUED; i++) {
+        assert_true(cf_future_done(queued[i]));
+        if (cf_future_cancelled(queued[i]))
+            cancelled++;
+        else
+            assert_int_equal(s_int_result(queued[i]), i);
+        cf_future_release(&queued[i]);
+    }
+    assert_true(cancelled >= QUEUED / 2);
+    cf_future_release(&running);
+    s_stop(&env);
+}
+
+// ---------------------------------------------------------------------------
+//  Backpressure, broker restart
+
+static void test_busy_broker_pushes_back_and_every_task_still_finishes(void **state)
+{
+    (void)state;
+    enum { N = 600 };
+    s_env_t env;
+    s_start(&env, 2, 4);        //  the broker queues 4 tasks at most
+    cf_future_t *fs[N];
+    for (int i = 0; i < N; i++) {
+        fs[i] = cf_submit(env.ex, "t_add", "ii", i, 3);
+        assert_non_null(fs[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(s_int_result(fs[i]), i + 3);
+        cf_future_release(&fs[i]);
+    }
+    cf_broker_stats_t stats;
+    assert_int_equal(cf_broker_stats(env.broker, &stats), CF_OK);
+    assert_true(stats.busy > 0);    //  the path under test was taken
+    s_stop(&env);
+}
+
+static void test_broker_restart_resends_pending_tasks(void **state)
+{
+    (void)state;
+    enum { N = 6 };
+    s_env_t env;
+    s_start(&env, 1, 0);
+    s_gate_close();
+    cf_future_t *fs[N];
+    for (int i = 0; i < N; i++) {
+        fs[i] = cf_submit(env.ex, "t_gate", "i", i);
+        assert_non_null(fs[i]);
+    }
+    //  One runs on the worker, the others wait in the broker, which now
+    //  goes away with them.
+    assert_true(s_gate_wait_entered(1));
+    char client_ep[128], worker_ep[128];
+    snprintf(client_ep, sizeof client_ep, "%s", env.client_endpoint);
+    snprintf(worker_ep, sizeof worker_ep, "%s", env.worker_endpoint);
+    cf_broker_destroy(&env.broker);
+    s_start_broker(&env, client_ep, worker_ep, 0);
+    s_gate_release();
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(s_int_result(fs[i]), i);
+        cf_future_release(&fs[i]);
+    }
+    //  And the new broker serves new work.
+    cf_future_t *f = cf_submit(env.ex, "t_add", "ii", 2, 2);
+    assert_int_equal(s_int_result(f), 4);
+    cf_future_release(&f);
+    s_stop(&env);
+}
+
+// ---------------------------------------------------------------------------
+//  Destroy with pending futures (through the back end's operations: the
+//  front would wait for them first)
+
+static cf_future_t *s_submit_direct(void *client, const char *fn, int64_t x)
+{
+    uint8_t args[16];
+    size_t len = 0;
+    args[len++] = 0x91;                 //  array of one
+    args[len++] = 0xd3;                 //  int64, big-endian
+    for (int shift = 56; shift >= 0; shift -= 8)
+        args[len++] = (uint8_t)((uint64_t)x >> shift);
+    cf_task_t *task = cf_task_new(fn, strlen(fn), args, len);
+    assert_non_null(task);
+    task->retries = 1;
+    cf_future_t *f = cf_future_ref(task->future);
+    assert_int_equal(cf_client_ops.submit(client, &task), CF_OK);
+    assert_null(task);
+    return f;
+}
+
+static void test_destroy_resolves_every_pending_future(void **state)
+{
+    (void)state;
+    enum { N = 100 };
+    //  A broker that is gone: its port is free, nobody answers.
+    s_env_t env = {0};
+    s_start_broker(&env, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", 0);
+    char dead[128];
+    snprintf(dead, sizeof dead, "%s", env.client_endpoint);
+    cf_broker_destroy(&env.broker);
+
+    void *client = cf_client_new(&(cf_client_config_t){.endpoint = dead});
+    assert_non_null(client);
+    cf_future_t *fs[N];
+    for (int i = 0; i < N; i++)
+        fs[i] = s_submit_direct(client, "t_add", i);
+    cf_client_ops.destroy(&client);
+    assert_null(client);
+    for (int i = 0; i < N; i++) {
+        assert_true(cf_future_done(fs[i]));
+        assert_true(cf_future_cancelled(fs[i]));
+        cf_future_release(&fs[i]);
+    }
+}
+
+static void test_destroy_fails_a_started_task(void **state)
+{
+    (void)state;
+    s_env_t env = {0};
+    s_start_broker(&env, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", 0);
+    s_start_worker(&env, 1);
+    void *client = cf_client_new(&(cf_client_config_t){
+        .endpoint = env.client_endpoint, .heartbeat_ivl_ms = S_IVL_MS});
+    assert_non_null(client);
+    s_gate_close();
+    cf_future_t *f = s_submit_direct(client, "t_gate", 9);
+    assert_true(s_gate_wait_entered(1));
+    //  STARTED may trail the task's start a little.
+    for (int i = 0; i < 1000 && !cf_future_running(f); i++)
+        usleep(10 * 1000);
+    assert_true(cf_future_running(f));
+    cf_client_ops.destroy(&client);
+    assert_true(cf_future_done(f));
+    assert_int_equal(cf_future_result(f, 0, NULL), CF_ETASK);
+    const cf_task_error_t *e = cf_future_error(f);
+    assert_non_null(e);
+    assert_string_equal(e->type, "ExecutorDestroyed");
+    cf_future_release(&f);
+    s_gate_release();
+    cf_worker_destroy(&env.worker);
+    cf_broker_destroy(&env.broker);
+}
+
+static void test_new_rejects_a_bad_endpoint(void **state)
+{
+    (void)state;
+    assert_null(cf_client_new(&(cf_client_config_t){.endpoint = NULL}));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_null(cf_client_new(&(cf_client_config_t){.endpoint = "nonsense"}));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_null(cf_executor_new(CF_REMOTE, &(cf_options_t){.endpoint = "tcp://"}));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tasks_return_their_results),
+        cmocka_unit_test(test_task_error_keeps_type_message_and_origin),
+        cmocka_unit_test(test_unknown_function_fails_with_unknown_function),
+        cmocka_unit_test(test_many_tasks_in_flight_all_finish),
+        cmocka_unit_test(test_cancel_wins_on_a_queued_task_and_loses_on_a_started_one),
+        cmocka_unit_test(test_shutdown_cancel_futures_cancels_what_has_not_started),
+        cmocka_unit_test(test_busy_broker_pushes_back_and_every_task_still_finishes),
+        cmocka_unit_test(test_broker_restart_resends_pending_tasks),
+        cmocka_unit_test(test_destroy_resolves_every_pending_future),
+        cmocka_unit_test(test_destroy_fails_a_started_task),
+        cmocka_unit_test(test_new_rejects_a_bad_endpoint),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

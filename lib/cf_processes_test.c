@@ -1,0 +1,370 @@
+//  cf_processes: CF_PROCESSES end to end. Worker processes are forked
+//  copies of this test program, so the tasks registered here with CF_TASK
+//  run in them.
+
+#include "cf_executor.h"
+#include "cf_processes.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+// ---------------------------------------------------------------------------
+//  Tasks (they run in worker processes)
+
+static void t_square(cf_call_t *call)
+{
+    int64_t x = cf_arg_int(call, 0);
+    cf_return_int(call, x * x);
+}
+CF_TASK(t_square);
+
+static void t_pid(cf_call_t *call)
+{
+    cf_return_int(call, getpid());
+}
+CF_TASK(t_pid);
+
+static void t_abort(cf_call_t *call)
+{
+    (void)call;
+    abort();
+}
+CF_TASK(t_abort);
+
+static void t_kill(cf_call_t *call)
+{
+    (void)call;
+    raise(SIGKILL);
+}
+CF_TASK(t_kill);
+
+static void t_sleep_ms(cf_call_t *call)
+{
+    int64_t ms = cf_arg_int(call, 0);
+    usleep((useconds_t)ms * 1000);
+    cf_return_int(call, ms);
+}
+CF_TASK(t_sleep_ms);
+
+//  Set by the initializer in each worker process, never in this one.
+static int64_t s_init_value;
+
+static void s_initializer(void *arg)
+{
+    s_init_value = *(const int64_t *)arg;
+}
+
+static void t_init_value(cf_call_t *call)
+{
+    cf_return_int(call, s_init_value);
+}
+CF_TASK(t_init_value);
+
+// ---------------------------------------------------------------------------
+//  Helpers
+
+static int64_t s_int_result(cf_future_t *f)
+{
+    int64_t value = -1;
+    cf_err_t rc = cf_future_int(f, 60000, &value);
+    if (rc != CF_OK) {
+        const cf_task_error_t *e = cf_future_error(f);
+        fail_msg("future of %s: %s (%s: %s)", cf_future_function(f), cf_strerror(rc),
+                 e ? e->type : "-", e ? e->message : "-");
+    }
+    return value;
+}
+
+//  The parent pid of pid from /proc, or -1.
+static pid_t s_parent_of(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *file = fopen(path, "r");
+    if (!file)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, file);
+    fclose(file);
+    buf[n] = '\0';
+    //  "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    char *end = strrchr(buf, ')');
+    char state;
+    int ppid;
+    if (!end || sscanf(end + 1, " %c %d", &state, &ppid) != 2)
+        return -1;
+    return (pid_t)ppid;
+}
+
+//  True while pid exists and is not a zombie.
+static bool s_alive(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *file = fopen(path, "r");
+    if (!file)
+        return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, file);
+    fclose(file);
+    buf[n] = '\0';
+    char *end = strrchr(buf, ')');
+    return end && end[1] == ' ' && end[2] != 'Z' && end[2] != 'X';
+}
+
+//  Every descendant of this process, by walking /proc; returns how many
+//  were written to pids.
+static size_t s_descendants(pid_t *pids, size_t cap)
+{
+    size_t count = 0;
+    pids[count++] = getpid();
+    //  Repeated passes pick up grandchildren whatever the directory order.
+    for (bool grew = true; grew;) {
+        grew = false;
+        DIR *dir = opendir("/proc");
+        assert_non_null(dir);
+        struct dirent *entry;
+        while ((entry = readdir(dir))) {
+            char *rest;
+            long pid = strtol(entry->d_name, &rest, 10);
+            if (*rest || pid <= 0)
+                continue;
+            bool known = false;
+            for (size_t i = 0; i < count && !known; i++)
+                known = pids[i] == (pid_t)pid;
+            if (known)
+                continue;
+            pid_t parent = s_parent_of((pid_t)pid);
+            for (size_t i = 0; i < count; i++) {
+                if (pids[i] == parent && count < cap) {
+                    pids[count++] = (pid_t)pid;
+                    grew = true;
+                    break;
+                }
+            }
+        }
+        closedir(dir);
+    }
+    //  Drop ourselves.
+    memmove(pids, pids + 1, (count - 1) * sizeof *pids);
+    return count - 1;
+}
+
+// ---------------------------------------------------------------------------
+//  Tests
+
+static void test_tasks_run_in_worker_processes(void **state)
+{
+    (void)state;
+    cf_executor_t *ex = cf_executor_new(CF_PROCESSES, &(cf_options_t){.max_workers = 2});
+    assert_non_null(ex);
+    assert_int_equal(cf_executor_max_workers(ex), 2);
+    cf_future_t *fs[50];
+    for (int i = 0; i < 50; i++) {
+        fs[i] = cf_submit(ex, "t_square", "i", i);
+        assert_non_null(fs[i]);
+    }
+    for (int i = 0; i < 50; i++) {
+        assert_int_equal(s_int_result(fs[i]), (int64_t)i * i);
+        cf_future_release(&fs[i]);
+    }
+    cf_future_t *f = cf_submit(ex, "t_pid", "");
+    int64_t pid = s_int_result(f);
+    assert_true(pid > 0);
+    assert_int_not_equal(pid, getpid());
+    cf_future_release(&f);
+    cf_executor_destroy(&ex);
+}
+
+static void test_initializer_runs_in_each_worker(void **state)
+{
+    (void)state;
+    static const int64_t value = 4242;
+    cf_executor_t *ex = cf_executor_new(CF_PROCESSES, &(cf_options_t){
+        .max_workers = 2, .initializer = s_initializer, .initarg = (void *)&value});
+    assert_non_null(ex);
+    for (int i = 0; i < 4; i++) {
+        cf_future_t *f = cf_submit(ex, "t_init_value", "");
+        assert_int_equal(s_int_result(f), value);
+        cf_future_release(&f);
+    }
+    assert_int_equal(s_init_value, 0);     //  never in this process
+    cf_executor_destroy(&ex);
+}
+
+static void s_expect_worker_lost(cf_future_t *f)
+{
+    assert_int_equal(cf_future_result(f, 60000, NULL), CF_ETASK);
+    const cf_task_error_t *e = cf_future_error(f);
+    assert_non_null(e);
+    assert_string_equal(e->type, "WorkerLost");
+}
+
+static void test_a_crashing_task_fails_alone_and_the_pool_lives_on(void **state)
+{
+    (void)state;
+    enum { N = 40 };
+    cf_executor_t *ex = cf_executor_new(CF_PROCESSES, &(cf_options_t){.max_workers = 2});
+    assert_non_null(ex);
+    cf_future_t *fs[N];
+    cf_task_opts_t once = {.retries = 1};
+    cf_future_t *aborting = NULL, *killed = NULL;
+    for (int i = 0; i < N; i++) {
+        fs[i] = cf_submit(ex, "t_square", "i", i);
+        assert_non_null(fs[i]);
+        if (i == N / 4)
+            aborting = cf_submit_with(ex, &once, "t_abort", "");
+        if (i == N / 2)
+            killed = cf_submit_with(ex, &once, "t_kill", "");
+    }
+    assert_non_null(aborting);
+    assert_non_null(killed);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(s_int_result(fs[i]), (int64_t)i * i);
+        cf_future_release(&fs[i]);
+    }
+    s_expect_worker_lost(aborting);
+    s_expect_worker_lost(killed);
+    cf_future_release(&aborting);
+    cf_future_release(&killed);
+    //  The pool still has its workers and serves new work.
+    for (int i = 0; i < 10; i++) {
+        cf_future_t *f = cf_submit(ex, "t_square", "i", 3);
+        assert_int_equal(s_int_result(f), 9);
+        cf_future_release(&f);
+    }
+    cf_progress_t p = cf_executor_progress(ex);
+    assert_int_equal(p.failed, 2);
+    cf_executor_destroy(&ex);
+}
+
+static void test_max_tasks_per_worker_recycles_processes(void **state)
+{
+    (void)state;
+    enum { N = 6 };
+    cf_executor_t *ex = cf_executor_new(CF_PROCESSES, &(cf_options_t){
+        .max_workers = 1, .max_tasks_per_worker = 2});
+    assert_non_null(ex);
+    int64_t pids[N];
+    for (int i = 0; i < N; i++) {
+        cf_future_t *f = cf_submit(ex, "t_pid", "");
+        pids[i] = s_int_result(f);
+        cf_future_release(&f);
+    }
+    //  One process at a time, two tasks each: three processes at least.
+    int distinct = 0;
+    for (int i = 0; i < N; i++) {
+        bool seen = false;
+        for (int j = 0; j < i && !seen; j++)
+            seen = pids[j] == pids[i];
+        distinct += !seen;
+    }
+    assert_true(distinct >= N / 2);
+    cf_executor_destroy(&ex);
+}
+
+static void test_a_process_pool_starts_while_a_thread_pool_is_busy(void **state)
+{
+    (void)state;
+    enum { N = 4 };
+    cf_executor_t *threads = cf_executor_new(CF_THREADS, &(cf_options_t){.max_workers = N});
+    assert_non_null(threads);
+    cf_future_t *busy[N];
+    for (int i = 0; i < N; i++)
+        busy[i] = cf_submit(threads, "t_sleep_ms", "i", 300);
+    cf_executor_t *procs = cf_executor_new(CF_PROCESSES, &(cf_options_t){.max_workers = 2});
+    assert_non_null(procs);
+    for (int i = 0; i < 10; i++) {
+        cf_future_t *f = cf_submit(procs, "t_square", "i", i);
+        assert_int_equal(s_int_result(f), (int64_t)i * i);
+        cf_future_release(&f);
+    }
+    //  A second pool beside the first.
+    cf_executor_t *procs2 = cf_executor_new(CF_PROCESSES, &(cf_options_t){.max_workers = 1});
+    assert_non_null(procs2);
+    cf_future_t *f = cf_submit(procs2, "t_square", "i", 12);
+    assert_int_equal(s_int_result(f), 144);
+    cf_future_release(&f);
+    cf_executor_destroy(&procs2);
+    cf_executor_destroy(&procs);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(s_int_result(busy[i]), 300);
+        cf_future_release(&busy[i]);
+    }
+    cf_executor_destroy(&threads);
+}
+
+static void test_destroy_leaves_no_process_and_no_directory(void **state)
+{
+    (void)state;
+    //  A private TMPDIR shows whether the pool's directory is removed.
+    char tmp[] = "/tmp/cf-processes-test-XXXXXX";
+    assert_non_null(mkdtemp(tmp));
+    const char *old = getenv("TMPDIR");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("TMPDIR", tmp, 1);
+
+    cf_executor_t *ex = cf_executor_new(CF_PROCESSES, &(cf_options_t){.max_workers = 3});
+    assert_non_null(ex);
+    cf_future_t *f = cf_submit(ex, "t_square", "i", 5);
+    assert_int_equal(s_int_result(f), 25);
+    cf_future_release(&f);
+
+    pid_t pids[256];
+    size_t count = s_descendants(pids, 256);
+    assert_true(count >= 3);            //  the workers (and the zygote)
+    cf_executor_destroy(&ex);
+    for (size_t i = 0; i < count; i++) {
+        if (s_alive(pids[i]))
+            fail_msg("process %d outlived its executor", (int)pids[i]);
+    }
+
+    DIR *dir = opendir(tmp);
+    assert_non_null(dir);
+    struct dirent *entry;
+    int entries = 0;
+    while ((entry = readdir(dir)))
+        entries += strcmp(entry->d_name, ".") != 0 && strcmp(entry->d_name, "..") != 0;
+    closedir(dir);
+    assert_int_equal(entries, 0);
+    assert_int_equal(rmdir(tmp), 0);
+    if (saved) {
+        setenv("TMPDIR", saved, 1);
+        free(saved);
+    }
+    else
+        unsetenv("TMPDIR");
+}
+
+static void test_new_rejects_zero_workers(void **state)
+{
+    (void)state;
+    assert_null(cf_processes_new(NULL, 0));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+}
+
+int main(void)
+{
+    //  Crashing tasks should not leave core files behind.
+    struct rlimit none = {0, 0};
+    setrlimit(RLIMIT_CORE, &none);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tasks_run_in_worker_processes),
+        cmocka_unit_test(test_initializer_runs_in_each_worker),
+        cmocka_unit_test(test_a_crashing_task_fails_alone_and_the_pool_lives_on),
+        cmocka_unit_test(test_max_tasks_per_worker_recycles_processes),
+        cmocka_unit_test(test_a_process_pool_starts_while_a_thread_pool_is_busy),
+        cmocka_unit_test(test_destroy_leaves_no_process_and_no_directory),
+        cmocka_unit_test(test_new_rejects_zero_workers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
