@@ -43,7 +43,12 @@ void cf_future_set_canceller(cf_future_t *f, cf_canceller_fn *fn, void *executor
 cf_future_state_t cf_future_state(cf_future_t *f);
 
 //  Transitions; each returns true when it happened. Results and errors are
-//  copied. Completion wakes waiters, runs callbacks then the completion hook.
+//  copied. Completion wakes waiters, runs callbacks then the completion hook,
+//  all before returning, so the caller must hold a reference to f. The
+//  result bytes are not checked here (that would cost a pass over them on
+//  the hot path): the first reader decodes them, and malformed bytes turn
+//  into a ProtocolError seen by cf_future_result and cf_future_error (the
+//  state stays FINISHED).
 bool cf_future_set_running(cf_future_t *f);
 bool cf_future_set_result(cf_future_t *f, const void *value, size_t len);
 //  Takes value (malloc'd) instead of copying it; frees it when not taken.
@@ -53,18 +58,22 @@ bool cf_future_set_error(cf_future_t *f, const char *type, const char *message,
 bool cf_future_set_cancelled(cf_future_t *f);
 
 //  Called once after f completes, after its callbacks, with the final state:
-//  executors use it for progress counters. One hook per future.
+//  executors use it for progress counters. One hook per future. Returns true
+//  when f was not done yet, so the hook set here (or the one replaced by
+//  NULL) is the one that runs (or never runs); false when f already
+//  completed and the previous hook ran.
 typedef void (cf_complete_fn)(void *arg, cf_future_t *f, cf_future_state_t state);
-void cf_future_set_complete_hook(cf_future_t *f, cf_complete_fn *fn, void *arg);
+bool cf_future_set_complete_hook(cf_future_t *f, cf_complete_fn *fn, void *arg);
 
 //  Waiters. A waiter is signalled (under its own lock) each time one of its
 //  futures completes; the future is appended to its ready list.
 typedef struct cf_future_waiter cf_future_waiter_t;
 cf_future_waiter_t *cf_future_waiter_new(void);
 void cf_future_waiter_destroy(cf_future_waiter_t **waiter);
-//  Registers waiter on f; returns true if f was already done (then nothing
-//  is registered and the caller treats it as ready).
-bool cf_future_waiter_add(cf_future_waiter_t *waiter, cf_future_t *f);
+//  Registers waiter on f. CF_OK with *done = true if f was already done
+//  (then nothing is registered and the caller treats it as ready), CF_OK
+//  with *done = false once registered, or CF_ENOMEM.
+cf_err_t cf_future_waiter_add(cf_future_waiter_t *waiter, cf_future_t *f, bool *done);
 //  Unregisters from f (safe if f already completed).
 void cf_future_waiter_remove(cf_future_waiter_t *waiter, cf_future_t *f);
 //  Pops the next completed future, waiting until deadline_ms (absolute

@@ -1,0 +1,726 @@
+//  Futures and waiters: the only objects shared between threads.
+//
+//  Design note. A future is resolved once per task on the executor's hot
+//  path (hundreds of thousands per second on CF_THREADS), so the resolve
+//  path does no allocation beyond the result bytes it is handed, takes one
+//  uncontended mutex, and makes a system call only when someone is actually
+//  blocked: the condition variable is broadcast only when a thread sleeps on
+//  it, and a waiter is signalled only when its owner sleeps.
+//
+//  The state is an atomic so that done/running/cancelled and the fast path of
+//  cf_future_wait read it without the lock. Every final transition happens
+//  under the lock and is a compare-and-swap from the state it observed;
+//  PENDING -> RUNNING is a lock-free compare-and-swap, so a worker taking a
+//  task and a user cancelling it race on one atomic and exactly one wins
+//  (Python's set_running_or_notify_cancel). The result and error are
+//  assigned under the lock with the final state, and read under it.
+//
+//  Waiters are notified under the future's lock (future lock, then the
+//  waiter's lock, never the other way round): that way cf_future_waiter_remove,
+//  which takes the future's lock, knows that a completion has either not
+//  touched the waiter yet or is completely done with it, and a waiter can be
+//  freed right after. User callbacks and the completion hook never run under
+//  any lock.
+//
+//  The result is kept as the bytes the executor produced (which may come from
+//  the network) and decoded with cf_mp_doc_decode on first access. Malformed
+//  bytes become a ProtocolError seen by every reader; they never crash.
+
+#include "cf_future.h"
+
+#include "cf_clock.h"
+#include "cf_log.h"
+#include "cf_mp.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+//  A done callback, in a singly linked list (newest first).
+typedef struct s_callback {
+    cf_done_fn *fn;
+    void *arg;
+    struct s_callback *next;
+} s_callback_t;
+
+//  One registration of a waiter on a future: in the future's list until the
+//  future completes, then moved (not copied) to the waiter's ready list.
+typedef struct s_node {
+    cf_future_waiter_t *waiter;     //  who to tell
+    cf_future_t *future;            //  who completed
+    struct s_node *next;
+} s_node_t;
+
+struct cf_future_waiter {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;            //  signalled when the ready list grows
+    s_node_t *head;                 //  completed futures, oldest first
+    s_node_t *tail;
+    int sleepers;                   //  threads blocked in cf_future_waiter_next
+};
+
+//  A task error with its strings in the same allocation.
+typedef struct {
+    cf_task_error_t pub;
+    char text[];                    //  type, message, host: NUL-terminated
+} s_error_t;
+
+struct cf_future {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;            //  broadcast on completion if sleepers > 0
+    atomic_int refs;
+    atomic_int state;               //  cf_future_state_t
+    int sleepers;                   //  threads blocked in cf_future_wait
+    bool decoded;                   //  result decode attempted (under lock)
+    uint8_t *result;                //  FINISHED: the msgpack bytes, owned
+    size_t result_len;
+    cf_mp_doc_t *doc;               //  the decoded result, once read
+    s_error_t *error;               //  FAILED, or a malformed result
+    s_callback_t *callbacks;        //  until completion
+    s_node_t *waiters;              //  until completion
+    cf_canceller_fn *canceller;     //  the back end's, or NULL
+    void *canceller_arg;
+    cf_complete_fn *hook;           //  the executor front's progress hook
+    void *hook_arg;
+    void *_Atomic tag;              //  the application's
+    char function[];                //  NUL-terminated
+};
+
+static pthread_once_t s_condattr_once = PTHREAD_ONCE_INIT;
+static pthread_condattr_t s_condattr;
+
+//  Conditions wait on CLOCK_MONOTONIC like every deadline in cfutures (see
+//  cf_clock.h), so a wall-clock jump never fires or stalls a wait.
+static void s_condattr_init(void)
+{
+    pthread_condattr_init(&s_condattr);
+    pthread_condattr_setclock(&s_condattr, CLOCK_MONOTONIC);
+}
+
+static int s_cond_init(pthread_cond_t *cond)
+{
+    pthread_once(&s_condattr_once, s_condattr_init);
+    return pthread_cond_init(cond, &s_condattr);
+}
+
+static bool s_is_final(int state)
+{
+    return state >= CF_FUTURE_FINISHED;
+}
+
+static int s_load_state(cf_future_t *f)
+{
+    return atomic_load_explicit(&f->state, memory_order_acquire);
+}
+
+static s_error_t *s_error_new(const char *type, const char *message, const char *function,
+                              const char *host, int pid)
+{
+    if (!type || !*type)
+        type = "Error";
+    if (!message)
+        message = "";
+    if (!host)
+        host = "";
+    size_t type_len = strlen(type);
+    size_t message_len = strlen(message);
+    size_t host_len = strlen(host);
+    s_error_t *error = malloc(sizeof *error + type_len + message_len + host_len + 3);
+    if (!error)
+        return NULL;
+    char *p = error->text;
+    memcpy(p, type, type_len + 1);
+    error->pub.type = p;
+    p += type_len + 1;
+    memcpy(p, message, message_len + 1);
+    error->pub.message = p;
+    p += message_len + 1;
+    memcpy(p, host, host_len + 1);
+    error->pub.host = p;
+    error->pub.function = function;
+    error->pub.pid = pid;
+    return error;
+}
+
+//  When even the error cannot be allocated, the future still fails: with
+//  this static one.
+static const s_error_t s_error_nomem = {
+    .pub = { .type = "MemoryError", .message = "out of memory recording the task's error",
+             .function = "", .host = "", .pid = 0 }
+};
+
+// ---------------------------------------------------------------------------
+//  Life cycle
+
+cf_future_t *cf_future_new(const char *function, size_t function_len)
+{
+    if (!function)
+        function_len = 0;
+    cf_future_t *f = malloc(sizeof *f + function_len + 1);
+    if (!f)
+        return NULL;
+    if (pthread_mutex_init(&f->lock, NULL) != 0) {
+        free(f);
+        return NULL;
+    }
+    if (s_cond_init(&f->cond) != 0) {
+        pthread_mutex_destroy(&f->lock);
+        free(f);
+        return NULL;
+    }
+    atomic_init(&f->refs, 1);
+    atomic_init(&f->state, CF_FUTURE_PENDING);
+    f->sleepers = 0;
+    f->decoded = false;
+    f->result = NULL;
+    f->result_len = 0;
+    f->doc = NULL;
+    f->error = NULL;
+    f->callbacks = NULL;
+    f->waiters = NULL;
+    f->canceller = NULL;
+    f->canceller_arg = NULL;
+    f->hook = NULL;
+    f->hook_arg = NULL;
+    atomic_init(&f->tag, NULL);
+    if (function_len)
+        memcpy(f->function, function, function_len);
+    f->function[function_len] = '\0';
+    return f;
+}
+
+cf_future_t *cf_future_ref(cf_future_t *f)
+{
+    if (f)
+        atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
+    return f;
+}
+
+static void s_free(cf_future_t *f)
+{
+    //  Callbacks and registrations of a future that never completed: the
+    //  executor that should have resolved it is gone (or it was never
+    //  submitted), so nobody will ever call them.
+    s_callback_t *cb = f->callbacks;
+    while (cb) {
+        s_callback_t *next = cb->next;
+        free(cb);
+        cb = next;
+    }
+    s_node_t *node = f->waiters;
+    while (node) {
+        s_node_t *next = node->next;
+        free(node);
+        node = next;
+    }
+    if (f->error != &s_error_nomem)
+        free(f->error);
+    free(f->result);
+    cf_mp_doc_destroy(&f->doc);
+    pthread_cond_destroy(&f->cond);
+    pthread_mutex_destroy(&f->lock);
+    free(f);
+}
+
+void cf_future_release(cf_future_t **pf)
+{
+    if (!pf || !*pf)
+        return;
+    cf_future_t *f = *pf;
+    *pf = NULL;
+    if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1)
+        s_free(f);
+}
+
+void cf_future_set_canceller(cf_future_t *f, cf_canceller_fn *fn, void *executor)
+{
+    pthread_mutex_lock(&f->lock);
+    f->canceller = fn;
+    f->canceller_arg = executor;
+    pthread_mutex_unlock(&f->lock);
+}
+
+bool cf_future_set_complete_hook(cf_future_t *f, cf_complete_fn *fn, void *arg)
+{
+    pthread_mutex_lock(&f->lock);
+    bool pending = !s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed));
+    if (pending) {
+        f->hook = fn;
+        f->hook_arg = arg;
+    }
+    pthread_mutex_unlock(&f->lock);
+    return pending;
+}
+
+cf_future_state_t cf_future_state(cf_future_t *f)
+{
+    return (cf_future_state_t)s_load_state(f);
+}
+
+// ---------------------------------------------------------------------------
+//  Transitions
+
+bool cf_future_set_running(cf_future_t *f)
+{
+    int expected = CF_FUTURE_PENDING;
+    return atomic_compare_exchange_strong_explicit(&f->state, &expected, CF_FUTURE_RUNNING,
+                                                   memory_order_acq_rel,
+                                                   memory_order_acquire);
+}
+
+static void s_run_callback(cf_future_t *f, cf_done_fn *fn, void *arg)
+{
+    int rc = fn(f, arg);
+    if (rc != 0)
+        cf_log_warn("future", "a done callback of %s returned %d", f->function, rc);
+}
+
+//  The one completion path. result (owned, may be NULL) and error are stored
+//  only if the transition happens; the caller frees them otherwise.
+//  only_from_pending: the user's cancel, which must lose against a worker
+//  that already took the task.
+static bool s_complete(cf_future_t *f, int final, uint8_t *result, size_t result_len,
+                       s_error_t *error, bool only_from_pending)
+{
+    pthread_mutex_lock(&f->lock);
+    int state = atomic_load_explicit(&f->state, memory_order_relaxed);
+    for (;;) {
+        if (s_is_final(state) || (only_from_pending && state != CF_FUTURE_PENDING)) {
+            pthread_mutex_unlock(&f->lock);
+            return false;
+        }
+        //  Only set_running can change the state under us (it takes no
+        //  lock), and only from PENDING to RUNNING: retry from there.
+        if (atomic_compare_exchange_weak_explicit(&f->state, &state, final,
+                                                  memory_order_release,
+                                                  memory_order_relaxed))
+            break;
+    }
+    //  Every reader of these takes the lock after seeing a final state, so
+    //  assigning them after the store, still under the lock, is safe.
+    f->result = result;
+    f->result_len = result_len;
+    f->error = error;
+
+    s_node_t *node = f->waiters;
+    f->waiters = NULL;
+    while (node) {
+        s_node_t *next = node->next;
+        cf_future_waiter_t *waiter = node->waiter;
+        node->next = NULL;
+        pthread_mutex_lock(&waiter->lock);
+        if (waiter->tail)
+            waiter->tail->next = node;
+        else
+            waiter->head = node;
+        waiter->tail = node;
+        if (waiter->sleepers > 0)
+            pthread_cond_signal(&waiter->cond);
+        pthread_mutex_unlock(&waiter->lock);
+        node = next;
+    }
+    if (f->sleepers > 0)
+        pthread_cond_broadcast(&f->cond);
+    s_callback_t *callbacks = f->callbacks;
+    f->callbacks = NULL;
+    cf_complete_fn *hook = f->hook;
+    void *hook_arg = f->hook_arg;
+    pthread_mutex_unlock(&f->lock);
+
+    //  Callbacks were pushed newest first; Python runs them in the order
+    //  they were added.
+    s_callback_t *ordered = NULL;
+    while (callbacks) {
+        s_callback_t *next = callbacks->next;
+        callbacks->next = ordered;
+        ordered = callbacks;
+        callbacks = next;
+    }
+    while (ordered) {
+        s_callback_t *next = ordered->next;
+        s_run_callback(f, ordered->fn, ordered->arg);
+        free(ordered);
+        ordered = next;
+    }
+    if (hook)
+        hook(hook_arg, f, (cf_future_state_t)final);
+    return true;
+}
+
+bool cf_future_set_result(cf_future_t *f, const void *value, size_t len)
+{
+    uint8_t *copy = NULL;
+    if (len > 0) {
+        copy = malloc(len);
+        if (!copy)
+            return cf_future_set_error(f, "MemoryError", "out of memory storing the result",
+                                       "", 0);
+        memcpy(copy, value, len);
+    }
+    if (s_complete(f, CF_FUTURE_FINISHED, copy, len, NULL, false))
+        return true;
+    free(copy);
+    return false;
+}
+
+bool cf_future_take_result(cf_future_t *f, uint8_t *value, size_t len)
+{
+    if (s_complete(f, CF_FUTURE_FINISHED, value, len, NULL, false))
+        return true;
+    free(value);
+    return false;
+}
+
+bool cf_future_set_error(cf_future_t *f, const char *type, const char *message,
+                         const char *host, int pid)
+{
+    //  Cheap check first: a late result after a timeout or cancel is common
+    //  and should not allocate.
+    if (s_is_final(s_load_state(f)))
+        return false;
+    s_error_t *error = s_error_new(type, message, f->function, host, pid);
+    if (!error)
+        error = (s_error_t *)&s_error_nomem;
+    if (s_complete(f, CF_FUTURE_FAILED, NULL, 0, error, false))
+        return true;
+    if (error != &s_error_nomem)
+        free(error);
+    return false;
+}
+
+bool cf_future_set_cancelled(cf_future_t *f)
+{
+    return s_complete(f, CF_FUTURE_CANCELLED, NULL, 0, NULL, false);
+}
+
+// ---------------------------------------------------------------------------
+//  Reading
+
+cf_err_t cf_future_wait(cf_future_t *f, int timeout_ms)
+{
+    if (s_is_final(s_load_state(f)))
+        return CF_OK;
+    if (timeout_ms == 0)
+        return CF_ETIMEDOUT;
+    struct timespec deadline;
+    if (timeout_ms > 0)
+        deadline = cf_clock_deadline(timeout_ms);
+    cf_err_t rc = CF_OK;
+    pthread_mutex_lock(&f->lock);
+    while (!s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed))) {
+        f->sleepers++;
+        int prc = timeout_ms > 0 ? pthread_cond_timedwait(&f->cond, &f->lock, &deadline)
+                                 : pthread_cond_wait(&f->cond, &f->lock);
+        f->sleepers--;
+        if (prc == ETIMEDOUT
+            && !s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed))) {
+            rc = CF_ETIMEDOUT;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&f->lock);
+    return rc;
+}
+
+//  Decodes a FINISHED future's result once; under f->lock. CF_OK (f->doc
+//  set), CF_ETASK (malformed: f->error says ProtocolError) or CF_ENOMEM
+//  (tried again next time).
+static cf_err_t s_decode_locked(cf_future_t *f)
+{
+    if (f->decoded)
+        return f->doc ? CF_OK : CF_ETASK;
+    cf_err_t rc = f->result ? cf_mp_doc_decode(f->result, f->result_len, &f->doc) : CF_EPROTO;
+    if (rc == CF_ENOMEM)
+        return CF_ENOMEM;
+    f->decoded = true;
+    if (rc == CF_OK)
+        return CF_OK;
+    cf_log_debug("future", "result of %s is malformed (%zu bytes)", f->function,
+                 f->result_len);
+    f->error = s_error_new("ProtocolError", "the task's result is not one well-formed "
+                           "msgpack value", f->function, "", 0);
+    if (!f->error)
+        f->error = (s_error_t *)&s_error_nomem;
+    return CF_ETASK;
+}
+
+cf_err_t cf_future_result(cf_future_t *f, int timeout_ms, const cf_value_t **value)
+{
+    if (value)
+        *value = NULL;
+    cf_err_t rc = cf_future_wait(f, timeout_ms);
+    if (rc != CF_OK)
+        return rc;
+    switch (s_load_state(f)) {
+    case CF_FUTURE_CANCELLED:
+        return CF_ECANCELLED;
+    case CF_FUTURE_FAILED:
+        return CF_ETASK;
+    default:
+        break;
+    }
+    pthread_mutex_lock(&f->lock);
+    rc = s_decode_locked(f);
+    if (rc == CF_OK && value)
+        *value = cf_mp_doc_root(f->doc);
+    pthread_mutex_unlock(&f->lock);
+    return rc;
+}
+
+cf_err_t cf_future_int(cf_future_t *f, int timeout_ms, int64_t *out)
+{
+    const cf_value_t *value;
+    cf_err_t rc = cf_future_result(f, timeout_ms, &value);
+    return rc == CF_OK ? cf_value_get_int(value, out) : rc;
+}
+
+cf_err_t cf_future_double(cf_future_t *f, int timeout_ms, double *out)
+{
+    const cf_value_t *value;
+    cf_err_t rc = cf_future_result(f, timeout_ms, &value);
+    return rc == CF_OK ? cf_value_get_double(value, out) : rc;
+}
+
+cf_err_t cf_future_bool(cf_future_t *f, int timeout_ms, bool *out)
+{
+    const cf_value_t *value;
+    cf_err_t rc = cf_future_result(f, timeout_ms, &value);
+    return rc == CF_OK ? cf_value_get_bool(value, out) : rc;
+}
+
+cf_err_t cf_future_str(cf_future_t *f, int timeout_ms, const char **out)
+{
+    const cf_value_t *value;
+    cf_err_t rc = cf_future_result(f, timeout_ms, &value);
+    if (rc != CF_OK)
+        return rc;
+    const char *str = cf_value_str(value, NULL);
+    if (!str)
+        return CF_ETYPE;
+    *out = str;
+    return CF_OK;
+}
+
+cf_err_t cf_future_raw(cf_future_t *f, int timeout_ms, const void **data, size_t *len)
+{
+    //  Decoding validates: raw bytes handed out are well-formed too.
+    cf_err_t rc = cf_future_result(f, timeout_ms, NULL);
+    if (rc != CF_OK)
+        return rc;
+    *data = f->result;
+    *len = f->result_len;
+    return CF_OK;
+}
+
+const cf_task_error_t *cf_future_error(cf_future_t *f)
+{
+    int state = s_load_state(f);
+    if (state != CF_FUTURE_FAILED && state != CF_FUTURE_FINISHED)
+        return NULL;
+    const cf_task_error_t *error = NULL;
+    pthread_mutex_lock(&f->lock);
+    if (state == CF_FUTURE_FINISHED)
+        s_decode_locked(f);
+    if (f->error)
+        error = &f->error->pub;
+    pthread_mutex_unlock(&f->lock);
+    return error;
+}
+
+bool cf_future_cancel(cf_future_t *f)
+{
+    int state = s_load_state(f);
+    if (state == CF_FUTURE_CANCELLED)
+        return true;
+    if (state != CF_FUTURE_PENDING)
+        return false;
+    pthread_mutex_lock(&f->lock);
+    cf_canceller_fn *canceller = f->canceller;
+    void *canceller_arg = f->canceller_arg;
+    pthread_mutex_unlock(&f->lock);
+    if (canceller) {
+        //  The back end decides (a remote one may ask its broker); once it
+        //  removed the task, the future is cancelled whatever the state
+        //  says meanwhile.
+        if (canceller(canceller_arg, f))
+            cf_future_set_cancelled(f);
+    }
+    else
+        s_complete(f, CF_FUTURE_CANCELLED, NULL, 0, NULL, true);
+    return s_load_state(f) == CF_FUTURE_CANCELLED;
+}
+
+bool cf_future_cancelled(cf_future_t *f)
+{
+    return s_load_state(f) == CF_FUTURE_CANCELLED;
+}
+
+bool cf_future_running(cf_future_t *f)
+{
+    return s_load_state(f) == CF_FUTURE_RUNNING;
+}
+
+bool cf_future_done(cf_future_t *f)
+{
+    return s_is_final(s_load_state(f));
+}
+
+const char *cf_future_function(cf_future_t *f)
+{
+    return f->function;
+}
+
+void cf_future_set_tag(cf_future_t *f, void *tag)
+{
+    atomic_store_explicit(&f->tag, tag, memory_order_release);
+}
+
+void *cf_future_tag(cf_future_t *f)
+{
+    return atomic_load_explicit(&f->tag, memory_order_acquire);
+}
+
+cf_err_t cf_future_add_done_callback(cf_future_t *f, cf_done_fn *fn, void *arg)
+{
+    if (!f || !fn)
+        return CF_EINVAL;
+    s_callback_t *cb = malloc(sizeof *cb);
+    if (!cb)
+        return CF_ENOMEM;
+    cb->fn = fn;
+    cb->arg = arg;
+    pthread_mutex_lock(&f->lock);
+    bool done = s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed));
+    if (!done) {
+        cb->next = f->callbacks;
+        f->callbacks = cb;
+    }
+    pthread_mutex_unlock(&f->lock);
+    if (done) {
+        free(cb);
+        s_run_callback(f, fn, arg);
+    }
+    return CF_OK;
+}
+
+// ---------------------------------------------------------------------------
+//  Waiters
+
+cf_future_waiter_t *cf_future_waiter_new(void)
+{
+    cf_future_waiter_t *waiter = malloc(sizeof *waiter);
+    if (!waiter)
+        return NULL;
+    if (pthread_mutex_init(&waiter->lock, NULL) != 0) {
+        free(waiter);
+        return NULL;
+    }
+    if (s_cond_init(&waiter->cond) != 0) {
+        pthread_mutex_destroy(&waiter->lock);
+        free(waiter);
+        return NULL;
+    }
+    waiter->head = waiter->tail = NULL;
+    waiter->sleepers = 0;
+    return waiter;
+}
+
+void cf_future_waiter_destroy(cf_future_waiter_t **pwaiter)
+{
+    if (!pwaiter || !*pwaiter)
+        return;
+    cf_future_waiter_t *waiter = *pwaiter;
+    *pwaiter = NULL;
+    s_node_t *node = waiter->head;
+    while (node) {
+        s_node_t *next = node->next;
+        free(node);
+        node = next;
+    }
+    pthread_cond_destroy(&waiter->cond);
+    pthread_mutex_destroy(&waiter->lock);
+    free(waiter);
+}
+
+cf_err_t cf_future_waiter_add(cf_future_waiter_t *waiter, cf_future_t *f, bool *done)
+{
+    *done = false;
+    if (cf_future_done(f)) {
+        *done = true;
+        return CF_OK;
+    }
+    s_node_t *node = malloc(sizeof *node);
+    if (!node)
+        return CF_ENOMEM;
+    node->waiter = waiter;
+    node->future = f;
+    pthread_mutex_lock(&f->lock);
+    if (s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed)))
+        *done = true;
+    else {
+        node->next = f->waiters;
+        f->waiters = node;
+    }
+    pthread_mutex_unlock(&f->lock);
+    if (*done)
+        free(node);
+    return CF_OK;
+}
+
+void cf_future_waiter_remove(cf_future_waiter_t *waiter, cf_future_t *f)
+{
+    s_node_t *gone = NULL;
+    pthread_mutex_lock(&f->lock);
+    s_node_t **link = &f->waiters;
+    while (*link) {
+        s_node_t *node = *link;
+        if (node->waiter == waiter) {
+            *link = node->next;
+            node->next = gone;
+            gone = node;
+        }
+        else
+            link = &node->next;
+    }
+    pthread_mutex_unlock(&f->lock);
+    while (gone) {
+        s_node_t *next = gone->next;
+        free(gone);
+        gone = next;
+    }
+}
+
+cf_future_t *cf_future_waiter_next(cf_future_waiter_t *waiter, int64_t deadline_ms)
+{
+    cf_future_t *f = NULL;
+    pthread_mutex_lock(&waiter->lock);
+    while (!waiter->head) {
+        int prc;
+        waiter->sleepers++;
+        if (deadline_ms < 0)
+            prc = pthread_cond_wait(&waiter->cond, &waiter->lock);
+        else {
+            int left_ms = cf_clock_ms_until(deadline_ms);
+            if (left_ms == 0) {
+                waiter->sleepers--;
+                break;
+            }
+            struct timespec ts = cf_clock_deadline(left_ms);
+            prc = pthread_cond_timedwait(&waiter->cond, &waiter->lock, &ts);
+        }
+        waiter->sleepers--;
+        if (prc == ETIMEDOUT && !waiter->head)
+            break;
+    }
+    s_node_t *node = waiter->head;
+    if (node) {
+        waiter->head = node->next;
+        if (!waiter->head)
+            waiter->tail = NULL;
+        f = node->future;
+    }
+    pthread_mutex_unlock(&waiter->lock);
+    free(node);
+    return f;
+}

@@ -1,0 +1,508 @@
+//  Futures: the state machine, results and errors, callbacks, the completion
+//  hook, the canceller hook and waiters. No executor: the tests resolve
+//  futures themselves, from this thread or a helper thread.
+
+#include "cf_future.h"
+
+#include "cf_clock.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+static const uint8_t s_42[] = { 0x2a };                         //  42
+static const uint8_t s_hello[] = { 0xa5, 'h', 'e', 'l', 'l', 'o' };
+static const uint8_t s_never_used[] = { 0xc1 };                 //  not msgpack
+static const uint8_t s_truncated[] = { 0x92, 0x01 };            //  [1, ...
+
+static cf_future_t *s_new(void)
+{
+    cf_future_t *f = cf_future_new("fn", 2);
+    assert_non_null(f);
+    return f;
+}
+
+static void test_new_future_is_pending_and_named(void **state)
+{
+    (void)state;
+    cf_future_t *f = s_new();
+    assert_int_equal(cf_future_state(f), CF_FUTURE_PENDING);
+    assert_false(cf_future_done(f));
+    assert_false(cf_future_running(f));
+    assert_false(cf_future_cancelled(f));
+    assert_null(cf_future_error(f));
+    assert_string_equal(cf_future_function(f), "fn");
+    cf_future_release(&f);
+    assert_null(f);
+    cf_future_release(&f);
+}
+
+static void test_result_is_decoded_and_later_transitions_lose(void **state)
+{
+    (void)state;
+    cf_future_t *f = s_new();
+    assert_true(cf_future_set_running(f));
+    assert_true(cf_future_running(f));
+    assert_false(cf_future_set_running(f));
+    assert_true(cf_future_set_result(f, s_42, sizeof s_42));
+    assert_int_equal(cf_future_state(f), CF_FUTURE_FINISHED);
+    assert_true(cf_future_done(f));
+    assert_false(cf_future_set_error(f, "ValueError", "late", "", 0));
+    assert_false(cf_future_set_cancelled(f));
+    assert_false(cf_future_set_result(f, s_hello, sizeof s_hello));
+    assert_false(cf_future_cancel(f));
+
+    int64_t value = 0;
+    assert_int_equal(cf_future_int(f, -1, &value), CF_OK);
+    assert_int_equal(value, 42);
+    const char *str = NULL;
+    assert_int_equal(cf_future_str(f, 0, &str), CF_ETYPE);
+    const void *raw;
+    size_t len;
+    assert_int_equal(cf_future_raw(f, 0, &raw, &len), CF_OK);
+    assert_int_equal(len, 1);
+    assert_memory_equal(raw, s_42, 1);
+    assert_null(cf_future_error(f));
+    cf_future_release(&f);
+}
+
+static void test_take_result_frees_what_it_does_not_take(void **state)
+{
+    (void)state;
+    cf_future_t *f = s_new();
+    uint8_t *bytes = malloc(sizeof s_hello);
+    memcpy(bytes, s_hello, sizeof s_hello);
+    assert_true(cf_future_take_result(f, bytes, sizeof s_hello));
+    uint8_t *late = malloc(1);
+    late[0] = 0x01;
+    assert_false(cf_future_take_result(f, late, 1));    //  freed, or ASan says so
+    const char *str;
+    assert_int_equal(cf_future_str(f, 0, &str), CF_OK);
+    assert_string_equal(str, "hello");
+    cf_future_release(&f);
+}
+
+static void test_error_carries_type_message_function_host_pid(void **state)
+{
+    (void)state;
+    cf_future_t *f = s_new();
+    assert_true(cf_future_set_error(f, "ValueError", "bad input 7", "hostA", 1234));
+    assert_int_equal(cf_future_state(f), CF_FUTURE_FAILED);
+    const cf_value_t *value = (const cf_value_t *)&value;
+    assert_int_equal(cf_future_result(f, -1, &value), CF_ETASK);
+    assert_null(value);
+    const cf_task_error_t *error = cf_future_error(f);
+    assert_non_null(error);
+    assert_string_equal(error->type, "ValueError");
+    assert_string_equal(error->message, "bad input 7");
+    assert_string_equal(error->function, "fn");
+    assert_string_equal(error->host, "hostA");
+    assert_int_equal(error->pid, 1234);
+    assert_false(cf_future_set_result(f, s_42, 1));
+    cf_future_release(&f);
+}
+
+static void test_timeout_of_wait_is_not_a_task_timeout(void **state)
+{
+    (void)state;
+    cf_future_t *f = s_new();
+    assert_int_equal(cf_future_wait(f, 0), CF_ETIMEDOUT);
+    assert_int_equal(cf_future_wait(f, 10), CF_ETIMEDOUT);
+    assert_int_equal(cf_future_result(f, 10, NULL), CF_ETIMEDOUT);
+    assert_true(cf_future_set_error(f, "TimeoutError", "ran too long", "", 0));
+    assert_int_equal(cf_future_wait(f, 0), CF_OK);
+    assert_int_equal(cf_future_result(f, 0, NULL), CF_ETASK);
+    assert_string_equal(cf_future_error(f)->type, "TimeoutError");
+    cf_future_release(&f);
+}
+
+static void test_cancel_works_only_before_start(void **state)
+{
+    (void)state;
+    cf_future_t *pending = s_new();
+    assert_true(cf_future_cancel(pending));
+    assert_true(cf_future_cancelled(pending));
+    assert_true(cf_future_done(pending));
+    assert_true(cf_future_cancel(pending));             //  already cancelled
+    assert_int_equal(cf_future_result(pending, -1, NULL), CF_ECANCELLED);
+    assert_null(cf_future_error(pending));
+    assert_false(cf_future_set_running(pending));
+    assert_false(cf_future_set_result(pending, s_42, 1));
+    cf_future_release(&pending);
+
+    cf_future_t *running = s_new();
+    assert_true(cf_future_set_running(running));
+    assert_false(cf_future_cancel(running));
+    assert_false(cf_future_cancelled(running));
+    assert_true(cf_future_set_result(running, s_42, 1));
+    assert_false(cf_future_cancel(running));
+    cf_future_release(&running);
+}
+
+static int s_canceller_calls;
+
+static bool s_refusing_canceller(void *executor, cf_future_t *f)
+{
+    (void)f;
+    assert_ptr_equal(executor, &s_canceller_calls);
+    s_canceller_calls++;
+    return false;
+}
+
+static bool s_removing_canceller(void *executor, cf_future_t *f)
+{
+    (void)executor;
+    s_canceller_calls++;
+    //  Like a back end: it may resolve the future itself.
+    assert_true(cf_future_set_cancelled(f));
+    return true;
+}
+
+static void test_cancel_asks_the_canceller(void **state)
+{
+    (void)state;
+    s_canceller_calls = 0;
+    cf_future_t *f = s_new();
+    cf_future_set_canceller(f, s_refusing_canceller, &s_canceller_calls);
+    assert_false(cf_future_cancel(f));
+    assert_int_equal(s_canceller_calls, 1);
+    assert_int_equal(cf_future_state(f), CF_FUTURE_PENDING);
+    cf_future_set_canceller(f, s_removing_canceller, NULL);
+    assert_true(cf_future_cancel(f));
+    assert_int_equal(s_canceller_calls, 2);
+    assert_true(cf_future_cancel(f));                   //  not asked again
+    assert_int_equal(s_canceller_calls, 2);
+    cf_future_release(&f);
+}
+
+static void test_malformed_result_becomes_protocol_error(void **state)
+{
+    (void)state;
+    const uint8_t *bad[] = { s_never_used, s_truncated };
+    size_t len[] = { sizeof s_never_used, sizeof s_truncated };
+    for (size_t i = 0; i < 2; i++) {
+        cf_future_t *f = s_new();
+        assert_true(cf_future_set_result(f, bad[i], len[i]));
+        assert_int_equal(cf_future_state(f), CF_FUTURE_FINISHED);
+        const cf_task_error_t *error = cf_future_error(f);
+        assert_non_null(error);
+        assert_string_equal(error->type, "ProtocolError");
+        assert_int_equal(cf_future_result(f, 0, NULL), CF_ETASK);
+        const void *raw;
+        size_t raw_len;
+        assert_int_equal(cf_future_raw(f, 0, &raw, &raw_len), CF_ETASK);
+        int64_t value;
+        assert_int_equal(cf_future_int(f, 0, &value), CF_ETASK);
+        cf_future_release(&f);
+    }
+    cf_future_t *empty = s_new();
+    assert_true(cf_future_set_result(empty, NULL, 0));
+    assert_int_equal(cf_future_result(empty, 0, NULL), CF_ETASK);
+    assert_string_equal(cf_future_error(empty)->type, "ProtocolError");
+    cf_future_release(&empty);
+}
+
+static void test_tag_round_trips(void **state)
+{
+    (void)state;
+    cf_future_t *f = s_new();
+    int anchor;
+    assert_null(cf_future_tag(f));
+    cf_future_set_tag(f, &anchor);
+    assert_ptr_equal(cf_future_tag(f), &anchor);
+    cf_future_release(&f);
+}
+
+static void test_references_keep_the_future(void **state)
+{
+    (void)state;
+    cf_future_t *f = s_new();
+    cf_future_t *other = cf_future_ref(f);
+    assert_ptr_equal(other, f);
+    cf_future_release(&f);
+    assert_true(cf_future_set_result(other, s_42, 1));    //  still alive (ASan)
+    cf_future_release(&other);
+}
+
+// ---------------------------------------------------------------------------
+//  Callbacks and the completion hook
+
+typedef struct {
+    char log[64];           //  one letter per event
+    size_t len;
+    cf_future_state_t hook_state;
+} s_record_t;
+
+static void s_note(s_record_t *record, char c)
+{
+    assert_true(record->len + 1 < sizeof record->log);
+    record->log[record->len++] = c;
+    record->log[record->len] = '\0';
+}
+
+static s_record_t s_record;
+
+static int s_callback_a(cf_future_t *f, void *arg)
+{
+    //  Not under the future's lock: reading the future works.
+    assert_true(cf_future_done(f));
+    assert_int_equal(cf_future_result(f, 0, NULL), CF_OK);
+    s_note(arg, 'a');
+    return 0;
+}
+
+static int s_callback_failing(cf_future_t *f, void *arg)
+{
+    (void)f;
+    s_note(arg, 'x');
+    return -1;
+}
+
+static int s_callback_b(cf_future_t *f, void *arg)
+{
+    (void)f;
+    s_note(arg, 'b');
+    return 0;
+}
+
+static int s_callback_adds(cf_future_t *f, void *arg)
+{
+    //  Adding from a callback runs the new one at once.
+    assert_int_equal(cf_future_add_done_callback(f, s_callback_b, arg), CF_OK);
+    s_note(arg, 'c');
+    return 0;
+}
+
+static void s_hook(void *arg, cf_future_t *f, cf_future_state_t state)
+{
+    (void)f;
+    s_record_t *record = arg;
+    record->hook_state = state;
+    s_note(record, 'h');
+}
+
+static void test_callbacks_run_in_order_then_the_hook(void **state)
+{
+    (void)state;
+    memset(&s_record, 0, sizeof s_record);
+    cf_future_t *f = s_new();
+    assert_true(cf_future_set_complete_hook(f, s_hook, &s_record));
+    assert_int_equal(cf_future_add_done_callback(f, s_callback_a, &s_record), CF_OK);
+    assert_int_equal(cf_future_add_done_callback(f, s_callback_failing, &s_record), CF_OK);
+    assert_int_equal(cf_future_add_done_callback(f, s_callback_b, &s_record), CF_OK);
+    assert_int_equal(cf_future_add_done_callback(f, NULL, NULL), CF_EINVAL);
+    assert_string_equal(s_record.log, "");
+    assert_true(cf_future_set_result(f, s_42, 1));
+    //  The failing callback did not stop the next one.
+    assert_string_equal(s_record.log, "axbh");
+    assert_int_equal(s_record.hook_state, CF_FUTURE_FINISHED);
+
+    //  After completion: at once, in this thread; the hook does not run again.
+    assert_int_equal(cf_future_add_done_callback(f, s_callback_b, &s_record), CF_OK);
+    assert_string_equal(s_record.log, "axbhb");
+    assert_int_equal(cf_future_add_done_callback(f, s_callback_adds, &s_record), CF_OK);
+    assert_string_equal(s_record.log, "axbhbbc");
+    assert_false(cf_future_set_complete_hook(f, s_hook, &s_record));
+    cf_future_release(&f);
+}
+
+static void test_cancel_runs_callbacks_and_hook(void **state)
+{
+    (void)state;
+    memset(&s_record, 0, sizeof s_record);
+    cf_future_t *f = s_new();
+    cf_future_set_complete_hook(f, s_hook, &s_record);
+    assert_int_equal(cf_future_add_done_callback(f, s_callback_b, &s_record), CF_OK);
+    assert_int_equal(cf_future_add_done_callback(f, s_callback_adds, &s_record), CF_OK);
+    assert_true(cf_future_cancel(f));
+    assert_string_equal(s_record.log, "bbch");
+    assert_int_equal(s_record.hook_state, CF_FUTURE_CANCELLED);
+    cf_future_release(&f);
+}
+
+static void test_hook_removed_before_completion_never_runs(void **state)
+{
+    (void)state;
+    memset(&s_record, 0, sizeof s_record);
+    cf_future_t *f = s_new();
+    assert_true(cf_future_set_complete_hook(f, s_hook, &s_record));
+    assert_true(cf_future_set_complete_hook(f, NULL, NULL));
+    assert_true(cf_future_set_error(f, "E", "m", "", 0));
+    assert_string_equal(s_record.log, "");
+    cf_future_release(&f);
+}
+
+static void test_unresolved_future_with_callbacks_is_freed(void **state)
+{
+    (void)state;
+    cf_future_t *f = s_new();
+    assert_int_equal(cf_future_add_done_callback(f, s_callback_b, &s_record), CF_OK);
+    cf_future_release(&f);          //  LeakSanitizer checks the callback went too
+}
+
+// ---------------------------------------------------------------------------
+//  Threads
+
+typedef struct {
+    cf_future_t *f;
+    cf_future_t *gate;              //  start only after this is done (or NULL)
+    bool started;                   //  set_running won
+} s_resolver_t;
+
+//  Resolves r->f like a worker: start it, then set its result. (No cmocka
+//  asserts off the main thread: they longjmp.)
+static void *s_resolve_main(void *arg)
+{
+    s_resolver_t *r = arg;
+    if (r->gate)
+        cf_future_wait(r->gate, -1);
+    r->started = cf_future_set_running(r->f);
+    if (r->started)
+        cf_future_set_result(r->f, s_42, 1);
+    return NULL;
+}
+
+static void test_result_from_another_thread_wakes_the_waiter(void **state)
+{
+    (void)state;
+    cf_future_t *f = s_new();
+    s_resolver_t r = { .f = f };
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, s_resolve_main, &r), 0);
+    int64_t value = 0;
+    assert_int_equal(cf_future_int(f, -1, &value), CF_OK);
+    assert_int_equal(value, 42);
+    pthread_join(thread, NULL);
+    cf_future_release(&f);
+}
+
+static void test_racing_cancel_and_start_have_one_winner(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 200; i++) {
+        cf_future_t *f = s_new();
+        cf_future_t *go = s_new();
+        s_resolver_t r = { .f = f, .gate = go };
+        pthread_t thread;
+        assert_int_equal(pthread_create(&thread, NULL, s_resolve_main, &r), 0);
+        cf_future_set_result(go, s_42, 1);
+        bool cancelled = cf_future_cancel(f);
+        pthread_join(thread, NULL);
+        assert_true(r.started != cancelled);
+        assert_int_equal(cf_future_state(f), cancelled ? CF_FUTURE_CANCELLED
+                                                       : CF_FUTURE_FINISHED);
+        cf_future_release(&f);
+        cf_future_release(&go);
+    }
+}
+
+// ---------------------------------------------------------------------------
+//  Waiters
+
+static void test_waiter_reports_done_futures_at_once(void **state)
+{
+    (void)state;
+    cf_future_waiter_t *waiter = cf_future_waiter_new();
+    assert_non_null(waiter);
+    cf_future_t *f = s_new();
+    cf_future_set_result(f, s_42, 1);
+    bool done = false;
+    assert_int_equal(cf_future_waiter_add(waiter, f, &done), CF_OK);
+    assert_true(done);
+    //  Nothing was registered, so nothing is ready.
+    assert_null(cf_future_waiter_next(waiter, cf_clock_now_ms()));
+    cf_future_waiter_remove(waiter, f);
+    cf_future_waiter_destroy(&waiter);
+    assert_null(waiter);
+    cf_future_waiter_destroy(&waiter);
+    cf_future_release(&f);
+}
+
+static void test_waiter_yields_in_completion_order(void **state)
+{
+    (void)state;
+    cf_future_waiter_t *waiter = cf_future_waiter_new();
+    cf_future_t *f[3] = { s_new(), s_new(), s_new() };
+    for (int i = 0; i < 3; i++) {
+        bool done = true;
+        assert_int_equal(cf_future_waiter_add(waiter, f[i], &done), CF_OK);
+        assert_false(done);
+    }
+    assert_null(cf_future_waiter_next(waiter, cf_clock_now_ms() + 5));
+    cf_future_set_result(f[2], s_42, 1);
+    cf_future_cancel(f[0]);
+    assert_ptr_equal(cf_future_waiter_next(waiter, -1), f[2]);
+    assert_ptr_equal(cf_future_waiter_next(waiter, -1), f[0]);
+    assert_null(cf_future_waiter_next(waiter, cf_clock_now_ms()));
+
+    //  A removed registration is never reported.
+    cf_future_waiter_remove(waiter, f[1]);
+    cf_future_set_result(f[1], s_42, 1);
+    assert_null(cf_future_waiter_next(waiter, cf_clock_now_ms()));
+    for (int i = 0; i < 3; i++) {
+        cf_future_waiter_remove(waiter, f[i]);
+        cf_future_release(&f[i]);
+    }
+    cf_future_waiter_destroy(&waiter);
+}
+
+static void test_waiter_wakes_on_completion_in_another_thread(void **state)
+{
+    (void)state;
+    cf_future_waiter_t *waiter = cf_future_waiter_new();
+    cf_future_t *f = s_new();
+    bool done;
+    assert_int_equal(cf_future_waiter_add(waiter, f, &done), CF_OK);
+    s_resolver_t r = { .f = f };
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, s_resolve_main, &r), 0);
+    assert_ptr_equal(cf_future_waiter_next(waiter, -1), f);
+    pthread_join(thread, NULL);
+    cf_future_waiter_remove(waiter, f);
+    cf_future_waiter_destroy(&waiter);
+    cf_future_release(&f);
+}
+
+static void test_completed_registrations_are_freed_with_the_waiter(void **state)
+{
+    (void)state;
+    cf_future_waiter_t *waiter = cf_future_waiter_new();
+    cf_future_t *f = s_new();
+    bool done;
+    assert_int_equal(cf_future_waiter_add(waiter, f, &done), CF_OK);
+    cf_future_set_result(f, s_42, 1);
+    cf_future_waiter_remove(waiter, f);
+    cf_future_waiter_destroy(&waiter);  //  LeakSanitizer: the ready node went too
+    cf_future_release(&f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_new_future_is_pending_and_named),
+        cmocka_unit_test(test_result_is_decoded_and_later_transitions_lose),
+        cmocka_unit_test(test_take_result_frees_what_it_does_not_take),
+        cmocka_unit_test(test_error_carries_type_message_function_host_pid),
+        cmocka_unit_test(test_timeout_of_wait_is_not_a_task_timeout),
+        cmocka_unit_test(test_cancel_works_only_before_start),
+        cmocka_unit_test(test_cancel_asks_the_canceller),
+        cmocka_unit_test(test_malformed_result_becomes_protocol_error),
+        cmocka_unit_test(test_tag_round_trips),
+        cmocka_unit_test(test_references_keep_the_future),
+        cmocka_unit_test(test_callbacks_run_in_order_then_the_hook),
+        cmocka_unit_test(test_cancel_runs_callbacks_and_hook),
+        cmocka_unit_test(test_hook_removed_before_completion_never_runs),
+        cmocka_unit_test(test_unresolved_future_with_callbacks_is_freed),
+        cmocka_unit_test(test_result_from_another_thread_wakes_the_waiter),
+        cmocka_unit_test(test_racing_cancel_and_start_have_one_winner),
+        cmocka_unit_test(test_waiter_reports_done_futures_at_once),
+        cmocka_unit_test(test_waiter_yields_in_completion_order),
+        cmocka_unit_test(test_waiter_wakes_on_completion_in_another_thread),
+        cmocka_unit_test(test_completed_registrations_are_freed_with_the_waiter),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
