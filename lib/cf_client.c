@@ -132,6 +132,7 @@ typedef struct {
     uint64_t next_id;
     uint64_t boot;                  //  broker instance id, 0 unknown
     uint32_t broker_ivl_ms;         //  the broker's heartbeat interval
+    int send_ivl_ms;                //  ours, or the broker's when shorter
     int64_t last_heard_ms;          //  last message from the broker
     int64_t next_heartbeat_ms;
     int64_t resend_at_ms;           //  parked tasks go out then; -1 none
@@ -259,7 +260,6 @@ static cf_err_t s_submit(void *backend, cf_task_t **task_p)
     item->task = task;
     item->function_len = function_len;
     item->where = S_AT_INBOX;
-    cf_future_set_canceller(task->future, s_cancel, self);
 
     pthread_mutex_lock(&self->mutex);
     if (self->closed) {
@@ -268,6 +268,8 @@ static cf_err_t s_submit(void *backend, cf_task_t **task_p)
         free(item);
         return cf_error_set(CF_ESHUTDOWN, "executor is shut down");
     }
+    //  Only a future that got in: a refused one must never call into us.
+    cf_future_set_canceller(task->future, s_cancel, self);
     s_list_push_back(&self->inbox, item);
     self->outstanding++;
     bool wake = s_signal_locked(self);
@@ -769,8 +771,18 @@ static void s_on_started(cf_client_t *self, cf_proto_msg_t *msg)
 
 static void s_on_heartbeat(cf_client_t *self, cf_proto_msg_t *msg)
 {
-    if (msg->ivl_ms)
+    if (msg->ivl_ms && msg->ivl_ms <= INT32_MAX) {
         self->broker_ivl_ms = msg->ivl_ms;
+        //  The broker expires peers silent for liveness of ITS intervals:
+        //  speak at least that often.
+        int ivl = (int)msg->ivl_ms < self->ivl_ms ? (int)msg->ivl_ms : self->ivl_ms;
+        if (ivl != self->send_ivl_ms) {
+            self->send_ivl_ms = ivl;
+            int64_t now = cf_clock_now_ms();
+            if (self->next_heartbeat_ms > now + ivl)
+                self->next_heartbeat_ms = now + ivl;
+        }
+    }
     if (msg->boot == 0)
         return;
     if (self->boot != 0 && msg->boot != self->boot) {
@@ -903,7 +915,7 @@ static void s_run_timers(cf_client_t *self)
         cf_err_t rc = s_send_heartbeat(self);
         if (rc != CF_OK && rc != CF_EBUSY)
             cf_log_debug(S_LOG, "heartbeat not sent: %s", cf_strerror(rc));
-        self->next_heartbeat_ms = now + self->ivl_ms;
+        self->next_heartbeat_ms = now + self->send_ivl_ms;
     }
     if (self->connected && now - self->last_heard_ms > s_dead_after_ms(self))
         s_lost(self, "silent");
@@ -977,7 +989,7 @@ static void *s_actor(void *arg)
     //  No hello: the broker knows a client from its first SUBMIT and
     //  answers anything before that with "unknown client", which would
     //  make us resubmit a burst that raced the answer.
-    self->next_heartbeat_ms = now + self->ivl_ms;
+    self->next_heartbeat_ms = now + self->send_ivl_ms;
 
     while (!self->terminated) {
         zmq_pollitem_t items[3] = {
@@ -992,8 +1004,11 @@ static void *s_actor(void *arg)
             cf_log_warn(S_LOG, "poll failed: %s", zmq_strerror(errno));
             break;
         }
-        if (items[1].revents & ZMQ_POLLIN)
+        if (items[1].revents & ZMQ_POLLIN) {
             s_drain_inbox(self);
+            if (self->terminated)
+                break;          //  nothing more to send: s_finish_all resolves
+        }
         if (items[0].revents & ZMQ_POLLIN)
             s_recv(self);
         if (items[0].revents & ZMQ_POLLOUT)
@@ -1085,6 +1100,7 @@ void *cf_client_new(const cf_client_config_t *config)
     self->ivl_ms = config->heartbeat_ivl_ms > 0 ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
     self->liveness = config->heartbeat_liveness > 0 ? config->heartbeat_liveness
                                                      : CF_HEARTBEAT_LIVENESS;
+    self->send_ivl_ms = self->ivl_ms;
     self->backoff_ms = S_BACKOFF_MIN_MS;
     self->resend_at_ms = -1;
     self->next_id = s_random_u64();
