@@ -1,0 +1,274 @@
+//  as_completed and wait, over any futures (of any executors, or none).
+//
+//  Both register one cf_future_waiter_t on the futures not yet done, so a
+//  wait on N futures costs one wakeup per completion and no polling; the
+//  registrations are removed before returning (or on destroy), so futures
+//  never point at a freed waiter.
+//
+//  Inputs are sets, as in Python: a future given twice is yielded (or
+//  reported) once. Distinct futures keep the order of their first
+//  appearance, which makes the "already done first" part of as_completed and
+//  the filled arrays of wait deterministic.
+
+#include "cf_clock.h"
+#include "cf_error.h"
+#include "cf_future.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int s_compare_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)*(cf_future_t *const *)a;
+    uintptr_t y = (uintptr_t)*(cf_future_t *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+//  The distinct futures of fs in order of first appearance: *out is
+//  malloc'd (yours), *n_out their number. CF_EINVAL for a NULL future,
+//  CF_ENOMEM.
+static cf_err_t s_distinct(cf_future_t *const *fs, size_t count, cf_future_t ***out,
+                           size_t *n_out)
+{
+    *out = NULL;
+    *n_out = 0;
+    if (count == 0)
+        return CF_OK;
+    for (size_t i = 0; i < count; i++)
+        if (!fs[i])
+            return cf_error_set(CF_EINVAL, "future %zu of %zu is NULL", i, count);
+    cf_future_t **sorted = malloc(count * sizeof *sorted);
+    cf_future_t **result = malloc(count * sizeof *result);
+    bool *seen = calloc(count, sizeof *seen);
+    if (!sorted || !result || !seen) {
+        free(sorted);
+        free(result);
+        free(seen);
+        return cf_error_set(CF_ENOMEM, "out of memory waiting on %zu futures", count);
+    }
+    memcpy(sorted, fs, count * sizeof *sorted);
+    qsort(sorted, count, sizeof *sorted, s_compare_ptr);
+    size_t unique = 0;
+    for (size_t i = 0; i < count; i++)
+        if (unique == 0 || sorted[unique - 1] != sorted[i])
+            sorted[unique++] = sorted[i];
+    size_t n = 0;
+    for (size_t i = 0; i < count; i++) {
+        cf_future_t *const *at = bsearch(&fs[i], sorted, unique, sizeof *sorted, s_compare_ptr);
+        size_t j = (size_t)(at - sorted);
+        if (!seen[j]) {
+            seen[j] = true;
+            result[n++] = fs[i];
+        }
+    }
+    free(sorted);
+    free(seen);
+    *out = result;
+    *n_out = n;
+    return CF_OK;
+}
+
+static int64_t s_deadline(int timeout_ms)
+{
+    return timeout_ms < 0 ? -1 : cf_clock_now_ms() + timeout_ms;
+}
+
+// ---------------------------------------------------------------------------
+//  as_completed
+
+struct cf_as_completed {
+    cf_future_waiter_t *waiter;
+    cf_future_t **futures;          //  distinct, borrowed
+    size_t count;
+    cf_future_t **ready;            //  done at creation, yielded first
+    size_t ready_head;
+    size_t ready_count;
+    size_t pending;                 //  registered and not yet yielded
+    int64_t deadline_ms;            //  -1: none
+};
+
+cf_as_completed_t *cf_as_completed_new(cf_future_t *const *fs, size_t count, int timeout_ms)
+{
+    if (count > 0 && !fs) {
+        cf_error_set(CF_EINVAL, "no futures given for a count of %zu", count);
+        return NULL;
+    }
+    cf_as_completed_t *it = calloc(1, sizeof *it);
+    if (!it) {
+        cf_error_set(CF_ENOMEM, "out of memory in as_completed");
+        return NULL;
+    }
+    it->deadline_ms = s_deadline(timeout_ms);
+    if (s_distinct(fs, count, &it->futures, &it->count) != CF_OK) {
+        free(it);
+        return NULL;
+    }
+    it->waiter = cf_future_waiter_new();
+    it->ready = malloc((it->count ? it->count : 1) * sizeof *it->ready);
+    if (!it->waiter || !it->ready) {
+        cf_error_set(CF_ENOMEM, "out of memory in as_completed");
+        cf_as_completed_destroy(&it);
+        return NULL;
+    }
+    for (size_t i = 0; i < it->count; i++) {
+        bool done;
+        if (cf_future_waiter_add(it->waiter, it->futures[i], &done) != CF_OK) {
+            cf_error_set(CF_ENOMEM, "out of memory in as_completed");
+            cf_as_completed_destroy(&it);
+            return NULL;
+        }
+        if (done)
+            it->ready[it->ready_count++] = it->futures[i];
+        else
+            it->pending++;
+    }
+    return it;
+}
+
+cf_err_t cf_as_completed_next(cf_as_completed_t *it, cf_future_t **f)
+{
+    if (!it || !f)
+        return CF_EINVAL;
+    *f = NULL;
+    if (it->ready_head < it->ready_count) {
+        *f = it->ready[it->ready_head++];
+        return CF_OK;
+    }
+    if (it->pending == 0)
+        return CF_ESTOP;
+    cf_future_t *next = cf_future_waiter_next(it->waiter, it->deadline_ms);
+    if (!next)
+        return CF_ETIMEDOUT;
+    it->pending--;
+    *f = next;
+    return CF_OK;
+}
+
+size_t cf_as_completed_pending(cf_as_completed_t *it)
+{
+    return it ? it->pending : 0;
+}
+
+void cf_as_completed_destroy(cf_as_completed_t **pit)
+{
+    if (!pit || !*pit)
+        return;
+    cf_as_completed_t *it = *pit;
+    *pit = NULL;
+    if (it->waiter) {
+        //  Registrations of futures that completed already moved to the
+        //  waiter; removing is a no-op for them.
+        for (size_t i = 0; i < it->count; i++)
+            cf_future_waiter_remove(it->waiter, it->futures[i]);
+        cf_future_waiter_destroy(&it->waiter);
+    }
+    free(it->futures);
+    free(it->ready);
+    free(it);
+}
+
+// ---------------------------------------------------------------------------
+//  wait
+
+static bool s_satisfied(cf_wait_mode_t mode, size_t n_done, size_t count, bool any_failed)
+{
+    switch (mode) {
+    case CF_FIRST_COMPLETED:
+        return n_done > 0 || count == 0;
+    case CF_FIRST_EXCEPTION:
+        return any_failed || n_done == count;
+    case CF_ALL_COMPLETED:
+        return n_done == count;
+    }
+    return true;
+}
+
+cf_err_t cf_wait(cf_future_t *const *fs, size_t count, int timeout_ms, cf_wait_mode_t mode,
+                 cf_future_t **done, size_t *n_done, cf_future_t **not_done,
+                 size_t *n_not_done)
+{
+    if (n_done)
+        *n_done = 0;
+    if (n_not_done)
+        *n_not_done = 0;
+    if (count > 0 && !fs)
+        return cf_error_set(CF_EINVAL, "no futures given for a count of %zu", count);
+    if (mode != CF_FIRST_COMPLETED && mode != CF_FIRST_EXCEPTION && mode != CF_ALL_COMPLETED)
+        return cf_error_set(CF_EINVAL, "unknown wait mode %d", (int)mode);
+    int64_t deadline_ms = s_deadline(timeout_ms);
+    cf_future_t **futures;
+    size_t n;
+    cf_err_t rc = s_distinct(fs, count, &futures, &n);
+    if (rc != CF_OK)
+        return rc;
+
+    size_t finished = 0;
+    bool any_failed = false;
+    for (size_t i = 0; i < n; i++) {
+        cf_future_state_t state = cf_future_state(futures[i]);
+        if (state >= CF_FUTURE_FINISHED)
+            finished++;
+        if (state == CF_FUTURE_FAILED)
+            any_failed = true;
+    }
+    rc = CF_OK;
+    if (!s_satisfied(mode, finished, n, any_failed)) {
+        cf_future_waiter_t *waiter = timeout_ms == 0 ? NULL : cf_future_waiter_new();
+        if (timeout_ms == 0)
+            rc = CF_ETIMEDOUT;
+        else if (!waiter)
+            rc = cf_error_set(CF_ENOMEM, "out of memory waiting on %zu futures", n);
+        else {
+            //  Count again while registering: a future may finish between
+            //  the first pass and its registration.
+            finished = 0;
+            any_failed = false;
+            size_t registered = 0;
+            for (; registered < n; registered++) {
+                bool was_done;
+                if (cf_future_waiter_add(waiter, futures[registered], &was_done) != CF_OK) {
+                    rc = cf_error_set(CF_ENOMEM, "out of memory waiting on %zu futures", n);
+                    break;
+                }
+                if (was_done) {
+                    finished++;
+                    if (cf_future_state(futures[registered]) == CF_FUTURE_FAILED)
+                        any_failed = true;
+                }
+            }
+            while (rc == CF_OK && !s_satisfied(mode, finished, n, any_failed)) {
+                cf_future_t *f = cf_future_waiter_next(waiter, deadline_ms);
+                if (!f) {
+                    rc = CF_ETIMEDOUT;
+                    break;
+                }
+                finished++;
+                if (cf_future_state(f) == CF_FUTURE_FAILED)
+                    any_failed = true;
+            }
+            for (size_t i = 0; i < registered; i++)
+                cf_future_waiter_remove(waiter, futures[i]);
+            cf_future_waiter_destroy(&waiter);
+        }
+    }
+    //  The sets are a snapshot taken now, as Python builds them on return.
+    size_t k_done = 0, k_not_done = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (cf_future_done(futures[i])) {
+            if (done)
+                done[k_done] = futures[i];
+            k_done++;
+        }
+        else {
+            if (not_done)
+                not_done[k_not_done] = futures[i];
+            k_not_done++;
+        }
+    }
+    if (n_done)
+        *n_done = k_done;
+    if (n_not_done)
+        *n_not_done = k_not_done;
+    free(futures);
+    return rc;
+}
