@@ -1,0 +1,234 @@
+//  The example task library: the functions the example programs and the
+//  integration tests run.
+//
+//  Built twice. As libexample_tasks.so it is what a cluster runs:
+//      cf-worker --broker tcp://host:5556 --tasks ./libexample_tasks.so
+//  And each example program #includes it (through example.h), so the very
+//  same functions are registered in the program for CF_THREADS and
+//  CF_PROCESSES. A task is found by name on every executor kind, so one
+//  definition serves all three.
+//
+//  Each function reads its arguments with cf_arg_* (a missing or mistyped
+//  argument raises TypeError on the call by itself) and returns one value or
+//  raises an error, like a Python function.
+
+#include "cfutures.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+//  Sleeps ms milliseconds, resuming after signals.
+static void s_example_sleep_ms(int64_t ms)
+{
+    if (ms <= 0)
+        return;
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+//  True when n is prime, by trial division with 6k +/- 1: deliberately the
+//  plain CPU-bound loop of the Python original (about a second for an
+//  18-digit prime), so that processes visibly beat one thread.
+static bool s_example_is_prime(uint64_t n)
+{
+    if (n < 2)
+        return false;
+    if (n < 4)
+        return true;
+    if (n % 2 == 0 || n % 3 == 0)
+        return false;
+    //  i <= n / i rather than i * i <= n: no overflow near 2^64.
+    for (uint64_t i = 5; i <= n / i; i += 6) {
+        if (n % i == 0 || n % (i + 2) == 0)
+            return false;
+    }
+    return true;
+}
+
+//  is_prime(n: non-negative int) -> bool. A negative or non-integer n is a
+//  TypeError, raised by cf_arg_uint.
+static void is_prime(cf_call_t *call)
+{
+    uint64_t n = cf_arg_uint(call, 0);
+    if (cf_failed(call))
+        return;
+    cf_return_bool(call, s_example_is_prime(n));
+}
+CF_TASK(is_prime);
+
+//  slow_double(x: int) -> 2 * x, after 100 ms: the stand-in for a slow call.
+static void slow_double(cf_call_t *call)
+{
+    int64_t x = cf_arg_int(call, 0);
+    if (cf_failed(call))
+        return;
+    s_example_sleep_ms(100);
+    cf_return_int(call, 2 * x);
+}
+CF_TASK(slow_double);
+
+//  square(x: int) -> x * x, at once.
+static void square(cf_call_t *call)
+{
+    int64_t x = cf_arg_int(call, 0);
+    if (cf_failed(call))
+        return;
+    cf_return_int(call, x * x);
+}
+CF_TASK(square);
+
+//  sleep_ms(ms: int) -> ms, after sleeping that long.
+static void sleep_ms(cf_call_t *call)
+{
+    int64_t ms = cf_arg_int(call, 0);
+    if (cf_failed(call))
+        return;
+    s_example_sleep_ms(ms);
+    cf_return_int(call, ms);
+}
+CF_TASK(sleep_ms);
+
+//  sleep_pid(ms: int[, pid_file: str]) -> the pid of the process that ran
+//  it, after sleeping ms. With pid_file it first writes that pid there
+//  (one write, newline-terminated), so a fault test can tell which process
+//  runs the task while it runs, and kill exactly that one.
+static void sleep_pid(cf_call_t *call)
+{
+    int64_t ms = cf_arg_int(call, 0);
+    const char *pid_file = cf_arg_count(call) > 1 ? cf_arg_str(call, 1) : NULL;
+    if (cf_failed(call))
+        return;
+    if (pid_file) {
+        char text[32];
+        int len = snprintf(text, sizeof text, "%ld\n", (long)getpid());
+        //  Write to a temporary name and rename: a reader never sees half.
+        char tmp[4096];
+        snprintf(tmp, sizeof tmp, "%s.%ld.tmp", pid_file, (long)getpid());
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            cf_raise(call, "OSError", "cannot create %s: %s", tmp, strerror(errno));
+            return;
+        }
+        ssize_t written = write(fd, text, (size_t)len);
+        int saved = errno;
+        close(fd);
+        if (written != len || rename(tmp, pid_file) < 0) {
+            cf_raise(call, "OSError", "cannot write %s: %s", pid_file,
+                     strerror(written != len ? saved : errno));
+            unlink(tmp);
+            return;
+        }
+    }
+    s_example_sleep_ms(ms);
+    cf_return_int(call, (int64_t)getpid());
+}
+CF_TASK(sleep_pid);
+
+//  fail(message: str[, type: str]) raises ValueError (or the given type)
+//  with that message: an error that must come back intact.
+static void fail(cf_call_t *call)
+{
+    const char *message = cf_arg_str(call, 0);
+    const char *type = cf_arg_count(call) > 1 ? cf_arg_str(call, 1) : "ValueError";
+    if (cf_failed(call))
+        return;
+    cf_raise(call, type, "%s", message);
+}
+CF_TASK(fail);
+
+//  crash() aborts the process running it: a worker that dies mid-task.
+static void crash(cf_call_t *call)
+{
+    (void)call;
+    abort();
+}
+CF_TASK(crash);
+
+//  echo(x: any) -> x, whatever it is.
+static void echo(cf_call_t *call)
+{
+    const cf_value_t *value = cf_arg(call, 0);
+    if (cf_failed(call))
+        return;
+    cf_returnf(call, "v", value);
+}
+CF_TASK(echo);
+
+//  add(a, b) -> a + b: ints stay ints, a float makes a float.
+static void add(cf_call_t *call)
+{
+    const cf_value_t *a = cf_arg(call, 0);
+    const cf_value_t *b = cf_arg(call, 1);
+    if (cf_failed(call))
+        return;
+    int64_t ia, ib;
+    if (cf_value_get_int(a, &ia) == CF_OK && cf_value_get_int(b, &ib) == CF_OK) {
+        int64_t sum;
+        if (__builtin_add_overflow(ia, ib, &sum))
+            cf_raise(call, "OverflowError", "%lld + %lld does not fit in 64 bits",
+                     (long long)ia, (long long)ib);
+        else
+            cf_return_int(call, sum);
+        return;
+    }
+    double da, db;
+    if (cf_value_get_double(a, &da) != CF_OK || cf_value_get_double(b, &db) != CF_OK) {
+        cf_raise(call, "TypeError", "add() takes numbers, got %s and %s",
+                 cf_type_name(cf_value_type(a)), cf_type_name(cf_value_type(b)));
+        return;
+    }
+    cf_return_double(call, da + db);
+}
+CF_TASK(add);
+
+//  timed_task(name: str, delay_ms: int, fail: bool) -> "<name> done" after
+//  delay_ms, or raises ValueError("<name> failed"): the as_completed story.
+static void timed_task(cf_call_t *call)
+{
+    const char *name = cf_arg_str(call, 0);
+    int64_t delay_ms = cf_arg_int(call, 1);
+    bool should_fail = cf_arg_bool(call, 2);
+    if (cf_failed(call))
+        return;
+    s_example_sleep_ms(delay_ms);
+    if (should_fail) {
+        cf_raise(call, "ValueError", "%s failed", name);
+        return;
+    }
+    char text[300];
+    snprintf(text, sizeof text, "%s done", name);
+    cf_return_str(call, text);
+}
+CF_TASK(timed_task);
+
+//  shout(word: str) -> the word in capitals; a word starting with '!'
+//  raises ValueError: the error-isolation story, where two bad inputs fail
+//  on their own and the rest succeed.
+static void shout(cf_call_t *call)
+{
+    size_t len = 0;
+    const char *word = cf_arg_str(call, 0);
+    if (cf_failed(call))
+        return;
+    if (word[0] == '!') {
+        cf_raise(call, "ValueError", "cannot shout '%s'", word);
+        return;
+    }
+    len = strlen(word);
+    char *loud = malloc(len + 1);
+    if (!loud) {
+        cf_raise(call, "MemoryError", "no memory for %zu bytes", len + 1);
+        return;
+    }
+    for (size_t i = 0; i <= len; i++)
+        loud[i] = (char)(word[i] >= 'a' && word[i] <= 'z' ? word[i] - 'a' + 'A' : word[i]);
+    cf_return_str(call, loud);
+    free(loud);
+}
+CF_TASK(shout);
