@@ -16,6 +16,11 @@
 
 //  Nesting deeper than this is malformed (also bounds recursion).
 #define CF_MP_MAX_DEPTH 64
+//  Values in one decoded document at most. A decoded value takes 16 bytes
+//  while it can take 1 byte on the wire (a nil), so without this a 64 MiB
+//  body of nils would cost 1 GiB; with it a document costs at most 256 MiB
+//  of nodes plus its own size in bytes.
+#define CF_MP_MAX_VALUES (16u * 1024 * 1024)
 
 // ---------------------------------------------------------------------------
 //  Cursor reading: each call checks the type and that the bytes are present,
@@ -57,8 +62,11 @@ bool cf_mp_valid_array(const void *data, size_t size);
 
 typedef struct cf_mp_doc cf_mp_doc_t;
 
-//  Decodes exactly one value (trailing bytes are malformed). CF_EPROTO or
-//  CF_ENOMEM; *doc is NULL on error.
+
+//  Decodes exactly one value (trailing bytes are malformed). CF_EPROTO
+//  (malformed, deeper than CF_MP_MAX_DEPTH, more than CF_MP_MAX_VALUES
+//  values) or CF_ENOMEM; *doc is NULL on error. The document copies
+//  everything it needs: data may be freed right after.
 cf_err_t cf_mp_doc_decode(const void *data, size_t size, cf_mp_doc_t **doc);
 const cf_value_t *cf_mp_doc_root(const cf_mp_doc_t *doc);
 void cf_mp_doc_destroy(cf_mp_doc_t **doc);
@@ -66,7 +74,8 @@ void cf_mp_doc_destroy(cf_mp_doc_t **doc);
 // ---------------------------------------------------------------------------
 //  Writing.
 
-//  A growable buffer with a packer writing into it.
+//  A growable buffer with a packer writing into it. The packer points at
+//  buf: a writer must not be moved (copied by value) after init.
 typedef struct {
     msgpack_sbuffer buf;
     msgpack_packer pk;
@@ -75,14 +84,22 @@ typedef struct {
 void cf_mp_writer_init(cf_mp_writer_t *w);
 void cf_mp_writer_fini(cf_mp_writer_t *w);
 void cf_mp_writer_reset(cf_mp_writer_t *w);     //  keeps capacity
-//  Hands the bytes over (yours to free) and resets the writer.
+//  Hands the bytes over (yours to free() ) and resets the writer. Never NULL
+//  unless out of memory, even when nothing was written (len 0).
 uint8_t *cf_mp_writer_take(cf_mp_writer_t *w, size_t *len);
-//  Appends one copy of v.
+//  Appends one copy of v (NULL appends nil). CF_ENOMEM; the writer is back
+//  at its previous size on error.
 cf_err_t cf_mp_write_value(cf_mp_writer_t *w, const cf_value_t *v);
 //  Appends what fmt describes (see "Argument formats" in cfutures.h).
 //  as_array: wrap everything in one array (argument lists); otherwise fmt
-//  must describe exactly one value. CF_EINVAL on a bad format, with
-//  cf_error_set saying where.
+//  must describe exactly one value. The whole format is checked before any
+//  argument is consumed: CF_EINVAL on a bad format (unknown letter,
+//  unbalanced or mismatched brackets, a map with an odd number of items,
+//  nesting deeper than CF_MP_MAX_DEPTH, not exactly one value when
+//  !as_array), on an invalid `m` value or a NULL `y` pointer with a non-zero
+//  length, with cf_error_set naming the position; CF_ENOMEM. `v` with NULL
+//  packs nil. On error the writer is back at its previous size (arguments
+//  may have been consumed from ap).
 cf_err_t cf_mp_write_format(cf_mp_writer_t *w, bool as_array, const char *fmt, va_list *ap);
 
 #endif

@@ -62,6 +62,14 @@ typedef struct {
     size_t len;
 } cf_proto_str_t;
 
+//  Copies src into dst (size bytes, > 0), cut to size - 1 bytes, and
+//  NUL-terminates it. Returns the bytes copied.
+size_t cf_proto_str_copy(cf_proto_str_t src, char *dst, size_t size);
+//  A malloc'd NUL-terminated copy (yours to free), or NULL when out of memory.
+char *cf_proto_str_dup(cf_proto_str_t src);
+//  True when s holds exactly text.
+bool cf_proto_str_eq(cf_proto_str_t s, const char *text);
+
 typedef struct {
     uint64_t id;
     cf_proto_str_t function;
@@ -113,18 +121,23 @@ typedef struct {
 
 //  Decodes the frames of one message (routing id already removed):
 //  frames[0] version, frames[1] command, frames[2] body. CF_EPROTO for any
-//  malformed input, CF_ENOMEM; *msg is NULL on error. On success the body
-//  frame is moved into the message (frames[2] is left empty).
+//  malformed input, CF_ENOMEM; *msg is NULL on error. The body frame may be
+//  moved into the message (frames[2] is then left empty): the caller closes
+//  all frames in every case. A decoded message must not be copied by value
+//  (small bodies live inside its zmq_msg_t). STATS: count 0 and stats NULL
+//  is a request (body []), anything else a reply (body a map).
 cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg);
 void cf_proto_msg_destroy(cf_proto_msg_t **msg);
 
 //  Receives one whole message from socket without blocking past what zmq
-//  already has: *routing_id gets the first frame when is_router (caller
-//  closes it with zmq_msg_close). A message with more than
+//  already has: when is_router, *routing_id is initialized on every return
+//  (whatever it held is not released: pass it empty) and gets the first
+//  frame; the caller closes it with zmq_msg_close in every case. A message with more than
 //  CF_PROTO_MAX_FRAMES frames is read to its end and dropped (CF_EPROTO),
 //  so an endless multipart stream never grows memory. Returns CF_OK,
 //  CF_EPROTO (malformed: counted by the caller; *routing_id still set when
-//  known), CF_ETIMEDOUT (EAGAIN: nothing to read) or CF_ESYS.
+//  known), CF_ETIMEDOUT (EAGAIN or EINTR: nothing read) or CF_ESYS (errno
+//  kept: ETERM when the context is terminating).
 cf_err_t cf_proto_recv(void *socket, bool is_router, zmq_msg_t *routing_id,
                        cf_proto_msg_t **msg);
 
@@ -134,12 +147,22 @@ cf_err_t cf_proto_recv(void *socket, bool is_router, zmq_msg_t *routing_id,
 //  mark (EAGAIN), CF_ENOTFOUND that a ROUTER peer is gone (EHOSTUNREACH);
 //  the caller decides what happens to the content. A successful send never
 //  means delivered.
+//
+//  An encoder is reusable and not thread-safe (one per actor). Batch bodies
+//  start with an array32 header patched at send; items are packed into one
+//  buffer that keeps its capacity, so encoding allocates nothing per item.
+//  Item calls return CF_EINVAL for a bad argument or an item of another
+//  message type, CF_ETOOBIG when the body would pass CF_PROTO_MAX_FRAME or
+//  the count its limit (the item is not added: send what is there and
+//  begin again), CF_ENOMEM. A failed item leaves the body as it was.
+//  Texts over their limit are cut at a UTF-8 boundary, never refused.
 
 typedef struct cf_proto_enc cf_proto_enc_t;
 
 cf_proto_enc_t *cf_proto_enc_new(void);
 void cf_proto_enc_destroy(cf_proto_enc_t **enc);
-//  Starts a message of type; previous content is discarded.
+//  Starts a message of type; previous content is discarded. A STATS begun
+//  and sent without items is the request (body []).
 void cf_proto_enc_begin(cf_proto_enc_t *enc, cf_msg_type_t type);
 //  Items of SUBMIT / TASK (TASK ignores retries and flags).
 cf_err_t cf_proto_enc_task(cf_proto_enc_t *enc, uint64_t id, const char *function,
@@ -156,7 +179,9 @@ cf_err_t cf_proto_enc_result_status(cf_proto_enc_t *enc, uint64_t id, cf_status_
 cf_err_t cf_proto_enc_id(cf_proto_enc_t *enc, uint64_t id);
 //  Items of STATS replies.
 cf_err_t cf_proto_enc_stat(cf_proto_enc_t *enc, const char *name, uint64_t value);
-//  The single-body messages.
+//  The single-body messages. Each sets its own type and replaces the body,
+//  so begin is optional before them; cf_proto_enc_text makes a DISCONNECT
+//  when begun as one, else an ERROR. Out of memory makes the send fail.
 void cf_proto_enc_ready(cf_proto_enc_t *enc, uint32_t credit, const char *host, int32_t pid);
 void cf_proto_enc_credit(cf_proto_enc_t *enc, uint32_t credit);
 //  The broker sends its boot id and interval; clients and workers send 0, 0.
@@ -167,12 +192,16 @@ size_t cf_proto_enc_count(const cf_proto_enc_t *enc);
 //  Bytes of the body so far (callers split batches before CF_PROTO_MAX_FRAME).
 size_t cf_proto_enc_size(const cf_proto_enc_t *enc);
 //  Sends the message (to routing_id on a ROUTER, NULL on a DEALER) and
-//  resets the encoder whatever happens.
+//  resets the encoder whatever happens, ready for more items of the same
+//  type. CF_OK, CF_EBUSY, CF_ENOTFOUND, CF_ESYS (errno kept), CF_ENOMEM,
+//  CF_EINVAL (nothing to send: a single-body message never filled in).
 cf_err_t cf_proto_enc_send(cf_proto_enc_t *enc, void *socket, const void *routing_id,
                            size_t routing_id_len);
 
-//  Applies the socket options every cfutures socket gets: linger, maximum
-//  frame size, ROUTER_MANDATORY on routers, handshake interval.
+//  Applies the socket options every cfutures socket gets: linger 100 ms,
+//  maximum frame size CF_PROTO_MAX_FRAME + 4 KiB, ROUTER_MANDATORY on
+//  routers, handshake interval 5 s, SNDHWM/RCVHWM 1000 (cf_proto.c says
+//  why). CF_OK or CF_ESYS. Call before bind/connect.
 cf_err_t cf_proto_socket_setup(void *socket, bool is_router);
 
 #endif
