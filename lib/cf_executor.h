@@ -12,17 +12,22 @@
 #include "cf_future.h"
 
 //  One task on its way: what a back end receives from the front.
+//  The front allocates a task, its function and its arguments as one block
+//  (one malloc per submission): never free function or args directly. A back
+//  end that replaces either with its own malloc'd copy may do so; it is then
+//  freed by cf_task_destroy as before.
 typedef struct cf_task {
     cf_future_t *future;        //  a reference owned by the task
-    char *function;             //  NUL-terminated, owned
-    uint8_t *args;              //  one msgpack array, owned
+    char *function;             //  NUL-terminated, owned by the task
+    uint8_t *args;              //  one msgpack array, owned by the task
     size_t args_len;
     int32_t retries;            //  resolved: <0 none
     uint32_t timeout_ms;        //  resolved: 0 none
     uint32_t flags;             //  CF_TASK_* of cf_proto.h
 } cf_task_t;
 
-//  Frees a task and drops its future reference. Safe with NULL and twice.
+//  Frees a task made by cf_task_new and drops its future reference. Safe
+//  with NULL and twice.
 void cf_task_destroy(cf_task_t **task);
 
 typedef struct {
@@ -41,7 +46,18 @@ typedef struct {
 
 #define CF_DEFAULT_RETRIES 3
 
-//  Number of online CPUs (at least 1).
+//  Number of online CPUs (at least 1): the ones this process may run on.
 int cf_executor_cores(void);
+
+//  A new task for the front's own submissions (the pieces copied into one
+//  block, a new pending future inside); NULL on ENOMEM. Exposed for tests
+//  and back ends that build tasks themselves.
+cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args,
+                       size_t args_len);
+
+//  cf_submit_raw without validating args: for callers that built the array
+//  themselves (map's chunks). Same errors otherwise.
+cf_future_t *cf_executor_submit_encoded(cf_executor_t *ex, const cf_task_opts_t *opts,
+                                        const char *fn, const void *args, size_t len);
 
 #endif

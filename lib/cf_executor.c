@@ -1,0 +1,557 @@
+//  The executor front: the public executor API over the three back ends
+//  (cf_pool for CF_THREADS, cf_processes, cf_client for CF_REMOTE).
+//
+//  The front validates options, resolves task defaults, encodes arguments,
+//  builds cf_task_t and hands it to the back end's submit; it owns the
+//  shutdown state and the progress counters.
+//
+//  Design note. A submission costs one allocation for the task (struct,
+//  function name and arguments in one block; arguments are encoded first in
+//  a per-thread writer that keeps its capacity) and one for the future.
+//  Progress is counted through each future's completion hook with atomics,
+//  so no lock is taken on the hot path unless a progress callback is set.
+//
+//  Lifetime: futures outlive the executor. Each future not yet resolved
+//  holds a reference to the executor struct through its completion hook, so
+//  the hook of a future resolved late (say, cancelled by the application
+//  while another thread destroys the executor) never touches freed memory.
+//  The back end itself is destroyed by cf_executor_destroy after a waiting
+//  shutdown, when every task it took has been resolved.
+
+#define _GNU_SOURCE     //  sched_getaffinity, CPU_COUNT
+
+#include "cf_executor.h"
+
+#include "cf_client.h"
+#include "cf_error.h"
+#include "cf_log.h"
+#include "cf_mp.h"
+#include "cf_pool.h"
+#include "cf_processes.h"
+#include "cf_proto.h"
+
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct cf_executor {
+    cf_kind_t kind;
+    const cf_backend_ops_t *ops;
+    void *backend;
+    int max_workers;                //  resolved
+    int32_t retries;                //  task default, resolved: <0 none
+    uint32_t timeout_ms;            //  task default: 0 none
+    atomic_bool shut;               //  no more submissions
+    atomic_int refs;                //  destroy's, plus one per unresolved future
+    pthread_mutex_t shutdown_lock;  //  serialises shutdown calls
+    bool waited;                    //  a shutdown with wait completed
+    pthread_mutex_t progress_lock;  //  guards progress_fn/arg
+    atomic_bool has_progress_fn;    //  lets the hot path skip the lock
+    cf_progress_fn *progress_fn;
+    void *progress_arg;
+    //  Counters. submitted is written by submitting threads, the others by
+    //  completing ones: keep them off the read-mostly fields' cache line.
+    _Alignas(64) _Atomic uint64_t submitted;
+    _Alignas(64) _Atomic uint64_t done;
+    _Atomic uint64_t failed;
+    _Atomic uint64_t cancelled;
+};
+
+// ---------------------------------------------------------------------------
+//  Small things
+
+const char *cf_kind_name(cf_kind_t kind)
+{
+    switch (kind) {
+    case CF_THREADS:
+        return "threads";
+    case CF_PROCESSES:
+        return "processes";
+    case CF_REMOTE:
+        return "remote";
+    }
+    return "unknown";
+}
+
+int cf_executor_cores(void)
+{
+    //  The CPUs this process may run on (taskset, cgroups' cpusets), which
+    //  is what a default pool size should follow; the online count if the
+    //  affinity mask cannot be read.
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int count = CPU_COUNT(&set);
+        if (count > 0)
+            return count;
+    }
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 ? (int)online : 1;
+}
+
+cf_kind_t cf_executor_kind(cf_executor_t *ex)
+{
+    return ex->kind;
+}
+
+int cf_executor_max_workers(cf_executor_t *ex)
+{
+    if (ex->ops->max_workers)
+        return ex->ops->max_workers(ex->backend);
+    return ex->max_workers;
+}
+
+// ---------------------------------------------------------------------------
+//  Tasks
+
+cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args,
+                       size_t args_len)
+{
+    cf_task_t *task = malloc(sizeof *task + function_len + 1 + args_len);
+    if (!task)
+        return NULL;
+    task->future = cf_future_new(function, function_len);
+    if (!task->future) {
+        free(task);
+        return NULL;
+    }
+    task->function = (char *)(task + 1);
+    memcpy(task->function, function, function_len);
+    task->function[function_len] = '\0';
+    task->args = (uint8_t *)task->function + function_len + 1;
+    if (args_len)
+        memcpy(task->args, args, args_len);
+    task->args_len = args_len;
+    task->retries = -1;
+    task->timeout_ms = 0;
+    task->flags = 0;
+    return task;
+}
+
+//  True when p lies inside the task's own block (see cf_task_t).
+static bool s_in_block(const cf_task_t *task, const void *p)
+{
+    uintptr_t start = (uintptr_t)(task + 1);
+    uintptr_t at = (uintptr_t)p;
+    return at >= start && at <= start + strlen((const char *)(task + 1)) + 1 + task->args_len;
+}
+
+void cf_task_destroy(cf_task_t **ptask)
+{
+    if (!ptask || !*ptask)
+        return;
+    cf_task_t *task = *ptask;
+    *ptask = NULL;
+    if (task->args && !s_in_block(task, task->args))
+        free(task->args);
+    if (task->function && !s_in_block(task, task->function))
+        free(task->function);
+    cf_future_release(&task->future);
+    free(task);
+}
+
+// ---------------------------------------------------------------------------
+//  Life cycle
+
+static void s_unref(cf_executor_t *ex)
+{
+    if (atomic_fetch_sub_explicit(&ex->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    pthread_mutex_destroy(&ex->shutdown_lock);
+    pthread_mutex_destroy(&ex->progress_lock);
+    free(ex);
+}
+
+static cf_err_t s_validate(cf_kind_t kind, const cf_options_t *opts)
+{
+    if (kind != CF_THREADS && kind != CF_PROCESSES && kind != CF_REMOTE)
+        return cf_error_set(CF_EINVAL, "unknown executor kind %d (CF_THREADS, CF_PROCESSES "
+                            "or CF_REMOTE)", (int)kind);
+    if (opts->max_workers < 0)
+        return cf_error_set(CF_EINVAL, "max_workers must be > 0 (or 0 for the default), "
+                            "got %d", opts->max_workers);
+    if (opts->max_tasks_per_worker < 0)
+        return cf_error_set(CF_EINVAL, "max_tasks_per_worker must be > 0 (or 0 for never), "
+                            "got %d", opts->max_tasks_per_worker);
+    if (opts->timeout_ms < 0)
+        return cf_error_set(CF_EINVAL, "timeout_ms must be > 0 (or 0 for none), got %d",
+                            opts->timeout_ms);
+    if (opts->heartbeat_ivl_ms < 0)
+        return cf_error_set(CF_EINVAL, "heartbeat_ivl_ms must be > 0 (or 0 for the "
+                            "default), got %d", opts->heartbeat_ivl_ms);
+    if (kind == CF_REMOTE && (!opts->endpoint || !*opts->endpoint))
+        return cf_error_set(CF_EINVAL, "CF_REMOTE needs options.endpoint, the broker's "
+                            "client endpoint (\"tcp://host:5555\")");
+    return CF_OK;
+}
+
+cf_executor_t *cf_executor_new(cf_kind_t kind, const cf_options_t *opts)
+{
+    static const cf_options_t defaults = {0};
+    if (!opts)
+        opts = &defaults;
+    if (s_validate(kind, opts) != CF_OK)
+        return NULL;
+
+    int cores = cf_executor_cores();
+    int max_workers = opts->max_workers;
+    if (max_workers == 0) {
+        //  Python's defaults: threads min(32, cpus + 4) (I/O-bound work
+        //  waits more than it computes), processes one per CPU.
+        if (kind == CF_THREADS)
+            max_workers = cores + 4 < 32 ? cores + 4 : 32;
+        else if (kind == CF_PROCESSES)
+            max_workers = cores;
+    }
+    if (kind == CF_REMOTE)
+        max_workers = 0;
+
+    cf_executor_t *ex = calloc(1, sizeof *ex);
+    if (!ex) {
+        cf_error_set(CF_ENOMEM, "out of memory creating an executor");
+        return NULL;
+    }
+    if (pthread_mutex_init(&ex->shutdown_lock, NULL) != 0) {
+        free(ex);
+        cf_error_set(CF_ESYS, "pthread_mutex_init failed");
+        return NULL;
+    }
+    if (pthread_mutex_init(&ex->progress_lock, NULL) != 0) {
+        pthread_mutex_destroy(&ex->shutdown_lock);
+        free(ex);
+        cf_error_set(CF_ESYS, "pthread_mutex_init failed");
+        return NULL;
+    }
+    ex->kind = kind;
+    ex->max_workers = max_workers;
+    ex->retries = opts->retries == 0 ? CF_DEFAULT_RETRIES : opts->retries < 0 ? -1
+                                                                             : opts->retries;
+    ex->timeout_ms = (uint32_t)opts->timeout_ms;
+    atomic_init(&ex->shut, false);
+    atomic_init(&ex->refs, 1);
+    atomic_init(&ex->has_progress_fn, false);
+    atomic_init(&ex->submitted, 0);
+    atomic_init(&ex->done, 0);
+    atomic_init(&ex->failed, 0);
+    atomic_init(&ex->cancelled, 0);
+
+    switch (kind) {
+    case CF_THREADS:
+        ex->ops = &cf_pool_ops;
+        ex->backend = cf_pool_new(opts, max_workers);
+        break;
+    case CF_PROCESSES:
+        ex->ops = &cf_processes_ops;
+        ex->backend = cf_processes_new(opts, max_workers);
+        break;
+    case CF_REMOTE: {
+        cf_client_config_t config = {
+            .endpoint = opts->endpoint,
+            .zmq_context = NULL,
+            .heartbeat_ivl_ms = opts->heartbeat_ivl_ms ? opts->heartbeat_ivl_ms
+                                                       : CF_HEARTBEAT_IVL_MS,
+            .heartbeat_liveness = CF_HEARTBEAT_LIVENESS,
+        };
+        ex->ops = &cf_client_ops;
+        ex->backend = cf_client_new(&config);
+        break;
+    }
+    }
+    if (!ex->backend) {
+        //  The back end said why (cf_last_error); keep its message.
+        if (cf_last_err() == CF_OK)
+            cf_error_set(CF_ESYS, "cannot start the %s executor", cf_kind_name(kind));
+        s_unref(ex);
+        return NULL;
+    }
+    return ex;
+}
+
+cf_executor_t *cf_executor_connect(const char *endpoint, const cf_options_t *opts)
+{
+    cf_options_t copy = {0};
+    if (opts)
+        copy = *opts;
+    copy.endpoint = endpoint;
+    return cf_executor_new(CF_REMOTE, &copy);
+}
+
+cf_err_t cf_executor_shutdown(cf_executor_t *ex, bool wait, bool cancel_futures)
+{
+    if (!ex)
+        return CF_EINVAL;
+    atomic_store(&ex->shut, true);
+    pthread_mutex_lock(&ex->shutdown_lock);
+    cf_err_t rc = CF_OK;
+    //  After a completed waiting shutdown nothing is left to stop or cancel;
+    //  back ends need not be idempotent themselves.
+    if (!ex->waited) {
+        rc = ex->ops->shutdown(ex->backend, wait, cancel_futures);
+        if (wait && rc == CF_OK)
+            ex->waited = true;
+    }
+    pthread_mutex_unlock(&ex->shutdown_lock);
+    return rc;
+}
+
+void cf_executor_destroy(cf_executor_t **pex)
+{
+    if (!pex || !*pex)
+        return;
+    cf_executor_t *ex = *pex;
+    *pex = NULL;
+    cf_err_t rc = cf_executor_shutdown(ex, true, false);
+    if (rc != CF_OK)
+        cf_log_warn("executor", "shutdown of the %s executor failed: %s", cf_kind_name(ex->kind),
+                    cf_strerror(rc));
+    ex->ops->destroy(&ex->backend);
+    s_unref(ex);
+}
+
+// ---------------------------------------------------------------------------
+//  Progress
+
+static cf_progress_t s_snapshot(cf_executor_t *ex)
+{
+    //  failed and cancelled are counted after done, and read before it, so
+    //  a snapshot never shows more failures than completions; done is read
+    //  before submitted for the same reason.
+    cf_progress_t p;
+    p.failed = atomic_load(&ex->failed);
+    p.cancelled = atomic_load(&ex->cancelled);
+    p.done = atomic_load(&ex->done);
+    p.submitted = atomic_load(&ex->submitted);
+    return p;
+}
+
+cf_progress_t cf_executor_progress(cf_executor_t *ex)
+{
+    return s_snapshot(ex);
+}
+
+void cf_executor_on_progress(cf_executor_t *ex, cf_progress_fn *fn, void *arg)
+{
+    pthread_mutex_lock(&ex->progress_lock);
+    ex->progress_fn = fn;
+    ex->progress_arg = arg;
+    atomic_store(&ex->has_progress_fn, fn != NULL);
+    pthread_mutex_unlock(&ex->progress_lock);
+}
+
+//  Every future's completion hook: runs once, after the future's callbacks.
+static void s_on_complete(void *arg, cf_future_t *f, cf_future_state_t state)
+{
+    cf_executor_t *ex = arg;
+    (void)f;
+    atomic_fetch_add_explicit(&ex->done, 1, memory_order_relaxed);
+    if (state == CF_FUTURE_FAILED)
+        atomic_fetch_add_explicit(&ex->failed, 1, memory_order_relaxed);
+    else if (state == CF_FUTURE_CANCELLED)
+        atomic_fetch_add_explicit(&ex->cancelled, 1, memory_order_relaxed);
+    if (atomic_load_explicit(&ex->has_progress_fn, memory_order_acquire)) {
+        pthread_mutex_lock(&ex->progress_lock);
+        cf_progress_fn *fn = ex->progress_fn;
+        void *fn_arg = ex->progress_arg;
+        pthread_mutex_unlock(&ex->progress_lock);
+        if (fn) {
+            cf_progress_t p = s_snapshot(ex);
+            fn(&p, fn_arg);
+        }
+    }
+    s_unref(ex);
+}
+
+// ---------------------------------------------------------------------------
+//  Submitting
+
+//  A per-thread writer for encoding arguments: it keeps its capacity between
+//  submissions, so a submission allocates only the task block. Freed when
+//  the thread exits.
+static pthread_key_t s_writer_key;
+static pthread_once_t s_writer_once = PTHREAD_ONCE_INIT;
+static _Thread_local cf_mp_writer_t *s_thread_writer;
+
+//  Beyond this the writer is freed after use instead of kept.
+#define S_WRITER_KEEP_BYTES (64 * 1024)
+
+static void s_writer_free(void *p)
+{
+    cf_mp_writer_t *w = p;
+    cf_mp_writer_fini(w);
+    free(w);
+}
+
+static void s_writer_key_create(void)
+{
+    if (pthread_key_create(&s_writer_key, s_writer_free) != 0)
+        cf_log_warn("executor", "pthread_key_create failed: argument writers leak at "
+                    "thread exit");
+}
+
+static cf_mp_writer_t *s_writer(void)
+{
+    if (s_thread_writer) {
+        cf_mp_writer_reset(s_thread_writer);
+        return s_thread_writer;
+    }
+    pthread_once(&s_writer_once, s_writer_key_create);
+    cf_mp_writer_t *w = malloc(sizeof *w);
+    if (!w)
+        return NULL;
+    cf_mp_writer_init(w);
+    pthread_setspecific(s_writer_key, w);
+    s_thread_writer = w;
+    return w;
+}
+
+static void s_writer_done(cf_mp_writer_t *w)
+{
+    if (w->buf.alloc > S_WRITER_KEEP_BYTES) {
+        cf_mp_writer_fini(w);
+        cf_mp_writer_init(w);
+    }
+}
+
+static cf_err_t s_check_function(const char *fn, size_t *len)
+{
+    if (!fn)
+        return cf_error_set(CF_EINVAL, "the function name is NULL");
+    *len = strlen(fn);
+    if (*len == 0 || *len > CF_PROTO_MAX_NAME)
+        return cf_error_set(CF_EINVAL, "function names are 1..%d bytes, got %zu",
+                            CF_PROTO_MAX_NAME, *len);
+    return CF_OK;
+}
+
+static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, const char *fn,
+                             size_t fn_len, const void *args, size_t args_len)
+{
+    if (args_len > CF_PROTO_MAX_FRAME) {
+        cf_error_set(CF_ETOOBIG, "arguments of %s are %zu bytes, over the limit of %u",
+                     fn, args_len, CF_PROTO_MAX_FRAME);
+        return NULL;
+    }
+    cf_task_t *task = cf_task_new(fn, fn_len, args, args_len);
+    if (!task) {
+        cf_error_set(CF_ENOMEM, "out of memory submitting %s", fn);
+        return NULL;
+    }
+    task->retries = ex->retries;
+    task->timeout_ms = ex->timeout_ms;
+    if (opts) {
+        if (opts->retries != 0)
+            task->retries = opts->retries < 0 ? -1 : opts->retries;
+        if (opts->timeout_ms != 0)
+            task->timeout_ms = opts->timeout_ms < 0 ? 0 : (uint32_t)opts->timeout_ms;
+        if (opts->retry_on_error)
+            task->flags |= CF_TASK_RETRY_ON_ERROR;
+    }
+    cf_future_t *f = cf_future_ref(task->future);
+    atomic_fetch_add_explicit(&ex->refs, 1, memory_order_relaxed);
+    cf_future_set_complete_hook(f, s_on_complete, ex);
+    atomic_fetch_add_explicit(&ex->submitted, 1, memory_order_relaxed);
+
+    cf_err_t rc = ex->ops->submit(ex->backend, &task);
+    if (rc != CF_OK) {
+        cf_task_destroy(&task);         //  the back end took it; NULL by now
+        //  The back end refused it: unless it resolved the future anyway
+        //  (then the hook ran and counted it), the submission never happened.
+        if (cf_future_set_complete_hook(f, NULL, NULL)) {
+            atomic_fetch_sub_explicit(&ex->submitted, 1, memory_order_relaxed);
+            s_unref(ex);
+        }
+        cf_future_release(&f);
+        if (rc == CF_ESHUTDOWN)
+            cf_error_set(rc, "cannot submit %s: the executor is shut down", fn);
+        else
+            cf_error_set(rc, "cannot submit %s: %s", fn, cf_strerror(rc));
+        return NULL;
+    }
+    return f;
+}
+
+cf_future_t *cf_submitv(cf_executor_t *ex, const cf_task_opts_t *opts, const char *fn,
+                        const char *fmt, va_list ap)
+{
+    size_t fn_len;
+    if (!ex) {
+        cf_error_set(CF_EINVAL, "the executor is NULL");
+        return NULL;
+    }
+    if (s_check_function(fn, &fn_len) != CF_OK)
+        return NULL;
+    if (atomic_load_explicit(&ex->shut, memory_order_relaxed)) {
+        cf_error_set(CF_ESHUTDOWN, "cannot submit %s: the executor is shut down", fn);
+        return NULL;
+    }
+    cf_mp_writer_t *w = s_writer();
+    if (!w) {
+        cf_error_set(CF_ENOMEM, "out of memory submitting %s", fn);
+        return NULL;
+    }
+    va_list aq;
+    va_copy(aq, ap);
+    cf_err_t rc = cf_mp_write_format(w, true, fmt ? fmt : "", &aq);
+    va_end(aq);
+    cf_future_t *f = NULL;
+    if (rc == CF_OK)
+        f = s_submit(ex, opts, fn, fn_len, w->buf.data, w->buf.size);
+    else if (rc == CF_ENOMEM)
+        cf_error_set(CF_ENOMEM, "out of memory encoding the arguments of %s", fn);
+    //  else cf_mp_write_format said what is wrong with the format
+    s_writer_done(w);
+    return f;
+}
+
+cf_future_t *cf_submit(cf_executor_t *ex, const char *fn, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cf_future_t *f = cf_submitv(ex, NULL, fn, fmt, ap);
+    va_end(ap);
+    return f;
+}
+
+cf_future_t *cf_submit_with(cf_executor_t *ex, const cf_task_opts_t *opts, const char *fn,
+                            const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cf_future_t *f = cf_submitv(ex, opts, fn, fmt, ap);
+    va_end(ap);
+    return f;
+}
+
+cf_future_t *cf_executor_submit_encoded(cf_executor_t *ex, const cf_task_opts_t *opts,
+                                        const char *fn, const void *args, size_t len)
+{
+    size_t fn_len;
+    if (!ex) {
+        cf_error_set(CF_EINVAL, "the executor is NULL");
+        return NULL;
+    }
+    if (s_check_function(fn, &fn_len) != CF_OK)
+        return NULL;
+    if (atomic_load_explicit(&ex->shut, memory_order_relaxed)) {
+        cf_error_set(CF_ESHUTDOWN, "cannot submit %s: the executor is shut down", fn);
+        return NULL;
+    }
+    return s_submit(ex, opts, fn, fn_len, args, len);
+}
+
+cf_future_t *cf_submit_raw(cf_executor_t *ex, const cf_task_opts_t *opts, const char *fn,
+                           const void *args, size_t len)
+{
+    if (len > CF_PROTO_MAX_FRAME) {
+        cf_error_set(CF_ETOOBIG, "arguments of %s are %zu bytes, over the limit of %u",
+                     fn ? fn : "(null)", len, CF_PROTO_MAX_FRAME);
+        return NULL;
+    }
+    if (!args || !cf_mp_valid_array(args, len)) {
+        cf_error_set(CF_EINVAL, "the arguments of %s must be one msgpack array",
+                     fn ? fn : "(null)");
+        return NULL;
+    }
+    return cf_executor_submit_encoded(ex, opts, fn, args, len);
+}

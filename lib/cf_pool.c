@@ -1,0 +1,545 @@
+//  CF_THREADS back end: a queue and max_workers threads in this process.
+//
+//  Design note. This is a direct queue, not the broker actor over inproc://:
+//  a measured decision (docs/architecture.md, "CF_THREADS uses a direct
+//  queue"). The broker hop would add two socket hops and two envelope
+//  encodes per task to the path whose target is hundreds of thousands of
+//  tasks per second, for reliability features (heartbeats, retries of lost
+//  workers) that mean nothing inside one process. Semantics stay those of
+//  the other kinds: arguments and results are msgpack-encoded and every task
+//  runs through cf_registry_run.
+//
+//  Speed:
+//  - Workers take tasks in batches under one lock acquisition (up to
+//    S_BATCH_MAX, and only when the queue is long compared with the number
+//    of workers, so a short queue of slow I/O tasks is still spread over
+//    every thread). A task in a batch is still PENDING: cancel works on it
+//    through the future's state (a worker starts a task only if
+//    cf_future_set_running wins against the cancel).
+//  - Each worker sleeps on its own condition variable and a submission wakes
+//    exactly one sleeper, only when the workers already woken are fewer than
+//    the tasks queued; busy workers loop back to the queue without sleeping,
+//    so a steady stream of tasks costs no system calls on either side.
+//  - No allocation per task beyond what the front made and the result bytes;
+//    the queue is a ring that grows by doubling.
+//
+//  Timeouts: a timer thread, started on the first task that has a timeout,
+//  watches one slot per worker (a worker runs one task at a time) and fails
+//  the future with TimeoutError at the deadline. The worker still finishes
+//  the task (a thread cannot be killed safely); the late result is dropped
+//  by the future's state machine.
+
+#define _GNU_SOURCE     //  pthread_setname_np
+
+#include "cf_pool.h"
+
+#include "cf_clock.h"
+#include "cf_error.h"
+#include "cf_log.h"
+#include "cf_proto.h"
+#include "cf_registry.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+//  Most tasks a worker takes at once.
+#define S_BATCH_MAX 16
+//  Initial queue capacity (it grows by doubling).
+#define S_RING_INITIAL 256
+//  Linux thread names are at most 15 bytes.
+#define S_THREAD_NAME_MAX 15
+
+typedef struct cf_pool cf_pool_t;
+
+typedef struct {
+    cf_pool_t *pool;
+    pthread_t thread;
+    bool started;                   //  thread was created
+    int index;                      //  N in the thread name
+    pthread_cond_t cond;            //  this worker's wakeup
+    bool woken;                     //  set under pool->lock by the waker
+    //  Timeout slot, under pool->timer_lock.
+    cf_future_t *timed;             //  the running task's future, or NULL
+    int64_t deadline_ms;
+    uint32_t timeout_ms;
+} s_worker_t;
+
+struct cf_pool {
+    pthread_mutex_t lock;           //  queue, sleepers, stopping
+    cf_task_t **ring;               //  queued tasks
+    size_t ring_cap;
+    size_t head;
+    size_t count;
+    s_worker_t *workers;
+    int n_workers;
+    int *sleepers;                  //  stack of sleeping worker indexes
+    int n_sleepers;
+    int searching;                  //  woken workers not yet back at the queue
+    bool stopping;                  //  no more submissions
+    atomic_bool cancelling;         //  cancel tasks workers already took
+    void (*initializer)(void *arg);
+    void *initarg;
+    char prefix[S_THREAD_NAME_MAX + 1];
+    int pid;                        //  for error reports
+    pthread_mutex_t join_lock;      //  serialises joining
+    bool joined;
+    pthread_mutex_t timer_lock;     //  timer state and worker slots
+    pthread_cond_t timer_cond;
+    pthread_t timer;
+    bool timer_started;
+    bool timer_stop;
+    int64_t timer_next_ms;          //  what the timer sleeps until (-1: nothing)
+};
+
+// ---------------------------------------------------------------------------
+//  Timeouts
+
+static void *s_timer_main(void *arg)
+{
+    cf_pool_t *pool = arg;
+    pthread_setname_np(pthread_self(), "cf-timer");
+    pthread_mutex_lock(&pool->timer_lock);
+    while (!pool->timer_stop) {
+        int64_t now = cf_clock_now_ms();
+        int64_t next = -1;
+        cf_future_t *expired = NULL;
+        uint32_t timeout_ms = 0;
+        for (int i = 0; i < pool->n_workers; i++) {
+            s_worker_t *w = &pool->workers[i];
+            if (!w->timed)
+                continue;
+            if (w->deadline_ms <= now) {
+                //  The worker's task reference keeps the future alive while
+                //  it is in the slot; take our own before leaving the lock.
+                expired = cf_future_ref(w->timed);
+                timeout_ms = w->timeout_ms;
+                w->timed = NULL;
+                break;
+            }
+            if (next < 0 || w->deadline_ms < next)
+                next = w->deadline_ms;
+        }
+        if (expired) {
+            pthread_mutex_unlock(&pool->timer_lock);
+            char message[96];
+            snprintf(message, sizeof message, "the task ran longer than its timeout of %u ms",
+                     timeout_ms);
+            cf_future_set_error(expired, "TimeoutError", message, cf_registry_hostname(),
+                                pool->pid);
+            cf_future_release(&expired);
+            pthread_mutex_lock(&pool->timer_lock);
+            continue;
+        }
+        pool->timer_next_ms = next;
+        if (next < 0)
+            pthread_cond_wait(&pool->timer_cond, &pool->timer_lock);
+        else {
+            struct timespec ts = cf_clock_deadline(cf_clock_ms_until(next));
+            pthread_cond_timedwait(&pool->timer_cond, &pool->timer_lock, &ts);
+        }
+    }
+    pthread_mutex_unlock(&pool->timer_lock);
+    return NULL;
+}
+
+static cf_err_t s_timer_arm(cf_pool_t *pool, s_worker_t *w, cf_future_t *f, uint32_t timeout_ms)
+{
+    int64_t deadline = cf_clock_now_ms() + timeout_ms;
+    pthread_mutex_lock(&pool->timer_lock);
+    if (!pool->timer_started) {
+        int rc = pthread_create(&pool->timer, NULL, s_timer_main, pool);
+        if (rc != 0) {
+            pthread_mutex_unlock(&pool->timer_lock);
+            errno = rc;
+            return CF_ESYS;
+        }
+        pool->timer_started = true;
+    }
+    w->timed = f;
+    w->deadline_ms = deadline;
+    w->timeout_ms = timeout_ms;
+    if (pool->timer_next_ms < 0 || deadline < pool->timer_next_ms)
+        pthread_cond_signal(&pool->timer_cond);
+    pthread_mutex_unlock(&pool->timer_lock);
+    return CF_OK;
+}
+
+static void s_timer_disarm(cf_pool_t *pool, s_worker_t *w)
+{
+    pthread_mutex_lock(&pool->timer_lock);
+    w->timed = NULL;
+    pthread_mutex_unlock(&pool->timer_lock);
+}
+
+// ---------------------------------------------------------------------------
+//  Running tasks
+
+static void s_run(cf_pool_t *pool, s_worker_t *w, cf_task_t *task)
+{
+    cf_future_t *f = task->future;
+    if (atomic_load_explicit(&pool->cancelling, memory_order_relaxed)) {
+        //  shutdown(cancel_futures) came after this worker took its batch.
+        cf_future_set_cancelled(f);
+        cf_task_destroy(&task);
+        return;
+    }
+    if (!cf_future_set_running(f)) {
+        //  Cancelled while queued.
+        cf_task_destroy(&task);
+        return;
+    }
+    bool timed = false;
+    if (task->timeout_ms > 0) {
+        if (s_timer_arm(pool, w, f, task->timeout_ms) != CF_OK) {
+            cf_future_set_error(f, "SystemError", "cannot start the timeout thread",
+                                cf_registry_hostname(), pool->pid);
+            cf_task_destroy(&task);
+            return;
+        }
+        timed = true;
+    }
+    int attempts = 1;
+    if ((task->flags & CF_TASK_RETRY_ON_ERROR) && task->retries > 0)
+        attempts += task->retries;
+    size_t function_len = strlen(task->function);
+    for (int attempt = 1; ; attempt++) {
+        cf_outcome_t outcome = {0};
+        cf_err_t rc = cf_registry_run(task->function, function_len, task->args,
+                                      task->args_len, &outcome);
+        if (rc != CF_OK) {
+            cf_future_set_error(f, "MemoryError", "out of memory running the task",
+                                cf_registry_hostname(), pool->pid);
+            cf_outcome_fini(&outcome);
+            break;
+        }
+        if (outcome.ok) {
+            cf_future_take_result(f, outcome.value, outcome.value_len);
+            outcome.value = NULL;
+            cf_outcome_fini(&outcome);
+            break;
+        }
+        //  A raising task with retry_on_error runs again, unless its
+        //  timeout already failed it.
+        if (attempt < attempts && !cf_future_done(f)) {
+            cf_log_debug("pool", "%s raised %s, attempt %d of %d", task->function,
+                         outcome.error_type ? outcome.error_type : "?", attempt, attempts);
+            cf_outcome_fini(&outcome);
+            continue;
+        }
+        cf_future_set_error(f, outcome.error_type, outcome.error_message,
+                            cf_registry_hostname(), pool->pid);
+        cf_outcome_fini(&outcome);
+        break;
+    }
+    if (timed)
+        s_timer_disarm(pool, w);
+    cf_task_destroy(&task);
+}
+
+// ---------------------------------------------------------------------------
+//  Workers and the queue
+
+//  Wakes the most recently idle worker (its cache is warmest); under lock.
+//  Returns the condition to signal once the lock is released.
+static pthread_cond_t *s_wake_one(cf_pool_t *pool)
+{
+    s_worker_t *w = &pool->workers[pool->sleepers[--pool->n_sleepers]];
+    w->woken = true;
+    pool->searching++;
+    return &w->cond;
+}
+
+//  How many tasks one worker takes: one while the queue is short compared
+//  with the workers (spread slow tasks), more as it grows (amortise the lock).
+static size_t s_batch_size(const cf_pool_t *pool)
+{
+    size_t take = pool->count / (2 * (size_t)pool->n_workers);
+    if (take < 1)
+        take = 1;
+    if (take > S_BATCH_MAX)
+        take = S_BATCH_MAX;
+    return take;
+}
+
+static void *s_worker_main(void *arg)
+{
+    s_worker_t *w = arg;
+    cf_pool_t *pool = w->pool;
+    //  "<prefix>-N" in 15 bytes: the prefix is cut, never the number.
+    char name[S_THREAD_NAME_MAX + 1];
+    char index[16];
+    int index_len = snprintf(index, sizeof index, "-%d", w->index);
+    size_t index_size = index_len > 0 ? (size_t)index_len : 0;
+    if (index_size > S_THREAD_NAME_MAX)
+        index_size = S_THREAD_NAME_MAX;
+    size_t prefix_len = strlen(pool->prefix);
+    if (prefix_len > S_THREAD_NAME_MAX - index_size)
+        prefix_len = S_THREAD_NAME_MAX - index_size;
+    memcpy(name, pool->prefix, prefix_len);
+    memcpy(name + prefix_len, index, index_size);
+    name[prefix_len + index_size] = '\0';
+    pthread_setname_np(pthread_self(), name);
+    if (pool->initializer)
+        pool->initializer(pool->initarg);
+
+    cf_task_t *batch[S_BATCH_MAX];
+    pthread_mutex_lock(&pool->lock);
+    for (;;) {
+        if (pool->count > 0) {
+            size_t take = s_batch_size(pool);
+            if (take > pool->count)
+                take = pool->count;
+            for (size_t i = 0; i < take; i++) {
+                batch[i] = pool->ring[pool->head];
+                pool->head = (pool->head + 1) % pool->ring_cap;
+            }
+            pool->count -= take;
+            //  More work than this worker took and nobody on the way: pass
+            //  the wakeup on, so the submitter does not have to.
+            pthread_cond_t *wake = NULL;
+            if (pool->count > 0 && pool->n_sleepers > 0 && pool->searching == 0)
+                wake = s_wake_one(pool);
+            pthread_mutex_unlock(&pool->lock);
+            if (wake)
+                pthread_cond_signal(wake);
+            for (size_t i = 0; i < take; i++)
+                s_run(pool, w, batch[i]);
+            pthread_mutex_lock(&pool->lock);
+            continue;
+        }
+        if (pool->stopping)
+            break;
+        pool->sleepers[pool->n_sleepers++] = w->index;
+        while (!w->woken)
+            pthread_cond_wait(&w->cond, &pool->lock);
+        w->woken = false;
+        pool->searching--;
+    }
+    pthread_mutex_unlock(&pool->lock);
+    return NULL;
+}
+
+static cf_err_t s_grow(cf_pool_t *pool)
+{
+    size_t cap = pool->ring_cap ? pool->ring_cap * 2 : S_RING_INITIAL;
+    cf_task_t **ring = malloc(cap * sizeof *ring);
+    if (!ring)
+        return CF_ENOMEM;
+    for (size_t i = 0; i < pool->count; i++)
+        ring[i] = pool->ring[(pool->head + i) % pool->ring_cap];
+    free(pool->ring);
+    pool->ring = ring;
+    pool->ring_cap = cap;
+    pool->head = 0;
+    return CF_OK;
+}
+
+static cf_err_t s_submit(void *backend, cf_task_t **ptask)
+{
+    cf_pool_t *pool = backend;
+    pthread_mutex_lock(&pool->lock);
+    if (pool->stopping) {
+        pthread_mutex_unlock(&pool->lock);
+        cf_task_destroy(ptask);
+        return CF_ESHUTDOWN;
+    }
+    if (pool->count == pool->ring_cap && s_grow(pool) != CF_OK) {
+        pthread_mutex_unlock(&pool->lock);
+        cf_task_destroy(ptask);
+        return CF_ENOMEM;
+    }
+    pool->ring[(pool->head + pool->count) % pool->ring_cap] = *ptask;
+    *ptask = NULL;
+    pool->count++;
+    pthread_cond_t *wake = NULL;
+    if (pool->n_sleepers > 0 && (size_t)pool->searching < pool->count)
+        wake = s_wake_one(pool);
+    pthread_mutex_unlock(&pool->lock);
+    if (wake)
+        pthread_cond_signal(wake);
+    return CF_OK;
+}
+
+// ---------------------------------------------------------------------------
+//  Shutdown
+
+//  Joins every thread once; CF_EINVAL from one of the pool's own threads
+//  (it would wait for itself forever), like Python's "cannot join current
+//  thread".
+static cf_err_t s_join(cf_pool_t *pool)
+{
+    pthread_t self = pthread_self();
+    bool own = false;
+    for (int i = 0; i < pool->n_workers; i++)
+        if (pool->workers[i].started && pthread_equal(self, pool->workers[i].thread))
+            own = true;
+    pthread_mutex_lock(&pool->timer_lock);
+    if (pool->timer_started && pthread_equal(self, pool->timer))
+        own = true;
+    pthread_mutex_unlock(&pool->timer_lock);
+    if (own)
+        return cf_error_set(CF_EINVAL, "a pool cannot wait for its own shutdown from "
+                            "one of its threads");
+    pthread_mutex_lock(&pool->join_lock);
+    if (!pool->joined) {
+        for (int i = 0; i < pool->n_workers; i++)
+            if (pool->workers[i].started)
+                pthread_join(pool->workers[i].thread, NULL);
+        pthread_mutex_lock(&pool->timer_lock);
+        pool->timer_stop = true;
+        bool timer_started = pool->timer_started;
+        pthread_cond_signal(&pool->timer_cond);
+        pthread_mutex_unlock(&pool->timer_lock);
+        if (timer_started)
+            pthread_join(pool->timer, NULL);
+        pool->joined = true;
+    }
+    pthread_mutex_unlock(&pool->join_lock);
+    return CF_OK;
+}
+
+static cf_err_t s_shutdown(void *backend, bool wait, bool cancel_futures)
+{
+    cf_pool_t *pool = backend;
+    cf_task_t **taken = NULL;
+    size_t taken_cap = 0, taken_head = 0, taken_count = 0;
+
+    pthread_mutex_lock(&pool->lock);
+    pool->stopping = true;
+    if (cancel_futures) {
+        atomic_store(&pool->cancelling, true);
+        taken = pool->ring;
+        taken_cap = pool->ring_cap;
+        taken_head = pool->head;
+        taken_count = pool->count;
+        pool->ring = NULL;
+        pool->ring_cap = pool->head = pool->count = 0;
+    }
+    //  Sleepers wake, find the queue empty and the pool stopping, and exit;
+    //  busy workers drain the queue first.
+    while (pool->n_sleepers > 0) {
+        pthread_cond_t *wake = s_wake_one(pool);
+        pthread_cond_signal(wake);
+    }
+    pthread_mutex_unlock(&pool->lock);
+
+    for (size_t i = 0; i < taken_count; i++) {
+        cf_task_t *task = taken[(taken_head + i) % taken_cap];
+        cf_future_set_cancelled(task->future);
+        cf_task_destroy(&task);
+    }
+    free(taken);
+    return wait ? s_join(pool) : CF_OK;
+}
+
+static void s_free(cf_pool_t *pool)
+{
+    for (int i = 0; i < pool->n_workers; i++)
+        pthread_cond_destroy(&pool->workers[i].cond);
+    //  Nothing can be queued after a join (workers drain the queue before
+    //  they exit), but a pool that failed to start may hold tasks: none, as
+    //  it was never returned. The ring is empty here.
+    free(pool->ring);
+    free(pool->workers);
+    free(pool->sleepers);
+    pthread_cond_destroy(&pool->timer_cond);
+    pthread_mutex_destroy(&pool->timer_lock);
+    pthread_mutex_destroy(&pool->join_lock);
+    pthread_mutex_destroy(&pool->lock);
+    free(pool);
+}
+
+static void s_destroy(void **backend)
+{
+    if (!backend || !*backend)
+        return;
+    cf_pool_t *pool = *backend;
+    *backend = NULL;
+    if (s_shutdown(pool, true, false) != CF_OK) {
+        //  Destroyed from one of its own threads: freeing would pull the
+        //  memory from under this very thread. Leak it rather than crash.
+        cf_log_error("pool", "executor destroyed from one of its own threads: pool leaked");
+        return;
+    }
+    s_free(pool);
+}
+
+static int s_max_workers(void *backend)
+{
+    return ((cf_pool_t *)backend)->n_workers;
+}
+
+const cf_backend_ops_t cf_pool_ops = {
+    .name = "threads",
+    .submit = s_submit,
+    .shutdown = s_shutdown,
+    .destroy = s_destroy,
+    .max_workers = s_max_workers,
+};
+
+void *cf_pool_new(const cf_options_t *opts, int max_workers)
+{
+    if (max_workers <= 0) {
+        cf_error_set(CF_EINVAL, "max_workers must be > 0, got %d", max_workers);
+        return NULL;
+    }
+    cf_pool_t *pool = calloc(1, sizeof *pool);
+    if (!pool) {
+        cf_error_set(CF_ENOMEM, "out of memory creating a thread pool");
+        return NULL;
+    }
+    pool->workers = calloc((size_t)max_workers, sizeof *pool->workers);
+    pool->sleepers = calloc((size_t)max_workers, sizeof *pool->sleepers);
+    if (!pool->workers || !pool->sleepers) {
+        free(pool->workers);
+        free(pool->sleepers);
+        free(pool);
+        cf_error_set(CF_ENOMEM, "out of memory creating a thread pool");
+        return NULL;
+    }
+    pthread_mutex_init(&pool->lock, NULL);
+    pthread_mutex_init(&pool->join_lock, NULL);
+    pthread_mutex_init(&pool->timer_lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&pool->timer_cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pool->n_workers = max_workers;
+    pool->timer_next_ms = -1;
+    atomic_init(&pool->cancelling, false);
+    pool->initializer = opts ? opts->initializer : NULL;
+    pool->initarg = opts ? opts->initarg : NULL;
+    const char *prefix = opts && opts->thread_name_prefix ? opts->thread_name_prefix
+                                                          : "cf-worker";
+    snprintf(pool->prefix, sizeof pool->prefix, "%s", prefix);
+    pool->pid = (int)getpid();
+    for (int i = 0; i < max_workers; i++) {
+        s_worker_t *w = &pool->workers[i];
+        w->pool = pool;
+        w->index = i;
+        pthread_cond_init(&w->cond, NULL);
+    }
+    if (s_grow(pool) != CF_OK) {
+        s_free(pool);
+        cf_error_set(CF_ENOMEM, "out of memory creating a thread pool");
+        return NULL;
+    }
+    for (int i = 0; i < max_workers; i++) {
+        s_worker_t *w = &pool->workers[i];
+        int rc = pthread_create(&w->thread, NULL, s_worker_main, w);
+        if (rc != 0) {
+            s_shutdown(pool, true, false);
+            s_free(pool);
+            cf_error_set(CF_ESYS, "cannot start worker thread %d of %d: %s", i + 1,
+                         max_workers, strerror(rc));
+            return NULL;
+        }
+        w->started = true;
+    }
+    return pool;
+}

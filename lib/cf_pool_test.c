@@ -1,0 +1,555 @@
+//  CF_THREADS through the public API: the executor front and cf_pool.
+//
+//  Tasks that must be caught in the act block on a gate (a future the test
+//  resolves) and announce that they started through another future, so no
+//  test depends on timing; the only timeouts expected are ones nothing can
+//  beat (a task blocked on a closed gate).
+
+#define _GNU_SOURCE     //  pthread_getname_np
+
+#include "cfutures.h"
+
+#include "cf_executor.h"
+#include "cf_registry.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+static const uint8_t s_nil[] = { 0xc0 };
+
+//  Closed until the test opens it; tasks named block* wait on it.
+static cf_future_t *s_gate;
+//  Resolved by the first block task that starts.
+static cf_future_t *s_started;
+
+static void s_gates_new(void)
+{
+    s_gate = cf_future_new("gate", 4);
+    s_started = cf_future_new("started", 7);
+    assert_non_null(s_gate);
+    assert_non_null(s_started);
+}
+
+static void s_gate_open(void)
+{
+    cf_future_set_result(s_gate, s_nil, 1);
+}
+
+static void s_gates_free(void)
+{
+    s_gate_open();
+    cf_future_release(&s_gate);
+    cf_future_release(&s_started);
+}
+
+// ---------------------------------------------------------------------------
+//  Tasks
+
+static void add(cf_call_t *call)
+{
+    cf_return_int(call, cf_arg_int(call, 0) + cf_arg_int(call, 1));
+}
+CF_TASK(add);
+
+static void noop(cf_call_t *call)
+{
+    (void)call;
+}
+CF_TASK(noop);
+
+static void raise_value(cf_call_t *call)
+{
+    cf_raise(call, "ValueError", "bad %lld", (long long)cf_arg_int(call, 0));
+}
+CF_TASK(raise_value);
+
+static void block(cf_call_t *call)
+{
+    cf_future_set_result(s_started, s_nil, 1);
+    cf_future_wait(s_gate, -1);
+    cf_return_str(call, "unblocked");
+}
+CF_TASK(block);
+
+static void thread_name(cf_call_t *call)
+{
+    //  Two of these meet at a barrier, so each runs on its own thread.
+    pthread_barrier_t *barrier = (pthread_barrier_t *)(uintptr_t)cf_arg_uint(call, 0);
+    pthread_barrier_wait(barrier);
+    char name[16] = "";
+    pthread_getname_np(pthread_self(), name, sizeof name);
+    cf_return_str(call, name);
+}
+CF_TASK(thread_name);
+
+static atomic_int s_inits;
+static _Thread_local bool s_thread_inited;
+
+static void s_initializer(void *arg)
+{
+    //  No cmocka asserts off the main thread (they longjmp): a wrong
+    //  argument shows as a missing flag instead.
+    atomic_fetch_add(&s_inits, 1);
+    s_thread_inited = arg == &s_inits;
+}
+
+static void inited(cf_call_t *call)
+{
+    cf_return_bool(call, s_thread_inited);
+}
+CF_TASK(inited);
+
+static atomic_int s_flaky_calls;
+
+static void flaky(cf_call_t *call)
+{
+    //  Raises on its first two calls.
+    if (atomic_fetch_add(&s_flaky_calls, 1) < 2)
+        cf_raise(call, "IOError", "flaky");
+    else
+        cf_return_int(call, 7);
+}
+CF_TASK(flaky);
+
+static cf_executor_t *s_self_ex;
+
+static void shutdown_self(cf_call_t *call)
+{
+    cf_return_int(call, cf_executor_shutdown(s_self_ex, true, false));
+}
+CF_TASK(shutdown_self);
+
+// ---------------------------------------------------------------------------
+
+static cf_executor_t *s_threads(int max_workers)
+{
+    cf_executor_t *ex = cf_executor_new(CF_THREADS, &(cf_options_t){ .max_workers = max_workers });
+    assert_non_null(ex);
+    return ex;
+}
+
+static void test_submit_returns_the_result(void **state)
+{
+    (void)state;
+    cf_executor_t *ex = s_threads(2);
+    assert_int_equal(cf_executor_kind(ex), CF_THREADS);
+    assert_int_equal(cf_executor_max_workers(ex), 2);
+    cf_future_t *f = cf_submit(ex, "add", "ii", 2, 3);
+    assert_non_null(f);
+    assert_string_equal(cf_future_function(f), "add");
+    int64_t value = 0;
+    assert_int_equal(cf_future_int(f, -1, &value), CF_OK);
+    assert_int_equal(value, 5);
+    assert_false(cf_future_cancel(f));
+    cf_future_release(&f);
+    cf_executor_destroy(&ex);
+    assert_null(ex);
+    cf_executor_destroy(&ex);
+}
+
+static void test_task_error_says_what_and_where(void **state)
+{
+    (void)state;
+    cf_executor_t *ex = s_threads(1);
+    cf_future_t *f = cf_submit(ex, "raise_value", "i", 7);
+    assert_int_equal(cf_future_result(f, -1, NULL), CF_ETASK);
+    const cf_task_error_t *error = cf_future_error(f);
+    assert_non_null(error);
+    assert_string_equal(error->type, "ValueError");
+    assert_string_equal(error->message, "bad 7");
+    assert_string_equal(error->function, "raise_value");
+    assert_string_equal(error->host, cf_registry_hostname());
+    assert_int_equal(error->pid, getpid());
+    cf_future_release(&f);
+
+    f = cf_submit(ex, "no_such_task", "");
+    assert_int_equal(cf_future_result(f, -1, NULL), CF_ETASK);
+    assert_string_equal(cf_future_error(f)->type, "UnknownFunction");
+    cf_future_release(&f);
+
+    f = cf_submit(ex, "add", "is", 1, "two");
+    assert_int_equal(cf_future_result(f, -1, NULL), CF_ETASK);
+    assert_string_equal(cf_future_error(f)->type, "TypeError");
+    cf_future_release(&f);
+    cf_executor_destroy(&ex);
+}
+
+static void test_options_are_validated_with_clear_messages(void **state)
+{
+    (void)state;
+    assert_null(cf_executor_new(CF_THREADS, &(cf_options_t){ .max_workers = -2 }));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_string_equal(cf_last_error(), "max_workers must be > 0 (or 0 for the default), got -2");
+    assert_null(cf_executor_new(CF_THREADS, &(cf_options_t){ .timeout_ms = -5 }));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_string_equal(cf_last_error(), "timeout_ms must be > 0 (or 0 for none), got -5");
+    assert_null(cf_executor_new((cf_kind_t)9, NULL));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_null(cf_executor_new(CF_REMOTE, NULL));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_string_equal(cf_kind_name(CF_THREADS), "threads");
+    assert_string_equal(cf_kind_name(CF_PROCESSES), "processes");
+    assert_string_equal(cf_kind_name(CF_REMOTE), "remote");
+}
+
+static void test_default_workers_follow_python(void **state)
+{
+    (void)state;
+    cf_executor_t *ex = cf_executor_new(CF_THREADS, NULL);
+    assert_non_null(ex);
+    int cores = cf_executor_cores();
+    assert_true(cores >= 1);
+    assert_int_equal(cf_executor_max_workers(ex), cores + 4 < 32 ? cores + 4 : 32);
+    cf_executor_destroy(&ex);
+}
+
+static void test_cancel_removes_a_queued_task_only(void **state)
+{
+    (void)state;
+    s_gates_new();
+    cf_executor_t *ex = s_threads(1);
+    cf_future_t *running = cf_submit(ex, "block", "");
+    assert_int_equal(cf_future_wait(s_started, -1), CF_OK);
+    cf_future_t *queued = cf_submit(ex, "add", "ii", 1, 1);
+    assert_true(cf_future_running(running));
+    assert_false(cf_future_running(queued));
+    assert_true(cf_future_cancel(queued));
+    assert_true(cf_future_cancelled(queued));
+    assert_int_equal(cf_future_result(queued, -1, NULL), CF_ECANCELLED);
+    assert_false(cf_future_cancel(running));
+    s_gate_open();
+    const char *text = NULL;
+    assert_int_equal(cf_future_str(running, -1, &text), CF_OK);
+    assert_string_equal(text, "unblocked");
+    assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
+    cf_progress_t p = cf_executor_progress(ex);
+    assert_int_equal(p.submitted, 2);
+    assert_int_equal(p.done, 2);
+    assert_int_equal(p.cancelled, 1);
+    assert_int_equal(p.failed, 0);
+    cf_future_release(&running);
+    cf_future_release(&queued);
+    cf_executor_destroy(&ex);
+    s_gates_free();
+}
+
+static void test_shutdown_cancel_futures_cancels_the_queue(void **state)
+{
+    (void)state;
+    s_gates_new();
+    cf_executor_t *ex = s_threads(1);
+    cf_future_t *running = cf_submit(ex, "block", "");
+    assert_int_equal(cf_future_wait(s_started, -1), CF_OK);
+    cf_future_t *queued[5];
+    for (int i = 0; i < 5; i++)
+        queued[i] = cf_submit(ex, "add", "ii", i, i);
+    assert_int_equal(cf_executor_shutdown(ex, false, true), CF_OK);
+    for (int i = 0; i < 5; i++)
+        assert_true(cf_future_cancelled(queued[i]));
+    assert_true(cf_future_running(running));
+    s_gate_open();
+    assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
+    assert_int_equal(cf_executor_shutdown(ex, true, true), CF_OK);      //  twice: fine
+    assert_int_equal(cf_future_state(running), CF_FUTURE_FINISHED);
+    cf_progress_t p = cf_executor_progress(ex);
+    assert_int_equal(p.submitted, 6);
+    assert_int_equal(p.done, 6);
+    assert_int_equal(p.cancelled, 5);
+    cf_future_release(&running);
+    for (int i = 0; i < 5; i++)
+        cf_future_release(&queued[i]);
+    cf_executor_destroy(&ex);
+    s_gates_free();
+}
+
+static void test_submit_after_shutdown_is_refused(void **state)
+{
+    (void)state;
+    cf_executor_t *ex = s_threads(1);
+    assert_int_equal(cf_executor_shutdown(ex, false, false), CF_OK);
+    assert_null(cf_submit(ex, "add", "ii", 1, 2));
+    assert_int_equal(cf_last_err(), CF_ESHUTDOWN);
+    assert_string_equal(cf_last_error(), "cannot submit add: the executor is shut down");
+    assert_null(cf_submit_raw(ex, NULL, "noop", "\x90", 1));
+    assert_int_equal(cf_last_err(), CF_ESHUTDOWN);
+    assert_int_equal(cf_executor_progress(ex).submitted, 0);
+    cf_executor_destroy(&ex);
+}
+
+static void test_bad_submissions_are_refused(void **state)
+{
+    (void)state;
+    cf_executor_t *ex = s_threads(1);
+    assert_null(cf_submit(ex, "add", "i?", 1));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_null(cf_submit(ex, "", ""));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_null(cf_submit(ex, NULL, ""));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_null(cf_submit_raw(ex, NULL, "noop", "\x01", 1));       //  not an array
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_null(cf_submit_raw(ex, NULL, "noop", "\x92\x01", 2));   //  truncated
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    size_t big = 64u * 1024 * 1024 + 1;
+    void *bytes = calloc(1, big);
+    assert_non_null(bytes);
+    assert_null(cf_submit(ex, "noop", "y", bytes, big));
+    assert_int_equal(cf_last_err(), CF_ETOOBIG);
+    free(bytes);
+
+    cf_future_t *f = cf_submit_raw(ex, NULL, "add", "\x92\x01\x02", 3);
+    int64_t value;
+    assert_int_equal(cf_future_int(f, -1, &value), CF_OK);
+    assert_int_equal(value, 3);
+    cf_future_release(&f);
+    assert_int_equal(cf_executor_progress(ex).submitted, 1);
+    cf_executor_destroy(&ex);
+}
+
+static void test_initializer_runs_once_per_thread(void **state)
+{
+    (void)state;
+    atomic_store(&s_inits, 0);
+    cf_executor_t *ex = cf_executor_new(CF_THREADS, &(cf_options_t){
+        .max_workers = 3, .initializer = s_initializer, .initarg = &s_inits });
+    assert_non_null(ex);
+    cf_future_t *fs[20];
+    for (int i = 0; i < 20; i++)
+        fs[i] = cf_submit(ex, "inited", "");
+    for (int i = 0; i < 20; i++) {
+        bool flag = false;
+        assert_int_equal(cf_future_bool(fs[i], -1, &flag), CF_OK);
+        assert_true(flag);
+        cf_future_release(&fs[i]);
+    }
+    cf_executor_destroy(&ex);
+    assert_int_equal(atomic_load(&s_inits), 3);
+}
+
+static void s_check_names(const char *prefix, const char *expected_a, const char *expected_b)
+{
+    cf_options_t opts = { .max_workers = 2, .thread_name_prefix = prefix };
+    cf_executor_t *ex = cf_executor_new(CF_THREADS, &opts);
+    assert_non_null(ex);
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, 2);
+    cf_future_t *a = cf_submit(ex, "thread_name", "U", (uint64_t)(uintptr_t)&barrier);
+    cf_future_t *b = cf_submit(ex, "thread_name", "U", (uint64_t)(uintptr_t)&barrier);
+    const char *name_a, *name_b;
+    assert_int_equal(cf_future_str(a, -1, &name_a), CF_OK);
+    assert_int_equal(cf_future_str(b, -1, &name_b), CF_OK);
+    if (strcmp(name_a, name_b) > 0) {
+        const char *swap = name_a;
+        name_a = name_b;
+        name_b = swap;
+    }
+    assert_string_equal(name_a, expected_a);
+    assert_string_equal(name_b, expected_b);
+    cf_future_release(&a);
+    cf_future_release(&b);
+    cf_executor_destroy(&ex);
+    pthread_barrier_destroy(&barrier);
+}
+
+static void test_threads_are_named_prefix_n(void **state)
+{
+    (void)state;
+    s_check_names(NULL, "cf-worker-0", "cf-worker-1");
+    s_check_names("fetch", "fetch-0", "fetch-1");
+    //  Linux allows 15 bytes: the prefix is cut, never the number.
+    s_check_names("a-very-long-prefix", "a-very-long-p-0", "a-very-long-p-1");
+}
+
+static void test_task_timeout_fails_the_future_at_the_deadline(void **state)
+{
+    (void)state;
+    s_gates_new();
+    cf_executor_t *ex = s_threads(1);
+    cf_future_t *f = cf_submit_with(ex, &(cf_task_opts_t){ .timeout_ms = 20 }, "block", "");
+    assert_int_equal(cf_future_result(f, -1, NULL), CF_ETASK);
+    const cf_task_error_t *error = cf_future_error(f);
+    assert_string_equal(error->type, "TimeoutError");
+    assert_string_equal(error->function, "block");
+    //  The thread finishes the task; its late result is dropped.
+    s_gate_open();
+    cf_future_t *next = cf_submit(ex, "add", "ii", 20, 22);
+    int64_t value;
+    assert_int_equal(cf_future_int(next, -1, &value), CF_OK);
+    assert_int_equal(value, 42);
+    assert_int_equal(cf_future_state(f), CF_FUTURE_FAILED);
+    assert_string_equal(cf_future_error(f)->type, "TimeoutError");
+    cf_future_release(&f);
+    cf_future_release(&next);
+    cf_executor_destroy(&ex);
+    s_gates_free();
+}
+
+static void test_executor_timeout_is_the_task_default(void **state)
+{
+    (void)state;
+    s_gates_new();
+    cf_executor_t *ex = cf_executor_new(CF_THREADS, &(cf_options_t){ .max_workers = 1,
+                                                                      .timeout_ms = 10 });
+    cf_future_t *f = cf_submit(ex, "block", "");
+    assert_int_equal(cf_future_result(f, -1, NULL), CF_ETASK);
+    assert_string_equal(cf_future_error(f)->type, "TimeoutError");
+    cf_future_release(&f);
+    s_gate_open();              //  the single thread is still in the task
+    //  A per-task timeout of -1 means none, overriding the default.
+    cf_future_t *quick = cf_submit_with(ex, &(cf_task_opts_t){ .timeout_ms = -1 }, "add", "ii",
+                                        1, 1);
+    assert_int_equal(cf_future_result(quick, -1, NULL), CF_OK);
+    cf_future_release(&quick);
+    cf_executor_destroy(&ex);
+    s_gates_free();
+}
+
+static void test_retry_on_error_retries_a_raising_task(void **state)
+{
+    (void)state;
+    cf_executor_t *ex = s_threads(1);
+    atomic_store(&s_flaky_calls, 0);
+    cf_future_t *f = cf_submit_with(ex, &(cf_task_opts_t){ .retries = 2, .retry_on_error = true },
+                                    "flaky", "");
+    int64_t value;
+    assert_int_equal(cf_future_int(f, -1, &value), CF_OK);
+    assert_int_equal(value, 7);
+    assert_int_equal(atomic_load(&s_flaky_calls), 3);
+    cf_future_release(&f);
+
+    //  Without retry_on_error a raise is final (retries are for lost workers).
+    atomic_store(&s_flaky_calls, 0);
+    f = cf_submit_with(ex, &(cf_task_opts_t){ .retries = 2 }, "flaky", "");
+    assert_int_equal(cf_future_result(f, -1, NULL), CF_ETASK);
+    assert_string_equal(cf_future_error(f)->type, "IOError");
+    assert_int_equal(atomic_load(&s_flaky_calls), 1);
+    cf_future_release(&f);
+
+    //  Too few retries: the last error is the one reported.
+    atomic_store(&s_flaky_calls, 0);
+    f = cf_submit_with(ex, &(cf_task_opts_t){ .retries = 1, .retry_on_error = true },
+                       "flaky", "");
+    assert_int_equal(cf_future_result(f, -1, NULL), CF_ETASK);
+    assert_int_equal(atomic_load(&s_flaky_calls), 2);
+    cf_future_release(&f);
+    cf_executor_destroy(&ex);
+}
+
+static atomic_int s_progress_calls;
+
+static void s_on_progress(const cf_progress_t *p, void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&s_progress_calls, 1);
+    (void)p;
+}
+
+static void test_progress_counts_every_outcome(void **state)
+{
+    (void)state;
+    cf_executor_t *ex = s_threads(3);
+    atomic_store(&s_progress_calls, 0);
+    cf_executor_on_progress(ex, s_on_progress, NULL);
+    cf_future_t *fs[10];
+    for (int i = 0; i < 10; i++)
+        fs[i] = i % 4 == 0 ? cf_submit(ex, "raise_value", "i", i) : cf_submit(ex, "noop", "");
+    assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
+    cf_progress_t p = cf_executor_progress(ex);
+    assert_int_equal(p.submitted, 10);
+    assert_int_equal(p.done, 10);
+    assert_int_equal(p.failed, 3);
+    assert_int_equal(p.cancelled, 0);
+    assert_int_equal(atomic_load(&s_progress_calls), 10);
+    for (int i = 0; i < 10; i++)
+        cf_future_release(&fs[i]);
+    cf_executor_destroy(&ex);
+}
+
+static void test_destroy_waits_for_queued_work_and_futures_outlive_it(void **state)
+{
+    (void)state;
+    cf_executor_t *ex = s_threads(1);
+    cf_future_t *fs[50];
+    for (int i = 0; i < 50; i++)
+        fs[i] = cf_submit(ex, "add", "ii", i, 1);
+    cf_executor_destroy(&ex);
+    for (int i = 0; i < 50; i++) {
+        int64_t value;
+        assert_int_equal(cf_future_int(fs[i], 0, &value), CF_OK);
+        assert_int_equal(value, i + 1);
+        cf_future_release(&fs[i]);
+    }
+}
+
+static void test_shutdown_waiting_from_its_own_thread_is_refused(void **state)
+{
+    (void)state;
+    s_self_ex = s_threads(1);
+    cf_future_t *f = cf_submit(s_self_ex, "shutdown_self", "");
+    int64_t rc;
+    assert_int_equal(cf_future_int(f, -1, &rc), CF_OK);
+    assert_int_equal(rc, CF_EINVAL);
+    cf_future_release(&f);
+    cf_executor_destroy(&s_self_ex);
+}
+
+static int s_count_done(cf_future_t *f, void *arg)
+{
+    (void)f;
+    atomic_fetch_add((atomic_int *)arg, 1);
+    return 0;
+}
+
+static void test_many_tasks_all_resolve(void **state)
+{
+    (void)state;
+    enum { COUNT = 20000 };
+    cf_executor_t *ex = s_threads(4);
+    cf_future_t **fs = calloc(COUNT, sizeof *fs);
+    atomic_int callbacks = 0;
+    for (int i = 0; i < COUNT; i++) {
+        fs[i] = cf_submit(ex, "noop", "");
+        assert_non_null(fs[i]);
+        assert_int_equal(cf_future_add_done_callback(fs[i], s_count_done, &callbacks), CF_OK);
+    }
+    for (int i = 0; i < COUNT; i++) {
+        const cf_value_t *value;
+        assert_int_equal(cf_future_result(fs[i], -1, &value), CF_OK);
+        assert_int_equal(cf_value_type(value), CF_TYPE_NIL);
+        cf_future_release(&fs[i]);
+    }
+    cf_executor_destroy(&ex);
+    assert_int_equal(atomic_load(&callbacks), COUNT);
+    free(fs);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_submit_returns_the_result),
+        cmocka_unit_test(test_task_error_says_what_and_where),
+        cmocka_unit_test(test_options_are_validated_with_clear_messages),
+        cmocka_unit_test(test_default_workers_follow_python),
+        cmocka_unit_test(test_cancel_removes_a_queued_task_only),
+        cmocka_unit_test(test_shutdown_cancel_futures_cancels_the_queue),
+        cmocka_unit_test(test_submit_after_shutdown_is_refused),
+        cmocka_unit_test(test_bad_submissions_are_refused),
+        cmocka_unit_test(test_initializer_runs_once_per_thread),
+        cmocka_unit_test(test_threads_are_named_prefix_n),
+        cmocka_unit_test(test_task_timeout_fails_the_future_at_the_deadline),
+        cmocka_unit_test(test_executor_timeout_is_the_task_default),
+        cmocka_unit_test(test_retry_on_error_retries_a_raising_task),
+        cmocka_unit_test(test_progress_counts_every_outcome),
+        cmocka_unit_test(test_destroy_waits_for_queued_work_and_futures_outlive_it),
+        cmocka_unit_test(test_shutdown_waiting_from_its_own_thread_is_refused),
+        cmocka_unit_test(test_many_tasks_all_resolve),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
