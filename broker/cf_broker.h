@@ -9,6 +9,28 @@
 //  Design note: the actor thread owns both sockets and all state. Other
 //  threads talk to it through cf_broker_* calls that send on an inproc pipe
 //  (serialized by a mutex), never by touching its state.
+//
+//  What peers can rely on (docs/protocol.md has the full text):
+//  - Clients are known by routing id from their first SUBMIT, workers from
+//    READY. Any other message from a peer the broker does not know is
+//    answered with HEARTBEAT [boot, ivl_ms] and then ERROR [0, "unknown
+//    client"] or ERROR [0, "unknown worker"]: a client then resubmits what it
+//    still waits for, a worker announces itself again with READY. (STATS
+//    from an unknown client gets HEARTBEAT and the STATS reply, no ERROR.)
+//  - Every task a client submits gets exactly one RESULT (value, error,
+//    cancelled or busy) unless the client is lost first. BUSY (status 3)
+//    comes at once for tasks over the queue limits; resubmit them later.
+//  - STARTED carries the ids of tasks handed to a worker; it is sent once
+//    per dispatch (again after a retry) and in reply to CANCEL of a task
+//    that has started. RESULT status 2 answers CANCEL of a queued task.
+//  - Resubmitting a client task id the broker still holds is harmless: a
+//    queued one is left alone, a started one is answered with STARTED.
+//  - Workers: READY's credit is the number of tasks the worker can take now;
+//    every RESULT item returns one slot (whatever its id), CREDIT adds
+//    slots. Tasks come in TASK batches. A worker may hand a task back
+//    unrun with RESULT status 2 or 3: it is requeued without using a retry.
+//  - Peers must send something at least every ivl_ms the broker announces;
+//    silent for liveness intervals, they are lost.
 
 #ifndef CF_BROKER_H
 #define CF_BROKER_H
@@ -17,7 +39,23 @@
 
 #include <stddef.h>
 
+//  Also in cf_client.h; identical definitions are allowed.
+#ifndef CF_HEARTBEAT_IVL_MS
+#define CF_HEARTBEAT_IVL_MS  1000
+#endif
+#ifndef CF_HEARTBEAT_LIVENESS
+#define CF_HEARTBEAT_LIVENESS 3
+#endif
+
+//  ERROR texts (ref 0) that tell a peer the broker does not know it.
+#define CF_BROKER_UNKNOWN_CLIENT "unknown client"
+#define CF_BROKER_UNKNOWN_WORKER "unknown worker"
+
 typedef struct cf_broker cf_broker_t;
+
+//  Called for each ROUTER before it binds (CURVE options, ...): is_clients
+//  says which side. A non-OK return fails cf_broker_new with that code.
+typedef cf_err_t (cf_broker_socket_fn)(void *socket, bool is_clients, void *arg);
 
 typedef struct {
     const char *client_endpoint;    //  bind; "tcp://127.0.0.1:*" picks a port
@@ -27,6 +65,8 @@ typedef struct {
     int heartbeat_liveness;         //  0: CF_HEARTBEAT_LIVENESS
     size_t max_queued;              //  tasks queued in all; 0: CF_BROKER_MAX_QUEUED
     size_t max_queued_per_client;   //  0: same as max_queued
+    cf_broker_socket_fn *socket_setup;  //  NULL: none
+    void *socket_setup_arg;
 } cf_broker_config_t;
 
 #define CF_BROKER_MAX_QUEUED (4u * 1024 * 1024)
@@ -34,8 +74,8 @@ typedef struct {
 //  Binds both endpoints and starts the actor; returns once it is serving.
 //  NULL with cf_last_error() ("cannot bind tcp://...: Address in use").
 cf_broker_t *cf_broker_new(const cf_broker_config_t *config);
-//  Stops the actor (queued tasks are dropped, clients see the broker go) and
-//  frees it. Safe with NULL and twice.
+//  Stops the actor (queued tasks are dropped, clients and workers get
+//  DISCONNECT) and frees it. Safe with NULL and twice.
 void cf_broker_destroy(cf_broker_t **broker);
 
 //  The endpoints actually bound (a "*" port resolved), borrowed.
@@ -44,14 +84,27 @@ const char *cf_broker_worker_endpoint(cf_broker_t *broker);
 
 //  Tells the broker a worker is gone without waiting for heartbeats (the
 //  process supervisor saw it exit). identity is the worker's routing id.
-//  Thread-safe.
+//  Its tasks are retried or fail as after missed heartbeats. CF_OK, or
+//  CF_ENOTFOUND when no worker has that identity. Thread-safe.
 cf_err_t cf_broker_worker_lost(cf_broker_t *broker, const void *identity, size_t len);
 
 //  A snapshot of counters. Thread-safe.
 typedef struct {
-    uint64_t clients, workers, queued, running;
-    uint64_t submitted, completed, failed, cancelled, retried, lost_workers;
-    uint64_t busy, malformed, dropped;
+    uint64_t clients, workers;  //  known now
+    uint64_t queued;            //  tasks waiting for a worker now
+    uint64_t running;           //  tasks on workers whose client waits, now
+    uint64_t submitted;         //  tasks accepted into a queue
+    uint64_t completed;         //  results with a value sent on
+    uint64_t failed;            //  errors sent on: the task's, WorkerLost, TimeoutError
+    uint64_t cancelled;         //  queued tasks removed by CANCEL
+    uint64_t retried;           //  requeues that used one of a task's retries
+    uint64_t lost_workers;      //  workers lost (heartbeats, gone, reported)
+    uint64_t busy;              //  tasks refused with BUSY (queue limits)
+    uint64_t malformed;         //  messages refused (bad frames, wrong command)
+    uint64_t dropped;           //  tasks and results discarded with a lost client
+    uint64_t ignored;           //  worker results matching no waiting task
+    uint64_t timed_out;         //  tasks failed with TimeoutError (also in failed)
+    uint64_t deferred;          //  sends refused (peer at HWM or gone) and kept or requeued
 } cf_broker_stats_t;
 cf_err_t cf_broker_stats(cf_broker_t *broker, cf_broker_stats_t *stats);
 

@@ -1,0 +1,995 @@
+//  cf_broker: a real broker actor on inproc:// (and tcp:// once), with the
+//  test playing clients and workers on raw DEALER sockets through the
+//  codec. Every wait polls the sockets with a generous limit; nothing is
+//  asserted on timing.
+
+#include "cf_broker.h"
+#include "cf_clock.h"
+#include "cf_proto.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include <cmocka.h>
+
+//  How long any expected event may take before the test fails.
+#define WAIT_MS 5000
+//  Slices of waiting; peers in the keep-alive list heartbeat every slice.
+#define SLICE_MS 10
+
+//  One msgpack array with one int: [7].
+static const uint8_t s_args[] = { 0x91, 0x07 };
+//  One msgpack value: 14.
+static const uint8_t s_value14[] = { 0x0e };
+
+typedef struct {
+    void *ctx;
+    cf_broker_t *broker;
+    void *peers[8];             //  the test's sockets, closed at teardown
+    bool silent[8];             //  true: it stopped heartbeating
+    size_t peer_count;
+} s_fixture_t;
+
+static s_fixture_t *s_fx;       //  the running test's fixture (one at a time)
+
+static cf_broker_t *s_start(s_fixture_t *fx, int ivl_ms, size_t max_queued, size_t per_client)
+{
+    static int n = 0;
+    char clients[64], workers[64];
+    n++;
+    snprintf(clients, sizeof clients, "inproc://clients-%d", n);
+    snprintf(workers, sizeof workers, "inproc://workers-%d", n);
+    cf_broker_config_t config = {
+        .client_endpoint = clients,
+        .worker_endpoint = workers,
+        .zmq_context = fx->ctx,
+        .heartbeat_ivl_ms = ivl_ms,
+        .heartbeat_liveness = 3,
+        .max_queued = max_queued,
+        .max_queued_per_client = per_client,
+    };
+    fx->broker = cf_broker_new(&config);
+    assert_non_null(fx->broker);
+    assert_string_equal(cf_broker_client_endpoint(fx->broker), clients);
+    return fx->broker;
+}
+
+static int s_setup(void **state)
+{
+    s_fixture_t *fx = calloc(1, sizeof *fx);
+    fx->ctx = zmq_ctx_new();
+    *state = s_fx = fx;
+    return fx->ctx ? 0 : -1;
+}
+
+static int s_teardown(void **state)
+{
+    s_fixture_t *fx = *state;
+    cf_broker_destroy(&fx->broker);
+    for (size_t i = 0; i < fx->peer_count; i++) {
+        int linger = 0;
+        zmq_setsockopt(fx->peers[i], ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(fx->peers[i]);
+    }
+    zmq_ctx_term(fx->ctx);
+    free(fx);
+    s_fx = NULL;
+    return 0;
+}
+
+//  A DEALER with a fixed identity, connected to endpoint. Closed at teardown.
+static void *s_peer(s_fixture_t *fx, const char *identity, const char *endpoint)
+{
+    void *sock = zmq_socket(fx->ctx, ZMQ_DEALER);
+    assert_non_null(sock);
+    assert_int_equal(cf_proto_socket_setup(sock, false), CF_OK);
+    assert_int_equal(zmq_setsockopt(sock, ZMQ_ROUTING_ID, identity, strlen(identity)), 0);
+    assert_int_equal(zmq_connect(sock, endpoint), 0);
+    assert_true(fx->peer_count < 8);
+    fx->silent[fx->peer_count] = false;
+    fx->peers[fx->peer_count++] = sock;
+    return sock;
+}
+
+static void *s_client(s_fixture_t *fx, const char *identity)
+{
+    return s_peer(fx, identity, cf_broker_client_endpoint(fx->broker));
+}
+
+//  The socket stops heartbeating while the test waits: it goes silent.
+static void s_silence(s_fixture_t *fx, void *sock)
+{
+    for (size_t i = 0; i < fx->peer_count; i++)
+        if (fx->peers[i] == sock)
+            fx->silent[i] = true;
+}
+
+static cf_proto_enc_t *s_enc(void)
+{
+    static cf_proto_enc_t *enc = NULL;
+    if (!enc)
+        enc = cf_proto_enc_new();
+    assert_non_null(enc);
+    return enc;
+}
+
+static void s_send_heartbeat(void *sock)
+{
+    cf_proto_enc_heartbeat(s_enc(), 0, 0);
+    assert_int_equal(cf_proto_enc_send(s_enc(), sock, NULL, 0), CF_OK);
+}
+
+//  Keeps the test's peers alive; a refused send (no broker any more) is
+//  fine here.
+static void s_heartbeat_all(void)
+{
+    for (size_t i = 0; s_fx && i < s_fx->peer_count; i++) {
+        if (!s_fx->silent[i]) {
+            cf_proto_enc_heartbeat(s_enc(), 0, 0);
+            (void)cf_proto_enc_send(s_enc(), s_fx->peers[i], NULL, 0);
+        }
+    }
+}
+
+//  Sends one SUBMIT with count tasks numbered first.. for function fn.
+static void s_submit(void *sock, uint64_t first, size_t count, const char *fn, int32_t retries,
+                     uint32_t timeout_ms, uint32_t flags)
+{
+    cf_proto_enc_t *enc = s_enc();
+    cf_proto_enc_begin(enc, CF_MSG_SUBMIT);
+    for (size_t i = 0; i < count; i++)
+        assert_int_equal(cf_proto_enc_task(enc, first + i, fn, strlen(fn), s_args, sizeof s_args,
+                                           retries, timeout_ms, flags),
+                         CF_OK);
+    assert_int_equal(cf_proto_enc_send(enc, sock, NULL, 0), CF_OK);
+}
+
+static void s_send_ids(void *sock, cf_msg_type_t type, const uint64_t *ids, size_t count)
+{
+    cf_proto_enc_t *enc = s_enc();
+    cf_proto_enc_begin(enc, type);
+    for (size_t i = 0; i < count; i++)
+        assert_int_equal(cf_proto_enc_id(enc, ids[i]), CF_OK);
+    assert_int_equal(cf_proto_enc_send(enc, sock, NULL, 0), CF_OK);
+}
+
+static void s_ready(void *sock, uint32_t credit, int32_t pid)
+{
+    cf_proto_enc_ready(s_enc(), credit, "testhost", pid);
+    assert_int_equal(cf_proto_enc_send(s_enc(), sock, NULL, 0), CF_OK);
+}
+
+static void s_result_ok(void *sock, uint64_t id)
+{
+    cf_proto_enc_t *enc = s_enc();
+    cf_proto_enc_begin(enc, CF_MSG_RESULT);
+    assert_int_equal(cf_proto_enc_result_ok(enc, id, s_value14, sizeof s_value14), CF_OK);
+    assert_int_equal(cf_proto_enc_send(enc, sock, NULL, 0), CF_OK);
+}
+
+static void s_result_error(void *sock, uint64_t id, const char *type)
+{
+    cf_proto_enc_t *enc = s_enc();
+    cf_proto_enc_begin(enc, CF_MSG_RESULT);
+    assert_int_equal(cf_proto_enc_result_error(enc, id, type, "bad input", "f", "testhost", 42),
+                     CF_OK);
+    assert_int_equal(cf_proto_enc_send(enc, sock, NULL, 0), CF_OK);
+}
+
+static bool s_str_eq(cf_proto_str_t s, const char *text)
+{
+    return s.len == strlen(text) && memcmp(s.ptr, text, s.len) == 0;
+}
+
+static bool s_str_has(cf_proto_str_t s, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= s.len; i++)
+        if (memcmp(s.ptr + i, needle, n) == 0)
+            return true;
+    return false;
+}
+
+//  The answers a peer gets while the broker does not know it yet (the
+//  test's heartbeats reach the broker before a peer registers).
+static bool s_unknown_peer_error(const cf_proto_msg_t *msg)
+{
+    return msg->type == CF_MSG_ERROR
+        && (s_str_eq(msg->text, CF_BROKER_UNKNOWN_CLIENT)
+            || s_str_eq(msg->text, CF_BROKER_UNKNOWN_WORKER));
+}
+
+//  The next message on sock that is not a HEARTBEAT, STARTED or an
+//  unknown-peer ERROR (unless that is what is wanted), within WAIT_MS; the test's other
+//  peers heartbeat meanwhile.
+static cf_proto_msg_t *s_expect(void *sock, cf_msg_type_t type)
+{
+    int64_t deadline = cf_clock_now_ms() + WAIT_MS;
+    while (cf_clock_now_ms() < deadline) {
+        s_heartbeat_all();
+        zmq_pollitem_t item = { sock, 0, ZMQ_POLLIN, 0 };
+        int rc = zmq_poll(&item, 1, SLICE_MS);
+        if (rc <= 0)
+            continue;
+        cf_proto_msg_t *msg = NULL;
+        assert_int_equal(cf_proto_recv(sock, false, NULL, &msg), CF_OK);
+        //  STARTED is advice: tests that care ask for it.
+        if ((msg->type == CF_MSG_HEARTBEAT && type != CF_MSG_HEARTBEAT)
+            || (msg->type == CF_MSG_STARTED && type != CF_MSG_STARTED)
+            || (s_unknown_peer_error(msg) && type != CF_MSG_ERROR)) {
+            cf_proto_msg_destroy(&msg);
+            continue;
+        }
+        if (msg->type != type)
+            fail_msg("expected %s, got %s", cf_proto_command_name(type),
+                     cf_proto_command_name(msg->type));
+        return msg;
+    }
+    fail_msg("no %s within %d ms", cf_proto_command_name(type), WAIT_MS);
+    return NULL;
+}
+
+//  Collects count tasks from TASK messages on a worker socket; returns how
+//  many messages carried them.
+static size_t s_take_tasks(void *worker, uint64_t *ids, char (*fns)[16], size_t count)
+{
+    size_t got = 0, messages = 0;
+    while (got < count) {
+        cf_proto_msg_t *msg = s_expect(worker, CF_MSG_TASK);
+        messages++;
+        assert_true(got + msg->count <= count);
+        for (size_t i = 0; i < msg->count; i++) {
+            if (ids)
+                ids[got] = msg->tasks[i].id;
+            if (fns) {
+                size_t len = msg->tasks[i].function.len < 15 ? msg->tasks[i].function.len : 15;
+                memcpy(fns[got], msg->tasks[i].function.ptr, len);
+                fns[got][len] = '\0';
+            }
+            assert_int_equal(msg->tasks[i].args_len, sizeof s_args);
+            assert_memory_equal(msg->tasks[i].args, s_args, sizeof s_args);
+            got++;
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+    return messages;
+}
+
+//  Waits until the broker's counters satisfy check.
+typedef bool (s_stats_check_fn)(const cf_broker_stats_t *stats, uint64_t arg);
+static cf_broker_stats_t s_wait_stats(s_stats_check_fn *check, uint64_t arg)
+{
+    cf_broker_stats_t stats;
+    int64_t deadline = cf_clock_now_ms() + WAIT_MS;
+    for (;;) {
+        assert_int_equal(cf_broker_stats(s_fx->broker, &stats), CF_OK);
+        if (check(&stats, arg))
+            return stats;
+        if (cf_clock_now_ms() > deadline)
+            fail_msg("broker stats never reached the expected state");
+        s_heartbeat_all();
+        zmq_poll(NULL, 0, SLICE_MS);
+    }
+}
+
+static bool s_queued_is(const cf_broker_stats_t *s, uint64_t n) { return s->queued == n; }
+static bool s_workers_is(const cf_broker_stats_t *s, uint64_t n) { return s->workers == n; }
+static bool s_clients_is(const cf_broker_stats_t *s, uint64_t n) { return s->clients == n; }
+static bool s_ignored_is(const cf_broker_stats_t *s, uint64_t n) { return s->ignored == n; }
+static bool s_malformed_is(const cf_broker_stats_t *s, uint64_t n) { return s->malformed == n; }
+static bool s_lost_is(const cf_broker_stats_t *s, uint64_t n) { return s->lost_workers == n; }
+
+//  Returns the single id of a STARTED message (or asserts its count).
+static void s_expect_started(void *client, const uint64_t *ids, size_t count)
+{
+    size_t got = 0;
+    bool seen[16] = { false };
+    assert_true(count <= 16);
+    while (got < count) {
+        cf_proto_msg_t *msg = s_expect(client, CF_MSG_STARTED);
+        for (size_t i = 0; i < msg->count; i++) {
+            bool found = false;
+            for (size_t k = 0; k < count; k++) {
+                if (ids[k] == msg->ids[i] && !seen[k]) {
+                    seen[k] = found = true;
+                    break;
+                }
+            }
+            if (!found)
+                fail_msg("unexpected STARTED for %llu", (unsigned long long)msg->ids[i]);
+            got++;
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+}
+
+//  The next RESULT, which must hold exactly one item.
+static cf_proto_msg_t *s_expect_result(void *client, uint64_t id, cf_status_t status)
+{
+    cf_proto_msg_t *msg = s_expect(client, CF_MSG_RESULT);
+    assert_int_equal(msg->count, 1);
+    assert_int_equal(msg->results[0].id, id);
+    assert_int_equal(msg->results[0].status, status);
+    return msg;
+}
+
+// ---------------------------------------------------------------------------
+
+static void test_tasks_are_dispatched_within_worker_credit(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(worker, 2, 101);
+    s_wait_stats(s_workers_is, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 100, 3, "double", 3, 0, 0);
+
+    uint64_t ids[3];
+    s_take_tasks(worker, ids, NULL, 2);
+    //  Two slots, two tasks; the third waits.
+    cf_broker_stats_t stats;
+    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    assert_int_equal(stats.queued, 1);
+    assert_int_equal(stats.running, 2);
+    assert_int_equal(stats.submitted, 3);
+    assert_int_equal(stats.clients, 1);
+    assert_int_equal(stats.workers, 1);
+    static const uint64_t first_two[] = { 100, 101 };
+    s_expect_started(client, first_two, 2);
+    //  The broker's ids are its own.
+    assert_true(ids[0] != ids[1]);
+
+    //  A result returns a slot: the third task goes out. Within one turn
+    //  of the broker STARTED goes before RESULT.
+    s_result_ok(worker, ids[0]);
+    s_take_tasks(worker, ids + 2, NULL, 1);
+    static const uint64_t third[] = { 102 };
+    s_expect_started(client, third, 1);
+    cf_proto_msg_t *msg = s_expect_result(client, 100, CF_STATUS_OK);
+    assert_int_equal(msg->results[0].value_len, sizeof s_value14);
+    assert_memory_equal(msg->results[0].value, s_value14, sizeof s_value14);
+    cf_proto_msg_destroy(&msg);
+
+    s_result_ok(worker, ids[1]);
+    cf_proto_msg_destroy((msg = s_expect_result(client, 101, CF_STATUS_OK), &msg));
+    s_result_ok(worker, ids[2]);
+    cf_proto_msg_destroy((msg = s_expect_result(client, 102, CF_STATUS_OK), &msg));
+    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    assert_int_equal(stats.completed, 3);
+    assert_int_equal(stats.running, 0);
+    assert_int_equal(stats.queued, 0);
+}
+
+static void test_credit_message_adds_slots(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(worker, 0, 101);
+    s_wait_stats(s_workers_is, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 2, "f", 0, 0, 0);
+    s_wait_stats(s_queued_is, 2);
+    cf_proto_enc_credit(s_enc(), 2);
+    assert_int_equal(cf_proto_enc_send(s_enc(), worker, NULL, 0), CF_OK);
+    s_take_tasks(worker, NULL, NULL, 2);
+}
+
+static void test_tasks_spread_over_workers_in_batches(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *w1 = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    void *w2 = s_peer(fx, "w2", cf_broker_worker_endpoint(fx->broker));
+    s_ready(w1, 4, 1);
+    s_ready(w2, 4, 2);
+    s_wait_stats(s_workers_is, 2);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 4, "f", 0, 0, 0);
+    //  Four tasks, two workers with four slots each: two each, one TASK
+    //  message each.
+    assert_int_equal(s_take_tasks(w1, NULL, NULL, 2), 1);
+    assert_int_equal(s_take_tasks(w2, NULL, NULL, 2), 1);
+    static const uint64_t all[] = { 1, 2, 3, 4 };
+    s_expect_started(client, all, 4);
+}
+
+static void test_round_robin_between_clients(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *a = s_client(fx, "client-a");
+    void *b = s_client(fx, "client-b");
+    s_submit(a, 1000, 20, "fa", 0, 0, 0);
+    s_wait_stats(s_queued_is, 20);
+    s_submit(b, 2000, 2, "fb", 0, 0, 0);
+    s_wait_stats(s_queued_is, 22);
+
+    //  A worker with four slots: turns alternate, so b's two tasks are among
+    //  the first four although a queued twenty before them.
+    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(worker, 4, 1);
+    char fns[4][16];
+    s_take_tasks(worker, NULL, fns, 4);
+    int fa = 0, fb = 0;
+    for (int i = 0; i < 4; i++) {
+        fa += strcmp(fns[i], "fa") == 0;
+        fb += strcmp(fns[i], "fb") == 0;
+    }
+    assert_int_equal(fa, 2);
+    assert_int_equal(fb, 2);
+    assert_string_equal(fns[0], "fa");      //  a came first
+    assert_string_equal(fns[1], "fb");
+}
+
+static void test_tasks_over_the_limits_are_answered_busy(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 3, 2);
+    void *a = s_client(fx, "client-a");
+    void *b = s_client(fx, "client-b");
+    s_submit(a, 1, 3, "f", 0, 0, 0);
+    //  Per-client limit 2: the third is refused at once.
+    cf_proto_msg_t *msg = s_expect_result(a, 3, CF_STATUS_BUSY);
+    cf_proto_msg_destroy(&msg);
+    //  Total limit 3: b gets one in, the next is refused.
+    s_submit(b, 10, 2, "f", 0, 0, 0);
+    msg = s_expect_result(b, 11, CF_STATUS_BUSY);
+    cf_proto_msg_destroy(&msg);
+    cf_broker_stats_t stats;
+    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    assert_int_equal(stats.busy, 2);
+    assert_int_equal(stats.queued, 3);
+    assert_int_equal(stats.submitted, 3);
+}
+
+static void test_cancel_removes_queued_and_reports_started(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(worker, 1, 1);
+    s_wait_stats(s_workers_is, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 2, "f", 0, 0, 0);
+    uint64_t ids[1];
+    s_take_tasks(worker, ids, NULL, 1);
+    static const uint64_t one[] = { 1 };
+    s_expect_started(client, one, 1);
+
+    static const uint64_t cancel[] = { 1, 2, 999 };
+    s_send_ids(client, CF_MSG_CANCEL, cancel, 3);
+    //  The queued one is cancelled; the started one is reported started
+    //  again; the unknown one is ignored. Both replies come in one turn,
+    //  STARTED first.
+    s_expect_started(client, one, 1);
+    cf_proto_msg_t *msg = s_expect_result(client, 2, CF_STATUS_CANCELLED);
+    cf_proto_msg_destroy(&msg);
+    cf_broker_stats_t stats;
+    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    assert_int_equal(stats.cancelled, 1);
+    assert_int_equal(stats.queued, 0);
+    //  The started one still completes.
+    s_result_ok(worker, ids[0]);
+    msg = s_expect_result(client, 1, CF_STATUS_OK);
+    cf_proto_msg_destroy(&msg);
+}
+
+static void test_reported_worker_loss_retries_then_fails_with_worker_lost(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    assert_int_equal(cf_broker_worker_lost(fx->broker, "nobody", 6), CF_ENOTFOUND);
+    void *w1 = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(w1, 1, 1);
+    s_wait_stats(s_workers_is, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 7, 1, "crashy", 1, 0, 0);     //  one retry
+    uint64_t first[1];
+    s_take_tasks(w1, first, NULL, 1);
+    static const uint64_t seven[] = { 7 };
+    s_expect_started(client, seven, 1);
+
+    //  The supervisor saw w1 die: the task goes back and a new worker gets it.
+    assert_int_equal(cf_broker_worker_lost(fx->broker, "w1", 2), CF_OK);
+    cf_broker_stats_t stats;
+    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    assert_int_equal(stats.lost_workers, 1);
+    assert_int_equal(stats.retried, 1);
+    assert_int_equal(stats.queued, 1);
+    void *w2 = s_peer(fx, "w2", cf_broker_worker_endpoint(fx->broker));
+    s_ready(w2, 1, 2);
+    uint64_t second[1];
+    s_take_tasks(w2, second, NULL, 1);
+    s_expect_started(client, seven, 1);
+
+    //  Lost again: the one retry is used up.
+    assert_int_equal(cf_broker_worker_lost(fx->broker, "w2", 2), CF_OK);
+    cf_proto_msg_t *msg = s_expect_result(client, 7, CF_STATUS_ERROR);
+    const cf_proto_error_t *error = &msg->results[0].error;
+    assert_true(s_str_eq(error->type, "WorkerLost"));
+    assert_true(s_str_eq(error->function, "crashy"));
+    assert_true(s_str_has(error->message, "task 7"));
+    assert_true(s_str_has(error->message, "crashy"));
+    assert_true(s_str_has(error->message, "w2"));
+    assert_true(s_str_eq(error->host, "testhost"));
+    assert_int_equal(error->pid, 2);
+    cf_proto_msg_destroy(&msg);
+    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    assert_int_equal(stats.failed, 1);
+    assert_int_equal(stats.lost_workers, 2);
+
+    //  w1's late result for the task is ignored, and w1 is told to announce.
+    s_result_ok(w1, first[0]);
+    cf_proto_msg_t *hb = s_expect(w1, CF_MSG_HEARTBEAT);
+    assert_true(hb->boot != 0);
+    assert_int_equal(hb->ivl_ms, 1000);
+    cf_proto_msg_destroy(&hb);
+    msg = s_expect(w1, CF_MSG_ERROR);
+    assert_true(s_str_eq(msg->text, CF_BROKER_UNKNOWN_WORKER));
+    cf_proto_msg_destroy(&msg);
+    s_wait_stats(s_ignored_is, 1);
+}
+
+static void test_silent_worker_is_lost_by_heartbeat(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 50, 0, 0);
+    void *worker = s_peer(fx, "silent", cf_broker_worker_endpoint(fx->broker));
+    s_ready(worker, 1, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 5, 1, "hang", -1, 0, 0);      //  no retries
+    s_take_tasks(worker, NULL, NULL, 1);
+    //  The worker stops talking (a frozen process); the client keeps up its
+    //  heartbeats while it waits.
+    s_silence(fx, worker);
+    cf_proto_msg_t *msg = s_expect_result(client, 5, CF_STATUS_ERROR);
+    assert_true(s_str_eq(msg->results[0].error.type, "WorkerLost"));
+    assert_true(s_str_has(msg->results[0].error.message, "silent"));
+    cf_proto_msg_destroy(&msg);
+    cf_broker_stats_t stats = s_wait_stats(s_lost_is, 1);
+    assert_int_equal(stats.workers, 0);
+    assert_int_equal(stats.clients, 1);     //  the heartbeating client stays
+    //  The broker heartbeats known peers: the client has seen them.
+    msg = s_expect(client, CF_MSG_HEARTBEAT);
+    assert_int_equal(msg->ivl_ms, 50);
+    cf_proto_msg_destroy(&msg);
+}
+
+static void test_silent_client_is_lost_and_its_tasks_dropped(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 50, 0, 0);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 5, "f", 0, 0, 0);
+    s_wait_stats(s_queued_is, 5);
+    s_silence(fx, client);
+    cf_broker_stats_t stats = s_wait_stats(s_clients_is, 0);
+    assert_int_equal(stats.queued, 0);
+    assert_int_equal(stats.dropped, 5);
+    //  Back from the dead, it learns that it must resubmit.
+    s_send_heartbeat(client);
+    cf_proto_msg_t *msg = s_expect(client, CF_MSG_ERROR);
+    assert_true(s_str_eq(msg->text, CF_BROKER_UNKNOWN_CLIENT));
+    cf_proto_msg_destroy(&msg);
+}
+
+static void test_client_disconnect_drops_its_tasks_and_results(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(worker, 1, 1);
+    s_wait_stats(s_workers_is, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 3, "f", 0, 0, 0);
+    uint64_t ids[1];
+    s_take_tasks(worker, ids, NULL, 1);
+    cf_proto_enc_begin(s_enc(), CF_MSG_DISCONNECT);
+    cf_proto_enc_text(s_enc(), "bye", 0);
+    assert_int_equal(cf_proto_enc_send(s_enc(), client, NULL, 0), CF_OK);
+    cf_broker_stats_t stats = s_wait_stats(s_clients_is, 0);
+    assert_int_equal(stats.queued, 0);
+    assert_int_equal(stats.running, 0);
+    assert_int_equal(stats.dropped, 2);
+    //  The running task's result comes back to nobody: dropped, and its slot
+    //  returns (the worker gets the next client's task).
+    s_result_ok(worker, ids[0]);
+    void *other = s_client(fx, "c2");
+    s_submit(other, 1, 1, "g", 0, 0, 0);
+    s_take_tasks(worker, NULL, NULL, 1);
+    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    assert_int_equal(stats.dropped, 3);
+}
+
+static void test_result_for_unknown_id_is_ignored(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(worker, 1, 1);
+    s_wait_stats(s_workers_is, 1);
+    s_result_ok(worker, 123456789);
+    s_wait_stats(s_ignored_is, 1);
+    //  Nothing reached any client: a new client's first RESULT is its own.
+    void *client = s_client(fx, "c1");
+    s_submit(client, 9, 1, "f", 0, 0, 0);
+    uint64_t ids[1];
+    s_take_tasks(worker, ids, NULL, 1);
+    s_result_ok(worker, ids[0]);
+    cf_proto_msg_t *msg = s_expect_result(client, 9, CF_STATUS_OK);
+    cf_proto_msg_destroy(&msg);
+}
+
+static void test_running_task_times_out_and_late_result_is_ignored(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(worker, 1, 1);
+    s_wait_stats(s_workers_is, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 3, 1, "slow", 3, 50, 0);
+    uint64_t ids[1];
+    s_take_tasks(worker, ids, NULL, 1);
+    cf_proto_msg_t *msg = s_expect_result(client, 3, CF_STATUS_ERROR);
+    assert_true(s_str_eq(msg->results[0].error.type, "TimeoutError"));
+    assert_true(s_str_has(msg->results[0].error.message, "slow"));
+    cf_proto_msg_destroy(&msg);
+    cf_broker_stats_t stats;
+    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    assert_int_equal(stats.timed_out, 1);
+    assert_int_equal(stats.failed, 1);
+    assert_int_equal(stats.running, 0);
+    //  The slot is still taken: a new task waits until the late result.
+    s_submit(client, 4, 1, "next", 0, 0, 0);
+    s_wait_stats(s_queued_is, 1);
+    s_result_ok(worker, ids[0]);
+    s_take_tasks(worker, ids, NULL, 1);
+    s_wait_stats(s_ignored_is, 1);
+    s_result_ok(worker, ids[0]);
+    msg = s_expect_result(client, 4, CF_STATUS_OK);
+    cf_proto_msg_destroy(&msg);
+}
+
+static void test_error_is_retried_only_with_retry_on_error(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(worker, 1, 1);
+    s_wait_stats(s_workers_is, 1);
+    void *client = s_client(fx, "c1");
+    //  Without the flag an error goes straight back.
+    s_submit(client, 1, 1, "f", 3, 0, 0);
+    uint64_t ids[1];
+    s_take_tasks(worker, ids, NULL, 1);
+    s_result_error(worker, ids[0], "ValueError");
+    cf_proto_msg_t *msg = s_expect_result(client, 1, CF_STATUS_ERROR);
+    const cf_proto_error_t *error = &msg->results[0].error;
+    assert_true(s_str_eq(error->type, "ValueError"));
+    assert_true(s_str_eq(error->message, "bad input"));
+    assert_true(s_str_eq(error->host, "testhost"));
+    assert_int_equal(error->pid, 42);
+    cf_proto_msg_destroy(&msg);
+
+    //  With it, one retry: the task runs twice, then the error passes.
+    s_submit(client, 2, 1, "f", 1, 0, CF_TASK_RETRY_ON_ERROR);
+    s_take_tasks(worker, ids, NULL, 1);
+    s_result_error(worker, ids[0], "ValueError");
+    uint64_t again[1];
+    s_take_tasks(worker, again, NULL, 1);
+    assert_int_equal(again[0], ids[0]);
+    s_result_error(worker, again[0], "ValueError");
+    msg = s_expect_result(client, 2, CF_STATUS_ERROR);
+    cf_proto_msg_destroy(&msg);
+    cf_broker_stats_t stats;
+    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    assert_int_equal(stats.retried, 1);
+    assert_int_equal(stats.failed, 2);
+}
+
+static void test_resubmitted_task_is_not_duplicated(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 2, "f", 0, 0, 0);
+    s_submit(client, 1, 2, "f", 0, 0, 0);
+    s_wait_stats(s_queued_is, 2);
+    cf_broker_stats_t stats;
+    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    assert_int_equal(stats.submitted, 2);
+}
+
+static void test_worker_handing_a_task_back_requeues_it(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *w1 = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(w1, 1, 1);
+    s_wait_stats(s_workers_is, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 1, "f", -1, 0, 0);
+    uint64_t ids[1];
+    s_take_tasks(w1, ids, NULL, 1);
+    cf_proto_enc_begin(s_enc(), CF_MSG_RESULT);
+    assert_int_equal(cf_proto_enc_result_status(s_enc(), ids[0], CF_STATUS_BUSY), CF_OK);
+    assert_int_equal(cf_proto_enc_send(s_enc(), w1, NULL, 0), CF_OK);
+    //  Back in the queue without using a retry (it has none), and the slot
+    //  returned with the result, so the same worker gets it again.
+    s_take_tasks(w1, ids, NULL, 1);
+    s_result_ok(w1, ids[0]);
+    cf_proto_msg_t *msg = s_expect_result(client, 1, CF_STATUS_OK);
+    cf_proto_msg_destroy(&msg);
+}
+
+static void test_worker_disconnect_requeues_without_using_retries(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *w1 = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(w1, 1, 1);
+    s_wait_stats(s_workers_is, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 1, "f", -1, 0, 0);
+    s_take_tasks(w1, NULL, NULL, 1);
+    cf_proto_enc_begin(s_enc(), CF_MSG_DISCONNECT);
+    cf_proto_enc_text(s_enc(), "stopping", 0);
+    assert_int_equal(cf_proto_enc_send(s_enc(), w1, NULL, 0), CF_OK);
+    cf_broker_stats_t stats = s_wait_stats(s_workers_is, 0);
+    assert_int_equal(stats.queued, 1);
+    assert_int_equal(stats.lost_workers, 0);
+    void *w2 = s_peer(fx, "w2", cf_broker_worker_endpoint(fx->broker));
+    s_ready(w2, 1, 2);
+    s_take_tasks(w2, NULL, NULL, 1);
+}
+
+static void test_restarted_worker_loses_what_its_predecessor_held(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *w1 = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(w1, 1, 100);
+    s_wait_stats(s_workers_is, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 1, "f", 2, 0, 0);
+    s_take_tasks(w1, NULL, NULL, 1);
+    //  Same identity, another pid: the old process and its task are gone.
+    s_ready(w1, 1, 200);
+    s_take_tasks(w1, NULL, NULL, 1);
+    cf_broker_stats_t stats = s_wait_stats(s_lost_is, 1);
+    assert_int_equal(stats.retried, 1);
+    assert_int_equal(stats.workers, 1);
+}
+
+static void s_send_raw(void *sock, const char *const *frames, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        assert_true(zmq_send(sock, frames[i], strlen(frames[i]), i + 1 < count ? ZMQ_SNDMORE : 0)
+                    >= 0);
+}
+
+static void s_expect_error(void *sock, const char *contains)
+{
+    cf_proto_msg_t *msg = s_expect(sock, CF_MSG_ERROR);
+    while (s_unknown_peer_error(msg) && !s_str_has(msg->text, contains)) {
+        cf_proto_msg_destroy(&msg);
+        msg = s_expect(sock, CF_MSG_ERROR);
+    }
+    if (!s_str_has(msg->text, contains))
+        fail_msg("ERROR '%.*s' does not say '%s'", (int)msg->text.len, msg->text.ptr, contains);
+    assert_int_equal(msg->ref, 0);
+    cf_proto_msg_destroy(&msg);
+}
+
+static void test_malformed_messages_are_counted_and_answered(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *client = s_client(fx, "c1");
+    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    uint64_t expected = 0;
+    //  Unknown peers that heartbeat would get ERRORs of their own.
+    s_silence(fx, client);
+    s_silence(fx, worker);
+
+    static const char *const garbage[] = { "cf/1", "SUBMIT", "\xc1\xc1\xc1" };
+    s_send_raw(client, garbage, 3);
+    s_expect_error(client, "malformed");
+    s_wait_stats(s_malformed_is, ++expected);
+
+    static const char *const version[] = { "cf/9", "HEARTBEAT", "\x92\x00\x00" };
+    s_send_raw(client, version, 3);
+    s_expect_error(client, "malformed");
+    s_wait_stats(s_malformed_is, ++expected);
+
+    static const char *const lone[] = { "hello" };
+    s_send_raw(client, lone, 1);
+    s_expect_error(client, "malformed");
+    s_wait_stats(s_malformed_is, ++expected);
+
+    static const char *const unknown[] = { "cf/1", "FROBNICATE", "\xc0" };
+    s_send_raw(client, unknown, 3);
+    s_expect_error(client, "malformed");
+    s_wait_stats(s_malformed_is, ++expected);
+
+    //  Too many frames: read to the end and refused as one message.
+    static const char *const many[] = { "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k" };
+    s_send_raw(client, many, 11);
+    s_expect_error(client, "malformed");
+    s_wait_stats(s_malformed_is, ++expected);
+
+    //  Valid messages on the wrong side.
+    s_ready(client, 1, 1);
+    s_expect_error(client, "unexpected READY from a client");
+    s_submit(worker, 1, 1, "f", 0, 0, 0);
+    s_expect_error(worker, "unexpected SUBMIT from a worker");
+    cf_broker_stats_t stats = s_wait_stats(s_malformed_is, expected + 2);
+    //  None of it registered anyone or queued anything.
+    assert_int_equal(stats.clients, 0);
+    assert_int_equal(stats.workers, 0);
+    assert_int_equal(stats.queued, 0);
+
+    //  And the broker still works.
+    s_ready(worker, 1, 1);
+    s_submit(client, 1, 1, "f", 0, 0, 0);
+    s_take_tasks(worker, NULL, NULL, 1);
+}
+
+static void test_unknown_client_learns_the_boot_id(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *client = s_client(fx, "c1");
+    s_send_heartbeat(client);
+    cf_proto_msg_t *hb = s_expect(client, CF_MSG_HEARTBEAT);
+    uint64_t boot = hb->boot;
+    assert_true(boot != 0);
+    assert_int_equal(hb->ivl_ms, 1000);
+    cf_proto_msg_destroy(&hb);
+    s_expect_error(client, CF_BROKER_UNKNOWN_CLIENT);
+    //  A second broker has another boot id.
+    cf_broker_t *first = fx->broker;
+    fx->broker = NULL;
+    s_start(fx, 1000, 0, 0);
+    void *other = s_client(fx, "c2");
+    s_send_heartbeat(other);
+    hb = s_expect(other, CF_MSG_HEARTBEAT);
+    assert_true(hb->boot != boot);
+    cf_proto_msg_destroy(&hb);
+    cf_broker_destroy(&first);
+}
+
+static void test_stats_reply_lists_the_counters(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 3, "f", 0, 0, 0);
+    s_wait_stats(s_queued_is, 3);
+    cf_proto_enc_begin(s_enc(), CF_MSG_STATS);
+    assert_int_equal(cf_proto_enc_send(s_enc(), client, NULL, 0), CF_OK);
+    cf_proto_msg_t *msg = s_expect(client, CF_MSG_STATS);
+    static const char *const names[] = { "clients", "workers", "queued", "running",
+                                         "submitted", "completed", "failed", "cancelled",
+                                         "retried", "lost_workers", "busy", "malformed",
+                                         "dropped" };
+    for (size_t n = 0; n < sizeof names / sizeof names[0]; n++) {
+        bool found = false;
+        for (size_t i = 0; i < msg->count; i++) {
+            if (s_str_eq(msg->stats[i].name, names[n])) {
+                found = true;
+                if (strcmp(names[n], "queued") == 0 || strcmp(names[n], "submitted") == 0)
+                    assert_int_equal(msg->stats[i].value, 3);
+                if (strcmp(names[n], "clients") == 0)
+                    assert_int_equal(msg->stats[i].value, 1);
+            }
+        }
+        if (!found)
+            fail_msg("stats reply lacks %s", names[n]);
+    }
+    cf_proto_msg_destroy(&msg);
+}
+
+static void test_destroy_says_disconnect_to_peers(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(worker, 1, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 5, "f", 0, 0, 0);
+    s_take_tasks(worker, NULL, NULL, 1);
+    cf_broker_destroy(&fx->broker);
+    cf_proto_msg_t *msg = s_expect(worker, CF_MSG_DISCONNECT);
+    cf_proto_msg_destroy(&msg);
+    msg = s_expect(client, CF_MSG_DISCONNECT);
+    cf_proto_msg_destroy(&msg);
+}
+
+static void test_tcp_port_is_resolved_and_a_taken_port_is_reported(void **state)
+{
+    (void)state;
+    cf_broker_config_t config = {
+        .client_endpoint = "tcp://127.0.0.1:*",
+        .worker_endpoint = "tcp://127.0.0.1:*",
+    };
+    cf_broker_t *broker = cf_broker_new(&config);
+    assert_non_null(broker);
+    const char *clients = cf_broker_client_endpoint(broker);
+    assert_true(strncmp(clients, "tcp://127.0.0.1:", 16) == 0);
+    assert_null(strchr(clients, '*'));
+    assert_string_not_equal(clients, cf_broker_worker_endpoint(broker));
+
+    //  A client over tcp gets its heartbeat answer.
+    void *ctx = zmq_ctx_new();
+    void *sock = zmq_socket(ctx, ZMQ_DEALER);
+    assert_int_equal(cf_proto_socket_setup(sock, false), CF_OK);
+    assert_int_equal(zmq_connect(sock, clients), 0);
+    s_send_heartbeat(sock);
+    cf_proto_msg_t *msg = s_expect(sock, CF_MSG_HEARTBEAT);
+    cf_proto_msg_destroy(&msg);
+    int linger = 0;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(sock);
+    zmq_ctx_term(ctx);
+
+    cf_broker_config_t taken = {
+        .client_endpoint = clients,
+        .worker_endpoint = "tcp://127.0.0.1:*",
+    };
+    assert_null(cf_broker_new(&taken));
+    char expected[300];
+    snprintf(expected, sizeof expected, "cannot bind %s: Address already in use", clients);
+    assert_string_equal(cf_last_error(), expected);
+    cf_broker_destroy(&broker);
+    cf_broker_destroy(&broker);     //  safe twice
+}
+
+static void test_config_errors_are_reported(void **state)
+{
+    (void)state;
+    assert_null(cf_broker_new(NULL));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    cf_broker_config_t config = { .client_endpoint = "bogus://x", .worker_endpoint = "inproc://w" };
+    assert_null(cf_broker_new(&config));
+    assert_true(strncmp(cf_last_error(), "cannot bind bogus://x: ", 23) == 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_tasks_are_dispatched_within_worker_credit, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_credit_message_adds_slots, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_tasks_spread_over_workers_in_batches, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_round_robin_between_clients, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_tasks_over_the_limits_are_answered_busy, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_removes_queued_and_reports_started, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_reported_worker_loss_retries_then_fails_with_worker_lost, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_silent_worker_is_lost_by_heartbeat, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_silent_client_is_lost_and_its_tasks_dropped, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_client_disconnect_drops_its_tasks_and_results, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_result_for_unknown_id_is_ignored, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_running_task_times_out_and_late_result_is_ignored, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_error_is_retried_only_with_retry_on_error, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_resubmitted_task_is_not_duplicated, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_handing_a_task_back_requeues_it, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_disconnect_requeues_without_using_retries, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_restarted_worker_loses_what_its_predecessor_held, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_messages_are_counted_and_answered, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_client_learns_the_boot_id, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_stats_reply_lists_the_counters, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_says_disconnect_to_peers, s_setup, s_teardown),
+        cmocka_unit_test(test_tcp_port_is_resolved_and_a_taken_port_is_reported),
+        cmocka_unit_test(test_config_errors_are_reported),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
