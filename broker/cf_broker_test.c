@@ -1,4 +1,4 @@
-//  cf_broker: a real broker actor on inproc:// (and tcp:// once), with the
+//  cf_broker: a real broker actor on tcp://127.0.0.1:*, with the
 //  test playing clients and workers on raw DEALER sockets through the
 //  codec. Every wait polls the sockets with a generous limit; nothing is
 //  asserted on timing.
@@ -38,16 +38,15 @@ typedef struct {
 
 static s_fixture_t *s_fx;       //  the running test's fixture (one at a time)
 
+//  Over tcp on loopback rather than inproc: inproc hands message buffers
+//  between threads through libzmq's lock-free pipes, which ThreadSanitizer
+//  cannot see (libzmq is not instrumented), so every inproc message would
+//  look like a race in our decoder.
 static cf_broker_t *s_start(s_fixture_t *fx, int ivl_ms, size_t max_queued, size_t per_client)
 {
-    static int n = 0;
-    char clients[64], workers[64];
-    n++;
-    snprintf(clients, sizeof clients, "inproc://clients-%d", n);
-    snprintf(workers, sizeof workers, "inproc://workers-%d", n);
     cf_broker_config_t config = {
-        .client_endpoint = clients,
-        .worker_endpoint = workers,
+        .client_endpoint = "tcp://127.0.0.1:*",
+        .worker_endpoint = "tcp://127.0.0.1:*",
         .zmq_context = fx->ctx,
         .heartbeat_ivl_ms = ivl_ms,
         .heartbeat_liveness = 3,
@@ -56,7 +55,7 @@ static cf_broker_t *s_start(s_fixture_t *fx, int ivl_ms, size_t max_queued, size
     };
     fx->broker = cf_broker_new(&config);
     assert_non_null(fx->broker);
-    assert_string_equal(cf_broker_client_endpoint(fx->broker), clients);
+    assert_true(strncmp(cf_broker_client_endpoint(fx->broker), "tcp://127.0.0.1:", 16) == 0);
     return fx->broker;
 }
 
