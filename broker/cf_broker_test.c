@@ -963,6 +963,145 @@ static void test_config_errors_are_reported(void **state)
     assert_true(strncmp(cf_last_error(), "cannot bind bogus://x: ", 23) == 0);
 }
 
+//  Many tasks through the whole machine: three clients keep up to 600
+//  tasks each in flight against a per-client limit of 500 (so BUSY happens
+//  and is resubmitted), cancel some at random, and two workers answer
+//  every TASK at once. Every task must end exactly once: a value or
+//  cancelled, never twice, never lost.
+static void test_every_task_is_answered_exactly_once_under_load(void **state)
+{
+    s_fixture_t *fx = *state;
+    enum { CLIENTS = 3, WORKERS = 2, TASKS = 3000, BATCH = 100, WINDOW = 600 };
+    s_start(fx, 1000, 0, 500);
+    void *workers[WORKERS], *clients[CLIENTS];
+    for (int w = 0; w < WORKERS; w++) {
+        char name[16];
+        snprintf(name, sizeof name, "load-w%d", w);
+        workers[w] = s_peer(fx, name, cf_broker_worker_endpoint(fx->broker));
+        s_ready(workers[w], 8, w + 1);
+    }
+    s_wait_stats(s_workers_is, WORKERS);
+    //  status: 0 to (re)submit, 1 in flight, 2 done.
+    static uint8_t status[CLIENTS][TASKS];
+    memset(status, 0, sizeof status);
+    size_t done[CLIENTS] = { 0 }, in_flight[CLIENTS] = { 0 }, scan[CLIENTS] = { 0 };
+    size_t busy = 0, cancelled = 0, values = 0;
+    for (int c = 0; c < CLIENTS; c++) {
+        char name[16];
+        snprintf(name, sizeof name, "load-c%d", c);
+        clients[c] = s_client(fx, name);
+    }
+    unsigned seed = 7;
+    int64_t deadline = cf_clock_now_ms() + 60000;
+    int64_t next_heartbeat = 0;
+    cf_proto_enc_t *enc = s_enc();
+    size_t total_done = 0;
+    while (total_done < (size_t)CLIENTS * TASKS) {
+        assert_true(cf_clock_now_ms() < deadline);
+        if (cf_clock_now_ms() >= next_heartbeat) {
+            s_heartbeat_all();
+            next_heartbeat = cf_clock_now_ms() + 200;
+        }
+        //  Submit: the lowest ids waiting for (re)submission, within the window.
+        for (int c = 0; c < CLIENTS; c++) {
+            cf_proto_enc_begin(enc, CF_MSG_SUBMIT);
+            size_t added = 0;
+            for (size_t i = scan[c]; i < TASKS && added < BATCH && in_flight[c] < WINDOW; i++) {
+                if (status[c][i] != 0)
+                    continue;
+                assert_int_equal(cf_proto_enc_task(enc, i, "echo", 4, s_args, sizeof s_args, 0, 0, 0),
+                                 CF_OK);
+                status[c][i] = 1;
+                in_flight[c]++;
+                added++;
+            }
+            while (scan[c] < TASKS && status[c][scan[c]] != 0)
+                scan[c]++;
+            if (added)
+                assert_int_equal(cf_proto_enc_send(enc, clients[c], NULL, 0), CF_OK);
+            //  Now and then cancel a few in flight.
+            if (in_flight[c] && (seed = seed * 1103515245u + 12345u) % 8 == 0) {
+                cf_proto_enc_begin(enc, CF_MSG_CANCEL);
+                for (int k = 0; k < 5; k++) {
+                    size_t i = (seed = seed * 1103515245u + 12345u) % TASKS;
+                    if (status[c][i] == 1)
+                        assert_int_equal(cf_proto_enc_id(enc, i), CF_OK);
+                }
+                if (cf_proto_enc_count(enc))
+                    assert_int_equal(cf_proto_enc_send(enc, clients[c], NULL, 0), CF_OK);
+            }
+        }
+        zmq_pollitem_t items[CLIENTS + WORKERS];
+        for (int c = 0; c < CLIENTS; c++)
+            items[c] = (zmq_pollitem_t){ clients[c], 0, ZMQ_POLLIN, 0 };
+        for (int w = 0; w < WORKERS; w++)
+            items[CLIENTS + w] = (zmq_pollitem_t){ workers[w], 0, ZMQ_POLLIN, 0 };
+        assert_true(zmq_poll(items, CLIENTS + WORKERS, SLICE_MS) >= 0);
+        //  Workers answer everything they got.
+        for (int w = 0; w < WORKERS; w++) {
+            cf_proto_msg_t *msg;
+            while (cf_proto_recv(workers[w], false, NULL, &msg) == CF_OK) {
+                if (msg->type == CF_MSG_TASK) {
+                    cf_proto_enc_t *reply = cf_proto_enc_new();
+                    cf_proto_enc_begin(reply, CF_MSG_RESULT);
+                    for (size_t i = 0; i < msg->count; i++)
+                        assert_int_equal(cf_proto_enc_result_ok(reply, msg->tasks[i].id, s_value14,
+                                                                sizeof s_value14),
+                                         CF_OK);
+                    assert_int_equal(cf_proto_enc_send(reply, workers[w], NULL, 0), CF_OK);
+                    cf_proto_enc_destroy(&reply);
+                }
+                cf_proto_msg_destroy(&msg);
+            }
+        }
+        for (int c = 0; c < CLIENTS; c++) {
+            cf_proto_msg_t *msg;
+            while (cf_proto_recv(clients[c], false, NULL, &msg) == CF_OK) {
+                if (msg->type == CF_MSG_RESULT) {
+                    for (size_t i = 0; i < msg->count; i++) {
+                        const cf_proto_result_t *r = &msg->results[i];
+                        assert_true(r->id < TASKS);
+                        if (status[c][r->id] != 1)
+                            fail_msg("client %d: second answer for task %llu (status %d)", c,
+                                     (unsigned long long)r->id, r->status);
+                        in_flight[c]--;
+                        if (r->status == CF_STATUS_BUSY) {
+                            status[c][r->id] = 0;
+                            if (r->id < scan[c])
+                                scan[c] = r->id;
+                            busy++;
+                            continue;
+                        }
+                        assert_true(r->status == CF_STATUS_OK || r->status == CF_STATUS_CANCELLED);
+                        cancelled += r->status == CF_STATUS_CANCELLED;
+                        values += r->status == CF_STATUS_OK;
+                        status[c][r->id] = 2;
+                        done[c]++;
+                        total_done++;
+                    }
+                }
+                else
+                    assert_true(msg->type == CF_MSG_STARTED || msg->type == CF_MSG_HEARTBEAT
+                                || s_unknown_peer_error(msg));
+                cf_proto_msg_destroy(&msg);
+            }
+        }
+    }
+    print_message("%zu values, %zu cancelled, %zu busy answers resubmitted\n", values, cancelled,
+                  busy);
+    assert_true(busy > 0);          //  the limit was reached and recovered from
+    assert_true(cancelled > 0);
+    cf_broker_stats_t stats;
+    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    assert_int_equal(stats.queued, 0);
+    assert_int_equal(stats.running, 0);
+    assert_int_equal(stats.completed, values);
+    assert_int_equal(stats.cancelled, cancelled);
+    assert_int_equal(stats.busy, busy);
+    assert_int_equal(stats.submitted, values + cancelled);
+    assert_int_equal(stats.dropped + stats.ignored + stats.failed + stats.malformed, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -987,6 +1126,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unknown_client_learns_the_boot_id, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_stats_reply_lists_the_counters, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_destroy_says_disconnect_to_peers, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_every_task_is_answered_exactly_once_under_load, s_setup, s_teardown),
         cmocka_unit_test(test_tcp_port_is_resolved_and_a_taken_port_is_reported),
         cmocka_unit_test(test_config_errors_are_reported),
     };
