@@ -7,11 +7,28 @@
 //
 //  Used by cf-worker (threads mode, and each child of --procs) and by the
 //  CF_PROCESSES executor's worker processes.
+//
+//  Credit (see cf_broker.h): READY states the slots free now (threads minus
+//  tasks held, capped by what max_tasks still allows); every RESULT item
+//  gives one back. Tasks that arrive when the worker takes no more
+//  (max_tasks reached, stopping) are not run and not answered: the
+//  DISCONNECT that ends the worker hands them back, unrun, without using a
+//  retry. Results that cannot be sent (broker unreachable) stay in the
+//  outbox and are retried; only a destroy that cannot reach the broker for
+//  liveness intervals drops them, with a warning.
 
 #ifndef CF_WORKER_H
 #define CF_WORKER_H
 
 #include "cfutures.h"
+
+//  Also in cf_client.h and cf_broker.h; identical definitions are allowed.
+#ifndef CF_HEARTBEAT_IVL_MS
+#define CF_HEARTBEAT_IVL_MS  1000
+#endif
+#ifndef CF_HEARTBEAT_LIVENESS
+#define CF_HEARTBEAT_LIVENESS 3
+#endif
 
 typedef struct cf_worker cf_worker_t;
 
@@ -28,6 +45,10 @@ typedef struct {
     //  true: a lost broker ends the worker (pool children die with their
     //  executor); false: reconnect and wait for it (cf-worker).
     bool exit_on_broker_loss;
+    //  Called on the actor's thread with the DEALER before it connects
+    //  (CURVE options, ...); a non-OK return fails cf_worker_new. NULL: none.
+    cf_err_t (*socket_setup)(void *socket, void *arg);
+    void *socket_setup_arg;
 } cf_worker_config_t;
 
 //  Starts the actor and its threads; returns once connected (in zmq's
@@ -36,6 +57,14 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config);
 //  Blocks until the worker ended by itself (max_tasks reached, broker lost
 //  with exit_on_broker_loss) or timeout_ms passed: CF_OK or CF_ETIMEDOUT.
 cf_err_t cf_worker_wait(cf_worker_t *worker, int timeout_ms);
+//  Why the worker ended by itself: CF_OK while it has not; CF_ESTOP when
+//  max_tasks was reached (every result sent, DISCONNECT said); CF_ESHUTDOWN
+//  when the broker was lost or said DISCONNECT with exit_on_broker_loss
+//  (tasks may still be running: a process may _exit instead of destroying).
+cf_err_t cf_worker_ended(cf_worker_t *worker);
+//  The routing id the worker uses with the broker (borrowed, lives as long
+//  as the worker).
+const char *cf_worker_identity(cf_worker_t *worker);
 //  Stops taking tasks, finishes the running ones and sends their results,
 //  says DISCONNECT, joins every thread and frees. Safe with NULL and twice.
 void cf_worker_destroy(cf_worker_t **worker);

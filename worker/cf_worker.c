@@ -1,0 +1,937 @@
+//  The worker actor (see cf_worker.h): one DEALER to the broker, N
+//  execution threads.
+//
+//  Design note. The actor thread owns the socket and everything about the
+//  broker (credit, heartbeats, boot id, what is still to send); execution
+//  threads own nothing but the task they run. They meet in two lists under
+//  one mutex: the queue (actor -> executors, with a condition variable) and
+//  the outbox (executors -> actor). An executor that puts a result into an
+//  empty outbox writes an eventfd the actor polls next to its socket
+//  (zmq_poll accepts plain descriptors), so a burst of finished tasks costs
+//  one syscall and becomes one RESULT batch. An inproc PAIR per executor
+//  would cost a zmq socket and a message copy per result and make the actor
+//  poll N + 1 sockets, for nothing the eventfd does not do. The same eventfd
+//  carries cf_worker_destroy's request.
+//
+//  One allocation per task: the task record carries its function name and
+//  arguments and, once run, its outcome, and moves queue -> executor ->
+//  outbox -> actor -> freed once its RESULT was handed to zmq. A refused
+//  send (EAGAIN: the broker unreachable at the high-water mark) leaves the
+//  records where they are; the actor asks zmq_poll for POLLOUT and retries.
+//
+//  Heartbeats come from the actor, so a task computing for minutes never
+//  makes the worker look dead; the broker is judged on what it sends.
+
+#include "cf_worker.h"
+
+#include "cf_broker.h"
+#include "cf_clock.h"
+#include "cf_error.h"
+#include "cf_log.h"
+#include "cf_proto.h"
+#include "cf_registry.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define LOG "worker"
+//  Messages read per wakeup before the actor looks at its other duties.
+#define S_READ_BUDGET 256
+//  Tasks queued beyond this (a broker ignoring credit) are handed back.
+#define S_QUEUE_SLACK 64
+//  A result larger than this cannot ride in a RESULT body with its
+//  envelope: it becomes an error instead.
+#define S_MAX_RESULT (CF_PROTO_MAX_FRAME - 64 * 1024)
+//  A destroy waits at least this long for an unreachable broker to take
+//  the last results.
+#define S_MIN_GIVE_UP_MS 1000
+//  The shortest heartbeat interval a broker may impose.
+#define S_MIN_IVL_MS 10
+
+typedef struct s_task {
+    struct s_task *next;
+    uint64_t id;
+    const char *function;       //  NUL-terminated, in data
+    size_t function_len;
+    const uint8_t *args;        //  in data
+    size_t args_len;
+    cf_outcome_t outcome;       //  once run
+    bool out_of_memory;         //  cf_registry_run could not produce an outcome
+    char data[];
+} s_task_t;
+
+typedef struct {
+    s_task_t *head, *tail;
+    size_t count;
+} s_list_t;
+
+struct cf_worker {
+    //  Set before any thread starts, read-only afterwards.
+    char *endpoint;
+    char identity[256];
+    int threads;
+    int ivl_ms;
+    int liveness;
+    int max_tasks;
+    bool exit_on_broker_loss;
+    void (*initializer)(void *arg);
+    void *initarg;
+    cf_err_t (*socket_setup)(void *socket, void *arg);
+    void *socket_setup_arg;
+    void *ctx;
+    bool own_ctx;
+    int wake_fd;                //  eventfd: executors and destroy -> actor
+    int pid;
+    pthread_t actor;
+    bool actor_joinable;
+    pthread_t *executors;
+    int executors_started;
+
+    pthread_mutex_t lock;
+    pthread_cond_t work;        //  executors: a task queued, or stopping
+    pthread_cond_t state;       //  started, ended
+    //  Under lock.
+    s_list_t queue;             //  tasks to run
+    s_list_t outbox;            //  tasks run, for the actor
+    int running;                //  tasks being run
+    bool stopping;              //  executors leave once the queue is empty
+    bool started;               //  the actor reported (start_err says how)
+    cf_err_t start_err;
+    char start_msg[256];
+    bool ended;                 //  the actor is done
+    cf_err_t end_reason;        //  CF_ESTOP, CF_ESHUTDOWN; CF_OK for a destroy
+    bool terminate;             //  cf_worker_destroy asked
+};
+
+//  The actor's own state, on its stack.
+typedef struct {
+    cf_worker_t *w;
+    void *sock;
+    cf_proto_enc_t *enc;
+    s_list_t pending;           //  results to send, oldest first
+    uint64_t in_hand;           //  tasks taken whose result is not sent
+    uint64_t accepted;          //  tasks taken in all (max_tasks)
+    uint64_t declined;          //  tasks not taken (handed back by DISCONNECT)
+    bool accepting;
+    bool terminating;           //  destroy: finish, send, leave
+    bool announce;              //  READY to send
+    bool blocked;               //  a send was refused: wait for POLLOUT
+    bool broker_lost;
+    bool done;
+    cf_err_t end_reason;
+    uint64_t boot;              //  broker's boot id, 0 until its first heartbeat
+    int broker_ivl_ms;          //  what the broker announced, 0 until then
+    int64_t last_recv_ms;
+    int64_t last_send_ms;
+    int64_t give_up_ms;         //  terminating: drop unsent results after this; 0 unset
+} s_actor_t;
+
+// ---------------------------------------------------------------------------
+//  Lists and tasks
+
+static void s_list_push(s_list_t *list, s_task_t *task)
+{
+    task->next = NULL;
+    if (list->tail)
+        list->tail->next = task;
+    else
+        list->head = task;
+    list->tail = task;
+    list->count++;
+}
+
+static s_task_t *s_list_pop(s_list_t *list)
+{
+    s_task_t *task = list->head;
+    if (task) {
+        list->head = task->next;
+        if (!list->head)
+            list->tail = NULL;
+        list->count--;
+        task->next = NULL;
+    }
+    return task;
+}
+
+//  Appends all of from to to.
+static void s_list_splice(s_list_t *to, s_list_t *from)
+{
+    if (!from->head)
+        return;
+    if (to->tail)
+        to->tail->next = from->head;
+    else
+        to->head = from->head;
+    to->tail = from->tail;
+    to->count += from->count;
+    from->head = from->tail = NULL;
+    from->count = 0;
+}
+
+static void s_task_free(s_task_t *task)
+{
+    cf_outcome_fini(&task->outcome);
+    free(task);
+}
+
+static size_t s_list_clear(s_list_t *list)
+{
+    size_t n = 0;
+    s_task_t *task;
+    while ((task = s_list_pop(list))) {
+        s_task_free(task);
+        n++;
+    }
+    return n;
+}
+
+static s_task_t *s_task_new(const cf_proto_task_t *src)
+{
+    size_t size = sizeof(s_task_t) + src->function.len + 1 + src->args_len;
+    s_task_t *task = malloc(size);
+    if (!task)
+        return NULL;
+    memset(task, 0, sizeof *task);
+    task->id = src->id;
+    char *p = task->data;
+    memcpy(p, src->function.ptr, src->function.len);
+    p[src->function.len] = '\0';
+    task->function = p;
+    task->function_len = src->function.len;
+    p += src->function.len + 1;
+    if (src->args_len)
+        memcpy(p, src->args, src->args_len);
+    task->args = (const uint8_t *)p;
+    task->args_len = src->args_len;
+    return task;
+}
+
+static void s_wake(cf_worker_t *w)
+{
+    uint64_t one = 1;
+    //  EAGAIN means the counter is already non-zero: the actor wakes anyway.
+    while (write(w->wake_fd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+}
+
+// ---------------------------------------------------------------------------
+//  Execution threads
+
+//  Runs one task; its outcome stays in the record.
+static void s_execute(s_task_t *task)
+{
+    cf_err_t rc = cf_registry_run(task->function, task->function_len, task->args,
+                                  task->args_len, &task->outcome);
+    if (rc != CF_OK) {
+        task->out_of_memory = true;
+        return;
+    }
+    if (task->outcome.ok && task->outcome.value_len > S_MAX_RESULT) {
+        size_t len = task->outcome.value_len;
+        cf_outcome_fini(&task->outcome);
+        task->outcome.error_type = strdup("ValueError");
+        char message[160];
+        snprintf(message, sizeof message, "the result is %zu bytes; a message carries at most %u",
+                 len, (unsigned)S_MAX_RESULT);
+        task->outcome.error_message = strdup(message);
+        if (!task->outcome.error_type || !task->outcome.error_message)
+            task->out_of_memory = true;
+    }
+}
+
+static void *s_executor_main(void *arg)
+{
+    cf_worker_t *w = arg;
+    if (w->initializer)
+        w->initializer(w->initarg);
+    pthread_mutex_lock(&w->lock);
+    while (true) {
+        while (!w->queue.head && !w->stopping)
+            pthread_cond_wait(&w->work, &w->lock);
+        s_task_t *task = s_list_pop(&w->queue);
+        if (!task)
+            break;              //  stopping, nothing queued
+        w->running++;
+        pthread_mutex_unlock(&w->lock);
+
+        s_execute(task);
+
+        pthread_mutex_lock(&w->lock);
+        w->running--;
+        bool was_empty = w->outbox.head == NULL;
+        s_list_push(&w->outbox, task);
+        if (was_empty)
+            s_wake(w);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+// ---------------------------------------------------------------------------
+//  The actor: sending
+
+//  Slots free now: threads minus what is held (each held task's result will
+//  return its slot), within what max_tasks still allows.
+static uint32_t s_credit(const s_actor_t *a)
+{
+    if (!a->accepting)
+        return 0;
+    uint64_t threads = (uint64_t)a->w->threads;
+    uint64_t credit = a->in_hand < threads ? threads - a->in_hand : 0;
+    if (a->w->max_tasks > 0) {
+        uint64_t left = (uint64_t)a->w->max_tasks - a->accepted;
+        if (left < credit)
+            credit = left;
+    }
+    return (uint32_t)credit;
+}
+
+//  After a send: EBUSY waits for POLLOUT; anything else is logged.
+static void s_sent(s_actor_t *a, cf_err_t rc, const char *what)
+{
+    if (rc == CF_OK) {
+        a->last_send_ms = cf_clock_now_ms();
+        return;
+    }
+    if (rc == CF_EBUSY) {
+        a->blocked = true;
+        return;
+    }
+    cf_log_warn(LOG, "cannot send %s: %s (%s)", what, cf_strerror(rc), zmq_strerror(errno));
+}
+
+static cf_err_t s_encode_result(s_actor_t *a, const s_task_t *t)
+{
+    const char *host = cf_registry_hostname();
+    if (t->out_of_memory)
+        return cf_proto_enc_result_error(a->enc, t->id, "MemoryError",
+                                         "out of memory running the task", t->function, host,
+                                         a->w->pid);
+    if (t->outcome.ok)
+        return cf_proto_enc_result_ok(a->enc, t->id, t->outcome.value, t->outcome.value_len);
+    return cf_proto_enc_result_error(a->enc, t->id, t->outcome.error_type,
+                                     t->outcome.error_message, t->function, host, a->w->pid);
+}
+
+//  Sends READY if due, then pending results in as few RESULT messages as
+//  the limits allow. Stops at the first refused send.
+static void s_flush(s_actor_t *a)
+{
+    if (a->blocked)
+        return;
+    if (a->announce) {
+        cf_proto_enc_ready(a->enc, s_credit(a), cf_registry_hostname(), a->w->pid);
+        cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
+        s_sent(a, rc, "READY");
+        if (rc != CF_OK)
+            return;             //  results would reach a broker that does not know us
+        a->announce = false;
+    }
+    while (a->pending.head && !a->blocked) {
+        cf_proto_enc_begin(a->enc, CF_MSG_RESULT);
+        size_t count = 0;
+        for (s_task_t *t = a->pending.head; t; t = t->next) {
+            cf_err_t rc = s_encode_result(a, t);
+            if (rc == CF_OK) {
+                count++;
+                continue;
+            }
+            if (rc == CF_ETOOBIG && count > 0)
+                break;          //  the batch is full: send it, then the rest
+            //  This item cannot be encoded at all: say so instead.
+            cf_log_error(LOG, "result of task %" PRIu64 " (%s) cannot be encoded: %s", t->id,
+                         t->function, cf_strerror(rc));
+            rc = cf_proto_enc_result_error(a->enc, t->id, "ProtocolError",
+                                           "the worker could not encode the result",
+                                           t->function, cf_registry_hostname(), a->w->pid);
+            if (rc != CF_OK)
+                break;          //  out of memory: try again later
+            count++;
+        }
+        if (count == 0)
+            return;
+        cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
+        s_sent(a, rc, "RESULT");
+        if (rc != CF_OK)
+            return;             //  kept in pending
+        for (size_t i = 0; i < count; i++) {
+            s_task_free(s_list_pop(&a->pending));
+            a->in_hand--;
+        }
+    }
+}
+
+static void s_send_heartbeat(s_actor_t *a)
+{
+    cf_proto_enc_heartbeat(a->enc, 0, 0);
+    cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
+    //  A refused heartbeat is replaced by the next one, not retried now.
+    a->last_send_ms = cf_clock_now_ms();
+    if (rc != CF_OK && rc != CF_EBUSY)
+        cf_log_debug(LOG, "heartbeat not sent: %s", cf_strerror(rc));
+}
+
+static void s_send_disconnect(s_actor_t *a, const char *reason)
+{
+    cf_proto_enc_begin(a->enc, CF_MSG_DISCONNECT);
+    cf_proto_enc_text(a->enc, reason, 0);
+    cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
+    if (rc != CF_OK)
+        cf_log_debug(LOG, "DISCONNECT not sent: %s", cf_strerror(rc));
+}
+
+//  Hands a task back unrun (RESULT status BUSY): the broker requeues it
+//  without using a retry. Used when a broker sends past our credit.
+static void s_hand_back(s_actor_t *a, uint64_t id)
+{
+    cf_proto_enc_begin(a->enc, CF_MSG_RESULT);
+    cf_err_t rc = cf_proto_enc_result_status(a->enc, id, CF_STATUS_BUSY);
+    if (rc == CF_OK)
+        rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
+    if (rc != CF_OK)
+        cf_log_warn(LOG, "task %" PRIu64 " not handed back (%s): the broker gets it back when "
+                    "this worker leaves or is lost", id, cf_strerror(rc));
+}
+
+// ---------------------------------------------------------------------------
+//  The actor: receiving
+
+static void s_take_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
+{
+    cf_worker_t *w = a->w;
+    size_t queued = 0;
+    pthread_mutex_lock(&w->lock);
+    for (size_t i = 0; i < msg->count; i++) {
+        const cf_proto_task_t *src = &msg->tasks[i];
+        if (!a->accepting) {
+            a->declined++;
+            cf_log_debug(LOG, "task %" PRIu64 " not taken: this worker is leaving", src->id);
+            continue;
+        }
+        s_task_t *task = NULL;
+        if (w->queue.count < (size_t)w->threads + S_QUEUE_SLACK)
+            task = s_task_new(src);
+        if (!task) {
+            pthread_mutex_unlock(&w->lock);
+            s_hand_back(a, src->id);
+            pthread_mutex_lock(&w->lock);
+            continue;
+        }
+        s_list_push(&w->queue, task);
+        queued++;
+        a->accepted++;
+        a->in_hand++;
+        if (w->max_tasks > 0 && a->accepted >= (uint64_t)w->max_tasks) {
+            a->accepting = false;
+            cf_log_info(LOG, "took its %d tasks (--max-tasks): finishing", w->max_tasks);
+        }
+    }
+    if (queued == 1)
+        pthread_cond_signal(&w->work);
+    else if (queued > 1)
+        pthread_cond_broadcast(&w->work);
+    pthread_mutex_unlock(&w->lock);
+}
+
+//  The broker is gone (silent, or said DISCONNECT).
+static void s_broker_gone(s_actor_t *a, const char *why)
+{
+    if (a->broker_lost)
+        return;
+    a->broker_lost = true;
+    if (a->w->exit_on_broker_loss) {
+        cf_log_warn(LOG, "broker %s %s: ending", a->w->endpoint, why);
+        a->done = true;
+        a->end_reason = CF_ESHUTDOWN;
+        return;
+    }
+    cf_log_warn(LOG, "broker %s %s: waiting for it", a->w->endpoint, why);
+}
+
+static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
+{
+    switch (msg->type) {
+    case CF_MSG_HEARTBEAT:
+        if (msg->boot) {
+            if (a->boot && msg->boot != a->boot) {
+                cf_log_info(LOG, "broker restarted (new boot id): announcing again");
+                a->announce = true;
+            }
+            a->boot = msg->boot;
+        }
+        if (msg->ivl_ms)
+            a->broker_ivl_ms = msg->ivl_ms < S_MIN_IVL_MS ? S_MIN_IVL_MS
+                             : msg->ivl_ms > INT32_MAX ? INT32_MAX : (int)msg->ivl_ms;
+        break;
+    case CF_MSG_TASK:
+        s_take_tasks(a, msg);
+        break;
+    case CF_MSG_ERROR:
+        if (cf_proto_str_eq(msg->text, CF_BROKER_UNKNOWN_WORKER)) {
+            //  It lost track of us (it restarted, or judged us lost).
+            cf_log_info(LOG, "broker does not know this worker: announcing again");
+            a->announce = true;
+        }
+        else
+            cf_log_warn(LOG, "broker refused a message: %.*s",
+                        (int)(msg->text.len > 200 ? 200 : msg->text.len),
+                        msg->text.ptr ? msg->text.ptr : "");
+        break;
+    case CF_MSG_DISCONNECT:
+        s_broker_gone(a, "said DISCONNECT");
+        //  Whoever answers next has forgotten us.
+        a->announce = true;
+        break;
+    default:
+        cf_log_debug(LOG, "unexpected %s from the broker ignored",
+                     cf_proto_command_name(msg->type) ? cf_proto_command_name(msg->type) : "?");
+        break;
+    }
+}
+
+static void s_read(s_actor_t *a)
+{
+    for (int n = 0; n < S_READ_BUDGET && !a->done; n++) {
+        cf_proto_msg_t *msg = NULL;
+        cf_err_t rc = cf_proto_recv(a->sock, false, NULL, &msg);
+        if (rc == CF_ETIMEDOUT)
+            break;
+        if (rc == CF_ESYS) {
+            if (errno == ETERM) {
+                cf_log_error(LOG, "the zmq context was terminated under the worker");
+                a->done = true;
+                a->end_reason = CF_ESHUTDOWN;
+            }
+            break;
+        }
+        //  Anything the broker sends, even a message we refuse, shows it
+        //  is alive.
+        a->last_recv_ms = cf_clock_now_ms();
+        if (a->broker_lost && !a->done) {
+            cf_log_info(LOG, "broker %s is back: announcing again", a->w->endpoint);
+            a->broker_lost = false;
+            a->announce = true;
+        }
+        if (rc == CF_EPROTO) {
+            cf_log_debug(LOG, "malformed message from the broker dropped");
+            continue;
+        }
+        if (rc != CF_OK)
+            break;              //  out of memory: the message is lost, the broker retries
+        s_on_message(a, msg);
+        cf_proto_msg_destroy(&msg);
+    }
+}
+
+// ---------------------------------------------------------------------------
+//  The actor: the loop
+
+static int s_send_ivl(const s_actor_t *a)
+{
+    int ivl = a->w->ivl_ms;
+    if (a->broker_ivl_ms && a->broker_ivl_ms < ivl)
+        ivl = a->broker_ivl_ms;
+    return ivl;
+}
+
+//  The broker is judged on its own interval once it announced one.
+static int64_t s_expiry_ms(const s_actor_t *a)
+{
+    int ivl = a->broker_ivl_ms ? a->broker_ivl_ms : a->w->ivl_ms;
+    return (int64_t)a->w->liveness * ivl;
+}
+
+//  Moves finished tasks to pending; reacts to destroy. Returns the tasks
+//  still running or queued.
+static size_t s_collect(s_actor_t *a)
+{
+    cf_worker_t *w = a->w;
+    pthread_mutex_lock(&w->lock);
+    s_list_splice(&a->pending, &w->outbox);
+    if (w->terminate && !a->terminating) {
+        a->terminating = true;
+        a->accepting = false;
+        //  Queued tasks never run here: DISCONNECT hands them back.
+        size_t dropped = s_list_clear(&w->queue);
+        a->in_hand -= dropped;
+        w->stopping = true;
+        pthread_cond_broadcast(&w->work);
+        cf_log_info(LOG, "stopping: %d running, %zu queued handed back", w->running, dropped);
+    }
+    size_t busy = (size_t)w->running + w->queue.count;
+    pthread_mutex_unlock(&w->lock);
+    return busy;
+}
+
+//  Whether the actor's work is over: max_tasks done, or a destroy whose
+//  results went out (or could not, for too long).
+static void s_check_end(s_actor_t *a, size_t busy, int64_t now)
+{
+    if (a->done)
+        return;
+    bool limit = a->w->max_tasks > 0 && a->accepted >= (uint64_t)a->w->max_tasks;
+    if (!a->terminating && !limit)
+        return;
+    if (busy > 0)
+        return;
+    if (a->pending.head || a->announce) {
+        if (!a->give_up_ms) {
+            int64_t wait = s_expiry_ms(a);
+            a->give_up_ms = now + (wait > S_MIN_GIVE_UP_MS ? wait : S_MIN_GIVE_UP_MS);
+        }
+        if (now < a->give_up_ms)
+            return;
+        cf_log_warn(LOG, "broker unreachable: %zu results not delivered (the broker retries "
+                    "those tasks elsewhere)", a->pending.count);
+    }
+    a->done = true;
+    a->end_reason = a->terminating ? CF_OK : CF_ESTOP;
+}
+
+static int s_poll_timeout(const s_actor_t *a, int64_t now)
+{
+    int64_t deadline = a->last_send_ms + s_send_ivl(a);
+    if (!a->broker_lost) {
+        int64_t expiry = a->last_recv_ms + s_expiry_ms(a) + 1;
+        if (expiry < deadline)
+            deadline = expiry;
+    }
+    if (a->give_up_ms && a->give_up_ms < deadline)
+        deadline = a->give_up_ms;
+    int64_t left = deadline - now;
+    return left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left;
+}
+
+//  Reports the start to cf_worker_new.
+static void s_report_start(cf_worker_t *w, cf_err_t err, const char *message)
+{
+    pthread_mutex_lock(&w->lock);
+    w->started = true;
+    w->start_err = err;
+    snprintf(w->start_msg, sizeof w->start_msg, "%s", message ? message : "");
+    pthread_cond_broadcast(&w->state);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static void *s_actor_main(void *arg)
+{
+    cf_worker_t *w = arg;
+    s_actor_t actor = {
+        .w = w,
+        .accepting = true,
+        .announce = true,
+    };
+    s_actor_t *a = &actor;
+    char message[256];
+    a->enc = cf_proto_enc_new();
+    a->sock = zmq_socket(w->ctx, ZMQ_DEALER);
+    if (!a->enc || !a->sock) {
+        snprintf(message, sizeof message, "worker: cannot create its socket: %s",
+                 a->enc ? zmq_strerror(errno) : "out of memory");
+        goto failed;
+    }
+    if (cf_proto_socket_setup(a->sock, false) != CF_OK
+        || zmq_setsockopt(a->sock, ZMQ_ROUTING_ID, w->identity, strlen(w->identity)) != 0) {
+        snprintf(message, sizeof message, "worker: socket options: %s", zmq_strerror(errno));
+        goto failed;
+    }
+    if (w->socket_setup) {
+        cf_err_t rc = w->socket_setup(a->sock, w->socket_setup_arg);
+        if (rc != CF_OK) {
+            snprintf(message, sizeof message, "worker: socket setup failed: %s",
+                     cf_last_err() == rc ? cf_last_error() : cf_strerror(rc));
+            goto failed;
+        }
+    }
+    if (zmq_connect(a->sock, w->endpoint) != 0) {
+        snprintf(message, sizeof message, "worker: cannot connect to %s: %s", w->endpoint,
+                 zmq_strerror(errno));
+        goto failed;
+    }
+    int64_t now = cf_clock_now_ms();
+    a->last_recv_ms = a->last_send_ms = now;
+    s_flush(a);                 //  READY
+    cf_log_info(LOG, "worker %s connecting to %s with %d threads", w->identity, w->endpoint,
+                w->threads);
+    s_report_start(w, CF_OK, NULL);
+
+    while (!a->done) {
+        zmq_pollitem_t items[2] = {
+            {a->sock, 0, (short)(ZMQ_POLLIN | (a->blocked ? ZMQ_POLLOUT : 0)), 0},
+            {NULL, w->wake_fd, ZMQ_POLLIN, 0},
+        };
+        int rc = zmq_poll(items, 2, s_poll_timeout(a, cf_clock_now_ms()));
+        if (rc < 0 && errno == EINTR)
+            continue;
+        if (rc < 0) {
+            cf_log_error(LOG, "poll failed: %s", zmq_strerror(errno));
+            a->done = true;
+            a->end_reason = CF_ESHUTDOWN;
+            break;
+        }
+        if (items[1].revents & ZMQ_POLLIN) {
+            uint64_t count;
+            while (read(w->wake_fd, &count, sizeof count) < 0 && errno == EINTR)
+                ;
+        }
+        if (items[0].revents & ZMQ_POLLOUT)
+            a->blocked = false;
+        if (items[0].revents & ZMQ_POLLIN)
+            s_read(a);
+        if (a->done)
+            break;
+        size_t busy = s_collect(a);
+        s_flush(a);
+        now = cf_clock_now_ms();
+        if (!a->broker_lost && now - a->last_recv_ms > s_expiry_ms(a)) {
+            char why[64];
+            snprintf(why, sizeof why, "silent for %" PRId64 " ms", now - a->last_recv_ms);
+            s_broker_gone(a, why);
+            if (a->done)
+                break;
+        }
+        s_check_end(a, busy, now);
+        if (a->done)
+            break;
+        if (now - a->last_send_ms >= s_send_ivl(a))
+            s_send_heartbeat(a);
+    }
+
+    //  Leaving: say so (best effort; the broker also notices silence), and
+    //  stop the executors whatever ended us.
+    s_send_disconnect(a, a->end_reason == CF_ESTOP ? "max tasks reached" : "stopping");
+    if (a->pending.count)
+        cf_log_warn(LOG, "%zu results not delivered", a->pending.count);
+    s_list_clear(&a->pending);
+    if (a->declined)
+        cf_log_debug(LOG, "%" PRIu64 " tasks not taken, handed back by DISCONNECT", a->declined);
+    zmq_close(a->sock);
+    cf_proto_enc_destroy(&a->enc);
+    pthread_mutex_lock(&w->lock);
+    w->stopping = true;
+    s_list_clear(&w->queue);
+    pthread_cond_broadcast(&w->work);
+    w->ended = true;
+    w->end_reason = a->end_reason;
+    pthread_cond_broadcast(&w->state);
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+
+failed:
+    if (a->sock)
+        zmq_close(a->sock);
+    cf_proto_enc_destroy(&a->enc);
+    s_report_start(w, CF_ESYS, message);
+    return NULL;
+}
+
+// ---------------------------------------------------------------------------
+//  Public
+
+//  "w-<host>-<pid>-<random>": readable in broker logs, unique across
+//  restarts of the same pid.
+static void s_make_identity(char *out, size_t size)
+{
+    uint32_t r = 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+        r = (uint32_t)cf_clock_now_us() ^ ((uint32_t)getpid() << 16);
+    snprintf(out, size, "w-%.64s-%d-%08" PRIx32, cf_registry_hostname(), (int)getpid(), r);
+}
+
+static void s_free(cf_worker_t *w)
+{
+    if (w->wake_fd >= 0)
+        close(w->wake_fd);
+    if (w->own_ctx && w->ctx) {
+        while (zmq_ctx_term(w->ctx) != 0 && errno == EINTR)
+            ;
+    }
+    s_list_clear(&w->queue);
+    s_list_clear(&w->outbox);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->work);
+    pthread_cond_destroy(&w->state);
+    free(w->executors);
+    free(w->endpoint);
+    free(w);
+}
+
+//  Stops and joins the executors (running tasks finish first).
+static void s_join_executors(cf_worker_t *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->stopping = true;
+    s_list_clear(&w->queue);
+    pthread_cond_broadcast(&w->work);
+    pthread_mutex_unlock(&w->lock);
+    for (int i = 0; i < w->executors_started; i++)
+        pthread_join(w->executors[i], NULL);
+    w->executors_started = 0;
+}
+
+cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
+{
+    if (!config || !config->endpoint || !*config->endpoint) {
+        cf_error_set(CF_EINVAL, "worker: a broker endpoint is required");
+        return NULL;
+    }
+    if (config->threads < 1) {
+        cf_error_set(CF_EINVAL, "worker: threads must be >= 1, got %d", config->threads);
+        return NULL;
+    }
+    if (config->heartbeat_ivl_ms < 0 || config->heartbeat_liveness < 0 || config->max_tasks < 0) {
+        cf_error_set(CF_EINVAL, "worker: heartbeat interval, liveness and max_tasks must be >= 0");
+        return NULL;
+    }
+    if (config->identity && (!config->identity[0] || strlen(config->identity) > 255)) {
+        cf_error_set(CF_EINVAL, "worker: an identity is 1 to 255 bytes");
+        return NULL;
+    }
+    cf_worker_t *w = calloc(1, sizeof *w);
+    if (!w) {
+        cf_error_set(CF_ENOMEM, "out of memory");
+        return NULL;
+    }
+    w->wake_fd = -1;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->work, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->state, &attr);
+    pthread_condattr_destroy(&attr);
+
+    w->endpoint = strdup(config->endpoint);
+    w->executors = calloc((size_t)config->threads, sizeof *w->executors);
+    if (!w->endpoint || !w->executors) {
+        cf_error_set(CF_ENOMEM, "out of memory");
+        s_free(w);
+        return NULL;
+    }
+    if (config->identity)
+        snprintf(w->identity, sizeof w->identity, "%s", config->identity);
+    else
+        s_make_identity(w->identity, sizeof w->identity);
+    w->threads = config->threads;
+    w->ivl_ms = config->heartbeat_ivl_ms ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
+    w->liveness = config->heartbeat_liveness ? config->heartbeat_liveness : CF_HEARTBEAT_LIVENESS;
+    w->max_tasks = config->max_tasks;
+    w->exit_on_broker_loss = config->exit_on_broker_loss;
+    w->initializer = config->initializer;
+    w->initarg = config->initarg;
+    w->socket_setup = config->socket_setup;
+    w->socket_setup_arg = config->socket_setup_arg;
+    w->pid = (int)getpid();
+
+    w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->wake_fd < 0) {
+        cf_error_set(CF_ESYS, "worker: eventfd: %s", strerror(errno));
+        s_free(w);
+        return NULL;
+    }
+    w->ctx = config->zmq_context;
+    if (!w->ctx) {
+        w->ctx = zmq_ctx_new();
+        w->own_ctx = true;
+        if (!w->ctx) {
+            cf_error_set(CF_ESYS, "worker: zmq_ctx_new: %s", zmq_strerror(errno));
+            s_free(w);
+            return NULL;
+        }
+    }
+
+    //  Executors first, so the first TASK finds someone waiting.
+    for (int i = 0; i < w->threads; i++) {
+        int rc = pthread_create(&w->executors[i], NULL, s_executor_main, w);
+        if (rc != 0) {
+            cf_error_set(CF_ESYS, "worker: cannot start execution thread %d: %s", i + 1,
+                         strerror(rc));
+            s_join_executors(w);
+            s_free(w);
+            return NULL;
+        }
+        w->executors_started++;
+    }
+    int rc = pthread_create(&w->actor, NULL, s_actor_main, w);
+    if (rc != 0) {
+        cf_error_set(CF_ESYS, "worker: cannot start its actor thread: %s", strerror(rc));
+        s_join_executors(w);
+        s_free(w);
+        return NULL;
+    }
+    w->actor_joinable = true;
+    pthread_mutex_lock(&w->lock);
+    while (!w->started)
+        pthread_cond_wait(&w->state, &w->lock);
+    cf_err_t err = w->start_err;
+    pthread_mutex_unlock(&w->lock);
+    if (err != CF_OK) {
+        pthread_join(w->actor, NULL);
+        s_join_executors(w);
+        cf_error_set(err, "%s", w->start_msg);
+        s_free(w);
+        return NULL;
+    }
+    return w;
+}
+
+cf_err_t cf_worker_wait(cf_worker_t *w, int timeout_ms)
+{
+    assert(w);
+    struct timespec deadline = cf_clock_deadline(timeout_ms > 0 ? timeout_ms : 0);
+    pthread_mutex_lock(&w->lock);
+    while (!w->ended && timeout_ms != 0) {
+        if (timeout_ms < 0)
+            pthread_cond_wait(&w->state, &w->lock);
+        else if (pthread_cond_timedwait(&w->state, &w->lock, &deadline) == ETIMEDOUT)
+            break;
+    }
+    bool ended = w->ended;
+    pthread_mutex_unlock(&w->lock);
+    return ended ? CF_OK : CF_ETIMEDOUT;
+}
+
+cf_err_t cf_worker_ended(cf_worker_t *w)
+{
+    assert(w);
+    pthread_mutex_lock(&w->lock);
+    cf_err_t reason = w->ended ? w->end_reason : CF_OK;
+    pthread_mutex_unlock(&w->lock);
+    return reason;
+}
+
+const char *cf_worker_identity(cf_worker_t *w)
+{
+    assert(w);
+    return w->identity;
+}
+
+void cf_worker_destroy(cf_worker_t **wp)
+{
+    if (!wp || !*wp)
+        return;
+    cf_worker_t *w = *wp;
+    *wp = NULL;
+    pthread_mutex_lock(&w->lock);
+    w->terminate = true;
+    pthread_mutex_unlock(&w->lock);
+    s_wake(w);
+    if (w->actor_joinable)
+        pthread_join(w->actor, NULL);
+    s_join_executors(w);
+    size_t undelivered = w->outbox.count;
+    if (undelivered)
+        cf_log_warn(LOG, "%zu results finished after the worker ended, not delivered",
+                    undelivered);
+    s_free(w);
+}

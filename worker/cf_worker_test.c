@@ -1,0 +1,697 @@
+//  cf_worker against a raw ROUTER socket playing the broker with cf_proto:
+//  READY and its credit, tasks run and answered, error reports, heartbeats
+//  from the actor while a task blocks, announcing again to a restarted
+//  broker, max_tasks, a lost broker, graceful destroy, the initializer.
+//  Tasks that must stay running wait on a gate the test opens, so nothing
+//  depends on timing.
+
+#include "cf_worker.h"
+
+#include "cf_broker.h"
+#include "cf_mp.h"
+#include "cf_proto.h"
+#include "cf_registry.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+//  How long the test waits for something that must happen (a hang guard,
+//  not a timing assertion).
+#define S_WAIT_MS 20000
+
+// ---------------------------------------------------------------------------
+//  Tasks and the gate
+
+static pthread_mutex_t s_gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t s_gate_cond = PTHREAD_COND_INITIALIZER;
+static bool s_gate_open;
+static int s_gate_waiting;          //  tasks blocked at the gate now
+static atomic_int s_init_calls;
+static _Thread_local bool s_initialized;
+
+static void s_gate_reset(void)
+{
+    pthread_mutex_lock(&s_gate_lock);
+    s_gate_open = false;
+    s_gate_waiting = 0;
+    pthread_mutex_unlock(&s_gate_lock);
+}
+
+static void s_gate_release(void)
+{
+    pthread_mutex_lock(&s_gate_lock);
+    s_gate_open = true;
+    pthread_cond_broadcast(&s_gate_cond);
+    pthread_mutex_unlock(&s_gate_lock);
+}
+
+//  Waits until n tasks are blocked at the gate.
+static void s_gate_wait_for(int n)
+{
+    pthread_mutex_lock(&s_gate_lock);
+    while (s_gate_waiting < n)
+        pthread_cond_wait(&s_gate_cond, &s_gate_lock);
+    pthread_mutex_unlock(&s_gate_lock);
+}
+
+static void w_add(cf_call_t *call)
+{
+    int64_t a = cf_arg_int(call, 0);
+    int64_t b = cf_arg_int(call, 1);
+    cf_return_int(call, a + b);
+}
+CF_TASK(w_add);
+
+static void w_fail(cf_call_t *call)
+{
+    cf_raise(call, "ValueError", "boom %d", 42);
+}
+CF_TASK(w_fail);
+
+//  Blocks until the gate opens, then returns its argument.
+static void w_gate(cf_call_t *call)
+{
+    int64_t x = cf_arg_int(call, 0);
+    pthread_mutex_lock(&s_gate_lock);
+    s_gate_waiting++;
+    pthread_cond_broadcast(&s_gate_cond);
+    while (!s_gate_open)
+        pthread_cond_wait(&s_gate_cond, &s_gate_lock);
+    s_gate_waiting--;
+    pthread_mutex_unlock(&s_gate_lock);
+    cf_return_int(call, x);
+}
+CF_TASK(w_gate);
+
+static void w_initialized(cf_call_t *call)
+{
+    cf_return_bool(call, s_initialized);
+}
+CF_TASK(w_initialized);
+
+static void s_initializer(void *arg)
+{
+    assert_ptr_equal(arg, &s_init_calls);
+    assert_false(s_initialized);
+    s_initialized = true;
+    atomic_fetch_add(&s_init_calls, 1);
+}
+
+// ---------------------------------------------------------------------------
+//  The fake broker
+
+typedef struct {
+    void *ctx;
+    void *router;
+    char endpoint[128];
+    cf_proto_enc_t *enc;
+    uint8_t worker_id[256];     //  routing id of the last worker heard
+    size_t worker_id_len;
+    int heartbeats_seen;        //  HEARTBEATs skipped by s_expect
+} s_broker_t;
+
+static void s_broker_start(s_broker_t *b)
+{
+    memset(b, 0, sizeof *b);
+    b->ctx = zmq_ctx_new();
+    assert_non_null(b->ctx);
+    b->router = zmq_socket(b->ctx, ZMQ_ROUTER);
+    assert_non_null(b->router);
+    assert_int_equal(cf_proto_socket_setup(b->router, true), CF_OK);
+    assert_int_equal(zmq_bind(b->router, "tcp://127.0.0.1:*"), 0);
+    size_t len = sizeof b->endpoint;
+    assert_int_equal(zmq_getsockopt(b->router, ZMQ_LAST_ENDPOINT, b->endpoint, &len), 0);
+    b->enc = cf_proto_enc_new();
+    assert_non_null(b->enc);
+}
+
+static void s_broker_stop(s_broker_t *b)
+{
+    cf_proto_enc_destroy(&b->enc);
+    zmq_close(b->router);
+    assert_int_equal(zmq_ctx_term(b->ctx), 0);
+}
+
+//  The next message from the worker, whatever it is; NULL after S_WAIT_MS.
+static cf_proto_msg_t *s_recv_any(s_broker_t *b, int timeout_ms)
+{
+    while (true) {
+        zmq_pollitem_t item = {b->router, 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(&item, 1, timeout_ms);
+        if (rc == 0)
+            return NULL;
+        assert_true(rc > 0);
+        zmq_msg_t rid;
+        zmq_msg_init(&rid);
+        cf_proto_msg_t *msg = NULL;
+        cf_err_t err = cf_proto_recv(b->router, true, &rid, &msg);
+        if (err == CF_OK) {
+            b->worker_id_len = zmq_msg_size(&rid);
+            memcpy(b->worker_id, zmq_msg_data(&rid), b->worker_id_len);
+        }
+        zmq_msg_close(&rid);
+        if (err == CF_ETIMEDOUT)
+            continue;
+        assert_int_equal(err, CF_OK);
+        return msg;
+    }
+}
+
+//  The next message of type, skipping (and counting) heartbeats; any other
+//  message fails the test.
+static cf_proto_msg_t *s_expect(s_broker_t *b, cf_msg_type_t type)
+{
+    while (true) {
+        cf_proto_msg_t *msg = s_recv_any(b, S_WAIT_MS);
+        if (!msg)
+            fail_msg("no %s from the worker", cf_proto_command_name(type));
+        if (msg->type == type)
+            return msg;
+        if (msg->type == CF_MSG_HEARTBEAT) {
+            b->heartbeats_seen++;
+            cf_proto_msg_destroy(&msg);
+            continue;
+        }
+        fail_msg("expected %s, got %s", cf_proto_command_name(type),
+                 cf_proto_command_name(msg->type));
+    }
+}
+
+static void s_send(s_broker_t *b)
+{
+    assert_int_equal(cf_proto_enc_send(b->enc, b->router, b->worker_id, b->worker_id_len),
+                     CF_OK);
+}
+
+static void s_send_heartbeat(s_broker_t *b, uint64_t boot, uint32_t ivl_ms)
+{
+    cf_proto_enc_heartbeat(b->enc, boot, ivl_ms);
+    s_send(b);
+}
+
+//  Adds a task item to the TASK being built.
+static void s_add_task(s_broker_t *b, uint64_t id, const char *fn, const char *fmt, ...)
+{
+    cf_mp_writer_t w;
+    cf_mp_writer_init(&w);
+    va_list ap;
+    va_start(ap, fmt);
+    assert_int_equal(cf_mp_write_format(&w, true, fmt, &ap), CF_OK);
+    va_end(ap);
+    assert_int_equal(cf_proto_enc_task(b->enc, id, fn, strlen(fn), w.buf.data, w.buf.size, 0, 0,
+                                       0),
+                     CF_OK);
+    cf_mp_writer_fini(&w);
+}
+
+//  Receives RESULT messages until n results came; stores them by order of
+//  arrival.
+typedef struct {
+    uint64_t id;
+    cf_status_t status;
+    int64_t value;              //  -1 when not an int
+    int truth;                  //  a bool result: 0 or 1; -1 otherwise
+    char type[64], message[128], function[64], host[256];
+    int pid;
+} s_result_t;
+
+static void s_collect_results(s_broker_t *b, s_result_t *out, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        cf_proto_msg_t *msg = s_expect(b, CF_MSG_RESULT);
+        assert_true(got + msg->count <= n);
+        for (size_t i = 0; i < msg->count; i++) {
+            const cf_proto_result_t *r = &msg->results[i];
+            s_result_t *o = &out[got++];
+            memset(o, 0, sizeof *o);
+            o->id = r->id;
+            o->status = r->status;
+            o->value = -1;
+            o->truth = -1;
+            if (r->status == CF_STATUS_OK) {
+                cf_mp_doc_t *doc = NULL;
+                assert_int_equal(cf_mp_doc_decode(r->value, r->value_len, &doc), CF_OK);
+                cf_value_get_int(cf_mp_doc_root(doc), &o->value);
+                bool truth;
+                if (cf_value_get_bool(cf_mp_doc_root(doc), &truth) == CF_OK)
+                    o->truth = truth;
+                cf_mp_doc_destroy(&doc);
+            }
+            else if (r->status == CF_STATUS_ERROR) {
+                cf_proto_str_copy(r->error.type, o->type, sizeof o->type);
+                cf_proto_str_copy(r->error.message, o->message, sizeof o->message);
+                cf_proto_str_copy(r->error.function, o->function, sizeof o->function);
+                cf_proto_str_copy(r->error.host, o->host, sizeof o->host);
+                o->pid = r->error.pid;
+            }
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+}
+
+static cf_worker_t *s_worker(s_broker_t *b, int threads, int ivl_ms, int max_tasks)
+{
+    cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
+        .endpoint = b->endpoint,
+        .threads = threads,
+        .identity = "test-worker",
+        .heartbeat_ivl_ms = ivl_ms,
+        .max_tasks = max_tasks,
+    });
+    if (!w)
+        fail_msg("cf_worker_new: %s", cf_last_error());
+    return w;
+}
+
+//  Expects READY and returns its credit.
+static uint32_t s_expect_ready(s_broker_t *b)
+{
+    cf_proto_msg_t *msg = s_expect(b, CF_MSG_READY);
+    uint32_t credit = msg->credit;
+    cf_proto_msg_destroy(&msg);
+    return credit;
+}
+
+// ---------------------------------------------------------------------------
+//  Tests
+
+static void test_ready_announces_credit_host_and_pid(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = s_worker(&b, 3, 0, 0);
+    cf_proto_msg_t *msg = s_expect(&b, CF_MSG_READY);
+    assert_int_equal(msg->credit, 3);
+    char host[256];
+    cf_proto_str_copy(msg->host, host, sizeof host);
+    assert_string_equal(host, cf_registry_hostname());
+    assert_int_equal(msg->pid, getpid());
+    assert_int_equal(b.worker_id_len, strlen("test-worker"));
+    assert_memory_equal(b.worker_id, "test-worker", b.worker_id_len);
+    assert_string_equal(cf_worker_identity(w), "test-worker");
+    cf_proto_msg_destroy(&msg);
+    cf_worker_destroy(&w);
+    cf_worker_destroy(&w);      //  safe twice
+    msg = s_expect(&b, CF_MSG_DISCONNECT);
+    cf_proto_msg_destroy(&msg);
+    s_broker_stop(&b);
+}
+
+static void test_a_random_identity_is_readable(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){.endpoint = b.endpoint, .threads = 1});
+    assert_non_null(w);
+    (void)s_expect_ready(&b);
+    char prefix[300];
+    snprintf(prefix, sizeof prefix, "w-%.64s-%d-", cf_registry_hostname(), (int)getpid());
+    assert_int_equal(strncmp(cf_worker_identity(w), prefix, strlen(prefix)), 0);
+    assert_memory_equal(b.worker_id, cf_worker_identity(w), b.worker_id_len);
+    cf_worker_destroy(&w);
+    s_broker_stop(&b);
+}
+
+static void test_tasks_run_and_results_come_back(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = s_worker(&b, 4, 0, 0);
+    assert_int_equal(s_expect_ready(&b), 4);
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    for (uint64_t id = 1; id <= 20; id++)
+        s_add_task(&b, id, "w_add", "ii", (int)id, 100);
+    s_send(&b);
+    s_result_t results[20];
+    s_collect_results(&b, results, 20);
+    bool seen[21] = {false};
+    for (size_t i = 0; i < 20; i++) {
+        assert_int_equal(results[i].status, CF_STATUS_OK);
+        assert_true(results[i].id >= 1 && results[i].id <= 20);
+        assert_false(seen[results[i].id]);
+        seen[results[i].id] = true;
+        assert_int_equal(results[i].value, (int64_t)results[i].id + 100);
+    }
+    cf_worker_destroy(&w);
+    s_broker_stop(&b);
+}
+
+static void test_errors_carry_host_pid_and_function(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = s_worker(&b, 1, 0, 0);
+    (void)s_expect_ready(&b);
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    s_add_task(&b, 7, "w_fail", "");
+    s_add_task(&b, 8, "no_such_task", "i", 1);
+    s_add_task(&b, 9, "w_add", "s", "x");
+    s_send(&b);
+    s_result_t r[3];
+    s_collect_results(&b, r, 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(r[i].status, CF_STATUS_ERROR);
+        assert_string_equal(r[i].host, cf_registry_hostname());
+        assert_int_equal(r[i].pid, getpid());
+    }
+    //  One thread: they come back in order.
+    assert_int_equal(r[0].id, 7);
+    assert_string_equal(r[0].type, "ValueError");
+    assert_string_equal(r[0].message, "boom 42");
+    assert_string_equal(r[0].function, "w_fail");
+    assert_string_equal(r[1].type, "UnknownFunction");
+    assert_string_equal(r[1].function, "no_such_task");
+    assert_string_equal(r[2].type, "TypeError");
+    assert_string_equal(r[2].message, "w_add() argument 0: expected int, got str");
+    cf_worker_destroy(&w);
+    s_broker_stop(&b);
+}
+
+static void test_heartbeats_flow_while_a_task_blocks(void **state)
+{
+    (void)state;
+    s_gate_reset();
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = s_worker(&b, 1, 20, 0);
+    (void)s_expect_ready(&b);
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    s_add_task(&b, 1, "w_gate", "i", 5);
+    s_send(&b);
+    s_gate_wait_for(1);
+    //  The only thread is blocked in the task; the actor heartbeats.
+    for (int i = 0; i < 3; i++) {
+        cf_proto_msg_t *msg = s_expect(&b, CF_MSG_HEARTBEAT);
+        assert_int_equal(msg->boot, 0);
+        cf_proto_msg_destroy(&msg);
+    }
+    s_gate_release();
+    s_result_t r;
+    s_collect_results(&b, &r, 1);
+    assert_int_equal(r.value, 5);
+    cf_worker_destroy(&w);
+    s_broker_stop(&b);
+}
+
+static void test_a_new_boot_id_brings_a_new_ready_with_free_slots(void **state)
+{
+    (void)state;
+    s_gate_reset();
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = s_worker(&b, 3, 0, 0);
+    assert_int_equal(s_expect_ready(&b), 3);
+    //  The first boot id is learnt, not answered.
+    s_send_heartbeat(&b, 1111, 1000);
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    s_add_task(&b, 1, "w_gate", "i", 1);
+    s_send(&b);
+    s_gate_wait_for(1);
+    s_send_heartbeat(&b, 1111, 1000);
+    //  A restarted broker: READY again, one slot taken by the blocked task.
+    s_send_heartbeat(&b, 2222, 1000);
+    assert_int_equal(s_expect_ready(&b), 2);
+    //  A broker that forgot the worker says so: READY again.
+    cf_proto_enc_begin(b.enc, CF_MSG_ERROR);
+    cf_proto_enc_text(b.enc, CF_BROKER_UNKNOWN_WORKER, 0);
+    s_send(&b);
+    assert_int_equal(s_expect_ready(&b), 2);
+    s_gate_release();
+    s_result_t r;
+    s_collect_results(&b, &r, 1);
+    assert_int_equal(r.id, 1);
+    cf_worker_destroy(&w);
+    s_broker_stop(&b);
+}
+
+static void test_max_tasks_finishes_and_says_disconnect(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = s_worker(&b, 4, 0, 2);
+    assert_int_equal(s_expect_ready(&b), 2);
+    assert_int_equal(cf_worker_ended(w), CF_OK);
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    s_add_task(&b, 1, "w_add", "ii", 1, 1);
+    s_add_task(&b, 2, "w_add", "ii", 2, 2);
+    s_add_task(&b, 3, "w_add", "ii", 3, 3);    //  over the limit: not run
+    s_send(&b);
+    s_result_t r[2];
+    s_collect_results(&b, r, 2);
+    assert_true(r[0].id != 3 && r[1].id != 3);
+    cf_proto_msg_t *msg = s_expect(&b, CF_MSG_DISCONNECT);
+    cf_proto_msg_destroy(&msg);
+    assert_int_equal(cf_worker_wait(w, S_WAIT_MS), CF_OK);
+    assert_int_equal(cf_worker_ended(w), CF_ESTOP);
+    //  Nothing after DISCONNECT (no result for task 3, no heartbeat).
+    msg = s_recv_any(&b, 100);
+    assert_null(msg);
+    cf_worker_destroy(&w);
+    s_broker_stop(&b);
+}
+
+static void test_a_silent_broker_ends_a_worker_that_exits_on_loss(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
+        .endpoint = b.endpoint,
+        .threads = 1,
+        .heartbeat_ivl_ms = 20,
+        .heartbeat_liveness = 2,
+        .exit_on_broker_loss = true,
+    });
+    assert_non_null(w);
+    (void)s_expect_ready(&b);
+    assert_int_equal(cf_worker_wait(w, 0), CF_ETIMEDOUT);
+    //  The fake broker says nothing.
+    assert_int_equal(cf_worker_wait(w, S_WAIT_MS), CF_OK);
+    assert_int_equal(cf_worker_ended(w), CF_ESHUTDOWN);
+    cf_worker_destroy(&w);
+    s_broker_stop(&b);
+}
+
+static void test_a_broker_disconnect_ends_a_worker_that_exits_on_loss(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
+        .endpoint = b.endpoint,
+        .threads = 1,
+        .exit_on_broker_loss = true,
+    });
+    assert_non_null(w);
+    (void)s_expect_ready(&b);
+    cf_proto_enc_begin(b.enc, CF_MSG_DISCONNECT);
+    cf_proto_enc_text(b.enc, "broker stopping", 0);
+    s_send(&b);
+    assert_int_equal(cf_worker_wait(w, S_WAIT_MS), CF_OK);
+    assert_int_equal(cf_worker_ended(w), CF_ESHUTDOWN);
+    cf_worker_destroy(&w);
+    s_broker_stop(&b);
+}
+
+static void test_a_lost_broker_is_awaited_and_greeted_again(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
+        .endpoint = b.endpoint,
+        .threads = 2,
+        .heartbeat_ivl_ms = 20,
+        .heartbeat_liveness = 2,
+    });
+    assert_non_null(w);
+    (void)s_expect_ready(&b);
+    s_send_heartbeat(&b, 5, 20);
+    //  Silence for many intervals: the worker waits (it keeps heartbeating).
+    for (int i = 0; i < 10; i++) {
+        cf_proto_msg_t *msg = s_expect(&b, CF_MSG_HEARTBEAT);
+        cf_proto_msg_destroy(&msg);
+    }
+    assert_int_equal(cf_worker_wait(w, 0), CF_ETIMEDOUT);
+    //  Back, same boot id: the worker announces itself again anyway.
+    s_send_heartbeat(&b, 5, 20);
+    assert_int_equal(s_expect_ready(&b), 2);
+    cf_worker_destroy(&w);
+    s_broker_stop(&b);
+}
+
+//  The worker's "stopping" log line tells the test the actor took in the
+//  destroy (and what it did with the queue) before the gate opens.
+static pthread_mutex_t s_log_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t s_log_cond = PTHREAD_COND_INITIALIZER;
+static char s_stopping_line[256];
+
+static void s_log_handler(cf_log_level_t level, const char *component, const char *message,
+                          void *arg)
+{
+    (void)level;
+    (void)arg;
+    if (strcmp(component, "worker") != 0 || strncmp(message, "stopping:", 9) != 0)
+        return;
+    pthread_mutex_lock(&s_log_lock);
+    snprintf(s_stopping_line, sizeof s_stopping_line, "%s", message);
+    pthread_cond_broadcast(&s_log_cond);
+    pthread_mutex_unlock(&s_log_lock);
+}
+
+static void *s_destroy_main(void *arg)
+{
+    cf_worker_destroy(arg);
+    return NULL;
+}
+
+static void test_destroy_finishes_running_tasks_and_hands_back_queued_ones(void **state)
+{
+    (void)state;
+    s_gate_reset();
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = s_worker(&b, 1, 0, 0);
+    (void)s_expect_ready(&b);
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    s_add_task(&b, 1, "w_gate", "i", 10);
+    s_add_task(&b, 2, "w_gate", "i", 20);     //  queued behind it
+    s_send(&b);
+    s_gate_wait_for(1);
+    s_stopping_line[0] = '\0';
+    cf_log_set_handler(s_log_handler, NULL, CF_LOG_INFO);
+    //  Destroy from another thread: it waits for the running task.
+    pthread_t destroyer;
+    assert_int_equal(pthread_create(&destroyer, NULL, s_destroy_main, &w), 0);
+    pthread_mutex_lock(&s_log_lock);
+    while (!s_stopping_line[0])
+        pthread_cond_wait(&s_log_cond, &s_log_lock);
+    pthread_mutex_unlock(&s_log_lock);
+    cf_log_set_handler(NULL, NULL, CF_LOG_INFO);
+    assert_string_equal(s_stopping_line, "stopping: 1 running, 1 queued handed back");
+    //  The running task's result, then DISCONNECT. Task 2 never runs:
+    //  DISCONNECT hands it back.
+    s_gate_release();
+    s_result_t r;
+    s_collect_results(&b, &r, 1);
+    assert_int_equal(r.id, 1);
+    assert_int_equal(r.value, 10);
+    cf_proto_msg_t *msg = s_expect(&b, CF_MSG_DISCONNECT);
+    cf_proto_msg_destroy(&msg);
+    pthread_join(destroyer, NULL);
+    assert_null(w);
+    s_broker_stop(&b);
+}
+
+static void test_the_initializer_runs_once_per_thread_before_tasks(void **state)
+{
+    (void)state;
+    atomic_store(&s_init_calls, 0);
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
+        .endpoint = b.endpoint,
+        .threads = 3,
+        .initializer = s_initializer,
+        .initarg = &s_init_calls,
+    });
+    assert_non_null(w);
+    (void)s_expect_ready(&b);
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    for (uint64_t id = 1; id <= 9; id++)
+        s_add_task(&b, id, "w_initialized", "");
+    s_send(&b);
+    s_result_t r[9];
+    s_collect_results(&b, r, 9);
+    for (size_t i = 0; i < 9; i++)
+        assert_int_equal(r[i].truth, 1);
+    cf_worker_destroy(&w);
+    assert_int_equal(atomic_load(&s_init_calls), 3);
+    s_broker_stop(&b);
+}
+
+static void test_garbage_from_the_broker_is_ignored(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = s_worker(&b, 1, 0, 0);
+    (void)s_expect_ready(&b);
+    //  Wrong version, unknown command, a truncated body, a single frame.
+    const char *frames[][3] = {
+        {"cf/9", "TASK", "\x90"},
+        {"cf/1", "BOGUS", "\x90"},
+        {"cf/1", "TASK", "\x91\x95"},
+        {"cf/1", "SUBMIT", "\x90"},
+    };
+    for (size_t i = 0; i < sizeof frames / sizeof frames[0]; i++) {
+        zmq_send(b.router, b.worker_id, b.worker_id_len, ZMQ_SNDMORE);
+        zmq_send(b.router, frames[i][0], strlen(frames[i][0]), ZMQ_SNDMORE);
+        zmq_send(b.router, frames[i][1], strlen(frames[i][1]), ZMQ_SNDMORE);
+        zmq_send(b.router, frames[i][2], strlen(frames[i][2]), 0);
+    }
+    zmq_send(b.router, b.worker_id, b.worker_id_len, ZMQ_SNDMORE);
+    zmq_send(b.router, "x", 1, 0);
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    s_add_task(&b, 1, "w_add", "ii", 2, 3);
+    s_send(&b);
+    s_result_t r;
+    s_collect_results(&b, &r, 1);
+    assert_int_equal(r.value, 5);
+    cf_worker_destroy(&w);
+    s_broker_stop(&b);
+}
+
+static void test_bad_configurations_are_refused(void **state)
+{
+    (void)state;
+    assert_null(cf_worker_new(NULL));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_null(cf_worker_new(&(cf_worker_config_t){.endpoint = "tcp://127.0.0.1:5"}));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_null(cf_worker_new(&(cf_worker_config_t){.threads = 1}));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_null(cf_worker_new(&(cf_worker_config_t){.endpoint = "tcp://127.0.0.1:5",
+                                                    .threads = 1, .identity = ""}));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    assert_null(cf_worker_new(&(cf_worker_config_t){.endpoint = "nonsense", .threads = 1}));
+    assert_int_equal(cf_last_err(), CF_ESYS);
+    assert_non_null(strstr(cf_last_error(), "nonsense"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ready_announces_credit_host_and_pid),
+        cmocka_unit_test(test_a_random_identity_is_readable),
+        cmocka_unit_test(test_tasks_run_and_results_come_back),
+        cmocka_unit_test(test_errors_carry_host_pid_and_function),
+        cmocka_unit_test(test_heartbeats_flow_while_a_task_blocks),
+        cmocka_unit_test(test_a_new_boot_id_brings_a_new_ready_with_free_slots),
+        cmocka_unit_test(test_max_tasks_finishes_and_says_disconnect),
+        cmocka_unit_test(test_a_silent_broker_ends_a_worker_that_exits_on_loss),
+        cmocka_unit_test(test_a_broker_disconnect_ends_a_worker_that_exits_on_loss),
+        cmocka_unit_test(test_a_lost_broker_is_awaited_and_greeted_again),
+        cmocka_unit_test(test_destroy_finishes_running_tasks_and_hands_back_queued_ones),
+        cmocka_unit_test(test_the_initializer_runs_once_per_thread_before_tasks),
+        cmocka_unit_test(test_garbage_from_the_broker_is_ignored),
+        cmocka_unit_test(test_bad_configurations_are_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
