@@ -105,50 +105,66 @@ int cf_executor_max_workers(cf_executor_t *ex)
 // ---------------------------------------------------------------------------
 //  Tasks
 
+//  A task as the front makes it: inside its future's allocation. Small
+//  arguments are kept inline (they then live as long as the future, so the
+//  limit keeps that cheap); larger ones get their own allocation, freed with
+//  the task.
+typedef struct {
+    cf_task_t pub;
+    char *function;                 //  what pub.function was made as
+    uint8_t *args;                  //  what pub.args was made as
+    bool args_owned;                //  args is a separate allocation
+    uint8_t inline_args[];
+} s_task_t;
+
+#define S_INLINE_ARGS_MAX 256
+
 cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args,
                        size_t args_len)
 {
-    cf_task_t *task = malloc(sizeof *task + function_len + 1 + args_len);
-    if (!task)
+    bool inline_args = args_len <= S_INLINE_ARGS_MAX;
+    s_task_t *task;
+    cf_future_t *f = cf_future_new_with(function, function_len,
+                                        sizeof *task + (inline_args ? args_len : 0),
+                                        (void **)&task);
+    if (!f)
         return NULL;
-    task->future = cf_future_new(function, function_len);
-    if (!task->future) {
-        free(task);
+    task->args_owned = !inline_args;
+    task->args = inline_args ? task->inline_args : malloc(args_len ? args_len : 1);
+    if (!task->args) {
+        cf_future_release(&f);
         return NULL;
     }
-    task->function = (char *)(task + 1);
-    memcpy(task->function, function, function_len);
-    task->function[function_len] = '\0';
-    task->args = (uint8_t *)task->function + function_len + 1;
     if (args_len)
         memcpy(task->args, args, args_len);
-    task->args_len = args_len;
-    task->retries = -1;
-    task->timeout_ms = 0;
-    task->flags = 0;
-    return task;
-}
-
-//  True when p lies inside the task's own block (see cf_task_t).
-static bool s_in_block(const cf_task_t *task, const void *p)
-{
-    uintptr_t start = (uintptr_t)(task + 1);
-    uintptr_t at = (uintptr_t)p;
-    return at >= start && at <= start + strlen((const char *)(task + 1)) + 1 + task->args_len;
+    //  The future keeps its own copy of the name: share it.
+    task->function = (char *)cf_future_function(f);
+    task->pub.future = f;
+    task->pub.function = task->function;
+    task->pub.args = task->args;
+    task->pub.args_len = args_len;
+    task->pub.retries = -1;
+    task->pub.timeout_ms = 0;
+    task->pub.flags = 0;
+    return &task->pub;
 }
 
 void cf_task_destroy(cf_task_t **ptask)
 {
     if (!ptask || !*ptask)
         return;
-    cf_task_t *task = *ptask;
+    s_task_t *task = (s_task_t *)*ptask;
     *ptask = NULL;
-    if (task->args && !s_in_block(task, task->args))
+    //  A back end may have replaced either pointer with its own copy.
+    if (task->pub.function != task->function)
+        free(task->pub.function);
+    if (task->pub.args != task->args)
+        free(task->pub.args);
+    if (task->args_owned)
         free(task->args);
-    if (task->function && !s_in_block(task, task->function))
-        free(task->function);
-    cf_future_release(&task->future);
-    free(task);
+    //  Last: the task lives in the future's memory.
+    cf_future_t *f = task->pub.future;
+    cf_future_release(&f);
 }
 
 // ---------------------------------------------------------------------------

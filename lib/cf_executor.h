@@ -12,10 +12,10 @@
 #include "cf_future.h"
 
 //  One task on its way: what a back end receives from the front.
-//  The front allocates a task, its function and its arguments as one block
-//  (one malloc per submission): never free function or args directly. A back
-//  end that replaces either with its own malloc'd copy may do so; it is then
-//  freed by cf_task_destroy as before.
+//  The front allocates a task inside its future's block, with the function
+//  and (small) arguments (one malloc per submission): never free the task,
+//  its function or its args directly. A back end that replaces function or
+//  args with its own malloc'd copy may do so; cf_task_destroy frees it.
 typedef struct cf_task {
     cf_future_t *future;        //  a reference owned by the task
     char *function;             //  NUL-terminated, owned by the task
@@ -49,9 +49,9 @@ typedef struct {
 //  Number of online CPUs (at least 1): the ones this process may run on.
 int cf_executor_cores(void);
 
-//  A new task for the front's own submissions (the pieces copied into one
-//  block, a new pending future inside); NULL on ENOMEM. Exposed for tests
-//  and back ends that build tasks themselves.
+//  A new task with a new pending future, function and args copied (see
+//  cf_task_t); NULL on ENOMEM. Exposed for tests and back ends that build
+//  tasks themselves; free it with cf_task_destroy.
 cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args,
                        size_t args_len);
 

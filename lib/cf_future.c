@@ -13,7 +13,9 @@
 //  PENDING -> RUNNING is a lock-free compare-and-swap, so a worker taking a
 //  task and a user cancelling it race on one atomic and exactly one wins
 //  (Python's set_running_or_notify_cancel). The result and error are
-//  assigned under the lock with the final state, and read under it.
+//  assigned before the final state is stored (release), so readers that
+//  load it (acquire) read them without the lock; only the lazy decode and a
+//  malformed result's error are kept under the lock.
 //
 //  Waiters are notified under the future's lock (future lock, then the
 //  waiter's lock, never the other way round): that way cf_future_waiter_remove,
@@ -50,6 +52,7 @@ typedef struct s_node {
     cf_future_waiter_t *waiter;     //  who to tell
     cf_future_t *future;            //  who completed
     struct s_node *next;
+    bool pooled;                    //  part of the waiter's reserve: not freed alone
 } s_node_t;
 
 struct cf_future_waiter {
@@ -58,7 +61,16 @@ struct cf_future_waiter {
     s_node_t *head;                 //  completed futures, oldest first
     s_node_t *tail;
     int sleepers;                   //  threads blocked in cf_future_waiter_next
+    s_node_t *reserve;              //  nodes allocated at once (one malloc)
+    size_t reserve_used;
+    size_t reserve_size;
 };
+
+static void s_node_free(s_node_t *node)
+{
+    if (!node->pooled)
+        free(node);
+}
 
 //  A task error with its strings in the same allocation.
 typedef struct {
@@ -72,6 +84,7 @@ struct cf_future {
     atomic_int refs;
     atomic_int state;               //  cf_future_state_t
     int sleepers;                   //  threads blocked in cf_future_wait
+    bool checked;                   //  result validated (under lock)
     bool decoded;                   //  result decode attempted (under lock)
     uint8_t *result;                //  FINISHED: the msgpack bytes, owned
     size_t result_len;
@@ -153,13 +166,29 @@ static const s_error_t s_error_nomem = {
 // ---------------------------------------------------------------------------
 //  Life cycle
 
+//  Where the extra area starts: after the name, 16-byte aligned.
+static size_t s_extra_offset(size_t function_len)
+{
+    return (sizeof(cf_future_t) + function_len + 1 + 15) & ~(size_t)15;
+}
+
 cf_future_t *cf_future_new(const char *function, size_t function_len)
+{
+    return cf_future_new_with(function, function_len, 0, NULL);
+}
+
+cf_future_t *cf_future_new_with(const char *function, size_t function_len, size_t extra,
+                                void **extra_out)
 {
     if (!function)
         function_len = 0;
-    cf_future_t *f = malloc(sizeof *f + function_len + 1);
+    size_t size = extra ? s_extra_offset(function_len) + extra
+                        : sizeof(cf_future_t) + function_len + 1;
+    cf_future_t *f = malloc(size);
     if (!f)
         return NULL;
+    if (extra_out)
+        *extra_out = extra ? (char *)f + s_extra_offset(function_len) : NULL;
     if (pthread_mutex_init(&f->lock, NULL) != 0) {
         free(f);
         return NULL;
@@ -172,6 +201,7 @@ cf_future_t *cf_future_new(const char *function, size_t function_len)
     atomic_init(&f->refs, 1);
     atomic_init(&f->state, CF_FUTURE_PENDING);
     f->sleepers = 0;
+    f->checked = false;
     f->decoded = false;
     f->result = NULL;
     f->result_len = 0;
@@ -285,8 +315,21 @@ static bool s_complete(cf_future_t *f, int final, uint8_t *result, size_t result
 {
     pthread_mutex_lock(&f->lock);
     int state = atomic_load_explicit(&f->state, memory_order_relaxed);
+    if (s_is_final(state)) {
+        pthread_mutex_unlock(&f->lock);
+        return false;
+    }
+    //  Assigned before the final state is published (release), so a reader
+    //  that sees the state (acquire) sees them without the lock. Nobody else
+    //  writes them: final transitions are serialised by the lock.
+    f->result = result;
+    f->result_len = result_len;
+    f->error = error;
     for (;;) {
-        if (s_is_final(state) || (only_from_pending && state != CF_FUTURE_PENDING)) {
+        if (only_from_pending && state != CF_FUTURE_PENDING) {
+            f->result = NULL;
+            f->result_len = 0;
+            f->error = NULL;
             pthread_mutex_unlock(&f->lock);
             return false;
         }
@@ -297,11 +340,6 @@ static bool s_complete(cf_future_t *f, int final, uint8_t *result, size_t result
                                                   memory_order_relaxed))
             break;
     }
-    //  Every reader of these takes the lock after seeing a final state, so
-    //  assigning them after the store, still under the lock, is safe.
-    f->result = result;
-    f->result_len = result_len;
-    f->error = error;
 
     s_node_t *node = f->waiters;
     f->waiters = NULL;
@@ -423,6 +461,34 @@ cf_err_t cf_future_wait(cf_future_t *f, int timeout_ms)
     return rc;
 }
 
+//  Records that a FINISHED future's result is malformed; under f->lock.
+static cf_err_t s_malformed_locked(cf_future_t *f)
+{
+    f->checked = true;
+    f->decoded = true;
+    if (!f->error) {
+        cf_log_debug("future", "result of %s is malformed (%zu bytes)", f->function,
+                     f->result_len);
+        f->error = s_error_new("ProtocolError", "the task's result is not one well-formed "
+                               "msgpack value", f->function, "", 0);
+        if (!f->error)
+            f->error = (s_error_t *)&s_error_nomem;
+    }
+    return CF_ETASK;
+}
+
+//  Checks a FINISHED future's result once without decoding it (no
+//  allocation); under f->lock. CF_OK or CF_ETASK (ProtocolError).
+static cf_err_t s_validate_locked(cf_future_t *f)
+{
+    if (f->checked)
+        return f->error ? CF_ETASK : CF_OK;
+    if (!f->result || !cf_mp_valid(f->result, f->result_len))
+        return s_malformed_locked(f);
+    f->checked = true;
+    return CF_OK;
+}
+
 //  Decodes a FINISHED future's result once; under f->lock. CF_OK (f->doc
 //  set), CF_ETASK (malformed: f->error says ProtocolError) or CF_ENOMEM
 //  (tried again next time).
@@ -430,19 +496,16 @@ static cf_err_t s_decode_locked(cf_future_t *f)
 {
     if (f->decoded)
         return f->doc ? CF_OK : CF_ETASK;
-    cf_err_t rc = f->result ? cf_mp_doc_decode(f->result, f->result_len, &f->doc) : CF_EPROTO;
+    if (!f->result)
+        return s_malformed_locked(f);
+    cf_err_t rc = cf_mp_doc_decode(f->result, f->result_len, &f->doc);
     if (rc == CF_ENOMEM)
         return CF_ENOMEM;
+    if (rc != CF_OK)
+        return s_malformed_locked(f);
     f->decoded = true;
-    if (rc == CF_OK)
-        return CF_OK;
-    cf_log_debug("future", "result of %s is malformed (%zu bytes)", f->function,
-                 f->result_len);
-    f->error = s_error_new("ProtocolError", "the task's result is not one well-formed "
-                           "msgpack value", f->function, "", 0);
-    if (!f->error)
-        f->error = (s_error_t *)&s_error_nomem;
-    return CF_ETASK;
+    f->checked = true;
+    return CF_OK;
 }
 
 cf_err_t cf_future_result(cf_future_t *f, int timeout_ms, const cf_value_t **value)
@@ -461,17 +524,42 @@ cf_err_t cf_future_result(cf_future_t *f, int timeout_ms, const cf_value_t **val
         break;
     }
     pthread_mutex_lock(&f->lock);
-    rc = s_decode_locked(f);
+    rc = value ? s_decode_locked(f) : s_validate_locked(f);
     if (rc == CF_OK && value)
         *value = cf_mp_doc_root(f->doc);
     pthread_mutex_unlock(&f->lock);
     return rc;
 }
 
+//  Waits, then true when f FINISHED with bytes to read (the fast paths of
+//  the scalar getters read them with a bounded cursor, allocating nothing);
+//  false with *rc set otherwise (or CF_OK: take the general path).
+static bool s_scalar_ready(cf_future_t *f, int timeout_ms, cf_err_t *rc)
+{
+    *rc = cf_future_wait(f, timeout_ms);
+    if (*rc != CF_OK)
+        return false;
+    return s_load_state(f) == CF_FUTURE_FINISHED && f->result;
+}
+
 cf_err_t cf_future_int(cf_future_t *f, int timeout_ms, int64_t *out)
 {
+    cf_err_t rc;
+    if (s_scalar_ready(f, timeout_ms, &rc)) {
+        cf_mp_reader_t reader;
+        int64_t value;
+        cf_mp_reader_init(&reader, f->result, f->result_len);
+        if (cf_mp_read_int(&reader, &value) == CF_OK && cf_mp_reader_left(&reader) == 0) {
+            *out = value;
+            return CF_OK;
+        }
+    }
+    else if (rc != CF_OK)
+        return rc;
+    //  Anything else (another type, a malformed result, a failure) gets
+    //  the general path and its exact error.
     const cf_value_t *value;
-    cf_err_t rc = cf_future_result(f, timeout_ms, &value);
+    rc = cf_future_result(f, 0, &value);
     return rc == CF_OK ? cf_value_get_int(value, out) : rc;
 }
 
@@ -484,8 +572,20 @@ cf_err_t cf_future_double(cf_future_t *f, int timeout_ms, double *out)
 
 cf_err_t cf_future_bool(cf_future_t *f, int timeout_ms, bool *out)
 {
+    cf_err_t rc;
+    if (s_scalar_ready(f, timeout_ms, &rc)) {
+        cf_mp_reader_t reader;
+        bool value;
+        cf_mp_reader_init(&reader, f->result, f->result_len);
+        if (cf_mp_read_bool(&reader, &value) == CF_OK && cf_mp_reader_left(&reader) == 0) {
+            *out = value;
+            return CF_OK;
+        }
+    }
+    else if (rc != CF_OK)
+        return rc;
     const cf_value_t *value;
-    cf_err_t rc = cf_future_result(f, timeout_ms, &value);
+    rc = cf_future_result(f, 0, &value);
     return rc == CF_OK ? cf_value_get_bool(value, out) : rc;
 }
 
@@ -521,7 +621,7 @@ const cf_task_error_t *cf_future_error(cf_future_t *f)
     const cf_task_error_t *error = NULL;
     pthread_mutex_lock(&f->lock);
     if (state == CF_FUTURE_FINISHED)
-        s_decode_locked(f);
+        s_validate_locked(f);
     if (f->error)
         error = &f->error->pub;
     pthread_mutex_unlock(&f->lock);
@@ -623,7 +723,20 @@ cf_future_waiter_t *cf_future_waiter_new(void)
     }
     waiter->head = waiter->tail = NULL;
     waiter->sleepers = 0;
+    waiter->reserve = NULL;
+    waiter->reserve_used = waiter->reserve_size = 0;
     return waiter;
+}
+
+cf_err_t cf_future_waiter_reserve(cf_future_waiter_t *waiter, size_t count)
+{
+    if (waiter->reserve || count == 0)
+        return CF_OK;
+    waiter->reserve = malloc(count * sizeof *waiter->reserve);
+    if (!waiter->reserve)
+        return CF_ENOMEM;
+    waiter->reserve_size = count;
+    return CF_OK;
 }
 
 void cf_future_waiter_destroy(cf_future_waiter_t **pwaiter)
@@ -635,9 +748,10 @@ void cf_future_waiter_destroy(cf_future_waiter_t **pwaiter)
     s_node_t *node = waiter->head;
     while (node) {
         s_node_t *next = node->next;
-        free(node);
+        s_node_free(node);
         node = next;
     }
+    free(waiter->reserve);
     pthread_cond_destroy(&waiter->cond);
     pthread_mutex_destroy(&waiter->lock);
     free(waiter);
@@ -650,9 +764,18 @@ cf_err_t cf_future_waiter_add(cf_future_waiter_t *waiter, cf_future_t *f, bool *
         *done = true;
         return CF_OK;
     }
-    s_node_t *node = malloc(sizeof *node);
-    if (!node)
-        return CF_ENOMEM;
+    //  Only the waiter's owner adds, so the reserve needs no lock.
+    s_node_t *node;
+    if (waiter->reserve_used < waiter->reserve_size) {
+        node = &waiter->reserve[waiter->reserve_used++];
+        node->pooled = true;
+    }
+    else {
+        node = malloc(sizeof *node);
+        if (!node)
+            return CF_ENOMEM;
+        node->pooled = false;
+    }
     node->waiter = waiter;
     node->future = f;
     pthread_mutex_lock(&f->lock);
@@ -664,7 +787,7 @@ cf_err_t cf_future_waiter_add(cf_future_waiter_t *waiter, cf_future_t *f, bool *
     }
     pthread_mutex_unlock(&f->lock);
     if (*done)
-        free(node);
+        s_node_free(node);
     return CF_OK;
 }
 
@@ -686,7 +809,7 @@ void cf_future_waiter_remove(cf_future_waiter_t *waiter, cf_future_t *f)
     pthread_mutex_unlock(&f->lock);
     while (gone) {
         s_node_t *next = gone->next;
-        free(gone);
+        s_node_free(gone);
         gone = next;
     }
 }
@@ -721,6 +844,7 @@ cf_future_t *cf_future_waiter_next(cf_future_waiter_t *waiter, int64_t deadline_
         f = node->future;
     }
     pthread_mutex_unlock(&waiter->lock);
-    free(node);
+    if (node)
+        s_node_free(node);
     return f;
 }

@@ -36,6 +36,11 @@ typedef bool (cf_canceller_fn)(void *executor, cf_future_t *f);
 
 //  A new pending future with one reference (the caller's). NULL on ENOMEM.
 cf_future_t *cf_future_new(const char *function, size_t function_len);
+//  The same with extra bytes (16-byte aligned, uninitialised) in the same
+//  allocation at *extra_out, living as long as the future: the executor
+//  keeps its task there, one allocation per submission.
+cf_future_t *cf_future_new_with(const char *function, size_t function_len, size_t extra,
+                                void **extra_out);
 //  Another reference (the executor keeps one while the task is in flight).
 cf_future_t *cf_future_ref(cf_future_t *f);
 
@@ -70,6 +75,9 @@ bool cf_future_set_complete_hook(cf_future_t *f, cf_complete_fn *fn, void *arg);
 typedef struct cf_future_waiter cf_future_waiter_t;
 cf_future_waiter_t *cf_future_waiter_new(void);
 void cf_future_waiter_destroy(cf_future_waiter_t **waiter);
+//  Allocates registrations for count futures at once (instead of one
+//  allocation per cf_future_waiter_add). Optional; CF_OK or CF_ENOMEM.
+cf_err_t cf_future_waiter_reserve(cf_future_waiter_t *waiter, size_t count);
 //  Registers waiter on f. CF_OK with *done = true if f was already done
 //  (then nothing is registered and the caller treats it as ready), CF_OK
 //  with *done = false once registered, or CF_ENOMEM.

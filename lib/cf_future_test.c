@@ -206,6 +206,63 @@ static void test_malformed_result_becomes_protocol_error(void **state)
     cf_future_release(&empty);
 }
 
+static void test_scalar_getters_check_type_and_trailing_bytes(void **state)
+{
+    (void)state;
+    static const uint8_t too_big[] = { 0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
+    static const uint8_t trailing[] = { 0x2a, 0x2a };
+    static const uint8_t true_[] = { 0xc3 };
+    int64_t i;
+    bool b;
+    double d;
+
+    cf_future_t *f = s_new();
+    cf_future_set_result(f, too_big, sizeof too_big);
+    assert_int_equal(cf_future_int(f, 0, &i), CF_ETYPE);        //  uint64 max
+    cf_future_release(&f);
+
+    f = s_new();
+    cf_future_set_result(f, trailing, sizeof trailing);
+    assert_int_equal(cf_future_int(f, 0, &i), CF_ETASK);        //  two values
+    assert_string_equal(cf_future_error(f)->type, "ProtocolError");
+    cf_future_release(&f);
+
+    f = s_new();
+    cf_future_set_result(f, true_, sizeof true_);
+    assert_int_equal(cf_future_bool(f, 0, &b), CF_OK);
+    assert_true(b);
+    assert_int_equal(cf_future_int(f, 0, &i), CF_ETYPE);
+    assert_int_equal(cf_future_double(f, 0, &d), CF_ETYPE);
+    cf_future_release(&f);
+
+    f = s_new();
+    cf_future_set_result(f, s_42, sizeof s_42);
+    assert_int_equal(cf_future_double(f, 0, &d), CF_OK);
+    assert_true(d == 42.0);
+    assert_int_equal(cf_future_bool(f, 0, &b), CF_ETYPE);
+    cf_future_release(&f);
+
+    f = s_new();
+    assert_int_equal(cf_future_int(f, 0, &i), CF_ETIMEDOUT);
+    cf_future_set_cancelled(f);
+    assert_int_equal(cf_future_int(f, 0, &i), CF_ECANCELLED);
+    assert_int_equal(cf_future_bool(f, 0, &b), CF_ECANCELLED);
+    cf_future_release(&f);
+}
+
+static void test_extra_area_lives_with_the_future(void **state)
+{
+    (void)state;
+    void *extra = NULL;
+    cf_future_t *f = cf_future_new_with("fn", 2, 100, &extra);
+    assert_non_null(f);
+    assert_non_null(extra);
+    assert_int_equal((uintptr_t)extra % 16, 0);
+    memset(extra, 0xab, 100);                   //  ASan: all 100 bytes are ours
+    assert_string_equal(cf_future_function(f), "fn");
+    cf_future_release(&f);
+}
+
 static void test_tag_round_trips(void **state)
 {
     (void)state;
@@ -480,6 +537,28 @@ static void test_completed_registrations_are_freed_with_the_waiter(void **state)
     cf_future_release(&f);
 }
 
+static void test_reserved_registrations_mix_with_allocated_ones(void **state)
+{
+    (void)state;
+    cf_future_waiter_t *waiter = cf_future_waiter_new();
+    assert_int_equal(cf_future_waiter_reserve(waiter, 2), CF_OK);
+    cf_future_t *f[3] = { s_new(), s_new(), s_new() };
+    for (int i = 0; i < 3; i++) {
+        bool done;
+        assert_int_equal(cf_future_waiter_add(waiter, f[i], &done), CF_OK);
+        assert_false(done);
+    }
+    cf_future_set_result(f[1], s_42, 1);
+    cf_future_set_result(f[2], s_42, 1);
+    assert_ptr_equal(cf_future_waiter_next(waiter, -1), f[1]);
+    assert_ptr_equal(cf_future_waiter_next(waiter, -1), f[2]);
+    for (int i = 0; i < 3; i++) {
+        cf_future_waiter_remove(waiter, f[i]);  //  f[0]: a reserved node, not freed alone
+        cf_future_release(&f[i]);
+    }
+    cf_future_waiter_destroy(&waiter);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -491,6 +570,8 @@ int main(void)
         cmocka_unit_test(test_cancel_works_only_before_start),
         cmocka_unit_test(test_cancel_asks_the_canceller),
         cmocka_unit_test(test_malformed_result_becomes_protocol_error),
+        cmocka_unit_test(test_scalar_getters_check_type_and_trailing_bytes),
+        cmocka_unit_test(test_extra_area_lives_with_the_future),
         cmocka_unit_test(test_tag_round_trips),
         cmocka_unit_test(test_references_keep_the_future),
         cmocka_unit_test(test_callbacks_run_in_order_then_the_hook),
@@ -503,6 +584,7 @@ int main(void)
         cmocka_unit_test(test_waiter_yields_in_completion_order),
         cmocka_unit_test(test_waiter_wakes_on_completion_in_another_thread),
         cmocka_unit_test(test_completed_registrations_are_freed_with_the_waiter),
+        cmocka_unit_test(test_reserved_registrations_mix_with_allocated_ones),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
