@@ -348,7 +348,6 @@ void cf_proto_msg_destroy(cf_proto_msg_t **msg_p)
     cf_proto_msg_t *msg = *msg_p;
     if (msg->has_body_)
         zmq_msg_close(&msg->body_);
-    free(msg->storage_);
     free(msg);
     *msg_p = NULL;
 }

@@ -113,10 +113,10 @@ typedef struct {
     cf_proto_stat_t *stats;     //  STATS reply
     cf_proto_str_t text;        //  ERROR, DISCONNECT: reason
     uint64_t ref;               //  ERROR: id it concerns, 0 if none
-    //  Owned storage behind the pointers above.
+    //  Private: the body frame the pointers above point into. The items
+    //  arrays live in the same allocation as the message.
     zmq_msg_t body_;
     bool has_body_;
-    void *storage_;
 } cf_proto_msg_t;
 
 //  Decodes the frames of one message (routing id already removed):
