@@ -1,0 +1,793 @@
+//  The ZAP handler and the allow-lists (see cf_auth.h).
+//
+//  Design note: the allow-list is one array of (32-byte key, role) sorted by
+//  key, searched with bsearch: a handshake costs one lookup, and a reload
+//  builds a whole new array in the caller's thread and hands the pointer to
+//  the actor, which swaps it in between two requests. The actor's sockets
+//  are created and bound by cf_auth_new before the thread starts (the thread
+//  creation is the memory barrier ZeroMQ asks for when a socket changes
+//  thread), so every setup error is reported to the caller directly.
+//
+//  Nothing a ZAP request holds can crash the handler: frames are counted and
+//  sized before use, a message longer than CF_AUTH_ZAP_MAX_FRAMES is drained,
+//  and every request gets a reply (a REP socket must answer before it can
+//  read again). Requests only come from libzmq inside this process, but the
+//  inproc endpoint is open to any code in it.
+
+#include "cf_auth.h"
+#include "cf_clock.h"
+#include "cf_error.h"
+#include "cf_keys.h"
+#include "cf_log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define S_COMPONENT             "auth"
+#define CF_AUTH_ZAP_MAX_FRAMES  8       //  a CURVE request has 7
+#define CF_AUTH_MAX_REQUEST_ID  255     //  bytes of a request id we echo
+#define S_ADDRESS_MAX           63      //  bytes of a peer address we log
+
+// ---------------------------------------------------------------------------
+//  Allow-lists
+
+typedef struct {
+    uint8_t key[CF_KEY_BIN_LEN];
+    uint8_t role;               //  cf_role_t
+} s_entry_t;
+
+typedef struct {
+    s_entry_t *entries;         //  sorted by key after s_list_finish
+    size_t count;
+    size_t capacity;
+    size_t clients;             //  entries with CF_ROLE_CLIENT
+    size_t workers;             //  entries with CF_ROLE_WORKER
+} s_list_t;
+
+static void s_list_destroy(s_list_t **list_p)
+{
+    if (!list_p || !*list_p)
+        return;
+    s_list_t *list = *list_p;
+    free(list->entries);
+    free(list);
+    *list_p = NULL;
+}
+
+static cf_err_t s_list_add(s_list_t *list, const uint8_t key[CF_KEY_BIN_LEN], cf_role_t role)
+{
+    if (list->count == list->capacity) {
+        if (list->capacity >= CF_AUTH_MAX_KEYS)
+            return cf_error_set(CF_ETOOBIG, "allow-lists hold more than %d keys",
+                                CF_AUTH_MAX_KEYS);
+        size_t capacity = list->capacity ? list->capacity * 2 : 64;
+        if (capacity > CF_AUTH_MAX_KEYS)
+            capacity = CF_AUTH_MAX_KEYS;
+        s_entry_t *entries = realloc(list->entries, capacity * sizeof *entries);
+        if (!entries)
+            return cf_error_set(CF_ENOMEM, "out of memory loading allow-lists");
+        list->entries = entries;
+        list->capacity = capacity;
+    }
+    memcpy(list->entries[list->count].key, key, CF_KEY_BIN_LEN);
+    list->entries[list->count].role = (uint8_t)role;
+    list->count++;
+    return CF_OK;
+}
+
+static int s_entry_compare(const void *a, const void *b)
+{
+    const s_entry_t *x = a, *y = b;
+    int c = memcmp(x->key, y->key, CF_KEY_BIN_LEN);
+    return c ? c : (int)x->role - (int)y->role;
+}
+
+//  Sorts, drops repeats of a key within one list, refuses a key on both.
+static cf_err_t s_list_finish(s_list_t *list)
+{
+    if (list->count > 1)
+        qsort(list->entries, list->count, sizeof *list->entries, s_entry_compare);
+    size_t kept = 0;
+    for (size_t i = 0; i < list->count; i++) {
+        if (kept > 0 &&
+            memcmp(list->entries[kept - 1].key, list->entries[i].key, CF_KEY_BIN_LEN) == 0) {
+            if (list->entries[kept - 1].role == list->entries[i].role)
+                continue;
+            char z85[CF_KEY_Z85_SIZE], fp[CF_KEY_FP_SIZE];
+            cf_keys_encode(list->entries[i].key, z85);
+            cf_keys_fingerprint(z85, fp);
+            return cf_error_set(CF_EINVAL,
+                                "key %s is on both the client and the worker allow-list", fp);
+        }
+        list->entries[kept++] = list->entries[i];
+    }
+    list->count = kept;
+    list->clients = list->workers = 0;
+    for (size_t i = 0; i < list->count; i++) {
+        if (list->entries[i].role == CF_ROLE_CLIENT)
+            list->clients++;
+        else
+            list->workers++;
+    }
+    return CF_OK;
+}
+
+static cf_role_t s_list_lookup(const s_list_t *list, const uint8_t key[CF_KEY_BIN_LEN])
+{
+    size_t low = 0, high = list->count;
+    while (low < high) {
+        size_t mid = low + (high - low) / 2;
+        int c = memcmp(list->entries[mid].key, key, CF_KEY_BIN_LEN);
+        if (c == 0)
+            return (cf_role_t)list->entries[mid].role;
+        if (c < 0)
+            low = mid + 1;
+        else
+            high = mid;
+    }
+    return CF_ROLE_NONE;
+}
+
+static const char *s_list_name(cf_role_t role)
+{
+    return role == CF_ROLE_CLIENT ? "client" : "worker";
+}
+
+//  Anyone who can write an allow-list can let themselves in: refuse lists
+//  (and key files in a list directory) that others may write.
+static cf_err_t s_check_not_world_writable(const char *path, const struct stat *st)
+{
+    if (st->st_mode & S_IWOTH)
+        return cf_error_set(CF_EAUTH, "allow-list %s is writable by others (mode %04o)", path,
+                            (unsigned)(st->st_mode & 07777));
+    return CF_OK;
+}
+
+static cf_err_t s_add_public_file(s_list_t *list, const char *path, cf_role_t role)
+{
+    char z85[CF_KEY_Z85_SIZE];
+    cf_err_t rc = cf_keys_read_public(path, z85);
+    if (rc != CF_OK)
+        return rc;
+    uint8_t bin[CF_KEY_BIN_LEN];
+    rc = cf_keys_decode(z85, bin);
+    if (rc != CF_OK)
+        return cf_error_set(CF_EINVAL, "key file %s: not a valid key", path);
+    return s_list_add(list, bin, role);
+}
+
+static bool s_is_key_file_name(const char *name)
+{
+    size_t len = strlen(name);
+    return name[0] != '.' && len > 4 && strcmp(name + len - 4, ".key") == 0;
+}
+
+static cf_err_t s_load_dir(s_list_t *list, const char *dir_path, cf_role_t role)
+{
+    DIR *dir = opendir(dir_path);
+    if (!dir)
+        return cf_error_set(errno == ENOENT ? CF_ENOTFOUND : CF_ESYS,
+                            "cannot open %s allow-list %s: %s", s_list_name(role), dir_path,
+                            strerror(errno));
+    cf_err_t rc = CF_OK;
+    struct dirent *entry;
+    size_t files = 0;
+    while (rc == CF_OK && (errno = 0, entry = readdir(dir)) != NULL) {
+        if (!s_is_key_file_name(entry->d_name))
+            continue;
+        char path[4096];
+        int len = snprintf(path, sizeof path, "%s/%s", dir_path, entry->d_name);
+        if (len < 0 || (size_t)len >= sizeof path) {
+            rc = cf_error_set(CF_EINVAL, "path too long in allow-list %s", dir_path);
+            break;
+        }
+        struct stat st;
+        if (stat(path, &st) != 0) {
+            rc = cf_error_set(CF_ESYS, "cannot stat %s: %s", path, strerror(errno));
+            break;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            cf_log_debug(S_COMPONENT, "allow-list %s: skipping %s (not a regular file)",
+                         dir_path, entry->d_name);
+            continue;
+        }
+        if (++files > CF_AUTH_MAX_KEYS) {
+            rc = cf_error_set(CF_ETOOBIG, "allow-list %s holds more than %d key files",
+                              dir_path, CF_AUTH_MAX_KEYS);
+            break;
+        }
+        rc = s_check_not_world_writable(path, &st);
+        if (rc == CF_OK)
+            rc = s_add_public_file(list, path, role);
+    }
+    if (rc == CF_OK && errno != 0)
+        rc = cf_error_set(CF_ESYS, "cannot read allow-list %s: %s", dir_path, strerror(errno));
+    closedir(dir);
+    if (rc == CF_OK && files == 0)
+        cf_log_warn(S_COMPONENT, "%s allow-list %s holds no *.key files", s_list_name(role),
+                    dir_path);
+    return rc;
+}
+
+//  A file of keys, one per line: the line rules of cf_keys.h, any number of
+//  keys.
+static cf_err_t s_load_file(s_list_t *list, const char *path, cf_role_t role)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return cf_error_set(errno == ENOENT ? CF_ENOTFOUND : CF_ESYS,
+                            "cannot open %s allow-list %s: %s", s_list_name(role), path,
+                            strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int err = errno;
+        close(fd);
+        return cf_error_set(CF_ESYS, "cannot stat %s: %s", path, strerror(err));
+    }
+    if (st.st_size < 0 || (uint64_t)st.st_size > CF_AUTH_MAX_LIST_BYTES) {
+        close(fd);
+        return cf_error_set(CF_ETOOBIG, "allow-list %s is larger than %u bytes", path,
+                            CF_AUTH_MAX_LIST_BYTES);
+    }
+    size_t size = (size_t)st.st_size;
+    char *text = malloc(size + 1);
+    if (!text) {
+        close(fd);
+        return cf_error_set(CF_ENOMEM, "out of memory reading %s", path);
+    }
+    size_t done = 0;
+    while (done < size) {
+        ssize_t n = read(fd, text + done, size - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int err = errno;
+            free(text);
+            close(fd);
+            return cf_error_set(CF_ESYS, "cannot read %s: %s", path, strerror(err));
+        }
+        if (n == 0)
+            break;              //  shrank meanwhile: parse what is there
+        done += (size_t)n;
+    }
+    close(fd);
+    text[done] = '\0';
+
+    cf_err_t rc = CF_OK;
+    if (memchr(text, '\0', done))
+        rc = cf_error_set(CF_EINVAL, "allow-list %s holds binary data", path);
+    int line_no = 0;
+    char *line = rc == CF_OK ? text : NULL;
+    while (line) {
+        line_no++;
+        char *end = strchr(line, '\n');
+        if (end)
+            *end = '\0';
+        char *start = line;
+        while (*start == ' ' || *start == '\t')
+            start++;
+        size_t len = strlen(start);
+        while (len > 0 && (start[len - 1] == ' ' || start[len - 1] == '\t' ||
+                           start[len - 1] == '\r'))
+            start[--len] = '\0';
+        uint8_t bin[CF_KEY_BIN_LEN];
+        if (len == CF_KEY_Z85_LEN && cf_keys_decode(start, bin) == CF_OK) {
+            rc = s_list_add(list, bin, role);
+            if (rc != CF_OK)
+                break;
+        } else if (len > 0 && start[0] != '#') {
+            rc = cf_error_set(CF_EINVAL, "allow-list %s: line %d is not a 40-character Z85 key",
+                              path, line_no);
+            break;
+        }
+        line = end ? end + 1 : NULL;
+    }
+    free(text);
+    return rc;
+}
+
+static cf_err_t s_load_path(s_list_t *list, const char *path, cf_role_t role)
+{
+    if (!path)
+        return CF_OK;
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return cf_error_set(errno == ENOENT ? CF_ENOTFOUND : CF_ESYS,
+                            "cannot open %s allow-list %s: %s", s_list_name(role), path,
+                            strerror(errno));
+    cf_err_t rc = s_check_not_world_writable(path, &st);
+    if (rc != CF_OK)
+        return rc;
+    if (S_ISDIR(st.st_mode))
+        return s_load_dir(list, path, role);
+    if (S_ISREG(st.st_mode))
+        return s_load_file(list, path, role);
+    return cf_error_set(CF_EINVAL, "%s allow-list %s is neither a directory nor a file",
+                        s_list_name(role), path);
+}
+
+//  Both lists, whole, or NULL with cf_last_error().
+static s_list_t *s_list_load(const char *client_keys, const char *worker_keys)
+{
+    s_list_t *list = calloc(1, sizeof *list);
+    if (!list) {
+        cf_error_set(CF_ENOMEM, "out of memory loading allow-lists");
+        return NULL;
+    }
+    cf_err_t rc = s_load_path(list, client_keys, CF_ROLE_CLIENT);
+    if (rc == CF_OK)
+        rc = s_load_path(list, worker_keys, CF_ROLE_WORKER);
+    if (rc == CF_OK)
+        rc = s_list_finish(list);
+    if (rc != CF_OK)
+        s_list_destroy(&list);
+    return list;
+}
+
+// ---------------------------------------------------------------------------
+//  The actor
+
+typedef struct {
+    void *pipe;                 //  PAIR to the cf_auth_* calls
+    void *zap;                  //  REP bound at CF_AUTH_ZAP_ENDPOINT
+    s_list_t *list;             //  owned; replaced by RELOAD
+    cf_auth_stats_t stats;
+    bool terminated;            //  $TERM received or the context ended
+    int64_t log_window_ms;      //  start of the current denial-log second
+    int log_lines;              //  denial lines logged in that second
+    uint64_t log_suppressed;    //  denials not logged since
+} s_actor_t;
+
+struct cf_auth {
+    void *pipe;                 //  our end of the pipe; used under mutex
+    pthread_mutex_t mutex;      //  serializes pipe requests from any thread
+    pthread_t thread;
+    s_actor_t *actor;           //  the thread's state; freed after join
+    char secret_z85[CF_KEY_Z85_SIZE];
+    char public_z85[CF_KEY_Z85_SIZE];
+    char *client_keys;          //  configured paths, for reload
+    char *worker_keys;
+    int handshake_ivl_ms;
+};
+
+//  Denials are logged at most CF_AUTH_LOG_PER_SEC a second: anyone who
+//  knows the server key can cause one per handshake.
+static bool s_may_log_denial(s_actor_t *self)
+{
+    int64_t now = cf_clock_now_ms();
+    if (now - self->log_window_ms >= 1000) {
+        if (self->log_suppressed > 0)
+            cf_log_warn(S_COMPONENT, "%llu more denied handshakes were not logged",
+                        (unsigned long long)self->log_suppressed);
+        self->log_window_ms = now;
+        self->log_lines = 0;
+        self->log_suppressed = 0;
+    }
+    if (self->log_lines < CF_AUTH_LOG_PER_SEC) {
+        self->log_lines++;
+        return true;
+    }
+    self->log_suppressed++;
+    return false;
+}
+
+static bool s_frame_is(zmq_msg_t *frame, const char *text)
+{
+    size_t len = strlen(text);
+    return zmq_msg_size(frame) == len && memcmp(zmq_msg_data(frame), text, len) == 0;
+}
+
+//  A printable copy of a frame for logs, cut to fit.
+static void s_printable(zmq_msg_t *frame, char *out, size_t size)
+{
+    size_t len = zmq_msg_size(frame);
+    const char *data = zmq_msg_data(frame);
+    size_t i = 0;
+    for (; i < len && i + 1 < size; i++)
+        out[i] = (data[i] >= 0x20 && data[i] < 0x7f) ? data[i] : '?';
+    out[i] = '\0';
+}
+
+static void s_send_reply(s_actor_t *self, zmq_msg_t *request_id, const char *status,
+                         const char *text, const char *user_id)
+{
+    const void *id = "";
+    size_t id_len = 0;
+    if (request_id && zmq_msg_size(request_id) <= CF_AUTH_MAX_REQUEST_ID) {
+        id = zmq_msg_data(request_id);
+        id_len = zmq_msg_size(request_id);
+    }
+    //  DONTWAIT: a requester that went away must not block the handler; its
+    //  handshake then times out on ZMQ_HANDSHAKE_IVL.
+    int flags = ZMQ_SNDMORE | ZMQ_DONTWAIT;
+    if (zmq_send(self->zap, "1.0", 3, flags) < 0 || zmq_send(self->zap, id, id_len, flags) < 0 ||
+        zmq_send(self->zap, status, strlen(status), flags) < 0 ||
+        zmq_send(self->zap, text, strlen(text), flags) < 0 ||
+        zmq_send(self->zap, user_id, strlen(user_id), flags) < 0 ||
+        zmq_send(self->zap, "", 0, ZMQ_DONTWAIT) < 0)
+        cf_log_debug(S_COMPONENT, "cannot send ZAP reply: %s", zmq_strerror(errno));
+}
+
+//  ZAP request (RFC 27): version, request id, domain, address, identity,
+//  mechanism, credentials... For CURVE one credential: the 32-byte key.
+static void s_handle_zap(s_actor_t *self)
+{
+    zmq_msg_t frames[CF_AUTH_ZAP_MAX_FRAMES];
+    size_t count = 0;
+    bool too_many = false;
+    for (;;) {
+        zmq_msg_t scratch;
+        zmq_msg_t *frame = count < CF_AUTH_ZAP_MAX_FRAMES ? &frames[count] : &scratch;
+        zmq_msg_init(frame);
+        if (zmq_msg_recv(frame, self->zap, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(frame);
+            if (errno == ETERM)
+                self->terminated = true;
+            break;
+        }
+        bool more = zmq_msg_more(frame);
+        if (frame == &scratch) {
+            zmq_msg_close(frame);
+            too_many = true;
+        } else {
+            count++;
+        }
+        if (!more)
+            break;
+    }
+    if (count == 0)
+        return;                 //  nothing read: no reply owed
+
+    if (too_many || count < 6 || !s_frame_is(&frames[0], "1.0") ||
+        zmq_msg_size(&frames[1]) > CF_AUTH_MAX_REQUEST_ID) {
+        self->stats.malformed++;
+        cf_log_debug(S_COMPONENT, "malformed ZAP request (%zu%s frames)", count,
+                     too_many ? "+" : "");
+        s_send_reply(self, count > 1 ? &frames[1] : NULL, "500", "malformed request", "");
+        goto done;
+    }
+    char address[S_ADDRESS_MAX + 1];
+    s_printable(&frames[3], address, sizeof address);
+    if (!s_frame_is(&frames[5], "CURVE")) {
+        self->stats.denied++;
+        char mechanism[16];
+        s_printable(&frames[5], mechanism, sizeof mechanism);
+        if (s_may_log_denial(self))
+            cf_log_warn(S_COMPONENT, "denied %s handshake from %s: only CURVE is allowed",
+                        mechanism, address);
+        s_send_reply(self, &frames[1], "400", "mechanism not allowed", "");
+        goto done;
+    }
+    if (count != 7 || zmq_msg_size(&frames[6]) != CF_KEY_BIN_LEN) {
+        self->stats.malformed++;
+        cf_log_debug(S_COMPONENT, "malformed CURVE ZAP request");
+        s_send_reply(self, &frames[1], "500", "malformed request", "");
+        goto done;
+    }
+    uint8_t key[CF_KEY_BIN_LEN];
+    memcpy(key, zmq_msg_data(&frames[6]), sizeof key);
+    char z85[CF_KEY_Z85_SIZE], fp[CF_KEY_FP_SIZE];
+    cf_keys_encode(key, z85);
+    cf_keys_fingerprint(z85, fp);
+    cf_role_t role = s_list_lookup(self->list, key);
+    if (role == CF_ROLE_NONE) {
+        self->stats.denied++;
+        if (s_may_log_denial(self))
+            cf_log_warn(S_COMPONENT, "denied unknown key %s from %s", fp, address);
+        s_send_reply(self, &frames[1], "400", "key not allowed", "");
+        goto done;
+    }
+    self->stats.allowed++;
+    char user_id[32];
+    snprintf(user_id, sizeof user_id, "%s:%s", cf_auth_role_name(role), fp);
+    cf_log_debug(S_COMPONENT, "allowed %s from %s", user_id, address);
+    s_send_reply(self, &frames[1], "200", "OK", user_id);
+done:
+    for (size_t i = 0; i < count; i++)
+        zmq_msg_close(&frames[i]);
+}
+
+static void s_handle_pipe(s_actor_t *self)
+{
+    zmq_msg_t verb, arg;
+    zmq_msg_init(&verb);
+    zmq_msg_init(&arg);
+    if (zmq_msg_recv(&verb, self->pipe, ZMQ_DONTWAIT) < 0) {
+        if (errno == ETERM)
+            self->terminated = true;
+        goto done;
+    }
+    bool has_arg = zmq_msg_more(&verb) && zmq_msg_recv(&arg, self->pipe, 0) >= 0;
+    if (s_frame_is(&verb, "$TERM")) {
+        self->terminated = true;
+    } else if (s_frame_is(&verb, "RELOAD")) {
+        //  cf_auth_reload sent a list it gave up; anything else is our bug.
+        s_list_t *list = NULL;
+        if (has_arg && zmq_msg_size(&arg) == sizeof list)
+            memcpy(&list, zmq_msg_data(&arg), sizeof list);
+        if (list) {
+            s_list_destroy(&self->list);
+            self->list = list;
+            self->stats.reloads++;
+        }
+        zmq_send(self->pipe, list ? "OK" : "ERROR", list ? 2 : 5, 0);
+    } else if (s_frame_is(&verb, "STATS")) {
+        cf_auth_stats_t stats = self->stats;
+        stats.client_keys = self->list->clients;
+        stats.worker_keys = self->list->workers;
+        zmq_send(self->pipe, &stats, sizeof stats, 0);
+    } else {
+        cf_log_error(S_COMPONENT, "unknown pipe command");
+    }
+done:
+    zmq_msg_close(&verb);
+    zmq_msg_close(&arg);
+}
+
+static void *s_actor_run(void *arg)
+{
+    s_actor_t *self = arg;
+    zmq_pollitem_t items[] = {
+        {self->pipe, 0, ZMQ_POLLIN, 0},
+        {self->zap, 0, ZMQ_POLLIN, 0},
+    };
+    while (!self->terminated) {
+        int rc = zmq_poll(items, 2, -1);
+        if (rc < 0 && errno == EINTR)
+            continue;           //  a signal; revents are stale
+        if (rc < 0)
+            break;              //  context terminated
+        if (items[0].revents & ZMQ_POLLIN)
+            s_handle_pipe(self);
+        if (!self->terminated && (items[1].revents & ZMQ_POLLIN))
+            s_handle_zap(self);
+    }
+    zmq_close(self->zap);
+    zmq_close(self->pipe);
+    self->zap = self->pipe = NULL;
+    s_list_destroy(&self->list);
+    return NULL;
+}
+
+// ---------------------------------------------------------------------------
+//  The API
+
+static void *s_socket(void *ctx, int type)
+{
+    void *socket = zmq_socket(ctx, type);
+    int linger = 0;
+    if (socket && zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger) != 0) {
+        zmq_close(socket);
+        return NULL;
+    }
+    return socket;
+}
+
+static void s_auth_free(cf_auth_t *self)
+{
+    if (self->pipe)
+        zmq_close(self->pipe);
+    if (self->actor) {
+        if (self->actor->zap)
+            zmq_close(self->actor->zap);
+        if (self->actor->pipe)
+            zmq_close(self->actor->pipe);
+        s_list_destroy(&self->actor->list);
+        free(self->actor);
+    }
+    explicit_bzero(self->secret_z85, sizeof self->secret_z85);
+    free(self->client_keys);
+    free(self->worker_keys);
+    pthread_mutex_destroy(&self->mutex);
+    free(self);
+}
+
+cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
+{
+    if (!config || !config->zmq_context) {
+        cf_error_set(CF_EINVAL, "auth needs the broker's zmq context");
+        return NULL;
+    }
+    if (!config->secret_key_file == !config->secret_key) {
+        cf_error_set(CF_EINVAL, "auth needs exactly one of a secret key file and a secret key");
+        return NULL;
+    }
+    if (!config->client_keys && !config->worker_keys) {
+        cf_error_set(CF_EINVAL, "auth needs a client or a worker allow-list");
+        return NULL;
+    }
+    if (config->handshake_ivl_ms < 0) {
+        cf_error_set(CF_EINVAL, "handshake_ivl_ms must be >= 0, got %d",
+                     config->handshake_ivl_ms);
+        return NULL;
+    }
+    cf_auth_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        cf_error_set(CF_ENOMEM, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&self->mutex, NULL);
+    self->handshake_ivl_ms =
+        config->handshake_ivl_ms ? config->handshake_ivl_ms : CF_AUTH_HANDSHAKE_IVL_MS;
+    if (config->secret_key_file) {
+        if (cf_keys_read_secret(config->secret_key_file, self->secret_z85) != CF_OK)
+            goto fail;
+    } else if (cf_keys_valid(config->secret_key)) {
+        memcpy(self->secret_z85, config->secret_key, CF_KEY_Z85_SIZE);
+    } else {
+        cf_error_set(CF_EINVAL, "the broker's secret key is not valid Z85");
+        goto fail;
+    }
+    if (cf_keys_public_of(self->secret_z85, self->public_z85) != CF_OK)
+        goto fail;
+    if ((config->client_keys && !(self->client_keys = strdup(config->client_keys))) ||
+        (config->worker_keys && !(self->worker_keys = strdup(config->worker_keys)))) {
+        cf_error_set(CF_ENOMEM, "out of memory");
+        goto fail;
+    }
+    self->actor = calloc(1, sizeof *self->actor);
+    if (!self->actor) {
+        cf_error_set(CF_ENOMEM, "out of memory");
+        goto fail;
+    }
+    self->actor->list = s_list_load(self->client_keys, self->worker_keys);
+    if (!self->actor->list)
+        goto fail;
+
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "inproc://cf-auth-pipe-%p", (void *)self);
+    self->pipe = s_socket(config->zmq_context, ZMQ_PAIR);
+    self->actor->pipe = s_socket(config->zmq_context, ZMQ_PAIR);
+    self->actor->zap = s_socket(config->zmq_context, ZMQ_REP);
+    if (!self->pipe || !self->actor->pipe || !self->actor->zap) {
+        cf_error_set(CF_ESYS, "cannot create auth sockets: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    if (zmq_bind(self->pipe, endpoint) != 0 || zmq_connect(self->actor->pipe, endpoint) != 0) {
+        cf_error_set(CF_ESYS, "cannot set up the auth pipe: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    if (zmq_bind(self->actor->zap, CF_AUTH_ZAP_ENDPOINT) != 0) {
+        cf_error_set(CF_ESYS, "cannot bind %s: %s%s", CF_AUTH_ZAP_ENDPOINT, zmq_strerror(errno),
+                     errno == EADDRINUSE ? " (a ZAP handler already runs in this context)" : "");
+        goto fail;
+    }
+
+    //  The actor never handles signals: a daemon's main thread does.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&self->thread, NULL, s_actor_run, self->actor);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        cf_error_set(CF_ESYS, "cannot start the auth thread: %s", strerror(rc));
+        goto fail;
+    }
+    cf_log_info(S_COMPONENT, "CURVE authentication on: server key %.8s, %zu client and %zu "
+                "worker keys allowed", self->public_z85, self->actor->list->clients,
+                self->actor->list->workers);
+    return self;
+fail:
+    s_auth_free(self);
+    return NULL;
+}
+
+void cf_auth_destroy(cf_auth_t **auth_p)
+{
+    if (!auth_p || !*auth_p)
+        return;
+    cf_auth_t *self = *auth_p;
+    *auth_p = NULL;
+    pthread_mutex_lock(&self->mutex);
+    //  If the context is already shutting down this fails with ETERM, and
+    //  the actor leaves its loop on the same error.
+    zmq_send(self->pipe, "$TERM", 5, 0);
+    pthread_mutex_unlock(&self->mutex);
+    pthread_join(self->thread, NULL);
+    //  The thread closed its sockets and list.
+    free(self->actor);
+    self->actor = NULL;
+    s_auth_free(self);
+}
+
+cf_err_t cf_auth_apply_server(void *socket, cf_auth_t *auth, const char *domain)
+{
+    if (!socket || !auth)
+        return cf_error_set(CF_EINVAL, "apply_server needs a socket and an auth");
+    if (!domain)
+        domain = CF_AUTH_DOMAIN;
+    if (!*domain || strlen(domain) > 254)
+        return cf_error_set(CF_EINVAL, "ZAP domain must be 1..254 bytes");
+    cf_err_t rc = cf_keys_apply_server(socket, auth->secret_z85);
+    if (rc != CF_OK)
+        return rc;
+    //  A non-empty domain and ENFORCE_DOMAIN: with no handler bound in the
+    //  socket's context, libzmq then refuses every client instead of
+    //  accepting anyone who knows the server key.
+    int on = 1;
+    if (zmq_setsockopt(socket, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) != 0 ||
+        zmq_setsockopt(socket, ZMQ_ZAP_ENFORCE_DOMAIN, &on, sizeof on) != 0 ||
+        zmq_setsockopt(socket, ZMQ_HANDSHAKE_IVL, &auth->handshake_ivl_ms,
+                       sizeof auth->handshake_ivl_ms) != 0)
+        return cf_error_set(CF_ESYS, "cannot set CURVE server options: %s", zmq_strerror(errno));
+    return CF_OK;
+}
+
+cf_err_t cf_auth_reload(cf_auth_t *auth)
+{
+    if (!auth)
+        return cf_error_set(CF_EINVAL, "no auth");
+    s_list_t *list = s_list_load(auth->client_keys, auth->worker_keys);
+    if (!list)
+        return cf_last_err();
+    size_t clients = list->clients, workers = list->workers;
+    pthread_mutex_lock(&auth->mutex);
+    cf_err_t rc = CF_OK;
+    if (zmq_send(auth->pipe, "RELOAD", 6, ZMQ_SNDMORE) < 0 ||
+        zmq_send(auth->pipe, &list, sizeof list, 0) < 0) {
+        rc = cf_error_set(CF_ESYS, "cannot reach the auth actor: %s", zmq_strerror(errno));
+        s_list_destroy(&list);
+    } else {
+        //  The actor owns the list from here, whatever it answers.
+        char reply[8];
+        if (zmq_recv(auth->pipe, reply, sizeof reply, 0) != 2)
+            rc = cf_error_set(CF_ESYS, "auth actor did not take the new lists");
+    }
+    pthread_mutex_unlock(&auth->mutex);
+    if (rc == CF_OK)
+        cf_log_info(S_COMPONENT, "allow-lists reloaded: %zu client and %zu worker keys",
+                    clients, workers);
+    return rc;
+}
+
+cf_err_t cf_auth_stats(cf_auth_t *auth, cf_auth_stats_t *stats)
+{
+    if (!auth || !stats)
+        return cf_error_set(CF_EINVAL, "stats needs an auth and a struct");
+    pthread_mutex_lock(&auth->mutex);
+    cf_err_t rc = CF_OK;
+    if (zmq_send(auth->pipe, "STATS", 5, 0) < 0 ||
+        zmq_recv(auth->pipe, stats, sizeof *stats, 0) != (int)sizeof *stats)
+        rc = cf_error_set(CF_ESYS, "cannot reach the auth actor: %s", zmq_strerror(errno));
+    pthread_mutex_unlock(&auth->mutex);
+    return rc;
+}
+
+cf_role_t cf_auth_role_of(zmq_msg_t *frame)
+{
+    if (!frame)
+        return CF_ROLE_NONE;
+    const char *user_id = zmq_msg_gets(frame, "User-Id");
+    if (!user_id)
+        return CF_ROLE_NONE;
+    if (strncmp(user_id, "client:", 7) == 0)
+        return CF_ROLE_CLIENT;
+    if (strncmp(user_id, "worker:", 7) == 0)
+        return CF_ROLE_WORKER;
+    return CF_ROLE_NONE;
+}
+
+const char *cf_auth_role_name(cf_role_t role)
+{
+    switch (role) {
+    case CF_ROLE_CLIENT:
+        return "client";
+    case CF_ROLE_WORKER:
+        return "worker";
+    default:
+        return "none";
+    }
+}
+
+const char *cf_auth_server_public(cf_auth_t *auth)
+{
+    return auth ? auth->public_z85 : NULL;
+}

@@ -1,0 +1,124 @@
+//  Who may submit and who may work: the broker's CurveZMQ authentication.
+//
+//  cf_auth is an actor that answers ZAP requests (RFC 27) for every CURVE
+//  server socket in one zmq context. It binds inproc://zeromq.zap.01 in that
+//  context, so it must start before the broker binds its sockets, and only
+//  one may run per context. For each handshake libzmq asks it about the
+//  client's long-term public key; the key is looked up in two allow-lists
+//  (client keys and worker keys) and the answer is 200 with a User-Id of
+//  "client:<fingerprint>" or "worker:<fingerprint>", or 400 for a key on
+//  neither list (logged with the fingerprint: the first 8 Z85 characters).
+//  libzmq attaches the User-Id to every message from that connection, so the
+//  broker reads the sender's role per message with cf_auth_role_of and drops
+//  a client message on the worker socket and the reverse.
+//
+//  cf_auth_apply_server makes a socket a CURVE server that fails closed:
+//  with ZMQ_ZAP_ENFORCE_DOMAIN set, a context without a running handler
+//  rejects every client instead of accepting anyone who knows the server
+//  key (libzmq's default).
+//
+//  Allow-lists come from a directory (every regular "*.key" file in it: the
+//  public key files cf-keygen writes; "*.key_secret" and other names are
+//  ignored) or from a file with one Z85 key per line ('#' comments and blank
+//  lines allowed). A key on both lists, a malformed key file or line, or a
+//  list that others may write refuses the whole load, naming the file and
+//  line, never the key. cf_auth_reload reads both lists again and swaps them
+//  in only when both load.
+//
+//  Design note: the actor thread owns the ZAP socket and the lists; other
+//  threads reach it through cf_auth_* calls that talk over an inproc PAIR
+//  pipe, serialized by a mutex. Lists are parsed in the calling thread (so
+//  errors land in that thread's cf_last_error) and handed over whole.
+
+#ifndef CF_AUTH_H
+#define CF_AUTH_H
+
+#include "cfutures.h"
+
+#include <zmq.h>
+
+//  Debian's zmq.h keeps this behind ZMQ_BUILD_DRAFT_API; libzmq 4.3 accepts
+//  it all the same.
+#ifndef ZMQ_ZAP_ENFORCE_DOMAIN
+#   define ZMQ_ZAP_ENFORCE_DOMAIN 93
+#endif
+
+#define CF_AUTH_ZAP_ENDPOINT        "inproc://zeromq.zap.01"
+#define CF_AUTH_DOMAIN              "cfutures"
+#define CF_AUTH_HANDSHAKE_IVL_MS    5000        //  close connections that never finish
+#define CF_AUTH_MAX_KEYS            65536       //  keys on both lists together
+#define CF_AUTH_MAX_LIST_BYTES      (4u * 1024 * 1024)  //  a list file
+#define CF_AUTH_LOG_PER_SEC         10          //  denial log lines per second at most
+
+typedef enum {
+    CF_ROLE_NONE = 0,   //  no authenticated role (plaintext, or an unknown User-Id)
+    CF_ROLE_CLIENT,     //  may submit, cancel, ask for stats
+    CF_ROLE_WORKER      //  may take tasks and return results
+} cf_role_t;
+
+typedef struct cf_auth cf_auth_t;
+
+typedef struct {
+    //  The context the broker's sockets live in. Required: ZAP handlers
+    //  serve only sockets of their own context.
+    void *zmq_context;
+    //  The broker's secret key: a file (cf-keygen's NAME.key_secret, mode
+    //  0600) or the Z85 text itself. Exactly one.
+    const char *secret_key_file;
+    const char *secret_key;
+    //  Allow-lists: a directory of *.key files or a file of keys. At least
+    //  one; NULL means nobody has that role.
+    const char *client_keys;
+    const char *worker_keys;
+    //  ZMQ_HANDSHAKE_IVL cf_auth_apply_server sets (0: CF_AUTH_HANDSHAKE_IVL_MS).
+    int handshake_ivl_ms;
+} cf_auth_config_t;
+
+//  Loads the key and both lists, binds the ZAP endpoint and starts the
+//  actor; returns once it serves. NULL with cf_last_error(): a bad key or
+//  list (see above), CF_EAUTH for a secret key file others may read, CF_ESYS
+//  when a handler is already bound in the context.
+cf_auth_t *cf_auth_new(const cf_auth_config_t *config);
+
+//  Stops the actor and wipes the secret key. Close the server sockets
+//  first: a handshake in progress without a handler is refused. Safe with
+//  NULL and twice.
+void cf_auth_destroy(cf_auth_t **auth);
+
+//  Makes socket a CURVE server with the broker's key that fails closed:
+//  ZMQ_CURVE_SERVER, ZMQ_CURVE_SECRETKEY, ZMQ_ZAP_DOMAIN (domain; NULL:
+//  CF_AUTH_DOMAIN), ZMQ_ZAP_ENFORCE_DOMAIN = 1 and ZMQ_HANDSHAKE_IVL. Call
+//  before bind, on a socket of the same context. CF_OK, CF_EINVAL or CF_ESYS.
+cf_err_t cf_auth_apply_server(void *socket, cf_auth_t *auth, const char *domain);
+
+//  Reads both allow-lists again from the configured paths and swaps them
+//  in; on any error the old lists stay and the error is returned. Connected
+//  peers stay connected (their handshake is done); the new lists decide
+//  every later handshake. Thread-safe; a daemon calls it on SIGHUP.
+cf_err_t cf_auth_reload(cf_auth_t *auth);
+
+//  The role a received frame's connection authenticated as, from its
+//  "User-Id" metadata. Any frame of a message works, the ROUTER's routing
+//  id frame included. Thread-safe (reads the frame only).
+cf_role_t cf_auth_role_of(zmq_msg_t *frame);
+
+//  "client", "worker" or "none".
+const char *cf_auth_role_name(cf_role_t role);
+
+//  The broker's public key (Z85, borrowed for the life of auth): what
+//  clients and workers need (cf-broker prints its fingerprint at start).
+const char *cf_auth_server_public(cf_auth_t *auth);
+
+typedef struct {
+    uint64_t allowed;       //  handshakes answered 200
+    uint64_t denied;        //  answered 400: unknown key or not CURVE
+    uint64_t malformed;     //  requests that were not ZAP 1.0: answered 500
+    uint64_t client_keys;   //  keys on the lists now
+    uint64_t worker_keys;
+    uint64_t reloads;       //  successful cf_auth_reload calls
+} cf_auth_stats_t;
+
+//  A snapshot of counters. Thread-safe.
+cf_err_t cf_auth_stats(cf_auth_t *auth, cf_auth_stats_t *stats);
+
+#endif
