@@ -8,7 +8,7 @@
 //  (client keys and worker keys) and the answer is 200 with a User-Id of
 //  "client:<fingerprint>" or "worker:<fingerprint>", or 400 for a key on
 //  neither list (logged with the fingerprint: the first 8 Z85 characters).
-//  libzmq attaches the User-Id to every message from that connection, so the
+//  libzmq attaches the User-Id to every frame from that connection, so the
 //  broker reads the sender's role per message with cf_auth_role_of and drops
 //  a client message on the worker socket and the reverse.
 //
@@ -98,8 +98,10 @@ cf_err_t cf_auth_apply_server(void *socket, cf_auth_t *auth, const char *domain)
 cf_err_t cf_auth_reload(cf_auth_t *auth);
 
 //  The role a received frame's connection authenticated as, from its
-//  "User-Id" metadata. Any frame of a message works, the ROUTER's routing
-//  id frame included. Thread-safe (reads the frame only).
+//  "User-Id" metadata. Pass a frame the peer sent (the version, command or
+//  body frame): the routing id frame a ROUTER makes up carries no metadata
+//  in libzmq 4.3 and always reads CF_ROLE_NONE. Thread-safe (reads the
+//  frame only).
 cf_role_t cf_auth_role_of(zmq_msg_t *frame);
 
 //  "client", "worker" or "none".
