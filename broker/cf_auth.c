@@ -339,6 +339,12 @@ typedef struct {
     void *pipe;                 //  PAIR to the cf_auth_* calls
     void *zap;                  //  REP bound at CF_AUTH_ZAP_ENDPOINT
     s_list_t *list;             //  owned; replaced by RELOAD
+    //  RELOAD hands over a new list here, under handoff: the message on the
+    //  pipe says "take it", and the mutex orders the list's construction
+    //  before its use in a way ThreadSanitizer can see (libzmq's pipes are
+    //  invisible to it).
+    pthread_mutex_t handoff;
+    s_list_t *pending;
     cf_auth_stats_t stats;
     bool terminated;            //  $TERM received or the context ended
     int64_t log_window_ms;      //  start of the current denial-log second
@@ -505,14 +511,16 @@ static void s_handle_pipe(s_actor_t *self)
             self->terminated = true;
         goto done;
     }
-    bool has_arg = zmq_msg_more(&verb) && zmq_msg_recv(&arg, self->pipe, 0) >= 0;
+    while (zmq_msg_more(&verb) && zmq_msg_recv(&arg, self->pipe, 0) >= 0 &&
+           zmq_msg_more(&arg))
+        ;                       //  none of our verbs has arguments: drain any
     if (s_frame_is(&verb, "$TERM")) {
         self->terminated = true;
     } else if (s_frame_is(&verb, "RELOAD")) {
-        //  cf_auth_reload sent a list it gave up; anything else is our bug.
-        s_list_t *list = NULL;
-        if (has_arg && zmq_msg_size(&arg) == sizeof list)
-            memcpy(&list, zmq_msg_data(&arg), sizeof list);
+        pthread_mutex_lock(&self->handoff);
+        s_list_t *list = self->pending;
+        self->pending = NULL;
+        pthread_mutex_unlock(&self->handoff);
         if (list) {
             s_list_destroy(&self->list);
             self->list = list;
@@ -581,6 +589,8 @@ static void s_auth_free(cf_auth_t *self)
         if (self->actor->pipe)
             zmq_close(self->actor->pipe);
         s_list_destroy(&self->actor->list);
+        s_list_destroy(&self->actor->pending);
+        pthread_mutex_destroy(&self->actor->handoff);
         free(self->actor);
     }
     explicit_bzero(self->secret_z85, sizeof self->secret_z85);
@@ -638,6 +648,7 @@ cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
         cf_error_set(CF_ENOMEM, "out of memory");
         goto fail;
     }
+    pthread_mutex_init(&self->actor->handoff, NULL);
     self->actor->list = s_list_load(self->client_keys, self->worker_keys);
     if (!self->actor->list)
         goto fail;
@@ -661,6 +672,8 @@ cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
         goto fail;
     }
 
+    //  Counted now: once the thread runs, the list is its alone.
+    size_t clients = self->actor->list->clients, workers = self->actor->list->workers;
     //  The actor never handles signals: a daemon's main thread does.
     sigset_t all, old;
     sigfillset(&all);
@@ -672,8 +685,7 @@ cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
         goto fail;
     }
     cf_log_info(S_COMPONENT, "CURVE authentication on: server key %.8s, %zu client and %zu "
-                "worker keys allowed", self->public_z85, self->actor->list->clients,
-                self->actor->list->workers);
+                "worker keys allowed", self->public_z85, clients, workers);
     return self;
 fail:
     s_auth_free(self);
@@ -692,9 +704,7 @@ void cf_auth_destroy(cf_auth_t **auth_p)
     zmq_send(self->pipe, "$TERM", 5, 0);
     pthread_mutex_unlock(&self->mutex);
     pthread_join(self->thread, NULL);
-    //  The thread closed its sockets and list.
-    free(self->actor);
-    self->actor = NULL;
+    //  The thread closed its sockets and freed its list; the rest goes here.
     s_auth_free(self);
 }
 
@@ -731,10 +741,15 @@ cf_err_t cf_auth_reload(cf_auth_t *auth)
     size_t clients = list->clients, workers = list->workers;
     pthread_mutex_lock(&auth->mutex);
     cf_err_t rc = CF_OK;
-    if (zmq_send(auth->pipe, "RELOAD", 6, ZMQ_SNDMORE) < 0 ||
-        zmq_send(auth->pipe, &list, sizeof list, 0) < 0) {
+    pthread_mutex_lock(&auth->actor->handoff);
+    auth->actor->pending = list;
+    pthread_mutex_unlock(&auth->actor->handoff);
+    if (zmq_send(auth->pipe, "RELOAD", 6, 0) < 0) {
         rc = cf_error_set(CF_ESYS, "cannot reach the auth actor: %s", zmq_strerror(errno));
-        s_list_destroy(&list);
+        //  Not taken: the actor is gone (context terminated).
+        pthread_mutex_lock(&auth->actor->handoff);
+        s_list_destroy(&auth->actor->pending);
+        pthread_mutex_unlock(&auth->actor->handoff);
     } else {
         //  The actor owns the list from here, whatever it answers.
         char reply[8];
