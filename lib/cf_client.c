@@ -7,7 +7,9 @@
 //      under self->mutex: the inbox of new tasks, cancel requests, a few
 //      flags and the count of outstanding tasks. A submission is one mutex
 //      round trip; the eventfd the actor polls is written only when the
-//      inbox goes from empty to non-empty, so a burst costs one syscall.
+//      inbox goes from empty to non-empty while the actor sleeps (it clears
+//      "signalled" only just before it blocks), so a burst, or a steady
+//      stream the actor keeps up with, costs no syscall per task.
 //    - The actor thread owns the socket, the encoder, the id maps and the
 //      lists of tasks, and resolves the futures.
 //
@@ -105,7 +107,7 @@ typedef struct {
     size_t cancels_len, cancels_cap;
     bool cancel_all;                //  shutdown(cancel_futures) asked
     bool terminate;                 //  destroy asked
-    bool signalled;                 //  wake_fd written since the actor drained
+    bool signalled;                 //  the actor is awake or wake_fd was written
     bool closed;                    //  no more submissions
     bool stopping;                  //  destroy runs: cancellers stop waiting
     size_t outstanding;             //  submitted and not yet resolved
@@ -141,6 +143,7 @@ typedef struct {
     bool blocked;                   //  a send hit the HWM: wait for POLLOUT
     bool connected;                 //  heard from the broker, not lost since
     bool ever_connected;            //  the transport came up once
+    bool transport_up;              //  connected in zmq's sense (monitor)
     bool terminated;                //  the actor loop ends
     size_t resolved;                //  resolved since the last report
     bool answered;                  //  a cancel answer to broadcast
@@ -574,13 +577,22 @@ static void s_cancel_everything_queued(cf_client_t *self)
     }
 }
 
+//  Called before the actor blocks in zmq_poll: true when application
+//  threads left work (then it must not block). Otherwise "signalled" is
+//  cleared under the same lock that showed the inbox empty, so the next
+//  submission writes the eventfd and none is missed.
+static bool s_inbox_has_work(cf_client_t *self)
+{
+    pthread_mutex_lock(&self->mutex);
+    bool work = self->inbox.head || self->cancels_len || self->cancel_all || self->terminate;
+    if (!work)
+        self->signalled = false;
+    pthread_mutex_unlock(&self->mutex);
+    return work;
+}
+
 static void s_drain_inbox(cf_client_t *self)
 {
-    //  Read the eventfd before taking the inbox: a submission that comes
-    //  after the swap then writes it again, so none is missed.
-    uint64_t count;
-    while (read(self->wake_fd, &count, sizeof count) < 0 && errno == EINTR)
-        ;
     pthread_mutex_lock(&self->mutex);
     s_list_t tasks = self->inbox;
     self->inbox = (s_list_t){0};
@@ -596,7 +608,6 @@ static void s_drain_inbox(cf_client_t *self)
     self->cancel_all = false;
     if (self->terminate)
         self->terminated = true;
-    self->signalled = false;
     pthread_mutex_unlock(&self->mutex);
 
     //  Tasks first: a cancel always follows its task's submission.
@@ -882,6 +893,7 @@ static void s_on_monitor(cf_client_t *self)
             zmq_msg_close(&frame);
         }
         if (event == ZMQ_EVENT_CONNECTED) {
+            self->transport_up = true;
             if (self->ever_connected) {
                 cf_log_info(S_LOG, "reconnected to %s", self->endpoint);
                 self->boot = 0;
@@ -890,8 +902,10 @@ static void s_on_monitor(cf_client_t *self)
             }
             self->ever_connected = true;
         }
-        else if (event == ZMQ_EVENT_DISCONNECTED)
+        else if (event == ZMQ_EVENT_DISCONNECTED) {
+            self->transport_up = false;
             s_lost(self, "disconnected");
+        }
     }
 }
 
@@ -911,10 +925,15 @@ static void s_run_timers(cf_client_t *self)
     int64_t now = cf_clock_now_ms();
     if (now >= self->next_heartbeat_ms) {
         //  Every interval, busy or not: it costs nothing and the broker
-        //  never has to guess whether a busy client is alive.
-        cf_err_t rc = s_send_heartbeat(self);
-        if (rc != CF_OK && rc != CF_EBUSY)
-            cf_log_debug(S_LOG, "heartbeat not sent: %s", cf_strerror(rc));
+        //  never has to guess whether a busy client is alive. Not while
+        //  disconnected: zmq would queue them, and delivered ahead of the
+        //  resent tasks after a reconnect each would draw an "unknown
+        //  client" answer and a second, useless resend.
+        if (self->transport_up) {
+            cf_err_t rc = s_send_heartbeat(self);
+            if (rc != CF_OK && rc != CF_EBUSY)
+                cf_log_debug(S_LOG, "heartbeat not sent: %s", cf_strerror(rc));
+        }
         self->next_heartbeat_ms = now + self->send_ivl_ms;
     }
     if (self->connected && now - self->last_heard_ms > s_dead_after_ms(self))
@@ -997,7 +1016,8 @@ static void *s_actor(void *arg)
             {NULL, self->wake_fd, ZMQ_POLLIN, 0},
             {self->monitor, 0, ZMQ_POLLIN, 0},
         };
-        int rc = zmq_poll(items, self->monitor ? 3 : 2, s_poll_timeout(self));
+        bool work = s_inbox_has_work(self);
+        int rc = zmq_poll(items, self->monitor ? 3 : 2, work ? 0 : s_poll_timeout(self));
         if (rc < 0 && errno == EINTR)
             continue;
         if (rc < 0) {
@@ -1005,6 +1025,12 @@ static void *s_actor(void *arg)
             break;
         }
         if (items[1].revents & ZMQ_POLLIN) {
+            uint64_t count;
+            while (read(self->wake_fd, &count, sizeof count) < 0 && errno == EINTR)
+                ;
+            work = true;
+        }
+        if (work) {
             s_drain_inbox(self);
             if (self->terminated)
                 break;          //  nothing more to send: s_finish_all resolves
@@ -1142,7 +1168,9 @@ void *cf_client_new(const cf_client_config_t *config)
         return NULL;
     }
     //  inproc peers never reconnect: no monitor needed there.
+    self->transport_up = true;
     if (strncmp(config->endpoint, "inproc://", 9) != 0) {
+        self->transport_up = false;     //  until the monitor says connected
         char name[96];
         snprintf(name, sizeof name, "inproc://cf-client-monitor-%p-%016" PRIx64,
                  (void *)self, self->next_id);

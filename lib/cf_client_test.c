@@ -236,6 +236,9 @@ static void test_many_tasks_in_flight_all_finish(void **state)
         cf_future_release(&fs[i]);
     }
     free(fs);
+    //  Progress hooks run just after each future turns done; a waiting
+    //  shutdown returns after the last one.
+    assert_int_equal(cf_executor_shutdown(env.ex, true, false), CF_OK);
     cf_progress_t p = cf_executor_progress(env.ex);
     assert_int_equal(p.submitted, N);
     assert_int_equal(p.done, N);
@@ -461,6 +464,9 @@ static void test_new_rejects_a_bad_endpoint(void **state)
 
 int main(void)
 {
+    //  CF_TEST_LOG=1 shows what the actors did (resends, lost brokers).
+    if (getenv("CF_TEST_LOG"))
+        cf_log_set_handler(cf_log_to_stderr, NULL, CF_LOG_DEBUG);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tasks_return_their_results),
         cmocka_unit_test(test_task_error_keeps_type_message_and_origin),

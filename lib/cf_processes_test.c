@@ -242,6 +242,7 @@ static void test_a_crashing_task_fails_alone_and_the_pool_lives_on(void **state)
         assert_int_equal(s_int_result(f), 9);
         cf_future_release(&f);
     }
+    assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
     cf_progress_t p = cf_executor_progress(ex);
     assert_int_equal(p.failed, 2);
     cf_executor_destroy(&ex);
