@@ -78,8 +78,12 @@ cf_err_t cf_keys_generate(cf_keypair_t *pair)
     if (!pair)
         return cf_error_set(CF_EINVAL, "no key pair to fill");
     if (zmq_curve_keypair(pair->public_z85, pair->secret_z85) != 0) {
+        int err = errno;
         cf_keys_wipe(pair);
-        return cf_error_set(CF_ESYS, "cannot generate a CURVE key pair: %s", zmq_strerror(errno));
+        if (err == ENOTSUP)
+            return cf_error_set(CF_ESYS, "cannot generate a CURVE key pair: libzmq was built "
+                                "without CURVE support");
+        return cf_error_set(CF_ESYS, "cannot generate a CURVE key pair: %s", zmq_strerror(err));
     }
     return CF_OK;
 }
