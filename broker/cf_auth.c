@@ -491,6 +491,17 @@ static void s_handle_zap(s_actor_t *self)
         s_send_reply(self, &frames[1], "400", "key not allowed", "");
         goto done;
     }
+    cf_role_t only = s_frame_is(&frames[2], CF_AUTH_DOMAIN_CLIENTS)   ? CF_ROLE_CLIENT
+                     : s_frame_is(&frames[2], CF_AUTH_DOMAIN_WORKERS) ? CF_ROLE_WORKER
+                                                                      : CF_ROLE_NONE;
+    if (only != CF_ROLE_NONE && role != only) {
+        self->stats.denied++;
+        if (s_may_log_denial(self))
+            cf_log_warn(S_COMPONENT, "denied %s key %s from %s on the %s endpoint",
+                        cf_auth_role_name(role), fp, address, cf_auth_role_name(only));
+        s_send_reply(self, &frames[1], "400", "key not allowed on this endpoint", "");
+        goto done;
+    }
     self->stats.allowed++;
     char user_id[32];
     snprintf(user_id, sizeof user_id, "%s:%s", cf_auth_role_name(role), fp);

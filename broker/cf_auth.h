@@ -7,7 +7,9 @@
 //  client's long-term public key; the key is looked up in two allow-lists
 //  (client keys and worker keys) and the answer is 200 with a User-Id of
 //  "client:<fingerprint>" or "worker:<fingerprint>", or 400 for a key on
-//  neither list (logged with the fingerprint: the first 8 Z85 characters).
+//  neither list, or of the wrong role for the socket's ZAP domain (see
+//  CF_AUTH_DOMAIN_CLIENTS), logged with the fingerprint: the first 8 Z85
+//  characters.
 //  libzmq attaches the User-Id to every frame from that connection, so the
 //  broker reads the sender's role per message with cf_auth_role_of and drops
 //  a client message on the worker socket and the reverse.
@@ -44,7 +46,14 @@
 #endif
 
 #define CF_AUTH_ZAP_ENDPOINT        "inproc://zeromq.zap.01"
+//  ZAP domains cf_auth_apply_server can give a socket. On the two role
+//  domains a handshake with a key of the other role is refused outright, so
+//  a worker key cannot even connect to the client endpoint; the broker still
+//  checks the role of every message (cf_auth_role_of). On any other domain
+//  both roles are admitted and only the per-message check separates them.
 #define CF_AUTH_DOMAIN              "cfutures"
+#define CF_AUTH_DOMAIN_CLIENTS      "cfutures-clients"  //  client keys only
+#define CF_AUTH_DOMAIN_WORKERS      "cfutures-workers"  //  worker keys only
 #define CF_AUTH_HANDSHAKE_IVL_MS    5000        //  close connections that never finish
 #define CF_AUTH_MAX_KEYS            65536       //  keys on both lists together
 #define CF_AUTH_MAX_LIST_BYTES      (4u * 1024 * 1024)  //  a list file
@@ -88,7 +97,9 @@ void cf_auth_destroy(cf_auth_t **auth);
 //  Makes socket a CURVE server with the broker's key that fails closed:
 //  ZMQ_CURVE_SERVER, ZMQ_CURVE_SECRETKEY, ZMQ_ZAP_DOMAIN (domain; NULL:
 //  CF_AUTH_DOMAIN), ZMQ_ZAP_ENFORCE_DOMAIN = 1 and ZMQ_HANDSHAKE_IVL. Call
-//  before bind, on a socket of the same context. CF_OK, CF_EINVAL or CF_ESYS.
+//  before bind, on a socket of the same context. The broker passes
+//  CF_AUTH_DOMAIN_CLIENTS for its client socket and CF_AUTH_DOMAIN_WORKERS
+//  for its worker socket. CF_OK, CF_EINVAL or CF_ESYS.
 cf_err_t cf_auth_apply_server(void *socket, cf_auth_t *auth, const char *domain);
 
 //  Reads both allow-lists again from the configured paths and swaps them

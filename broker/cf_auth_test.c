@@ -176,17 +176,23 @@ typedef struct {
     char endpoint[64];
 } s_fixture_t;
 
-static void *s_router_new(void *ctx, cf_auth_t *auth, char *endpoint, size_t size)
+static void *s_router_new_in(void *ctx, cf_auth_t *auth, const char *domain, char *endpoint,
+                             size_t size)
 {
     void *router = zmq_socket(ctx, ZMQ_ROUTER);
     assert_non_null(router);
     int linger = 0;
     assert_int_equal(zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger), 0);
     if (auth)
-        assert_int_equal(cf_auth_apply_server(router, auth, NULL), CF_OK);
+        assert_int_equal(cf_auth_apply_server(router, auth, domain), CF_OK);
     assert_int_equal(zmq_bind(router, "tcp://127.0.0.1:*"), 0);
     assert_int_equal(zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, endpoint, &size), 0);
     return router;
+}
+
+static void *s_router_new(void *ctx, cf_auth_t *auth, char *endpoint, size_t size)
+{
+    return s_router_new_in(ctx, auth, NULL, endpoint, size);
 }
 
 static int s_setup(void **state)
@@ -414,7 +420,7 @@ static void test_wrong_server_key_is_refused(void **state)
     int value = 0;
     assert_int_equal(s_wait_outcome(fx->monitor, &value), CF_EPROTO);
     assert_int_equal(value, ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC);
-    assert_int_equal(s_wait_outcome(monitor, NULL), CF_EPROTO);
+    assert_int_equal(s_wait_outcome(monitor, NULL), CF_ESYS);
     s_assert_router_quiet(fx->router);
     s_dealer_destroy(&dealer, &monitor);
 }
@@ -460,14 +466,50 @@ static void test_enforced_domain_without_handler_refuses_everyone(void **state)
     void *monitor;
     void *dealer = s_dealer_new(ctx, endpoint, s_server.public_z85, &s_client, &monitor);
     assert_int_equal(zmq_send(dealer, "hello", 5, 0), 5);
-    assert_int_equal(s_wait_outcome(server_monitor, NULL), CF_EPROTO);
+    assert_int_equal(s_wait_outcome(server_monitor, NULL), CF_ESYS);
     cf_err_t outcome = s_wait_outcome(monitor, NULL);
-    assert_true(outcome == CF_EPROTO || outcome == CF_EAUTH);
+    assert_int_equal(outcome, CF_ESYS);
     s_assert_router_quiet(router);
     s_dealer_destroy(&dealer, &monitor);
     cf_keys_monitor_close(router, &server_monitor);
     zmq_close(router);
     zmq_ctx_term(ctx);
+}
+
+//  On the role domains the other role's key is refused at the handshake.
+static void test_role_domains_refuse_the_other_role(void **state)
+{
+    s_fixture_t *fx = *state;
+    const char *domains[] = {CF_AUTH_DOMAIN_CLIENTS, CF_AUTH_DOMAIN_WORKERS};
+    const cf_keypair_t *admitted[] = {&s_client, &s_worker};
+    const cf_keypair_t *refused[] = {&s_worker, &s_client};
+    cf_role_t roles[] = {CF_ROLE_CLIENT, CF_ROLE_WORKER};
+    for (size_t i = 0; i < 2; i++) {
+        char endpoint[64];
+        void *router = s_track(s_router_new_in(fx->ctx, fx->auth, domains[i], endpoint,
+                                               sizeof endpoint));
+        void *monitor;
+        void *dealer =
+            s_dealer_new(fx->ctx, endpoint, s_server.public_z85, refused[i], &monitor);
+        assert_int_equal(zmq_send(dealer, "hello", 5, 0), 5);
+        int value = 0;
+        assert_int_equal(s_wait_outcome(monitor, &value), CF_EAUTH);
+        assert_int_equal(value, 400);
+        s_assert_router_quiet(router);
+        s_dealer_destroy(&dealer, &monitor);
+
+        dealer = s_dealer_new(fx->ctx, endpoint, s_server.public_z85, admitted[i], &monitor);
+        assert_int_equal(zmq_send(dealer, "hello", 5, 0), 5);
+        cf_role_t role;
+        char user_id[64], body[16];
+        assert_true(s_router_recv(router, S_EVENT_TIMEOUT_MS, &role, user_id, sizeof user_id,
+                                  body, sizeof body));
+        assert_int_equal(role, roles[i]);
+        s_dealer_destroy(&dealer, &monitor);
+        s_close(router);
+    }
+    assert_true(s_log_has("on the client endpoint"));
+    assert_true(s_log_has("on the worker endpoint"));
 }
 
 static void test_plaintext_messages_have_no_role(void **state)
@@ -870,6 +912,8 @@ int main(void)
         cmocka_unit_test(test_curve_without_handler_fails_open_by_default),
         cmocka_unit_test_setup_teardown(test_enforced_domain_without_handler_refuses_everyone,
                                         s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_role_domains_refuse_the_other_role, s_setup,
+                                        s_teardown),
         cmocka_unit_test(test_plaintext_messages_have_no_role),
         cmocka_unit_test_setup_teardown(test_stalled_connections_are_closed_while_a_client_works,
                                         s_setup, s_teardown),

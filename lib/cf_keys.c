@@ -475,8 +475,9 @@ cf_err_t cf_keys_monitor_read(void *monitor, int *value)
     case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
         return CF_EAUTH;
     case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
-    case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
         return CF_EPROTO;
+    case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return CF_ESYS;
     default:
         return CF_ESTOP;
     }

@@ -117,15 +117,22 @@ void *cf_keys_monitor_new(void *ctx, void *socket);
 
 //  Reads one event without blocking. Returns
 //      CF_OK        a handshake succeeded (the server accepted the keys)
-//      CF_EAUTH     the server refused our key (ZAP said no)
-//      CF_EPROTO    a handshake failed otherwise (wrong server key: the
-//                   server cannot decrypt us and drops the connection;
-//                   mechanism mismatch; a server with no ZAP handler that
-//                   fails closed)
-//      CF_ESTOP     the connection closed before or after a handshake
+//      CF_EAUTH     the server refused our key: ZAP said no (*value 400).
+//                   Definite: retrying with the same key cannot succeed.
+//      CF_EPROTO    the handshake broke a rule (*value a
+//                   ZMQ_PROTOCOL_ERROR_*): ..._MECHANISM_MISMATCH means
+//                   one side uses CURVE and the other does not
+//      CF_ESYS      the connection dropped during the handshake (*value an
+//                   errno, EPIPE or ECONNRESET). This is what a wrong
+//                   server key looks like from the client (the server
+//                   cannot open our HELLO and hangs up without a word),
+//                   and what a server without a ZAP handler that fails
+//                   closed looks like; but a server that just went away
+//                   looks the same, so only a run of these with no success
+//                   in between says "wrong server key".
+//      CF_ESTOP     the connection closed (after a failure, or later)
 //      CF_ETIMEDOUT no event pending
-//  *value (may be NULL) gets the event's value: the ZAP status code (400)
-//  for CF_EAUTH, the ZMQ_PROTOCOL_ERROR_* code for CF_EPROTO.
+//  *value may be NULL.
 cf_err_t cf_keys_monitor_read(void *monitor, int *value);
 
 //  Stops the monitor on socket and closes the PAIR. Safe with NULL and twice.
