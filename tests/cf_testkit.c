@@ -48,6 +48,8 @@ struct cf_testkit_proc {
     char *label;                //  "broker-1"
     char *log_path;             //  dir/label.log
     pid_t pid;                  //  0 once reaped
+    pid_t pgid;                 //  its process group, kept after the reap:
+                                //  what it forked may still be in it
     int status;                 //  wait status once reaped
     int out_fd;                 //  read end of its stdout pipe, -1 when closed
     char buf[S_LINE_MAX];       //  stdout bytes not yet split into lines
@@ -114,6 +116,19 @@ static const char *s_intern(cf_testkit_t *kit, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(s->text, (size_t)len + 1, fmt, ap);
     va_end(ap);
+    s->next = kit->strings;
+    kit->strings = s;
+    return s->text;
+}
+
+//  Moves a malloc'd text (NULL: "") into the kit's keeping.
+static const char *s_keep(cf_testkit_t *kit, char *text)
+{
+    size_t len = text ? strlen(text) : 0;
+    s_string_t *s = malloc(sizeof *s + len + 1);
+    assert_non_null(s);
+    memcpy(s->text, text ? text : "", len + 1);
+    free(text);
     s->next = kit->strings;
     kit->strings = s;
     return s->text;
@@ -334,10 +349,10 @@ void cf_testkit_destroy(cf_testkit_t **kit_p)
     //  Kill whole process groups first (a cf-worker's children too), then
     //  reap: SIGKILL cannot be ignored, so the blocking waits end.
     for (cf_testkit_proc_t *p = kit->procs; p; p = p->next) {
-        if (p->pid > 0) {
-            kill(-p->pid, SIGKILL);
+        if (p->pgid > 0)
+            kill(-p->pgid, SIGKILL);
+        if (p->pid > 0)
             kill(p->pid, SIGKILL);
-        }
     }
     bool verbose = getenv("CF_TEST_VERBOSE") != NULL;
     if (verbose)
@@ -560,6 +575,7 @@ static cf_testkit_proc_t *s_start(cf_testkit_t *kit, const char *label,
     //  exists before the test might signal it.
     setpgid(pid, pid);
     proc->pid = pid;
+    proc->pgid = pid;
     proc->out_fd = pipe_fds[0];
     fcntl(proc->out_fd, F_SETFL, fcntl(proc->out_fd, F_GETFL) | O_NONBLOCK);
     proc->next = kit->procs;
@@ -936,6 +952,7 @@ bool cf_testkit_run(cf_testkit_t *kit, const char *const *argv, int timeout_ms,
     cf_testkit_proc_t *proc = cf_testkit_spawn(kit, slash ? slash + 1 : argv[0], argv);
     if (!proc)
         return false;
+    char *out = NULL;
     size_t out_len = 0, out_cap = 0;
     int64_t deadline = cf_testkit_now_ms() + timeout_ms;
     bool timed_out = false;
@@ -951,7 +968,7 @@ bool cf_testkit_run(cf_testkit_t *kit, const char *const *argv, int timeout_ms,
             continue;
         if (rc < 0)
             break;
-        if (rc > 0 && !s_drain(proc->out_fd, &output->out, &out_len, &out_cap))
+        if (rc > 0 && !s_drain(proc->out_fd, &out, &out_len, &out_cap))
             s_proc_close_stdout(proc);
     }
     //  stdout closed: a program normally exits right after.
@@ -972,20 +989,9 @@ bool cf_testkit_run(cf_testkit_t *kit, const char *const *argv, int timeout_ms,
         else if (WIFSIGNALED(output->status))
             output->exit_code = 128 + WTERMSIG(output->status);
     }
-    if (!output->out)
-        output->out = s_strdup("");
-    output->err = cf_testkit_read_file(proc->log_path);
-    if (!output->err)
-        output->err = s_strdup("");
+    output->out = s_keep(kit, out);
+    output->err = s_keep(kit, cf_testkit_read_file(proc->log_path));
     return true;
-}
-
-void cf_testkit_output_fini(cf_testkit_output_t *output)
-{
-    free(output->out);
-    free(output->err);
-    output->out = NULL;
-    output->err = NULL;
 }
 
 // ---------------------------------------------------------------------------

@@ -171,16 +171,16 @@ typedef struct {
     bool exited;        //  false: killed after the timeout
     int status;         //  wait status
     int exit_code;      //  WEXITSTATUS, or 128 + signal, or -1 when !exited
-    char *out;          //  everything it wrote to stdout, NUL-terminated
-    char *err;          //  everything it wrote to stderr
+    const char *out;    //  everything it wrote to stdout, NUL-terminated
+    const char *err;    //  everything it wrote to stderr
 } cf_testkit_output_t;
 
 //  Runs argv (NULL-terminated; argv[0] a path) with stdin from /dev/null
 //  and captures stdout and stderr; kills it after timeout_ms. Returns false
-//  if it could not be started. The output is yours: cf_testkit_output_fini.
+//  if it could not be started. The texts belong to the kit (freed with it,
+//  so a failing assertion leaks nothing).
 bool cf_testkit_run(cf_testkit_t *kit, const char *const *argv, int timeout_ms,
                     cf_testkit_output_t *output);
-void cf_testkit_output_fini(cf_testkit_output_t *output);
 
 // ---------------------------------------------------------------------------
 //  Waiting and looking

@@ -204,6 +204,18 @@ static void s_send_fuzz(raw_peer_t *peer, unsigned seed)
     }
 }
 
+typedef struct {
+    const char *clients;
+    uint64_t malformed;
+} malformed_t;
+
+static bool s_counted_malformed(void *arg)
+{
+    malformed_t *m = arg;
+    return cf_testkit_broker_stat(m->clients, "malformed", 5000, &m->malformed)
+        && m->malformed >= 100;
+}
+
 //  Garbage must not have broken the client.
 static void s_expect_served(cf_testkit_t *kit, cf_executor_t *executor, int64_t x)
 {
@@ -245,6 +257,16 @@ static void s_garbage_on(cf_testkit_t *kit, bool worker_port)
     s_expect_served(kit, before, 5);
     s_expect_served(kit, after, 6);
 
+    //  The garbage did reach the broker: it counted it (the known set alone
+    //  is well over a hundred malformed messages).
+    malformed_t counted = {.clients = cf_testkit_clients(broker)};
+    if (!cf_testkit_wait_until(s_counted_malformed, &counted, CF_TESTKIT_DEADLINE_MS)) {
+        cf_testkit_dump_logs(kit);
+        fail_msg("the broker counted %llu malformed messages, expected at least 100",
+                 (unsigned long long)counted.malformed);
+    }
+    fprintf(stderr, "broker counted %llu malformed messages\n",
+            (unsigned long long)counted.malformed);
     assert_true(cf_testkit_alive(broker));
     long rss_after = cf_testkit_rss_kib(cf_testkit_pid(broker));
     //  Reported, not asserted: how much zmq buffers of a long message

@@ -44,7 +44,6 @@ static void s_expect_refusal(cf_testkit_t *kit, const char *bin_env, const char 
                 output.exit_code, output.out, output.err);
         fail_msg("expected a refusal with a message");
     }
-    cf_testkit_output_fini(&output);
 }
 
 static void test_broker_help_lists_its_flags_and_exits_zero(void **state)
@@ -53,18 +52,13 @@ static void test_broker_help_lists_its_flags_and_exits_zero(void **state)
     s_run(*state, "CF_BROKER_BIN", (const char *[]){"--help", NULL}, &output);
     assert_int_equal(output.exit_code, 0);
     //  Help may go to stdout or stderr; it must name every flag.
-    size_t len = strlen(output.out) + strlen(output.err) + 1;
-    char *all = malloc(len);
-    assert_non_null(all);
-    snprintf(all, len, "%s%s", output.out, output.err);
     static const char *const flags[] = {"--clients", "--workers", "--heartbeat-ms", "--liveness",
                                         "--max-queued", "--verbose", "--help"};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
-        if (!strstr(all, flags[i]))
-            fail_msg("cf-broker --help does not mention %s:\n%s", flags[i], all);
+        if (!strstr(output.out, flags[i]) && !strstr(output.err, flags[i]))
+            fail_msg("cf-broker --help does not mention %s:\n%s%s", flags[i], output.out,
+                     output.err);
     }
-    free(all);
-    cf_testkit_output_fini(&output);
 }
 
 static void test_worker_help_lists_its_flags_and_exits_zero(void **state)
@@ -72,19 +66,14 @@ static void test_worker_help_lists_its_flags_and_exits_zero(void **state)
     cf_testkit_output_t output;
     s_run(*state, "CF_WORKER_BIN", (const char *[]){"--help", NULL}, &output);
     assert_int_equal(output.exit_code, 0);
-    size_t len = strlen(output.out) + strlen(output.err) + 1;
-    char *all = malloc(len);
-    assert_non_null(all);
-    snprintf(all, len, "%s%s", output.out, output.err);
     static const char *const flags[] = {"--broker", "--tasks", "--threads", "--procs",
                                         "--heartbeat-ms", "--liveness", "--max-tasks",
                                         "--verbose", "--help"};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
-        if (!strstr(all, flags[i]))
-            fail_msg("cf-worker --help does not mention %s:\n%s", flags[i], all);
+        if (!strstr(output.out, flags[i]) && !strstr(output.err, flags[i]))
+            fail_msg("cf-worker --help does not mention %s:\n%s%s", flags[i], output.out,
+                     output.err);
     }
-    free(all);
-    cf_testkit_output_fini(&output);
 }
 
 static void test_broker_refuses_an_unknown_flag(void **state)

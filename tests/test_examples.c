@@ -104,7 +104,6 @@ static void test_primes_checks_numbers_on_processes_by_default(void **state)
     s_run_example(*state, "primes", NULL, &output);
     s_expect_in(&output, "on processes");
     s_expect_primes_output(&output);
-    cf_testkit_output_fini(&output);
 }
 
 static void test_primes_runs_on_a_cluster(void **state)
@@ -118,7 +117,6 @@ static void test_primes_runs_on_a_cluster(void **state)
                   &output);
     s_expect_in(&output, "on remote");
     s_expect_primes_output(&output);
-    cf_testkit_output_fini(&output);
 }
 
 // ---------------------------------------------------------------------------
@@ -144,7 +142,6 @@ static void test_map_slow_doubles_in_order_on_every_kind(void **state)
         char line[64];
         snprintf(line, sizeof line, "10 results on %s in ", kind_names[i]);
         s_expect_in(&output, line);
-        cf_testkit_output_fini(&output);
     }
 }
 
@@ -154,7 +151,6 @@ static void test_examples_refuse_an_unknown_kind(void **state)
     s_run_example(*state, "map_slow", (const char *[]){"quantum", NULL}, &output);
     s_expect_exit(&output, 2);
     assert_non_null(strstr(output.err, "usage:"));
-    cf_testkit_output_fini(&output);
 }
 
 static void test_as_completed_prints_in_finishing_order(void **state)
@@ -168,7 +164,6 @@ static void test_as_completed_prints_in_finishing_order(void **state)
     if (!cf_testkit_in_order(output.out, order))
         fail_msg("expected B's error, then A, then C:\n%s", output.out);
     assert_int_equal(cf_testkit_count(output.out, "\n"), 3);
-    cf_testkit_output_fini(&output);
 }
 
 static void test_fanout_maps_reports_progress_and_isolates_errors(void **state)
@@ -188,7 +183,6 @@ static void test_fanout_maps_reports_progress_and_isolates_errors(void **state)
     s_expect_in(&output, "failed: !boom  -> ValueError: cannot shout '!boom'\n");
     s_expect_in(&output, "failed: !nope  -> ValueError: cannot shout '!nope'\n");
     s_expect_in(&output, "3 succeeded, 2 failed\n");
-    cf_testkit_output_fini(&output);
 }
 
 // ---------------------------------------------------------------------------
@@ -442,7 +436,6 @@ static void test_download_reports_each_url_and_survives_failures(void **state)
     assert_int_equal(atomic_load(&s_server.hits_broken), 3);
     assert_int_equal(atomic_load(&s_server.hits_slow), 3);
     assert_int_equal(atomic_load(&s_server.hits_flaky), 2);
-    cf_testkit_output_fini(&output);
 }
 
 static void test_download_reads_urls_from_a_file_and_saves_them(void **state)
@@ -473,7 +466,6 @@ static void test_download_reads_urls_from_a_file_and_saves_them(void **state)
     assert_int_equal(st.st_size, 5000);
     assert_int_equal(stat(cf_testkit_path(kit, "saved/12"), &st), 0);
     assert_int_equal(st.st_size, 12000);
-    cf_testkit_output_fini(&output);
 }
 
 static void test_download_without_urls_prints_usage(void **state)
@@ -482,7 +474,6 @@ static void test_download_without_urls_prints_usage(void **state)
     s_run_example(*state, "download", NULL, &output);
     s_expect_exit(&output, 2);
     assert_non_null(strstr(output.err, "usage:"));
-    cf_testkit_output_fini(&output);
 }
 
 int main(void)
