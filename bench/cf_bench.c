@@ -92,6 +92,9 @@ typedef struct {
     bool quick;
     unsigned groups;            //  GROUP_* to run
     long tasks;                 //  no-op tasks (workload 1)
+    //  No-op tasks sent one per message on processes and remote (submit,
+    //  map chunksize 1): fewer keeps a slow back end within the time budget.
+    long message_tasks;
     long rounds;                //  round trips (workload 2)
     long io_tasks;              //  workload 4
     int io_threads;
@@ -461,9 +464,15 @@ static int s_range_source(void *state, size_t index, cf_args_t *args)
     return cf_args_add_int(args, (int64_t)index) == CF_OK ? 1 : -1;
 }
 
+//  How many no-op tasks to run on kind with chunksize.
+static long s_noop_count(const char *kind, const bench_opts_t *opts, size_t chunksize)
+{
+    return chunksize <= 1 && strcmp(kind, "threads") ? opts->message_tasks : opts->tasks;
+}
+
 static bool s_noop_submit(cf_executor_t *ex, const char *kind, const bench_opts_t *opts)
 {
-    long n = opts->tasks;
+    long n = s_noop_count(kind, opts, 1);
     cf_future_t **futures = calloc((size_t)n, sizeof *futures);
     if (!futures)
         return s_fail("%s.noop.submit: out of memory", kind);
@@ -507,7 +516,7 @@ static bool s_noop_submit(cf_executor_t *ex, const char *kind, const bench_opts_
 static bool s_noop_map(cf_executor_t *ex, const char *kind, const bench_opts_t *opts,
                        size_t chunksize)
 {
-    long n = opts->tasks;
+    long n = s_noop_count(kind, opts, chunksize);
     range_source_t range = {.count = n};
     cf_map_opts_t map_opts = {.chunksize = chunksize, .timeout_ms = opts->timeout_ms};
     double start = s_now_s();
@@ -673,6 +682,16 @@ static void s_kind_workloads(cf_executor_t *ex, const char *kind, const bench_op
 {
     printf("# %s: %d workers\n", kind, cf_executor_max_workers(ex));
     fflush(stdout);
+    //  Workers up and connected before the clock starts, as in py_futures.
+    for (int i = 0; i < 64; i++) {
+        cf_future_t *f = cf_submit(ex, "bench_double", "i", i);
+        cf_err_t rc = f ? cf_future_wait(f, opts->timeout_ms) : cf_last_err();
+        cf_future_release(&f);
+        if (rc != CF_OK) {
+            s_fail("%s: warm-up: %s", kind, cf_strerror(rc));
+            return;
+        }
+    }
     s_noop_submit(ex, kind, opts);
     s_noop_map(ex, kind, opts, 1);
     s_noop_map(ex, kind, opts, 1000);
@@ -1032,7 +1051,8 @@ static void s_print_table(void)
 static void s_usage(FILE *out)
 {
     fprintf(out,
-            "usage: cf_bench [--quick] [--only GROUPS] [--tasks N] [--rounds N]\n"
+            "usage: cf_bench [--quick] [--only GROUPS] [--tasks N] [--message-tasks N]\n"
+            "                [--rounds N]\n"
             "                [--queued N] [--map-inputs N] [--map-kind KIND]\n"
             "                [--map-chunksize N] [--broker PATH] [--worker PATH]\n"
             "                [--tasks-lib PATH]\n"
@@ -1090,7 +1110,7 @@ int main(int argc, char **argv)
         .worker_bin = getenv("CF_WORKER_BIN"),
         .tasks_lib = getenv("CF_BENCH_TASKS_LIB"),
     };
-    long tasks = 0, rounds = 0, queued = 0, map_inputs = 0;
+    long tasks = 0, message_tasks = 0, rounds = 0, queued = 0, map_inputs = 0;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(arg, "--quick"))
@@ -1105,6 +1125,8 @@ int main(int argc, char **argv)
             opts.child = next, i++;
         else if (!strcmp(arg, "--tasks"))
             tasks = s_parse_long(arg, next), i++;
+        else if (!strcmp(arg, "--message-tasks"))
+            message_tasks = s_parse_long(arg, next), i++;
         else if (!strcmp(arg, "--rounds"))
             rounds = s_parse_long(arg, next), i++;
         else if (!strcmp(arg, "--queued"))
@@ -1138,6 +1160,7 @@ int main(int argc, char **argv)
         }
     }
     opts.tasks = tasks ? tasks : opts.quick ? 2000 : 100000;
+    opts.message_tasks = message_tasks ? message_tasks : opts.tasks;
     opts.rounds = rounds ? rounds : opts.quick ? 200 : 2000;
     opts.queued = queued ? queued : opts.quick ? 20000 : 1000000;
     opts.map_inputs = map_inputs ? map_inputs : opts.quick ? 100000 : 10000000;
@@ -1152,6 +1175,8 @@ int main(int argc, char **argv)
     }
     opts.timeout_ms = opts.quick ? 60000 : 180000;
 
+    if (opts.child)
+        opts.groups = s_parse_groups(opts.child);
     bool needs_daemons = opts.groups & (GROUP_REMOTE | GROUP_BROKER_MEM)
                          || (opts.groups & GROUP_MAP_MEM && opts.map_kind == CF_REMOTE);
     if (needs_daemons && (!opts.broker_bin || !opts.worker_bin || !opts.tasks_lib)) {
@@ -1164,7 +1189,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     if (opts.child) {
-        unsigned group = s_parse_groups(opts.child);
+        unsigned group = opts.groups;
         if (group == GROUP_THREADS)
             s_group_local(CF_THREADS, &opts);
         else if (group == GROUP_PROCESSES)
@@ -1178,9 +1203,10 @@ int main(int argc, char **argv)
         return s_failed ? 1 : 0;
     }
 
-    printf("# cf_bench %s: cores %ld, tasks %ld, rounds %ld, queued %ld, map inputs %ld\n",
-           opts.quick ? "quick" : "full", sysconf(_SC_NPROCESSORS_ONLN), opts.tasks, opts.rounds,
-           opts.queued, opts.map_inputs);
+    printf("# cf_bench %s: cores %ld, tasks %ld (%ld one per message on processes and "
+           "remote), rounds %ld, queued %ld, map inputs %ld\n",
+           opts.quick ? "quick" : "full", sysconf(_SC_NPROCESSORS_ONLN), opts.tasks,
+           opts.message_tasks, opts.rounds, opts.queued, opts.map_inputs);
     fflush(stdout);
     size_t missing = 0;
     for (size_t g = 0; g < GROUP_COUNT; g++) {

@@ -70,7 +70,13 @@ def emit(name, value, unit):
     print(f"python.{name} {text} {unit}", flush=True)
 
 
-def bench_noop(ex, kind, n, chunked):
+def bench_noop(ex, kind, n, chunked, chunked_n):
+    """n tasks one per message (submit, map chunksize 1); chunked_n tasks
+    through map with each chunk size in chunked."""
+    # Workers up before the clock starts (ProcessPoolExecutor starts its
+    # processes on demand).
+    for f in [ex.submit(double, i) for i in range(64)]:
+        f.result()
     # submit + as_completed
     start = time.perf_counter()
     futures = [ex.submit(double, i) for i in range(n)]
@@ -83,6 +89,8 @@ def bench_noop(ex, kind, n, chunked):
     del futures
 
     for chunksize in chunked:
+        if chunksize > 1:
+            n = chunked_n
         start = time.perf_counter()
         total = sum(ex.map(double, range(n), chunksize=chunksize))
         elapsed = time.perf_counter() - start
@@ -139,7 +147,8 @@ def main():
                     help="comma-separated groups: threads, processes")
     ap.add_argument("--tasks", type=int, help="no-op tasks on threads (default 100000)")
     ap.add_argument("--proc-tasks", type=int,
-                    help="no-op tasks on processes (default: --tasks)")
+                    help="no-op tasks on processes one per message (submit, map "
+                         "chunksize 1; default: --tasks); chunked map runs --tasks")
     args = ap.parse_args()
 
     cores = os.cpu_count() or 1
@@ -153,12 +162,12 @@ def main():
           f"{min(32, cores + 4)}, processes {cores}, tasks {n}/{proc_n}", flush=True)
     if "threads" in groups:
         with cf.ThreadPoolExecutor(max_workers=min(32, cores + 4)) as ex:
-            bench_noop(ex, "threads", n, [1, 1000])
+            bench_noop(ex, "threads", n, [1, 1000], n)
             bench_latency(ex, "threads", rounds)
         bench_io(200 if not args.quick else 40, 20, 10)
     if "processes" in groups:
         with cf.ProcessPoolExecutor(max_workers=cores) as ex:
-            bench_noop(ex, "processes", proc_n, [1, 1000])
+            bench_noop(ex, "processes", proc_n, [1, 1000], n)
             bench_latency(ex, "processes", rounds)
         bench_primes(primes)
     return 0
