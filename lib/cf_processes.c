@@ -58,7 +58,11 @@ static void s_worker_exited(void *arg, pid_t pid, const char *identity, int stat
     if (!identity || !*identity)
         return;
     cf_err_t rc = cf_broker_worker_lost(self->broker, identity, strlen(identity));
-    if (rc != CF_OK)
+    //  CF_ENOTFOUND is the normal case for a worker that ended cleanly (it
+    //  said DISCONNECT first) or never got to READY.
+    if (rc == CF_ENOTFOUND)
+        cf_log_debug(S_LOG, "worker %s was already gone from the broker", identity);
+    else if (rc != CF_OK)
         cf_log_warn(S_LOG, "cannot report worker %s lost: %s", identity, cf_strerror(rc));
 }
 

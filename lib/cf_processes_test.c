@@ -19,6 +19,16 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+//  Under ThreadSanitizer: worker processes start threads in a child of a
+//  child of this multi-threaded program. That is safe here by design (the
+//  zygote forks them single-threaded and they never touch our locks), but
+//  TSan refuses it unless told. Ignored by other builds.
+const char *__tsan_default_options(void);
+const char *__tsan_default_options(void)
+{
+    return "die_after_fork=0";
+}
+
 // ---------------------------------------------------------------------------
 //  Tasks (they run in worker processes)
 
@@ -358,6 +368,9 @@ int main(void)
     //  Crashing tasks should not leave core files behind.
     struct rlimit none = {0, 0};
     setrlimit(RLIMIT_CORE, &none);
+    //  CF_TEST_LOG=1 shows what the broker, supervisor and client did.
+    if (getenv("CF_TEST_LOG"))
+        cf_log_set_handler(cf_log_to_stderr, NULL, CF_LOG_DEBUG);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tasks_run_in_worker_processes),
         cmocka_unit_test(test_initializer_runs_in_each_worker),
