@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -569,6 +570,10 @@ static void *s_actor_run(void *arg)
         if (!self->terminated && (items[1].revents & ZMQ_POLLIN))
             s_handle_zap(self);
     }
+    //  zmq_close releases an inproc endpoint only later, on libzmq's reaper
+    //  thread; unbinding first frees it now, so a handler started right
+    //  after this one (a restart in the same context) can bind it.
+    zmq_unbind(self->zap, CF_AUTH_ZAP_ENDPOINT);
     zmq_close(self->zap);
     zmq_close(self->pipe);
     self->zap = self->pipe = NULL;
@@ -595,8 +600,10 @@ static void s_auth_free(cf_auth_t *self)
     if (self->pipe)
         zmq_close(self->pipe);
     if (self->actor) {
-        if (self->actor->zap)
+        if (self->actor->zap) {
+            zmq_unbind(self->actor->zap, CF_AUTH_ZAP_ENDPOINT);     //  fails if never bound
             zmq_close(self->actor->zap);
+        }
         if (self->actor->pipe)
             zmq_close(self->actor->pipe);
         s_list_destroy(&self->actor->list);
@@ -664,8 +671,12 @@ cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
     if (!self->actor->list)
         goto fail;
 
-    char endpoint[64];
-    snprintf(endpoint, sizeof endpoint, "inproc://cf-auth-pipe-%p", (void *)self);
+    //  Unique even if a previous handler at the same address has not been
+    //  reaped yet (zmq_close is asynchronous).
+    static atomic_uint s_serial;
+    char endpoint[80];
+    snprintf(endpoint, sizeof endpoint, "inproc://cf-auth-pipe-%p-%u", (void *)self,
+             atomic_fetch_add(&s_serial, 1));
     self->pipe = s_socket(config->zmq_context, ZMQ_PAIR);
     self->actor->pipe = s_socket(config->zmq_context, ZMQ_PAIR);
     self->actor->zap = s_socket(config->zmq_context, ZMQ_REP);

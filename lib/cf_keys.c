@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -417,8 +418,13 @@ void *cf_keys_monitor_new(void *ctx, void *socket)
         cf_error_set(CF_EINVAL, "monitor needs a context and a socket");
         return NULL;
     }
-    char endpoint[64];
-    snprintf(endpoint, sizeof endpoint, "inproc://cf-keys-monitor-%p", socket);
+    //  zmq_close is asynchronous: an old monitor's endpoint can outlive its
+    //  socket, and a new socket may get the same address. A counter keeps
+    //  every name unique.
+    static atomic_uint s_serial;
+    char endpoint[80];
+    snprintf(endpoint, sizeof endpoint, "inproc://cf-keys-monitor-%p-%u", socket,
+             atomic_fetch_add(&s_serial, 1));
     int events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
                  ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
                  ZMQ_EVENT_DISCONNECTED;
