@@ -84,6 +84,15 @@ CF_TASK(t_init_value);
 // ---------------------------------------------------------------------------
 //  Helpers
 
+//  A new executor, or the test fails saying why.
+static cf_executor_t *s_new(cf_kind_t kind, const cf_options_t *opts)
+{
+    cf_executor_t *ex = cf_executor_new(kind, opts);
+    if (!ex)
+        fail_msg("cf_executor_new(%s): %s", cf_kind_name(kind), cf_last_error());
+    return ex;
+}
+
 static int64_t s_int_result(cf_future_t *f)
 {
     int64_t value = -1;
@@ -175,7 +184,7 @@ static size_t s_descendants(pid_t *pids, size_t cap)
 static void test_tasks_run_in_worker_processes(void **state)
 {
     (void)state;
-    cf_executor_t *ex = cf_executor_new(CF_PROCESSES, &(cf_options_t){.max_workers = 2});
+    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){.max_workers = 2});
     assert_non_null(ex);
     assert_int_equal(cf_executor_max_workers(ex), 2);
     cf_future_t *fs[50];
@@ -199,7 +208,7 @@ static void test_initializer_runs_in_each_worker(void **state)
 {
     (void)state;
     static const int64_t value = 4242;
-    cf_executor_t *ex = cf_executor_new(CF_PROCESSES, &(cf_options_t){
+    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){
         .max_workers = 2, .initializer = s_initializer, .initarg = (void *)&value});
     assert_non_null(ex);
     for (int i = 0; i < 4; i++) {
@@ -223,7 +232,7 @@ static void test_a_crashing_task_fails_alone_and_the_pool_lives_on(void **state)
 {
     (void)state;
     enum { N = 40 };
-    cf_executor_t *ex = cf_executor_new(CF_PROCESSES, &(cf_options_t){.max_workers = 2});
+    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){.max_workers = 2});
     assert_non_null(ex);
     cf_future_t *fs[N];
     cf_task_opts_t once = {.retries = 1};
@@ -262,7 +271,7 @@ static void test_max_tasks_per_worker_recycles_processes(void **state)
 {
     (void)state;
     enum { N = 6 };
-    cf_executor_t *ex = cf_executor_new(CF_PROCESSES, &(cf_options_t){
+    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){
         .max_workers = 1, .max_tasks_per_worker = 2});
     assert_non_null(ex);
     int64_t pids[N];
@@ -287,12 +296,12 @@ static void test_a_process_pool_starts_while_a_thread_pool_is_busy(void **state)
 {
     (void)state;
     enum { N = 4 };
-    cf_executor_t *threads = cf_executor_new(CF_THREADS, &(cf_options_t){.max_workers = N});
+    cf_executor_t *threads = s_new(CF_THREADS, &(cf_options_t){.max_workers = N});
     assert_non_null(threads);
     cf_future_t *busy[N];
     for (int i = 0; i < N; i++)
         busy[i] = cf_submit(threads, "t_sleep_ms", "i", 300);
-    cf_executor_t *procs = cf_executor_new(CF_PROCESSES, &(cf_options_t){.max_workers = 2});
+    cf_executor_t *procs = s_new(CF_PROCESSES, &(cf_options_t){.max_workers = 2});
     assert_non_null(procs);
     for (int i = 0; i < 10; i++) {
         cf_future_t *f = cf_submit(procs, "t_square", "i", i);
@@ -300,7 +309,7 @@ static void test_a_process_pool_starts_while_a_thread_pool_is_busy(void **state)
         cf_future_release(&f);
     }
     //  A second pool beside the first.
-    cf_executor_t *procs2 = cf_executor_new(CF_PROCESSES, &(cf_options_t){.max_workers = 1});
+    cf_executor_t *procs2 = s_new(CF_PROCESSES, &(cf_options_t){.max_workers = 1});
     assert_non_null(procs2);
     cf_future_t *f = cf_submit(procs2, "t_square", "i", 12);
     assert_int_equal(s_int_result(f), 144);
@@ -324,7 +333,7 @@ static void test_destroy_leaves_no_process_and_no_directory(void **state)
     char *saved = old ? strdup(old) : NULL;
     setenv("TMPDIR", tmp, 1);
 
-    cf_executor_t *ex = cf_executor_new(CF_PROCESSES, &(cf_options_t){.max_workers = 3});
+    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){.max_workers = 3});
     assert_non_null(ex);
     cf_future_t *f = cf_submit(ex, "t_square", "i", 5);
     assert_int_equal(s_int_result(f), 25);
