@@ -89,12 +89,22 @@ static void s_write_text(const char *path, const char *text)
     assert_int_equal(fclose(f), 0);
 }
 
+//  Removes the key directory; also at exit, so a failed run (which may skip
+//  the group teardown) leaves no keys behind in /tmp.
+static void s_remove_dir(void)
+{
+    if (s_dir[0])
+        nftw(s_dir, s_remove, 16, FTW_DEPTH | FTW_PHYS);
+    s_dir[0] = '\0';
+}
+
 static int s_group_setup(void **state)
 {
     (void)state;
     snprintf(s_dir, sizeof s_dir, "/tmp/cf_auth_test.XXXXXX");
     if (!mkdtemp(s_dir))
         return -1;
+    atexit(s_remove_dir);
     if (cf_keys_generate(&s_server) || cf_keys_generate(&s_client) ||
         cf_keys_generate(&s_worker) || cf_keys_generate(&s_stranger))
         return -1;
@@ -123,6 +133,7 @@ static int s_group_teardown(void **state)
 {
     (void)state;
     cf_log_set_handler(NULL, NULL, CF_LOG_INFO);
+    s_remove_dir();
     //  Keys never appear in logs: not even the 10 characters after a
     //  fingerprint, of any key used in any test.
     const cf_keypair_t *pairs[] = {&s_server, &s_client, &s_worker, &s_stranger};
@@ -132,7 +143,7 @@ static int s_group_teardown(void **state)
         if (s_log_has(tail) || s_log_has(pairs[i]->secret_z85 + 20))
             return -1;
     }
-    return nftw(s_dir, s_remove, 16, FTW_DEPTH | FTW_PHYS);
+    return 0;
 }
 
 //  Sockets a test opened and has not closed yet: a failed assertion jumps

@@ -30,17 +30,30 @@ static int s_remove(const char *path, const struct stat *st, int flag, struct FT
     return remove(path);
 }
 
+//  Removes the test directory; also at exit, so a failed run (which may
+//  skip the group teardown) leaves no keys behind in /tmp.
+static void s_remove_dir(void)
+{
+    if (s_dir[0])
+        nftw(s_dir, s_remove, 16, FTW_DEPTH | FTW_PHYS);
+    s_dir[0] = '\0';
+}
+
 static int s_setup(void **state)
 {
     (void)state;
     snprintf(s_dir, sizeof s_dir, "/tmp/cf_keys_test.XXXXXX");
-    return mkdtemp(s_dir) ? 0 : -1;
+    if (!mkdtemp(s_dir))
+        return -1;
+    atexit(s_remove_dir);
+    return 0;
 }
 
 static int s_teardown(void **state)
 {
     (void)state;
-    return nftw(s_dir, s_remove, 16, FTW_DEPTH | FTW_PHYS);
+    s_remove_dir();
+    return 0;
 }
 
 //  A path in the test directory; a few rotating buffers so a test can hold
