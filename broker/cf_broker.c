@@ -47,8 +47,13 @@
 //  Messages read from one socket in one turn before the loop looks at the
 //  other socket and the timers.
 #define CF_BROKER_READ_BUDGET   256
-//  How soon a refused send (peer at its high-water mark) is tried again.
+//  How soon a refused send (peer at its high-water mark) is tried again;
+//  for a client the wait doubles with each refusal up to the maximum, and
+//  while refused only one item is offered at a time, so a client that does
+//  not read costs a small probe now and then, not a re-encoded 64 MiB batch
+//  every few milliseconds.
 #define CF_BROKER_RETRY_MS      10
+#define CF_BROKER_RETRY_MAX_MS  320
 //  Bodies are cut well below CF_PROTO_MAX_FRAME so the receiver never
 //  refuses a batch we built.
 #define CF_BROKER_MAX_BODY      (CF_PROTO_MAX_FRAME - 64u * 1024)
@@ -134,6 +139,8 @@ struct s_client {
     size_t out_bytes;           //  memory held by started + out items
     cf_queue_node_t flush_node; //  in self->flush while anything is unsent
     int64_t unreachable_since_ms;   //  first refused send not followed by a good one; 0: none
+    int64_t retry_at_ms;        //  no flush before this after a refusal
+    int retry_delay_ms;         //  the current wait between refused flushes
 };
 
 struct s_worker {
@@ -506,6 +513,9 @@ typedef struct {
 static void s_result_error(s_self_t *self, s_client_t *client, uint64_t id, s_text_t type,
                            s_text_t message, s_text_t function, s_text_t host, int32_t pid)
 {
+    //  The codec refuses an empty type; a worker that sent one still failed.
+    if (!type.ptr || type.len == 0)
+        type = (s_text_t){ "Error", 5 };
     s_text_t parts[4] = { type, message, function, host };
     size_t total = 0;
     for (int i = 0; i < 4; i++) {
@@ -595,11 +605,24 @@ static size_t s_out_size(const s_out_t *out)
 static void s_client_refused(s_self_t *self, s_client_t *client, cf_err_t rc)
 {
     self->stats.deferred++;
+    int64_t now = cf_clock_now_ms();
+    client->retry_delay_ms = client->retry_delay_ms ? client->retry_delay_ms * 2 : CF_BROKER_RETRY_MS;
+    if (client->retry_delay_ms > CF_BROKER_RETRY_MAX_MS)
+        client->retry_delay_ms = CF_BROKER_RETRY_MAX_MS;
+    client->retry_at_ms = now + client->retry_delay_ms;
     if (!client->unreachable_since_ms) {
-        client->unreachable_since_ms = cf_clock_now_ms();
+        client->unreachable_since_ms = now;
         cf_log_debug(LOG, "client %s unreachable (%s), keeping %zu results", client->peer.label,
                      cf_strerror(rc), client->out_count);
     }
+}
+
+//  A send went through: it reads (slow is not lost), full batches again.
+static void s_client_reached(s_client_t *client)
+{
+    client->unreachable_since_ms = 0;
+    client->retry_delay_ms = 0;
+    client->retry_at_ms = 0;
 }
 
 //  Sends what the client's outbox holds: STARTED first, then RESULTs, so a
@@ -629,6 +652,8 @@ static bool s_client_flush(s_self_t *self, s_client_t *client)
         memmove(client->started, client->started + n,
                 (client->started_count - n) * sizeof *client->started);
         client->started_count -= n;
+        //  A small STARTED getting through says little: only a RESULT
+        //  going through (or an empty outbox) ends the backoff.
     }
     if (client->started_cap > 1024) {
         //  A burst is over: give its memory back.
@@ -641,7 +666,9 @@ static bool s_client_flush(s_self_t *self, s_client_t *client)
         cf_proto_enc_begin(self->enc, CF_MSG_RESULT);
         size_t n = 0, body = 0;
         s_out_t *out = client->out_head;
-        while (out && n < CF_PROTO_MAX_BATCH) {
+        //  After a refusal, one item probes whether it reads again.
+        size_t max_items = client->unreachable_since_ms ? 1 : CF_PROTO_MAX_BATCH;
+        while (out && n < max_items) {
             size_t item = s_out_size(out) + CF_BROKER_ITEM_OVERHEAD;
             if (n > 0 && body + item > CF_BROKER_MAX_BODY)
                 break;
@@ -650,17 +677,15 @@ static bool s_client_flush(s_self_t *self, s_client_t *client)
             if (rc == CF_ETOOBIG && n > 0)
                 break;          //  send what fits; this one leads the next body
             if (rc == CF_ETOOBIG || rc == CF_EINVAL) {
-                //  It cannot go even alone (a value at the frame limit, an
-                //  empty value or error type from a worker): the client
-                //  gets an error in its place rather than nothing.
+                //  Items are checked when they enter the outbox, so this is
+                //  our mistake; still, the client gets an error in its place
+                //  rather than nothing.
                 char message[160];
                 snprintf(message, sizeof message, "the result of task %" PRIu64
                          " could not be forwarded: %s", out->id, cf_strerror(rc));
-                cf_log_warn(LOG, "%s", message);
+                cf_log_error(LOG, "%s", message);
                 rc = cf_proto_enc_result_error(self->enc, out->id, "ProtocolError", message, "",
                                                "", 0);
-                if (rc == CF_OK)
-                    self->stats.failed++;
             }
             if (rc != CF_OK) {
                 //  Out of memory: drop the body being built, try next turn.
@@ -687,8 +712,9 @@ static bool s_client_flush(s_self_t *self, s_client_t *client)
         }
         if (!client->out_head)
             client->out_tail = NULL;
+        s_client_reached(client);
     }
-    client->unreachable_since_ms = 0;
+    s_client_reached(client);
     return true;
 }
 
@@ -698,6 +724,8 @@ static void s_flush_all(s_self_t *self)
     for (; node; node = next) {
         next = cf_queue_next(&self->flush, node);
         s_client_t *client = cf_queue_entry(node, s_client_t, flush_node);
+        if (client->retry_at_ms && cf_clock_now_ms() < client->retry_at_ms)
+            continue;
         if (s_client_flush(self, client))
             cf_queue_remove(&self->flush, node);
         else if (client->out_bytes > CF_BROKER_MAX_OUTBOX)
@@ -897,8 +925,24 @@ static void s_worker_results(s_self_t *self, s_worker_t *worker, const cf_proto_
         s_client_t *client = task->client;
         switch (result->status) {
         case CF_STATUS_OK:
-            s_result_ok(self, client, task->client_task_id, result->value, result->value_len);
-            self->stats.completed++;
+            if (result->value_len == 0
+                || result->value_len + sizeof(s_out_t) + CF_BROKER_ITEM_OVERHEAD
+                       > CF_BROKER_MAX_BODY) {
+                //  It could not go on to the client (the codec refuses an
+                //  empty value; one at the frame limit leaves no room for
+                //  our envelope): an error in its place, never nothing.
+                char message[256];
+                snprintf(message, sizeof message,
+                         "the result of task %" PRIu64 " (%s) cannot be forwarded (%zu bytes)",
+                         task->client_task_id, s_task_function(task), result->value_len);
+                cf_log_warn(LOG, "%s", message);
+                s_result_runtime_error(self, task, "ProtocolError", message);
+                self->stats.failed++;
+            }
+            else {
+                s_result_ok(self, client, task->client_task_id, result->value, result->value_len);
+                self->stats.completed++;
+            }
             s_task_unassign(self, task);
             s_task_finish(self, task);
             break;

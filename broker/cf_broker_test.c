@@ -271,7 +271,12 @@ static cf_broker_stats_t s_wait_stats(s_stats_check_fn *check, uint64_t arg)
         if (check(&stats, arg))
             return stats;
         if (cf_clock_now_ms() > deadline)
-            fail_msg("broker stats never reached the expected state");
+            fail_msg("broker stats never reached the expected state: clients %llu workers %llu "
+                     "queued %llu running %llu completed %llu dropped %llu deferred %llu",
+                     (unsigned long long)stats.clients, (unsigned long long)stats.workers,
+                     (unsigned long long)stats.queued, (unsigned long long)stats.running,
+                     (unsigned long long)stats.completed, (unsigned long long)stats.dropped,
+                     (unsigned long long)stats.deferred);
         s_heartbeat_all();
         zmq_poll(NULL, 0, SLICE_MS);
     }
@@ -963,6 +968,192 @@ static void test_config_errors_are_reported(void **state)
     assert_true(strncmp(cf_last_error(), "cannot bind bogus://x: ", 23) == 0);
 }
 
+//  Kernel buffers pinned small (64 KiB: no autotuning, which here may let
+//  one loopback connection absorb 32 MiB) and one message per pipe: little
+//  fits between broker and client, so refusals come soon.
+#define S_SOCKET_BUFFER (64 * 1024)
+static cf_err_t s_tiny_send_hwm(void *socket, bool is_clients, void *arg)
+{
+    (void)arg;
+    int hwm = 1, buffer = S_SOCKET_BUFFER;
+    if (is_clients && (zmq_setsockopt(socket, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0
+                       || zmq_setsockopt(socket, ZMQ_SNDBUF, &buffer, sizeof buffer) != 0))
+        return CF_ESYS;
+    return CF_OK;
+}
+
+enum { S_BIG_TASKS = 32, S_BIG_VALUE = 256 * 1024 };
+
+//  A broker whose client side holds one message per peer, a worker with one
+//  slot, and a client "slow" with room for one message that submitted
+//  S_BIG_TASKS tasks. The worker answers all with S_BIG_VALUE bytes each,
+//  one per broker turn: 8 MiB, far more than the pipes and pinned socket
+//  buffers on the way hold, so the broker meets refused sends and keeps
+//  results. Returns the client;
+//  *worker and *value (to free) for the rest of the test.
+static void *s_fill_outbox(s_fixture_t *fx, int ivl_ms, void **worker, uint8_t **value)
+{
+    cf_broker_config_t config = {
+        .client_endpoint = "tcp://127.0.0.1:*",
+        .worker_endpoint = "tcp://127.0.0.1:*",
+        .zmq_context = fx->ctx,
+        .heartbeat_ivl_ms = ivl_ms,
+        .socket_setup = s_tiny_send_hwm,
+    };
+    fx->broker = cf_broker_new(&config);
+    assert_non_null(fx->broker);
+    *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    s_ready(*worker, 1, 1);
+    s_wait_stats(s_workers_is, 1);
+    void *client = zmq_socket(fx->ctx, ZMQ_DEALER);
+    assert_int_equal(cf_proto_socket_setup(client, false), CF_OK);
+    int hwm = 1, buffer = S_SOCKET_BUFFER;
+    assert_int_equal(zmq_setsockopt(client, ZMQ_RCVHWM, &hwm, sizeof hwm), 0);
+    assert_int_equal(zmq_setsockopt(client, ZMQ_RCVBUF, &buffer, sizeof buffer), 0);
+    assert_int_equal(zmq_setsockopt(client, ZMQ_ROUTING_ID, "slow", 4), 0);
+    assert_int_equal(zmq_connect(client, cf_broker_client_endpoint(fx->broker)), 0);
+    fx->silent[fx->peer_count] = false;
+    fx->peers[fx->peer_count++] = client;
+    s_submit(client, 0, S_BIG_TASKS, "big", 0, 0, 0);
+    s_wait_stats(s_clients_is, 1);
+
+    //  One msgpack bin32 of S_BIG_VALUE bytes.
+    uint8_t *big = calloc(1, S_BIG_VALUE + 5);
+    assert_non_null(big);
+    big[0] = 0xc6;
+    big[1] = (uint8_t)(S_BIG_VALUE >> 24);
+    big[2] = (uint8_t)(S_BIG_VALUE >> 16);
+    big[3] = (uint8_t)(S_BIG_VALUE >> 8);
+    big[4] = (uint8_t)S_BIG_VALUE;
+    *value = big;
+    cf_proto_enc_t *enc = s_enc();
+    size_t answered = 0;
+    cf_broker_stats_t stats = { .clients = 1 };
+    //  The next task comes only after the broker took the last result, so
+    //  each result is its own turn and its own message to the client. With
+    //  a short liveness the client may be lost before the last one: then
+    //  no more tasks come.
+    int64_t give_up = cf_clock_now_ms() + 4 * WAIT_MS;
+    while (answered < S_BIG_TASKS && stats.clients > 0) {
+        assert_true(cf_clock_now_ms() < give_up);
+        s_heartbeat_all();
+        zmq_pollitem_t item = { *worker, 0, ZMQ_POLLIN, 0 };
+        assert_true(zmq_poll(&item, 1, SLICE_MS) >= 0);
+        cf_proto_msg_t *msg;
+        while (cf_proto_recv(*worker, false, NULL, &msg) == CF_OK) {
+            for (size_t i = 0; msg->type == CF_MSG_TASK && i < msg->count; i++) {
+                cf_proto_enc_begin(enc, CF_MSG_RESULT);
+                assert_int_equal(cf_proto_enc_result_ok(enc, msg->tasks[i].id, big,
+                                                        S_BIG_VALUE + 5),
+                                 CF_OK);
+                assert_int_equal(cf_proto_enc_send(enc, *worker, NULL, 0), CF_OK);
+                answered++;
+                s_heartbeat_all();
+            }
+            cf_proto_msg_destroy(&msg);
+        }
+        assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    }
+    int64_t deadline = cf_clock_now_ms() + WAIT_MS;
+    while (stats.deferred == 0 && cf_clock_now_ms() < deadline) {
+        s_heartbeat_all();
+        zmq_poll(NULL, 0, SLICE_MS);
+        assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    }
+    assert_true(stats.deferred > 0);
+    return client;
+}
+
+//  A client that stops reading for a while: the ROUTER refuses sends to it
+//  (high-water mark), its results wait in the broker's outbox, and once it
+//  reads again every result arrives, in order, once.
+static void test_results_wait_in_the_outbox_while_a_client_does_not_read(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *worker;
+    uint8_t *value;
+    //  A long heartbeat: "unreachable for the liveness period" must not
+    //  come before the client reads, however slow this build runs.
+    void *client = s_fill_outbox(fx, 10000, &worker, &value);
+    cf_broker_stats_t stats;
+    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    assert_int_equal(stats.clients, 1);     //  kept, not lost
+
+    //  Now the client reads, and the worker finishes the rest.
+    cf_proto_enc_t *enc = s_enc();
+    size_t received = 0;
+    int64_t deadline = cf_clock_now_ms() + 4 * WAIT_MS;
+    while (received < S_BIG_TASKS) {
+        assert_true(cf_clock_now_ms() < deadline);
+        s_heartbeat_all();
+        zmq_pollitem_t items[] = { { client, 0, ZMQ_POLLIN, 0 }, { worker, 0, ZMQ_POLLIN, 0 } };
+        assert_true(zmq_poll(items, 2, SLICE_MS) >= 0);
+        cf_proto_msg_t *msg;
+        while (cf_proto_recv(worker, false, NULL, &msg) == CF_OK) {
+            if (msg->type == CF_MSG_TASK) {
+                cf_proto_enc_begin(enc, CF_MSG_RESULT);
+                for (size_t i = 0; i < msg->count; i++)
+                    assert_int_equal(cf_proto_enc_result_ok(enc, msg->tasks[i].id, value,
+                                                            S_BIG_VALUE + 5),
+                                     CF_OK);
+                assert_int_equal(cf_proto_enc_send(enc, worker, NULL, 0), CF_OK);
+            }
+            cf_proto_msg_destroy(&msg);
+        }
+        while (cf_proto_recv(client, false, NULL, &msg) == CF_OK) {
+            if (msg->type == CF_MSG_RESULT) {
+                for (size_t i = 0; i < msg->count; i++) {
+                    assert_int_equal(msg->results[i].id, received);
+                    assert_int_equal(msg->results[i].status, CF_STATUS_OK);
+                    assert_int_equal(msg->results[i].value_len, S_BIG_VALUE + 5);
+                    received++;
+                }
+            }
+            cf_proto_msg_destroy(&msg);
+        }
+    }
+    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    assert_int_equal(stats.completed, S_BIG_TASKS);
+    assert_int_equal(stats.dropped, 0);
+    free(value);
+}
+
+//  A client that heartbeats but never reads is unreachable: after the
+//  liveness period it is lost like a silent one, and what it was owed is
+//  dropped (counted). Results must keep coming for that (a pipe's
+//  high-water mark counts messages, so one send after a pause can take a
+//  whole batch and leave nothing waiting).
+static void test_client_that_never_reads_is_lost(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *worker;
+    uint8_t *value;
+    //  Short enough to keep the test short, long enough that the test's
+    //  own heartbeats keep up in a sanitizer build.
+    void *client = s_fill_outbox(fx, 200, &worker, &value);
+    s_submit(client, 1000, 2000, "more", 0, 0, 0);
+    cf_broker_stats_t stats = { .clients = 1 };
+    int64_t deadline = cf_clock_now_ms() + WAIT_MS;
+    while (stats.clients > 0) {
+        if (cf_clock_now_ms() > deadline)
+            fail_msg("a client that does not read was never lost (deferred %llu)",
+                     (unsigned long long)stats.deferred);
+        s_heartbeat_all();
+        zmq_pollitem_t item = { worker, 0, ZMQ_POLLIN, 0 };
+        assert_true(zmq_poll(&item, 1, SLICE_MS) >= 0);
+        cf_proto_msg_t *msg;
+        while (cf_proto_recv(worker, false, NULL, &msg) == CF_OK) {
+            for (size_t i = 0; msg->type == CF_MSG_TASK && i < msg->count; i++)
+                s_result_ok(worker, msg->tasks[i].id);
+            cf_proto_msg_destroy(&msg);
+        }
+        assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    }
+    assert_true(stats.dropped > 0);
+    assert_int_equal(stats.workers, 1);
+    free(value);
+}
+
 //  Many tasks through the whole machine: three clients keep up to 600
 //  tasks each in flight against a per-client limit of 500 (so BUSY happens
 //  and is resubmitted), cancel some at random, and two workers answer
@@ -1104,6 +1295,9 @@ static void test_every_task_is_answered_exactly_once_under_load(void **state)
 
 int main(void)
 {
+    //  CF_TEST_LOG=1 shows the broker's log while debugging a test.
+    if (getenv("CF_TEST_LOG"))
+        cf_log_set_handler(cf_log_to_stderr, NULL, CF_LOG_DEBUG);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_tasks_are_dispatched_within_worker_credit, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_credit_message_adds_slots, s_setup, s_teardown),
@@ -1127,6 +1321,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stats_reply_lists_the_counters, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_destroy_says_disconnect_to_peers, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_every_task_is_answered_exactly_once_under_load, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_results_wait_in_the_outbox_while_a_client_does_not_read, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_client_that_never_reads_is_lost, s_setup, s_teardown),
         cmocka_unit_test(test_tcp_port_is_resolved_and_a_taken_port_is_reported),
         cmocka_unit_test(test_config_errors_are_reported),
     };
