@@ -722,8 +722,9 @@ void cf_auth_destroy(cf_auth_t **auth_p)
     *auth_p = NULL;
     pthread_mutex_lock(&self->mutex);
     //  If the context is already shutting down this fails with ETERM, and
-    //  the actor leaves its loop on the same error.
-    zmq_send(self->pipe, "$TERM", 5, 0);
+    //  the actor leaves its loop on the same error. DONTWAIT: should the
+    //  actor be gone, a PAIR without a peer would block this send forever.
+    zmq_send(self->pipe, "$TERM", 5, ZMQ_DONTWAIT);
     pthread_mutex_unlock(&self->mutex);
     pthread_join(self->thread, NULL);
     //  The thread closed its sockets and freed its list; the rest goes here.
