@@ -112,6 +112,9 @@ typedef struct {
     bool stopping;                  //  destroy runs: cancellers stop waiting
     size_t outstanding;             //  submitted and not yet resolved
     int cancel_waiters;             //  cancellers blocked in s_cancel
+    uint64_t cancel_seq;            //  cancel requests queued so far
+    uint64_t cancel_handled;        //  of those, handled by the actor
+    bool broker_unreachable;        //  no answer to wait for (actor's view)
 
     //  Fixed after construction.
     int wake_fd;                    //  eventfd the actor polls
@@ -144,6 +147,10 @@ typedef struct {
     bool connected;                 //  heard from the broker, not lost since
     bool ever_connected;            //  the transport came up once
     bool transport_up;              //  connected in zmq's sense (monitor)
+    bool heard_once;                //  the broker has spoken to us
+    bool unreachable;               //  published as broker_unreachable
+    bool reach_changed;             //  unreachable changed since s_report
+    uint64_t cancel_taken;          //  cancel_seq when the inbox was drained
     bool terminated;                //  the actor loop ends
     size_t resolved;                //  resolved since the last report
     bool answered;                  //  a cancel answer to broadcast
@@ -311,6 +318,7 @@ static bool s_cancel(void *executor, cf_future_t *f)
     //  A reference, so the address cannot be reused by another future
     //  before the actor looked it up.
     self->cancels[self->cancels_len++] = cf_future_ref(f);
+    uint64_t seq = ++self->cancel_seq;
     bool wake = s_signal_locked(self);
     if (wake) {
         pthread_mutex_unlock(&self->mutex);
@@ -319,10 +327,14 @@ static bool s_cancel(void *executor, cf_future_t *f)
     }
     //  An actor thread (ours, from a callback, or another client's) never
     //  blocks: the request is queued and the answer is what we know now.
+    //  Nor does anyone wait for a broker that cannot answer (once the actor
+    //  has taken the request, so a task it still holds is cancelled):
+    //  cf_map_destroy cancels a whole window one by one.
     if (!s_actor_self) {
         self->cancel_waiters++;
         struct timespec deadline = cf_clock_deadline(S_CANCEL_WAIT_MS);
-        while (cf_future_state(f) == CF_FUTURE_PENDING && !self->stopping) {
+        while (cf_future_state(f) == CF_FUTURE_PENDING && !self->stopping
+               && !(self->cancel_handled >= seq && self->broker_unreachable)) {
             int rc = pthread_cond_timedwait(&self->cancel_cond, &self->mutex, &deadline);
             if (rc == ETIMEDOUT)
                 break;
@@ -410,18 +422,33 @@ static void s_resolve_error(cf_client_t *self, s_item_t *item, const char *type,
 //  one lock per loop iteration, not per task.
 static void s_report(cf_client_t *self)
 {
-    if (!self->resolved && !self->answered)
+    if (!self->resolved && !self->answered && !self->reach_changed)
         return;
     pthread_mutex_lock(&self->mutex);
     assert(self->outstanding >= self->resolved);
     self->outstanding -= self->resolved;
     if (self->outstanding == 0)
         pthread_cond_broadcast(&self->idle_cond);
-    if (self->answered)
+    self->cancel_handled = self->cancel_taken;
+    self->broker_unreachable = self->unreachable;
+    if (self->answered || self->reach_changed)
         pthread_cond_broadcast(&self->cancel_cond);
     pthread_mutex_unlock(&self->mutex);
     self->resolved = 0;
     self->answered = false;
+    self->reach_changed = false;
+}
+
+//  Unreachable: no transport (per the monitor), or a broker that spoke once
+//  and then went silent or said goodbye. Before the first word it is only
+//  "not yet heard", which is no reason to give up on answers.
+static void s_update_reach(cf_client_t *self)
+{
+    bool unreachable = !self->transport_up || (self->heard_once && !self->connected);
+    if (unreachable != self->unreachable) {
+        self->unreachable = unreachable;
+        self->reach_changed = true;
+    }
 }
 
 static void s_queue_cancel_id(cf_client_t *self, s_item_t *item)
@@ -479,10 +506,10 @@ static void s_resend_all(cf_client_t *self, const char *why)
 //  (unknown client, new boot id, new connection).
 static void s_lost(cf_client_t *self, const char *why)
 {
-    if (!self->connected)
-        return;
-    cf_log_warn(S_LOG, "broker at %s lost (%s)", self->endpoint, why);
+    if (self->connected)
+        cf_log_warn(S_LOG, "broker at %s lost (%s)", self->endpoint, why);
     self->connected = false;
+    s_update_reach(self);
 }
 
 static void s_park(cf_client_t *self, s_item_t *item, int64_t now)
@@ -606,6 +633,7 @@ static void s_drain_inbox(cf_client_t *self)
     self->cancels_len = 0;
     bool cancel_all = self->cancel_all;
     self->cancel_all = false;
+    self->cancel_taken = self->cancel_seq;
     if (self->terminate)
         self->terminated = true;
     pthread_mutex_unlock(&self->mutex);
@@ -616,6 +644,8 @@ static void s_drain_inbox(cf_client_t *self)
         s_handle_cancel(self, cancels[i]);
         cf_future_release(&cancels[i]);
     }
+    if (cancels_len)
+        self->answered = true;      //  cancel_handled moves on in s_report
     self->cancels_spare = cancels;
     self->cancels_spare_cap = cancels_cap;
     if (cancel_all)
@@ -720,6 +750,8 @@ static void s_contact(cf_client_t *self, int64_t now)
     if (!self->connected) {
         cf_log_debug(S_LOG, "broker at %s answers", self->endpoint);
         self->connected = true;
+        self->heard_once = true;
+        s_update_reach(self);
     }
 }
 
@@ -894,6 +926,7 @@ static void s_on_monitor(cf_client_t *self)
         }
         if (event == ZMQ_EVENT_CONNECTED) {
             self->transport_up = true;
+            s_update_reach(self);
             if (self->ever_connected) {
                 cf_log_info(S_LOG, "reconnected to %s", self->endpoint);
                 self->boot = 0;
@@ -1171,6 +1204,8 @@ void *cf_client_new(const cf_client_config_t *config)
     self->transport_up = true;
     if (strncmp(config->endpoint, "inproc://", 9) != 0) {
         self->transport_up = false;     //  until the monitor says connected
+        self->unreachable = true;
+        self->broker_unreachable = true;
         char name[96];
         snprintf(name, sizeof name, "inproc://cf-client-monitor-%p-%016" PRIx64,
                  (void *)self, self->next_id);
