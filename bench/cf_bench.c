@@ -95,6 +95,7 @@ typedef struct {
     //  No-op tasks sent one per message on processes and remote (submit,
     //  map chunksize 1): fewer keeps a slow back end within the time budget.
     long message_tasks;
+    long window;                //  map's window (0: the library's default)
     long rounds;                //  round trips (workload 2)
     long io_tasks;              //  workload 4
     int io_threads;
@@ -518,7 +519,8 @@ static bool s_noop_map(cf_executor_t *ex, const char *kind, const bench_opts_t *
 {
     long n = s_noop_count(kind, opts, chunksize);
     range_source_t range = {.count = n};
-    cf_map_opts_t map_opts = {.chunksize = chunksize, .timeout_ms = opts->timeout_ms};
+    cf_map_opts_t map_opts = {.chunksize = chunksize, .window = (size_t)opts->window,
+                              .timeout_ms = opts->timeout_ms};
     double start = s_now_s();
     cf_map_t *map = cf_map_new(ex, "bench_double", s_range_source, &range, &map_opts);
     if (!map)
@@ -1015,14 +1017,16 @@ static void s_run_group(int argc, char **argv, const char *group, int timeout_s)
     }
 }
 
+//  The human table. Its lines start with "| " so that nothing reading the
+//  figure lines (run.sh) takes a row for a figure.
 static void s_print_table(void)
 {
     static const char *const rows[] = {"noop.submit", "noop.map1", "noop.map1000",
                                        "latency.p50", "latency.p99", "prime.speedup"};
     static const char *const kinds[] = {"threads", "processes", "remote"};
-    printf("\n%-16s %14s %14s %14s\n", "cfutures", "threads", "processes", "remote");
+    printf("\n| %-16s %14s %14s %14s\n", "cfutures", "threads", "processes", "remote");
     for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
-        printf("%-16s", rows[r]);
+        printf("| %-16s", rows[r]);
         const char *unit = "";
         for (size_t k = 0; k < 3; k++) {
             char name[64];
@@ -1041,8 +1045,9 @@ static void s_print_table(void)
         const figure_t *f = &s_figures[i];
         if (!strncmp(f->name, "threads.io", 10) || !strncmp(f->name, "broker.", 7)
             || !strncmp(f->name, "client.", 7))
-            printf("%-28s %14.6g  %s\n", f->name, f->value, f->unit);
+            printf("| %-31s %14.6g  %s\n", f->name, f->value, f->unit);
     }
+    fflush(stdout);
 }
 
 // ---------------------------------------------------------------------------
@@ -1052,7 +1057,7 @@ static void s_usage(FILE *out)
 {
     fprintf(out,
             "usage: cf_bench [--quick] [--only GROUPS] [--tasks N] [--message-tasks N]\n"
-            "                [--rounds N]\n"
+            "                [--window N] [--rounds N]\n"
             "                [--queued N] [--map-inputs N] [--map-kind KIND]\n"
             "                [--map-chunksize N] [--broker PATH] [--worker PATH]\n"
             "                [--tasks-lib PATH]\n"
@@ -1127,6 +1132,8 @@ int main(int argc, char **argv)
             tasks = s_parse_long(arg, next), i++;
         else if (!strcmp(arg, "--message-tasks"))
             message_tasks = s_parse_long(arg, next), i++;
+        else if (!strcmp(arg, "--window"))
+            opts.window = s_parse_long(arg, next), i++;
         else if (!strcmp(arg, "--rounds"))
             rounds = s_parse_long(arg, next), i++;
         else if (!strcmp(arg, "--queued"))

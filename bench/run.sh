@@ -53,9 +53,10 @@ export CF_BENCH_TASKS_LIB="${CF_BENCH_TASKS_LIB:-$build/bench/libbench_tasks.so}
 message_tasks=${MESSAGE_TASKS:-20000}
 start=$(date +%s)
 
-# Runs a program, echoing its output and appending its lines to the results.
+# Runs a program, echoing its output (without the daemons' info lines) and
+# appending everything to the results.
 run() {
-    "$@" 2>&1 | tee -a "$results" | sed 's/^/   /'
+    "$@" 2>&1 | tee -a "$results" | grep -v '^[0-9:.]* [DI]: ' | sed 's/^/   /'
 }
 
 i=1
@@ -77,7 +78,7 @@ samples = {}
 units = {}
 for line in open(sys.argv[1]):
     parts = line.split()
-    if len(parts) != 3 or line.startswith("#"):
+    if len(parts) != 3 or line[0] in "#| ":
         continue
     try:
         value = float(parts[1])
