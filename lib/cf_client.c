@@ -55,11 +55,12 @@
 
 #define S_LOG "client"
 
-//  A SUBMIT carries at most this many tasks or bytes: large enough that the
-//  per-message cost vanishes, small enough that the broker starts dispatching
-//  a burst before all of it has arrived.
+//  A SUBMIT carries at most this many tasks or bytes (docs/protocol.md
+//  promises about 1 MiB): large enough that the per-message cost vanishes,
+//  small enough that the broker starts dispatching a burst before all of it
+//  has arrived.
 #define S_BATCH_TASKS       4096
-#define S_BATCH_BYTES       (4u * 1024 * 1024)
+#define S_BATCH_BYTES       (1u * 1024 * 1024)
 //  Envelope bytes per task beyond its name and arguments (array header, id,
 //  retries, timeout, flags, str/bin headers), rounded up.
 #define S_TASK_OVERHEAD     48
@@ -139,7 +140,7 @@ typedef struct {
     uint32_t broker_ivl_ms;         //  the broker's heartbeat interval
     int send_ivl_ms;                //  ours, or the broker's when shorter
     int64_t last_heard_ms;          //  last message from the broker
-    int64_t next_heartbeat_ms;
+    int64_t next_heartbeat_ms;      //  pushed back by every message we send
     int64_t resend_at_ms;           //  parked tasks go out then; -1 none
     int backoff_ms;
     size_t freed;                   //  results since the last resend round
@@ -655,6 +656,13 @@ static void s_drain_inbox(cf_client_t *self)
 // ---------------------------------------------------------------------------
 //  Actor: sending
 
+//  Any message is a sign of life: a heartbeat is due only after an
+//  interval in which we sent nothing else.
+static void s_sent(cf_client_t *self)
+{
+    self->next_heartbeat_ms = cf_clock_now_ms() + self->send_ivl_ms;
+}
+
 static cf_err_t s_send_heartbeat(cf_client_t *self)
 {
     cf_proto_enc_begin(self->enc, CF_MSG_HEARTBEAT);
@@ -675,8 +683,10 @@ static void s_send_cancels(cf_client_t *self)
             rc = cf_proto_enc_id(self->enc, self->cancel_ids[sent + i]);
         if (rc == CF_OK)
             rc = cf_proto_enc_send(self->enc, self->socket, NULL, 0);
-        if (rc == CF_OK)
+        if (rc == CF_OK) {
             sent += n;
+            s_sent(self);
+        }
         else if (rc == CF_EBUSY)
             self->blocked = true;
         else {
@@ -738,6 +748,7 @@ static void s_send_tasks(cf_client_t *self)
             item = s_list_pop_front(&self->outbox);
             item->where = S_AT_BROKER;
         }
+        s_sent(self);
     }
 }
 
@@ -957,10 +968,8 @@ static void s_run_timers(cf_client_t *self)
 {
     int64_t now = cf_clock_now_ms();
     if (now >= self->next_heartbeat_ms) {
-        //  Every interval, busy or not: it costs nothing and the broker
-        //  never has to guess whether a busy client is alive. Not while
-        //  disconnected: zmq would queue them, and delivered ahead of the
-        //  resent tasks after a reconnect each would draw an "unknown
+        //  Not while disconnected: zmq would queue them, and delivered ahead
+        //  of the resent tasks after a reconnect each would draw an "unknown
         //  client" answer and a second, useless resend.
         if (self->transport_up) {
             cf_err_t rc = s_send_heartbeat(self);
