@@ -490,7 +490,7 @@ static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, cons
 cf_future_t *cf_submitv(cf_executor_t *ex, const cf_task_opts_t *opts, const char *fn,
                         const char *fmt, va_list ap)
 {
-    size_t fn_len;
+    size_t fn_len = 0;      //  set by s_check_function; GCC 12 -O3 cannot tell
     if (!ex) {
         cf_error_set(CF_EINVAL, "the executor is NULL");
         return NULL;
@@ -542,7 +542,7 @@ cf_future_t *cf_submit_with(cf_executor_t *ex, const cf_task_opts_t *opts, const
 cf_future_t *cf_executor_submit_encoded(cf_executor_t *ex, const cf_task_opts_t *opts,
                                         const char *fn, const void *args, size_t len)
 {
-    size_t fn_len;
+    size_t fn_len = 0;      //  set by s_check_function; GCC 12 -O3 cannot tell
     if (!ex) {
         cf_error_set(CF_EINVAL, "the executor is NULL");
         return NULL;
