@@ -3,9 +3,27 @@
 //  it tasks through a mutex-protected inbox and an eventfd it polls; it
 //  batches them into SUBMIT messages, matches RESULT/STARTED replies to
 //  futures by task id, heartbeats the broker, and when the broker is lost or
-//  restarted (its boot id changes) resends every task still pending. A BUSY
+//  restarted (its boot id changes, the connection is re-established, or it
+//  answers "unknown client") resends every task still pending. A BUSY
 //  result puts the task back in its queue for a later resend, so backpressure
 //  never loses a task.
+//
+//  What callers can rely on (cf_client_ops):
+//  - submit is safe from any thread and never blocks on the network.
+//  - Futures complete on the actor thread, so their callbacks run there:
+//    they may submit and cancel, not wait for this executor's shutdown.
+//  - Cancel (cf_future_cancel): a task the client still holds is cancelled
+//    at once; for one at the broker it sends CANCEL and waits for the answer
+//    (true when the broker removed it, false once it started or finished),
+//    at most 5 s, and not at all while the broker is unreachable or when
+//    called from an actor thread (then false unless it was still local).
+//  - shutdown(wait) returns when every submitted future is done;
+//    cancel_futures cancels what the client holds and asks the broker to
+//    drop what it queues.
+//  - destroy resolves whatever is still pending: cancelled if it never
+//    started, error "ExecutorDestroyed" if it did. No future hangs.
+//  - Delivery is at-least-once: after a broker restart a task may run twice;
+//    its future takes the first result.
 
 #ifndef CF_CLIENT_H
 #define CF_CLIENT_H
@@ -17,12 +35,13 @@ extern const cf_backend_ops_t cf_client_ops;
 typedef struct {
     const char *endpoint;       //  broker client endpoint
     void *zmq_context;          //  NULL: the client makes its own
-    int heartbeat_ivl_ms;       //  0: CF_HEARTBEAT_IVL_MS
-    int heartbeat_liveness;     //  missed intervals before the broker is lost
+    int heartbeat_ivl_ms;       //  <= 0: CF_HEARTBEAT_IVL_MS (the broker's, when shorter, wins)
+    int heartbeat_liveness;     //  missed intervals before the broker is lost; <= 0: default
 } cf_client_config_t;
 
 //  Connects (asynchronously: zmq connects in the background). NULL with
-//  cf_last_error() on failure.
+//  cf_last_error() on failure (CF_EINVAL for a malformed endpoint). A
+//  shared zmq_context must outlive the client.
 void *cf_client_new(const cf_client_config_t *config);
 
 #define CF_HEARTBEAT_IVL_MS  1000
