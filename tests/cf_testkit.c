@@ -928,6 +928,7 @@ static bool s_drain(int fd, char **text, size_t *len, size_t *cap)
             assert_non_null(bigger);
             *text = bigger;
             *cap = new_cap;
+            (*text)[*len] = '\0';      //  a text even if nothing more comes
         }
         ssize_t n = read(fd, *text + *len, *cap - *len - 1);
         if (n < 0 && errno == EINTR)

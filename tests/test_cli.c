@@ -38,8 +38,8 @@ static void s_expect_refusal(cf_testkit_t *kit, const char *bin_env, const char 
 {
     cf_testkit_output_t output;
     s_run(kit, bin_env, args, &output);
-    if (output.exit_code == 0 || output.exit_code > 125 || strstr(output.out, "ready")
-        || output.err[0] == '\0') {
+    if (output.exit_code == 0 || output.exit_code > 125 || !strncmp(output.out, "ready", 5)
+        || strstr(output.out, "\nready") || output.err[0] == '\0') {
         fprintf(stderr, "%s %s: exit %d\nstdout: %s\nstderr: %s\n", bin_env, args[0],
                 output.exit_code, output.out, output.err);
         fail_msg("expected a refusal with a message");
