@@ -21,11 +21,14 @@
 //
 //  The broker may forget us: it restarted (its boot id in HEARTBEAT
 //  changes), our connection was re-established (it sees a new routing id),
-//  or it declared us lost. It then answers our heartbeat with ERROR [0,
-//  "unknown client"]. In each case every task at the broker goes back to the
-//  outbox: delivery is at-least-once. The broker leaves a resubmitted id it
-//  still holds alone, and a second result for a task is dropped here because
-//  the first one removed it.
+//  or it declared us lost. It answers a heartbeat with ERROR [0, "unknown
+//  client"] then, but a SUBMIT silently makes us a new client, so the signs
+//  we act on are all of: that error, a new boot id, a reconnection, a broker
+//  we had found silent speaking again, and our own silence (an actor stall)
+//  longer than the broker's expiry. Each puts every task at the broker back
+//  in the outbox: delivery is at-least-once. The broker leaves a resubmitted
+//  id it still holds alone, and a second result for a task is dropped here
+//  because the first one removed it.
 //
 //  Callbacks of futures run on the actor thread (the thread that completes
 //  a future). They may submit and cancel; they must not wait for this
@@ -149,6 +152,8 @@ typedef struct {
     bool ever_connected;            //  the transport came up once
     bool transport_up;              //  connected in zmq's sense (monitor)
     bool heard_once;                //  the broker has spoken to us
+    bool resend_on_contact;         //  we found it silent: it may have dropped us
+    int64_t last_sent_ms;           //  our last message (0: none yet)
     bool unreachable;               //  published as broker_unreachable
     bool reach_changed;             //  unreachable changed since s_report
     uint64_t cancel_taken;          //  cancel_seq when the inbox was drained
@@ -510,6 +515,9 @@ static void s_lost(cf_client_t *self, const char *why)
     if (self->connected)
         cf_log_warn(S_LOG, "broker at %s lost (%s)", self->endpoint, why);
     self->connected = false;
+    //  Silent to us, we were probably silent to it as well: it may have
+    //  dropped our tasks, and our next SUBMIT would rejoin without a word.
+    self->resend_on_contact = true;
     s_update_reach(self);
 }
 
@@ -660,7 +668,8 @@ static void s_drain_inbox(cf_client_t *self)
 //  interval in which we sent nothing else.
 static void s_sent(cf_client_t *self)
 {
-    self->next_heartbeat_ms = cf_clock_now_ms() + self->send_ivl_ms;
+    self->last_sent_ms = cf_clock_now_ms();
+    self->next_heartbeat_ms = self->last_sent_ms + self->send_ivl_ms;
 }
 
 static cf_err_t s_send_heartbeat(cf_client_t *self)
@@ -763,6 +772,10 @@ static void s_contact(cf_client_t *self, int64_t now)
         self->connected = true;
         self->heard_once = true;
         s_update_reach(self);
+    }
+    if (self->resend_on_contact) {
+        self->resend_on_contact = false;
+        s_resend_all(self, "broker back after silence");
     }
 }
 
@@ -964,16 +977,34 @@ static int64_t s_dead_after_ms(cf_client_t *self)
     return ivl * self->liveness;
 }
 
+//  How long the broker lets a client be silent: its interval when known
+//  (liveness is not announced; ours is assumed).
+static int64_t s_broker_expiry_ms(cf_client_t *self)
+{
+    int64_t ivl = self->broker_ivl_ms ? (int64_t)self->broker_ivl_ms : self->ivl_ms;
+    return ivl * self->liveness;
+}
+
 static void s_run_timers(cf_client_t *self)
 {
     int64_t now = cf_clock_now_ms();
+    //  Heartbeats keep our gaps near one interval; a gap past the broker's
+    //  expiry means this thread stalled (a long callback, a stopped
+    //  process, a starved machine) and the broker may have dropped us.
+    if (self->last_sent_ms && self->transport_up
+        && now - self->last_sent_ms > s_broker_expiry_ms(self)) {
+        s_resend_all(self, "we were silent");
+        self->last_sent_ms = now;
+    }
     if (now >= self->next_heartbeat_ms) {
         //  Not while disconnected: zmq would queue them, and delivered ahead
         //  of the resent tasks after a reconnect each would draw an "unknown
         //  client" answer and a second, useless resend.
         if (self->transport_up) {
             cf_err_t rc = s_send_heartbeat(self);
-            if (rc != CF_OK && rc != CF_EBUSY)
+            if (rc == CF_OK)
+                s_sent(self);
+            else if (rc != CF_EBUSY)
                 cf_log_debug(S_LOG, "heartbeat not sent: %s", cf_strerror(rc));
         }
         self->next_heartbeat_ms = now + self->send_ivl_ms;

@@ -6,10 +6,13 @@
 #include "cf_client.h"
 #include "cf_executor.h"
 #include "cf_future.h"
+#include "cf_idmap.h"
+#include "cf_proto.h"
 #include "cf_worker.h"
 
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdio.h>
@@ -379,6 +382,140 @@ static void test_broker_restart_resends_pending_tasks(void **state)
 }
 
 // ---------------------------------------------------------------------------
+//  A scripted broker (raw ROUTER) for the resubmission triggers: it never
+//  answers a task id the first time it sees it, but tells the client it
+//  forgot it (ERROR "unknown client", or a new boot id in HEARTBEAT); it
+//  answers 42 to ids it sees again. Every future finishing therefore proves
+//  the client resubmitted.
+
+typedef enum { S_FAKE_UNKNOWN_CLIENT, S_FAKE_NEW_BOOT } s_fake_mode_t;
+
+typedef struct {
+    s_fake_mode_t mode;
+    void *ctx;
+    void *router;
+    char endpoint[64];
+    cf_idmap_t *seen;           //  id -> (void *)1 once seen
+    uint64_t boot;
+    int resubmitted;            //  ids seen a second time
+    atomic_bool stop;
+    pthread_t thread;
+} s_fake_t;
+
+static void s_fake_trigger(s_fake_t *fake, cf_proto_enc_t *enc, const void *rid, size_t len)
+{
+    if (fake->mode == S_FAKE_UNKNOWN_CLIENT) {
+        cf_proto_enc_begin(enc, CF_MSG_ERROR);
+        cf_proto_enc_text(enc, CF_BROKER_UNKNOWN_CLIENT, 0);
+        assert_int_equal(cf_proto_enc_send(enc, fake->router, rid, len), CF_OK);
+        return;
+    }
+    //  The first time the client has no boot id yet: give it one, then
+    //  change it.
+    for (int i = fake->boot == 1 ? 0 : 1; i < 2; i++) {
+        cf_proto_enc_begin(enc, CF_MSG_HEARTBEAT);
+        cf_proto_enc_heartbeat(enc, ++fake->boot, 1000);
+        assert_int_equal(cf_proto_enc_send(enc, fake->router, rid, len), CF_OK);
+    }
+}
+
+static void *s_fake_run(void *arg)
+{
+    s_fake_t *fake = arg;
+    cf_proto_enc_t *enc = cf_proto_enc_new();
+    while (!atomic_load(&fake->stop)) {
+        zmq_pollitem_t item = {fake->router, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, 20) <= 0)
+            continue;
+        zmq_msg_t rid;
+        zmq_msg_init(&rid);
+        cf_proto_msg_t *msg = NULL;
+        if (cf_proto_recv(fake->router, true, &rid, &msg) == CF_OK
+            && msg->type == CF_MSG_SUBMIT) {
+            const void *id = zmq_msg_data(&rid);
+            size_t id_len = zmq_msg_size(&rid);
+            bool fresh = false;
+            cf_proto_enc_begin(enc, CF_MSG_RESULT);
+            for (size_t i = 0; i < msg->count; i++) {
+                if (cf_idmap_get(fake->seen, msg->tasks[i].id)) {
+                    fake->resubmitted++;
+                    assert_int_equal(cf_proto_enc_result_ok(enc, msg->tasks[i].id, "\x2a", 1),
+                                     CF_OK);
+                }
+                else {
+                    cf_idmap_put(fake->seen, msg->tasks[i].id, (void *)1);
+                    fresh = true;
+                }
+            }
+            if (cf_proto_enc_count(enc))
+                assert_int_equal(cf_proto_enc_send(enc, fake->router, id, id_len), CF_OK);
+            if (fresh)
+                s_fake_trigger(fake, enc, id, id_len);
+        }
+        cf_proto_msg_destroy(&msg);
+        zmq_msg_close(&rid);
+    }
+    cf_proto_enc_destroy(&enc);
+    return NULL;
+}
+
+static void s_fake_start(s_fake_t *fake, s_fake_mode_t mode)
+{
+    memset(fake, 0, sizeof *fake);
+    fake->mode = mode;
+    fake->boot = 1;
+    fake->ctx = zmq_ctx_new();
+    fake->router = zmq_socket(fake->ctx, ZMQ_ROUTER);
+    assert_int_equal(cf_proto_socket_setup(fake->router, true), CF_OK);
+    assert_int_equal(zmq_bind(fake->router, "tcp://127.0.0.1:*"), 0);
+    size_t len = sizeof fake->endpoint;
+    assert_int_equal(zmq_getsockopt(fake->router, ZMQ_LAST_ENDPOINT, fake->endpoint, &len), 0);
+    fake->seen = cf_idmap_new(64);
+    atomic_init(&fake->stop, false);
+    assert_int_equal(pthread_create(&fake->thread, NULL, s_fake_run, fake), 0);
+}
+
+static void s_fake_stop(s_fake_t *fake)
+{
+    atomic_store(&fake->stop, true);
+    pthread_join(fake->thread, NULL);
+    zmq_close(fake->router);
+    zmq_ctx_term(fake->ctx);
+    cf_idmap_destroy(&fake->seen);
+}
+
+static void s_expect_resubmission(s_fake_mode_t mode)
+{
+    enum { N = 5 };
+    s_fake_t fake;
+    s_fake_start(&fake, mode);
+    cf_executor_t *ex = cf_executor_new(CF_REMOTE, &(cf_options_t){.endpoint = fake.endpoint});
+    assert_non_null(ex);
+    cf_future_t *fs[N];
+    for (int i = 0; i < N; i++)
+        fs[i] = cf_submit(ex, "t_add", "ii", i, i);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(s_int_result(fs[i]), 42);
+        cf_future_release(&fs[i]);
+    }
+    cf_executor_destroy(&ex);
+    s_fake_stop(&fake);
+    assert_true(fake.resubmitted >= N);
+}
+
+static void test_unknown_client_error_makes_the_client_resubmit(void **state)
+{
+    (void)state;
+    s_expect_resubmission(S_FAKE_UNKNOWN_CLIENT);
+}
+
+static void test_new_broker_boot_id_makes_the_client_resubmit(void **state)
+{
+    (void)state;
+    s_expect_resubmission(S_FAKE_NEW_BOOT);
+}
+
+// ---------------------------------------------------------------------------
 //  Destroy with pending futures (through the back end's operations: the
 //  front would wait for them first)
 
@@ -497,6 +634,9 @@ int main(void)
     //  CF_TEST_LOG=1 shows what the actors did (resends, lost brokers).
     if (getenv("CF_TEST_LOG"))
         cf_log_set_handler(cf_log_to_stderr, NULL, CF_LOG_DEBUG);
+    //  CF_TEST_FILTER=test_name (a pattern) runs only matching tests.
+    if (getenv("CF_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("CF_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tasks_return_their_results),
         cmocka_unit_test(test_task_error_keeps_type_message_and_origin),
@@ -506,6 +646,8 @@ int main(void)
         cmocka_unit_test(test_shutdown_cancel_futures_cancels_what_has_not_started),
         cmocka_unit_test(test_busy_broker_pushes_back_and_every_task_still_finishes),
         cmocka_unit_test(test_broker_restart_resends_pending_tasks),
+        cmocka_unit_test(test_unknown_client_error_makes_the_client_resubmit),
+        cmocka_unit_test(test_new_broker_boot_id_makes_the_client_resubmit),
         cmocka_unit_test(test_destroy_resolves_every_pending_future),
         cmocka_unit_test(test_cancel_does_not_wait_for_an_unreachable_broker),
         cmocka_unit_test(test_destroy_fails_a_started_task),

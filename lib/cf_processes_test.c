@@ -380,6 +380,9 @@ int main(void)
     //  CF_TEST_LOG=1 shows what the broker, supervisor and client did.
     if (getenv("CF_TEST_LOG"))
         cf_log_set_handler(cf_log_to_stderr, NULL, CF_LOG_DEBUG);
+    //  CF_TEST_FILTER=test_name (a pattern) runs only matching tests.
+    if (getenv("CF_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("CF_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tasks_run_in_worker_processes),
         cmocka_unit_test(test_initializer_runs_in_each_worker),
