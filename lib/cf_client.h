@@ -2,9 +2,11 @@
 //  one DEALER socket to a broker's client endpoint. Application threads hand
 //  it tasks through a mutex-protected inbox and an eventfd it polls; it
 //  batches them into SUBMIT messages, matches RESULT/STARTED replies to
-//  futures by task id, heartbeats the broker, and when the broker is lost or
-//  restarted (its boot id changes, the connection is re-established, or it
-//  answers "unknown client") resends every task still pending. A BUSY
+//  futures by task id, heartbeats the broker, and when the broker may have
+//  forgotten its tasks (its boot id changes, the connection is
+//  re-established, it answers "unknown client", it speaks again after a
+//  silence, or the client itself stalled past the broker's expiry) resends
+//  every task still pending. A BUSY
 //  result puts the task back in its queue for a later resend, so backpressure
 //  never loses a task.
 //
