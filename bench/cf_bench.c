@@ -54,7 +54,7 @@
 // ---------------------------------------------------------------------------
 //  Options
 
-//  17-digit primes: about 0.2 s each here, so the sequential run of the 16
+//  18-digit primes: about 0.2 s each here, so the sequential run of the 16
 //  takes a few seconds (py_futures.py uses 15-digit primes: the same few
 //  seconds in CPython). An even count keeps 2 workers evenly loaded.
 static const uint64_t s_primes[] = {
