@@ -22,6 +22,7 @@
 
 #define _GNU_SOURCE         //  pthread_setname_np
 #include "cf_broker.h"
+#include "cf_auth.h"
 
 #include "cf_clock.h"
 #include "cf_error.h"
@@ -163,6 +164,9 @@ typedef struct {
     int liveness;
     size_t max_queued;
     size_t max_queued_per_client;
+    bool require_roles;         //  CURVE: check each message's User-Id role
+    int64_t refused_log_sec;    //  audit lines are rate limited per second
+    int refused_log_count;
     uint64_t boot;              //  random, nonzero: tells peers this run from another
     uint64_t next_task_id;      //  starts at random: a restarted broker never
                                 //  matches a result meant for its predecessor
@@ -1313,6 +1317,7 @@ static void s_send_stats(s_self_t *self, const void *id, size_t len)
         { "busy", s.busy },           { "malformed", s.malformed },
         { "dropped", s.dropped },     { "ignored", s.ignored },
         { "timed_out", s.timed_out }, { "deferred", s.deferred },
+        { "refused", s.refused },
     };
     cf_proto_enc_begin(self->enc, CF_MSG_STATS);
     for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
@@ -1462,6 +1467,37 @@ static void s_on_worker_message(s_self_t *self, const void *id, size_t len, cf_p
     }
 }
 
+//  With CURVE, libzmq tags every frame of an authenticated connection with
+//  the User-Id cf_auth gave it ("client:<fp>"): a message whose role does
+//  not fit the socket is refused before it can touch any state. The role
+//  domains already refuse such keys at the handshake; this is the second
+//  check docs/security.md promises, for a misconfigured domain or a key
+//  added to the wrong list by a reload. The audit line names the key by
+//  fingerprint only (the User-Id holds nothing more).
+static bool s_role_allowed(s_self_t *self, void *sock, const void *id, size_t len,
+                           cf_proto_msg_t *msg, bool clients)
+{
+    cf_role_t want = clients ? CF_ROLE_CLIENT : CF_ROLE_WORKER;
+    cf_role_t role = msg->has_body_ ? cf_auth_role_of(&msg->body_) : CF_ROLE_NONE;
+    if (role == want)
+        return true;
+    self->stats.refused++;
+    const char *user = msg->has_body_ ? zmq_msg_gets(&msg->body_, "User-Id") : NULL;
+    char label[24];
+    s_make_label(id, len, label, sizeof label);
+    int64_t sec = cf_clock_now_ms() / 1000;
+    if (sec != self->refused_log_sec) {
+        self->refused_log_sec = sec;
+        self->refused_log_count = 0;
+    }
+    if (self->refused_log_count++ < CF_AUTH_LOG_PER_SEC)
+        cf_log_warn(LOG, "refused %s from %s (routing id %s) on the %s endpoint: a %s key "
+                    "may not use it", s_command(msg->type), user ? user : "an unauthenticated peer",
+                    label, clients ? "client" : "worker", cf_auth_role_name(role));
+    s_send_error(self, sock, id, len, 0, CF_BROKER_NOT_ALLOWED);
+    return false;
+}
+
 //  Reads what the socket has, up to the budget.
 static void s_read_socket(s_self_t *self, void *sock)
 {
@@ -1478,6 +1514,8 @@ static void s_read_socket(s_self_t *self, void *sock)
         if (rc == CF_OK) {
             if (len == 0)
                 s_malformed(self, sock, NULL, 0, "message without a routing id");
+            else if (self->require_roles && !s_role_allowed(self, sock, id, len, msg, clients))
+                ;               //  refused, answered and logged
             else if (clients)
                 s_on_client_message(self, id, len, msg);
             else
@@ -1845,6 +1883,7 @@ cf_broker_t *cf_broker_new(const cf_broker_config_t *config)
     self->ivl_ms = config->heartbeat_ivl_ms ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
     self->liveness = config->heartbeat_liveness ? config->heartbeat_liveness : CF_HEARTBEAT_LIVENESS;
     self->max_queued = config->max_queued ? config->max_queued : CF_BROKER_MAX_QUEUED;
+    self->require_roles = config->require_roles;
     self->max_queued_per_client =
         config->max_queued_per_client ? config->max_queued_per_client : self->max_queued;
     self->boot = s_random64();

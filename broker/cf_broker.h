@@ -50,6 +50,8 @@
 //  ERROR texts (ref 0) that tell a peer the broker does not know it.
 #define CF_BROKER_UNKNOWN_CLIENT "unknown client"
 #define CF_BROKER_UNKNOWN_WORKER "unknown worker"
+//  ERROR text (ref 0) for a message whose sender's key has another role.
+#define CF_BROKER_NOT_ALLOWED    "not allowed: this key's role may not use this endpoint"
 
 typedef struct cf_broker cf_broker_t;
 
@@ -67,6 +69,13 @@ typedef struct {
     size_t max_queued_per_client;   //  0: same as max_queued
     cf_broker_socket_fn *socket_setup;  //  NULL: none
     void *socket_setup_arg;
+    //  CURVE (cf_auth): every message must come from a connection whose
+    //  User-Id role fits the socket (client keys on the client socket,
+    //  worker keys on the worker socket). Others are answered ERROR [0,
+    //  CF_BROKER_NOT_ALLOWED], counted as refused, logged with the sender's
+    //  fingerprint (a warning, at most CF_AUTH_LOG_PER_SEC a second) and
+    //  otherwise ignored: no peer state is created.
+    bool require_roles;
 } cf_broker_config_t;
 
 #define CF_BROKER_MAX_QUEUED (4u * 1024 * 1024)
@@ -105,6 +114,7 @@ typedef struct {
     uint64_t ignored;           //  worker results matching no waiting task
     uint64_t timed_out;         //  tasks failed with TimeoutError (also in failed)
     uint64_t deferred;          //  sends refused (peer at HWM or gone) and kept or requeued
+    uint64_t refused;           //  messages from a key of the wrong role (require_roles)
 } cf_broker_stats_t;
 cf_err_t cf_broker_stats(cf_broker_t *broker, cf_broker_stats_t *stats);
 
