@@ -11,8 +11,13 @@
 //  supervisor replaces the worker.
 //
 //  Forking: the supervisor's zygote is forked when cf_procs_new runs, before
-//  the client exists, and forks every worker itself; no code of this file
-//  runs in a child, and children never touch this process's context.
+//  the broker and the client start their threads, and forks every worker
+//  itself; no code of this file runs in a child, and children never touch
+//  this process's context. Forking first matters: a fork copies every lock
+//  as it is, and an allocator without fork handlers (GCC 12's ASan was seen
+//  to hang this way) would hand workers a lock another of our threads held.
+//  Workers connect to the ipc path before the broker binds it; ZeroMQ queues
+//  their READY until it does.
 
 #include "cf_processes.h"
 
@@ -25,6 +30,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,7 +46,8 @@
 
 typedef struct {
     void *ctx;                  //  shared by broker and client
-    cf_broker_t *broker;
+    //  Set after the workers were forked; read by the supervisor's thread.
+    _Atomic(cf_broker_t *) broker;
     cf_procs_t *procs;
     void *client;
     int max_workers;
@@ -57,7 +64,10 @@ static void s_worker_exited(void *arg, pid_t pid, const char *identity, int stat
                  identity ? identity : "?", status);
     if (!identity || !*identity)
         return;
-    cf_err_t rc = cf_broker_worker_lost(self->broker, identity, strlen(identity));
+    cf_broker_t *broker = atomic_load(&self->broker);
+    if (!broker)
+        return;                 //  still starting: the broker never knew it
+    cf_err_t rc = cf_broker_worker_lost(broker, identity, strlen(identity));
     //  CF_ENOTFOUND is the normal case for a worker that ended cleanly (it
     //  said DISCONNECT first) or never got to READY.
     if (rc == CF_ENOTFOUND)
@@ -110,7 +120,8 @@ static void s_destroy(void **backend_p)
     *backend_p = NULL;
     cf_client_ops.destroy(&self->client);
     cf_procs_destroy(&self->procs, S_GRACE_MS);
-    cf_broker_destroy(&self->broker);
+    cf_broker_t *broker = atomic_exchange(&self->broker, NULL);
+    cf_broker_destroy(&broker);
     if (self->ctx) {
         while (zmq_ctx_term(self->ctx) != 0 && errno == EINTR)
             ;
@@ -147,17 +158,10 @@ void *cf_processes_new(const cf_options_t *opts, int max_workers)
     //  The context is private, so a fixed inproc name cannot collide.
     char worker_endpoint[sizeof self->dir + 16];
     snprintf(worker_endpoint, sizeof worker_endpoint, "ipc://%s/%s", self->dir, S_SOCKET_NAME);
-    self->broker = cf_broker_new(&(cf_broker_config_t){
-        .client_endpoint = "inproc://cf-processes-clients",
-        .worker_endpoint = worker_endpoint,
-        .zmq_context = self->ctx,
-    });
-    if (!self->broker)
-        goto failed;            //  cf_last_error() says why
     self->procs = cf_procs_new(&(cf_procs_config_t){
         .count = max_workers,
         .threads = 1,
-        .endpoint = cf_broker_worker_endpoint(self->broker),
+        .endpoint = worker_endpoint,
         .initializer = opts->initializer,
         .initarg = opts->initarg,
         .max_tasks_per_worker = opts->max_tasks_per_worker,
@@ -167,9 +171,17 @@ void *cf_processes_new(const cf_options_t *opts, int max_workers)
         .on_exit_arg = self,
     });
     if (!self->procs)
+        goto failed;            //  cf_last_error() says why
+    cf_broker_t *broker = cf_broker_new(&(cf_broker_config_t){
+        .client_endpoint = "inproc://cf-processes-clients",
+        .worker_endpoint = worker_endpoint,
+        .zmq_context = self->ctx,
+    });
+    if (!broker)
         goto failed;
+    atomic_store(&self->broker, broker);
     self->client = cf_client_new(&(cf_client_config_t){
-        .endpoint = cf_broker_client_endpoint(self->broker),
+        .endpoint = cf_broker_client_endpoint(broker),
         .zmq_context = self->ctx,
     });
     if (!self->client)
