@@ -40,6 +40,7 @@
 #include "cf_clock.h"
 #include "cf_error.h"
 #include "cf_idmap.h"
+#include "cf_keys.h"
 #include "cf_log.h"
 #include "cf_proto.h"
 
@@ -57,6 +58,13 @@
 #include <zmq.h>
 
 #define S_LOG "client"
+//  CURVE handshakes dropped by the broker without a word, in a row, before
+//  we call the key refused: a wrong broker key (or a broker without its
+//  authentication handler) looks like that every time; a broker going away
+//  at the wrong moment, once (docs/security.md, "Noticing a refused key").
+#define S_HANDSHAKE_DROPS_MAX 3
+
+enum { S_AUTH_UNKNOWN, S_AUTH_OK, S_AUTH_REFUSED };
 
 //  A SUBMIT carries at most this many tasks or bytes (docs/protocol.md
 //  promises about 1 MiB): large enough that the per-message cost vanishes,
@@ -119,6 +127,9 @@ typedef struct {
     uint64_t cancel_seq;            //  cancel requests queued so far
     uint64_t cancel_handled;        //  of those, handled by the actor
     bool broker_unreachable;        //  no answer to wait for (actor's view)
+    pthread_cond_t auth_cond;       //  auth_state left S_AUTH_UNKNOWN
+    int auth_state;                 //  S_AUTH_*: the first handshake's outcome
+    char auth_message[256];         //  why the broker refused us (S_AUTH_REFUSED)
 
     //  Fixed after construction.
     int wake_fd;                    //  eventfd the actor polls
@@ -126,6 +137,8 @@ typedef struct {
     bool own_ctx;                   //  we made ctx, we terminate it
     void *socket;                   //  DEALER to the broker (actor's)
     void *monitor;                  //  PAIR receiving socket events, or NULL
+    bool curve;                     //  CURVE client (cf_client_config_t keys)
+    char key_fp[CF_KEY_FP_SIZE];    //  our public key's fingerprint, for messages
     char *endpoint;
     int ivl_ms;                     //  our heartbeat interval
     int liveness;                   //  silent intervals before the broker is lost
@@ -152,6 +165,7 @@ typedef struct {
     bool ever_connected;            //  the transport came up once
     bool transport_up;              //  connected in zmq's sense (monitor)
     bool heard_once;                //  the broker has spoken to us
+    int handshake_drops;            //  CURVE handshakes dropped since the last success
     bool resend_on_contact;         //  we found it silent: it may have dropped us
     int64_t last_sent_ms;           //  our last message (0: none yet)
     bool unreachable;               //  published as broker_unreachable
@@ -278,14 +292,20 @@ static cf_err_t s_submit(void *backend, cf_task_t **task_p)
     item->where = S_AT_INBOX;
 
     pthread_mutex_lock(&self->mutex);
+    if (self->auth_state == S_AUTH_REFUSED) {
+        char why[sizeof self->auth_message];
+        memcpy(why, self->auth_message, sizeof why);
+        pthread_mutex_unlock(&self->mutex);
+        cf_task_destroy(&item->task);
+        free(item);
+        return cf_error_set(CF_EAUTH, "%s", why);
+    }
     if (self->closed) {
         pthread_mutex_unlock(&self->mutex);
         cf_task_destroy(&item->task);
         free(item);
         return cf_error_set(CF_ESHUTDOWN, "executor is shut down");
     }
-    //  Only a future that got in: a refused one must never call into us.
-    cf_future_set_canceller(task->future, s_cancel, self);
     s_list_push_back(&self->inbox, item);
     self->outstanding++;
     bool wake = s_signal_locked(self);
@@ -592,6 +612,92 @@ static void s_handle_cancel(cf_client_t *self, cf_future_t *f)
         case S_AT_INBOX:
             assert(false);          //  the inbox was drained first
             break;
+    }
+}
+
+//  The broker refused our key (or our lack of one): nothing sent can ever
+//  succeed. Every pending future fails with AuthError, later submissions
+//  with CF_EAUTH, and the socket stops reconnecting.
+static void s_auth_refused(cf_client_t *self, const char *why)
+{
+    pthread_mutex_lock(&self->mutex);
+    if (self->auth_state == S_AUTH_REFUSED) {
+        pthread_mutex_unlock(&self->mutex);
+        return;
+    }
+    self->auth_state = S_AUTH_REFUSED;
+    snprintf(self->auth_message, sizeof self->auth_message, "%s", why);
+    pthread_cond_broadcast(&self->auth_cond);
+    s_list_t tasks = self->inbox;
+    self->inbox = (s_list_t){0};
+    pthread_mutex_unlock(&self->mutex);
+    cf_log_error(S_LOG, "%s", why);
+    s_accept_tasks(self, &tasks);
+    //  As s_finish_all: the lists first (an item is on one list at most),
+    //  then what only the pending map holds.
+    s_item_t *item;
+    while ((item = self->outbox.head))
+        s_resolve_error(self, item, "AuthError", why, "", 0);
+    while ((item = self->parked.head))
+        s_resolve_error(self, item, "AuthError", why, "", 0);
+    s_list_t rest = {0};
+    size_t cursor = 0;
+    uint64_t id;
+    void *value;
+    while (cf_idmap_next(self->pending, &cursor, &id, &value))
+        s_list_push_back(&rest, value);
+    while ((item = s_list_pop_front(&rest)))
+        s_resolve_error(self, item, "AuthError", why, "", 0);
+    if (zmq_disconnect(self->socket, self->endpoint) != 0)
+        cf_log_debug(S_LOG, "disconnect from %s: %s", self->endpoint, zmq_strerror(errno));
+    self->transport_up = false;
+    s_update_reach(self);
+    s_report(self);
+}
+
+static void s_auth_accepted(cf_client_t *self)
+{
+    self->handshake_drops = 0;
+    pthread_mutex_lock(&self->mutex);
+    if (self->auth_state == S_AUTH_UNKNOWN) {
+        self->auth_state = S_AUTH_OK;
+        pthread_cond_broadcast(&self->auth_cond);
+    }
+    pthread_mutex_unlock(&self->mutex);
+}
+
+//  A handshake outcome from the monitor (value: the event's value).
+static void s_on_handshake(cf_client_t *self, uint16_t event, uint32_t value)
+{
+    char why[256];
+    if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+        s_auth_accepted(self);
+    else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+        snprintf(why, sizeof why, "the broker at %s refused this client's key %s (ZAP %u: not "
+                 "on its client list)", self->endpoint, self->curve ? self->key_fp : "(none)",
+                 (unsigned)value);
+        s_auth_refused(self, why);
+    }
+    else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+             && (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+                 || (value >= ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED
+                     && value <= ZMQ_PROTOCOL_ERROR_ZAP_INVALID_METADATA))) {
+        if (self->curve)
+            snprintf(why, sizeof why, "the broker at %s does not use CURVE, this client does "
+                     "(curve_broker_key, curve_key)", self->endpoint);
+        else
+            snprintf(why, sizeof why, "the broker at %s requires CURVE authentication: set "
+                     "curve_broker_key and curve_key", self->endpoint);
+        s_auth_refused(self, why);
+    }
+    else if (self->curve && (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                             || event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)) {
+        if (++self->handshake_drops >= S_HANDSHAKE_DROPS_MAX) {
+            snprintf(why, sizeof why, "the broker at %s dropped %d CURVE handshakes in a row: "
+                     "wrong broker key (curve_broker_key), or the broker cannot authenticate",
+                     self->endpoint, self->handshake_drops);
+            s_auth_refused(self, why);
+        }
     }
 }
 
@@ -935,8 +1041,11 @@ static void s_on_monitor(cf_client_t *self)
             return;
         }
         uint16_t event = 0;
+        uint32_t value = 0;
         if (zmq_msg_size(&frame) >= sizeof event)
             memcpy(&event, zmq_msg_data(&frame), sizeof event);
+        if (zmq_msg_size(&frame) >= sizeof event + sizeof value)
+            memcpy(&value, (const uint8_t *)zmq_msg_data(&frame) + sizeof event, sizeof value);
         bool more = zmq_msg_more(&frame);
         zmq_msg_close(&frame);
         while (more) {              //  the endpoint frame
@@ -963,6 +1072,8 @@ static void s_on_monitor(cf_client_t *self)
             self->transport_up = false;
             s_lost(self, "disconnected");
         }
+        else if (self->auth_state != S_AUTH_REFUSED)
+            s_on_handshake(self, event, value);
     }
 }
 
@@ -1160,6 +1271,7 @@ static void s_free(cf_client_t *self)
     free(self->endpoint);
     pthread_cond_destroy(&self->idle_cond);
     pthread_cond_destroy(&self->cancel_cond);
+    pthread_cond_destroy(&self->auth_cond);
     pthread_mutex_destroy(&self->mutex);
     free(self);
 }
@@ -1175,6 +1287,58 @@ static uint64_t s_random_u64(void)
     }
     return value;
 }
+
+//  Makes the socket a CURVE client when the config has keys: all three or
+//  none (CF_EINVAL). The keys are applied, not kept.
+static cf_err_t s_apply_curve(cf_client_t *self, const cf_client_config_t *config)
+{
+    int given = !!config->curve_server_key + !!config->curve_public_key
+              + !!config->curve_secret_key;
+    if (given == 0)
+        return CF_OK;
+    if (given != 3)
+        return cf_error_set(CF_EINVAL, "client: CURVE needs the broker's public key and this "
+                            "client's key pair");
+    if (!zmq_has("curve"))
+        return cf_error_set(CF_ESYS, "client: this libzmq was built without CURVE support");
+    cf_err_t rc = cf_keys_apply_client(self->socket, config->curve_server_key,
+                                       config->curve_public_key, config->curve_secret_key);
+    if (rc != CF_OK) {
+        if (cf_last_err() != rc)
+            cf_error_set(rc, "client: cannot set the CURVE keys: %s", cf_strerror(rc));
+        return rc;
+    }
+    self->curve = true;
+    cf_keys_fingerprint(config->curve_public_key, self->key_fp);
+    return CF_OK;
+}
+
+//  Waits for the first handshake's outcome, at most the time after which
+//  the broker would count as lost: CF_OK when it succeeded or did not come
+//  (a broker not up yet is no error, as without CURVE), CF_EAUTH when the
+//  broker refused us.
+static cf_err_t s_await_handshake(cf_client_t *self)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    int64_t wait_ms = (int64_t)self->ivl_ms * self->liveness;
+    deadline.tv_sec += (time_t)(wait_ms / 1000);
+    deadline.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&self->mutex);
+    while (self->auth_state == S_AUTH_UNKNOWN) {
+        if (pthread_cond_timedwait(&self->auth_cond, &self->mutex, &deadline) == ETIMEDOUT)
+            break;
+    }
+    int state = self->auth_state;
+    pthread_mutex_unlock(&self->mutex);
+    return state == S_AUTH_REFUSED ? CF_EAUTH : CF_OK;
+}
+
+static void s_destroy(void **backend_p);
 
 void *cf_client_new(const cf_client_config_t *config)
 {
@@ -1194,6 +1358,7 @@ void *cf_client_new(const cf_client_config_t *config)
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&self->idle_cond, &attr);
     pthread_cond_init(&self->cancel_cond, &attr);
+    pthread_cond_init(&self->auth_cond, &attr);
     pthread_condattr_destroy(&attr);
 
     self->ivl_ms = config->heartbeat_ivl_ms > 0 ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
@@ -1240,6 +1405,11 @@ void *cf_client_new(const cf_client_config_t *config)
         s_free(self);
         return NULL;
     }
+    rc = s_apply_curve(self, config);
+    if (rc != CF_OK) {
+        s_free(self);
+        return NULL;
+    }
     //  inproc peers never reconnect: no monitor needed there.
     self->transport_up = true;
     if (strncmp(config->endpoint, "inproc://", 9) != 0) {
@@ -1249,8 +1419,12 @@ void *cf_client_new(const cf_client_config_t *config)
         char name[96];
         snprintf(name, sizeof name, "inproc://cf-client-monitor-%p-%016" PRIx64,
                  (void *)self, self->next_id);
-        if (zmq_socket_monitor(self->socket, name,
-                               ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0) {
+        //  Handshake outcomes tell a refused key (or a missing one) from a
+        //  broker that is not up yet, which ZeroMQ itself never reports.
+        int events = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED
+                   | ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+                   | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
+        if (zmq_socket_monitor(self->socket, name, events) != 0) {
             cf_error_set(CF_ESYS, "client: socket monitor: %s", zmq_strerror(errno));
             s_free(self);
             return NULL;
@@ -1283,6 +1457,14 @@ void *cf_client_new(const cf_client_config_t *config)
         return NULL;
     }
     self->thread_started = true;
+    if (self->curve && self->monitor && s_await_handshake(self) != CF_OK) {
+        char why[sizeof self->auth_message];
+        memcpy(why, self->auth_message, sizeof why);
+        void *backend = self;
+        s_destroy(&backend);
+        cf_error_set(CF_EAUTH, "%s", why);
+        return NULL;
+    }
     return self;
 }
 
@@ -1326,4 +1508,5 @@ const cf_backend_ops_t cf_client_ops = {
     .shutdown = s_shutdown,
     .destroy = s_destroy,
     .max_workers = s_max_workers,
+    .cancel = s_cancel,     //  the front installs it on futures that got in
 };

@@ -39,7 +39,20 @@ typedef struct {
     void *zmq_context;          //  NULL: the client makes its own
     int heartbeat_ivl_ms;       //  <= 0: CF_HEARTBEAT_IVL_MS (the broker's, when shorter, wins)
     int heartbeat_liveness;     //  missed intervals before the broker is lost; <= 0: default
+    //  CURVE (Z85 text, all three or none; applied before connect, not
+    //  kept): the broker's public key and this client's key pair. With
+    //  them, cf_client_new waits for the first handshake up to
+    //  heartbeat_ivl_ms * heartbeat_liveness and returns NULL with CF_EAUTH
+    //  when the broker refuses the key.
+    const char *curve_server_key;
+    const char *curve_public_key;
+    const char *curve_secret_key;
 } cf_client_config_t;
+
+//  Whatever the keys, a handshake the broker refuses (key not on its client
+//  list, CURVE on one side only, or with CURVE three handshakes in a row
+//  dropped: a wrong broker key) fails every pending future with the runtime
+//  error "AuthError", makes submit return CF_EAUTH, and stops reconnecting.
 
 //  Connects (asynchronously: zmq connects in the background). NULL with
 //  cf_last_error() on failure (CF_EINVAL for a malformed endpoint). A

@@ -24,6 +24,7 @@
 
 #include "cf_client.h"
 #include "cf_error.h"
+#include "cf_keys.h"
 #include "cf_log.h"
 #include "cf_mp.h"
 #include "cf_pool.h"
@@ -44,6 +45,12 @@ struct cf_executor {
     int32_t retries;                //  task default, resolved: <0 none
     uint32_t timeout_ms;            //  task default: 0 none
     atomic_bool shut;               //  no more submissions
+    //  Cancels reach the back end only through the front (s_cancel), so
+    //  destroy can wait for those in progress before freeing it.
+    pthread_mutex_t cancel_lock;
+    pthread_cond_t cancel_cond;     //  cancels reached 0
+    int cancels;                    //  s_cancel calls inside ops->cancel
+    bool backend_gone;              //  destroy began: no more ops->cancel
     atomic_int refs;                //  destroy's, plus one per unresolved future
     pthread_mutex_t shutdown_lock;  //  serialises shutdown calls
     bool waited;                    //  a shutdown with wait completed
@@ -176,6 +183,8 @@ static void s_unref(cf_executor_t *ex)
         return;
     pthread_mutex_destroy(&ex->shutdown_lock);
     pthread_mutex_destroy(&ex->progress_lock);
+    pthread_cond_destroy(&ex->cancel_cond);
+    pthread_mutex_destroy(&ex->cancel_lock);
     free(ex);
 }
 
@@ -196,6 +205,11 @@ static cf_err_t s_validate(cf_kind_t kind, const cf_options_t *opts)
     if (opts->heartbeat_ivl_ms < 0)
         return cf_error_set(CF_EINVAL, "heartbeat_ivl_ms must be > 0 (or 0 for the "
                             "default), got %d", opts->heartbeat_ivl_ms);
+    if (kind == CF_REMOTE && (!opts->curve_broker_key != !opts->curve_key))
+        return cf_error_set(CF_EINVAL, "CURVE needs both curve_broker_key (the broker's public "
+                            "key file) and curve_key (this client's secret key file)");
+    if (kind != CF_REMOTE && (opts->curve_broker_key || opts->curve_key))
+        return cf_error_set(CF_EINVAL, "curve_broker_key and curve_key are for CF_REMOTE");
     if (kind == CF_REMOTE && (!opts->endpoint || !*opts->endpoint))
         return cf_error_set(CF_EINVAL, "CF_REMOTE needs options.endpoint, the broker's "
                             "client endpoint (\"tcp://host:5555\")");
@@ -239,6 +253,21 @@ cf_executor_t *cf_executor_new(cf_kind_t kind, const cf_options_t *opts)
         cf_error_set(CF_ESYS, "pthread_mutex_init failed");
         return NULL;
     }
+    if (pthread_mutex_init(&ex->cancel_lock, NULL) != 0) {
+        pthread_mutex_destroy(&ex->progress_lock);
+        pthread_mutex_destroy(&ex->shutdown_lock);
+        free(ex);
+        cf_error_set(CF_ESYS, "pthread_mutex_init failed");
+        return NULL;
+    }
+    if (pthread_cond_init(&ex->cancel_cond, NULL) != 0) {
+        pthread_mutex_destroy(&ex->cancel_lock);
+        pthread_mutex_destroy(&ex->progress_lock);
+        pthread_mutex_destroy(&ex->shutdown_lock);
+        free(ex);
+        cf_error_set(CF_ESYS, "pthread_cond_init failed");
+        return NULL;
+    }
     ex->kind = kind;
     ex->max_workers = max_workers;
     ex->retries = opts->retries == 0 ? CF_DEFAULT_RETRIES : opts->retries < 0 ? -1
@@ -270,7 +299,25 @@ cf_executor_t *cf_executor_new(cf_kind_t kind, const cf_options_t *opts)
             .heartbeat_liveness = CF_HEARTBEAT_LIVENESS,
         };
         ex->ops = &cf_client_ops;
+        //  Key files are read here (errors name the file, never a key) and
+        //  the keys wiped once the client applied them.
+        char broker_key[CF_KEY_Z85_SIZE];
+        cf_keypair_t pair;
+        bool curve = opts->curve_broker_key != NULL;
+        if (curve && (cf_keys_read_public(opts->curve_broker_key, broker_key) != CF_OK
+                      || cf_keys_read_pair(opts->curve_key, &pair) != CF_OK)) {
+            cf_keys_wipe(&pair);
+            s_unref(ex);
+            return NULL;
+        }
+        if (curve) {
+            config.curve_server_key = broker_key;
+            config.curve_public_key = pair.public_z85;
+            config.curve_secret_key = pair.secret_z85;
+        }
         ex->backend = cf_client_new(&config);
+        if (curve)
+            cf_keys_wipe(&pair);
         break;
     }
     }
@@ -321,8 +368,39 @@ void cf_executor_destroy(cf_executor_t **pex)
     if (rc != CF_OK)
         cf_log_warn("executor", "shutdown of the %s executor failed: %s", cf_kind_name(ex->kind),
                     cf_strerror(rc));
+    //  A cancel that read this executor from its future just before the
+    //  future was resolved may still be on its way into the back end: wait
+    //  for it (a back end's cancel is bounded), and let later ones answer
+    //  from the future alone.
+    pthread_mutex_lock(&ex->cancel_lock);
+    ex->backend_gone = true;
+    while (ex->cancels > 0)
+        pthread_cond_wait(&ex->cancel_cond, &ex->cancel_lock);
+    pthread_mutex_unlock(&ex->cancel_lock);
     ex->ops->destroy(&ex->backend);
     s_unref(ex);
+}
+
+//  The canceller of every future of a back end that has a cancel operation.
+//  The future keeps ex alive while this runs (its completion hook, which
+//  drops the future's reference to ex, waits for running cancellers);
+//  cancel_lock keeps the back end alive.
+static bool s_cancel(void *arg, cf_future_t *f)
+{
+    cf_executor_t *ex = arg;
+    pthread_mutex_lock(&ex->cancel_lock);
+    if (ex->backend_gone) {
+        pthread_mutex_unlock(&ex->cancel_lock);
+        return false;
+    }
+    ex->cancels++;
+    pthread_mutex_unlock(&ex->cancel_lock);
+    bool cancelled = ex->ops->cancel(ex->backend, f);
+    pthread_mutex_lock(&ex->cancel_lock);
+    if (--ex->cancels == 0 && ex->backend_gone)
+        pthread_cond_broadcast(&ex->cancel_cond);
+    pthread_mutex_unlock(&ex->cancel_lock);
+    return cancelled;
 }
 
 // ---------------------------------------------------------------------------
@@ -484,6 +562,9 @@ static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, cons
             cf_error_set(rc, "cannot submit %s: %s", fn, cf_strerror(rc));
         return NULL;
     }
+    //  Only a future that got in, and before anyone else can see it.
+    if (ex->ops->cancel)
+        cf_future_set_canceller(f, s_cancel, ex);
     return f;
 }
 

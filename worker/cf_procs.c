@@ -130,6 +130,8 @@ struct cf_procs {
     int liveness;
     cf_procs_exit_fn *on_exit;
     void *on_exit_arg;
+    cf_err_t (*socket_setup)(void *socket, void *arg);
+    void *socket_setup_arg;
     char suffix_base[128];      //  "<host>-<random>"
 
     pthread_t thread;
@@ -272,6 +274,8 @@ __attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote,
         .exit_on_broker_loss = p->exit_on_broker_loss,
         .heartbeat_ivl_ms = p->ivl_ms,
         .heartbeat_liveness = p->liveness,
+        .socket_setup = p->socket_setup,
+        .socket_setup_arg = p->socket_setup_arg,
     });
     if (!worker) {
         cf_log_error(LOG, "worker process %d cannot start: %s", pid, cf_last_error());
@@ -895,6 +899,8 @@ cf_procs_t *cf_procs_new(const cf_procs_config_t *config)
     p->liveness = config->heartbeat_liveness;
     p->on_exit = config->on_exit;
     p->on_exit_arg = config->on_exit_arg;
+    p->socket_setup = config->socket_setup;
+    p->socket_setup_arg = config->socket_setup_arg;
     p->endpoint = strdup(config->endpoint);
     p->slots = calloc((size_t)p->count, sizeof *p->slots);
     p->zygote_children = calloc((size_t)p->count, sizeof *p->zygote_children);

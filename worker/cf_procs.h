@@ -41,6 +41,11 @@ typedef struct {
     int heartbeat_liveness;         //  passed on; 0: CF_HEARTBEAT_LIVENESS
     cf_procs_exit_fn *on_exit;      //  NULL: exits are only logged
     void *on_exit_arg;
+    //  Passed to each worker's cf_worker_config_t (CURVE keys, ...). Runs
+    //  in the worker process, on a copy of the memory the supervisor had
+    //  when it started: arg must be ready before cf_procs_new.
+    cf_err_t (*socket_setup)(void *socket, void *arg);
+    void *socket_setup_arg;
 } cf_procs_config_t;
 
 //  Forks the zygote and count workers; returns once each worker process

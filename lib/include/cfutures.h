@@ -167,8 +167,9 @@ typedef void (cf_task_fn)(cf_call_t *call);
     __attribute__((constructor)) static void cf_register_task_##fn(void) \
     { cf_task_register(name, fn); }
 
-//  Adds or replaces a task by name. Names are 1..255 bytes. Returns CF_OK,
-//  CF_EINVAL or CF_ENOMEM. Safe from any thread.
+//  Adds or replaces a task by name. Names are 1..255 bytes; names starting
+//  with "cf." are reserved for the library's own tasks (map's "cf.chunk")
+//  and refused. Returns CF_OK, CF_EINVAL or CF_ENOMEM. Safe from any thread.
 cf_err_t cf_task_register(const char *name, cf_task_fn *fn);
 
 //  Arguments of the running call. A getter given a missing index or a value
@@ -214,7 +215,11 @@ void cf_raise(cf_call_t *call, const char *type, const char *fmt, ...) CF_PRINTF
 //
 //  Runtime error types: "UnknownFunction", "TypeError" (bad arguments),
 //  "WorkerLost" (retries used up), "TimeoutError" (task timeout),
-//  "ProtocolError", "Busy"; any other type is what the task raised.
+//  "ProtocolError", "Busy", "AuthError" (CF_REMOTE: the broker refused this
+//  client's key, or its lack of one; see curve_key), "ExecutorDestroyed"
+//  (CF_PROCESSES, CF_REMOTE: the executor was destroyed while the task ran
+//  and its result could no longer be received); any other type is what the
+//  task raised.
 
 typedef struct {
     const char *type;       //  "ValueError", "WorkerLost", ...
@@ -307,6 +312,18 @@ typedef struct {
     //  Task defaults; a cf_task_opts_t given to cf_submit_with overrides them.
     int retries;        //  retries after a lost worker: 0 = default 3, <0 = none
     int timeout_ms;     //  per-task run time limit: 0 = none
+    //  CF_REMOTE with CurveZMQ (docs/security.md): paths of the broker's
+    //  public key file (cf-keygen's BROKER.key) and of this client's secret
+    //  key file (NAME.key_secret, mode 0600; its public half must be on the
+    //  broker's client list). Both NULL: plaintext; one alone is CF_EINVAL.
+    //  With them the executor waits for the first handshake (up to 3
+    //  heartbeat intervals): a refused key makes cf_executor_new return NULL
+    //  with CF_EAUTH and cf_last_error() naming the key's fingerprint. A
+    //  refusal later (a plaintext client of a CURVE broker, a key dropped
+    //  from the list before a reconnect) fails pending futures with
+    //  "AuthError", and cf_submit then returns NULL with CF_EAUTH.
+    const char *curve_broker_key;
+    const char *curve_key;
 } cf_options_t;
 
 //  A new executor of the given kind; opts may be NULL for defaults. NULL on
