@@ -533,6 +533,8 @@ static cf_future_t *s_submit_direct(void *client, const char *fn, int64_t x)
     cf_future_t *f = cf_future_ref(task->future);
     assert_int_equal(cf_client_ops.submit(client, &task), CF_OK);
     assert_null(task);
+    //  What the executor front does for the futures it hands out.
+    cf_future_set_canceller(f, cf_client_ops.cancel, client);
     return f;
 }
 

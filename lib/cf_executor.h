@@ -42,6 +42,12 @@ typedef struct {
     //  left behind.
     void (*destroy)(void **backend);
     int (*max_workers)(void *backend);
+    //  Optional. Asked by cf_future_cancel (through the front, which keeps
+    //  the back end alive meanwhile) to cancel f, a future it took and has
+    //  not resolved: true if the task was removed before it started. NULL:
+    //  the future is cancelled while pending and the back end sees that when
+    //  cf_future_set_running fails. A back end never sets cancellers itself.
+    bool (*cancel)(void *backend, cf_future_t *f);
 } cf_backend_ops_t;
 
 #define CF_DEFAULT_RETRIES 3

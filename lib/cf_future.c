@@ -96,6 +96,8 @@ struct cf_future {
     void *canceller_arg;
     cf_complete_fn *hook;           //  the executor front's progress hook
     void *hook_arg;
+    int cancelling;                 //  cancellers running (under lock)
+    bool hook_due;                  //  completed while cancelling: the last canceller runs hook
     void *_Atomic tag;              //  the application's
     char function[];                //  NUL-terminated
 };
@@ -213,6 +215,8 @@ cf_future_t *cf_future_new_with(const char *function, size_t function_len, size_
     f->canceller_arg = NULL;
     f->hook = NULL;
     f->hook_arg = NULL;
+    f->cancelling = 0;
+    f->hook_due = false;
     atomic_init(&f->tag, NULL);
     if (function_len)
         memcpy(f->function, function, function_len);
@@ -364,6 +368,12 @@ static bool s_complete(cf_future_t *f, int final, uint8_t *result, size_t result
     f->callbacks = NULL;
     cf_complete_fn *hook = f->hook;
     void *hook_arg = f->hook_arg;
+    if (f->cancelling > 0 && hook) {
+        //  A canceller runs on an object the hook may free (the executor
+        //  it belongs to): the last canceller to return runs the hook.
+        f->hook_due = true;
+        hook = NULL;
+    }
     pthread_mutex_unlock(&f->lock);
 
     //  Callbacks were pushed newest first; Python runs them in the order
@@ -638,15 +648,33 @@ bool cf_future_cancel(cf_future_t *f)
     pthread_mutex_lock(&f->lock);
     cf_canceller_fn *canceller = f->canceller;
     void *canceller_arg = f->canceller_arg;
+    //  Checked under the lock: a future not final yet has not run its
+    //  completion hook, so whatever the hook would release (the executor
+    //  the canceller belongs to) stays alive until this canceller returns.
+    bool call = canceller && !s_is_final(atomic_load_explicit(&f->state,
+                                                               memory_order_relaxed));
+    if (call)
+        f->cancelling++;
     pthread_mutex_unlock(&f->lock);
-    if (canceller) {
-        //  The back end decides (a remote one may ask its broker); once it
+    if (call) {
+        //  The executor decides (a remote one may ask its broker); once it
         //  removed the task, the future is cancelled whatever the state
         //  says meanwhile.
         if (canceller(canceller_arg, f))
             cf_future_set_cancelled(f);
+        pthread_mutex_lock(&f->lock);
+        cf_complete_fn *hook = NULL;
+        void *hook_arg = NULL;
+        if (--f->cancelling == 0 && f->hook_due) {
+            hook = f->hook;
+            hook_arg = f->hook_arg;
+            f->hook_due = false;
+        }
+        pthread_mutex_unlock(&f->lock);
+        if (hook)
+            hook(hook_arg, f, (cf_future_state_t)s_load_state(f));
     }
-    else
+    else if (!canceller)
         s_complete(f, CF_FUTURE_CANCELLED, NULL, 0, NULL, true);
     return s_load_state(f) == CF_FUTURE_CANCELLED;
 }

@@ -8,7 +8,8 @@
 //
 //  Executors resolve futures; cancel is forwarded to the executor through
 //  the canceller hook, which decides (a queued task can be removed, a
-//  running one cannot).
+//  running one cannot). The canceller is called only while f is not final,
+//  and f's completion hook waits for it (see cf_future_set_complete_hook).
 //
 //  Waiters (cf_wait, cf_as_completed, map) register a cf_future_waiter_t and
 //  are notified on completion; the notification only touches the waiter's own
@@ -63,7 +64,10 @@ bool cf_future_set_error(cf_future_t *f, const char *type, const char *message,
 bool cf_future_set_cancelled(cf_future_t *f);
 
 //  Called once after f completes, after its callbacks, with the final state:
-//  executors use it for progress counters. One hook per future. Returns true
+//  executors use it for progress counters. One hook per future. It runs on
+//  the completing thread, unless a canceller of f is running then: the last
+//  canceller to return runs it, so the hook may release what the canceller
+//  uses (the executor front relies on this). Returns true
 //  when f was not done yet, so the hook set here (or the one replaced by
 //  NULL) is the one that runs (or never runs); false when f already
 //  completed and the previous hook ran.

@@ -219,10 +219,17 @@ static int s_max_workers(void *backend)
     return self->max_workers;
 }
 
+static bool s_cancel(void *backend, cf_future_t *f)
+{
+    cf_processes_t *self = backend;
+    return cf_client_ops.cancel(self->client, f);
+}
+
 const cf_backend_ops_t cf_processes_ops = {
     .name = "processes",
     .submit = s_submit,
     .shutdown = s_shutdown,
     .destroy = s_destroy,
     .max_workers = s_max_workers,
+    .cancel = s_cancel,
 };
