@@ -14,9 +14,11 @@
 //
 //  chunksize > 1 sends each chunk as one "cf.chunk" task
 //  (cf_registry.h): args [function, [args1, args2, ...]], result one
-//  [0, value] or [1, type, message] per input. It goes through the same
-//  path on every executor kind, and the per-input results are unpacked here,
-//  so one failing input fails at its own index, not the whole chunk.
+//  [0, value] or [1, type, message, host, pid] per input (a 3-item error
+//  from an older worker is accepted, without host and pid). It goes through
+//  the same path on every executor kind, and the per-input results are
+//  unpacked here, so one failing input fails at its own index, with where it
+//  ran, not the whole chunk.
 
 #include "cf_clock.h"
 #include "cf_error.h"
@@ -307,14 +309,25 @@ static cf_err_t s_next_item(cf_map_t *map, const cf_value_t **value)
             *value = cf_value_at(item, 1);
         return CF_OK;
     }
-    if (status == 1 && cf_value_len(item) == 3) {
+    //  [1, type, message] from an older worker, [1, type, message, host,
+    //  pid] from a current one.
+    size_t len = cf_value_len(item);
+    if (status == 1 && (len == 3 || len == 5)) {
         const char *type = cf_value_str(cf_value_at(item, 1), NULL);
         const char *message = cf_value_str(cf_value_at(item, 2), NULL);
-        if (type && message)
-            return s_fail(map, type, message);
+        const char *host = len == 5 ? cf_value_str(cf_value_at(item, 3), NULL) : "";
+        int64_t pid = 0;
+        if (type && message && host
+            && (len == 3 || (cf_value_get_int(cf_value_at(item, 4), &pid) == CF_OK
+                             && pid >= 0 && pid <= INT32_MAX))) {
+            cf_err_t rc = s_fail(map, type, message);
+            map->error.host = host;
+            map->error.pid = (int)pid;
+            return rc;
+        }
     }
     return s_fail(map, "ProtocolError", "a chunk result item is not [0, value] or "
-                  "[1, type, message]");
+                  "[1, type, message, host, pid]");
 }
 
 cf_err_t cf_map_next(cf_map_t *map, const cf_value_t **value)

@@ -839,7 +839,8 @@ cf_err_t cf_registry_run(const char *function, size_t function_len, const void *
 }
 
 // ---------------------------------------------------------------------------
-//  cf.chunk: [function, [args1, args2, ...]] -> [[0, value] | [1, type, message], ...]
+//  cf.chunk: [function, [args1, args2, ...]]
+//      -> [[0, value] | [1, type, message, host, pid], ...]
 
 static void s_chunk(cf_call_t *call)
 {
@@ -910,12 +911,17 @@ static void s_chunk(cf_call_t *call)
             break;
         }
         if (item.failed) {
-            prc = msgpack_pack_array(&out->pk, 3);
+            //  Where it failed too, as a single task's error says: the
+            //  chunk's own future succeeded, so nothing else carries it.
+            const char *host = cf_registry_hostname();
+            prc = msgpack_pack_array(&out->pk, 5);
             prc = prc ? prc : msgpack_pack_int(&out->pk, 1);
             prc = prc ? prc : msgpack_pack_str_with_body(&out->pk, item.error_type,
                                                          strlen(item.error_type));
             prc = prc ? prc : msgpack_pack_str_with_body(&out->pk, item.error_message,
                                                          strlen(item.error_message));
+            prc = prc ? prc : msgpack_pack_str_with_body(&out->pk, host, strlen(host));
+            prc = prc ? prc : msgpack_pack_int64(&out->pk, (int64_t)getpid());
         }
         else {
             prc = msgpack_pack_array(&out->pk, 2);

@@ -7,8 +7,13 @@
 //
 //  Built-in function "cf.chunk": arguments [function, [args1, args2, ...]];
 //  runs function on each argument list in order and returns an array with
-//  one item per input: [0, value] on success or [1, type, message] on error.
-//  map's chunksize sends chunks through it on every executor kind.
+//  one item per input: [0, value] on success or [1, type, message, host,
+//  pid] on error (host and pid: where the input ran, as a single task's error
+//  carries them; readers also accept the older [1, type, message]). map's
+//  chunksize sends chunks through it on every executor kind.
+//
+//  Names starting with "cf." are reserved for such built-ins:
+//  cf_task_register refuses them with CF_EINVAL.
 
 #ifndef CF_REGISTRY_H
 #define CF_REGISTRY_H
