@@ -232,3 +232,31 @@ static void shout(cf_call_t *call)
     free(loud);
 }
 CF_TASK(shout);
+
+//  gate(started_path: str, release_path: str) -> the pid of the process that
+//  ran it. Creates started_path as soon as it runs, then waits until
+//  release_path exists (at most a minute, then TimeoutError). Tests hold
+//  workers busy with it and know when they are, on any executor kind and
+//  across processes, by ordering rather than by sleeping.
+static void gate(cf_call_t *call)
+{
+    const char *started_path = cf_arg_str(call, 0);
+    const char *release_path = cf_arg_str(call, 1);
+    if (cf_failed(call))
+        return;
+    int fd = open(started_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        cf_raise(call, "OSError", "cannot create %s: %s", started_path, strerror(errno));
+        return;
+    }
+    close(fd);
+    for (int waited_ms = 0; access(release_path, F_OK) != 0; waited_ms += 2) {
+        if (waited_ms >= 60000) {
+            cf_raise(call, "TimeoutError", "%s was not created within a minute", release_path);
+            return;
+        }
+        s_example_sleep_ms(2);
+    }
+    cf_return_int(call, (int64_t)getpid());
+}
+CF_TASK(gate);
