@@ -17,11 +17,14 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -93,6 +96,17 @@ static void w_gate(cf_call_t *call)
 }
 CF_TASK(w_gate);
 
+//  Sleeps its argument in milliseconds: a long task.
+static void w_nap(cf_call_t *call)
+{
+    int64_t ms = cf_arg_int(call, 0);
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+    cf_return_int(call, ms);
+}
+CF_TASK(w_nap);
+
 static void w_initialized(cf_call_t *call)
 {
     cf_return_bool(call, s_initialized);
@@ -118,6 +132,7 @@ typedef struct {
     uint8_t worker_id[256];     //  routing id of the last worker heard
     size_t worker_id_len;
     int heartbeats_seen;        //  HEARTBEATs skipped by s_expect
+    uint64_t credit_added;      //  CREDITs skipped by s_expect, summed
 } s_broker_t;
 
 static void s_broker_start(s_broker_t *b)
@@ -167,8 +182,8 @@ static cf_proto_msg_t *s_recv_any(s_broker_t *b, int timeout_ms)
     }
 }
 
-//  The next message of type, skipping (and counting) heartbeats; any other
-//  message fails the test.
+//  The next message of type, skipping (and counting) heartbeats and CREDIT
+//  (prefetch); any other message fails the test.
 static cf_proto_msg_t *s_expect(s_broker_t *b, cf_msg_type_t type)
 {
     while (true) {
@@ -179,6 +194,11 @@ static cf_proto_msg_t *s_expect(s_broker_t *b, cf_msg_type_t type)
             return msg;
         if (msg->type == CF_MSG_HEARTBEAT) {
             b->heartbeats_seen++;
+            cf_proto_msg_destroy(&msg);
+            continue;
+        }
+        if (msg->type == CF_MSG_CREDIT && type != CF_MSG_CREDIT) {
+            b->credit_added += msg->credit;
             cf_proto_msg_destroy(&msg);
             continue;
         }
@@ -658,6 +678,95 @@ static void test_garbage_from_the_broker_is_ignored(void **state)
     s_broker_stop(&b);
 }
 
+//  The credit added since the worker started: what s_expect skipped, or
+//  the next CREDIT if it skipped none yet.
+static uint64_t s_credit_added(s_broker_t *b)
+{
+    if (b->credit_added == 0) {
+        cf_proto_msg_t *msg = s_expect(b, CF_MSG_CREDIT);
+        b->credit_added = msg->credit;
+        cf_proto_msg_destroy(&msg);
+    }
+    return b->credit_added;
+}
+
+static void test_short_tasks_bring_prefetch_credit(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = s_worker(&b, 2, 0, 0);
+    //  Until it knows how long tasks take: one per thread.
+    assert_int_equal(s_expect_ready(&b), 2);
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    s_add_task(&b, 1, "w_add", "ii", 1, 1);
+    s_add_task(&b, 2, "w_add", "ii", 2, 2);
+    s_send(&b);
+    s_result_t r[2 + 256];
+    s_collect_results(&b, r, 2);
+    //  Tasks of microseconds: it asks for a queue's worth more, capped.
+    uint64_t extra = s_credit_added(&b);
+    assert_true(extra > 2 && extra <= 256);
+    //  All of it is taken and run: no task handed back.
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    for (uint64_t id = 0; id < 2 + extra; id++)
+        s_add_task(&b, 100 + id, "w_add", "ii", (int)id, 1);
+    s_send(&b);
+    s_collect_results(&b, r, 2 + extra);
+    for (size_t i = 0; i < 2 + extra; i++) {
+        assert_int_equal(r[i].status, CF_STATUS_OK);
+        assert_int_equal(r[i].value, (int64_t)r[i].id - 100 + 1);
+    }
+    cf_worker_destroy(&w);
+    s_broker_stop(&b);
+}
+
+static void test_long_tasks_hand_prefetched_ones_back(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = s_worker(&b, 1, 0, 0);
+    assert_int_equal(s_expect_ready(&b), 1);
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    s_add_task(&b, 1, "w_add", "ii", 1, 1);
+    s_send(&b);
+    s_result_t r;
+    s_collect_results(&b, &r, 1);
+    uint64_t grant = 1 + s_credit_added(&b);
+    cf_proto_msg_t *msg;
+    assert_true(grant > 10);
+    //  Fill the grant with 30 ms tasks: after the first, the worker wants
+    //  a thread's worth only, hands the queued rest back (BUSY, never run)
+    //  and announces a smaller credit.
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    for (uint64_t id = 0; id < grant; id++)
+        s_add_task(&b, 10 + id, "w_nap", "i", 30);
+    s_send(&b);
+    size_t ok = 0, busy = 0;
+    uint32_t ready_credit = UINT32_MAX;
+    while (ok + busy < grant) {
+        msg = s_recv_any(&b, S_WAIT_MS);
+        if (!msg)
+            fail_msg("%zu ok and %zu handed back of %" PRIu64, ok, busy, grant);
+        if (msg->type == CF_MSG_READY && ready_credit == UINT32_MAX)
+            ready_credit = msg->credit;
+        for (size_t i = 0; msg->type == CF_MSG_RESULT && i < msg->count; i++) {
+            if (msg->results[i].status == CF_STATUS_OK)
+                ok++;
+            else {
+                assert_int_equal(msg->results[i].status, CF_STATUS_BUSY);
+                busy++;
+            }
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+    assert_true(ready_credit <= 2);
+    assert_true(busy >= grant - 4);
+    cf_worker_destroy(&w);
+    s_broker_stop(&b);
+}
+
 static void test_bad_configurations_are_refused(void **state)
 {
     (void)state;
@@ -691,6 +800,8 @@ int main(void)
         cmocka_unit_test(test_destroy_finishes_running_tasks_and_hands_back_queued_ones),
         cmocka_unit_test(test_the_initializer_runs_once_per_thread_before_tasks),
         cmocka_unit_test(test_garbage_from_the_broker_is_ignored),
+        cmocka_unit_test(test_short_tasks_bring_prefetch_credit),
+        cmocka_unit_test(test_long_tasks_hand_prefetched_ones_back),
         cmocka_unit_test(test_bad_configurations_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
