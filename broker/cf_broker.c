@@ -55,6 +55,13 @@
 //  every few milliseconds.
 #define CF_BROKER_RETRY_MS      10
 #define CF_BROKER_RETRY_MAX_MS  320
+//  An unasked STARTED (a task handed to a worker) waits up to this long for
+//  the task's RESULT, or any RESULT for its client, to go out with it: a
+//  message of its own would cost the client a wake-up per task, which on a
+//  one-at-a-time round trip was a fifth of the time (docs/benchmarks.md). A
+//  task running longer still shows as running within about this long; a
+//  STARTED that answers a CANCEL or a resubmission goes out at once.
+#define CF_BROKER_STARTED_DELAY_MS CF_BROKER_RETRY_MS
 //  Bodies are cut well below CF_PROTO_MAX_FRAME so the receiver never
 //  refuses a batch we built.
 #define CF_BROKER_MAX_BODY      (CF_PROTO_MAX_FRAME - 64u * 1024)
@@ -135,6 +142,7 @@ struct s_client {
     size_t running;             //  of its tasks on workers
     uint64_t *started;          //  STARTED ids not sent yet
     size_t started_count, started_cap;
+    int64_t started_due_ms;     //  STARTED go out by then, or with a RESULT
     s_out_t *out_head, *out_tail;   //  RESULT items not sent yet
     size_t out_count;
     size_t out_bytes;           //  memory held by started + out items
@@ -429,7 +437,8 @@ static void s_client_mark_unsent(s_self_t *self, s_client_t *client)
         cf_queue_push_back(&self->flush, &client->flush_node);
 }
 
-static void s_client_started(s_self_t *self, s_client_t *client, uint64_t id)
+//  asked: it answers the client (CANCEL, resubmission): send it at once.
+static void s_client_started(s_self_t *self, s_client_t *client, uint64_t id, bool asked)
 {
     if (client->started_count == client->started_cap) {
         size_t cap = client->started_cap ? client->started_cap * 2 : 64;
@@ -445,6 +454,10 @@ static void s_client_started(s_self_t *self, s_client_t *client, uint64_t id)
         client->started = started;
         client->started_cap = cap;
     }
+    if (asked)
+        client->started_due_ms = 0;
+    else if (client->started_count == 0)
+        client->started_due_ms = cf_clock_now_ms() + CF_BROKER_STARTED_DELAY_MS;
     client->started[client->started_count++] = id;
     s_client_mark_unsent(self, client);
 }
@@ -634,6 +647,9 @@ static void s_client_reached(s_client_t *client)
 //  everything went.
 static bool s_client_flush(s_self_t *self, s_client_t *client)
 {
+    if (client->started_count && !client->out_head
+        && client->started_due_ms > cf_clock_now_ms())
+        return false;           //  not due: wait for a RESULT to go with
     while (client->started_count) {
         cf_proto_enc_begin(self->enc, CF_MSG_STARTED);
         size_t n = 0;
@@ -1000,7 +1016,7 @@ static cf_err_t s_worker_send_batch(s_self_t *self, s_worker_t *worker, size_t c
         self->running++;
         task->client->running++;
         worker->credit--;
-        s_client_started(self, task->client, task->client_task_id);
+        s_client_started(self, task->client, task->client_task_id, false);
         if (task->timeout_ms) {
             task->deadline_ms = now + task->timeout_ms;
             if (s_heap_push(self, task) != CF_OK)
@@ -1208,7 +1224,7 @@ static void s_client_submit(s_self_t *self, s_client_t *client, const cf_proto_m
             //  A resubmission (the client thought we were gone): the task is
             //  still here, so only say where it is.
             if (known->state == S_RUNNING)
-                s_client_started(self, client, t->id);
+                s_client_started(self, client, t->id, true);
             cf_log_debug(LOG, "client %s resubmitted task %" PRIu64, client->peer.label, t->id);
             continue;
         }
@@ -1285,7 +1301,7 @@ static void s_client_cancel(s_self_t *self, s_client_t *client, const cf_proto_m
             s_task_finish(self, task);
         }
         else
-            s_client_started(self, client, task->client_task_id);
+            s_client_started(self, client, task->client_task_id, true);
     }
 }
 
