@@ -132,11 +132,14 @@ static void s_run(void **state)
     s_fixture_t *fx = *state;
 #if S_ASAN
     //  GCC 12's ASan: a worker process forked from the zygote can hang in
-    //  ASan's allocator (an allocator lock copied while held). Handled
-    //  globally elsewhere; until then this kind is not run under ASan.
-    if (fx->test->kind == CF_PROCESSES) {
-        fprintf(stderr, "skipped: CF_PROCESSES under AddressSanitizer (forked workers can "
-                "hang in ASan's allocator)\n");
+    //  ASan's allocator (an allocator lock copied while held). It has not
+    //  hung in this file's runs, so the kind runs; a machine where it does
+    //  can leave it out with CF_TEST_ASAN_SKIP_PROCESSES=1 until that is
+    //  fixed globally.
+    if (fx->test->kind == CF_PROCESSES && getenv("CF_TEST_ASAN_SKIP_PROCESSES")) {
+        fprintf(stderr, "skipped: CF_PROCESSES under AddressSanitizer "
+                "(CF_TEST_ASAN_SKIP_PROCESSES is set: forked workers can hang in ASan's "
+                "allocator)\n");
         skip();
     }
 #endif
@@ -446,7 +449,9 @@ static void s_done_callbacks_run_once_each(s_fixture_t *fx)
     assert_int_equal(atomic_load(&later.order[1]), 2);
     assert_false(atomic_load(&later.not_done));
 
-    //  A cancelled future runs its callbacks too.
+    //  A cancelled future runs its callbacks too (gates shut again first).
+    assert_int_equal(cf_future_wait(gate, S_LONG_MS), CF_OK);
+    assert_int_equal(unlink(cf_testkit_path(fx->kit, "release")), 0);
     cf_future_t *gates[S_SLOTS];
     s_fill_slots(fx, gates);
     cf_future_t *queued = cf_submit(ex, "square", "i", 4);
@@ -635,9 +640,9 @@ static void s_as_completed_yields_each_once_done_first(s_fixture_t *fx)
     cf_executor_t *ex = s_executor(fx);
     cf_future_t *done = cf_submit(ex, "square", "i", 5);
     assert_int_equal(cf_future_wait(done, S_LONG_MS), CF_OK);
-    int number;
-    cf_future_t *gate = s_gate(fx, &number);
-    s_expect_started(fx, number);
+    cf_future_t *gates[S_SLOTS];
+    s_fill_slots(fx, gates);
+    cf_future_t *gate = gates[0];
 
     //  Done first; duplicates count once; the gate holds the rest.
     cf_future_t *fs[] = {gate, done, gate, done};
@@ -651,7 +656,8 @@ static void s_as_completed_yields_each_once_done_first(s_fixture_t *fx)
     assert_int_equal(cf_as_completed_pending(it), 1);
     cf_as_completed_destroy(&it);
 
-    //  Without a timeout: each once, in completion order.
+    //  Without a timeout: each once, as they finish; queued waits for a
+    //  slot, so done (finished already) comes first.
     cf_future_t *queued = cf_submit(ex, "square", "i", 6);
     cf_future_t *more[] = {queued, gate, done, queued, gate};
     it = cf_as_completed_new(more, 5, -1);
@@ -677,7 +683,7 @@ static void s_as_completed_yields_each_once_done_first(s_fixture_t *fx)
     assert_int_equal(cf_as_completed_pending(it), 0);
     cf_as_completed_destroy(&it);
     cf_future_release(&queued);
-    cf_future_release(&gate);
+    s_release_all(gates, S_SLOTS);
     cf_future_release(&done);
 }
 
