@@ -179,6 +179,90 @@ static void test_cancel_asks_the_canceller(void **state)
     cf_future_release(&f);
 }
 
+//  A canceller that blocks until told to return, so a completion can race it.
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool entered;               //  the canceller runs
+    bool proceed;               //  it may return
+    bool inside;                //  it has not returned yet
+    int hook_calls;
+    bool hook_saw_canceller;    //  the hook ran while the canceller was inside
+    pthread_t hook_thread;
+    cf_future_t *f;
+    bool cancelled;             //  what cf_future_cancel returned
+} s_race_t;
+
+static bool s_blocking_canceller(void *executor, cf_future_t *f)
+{
+    s_race_t *race = executor;
+    (void)f;
+    pthread_mutex_lock(&race->lock);
+    race->entered = race->inside = true;
+    pthread_cond_broadcast(&race->cond);
+    while (!race->proceed)
+        pthread_cond_wait(&race->cond, &race->lock);
+    race->inside = false;
+    pthread_mutex_unlock(&race->lock);
+    return false;
+}
+
+static void s_race_hook(void *arg, cf_future_t *f, cf_future_state_t state)
+{
+    s_race_t *race = arg;
+    (void)f;
+    (void)state;
+    pthread_mutex_lock(&race->lock);
+    race->hook_calls++;
+    race->hook_saw_canceller = race->inside;
+    race->hook_thread = pthread_self();
+    pthread_mutex_unlock(&race->lock);
+}
+
+static void *s_cancel_thread(void *arg)
+{
+    s_race_t *race = arg;
+    race->cancelled = cf_future_cancel(race->f);
+    return NULL;
+}
+
+//  The executor's hook releases what its canceller uses: while a canceller
+//  runs, a completion leaves the hook to the canceller's thread.
+static void test_hook_waits_for_a_running_canceller(void **state)
+{
+    (void)state;
+    s_race_t race = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    race.f = s_new();
+    cf_future_set_canceller(race.f, s_blocking_canceller, &race);
+    assert_true(cf_future_set_complete_hook(race.f, s_race_hook, &race));
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, s_cancel_thread, &race), 0);
+    pthread_mutex_lock(&race.lock);
+    while (!race.entered)
+        pthread_cond_wait(&race.cond, &race.lock);
+    pthread_mutex_unlock(&race.lock);
+
+    assert_true(cf_future_set_result(race.f, s_42, sizeof s_42));
+    assert_true(cf_future_done(race.f));
+    pthread_mutex_lock(&race.lock);
+    assert_int_equal(race.hook_calls, 0);
+    race.proceed = true;
+    pthread_cond_broadcast(&race.cond);
+    pthread_mutex_unlock(&race.lock);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+
+    assert_false(race.cancelled);
+    assert_int_equal(race.hook_calls, 1);
+    assert_false(race.hook_saw_canceller);
+    assert_true(pthread_equal(race.hook_thread, thread));
+    //  Done: the canceller is not asked again, the hook does not run again.
+    race.entered = false;
+    assert_false(cf_future_cancel(race.f));
+    assert_false(race.entered);
+    assert_int_equal(race.hook_calls, 1);
+    cf_future_release(&race.f);
+}
+
 static void test_malformed_result_becomes_protocol_error(void **state)
 {
     (void)state;
@@ -569,6 +653,7 @@ int main(void)
         cmocka_unit_test(test_timeout_of_wait_is_not_a_task_timeout),
         cmocka_unit_test(test_cancel_works_only_before_start),
         cmocka_unit_test(test_cancel_asks_the_canceller),
+        cmocka_unit_test(test_hook_waits_for_a_running_canceller),
         cmocka_unit_test(test_malformed_result_becomes_protocol_error),
         cmocka_unit_test(test_scalar_getters_check_type_and_trailing_bytes),
         cmocka_unit_test(test_extra_area_lives_with_the_future),
