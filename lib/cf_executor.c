@@ -17,6 +17,12 @@
 //  while another thread destroys the executor) never touches freed memory.
 //  The back end itself is destroyed by cf_executor_destroy after a waiting
 //  shutdown, when every task it took has been resolved.
+//
+//  Cancel reaches a back end only through the front (s_cancel, the
+//  canceller of every future of a back end with a cancel operation): a
+//  future keeps its completion hook, and so its reference to the executor,
+//  while a canceller runs (cf_future.h), and destroy waits for the cancels
+//  already inside the back end and turns later ones away before freeing it.
 
 #define _GNU_SOURCE     //  sched_getaffinity, CPU_COUNT
 
