@@ -51,6 +51,9 @@
 //  the threads, and about this much work (per thread) queued locally.
 #define S_PREFETCH_MAX 256
 #define S_PREFETCH_BUDGET_US 2000
+//  Tasks queued while every thread ran the same tasks this long: those
+//  tasks are long, whatever the mean says (see s_check_stall).
+#define S_STALL_MS 10
 //  Run times are averaged over about this many tasks.
 #define S_RUN_TIME_WEIGHT 16
 //  Tasks queued beyond threads + prefetch + this (a broker ignoring credit)
@@ -112,6 +115,7 @@ struct cf_worker {
     s_list_t queue;             //  tasks to run
     s_list_t outbox;            //  tasks run, for the actor
     int running;                //  tasks being run
+    int64_t progress_us;        //  an executor last took or finished a task
     bool stopping;              //  executors leave once the queue is empty
     bool started;               //  the actor reported (start_err says how)
     cf_err_t start_err;
@@ -134,6 +138,7 @@ typedef struct {
     uint64_t grant;
     double mean_run_us;         //  moving mean of run times; < 0 until measured
     bool prefetching;           //  we asked for more than threads (CREDIT)
+    bool prefetched_once;       //  ever did: a READY of ours may race tasks
     uint64_t accepted;          //  tasks taken in all (max_tasks)
     uint64_t declined;          //  tasks not taken (handed back by DISCONNECT)
     bool accepting;
@@ -276,13 +281,16 @@ static void *s_executor_main(void *arg)
         if (!task)
             break;              //  stopping, nothing queued
         w->running++;
+        int64_t start_us = cf_clock_now_us();
+        w->progress_us = start_us;
         pthread_mutex_unlock(&w->lock);
 
-        int64_t start_us = cf_clock_now_us();
         s_execute(task);
-        task->run_us = cf_clock_now_us() - start_us;
+        int64_t end_us = cf_clock_now_us();
+        task->run_us = end_us - start_us;
 
         pthread_mutex_lock(&w->lock);
+        w->progress_us = end_us;
         w->running--;
         bool was_empty = w->outbox.head == NULL;
         s_list_push(&w->outbox, task);
@@ -413,11 +421,11 @@ static void s_flush(s_actor_t *a)
 //  Asks the broker for what s_target wants (see "Prefetch"): more with
 //  CREDIT once it is a quarter above what the broker grants; less once the
 //  broker grants more than twice the target (and more than threads because
-//  we asked), by handing the queued tasks
+//  we asked), or tasks wait behind stalled threads, by handing the queued tasks
 //  beyond it back (BUSY: requeued without using a retry, for whichever
 //  worker is free) and announcing again. Tasks the broker sent before it
 //  read that READY still come and raise the grant; the next round trims it.
-static void s_adjust_prefetch(s_actor_t *a)
+static void s_adjust_prefetch(s_actor_t *a, bool stalled)
 {
     cf_worker_t *w = a->w;
     if (!a->accepting || a->announce || a->broker_lost || a->blocked)
@@ -437,13 +445,13 @@ static void s_adjust_prefetch(s_actor_t *a)
         s_sent(a, rc, "CREDIT");
         if (rc == CF_OK) {
             a->grant += n;
-            a->prefetching = true;
+            a->prefetching = a->prefetched_once = true;
         }
         return;
     }
     //  Only what we asked for is given back: a grant above the threads that
     //  a broker imposed (or a first slow run) is not ours to trim.
-    if (!a->prefetching || a->grant <= 2 * target)
+    if (!a->prefetching || (a->grant <= 2 * target && !stalled))
         return;
     //  Keep target - running queued; hand the rest back.
     s_list_t back = {0};
@@ -490,6 +498,28 @@ static void s_adjust_prefetch(s_actor_t *a)
     a->prefetching = false;
     a->announce = true;
     s_flush(a);
+}
+
+//  The mean learns a task's length only when it ends: tasks prefetched
+//  behind a long one would wait here while another worker idles. So when
+//  tasks are queued and no thread took or finished one for S_STALL_MS, the
+//  running ones are at least that long: the mean says so, and
+//  s_adjust_prefetch hands the queued ones back.
+static bool s_check_stall(s_actor_t *a)
+{
+    if (!a->prefetching)
+        return false;
+    cf_worker_t *w = a->w;
+    int64_t now_us = cf_clock_now_us();
+    pthread_mutex_lock(&w->lock);
+    bool queued = w->queue.count > 0 && w->running >= w->threads;
+    int64_t idle_us = now_us - w->progress_us;
+    pthread_mutex_unlock(&w->lock);
+    if (!queued || idle_us < S_STALL_MS * 1000)
+        return false;
+    if (a->mean_run_us < (double)idle_us)
+        a->mean_run_us = (double)idle_us;
+    return true;
 }
 
 static void s_send_heartbeat(s_actor_t *a)
@@ -552,8 +582,13 @@ static void s_take_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
         queued++;
         a->accepted++;
         a->in_hand++;
-        if (a->in_hand > a->grant)
-            a->grant = a->in_hand;      //  a broker past our credit, or a READY race
+        if (a->in_hand > a->grant) {
+            //  A broker past our credit, or tasks sent before it read our
+            //  READY: those are ours to trim again.
+            a->grant = a->in_hand;
+            if (a->prefetched_once)
+                a->prefetching = true;
+        }
         if (w->max_tasks > 0 && a->accepted >= (uint64_t)w->max_tasks) {
             a->accepting = false;
             cf_log_info(LOG, "took its %d tasks (--max-tasks): finishing", w->max_tasks);
@@ -739,6 +774,10 @@ static int s_poll_timeout(const s_actor_t *a, int64_t now)
     }
     if (a->give_up_ms && a->give_up_ms < deadline)
         deadline = a->give_up_ms;
+    //  Prefetched tasks may be queued behind long ones: look again soon.
+    if (a->prefetching && a->in_hand > (uint64_t)a->w->threads + a->pending.count
+        && now + S_STALL_MS < deadline)
+        deadline = now + S_STALL_MS;
     int64_t left = deadline - now;
     return left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left;
 }
@@ -824,7 +863,7 @@ static void *s_actor_main(void *arg)
             break;
         size_t busy = s_collect(a);
         s_flush(a);
-        s_adjust_prefetch(a);
+        s_adjust_prefetch(a, s_check_stall(a));
         now = cf_clock_now_ms();
         if (!a->broker_lost && now - a->last_recv_ms > s_expiry_ms(a)) {
             char why[64];

@@ -767,6 +767,43 @@ static void test_long_tasks_hand_prefetched_ones_back(void **state)
     s_broker_stop(&b);
 }
 
+static void test_tasks_queued_behind_a_stalled_thread_go_back(void **state)
+{
+    (void)state;
+    s_gate_reset();
+    s_broker_t b;
+    s_broker_start(&b);
+    cf_worker_t *w = s_worker(&b, 1, 0, 0);
+    assert_int_equal(s_expect_ready(&b), 1);
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    s_add_task(&b, 1, "w_add", "ii", 1, 1);
+    s_send(&b);
+    s_result_t r;
+    s_collect_results(&b, &r, 1);
+    assert_true(s_credit_added(&b) >= 3);
+    //  Short tasks so far, so it prefetched; the gate blocks its only
+    //  thread: the three behind it go back unrun, for another worker.
+    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    s_add_task(&b, 2, "w_gate", "i", 7);
+    for (uint64_t id = 3; id <= 5; id++)
+        s_add_task(&b, id, "w_add", "ii", 1, 1);
+    s_send(&b);
+    s_gate_wait_for(1);
+    s_result_t back[3];
+    s_collect_results(&b, back, 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(back[i].status, CF_STATUS_BUSY);
+        assert_true(back[i].id >= 3 && back[i].id <= 5);
+    }
+    assert_int_equal(s_expect_ready(&b), 0);
+    s_gate_release();
+    s_collect_results(&b, &r, 1);
+    assert_int_equal(r.id, 2);
+    assert_int_equal(r.value, 7);
+    cf_worker_destroy(&w);
+    s_broker_stop(&b);
+}
+
 static void test_bad_configurations_are_refused(void **state)
 {
     (void)state;
@@ -802,6 +839,7 @@ int main(void)
         cmocka_unit_test(test_garbage_from_the_broker_is_ignored),
         cmocka_unit_test(test_short_tasks_bring_prefetch_credit),
         cmocka_unit_test(test_long_tasks_hand_prefetched_ones_back),
+        cmocka_unit_test(test_tasks_queued_behind_a_stalled_thread_go_back),
         cmocka_unit_test(test_bad_configurations_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
