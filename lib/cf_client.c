@@ -1193,12 +1193,26 @@ static void *s_actor(void *arg)
     //  answers anything before that with "unknown client", which would
     //  make us resubmit a burst that raced the answer.
     self->next_heartbeat_ms = now + self->send_ivl_ms;
+    //  The monitor is polled through its ZMQ_FD as a plain descriptor: as a
+    //  zmq socket in the set it cost every zmq_poll two more ZMQ_EVENTS
+    //  checks (a getpid and a poll each) for events that come a few times
+    //  per connection. The descriptor only says "look": s_on_monitor reads
+    //  until EAGAIN, which re-arms it, so nothing waits unseen.
+    zmq_fd_t monitor_fd = -1;
+    if (self->monitor) {
+        size_t len = sizeof monitor_fd;
+        if (zmq_getsockopt(self->monitor, ZMQ_FD, &monitor_fd, &len) != 0) {
+            cf_log_warn(S_LOG, "monitor descriptor: %s", zmq_strerror(errno));
+            monitor_fd = -1;
+        }
+        s_on_monitor(self);     //  what came before we looked
+    }
 
     while (!self->terminated) {
         zmq_pollitem_t items[3] = {
             {self->socket, 0, (short)(ZMQ_POLLIN | (self->blocked ? ZMQ_POLLOUT : 0)), 0},
             {NULL, self->wake_fd, ZMQ_POLLIN, 0},
-            {self->monitor, 0, ZMQ_POLLIN, 0},
+            {monitor_fd < 0 ? self->monitor : NULL, monitor_fd, ZMQ_POLLIN, 0},
         };
         bool work = s_inbox_has_work(self);
         int rc = zmq_poll(items, self->monitor ? 3 : 2, work ? 0 : s_poll_timeout(self));
