@@ -104,6 +104,7 @@ typedef struct {
     uint32_t retries_used;
     uint32_t flags;             //  CF_TASK_*
     uint32_t args_len;
+    uint32_t results_before;    //  its worker's results count when it was sent
     uint16_t function_len;
     uint8_t state;              //  s_state_t
     uint8_t data[];             //  function name, NUL, args
@@ -157,6 +158,11 @@ struct s_worker {
     cf_queue_t running;         //  tasks sent to it, in dispatch order
     uint32_t credit;            //  tasks it can take now
     uint32_t plan;              //  tasks planned for it in this dispatch
+    //  Tasks it runs at once (its READY credit plus what it held then);
+    //  credit beyond this is prefetch, filled only after every worker's
+    //  idle threads (see s_dispatch).
+    uint32_t threads;
+    uint32_t results;           //  results received (wraps; compared for equality)
     cf_queue_node_t avail_node; //  in self->available while credit > 0 and not blocked
     int64_t blocked_until_ms;   //  a TASK was refused at HWM: wait till then; 0: not blocked
     int32_t pid;
@@ -916,6 +922,8 @@ static void s_worker_ready(s_self_t *self, s_worker_t *worker, const cf_proto_ms
     //  back with its results, each returning a slot.
     worker->credit = 0;
     s_worker_add_credit(self, worker, msg->credit);
+    uint64_t threads = (uint64_t)msg->credit + cf_queue_size(&worker->running);
+    worker->threads = threads > CF_BROKER_MAX_CREDIT ? CF_BROKER_MAX_CREDIT : (uint32_t)threads;
 }
 
 static void s_worker_results(s_self_t *self, s_worker_t *worker, const cf_proto_msg_t *msg)
@@ -926,6 +934,7 @@ static void s_worker_results(s_self_t *self, s_worker_t *worker, const cf_proto_
         //  authority on its slots, and this keeps a re-announced worker's
         //  count right while its earlier tasks drain.
         s_worker_add_credit(self, worker, 1);
+        worker->results++;
         s_task_t *task = cf_idmap_get(self->tasks, result->id);
         if (!task || task->worker != worker) {
             self->stats.ignored++;
@@ -1088,6 +1097,7 @@ static void s_worker_dispatch(s_self_t *self, s_worker_t *worker)
             continue;
         }
         task->worker = worker;
+        task->results_before = worker->results;
         cf_queue_push_back(&worker->running, &task->node);
         batch++;
         body += item;
@@ -1122,28 +1132,56 @@ static void s_worker_dispatch(s_self_t *self, s_worker_t *worker)
         s_worker_set_available(self, worker);
 }
 
-//  Hands queued tasks to workers with credit: first a plan that spreads the
-//  tasks one at a time over the available workers (so 4 tasks and 4 idle
-//  workers means one each, not 4 on the first), then one batch per worker.
+//  True when the worker answered something since its oldest task in hand
+//  was sent (or holds nothing): it is turning tasks over, so its prefetch
+//  slots will be reached soon. A worker whose threads all sit on long tasks
+//  gets nothing more to queue, so what waits stays here: another worker may
+//  free up first, and a cancel of it still wins.
+static bool s_worker_turning_over(const s_worker_t *worker)
+{
+    cf_queue_node_t *oldest = cf_queue_front(&worker->running);
+    if (!oldest)
+        return true;
+    return cf_queue_entry(oldest, s_task_t, node)->results_before != worker->results;
+}
+
+//  Plans up to *left tasks one at a time over the available workers (so 4
+//  tasks and 4 idle workers means one each, not 4 on the first). With
+//  idle_only, a worker is planned only up to its idle threads.
+static void s_plan(s_self_t *self, size_t *left, bool idle_only)
+{
+    bool progress = true;
+    while (*left > 0 && progress) {
+        progress = false;
+        for (cf_queue_node_t *node = cf_queue_front(&self->available); node && *left > 0;
+             node = cf_queue_next(&self->available, node)) {
+            s_worker_t *worker = cf_queue_entry(node, s_worker_t, avail_node);
+            if (worker->plan >= worker->credit)
+                continue;
+            if (idle_only && cf_queue_size(&worker->running) + worker->plan >= worker->threads)
+                continue;
+            if (!idle_only && !s_worker_turning_over(worker))
+                continue;
+            worker->plan++;
+            (*left)--;
+            progress = true;
+        }
+    }
+}
+
+//  Hands queued tasks to workers with credit, in two rounds: first to idle
+//  threads anywhere, then to prefetch slots. A worker that prefetches (asks
+//  for more than its threads while its tasks are short) must never take a
+//  task another worker could start now: a long task behind a busy thread
+//  would wait while a thread elsewhere idles.
 static void s_dispatch(s_self_t *self)
 {
     size_t queued = cf_queue_rr_size(&self->rr);
     if (queued == 0 || cf_queue_empty(&self->available))
         return;
     size_t left = queued;
-    bool progress = true;
-    while (left > 0 && progress) {
-        progress = false;
-        for (cf_queue_node_t *node = cf_queue_front(&self->available); node && left > 0;
-             node = cf_queue_next(&self->available, node)) {
-            s_worker_t *worker = cf_queue_entry(node, s_worker_t, avail_node);
-            if (worker->plan < worker->credit) {
-                worker->plan++;
-                left--;
-                progress = true;
-            }
-        }
-    }
+    s_plan(self, &left, true);
+    s_plan(self, &left, false);
     //  The next dispatch starts at another worker, so single tasks rotate.
     cf_queue_rotate(&self->available);
     cf_queue_node_t *node = cf_queue_front(&self->available), *next;
