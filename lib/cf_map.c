@@ -12,6 +12,9 @@
 //  Results are read in order by waiting on the head's future alone: one
 //  wakeup per result, no polling.
 //
+//  The default window through a broker (CF_PROCESSES, CF_REMOTE).
+#define S_BROKER_WINDOW 1024
+
 //  chunksize > 1 sends each chunk as one "cf.chunk" task
 //  (cf_registry.h): args [function, [args1, args2, ...]], result one
 //  [0, value] or [1, type, message, host, pid] per input (a 3-item error
@@ -448,9 +451,16 @@ static cf_map_t *s_map_new(cf_executor_t *ex, const char *fn, cf_map_source_fn *
     map->chunksize = opts && opts->chunksize > 1 ? opts->chunksize : 1;
     if (opts && opts->window > 0)
         map->window = opts->window;
-    else {
+    else if (cf_executor_kind(ex) == CF_THREADS) {
         size_t workers = (size_t)cf_executor_max_workers(ex);
         map->window = 2 * workers > 64 ? 2 * workers : 64;
+    }
+    else {
+        //  Through a broker, the window must also cover the tasks on their
+        //  way there and back: with 64 in flight a 2-process pool did 99k
+        //  tasks/s, with 1024 568k/s (docs/benchmarks.md). 1024 slots are
+        //  a few hundred KiB.
+        map->window = S_BROKER_WINDOW;
     }
     if (opts)
         map->task_opts = opts->task;

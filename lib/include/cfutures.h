@@ -393,7 +393,8 @@ typedef int (cf_map_source_fn)(void *state, size_t index, cf_args_t *args);
 
 typedef struct {
     size_t chunksize;       //  inputs per message (0 or 1: one task each)
-    size_t window;          //  tasks in flight at most (0: 2 x workers, >= 64)
+    size_t window;          //  tasks in flight at most (0: threads 2 x workers,
+                            //  at least 64; processes and remote 1024)
     int timeout_ms;         //  for the whole iteration (0 or -1: none)
     cf_task_opts_t task;    //  options of each task
 } cf_map_opts_t;
