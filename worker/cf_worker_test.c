@@ -735,7 +735,9 @@ static void test_long_tasks_hand_prefetched_ones_back(void **state)
     s_collect_results(&b, &r, 1);
     uint64_t grant = 1 + s_credit_added(&b);
     cf_proto_msg_t *msg;
-    assert_true(grant > 10);
+    //  How much it asks for depends on how fast an add ran here (an ASan
+    //  build on a loaded machine asks for less): any prefetch will do.
+    assert_true(grant > 2);
     //  Fill the grant with 30 ms tasks: after the first, the worker wants
     //  a thread's worth only, hands the queued rest back (BUSY, never run)
     //  and announces a smaller credit.
@@ -762,7 +764,7 @@ static void test_long_tasks_hand_prefetched_ones_back(void **state)
         cf_proto_msg_destroy(&msg);
     }
     assert_true(ready_credit <= 2);
-    assert_true(busy >= grant - 4);
+    assert_true(busy + 4 >= grant);
     cf_worker_destroy(&w);
     s_broker_stop(&b);
 }
