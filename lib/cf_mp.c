@@ -373,7 +373,7 @@ typedef struct {
 //  byte per value, so it ends within left iterations.
 static cf_err_t s_walk(const uint8_t *p, size_t left, size_t *spanned, s_tally_t *tally)
 {
-    uint64_t todo[CF_MP_MAX_DEPTH];
+    uint64_t left_at_depth[CF_MP_MAX_DEPTH];
     int depth = 0;
     size_t pos = 0;
     uint64_t pending = 1;           //  values to walk at the current level
@@ -383,7 +383,7 @@ static cf_err_t s_walk(const uint8_t *p, size_t left, size_t *spanned, s_tally_t
                 *spanned = pos;
                 return CF_OK;
             }
-            pending = todo[--depth];
+            pending = left_at_depth[--depth];
         }
         s_head_t h;
         if (s_head(p + pos, left - pos, &h) != CF_OK)
@@ -402,7 +402,7 @@ static cf_err_t s_walk(const uint8_t *p, size_t left, size_t *spanned, s_tally_t
             //  An empty container nests too: depth is structure, not bytes.
             if (depth == CF_MP_MAX_DEPTH)
                 return CF_EPROTO;
-            todo[depth++] = pending;
+            left_at_depth[depth++] = pending;
             pending = children;
         }
     }
