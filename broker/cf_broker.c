@@ -922,7 +922,13 @@ static void s_worker_ready(s_self_t *self, s_worker_t *worker, const cf_proto_ms
     //  back with its results, each returning a slot.
     worker->credit = 0;
     s_worker_add_credit(self, worker, msg->credit);
-    uint64_t threads = (uint64_t)msg->credit + cf_queue_size(&worker->running);
+    //  threads decides what counts as an idle thread in s_plan. A worker
+    //  that prefetches announces more credit than threads; taken as
+    //  threads, that credit once sent a task to a "free thread" of a worker
+    //  whose only thread ran a long task while another worker idled. A
+    //  READY without threads (3 fields) says only its credit.
+    uint64_t threads = msg->threads ? (uint64_t)msg->threads
+                                    : (uint64_t)msg->credit + cf_queue_size(&worker->running);
     worker->threads = threads > CF_BROKER_MAX_CREDIT ? CF_BROKER_MAX_CREDIT : (uint32_t)threads;
 }
 
@@ -934,7 +940,10 @@ static void s_worker_results(s_self_t *self, s_worker_t *worker, const cf_proto_
         //  authority on its slots, and this keeps a re-announced worker's
         //  count right while its earlier tasks drain.
         s_worker_add_credit(self, worker, 1);
-        worker->results++;
+        //  A task handed back unrun says the worker is stalled, not
+        //  turning over (see s_worker_turning_over).
+        if (result->status == CF_STATUS_OK || result->status == CF_STATUS_ERROR)
+            worker->results++;
         s_task_t *task = cf_idmap_get(self->tasks, result->id);
         if (!task || task->worker != worker) {
             self->stats.ignored++;

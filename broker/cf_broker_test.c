@@ -160,7 +160,7 @@ static void s_send_ids(void *sock, cf_msg_type_t type, const uint64_t *ids, size
 
 static void s_ready(void *sock, uint32_t credit, int32_t pid)
 {
-    cf_proto_enc_ready(s_enc(), credit, "testhost", pid);
+    cf_proto_enc_ready(s_enc(), credit, credit, "testhost", pid);
     assert_int_equal(cf_proto_enc_send(s_enc(), sock, NULL, 0), CF_OK);
 }
 
@@ -288,6 +288,7 @@ static bool s_clients_is(const cf_broker_stats_t *s, uint64_t n) { return s->cli
 static bool s_ignored_is(const cf_broker_stats_t *s, uint64_t n) { return s->ignored == n; }
 static bool s_malformed_is(const cf_broker_stats_t *s, uint64_t n) { return s->malformed == n; }
 static bool s_lost_is(const cf_broker_stats_t *s, uint64_t n) { return s->lost_workers == n; }
+static bool s_submitted_is(const cf_broker_stats_t *s, uint64_t n) { return s->submitted == n; }
 
 //  Returns the single id of a STARTED message (or asserts its count).
 static void s_expect_started(void *client, const uint64_t *ids, size_t count)
@@ -403,6 +404,40 @@ static void test_tasks_spread_over_workers_in_batches(void **state)
     assert_int_equal(s_take_tasks(w2, NULL, NULL, 2), 1);
     static const uint64_t all[] = { 1, 2, 3, 4 };
     s_expect_started(client, all, 4);
+}
+
+//  A worker announcing more credit than threads (it prefetches) gets
+//  tasks beyond its threads only while it turns tasks over: one whose only
+//  thread sits on a task keeps nothing else, so a second worker joining
+//  gets the waiting task, and a result makes the first one take the next.
+static void test_prefetch_only_to_workers_turning_over(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_start(fx, 1000, 0, 0);
+    void *w1 = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    cf_proto_enc_ready(s_enc(), 4, 1, "testhost", 1);
+    assert_int_equal(cf_proto_enc_send(s_enc(), w1, NULL, 0), CF_OK);
+    s_wait_stats(s_workers_is, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 1, "long", 0, 0, 0);
+    uint64_t first;
+    s_take_tasks(w1, &first, NULL, 1);
+
+    //  Credit 4 but one thread, busy, and no result since: both wait here.
+    s_submit(client, 2, 2, "next", 0, 0, 0);
+    cf_broker_stats_t stats = s_wait_stats(s_submitted_is, 3);
+    assert_int_equal(stats.queued, 2);
+    assert_int_equal(stats.running, 1);
+
+    void *w2 = s_peer(fx, "w2", cf_broker_worker_endpoint(fx->broker));
+    s_ready(w2, 1, 2);
+    s_take_tasks(w2, NULL, NULL, 1);
+    s_wait_stats(s_queued_is, 1);
+
+    s_result_ok(w1, first);
+    s_take_tasks(w1, NULL, NULL, 1);
+    stats = s_wait_stats(s_queued_is, 0);
+    assert_int_equal(stats.running, 2);
 }
 
 static void test_round_robin_between_clients(void **state)
@@ -1122,7 +1157,9 @@ static void test_results_wait_in_the_outbox_while_a_client_does_not_read(void **
 //  liveness period it is lost like a silent one, and what it was owed is
 //  dropped (counted). Results must keep coming for that (a pipe's
 //  high-water mark counts messages, so one send after a pause can take a
-//  whole batch and leave nothing waiting).
+//  whole batch and leave nothing waiting), and they must be big: loopback
+//  TCP buffers grow to tens of MiB on some kernels (6.x with tcp_rmem max
+//  32 MiB took 8 MiB of results and 2,000 small ones without a refusal).
 static void test_client_that_never_reads_is_lost(void **state)
 {
     s_fixture_t *fx = *state;
@@ -1132,6 +1169,7 @@ static void test_client_that_never_reads_is_lost(void **state)
     //  own heartbeats keep up in a sanitizer build.
     void *client = s_fill_outbox(fx, 200, &worker, &value);
     s_submit(client, 1000, 2000, "more", 0, 0, 0);
+    cf_proto_enc_t *enc = s_enc();
     cf_broker_stats_t stats = { .clients = 1 };
     int64_t deadline = cf_clock_now_ms() + WAIT_MS;
     while (stats.clients > 0) {
@@ -1143,8 +1181,13 @@ static void test_client_that_never_reads_is_lost(void **state)
         assert_true(zmq_poll(&item, 1, SLICE_MS) >= 0);
         cf_proto_msg_t *msg;
         while (cf_proto_recv(worker, false, NULL, &msg) == CF_OK) {
-            for (size_t i = 0; msg->type == CF_MSG_TASK && i < msg->count; i++)
-                s_result_ok(worker, msg->tasks[i].id);
+            for (size_t i = 0; msg->type == CF_MSG_TASK && i < msg->count; i++) {
+                cf_proto_enc_begin(enc, CF_MSG_RESULT);
+                assert_int_equal(cf_proto_enc_result_ok(enc, msg->tasks[i].id, value,
+                                                        S_BIG_VALUE + 5),
+                                 CF_OK);
+                assert_int_equal(cf_proto_enc_send(enc, worker, NULL, 0), CF_OK);
+            }
             cf_proto_msg_destroy(&msg);
         }
         assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
@@ -1302,6 +1345,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tasks_are_dispatched_within_worker_credit, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_credit_message_adds_slots, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_tasks_spread_over_workers_in_batches, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_prefetch_only_to_workers_turning_over, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_round_robin_between_clients, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_tasks_over_the_limits_are_answered_busy, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_cancel_removes_queued_and_reports_started, s_setup, s_teardown),

@@ -106,6 +106,7 @@ typedef struct {
     uint64_t *ids;              //  CANCEL, STARTED
     size_t count;               //  items in tasks / results / ids / stats
     uint32_t credit;            //  READY, CREDIT
+    uint32_t threads;           //  READY: execution slots; 0 when not said (3 fields)
     uint64_t boot;              //  HEARTBEAT from the broker: its instance id (0 from peers)
     uint32_t ivl_ms;            //  HEARTBEAT from the broker: its heartbeat interval
     cf_proto_str_t host;        //  READY
@@ -182,7 +183,10 @@ cf_err_t cf_proto_enc_stat(cf_proto_enc_t *enc, const char *name, uint64_t value
 //  The single-body messages. Each sets its own type and replaces the body,
 //  so begin is optional before them; cf_proto_enc_text makes a DISCONNECT
 //  when begun as one, else an ERROR. Out of memory makes the send fail.
-void cf_proto_enc_ready(cf_proto_enc_t *enc, uint32_t credit, const char *host, int32_t pid);
+//  READY carries threads (execution slots) besides credit (what may be sent
+//  now): a worker that prefetches announces more credit than threads.
+void cf_proto_enc_ready(cf_proto_enc_t *enc, uint32_t credit, uint32_t threads,
+                        const char *host, int32_t pid);
 void cf_proto_enc_credit(cf_proto_enc_t *enc, uint32_t credit);
 //  The broker sends its boot id and interval; clients and workers send 0, 0.
 void cf_proto_enc_heartbeat(cf_proto_enc_t *enc, uint64_t boot, uint32_t ivl_ms);

@@ -376,13 +376,19 @@ static void s_flush(s_actor_t *a)
         return;
     if (a->announce) {
         uint32_t credit = s_credit(a);
-        cf_proto_enc_ready(a->enc, credit, cf_registry_hostname(), a->w->pid);
+        cf_proto_enc_ready(a->enc, credit, (uint32_t)a->w->threads, cf_registry_hostname(),
+                           a->w->pid);
         cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
         s_sent(a, rc, "READY");
         if (rc != CF_OK)
             return;             //  results would reach a broker that does not know us
         a->announce = false;
         a->grant = a->in_hand + credit;
+        //  A READY beyond the threads is a prefetch of ours like a CREDIT:
+        //  without this, tasks queued by it behind a long task were never
+        //  seen as stalled and waited there while another worker idled.
+        if (a->grant > (uint64_t)a->w->threads)
+            a->prefetching = a->prefetched_once = true;
     }
     while (a->pending.head && !a->blocked) {
         cf_proto_enc_begin(a->enc, CF_MSG_RESULT);
