@@ -9,6 +9,7 @@
 //       and via map with chunksize 1 and 1000          KIND.noop.*   tasks/s
 //    2. round-trip latency: one task submitted and awaited, R times in a
 //       row                                            KIND.latency.p50/p99 us
+//       and again with waiters never spinning   KIND.latency_nospin.p50/p99 us
 //    3. CPU scaling: trial-division prime checks, sequential in this thread
 //       vs 2 workers                                   KIND.prime.*
 //    4. I/O fan-out: 200 tasks sleeping 10 ms on 20 threads  threads.io.wall ms
@@ -556,7 +557,10 @@ static bool s_noop_map(cf_executor_t *ex, const char *kind, const bench_opts_t *
 // ---------------------------------------------------------------------------
 //  Workload 2: round-trip latency
 
-static bool s_latency(cf_executor_t *ex, const char *kind, const bench_opts_t *opts)
+//  name: "latency", or "latency_nospin" run with cf_set_wait_spin(0), so
+//  that the effect of the waiter's spin is measured in the same run.
+static bool s_latency(cf_executor_t *ex, const char *kind, const char *name,
+                      const bench_opts_t *opts)
 {
     long rounds = opts->rounds;
     double *samples = calloc((size_t)rounds, sizeof *samples);
@@ -578,8 +582,8 @@ static bool s_latency(cf_executor_t *ex, const char *kind, const bench_opts_t *o
     }
     if (ok) {
         qsort(samples, (size_t)rounds, sizeof *samples, s_cmp_double);
-        s_emitf(s_quantile(samples, (size_t)rounds, 0.50), "us", "%s.latency.p50", kind);
-        s_emitf(s_quantile(samples, (size_t)rounds, 0.99), "us", "%s.latency.p99", kind);
+        s_emitf(s_quantile(samples, (size_t)rounds, 0.50), "us", "%s.%s.p50", kind, name);
+        s_emitf(s_quantile(samples, (size_t)rounds, 0.99), "us", "%s.%s.p99", kind, name);
     }
     free(samples);
     return ok;
@@ -697,7 +701,10 @@ static void s_kind_workloads(cf_executor_t *ex, const char *kind, const bench_op
     s_noop_submit(ex, kind, opts);
     s_noop_map(ex, kind, opts, 1);
     s_noop_map(ex, kind, opts, 1000);
-    s_latency(ex, kind, opts);
+    s_latency(ex, kind, "latency", opts);
+    cf_set_wait_spin(0);
+    s_latency(ex, kind, "latency_nospin", opts);
+    cf_set_wait_spin(-1);
 }
 
 static void s_group_local(cf_kind_t kind_id, const bench_opts_t *opts)
@@ -885,7 +892,8 @@ static void s_group_map_mem(const bench_opts_t *opts)
 
 //  Figures each group must report (the smoke test's check).
 static const char *const s_expected_kind[] = {
-    "noop.submit", "noop.map1", "noop.map1000", "latency.p50", "latency.p99", NULL};
+    "noop.submit", "noop.map1", "noop.map1000", "latency.p50", "latency.p99",
+    "latency_nospin.p50", "latency_nospin.p99", NULL};
 static const char *const s_expected_prime[] = {
     "prime.sequential", "prime.parallel", "prime.speedup", NULL};
 
@@ -1022,7 +1030,8 @@ static void s_run_group(int argc, char **argv, const char *group, int timeout_s)
 static void s_print_table(void)
 {
     static const char *const rows[] = {"noop.submit", "noop.map1", "noop.map1000",
-                                       "latency.p50", "latency.p99", "prime.speedup"};
+                                       "latency.p50", "latency.p99", "latency_nospin.p50",
+                                       "prime.speedup"};
     static const char *const kinds[] = {"threads", "processes", "remote"};
     printf("\n| %-16s %14s %14s %14s\n", "cfutures", "threads", "processes", "remote");
     for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {

@@ -35,9 +35,26 @@
 #include "cf_mp.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+//  Spinning before sleeping in cf_future_wait (see cf_set_wait_spin).
+//  A thread woken on another CPU pays that CPU's wake-up from idle: on the
+//  2-vCPU VM of docs/benchmarks.md about 100 us per remote round trip, more
+//  than all of cfutures' own work. A waiter that spins keeps its CPU busy
+//  and sees the result at once; one that spins and then sleeps anyway pays
+//  both (measured: a 100 us spin made a 250 us round trip 330 us). So each
+//  thread learns how long its waits take (a moving mean) and spins only
+//  when that is within the limit, for about twice the mean; one thread of
+//  the process spins at a time, so many waiters cost one CPU at most.
+#define S_SPIN_DEFAULT_US 500
+#define S_SPIN_MARGIN_US 20
+static _Atomic int s_spin_max_us = -1;          //  -1: not set yet
+static atomic_flag s_spinner = ATOMIC_FLAG_INIT;
+static _Thread_local double s_wait_mean_us = -1; //  < 0 until a wait was measured
 
 //  A done callback, in a singly linked list (newest first).
 typedef struct s_callback {
@@ -445,12 +462,77 @@ bool cf_future_set_cancelled(cf_future_t *f)
 // ---------------------------------------------------------------------------
 //  Reading
 
+void cf_set_wait_spin(int max_us)
+{
+    atomic_store(&s_spin_max_us, max_us < 0 ? -1 : max_us);
+}
+
+static int s_spin_limit_us(void)
+{
+    int limit = atomic_load_explicit(&s_spin_max_us, memory_order_relaxed);
+    if (limit >= 0)
+        return limit;
+    limit = sysconf(_SC_NPROCESSORS_ONLN) < 2 ? 0 : S_SPIN_DEFAULT_US;
+    const char *env = getenv("CF_WAIT_SPIN_US");
+    if (env && *env) {
+        char *end;
+        long us = strtol(env, &end, 10);
+        if (*end == '\0' && us >= 0 && us <= 1000000)
+            limit = (int)us;
+        else
+            cf_log_warn("future", "CF_WAIT_SPIN_US=%s ignored: microseconds, 0 to 1000000",
+                        env);
+    }
+    int unset = -1;
+    atomic_compare_exchange_strong(&s_spin_max_us, &unset, limit);
+    return atomic_load_explicit(&s_spin_max_us, memory_order_relaxed);
+}
+
+//  Spins while this thread's waits have been short; true when f is done.
+static bool s_spin(cf_future_t *f, int timeout_ms, int64_t start_us)
+{
+    int limit = s_spin_limit_us();
+    double mean = s_wait_mean_us;
+    if (limit == 0 || mean < 0 || mean > limit)
+        return false;
+    int64_t spin_us = (int64_t)(2 * mean) + S_SPIN_MARGIN_US;
+    if (spin_us > limit)
+        spin_us = limit;
+    if (timeout_ms > 0 && spin_us > (int64_t)timeout_ms * 1000)
+        spin_us = (int64_t)timeout_ms * 1000;
+    if (atomic_flag_test_and_set_explicit(&s_spinner, memory_order_acquire))
+        return false;
+    bool done = false;
+    do {
+        if (s_is_final(s_load_state(f))) {
+            done = true;
+            break;
+        }
+        //  Not a pause loop: a thread that should run on this CPU (the
+        //  client actor, say) runs now instead of after a time slice.
+        sched_yield();
+    } while (cf_clock_now_us() - start_us < spin_us);
+    atomic_flag_clear_explicit(&s_spinner, memory_order_release);
+    return done;
+}
+
+static void s_learn_wait(int64_t start_us)
+{
+    double us = (double)(cf_clock_now_us() - start_us);
+    s_wait_mean_us = s_wait_mean_us < 0 ? us : s_wait_mean_us + (us - s_wait_mean_us) / 4;
+}
+
 cf_err_t cf_future_wait(cf_future_t *f, int timeout_ms)
 {
     if (s_is_final(s_load_state(f)))
         return CF_OK;
     if (timeout_ms == 0)
         return CF_ETIMEDOUT;
+    int64_t start_us = cf_clock_now_us();
+    if (s_spin(f, timeout_ms, start_us)) {
+        s_learn_wait(start_us);
+        return CF_OK;
+    }
     struct timespec deadline;
     if (timeout_ms > 0)
         deadline = cf_clock_deadline(timeout_ms);
@@ -468,6 +550,8 @@ cf_err_t cf_future_wait(cf_future_t *f, int timeout_ms)
         }
     }
     pthread_mutex_unlock(&f->lock);
+    if (rc == CF_OK)
+        s_learn_wait(start_us);
     return rc;
 }
 

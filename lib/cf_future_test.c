@@ -6,11 +6,13 @@
 
 #include "cf_clock.h"
 
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -118,6 +120,61 @@ static void test_timeout_of_wait_is_not_a_task_timeout(void **state)
     assert_int_equal(cf_future_result(f, 0, NULL), CF_ETASK);
     assert_string_equal(cf_future_error(f)->type, "TimeoutError");
     cf_future_release(&f);
+}
+
+//  Completes a future after the given number of microseconds.
+typedef struct {
+    cf_future_t *f;
+    long delay_us;
+} s_later_t;
+
+static void *s_complete_later(void *arg)
+{
+    s_later_t *later = arg;
+    if (later->delay_us > 0) {
+        struct timespec ts = { 0, later->delay_us * 1000L };
+        nanosleep(&ts, NULL);
+    }
+    cf_future_set_result(later->f, s_42, sizeof s_42);
+    return NULL;
+}
+
+static void s_wait_for_completion_by_thread(cf_future_t *f, long delay_us)
+{
+    s_later_t later = { f, delay_us };
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, s_complete_later, &later), 0);
+    assert_int_equal(cf_future_wait(f, -1), CF_OK);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    int64_t value = 0;
+    assert_int_equal(cf_future_int(f, 0, &value), CF_OK);
+    assert_int_equal(value, 42);
+}
+
+//  A thread whose waits were short spins before sleeping: its timeouts
+//  still hold, and results that come during or after the spin are seen;
+//  with spinning off, waits still work.
+static void test_spinning_waits_keep_timeouts_and_results(void **state)
+{
+    (void)state;
+    cf_set_wait_spin(500);
+    for (int i = 0; i < 8; i++) {
+        cf_future_t *f = s_new();
+        s_wait_for_completion_by_thread(f, 0);
+        cf_future_release(&f);
+    }
+    cf_future_t *f = s_new();
+    int64_t start_us = cf_clock_now_us();
+    assert_int_equal(cf_future_wait(f, 1), CF_ETIMEDOUT);
+    assert_true(cf_clock_now_us() - start_us >= 1000);
+    s_wait_for_completion_by_thread(f, 2000);
+    cf_future_release(&f);
+
+    cf_set_wait_spin(0);
+    f = s_new();
+    s_wait_for_completion_by_thread(f, 100);
+    cf_future_release(&f);
+    cf_set_wait_spin(500);
 }
 
 static void test_cancel_works_only_before_start(void **state)
@@ -647,6 +704,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_new_future_is_pending_and_named),
+        cmocka_unit_test(test_spinning_waits_keep_timeouts_and_results),
         cmocka_unit_test(test_result_is_decoded_and_later_transitions_lose),
         cmocka_unit_test(test_take_result_frees_what_it_does_not_take),
         cmocka_unit_test(test_error_carries_type_message_function_host_pid),

@@ -235,8 +235,21 @@ typedef struct {
 typedef struct cf_future cf_future_t;
 
 //  Block until done or timeout_ms passes (-1: no limit, 0: poll). Returns
-//  CF_OK (done, whatever the outcome) or CF_ETIMEDOUT.
+//  CF_OK (done, whatever the outcome) or CF_ETIMEDOUT. A thread whose waits
+//  have been short spins before it sleeps (see cf_set_wait_spin); so do the
+//  result getters below, which wait through this call.
 cf_err_t cf_future_wait(cf_future_t *f, int timeout_ms);
+
+//  How long, at most, a thread waiting in cf_future_wait spins (yielding
+//  the CPU to anything else runnable) before it sleeps, in microseconds,
+//  for the whole process. A thread spins only while its recent waits were
+//  shorter than this, for about twice their mean, and one thread of the
+//  process spins at a time: one-at-a-time round trips to worker processes
+//  or a broker get their result without paying a sleeping CPU's wake-up
+//  (about 100 us in a VM), while threads that wait for long tasks never
+//  spin. Default 500, or CF_WAIT_SPIN_US from the environment; 0 on a
+//  one-CPU machine. 0 turns spinning off; -1 restores the default.
+void cf_set_wait_spin(int max_us);
 
 //  Block until done, then: CF_OK with *value (borrowed, lives as long as the
 //  future), CF_ETASK (see cf_future_error), CF_ECANCELLED, or CF_ETIMEDOUT
