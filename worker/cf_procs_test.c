@@ -8,6 +8,7 @@
 
 #include "cf_procs.h"
 
+#include "cf_fakebroker.h"
 #include "cf_mp.h"
 #include "cf_proto.h"
 
@@ -134,85 +135,17 @@ static s_exit_t s_wait_exit(int n)
 }
 
 // ---------------------------------------------------------------------------
-//  The fake broker
-
-typedef struct {
-    void *ctx;
-    void *router;
-    char endpoint[128];
-    cf_proto_enc_t *enc;
-    char from[256];             //  identity of the last message's sender
-} s_broker_t;
-
-static void s_broker_start(s_broker_t *b)
-{
-    memset(b, 0, sizeof *b);
-    b->ctx = zmq_ctx_new();
-    assert_non_null(b->ctx);
-    b->router = zmq_socket(b->ctx, ZMQ_ROUTER);
-    assert_non_null(b->router);
-    assert_int_equal(cf_proto_socket_setup(b->router, true), CF_OK);
-    assert_int_equal(zmq_bind(b->router, "tcp://127.0.0.1:*"), 0);
-    size_t len = sizeof b->endpoint;
-    assert_int_equal(zmq_getsockopt(b->router, ZMQ_LAST_ENDPOINT, b->endpoint, &len), 0);
-    b->enc = cf_proto_enc_new();
-    assert_non_null(b->enc);
-}
-
-static void s_broker_stop(s_broker_t *b)
-{
-    cf_proto_enc_destroy(&b->enc);
-    zmq_close(b->router);
-    assert_int_equal(zmq_ctx_term(b->ctx), 0);
-}
-
-//  The next message of type from anyone, skipping heartbeats and, unless
-//  asked for, READY/DISCONNECT of other workers is an error. b->from gets
-//  the sender.
-static cf_proto_msg_t *s_expect(s_broker_t *b, cf_msg_type_t type)
-{
-    while (true) {
-        zmq_pollitem_t item = {b->router, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&item, 1, S_WAIT_MS);
-        if (rc == 0)
-            fail_msg("no %s from any worker", cf_proto_command_name(type));
-        assert_true(rc > 0);
-        zmq_msg_t rid;
-        zmq_msg_init(&rid);
-        cf_proto_msg_t *msg = NULL;
-        cf_err_t err = cf_proto_recv(b->router, true, &rid, &msg);
-        if (err == CF_OK) {
-            size_t n = zmq_msg_size(&rid);
-            assert_true(n < sizeof b->from);
-            memcpy(b->from, zmq_msg_data(&rid), n);
-            b->from[n] = '\0';
-        }
-        zmq_msg_close(&rid);
-        if (err == CF_ETIMEDOUT)
-            continue;
-        assert_int_equal(err, CF_OK);
-        if (msg->type == type)
-            return msg;
-        cf_msg_type_t got = msg->type;
-        cf_proto_msg_destroy(&msg);
-        //  Heartbeats and the worker's prefetch requests (CREDIT, once it has
-        //  timed a few short tasks) may come between any two messages.
-        if (got == CF_MSG_HEARTBEAT || got == CF_MSG_CREDIT)
-            continue;
-        fail_msg("expected %s, got %s from %s", cf_proto_command_name(type),
-                 cf_proto_command_name(got), b->from);
-    }
-}
+//  The fake broker (tests/cf_fakebroker.h)
 
 //  Waits for READY and returns the sender's pid, parsed from "p<pid>-...".
-static pid_t s_expect_ready(s_broker_t *b)
+static pid_t s_expect_ready(cf_fakebroker_t *b)
 {
-    cf_proto_msg_t *msg = s_expect(b, CF_MSG_READY);
+    cf_proto_msg_t *msg = cf_fakebroker_expect(b, CF_MSG_READY);
     int pid_in_msg = msg->pid;
     cf_proto_msg_destroy(&msg);
-    assert_true(b->from[0] == 'p');
+    assert_true(b->peer[0] == 'p');
     char *end = NULL;
-    long pid = strtol(b->from + 1, &end, 10);
+    long pid = strtol(b->peer + 1, &end, 10);
     assert_true(end && *end == '-');
     assert_int_equal(pid, pid_in_msg);
     assert_true(pid != getpid());
@@ -220,23 +153,17 @@ static pid_t s_expect_ready(s_broker_t *b)
 }
 
 //  Sends one task to identity and returns its int result.
-static int64_t s_run_on(s_broker_t *b, const char *identity, uint64_t id, const char *fn,
+static int64_t s_run_on(cf_fakebroker_t *b, const char *identity, uint64_t id, const char *fn,
                         const char *fmt, ...)
 {
-    cf_mp_writer_t w;
-    cf_mp_writer_init(&w);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
     va_list ap;
     va_start(ap, fmt);
-    assert_int_equal(cf_mp_write_format(&w, true, fmt, &ap), CF_OK);
+    cf_fakebroker_add_taskv(b, id, fn, fmt, &ap);
     va_end(ap);
-    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
-    assert_int_equal(cf_proto_enc_task(b->enc, id, fn, strlen(fn), w.buf.data, w.buf.size, 0,
-                                       0, 0),
-                     CF_OK);
-    cf_mp_writer_fini(&w);
-    assert_int_equal(cf_proto_enc_send(b->enc, b->router, identity, strlen(identity)), CF_OK);
-    cf_proto_msg_t *msg = s_expect(b, CF_MSG_RESULT);
-    assert_string_equal(b->from, identity);
+    cf_fakebroker_send_to(b, identity);
+    cf_proto_msg_t *msg = cf_fakebroker_expect(b, CF_MSG_RESULT);
+    assert_string_equal(b->peer, identity);
     assert_int_equal(msg->count, 1);
     assert_int_equal(msg->results[0].id, id);
     assert_int_equal(msg->results[0].status, CF_STATUS_OK);
@@ -250,7 +177,7 @@ static int64_t s_run_on(s_broker_t *b, const char *identity, uint64_t id, const 
     return value;
 }
 
-static cf_procs_t *s_procs(s_broker_t *b, int count, int max_tasks)
+static cf_procs_t *s_procs(cf_fakebroker_t *b, int count, int max_tasks)
 {
     s_exits_reset();
     cf_procs_t *procs = cf_procs_new(&(cf_procs_config_t){
@@ -294,15 +221,15 @@ static void s_wait_alive(cf_procs_t *procs, int n)
 static void test_workers_start_run_tasks_and_leave_nothing_behind(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_procs_t *procs = s_procs(&b, 2, 0);
     assert_int_equal(cf_procs_alive(procs), 2);
     pid_t pids[2];
     char ids[2][256];
     for (int i = 0; i < 2; i++) {
         pids[i] = s_expect_ready(&b);
-        snprintf(ids[i], sizeof ids[i], "%s", b.from);
+        snprintf(ids[i], sizeof ids[i], "%s", b.peer);
         assert_int_equal(kill(pids[i], 0), 0);
     }
     assert_true(pids[0] != pids[1]);
@@ -315,7 +242,7 @@ static void test_workers_start_run_tasks_and_leave_nothing_behind(void **state)
     cf_procs_destroy(&procs, 5000);     //  safe with NULL
     //  Both said DISCONNECT (SIGTERM is graceful) and were reported.
     for (int i = 0; i < 2; i++) {
-        cf_proto_msg_t *msg = s_expect(&b, CF_MSG_DISCONNECT);
+        cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_DISCONNECT);
         cf_proto_msg_destroy(&msg);
     }
     for (int i = 0; i < 2; i++) {
@@ -329,18 +256,18 @@ static void test_workers_start_run_tasks_and_leave_nothing_behind(void **state)
     for (int i = 0; i < 2; i++)
         assert_true(s_process_gone(pids[i]));
     s_expect_no_children();
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_a_killed_worker_is_reported_and_replaced(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_procs_t *procs = s_procs(&b, 2, 0);
     pid_t first = s_expect_ready(&b);
     char first_id[256];
-    snprintf(first_id, sizeof first_id, "%s", b.from);
+    snprintf(first_id, sizeof first_id, "%s", b.peer);
     pid_t second = s_expect_ready(&b);
 
     assert_int_equal(kill(first, SIGKILL), 0);
@@ -352,9 +279,9 @@ static void test_a_killed_worker_is_reported_and_replaced(void **state)
 
     pid_t replacement = s_expect_ready(&b);
     assert_true(replacement != first && replacement != second);
-    assert_string_not_equal(b.from, first_id);
+    assert_string_not_equal(b.peer, first_id);
     char replacement_id[256];
-    snprintf(replacement_id, sizeof replacement_id, "%s", b.from);
+    snprintf(replacement_id, sizeof replacement_id, "%s", b.peer);
     assert_int_equal(s_run_on(&b, replacement_id, 9, "p_pid", ""), replacement);
     s_wait_alive(procs, 2);
 
@@ -363,7 +290,7 @@ static void test_a_killed_worker_is_reported_and_replaced(void **state)
     assert_true(s_process_gone(second));
     assert_true(s_process_gone(replacement));
     s_expect_no_children();
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_sigterm_lets_a_worker_finish_its_task(void **state)
@@ -375,12 +302,12 @@ static void test_sigterm_lets_a_worker_finish_its_task(void **state)
     snprintf(running, sizeof running, "%s/running", dir);
     snprintf(go, sizeof go, "%s/go", dir);
 
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_procs_t *procs = s_procs(&b, 1, 0);
     pid_t pid = s_expect_ready(&b);
     char id[256];
-    snprintf(id, sizeof id, "%s", b.from);
+    snprintf(id, sizeof id, "%s", b.peer);
 
     cf_mp_writer_t w;
     cf_mp_writer_init(&w);
@@ -403,11 +330,11 @@ static void test_sigterm_lets_a_worker_finish_its_task(void **state)
     FILE *f = fopen(go, "w");
     assert_non_null(f);
     fclose(f);
-    cf_proto_msg_t *msg = s_expect(&b, CF_MSG_RESULT);
+    cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_RESULT);
     assert_int_equal(msg->results[0].status, CF_STATUS_OK);
     cf_proto_msg_destroy(&msg);
-    msg = s_expect(&b, CF_MSG_DISCONNECT);
-    assert_string_equal(b.from, id);
+    msg = cf_fakebroker_expect(&b, CF_MSG_DISCONNECT);
+    assert_string_equal(b.peer, id);
     cf_proto_msg_destroy(&msg);
     s_exit_t e = s_wait_exit(0);
     assert_int_equal(e.pid, pid);
@@ -418,7 +345,7 @@ static void test_sigterm_lets_a_worker_finish_its_task(void **state)
 
     cf_procs_destroy(&procs, 5000);
     s_expect_no_children();
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
     unlink(running);
     unlink(go);
     rmdir(dir);
@@ -427,14 +354,14 @@ static void test_sigterm_lets_a_worker_finish_its_task(void **state)
 static void test_max_tasks_replaces_the_worker(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_procs_t *procs = s_procs(&b, 1, 1);
     pid_t pid = s_expect_ready(&b);
     char id[256];
-    snprintf(id, sizeof id, "%s", b.from);
+    snprintf(id, sizeof id, "%s", b.peer);
     assert_int_equal(s_run_on(&b, id, 1, "p_pid", ""), pid);
-    cf_proto_msg_t *msg = s_expect(&b, CF_MSG_DISCONNECT);
+    cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_DISCONNECT);
     cf_proto_msg_destroy(&msg);
     s_exit_t e = s_wait_exit(0);
     assert_int_equal(e.pid, pid);
@@ -443,15 +370,15 @@ static void test_max_tasks_replaces_the_worker(void **state)
     assert_true(next != pid);
     cf_procs_destroy(&procs, 5000);
     s_expect_no_children();
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_the_initializer_runs_in_the_worker(void **state)
 {
     (void)state;
     static int value = 42;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     s_exits_reset();
     cf_procs_t *procs = cf_procs_new(&(cf_procs_config_t){
         .count = 1,
@@ -465,12 +392,12 @@ static void test_the_initializer_runs_in_the_worker(void **state)
     assert_non_null(procs);
     (void)s_expect_ready(&b);
     char id[256];
-    snprintf(id, sizeof id, "%s", b.from);
+    snprintf(id, sizeof id, "%s", b.peer);
     assert_int_equal(s_run_on(&b, id, 1, "p_init", ""), 42);
     assert_int_equal(s_child_init_value, 0);        //  it ran there, not here
     cf_procs_destroy(&procs, 5000);
     s_expect_no_children();
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 //  Busy threads of "the application": one holds a lock across the fork,
@@ -501,7 +428,7 @@ static void *s_app_holder(void *arg)
 }
 
 typedef struct {
-    s_broker_t *broker;
+    cf_fakebroker_t *broker;
     cf_procs_t *procs;
 } s_creator_t;
 
@@ -515,8 +442,8 @@ static void *s_creator(void *arg)
 static void test_it_works_when_the_caller_runs_threads(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     atomic_store(&s_app_stop, false);
     pthread_t app[3];
     assert_int_equal(pthread_create(&app[0], NULL, s_app_holder, NULL), 0);
@@ -535,7 +462,7 @@ static void test_it_works_when_the_caller_runs_threads(void **state)
     char ids[2][256];
     for (int i = 0; i < 2; i++) {
         pids[i] = s_expect_ready(&b);
-        snprintf(ids[i], sizeof ids[i], "%s", b.from);
+        snprintf(ids[i], sizeof ids[i], "%s", b.peer);
     }
     for (int round = 0; round < 3; round++) {
         for (int i = 0; i < 2; i++)
@@ -555,7 +482,7 @@ static void test_it_works_when_the_caller_runs_threads(void **state)
     for (int i = 0; i < 2; i++)
         assert_true(s_process_gone(pids[i]));
     s_expect_no_children();
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_workers_that_cannot_start_fail_new(void **state)

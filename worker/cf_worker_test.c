@@ -8,6 +8,7 @@
 #include "cf_worker.h"
 
 #include "cf_broker.h"
+#include "cf_fakebroker.h"
 #include "cf_mp.h"
 #include "cf_proto.h"
 #include "cf_registry.h"
@@ -122,116 +123,12 @@ static void s_initializer(void *arg)
 }
 
 // ---------------------------------------------------------------------------
-//  The fake broker
+//  The fake broker (tests/cf_fakebroker.h)
 
-typedef struct {
-    void *ctx;
-    void *router;
-    char endpoint[128];
-    cf_proto_enc_t *enc;
-    uint8_t worker_id[256];     //  routing id of the last worker heard
-    size_t worker_id_len;
-    int heartbeats_seen;        //  HEARTBEATs skipped by s_expect
-    uint64_t credit_added;      //  CREDITs skipped by s_expect, summed
-} s_broker_t;
-
-static void s_broker_start(s_broker_t *b)
-{
-    memset(b, 0, sizeof *b);
-    b->ctx = zmq_ctx_new();
-    assert_non_null(b->ctx);
-    b->router = zmq_socket(b->ctx, ZMQ_ROUTER);
-    assert_non_null(b->router);
-    assert_int_equal(cf_proto_socket_setup(b->router, true), CF_OK);
-    assert_int_equal(zmq_bind(b->router, "tcp://127.0.0.1:*"), 0);
-    size_t len = sizeof b->endpoint;
-    assert_int_equal(zmq_getsockopt(b->router, ZMQ_LAST_ENDPOINT, b->endpoint, &len), 0);
-    b->enc = cf_proto_enc_new();
-    assert_non_null(b->enc);
-}
-
-static void s_broker_stop(s_broker_t *b)
-{
-    cf_proto_enc_destroy(&b->enc);
-    zmq_close(b->router);
-    assert_int_equal(zmq_ctx_term(b->ctx), 0);
-}
-
-//  The next message from the worker, whatever it is; NULL after S_WAIT_MS.
-static cf_proto_msg_t *s_recv_any(s_broker_t *b, int timeout_ms)
-{
-    while (true) {
-        zmq_pollitem_t item = {b->router, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&item, 1, timeout_ms);
-        if (rc == 0)
-            return NULL;
-        assert_true(rc > 0);
-        zmq_msg_t rid;
-        zmq_msg_init(&rid);
-        cf_proto_msg_t *msg = NULL;
-        cf_err_t err = cf_proto_recv(b->router, true, &rid, &msg);
-        if (err == CF_OK) {
-            b->worker_id_len = zmq_msg_size(&rid);
-            memcpy(b->worker_id, zmq_msg_data(&rid), b->worker_id_len);
-        }
-        zmq_msg_close(&rid);
-        if (err == CF_ETIMEDOUT)
-            continue;
-        assert_int_equal(err, CF_OK);
-        return msg;
-    }
-}
-
-//  The next message of type, skipping (and counting) heartbeats and CREDIT
-//  (prefetch); any other message fails the test.
-static cf_proto_msg_t *s_expect(s_broker_t *b, cf_msg_type_t type)
-{
-    while (true) {
-        cf_proto_msg_t *msg = s_recv_any(b, S_WAIT_MS);
-        if (!msg)
-            fail_msg("no %s from the worker", cf_proto_command_name(type));
-        if (msg->type == type)
-            return msg;
-        if (msg->type == CF_MSG_HEARTBEAT) {
-            b->heartbeats_seen++;
-            cf_proto_msg_destroy(&msg);
-            continue;
-        }
-        if (msg->type == CF_MSG_CREDIT && type != CF_MSG_CREDIT) {
-            b->credit_added += msg->credit;
-            cf_proto_msg_destroy(&msg);
-            continue;
-        }
-        fail_msg("expected %s, got %s", cf_proto_command_name(type),
-                 cf_proto_command_name(msg->type));
-    }
-}
-
-static void s_send(s_broker_t *b)
-{
-    assert_int_equal(cf_proto_enc_send(b->enc, b->router, b->worker_id, b->worker_id_len),
-                     CF_OK);
-}
-
-static void s_send_heartbeat(s_broker_t *b, uint64_t boot, uint32_t ivl_ms)
+static void s_send_heartbeat(cf_fakebroker_t *b, uint64_t boot, uint32_t ivl_ms)
 {
     cf_proto_enc_heartbeat(b->enc, boot, ivl_ms);
-    s_send(b);
-}
-
-//  Adds a task item to the TASK being built.
-static void s_add_task(s_broker_t *b, uint64_t id, const char *fn, const char *fmt, ...)
-{
-    cf_mp_writer_t w;
-    cf_mp_writer_init(&w);
-    va_list ap;
-    va_start(ap, fmt);
-    assert_int_equal(cf_mp_write_format(&w, true, fmt, &ap), CF_OK);
-    va_end(ap);
-    assert_int_equal(cf_proto_enc_task(b->enc, id, fn, strlen(fn), w.buf.data, w.buf.size, 0, 0,
-                                       0),
-                     CF_OK);
-    cf_mp_writer_fini(&w);
+    cf_fakebroker_send(b);
 }
 
 //  Receives RESULT messages until n results came; stores them by order of
@@ -245,11 +142,11 @@ typedef struct {
     int pid;
 } s_result_t;
 
-static void s_collect_results(s_broker_t *b, s_result_t *out, size_t n)
+static void s_collect_results(cf_fakebroker_t *b, s_result_t *out, size_t n)
 {
     size_t got = 0;
     while (got < n) {
-        cf_proto_msg_t *msg = s_expect(b, CF_MSG_RESULT);
+        cf_proto_msg_t *msg = cf_fakebroker_expect(b, CF_MSG_RESULT);
         assert_true(got + msg->count <= n);
         for (size_t i = 0; i < msg->count; i++) {
             const cf_proto_result_t *r = &msg->results[i];
@@ -280,7 +177,7 @@ static void s_collect_results(s_broker_t *b, s_result_t *out, size_t n)
     }
 }
 
-static cf_worker_t *s_worker(s_broker_t *b, int threads, int ivl_ms, int max_tasks)
+static cf_worker_t *s_worker(cf_fakebroker_t *b, int threads, int ivl_ms, int max_tasks)
 {
     cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
         .endpoint = b->endpoint,
@@ -295,9 +192,9 @@ static cf_worker_t *s_worker(s_broker_t *b, int threads, int ivl_ms, int max_tas
 }
 
 //  Expects READY and returns its credit.
-static uint32_t s_expect_ready(s_broker_t *b)
+static uint32_t s_expect_ready(cf_fakebroker_t *b)
 {
-    cf_proto_msg_t *msg = s_expect(b, CF_MSG_READY);
+    cf_proto_msg_t *msg = cf_fakebroker_expect(b, CF_MSG_READY);
     uint32_t credit = msg->credit;
     cf_proto_msg_destroy(&msg);
     return credit;
@@ -309,53 +206,53 @@ static uint32_t s_expect_ready(s_broker_t *b)
 static void test_ready_announces_credit_host_and_pid(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = s_worker(&b, 3, 0, 0);
-    cf_proto_msg_t *msg = s_expect(&b, CF_MSG_READY);
+    cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_READY);
     assert_int_equal(msg->credit, 3);
     char host[256];
     cf_proto_str_copy(msg->host, host, sizeof host);
     assert_string_equal(host, cf_registry_hostname());
     assert_int_equal(msg->pid, getpid());
-    assert_int_equal(b.worker_id_len, strlen("test-worker"));
-    assert_memory_equal(b.worker_id, "test-worker", b.worker_id_len);
+    assert_int_equal(b.peer_len, strlen("test-worker"));
+    assert_memory_equal(b.peer, "test-worker", b.peer_len);
     assert_string_equal(cf_worker_identity(w), "test-worker");
     cf_proto_msg_destroy(&msg);
     cf_worker_destroy(&w);
     cf_worker_destroy(&w);      //  safe twice
-    msg = s_expect(&b, CF_MSG_DISCONNECT);
+    msg = cf_fakebroker_expect(&b, CF_MSG_DISCONNECT);
     cf_proto_msg_destroy(&msg);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_a_random_identity_is_readable(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){.endpoint = b.endpoint, .threads = 1});
     assert_non_null(w);
     (void)s_expect_ready(&b);
     char prefix[300];
     snprintf(prefix, sizeof prefix, "w-%.64s-%d-", cf_registry_hostname(), (int)getpid());
     assert_int_equal(strncmp(cf_worker_identity(w), prefix, strlen(prefix)), 0);
-    assert_memory_equal(b.worker_id, cf_worker_identity(w), b.worker_id_len);
+    assert_memory_equal(b.peer, cf_worker_identity(w), b.peer_len);
     cf_worker_destroy(&w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_tasks_run_and_results_come_back(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = s_worker(&b, 4, 0, 0);
     assert_int_equal(s_expect_ready(&b), 4);
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
     for (uint64_t id = 1; id <= 20; id++)
-        s_add_task(&b, id, "w_add", "ii", (int)id, 100);
-    s_send(&b);
+        cf_fakebroker_add_task(&b, id, "w_add", "ii", (int)id, 100);
+    cf_fakebroker_send(&b);
     s_result_t results[20];
     s_collect_results(&b, results, 20);
     bool seen[21] = {false};
@@ -367,21 +264,21 @@ static void test_tasks_run_and_results_come_back(void **state)
         assert_int_equal(results[i].value, (int64_t)results[i].id + 100);
     }
     cf_worker_destroy(&w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_errors_carry_host_pid_and_function(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = s_worker(&b, 1, 0, 0);
     (void)s_expect_ready(&b);
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    s_add_task(&b, 7, "w_fail", "");
-    s_add_task(&b, 8, "no_such_task", "i", 1);
-    s_add_task(&b, 9, "w_add", "s", "x");
-    s_send(&b);
+    cf_fakebroker_add_task(&b, 7, "w_fail", "");
+    cf_fakebroker_add_task(&b, 8, "no_such_task", "i", 1);
+    cf_fakebroker_add_task(&b, 9, "w_add", "s", "x");
+    cf_fakebroker_send(&b);
     s_result_t r[3];
     s_collect_results(&b, r, 3);
     for (size_t i = 0; i < 3; i++) {
@@ -399,24 +296,24 @@ static void test_errors_carry_host_pid_and_function(void **state)
     assert_string_equal(r[2].type, "TypeError");
     assert_string_equal(r[2].message, "w_add() argument 0: expected int, got str");
     cf_worker_destroy(&w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_heartbeats_flow_while_a_task_blocks(void **state)
 {
     (void)state;
     s_gate_reset();
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = s_worker(&b, 1, 20, 0);
     (void)s_expect_ready(&b);
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    s_add_task(&b, 1, "w_gate", "i", 5);
-    s_send(&b);
+    cf_fakebroker_add_task(&b, 1, "w_gate", "i", 5);
+    cf_fakebroker_send(&b);
     s_gate_wait_for(1);
     //  The only thread is blocked in the task; the actor heartbeats.
     for (int i = 0; i < 3; i++) {
-        cf_proto_msg_t *msg = s_expect(&b, CF_MSG_HEARTBEAT);
+        cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_HEARTBEAT);
         assert_int_equal(msg->boot, 0);
         cf_proto_msg_destroy(&msg);
     }
@@ -425,22 +322,22 @@ static void test_heartbeats_flow_while_a_task_blocks(void **state)
     s_collect_results(&b, &r, 1);
     assert_int_equal(r.value, 5);
     cf_worker_destroy(&w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_a_new_boot_id_brings_a_new_ready_with_free_slots(void **state)
 {
     (void)state;
     s_gate_reset();
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = s_worker(&b, 3, 0, 0);
     assert_int_equal(s_expect_ready(&b), 3);
     //  The first boot id is learnt, not answered.
     s_send_heartbeat(&b, 1111, 1000);
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    s_add_task(&b, 1, "w_gate", "i", 1);
-    s_send(&b);
+    cf_fakebroker_add_task(&b, 1, "w_gate", "i", 1);
+    cf_fakebroker_send(&b);
     s_gate_wait_for(1);
     s_send_heartbeat(&b, 1111, 1000);
     //  A restarted broker: READY again, one slot taken by the blocked task.
@@ -449,48 +346,48 @@ static void test_a_new_boot_id_brings_a_new_ready_with_free_slots(void **state)
     //  A broker that forgot the worker says so: READY again.
     cf_proto_enc_begin(b.enc, CF_MSG_ERROR);
     cf_proto_enc_text(b.enc, CF_BROKER_UNKNOWN_WORKER, 0);
-    s_send(&b);
+    cf_fakebroker_send(&b);
     assert_int_equal(s_expect_ready(&b), 2);
     s_gate_release();
     s_result_t r;
     s_collect_results(&b, &r, 1);
     assert_int_equal(r.id, 1);
     cf_worker_destroy(&w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_max_tasks_finishes_and_says_disconnect(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = s_worker(&b, 4, 0, 2);
     assert_int_equal(s_expect_ready(&b), 2);
     assert_int_equal(cf_worker_ended(w), CF_OK);
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    s_add_task(&b, 1, "w_add", "ii", 1, 1);
-    s_add_task(&b, 2, "w_add", "ii", 2, 2);
-    s_add_task(&b, 3, "w_add", "ii", 3, 3);    //  over the limit: not run
-    s_send(&b);
+    cf_fakebroker_add_task(&b, 1, "w_add", "ii", 1, 1);
+    cf_fakebroker_add_task(&b, 2, "w_add", "ii", 2, 2);
+    cf_fakebroker_add_task(&b, 3, "w_add", "ii", 3, 3);    //  over the limit: not run
+    cf_fakebroker_send(&b);
     s_result_t r[2];
     s_collect_results(&b, r, 2);
     assert_true(r[0].id != 3 && r[1].id != 3);
-    cf_proto_msg_t *msg = s_expect(&b, CF_MSG_DISCONNECT);
+    cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_DISCONNECT);
     cf_proto_msg_destroy(&msg);
     assert_int_equal(cf_worker_wait(w, S_WAIT_MS), CF_OK);
     assert_int_equal(cf_worker_ended(w), CF_ESTOP);
     //  Nothing after DISCONNECT (no result for task 3, no heartbeat).
-    msg = s_recv_any(&b, 100);
+    msg = cf_fakebroker_recv(&b, 100);
     assert_null(msg);
     cf_worker_destroy(&w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_a_silent_broker_ends_a_worker_that_exits_on_loss(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
         .endpoint = b.endpoint,
         .threads = 1,
@@ -505,14 +402,14 @@ static void test_a_silent_broker_ends_a_worker_that_exits_on_loss(void **state)
     assert_int_equal(cf_worker_wait(w, S_WAIT_MS), CF_OK);
     assert_int_equal(cf_worker_ended(w), CF_ESHUTDOWN);
     cf_worker_destroy(&w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_a_broker_disconnect_ends_a_worker_that_exits_on_loss(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
         .endpoint = b.endpoint,
         .threads = 1,
@@ -522,18 +419,18 @@ static void test_a_broker_disconnect_ends_a_worker_that_exits_on_loss(void **sta
     (void)s_expect_ready(&b);
     cf_proto_enc_begin(b.enc, CF_MSG_DISCONNECT);
     cf_proto_enc_text(b.enc, "broker stopping", 0);
-    s_send(&b);
+    cf_fakebroker_send(&b);
     assert_int_equal(cf_worker_wait(w, S_WAIT_MS), CF_OK);
     assert_int_equal(cf_worker_ended(w), CF_ESHUTDOWN);
     cf_worker_destroy(&w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_a_lost_broker_is_awaited_and_greeted_again(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
         .endpoint = b.endpoint,
         .threads = 2,
@@ -545,7 +442,7 @@ static void test_a_lost_broker_is_awaited_and_greeted_again(void **state)
     s_send_heartbeat(&b, 5, 20);
     //  Silence for many intervals: the worker waits (it keeps heartbeating).
     for (int i = 0; i < 10; i++) {
-        cf_proto_msg_t *msg = s_expect(&b, CF_MSG_HEARTBEAT);
+        cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_HEARTBEAT);
         cf_proto_msg_destroy(&msg);
     }
     assert_int_equal(cf_worker_wait(w, 0), CF_ETIMEDOUT);
@@ -553,7 +450,7 @@ static void test_a_lost_broker_is_awaited_and_greeted_again(void **state)
     s_send_heartbeat(&b, 5, 20);
     assert_int_equal(s_expect_ready(&b), 2);
     cf_worker_destroy(&w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 //  The worker's "stopping" log line tells the test the actor took in the
@@ -585,14 +482,14 @@ static void test_destroy_finishes_running_tasks_and_hands_back_queued_ones(void 
 {
     (void)state;
     s_gate_reset();
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = s_worker(&b, 1, 0, 0);
     (void)s_expect_ready(&b);
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    s_add_task(&b, 1, "w_gate", "i", 10);
-    s_add_task(&b, 2, "w_gate", "i", 20);     //  queued behind it
-    s_send(&b);
+    cf_fakebroker_add_task(&b, 1, "w_gate", "i", 10);
+    cf_fakebroker_add_task(&b, 2, "w_gate", "i", 20);     //  queued behind it
+    cf_fakebroker_send(&b);
     s_gate_wait_for(1);
     s_stopping_line[0] = '\0';
     cf_log_set_handler(s_log_handler, NULL, CF_LOG_INFO);
@@ -612,19 +509,19 @@ static void test_destroy_finishes_running_tasks_and_hands_back_queued_ones(void 
     s_collect_results(&b, &r, 1);
     assert_int_equal(r.id, 1);
     assert_int_equal(r.value, 10);
-    cf_proto_msg_t *msg = s_expect(&b, CF_MSG_DISCONNECT);
+    cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_DISCONNECT);
     cf_proto_msg_destroy(&msg);
     pthread_join(destroyer, NULL);
     assert_null(w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_the_initializer_runs_once_per_thread_before_tasks(void **state)
 {
     (void)state;
     atomic_store(&s_init_calls, 0);
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
         .endpoint = b.endpoint,
         .threads = 3,
@@ -635,22 +532,22 @@ static void test_the_initializer_runs_once_per_thread_before_tasks(void **state)
     (void)s_expect_ready(&b);
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
     for (uint64_t id = 1; id <= 9; id++)
-        s_add_task(&b, id, "w_initialized", "");
-    s_send(&b);
+        cf_fakebroker_add_task(&b, id, "w_initialized", "");
+    cf_fakebroker_send(&b);
     s_result_t r[9];
     s_collect_results(&b, r, 9);
     for (size_t i = 0; i < 9; i++)
         assert_int_equal(r[i].truth, 1);
     cf_worker_destroy(&w);
     assert_int_equal(atomic_load(&s_init_calls), 3);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_garbage_from_the_broker_is_ignored(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = s_worker(&b, 1, 0, 0);
     (void)s_expect_ready(&b);
     //  Wrong version, unknown command, a truncated body, a single frame.
@@ -661,47 +558,47 @@ static void test_garbage_from_the_broker_is_ignored(void **state)
         {"cf/1", "SUBMIT", "\x90"},
     };
     for (size_t i = 0; i < sizeof frames / sizeof frames[0]; i++) {
-        zmq_send(b.router, b.worker_id, b.worker_id_len, ZMQ_SNDMORE);
+        zmq_send(b.router, b.peer, b.peer_len, ZMQ_SNDMORE);
         zmq_send(b.router, frames[i][0], strlen(frames[i][0]), ZMQ_SNDMORE);
         zmq_send(b.router, frames[i][1], strlen(frames[i][1]), ZMQ_SNDMORE);
         zmq_send(b.router, frames[i][2], strlen(frames[i][2]), 0);
     }
-    zmq_send(b.router, b.worker_id, b.worker_id_len, ZMQ_SNDMORE);
+    zmq_send(b.router, b.peer, b.peer_len, ZMQ_SNDMORE);
     zmq_send(b.router, "x", 1, 0);
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    s_add_task(&b, 1, "w_add", "ii", 2, 3);
-    s_send(&b);
+    cf_fakebroker_add_task(&b, 1, "w_add", "ii", 2, 3);
+    cf_fakebroker_send(&b);
     s_result_t r;
     s_collect_results(&b, &r, 1);
     assert_int_equal(r.value, 5);
     cf_worker_destroy(&w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
-//  The credit added since the worker started: what s_expect skipped, or
-//  the next CREDIT if it skipped none yet.
-static uint64_t s_credit_added(s_broker_t *b)
+//  The credit added since the worker started: what cf_fakebroker_expect
+//  skipped, or the next CREDIT if it skipped none yet.
+static uint64_t s_credit_added(cf_fakebroker_t *b)
 {
-    if (b->credit_added == 0) {
-        cf_proto_msg_t *msg = s_expect(b, CF_MSG_CREDIT);
-        b->credit_added = msg->credit;
+    if (b->credit == 0) {
+        cf_proto_msg_t *msg = cf_fakebroker_expect(b, CF_MSG_CREDIT);
+        b->credit = msg->credit;
         cf_proto_msg_destroy(&msg);
     }
-    return b->credit_added;
+    return b->credit;
 }
 
 static void test_short_tasks_bring_prefetch_credit(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = s_worker(&b, 2, 0, 0);
     //  Until it knows how long tasks take: one per thread.
     assert_int_equal(s_expect_ready(&b), 2);
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    s_add_task(&b, 1, "w_add", "ii", 1, 1);
-    s_add_task(&b, 2, "w_add", "ii", 2, 2);
-    s_send(&b);
+    cf_fakebroker_add_task(&b, 1, "w_add", "ii", 1, 1);
+    cf_fakebroker_add_task(&b, 2, "w_add", "ii", 2, 2);
+    cf_fakebroker_send(&b);
     s_result_t r[2 + 256];
     s_collect_results(&b, r, 2);
     //  Tasks of microseconds: it asks for a queue's worth more, capped.
@@ -712,11 +609,11 @@ static void test_short_tasks_bring_prefetch_credit(void **state)
     //  (which then also says READY); none is lost or run wrong.
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
     for (uint64_t id = 0; id < 2 + extra; id++)
-        s_add_task(&b, 100 + id, "w_add", "ii", (int)id, 1);
-    s_send(&b);
+        cf_fakebroker_add_task(&b, 100 + id, "w_add", "ii", (int)id, 1);
+    cf_fakebroker_send(&b);
     size_t ok = 0, back = 0;
     while (ok + back < 2 + extra) {
-        cf_proto_msg_t *msg = s_recv_any(&b, S_WAIT_MS);
+        cf_proto_msg_t *msg = cf_fakebroker_recv(&b, S_WAIT_MS);
         if (!msg)
             fail_msg("%zu run and %zu handed back of %" PRIu64, ok, back, 2 + extra);
         for (size_t i = 0; msg->type == CF_MSG_RESULT && i < msg->count; i++) {
@@ -738,19 +635,19 @@ static void test_short_tasks_bring_prefetch_credit(void **state)
     }
     assert_true(ok > 0);
     cf_worker_destroy(&w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_long_tasks_hand_prefetched_ones_back(void **state)
 {
     (void)state;
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = s_worker(&b, 1, 0, 0);
     assert_int_equal(s_expect_ready(&b), 1);
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    s_add_task(&b, 1, "w_add", "ii", 1, 1);
-    s_send(&b);
+    cf_fakebroker_add_task(&b, 1, "w_add", "ii", 1, 1);
+    cf_fakebroker_send(&b);
     s_result_t r;
     s_collect_results(&b, &r, 1);
     uint64_t grant = 1 + s_credit_added(&b);
@@ -763,12 +660,12 @@ static void test_long_tasks_hand_prefetched_ones_back(void **state)
     //  and announces a smaller credit.
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
     for (uint64_t id = 0; id < grant; id++)
-        s_add_task(&b, 10 + id, "w_nap", "i", 30);
-    s_send(&b);
+        cf_fakebroker_add_task(&b, 10 + id, "w_nap", "i", 30);
+    cf_fakebroker_send(&b);
     size_t ok = 0, busy = 0;
     uint32_t ready_credit = UINT32_MAX;
     while (ok + busy < grant) {
-        msg = s_recv_any(&b, S_WAIT_MS);
+        msg = cf_fakebroker_recv(&b, S_WAIT_MS);
         if (!msg)
             fail_msg("%zu ok and %zu handed back of %" PRIu64, ok, busy, grant);
         if (msg->type == CF_MSG_READY && ready_credit == UINT32_MAX)
@@ -786,30 +683,30 @@ static void test_long_tasks_hand_prefetched_ones_back(void **state)
     assert_true(ready_credit <= 2);
     assert_true(busy + 4 >= grant);
     cf_worker_destroy(&w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_tasks_queued_behind_a_stalled_thread_go_back(void **state)
 {
     (void)state;
     s_gate_reset();
-    s_broker_t b;
-    s_broker_start(&b);
+    cf_fakebroker_t b;
+    cf_fakebroker_start(&b);
     cf_worker_t *w = s_worker(&b, 1, 0, 0);
     assert_int_equal(s_expect_ready(&b), 1);
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    s_add_task(&b, 1, "w_add", "ii", 1, 1);
-    s_send(&b);
+    cf_fakebroker_add_task(&b, 1, "w_add", "ii", 1, 1);
+    cf_fakebroker_send(&b);
     s_result_t r;
     s_collect_results(&b, &r, 1);
     assert_true(s_credit_added(&b) >= 3);
     //  Short tasks so far, so it prefetched; the gate blocks its only
     //  thread: the three behind it go back unrun, for another worker.
     cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    s_add_task(&b, 2, "w_gate", "i", 7);
+    cf_fakebroker_add_task(&b, 2, "w_gate", "i", 7);
     for (uint64_t id = 3; id <= 5; id++)
-        s_add_task(&b, id, "w_add", "ii", 1, 1);
-    s_send(&b);
+        cf_fakebroker_add_task(&b, id, "w_add", "ii", 1, 1);
+    cf_fakebroker_send(&b);
     s_gate_wait_for(1);
     s_result_t back[3];
     s_collect_results(&b, back, 3);
@@ -823,7 +720,7 @@ static void test_tasks_queued_behind_a_stalled_thread_go_back(void **state)
     assert_int_equal(r.id, 2);
     assert_int_equal(r.value, 7);
     cf_worker_destroy(&w);
-    s_broker_stop(&b);
+    cf_fakebroker_stop(&b);
 }
 
 static void test_bad_configurations_are_refused(void **state)
