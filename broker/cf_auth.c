@@ -353,7 +353,16 @@ typedef struct {
     uint64_t log_suppressed;    //  denials not logged since
 } s_actor_t;
 
+//  The User-Ids the lists allow ("client:<fp>"), sorted, for
+//  cf_auth_user_allowed: a copy the broker's thread may read, since the
+//  actor's list is the actor's alone.
+typedef char s_user_t[CF_AUTH_USER_ID_SIZE];
+
 struct cf_auth {
+    pthread_mutex_t users_lock;
+    s_user_t *users;            //  under users_lock
+    size_t user_count;
+    _Atomic uint64_t generation;    //  successful reloads
     void *pipe;                 //  our end of the pipe; used under mutex
     pthread_mutex_t mutex;      //  serializes pipe requests from any thread
     pthread_t thread;
@@ -504,7 +513,7 @@ static void s_handle_zap(s_actor_t *self)
         goto done;
     }
     self->stats.allowed++;
-    char user_id[32];
+    char user_id[CF_AUTH_USER_ID_SIZE];
     snprintf(user_id, sizeof user_id, "%s:%s", cf_auth_role_name(role), fp);
     cf_log_debug(S_COMPONENT, "allowed %s from %s", user_id, address);
     s_send_reply(self, &frames[1], "200", "OK", user_id);
@@ -595,6 +604,41 @@ static void *s_socket(void *ctx, int type)
     return socket;
 }
 
+static int s_user_compare(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+//  The sorted User-Ids of list; NULL and CF_ENOMEM when out of memory.
+static s_user_t *s_users_of(const s_list_t *list, size_t *count)
+{
+    s_user_t *users = malloc((list->count ? list->count : 1) * sizeof *users);
+    if (!users) {
+        cf_error_set(CF_ENOMEM, "out of memory loading allow-lists");
+        return NULL;
+    }
+    for (size_t i = 0; i < list->count; i++) {
+        char z85[CF_KEY_Z85_SIZE], fp[CF_KEY_FP_SIZE];
+        cf_keys_encode(list->entries[i].key, z85);
+        cf_keys_fingerprint(z85, fp);
+        snprintf(users[i], sizeof users[i], "%s:%s",
+                 cf_auth_role_name((cf_role_t)list->entries[i].role), fp);
+    }
+    qsort(users, list->count, sizeof *users, s_user_compare);
+    *count = list->count;
+    return users;
+}
+
+static void s_users_swap(cf_auth_t *self, s_user_t *users, size_t count)
+{
+    pthread_mutex_lock(&self->users_lock);
+    s_user_t *old = self->users;
+    self->users = users;
+    self->user_count = count;
+    pthread_mutex_unlock(&self->users_lock);
+    free(old);
+}
+
 static void s_auth_free(cf_auth_t *self)
 {
     if (self->pipe)
@@ -614,6 +658,8 @@ static void s_auth_free(cf_auth_t *self)
     explicit_bzero(self->secret_z85, sizeof self->secret_z85);
     free(self->client_keys);
     free(self->worker_keys);
+    free(self->users);
+    pthread_mutex_destroy(&self->users_lock);
     pthread_mutex_destroy(&self->mutex);
     free(self);
 }
@@ -643,6 +689,7 @@ cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
         return NULL;
     }
     pthread_mutex_init(&self->mutex, NULL);
+    pthread_mutex_init(&self->users_lock, NULL);
     self->handshake_ivl_ms =
         config->handshake_ivl_ms ? config->handshake_ivl_ms : CF_AUTH_HANDSHAKE_IVL_MS;
     if (config->secret_key_file) {
@@ -669,6 +716,9 @@ cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
     pthread_mutex_init(&self->actor->handoff, NULL);
     self->actor->list = s_list_load(self->client_keys, self->worker_keys);
     if (!self->actor->list)
+        goto fail;
+    self->users = s_users_of(self->actor->list, &self->user_count);
+    if (!self->users)
         goto fail;
 
     //  Unique even if a previous handler at the same address has not been
@@ -762,6 +812,12 @@ cf_err_t cf_auth_reload(cf_auth_t *auth)
     if (!list)
         return cf_last_err();
     size_t clients = list->clients, workers = list->workers;
+    size_t user_count = 0;
+    s_user_t *users = s_users_of(list, &user_count);
+    if (!users) {
+        s_list_destroy(&list);
+        return cf_last_err();
+    }
     pthread_mutex_lock(&auth->mutex);
     cf_err_t rc = CF_OK;
     pthread_mutex_lock(&auth->actor->handoff);
@@ -780,10 +836,31 @@ cf_err_t cf_auth_reload(cf_auth_t *auth)
             rc = cf_error_set(CF_ESYS, "auth actor did not take the new lists");
     }
     pthread_mutex_unlock(&auth->mutex);
-    if (rc == CF_OK)
-        cf_log_info(S_COMPONENT, "allow-lists reloaded: %zu client and %zu worker keys",
-                    clients, workers);
+    if (rc != CF_OK) {
+        free(users);
+        return rc;
+    }
+    s_users_swap(auth, users, user_count);
+    atomic_fetch_add(&auth->generation, 1);
+    cf_log_info(S_COMPONENT, "allow-lists reloaded: %zu client and %zu worker keys",
+                clients, workers);
     return rc;
+}
+
+bool cf_auth_user_allowed(cf_auth_t *auth, const char *user_id)
+{
+    if (!auth || !user_id || strlen(user_id) >= CF_AUTH_USER_ID_SIZE)
+        return false;
+    pthread_mutex_lock(&auth->users_lock);
+    bool found = bsearch(user_id, auth->users, auth->user_count, sizeof *auth->users,
+                         s_user_compare) != NULL;
+    pthread_mutex_unlock(&auth->users_lock);
+    return found;
+}
+
+uint64_t cf_auth_generation(cf_auth_t *auth)
+{
+    return auth ? atomic_load(&auth->generation) : 0;
 }
 
 cf_err_t cf_auth_stats(cf_auth_t *auth, cf_auth_stats_t *stats)

@@ -103,10 +103,24 @@ void cf_auth_destroy(cf_auth_t **auth);
 cf_err_t cf_auth_apply_server(void *socket, cf_auth_t *auth, const char *domain);
 
 //  Reads both allow-lists again from the configured paths and swaps them
-//  in; on any error the old lists stay and the error is returned. Connected
-//  peers stay connected (their handshake is done); the new lists decide
-//  every later handshake. Thread-safe; a daemon calls it on SIGHUP.
+//  in; on any error the old lists stay and the error is returned. The new
+//  lists decide every later handshake; for peers already connected see
+//  cf_auth_user_allowed. Thread-safe; a daemon calls it on SIGHUP.
 cf_err_t cf_auth_reload(cf_auth_t *auth);
+
+//  A User-Id: "client:" or "worker:" and the key's fingerprint.
+#define CF_AUTH_USER_ID_SIZE 32
+
+//  Whether the key a connection authenticated with is still on its role's
+//  allow-list: user_id is the connection's "User-Id" ("client:<fp>"). A
+//  reload that removed the key makes it false, so a broker can cut off
+//  connections made before (the handshake alone would let them stay).
+//  Keys are told apart by fingerprint here. Thread-safe.
+bool cf_auth_user_allowed(cf_auth_t *auth, const char *user_id);
+
+//  How many reloads succeeded: a cf_auth_user_allowed answer stays true
+//  until this changes. Thread-safe.
+uint64_t cf_auth_generation(cf_auth_t *auth);
 
 //  The role a received frame's connection authenticated as, from its
 //  "User-Id" metadata. Pass a frame the peer sent (the version, command or

@@ -770,6 +770,8 @@ static void test_zap_handler_answers_malformed_requests_and_keeps_serving(void *
 // ---------------------------------------------------------------------------
 //  Reload
 
+//  A reload decides later handshakes, and cf_auth_user_allowed (what the
+//  broker asks for connections made before) follows the lists too.
 static void test_reload_admits_new_keys_and_keeps_old_lists_on_error(void **state)
 {
     s_fixture_t *fx = *state;
@@ -780,6 +782,12 @@ static void test_reload_admits_new_keys_and_keeps_old_lists_on_error(void **stat
     uint8_t stranger[CF_KEY_BIN_LEN];
     assert_int_equal(cf_keys_decode(s_stranger.public_z85, stranger), CF_OK);
     assert_string_equal(s_zap_curve(dealer, "CURVE", stranger, sizeof stranger).status, "400");
+    char fp[CF_KEY_FP_SIZE], user[CF_AUTH_USER_ID_SIZE], as_worker[CF_AUTH_USER_ID_SIZE];
+    cf_keys_fingerprint(s_stranger.public_z85, fp);
+    snprintf(user, sizeof user, "client:%s", fp);
+    snprintf(as_worker, sizeof as_worker, "worker:%s", fp);
+    assert_false(cf_auth_user_allowed(fx->auth, user));
+    assert_int_equal(cf_auth_generation(fx->auth), 0);
 
     //  The stranger's key joins the client directory.
     char text[128];
@@ -787,6 +795,11 @@ static void test_reload_admits_new_keys_and_keeps_old_lists_on_error(void **stat
     s_write_text(s_path("clients/stranger.key"), text);
     assert_int_equal(cf_auth_reload(fx->auth), CF_OK);
     assert_string_equal(s_zap_curve(dealer, "CURVE", stranger, sizeof stranger).status, "200");
+    assert_true(cf_auth_user_allowed(fx->auth, user));
+    assert_false(cf_auth_user_allowed(fx->auth, as_worker));
+    assert_false(cf_auth_user_allowed(fx->auth, "client:"));
+    assert_false(cf_auth_user_allowed(fx->auth, NULL));
+    assert_int_equal(cf_auth_generation(fx->auth), 1);
     cf_auth_stats_t stats;
     assert_int_equal(cf_auth_stats(fx->auth, &stats), CF_OK);
     assert_int_equal(stats.client_keys, 2);
@@ -797,12 +810,16 @@ static void test_reload_admits_new_keys_and_keeps_old_lists_on_error(void **stat
     assert_int_equal(cf_auth_reload(fx->auth), CF_EINVAL);
     assert_non_null(strstr(cf_last_error(), "broken.key"));
     assert_string_equal(s_zap_curve(dealer, "CURVE", stranger, sizeof stranger).status, "200");
+    assert_true(cf_auth_user_allowed(fx->auth, user));
+    assert_int_equal(cf_auth_generation(fx->auth), 1);
     assert_int_equal(unlink(s_path("clients/broken.key")), 0);
 
     //  Removing the key and reloading shuts the stranger out again.
     assert_int_equal(unlink(s_path("clients/stranger.key")), 0);
     assert_int_equal(cf_auth_reload(fx->auth), CF_OK);
     assert_string_equal(s_zap_curve(dealer, "CURVE", stranger, sizeof stranger).status, "400");
+    assert_false(cf_auth_user_allowed(fx->auth, user));     //  connections made before too
+    assert_int_equal(cf_auth_generation(fx->auth), 2);
     s_close(dealer);
 }
 

@@ -124,6 +124,7 @@ typedef struct s_peer {
     size_t id_len;
     uint8_t id[CF_BROKER_MAX_IDENTITY];
     char label[24];             //  identity as shown in logs
+    uint64_t auth_generation;   //  allow-lists its key was last found on; 0: not checked
 } s_peer_t;
 
 //  A RESULT item waiting to be sent to its client.
@@ -179,6 +180,7 @@ typedef struct {
     size_t max_queued;
     size_t max_queued_per_client;
     bool require_roles;         //  CURVE: check each message's User-Id role
+    cf_auth_t *auth;            //  CURVE: the allow-lists, for revoked keys; borrowed
     int64_t refused_log_sec;    //  audit lines are rate limited per second
     int refused_log_count;
     uint64_t boot;              //  random, nonzero: tells peers this run from another
@@ -1537,23 +1539,60 @@ static void s_on_worker_message(s_self_t *self, const void *id, size_t len, cf_p
 //  check docs/security.md promises, for a misconfigured domain or a key
 //  added to the wrong list by a reload. The audit line names the key by
 //  fingerprint only (the User-Id holds nothing more).
-static bool s_role_allowed(s_self_t *self, void *sock, const void *id, size_t len,
-                           cf_proto_msg_t *msg, bool clients)
+static bool s_may_log_refusal(s_self_t *self)
 {
-    cf_role_t want = clients ? CF_ROLE_CLIENT : CF_ROLE_WORKER;
-    cf_role_t role = msg->has_body_ ? cf_auth_role_of(&msg->body_) : CF_ROLE_NONE;
-    if (role == want)
-        return true;
-    self->stats.refused++;
-    const char *user = msg->has_body_ ? zmq_msg_gets(&msg->body_, "User-Id") : NULL;
-    char label[24];
-    s_make_label(id, len, label, sizeof label);
     int64_t sec = cf_clock_now_ms() / 1000;
     if (sec != self->refused_log_sec) {
         self->refused_log_sec = sec;
         self->refused_log_count = 0;
     }
-    if (self->refused_log_count++ < CF_AUTH_LOG_PER_SEC)
+    return self->refused_log_count++ < CF_AUTH_LOG_PER_SEC;
+}
+
+//  Whether the sender's key is still on the allow-lists. Until a reload
+//  every connection passed its handshake against the lists as they are; after
+//  one, each peer is looked up once per reload. A revoked key's peer is
+//  dropped here; its later messages find no peer and are refused again.
+static bool s_key_current(s_self_t *self, const void *id, size_t len, const char *user,
+                          bool clients)
+{
+    uint64_t generation = cf_auth_generation(self->auth);
+    if (generation == 0)
+        return true;
+    s_peer_t *peer = s_peer_find(clients ? self->client_table : self->worker_table, id, len);
+    if (peer && peer->auth_generation == generation)
+        return true;
+    if (cf_auth_user_allowed(self->auth, user)) {
+        if (peer)
+            peer->auth_generation = generation;
+        return true;
+    }
+    if (peer && clients)
+        s_client_lost(self, (s_client_t *)peer, "its key was revoked");
+    else if (peer)
+        s_worker_remove(self, (s_worker_t *)peer, "its key was revoked", true);
+    return false;
+}
+
+static bool s_role_allowed(s_self_t *self, void *sock, const void *id, size_t len,
+                           cf_proto_msg_t *msg, bool clients)
+{
+    cf_role_t want = clients ? CF_ROLE_CLIENT : CF_ROLE_WORKER;
+    cf_role_t role = msg->has_body_ ? cf_auth_role_of(&msg->body_) : CF_ROLE_NONE;
+    const char *user = msg->has_body_ ? zmq_msg_gets(&msg->body_, "User-Id") : NULL;
+    if (role == want && (!self->auth || s_key_current(self, id, len, user, clients)))
+        return true;
+    self->stats.refused++;
+    char label[24];
+    s_make_label(id, len, label, sizeof label);
+    if (role == want) {
+        if (s_may_log_refusal(self))
+            cf_log_warn(LOG, "refused %s from %s (routing id %s): its key was removed from the "
+                        "allow-list", s_command(msg->type), user, label);
+        s_send_error(self, sock, id, len, 0, CF_BROKER_KEY_REVOKED);
+        return false;
+    }
+    if (s_may_log_refusal(self))
         cf_log_warn(LOG, "refused %s from %s (routing id %s) on the %s endpoint: a %s key "
                     "may not use it", s_command(msg->type), user ? user : "an unauthenticated peer",
                     label, clients ? "client" : "worker", cf_auth_role_name(role));
@@ -1947,6 +1986,7 @@ cf_broker_t *cf_broker_new(const cf_broker_config_t *config)
     self->liveness = config->heartbeat_liveness ? config->heartbeat_liveness : CF_HEARTBEAT_LIVENESS;
     self->max_queued = config->max_queued ? config->max_queued : CF_BROKER_MAX_QUEUED;
     self->require_roles = config->require_roles;
+    self->auth = config->require_roles ? config->auth : NULL;
     self->max_queued_per_client =
         config->max_queued_per_client ? config->max_queued_per_client : self->max_queued;
     self->boot = s_random64();

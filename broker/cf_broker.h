@@ -52,6 +52,9 @@
 #define CF_BROKER_UNKNOWN_WORKER "unknown worker"
 //  ERROR text (ref 0) for a message whose sender's key has another role.
 #define CF_BROKER_NOT_ALLOWED    "not allowed: this key's role may not use this endpoint"
+//  ERROR text (ref 0) for a message whose sender's key was taken off the
+//  allow-lists since it connected.
+#define CF_BROKER_KEY_REVOKED    "not allowed: this key was revoked"
 
 typedef struct cf_broker cf_broker_t;
 
@@ -76,6 +79,11 @@ typedef struct {
     //  fingerprint (a warning, at most CF_AUTH_LOG_PER_SEC a second) and
     //  otherwise ignored: no peer state is created.
     bool require_roles;
+    //  With require_roles: the allow-lists (borrowed). A connection whose key
+    //  a reload removed is cut off at its next message (heartbeats come every
+    //  interval): ERROR [0, CF_BROKER_KEY_REVOKED], an audit line, and the
+    //  peer dropped (a client's queued tasks, a worker's tasks retried).
+    struct cf_auth *auth;
 } cf_broker_config_t;
 
 #define CF_BROKER_MAX_QUEUED (4u * 1024 * 1024)

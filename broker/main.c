@@ -266,6 +266,7 @@ int main(int argc, char **argv)
         config.socket_setup = s_curve_setup;
         config.socket_setup_arg = auth;
         config.require_roles = true;
+        config.auth = auth;
     }
 
     cf_broker_t *broker = cf_broker_new(&config);

@@ -1036,6 +1036,15 @@ static void s_on_error(cf_client_t *self, cf_proto_msg_t *msg)
         s_resend_all(self, "broker does not know us");
         return;
     }
+    if (msg->ref == 0 && (strcmp(self->err_message, CF_BROKER_KEY_REVOKED) == 0
+                          || strcmp(self->err_message, CF_BROKER_NOT_ALLOWED) == 0)) {
+        //  No retry can help: every task fails, as at a refused handshake.
+        char why[sizeof self->err_message + 64];
+        snprintf(why, sizeof why, "the broker at %s refused this client: %s", self->endpoint,
+                 self->err_message);
+        s_auth_refused(self, why);
+        return;
+    }
     s_item_t *item = msg->ref ? cf_idmap_get(self->pending, msg->ref) : NULL;
     if (item) {
         s_resolve_error(self, item, "ProtocolError", self->err_message, "", 0);

@@ -554,6 +554,9 @@ static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, cons
 
     cf_err_t rc = ex->ops->submit(ex->backend, &task);
     if (rc != CF_OK) {
+        //  The back end's own words say more ("... this key was revoked").
+        char why[256];
+        snprintf(why, sizeof why, "%s", cf_last_err() == rc ? cf_last_error() : cf_strerror(rc));
         cf_task_destroy(&task);         //  the back end took it; NULL by now
         //  The back end refused it: unless it resolved the future anyway
         //  (then the hook ran and counted it), the submission never happened.
@@ -565,7 +568,7 @@ static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, cons
         if (rc == CF_ESHUTDOWN)
             cf_error_set(rc, "cannot submit %s: the executor is shut down", fn);
         else
-            cf_error_set(rc, "cannot submit %s: %s", fn, cf_strerror(rc));
+            cf_error_set(rc, "cannot submit %s: %s", fn, why);
         return NULL;
     }
     //  Only a future that got in, and before anyone else can see it.

@@ -312,6 +312,87 @@ static void test_unknown_plaintext_and_wrong_server_key_clients_are_refused(void
     assert_true(cf_testkit_alive(broker));
 }
 
+//  A key taken off a list (SIGHUP) is cut off while connected: the client's
+//  tasks fail with AuthError, its workers (threads and --procs) exit 1
+//  saying why; the broker
+//  audits by fingerprint, and a client and a worker still on the lists keep
+//  working.
+static void test_revoked_keys_are_cut_off_while_connected(void **state)
+{
+    cf_testkit_t *kit = *state;
+    s_keys_t k;
+    s_keys(kit, &k);
+    cf_keypair_t bob, w2;
+    s_make_pair(kit, &bob, "clients/bob.key", "bob.key_secret");
+    s_make_pair(kit, &w2, "workers/w2.key", "w2.key_secret");
+    cf_testkit_proc_t *broker = s_secure_broker(&k);
+    const char *clients = cf_testkit_clients(broker);
+    cf_testkit_proc_t *revoked[2] = {
+        s_secure_worker(&k, cf_testkit_workers(broker), k.w1_secret, NULL),
+        s_secure_worker(&k, cf_testkit_workers(broker), k.w1_secret, "2"),
+    };
+    s_secure_worker(&k, cf_testkit_workers(broker), cf_testkit_path(kit, "w2.key_secret"), NULL);
+    cf_executor_t *alice = s_connect(clients, k.broker_pub, k.alice_secret);
+    cf_executor_t *kept = s_connect(clients, k.broker_pub,
+                                   cf_testkit_path(kit, "bob.key_secret"));
+    if (!alice || !kept)
+        fail_msg("allowed client refused: %s", cf_last_error());
+    s_expect_square(kit, alice, 3);
+    s_expect_square(kit, kept, 4);
+    //  Every worker connected (a --procs child still in its handshake would
+    //  be refused there instead, which is another test).
+    int64_t deadline = cf_testkit_now_ms() + CF_TESTKIT_DEADLINE_MS;
+    while (s_stat(clients, &k.broker, &k.alice, "workers") != 4) {
+        if (cf_testkit_now_ms() > deadline)
+            fail_msg("the four workers never joined");
+        cf_testkit_nap_ms(20);
+    }
+
+    assert_int_equal(unlink(cf_testkit_path(kit, "clients/alice.key")), 0);
+    assert_int_equal(unlink(cf_testkit_path(kit, "workers/w1.key")), 0);
+    assert_true(cf_testkit_signal(broker, SIGHUP));
+    s_log_wait_t reloaded = { broker, "1 client and 1 worker keys" };
+    if (!cf_testkit_wait_until(s_log_cond, &reloaded, CF_TESTKIT_DEADLINE_MS))
+        fail_msg("the broker did not reload on SIGHUP");
+
+    //  A worker's next heartbeat is refused: it stops with a reason, in
+    //  threads and in --procs mode (whose processes are not replaced).
+    for (int i = 0; i < 2; i++) {
+        int status = 0;
+        if (!cf_testkit_wait_exit(revoked[i], CF_TESTKIT_DEADLINE_MS, &status))
+            fail_msg("a worker (%s) whose key was revoked kept running",
+                     i ? "--procs" : "--threads");
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 1);
+        assert_true(s_log_has(revoked[i], "revoked"));
+    }
+
+    //  The client's next message is refused: a task in flight, or the
+    //  submission itself once its heartbeat was, fails as an AuthError.
+    cf_future_t *f = cf_submit(alice, "square", "i", 5);
+    if (f) {
+        cf_testkit_expect_error(kit, f, "AuthError", "revoked");
+        cf_future_release(&f);
+        f = cf_submit(alice, "square", "i", 5);
+    }
+    assert_null(f);
+    assert_int_equal(cf_last_err(), CF_EAUTH);
+    if (!strstr(cf_last_error(), "revoked"))
+        fail_msg("refused without saying why: %s", cf_last_error());
+    cf_executor_destroy(&alice);
+
+    for (int i = 0; i < 4; i++)
+        s_expect_square(kit, kept, i + 6);
+    cf_executor_destroy(&kept);
+    char fp[CF_KEY_FP_SIZE];
+    cf_keys_fingerprint(k.alice.public_z85, fp);
+    s_log_wait_t audited = { broker, fp };
+    assert_true(s_log_has(broker, "removed from the allow-list"));
+    assert_true(s_log_cond(&audited));
+    s_expect_no_keys_in_log(&k, broker);
+    assert_true(cf_testkit_alive(broker));
+}
+
 //  Roles at the handshake: the daemon gives each endpoint its role domain.
 static void test_a_client_key_cannot_work_and_a_worker_key_cannot_submit(void **state)
 {
@@ -715,6 +796,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_allowed_keys_run_tasks_on_threads_and_procs_workers,
+                                        cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_revoked_keys_are_cut_off_while_connected,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(
             test_unknown_plaintext_and_wrong_server_key_clients_are_refused,

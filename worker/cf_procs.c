@@ -153,6 +153,7 @@ struct cf_procs {
     pthread_cond_t cond;
     //  Under lock.
     int alive;
+    bool refused;               //  a worker exited with CF_PROCS_EXIT_REFUSED
     bool init_done;
     cf_err_t init_err;
     char init_msg[256];
@@ -296,6 +297,10 @@ __attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote,
         }
         if (cf_worker_wait(worker, 0) == CF_OK)
             break;
+    }
+    if (!terminated && cf_worker_ended(worker) == CF_EAUTH) {
+        cf_worker_destroy(&worker);
+        _exit(CF_PROCS_EXIT_REFUSED);
     }
     if (!terminated && cf_worker_ended(worker) == CF_ESHUTDOWN) {
         //  The broker is gone: nobody can take results, and a task may run
@@ -546,6 +551,14 @@ static void s_worker_exited(cf_procs_t *p, int slot, int status, bool stopping)
         s_init_finish(p, CF_ESYS, "procs: worker process %d exited before it started (%s %d)",
                       (int)pid, WIFSIGNALED(status) ? "signal" : "status",
                       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+        return;
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == CF_PROCS_EXIT_REFUSED) {
+        cf_log_error(LOG, "worker process %d: the broker refused its key; not replaced",
+                     (int)pid);
+        pthread_mutex_lock(&p->lock);
+        p->refused = true;
+        pthread_mutex_unlock(&p->lock);
         return;
     }
     if (lived < S_QUICK_EXIT_MS) {
@@ -951,6 +964,15 @@ cf_procs_t *cf_procs_new(const cf_procs_config_t *config)
     }
     cf_log_info(LOG, "%d worker processes started (%d threads each)", p->count, p->threads);
     return p;
+}
+
+bool cf_procs_refused(cf_procs_t *p)
+{
+    assert(p);
+    pthread_mutex_lock(&p->lock);
+    bool refused = p->refused;
+    pthread_mutex_unlock(&p->lock);
+    return refused;
 }
 
 int cf_procs_alive(cf_procs_t *p)

@@ -53,6 +53,12 @@ typedef struct {
 cf_procs_t *cf_procs_new(const cf_procs_config_t *config);
 //  Worker processes currently alive.
 int cf_procs_alive(cf_procs_t *procs);
+//  The exit status of a worker process whose key the broker refused (its
+//  cf_worker ended with CF_EAUTH). Such a process is not replaced: a new one
+//  would present the same key.
+#define CF_PROCS_EXIT_REFUSED 77
+//  True once a worker process exited with CF_PROCS_EXIT_REFUSED.
+bool cf_procs_refused(cf_procs_t *procs);
 //  SIGTERM to every worker (they finish their task and say DISCONNECT),
 //  SIGKILL after grace_ms, reaps all, ends the zygote, frees. Safe with NULL.
 void cf_procs_destroy(cf_procs_t **procs, int grace_ms);

@@ -684,6 +684,14 @@ static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
             cf_log_info(LOG, "broker does not know this worker: announcing again");
             a->announce = true;
         }
+        else if (cf_proto_str_eq(msg->text, CF_BROKER_KEY_REVOKED)
+                 || cf_proto_str_eq(msg->text, CF_BROKER_NOT_ALLOWED)) {
+            //  Nothing we send will be taken: stop, and say why.
+            cf_log_error(LOG, "the broker at %s refused this worker: %.*s", a->w->endpoint,
+                         (int)msg->text.len, msg->text.ptr);
+            a->done = true;
+            a->end_reason = CF_EAUTH;
+        }
         else
             cf_log_warn(LOG, "broker refused a message: %.*s",
                         (int)(msg->text.len > 200 ? 200 : msg->text.len),

@@ -55,12 +55,14 @@ typedef struct {
 //  sense) and READY was sent. NULL with cf_last_error().
 cf_worker_t *cf_worker_new(const cf_worker_config_t *config);
 //  Blocks until the worker ended by itself (max_tasks reached, broker lost
-//  with exit_on_broker_loss) or timeout_ms passed: CF_OK or CF_ETIMEDOUT.
+//  with exit_on_broker_loss, key refused) or timeout_ms passed: CF_OK or
+//  CF_ETIMEDOUT.
 cf_err_t cf_worker_wait(cf_worker_t *worker, int timeout_ms);
 //  Why the worker ended by itself: CF_OK while it has not; CF_ESTOP when
 //  max_tasks was reached (every result sent, DISCONNECT said); CF_ESHUTDOWN
 //  when the broker was lost or said DISCONNECT with exit_on_broker_loss
-//  (tasks may still be running: a process may _exit instead of destroying).
+//  (tasks may still be running: a process may _exit instead of destroying);
+//  CF_EAUTH when the broker refused our key (revoked since we connected).
 cf_err_t cf_worker_ended(cf_worker_t *worker);
 //  The routing id the worker uses with the broker (borrowed, lives as long
 //  as the worker).
