@@ -19,9 +19,9 @@
 //  mutex, io, which the actor releases only while it sleeps in poll(): a
 //  submission that would write the eventfd first tries io and, if the actor
 //  sleeps and nothing else is in flight, drains the inbox and sends the
-//  SUBMIT itself, acting as the actor
-//  (s_actor_self set), and wakes it only when something is left for it
-//  (results to read, a blocked socket, cancels). ZeroMQ allows a socket to
+//  SUBMIT itself, acting as the actor (s_actor_self set), and wakes it only
+//  when something is left for it (results to read, a blocked socket,
+//  cancels). ZeroMQ allows a socket to
 //  change threads with a full memory barrier between (the mutex). The actor
 //  polls the socket's ZMQ_FD as a plain descriptor, not with zmq_poll (which
 //  would use the socket while sleeping), and checks ZMQ_EVENTS under io

@@ -24,14 +24,13 @@
 //  makes the worker look dead; the broker is judged on what it sends.
 //
 //  Results go out from the executor that made them when it can, and when
-//  it is the only one working. Waking the
-//  actor costs a thread hand-off (about 12 us on the 2-core VM this was
-//  measured on) on every one-at-a-time round trip. So the actor's state
-//  and socket are guarded by a mutex (io) that the actor releases only
-//  while it sleeps in poll(): an executor finishing a task into an empty
-//  outbox tries that mutex and, if the actor sleeps, does the actor's
-//  after-result work itself (collect, flush, prefetch) and wakes it only
-//  when something is left for it. ZeroMQ allows a socket to change threads
+//  it is the only one working. Waking the actor costs a thread hand-off
+//  (about 12 us on the 2-core VM this was measured on) on every
+//  one-at-a-time round trip. So the actor's state and socket are guarded
+//  by a mutex (io) that the actor releases only while it sleeps in poll():
+//  an executor finishing the only task in hand tries that mutex and, if
+//  the actor sleeps, does the actor's after-result work itself (collect,
+//  flush, prefetch) and wakes it only when something is left for it. ZeroMQ allows a socket to change threads
 //  with a full memory barrier between (the mutex). The actor polls the
 //  socket's ZMQ_FD as a plain descriptor, not with zmq_poll (which would
 //  use the socket while sleeping), and checks ZMQ_EVENTS under io first:
