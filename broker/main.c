@@ -59,7 +59,8 @@ static void s_usage(FILE *out)
             "  ready clients=ENDPOINT workers=ENDPOINT\n"
             "Logs go to stderr. SIGINT or SIGTERM stops the broker (exit status 0);\n"
             "SIGHUP reloads --client-keys and --worker-keys (on an error the old lists\n"
-            "stay); a startup failure prints why and exits with status 1.\n"
+            "stay; a removed key is cut off, connected or not); a startup failure\n"
+            "prints why and exits with status 1.\n"
             "\n"
             "Without --curve-secret traffic is not encrypted: keep the endpoints on\n"
             "loopback or a trusted network (see docs/security.md).\n",
