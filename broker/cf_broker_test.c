@@ -326,13 +326,22 @@ static cf_proto_msg_t *s_expect_result(void *client, uint64_t id, cf_status_t st
 
 // ---------------------------------------------------------------------------
 
+//  A worker peer named name that announced credit (threads = credit), once
+//  the broker counts workers of them.
+static void *s_worker(s_fixture_t *fx, const char *name, uint32_t credit, int32_t pid,
+                      uint64_t workers)
+{
+    void *worker = s_peer(fx, name, cf_broker_worker_endpoint(fx->broker));
+    s_ready(worker, credit, pid);
+    s_wait_stats(s_workers_is, workers);
+    return worker;
+}
+
 static void test_tasks_are_dispatched_within_worker_credit(void **state)
 {
     s_fixture_t *fx = *state;
     s_start(fx, 1000, 0, 0);
-    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
-    s_ready(worker, 2, 101);
-    s_wait_stats(s_workers_is, 1);
+    void *worker = s_worker(fx, "w1", 2, 101, 1);
     void *client = s_client(fx, "c1");
     s_submit(client, 100, 3, "double", 3, 0, 0);
 
@@ -376,9 +385,7 @@ static void test_credit_message_adds_slots(void **state)
 {
     s_fixture_t *fx = *state;
     s_start(fx, 1000, 0, 0);
-    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
-    s_ready(worker, 0, 101);
-    s_wait_stats(s_workers_is, 1);
+    void *worker = s_worker(fx, "w1", 0, 101, 1);
     void *client = s_client(fx, "c1");
     s_submit(client, 1, 2, "f", 0, 0, 0);
     s_wait_stats(s_queued_is, 2);
@@ -493,9 +500,7 @@ static void test_cancel_removes_queued_and_reports_started(void **state)
 {
     s_fixture_t *fx = *state;
     s_start(fx, 1000, 0, 0);
-    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
-    s_ready(worker, 1, 1);
-    s_wait_stats(s_workers_is, 1);
+    void *worker = s_worker(fx, "w1", 1, 1, 1);
     void *client = s_client(fx, "c1");
     s_submit(client, 1, 2, "f", 0, 0, 0);
     uint64_t ids[1];
@@ -526,9 +531,7 @@ static void test_reported_worker_loss_retries_then_fails_with_worker_lost(void *
     s_fixture_t *fx = *state;
     s_start(fx, 1000, 0, 0);
     assert_int_equal(cf_broker_worker_lost(fx->broker, "nobody", 6), CF_ENOTFOUND);
-    void *w1 = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
-    s_ready(w1, 1, 1);
-    s_wait_stats(s_workers_is, 1);
+    void *w1 = s_worker(fx, "w1", 1, 1, 1);
     void *client = s_client(fx, "c1");
     s_submit(client, 7, 1, "crashy", 1, 0, 0);     //  one retry
     uint64_t first[1];
@@ -624,9 +627,7 @@ static void test_client_disconnect_drops_its_tasks_and_results(void **state)
 {
     s_fixture_t *fx = *state;
     s_start(fx, 1000, 0, 0);
-    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
-    s_ready(worker, 1, 1);
-    s_wait_stats(s_workers_is, 1);
+    void *worker = s_worker(fx, "w1", 1, 1, 1);
     void *client = s_client(fx, "c1");
     s_submit(client, 1, 3, "f", 0, 0, 0);
     uint64_t ids[1];
@@ -652,9 +653,7 @@ static void test_result_for_unknown_id_is_ignored(void **state)
 {
     s_fixture_t *fx = *state;
     s_start(fx, 1000, 0, 0);
-    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
-    s_ready(worker, 1, 1);
-    s_wait_stats(s_workers_is, 1);
+    void *worker = s_worker(fx, "w1", 1, 1, 1);
     s_result_ok(worker, 123456789);
     s_wait_stats(s_ignored_is, 1);
     //  Nothing reached any client: a new client's first RESULT is its own.
@@ -671,9 +670,7 @@ static void test_running_task_times_out_and_late_result_is_ignored(void **state)
 {
     s_fixture_t *fx = *state;
     s_start(fx, 1000, 0, 0);
-    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
-    s_ready(worker, 1, 1);
-    s_wait_stats(s_workers_is, 1);
+    void *worker = s_worker(fx, "w1", 1, 1, 1);
     void *client = s_client(fx, "c1");
     s_submit(client, 3, 1, "slow", 3, 50, 0);
     uint64_t ids[1];
@@ -702,9 +699,7 @@ static void test_error_is_retried_only_with_retry_on_error(void **state)
 {
     s_fixture_t *fx = *state;
     s_start(fx, 1000, 0, 0);
-    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
-    s_ready(worker, 1, 1);
-    s_wait_stats(s_workers_is, 1);
+    void *worker = s_worker(fx, "w1", 1, 1, 1);
     void *client = s_client(fx, "c1");
     //  Without the flag an error goes straight back.
     s_submit(client, 1, 1, "f", 3, 0, 0);
@@ -752,9 +747,7 @@ static void test_worker_handing_a_task_back_requeues_it(void **state)
 {
     s_fixture_t *fx = *state;
     s_start(fx, 1000, 0, 0);
-    void *w1 = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
-    s_ready(w1, 1, 1);
-    s_wait_stats(s_workers_is, 1);
+    void *w1 = s_worker(fx, "w1", 1, 1, 1);
     void *client = s_client(fx, "c1");
     s_submit(client, 1, 1, "f", -1, 0, 0);
     uint64_t ids[1];
@@ -774,9 +767,7 @@ static void test_worker_disconnect_requeues_without_using_retries(void **state)
 {
     s_fixture_t *fx = *state;
     s_start(fx, 1000, 0, 0);
-    void *w1 = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
-    s_ready(w1, 1, 1);
-    s_wait_stats(s_workers_is, 1);
+    void *w1 = s_worker(fx, "w1", 1, 1, 1);
     void *client = s_client(fx, "c1");
     s_submit(client, 1, 1, "f", -1, 0, 0);
     s_take_tasks(w1, NULL, NULL, 1);
@@ -795,9 +786,7 @@ static void test_restarted_worker_loses_what_its_predecessor_held(void **state)
 {
     s_fixture_t *fx = *state;
     s_start(fx, 1000, 0, 0);
-    void *w1 = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
-    s_ready(w1, 1, 100);
-    s_wait_stats(s_workers_is, 1);
+    void *w1 = s_worker(fx, "w1", 1, 100, 1);
     void *client = s_client(fx, "c1");
     s_submit(client, 1, 1, "f", 2, 0, 0);
     s_take_tasks(w1, NULL, NULL, 1);
@@ -1037,9 +1026,7 @@ static void *s_fill_outbox(s_fixture_t *fx, int ivl_ms, void **worker, uint8_t *
     };
     fx->broker = cf_broker_new(&config);
     assert_non_null(fx->broker);
-    *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
-    s_ready(*worker, 1, 1);
-    s_wait_stats(s_workers_is, 1);
+    *worker = s_worker(fx, "w1", 1, 1, 1);
     void *client = zmq_socket(fx->ctx, ZMQ_DEALER);
     assert_int_equal(cf_proto_socket_setup(client, false), CF_OK);
     int hwm = 1, buffer = S_SOCKET_BUFFER;
