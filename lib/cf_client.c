@@ -889,16 +889,6 @@ static void s_send_tasks(cf_client_t *self)
     }
 }
 
-//  What the socket has for the actor (ZMQ_EVENTS); 0 when it cannot say.
-static int s_events(cf_client_t *self)
-{
-    int events = 0;
-    size_t len = sizeof events;
-    if (zmq_getsockopt(self->socket, ZMQ_EVENTS, &events, &len) != 0)
-        return 0;
-    return events;
-}
-
 //  A submission found the actor asleep (or going to sleep): sends the inbox
 //  from this thread when it can act for the actor (see the design note),
 //  else wakes it. Only with nothing else in flight: a stream of submissions
@@ -921,7 +911,7 @@ static void s_kick(cf_client_t *self)
             //  submission when nothing new came meanwhile.
             wake = self->outbox.head || self->blocked || self->cancel_ids_len
                    || self->resolved || self->answered || self->reach_changed
-                   || s_inbox_has_work(self) || (s_events(self) & ZMQ_POLLIN);
+                   || s_inbox_has_work(self) || (cf_proto_events(self->socket) & ZMQ_POLLIN);
         }
         s_actor_self = NULL;
     }
@@ -1293,7 +1283,7 @@ static void *s_actor(void *arg)
     self->acting = true;
     while (!self->terminated) {
         bool work = s_inbox_has_work(self);
-        int events = s_events(self);
+        int events = cf_proto_events(self->socket);
         bool ready = work || (events & ZMQ_POLLIN) || (self->blocked && (events & ZMQ_POLLOUT));
         int timeout = ready ? 0 : s_poll_timeout(self);
         pthread_mutex_unlock(&self->io);
@@ -1322,7 +1312,7 @@ static void *s_actor(void *arg)
             if (self->terminated)
                 break;          //  nothing more to send: s_finish_all resolves
         }
-        events = s_events(self);
+        events = cf_proto_events(self->socket);
         if (events & ZMQ_POLLIN)
             s_recv(self);
         if (events & ZMQ_POLLOUT)

@@ -819,6 +819,15 @@ done:;
 #define S_HWM 1000
 #define S_FRAME_SLACK 4096
 
+int cf_proto_events(void *socket)
+{
+    int events = 0;
+    size_t len = sizeof events;
+    if (zmq_getsockopt(socket, ZMQ_EVENTS, &events, &len) != 0)
+        return 0;
+    return events;
+}
+
 cf_err_t cf_proto_socket_setup(void *socket, bool is_router)
 {
     assert(socket);

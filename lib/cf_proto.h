@@ -208,4 +208,9 @@ cf_err_t cf_proto_enc_send(cf_proto_enc_t *enc, void *socket, const void *routin
 //  why). CF_OK or CF_ESYS. Call before bind/connect.
 cf_err_t cf_proto_socket_setup(void *socket, bool is_router);
 
+//  What the socket has now (ZMQ_EVENTS: ZMQ_POLLIN, ZMQ_POLLOUT); 0 when it
+//  cannot say. For loops that poll the socket's ZMQ_FD as a plain
+//  descriptor: that descriptor only signals that this may have changed.
+int cf_proto_events(void *socket);
+
 #endif

@@ -833,16 +833,6 @@ static int s_poll_timeout(const s_actor_t *a, int64_t now)
     return left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left;
 }
 
-//  What the socket has for us (ZMQ_EVENTS); 0 when it cannot say.
-static int s_events(s_actor_t *a)
-{
-    int events = 0;
-    size_t len = sizeof events;
-    if (zmq_getsockopt(a->sock, ZMQ_EVENTS, &events, &len) != 0)
-        return 0;
-    return events;
-}
-
 //  An executor put a result into an empty outbox: if the actor sleeps,
 //  does its after-result work here (see the design note); wakes it when
 //  anything is left for it, or when it is busy.
@@ -859,7 +849,7 @@ static void s_deliver(cf_worker_t *w)
         s_flush(a);
         s_adjust_prefetch(a, false);
         wake = a->pending.head || a->blocked || a->announce || a->terminating || !a->accepting
-               || (s_events(a) & ZMQ_POLLIN);
+               || (cf_proto_events(a->sock) & ZMQ_POLLIN);
     }
     pthread_mutex_unlock(&w->io);
     if (wake)
@@ -929,7 +919,7 @@ static void *s_actor_main(void *arg)
     s_report_start(w, CF_OK, NULL);
 
     while (!a->done) {
-        int events = s_events(a);
+        int events = cf_proto_events(a->sock);
         bool ready = (events & ZMQ_POLLIN) || (a->blocked && (events & ZMQ_POLLOUT));
         int timeout = ready ? 0 : s_poll_timeout(a, cf_clock_now_ms());
         pthread_mutex_unlock(&w->io);
@@ -950,7 +940,7 @@ static void *s_actor_main(void *arg)
             while (read(w->wake_fd, &count, sizeof count) < 0 && errno == EINTR)
                 ;
         }
-        events = s_events(a);
+        events = cf_proto_events(a->sock);
         if (events & ZMQ_POLLOUT)
             a->blocked = false;
         if (events & ZMQ_POLLIN)
