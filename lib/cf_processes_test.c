@@ -292,9 +292,27 @@ static void test_max_tasks_per_worker_recycles_processes(void **state)
     cf_executor_destroy(&ex);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#   define S_ASAN 1
+#elif defined(__has_feature)
+#   if __has_feature(address_sanitizer)
+#       define S_ASAN 1
+#   endif
+#endif
+
+//  Not under AddressSanitizer: GCC 12's ASan allocator has no fork
+//  handlers, so a fork while another thread is inside malloc leaves its
+//  lock held in the child, and the pool's workers hang on their first
+//  allocation. glibc's malloc is fork-safe; this test forks while a thread
+//  pool's tasks and a first pool's actors allocate, which is its point, and
+//  hung once in about ten ASan runs ("worker processes did not start").
 static void test_a_process_pool_starts_while_a_thread_pool_is_busy(void **state)
 {
     (void)state;
+#ifdef S_ASAN
+    fprintf(stderr, "skipped under AddressSanitizer (its allocator is not fork-safe)\n");
+    skip();
+#endif
     enum { N = 4 };
     cf_executor_t *threads = s_new(CF_THREADS, &(cf_options_t){.max_workers = N});
     assert_non_null(threads);
