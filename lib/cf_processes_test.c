@@ -4,6 +4,7 @@
 
 #include "cf_executor.h"
 #include "cf_processes.h"
+#include "cf_sanitize.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -292,14 +293,6 @@ static void test_max_tasks_per_worker_recycles_processes(void **state)
     cf_executor_destroy(&ex);
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#   define S_ASAN 1
-#elif defined(__has_feature)
-#   if __has_feature(address_sanitizer)
-#       define S_ASAN 1
-#   endif
-#endif
-
 //  Not under AddressSanitizer: GCC 12's ASan allocator has no fork
 //  handlers, so a fork while another thread is inside malloc leaves its
 //  lock held in the child, and the pool's workers hang on their first
@@ -309,7 +302,7 @@ static void test_max_tasks_per_worker_recycles_processes(void **state)
 static void test_a_process_pool_starts_while_a_thread_pool_is_busy(void **state)
 {
     (void)state;
-#ifdef S_ASAN
+#if CF_TEST_ASAN
     fprintf(stderr, "skipped under AddressSanitizer (its allocator is not fork-safe)\n");
     skip();
 #endif

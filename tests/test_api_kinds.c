@@ -13,6 +13,7 @@
 
 #define _GNU_SOURCE     //  program_invocation_short_name
 
+#include "cf_sanitize.h"
 #include "cf_testkit.h"
 
 #include "../examples/tasks_example.c"
@@ -41,26 +42,6 @@
 //  that has not started by then never will before the release).
 #define S_START_MS 20000
 
-#if defined(__SANITIZE_ADDRESS__)
-#   define S_ASAN 1
-#elif defined(__has_feature)
-#   if __has_feature(address_sanitizer)
-#       define S_ASAN 1
-#   endif
-#endif
-#ifndef S_ASAN
-#   define S_ASAN 0
-#endif
-#if defined(__SANITIZE_THREAD__)
-#   define S_TSAN 1
-#elif defined(__has_feature)
-#   if __has_feature(thread_sanitizer)
-#       define S_TSAN 1
-#   endif
-#endif
-#ifndef S_TSAN
-#   define S_TSAN 0
-#endif
 
 typedef struct s_fixture s_fixture_t;
 typedef void (s_body_fn)(s_fixture_t *fx);
@@ -143,7 +124,7 @@ static cf_executor_t *s_executor(s_fixture_t *fx)
 static void s_run(void **state)
 {
     s_fixture_t *fx = *state;
-#if S_ASAN
+#if CF_TEST_ASAN
     //  GCC 12's ASan: a worker process forked from the zygote can hang in
     //  ASan's allocator (an allocator lock copied while held). It has not
     //  hung in this file's runs, so the kind runs; a machine where it does
@@ -156,7 +137,7 @@ static void s_run(void **state)
         skip();
     }
 #endif
-#if S_TSAN
+#if CF_TEST_TSAN
     //  The pool's zygote, forked from this threaded process, forks workers
     //  that start threads: TSan stops them ("starting new threads after
     //  multi-threaded fork is not supported") unless told not to.

@@ -11,6 +11,7 @@
 #include "cf_fakebroker.h"
 #include "cf_mp.h"
 #include "cf_proto.h"
+#include "cf_sanitize.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -518,7 +519,7 @@ static void test_bad_configurations_are_refused(void **state)
 
 int main(void)
 {
-#if defined(__SANITIZE_ADDRESS__)
+#if CF_TEST_ASAN
     //  GCC 12's AddressSanitizer takes no lock around fork(): a worker
     //  forked by the zygote was seen to hang forever inside ASan's
     //  allocator (GetFromAllocator, a region mutex left locked in the
