@@ -377,20 +377,15 @@ int main(int argc, char **argv)
             cf_log_info("worker", "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
             break;
         }
-        if (worker && cf_worker_wait(worker, 0) == CF_OK) {
-            if (cf_worker_ended(worker) == CF_EAUTH) {
-                fprintf(stderr, "cf-worker: the broker at %s refused this worker's key "
-                        "(revoked)\n", broker);
-                status = 1;
-            }
-            break;                  //  --max-tasks reached, or the key refused
-        }
-        if (pool && cf_procs_refused(pool)) {
-            fprintf(stderr, "cf-worker: the broker at %s refused this worker's key "
-                    "(revoked)\n", broker);
+        bool ended = worker && cf_worker_wait(worker, 0) == CF_OK;
+        if ((ended && cf_worker_ended(worker) == CF_EAUTH) || (pool && cf_procs_refused(pool))) {
+            fprintf(stderr, "cf-worker: the broker at %s refused this worker's key (revoked, "
+                    "or not a worker key)\n", broker);
             status = 1;
             break;
         }
+        if (ended)
+            break;                  //  --max-tasks reached
         if (monitor && s_handshakes(monitor, &curve, broker, &drops, why, sizeof why) < 0) {
             fprintf(stderr, "cf-worker: %s\n", why);
             status = 1;
