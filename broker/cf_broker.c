@@ -1436,11 +1436,11 @@ static void s_on_client_message(s_self_t *self, const void *id, size_t len, cf_p
         if (client)
             s_client_cancel(self, client, msg);
         else
-            s_unknown_peer(self, self->clients_sock, id, len, CF_BROKER_UNKNOWN_CLIENT);
+            s_unknown_peer(self, self->clients_sock, id, len, CF_PROTO_UNKNOWN_CLIENT);
         break;
     case CF_MSG_HEARTBEAT:
         if (!client)
-            s_unknown_peer(self, self->clients_sock, id, len, CF_BROKER_UNKNOWN_CLIENT);
+            s_unknown_peer(self, self->clients_sock, id, len, CF_PROTO_UNKNOWN_CLIENT);
         break;
     case CF_MSG_STATS:
         if (!client)
@@ -1505,19 +1505,19 @@ static void s_on_worker_message(s_self_t *self, const void *id, size_t len, cf_p
         if (worker)
             s_worker_add_credit(self, worker, msg->credit);
         else
-            s_unknown_peer(self, self->workers_sock, id, len, CF_BROKER_UNKNOWN_WORKER);
+            s_unknown_peer(self, self->workers_sock, id, len, CF_PROTO_UNKNOWN_WORKER);
         break;
     case CF_MSG_RESULT:
         if (worker)
             s_worker_results(self, worker, msg);
         else {
             self->stats.ignored += msg->count;
-            s_unknown_peer(self, self->workers_sock, id, len, CF_BROKER_UNKNOWN_WORKER);
+            s_unknown_peer(self, self->workers_sock, id, len, CF_PROTO_UNKNOWN_WORKER);
         }
         break;
     case CF_MSG_HEARTBEAT:
         if (!worker)
-            s_unknown_peer(self, self->workers_sock, id, len, CF_BROKER_UNKNOWN_WORKER);
+            s_unknown_peer(self, self->workers_sock, id, len, CF_PROTO_UNKNOWN_WORKER);
         break;
     case CF_MSG_DISCONNECT:
         if (worker)
@@ -1589,14 +1589,14 @@ static bool s_role_allowed(s_self_t *self, void *sock, const void *id, size_t le
         if (s_may_log_refusal(self))
             cf_log_warn(LOG, "refused %s from %s (routing id %s): its key was removed from the "
                         "allow-list", s_command(msg->type), user, label);
-        s_send_error(self, sock, id, len, 0, CF_BROKER_KEY_REVOKED);
+        s_send_error(self, sock, id, len, 0, CF_PROTO_KEY_REVOKED);
         return false;
     }
     if (s_may_log_refusal(self))
         cf_log_warn(LOG, "refused %s from %s (routing id %s) on the %s endpoint: a %s key "
                     "may not use it", s_command(msg->type), user ? user : "an unauthenticated peer",
                     label, clients ? "client" : "worker", cf_auth_role_name(role));
-    s_send_error(self, sock, id, len, 0, CF_BROKER_NOT_ALLOWED);
+    s_send_error(self, sock, id, len, 0, CF_PROTO_NOT_ALLOWED);
     return false;
 }
 

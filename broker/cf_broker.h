@@ -39,23 +39,6 @@
 
 #include <stddef.h>
 
-//  Also in cf_client.h; identical definitions are allowed.
-#ifndef CF_HEARTBEAT_IVL_MS
-#define CF_HEARTBEAT_IVL_MS  1000
-#endif
-#ifndef CF_HEARTBEAT_LIVENESS
-#define CF_HEARTBEAT_LIVENESS 3
-#endif
-
-//  ERROR texts (ref 0) that tell a peer the broker does not know it.
-#define CF_BROKER_UNKNOWN_CLIENT "unknown client"
-#define CF_BROKER_UNKNOWN_WORKER "unknown worker"
-//  ERROR text (ref 0) for a message whose sender's key has another role.
-#define CF_BROKER_NOT_ALLOWED    "not allowed: this key's role may not use this endpoint"
-//  ERROR text (ref 0) for a message whose sender's key was taken off the
-//  allow-lists since it connected.
-#define CF_BROKER_KEY_REVOKED    "not allowed: this key was revoked"
-
 typedef struct cf_broker cf_broker_t;
 
 //  Called for each ROUTER before it binds (CURVE options, ...): is_clients
@@ -75,13 +58,13 @@ typedef struct {
     //  CURVE (cf_auth): every message must come from a connection whose
     //  User-Id role fits the socket (client keys on the client socket,
     //  worker keys on the worker socket). Others are answered ERROR [0,
-    //  CF_BROKER_NOT_ALLOWED], counted as refused, logged with the sender's
+    //  CF_PROTO_NOT_ALLOWED], counted as refused, logged with the sender's
     //  fingerprint (a warning, at most CF_AUTH_LOG_PER_SEC a second) and
     //  otherwise ignored: no peer state is created.
     bool require_roles;
     //  With require_roles: the allow-lists (borrowed). A connection whose key
     //  a reload removed is cut off at its next message (heartbeats come every
-    //  interval): ERROR [0, CF_BROKER_KEY_REVOKED], an audit line, and the
+    //  interval): ERROR [0, CF_PROTO_KEY_REVOKED], an audit line, and the
     //  peer dropped (a client's queued tasks, a worker's tasks retried).
     struct cf_auth *auth;
 } cf_broker_config_t;

@@ -200,8 +200,8 @@ static bool s_str_has(cf_proto_str_t s, const char *needle)
 static bool s_unknown_peer_error(const cf_proto_msg_t *msg)
 {
     return msg->type == CF_MSG_ERROR
-        && (s_str_eq(msg->text, CF_BROKER_UNKNOWN_CLIENT)
-            || s_str_eq(msg->text, CF_BROKER_UNKNOWN_WORKER));
+        && (s_str_eq(msg->text, CF_PROTO_UNKNOWN_CLIENT)
+            || s_str_eq(msg->text, CF_PROTO_UNKNOWN_WORKER));
 }
 
 //  The next message on sock that is not a HEARTBEAT, STARTED or an
@@ -575,7 +575,7 @@ static void test_reported_worker_loss_retries_then_fails_with_worker_lost(void *
     assert_int_equal(hb->ivl_ms, 1000);
     cf_proto_msg_destroy(&hb);
     msg = s_expect(w1, CF_MSG_ERROR);
-    assert_true(s_str_eq(msg->text, CF_BROKER_UNKNOWN_WORKER));
+    assert_true(s_str_eq(msg->text, CF_PROTO_UNKNOWN_WORKER));
     cf_proto_msg_destroy(&msg);
     s_wait_stats(s_ignored_is, 1);
 }
@@ -619,7 +619,7 @@ static void test_silent_client_is_lost_and_its_tasks_dropped(void **state)
     //  Back from the dead, it learns that it must resubmit.
     s_send_heartbeat(client);
     cf_proto_msg_t *msg = s_expect(client, CF_MSG_ERROR);
-    assert_true(s_str_eq(msg->text, CF_BROKER_UNKNOWN_CLIENT));
+    assert_true(s_str_eq(msg->text, CF_PROTO_UNKNOWN_CLIENT));
     cf_proto_msg_destroy(&msg);
 }
 
@@ -883,7 +883,7 @@ static void test_unknown_client_learns_the_boot_id(void **state)
     assert_true(boot != 0);
     assert_int_equal(hb->ivl_ms, 1000);
     cf_proto_msg_destroy(&hb);
-    s_expect_error(client, CF_BROKER_UNKNOWN_CLIENT);
+    s_expect_error(client, CF_PROTO_UNKNOWN_CLIENT);
     //  A second broker has another boot id.
     cf_broker_t *first = fx->broker;
     fx->broker = NULL;

@@ -15,6 +15,7 @@
 #include "cf_auth.h"
 #include "cf_broker.h"
 #include "cf_log.h"
+#include "cf_proto.h"
 
 #include <errno.h>
 #include <getopt.h>

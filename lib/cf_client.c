@@ -52,7 +52,6 @@
 
 #include "cf_client.h"
 
-#include "cf_broker.h"
 #include "cf_clock.h"
 #include "cf_error.h"
 #include "cf_idmap.h"
@@ -1021,13 +1020,13 @@ static void s_on_heartbeat(cf_client_t *self, cf_proto_msg_t *msg)
 static void s_on_error(cf_client_t *self, cf_proto_msg_t *msg)
 {
     s_copy_text(self->err_message, msg->text);
-    if (msg->ref == 0 && strcmp(self->err_message, CF_BROKER_UNKNOWN_CLIENT) == 0) {
+    if (msg->ref == 0 && strcmp(self->err_message, CF_PROTO_UNKNOWN_CLIENT) == 0) {
         //  It lost our tasks (or never had them): give them again.
         s_resend_all(self, "broker does not know us");
         return;
     }
-    if (msg->ref == 0 && (strcmp(self->err_message, CF_BROKER_KEY_REVOKED) == 0
-                          || strcmp(self->err_message, CF_BROKER_NOT_ALLOWED) == 0)) {
+    if (msg->ref == 0 && (strcmp(self->err_message, CF_PROTO_KEY_REVOKED) == 0
+                          || strcmp(self->err_message, CF_PROTO_NOT_ALLOWED) == 0)) {
         //  No retry can help: every task fails, as at a refused handshake.
         char why[sizeof self->err_message + 64];
         snprintf(why, sizeof why, "the broker at %s refused this client: %s", self->endpoint,

@@ -30,7 +30,7 @@
 #ifndef CF_CLIENT_H
 #define CF_CLIENT_H
 
-#include "cf_executor.h"
+#include "cf_task.h"
 
 extern const cf_backend_ops_t cf_client_ops;
 
@@ -58,8 +58,5 @@ typedef struct {
 //  cf_last_error() on failure (CF_EINVAL for a malformed endpoint). A
 //  shared zmq_context must outlive the client.
 void *cf_client_new(const cf_client_config_t *config);
-
-#define CF_HEARTBEAT_IVL_MS  1000
-#define CF_HEARTBEAT_LIVENESS 3
 
 #endif

@@ -406,7 +406,7 @@ static void s_fake_trigger(s_fake_t *fake, cf_proto_enc_t *enc, const void *rid,
 {
     if (fake->mode == S_FAKE_UNKNOWN_CLIENT) {
         cf_proto_enc_begin(enc, CF_MSG_ERROR);
-        cf_proto_enc_text(enc, CF_BROKER_UNKNOWN_CLIENT, 0);
+        cf_proto_enc_text(enc, CF_PROTO_UNKNOWN_CLIENT, 0);
         assert_int_equal(cf_proto_enc_send(enc, fake->router, rid, len), CF_OK);
         return;
     }

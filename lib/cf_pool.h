@@ -6,7 +6,7 @@
 #ifndef CF_POOL_H
 #define CF_POOL_H
 
-#include "cf_executor.h"
+#include "cf_task.h"
 
 extern const cf_backend_ops_t cf_pool_ops;
 

@@ -17,7 +17,7 @@
 #ifndef CF_PROCESSES_H
 #define CF_PROCESSES_H
 
-#include "cf_executor.h"
+#include "cf_task.h"
 
 extern const cf_backend_ops_t cf_processes_ops;
 

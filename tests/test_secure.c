@@ -577,8 +577,8 @@ static void test_messages_of_the_wrong_role_are_refused_and_audited(void **state
     assert_int_equal(cf_proto_enc_send(enc, fake_worker, NULL, 0), CF_OK);
     cf_proto_msg_t *msg = s_recv_type(fake_worker, CF_MSG_ERROR, CF_TESTKIT_DEADLINE_MS);
     assert_non_null(msg);
-    assert_int_equal(msg->text.len, strlen(CF_BROKER_NOT_ALLOWED));
-    assert_memory_equal(msg->text.ptr, CF_BROKER_NOT_ALLOWED, msg->text.len);
+    assert_int_equal(msg->text.len, strlen(CF_PROTO_NOT_ALLOWED));
+    assert_memory_equal(msg->text.ptr, CF_PROTO_NOT_ALLOWED, msg->text.len);
     cf_proto_msg_destroy(&msg);
 
     //  w1 submits on the client endpoint.

@@ -8,6 +8,7 @@
 #    build-tsan   ThreadSanitizer: the unit tests, where the threads are
 #                 (futures, pool, actors); libzmq is not instrumented, so
 #                 tests/tsan.supp hides what happens inside it
+#  First, tools/check_layers.py checks that no #include breaks the layers.
 #  Uses gcc's sanitizers (no extra package). Stops at the first failing
 #  step. Run from anywhere; build directories go in the repository root.
 #
@@ -45,6 +46,8 @@ build_and_test() {
 }
 
 start=$(date +%s)
+step "layers: includes keep the layers of docs/architecture.md"
+python3 "$root/tools/check_layers.py"
 for kind in $only; do
     case $kind in
     test)

@@ -40,7 +40,6 @@
 
 #include "cf_worker.h"
 
-#include "cf_broker.h"
 #include "cf_clock.h"
 #include "cf_error.h"
 #include "cf_log.h"
@@ -678,13 +677,13 @@ static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
         s_take_tasks(a, msg);
         break;
     case CF_MSG_ERROR:
-        if (cf_proto_str_eq(msg->text, CF_BROKER_UNKNOWN_WORKER)) {
+        if (cf_proto_str_eq(msg->text, CF_PROTO_UNKNOWN_WORKER)) {
             //  It lost track of us (it restarted, or judged us lost).
             cf_log_info(LOG, "broker does not know this worker: announcing again");
             a->announce = true;
         }
-        else if (cf_proto_str_eq(msg->text, CF_BROKER_KEY_REVOKED)
-                 || cf_proto_str_eq(msg->text, CF_BROKER_NOT_ALLOWED)) {
+        else if (cf_proto_str_eq(msg->text, CF_PROTO_KEY_REVOKED)
+                 || cf_proto_str_eq(msg->text, CF_PROTO_NOT_ALLOWED)) {
             //  Nothing we send will be taken: stop, and say why.
             cf_log_error(LOG, "the broker at %s refused this worker: %.*s", a->w->endpoint,
                          (int)msg->text.len, msg->text.ptr);

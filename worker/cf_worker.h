@@ -22,14 +22,6 @@
 
 #include "cfutures.h"
 
-//  Also in cf_client.h and cf_broker.h; identical definitions are allowed.
-#ifndef CF_HEARTBEAT_IVL_MS
-#define CF_HEARTBEAT_IVL_MS  1000
-#endif
-#ifndef CF_HEARTBEAT_LIVENESS
-#define CF_HEARTBEAT_LIVENESS 3
-#endif
-
 typedef struct cf_worker cf_worker_t;
 
 typedef struct {

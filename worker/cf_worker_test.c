@@ -7,7 +7,6 @@
 
 #include "cf_worker.h"
 
-#include "cf_broker.h"
 #include "cf_fakebroker.h"
 #include "cf_mp.h"
 #include "cf_proto.h"
@@ -345,7 +344,7 @@ static void test_a_new_boot_id_brings_a_new_ready_with_free_slots(void **state)
     assert_int_equal(s_expect_ready(&b), 2);
     //  A broker that forgot the worker says so: READY again.
     cf_proto_enc_begin(b.enc, CF_MSG_ERROR);
-    cf_proto_enc_text(b.enc, CF_BROKER_UNKNOWN_WORKER, 0);
+    cf_proto_enc_text(b.enc, CF_PROTO_UNKNOWN_WORKER, 0);
     cf_fakebroker_send(&b);
     assert_int_equal(s_expect_ready(&b), 2);
     s_gate_release();

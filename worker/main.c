@@ -20,6 +20,7 @@
 #include "cf_keys.h"
 #include "cf_log.h"
 #include "cf_procs.h"
+#include "cf_proto.h"
 #include "cf_registry.h"
 #include "cf_worker.h"
 

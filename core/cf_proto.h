@@ -26,6 +26,20 @@
 #define CF_PROTO_MAX_TEXT       4096    //  error type/message/host bytes
 #define CF_PROTO_MAX_STATS      64      //  stats map pairs
 
+//  Heartbeat defaults every peer starts from: a peer sends something at
+//  least every interval and counts another as lost after liveness silent
+//  intervals (the broker's HEARTBEAT announces the interval it uses).
+#define CF_HEARTBEAT_IVL_MS     1000
+#define CF_HEARTBEAT_LIVENESS   3
+
+//  ERROR texts (ref 0) the broker sends and peers act on: the sender is not
+//  known (a client resubmits, a worker announces itself again), its key has
+//  another role, or its key was taken off the allow-lists since it connected.
+#define CF_PROTO_UNKNOWN_CLIENT "unknown client"
+#define CF_PROTO_UNKNOWN_WORKER "unknown worker"
+#define CF_PROTO_NOT_ALLOWED    "not allowed: this key's role may not use this endpoint"
+#define CF_PROTO_KEY_REVOKED    "not allowed: this key was revoked"
+
 typedef enum {
     CF_MSG_SUBMIT = 1,  //  client -> broker: tasks
     CF_MSG_CANCEL,      //  client -> broker: ids to cancel if not started

@@ -1,0 +1,69 @@
+//  Tasks as the executor front makes them and the back ends take them.
+
+#include "cf_task.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+//  A task as the front makes it: inside its future's allocation. Small
+//  arguments are kept inline (they then live as long as the future, so the
+//  limit keeps that cheap); larger ones get their own allocation, freed with
+//  the task.
+typedef struct {
+    cf_task_t pub;
+    char *function;                 //  what pub.function was made as
+    uint8_t *args;                  //  what pub.args was made as
+    bool args_owned;                //  args is a separate allocation
+    uint8_t inline_args[];
+} s_task_t;
+
+#define S_INLINE_ARGS_MAX 256
+
+cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args,
+                       size_t args_len)
+{
+    bool inline_args = args_len <= S_INLINE_ARGS_MAX;
+    s_task_t *task;
+    cf_future_t *f = cf_future_new_with(function, function_len,
+                                        sizeof *task + (inline_args ? args_len : 0),
+                                        (void **)&task);
+    if (!f)
+        return NULL;
+    task->args_owned = !inline_args;
+    task->args = inline_args ? task->inline_args : malloc(args_len ? args_len : 1);
+    if (!task->args) {
+        cf_future_release(&f);
+        return NULL;
+    }
+    if (args_len)
+        memcpy(task->args, args, args_len);
+    //  The future keeps its own copy of the name: share it.
+    task->function = (char *)cf_future_function(f);
+    task->pub.future = f;
+    task->pub.function = task->function;
+    task->pub.args = task->args;
+    task->pub.args_len = args_len;
+    task->pub.retries = -1;
+    task->pub.timeout_ms = 0;
+    task->pub.flags = 0;
+    return &task->pub;
+}
+
+void cf_task_destroy(cf_task_t **ptask)
+{
+    if (!ptask || !*ptask)
+        return;
+    s_task_t *task = (s_task_t *)*ptask;
+    *ptask = NULL;
+    //  A back end may have replaced either pointer with its own copy.
+    if (task->pub.function != task->function)
+        free(task->pub.function);
+    if (task->pub.args != task->args)
+        free(task->pub.args);
+    if (task->args_owned)
+        free(task->args);
+    //  Last: the task lives in the future's memory.
+    cf_future_t *f = task->pub.future;
+    cf_future_release(&f);
+}

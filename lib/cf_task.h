@@ -1,0 +1,55 @@
+//  A task on its way from the executor front to a back end, and the table
+//  of operations every back end fills. Back ends include this header, never
+//  the front's (cf_executor.h), so the front can include every back end
+//  without a cycle.
+
+#ifndef CF_TASK_H
+#define CF_TASK_H
+
+#include "cf_future.h"
+
+//  One task on its way: what a back end receives from the front.
+//  The front allocates a task inside its future's block, with the function
+//  and (small) arguments (one malloc per submission): never free the task,
+//  its function or its args directly. A back end that replaces function or
+//  args with its own malloc'd copy may do so; cf_task_destroy frees it.
+typedef struct cf_task {
+    cf_future_t *future;        //  a reference owned by the task
+    char *function;             //  NUL-terminated, owned by the task
+    uint8_t *args;              //  one msgpack array, owned by the task
+    size_t args_len;
+    int32_t retries;            //  resolved: <0 none
+    uint32_t timeout_ms;        //  resolved: 0 none
+    uint32_t flags;             //  CF_TASK_* of cf_proto.h
+} cf_task_t;
+
+//  A new task with a new pending future, function and args copied (see
+//  cf_task_t); NULL on ENOMEM. Free it with cf_task_destroy.
+cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args,
+                       size_t args_len);
+
+//  Frees a task made by cf_task_new and drops its future reference. Safe
+//  with NULL and twice.
+void cf_task_destroy(cf_task_t **task);
+
+typedef struct {
+    const char *name;
+    //  Takes the task (also on error). The back end must resolve the
+    //  future eventually: result, error or cancelled.
+    cf_err_t (*submit)(void *backend, cf_task_t **task);
+    //  Stop taking tasks; cancel_futures: cancel queued ones; wait: return
+    //  when everything in flight is resolved.
+    cf_err_t (*shutdown)(void *backend, bool wait, bool cancel_futures);
+    //  Frees the back end after shutdown(wait = true): no thread or process
+    //  left behind.
+    void (*destroy)(void **backend);
+    int (*max_workers)(void *backend);
+    //  Optional. Asked by cf_future_cancel (through the front, which keeps
+    //  the back end alive meanwhile) to cancel f, a future it took and has
+    //  not resolved: true if the task was removed before it started. NULL:
+    //  the future is cancelled while pending and the back end sees that when
+    //  cf_future_set_running fails. A back end never sets cancellers itself.
+    bool (*cancel)(void *backend, cf_future_t *f);
+} cf_backend_ops_t;
+
+#endif
