@@ -38,3 +38,16 @@ int cf_clock_ms_until(int64_t deadline_ms)
         return 0;
     return left > INT32_MAX ? INT32_MAX : (int)left;
 }
+
+int cf_clock_cond_init(pthread_cond_t *cond)
+{
+    pthread_condattr_t attr;
+    int rc = pthread_condattr_init(&attr);
+    if (rc != 0)
+        return rc;
+    rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    if (rc == 0)
+        rc = pthread_cond_init(cond, &attr);
+    pthread_condattr_destroy(&attr);
+    return rc;
+}

@@ -4,6 +4,8 @@
 
 #include "cf_log.h"
 
+#include "cf_clock.h"
+
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -50,4 +52,23 @@ void cf_log_to_stderr(cf_log_level_t level, const char *component, const char *m
     //  One fprintf per line so lines from several threads never interleave.
     fprintf(stderr, "%02d:%02d:%02d.%03ld %c: %s: %s\n", tm.tm_hour, tm.tm_min, tm.tm_sec,
             ts.tv_nsec / 1000000, letters[level & 3], component, message);
+}
+
+bool cf_log_limit_allow(cf_log_limit_t *limit, const char *component, const char *what)
+{
+    int64_t now = cf_clock_now_ms();
+    if (now - limit->window_ms >= 1000) {
+        if (limit->suppressed > 0)
+            cf_log_warn(component, "%llu more %s were not logged",
+                        (unsigned long long)limit->suppressed, what);
+        limit->window_ms = now;
+        limit->lines = 0;
+        limit->suppressed = 0;
+    }
+    if (limit->lines < limit->per_sec) {
+        limit->lines++;
+        return true;
+    }
+    limit->suppressed++;
+    return false;
 }

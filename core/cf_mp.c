@@ -31,6 +31,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1160,3 +1161,74 @@ char *cf_value_repr(const cf_value_t *v)
     }
     return t.data;
 }
+
+// ---------------------------------------------------------------------------
+//  Per-thread writers
+
+//  Two per thread: a task's result and a submission made inside that task
+//  may be written at once; deeper nesting gets NULL.
+#define S_THREAD_WRITERS 2
+
+typedef struct {
+    cf_mp_writer_t writer;          //  first: a writer's address is its slot's
+    bool in_use;
+    size_t keep_bytes;
+} s_slot_t;
+
+static pthread_key_t s_slots_key;
+static bool s_slots_key_ok;
+static pthread_once_t s_slots_once = PTHREAD_ONCE_INIT;
+static _Thread_local s_slot_t *s_slots;
+
+static void s_slots_free(void *arg)
+{
+    s_slot_t *slots = arg;
+    for (int i = 0; i < S_THREAD_WRITERS; i++)
+        cf_mp_writer_fini(&slots[i].writer);
+    free(slots);
+}
+
+static void s_slots_key_init(void)
+{
+    s_slots_key_ok = pthread_key_create(&s_slots_key, s_slots_free) == 0;
+}
+
+cf_mp_writer_t *cf_mp_thread_writer(size_t keep_bytes)
+{
+    if (!s_slots) {
+        pthread_once(&s_slots_once, s_slots_key_init);
+        if (!s_slots_key_ok)
+            return NULL;
+        s_slot_t *slots = calloc(S_THREAD_WRITERS, sizeof *slots);
+        if (!slots)
+            return NULL;
+        for (int i = 0; i < S_THREAD_WRITERS; i++)
+            cf_mp_writer_init(&slots[i].writer);
+        if (pthread_setspecific(s_slots_key, slots) != 0) {
+            s_slots_free(slots);
+            return NULL;
+        }
+        s_slots = slots;
+    }
+    for (int i = 0; i < S_THREAD_WRITERS; i++) {
+        if (!s_slots[i].in_use) {
+            s_slots[i].in_use = true;
+            s_slots[i].keep_bytes = keep_bytes;
+            return &s_slots[i].writer;
+        }
+    }
+    return NULL;
+}
+
+void cf_mp_thread_writer_release(cf_mp_writer_t *w)
+{
+    if (!w)
+        return;
+    s_slot_t *slot = (s_slot_t *)w;
+    if (w->buf.alloc > slot->keep_bytes)
+        cf_mp_writer_fini(w);       //  frees and leaves it empty and usable
+    else
+        cf_mp_writer_reset(w);
+    slot->in_use = false;
+}
+

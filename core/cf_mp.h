@@ -84,6 +84,15 @@ typedef struct {
 void cf_mp_writer_init(cf_mp_writer_t *w);
 void cf_mp_writer_fini(cf_mp_writer_t *w);
 void cf_mp_writer_reset(cf_mp_writer_t *w);     //  keeps capacity
+//  One of this thread's own writers, empty, kept between uses so that
+//  encoding allocates nothing once warm; freed when the thread exits. NULL
+//  when all of the thread's writers are in use (nested uses: a task that
+//  submits while its result is being written) or out of memory: use a
+//  writer of your own then. keep_bytes: on release, a buffer grown past
+//  this is freed, so one huge value does not pin memory in every thread.
+cf_mp_writer_t *cf_mp_thread_writer(size_t keep_bytes);
+//  Gives a writer from cf_mp_thread_writer back. Safe with NULL.
+void cf_mp_thread_writer_release(cf_mp_writer_t *w);
 //  Hands the bytes over (yours to free() ) and resets the writer. Never NULL
 //  unless out of memory, even when nothing was written (len 0).
 uint8_t *cf_mp_writer_take(cf_mp_writer_t *w, size_t *len);

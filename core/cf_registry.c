@@ -26,6 +26,7 @@
 #include "cf_registry.h"
 
 #include "cf_error.h"
+#include "cf_hash.h"
 #include "cf_mp.h"
 #include "cf_proto.h"
 
@@ -79,18 +80,6 @@ static s_entry_t *s_retired_entries = NULL;
 //  included, so cf_registry_load can tell whether a library registered.
 static uint64_t s_registrations = 0;
 
-//  FNV-1a: names are short, and this is cheap and spreads them well enough
-//  for a table kept at most half full.
-static uint64_t s_hash(const char *name, size_t len)
-{
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (uint8_t)name[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 static s_table_t *s_table_new(size_t slots)
 {
     s_table_t *t = calloc(1, sizeof *t + slots * sizeof t->slots[0]);
@@ -140,7 +129,7 @@ static cf_err_t s_insert(const char *name, size_t len, cf_task_fn *fn)
     if (!entry)
         return CF_ENOMEM;
     entry->fn = fn;
-    entry->hash = s_hash(name, len);
+    entry->hash = cf_hash_bytes(name, len);
     entry->len = len;
     entry->retired_next = NULL;
     memcpy(entry->name, name, len);
@@ -194,7 +183,7 @@ cf_task_fn *cf_registry_find(const char *name, size_t name_len)
     s_table_t *t = atomic_load_explicit(&s_table, memory_order_acquire);
     if (!t)
         return NULL;
-    uint64_t h = s_hash(name, name_len);
+    uint64_t h = cf_hash_bytes(name, name_len);
     //  The table is never more than half full, so the probe ends.
     for (size_t i = h & t->mask;; i = (i + 1) & t->mask) {
         s_entry_t *e = atomic_load_explicit(&t->slots[i], memory_order_acquire);
@@ -644,63 +633,6 @@ void cf_return_raw(cf_call_t *call, const void *msgpack, size_t len)
 // ---------------------------------------------------------------------------
 //  Running
 
-//  The per-thread result writer, freed by the key's destructor when the
-//  thread exits. s_depth tells a nested run to use its own.
-static pthread_key_t s_writer_key;
-static bool s_writer_key_ok;
-static pthread_once_t s_writer_once = PTHREAD_ONCE_INIT;
-static _Thread_local cf_mp_writer_t *s_writer;
-static _Thread_local int s_depth;
-
-static void s_writer_free(void *arg)
-{
-    cf_mp_writer_t *w = arg;
-    cf_mp_writer_fini(w);
-    free(w);
-}
-
-static void s_writer_key_init(void)
-{
-    s_writer_key_ok = pthread_key_create(&s_writer_key, s_writer_free) == 0;
-}
-
-//  The thread's writer, or NULL (nested run, no key, out of memory): the
-//  caller then uses one on its stack.
-static cf_mp_writer_t *s_writer_acquire(void)
-{
-    if (s_depth > 0)
-        return NULL;
-    if (s_writer)
-        return s_writer;
-    pthread_once(&s_writer_once, s_writer_key_init);
-    if (!s_writer_key_ok)
-        return NULL;
-    cf_mp_writer_t *w = malloc(sizeof *w);
-    if (!w)
-        return NULL;
-    cf_mp_writer_init(w);
-    if (pthread_setspecific(s_writer_key, w) != 0) {
-        s_writer_free(w);
-        return NULL;
-    }
-    s_writer = w;
-    return w;
-}
-
-static void s_writer_release(cf_mp_writer_t *w)
-{
-    if (w->buf.alloc > S_WRITER_KEEP_BYTES)
-        cf_mp_writer_fini(w);       //  frees and leaves it empty and usable
-    else
-        cf_mp_writer_reset(w);
-}
-
-static void s_invoke(cf_task_fn *fn, cf_call_t *call)
-{
-    s_depth++;
-    fn(call);
-    s_depth--;
-}
 
 static void s_call_fini(cf_call_t *call)
 {
@@ -815,7 +747,7 @@ cf_err_t cf_registry_run(const char *function, size_t function_len, const void *
     }
 
     cf_mp_writer_t local;
-    cf_mp_writer_t *w = s_writer_acquire();
+    cf_mp_writer_t *w = cf_mp_thread_writer(S_WRITER_KEEP_BYTES);
     if (!w) {
         cf_mp_writer_init(&local);
         w = &local;
@@ -827,13 +759,13 @@ cf_err_t cf_registry_run(const char *function, size_t function_len, const void *
         .args_len = args_len,
         .result = w,
     };
-    s_invoke(fn, &call);
+    fn(&call);
     rc = s_outcome_take(&call, outcome);
     s_call_fini(&call);
     if (w == &local)
         cf_mp_writer_fini(&local);
     else
-        s_writer_release(w);
+        cf_mp_thread_writer_release(w);
     cf_mp_doc_destroy(&doc);
     return rc;
 }
@@ -904,7 +836,7 @@ static void s_chunk(cf_call_t *call)
             cf_raise(&item, "TypeError", "%s() input %" PRIu32 " of the chunk: arguments must "
                      "be an array, got %s", fn_name, i, cf_type_name(cf_value_type(item_args)));
         else
-            s_invoke(fn, &item);
+            fn(&item);
         if (item.out_of_memory) {
             s_call_fini(&item);
             prc = -1;

@@ -400,53 +400,9 @@ static void s_on_complete(void *arg, cf_future_t *f, cf_future_state_t state)
 // ---------------------------------------------------------------------------
 //  Submitting
 
-//  A per-thread writer for encoding arguments: it keeps its capacity between
-//  submissions, so a submission allocates only the task block. Freed when
-//  the thread exits.
-static pthread_key_t s_writer_key;
-static pthread_once_t s_writer_once = PTHREAD_ONCE_INIT;
-static _Thread_local cf_mp_writer_t *s_thread_writer;
-
-//  Beyond this the writer is freed after use instead of kept.
+//  Beyond this a thread's argument writer is freed after use instead of
+//  kept.
 #define S_WRITER_KEEP_BYTES (64 * 1024)
-
-static void s_writer_free(void *p)
-{
-    cf_mp_writer_t *w = p;
-    cf_mp_writer_fini(w);
-    free(w);
-}
-
-static void s_writer_key_create(void)
-{
-    if (pthread_key_create(&s_writer_key, s_writer_free) != 0)
-        cf_log_warn("executor", "pthread_key_create failed: argument writers leak at "
-                    "thread exit");
-}
-
-static cf_mp_writer_t *s_writer(void)
-{
-    if (s_thread_writer) {
-        cf_mp_writer_reset(s_thread_writer);
-        return s_thread_writer;
-    }
-    pthread_once(&s_writer_once, s_writer_key_create);
-    cf_mp_writer_t *w = malloc(sizeof *w);
-    if (!w)
-        return NULL;
-    cf_mp_writer_init(w);
-    pthread_setspecific(s_writer_key, w);
-    s_thread_writer = w;
-    return w;
-}
-
-static void s_writer_done(cf_mp_writer_t *w)
-{
-    if (w->buf.alloc > S_WRITER_KEEP_BYTES) {
-        cf_mp_writer_fini(w);
-        cf_mp_writer_init(w);
-    }
-}
 
 static cf_err_t s_check_function(const char *fn, size_t *len)
 {
@@ -526,10 +482,13 @@ cf_future_t *cf_submitv(cf_executor_t *ex, const cf_task_opts_t *opts, const cha
         cf_error_set(CF_ESHUTDOWN, "cannot submit %s: the executor is shut down", fn);
         return NULL;
     }
-    cf_mp_writer_t *w = s_writer();
+    //  The thread's writer keeps its capacity, so a submission allocates
+    //  only the task block; a nested use gets a writer of its own.
+    cf_mp_writer_t local;
+    cf_mp_writer_t *w = cf_mp_thread_writer(S_WRITER_KEEP_BYTES);
     if (!w) {
-        cf_error_set(CF_ENOMEM, "out of memory submitting %s", fn);
-        return NULL;
+        cf_mp_writer_init(&local);
+        w = &local;
     }
     va_list aq;
     va_copy(aq, ap);
@@ -541,7 +500,10 @@ cf_future_t *cf_submitv(cf_executor_t *ex, const cf_task_opts_t *opts, const cha
     else if (rc == CF_ENOMEM)
         cf_error_set(CF_ENOMEM, "out of memory encoding the arguments of %s", fn);
     //  else cf_mp_write_format said what is wrong with the format
-    s_writer_done(w);
+    if (w == &local)
+        cf_mp_writer_fini(&local);
+    else
+        cf_mp_thread_writer_release(w);
     return f;
 }
 
