@@ -6,12 +6,12 @@
 //  threads own nothing but the task they run. They meet in two lists under
 //  one mutex: the queue (actor -> executors, with a condition variable) and
 //  the outbox (executors -> actor). An executor that puts a result into an
-//  empty outbox writes an eventfd the actor polls next to its socket (or
-//  sends the result itself: below), so a burst of finished tasks costs one
-//  syscall and becomes one RESULT batch. An inproc PAIR per executor
-//  would cost a zmq socket and a message copy per result and make the actor
-//  poll N + 1 sockets, for nothing the eventfd does not do. The same eventfd
-//  carries cf_worker_destroy's request.
+//  empty outbox wakes the actor (cf_actor_wake: the eventfd it polls next
+//  to its socket), or sends the result itself (below), so a burst of
+//  finished tasks costs one syscall and becomes one RESULT batch. An inproc
+//  PAIR per executor would cost a zmq socket and a message copy per result
+//  and make the actor poll N + 1 sockets, for nothing the eventfd does not
+//  do. cf_worker_destroy's request comes down the actor's pipe ($TERM).
 //
 //  One allocation per task: the task record carries its function name and
 //  arguments and, once run, its outcome, and moves queue -> executor ->
@@ -24,22 +24,18 @@
 //  makes the worker look dead; the broker is judged on what it sends.
 //
 //  Results go out from the executor that made them when it can, and when
-//  it is the only one working. Waking the actor costs a thread hand-off
-//  (about 12 us on the 2-core VM this was measured on) on every
-//  one-at-a-time round trip. So the actor's state and socket are guarded
-//  by a mutex (io) that the actor releases only while it sleeps in poll():
-//  an executor finishing the only task in hand tries that mutex and, if
-//  the actor sleeps, does the actor's after-result work itself (collect,
-//  flush, prefetch) and wakes it only when something is left for it. ZeroMQ allows a socket to change threads
-//  with a full memory barrier between (the mutex). The actor polls the
-//  socket's ZMQ_FD as a plain descriptor, not with zmq_poll (which would
-//  use the socket while sleeping), and checks ZMQ_EVENTS under io first:
-//  an executor's send may have consumed the descriptor's signal, so an
-//  executor that sent also checks ZMQ_EVENTS and wakes the actor if a
-//  message waits.
+//  it is the only one working: an executor finishing the only task in hand
+//  acts for the sleeping actor (cf_actor_enter, see cf_actor.h), does its
+//  after-result work itself (collect, flush, prefetch) and wakes it only
+//  when something is left for it. The actor polls the socket's ZMQ_FD as a
+//  plain descriptor, not with zmq_poll (which would use the socket while
+//  sleeping), and checks ZMQ_EVENTS first: an executor's send may have
+//  consumed the descriptor's signal, so an executor that sent also checks
+//  ZMQ_EVENTS and wakes the actor if a message waits.
 
 #include "cf_worker.h"
 
+#include "cf_actor.h"
 #include "cf_clock.h"
 #include "cf_error.h"
 #include "cf_log.h"
@@ -54,13 +50,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
-#define LOG "worker"
+#define S_LOG "worker"
 //  Messages read per wakeup before the actor looks at its other duties.
 #define S_READ_BUDGET 256
 //  Prefetch (see "Prefetch" below): at most this many tasks held beyond
@@ -119,38 +114,32 @@ struct cf_worker {
     void *socket_setup_arg;
     void *ctx;
     bool own_ctx;
-    int wake_fd;                //  eventfd: executors and destroy -> actor
     int pid;
-    pthread_t actor;
-    bool actor_joinable;
     pthread_t *executors;
     int executors_started;
-
-    //  Held by the actor except while it sleeps; an executor that gets it
-    //  acts for the actor (see the design note). Taken before lock.
-    pthread_mutex_t io;
-    struct s_actor *acting;     //  under io: the actor's state; NULL before and after it runs
+    //  Set by the actor's thread before it reports ready and before any
+    //  task exists, so an executor never sees it unset; NULL after destroy.
+    //  Its io mutex guards the actor's state (s_actor_t); an executor
+    //  acting for the actor takes it before lock.
+    cf_actor_t *actor;
 
     pthread_mutex_t lock;
     pthread_cond_t work;        //  executors: a task queued, or stopping
-    pthread_cond_t state;       //  started, ended
+    pthread_cond_t state;       //  ended
     //  Under lock.
     s_list_t queue;             //  tasks to run
     s_list_t outbox;            //  tasks run, for the actor
     int running;                //  tasks being run
     int64_t progress_us;        //  an executor last took or finished a task
     bool stopping;              //  executors leave once the queue is empty
-    bool started;               //  the actor reported (start_err says how)
-    cf_err_t start_err;
-    char start_msg[256];
     bool ended;                 //  the actor is done
     cf_err_t end_reason;        //  CF_ESTOP, CF_ESHUTDOWN; CF_OK for a destroy
-    bool terminate;             //  cf_worker_destroy asked
 };
 
-//  The actor's state, on its stack, under w->io.
+//  The actor's state, on its stack, under the actor's io mutex.
 typedef struct s_actor {
     cf_worker_t *w;
+    cf_actor_t *actor;
     void *sock;
     cf_proto_enc_t *enc;
     s_list_t pending;           //  results to send, oldest first
@@ -165,6 +154,7 @@ typedef struct s_actor {
     uint64_t accepted;          //  tasks taken in all (max_tasks)
     uint64_t declined;          //  tasks not taken (handed back by DISCONNECT)
     bool accepting;
+    bool term_asked;            //  $TERM came down the pipe
     bool terminating;           //  destroy: finish, send, leave
     bool announce;              //  READY to send
     bool blocked;               //  a send was refused: wait for POLLOUT
@@ -258,14 +248,6 @@ static s_task_t *s_task_new(const cf_proto_task_t *src)
     return task;
 }
 
-static void s_wake(cf_worker_t *w)
-{
-    uint64_t one = 1;
-    //  EAGAIN means the counter is already non-zero: the actor wakes anyway.
-    while (write(w->wake_fd, &one, sizeof one) < 0 && errno == EINTR)
-        ;
-}
-
 // ---------------------------------------------------------------------------
 //  Execution threads
 
@@ -331,7 +313,7 @@ static void *s_executor_main(void *arg)
             pthread_mutex_lock(&w->lock);
         }
         else if (was_empty)
-            s_wake(w);
+            cf_actor_wake(w->actor);
     }
     pthread_mutex_unlock(&w->lock);
     return NULL;
@@ -388,7 +370,7 @@ static void s_sent(s_actor_t *a, cf_err_t rc, const char *what)
         a->blocked = true;
         return;
     }
-    cf_log_warn(LOG, "cannot send %s: %s (%s)", what, cf_strerror(rc), zmq_strerror(errno));
+    cf_log_warn(S_LOG, "cannot send %s: %s (%s)", what, cf_strerror(rc), zmq_strerror(errno));
 }
 
 static cf_err_t s_encode_result(s_actor_t *a, const s_task_t *t)
@@ -438,7 +420,7 @@ static void s_flush(s_actor_t *a)
             if (rc == CF_ETOOBIG && count > 0)
                 break;          //  the batch is full: send it, then the rest
             //  This item cannot be encoded at all: say so instead.
-            cf_log_error(LOG, "result of task %" PRIu64 " (%s) cannot be encoded: %s", t->id,
+            cf_log_error(S_LOG, "result of task %" PRIu64 " (%s) cannot be encoded: %s", t->id,
                          t->function, cf_strerror(rc));
             rc = cf_proto_enc_result_error(a->enc, t->id, "ProtocolError",
                                            "the worker could not encode the result",
@@ -535,7 +517,7 @@ static void s_adjust_prefetch(s_actor_t *a, bool stalled)
         }
         a->in_hand -= s_list_clear(&back);
     }
-    cf_log_debug(LOG, "tasks take %.0f us: holding %" PRIu64 " instead of %" PRIu64
+    cf_log_debug(S_LOG, "tasks take %.0f us: holding %" PRIu64 " instead of %" PRIu64
                  ", %zu queued handed back", a->mean_run_us, target, a->grant, back.count);
     a->prefetching = false;
     a->announce = true;
@@ -571,7 +553,7 @@ static void s_send_heartbeat(s_actor_t *a)
     //  A refused heartbeat is replaced by the next one, not retried now.
     a->last_send_ms = cf_clock_now_ms();
     if (rc != CF_OK && rc != CF_EBUSY)
-        cf_log_debug(LOG, "heartbeat not sent: %s", cf_strerror(rc));
+        cf_log_debug(S_LOG, "heartbeat not sent: %s", cf_strerror(rc));
 }
 
 static void s_send_disconnect(s_actor_t *a, const char *reason)
@@ -580,7 +562,7 @@ static void s_send_disconnect(s_actor_t *a, const char *reason)
     cf_proto_enc_text(a->enc, reason, 0);
     cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
     if (rc != CF_OK)
-        cf_log_debug(LOG, "DISCONNECT not sent: %s", cf_strerror(rc));
+        cf_log_debug(S_LOG, "DISCONNECT not sent: %s", cf_strerror(rc));
 }
 
 //  Hands a task back unrun (RESULT status BUSY): the broker requeues it
@@ -592,7 +574,7 @@ static void s_hand_back(s_actor_t *a, uint64_t id)
     if (rc == CF_OK)
         rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
     if (rc != CF_OK)
-        cf_log_warn(LOG, "task %" PRIu64 " not handed back (%s): the broker gets it back when "
+        cf_log_warn(S_LOG, "task %" PRIu64 " not handed back (%s): the broker gets it back when "
                     "this worker leaves or is lost", id, cf_strerror(rc));
 }
 
@@ -608,7 +590,7 @@ static void s_take_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
         const cf_proto_task_t *src = &msg->tasks[i];
         if (!a->accepting) {
             a->declined++;
-            cf_log_debug(LOG, "task %" PRIu64 " not taken: this worker is leaving", src->id);
+            cf_log_debug(S_LOG, "task %" PRIu64 " not taken: this worker is leaving", src->id);
             continue;
         }
         s_task_t *task = NULL;
@@ -633,7 +615,7 @@ static void s_take_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
         }
         if (w->max_tasks > 0 && a->accepted >= (uint64_t)w->max_tasks) {
             a->accepting = false;
-            cf_log_info(LOG, "took its %d tasks (--max-tasks): finishing", w->max_tasks);
+            cf_log_info(S_LOG, "took its %d tasks (--max-tasks): finishing", w->max_tasks);
         }
     }
     if (queued == 1)
@@ -650,12 +632,12 @@ static void s_broker_gone(s_actor_t *a, const char *why)
         return;
     a->broker_lost = true;
     if (a->w->exit_on_broker_loss) {
-        cf_log_warn(LOG, "broker %s %s: ending", a->w->endpoint, why);
+        cf_log_warn(S_LOG, "broker %s %s: ending", a->w->endpoint, why);
         a->done = true;
         a->end_reason = CF_ESHUTDOWN;
         return;
     }
-    cf_log_warn(LOG, "broker %s %s: waiting for it", a->w->endpoint, why);
+    cf_log_warn(S_LOG, "broker %s %s: waiting for it", a->w->endpoint, why);
 }
 
 static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
@@ -664,7 +646,7 @@ static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
     case CF_MSG_HEARTBEAT:
         if (msg->boot) {
             if (a->boot && msg->boot != a->boot) {
-                cf_log_info(LOG, "broker restarted (new boot id): announcing again");
+                cf_log_info(S_LOG, "broker restarted (new boot id): announcing again");
                 a->announce = true;
             }
             a->boot = msg->boot;
@@ -679,19 +661,19 @@ static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
     case CF_MSG_ERROR:
         if (cf_proto_str_eq(msg->text, CF_PROTO_UNKNOWN_WORKER)) {
             //  It lost track of us (it restarted, or judged us lost).
-            cf_log_info(LOG, "broker does not know this worker: announcing again");
+            cf_log_info(S_LOG, "broker does not know this worker: announcing again");
             a->announce = true;
         }
         else if (cf_proto_str_eq(msg->text, CF_PROTO_KEY_REVOKED)
                  || cf_proto_str_eq(msg->text, CF_PROTO_NOT_ALLOWED)) {
             //  Nothing we send will be taken: stop, and say why.
-            cf_log_error(LOG, "the broker at %s refused this worker: %.*s", a->w->endpoint,
+            cf_log_error(S_LOG, "the broker at %s refused this worker: %.*s", a->w->endpoint,
                          (int)msg->text.len, msg->text.ptr);
             a->done = true;
             a->end_reason = CF_EAUTH;
         }
         else
-            cf_log_warn(LOG, "broker refused a message: %.*s",
+            cf_log_warn(S_LOG, "broker refused a message: %.*s",
                         (int)(msg->text.len > 200 ? 200 : msg->text.len),
                         msg->text.ptr ? msg->text.ptr : "");
         break;
@@ -701,7 +683,7 @@ static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
         a->announce = true;
         break;
     default:
-        cf_log_debug(LOG, "unexpected %s from the broker ignored",
+        cf_log_debug(S_LOG, "unexpected %s from the broker ignored",
                      cf_proto_command_name(msg->type) ? cf_proto_command_name(msg->type) : "?");
         break;
     }
@@ -716,7 +698,7 @@ static void s_read(s_actor_t *a)
             break;
         if (rc == CF_ESYS) {
             if (errno == ETERM) {
-                cf_log_error(LOG, "the zmq context was terminated under the worker");
+                cf_log_error(S_LOG, "the zmq context was terminated under the worker");
                 a->done = true;
                 a->end_reason = CF_ESHUTDOWN;
             }
@@ -726,12 +708,12 @@ static void s_read(s_actor_t *a)
         //  is alive.
         a->last_recv_ms = cf_clock_now_ms();
         if (a->broker_lost && !a->done) {
-            cf_log_info(LOG, "broker %s is back: announcing again", a->w->endpoint);
+            cf_log_info(S_LOG, "broker %s is back: announcing again", a->w->endpoint);
             a->broker_lost = false;
             a->announce = true;
         }
         if (rc == CF_EPROTO) {
-            cf_log_debug(LOG, "malformed message from the broker dropped");
+            cf_log_debug(S_LOG, "malformed message from the broker dropped");
             continue;
         }
         if (rc != CF_OK)
@@ -767,7 +749,7 @@ static size_t s_collect(s_actor_t *a)
     pthread_mutex_lock(&w->lock);
     s_task_t *done = w->outbox.head;
     s_list_splice(&a->pending, &w->outbox);
-    if (w->terminate && !a->terminating) {
+    if (a->term_asked && !a->terminating) {
         a->terminating = true;
         a->accepting = false;
         //  Queued tasks never run here: DISCONNECT hands them back.
@@ -775,7 +757,7 @@ static size_t s_collect(s_actor_t *a)
         a->in_hand -= dropped;
         w->stopping = true;
         pthread_cond_broadcast(&w->work);
-        cf_log_info(LOG, "stopping: %d running, %zu queued handed back", w->running, dropped);
+        cf_log_info(S_LOG, "stopping: %d running, %zu queued handed back", w->running, dropped);
     }
     size_t busy = (size_t)w->running + w->queue.count;
     pthread_mutex_unlock(&w->lock);
@@ -807,7 +789,7 @@ static void s_check_end(s_actor_t *a, size_t busy, int64_t now)
         }
         if (now < a->give_up_ms)
             return;
-        cf_log_warn(LOG, "broker unreachable: %zu results not delivered (the broker retries "
+        cf_log_warn(S_LOG, "broker unreachable: %zu results not delivered (the broker retries "
                     "those tasks elsewhere)", a->pending.count);
     }
     a->done = true;
@@ -837,40 +819,40 @@ static int s_poll_timeout(const s_actor_t *a, int64_t now)
 //  anything is left for it, or when it is busy.
 static void s_deliver(cf_worker_t *w)
 {
-    if (pthread_mutex_trylock(&w->io) != 0) {
-        s_wake(w);
+    s_actor_t *a = cf_actor_enter(w->actor);
+    if (!a) {
+        cf_actor_wake(w->actor);
         return;
     }
-    s_actor_t *a = w->acting;
     bool wake = true;
-    if (a && !a->done && !a->terminating && !a->blocked && !a->announce) {
+    if (!a->done && !a->terminating && !a->blocked && !a->announce) {
         s_collect(a);
         s_flush(a);
         s_adjust_prefetch(a, false);
         wake = a->pending.head || a->blocked || a->announce || a->terminating || !a->accepting
                || (cf_proto_events(a->sock) & ZMQ_POLLIN);
     }
-    pthread_mutex_unlock(&w->io);
-    if (wake)
-        s_wake(w);
+    cf_actor_leave(w->actor, wake);
 }
 
-//  Reports the start to cf_worker_new.
-static void s_report_start(cf_worker_t *w, cf_err_t err, const char *message)
+//  The pipe carries one verb: $TERM, from cf_worker_destroy.
+static void s_read_pipe(s_actor_t *a)
 {
-    pthread_mutex_lock(&w->lock);
-    w->started = true;
-    w->start_err = err;
-    snprintf(w->start_msg, sizeof w->start_msg, "%s", message ? message : "");
-    pthread_cond_broadcast(&w->state);
-    pthread_mutex_unlock(&w->lock);
+    cf_actor_msg_t *msg;
+    while ((msg = cf_actor_recv(a->actor))) {
+        if (cf_actor_msg_is(msg, "$TERM"))
+            a->term_asked = true;
+        cf_actor_reply(a->actor, &msg, NULL, 0);
+    }
 }
 
-static void *s_actor_main(void *arg)
+static void s_actor_main(cf_actor_t *pipe, void *arg)
 {
     cf_worker_t *w = arg;
+    w->actor = pipe;
     s_actor_t actor = {
         .w = w,
+        .actor = pipe,
         .accepting = true,
         .announce = true,
         .mean_run_us = -1,
@@ -910,35 +892,26 @@ static void *s_actor_main(void *arg)
     }
     int64_t now = cf_clock_now_ms();
     a->last_recv_ms = a->last_send_ms = now;
-    pthread_mutex_lock(&w->io);
-    w->acting = a;
+    cf_actor_serve(pipe, a);
     s_flush(a);                 //  READY
-    cf_log_info(LOG, "worker %s connecting to %s with %d threads", w->identity, w->endpoint,
+    cf_log_info(S_LOG, "worker %s connecting to %s with %d threads", w->identity, w->endpoint,
                 w->threads);
-    s_report_start(w, CF_OK, NULL);
+    cf_actor_ready(pipe, CF_OK, NULL);
 
     while (!a->done) {
         int events = cf_proto_events(a->sock);
         bool ready = (events & ZMQ_POLLIN) || (a->blocked && (events & ZMQ_POLLOUT));
         int timeout = ready ? 0 : s_poll_timeout(a, cf_clock_now_ms());
-        pthread_mutex_unlock(&w->io);
-        struct pollfd fds[2] = { { sock_fd, POLLIN, 0 }, { w->wake_fd, POLLIN, 0 } };
-        int rc = poll(fds, 2, timeout);
-        int poll_errno = errno;
-        pthread_mutex_lock(&w->io);
-        if (rc < 0 && poll_errno == EINTR)
-            continue;
-        if (rc < 0) {
-            cf_log_error(LOG, "poll failed: %s", strerror(poll_errno));
+        struct pollfd fds[1] = { { sock_fd, POLLIN, 0 } };
+        bool woken = false;
+        if (cf_actor_sleep(pipe, fds, 1, timeout, &woken) < 0) {
+            cf_log_error(S_LOG, "poll failed: %s", strerror(errno));
             a->done = true;
             a->end_reason = CF_ESHUTDOWN;
             break;
         }
-        if (fds[1].revents & POLLIN) {
-            uint64_t count;
-            while (read(w->wake_fd, &count, sizeof count) < 0 && errno == EINTR)
-                ;
-        }
+        if (woken)
+            s_read_pipe(a);
         events = cf_proto_events(a->sock);
         if (events & ZMQ_POLLOUT)
             a->blocked = false;
@@ -968,14 +941,13 @@ static void *s_actor_main(void *arg)
     //  stop the executors whatever ended us.
     s_send_disconnect(a, a->end_reason == CF_ESTOP ? "max tasks reached" : "stopping");
     if (a->pending.count)
-        cf_log_warn(LOG, "%zu results not delivered", a->pending.count);
+        cf_log_warn(S_LOG, "%zu results not delivered", a->pending.count);
     s_list_clear(&a->pending);
     if (a->declined)
-        cf_log_debug(LOG, "%" PRIu64 " tasks not taken, handed back by DISCONNECT", a->declined);
-    w->acting = NULL;
+        cf_log_debug(S_LOG, "%" PRIu64 " tasks not taken, handed back by DISCONNECT", a->declined);
+    cf_actor_serve(pipe, NULL);
     zmq_close(a->sock);
     cf_proto_enc_destroy(&a->enc);
-    pthread_mutex_unlock(&w->io);
     pthread_mutex_lock(&w->lock);
     w->stopping = true;
     s_list_clear(&w->queue);
@@ -984,14 +956,13 @@ static void *s_actor_main(void *arg)
     w->end_reason = a->end_reason;
     pthread_cond_broadcast(&w->state);
     pthread_mutex_unlock(&w->lock);
-    return NULL;
+    return;
 
 failed:
     if (a->sock)
         zmq_close(a->sock);
     cf_proto_enc_destroy(&a->enc);
-    s_report_start(w, CF_ESYS, message);
-    return NULL;
+    cf_actor_ready(pipe, CF_ESYS, message);
 }
 
 // ---------------------------------------------------------------------------
@@ -1009,15 +980,12 @@ static void s_make_identity(char *out, size_t size)
 
 static void s_free(cf_worker_t *w)
 {
-    if (w->wake_fd >= 0)
-        close(w->wake_fd);
     if (w->own_ctx && w->ctx) {
         while (zmq_ctx_term(w->ctx) != 0 && errno == EINTR)
             ;
     }
     s_list_clear(&w->queue);
     s_list_clear(&w->outbox);
-    pthread_mutex_destroy(&w->io);
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->work);
     pthread_cond_destroy(&w->state);
@@ -1062,15 +1030,9 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
         cf_error_set(CF_ENOMEM, "out of memory");
         return NULL;
     }
-    w->wake_fd = -1;
-    pthread_mutex_init(&w->io, NULL);
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->work, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&w->state, &attr);
-    pthread_condattr_destroy(&attr);
+    cf_clock_cond_init(&w->state);
 
     w->endpoint = strdup(config->endpoint);
     w->executors = calloc((size_t)config->threads, sizeof *w->executors);
@@ -1094,12 +1056,6 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
     w->socket_setup_arg = config->socket_setup_arg;
     w->pid = (int)getpid();
 
-    w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (w->wake_fd < 0) {
-        cf_error_set(CF_ESYS, "worker: eventfd: %s", strerror(errno));
-        s_free(w);
-        return NULL;
-    }
     w->ctx = config->zmq_context;
     if (!w->ctx) {
         w->ctx = zmq_ctx_new();
@@ -1123,24 +1079,14 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
         }
         w->executors_started++;
     }
-    int rc = pthread_create(&w->actor, NULL, s_actor_main, w);
-    if (rc != 0) {
-        cf_error_set(CF_ESYS, "worker: cannot start its actor thread: %s", strerror(rc));
+    //  The actor sets w->actor itself (see the struct).
+    if (!cf_actor_new("cf-worker", s_actor_main, w)) {
+        cf_err_t err = cf_last_err();
+        char message[256];
+        snprintf(message, sizeof message, "%s", cf_last_error());
         s_join_executors(w);
         s_free(w);
-        return NULL;
-    }
-    w->actor_joinable = true;
-    pthread_mutex_lock(&w->lock);
-    while (!w->started)
-        pthread_cond_wait(&w->state, &w->lock);
-    cf_err_t err = w->start_err;
-    pthread_mutex_unlock(&w->lock);
-    if (err != CF_OK) {
-        pthread_join(w->actor, NULL);
-        s_join_executors(w);
-        cf_error_set(err, "%s", w->start_msg);
-        s_free(w);
+        cf_error_set(err, "%s", message);
         return NULL;
     }
     return w;
@@ -1183,16 +1129,16 @@ void cf_worker_destroy(cf_worker_t **wp)
         return;
     cf_worker_t *w = *wp;
     *wp = NULL;
-    pthread_mutex_lock(&w->lock);
-    w->terminate = true;
-    pthread_mutex_unlock(&w->lock);
-    s_wake(w);
-    if (w->actor_joinable)
-        pthread_join(w->actor, NULL);
+    //  The actor ends first (it hands back what is queued and sends the
+    //  results of what runs); the executors may still wake it meanwhile, so
+    //  it is freed only after they are joined.
+    cf_actor_send(w->actor, "$TERM", NULL, 0);
+    cf_worker_wait(w, -1);
     s_join_executors(w);
+    cf_actor_destroy(&w->actor);
     size_t undelivered = w->outbox.count;
     if (undelivered)
-        cf_log_warn(LOG, "%zu results finished after the worker ended, not delivered",
+        cf_log_warn(S_LOG, "%zu results finished after the worker ended, not delivered",
                     undelivered);
     s_free(w);
 }
