@@ -402,9 +402,10 @@ void cf_actor_destroy(cf_actor_t **self_p)
     if (!self_p || !*self_p)
         return;
     cf_actor_t *self = *self_p;
-    *self_p = NULL;
     assert(s_current != self);
     (void)cf_actor_send(self, "$TERM", NULL, 0);   //  CF_ESHUTDOWN: it already ended
     pthread_join(self->thread, NULL);
+    //  Only now: the actor may read the pointer until it ends.
+    *self_p = NULL;
     s_free(self);
 }

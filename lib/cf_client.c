@@ -13,21 +13,16 @@
 //    - The actor thread owns the socket, the encoder, the id maps and the
 //      lists of tasks, and resolves the futures.
 //
-//  Submissions skip the actor when it sleeps. Waking it costs a thread
-//  hand-off (about 12 us on the 2-core VM this was measured on) on every
-//  one-at-a-time round trip. So the actor's part is guarded by a second
-//  mutex, io, which the actor releases only while it sleeps in poll(): a
-//  submission that would write the eventfd first tries io and, if the actor
-//  sleeps and nothing else is in flight, drains the inbox and sends the
-//  SUBMIT itself, acting as the actor (s_actor_self set), and wakes it only
-//  when something is left for it (results to read, a blocked socket,
-//  cancels). ZeroMQ allows a socket to
-//  change threads with a full memory barrier between (the mutex). The actor
-//  polls the socket's ZMQ_FD as a plain descriptor, not with zmq_poll (which
-//  would use the socket while sleeping), and checks ZMQ_EVENTS under io
-//  first; a submitter's send may consume the descriptor's signal, so it
-//  checks ZMQ_EVENTS too and wakes the actor if a message waits. Lock
-//  order: io, then mutex.
+//  Submissions skip the actor when it sleeps: a submission that would wake
+//  it first tries to act for it (cf_actor_enter, see cf_actor.h) and, if
+//  the actor sleeps and nothing else is in flight, drains the inbox and
+//  sends the SUBMIT itself, and wakes it only when something is left for it
+//  (results to read, a blocked socket, cancels). The actor polls the
+//  socket's ZMQ_FD as a plain descriptor, not with zmq_poll (which would
+//  use the socket while sleeping), and checks ZMQ_EVENTS first; a
+//  submitter's send may consume the descriptor's signal, so it checks
+//  ZMQ_EVENTS too and wakes the actor if a message waits. Lock order: the
+//  actor's io, then mutex.
 //
 //  A task moves: inbox -> outbox (encoded into SUBMIT, many per message) ->
 //  at the broker (waiting for RESULT) -> resolved. A BUSY result parks it
@@ -52,12 +47,14 @@
 
 #include "cf_client.h"
 
+#include "cf_actor.h"
 #include "cf_clock.h"
 #include "cf_error.h"
 #include "cf_idmap.h"
 #include "cf_keys.h"
 #include "cf_log.h"
 #include "cf_proto.h"
+#include "cf_random.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -67,8 +64,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -126,10 +121,6 @@ typedef struct {
 } s_list_t;
 
 typedef struct {
-    //  Held by the actor except while it sleeps; a submitter that gets it
-    //  acts for the actor (see the design note).
-    pthread_mutex_t io;
-    bool acting;                    //  under io: the actor loop runs
     //  Shared with application threads, under mutex.
     pthread_mutex_t mutex;
     pthread_cond_t idle_cond;       //  outstanding reached 0
@@ -138,8 +129,7 @@ typedef struct {
     cf_future_t **cancels;          //  futures to cancel (each a reference)
     size_t cancels_len, cancels_cap;
     bool cancel_all;                //  shutdown(cancel_futures) asked
-    bool terminate;                 //  destroy asked
-    bool signalled;                 //  the actor is awake or wake_fd was written
+    bool signalled;                 //  the actor is awake or was woken
     bool closed;                    //  no more submissions
     bool stopping;                  //  destroy runs: cancellers stop waiting
     size_t outstanding;             //  submitted and not yet resolved
@@ -152,7 +142,6 @@ typedef struct {
     char auth_message[256];         //  why the broker refused us (S_AUTH_REFUSED)
 
     //  Fixed after construction.
-    int wake_fd;                    //  eventfd the actor polls
     void *ctx;
     bool own_ctx;                   //  we made ctx, we terminate it
     void *socket;                   //  DEALER to the broker (actor's)
@@ -162,8 +151,9 @@ typedef struct {
     char *endpoint;
     int ivl_ms;                     //  our heartbeat interval
     int liveness;                   //  silent intervals before the broker is lost
-    pthread_t thread;
-    bool thread_started;
+    //  Set by the actor's thread before it reports ready (no submission
+    //  comes earlier); its io mutex guards the actor's part below.
+    cf_actor_t *actor;
 
     //  Actor only.
     cf_proto_enc_t *enc;            //  one reusable encoder
@@ -191,6 +181,7 @@ typedef struct {
     bool unreachable;               //  published as broker_unreachable
     bool reach_changed;             //  unreachable changed since s_report
     uint64_t cancel_taken;          //  cancel_seq when the inbox was drained
+    bool term_asked;                //  $TERM came down the pipe
     bool terminated;                //  the actor loop ends
     size_t resolved;                //  resolved since the last report
     bool answered;                  //  a cancel answer to broadcast
@@ -204,10 +195,6 @@ typedef struct {
     char err_message[CF_PROTO_MAX_TEXT + 1];
     char err_host[CF_PROTO_MAX_TEXT + 1];
 } cf_client_t;
-
-//  The client whose actor runs on this thread, so a canceller called from a
-//  future callback never blocks an actor waiting for itself.
-static _Thread_local cf_client_t *s_actor_self = NULL;
 
 // ---------------------------------------------------------------------------
 //  Lists
@@ -267,10 +254,7 @@ static void s_list_prepend(s_list_t *to, s_list_t *from)
 
 static void s_wake(cf_client_t *self)
 {
-    uint64_t one = 1;
-    while (write(self->wake_fd, &one, sizeof one) < 0 && errno == EINTR)
-        ;
-    //  EAGAIN means the counter is saturated: the actor is awake anyway.
+    cf_actor_wake(self->actor);
 }
 
 //  Under mutex: makes sure the actor looks at the inbox. Returns true when
@@ -377,7 +361,7 @@ static bool s_cancel(void *executor, cf_future_t *f)
     //  Nor does anyone wait for a broker that cannot answer (once the actor
     //  has taken the request, so a task it still holds is cancelled):
     //  cf_map_destroy cancels a whole window one by one.
-    if (!s_actor_self) {
+    if (!cf_actor_current()) {
         self->cancel_waiters++;
         struct timespec deadline = cf_clock_deadline(S_CANCEL_WAIT_MS);
         while (cf_future_state(f) == CF_FUTURE_PENDING && !self->stopping
@@ -410,7 +394,7 @@ static cf_err_t s_shutdown(void *backend, bool wait, bool cancel_futures)
         s_wake(self);
     if (!wait)
         return CF_OK;
-    if (s_actor_self == self)
+    if (cf_actor_current() == self->actor)
         return cf_error_set(CF_EINVAL, "shutdown(wait) from a callback of the same executor");
 
     pthread_mutex_lock(&self->mutex);
@@ -747,7 +731,7 @@ static void s_cancel_everything_queued(cf_client_t *self)
 static bool s_inbox_has_work(cf_client_t *self)
 {
     pthread_mutex_lock(&self->mutex);
-    bool work = self->inbox.head || self->cancels_len || self->cancel_all || self->terminate;
+    bool work = self->inbox.head || self->cancels_len || self->cancel_all;
     if (!work)
         self->signalled = false;
     pthread_mutex_unlock(&self->mutex);
@@ -770,8 +754,6 @@ static void s_drain_inbox(cf_client_t *self)
     bool cancel_all = self->cancel_all;
     self->cancel_all = false;
     self->cancel_taken = self->cancel_seq;
-    if (self->terminate)
-        self->terminated = true;
     pthread_mutex_unlock(&self->mutex);
 
     //  Tasks first: a cancel always follows its task's submission.
@@ -896,13 +878,12 @@ static void s_send_tasks(cf_client_t *self)
 //  An actor thread (a callback submitting) only wakes.
 static void s_kick(cf_client_t *self)
 {
-    if (s_actor_self || pthread_mutex_trylock(&self->io) != 0) {
+    if (!cf_actor_enter(self->actor)) {
         s_wake(self);
         return;
     }
     bool wake = true;
-    if (self->acting && cf_idmap_size(self->pending) == 0) {
-        s_actor_self = self;
+    if (cf_idmap_size(self->pending) == 0) {
         s_drain_inbox(self);
         if (!self->terminated) {
             s_send_tasks(self);
@@ -912,11 +893,8 @@ static void s_kick(cf_client_t *self)
                    || self->resolved || self->answered || self->reach_changed
                    || s_inbox_has_work(self) || (cf_proto_events(self->socket) & ZMQ_POLLIN);
         }
-        s_actor_self = NULL;
     }
-    pthread_mutex_unlock(&self->io);
-    if (wake)
-        s_wake(self);
+    cf_actor_leave(self->actor, wake);
 }
 
 // ---------------------------------------------------------------------------
@@ -1244,11 +1222,21 @@ static void s_finish_all(cf_client_t *self)
     s_report(self);
 }
 
-static void *s_actor(void *arg)
+//  $TERM (cf_client's destroy) is the only verb on the pipe.
+static void s_read_pipe(cf_client_t *self)
+{
+    cf_actor_msg_t *msg;
+    while ((msg = cf_actor_recv(self->actor))) {
+        if (cf_actor_msg_is(msg, "$TERM"))
+            self->term_asked = true;
+        cf_actor_reply(self->actor, &msg, NULL, 0);
+    }
+}
+
+static void s_actor(cf_actor_t *actor, void *arg)
 {
     cf_client_t *self = arg;
-    s_actor_self = self;
-    pthread_mutex_lock(&self->io);
+    self->actor = actor;
     int64_t now = cf_clock_now_ms();
     self->last_heard_ms = now;
     //  No hello: the broker knows a client from its first SUBMIT and
@@ -1274,49 +1262,47 @@ static void *s_actor(void *arg)
     zmq_fd_t socket_fd = -1;
     size_t fd_len = sizeof socket_fd;
     if (zmq_getsockopt(self->socket, ZMQ_FD, &socket_fd, &fd_len) != 0) {
-        cf_log_error(S_LOG, "socket descriptor: %s: the client cannot run",
-                     zmq_strerror(errno));
-        self->terminated = true;
+        char message[160];
+        snprintf(message, sizeof message, "client: socket descriptor: %s", zmq_strerror(errno));
+        cf_actor_ready(actor, CF_ESYS, message);
+        return;
     }
 
-    self->acting = true;
+    cf_actor_serve(actor, self);
+    cf_actor_ready(actor, CF_OK, NULL);
     while (!self->terminated) {
         bool work = s_inbox_has_work(self);
         int events = cf_proto_events(self->socket);
         bool ready = work || (events & ZMQ_POLLIN) || (self->blocked && (events & ZMQ_POLLOUT));
         int timeout = ready ? 0 : s_poll_timeout(self);
-        pthread_mutex_unlock(&self->io);
-        struct pollfd fds[3] = {
+        struct pollfd fds[2] = {
             { socket_fd, POLLIN, 0 },
-            { self->wake_fd, POLLIN, 0 },
             { monitor_fd, POLLIN, 0 },
         };
-        int rc = poll(fds, monitor_fd >= 0 ? 3 : 2, timeout);
-        int poll_errno = errno;
-        pthread_mutex_lock(&self->io);
-        if (rc < 0 && poll_errno == EINTR)
-            continue;
-        if (rc < 0) {
-            cf_log_warn(S_LOG, "poll failed: %s", strerror(poll_errno));
+        bool woken = false;
+        if (cf_actor_sleep(actor, fds, monitor_fd >= 0 ? 2 : 1, timeout, &woken) < 0) {
+            cf_log_warn(S_LOG, "poll failed: %s", strerror(errno));
             break;
         }
-        if (fds[1].revents & POLLIN) {
-            uint64_t count;
-            while (read(self->wake_fd, &count, sizeof count) < 0 && errno == EINTR)
-                ;
+        if (woken) {
+            s_read_pipe(self);
             work = true;
         }
         if (work) {
+            //  Whatever was submitted before destroy closed the inbox is
+            //  taken first, so s_finish_all resolves it.
             s_drain_inbox(self);
-            if (self->terminated)
-                break;          //  nothing more to send: s_finish_all resolves
+            if (self->term_asked) {
+                self->terminated = true;
+                break;
+            }
         }
         events = cf_proto_events(self->socket);
         if (events & ZMQ_POLLIN)
             s_recv(self);
         if (events & ZMQ_POLLOUT)
             self->blocked = false;
-        if (monitor_fd >= 0 && (fds[2].revents & POLLIN))
+        if (monitor_fd >= 0 && (fds[1].revents & POLLIN))
             s_on_monitor(self);
         s_run_timers(self);
         if (self->cancel_ids_len)
@@ -1324,7 +1310,7 @@ static void *s_actor(void *arg)
         s_send_tasks(self);
         s_report(self);
     }
-    self->acting = false;
+    cf_actor_serve(actor, NULL);
     s_finish_all(self);
     //  Tell the broker to drop what it still queues for us. Best effort:
     //  at the high-water mark it is lost and the broker's heartbeats find
@@ -1339,9 +1325,6 @@ static void *s_actor(void *arg)
     }
     zmq_close(self->socket);
     self->socket = NULL;
-    pthread_mutex_unlock(&self->io);
-    s_actor_self = NULL;
-    return NULL;
 }
 
 // ---------------------------------------------------------------------------
@@ -1355,8 +1338,6 @@ static void s_free(cf_client_t *self)
         zmq_close(self->socket);
     if (self->own_ctx && self->ctx)
         zmq_ctx_term(self->ctx);
-    if (self->wake_fd >= 0)
-        close(self->wake_fd);
     cf_proto_enc_destroy(&self->enc);
     cf_idmap_destroy(&self->pending);
     cf_idmap_destroy(&self->by_future);
@@ -1368,20 +1349,7 @@ static void s_free(cf_client_t *self)
     pthread_cond_destroy(&self->cancel_cond);
     pthread_cond_destroy(&self->auth_cond);
     pthread_mutex_destroy(&self->mutex);
-    pthread_mutex_destroy(&self->io);
     free(self);
-}
-
-static uint64_t s_random_u64(void)
-{
-    uint64_t value = 0;
-    if (getrandom(&value, sizeof value, GRND_NONBLOCK) != (ssize_t)sizeof value) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        value = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec)
-              ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&value;
-    }
-    return value;
 }
 
 //  Makes the socket a CURVE client when the config has keys: all three or
@@ -1447,16 +1415,10 @@ void *cf_client_new(const cf_client_config_t *config)
         cf_error_set(CF_ENOMEM, "out of memory");
         return NULL;
     }
-    self->wake_fd = -1;
-    pthread_mutex_init(&self->io, NULL);
     pthread_mutex_init(&self->mutex, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&self->idle_cond, &attr);
-    pthread_cond_init(&self->cancel_cond, &attr);
-    pthread_cond_init(&self->auth_cond, &attr);
-    pthread_condattr_destroy(&attr);
+    cf_clock_cond_init(&self->idle_cond);
+    cf_clock_cond_init(&self->cancel_cond);
+    cf_clock_cond_init(&self->auth_cond);
 
     self->ivl_ms = config->heartbeat_ivl_ms > 0 ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
     self->liveness = config->heartbeat_liveness > 0 ? config->heartbeat_liveness
@@ -1464,19 +1426,13 @@ void *cf_client_new(const cf_client_config_t *config)
     self->send_ivl_ms = self->ivl_ms;
     self->backoff_ms = S_BACKOFF_MIN_MS;
     self->resend_at_ms = -1;
-    self->next_id = s_random_u64();
+    self->next_id = cf_random_u64();
     self->endpoint = strdup(config->endpoint);
     self->enc = cf_proto_enc_new();
     self->pending = cf_idmap_new(1024);
     self->by_future = cf_idmap_new(1024);
     if (!self->endpoint || !self->enc || !self->pending || !self->by_future) {
         cf_error_set(CF_ENOMEM, "out of memory");
-        s_free(self);
-        return NULL;
-    }
-    self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (self->wake_fd < 0) {
-        cf_error_set(CF_ESYS, "client: eventfd: %s", strerror(errno));
         s_free(self);
         return NULL;
     }
@@ -1543,17 +1499,15 @@ void *cf_client_new(const cf_client_config_t *config)
         s_free(self);
         return NULL;
     }
-    //  From here the sockets belong to the actor thread (pthread_create is
-    //  the memory barrier zmq asks for when a socket changes threads).
-    int err = pthread_create(&self->thread, NULL, s_actor, self);
-    if (err != 0) {
-        cf_error_set(CF_ESYS, "client: cannot start its thread: %s", strerror(err));
+    //  From here the sockets belong to the actor thread (starting it is
+    //  the memory barrier zmq asks for when a socket changes threads). The
+    //  actor sets self->actor itself (see the struct).
+    if (!cf_actor_new("cf-client", s_actor, self)) {
         if (self->monitor)
             zmq_socket_monitor(self->socket, NULL, 0);
         s_free(self);
         return NULL;
     }
-    self->thread_started = true;
     if (self->curve && self->monitor && s_await_handshake(self) != CF_OK) {
         char why[sizeof self->auth_message];
         memcpy(why, self->auth_message, sizeof why);
@@ -1575,14 +1529,11 @@ static void s_destroy(void **backend_p)
     pthread_mutex_lock(&self->mutex);
     self->closed = true;
     self->stopping = true;
-    self->terminate = true;
-    bool wake = s_signal_locked(self);
     pthread_cond_broadcast(&self->cancel_cond);
     pthread_mutex_unlock(&self->mutex);
-    if (wake)
-        s_wake(self);
-    if (self->thread_started)
-        pthread_join(self->thread, NULL);
+    //  $TERM: the actor takes what the inbox still holds, resolves every
+    //  future and leaves.
+    cf_actor_destroy(&self->actor);
 
     //  Cancellers still inside s_cancel hold self: let them leave first.
     pthread_mutex_lock(&self->mutex);
