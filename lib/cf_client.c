@@ -3,15 +3,15 @@
 //
 //  Design note. Two kinds of thread meet here.
 //    - Application threads call s_submit, s_shutdown and s_cancel (the
-//      futures' canceller). They touch only the shared part of cf_client_t,
-//      under self->mutex: the inbox of new tasks, cancel requests, a few
-//      flags and the count of outstanding tasks. A submission is one mutex
+//      futures' canceller). They touch only self->shared, under its mutex:
+//      the inbox of new tasks, cancel requests, a few flags and the count
+//      of outstanding tasks. A submission is one mutex
 //      round trip; the eventfd the actor polls is written only when the
 //      inbox goes from empty to non-empty while the actor sleeps (it clears
 //      "signalled" only just before it blocks), so a burst, or a steady
 //      stream the actor keeps up with, costs no syscall per task.
-//    - The actor thread owns the socket, the encoder, the id maps and the
-//      lists of tasks, and resolves the futures.
+//    - The actor thread owns self->own (the encoder, the id maps and the
+//      lists of tasks) and the socket, and resolves the futures.
 //
 //  Submissions skip the actor when it sleeps: a submission that would wake
 //  it first tries to act for it (cf_actor_enter, see cf_actor.h) and, if
@@ -120,8 +120,8 @@ typedef struct {
     size_t size;
 } s_list_t;
 
+//  What application threads and the actor share: every field under mutex.
 typedef struct {
-    //  Shared with application threads, under mutex.
     pthread_mutex_t mutex;
     pthread_cond_t idle_cond;       //  outstanding reached 0
     pthread_cond_t cancel_cond;     //  a cancel was answered; a canceller left
@@ -140,22 +140,11 @@ typedef struct {
     pthread_cond_t auth_cond;       //  auth_state left S_AUTH_UNKNOWN
     int auth_state;                 //  S_AUTH_*: the first handshake's outcome
     char auth_message[256];         //  why the broker refused us (S_AUTH_REFUSED)
+} s_shared_t;
 
-    //  Fixed after construction.
-    void *ctx;
-    bool own_ctx;                   //  we made ctx, we terminate it
-    void *socket;                   //  DEALER to the broker (actor's)
-    void *monitor;                  //  PAIR receiving socket events, or NULL
-    bool curve;                     //  CURVE client (cf_client_config_t keys)
-    char key_fp[CF_KEY_FP_SIZE];    //  our public key's fingerprint, for messages
-    char *endpoint;
-    int ivl_ms;                     //  our heartbeat interval
-    int liveness;                   //  silent intervals before the broker is lost
-    //  Set by the actor's thread before it reports ready (no submission
-    //  comes earlier); its io mutex guards the actor's part below.
-    cf_actor_t *actor;
-
-    //  Actor only.
+//  The actor's alone: touched only by the actor's thread, or by a
+//  submitter acting for it (cf_actor_enter), under the actor's io mutex.
+typedef struct {
     cf_proto_enc_t *enc;            //  one reusable encoder
     cf_idmap_t *pending;            //  task id -> item, every unresolved task
     cf_idmap_t *by_future;          //  future address -> item, for cancel
@@ -194,6 +183,26 @@ typedef struct {
     char err_type[CF_PROTO_MAX_TEXT + 1];
     char err_message[CF_PROTO_MAX_TEXT + 1];
     char err_host[CF_PROTO_MAX_TEXT + 1];
+} s_own_t;
+
+typedef struct {
+    //  Set by cf_client_new before the actor starts, read-only afterwards
+    //  (the sockets and the encoder are the actor's to use).
+    void *ctx;
+    bool own_ctx;                   //  we made ctx, we terminate it
+    void *socket;                   //  DEALER to the broker (actor's)
+    void *monitor;                  //  PAIR receiving socket events, or NULL
+    bool curve;                     //  CURVE client (cf_client_config_t keys)
+    char key_fp[CF_KEY_FP_SIZE];    //  our public key's fingerprint, for messages
+    char *endpoint;
+    int ivl_ms;                     //  our heartbeat interval
+    int liveness;                   //  silent intervals before the broker is lost
+    //  Set by the actor's thread before it reports ready (no submission
+    //  comes earlier); its io mutex guards own.
+    cf_actor_t *actor;
+
+    s_shared_t shared;              //  under shared.mutex
+    s_own_t own;                    //  under the actor's io
 } cf_client_t;
 
 // ---------------------------------------------------------------------------
@@ -261,9 +270,9 @@ static void s_wake(cf_client_t *self)
 //  the caller must write the eventfd (after unlocking).
 static bool s_signal_locked(cf_client_t *self)
 {
-    if (self->signalled)
+    if (self->shared.signalled)
         return false;
-    self->signalled = true;
+    self->shared.signalled = true;
     return true;
 }
 
@@ -296,25 +305,25 @@ static cf_err_t s_submit(void *backend, cf_task_t **task_p)
     item->function_len = function_len;
     item->where = S_AT_INBOX;
 
-    pthread_mutex_lock(&self->mutex);
-    if (self->auth_state == S_AUTH_REFUSED) {
-        char why[sizeof self->auth_message];
-        memcpy(why, self->auth_message, sizeof why);
-        pthread_mutex_unlock(&self->mutex);
+    pthread_mutex_lock(&self->shared.mutex);
+    if (self->shared.auth_state == S_AUTH_REFUSED) {
+        char why[sizeof self->shared.auth_message];
+        memcpy(why, self->shared.auth_message, sizeof why);
+        pthread_mutex_unlock(&self->shared.mutex);
         cf_task_destroy(&item->task);
         free(item);
         return cf_error_set(CF_EAUTH, "%s", why);
     }
-    if (self->closed) {
-        pthread_mutex_unlock(&self->mutex);
+    if (self->shared.closed) {
+        pthread_mutex_unlock(&self->shared.mutex);
         cf_task_destroy(&item->task);
         free(item);
         return cf_error_set(CF_ESHUTDOWN, "executor is shut down");
     }
-    s_list_push_back(&self->inbox, item);
-    self->outstanding++;
+    s_list_push_back(&self->shared.inbox, item);
+    self->shared.outstanding++;
     bool wake = s_signal_locked(self);
-    pthread_mutex_unlock(&self->mutex);
+    pthread_mutex_unlock(&self->shared.mutex);
     if (wake)
         s_kick(self);
     return CF_OK;
@@ -331,30 +340,30 @@ static bool s_cancel(void *executor, cf_future_t *f)
     if (state != CF_FUTURE_PENDING)
         return state == CF_FUTURE_CANCELLED;
 
-    pthread_mutex_lock(&self->mutex);
-    if (self->stopping) {
-        pthread_mutex_unlock(&self->mutex);
+    pthread_mutex_lock(&self->shared.mutex);
+    if (self->shared.stopping) {
+        pthread_mutex_unlock(&self->shared.mutex);
         return cf_future_cancelled(f);
     }
-    if (self->cancels_len == self->cancels_cap) {
-        size_t cap = self->cancels_cap ? self->cancels_cap * 2 : 16;
-        cf_future_t **grown = realloc(self->cancels, cap * sizeof *grown);
+    if (self->shared.cancels_len == self->shared.cancels_cap) {
+        size_t cap = self->shared.cancels_cap ? self->shared.cancels_cap * 2 : 16;
+        cf_future_t **grown = realloc(self->shared.cancels, cap * sizeof *grown);
         if (!grown) {
-            pthread_mutex_unlock(&self->mutex);
+            pthread_mutex_unlock(&self->shared.mutex);
             return false;
         }
-        self->cancels = grown;
-        self->cancels_cap = cap;
+        self->shared.cancels = grown;
+        self->shared.cancels_cap = cap;
     }
     //  A reference, so the address cannot be reused by another future
     //  before the actor looked it up.
-    self->cancels[self->cancels_len++] = cf_future_ref(f);
-    uint64_t seq = ++self->cancel_seq;
+    self->shared.cancels[self->shared.cancels_len++] = cf_future_ref(f);
+    uint64_t seq = ++self->shared.cancel_seq;
     bool wake = s_signal_locked(self);
     if (wake) {
-        pthread_mutex_unlock(&self->mutex);
+        pthread_mutex_unlock(&self->shared.mutex);
         s_wake(self);
-        pthread_mutex_lock(&self->mutex);
+        pthread_mutex_lock(&self->shared.mutex);
     }
     //  An actor thread (ours, from a callback, or another client's) never
     //  blocks: the request is queued and the answer is what we know now.
@@ -362,19 +371,19 @@ static bool s_cancel(void *executor, cf_future_t *f)
     //  has taken the request, so a task it still holds is cancelled):
     //  cf_map_destroy cancels a whole window one by one.
     if (!cf_actor_current()) {
-        self->cancel_waiters++;
+        self->shared.cancel_waiters++;
         struct timespec deadline = cf_clock_deadline(S_CANCEL_WAIT_MS);
-        while (cf_future_state(f) == CF_FUTURE_PENDING && !self->stopping
-               && !(self->cancel_handled >= seq && self->broker_unreachable)) {
-            int rc = pthread_cond_timedwait(&self->cancel_cond, &self->mutex, &deadline);
+        while (cf_future_state(f) == CF_FUTURE_PENDING && !self->shared.stopping
+               && !(self->shared.cancel_handled >= seq && self->shared.broker_unreachable)) {
+            int rc = pthread_cond_timedwait(&self->shared.cancel_cond, &self->shared.mutex, &deadline);
             if (rc == ETIMEDOUT)
                 break;
         }
-        self->cancel_waiters--;
-        if (self->stopping)
-            pthread_cond_broadcast(&self->cancel_cond);
+        self->shared.cancel_waiters--;
+        if (self->shared.stopping)
+            pthread_cond_broadcast(&self->shared.cancel_cond);
     }
-    pthread_mutex_unlock(&self->mutex);
+    pthread_mutex_unlock(&self->shared.mutex);
     return cf_future_state(f) == CF_FUTURE_CANCELLED;
 }
 
@@ -382,14 +391,14 @@ static cf_err_t s_shutdown(void *backend, bool wait, bool cancel_futures)
 {
     cf_client_t *self = backend;
     assert(self);
-    pthread_mutex_lock(&self->mutex);
-    self->closed = true;
+    pthread_mutex_lock(&self->shared.mutex);
+    self->shared.closed = true;
     bool wake = false;
     if (cancel_futures) {
-        self->cancel_all = true;
+        self->shared.cancel_all = true;
         wake = s_signal_locked(self);
     }
-    pthread_mutex_unlock(&self->mutex);
+    pthread_mutex_unlock(&self->shared.mutex);
     if (wake)
         s_wake(self);
     if (!wait)
@@ -397,10 +406,10 @@ static cf_err_t s_shutdown(void *backend, bool wait, bool cancel_futures)
     if (cf_actor_current() == self->actor)
         return cf_error_set(CF_EINVAL, "shutdown(wait) from a callback of the same executor");
 
-    pthread_mutex_lock(&self->mutex);
-    while (self->outstanding > 0)
-        pthread_cond_wait(&self->idle_cond, &self->mutex);
-    pthread_mutex_unlock(&self->mutex);
+    pthread_mutex_lock(&self->shared.mutex);
+    while (self->shared.outstanding > 0)
+        pthread_cond_wait(&self->shared.idle_cond, &self->shared.mutex);
+    pthread_mutex_unlock(&self->shared.mutex);
     return CF_OK;
 }
 
@@ -418,16 +427,16 @@ static int s_max_workers(void *backend)
 static void s_forget(cf_client_t *self, s_item_t *item)
 {
     if (item->where == S_AT_OUTBOX)
-        s_list_unlink(&self->outbox, item);
+        s_list_unlink(&self->own.outbox, item);
     else if (item->where == S_AT_PARKED)
-        s_list_unlink(&self->parked, item);
-    cf_idmap_remove(self->pending, item->id);
-    cf_idmap_remove(self->by_future, (uint64_t)(uintptr_t)item->task->future);
+        s_list_unlink(&self->own.parked, item);
+    cf_idmap_remove(self->own.pending, item->id);
+    cf_idmap_remove(self->own.by_future, (uint64_t)(uintptr_t)item->task->future);
     if (item->cancel_asked)
-        self->answered = true;
+        self->own.answered = true;
     cf_task_destroy(&item->task);
     free(item);
-    self->resolved++;
+    self->own.resolved++;
 }
 
 //  Runs fn's transition on the future of item, then forgets item. The
@@ -453,21 +462,21 @@ static void s_resolve_error(cf_client_t *self, s_item_t *item, const char *type,
 //  one lock per loop iteration, not per task.
 static void s_report(cf_client_t *self)
 {
-    if (!self->resolved && !self->answered && !self->reach_changed)
+    if (!self->own.resolved && !self->own.answered && !self->own.reach_changed)
         return;
-    pthread_mutex_lock(&self->mutex);
-    assert(self->outstanding >= self->resolved);
-    self->outstanding -= self->resolved;
-    if (self->outstanding == 0)
-        pthread_cond_broadcast(&self->idle_cond);
-    self->cancel_handled = self->cancel_taken;
-    self->broker_unreachable = self->unreachable;
-    if (self->answered || self->reach_changed)
-        pthread_cond_broadcast(&self->cancel_cond);
-    pthread_mutex_unlock(&self->mutex);
-    self->resolved = 0;
-    self->answered = false;
-    self->reach_changed = false;
+    pthread_mutex_lock(&self->shared.mutex);
+    assert(self->shared.outstanding >= self->own.resolved);
+    self->shared.outstanding -= self->own.resolved;
+    if (self->shared.outstanding == 0)
+        pthread_cond_broadcast(&self->shared.idle_cond);
+    self->shared.cancel_handled = self->own.cancel_taken;
+    self->shared.broker_unreachable = self->own.unreachable;
+    if (self->own.answered || self->own.reach_changed)
+        pthread_cond_broadcast(&self->shared.cancel_cond);
+    pthread_mutex_unlock(&self->shared.mutex);
+    self->own.resolved = 0;
+    self->own.answered = false;
+    self->own.reach_changed = false;
 }
 
 //  Unreachable: no transport (per the monitor), or a broker that spoke once
@@ -475,28 +484,28 @@ static void s_report(cf_client_t *self)
 //  "not yet heard", which is no reason to give up on answers.
 static void s_update_reach(cf_client_t *self)
 {
-    bool unreachable = !self->transport_up || (self->heard_once && !self->connected);
-    if (unreachable != self->unreachable) {
-        self->unreachable = unreachable;
-        self->reach_changed = true;
+    bool unreachable = !self->own.transport_up || (self->own.heard_once && !self->own.connected);
+    if (unreachable != self->own.unreachable) {
+        self->own.unreachable = unreachable;
+        self->own.reach_changed = true;
     }
 }
 
 static void s_queue_cancel_id(cf_client_t *self, s_item_t *item)
 {
-    if (self->cancel_ids_len == self->cancel_ids_cap) {
-        size_t cap = self->cancel_ids_cap ? self->cancel_ids_cap * 2 : 64;
-        uint64_t *grown = realloc(self->cancel_ids, cap * sizeof *grown);
+    if (self->own.cancel_ids_len == self->own.cancel_ids_cap) {
+        size_t cap = self->own.cancel_ids_cap ? self->own.cancel_ids_cap * 2 : 64;
+        uint64_t *grown = realloc(self->own.cancel_ids, cap * sizeof *grown);
         if (!grown) {
             //  The canceller times out and reports false: honest, since
             //  the task was not cancelled.
             cf_log_warn(S_LOG, "out of memory queueing a cancel");
             return;
         }
-        self->cancel_ids = grown;
-        self->cancel_ids_cap = cap;
+        self->own.cancel_ids = grown;
+        self->own.cancel_ids_cap = cap;
     }
-    self->cancel_ids[self->cancel_ids_len++] = item->id;
+    self->own.cancel_ids[self->own.cancel_ids_len++] = item->id;
     item->cancel_asked = true;
 }
 
@@ -509,7 +518,7 @@ static void s_resend_all(cf_client_t *self, const char *why)
     size_t cursor = 0;
     uint64_t id;
     void *value;
-    while (cf_idmap_next(self->pending, &cursor, &id, &value)) {
+    while (cf_idmap_next(self->own.pending, &cursor, &id, &value)) {
         s_item_t *item = value;
         if (item->where != S_AT_BROKER)
             continue;
@@ -523,13 +532,13 @@ static void s_resend_all(cf_client_t *self, const char *why)
     if (resend.size || cancel.size)
         cf_log_info(S_LOG, "%s: resending %zu tasks", why, resend.size);
     //  Resent tasks go first: they are the oldest.
-    s_list_prepend(&self->outbox, &resend);
+    s_list_prepend(&self->own.outbox, &resend);
     s_item_t *item;
     while ((item = s_list_pop_front(&cancel))) {
         item->where = S_AT_BROKER;      //  in no list now
         s_resolve_cancelled(self, item);
     }
-    self->blocked = false;
+    self->own.blocked = false;
 }
 
 //  The broker stopped answering or said goodbye. Nothing to do but wait:
@@ -537,21 +546,21 @@ static void s_resend_all(cf_client_t *self, const char *why)
 //  (unknown client, new boot id, new connection).
 static void s_lost(cf_client_t *self, const char *why)
 {
-    if (self->connected)
+    if (self->own.connected)
         cf_log_warn(S_LOG, "broker at %s lost (%s)", self->endpoint, why);
-    self->connected = false;
+    self->own.connected = false;
     //  Silent to us, we were probably silent to it as well: it may have
     //  dropped our tasks, and our next SUBMIT would rejoin without a word.
-    self->resend_on_contact = true;
+    self->own.resend_on_contact = true;
     s_update_reach(self);
 }
 
 static void s_park(cf_client_t *self, s_item_t *item, int64_t now)
 {
     item->where = S_AT_PARKED;
-    s_list_push_back(&self->parked, item);
-    if (self->resend_at_ms < 0)
-        self->resend_at_ms = now + self->backoff_ms;
+    s_list_push_back(&self->own.parked, item);
+    if (self->own.resend_at_ms < 0)
+        self->own.resend_at_ms = now + self->own.backoff_ms;
 }
 
 // ---------------------------------------------------------------------------
@@ -569,48 +578,48 @@ static void s_accept_tasks(cf_client_t *self, s_list_t *tasks)
 {
     s_item_t *item;
     while ((item = s_list_pop_front(tasks))) {
-        if (++self->next_id == 0)
-            self->next_id = 1;      //  0 means "no task" in ERROR refs
-        item->id = self->next_id;
-        if (cf_idmap_put(self->pending, item->id, item) != CF_OK) {
+        if (++self->own.next_id == 0)
+            self->own.next_id = 1;      //  0 means "no task" in ERROR refs
+        item->id = self->own.next_id;
+        if (cf_idmap_put(self->own.pending, item->id, item) != CF_OK) {
             item->where = S_AT_BROKER;  //  in no list: s_forget unlinks nothing
             s_resolve_error(self, item, "MemoryError", "out of memory in the client", "", 0);
             continue;
         }
-        if (cf_idmap_put(self->by_future, (uint64_t)(uintptr_t)item->task->future, item)
+        if (cf_idmap_put(self->own.by_future, (uint64_t)(uintptr_t)item->task->future, item)
             != CF_OK) {
             item->where = S_AT_BROKER;
             s_resolve_error(self, item, "MemoryError", "out of memory in the client", "", 0);
             continue;
         }
         //  Behind parked tasks while the broker pushes back.
-        if (self->parked.size) {
+        if (self->own.parked.size) {
             item->where = S_AT_PARKED;
-            s_list_push_back(&self->parked, item);
+            s_list_push_back(&self->own.parked, item);
         }
         else {
             item->where = S_AT_OUTBOX;
-            s_list_push_back(&self->outbox, item);
+            s_list_push_back(&self->own.outbox, item);
         }
     }
 }
 
 static void s_handle_cancel(cf_client_t *self, cf_future_t *f)
 {
-    s_item_t *item = cf_idmap_get(self->by_future, (uint64_t)(uintptr_t)f);
+    s_item_t *item = cf_idmap_get(self->own.by_future, (uint64_t)(uintptr_t)f);
     if (!item) {
-        self->answered = true;      //  already resolved: the state says so
+        self->own.answered = true;      //  already resolved: the state says so
         return;
     }
     switch (item->where) {
         case S_AT_OUTBOX:
         case S_AT_PARKED:
             s_resolve_cancelled(self, item);
-            self->answered = true;
+            self->own.answered = true;
             break;
         case S_AT_BROKER:
             if (item->started)
-                self->answered = true;
+                self->own.answered = true;
             else if (!item->cancel_asked)
                 s_queue_cancel_id(self, item);
             break;
@@ -625,50 +634,50 @@ static void s_handle_cancel(cf_client_t *self, cf_future_t *f)
 //  with CF_EAUTH, and the socket stops reconnecting.
 static void s_auth_refused(cf_client_t *self, const char *why)
 {
-    pthread_mutex_lock(&self->mutex);
-    if (self->auth_state == S_AUTH_REFUSED) {
-        pthread_mutex_unlock(&self->mutex);
+    pthread_mutex_lock(&self->shared.mutex);
+    if (self->shared.auth_state == S_AUTH_REFUSED) {
+        pthread_mutex_unlock(&self->shared.mutex);
         return;
     }
-    self->auth_state = S_AUTH_REFUSED;
-    snprintf(self->auth_message, sizeof self->auth_message, "%s", why);
-    pthread_cond_broadcast(&self->auth_cond);
-    s_list_t tasks = self->inbox;
-    self->inbox = (s_list_t){0};
-    pthread_mutex_unlock(&self->mutex);
+    self->shared.auth_state = S_AUTH_REFUSED;
+    snprintf(self->shared.auth_message, sizeof self->shared.auth_message, "%s", why);
+    pthread_cond_broadcast(&self->shared.auth_cond);
+    s_list_t tasks = self->shared.inbox;
+    self->shared.inbox = (s_list_t){0};
+    pthread_mutex_unlock(&self->shared.mutex);
     cf_log_error(S_LOG, "%s", why);
     s_accept_tasks(self, &tasks);
     //  As s_finish_all: the lists first (an item is on one list at most),
     //  then what only the pending map holds.
     s_item_t *item;
-    while ((item = self->outbox.head))
+    while ((item = self->own.outbox.head))
         s_resolve_error(self, item, "AuthError", why, "", 0);
-    while ((item = self->parked.head))
+    while ((item = self->own.parked.head))
         s_resolve_error(self, item, "AuthError", why, "", 0);
     s_list_t rest = {0};
     size_t cursor = 0;
     uint64_t id;
     void *value;
-    while (cf_idmap_next(self->pending, &cursor, &id, &value))
+    while (cf_idmap_next(self->own.pending, &cursor, &id, &value))
         s_list_push_back(&rest, value);
     while ((item = s_list_pop_front(&rest)))
         s_resolve_error(self, item, "AuthError", why, "", 0);
     if (zmq_disconnect(self->socket, self->endpoint) != 0)
         cf_log_debug(S_LOG, "disconnect from %s: %s", self->endpoint, zmq_strerror(errno));
-    self->transport_up = false;
+    self->own.transport_up = false;
     s_update_reach(self);
     s_report(self);
 }
 
 static void s_auth_accepted(cf_client_t *self)
 {
-    self->handshake_drops = 0;
-    pthread_mutex_lock(&self->mutex);
-    if (self->auth_state == S_AUTH_UNKNOWN) {
-        self->auth_state = S_AUTH_OK;
-        pthread_cond_broadcast(&self->auth_cond);
+    self->own.handshake_drops = 0;
+    pthread_mutex_lock(&self->shared.mutex);
+    if (self->shared.auth_state == S_AUTH_UNKNOWN) {
+        self->shared.auth_state = S_AUTH_OK;
+        pthread_cond_broadcast(&self->shared.auth_cond);
     }
-    pthread_mutex_unlock(&self->mutex);
+    pthread_mutex_unlock(&self->shared.mutex);
 }
 
 //  A handshake outcome from the monitor (value: the event's value).
@@ -697,10 +706,10 @@ static void s_on_handshake(cf_client_t *self, uint16_t event, uint32_t value)
     }
     else if (self->curve && (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
                              || event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)) {
-        if (++self->handshake_drops >= S_HANDSHAKE_DROPS_MAX) {
+        if (++self->own.handshake_drops >= S_HANDSHAKE_DROPS_MAX) {
             snprintf(why, sizeof why, "the broker at %s dropped %d CURVE handshakes in a row: "
                      "wrong broker key (curve_broker_key), or the broker cannot authenticate",
-                     self->endpoint, self->handshake_drops);
+                     self->endpoint, self->own.handshake_drops);
             s_auth_refused(self, why);
         }
     }
@@ -709,15 +718,15 @@ static void s_on_handshake(cf_client_t *self, uint16_t event, uint32_t value)
 static void s_cancel_everything_queued(cf_client_t *self)
 {
     s_item_t *item;
-    while ((item = self->outbox.head))
+    while ((item = self->own.outbox.head))
         s_resolve_cancelled(self, item);
-    while ((item = self->parked.head))
+    while ((item = self->own.parked.head))
         s_resolve_cancelled(self, item);
-    self->resend_at_ms = -1;
+    self->own.resend_at_ms = -1;
     size_t cursor = 0;
     uint64_t id;
     void *value;
-    while (cf_idmap_next(self->pending, &cursor, &id, &value)) {
+    while (cf_idmap_next(self->own.pending, &cursor, &id, &value)) {
         item = value;
         if (item->where == S_AT_BROKER && !item->started && !item->cancel_asked)
             s_queue_cancel_id(self, item);
@@ -730,31 +739,31 @@ static void s_cancel_everything_queued(cf_client_t *self)
 //  inbox empty, so the next submission kicks the actor and none is missed.
 static bool s_inbox_has_work(cf_client_t *self)
 {
-    pthread_mutex_lock(&self->mutex);
-    bool work = self->inbox.head || self->cancels_len || self->cancel_all;
+    pthread_mutex_lock(&self->shared.mutex);
+    bool work = self->shared.inbox.head || self->shared.cancels_len || self->shared.cancel_all;
     if (!work)
-        self->signalled = false;
-    pthread_mutex_unlock(&self->mutex);
+        self->shared.signalled = false;
+    pthread_mutex_unlock(&self->shared.mutex);
     return work;
 }
 
 static void s_drain_inbox(cf_client_t *self)
 {
-    pthread_mutex_lock(&self->mutex);
-    s_list_t tasks = self->inbox;
-    self->inbox = (s_list_t){0};
+    pthread_mutex_lock(&self->shared.mutex);
+    s_list_t tasks = self->shared.inbox;
+    self->shared.inbox = (s_list_t){0};
     //  The two cancel arrays swap roles, so neither side allocates in the
     //  steady state.
-    cf_future_t **cancels = self->cancels;
-    size_t cancels_len = self->cancels_len;
-    size_t cancels_cap = self->cancels_cap;
-    self->cancels = self->cancels_spare;
-    self->cancels_cap = self->cancels_spare_cap;
-    self->cancels_len = 0;
-    bool cancel_all = self->cancel_all;
-    self->cancel_all = false;
-    self->cancel_taken = self->cancel_seq;
-    pthread_mutex_unlock(&self->mutex);
+    cf_future_t **cancels = self->shared.cancels;
+    size_t cancels_len = self->shared.cancels_len;
+    size_t cancels_cap = self->shared.cancels_cap;
+    self->shared.cancels = self->own.cancels_spare;
+    self->shared.cancels_cap = self->own.cancels_spare_cap;
+    self->shared.cancels_len = 0;
+    bool cancel_all = self->shared.cancel_all;
+    self->shared.cancel_all = false;
+    self->own.cancel_taken = self->shared.cancel_seq;
+    pthread_mutex_unlock(&self->shared.mutex);
 
     //  Tasks first: a cancel always follows its task's submission.
     s_accept_tasks(self, &tasks);
@@ -763,9 +772,9 @@ static void s_drain_inbox(cf_client_t *self)
         cf_future_release(&cancels[i]);
     }
     if (cancels_len)
-        self->answered = true;      //  cancel_handled moves on in s_report
-    self->cancels_spare = cancels;
-    self->cancels_spare_cap = cancels_cap;
+        self->own.answered = true;      //  cancel_handled moves on in s_report
+    self->own.cancels_spare = cancels;
+    self->own.cancels_spare_cap = cancels_cap;
     if (cancel_all)
         s_cancel_everything_queued(self);
 }
@@ -777,62 +786,62 @@ static void s_drain_inbox(cf_client_t *self)
 //  interval in which we sent nothing else.
 static void s_sent(cf_client_t *self)
 {
-    self->last_sent_ms = cf_clock_now_ms();
-    self->next_heartbeat_ms = self->last_sent_ms + self->send_ivl_ms;
+    self->own.last_sent_ms = cf_clock_now_ms();
+    self->own.next_heartbeat_ms = self->own.last_sent_ms + self->own.send_ivl_ms;
 }
 
 static cf_err_t s_send_heartbeat(cf_client_t *self)
 {
-    cf_proto_enc_begin(self->enc, CF_MSG_HEARTBEAT);
-    cf_proto_enc_heartbeat(self->enc, 0, 0);
-    return cf_proto_enc_send(self->enc, self->socket, NULL, 0);
+    cf_proto_enc_begin(self->own.enc, CF_MSG_HEARTBEAT);
+    cf_proto_enc_heartbeat(self->own.enc, 0, 0);
+    return cf_proto_enc_send(self->own.enc, self->socket, NULL, 0);
 }
 
 static void s_send_cancels(cf_client_t *self)
 {
     size_t sent = 0;
-    while (sent < self->cancel_ids_len && !self->blocked) {
-        size_t n = self->cancel_ids_len - sent;
+    while (sent < self->own.cancel_ids_len && !self->own.blocked) {
+        size_t n = self->own.cancel_ids_len - sent;
         if (n > CF_PROTO_MAX_BATCH)
             n = CF_PROTO_MAX_BATCH;
-        cf_proto_enc_begin(self->enc, CF_MSG_CANCEL);
+        cf_proto_enc_begin(self->own.enc, CF_MSG_CANCEL);
         cf_err_t rc = CF_OK;
         for (size_t i = 0; i < n && rc == CF_OK; i++)
-            rc = cf_proto_enc_id(self->enc, self->cancel_ids[sent + i]);
+            rc = cf_proto_enc_id(self->own.enc, self->own.cancel_ids[sent + i]);
         if (rc == CF_OK)
-            rc = cf_proto_enc_send(self->enc, self->socket, NULL, 0);
+            rc = cf_proto_enc_send(self->own.enc, self->socket, NULL, 0);
         if (rc == CF_OK) {
             sent += n;
             s_sent(self);
         }
         else if (rc == CF_EBUSY)
-            self->blocked = true;
+            self->own.blocked = true;
         else {
             //  Dropped: the cancellers time out and report false.
             cf_log_warn(S_LOG, "cannot send CANCEL: %s", cf_strerror(rc));
             sent += n;
         }
     }
-    memmove(self->cancel_ids, self->cancel_ids + sent,
-            (self->cancel_ids_len - sent) * sizeof *self->cancel_ids);
-    self->cancel_ids_len -= sent;
+    memmove(self->own.cancel_ids, self->own.cancel_ids + sent,
+            (self->own.cancel_ids_len - sent) * sizeof *self->own.cancel_ids);
+    self->own.cancel_ids_len -= sent;
 }
 
 //  Encodes the outbox into SUBMIT messages until it is empty or the socket
 //  is at its high-water mark (then the tasks stay for the next iteration).
 static void s_send_tasks(cf_client_t *self)
 {
-    while (self->outbox.head && !self->blocked) {
-        cf_proto_enc_begin(self->enc, CF_MSG_SUBMIT);
+    while (self->own.outbox.head && !self->own.blocked) {
+        cf_proto_enc_begin(self->own.enc, CF_MSG_SUBMIT);
         size_t count = 0;
-        s_item_t *item = self->outbox.head;
+        s_item_t *item = self->own.outbox.head;
         bool redo = false;
         while (item && count < S_BATCH_TASKS) {
             cf_task_t *task = item->task;
             size_t need = item->function_len + task->args_len + S_TASK_OVERHEAD;
-            if (count > 0 && cf_proto_enc_size(self->enc) + need > S_BATCH_BYTES)
+            if (count > 0 && cf_proto_enc_size(self->own.enc) + need > S_BATCH_BYTES)
                 break;
-            cf_err_t rc = cf_proto_enc_task(self->enc, item->id, task->function,
+            cf_err_t rc = cf_proto_enc_task(self->own.enc, item->id, task->function,
                                             item->function_len, task->args, task->args_len,
                                             task->retries, task->timeout_ms, task->flags);
             if (rc != CF_OK) {
@@ -850,20 +859,20 @@ static void s_send_tasks(cf_client_t *self)
         }
         if (redo)
             continue;
-        cf_err_t rc = cf_proto_enc_send(self->enc, self->socket, NULL, 0);
+        cf_err_t rc = cf_proto_enc_send(self->own.enc, self->socket, NULL, 0);
         if (rc == CF_EBUSY) {
-            self->blocked = true;
+            self->own.blocked = true;
             break;
         }
         if (rc != CF_OK) {
             //  ETERM and the like: the loop ends at the next poll; keep the
             //  tasks so they are resolved at the end.
             cf_log_warn(S_LOG, "cannot send SUBMIT: %s", cf_strerror(rc));
-            self->blocked = true;
+            self->own.blocked = true;
             break;
         }
         for (size_t i = 0; i < count; i++) {
-            item = s_list_pop_front(&self->outbox);
+            item = s_list_pop_front(&self->own.outbox);
             item->where = S_AT_BROKER;
         }
         s_sent(self);
@@ -883,14 +892,14 @@ static void s_kick(cf_client_t *self)
         return;
     }
     bool wake = true;
-    if (cf_idmap_size(self->pending) == 0) {
+    if (cf_idmap_size(self->own.pending) == 0) {
         s_drain_inbox(self);
-        if (!self->terminated) {
+        if (!self->own.terminated) {
             s_send_tasks(self);
             //  s_inbox_has_work also re-arms "signalled" for the next
             //  submission when nothing new came meanwhile.
-            wake = self->outbox.head || self->blocked || self->cancel_ids_len
-                   || self->resolved || self->answered || self->reach_changed
+            wake = self->own.outbox.head || self->own.blocked || self->own.cancel_ids_len
+                   || self->own.resolved || self->own.answered || self->own.reach_changed
                    || s_inbox_has_work(self) || (cf_proto_events(self->socket) & ZMQ_POLLIN);
         }
     }
@@ -902,15 +911,15 @@ static void s_kick(cf_client_t *self)
 
 static void s_contact(cf_client_t *self, int64_t now)
 {
-    self->last_heard_ms = now;
-    if (!self->connected) {
+    self->own.last_heard_ms = now;
+    if (!self->own.connected) {
         cf_log_debug(S_LOG, "broker at %s answers", self->endpoint);
-        self->connected = true;
-        self->heard_once = true;
+        self->own.connected = true;
+        self->own.heard_once = true;
         s_update_reach(self);
     }
-    if (self->resend_on_contact) {
-        self->resend_on_contact = false;
+    if (self->own.resend_on_contact) {
+        self->own.resend_on_contact = false;
         s_resend_all(self, "broker back after silence");
     }
 }
@@ -919,9 +928,9 @@ static void s_on_result(cf_client_t *self, cf_proto_msg_t *msg, int64_t now)
 {
     for (size_t i = 0; i < msg->count; i++) {
         cf_proto_result_t *r = &msg->results[i];
-        s_item_t *item = cf_idmap_get(self->pending, r->id);
+        s_item_t *item = cf_idmap_get(self->own.pending, r->id);
         if (!item) {
-            self->stale++;          //  resolved already (a resend's twin)
+            self->own.stale++;          //  resolved already (a resend's twin)
             continue;
         }
         //  A result for a task we are resending (its first copy came
@@ -933,27 +942,27 @@ static void s_on_result(cf_client_t *self, cf_proto_msg_t *msg, int64_t now)
                 s_forget(self, item);
                 cf_future_set_result(f, r->value, r->value_len);
                 cf_future_release(&f);
-                self->freed++;
+                self->own.freed++;
                 break;
             }
             case CF_STATUS_ERROR:
-                s_copy_text(self->err_type, r->error.type);
-                s_copy_text(self->err_message, r->error.message);
-                s_copy_text(self->err_host, r->error.host);
-                s_resolve_error(self, item, self->err_type, self->err_message,
-                                self->err_host, r->error.pid);
-                self->freed++;
+                s_copy_text(self->own.err_type, r->error.type);
+                s_copy_text(self->own.err_message, r->error.message);
+                s_copy_text(self->own.err_host, r->error.host);
+                s_resolve_error(self, item, self->own.err_type, self->own.err_message,
+                                self->own.err_host, r->error.pid);
+                self->own.freed++;
                 break;
             case CF_STATUS_CANCELLED:
                 s_resolve_cancelled(self, item);
-                self->freed++;
+                self->own.freed++;
                 break;
             case CF_STATUS_BUSY:
                 if (item->where == S_AT_BROKER)
                     s_park(self, item, now);
                 break;
             default:
-                self->malformed++;
+                self->own.malformed++;
                 break;
         }
     }
@@ -962,62 +971,62 @@ static void s_on_result(cf_client_t *self, cf_proto_msg_t *msg, int64_t now)
 static void s_on_started(cf_client_t *self, cf_proto_msg_t *msg)
 {
     for (size_t i = 0; i < msg->count; i++) {
-        s_item_t *item = cf_idmap_get(self->pending, msg->ids[i]);
+        s_item_t *item = cf_idmap_get(self->own.pending, msg->ids[i]);
         if (!item || item->started)
             continue;
         item->started = true;
         cf_future_set_running(item->task->future);
         if (item->cancel_asked)
-            self->answered = true;
+            self->own.answered = true;
     }
 }
 
 static void s_on_heartbeat(cf_client_t *self, cf_proto_msg_t *msg)
 {
     if (msg->ivl_ms && msg->ivl_ms <= INT32_MAX) {
-        self->broker_ivl_ms = msg->ivl_ms;
+        self->own.broker_ivl_ms = msg->ivl_ms;
         //  The broker expires peers silent for liveness of ITS intervals:
         //  speak at least that often.
         int ivl = (int)msg->ivl_ms < self->ivl_ms ? (int)msg->ivl_ms : self->ivl_ms;
-        if (ivl != self->send_ivl_ms) {
-            self->send_ivl_ms = ivl;
+        if (ivl != self->own.send_ivl_ms) {
+            self->own.send_ivl_ms = ivl;
             int64_t now = cf_clock_now_ms();
-            if (self->next_heartbeat_ms > now + ivl)
-                self->next_heartbeat_ms = now + ivl;
+            if (self->own.next_heartbeat_ms > now + ivl)
+                self->own.next_heartbeat_ms = now + ivl;
         }
     }
     if (msg->boot == 0)
         return;
-    if (self->boot != 0 && msg->boot != self->boot) {
+    if (self->own.boot != 0 && msg->boot != self->own.boot) {
         cf_log_warn(S_LOG, "broker at %s restarted", self->endpoint);
         s_resend_all(self, "broker restarted");
     }
-    self->boot = msg->boot;
+    self->own.boot = msg->boot;
 }
 
 static void s_on_error(cf_client_t *self, cf_proto_msg_t *msg)
 {
-    s_copy_text(self->err_message, msg->text);
-    if (msg->ref == 0 && strcmp(self->err_message, CF_PROTO_UNKNOWN_CLIENT) == 0) {
+    s_copy_text(self->own.err_message, msg->text);
+    if (msg->ref == 0 && strcmp(self->own.err_message, CF_PROTO_UNKNOWN_CLIENT) == 0) {
         //  It lost our tasks (or never had them): give them again.
         s_resend_all(self, "broker does not know us");
         return;
     }
-    if (msg->ref == 0 && (strcmp(self->err_message, CF_PROTO_KEY_REVOKED) == 0
-                          || strcmp(self->err_message, CF_PROTO_NOT_ALLOWED) == 0)) {
+    if (msg->ref == 0 && (strcmp(self->own.err_message, CF_PROTO_KEY_REVOKED) == 0
+                          || strcmp(self->own.err_message, CF_PROTO_NOT_ALLOWED) == 0)) {
         //  No retry can help: every task fails, as at a refused handshake.
-        char why[sizeof self->err_message + 64];
+        char why[sizeof self->own.err_message + 64];
         snprintf(why, sizeof why, "the broker at %s refused this client: %s", self->endpoint,
-                 self->err_message);
+                 self->own.err_message);
         s_auth_refused(self, why);
         return;
     }
-    s_item_t *item = msg->ref ? cf_idmap_get(self->pending, msg->ref) : NULL;
+    s_item_t *item = msg->ref ? cf_idmap_get(self->own.pending, msg->ref) : NULL;
     if (item) {
-        s_resolve_error(self, item, "ProtocolError", self->err_message, "", 0);
+        s_resolve_error(self, item, "ProtocolError", self->own.err_message, "", 0);
         return;
     }
-    cf_log_warn(S_LOG, "broker refused a message: %s", self->err_message);
+    cf_log_warn(S_LOG, "broker refused a message: %s", self->own.err_message);
 }
 
 static void s_recv(cf_client_t *self)
@@ -1029,7 +1038,7 @@ static void s_recv(cf_client_t *self)
         if (rc == CF_ETIMEDOUT)
             break;
         if (rc == CF_EPROTO) {
-            self->malformed++;
+            self->own.malformed++;
             cf_log_debug(S_LOG, "malformed message from the broker dropped");
             continue;
         }
@@ -1058,7 +1067,7 @@ static void s_recv(cf_client_t *self)
             case CF_MSG_STATS:
                 break;              //  we never ask; harmless
             default:
-                self->malformed++;
+                self->own.malformed++;
                 cf_log_debug(S_LOG, "unexpected %s from the broker dropped",
                              cf_proto_command_name(msg->type));
                 break;
@@ -1097,21 +1106,21 @@ static void s_on_monitor(cf_client_t *self)
             zmq_msg_close(&frame);
         }
         if (event == ZMQ_EVENT_CONNECTED) {
-            self->transport_up = true;
+            self->own.transport_up = true;
             s_update_reach(self);
-            if (self->ever_connected) {
+            if (self->own.ever_connected) {
                 cf_log_info(S_LOG, "reconnected to %s", self->endpoint);
-                self->boot = 0;
+                self->own.boot = 0;
                 //  The SUBMIT of the resent tasks introduces us again.
                 s_resend_all(self, "reconnected");
             }
-            self->ever_connected = true;
+            self->own.ever_connected = true;
         }
         else if (event == ZMQ_EVENT_DISCONNECTED) {
-            self->transport_up = false;
+            self->own.transport_up = false;
             s_lost(self, "disconnected");
         }
-        else if (self->auth_state != S_AUTH_REFUSED)
+        else if (self->shared.auth_state != S_AUTH_REFUSED)
             s_on_handshake(self, event, value);
     }
 }
@@ -1122,8 +1131,8 @@ static void s_on_monitor(cf_client_t *self)
 static int64_t s_dead_after_ms(cf_client_t *self)
 {
     int64_t ivl = self->ivl_ms;
-    if ((int64_t)self->broker_ivl_ms > ivl)
-        ivl = self->broker_ivl_ms;
+    if ((int64_t)self->own.broker_ivl_ms > ivl)
+        ivl = self->own.broker_ivl_ms;
     return ivl * self->liveness;
 }
 
@@ -1131,7 +1140,7 @@ static int64_t s_dead_after_ms(cf_client_t *self)
 //  (liveness is not announced; ours is assumed).
 static int64_t s_broker_expiry_ms(cf_client_t *self)
 {
-    int64_t ivl = self->broker_ivl_ms ? (int64_t)self->broker_ivl_ms : self->ivl_ms;
+    int64_t ivl = self->own.broker_ivl_ms ? (int64_t)self->own.broker_ivl_ms : self->ivl_ms;
     return ivl * self->liveness;
 }
 
@@ -1141,52 +1150,52 @@ static void s_run_timers(cf_client_t *self)
     //  Heartbeats keep our gaps near one interval; a gap past the broker's
     //  expiry means this thread stalled (a long callback, a stopped
     //  process, a starved machine) and the broker may have dropped us.
-    if (self->last_sent_ms && self->transport_up
-        && now - self->last_sent_ms > s_broker_expiry_ms(self)) {
+    if (self->own.last_sent_ms && self->own.transport_up
+        && now - self->own.last_sent_ms > s_broker_expiry_ms(self)) {
         s_resend_all(self, "we were silent");
-        self->last_sent_ms = now;
+        self->own.last_sent_ms = now;
     }
-    if (now >= self->next_heartbeat_ms) {
+    if (now >= self->own.next_heartbeat_ms) {
         //  Not while disconnected: zmq would queue them, and delivered ahead
         //  of the resent tasks after a reconnect each would draw an "unknown
         //  client" answer and a second, useless resend.
-        if (self->transport_up) {
+        if (self->own.transport_up) {
             cf_err_t rc = s_send_heartbeat(self);
             if (rc == CF_OK)
                 s_sent(self);
             else if (rc != CF_EBUSY)
                 cf_log_debug(S_LOG, "heartbeat not sent: %s", cf_strerror(rc));
         }
-        self->next_heartbeat_ms = now + self->send_ivl_ms;
+        self->own.next_heartbeat_ms = now + self->own.send_ivl_ms;
     }
-    if (self->connected && now - self->last_heard_ms > s_dead_after_ms(self))
+    if (self->own.connected && now - self->own.last_heard_ms > s_dead_after_ms(self))
         s_lost(self, "silent");
-    if (self->resend_at_ms >= 0 && now >= self->resend_at_ms) {
-        if (self->freed == 0)
-            self->backoff_ms = self->backoff_ms * 2 > S_BACKOFF_MAX_MS
-                             ? S_BACKOFF_MAX_MS : self->backoff_ms * 2;
+    if (self->own.resend_at_ms >= 0 && now >= self->own.resend_at_ms) {
+        if (self->own.freed == 0)
+            self->own.backoff_ms = self->own.backoff_ms * 2 > S_BACKOFF_MAX_MS
+                             ? S_BACKOFF_MAX_MS : self->own.backoff_ms * 2;
         else
-            self->backoff_ms = S_BACKOFF_MIN_MS;
-        size_t n = self->freed * 2 > S_RESEND_MIN ? self->freed * 2 : S_RESEND_MIN;
-        self->freed = 0;
+            self->own.backoff_ms = S_BACKOFF_MIN_MS;
+        size_t n = self->own.freed * 2 > S_RESEND_MIN ? self->own.freed * 2 : S_RESEND_MIN;
+        self->own.freed = 0;
         s_list_t round = {0};
         s_item_t *item;
-        while (n-- > 0 && (item = s_list_pop_front(&self->parked))) {
+        while (n-- > 0 && (item = s_list_pop_front(&self->own.parked))) {
             item->where = S_AT_OUTBOX;
             s_list_push_back(&round, item);
         }
-        s_list_prepend(&self->outbox, &round);
-        self->resend_at_ms = self->parked.size ? now + self->backoff_ms : -1;
+        s_list_prepend(&self->own.outbox, &round);
+        self->own.resend_at_ms = self->own.parked.size ? now + self->own.backoff_ms : -1;
     }
 }
 
 static int s_poll_timeout(cf_client_t *self)
 {
-    int64_t next = self->next_heartbeat_ms;
-    if (self->connected && self->last_heard_ms + s_dead_after_ms(self) + 1 < next)
-        next = self->last_heard_ms + s_dead_after_ms(self) + 1;
-    if (self->resend_at_ms >= 0 && self->resend_at_ms < next)
-        next = self->resend_at_ms;
+    int64_t next = self->own.next_heartbeat_ms;
+    if (self->own.connected && self->own.last_heard_ms + s_dead_after_ms(self) + 1 < next)
+        next = self->own.last_heard_ms + s_dead_after_ms(self) + 1;
+    if (self->own.resend_at_ms >= 0 && self->own.resend_at_ms < next)
+        next = self->own.resend_at_ms;
     return cf_clock_ms_until(next);
 }
 
@@ -1194,23 +1203,23 @@ static int s_poll_timeout(cf_client_t *self)
 //  started are cancelled, running ones fail, so no future hangs.
 static void s_finish_all(cf_client_t *self)
 {
-    pthread_mutex_lock(&self->mutex);
-    self->closed = true;
-    s_list_t tasks = self->inbox;
-    self->inbox = (s_list_t){0};
-    pthread_mutex_unlock(&self->mutex);
+    pthread_mutex_lock(&self->shared.mutex);
+    self->shared.closed = true;
+    s_list_t tasks = self->shared.inbox;
+    self->shared.inbox = (s_list_t){0};
+    pthread_mutex_unlock(&self->shared.mutex);
     s_accept_tasks(self, &tasks);
 
     s_item_t *item;
-    while ((item = self->outbox.head))
+    while ((item = self->own.outbox.head))
         s_resolve_cancelled(self, item);
-    while ((item = self->parked.head))
+    while ((item = self->own.parked.head))
         s_resolve_cancelled(self, item);
     s_list_t rest = {0};
     size_t cursor = 0;
     uint64_t id;
     void *value;
-    while (cf_idmap_next(self->pending, &cursor, &id, &value))
+    while (cf_idmap_next(self->own.pending, &cursor, &id, &value))
         s_list_push_back(&rest, value);
     while ((item = s_list_pop_front(&rest))) {
         if (item->started)
@@ -1228,7 +1237,7 @@ static void s_read_pipe(cf_client_t *self)
     cf_actor_msg_t *msg;
     while ((msg = cf_actor_recv(self->actor))) {
         if (cf_actor_msg_is(msg, "$TERM"))
-            self->term_asked = true;
+            self->own.term_asked = true;
         cf_actor_reply(self->actor, &msg, NULL, 0);
     }
 }
@@ -1238,11 +1247,11 @@ static void s_actor(cf_actor_t *actor, void *arg)
     cf_client_t *self = arg;
     self->actor = actor;
     int64_t now = cf_clock_now_ms();
-    self->last_heard_ms = now;
+    self->own.last_heard_ms = now;
     //  No hello: the broker knows a client from its first SUBMIT and
     //  answers anything before that with "unknown client", which would
     //  make us resubmit a burst that raced the answer.
-    self->next_heartbeat_ms = now + self->send_ivl_ms;
+    self->own.next_heartbeat_ms = now + self->own.send_ivl_ms;
     //  Both sockets are polled through their ZMQ_FD as plain descriptors
     //  (see the design note); for the monitor that also spares the two
     //  ZMQ_EVENTS checks (a getpid and a poll each) zmq_poll made on every
@@ -1270,10 +1279,10 @@ static void s_actor(cf_actor_t *actor, void *arg)
 
     cf_actor_serve(actor, self);
     cf_actor_ready(actor, CF_OK, NULL);
-    while (!self->terminated) {
+    while (!self->own.terminated) {
         bool work = s_inbox_has_work(self);
         int events = cf_proto_events(self->socket);
-        bool ready = work || (events & ZMQ_POLLIN) || (self->blocked && (events & ZMQ_POLLOUT));
+        bool ready = work || (events & ZMQ_POLLIN) || (self->own.blocked && (events & ZMQ_POLLOUT));
         int timeout = ready ? 0 : s_poll_timeout(self);
         struct pollfd fds[2] = {
             { socket_fd, POLLIN, 0 },
@@ -1292,8 +1301,8 @@ static void s_actor(cf_actor_t *actor, void *arg)
             //  Whatever was submitted before destroy closed the inbox is
             //  taken first, so s_finish_all resolves it.
             s_drain_inbox(self);
-            if (self->term_asked) {
-                self->terminated = true;
+            if (self->own.term_asked) {
+                self->own.terminated = true;
                 break;
             }
         }
@@ -1301,11 +1310,11 @@ static void s_actor(cf_actor_t *actor, void *arg)
         if (events & ZMQ_POLLIN)
             s_recv(self);
         if (events & ZMQ_POLLOUT)
-            self->blocked = false;
+            self->own.blocked = false;
         if (monitor_fd >= 0 && (fds[1].revents & POLLIN))
             s_on_monitor(self);
         s_run_timers(self);
-        if (self->cancel_ids_len)
+        if (self->own.cancel_ids_len)
             s_send_cancels(self);
         s_send_tasks(self);
         s_report(self);
@@ -1315,9 +1324,9 @@ static void s_actor(cf_actor_t *actor, void *arg)
     //  Tell the broker to drop what it still queues for us. Best effort:
     //  at the high-water mark it is lost and the broker's heartbeats find
     //  out instead.
-    cf_proto_enc_begin(self->enc, CF_MSG_DISCONNECT);
-    cf_proto_enc_text(self->enc, "client closed", 0);
-    cf_proto_enc_send(self->enc, self->socket, NULL, 0);
+    cf_proto_enc_begin(self->own.enc, CF_MSG_DISCONNECT);
+    cf_proto_enc_text(self->own.enc, "client closed", 0);
+    cf_proto_enc_send(self->own.enc, self->socket, NULL, 0);
     if (self->monitor) {
         zmq_socket_monitor(self->socket, NULL, 0);
         zmq_close(self->monitor);
@@ -1338,17 +1347,17 @@ static void s_free(cf_client_t *self)
         zmq_close(self->socket);
     if (self->own_ctx && self->ctx)
         zmq_ctx_term(self->ctx);
-    cf_proto_enc_destroy(&self->enc);
-    cf_idmap_destroy(&self->pending);
-    cf_idmap_destroy(&self->by_future);
-    free(self->cancels);
-    free(self->cancels_spare);
-    free(self->cancel_ids);
+    cf_proto_enc_destroy(&self->own.enc);
+    cf_idmap_destroy(&self->own.pending);
+    cf_idmap_destroy(&self->own.by_future);
+    free(self->shared.cancels);
+    free(self->own.cancels_spare);
+    free(self->own.cancel_ids);
     free(self->endpoint);
-    pthread_cond_destroy(&self->idle_cond);
-    pthread_cond_destroy(&self->cancel_cond);
-    pthread_cond_destroy(&self->auth_cond);
-    pthread_mutex_destroy(&self->mutex);
+    pthread_cond_destroy(&self->shared.idle_cond);
+    pthread_cond_destroy(&self->shared.cancel_cond);
+    pthread_cond_destroy(&self->shared.auth_cond);
+    pthread_mutex_destroy(&self->shared.mutex);
     free(self);
 }
 
@@ -1392,13 +1401,13 @@ static cf_err_t s_await_handshake(cf_client_t *self)
         deadline.tv_sec++;
         deadline.tv_nsec -= 1000000000L;
     }
-    pthread_mutex_lock(&self->mutex);
-    while (self->auth_state == S_AUTH_UNKNOWN) {
-        if (pthread_cond_timedwait(&self->auth_cond, &self->mutex, &deadline) == ETIMEDOUT)
+    pthread_mutex_lock(&self->shared.mutex);
+    while (self->shared.auth_state == S_AUTH_UNKNOWN) {
+        if (pthread_cond_timedwait(&self->shared.auth_cond, &self->shared.mutex, &deadline) == ETIMEDOUT)
             break;
     }
-    int state = self->auth_state;
-    pthread_mutex_unlock(&self->mutex);
+    int state = self->shared.auth_state;
+    pthread_mutex_unlock(&self->shared.mutex);
     return state == S_AUTH_REFUSED ? CF_EAUTH : CF_OK;
 }
 
@@ -1415,23 +1424,23 @@ void *cf_client_new(const cf_client_config_t *config)
         cf_error_set(CF_ENOMEM, "out of memory");
         return NULL;
     }
-    pthread_mutex_init(&self->mutex, NULL);
-    cf_clock_cond_init(&self->idle_cond);
-    cf_clock_cond_init(&self->cancel_cond);
-    cf_clock_cond_init(&self->auth_cond);
+    pthread_mutex_init(&self->shared.mutex, NULL);
+    cf_clock_cond_init(&self->shared.idle_cond);
+    cf_clock_cond_init(&self->shared.cancel_cond);
+    cf_clock_cond_init(&self->shared.auth_cond);
 
     self->ivl_ms = config->heartbeat_ivl_ms > 0 ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
     self->liveness = config->heartbeat_liveness > 0 ? config->heartbeat_liveness
                                                      : CF_HEARTBEAT_LIVENESS;
-    self->send_ivl_ms = self->ivl_ms;
-    self->backoff_ms = S_BACKOFF_MIN_MS;
-    self->resend_at_ms = -1;
-    self->next_id = cf_random_u64();
+    self->own.send_ivl_ms = self->ivl_ms;
+    self->own.backoff_ms = S_BACKOFF_MIN_MS;
+    self->own.resend_at_ms = -1;
+    self->own.next_id = cf_random_u64();
     self->endpoint = strdup(config->endpoint);
-    self->enc = cf_proto_enc_new();
-    self->pending = cf_idmap_new(1024);
-    self->by_future = cf_idmap_new(1024);
-    if (!self->endpoint || !self->enc || !self->pending || !self->by_future) {
+    self->own.enc = cf_proto_enc_new();
+    self->own.pending = cf_idmap_new(1024);
+    self->own.by_future = cf_idmap_new(1024);
+    if (!self->endpoint || !self->own.enc || !self->own.pending || !self->own.by_future) {
         cf_error_set(CF_ENOMEM, "out of memory");
         s_free(self);
         return NULL;
@@ -1464,14 +1473,14 @@ void *cf_client_new(const cf_client_config_t *config)
         return NULL;
     }
     //  inproc peers never reconnect: no monitor needed there.
-    self->transport_up = true;
+    self->own.transport_up = true;
     if (strncmp(config->endpoint, "inproc://", 9) != 0) {
-        self->transport_up = false;     //  until the monitor says connected
-        self->unreachable = true;
-        self->broker_unreachable = true;
+        self->own.transport_up = false;     //  until the monitor says connected
+        self->own.unreachable = true;
+        self->shared.broker_unreachable = true;
         char name[96];
         snprintf(name, sizeof name, "inproc://cf-client-monitor-%p-%016" PRIx64,
-                 (void *)self, self->next_id);
+                 (void *)self, self->own.next_id);
         //  Handshake outcomes tell a refused key (or a missing one) from a
         //  broker that is not up yet, which ZeroMQ itself never reports.
         int events = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED
@@ -1509,8 +1518,8 @@ void *cf_client_new(const cf_client_config_t *config)
         return NULL;
     }
     if (self->curve && self->monitor && s_await_handshake(self) != CF_OK) {
-        char why[sizeof self->auth_message];
-        memcpy(why, self->auth_message, sizeof why);
+        char why[sizeof self->shared.auth_message];
+        memcpy(why, self->shared.auth_message, sizeof why);
         void *backend = self;
         s_destroy(&backend);
         cf_error_set(CF_EAUTH, "%s", why);
@@ -1526,27 +1535,27 @@ static void s_destroy(void **backend_p)
     cf_client_t *self = *backend_p;
     *backend_p = NULL;
 
-    pthread_mutex_lock(&self->mutex);
-    self->closed = true;
-    self->stopping = true;
-    pthread_cond_broadcast(&self->cancel_cond);
-    pthread_mutex_unlock(&self->mutex);
+    pthread_mutex_lock(&self->shared.mutex);
+    self->shared.closed = true;
+    self->shared.stopping = true;
+    pthread_cond_broadcast(&self->shared.cancel_cond);
+    pthread_mutex_unlock(&self->shared.mutex);
     //  $TERM: the actor takes what the inbox still holds, resolves every
     //  future and leaves.
     cf_actor_destroy(&self->actor);
 
     //  Cancellers still inside s_cancel hold self: let them leave first.
-    pthread_mutex_lock(&self->mutex);
-    while (self->cancel_waiters > 0)
-        pthread_cond_wait(&self->cancel_cond, &self->mutex);
-    pthread_mutex_unlock(&self->mutex);
+    pthread_mutex_lock(&self->shared.mutex);
+    while (self->shared.cancel_waiters > 0)
+        pthread_cond_wait(&self->shared.cancel_cond, &self->shared.mutex);
+    pthread_mutex_unlock(&self->shared.mutex);
     //  Cancel requests that arrived after the actor's last drain.
-    for (size_t i = 0; i < self->cancels_len; i++)
-        cf_future_release(&self->cancels[i]);
-    self->cancels_len = 0;
-    if (self->malformed || self->stale)
+    for (size_t i = 0; i < self->shared.cancels_len; i++)
+        cf_future_release(&self->shared.cancels[i]);
+    self->shared.cancels_len = 0;
+    if (self->own.malformed || self->own.stale)
         cf_log_debug(S_LOG, "closed: %" PRIu64 " malformed replies, %" PRIu64 " stale results",
-                     self->malformed, self->stale);
+                     self->own.malformed, self->own.stale);
     s_free(self);
 }
 
