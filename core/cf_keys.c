@@ -473,8 +473,11 @@ cf_err_t cf_keys_monitor_read(void *monitor, int *value)
     zmq_msg_close(&frame);
     if (value)
         *value = (int)event_value;
-    if (!ok)
-        return CF_EPROTO;
+    return ok ? cf_keys_event_code(event) : CF_EPROTO;
+}
+
+cf_err_t cf_keys_event_code(uint16_t event)
+{
     switch (event) {
     case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
         return CF_OK;
@@ -487,6 +490,46 @@ cf_err_t cf_keys_monitor_read(void *monitor, int *value)
     default:
         return CF_ESTOP;
     }
+}
+
+//  One side uses CURVE and the other not: ZMTP says so directly, or the
+//  server's ZAP handler finds no CURVE credentials to judge.
+static bool s_mechanism_mismatch(int value)
+{
+    return value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+        || (value >= ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED
+            && value <= ZMQ_PROTOCOL_ERROR_ZAP_INVALID_METADATA);
+}
+
+int cf_keys_judge(cf_keys_judge_t *judge, cf_err_t code, int value, char *why, size_t size)
+{
+    if (code == CF_OK) {
+        judge->drops = 0;
+        return 1;
+    }
+    if (code == CF_EAUTH) {
+        snprintf(why, size, "the broker at %s refused this %s's key %s (not on its %s list)",
+                 judge->endpoint, judge->who, judge->curve ? judge->key_fp : "(none)",
+                 judge->who);
+        return -1;
+    }
+    if (code == CF_EPROTO && s_mechanism_mismatch(value)) {
+        if (judge->curve)
+            snprintf(why, size, "the broker at %s does not use CURVE, this %s does (drop %s, "
+                     "or fix the broker)", judge->endpoint, judge->who, judge->key_options);
+        else
+            snprintf(why, size, "the broker at %s requires CURVE: give %s", judge->endpoint,
+                     judge->key_options);
+        return -1;
+    }
+    if (judge->curve && (code == CF_ESYS || code == CF_EPROTO)
+        && ++judge->drops >= CF_KEYS_HANDSHAKE_DROPS_MAX) {
+        snprintf(why, size, "the broker at %s dropped %d CURVE handshakes in a row: wrong "
+                 "broker key (%s), or the broker cannot authenticate %ss", judge->endpoint,
+                 judge->drops, judge->key_options, judge->who);
+        return -1;
+    }
+    return 0;
 }
 
 void cf_keys_monitor_close(void *socket, void **monitor)

@@ -138,4 +138,31 @@ cf_err_t cf_keys_monitor_read(void *monitor, int *value);
 //  Stops the monitor on socket and closes the PAIR. Safe with NULL and twice.
 void cf_keys_monitor_close(void *socket, void **monitor);
 
+//  The code cf_keys_monitor_read returns for a raw ZMQ_EVENT_*, for a
+//  caller that reads its monitor itself (it watches other events too).
+cf_err_t cf_keys_event_code(uint16_t event);
+
+//  CURVE handshakes dropped without a word, in a row, before a peer calls
+//  its key refused: a wrong broker key (or a broker without its
+//  authentication handler) looks like that every time; a broker going away
+//  at the wrong moment, once (docs/security.md, "Noticing a refused key").
+#define CF_KEYS_HANDSHAKE_DROPS_MAX 3
+
+//  What a client or a worker makes of its handshakes: the one place that
+//  decides when a broker refused it for good, and says so.
+typedef struct {
+    bool curve;                 //  this side uses CURVE
+    const char *who;            //  "client", "worker": for the message
+    const char *endpoint;       //  the broker's, for the message
+    const char *key_fp;         //  our key's fingerprint; NULL without CURVE
+    const char *key_options;    //  how users give keys ("--broker-key and --key")
+    int drops;                  //  CURVE handshakes dropped since the last success
+} cf_keys_judge_t;
+
+//  Judges one handshake outcome (code and value as cf_keys_monitor_read
+//  gives them). Returns 1 when the broker accepted us, -1 when it refused
+//  us for good (why, size bytes, says why and what to do), 0 when nothing
+//  is decided (other events, or a drop that may be chance).
+int cf_keys_judge(cf_keys_judge_t *judge, cf_err_t code, int value, char *why, size_t size);
+
 #endif

@@ -424,6 +424,48 @@ static void test_apply_server_and_client_set_curve(void **state)
     zmq_ctx_term(ctx);
 }
 
+static void test_judge_refuses_for_good_only_what_cannot_succeed(void **state)
+{
+    (void)state;
+    char why[256];
+    cf_keys_judge_t judge = {
+        .curve = true,
+        .who = "worker",
+        .endpoint = "tcp://127.0.0.1:5556",
+        .key_fp = "AbCdEfGh",
+        .key_options = "--broker-key and --key",
+    };
+    assert_int_equal(cf_keys_judge(&judge, CF_OK, 0, why, sizeof why), 1);
+    //  A ZAP refusal is final.
+    assert_int_equal(cf_keys_judge(&judge, CF_EAUTH, 400, why, sizeof why), -1);
+    assert_string_equal(why, "the broker at tcp://127.0.0.1:5556 refused this worker's key "
+                             "AbCdEfGh (not on its worker list)");
+    //  Drops: only a run of them, and a success in between starts again.
+    for (int i = 1; i < CF_KEYS_HANDSHAKE_DROPS_MAX; i++)
+        assert_int_equal(cf_keys_judge(&judge, CF_ESYS, 104, why, sizeof why), 0);
+    assert_int_equal(cf_keys_judge(&judge, CF_OK, 0, why, sizeof why), 1);
+    for (int i = 1; i < CF_KEYS_HANDSHAKE_DROPS_MAX; i++)
+        assert_int_equal(cf_keys_judge(&judge, CF_EPROTO, 0, why, sizeof why), 0);
+    assert_int_equal(cf_keys_judge(&judge, CF_ESYS, 104, why, sizeof why), -1);
+    assert_non_null(strstr(why, "dropped 3 CURVE handshakes in a row"));
+    //  Connections closing say nothing.
+    assert_int_equal(cf_keys_judge(&judge, CF_ESTOP, 0, why, sizeof why), 0);
+    //  A mechanism mismatch, seen from either side.
+    assert_int_equal(cf_keys_judge(&judge, CF_EPROTO,
+                                   ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH, why, sizeof why),
+                     -1);
+    assert_non_null(strstr(why, "does not use CURVE, this worker does"));
+    cf_keys_judge_t plain = { .who = "client", .endpoint = "tcp://h:1",
+                              .key_options = "curve_broker_key and curve_key" };
+    assert_int_equal(cf_keys_judge(&plain, CF_EPROTO, ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED, why,
+                                   sizeof why), -1);
+    assert_string_equal(why, "the broker at tcp://h:1 requires CURVE: give curve_broker_key "
+                             "and curve_key");
+    //  Without CURVE a drop is only a broker going away.
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(cf_keys_judge(&plain, CF_ESYS, 104, why, sizeof why), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -440,6 +482,7 @@ int main(void)
         cmocka_unit_test(test_read_rejects_malformed_files),
         cmocka_unit_test(test_read_rejects_missing_huge_and_non_regular_files),
         cmocka_unit_test(test_apply_server_and_client_set_curve),
+        cmocka_unit_test(test_judge_refuses_for_good_only_what_cannot_succeed),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

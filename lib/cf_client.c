@@ -69,11 +69,6 @@
 #include <zmq.h>
 
 #define S_LOG "client"
-//  CURVE handshakes dropped by the broker without a word, in a row, before
-//  we call the key refused: a wrong broker key (or a broker without its
-//  authentication handler) looks like that every time; a broker going away
-//  at the wrong moment, once (docs/security.md, "Noticing a refused key").
-#define S_HANDSHAKE_DROPS_MAX 3
 
 enum { S_AUTH_UNKNOWN, S_AUTH_OK, S_AUTH_REFUSED };
 
@@ -164,7 +159,7 @@ typedef struct {
     bool ever_connected;            //  the transport came up once
     bool transport_up;              //  connected in zmq's sense (monitor)
     bool heard_once;                //  the broker has spoken to us
-    int handshake_drops;            //  CURVE handshakes dropped since the last success
+    cf_keys_judge_t judge;          //  what the handshakes said of our key
     bool resend_on_contact;         //  we found it silent: it may have dropped us
     int64_t last_sent_ms;           //  our last message (0: none yet)
     bool unreachable;               //  published as broker_unreachable
@@ -671,7 +666,6 @@ static void s_auth_refused(cf_client_t *self, const char *why)
 
 static void s_auth_accepted(cf_client_t *self)
 {
-    self->own.handshake_drops = 0;
     pthread_mutex_lock(&self->shared.mutex);
     if (self->shared.auth_state == S_AUTH_UNKNOWN) {
         self->shared.auth_state = S_AUTH_OK;
@@ -684,35 +678,12 @@ static void s_auth_accepted(cf_client_t *self)
 static void s_on_handshake(cf_client_t *self, uint16_t event, uint32_t value)
 {
     char why[256];
-    if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+    int verdict = cf_keys_judge(&self->own.judge, cf_keys_event_code(event), (int)value, why,
+                                sizeof why);
+    if (verdict > 0)
         s_auth_accepted(self);
-    else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
-        snprintf(why, sizeof why, "the broker at %s refused this client's key %s (ZAP %u: not "
-                 "on its client list)", self->endpoint, self->curve ? self->key_fp : "(none)",
-                 (unsigned)value);
+    else if (verdict < 0)
         s_auth_refused(self, why);
-    }
-    else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
-             && (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
-                 || (value >= ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED
-                     && value <= ZMQ_PROTOCOL_ERROR_ZAP_INVALID_METADATA))) {
-        if (self->curve)
-            snprintf(why, sizeof why, "the broker at %s does not use CURVE, this client does "
-                     "(curve_broker_key, curve_key)", self->endpoint);
-        else
-            snprintf(why, sizeof why, "the broker at %s requires CURVE authentication: set "
-                     "curve_broker_key and curve_key", self->endpoint);
-        s_auth_refused(self, why);
-    }
-    else if (self->curve && (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
-                             || event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)) {
-        if (++self->own.handshake_drops >= S_HANDSHAKE_DROPS_MAX) {
-            snprintf(why, sizeof why, "the broker at %s dropped %d CURVE handshakes in a row: "
-                     "wrong broker key (curve_broker_key), or the broker cannot authenticate",
-                     self->endpoint, self->own.handshake_drops);
-            s_auth_refused(self, why);
-        }
-    }
 }
 
 static void s_cancel_everything_queued(cf_client_t *self)
@@ -1472,6 +1443,13 @@ void *cf_client_new(const cf_client_config_t *config)
         s_free(self);
         return NULL;
     }
+    self->own.judge = (cf_keys_judge_t){
+        .curve = self->curve,
+        .who = "client",
+        .endpoint = self->endpoint,
+        .key_fp = self->key_fp,
+        .key_options = "curve_broker_key and curve_key",
+    };
     //  inproc peers never reconnect: no monitor needed there.
     self->own.transport_up = true;
     if (strncmp(config->endpoint, "inproc://", 9) != 0) {
