@@ -168,3 +168,30 @@ void cf_queue_rr_detach(cf_queue_rr_t *self, cf_queue_t *queue)
     cf_queue_remove(&self->ring, &queue->ring);
     self->items -= cf_queue_size(queue);
 }
+
+//  Links the whole chain of from between prev and next, and empties from.
+static void s_splice(cf_queue_t *to, cf_queue_t *from, cf_queue_node_t *prev,
+                     cf_queue_node_t *next)
+{
+    assert(!cf_queue_linked(&to->ring) && !cf_queue_linked(&from->ring));
+    if (from->size == 0)
+        return;
+    cf_queue_node_t *first = from->head.next, *last = from->head.prev;
+    first->prev = prev;
+    prev->next = first;
+    last->next = next;
+    next->prev = last;
+    to->size += from->size;
+    from->head.prev = from->head.next = &from->head;
+    from->size = 0;
+}
+
+void cf_queue_append(cf_queue_t *to, cf_queue_t *from)
+{
+    s_splice(to, from, to->head.prev, &to->head);
+}
+
+void cf_queue_prepend(cf_queue_t *to, cf_queue_t *from)
+{
+    s_splice(to, from, &to->head, to->head.next);
+}

@@ -1,4 +1,4 @@
-//  Intrusive FIFO queues and a round-robin set of them, for the broker.
+//  Intrusive FIFO queues, and a round-robin set of them for the broker.
 //
 //  A queue links nodes embedded in the caller's structs, so queueing costs
 //  no allocation and no memory beyond two pointers per item, removal by
@@ -11,7 +11,8 @@
 //  dispatch per turn like a client that queued one. Only non-empty queues are
 //  in the ring, so a pop is O(1) however many idle queues exist.
 //
-//  Not thread-safe: the broker actor owns its queues.
+//  Not thread-safe: whoever owns a queue guards it (the broker actor owns
+//  its queues; the client's inbox is under its shared mutex).
 
 #ifndef CF_QUEUE_H
 #define CF_QUEUE_H
@@ -59,6 +60,10 @@ cf_queue_node_t *cf_queue_next(const cf_queue_t *queue, const cf_queue_node_t *n
 cf_queue_node_t *cf_queue_prev(const cf_queue_t *queue, const cf_queue_node_t *node);
 //  Moves the first node to the back (rotates a ring of peers).
 void cf_queue_rotate(cf_queue_t *queue);
+//  Moves every node of from to the back (append) or the front (prepend)
+//  of to, in order, in O(1); from is left empty. Neither may be in a ring.
+void cf_queue_append(cf_queue_t *to, cf_queue_t *from);
+void cf_queue_prepend(cf_queue_t *to, cf_queue_t *from);
 
 // ---------------------------------------------------------------------------
 //  Round-robin over queues. A queue joins the ring when an item is pushed

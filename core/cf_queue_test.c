@@ -260,6 +260,51 @@ static void test_round_robin_remove_and_detach_keep_counts(void **state)
     assert_int_equal(cf_queue_rr_size(&rr), 0);
 }
 
+static void test_append_and_prepend_move_a_whole_queue_in_order(void **state)
+{
+    (void)state;
+    cf_queue_t a, b, empty;
+    cf_queue_init(&a);
+    cf_queue_init(&b);
+    cf_queue_init(&empty);
+    s_item_t items_a[3], items_b[2];
+    s_items_init(items_a, 3, 0);
+    s_items_init(items_b, 2, 1);
+    for (int i = 0; i < 3; i++)
+        cf_queue_push_back(&a, &items_a[i].node);
+    for (int i = 0; i < 2; i++)
+        cf_queue_push_back(&b, &items_b[i].node);
+    cf_queue_append(&a, &empty);
+    assert_int_equal(cf_queue_size(&a), 3);
+    //  b's items go in front of a's, in b's order; b is left empty and usable.
+    cf_queue_prepend(&a, &b);
+    assert_true(cf_queue_empty(&b));
+    assert_null(cf_queue_front(&b));
+    assert_int_equal(cf_queue_size(&a), 5);
+    int expected_owner[] = { 1, 1, 0, 0, 0 }, expected_seq[] = { 0, 1, 0, 1, 2 };
+    cf_queue_node_t *node = cf_queue_front(&a);
+    for (int i = 0; i < 5; i++, node = cf_queue_next(&a, node)) {
+        assert_int_equal(s_item(node)->owner, expected_owner[i]);
+        assert_int_equal(s_item(node)->seq, expected_seq[i]);
+    }
+    assert_null(node);
+    //  And all of a to the back of the (now empty) b, then back again.
+    cf_queue_append(&b, &a);
+    assert_true(cf_queue_empty(&a));
+    assert_int_equal(cf_queue_size(&b), 5);
+    assert_ptr_equal(s_item(cf_queue_back(&b)), &items_a[2]);
+    cf_queue_node_t *first = cf_queue_pop_front(&b);
+    assert_ptr_equal(s_item(first), &items_b[0]);
+    cf_queue_push_back(&a, first);
+    cf_queue_append(&a, &b);
+    assert_int_equal(cf_queue_size(&a), 5);
+    assert_ptr_equal(s_item(cf_queue_front(&a)), &items_b[0]);
+    assert_ptr_equal(s_item(cf_queue_back(&a)), &items_a[2]);
+    for (int i = 0; i < 5; i++)
+        assert_non_null(cf_queue_pop_front(&a));
+    assert_true(cf_queue_empty(&a));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -270,6 +315,7 @@ int main(void)
         cmocka_unit_test(test_round_robin_serves_each_queue_in_turn),
         cmocka_unit_test(test_round_robin_never_lets_a_queue_wait_more_than_a_round),
         cmocka_unit_test(test_round_robin_remove_and_detach_keep_counts),
+        cmocka_unit_test(test_append_and_prepend_move_a_whole_queue_in_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
