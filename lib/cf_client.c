@@ -54,6 +54,7 @@
 #include "cf_keys.h"
 #include "cf_log.h"
 #include "cf_proto.h"
+#include "cf_queue.h"
 #include "cf_random.h"
 
 #include <assert.h>
@@ -101,7 +102,7 @@ typedef enum {
 } s_where_t;
 
 typedef struct s_item {
-    struct s_item *prev, *next; //  links in the inbox, outbox or parked list
+    cf_queue_node_t node;       //  in the inbox, outbox or parked list
     cf_task_t *task;            //  owned; holds a reference to the future
     uint64_t id;                //  client task id on the wire
     size_t function_len;        //  strlen(task->function), taken once
@@ -110,17 +111,12 @@ typedef struct s_item {
     bool cancel_asked;          //  CANCEL sent, a canceller may be waiting
 } s_item_t;
 
-typedef struct {
-    s_item_t *head, *tail;
-    size_t size;
-} s_list_t;
-
 //  What application threads and the actor share: every field under mutex.
 typedef struct {
     pthread_mutex_t mutex;
     pthread_cond_t idle_cond;       //  outstanding reached 0
     pthread_cond_t cancel_cond;     //  a cancel was answered; a canceller left
-    s_list_t inbox;                 //  new tasks, in submission order
+    cf_queue_t inbox;                 //  new tasks, in submission order
     cf_future_t **cancels;          //  futures to cancel (each a reference)
     size_t cancels_len, cancels_cap;
     bool cancel_all;                //  shutdown(cancel_futures) asked
@@ -143,8 +139,8 @@ typedef struct {
     cf_proto_enc_t *enc;            //  one reusable encoder
     cf_idmap_t *pending;            //  task id -> item, every unresolved task
     cf_idmap_t *by_future;          //  future address -> item, for cancel
-    s_list_t outbox;
-    s_list_t parked;
+    cf_queue_t outbox;
+    cf_queue_t parked;
     uint64_t next_id;
     uint64_t boot;                  //  broker instance id, 0 unknown
     uint32_t broker_ivl_ms;         //  the broker's heartbeat interval
@@ -203,54 +199,19 @@ typedef struct {
 // ---------------------------------------------------------------------------
 //  Lists
 
-static void s_list_push_back(s_list_t *list, s_item_t *item)
+static s_item_t *s_item_of(cf_queue_node_t *node)
 {
-    item->next = NULL;
-    item->prev = list->tail;
-    if (list->tail)
-        list->tail->next = item;
-    else
-        list->head = item;
-    list->tail = item;
-    list->size++;
+    return node ? cf_queue_entry(node, s_item_t, node) : NULL;
 }
 
-static void s_list_unlink(s_list_t *list, s_item_t *item)
+static s_item_t *s_pop_front(cf_queue_t *list)
 {
-    if (item->prev)
-        item->prev->next = item->next;
-    else
-        list->head = item->next;
-    if (item->next)
-        item->next->prev = item->prev;
-    else
-        list->tail = item->prev;
-    item->prev = item->next = NULL;
-    list->size--;
+    return s_item_of(cf_queue_pop_front(list));
 }
 
-static s_item_t *s_list_pop_front(s_list_t *list)
+static s_item_t *s_front(const cf_queue_t *list)
 {
-    s_item_t *item = list->head;
-    if (item)
-        s_list_unlink(list, item);
-    return item;
-}
-
-//  Moves all of from to the front of to.
-static void s_list_prepend(s_list_t *to, s_list_t *from)
-{
-    if (!from->head)
-        return;
-    if (to->head) {
-        from->tail->next = to->head;
-        to->head->prev = from->tail;
-    }
-    else
-        to->tail = from->tail;
-    to->head = from->head;
-    to->size += from->size;
-    *from = (s_list_t){0};
+    return s_item_of(cf_queue_front(list));
 }
 
 // ---------------------------------------------------------------------------
@@ -315,7 +276,7 @@ static cf_err_t s_submit(void *backend, cf_task_t **task_p)
         free(item);
         return cf_error_set(CF_ESHUTDOWN, "executor is shut down");
     }
-    s_list_push_back(&self->shared.inbox, item);
+    cf_queue_push_back(&self->shared.inbox, &item->node);
     self->shared.outstanding++;
     bool wake = s_signal_locked(self);
     pthread_mutex_unlock(&self->shared.mutex);
@@ -422,9 +383,9 @@ static int s_max_workers(void *backend)
 static void s_forget(cf_client_t *self, s_item_t *item)
 {
     if (item->where == S_AT_OUTBOX)
-        s_list_unlink(&self->own.outbox, item);
+        cf_queue_remove(&self->own.outbox, &item->node);
     else if (item->where == S_AT_PARKED)
-        s_list_unlink(&self->own.parked, item);
+        cf_queue_remove(&self->own.parked, &item->node);
     cf_idmap_remove(self->own.pending, item->id);
     cf_idmap_remove(self->own.by_future, (uint64_t)(uintptr_t)item->task->future);
     if (item->cancel_asked)
@@ -509,7 +470,9 @@ static void s_queue_cancel_id(cf_client_t *self, s_item_t *item)
 //  back in our hands, so it is cancelled here instead.
 static void s_resend_all(cf_client_t *self, const char *why)
 {
-    s_list_t resend = {0}, cancel = {0};
+    cf_queue_t resend, cancel;
+    cf_queue_init(&resend);
+    cf_queue_init(&cancel);
     size_t cursor = 0;
     uint64_t id;
     void *value;
@@ -518,18 +481,18 @@ static void s_resend_all(cf_client_t *self, const char *why)
         if (item->where != S_AT_BROKER)
             continue;
         if (item->cancel_asked && !item->started) {
-            s_list_push_back(&cancel, item);
+            cf_queue_push_back(&cancel, &item->node);
             continue;
         }
         item->where = S_AT_OUTBOX;
-        s_list_push_back(&resend, item);
+        cf_queue_push_back(&resend, &item->node);
     }
-    if (resend.size || cancel.size)
-        cf_log_info(S_LOG, "%s: resending %zu tasks", why, resend.size);
+    if (!cf_queue_empty(&resend) || !cf_queue_empty(&cancel))
+        cf_log_info(S_LOG, "%s: resending %zu tasks", why, cf_queue_size(&resend));
     //  Resent tasks go first: they are the oldest.
-    s_list_prepend(&self->own.outbox, &resend);
+    cf_queue_prepend(&self->own.outbox, &resend);
     s_item_t *item;
-    while ((item = s_list_pop_front(&cancel))) {
+    while ((item = s_pop_front(&cancel))) {
         item->where = S_AT_BROKER;      //  in no list now
         s_resolve_cancelled(self, item);
     }
@@ -553,7 +516,7 @@ static void s_lost(cf_client_t *self, const char *why)
 static void s_park(cf_client_t *self, s_item_t *item, int64_t now)
 {
     item->where = S_AT_PARKED;
-    s_list_push_back(&self->own.parked, item);
+    cf_queue_push_back(&self->own.parked, &item->node);
     if (self->own.resend_at_ms < 0)
         self->own.resend_at_ms = now + self->own.backoff_ms;
 }
@@ -569,10 +532,10 @@ static void s_copy_text(char *dst, cf_proto_str_t src)
     dst[len] = '\0';
 }
 
-static void s_accept_tasks(cf_client_t *self, s_list_t *tasks)
+static void s_accept_tasks(cf_client_t *self, cf_queue_t *tasks)
 {
     s_item_t *item;
-    while ((item = s_list_pop_front(tasks))) {
+    while ((item = s_pop_front(tasks))) {
         if (++self->own.next_id == 0)
             self->own.next_id = 1;      //  0 means "no task" in ERROR refs
         item->id = self->own.next_id;
@@ -588,13 +551,13 @@ static void s_accept_tasks(cf_client_t *self, s_list_t *tasks)
             continue;
         }
         //  Behind parked tasks while the broker pushes back.
-        if (self->own.parked.size) {
+        if (!cf_queue_empty(&self->own.parked)) {
             item->where = S_AT_PARKED;
-            s_list_push_back(&self->own.parked, item);
+            cf_queue_push_back(&self->own.parked, &item->node);
         }
         else {
             item->where = S_AT_OUTBOX;
-            s_list_push_back(&self->own.outbox, item);
+            cf_queue_push_back(&self->own.outbox, &item->node);
         }
     }
 }
@@ -624,6 +587,37 @@ static void s_handle_cancel(cf_client_t *self, cf_future_t *f)
     }
 }
 
+//  Resolves every task the client holds with resolve(self, item, why):
+//  first what the caller took from the inbox (under the mutex, with the
+//  state change that keeps new ones out), then the outbox and the parked
+//  list in order, then what only the pending map holds (at the broker).
+static void s_resolve_all(cf_client_t *self, cf_queue_t *inbox,
+                          void (*resolve)(cf_client_t *, s_item_t *, const char *),
+                          const char *why)
+{
+    s_accept_tasks(self, inbox);
+    s_item_t *item;
+    while ((item = s_front(&self->own.outbox)))
+        resolve(self, item, why);
+    while ((item = s_front(&self->own.parked)))
+        resolve(self, item, why);
+    cf_queue_t rest;
+    cf_queue_init(&rest);
+    size_t cursor = 0;
+    uint64_t id;
+    void *value;
+    while (cf_idmap_next(self->own.pending, &cursor, &id, &value))
+        cf_queue_push_back(&rest, &((s_item_t *)value)->node);
+    while ((item = s_pop_front(&rest)))
+        resolve(self, item, why);
+    s_report(self);
+}
+
+static void s_resolve_refused(cf_client_t *self, s_item_t *item, const char *why)
+{
+    s_resolve_error(self, item, "AuthError", why, "", 0);
+}
+
 //  The broker refused our key (or our lack of one): nothing sent can ever
 //  succeed. Every pending future fails with AuthError, later submissions
 //  with CF_EAUTH, and the socket stops reconnecting.
@@ -637,26 +631,12 @@ static void s_auth_refused(cf_client_t *self, const char *why)
     self->shared.auth_state = S_AUTH_REFUSED;
     snprintf(self->shared.auth_message, sizeof self->shared.auth_message, "%s", why);
     pthread_cond_broadcast(&self->shared.auth_cond);
-    s_list_t tasks = self->shared.inbox;
-    self->shared.inbox = (s_list_t){0};
+    cf_queue_t tasks;
+    cf_queue_init(&tasks);
+    cf_queue_append(&tasks, &self->shared.inbox);
     pthread_mutex_unlock(&self->shared.mutex);
     cf_log_error(S_LOG, "%s", why);
-    s_accept_tasks(self, &tasks);
-    //  As s_finish_all: the lists first (an item is on one list at most),
-    //  then what only the pending map holds.
-    s_item_t *item;
-    while ((item = self->own.outbox.head))
-        s_resolve_error(self, item, "AuthError", why, "", 0);
-    while ((item = self->own.parked.head))
-        s_resolve_error(self, item, "AuthError", why, "", 0);
-    s_list_t rest = {0};
-    size_t cursor = 0;
-    uint64_t id;
-    void *value;
-    while (cf_idmap_next(self->own.pending, &cursor, &id, &value))
-        s_list_push_back(&rest, value);
-    while ((item = s_list_pop_front(&rest)))
-        s_resolve_error(self, item, "AuthError", why, "", 0);
+    s_resolve_all(self, &tasks, s_resolve_refused, why);
     if (zmq_disconnect(self->socket, self->endpoint) != 0)
         cf_log_debug(S_LOG, "disconnect from %s: %s", self->endpoint, zmq_strerror(errno));
     self->own.transport_up = false;
@@ -689,9 +669,9 @@ static void s_on_handshake(cf_client_t *self, uint16_t event, uint32_t value)
 static void s_cancel_everything_queued(cf_client_t *self)
 {
     s_item_t *item;
-    while ((item = self->own.outbox.head))
+    while ((item = s_front(&self->own.outbox)))
         s_resolve_cancelled(self, item);
-    while ((item = self->own.parked.head))
+    while ((item = s_front(&self->own.parked)))
         s_resolve_cancelled(self, item);
     self->own.resend_at_ms = -1;
     size_t cursor = 0;
@@ -711,7 +691,8 @@ static void s_cancel_everything_queued(cf_client_t *self)
 static bool s_inbox_has_work(cf_client_t *self)
 {
     pthread_mutex_lock(&self->shared.mutex);
-    bool work = self->shared.inbox.head || self->shared.cancels_len || self->shared.cancel_all;
+    bool work = !cf_queue_empty(&self->shared.inbox) || self->shared.cancels_len
+                || self->shared.cancel_all;
     if (!work)
         self->shared.signalled = false;
     pthread_mutex_unlock(&self->shared.mutex);
@@ -721,8 +702,9 @@ static bool s_inbox_has_work(cf_client_t *self)
 static void s_drain_inbox(cf_client_t *self)
 {
     pthread_mutex_lock(&self->shared.mutex);
-    s_list_t tasks = self->shared.inbox;
-    self->shared.inbox = (s_list_t){0};
+    cf_queue_t tasks;
+    cf_queue_init(&tasks);
+    cf_queue_append(&tasks, &self->shared.inbox);
     //  The two cancel arrays swap roles, so neither side allocates in the
     //  steady state.
     cf_future_t **cancels = self->shared.cancels;
@@ -802,10 +784,10 @@ static void s_send_cancels(cf_client_t *self)
 //  is at its high-water mark (then the tasks stay for the next iteration).
 static void s_send_tasks(cf_client_t *self)
 {
-    while (self->own.outbox.head && !self->own.blocked) {
+    while (!cf_queue_empty(&self->own.outbox) && !self->own.blocked) {
         cf_proto_enc_begin(self->own.enc, CF_MSG_SUBMIT);
         size_t count = 0;
-        s_item_t *item = self->own.outbox.head;
+        s_item_t *item = s_front(&self->own.outbox);
         bool redo = false;
         while (item && count < S_BATCH_TASKS) {
             cf_task_t *task = item->task;
@@ -826,7 +808,7 @@ static void s_send_tasks(cf_client_t *self)
                 break;
             }
             count++;
-            item = item->next;
+            item = s_item_of(cf_queue_next(&self->own.outbox, &item->node));
         }
         if (redo)
             continue;
@@ -843,7 +825,7 @@ static void s_send_tasks(cf_client_t *self)
             break;
         }
         for (size_t i = 0; i < count; i++) {
-            item = s_list_pop_front(&self->own.outbox);
+            item = s_pop_front(&self->own.outbox);
             item->where = S_AT_BROKER;
         }
         s_sent(self);
@@ -869,7 +851,7 @@ static void s_kick(cf_client_t *self)
             s_send_tasks(self);
             //  s_inbox_has_work also re-arms "signalled" for the next
             //  submission when nothing new came meanwhile.
-            wake = self->own.outbox.head || self->own.blocked || self->own.cancel_ids_len
+            wake = !cf_queue_empty(&self->own.outbox) || self->own.blocked || self->own.cancel_ids_len
                    || self->own.resolved || self->own.answered || self->own.reach_changed
                    || s_inbox_has_work(self) || (cf_proto_events(self->socket) & ZMQ_POLLIN);
         }
@@ -1149,14 +1131,15 @@ static void s_run_timers(cf_client_t *self)
             self->own.backoff_ms = S_BACKOFF_MIN_MS;
         size_t n = self->own.freed * 2 > S_RESEND_MIN ? self->own.freed * 2 : S_RESEND_MIN;
         self->own.freed = 0;
-        s_list_t round = {0};
+        cf_queue_t round;
+        cf_queue_init(&round);
         s_item_t *item;
-        while (n-- > 0 && (item = s_list_pop_front(&self->own.parked))) {
+        while (n-- > 0 && (item = s_pop_front(&self->own.parked))) {
             item->where = S_AT_OUTBOX;
-            s_list_push_back(&round, item);
+            cf_queue_push_back(&round, &item->node);
         }
-        s_list_prepend(&self->own.outbox, &round);
-        self->own.resend_at_ms = self->own.parked.size ? now + self->own.backoff_ms : -1;
+        cf_queue_prepend(&self->own.outbox, &round);
+        self->own.resend_at_ms = !cf_queue_empty(&self->own.parked) ? now + self->own.backoff_ms : -1;
     }
 }
 
@@ -1170,36 +1153,28 @@ static int s_poll_timeout(cf_client_t *self)
     return cf_clock_ms_until(next);
 }
 
-//  Resolves everything still pending when the actor ends: tasks that never
-//  started are cancelled, running ones fail, so no future hangs.
+//  A task the destroyed client still held: cancelled if it never started
+//  (so it never runs: the broker drops it on DISCONNECT), failed if it did.
+static void s_resolve_destroyed(cf_client_t *self, s_item_t *item, const char *why)
+{
+    if (item->started)
+        s_resolve_error(self, item, "ExecutorDestroyed", why, "", 0);
+    else
+        s_resolve_cancelled(self, item);
+}
+
+//  Resolves everything still pending when the actor ends, so no future
+//  hangs.
 static void s_finish_all(cf_client_t *self)
 {
     pthread_mutex_lock(&self->shared.mutex);
     self->shared.closed = true;
-    s_list_t tasks = self->shared.inbox;
-    self->shared.inbox = (s_list_t){0};
+    cf_queue_t tasks;
+    cf_queue_init(&tasks);
+    cf_queue_append(&tasks, &self->shared.inbox);
     pthread_mutex_unlock(&self->shared.mutex);
-    s_accept_tasks(self, &tasks);
-
-    s_item_t *item;
-    while ((item = self->own.outbox.head))
-        s_resolve_cancelled(self, item);
-    while ((item = self->own.parked.head))
-        s_resolve_cancelled(self, item);
-    s_list_t rest = {0};
-    size_t cursor = 0;
-    uint64_t id;
-    void *value;
-    while (cf_idmap_next(self->own.pending, &cursor, &id, &value))
-        s_list_push_back(&rest, value);
-    while ((item = s_list_pop_front(&rest))) {
-        if (item->started)
-            s_resolve_error(self, item, "ExecutorDestroyed",
-                            "the executor was destroyed before the task finished", "", 0);
-        else
-            s_resolve_cancelled(self, item);
-    }
-    s_report(self);
+    s_resolve_all(self, &tasks, s_resolve_destroyed,
+                  "the executor was destroyed before the task finished");
 }
 
 //  $TERM (cf_client's destroy) is the only verb on the pipe.
@@ -1395,6 +1370,9 @@ void *cf_client_new(const cf_client_config_t *config)
         cf_error_set(CF_ENOMEM, "out of memory");
         return NULL;
     }
+    cf_queue_init(&self->shared.inbox);
+    cf_queue_init(&self->own.outbox);
+    cf_queue_init(&self->own.parked);
     pthread_mutex_init(&self->shared.mutex, NULL);
     cf_clock_cond_init(&self->shared.idle_cond);
     cf_clock_cond_init(&self->shared.cancel_cond);
