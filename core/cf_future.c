@@ -41,6 +41,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#define S_LOG "future"
+
 //  Spinning before sleeping in cf_future_wait (see cf_set_wait_spin).
 //  A thread woken on another CPU pays that CPU's wake-up from idle: on the
 //  2-vCPU VM of docs/benchmarks.md about 100 us per remote round trip, more
@@ -324,7 +326,7 @@ static void s_run_callback(cf_future_t *f, cf_done_fn *fn, void *arg)
 {
     int rc = fn(f, arg);
     if (rc != 0)
-        cf_log_warn("future", "a done callback of %s returned %d", f->function, rc);
+        cf_log_warn(S_LOG, "a done callback of %s returned %d", f->function, rc);
 }
 
 //  The one completion path. result (owned, may be NULL) and error are stored
@@ -480,7 +482,7 @@ static int s_spin_limit_us(void)
         if (*end == '\0' && us >= 0 && us <= 1000000)
             limit = (int)us;
         else
-            cf_log_warn("future", "CF_WAIT_SPIN_US=%s ignored: microseconds, 0 to 1000000",
+            cf_log_warn(S_LOG, "CF_WAIT_SPIN_US=%s ignored: microseconds, 0 to 1000000",
                         env);
     }
     int unset = -1;
@@ -561,7 +563,7 @@ static cf_err_t s_malformed_locked(cf_future_t *f)
     f->checked = true;
     f->decoded = true;
     if (!f->error) {
-        cf_log_debug("future", "result of %s is malformed (%zu bytes)", f->function,
+        cf_log_debug(S_LOG, "result of %s is malformed (%zu bytes)", f->function,
                      f->result_len);
         f->error = s_error_new("ProtocolError", "the task's result is not one well-formed "
                                "msgpack value", f->function, "", 0);

@@ -43,6 +43,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#define S_LOG "executor"
+
 struct cf_executor {
     cf_kind_t kind;
     const cf_backend_ops_t *ops;
@@ -307,7 +309,7 @@ void cf_executor_destroy(cf_executor_t **pex)
     *pex = NULL;
     cf_err_t rc = cf_executor_shutdown(ex, true, false);
     if (rc != CF_OK)
-        cf_log_warn("executor", "shutdown of the %s executor failed: %s", cf_kind_name(ex->kind),
+        cf_log_warn(S_LOG, "shutdown of the %s executor failed: %s", cf_kind_name(ex->kind),
                     cf_strerror(rc));
     //  A cancel that read this executor from its future just before the
     //  future was resolved may still be on its way into the back end: wait
@@ -468,20 +470,26 @@ static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, cons
     return f;
 }
 
+//  What every submission checks before encoding anything: an executor
+//  that takes tasks and a valid function name (*len its length).
+static cf_err_t s_check_submit(cf_executor_t *ex, const char *fn, size_t *len)
+{
+    if (!ex)
+        return cf_error_set(CF_EINVAL, "the executor is NULL");
+    cf_err_t rc = s_check_function(fn, len);
+    if (rc != CF_OK)
+        return rc;
+    if (atomic_load_explicit(&ex->shut, memory_order_relaxed))
+        return cf_error_set(CF_ESHUTDOWN, "cannot submit %s: the executor is shut down", fn);
+    return CF_OK;
+}
+
 cf_future_t *cf_submitv(cf_executor_t *ex, const cf_task_opts_t *opts, const char *fn,
                         const char *fmt, va_list ap)
 {
-    size_t fn_len = 0;      //  set by s_check_function; GCC 12 -O3 cannot tell
-    if (!ex) {
-        cf_error_set(CF_EINVAL, "the executor is NULL");
+    size_t fn_len = 0;      //  set by s_check_submit; GCC 12 -O3 cannot tell
+    if (s_check_submit(ex, fn, &fn_len) != CF_OK)
         return NULL;
-    }
-    if (s_check_function(fn, &fn_len) != CF_OK)
-        return NULL;
-    if (atomic_load_explicit(&ex->shut, memory_order_relaxed)) {
-        cf_error_set(CF_ESHUTDOWN, "cannot submit %s: the executor is shut down", fn);
-        return NULL;
-    }
     //  The thread's writer keeps its capacity, so a submission allocates
     //  only the task block; a nested use gets a writer of its own.
     cf_mp_writer_t local;
@@ -529,17 +537,9 @@ cf_future_t *cf_submit_with(cf_executor_t *ex, const cf_task_opts_t *opts, const
 cf_future_t *cf_executor_submit_encoded(cf_executor_t *ex, const cf_task_opts_t *opts,
                                         const char *fn, const void *args, size_t len)
 {
-    size_t fn_len = 0;      //  set by s_check_function; GCC 12 -O3 cannot tell
-    if (!ex) {
-        cf_error_set(CF_EINVAL, "the executor is NULL");
+    size_t fn_len = 0;      //  set by s_check_submit; GCC 12 -O3 cannot tell
+    if (s_check_submit(ex, fn, &fn_len) != CF_OK)
         return NULL;
-    }
-    if (s_check_function(fn, &fn_len) != CF_OK)
-        return NULL;
-    if (atomic_load_explicit(&ex->shut, memory_order_relaxed)) {
-        cf_error_set(CF_ESHUTDOWN, "cannot submit %s: the executor is shut down", fn);
-        return NULL;
-    }
     return s_submit(ex, opts, fn, fn_len, args, len);
 }
 

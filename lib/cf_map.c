@@ -500,36 +500,40 @@ static int s_strs_source(void *state, size_t index, cf_args_t *args)
     return cf_args_add_str(args, array->strs[index]) == CF_OK ? 1 : -1;
 }
 
-cf_map_t *cf_map_ints(cf_executor_t *ex, const char *fn, const int64_t *inputs, size_t count,
-                      const cf_map_opts_t *opts)
+//  A map over an array the caller keeps (ints or strs set by the caller).
+static cf_map_t *s_map_array(cf_executor_t *ex, const char *fn, cf_map_source_fn *source,
+                             const void *inputs, size_t count, const cf_map_opts_t *opts)
 {
     if (count > 0 && !inputs) {
         cf_error_set(CF_EINVAL, "no inputs given for a count of %zu", count);
         return NULL;
     }
-    cf_map_t *map = s_map_new(ex, fn, s_ints_source, NULL, opts);
+    cf_map_t *map = s_map_new(ex, fn, source, NULL, opts);
     if (!map)
         return NULL;
-    map->array.ints = inputs;
     map->array.count = count;
     map->state = &map->array;
-    s_fill(map);
+    return map;
+}
+
+cf_map_t *cf_map_ints(cf_executor_t *ex, const char *fn, const int64_t *inputs, size_t count,
+                      const cf_map_opts_t *opts)
+{
+    cf_map_t *map = s_map_array(ex, fn, s_ints_source, inputs, count, opts);
+    if (map) {
+        map->array.ints = inputs;
+        s_fill(map);
+    }
     return map;
 }
 
 cf_map_t *cf_map_strs(cf_executor_t *ex, const char *fn, const char *const *inputs,
                       size_t count, const cf_map_opts_t *opts)
 {
-    if (count > 0 && !inputs) {
-        cf_error_set(CF_EINVAL, "no inputs given for a count of %zu", count);
-        return NULL;
+    cf_map_t *map = s_map_array(ex, fn, s_strs_source, inputs, count, opts);
+    if (map) {
+        map->array.strs = inputs;
+        s_fill(map);
     }
-    cf_map_t *map = s_map_new(ex, fn, s_strs_source, NULL, opts);
-    if (!map)
-        return NULL;
-    map->array.strs = inputs;
-    map->array.count = count;
-    map->state = &map->array;
-    s_fill(map);
     return map;
 }

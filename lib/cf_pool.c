@@ -47,6 +47,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#define S_LOG "pool"
+
 //  Most tasks a worker takes at once.
 #define S_BATCH_MAX 16
 //  Times an idle worker yields the CPU, watching the queue, before it
@@ -231,7 +233,7 @@ static void s_run(cf_pool_t *pool, s_worker_t *w, cf_task_t *task)
         //  A raising task with retry_on_error runs again, unless its
         //  timeout already failed it.
         if (attempt < attempts && !cf_future_done(f)) {
-            cf_log_debug("pool", "%s raised %s, attempt %d of %d", task->function,
+            cf_log_debug(S_LOG, "%s raised %s, attempt %d of %d", task->function,
                          outcome.error_type ? outcome.error_type : "?", attempt, attempts);
             cf_outcome_fini(&outcome);
             continue;
@@ -491,7 +493,7 @@ static void s_destroy(void **backend)
     if (s_shutdown(pool, true, false) != CF_OK) {
         //  Destroyed from one of its own threads: freeing would pull the
         //  memory from under this very thread. Leak it rather than crash.
-        cf_log_error("pool", "executor destroyed from one of its own threads: pool leaked");
+        cf_log_error(S_LOG, "executor destroyed from one of its own threads: pool leaked");
         return;
     }
     s_free(pool);

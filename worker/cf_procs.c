@@ -49,6 +49,7 @@
 #include "cf_clock.h"
 #include "cf_error.h"
 #include "cf_log.h"
+#include "cf_random.h"
 #include "cf_registry.h"
 #include "cf_worker.h"
 
@@ -64,7 +65,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
-#include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -72,7 +72,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define LOG "procs"
+#define S_LOG "procs"
 //  A worker that exits sooner than this after its spawn is replaced after
 //  a growing delay (S_BACKOFF_MIN_MS doubling up to S_BACKOFF_MAX_MS), so a
 //  worker that cannot run does not become a fork loop.
@@ -279,7 +279,7 @@ __attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote,
         .socket_setup_arg = p->socket_setup_arg,
     });
     if (!worker) {
-        cf_log_error(LOG, "worker process %d cannot start: %s", pid, cf_last_error());
+        cf_log_error(S_LOG, "worker process %d cannot start: %s", pid, cf_last_error());
         _exit(1);
     }
     int32_t started = pid;
@@ -507,7 +507,7 @@ static void s_spawn(cf_procs_t *p, int slot)
     memcpy(s->suffix, cmd.suffix, sizeof s->suffix);
     s->respawn_ms = 0;
     if (!s_send_msg(p->sock, &cmd)) {
-        cf_log_error(LOG, "cannot reach the zygote: %s", strerror(errno));
+        cf_log_error(S_LOG, "cannot reach the zygote: %s", strerror(errno));
         s->respawn_ms = cf_clock_now_ms() + S_BACKOFF_MAX_MS;
         return;
     }
@@ -532,13 +532,13 @@ static void s_worker_exited(cf_procs_t *p, int slot, int status, bool stopping)
     int64_t lived = now - s->spawned_ms;
     s_set_alive(p, -1);
     if (WIFSIGNALED(status))
-        cf_log_warn(LOG, "worker process %d (%s) killed by signal %d", (int)pid, s->identity,
+        cf_log_warn(S_LOG, "worker process %d (%s) killed by signal %d", (int)pid, s->identity,
                     WTERMSIG(status));
     else if (!stopping && WIFEXITED(status) && WEXITSTATUS(status) != 0)
-        cf_log_warn(LOG, "worker process %d (%s) exited with status %d", (int)pid, s->identity,
+        cf_log_warn(S_LOG, "worker process %d (%s) exited with status %d", (int)pid, s->identity,
                     WEXITSTATUS(status));
     else
-        cf_log_debug(LOG, "worker process %d (%s) exited", (int)pid, s->identity);
+        cf_log_debug(S_LOG, "worker process %d (%s) exited", (int)pid, s->identity);
     if (p->on_exit)
         p->on_exit(p->on_exit_arg, pid, s->identity, status);
     bool was_started = s->started;
@@ -554,7 +554,7 @@ static void s_worker_exited(cf_procs_t *p, int slot, int status, bool stopping)
         return;
     }
     if (WIFEXITED(status) && WEXITSTATUS(status) == CF_PROCS_EXIT_REFUSED) {
-        cf_log_error(LOG, "worker process %d: the broker refused its key; not replaced",
+        cf_log_error(S_LOG, "worker process %d: the broker refused its key; not replaced",
                      (int)pid);
         pthread_mutex_lock(&p->lock);
         p->refused = true;
@@ -566,7 +566,7 @@ static void s_worker_exited(cf_procs_t *p, int slot, int status, bool stopping)
         if (s->backoff_ms > S_BACKOFF_MAX_MS)
             s->backoff_ms = S_BACKOFF_MAX_MS;
         s->respawn_ms = now + s->backoff_ms;
-        cf_log_warn(LOG, "worker process %d lived %" PRId64 " ms: replacing it in %d ms",
+        cf_log_warn(S_LOG, "worker process %d lived %" PRId64 " ms: replacing it in %d ms",
                     (int)pid, lived, s->backoff_ms);
     }
     else {
@@ -579,7 +579,7 @@ static void s_signal_workers(cf_procs_t *p, int sig)
 {
     s_msg_t cmd = {.kind = S_CMD_SIGNAL, .value = sig};
     if (!s_send_msg(p->sock, &cmd))
-        cf_log_error(LOG, "cannot reach the zygote to signal workers: %s", strerror(errno));
+        cf_log_error(S_LOG, "cannot reach the zygote to signal workers: %s", strerror(errno));
 }
 
 static void s_on_spawned(cf_procs_t *p, const s_msg_t *rep, bool stopping)
@@ -589,7 +589,7 @@ static void s_on_spawned(cf_procs_t *p, const s_msg_t *rep, bool stopping)
     s_slot_t *s = &p->slots[rep->slot];
     s->spawning = false;
     if (rep->kind == S_REP_SPAWN_FAILED) {
-        cf_log_error(LOG, "cannot fork a worker process: %s", strerror(rep->value));
+        cf_log_error(S_LOG, "cannot fork a worker process: %s", strerror(rep->value));
         if (s_init_pending(p)) {
             s_init_finish(p, CF_ESYS, "procs: cannot fork a worker process: %s",
                           strerror(rep->value));
@@ -612,7 +612,7 @@ static void s_on_spawned(cf_procs_t *p, const s_msg_t *rep, bool stopping)
     s->spawned_ms = cf_clock_now_ms();
     snprintf(s->identity, sizeof s->identity, "p%d-%s", (int)rep->pid, s->suffix);
     s_set_alive(p, 1);
-    cf_log_debug(LOG, "worker process %d (%s) forked", (int)rep->pid, s->identity);
+    cf_log_debug(S_LOG, "worker process %d (%s) forked", (int)rep->pid, s->identity);
     if (stopping)
         s_signal_workers(p, SIGTERM);   //  it missed the first round
 }
@@ -657,7 +657,7 @@ static void s_read_started(cf_procs_t *p)
 static bool s_zygote_lost(cf_procs_t *p, bool stopping)
 {
     if (!stopping)
-        cf_log_error(LOG, "the zygote (pid %d) is gone: its workers die with it",
+        cf_log_error(S_LOG, "the zygote (pid %d) is gone: its workers die with it",
                      (int)p->zygote);
     close(p->sock);
     p->sock = -1;
@@ -676,7 +676,7 @@ static bool s_zygote_lost(cf_procs_t *p, bool stopping)
         return false;
     }
     if (s_zygote_start(p) != CF_OK) {
-        cf_log_error(LOG, "%s: the pool has no workers any more", cf_last_error());
+        cf_log_error(S_LOG, "%s: the pool has no workers any more", cf_last_error());
         return false;
     }
     return true;
@@ -733,14 +733,14 @@ static void *s_supervisor_main(void *arg)
             if (alive == 0 && !spawning)
                 break;
             if (!killed && now >= kill_at) {
-                cf_log_warn(LOG, "%d worker processes still running after %d ms: SIGKILL", alive,
+                cf_log_warn(S_LOG, "%d worker processes still running after %d ms: SIGKILL", alive,
                             grace_ms);
                 s_signal_workers(p, SIGKILL);
                 killed = true;
                 give_up_at = now + S_KILL_WAIT_MS;
             }
             if (killed && now >= give_up_at) {
-                cf_log_error(LOG, "%d worker processes not reported after SIGKILL; ending the "
+                cf_log_error(S_LOG, "%d worker processes not reported after SIGKILL; ending the "
                              "zygote reaps them", alive);
                 break;
             }
@@ -778,7 +778,7 @@ static void *s_supervisor_main(void *arg)
         if (rc < 0) {
             if (errno == EINTR)
                 continue;
-            cf_log_error(LOG, "poll: %s", strerror(errno));
+            cf_log_error(S_LOG, "poll: %s", strerror(errno));
             break;
         }
         if (fds[2].revents & POLLIN) {
@@ -923,11 +923,8 @@ cf_procs_t *cf_procs_new(const cf_procs_config_t *config)
         s_free(p);
         return NULL;
     }
-    uint32_t r = 0;
-    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
-        r = (uint32_t)cf_clock_now_us() ^ (uint32_t)getpid();
     snprintf(p->suffix_base, sizeof p->suffix_base, "%.64s-%08" PRIx32, cf_registry_hostname(),
-             r);
+             (uint32_t)cf_random_u64());
 
     int started[2];
     p->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -962,7 +959,7 @@ cf_procs_t *cf_procs_new(const cf_procs_config_t *config)
         cf_error_set(err, "%s", message);
         return NULL;
     }
-    cf_log_info(LOG, "%d worker processes started (%d threads each)", p->count, p->threads);
+    cf_log_info(S_LOG, "%d worker processes started (%d threads each)", p->count, p->threads);
     return p;
 }
 

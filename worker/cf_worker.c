@@ -40,6 +40,7 @@
 #include "cf_error.h"
 #include "cf_log.h"
 #include "cf_proto.h"
+#include "cf_random.h"
 #include "cf_registry.h"
 
 #include <assert.h>
@@ -50,7 +51,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -972,10 +972,8 @@ failed:
 //  restarts of the same pid.
 static void s_make_identity(char *out, size_t size)
 {
-    uint32_t r = 0;
-    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
-        r = (uint32_t)cf_clock_now_us() ^ ((uint32_t)getpid() << 16);
-    snprintf(out, size, "w-%.64s-%d-%08" PRIx32, cf_registry_hostname(), (int)getpid(), r);
+    snprintf(out, size, "w-%.64s-%d-%08" PRIx32, cf_registry_hostname(), (int)getpid(),
+             (uint32_t)cf_random_u64());
 }
 
 static void s_free(cf_worker_t *w)
