@@ -1285,8 +1285,12 @@ static void s_actor(cf_actor_t *actor, void *arg)
 // ---------------------------------------------------------------------------
 //  Construction and destruction
 
+//  Frees a client the actor has left, or a half-built one (cf_client_new's
+//  failures come here).
 static void s_free(cf_client_t *self)
 {
+    if (self->socket)
+        zmq_socket_monitor(self->socket, NULL, 0);     //  fine when none runs
     if (self->monitor)
         zmq_close(self->monitor);
     if (self->socket)
@@ -1391,8 +1395,7 @@ void *cf_client_new(const cf_client_config_t *config)
     self->own.by_future = cf_idmap_new(1024);
     if (!self->endpoint || !self->own.enc || !self->own.pending || !self->own.by_future) {
         cf_error_set(CF_ENOMEM, "out of memory");
-        s_free(self);
-        return NULL;
+        goto failed;
     }
     self->ctx = config->zmq_context;
     if (!self->ctx) {
@@ -1400,27 +1403,22 @@ void *cf_client_new(const cf_client_config_t *config)
         self->own_ctx = true;
         if (!self->ctx) {
             cf_error_set(CF_ESYS, "client: zmq_ctx_new: %s", zmq_strerror(errno));
-            s_free(self);
-            return NULL;
+            goto failed;
         }
     }
     self->socket = zmq_socket(self->ctx, ZMQ_DEALER);
     if (!self->socket) {
         cf_error_set(CF_ESYS, "client: zmq_socket: %s", zmq_strerror(errno));
-        s_free(self);
-        return NULL;
+        goto failed;
     }
     cf_err_t rc = cf_proto_socket_setup(self->socket, false);
     if (rc != CF_OK) {
         cf_error_set(rc, "client: socket setup: %s", zmq_strerror(errno));
-        s_free(self);
-        return NULL;
+        goto failed;
     }
     rc = s_apply_curve(self, config);
-    if (rc != CF_OK) {
-        s_free(self);
-        return NULL;
-    }
+    if (rc != CF_OK)
+        goto failed;
     self->own.judge = (cf_keys_judge_t){
         .curve = self->curve,
         .who = "client",
@@ -1444,35 +1442,24 @@ void *cf_client_new(const cf_client_config_t *config)
                    | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
         if (zmq_socket_monitor(self->socket, name, events) != 0) {
             cf_error_set(CF_ESYS, "client: socket monitor: %s", zmq_strerror(errno));
-            s_free(self);
-            return NULL;
+            goto failed;
         }
         self->monitor = zmq_socket(self->ctx, ZMQ_PAIR);
         if (!self->monitor || zmq_connect(self->monitor, name) != 0) {
             cf_error_set(CF_ESYS, "client: socket monitor: %s", zmq_strerror(errno));
-            if (self->monitor)
-                zmq_socket_monitor(self->socket, NULL, 0);
-            s_free(self);
-            return NULL;
+            goto failed;
         }
     }
     if (zmq_connect(self->socket, config->endpoint) != 0) {
         cf_error_set(CF_EINVAL, "cannot connect to %s: %s", config->endpoint,
                      zmq_strerror(errno));
-        if (self->monitor)
-            zmq_socket_monitor(self->socket, NULL, 0);
-        s_free(self);
-        return NULL;
+        goto failed;
     }
     //  From here the sockets belong to the actor thread (starting it is
     //  the memory barrier zmq asks for when a socket changes threads). The
     //  actor sets self->actor itself (see the struct).
-    if (!cf_actor_new("cf-client", s_actor, self)) {
-        if (self->monitor)
-            zmq_socket_monitor(self->socket, NULL, 0);
-        s_free(self);
-        return NULL;
-    }
+    if (!cf_actor_new("cf-client", s_actor, self))
+        goto failed;
     if (self->curve && self->monitor && s_await_handshake(self) != CF_OK) {
         char why[sizeof self->shared.auth_message];
         memcpy(why, self->shared.auth_message, sizeof why);
@@ -1482,6 +1469,10 @@ void *cf_client_new(const cf_client_config_t *config)
         return NULL;
     }
     return self;
+
+failed:
+    s_free(self);
+    return NULL;
 }
 
 static void s_destroy(void **backend_p)

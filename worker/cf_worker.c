@@ -976,8 +976,24 @@ static void s_make_identity(char *out, size_t size)
              (uint32_t)cf_random_u64());
 }
 
+//  Stops and joins the executors (running tasks finish first).
+static void s_join_executors(cf_worker_t *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->stopping = true;
+    s_list_clear(&w->queue);
+    pthread_cond_broadcast(&w->work);
+    pthread_mutex_unlock(&w->lock);
+    for (int i = 0; i < w->executors_started; i++)
+        pthread_join(w->executors[i], NULL);
+    w->executors_started = 0;
+}
+
+//  Frees a worker whose actor ended, or a half-built one (cf_worker_new's
+//  failures come here): executors still running are stopped and joined.
 static void s_free(cf_worker_t *w)
 {
+    s_join_executors(w);
     if (w->own_ctx && w->ctx) {
         while (zmq_ctx_term(w->ctx) != 0 && errno == EINTR)
             ;
@@ -992,18 +1008,6 @@ static void s_free(cf_worker_t *w)
     free(w);
 }
 
-//  Stops and joins the executors (running tasks finish first).
-static void s_join_executors(cf_worker_t *w)
-{
-    pthread_mutex_lock(&w->lock);
-    w->stopping = true;
-    s_list_clear(&w->queue);
-    pthread_cond_broadcast(&w->work);
-    pthread_mutex_unlock(&w->lock);
-    for (int i = 0; i < w->executors_started; i++)
-        pthread_join(w->executors[i], NULL);
-    w->executors_started = 0;
-}
 
 cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
 {
@@ -1036,8 +1040,7 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
     w->executors = calloc((size_t)config->threads, sizeof *w->executors);
     if (!w->endpoint || !w->executors) {
         cf_error_set(CF_ENOMEM, "out of memory");
-        s_free(w);
-        return NULL;
+        goto failed;
     }
     if (config->identity)
         snprintf(w->identity, sizeof w->identity, "%s", config->identity);
@@ -1060,8 +1063,7 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
         w->own_ctx = true;
         if (!w->ctx) {
             cf_error_set(CF_ESYS, "worker: zmq_ctx_new: %s", zmq_strerror(errno));
-            s_free(w);
-            return NULL;
+            goto failed;
         }
     }
 
@@ -1071,23 +1073,18 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
         if (rc != 0) {
             cf_error_set(CF_ESYS, "worker: cannot start execution thread %d: %s", i + 1,
                          strerror(rc));
-            s_join_executors(w);
-            s_free(w);
-            return NULL;
+            goto failed;
         }
         w->executors_started++;
     }
     //  The actor sets w->actor itself (see the struct).
-    if (!cf_actor_new("cf-worker", s_actor_main, w)) {
-        cf_err_t err = cf_last_err();
-        char message[256];
-        snprintf(message, sizeof message, "%s", cf_last_error());
-        s_join_executors(w);
-        s_free(w);
-        cf_error_set(err, "%s", message);
-        return NULL;
-    }
+    if (!cf_actor_new("cf-worker", s_actor_main, w))
+        goto failed;
     return w;
+
+failed:
+    s_free(w);      //  keeps the error: joining threads and freeing set none
+    return NULL;
 }
 
 cf_err_t cf_worker_wait(cf_worker_t *w, int timeout_ms)
