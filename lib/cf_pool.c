@@ -484,6 +484,8 @@ static void s_free(cf_pool_t *pool)
     free(pool);
 }
 
+//  Stops, joins and frees a pool, or a half-built one (cf_pool_new's
+//  failures come here: only the threads that started are joined).
 static void s_destroy(void **backend)
 {
     if (!backend || !*backend)
@@ -523,24 +525,10 @@ void *cf_pool_new(const cf_options_t *opts, int max_workers)
         cf_error_set(CF_ENOMEM, "out of memory creating a thread pool");
         return NULL;
     }
-    pool->workers = calloc((size_t)max_workers, sizeof *pool->workers);
-    pool->sleepers = calloc((size_t)max_workers, sizeof *pool->sleepers);
-    if (!pool->workers || !pool->sleepers) {
-        free(pool->workers);
-        free(pool->sleepers);
-        free(pool);
-        cf_error_set(CF_ENOMEM, "out of memory creating a thread pool");
-        return NULL;
-    }
     pthread_mutex_init(&pool->lock, NULL);
     pthread_mutex_init(&pool->join_lock, NULL);
     pthread_mutex_init(&pool->timer_lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&pool->timer_cond, &attr);
-    pthread_condattr_destroy(&attr);
-    pool->n_workers = max_workers;
+    cf_clock_cond_init(&pool->timer_cond);
     pool->timer_next_ms = -1;
     atomic_init(&pool->cancelling, false);
     atomic_init(&pool->queued, 0);
@@ -551,28 +539,38 @@ void *cf_pool_new(const cf_options_t *opts, int max_workers)
                                                           : "cf-worker";
     snprintf(pool->prefix, sizeof pool->prefix, "%s", prefix);
     pool->pid = (int)getpid();
+    pool->workers = calloc((size_t)max_workers, sizeof *pool->workers);
+    pool->sleepers = calloc((size_t)max_workers, sizeof *pool->sleepers);
+    if (!pool->workers || !pool->sleepers || s_grow(pool) != CF_OK) {
+        cf_error_set(CF_ENOMEM, "out of memory creating a thread pool");
+        goto failed;
+    }
+    //  Only now: s_free destroys the conditions of n_workers workers.
+    pool->n_workers = max_workers;
     for (int i = 0; i < max_workers; i++) {
         s_worker_t *w = &pool->workers[i];
         w->pool = pool;
         w->index = i;
         pthread_cond_init(&w->cond, NULL);
     }
-    if (s_grow(pool) != CF_OK) {
-        s_free(pool);
-        cf_error_set(CF_ENOMEM, "out of memory creating a thread pool");
-        return NULL;
-    }
     for (int i = 0; i < max_workers; i++) {
         s_worker_t *w = &pool->workers[i];
         int rc = pthread_create(&w->thread, NULL, s_worker_main, w);
         if (rc != 0) {
-            s_shutdown(pool, true, false);
-            s_free(pool);
             cf_error_set(CF_ESYS, "cannot start worker thread %d of %d: %s", i + 1,
                          max_workers, strerror(rc));
-            return NULL;
+            goto failed;
         }
         w->started = true;
     }
     return pool;
+
+failed:;
+    cf_err_t err = cf_last_err();
+    char message[256];
+    snprintf(message, sizeof message, "%s", cf_last_error());
+    void *backend = pool;
+    s_destroy(&backend);
+    cf_error_set(err, "%s", message);
+    return NULL;
 }
