@@ -159,6 +159,31 @@ static cf_err_t s_validate(cf_kind_t kind, const cf_options_t *opts)
     return CF_OK;
 }
 
+//  A client for CF_REMOTE. Key files are read here (errors name the file,
+//  never a key) and the keys wiped once the client applied them.
+static void *s_client_new(const cf_options_t *opts)
+{
+    cf_client_config_t config = {
+        .endpoint = opts->endpoint,
+        .heartbeat_ivl_ms = opts->heartbeat_ivl_ms ? opts->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS,
+        .heartbeat_liveness = CF_HEARTBEAT_LIVENESS,
+    };
+    if (!opts->curve_broker_key)
+        return cf_client_new(&config);
+    char broker_key[CF_KEY_Z85_SIZE];
+    cf_keypair_t pair;
+    void *client = NULL;
+    if (cf_keys_read_public(opts->curve_broker_key, broker_key) == CF_OK
+        && cf_keys_read_pair(opts->curve_key, &pair) == CF_OK) {
+        config.curve_server_key = broker_key;
+        config.curve_public_key = pair.public_z85;
+        config.curve_secret_key = pair.secret_z85;
+        client = cf_client_new(&config);
+    }
+    cf_keys_wipe(&pair);
+    return client;
+}
+
 cf_executor_t *cf_executor_new(cf_kind_t kind, const cf_options_t *opts)
 {
     static const cf_options_t defaults = {0};
@@ -185,32 +210,11 @@ cf_executor_t *cf_executor_new(cf_kind_t kind, const cf_options_t *opts)
         cf_error_set(CF_ENOMEM, "out of memory creating an executor");
         return NULL;
     }
-    if (pthread_mutex_init(&ex->shutdown_lock, NULL) != 0) {
-        free(ex);
-        cf_error_set(CF_ESYS, "pthread_mutex_init failed");
-        return NULL;
-    }
-    if (pthread_mutex_init(&ex->progress_lock, NULL) != 0) {
-        pthread_mutex_destroy(&ex->shutdown_lock);
-        free(ex);
-        cf_error_set(CF_ESYS, "pthread_mutex_init failed");
-        return NULL;
-    }
-    if (pthread_mutex_init(&ex->cancel_lock, NULL) != 0) {
-        pthread_mutex_destroy(&ex->progress_lock);
-        pthread_mutex_destroy(&ex->shutdown_lock);
-        free(ex);
-        cf_error_set(CF_ESYS, "pthread_mutex_init failed");
-        return NULL;
-    }
-    if (pthread_cond_init(&ex->cancel_cond, NULL) != 0) {
-        pthread_mutex_destroy(&ex->cancel_lock);
-        pthread_mutex_destroy(&ex->progress_lock);
-        pthread_mutex_destroy(&ex->shutdown_lock);
-        free(ex);
-        cf_error_set(CF_ESYS, "pthread_cond_init failed");
-        return NULL;
-    }
+    //  Default attributes: glibc's initialisers cannot fail.
+    pthread_mutex_init(&ex->shutdown_lock, NULL);
+    pthread_mutex_init(&ex->progress_lock, NULL);
+    pthread_mutex_init(&ex->cancel_lock, NULL);
+    pthread_cond_init(&ex->cancel_cond, NULL);
     ex->kind = kind;
     ex->max_workers = max_workers;
     ex->retries = opts->retries == 0 ? CF_DEFAULT_RETRIES : opts->retries < 0 ? -1
@@ -233,45 +237,21 @@ cf_executor_t *cf_executor_new(cf_kind_t kind, const cf_options_t *opts)
         ex->ops = &cf_processes_ops;
         ex->backend = cf_processes_new(opts, max_workers);
         break;
-    case CF_REMOTE: {
-        cf_client_config_t config = {
-            .endpoint = opts->endpoint,
-            .zmq_context = NULL,
-            .heartbeat_ivl_ms = opts->heartbeat_ivl_ms ? opts->heartbeat_ivl_ms
-                                                       : CF_HEARTBEAT_IVL_MS,
-            .heartbeat_liveness = CF_HEARTBEAT_LIVENESS,
-        };
+    case CF_REMOTE:
         ex->ops = &cf_client_ops;
-        //  Key files are read here (errors name the file, never a key) and
-        //  the keys wiped once the client applied them.
-        char broker_key[CF_KEY_Z85_SIZE];
-        cf_keypair_t pair;
-        bool curve = opts->curve_broker_key != NULL;
-        if (curve && (cf_keys_read_public(opts->curve_broker_key, broker_key) != CF_OK
-                      || cf_keys_read_pair(opts->curve_key, &pair) != CF_OK)) {
-            cf_keys_wipe(&pair);
-            s_unref(ex);
-            return NULL;
-        }
-        if (curve) {
-            config.curve_server_key = broker_key;
-            config.curve_public_key = pair.public_z85;
-            config.curve_secret_key = pair.secret_z85;
-        }
-        ex->backend = cf_client_new(&config);
-        if (curve)
-            cf_keys_wipe(&pair);
+        ex->backend = s_client_new(opts);
         break;
     }
-    }
-    if (!ex->backend) {
-        //  The back end said why (cf_last_error); keep its message.
-        if (cf_last_err() == CF_OK)
-            cf_error_set(CF_ESYS, "cannot start the %s executor", cf_kind_name(kind));
-        s_unref(ex);
-        return NULL;
-    }
+    if (!ex->backend)
+        goto failed;
     return ex;
+
+failed:
+    //  The back end said why (cf_last_error); keep its message.
+    if (cf_last_err() == CF_OK)
+        cf_error_set(CF_ESYS, "cannot start the %s executor", cf_kind_name(kind));
+    s_unref(ex);
+    return NULL;
 }
 
 cf_executor_t *cf_executor_connect(const char *endpoint, const cf_options_t *opts)

@@ -845,6 +845,8 @@ static void *s_supervisor_main(void *arg)
 // ---------------------------------------------------------------------------
 //  Public
 
+//  Frees a stopped supervisor, or a half-built one (cf_procs_new's
+//  failures come here).
 static void s_free(cf_procs_t *p)
 {
     if (p->wake_fd >= 0)
@@ -920,8 +922,7 @@ cf_procs_t *cf_procs_new(const cf_procs_config_t *config)
     p->early_started = calloc((size_t)p->count, sizeof *p->early_started);
     if (!p->endpoint || !p->slots || !p->zygote_children || !p->early_started) {
         cf_error_set(CF_ENOMEM, "out of memory");
-        s_free(p);
-        return NULL;
+        goto failed;
     }
     snprintf(p->suffix_base, sizeof p->suffix_base, "%.64s-%08" PRIx32, cf_registry_hostname(),
              (uint32_t)cf_random_u64());
@@ -930,21 +931,18 @@ cf_procs_t *cf_procs_new(const cf_procs_config_t *config)
     p->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (p->wake_fd < 0 || pipe2(started, O_CLOEXEC) != 0) {
         cf_error_set(CF_ESYS, "procs: %s", strerror(errno));
-        s_free(p);
-        return NULL;
+        goto failed;
     }
     p->started_rd = started[0];
     p->started_wr = started[1];
     if (fcntl(p->started_rd, F_SETFL, O_NONBLOCK) != 0) {
         cf_error_set(CF_ESYS, "procs: fcntl: %s", strerror(errno));
-        s_free(p);
-        return NULL;
+        goto failed;
     }
     int rc = pthread_create(&p->thread, NULL, s_supervisor_main, p);
     if (rc != 0) {
         cf_error_set(CF_ESYS, "procs: cannot start the supervisor thread: %s", strerror(rc));
-        s_free(p);
-        return NULL;
+        goto failed;
     }
     pthread_mutex_lock(&p->lock);
     while (!p->init_done)
@@ -955,12 +953,15 @@ cf_procs_t *cf_procs_new(const cf_procs_config_t *config)
     pthread_mutex_unlock(&p->lock);
     if (err != CF_OK) {
         s_stop(p, 0);
-        s_free(p);
         cf_error_set(err, "%s", message);
-        return NULL;
+        goto failed;
     }
     cf_log_info(S_LOG, "%d worker processes started (%d threads each)", p->count, p->threads);
     return p;
+
+failed:
+    s_free(p);
+    return NULL;
 }
 
 bool cf_procs_refused(cf_procs_t *p)
