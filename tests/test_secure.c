@@ -25,6 +25,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -199,6 +200,18 @@ static bool s_log_cond(void *arg)
     return s_log_has(w->proc, w->needle);
 }
 
+typedef struct {
+    const char *endpoint;       //  the broker's client endpoint
+    s_keys_t *keys;
+    uint64_t workers;           //  how many it must know
+} s_workers_wait_t;
+
+static bool s_workers_known(void *arg)
+{
+    s_workers_wait_t *w = arg;
+    return s_stat(w->endpoint, &w->keys->broker, &w->keys->alice, "workers") >= w->workers;
+}
+
 //  No log of proc may hold a whole key of k (public or secret).
 static void s_expect_no_keys_in_log(s_keys_t *k, cf_testkit_proc_t *proc)
 {
@@ -227,8 +240,14 @@ static void test_allowed_keys_run_tasks_on_threads_and_procs_workers(void **stat
         fail_msg("allowed client refused: %s", cf_last_error());
     s_expect_square(kit, ex, 7);
 
-    //  --procs children use the keys their supervisor read.
+    //  --procs children use the keys their supervisor read. Its ready line
+    //  comes once they are forked; each then connects and says READY on
+    //  its own time, so the broker is asked until it knows all three.
     s_secure_worker(&k, cf_testkit_workers(broker), k.w1_secret, "2");
+    s_workers_wait_t known = { cf_testkit_clients(broker), &k, 3 };
+    if (!cf_testkit_wait_until(s_workers_known, &known, CF_TESTKIT_DEADLINE_MS))
+        fail_msg("the broker knows %" PRIu64 " workers, not 3",
+                 s_stat(cf_testkit_clients(broker), &k.broker, &k.alice, "workers"));
     for (int i = 0; i < 8; i++)
         s_expect_square(kit, ex, i + 2);
     assert_int_equal(s_stat(cf_testkit_clients(broker), &k.broker, &k.alice, "workers"), 3);

@@ -40,6 +40,7 @@
 #include "cf_error.h"
 #include "cf_log.h"
 #include "cf_proto.h"
+#include "cf_queue.h"
 #include "cf_random.h"
 #include "cf_registry.h"
 
@@ -80,7 +81,7 @@
 #define S_MIN_IVL_MS 10
 
 typedef struct s_task {
-    struct s_task *next;
+    cf_queue_node_t node;       //  in the queue, the outbox or pending
     uint64_t id;
     const char *function;       //  NUL-terminated, in data
     size_t function_len;
@@ -91,11 +92,6 @@ typedef struct s_task {
     bool out_of_memory;         //  cf_registry_run could not produce an outcome
     char data[];
 } s_task_t;
-
-typedef struct {
-    s_task_t *head, *tail;
-    size_t count;
-} s_list_t;
 
 struct s_actor;
 
@@ -127,8 +123,8 @@ struct cf_worker {
     pthread_cond_t work;        //  executors: a task queued, or stopping
     pthread_cond_t state;       //  ended
     //  Under lock.
-    s_list_t queue;             //  tasks to run
-    s_list_t outbox;            //  tasks run, for the actor
+    cf_queue_t queue;             //  tasks to run
+    cf_queue_t outbox;            //  tasks run, for the actor
     int running;                //  tasks being run
     int64_t progress_us;        //  an executor last took or finished a task
     bool stopping;              //  executors leave once the queue is empty
@@ -142,7 +138,7 @@ typedef struct s_actor {
     cf_actor_t *actor;
     void *sock;
     cf_proto_enc_t *enc;
-    s_list_t pending;           //  results to send, oldest first
+    cf_queue_t pending;           //  results to send, oldest first
     uint64_t in_hand;           //  tasks taken whose result is not sent
     //  What the broker believes we can hold: in_hand plus its credit for
     //  us. READY sets it, CREDIT raises it, results and tasks move slots
@@ -171,43 +167,24 @@ typedef struct s_actor {
 // ---------------------------------------------------------------------------
 //  Lists and tasks
 
-static void s_list_push(s_list_t *list, s_task_t *task)
+static s_task_t *s_task_of(cf_queue_node_t *node)
 {
-    task->next = NULL;
-    if (list->tail)
-        list->tail->next = task;
-    else
-        list->head = task;
-    list->tail = task;
-    list->count++;
+    return node ? cf_queue_entry(node, s_task_t, node) : NULL;
 }
 
-static s_task_t *s_list_pop(s_list_t *list)
+static s_task_t *s_pop(cf_queue_t *list)
 {
-    s_task_t *task = list->head;
-    if (task) {
-        list->head = task->next;
-        if (!list->head)
-            list->tail = NULL;
-        list->count--;
-        task->next = NULL;
-    }
-    return task;
+    return s_task_of(cf_queue_pop_front(list));
 }
 
-//  Appends all of from to to.
-static void s_list_splice(s_list_t *to, s_list_t *from)
+static s_task_t *s_front(const cf_queue_t *list)
 {
-    if (!from->head)
-        return;
-    if (to->tail)
-        to->tail->next = from->head;
-    else
-        to->head = from->head;
-    to->tail = from->tail;
-    to->count += from->count;
-    from->head = from->tail = NULL;
-    from->count = 0;
+    return s_task_of(cf_queue_front(list));
+}
+
+static s_task_t *s_next(const cf_queue_t *list, s_task_t *task)
+{
+    return s_task_of(cf_queue_next(list, &task->node));
 }
 
 static void s_task_free(s_task_t *task)
@@ -216,11 +193,12 @@ static void s_task_free(s_task_t *task)
     free(task);
 }
 
-static size_t s_list_clear(s_list_t *list)
+//  Frees every task of list; returns how many.
+static size_t s_clear(cf_queue_t *list)
 {
     size_t n = 0;
     s_task_t *task;
-    while ((task = s_list_pop(list))) {
+    while ((task = s_pop(list))) {
         s_task_free(task);
         n++;
     }
@@ -282,9 +260,9 @@ static void *s_executor_main(void *arg)
         w->initializer(w->initarg);
     pthread_mutex_lock(&w->lock);
     while (true) {
-        while (!w->queue.head && !w->stopping)
+        while (cf_queue_empty(&w->queue) && !w->stopping)
             pthread_cond_wait(&w->work, &w->lock);
-        s_task_t *task = s_list_pop(&w->queue);
+        s_task_t *task = s_pop(&w->queue);
         if (!task)
             break;              //  stopping, nothing queued
         w->running++;
@@ -299,12 +277,12 @@ static void *s_executor_main(void *arg)
         pthread_mutex_lock(&w->lock);
         w->progress_us = end_us;
         w->running--;
-        bool was_empty = w->outbox.head == NULL;
-        s_list_push(&w->outbox, task);
+        bool was_empty = cf_queue_empty(&w->outbox);
+        cf_queue_push_back(&w->outbox, &task->node);
         //  Sent from here only when nothing else runs or waits: under load
         //  the woken actor batches the results that came meanwhile (one by
         //  one from here cost 2.5x the throughput).
-        bool alone = w->running == 0 && w->queue.count == 0;
+        bool alone = w->running == 0 && cf_queue_size(&w->queue) == 0;
         if (was_empty && alone) {
             //  A later result finds the outbox non-empty: this delivery
             //  (or the actor it wakes) takes it along.
@@ -408,10 +386,10 @@ static void s_flush(s_actor_t *a)
         if (a->grant > (uint64_t)a->w->threads)
             a->prefetching = a->prefetched_once = true;
     }
-    while (a->pending.head && !a->blocked) {
+    while (!cf_queue_empty(&a->pending) && !a->blocked) {
         cf_proto_enc_begin(a->enc, CF_MSG_RESULT);
         size_t count = 0;
-        for (s_task_t *t = a->pending.head; t; t = t->next) {
+        for (s_task_t *t = s_front(&a->pending); t; t = s_next(&a->pending, t)) {
             cf_err_t rc = s_encode_result(a, t);
             if (rc == CF_OK) {
                 count++;
@@ -436,7 +414,7 @@ static void s_flush(s_actor_t *a)
         if (rc != CF_OK)
             return;             //  kept in pending
         for (size_t i = 0; i < count; i++) {
-            s_task_free(s_list_pop(&a->pending));
+            s_task_free(s_pop(&a->pending));
             a->in_hand--;
         }
     }
@@ -478,31 +456,22 @@ static void s_adjust_prefetch(s_actor_t *a, bool stalled)
     if (!a->prefetching || (a->grant <= 2 * target && !stalled))
         return;
     //  Keep target - running queued; hand the rest back.
-    s_list_t back = {0};
+    cf_queue_t back;
+    cf_queue_init(&back);
     pthread_mutex_lock(&w->lock);
     uint64_t running = (uint64_t)w->running;
     uint64_t keep = target > running ? target - running : 0;
-    if (w->queue.count > keep) {
-        s_task_t *last = NULL, *t = w->queue.head;
-        for (uint64_t i = 0; i < keep; i++) {
-            last = t;
-            t = t->next;
-        }
-        back.head = t;
-        back.tail = w->queue.tail;
-        back.count = w->queue.count - keep;
-        w->queue.count = keep;
-        w->queue.tail = last;
-        if (last)
-            last->next = NULL;
-        else
-            w->queue.head = NULL;
+    while (cf_queue_size(&w->queue) > keep) {
+        cf_queue_node_t *last = cf_queue_back(&w->queue);
+        cf_queue_remove(&w->queue, last);
+        cf_queue_push_front(&back, last);
     }
     pthread_mutex_unlock(&w->lock);
-    if (back.count) {
+    size_t handed_back = cf_queue_size(&back);
+    if (handed_back) {
         cf_err_t rc = CF_OK;
         cf_proto_enc_begin(a->enc, CF_MSG_RESULT);
-        for (s_task_t *t = back.head; t && rc == CF_OK; t = t->next)
+        for (s_task_t *t = s_front(&back); t && rc == CF_OK; t = s_next(&back, t))
             rc = cf_proto_enc_result_status(a->enc, t->id, CF_STATUS_BUSY);
         if (rc == CF_OK)
             rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
@@ -510,15 +479,15 @@ static void s_adjust_prefetch(s_actor_t *a, bool stalled)
         if (rc != CF_OK) {
             //  Run them after all; try again on a later round.
             pthread_mutex_lock(&w->lock);
-            s_list_splice(&w->queue, &back);
+            cf_queue_append(&w->queue, &back);
             pthread_cond_broadcast(&w->work);
             pthread_mutex_unlock(&w->lock);
             return;
         }
-        a->in_hand -= s_list_clear(&back);
+        a->in_hand -= s_clear(&back);
     }
     cf_log_debug(S_LOG, "tasks take %.0f us: holding %" PRIu64 " instead of %" PRIu64
-                 ", %zu queued handed back", a->mean_run_us, target, a->grant, back.count);
+                 ", %zu queued handed back", a->mean_run_us, target, a->grant, handed_back);
     a->prefetching = false;
     a->announce = true;
     s_flush(a);
@@ -536,7 +505,7 @@ static bool s_check_stall(s_actor_t *a)
     cf_worker_t *w = a->w;
     int64_t now_us = cf_clock_now_us();
     pthread_mutex_lock(&w->lock);
-    bool queued = w->queue.count > 0 && w->running >= w->threads;
+    bool queued = cf_queue_size(&w->queue) > 0 && w->running >= w->threads;
     int64_t idle_us = now_us - w->progress_us;
     pthread_mutex_unlock(&w->lock);
     if (!queued || idle_us < S_STALL_MS * 1000)
@@ -594,7 +563,7 @@ static void s_take_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
             continue;
         }
         s_task_t *task = NULL;
-        if (w->queue.count < (size_t)w->threads + S_PREFETCH_MAX + S_QUEUE_SLACK)
+        if (cf_queue_size(&w->queue) < (size_t)w->threads + S_PREFETCH_MAX + S_QUEUE_SLACK)
             task = s_task_new(src);
         if (!task) {
             pthread_mutex_unlock(&w->lock);
@@ -602,7 +571,7 @@ static void s_take_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
             pthread_mutex_lock(&w->lock);
             continue;
         }
-        s_list_push(&w->queue, task);
+        cf_queue_push_back(&w->queue, &task->node);
         queued++;
         a->accepted++;
         a->in_hand++;
@@ -747,21 +716,21 @@ static size_t s_collect(s_actor_t *a)
 {
     cf_worker_t *w = a->w;
     pthread_mutex_lock(&w->lock);
-    s_task_t *done = w->outbox.head;
-    s_list_splice(&a->pending, &w->outbox);
+    s_task_t *done = s_front(&w->outbox);
+    cf_queue_append(&a->pending, &w->outbox);
     if (a->term_asked && !a->terminating) {
         a->terminating = true;
         a->accepting = false;
         //  Queued tasks never run here: DISCONNECT hands them back.
-        size_t dropped = s_list_clear(&w->queue);
+        size_t dropped = s_clear(&w->queue);
         a->in_hand -= dropped;
         w->stopping = true;
         pthread_cond_broadcast(&w->work);
         cf_log_info(S_LOG, "stopping: %d running, %zu queued handed back", w->running, dropped);
     }
-    size_t busy = (size_t)w->running + w->queue.count;
+    size_t busy = (size_t)w->running + cf_queue_size(&w->queue);
     pthread_mutex_unlock(&w->lock);
-    for (; done; done = done->next) {
+    for (; done; done = s_next(&a->pending, done)) {
         double us = (double)done->run_us;
         if (a->mean_run_us < 0)
             a->mean_run_us = us;
@@ -782,7 +751,7 @@ static void s_check_end(s_actor_t *a, size_t busy, int64_t now)
         return;
     if (busy > 0)
         return;
-    if (a->pending.head || a->announce) {
+    if (!cf_queue_empty(&a->pending) || a->announce) {
         if (!a->give_up_ms) {
             int64_t wait = s_expiry_ms(a);
             a->give_up_ms = now + (wait > S_MIN_GIVE_UP_MS ? wait : S_MIN_GIVE_UP_MS);
@@ -790,7 +759,7 @@ static void s_check_end(s_actor_t *a, size_t busy, int64_t now)
         if (now < a->give_up_ms)
             return;
         cf_log_warn(S_LOG, "broker unreachable: %zu results not delivered (the broker retries "
-                    "those tasks elsewhere)", a->pending.count);
+                    "those tasks elsewhere)", cf_queue_size(&a->pending));
     }
     a->done = true;
     a->end_reason = a->terminating ? CF_OK : CF_ESTOP;
@@ -807,7 +776,7 @@ static int s_poll_timeout(const s_actor_t *a, int64_t now)
     if (a->give_up_ms && a->give_up_ms < deadline)
         deadline = a->give_up_ms;
     //  Prefetched tasks may be queued behind long ones: look again soon.
-    if (a->prefetching && a->in_hand > (uint64_t)a->w->threads + a->pending.count
+    if (a->prefetching && a->in_hand > (uint64_t)a->w->threads + cf_queue_size(&a->pending)
         && now + S_STALL_MS < deadline)
         deadline = now + S_STALL_MS;
     int64_t left = deadline - now;
@@ -829,7 +798,7 @@ static void s_deliver(cf_worker_t *w)
         s_collect(a);
         s_flush(a);
         s_adjust_prefetch(a, false);
-        wake = a->pending.head || a->blocked || a->announce || a->terminating || !a->accepting
+        wake = !cf_queue_empty(&a->pending) || a->blocked || a->announce || a->terminating || !a->accepting
                || (cf_proto_events(a->sock) & ZMQ_POLLIN);
     }
     cf_actor_leave(w->actor, wake);
@@ -858,6 +827,7 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
         .mean_run_us = -1,
     };
     s_actor_t *a = &actor;
+    cf_queue_init(&a->pending);
     char message[256];
     a->enc = cf_proto_enc_new();
     a->sock = zmq_socket(w->ctx, ZMQ_DEALER);
@@ -940,9 +910,9 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
     //  Leaving: say so (best effort; the broker also notices silence), and
     //  stop the executors whatever ended us.
     s_send_disconnect(a, a->end_reason == CF_ESTOP ? "max tasks reached" : "stopping");
-    if (a->pending.count)
-        cf_log_warn(S_LOG, "%zu results not delivered", a->pending.count);
-    s_list_clear(&a->pending);
+    if (cf_queue_size(&a->pending))
+        cf_log_warn(S_LOG, "%zu results not delivered", cf_queue_size(&a->pending));
+    s_clear(&a->pending);
     if (a->declined)
         cf_log_debug(S_LOG, "%" PRIu64 " tasks not taken, handed back by DISCONNECT", a->declined);
     cf_actor_serve(pipe, NULL);
@@ -950,7 +920,7 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
     cf_proto_enc_destroy(&a->enc);
     pthread_mutex_lock(&w->lock);
     w->stopping = true;
-    s_list_clear(&w->queue);
+    s_clear(&w->queue);
     pthread_cond_broadcast(&w->work);
     w->ended = true;
     w->end_reason = a->end_reason;
@@ -981,7 +951,7 @@ static void s_join_executors(cf_worker_t *w)
 {
     pthread_mutex_lock(&w->lock);
     w->stopping = true;
-    s_list_clear(&w->queue);
+    s_clear(&w->queue);
     pthread_cond_broadcast(&w->work);
     pthread_mutex_unlock(&w->lock);
     for (int i = 0; i < w->executors_started; i++)
@@ -998,8 +968,8 @@ static void s_free(cf_worker_t *w)
         while (zmq_ctx_term(w->ctx) != 0 && errno == EINTR)
             ;
     }
-    s_list_clear(&w->queue);
-    s_list_clear(&w->outbox);
+    s_clear(&w->queue);
+    s_clear(&w->outbox);
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->work);
     pthread_cond_destroy(&w->state);
@@ -1032,6 +1002,8 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
         cf_error_set(CF_ENOMEM, "out of memory");
         return NULL;
     }
+    cf_queue_init(&w->queue);
+    cf_queue_init(&w->outbox);
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->work, NULL);
     cf_clock_cond_init(&w->state);
@@ -1131,7 +1103,7 @@ void cf_worker_destroy(cf_worker_t **wp)
     cf_worker_wait(w, -1);
     s_join_executors(w);
     cf_actor_destroy(&w->actor);
-    size_t undelivered = w->outbox.count;
+    size_t undelivered = cf_queue_size(&w->outbox);
     if (undelivered)
         cf_log_warn(S_LOG, "%zu results finished after the worker ended, not delivered",
                     undelivered);
