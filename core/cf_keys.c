@@ -222,75 +222,82 @@ cf_err_t cf_keys_write(const cf_keypair_t *pair, const char *public_path,
 
 //  Reads a whole small file into buf (NUL-terminated). secret: refuse a
 //  file group or others may access. buf is wiped by the caller.
-static cf_err_t s_read_small(const char *path, bool secret, char *buf, size_t size)
+cf_err_t cf_keys_read_text(const char *path, const char *what, size_t max_bytes, bool secret,
+                           char **text)
 {
+    *text = NULL;
     if (!path || !*path)
-        return cf_error_set(CF_EINVAL, "no key file given");
+        return cf_error_set(CF_EINVAL, "no %s given", what);
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
         int err = errno;
         cf_err_t code = err == ENOENT ? CF_ENOTFOUND : CF_ESYS;
-        cf_error_set(code, "cannot open key file %s: %s", path, strerror(err));
+        cf_error_set(code, "cannot open %s %s: %s", what, path, strerror(err));
         errno = err;
         return code;
     }
+    cf_err_t rc = CF_OK;
+    char *buf = NULL;
     struct stat st;
     if (fstat(fd, &st) != 0) {
-        int err = errno;
-        close(fd);
-        cf_error_set(CF_ESYS, "cannot stat key file %s: %s", path, strerror(err));
-        errno = err;
-        return CF_ESYS;
+        rc = cf_error_set(CF_ESYS, "cannot stat %s %s: %s", what, path, strerror(errno));
+        goto done;
     }
     if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return cf_error_set(CF_EINVAL, "key file %s is not a regular file", path);
+        rc = cf_error_set(CF_EINVAL, "%s %s is not a regular file", what, path);
+        goto done;
     }
     if (secret && (st.st_mode & (S_IRWXG | S_IRWXO))) {
-        close(fd);
-        return cf_error_set(CF_EAUTH,
-                            "secret key file %s is accessible by group or others (mode %04o); "
-                            "run: chmod 600 %s",
-                            path, (unsigned)(st.st_mode & 07777), path);
+        rc = cf_error_set(CF_EAUTH, "secret %s %s is accessible by group or others (mode %04o); "
+                          "run: chmod 600 %s", what, path, (unsigned)(st.st_mode & 07777), path);
+        goto done;
     }
-    if (st.st_size < 0 || (uint64_t)st.st_size >= size) {
-        close(fd);
-        return cf_error_set(CF_EINVAL, "key file %s is too large (%lld bytes, limit %zu)", path,
-                            (long long)st.st_size, size - 1);
+    if (st.st_size < 0 || (uint64_t)st.st_size > max_bytes) {
+        rc = cf_error_set(CF_EINVAL, "%s %s is too large (%lld bytes, limit %zu)", what, path,
+                          (long long)st.st_size, max_bytes);
+        goto done;
     }
-    size_t done = 0;
+    //  One byte more than the limit: a file that grew after fstat shows.
+    buf = malloc(max_bytes + 2);
+    if (!buf) {
+        rc = cf_error_set(CF_ENOMEM, "out of memory reading %s %s", what, path);
+        goto done;
+    }
+    size_t got = 0;
     for (;;) {
-        ssize_t n = read(fd, buf + done, size - 1 - done);
+        ssize_t n = read(fd, buf + got, max_bytes + 1 - got);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            int err = errno;
-            close(fd);
-            cf_error_set(CF_ESYS, "cannot read key file %s: %s", path, strerror(err));
-            errno = err;
-            return CF_ESYS;
+            rc = cf_error_set(CF_ESYS, "cannot read %s %s: %s", what, path, strerror(errno));
+            goto done;
         }
         if (n == 0)
             break;
-        done += (size_t)n;
-        if (done == size - 1) {
-            //  The file grew after fstat: still bounded, but refuse it.
-            close(fd);
-            return cf_error_set(CF_EINVAL, "key file %s is too large", path);
+        got += (size_t)n;
+        if (got > max_bytes) {
+            rc = cf_error_set(CF_EINVAL, "%s %s is too large (limit %zu bytes)", what, path,
+                              max_bytes);
+            goto done;
         }
     }
+    buf[got] = '\0';
+    if (memchr(buf, '\0', got))
+        rc = cf_error_set(CF_EINVAL, "%s %s holds binary data", what, path);
+done:
     close(fd);
-    buf[done] = '\0';
-    if (memchr(buf, '\0', done)) {
-        return cf_error_set(CF_EINVAL, "key file %s holds binary data", path);
+    if (rc != CF_OK && buf) {
+        explicit_bzero(buf, max_bytes + 2);
+        free(buf);
+        buf = NULL;
     }
-    return CF_OK;
+    *text = buf;
+    return rc;
 }
 
-//  Finds the one key line in text (see the format in cf_keys.h).
-static cf_err_t s_parse_one(const char *path, char *text, char z85[CF_KEY_Z85_SIZE])
+cf_err_t cf_keys_each_line(char *text, const char *what, const char *path,
+                           cf_keys_line_fn *fn, void *arg)
 {
-    int keys = 0;
     int line_no = 0;
     //  Walked by hand: strtok would merge empty lines and skew line numbers.
     char *line = text;
@@ -307,21 +314,31 @@ static cf_err_t s_parse_one(const char *path, char *text, char z85[CF_KEY_Z85_SI
                            start[len - 1] == '\r'))
             start[--len] = '\0';
         if (len == CF_KEY_Z85_LEN && cf_keys_valid(start)) {
-            if (++keys > 1) {
-                explicit_bzero(z85, CF_KEY_Z85_SIZE);
-                return cf_error_set(CF_EINVAL, "key file %s holds more than one key (line %d)",
-                                    path, line_no);
-            }
-            memcpy(z85, start, CF_KEY_Z85_SIZE);
-        } else if (len > 0 && start[0] != '#') {
-            explicit_bzero(z85, CF_KEY_Z85_SIZE);
-            return cf_error_set(CF_EINVAL, "key file %s: line %d is not a 40-character Z85 key",
+            cf_err_t rc = fn(arg, start, line_no);
+            if (rc != CF_OK)
+                return rc;
+        } else if (len > 0 && start[0] != '#')
+            return cf_error_set(CF_EINVAL, "%s %s: line %d is not a 40-character Z85 key", what,
                                 path, line_no);
-        }
         line = end ? end + 1 : NULL;
     }
-    if (keys == 0)
-        return cf_error_set(CF_EINVAL, "key file %s holds no key", path);
+    return CF_OK;
+}
+
+//  A key file holds exactly one key.
+typedef struct {
+    const char *path;
+    char *z85;
+    int keys;
+} s_one_key_t;
+
+static cf_err_t s_take_one(void *arg, const char *z85, int line)
+{
+    s_one_key_t *one = arg;
+    if (++one->keys > 1)
+        return cf_error_set(CF_EINVAL, "key file %s holds more than one key (line %d)",
+                            one->path, line);
+    memcpy(one->z85, z85, CF_KEY_Z85_SIZE);
     return CF_OK;
 }
 
@@ -329,11 +346,18 @@ static cf_err_t s_read_key(const char *path, bool secret, char z85[CF_KEY_Z85_SI
 {
     if (!z85)
         return cf_error_set(CF_EINVAL, "no key buffer");
-    char buf[CF_KEY_FILE_MAX + 1];
-    cf_err_t rc = s_read_small(path, secret, buf, sizeof buf);
-    if (rc == CF_OK)
-        rc = s_parse_one(path, buf, z85);
-    explicit_bzero(buf, sizeof buf);
+    char *text;
+    cf_err_t rc = cf_keys_read_text(path, "key file", CF_KEY_FILE_MAX, secret, &text);
+    if (rc != CF_OK)
+        return rc;
+    s_one_key_t one = { .path = path, .z85 = z85 };
+    rc = cf_keys_each_line(text, "key file", path, s_take_one, &one);
+    if (rc == CF_OK && one.keys == 0)
+        rc = cf_error_set(CF_EINVAL, "key file %s holds no key", path);
+    if (rc != CF_OK)
+        explicit_bzero(z85, CF_KEY_Z85_SIZE);
+    explicit_bzero(text, strlen(text));
+    free(text);
     return rc;
 }
 

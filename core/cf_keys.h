@@ -90,6 +90,24 @@ cf_err_t cf_keys_read_secret(const char *path, char z85[CF_KEY_Z85_SIZE]);
 //  cf_keys_read_secret.
 cf_err_t cf_keys_read_pair(const char *secret_path, cf_keypair_t *pair);
 
+//  Key files and allow-lists share one format and one reader. The text of
+//  a small regular file (else CF_EINVAL): at most max_bytes, no NUL bytes,
+//  and with secret, no access for group or others (CF_EAUTH,
+//  the message says the chmod to run). what names the file in errors ("key
+//  file", "allow-list"), never its content. *text (NUL-terminated) is yours
+//  to free; wipe it first when it held a secret.
+cf_err_t cf_keys_read_text(const char *path, const char *what, size_t max_bytes, bool secret,
+                           char **text);
+
+//  Called for each key line: z85 is a valid 40-character key, line its
+//  number. CF_OK goes on; anything else stops the walk and is returned.
+typedef cf_err_t(cf_keys_line_fn)(void *arg, const char *z85, int line);
+//  Walks the lines of text (modified in place): blanks around a line are
+//  trimmed, blank lines and '#' comments skipped, a key line goes to fn,
+//  any other line is CF_EINVAL naming what, path and the line number.
+cf_err_t cf_keys_each_line(char *text, const char *what, const char *path,
+                           cf_keys_line_fn *fn, void *arg);
+
 //  Makes socket a CURVE server with this secret key (ZMQ_CURVE_SERVER,
 //  ZMQ_CURVE_SECRETKEY). Call before bind. This alone does NOT authenticate
 //  clients: without a ZAP handler libzmq accepts any client that knows the
