@@ -1,0 +1,76 @@
+//  cf_unitkit (see cf_unitkit.h).
+
+#include "cf_unitkit.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <time.h>
+
+static pthread_mutex_t s_gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t s_gate_cond = PTHREAD_COND_INITIALIZER;
+static bool s_gate_open = true;
+static int s_gate_reached;          //  tasks that reached it since it closed
+
+void cf_unitkit_gate_close(void)
+{
+    pthread_mutex_lock(&s_gate_lock);
+    s_gate_open = false;
+    s_gate_reached = 0;
+    pthread_mutex_unlock(&s_gate_lock);
+}
+
+void cf_unitkit_gate_open(void)
+{
+    pthread_mutex_lock(&s_gate_lock);
+    s_gate_open = true;
+    pthread_cond_broadcast(&s_gate_cond);
+    pthread_mutex_unlock(&s_gate_lock);
+}
+
+void cf_unitkit_gate_pass(void)
+{
+    pthread_mutex_lock(&s_gate_lock);
+    s_gate_reached++;
+    pthread_cond_broadcast(&s_gate_cond);
+    while (!s_gate_open)
+        pthread_cond_wait(&s_gate_cond, &s_gate_lock);
+    pthread_mutex_unlock(&s_gate_lock);
+}
+
+void cf_unitkit_expect_at_gate(int n, int timeout_ms)
+{
+    //  CLOCK_REALTIME: the condition variable's default clock.
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&s_gate_lock);
+    int rc = 0;
+    while (s_gate_reached < n && rc == 0)
+        rc = pthread_cond_timedwait(&s_gate_cond, &s_gate_lock, &deadline);
+    int reached = s_gate_reached;
+    pthread_mutex_unlock(&s_gate_lock);
+    if (reached < n)
+        fail_msg("%d of %d tasks reached the gate in %d ms", reached, n, timeout_ms);
+}
+
+int64_t cf_unitkit_expect_int(cf_future_t *f, int timeout_ms)
+{
+    int64_t value = -1;
+    cf_err_t rc = cf_future_int(f, timeout_ms, &value);
+    if (rc != CF_OK) {
+        const cf_task_error_t *e = cf_future_error(f);
+        fail_msg("future of %s: %s (%s: %s)", cf_future_function(f), cf_strerror(rc),
+                 e ? e->type : "-", e ? e->message : "-");
+    }
+    return value;
+}
