@@ -33,6 +33,8 @@ void cf_fakebroker_stop(cf_fakebroker_t *b);
 //  teardown stops and frees it.
 int cf_fakebroker_setup(void **state);
 int cf_fakebroker_teardown(void **state);
+#define CF_FAKEBROKER_TEST(test) \
+    cmocka_unit_test_setup_teardown(test, cf_fakebroker_setup, cf_fakebroker_teardown)
 
 //  The next message from any worker, NULL after timeout_ms.
 cf_proto_msg_t *cf_fakebroker_recv(cf_fakebroker_t *b, int timeout_ms);
