@@ -9,12 +9,21 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <time.h>
 
 static pthread_mutex_t s_gate_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t s_gate_cond = PTHREAD_COND_INITIALIZER;
 static bool s_gate_open = true;
 static int s_gate_reached;          //  tasks that reached it since it closed
+
+void cf_unitkit_use_env(void)
+{
+    if (getenv("CF_TEST_LOG"))
+        cf_log_set_handler(cf_log_to_stderr, NULL, CF_LOG_DEBUG);
+    if (getenv("CF_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("CF_TEST_FILTER"));
+}
 
 void cf_unitkit_gate_close(void)
 {
@@ -40,6 +49,13 @@ void cf_unitkit_gate_pass(void)
     while (!s_gate_open)
         pthread_cond_wait(&s_gate_cond, &s_gate_lock);
     pthread_mutex_unlock(&s_gate_lock);
+}
+
+void cf_unitkit_gate_task(cf_call_t *call)
+{
+    int64_t x = cf_arg_int(call, 0);
+    cf_unitkit_gate_pass();
+    cf_return_int(call, x);
 }
 
 void cf_unitkit_expect_at_gate(int n, int timeout_ms)
@@ -73,4 +89,14 @@ int64_t cf_unitkit_expect_int(cf_future_t *f, int timeout_ms)
                  e ? e->type : "-", e ? e->message : "-");
     }
     return value;
+}
+
+const cf_task_error_t *cf_unitkit_expect_task_error(cf_future_t *f, int timeout_ms,
+                                                    const char *type)
+{
+    assert_int_equal(cf_future_result(f, timeout_ms, NULL), CF_ETASK);
+    const cf_task_error_t *e = cf_future_error(f);
+    assert_non_null(e);
+    assert_string_equal(e->type, type);
+    return e;
 }

@@ -12,6 +12,11 @@
 
 #include <stdint.h>
 
+//  What the environment asks of a test program: CF_TEST_LOG=1 logs what
+//  the library does to stderr (debug and up), CF_TEST_FILTER=pattern runs
+//  only the tests whose names match. Call first in main().
+void cf_unitkit_use_env(void);
+
 //  Closes the gate and forgets the tasks that reached it.
 void cf_unitkit_gate_close(void);
 
@@ -22,6 +27,10 @@ void cf_unitkit_gate_open(void);
 //  until the gate is open.
 void cf_unitkit_gate_pass(void);
 
+//  A task to register under a name of the test's (CF_TASK_NAMED): passes
+//  the gate, then returns its int argument.
+void cf_unitkit_gate_task(cf_call_t *call);
+
 //  Waits until n tasks reached the gate since it was closed; fails the test
 //  if they did not within timeout_ms (a hang guard, not a timing check).
 void cf_unitkit_expect_at_gate(int n, int timeout_ms);
@@ -29,5 +38,11 @@ void cf_unitkit_expect_at_gate(int n, int timeout_ms);
 //  The int result of f within timeout_ms; fails the test with the future's
 //  function, the error and the task's error type and message otherwise.
 int64_t cf_unitkit_expect_int(cf_future_t *f, int timeout_ms);
+
+//  Expects f to fail within timeout_ms with a task error of type (the
+//  exception's class name, "WorkerLost", "TimeoutError", ...); returns
+//  the error, which lives as long as f.
+const cf_task_error_t *cf_unitkit_expect_task_error(cf_future_t *f, int timeout_ms,
+                                                    const char *type);
 
 #endif

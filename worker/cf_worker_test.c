@@ -55,13 +55,7 @@ CF_TASK(w_fail);
 
 //  Blocks until the gate (tests/cf_unitkit.h) opens, then returns its
 //  argument.
-static void w_gate(cf_call_t *call)
-{
-    int64_t x = cf_arg_int(call, 0);
-    cf_unitkit_gate_pass();
-    cf_return_int(call, x);
-}
-CF_TASK(w_gate);
+CF_TASK_NAMED("w_gate", cf_unitkit_gate_task);
 
 //  Sleeps its argument in milliseconds: a long task.
 static void w_nap(cf_call_t *call)
