@@ -112,6 +112,16 @@ static cf_executor_t *s_threads(int max_workers)
     return ex;
 }
 
+//  All four progress counts of ex.
+static void s_expect_progress(cf_executor_t *ex, cf_progress_t expected)
+{
+    cf_progress_t p = cf_executor_progress(ex);
+    assert_int_equal(p.submitted, expected.submitted);
+    assert_int_equal(p.done, expected.done);
+    assert_int_equal(p.failed, expected.failed);
+    assert_int_equal(p.cancelled, expected.cancelled);
+}
+
 //  Closes the gate and submits block; returns its future once the task
 //  runs, held at the gate.
 static cf_future_t *s_submit_held(cf_executor_t *ex)
@@ -215,11 +225,8 @@ static void test_cancel_removes_a_queued_task_only(void **state)
     assert_int_equal(cf_future_str(running, -1, &text), CF_OK);
     assert_string_equal(text, "unblocked");
     assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
-    cf_progress_t p = cf_executor_progress(ex);
-    assert_int_equal(p.submitted, 2);
-    assert_int_equal(p.done, 2);
-    assert_int_equal(p.cancelled, 1);
-    assert_int_equal(p.failed, 0);
+    s_expect_progress(ex,
+                      (cf_progress_t){ .submitted = 2, .done = 2, .failed = 0, .cancelled = 1 });
     cf_future_release(&running);
     cf_future_release(&queued);
     cf_executor_destroy(&ex);
@@ -246,8 +253,7 @@ static void test_shutdown_cancel_futures_cancels_the_queue(void **state)
     assert_int_equal(p.done, 6);
     assert_int_equal(p.cancelled, 5);
     cf_future_release(&running);
-    for (int i = 0; i < 5; i++)
-        cf_future_release(&queued[i]);
+    cf_unitkit_release_all(queued, 5);
     cf_executor_destroy(&ex);
 }
 
@@ -441,14 +447,10 @@ static void test_progress_counts_every_outcome(void **state)
     for (int i = 0; i < 10; i++)
         fs[i] = i % 4 == 0 ? cf_submit(ex, "raise_value", "i", i) : cf_submit(ex, "noop", "");
     assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
-    cf_progress_t p = cf_executor_progress(ex);
-    assert_int_equal(p.submitted, 10);
-    assert_int_equal(p.done, 10);
-    assert_int_equal(p.failed, 3);
-    assert_int_equal(p.cancelled, 0);
+    s_expect_progress(ex,
+                      (cf_progress_t){ .submitted = 10, .done = 10, .failed = 3, .cancelled = 0 });
     assert_int_equal(atomic_load(&s_progress_calls), 10);
-    for (int i = 0; i < 10; i++)
-        cf_future_release(&fs[i]);
+    cf_unitkit_release_all(fs, 10);
     cf_executor_destroy(&ex);
 }
 

@@ -100,3 +100,9 @@ const cf_task_error_t *cf_unitkit_expect_task_error(cf_future_t *f, int timeout_
     assert_string_equal(e->type, type);
     return e;
 }
+
+void cf_unitkit_release_all(cf_future_t **fs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        cf_future_release(&fs[i]);
+}

@@ -10,6 +10,7 @@
 
 #include "cfutures.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 //  What the environment asks of a test program: CF_TEST_LOG=1 logs what
@@ -38,6 +39,9 @@ void cf_unitkit_expect_at_gate(int n, int timeout_ms);
 //  The int result of f within timeout_ms; fails the test with the future's
 //  function, the error and the task's error type and message otherwise.
 int64_t cf_unitkit_expect_int(cf_future_t *f, int timeout_ms);
+
+//  Releases n futures (each cf_future_release, which NULLs it).
+void cf_unitkit_release_all(cf_future_t **fs, size_t n);
 
 //  Expects f to fail within timeout_ms with a task error of type (the
 //  exception's class name, "WorkerLost", "TimeoutError", ...); returns
