@@ -1,9 +1,11 @@
 //  cf_unitkit: what several unit tests need beside tests/cf_fakebroker, so
-//  it is written once. A gate that tasks running in this process wait at
+//  it is written once: a gate that tasks running in this process wait at
 //  until the test opens it (the test learns how many reached it, so nothing
-//  depends on timing), and the int result of a future. Failures are cmocka
+//  depends on timing), a future's int result or task error, releasing an
+//  array of futures, and the CF_TEST_* environment. Failures are cmocka
 //  assertions: call the cf_unitkit_expect_* functions from the test's own
-//  thread; tasks call only cf_unitkit_gate_pass.
+//  thread; tasks call only cf_unitkit_gate_pass (or run
+//  cf_unitkit_gate_task).
 
 #ifndef CF_UNITKIT_H
 #define CF_UNITKIT_H
