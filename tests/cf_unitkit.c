@@ -1,5 +1,7 @@
 //  cf_unitkit (see cf_unitkit.h).
 
+#define _GNU_SOURCE         //  nftw
+
 #include "cf_unitkit.h"
 
 #include <setjmp.h>
@@ -8,8 +10,11 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <ftw.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <time.h>
 
 static pthread_mutex_t s_gate_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -23,6 +28,50 @@ void cf_unitkit_use_env(void)
         cf_log_set_handler(cf_log_to_stderr, NULL, CF_LOG_DEBUG);
     if (getenv("CF_TEST_FILTER"))
         cmocka_set_test_filter(getenv("CF_TEST_FILTER"));
+}
+
+static char s_dir[64];
+
+static int s_remove(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+const char *cf_unitkit_dir_make(const char *name)
+{
+    static bool removed_at_exit;
+    if (!removed_at_exit) {
+        atexit(cf_unitkit_dir_remove);
+        removed_at_exit = true;
+    }
+    snprintf(s_dir, sizeof s_dir, "/tmp/%s.XXXXXX", name);
+    if (!mkdtemp(s_dir)) {
+        s_dir[0] = '\0';
+        return NULL;
+    }
+    return s_dir;
+}
+
+void cf_unitkit_dir_remove(void)
+{
+    if (s_dir[0])
+        nftw(s_dir, s_remove, 16, FTW_DEPTH | FTW_PHYS);
+    s_dir[0] = '\0';
+}
+
+const char *cf_unitkit_dir(void)
+{
+    return s_dir;
+}
+
+const char *cf_unitkit_dir_path(const char *name)
+{
+    static char paths[4][256];
+    static int next;
+    char *path = paths[next++ % 4];
+    snprintf(path, sizeof paths[0], "%s/%s", s_dir, name);
+    return path;
 }
 
 void cf_unitkit_gate_close(void)

@@ -2,7 +2,8 @@
 //  it is written once: a gate that tasks running in this process wait at
 //  until the test opens it (the test learns how many reached it, so nothing
 //  depends on timing), a future's int result or task error, releasing an
-//  array of futures, and the CF_TEST_* environment. Failures are cmocka
+//  array of futures, a directory for a test program's files, and the
+//  CF_TEST_* environment. Failures are cmocka
 //  assertions: call the cf_unitkit_expect_* functions from the test's own
 //  thread; tasks call only cf_unitkit_gate_pass (or run
 //  cf_unitkit_gate_task).
@@ -19,6 +20,20 @@
 //  the library does to stderr (debug and up), CF_TEST_FILTER=pattern runs
 //  only the tests whose names match. Call first in main().
 void cf_unitkit_use_env(void);
+
+//  Makes a fresh directory /tmp/<name>.XXXXXX for the test program's files
+//  and returns its path, or NULL (errno says why). It is removed with all
+//  in it by cf_unitkit_dir_remove and also at exit, since a failed run may
+//  skip the group teardown. One at a time.
+const char *cf_unitkit_dir_make(const char *name);
+void cf_unitkit_dir_remove(void);
+
+//  The directory's path, or "" when there is none.
+const char *cf_unitkit_dir(void);
+
+//  name's path in the directory; four rotating buffers, so a test can hold
+//  several at once.
+const char *cf_unitkit_dir_path(const char *name);
 
 //  Closes the gate and forgets the tasks that reached it.
 void cf_unitkit_gate_close(void);
