@@ -65,12 +65,19 @@ static void s_counter(cf_actor_t *actor, void *args)
     }
 }
 
+//  Starts the counter actor on c; one that cannot start fails the test.
+static cf_actor_t *s_counter_start(s_counter_t *c)
+{
+    cf_actor_t *actor = cf_actor_new("counter", s_counter, c);
+    assert_non_null(actor);
+    return actor;
+}
+
 static void test_new_returns_once_the_actor_serves_and_destroy_sends_term(void **state)
 {
     (void)state;
     s_counter_t c = {0};
-    cf_actor_t *actor = cf_actor_new("counter", s_counter, &c);
-    assert_non_null(actor);
+    cf_actor_t *actor = s_counter_start(&c);
     assert_null(cf_actor_current());
     cf_actor_destroy(&actor);
     assert_null(actor);
@@ -91,8 +98,7 @@ static void test_sends_arrive_in_order_before_a_call_is_answered(void **state)
 {
     (void)state;
     s_counter_t c = {0};
-    cf_actor_t *actor = cf_actor_new("counter", s_counter, &c);
-    assert_non_null(actor);
+    cf_actor_t *actor = s_counter_start(&c);
     for (int i = 1; i <= 100; i++)
         assert_int_equal(cf_actor_send(actor, "ADD", &i, sizeof i), CF_OK);
     int sum = -1;
@@ -108,8 +114,7 @@ static void test_an_actor_that_ended_refuses_sends_and_calls(void **state)
 {
     (void)state;
     s_counter_t c = {0};
-    cf_actor_t *actor = cf_actor_new("counter", s_counter, &c);
-    assert_non_null(actor);
+    cf_actor_t *actor = s_counter_start(&c);
     int sum = -1;
     //  END makes it return; the call answering END comes first.
     assert_int_equal(cf_actor_call(actor, "END", NULL, 0, &sum, sizeof sum), CF_OK);
@@ -146,8 +151,7 @@ static void test_concurrent_calls_are_each_answered(void **state)
 {
     (void)state;
     s_counter_t c = {0};
-    cf_actor_t *actor = cf_actor_new("counter", s_counter, &c);
-    assert_non_null(actor);
+    cf_actor_t *actor = s_counter_start(&c);
     pthread_t threads[4];
     s_caller_t callers[4];
     for (int i = 0; i < 4; i++) {
@@ -168,8 +172,7 @@ static void test_another_thread_acts_for_a_sleeping_actor(void **state)
 {
     (void)state;
     s_counter_t c = { .serve = true };
-    cf_actor_t *actor = cf_actor_new("counter", s_counter, &c);
-    assert_non_null(actor);
+    cf_actor_t *actor = s_counter_start(&c);
     //  The actor sleeps soon after it reported ready; until then enter
     //  fails because the actor holds io.
     s_counter_t *acting;
@@ -202,8 +205,7 @@ static void test_an_actor_that_does_not_serve_is_never_entered(void **state)
 {
     (void)state;
     s_counter_t c = {0};
-    cf_actor_t *actor = cf_actor_new("counter", s_counter, &c);
-    assert_non_null(actor);
+    cf_actor_t *actor = s_counter_start(&c);
     int sum;
     //  A call round trip: the actor has been asleep in between.
     for (int i = 0; i < 20; i++) {

@@ -2,14 +2,13 @@
 //  content) and CURVE socket options. Handshakes over real sockets are
 //  tested in broker/cf_auth_test.c.
 
-#define _GNU_SOURCE         //  nftw
-
 #include "cf_keys.h"
 #include "cf_error.h"
 
+#include "cf_unitkit.h"
+
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -22,49 +21,25 @@
 
 #include <cmocka.h>
 
-static char s_dir[64];
-
-static int s_remove(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-//  Removes the test directory; also at exit, so a failed run (which may
-//  skip the group teardown) leaves no keys behind in /tmp.
-static void s_remove_dir(void)
-{
-    if (s_dir[0])
-        nftw(s_dir, s_remove, 16, FTW_DEPTH | FTW_PHYS);
-    s_dir[0] = '\0';
-}
-
+//  The keys live in a directory of their own (tests/cf_unitkit.h), removed
+//  after the group and at exit, so no key is left behind in /tmp.
 static int s_setup(void **state)
 {
     (void)state;
-    snprintf(s_dir, sizeof s_dir, "/tmp/cf_keys_test.XXXXXX");
-    if (!mkdtemp(s_dir))
-        return -1;
-    atexit(s_remove_dir);
-    return 0;
+    return cf_unitkit_dir_make("cf_keys_test") ? 0 : -1;
 }
 
 static int s_teardown(void **state)
 {
     (void)state;
-    s_remove_dir();
+    cf_unitkit_dir_remove();
     return 0;
 }
 
-//  A path in the test directory; a few rotating buffers so a test can hold
-//  several at once.
+//  name's path in the test directory.
 static const char *s_path(const char *name)
 {
-    static char paths[4][256];
-    static int next;
-    char *path = paths[next++ % 4];
-    snprintf(path, sizeof paths[0], "%s/%s", s_dir, name);
-    return path;
+    return cf_unitkit_dir_path(name);
 }
 
 static void s_write_file(const char *path, mode_t mode, const char *text, size_t len)
@@ -360,7 +335,7 @@ static void test_read_rejects_missing_huge_and_non_regular_files(void **state)
     (void)state;
     char z85[CF_KEY_Z85_SIZE];
     assert_int_equal(cf_keys_read_public(s_path("missing.key"), z85), CF_ENOTFOUND);
-    assert_int_equal(cf_keys_read_public(s_dir, z85), CF_EINVAL);
+    assert_int_equal(cf_keys_read_public(cf_unitkit_dir(), z85), CF_EINVAL);
     assert_non_null(strstr(cf_last_error(), "not a regular file"));
     assert_int_equal(cf_keys_read_public("/dev/null", z85), CF_EINVAL);
     assert_int_equal(cf_keys_read_public(NULL, z85), CF_EINVAL);

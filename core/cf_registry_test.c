@@ -71,6 +71,15 @@ static void s_expect_error(cf_outcome_t *outcome, const char *type, const char *
     cf_outcome_fini(outcome);
 }
 
+//  The error for a task name that nobody registered on this host.
+static void s_expect_unknown_function(cf_outcome_t *outcome, const char *name)
+{
+    char expected[512];
+    snprintf(expected, sizeof expected, "no task named '%s' is registered on host %s", name,
+             cf_registry_hostname());
+    s_expect_error(outcome, "UnknownFunction", expected);
+}
+
 static void s_expect_int(cf_outcome_t *outcome, int64_t expected)
 {
     cf_mp_doc_t *doc = NULL;
@@ -87,6 +96,17 @@ static void s_expect_str(cf_outcome_t *outcome, const char *expected)
     const char *value = cf_value_str(s_value(outcome, &doc), NULL);
     assert_non_null(value);
     assert_string_equal(value, expected);
+    cf_mp_doc_destroy(&doc);
+    cf_outcome_fini(outcome);
+}
+
+//  The value, as cf_value_repr writes it.
+static void s_expect_repr(cf_outcome_t *outcome, const char *expected)
+{
+    cf_mp_doc_t *doc = NULL;
+    char *repr = cf_value_repr(s_value(outcome, &doc));
+    assert_string_equal(repr, expected);
+    free(repr);
     cf_mp_doc_destroy(&doc);
     cf_outcome_fini(outcome);
 }
@@ -539,11 +559,7 @@ static void test_every_return_kind(void **state)
     s_expect_error(&o, "ValueError", NULL);
 
     o = s_run("t_returns", "s", "format");
-    char *repr = cf_value_repr(s_value(&o, &doc));
-    assert_string_equal(repr, "[1, 'one', {'k': True}]");
-    free(repr);
-    cf_mp_doc_destroy(&doc);
-    cf_outcome_fini(&o);
+    s_expect_repr(&o, "[1, 'one', {'k': True}]");
     o = s_run("t_returns", "s", "bad_format");
     s_expect_error(&o, "ValueError", NULL);
     o = s_run("t_returns", "s", "two_values");
@@ -575,11 +591,8 @@ static void test_a_nested_run_keeps_the_outer_result(void **state)
 static void test_unknown_function(void **state)
 {
     (void)state;
-    char expected[512];
-    snprintf(expected, sizeof expected, "no task named 'foo' is registered on host %s",
-             cf_registry_hostname());
     cf_outcome_t o = s_run("foo", "");
-    s_expect_error(&o, "UnknownFunction", expected);
+    s_expect_unknown_function(&o, "foo");
     //  Control bytes from the network never reach the message.
     assert_int_equal(cf_registry_run("a\nb", 3, "\x90", 1, &o), CF_OK);
     assert_false(o.ok);
@@ -632,8 +645,6 @@ static void test_chunk_runs_each_input_and_isolates_failures(void **state)
 {
     (void)state;
     cf_outcome_t o = s_run(CF_CHUNK_FUNCTION, "s[[i][i][s][i]i]", "t_fail_on_odd", 2, 3, "x", 4, 5);
-    cf_mp_doc_t *doc = NULL;
-    char *repr = cf_value_repr(s_value(&o, &doc));
     //  Each error says where it ran, as a single task's error does.
     char expected[1500];
     char where[300];
@@ -644,10 +655,7 @@ static void test_chunk_runs_each_input_and_isolates_failures(void **state)
                          "%s], [0, 40], "
                          "[1, 'TypeError', 't_fail_on_odd() input 4 of the chunk: arguments must "
                          "be an array, got int', %s]]", where, where, where) < (int)sizeof expected);
-    assert_string_equal(repr, expected);
-    free(repr);
-    cf_mp_doc_destroy(&doc);
-    cf_outcome_fini(&o);
+    s_expect_repr(&o, expected);
 }
 
 static void test_chunk_of_nothing_and_of_tasks_returning_nothing(void **state)
@@ -659,21 +667,14 @@ static void test_chunk_of_nothing_and_of_tasks_returning_nothing(void **state)
     cf_mp_doc_destroy(&doc);
     cf_outcome_fini(&o);
     o = s_run(CF_CHUNK_FUNCTION, "s[[][]]", "t_nothing");
-    char *repr = cf_value_repr(s_value(&o, &doc));
-    assert_string_equal(repr, "[[0, None], [0, None]]");
-    free(repr);
-    cf_mp_doc_destroy(&doc);
-    cf_outcome_fini(&o);
+    s_expect_repr(&o, "[[0, None], [0, None]]");
 }
 
 static void test_chunk_refuses_bad_arguments(void **state)
 {
     (void)state;
-    char expected[512];
-    snprintf(expected, sizeof expected, "no task named 'nope' is registered on host %s",
-             cf_registry_hostname());
     cf_outcome_t o = s_run(CF_CHUNK_FUNCTION, "s[[i]]", "nope", 1);
-    s_expect_error(&o, "UnknownFunction", expected);
+    s_expect_unknown_function(&o, "nope");
     o = s_run(CF_CHUNK_FUNCTION, "i[]", 1);
     s_expect_error(&o, "TypeError", "cf.chunk() argument 0: expected str, got int");
     o = s_run(CF_CHUNK_FUNCTION, "si", "t_int", 1);
@@ -686,12 +687,7 @@ static void test_chunk_of_chunks(void **state)
 {
     (void)state;
     cf_outcome_t o = s_run(CF_CHUNK_FUNCTION, "s[[s[[i]]]]", CF_CHUNK_FUNCTION, "t_int", 9);
-    cf_mp_doc_t *doc = NULL;
-    char *repr = cf_value_repr(s_value(&o, &doc));
-    assert_string_equal(repr, "[[0, [[0, 9]]]]");
-    free(repr);
-    cf_mp_doc_destroy(&doc);
-    cf_outcome_fini(&o);
+    s_expect_repr(&o, "[[0, [[0, 9]]]]");
 }
 
 // ---------------------------------------------------------------------------

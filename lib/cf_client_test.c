@@ -10,6 +10,9 @@
 #include "cf_proto.h"
 #include "cf_worker.h"
 
+#include "cf_fakebroker.h"
+#include "cf_unitkit.h"
+
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -41,55 +44,15 @@ static void t_fail(cf_call_t *call)
 }
 CF_TASK(t_fail);
 
-//  A gate tasks wait at, so a test decides when they may finish.
-static pthread_mutex_t s_gate_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t s_gate_cond = PTHREAD_COND_INITIALIZER;
-static bool s_gate_open = true;
-static int s_gate_entered;
+//  Waits at the gate (tests/cf_unitkit.h), so a test decides when it may
+//  finish; returns its argument.
+CF_TASK_NAMED("t_gate", cf_unitkit_gate_task);
 
-static void t_gate(cf_call_t *call)
-{
-    int64_t x = cf_arg_int(call, 0);
-    pthread_mutex_lock(&s_gate_lock);
-    s_gate_entered++;
-    pthread_cond_broadcast(&s_gate_cond);
-    while (!s_gate_open)
-        pthread_cond_wait(&s_gate_cond, &s_gate_lock);
-    pthread_mutex_unlock(&s_gate_lock);
-    cf_return_int(call, x);
-}
-CF_TASK(t_gate);
-
-static void s_gate_close(void)
-{
-    pthread_mutex_lock(&s_gate_lock);
-    s_gate_open = false;
-    s_gate_entered = 0;
-    pthread_mutex_unlock(&s_gate_lock);
-}
-
-static void s_gate_release(void)
-{
-    pthread_mutex_lock(&s_gate_lock);
-    s_gate_open = true;
-    pthread_cond_broadcast(&s_gate_cond);
-    pthread_mutex_unlock(&s_gate_lock);
-}
-
-//  True once n tasks entered the gate; false after 10 s (a hung test fails
+//  The gate holds a first task: 10 s for it to get there (a hung test fails
 //  instead of stalling CTest).
-static bool s_gate_wait_entered(int n)
+static void s_expect_one_at_gate(void)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += 10;
-    pthread_mutex_lock(&s_gate_lock);
-    int rc = 0;
-    while (s_gate_entered < n && rc == 0)
-        rc = pthread_cond_timedwait(&s_gate_cond, &s_gate_lock, &deadline);
-    bool ok = s_gate_entered >= n;
-    pthread_mutex_unlock(&s_gate_lock);
-    return ok;
+    cf_unitkit_expect_at_gate(1, 10000);
 }
 
 // ---------------------------------------------------------------------------
@@ -153,16 +116,21 @@ static void s_stop(s_env_t *env)
     cf_broker_destroy(&env->broker);
 }
 
+//  The int result of f, within 20 s.
 static int64_t s_int_result(cf_future_t *f)
 {
-    int64_t value = -1;
-    cf_err_t rc = cf_future_int(f, 20000, &value);
-    if (rc != CF_OK) {
-        const cf_task_error_t *e = cf_future_error(f);
-        fail_msg("future of %s: %s (%s: %s)", cf_future_function(f), cf_strerror(rc),
-                 e ? e->type : "-", e ? e->message : "-");
-    }
-    return value;
+    return cf_unitkit_expect_int(f, 20000);
+}
+
+//  Closes the gate and submits t_gate(x); returns its future once the task
+//  runs, held at the gate.
+static cf_future_t *s_submit_held(s_env_t *env, int x)
+{
+    cf_unitkit_gate_close();
+    cf_future_t *f = cf_submit(env->ex, "t_gate", "i", x);
+    assert_non_null(f);
+    s_expect_one_at_gate();
+    return f;
 }
 
 // ---------------------------------------------------------------------------
@@ -195,10 +163,7 @@ static void test_task_error_keeps_type_message_and_origin(void **state)
     s_start(&env, 1, 0);
     cf_future_t *f = cf_submit(env.ex, "t_fail", "i", 7);
     assert_non_null(f);
-    assert_int_equal(cf_future_result(f, 20000, NULL), CF_ETASK);
-    const cf_task_error_t *e = cf_future_error(f);
-    assert_non_null(e);
-    assert_string_equal(e->type, "ValueError");
+    const cf_task_error_t *e = cf_unitkit_expect_task_error(f, 20000, "ValueError");
     assert_string_equal(e->message, "bad value 7");
     assert_string_equal(e->function, "t_fail");
     assert_int_equal(e->pid, getpid());     //  the worker runs in this process
@@ -214,10 +179,7 @@ static void test_unknown_function_fails_with_unknown_function(void **state)
     s_start(&env, 1, 0);
     cf_future_t *f = cf_submit(env.ex, "no_such_task", "i", 1);
     assert_non_null(f);
-    assert_int_equal(cf_future_result(f, 20000, NULL), CF_ETASK);
-    const cf_task_error_t *e = cf_future_error(f);
-    assert_non_null(e);
-    assert_string_equal(e->type, "UnknownFunction");
+    (void)cf_unitkit_expect_task_error(f, 20000, "UnknownFunction");
     cf_future_release(&f);
     s_stop(&env);
 }
@@ -258,10 +220,7 @@ static void test_cancel_wins_on_a_queued_task_and_loses_on_a_started_one(void **
     enum { QUEUED = 8 };
     s_env_t env;
     s_start(&env, 1, 0);
-    s_gate_close();
-    cf_future_t *running = cf_submit(env.ex, "t_gate", "i", 42);
-    assert_non_null(running);
-    assert_true(s_gate_wait_entered(1));
+    cf_future_t *running = s_submit_held(&env, 42);
     //  The one worker thread is busy: these wait in the broker (or in the
     //  client); the last is past any prefetch a worker might do.
     cf_future_t *queued[QUEUED];
@@ -278,7 +237,7 @@ static void test_cancel_wins_on_a_queued_task_and_loses_on_a_started_one(void **
 
     assert_false(cf_future_cancel(running));
     assert_false(cf_future_cancelled(running));
-    s_gate_release();
+    cf_unitkit_gate_open();
     assert_int_equal(s_int_result(running), 42);
     //  A done future cannot be cancelled.
     assert_false(cf_future_cancel(running));
@@ -297,16 +256,14 @@ static void test_shutdown_cancel_futures_cancels_what_has_not_started(void **sta
     enum { QUEUED = 20 };
     s_env_t env;
     s_start(&env, 1, 0);
-    s_gate_close();
-    cf_future_t *running = cf_submit(env.ex, "t_gate", "i", 5);
-    assert_true(s_gate_wait_entered(1));
+    cf_future_t *running = s_submit_held(&env, 5);
     cf_future_t *queued[QUEUED];
     for (int i = 0; i < QUEUED; i++)
         queued[i] = cf_submit(env.ex, "t_gate", "i", i);
     assert_int_equal(cf_executor_shutdown(env.ex, false, true), CF_OK);
     assert_null(cf_submit(env.ex, "t_add", "ii", 1, 2));
     assert_int_equal(cf_last_err(), CF_ESHUTDOWN);
-    s_gate_release();
+    cf_unitkit_gate_open();
     assert_int_equal(cf_executor_shutdown(env.ex, true, false), CF_OK);
     assert_int_equal(s_int_result(running), 5);
     //  A worker may have taken a few before the cancel arrived; the rest,
@@ -355,7 +312,7 @@ static void test_broker_restart_resends_pending_tasks(void **state)
     enum { N = 6 };
     s_env_t env;
     s_start(&env, 1, 0);
-    s_gate_close();
+    cf_unitkit_gate_close();
     cf_future_t *fs[N];
     for (int i = 0; i < N; i++) {
         fs[i] = cf_submit(env.ex, "t_gate", "i", i);
@@ -363,13 +320,13 @@ static void test_broker_restart_resends_pending_tasks(void **state)
     }
     //  One runs on the worker, the others wait in the broker, which now
     //  goes away with them.
-    assert_true(s_gate_wait_entered(1));
+    s_expect_one_at_gate();
     char client_ep[128], worker_ep[128];
     snprintf(client_ep, sizeof client_ep, "%s", env.client_endpoint);
     snprintf(worker_ep, sizeof worker_ep, "%s", env.worker_endpoint);
     cf_broker_destroy(&env.broker);
     s_start_broker(&env, client_ep, worker_ep, 0);
-    s_gate_release();
+    cf_unitkit_gate_open();
     for (int i = 0; i < N; i++) {
         assert_int_equal(s_int_result(fs[i]), i);
         cf_future_release(&fs[i]);
@@ -382,19 +339,17 @@ static void test_broker_restart_resends_pending_tasks(void **state)
 }
 
 // ---------------------------------------------------------------------------
-//  A scripted broker (raw ROUTER) for the resubmission triggers: it never
-//  answers a task id the first time it sees it, but tells the client it
-//  forgot it (ERROR "unknown client", or a new boot id in HEARTBEAT); it
-//  answers 42 to ids it sees again. Every future finishing therefore proves
-//  the client resubmitted.
+//  A scripted broker (a thread on tests/cf_fakebroker's ROUTER) for the
+//  resubmission triggers: it never answers a task id the first time it
+//  sees it, but tells the client it forgot it (ERROR "unknown client", or a
+//  new boot id in HEARTBEAT); it answers 42 to ids it sees again. Every
+//  future finishing therefore proves the client resubmitted.
 
 typedef enum { S_FAKE_UNKNOWN_CLIENT, S_FAKE_NEW_BOOT } s_fake_mode_t;
 
 typedef struct {
     s_fake_mode_t mode;
-    void *ctx;
-    void *router;
-    char endpoint[64];
+    cf_fakebroker_t broker;     //  its ROUTER and encoder, used by the thread only
     cf_idmap_t *seen;           //  id -> (void *)1 once seen
     uint64_t boot;
     int resubmitted;            //  ids seen a second time
@@ -407,7 +362,7 @@ static void s_fake_trigger(s_fake_t *fake, cf_proto_enc_t *enc, const void *rid,
     if (fake->mode == S_FAKE_UNKNOWN_CLIENT) {
         cf_proto_enc_begin(enc, CF_MSG_ERROR);
         cf_proto_enc_text(enc, CF_PROTO_UNKNOWN_CLIENT, 0);
-        assert_int_equal(cf_proto_enc_send(enc, fake->router, rid, len), CF_OK);
+        assert_int_equal(cf_proto_enc_send(enc, fake->broker.router, rid, len), CF_OK);
         return;
     }
     //  The first time the client has no boot id yet: give it one, then
@@ -415,22 +370,23 @@ static void s_fake_trigger(s_fake_t *fake, cf_proto_enc_t *enc, const void *rid,
     for (int i = fake->boot == 1 ? 0 : 1; i < 2; i++) {
         cf_proto_enc_begin(enc, CF_MSG_HEARTBEAT);
         cf_proto_enc_heartbeat(enc, ++fake->boot, 1000);
-        assert_int_equal(cf_proto_enc_send(enc, fake->router, rid, len), CF_OK);
+        assert_int_equal(cf_proto_enc_send(enc, fake->broker.router, rid, len), CF_OK);
     }
 }
 
 static void *s_fake_run(void *arg)
 {
     s_fake_t *fake = arg;
-    cf_proto_enc_t *enc = cf_proto_enc_new();
+    void *router = fake->broker.router;
+    cf_proto_enc_t *enc = fake->broker.enc;
     while (!atomic_load(&fake->stop)) {
-        zmq_pollitem_t item = {fake->router, 0, ZMQ_POLLIN, 0};
+        zmq_pollitem_t item = {router, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, 20) <= 0)
             continue;
         zmq_msg_t rid;
         zmq_msg_init(&rid);
         cf_proto_msg_t *msg = NULL;
-        if (cf_proto_recv(fake->router, true, &rid, &msg) == CF_OK
+        if (cf_proto_recv(router, true, &rid, &msg) == CF_OK
             && msg->type == CF_MSG_SUBMIT) {
             const void *id = zmq_msg_data(&rid);
             size_t id_len = zmq_msg_size(&rid);
@@ -448,14 +404,13 @@ static void *s_fake_run(void *arg)
                 }
             }
             if (cf_proto_enc_count(enc))
-                assert_int_equal(cf_proto_enc_send(enc, fake->router, id, id_len), CF_OK);
+                assert_int_equal(cf_proto_enc_send(enc, router, id, id_len), CF_OK);
             if (fresh)
                 s_fake_trigger(fake, enc, id, id_len);
         }
         cf_proto_msg_destroy(&msg);
         zmq_msg_close(&rid);
     }
-    cf_proto_enc_destroy(&enc);
     return NULL;
 }
 
@@ -464,12 +419,7 @@ static void s_fake_start(s_fake_t *fake, s_fake_mode_t mode)
     memset(fake, 0, sizeof *fake);
     fake->mode = mode;
     fake->boot = 1;
-    fake->ctx = zmq_ctx_new();
-    fake->router = zmq_socket(fake->ctx, ZMQ_ROUTER);
-    assert_int_equal(cf_proto_socket_setup(fake->router, true), CF_OK);
-    assert_int_equal(zmq_bind(fake->router, "tcp://127.0.0.1:*"), 0);
-    size_t len = sizeof fake->endpoint;
-    assert_int_equal(zmq_getsockopt(fake->router, ZMQ_LAST_ENDPOINT, fake->endpoint, &len), 0);
+    cf_fakebroker_start(&fake->broker);
     fake->seen = cf_idmap_new(64);
     atomic_init(&fake->stop, false);
     assert_int_equal(pthread_create(&fake->thread, NULL, s_fake_run, fake), 0);
@@ -479,8 +429,7 @@ static void s_fake_stop(s_fake_t *fake)
 {
     atomic_store(&fake->stop, true);
     pthread_join(fake->thread, NULL);
-    zmq_close(fake->router);
-    zmq_ctx_term(fake->ctx);
+    cf_fakebroker_stop(&fake->broker);
     cf_idmap_destroy(&fake->seen);
 }
 
@@ -489,7 +438,8 @@ static void s_expect_resubmission(s_fake_mode_t mode)
     enum { N = 5 };
     s_fake_t fake;
     s_fake_start(&fake, mode);
-    cf_executor_t *ex = cf_executor_new(CF_REMOTE, &(cf_options_t){.endpoint = fake.endpoint});
+    cf_executor_t *ex =
+        cf_executor_new(CF_REMOTE, &(cf_options_t){.endpoint = fake.broker.endpoint});
     assert_non_null(ex);
     cf_future_t *fs[N];
     for (int i = 0; i < N; i++)
@@ -538,22 +488,28 @@ static cf_future_t *s_submit_direct(void *client, const char *fn, int64_t x)
     return f;
 }
 
+//  A client of a broker that is gone (its port is free, nobody answers)
+//  with n tasks t_add(i) submitted through the back end.
+static void *s_client_of_a_gone_broker(cf_future_t **fs, int n)
+{
+    s_env_t env = {0};
+    s_start_broker(&env, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", 0);
+    char gone[128];
+    snprintf(gone, sizeof gone, "%s", env.client_endpoint);
+    cf_broker_destroy(&env.broker);
+    void *client = cf_client_new(&(cf_client_config_t){.endpoint = gone});
+    assert_non_null(client);
+    for (int i = 0; i < n; i++)
+        fs[i] = s_submit_direct(client, "t_add", i);
+    return client;
+}
+
 static void test_destroy_resolves_every_pending_future(void **state)
 {
     (void)state;
     enum { N = 100 };
-    //  A broker that is gone: its port is free, nobody answers.
-    s_env_t env = {0};
-    s_start_broker(&env, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", 0);
-    char dead[128];
-    snprintf(dead, sizeof dead, "%s", env.client_endpoint);
-    cf_broker_destroy(&env.broker);
-
-    void *client = cf_client_new(&(cf_client_config_t){.endpoint = dead});
-    assert_non_null(client);
     cf_future_t *fs[N];
-    for (int i = 0; i < N; i++)
-        fs[i] = s_submit_direct(client, "t_add", i);
+    void *client = s_client_of_a_gone_broker(fs, N);
     cf_client_ops.destroy(&client);
     assert_null(client);
     for (int i = 0; i < N; i++) {
@@ -567,17 +523,8 @@ static void test_cancel_does_not_wait_for_an_unreachable_broker(void **state)
 {
     (void)state;
     enum { N = 30 };
-    s_env_t env = {0};
-    s_start_broker(&env, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", 0);
-    char dead[128];
-    snprintf(dead, sizeof dead, "%s", env.client_endpoint);
-    cf_broker_destroy(&env.broker);
-
-    void *client = cf_client_new(&(cf_client_config_t){.endpoint = dead});
-    assert_non_null(client);
     cf_future_t *fs[N];
-    for (int i = 0; i < N; i++)
-        fs[i] = s_submit_direct(client, "t_add", i);
+    void *client = s_client_of_a_gone_broker(fs, N);
     //  Each cancel ends once the client has looked at it: a task it still
     //  held is cancelled (true), one already handed to zmq cannot be (false)
     //  and nobody will say otherwise. Waiting for an answer instead would
@@ -602,21 +549,18 @@ static void test_destroy_fails_a_started_task(void **state)
     void *client = cf_client_new(&(cf_client_config_t){
         .endpoint = env.client_endpoint, .heartbeat_ivl_ms = S_IVL_MS});
     assert_non_null(client);
-    s_gate_close();
+    cf_unitkit_gate_close();
     cf_future_t *f = s_submit_direct(client, "t_gate", 9);
-    assert_true(s_gate_wait_entered(1));
+    s_expect_one_at_gate();
     //  STARTED may trail the task's start a little.
     for (int i = 0; i < 1000 && !cf_future_running(f); i++)
         usleep(10 * 1000);
     assert_true(cf_future_running(f));
     cf_client_ops.destroy(&client);
     assert_true(cf_future_done(f));
-    assert_int_equal(cf_future_result(f, 0, NULL), CF_ETASK);
-    const cf_task_error_t *e = cf_future_error(f);
-    assert_non_null(e);
-    assert_string_equal(e->type, "ExecutorDestroyed");
+    (void)cf_unitkit_expect_task_error(f, 0, "ExecutorDestroyed");
     cf_future_release(&f);
-    s_gate_release();
+    cf_unitkit_gate_open();
     cf_worker_destroy(&env.worker);
     cf_broker_destroy(&env.broker);
 }
@@ -634,11 +578,7 @@ static void test_new_rejects_a_bad_endpoint(void **state)
 int main(void)
 {
     //  CF_TEST_LOG=1 shows what the actors did (resends, lost brokers).
-    if (getenv("CF_TEST_LOG"))
-        cf_log_set_handler(cf_log_to_stderr, NULL, CF_LOG_DEBUG);
-    //  CF_TEST_FILTER=test_name (a pattern) runs only matching tests.
-    if (getenv("CF_TEST_FILTER"))
-        cmocka_set_test_filter(getenv("CF_TEST_FILTER"));
+    cf_unitkit_use_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tasks_return_their_results),
         cmocka_unit_test(test_task_error_keeps_type_message_and_origin),

@@ -7,7 +7,7 @@
 
 #include "cfutures.h"
 
-#include "cf_future.h"
+#include "cf_unitkit.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,9 +19,8 @@
 
 #include <cmocka.h>
 
-static const uint8_t s_nil[] = { 0xc0 };
-static cf_future_t *s_gate;         //  block waits until the test resolves it
-static cf_future_t *s_started;      //  resolved by the first block to run
+//  A hang guard for what must happen, not a timing assertion.
+#define S_WAIT_MS 20000
 
 static void twice(cf_call_t *call)
 {
@@ -54,11 +53,11 @@ static void length(cf_call_t *call)
 }
 CF_TASK(length);
 
+//  Waits at the gate the test opens (tests/cf_unitkit.h).
 static void block(cf_call_t *call)
 {
     (void)call;
-    cf_future_set_result(s_started, s_nil, 1);
-    cf_future_wait(s_gate, -1);
+    cf_unitkit_gate_pass();
 }
 CF_TASK(block);
 
@@ -68,6 +67,8 @@ static cf_executor_t *s_threads(int max_workers)
     assert_non_null(ex);
     return ex;
 }
+
+static const int64_t s_zero_to_nine[10] = { 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 };
 
 //  A source counting how often it was asked; endless unless limit > 0.
 typedef struct {
@@ -85,6 +86,16 @@ static int s_counting_source(void *state, size_t index, cf_args_t *args)
     if (counter->fail_at && index == counter->fail_at)
         return -1;
     return cf_args_add_int(args, (int64_t)index) == CF_OK ? 1 : -1;
+}
+
+//  A map of fn over the counting source; one that cannot start fails the
+//  test.
+static cf_map_t *s_map_counted(cf_executor_t *ex, const char *fn, s_counter_t *counter,
+                               const cf_map_opts_t *opts)
+{
+    cf_map_t *map = cf_map_new(ex, fn, s_counting_source, counter, opts);
+    assert_non_null(map);
+    return map;
 }
 
 static void s_expect_ints(cf_map_t *map, size_t count, int64_t factor)
@@ -127,9 +138,7 @@ static void test_inputs_are_pulled_only_as_the_window_allows(void **state)
     (void)state;
     cf_executor_t *ex = s_threads(2);
     s_counter_t counter = {0};
-    cf_map_t *map = cf_map_new(ex, "twice", s_counting_source, &counter,
-                               &(cf_map_opts_t){ .window = 4 });
-    assert_non_null(map);
+    cf_map_t *map = s_map_counted(ex, "twice", &counter, &(cf_map_opts_t){ .window = 4 });
     assert_true(counter.asked <= 4);
     s_expect_ints(map, 3, 2);
     //  An endless source, three results taken: at most window + 3 asked.
@@ -144,9 +153,8 @@ static void test_an_endless_source_runs_in_bounded_memory(void **state)
     (void)state;
     cf_executor_t *ex = s_threads(2);
     s_counter_t counter = {0};
-    cf_map_t *map = cf_map_new(ex, "twice", s_counting_source, &counter,
-                               &(cf_map_opts_t){ .window = 8, .chunksize = 10 });
-    assert_non_null(map);
+    cf_map_t *map = s_map_counted(ex, "twice", &counter,
+                                  &(cf_map_opts_t){ .window = 8, .chunksize = 10 });
     s_expect_ints(map, 2000, 2);
     //  In flight at most a window of chunks beyond what was consumed.
     assert_true(counter.asked <= 2000 + (8 + 1) * 10);
@@ -160,9 +168,8 @@ static void test_a_bad_argument_in_a_chunk_fails_its_own_input(void **state)
     cf_executor_t *ex = s_threads(2);
     s_counter_t counter = {0};
     //  sum2 wants two arguments and gets one: a TypeError inside the chunk.
-    cf_map_t *map = cf_map_new(ex, "sum2", s_counting_source, &counter,
-                               &(cf_map_opts_t){ .window = 8, .chunksize = 10 });
-    assert_non_null(map);
+    cf_map_t *map = s_map_counted(ex, "sum2", &counter,
+                                  &(cf_map_opts_t){ .window = 8, .chunksize = 10 });
     const cf_value_t *value;
     assert_int_equal(cf_map_next(map, &value), CF_ETASK);
     assert_int_equal(cf_map_index(map), 0);
@@ -176,10 +183,8 @@ static void test_chunks_carry_several_inputs_each(void **state)
 {
     (void)state;
     cf_executor_t *ex = s_threads(2);
-    int64_t inputs[10];
-    for (int i = 0; i < 10; i++)
-        inputs[i] = i;
-    cf_map_t *map = cf_map_ints(ex, "twice", inputs, 10, &(cf_map_opts_t){ .chunksize = 3 });
+    cf_map_t *map =
+        cf_map_ints(ex, "twice", s_zero_to_nine, 10, &(cf_map_opts_t){ .chunksize = 3 });
     assert_non_null(map);
     s_expect_ints(map, 10, 2);
     assert_int_equal(cf_map_next(map, NULL), CF_ESTOP);
@@ -193,10 +198,7 @@ static void test_chunks_carry_several_inputs_each(void **state)
 static void s_check_first_error_stops(size_t chunksize)
 {
     cf_executor_t *ex = s_threads(3);
-    int64_t inputs[10];
-    for (int i = 0; i < 10; i++)
-        inputs[i] = i;
-    cf_map_t *map = cf_map_ints(ex, "fail_at_5", inputs, 10,
+    cf_map_t *map = cf_map_ints(ex, "fail_at_5", s_zero_to_nine, 10,
                                 &(cf_map_opts_t){ .chunksize = chunksize });
     assert_non_null(map);
     s_expect_ints(map, 5, 1);
@@ -230,52 +232,44 @@ static void test_first_failing_input_in_a_chunk_stops_at_its_index(void **state)
 static void test_timeout_covers_the_whole_iteration(void **state)
 {
     (void)state;
-    s_gate = cf_future_new("gate", 4);
-    s_started = cf_future_new("started", 7);
+    cf_unitkit_gate_close();
     cf_executor_t *ex = s_threads(1);
     s_counter_t counter = { .limit = 5 };
-    cf_map_t *map = cf_map_new(ex, "block", s_counting_source, &counter,
-                               &(cf_map_opts_t){ .timeout_ms = 20, .window = 4 });
-    assert_non_null(map);
+    cf_map_t *map = s_map_counted(ex, "block", &counter,
+                                  &(cf_map_opts_t){ .timeout_ms = 20, .window = 4 });
     //  Wait for the first block to run, so the cancellations below are exact.
-    assert_int_equal(cf_future_wait(s_started, -1), CF_OK);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
     const cf_value_t *value;
     assert_int_equal(cf_map_next(map, &value), CF_ETIMEDOUT);
     assert_int_equal(cf_map_index(map), 0);
     assert_null(cf_map_error(map));
     //  Like Python, a timed-out map is finished and cancelled what it could.
     assert_int_equal(cf_map_next(map, &value), CF_ESTOP);
-    cf_future_set_result(s_gate, s_nil, 1);
+    cf_unitkit_gate_open();
     cf_map_destroy(&map);
     assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
     cf_progress_t p = cf_executor_progress(ex);
     assert_int_equal(p.submitted, 4);
     assert_int_equal(p.cancelled, 3);
     cf_executor_destroy(&ex);
-    cf_future_release(&s_gate);
-    cf_future_release(&s_started);
 }
 
 static void test_destroy_cancels_what_is_queued(void **state)
 {
     (void)state;
-    s_gate = cf_future_new("gate", 4);
-    s_started = cf_future_new("started", 7);
+    cf_unitkit_gate_close();
     cf_executor_t *ex = s_threads(1);
     s_counter_t counter = {0};
-    cf_map_t *map = cf_map_new(ex, "block", s_counting_source, &counter,
-                               &(cf_map_opts_t){ .window = 6 });
-    assert_int_equal(cf_future_wait(s_started, -1), CF_OK);
+    cf_map_t *map = s_map_counted(ex, "block", &counter, &(cf_map_opts_t){ .window = 6 });
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
     cf_map_destroy(&map);           //  returns without waiting for the running one
-    cf_future_set_result(s_gate, s_nil, 1);
+    cf_unitkit_gate_open();
     assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
     cf_progress_t p = cf_executor_progress(ex);
     assert_int_equal(p.submitted, 6);
     assert_int_equal(p.cancelled, 5);
     assert_int_equal(counter.asked, 6);
     cf_executor_destroy(&ex);
-    cf_future_release(&s_gate);
-    cf_future_release(&s_started);
 }
 
 static void test_source_error_comes_after_earlier_results(void **state)
@@ -283,8 +277,7 @@ static void test_source_error_comes_after_earlier_results(void **state)
     (void)state;
     cf_executor_t *ex = s_threads(2);
     s_counter_t counter = { .fail_at = 3 };
-    cf_map_t *map = cf_map_new(ex, "twice", s_counting_source, &counter, NULL);
-    assert_non_null(map);
+    cf_map_t *map = s_map_counted(ex, "twice", &counter, NULL);
     s_expect_ints(map, 3, 2);
     assert_int_equal(cf_map_next(map, NULL), CF_EINVAL);
     assert_int_equal(cf_map_index(map), 3);
@@ -314,10 +307,8 @@ static void test_shutdown_mid_map_ends_it_after_the_submitted_results(void **sta
 {
     (void)state;
     cf_executor_t *ex = s_threads(2);
-    int64_t inputs[10];
-    for (int i = 0; i < 10; i++)
-        inputs[i] = i;
-    cf_map_t *map = cf_map_ints(ex, "twice", inputs, 10, &(cf_map_opts_t){ .window = 2 });
+    cf_map_t *map =
+        cf_map_ints(ex, "twice", s_zero_to_nine, 10, &(cf_map_opts_t){ .window = 2 });
     s_expect_ints(map, 1, 2);
     assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
     size_t ok = 1;

@@ -1,7 +1,7 @@
 //  CF_THREADS through the public API: the executor front and cf_pool.
 //
-//  Tasks that must be caught in the act block on a gate (a future the test
-//  resolves) and announce that they started through another future, so no
+//  Tasks that must be caught in the act block on a gate the test opens
+//  (tests/cf_unitkit.h), which also tells the test they started, so no
 //  test depends on timing; the only timeouts expected are ones nothing can
 //  beat (a task blocked on a closed gate).
 
@@ -11,6 +11,7 @@
 
 #include "cf_executor.h"
 #include "cf_registry.h"
+#include "cf_unitkit.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,32 +23,8 @@
 
 #include <cmocka.h>
 
-static const uint8_t s_nil[] = { 0xc0 };
-
-//  Closed until the test opens it; tasks named block* wait on it.
-static cf_future_t *s_gate;
-//  Resolved by the first block task that starts.
-static cf_future_t *s_started;
-
-static void s_gates_new(void)
-{
-    s_gate = cf_future_new("gate", 4);
-    s_started = cf_future_new("started", 7);
-    assert_non_null(s_gate);
-    assert_non_null(s_started);
-}
-
-static void s_gate_open(void)
-{
-    cf_future_set_result(s_gate, s_nil, 1);
-}
-
-static void s_gates_free(void)
-{
-    s_gate_open();
-    cf_future_release(&s_gate);
-    cf_future_release(&s_started);
-}
+//  A hang guard for what must happen, not a timing assertion.
+#define S_WAIT_MS 20000
 
 // ---------------------------------------------------------------------------
 //  Tasks
@@ -70,10 +47,10 @@ static void raise_value(cf_call_t *call)
 }
 CF_TASK(raise_value);
 
+//  Waits at the gate.
 static void block(cf_call_t *call)
 {
-    cf_future_set_result(s_started, s_nil, 1);
-    cf_future_wait(s_gate, -1);
+    cf_unitkit_gate_pass();
     cf_return_str(call, "unblocked");
 }
 CF_TASK(block);
@@ -133,6 +110,27 @@ static cf_executor_t *s_threads(int max_workers)
     cf_executor_t *ex = cf_executor_new(CF_THREADS, &(cf_options_t){ .max_workers = max_workers });
     assert_non_null(ex);
     return ex;
+}
+
+//  All four progress counts of ex.
+static void s_expect_progress(cf_executor_t *ex, cf_progress_t expected)
+{
+    cf_progress_t p = cf_executor_progress(ex);
+    assert_int_equal(p.submitted, expected.submitted);
+    assert_int_equal(p.done, expected.done);
+    assert_int_equal(p.failed, expected.failed);
+    assert_int_equal(p.cancelled, expected.cancelled);
+}
+
+//  Closes the gate and submits block; returns its future once the task
+//  runs, held at the gate.
+static cf_future_t *s_submit_held(cf_executor_t *ex)
+{
+    cf_unitkit_gate_close();
+    cf_future_t *f = cf_submit(ex, "block", "");
+    assert_non_null(f);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
+    return f;
 }
 
 static void test_submit_returns_the_result(void **state)
@@ -213,10 +211,8 @@ static void test_default_workers_follow_python(void **state)
 static void test_cancel_removes_a_queued_task_only(void **state)
 {
     (void)state;
-    s_gates_new();
     cf_executor_t *ex = s_threads(1);
-    cf_future_t *running = cf_submit(ex, "block", "");
-    assert_int_equal(cf_future_wait(s_started, -1), CF_OK);
+    cf_future_t *running = s_submit_held(ex);
     cf_future_t *queued = cf_submit(ex, "add", "ii", 1, 1);
     assert_true(cf_future_running(running));
     assert_false(cf_future_running(queued));
@@ -224,29 +220,23 @@ static void test_cancel_removes_a_queued_task_only(void **state)
     assert_true(cf_future_cancelled(queued));
     assert_int_equal(cf_future_result(queued, -1, NULL), CF_ECANCELLED);
     assert_false(cf_future_cancel(running));
-    s_gate_open();
+    cf_unitkit_gate_open();
     const char *text = NULL;
     assert_int_equal(cf_future_str(running, -1, &text), CF_OK);
     assert_string_equal(text, "unblocked");
     assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
-    cf_progress_t p = cf_executor_progress(ex);
-    assert_int_equal(p.submitted, 2);
-    assert_int_equal(p.done, 2);
-    assert_int_equal(p.cancelled, 1);
-    assert_int_equal(p.failed, 0);
+    s_expect_progress(ex,
+                      (cf_progress_t){ .submitted = 2, .done = 2, .failed = 0, .cancelled = 1 });
     cf_future_release(&running);
     cf_future_release(&queued);
     cf_executor_destroy(&ex);
-    s_gates_free();
 }
 
 static void test_shutdown_cancel_futures_cancels_the_queue(void **state)
 {
     (void)state;
-    s_gates_new();
     cf_executor_t *ex = s_threads(1);
-    cf_future_t *running = cf_submit(ex, "block", "");
-    assert_int_equal(cf_future_wait(s_started, -1), CF_OK);
+    cf_future_t *running = s_submit_held(ex);
     cf_future_t *queued[5];
     for (int i = 0; i < 5; i++)
         queued[i] = cf_submit(ex, "add", "ii", i, i);
@@ -254,7 +244,7 @@ static void test_shutdown_cancel_futures_cancels_the_queue(void **state)
     for (int i = 0; i < 5; i++)
         assert_true(cf_future_cancelled(queued[i]));
     assert_true(cf_future_running(running));
-    s_gate_open();
+    cf_unitkit_gate_open();
     assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
     assert_int_equal(cf_executor_shutdown(ex, true, true), CF_OK);      //  twice: fine
     assert_int_equal(cf_future_state(running), CF_FUTURE_FINISHED);
@@ -263,10 +253,8 @@ static void test_shutdown_cancel_futures_cancels_the_queue(void **state)
     assert_int_equal(p.done, 6);
     assert_int_equal(p.cancelled, 5);
     cf_future_release(&running);
-    for (int i = 0; i < 5; i++)
-        cf_future_release(&queued[i]);
+    cf_unitkit_release_all(queued, 5);
     cf_executor_destroy(&ex);
-    s_gates_free();
 }
 
 static void test_submit_after_shutdown_is_refused(void **state)
@@ -370,7 +358,7 @@ static void test_threads_are_named_prefix_n(void **state)
 static void test_task_timeout_fails_the_future_at_the_deadline(void **state)
 {
     (void)state;
-    s_gates_new();
+    cf_unitkit_gate_close();
     cf_executor_t *ex = s_threads(1);
     cf_future_t *f = cf_submit_with(ex, &(cf_task_opts_t){ .timeout_ms = 20 }, "block", "");
     assert_int_equal(cf_future_result(f, -1, NULL), CF_ETASK);
@@ -378,7 +366,7 @@ static void test_task_timeout_fails_the_future_at_the_deadline(void **state)
     assert_string_equal(error->type, "TimeoutError");
     assert_string_equal(error->function, "block");
     //  The thread finishes the task; its late result is dropped.
-    s_gate_open();
+    cf_unitkit_gate_open();
     cf_future_t *next = cf_submit(ex, "add", "ii", 20, 22);
     int64_t value;
     assert_int_equal(cf_future_int(next, -1, &value), CF_OK);
@@ -388,27 +376,25 @@ static void test_task_timeout_fails_the_future_at_the_deadline(void **state)
     cf_future_release(&f);
     cf_future_release(&next);
     cf_executor_destroy(&ex);
-    s_gates_free();
 }
 
 static void test_executor_timeout_is_the_task_default(void **state)
 {
     (void)state;
-    s_gates_new();
+    cf_unitkit_gate_close();
     cf_executor_t *ex = cf_executor_new(CF_THREADS, &(cf_options_t){ .max_workers = 1,
                                                                       .timeout_ms = 10 });
     cf_future_t *f = cf_submit(ex, "block", "");
     assert_int_equal(cf_future_result(f, -1, NULL), CF_ETASK);
     assert_string_equal(cf_future_error(f)->type, "TimeoutError");
     cf_future_release(&f);
-    s_gate_open();              //  the single thread is still in the task
+    cf_unitkit_gate_open();     //  the single thread is still in the task
     //  A per-task timeout of -1 means none, overriding the default.
     cf_future_t *quick = cf_submit_with(ex, &(cf_task_opts_t){ .timeout_ms = -1 }, "add", "ii",
                                         1, 1);
     assert_int_equal(cf_future_result(quick, -1, NULL), CF_OK);
     cf_future_release(&quick);
     cf_executor_destroy(&ex);
-    s_gates_free();
 }
 
 static void test_retry_on_error_retries_a_raising_task(void **state)
@@ -461,14 +447,10 @@ static void test_progress_counts_every_outcome(void **state)
     for (int i = 0; i < 10; i++)
         fs[i] = i % 4 == 0 ? cf_submit(ex, "raise_value", "i", i) : cf_submit(ex, "noop", "");
     assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
-    cf_progress_t p = cf_executor_progress(ex);
-    assert_int_equal(p.submitted, 10);
-    assert_int_equal(p.done, 10);
-    assert_int_equal(p.failed, 3);
-    assert_int_equal(p.cancelled, 0);
+    s_expect_progress(ex,
+                      (cf_progress_t){ .submitted = 10, .done = 10, .failed = 3, .cancelled = 0 });
     assert_int_equal(atomic_load(&s_progress_calls), 10);
-    for (int i = 0; i < 10; i++)
-        cf_future_release(&fs[i]);
+    cf_unitkit_release_all(fs, 10);
     cf_executor_destroy(&ex);
 }
 

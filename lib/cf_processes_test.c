@@ -5,6 +5,7 @@
 #include "cf_executor.h"
 #include "cf_processes.h"
 #include "cf_sanitize.h"
+#include "cf_unitkit.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -94,16 +95,10 @@ static cf_executor_t *s_new(cf_kind_t kind, const cf_options_t *opts)
     return ex;
 }
 
+//  The int result of f, within 60 s.
 static int64_t s_int_result(cf_future_t *f)
 {
-    int64_t value = -1;
-    cf_err_t rc = cf_future_int(f, 60000, &value);
-    if (rc != CF_OK) {
-        const cf_task_error_t *e = cf_future_error(f);
-        fail_msg("future of %s: %s (%s: %s)", cf_future_function(f), cf_strerror(rc),
-                 e ? e->type : "-", e ? e->message : "-");
-    }
-    return value;
+    return cf_unitkit_expect_int(f, 60000);
 }
 
 //  The parent pid of pid from /proc, or -1.
@@ -221,14 +216,6 @@ static void test_initializer_runs_in_each_worker(void **state)
     cf_executor_destroy(&ex);
 }
 
-static void s_expect_worker_lost(cf_future_t *f)
-{
-    assert_int_equal(cf_future_result(f, 60000, NULL), CF_ETASK);
-    const cf_task_error_t *e = cf_future_error(f);
-    assert_non_null(e);
-    assert_string_equal(e->type, "WorkerLost");
-}
-
 static void test_a_crashing_task_fails_alone_and_the_pool_lives_on(void **state)
 {
     (void)state;
@@ -252,8 +239,8 @@ static void test_a_crashing_task_fails_alone_and_the_pool_lives_on(void **state)
         assert_int_equal(s_int_result(fs[i]), (int64_t)i * i);
         cf_future_release(&fs[i]);
     }
-    s_expect_worker_lost(aborting);
-    s_expect_worker_lost(killed);
+    (void)cf_unitkit_expect_task_error(aborting, 60000, "WorkerLost");
+    (void)cf_unitkit_expect_task_error(killed, 60000, "WorkerLost");
     cf_future_release(&aborting);
     cf_future_release(&killed);
     //  The pool still has its workers and serves new work.
@@ -389,11 +376,7 @@ int main(void)
     struct rlimit none = {0, 0};
     setrlimit(RLIMIT_CORE, &none);
     //  CF_TEST_LOG=1 shows what the broker, supervisor and client did.
-    if (getenv("CF_TEST_LOG"))
-        cf_log_set_handler(cf_log_to_stderr, NULL, CF_LOG_DEBUG);
-    //  CF_TEST_FILTER=test_name (a pattern) runs only matching tests.
-    if (getenv("CF_TEST_FILTER"))
-        cmocka_set_test_filter(getenv("CF_TEST_FILTER"));
+    cf_unitkit_use_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tasks_run_in_worker_processes),
         cmocka_unit_test(test_initializer_runs_in_each_worker),

@@ -3,6 +3,7 @@
 //  timeout is only ever expected when nothing can complete.
 
 #include "cf_future.h"
+#include "cf_unitkit.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,12 +22,6 @@ static void s_make(cf_future_t **fs, size_t n)
         fs[i] = cf_future_new("fn", 2);
         assert_non_null(fs[i]);
     }
-}
-
-static void s_free(cf_future_t **fs, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        cf_future_release(&fs[i]);
 }
 
 //  A helper thread resolving futures in order: actions[i] is 'r' (result),
@@ -92,7 +87,7 @@ static void test_first_completed_returns_with_one_done(void **state)
     assert_ptr_equal(not_done[0], fs[0]);
     assert_ptr_equal(not_done[1], fs[1]);
     assert_ptr_equal(not_done[2], fs[3]);
-    s_free(fs, N);
+    cf_unitkit_release_all(fs, N);
 }
 
 static void test_first_completed_wakes_on_a_completion(void **state)
@@ -107,7 +102,7 @@ static void test_first_completed_wakes_on_a_completion(void **state)
     assert_true(n_done >= 1);
     assert_true(cf_future_cancelled(fs[1]));
     pthread_join(r.thread, NULL);
-    s_free(fs, N);
+    cf_unitkit_release_all(fs, N);
 }
 
 static void test_wait_times_out_with_sets_filled(void **state)
@@ -127,7 +122,7 @@ static void test_wait_times_out_with_sets_filled(void **state)
     assert_int_equal(n_done, 1);
     assert_ptr_equal(done[0], fs[0]);
     assert_int_equal(n_not_done, 3);
-    s_free(fs, N);
+    cf_unitkit_release_all(fs, N);
 }
 
 static void test_first_exception_returns_on_a_failure(void **state)
@@ -145,7 +140,7 @@ static void test_first_exception_returns_on_a_failure(void **state)
     assert_true(s_contains(done, n_done, fs[2]));
     assert_true(cf_future_error(fs[2]) != NULL);
     assert_int_equal(n_done + n_not_done, N);
-    s_free(fs, N);
+    cf_unitkit_release_all(fs, N);
 }
 
 static void test_first_exception_ignores_cancelled_and_waits_for_all(void **state)
@@ -168,7 +163,7 @@ static void test_first_exception_ignores_cancelled_and_waits_for_all(void **stat
     pthread_join(r.thread, NULL);
     assert_int_equal(n_done, N);
     assert_int_equal(n_not_done, 0);
-    s_free(fs, N);
+    cf_unitkit_release_all(fs, N);
 }
 
 static void test_all_completed_waits_for_every_future(void **state)
@@ -187,7 +182,7 @@ static void test_all_completed_waits_for_every_future(void **state)
     assert_int_equal(n_not_done, 0);
     for (size_t i = 0; i < N; i++)
         assert_ptr_equal(done[i], fs[i]);
-    s_free(fs, N);
+    cf_unitkit_release_all(fs, N);
 }
 
 static void test_wait_treats_duplicates_as_one(void **state)
@@ -205,7 +200,7 @@ static void test_wait_treats_duplicates_as_one(void **state)
     assert_ptr_equal(done[0], fs[1]);
     assert_int_equal(n_not_done, 1);
     assert_ptr_equal(not_done[0], fs[0]);
-    s_free(fs, 2);
+    cf_unitkit_release_all(fs, 2);
 }
 
 static void test_wait_rejects_bad_arguments(void **state)
@@ -222,7 +217,7 @@ static void test_wait_rejects_bad_arguments(void **state)
     //  Nothing to wait for is always satisfied.
     assert_int_equal(cf_wait(fs, 0, -1, CF_ALL_COMPLETED, NULL, &n_done, NULL, NULL), CF_OK);
     assert_int_equal(cf_wait(NULL, 0, -1, CF_FIRST_COMPLETED, NULL, NULL, NULL, NULL), CF_OK);
-    s_free(fs, 1);
+    cf_unitkit_release_all(fs, 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -259,7 +254,7 @@ static void test_as_completed_yields_done_first_then_in_completion_order(void **
     cf_as_completed_destroy(&it);
     assert_null(it);
     cf_as_completed_destroy(&it);
-    s_free(fs, N);
+    cf_unitkit_release_all(fs, N);
 }
 
 static void test_as_completed_yields_duplicates_once(void **state)
@@ -279,7 +274,7 @@ static void test_as_completed_yields_duplicates_once(void **state)
     assert_ptr_equal(f, fs[1]);
     assert_int_equal(cf_as_completed_next(it, &f), CF_ESTOP);
     cf_as_completed_destroy(&it);
-    s_free(fs, 2);
+    cf_unitkit_release_all(fs, 2);
 }
 
 static void test_as_completed_times_out_and_counts_pending(void **state)
@@ -299,7 +294,7 @@ static void test_as_completed_times_out_and_counts_pending(void **state)
     //  Destroying unregisters: completing afterwards touches no freed waiter.
     cf_as_completed_destroy(&it);
     cf_future_set_result(fs[1], s_42, 1);
-    s_free(fs, N);
+    cf_unitkit_release_all(fs, N);
 }
 
 static void test_as_completed_over_nothing_stops(void **state)

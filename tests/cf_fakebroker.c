@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
@@ -32,6 +33,24 @@ void cf_fakebroker_stop(cf_fakebroker_t *b)
     cf_proto_enc_destroy(&b->enc);
     zmq_close(b->router);
     assert_int_equal(zmq_ctx_term(b->ctx), 0);
+}
+
+int cf_fakebroker_setup(void **state)
+{
+    cf_fakebroker_t *b = malloc(sizeof *b);
+    assert_non_null(b);
+    cf_fakebroker_start(b);
+    *state = b;
+    return 0;
+}
+
+int cf_fakebroker_teardown(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    cf_fakebroker_stop(b);
+    free(b);
+    *state = NULL;
+    return 0;
 }
 
 cf_proto_msg_t *cf_fakebroker_recv(cf_fakebroker_t *b, int timeout_ms)
@@ -83,6 +102,12 @@ cf_proto_msg_t *cf_fakebroker_expect(cf_fakebroker_t *b, cf_msg_type_t type)
     }
 }
 
+void cf_fakebroker_await(cf_fakebroker_t *b, cf_msg_type_t type)
+{
+    cf_proto_msg_t *msg = cf_fakebroker_expect(b, type);
+    cf_proto_msg_destroy(&msg);
+}
+
 void cf_fakebroker_send(cf_fakebroker_t *b)
 {
     assert_int_equal(cf_proto_enc_send(b->enc, b->router, b->peer, b->peer_len), CF_OK);
@@ -112,4 +137,15 @@ void cf_fakebroker_add_taskv(cf_fakebroker_t *b, uint64_t id, const char *fn, co
                                        0),
                      CF_OK);
     cf_mp_writer_fini(&w);
+}
+
+void cf_fakebroker_send_task(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt,
+                             ...)
+{
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    va_list ap;
+    va_start(ap, fmt);
+    cf_fakebroker_add_taskv(b, id, fn, fmt, &ap);
+    va_end(ap);
+    cf_fakebroker_send(b);
 }

@@ -29,6 +29,13 @@ typedef struct {
 void cf_fakebroker_start(cf_fakebroker_t *b);
 void cf_fakebroker_stop(cf_fakebroker_t *b);
 
+//  A cmocka fixture: *state is a started cf_fakebroker_t for the test;
+//  teardown stops and frees it.
+int cf_fakebroker_setup(void **state);
+int cf_fakebroker_teardown(void **state);
+#define CF_FAKEBROKER_TEST(test) \
+    cmocka_unit_test_setup_teardown(test, cf_fakebroker_setup, cf_fakebroker_teardown)
+
 //  The next message from any worker, NULL after timeout_ms.
 cf_proto_msg_t *cf_fakebroker_recv(cf_fakebroker_t *b, int timeout_ms);
 
@@ -36,6 +43,9 @@ cf_proto_msg_t *cf_fakebroker_recv(cf_fakebroker_t *b, int timeout_ms);
 //  (a worker's prefetch) unless type is one of them; anything else, or
 //  nothing within CF_FAKEBROKER_WAIT_MS, fails the test.
 cf_proto_msg_t *cf_fakebroker_expect(cf_fakebroker_t *b, cf_msg_type_t type);
+
+//  cf_fakebroker_expect for a message the test needs nothing of: drops it.
+void cf_fakebroker_await(cf_fakebroker_t *b, cf_msg_type_t type);
 
 //  Sends what the encoder holds to the last sender, or to identity.
 void cf_fakebroker_send(cf_fakebroker_t *b);
@@ -47,5 +57,9 @@ void cf_fakebroker_add_task(cf_fakebroker_t *b, uint64_t id, const char *fn, con
                             ...);
 void cf_fakebroker_add_taskv(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt,
                              va_list *ap);
+
+//  Sends a TASK of that one task item to the last sender.
+void cf_fakebroker_send_task(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt,
+                             ...);
 
 #endif

@@ -153,6 +153,14 @@ static pid_t s_expect_ready(cf_fakebroker_t *b)
     return (pid_t)pid;
 }
 
+//  s_expect_ready that also copies the sender's identity to id.
+static pid_t s_expect_ready_id(cf_fakebroker_t *b, char id[static 256])
+{
+    pid_t pid = s_expect_ready(b);
+    snprintf(id, 256, "%s", b->peer);
+    return pid;
+}
+
 //  Sends one task to identity and returns its int result.
 static int64_t s_run_on(cf_fakebroker_t *b, const char *identity, uint64_t id, const char *fn,
                         const char *fmt, ...)
@@ -207,6 +215,14 @@ static void s_expect_no_children(void)
     assert_int_equal(errno, ECHILD);
 }
 
+//  The processes are gone and nothing of ours is left.
+static void s_expect_gone(const pid_t *pids, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        assert_true(s_process_gone(pids[i]));
+    s_expect_no_children();
+}
+
 static void s_wait_alive(cf_procs_t *procs, int n)
 {
     for (int waited = 0; cf_procs_alive(procs) != n; waited += 5) {
@@ -221,31 +237,26 @@ static void s_wait_alive(cf_procs_t *procs, int n)
 
 static void test_workers_start_run_tasks_and_leave_nothing_behind(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_procs_t *procs = s_procs(&b, 2, 0);
+    cf_fakebroker_t *b = *state;
+    cf_procs_t *procs = s_procs(b, 2, 0);
     assert_int_equal(cf_procs_alive(procs), 2);
     pid_t pids[2];
     char ids[2][256];
     for (int i = 0; i < 2; i++) {
-        pids[i] = s_expect_ready(&b);
-        snprintf(ids[i], sizeof ids[i], "%s", b.peer);
+        pids[i] = s_expect_ready_id(b, ids[i]);
         assert_int_equal(kill(pids[i], 0), 0);
     }
     assert_true(pids[0] != pids[1]);
     assert_string_not_equal(ids[0], ids[1]);
     for (int i = 0; i < 2; i++)
-        assert_int_equal(s_run_on(&b, ids[i], (uint64_t)i + 1, "p_pid", ""), pids[i]);
+        assert_int_equal(s_run_on(b, ids[i], (uint64_t)i + 1, "p_pid", ""), pids[i]);
 
     cf_procs_destroy(&procs, 5000);
     assert_null(procs);
     cf_procs_destroy(&procs, 5000);     //  safe with NULL
     //  Both said DISCONNECT (SIGTERM is graceful) and were reported.
-    for (int i = 0; i < 2; i++) {
-        cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_DISCONNECT);
-        cf_proto_msg_destroy(&msg);
-    }
+    for (int i = 0; i < 2; i++)
+        cf_fakebroker_await(b, CF_MSG_DISCONNECT);
     for (int i = 0; i < 2; i++) {
         s_exit_t e = s_wait_exit(i);
         int k = e.pid == pids[0] ? 0 : 1;
@@ -254,22 +265,16 @@ static void test_workers_start_run_tasks_and_leave_nothing_behind(void **state)
         assert_true(WIFEXITED(e.status));
         assert_int_equal(WEXITSTATUS(e.status), 0);
     }
-    for (int i = 0; i < 2; i++)
-        assert_true(s_process_gone(pids[i]));
-    s_expect_no_children();
-    cf_fakebroker_stop(&b);
+    s_expect_gone(pids, 2);
 }
 
 static void test_a_killed_worker_is_reported_and_replaced(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_procs_t *procs = s_procs(&b, 2, 0);
-    pid_t first = s_expect_ready(&b);
+    cf_fakebroker_t *b = *state;
+    cf_procs_t *procs = s_procs(b, 2, 0);
     char first_id[256];
-    snprintf(first_id, sizeof first_id, "%s", b.peer);
-    pid_t second = s_expect_ready(&b);
+    pid_t first = s_expect_ready_id(b, first_id);
+    pid_t second = s_expect_ready(b);
 
     assert_int_equal(kill(first, SIGKILL), 0);
     s_exit_t e = s_wait_exit(0);
@@ -278,49 +283,33 @@ static void test_a_killed_worker_is_reported_and_replaced(void **state)
     assert_true(WIFSIGNALED(e.status));
     assert_int_equal(WTERMSIG(e.status), SIGKILL);
 
-    pid_t replacement = s_expect_ready(&b);
-    assert_true(replacement != first && replacement != second);
-    assert_string_not_equal(b.peer, first_id);
     char replacement_id[256];
-    snprintf(replacement_id, sizeof replacement_id, "%s", b.peer);
-    assert_int_equal(s_run_on(&b, replacement_id, 9, "p_pid", ""), replacement);
+    pid_t replacement = s_expect_ready_id(b, replacement_id);
+    assert_true(replacement != first && replacement != second);
+    assert_string_not_equal(replacement_id, first_id);
+    assert_int_equal(s_run_on(b, replacement_id, 9, "p_pid", ""), replacement);
     s_wait_alive(procs, 2);
 
     cf_procs_destroy(&procs, 5000);
-    assert_true(s_process_gone(first));
-    assert_true(s_process_gone(second));
-    assert_true(s_process_gone(replacement));
-    s_expect_no_children();
-    cf_fakebroker_stop(&b);
+    s_expect_gone((pid_t[]){first, second, replacement}, 3);
 }
 
 static void test_sigterm_lets_a_worker_finish_its_task(void **state)
 {
-    (void)state;
+    cf_fakebroker_t *b = *state;
     char dir[] = "/tmp/cf-procs-test-XXXXXX";
     assert_non_null(mkdtemp(dir));
     char running[64], go[64];
     snprintf(running, sizeof running, "%s/running", dir);
     snprintf(go, sizeof go, "%s/go", dir);
 
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_procs_t *procs = s_procs(&b, 1, 0);
-    pid_t pid = s_expect_ready(&b);
+    cf_procs_t *procs = s_procs(b, 1, 0);
     char id[256];
-    snprintf(id, sizeof id, "%s", b.peer);
+    pid_t pid = s_expect_ready_id(b, id);
 
-    cf_mp_writer_t w;
-    cf_mp_writer_init(&w);
-    msgpack_pack_array(&w.pk, 2);
-    msgpack_pack_str_with_body(&w.pk, running, strlen(running));
-    msgpack_pack_str_with_body(&w.pk, go, strlen(go));
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    assert_int_equal(cf_proto_enc_task(b.enc, 1, "p_wait_file", 11, w.buf.data, w.buf.size, 0, 0,
-                                       0),
-                     CF_OK);
-    cf_mp_writer_fini(&w);
-    assert_int_equal(cf_proto_enc_send(b.enc, b.router, id, strlen(id)), CF_OK);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(b, 1, "p_wait_file", "ss", running, go);
+    cf_fakebroker_send_to(b, id);
     struct stat st;
     for (int waited = 0; stat(running, &st) != 0; waited += 5) {
         if (waited > S_WAIT_MS)
@@ -331,22 +320,21 @@ static void test_sigterm_lets_a_worker_finish_its_task(void **state)
     FILE *f = fopen(go, "w");
     assert_non_null(f);
     fclose(f);
-    cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_RESULT);
+    cf_proto_msg_t *msg = cf_fakebroker_expect(b, CF_MSG_RESULT);
     assert_int_equal(msg->results[0].status, CF_STATUS_OK);
     cf_proto_msg_destroy(&msg);
-    msg = cf_fakebroker_expect(&b, CF_MSG_DISCONNECT);
-    assert_string_equal(b.peer, id);
+    msg = cf_fakebroker_expect(b, CF_MSG_DISCONNECT);
+    assert_string_equal(b->peer, id);
     cf_proto_msg_destroy(&msg);
     s_exit_t e = s_wait_exit(0);
     assert_int_equal(e.pid, pid);
     assert_true(WIFEXITED(e.status));
     assert_int_equal(WEXITSTATUS(e.status), 0);
     //  And it is replaced.
-    assert_true(s_expect_ready(&b) != pid);
+    assert_true(s_expect_ready(b) != pid);
 
     cf_procs_destroy(&procs, 5000);
     s_expect_no_children();
-    cf_fakebroker_stop(&b);
     unlink(running);
     unlink(go);
     rmdir(dir);
@@ -354,51 +342,42 @@ static void test_sigterm_lets_a_worker_finish_its_task(void **state)
 
 static void test_max_tasks_replaces_the_worker(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_procs_t *procs = s_procs(&b, 1, 1);
-    pid_t pid = s_expect_ready(&b);
+    cf_fakebroker_t *b = *state;
+    cf_procs_t *procs = s_procs(b, 1, 1);
     char id[256];
-    snprintf(id, sizeof id, "%s", b.peer);
-    assert_int_equal(s_run_on(&b, id, 1, "p_pid", ""), pid);
-    cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_DISCONNECT);
-    cf_proto_msg_destroy(&msg);
+    pid_t pid = s_expect_ready_id(b, id);
+    assert_int_equal(s_run_on(b, id, 1, "p_pid", ""), pid);
+    cf_fakebroker_await(b, CF_MSG_DISCONNECT);
     s_exit_t e = s_wait_exit(0);
     assert_int_equal(e.pid, pid);
     assert_true(WIFEXITED(e.status) && WEXITSTATUS(e.status) == 0);
-    pid_t next = s_expect_ready(&b);
+    pid_t next = s_expect_ready(b);
     assert_true(next != pid);
     cf_procs_destroy(&procs, 5000);
     s_expect_no_children();
-    cf_fakebroker_stop(&b);
 }
 
 static void test_the_initializer_runs_in_the_worker(void **state)
 {
-    (void)state;
+    cf_fakebroker_t *b = *state;
     static int value = 42;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
     s_exits_reset();
     cf_procs_t *procs = cf_procs_new(&(cf_procs_config_t){
         .count = 1,
         .threads = 2,
-        .endpoint = b.endpoint,
+        .endpoint = b->endpoint,
         .initializer = s_initializer,
         .initarg = &value,
         .on_exit = s_on_exit,
         .on_exit_arg = &s_exit_count,
     });
     assert_non_null(procs);
-    (void)s_expect_ready(&b);
     char id[256];
-    snprintf(id, sizeof id, "%s", b.peer);
-    assert_int_equal(s_run_on(&b, id, 1, "p_init", ""), 42);
+    (void)s_expect_ready_id(b, id);
+    assert_int_equal(s_run_on(b, id, 1, "p_init", ""), 42);
     assert_int_equal(s_child_init_value, 0);        //  it ran there, not here
     cf_procs_destroy(&procs, 5000);
     s_expect_no_children();
-    cf_fakebroker_stop(&b);
 }
 
 //  Busy threads of "the application": one holds a lock across the fork,
@@ -442,9 +421,7 @@ static void *s_creator(void *arg)
 
 static void test_it_works_when_the_caller_runs_threads(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
+    cf_fakebroker_t *b = *state;
     atomic_store(&s_app_stop, false);
     pthread_t app[3];
     assert_int_equal(pthread_create(&app[0], NULL, s_app_holder, NULL), 0);
@@ -453,7 +430,7 @@ static void test_it_works_when_the_caller_runs_threads(void **state)
 
     //  Created from a thread that then exits (PR_SET_PDEATHSIG follows the
     //  forking thread: the supervisor's, not this one).
-    s_creator_t creator = {.broker = &b};
+    s_creator_t creator = {.broker = b};
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, s_creator, &creator), 0);
     assert_int_equal(pthread_join(t, NULL), 0);
@@ -462,12 +439,11 @@ static void test_it_works_when_the_caller_runs_threads(void **state)
     pid_t pids[2];
     char ids[2][256];
     for (int i = 0; i < 2; i++) {
-        pids[i] = s_expect_ready(&b);
-        snprintf(ids[i], sizeof ids[i], "%s", b.peer);
+        pids[i] = s_expect_ready_id(b, ids[i]);
     }
     for (int round = 0; round < 3; round++) {
         for (int i = 0; i < 2; i++)
-            assert_int_equal(s_run_on(&b, ids[i], (uint64_t)(10 * round + i + 1), "p_pid", ""),
+            assert_int_equal(s_run_on(b, ids[i], (uint64_t)(10 * round + i + 1), "p_pid", ""),
                              pids[i]);
     }
     assert_int_equal(cf_procs_alive(creator.procs), 2);
@@ -480,10 +456,7 @@ static void test_it_works_when_the_caller_runs_threads(void **state)
     atomic_store(&s_app_stop, true);
     for (int i = 0; i < 3; i++)
         pthread_join(app[i], NULL);
-    for (int i = 0; i < 2; i++)
-        assert_true(s_process_gone(pids[i]));
-    s_expect_no_children();
-    cf_fakebroker_stop(&b);
+    s_expect_gone(pids, 2);
 }
 
 static void test_workers_that_cannot_start_fail_new(void **state)
@@ -530,12 +503,12 @@ int main(void)
     return 0;
 #endif
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_workers_start_run_tasks_and_leave_nothing_behind),
-        cmocka_unit_test(test_a_killed_worker_is_reported_and_replaced),
-        cmocka_unit_test(test_sigterm_lets_a_worker_finish_its_task),
-        cmocka_unit_test(test_max_tasks_replaces_the_worker),
-        cmocka_unit_test(test_the_initializer_runs_in_the_worker),
-        cmocka_unit_test(test_it_works_when_the_caller_runs_threads),
+        CF_FAKEBROKER_TEST(test_workers_start_run_tasks_and_leave_nothing_behind),
+        CF_FAKEBROKER_TEST(test_a_killed_worker_is_reported_and_replaced),
+        CF_FAKEBROKER_TEST(test_sigterm_lets_a_worker_finish_its_task),
+        CF_FAKEBROKER_TEST(test_max_tasks_replaces_the_worker),
+        CF_FAKEBROKER_TEST(test_the_initializer_runs_in_the_worker),
+        CF_FAKEBROKER_TEST(test_it_works_when_the_caller_runs_threads),
         cmocka_unit_test(test_workers_that_cannot_start_fail_new),
         cmocka_unit_test(test_bad_configurations_are_refused),
     };

@@ -11,6 +11,7 @@
 #include "cf_mp.h"
 #include "cf_proto.h"
 #include "cf_registry.h"
+#include "cf_unitkit.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -35,37 +36,8 @@
 // ---------------------------------------------------------------------------
 //  Tasks and the gate
 
-static pthread_mutex_t s_gate_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t s_gate_cond = PTHREAD_COND_INITIALIZER;
-static bool s_gate_open;
-static int s_gate_waiting;          //  tasks blocked at the gate now
 static atomic_int s_init_calls;
 static _Thread_local bool s_initialized;
-
-static void s_gate_reset(void)
-{
-    pthread_mutex_lock(&s_gate_lock);
-    s_gate_open = false;
-    s_gate_waiting = 0;
-    pthread_mutex_unlock(&s_gate_lock);
-}
-
-static void s_gate_release(void)
-{
-    pthread_mutex_lock(&s_gate_lock);
-    s_gate_open = true;
-    pthread_cond_broadcast(&s_gate_cond);
-    pthread_mutex_unlock(&s_gate_lock);
-}
-
-//  Waits until n tasks are blocked at the gate.
-static void s_gate_wait_for(int n)
-{
-    pthread_mutex_lock(&s_gate_lock);
-    while (s_gate_waiting < n)
-        pthread_cond_wait(&s_gate_cond, &s_gate_lock);
-    pthread_mutex_unlock(&s_gate_lock);
-}
 
 static void w_add(cf_call_t *call)
 {
@@ -81,20 +53,9 @@ static void w_fail(cf_call_t *call)
 }
 CF_TASK(w_fail);
 
-//  Blocks until the gate opens, then returns its argument.
-static void w_gate(cf_call_t *call)
-{
-    int64_t x = cf_arg_int(call, 0);
-    pthread_mutex_lock(&s_gate_lock);
-    s_gate_waiting++;
-    pthread_cond_broadcast(&s_gate_cond);
-    while (!s_gate_open)
-        pthread_cond_wait(&s_gate_cond, &s_gate_lock);
-    s_gate_waiting--;
-    pthread_mutex_unlock(&s_gate_lock);
-    cf_return_int(call, x);
-}
-CF_TASK(w_gate);
+//  Blocks until the gate (tests/cf_unitkit.h) opens, then returns its
+//  argument.
+CF_TASK_NAMED("w_gate", cf_unitkit_gate_task);
 
 //  Sleeps its argument in milliseconds: a long task.
 static void w_nap(cf_call_t *call)
@@ -176,18 +137,68 @@ static void s_collect_results(cf_fakebroker_t *b, s_result_t *out, size_t n)
     }
 }
 
-static cf_worker_t *s_worker(cf_fakebroker_t *b, int threads, int ivl_ms, int max_tasks)
+//  s_collect_results for one result.
+static s_result_t s_collect_result(cf_fakebroker_t *b)
 {
-    cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
-        .endpoint = b->endpoint,
+    s_result_t r;
+    s_collect_results(b, &r, 1);
+    return r;
+}
+
+//  Sends task id, w_gate(x), and waits until it is blocked at the gate.
+static void s_send_blocked_task(cf_fakebroker_t *b, uint64_t id, int x)
+{
+    cf_fakebroker_send_task(b, id, "w_gate", "i", x);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
+}
+
+//  Opens the gate and collects the one result that comes first.
+static s_result_t s_open_gate_and_collect(cf_fakebroker_t *b)
+{
+    cf_unitkit_gate_open();
+    return s_collect_result(b);
+}
+
+//  Starts a worker on the fake broker b with config (its endpoint filled
+//  in here); a worker that cannot start fails the test.
+static cf_worker_t *s_start(cf_fakebroker_t *b, cf_worker_config_t config)
+{
+    config.endpoint = b->endpoint;
+    cf_worker_t *w = cf_worker_new(&config);
+    if (!w)
+        fail_msg("cf_worker_new: %s", cf_last_error());
+    return w;
+}
+
+//  s_start for a worker named "test-worker".
+static cf_worker_t *s_start_worker(cf_fakebroker_t *b, int threads, int ivl_ms, int max_tasks)
+{
+    return s_start(b, (cf_worker_config_t){
         .threads = threads,
         .identity = "test-worker",
         .heartbeat_ivl_ms = ivl_ms,
         .max_tasks = max_tasks,
     });
-    if (!w)
-        fail_msg("cf_worker_new: %s", cf_last_error());
-    return w;
+}
+
+//  s_start for a worker that counts the broker lost after two silent
+//  heartbeat intervals of 20 ms.
+static cf_worker_t *s_start_impatient(cf_fakebroker_t *b, int threads, bool exit_on_broker_loss)
+{
+    return s_start(b, (cf_worker_config_t){
+        .threads = threads,
+        .heartbeat_ivl_ms = 20,
+        .heartbeat_liveness = 2,
+        .exit_on_broker_loss = exit_on_broker_loss,
+    });
+}
+
+//  Sends a message of type that carries one text (ERROR, DISCONNECT).
+static void s_send_text(cf_fakebroker_t *b, cf_msg_type_t type, const char *text)
+{
+    cf_proto_enc_begin(b->enc, type);
+    cf_proto_enc_text(b->enc, text, 0);
+    cf_fakebroker_send(b);
 }
 
 //  Expects READY and returns its credit.
@@ -199,61 +210,68 @@ static uint32_t s_expect_ready(cf_fakebroker_t *b)
     return credit;
 }
 
+//  Each test but the last gets a started fake broker as *state and the gate
+//  closed; it starts its worker and destroys it. Teardown opens the gate,
+//  so a failed test leaves no task blocked behind it.
+static int s_setup(void **state)
+{
+    cf_unitkit_gate_close();
+    return cf_fakebroker_setup(state);
+}
+
+static int s_teardown(void **state)
+{
+    cf_unitkit_gate_open();
+    return cf_fakebroker_teardown(state);
+}
+
+#define S_TEST(test) cmocka_unit_test_setup_teardown(test, s_setup, s_teardown)
+
 // ---------------------------------------------------------------------------
 //  Tests
 
 static void test_ready_announces_credit_host_and_pid(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = s_worker(&b, 3, 0, 0);
-    cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_READY);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_worker(b, 3, 0, 0);
+    cf_proto_msg_t *msg = cf_fakebroker_expect(b, CF_MSG_READY);
     assert_int_equal(msg->credit, 3);
     char host[256];
     cf_proto_str_copy(msg->host, host, sizeof host);
     assert_string_equal(host, cf_registry_hostname());
     assert_int_equal(msg->pid, getpid());
-    assert_int_equal(b.peer_len, strlen("test-worker"));
-    assert_memory_equal(b.peer, "test-worker", b.peer_len);
+    assert_int_equal(b->peer_len, strlen("test-worker"));
+    assert_memory_equal(b->peer, "test-worker", b->peer_len);
     assert_string_equal(cf_worker_identity(w), "test-worker");
     cf_proto_msg_destroy(&msg);
     cf_worker_destroy(&w);
     cf_worker_destroy(&w);      //  safe twice
-    msg = cf_fakebroker_expect(&b, CF_MSG_DISCONNECT);
-    cf_proto_msg_destroy(&msg);
-    cf_fakebroker_stop(&b);
+    cf_fakebroker_await(b, CF_MSG_DISCONNECT);
 }
 
 static void test_a_random_identity_is_readable(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){.endpoint = b.endpoint, .threads = 1});
-    assert_non_null(w);
-    (void)s_expect_ready(&b);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){.threads = 1});
+    (void)s_expect_ready(b);
     char prefix[300];
     snprintf(prefix, sizeof prefix, "w-%.64s-%d-", cf_registry_hostname(), (int)getpid());
     assert_int_equal(strncmp(cf_worker_identity(w), prefix, strlen(prefix)), 0);
-    assert_memory_equal(b.peer, cf_worker_identity(w), b.peer_len);
+    assert_memory_equal(b->peer, cf_worker_identity(w), b->peer_len);
     cf_worker_destroy(&w);
-    cf_fakebroker_stop(&b);
 }
 
 static void test_tasks_run_and_results_come_back(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = s_worker(&b, 4, 0, 0);
-    assert_int_equal(s_expect_ready(&b), 4);
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_worker(b, 4, 0, 0);
+    assert_int_equal(s_expect_ready(b), 4);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
     for (uint64_t id = 1; id <= 20; id++)
-        cf_fakebroker_add_task(&b, id, "w_add", "ii", (int)id, 100);
-    cf_fakebroker_send(&b);
+        cf_fakebroker_add_task(b, id, "w_add", "ii", (int)id, 100);
+    cf_fakebroker_send(b);
     s_result_t results[20];
-    s_collect_results(&b, results, 20);
+    s_collect_results(b, results, 20);
     bool seen[21] = {false};
     for (size_t i = 0; i < 20; i++) {
         assert_int_equal(results[i].status, CF_STATUS_OK);
@@ -263,23 +281,20 @@ static void test_tasks_run_and_results_come_back(void **state)
         assert_int_equal(results[i].value, (int64_t)results[i].id + 100);
     }
     cf_worker_destroy(&w);
-    cf_fakebroker_stop(&b);
 }
 
 static void test_errors_carry_host_pid_and_function(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = s_worker(&b, 1, 0, 0);
-    (void)s_expect_ready(&b);
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    cf_fakebroker_add_task(&b, 7, "w_fail", "");
-    cf_fakebroker_add_task(&b, 8, "no_such_task", "i", 1);
-    cf_fakebroker_add_task(&b, 9, "w_add", "s", "x");
-    cf_fakebroker_send(&b);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_worker(b, 1, 0, 0);
+    (void)s_expect_ready(b);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(b, 7, "w_fail", "");
+    cf_fakebroker_add_task(b, 8, "no_such_task", "i", 1);
+    cf_fakebroker_add_task(b, 9, "w_add", "s", "x");
+    cf_fakebroker_send(b);
     s_result_t r[3];
-    s_collect_results(&b, r, 3);
+    s_collect_results(b, r, 3);
     for (size_t i = 0; i < 3; i++) {
         assert_int_equal(r[i].status, CF_STATUS_ERROR);
         assert_string_equal(r[i].host, cf_registry_hostname());
@@ -295,161 +310,104 @@ static void test_errors_carry_host_pid_and_function(void **state)
     assert_string_equal(r[2].type, "TypeError");
     assert_string_equal(r[2].message, "w_add() argument 0: expected int, got str");
     cf_worker_destroy(&w);
-    cf_fakebroker_stop(&b);
 }
 
 static void test_heartbeats_flow_while_a_task_blocks(void **state)
 {
-    (void)state;
-    s_gate_reset();
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = s_worker(&b, 1, 20, 0);
-    (void)s_expect_ready(&b);
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    cf_fakebroker_add_task(&b, 1, "w_gate", "i", 5);
-    cf_fakebroker_send(&b);
-    s_gate_wait_for(1);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_worker(b, 1, 20, 0);
+    (void)s_expect_ready(b);
+    s_send_blocked_task(b, 1, 5);
     //  The only thread is blocked in the task; the actor heartbeats.
     for (int i = 0; i < 3; i++) {
-        cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_HEARTBEAT);
+        cf_proto_msg_t *msg = cf_fakebroker_expect(b, CF_MSG_HEARTBEAT);
         assert_int_equal(msg->boot, 0);
         cf_proto_msg_destroy(&msg);
     }
-    s_gate_release();
-    s_result_t r;
-    s_collect_results(&b, &r, 1);
+    s_result_t r = s_open_gate_and_collect(b);
     assert_int_equal(r.value, 5);
     cf_worker_destroy(&w);
-    cf_fakebroker_stop(&b);
 }
 
 static void test_a_new_boot_id_brings_a_new_ready_with_free_slots(void **state)
 {
-    (void)state;
-    s_gate_reset();
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = s_worker(&b, 3, 0, 0);
-    assert_int_equal(s_expect_ready(&b), 3);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_worker(b, 3, 0, 0);
+    assert_int_equal(s_expect_ready(b), 3);
     //  The first boot id is learnt, not answered.
-    s_send_heartbeat(&b, 1111, 1000);
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    cf_fakebroker_add_task(&b, 1, "w_gate", "i", 1);
-    cf_fakebroker_send(&b);
-    s_gate_wait_for(1);
-    s_send_heartbeat(&b, 1111, 1000);
+    s_send_heartbeat(b, 1111, 1000);
+    s_send_blocked_task(b, 1, 1);
+    s_send_heartbeat(b, 1111, 1000);
     //  A restarted broker: READY again, one slot taken by the blocked task.
-    s_send_heartbeat(&b, 2222, 1000);
-    assert_int_equal(s_expect_ready(&b), 2);
+    s_send_heartbeat(b, 2222, 1000);
+    assert_int_equal(s_expect_ready(b), 2);
     //  A broker that forgot the worker says so: READY again.
-    cf_proto_enc_begin(b.enc, CF_MSG_ERROR);
-    cf_proto_enc_text(b.enc, CF_PROTO_UNKNOWN_WORKER, 0);
-    cf_fakebroker_send(&b);
-    assert_int_equal(s_expect_ready(&b), 2);
-    s_gate_release();
-    s_result_t r;
-    s_collect_results(&b, &r, 1);
+    s_send_text(b, CF_MSG_ERROR, CF_PROTO_UNKNOWN_WORKER);
+    assert_int_equal(s_expect_ready(b), 2);
+    s_result_t r = s_open_gate_and_collect(b);
     assert_int_equal(r.id, 1);
     cf_worker_destroy(&w);
-    cf_fakebroker_stop(&b);
 }
 
 static void test_max_tasks_finishes_and_says_disconnect(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = s_worker(&b, 4, 0, 2);
-    assert_int_equal(s_expect_ready(&b), 2);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_worker(b, 4, 0, 2);
+    assert_int_equal(s_expect_ready(b), 2);
     assert_int_equal(cf_worker_ended(w), CF_OK);
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    cf_fakebroker_add_task(&b, 1, "w_add", "ii", 1, 1);
-    cf_fakebroker_add_task(&b, 2, "w_add", "ii", 2, 2);
-    cf_fakebroker_add_task(&b, 3, "w_add", "ii", 3, 3);    //  over the limit: not run
-    cf_fakebroker_send(&b);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(b, 1, "w_add", "ii", 1, 1);
+    cf_fakebroker_add_task(b, 2, "w_add", "ii", 2, 2);
+    cf_fakebroker_add_task(b, 3, "w_add", "ii", 3, 3);    //  over the limit: not run
+    cf_fakebroker_send(b);
     s_result_t r[2];
-    s_collect_results(&b, r, 2);
+    s_collect_results(b, r, 2);
     assert_true(r[0].id != 3 && r[1].id != 3);
-    cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_DISCONNECT);
-    cf_proto_msg_destroy(&msg);
+    cf_fakebroker_await(b, CF_MSG_DISCONNECT);
     assert_int_equal(cf_worker_wait(w, S_WAIT_MS), CF_OK);
     assert_int_equal(cf_worker_ended(w), CF_ESTOP);
     //  Nothing after DISCONNECT (no result for task 3, no heartbeat).
-    msg = cf_fakebroker_recv(&b, 100);
-    assert_null(msg);
+    assert_null(cf_fakebroker_recv(b, 100));
     cf_worker_destroy(&w);
-    cf_fakebroker_stop(&b);
 }
 
 static void test_a_silent_broker_ends_a_worker_that_exits_on_loss(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
-        .endpoint = b.endpoint,
-        .threads = 1,
-        .heartbeat_ivl_ms = 20,
-        .heartbeat_liveness = 2,
-        .exit_on_broker_loss = true,
-    });
-    assert_non_null(w);
-    (void)s_expect_ready(&b);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_impatient(b, 1, true);
+    (void)s_expect_ready(b);
     assert_int_equal(cf_worker_wait(w, 0), CF_ETIMEDOUT);
     //  The fake broker says nothing.
     assert_int_equal(cf_worker_wait(w, S_WAIT_MS), CF_OK);
     assert_int_equal(cf_worker_ended(w), CF_ESHUTDOWN);
     cf_worker_destroy(&w);
-    cf_fakebroker_stop(&b);
 }
 
 static void test_a_broker_disconnect_ends_a_worker_that_exits_on_loss(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
-        .endpoint = b.endpoint,
-        .threads = 1,
-        .exit_on_broker_loss = true,
-    });
-    assert_non_null(w);
-    (void)s_expect_ready(&b);
-    cf_proto_enc_begin(b.enc, CF_MSG_DISCONNECT);
-    cf_proto_enc_text(b.enc, "broker stopping", 0);
-    cf_fakebroker_send(&b);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){.threads = 1, .exit_on_broker_loss = true});
+    (void)s_expect_ready(b);
+    s_send_text(b, CF_MSG_DISCONNECT, "broker stopping");
     assert_int_equal(cf_worker_wait(w, S_WAIT_MS), CF_OK);
     assert_int_equal(cf_worker_ended(w), CF_ESHUTDOWN);
     cf_worker_destroy(&w);
-    cf_fakebroker_stop(&b);
 }
 
 static void test_a_lost_broker_is_awaited_and_greeted_again(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
-        .endpoint = b.endpoint,
-        .threads = 2,
-        .heartbeat_ivl_ms = 20,
-        .heartbeat_liveness = 2,
-    });
-    assert_non_null(w);
-    (void)s_expect_ready(&b);
-    s_send_heartbeat(&b, 5, 20);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_impatient(b, 2, false);
+    (void)s_expect_ready(b);
+    s_send_heartbeat(b, 5, 20);
     //  Silence for many intervals: the worker waits (it keeps heartbeating).
-    for (int i = 0; i < 10; i++) {
-        cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_HEARTBEAT);
-        cf_proto_msg_destroy(&msg);
-    }
+    for (int i = 0; i < 10; i++)
+        cf_fakebroker_await(b, CF_MSG_HEARTBEAT);
     assert_int_equal(cf_worker_wait(w, 0), CF_ETIMEDOUT);
     //  Back, same boot id: the worker announces itself again anyway.
-    s_send_heartbeat(&b, 5, 20);
-    assert_int_equal(s_expect_ready(&b), 2);
+    s_send_heartbeat(b, 5, 20);
+    assert_int_equal(s_expect_ready(b), 2);
     cf_worker_destroy(&w);
-    cf_fakebroker_stop(&b);
 }
 
 //  The worker's "stopping" log line tells the test the actor took in the
@@ -479,17 +437,14 @@ static void *s_destroy_main(void *arg)
 
 static void test_destroy_finishes_running_tasks_and_hands_back_queued_ones(void **state)
 {
-    (void)state;
-    s_gate_reset();
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = s_worker(&b, 1, 0, 0);
-    (void)s_expect_ready(&b);
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    cf_fakebroker_add_task(&b, 1, "w_gate", "i", 10);
-    cf_fakebroker_add_task(&b, 2, "w_gate", "i", 20);     //  queued behind it
-    cf_fakebroker_send(&b);
-    s_gate_wait_for(1);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_worker(b, 1, 0, 0);
+    (void)s_expect_ready(b);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(b, 1, "w_gate", "i", 10);
+    cf_fakebroker_add_task(b, 2, "w_gate", "i", 20);     //  queued behind it
+    cf_fakebroker_send(b);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
     s_stopping_line[0] = '\0';
     cf_log_set_handler(s_log_handler, NULL, CF_LOG_INFO);
     //  Destroy from another thread: it waits for the running task.
@@ -503,52 +458,41 @@ static void test_destroy_finishes_running_tasks_and_hands_back_queued_ones(void 
     assert_string_equal(s_stopping_line, "stopping: 1 running, 1 queued handed back");
     //  The running task's result, then DISCONNECT. Task 2 never runs:
     //  DISCONNECT hands it back.
-    s_gate_release();
-    s_result_t r;
-    s_collect_results(&b, &r, 1);
+    s_result_t r = s_open_gate_and_collect(b);
     assert_int_equal(r.id, 1);
     assert_int_equal(r.value, 10);
-    cf_proto_msg_t *msg = cf_fakebroker_expect(&b, CF_MSG_DISCONNECT);
-    cf_proto_msg_destroy(&msg);
+    cf_fakebroker_await(b, CF_MSG_DISCONNECT);
     pthread_join(destroyer, NULL);
     assert_null(w);
-    cf_fakebroker_stop(&b);
 }
 
 static void test_the_initializer_runs_once_per_thread_before_tasks(void **state)
 {
-    (void)state;
+    cf_fakebroker_t *b = *state;
     atomic_store(&s_init_calls, 0);
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
-        .endpoint = b.endpoint,
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){
         .threads = 3,
         .initializer = s_initializer,
         .initarg = &s_init_calls,
     });
-    assert_non_null(w);
-    (void)s_expect_ready(&b);
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    (void)s_expect_ready(b);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
     for (uint64_t id = 1; id <= 9; id++)
-        cf_fakebroker_add_task(&b, id, "w_initialized", "");
-    cf_fakebroker_send(&b);
+        cf_fakebroker_add_task(b, id, "w_initialized", "");
+    cf_fakebroker_send(b);
     s_result_t r[9];
-    s_collect_results(&b, r, 9);
+    s_collect_results(b, r, 9);
     for (size_t i = 0; i < 9; i++)
         assert_int_equal(r[i].truth, 1);
     cf_worker_destroy(&w);
     assert_int_equal(atomic_load(&s_init_calls), 3);
-    cf_fakebroker_stop(&b);
 }
 
 static void test_garbage_from_the_broker_is_ignored(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = s_worker(&b, 1, 0, 0);
-    (void)s_expect_ready(&b);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_worker(b, 1, 0, 0);
+    (void)s_expect_ready(b);
     //  Wrong version, unknown command, a truncated body, a single frame.
     const char *frames[][3] = {
         {"cf/9", "TASK", "\x90"},
@@ -557,21 +501,17 @@ static void test_garbage_from_the_broker_is_ignored(void **state)
         {"cf/1", "SUBMIT", "\x90"},
     };
     for (size_t i = 0; i < sizeof frames / sizeof frames[0]; i++) {
-        zmq_send(b.router, b.peer, b.peer_len, ZMQ_SNDMORE);
-        zmq_send(b.router, frames[i][0], strlen(frames[i][0]), ZMQ_SNDMORE);
-        zmq_send(b.router, frames[i][1], strlen(frames[i][1]), ZMQ_SNDMORE);
-        zmq_send(b.router, frames[i][2], strlen(frames[i][2]), 0);
+        zmq_send(b->router, b->peer, b->peer_len, ZMQ_SNDMORE);
+        zmq_send(b->router, frames[i][0], strlen(frames[i][0]), ZMQ_SNDMORE);
+        zmq_send(b->router, frames[i][1], strlen(frames[i][1]), ZMQ_SNDMORE);
+        zmq_send(b->router, frames[i][2], strlen(frames[i][2]), 0);
     }
-    zmq_send(b.router, b.peer, b.peer_len, ZMQ_SNDMORE);
-    zmq_send(b.router, "x", 1, 0);
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    cf_fakebroker_add_task(&b, 1, "w_add", "ii", 2, 3);
-    cf_fakebroker_send(&b);
-    s_result_t r;
-    s_collect_results(&b, &r, 1);
+    zmq_send(b->router, b->peer, b->peer_len, ZMQ_SNDMORE);
+    zmq_send(b->router, "x", 1, 0);
+    cf_fakebroker_send_task(b, 1, "w_add", "ii", 2, 3);
+    s_result_t r = s_collect_result(b);
     assert_int_equal(r.value, 5);
     cf_worker_destroy(&w);
-    cf_fakebroker_stop(&b);
 }
 
 //  The credit added since the worker started: what cf_fakebroker_expect
@@ -588,31 +528,29 @@ static uint64_t s_credit_added(cf_fakebroker_t *b)
 
 static void test_short_tasks_bring_prefetch_credit(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = s_worker(&b, 2, 0, 0);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_worker(b, 2, 0, 0);
     //  Until it knows how long tasks take: one per thread.
-    assert_int_equal(s_expect_ready(&b), 2);
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    cf_fakebroker_add_task(&b, 1, "w_add", "ii", 1, 1);
-    cf_fakebroker_add_task(&b, 2, "w_add", "ii", 2, 2);
-    cf_fakebroker_send(&b);
+    assert_int_equal(s_expect_ready(b), 2);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(b, 1, "w_add", "ii", 1, 1);
+    cf_fakebroker_add_task(b, 2, "w_add", "ii", 2, 2);
+    cf_fakebroker_send(b);
     s_result_t r[2 + 256];
-    s_collect_results(&b, r, 2);
+    s_collect_results(b, r, 2);
     //  Tasks of microseconds: it asks for a queue's worth more, capped.
-    uint64_t extra = s_credit_added(&b);
+    uint64_t extra = s_credit_added(b);
     assert_true(extra > 2 && extra <= 256);
     //  All of it is taken: each task is run, or handed back unrun (BUSY)
     //  if a pause of this loaded machine looked like a stall to the worker
     //  (which then also says READY); none is lost or run wrong.
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
     for (uint64_t id = 0; id < 2 + extra; id++)
-        cf_fakebroker_add_task(&b, 100 + id, "w_add", "ii", (int)id, 1);
-    cf_fakebroker_send(&b);
+        cf_fakebroker_add_task(b, 100 + id, "w_add", "ii", (int)id, 1);
+    cf_fakebroker_send(b);
     size_t ok = 0, back = 0;
     while (ok + back < 2 + extra) {
-        cf_proto_msg_t *msg = cf_fakebroker_recv(&b, S_WAIT_MS);
+        cf_proto_msg_t *msg = cf_fakebroker_recv(b, S_WAIT_MS);
         if (!msg)
             fail_msg("%zu run and %zu handed back of %" PRIu64, ok, back, 2 + extra);
         for (size_t i = 0; msg->type == CF_MSG_RESULT && i < msg->count; i++) {
@@ -634,22 +572,16 @@ static void test_short_tasks_bring_prefetch_credit(void **state)
     }
     assert_true(ok > 0);
     cf_worker_destroy(&w);
-    cf_fakebroker_stop(&b);
 }
 
 static void test_long_tasks_hand_prefetched_ones_back(void **state)
 {
-    (void)state;
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = s_worker(&b, 1, 0, 0);
-    assert_int_equal(s_expect_ready(&b), 1);
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    cf_fakebroker_add_task(&b, 1, "w_add", "ii", 1, 1);
-    cf_fakebroker_send(&b);
-    s_result_t r;
-    s_collect_results(&b, &r, 1);
-    uint64_t grant = 1 + s_credit_added(&b);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_worker(b, 1, 0, 0);
+    assert_int_equal(s_expect_ready(b), 1);
+    cf_fakebroker_send_task(b, 1, "w_add", "ii", 1, 1);
+    (void)s_collect_result(b);
+    uint64_t grant = 1 + s_credit_added(b);
     cf_proto_msg_t *msg;
     //  How much it asks for depends on how fast an add ran here (an ASan
     //  build on a loaded machine asks for less): any prefetch will do.
@@ -657,14 +589,14 @@ static void test_long_tasks_hand_prefetched_ones_back(void **state)
     //  Fill the grant with 30 ms tasks: after the first, the worker wants
     //  a thread's worth only, hands the queued rest back (BUSY, never run)
     //  and announces a smaller credit.
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
     for (uint64_t id = 0; id < grant; id++)
-        cf_fakebroker_add_task(&b, 10 + id, "w_nap", "i", 30);
-    cf_fakebroker_send(&b);
+        cf_fakebroker_add_task(b, 10 + id, "w_nap", "i", 30);
+    cf_fakebroker_send(b);
     size_t ok = 0, busy = 0;
     uint32_t ready_credit = UINT32_MAX;
     while (ok + busy < grant) {
-        msg = cf_fakebroker_recv(&b, S_WAIT_MS);
+        msg = cf_fakebroker_recv(b, S_WAIT_MS);
         if (!msg)
             fail_msg("%zu ok and %zu handed back of %" PRIu64, ok, busy, grant);
         if (msg->type == CF_MSG_READY && ready_credit == UINT32_MAX)
@@ -682,44 +614,35 @@ static void test_long_tasks_hand_prefetched_ones_back(void **state)
     assert_true(ready_credit <= 2);
     assert_true(busy + 4 >= grant);
     cf_worker_destroy(&w);
-    cf_fakebroker_stop(&b);
 }
 
 static void test_tasks_queued_behind_a_stalled_thread_go_back(void **state)
 {
-    (void)state;
-    s_gate_reset();
-    cf_fakebroker_t b;
-    cf_fakebroker_start(&b);
-    cf_worker_t *w = s_worker(&b, 1, 0, 0);
-    assert_int_equal(s_expect_ready(&b), 1);
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    cf_fakebroker_add_task(&b, 1, "w_add", "ii", 1, 1);
-    cf_fakebroker_send(&b);
-    s_result_t r;
-    s_collect_results(&b, &r, 1);
-    assert_true(s_credit_added(&b) >= 3);
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_worker(b, 1, 0, 0);
+    assert_int_equal(s_expect_ready(b), 1);
+    cf_fakebroker_send_task(b, 1, "w_add", "ii", 1, 1);
+    s_result_t r = s_collect_result(b);
+    assert_true(s_credit_added(b) >= 3);
     //  Short tasks so far, so it prefetched; the gate blocks its only
     //  thread: the three behind it go back unrun, for another worker.
-    cf_proto_enc_begin(b.enc, CF_MSG_TASK);
-    cf_fakebroker_add_task(&b, 2, "w_gate", "i", 7);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(b, 2, "w_gate", "i", 7);
     for (uint64_t id = 3; id <= 5; id++)
-        cf_fakebroker_add_task(&b, id, "w_add", "ii", 1, 1);
-    cf_fakebroker_send(&b);
-    s_gate_wait_for(1);
+        cf_fakebroker_add_task(b, id, "w_add", "ii", 1, 1);
+    cf_fakebroker_send(b);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
     s_result_t back[3];
-    s_collect_results(&b, back, 3);
+    s_collect_results(b, back, 3);
     for (size_t i = 0; i < 3; i++) {
         assert_int_equal(back[i].status, CF_STATUS_BUSY);
         assert_true(back[i].id >= 3 && back[i].id <= 5);
     }
-    assert_int_equal(s_expect_ready(&b), 0);
-    s_gate_release();
-    s_collect_results(&b, &r, 1);
+    assert_int_equal(s_expect_ready(b), 0);
+    r = s_open_gate_and_collect(b);
     assert_int_equal(r.id, 2);
     assert_int_equal(r.value, 7);
     cf_worker_destroy(&w);
-    cf_fakebroker_stop(&b);
 }
 
 static void test_bad_configurations_are_refused(void **state)
@@ -742,22 +665,22 @@ static void test_bad_configurations_are_refused(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ready_announces_credit_host_and_pid),
-        cmocka_unit_test(test_a_random_identity_is_readable),
-        cmocka_unit_test(test_tasks_run_and_results_come_back),
-        cmocka_unit_test(test_errors_carry_host_pid_and_function),
-        cmocka_unit_test(test_heartbeats_flow_while_a_task_blocks),
-        cmocka_unit_test(test_a_new_boot_id_brings_a_new_ready_with_free_slots),
-        cmocka_unit_test(test_max_tasks_finishes_and_says_disconnect),
-        cmocka_unit_test(test_a_silent_broker_ends_a_worker_that_exits_on_loss),
-        cmocka_unit_test(test_a_broker_disconnect_ends_a_worker_that_exits_on_loss),
-        cmocka_unit_test(test_a_lost_broker_is_awaited_and_greeted_again),
-        cmocka_unit_test(test_destroy_finishes_running_tasks_and_hands_back_queued_ones),
-        cmocka_unit_test(test_the_initializer_runs_once_per_thread_before_tasks),
-        cmocka_unit_test(test_garbage_from_the_broker_is_ignored),
-        cmocka_unit_test(test_short_tasks_bring_prefetch_credit),
-        cmocka_unit_test(test_long_tasks_hand_prefetched_ones_back),
-        cmocka_unit_test(test_tasks_queued_behind_a_stalled_thread_go_back),
+        S_TEST(test_ready_announces_credit_host_and_pid),
+        S_TEST(test_a_random_identity_is_readable),
+        S_TEST(test_tasks_run_and_results_come_back),
+        S_TEST(test_errors_carry_host_pid_and_function),
+        S_TEST(test_heartbeats_flow_while_a_task_blocks),
+        S_TEST(test_a_new_boot_id_brings_a_new_ready_with_free_slots),
+        S_TEST(test_max_tasks_finishes_and_says_disconnect),
+        S_TEST(test_a_silent_broker_ends_a_worker_that_exits_on_loss),
+        S_TEST(test_a_broker_disconnect_ends_a_worker_that_exits_on_loss),
+        S_TEST(test_a_lost_broker_is_awaited_and_greeted_again),
+        S_TEST(test_destroy_finishes_running_tasks_and_hands_back_queued_ones),
+        S_TEST(test_the_initializer_runs_once_per_thread_before_tasks),
+        S_TEST(test_garbage_from_the_broker_is_ignored),
+        S_TEST(test_short_tasks_bring_prefetch_credit),
+        S_TEST(test_long_tasks_hand_prefetched_ones_back),
+        S_TEST(test_tasks_queued_behind_a_stalled_thread_go_back),
         cmocka_unit_test(test_bad_configurations_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
