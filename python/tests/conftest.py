@@ -43,6 +43,7 @@ WORKER_BIN = _path("CF_WORKER_BIN", BUILD / "cf-worker")
 TASKS_LIB = _path("CF_TASKS_LIB", BUILD / "examples" / "libexample_tasks.so")
 EXAMPLES_DIR = _path("CF_EXAMPLES_DIR", BUILD / "examples")
 KEYGEN_BIN = _path("CF_KEYGEN_BIN", BUILD / "cf-keygen")
+BENCH_TASKS_LIB = _path("CF_BENCH_TASKS_LIB", BUILD / "bench" / "libbench_tasks.so")
 
 #  How long a daemon may take to print its ready line (ASan builds are slow
 #  to start; a missing line is a failure, never a skip).
