@@ -238,6 +238,24 @@ class _Client:
         if wake:
             self._wake()
 
+    def submit_many(self, function, args_list, retries, timeout_ms, flags, futures):
+        """Several tasks of one function under one lock and one wakeup
+        (map's refills)."""
+        tasks = []
+        for args, future in zip(args_list, futures):
+            task = _Task(next(self.ids), function, args, retries, timeout_ms, flags, future)
+            future._cf_task = task
+            tasks.append(task)
+        with self.lock:
+            if self.refused is not None:
+                raise AuthError(self.refused)
+            if self.closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self.inbox.extend(tasks)
+            wake = self._signal_locked()
+        if wake:
+            self._wake()
+
     def cancel(self, future):
         """Future.cancel() of a pending future: see Future."""
         if threading.get_ident() == self.actor_ident:
@@ -1019,6 +1037,7 @@ class Executor(cf.Executor):
         self._defaults = _task_options((0, 0, 0), {"retries": retries, "timeout": timeout,
                                                    "retry_on_error": retry_on_error})
         self._map_window = map_window
+        self._names = set()         # function names checked already
         curve = _keys.load_client_keys(curve_broker_key, curve_key)
         self._client = _Client(endpoints, heartbeat_ms, liveness, curve, context)
         if curve is not None:
@@ -1041,7 +1060,10 @@ class Executor(cf.Executor):
         name. Keyword arguments are task options (retries, timeout,
         retry_on_error), never arguments of the task: cf/1 has positional
         arguments only. Returns a Future."""
-        _proto.check_function_name(fn)
+        if fn not in self._names:
+            _proto.check_function_name(fn)
+            if len(self._names) < 4096:
+                self._names.add(fn)
         options = _task_options(self._defaults, task_options) if task_options else self._defaults
         return self._submit(fn, _pack_args(fn, args), options)
 
@@ -1068,29 +1090,41 @@ class Executor(cf.Executor):
         end = None if timeout is None else time.monotonic() + timeout
         inputs = zip(*iterables)
         in_flight = collections.deque()
-        options = self._defaults
+        retries, timeout_ms, flags = self._defaults
         state = {"exhausted": False}
+        #  Refills go out in batches: one lock, one wakeup and one SUBMIT for
+        #  many tasks, where refilling slot by slot would cost a wakeup of
+        #  the client thread per result.
+        refill = max(1, min(256, window // 4))
 
-        def fill():
-            while not state["exhausted"] and len(in_flight) < window:
+        def fill(first=False):
+            if state["exhausted"] or (not first and len(in_flight) > window - refill):
+                return
+            name, packed, counts = fn, [], []
+            while not state["exhausted"] and len(in_flight) + len(packed) < window:
                 if chunksize == 1:
                     try:
                         args = next(inputs)
                     except StopIteration:
                         state["exhausted"] = True
-                        return
-                    in_flight.append((self._submit(fn, _pack_args(fn, args), options), 0))
+                        break
+                    packed.append(_pack_args(fn, args))
+                    counts.append(0)
                 else:
                     chunk = [list(args) for args in itertools.islice(inputs, chunksize)]
                     if len(chunk) < chunksize:
                         state["exhausted"] = True
                     if not chunk:
-                        return
-                    args = _pack_args(fn, [fn, chunk])
-                    in_flight.append((self._submit(_proto.CHUNK_FUNCTION, args, options),
-                                      len(chunk)))
+                        break
+                    name = _proto.CHUNK_FUNCTION
+                    packed.append(_pack_args(fn, [fn, chunk]))
+                    counts.append(len(chunk))
+            if packed:
+                futures = [Future(self._client) for _ in packed]
+                self._client.submit_many(name, packed, retries, timeout_ms, flags, futures)
+                in_flight.extend(zip(futures, counts))
 
-        fill()
+        fill(first=True)
         return self._map_results(fn, in_flight, fill, end)
 
     def _map_results(self, fn, in_flight, fill, end):
