@@ -301,9 +301,23 @@ def decode(parts):
         raise Malformed(f"{command.decode()}: {type(e).__name__}") from None
 
 
+def _results(obj):
+    out = []
+    append = out.append
+    for item in _array(obj, 0, MAX_BATCH, "RESULT body"):
+        #  The common case, a success, checked inline; anything else in full.
+        if type(item) is list and len(item) == 3 and item[1] == 0 \
+                and type(item[1]) is int and type(item[0]) is int \
+                and 0 <= item[0] <= UINT64_MAX and type(item[2]) is bytes:
+            append((item[0], OK, item[2]))
+        else:
+            append(_result(item))
+    return out
+
+
 def _fields(command, obj):
     if command == RESULT:
-        return [_result(item) for item in _array(obj, 0, MAX_BATCH, "RESULT body")]
+        return _results(obj)
     if command == STARTED or command == CANCEL:
         return [_uint(i, UINT64_MAX, "id") for i in _array(obj, 0, MAX_BATCH, "id list")]
     if command == TASK or command == SUBMIT:

@@ -104,22 +104,23 @@ class Future(cf.Future):
     running() turns true when the broker reports the task on a worker.
     """
 
-    def __init__(self, client):
-        super().__init__()
-        self._cf_client = client
-        self._cf_task = None
+    #  The task this future stands for, set by the executor before the
+    #  future is handed out (no __init__ of our own: a future is made per
+    #  task, and the standard one's is cost enough).
+    _cf_task = None
 
     def cancel(self):
         if self.done() or self.running():
             return self.cancelled()
-        return self._cf_client.cancel(self)
+        return self._cf_task.client.cancel(self)
 
 
 class _Task:
     __slots__ = ("id", "function", "wire", "size", "future", "where", "started",
-                 "cancel_asked", "waiters")
+                 "cancel_asked", "waiters", "client")
 
-    def __init__(self, task_id, function, args, retries, timeout_ms, flags, future):
+    def __init__(self, client, task_id, function, args, retries, timeout_ms, flags, future):
+        self.client = client
         self.id = task_id
         self.function = function
         #  The SUBMIT item, built once by the submitting thread.
@@ -226,7 +227,7 @@ class _Client:
         return True
 
     def submit(self, function, args, retries, timeout_ms, flags, future):
-        task = _Task(next(self.ids), function, args, retries, timeout_ms, flags, future)
+        task = _Task(self, next(self.ids), function, args, retries, timeout_ms, flags, future)
         future._cf_task = task
         with self.lock:
             if self.refused is not None:
@@ -243,7 +244,7 @@ class _Client:
         (map's refills)."""
         tasks = []
         for args, future in zip(args_list, futures):
-            task = _Task(next(self.ids), function, args, retries, timeout_ms, flags, future)
+            task = _Task(self, next(self.ids), function, args, retries, timeout_ms, flags, future)
             future._cf_task = task
             tasks.append(task)
         with self.lock:
@@ -470,17 +471,20 @@ class _Client:
         try:
             value = _proto.unpack_value(data)
         except _proto.BadValue as e:
-            value = TaskError("ProtocolError", f"the result is not one msgpack value ({e})",
-                              task.function)
-            try:
-                task.future.set_exception(value)
-            except cf.InvalidStateError:
-                pass
+            self._fail_value(task, e)
             return
         try:
             task.future.set_result(value)
         except cf.InvalidStateError:
             pass                # resolved behind our back (Future.cancel of the base class)
+
+    def _fail_value(self, task, e):
+        error = TaskError("ProtocolError", f"the result is not one msgpack value ({e})",
+                          task.function)
+        try:
+            task.future.set_exception(error)
+        except cf.InvalidStateError:
+            pass
 
     def _resolve_error(self, task, etype, message, function="", host="", pid=0):
         self._forget(task)
@@ -711,10 +715,26 @@ class _Client:
 
     def _on_result(self, results, now):
         pending = self.pending
+        unpack = _proto.unpack_value
         for task_id, status, payload in results:
             task = pending.get(task_id)
             if task is None:
                 self.stale += 1         # resolved already (a resend's twin)
+                continue
+            if status == _proto.OK and not task.waiters:
+                #  The common case, inline: one task done, no canceller.
+                del pending[task_id]
+                task.where = _DONE
+                self.freed += 1
+                try:
+                    value = unpack(payload)
+                except _proto.BadValue as e:
+                    self._fail_value(task, e)
+                    continue
+                try:
+                    task.future.set_result(value)
+                except cf.InvalidStateError:
+                    pass
                 continue
             if status == _proto.OK:
                 self._resolve_value(task, payload)
@@ -1068,7 +1088,7 @@ class Executor(cf.Executor):
         return self._submit(fn, _pack_args(fn, args), options)
 
     def _submit(self, fn, args_bytes, options):
-        future = Future(self._client)
+        future = Future()
         self._client.submit(fn, args_bytes, options[0], options[1], options[2], future)
         return future
 
@@ -1120,7 +1140,7 @@ class Executor(cf.Executor):
                     packed.append(_pack_args(fn, [fn, chunk]))
                     counts.append(len(chunk))
             if packed:
-                futures = [Future(self._client) for _ in packed]
+                futures = [Future() for _ in packed]
                 self._client.submit_many(name, packed, retries, timeout_ms, flags, futures)
                 in_flight.extend(zip(futures, counts))
 
