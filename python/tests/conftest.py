@@ -71,6 +71,12 @@ def wait_for(predicate, timeout=20.0, what="a condition"):
         time.sleep(0.005)
 
 
+def wait_workers(ex, n):
+    """Waits until the broker knows n workers (a worker's ready line comes
+    before the broker has read its READY)."""
+    wait_for(lambda: ex.stats()["workers"] == n, what=f"{n} workers at the broker")
+
+
 class Daemon:
     """A process that prints one 'ready key=value ...' line to stdout once
     it serves."""

@@ -13,7 +13,7 @@ import zmq
 import cfutures
 from cfutures import _proto
 from cfutures.worker import Worker
-from conftest import wait_for
+from conftest import wait_for, wait_workers
 
 FAST = ("--heartbeat-ms", "100")
 
@@ -55,6 +55,7 @@ def test_every_future_resolves_across_a_broker_restart(cluster):
     c_worker = cluster.c_worker(broker, "--threads", "2", *FAST)
     py_worker = cluster.py_worker(broker, "--threads", "2", *FAST)
     ex = cluster.executor(broker, heartbeat_ms=100)
+    wait_workers(ex, 2)
     futures = [ex.submit("sleep_pid", 150) for _ in range(16)]
     wait_for(lambda: sum(f.running() for f in futures) >= 2, what="tasks running")
     broker.kill()

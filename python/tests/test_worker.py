@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import cfutures
-from conftest import PYTHON_DIR, wait_for
+from conftest import PYTHON_DIR, wait_for, wait_workers
 
 
 def test_c_example_programs_run_on_a_python_worker(cluster):
@@ -82,6 +82,7 @@ def test_procs_runs_tasks_in_separate_processes_and_replaces_a_crashed_one(clust
                                specs=("pytasks", "cfutures.example_tasks"))
     assert worker.ready == {"procs": "2"}
     with cluster.executor(broker, heartbeat_ms=100) as ex:
+        wait_workers(ex, 2)
         pids = {pid for pid, _ in ex.map("py_spin", [200000] * 12, timeout=60)}
         assert len(pids) == 2 and worker.pid not in pids
         #  A task that kills its process fails alone (no retries left); the
@@ -100,6 +101,7 @@ def test_a_mixed_cluster_serves_the_same_functions_from_c_and_python(cluster):
     c_worker = cluster.c_worker(broker, "--threads", "2")
     py_worker = cluster.py_worker(broker, "--threads", "2")
     with cluster.executor(broker) as ex:
+        wait_workers(ex, 2)
         pids = list(ex.map("sleep_pid", [30] * 24, timeout=60))
         assert set(pids) == {c_worker.pid, py_worker.pid}
         #  The same answers whoever runs them.
@@ -116,6 +118,7 @@ def test_tasks_go_only_to_workers_that_serve_their_function(cluster):
     cluster.c_worker(broker, "--threads", "4")      # idle threads the broker fills first
     cluster.py_worker(broker, "--threads", "1", specs=("pytasks",))
     with cluster.executor(broker) as ex:
+        wait_workers(ex, 2)
         futures = [ex.submit("py_upper", "x") for _ in range(20)]
         assert [f.result(timeout=30) for f in futures] == ["X"] * 20
 
