@@ -133,6 +133,14 @@ class _Task:
         self.waiters = None         # Events of cancellers waiting for an answer
 
 
+def _close_fds(*fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def _set_cancelled(future):
     """Cancels a pending future and notifies its waiters (wait(),
     as_completed()), as an executor's worker does when it finds a
@@ -172,6 +180,10 @@ class _Client:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
+        #  Closed only when nothing can write any more (a late cancel() or
+        #  submit() may still wake an actor that has ended: the byte goes
+        #  nowhere, but never to a descriptor number reused meanwhile).
+        weakref.finalize(self, _close_fds, self.wake_r, self.wake_w)
         self.actor_ident = None
 
         #  Actor only.
@@ -341,8 +353,6 @@ class _Client:
                 request[0].set()
             self.handshake.set()
             self._close_socket(goodbye=True)
-            os.close(self.wake_r)
-            os.close(self.wake_w)
 
     def _loop(self):
         while True:

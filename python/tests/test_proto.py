@@ -157,8 +157,6 @@ def test_chunk_results_have_one_item_per_input():
     assert items[1][:3] == [1, "ZeroDivisionError", "division by zero"]
     assert items[1][3:] == [w.host, os.getpid()]
     assert items[2][:2] == [1, "TypeError"]
-    os.close(w.wake_r)
-    os.close(w.wake_w)
 
 
 # ---------------------------------------------------------------------------

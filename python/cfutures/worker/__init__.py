@@ -55,6 +55,7 @@ import os
 import socket as _socket
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
@@ -85,6 +86,14 @@ _MONITOR_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
                    | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def _close_fds(*fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _error_item(task_id, etype, message, function, host, pid):
@@ -153,6 +162,9 @@ class Worker:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
+        #  Closed with the Worker, not at the end of serve(): stop() may come
+        #  later (a signal), and must never write to a reused descriptor.
+        weakref.finalize(self, _close_fds, self.wake_r, self.wake_w)
 
         #  Actor only.
         self.queue = collections.deque()    # (id, function name, args) waiting for a thread
@@ -293,9 +305,6 @@ class Worker:
         finally:
             self.pool.shutdown(wait=self.stop_asked < 2 and self.refused is None)
             self._close_socket()
-            os.close(self.wake_r)
-            os.close(self.wake_w)
-            self.wake_r = self.wake_w = -1
             if self.malformed:
                 log.debug("%d malformed messages from the broker dropped", self.malformed)
 
@@ -587,6 +596,8 @@ class Worker:
         deadline = self.next_heartbeat
         if not self.lost:
             deadline = min(deadline, self.last_heard + self._expiry() + 0.001)
-        if self.stopping and self.running == 0 and self.unsent:
-            deadline = min(deadline, now + 0.1)     # the give-up check
+        if self.stopping and self.running == 0:
+            #  Leave as soon as the results are out (or look again for the
+            #  give-up check while the socket holds them back).
+            deadline = min(deadline, now + (0.1 if self.unsent else 0))
         return max(0, int(math.ceil((deadline - now) * 1000)))
