@@ -187,3 +187,94 @@ def test_the_worker_survives_garbage_from_its_broker():
         thread.join(10)
         router.close(linger=0)
     assert not thread.is_alive()
+
+
+# ---------------------------------------------------------------------------
+#  The protocol's rules, against a broker driven by hand
+
+def _expect(router, command, timeout_ms=10000):
+    """The next message of that command (heartbeats skipped)."""
+    while True:
+        peer, (got, fields) = _recv(router, timeout_ms)
+        if got == command:
+            return peer, fields
+        assert got == _proto.HEARTBEAT, f"expected {command}, got {got}"
+
+
+def test_the_client_resends_on_every_sign_of_a_forgetful_broker_and_after_busy():
+    router, endpoint = _router()
+    try:
+        with cfutures.Executor(endpoint, heartbeat_ms=5000) as ex:
+            futures = [ex.submit("square", 2), ex.submit("square", 3)]
+            peer, tasks = _expect(router, _proto.SUBMIT)
+            while len(tasks) < 2:
+                tasks += _expect(router, _proto.SUBMIT)[1]
+            ids = [t[0] for t in tasks]
+            assert 0 not in ids and ids[1] == ids[0] + 1
+            send = lambda command, body: router.send_multipart(  # noqa: E731
+                [peer] + _proto.frames(command, body))
+            send(_proto.HEARTBEAT, [0x1111, 1000])
+            send(_proto.STARTED, [ids[0]])
+            wait_for(futures[0].running, what="STARTED to set running()")
+            #  A new boot id: the broker restarted; both go again, in order.
+            send(_proto.HEARTBEAT, [0x2222, 1000])
+            assert [t[0] for t in _expect(router, _proto.SUBMIT)[1]] == ids
+            #  The broker forgot us: again.
+            send(_proto.ERROR_CMD, [0, _proto.UNKNOWN_CLIENT])
+            assert [t[0] for t in _expect(router, _proto.SUBMIT)[1]] == ids
+            #  BUSY: the task comes back after the back-off, nothing lost.
+            send(_proto.RESULT, [[ids[0], _proto.BUSY], [ids[1], _proto.OK, b"\x09"]])
+            assert futures[1].result(timeout=10) == 9
+            again = _expect(router, _proto.SUBMIT)[1]
+            assert [t[0] for t in again] == [ids[0]]
+            send(_proto.RESULT, [[ids[0], _proto.OK, b"\x04"], [ids[0], _proto.OK, b"\x05"]])
+            assert futures[0].result(timeout=10) == 4      # the twin result is dropped
+            assert ex._client.stale == 1
+            #  An error answering a task id fails that task alone.
+            late = ex.submit("square", 4)
+            late_id = _expect(router, _proto.SUBMIT)[1][0][0]
+            send(_proto.ERROR_CMD, [late_id, "refused for a test"])
+            with pytest.raises(cfutures.TaskError) as info:
+                late.result(timeout=10)
+            assert (info.value.type, info.value.message) == ("ProtocolError",
+                                                             "refused for a test")
+    finally:
+        router.close(linger=0)
+
+
+def test_the_worker_announces_its_free_slots_once_per_sign():
+    router, endpoint = _router()
+    release = threading.Event()
+    worker = Worker({"hold": lambda: release.wait(10), "one": lambda: 1}, endpoint,
+                    threads=2, prefetch=1)
+    thread = threading.Thread(target=worker.serve, daemon=True)
+    thread.start()
+    try:
+        peer, ready = _expect(router, _proto.READY)
+        assert ready[0] == 3 and ready[3] == 2              # threads + prefetch, threads
+        send = lambda command, body: router.send_multipart(  # noqa: E731
+            [peer] + _proto.frames(command, body))
+        send(_proto.HEARTBEAT, [0xAAAA, 1000])
+        send(_proto.TASK, [[7, "hold", _proto.pack([]), 0]])
+        wait_for(lambda: worker.running == 1, what="the task to start")
+        #  Repeated READYs give the free slots: one task is in hand.
+        send(_proto.ERROR_CMD, [0, _proto.UNKNOWN_WORKER])
+        assert _expect(router, _proto.READY)[1][0] == 2
+        send(_proto.HEARTBEAT, [0xBBBB, 1000])              # a restart
+        assert _expect(router, _proto.READY)[1][0] == 2
+        send(_proto.DISCONNECT, ["broker stopping"])
+        send(_proto.HEARTBEAT, [0xBBBB, 1000])              # it speaks again: once
+        assert _expect(router, _proto.READY)[1][0] == 2
+        release.set()
+        _, results = _expect(router, _proto.RESULT)
+        assert results == [(7, _proto.OK, b"\xc3")]
+        send(_proto.TASK, [[8, "one", _proto.pack([]), 0]])
+        _, results = _expect(router, _proto.RESULT)
+        assert results == [(8, _proto.OK, b"\x01")]
+        #  No further READY came meanwhile: only heartbeats may follow.
+        assert not router.poll(200) or _recv(router)[1][0] == _proto.HEARTBEAT
+    finally:
+        worker.stop()
+        thread.join(10)
+        router.close(linger=0)
+    assert not thread.is_alive()

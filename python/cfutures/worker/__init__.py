@@ -369,7 +369,9 @@ class Worker:
                     return 0
             self._dispatch()
             self._flush()
-            if self.announce and not self.stopping and not self.blocked:
+            #  Not to a broker judged lost (silent, or it said DISCONNECT):
+            #  its next word sets announce again, and one READY answers both.
+            if self.announce and not self.stopping and not self.blocked and not self.lost:
                 if self._send(_proto.READY, self._ready_body()):
                     self.announce = False
             self._run_timers()
@@ -582,8 +584,11 @@ class Worker:
         now = time.monotonic()
         if now >= self.next_heartbeat:
             #  Not while disconnected (zmq would queue them ahead of the
-            #  READY a reconnection calls for), nor before READY.
-            if self.transport_up and not self.announce:
+            #  READY a reconnection calls for), nor instead of a READY that
+            #  can go; but to a broker judged lost, yes: its answer (a
+            #  HEARTBEAT, and "unknown worker" if it restarted) is the word
+            #  the READY waits for.
+            if self.transport_up and (self.lost or not self.announce):
                 self._send(_proto.HEARTBEAT, [0, 0])
             if now >= self.next_heartbeat:
                 self.next_heartbeat = now + self._send_ivl()
