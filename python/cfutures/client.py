@@ -1045,6 +1045,12 @@ class Executor(cf.Executor):
     broker refuses the key. ``map_window`` bounds the tasks map() keeps in
     flight.
 
+    An executor is shut down by ``with``, shutdown(), or at interpreter
+    exit: there, as with ThreadPoolExecutor, its tasks still complete,
+    unless its broker is lost (then they are cancelled, or fail with
+    "ExecutorDestroyed" if they had started). shutdown(wait=True) itself
+    waits for every task, however long the broker is away.
+
     submit() and map() raise TypeError or ValueError at once for arguments
     that cannot travel; everything that happens remotely comes back through
     the futures: TaskError for a task that failed (its remote type,
@@ -1195,9 +1201,17 @@ class Executor(cf.Executor):
 
 def _shutdown_at_exit():
     #  As ThreadPoolExecutor: at interpreter exit, work submitted to an
-    #  executor nobody shut down still completes.
+    #  executor nobody shut down still completes; but not waiting for a
+    #  broker that is lost (silent for liveness intervals, or never there):
+    #  then what is pending is cancelled or failed, as cf_executor_destroy
+    #  does, and the interpreter exits.
     for executor in list(_live_executors):
-        executor.shutdown(wait=True)
+        client = executor._client
+        client.shutdown(wait=False, cancel_futures=False)
+        while client.thread.is_alive():
+            client.thread.join(0.1)
+            if client.lost or client.refused is not None:
+                client.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
 if hasattr(threading, "_register_atexit"):

@@ -255,3 +255,35 @@ def test_many_tasks_from_several_threads(cluster):
         assert totals == [sum((b + i) ** 2 for i in range(2000)) for b in (0, 10000, 20000,
                                                                            30000)]
         assert ex.stats()["completed"] == 8000
+
+
+EXIT_SCRIPT = """
+import sys
+sys.path.insert(0, {path!r})
+import cfutures
+ex = cfutures.Executor({endpoint!r}, heartbeat_ms=100)
+f = ex.submit("slow_double", 21)
+f.add_done_callback(lambda f: print("cancelled" if f.cancelled() else f.result(), flush=True))
+"""
+
+
+def test_at_exit_submitted_tasks_complete_unless_the_broker_is_lost(cluster):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import PYTHON_DIR
+    broker = cluster.broker()
+    cluster.c_worker(broker)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    for endpoint, expected in ((broker.clients, "42"), (dead, "cancelled")):
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-c",
+                               EXIT_SCRIPT.format(path=str(PYTHON_DIR), endpoint=endpoint)],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == [expected]
+        assert time.monotonic() - start < 15
