@@ -941,7 +941,10 @@ class _Client:
                 if _proto.send(self.sock, _proto.HEARTBEAT, [0, 0]):
                     self._sent()
             self.next_heartbeat = now + self.send_ivl_s
-        if self._watching() and now - self.last_heard > self._dead_after():
+        if self._watching() and now - self.last_heard > self._dead_after() \
+                and not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            #  (Messages waiting unread mean this thread stalled, not the
+            #  broker: they are read next.)
             self._lost_broker("silent")
         if self.resend_at is not None and now >= self.resend_at:
             if self.freed == 0:

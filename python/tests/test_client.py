@@ -287,3 +287,14 @@ def test_at_exit_submitted_tasks_complete_unless_the_broker_is_lost(cluster):
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split() == [expected]
         assert time.monotonic() - start < 15
+
+
+def test_a_full_broker_pushes_back_and_nothing_is_lost(cluster):
+    broker = cluster.broker("--max-queued", "50")
+    cluster.c_worker(broker, "--threads", "2")
+    with cluster.executor(broker) as ex:
+        futures = [ex.submit("square", i) for i in range(3000)]
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(3000)]
+        stats = ex.stats()
+    assert stats["busy"] > 0                    # the broker did push back
+    assert stats["completed"] == 3000
