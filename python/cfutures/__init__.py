@@ -11,9 +11,16 @@ cfutures.worker serves Python functions to the same broker, for C and
 Python clients alike (``python -m cfutures.worker --help``).
 """
 
+import logging
+
 from .client import Executor, Future
 from .errors import AuthError, TaskError
 from .registry import task
+
+#  Silent unless the application configures logging (as the C library is
+#  until it sets a handler): the loggers are cfutures.client and
+#  cfutures.worker.
+logging.getLogger("cfutures").addHandler(logging.NullHandler())
 
 __all__ = ["Executor", "Future", "TaskError", "AuthError", "task"]
 __version__ = "0.1.0"
