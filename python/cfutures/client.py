@@ -1,0 +1,1224 @@
+"""cfutures.Executor: a concurrent.futures.Executor whose tasks run on a
+cfutures cluster (a cf-broker and its cf-workers), over cf/1.
+
+Design note. Two kinds of thread meet here, as in the C client
+(lib/cf_client.c):
+
+- Application threads call submit(), map(), Future.cancel(), shutdown().
+  They never touch the socket. A submission packs its arguments, takes an
+  id and appends the task to the inbox under one lock; only when the actor
+  is not already awake (the "signalled" flag) does it write a byte to a
+  pipe the actor polls, so a burst of submissions costs one wakeup.
+- The client actor, one daemon thread per executor, owns the DEALER socket
+  (and its monitor socket), the id map, the outbox and the BUSY-parked
+  list. It batches the inbox into SUBMIT messages, reads replies and
+  resolves the futures, sends heartbeats, notices a lost or restarted
+  broker and resends what that broker may have forgotten.
+
+The actor sleeps in zmq.Poller.poll() on three things at once: the socket,
+the wake pipe and the monitor socket, with a timeout until its next
+deadline (heartbeat, broker expiry, BUSY backoff). Nothing polls in a loop.
+
+Futures are real concurrent.futures.Future objects (a subclass whose only
+change is cancel(), which asks the broker), resolved on the actor thread:
+done-callbacks run there. A callback may submit and cancel; it must not
+block waiting for another future of the same executor (the actor that
+would resolve it is the thread running the callback).
+
+The broker may forget us: it restarted (its boot id changes), our
+connection was re-made (the broker sees a new routing id), it judged us
+lost, or it went silent and came back. Each sign puts every task that is
+at the broker back in the outbox, once per sign (docs/protocol.md,
+section 7): delivery is at-least-once, and a result that arrives for a task
+already resolved is dropped because its id is no longer pending.
+
+With several endpoints the client stays with one broker while it answers
+and moves to the next one (resending everything pending there) when that
+broker said DISCONNECT or stayed silent for `liveness` heartbeat intervals
+while the client waited for it.
+"""
+
+import collections
+import concurrent.futures as cf
+import itertools
+import logging
+import math
+import os
+import random
+import threading
+import time
+import weakref
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from . import _keys, _proto
+from .errors import AuthError, TaskError
+
+log = logging.getLogger("cfutures.client")
+
+#  A SUBMIT carries at most this many tasks or about this many bytes (as the
+#  C client: docs/protocol.md promises about 1 MiB per SUBMIT).
+BATCH_TASKS = 4096
+BATCH_BYTES = 1 << 20
+#  Replies read per wakeup before the actor looks at its inbox again.
+RECV_BURST = 512
+#  BUSY backoff: doubles while the broker frees nothing, back to the minimum
+#  once it completes tasks again; each resend round sends twice what the
+#  broker completed in the last one (slow start), at least RESEND_MIN.
+BACKOFF_MIN_S = 0.005
+BACKOFF_MAX_S = 1.0
+RESEND_MIN = 64
+#  How long Future.cancel() waits for the broker's answer to CANCEL.
+CANCEL_WAIT_S = 5.0
+#  Task defaults, as the C client's (cf_options_t).
+DEFAULT_RETRIES = 3
+DEFAULT_HEARTBEAT_MS = 1000
+DEFAULT_LIVENESS = 3
+#  map() keeps at most this many tasks in flight (the C map's default
+#  through a broker: docs/benchmarks.md).
+MAP_WINDOW = 1024
+#  CURVE handshakes dropped in a row before the broker key counts as wrong.
+HANDSHAKE_DROPS_MAX = 3
+
+#  Where a task is (actor's view).
+_INBOX, _OUTBOX, _PARKED, _BROKER, _DONE = range(5)
+
+_MONITOR_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+                   | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_ZAP_ERRORS = range(zmq.PROTOCOL_ERROR_ZAP_UNSPECIFIED,
+                    zmq.PROTOCOL_ERROR_ZAP_INVALID_METADATA + 1)
+
+
+class Future(cf.Future):
+    """A concurrent.futures.Future for one remote task.
+
+    Everything is the standard Future's, except cancel(): a task still on
+    this side is cancelled at once; one already sent is cancelled through
+    the broker (CANCEL), which succeeds while the task is queued there and
+    fails once a worker has it. cancel() waits for that answer (at most
+    CANCEL_WAIT_S, and not at all when called from a done-callback or while
+    the broker is unreachable) and returns whether the task was cancelled.
+    running() turns true when the broker reports the task on a worker.
+    """
+
+    #  The task this future stands for, set by the executor before the
+    #  future is handed out (no __init__ of our own: a future is made per
+    #  task, and the standard one's is cost enough).
+    _cf_task = None
+
+    def cancel(self):
+        if self.done() or self.running():
+            return self.cancelled()
+        return self._cf_task.client.cancel(self)
+
+
+class _Task:
+    __slots__ = ("id", "function", "wire", "size", "future", "where", "started",
+                 "cancel_asked", "waiters", "client")
+
+    def __init__(self, client, task_id, function, args, retries, timeout_ms, flags, future):
+        self.client = client
+        self.id = task_id
+        self.function = function
+        #  The SUBMIT item, built once by the submitting thread.
+        self.wire = (task_id, function, args, retries, timeout_ms, flags)
+        self.size = len(function) + len(args) + _proto.TASK_OVERHEAD
+        self.future = future
+        self.where = _INBOX
+        self.started = False        # STARTED seen: a cancel can no longer win
+        self.cancel_asked = False   # CANCEL sent
+        self.waiters = None         # Events of cancellers waiting for an answer
+
+
+def _close_fds(*fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _set_cancelled(future):
+    """Cancels a pending future and notifies its waiters (wait(),
+    as_completed()), as an executor's worker does when it finds a
+    cancelled work item."""
+    try:
+        if cf.Future.cancel(future):
+            future.set_running_or_notify_cancel()
+        elif not future.done():
+            future.set_exception(cf.CancelledError("cancelled after it started"))
+    except (RuntimeError, cf.InvalidStateError):
+        pass                    # cancelled and notified already
+
+
+class _Client:
+    """The client actor and the shared state application threads use."""
+
+    def __init__(self, endpoints, ivl_ms, liveness, curve, context):
+        self.endpoints = list(endpoints)
+        self.ivl_s = ivl_ms / 1000.0
+        self.liveness = liveness
+        self.curve = curve                  # (server, public, secret) or None
+        self.ctx = context or zmq.Context.instance()
+
+        #  Shared with application threads, under lock.
+        self.lock = threading.Lock()
+        self.inbox = []                     # new tasks, in submission order
+        self.cancels = []                   # (future, Event or None)
+        self.stats_requests = []            # [Event, reply] lists
+        self.closed = False                 # no more submissions
+        self.cancel_all = False             # shutdown(cancel_futures=True) asked
+        self.terminate = False              # resolve everything now and stop
+        self.signalled = True               # the actor is awake or was woken
+        self.finished = False               # the actor has ended
+        self.refused = None                 # why the broker refused us (AuthError)
+        self.ids = itertools.count(random.getrandbits(63) + 1)
+        self.handshake = threading.Event()  # the first handshake's outcome is known
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        #  Closed only when nothing can write any more (a late cancel() or
+        #  submit() may still wake an actor that has ended: the byte goes
+        #  nowhere, but never to a descriptor number reused meanwhile).
+        weakref.finalize(self, _close_fds, self.wake_r, self.wake_w)
+        self.actor_ident = None
+
+        #  Actor only.
+        self.sock = None
+        self.monitor = None
+        self.poller = None
+        self.ep_index = 0
+        self.pending = {}                   # id -> _Task, every unresolved task
+        self.outbox = collections.deque()   # tasks to send (lazily skipped when not _OUTBOX)
+        self.parked = collections.deque()   # tasks answered BUSY
+        self.cancel_ids = []                # ids to send in CANCEL
+        self.cancel_waiting = set()         # tasks with waiting cancellers
+        self.stats_waiting = []             # requests sent, waiting for the reply
+        self.stats_due = False
+        self.boot = 0
+        self.broker_ivl_s = 0.0
+        self.send_ivl_s = self.ivl_s
+        self.last_heard = 0.0
+        self.last_sent = 0.0                # 0: nothing sent on this socket yet
+        self.next_heartbeat = 0.0
+        self.resend_at = None
+        self.backoff_s = BACKOFF_MIN_S
+        self.freed = 0
+        self.blocked = False                # a send hit the high-water mark
+        self.connected = False              # heard from the broker, not lost since
+        self.lost = False                   # judged lost, not heard since
+        self.resend_on_contact = False
+        self.transport_up = False
+        self.ever_connected = False
+        self.known = False                  # a SUBMIT went out on this socket
+        self.handshake_drops = 0
+        self.malformed = 0
+        self.stale = 0
+
+        self.thread = threading.Thread(target=self._run, name="cfutures-client", daemon=True)
+        self.thread.start()
+
+    # -----------------------------------------------------------------
+    #  Application threads
+
+    def _wake(self):
+        try:
+            os.write(self.wake_w, b"\0")
+        except BlockingIOError:
+            pass                            # the pipe is full: the actor is awake anyway
+        except OSError:
+            pass                            # closed: the actor has ended
+
+    def _signal_locked(self):
+        if self.signalled:
+            return False
+        self.signalled = True
+        return True
+
+    def submit(self, function, args, retries, timeout_ms, flags, future):
+        task = _Task(self, next(self.ids), function, args, retries, timeout_ms, flags, future)
+        future._cf_task = task
+        with self.lock:
+            if self.refused is not None:
+                raise AuthError(self.refused)
+            if self.closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self.inbox.append(task)
+            wake = self._signal_locked()
+        if wake:
+            self._wake()
+
+    def submit_many(self, function, args_list, retries, timeout_ms, flags, futures):
+        """Several tasks of one function under one lock and one wakeup
+        (map's refills)."""
+        tasks = []
+        for args, future in zip(args_list, futures):
+            task = _Task(self, next(self.ids), function, args, retries, timeout_ms, flags, future)
+            future._cf_task = task
+            tasks.append(task)
+        with self.lock:
+            if self.refused is not None:
+                raise AuthError(self.refused)
+            if self.closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self.inbox.extend(tasks)
+            wake = self._signal_locked()
+        if wake:
+            self._wake()
+
+    def cancel(self, future):
+        """Future.cancel() of a pending future: see Future."""
+        if threading.get_ident() == self.actor_ident:
+            self._handle_cancel(future, None)
+            return future.cancelled()
+        answered = threading.Event()
+        with self.lock:
+            if self.finished:
+                return future.cancelled()
+            self.cancels.append((future, answered))
+            wake = self._signal_locked()
+        if wake:
+            self._wake()
+        answered.wait(CANCEL_WAIT_S)
+        return future.cancelled()
+
+    def cancel_nowait(self, futures):
+        """Asks to cancel futures without waiting for the answers."""
+        with self.lock:
+            if self.finished:
+                return
+            self.cancels.extend((f, None) for f in futures)
+            wake = self._signal_locked()
+        if wake:
+            self._wake()
+
+    def stats(self, timeout):
+        request = [threading.Event(), None]
+        with self.lock:
+            if self.finished:
+                raise RuntimeError("the executor is shut down")
+            self.stats_requests.append(request)
+            wake = self._signal_locked()
+        if wake:
+            self._wake()
+        if not request[0].wait(timeout):
+            raise TimeoutError("the broker did not answer STATS")
+        if request[1] is None:
+            raise RuntimeError("the executor was shut down before the broker answered")
+        return request[1]
+
+    def shutdown(self, wait, cancel_futures, terminate=False):
+        with self.lock:
+            self.closed = True
+            if cancel_futures:
+                self.cancel_all = True
+            if terminate:
+                self.terminate = True
+            wake = self._signal_locked()
+        if wake:
+            self._wake()
+        if wait and threading.get_ident() != self.actor_ident:
+            self.thread.join()
+
+    # -----------------------------------------------------------------
+    #  Actor: the loop
+
+    def _run(self):
+        self.actor_ident = threading.get_ident()
+        try:
+            self._open_socket()
+            self._loop()
+        except Exception:
+            log.exception("the client thread failed; failing every pending task")
+            self._fail_all("ProtocolError", "the cfutures client thread failed (see the log)")
+        finally:
+            with self.lock:
+                self.finished = True
+                self.closed = True
+                leftover = self.inbox
+                self.inbox = []
+                cancels = self.cancels
+                self.cancels = []
+                stats = self.stats_requests
+                self.stats_requests = []
+            for task in leftover:
+                _set_cancelled(task.future)
+            for _future, answered in cancels:
+                if answered is not None:
+                    answered.set()
+            for request in stats + self.stats_waiting:
+                request[0].set()
+            self.handshake.set()
+            self._close_socket(goodbye=True)
+
+    def _loop(self):
+        while True:
+            terminate, closed = self._drain_inbox()
+            if terminate:
+                self._finish_all()
+                return
+            if closed and not self.pending:
+                return
+            self._run_timers()
+            if self.cancel_ids:
+                self._send_cancels()
+            self._send_tasks()
+            if self.stats_due:
+                self._send_stats()
+            timeout = self._poll_timeout()
+            with self.lock:
+                if self.inbox or self.cancels or self.stats_requests or self.cancel_all \
+                        or self.terminate:
+                    timeout = 0
+                else:
+                    self.signalled = False
+            events = dict(self.poller.poll(timeout))
+            if self.wake_r in events:
+                try:
+                    while os.read(self.wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            sock_events = events.get(self.sock, 0)
+            if sock_events & zmq.POLLOUT:
+                self.blocked = False
+                self.poller.modify(self.sock, zmq.POLLIN)
+            if sock_events & zmq.POLLIN:
+                self._recv()
+            if self.monitor is not None and self.monitor in events:
+                self._on_monitor()
+
+    def _poll_timeout(self):
+        now = time.monotonic()
+        deadline = self.next_heartbeat
+        if self._watching():
+            deadline = min(deadline, self.last_heard + self._dead_after() + 0.001)
+        if self.resend_at is not None:
+            deadline = min(deadline, self.resend_at)
+        return max(0, int(math.ceil((deadline - now) * 1000)))
+
+    # -----------------------------------------------------------------
+    #  Actor: the socket
+
+    def _open_socket(self):
+        endpoint = self.endpoints[self.ep_index]
+        sock = self.ctx.socket(zmq.DEALER)
+        try:
+            _proto.setup_socket(sock)
+            if self.curve is not None:
+                _keys.apply_client(sock, *self.curve)
+            monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+            sock.connect(endpoint)
+        except Exception:
+            sock.close(linger=0)
+            raise
+        self.sock, self.monitor = sock, monitor
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+        self.poller.register(self.wake_r, zmq.POLLIN)
+        now = time.monotonic()
+        self.boot = 0
+        self.broker_ivl_s = 0.0
+        self.send_ivl_s = self.ivl_s
+        self.last_heard = now
+        self.last_sent = 0.0
+        self.next_heartbeat = now + self.send_ivl_s
+        self.blocked = False
+        self.connected = False
+        self.lost = False
+        self.transport_up = False
+        self.ever_connected = False
+        self.known = False
+        self.handshake_drops = 0
+        log.debug("connecting to %s", endpoint)
+
+    def _close_socket(self, goodbye):
+        if self.sock is None:
+            return
+        if goodbye and self.known:
+            #  Tell the broker to drop what it still queues for us. Best
+            #  effort: lost at the high-water mark, its heartbeats find out.
+            try:
+                _proto.send(self.sock, _proto.DISCONNECT, ["client closed"])
+            except zmq.ZMQError:
+                pass
+        if self.monitor is not None:
+            try:
+                self.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self.monitor.close(linger=0)
+            self.monitor = None
+        self.sock.close()
+        self.sock = None
+
+    def _failover(self, why):
+        old = self.endpoints[self.ep_index]
+        self._close_socket(goodbye=False)
+        self.ep_index = (self.ep_index + 1) % len(self.endpoints)
+        log.warning("broker at %s %s: moving to %s", old, why, self.endpoints[self.ep_index])
+        self._open_socket()
+        self._resend_all("moved to another broker")
+
+    # -----------------------------------------------------------------
+    #  Actor: resolving
+
+    def _forget(self, task):
+        del self.pending[task.id]
+        task.where = _DONE
+        if task.waiters:
+            for answered in task.waiters:
+                answered.set()
+            task.waiters = None
+            self.cancel_waiting.discard(task)
+
+    def _resolve_value(self, task, data):
+        self._forget(task)
+        try:
+            value = _proto.unpack_value(data)
+        except _proto.BadValue as e:
+            self._fail_value(task, e)
+            return
+        try:
+            task.future.set_result(value)
+        except cf.InvalidStateError:
+            pass                # resolved behind our back (Future.cancel of the base class)
+
+    def _fail_value(self, task, e):
+        error = TaskError("ProtocolError", f"the result is not one msgpack value ({e})",
+                          task.function)
+        try:
+            task.future.set_exception(error)
+        except cf.InvalidStateError:
+            pass
+
+    def _resolve_error(self, task, etype, message, function="", host="", pid=0):
+        self._forget(task)
+        try:
+            task.future.set_exception(
+                TaskError(etype, message, function or task.function, host, pid))
+        except cf.InvalidStateError:
+            pass
+
+    def _resolve_cancelled(self, task):
+        self._forget(task)
+        _set_cancelled(task.future)
+
+    def _fail_all(self, etype, message):
+        for task in list(self.pending.values()):
+            self._resolve_error(task, etype, message)
+        self.outbox.clear()
+        self.parked.clear()
+
+    def _finish_all(self):
+        """A forced stop: tasks that never started are cancelled, running
+        ones fail, so no future is left pending."""
+        for task in list(self.pending.values()):
+            if task.started:
+                self._resolve_error(task, "ExecutorDestroyed",
+                                    "the executor was stopped before the task finished")
+            else:
+                self._resolve_cancelled(task)
+        self.outbox.clear()
+        self.parked.clear()
+
+    def _release_cancellers(self):
+        """No answer can come soon (the broker is unreachable): cancellers
+        stop waiting and report what is known now."""
+        for task in self.cancel_waiting:
+            for answered in task.waiters or ():
+                answered.set()
+            task.waiters = None
+        self.cancel_waiting.clear()
+
+    # -----------------------------------------------------------------
+    #  Actor: the inbox
+
+    def _drain_inbox(self):
+        with self.lock:
+            tasks = self.inbox
+            self.inbox = []
+            cancels = self.cancels
+            self.cancels = []
+            stats = self.stats_requests
+            self.stats_requests = []
+            cancel_all = self.cancel_all
+            self.cancel_all = False
+            terminate = self.terminate
+            #  Read with the inbox: every task submitted before shutdown()
+            #  is in this drain.
+            closed = self.closed
+        #  Tasks first: a cancel always follows its task's submission.
+        pending = self.pending
+        parked = bool(self.parked)
+        for task in tasks:
+            pending[task.id] = task
+            #  Behind parked tasks while the broker pushes back.
+            if parked:
+                task.where = _PARKED
+                self.parked.append(task)
+            else:
+                task.where = _OUTBOX
+                self.outbox.append(task)
+        for future, answered in cancels:
+            self._handle_cancel(future, answered)
+        if stats:
+            self.stats_waiting.extend(stats)
+            self.stats_due = True
+        if cancel_all:
+            self._cancel_everything_queued()
+        return terminate, closed
+
+    def _handle_cancel(self, future, answered):
+        task = future._cf_task
+        if task is None or task.where == _DONE:
+            if answered is not None:
+                answered.set()
+            return
+        if task.where == _INBOX:
+            #  Submitted and cancelled by a done-callback on this thread
+            #  before the inbox was drained.
+            with self.lock:
+                try:
+                    self.inbox.remove(task)
+                except ValueError:
+                    pass
+            task.where = _DONE
+            _set_cancelled(future)
+            if answered is not None:
+                answered.set()
+            return
+        if task.where in (_OUTBOX, _PARKED):
+            self._resolve_cancelled(task)
+            if answered is not None:
+                answered.set()
+            return
+        #  At the broker.
+        if not task.started and not task.cancel_asked:
+            self.cancel_ids.append(task.id)
+            task.cancel_asked = True
+        if answered is None:
+            return
+        if task.started or self.lost or not self.transport_up:
+            answered.set()
+        else:
+            if task.waiters is None:
+                task.waiters = []
+            task.waiters.append(answered)
+            self.cancel_waiting.add(task)
+
+    def _cancel_everything_queued(self):
+        for task in list(self.pending.values()):
+            if task.where in (_OUTBOX, _PARKED):
+                self._resolve_cancelled(task)
+            elif task.where == _BROKER and not task.started and not task.cancel_asked:
+                self.cancel_ids.append(task.id)
+                task.cancel_asked = True
+        self.outbox.clear()
+        self.parked.clear()
+        self.resend_at = None
+
+    # -----------------------------------------------------------------
+    #  Actor: sending
+
+    def _sent(self):
+        self.last_sent = time.monotonic()
+        self.next_heartbeat = self.last_sent + self.send_ivl_s
+
+    def _send_tasks(self):
+        outbox = self.outbox
+        while outbox and not self.blocked:
+            batch = []
+            size = 5
+            while outbox and len(batch) < BATCH_TASKS:
+                task = outbox[0]
+                if task.where != _OUTBOX:
+                    outbox.popleft()
+                    continue
+                if batch and size + task.size > BATCH_BYTES:
+                    break
+                outbox.popleft()
+                batch.append(task)
+                size += task.size
+            if not batch:
+                return
+            body = _proto.pack([task.wire for task in batch])
+            if not _proto.send_packed(self.sock, _proto.SUBMIT, body):
+                self.blocked = True
+                self.poller.modify(self.sock, zmq.POLLIN | zmq.POLLOUT)
+                outbox.extendleft(reversed(batch))
+                return
+            for task in batch:
+                task.where = _BROKER
+            self.known = True
+            self._sent()
+
+    def _send_cancels(self):
+        if self.blocked:
+            return
+        while self.cancel_ids:
+            ids = self.cancel_ids[:_proto.MAX_BATCH]
+            if not _proto.send(self.sock, _proto.CANCEL, ids):
+                self.blocked = True
+                self.poller.modify(self.sock, zmq.POLLIN | zmq.POLLOUT)
+                return
+            del self.cancel_ids[:len(ids)]
+            self._sent()
+
+    def _send_stats(self):
+        if _proto.send(self.sock, _proto.STATS, []):
+            self.stats_due = False
+
+    # -----------------------------------------------------------------
+    #  Actor: receiving
+
+    def _recv(self):
+        now = time.monotonic()
+        for _ in range(RECV_BURST):
+            try:
+                parts = _proto.recv(self.sock)
+                if parts is None:
+                    return
+                command, fields = _proto.decode(parts)
+            except _proto.Malformed as e:
+                #  Still a sign of life from the broker.
+                self.malformed += 1
+                log.debug("malformed message from the broker dropped: %s", e)
+                self._contact(now)
+                continue
+            self._contact(now)
+            if command == _proto.RESULT:
+                self._on_result(fields, now)
+            elif command == _proto.STARTED:
+                self._on_started(fields)
+            elif command == _proto.HEARTBEAT:
+                self._on_heartbeat(*fields)
+            elif command == _proto.ERROR_CMD:
+                self._on_error(*fields)
+            elif command == _proto.DISCONNECT:
+                self._lost_broker("said goodbye")
+                return          # the socket may have been replaced
+            elif command == _proto.STATS:
+                if fields is not None:
+                    for request in self.stats_waiting:
+                        request[1] = fields
+                        request[0].set()
+                    self.stats_waiting = []
+            else:
+                self.malformed += 1
+                log.debug("unexpected %s from the broker dropped", command.decode())
+            if self.sock is None:
+                return
+
+    def _contact(self, now):
+        self.last_heard = now
+        if not self.connected:
+            self.connected = True
+            self.lost = False
+        if self.resend_on_contact:
+            self.resend_on_contact = False
+            self._resend_all("broker back after silence")
+
+    def _on_result(self, results, now):
+        pending = self.pending
+        unpack = _proto.unpack_value
+        for task_id, status, payload in results:
+            task = pending.get(task_id)
+            if task is None:
+                self.stale += 1         # resolved already (a resend's twin)
+                continue
+            if status == _proto.OK and not task.waiters:
+                #  The common case, inline: one task done, no canceller.
+                del pending[task_id]
+                task.where = _DONE
+                self.freed += 1
+                try:
+                    value = unpack(payload)
+                except _proto.BadValue as e:
+                    self._fail_value(task, e)
+                    continue
+                try:
+                    task.future.set_result(value)
+                except cf.InvalidStateError:
+                    pass
+                continue
+            if status == _proto.OK:
+                self._resolve_value(task, payload)
+                self.freed += 1
+            elif status == _proto.ERROR:
+                self._resolve_error(task, *payload)
+                self.freed += 1
+            elif status == _proto.CANCELLED:
+                self._resolve_cancelled(task)
+                self.freed += 1
+            elif task.where == _BROKER:  # BUSY
+                task.where = _PARKED
+                self.parked.append(task)
+                if self.resend_at is None:
+                    self.resend_at = now + self.backoff_s
+
+    def _on_started(self, ids):
+        pending = self.pending
+        for task_id in ids:
+            task = pending.get(task_id)
+            if task is None or task.started:
+                continue
+            task.started = True
+            try:
+                task.future.set_running_or_notify_cancel()
+            except RuntimeError:
+                pass            # resolved behind our back (Future.cancel of the base class)
+            if task.waiters:
+                for answered in task.waiters:
+                    answered.set()
+                task.waiters = None
+                self.cancel_waiting.discard(task)
+
+    def _on_heartbeat(self, boot, ivl_ms):
+        if ivl_ms:
+            self.broker_ivl_s = ivl_ms / 1000.0
+            #  The broker expires peers silent for liveness of ITS
+            #  intervals: speak at least that often.
+            ivl = min(self.ivl_s, self.broker_ivl_s)
+            if ivl != self.send_ivl_s:
+                self.send_ivl_s = ivl
+                self.next_heartbeat = min(self.next_heartbeat, time.monotonic() + ivl)
+        if boot == 0:
+            return
+        if self.boot and boot != self.boot:
+            log.warning("broker at %s restarted", self.endpoints[self.ep_index])
+            self._resend_all("broker restarted")
+        self.boot = boot
+
+    def _on_error(self, ref, text):
+        if ref == 0 and text == _proto.UNKNOWN_CLIENT:
+            self._resend_all("broker does not know us")
+            return
+        if ref == 0 and text in (_proto.KEY_REVOKED, _proto.NOT_ALLOWED):
+            self._refused(f"the broker at {self.endpoints[self.ep_index]} refused this "
+                          f"client: {text}")
+            return
+        task = self.pending.get(ref) if ref else None
+        if task is not None:
+            self._resolve_error(task, "ProtocolError", text)
+            return
+        log.warning("broker refused a message: %s", text[:200])
+
+    def _resend_all(self, why):
+        """Every task at the broker goes back to the outbox, oldest first;
+        one a canceller waits on is cancelled here instead (it is back in
+        our hands)."""
+        self.resend_on_contact = False
+        resend = []
+        cancel = []
+        for task in self.pending.values():
+            if task.where != _BROKER:
+                continue
+            if task.cancel_asked and not task.started:
+                cancel.append(task)
+            else:
+                task.where = _OUTBOX
+                resend.append(task)
+        if resend or cancel:
+            log.info("%s: resending %d tasks", why, len(resend))
+        self.outbox.extendleft(reversed(resend))
+        for task in cancel:
+            self._resolve_cancelled(task)
+        self.blocked = False
+        if self.poller is not None and self.sock is not None:
+            self.poller.modify(self.sock, zmq.POLLIN)
+
+    def _lost_broker(self, why):
+        if self.connected:
+            log.warning("broker at %s lost (%s)", self.endpoints[self.ep_index], why)
+        self.connected = False
+        self.lost = True
+        #  Silent to us, we were probably silent to it as well: it may have
+        #  dropped our tasks, and our next SUBMIT would rejoin without a word.
+        self.resend_on_contact = True
+        self._release_cancellers()
+        if len(self.endpoints) > 1:
+            self._failover(why)
+
+    def _refused(self, why):
+        with self.lock:
+            if self.refused is not None:
+                return
+            self.refused = why
+            tasks = self.inbox
+            self.inbox = []
+        log.error("%s", why)
+        for task in tasks:
+            self.pending[task.id] = task
+        self._fail_all("AuthError", why)
+        self.handshake.set()
+        try:
+            self.sock.disconnect(self.endpoints[self.ep_index])
+        except zmq.ZMQError:
+            pass
+        self.transport_up = False
+
+    def _on_monitor(self):
+        while self.monitor is not None:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except Exception as e:   # a monitor message we cannot read
+                log.debug("monitor message dropped: %s", e)
+                continue
+            kind, value = event.get("event"), event.get("value")
+            if kind == zmq.EVENT_CONNECTED:
+                self.transport_up = True
+                if self.ever_connected:
+                    log.info("reconnected to %s", self.endpoints[self.ep_index])
+                    self.boot = 0
+                    #  The SUBMIT of the resent tasks introduces us again.
+                    self._resend_all("reconnected")
+                self.ever_connected = True
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self.transport_up = False
+                self._lost_broker("disconnected")
+                return          # the socket may have been replaced
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshake_drops = 0
+                self.handshake.set()
+            elif self.refused is None:
+                self._on_handshake_failure(kind, value)
+
+    def _on_handshake_failure(self, kind, value):
+        endpoint = self.endpoints[self.ep_index]
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            fp = _keys.fingerprint(self.curve[1]) if self.curve else "(none)"
+            self._refused(f"the broker at {endpoint} refused this client's key {fp} "
+                          f"(ZAP {value}: not on its client list)")
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and (
+                value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH or value in _ZAP_ERRORS):
+            if self.curve:
+                self._refused(f"the broker at {endpoint} does not use CURVE, this client "
+                              f"does (curve_broker_key, curve_key)")
+            else:
+                self._refused(f"the broker at {endpoint} requires CURVE authentication: "
+                              f"give curve_broker_key and curve_key")
+        elif self.curve and kind in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                                     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+            self.handshake_drops += 1
+            if self.handshake_drops >= HANDSHAKE_DROPS_MAX:
+                self._refused(f"the broker at {endpoint} dropped {self.handshake_drops} "
+                              f"CURVE handshakes in a row: wrong broker key "
+                              f"(curve_broker_key), or the broker cannot authenticate")
+
+    # -----------------------------------------------------------------
+    #  Actor: timers
+
+    def _dead_after(self):
+        return self.liveness * max(self.ivl_s, self.broker_ivl_s)
+
+    def _watching(self):
+        """Whether a silent broker counts against it now: once it spoke, or
+        while it holds tasks of ours."""
+        return not self.lost and (self.connected or bool(self.pending)) \
+            and self.refused is None
+
+    def _run_timers(self):
+        now = time.monotonic()
+        #  Heartbeats keep our gaps near one interval; a gap past the
+        #  broker's expiry means this thread stalled (a C extension holding
+        #  the GIL, a stopped process) and the broker may have dropped us.
+        expiry = self.liveness * (self.broker_ivl_s or self.ivl_s)
+        if self.last_sent and self.transport_up and now - self.last_sent > expiry:
+            self._resend_all("we were silent")
+            self.last_sent = now
+        if now >= self.next_heartbeat:
+            #  Not before the first SUBMIT (the broker knows a client from
+            #  it and would answer "unknown client"), nor while
+            #  disconnected (zmq would queue them ahead of the resent tasks).
+            if self.transport_up and self.known and not self.blocked:
+                if _proto.send(self.sock, _proto.HEARTBEAT, [0, 0]):
+                    self._sent()
+            self.next_heartbeat = now + self.send_ivl_s
+        if self._watching() and now - self.last_heard > self._dead_after() \
+                and not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            #  (Messages waiting unread mean this thread stalled, not the
+            #  broker: they are read next.)
+            self._lost_broker("silent")
+        if self.resend_at is not None and now >= self.resend_at:
+            if self.freed == 0:
+                self.backoff_s = min(self.backoff_s * 2, BACKOFF_MAX_S)
+            else:
+                self.backoff_s = BACKOFF_MIN_S
+            n = max(self.freed * 2, RESEND_MIN)
+            self.freed = 0
+            round_ = []
+            while n > 0 and self.parked:
+                task = self.parked.popleft()
+                if task.where != _PARKED:
+                    continue
+                task.where = _OUTBOX
+                round_.append(task)
+                n -= 1
+            self.outbox.extendleft(reversed(round_))
+            self.resend_at = now + self.backoff_s if self.parked else None
+
+
+def _task_options(defaults, options):
+    retries, timeout_ms, flags = defaults
+    for key, value in options.items():
+        if key == "retries":
+            if type(value) is not int:
+                raise TypeError("retries is an int")
+            retries = max(-1, min(value, _proto.INT32_MAX))
+        elif key == "timeout":
+            timeout_ms = _timeout_ms(value)
+        elif key == "retry_on_error":
+            flags = (flags | _proto.RETRY_ON_ERROR) if value else (flags & ~_proto.RETRY_ON_ERROR)
+        else:
+            raise TypeError(f"unknown task option {key!r} (task options are retries, timeout "
+                            f"and retry_on_error; a task's own arguments are positional)")
+    return retries, timeout_ms, flags
+
+
+def _timeout_ms(seconds):
+    if seconds is None or seconds == 0:
+        return 0
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise ValueError("timeout is a number of seconds >= 0, or None")
+    ms = int(math.ceil(seconds * 1000))
+    if ms > _proto.UINT32_MAX:
+        raise ValueError(f"timeout is at most {_proto.UINT32_MAX // 1000} s")
+    return max(ms, 1)
+
+
+def _pack_args(function, args):
+    try:
+        data = _proto.pack(list(args))
+    except Exception as e:
+        raise TypeError(f"the arguments of {function}() cannot be encoded as msgpack: {e}") \
+            from None
+    if len(data) + len(function) + _proto.TASK_OVERHEAD > _proto.MAX_FRAME:
+        raise ValueError(f"the arguments of {function}() ({len(data)} bytes) exceed the "
+                         f"message limit")
+    return data
+
+
+def _chunk_item(function, item):
+    """The value of one input of a cf.chunk result, or raises its error."""
+    if type(item) is list and item:
+        if item[0] == 0 and len(item) == 2:
+            return item[1]
+        if item[0] == 1 and len(item) in (3, 5) and isinstance(item[1], str) \
+                and isinstance(item[2], str):
+            host, pid = (item[3], item[4]) if len(item) == 5 else ("", 0)
+            if not isinstance(host, str) or type(pid) is not int:
+                host, pid = "", 0
+            raise TaskError(item[1], item[2], function, host, pid)
+    raise TaskError("ProtocolError", "a chunk result item is not [0, value] or "
+                    "[1, type, message, host, pid]", function)
+
+
+_live_executors = weakref.WeakSet()
+
+
+class Executor(cf.Executor):
+    """An executor whose tasks run on a cfutures cluster.
+
+    ``Executor(endpoint)`` connects to a cf-broker's client endpoint
+    (default ``tcp://127.0.0.1:5555``); a list of endpoints is tried in
+    order, moving on when a broker is lost. Tasks are functions registered
+    by name on the workers, called with msgpack-encodable arguments::
+
+        with cfutures.Executor("tcp://127.0.0.1:5555") as ex:
+            print(ex.submit("square", 7).result())              # 49
+            print(list(ex.map("is_prime", [2, 4, 97])))         # [True, False, True]
+
+    Options: ``retries`` (how often a task may run again after its worker
+    was lost; default 3, negative: never), ``timeout`` (a task's run time
+    limit in seconds, enforced by the broker: the task fails with a
+    TaskError of type "TimeoutError"), ``retry_on_error`` (also retry tasks
+    that failed, within ``retries``): defaults for every task, and
+    per-task keyword arguments of submit(). ``heartbeat_ms`` and
+    ``liveness`` set how fast a silent broker counts as lost.
+    ``curve_broker_key`` and ``curve_key`` are the broker's public key file
+    and this client's secret key file (cf-keygen); with them the
+    constructor waits for the first handshake and raises AuthError if the
+    broker refuses the key. ``map_window`` bounds the tasks map() keeps in
+    flight.
+
+    An executor is shut down by ``with``, shutdown(), or at interpreter
+    exit: there, as with ThreadPoolExecutor, its tasks still complete,
+    unless its broker is lost (then they are cancelled, or fail with
+    "ExecutorDestroyed" if they had started). shutdown(wait=True) itself
+    waits for every task, however long the broker is away.
+
+    submit() and map() raise TypeError or ValueError at once for arguments
+    that cannot travel; everything that happens remotely comes back through
+    the futures: TaskError for a task that failed (its remote type,
+    message, function, host and pid), CancelledError for a cancelled one.
+    """
+
+    def __init__(self, endpoint="tcp://127.0.0.1:5555", *, retries=DEFAULT_RETRIES,
+                 timeout=None, retry_on_error=False, heartbeat_ms=DEFAULT_HEARTBEAT_MS,
+                 liveness=DEFAULT_LIVENESS, curve_broker_key=None, curve_key=None,
+                 map_window=MAP_WINDOW, context=None):
+        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        if not endpoints or not all(isinstance(e, str) and e for e in endpoints):
+            raise ValueError("endpoint is a non-empty str or a list of them")
+        if type(heartbeat_ms) is not int or heartbeat_ms < 1:
+            raise ValueError("heartbeat_ms is a positive int")
+        if type(liveness) is not int or liveness < 1:
+            raise ValueError("liveness is a positive int")
+        if type(map_window) is not int or map_window < 1:
+            raise ValueError("map_window is a positive int")
+        self._defaults = _task_options((0, 0, 0), {"retries": retries, "timeout": timeout,
+                                                   "retry_on_error": retry_on_error})
+        self._map_window = map_window
+        self._names = set()         # function names checked already
+        curve = _keys.load_client_keys(curve_broker_key, curve_key)
+        self._client = _Client(endpoints, heartbeat_ms, liveness, curve, context)
+        if curve is not None:
+            #  A refused key says so within a few heartbeat intervals; a
+            #  broker that is not up yet is no error.
+            self._client.handshake.wait(heartbeat_ms * liveness / 1000.0)
+            if self._client.refused is not None:
+                why = self._client.refused
+                self._client.shutdown(wait=True, cancel_futures=True, terminate=True)
+                raise AuthError(why)
+        _live_executors.add(self)
+        weakref.finalize(self, _Client.shutdown, self._client, False, False)
+
+    @property
+    def endpoints(self):
+        return list(self._client.endpoints)
+
+    def submit(self, fn, /, *args, **task_options):
+        """Schedules fn(*args) on a worker; fn is the task's registered
+        name. Keyword arguments are task options (retries, timeout,
+        retry_on_error), never arguments of the task: cf/1 has positional
+        arguments only. Returns a Future."""
+        if fn not in self._names:
+            _proto.check_function_name(fn)
+            if len(self._names) < 4096:
+                self._names.add(fn)
+        options = _task_options(self._defaults, task_options) if task_options else self._defaults
+        return self._submit(fn, _pack_args(fn, args), options)
+
+    def _submit(self, fn, args_bytes, options):
+        future = Future()
+        self._client.submit(fn, args_bytes, options[0], options[1], options[2], future)
+        return future
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1, window=None):
+        """Like Executor.map: fn(*args) for args in zip(*iterables), results
+        in order, the first failing input's error raised where it stands.
+        Unlike it, inputs are read lazily: at most `window` tasks
+        (map_window) are in flight, so an endless iterable takes bounded
+        memory; the first window is submitted at once. chunksize > 1 sends
+        that many inputs per task (cf.chunk, run by every worker). timeout
+        counts from this call. Closing the iterator early cancels the tasks
+        still in flight."""
+        _proto.check_function_name(fn)
+        if type(chunksize) is not int or chunksize < 1:
+            raise ValueError("chunksize must be >= 1")
+        window = self._map_window if window is None else window
+        if type(window) is not int or window < 1:
+            raise ValueError("window must be >= 1")
+        end = None if timeout is None else time.monotonic() + timeout
+        inputs = zip(*iterables)
+        in_flight = collections.deque()
+        retries, timeout_ms, flags = self._defaults
+        state = {"exhausted": False}
+        #  Refills go out in batches: one lock, one wakeup and one SUBMIT for
+        #  many tasks, where refilling slot by slot would cost a wakeup of
+        #  the client thread per result.
+        refill = max(1, min(256, window // 4))
+
+        def fill(first=False):
+            if state["exhausted"] or (not first and len(in_flight) > window - refill):
+                return
+            name, packed, counts = fn, [], []
+            while not state["exhausted"] and len(in_flight) + len(packed) < window:
+                if chunksize == 1:
+                    try:
+                        args = next(inputs)
+                    except StopIteration:
+                        state["exhausted"] = True
+                        break
+                    packed.append(_pack_args(fn, args))
+                    counts.append(0)
+                else:
+                    chunk = [list(args) for args in itertools.islice(inputs, chunksize)]
+                    if len(chunk) < chunksize:
+                        state["exhausted"] = True
+                    if not chunk:
+                        break
+                    name = _proto.CHUNK_FUNCTION
+                    packed.append(_pack_args(fn, [fn, chunk]))
+                    counts.append(len(chunk))
+            if packed:
+                futures = [Future() for _ in packed]
+                self._client.submit_many(name, packed, retries, timeout_ms, flags, futures)
+                in_flight.extend(zip(futures, counts))
+
+        fill(first=True)
+        return self._map_results(fn, in_flight, fill, end)
+
+    def _map_results(self, fn, in_flight, fill, end):
+        try:
+            while in_flight:
+                future, n = in_flight[0]
+                value = future.result(None if end is None else max(0.0, end - time.monotonic()))
+                in_flight.popleft()
+                fill()              # keep the window full while the caller works
+                if n == 0:
+                    yield value
+                    continue
+                if type(value) is not list or len(value) != n:
+                    raise TaskError("ProtocolError",
+                                    "a chunk result does not have one item per input", fn)
+                for item in value:
+                    yield _chunk_item(fn, item)
+        finally:
+            if in_flight:
+                self._client.cancel_nowait([f for f, _ in in_flight])
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        """No more submissions. wait: return once every task has resolved
+        and the connection is closed. cancel_futures: cancel every task not
+        yet on a worker (on this side, and through the broker)."""
+        _live_executors.discard(self)
+        self._client.shutdown(wait, cancel_futures)
+
+    def stats(self, timeout=5.0):
+        """The broker's counters (STATS): a dict such as {"workers": 2,
+        "queued": 0, "completed": 41, ...}. Raises TimeoutError when the
+        broker does not answer in time."""
+        return self._client.stats(timeout)
+
+    def __repr__(self):
+        return f"<cfutures.Executor {self._client.endpoints[self._client.ep_index]}>"
+
+
+def _shutdown_at_exit():
+    #  As ThreadPoolExecutor: at interpreter exit, work submitted to an
+    #  executor nobody shut down still completes; but not waiting for a
+    #  broker that is lost (silent for liveness intervals, or never there):
+    #  then what is pending is cancelled or failed, as cf_executor_destroy
+    #  does, and the interpreter exits.
+    for executor in list(_live_executors):
+        client = executor._client
+        client.shutdown(wait=False, cancel_futures=False)
+        while client.thread.is_alive():
+            client.thread.join(0.1)
+            if client.lost or client.refused is not None:
+                client.shutdown(wait=True, cancel_futures=True, terminate=True)
+
+
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_shutdown_at_exit)
+else:                                       # pragma: no cover
+    import atexit
+    atexit.register(_shutdown_at_exit)

@@ -1,0 +1,608 @@
+"""The worker side of cf/1 in Python: serves Python functions to a
+cf-broker, for C and Python clients alike.
+
+    python -m cfutures.worker --broker tcp://127.0.0.1:5556 mytasks:resize mytasks:score
+
+or, from Python::
+
+    cfutures.worker.Worker({"square": lambda x: x * x}, "tcp://127.0.0.1:5556").serve()
+
+Design note. One actor (the thread that calls serve(), the main thread
+under ``python -m``) owns the DEALER socket, the credit, the heartbeats and
+the broker's boot id; a ThreadPoolExecutor of `threads` threads runs the
+tasks. Tasks wait in the actor's own queue until a thread is free, so what
+has not started is always the actor's to hand back; a thread that finishes
+a task appends its RESULT item to a deque and wakes the actor through a
+pipe the actor polls beside its socket, so a burst of finished tasks costs
+one wakeup and becomes one RESULT batch. Arguments are decoded and results
+encoded on the task's thread, not the actor's. Heartbeats come from the
+actor, so a task computing for minutes never makes the worker look dead.
+
+Credit (docs/protocol.md, section 6): READY announces the free slots,
+threads + prefetch minus the tasks in hand (received, not yet answered);
+each RESULT item returns one. So a READY repeated to a broker that still
+knows us, or sent to a restarted one while old tasks finish, never grants
+more than the worker can take: every task still in hand returns its slot
+with its result, known to the broker or not.
+
+The worker announces itself (READY) once per sign that the broker does not
+know it: a new boot id, ERROR "unknown worker", the broker speaking again
+after a DISCONNECT or a silence, a re-made connection (a new routing id).
+
+Stopping (stop(), SIGTERM under ``python -m``): no task is started any
+more; running ones finish and their results go out; then DISCONNECT, which
+makes the broker requeue every task it gave us that we did not answer (the
+queued ones and any that arrive meanwhile) without using a retry. A second
+stop(now=True) (a second signal) sends DISCONNECT at once: the running
+tasks are requeued too.
+
+Routing by function (issue 10) does not exist in cf/1 yet: a broker sends
+any task to any worker, so every worker of a cluster must serve every
+function its clients call (a task landing here for a function this worker
+lacks fails with UnknownFunction). When READY can carry the function names,
+_ready_body() is the one place that will add them (Worker.functions holds
+them).
+
+--procs N (in __main__) runs N single-threaded workers in forked processes,
+each with its own connection, as cf-worker --procs does: a process that
+dies takes only its own task with it, which the broker retries elsewhere.
+"""
+
+import collections
+import logging
+import math
+import os
+import socket as _socket
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import msgpack
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from .. import _keys, _proto
+from ..errors import AuthError, TaskError
+from ..registry import load, registered, task
+
+__all__ = ["Worker", "task", "load", "registered"]
+
+log = logging.getLogger("cfutures.worker")
+
+#  A result larger than this cannot ride in a RESULT body with its
+#  envelope: it becomes an error instead (as cf-worker's S_MAX_RESULT).
+MAX_RESULT = _proto.MAX_FRAME - 64 * 1024
+#  A RESULT message carries results up to about this many bytes.
+BATCH_BYTES = 1 << 20
+#  Tasks queued beyond threads + prefetch + this (a broker ignoring our
+#  credit) are handed back.
+QUEUE_SLACK = 64
+#  The shortest heartbeat interval a broker may impose.
+MIN_IVL_S = 0.010
+HANDSHAKE_DROPS_MAX = 3
+
+_MONITOR_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+                   | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def _close_fds(*fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _error_item(task_id, etype, message, function, host, pid):
+    return [task_id, _proto.ERROR,
+            [_proto.text_clip(etype or "Error") or "Error", _proto.text_clip(message),
+             _proto.text_clip(function, _proto.MAX_NAME), _proto.text_clip(host), pid]]
+
+
+def _describe(e):
+    """(type, message) of an exception raised by a task."""
+    if isinstance(e, TaskError):
+        return e.type, e.message
+    return type(e).__name__, str(e)
+
+
+def _type_name(value):
+    return {bool: "bool", int: "int", float: "float", str: "str", bytes: "bytes",
+            list: "array", dict: "map", type(None): "nil"}.get(type(value), type(value).__name__)
+
+
+class Worker:
+    """Serves `functions` ({name: callable}) to the broker at `broker` (its
+    worker endpoint) until stop() is called.
+
+    threads: tasks run at once. prefetch: tasks accepted beyond that,
+    queued here (0: the broker sends a task only to a free thread).
+    heartbeat_ms, liveness: how often we speak when idle and how many
+    silent broker intervals make it lost. curve_broker_key, curve_key: the
+    broker's public key file and this worker's secret key file (cf-keygen).
+    host: the name reported in READY and in errors.
+    """
+
+    def __init__(self, functions, broker="tcp://127.0.0.1:5556", *, threads=1, prefetch=0,
+                 heartbeat_ms=1000, liveness=3, curve_broker_key=None, curve_key=None,
+                 host=None, context=None):
+        if type(threads) is not int or threads < 1:
+            raise ValueError("threads is a positive int")
+        if type(prefetch) is not int or prefetch < 0:
+            raise ValueError("prefetch is an int >= 0")
+        if type(heartbeat_ms) is not int or heartbeat_ms < 1:
+            raise ValueError("heartbeat_ms is a positive int")
+        if type(liveness) is not int or liveness < 1:
+            raise ValueError("liveness is a positive int")
+        self.functions = {}
+        for name, fn in dict(functions).items():
+            _proto.check_function_name(name)
+            if not callable(fn):
+                raise TypeError(f"the function served as {name!r} is not callable")
+            self.functions[name] = fn
+        self.endpoint = broker
+        self.threads = threads
+        self.prefetch = prefetch
+        self.ivl_s = heartbeat_ms / 1000.0
+        self.liveness = liveness
+        self.curve = _keys.load_client_keys(curve_broker_key, curve_key)
+        self.host = _proto.text_clip(host if host is not None else _socket.gethostname())
+        self.pid = os.getpid()
+        self.ctx = context             # zmq.Context.instance() at serve() when None
+        self.identity = f"py-{self.host}-{self.pid}"
+
+        #  Shared with task threads and stop(), under lock.
+        self.lock = threading.Lock()
+        self.done = collections.deque()     # RESULT items of finished tasks
+        self.stop_asked = 0                 # 1 graceful, 2 now
+        self.signalled = True
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        #  Closed with the Worker, not at the end of serve(): stop() may come
+        #  later (a signal), and must never write to a reused descriptor.
+        weakref.finalize(self, _close_fds, self.wake_r, self.wake_w)
+
+        #  Actor only.
+        self.queue = collections.deque()    # (id, function name, args) waiting for a thread
+        self.running = 0
+        self.in_hand = 0                    # received and not yet answered
+        self.unsent = []                    # RESULT items not yet taken by zmq
+        self.stopping = False
+        self.declined = 0
+        self.announce = True
+        self.boot = 0
+        self.broker_ivl_s = 0.0
+        self.last_heard = 0.0
+        self.next_heartbeat = 0.0
+        self.idle_since = None              # stopping with nothing running, since
+        self.lost = False
+        self.transport_up = False
+        self.ever_connected = False
+        self.blocked = False
+        self.handshake_drops = 0
+        self.refused = None
+        self.malformed = 0
+        self.started = threading.Event()    # serve() is connected and looping
+        self.pool = None
+        self.sock = None
+        self.monitor = None
+
+    # -----------------------------------------------------------------
+    #  Any thread
+
+    def stop(self, now=False):
+        """Asks serve() to return: gracefully (running tasks finish first),
+        or now. Safe from any thread and from a signal handler."""
+        self.stop_asked = max(self.stop_asked, 2 if now else 1)
+        self._wake()
+
+    def _wake(self):
+        try:
+            os.write(self.wake_w, b"\0")
+        except OSError:
+            pass                # full (the actor is awake anyway) or closed
+
+    # -----------------------------------------------------------------
+    #  Task threads
+
+    def _execute(self, task_id, name, fn, args):
+        try:
+            item = self._call(task_id, name, fn, args)
+        except BaseException as e:          # never lose a task's answer
+            etype, message = _describe(e)
+            item = _error_item(task_id, etype, message, name, self.host, self.pid)
+        self.done.append(item)
+        with self.lock:
+            wake = not self.signalled
+            self.signalled = True
+        if wake:
+            self._wake()
+
+    def _decode_args(self, name, args):
+        try:
+            values = _proto.unpack_value(args)
+        except _proto.BadValue as e:
+            raise TaskError("ProtocolError", f"{name}(): the arguments are not one msgpack "
+                            f"value ({e})") from None
+        if type(values) is not list:
+            raise TaskError("ProtocolError", f"{name}(): the arguments are not one msgpack "
+                            f"array (got {_type_name(values)})")
+        return values
+
+    def _call(self, task_id, name, fn, args):
+        if name == _proto.CHUNK_FUNCTION:
+            return [task_id, _proto.OK, self._run_chunk(self._decode_args(name, args))]
+        values = self._decode_args(name, args)
+        try:
+            value = fn(*values)
+        except BaseException as e:
+            etype, message = _describe(e)
+            return _error_item(task_id, etype, message, name, self.host, self.pid)
+        try:
+            data = _proto.pack(value)
+        except Exception as e:
+            return _error_item(task_id, "TypeError", f"the result of {name}() cannot be "
+                               f"encoded as msgpack: {e}", name, self.host, self.pid)
+        if len(data) > MAX_RESULT:
+            return _error_item(task_id, "ProtocolError", f"the result of {name}() is "
+                               f"{len(data)} bytes, over the {MAX_RESULT}-byte limit",
+                               name, self.host, self.pid)
+        return [task_id, _proto.OK, data]
+
+    def _run_chunk(self, values):
+        """cf.chunk: [function, [args1, args2, ...]] -> one [0, value] or
+        [1, type, message, host, pid] per input (docs/protocol.md)."""
+        if len(values) != 2 or not isinstance(values[0], str) or type(values[1]) is not list:
+            raise TaskError("TypeError", "cf.chunk() takes [function, [args, ...]]")
+        name, lists = values
+        fn = self.functions.get(name)
+        if fn is None:
+            raise TaskError("UnknownFunction", f"no task named '{name[:255]}' is registered "
+                            f"on host {self.host}")
+        packer = msgpack.Packer(use_bin_type=True)
+        parts = [packer.pack_array_header(len(lists))]
+        size = 5
+        for i, item_args in enumerate(lists):
+            if type(item_args) is not list:
+                part = packer.pack([1, "TypeError", f"{name}() input {i} of the chunk: "
+                                    f"arguments must be an array, got "
+                                    f"{_type_name(item_args)}", self.host, self.pid])
+            else:
+                try:
+                    part = packer.pack([0, fn(*item_args)])
+                except BaseException as e:
+                    if isinstance(e, (TypeError, ValueError, OverflowError)) and \
+                            "msgpack" in type(e).__module__:
+                        etype, message = "TypeError", f"the result cannot be encoded: {e}"
+                    else:
+                        etype, message = _describe(e)
+                    part = packer.pack([1, _proto.text_clip(etype) or "Error",
+                                        _proto.text_clip(message), self.host, self.pid])
+            size += len(part)
+            if size > MAX_RESULT:
+                raise TaskError("ProtocolError", f"the results of a chunk of {name}() exceed "
+                                f"the {MAX_RESULT}-byte limit")
+            parts.append(part)
+        return b"".join(parts)
+
+    # -----------------------------------------------------------------
+    #  The actor
+
+    def serve(self):
+        """Serves until stop(). Returns 0 after a graceful stop, 1 after
+        stop(now=True); raises AuthError when the broker refuses this
+        worker (its CURVE key, or its lack of one)."""
+        self.pool = ThreadPoolExecutor(max_workers=self.threads,
+                                       thread_name_prefix="cfutures-task")
+        try:
+            self._open_socket()
+            self.started.set()
+            return self._loop()
+        finally:
+            self.pool.shutdown(wait=self.stop_asked < 2 and self.refused is None)
+            self._close_socket()
+            if self.malformed:
+                log.debug("%d malformed messages from the broker dropped", self.malformed)
+
+    def _open_socket(self):
+        if self.ctx is None:
+            #  Not before: a --procs supervisor makes Workers before it forks.
+            self.ctx = zmq.Context.instance()
+        sock = self.ctx.socket(zmq.DEALER)
+        try:
+            _proto.setup_socket(sock)
+            if self.curve is not None:
+                _keys.apply_client(sock, *self.curve)
+            self.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+            sock.connect(self.endpoint)
+        except Exception:
+            sock.close(linger=0)
+            raise
+        self.sock = sock
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+        self.poller.register(self.wake_r, zmq.POLLIN)
+        self.last_heard = time.monotonic()
+        self.next_heartbeat = self.last_heard + self._send_ivl()
+
+    def _close_socket(self):
+        if self.sock is None:
+            return
+        if self.monitor is not None:
+            try:
+                self.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self.monitor.close(linger=0)
+            self.monitor = None
+        self.sock.close()
+        self.sock = None
+
+    def _loop(self):
+        while True:
+            if self.stop_asked and not self.stopping:
+                self._begin_stop()
+            self._collect()
+            if self.refused is not None:
+                raise AuthError(self.refused)
+            if self.stop_asked >= 2:
+                self._send_disconnect("worker stopped")
+                return 1
+            if self.stopping and self.running == 0:
+                now = time.monotonic()
+                if self.idle_since is None:
+                    self.idle_since = now
+                if self.unsent and now - self.idle_since > max(1.0, self._expiry()):
+                    log.warning("%d results not taken by the broker: giving up",
+                                len(self.unsent))
+                    self.unsent.clear()
+                if not self.unsent:
+                    self._send_disconnect("worker stopping")
+                    if self.declined:
+                        log.info("%d tasks not taken, handed back by DISCONNECT",
+                                 self.declined)
+                    return 0
+            self._dispatch()
+            self._flush()
+            #  Not to a broker judged lost (silent, or it said DISCONNECT):
+            #  its next word sets announce again, and one READY answers both.
+            if self.announce and not self.stopping and not self.blocked and not self.lost:
+                if self._send(_proto.READY, self._ready_body()):
+                    self.announce = False
+            self._run_timers()
+            timeout = self._poll_timeout()
+            with self.lock:
+                if self.done or self.stop_asked and not self.stopping:
+                    timeout = 0
+                else:
+                    self.signalled = False
+            events = dict(self.poller.poll(timeout))
+            if self.wake_r in events:
+                try:
+                    while os.read(self.wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            sock_events = events.get(self.sock, 0)
+            if sock_events & zmq.POLLOUT:
+                self.blocked = False
+                self.poller.modify(self.sock, zmq.POLLIN)
+            if sock_events & zmq.POLLIN:
+                self._read()
+            if self.monitor in events:
+                self._on_monitor()
+
+    def _ready_body(self):
+        """READY [credit, host, pid, threads]: credit is the free slots now
+        (see the design note). The one place that will announce the
+        functions served once cf/1 routes by function (issue 10)."""
+        credit = max(0, self.threads + self.prefetch - self.in_hand)
+        return [min(credit, _proto.UINT32_MAX), self.host, self.pid, self.threads]
+
+    def _send(self, command, body):
+        if self.blocked:
+            return False
+        if _proto.send(self.sock, command, body):
+            self.next_heartbeat = time.monotonic() + self._send_ivl()
+            return True
+        self.blocked = True
+        self.poller.modify(self.sock, zmq.POLLIN | zmq.POLLOUT)
+        return False
+
+    def _send_disconnect(self, reason):
+        try:
+            _proto.send(self.sock, _proto.DISCONNECT, [reason])
+        except zmq.ZMQError:
+            pass
+
+    def _begin_stop(self):
+        self.stopping = True
+        dropped = len(self.queue)
+        self.queue.clear()
+        self.in_hand -= dropped
+        self.declined += dropped
+        log.info("stopping: %d running, %d queued handed back", self.running, dropped)
+
+    def _collect(self):
+        """Moves finished tasks' results to the unsent list."""
+        done = self.done
+        while done:
+            self.unsent.append(done.popleft())
+            self.running -= 1
+
+    def _dispatch(self):
+        while self.queue and self.running < self.threads and not self.stopping:
+            task_id, name, args = self.queue.popleft()
+            fn = self.functions.get(name)
+            self.running += 1
+            self.pool.submit(self._execute, task_id, name, fn, args)
+
+    def _flush(self):
+        """Sends the results of finished tasks, in RESULT batches."""
+        while self.unsent and not self.blocked:
+            size = 0
+            n = 0
+            for item in self.unsent:
+                item_size = len(item[2]) if item[1] == _proto.OK else 256
+                if n and size + item_size > BATCH_BYTES:
+                    break
+                size += item_size
+                n += 1
+            if not self._send(_proto.RESULT, self.unsent[:n]):
+                return
+            del self.unsent[:n]
+            self.in_hand -= n
+
+    # -----------------------------------------------------------------
+    #  Receiving
+
+    def _read(self):
+        now = time.monotonic()
+        for _ in range(256):
+            try:
+                parts = _proto.recv(self.sock)
+                if parts is None:
+                    return
+                command, fields = _proto.decode(parts)
+            except _proto.Malformed as e:
+                self.malformed += 1
+                log.debug("malformed message from the broker dropped: %s", e)
+                self._contact(now)
+                continue
+            self._contact(now)
+            if command == _proto.TASK:
+                self._on_tasks(fields)
+            elif command == _proto.HEARTBEAT:
+                boot, ivl_ms = fields
+                if boot:
+                    if self.boot and boot != self.boot:
+                        log.info("broker restarted (new boot id): announcing again")
+                        self.announce = True
+                    self.boot = boot
+                if ivl_ms:
+                    self.broker_ivl_s = max(ivl_ms / 1000.0, MIN_IVL_S)
+            elif command == _proto.ERROR_CMD:
+                ref, text = fields
+                if text == _proto.UNKNOWN_WORKER:
+                    log.info("broker does not know this worker: announcing again")
+                    self.announce = True
+                elif text in (_proto.KEY_REVOKED, _proto.NOT_ALLOWED):
+                    self.refused = f"the broker at {self.endpoint} refused this worker: {text}"
+                else:
+                    log.warning("broker refused a message: %s", text[:200])
+            elif command == _proto.DISCONNECT:
+                log.warning("broker %s said DISCONNECT: waiting for it", self.endpoint)
+                self.lost = True
+                #  Whoever answers next has forgotten us.
+                self.announce = True
+            else:
+                self.malformed += 1
+                log.debug("unexpected %s from the broker ignored", command.decode())
+
+    def _contact(self, now):
+        self.last_heard = now
+        if self.lost:
+            log.info("broker %s is back: announcing again", self.endpoint)
+            self.lost = False
+            self.announce = True
+
+    def _on_tasks(self, tasks):
+        limit = self.threads + self.prefetch + QUEUE_SLACK
+        for task_id, name, args, _timeout_ms in tasks:
+            if self.stopping:
+                #  Not answered: the DISCONNECT at the end hands it back
+                #  (answering BUSY would return the slot and bring it back).
+                self.declined += 1
+                continue
+            self.in_hand += 1
+            if name != _proto.CHUNK_FUNCTION and name not in self.functions:
+                self.unsent.append(_error_item(
+                    task_id, "UnknownFunction",
+                    f"no task named '{name}' is registered on host {self.host}",
+                    name, self.host, self.pid))
+            elif len(self.queue) + self.running >= limit:
+                #  Past our credit: handed back unrun, without using a retry.
+                self.unsent.append([task_id, _proto.BUSY])
+            else:
+                self.queue.append((task_id, name, args))
+
+    def _on_monitor(self):
+        while self.monitor is not None:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except Exception as e:
+                log.debug("monitor message dropped: %s", e)
+                continue
+            kind, value = event.get("event"), event.get("value")
+            if kind == zmq.EVENT_CONNECTED:
+                self.transport_up = True
+                if self.ever_connected:
+                    #  The broker sees a new routing id: a new worker to it.
+                    log.info("reconnected to %s: announcing again", self.endpoint)
+                    self.announce = True
+                self.ever_connected = True
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self.transport_up = False
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshake_drops = 0
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                fp = _keys.fingerprint(self.curve[1]) if self.curve else "(none)"
+                self.refused = (f"the broker at {self.endpoint} refused this worker's key "
+                                f"{fp} (not on its worker list)")
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and \
+                    value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                self.refused = (f"the broker at {self.endpoint} does not use CURVE (drop "
+                                f"--broker-key and --key)" if self.curve else
+                                f"the broker at {self.endpoint} requires CURVE: give "
+                                f"--broker-key and --key")
+            elif self.curve and kind in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                                         zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                self.handshake_drops += 1
+                if self.handshake_drops >= HANDSHAKE_DROPS_MAX:
+                    self.refused = (f"the broker at {self.endpoint} dropped "
+                                    f"{self.handshake_drops} CURVE handshakes in a row: wrong "
+                                    f"--broker-key, or the broker cannot authenticate workers")
+
+    # -----------------------------------------------------------------
+    #  Timers
+
+    def _send_ivl(self):
+        return min(self.ivl_s, self.broker_ivl_s) if self.broker_ivl_s else self.ivl_s
+
+    def _expiry(self):
+        #  The broker is judged on its own interval once it announced one.
+        return self.liveness * (self.broker_ivl_s or self.ivl_s)
+
+    def _run_timers(self):
+        now = time.monotonic()
+        if now >= self.next_heartbeat:
+            #  Not while disconnected (zmq would queue them ahead of the
+            #  READY a reconnection calls for), nor instead of a READY that
+            #  can go; but to a broker judged lost, yes: its answer (a
+            #  HEARTBEAT, and "unknown worker" if it restarted) is the word
+            #  the READY waits for.
+            if self.transport_up and (self.lost or not self.announce):
+                self._send(_proto.HEARTBEAT, [0, 0])
+            if now >= self.next_heartbeat:
+                self.next_heartbeat = now + self._send_ivl()
+        if not self.lost and now - self.last_heard > self._expiry():
+            log.warning("broker %s silent: waiting for it", self.endpoint)
+            self.lost = True
+
+    def _poll_timeout(self):
+        now = time.monotonic()
+        deadline = self.next_heartbeat
+        if not self.lost:
+            deadline = min(deadline, self.last_heard + self._expiry() + 0.001)
+        if self.stopping and self.running == 0:
+            #  Leave as soon as the results are out (or look again for the
+            #  give-up check while the socket holds them back).
+            deadline = min(deadline, now + (0.1 if self.unsent else 0))
+        return max(0, int(math.ceil((deadline - now) * 1000)))
