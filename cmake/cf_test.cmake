@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # cf_test(name SOURCES a.c [b.c] LABEL unit|integration|fault [TIMEOUT s])
 # One cmocka program, one CTest entry, linked to the static library so it
 # reaches internals. Integration tests find the daemons and example task
