@@ -262,11 +262,18 @@ static int s_parse(int argc, char **argv, s_options_t *options)
     *options = (s_options_t){
         .broker = { .client_endpoint = S_DEFAULT_CLIENTS, .worker_endpoint = S_DEFAULT_WORKERS },
     };
-    int opt;
+    int opt, index = -1;
     opterr = 0;             //  our own messages, one line each
     //  The leading ':' makes a missing value ':' and an unknown flag '?'.
-    while ((opt = getopt_long(argc, argv, ":hv", table, NULL)) != -1) {
-        const char *name = argv[optind - 1];
+    while ((opt = getopt_long(argc, argv, ":hv", table, &index)) != -1) {
+        //  The flag as typed for errors of getopt's own; "--NAME" for ours
+        //  (argv[optind - 1] is the value then).
+        char name[64];
+        if (opt >= OPT_CLIENTS && index >= 0)
+            snprintf(name, sizeof name, "--%s", table[index].name);
+        else
+            snprintf(name, sizeof name, "%s", argv[optind - 1]);
+        index = -1;
         int status = S_RUN;
         if (opt == 'h') {
             s_usage(stdout);

@@ -17,6 +17,9 @@ function(cf_test name)
         list(APPEND env "CF_BROKER_BIN=$<TARGET_FILE:cf-broker>" "CF_WORKER_BIN=$<TARGET_FILE:cf-worker>"
                         "CF_TASKS_LIB=$<TARGET_FILE:example_tasks>")
     endif()
+    if(TARGET cf-admin AND TARGET cf-keygen)
+        list(APPEND env "CF_ADMIN_BIN=$<TARGET_FILE:cf-admin>" "CF_KEYGEN_BIN=$<TARGET_FILE:cf-keygen>")
+    endif()
     set_tests_properties(${name} PROPERTIES TIMEOUT ${T_TIMEOUT} LABELS ${T_LABEL}
         ENVIRONMENT "${env}")
 endfunction()
