@@ -4,8 +4,9 @@
 //  done (five tasks submitted and completed show as five, in the status
 //  screen, the JSON and the Prometheus metrics), `workers` and `clients`
 //  say plainly that a cf/1 broker does not report per-peer detail, --watch
-//  redraws until Ctrl-C, and a broker that does not answer fails within the
-//  timeout with the endpoint named.
+//  redraws until Ctrl-C, a broker that does not answer fails within the
+//  timeout with the endpoint named, and a CURVE broker answers cf-admin
+//  with an allowed key and nobody else.
 
 #include "cf_testkit.h"
 
@@ -18,7 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <zmq.h>
 
 #define S_RUN_MS 30000
 
@@ -171,6 +174,51 @@ static void test_watch_redraws_until_interrupted(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+//  cf-keygen dir/name; returns dir/name (owned by the kit).
+static const char *s_keygen(cf_testkit_t *kit, const char *relative)
+{
+    const char *name = cf_testkit_path(kit, relative);
+    cf_testkit_output_t output;
+    const char *argv[] = {cf_testkit_env("CF_KEYGEN_BIN"), name, NULL};
+    assert_true(cf_testkit_run(kit, argv, S_RUN_MS, &output));
+    assert_int_equal(output.exit_code, 0);
+    return name;
+}
+
+static void test_a_curve_broker_answers_an_allowed_key_only(void **state)
+{
+    cf_testkit_t *kit = *state;
+    if (!zmq_has("curve"))
+        skip();
+    assert_int_equal(mkdir(cf_testkit_path(kit, "clients"), 0755), 0);
+    const char *broker_key = s_keygen(kit, "broker");
+    const char *alice = s_keygen(kit, "clients/alice");
+    const char *mallory = s_keygen(kit, "mallory");
+    char broker_secret[4096], broker_public[4096], alice_secret[4096], mallory_secret[4096];
+    snprintf(broker_secret, sizeof broker_secret, "%s.key_secret", broker_key);
+    snprintf(broker_public, sizeof broker_public, "%s.key", broker_key);
+    snprintf(alice_secret, sizeof alice_secret, "%s.key_secret", alice);
+    snprintf(mallory_secret, sizeof mallory_secret, "%s.key_secret", mallory);
+    cf_testkit_proc_t *broker = cf_testkit_start_broker(
+        kit, "--curve-secret", broker_secret, "--client-keys", cf_testkit_path(kit, "clients"),
+        NULL);
+    const char *clients = cf_testkit_clients(broker);
+    cf_testkit_output_t output;
+    s_admin(kit, (const char *[]){"-b", clients, "--broker-key", broker_public, "--key",
+                                  alice_secret, "--json", NULL}, &output);
+    if (output.exit_code != 0)
+        fail_msg("alice: exit %d\n%s%s", output.exit_code, output.out, output.err);
+    s_expect_in(output.out, "\"clients\": 0,", &output);
+    //  A key not on the list, and no key at all: no answer, named.
+    s_admin(kit, (const char *[]){"-b", clients, "--broker-key", broker_public, "--key",
+                                  mallory_secret, "-t", "1000", NULL}, &output);
+    assert_int_equal(output.exit_code, 1);
+    s_expect_in(output.err, "no answer from ", &output);
+    s_admin(kit, (const char *[]){"-b", clients, "-t", "1000", NULL}, &output);
+    assert_int_equal(output.exit_code, 1);
+    s_expect_in(output.err, "a CURVE broker needs --broker-key and --key", &output);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -182,6 +230,8 @@ int main(void)
             test_a_silent_broker_fails_within_the_timeout_naming_the_endpoint,
             cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_watch_redraws_until_interrupted,
+                                        cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_a_curve_broker_answers_an_allowed_key_only,
                                         cf_testkit_setup, cf_testkit_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
