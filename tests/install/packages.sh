@@ -99,6 +99,24 @@ grep -qx 'ExecStart=/usr/bin/cf-worker $CF_WORKER_OPTS' \
 if grep -q '@[A-Z_]*@' "$unit"; then fail "cf-broker.service has an unreplaced @VARIABLE@"; fi
 zcat -f "$tmp/daemons/usr/share/man/man1/cf-broker.1" | grep -q 'EXIT STATUS' || fail "cf-broker.1 has no EXIT STATUS"
 
+# The units as systemd reads them (where systemd-analyze exists: not in a
+# minimal container), with ExecStart pointed at the extracted programs.
+if command -v systemd-analyze >/dev/null; then
+    mkdir "$tmp/units"
+    units=$tmp/daemons/usr/lib/systemd/system
+    sed "s,ExecStart=/usr/bin/,ExecStart=$tmp/daemons/usr/bin/," "$units/cf-broker.service" \
+        >"$tmp/units/cf-broker.service"
+    sed "s,ExecStart=/usr/bin/,ExecStart=$tmp/daemons/usr/bin/," "$units/cf-worker@.service" \
+        >"$tmp/units/cf-worker@main.service"
+    # verify exits 0 on lines it ignores ("Failed to parse ..."): any output
+    # is a problem.
+    problems=$(cd "$tmp/units" && systemd-analyze verify --man=no ./cf-broker.service \
+               ./cf-worker@main.service 2>&1) || true
+    [ -z "$problems" ] || fail "systemd-analyze verify: $problems"
+else
+    echo "packages.sh: no systemd-analyze here: the units' syntax is not verified"
+fi
+
 # The library in the runtime package: its soname.
 dpkg-deb -x "$runtime" "$tmp/runtime"
 soname=$(readelf -d "$(find "$tmp/runtime" -name "libcfutures.so.$version")" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
