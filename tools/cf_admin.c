@@ -246,6 +246,7 @@ static int s_parse(int argc, char **argv, s_options_t *options)
 
 typedef struct {
     void *ctx, *socket;
+    void *monitor;              //  handshake outcomes of socket (cf_keys)
     cf_proto_enc_t *enc;
     bool curve;
     char server[CF_KEY_Z85_SIZE];
@@ -254,6 +255,7 @@ typedef struct {
 
 static void s_link_close(s_link_t *link)
 {
+    cf_keys_monitor_close(link->socket, &link->monitor);
     if (link->socket)
         zmq_close(link->socket);
     link->socket = NULL;
@@ -271,8 +273,11 @@ static bool s_link_open(s_link_t *link, const s_options_t *options)
         fprintf(stderr, "cf-admin: cannot make a socket: %s\n", zmq_strerror(errno));
         return false;
     }
-    if (link->curve && cf_keys_apply_client(link->socket, link->server, link->pair.public_z85,
-                                            link->pair.secret_z85) != CF_OK) {
+    //  Watched handshakes turn a refused key into an answer at once
+    //  instead of a silent wait for the timeout.
+    if ((link->curve && cf_keys_apply_client(link->socket, link->server, link->pair.public_z85,
+                                             link->pair.secret_z85) != CF_OK)
+        || !(link->monitor = cf_keys_monitor_new(link->ctx, link->socket))) {
         fprintf(stderr, "cf-admin: %s\n", cf_last_error());
         return false;
     }
@@ -282,6 +287,32 @@ static bool s_link_open(s_link_t *link, const s_options_t *options)
         return false;
     }
     return true;
+}
+
+//  True when the handshake events pending say the broker will never take
+//  this connection, after saying why (the endpoint and the fix).
+static bool s_refused(s_link_t *link, const s_options_t *options)
+{
+    for (;;) {
+        int value = 0;
+        cf_err_t rc = cf_keys_monitor_read(link->monitor, &value);
+        if (rc == CF_ETIMEDOUT)
+            return false;
+        if (rc == CF_EAUTH) {
+            char fp[CF_KEY_FP_SIZE];
+            cf_keys_fingerprint(link->pair.public_z85, fp);
+            fprintf(stderr, "cf-admin: the broker at %s refused the key %s (not on its client "
+                    "list)\n", options->broker, fp);
+            return true;
+        }
+        if (rc == CF_EPROTO && value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+            fprintf(stderr, link->curve ? "cf-admin: the broker at %s does not use CURVE: drop "
+                                          "--broker-key and --key\n"
+                                        : "cf-admin: the broker at %s requires CURVE: give "
+                                          "--broker-key and --key\n", options->broker);
+            return true;
+        }
+    }
 }
 
 //  Sends STATS [] and waits for the reply: CF_OK, CF_ETIMEDOUT, or another
@@ -300,12 +331,17 @@ static cf_err_t s_ask(s_link_t *link, const s_options_t *options, s_stats_t *sta
     }
     while (!s_interrupted) {
         int left_ms = cf_clock_ms_until(deadline_ms);
-        zmq_pollitem_t item = {.socket = link->socket, .events = ZMQ_POLLIN};
-        int rc = left_ms > 0 ? zmq_poll(&item, 1, left_ms) : 0;
+        zmq_pollitem_t items[2] = {{.socket = link->socket, .events = ZMQ_POLLIN},
+                                   {.socket = link->monitor, .events = ZMQ_POLLIN}};
+        int rc = left_ms > 0 ? zmq_poll(items, 2, left_ms) : 0;
         if (rc < 0 && errno == EINTR)
             continue;
         if (rc <= 0)
             return CF_ETIMEDOUT;
+        if ((items[1].revents & ZMQ_POLLIN) && s_refused(link, options))
+            return CF_EAUTH;
+        if (!(items[0].revents & ZMQ_POLLIN))
+            continue;
         cf_proto_msg_t *msg = NULL;
         if (cf_proto_recv(link->socket, false, NULL, &msg) != CF_OK)
             continue;
