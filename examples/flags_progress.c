@@ -12,8 +12,10 @@
 //  Each code is one get_flag task, submitted with retries that also cover
 //  errors the task raised (retry_on_error: a 503 from the server is worth
 //  another try, a 404 is an answer and is not retried). The bar is the
-//  library's cf_progress_bar, driven by the as_completed count: drawn in
-//  place on a terminal, as plain lines in a pipe or a log.
+//  library's cf_progress_bar, driven by the executor's progress hook (each
+//  completed future moves it, on the thread that completed it) while this
+//  thread collects the results with as_completed: drawn in place on a
+//  terminal, as plain lines in a pipe or a log.
 //
 //      flags_progress [-u URL] [-o DIR] [-a] [-l N] [-m WORKERS] [-r RETRIES] [-v]
 //                     [threads | processes | remote [ENDPOINT]]
@@ -107,15 +109,16 @@ int main(int argc, char **argv)
                            .retry_on_error = true};
     static cf_future_t *futures[FLAGS_MAX_CODES];
     size_t submitted = 0;
+    cf_progress_bar_t *bar = cf_progress_bar_new(stderr, "flags", job.count,
+                                                 CF_PROGRESS_BAR_AUTO);
+    cf_executor_on_progress(executor, cf_progress_bar_on_progress, bar);
     for (size_t i = 0; i < job.count; i++) {
         futures[submitted] = cf_submit_with(executor, &task, "get_flag", "ssi", job.url,
                                             job.codes[i], FLAGS_TIMEOUT_MS);
         if (futures[submitted])
             cf_future_set_tag(futures[submitted++], job.codes[i]);
     }
-    size_t ok = 0, not_found = 0, errors = job.count - submitted, done = 0;
-    cf_progress_bar_t *bar = cf_progress_bar_new(stderr, "flags", submitted,
-                                                 CF_PROGRESS_BAR_AUTO);
+    size_t ok = 0, not_found = 0, errors = job.count - submitted;
     cf_as_completed_t *it = cf_as_completed_new(futures, submitted, -1);
     cf_future_t *f;
     while (it && cf_as_completed_next(it, &f) == CF_OK) {
@@ -135,13 +138,14 @@ int main(int argc, char **argv)
             ok++;
         else
             errors++;
-        cf_progress_bar_update(bar, ++done);
     }
-    cf_progress_bar_destroy(&bar);
     cf_as_completed_destroy(&it);
     for (size_t i = 0; i < submitted; i++)
         cf_future_release(&futures[i]);
+    //  The executor first: once it is destroyed no completion can call the
+    //  hook, and the bar can go.
     cf_executor_destroy(&executor);
+    cf_progress_bar_destroy(&bar);
 
     printf("--------------------\n%zu flag%s downloaded.\n", ok, ok == 1 ? "" : "s");
     if (not_found)

@@ -447,8 +447,9 @@ cf_progress_bar_t *cf_progress_bar_new(FILE *out, const char *label, uint64_t to
 //  Sets the count done (it never goes back) and redraws when due.
 void cf_progress_bar_update(cf_progress_bar_t *bar, uint64_t done);
 //  A cf_progress_fn: cf_executor_on_progress(ex, cf_progress_bar_on_progress,
-//  bar) drives the bar with the executor's done count (keep the bar alive
-//  until the executor is destroyed, or set another hook first).
+//  bar) drives the bar with the executor's done count. Keep the bar alive
+//  until the executor is destroyed: a completion may still be calling the
+//  hook while another hook is being set.
 void cf_progress_bar_on_progress(const cf_progress_t *progress, void *bar);
 //  Draws the final state, ends the line, frees the bar. Safe with NULL and
 //  twice.
