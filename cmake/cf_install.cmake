@@ -65,14 +65,17 @@ if(CF_HELP2MAN AND NOT CF_ONLY)
     foreach(program ${CF_PROGRAMS})
         set(_page ${CMAKE_CURRENT_BINARY_DIR}/man/${program}.1)
         set(_include ${CMAKE_CURRENT_SOURCE_DIR}/docs/man/${program}.h2m)
-        add_custom_command(OUTPUT ${_page}
+        # gzip -n: no time stamp, so the same page gives the same bytes
+        # (Debian wants man pages compressed).
+        add_custom_command(OUTPUT ${_page}.gz
             COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_CURRENT_BINARY_DIR}/man
             COMMAND ${CF_HELP2MAN} --no-info --section=1 --manual=cfutures
                     "--source=cfutures ${PROJECT_VERSION}" --include=${_include}
                     --output=${_page} $<TARGET_FILE:${program}>
+            COMMAND gzip -9nf ${_page}
             DEPENDS ${program} ${_include}
             COMMENT "help2man ${program}.1" VERBATIM)
-        list(APPEND _cf_pages ${_page})
+        list(APPEND _cf_pages ${_page}.gz)
     endforeach()
     add_custom_target(cf_man ALL DEPENDS ${_cf_pages})
     install(FILES ${_cf_pages} DESTINATION ${CMAKE_INSTALL_MANDIR}/man1 COMPONENT daemons)

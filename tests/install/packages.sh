@@ -68,8 +68,8 @@ has "$dev" 'usr/include/cfutures\.h' "$lib/libcfutures\.so" "$lib/libcfutures\.a
     "$lib/cmake/cfutures/cfutures-targets\.cmake" "usr/share/doc/libcfutures-dev/copyright"
 lacks "$dev" "libcfutures\.so\.$so" 'bin/' 'cfutures-programs'
 has "$daemons" usr/bin/cf-broker usr/bin/cf-worker usr/bin/cf-keygen usr/bin/cf-admin \
-    usr/share/man/man1/cf-broker\.1 usr/share/man/man1/cf-worker\.1 \
-    usr/share/man/man1/cf-keygen\.1 usr/share/man/man1/cf-admin\.1 \
+    usr/share/man/man1/cf-broker\.1\.gz usr/share/man/man1/cf-worker\.1\.gz \
+    usr/share/man/man1/cf-keygen\.1\.gz usr/share/man/man1/cf-admin\.1\.gz \
     'usr/lib/systemd/system/cf-broker\.service' 'usr/lib/systemd/system/cf-worker@\.service' \
     etc/default/cf-broker etc/default/cf-worker usr/share/doc/cfutures/copyright \
     usr/share/doc/cfutures/operations\.md "$lib/cmake/cfutures/cfutures-programs\.cmake"
@@ -97,7 +97,7 @@ grep -qx 'EnvironmentFile=-/etc/default/cf-broker' "$unit" || fail "cf-broker.se
 grep -qx 'ExecStart=/usr/bin/cf-worker $CF_WORKER_OPTS' \
     "$tmp/daemons/usr/lib/systemd/system/cf-worker@.service" || fail "cf-worker@.service ExecStart"
 if grep -q '@[A-Z_]*@' "$unit"; then fail "cf-broker.service has an unreplaced @VARIABLE@"; fi
-zcat -f "$tmp/daemons/usr/share/man/man1/cf-broker.1" | grep -q 'EXIT STATUS' || fail "cf-broker.1 has no EXIT STATUS"
+zcat "$tmp/daemons/usr/share/man/man1/cf-broker.1.gz" | grep -q 'EXIT STATUS' || fail "cf-broker.1 has no EXIT STATUS"
 
 # The units as systemd reads them (where systemd-analyze exists: not in a
 # minimal container), with ExecStart pointed at the extracted programs.
