@@ -97,7 +97,11 @@ grep -qx 'EnvironmentFile=-/etc/default/cf-broker' "$unit" || fail "cf-broker.se
 grep -qx 'ExecStart=/usr/bin/cf-worker $CF_WORKER_OPTS' \
     "$tmp/daemons/usr/lib/systemd/system/cf-worker@.service" || fail "cf-worker@.service ExecStart"
 if grep -q '@[A-Z_]*@' "$unit"; then fail "cf-broker.service has an unreplaced @VARIABLE@"; fi
-zcat "$tmp/daemons/usr/share/man/man1/cf-broker.1.gz" | grep -q 'EXIT STATUS' || fail "cf-broker.1 has no EXIT STATUS"
+for tool in cf-broker cf-worker cf-keygen cf-admin; do
+    page=$tmp/daemons/usr/share/man/man1/$tool.1.gz
+    zcat "$page" | grep -q '^\.SH "EXIT STATUS"' || fail "$tool.1 has no EXIT STATUS section"
+    zcat "$page" | grep -q -- '-\\-version' || fail "$tool.1 does not list --version"
+done
 
 # The units as systemd reads them (where systemd-analyze exists: not in a
 # minimal container), with ExecStart pointed at the extracted programs.
