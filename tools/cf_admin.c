@@ -447,17 +447,32 @@ static void s_print_status(const s_options_t *options, const s_stats_t *stats,
                "(cf/1 STATS without 'workers')\n");
 }
 
+//  text as a JSON string: quotes, backslashes and control bytes escaped
+//  (counter names come from the broker: never trusted to be clean).
+static void s_json_string(const char *text)
+{
+    putchar('"');
+    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            printf("\\%c", *c);
+        else if (*c < 0x20)
+            printf("\\u%04x", *c);
+        else
+            putchar(*c);
+    }
+    putchar('"');
+}
+
 static void s_print_json(const s_options_t *options, const s_stats_t *stats)
 {
-    //  Endpoints are checked to start with tcp:// or ipc:// and hold no
-    //  quote in practice; escape the two characters JSON cannot carry.
-    printf("{\"broker\": \"");
-    for (const char *c = options->broker; *c; c++)
-        printf(*c == '"' || *c == '\\' ? "\\%c" : "%c", *c);
-    printf("\", \"round_trip_ms\": %d, \"counters\": {", stats->round_trip_ms);
-    for (size_t i = 0; i < stats->count; i++)
-        printf("%s\"%s\": %llu", i ? ", " : "", stats->names[i],
-               (unsigned long long)stats->values[i]);
+    printf("{\"broker\": ");
+    s_json_string(options->broker);
+    printf(", \"round_trip_ms\": %d, \"counters\": {", stats->round_trip_ms);
+    for (size_t i = 0; i < stats->count; i++) {
+        printf("%s", i ? ", " : "");
+        s_json_string(stats->names[i]);
+        printf(": %llu", (unsigned long long)stats->values[i]);
+    }
     printf("}, \"workers\": null, \"clients\": null}\n");
 }
 
