@@ -349,8 +349,13 @@ static cf_err_t s_ask(s_link_t *link, const s_options_t *options, s_stats_t *sta
         if (msg->type == CF_MSG_STATS) {
             stats->count = 0;
             for (size_t i = 0; i < msg->count && stats->count < S_MAX_COUNTERS; i++) {
-                snprintf(stats->names[stats->count], sizeof stats->names[0], "%.*s",
-                         (int)msg->stats[i].name.len, msg->stats[i].name.ptr);
+                char *name = stats->names[stats->count];
+                snprintf(name, sizeof stats->names[0], "%.*s", (int)msg->stats[i].name.len,
+                         msg->stats[i].name.ptr);
+                //  Printable ASCII only: a name never moves the terminal.
+                for (char *c = name; *c; c++)
+                    if ((unsigned char)*c < 0x20 || (unsigned char)*c > 0x7e)
+                        *c = '?';
                 stats->values[stats->count++] = msg->stats[i].value;
             }
             stats->answered_ms = cf_clock_now_ms();
