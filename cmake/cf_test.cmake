@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # cf_test(name SOURCES a.c [b.c] LABEL unit|integration|fault [TIMEOUT s])
 # One cmocka program, one CTest entry, linked to the static library so it
 # reaches internals. Integration tests find the daemons and example task
@@ -15,6 +16,9 @@ function(cf_test name)
     if(TARGET cf-broker AND TARGET cf-worker)
         list(APPEND env "CF_BROKER_BIN=$<TARGET_FILE:cf-broker>" "CF_WORKER_BIN=$<TARGET_FILE:cf-worker>"
                         "CF_TASKS_LIB=$<TARGET_FILE:example_tasks>")
+    endif()
+    if(TARGET cf-admin AND TARGET cf-keygen)
+        list(APPEND env "CF_ADMIN_BIN=$<TARGET_FILE:cf-admin>" "CF_KEYGEN_BIN=$<TARGET_FILE:cf-keygen>")
     endif()
     set_tests_properties(${name} PROPERTIES TIMEOUT ${T_TIMEOUT} LABELS ${T_LABEL}
         ENVIRONMENT "${env}")

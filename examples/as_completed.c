@@ -1,3 +1,5 @@
+//  SPDX-License-Identifier: MIT
+//
 //  as_completed: results as they finish, failures included, the C version of
 //
 //      def task(name, delay, fail=False):

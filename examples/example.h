@@ -1,3 +1,5 @@
+//  SPDX-License-Identifier: MIT
+//
 //  What the example programs share: the task functions and the choice of
 //  executor kind on the command line.
 //
@@ -39,7 +41,9 @@ static inline cf_executor_t *example_executor(int argc, char **argv, int *argi,
             kind = CF_PROCESSES;
         else if (!strcmp(word, "remote")) {
             kind = CF_REMOTE;
-            if (*argi + 1 < argc && strstr(argv[*argi + 1], "://"))
+            //  A ZeroMQ endpoint, not a URL the program takes next.
+            if (*argi + 1 < argc && (!strncmp(argv[*argi + 1], "tcp://", 6)
+                                     || !strncmp(argv[*argi + 1], "ipc://", 6)))
                 endpoint = argv[++*argi];
         }
         else {

@@ -1,3 +1,5 @@
+//  SPDX-License-Identifier: MIT
+//
 //  fanout: the three ways to fan out independent calls and collect them.
 //
 //  1. Ordered map: results come back in input order, whatever order they

@@ -1,3 +1,5 @@
+//  SPDX-License-Identifier: MIT
+//
 //  map_slow: results in order from a pool, the C version of
 //
 //      def slow_double(x):

@@ -1,3 +1,5 @@
+//  SPDX-License-Identifier: MIT
+//
 //  primes: CPU-bound work on worker processes, the C version of
 //
 //      with ProcessPoolExecutor() as executor:

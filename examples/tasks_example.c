@@ -1,3 +1,5 @@
+//  SPDX-License-Identifier: MIT
+//
 //  The example task library: the functions the example programs and the
 //  integration tests run.
 //
@@ -10,7 +12,9 @@
 //
 //  Each function reads its arguments with cf_arg_* (a missing or mistyped
 //  argument raises TypeError on the call by itself) and returns one value or
-//  raises an error, like a Python function.
+//  raises an error, like a Python function. Never a wrong number: where C
+//  would wrap (2 * x, x * x beyond 64 bits), the task raises OverflowError,
+//  since the Python function it stands for would return the exact result.
 
 #include "cfutures.h"
 
@@ -63,23 +67,33 @@ static void is_prime(cf_call_t *call)
 CF_TASK(is_prime);
 
 //  slow_double(x: int) -> 2 * x, after 100 ms: the stand-in for a slow call.
+//  OverflowError when 2 * x does not fit in 64 bits.
 static void slow_double(cf_call_t *call)
 {
     int64_t x = cf_arg_int(call, 0);
     if (cf_failed(call))
         return;
     s_example_sleep_ms(100);
-    cf_return_int(call, 2 * x);
+    int64_t doubled;
+    if (__builtin_mul_overflow(x, 2, &doubled))
+        cf_raise(call, "OverflowError", "2 * %lld does not fit in 64 bits", (long long)x);
+    else
+        cf_return_int(call, doubled);
 }
 CF_TASK(slow_double);
 
-//  square(x: int) -> x * x, at once.
+//  square(x: int) -> x * x, at once. OverflowError when x * x does not fit
+//  in 64 bits (square(2**40) would be 2**80): never a wrapped number.
 static void square(cf_call_t *call)
 {
     int64_t x = cf_arg_int(call, 0);
     if (cf_failed(call))
         return;
-    cf_return_int(call, x * x);
+    int64_t squared;
+    if (__builtin_mul_overflow(x, x, &squared))
+        cf_raise(call, "OverflowError", "%lld ** 2 does not fit in 64 bits", (long long)x);
+    else
+        cf_return_int(call, squared);
 }
 CF_TASK(square);
 

@@ -1,3 +1,5 @@
+//  SPDX-License-Identifier: MIT
+//
 //  cfutures: Python's concurrent.futures model in C, across threads, local
 //  processes and remote workers behind a broker.
 //
@@ -26,6 +28,17 @@
 //  Ownership: a T ** argument means "I take it and set yours to NULL". A
 //  returned const pointer is borrowed; its lifetime is stated on each call.
 //  Every call is safe from any thread unless it says otherwise.
+//
+//  C++: the header is wrapped in extern "C" and compiles as C++11 and later.
+//  The C idiom &(cf_options_t){.max_workers = 5} is a compound literal, which
+//  C++ does not have: declare the struct instead,
+//      cf_options_t options{};  options.max_workers = 5;
+//      cf_executor_t *ex = cf_executor_new(CF_THREADS, &options);
+//  (C++20 also accepts cf_options_t options{.max_workers = 5};).
+//
+//  ABI: libcfutures.so exports exactly the functions declared here, under
+//  the symbol version CFUTURES_1; the soname changes when one of them
+//  changes incompatibly.
 
 #ifndef CFUTURES_H
 #define CFUTURES_H
@@ -34,20 +47,38 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
+//  The version, in this one place: CMakeLists.txt reads these three lines
+//  for the project version, the soname's library version, cfutures.pc, the
+//  packages and every tool's --version (as libzmq does with zmq.h).
 #define CF_VERSION_MAJOR 0
-#define CF_VERSION_MINOR 1
+#define CF_VERSION_MINOR 2
 #define CF_VERSION_PATCH 0
+
+#define CF_VERSION_STR_(x) #x
+#define CF_VERSION_XSTR_(x) CF_VERSION_STR_(x)
+//  "0.2.0": the version of this header.
+#define CF_VERSION_STRING                                              \
+    CF_VERSION_XSTR_(CF_VERSION_MAJOR) "." CF_VERSION_XSTR_(CF_VERSION_MINOR) "." \
+    CF_VERSION_XSTR_(CF_VERSION_PATCH)
+//  One number to compare: CF_VERSION >= CF_MAKE_VERSION(0, 2, 0).
+#define CF_MAKE_VERSION(major, minor, patch) ((major) * 10000 + (minor) * 100 + (patch))
+#define CF_VERSION CF_MAKE_VERSION(CF_VERSION_MAJOR, CF_VERSION_MINOR, CF_VERSION_PATCH)
 
 #if defined(__GNUC__)
 #   define CF_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #else
 #   define CF_PRINTF(f, a)
 #endif
+
+//  The version of the library running (which may be newer than the header
+//  a program was built with): "0.2.0", static. Each pointer may be NULL.
+const char *cf_version(int *major, int *minor, int *patch);
 
 // ---------------------------------------------------------------------------
 //  Errors
@@ -388,6 +419,41 @@ typedef struct {
 typedef void (cf_progress_fn)(const cf_progress_t *progress, void *arg);
 void cf_executor_on_progress(cf_executor_t *ex, cf_progress_fn *fn, void *arg);
 cf_progress_t cf_executor_progress(cf_executor_t *ex);
+
+// ---------------------------------------------------------------------------
+//  A text progress bar in tqdm's look, for any loop over as_completed, map or
+//  the progress hook:
+//
+//      primes  42%|########4           | 42/100 [00:03<00:04, 12.31 it/s]
+//
+//  count, percent, elapsed, estimated time left and rate. On a terminal the
+//  line is redrawn in place (at most 10 times a second, and at the end);
+//  elsewhere (a pipe, a log file) it prints plain lines, one per 10 percent
+//  and one at the end, so logs stay readable.
+
+typedef struct cf_progress_bar cf_progress_bar_t;
+
+typedef enum {
+    CF_PROGRESS_BAR_AUTO,       //  in place when out is a terminal, else lines
+    CF_PROGRESS_BAR_IN_PLACE,   //  redraw with '\r' whatever out is
+    CF_PROGRESS_BAR_LINES       //  plain lines whatever out is
+} cf_progress_bar_mode_t;
+
+//  A bar for total items (0: unknown, no percent nor ETA) written to out
+//  (NULL: stderr; borrowed, must outlive the bar). label may be NULL. NULL
+//  when out of memory.
+cf_progress_bar_t *cf_progress_bar_new(FILE *out, const char *label, uint64_t total,
+                                       cf_progress_bar_mode_t mode);
+//  Sets the count done (it never goes back) and redraws when due.
+void cf_progress_bar_update(cf_progress_bar_t *bar, uint64_t done);
+//  A cf_progress_fn: cf_executor_on_progress(ex, cf_progress_bar_on_progress,
+//  bar) drives the bar with the executor's done count. Keep the bar alive
+//  until the executor is destroyed: a completion may still be calling the
+//  hook while another hook is being set.
+void cf_progress_bar_on_progress(const cf_progress_t *progress, void *bar);
+//  Draws the final state, ends the line, frees the bar. Safe with NULL and
+//  twice.
+void cf_progress_bar_destroy(cf_progress_bar_t **bar);
 
 // ---------------------------------------------------------------------------
 //  map: results in submission order, inputs consumed lazily within a window.

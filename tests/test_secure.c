@@ -783,13 +783,15 @@ static void test_broker_refuses_bad_secure_configurations(void **state)
     s_keys(kit, &k);
     const char *bin = cf_testkit_env("CF_BROKER_BIN");
     cf_testkit_output_t out;
+    //  Flags that do not go together: usage errors (2); a key file that
+    //  cannot be used: a failure to start (1).
     const char *no_secret[] = { bin, "--client-keys", k.clients, NULL };
     assert_true(cf_testkit_run(kit, no_secret, CF_TESTKIT_DEADLINE_MS, &out));
-    assert_int_equal(out.exit_code, 1);
+    assert_int_equal(out.exit_code, 2);
     assert_non_null(strstr(out.err, "needs --curve-secret"));
     const char *no_list[] = { bin, "--curve-secret", k.broker_secret, NULL };
     assert_true(cf_testkit_run(kit, no_list, CF_TESTKIT_DEADLINE_MS, &out));
-    assert_int_equal(out.exit_code, 1);
+    assert_int_equal(out.exit_code, 2);
     //  A secret key others may read.
     assert_int_equal(chmod(k.broker_secret, 0644), 0);
     const char *loose[] = { bin, "--clients", "tcp://127.0.0.1:*", "--workers",
@@ -803,7 +805,7 @@ static void test_broker_refuses_bad_secure_configurations(void **state)
     const char *half[] = { cf_testkit_env("CF_WORKER_BIN"), "--tasks",
                            cf_testkit_env("CF_TASKS_LIB"), "--key", k.w1_secret, NULL };
     assert_true(cf_testkit_run(kit, half, CF_TESTKIT_DEADLINE_MS, &out));
-    assert_int_equal(out.exit_code, 1);
+    assert_int_equal(out.exit_code, 2);
     assert_non_null(strstr(out.err, "--broker-key"));
     //  Plaintext on a non-loopback address is allowed, with a warning.
     const char *open_broker[] = { bin, "--clients", "tcp://0.0.0.0:*", "--workers",

@@ -1,3 +1,5 @@
+//  SPDX-License-Identifier: MIT
+//
 //  cf-keygen: makes a CurveZMQ key pair for a cfutures broker, worker or
 //  client.
 //
@@ -8,6 +10,10 @@
 //  meant to be shared: it goes into the broker's allow-lists, or to clients
 //  and workers for the broker's own key) and never prints the secret one.
 //  docs/security.md walks through a whole cluster setup.
+//
+//  Exit status: 0 written, 1 could not (the files exist, a directory is
+//  missing, no entropy), 2 usage error: the convention of every cfutures
+//  tool.
 
 #include "cf_keys.h"
 
@@ -18,8 +24,7 @@
 static void s_usage(FILE *out)
 {
     fprintf(out,
-            "usage: cf-keygen [--help] NAME\n"
-            "\n"
+            "Usage: cf-keygen [OPTIONS] NAME\n"
             "Makes a CurveZMQ key pair for cfutures:\n"
             "  NAME.key         public key (mode 0644): share it; put client and worker\n"
             "                   keys in the broker's --client-keys / --worker-keys\n"
@@ -27,7 +32,14 @@ static void s_usage(FILE *out)
             "  NAME.key_secret  secret key (mode 0600): never copy it off its host\n"
             "\n"
             "Existing files are never replaced. The public key is printed; the secret\n"
-            "key is not. See docs/security.md.\n");
+            "key is not. See docs/security.md.\n"
+            "\n"
+            "Options:\n"
+            "  -h, --help     show this text and exit\n"
+            "  --version      show the version and exit\n"
+            "\n"
+            "Exit status: 0 written, 1 could not write them (a file exists, no such\n"
+            "directory), 2 usage error.\n");
 }
 
 int main(int argc, char **argv)
@@ -36,6 +48,10 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             s_usage(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("cf-keygen (cfutures) %s\n", cf_version(NULL, NULL, NULL));
             return 0;
         }
         if (argv[i][0] == '-' && argv[i][1] != '\0') {
@@ -49,7 +65,7 @@ int main(int argc, char **argv)
         name = argv[i];
     }
     if (!name || !*name) {
-        s_usage(stderr);
+        fprintf(stderr, "cf-keygen: give the NAME of the key pair (try --help)\n");
         return 2;
     }
     char public_path[4096], secret_path[4096];

@@ -1,3 +1,5 @@
+//  SPDX-License-Identifier: MIT
+//
 //  cf-worker: the worker actor as a daemon. Loads task libraries, connects
 //  to a broker's worker endpoint and runs tasks: in N threads of this
 //  process, or (--procs N) in N single-threaded worker processes that a
@@ -7,7 +9,9 @@
 //      ready worker=<identity> threads=<N>     or     ready procs=<N>
 //  SIGINT/SIGTERM: running tasks finish and their results go out, queued
 //  ones are handed back to the broker (DISCONNECT), exit 0. A startup
-//  failure prints one line to stderr and exits 1.
+//  failure prints one line to stderr and exits 1; a usage error (unknown
+//  flag, missing or bad value, malformed endpoint) exits 2, as in every
+//  cfutures tool.
 //
 //  CURVE (--broker-key, --key; docs/security.md): a broker that refuses the
 //  worker's key (or a plaintext worker of a CURVE broker) ends the worker
@@ -25,8 +29,9 @@
 #include "cf_worker.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +53,20 @@
 //  How long --procs waits for its check handshake (a broker not up yet is
 //  no error).
 #define S_PREFLIGHT_MS 3000
+//  Exit statuses (the man page lists them), and "keep going".
+#define S_EXIT_FAILURE 1
+#define S_EXIT_USAGE 2
+#define S_RUN -1
+
+//  The command line.
+typedef struct {
+    const char *broker;
+    const char *libraries[S_MAX_LIBRARIES];
+    int nlibraries;
+    int threads, procs, ivl_ms, liveness, max_tasks;   //  0: the default
+    bool verbose;
+    const char *broker_key, *key;                       //  both or neither
+} s_options_t;
 
 //  The CURVE keys, read before any thread or process starts; --procs
 //  children use the copy they inherit.
@@ -158,16 +177,20 @@ done:
 static void s_usage(FILE *out)
 {
     fprintf(out,
-            "usage: cf-worker [options]\n"
-            "Runs tasks for a cf-broker.\n"
+            "Usage: cf-worker [OPTIONS]\n"
+            "Runs tasks for a cf-broker: loads task libraries (CF_TASK functions),\n"
+            "connects to the broker's worker endpoint and runs the tasks it hands out,\n"
+            "in threads of this process or in worker processes.\n"
             "\n"
-            "  --broker ENDPOINT   broker worker endpoint (default " S_DEFAULT_BROKER ")\n"
+            "Options:\n"
+            "  --broker ENDPOINT   the broker's worker endpoint (default " S_DEFAULT_BROKER ")\n"
+            "                      tcp://HOST:PORT or ipc://PATH\n"
             "  --tasks PATH        task library to load (repeatable; at least one unless\n"
             "                      the program has tasks built in)\n"
             "  --threads N         execution threads (default: number of cores)\n"
             "  --procs N           run N worker processes with one thread each instead,\n"
             "                      replaced when they exit or crash\n"
-            "  --heartbeat-ms N    heartbeat interval (default %d)\n"
+            "  --heartbeat-ms N    heartbeat interval in ms (default %d)\n"
             "  --liveness N        intervals of broker silence before it counts as lost\n"
             "                      (default %d)\n"
             "  --max-tasks N       exit after N tasks (per process with --procs: the\n"
@@ -175,24 +198,51 @@ static void s_usage(FILE *out)
             "  --broker-key FILE   the broker's public key file: use CURVE (with --key)\n"
             "  --key FILE          this worker's secret key file (cf-keygen NAME;\n"
             "                      mode 0600), its public key on the broker's worker list\n"
-            "  --verbose           debug logging on stderr\n"
-            "  --help              this text\n"
-            "  --version           the version\n",
+            "  -v, --verbose       log debug messages too\n"
+            "  -h, --help          show this text and exit\n"
+            "  --version           show the version and exit\n"
+            "\n"
+            "Once serving, prints one line to stdout:\n"
+            "  ready worker=IDENTITY threads=N      or      ready procs=N\n"
+            "Logs go to stderr. SIGINT or SIGTERM: running tasks finish, queued ones go\n"
+            "back to the broker, then exit.\n"
+            "\n"
+            "Exit status: 0 stopped by a signal or after --max-tasks, 1 could not start\n"
+            "or failed (a task library that does not load, a key file that cannot be\n"
+            "read or is open to others, a broker that refuses this worker's key), 2\n"
+            "usage error (unknown option, missing or bad value, malformed endpoint).\n",
             CF_HEARTBEAT_IVL_MS, CF_HEARTBEAT_LIVENESS);
 }
 
-static int s_fail(const char *fmt, ...) CF_PRINTF(1, 2);
-
-//  One line on stderr; returns the exit status of a failed start.
-static int s_fail(const char *fmt, ...)
+static int s_say(int status, const char *fmt, va_list ap)
 {
     char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    fprintf(stderr, "cf-worker: %s%s\n", line, status == S_EXIT_USAGE ? " (try --help)" : "");
+    return status;
+}
+
+static int s_fail(const char *fmt, ...) CF_PRINTF(1, 2);
+static int s_usage_error(const char *fmt, ...) CF_PRINTF(1, 2);
+
+//  One line on stderr; returns the exit status of a runtime failure.
+static int s_fail(const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    int status = s_say(S_EXIT_FAILURE, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "cf-worker: %s\n", line);
-    return 1;
+    return status;
+}
+
+//  One line on stderr; returns the exit status of a usage error.
+static int s_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int status = s_say(S_EXIT_USAGE, fmt, ap);
+    va_end(ap);
+    return status;
 }
 
 //  A whole positive int within max, or -1.
@@ -208,15 +258,72 @@ static int s_number(const char *text, long max)
     return (int)value;
 }
 
-int main(int argc, char **argv)
+//  True for an endpoint a worker can connect to: tcp://HOST:PORT (PORT
+//  1..65535) or ipc://PATH.
+static bool s_endpoint_valid(const char *endpoint)
 {
-    const char *broker = S_DEFAULT_BROKER;
-    const char *libraries[S_MAX_LIBRARIES];
-    int nlibraries = 0;
-    int threads = 0, procs = 0, ivl_ms = 0, liveness = 0, max_tasks = 0;
-    bool verbose = false;
-    const char *broker_key = NULL, *key = NULL;
+    if (!strncmp(endpoint, "ipc://", 6))
+        return endpoint[6] != '\0';
+    if (strncmp(endpoint, "tcp://", 6) != 0)
+        return false;
+    const char *host = endpoint + 6;
+    const char *colon = strrchr(host, ':');
+    return colon && colon != host && !strpbrk(host, " /*") && s_number(colon + 1, 65535) > 0;
+}
 
+//  The flags that take a value, and where a number goes (NULL: a string).
+static int s_value(s_options_t *options, const char *flag, const char *value)
+{
+    static const struct { const char *flag; size_t offset; long max; } numbers[] = {
+        {"--threads", offsetof(s_options_t, threads), 4096},
+        {"--procs", offsetof(s_options_t, procs), 4096},
+        {"--heartbeat-ms", offsetof(s_options_t, ivl_ms), 3600 * 1000},
+        {"--liveness", offsetof(s_options_t, liveness), 1000},
+        {"--max-tasks", offsetof(s_options_t, max_tasks), INT_MAX},
+    };
+    for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++) {
+        if (strcmp(flag, numbers[i].flag) != 0)
+            continue;
+        int number = s_number(value, numbers[i].max);
+        if (number < 0)
+            return s_usage_error("%s needs a whole number from 1 to %ld, got '%s'", flag,
+                                 numbers[i].max, value);
+        *(int *)((char *)options + numbers[i].offset) = number;
+        return S_RUN;
+    }
+    if (!strcmp(flag, "--broker")) {
+        if (!s_endpoint_valid(value))
+            return s_usage_error("--broker: not an endpoint: '%s' (tcp://HOST:PORT or "
+                                 "ipc://PATH)", value);
+        options->broker = value;
+    }
+    else if (!strcmp(flag, "--broker-key") || !strcmp(flag, "--key")) {
+        if (!*value)
+            return s_usage_error("%s needs a path", flag);
+        *(flag[2] == 'b' ? &options->broker_key : &options->key) = value;
+    }
+    else {      //  --tasks
+        if (options->nlibraries == S_MAX_LIBRARIES)
+            return s_usage_error("more than %d --tasks", S_MAX_LIBRARIES);
+        options->libraries[options->nlibraries++] = value;
+    }
+    return S_RUN;
+}
+
+static bool s_takes_value(const char *flag)
+{
+    static const char *const flags[] = {"--broker", "--tasks", "--threads", "--procs",
+                                        "--heartbeat-ms", "--liveness", "--max-tasks",
+                                        "--broker-key", "--key"};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        if (!strcmp(flag, flags[i]))
+            return true;
+    return false;
+}
+
+static int s_parse(int argc, char **argv, s_options_t *options)
+{
+    *options = (s_options_t){.broker = S_DEFAULT_BROKER};
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
         if (!strcmp(flag, "--help") || !strcmp(flag, "-h")) {
@@ -224,174 +331,169 @@ int main(int argc, char **argv)
             return 0;
         }
         if (!strcmp(flag, "--version")) {
-            printf("cf-worker %d.%d.%d\n", CF_VERSION_MAJOR, CF_VERSION_MINOR, CF_VERSION_PATCH);
+            printf("cf-worker (cfutures) %s\n", cf_version(NULL, NULL, NULL));
             return 0;
         }
-        if (!strcmp(flag, "--verbose")) {
-            verbose = true;
+        if (!strcmp(flag, "--verbose") || !strcmp(flag, "-v")) {
+            options->verbose = true;
             continue;
         }
-        bool takes_value = !strcmp(flag, "--broker") || !strcmp(flag, "--tasks")
-                        || !strcmp(flag, "--threads") || !strcmp(flag, "--procs")
-                        || !strcmp(flag, "--heartbeat-ms") || !strcmp(flag, "--liveness")
-                        || !strcmp(flag, "--max-tasks") || !strcmp(flag, "--broker-key")
-                        || !strcmp(flag, "--key");
-        if (!takes_value)
-            return s_fail("unknown option '%s' (see --help)", flag);
+        if (strncmp(flag, "--", 2) != 0 || !strcmp(flag, "--"))
+            return s_usage_error("unexpected argument '%s'", flag);
+        if (!s_takes_value(flag))
+            return s_usage_error("unknown option %s", flag);
         if (i + 1 >= argc)
-            return s_fail("%s needs a value", flag);
-        const char *value = argv[++i];
-        int *number = NULL;
-        long max = 1000000;
-        if (!strcmp(flag, "--broker"))
-            broker = value;
-        else if (!strcmp(flag, "--broker-key"))
-            broker_key = value;
-        else if (!strcmp(flag, "--key"))
-            key = value;
-        else if (!strcmp(flag, "--tasks")) {
-            if (nlibraries == S_MAX_LIBRARIES)
-                return s_fail("%s", "too many --tasks");
-            libraries[nlibraries++] = value;
-        }
-        else if (!strcmp(flag, "--threads"))
-            number = &threads, max = 4096;
-        else if (!strcmp(flag, "--procs"))
-            number = &procs, max = 4096;
-        else if (!strcmp(flag, "--heartbeat-ms"))
-            number = &ivl_ms, max = 3600 * 1000;
-        else if (!strcmp(flag, "--liveness"))
-            number = &liveness, max = 1000;
-        else
-            number = &max_tasks, max = INT_MAX;
-        if (number) {
-            *number = s_number(value, max);
-            if (*number < 0)
-                return s_fail("%s needs a whole number from 1 to %ld, got '%s'", flag, max,
-                              value);
-        }
+            return s_usage_error("%s needs a value", flag);
+        int status = s_value(options, flag, argv[++i]);
+        if (status != S_RUN)
+            return status;
     }
-    if (!*broker)
-        return s_fail("%s", "--broker needs an endpoint");
-    if (!broker_key != !key)
-        return s_fail("%s", "CURVE needs both --broker-key (the broker's public key file) and "
-                            "--key (this worker's secret key file)");
-    static s_curve_t curve;
-    if (broker_key) {
+    if (!options->broker_key != !options->key)
+        return s_usage_error("CURVE needs both --broker-key (the broker's public key file) and "
+                             "--key (this worker's secret key file)");
+    return S_RUN;
+}
+
+//  The CURVE keys and the task libraries, before any thread starts.
+static int s_load(const s_options_t *options, s_curve_t *curve)
+{
+    if (options->broker_key) {
         if (!zmq_has("curve"))
             return s_fail("%s", "this libzmq was built without CURVE support");
-        if (cf_keys_read_public(broker_key, curve.server) != CF_OK
-            || cf_keys_read_pair(key, &curve.pair) != CF_OK) {
+        //  A secret key file open to group or others is refused here, with
+        //  the chmod that fixes it in the message (cf_keys).
+        if (cf_keys_read_public(options->broker_key, curve->server) != CF_OK
+            || cf_keys_read_pair(options->key, &curve->pair) != CF_OK) {
             int status = s_fail("%s", cf_last_error());
-            cf_keys_wipe(&curve.pair);
+            cf_keys_wipe(&curve->pair);
             return status;
         }
-        curve.on = true;
+        curve->on = true;
     }
-    cf_log_set_handler(cf_log_to_stderr, NULL, verbose ? CF_LOG_DEBUG : CF_LOG_INFO);
-
-    for (int i = 0; i < nlibraries; i++) {
-        if (cf_registry_load(libraries[i]) != CF_OK)
+    for (int i = 0; i < options->nlibraries; i++) {
+        if (cf_registry_load(options->libraries[i]) != CF_OK)
             return s_fail("%s", cf_last_error());
     }
     //  cf.chunk is always there; anything more is a task.
     if (cf_registry_count() <= 1)
         return s_fail("%s", "no tasks to run: give --tasks PATH (a library of CF_TASK "
                             "functions)");
+    return S_RUN;
+}
+
+//  --procs: the supervisor of worker processes.
+static int s_start_procs(const s_options_t *options, s_curve_t *curve, cf_procs_t **pool)
+{
+    char why[512];
+    if (curve->on && s_preflight(curve, options->broker, why, sizeof why) < 0)
+        return s_fail("%s", why);
+    *pool = cf_procs_new(&(cf_procs_config_t){
+        .count = options->procs,
+        .threads = 1,
+        .endpoint = options->broker,
+        .max_tasks_per_worker = options->max_tasks,
+        .heartbeat_ivl_ms = options->ivl_ms,
+        .heartbeat_liveness = options->liveness,
+        //  Exits are logged by cf_procs; a remote broker notices a dead
+        //  worker by its silence.
+        .exit_on_broker_loss = false,
+        .socket_setup = curve->on ? s_socket_setup : NULL,
+        .socket_setup_arg = curve,
+    });
+    if (!*pool)
+        return s_fail("%s", cf_last_error());
+    printf("ready procs=%d\n", options->procs);
+    return S_RUN;
+}
+
+//  Threads: the worker actor in this process. Its socket reports its
+//  handshakes to a PAIR of ours in the same context, connected before the
+//  worker binds the monitor so no event is lost.
+static int s_start_threads(const s_options_t *options, s_curve_t *curve, void **ctx,
+                           void **monitor, cf_worker_t **worker)
+{
+    static const char monitor_endpoint[] = "inproc://cf-worker-handshakes";
+    int threads = options->threads;
     if (threads == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         threads = cores > 0 ? (int)cores : 1;
     }
+    *ctx = zmq_ctx_new();
+    *monitor = *ctx ? zmq_socket(*ctx, ZMQ_PAIR) : NULL;
+    if (!*monitor || zmq_connect(*monitor, monitor_endpoint) != 0)
+        return s_fail("cannot watch the handshakes: %s", zmq_strerror(errno));
+    curve->monitor = monitor_endpoint;
+    *worker = cf_worker_new(&(cf_worker_config_t){
+        .endpoint = options->broker,
+        .threads = threads,
+        .heartbeat_ivl_ms = options->ivl_ms,
+        .heartbeat_liveness = options->liveness,
+        .max_tasks = options->max_tasks,
+        .exit_on_broker_loss = false,
+        .zmq_context = *ctx,
+        .socket_setup = s_socket_setup,
+        .socket_setup_arg = curve,
+    });
+    if (!*worker)
+        return s_fail("%s", cf_last_error());
+    printf("ready worker=%s threads=%d\n", cf_worker_identity(*worker), threads);
+    return S_RUN;
+}
 
+//  Until a signal, --max-tasks, or the broker refusing our key: the exit
+//  status.
+static int s_watch(const s_options_t *options, const sigset_t *stop, s_curve_t *curve,
+                   void *monitor, cf_worker_t *worker, cf_procs_t *pool)
+{
+    struct timespec tick = {.tv_sec = 0, .tv_nsec = S_TICK_MS * 1000000L};
+    int drops = 0;
+    char why[512];
+    while (true) {
+        int sig = sigtimedwait(stop, NULL, &tick);
+        if (sig == SIGINT || sig == SIGTERM) {
+            cf_log_info("worker", "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            return 0;
+        }
+        bool ended = worker && cf_worker_wait(worker, 0) == CF_OK;
+        if ((ended && cf_worker_ended(worker) == CF_EAUTH) || (pool && cf_procs_refused(pool)))
+            return s_fail("the broker at %s refused this worker's key (revoked, or not a "
+                          "worker key)", options->broker);
+        if (ended)
+            return 0;               //  --max-tasks reached
+        if (monitor && s_handshakes(monitor, curve, options->broker, &drops, why, sizeof why) < 0)
+            return s_fail("%s", why);
+    }
+}
+
+static int s_run(const s_options_t *options)
+{
+    static s_curve_t curve;         //  children of --procs use the copy they inherit
+    int status = s_load(options, &curve);
+    if (status != S_RUN)
+        return status;
+    cf_log_set_handler(cf_log_to_stderr, NULL, options->verbose ? CF_LOG_DEBUG : CF_LOG_INFO);
     //  Signals are taken by this thread only: blocked before any thread
     //  starts, so every thread inherits the mask.
     sigset_t stop;
     sigemptyset(&stop);
     sigaddset(&stop, SIGINT);
     sigaddset(&stop, SIGTERM);
-    if (sigprocmask(SIG_BLOCK, &stop, NULL) != 0)
+    if (sigprocmask(SIG_BLOCK, &stop, NULL) != 0) {
+        cf_keys_wipe(&curve.pair);
         return s_fail("cannot block signals: %s", strerror(errno));
-
+    }
     cf_worker_t *worker = NULL;
     cf_procs_t *pool = NULL;
     void *ctx = NULL, *monitor = NULL;
-    int status = 0, drops = 0;
-    char why[512];
-    if (procs > 0) {
-        if (curve.on && s_preflight(&curve, broker, why, sizeof why) < 0) {
-            cf_keys_wipe(&curve.pair);
-            return s_fail("%s", why);
-        }
-        pool = cf_procs_new(&(cf_procs_config_t){
-            .count = procs,
-            .threads = 1,
-            .endpoint = broker,
-            .max_tasks_per_worker = max_tasks,
-            .heartbeat_ivl_ms = ivl_ms,
-            .heartbeat_liveness = liveness,
-            //  Exits are logged by cf_procs; a remote broker notices a
-            //  dead worker by its silence.
-            .exit_on_broker_loss = false,
-            .socket_setup = curve.on ? s_socket_setup : NULL,
-            .socket_setup_arg = &curve,
-        });
-        if (!pool) {
-            cf_keys_wipe(&curve.pair);
-            return s_fail("%s", cf_last_error());
-        }
-        printf("ready procs=%d\n", procs);
-    }
-    else {
-        //  The worker's socket reports its handshakes to a PAIR of ours in
-        //  the same context, connected before the worker binds the monitor
-        //  so no event is lost.
-        static const char monitor_endpoint[] = "inproc://cf-worker-handshakes";
-        ctx = zmq_ctx_new();
-        monitor = ctx ? zmq_socket(ctx, ZMQ_PAIR) : NULL;
-        if (!monitor || zmq_connect(monitor, monitor_endpoint) != 0) {
-            cf_keys_wipe(&curve.pair);
-            return s_fail("cannot watch the handshakes: %s", zmq_strerror(errno));
-        }
-        curve.monitor = monitor_endpoint;
-        worker = cf_worker_new(&(cf_worker_config_t){
-            .endpoint = broker,
-            .threads = threads,
-            .heartbeat_ivl_ms = ivl_ms,
-            .heartbeat_liveness = liveness,
-            .max_tasks = max_tasks,
-            .exit_on_broker_loss = false,
-            .zmq_context = ctx,
-            .socket_setup = s_socket_setup,
-            .socket_setup_arg = &curve,
-        });
-        cf_keys_wipe(&curve.pair);      //  applied to the socket: no longer needed
-        if (!worker)
-            return s_fail("%s", cf_last_error());
-        printf("ready worker=%s threads=%d\n", cf_worker_identity(worker), threads);
-    }
-    fflush(stdout);
-
-    struct timespec tick = {.tv_sec = 0, .tv_nsec = S_TICK_MS * 1000000L};
-    while (true) {
-        int sig = sigtimedwait(&stop, NULL, &tick);
-        if (sig == SIGINT || sig == SIGTERM) {
-            cf_log_info("worker", "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
-            break;
-        }
-        bool ended = worker && cf_worker_wait(worker, 0) == CF_OK;
-        if ((ended && cf_worker_ended(worker) == CF_EAUTH) || (pool && cf_procs_refused(pool))) {
-            fprintf(stderr, "cf-worker: the broker at %s refused this worker's key (revoked, "
-                    "or not a worker key)\n", broker);
-            status = 1;
-            break;
-        }
-        if (ended)
-            break;                  //  --max-tasks reached
-        if (monitor && s_handshakes(monitor, &curve, broker, &drops, why, sizeof why) < 0) {
-            fprintf(stderr, "cf-worker: %s\n", why);
-            status = 1;
-            break;
-        }
+    if (options->procs > 0)
+        status = s_start_procs(options, &curve, &pool);
+    else
+        status = s_start_threads(options, &curve, &ctx, &monitor, &worker);
+    //  Applied to the socket(s) or inherited by the children: not needed.
+    cf_keys_wipe(&curve.pair);
+    if (status == S_RUN) {
+        fflush(stdout);
+        status = s_watch(options, &stop, &curve, monitor, worker, pool);
     }
     cf_worker_destroy(&worker);
     cf_procs_destroy(&pool, S_PROCS_GRACE_MS);
@@ -402,6 +504,12 @@ int main(int argc, char **argv)
     }
     if (ctx)
         zmq_ctx_term(ctx);
-    cf_keys_wipe(&curve.pair);
     return status;
+}
+
+int main(int argc, char **argv)
+{
+    s_options_t options;
+    int status = s_parse(argc, argv, &options);
+    return status == S_RUN ? s_run(&options) : status;
 }
