@@ -38,6 +38,8 @@
 #include <string.h>
 #include <time.h>
 
+#define S_LOG "broker"
+
 #define S_DEFAULT_CLIENTS "tcp://127.0.0.1:5555"
 #define S_DEFAULT_WORKERS "tcp://127.0.0.1:5556"
 //  Exit statuses (the man page lists them).
@@ -335,10 +337,10 @@ static void s_log_stats(cf_broker_t *broker, int64_t started_ms)
 {
     cf_broker_stats_t s;
     if (cf_broker_stats(broker, &s) != CF_OK) {
-        cf_log_error("broker", "stats unavailable: %s", cf_last_error());
+        cf_log_error(S_LOG, "stats unavailable: %s", cf_last_error());
         return;
     }
-    cf_log_info("broker", "stats uptime_s=%lld clients=%llu workers=%llu queued=%llu "
+    cf_log_info(S_LOG, "stats uptime_s=%lld clients=%llu workers=%llu queued=%llu "
                 "running=%llu submitted=%llu completed=%llu failed=%llu cancelled=%llu "
                 "retried=%llu lost_workers=%llu busy=%llu malformed=%llu dropped=%llu "
                 "ignored=%llu timed_out=%llu deferred=%llu refused=%llu",
@@ -379,20 +381,20 @@ static int s_serve(cf_broker_t *broker, cf_auth_t *auth, const sigset_t *signals
         if (sig < 0 && errno == EINTR)
             continue;
         if (sig < 0) {
-            cf_log_error("broker", "waiting for signals failed: %s", strerror(errno));
+            cf_log_error(S_LOG, "waiting for signals failed: %s", strerror(errno));
             return S_EXIT_FAILURE;
         }
         if (sig == SIGINT || sig == SIGTERM) {
-            cf_log_info("broker", "stopping (%s)", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            cf_log_info(S_LOG, "stopping (%s)", sig == SIGINT ? "SIGINT" : "SIGTERM");
             return 0;
         }
         if (sig == SIGUSR1)
             s_log_stats(broker, started_ms);
         else if (!auth)
-            cf_log_info("broker", "SIGHUP: no allow-lists to reload (CURVE is off)");
+            cf_log_info(S_LOG, "SIGHUP: no allow-lists to reload (CURVE is off)");
         //  cf_auth logs a successful reload with the new list sizes.
         else if (cf_auth_reload(auth) != CF_OK)
-            cf_log_error("broker", "SIGHUP: allow-lists not reloaded, the old ones stay: %s",
+            cf_log_error(S_LOG, "SIGHUP: allow-lists not reloaded, the old ones stay: %s",
                          cf_last_error());
     }
 }
@@ -436,7 +438,7 @@ static int s_run(s_options_t *options)
                                 cf_broker_worker_endpoint(broker)};
     for (int i = 0; i < 2 && !auth; i++)
         if (s_exposed(endpoints[i]))
-            cf_log_warn("broker", "%s endpoint %s is not loopback and traffic is not encrypted "
+            cf_log_warn(S_LOG, "%s endpoint %s is not loopback and traffic is not encrypted "
                         "(see --curve-secret)", i == 0 ? "clients" : "workers", endpoints[i]);
     printf("ready clients=%s workers=%s\n", endpoints[0], endpoints[1]);
     fflush(stdout);

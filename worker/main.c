@@ -41,15 +41,14 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#define S_LOG "worker"
+
 #define S_DEFAULT_BROKER "tcp://127.0.0.1:5556"
 #define S_MAX_LIBRARIES 64
 //  How long worker processes get to finish their task after SIGTERM.
 #define S_PROCS_GRACE_MS 30000
 //  How often the main thread looks at its worker while waiting for signals.
 #define S_TICK_MS 200
-//  CURVE handshakes dropped without a word in a row before the broker key
-//  counts as wrong (one may be a broker going away; docs/security.md).
-#define S_HANDSHAKE_DROPS_MAX 3
 //  How long --procs waits for its check handshake (a broker not up yet is
 //  no error).
 #define S_PREFLIGHT_MS 3000
@@ -97,8 +96,7 @@ static cf_err_t s_socket_setup(void *socket, void *arg)
 
 //  Reads the handshake events pending on monitor: 1 a handshake succeeded,
 //  -1 the broker refused us (why says so), 0 nothing decisive yet.
-static int s_handshakes(void *monitor, const s_curve_t *curve, const char *broker, int *drops,
-                        char *why, size_t size)
+static int s_handshakes(void *monitor, cf_keys_judge_t *judge, char *why, size_t size)
 {
     int verdict = 0;
     for (;;) {
@@ -106,32 +104,29 @@ static int s_handshakes(void *monitor, const s_curve_t *curve, const char *broke
         cf_err_t rc = cf_keys_monitor_read(monitor, &value);
         if (rc == CF_ETIMEDOUT)
             return verdict;
-        char fp[CF_KEY_FP_SIZE] = "";
-        if (curve->on)
-            cf_keys_fingerprint(curve->pair.public_z85, fp);
-        if (rc == CF_OK) {
-            *drops = 0;
+        int said = cf_keys_judge(judge, rc, value, why, size);
+        if (said < 0)
+            return -1;
+        if (said > 0)
             verdict = 1;
-        }
-        else if (rc == CF_EAUTH) {
-            snprintf(why, size, "the broker at %s refused this worker's key %s (not on its "
-                     "worker list)", broker, curve->on ? fp : "(none)");
-            return -1;
-        }
-        else if (rc == CF_EPROTO && value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
-            snprintf(why, size, curve->on ? "the broker at %s does not use CURVE (drop "
-                                            "--broker-key and --key, or fix the broker)"
-                                          : "the broker at %s requires CURVE: give --broker-key "
-                                            "and --key", broker);
-            return -1;
-        }
-        else if (curve->on && (rc == CF_ESYS || rc == CF_EPROTO)
-                 && ++*drops >= S_HANDSHAKE_DROPS_MAX) {
-            snprintf(why, size, "the broker at %s dropped %d CURVE handshakes in a row: wrong "
-                     "--broker-key, or the broker cannot authenticate workers", broker, *drops);
-            return -1;
-        }
     }
+}
+
+//  What the handshakes of this worker's key are judged as; fp holds the
+//  key's fingerprint as long as the judge is used.
+static cf_keys_judge_t s_judge(const s_curve_t *curve, const char *broker,
+                               char fp[CF_KEY_FP_SIZE])
+{
+    fp[0] = '\0';
+    if (curve->on)
+        cf_keys_fingerprint(curve->pair.public_z85, fp);
+    return (cf_keys_judge_t){
+        .curve = curve->on,
+        .who = "worker",
+        .endpoint = broker,
+        .key_fp = fp,
+        .key_options = "--broker-key and --key",
+    };
 }
 
 //  --procs: one handshake from here, before any worker process starts, so
@@ -141,7 +136,9 @@ static int s_preflight(const s_curve_t *curve, const char *broker, char *why, si
     void *ctx = zmq_ctx_new();
     void *sock = ctx ? zmq_socket(ctx, ZMQ_DEALER) : NULL;
     void *monitor = NULL;
-    int verdict = 0, drops = 0, linger = 0;
+    int verdict = 0, linger = 0;
+    char fp[CF_KEY_FP_SIZE];
+    cf_keys_judge_t judge = s_judge(curve, broker, fp);
     if (!sock) {
         snprintf(why, size, "cannot create a socket: %s", zmq_strerror(errno));
         verdict = -1;
@@ -163,7 +160,7 @@ static int s_preflight(const s_curve_t *curve, const char *broker, char *why, si
     for (int waited = 0; verdict == 0 && waited < S_PREFLIGHT_MS; waited += 50) {
         zmq_pollitem_t item = {monitor, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, 50) > 0)
-            verdict = s_handshakes(monitor, curve, broker, &drops, why, size);
+            verdict = s_handshakes(monitor, &judge, why, size);
     }
 done:
     cf_keys_monitor_close(sock, &monitor);
@@ -446,12 +443,13 @@ static int s_watch(const s_options_t *options, const sigset_t *stop, s_curve_t *
                    void *monitor, cf_worker_t *worker, cf_procs_t *pool)
 {
     struct timespec tick = {.tv_sec = 0, .tv_nsec = S_TICK_MS * 1000000L};
-    int drops = 0;
+    char fp[CF_KEY_FP_SIZE];
+    cf_keys_judge_t judge = s_judge(curve, options->broker, fp);
     char why[512];
     while (true) {
         int sig = sigtimedwait(stop, NULL, &tick);
         if (sig == SIGINT || sig == SIGTERM) {
-            cf_log_info("worker", "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            cf_log_info(S_LOG, "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
             return 0;
         }
         bool ended = worker && cf_worker_wait(worker, 0) == CF_OK;
@@ -460,7 +458,7 @@ static int s_watch(const s_options_t *options, const sigset_t *stop, s_curve_t *
                           "worker key)", options->broker);
         if (ended)
             return 0;               //  --max-tasks reached
-        if (monitor && s_handshakes(monitor, curve, options->broker, &drops, why, sizeof why) < 0)
+        if (monitor && s_handshakes(monitor, &judge, why, sizeof why) < 0)
             return s_fail("%s", why);
     }
 }
