@@ -410,6 +410,9 @@ void cf_executor_destroy(cf_executor_t **ex);
 
 //  Progress of everything submitted to the executor. The hook runs on the
 //  thread that completes each future, after its callbacks; keep it short.
+//  cf_executor_on_progress replaces the hook (NULL: none) and returns once
+//  no call of the old one is running, so its arg may be freed then (from
+//  inside the hook itself it waits for the other calls only).
 typedef struct {
     uint64_t submitted;
     uint64_t done;          //  finished in any way, including failed and cancelled
@@ -447,9 +450,9 @@ cf_progress_bar_t *cf_progress_bar_new(FILE *out, const char *label, uint64_t to
 //  Sets the count done (it never goes back) and redraws when due.
 void cf_progress_bar_update(cf_progress_bar_t *bar, uint64_t done);
 //  A cf_progress_fn: cf_executor_on_progress(ex, cf_progress_bar_on_progress,
-//  bar) drives the bar with the executor's done count. Keep the bar alive
-//  until the executor is destroyed: a completion may still be calling the
-//  hook while another hook is being set.
+//  bar) drives the bar with the executor's done count. Unset the hook
+//  (cf_executor_on_progress(ex, NULL, NULL)) or destroy the executor before
+//  destroying the bar.
 void cf_progress_bar_on_progress(const cf_progress_t *progress, void *bar);
 //  Draws the final state, ends the line, frees the bar. Safe with NULL and
 //  twice.

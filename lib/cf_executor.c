@@ -62,7 +62,9 @@ struct cf_executor {
     atomic_int refs;                //  destroy's, plus one per unresolved future
     pthread_mutex_t shutdown_lock;  //  serialises shutdown calls
     bool waited;                    //  a shutdown with wait completed
-    pthread_mutex_t progress_lock;  //  guards progress_fn/arg
+    pthread_mutex_t progress_lock;  //  guards progress_fn/arg and progress_calls
+    pthread_cond_t progress_idle;   //  progress_calls reached 0
+    int progress_calls;             //  hook calls running now
     atomic_bool has_progress_fn;    //  lets the hot path skip the lock
     cf_progress_fn *progress_fn;
     void *progress_arg;
@@ -125,6 +127,7 @@ static void s_unref(cf_executor_t *ex)
     if (atomic_fetch_sub_explicit(&ex->refs, 1, memory_order_acq_rel) != 1)
         return;
     pthread_mutex_destroy(&ex->shutdown_lock);
+    pthread_cond_destroy(&ex->progress_idle);
     pthread_mutex_destroy(&ex->progress_lock);
     pthread_cond_destroy(&ex->cancel_cond);
     pthread_mutex_destroy(&ex->cancel_lock);
@@ -215,6 +218,7 @@ cf_executor_t *cf_executor_new(cf_kind_t kind, const cf_options_t *opts)
     pthread_mutex_init(&ex->progress_lock, NULL);
     pthread_mutex_init(&ex->cancel_lock, NULL);
     pthread_cond_init(&ex->cancel_cond, NULL);
+    pthread_cond_init(&ex->progress_idle, NULL);
     ex->kind = kind;
     ex->max_workers = max_workers;
     ex->retries = opts->retries == 0 ? CF_DEFAULT_RETRIES : opts->retries < 0 ? -1
@@ -347,12 +351,21 @@ cf_progress_t cf_executor_progress(cf_executor_t *ex)
     return s_snapshot(ex);
 }
 
+//  The hook this thread is running, if any: replacing the hook from inside
+//  it must not wait for itself.
+static _Thread_local cf_executor_t *s_in_hook = NULL;
+
 void cf_executor_on_progress(cf_executor_t *ex, cf_progress_fn *fn, void *arg)
 {
     pthread_mutex_lock(&ex->progress_lock);
     ex->progress_fn = fn;
     ex->progress_arg = arg;
     atomic_store(&ex->has_progress_fn, fn != NULL);
+    //  Once this returns the old hook is never called again, so its
+    //  argument (a progress bar, say) may be freed at once.
+    int own = s_in_hook == ex ? 1 : 0;
+    while (ex->progress_calls > own)
+        pthread_cond_wait(&ex->progress_idle, &ex->progress_lock);
     pthread_mutex_unlock(&ex->progress_lock);
 }
 
@@ -370,10 +383,19 @@ static void s_on_complete(void *arg, cf_future_t *f, cf_future_state_t state)
         pthread_mutex_lock(&ex->progress_lock);
         cf_progress_fn *fn = ex->progress_fn;
         void *fn_arg = ex->progress_arg;
+        if (fn)
+            ex->progress_calls++;
         pthread_mutex_unlock(&ex->progress_lock);
         if (fn) {
             cf_progress_t p = s_snapshot(ex);
+            cf_executor_t *outer = s_in_hook;
+            s_in_hook = ex;
             fn(&p, fn_arg);
+            s_in_hook = outer;
+            pthread_mutex_lock(&ex->progress_lock);
+            if (--ex->progress_calls == 0)
+                pthread_cond_broadcast(&ex->progress_idle);
+            pthread_mutex_unlock(&ex->progress_lock);
         }
     }
     s_unref(ex);

@@ -17,6 +17,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdatomic.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -454,6 +455,50 @@ static void test_progress_counts_every_outcome(void **state)
     cf_executor_destroy(&ex);
 }
 
+//  A slow hook whose arg dies as soon as the hook is replaced: it records
+//  any call that starts after that.
+typedef struct {
+    atomic_bool retired;        //  cf_executor_on_progress(ex, NULL) returned
+    atomic_int calls;
+    atomic_int late_calls;      //  calls that began or ended after retirement
+} s_slow_hook_t;
+
+static void s_slow_progress(const cf_progress_t *p, void *arg)
+{
+    s_slow_hook_t *hook = arg;
+    (void)p;
+    if (atomic_load(&hook->retired))
+        atomic_fetch_add(&hook->late_calls, 1);
+    atomic_fetch_add(&hook->calls, 1);
+    usleep(200);
+    if (atomic_load(&hook->retired))
+        atomic_fetch_add(&hook->late_calls, 1);
+}
+
+static void test_a_replaced_progress_hook_is_never_called_again(void **state)
+{
+    (void)state;
+    cf_executor_t *ex = s_threads(4);
+    s_slow_hook_t hook = {0};
+    cf_executor_on_progress(ex, s_slow_progress, &hook);
+    enum { N = 2000 };
+    cf_future_t **fs = calloc(N, sizeof *fs);
+    assert_non_null(fs);
+    for (int i = 0; i < N; i++)
+        assert_non_null(fs[i] = cf_submit(ex, "noop", ""));
+    //  Retire the hook while completions are calling it.
+    while (atomic_load(&hook.calls) < 10)
+        sched_yield();
+    cf_executor_on_progress(ex, NULL, NULL);
+    atomic_store(&hook.retired, true);
+    assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
+    assert_int_equal(atomic_load(&hook.late_calls), 0);
+    assert_true(atomic_load(&hook.calls) < N);
+    cf_unitkit_release_all(fs, N);
+    free(fs);
+    cf_executor_destroy(&ex);
+}
+
 static void test_destroy_waits_for_queued_work_and_futures_outlive_it(void **state)
 {
     (void)state;
@@ -529,6 +574,7 @@ int main(void)
         cmocka_unit_test(test_executor_timeout_is_the_task_default),
         cmocka_unit_test(test_retry_on_error_retries_a_raising_task),
         cmocka_unit_test(test_progress_counts_every_outcome),
+        cmocka_unit_test(test_a_replaced_progress_hook_is_never_called_again),
         cmocka_unit_test(test_destroy_waits_for_queued_work_and_futures_outlive_it),
         cmocka_unit_test(test_shutdown_waiting_from_its_own_thread_is_refused),
         cmocka_unit_test(test_many_tasks_all_resolve),
