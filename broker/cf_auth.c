@@ -878,9 +878,11 @@ cf_err_t cf_auth_stats(cf_auth_t *auth, cf_auth_stats_t *stats)
 
 cf_role_t cf_auth_role_of(zmq_msg_t *frame)
 {
-    if (!frame)
-        return CF_ROLE_NONE;
-    const char *user_id = zmq_msg_gets(frame, "User-Id");
+    return frame ? cf_auth_role_of_user(zmq_msg_gets(frame, "User-Id")) : CF_ROLE_NONE;
+}
+
+cf_role_t cf_auth_role_of_user(const char *user_id)
+{
     if (!user_id)
         return CF_ROLE_NONE;
     if (strncmp(user_id, "client:", 7) == 0)

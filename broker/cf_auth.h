@@ -11,7 +11,7 @@
 //  CF_AUTH_DOMAIN_CLIENTS), logged with the fingerprint: the first 8 Z85
 //  characters.
 //  libzmq attaches the User-Id to every frame from that connection, so the
-//  broker reads the sender's role per message with cf_auth_role_of and drops
+//  broker reads the sender's role per message (cf_auth_role_of_user) and drops
 //  a client message on the worker socket and the reverse.
 //
 //  cf_auth_apply_server makes a socket a CURVE server that fails closed:
@@ -128,6 +128,10 @@ uint64_t cf_auth_generation(cf_auth_t *auth);
 //  in libzmq 4.3 and always reads CF_ROLE_NONE. Thread-safe (reads the
 //  frame only).
 cf_role_t cf_auth_role_of(zmq_msg_t *frame);
+//  The role a User-Id names ("client:<fp>" is CF_ROLE_CLIENT); CF_ROLE_NONE
+//  for NULL or any other text. For a decoded message:
+//  cf_auth_role_of_user(cf_proto_msg_user_id(msg)).
+cf_role_t cf_auth_role_of_user(const char *user_id);
 
 //  "client", "worker" or "none".
 const char *cf_auth_role_name(cf_role_t role);

@@ -531,6 +531,10 @@ static void test_plaintext_messages_have_no_role(void **state)
     assert_int_equal(cf_auth_role_of(&frame), CF_ROLE_NONE);
     zmq_msg_close(&frame);
     assert_int_equal(cf_auth_role_of(NULL), CF_ROLE_NONE);
+    assert_int_equal(cf_auth_role_of_user(NULL), CF_ROLE_NONE);
+    assert_int_equal(cf_auth_role_of_user("client:abcdefgh"), CF_ROLE_CLIENT);
+    assert_int_equal(cf_auth_role_of_user("worker:abcdefgh"), CF_ROLE_WORKER);
+    assert_int_equal(cf_auth_role_of_user("clients"), CF_ROLE_NONE);
     assert_string_equal(cf_auth_role_name(CF_ROLE_NONE), "none");
     assert_string_equal(cf_auth_role_name(CF_ROLE_CLIENT), "client");
     assert_string_equal(cf_auth_role_name(CF_ROLE_WORKER), "worker");

@@ -1578,8 +1578,8 @@ static bool s_role_allowed(s_self_t *self, void *sock, const void *id, size_t le
                            cf_proto_msg_t *msg, bool clients)
 {
     cf_role_t want = clients ? CF_ROLE_CLIENT : CF_ROLE_WORKER;
-    cf_role_t role = msg->has_body_ ? cf_auth_role_of(&msg->body_) : CF_ROLE_NONE;
-    const char *user = msg->has_body_ ? zmq_msg_gets(&msg->body_, "User-Id") : NULL;
+    const char *user = cf_proto_msg_user_id(msg);
+    cf_role_t role = cf_auth_role_of_user(user);
     if (role == want && (!self->auth || s_key_current(self, id, len, user, clients)))
         return true;
     self->stats.refused++;
