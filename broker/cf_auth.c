@@ -348,9 +348,9 @@ typedef struct {
     s_list_t *pending;
     cf_auth_stats_t stats;
     bool terminated;            //  $TERM received or the context ended
-    int64_t log_window_ms;      //  start of the current denial-log second
-    int log_lines;              //  denial lines logged in that second
-    uint64_t log_suppressed;    //  denials not logged since
+    //  Denials are logged at most CF_AUTH_LOG_PER_SEC a second: anyone who
+    //  knows the server key can cause one per handshake.
+    cf_log_limit_t denial_log;
 } s_actor_t;
 
 //  The User-Ids the lists allow ("client:<fp>"), sorted, for
@@ -374,25 +374,9 @@ struct cf_auth {
     int handshake_ivl_ms;
 };
 
-//  Denials are logged at most CF_AUTH_LOG_PER_SEC a second: anyone who
-//  knows the server key can cause one per handshake.
 static bool s_may_log_denial(s_actor_t *self)
 {
-    int64_t now = cf_clock_now_ms();
-    if (now - self->log_window_ms >= 1000) {
-        if (self->log_suppressed > 0)
-            cf_log_warn(S_COMPONENT, "%llu more denied handshakes were not logged",
-                        (unsigned long long)self->log_suppressed);
-        self->log_window_ms = now;
-        self->log_lines = 0;
-        self->log_suppressed = 0;
-    }
-    if (self->log_lines < CF_AUTH_LOG_PER_SEC) {
-        self->log_lines++;
-        return true;
-    }
-    self->log_suppressed++;
-    return false;
+    return cf_log_limit_allow(&self->denial_log, S_COMPONENT, "denied handshakes");
 }
 
 static bool s_frame_is(zmq_msg_t *frame, const char *text)
@@ -714,6 +698,7 @@ cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
         goto fail;
     }
     pthread_mutex_init(&self->actor->handoff, NULL);
+    self->actor->denial_log.per_sec = CF_AUTH_LOG_PER_SEC;
     self->actor->list = s_list_load(self->client_keys, self->worker_keys);
     if (!self->actor->list)
         goto fail;

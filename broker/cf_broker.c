@@ -26,10 +26,12 @@
 
 #include "cf_clock.h"
 #include "cf_error.h"
+#include "cf_hash.h"
 #include "cf_idmap.h"
 #include "cf_log.h"
 #include "cf_proto.h"
 #include "cf_queue.h"
+#include "cf_random.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -38,7 +40,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -181,8 +182,7 @@ typedef struct {
     size_t max_queued_per_client;
     bool require_roles;         //  CURVE: check each message's User-Id role
     cf_auth_t *auth;            //  CURVE: the allow-lists, for revoked keys; borrowed
-    int64_t refused_log_sec;    //  audit lines are rate limited per second
-    int refused_log_count;
+    cf_log_limit_t refused_log; //  audit lines of refused messages, per second
     uint64_t boot;              //  random, nonzero: tells peers this run from another
     uint64_t next_task_id;      //  starts at random: a restarted broker never
                                 //  matches a result meant for its predecessor
@@ -217,31 +217,6 @@ struct cf_broker {
 
 // ---------------------------------------------------------------------------
 //  Small helpers
-
-static uint64_t s_random64(void)
-{
-    uint64_t value = 0;
-    if (getrandom(&value, sizeof value, GRND_NONBLOCK) != (ssize_t)sizeof value) {
-        //  No entropy yet (early boot): time and pid still differ per run.
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        value = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 16);
-        value *= 0x9e3779b97f4a7c15ULL;
-    }
-    return value ? value : 1;
-}
-
-static uint64_t s_hash_identity(const void *id, size_t len)
-{
-    //  FNV-1a: identities are short and this only picks a table slot.
-    const uint8_t *p = id;
-    uint64_t hash = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < len; i++) {
-        hash ^= p[i];
-        hash *= 0x100000001b3ULL;
-    }
-    return hash;
-}
 
 //  A printable identity as is, else hex (ZeroMQ's generated ids are binary).
 static void s_make_label(const uint8_t *id, size_t len, char *label, size_t size)
@@ -355,7 +330,7 @@ static void s_heap_remove(s_self_t *self, s_task_t *task)
 
 static s_peer_t *s_peer_find(cf_idmap_t *table, const void *id, size_t len)
 {
-    uint64_t hash = s_hash_identity(id, len);
+    uint64_t hash = cf_hash_bytes(id, len);
     for (s_peer_t *peer = cf_idmap_get(table, hash); peer; peer = peer->hash_next)
         if (peer->id_len == len && memcmp(peer->id, id, len) == 0)
             return peer;
@@ -398,7 +373,7 @@ static void s_peer_init(s_peer_t *peer, const void *id, size_t len, int64_t now)
 {
     memcpy(peer->id, id, len);
     peer->id_len = len;
-    peer->hash = s_hash_identity(id, len);
+    peer->hash = cf_hash_bytes(id, len);
     peer->last_seen_ms = now;
     peer->hash_next = NULL;
     cf_queue_node_init(&peer->all_node);
@@ -1541,12 +1516,7 @@ static void s_on_worker_message(s_self_t *self, const void *id, size_t len, cf_p
 //  fingerprint only (the User-Id holds nothing more).
 static bool s_may_log_refusal(s_self_t *self)
 {
-    int64_t sec = cf_clock_now_ms() / 1000;
-    if (sec != self->refused_log_sec) {
-        self->refused_log_sec = sec;
-        self->refused_log_count = 0;
-    }
-    return self->refused_log_count++ < CF_AUTH_LOG_PER_SEC;
+    return cf_log_limit_allow(&self->refused_log, LOG, "refused messages");
 }
 
 //  Whether the sender's key is still on the allow-lists. Until a reload
@@ -1986,11 +1956,12 @@ cf_broker_t *cf_broker_new(const cf_broker_config_t *config)
     self->liveness = config->heartbeat_liveness ? config->heartbeat_liveness : CF_HEARTBEAT_LIVENESS;
     self->max_queued = config->max_queued ? config->max_queued : CF_BROKER_MAX_QUEUED;
     self->require_roles = config->require_roles;
+    self->refused_log.per_sec = CF_AUTH_LOG_PER_SEC;
     self->auth = config->require_roles ? config->auth : NULL;
     self->max_queued_per_client =
         config->max_queued_per_client ? config->max_queued_per_client : self->max_queued;
-    self->boot = s_random64();
-    self->next_task_id = s_random64();
+    self->boot = cf_random_u64();
+    self->next_task_id = cf_random_u64();
     cf_queue_init(&self->clients);
     cf_queue_init(&self->workers);
     cf_queue_rr_init(&self->rr);
