@@ -27,10 +27,12 @@
 //  line, never the key. cf_auth_reload reads both lists again and swaps them
 //  in only when both load.
 //
-//  Design note: the actor thread owns the ZAP socket and the lists; other
-//  threads reach it through cf_auth_* calls that talk over an inproc PAIR
-//  pipe, serialized by a mutex. Lists are parsed in the calling thread (so
-//  errors land in that thread's cf_last_error) and handed over whole.
+//  Design note: the actor (core/cf_actor) owns the ZAP socket and the
+//  lists; other threads reach it through cf_auth_* calls (cf_actor_call on
+//  its pipe). Lists are parsed in the calling thread (so errors land in that
+//  thread's cf_last_error) and handed over whole. The calls that wait for
+//  the actor (cf_auth_reload, cf_auth_stats) fail from an actor's own
+//  thread, which must not wait for another.
 
 #ifndef CF_AUTH_H
 #define CF_AUTH_H
