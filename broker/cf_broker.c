@@ -1,8 +1,8 @@
 //  The broker actor. See cf_broker.h for what peers can rely on.
 //
-//  Design note. One thread owns the two ROUTER sockets, the pipe end that
-//  other threads write to, and every table below; nothing is shared, so
-//  nothing is locked. Each turn of the loop reads what the sockets have (up
+//  Design note. One thread, a cf_actor, creates and owns the two ROUTER
+//  sockets and every table below; other threads reach it only through its
+//  pipe, so nothing is shared and nothing is locked. Each turn of the loop reads what the sockets have (up
 //  to a budget, so one flood cannot starve the other side), runs due timers,
 //  dispatches queued tasks to workers with credit, and flushes the clients'
 //  outboxes: many events between two polls become one TASK per worker and
@@ -20,10 +20,10 @@
 //  goes through, and a client that stays unreachable for the liveness period
 //  is lost like a silent one. Every such event is counted.
 
-#define _GNU_SOURCE         //  pthread_setname_np
 #include "cf_broker.h"
 #include "cf_auth.h"
 
+#include "cf_actor.h"
 #include "cf_clock.h"
 #include "cf_error.h"
 #include "cf_hash.h"
@@ -36,7 +36,6 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,7 +173,6 @@ struct s_worker {
 typedef struct {
     void *clients_sock;
     void *workers_sock;
-    void *pipe;
     cf_proto_enc_t *enc;
     int ivl_ms;
     int liveness;
@@ -201,17 +199,15 @@ typedef struct {
     int64_t next_heartbeat_ms;
     bool terminated;
     cf_broker_stats_t stats;
+    char client_endpoint[256];  //  bound, a "*" port resolved
+    char worker_endpoint[256];
 } s_self_t;
 
 struct cf_broker {
+    cf_actor_t *actor;          //  owns both sockets and every table
     void *ctx;
     bool own_ctx;
-    void *pipe;                 //  our end of the pipe to the actor
-    pthread_mutex_t pipe_lock;  //  one request and its reply at a time
-    pthread_t thread;
-    bool thread_started;
-    s_self_t *self;
-    char client_endpoint[256];
+    char client_endpoint[256];  //  written by the actor before it is ready
     char worker_endpoint[256];
 };
 
@@ -1706,65 +1702,45 @@ static int s_poll_timeout(s_self_t *self)
 // ---------------------------------------------------------------------------
 //  The pipe from cf_broker_* calls
 
-static void s_pipe_reply(s_self_t *self, const void *data, size_t len)
+static void s_handle_pipe(s_self_t *self, cf_actor_t *actor)
 {
-    if (zmq_send(self->pipe, data, len, 0) < 0)
-        cf_log_error(LOG, "pipe reply failed: %s", zmq_strerror(errno));
-}
-
-static void s_handle_pipe(s_self_t *self)
-{
-    zmq_msg_t frames[2];
-    size_t count = 0;
-    for (;;) {
-        zmq_msg_t part;
-        zmq_msg_init(&part);
-        if (zmq_msg_recv(&part, self->pipe, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&part);
-            break;
+    cf_actor_clear_wake(actor);
+    cf_actor_msg_t *msg;
+    while ((msg = cf_actor_recv(actor))) {
+        size_t len = 0;
+        const void *arg = cf_actor_msg_arg(msg, &len);
+        if (cf_actor_msg_is(msg, "$TERM"))
+            self->terminated = true;
+        else if (cf_actor_msg_is(msg, "STATS")) {
+            cf_broker_stats_t stats;
+            s_stats_snapshot(self, &stats);
+            cf_actor_reply(actor, &msg, &stats, sizeof stats);
         }
-        bool more = zmq_msg_more(&part);
-        if (count < 2) {
-            zmq_msg_init(&frames[count]);
-            zmq_msg_move(&frames[count++], &part);
+        else if (cf_actor_msg_is(msg, "LOST")) {
+            s_worker_t *worker = (s_worker_t *)s_peer_find(self->worker_table, arg, len);
+            int32_t rc = worker ? CF_OK : CF_ENOTFOUND;
+            if (worker)
+                s_worker_remove(self, worker, "reported gone", true);
+            cf_actor_reply(actor, &msg, &rc, sizeof rc);
         }
-        zmq_msg_close(&part);
-        if (!more)
-            break;
+        else {
+            //  Only our own code writes the pipe.
+            assert(!"unknown verb on the broker pipe");
+            cf_log_error(LOG, "unknown verb on the broker pipe");
+        }
+        cf_actor_reply(actor, &msg, NULL, 0);       //  NULL once answered
     }
-    if (count == 0)
-        return;
-    const char *verb = zmq_msg_data(&frames[0]);
-    size_t verb_len = zmq_msg_size(&frames[0]);
-    if (verb_len == 5 && memcmp(verb, "$TERM", 5) == 0)
-        self->terminated = true;
-    else if (verb_len == 5 && memcmp(verb, "STATS", 5) == 0) {
-        cf_broker_stats_t stats;
-        s_stats_snapshot(self, &stats);
-        s_pipe_reply(self, &stats, sizeof stats);
-    }
-    else if (verb_len == 4 && memcmp(verb, "LOST", 4) == 0 && count == 2) {
-        s_worker_t *worker = (s_worker_t *)s_peer_find(
-            self->worker_table, zmq_msg_data(&frames[1]), zmq_msg_size(&frames[1]));
-        int32_t rc = worker ? CF_OK : CF_ENOTFOUND;
-        if (worker)
-            s_worker_remove(self, worker, "reported gone", true);
-        s_pipe_reply(self, &rc, sizeof rc);
-    }
-    else {
-        //  Only our own code writes the pipe.
-        assert(!"unknown verb on the broker pipe");
-        cf_log_error(LOG, "unknown verb on the broker pipe");
-    }
-    for (size_t i = 0; i < count; i++)
-        zmq_msg_close(&frames[i]);
 }
 
 // ---------------------------------------------------------------------------
-//  The actor
+//  The state: built and freed by the actor, so its sockets never change
+//  thread.
 
+//  Frees the state, whole or half built. Peers are told goodbye first.
 static void s_self_destroy(s_self_t *self)
 {
+    if (!self)
+        return;
     //  Say goodbye so peers need not wait for heartbeats to notice.
     cf_queue_node_t *node;
     for (node = cf_queue_front(&self->workers); node; node = cf_queue_next(&self->workers, node)) {
@@ -1788,15 +1764,15 @@ static void s_self_destroy(s_self_t *self)
         s_worker_t *worker = cf_queue_entry(node, s_worker_t, peer.all_node);
         s_worker_remove(self, worker, "broker stopping", false);
     }
-    assert(cf_idmap_size(self->tasks) == 0);
+    assert(!self->tasks || cf_idmap_size(self->tasks) == 0);
     cf_idmap_destroy(&self->tasks);
     cf_idmap_destroy(&self->client_table);
     cf_idmap_destroy(&self->worker_table);
     free(self->heap);
     cf_proto_enc_destroy(&self->enc);
     int linger = CF_BROKER_LINGER_MS;
-    void *socks[] = { self->clients_sock, self->workers_sock, self->pipe };
-    for (size_t i = 0; i < 3; i++) {
+    void *socks[] = { self->clients_sock, self->workers_sock };
+    for (size_t i = 0; i < 2; i++) {
         if (socks[i]) {
             zmq_setsockopt(socks[i], ZMQ_LINGER, &linger, sizeof linger);
             zmq_close(socks[i]);
@@ -1804,42 +1780,6 @@ static void s_self_destroy(s_self_t *self)
     }
     free(self);
 }
-
-static void *s_actor(void *arg)
-{
-    s_self_t *self = arg;
-    zmq_pollitem_t items[] = {
-        { self->pipe, 0, ZMQ_POLLIN, 0 },
-        { self->clients_sock, 0, ZMQ_POLLIN, 0 },
-        { self->workers_sock, 0, ZMQ_POLLIN, 0 },
-    };
-    self->next_heartbeat_ms = cf_clock_now_ms() + self->ivl_ms;
-    while (!self->terminated) {
-        int rc = zmq_poll(items, 3, s_poll_timeout(self));
-        if (rc < 0 && errno == EINTR)
-            continue;           //  a signal; revents are stale
-        if (rc < 0) {
-            if (errno != ETERM)
-                cf_log_error(LOG, "poll failed: %s", zmq_strerror(errno));
-            break;              //  context terminated
-        }
-        if (items[0].revents & ZMQ_POLLIN)
-            s_handle_pipe(self);
-        if (self->terminated)
-            break;
-        if (items[1].revents & ZMQ_POLLIN)
-            s_read_socket(self, self->clients_sock);
-        if (items[2].revents & ZMQ_POLLIN)
-            s_read_socket(self, self->workers_sock);
-        s_run_timers(self);
-        s_dispatch(self);
-        s_flush_all(self);
-    }
-    return NULL;
-}
-
-// ---------------------------------------------------------------------------
-//  The handle
 
 static cf_err_t s_bind(void *sock, const char *endpoint, char *resolved, size_t size)
 {
@@ -1889,136 +1829,156 @@ static void *s_router_new(void *ctx, const cf_broker_config_t *config, bool is_c
     return sock;
 }
 
-//  Frees what cf_broker_new built when it fails before the thread starts.
-static void s_new_failed(cf_broker_t *broker, s_self_t *self)
+//  The state for config with both sockets bound, or NULL with
+//  cf_last_error().
+static s_self_t *s_self_new(void *ctx, const cf_broker_config_t *config)
 {
-    if (self) {
-        int linger = 0;
-        void *socks[] = { self->clients_sock, self->workers_sock, self->pipe };
-        for (size_t i = 0; i < 3; i++) {
-            if (socks[i]) {
-                zmq_setsockopt(socks[i], ZMQ_LINGER, &linger, sizeof linger);
-                zmq_close(socks[i]);
-            }
-        }
-        cf_proto_enc_destroy(&self->enc);
-        cf_idmap_destroy(&self->tasks);
-        cf_idmap_destroy(&self->client_table);
-        cf_idmap_destroy(&self->worker_table);
-        free(self);
-    }
-    if (broker->pipe) {
-        int linger = 0;
-        zmq_setsockopt(broker->pipe, ZMQ_LINGER, &linger, sizeof linger);
-        zmq_close(broker->pipe);
-    }
-    if (broker->own_ctx)
-        zmq_ctx_term(broker->ctx);
-    pthread_mutex_destroy(&broker->pipe_lock);
-    free(broker);
-}
-
-cf_broker_t *cf_broker_new(const cf_broker_config_t *config)
-{
-    if (!config || !config->client_endpoint || !config->worker_endpoint) {
-        cf_error_set(CF_EINVAL, "a broker needs a client and a worker endpoint");
-        return NULL;
-    }
-    if (config->heartbeat_ivl_ms < 0 || config->heartbeat_liveness < 0) {
-        cf_error_set(CF_EINVAL, "heartbeat interval and liveness must be >= 0, got %d and %d",
-                     config->heartbeat_ivl_ms, config->heartbeat_liveness);
-        return NULL;
-    }
-    cf_broker_t *broker = calloc(1, sizeof *broker);
-    if (!broker) {
-        cf_error_set(CF_ENOMEM, "out of memory");
-        return NULL;
-    }
-    pthread_mutex_init(&broker->pipe_lock, NULL);
-    broker->ctx = config->zmq_context;
-    if (!broker->ctx) {
-        broker->ctx = zmq_ctx_new();
-        broker->own_ctx = true;
-        if (!broker->ctx) {
-            cf_error_set(CF_ESYS, "cannot create a ZeroMQ context: %s", zmq_strerror(errno));
-            broker->own_ctx = false;
-            s_new_failed(broker, NULL);
-            return NULL;
-        }
-    }
     s_self_t *self = calloc(1, sizeof *self);
     if (!self) {
         cf_error_set(CF_ENOMEM, "out of memory");
-        s_new_failed(broker, NULL);
         return NULL;
     }
-    self->ivl_ms = config->heartbeat_ivl_ms ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
-    self->liveness = config->heartbeat_liveness ? config->heartbeat_liveness : CF_HEARTBEAT_LIVENESS;
-    self->max_queued = config->max_queued ? config->max_queued : CF_BROKER_MAX_QUEUED;
-    self->require_roles = config->require_roles;
-    self->refused_log.per_sec = CF_AUTH_LOG_PER_SEC;
-    self->auth = config->require_roles ? config->auth : NULL;
-    self->max_queued_per_client =
-        config->max_queued_per_client ? config->max_queued_per_client : self->max_queued;
-    self->boot = cf_random_u64();
-    self->next_task_id = cf_random_u64();
     cf_queue_init(&self->clients);
     cf_queue_init(&self->workers);
     cf_queue_rr_init(&self->rr);
     cf_queue_init(&self->available);
     cf_queue_init(&self->flush);
+    self->ivl_ms = config->heartbeat_ivl_ms ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
+    self->liveness = config->heartbeat_liveness ? config->heartbeat_liveness : CF_HEARTBEAT_LIVENESS;
+    self->max_queued = config->max_queued ? config->max_queued : CF_BROKER_MAX_QUEUED;
+    self->max_queued_per_client =
+        config->max_queued_per_client ? config->max_queued_per_client : self->max_queued;
+    self->require_roles = config->require_roles;
+    self->auth = config->require_roles ? config->auth : NULL;
+    self->refused_log.per_sec = CF_AUTH_LOG_PER_SEC;
+    self->boot = cf_random_u64();
+    self->next_task_id = cf_random_u64();
     self->enc = cf_proto_enc_new();
     self->tasks = cf_idmap_new(1024);
     self->client_table = cf_idmap_new(16);
     self->worker_table = cf_idmap_new(16);
     if (!self->enc || !self->tasks || !self->client_table || !self->worker_table) {
         cf_error_set(CF_ENOMEM, "out of memory");
-        s_new_failed(broker, self);
-        return NULL;
+        goto failed;
     }
-    self->clients_sock = s_router_new(broker->ctx, config, true);
-    if (!self->clients_sock) {
-        s_new_failed(broker, self);
-        return NULL;
+    self->clients_sock = s_router_new(ctx, config, true);
+    if (!self->clients_sock)
+        goto failed;
+    self->workers_sock = s_router_new(ctx, config, false);
+    if (!self->workers_sock)
+        goto failed;
+    if (s_bind(self->clients_sock, config->client_endpoint, self->client_endpoint,
+               sizeof self->client_endpoint) != CF_OK
+        || s_bind(self->workers_sock, config->worker_endpoint, self->worker_endpoint,
+                  sizeof self->worker_endpoint) != CF_OK)
+        goto failed;
+    return self;
+failed:
+    s_self_destroy(self);
+    return NULL;
+}
+
+// ---------------------------------------------------------------------------
+//  The actor
+
+//  What cf_broker_new hands the actor; valid until the actor is ready.
+typedef struct {
+    const cf_broker_config_t *config;
+    cf_broker_t *broker;
+} s_start_t;
+
+static void s_loop(s_self_t *self, cf_actor_t *actor)
+{
+    zmq_pollitem_t items[] = {
+        { NULL, cf_actor_fd(actor), ZMQ_POLLIN, 0 },
+        { self->clients_sock, 0, ZMQ_POLLIN, 0 },
+        { self->workers_sock, 0, ZMQ_POLLIN, 0 },
+    };
+    self->next_heartbeat_ms = cf_clock_now_ms() + self->ivl_ms;
+    while (!self->terminated) {
+        int rc = zmq_poll(items, 3, s_poll_timeout(self));
+        if (rc < 0 && errno == EINTR)
+            continue;           //  a signal; revents are stale
+        if (rc < 0) {
+            if (errno != ETERM)
+                cf_log_error(LOG, "poll failed: %s", zmq_strerror(errno));
+            break;              //  context terminated
+        }
+        if (items[0].revents & ZMQ_POLLIN)
+            s_handle_pipe(self, actor);
+        if (self->terminated)
+            break;
+        if (items[1].revents & ZMQ_POLLIN)
+            s_read_socket(self, self->clients_sock);
+        if (items[2].revents & ZMQ_POLLIN)
+            s_read_socket(self, self->workers_sock);
+        s_run_timers(self);
+        s_dispatch(self);
+        s_flush_all(self);
     }
-    self->workers_sock = s_router_new(broker->ctx, config, false);
-    if (!self->workers_sock) {
-        s_new_failed(broker, self);
-        return NULL;
+}
+
+static void s_actor(cf_actor_t *actor, void *args)
+{
+    s_start_t *start = args;
+    cf_broker_t *broker = start->broker;
+    s_self_t *self = s_self_new(broker->ctx, start->config);
+    if (!self) {
+        cf_actor_ready(actor, cf_last_err(), cf_last_error());
+        return;
     }
-    if (s_bind(self->clients_sock, config->client_endpoint, broker->client_endpoint,
-               sizeof broker->client_endpoint)
-            != CF_OK
-        || s_bind(self->workers_sock, config->worker_endpoint, broker->worker_endpoint,
-                  sizeof broker->worker_endpoint)
-               != CF_OK) {
-        s_new_failed(broker, self);
-        return NULL;
-    }
-    //  The pipe: the caller's end binds a name unique to this broker.
-    char pipe_endpoint[64];
-    snprintf(pipe_endpoint, sizeof pipe_endpoint, "inproc://cf-broker-pipe-%p", (void *)broker);
-    broker->pipe = zmq_socket(broker->ctx, ZMQ_PAIR);
-    self->pipe = zmq_socket(broker->ctx, ZMQ_PAIR);
-    if (!broker->pipe || !self->pipe || zmq_bind(broker->pipe, pipe_endpoint) != 0
-        || zmq_connect(self->pipe, pipe_endpoint) != 0) {
-        cf_error_set(CF_ESYS, "cannot create the broker pipe: %s", zmq_strerror(errno));
-        s_new_failed(broker, self);
-        return NULL;
-    }
-    //  The sockets move to the actor thread; pthread_create is the barrier.
-    int rc = pthread_create(&broker->thread, NULL, s_actor, self);
-    if (rc != 0) {
-        cf_error_set(CF_ESYS, "cannot start the broker thread: %s", strerror(rc));
-        s_new_failed(broker, self);
-        return NULL;
-    }
-    pthread_setname_np(broker->thread, "cf-broker");
-    broker->thread_started = true;
-    broker->self = self;
+    //  Written before ready: cf_broker_new's caller reads them after.
+    memcpy(broker->client_endpoint, self->client_endpoint, sizeof broker->client_endpoint);
+    memcpy(broker->worker_endpoint, self->worker_endpoint, sizeof broker->worker_endpoint);
     cf_log_info(LOG, "serving clients at %s, workers at %s (heartbeat %d ms x %d)",
-                broker->client_endpoint, broker->worker_endpoint, self->ivl_ms, self->liveness);
+                self->client_endpoint, self->worker_endpoint, self->ivl_ms, self->liveness);
+    cf_actor_ready(actor, CF_OK, NULL);
+    s_loop(self, actor);
+    s_self_destroy(self);
+}
+
+// ---------------------------------------------------------------------------
+//  The handle
+
+static bool s_config_valid(const cf_broker_config_t *config)
+{
+    if (!config || !config->client_endpoint || !config->worker_endpoint)
+        cf_error_set(CF_EINVAL, "a broker needs a client and a worker endpoint");
+    else if (config->heartbeat_ivl_ms < 0 || config->heartbeat_liveness < 0)
+        cf_error_set(CF_EINVAL, "heartbeat interval and liveness must be >= 0, got %d and %d",
+                     config->heartbeat_ivl_ms, config->heartbeat_liveness);
+    else
+        return true;
+    return false;
+}
+
+cf_broker_t *cf_broker_new(const cf_broker_config_t *config)
+{
+    if (!s_config_valid(config))
+        return NULL;
+    cf_broker_t *broker = calloc(1, sizeof *broker);
+    if (!broker) {
+        cf_error_set(CF_ENOMEM, "out of memory");
+        return NULL;
+    }
+    broker->ctx = config->zmq_context;
+    if (!broker->ctx) {
+        broker->ctx = zmq_ctx_new();
+        if (!broker->ctx) {
+            cf_error_set(CF_ESYS, "cannot create a ZeroMQ context: %s", zmq_strerror(errno));
+            goto failed;
+        }
+        broker->own_ctx = true;
+    }
+    //  Returns once the actor has bound both endpoints and serves, or with
+    //  the error that stopped it ("cannot bind tcp://...").
+    broker->actor = cf_actor_new("cf-broker", s_actor, &(s_start_t){ config, broker });
+    if (!broker->actor)
+        goto failed;
     return broker;
+failed:
+    cf_broker_destroy(&broker);
+    return NULL;
 }
 
 void cf_broker_destroy(cf_broker_t **broker_p)
@@ -2027,18 +1987,11 @@ void cf_broker_destroy(cf_broker_t **broker_p)
         return;
     cf_broker_t *broker = *broker_p;
     *broker_p = NULL;
-    pthread_mutex_lock(&broker->pipe_lock);
-    if (zmq_send(broker->pipe, "$TERM", 5, 0) < 0)
-        cf_log_debug(LOG, "cannot send $TERM: %s", zmq_strerror(errno));
-    pthread_mutex_unlock(&broker->pipe_lock);
-    pthread_join(broker->thread, NULL);
-    s_self_destroy(broker->self);
-    int linger = 0;
-    zmq_setsockopt(broker->pipe, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_close(broker->pipe);
+    //  $TERM: the actor says DISCONNECT to its peers, frees its state and
+    //  closes its sockets; then the join.
+    cf_actor_destroy(&broker->actor);
     if (broker->own_ctx)
         zmq_ctx_term(broker->ctx);
-    pthread_mutex_destroy(&broker->pipe_lock);
     free(broker);
 }
 
@@ -2054,35 +2007,15 @@ const char *cf_broker_worker_endpoint(cf_broker_t *broker)
     return broker->worker_endpoint;
 }
 
-//  One request on the pipe and its reply, under the lock.
-static cf_err_t s_request(cf_broker_t *broker, const char *verb, const void *arg, size_t arg_len,
-                          void *reply, size_t reply_len)
-{
-    cf_err_t result = CF_OK;
-    pthread_mutex_lock(&broker->pipe_lock);
-    int rc = zmq_send(broker->pipe, verb, strlen(verb), arg ? ZMQ_SNDMORE : 0);
-    if (rc >= 0 && arg)
-        rc = zmq_send(broker->pipe, arg, arg_len, 0);
-    if (rc < 0)
-        result = CF_ESYS;
-    else {
-        int got;
-        do
-            got = zmq_recv(broker->pipe, reply, reply_len, 0);
-        while (got < 0 && errno == EINTR);
-        if (got != (int)reply_len)
-            result = CF_ESYS;
-    }
-    pthread_mutex_unlock(&broker->pipe_lock);
-    return result;
-}
-
 cf_err_t cf_broker_worker_lost(cf_broker_t *broker, const void *identity, size_t len)
 {
     if (!broker || !identity || len == 0 || len > CF_BROKER_MAX_IDENTITY)
         return CF_EINVAL;
+    //  An actor must not wait for another: from one, the report goes one way.
+    if (cf_actor_current())
+        return cf_actor_send(broker->actor, "LOST", identity, len);
     int32_t reply = CF_ESYS;
-    cf_err_t rc = s_request(broker, "LOST", identity, len, &reply, sizeof reply);
+    cf_err_t rc = cf_actor_call(broker->actor, "LOST", identity, len, &reply, sizeof reply);
     return rc != CF_OK ? rc : (cf_err_t)reply;
 }
 
@@ -2090,5 +2023,5 @@ cf_err_t cf_broker_stats(cf_broker_t *broker, cf_broker_stats_t *stats)
 {
     if (!broker || !stats)
         return CF_EINVAL;
-    return s_request(broker, "STATS", NULL, 0, stats, sizeof *stats);
+    return cf_actor_call(broker->actor, "STATS", NULL, 0, stats, sizeof *stats);
 }
