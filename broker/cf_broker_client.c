@@ -230,13 +230,10 @@ static void s_client_reached(cf_broker_client_t *client)
     client->retry_at_ms = 0;
 }
 
-//  Sends what the client's outbox holds: STARTED first, then RESULTs, so a
-//  client never sees a task's result before its start. Returns true when
-//  everything went.
-static bool s_client_flush(cf_broker_state_t *self, cf_broker_client_t *client)
+//  Sends the outbox's STARTED ids in as few messages as the limits allow.
+//  False when a send was refused (what is left waits).
+static bool s_flush_started(cf_broker_state_t *self, cf_broker_client_t *client)
 {
-    if (client->started_count && !client->out_head && client->started_due_ms > cf_clock_now_ms())
-        return false;           //  not due: wait for a RESULT to go with
     while (client->started_count) {
         cf_proto_enc_begin(self->enc, CF_MSG_STARTED);
         size_t n = 0;
@@ -245,13 +242,10 @@ static bool s_client_flush(cf_broker_state_t *self, cf_broker_client_t *client)
                 break;
             n++;
         }
-        if (n == 0) {
-            //  Not even one id fits: only out of memory gets here. Retry later.
-            s_client_refused(self, client, CF_ENOMEM);
-            return false;
-        }
-        cf_err_t rc = cf_proto_enc_send(self->enc, self->clients_sock, client->peer.id,
-                                        client->peer.id_len);
+        //  Not even one id fits: only out of memory gets here. Retry later.
+        cf_err_t rc = n == 0 ? CF_ENOMEM
+                             : cf_proto_enc_send(self->enc, self->clients_sock, client->peer.id,
+                                                 client->peer.id_len);
         if (rc != CF_OK) {
             s_client_refused(self, client, rc);
             return false;
@@ -269,58 +263,104 @@ static bool s_client_flush(cf_broker_state_t *self, cf_broker_client_t *client)
         client->started = NULL;
         client->started_cap = 0;
     }
-    while (client->out_head) {
-        cf_proto_enc_begin(self->enc, CF_MSG_RESULT);
-        size_t n = 0, body = 0;
-        cf_broker_out_t *out = client->out_head;
-        //  After a refusal, one item probes whether it reads again.
-        size_t max_items = client->unreachable_since_ms ? 1 : CF_PROTO_MAX_BATCH;
-        while (out && n < max_items) {
-            size_t item = s_out_size(out) + CF_BROKER_ITEM_OVERHEAD;
-            if (n > 0 && body + item > CF_BROKER_MAX_BODY)
-                break;
-            //  A failed item leaves the body as it was (the codec rolls back).
-            cf_err_t rc = item > CF_BROKER_MAX_BODY ? CF_ETOOBIG : s_encode_out(self, out);
-            if (rc == CF_ETOOBIG && n > 0)
-                break;          //  send what fits; this one leads the next body
-            if (rc == CF_ETOOBIG || rc == CF_EINVAL) {
-                //  Items are checked when they enter the outbox, so this is
-                //  our mistake; still, the client gets an error in its place
-                //  rather than nothing.
-                char message[160];
-                snprintf(message, sizeof message, "the result of task %" PRIu64
-                         " could not be forwarded: %s", out->id, cf_strerror(rc));
-                cf_log_error(S_LOG, "%s", message);
-                rc = cf_proto_enc_result_error(self->enc, out->id, "ProtocolError", message, "",
-                                               "", 0);
-            }
-            if (rc != CF_OK) {
-                //  Out of memory: drop the body being built, try next turn.
-                cf_proto_enc_begin(self->enc, CF_MSG_RESULT);
-                s_client_refused(self, client, rc);
-                return false;
-            }
-            body += item;
-            n++;
-            out = out->next;
+    return true;
+}
+
+//  Adds one outbox item (item bytes with overhead) to the RESULT body that
+//  holds n items. CF_OK, CF_ETOOBIG when it does not fit after them (it
+//  leads the next body), CF_ENOMEM. An item that can never be forwarded
+//  goes as an error in its place.
+static cf_err_t s_encode_item(cf_broker_state_t *self, const cf_broker_out_t *out, size_t item,
+                              size_t n)
+{
+    //  A failed item leaves the body as it was (the codec rolls back).
+    cf_err_t rc = item > CF_BROKER_MAX_BODY ? CF_ETOOBIG : s_encode_out(self, out);
+    if (rc == CF_ETOOBIG && n > 0)
+        return rc;
+    if (rc == CF_ETOOBIG || rc == CF_EINVAL) {
+        //  Items are checked when they enter the outbox, so this is our
+        //  mistake; still, the client gets an error in its place rather
+        //  than nothing.
+        char message[160];
+        snprintf(message, sizeof message, "the result of task %" PRIu64
+                 " could not be forwarded: %s", out->id, cf_strerror(rc));
+        cf_log_error(S_LOG, "%s", message);
+        rc = cf_proto_enc_result_error(self->enc, out->id, "ProtocolError", message, "", "", 0);
+    }
+    return rc;
+}
+
+//  Encodes one RESULT body from the head of the outbox: as many items as
+//  the size limits allow, one while the client is unreachable (a probe
+//  whether it reads again). *count gets how many. CF_OK or CF_ENOMEM (the
+//  body is dropped).
+static cf_err_t s_encode_results(cf_broker_state_t *self, cf_broker_client_t *client,
+                                 size_t *count)
+{
+    cf_proto_enc_begin(self->enc, CF_MSG_RESULT);
+    size_t n = 0, body = 0;
+    size_t max_items = client->unreachable_since_ms ? 1 : CF_PROTO_MAX_BATCH;
+    for (cf_broker_out_t *out = client->out_head; out && n < max_items; out = out->next) {
+        size_t item = s_out_size(out) + CF_BROKER_ITEM_OVERHEAD;
+        if (n > 0 && body + item > CF_BROKER_MAX_BODY)
+            break;
+        cf_err_t rc = s_encode_item(self, out, item, n);
+        if (rc == CF_ETOOBIG)
+            break;              //  send what fits
+        if (rc != CF_OK) {
+            cf_proto_enc_begin(self->enc, CF_MSG_RESULT);
+            return rc;
         }
-        cf_err_t rc = cf_proto_enc_send(self->enc, self->clients_sock, client->peer.id,
-                                        client->peer.id_len);
+        body += item;
+        n++;
+    }
+    *count = n;
+    return CF_OK;
+}
+
+//  Frees the outbox's first n items: they went.
+static void s_results_sent(cf_broker_client_t *client, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        cf_broker_out_t *sent = client->out_head;
+        client->out_head = sent->next;
+        client->out_bytes -= s_out_size(sent);
+        free(sent);
+        client->out_count--;
+    }
+    if (!client->out_head)
+        client->out_tail = NULL;
+}
+
+//  Sends the outbox's RESULT items. False when a send was refused or out
+//  of memory (what is left waits).
+static bool s_flush_results(cf_broker_state_t *self, cf_broker_client_t *client)
+{
+    while (client->out_head) {
+        size_t n = 0;
+        cf_err_t rc = s_encode_results(self, client, &n);
+        if (rc == CF_OK)
+            rc = cf_proto_enc_send(self->enc, self->clients_sock, client->peer.id,
+                                   client->peer.id_len);
         if (rc != CF_OK) {
             s_client_refused(self, client, rc);
             return false;
         }
-        for (size_t i = 0; i < n; i++) {
-            cf_broker_out_t *sent = client->out_head;
-            client->out_head = sent->next;
-            client->out_bytes -= s_out_size(sent);
-            free(sent);
-            client->out_count--;
-        }
-        if (!client->out_head)
-            client->out_tail = NULL;
+        s_results_sent(client, n);
         s_client_reached(client);
     }
+    return true;
+}
+
+//  Sends what the client's outbox holds: STARTED first, then RESULTs, so a
+//  client never sees a task's result before its start. Returns true when
+//  everything went.
+static bool s_client_flush(cf_broker_state_t *self, cf_broker_client_t *client)
+{
+    if (client->started_count && !client->out_head && client->started_due_ms > cf_clock_now_ms())
+        return false;           //  not due: wait for a RESULT to go with
+    if (!s_flush_started(self, client) || !s_flush_results(self, client))
+        return false;
     s_client_reached(client);
     return true;
 }

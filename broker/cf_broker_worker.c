@@ -58,84 +58,98 @@ void cf_broker_worker_unblock(cf_broker_state_t *self, int64_t now)
 // ---------------------------------------------------------------------------
 //  Results
 
+//  A value for the task's client, or an error in its place when it could
+//  not go on (the codec refuses an empty value; one at the frame limit
+//  leaves no room for our envelope): never nothing.
+static void s_result_value(cf_broker_state_t *self, cf_broker_task_t *task,
+                           const cf_proto_result_t *result)
+{
+    if (result->value_len == 0
+        || result->value_len + sizeof(cf_broker_out_t) + CF_BROKER_ITEM_OVERHEAD
+               > CF_BROKER_MAX_BODY) {
+        char message[256];
+        snprintf(message, sizeof message,
+                 "the result of task %" PRIu64 " (%s) cannot be forwarded (%zu bytes)",
+                 task->client_task_id, cf_broker_task_function(task), result->value_len);
+        cf_log_warn(S_LOG, "%s", message);
+        cf_broker_client_runtime_error(self, task, "ProtocolError", message);
+        self->stats.failed++;
+    }
+    else {
+        cf_broker_client_result_ok(self, task->client, task->client_task_id, result->value,
+                                   result->value_len);
+        self->stats.completed++;
+    }
+    cf_broker_task_unassign(self, task);
+    cf_broker_task_finish(self, task);
+}
+
+//  The task's error goes to its client, unless the task asked to be
+//  retried on errors and has retries left.
+static void s_result_error(cf_broker_state_t *self, cf_broker_task_t *task,
+                           const cf_proto_result_t *result)
+{
+    cf_broker_task_unassign(self, task);
+    if ((task->flags & CF_TASK_RETRY_ON_ERROR) && task->retries > 0
+        && task->retries_used < (uint32_t)task->retries) {
+        task->retries_used++;
+        self->stats.retried++;
+        cf_broker_task_requeue(self, task);
+        return;
+    }
+    const cf_proto_error_t *error = &result->error;
+    cf_broker_client_result_error(self, task->client, task->client_task_id, error->type,
+                                  error->message, error->function, error->host, error->pid);
+    self->stats.failed++;
+    cf_broker_task_finish(self, task);
+}
+
+//  One RESULT item: its slot returns, and its task is answered, retried or
+//  requeued, or dropped when nobody waits for it any more.
+static void s_worker_result(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                            const cf_proto_result_t *result)
+{
+    //  Every result returns its slot, known id or not: the worker is the
+    //  authority on its slots, and this keeps a re-announced worker's count
+    //  right while its earlier tasks drain.
+    s_worker_add_credit(self, worker, 1);
+    //  A task handed back unrun says the worker is stalled, not turning
+    //  over (see s_worker_turning_over).
+    if (result->status == CF_STATUS_OK || result->status == CF_STATUS_ERROR)
+        worker->results++;
+    cf_broker_task_t *task = cf_idmap_get(self->tasks, result->id);
+    if (!task || task->worker != worker) {
+        self->stats.ignored++;
+        cf_log_debug(S_LOG, "worker %s: result for unknown task %" PRIu64 " ignored",
+                     worker->peer.label, result->id);
+        return;
+    }
+    if (task->state == CF_BROKER_EXPIRED || task->state == CF_BROKER_ORPHANED) {
+        if (task->state == CF_BROKER_EXPIRED)
+            self->stats.ignored++;
+        else
+            self->stats.dropped++;
+        cf_broker_task_unassign(self, task);
+        cf_broker_task_free(self, task);
+        return;
+    }
+    if (result->status == CF_STATUS_OK)
+        s_result_value(self, task, result);
+    else if (result->status == CF_STATUS_ERROR)
+        s_result_error(self, task, result);
+    else {
+        //  CANCELLED or BUSY from a worker: handed back unrun (a worker
+        //  stopping). Requeued without using a retry.
+        cf_broker_task_unassign(self, task);
+        cf_broker_task_requeue(self, task);
+    }
+}
+
 static void s_worker_results(cf_broker_state_t *self, cf_broker_worker_t *worker,
                              const cf_proto_msg_t *msg)
 {
-    for (size_t i = 0; i < msg->count; i++) {
-        const cf_proto_result_t *result = &msg->results[i];
-        //  Every result returns its slot, known id or not: the worker is the
-        //  authority on its slots, and this keeps a re-announced worker's
-        //  count right while its earlier tasks drain.
-        s_worker_add_credit(self, worker, 1);
-        //  A task handed back unrun says the worker is stalled, not
-        //  turning over (see s_worker_turning_over).
-        if (result->status == CF_STATUS_OK || result->status == CF_STATUS_ERROR)
-            worker->results++;
-        cf_broker_task_t *task = cf_idmap_get(self->tasks, result->id);
-        if (!task || task->worker != worker) {
-            self->stats.ignored++;
-            cf_log_debug(S_LOG, "worker %s: result for unknown task %" PRIu64 " ignored",
-                         worker->peer.label, result->id);
-            continue;
-        }
-        if (task->state == CF_BROKER_EXPIRED || task->state == CF_BROKER_ORPHANED) {
-            if (task->state == CF_BROKER_EXPIRED)
-                self->stats.ignored++;
-            else
-                self->stats.dropped++;
-            cf_broker_task_unassign(self, task);
-            cf_broker_task_free(self, task);
-            continue;
-        }
-        cf_broker_client_t *client = task->client;
-        switch (result->status) {
-        case CF_STATUS_OK:
-            if (result->value_len == 0
-                || result->value_len + sizeof(cf_broker_out_t) + CF_BROKER_ITEM_OVERHEAD
-                       > CF_BROKER_MAX_BODY) {
-                //  It could not go on to the client (the codec refuses an
-                //  empty value; one at the frame limit leaves no room for
-                //  our envelope): an error in its place, never nothing.
-                char message[256];
-                snprintf(message, sizeof message,
-                         "the result of task %" PRIu64 " (%s) cannot be forwarded (%zu bytes)",
-                         task->client_task_id, cf_broker_task_function(task), result->value_len);
-                cf_log_warn(S_LOG, "%s", message);
-                cf_broker_client_runtime_error(self, task, "ProtocolError", message);
-                self->stats.failed++;
-            }
-            else {
-                cf_broker_client_result_ok(self, client, task->client_task_id, result->value,
-                                           result->value_len);
-                self->stats.completed++;
-            }
-            cf_broker_task_unassign(self, task);
-            cf_broker_task_finish(self, task);
-            break;
-        case CF_STATUS_ERROR:
-            if ((task->flags & CF_TASK_RETRY_ON_ERROR) && task->retries > 0
-                && task->retries_used < (uint32_t)task->retries) {
-                task->retries_used++;
-                self->stats.retried++;
-                cf_broker_task_unassign(self, task);
-                cf_broker_task_requeue(self, task);
-                break;
-            }
-            cf_broker_client_result_error(self, client, task->client_task_id, result->error.type,
-                                          result->error.message, result->error.function,
-                                          result->error.host, result->error.pid);
-            self->stats.failed++;
-            cf_broker_task_unassign(self, task);
-            cf_broker_task_finish(self, task);
-            break;
-        default:
-            //  CANCELLED or BUSY from a worker: handed back unrun (a worker
-            //  stopping). Requeued without using a retry.
-            cf_broker_task_unassign(self, task);
-            cf_broker_task_requeue(self, task);
-            break;
-        }
-    }
+    for (size_t i = 0; i < msg->count; i++)
+        s_worker_result(self, worker, &msg->results[i]);
 }
 
 // ---------------------------------------------------------------------------
@@ -190,6 +204,81 @@ static void s_task_undispatchable(cf_broker_state_t *self, cf_broker_task_t *tas
     cf_broker_task_finish(self, task);
 }
 
+//  The task at the front of the round-robin ring, left there; NULL when
+//  nothing is queued.
+static cf_broker_task_t *s_queued_front(cf_broker_state_t *self)
+{
+    cf_queue_node_t *link = cf_queue_front(&self->rr.ring);
+    if (!link)
+        return NULL;
+    cf_queue_t *queue = cf_queue_entry(link, cf_queue_t, ring);
+    return cf_queue_entry(cf_queue_front(queue), cf_broker_task_t, node);
+}
+
+//  Takes task, the front of the ring, into the TASK body for worker (item:
+//  its size with overhead). CF_OK: added, on worker->running. CF_ENOMEM:
+//  left queued for a later turn. Anything else: the task can never be sent
+//  and failed on its own.
+static cf_err_t s_batch_add(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                            cf_broker_task_t *task, size_t item)
+{
+    cf_queue_node_t *node = cf_queue_rr_pop(&self->rr, NULL);
+    assert(node == &task->node);
+    (void)node;
+    cf_err_t rc = item > CF_BROKER_MAX_BODY
+                    ? CF_ETOOBIG
+                    : cf_proto_enc_task(self->enc, task->id, cf_broker_task_function(task),
+                                        task->function_len, cf_broker_task_args(task),
+                                        task->args_len, task->retries, task->timeout_ms,
+                                        task->flags);
+    if (rc == CF_ENOMEM) {
+        //  What is encoded so far is discarded with the batch.
+        cf_queue_rr_push_front(&self->rr, &task->client->queue, &task->node);
+        cf_log_error(S_LOG, "out of memory encoding task %" PRIu64, task->client_task_id);
+        return rc;
+    }
+    if (rc != CF_OK) {
+        s_task_undispatchable(self, task, rc);
+        return rc;
+    }
+    task->worker = worker;
+    task->results_before = worker->results;
+    cf_queue_push_back(&worker->running, &task->node);
+    return CF_OK;
+}
+
+//  Encoding failed part way: the batch's count tasks at the back of
+//  worker->running go back to their queues unsent.
+static void s_batch_unsend(cf_broker_state_t *self, cf_broker_worker_t *worker, size_t count)
+{
+    cf_proto_enc_begin(self->enc, CF_MSG_TASK);
+    for (size_t i = 0; i < count; i++) {
+        cf_queue_node_t *back = cf_queue_back(&worker->running);
+        cf_broker_task_t *task = cf_queue_entry(back, cf_broker_task_t, node);
+        cf_queue_remove(&worker->running, back);
+        task->worker = NULL;
+        cf_broker_task_requeue(self, task);
+    }
+}
+
+//  After a dispatch that ended with rc: a worker the ROUTER no longer
+//  knows is gone; one that refused (at its high-water mark, or we are out
+//  of memory) is left alone for a moment instead of spun on.
+static void s_worker_dispatched(cf_broker_state_t *self, cf_broker_worker_t *worker, cf_err_t rc)
+{
+    if (rc == CF_ENOTFOUND) {
+        cf_broker_worker_remove(self, worker, "gone", true);
+        return;
+    }
+    if (rc != CF_OK) {
+        if (!worker->blocked_until_ms)
+            self->blocked_workers++;
+        worker->blocked_until_ms = cf_clock_now_ms() + CF_BROKER_RETRY_MS;
+        cf_log_debug(S_LOG, "worker %s refused a TASK (%s)", worker->peer.label, cf_strerror(rc));
+    }
+    s_worker_set_available(self, worker);
+}
+
 //  Sends worker->plan tasks from the round-robin ring, in as few TASK
 //  messages as the size limits allow.
 static void s_worker_dispatch(cf_broker_state_t *self, cf_broker_worker_t *worker)
@@ -201,11 +290,9 @@ static void s_worker_dispatch(cf_broker_state_t *self, cf_broker_worker_t *worke
     for (size_t i = 0; i < planned; i++) {
         //  Look at the next task before taking it, so a full body is sent
         //  first and a refused send puts everything back in order.
-        cf_queue_node_t *link = cf_queue_front(&self->rr.ring);
-        if (!link)
+        cf_broker_task_t *task = s_queued_front(self);
+        if (!task)
             break;
-        cf_queue_t *queue = cf_queue_entry(link, cf_queue_t, ring);
-        cf_broker_task_t *task = cf_queue_entry(cf_queue_front(queue), cf_broker_task_t, node);
         size_t item = task->function_len + task->args_len + CF_BROKER_ITEM_OVERHEAD;
         if (batch > 0 && (body + item > CF_BROKER_MAX_BODY || batch >= CF_PROTO_MAX_BATCH)) {
             rc = s_worker_send_batch(self, worker, batch);
@@ -214,63 +301,21 @@ static void s_worker_dispatch(cf_broker_state_t *self, cf_broker_worker_t *worke
                 break;
             cf_proto_enc_begin(self->enc, CF_MSG_TASK);
         }
-        cf_queue_node_t *node = cf_queue_rr_pop(&self->rr, NULL);
-        assert(node == &task->node);
-        (void)node;
-        if (item > CF_BROKER_MAX_BODY) {
-            s_task_undispatchable(self, task, CF_ETOOBIG);
-            continue;
-        }
-        cf_err_t erc =
-            cf_proto_enc_task(self->enc, task->id, cf_broker_task_function(task),
-                              task->function_len, cf_broker_task_args(task), task->args_len,
-                              task->retries, task->timeout_ms, task->flags);
-        if (erc == CF_ENOMEM) {
-            //  Leave it queued and try again on a later turn; what is
-            //  encoded so far is discarded with the batch.
-            cf_queue_rr_push_front(&self->rr, &task->client->queue, &task->node);
-            cf_log_error(S_LOG, "out of memory encoding task %" PRIu64, task->client_task_id);
-            rc = erc;
+        cf_err_t added = s_batch_add(self, worker, task, item);
+        if (added == CF_ENOMEM) {
+            rc = added;
             break;
         }
-        if (erc != CF_OK) {
-            s_task_undispatchable(self, task, erc);
-            continue;
-        }
-        task->worker = worker;
-        task->results_before = worker->results;
-        cf_queue_push_back(&worker->running, &task->node);
-        batch++;
-        body += item;
-    }
-    if (batch > 0) {
-        if (rc == CF_OK)
-            rc = s_worker_send_batch(self, worker, batch);
-        else {
-            //  Encoding failed part way: put the batch back unsent.
-            cf_proto_enc_begin(self->enc, CF_MSG_TASK);
-            for (size_t i = 0; i < batch; i++) {
-                cf_queue_node_t *back = cf_queue_back(&worker->running);
-                cf_broker_task_t *task = cf_queue_entry(back, cf_broker_task_t, node);
-                cf_queue_remove(&worker->running, back);
-                task->worker = NULL;
-                cf_broker_task_requeue(self, task);
-            }
+        if (added == CF_OK) {
+            batch++;
+            body += item;
         }
     }
-    if (rc == CF_ENOTFOUND)
-        cf_broker_worker_remove(self, worker, "gone", true);
-    else if (rc != CF_OK) {
-        //  At its high-water mark (or out of memory): leave it alone for a
-        //  moment instead of spinning on it.
-        if (!worker->blocked_until_ms)
-            self->blocked_workers++;
-        worker->blocked_until_ms = cf_clock_now_ms() + CF_BROKER_RETRY_MS;
-        s_worker_set_available(self, worker);
-        cf_log_debug(S_LOG, "worker %s refused a TASK (%s)", worker->peer.label, cf_strerror(rc));
-    }
-    else
-        s_worker_set_available(self, worker);
+    if (batch > 0 && rc == CF_OK)
+        rc = s_worker_send_batch(self, worker, batch);
+    else if (batch > 0)
+        s_batch_unsend(self, worker, batch);
+    s_worker_dispatched(self, worker, rc);
 }
 
 //  True when the worker answered something since its oldest task in hand
@@ -337,50 +382,62 @@ void cf_broker_worker_dispatch(cf_broker_state_t *self)
 // ---------------------------------------------------------------------------
 //  Workers and their messages
 
-//  The worker is gone. lost: it vanished (heartbeats, ROUTER says gone,
-//  reported dead), so what it held used one attempt; otherwise it said
-//  DISCONNECT and what it held was never run.
-void cf_broker_worker_remove(cf_broker_state_t *self, cf_broker_worker_t *worker,
-                             const char *reason, bool lost)
+//  A running task of a lost worker with no retry left fails with
+//  WorkerLost (while task->worker still names the worker for the error).
+static void s_task_lost(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                        cf_broker_task_t *task)
 {
-    size_t requeued = 0, failed = 0;
+    char message[512];
+    snprintf(message, sizeof message,
+             "task %" PRIu64 " (%s) was lost with worker %s (host %s, pid %d) after %" PRIu32
+             " attempt%s",
+             task->client_task_id, cf_broker_task_function(task), worker->peer.label,
+             worker->host[0] ? worker->host : "?", (int)worker->pid, task->retries_used + 1,
+             task->retries_used ? "s" : "");
+    cf_broker_client_runtime_error(self, task, "WorkerLost", message);
+    self->stats.failed++;
+    cf_broker_task_unassign(self, task);
+    cf_broker_task_finish(self, task);
+}
+
+//  Takes every task off the worker: requeued (using a retry when lost),
+//  failed when lost with no retry left, dropped when nobody waits for it.
+//  Counts into *requeued and *failed.
+static void s_worker_release(cf_broker_state_t *self, cf_broker_worker_t *worker, bool lost,
+                             size_t *requeued, size_t *failed)
+{
     //  Back to front with push_front: each client's tasks keep their order.
     cf_queue_node_t *node = cf_queue_back(&worker->running), *prev;
     for (; node; node = prev) {
         prev = cf_queue_prev(&worker->running, node);
         cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
-        cf_broker_task_state_t state = task->state;
-        if (state != CF_BROKER_RUNNING) {
+        if (task->state != CF_BROKER_RUNNING) {
             //  Nobody waits for it (timed out or its client is gone).
             cf_broker_task_unassign(self, task);
             cf_broker_task_free(self, task);
             continue;
         }
         bool retry = !lost || (task->retries > 0 && task->retries_used < (uint32_t)task->retries);
-        if (retry) {
-            if (lost) {
-                task->retries_used++;
-                self->stats.retried++;
-            }
-            cf_broker_task_unassign(self, task);
-            cf_broker_task_requeue(self, task);
-            requeued++;
+        if (!retry) {
+            s_task_lost(self, worker, task);
+            (*failed)++;
             continue;
         }
-        //  Fail it while task->worker still names the worker for the error.
-        char message[512];
-        snprintf(message, sizeof message,
-                 "task %" PRIu64 " (%s) was lost with worker %s (host %s, pid %d) after %" PRIu32
-                 " attempt%s",
-                 task->client_task_id, cf_broker_task_function(task), worker->peer.label,
-                 worker->host[0] ? worker->host : "?", (int)worker->pid, task->retries_used + 1,
-                 task->retries_used ? "s" : "");
-        cf_broker_client_runtime_error(self, task, "WorkerLost", message);
-        self->stats.failed++;
-        failed++;
+        if (lost) {
+            task->retries_used++;
+            self->stats.retried++;
+        }
         cf_broker_task_unassign(self, task);
-        cf_broker_task_finish(self, task);
+        cf_broker_task_requeue(self, task);
+        (*requeued)++;
     }
+}
+
+void cf_broker_worker_remove(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                             const char *reason, bool lost)
+{
+    size_t requeued = 0, failed = 0;
+    s_worker_release(self, worker, lost, &requeued, &failed);
     if (lost) {
         self->stats.lost_workers++;
         if (failed)
@@ -454,6 +511,33 @@ static void s_worker_ready(cf_broker_state_t *self, cf_broker_worker_t *worker,
     worker->threads = threads > CF_BROKER_MAX_CREDIT ? CF_BROKER_MAX_CREDIT : (uint32_t)threads;
 }
 
+//  READY: a new worker joins; the same identity from another process
+//  (another pid or host) replaces its predecessor, whose tasks are lost;
+//  the same process announcing again (it thought we were gone) keeps its
+//  tasks.
+static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                              const void *id, size_t len, const cf_proto_msg_t *msg, int64_t now)
+{
+    if (worker && msg->pid == worker->pid && s_same_host(worker, msg->host)) {
+        s_worker_ready(self, worker, msg);
+        cf_log_debug(S_LOG, "worker %s announced again (%" PRIu32 " slots free)",
+                     worker->peer.label, worker->credit);
+        return;
+    }
+    bool again = worker != NULL;
+    if (again)
+        cf_broker_worker_remove(self, worker, "restarted", true);
+    worker = s_worker_new(self, id, len, now);
+    if (!worker) {
+        cf_log_error(S_LOG, "out of memory: new worker refused");
+        return;
+    }
+    s_worker_ready(self, worker, msg);
+    cf_log_info(S_LOG, "worker %s joined%s (host %s, pid %d, %" PRIu32 " slots)",
+                worker->peer.label, again ? " again" : "", worker->host[0] ? worker->host : "?",
+                (int)worker->pid, worker->credit);
+}
+
 void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t len,
                                  cf_proto_msg_t *msg)
 {
@@ -465,37 +549,7 @@ void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t
     cf_msg_type_t type = msg->type;
     switch (type) {
     case CF_MSG_READY:
-        if (!worker) {
-            worker = s_worker_new(self, id, len, now);
-            if (!worker) {
-                cf_log_error(S_LOG, "out of memory: new worker refused");
-                return;
-            }
-            s_worker_ready(self, worker, msg);
-            cf_log_info(S_LOG, "worker %s joined (host %s, pid %d, %" PRIu32 " slots)",
-                        worker->peer.label, worker->host[0] ? worker->host : "?", (int)worker->pid,
-                        worker->credit);
-        }
-        else if (msg->pid != worker->pid || !s_same_host(worker, msg->host)) {
-            //  Same identity, another process: what the old one held is lost.
-            cf_broker_worker_remove(self, worker, "restarted", true);
-            worker = s_worker_new(self, id, len, now);
-            if (!worker) {
-                cf_log_error(S_LOG, "out of memory: new worker refused");
-                return;
-            }
-            s_worker_ready(self, worker, msg);
-            cf_log_info(S_LOG, "worker %s joined again (host %s, pid %d, %" PRIu32 " slots)",
-                        worker->peer.label, worker->host[0] ? worker->host : "?", (int)worker->pid,
-                        worker->credit);
-        }
-        else {
-            //  The same process announcing again (it thought we were gone):
-            //  its tasks are still its own.
-            s_worker_ready(self, worker, msg);
-            cf_log_debug(S_LOG, "worker %s announced again (%" PRIu32 " slots free)",
-                         worker->peer.label, worker->credit);
-        }
+        s_worker_on_ready(self, worker, id, len, msg, now);
         break;
     case CF_MSG_CREDIT:
         if (worker)
