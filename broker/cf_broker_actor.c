@@ -60,6 +60,11 @@ static void s_handle_pipe(cf_broker_state_t *self, cf_actor_t *actor)
             int32_t rc = worker ? CF_OK : CF_ENOTFOUND;
             if (worker)
                 cf_broker_worker_remove(self, worker, "reported gone", true);
+            else if (cf_log_enabled(CF_LOG_DEBUG)) {
+                char label[24];
+                cf_broker_peer_label(arg, len, label, sizeof label);
+                cf_log_debug(S_LOG, "worker %s reported gone: not known here", label);
+            }
             cf_actor_reply(actor, &msg, &rc, sizeof rc);
         }
         else {

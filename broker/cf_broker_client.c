@@ -284,7 +284,8 @@ static cf_err_t s_encode_item(cf_broker_state_t *self, const cf_broker_out_t *ou
         char message[160];
         snprintf(message, sizeof message, "the result of task %" PRIu64
                  " could not be forwarded: %s", out->id, cf_strerror(rc));
-        cf_log_error(S_LOG, "%s", message);
+        if (cf_broker_log_task(self))
+            cf_log_error(S_LOG, "%s", message);
         rc = cf_proto_enc_result_error(self->enc, out->id, "ProtocolError", message, "", "", 0);
     }
     return rc;
@@ -445,6 +446,7 @@ void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client, 
 static void s_client_submit(cf_broker_state_t *self, cf_broker_client_t *client,
                             const cf_proto_msg_t *msg)
 {
+    size_t busy = 0;
     for (size_t i = 0; i < msg->count; i++) {
         const cf_proto_task_t *t = &msg->tasks[i];
         cf_broker_task_t *known = cf_idmap_get(client->tasks, t->id);
@@ -453,25 +455,31 @@ static void s_client_submit(cf_broker_state_t *self, cf_broker_client_t *client,
             //  still here, so only say where it is.
             if (known->state == CF_BROKER_RUNNING)
                 cf_broker_client_started(self, client, t->id, true);
-            cf_log_debug(S_LOG, "client %s resubmitted task %" PRIu64, client->peer.label, t->id);
+            if (cf_broker_log_event(self))
+                cf_log_debug(S_LOG, "client %s resubmitted task %" PRIu64, client->peer.label,
+                             t->id);
             continue;
         }
         if (cf_queue_rr_size(&self->rr) >= self->max_queued
             || cf_queue_size(&client->queue) >= self->max_queued_per_client) {
             s_result_status(self, client, t->id, CF_STATUS_BUSY);
-            self->stats.busy++;
+            busy++;
             continue;
         }
         cf_broker_task_t *task = cf_broker_task_new(self, client, t);
         if (!task) {
             //  Out of memory, or past our fields' limits: refused as busy.
             s_result_status(self, client, t->id, CF_STATUS_BUSY);
-            self->stats.busy++;
+            busy++;
             continue;
         }
         cf_queue_rr_push_back(&self->rr, &client->queue, &task->node);
         self->stats.submitted++;
     }
+    self->stats.busy += busy;
+    if (busy && cf_broker_log_event(self))
+        cf_log_debug(S_LOG, "client %s: %zu of %zu tasks refused as busy (%zu queued)",
+                     client->peer.label, busy, msg->count, cf_queue_rr_size(&self->rr));
 }
 
 static void s_client_cancel(cf_broker_state_t *self, cf_broker_client_t *client,
@@ -518,7 +526,7 @@ static void s_send_stats(cf_broker_state_t *self, const void *id, size_t len)
         }
     }
     cf_err_t rc = cf_proto_enc_send(self->enc, self->clients_sock, id, len);
-    if (rc != CF_OK)
+    if (rc != CF_OK && cf_broker_log_event(self))
         cf_log_debug(S_LOG, "stats reply not sent: %s", cf_strerror(rc));
 }
 

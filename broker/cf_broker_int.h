@@ -79,6 +79,11 @@
 #define CF_BROKER_MAX_CREDIT    (1u << 20)
 //  Routing ids longer than ZeroMQ's 255 bytes do not exist.
 #define CF_BROKER_MAX_IDENTITY  255
+//  Lines a peer can cause once per message, logged a second at most: debug
+//  lines about peer events (cf_broker_log_event), warnings about tasks
+//  (cf_broker_log_task).
+#define CF_BROKER_EVENT_LOG_PER_SEC 50
+#define CF_BROKER_TASK_LOG_PER_SEC  10
 //  Linger on close: long enough for DISCONNECT to leave, short enough that a
 //  stuck peer never holds shutdown.
 #define CF_BROKER_LINGER_MS     200
@@ -189,6 +194,8 @@ typedef struct cf_broker_state {
     bool require_roles;         //  CURVE: check each message's User-Id role
     cf_auth_t *auth;            //  CURVE: the allow-lists, for revoked keys; borrowed
     cf_log_limit_t refused_log; //  audit lines of refused messages, per second
+    cf_log_limit_t event_log;   //  debug lines a peer can cause per message
+    cf_log_limit_t task_log;    //  warnings about tasks that cannot go on
     uint64_t boot;              //  random, nonzero: tells peers this run from another
     uint64_t next_task_id;      //  starts at random: a restarted broker never
                                 //  matches a result meant for its predecessor
@@ -226,6 +233,23 @@ static inline const char *cf_broker_command_name(cf_msg_type_t type)
 {
     const char *name = cf_proto_command_name(type);
     return name ? name : "?";
+}
+
+//  True when one more debug line about a peer event may be logged now
+//  (cf-broker --verbose). Debug is checked first, so with it off the
+//  limiter costs nothing on the hot path.
+static inline bool cf_broker_log_event(cf_broker_state_t *self)
+{
+    return cf_log_enabled(CF_LOG_DEBUG)
+        && cf_log_limit_allow(&self->event_log, "broker", "peer events");
+}
+
+//  True when one more warning about a task that cannot go on (a peer sent
+//  what cannot be forwarded) may be logged now.
+static inline bool cf_broker_log_task(cf_broker_state_t *self)
+{
+    return cf_log_enabled(CF_LOG_WARN)
+        && cf_log_limit_allow(&self->task_log, "broker", "task warnings");
 }
 
 // ---------------------------------------------------------------------------

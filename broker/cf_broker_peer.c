@@ -113,7 +113,7 @@ void cf_broker_peer_send_error(cf_broker_state_t *self, void *sock, const void *
     cf_proto_enc_begin(self->enc, CF_MSG_ERROR);
     cf_proto_enc_text(self->enc, text, ref);
     cf_err_t rc = cf_proto_enc_send(self->enc, sock, id, len);
-    if (rc != CF_OK)
+    if (rc != CF_OK && cf_broker_log_event(self))
         cf_log_debug(S_LOG, "error reply not sent: %s", cf_strerror(rc));
 }
 
@@ -121,10 +121,13 @@ void cf_broker_peer_malformed(cf_broker_state_t *self, void *sock, const void *i
                               const char *text)
 {
     self->stats.malformed++;
-    char label[24];
-    cf_broker_peer_label(id, len, label, sizeof label);
-    cf_log_debug(S_LOG, "refused a message from %s %s: %s",
-                 sock == self->clients_sock ? "client" : "worker", id ? label : "(unknown)", text);
+    if (cf_broker_log_event(self)) {
+        char label[24];
+        cf_broker_peer_label(id, len, label, sizeof label);
+        cf_log_debug(S_LOG, "refused a message from %s %s: %s",
+                     sock == self->clients_sock ? "client" : "worker", id ? label : "(unknown)",
+                     text);
+    }
     if (id)
         cf_broker_peer_send_error(self, sock, id, len, 0, text);
 }
@@ -132,6 +135,15 @@ void cf_broker_peer_malformed(cf_broker_state_t *self, void *sock, const void *i
 void cf_broker_peer_unknown(cf_broker_state_t *self, void *sock, const void *id, size_t len,
                             const char *text)
 {
+    if (cf_broker_log_event(self)) {
+        char label[24];
+        cf_broker_peer_label(id, len, label, sizeof label);
+        cf_log_debug(S_LOG, "unknown %s %s: told the boot id%s",
+                     sock == self->clients_sock ? "client" : "worker", label,
+                     !text                                      ? ""
+                     : sock == self->clients_sock ? ", to resubmit"
+                                                  : ", to announce itself");
+    }
     cf_broker_peer_send_heartbeat(self, sock, id, len);
     if (text)
         cf_broker_peer_send_error(self, sock, id, len, 0, text);

@@ -86,6 +86,8 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
     self->require_roles = config->require_roles;
     self->auth = config->require_roles ? config->auth : NULL;
     self->refused_log.per_sec = CF_AUTH_LOG_PER_SEC;
+    self->event_log.per_sec = CF_BROKER_EVENT_LOG_PER_SEC;
+    self->task_log.per_sec = CF_BROKER_TASK_LOG_PER_SEC;
     self->boot = cf_random_u64();
     self->next_task_id = cf_random_u64();
     self->enc = cf_proto_enc_new();

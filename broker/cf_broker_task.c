@@ -181,6 +181,8 @@ static void s_task_timed_out(cf_broker_state_t *self, cf_broker_task_t *task)
              task->client_task_id, cf_broker_task_function(task), task->timeout_ms,
              task->worker->peer.label);
     cf_broker_client_runtime_error(self, task, "TimeoutError", message);
+    if (cf_broker_log_event(self))
+        cf_log_debug(S_LOG, "client %s: %s", task->client->peer.label, message);
     self->stats.failed++;
     self->stats.timed_out++;
     //  It stays on the worker (the slot is busy until the worker answers)

@@ -71,7 +71,8 @@ static void s_result_value(cf_broker_state_t *self, cf_broker_task_t *task,
         snprintf(message, sizeof message,
                  "the result of task %" PRIu64 " (%s) cannot be forwarded (%zu bytes)",
                  task->client_task_id, cf_broker_task_function(task), result->value_len);
-        cf_log_warn(S_LOG, "%s", message);
+        if (cf_broker_log_task(self))
+            cf_log_warn(S_LOG, "%s", message);
         cf_broker_client_runtime_error(self, task, "ProtocolError", message);
         self->stats.failed++;
     }
@@ -95,6 +96,10 @@ static void s_result_error(cf_broker_state_t *self, cf_broker_task_t *task,
         task->retries_used++;
         self->stats.retried++;
         cf_broker_task_requeue(self, task);
+        if (cf_broker_log_event(self))
+            cf_log_debug(S_LOG, "task %" PRIu64 " (%s) of client %s failed, retried (%" PRIu32
+                         " of %" PRId32 ")", task->client_task_id, cf_broker_task_function(task),
+                         task->client->peer.label, task->retries_used, task->retries);
         return;
     }
     const cf_proto_error_t *error = &result->error;
@@ -120,8 +125,9 @@ static void s_worker_result(cf_broker_state_t *self, cf_broker_worker_t *worker,
     cf_broker_task_t *task = cf_idmap_get(self->tasks, result->id);
     if (!task || task->worker != worker) {
         self->stats.ignored++;
-        cf_log_debug(S_LOG, "worker %s: result for unknown task %" PRIu64 " ignored",
-                     worker->peer.label, result->id);
+        if (cf_broker_log_event(self))
+            cf_log_debug(S_LOG, "worker %s: result for unknown task %" PRIu64 " ignored",
+                         worker->peer.label, result->id);
         return;
     }
     if (task->state == CF_BROKER_EXPIRED || task->state == CF_BROKER_ORPHANED) {
@@ -139,9 +145,12 @@ static void s_worker_result(cf_broker_state_t *self, cf_broker_worker_t *worker,
         s_result_error(self, task, result);
     else {
         //  CANCELLED or BUSY from a worker: handed back unrun (a worker
-        //  stopping). Requeued without using a retry.
+        //  stopping, or stalled). Requeued without using a retry.
         cf_broker_task_unassign(self, task);
         cf_broker_task_requeue(self, task);
+        if (cf_broker_log_event(self))
+            cf_log_debug(S_LOG, "worker %s handed task %" PRIu64 " (%s) back unrun: requeued",
+                         worker->peer.label, task->client_task_id, cf_broker_task_function(task));
     }
 }
 
@@ -198,7 +207,8 @@ static void s_task_undispatchable(cf_broker_state_t *self, cf_broker_task_t *tas
     char message[256];
     snprintf(message, sizeof message, "task %" PRIu64 " (%s) cannot be sent to a worker: %s",
              task->client_task_id, cf_broker_task_function(task), cf_strerror(rc));
-    cf_log_warn(S_LOG, "%s", message);
+    if (cf_broker_log_task(self))
+        cf_log_warn(S_LOG, "%s", message);
     cf_broker_client_runtime_error(self, task, "ProtocolError", message);
     self->stats.failed++;
     cf_broker_task_finish(self, task);
@@ -274,7 +284,9 @@ static void s_worker_dispatched(cf_broker_state_t *self, cf_broker_worker_t *wor
         if (!worker->blocked_until_ms)
             self->blocked_workers++;
         worker->blocked_until_ms = cf_clock_now_ms() + CF_BROKER_RETRY_MS;
-        cf_log_debug(S_LOG, "worker %s refused a TASK (%s)", worker->peer.label, cf_strerror(rc));
+        if (cf_broker_log_event(self))
+            cf_log_debug(S_LOG, "worker %s refused a TASK (%s): its tasks are requeued",
+                         worker->peer.label, cf_strerror(rc));
     }
     s_worker_set_available(self, worker);
 }
@@ -520,8 +532,9 @@ static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worke
 {
     if (worker && msg->pid == worker->pid && s_same_host(worker, msg->host)) {
         s_worker_ready(self, worker, msg);
-        cf_log_debug(S_LOG, "worker %s announced again (%" PRIu32 " slots free)",
-                     worker->peer.label, worker->credit);
+        if (cf_broker_log_event(self))
+            cf_log_debug(S_LOG, "worker %s announced again (%" PRIu32 " threads, %" PRIu32
+                         " slots free)", worker->peer.label, worker->threads, worker->credit);
         return;
     }
     bool again = worker != NULL;
@@ -533,9 +546,10 @@ static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worke
         return;
     }
     s_worker_ready(self, worker, msg);
-    cf_log_info(S_LOG, "worker %s joined%s (host %s, pid %d, %" PRIu32 " slots)",
-                worker->peer.label, again ? " again" : "", worker->host[0] ? worker->host : "?",
-                (int)worker->pid, worker->credit);
+    cf_log_info(S_LOG, "worker %s joined%s (host %s, pid %d, %" PRIu32 " threads, %" PRIu32
+                " slots)", worker->peer.label, again ? " again" : "",
+                worker->host[0] ? worker->host : "?", (int)worker->pid, worker->threads,
+                worker->credit);
 }
 
 void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t len,
