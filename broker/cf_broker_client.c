@@ -56,10 +56,21 @@ void cf_broker_client_started(cf_broker_state_t *self, cf_broker_client_t *clien
     s_client_mark_unsent(self, client);
 }
 
-static void s_client_out_append(cf_broker_state_t *self, cf_broker_client_t *client,
-                                cf_broker_out_t *out, size_t size)
+//  Appends an outbox item for client task id with data_len bytes of data,
+//  which the caller fills in; NULL when out of memory (the result is lost:
+//  counted as dropped, logged).
+static cf_broker_out_t *s_out_add(cf_broker_state_t *self, cf_broker_client_t *client,
+                                  uint64_t id, cf_status_t status, size_t data_len)
 {
-    out->next = NULL;
+    size_t size = sizeof(cf_broker_out_t) + data_len;
+    cf_broker_out_t *out = malloc(size);
+    if (!out) {
+        self->stats.dropped++;
+        cf_log_error(S_LOG, "out of memory: result of task %" PRIu64 " for client %s lost", id,
+                     client->peer.label);
+        return NULL;
+    }
+    *out = (cf_broker_out_t){ .id = id, .status = (uint8_t)status };
     if (client->out_tail)
         client->out_tail->next = out;
     else
@@ -68,50 +79,24 @@ static void s_client_out_append(cf_broker_state_t *self, cf_broker_client_t *cli
     client->out_count++;
     client->out_bytes += size;
     s_client_mark_unsent(self, client);
-}
-
-static cf_broker_out_t *s_out_new(size_t data_len, size_t *size)
-{
-    *size = sizeof(cf_broker_out_t) + data_len;
-    return malloc(*size);
+    return out;
 }
 
 static void s_result_status(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
                             cf_status_t status)
 {
-    size_t size;
-    cf_broker_out_t *out = s_out_new(0, &size);
-    if (!out) {
-        self->stats.dropped++;
-        cf_log_error(S_LOG, "out of memory: result of task %" PRIu64 " for client %s lost", id,
-                     client->peer.label);
-        return;
-    }
-    out->id = id;
-    out->status = (uint8_t)status;
-    out->value_len = 0;
-    out->pid = 0;
-    s_client_out_append(self, client, out, size);
+    (void)s_out_add(self, client, id, status, 0);
 }
 
 void cf_broker_client_result_ok(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
                                 const void *value, size_t value_len)
 {
-    size_t size;
-    cf_broker_out_t *out = s_out_new(value_len, &size);
-    if (!out) {
-        self->stats.dropped++;
-        cf_log_error(S_LOG, "out of memory: result of task %" PRIu64 " for client %s lost", id,
-                     client->peer.label);
+    cf_broker_out_t *out = s_out_add(self, client, id, CF_STATUS_OK, value_len);
+    if (!out)
         return;
-    }
-    out->id = id;
-    out->status = CF_STATUS_OK;
     out->value_len = (uint32_t)value_len;
-    out->pid = 0;
     if (value_len)
         memcpy(out->data, value, value_len);
-    s_client_out_append(self, client, out, size);
 }
 
 void cf_broker_client_result_error(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
@@ -128,17 +113,9 @@ void cf_broker_client_result_error(cf_broker_state_t *self, cf_broker_client_t *
             parts[i].len = 0;
         total += parts[i].len + 1;
     }
-    size_t size;
-    cf_broker_out_t *out = s_out_new(total, &size);
-    if (!out) {
-        self->stats.dropped++;
-        cf_log_error(S_LOG, "out of memory: error of task %" PRIu64 " for client %s lost", id,
-                     client->peer.label);
+    cf_broker_out_t *out = s_out_add(self, client, id, CF_STATUS_ERROR, total);
+    if (!out)
         return;
-    }
-    out->id = id;
-    out->status = CF_STATUS_ERROR;
-    out->value_len = 0;
     out->pid = pid;
     uint8_t *at = out->data;
     for (int i = 0; i < 4; i++) {
@@ -149,7 +126,6 @@ void cf_broker_client_result_error(cf_broker_state_t *self, cf_broker_client_t *
         at[parts[i].len] = '\0';
         at += parts[i].len + 1;
     }
-    s_client_out_append(self, client, out, size);
 }
 
 static cf_proto_str_t s_text(const char *s)
@@ -387,19 +363,18 @@ void cf_broker_client_flush_all(cf_broker_state_t *self)
 static cf_broker_client_t *s_client_new(cf_broker_state_t *self, const void *id, size_t len,
                                         int64_t now)
 {
-    cf_broker_client_t *client = calloc(1, sizeof *client);
+    cf_broker_client_t *client =
+        (cf_broker_client_t *)cf_broker_peer_new(self, false, sizeof *client, id, len, now);
     if (!client)
         return NULL;
-    cf_broker_peer_init(&client->peer, id, len, now);
     cf_queue_init(&client->queue);
     cf_queue_node_init(&client->flush_node);
     client->tasks = cf_idmap_new(16);
-    if (!client->tasks || cf_broker_peer_insert(self->client_table, &client->peer) != CF_OK) {
-        cf_idmap_destroy(&client->tasks);
+    if (!client->tasks) {
+        cf_broker_peer_remove(self, &client->peer, false);
         free(client);
         return NULL;
     }
-    cf_queue_push_back(&self->clients, &client->peer.all_node);
     return client;
 }
 
@@ -437,8 +412,7 @@ void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client, 
                 client->peer.label, reason, queued, orphaned, unsent);
     if (cf_queue_linked(&client->flush_node))
         cf_queue_remove(&self->flush, &client->flush_node);
-    cf_queue_remove(&self->clients, &client->peer.all_node);
-    cf_broker_peer_unlink(self->client_table, &client->peer);
+    cf_broker_peer_remove(self, &client->peer, false);
     cf_idmap_destroy(&client->tasks);
     free(client);
 }
@@ -535,11 +509,8 @@ void cf_broker_client_on_message(cf_broker_state_t *self, const void *id, size_t
 {
     int64_t now = cf_clock_now_ms();
     cf_broker_client_t *client =
-        (cf_broker_client_t *)cf_broker_peer_find(self->client_table, id, len);
-    if (client)
-        client->peer.last_seen_ms = now;
-    cf_msg_type_t type = msg->type;
-    switch (type) {
+        (cf_broker_client_t *)cf_broker_peer_seen(self->client_table, id, len, now);
+    switch (msg->type) {
     case CF_MSG_SUBMIT:
         if (!client) {
             client = s_client_new(self, id, len, now);
@@ -576,11 +547,8 @@ void cf_broker_client_on_message(cf_broker_state_t *self, const void *id, size_t
         if (client)
             cf_broker_client_lost(self, client, "disconnected");
         break;
-    default: {
-        char text[64];
-        snprintf(text, sizeof text, "unexpected %s from a client", cf_broker_command_name(type));
-        cf_broker_peer_malformed(self, self->clients_sock, id, len, text);
+    default:
+        cf_broker_peer_unexpected(self, self->clients_sock, id, len, msg->type);
         break;
-    }
     }
 }

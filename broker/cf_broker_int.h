@@ -292,10 +292,17 @@ void cf_broker_task_expire(cf_broker_state_t *self, int64_t now);
 //  A printable identity as is, else hex (ZeroMQ's generated ids are binary).
 void cf_broker_peer_label(const uint8_t *id, size_t len, char *label, size_t size);
 cf_broker_peer_t *cf_broker_peer_find(cf_idmap_t *table, const void *id, size_t len);
-void cf_broker_peer_init(cf_broker_peer_t *peer, const void *id, size_t len, int64_t now);
-//  Adds peer to table (identity hash -> chain); CF_ENOMEM.
-cf_err_t cf_broker_peer_insert(cf_idmap_t *table, cf_broker_peer_t *peer);
-void cf_broker_peer_unlink(cf_idmap_t *table, cf_broker_peer_t *peer);
+//  The peer with that identity, marked as seen at now (any message is a
+//  sign of life); NULL when not known.
+cf_broker_peer_t *cf_broker_peer_seen(cf_idmap_t *table, const void *id, size_t len,
+                                      int64_t now);
+//  A new client or worker (worker says which) of size bytes, the peer
+//  first, zeroed but for its identity and seen at now; in its table and
+//  its list. NULL when out of memory.
+cf_broker_peer_t *cf_broker_peer_new(cf_broker_state_t *self, bool worker, size_t size,
+                                     const void *id, size_t len, int64_t now);
+//  Takes the peer out of its table and list; the caller frees it.
+void cf_broker_peer_remove(cf_broker_state_t *self, cf_broker_peer_t *peer, bool worker);
 //  Sends HEARTBEAT [boot, ivl_ms] to id on sock.
 cf_err_t cf_broker_peer_send_heartbeat(cf_broker_state_t *self, void *sock, const void *id,
                                        size_t len);
@@ -305,6 +312,10 @@ void cf_broker_peer_send_error(cf_broker_state_t *self, void *sock, const void *
 //  Counts, logs (debug) and answers (when id is known) a refused message.
 void cf_broker_peer_malformed(cf_broker_state_t *self, void *sock, const void *id, size_t len,
                               const char *text);
+//  Refuses a valid message of a type this side never takes (READY from a
+//  client): malformed, "unexpected READY from a client".
+void cf_broker_peer_unexpected(cf_broker_state_t *self, void *sock, const void *id, size_t len,
+                               cf_msg_type_t type);
 //  Answers a peer the broker does not know: HEARTBEAT, then ERROR text
 //  (none when NULL).
 void cf_broker_peer_unknown(cf_broker_state_t *self, void *sock, const void *id, size_t len,

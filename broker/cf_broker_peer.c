@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
@@ -53,8 +54,17 @@ cf_broker_peer_t *cf_broker_peer_find(cf_idmap_t *table, const void *id, size_t 
     return NULL;
 }
 
+cf_broker_peer_t *cf_broker_peer_seen(cf_idmap_t *table, const void *id, size_t len,
+                                      int64_t now)
+{
+    cf_broker_peer_t *peer = cf_broker_peer_find(table, id, len);
+    if (peer)
+        peer->last_seen_ms = now;
+    return peer;
+}
+
 //  The new peer becomes the head of its hash chain.
-cf_err_t cf_broker_peer_insert(cf_idmap_t *table, cf_broker_peer_t *peer)
+static cf_err_t s_peer_insert(cf_idmap_t *table, cf_broker_peer_t *peer)
 {
     cf_broker_peer_t *first = cf_idmap_get(table, peer->hash);
     cf_err_t rc = cf_idmap_put(table, peer->hash, peer);
@@ -63,7 +73,7 @@ cf_err_t cf_broker_peer_insert(cf_idmap_t *table, cf_broker_peer_t *peer)
     return rc;
 }
 
-void cf_broker_peer_unlink(cf_idmap_t *table, cf_broker_peer_t *peer)
+static void s_peer_unlink(cf_idmap_t *table, cf_broker_peer_t *peer)
 {
     cf_broker_peer_t *first = cf_idmap_get(table, peer->hash);
     if (first == peer) {
@@ -85,15 +95,31 @@ void cf_broker_peer_unlink(cf_idmap_t *table, cf_broker_peer_t *peer)
     }
 }
 
-void cf_broker_peer_init(cf_broker_peer_t *peer, const void *id, size_t len, int64_t now)
+cf_broker_peer_t *cf_broker_peer_new(cf_broker_state_t *self, bool worker, size_t size,
+                                     const void *id, size_t len, int64_t now)
 {
+    assert(size >= sizeof(cf_broker_peer_t) && len <= CF_BROKER_MAX_IDENTITY);
+    cf_broker_peer_t *peer = calloc(1, size);
+    if (!peer)
+        return NULL;
     memcpy(peer->id, id, len);
     peer->id_len = len;
     peer->hash = cf_hash_bytes(id, len);
     peer->last_seen_ms = now;
-    peer->hash_next = NULL;
     cf_queue_node_init(&peer->all_node);
     cf_broker_peer_label(peer->id, len, peer->label, sizeof peer->label);
+    if (s_peer_insert(worker ? self->worker_table : self->client_table, peer) != CF_OK) {
+        free(peer);
+        return NULL;
+    }
+    cf_queue_push_back(worker ? &self->workers : &self->clients, &peer->all_node);
+    return peer;
+}
+
+void cf_broker_peer_remove(cf_broker_state_t *self, cf_broker_peer_t *peer, bool worker)
+{
+    cf_queue_remove(worker ? &self->workers : &self->clients, &peer->all_node);
+    s_peer_unlink(worker ? self->worker_table : self->client_table, peer);
 }
 
 // ---------------------------------------------------------------------------
@@ -132,6 +158,15 @@ void cf_broker_peer_malformed(cf_broker_state_t *self, void *sock, const void *i
         cf_broker_peer_send_error(self, sock, id, len, 0, text);
 }
 
+void cf_broker_peer_unexpected(cf_broker_state_t *self, void *sock, const void *id, size_t len,
+                               cf_msg_type_t type)
+{
+    char text[64];
+    snprintf(text, sizeof text, "unexpected %s from a %s", cf_broker_command_name(type),
+             sock == self->clients_sock ? "client" : "worker");
+    cf_broker_peer_malformed(self, sock, id, len, text);
+}
+
 void cf_broker_peer_unknown(cf_broker_state_t *self, void *sock, const void *id, size_t len,
                             const char *text)
 {
@@ -151,6 +186,17 @@ void cf_broker_peer_unknown(cf_broker_state_t *self, void *sock, const void *id,
 
 // ---------------------------------------------------------------------------
 //  Incoming messages
+
+//  The peer is lost (a worker's tasks retried or failed, a client's
+//  dropped) for reason.
+static void s_peer_lose(cf_broker_state_t *self, cf_broker_peer_t *peer, bool worker,
+                        const char *reason)
+{
+    if (worker)
+        cf_broker_worker_remove(self, (cf_broker_worker_t *)peer, reason, true);
+    else
+        cf_broker_client_lost(self, (cf_broker_client_t *)peer, reason);
+}
 
 //  With CURVE, libzmq tags every frame of an authenticated connection with
 //  the User-Id cf_auth gave it ("client:<fp>"): a message whose role does
@@ -183,10 +229,8 @@ static bool s_key_current(cf_broker_state_t *self, const void *id, size_t len, c
             peer->auth_generation = generation;
         return true;
     }
-    if (peer && clients)
-        cf_broker_client_lost(self, (cf_broker_client_t *)peer, "its key was revoked");
-    else if (peer)
-        cf_broker_worker_remove(self, (cf_broker_worker_t *)peer, "its key was revoked", true);
+    if (peer)
+        s_peer_lose(self, peer, !clients, "its key was revoked");
     return false;
 }
 
@@ -247,11 +291,9 @@ void cf_broker_peer_read(cf_broker_state_t *self, void *sock)
         cf_proto_msg_destroy(&msg);
         if (rc == CF_EPROTO) {
             //  Any message is liveness, even a bad one.
-            cf_broker_peer_t *peer = len ? cf_broker_peer_find(
-                                         clients ? self->client_table : self->worker_table, id, len)
-                                         : NULL;
-            if (peer)
-                peer->last_seen_ms = cf_clock_now_ms();
+            if (len)
+                cf_broker_peer_seen(clients ? self->client_table : self->worker_table, id, len,
+                                    cf_clock_now_ms());
             cf_broker_peer_malformed(self, sock, len ? id : NULL, len, "malformed message");
             zmq_msg_close(&rid);
             continue;
@@ -266,48 +308,30 @@ void cf_broker_peer_read(cf_broker_state_t *self, void *sock)
 // ---------------------------------------------------------------------------
 //  Heartbeats and liveness
 
-//  Workers silent for the liveness period are lost (their tasks retried);
-//  the others get a heartbeat, and one the ROUTER no longer knows is gone.
-static void s_heartbeat_workers(cf_broker_state_t *self, int64_t now, int64_t expiry)
+//  Heartbeats every client or every worker. Peers silent for the liveness
+//  period are lost (a worker's tasks retried), and so is a client that
+//  stayed unreachable as long; a worker the ROUTER no longer knows is gone.
+//  A heartbeat refused by a client changes nothing: its liveness is judged
+//  on what it sends, delivery on its outbox.
+static void s_heartbeat_peers(cf_broker_state_t *self, bool workers, int64_t now, int64_t expiry)
 {
+    cf_queue_t *all = workers ? &self->workers : &self->clients;
+    void *sock = workers ? self->workers_sock : self->clients_sock;
     cf_queue_node_t *node, *next;
-    for (node = cf_queue_front(&self->workers); node; node = next) {
-        next = cf_queue_next(&self->workers, node);
-        cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, peer.all_node);
-        if (now - worker->peer.last_seen_ms > expiry) {
-            char reason[64];
-            snprintf(reason, sizeof reason, "silent for %" PRId64 " ms",
-                     now - worker->peer.last_seen_ms);
-            cf_broker_worker_remove(self, worker, reason, true);
-            continue;
-        }
-        cf_err_t rc = cf_broker_peer_send_heartbeat(self, self->workers_sock, worker->peer.id,
-                                                    worker->peer.id_len);
-        if (rc == CF_ENOTFOUND)
-            cf_broker_worker_remove(self, worker, "gone", true);
-    }
-}
-
-//  Clients silent, or unreachable, for the liveness period are lost; the
-//  others get a heartbeat.
-static void s_heartbeat_clients(cf_broker_state_t *self, int64_t now, int64_t expiry)
-{
-    cf_queue_node_t *node, *next;
-    for (node = cf_queue_front(&self->clients); node; node = next) {
-        next = cf_queue_next(&self->clients, node);
-        cf_broker_client_t *client = cf_queue_entry(node, cf_broker_client_t, peer.all_node);
-        if (now - client->peer.last_seen_ms > expiry) {
-            cf_broker_client_lost(self, client, "silent");
-            continue;
-        }
-        if (client->unreachable_since_ms && now - client->unreachable_since_ms > expiry) {
-            cf_broker_client_lost(self, client, "unreachable");
-            continue;
-        }
-        //  A heartbeat refused here changes nothing: liveness is judged on
-        //  what the client sends, delivery on the outbox.
-        (void)cf_broker_peer_send_heartbeat(self, self->clients_sock, client->peer.id,
-                                            client->peer.id_len);
+    for (node = cf_queue_front(all); node; node = next) {
+        next = cf_queue_next(all, node);
+        cf_broker_peer_t *peer = cf_queue_entry(node, cf_broker_peer_t, all_node);
+        char reason[64] = "";
+        if (now - peer->last_seen_ms > expiry)
+            snprintf(reason, sizeof reason, "silent for %" PRId64 " ms", now - peer->last_seen_ms);
+        else if (!workers && ((cf_broker_client_t *)peer)->unreachable_since_ms
+                 && now - ((cf_broker_client_t *)peer)->unreachable_since_ms > expiry)
+            snprintf(reason, sizeof reason, "unreachable");
+        else if (cf_broker_peer_send_heartbeat(self, sock, peer->id, peer->id_len) == CF_ENOTFOUND
+                 && workers)
+            snprintf(reason, sizeof reason, "gone");
+        if (reason[0])
+            s_peer_lose(self, peer, workers, reason);
     }
 }
 
@@ -317,6 +341,6 @@ void cf_broker_peer_heartbeat(cf_broker_state_t *self, int64_t now)
         return;
     self->next_heartbeat_ms = now + self->ivl_ms;
     int64_t expiry = (int64_t)self->liveness * self->ivl_ms;
-    s_heartbeat_workers(self, now, expiry);
-    s_heartbeat_clients(self, now, expiry);
+    s_heartbeat_peers(self, true, now, expiry);
+    s_heartbeat_peers(self, false, now, expiry);
 }

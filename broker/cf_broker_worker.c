@@ -467,25 +467,19 @@ void cf_broker_worker_remove(cf_broker_state_t *self, cf_broker_worker_t *worker
         cf_queue_remove(&self->available, &worker->avail_node);
     if (worker->blocked_until_ms)
         self->blocked_workers--;
-    cf_queue_remove(&self->workers, &worker->peer.all_node);
-    cf_broker_peer_unlink(self->worker_table, &worker->peer);
+    cf_broker_peer_remove(self, &worker->peer, true);
     free(worker);
 }
 
 static cf_broker_worker_t *s_worker_new(cf_broker_state_t *self, const void *id, size_t len,
                                         int64_t now)
 {
-    cf_broker_worker_t *worker = calloc(1, sizeof *worker);
+    cf_broker_worker_t *worker =
+        (cf_broker_worker_t *)cf_broker_peer_new(self, true, sizeof *worker, id, len, now);
     if (!worker)
         return NULL;
-    cf_broker_peer_init(&worker->peer, id, len, now);
     cf_queue_init(&worker->running);
     cf_queue_node_init(&worker->avail_node);
-    if (cf_broker_peer_insert(self->worker_table, &worker->peer) != CF_OK) {
-        free(worker);
-        return NULL;
-    }
-    cf_queue_push_back(&self->workers, &worker->peer.all_node);
     return worker;
 }
 
@@ -557,11 +551,8 @@ void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t
 {
     int64_t now = cf_clock_now_ms();
     cf_broker_worker_t *worker =
-        (cf_broker_worker_t *)cf_broker_peer_find(self->worker_table, id, len);
-    if (worker)
-        worker->peer.last_seen_ms = now;
-    cf_msg_type_t type = msg->type;
-    switch (type) {
+        (cf_broker_worker_t *)cf_broker_peer_seen(self->worker_table, id, len, now);
+    switch (msg->type) {
     case CF_MSG_READY:
         s_worker_on_ready(self, worker, id, len, msg, now);
         break;
@@ -587,11 +578,8 @@ void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t
         if (worker)
             cf_broker_worker_remove(self, worker, "disconnected", false);
         break;
-    default: {
-        char text[64];
-        snprintf(text, sizeof text, "unexpected %s from a worker", cf_broker_command_name(type));
-        cf_broker_peer_malformed(self, self->workers_sock, id, len, text);
+    default:
+        cf_broker_peer_unexpected(self, self->workers_sock, id, len, msg->type);
         break;
-    }
     }
 }
