@@ -422,13 +422,13 @@ static void s_send_reply(s_handler_t *self, zmq_msg_t *request_id, const char *s
         cf_log_debug(S_LOG, "cannot send ZAP reply: %s", zmq_strerror(errno));
 }
 
-//  ZAP request (RFC 27): version, request id, domain, address, identity,
-//  mechanism, credentials... For CURVE one credential: the 32-byte key.
-static void s_handle_zap(s_handler_t *self)
+//  Reads one ZAP request into frames (at most CF_AUTH_ZAP_MAX_FRAMES; the
+//  rest is drained and *too_many set). Returns how many frames were kept:
+//  0 when nothing was read (no reply owed).
+static size_t s_zap_read(s_handler_t *self, zmq_msg_t *frames, bool *too_many)
 {
-    zmq_msg_t frames[CF_AUTH_ZAP_MAX_FRAMES];
     size_t count = 0;
-    bool too_many = false;
+    *too_many = false;
     for (;;) {
         zmq_msg_t scratch;
         zmq_msg_t *frame = count < CF_AUTH_ZAP_MAX_FRAMES ? &frames[count] : &scratch;
@@ -437,47 +437,24 @@ static void s_handle_zap(s_handler_t *self)
             zmq_msg_close(frame);
             if (errno == ETERM)
                 self->terminated = true;
-            break;
+            return count;
         }
         bool more = zmq_msg_more(frame);
         if (frame == &scratch) {
             zmq_msg_close(frame);
-            too_many = true;
+            *too_many = true;
         } else {
             count++;
         }
         if (!more)
-            break;
+            return count;
     }
-    if (count == 0)
-        return;                 //  nothing read: no reply owed
+}
 
-    if (too_many || count < 6 || !s_frame_is(&frames[0], "1.0") ||
-        zmq_msg_size(&frames[1]) > CF_AUTH_MAX_REQUEST_ID) {
-        self->stats.malformed++;
-        cf_log_debug(S_LOG, "malformed ZAP request (%zu%s frames)", count,
-                     too_many ? "+" : "");
-        s_send_reply(self, count > 1 ? &frames[1] : NULL, "500", "malformed request", "");
-        goto done;
-    }
-    char address[S_ADDRESS_MAX + 1];
-    s_printable(&frames[3], address, sizeof address);
-    if (!s_frame_is(&frames[5], "CURVE")) {
-        self->stats.denied++;
-        char mechanism[16];
-        s_printable(&frames[5], mechanism, sizeof mechanism);
-        if (s_may_log_denial(self))
-            cf_log_warn(S_LOG, "denied %s handshake from %s: only CURVE is allowed",
-                        mechanism, address);
-        s_send_reply(self, &frames[1], "400", "mechanism not allowed", "");
-        goto done;
-    }
-    if (count != 7 || zmq_msg_size(&frames[6]) != CF_KEY_BIN_LEN) {
-        self->stats.malformed++;
-        cf_log_debug(S_LOG, "malformed CURVE ZAP request");
-        s_send_reply(self, &frames[1], "500", "malformed request", "");
-        goto done;
-    }
+//  Answers a well-formed CURVE request (7 frames, a 32-byte key): 200 with
+//  the key's User-Id when its role may use the request's domain, else 400.
+static void s_zap_curve(s_handler_t *self, zmq_msg_t *frames, const char *address)
+{
     uint8_t key[CF_KEY_BIN_LEN];
     memcpy(key, zmq_msg_data(&frames[6]), sizeof key);
     char z85[CF_KEY_Z85_SIZE], fp[CF_KEY_FP_SIZE];
@@ -489,7 +466,7 @@ static void s_handle_zap(s_handler_t *self)
         if (s_may_log_denial(self))
             cf_log_warn(S_LOG, "denied unknown key %s from %s", fp, address);
         s_send_reply(self, &frames[1], "400", "key not allowed", "");
-        goto done;
+        return;
     }
     cf_role_t only = s_frame_is(&frames[2], CF_AUTH_DOMAIN_CLIENTS)   ? CF_ROLE_CLIENT
                      : s_frame_is(&frames[2], CF_AUTH_DOMAIN_WORKERS) ? CF_ROLE_WORKER
@@ -500,14 +477,57 @@ static void s_handle_zap(s_handler_t *self)
             cf_log_warn(S_LOG, "denied %s key %s from %s on the %s endpoint",
                         cf_auth_role_name(role), fp, address, cf_auth_role_name(only));
         s_send_reply(self, &frames[1], "400", "key not allowed on this endpoint", "");
-        goto done;
+        return;
     }
     self->stats.allowed++;
     char user_id[CF_AUTH_USER_ID_SIZE];
     snprintf(user_id, sizeof user_id, "%s:%s", cf_auth_role_name(role), fp);
     cf_log_debug(S_LOG, "allowed %s from %s", user_id, address);
     s_send_reply(self, &frames[1], "200", "OK", user_id);
-done:
+}
+
+//  Answers one request of count frames: malformed ones 500, other
+//  mechanisms than CURVE 400, CURVE by its key.
+static void s_zap_answer(s_handler_t *self, zmq_msg_t *frames, size_t count, bool too_many)
+{
+    if (too_many || count < 6 || !s_frame_is(&frames[0], "1.0") ||
+        zmq_msg_size(&frames[1]) > CF_AUTH_MAX_REQUEST_ID) {
+        self->stats.malformed++;
+        cf_log_debug(S_LOG, "malformed ZAP request (%zu%s frames)", count, too_many ? "+" : "");
+        s_send_reply(self, count > 1 ? &frames[1] : NULL, "500", "malformed request", "");
+        return;
+    }
+    char address[S_ADDRESS_MAX + 1];
+    s_printable(&frames[3], address, sizeof address);
+    if (!s_frame_is(&frames[5], "CURVE")) {
+        self->stats.denied++;
+        char mechanism[16];
+        s_printable(&frames[5], mechanism, sizeof mechanism);
+        if (s_may_log_denial(self))
+            cf_log_warn(S_LOG, "denied %s handshake from %s: only CURVE is allowed", mechanism,
+                        address);
+        s_send_reply(self, &frames[1], "400", "mechanism not allowed", "");
+        return;
+    }
+    if (count != 7 || zmq_msg_size(&frames[6]) != CF_KEY_BIN_LEN) {
+        self->stats.malformed++;
+        cf_log_debug(S_LOG, "malformed CURVE ZAP request");
+        s_send_reply(self, &frames[1], "500", "malformed request", "");
+        return;
+    }
+    s_zap_curve(self, frames, address);
+}
+
+//  ZAP request (RFC 27): version, request id, domain, address, identity,
+//  mechanism, credentials... For CURVE one credential: the 32-byte key.
+static void s_handle_zap(s_handler_t *self)
+{
+    zmq_msg_t frames[CF_AUTH_ZAP_MAX_FRAMES];
+    bool too_many;
+    size_t count = s_zap_read(self, frames, &too_many);
+    if (count == 0)
+        return;                 //  nothing read: no reply owed
+    s_zap_answer(self, frames, count, too_many);
     for (size_t i = 0; i < count; i++)
         zmq_msg_close(&frames[i]);
 }
