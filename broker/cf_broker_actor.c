@@ -36,7 +36,6 @@ struct cf_broker {
     char worker_endpoint[256];
 };
 
-
 // ---------------------------------------------------------------------------
 //  The pipe from cf_broker_* calls
 
