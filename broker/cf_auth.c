@@ -3,10 +3,12 @@
 //  Design note: the allow-list is one array of (32-byte key, role) sorted by
 //  key, searched with bsearch: a handshake costs one lookup, and a reload
 //  builds a whole new array in the caller's thread and hands the pointer to
-//  the actor, which swaps it in between two requests. The actor's sockets
-//  are created and bound by cf_auth_new before the thread starts (the thread
-//  creation is the memory barrier ZeroMQ asks for when a socket changes
-//  thread), so every setup error is reported to the caller directly.
+//  the actor (a cf_actor_call, whose lock orders the list's construction
+//  before its use where ThreadSanitizer can see it), which swaps it in
+//  between two requests, with the User-Ids cf_auth_user_allowed reads.
+//  The actor creates and binds its ZAP socket itself, so the socket never
+//  changes thread; a bind that fails is reported through cf_actor_ready,
+//  and cf_auth_new returns that error as its own.
 //
 //  Nothing a ZAP request holds can crash the handler: frames are counted and
 //  sized before use, a message longer than CF_AUTH_ZAP_MAX_FRAMES is drained,
@@ -15,7 +17,8 @@
 //  inproc endpoint is open to any code in it.
 
 #include "cf_auth.h"
-#include "cf_clock.h"
+
+#include "cf_actor.h"
 #include "cf_error.h"
 #include "cf_keys.h"
 #include "cf_log.h"
@@ -24,7 +27,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +34,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define S_COMPONENT             "auth"
+#define S_LOG                   "auth"
 #define CF_AUTH_ZAP_MAX_FRAMES  8       //  a CURVE request has 7
 #define CF_AUTH_MAX_REQUEST_ID  255     //  bytes of a request id we echo
 #define S_ADDRESS_MAX           63      //  bytes of a peer address we log
@@ -196,7 +198,7 @@ static cf_err_t s_load_dir(s_list_t *list, const char *dir_path, cf_role_t role)
             break;
         }
         if (!S_ISREG(st.st_mode)) {
-            cf_log_debug(S_COMPONENT, "allow-list %s: skipping %s (not a regular file)",
+            cf_log_debug(S_LOG, "allow-list %s: skipping %s (not a regular file)",
                          dir_path, entry->d_name);
             continue;
         }
@@ -213,7 +215,7 @@ static cf_err_t s_load_dir(s_list_t *list, const char *dir_path, cf_role_t role)
         rc = cf_error_set(CF_ESYS, "cannot read allow-list %s: %s", dir_path, strerror(errno));
     closedir(dir);
     if (rc == CF_OK && files == 0)
-        cf_log_warn(S_COMPONENT, "%s allow-list %s holds no *.key files", s_list_name(role),
+        cf_log_warn(S_LOG, "%s allow-list %s holds no *.key files", s_list_name(role),
                     dir_path);
     return rc;
 }
@@ -336,37 +338,41 @@ static s_list_t *s_list_load(const char *client_keys, const char *worker_keys)
 // ---------------------------------------------------------------------------
 //  The actor
 
+//  The ZAP handler: the actor's state, its alone while it runs (cf_auth_new
+//  fills it in before the thread starts, cf_auth_destroy frees it after the
+//  join).
 typedef struct {
-    void *pipe;                 //  PAIR to the cf_auth_* calls
-    void *zap;                  //  REP bound at CF_AUTH_ZAP_ENDPOINT
+    void *ctx;                  //  the broker's context (borrowed)
+    void *zap;                  //  REP bound at CF_AUTH_ZAP_ENDPOINT, made by the actor
     s_list_t *list;             //  owned; replaced by RELOAD
-    //  RELOAD hands over a new list here, under handoff: the message on the
-    //  pipe says "take it", and the mutex orders the list's construction
-    //  before its use in a way ThreadSanitizer can see (libzmq's pipes are
-    //  invisible to it).
-    pthread_mutex_t handoff;
-    s_list_t *pending;
     cf_auth_stats_t stats;
     bool terminated;            //  $TERM received or the context ended
-    int64_t log_window_ms;      //  start of the current denial-log second
-    int log_lines;              //  denial lines logged in that second
-    uint64_t log_suppressed;    //  denials not logged since
-} s_actor_t;
+    //  Denials are logged at most CF_AUTH_LOG_PER_SEC a second: anyone who
+    //  knows the server key can cause one per handshake.
+    cf_log_limit_t denial_log;
+} s_handler_t;
 
 //  The User-Ids the lists allow ("client:<fp>"), sorted, for
 //  cf_auth_user_allowed: a copy the broker's thread may read, since the
 //  actor's list is the actor's alone.
 typedef char s_user_t[CF_AUTH_USER_ID_SIZE];
 
+//  RELOAD's argument: new lists built by the caller. The call's answer says
+//  the actor took them; a call that fails (the actor ended) leaves them
+//  with the caller.
+typedef struct {
+    s_list_t *list;
+    s_user_t *users;
+    size_t user_count;
+} s_reload_t;
+
 struct cf_auth {
+    cf_actor_t *actor;          //  the ZAP handler's thread
+    s_handler_t handler;        //  the actor's state
     pthread_mutex_t users_lock;
-    s_user_t *users;            //  under users_lock
+    s_user_t *users;            //  under users_lock; swapped by the actor on RELOAD
     size_t user_count;
     _Atomic uint64_t generation;    //  successful reloads
-    void *pipe;                 //  our end of the pipe; used under mutex
-    pthread_mutex_t mutex;      //  serializes pipe requests from any thread
-    pthread_t thread;
-    s_actor_t *actor;           //  the thread's state; freed after join
     char secret_z85[CF_KEY_Z85_SIZE];
     char public_z85[CF_KEY_Z85_SIZE];
     char *client_keys;          //  configured paths, for reload
@@ -374,25 +380,9 @@ struct cf_auth {
     int handshake_ivl_ms;
 };
 
-//  Denials are logged at most CF_AUTH_LOG_PER_SEC a second: anyone who
-//  knows the server key can cause one per handshake.
-static bool s_may_log_denial(s_actor_t *self)
+static bool s_may_log_denial(s_handler_t *self)
 {
-    int64_t now = cf_clock_now_ms();
-    if (now - self->log_window_ms >= 1000) {
-        if (self->log_suppressed > 0)
-            cf_log_warn(S_COMPONENT, "%llu more denied handshakes were not logged",
-                        (unsigned long long)self->log_suppressed);
-        self->log_window_ms = now;
-        self->log_lines = 0;
-        self->log_suppressed = 0;
-    }
-    if (self->log_lines < CF_AUTH_LOG_PER_SEC) {
-        self->log_lines++;
-        return true;
-    }
-    self->log_suppressed++;
-    return false;
+    return cf_log_limit_allow(&self->denial_log, S_LOG, "denied handshakes");
 }
 
 static bool s_frame_is(zmq_msg_t *frame, const char *text)
@@ -412,7 +402,7 @@ static void s_printable(zmq_msg_t *frame, char *out, size_t size)
     out[i] = '\0';
 }
 
-static void s_send_reply(s_actor_t *self, zmq_msg_t *request_id, const char *status,
+static void s_send_reply(s_handler_t *self, zmq_msg_t *request_id, const char *status,
                          const char *text, const char *user_id)
 {
     const void *id = "";
@@ -429,16 +419,16 @@ static void s_send_reply(s_actor_t *self, zmq_msg_t *request_id, const char *sta
         zmq_send(self->zap, text, strlen(text), flags) < 0 ||
         zmq_send(self->zap, user_id, strlen(user_id), flags) < 0 ||
         zmq_send(self->zap, "", 0, ZMQ_DONTWAIT) < 0)
-        cf_log_debug(S_COMPONENT, "cannot send ZAP reply: %s", zmq_strerror(errno));
+        cf_log_debug(S_LOG, "cannot send ZAP reply: %s", zmq_strerror(errno));
 }
 
-//  ZAP request (RFC 27): version, request id, domain, address, identity,
-//  mechanism, credentials... For CURVE one credential: the 32-byte key.
-static void s_handle_zap(s_actor_t *self)
+//  Reads one ZAP request into frames (at most CF_AUTH_ZAP_MAX_FRAMES; the
+//  rest is drained and *too_many set). Returns how many frames were kept:
+//  0 when nothing was read (no reply owed).
+static size_t s_zap_read(s_handler_t *self, zmq_msg_t *frames, bool *too_many)
 {
-    zmq_msg_t frames[CF_AUTH_ZAP_MAX_FRAMES];
     size_t count = 0;
-    bool too_many = false;
+    *too_many = false;
     for (;;) {
         zmq_msg_t scratch;
         zmq_msg_t *frame = count < CF_AUTH_ZAP_MAX_FRAMES ? &frames[count] : &scratch;
@@ -447,47 +437,24 @@ static void s_handle_zap(s_actor_t *self)
             zmq_msg_close(frame);
             if (errno == ETERM)
                 self->terminated = true;
-            break;
+            return count;
         }
         bool more = zmq_msg_more(frame);
         if (frame == &scratch) {
             zmq_msg_close(frame);
-            too_many = true;
+            *too_many = true;
         } else {
             count++;
         }
         if (!more)
-            break;
+            return count;
     }
-    if (count == 0)
-        return;                 //  nothing read: no reply owed
+}
 
-    if (too_many || count < 6 || !s_frame_is(&frames[0], "1.0") ||
-        zmq_msg_size(&frames[1]) > CF_AUTH_MAX_REQUEST_ID) {
-        self->stats.malformed++;
-        cf_log_debug(S_COMPONENT, "malformed ZAP request (%zu%s frames)", count,
-                     too_many ? "+" : "");
-        s_send_reply(self, count > 1 ? &frames[1] : NULL, "500", "malformed request", "");
-        goto done;
-    }
-    char address[S_ADDRESS_MAX + 1];
-    s_printable(&frames[3], address, sizeof address);
-    if (!s_frame_is(&frames[5], "CURVE")) {
-        self->stats.denied++;
-        char mechanism[16];
-        s_printable(&frames[5], mechanism, sizeof mechanism);
-        if (s_may_log_denial(self))
-            cf_log_warn(S_COMPONENT, "denied %s handshake from %s: only CURVE is allowed",
-                        mechanism, address);
-        s_send_reply(self, &frames[1], "400", "mechanism not allowed", "");
-        goto done;
-    }
-    if (count != 7 || zmq_msg_size(&frames[6]) != CF_KEY_BIN_LEN) {
-        self->stats.malformed++;
-        cf_log_debug(S_COMPONENT, "malformed CURVE ZAP request");
-        s_send_reply(self, &frames[1], "500", "malformed request", "");
-        goto done;
-    }
+//  Answers a well-formed CURVE request (7 frames, a 32-byte key): 200 with
+//  the key's User-Id when its role may use the request's domain, else 400.
+static void s_zap_curve(s_handler_t *self, zmq_msg_t *frames, const char *address)
+{
     uint8_t key[CF_KEY_BIN_LEN];
     memcpy(key, zmq_msg_data(&frames[6]), sizeof key);
     char z85[CF_KEY_Z85_SIZE], fp[CF_KEY_FP_SIZE];
@@ -497,9 +464,9 @@ static void s_handle_zap(s_actor_t *self)
     if (role == CF_ROLE_NONE) {
         self->stats.denied++;
         if (s_may_log_denial(self))
-            cf_log_warn(S_COMPONENT, "denied unknown key %s from %s", fp, address);
+            cf_log_warn(S_LOG, "denied unknown key %s from %s", fp, address);
         s_send_reply(self, &frames[1], "400", "key not allowed", "");
-        goto done;
+        return;
     }
     cf_role_t only = s_frame_is(&frames[2], CF_AUTH_DOMAIN_CLIENTS)   ? CF_ROLE_CLIENT
                      : s_frame_is(&frames[2], CF_AUTH_DOMAIN_WORKERS) ? CF_ROLE_WORKER
@@ -507,102 +474,164 @@ static void s_handle_zap(s_actor_t *self)
     if (only != CF_ROLE_NONE && role != only) {
         self->stats.denied++;
         if (s_may_log_denial(self))
-            cf_log_warn(S_COMPONENT, "denied %s key %s from %s on the %s endpoint",
+            cf_log_warn(S_LOG, "denied %s key %s from %s on the %s endpoint",
                         cf_auth_role_name(role), fp, address, cf_auth_role_name(only));
         s_send_reply(self, &frames[1], "400", "key not allowed on this endpoint", "");
-        goto done;
+        return;
     }
     self->stats.allowed++;
     char user_id[CF_AUTH_USER_ID_SIZE];
     snprintf(user_id, sizeof user_id, "%s:%s", cf_auth_role_name(role), fp);
-    cf_log_debug(S_COMPONENT, "allowed %s from %s", user_id, address);
+    cf_log_debug(S_LOG, "allowed %s from %s", user_id, address);
     s_send_reply(self, &frames[1], "200", "OK", user_id);
-done:
+}
+
+//  Answers one request of count frames: malformed ones 500, other
+//  mechanisms than CURVE 400, CURVE by its key.
+static void s_zap_answer(s_handler_t *self, zmq_msg_t *frames, size_t count, bool too_many)
+{
+    if (too_many || count < 6 || !s_frame_is(&frames[0], "1.0") ||
+        zmq_msg_size(&frames[1]) > CF_AUTH_MAX_REQUEST_ID) {
+        self->stats.malformed++;
+        cf_log_debug(S_LOG, "malformed ZAP request (%zu%s frames)", count, too_many ? "+" : "");
+        s_send_reply(self, count > 1 ? &frames[1] : NULL, "500", "malformed request", "");
+        return;
+    }
+    char address[S_ADDRESS_MAX + 1];
+    s_printable(&frames[3], address, sizeof address);
+    if (!s_frame_is(&frames[5], "CURVE")) {
+        self->stats.denied++;
+        char mechanism[16];
+        s_printable(&frames[5], mechanism, sizeof mechanism);
+        if (s_may_log_denial(self))
+            cf_log_warn(S_LOG, "denied %s handshake from %s: only CURVE is allowed", mechanism,
+                        address);
+        s_send_reply(self, &frames[1], "400", "mechanism not allowed", "");
+        return;
+    }
+    if (count != 7 || zmq_msg_size(&frames[6]) != CF_KEY_BIN_LEN) {
+        self->stats.malformed++;
+        cf_log_debug(S_LOG, "malformed CURVE ZAP request");
+        s_send_reply(self, &frames[1], "500", "malformed request", "");
+        return;
+    }
+    s_zap_curve(self, frames, address);
+}
+
+//  ZAP request (RFC 27): version, request id, domain, address, identity,
+//  mechanism, credentials... For CURVE one credential: the 32-byte key.
+static void s_handle_zap(s_handler_t *self)
+{
+    zmq_msg_t frames[CF_AUTH_ZAP_MAX_FRAMES];
+    bool too_many;
+    size_t count = s_zap_read(self, frames, &too_many);
+    if (count == 0)
+        return;                 //  nothing read: no reply owed
+    s_zap_answer(self, frames, count, too_many);
     for (size_t i = 0; i < count; i++)
         zmq_msg_close(&frames[i]);
 }
 
-static void s_handle_pipe(s_actor_t *self)
+//  Creates and binds the ZAP socket; linger 0, so a request in flight never
+//  holds the context's end.
+static cf_err_t s_zap_open(s_handler_t *self)
 {
-    zmq_msg_t verb, arg;
-    zmq_msg_init(&verb);
-    zmq_msg_init(&arg);
-    if (zmq_msg_recv(&verb, self->pipe, ZMQ_DONTWAIT) < 0) {
-        if (errno == ETERM)
-            self->terminated = true;
-        goto done;
-    }
-    while (zmq_msg_more(&verb) && zmq_msg_recv(&arg, self->pipe, 0) >= 0 &&
-           zmq_msg_more(&arg))
-        ;                       //  none of our verbs has arguments: drain any
-    if (s_frame_is(&verb, "$TERM")) {
-        self->terminated = true;
-    } else if (s_frame_is(&verb, "RELOAD")) {
-        pthread_mutex_lock(&self->handoff);
-        s_list_t *list = self->pending;
-        self->pending = NULL;
-        pthread_mutex_unlock(&self->handoff);
-        if (list) {
-            s_list_destroy(&self->list);
-            self->list = list;
-            self->stats.reloads++;
-        }
-        zmq_send(self->pipe, list ? "OK" : "ERROR", list ? 2 : 5, 0);
-    } else if (s_frame_is(&verb, "STATS")) {
-        cf_auth_stats_t stats = self->stats;
-        stats.client_keys = self->list->clients;
-        stats.worker_keys = self->list->workers;
-        zmq_send(self->pipe, &stats, sizeof stats, 0);
-    } else {
-        cf_log_error(S_COMPONENT, "unknown pipe command");
-    }
-done:
-    zmq_msg_close(&verb);
-    zmq_msg_close(&arg);
+    self->zap = zmq_socket(self->ctx, ZMQ_REP);
+    int linger = 0;
+    if (!self->zap || zmq_setsockopt(self->zap, ZMQ_LINGER, &linger, sizeof linger) != 0)
+        return cf_error_set(CF_ESYS, "cannot create auth sockets: %s", zmq_strerror(errno));
+    if (zmq_bind(self->zap, CF_AUTH_ZAP_ENDPOINT) != 0)
+        return cf_error_set(CF_ESYS, "cannot bind %s: %s%s", CF_AUTH_ZAP_ENDPOINT,
+                            zmq_strerror(errno),
+                            errno == EADDRINUSE ? " (a ZAP handler already runs in this context)"
+                                                : "");
+    return CF_OK;
 }
 
-static void *s_actor_run(void *arg)
+static void s_zap_close(s_handler_t *self)
 {
-    s_actor_t *self = arg;
-    zmq_pollitem_t items[] = {
-        {self->pipe, 0, ZMQ_POLLIN, 0},
-        {self->zap, 0, ZMQ_POLLIN, 0},
-    };
-    while (!self->terminated) {
-        int rc = zmq_poll(items, 2, -1);
-        if (rc < 0 && errno == EINTR)
-            continue;           //  a signal; revents are stale
-        if (rc < 0)
-            break;              //  context terminated
-        if (items[0].revents & ZMQ_POLLIN)
-            s_handle_pipe(self);
-        if (!self->terminated && (items[1].revents & ZMQ_POLLIN))
-            s_handle_zap(self);
-    }
+    if (!self->zap)
+        return;
     //  zmq_close releases an inproc endpoint only later, on libzmq's reaper
     //  thread; unbinding first frees it now, so a handler started right
     //  after this one (a restart in the same context) can bind it.
-    zmq_unbind(self->zap, CF_AUTH_ZAP_ENDPOINT);
+    zmq_unbind(self->zap, CF_AUTH_ZAP_ENDPOINT);    //  fails if never bound
     zmq_close(self->zap);
-    zmq_close(self->pipe);
-    self->zap = self->pipe = NULL;
+    self->zap = NULL;
+}
+
+//  RELOAD: the new lists replace the old, and the User-Ids with them, in
+//  the order the reloads reach the actor.
+static void s_take_reload(cf_auth_t *auth, const s_reload_t *reload)
+{
+    s_handler_t *self = &auth->handler;
     s_list_destroy(&self->list);
-    return NULL;
+    self->list = reload->list;
+    self->stats.reloads++;
+    pthread_mutex_lock(&auth->users_lock);
+    s_user_t *old = auth->users;
+    auth->users = reload->users;
+    auth->user_count = reload->user_count;
+    pthread_mutex_unlock(&auth->users_lock);
+    free(old);
+    atomic_fetch_add(&auth->generation, 1);
+}
+
+static void s_handle_pipe(cf_auth_t *auth, cf_actor_t *actor)
+{
+    s_handler_t *self = &auth->handler;
+    cf_actor_clear_wake(actor);
+    cf_actor_msg_t *msg;
+    while ((msg = cf_actor_recv(actor))) {
+        size_t len = 0;
+        const void *arg = cf_actor_msg_arg(msg, &len);
+        if (cf_actor_msg_is(msg, "$TERM"))
+            self->terminated = true;
+        else if (cf_actor_msg_is(msg, "RELOAD") && len == sizeof(s_reload_t))
+            s_take_reload(auth, arg);
+        else if (cf_actor_msg_is(msg, "STATS")) {
+            cf_auth_stats_t stats = self->stats;
+            stats.client_keys = self->list->clients;
+            stats.worker_keys = self->list->workers;
+            cf_actor_reply(actor, &msg, &stats, sizeof stats);
+        }
+        else
+            cf_log_error(S_LOG, "unknown pipe command");
+        cf_actor_reply(actor, &msg, NULL, 0);       //  NULL once answered
+    }
+}
+
+static void s_handler_run(cf_actor_t *actor, void *args)
+{
+    cf_auth_t *auth = args;
+    s_handler_t *self = &auth->handler;
+    cf_err_t rc = s_zap_open(self);
+    if (rc != CF_OK) {
+        s_zap_close(self);
+        cf_actor_ready(actor, rc, cf_last_error());
+        return;
+    }
+    cf_actor_ready(actor, CF_OK, NULL);
+    zmq_pollitem_t items[] = {
+        {NULL, cf_actor_fd(actor), ZMQ_POLLIN, 0},
+        {self->zap, 0, ZMQ_POLLIN, 0},
+    };
+    while (!self->terminated) {
+        int n = zmq_poll(items, 2, -1);
+        if (n < 0 && errno == EINTR)
+            continue;           //  a signal; revents are stale
+        if (n < 0)
+            break;              //  context terminated
+        if (items[0].revents & ZMQ_POLLIN)
+            s_handle_pipe(auth, actor);
+        if (!self->terminated && (items[1].revents & ZMQ_POLLIN))
+            s_handle_zap(self);
+    }
+    s_zap_close(self);
 }
 
 // ---------------------------------------------------------------------------
 //  The API
-
-static void *s_socket(void *ctx, int type)
-{
-    void *socket = zmq_socket(ctx, type);
-    int linger = 0;
-    if (socket && zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger) != 0) {
-        zmq_close(socket);
-        return NULL;
-    }
-    return socket;
-}
 
 static int s_user_compare(const void *a, const void *b)
 {
@@ -629,156 +658,91 @@ static s_user_t *s_users_of(const s_list_t *list, size_t *count)
     return users;
 }
 
-static void s_users_swap(cf_auth_t *self, s_user_t *users, size_t count)
-{
-    pthread_mutex_lock(&self->users_lock);
-    s_user_t *old = self->users;
-    self->users = users;
-    self->user_count = count;
-    pthread_mutex_unlock(&self->users_lock);
-    free(old);
-}
-
-static void s_auth_free(cf_auth_t *self)
-{
-    if (self->pipe)
-        zmq_close(self->pipe);
-    if (self->actor) {
-        if (self->actor->zap) {
-            zmq_unbind(self->actor->zap, CF_AUTH_ZAP_ENDPOINT);     //  fails if never bound
-            zmq_close(self->actor->zap);
-        }
-        if (self->actor->pipe)
-            zmq_close(self->actor->pipe);
-        s_list_destroy(&self->actor->list);
-        s_list_destroy(&self->actor->pending);
-        pthread_mutex_destroy(&self->actor->handoff);
-        free(self->actor);
-    }
-    explicit_bzero(self->secret_z85, sizeof self->secret_z85);
-    free(self->client_keys);
-    free(self->worker_keys);
-    free(self->users);
-    pthread_mutex_destroy(&self->users_lock);
-    pthread_mutex_destroy(&self->mutex);
-    free(self);
-}
-
-cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
-{
-    if (!config || !config->zmq_context) {
-        cf_error_set(CF_EINVAL, "auth needs the broker's zmq context");
-        return NULL;
-    }
-    if (!config->secret_key_file == !config->secret_key) {
-        cf_error_set(CF_EINVAL, "auth needs exactly one of a secret key file and a secret key");
-        return NULL;
-    }
-    if (!config->client_keys && !config->worker_keys) {
-        cf_error_set(CF_EINVAL, "auth needs a client or a worker allow-list");
-        return NULL;
-    }
-    if (config->handshake_ivl_ms < 0) {
-        cf_error_set(CF_EINVAL, "handshake_ivl_ms must be >= 0, got %d",
-                     config->handshake_ivl_ms);
-        return NULL;
-    }
-    cf_auth_t *self = calloc(1, sizeof *self);
-    if (!self) {
-        cf_error_set(CF_ENOMEM, "out of memory");
-        return NULL;
-    }
-    pthread_mutex_init(&self->mutex, NULL);
-    pthread_mutex_init(&self->users_lock, NULL);
-    self->handshake_ivl_ms =
-        config->handshake_ivl_ms ? config->handshake_ivl_ms : CF_AUTH_HANDSHAKE_IVL_MS;
-    if (config->secret_key_file) {
-        if (cf_keys_read_secret(config->secret_key_file, self->secret_z85) != CF_OK)
-            goto fail;
-    } else if (cf_keys_valid(config->secret_key)) {
-        memcpy(self->secret_z85, config->secret_key, CF_KEY_Z85_SIZE);
-    } else {
-        cf_error_set(CF_EINVAL, "the broker's secret key is not valid Z85");
-        goto fail;
-    }
-    if (cf_keys_public_of(self->secret_z85, self->public_z85) != CF_OK)
-        goto fail;
-    if ((config->client_keys && !(self->client_keys = strdup(config->client_keys))) ||
-        (config->worker_keys && !(self->worker_keys = strdup(config->worker_keys)))) {
-        cf_error_set(CF_ENOMEM, "out of memory");
-        goto fail;
-    }
-    self->actor = calloc(1, sizeof *self->actor);
-    if (!self->actor) {
-        cf_error_set(CF_ENOMEM, "out of memory");
-        goto fail;
-    }
-    pthread_mutex_init(&self->actor->handoff, NULL);
-    self->actor->list = s_list_load(self->client_keys, self->worker_keys);
-    if (!self->actor->list)
-        goto fail;
-    self->users = s_users_of(self->actor->list, &self->user_count);
-    if (!self->users)
-        goto fail;
-
-    //  Unique even if a previous handler at the same address has not been
-    //  reaped yet (zmq_close is asynchronous).
-    static atomic_uint s_serial;
-    char endpoint[80];
-    snprintf(endpoint, sizeof endpoint, "inproc://cf-auth-pipe-%p-%u", (void *)self,
-             atomic_fetch_add(&s_serial, 1));
-    self->pipe = s_socket(config->zmq_context, ZMQ_PAIR);
-    self->actor->pipe = s_socket(config->zmq_context, ZMQ_PAIR);
-    self->actor->zap = s_socket(config->zmq_context, ZMQ_REP);
-    if (!self->pipe || !self->actor->pipe || !self->actor->zap) {
-        cf_error_set(CF_ESYS, "cannot create auth sockets: %s", zmq_strerror(errno));
-        goto fail;
-    }
-    if (zmq_bind(self->pipe, endpoint) != 0 || zmq_connect(self->actor->pipe, endpoint) != 0) {
-        cf_error_set(CF_ESYS, "cannot set up the auth pipe: %s", zmq_strerror(errno));
-        goto fail;
-    }
-    if (zmq_bind(self->actor->zap, CF_AUTH_ZAP_ENDPOINT) != 0) {
-        cf_error_set(CF_ESYS, "cannot bind %s: %s%s", CF_AUTH_ZAP_ENDPOINT, zmq_strerror(errno),
-                     errno == EADDRINUSE ? " (a ZAP handler already runs in this context)" : "");
-        goto fail;
-    }
-
-    //  Counted now: once the thread runs, the list is its alone.
-    size_t clients = self->actor->list->clients, workers = self->actor->list->workers;
-    //  The actor never handles signals: a daemon's main thread does.
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&self->thread, NULL, s_actor_run, self->actor);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
-        cf_error_set(CF_ESYS, "cannot start the auth thread: %s", strerror(rc));
-        goto fail;
-    }
-    cf_log_info(S_COMPONENT, "CURVE authentication on: server key %.8s, %zu client and %zu "
-                "worker keys allowed", self->public_z85, clients, workers);
-    return self;
-fail:
-    s_auth_free(self);
-    return NULL;
-}
-
 void cf_auth_destroy(cf_auth_t **auth_p)
 {
     if (!auth_p || !*auth_p)
         return;
     cf_auth_t *self = *auth_p;
     *auth_p = NULL;
-    pthread_mutex_lock(&self->mutex);
-    //  If the context is already shutting down this fails with ETERM, and
-    //  the actor leaves its loop on the same error. DONTWAIT: should the
-    //  actor be gone, a PAIR without a peer would block this send forever.
-    zmq_send(self->pipe, "$TERM", 5, ZMQ_DONTWAIT);
-    pthread_mutex_unlock(&self->mutex);
-    pthread_join(self->thread, NULL);
-    //  The thread closed its sockets and freed its list; the rest goes here.
-    s_auth_free(self);
+    //  $TERM and the join; an actor that already left on ETERM (its context
+    //  ended) is only joined. It closed its socket itself.
+    cf_actor_destroy(&self->actor);
+    s_list_destroy(&self->handler.list);
+    explicit_bzero(self->secret_z85, sizeof self->secret_z85);
+    free(self->client_keys);
+    free(self->worker_keys);
+    free(self->users);
+    pthread_mutex_destroy(&self->users_lock);
+    free(self);
+}
+
+//  Reads the key and the lists of config into self.
+static cf_err_t s_load_config(cf_auth_t *self, const cf_auth_config_t *config)
+{
+    if (config->secret_key_file) {
+        if (cf_keys_read_secret(config->secret_key_file, self->secret_z85) != CF_OK)
+            return cf_last_err();
+    }
+    else if (cf_keys_valid(config->secret_key))
+        memcpy(self->secret_z85, config->secret_key, CF_KEY_Z85_SIZE);
+    else
+        return cf_error_set(CF_EINVAL, "the broker's secret key is not valid Z85");
+    if (cf_keys_public_of(self->secret_z85, self->public_z85) != CF_OK)
+        return cf_last_err();
+    if ((config->client_keys && !(self->client_keys = strdup(config->client_keys))) ||
+        (config->worker_keys && !(self->worker_keys = strdup(config->worker_keys))))
+        return cf_error_set(CF_ENOMEM, "out of memory");
+    self->handler.list = s_list_load(self->client_keys, self->worker_keys);
+    if (!self->handler.list)
+        return cf_last_err();
+    self->users = s_users_of(self->handler.list, &self->user_count);
+    return self->users ? CF_OK : cf_last_err();
+}
+
+static bool s_config_valid(const cf_auth_config_t *config)
+{
+    if (!config || !config->zmq_context)
+        cf_error_set(CF_EINVAL, "auth needs the broker's zmq context");
+    else if (!config->secret_key_file == !config->secret_key)
+        cf_error_set(CF_EINVAL, "auth needs exactly one of a secret key file and a secret key");
+    else if (!config->client_keys && !config->worker_keys)
+        cf_error_set(CF_EINVAL, "auth needs a client or a worker allow-list");
+    else if (config->handshake_ivl_ms < 0)
+        cf_error_set(CF_EINVAL, "handshake_ivl_ms must be >= 0, got %d",
+                     config->handshake_ivl_ms);
+    else
+        return true;
+    return false;
+}
+
+cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
+{
+    if (!s_config_valid(config))
+        return NULL;
+    cf_auth_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        cf_error_set(CF_ENOMEM, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&self->users_lock, NULL);
+    self->handshake_ivl_ms =
+        config->handshake_ivl_ms ? config->handshake_ivl_ms : CF_AUTH_HANDSHAKE_IVL_MS;
+    self->handler.ctx = config->zmq_context;
+    self->handler.denial_log.per_sec = CF_AUTH_LOG_PER_SEC;
+    if (s_load_config(self, config) != CF_OK)
+        goto failed;
+    //  Counted now: once the thread runs, the list is its alone.
+    size_t clients = self->handler.list->clients, workers = self->handler.list->workers;
+    //  Returns once the actor has bound the ZAP endpoint, or with why not.
+    self->actor = cf_actor_new("cf-auth", s_handler_run, self);
+    if (!self->actor)
+        goto failed;
+    cf_log_info(S_LOG, "CURVE authentication on: server key %.8s, %zu client and %zu "
+                "worker keys allowed", self->public_z85, clients, workers);
+    return self;
+failed:
+    cf_auth_destroy(&self);
+    return NULL;
 }
 
 cf_err_t cf_auth_apply_server(void *socket, cf_auth_t *auth, const char *domain)
@@ -808,43 +772,25 @@ cf_err_t cf_auth_reload(cf_auth_t *auth)
 {
     if (!auth)
         return cf_error_set(CF_EINVAL, "no auth");
-    s_list_t *list = s_list_load(auth->client_keys, auth->worker_keys);
-    if (!list)
+    s_reload_t reload = {.list = s_list_load(auth->client_keys, auth->worker_keys)};
+    if (!reload.list)
         return cf_last_err();
-    size_t clients = list->clients, workers = list->workers;
-    size_t user_count = 0;
-    s_user_t *users = s_users_of(list, &user_count);
-    if (!users) {
-        s_list_destroy(&list);
+    size_t clients = reload.list->clients, workers = reload.list->workers;
+    reload.users = s_users_of(reload.list, &reload.user_count);
+    if (!reload.users) {
+        s_list_destroy(&reload.list);
         return cf_last_err();
     }
-    pthread_mutex_lock(&auth->mutex);
-    cf_err_t rc = CF_OK;
-    pthread_mutex_lock(&auth->actor->handoff);
-    auth->actor->pending = list;
-    pthread_mutex_unlock(&auth->actor->handoff);
-    if (zmq_send(auth->pipe, "RELOAD", 6, 0) < 0) {
-        rc = cf_error_set(CF_ESYS, "cannot reach the auth actor: %s", zmq_strerror(errno));
-        //  Not taken: the actor is gone (context terminated).
-        pthread_mutex_lock(&auth->actor->handoff);
-        s_list_destroy(&auth->actor->pending);
-        pthread_mutex_unlock(&auth->actor->handoff);
-    } else {
-        //  The actor owns the list from here, whatever it answers.
-        char reply[8];
-        if (zmq_recv(auth->pipe, reply, sizeof reply, 0) != 2)
-            rc = cf_error_set(CF_ESYS, "auth actor did not take the new lists");
-    }
-    pthread_mutex_unlock(&auth->mutex);
+    //  Answered: the actor owns both now. Not answered: they are still ours.
+    cf_err_t rc = cf_actor_call(auth->actor, "RELOAD", &reload, sizeof reload, NULL, 0);
     if (rc != CF_OK) {
-        free(users);
-        return rc;
+        s_list_destroy(&reload.list);
+        free(reload.users);
+        return cf_error_set(CF_ESYS, "cannot reach the auth actor: %s", cf_strerror(rc));
     }
-    s_users_swap(auth, users, user_count);
-    atomic_fetch_add(&auth->generation, 1);
-    cf_log_info(S_COMPONENT, "allow-lists reloaded: %zu client and %zu worker keys",
+    cf_log_info(S_LOG, "allow-lists reloaded: %zu client and %zu worker keys",
                 clients, workers);
-    return rc;
+    return CF_OK;
 }
 
 bool cf_auth_user_allowed(cf_auth_t *auth, const char *user_id)
@@ -867,20 +813,19 @@ cf_err_t cf_auth_stats(cf_auth_t *auth, cf_auth_stats_t *stats)
 {
     if (!auth || !stats)
         return cf_error_set(CF_EINVAL, "stats needs an auth and a struct");
-    pthread_mutex_lock(&auth->mutex);
-    cf_err_t rc = CF_OK;
-    if (zmq_send(auth->pipe, "STATS", 5, 0) < 0 ||
-        zmq_recv(auth->pipe, stats, sizeof *stats, 0) != (int)sizeof *stats)
-        rc = cf_error_set(CF_ESYS, "cannot reach the auth actor: %s", zmq_strerror(errno));
-    pthread_mutex_unlock(&auth->mutex);
-    return rc;
+    cf_err_t rc = cf_actor_call(auth->actor, "STATS", NULL, 0, stats, sizeof *stats);
+    if (rc != CF_OK)
+        return cf_error_set(CF_ESYS, "cannot reach the auth actor: %s", cf_strerror(rc));
+    return CF_OK;
 }
 
 cf_role_t cf_auth_role_of(zmq_msg_t *frame)
 {
-    if (!frame)
-        return CF_ROLE_NONE;
-    const char *user_id = zmq_msg_gets(frame, "User-Id");
+    return frame ? cf_auth_role_of_user(zmq_msg_gets(frame, "User-Id")) : CF_ROLE_NONE;
+}
+
+cf_role_t cf_auth_role_of_user(const char *user_id)
+{
     if (!user_id)
         return CF_ROLE_NONE;
     if (strncmp(user_id, "client:", 7) == 0)

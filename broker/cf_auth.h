@@ -11,7 +11,7 @@
 //  CF_AUTH_DOMAIN_CLIENTS), logged with the fingerprint: the first 8 Z85
 //  characters.
 //  libzmq attaches the User-Id to every frame from that connection, so the
-//  broker reads the sender's role per message with cf_auth_role_of and drops
+//  broker reads the sender's role per message (cf_auth_role_of_user) and drops
 //  a client message on the worker socket and the reverse.
 //
 //  cf_auth_apply_server makes a socket a CURVE server that fails closed:
@@ -27,10 +27,12 @@
 //  line, never the key. cf_auth_reload reads both lists again and swaps them
 //  in only when both load.
 //
-//  Design note: the actor thread owns the ZAP socket and the lists; other
-//  threads reach it through cf_auth_* calls that talk over an inproc PAIR
-//  pipe, serialized by a mutex. Lists are parsed in the calling thread (so
-//  errors land in that thread's cf_last_error) and handed over whole.
+//  Design note: the actor (core/cf_actor) owns the ZAP socket and the
+//  lists; other threads reach it through cf_auth_* calls (cf_actor_call on
+//  its pipe). Lists are parsed in the calling thread (so errors land in that
+//  thread's cf_last_error) and handed over whole. The calls that wait for
+//  the actor (cf_auth_reload, cf_auth_stats) fail from an actor's own
+//  thread, which must not wait for another.
 
 #ifndef CF_AUTH_H
 #define CF_AUTH_H
@@ -128,6 +130,10 @@ uint64_t cf_auth_generation(cf_auth_t *auth);
 //  in libzmq 4.3 and always reads CF_ROLE_NONE. Thread-safe (reads the
 //  frame only).
 cf_role_t cf_auth_role_of(zmq_msg_t *frame);
+//  The role a User-Id names ("client:<fp>" is CF_ROLE_CLIENT); CF_ROLE_NONE
+//  for NULL or any other text. For a decoded message:
+//  cf_auth_role_of_user(cf_proto_msg_user_id(msg)).
+cf_role_t cf_auth_role_of_user(const char *user_id);
 
 //  "client", "worker" or "none".
 const char *cf_auth_role_name(cf_role_t role);

@@ -323,6 +323,24 @@ static bool s_router_recv(void *router, int timeout_ms, cf_role_t *role, char *u
     return true;
 }
 
+//  What a router received from a dealer.
+typedef struct {
+    cf_role_t role;             //  of the body frame's connection
+    char user_id[64];           //  its User-Id, "" when none
+    char body[16];
+} s_received_t;
+
+//  Sends text from dealer and receives it on router, which answers "pong".
+static s_received_t s_round_trip(void *dealer, void *router, const char *text)
+{
+    int len = (int)strlen(text);
+    assert_int_equal(zmq_send(dealer, text, (size_t)len, 0), len);
+    s_received_t got;
+    assert_true(s_router_recv(router, S_EVENT_TIMEOUT_MS, &got.role, got.user_id,
+                              sizeof got.user_id, got.body, sizeof got.body));
+    return got;
+}
+
 static void s_assert_dealer_gets_pong(void *dealer)
 {
     zmq_pollitem_t item = {dealer, 0, ZMQ_POLLIN, 0};
@@ -344,17 +362,13 @@ static void s_assert_admitted(s_fixture_t *fx, const cf_keypair_t *pair, cf_role
 {
     void *monitor;
     void *dealer = s_dealer_new(fx->ctx, fx->endpoint, s_server.public_z85, pair, &monitor);
-    assert_int_equal(zmq_send(dealer, "hello", 5, 0), 5);
-    cf_role_t got;
-    char user_id[64], body[16];
-    assert_true(s_router_recv(fx->router, S_EVENT_TIMEOUT_MS, &got, user_id, sizeof user_id,
-                              body, sizeof body));
-    assert_string_equal(body, "hello");
-    assert_int_equal(got, role);
+    s_received_t got = s_round_trip(dealer, fx->router, "hello");
+    assert_string_equal(got.body, "hello");
+    assert_int_equal(got.role, role);
     char fp[CF_KEY_FP_SIZE], expect[32];
     cf_keys_fingerprint(pair->public_z85, fp);
     snprintf(expect, sizeof expect, "%s:%s", cf_auth_role_name(role), fp);
-    assert_string_equal(user_id, expect);
+    assert_string_equal(got.user_id, expect);
     s_assert_dealer_gets_pong(dealer);
     assert_int_equal(s_wait_outcome(monitor, NULL), CF_OK);
     s_dealer_destroy(&dealer, &monitor);
@@ -452,12 +466,7 @@ static void test_curve_without_handler_fails_open_by_default(void **state)
     assert_int_equal(zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, endpoint, &size), 0);
     void *monitor;
     void *dealer = s_dealer_new(ctx, endpoint, s_server.public_z85, &s_stranger, &monitor);
-    assert_int_equal(zmq_send(dealer, "hello", 5, 0), 5);
-    cf_role_t role;
-    char user_id[64], body[16];
-    assert_true(s_router_recv(router, S_EVENT_TIMEOUT_MS, &role, user_id, sizeof user_id, body,
-                              sizeof body));
-    assert_int_equal(role, CF_ROLE_NONE);
+    assert_int_equal(s_round_trip(dealer, router, "hello").role, CF_ROLE_NONE);
     s_dealer_destroy(&dealer, &monitor);
     zmq_close(router);
     zmq_ctx_term(ctx);
@@ -510,12 +519,7 @@ static void test_role_domains_refuse_the_other_role(void **state)
         s_dealer_destroy(&dealer, &monitor);
 
         dealer = s_dealer_new(fx->ctx, endpoint, s_server.public_z85, admitted[i], &monitor);
-        assert_int_equal(zmq_send(dealer, "hello", 5, 0), 5);
-        cf_role_t role;
-        char user_id[64], body[16];
-        assert_true(s_router_recv(router, S_EVENT_TIMEOUT_MS, &role, user_id, sizeof user_id,
-                                  body, sizeof body));
-        assert_int_equal(role, roles[i]);
+        assert_int_equal(s_round_trip(dealer, router, "hello").role, roles[i]);
         s_dealer_destroy(&dealer, &monitor);
         s_close(router);
     }
@@ -531,6 +535,10 @@ static void test_plaintext_messages_have_no_role(void **state)
     assert_int_equal(cf_auth_role_of(&frame), CF_ROLE_NONE);
     zmq_msg_close(&frame);
     assert_int_equal(cf_auth_role_of(NULL), CF_ROLE_NONE);
+    assert_int_equal(cf_auth_role_of_user(NULL), CF_ROLE_NONE);
+    assert_int_equal(cf_auth_role_of_user("client:abcdefgh"), CF_ROLE_CLIENT);
+    assert_int_equal(cf_auth_role_of_user("worker:abcdefgh"), CF_ROLE_WORKER);
+    assert_int_equal(cf_auth_role_of_user("clients"), CF_ROLE_NONE);
     assert_string_equal(cf_auth_role_name(CF_ROLE_NONE), "none");
     assert_string_equal(cf_auth_role_name(CF_ROLE_CLIENT), "client");
     assert_string_equal(cf_auth_role_name(CF_ROLE_WORKER), "worker");
@@ -541,13 +549,9 @@ static void test_plaintext_messages_have_no_role(void **state)
     void *router = s_router_new(ctx, NULL, endpoint, sizeof endpoint);
     void *monitor;
     void *dealer = s_dealer_new(ctx, endpoint, NULL, NULL, &monitor);
-    assert_int_equal(zmq_send(dealer, "hello", 5, 0), 5);
-    cf_role_t role;
-    char user_id[64], body[16];
-    assert_true(s_router_recv(router, S_EVENT_TIMEOUT_MS, &role, user_id, sizeof user_id, body,
-                              sizeof body));
-    assert_int_equal(role, CF_ROLE_NONE);
-    assert_string_equal(user_id, "");
+    s_received_t got = s_round_trip(dealer, router, "hello");
+    assert_int_equal(got.role, CF_ROLE_NONE);
+    assert_string_equal(got.user_id, "");
     s_dealer_destroy(&dealer, &monitor);
     zmq_close(router);
     zmq_ctx_term(ctx);
@@ -592,13 +596,9 @@ static void test_stalled_connections_are_closed_while_a_client_works(void **stat
     while (closed < STALLED && cf_clock_now_ms() < deadline) {
         char text[16];
         snprintf(text, sizeof text, "ping %d", round_trips);
-        assert_true(zmq_send(dealer, text, strlen(text), 0) > 0);
-        cf_role_t role;
-        char user_id[64], body[16];
-        assert_true(s_router_recv(fx->router, S_EVENT_TIMEOUT_MS, &role, user_id,
-                                  sizeof user_id, body, sizeof body));
-        assert_string_equal(body, text);
-        assert_int_equal(role, CF_ROLE_CLIENT);
+        s_received_t got = s_round_trip(dealer, fx->router, text);
+        assert_string_equal(got.body, text);
+        assert_int_equal(got.role, CF_ROLE_CLIENT);
         s_assert_dealer_gets_pong(dealer);
         round_trips++;
         //  ...and the server closes every stalled one (EOF or reset).
@@ -621,12 +621,7 @@ static void test_stalled_connections_are_closed_while_a_client_works(void **stat
     assert_int_equal(closed, STALLED);
     assert_true(round_trips > 1);
     //  Still working afterwards.
-    assert_int_equal(zmq_send(dealer, "after", 5, 0), 5);
-    cf_role_t role;
-    char user_id[64], body[16];
-    assert_true(s_router_recv(fx->router, S_EVENT_TIMEOUT_MS, &role, user_id, sizeof user_id,
-                              body, sizeof body));
-    assert_string_equal(body, "after");
+    assert_string_equal(s_round_trip(dealer, fx->router, "after").body, "after");
     s_dealer_destroy(&dealer, &monitor);
 }
 
@@ -682,13 +677,21 @@ static s_reply_t s_zap_curve(void *dealer, const char *mechanism, const uint8_t 
     return s_zap_ask(dealer, frames, sizes, 7);
 }
 
-static void test_zap_handler_answers_malformed_requests_and_keeps_serving(void **state)
+//  A DEALER that speaks ZAP to the handler directly (closed by the test or
+//  its teardown).
+static void *s_zap_dealer(void *ctx)
 {
-    s_fixture_t *fx = *state;
-    void *dealer = s_track(zmq_socket(fx->ctx, ZMQ_DEALER));
+    void *dealer = s_track(zmq_socket(ctx, ZMQ_DEALER));
     int linger = 0;
     zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger);
     assert_int_equal(zmq_connect(dealer, CF_AUTH_ZAP_ENDPOINT), 0);
+    return dealer;
+}
+
+static void test_zap_handler_answers_malformed_requests_and_keeps_serving(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *dealer = s_zap_dealer(fx->ctx);
 
     uint8_t client[CF_KEY_BIN_LEN], stranger[CF_KEY_BIN_LEN];
     assert_int_equal(cf_keys_decode(s_client.public_z85, client), CF_OK);
@@ -775,10 +778,7 @@ static void test_zap_handler_answers_malformed_requests_and_keeps_serving(void *
 static void test_reload_admits_new_keys_and_keeps_old_lists_on_error(void **state)
 {
     s_fixture_t *fx = *state;
-    void *dealer = s_track(zmq_socket(fx->ctx, ZMQ_DEALER));
-    int linger = 0;
-    zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger);
-    assert_int_equal(zmq_connect(dealer, CF_AUTH_ZAP_ENDPOINT), 0);
+    void *dealer = s_zap_dealer(fx->ctx);
     uint8_t stranger[CF_KEY_BIN_LEN];
     assert_int_equal(cf_keys_decode(s_stranger.public_z85, stranger), CF_OK);
     assert_string_equal(s_zap_curve(dealer, "CURVE", stranger, sizeof stranger).status, "400");

@@ -6,9 +6,9 @@
 //  that answer BUSY. cf-broker is this actor as a daemon; CF_PROCESSES runs
 //  it inside the client process.
 //
-//  Design note: the actor thread owns both sockets and all state. Other
-//  threads talk to it through cf_broker_* calls that send on an inproc pipe
-//  (serialized by a mutex), never by touching its state.
+//  Design note: the actor thread (core/cf_actor) creates, binds and owns
+//  both sockets and all state. Other threads talk to it through cf_broker_*
+//  calls on its pipe (cf_actor_call), never by touching its state.
 //
 //  What peers can rely on (docs/protocol.md has the full text):
 //  - Clients are known by routing id from their first SUBMIT, workers from
@@ -42,7 +42,8 @@
 typedef struct cf_broker cf_broker_t;
 
 //  Called for each ROUTER before it binds (CURVE options, ...): is_clients
-//  says which side. A non-OK return fails cf_broker_new with that code.
+//  says which side. It runs on the broker's thread while cf_broker_new
+//  waits. A non-OK return fails cf_broker_new with that code.
 typedef cf_err_t (cf_broker_socket_fn)(void *socket, bool is_clients, void *arg);
 
 typedef struct {
@@ -71,8 +72,9 @@ typedef struct {
 
 #define CF_BROKER_MAX_QUEUED (4u * 1024 * 1024)
 
-//  Binds both endpoints and starts the actor; returns once it is serving.
-//  NULL with cf_last_error() ("cannot bind tcp://...: Address in use").
+//  Starts the actor, which binds both endpoints; returns once it is
+//  serving. NULL with cf_last_error() ("cannot bind tcp://...: Address in
+//  use").
 cf_broker_t *cf_broker_new(const cf_broker_config_t *config);
 //  Stops the actor (queued tasks are dropped, clients and workers get
 //  DISCONNECT) and frees it. Safe with NULL and twice.
@@ -85,10 +87,11 @@ const char *cf_broker_worker_endpoint(cf_broker_t *broker);
 //  Tells the broker a worker is gone without waiting for heartbeats (the
 //  process supervisor saw it exit). identity is the worker's routing id.
 //  Its tasks are retried or fail as after missed heartbeats. CF_OK, or
-//  CF_ENOTFOUND when no worker has that identity. Thread-safe.
+//  CF_ENOTFOUND when no worker has that identity. Thread-safe; from an
+//  actor's thread (which must not wait for another) the report goes one
+//  way and the answer is CF_OK.
 cf_err_t cf_broker_worker_lost(cf_broker_t *broker, const void *identity, size_t len);
 
-//  A snapshot of counters. Thread-safe.
 typedef struct {
     uint64_t clients, workers;  //  known now
     uint64_t queued;            //  tasks waiting for a worker now
@@ -107,6 +110,8 @@ typedef struct {
     uint64_t deferred;          //  sends refused (peer at HWM or gone) and kept or requeued
     uint64_t refused;           //  messages from a key of the wrong role (require_roles)
 } cf_broker_stats_t;
+//  A snapshot of counters. CF_OK, CF_ESHUTDOWN when the actor ended (its
+//  context was terminated), CF_EINVAL from an actor's thread. Thread-safe.
 cf_err_t cf_broker_stats(cf_broker_t *broker, cf_broker_stats_t *stats);
 
 #endif

@@ -67,6 +67,16 @@ static int s_setup(void **state)
     return fx->ctx ? 0 : -1;
 }
 
+//  The fixture with a broker running as most tests want it: heartbeat
+//  1000 ms, liveness 3, no queue limits.
+static int s_setup_broker(void **state)
+{
+    int rc = s_setup(state);
+    if (rc == 0)
+        s_start(s_fx, 1000, 0, 0);
+    return rc;
+}
+
 static int s_teardown(void **state)
 {
     s_fixture_t *fx = *state;
@@ -99,6 +109,12 @@ static void *s_peer(s_fixture_t *fx, const char *identity, const char *endpoint)
 static void *s_client(s_fixture_t *fx, const char *identity)
 {
     return s_peer(fx, identity, cf_broker_client_endpoint(fx->broker));
+}
+
+//  A worker socket that has not announced itself.
+static void *s_worker_peer(s_fixture_t *fx, const char *identity)
+{
+    return s_peer(fx, identity, cf_broker_worker_endpoint(fx->broker));
 }
 
 //  The socket stops heartbeating while the test waits: it goes silent.
@@ -260,6 +276,14 @@ static size_t s_take_tasks(void *worker, uint64_t *ids, char (*fns)[16], size_t 
     return messages;
 }
 
+//  The broker's counters now.
+static cf_broker_stats_t s_stats(void)
+{
+    cf_broker_stats_t stats;
+    assert_int_equal(cf_broker_stats(s_fx->broker, &stats), CF_OK);
+    return stats;
+}
+
 //  Waits until the broker's counters satisfy check.
 typedef bool (s_stats_check_fn)(const cf_broker_stats_t *stats, uint64_t arg);
 static cf_broker_stats_t s_wait_stats(s_stats_check_fn *check, uint64_t arg)
@@ -267,7 +291,7 @@ static cf_broker_stats_t s_wait_stats(s_stats_check_fn *check, uint64_t arg)
     cf_broker_stats_t stats;
     int64_t deadline = cf_clock_now_ms() + WAIT_MS;
     for (;;) {
-        assert_int_equal(cf_broker_stats(s_fx->broker, &stats), CF_OK);
+        stats = s_stats();
         if (check(&stats, arg))
             return stats;
         if (cf_clock_now_ms() > deadline)
@@ -324,6 +348,14 @@ static cf_proto_msg_t *s_expect_result(void *client, uint64_t id, cf_status_t st
     return msg;
 }
 
+//  The next RESULT holds exactly one item, id with status, and nothing more
+//  is asked of it.
+static void s_expect_status(void *client, uint64_t id, cf_status_t status)
+{
+    cf_proto_msg_t *msg = s_expect_result(client, id, status);
+    cf_proto_msg_destroy(&msg);
+}
+
 // ---------------------------------------------------------------------------
 
 //  A worker peer named name that announced credit (threads = credit), once
@@ -331,51 +363,93 @@ static cf_proto_msg_t *s_expect_result(void *client, uint64_t id, cf_status_t st
 static void *s_worker(s_fixture_t *fx, const char *name, uint32_t credit, int32_t pid,
                       uint64_t workers)
 {
-    void *worker = s_peer(fx, name, cf_broker_worker_endpoint(fx->broker));
+    void *worker = s_worker_peer(fx, name);
     s_ready(worker, credit, pid);
     s_wait_stats(s_workers_is, workers);
     return worker;
 }
 
+static void s_send_disconnect(void *sock, const char *reason)
+{
+    cf_proto_enc_begin(s_enc(), CF_MSG_DISCONNECT);
+    cf_proto_enc_text(s_enc(), reason, 0);
+    assert_int_equal(cf_proto_enc_send(s_enc(), sock, NULL, 0), CF_OK);
+}
+
+//  Another worker, name with pid, announcing one slot, takes the next
+//  queued task (its broker id in *id, unless NULL).
+static void *s_worker_takes_one(s_fixture_t *fx, const char *name, int32_t pid, uint64_t *id)
+{
+    void *worker = s_worker_peer(fx, name);
+    s_ready(worker, 1, pid);
+    s_take_tasks(worker, id, NULL, 1);
+    return worker;
+}
+
+//  What a client submits in a scene: count tasks numbered from first, of
+//  fn ("f" when NULL), with retries, timeout_ms and flags.
+typedef struct {
+    uint64_t first;
+    size_t count;
+    const char *fn;
+    int32_t retries;
+    uint32_t timeout_ms;
+    uint32_t flags;
+} s_tasks_t;
+
+//  The usual cast on the running broker: worker "w1" (pid) that announced
+//  credit, client "c1" that submitted tasks, and the first taken of them,
+//  which the worker took (their broker ids in ids).
+typedef struct {
+    void *worker;
+    void *client;
+    uint64_t ids[4];
+} s_scene_t;
+
+static s_scene_t s_scene(uint32_t credit, int32_t pid, s_tasks_t tasks, size_t taken)
+{
+    s_scene_t sc = { .worker = s_worker(s_fx, "w1", credit, pid, 1),
+                     .client = s_client(s_fx, "c1") };
+    s_submit(sc.client, tasks.first, tasks.count, tasks.fn ? tasks.fn : "f", tasks.retries,
+             tasks.timeout_ms, tasks.flags);
+    assert_true(taken <= 4);
+    if (taken)
+        s_take_tasks(sc.worker, sc.ids, NULL, taken);
+    return sc;
+}
+
 static void test_tasks_are_dispatched_within_worker_credit(void **state)
 {
-    s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
-    void *worker = s_worker(fx, "w1", 2, 101, 1);
-    void *client = s_client(fx, "c1");
-    s_submit(client, 100, 3, "double", 3, 0, 0);
-
-    uint64_t ids[3];
-    s_take_tasks(worker, ids, NULL, 2);
+    (void)state;
+    s_scene_t sc = s_scene(2, 101, (s_tasks_t){ 100, 3, "double", 3, 0, 0 }, 2);
     //  Two slots, two tasks; the third waits.
-    cf_broker_stats_t stats;
-    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    cf_broker_stats_t stats = s_stats();
     assert_int_equal(stats.queued, 1);
     assert_int_equal(stats.running, 2);
     assert_int_equal(stats.submitted, 3);
     assert_int_equal(stats.clients, 1);
     assert_int_equal(stats.workers, 1);
     static const uint64_t first_two[] = { 100, 101 };
-    s_expect_started(client, first_two, 2);
+    s_expect_started(sc.client, first_two, 2);
     //  The broker's ids are its own.
-    assert_true(ids[0] != ids[1]);
+    assert_true(sc.ids[0] != sc.ids[1]);
 
     //  A result returns a slot: the third task goes out. Within one turn
     //  of the broker STARTED goes before RESULT.
-    s_result_ok(worker, ids[0]);
-    s_take_tasks(worker, ids + 2, NULL, 1);
+    s_result_ok(sc.worker, sc.ids[0]);
+    s_take_tasks(sc.worker, sc.ids + 2, NULL, 1);
     static const uint64_t third[] = { 102 };
-    s_expect_started(client, third, 1);
-    cf_proto_msg_t *msg = s_expect_result(client, 100, CF_STATUS_OK);
+    s_expect_started(sc.client, third, 1);
+    cf_proto_msg_t *msg = s_expect_result(sc.client, 100, CF_STATUS_OK);
     assert_int_equal(msg->results[0].value_len, sizeof s_value14);
     assert_memory_equal(msg->results[0].value, s_value14, sizeof s_value14);
     cf_proto_msg_destroy(&msg);
 
-    s_result_ok(worker, ids[1]);
-    cf_proto_msg_destroy((msg = s_expect_result(client, 101, CF_STATUS_OK), &msg));
-    s_result_ok(worker, ids[2]);
-    cf_proto_msg_destroy((msg = s_expect_result(client, 102, CF_STATUS_OK), &msg));
-    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    s_result_ok(sc.worker, sc.ids[1]);
+    s_expect_status(sc.client, 101, CF_STATUS_OK);
+    s_result_ok(sc.worker, sc.ids[2]);
+    s_expect_status(sc.client, 102, CF_STATUS_OK);
+    stats = s_stats();
     assert_int_equal(stats.completed, 3);
     assert_int_equal(stats.running, 0);
     assert_int_equal(stats.queued, 0);
@@ -383,23 +457,19 @@ static void test_tasks_are_dispatched_within_worker_credit(void **state)
 
 static void test_credit_message_adds_slots(void **state)
 {
-    s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
-    void *worker = s_worker(fx, "w1", 0, 101, 1);
-    void *client = s_client(fx, "c1");
-    s_submit(client, 1, 2, "f", 0, 0, 0);
+    (void)state;
+    s_scene_t sc = s_scene(0, 101, (s_tasks_t){ .first = 1, .count = 2 }, 0);
     s_wait_stats(s_queued_is, 2);
     cf_proto_enc_credit(s_enc(), 2);
-    assert_int_equal(cf_proto_enc_send(s_enc(), worker, NULL, 0), CF_OK);
-    s_take_tasks(worker, NULL, NULL, 2);
+    assert_int_equal(cf_proto_enc_send(s_enc(), sc.worker, NULL, 0), CF_OK);
+    s_take_tasks(sc.worker, NULL, NULL, 2);
 }
 
 static void test_tasks_spread_over_workers_in_batches(void **state)
 {
     s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
-    void *w1 = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
-    void *w2 = s_peer(fx, "w2", cf_broker_worker_endpoint(fx->broker));
+    void *w1 = s_worker_peer(fx, "w1");
+    void *w2 = s_worker_peer(fx, "w2");
     s_ready(w1, 4, 1);
     s_ready(w2, 4, 2);
     s_wait_stats(s_workers_is, 2);
@@ -420,8 +490,7 @@ static void test_tasks_spread_over_workers_in_batches(void **state)
 static void test_prefetch_only_to_workers_turning_over(void **state)
 {
     s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
-    void *w1 = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    void *w1 = s_worker_peer(fx, "w1");
     cf_proto_enc_ready(s_enc(), 4, 1, "testhost", 1);
     assert_int_equal(cf_proto_enc_send(s_enc(), w1, NULL, 0), CF_OK);
     s_wait_stats(s_workers_is, 1);
@@ -436,9 +505,7 @@ static void test_prefetch_only_to_workers_turning_over(void **state)
     assert_int_equal(stats.queued, 2);
     assert_int_equal(stats.running, 1);
 
-    void *w2 = s_peer(fx, "w2", cf_broker_worker_endpoint(fx->broker));
-    s_ready(w2, 1, 2);
-    s_take_tasks(w2, NULL, NULL, 1);
+    s_worker_takes_one(fx, "w2", 2, NULL);
     s_wait_stats(s_queued_is, 1);
 
     s_result_ok(w1, first);
@@ -450,7 +517,6 @@ static void test_prefetch_only_to_workers_turning_over(void **state)
 static void test_round_robin_between_clients(void **state)
 {
     s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
     void *a = s_client(fx, "client-a");
     void *b = s_client(fx, "client-b");
     s_submit(a, 1000, 20, "fa", 0, 0, 0);
@@ -460,7 +526,7 @@ static void test_round_robin_between_clients(void **state)
 
     //  A worker with four slots: turns alternate, so b's two tasks are among
     //  the first four although a queued twenty before them.
-    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    void *worker = s_worker_peer(fx, "w1");
     s_ready(worker, 4, 1);
     char fns[4][16];
     s_take_tasks(worker, NULL, fns, 4);
@@ -483,14 +549,11 @@ static void test_tasks_over_the_limits_are_answered_busy(void **state)
     void *b = s_client(fx, "client-b");
     s_submit(a, 1, 3, "f", 0, 0, 0);
     //  Per-client limit 2: the third is refused at once.
-    cf_proto_msg_t *msg = s_expect_result(a, 3, CF_STATUS_BUSY);
-    cf_proto_msg_destroy(&msg);
+    s_expect_status(a, 3, CF_STATUS_BUSY);
     //  Total limit 3: b gets one in, the next is refused.
     s_submit(b, 10, 2, "f", 0, 0, 0);
-    msg = s_expect_result(b, 11, CF_STATUS_BUSY);
-    cf_proto_msg_destroy(&msg);
-    cf_broker_stats_t stats;
-    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    s_expect_status(b, 11, CF_STATUS_BUSY);
+    cf_broker_stats_t stats = s_stats();
     assert_int_equal(stats.busy, 2);
     assert_int_equal(stats.queued, 3);
     assert_int_equal(stats.submitted, 3);
@@ -498,63 +561,48 @@ static void test_tasks_over_the_limits_are_answered_busy(void **state)
 
 static void test_cancel_removes_queued_and_reports_started(void **state)
 {
-    s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
-    void *worker = s_worker(fx, "w1", 1, 1, 1);
-    void *client = s_client(fx, "c1");
-    s_submit(client, 1, 2, "f", 0, 0, 0);
-    uint64_t ids[1];
-    s_take_tasks(worker, ids, NULL, 1);
+    (void)state;
+    s_scene_t sc = s_scene(1, 1, (s_tasks_t){ .first = 1, .count = 2 }, 1);
     static const uint64_t one[] = { 1 };
-    s_expect_started(client, one, 1);
+    s_expect_started(sc.client, one, 1);
 
     static const uint64_t cancel[] = { 1, 2, 999 };
-    s_send_ids(client, CF_MSG_CANCEL, cancel, 3);
+    s_send_ids(sc.client, CF_MSG_CANCEL, cancel, 3);
     //  The queued one is cancelled; the started one is reported started
     //  again; the unknown one is ignored. Both replies come in one turn,
     //  STARTED first.
-    s_expect_started(client, one, 1);
-    cf_proto_msg_t *msg = s_expect_result(client, 2, CF_STATUS_CANCELLED);
-    cf_proto_msg_destroy(&msg);
-    cf_broker_stats_t stats;
-    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    s_expect_started(sc.client, one, 1);
+    s_expect_status(sc.client, 2, CF_STATUS_CANCELLED);
+    cf_broker_stats_t stats = s_stats();
     assert_int_equal(stats.cancelled, 1);
     assert_int_equal(stats.queued, 0);
     //  The started one still completes.
-    s_result_ok(worker, ids[0]);
-    msg = s_expect_result(client, 1, CF_STATUS_OK);
-    cf_proto_msg_destroy(&msg);
+    s_result_ok(sc.worker, sc.ids[0]);
+    s_expect_status(sc.client, 1, CF_STATUS_OK);
 }
 
 static void test_reported_worker_loss_retries_then_fails_with_worker_lost(void **state)
 {
     s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
     assert_int_equal(cf_broker_worker_lost(fx->broker, "nobody", 6), CF_ENOTFOUND);
-    void *w1 = s_worker(fx, "w1", 1, 1, 1);
-    void *client = s_client(fx, "c1");
-    s_submit(client, 7, 1, "crashy", 1, 0, 0);     //  one retry
-    uint64_t first[1];
-    s_take_tasks(w1, first, NULL, 1);
+    //  One retry.
+    s_scene_t sc = s_scene(1, 1, (s_tasks_t){ 7, 1, "crashy", 1, 0, 0 }, 1);
     static const uint64_t seven[] = { 7 };
-    s_expect_started(client, seven, 1);
+    s_expect_started(sc.client, seven, 1);
 
     //  The supervisor saw w1 die: the task goes back and a new worker gets it.
     assert_int_equal(cf_broker_worker_lost(fx->broker, "w1", 2), CF_OK);
-    cf_broker_stats_t stats;
-    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    cf_broker_stats_t stats = s_stats();
     assert_int_equal(stats.lost_workers, 1);
     assert_int_equal(stats.retried, 1);
     assert_int_equal(stats.queued, 1);
-    void *w2 = s_peer(fx, "w2", cf_broker_worker_endpoint(fx->broker));
-    s_ready(w2, 1, 2);
     uint64_t second[1];
-    s_take_tasks(w2, second, NULL, 1);
-    s_expect_started(client, seven, 1);
+    s_worker_takes_one(fx, "w2", 2, second);
+    s_expect_started(sc.client, seven, 1);
 
     //  Lost again: the one retry is used up.
     assert_int_equal(cf_broker_worker_lost(fx->broker, "w2", 2), CF_OK);
-    cf_proto_msg_t *msg = s_expect_result(client, 7, CF_STATUS_ERROR);
+    cf_proto_msg_t *msg = s_expect_result(sc.client, 7, CF_STATUS_ERROR);
     const cf_proto_error_t *error = &msg->results[0].error;
     assert_true(s_str_eq(error->type, "WorkerLost"));
     assert_true(s_str_eq(error->function, "crashy"));
@@ -564,17 +612,17 @@ static void test_reported_worker_loss_retries_then_fails_with_worker_lost(void *
     assert_true(s_str_eq(error->host, "testhost"));
     assert_int_equal(error->pid, 2);
     cf_proto_msg_destroy(&msg);
-    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    stats = s_stats();
     assert_int_equal(stats.failed, 1);
     assert_int_equal(stats.lost_workers, 2);
 
     //  w1's late result for the task is ignored, and w1 is told to announce.
-    s_result_ok(w1, first[0]);
-    cf_proto_msg_t *hb = s_expect(w1, CF_MSG_HEARTBEAT);
+    s_result_ok(sc.worker, sc.ids[0]);
+    cf_proto_msg_t *hb = s_expect(sc.worker, CF_MSG_HEARTBEAT);
     assert_true(hb->boot != 0);
     assert_int_equal(hb->ivl_ms, 1000);
     cf_proto_msg_destroy(&hb);
-    msg = s_expect(w1, CF_MSG_ERROR);
+    msg = s_expect(sc.worker, CF_MSG_ERROR);
     assert_true(s_str_eq(msg->text, CF_PROTO_UNKNOWN_WORKER));
     cf_proto_msg_destroy(&msg);
     s_wait_stats(s_ignored_is, 1);
@@ -584,7 +632,7 @@ static void test_silent_worker_is_lost_by_heartbeat(void **state)
 {
     s_fixture_t *fx = *state;
     s_start(fx, 50, 0, 0);
-    void *worker = s_peer(fx, "silent", cf_broker_worker_endpoint(fx->broker));
+    void *worker = s_worker_peer(fx, "silent");
     s_ready(worker, 1, 1);
     void *client = s_client(fx, "c1");
     s_submit(client, 5, 1, "hang", -1, 0, 0);      //  no retries
@@ -626,33 +674,25 @@ static void test_silent_client_is_lost_and_its_tasks_dropped(void **state)
 static void test_client_disconnect_drops_its_tasks_and_results(void **state)
 {
     s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
-    void *worker = s_worker(fx, "w1", 1, 1, 1);
-    void *client = s_client(fx, "c1");
-    s_submit(client, 1, 3, "f", 0, 0, 0);
-    uint64_t ids[1];
-    s_take_tasks(worker, ids, NULL, 1);
-    cf_proto_enc_begin(s_enc(), CF_MSG_DISCONNECT);
-    cf_proto_enc_text(s_enc(), "bye", 0);
-    assert_int_equal(cf_proto_enc_send(s_enc(), client, NULL, 0), CF_OK);
+    s_scene_t sc = s_scene(1, 1, (s_tasks_t){ .first = 1, .count = 3 }, 1);
+    s_send_disconnect(sc.client, "bye");
     cf_broker_stats_t stats = s_wait_stats(s_clients_is, 0);
     assert_int_equal(stats.queued, 0);
     assert_int_equal(stats.running, 0);
     assert_int_equal(stats.dropped, 2);
     //  The running task's result comes back to nobody: dropped, and its slot
     //  returns (the worker gets the next client's task).
-    s_result_ok(worker, ids[0]);
+    s_result_ok(sc.worker, sc.ids[0]);
     void *other = s_client(fx, "c2");
     s_submit(other, 1, 1, "g", 0, 0, 0);
-    s_take_tasks(worker, NULL, NULL, 1);
-    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    s_take_tasks(sc.worker, NULL, NULL, 1);
+    stats = s_stats();
     assert_int_equal(stats.dropped, 3);
 }
 
 static void test_result_for_unknown_id_is_ignored(void **state)
 {
     s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
     void *worker = s_worker(fx, "w1", 1, 1, 1);
     s_result_ok(worker, 123456789);
     s_wait_stats(s_ignored_is, 1);
@@ -662,51 +702,38 @@ static void test_result_for_unknown_id_is_ignored(void **state)
     uint64_t ids[1];
     s_take_tasks(worker, ids, NULL, 1);
     s_result_ok(worker, ids[0]);
-    cf_proto_msg_t *msg = s_expect_result(client, 9, CF_STATUS_OK);
-    cf_proto_msg_destroy(&msg);
+    s_expect_status(client, 9, CF_STATUS_OK);
 }
 
 static void test_running_task_times_out_and_late_result_is_ignored(void **state)
 {
-    s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
-    void *worker = s_worker(fx, "w1", 1, 1, 1);
-    void *client = s_client(fx, "c1");
-    s_submit(client, 3, 1, "slow", 3, 50, 0);
-    uint64_t ids[1];
-    s_take_tasks(worker, ids, NULL, 1);
-    cf_proto_msg_t *msg = s_expect_result(client, 3, CF_STATUS_ERROR);
+    (void)state;
+    s_scene_t sc = s_scene(1, 1, (s_tasks_t){ 3, 1, "slow", 3, 50, 0 }, 1);
+    cf_proto_msg_t *msg = s_expect_result(sc.client, 3, CF_STATUS_ERROR);
     assert_true(s_str_eq(msg->results[0].error.type, "TimeoutError"));
     assert_true(s_str_has(msg->results[0].error.message, "slow"));
     cf_proto_msg_destroy(&msg);
-    cf_broker_stats_t stats;
-    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    cf_broker_stats_t stats = s_stats();
     assert_int_equal(stats.timed_out, 1);
     assert_int_equal(stats.failed, 1);
     assert_int_equal(stats.running, 0);
     //  The slot is still taken: a new task waits until the late result.
-    s_submit(client, 4, 1, "next", 0, 0, 0);
+    s_submit(sc.client, 4, 1, "next", 0, 0, 0);
     s_wait_stats(s_queued_is, 1);
-    s_result_ok(worker, ids[0]);
-    s_take_tasks(worker, ids, NULL, 1);
+    s_result_ok(sc.worker, sc.ids[0]);
+    s_take_tasks(sc.worker, sc.ids, NULL, 1);
     s_wait_stats(s_ignored_is, 1);
-    s_result_ok(worker, ids[0]);
-    msg = s_expect_result(client, 4, CF_STATUS_OK);
-    cf_proto_msg_destroy(&msg);
+    s_result_ok(sc.worker, sc.ids[0]);
+    s_expect_status(sc.client, 4, CF_STATUS_OK);
 }
 
 static void test_error_is_retried_only_with_retry_on_error(void **state)
 {
-    s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
-    void *worker = s_worker(fx, "w1", 1, 1, 1);
-    void *client = s_client(fx, "c1");
+    (void)state;
     //  Without the flag an error goes straight back.
-    s_submit(client, 1, 1, "f", 3, 0, 0);
-    uint64_t ids[1];
-    s_take_tasks(worker, ids, NULL, 1);
-    s_result_error(worker, ids[0], "ValueError");
-    cf_proto_msg_t *msg = s_expect_result(client, 1, CF_STATUS_ERROR);
+    s_scene_t sc = s_scene(1, 1, (s_tasks_t){ 1, 1, "f", 3, 0, 0 }, 1);
+    s_result_error(sc.worker, sc.ids[0], "ValueError");
+    cf_proto_msg_t *msg = s_expect_result(sc.client, 1, CF_STATUS_ERROR);
     const cf_proto_error_t *error = &msg->results[0].error;
     assert_true(s_str_eq(error->type, "ValueError"));
     assert_true(s_str_eq(error->message, "bad input"));
@@ -715,17 +742,15 @@ static void test_error_is_retried_only_with_retry_on_error(void **state)
     cf_proto_msg_destroy(&msg);
 
     //  With it, one retry: the task runs twice, then the error passes.
-    s_submit(client, 2, 1, "f", 1, 0, CF_TASK_RETRY_ON_ERROR);
-    s_take_tasks(worker, ids, NULL, 1);
-    s_result_error(worker, ids[0], "ValueError");
+    s_submit(sc.client, 2, 1, "f", 1, 0, CF_TASK_RETRY_ON_ERROR);
+    s_take_tasks(sc.worker, sc.ids, NULL, 1);
+    s_result_error(sc.worker, sc.ids[0], "ValueError");
     uint64_t again[1];
-    s_take_tasks(worker, again, NULL, 1);
-    assert_int_equal(again[0], ids[0]);
-    s_result_error(worker, again[0], "ValueError");
-    msg = s_expect_result(client, 2, CF_STATUS_ERROR);
-    cf_proto_msg_destroy(&msg);
-    cf_broker_stats_t stats;
-    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    s_take_tasks(sc.worker, again, NULL, 1);
+    assert_int_equal(again[0], sc.ids[0]);
+    s_result_error(sc.worker, again[0], "ValueError");
+    s_expect_status(sc.client, 2, CF_STATUS_ERROR);
+    cf_broker_stats_t stats = s_stats();
     assert_int_equal(stats.retried, 1);
     assert_int_equal(stats.failed, 2);
 }
@@ -733,66 +758,46 @@ static void test_error_is_retried_only_with_retry_on_error(void **state)
 static void test_resubmitted_task_is_not_duplicated(void **state)
 {
     s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
     void *client = s_client(fx, "c1");
     s_submit(client, 1, 2, "f", 0, 0, 0);
     s_submit(client, 1, 2, "f", 0, 0, 0);
     s_wait_stats(s_queued_is, 2);
-    cf_broker_stats_t stats;
-    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    cf_broker_stats_t stats = s_stats();
     assert_int_equal(stats.submitted, 2);
 }
 
 static void test_worker_handing_a_task_back_requeues_it(void **state)
 {
-    s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
-    void *w1 = s_worker(fx, "w1", 1, 1, 1);
-    void *client = s_client(fx, "c1");
-    s_submit(client, 1, 1, "f", -1, 0, 0);
-    uint64_t ids[1];
-    s_take_tasks(w1, ids, NULL, 1);
+    (void)state;
+    s_scene_t sc = s_scene(1, 1, (s_tasks_t){ 1, 1, "f", -1, 0, 0 }, 1);
     cf_proto_enc_begin(s_enc(), CF_MSG_RESULT);
-    assert_int_equal(cf_proto_enc_result_status(s_enc(), ids[0], CF_STATUS_BUSY), CF_OK);
-    assert_int_equal(cf_proto_enc_send(s_enc(), w1, NULL, 0), CF_OK);
+    assert_int_equal(cf_proto_enc_result_status(s_enc(), sc.ids[0], CF_STATUS_BUSY), CF_OK);
+    assert_int_equal(cf_proto_enc_send(s_enc(), sc.worker, NULL, 0), CF_OK);
     //  Back in the queue without using a retry (it has none), and the slot
     //  returned with the result, so the same worker gets it again.
-    s_take_tasks(w1, ids, NULL, 1);
-    s_result_ok(w1, ids[0]);
-    cf_proto_msg_t *msg = s_expect_result(client, 1, CF_STATUS_OK);
-    cf_proto_msg_destroy(&msg);
+    s_take_tasks(sc.worker, sc.ids, NULL, 1);
+    s_result_ok(sc.worker, sc.ids[0]);
+    s_expect_status(sc.client, 1, CF_STATUS_OK);
 }
 
 static void test_worker_disconnect_requeues_without_using_retries(void **state)
 {
     s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
-    void *w1 = s_worker(fx, "w1", 1, 1, 1);
-    void *client = s_client(fx, "c1");
-    s_submit(client, 1, 1, "f", -1, 0, 0);
-    s_take_tasks(w1, NULL, NULL, 1);
-    cf_proto_enc_begin(s_enc(), CF_MSG_DISCONNECT);
-    cf_proto_enc_text(s_enc(), "stopping", 0);
-    assert_int_equal(cf_proto_enc_send(s_enc(), w1, NULL, 0), CF_OK);
+    s_scene_t sc = s_scene(1, 1, (s_tasks_t){ 1, 1, "f", -1, 0, 0 }, 1);
+    s_send_disconnect(sc.worker, "stopping");
     cf_broker_stats_t stats = s_wait_stats(s_workers_is, 0);
     assert_int_equal(stats.queued, 1);
     assert_int_equal(stats.lost_workers, 0);
-    void *w2 = s_peer(fx, "w2", cf_broker_worker_endpoint(fx->broker));
-    s_ready(w2, 1, 2);
-    s_take_tasks(w2, NULL, NULL, 1);
+    s_worker_takes_one(fx, "w2", 2, NULL);
 }
 
 static void test_restarted_worker_loses_what_its_predecessor_held(void **state)
 {
-    s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
-    void *w1 = s_worker(fx, "w1", 1, 100, 1);
-    void *client = s_client(fx, "c1");
-    s_submit(client, 1, 1, "f", 2, 0, 0);
-    s_take_tasks(w1, NULL, NULL, 1);
+    (void)state;
+    s_scene_t sc = s_scene(1, 100, (s_tasks_t){ 1, 1, "f", 2, 0, 0 }, 1);
     //  Same identity, another pid: the old process and its task are gone.
-    s_ready(w1, 1, 200);
-    s_take_tasks(w1, NULL, NULL, 1);
+    s_ready(sc.worker, 1, 200);
+    s_take_tasks(sc.worker, NULL, NULL, 1);
     cf_broker_stats_t stats = s_wait_stats(s_lost_is, 1);
     assert_int_equal(stats.retried, 1);
     assert_int_equal(stats.workers, 1);
@@ -818,42 +823,41 @@ static void s_expect_error(void *sock, const char *contains)
     cf_proto_msg_destroy(&msg);
 }
 
+//  Raw frames from a client are refused as malformed: answered with an
+//  ERROR and counted (the count was *expected before).
+static void s_expect_malformed(void *client, const char *const *frames, size_t count,
+                               uint64_t *expected)
+{
+    s_send_raw(client, frames, count);
+    s_expect_error(client, "malformed");
+    s_wait_stats(s_malformed_is, ++*expected);
+}
+
 static void test_malformed_messages_are_counted_and_answered(void **state)
 {
     s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
     void *client = s_client(fx, "c1");
-    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    void *worker = s_worker_peer(fx, "w1");
     uint64_t expected = 0;
     //  Unknown peers that heartbeat would get ERRORs of their own.
     s_silence(fx, client);
     s_silence(fx, worker);
 
     static const char *const garbage[] = { "cf/1", "SUBMIT", "\xc1\xc1\xc1" };
-    s_send_raw(client, garbage, 3);
-    s_expect_error(client, "malformed");
-    s_wait_stats(s_malformed_is, ++expected);
+    s_expect_malformed(client, garbage, 3, &expected);
 
     static const char *const version[] = { "cf/9", "HEARTBEAT", "\x92\x00\x00" };
-    s_send_raw(client, version, 3);
-    s_expect_error(client, "malformed");
-    s_wait_stats(s_malformed_is, ++expected);
+    s_expect_malformed(client, version, 3, &expected);
 
     static const char *const lone[] = { "hello" };
-    s_send_raw(client, lone, 1);
-    s_expect_error(client, "malformed");
-    s_wait_stats(s_malformed_is, ++expected);
+    s_expect_malformed(client, lone, 1, &expected);
 
     static const char *const unknown[] = { "cf/1", "FROBNICATE", "\xc0" };
-    s_send_raw(client, unknown, 3);
-    s_expect_error(client, "malformed");
-    s_wait_stats(s_malformed_is, ++expected);
+    s_expect_malformed(client, unknown, 3, &expected);
 
     //  Too many frames: read to the end and refused as one message.
     static const char *const many[] = { "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k" };
-    s_send_raw(client, many, 11);
-    s_expect_error(client, "malformed");
-    s_wait_stats(s_malformed_is, ++expected);
+    s_expect_malformed(client, many, 11, &expected);
 
     //  Valid messages on the wrong side.
     s_ready(client, 1, 1);
@@ -899,7 +903,6 @@ static void test_unknown_client_learns_the_boot_id(void **state)
 static void test_stats_reply_lists_the_counters(void **state)
 {
     s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
     void *client = s_client(fx, "c1");
     s_submit(client, 1, 3, "f", 0, 0, 0);
     s_wait_stats(s_queued_is, 3);
@@ -930,8 +933,7 @@ static void test_stats_reply_lists_the_counters(void **state)
 static void test_destroy_says_disconnect_to_peers(void **state)
 {
     s_fixture_t *fx = *state;
-    s_start(fx, 1000, 0, 0);
-    void *worker = s_peer(fx, "w1", cf_broker_worker_endpoint(fx->broker));
+    void *worker = s_worker_peer(fx, "w1");
     s_ready(worker, 1, 1);
     void *client = s_client(fx, "c1");
     s_submit(client, 1, 5, "f", 0, 0, 0);
@@ -1074,13 +1076,13 @@ static void *s_fill_outbox(s_fixture_t *fx, int ivl_ms, void **worker, uint8_t *
             }
             cf_proto_msg_destroy(&msg);
         }
-        assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+        stats = s_stats();
     }
     int64_t deadline = cf_clock_now_ms() + WAIT_MS;
     while (stats.deferred == 0 && cf_clock_now_ms() < deadline) {
         s_heartbeat_all();
         zmq_poll(NULL, 0, SLICE_MS);
-        assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+        stats = s_stats();
     }
     assert_true(stats.deferred > 0);
     return client;
@@ -1097,8 +1099,7 @@ static void test_results_wait_in_the_outbox_while_a_client_does_not_read(void **
     //  A long heartbeat: "unreachable for the liveness period" must not
     //  come before the client reads, however slow this build runs.
     void *client = s_fill_outbox(fx, 10000, &worker, &value);
-    cf_broker_stats_t stats;
-    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    cf_broker_stats_t stats = s_stats();
     assert_int_equal(stats.clients, 1);     //  kept, not lost
 
     //  Now the client reads, and the worker finishes the rest.
@@ -1134,7 +1135,7 @@ static void test_results_wait_in_the_outbox_while_a_client_does_not_read(void **
             cf_proto_msg_destroy(&msg);
         }
     }
-    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    stats = s_stats();
     assert_int_equal(stats.completed, S_BIG_TASKS);
     assert_int_equal(stats.dropped, 0);
     free(value);
@@ -1177,7 +1178,7 @@ static void test_client_that_never_reads_is_lost(void **state)
             }
             cf_proto_msg_destroy(&msg);
         }
-        assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+        stats = s_stats();
     }
     assert_true(stats.dropped > 0);
     assert_int_equal(stats.workers, 1);
@@ -1198,7 +1199,7 @@ static void test_every_task_is_answered_exactly_once_under_load(void **state)
     for (int w = 0; w < WORKERS; w++) {
         char name[16];
         snprintf(name, sizeof name, "load-w%d", w);
-        workers[w] = s_peer(fx, name, cf_broker_worker_endpoint(fx->broker));
+        workers[w] = s_worker_peer(fx, name);
         s_ready(workers[w], 8, w + 1);
     }
     s_wait_stats(s_workers_is, WORKERS);
@@ -1312,8 +1313,7 @@ static void test_every_task_is_answered_exactly_once_under_load(void **state)
                   busy);
     assert_true(busy > 0);          //  the limit was reached and recovered from
     assert_true(cancelled > 0);
-    cf_broker_stats_t stats;
-    assert_int_equal(cf_broker_stats(fx->broker, &stats), CF_OK);
+    cf_broker_stats_t stats = s_stats();
     assert_int_equal(stats.queued, 0);
     assert_int_equal(stats.running, 0);
     assert_int_equal(stats.completed, values);
@@ -1329,28 +1329,28 @@ int main(void)
     if (getenv("CF_TEST_LOG"))
         cf_log_set_handler(cf_log_to_stderr, NULL, CF_LOG_DEBUG);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_tasks_are_dispatched_within_worker_credit, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_credit_message_adds_slots, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_tasks_spread_over_workers_in_batches, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_prefetch_only_to_workers_turning_over, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_round_robin_between_clients, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_tasks_are_dispatched_within_worker_credit, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_credit_message_adds_slots, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_tasks_spread_over_workers_in_batches, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_prefetch_only_to_workers_turning_over, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_round_robin_between_clients, s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_tasks_over_the_limits_are_answered_busy, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_cancel_removes_queued_and_reports_started, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_reported_worker_loss_retries_then_fails_with_worker_lost, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_removes_queued_and_reports_started, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_reported_worker_loss_retries_then_fails_with_worker_lost, s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_silent_worker_is_lost_by_heartbeat, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_silent_client_is_lost_and_its_tasks_dropped, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_client_disconnect_drops_its_tasks_and_results, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_result_for_unknown_id_is_ignored, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_running_task_times_out_and_late_result_is_ignored, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_error_is_retried_only_with_retry_on_error, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_resubmitted_task_is_not_duplicated, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_worker_handing_a_task_back_requeues_it, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_worker_disconnect_requeues_without_using_retries, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_restarted_worker_loses_what_its_predecessor_held, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_malformed_messages_are_counted_and_answered, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_client_disconnect_drops_its_tasks_and_results, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_result_for_unknown_id_is_ignored, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_running_task_times_out_and_late_result_is_ignored, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_error_is_retried_only_with_retry_on_error, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_resubmitted_task_is_not_duplicated, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_handing_a_task_back_requeues_it, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_disconnect_requeues_without_using_retries, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_restarted_worker_loses_what_its_predecessor_held, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_messages_are_counted_and_answered, s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_client_learns_the_boot_id, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_stats_reply_lists_the_counters, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_destroy_says_disconnect_to_peers, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_stats_reply_lists_the_counters, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_says_disconnect_to_peers, s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_every_task_is_answered_exactly_once_under_load, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_results_wait_in_the_outbox_while_a_client_does_not_read, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_client_that_never_reads_is_lost, s_setup, s_teardown),

@@ -354,6 +354,11 @@ void cf_proto_msg_destroy(cf_proto_msg_t **msg_p)
     *msg_p = NULL;
 }
 
+const char *cf_proto_msg_user_id(const cf_proto_msg_t *msg)
+{
+    return msg && msg->has_body_ ? zmq_msg_gets(&msg->body_, "User-Id") : NULL;
+}
+
 cf_err_t cf_proto_recv(void *socket, bool is_router, zmq_msg_t *routing_id,
                        cf_proto_msg_t **msg)
 {

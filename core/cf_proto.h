@@ -143,6 +143,11 @@ typedef struct {
 //  is a request (body []), anything else a reply (body a map).
 cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg);
 void cf_proto_msg_destroy(cf_proto_msg_t **msg);
+//  The "User-Id" libzmq gave the connection msg came from (with CURVE and a
+//  ZAP handler: "client:<fingerprint>" or "worker:<fingerprint>"), borrowed
+//  for the life of msg; NULL when it has none (plaintext). Read from the
+//  body frame: the routing id frame a ROUTER makes up carries no metadata.
+const char *cf_proto_msg_user_id(const cf_proto_msg_t *msg);
 
 //  Receives one whole message from socket without blocking past what zmq
 //  already has: when is_router, *routing_id is initialized on every return

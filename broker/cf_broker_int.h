@@ -1,0 +1,375 @@
+//  The broker's private header: the state the broker's modules share and
+//  the functions they call in each other. Nothing outside broker/cf_broker*.c
+//  includes it; the public face is cf_broker.h.
+//
+//  The modules (ARCH_BROKER.md has the map), one prefix each:
+//    cf_broker_actor.c    the handle (cf_broker_* of cf_broker.h), the actor
+//                         and its loop, the pipe (STATS, LOST, $TERM)
+//    cf_broker_state.c    cf_broker_state_*: the state's life (sockets
+//                         bound, tables, goodbye), the stats snapshot
+//    cf_broker_task.c     cf_broker_task_*: a task's life (new, where it
+//                         lives, finished), the timeout heap
+//    cf_broker_peer.c     cf_broker_peer_*: identities and tables, reading
+//                         the sockets (the role check), heartbeats and
+//                         liveness, the simple replies (HEARTBEAT, ERROR)
+//    cf_broker_client.c   cf_broker_client_*: clients: submit, cancel,
+//                         outboxes (STARTED, RESULT) and their flush, lost
+//    cf_broker_worker.c   cf_broker_worker_*: workers: ready, credit,
+//                         dispatch, results, removal
+//
+//  Design note. One thread, a cf_actor, creates and owns the two ROUTER
+//  sockets and every table below; other threads reach it only through its
+//  pipe, so nothing is shared and nothing is locked. Each turn of the loop
+//  reads what the sockets have (up to a budget, so one flood cannot starve
+//  the other side), runs due timers, dispatches queued tasks to workers with
+//  credit, and flushes the clients' outboxes: many events between two polls
+//  become one TASK per worker and one STARTED and one RESULT per client.
+//
+//  A task lives in exactly one place: its client's queue (waiting) or its
+//  worker's running list (sent). The same list node serves both, so moving
+//  it costs nothing and a task is never copied after SUBMIT. Two maps find
+//  it: the broker's own id (what workers answer with) and the client's id
+//  (what CANCEL names, and what detects a resubmission).
+//
+//  Nothing is dropped silently. A TASK the ROUTER refuses (worker at its
+//  high-water mark, or gone) puts its tasks back at the front of their
+//  queues; STARTED and RESULT items wait in the client's outbox until a send
+//  goes through, and a client that stays unreachable for the liveness period
+//  is lost like a silent one. Every such event is counted.
+
+#ifndef CF_BROKER_INT_H
+#define CF_BROKER_INT_H
+
+#include "cf_broker.h"
+#include "cf_auth.h"
+
+#include "cf_idmap.h"
+#include "cf_log.h"
+#include "cf_proto.h"
+#include "cf_queue.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+//  Messages read from one socket in one turn before the loop looks at the
+//  other socket and the timers.
+#define CF_BROKER_READ_BUDGET   256
+//  How soon a refused send (peer at its high-water mark) is tried again;
+//  for a client the wait doubles with each refusal up to the maximum, and
+//  while refused only one item is offered at a time, so a client that does
+//  not read costs a small probe now and then, not a re-encoded 64 MiB batch
+//  every few milliseconds.
+#define CF_BROKER_RETRY_MS      10
+#define CF_BROKER_RETRY_MAX_MS  320
+//  An unasked STARTED (a task handed to a worker) waits up to this long for
+//  the task's RESULT, or any RESULT for its client, to go out with it: a
+//  message of its own would cost the client a wake-up per task, which on a
+//  one-at-a-time round trip was a fifth of the time (docs/benchmarks.md). A
+//  task running longer still shows as running within about this long; a
+//  STARTED that answers a CANCEL or a resubmission goes out at once.
+#define CF_BROKER_STARTED_DELAY_MS CF_BROKER_RETRY_MS
+//  Bodies are cut well below CF_PROTO_MAX_FRAME so the receiver never
+//  refuses a batch we built.
+#define CF_BROKER_MAX_BODY      (CF_PROTO_MAX_FRAME - 64u * 1024)
+//  Per-item encoding overhead allowance when deciding where to cut.
+#define CF_BROKER_ITEM_OVERHEAD 64
+//  An outbox larger than this means the client does not read: it is lost.
+#define CF_BROKER_MAX_OUTBOX    (256u * 1024 * 1024)
+//  A worker cannot announce more slots than this (bounds planning loops).
+#define CF_BROKER_MAX_CREDIT    (1u << 20)
+//  Routing ids longer than ZeroMQ's 255 bytes do not exist.
+#define CF_BROKER_MAX_IDENTITY  255
+//  Lines a peer can cause once per message, logged a second at most: debug
+//  lines about peer events (cf_broker_log_event), warnings about tasks
+//  (cf_broker_log_task).
+#define CF_BROKER_EVENT_LOG_PER_SEC 50
+#define CF_BROKER_TASK_LOG_PER_SEC  10
+//  Linger on close: long enough for DISCONNECT to leave, short enough that a
+//  stuck peer never holds shutdown.
+#define CF_BROKER_LINGER_MS     200
+
+typedef struct cf_broker_client cf_broker_client_t;
+typedef struct cf_broker_worker cf_broker_worker_t;
+
+typedef enum {
+    CF_BROKER_QUEUED,           //  in its client's queue
+    CF_BROKER_RUNNING,          //  on a worker, its client waits
+    CF_BROKER_EXPIRED,          //  on a worker, already failed with TimeoutError
+    CF_BROKER_ORPHANED          //  on a worker, its client is gone
+} cf_broker_task_state_t;
+
+//  One task: 88 bytes on LP64 (measured), with the function name and args
+//  in the same allocation, plus a 16-byte slot in each of two maps (at 3/8
+//  to 3/4 load, about 60 bytes together) and malloc's own 8 to 16: about
+//  165 bytes of bookkeeping per task beyond its payload.
+typedef struct {
+    cf_queue_node_t node;       //  in client->queue or worker->running
+    cf_broker_client_t *client; //  who waits; NULL once expired or orphaned
+    cf_broker_worker_t *worker; //  where it runs; NULL while queued
+    uint64_t id;                //  the broker's id (toward workers)
+    uint64_t client_task_id;    //  the client's id (toward the client)
+    int64_t deadline_ms;        //  when a running task times out
+    uint32_t heap_index;        //  in the timeout heap, or CF_BROKER_NOT_IN_HEAP
+    uint32_t timeout_ms;        //  run time limit, 0: none
+    int32_t retries;            //  retries allowed after a lost worker (<0: none)
+    uint32_t retries_used;
+    uint32_t flags;             //  CF_TASK_*
+    uint32_t args_len;
+    uint32_t results_before;    //  its worker's results count when it was sent
+    uint16_t function_len;
+    uint8_t state;              //  cf_broker_task_state_t
+    uint8_t data[];             //  function name, NUL, args
+} cf_broker_task_t;
+
+_Static_assert(sizeof(cf_broker_task_t) <= 96, "keep per-task bookkeeping small");
+
+#define CF_BROKER_NOT_IN_HEAP UINT32_MAX
+
+//  What clients and workers have in common: a routing id, a table slot,
+//  liveness.
+typedef struct cf_broker_peer {
+    struct cf_broker_peer *hash_next;   //  peers whose identity hashes alike
+    uint64_t hash;              //  of the identity
+    int64_t last_seen_ms;       //  last message from it
+    cf_queue_node_t all_node;   //  in self->clients or self->workers
+    size_t id_len;
+    uint8_t id[CF_BROKER_MAX_IDENTITY];
+    char label[24];             //  identity as shown in logs
+    uint64_t auth_generation;   //  allow-lists its key was last found on; 0: not checked
+} cf_broker_peer_t;
+
+//  A RESULT item waiting to be sent to its client.
+typedef struct cf_broker_out {
+    struct cf_broker_out *next;
+    uint64_t id;                //  the client's task id
+    uint32_t value_len;         //  OK: value bytes in data
+    int32_t pid;                //  ERROR
+    uint8_t status;             //  cf_status_t
+    uint8_t data[];             //  OK: value; ERROR: type\0message\0function\0host\0
+} cf_broker_out_t;
+
+struct cf_broker_client {
+    cf_broker_peer_t peer;      //  first: a client is a peer
+    cf_queue_t queue;           //  waiting tasks, FIFO; served by self->rr
+    cf_idmap_t *tasks;          //  client task id -> task (queued or on a worker)
+    size_t running;             //  of its tasks on workers
+    uint64_t *started;          //  STARTED ids not sent yet
+    size_t started_count, started_cap;
+    int64_t started_due_ms;     //  STARTED go out by then, or with a RESULT
+    cf_broker_out_t *out_head, *out_tail;   //  RESULT items not sent yet
+    size_t out_count;
+    size_t out_bytes;           //  memory held by started + out items
+    cf_queue_node_t flush_node; //  in self->flush while anything is unsent
+    int64_t unreachable_since_ms;   //  first refused send not followed by a good one; 0: none
+    int64_t retry_at_ms;        //  no flush before this after a refusal
+    int retry_delay_ms;         //  the current wait between refused flushes
+};
+
+struct cf_broker_worker {
+    cf_broker_peer_t peer;      //  first: a worker is a peer
+    cf_queue_t running;         //  tasks sent to it, in dispatch order
+    uint32_t credit;            //  tasks it can take now
+    uint32_t plan;              //  tasks planned for it in this dispatch
+    //  Tasks it runs at once (its READY credit plus what it held then);
+    //  credit beyond this is prefetch, filled only after every worker's
+    //  idle threads (see cf_broker_worker_dispatch).
+    uint32_t threads;
+    uint32_t results;           //  results received (wraps; compared for equality)
+    cf_queue_node_t avail_node; //  in self->available while credit > 0 and not blocked
+    int64_t blocked_until_ms;   //  a TASK was refused at HWM: wait till then; 0: not blocked
+    int32_t pid;
+    char host[64];
+};
+
+//  The actor's state: everything the broker knows. The actor's thread
+//  alone touches it (cf_broker_state_new to cf_broker_state_destroy).
+typedef struct cf_broker_state {
+    void *clients_sock;
+    void *workers_sock;
+    cf_proto_enc_t *enc;
+    int ivl_ms;
+    int liveness;
+    size_t max_queued;
+    size_t max_queued_per_client;
+    bool require_roles;         //  CURVE: check each message's User-Id role
+    cf_auth_t *auth;            //  CURVE: the allow-lists, for revoked keys; borrowed
+    cf_log_limit_t refused_log; //  audit lines of refused messages, per second
+    cf_log_limit_t event_log;   //  debug lines a peer can cause per message
+    cf_log_limit_t task_log;    //  warnings about tasks that cannot go on
+    uint64_t boot;              //  random, nonzero: tells peers this run from another
+    uint64_t next_task_id;      //  starts at random: a restarted broker never
+                                //  matches a result meant for its predecessor
+    cf_idmap_t *client_table;   //  identity hash -> first cf_broker_peer_t of the chain
+    cf_idmap_t *worker_table;
+    cf_queue_t clients;         //  all clients (all_node)
+    cf_queue_t workers;         //  all workers (all_node)
+    cf_queue_rr_t rr;           //  clients with queued tasks, in turn order
+    cf_queue_t available;       //  workers with credit (avail_node)
+    cf_queue_t flush;           //  clients with unsent items (flush_node)
+    cf_idmap_t *tasks;          //  broker id -> task, queued or on a worker
+    cf_broker_task_t **heap;    //  running tasks with a timeout, by deadline
+    size_t heap_size, heap_cap;
+    size_t running;             //  tasks on workers whose client waits
+    size_t blocked_workers;
+    int64_t next_heartbeat_ms;
+    bool terminated;
+    cf_broker_stats_t stats;
+    char client_endpoint[256];  //  bound, a "*" port resolved
+    char worker_endpoint[256];
+} cf_broker_state_t;
+
+static inline const char *cf_broker_task_function(const cf_broker_task_t *task)
+{
+    return (const char *)task->data;
+}
+
+static inline const uint8_t *cf_broker_task_args(const cf_broker_task_t *task)
+{
+    return task->data + task->function_len + 1;
+}
+
+//  The command's name for logs ("SUBMIT"), "?" for none.
+static inline const char *cf_broker_command_name(cf_msg_type_t type)
+{
+    const char *name = cf_proto_command_name(type);
+    return name ? name : "?";
+}
+
+//  True when one more debug line about a peer event may be logged now
+//  (cf-broker --verbose). Debug is checked first, so with it off the
+//  limiter costs nothing on the hot path.
+static inline bool cf_broker_log_event(cf_broker_state_t *self)
+{
+    return cf_log_enabled(CF_LOG_DEBUG)
+        && cf_log_limit_allow(&self->event_log, "broker", "peer events");
+}
+
+//  True when one more warning about a task that cannot go on (a peer sent
+//  what cannot be forwarded) may be logged now.
+static inline bool cf_broker_log_task(cf_broker_state_t *self)
+{
+    return cf_log_enabled(CF_LOG_WARN)
+        && cf_log_limit_allow(&self->task_log, "broker", "task warnings");
+}
+
+// ---------------------------------------------------------------------------
+//  cf_broker_state.c
+
+//  The state for config with both sockets made (config->socket_setup run)
+//  and bound, in ctx; NULL with cf_last_error(). On the actor's thread.
+cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *config);
+//  Says DISCONNECT to every peer, drops what is left and frees the state,
+//  whole or half built. Safe with NULL.
+void cf_broker_state_destroy(cf_broker_state_t **self);
+//  The counters now.
+void cf_broker_state_stats(cf_broker_state_t *self, cf_broker_stats_t *stats);
+
+// ---------------------------------------------------------------------------
+//  cf_broker_task.c
+
+//  A new queued task of client from a SUBMIT item, in the broker's task
+//  map and the client's; NULL when out of memory (nothing kept).
+cf_broker_task_t *cf_broker_task_new(cf_broker_state_t *self, cf_broker_client_t *client,
+                                     const cf_proto_task_t *item);
+//  Frees a task that is in no queue or running list (unwatched, unmapped).
+void cf_broker_task_free(cf_broker_state_t *self, cf_broker_task_t *task);
+//  A task leaves its client for good (answered): forgotten there too.
+void cf_broker_task_finish(cf_broker_state_t *self, cf_broker_task_t *task);
+//  Takes a task off its worker's running list.
+void cf_broker_task_unassign(cf_broker_state_t *self, cf_broker_task_t *task);
+//  Puts an unassigned task back at the front of its client's queue.
+void cf_broker_task_requeue(cf_broker_state_t *self, cf_broker_task_t *task);
+//  Watches a running task's deadline_ms (the timeout heap). CF_ENOMEM.
+cf_err_t cf_broker_task_watch(cf_broker_state_t *self, cf_broker_task_t *task);
+//  Stops watching it; safe when not watched.
+void cf_broker_task_unwatch(cf_broker_state_t *self, cf_broker_task_t *task);
+//  Fails the running tasks whose deadline passed with TimeoutError.
+void cf_broker_task_expire(cf_broker_state_t *self, int64_t now);
+
+// ---------------------------------------------------------------------------
+//  cf_broker_peer.c
+
+//  A printable identity as is, else hex (ZeroMQ's generated ids are binary).
+void cf_broker_peer_label(const uint8_t *id, size_t len, char *label, size_t size);
+cf_broker_peer_t *cf_broker_peer_find(cf_idmap_t *table, const void *id, size_t len);
+//  The peer with that identity, marked as seen at now (any message is a
+//  sign of life); NULL when not known.
+cf_broker_peer_t *cf_broker_peer_seen(cf_idmap_t *table, const void *id, size_t len,
+                                      int64_t now);
+//  A new client or worker (worker says which) of size bytes, the peer
+//  first, zeroed but for its identity and seen at now; in its table and
+//  its list. NULL when out of memory.
+cf_broker_peer_t *cf_broker_peer_new(cf_broker_state_t *self, bool worker, size_t size,
+                                     const void *id, size_t len, int64_t now);
+//  Takes the peer out of its table and list; the caller frees it.
+void cf_broker_peer_remove(cf_broker_state_t *self, cf_broker_peer_t *peer, bool worker);
+//  Sends HEARTBEAT [boot, ivl_ms] to id on sock.
+cf_err_t cf_broker_peer_send_heartbeat(cf_broker_state_t *self, void *sock, const void *id,
+                                       size_t len);
+//  Sends ERROR [ref, text]; a failure is only logged (the next one replaces it).
+void cf_broker_peer_send_error(cf_broker_state_t *self, void *sock, const void *id, size_t len,
+                               uint64_t ref, const char *text);
+//  Counts, logs (debug) and answers (when id is known) a refused message.
+void cf_broker_peer_malformed(cf_broker_state_t *self, void *sock, const void *id, size_t len,
+                              const char *text);
+//  Refuses a valid message of a type this side never takes (READY from a
+//  client): malformed, "unexpected READY from a client".
+void cf_broker_peer_unexpected(cf_broker_state_t *self, void *sock, const void *id, size_t len,
+                               cf_msg_type_t type);
+//  Answers a peer the broker does not know: HEARTBEAT, then ERROR text
+//  (none when NULL).
+void cf_broker_peer_unknown(cf_broker_state_t *self, void *sock, const void *id, size_t len,
+                            const char *text);
+//  Reads what sock has, up to CF_BROKER_READ_BUDGET messages, and hands
+//  each to the client or worker module.
+void cf_broker_peer_read(cf_broker_state_t *self, void *sock);
+//  Heartbeats every peer and loses those silent (or unreachable) for the
+//  liveness period; once an interval.
+void cf_broker_peer_heartbeat(cf_broker_state_t *self, int64_t now);
+
+// ---------------------------------------------------------------------------
+//  cf_broker_client.c
+
+//  One message from a client (routing id id).
+void cf_broker_client_on_message(cf_broker_state_t *self, const void *id, size_t len,
+                                 cf_proto_msg_t *msg);
+//  Queues STARTED for client task id; asked: it answers the client (CANCEL,
+//  resubmission), so it goes out at once.
+void cf_broker_client_started(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
+                              bool asked);
+//  Queues a RESULT with a value, or with an error (strings with a NULL ptr
+//  are empty).
+void cf_broker_client_result_ok(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
+                                const void *value, size_t value_len);
+void cf_broker_client_result_error(cf_broker_state_t *self, cf_broker_client_t *client,
+                                   uint64_t id, cf_proto_str_t type, cf_proto_str_t message,
+                                   cf_proto_str_t function, cf_proto_str_t host, int32_t pid);
+//  Queues a runtime error made by the broker (WorkerLost, TimeoutError) for
+//  a task whose client waits, naming its worker when it has one.
+void cf_broker_client_runtime_error(cf_broker_state_t *self, cf_broker_task_t *task,
+                                    const char *type, const char *message);
+//  Sends what the outboxes hold; loses clients whose outbox outgrew its
+//  bound.
+void cf_broker_client_flush_all(cf_broker_state_t *self);
+//  Drops the client: its queued tasks and unsent results go, its running
+//  tasks are orphaned (their results will be dropped).
+void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client,
+                           const char *reason);
+
+// ---------------------------------------------------------------------------
+//  cf_broker_worker.c
+
+//  One message from a worker (routing id id).
+void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t len,
+                                 cf_proto_msg_t *msg);
+//  Hands queued tasks to workers with credit.
+void cf_broker_worker_dispatch(cf_broker_state_t *self);
+//  Makes workers whose refusal wait ended by now available again.
+void cf_broker_worker_unblock(cf_broker_state_t *self, int64_t now);
+//  The worker is gone. lost: it vanished (heartbeats, ROUTER says gone,
+//  reported dead), so what it held used one attempt; otherwise it said
+//  DISCONNECT and what it held was never run.
+void cf_broker_worker_remove(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                             const char *reason, bool lost);
+
+#endif

@@ -1,0 +1,171 @@
+//  The broker's state (see cf_broker_int.h): built by the actor when it
+//  starts (the two ROUTERs made and bound on the actor's own thread, so no
+//  socket ever changes thread) and freed by it when it stops, after a
+//  goodbye to every peer.
+
+#include "cf_broker_int.h"
+
+#include "cf_error.h"
+#include "cf_random.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#define S_LOG "broker"
+
+static cf_err_t s_bind(void *sock, const char *endpoint, char *resolved, size_t size)
+{
+    if (!endpoint || !*endpoint)
+        return cf_error_set(CF_EINVAL, "no endpoint to bind");
+    if (zmq_bind(sock, endpoint) != 0)
+        return cf_error_set(CF_ESYS, "cannot bind %s: %s", endpoint, zmq_strerror(errno));
+    size_t len = size;
+    if (zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, resolved, &len) != 0 || len == 0) {
+        snprintf(resolved, size, "%s", endpoint);
+        return CF_OK;
+    }
+    resolved[size - 1] = '\0';
+    return CF_OK;
+}
+
+static void *s_router_new(void *ctx, const cf_broker_config_t *config, bool is_clients)
+{
+    void *sock = zmq_socket(ctx, ZMQ_ROUTER);
+    if (!sock) {
+        cf_error_set(CF_ESYS, "cannot create a socket: %s", zmq_strerror(errno));
+        return NULL;
+    }
+    cf_err_t rc = cf_proto_socket_setup(sock, true);
+    //  A peer that reconnects with the same identity (a client or worker
+    //  with a fixed ZMQ_ROUTING_ID after a network blip) takes its old place
+    //  instead of being refused while the old connection lingers.
+    int handover = 1;
+    if (rc == CF_OK && zmq_setsockopt(sock, ZMQ_ROUTER_HANDOVER, &handover, sizeof handover) != 0)
+        rc = CF_ESYS;
+    if (rc != CF_OK) {
+        cf_error_set(rc, "cannot set up the %s socket: %s", is_clients ? "client" : "worker",
+                     zmq_strerror(errno));
+        zmq_close(sock);
+        return NULL;
+    }
+    if (config->socket_setup) {
+        rc = config->socket_setup(sock, is_clients, config->socket_setup_arg);
+        if (rc != CF_OK) {
+            if (cf_last_err() != rc)
+                cf_error_set(rc, "cannot set up the %s socket: %s",
+                             is_clients ? "client" : "worker", cf_strerror(rc));
+            zmq_close(sock);
+            return NULL;
+        }
+    }
+    return sock;
+}
+
+cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *config)
+{
+    cf_broker_state_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        cf_error_set(CF_ENOMEM, "out of memory");
+        return NULL;
+    }
+    cf_queue_init(&self->clients);
+    cf_queue_init(&self->workers);
+    cf_queue_rr_init(&self->rr);
+    cf_queue_init(&self->available);
+    cf_queue_init(&self->flush);
+    self->ivl_ms = config->heartbeat_ivl_ms ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
+    self->liveness =
+        config->heartbeat_liveness ? config->heartbeat_liveness : CF_HEARTBEAT_LIVENESS;
+    self->max_queued = config->max_queued ? config->max_queued : CF_BROKER_MAX_QUEUED;
+    self->max_queued_per_client =
+        config->max_queued_per_client ? config->max_queued_per_client : self->max_queued;
+    self->require_roles = config->require_roles;
+    self->auth = config->require_roles ? config->auth : NULL;
+    self->refused_log.per_sec = CF_AUTH_LOG_PER_SEC;
+    self->event_log.per_sec = CF_BROKER_EVENT_LOG_PER_SEC;
+    self->task_log.per_sec = CF_BROKER_TASK_LOG_PER_SEC;
+    self->boot = cf_random_u64();
+    self->next_task_id = cf_random_u64();
+    self->enc = cf_proto_enc_new();
+    self->tasks = cf_idmap_new(1024);
+    self->client_table = cf_idmap_new(16);
+    self->worker_table = cf_idmap_new(16);
+    if (!self->enc || !self->tasks || !self->client_table || !self->worker_table) {
+        cf_error_set(CF_ENOMEM, "out of memory");
+        goto failed;
+    }
+    self->clients_sock = s_router_new(ctx, config, true);
+    if (!self->clients_sock)
+        goto failed;
+    self->workers_sock = s_router_new(ctx, config, false);
+    if (!self->workers_sock)
+        goto failed;
+    if (s_bind(self->clients_sock, config->client_endpoint, self->client_endpoint,
+               sizeof self->client_endpoint) != CF_OK
+        || s_bind(self->workers_sock, config->worker_endpoint, self->worker_endpoint,
+                  sizeof self->worker_endpoint) != CF_OK)
+        goto failed;
+    return self;
+failed:
+    cf_broker_state_destroy(&self);
+    return NULL;
+}
+
+void cf_broker_state_destroy(cf_broker_state_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    cf_broker_state_t *self = *self_p;
+    *self_p = NULL;
+    //  Say goodbye so peers need not wait for heartbeats to notice.
+    cf_queue_node_t *node;
+    for (node = cf_queue_front(&self->workers); node; node = cf_queue_next(&self->workers, node)) {
+        cf_broker_peer_t *peer = cf_queue_entry(node, cf_broker_peer_t, all_node);
+        cf_proto_enc_begin(self->enc, CF_MSG_DISCONNECT);
+        cf_proto_enc_text(self->enc, "broker stopping", 0);
+        (void)cf_proto_enc_send(self->enc, self->workers_sock, peer->id, peer->id_len);
+    }
+    for (node = cf_queue_front(&self->clients); node; node = cf_queue_next(&self->clients, node)) {
+        cf_broker_peer_t *peer = cf_queue_entry(node, cf_broker_peer_t, all_node);
+        cf_proto_enc_begin(self->enc, CF_MSG_DISCONNECT);
+        cf_proto_enc_text(self->enc, "broker stopping", 0);
+        (void)cf_proto_enc_send(self->enc, self->clients_sock, peer->id, peer->id_len);
+    }
+    while ((node = cf_queue_front(&self->clients))) {
+        cf_broker_client_t *client = cf_queue_entry(node, cf_broker_client_t, peer.all_node);
+        cf_broker_client_lost(self, client, "broker stopping");
+    }
+    //  Every task left is on a worker and orphaned now.
+    while ((node = cf_queue_front(&self->workers))) {
+        cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, peer.all_node);
+        cf_broker_worker_remove(self, worker, "broker stopping", false);
+    }
+    assert(!self->tasks || cf_idmap_size(self->tasks) == 0);
+    cf_idmap_destroy(&self->tasks);
+    cf_idmap_destroy(&self->client_table);
+    cf_idmap_destroy(&self->worker_table);
+    free(self->heap);
+    cf_proto_enc_destroy(&self->enc);
+    int linger = CF_BROKER_LINGER_MS;
+    void *socks[] = { self->clients_sock, self->workers_sock };
+    for (size_t i = 0; i < 2; i++) {
+        if (socks[i]) {
+            zmq_setsockopt(socks[i], ZMQ_LINGER, &linger, sizeof linger);
+            zmq_close(socks[i]);
+        }
+    }
+    free(self);
+}
+
+void cf_broker_state_stats(cf_broker_state_t *self, cf_broker_stats_t *stats)
+{
+    *stats = self->stats;
+    stats->clients = cf_queue_size(&self->clients);
+    stats->workers = cf_queue_size(&self->workers);
+    stats->queued = cf_queue_rr_size(&self->rr);
+    stats->running = self->running;
+}

@@ -1,0 +1,204 @@
+//  The broker's tasks (see cf_broker_int.h): where a task lives from
+//  SUBMIT to its answer, and the timeout heap that watches running tasks
+//  with a time limit, earliest first.
+//
+//  A task is one allocation holding its function name and arguments; its
+//  state says whether a client still waits for it. Nothing here sends:
+//  answers go through the client module's outbox.
+
+#include "cf_broker_int.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define S_LOG "broker"
+
+// ---------------------------------------------------------------------------
+//  Life
+
+cf_broker_task_t *cf_broker_task_new(cf_broker_state_t *self, cf_broker_client_t *client,
+                                     const cf_proto_task_t *item)
+{
+    size_t function_len = item->function.ptr ? item->function.len : 0;
+    if (function_len > CF_PROTO_MAX_NAME || item->args_len > UINT32_MAX)
+        return NULL;            //  the codec holds these limits; this guards our narrower fields
+    cf_broker_task_t *task = malloc(sizeof *task + function_len + 1 + item->args_len);
+    if (!task) {
+        cf_log_warn(S_LOG, "out of memory: task %" PRIu64 " of client %s refused as busy",
+                    item->id, client->peer.label);
+        return NULL;
+    }
+    *task = (cf_broker_task_t){
+        .client = client,
+        .client_task_id = item->id,
+        .heap_index = CF_BROKER_NOT_IN_HEAP,
+        .timeout_ms = item->timeout_ms,
+        .retries = item->retries,
+        .flags = item->flags,
+        .args_len = (uint32_t)item->args_len,
+        .function_len = (uint16_t)function_len,
+        .state = CF_BROKER_QUEUED,
+    };
+    cf_queue_node_init(&task->node);
+    if (function_len)
+        memcpy(task->data, item->function.ptr, function_len);
+    task->data[function_len] = '\0';
+    if (item->args_len)
+        memcpy(task->data + function_len + 1, item->args, item->args_len);
+    do
+        task->id = self->next_task_id++;
+    while (task->id == 0 || cf_idmap_get(self->tasks, task->id));
+    if (cf_idmap_put(self->tasks, task->id, task) != CF_OK) {
+        free(task);
+        return NULL;
+    }
+    if (cf_idmap_put(client->tasks, item->id, task) != CF_OK) {
+        cf_idmap_remove(self->tasks, task->id);
+        free(task);
+        return NULL;
+    }
+    return task;
+}
+
+void cf_broker_task_free(cf_broker_state_t *self, cf_broker_task_t *task)
+{
+    cf_broker_task_unwatch(self, task);
+    cf_idmap_remove(self->tasks, task->id);
+    free(task);
+}
+
+//  A task leaves its client for good (answered): forget it there too.
+void cf_broker_task_finish(cf_broker_state_t *self, cf_broker_task_t *task)
+{
+    if (task->client)
+        cf_idmap_remove(task->client->tasks, task->client_task_id);
+    cf_broker_task_free(self, task);
+}
+
+//  Takes a task off its worker (it is in worker->running).
+void cf_broker_task_unassign(cf_broker_state_t *self, cf_broker_task_t *task)
+{
+    cf_broker_worker_t *worker = task->worker;
+    assert(worker);
+    cf_queue_remove(&worker->running, &task->node);
+    cf_broker_task_unwatch(self, task);
+    if (task->state == CF_BROKER_RUNNING) {
+        self->running--;
+        task->client->running--;
+    }
+    task->worker = NULL;
+}
+
+//  Puts a task that was on a worker back at the front of its client's queue.
+//  Call cf_broker_task_unassign first.
+void cf_broker_task_requeue(cf_broker_state_t *self, cf_broker_task_t *task)
+{
+    assert(task->client && !task->worker);
+    task->state = CF_BROKER_QUEUED;
+    cf_queue_rr_push_front(&self->rr, &task->client->queue, &task->node);
+}
+
+// ---------------------------------------------------------------------------
+//  The timeout heap
+
+static void s_heap_swap(cf_broker_state_t *self, size_t a, size_t b)
+{
+    cf_broker_task_t *t = self->heap[a];
+    self->heap[a] = self->heap[b];
+    self->heap[b] = t;
+    self->heap[a]->heap_index = (uint32_t)a;
+    self->heap[b]->heap_index = (uint32_t)b;
+}
+
+static void s_heap_up(cf_broker_state_t *self, size_t i)
+{
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (self->heap[parent]->deadline_ms <= self->heap[i]->deadline_ms)
+            break;
+        s_heap_swap(self, i, parent);
+        i = parent;
+    }
+}
+
+static void s_heap_down(cf_broker_state_t *self, size_t i)
+{
+    for (;;) {
+        size_t left = 2 * i + 1, right = left + 1, least = i;
+        if (left < self->heap_size
+            && self->heap[left]->deadline_ms < self->heap[least]->deadline_ms)
+            least = left;
+        if (right < self->heap_size
+            && self->heap[right]->deadline_ms < self->heap[least]->deadline_ms)
+            least = right;
+        if (least == i)
+            break;
+        s_heap_swap(self, i, least);
+        i = least;
+    }
+}
+
+cf_err_t cf_broker_task_watch(cf_broker_state_t *self, cf_broker_task_t *task)
+{
+    if (self->heap_size == self->heap_cap) {
+        size_t cap = self->heap_cap ? self->heap_cap * 2 : 64;
+        cf_broker_task_t **heap = realloc(self->heap, cap * sizeof *heap);
+        if (!heap)
+            return CF_ENOMEM;
+        self->heap = heap;
+        self->heap_cap = cap;
+    }
+    task->heap_index = (uint32_t)self->heap_size;
+    self->heap[self->heap_size++] = task;
+    s_heap_up(self, task->heap_index);
+    return CF_OK;
+}
+
+void cf_broker_task_unwatch(cf_broker_state_t *self, cf_broker_task_t *task)
+{
+    if (task->heap_index == CF_BROKER_NOT_IN_HEAP)
+        return;
+    size_t i = task->heap_index;
+    assert(i < self->heap_size && self->heap[i] == task);
+    self->heap_size--;
+    if (i != self->heap_size) {
+        self->heap[i] = self->heap[self->heap_size];
+        self->heap[i]->heap_index = (uint32_t)i;
+        s_heap_down(self, i);
+        s_heap_up(self, i);
+    }
+    task->heap_index = CF_BROKER_NOT_IN_HEAP;
+}
+
+static void s_task_timed_out(cf_broker_state_t *self, cf_broker_task_t *task)
+{
+    char message[512];
+    snprintf(message, sizeof message,
+             "task %" PRIu64 " (%s) exceeded its timeout of %" PRIu32 " ms on worker %s",
+             task->client_task_id, cf_broker_task_function(task), task->timeout_ms,
+             task->worker->peer.label);
+    cf_broker_client_runtime_error(self, task, "TimeoutError", message);
+    if (cf_broker_log_event(self))
+        cf_log_debug(S_LOG, "client %s: %s", task->client->peer.label, message);
+    self->stats.failed++;
+    self->stats.timed_out++;
+    //  It stays on the worker (the slot is busy until the worker answers)
+    //  but nobody waits for it any more.
+    cf_idmap_remove(task->client->tasks, task->client_task_id);
+    task->client->running--;
+    task->client = NULL;
+    task->state = CF_BROKER_EXPIRED;
+    self->running--;
+}
+
+void cf_broker_task_expire(cf_broker_state_t *self, int64_t now)
+{
+    while (self->heap_size && self->heap[0]->deadline_ms <= now) {
+        cf_broker_task_t *task = self->heap[0];
+        cf_broker_task_unwatch(self, task);
+        s_task_timed_out(self, task);
+    }
+}

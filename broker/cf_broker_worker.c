@@ -1,0 +1,585 @@
+//  The broker's workers (see cf_broker_int.h): what a worker sends (READY,
+//  CREDIT, RESULT, DISCONNECT), its credit, the dispatch of queued tasks in
+//  TASK batches, and what happens to its tasks when it goes.
+//
+//  Credit comes from workers: READY says how many tasks a worker can take
+//  now (and how many threads it has), each RESULT item returns a slot,
+//  CREDIT adds slots. Dispatch fills idle threads everywhere before any
+//  prefetch slot (docs/architecture.md, "Workers prefetch by measured run
+//  time").
+
+#include "cf_broker_int.h"
+
+#include "cf_clock.h"
+#include "cf_error.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define S_LOG "broker"
+
+// ---------------------------------------------------------------------------
+//  Credit
+
+static void s_worker_set_available(cf_broker_state_t *self, cf_broker_worker_t *worker)
+{
+    bool want = worker->credit > 0 && !worker->blocked_until_ms;
+    if (want && !cf_queue_linked(&worker->avail_node))
+        cf_queue_push_back(&self->available, &worker->avail_node);
+    else if (!want && cf_queue_linked(&worker->avail_node))
+        cf_queue_remove(&self->available, &worker->avail_node);
+}
+
+static void s_worker_add_credit(cf_broker_state_t *self, cf_broker_worker_t *worker, uint64_t n)
+{
+    uint64_t credit = (uint64_t)worker->credit + n;
+    worker->credit = credit > CF_BROKER_MAX_CREDIT ? CF_BROKER_MAX_CREDIT : (uint32_t)credit;
+    s_worker_set_available(self, worker);
+}
+
+void cf_broker_worker_unblock(cf_broker_state_t *self, int64_t now)
+{
+    if (!self->blocked_workers)
+        return;
+    for (cf_queue_node_t *node = cf_queue_front(&self->workers); node;
+         node = cf_queue_next(&self->workers, node)) {
+        cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, peer.all_node);
+        if (worker->blocked_until_ms && worker->blocked_until_ms <= now) {
+            worker->blocked_until_ms = 0;
+            self->blocked_workers--;
+            s_worker_set_available(self, worker);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+//  Results
+
+//  A value for the task's client, or an error in its place when it could
+//  not go on (the codec refuses an empty value; one at the frame limit
+//  leaves no room for our envelope): never nothing.
+static void s_result_value(cf_broker_state_t *self, cf_broker_task_t *task,
+                           const cf_proto_result_t *result)
+{
+    if (result->value_len == 0
+        || result->value_len + sizeof(cf_broker_out_t) + CF_BROKER_ITEM_OVERHEAD
+               > CF_BROKER_MAX_BODY) {
+        char message[256];
+        snprintf(message, sizeof message,
+                 "the result of task %" PRIu64 " (%s) cannot be forwarded (%zu bytes)",
+                 task->client_task_id, cf_broker_task_function(task), result->value_len);
+        if (cf_broker_log_task(self))
+            cf_log_warn(S_LOG, "%s", message);
+        cf_broker_client_runtime_error(self, task, "ProtocolError", message);
+        self->stats.failed++;
+    }
+    else {
+        cf_broker_client_result_ok(self, task->client, task->client_task_id, result->value,
+                                   result->value_len);
+        self->stats.completed++;
+    }
+    cf_broker_task_unassign(self, task);
+    cf_broker_task_finish(self, task);
+}
+
+//  The task's error goes to its client, unless the task asked to be
+//  retried on errors and has retries left.
+static void s_result_error(cf_broker_state_t *self, cf_broker_task_t *task,
+                           const cf_proto_result_t *result)
+{
+    cf_broker_task_unassign(self, task);
+    if ((task->flags & CF_TASK_RETRY_ON_ERROR) && task->retries > 0
+        && task->retries_used < (uint32_t)task->retries) {
+        task->retries_used++;
+        self->stats.retried++;
+        cf_broker_task_requeue(self, task);
+        if (cf_broker_log_event(self))
+            cf_log_debug(S_LOG, "task %" PRIu64 " (%s) of client %s failed, retried (%" PRIu32
+                         " of %" PRId32 ")", task->client_task_id, cf_broker_task_function(task),
+                         task->client->peer.label, task->retries_used, task->retries);
+        return;
+    }
+    const cf_proto_error_t *error = &result->error;
+    cf_broker_client_result_error(self, task->client, task->client_task_id, error->type,
+                                  error->message, error->function, error->host, error->pid);
+    self->stats.failed++;
+    cf_broker_task_finish(self, task);
+}
+
+//  One RESULT item: its slot returns, and its task is answered, retried or
+//  requeued, or dropped when nobody waits for it any more.
+static void s_worker_result(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                            const cf_proto_result_t *result)
+{
+    //  Every result returns its slot, known id or not: the worker is the
+    //  authority on its slots, and this keeps a re-announced worker's count
+    //  right while its earlier tasks drain.
+    s_worker_add_credit(self, worker, 1);
+    //  A task handed back unrun says the worker is stalled, not turning
+    //  over (see s_worker_turning_over).
+    if (result->status == CF_STATUS_OK || result->status == CF_STATUS_ERROR)
+        worker->results++;
+    cf_broker_task_t *task = cf_idmap_get(self->tasks, result->id);
+    if (!task || task->worker != worker) {
+        self->stats.ignored++;
+        if (cf_broker_log_event(self))
+            cf_log_debug(S_LOG, "worker %s: result for unknown task %" PRIu64 " ignored",
+                         worker->peer.label, result->id);
+        return;
+    }
+    if (task->state == CF_BROKER_EXPIRED || task->state == CF_BROKER_ORPHANED) {
+        if (task->state == CF_BROKER_EXPIRED)
+            self->stats.ignored++;
+        else
+            self->stats.dropped++;
+        cf_broker_task_unassign(self, task);
+        cf_broker_task_free(self, task);
+        return;
+    }
+    if (result->status == CF_STATUS_OK)
+        s_result_value(self, task, result);
+    else if (result->status == CF_STATUS_ERROR)
+        s_result_error(self, task, result);
+    else {
+        //  CANCELLED or BUSY from a worker: handed back unrun (a worker
+        //  stopping, or stalled). Requeued without using a retry.
+        cf_broker_task_unassign(self, task);
+        cf_broker_task_requeue(self, task);
+        if (cf_broker_log_event(self))
+            cf_log_debug(S_LOG, "worker %s handed task %" PRIu64 " (%s) back unrun: requeued",
+                         worker->peer.label, task->client_task_id, cf_broker_task_function(task));
+    }
+}
+
+static void s_worker_results(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                             const cf_proto_msg_t *msg)
+{
+    for (size_t i = 0; i < msg->count; i++)
+        s_worker_result(self, worker, &msg->results[i]);
+}
+
+// ---------------------------------------------------------------------------
+//  Dispatch
+
+//  Sends the TASK batch at the back of worker->running (count tasks).
+//  On refusal the tasks go back to the front of their queues. Returns the
+//  send's result.
+static cf_err_t s_worker_send_batch(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                                    size_t count)
+{
+    cf_err_t rc = cf_proto_enc_send(self->enc, self->workers_sock, worker->peer.id,
+                                    worker->peer.id_len);
+    int64_t now = cf_clock_now_ms();
+    cf_queue_node_t *node = cf_queue_back(&worker->running), *prev;
+    for (size_t i = 0; i < count; i++, node = prev) {
+        prev = cf_queue_prev(&worker->running, node);
+        cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
+        if (rc != CF_OK) {
+            //  Never reached the worker: no attempt used.
+            cf_queue_remove(&worker->running, node);
+            task->worker = NULL;
+            cf_broker_task_requeue(self, task);
+            continue;
+        }
+        task->state = CF_BROKER_RUNNING;
+        self->running++;
+        task->client->running++;
+        worker->credit--;
+        cf_broker_client_started(self, task->client, task->client_task_id, false);
+        if (task->timeout_ms) {
+            task->deadline_ms = now + task->timeout_ms;
+            if (cf_broker_task_watch(self, task) != CF_OK)
+                cf_log_error(S_LOG, "out of memory: timeout of task %" PRIu64 " not watched",
+                             task->client_task_id);
+        }
+    }
+    if (rc != CF_OK)
+        self->stats.deferred++;
+    return rc;
+}
+
+//  Fails a task that can never be dispatched (it cannot be encoded).
+static void s_task_undispatchable(cf_broker_state_t *self, cf_broker_task_t *task, cf_err_t rc)
+{
+    char message[256];
+    snprintf(message, sizeof message, "task %" PRIu64 " (%s) cannot be sent to a worker: %s",
+             task->client_task_id, cf_broker_task_function(task), cf_strerror(rc));
+    if (cf_broker_log_task(self))
+        cf_log_warn(S_LOG, "%s", message);
+    cf_broker_client_runtime_error(self, task, "ProtocolError", message);
+    self->stats.failed++;
+    cf_broker_task_finish(self, task);
+}
+
+//  The task at the front of the round-robin ring, left there; NULL when
+//  nothing is queued.
+static cf_broker_task_t *s_queued_front(cf_broker_state_t *self)
+{
+    cf_queue_node_t *link = cf_queue_front(&self->rr.ring);
+    if (!link)
+        return NULL;
+    cf_queue_t *queue = cf_queue_entry(link, cf_queue_t, ring);
+    return cf_queue_entry(cf_queue_front(queue), cf_broker_task_t, node);
+}
+
+//  Takes task, the front of the ring, into the TASK body for worker (item:
+//  its size with overhead). CF_OK: added, on worker->running. CF_ENOMEM:
+//  left queued for a later turn. Anything else: the task can never be sent
+//  and failed on its own.
+static cf_err_t s_batch_add(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                            cf_broker_task_t *task, size_t item)
+{
+    cf_queue_node_t *node = cf_queue_rr_pop(&self->rr, NULL);
+    assert(node == &task->node);
+    (void)node;
+    cf_err_t rc = item > CF_BROKER_MAX_BODY
+                    ? CF_ETOOBIG
+                    : cf_proto_enc_task(self->enc, task->id, cf_broker_task_function(task),
+                                        task->function_len, cf_broker_task_args(task),
+                                        task->args_len, task->retries, task->timeout_ms,
+                                        task->flags);
+    if (rc == CF_ENOMEM) {
+        //  What is encoded so far is discarded with the batch.
+        cf_queue_rr_push_front(&self->rr, &task->client->queue, &task->node);
+        cf_log_error(S_LOG, "out of memory encoding task %" PRIu64, task->client_task_id);
+        return rc;
+    }
+    if (rc != CF_OK) {
+        s_task_undispatchable(self, task, rc);
+        return rc;
+    }
+    task->worker = worker;
+    task->results_before = worker->results;
+    cf_queue_push_back(&worker->running, &task->node);
+    return CF_OK;
+}
+
+//  Encoding failed part way: the batch's count tasks at the back of
+//  worker->running go back to their queues unsent.
+static void s_batch_unsend(cf_broker_state_t *self, cf_broker_worker_t *worker, size_t count)
+{
+    cf_proto_enc_begin(self->enc, CF_MSG_TASK);
+    for (size_t i = 0; i < count; i++) {
+        cf_queue_node_t *back = cf_queue_back(&worker->running);
+        cf_broker_task_t *task = cf_queue_entry(back, cf_broker_task_t, node);
+        cf_queue_remove(&worker->running, back);
+        task->worker = NULL;
+        cf_broker_task_requeue(self, task);
+    }
+}
+
+//  After a dispatch that ended with rc: a worker the ROUTER no longer
+//  knows is gone; one that refused (at its high-water mark, or we are out
+//  of memory) is left alone for a moment instead of spun on.
+static void s_worker_dispatched(cf_broker_state_t *self, cf_broker_worker_t *worker, cf_err_t rc)
+{
+    if (rc == CF_ENOTFOUND) {
+        cf_broker_worker_remove(self, worker, "gone", true);
+        return;
+    }
+    if (rc != CF_OK) {
+        if (!worker->blocked_until_ms)
+            self->blocked_workers++;
+        worker->blocked_until_ms = cf_clock_now_ms() + CF_BROKER_RETRY_MS;
+        if (cf_broker_log_event(self))
+            cf_log_debug(S_LOG, "worker %s refused a TASK (%s): its tasks are requeued",
+                         worker->peer.label, cf_strerror(rc));
+    }
+    s_worker_set_available(self, worker);
+}
+
+//  Sends worker->plan tasks from the round-robin ring, in as few TASK
+//  messages as the size limits allow.
+static void s_worker_dispatch(cf_broker_state_t *self, cf_broker_worker_t *worker)
+{
+    size_t planned = worker->plan, batch = 0, body = 0;
+    worker->plan = 0;
+    cf_err_t rc = CF_OK;
+    cf_proto_enc_begin(self->enc, CF_MSG_TASK);
+    for (size_t i = 0; i < planned; i++) {
+        //  Look at the next task before taking it, so a full body is sent
+        //  first and a refused send puts everything back in order.
+        cf_broker_task_t *task = s_queued_front(self);
+        if (!task)
+            break;
+        size_t item = task->function_len + task->args_len + CF_BROKER_ITEM_OVERHEAD;
+        if (batch > 0 && (body + item > CF_BROKER_MAX_BODY || batch >= CF_PROTO_MAX_BATCH)) {
+            rc = s_worker_send_batch(self, worker, batch);
+            batch = body = 0;
+            if (rc != CF_OK)
+                break;
+            cf_proto_enc_begin(self->enc, CF_MSG_TASK);
+        }
+        cf_err_t added = s_batch_add(self, worker, task, item);
+        if (added == CF_ENOMEM) {
+            rc = added;
+            break;
+        }
+        if (added == CF_OK) {
+            batch++;
+            body += item;
+        }
+    }
+    if (batch > 0 && rc == CF_OK)
+        rc = s_worker_send_batch(self, worker, batch);
+    else if (batch > 0)
+        s_batch_unsend(self, worker, batch);
+    s_worker_dispatched(self, worker, rc);
+}
+
+//  True when the worker answered something since its oldest task in hand
+//  was sent (or holds nothing): it is turning tasks over, so its prefetch
+//  slots will be reached soon. A worker whose threads all sit on long tasks
+//  gets nothing more to queue, so what waits stays here: another worker may
+//  free up first, and a cancel of it still wins.
+static bool s_worker_turning_over(const cf_broker_worker_t *worker)
+{
+    cf_queue_node_t *oldest = cf_queue_front(&worker->running);
+    if (!oldest)
+        return true;
+    return cf_queue_entry(oldest, cf_broker_task_t, node)->results_before != worker->results;
+}
+
+//  Plans up to *left tasks one at a time over the available workers (so 4
+//  tasks and 4 idle workers means one each, not 4 on the first). With
+//  idle_only, a worker is planned only up to its idle threads.
+static void s_plan(cf_broker_state_t *self, size_t *left, bool idle_only)
+{
+    bool progress = true;
+    while (*left > 0 && progress) {
+        progress = false;
+        for (cf_queue_node_t *node = cf_queue_front(&self->available); node && *left > 0;
+             node = cf_queue_next(&self->available, node)) {
+            cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
+            if (worker->plan >= worker->credit)
+                continue;
+            if (idle_only && cf_queue_size(&worker->running) + worker->plan >= worker->threads)
+                continue;
+            if (!idle_only && !s_worker_turning_over(worker))
+                continue;
+            worker->plan++;
+            (*left)--;
+            progress = true;
+        }
+    }
+}
+
+//  Hands queued tasks to workers with credit, in two rounds: first to idle
+//  threads anywhere, then to prefetch slots. A worker that prefetches (asks
+//  for more than its threads while its tasks are short) must never take a
+//  task another worker could start now: a long task behind a busy thread
+//  would wait while a thread elsewhere idles.
+void cf_broker_worker_dispatch(cf_broker_state_t *self)
+{
+    size_t queued = cf_queue_rr_size(&self->rr);
+    if (queued == 0 || cf_queue_empty(&self->available))
+        return;
+    size_t left = queued;
+    s_plan(self, &left, true);
+    s_plan(self, &left, false);
+    //  The next dispatch starts at another worker, so single tasks rotate.
+    cf_queue_rotate(&self->available);
+    cf_queue_node_t *node = cf_queue_front(&self->available), *next;
+    for (; node; node = next) {
+        next = cf_queue_next(&self->available, node);
+        cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
+        if (worker->plan)
+            s_worker_dispatch(self, worker);
+    }
+}
+
+// ---------------------------------------------------------------------------
+//  Workers and their messages
+
+//  A running task of a lost worker with no retry left fails with
+//  WorkerLost (while task->worker still names the worker for the error).
+static void s_task_lost(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                        cf_broker_task_t *task)
+{
+    char message[512];
+    snprintf(message, sizeof message,
+             "task %" PRIu64 " (%s) was lost with worker %s (host %s, pid %d) after %" PRIu32
+             " attempt%s",
+             task->client_task_id, cf_broker_task_function(task), worker->peer.label,
+             worker->host[0] ? worker->host : "?", (int)worker->pid, task->retries_used + 1,
+             task->retries_used ? "s" : "");
+    cf_broker_client_runtime_error(self, task, "WorkerLost", message);
+    self->stats.failed++;
+    cf_broker_task_unassign(self, task);
+    cf_broker_task_finish(self, task);
+}
+
+//  Takes every task off the worker: requeued (using a retry when lost),
+//  failed when lost with no retry left, dropped when nobody waits for it.
+//  Counts into *requeued and *failed.
+static void s_worker_release(cf_broker_state_t *self, cf_broker_worker_t *worker, bool lost,
+                             size_t *requeued, size_t *failed)
+{
+    //  Back to front with push_front: each client's tasks keep their order.
+    cf_queue_node_t *node = cf_queue_back(&worker->running), *prev;
+    for (; node; node = prev) {
+        prev = cf_queue_prev(&worker->running, node);
+        cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
+        if (task->state != CF_BROKER_RUNNING) {
+            //  Nobody waits for it (timed out or its client is gone).
+            cf_broker_task_unassign(self, task);
+            cf_broker_task_free(self, task);
+            continue;
+        }
+        bool retry = !lost || (task->retries > 0 && task->retries_used < (uint32_t)task->retries);
+        if (!retry) {
+            s_task_lost(self, worker, task);
+            (*failed)++;
+            continue;
+        }
+        if (lost) {
+            task->retries_used++;
+            self->stats.retried++;
+        }
+        cf_broker_task_unassign(self, task);
+        cf_broker_task_requeue(self, task);
+        (*requeued)++;
+    }
+}
+
+void cf_broker_worker_remove(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                             const char *reason, bool lost)
+{
+    size_t requeued = 0, failed = 0;
+    s_worker_release(self, worker, lost, &requeued, &failed);
+    if (lost) {
+        self->stats.lost_workers++;
+        if (failed)
+            cf_log_warn(S_LOG,
+                        "worker %s lost (%s), %zu tasks requeued, %zu failed (retries used up)",
+                        worker->peer.label, reason, requeued, failed);
+        else
+            cf_log_warn(S_LOG, "worker %s lost (%s), %zu tasks requeued", worker->peer.label,
+                        reason, requeued);
+    }
+    else
+        cf_log_info(S_LOG, "worker %s left (%s), %zu tasks requeued", worker->peer.label, reason,
+                    requeued);
+    if (cf_queue_linked(&worker->avail_node))
+        cf_queue_remove(&self->available, &worker->avail_node);
+    if (worker->blocked_until_ms)
+        self->blocked_workers--;
+    cf_broker_peer_remove(self, &worker->peer, true);
+    free(worker);
+}
+
+static cf_broker_worker_t *s_worker_new(cf_broker_state_t *self, const void *id, size_t len,
+                                        int64_t now)
+{
+    cf_broker_worker_t *worker =
+        (cf_broker_worker_t *)cf_broker_peer_new(self, true, sizeof *worker, id, len, now);
+    if (!worker)
+        return NULL;
+    cf_queue_init(&worker->running);
+    cf_queue_node_init(&worker->avail_node);
+    return worker;
+}
+
+static size_t s_host_len(cf_proto_str_t host, size_t max)
+{
+    size_t len = host.ptr ? host.len : 0;
+    return len > max ? max : len;
+}
+
+static bool s_same_host(const cf_broker_worker_t *worker, cf_proto_str_t host)
+{
+    size_t len = s_host_len(host, sizeof worker->host - 1);
+    return strlen(worker->host) == len && (len == 0 || memcmp(worker->host, host.ptr, len) == 0);
+}
+
+static void s_worker_ready(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                           const cf_proto_msg_t *msg)
+{
+    size_t host_len = s_host_len(msg->host, sizeof worker->host - 1);
+    if (host_len)
+        memcpy(worker->host, msg->host.ptr, host_len);
+    worker->host[host_len] = '\0';
+    worker->pid = msg->pid;
+    //  READY states what the worker can take now; what it still runs comes
+    //  back with its results, each returning a slot.
+    worker->credit = 0;
+    s_worker_add_credit(self, worker, msg->credit);
+    //  threads decides what counts as an idle thread in s_plan. A worker
+    //  that prefetches announces more credit than threads; taken as
+    //  threads, that credit once sent a task to a "free thread" of a worker
+    //  whose only thread ran a long task while another worker idled. A
+    //  READY without threads (3 fields) says only its credit.
+    uint64_t threads = msg->threads ? (uint64_t)msg->threads
+                                    : (uint64_t)msg->credit + cf_queue_size(&worker->running);
+    worker->threads = threads > CF_BROKER_MAX_CREDIT ? CF_BROKER_MAX_CREDIT : (uint32_t)threads;
+}
+
+//  READY: a new worker joins; the same identity from another process
+//  (another pid or host) replaces its predecessor, whose tasks are lost;
+//  the same process announcing again (it thought we were gone) keeps its
+//  tasks.
+static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                              const void *id, size_t len, const cf_proto_msg_t *msg, int64_t now)
+{
+    if (worker && msg->pid == worker->pid && s_same_host(worker, msg->host)) {
+        s_worker_ready(self, worker, msg);
+        if (cf_broker_log_event(self))
+            cf_log_debug(S_LOG, "worker %s announced again (%" PRIu32 " threads, %" PRIu32
+                         " slots free)", worker->peer.label, worker->threads, worker->credit);
+        return;
+    }
+    bool again = worker != NULL;
+    if (again)
+        cf_broker_worker_remove(self, worker, "restarted", true);
+    worker = s_worker_new(self, id, len, now);
+    if (!worker) {
+        cf_log_error(S_LOG, "out of memory: new worker refused");
+        return;
+    }
+    s_worker_ready(self, worker, msg);
+    cf_log_info(S_LOG, "worker %s joined%s (host %s, pid %d, %" PRIu32 " threads, %" PRIu32
+                " slots)", worker->peer.label, again ? " again" : "",
+                worker->host[0] ? worker->host : "?", (int)worker->pid, worker->threads,
+                worker->credit);
+}
+
+void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t len,
+                                 cf_proto_msg_t *msg)
+{
+    int64_t now = cf_clock_now_ms();
+    cf_broker_worker_t *worker =
+        (cf_broker_worker_t *)cf_broker_peer_seen(self->worker_table, id, len, now);
+    switch (msg->type) {
+    case CF_MSG_READY:
+        s_worker_on_ready(self, worker, id, len, msg, now);
+        break;
+    case CF_MSG_CREDIT:
+        if (worker)
+            s_worker_add_credit(self, worker, msg->credit);
+        else
+            cf_broker_peer_unknown(self, self->workers_sock, id, len, CF_PROTO_UNKNOWN_WORKER);
+        break;
+    case CF_MSG_RESULT:
+        if (worker)
+            s_worker_results(self, worker, msg);
+        else {
+            self->stats.ignored += msg->count;
+            cf_broker_peer_unknown(self, self->workers_sock, id, len, CF_PROTO_UNKNOWN_WORKER);
+        }
+        break;
+    case CF_MSG_HEARTBEAT:
+        if (!worker)
+            cf_broker_peer_unknown(self, self->workers_sock, id, len, CF_PROTO_UNKNOWN_WORKER);
+        break;
+    case CF_MSG_DISCONNECT:
+        if (worker)
+            cf_broker_worker_remove(self, worker, "disconnected", false);
+        break;
+    default:
+        cf_broker_peer_unexpected(self, self->workers_sock, id, len, msg->type);
+        break;
+    }
+}
