@@ -220,79 +220,30 @@ static cf_err_t s_load_dir(s_list_t *list, const char *dir_path, cf_role_t role)
     return rc;
 }
 
+typedef struct {
+    s_list_t *list;
+    cf_role_t role;
+} s_adding_t;
+
+static cf_err_t s_add_line(void *arg, const char *z85, int line)
+{
+    s_adding_t *adding = arg;
+    uint8_t bin[CF_KEY_BIN_LEN];
+    (void)line;
+    cf_err_t rc = cf_keys_decode(z85, bin);     //  valid: cf_keys_each_line checked
+    return rc == CF_OK ? s_list_add(adding->list, bin, adding->role) : rc;
+}
+
 //  A file of keys, one per line: the line rules of cf_keys.h, any number of
-//  keys.
+//  keys; read and walked by cf_keys as key files are.
 static cf_err_t s_load_file(s_list_t *list, const char *path, cf_role_t role)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0)
-        return cf_error_set(errno == ENOENT ? CF_ENOTFOUND : CF_ESYS,
-                            "cannot open %s allow-list %s: %s", s_list_name(role), path,
-                            strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int err = errno;
-        close(fd);
-        return cf_error_set(CF_ESYS, "cannot stat %s: %s", path, strerror(err));
-    }
-    if (st.st_size < 0 || (uint64_t)st.st_size > CF_AUTH_MAX_LIST_BYTES) {
-        close(fd);
-        return cf_error_set(CF_ETOOBIG, "allow-list %s is larger than %u bytes", path,
-                            CF_AUTH_MAX_LIST_BYTES);
-    }
-    size_t size = (size_t)st.st_size;
-    char *text = malloc(size + 1);
-    if (!text) {
-        close(fd);
-        return cf_error_set(CF_ENOMEM, "out of memory reading %s", path);
-    }
-    size_t done = 0;
-    while (done < size) {
-        ssize_t n = read(fd, text + done, size - done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            int err = errno;
-            free(text);
-            close(fd);
-            return cf_error_set(CF_ESYS, "cannot read %s: %s", path, strerror(err));
-        }
-        if (n == 0)
-            break;              //  shrank meanwhile: parse what is there
-        done += (size_t)n;
-    }
-    close(fd);
-    text[done] = '\0';
-
-    cf_err_t rc = CF_OK;
-    if (memchr(text, '\0', done))
-        rc = cf_error_set(CF_EINVAL, "allow-list %s holds binary data", path);
-    int line_no = 0;
-    char *line = rc == CF_OK ? text : NULL;
-    while (line) {
-        line_no++;
-        char *end = strchr(line, '\n');
-        if (end)
-            *end = '\0';
-        char *start = line;
-        while (*start == ' ' || *start == '\t')
-            start++;
-        size_t len = strlen(start);
-        while (len > 0 && (start[len - 1] == ' ' || start[len - 1] == '\t' ||
-                           start[len - 1] == '\r'))
-            start[--len] = '\0';
-        uint8_t bin[CF_KEY_BIN_LEN];
-        if (len == CF_KEY_Z85_LEN && cf_keys_decode(start, bin) == CF_OK) {
-            rc = s_list_add(list, bin, role);
-            if (rc != CF_OK)
-                break;
-        } else if (len > 0 && start[0] != '#') {
-            rc = cf_error_set(CF_EINVAL, "allow-list %s: line %d is not a 40-character Z85 key",
-                              path, line_no);
-            break;
-        }
-        line = end ? end + 1 : NULL;
-    }
+    char *text;
+    cf_err_t rc = cf_keys_read_text(path, "allow-list", CF_AUTH_MAX_LIST_BYTES, false, &text);
+    if (rc != CF_OK)
+        return rc;
+    rc = cf_keys_each_line(text, "allow-list", path, s_add_line,
+                           &(s_adding_t){ .list = list, .role = role });
     free(text);
     return rc;
 }
