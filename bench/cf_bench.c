@@ -124,6 +124,7 @@ typedef struct {
     const char *child;          //  --child GROUP: run that group here
     const char *samples_dir;    //  --samples DIR: latency samples go there
     const char *load;           //  --load ENDPOINT: be workload 7's loader
+    const char *rtt;            //  --rtt ENDPOINT: round trips only (profile)
 } bench_opts_t;
 
 // ---------------------------------------------------------------------------
@@ -787,10 +788,21 @@ static int s_endless_source(void *state, size_t index, cf_args_t *args)
     return cf_args_add_int(args, (int64_t)(index & 0xffffff)) == CF_OK ? 1 : -1;
 }
 
+static volatile sig_atomic_t s_loader_stop;
+
+static void s_loader_on_term(int sig)
+{
+    (void)sig;
+    s_loader_stop = 1;
+}
+
 //  --load ENDPOINT: keeps 1,000 no-op tasks in flight through the broker at
-//  ENDPOINT until killed; prints "ready" once the first 1,000 came back.
+//  ENDPOINT until SIGTERM; prints "ready" once the first 1,000 came back,
+//  and at SIGTERM how many tasks it did at what rate (on stderr: a profile
+//  of a saturated broker uses it, docs/benchmarks.md).
 static int s_loader(const char *endpoint)
 {
+    signal(SIGTERM, s_loader_on_term);
     cf_executor_t *ex = cf_executor_connect(endpoint, NULL);
     if (!ex) {
         fprintf(stderr, "cf_bench: loader: %s\n", cf_last_error());
@@ -802,18 +814,42 @@ static int s_loader(const char *endpoint)
         fprintf(stderr, "cf_bench: loader: %s\n", cf_last_error());
         return 1;
     }
-    for (long count = 1;; count++) {
+    double start = 0;
+    long count = 0;
+    while (!s_loader_stop) {
         const cf_value_t *value = NULL;
         cf_err_t rc = cf_map_next(map, &value);
         if (rc != CF_OK) {
             fprintf(stderr, "cf_bench: loader: %s\n", cf_strerror(rc));
             return 1;
         }
-        if (count == 1000) {
+        if (++count == 1000) {
+            start = s_now_s();
             printf("ready\n");
             fflush(stdout);
         }
     }
+    double elapsed = s_now_s() - start;
+    fprintf(stderr, "loader: %ld tasks after ready in %.3f s: %.0f tasks/s\n", count - 1000,
+            elapsed, (double)(count - 1000) / elapsed);
+    //  Quick exit: the tasks in flight die with the process.
+    _exit(0);
+}
+
+//  --rtt ENDPOINT: --rounds round trips of one task at a time through the
+//  broker at ENDPOINT (after 100 to warm up), then their p50 and p99: the
+//  client of bench/profile.sh's round-trip profile (CF_WAIT_SPIN_US=0 turns
+//  the waiter's spin off).
+static int s_rtt(const char *endpoint, const bench_opts_t *opts)
+{
+    cf_executor_t *ex = cf_executor_connect(endpoint, NULL);
+    if (!ex) {
+        fprintf(stderr, "cf_bench: rtt: %s\n", cf_last_error());
+        return 1;
+    }
+    bool ok = s_latency(ex, "rtt", "latency", opts);
+    cf_executor_destroy(&ex);
+    return ok ? 0 : 1;
 }
 
 //  The round trip of one task at a time (default waiter) while a loader
@@ -1337,6 +1373,8 @@ int main(int argc, char **argv)
             opts.samples_dir = next, i++;
         else if (!strcmp(arg, "--load") && next)
             opts.load = next, i++;
+        else if (!strcmp(arg, "--rtt") && next)
+            opts.rtt = next, i++;
         else {
             s_usage(stderr);
             return 2;
@@ -1362,6 +1400,8 @@ int main(int argc, char **argv)
         signal(SIGPIPE, SIG_IGN);
         return s_loader(opts.load);
     }
+    if (opts.rtt)
+        return s_rtt(opts.rtt, &opts);
     if (opts.child)
         opts.groups = s_parse_groups(opts.child);
     bool needs_daemons = opts.groups & (GROUP_REMOTE | GROUP_BROKER_MEM)

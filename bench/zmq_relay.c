@@ -63,7 +63,7 @@
 //
 //  Usage: zmq_relay [--quick] [--variant LIST] [--workers LIST]
 //                   [--messages N] [--window W] [--rounds R] [--batch B]
-//                   [--prefetch P] [--no-payload] [--no-load]
+//                   [--prefetch P] [--no-payload] [--no-load] [--no-spin]
 //                   [--samples DIR]
 //  --samples DIR writes each latency measurement's samples (µs, sorted, one
 //  per line) to DIR/NAME.txt, for the latency CDF plots of bench/run.sh.
@@ -119,6 +119,7 @@ typedef struct {
     long prefetch;          //  tasks a worker holds at most (credit variant)
     unsigned variants;      //  1 << variant_t
     unsigned workers;       //  1 << worker count
+    bool spin;              //  the latency again with the client spinning
     bool payload;           //  the payload figures
     bool load;              //  the under-load figures
     bool quick;
@@ -981,8 +982,11 @@ static void s_measure(const relay_opts_t *opts, variant_t variant, int workers, 
     snprintf(figure, sizeof figure, "%s.latency", name);
     double p50, p99, spin_p50, spin_p99;
     s_client_latency(&c, opts, figure, false, &p50, &p99);
-    snprintf(figure, sizeof figure, "%s.latency_spin", name);
-    s_client_latency(&c, opts, figure, true, &spin_p50, &spin_p99);
+    spin_p50 = spin_p99 = 0;
+    if (opts->spin) {
+        snprintf(figure, sizeof figure, "%s.latency_spin", name);
+        s_client_latency(&c, opts, figure, true, &spin_p50, &spin_p99);
+    }
     s_client_fini(&c);
     s_disconnect(ctx, sock);
     s_stop(&procs);
@@ -992,8 +996,10 @@ static void s_measure(const relay_opts_t *opts, variant_t variant, int workers, 
         best->best1 = rate;
     s_lowest(&best->p50, p50);
     s_lowest(&best->p99, p99);
-    s_lowest(&best->spin_p50, spin_p50);
-    s_lowest(&best->spin_p99, spin_p99);
+    if (opts->spin) {
+        s_lowest(&best->spin_p50, spin_p50);
+        s_lowest(&best->spin_p99, spin_p99);
+    }
 }
 
 //  Arguments of size bytes echoed back: drain relay, 1 worker, a window of
@@ -1092,6 +1098,7 @@ static void s_usage(FILE *out)
     fprintf(out, "usage: zmq_relay [--quick] [--variant poll1,drain,credit,proxy,batch]\n"
                  "                 [--workers 1,2] [--messages N] [--window W] [--rounds R]\n"
                  "                 [--batch B] [--prefetch P] [--no-payload] [--no-load]\n"
+                 "                 [--no-spin]\n"
                  "                 [--samples DIR]\n");
 }
 
@@ -1137,7 +1144,8 @@ int main(int argc, char **argv)
 {
     relay_opts_t opts = {.messages = 200000, .window = 1000, .rounds = 2000, .batch = 256,
                          .prefetch = 256, .variants = (1u << V_COUNT) - 1,
-                         .workers = (1u << 1) | (1u << 2), .payload = true, .load = true};
+                         .workers = (1u << 1) | (1u << 2), .spin = true, .payload = true,
+                         .load = true};
     long messages = 0, rounds = 0;
     bool workers_given = false;
     for (int i = 1; i < argc; i++) {
@@ -1162,6 +1170,8 @@ int main(int argc, char **argv)
             opts.payload = false;
         else if (!strcmp(arg, "--no-load"))
             opts.load = false;
+        else if (!strcmp(arg, "--no-spin"))
+            opts.spin = false;
         else if (!strcmp(arg, "--samples") && next)
             opts.samples_dir = next, i++;
         else if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
@@ -1204,8 +1214,10 @@ int main(int argc, char **argv)
         s_emit("relay.best1.throughput", best.best1, "msgs/s");
     s_emit("relay.best.latency.p50", best.p50, "us");
     s_emit("relay.best.latency.p99", best.p99, "us");
-    s_emit("relay.best.latency_spin.p50", best.spin_p50, "us");
-    s_emit("relay.best.latency_spin.p99", best.spin_p99, "us");
+    if (opts.spin) {
+        s_emit("relay.best.latency_spin.p50", best.spin_p50, "us");
+        s_emit("relay.best.latency_spin.p99", best.spin_p99, "us");
+    }
     if (opts.payload) {
         s_measure_payload(&opts, 1024, "1KiB");
         s_measure_payload(&opts, 64 * 1024, "64KiB");
