@@ -159,8 +159,9 @@ def write_plots(rep, samples_dir, plots_dir, quick):
         for name, title in curves:
             path = samples(name) if name else None
             if path:
+                dash = "dt 2" if name.startswith(("relay.", "python.")) else "dt 1"
                 plots.append(f"'{path}' using 1:($0+1)/{sum(1 for _ in open(path))} "
-                             f"with lines lw 2 title '{title}'")
+                             f"with lines lw 2 {dash} title '{title}'")
         if not plots:
             continue
         scripts.append(f"""
