@@ -8,10 +8,13 @@ summarised over the rounds, with `met` or `MISSED` against its target; then
 writes the plots (gnuplot, PNG).
 
 Usage: bench_report.py RESULTS [--samples DIR] [--plots DIR] [--quick]
+                        [--markdown FILE]
 
 --samples DIR: the latency samples of the last round (written by the three
 programs' --samples), for the CDF plots. --plots DIR: where the PNGs go
-(nothing is plotted without it, or without gnuplot). Exit status 1 when a
+(nothing is plotted without it, or without gnuplot). --markdown FILE: the
+targets and the relay figures as Markdown tables, for docs/benchmarks.md.
+Exit status 1 when a
 figure a target needs is missing (the bench-smoke check of run.sh --quick);
 a MISSED target is a result, not an error.
 """
@@ -237,12 +240,30 @@ set style data lines
     return True
 
 
+def write_markdown(rep, path):
+    with open(path, "w") as out:
+        out.write(f"| target | median (min-max) over {len(rep.rounds)} rounds | target | result |\n")
+        out.write("| --- | ---: | ---: | --- |\n")
+        for label, got, target, verdict in rep.rows:
+            label = label.strip()
+            verdict = verdict if verdict == "met" else f"**{verdict}**"
+            if label.startswith("("):
+                verdict = verdict.replace("**", "") + " (for reference)"
+            out.write(f"| {label} | {got} | {target} | {verdict} |\n")
+        out.write("\n| figure | median (min-max) | unit |\n| --- | ---: | --- |\n")
+        names = sorted({n for r in rep.rounds for n in r})
+        for n in names:
+            if n.startswith(("relay.", "remote.")) or n.endswith(("latency.p50", "noop.submit", "noop.map1")):
+                out.write(f"| `{n}` | {show(rep.fig(n))} | {rep.units[n]} |\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results")
     ap.add_argument("--samples")
     ap.add_argument("--plots")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--markdown")
     args = ap.parse_args()
     rounds, units, notes = parse(args.results)
     rep = Report(rounds, units)
@@ -295,6 +316,8 @@ def main():
     for label, got, target, verdict in rep.rows:
         print(f"{label:48} {got:>30} {target:>9}  {verdict}")
 
+    if args.markdown:
+        write_markdown(rep, args.markdown)
     ok = True
     if args.plots:
         ok = write_plots(rep, args.samples, args.plots, args.quick)
