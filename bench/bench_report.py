@@ -219,7 +219,7 @@ set logscale x 2
 set xtics ('1 KiB' 1, '64 KiB' 64, '1 MiB' 1024)
 set bmargin
 set yrange [0:*]
-set key top left
+set key bottom right
 plot '{pay}' using 1:2:3:4 with yerrorlines lw 2 title 'cfutures remote (min-max)', \\
      '' using 1:5 with linespoints lw 2 title 'raw relay, one task per message', \\
      '' using 1:6 with linespoints lw 2 title 'raw relay, batching'
