@@ -56,3 +56,14 @@ static void bench_sleep_ms(cf_call_t *call)
     cf_return_int(call, ms);
 }
 CF_TASK(bench_sleep_ms);
+
+//  The payload workload: returns its bytes argument as is.
+static void bench_echo(cf_call_t *call)
+{
+    size_t len = 0;
+    const void *data = cf_arg_bytes(call, 0, &len);
+    if (cf_failed(call))
+        return;
+    cf_return_bytes(call, data, len);
+}
+CF_TASK(bench_echo);

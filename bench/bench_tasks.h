@@ -6,6 +6,7 @@
 //      bench_double(x: int) -> 2 * x        the no-op
 //      bench_is_prime(n: uint) -> bool      trial division, CPU-bound
 //      bench_sleep_ms(ms: int) -> ms        sleeps, I/O-bound stand-in
+//      bench_echo(data: bin) -> data        payloads: the bytes back
 
 #ifndef BENCH_TASKS_H
 #define BENCH_TASKS_H

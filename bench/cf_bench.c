@@ -16,6 +16,12 @@
 //    5. memory: a cf-broker's RSS per queued task with 1M queued and no
 //       worker (broker.mem.*), and this client's peak RSS while mapping 10M
 //       inputs with a bounded window (client.map.*)
+//    6. payloads (remote): arguments of 1 KiB, 64 KiB and 1 MiB echoed back
+//       as results, map with chunksize 1, the same windows and counts as
+//       zmq_relay's payload figures    remote.payload.SIZE.throughput MiB/s
+//    7. under load (remote): the round trip of one task at a time while
+//       another client process keeps 1,000 tasks in flight through the same
+//       broker and worker                       remote.load.p50/p99 us
 //  KIND is threads, processes or remote (a cf-broker and a cf-worker this
 //  program starts on loopback, reading their ready lines).
 //
@@ -29,6 +35,9 @@
 //
 //  cf-broker, cf-worker and the task library come from --broker, --worker
 //  and --tasks-lib, or CF_BROKER_BIN, CF_WORKER_BIN and CF_BENCH_TASKS_LIB.
+//  --samples DIR writes every latency measurement's samples (µs, sorted) to
+//  DIR/NAME.txt for bench/run.sh's latency CDF plots. --load ENDPOINT is the
+//  loading client of workload 7 (this program re-executed).
 
 #define _GNU_SOURCE         //  pipe2
 
@@ -48,6 +57,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -112,6 +122,9 @@ typedef struct {
     const char *worker_bin;
     const char *tasks_lib;
     const char *child;          //  --child GROUP: run that group here
+    const char *samples_dir;    //  --samples DIR: latency samples go there
+    const char *load;           //  --load ENDPOINT: be workload 7's loader
+    const char *rtt;            //  --rtt ENDPOINT: round trips only (profile)
 } bench_opts_t;
 
 // ---------------------------------------------------------------------------
@@ -557,6 +570,24 @@ static bool s_noop_map(cf_executor_t *ex, const char *kind, const bench_opts_t *
 // ---------------------------------------------------------------------------
 //  Workload 2: round-trip latency
 
+//  With --samples DIR: the sorted samples to DIR/KIND.NAME.txt.
+static void s_write_samples(const bench_opts_t *opts, const char *kind, const char *name,
+                            const double *sorted, size_t count)
+{
+    if (!opts->samples_dir)
+        return;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s.%s.txt", opts->samples_dir, kind, name);
+    FILE *file = fopen(path, "w");
+    if (!file) {
+        printf("# cannot write %s: %s\n", path, strerror(errno));
+        return;
+    }
+    for (size_t i = 0; i < count; i++)
+        fprintf(file, "%.2f\n", sorted[i]);
+    fclose(file);
+}
+
 //  name: "latency", or "latency_nospin" run with cf_set_wait_spin(0), so
 //  that the effect of the waiter's spin is measured in the same run.
 static bool s_latency(cf_executor_t *ex, const char *kind, const char *name,
@@ -584,6 +615,7 @@ static bool s_latency(cf_executor_t *ex, const char *kind, const char *name,
         qsort(samples, (size_t)rounds, sizeof *samples, s_cmp_double);
         s_emitf(s_quantile(samples, (size_t)rounds, 0.50), "us", "%s.%s.p50", kind, name);
         s_emitf(s_quantile(samples, (size_t)rounds, 0.99), "us", "%s.%s.p99", kind, name);
+        s_write_samples(opts, kind, name, samples, (size_t)rounds);
     }
     free(samples);
     return ok;
@@ -682,6 +714,158 @@ static bool s_io_fanout(const bench_opts_t *opts)
 }
 
 // ---------------------------------------------------------------------------
+//  Workload 6: payloads
+
+typedef struct {
+    long count;
+    const uint8_t *bytes;
+    size_t size;
+} bytes_source_t;
+
+//  map's source: every input is the one bytes argument.
+static int s_bytes_source(void *state, size_t index, cf_args_t *args)
+{
+    bytes_source_t *src = state;
+    if (index >= (size_t)src->count)
+        return 0;
+    return cf_args_add_bytes(args, src->bytes, src->size) == CF_OK ? 1 : -1;
+}
+
+//  Arguments of size bytes through bench_echo. The window (about 16 MiB in
+//  flight, 4 to 1,000 tasks) and the count (256 MiB of arguments, 4 MiB
+//  with --quick; 2 windows to 20,000 tasks) are zmq_relay's, so that both
+//  move the same bytes the same way.
+static bool s_payload(cf_executor_t *ex, const char *kind, size_t size, const char *label,
+                      const bench_opts_t *opts)
+{
+    long window = (long)((16u << 20) / size);
+    window = window > 1000 ? 1000 : window < 4 ? 4 : window;
+    long tasks = (long)((opts->quick ? 4u << 20 : 256u << 20) / size);
+    tasks = tasks > 20000 ? 20000 : tasks < 2 * window ? 2 * window : tasks;
+    uint8_t *bytes = malloc(size);
+    if (!bytes)
+        return s_fail("%s.payload: out of memory", kind);
+    for (size_t i = 0; i < size; i++)
+        bytes[i] = (uint8_t)(i * 7 + 1);
+    bytes_source_t src = {.count = tasks, .bytes = bytes, .size = size};
+    cf_map_opts_t map_opts = {.chunksize = 1, .window = (size_t)window,
+                              .timeout_ms = opts->timeout_ms};
+    double start = s_now_s();
+    cf_map_t *map = cf_map_new(ex, "bench_echo", s_bytes_source, &src, &map_opts);
+    bool ok = map || s_fail("%s.payload.%s: cf_map_new: %s", kind, label, cf_last_error());
+    long count = 0;
+    while (ok) {
+        const cf_value_t *value = NULL;
+        cf_err_t rc = cf_map_next(map, &value);
+        if (rc == CF_ESTOP)
+            break;
+        size_t len = 0;
+        const uint8_t *got = rc == CF_OK ? cf_value_bin(value, &len) : NULL;
+        //  The same check as zmq_relay's client: length, first and last byte.
+        if (!got || len != size || got[0] != bytes[0] || got[size - 1] != bytes[size - 1])
+            ok = s_fail("%s.payload.%s: input %ld: %s", kind, label, count,
+                        rc == CF_OK ? "wrong bytes" : cf_strerror(rc));
+        count++;
+    }
+    double elapsed = s_now_s() - start;
+    cf_map_destroy(&map);
+    free(bytes);
+    if (ok && count != tasks)
+        ok = s_fail("%s.payload.%s: %ld results for %ld inputs", kind, label, count, tasks);
+    if (ok)
+        s_emitf((double)tasks * (double)size / elapsed / (1024.0 * 1024.0), "MiB/s",
+                "%s.payload.%s.throughput", kind, label);
+    return ok;
+}
+
+// ---------------------------------------------------------------------------
+//  Workload 7: under load
+
+//  map's source without end.
+static int s_endless_source(void *state, size_t index, cf_args_t *args)
+{
+    (void)state;
+    return cf_args_add_int(args, (int64_t)(index & 0xffffff)) == CF_OK ? 1 : -1;
+}
+
+static volatile sig_atomic_t s_loader_stop;
+
+static void s_loader_on_term(int sig)
+{
+    (void)sig;
+    s_loader_stop = 1;
+}
+
+//  --load ENDPOINT: keeps 1,000 no-op tasks in flight through the broker at
+//  ENDPOINT until SIGTERM; prints "ready" once the first 1,000 came back,
+//  and at SIGTERM how many tasks it did at what rate (on stderr: a profile
+//  of a saturated broker uses it, docs/benchmarks.md).
+static int s_loader(const char *endpoint)
+{
+    signal(SIGTERM, s_loader_on_term);
+    cf_executor_t *ex = cf_executor_connect(endpoint, NULL);
+    if (!ex) {
+        fprintf(stderr, "cf_bench: loader: %s\n", cf_last_error());
+        return 1;
+    }
+    cf_map_opts_t map_opts = {.chunksize = 1, .window = 1000};
+    cf_map_t *map = cf_map_new(ex, "bench_double", s_endless_source, NULL, &map_opts);
+    if (!map) {
+        fprintf(stderr, "cf_bench: loader: %s\n", cf_last_error());
+        return 1;
+    }
+    double start = 0;
+    long count = 0;
+    while (!s_loader_stop) {
+        const cf_value_t *value = NULL;
+        cf_err_t rc = cf_map_next(map, &value);
+        if (rc != CF_OK) {
+            fprintf(stderr, "cf_bench: loader: %s\n", cf_strerror(rc));
+            return 1;
+        }
+        if (++count == 1000) {
+            start = s_now_s();
+            printf("ready\n");
+            fflush(stdout);
+        }
+    }
+    double elapsed = s_now_s() - start;
+    fprintf(stderr, "loader: %ld tasks after ready in %.3f s: %.0f tasks/s\n", count - 1000,
+            elapsed, (double)(count - 1000) / elapsed);
+    //  Quick exit: the tasks in flight die with the process.
+    _exit(0);
+}
+
+//  --rtt ENDPOINT: --rounds round trips of one task at a time through the
+//  broker at ENDPOINT (after 100 to warm up), then their p50 and p99: the
+//  client of bench/profile.sh's round-trip profile (CF_WAIT_SPIN_US=0 turns
+//  the waiter's spin off).
+static int s_rtt(const char *endpoint, const bench_opts_t *opts)
+{
+    cf_executor_t *ex = cf_executor_connect(endpoint, NULL);
+    if (!ex) {
+        fprintf(stderr, "cf_bench: rtt: %s\n", cf_last_error());
+        return 1;
+    }
+    bool ok = s_latency(ex, "rtt", "latency", opts);
+    cf_executor_destroy(&ex);
+    return ok ? 0 : 1;
+}
+
+//  The round trip of one task at a time (default waiter) while a loader
+//  process saturates the broker at clients.
+static bool s_under_load(cf_executor_t *ex, const char *clients, const bench_opts_t *opts)
+{
+    char *argv[] = {"/proc/self/exe", "--load", (char *)clients, NULL};
+    daemon_t loader;
+    bool ok = s_daemon_start(&loader, argv, 30000);
+    if (ok)
+        ok = s_latency(ex, "remote", "load", opts);
+    s_daemon_stop(&loader);
+    return ok;
+}
+
+// ---------------------------------------------------------------------------
 //  Groups 1-3: one executor kind
 
 static void s_kind_workloads(cf_executor_t *ex, const char *kind, const bench_opts_t *opts)
@@ -747,6 +931,10 @@ static void s_group_remote(const bench_opts_t *opts)
         cf_executor_t *ex = cf_executor_connect(clients, NULL);
         if (ex) {
             s_kind_workloads(ex, "remote", opts);
+            s_payload(ex, "remote", 1024, "1KiB", opts);
+            s_payload(ex, "remote", 64 * 1024, "64KiB", opts);
+            s_payload(ex, "remote", 1024 * 1024, "1MiB", opts);
+            s_under_load(ex, clients, opts);
             cf_executor_destroy(&ex);
         }
         else
@@ -917,6 +1105,13 @@ static size_t s_expected(unsigned group, char names[][64], size_t max)
     }
     if (group == GROUP_THREADS && n < max)
         snprintf(names[n++], 64, "threads.io.wall");
+    if (group == GROUP_REMOTE) {
+        static const char *const remote_only[] = {
+            "remote.payload.1KiB.throughput", "remote.payload.64KiB.throughput",
+            "remote.payload.1MiB.throughput", "remote.load.p50", "remote.load.p99"};
+        for (size_t i = 0; i < sizeof remote_only / sizeof remote_only[0] && n < max; i++)
+            snprintf(names[n++], 64, "%s", remote_only[i]);
+    }
     if (group == GROUP_BROKER_MEM) {
         snprintf(names[n++], 64, "broker.mem.per_task");
         snprintf(names[n++], 64, "broker.mem.bookkeeping");
@@ -1073,7 +1268,7 @@ static void s_usage(FILE *out)
             "                [--window N] [--rounds N]\n"
             "                [--queued N] [--map-inputs N] [--map-kind KIND]\n"
             "                [--map-chunksize N] [--broker PATH] [--worker PATH]\n"
-            "                [--tasks-lib PATH]\n"
+            "                [--tasks-lib PATH] [--samples DIR]\n"
             "GROUPS: comma-separated threads,processes,remote,broker-mem,map-mem\n"
             "        (mem = broker-mem,map-mem; default all)\n"
             "Binaries default to $CF_BROKER_BIN, $CF_WORKER_BIN, $CF_BENCH_TASKS_LIB.\n");
@@ -1174,6 +1369,12 @@ int main(int argc, char **argv)
             opts.worker_bin = next, i++;
         else if (!strcmp(arg, "--tasks-lib") && next)
             opts.tasks_lib = next, i++;
+        else if (!strcmp(arg, "--samples") && next)
+            opts.samples_dir = next, i++;
+        else if (!strcmp(arg, "--load") && next)
+            opts.load = next, i++;
+        else if (!strcmp(arg, "--rtt") && next)
+            opts.rtt = next, i++;
         else {
             s_usage(stderr);
             return 2;
@@ -1195,6 +1396,12 @@ int main(int argc, char **argv)
     }
     opts.timeout_ms = opts.quick ? 60000 : 180000;
 
+    if (opts.load) {
+        signal(SIGPIPE, SIG_IGN);
+        return s_loader(opts.load);
+    }
+    if (opts.rtt)
+        return s_rtt(opts.rtt, &opts);
     if (opts.child)
         opts.groups = s_parse_groups(opts.child);
     bool needs_daemons = opts.groups & (GROUP_REMOTE | GROUP_BROKER_MEM)
@@ -1207,6 +1414,8 @@ int main(int argc, char **argv)
 
     //  A daemon or child that dies must not kill us through a write.
     signal(SIGPIPE, SIG_IGN);
+    if (opts.samples_dir && !opts.child)
+        mkdir(opts.samples_dir, 0777);
 
     if (opts.child) {
         unsigned group = opts.groups;
@@ -1233,8 +1442,8 @@ int main(int argc, char **argv)
         if (!(opts.groups & s_groups[g].bit))
             continue;
         s_run_group(argc, argv, s_groups[g].name, opts.quick ? 90 : s_groups[g].timeout_s);
-        char names[16][64];
-        size_t count = s_expected(s_groups[g].bit, names, 16);
+        char names[24][64];
+        size_t count = s_expected(s_groups[g].bit, names, 24);
         for (size_t i = 0; i < count; i++) {
             if (!s_figure(names[i])) {
                 printf("# MISSING: %s\n", names[i]);

@@ -13,7 +13,10 @@ default), processes = cores; the I/O fan-out uses 20 threads and the prime
 speedup 2 processes.
 
 Usage: py_futures.py [--quick] [--only threads,processes] [--tasks N]
-                     [--proc-tasks N]
+                     [--proc-tasks N] [--samples DIR]
+
+--samples DIR writes each latency measurement's samples (us, sorted, one
+per line) to DIR/python.KIND.latency.txt, for bench/run.sh's CDF plots.
 """
 
 import argparse
@@ -98,6 +101,9 @@ def bench_noop(ex, kind, n, chunked, chunked_n):
         emit(f"{kind}.noop.map{chunksize}", n / elapsed, "tasks/s")
 
 
+SAMPLES_DIR = None
+
+
 def bench_latency(ex, kind, rounds):
     for i in range(min(100, rounds)):       # warm up every worker
         ex.submit(double, i).result()
@@ -110,6 +116,9 @@ def bench_latency(ex, kind, rounds):
     samples.sort()
     emit(f"{kind}.latency.p50", samples[len(samples) // 2], "us")
     emit(f"{kind}.latency.p99", samples[min(len(samples) - 1, len(samples) * 99 // 100)], "us")
+    if SAMPLES_DIR:
+        with open(os.path.join(SAMPLES_DIR, f"python.{kind}.latency.txt"), "w") as out:
+            out.writelines(f"{v:.2f}\n" for v in samples)
 
 
 def bench_primes(primes):
@@ -149,7 +158,12 @@ def main():
     ap.add_argument("--proc-tasks", type=int,
                     help="no-op tasks on processes one per message (submit, map "
                          "chunksize 1; default: --tasks); chunked map runs --tasks")
+    ap.add_argument("--samples", metavar="DIR", help="write latency samples to DIR")
     args = ap.parse_args()
+    global SAMPLES_DIR
+    if args.samples:
+        os.makedirs(args.samples, exist_ok=True)
+        SAMPLES_DIR = args.samples
 
     cores = os.cpu_count() or 1
     groups = set(args.only.split(","))
