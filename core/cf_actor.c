@@ -237,6 +237,20 @@ void cf_actor_reply(cf_actor_t *self, cf_actor_msg_t **msg_p, const void *reply,
     pthread_mutex_unlock(&self->lock);
 }
 
+bool cf_actor_term_received(cf_actor_t *self)
+{
+    bool term = false;
+    cf_actor_msg_t *msg;
+    while ((msg = cf_actor_recv(self))) {
+        if (cf_actor_msg_is(msg, "$TERM"))
+            term = true;
+        else
+            assert(!"a verb this actor does not know");
+        cf_actor_reply(self, &msg, NULL, 0);
+    }
+    return term;
+}
+
 void cf_actor_ready(cf_actor_t *self, cf_err_t err, const char *message)
 {
     pthread_mutex_lock(&self->lock);

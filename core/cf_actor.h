@@ -107,6 +107,11 @@ const void *cf_actor_msg_arg(const cf_actor_msg_t *msg, size_t *len);
 //  needs none: pass NULL) and frees it. Safe with NULL.
 void cf_actor_reply(cf_actor_t *self, cf_actor_msg_t **msg, const void *reply, size_t len);
 
+//  Reads the whole pipe of an actor whose only verb is $TERM (the client,
+//  the worker): true when $TERM was in it. Any other verb is a mistake of
+//  ours (asserted) and dropped.
+bool cf_actor_term_received(cf_actor_t *self);
+
 //  From now until cf_actor_serve(actor, NULL), other threads may act for
 //  the actor with state while it sleeps (see the header's note).
 void cf_actor_serve(cf_actor_t *self, void *state);

@@ -1177,17 +1177,6 @@ static void s_finish_all(cf_client_t *self)
                   "the executor was destroyed before the task finished");
 }
 
-//  $TERM (cf_client's destroy) is the only verb on the pipe.
-static void s_read_pipe(cf_client_t *self)
-{
-    cf_actor_msg_t *msg;
-    while ((msg = cf_actor_recv(self->actor))) {
-        if (cf_actor_msg_is(msg, "$TERM"))
-            self->own.term_asked = true;
-        cf_actor_reply(self->actor, &msg, NULL, 0);
-    }
-}
-
 static void s_actor(cf_actor_t *actor, void *arg)
 {
     cf_client_t *self = arg;
@@ -1240,7 +1229,9 @@ static void s_actor(cf_actor_t *actor, void *arg)
             break;
         }
         if (woken) {
-            s_read_pipe(self);
+            //  $TERM (cf_client's destroy) is the only verb on the pipe.
+            if (cf_actor_term_received(actor))
+                self->own.term_asked = true;
             work = true;
         }
         if (work) {

@@ -804,17 +804,6 @@ static void s_deliver(cf_worker_t *w)
     cf_actor_leave(w->actor, wake);
 }
 
-//  The pipe carries one verb: $TERM, from cf_worker_destroy.
-static void s_read_pipe(s_actor_t *a)
-{
-    cf_actor_msg_t *msg;
-    while ((msg = cf_actor_recv(a->actor))) {
-        if (cf_actor_msg_is(msg, "$TERM"))
-            a->term_asked = true;
-        cf_actor_reply(a->actor, &msg, NULL, 0);
-    }
-}
-
 static void s_actor_main(cf_actor_t *pipe, void *arg)
 {
     cf_worker_t *w = arg;
@@ -880,8 +869,9 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
             a->end_reason = CF_ESHUTDOWN;
             break;
         }
-        if (woken)
-            s_read_pipe(a);
+        //  The pipe carries one verb: $TERM, from cf_worker_destroy.
+        if (woken && cf_actor_term_received(pipe))
+            a->term_asked = true;
         events = cf_proto_events(a->sock);
         if (events & ZMQ_POLLOUT)
             a->blocked = false;
