@@ -48,8 +48,8 @@ static void bench_sleep_ms(cf_call_t *call)
     if (cf_failed(call))
         return;
     if (ms > 0) {
-        struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
-                              .tv_nsec = (long)(ms % 1000) * 1000000L};
+        struct timespec ts = { .tv_sec = (time_t)(ms / 1000),
+                               .tv_nsec = (long)(ms % 1000) * 1000000L };
         while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
             ;
     }

@@ -39,12 +39,12 @@
 //  DIR/NAME.txt for bench/run.sh's latency CDF plots. --load ENDPOINT is the
 //  loading client of workload 7 (this program re-executed).
 
-#define _GNU_SOURCE         //  pipe2
+#define _GNU_SOURCE    //  pipe2
 
 #include "bench_tasks.h"
 
 #include "cfutures.h"
-#include "cf_proto.h"       //  only to ask a cf-broker for its STATS
+#include "cf_proto.h"    //  only to ask a cf-broker for its STATS
 
 #include <errno.h>
 #include <fcntl.h>
@@ -69,14 +69,12 @@
 //  takes a few seconds (py_futures.py uses 15-digit primes: the same few
 //  seconds in CPython). An even count keeps 2 workers evenly loaded.
 static const uint64_t s_primes[] = {
-    100000000000000003ULL, 100000000000000013ULL, 100000000000000019ULL,
-    100000000000000021ULL, 100000000000000049ULL, 100000000000000081ULL,
-    100000000000000099ULL, 100000000000000141ULL, 100000000000000181ULL,
-    100000000000000337ULL, 100000000000000339ULL, 100000000000000369ULL,
-    100000000000000379ULL, 100000000000000423ULL, 100000000000000519ULL,
-    100000000000000543ULL,
+    100000000000000003ULL, 100000000000000013ULL, 100000000000000019ULL, 100000000000000021ULL,
+    100000000000000049ULL, 100000000000000081ULL, 100000000000000099ULL, 100000000000000141ULL,
+    100000000000000181ULL, 100000000000000337ULL, 100000000000000339ULL, 100000000000000369ULL,
+    100000000000000379ULL, 100000000000000423ULL, 100000000000000519ULL, 100000000000000543ULL,
 };
-static const uint64_t s_quick_primes[] = {1000003, 1000033, 1000037, 1000039};
+static const uint64_t s_quick_primes[] = { 1000003, 1000033, 1000037, 1000039 };
 
 enum {
     GROUP_THREADS = 1 << 0,
@@ -89,35 +87,33 @@ enum {
 static const struct {
     const char *name;
     unsigned bit;
-    int timeout_s;              //  the whole group, full size
+    int timeout_s;    //  the whole group, full size
 } s_groups[] = {
-    {"threads", GROUP_THREADS, 180},
-    {"processes", GROUP_PROCESSES, 180},
-    {"remote", GROUP_REMOTE, 180},
-    {"broker-mem", GROUP_BROKER_MEM, 240},
-    {"map-mem", GROUP_MAP_MEM, 240},
+    { "threads", GROUP_THREADS, 180 }, { "processes", GROUP_PROCESSES, 180 },
+    { "remote", GROUP_REMOTE, 180 },   { "broker-mem", GROUP_BROKER_MEM, 240 },
+    { "map-mem", GROUP_MAP_MEM, 240 },
 };
 #define GROUP_COUNT (sizeof s_groups / sizeof s_groups[0])
 
 typedef struct {
     bool quick;
-    unsigned groups;            //  GROUP_* to run
-    long tasks;                 //  no-op tasks (workload 1)
+    unsigned groups;    //  GROUP_* to run
+    long tasks;         //  no-op tasks (workload 1)
     //  No-op tasks sent one per message on processes and remote (submit,
     //  map chunksize 1): fewer keeps a slow back end within the time budget.
     long message_tasks;
-    long window;                //  map's window (0: the library's default)
-    long rounds;                //  round trips (workload 2)
-    long io_tasks;              //  workload 4
+    long window;      //  map's window (0: the library's default)
+    long rounds;      //  round trips (workload 2)
+    long io_tasks;    //  workload 4
     int io_threads;
     int io_ms;
-    long queued;                //  tasks queued on the broker (workload 5)
-    long map_inputs;            //  inputs mapped (workload 5)
+    long queued;        //  tasks queued on the broker (workload 5)
+    long map_inputs;    //  inputs mapped (workload 5)
     cf_kind_t map_kind;
     long map_chunksize;
     const uint64_t *primes;
     size_t prime_count;
-    int timeout_ms;             //  bound on any single wait inside a group
+    int timeout_ms;    //  bound on any single wait inside a group
     const char *broker_bin;
     const char *worker_bin;
     const char *tasks_lib;
@@ -211,7 +207,7 @@ static double s_now_s(void)
 
 static void s_nap_ms(int ms)
 {
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
         ;
 }
@@ -280,10 +276,10 @@ static size_t s_mp_int_size(int64_t x)
 
 typedef struct {
     pid_t pid;
-    int out_fd;                 //  the daemon's stdout
-    char buf[LINE_MAX_BYTES];   //  unread stdout bytes
+    int out_fd;                  //  the daemon's stdout
+    char buf[LINE_MAX_BYTES];    //  unread stdout bytes
     size_t have;
-    char line[LINE_MAX_BYTES];  //  the ready line
+    char line[LINE_MAX_BYTES];    //  the ready line
 } daemon_t;
 
 //  Starts argv[0] with stdout on a pipe (stderr inherited: daemons only
@@ -335,11 +331,11 @@ static bool s_daemon_start(daemon_t *d, char *const argv[], int timeout_ms)
             nl = memchr(d->buf, '\n', d->have);
         }
         if (d->have == sizeof d->buf)
-            d->have = 0;        //  an absurd line: drop it
+            d->have = 0;    //  an absurd line: drop it
         int left_ms = (int)((deadline - s_now_s()) * 1000);
         if (left_ms <= 0)
             return s_fail("%s printed no ready line within %d ms", argv[0], timeout_ms);
-        struct pollfd item = {.fd = d->out_fd, .events = POLLIN};
+        struct pollfd item = { .fd = d->out_fd, .events = POLLIN };
         int rc = poll(&item, 1, left_ms);
         if (rc < 0 && errno == EINTR)
             continue;
@@ -402,9 +398,10 @@ static void s_daemon_stop(daemon_t *d)
 static bool s_start_broker(const bench_opts_t *opts, daemon_t *broker, const char *max_queued,
                            char *clients, char *workers, size_t size)
 {
-    char *argv[] = {(char *)opts->broker_bin, "--clients", "tcp://127.0.0.1:*", "--workers",
-                    "tcp://127.0.0.1:*", max_queued ? "--max-queued" : NULL,
-                    (char *)max_queued, NULL};
+    char *argv[] = { (char *)opts->broker_bin, "--clients",
+                     "tcp://127.0.0.1:*",      "--workers",
+                     "tcp://127.0.0.1:*",      max_queued ? "--max-queued" : NULL,
+                     (char *)max_queued,       NULL };
     if (!s_daemon_start(broker, argv, 30000))
         return false;
     if (!s_daemon_field(broker, "clients", clients, size)
@@ -430,7 +427,7 @@ static bool s_broker_stat(const char *clients, const char *name, int timeout_ms,
                 int left_ms = (int)((deadline - s_now_s()) * 1000);
                 if (left_ms <= 0)
                     break;
-                zmq_pollitem_t item = {.socket = socket, .events = ZMQ_POLLIN};
+                zmq_pollitem_t item = { .socket = socket, .events = ZMQ_POLLIN };
                 int rc = zmq_poll(&item, 1, left_ms);
                 if (rc < 0 && errno == EINTR)
                     continue;
@@ -532,9 +529,10 @@ static bool s_noop_map(cf_executor_t *ex, const char *kind, const bench_opts_t *
                        size_t chunksize)
 {
     long n = s_noop_count(kind, opts, chunksize);
-    range_source_t range = {.count = n};
-    cf_map_opts_t map_opts = {.chunksize = chunksize, .window = (size_t)opts->window,
-                              .timeout_ms = opts->timeout_ms};
+    range_source_t range = { .count = n };
+    cf_map_opts_t map_opts = { .chunksize = chunksize,
+                               .window = (size_t)opts->window,
+                               .timeout_ms = opts->timeout_ms };
     double start = s_now_s();
     cf_map_t *map = cf_map_new(ex, "bench_double", s_range_source, &range, &map_opts);
     if (!map)
@@ -598,7 +596,7 @@ static bool s_latency(cf_executor_t *ex, const char *kind, const char *name,
     if (!samples)
         return s_fail("%s.latency: out of memory", kind);
     bool ok = true;
-    long warmup = rounds < 100 ? rounds : 100;      //  every worker busy once
+    long warmup = rounds < 100 ? rounds : 100;    //  every worker busy once
     for (long i = -warmup; i < rounds && ok; i++) {
         double start = s_now_s();
         cf_future_t *f = cf_submit(ex, "bench_double", "L", (int64_t)i);
@@ -633,7 +631,7 @@ static bool s_prime_scaling(cf_kind_t kind_id, const char *kind, const bench_opt
         expected[i] = bench_is_prime_u64(opts->primes[i]);
     double sequential = s_now_s() - start;
 
-    cf_executor_t *ex = cf_executor_new(kind_id, &(cf_options_t){.max_workers = 2});
+    cf_executor_t *ex = cf_executor_new(kind_id, &(cf_options_t){ .max_workers = 2 });
     if (!ex)
         return s_fail("%s.prime: cf_executor_new: %s", kind, cf_last_error());
     bool ok = true;
@@ -644,7 +642,7 @@ static bool s_prime_scaling(cf_kind_t kind_id, const char *kind, const bench_opt
             ok = s_fail("%s.prime: warm-up failed", kind);
         cf_future_release(&f);
     }
-    cf_future_t *futures[sizeof s_primes / sizeof s_primes[0]] = {NULL};
+    cf_future_t *futures[sizeof s_primes / sizeof s_primes[0]] = { NULL };
     start = s_now_s();
     for (size_t i = 0; i < count && ok; i++) {
         futures[i] = cf_submit(ex, "bench_is_prime", "U", opts->primes[i]);
@@ -674,7 +672,8 @@ static bool s_prime_scaling(cf_kind_t kind_id, const char *kind, const bench_opt
 
 static bool s_io_fanout(const bench_opts_t *opts)
 {
-    cf_executor_t *ex = cf_executor_new(CF_THREADS, &(cf_options_t){.max_workers = opts->io_threads});
+    cf_executor_t *ex = cf_executor_new(CF_THREADS,
+                                        &(cf_options_t){ .max_workers = opts->io_threads });
     if (!ex)
         return s_fail("threads.io: cf_executor_new: %s", cf_last_error());
     bool ok = true;
@@ -696,9 +695,10 @@ static bool s_io_fanout(const bench_opts_t *opts)
             ok = s_fail("threads.io: cf_submit: %s", cf_last_error());
     }
     size_t n_done = 0;
-    if (ok && (cf_wait(futures, n, opts->timeout_ms, CF_ALL_COMPLETED, NULL, &n_done, NULL, NULL)
-                   != CF_OK
-               || n_done != n))
+    if (ok
+        && (cf_wait(futures, n, opts->timeout_ms, CF_ALL_COMPLETED, NULL, &n_done, NULL, NULL)
+                != CF_OK
+            || n_done != n))
         ok = s_fail("threads.io: cf_wait: %zu of %zu done", n_done, n);
     double wall = s_now_s() - start;
     for (size_t i = 0; futures && i < n; i++) {
@@ -747,9 +747,10 @@ static bool s_payload(cf_executor_t *ex, const char *kind, size_t size, const ch
         return s_fail("%s.payload: out of memory", kind);
     for (size_t i = 0; i < size; i++)
         bytes[i] = (uint8_t)(i * 7 + 1);
-    bytes_source_t src = {.count = tasks, .bytes = bytes, .size = size};
-    cf_map_opts_t map_opts = {.chunksize = 1, .window = (size_t)window,
-                              .timeout_ms = opts->timeout_ms};
+    bytes_source_t src = { .count = tasks, .bytes = bytes, .size = size };
+    cf_map_opts_t map_opts = { .chunksize = 1,
+                               .window = (size_t)window,
+                               .timeout_ms = opts->timeout_ms };
     double start = s_now_s();
     cf_map_t *map = cf_map_new(ex, "bench_echo", s_bytes_source, &src, &map_opts);
     bool ok = map || s_fail("%s.payload.%s: cf_map_new: %s", kind, label, cf_last_error());
@@ -808,7 +809,7 @@ static int s_loader(const char *endpoint)
         fprintf(stderr, "cf_bench: loader: %s\n", cf_last_error());
         return 1;
     }
-    cf_map_opts_t map_opts = {.chunksize = 1, .window = 1000};
+    cf_map_opts_t map_opts = { .chunksize = 1, .window = 1000 };
     cf_map_t *map = cf_map_new(ex, "bench_double", s_endless_source, NULL, &map_opts);
     if (!map) {
         fprintf(stderr, "cf_bench: loader: %s\n", cf_last_error());
@@ -856,7 +857,7 @@ static int s_rtt(const char *endpoint, const bench_opts_t *opts)
 //  process saturates the broker at clients.
 static bool s_under_load(cf_executor_t *ex, const char *clients, const bench_opts_t *opts)
 {
-    char *argv[] = {"/proc/self/exe", "--load", (char *)clients, NULL};
+    char *argv[] = { "/proc/self/exe", "--load", (char *)clients, NULL };
     daemon_t loader;
     bool ok = s_daemon_start(&loader, argv, 30000);
     if (ok)
@@ -924,8 +925,8 @@ static void s_group_remote(const bench_opts_t *opts)
     //  as the processes executor.
     char threads[16];
     snprintf(threads, sizeof threads, "%ld", sysconf(_SC_NPROCESSORS_ONLN));
-    char *argv[] = {(char *)opts->worker_bin, "--broker", workers, "--tasks",
-                    (char *)opts->tasks_lib, "--threads", threads, NULL};
+    char *argv[] = { (char *)opts->worker_bin, "--broker",  workers, "--tasks",
+                     (char *)opts->tasks_lib,  "--threads", threads, NULL };
     if (s_daemon_start(&worker, argv, 30000)) {
         printf("# remote: broker %s, worker %s\n", clients, worker.line);
         cf_executor_t *ex = cf_executor_connect(clients, NULL);
@@ -996,8 +997,8 @@ static void s_group_broker_mem(const bench_opts_t *opts)
         ok = s_fail("broker.mem: cannot read /proc/%ld/status", (long)broker.pid);
     if (ok) {
         double per_task = (double)(after_kib - before_kib) * 1024.0 / (double)n;
-        printf("# broker.mem: %ld queued in %.2f s, VmRSS %ld -> %ld KiB\n", n, elapsed,
-               before_kib, after_kib);
+        printf("# broker.mem: %ld queued in %.2f s, VmRSS %ld -> %ld KiB\n", n, elapsed, before_kib,
+               after_kib);
         s_emit("broker.mem.per_task", per_task, "bytes/task");
         s_emit("broker.mem.payload", payload / (double)n, "bytes/task");
         s_emit("broker.mem.bookkeeping", per_task - payload / (double)n, "bytes/task");
@@ -1023,8 +1024,8 @@ static void s_group_map_mem(const bench_opts_t *opts)
     if (opts->map_kind == CF_REMOTE) {
         char threads[16];
         snprintf(threads, sizeof threads, "%ld", sysconf(_SC_NPROCESSORS_ONLN));
-        char *argv[] = {(char *)opts->worker_bin, "--broker", workers, "--tasks",
-                        (char *)opts->tasks_lib, "--threads", threads, NULL};
+        char *argv[] = { (char *)opts->worker_bin, "--broker",  workers, "--tasks",
+                         (char *)opts->tasks_lib,  "--threads", threads, NULL };
         if (!s_start_broker(opts, &broker, NULL, clients, workers, sizeof clients)
             || !s_daemon_start(&worker, argv, 30000)) {
             s_daemon_stop(&worker);
@@ -1034,7 +1035,7 @@ static void s_group_map_mem(const bench_opts_t *opts)
     }
     long start_kib = s_status_kib(getpid(), "VmRSS:");
     cf_executor_t *ex = opts->map_kind == CF_REMOTE ? cf_executor_connect(clients, NULL)
-                                                     : cf_executor_new(opts->map_kind, NULL);
+                                                    : cf_executor_new(opts->map_kind, NULL);
     if (!ex) {
         s_fail("client.map: cf_executor_new: %s", cf_last_error());
         s_daemon_stop(&worker);
@@ -1042,9 +1043,9 @@ static void s_group_map_mem(const bench_opts_t *opts)
         return;
     }
     long base_kib = s_status_kib(getpid(), "VmRSS:");
-    range_source_t range = {.count = opts->map_inputs};
-    cf_map_opts_t map_opts = {.chunksize = (size_t)opts->map_chunksize,
-                              .timeout_ms = opts->timeout_ms};
+    range_source_t range = { .count = opts->map_inputs };
+    cf_map_opts_t map_opts = { .chunksize = (size_t)opts->map_chunksize,
+                               .timeout_ms = opts->timeout_ms };
     double start = s_now_s();
     cf_map_t *map = cf_map_new(ex, "bench_double", s_range_source, &range, &map_opts);
     bool ok = map || s_fail("client.map: cf_map_new: %s", cf_last_error());
@@ -1083,18 +1084,20 @@ static void s_group_map_mem(const bench_opts_t *opts)
 //  The parent: one child per group
 
 //  Figures each group must report (the smoke test's check).
-static const char *const s_expected_kind[] = {
-    "noop.submit", "noop.map1", "noop.map1000", "latency.p50", "latency.p99",
-    "latency_nospin.p50", "latency_nospin.p99", NULL};
-static const char *const s_expected_prime[] = {
-    "prime.sequential", "prime.parallel", "prime.speedup", NULL};
+static const char *const s_expected_kind[] = { "noop.submit",        "noop.map1",
+                                               "noop.map1000",       "latency.p50",
+                                               "latency.p99",        "latency_nospin.p50",
+                                               "latency_nospin.p99", NULL };
+static const char *const s_expected_prime[] = { "prime.sequential", "prime.parallel",
+                                                "prime.speedup", NULL };
 
 static size_t s_expected(unsigned group, char names[][64], size_t max)
 {
     size_t n = 0;
-    const char *kind = group == GROUP_THREADS ? "threads"
+    const char *kind = group == GROUP_THREADS     ? "threads"
                        : group == GROUP_PROCESSES ? "processes"
-                       : group == GROUP_REMOTE ? "remote" : NULL;
+                       : group == GROUP_REMOTE    ? "remote"
+                                                  : NULL;
     if (kind) {
         for (size_t i = 0; s_expected_kind[i] && n < max; i++)
             snprintf(names[n++], 64, "%s.%s", kind, s_expected_kind[i]);
@@ -1106,9 +1109,10 @@ static size_t s_expected(unsigned group, char names[][64], size_t max)
     if (group == GROUP_THREADS && n < max)
         snprintf(names[n++], 64, "threads.io.wall");
     if (group == GROUP_REMOTE) {
-        static const char *const remote_only[] = {
-            "remote.payload.1KiB.throughput", "remote.payload.64KiB.throughput",
-            "remote.payload.1MiB.throughput", "remote.load.p50", "remote.load.p99"};
+        static const char *const remote_only[] = { "remote.payload.1KiB.throughput",
+                                                   "remote.payload.64KiB.throughput",
+                                                   "remote.payload.1MiB.throughput",
+                                                   "remote.load.p50", "remote.load.p99" };
         for (size_t i = 0; i < sizeof remote_only / sizeof remote_only[0] && n < max; i++)
             snprintf(names[n++], 64, "%s", remote_only[i]);
     }
@@ -1185,7 +1189,7 @@ static void s_run_group(int argc, char **argv, const char *group, int timeout_s)
             timed_out = true;
             break;
         }
-        struct pollfd item = {.fd = fds[0], .events = POLLIN};
+        struct pollfd item = { .fd = fds[0], .events = POLLIN };
         int rc = poll(&item, 1, left_ms);
         if (rc < 0 && errno == EINTR)
             continue;
@@ -1207,7 +1211,7 @@ static void s_run_group(int argc, char **argv, const char *group, int timeout_s)
         have -= (size_t)(line - buf);
         memmove(buf, line, have);
         if (have == sizeof buf - 1)
-            have = 0;           //  an absurd line: drop it
+            have = 0;    //  an absurd line: drop it
     }
     close(fds[0]);
     if (timed_out) {
@@ -1228,10 +1232,10 @@ static void s_run_group(int argc, char **argv, const char *group, int timeout_s)
 //  figure lines (run.sh) takes a row for a figure.
 static void s_print_table(void)
 {
-    static const char *const rows[] = {"noop.submit", "noop.map1", "noop.map1000",
-                                       "latency.p50", "latency.p99", "latency_nospin.p50",
-                                       "prime.speedup"};
-    static const char *const kinds[] = {"threads", "processes", "remote"};
+    static const char *const rows[] = { "noop.submit",  "noop.map1",   "noop.map1000",
+                                        "latency.p50",  "latency.p99", "latency_nospin.p50",
+                                        "prime.speedup" };
+    static const char *const kinds[] = { "threads", "processes", "remote" };
     printf("\n| %-16s %14s %14s %14s\n", "cfutures", "threads", "processes", "remote");
     for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
         printf("| %-16s", rows[r]);
@@ -1263,15 +1267,14 @@ static void s_print_table(void)
 
 static void s_usage(FILE *out)
 {
-    fprintf(out,
-            "usage: cf_bench [--quick] [--only GROUPS] [--tasks N] [--message-tasks N]\n"
-            "                [--window N] [--rounds N]\n"
-            "                [--queued N] [--map-inputs N] [--map-kind KIND]\n"
-            "                [--map-chunksize N] [--broker PATH] [--worker PATH]\n"
-            "                [--tasks-lib PATH] [--samples DIR]\n"
-            "GROUPS: comma-separated threads,processes,remote,broker-mem,map-mem\n"
-            "        (mem = broker-mem,map-mem; default all)\n"
-            "Binaries default to $CF_BROKER_BIN, $CF_WORKER_BIN, $CF_BENCH_TASKS_LIB.\n");
+    fprintf(out, "usage: cf_bench [--quick] [--only GROUPS] [--tasks N] [--message-tasks N]\n"
+                 "                [--window N] [--rounds N]\n"
+                 "                [--queued N] [--map-inputs N] [--map-kind KIND]\n"
+                 "                [--map-chunksize N] [--broker PATH] [--worker PATH]\n"
+                 "                [--tasks-lib PATH] [--samples DIR]\n"
+                 "GROUPS: comma-separated threads,processes,remote,broker-mem,map-mem\n"
+                 "        (mem = broker-mem,map-mem; default all)\n"
+                 "Binaries default to $CF_BROKER_BIN, $CF_WORKER_BIN, $CF_BENCH_TASKS_LIB.\n");
 }
 
 static long s_parse_long(const char *flag, const char *text)
@@ -1312,8 +1315,7 @@ static unsigned s_parse_groups(const char *text)
 int main(int argc, char **argv)
 {
     bench_opts_t opts = {
-        .groups = GROUP_THREADS | GROUP_PROCESSES | GROUP_REMOTE | GROUP_BROKER_MEM
-                  | GROUP_MAP_MEM,
+        .groups = GROUP_THREADS | GROUP_PROCESSES | GROUP_REMOTE | GROUP_BROKER_MEM | GROUP_MAP_MEM,
         .io_tasks = 200,
         .io_threads = 20,
         .io_ms = 10,

@@ -99,29 +99,29 @@
 #define RELAY_ENDPOINT_MAX 256
 //  High-water marks above any window we use, so a blocking send never waits
 //  on a full pipe in steady state and a ROUTER never has cause to drop.
-#define RELAY_HWM 100000
-#define RELAY_WORKERS_MAX 8
+#define RELAY_HWM          100000
+#define RELAY_WORKERS_MAX  8
 //  Messages moved from one socket before the relay turns to the other.
-#define RELAY_DRAIN_MAX 1024
+#define RELAY_DRAIN_MAX    1024
 //  The cfutures client's own cap on tasks per SUBMIT.
-#define RELAY_BATCH_MAX 4096
+#define RELAY_BATCH_MAX    4096
 
 typedef enum { V_POLL1, V_DRAIN, V_CREDIT, V_PROXY, V_BATCH, V_COUNT } variant_t;
 
-static const char *const s_variant_names[V_COUNT] = {"poll1", "drain", "credit", "proxy",
-                                                      "batch"};
+static const char *const s_variant_names[V_COUNT] = { "poll1", "drain", "credit", "proxy",
+                                                      "batch" };
 
 typedef struct {
-    long messages;          //  pipelined tasks
-    long window;            //  tasks in flight at most
-    long rounds;            //  one-at-a-time round trips
-    long batch;             //  tasks per message at most (batch variant)
-    long prefetch;          //  tasks a worker holds at most (credit variant)
-    unsigned variants;      //  1 << variant_t
-    unsigned workers;       //  1 << worker count
-    bool spin;              //  the latency again with the client spinning
-    bool payload;           //  the payload figures
-    bool load;              //  the under-load figures
+    long messages;        //  pipelined tasks
+    long window;          //  tasks in flight at most
+    long rounds;          //  one-at-a-time round trips
+    long batch;           //  tasks per message at most (batch variant)
+    long prefetch;        //  tasks a worker holds at most (credit variant)
+    unsigned variants;    //  1 << variant_t
+    unsigned workers;     //  1 << worker count
+    bool spin;            //  the latency again with the client spinning
+    bool payload;         //  the payload figures
+    bool load;            //  the under-load figures
     bool quick;
     const char *samples_dir;
 } relay_opts_t;
@@ -176,9 +176,9 @@ static void s_bound(void *sock, char *out)
 //  The relay
 
 typedef struct {
-    uint8_t id[256];        //  routing id
+    uint8_t id[256];    //  routing id
     size_t id_len;
-    long held;              //  tasks sent and not answered (credit variant)
+    long held;    //  tasks sent and not answered (credit variant)
 } relay_worker_t;
 
 //  A task waiting in the relay for credit: its client's routing id and body.
@@ -192,9 +192,9 @@ typedef struct {
     void *front;
     void *back;
     relay_worker_t workers[RELAY_WORKERS_MAX];
-    int ready;              //  workers that said READY
-    int next;               //  round-robin position
-    relay_pending_t *pending;   //  ring of RELAY_HWM (credit variant)
+    int ready;                   //  workers that said READY
+    int next;                    //  round-robin position
+    relay_pending_t *pending;    //  ring of RELAY_HWM (credit variant)
     size_t pending_head;
     size_t pending_len;
 } relay_t;
@@ -315,8 +315,8 @@ static int s_drain_front(relay_t *self, bool once)
         if (w)
             s_dispatch(self, w, &cid, &body);
         else if (self->pending_len < RELAY_HWM) {
-            relay_pending_t *p
-                = &self->pending[(self->pending_head + self->pending_len) % RELAY_HWM];
+            relay_pending_t *p =
+                &self->pending[(self->pending_head + self->pending_len) % RELAY_HWM];
             zmq_msg_init(&p->cid);
             zmq_msg_init(&p->body);
             zmq_msg_move(&p->cid, &cid);
@@ -341,7 +341,7 @@ static int s_drain_front(relay_t *self, bool once)
 //  first frame.
 static int s_relay(int fd, const relay_setup_t *setup)
 {
-    relay_t self = {.setup = *setup};
+    relay_t self = { .setup = *setup };
     void *ctx = zmq_ctx_new();
     self.front = s_socket(ctx, ZMQ_ROUTER);
     self.back = s_socket(ctx, setup->variant == V_PROXY ? ZMQ_DEALER : ZMQ_ROUTER);
@@ -367,7 +367,7 @@ static int s_relay(int fd, const relay_setup_t *setup)
             s_die("calloc");
     }
     bool once = setup->variant == V_POLL1;
-    zmq_pollitem_t items[] = {{self.front, 0, ZMQ_POLLIN, 0}, {self.back, 0, ZMQ_POLLIN, 0}};
+    zmq_pollitem_t items[] = { { self.front, 0, ZMQ_POLLIN, 0 }, { self.back, 0, ZMQ_POLLIN, 0 } };
     while (true) {
         //  Clients are served only once every worker is known.
         bool serving = self.ready == setup->workers;
@@ -423,7 +423,7 @@ typedef struct {
     uint64_t id;
     bool echo;
     int64_t x;
-    const char *bin;        //  points into the message (echo)
+    const char *bin;    //  points into the message (echo)
     size_t bin_len;
 } request_t;
 
@@ -455,8 +455,7 @@ static bool s_unpack(const void *data, size_t len, msgpack_object *out)
 {
     size_t off = 0;
     msgpack_zone_clear(&s_zone);
-    return msgpack_unpack(data, len, &off, &s_zone, out) == MSGPACK_UNPACK_SUCCESS
-           && off == len;
+    return msgpack_unpack(data, len, &off, &s_zone, out) == MSGPACK_UNPACK_SUCCESS && off == len;
 }
 
 static void s_pack_request(msgpack_packer *pk, uint64_t id, int64_t x)
@@ -550,7 +549,7 @@ static int s_worker(const char *endpoint, bool ready)
         if (zmq_msg_send(&cid, sock, ZMQ_SNDMORE) < 0 || s_send_buffer(sock, &buf) < 0)
             break;
         if (!buf.data)
-            msgpack_sbuffer_init(&buf);     //  given away to libzmq
+            msgpack_sbuffer_init(&buf);    //  given away to libzmq
     }
     zmq_msg_close(&cid);
     zmq_msg_close(&body);
@@ -567,9 +566,9 @@ typedef struct {
     void *sock;
     msgpack_sbuffer buf;
     msgpack_packer pk;
-    bool batch;             //  tasks travel in arrays
-    size_t payload;         //  bytes of bin per argument (0: double tasks)
-    char *bytes;            //  the payload the application hands over
+    bool batch;        //  tasks travel in arrays
+    size_t payload;    //  bytes of bin per argument (0: double tasks)
+    char *bytes;       //  the payload the application hands over
 } client_t;
 
 static void s_client_init(client_t *c, void *sock, bool batch, size_t payload)
@@ -888,7 +887,7 @@ static void s_start(const relay_setup_t *setup, relay_procs_t *procs)
     int fds[2];
     if (pipe(fds) < 0)
         s_die("pipe");
-    relay_arg_t ra = {.fd = fds[1], .setup = *setup};
+    relay_arg_t ra = { .fd = fds[1], .setup = *setup };
     procs->relay = s_fork_child(s_relay_child, &ra, fds[0]);
     close(fds[1]);
     char line[2 * RELAY_ENDPOINT_MAX + 2] = "";
@@ -950,9 +949,9 @@ static void s_disconnect(void *ctx, void *sock)
 }
 
 typedef struct {
-    double best, best1;     //  tasks/s: every variant, one task per message
-    double p50, p99;        //  µs, lowest of every variant
-    double spin_p50, spin_p99;  //  the same, the client spinning
+    double best, best1;           //  tasks/s: every variant, one task per message
+    double p50, p99;              //  µs, lowest of every variant
+    double spin_p50, spin_p99;    //  the same, the client spinning
 } relay_best_t;
 
 static void s_lowest(double *best, double value)
@@ -964,7 +963,7 @@ static void s_lowest(double *best, double value)
 //  One variant with one worker count: throughput, then latency.
 static void s_measure(const relay_opts_t *opts, variant_t variant, int workers, relay_best_t *best)
 {
-    relay_setup_t setup = {.variant = variant, .workers = workers, .prefetch = opts->prefetch};
+    relay_setup_t setup = { .variant = variant, .workers = workers, .prefetch = opts->prefetch };
     relay_procs_t procs;
     s_start(&setup, &procs);
     void *ctx;
@@ -1010,34 +1009,34 @@ static void s_measure_payload(const relay_opts_t *opts, size_t size, const char 
 {
     double best = 0;
     for (int batched = 0; batched <= 1; batched++) {
-    long window = (long)((16u << 20) / size);
-    window = window > 1000 ? 1000 : window < 4 ? 4 : window;
-    long tasks = (long)((opts->quick ? 4u << 20 : 256u << 20) / size);
-    tasks = tasks > 20000 ? 20000 : tasks < 2 * window ? 2 * window : tasks;
-    //  A quarter of the window at most, so that messages pipeline.
-    long batch = (long)((1u << 20) / size);
-    batch = batch > window / 4 ? window / 4 : batch;
-    batch = batch < 1 ? 1 : batch > RELAY_BATCH_MAX ? RELAY_BATCH_MAX : batch;
-    relay_setup_t setup = {.variant = V_DRAIN, .workers = 1};
-    relay_procs_t procs;
-    s_start(&setup, &procs);
-    void *ctx;
-    void *sock = s_connect(&ctx);
-    client_t warm;
-    s_client_init(&warm, sock, false, 0);
-    s_warm_up(&warm);
-    s_client_fini(&warm);
-    client_t c;
-    s_client_init(&c, sock, batched, size);
-    double elapsed = s_client_pipeline(&c, tasks, window, batch);
-    double rate = (double)tasks * (double)size / elapsed / (1024.0 * 1024.0);
-    char figure[128];
-    snprintf(figure, sizeof figure, "relay.payload.%s.%s", label, batched ? "batch" : "single");
-    s_emit(figure, rate, "MiB/s");
-    best = rate > best ? rate : best;
-    s_client_fini(&c);
-    s_disconnect(ctx, sock);
-    s_stop(&procs);
+        long window = (long)((16u << 20) / size);
+        window = window > 1000 ? 1000 : window < 4 ? 4 : window;
+        long tasks = (long)((opts->quick ? 4u << 20 : 256u << 20) / size);
+        tasks = tasks > 20000 ? 20000 : tasks < 2 * window ? 2 * window : tasks;
+        //  A quarter of the window at most, so that messages pipeline.
+        long batch = (long)((1u << 20) / size);
+        batch = batch > window / 4 ? window / 4 : batch;
+        batch = batch < 1 ? 1 : batch > RELAY_BATCH_MAX ? RELAY_BATCH_MAX : batch;
+        relay_setup_t setup = { .variant = V_DRAIN, .workers = 1 };
+        relay_procs_t procs;
+        s_start(&setup, &procs);
+        void *ctx;
+        void *sock = s_connect(&ctx);
+        client_t warm;
+        s_client_init(&warm, sock, false, 0);
+        s_warm_up(&warm);
+        s_client_fini(&warm);
+        client_t c;
+        s_client_init(&c, sock, batched, size);
+        double elapsed = s_client_pipeline(&c, tasks, window, batch);
+        double rate = (double)tasks * (double)size / elapsed / (1024.0 * 1024.0);
+        char figure[128];
+        snprintf(figure, sizeof figure, "relay.payload.%s.%s", label, batched ? "batch" : "single");
+        s_emit(figure, rate, "MiB/s");
+        best = rate > best ? rate : best;
+        s_client_fini(&c);
+        s_disconnect(ctx, sock);
+        s_stop(&procs);
     }
     char figure[128];
     snprintf(figure, sizeof figure, "relay.payload.%s.throughput", label);
@@ -1047,13 +1046,13 @@ static void s_measure_payload(const relay_opts_t *opts, size_t size, const char 
 //  One task at a time while a loading client keeps 1,000 in flight.
 static void s_measure_load(const relay_opts_t *opts)
 {
-    relay_setup_t setup = {.variant = V_DRAIN, .workers = 1};
+    relay_setup_t setup = { .variant = V_DRAIN, .workers = 1 };
     relay_procs_t procs;
     s_start(&setup, &procs);
     int fds[2];
     if (pipe(fds) < 0)
         s_die("pipe");
-    loader_arg_t la = {.fd = fds[1], .window = 1000};
+    loader_arg_t la = { .fd = fds[1], .window = 1000 };
     procs.loader = s_fork_child(s_loader_child, &la, fds[0]);
     close(fds[1]);
     char byte;
@@ -1142,10 +1141,16 @@ static unsigned s_parse_workers(const char *text)
 
 int main(int argc, char **argv)
 {
-    relay_opts_t opts = {.messages = 200000, .window = 1000, .rounds = 2000, .batch = 256,
-                         .prefetch = 256, .variants = (1u << V_COUNT) - 1,
-                         .workers = (1u << 1) | (1u << 2), .spin = true, .payload = true,
-                         .load = true};
+    relay_opts_t opts = { .messages = 200000,
+                          .window = 1000,
+                          .rounds = 2000,
+                          .batch = 256,
+                          .prefetch = 256,
+                          .variants = (1u << V_COUNT) - 1,
+                          .workers = (1u << 1) | (1u << 2),
+                          .spin = true,
+                          .payload = true,
+                          .load = true };
     long messages = 0, rounds = 0;
     bool workers_given = false;
     for (int i = 1; i < argc; i++) {
@@ -1200,7 +1205,7 @@ int main(int argc, char **argv)
     printf("# zmq_relay: messages %ld, window %ld, rounds %ld, batch %ld, prefetch %ld\n",
            opts.messages, opts.window, opts.rounds, opts.batch, opts.prefetch);
     fflush(stdout);
-    relay_best_t best = {0};
+    relay_best_t best = { 0 };
     for (int v = 0; v < V_COUNT; v++) {
         if (!(opts.variants & (1u << v)))
             continue;

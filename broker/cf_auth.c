@@ -34,25 +34,25 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define S_LOG                   "auth"
-#define CF_AUTH_ZAP_MAX_FRAMES  8       //  a CURVE request has 7
-#define CF_AUTH_MAX_REQUEST_ID  255     //  bytes of a request id we echo
-#define S_ADDRESS_MAX           63      //  bytes of a peer address we log
+#define S_LOG                  "auth"
+#define CF_AUTH_ZAP_MAX_FRAMES 8      //  a CURVE request has 7
+#define CF_AUTH_MAX_REQUEST_ID 255    //  bytes of a request id we echo
+#define S_ADDRESS_MAX          63     //  bytes of a peer address we log
 
 // ---------------------------------------------------------------------------
 //  Allow-lists
 
 typedef struct {
     uint8_t key[CF_KEY_BIN_LEN];
-    uint8_t role;               //  cf_role_t
+    uint8_t role;    //  cf_role_t
 } s_entry_t;
 
 typedef struct {
-    s_entry_t *entries;         //  sorted by key after s_list_finish
+    s_entry_t *entries;    //  sorted by key after s_list_finish
     size_t count;
     size_t capacity;
-    size_t clients;             //  entries with CF_ROLE_CLIENT
-    size_t workers;             //  entries with CF_ROLE_WORKER
+    size_t clients;    //  entries with CF_ROLE_CLIENT
+    size_t workers;    //  entries with CF_ROLE_WORKER
 } s_list_t;
 
 static void s_list_destroy(s_list_t **list_p)
@@ -69,8 +69,7 @@ static cf_err_t s_list_add(s_list_t *list, const uint8_t key[CF_KEY_BIN_LEN], cf
 {
     if (list->count == list->capacity) {
         if (list->capacity >= CF_AUTH_MAX_KEYS)
-            return cf_error_set(CF_ETOOBIG, "allow-lists hold more than %d keys",
-                                CF_AUTH_MAX_KEYS);
+            return cf_error_set(CF_ETOOBIG, "allow-lists hold more than %d keys", CF_AUTH_MAX_KEYS);
         size_t capacity = list->capacity ? list->capacity * 2 : 64;
         if (capacity > CF_AUTH_MAX_KEYS)
             capacity = CF_AUTH_MAX_KEYS;
@@ -100,15 +99,15 @@ static cf_err_t s_list_finish(s_list_t *list)
         qsort(list->entries, list->count, sizeof *list->entries, s_entry_compare);
     size_t kept = 0;
     for (size_t i = 0; i < list->count; i++) {
-        if (kept > 0 &&
-            memcmp(list->entries[kept - 1].key, list->entries[i].key, CF_KEY_BIN_LEN) == 0) {
+        if (kept > 0
+            && memcmp(list->entries[kept - 1].key, list->entries[i].key, CF_KEY_BIN_LEN) == 0) {
             if (list->entries[kept - 1].role == list->entries[i].role)
                 continue;
             char z85[CF_KEY_Z85_SIZE], fp[CF_KEY_FP_SIZE];
             cf_keys_encode(list->entries[i].key, z85);
             cf_keys_fingerprint(z85, fp);
-            return cf_error_set(CF_EINVAL,
-                                "key %s is on both the client and the worker allow-list", fp);
+            return cf_error_set(CF_EINVAL, "key %s is on both the client and the worker allow-list",
+                                fp);
         }
         list->entries[kept++] = list->entries[i];
     }
@@ -198,13 +197,13 @@ static cf_err_t s_load_dir(s_list_t *list, const char *dir_path, cf_role_t role)
             break;
         }
         if (!S_ISREG(st.st_mode)) {
-            cf_log_debug(S_LOG, "allow-list %s: skipping %s (not a regular file)",
-                         dir_path, entry->d_name);
+            cf_log_debug(S_LOG, "allow-list %s: skipping %s (not a regular file)", dir_path,
+                         entry->d_name);
             continue;
         }
         if (++files > CF_AUTH_MAX_KEYS) {
-            rc = cf_error_set(CF_ETOOBIG, "allow-list %s holds more than %d key files",
-                              dir_path, CF_AUTH_MAX_KEYS);
+            rc = cf_error_set(CF_ETOOBIG, "allow-list %s holds more than %d key files", dir_path,
+                              CF_AUTH_MAX_KEYS);
             break;
         }
         rc = s_check_not_world_writable(path, &st);
@@ -215,8 +214,7 @@ static cf_err_t s_load_dir(s_list_t *list, const char *dir_path, cf_role_t role)
         rc = cf_error_set(CF_ESYS, "cannot read allow-list %s: %s", dir_path, strerror(errno));
     closedir(dir);
     if (rc == CF_OK && files == 0)
-        cf_log_warn(S_LOG, "%s allow-list %s holds no *.key files", s_list_name(role),
-                    dir_path);
+        cf_log_warn(S_LOG, "%s allow-list %s holds no *.key files", s_list_name(role), dir_path);
     return rc;
 }
 
@@ -230,7 +228,7 @@ static cf_err_t s_add_line(void *arg, const char *z85, int line)
     s_adding_t *adding = arg;
     uint8_t bin[CF_KEY_BIN_LEN];
     (void)line;
-    cf_err_t rc = cf_keys_decode(z85, bin);     //  valid: cf_keys_each_line checked
+    cf_err_t rc = cf_keys_decode(z85, bin);    //  valid: cf_keys_each_line checked
     return rc == CF_OK ? s_list_add(adding->list, bin, adding->role) : rc;
 }
 
@@ -293,11 +291,11 @@ static s_list_t *s_list_load(const char *client_keys, const char *worker_keys)
 //  fills it in before the thread starts, cf_auth_destroy frees it after the
 //  join).
 typedef struct {
-    void *ctx;                  //  the broker's context (borrowed)
-    void *zap;                  //  REP bound at CF_AUTH_ZAP_ENDPOINT, made by the actor
-    s_list_t *list;             //  owned; replaced by RELOAD
+    void *ctx;         //  the broker's context (borrowed)
+    void *zap;         //  REP bound at CF_AUTH_ZAP_ENDPOINT, made by the actor
+    s_list_t *list;    //  owned; replaced by RELOAD
     cf_auth_stats_t stats;
-    bool terminated;            //  $TERM received or the context ended
+    bool terminated;    //  $TERM received or the context ended
     //  Denials are logged at most CF_AUTH_LOG_PER_SEC a second: anyone who
     //  knows the server key can cause one per handshake.
     cf_log_limit_t denial_log;
@@ -318,15 +316,15 @@ typedef struct {
 } s_reload_t;
 
 struct cf_auth {
-    cf_actor_t *actor;          //  the ZAP handler's thread
-    s_handler_t handler;        //  the actor's state
+    cf_actor_t *actor;      //  the ZAP handler's thread
+    s_handler_t handler;    //  the actor's state
     pthread_mutex_t users_lock;
-    s_user_t *users;            //  under users_lock; swapped by the actor on RELOAD
+    s_user_t *users;    //  under users_lock; swapped by the actor on RELOAD
     size_t user_count;
     _Atomic uint64_t generation;    //  successful reloads
     char secret_z85[CF_KEY_Z85_SIZE];
     char public_z85[CF_KEY_Z85_SIZE];
-    char *client_keys;          //  configured paths, for reload
+    char *client_keys;    //  configured paths, for reload
     char *worker_keys;
     int handshake_ivl_ms;
 };
@@ -365,11 +363,11 @@ static void s_send_reply(s_handler_t *self, zmq_msg_t *request_id, const char *s
     //  DONTWAIT: a requester that went away must not block the handler; its
     //  handshake then times out on ZMQ_HANDSHAKE_IVL.
     int flags = ZMQ_SNDMORE | ZMQ_DONTWAIT;
-    if (zmq_send(self->zap, "1.0", 3, flags) < 0 || zmq_send(self->zap, id, id_len, flags) < 0 ||
-        zmq_send(self->zap, status, strlen(status), flags) < 0 ||
-        zmq_send(self->zap, text, strlen(text), flags) < 0 ||
-        zmq_send(self->zap, user_id, strlen(user_id), flags) < 0 ||
-        zmq_send(self->zap, "", 0, ZMQ_DONTWAIT) < 0)
+    if (zmq_send(self->zap, "1.0", 3, flags) < 0 || zmq_send(self->zap, id, id_len, flags) < 0
+        || zmq_send(self->zap, status, strlen(status), flags) < 0
+        || zmq_send(self->zap, text, strlen(text), flags) < 0
+        || zmq_send(self->zap, user_id, strlen(user_id), flags) < 0
+        || zmq_send(self->zap, "", 0, ZMQ_DONTWAIT) < 0)
         cf_log_debug(S_LOG, "cannot send ZAP reply: %s", zmq_strerror(errno));
 }
 
@@ -394,7 +392,8 @@ static size_t s_zap_read(s_handler_t *self, zmq_msg_t *frames, bool *too_many)
         if (frame == &scratch) {
             zmq_msg_close(frame);
             *too_many = true;
-        } else {
+        }
+        else {
             count++;
         }
         if (!more)
@@ -441,8 +440,8 @@ static void s_zap_curve(s_handler_t *self, zmq_msg_t *frames, const char *addres
 //  mechanisms than CURVE 400, CURVE by its key.
 static void s_zap_answer(s_handler_t *self, zmq_msg_t *frames, size_t count, bool too_many)
 {
-    if (too_many || count < 6 || !s_frame_is(&frames[0], "1.0") ||
-        zmq_msg_size(&frames[1]) > CF_AUTH_MAX_REQUEST_ID) {
+    if (too_many || count < 6 || !s_frame_is(&frames[0], "1.0")
+        || zmq_msg_size(&frames[1]) > CF_AUTH_MAX_REQUEST_ID) {
         self->stats.malformed++;
         cf_log_debug(S_LOG, "malformed ZAP request (%zu%s frames)", count, too_many ? "+" : "");
         s_send_reply(self, count > 1 ? &frames[1] : NULL, "500", "malformed request", "");
@@ -477,7 +476,7 @@ static void s_handle_zap(s_handler_t *self)
     bool too_many;
     size_t count = s_zap_read(self, frames, &too_many);
     if (count == 0)
-        return;                 //  nothing read: no reply owed
+        return;    //  nothing read: no reply owed
     s_zap_answer(self, frames, count, too_many);
     for (size_t i = 0; i < count; i++)
         zmq_msg_close(&frames[i]);
@@ -492,10 +491,9 @@ static cf_err_t s_zap_open(s_handler_t *self)
     if (!self->zap || zmq_setsockopt(self->zap, ZMQ_LINGER, &linger, sizeof linger) != 0)
         return cf_error_set(CF_ESYS, "cannot create auth sockets: %s", zmq_strerror(errno));
     if (zmq_bind(self->zap, CF_AUTH_ZAP_ENDPOINT) != 0)
-        return cf_error_set(CF_ESYS, "cannot bind %s: %s%s", CF_AUTH_ZAP_ENDPOINT,
-                            zmq_strerror(errno),
-                            errno == EADDRINUSE ? " (a ZAP handler already runs in this context)"
-                                                : "");
+        return cf_error_set(
+            CF_ESYS, "cannot bind %s: %s%s", CF_AUTH_ZAP_ENDPOINT, zmq_strerror(errno),
+            errno == EADDRINUSE ? " (a ZAP handler already runs in this context)" : "");
     return CF_OK;
 }
 
@@ -548,7 +546,7 @@ static void s_handle_pipe(cf_auth_t *auth, cf_actor_t *actor)
         }
         else
             cf_log_error(S_LOG, "unknown pipe command");
-        cf_actor_reply(actor, &msg, NULL, 0);       //  NULL once answered
+        cf_actor_reply(actor, &msg, NULL, 0);    //  NULL once answered
     }
 }
 
@@ -564,15 +562,15 @@ static void s_handler_run(cf_actor_t *actor, void *args)
     }
     cf_actor_ready(actor, CF_OK, NULL);
     zmq_pollitem_t items[] = {
-        {NULL, cf_actor_fd(actor), ZMQ_POLLIN, 0},
-        {self->zap, 0, ZMQ_POLLIN, 0},
+        { NULL, cf_actor_fd(actor), ZMQ_POLLIN, 0 },
+        { self->zap, 0, ZMQ_POLLIN, 0 },
     };
     while (!self->terminated) {
         int n = zmq_poll(items, 2, -1);
         if (n < 0 && errno == EINTR)
-            continue;           //  a signal; revents are stale
+            continue;    //  a signal; revents are stale
         if (n < 0)
-            break;              //  context terminated
+            break;    //  context terminated
         if (items[0].revents & ZMQ_POLLIN)
             s_handle_pipe(auth, actor);
         if (!self->terminated && (items[1].revents & ZMQ_POLLIN))
@@ -640,8 +638,8 @@ static cf_err_t s_load_config(cf_auth_t *self, const cf_auth_config_t *config)
         return cf_error_set(CF_EINVAL, "the broker's secret key is not valid Z85");
     if (cf_keys_public_of(self->secret_z85, self->public_z85) != CF_OK)
         return cf_last_err();
-    if ((config->client_keys && !(self->client_keys = strdup(config->client_keys))) ||
-        (config->worker_keys && !(self->worker_keys = strdup(config->worker_keys))))
+    if ((config->client_keys && !(self->client_keys = strdup(config->client_keys)))
+        || (config->worker_keys && !(self->worker_keys = strdup(config->worker_keys))))
         return cf_error_set(CF_ENOMEM, "out of memory");
     self->handler.list = s_list_load(self->client_keys, self->worker_keys);
     if (!self->handler.list)
@@ -659,8 +657,7 @@ static bool s_config_valid(const cf_auth_config_t *config)
     else if (!config->client_keys && !config->worker_keys)
         cf_error_set(CF_EINVAL, "auth needs a client or a worker allow-list");
     else if (config->handshake_ivl_ms < 0)
-        cf_error_set(CF_EINVAL, "handshake_ivl_ms must be >= 0, got %d",
-                     config->handshake_ivl_ms);
+        cf_error_set(CF_EINVAL, "handshake_ivl_ms must be >= 0, got %d", config->handshake_ivl_ms);
     else
         return true;
     return false;
@@ -676,8 +673,8 @@ cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
         return NULL;
     }
     pthread_mutex_init(&self->users_lock, NULL);
-    self->handshake_ivl_ms =
-        config->handshake_ivl_ms ? config->handshake_ivl_ms : CF_AUTH_HANDSHAKE_IVL_MS;
+    self->handshake_ivl_ms = config->handshake_ivl_ms ? config->handshake_ivl_ms
+                                                      : CF_AUTH_HANDSHAKE_IVL_MS;
     self->handler.ctx = config->zmq_context;
     self->handler.denial_log.per_sec = CF_AUTH_LOG_PER_SEC;
     if (s_load_config(self, config) != CF_OK)
@@ -688,8 +685,10 @@ cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
     self->actor = cf_actor_new("cf-auth", s_handler_run, self);
     if (!self->actor)
         goto failed;
-    cf_log_info(S_LOG, "CURVE authentication on: server key %.8s, %zu client and %zu "
-                "worker keys allowed", self->public_z85, clients, workers);
+    cf_log_info(S_LOG,
+                "CURVE authentication on: server key %.8s, %zu client and %zu "
+                "worker keys allowed",
+                self->public_z85, clients, workers);
     return self;
 failed:
     cf_auth_destroy(&self);
@@ -711,10 +710,11 @@ cf_err_t cf_auth_apply_server(void *socket, cf_auth_t *auth, const char *domain)
     //  socket's context, libzmq then refuses every client instead of
     //  accepting anyone who knows the server key.
     int on = 1;
-    if (zmq_setsockopt(socket, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) != 0 ||
-        zmq_setsockopt(socket, ZMQ_ZAP_ENFORCE_DOMAIN, &on, sizeof on) != 0 ||
-        zmq_setsockopt(socket, ZMQ_HANDSHAKE_IVL, &auth->handshake_ivl_ms,
-                       sizeof auth->handshake_ivl_ms) != 0)
+    if (zmq_setsockopt(socket, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) != 0
+        || zmq_setsockopt(socket, ZMQ_ZAP_ENFORCE_DOMAIN, &on, sizeof on) != 0
+        || zmq_setsockopt(socket, ZMQ_HANDSHAKE_IVL, &auth->handshake_ivl_ms,
+                          sizeof auth->handshake_ivl_ms)
+               != 0)
         return cf_error_set(CF_ESYS, "cannot set CURVE server options: %s", zmq_strerror(errno));
     return CF_OK;
 }
@@ -723,7 +723,7 @@ cf_err_t cf_auth_reload(cf_auth_t *auth)
 {
     if (!auth)
         return cf_error_set(CF_EINVAL, "no auth");
-    s_reload_t reload = {.list = s_list_load(auth->client_keys, auth->worker_keys)};
+    s_reload_t reload = { .list = s_list_load(auth->client_keys, auth->worker_keys) };
     if (!reload.list)
         return cf_last_err();
     size_t clients = reload.list->clients, workers = reload.list->workers;
@@ -739,8 +739,7 @@ cf_err_t cf_auth_reload(cf_auth_t *auth)
         free(reload.users);
         return cf_error_set(CF_ESYS, "cannot reach the auth actor: %s", cf_strerror(rc));
     }
-    cf_log_info(S_LOG, "allow-lists reloaded: %zu client and %zu worker keys",
-                clients, workers);
+    cf_log_info(S_LOG, "allow-lists reloaded: %zu client and %zu worker keys", clients, workers);
     return CF_OK;
 }
 
@@ -750,7 +749,8 @@ bool cf_auth_user_allowed(cf_auth_t *auth, const char *user_id)
         return false;
     pthread_mutex_lock(&auth->users_lock);
     bool found = bsearch(user_id, auth->users, auth->user_count, sizeof *auth->users,
-                         s_user_compare) != NULL;
+                         s_user_compare)
+                 != NULL;
     pthread_mutex_unlock(&auth->users_lock);
     return found;
 }

@@ -44,27 +44,27 @@
 //  Debian's zmq.h keeps this behind ZMQ_BUILD_DRAFT_API; libzmq 4.3 accepts
 //  it all the same.
 #ifndef ZMQ_ZAP_ENFORCE_DOMAIN
-#   define ZMQ_ZAP_ENFORCE_DOMAIN 93
+#define ZMQ_ZAP_ENFORCE_DOMAIN 93
 #endif
 
-#define CF_AUTH_ZAP_ENDPOINT        "inproc://zeromq.zap.01"
+#define CF_AUTH_ZAP_ENDPOINT     "inproc://zeromq.zap.01"
 //  ZAP domains cf_auth_apply_server can give a socket. On the two role
 //  domains a handshake with a key of the other role is refused outright, so
 //  a worker key cannot even connect to the client endpoint; the broker still
 //  checks the role of every message (cf_auth_role_of). On any other domain
 //  both roles are admitted and only the per-message check separates them.
-#define CF_AUTH_DOMAIN              "cfutures"
-#define CF_AUTH_DOMAIN_CLIENTS      "cfutures-clients"  //  client keys only
-#define CF_AUTH_DOMAIN_WORKERS      "cfutures-workers"  //  worker keys only
-#define CF_AUTH_HANDSHAKE_IVL_MS    5000        //  close connections that never finish
-#define CF_AUTH_MAX_KEYS            65536       //  keys on both lists together
-#define CF_AUTH_MAX_LIST_BYTES      (4u * 1024 * 1024)  //  a list file
-#define CF_AUTH_LOG_PER_SEC         10          //  denial log lines per second at most
+#define CF_AUTH_DOMAIN           "cfutures"
+#define CF_AUTH_DOMAIN_CLIENTS   "cfutures-clients"    //  client keys only
+#define CF_AUTH_DOMAIN_WORKERS   "cfutures-workers"    //  worker keys only
+#define CF_AUTH_HANDSHAKE_IVL_MS 5000                  //  close connections that never finish
+#define CF_AUTH_MAX_KEYS         65536                 //  keys on both lists together
+#define CF_AUTH_MAX_LIST_BYTES   (4u * 1024 * 1024)    //  a list file
+#define CF_AUTH_LOG_PER_SEC      10                    //  denial log lines per second at most
 
 typedef enum {
-    CF_ROLE_NONE = 0,   //  no authenticated role (plaintext, or an unknown User-Id)
-    CF_ROLE_CLIENT,     //  may submit, cancel, ask for stats
-    CF_ROLE_WORKER      //  may take tasks and return results
+    CF_ROLE_NONE = 0,    //  no authenticated role (plaintext, or an unknown User-Id)
+    CF_ROLE_CLIENT,      //  may submit, cancel, ask for stats
+    CF_ROLE_WORKER       //  may take tasks and return results
 } cf_role_t;
 
 typedef struct cf_auth cf_auth_t;
@@ -143,12 +143,12 @@ const char *cf_auth_role_name(cf_role_t role);
 const char *cf_auth_server_public(cf_auth_t *auth);
 
 typedef struct {
-    uint64_t allowed;       //  handshakes answered 200
-    uint64_t denied;        //  answered 400: unknown key or not CURVE
-    uint64_t malformed;     //  requests that were not ZAP 1.0: answered 500
-    uint64_t client_keys;   //  keys on the lists now
+    uint64_t allowed;        //  handshakes answered 200
+    uint64_t denied;         //  answered 400: unknown key or not CURVE
+    uint64_t malformed;      //  requests that were not ZAP 1.0: answered 500
+    uint64_t client_keys;    //  keys on the lists now
     uint64_t worker_keys;
-    uint64_t reloads;       //  successful cf_auth_reload calls
+    uint64_t reloads;    //  successful cf_auth_reload calls
 } cf_auth_stats_t;
 
 //  A snapshot of counters. Thread-safe.

@@ -44,17 +44,17 @@ typedef struct cf_broker cf_broker_t;
 //  Called for each ROUTER before it binds (CURVE options, ...): is_clients
 //  says which side. It runs on the broker's thread while cf_broker_new
 //  waits. A non-OK return fails cf_broker_new with that code.
-typedef cf_err_t (cf_broker_socket_fn)(void *socket, bool is_clients, void *arg);
+typedef cf_err_t(cf_broker_socket_fn)(void *socket, bool is_clients, void *arg);
 
 typedef struct {
-    const char *client_endpoint;    //  bind; "tcp://127.0.0.1:*" picks a port
-    const char *worker_endpoint;    //  bind
-    void *zmq_context;              //  NULL: the broker makes its own
-    int heartbeat_ivl_ms;           //  0: CF_HEARTBEAT_IVL_MS
-    int heartbeat_liveness;         //  0: CF_HEARTBEAT_LIVENESS
-    size_t max_queued;              //  tasks queued in all; 0: CF_BROKER_MAX_QUEUED
-    size_t max_queued_per_client;   //  0: same as max_queued
-    cf_broker_socket_fn *socket_setup;  //  NULL: none
+    const char *client_endpoint;          //  bind; "tcp://127.0.0.1:*" picks a port
+    const char *worker_endpoint;          //  bind
+    void *zmq_context;                    //  NULL: the broker makes its own
+    int heartbeat_ivl_ms;                 //  0: CF_HEARTBEAT_IVL_MS
+    int heartbeat_liveness;               //  0: CF_HEARTBEAT_LIVENESS
+    size_t max_queued;                    //  tasks queued in all; 0: CF_BROKER_MAX_QUEUED
+    size_t max_queued_per_client;         //  0: same as max_queued
+    cf_broker_socket_fn *socket_setup;    //  NULL: none
     void *socket_setup_arg;
     //  CURVE (cf_auth): every message must come from a connection whose
     //  User-Id role fits the socket (client keys on the client socket,
@@ -93,22 +93,22 @@ const char *cf_broker_worker_endpoint(cf_broker_t *broker);
 cf_err_t cf_broker_worker_lost(cf_broker_t *broker, const void *identity, size_t len);
 
 typedef struct {
-    uint64_t clients, workers;  //  known now
-    uint64_t queued;            //  tasks waiting for a worker now
-    uint64_t running;           //  tasks on workers whose client waits, now
-    uint64_t submitted;         //  tasks accepted into a queue
-    uint64_t completed;         //  results with a value sent on
-    uint64_t failed;            //  errors sent on: the task's, WorkerLost, TimeoutError
-    uint64_t cancelled;         //  queued tasks removed by CANCEL
-    uint64_t retried;           //  requeues that used one of a task's retries
-    uint64_t lost_workers;      //  workers lost (heartbeats, gone, reported)
-    uint64_t busy;              //  tasks refused with BUSY (queue limits)
-    uint64_t malformed;         //  messages refused (bad frames, wrong command)
-    uint64_t dropped;           //  tasks and results discarded with a lost client
-    uint64_t ignored;           //  worker results matching no waiting task
-    uint64_t timed_out;         //  tasks failed with TimeoutError (also in failed)
-    uint64_t deferred;          //  sends refused (peer at HWM or gone) and kept or requeued
-    uint64_t refused;           //  messages from a key of the wrong role (require_roles)
+    uint64_t clients, workers;    //  known now
+    uint64_t queued;              //  tasks waiting for a worker now
+    uint64_t running;             //  tasks on workers whose client waits, now
+    uint64_t submitted;           //  tasks accepted into a queue
+    uint64_t completed;           //  results with a value sent on
+    uint64_t failed;              //  errors sent on: the task's, WorkerLost, TimeoutError
+    uint64_t cancelled;           //  queued tasks removed by CANCEL
+    uint64_t retried;             //  requeues that used one of a task's retries
+    uint64_t lost_workers;        //  workers lost (heartbeats, gone, reported)
+    uint64_t busy;                //  tasks refused with BUSY (queue limits)
+    uint64_t malformed;           //  messages refused (bad frames, wrong command)
+    uint64_t dropped;             //  tasks and results discarded with a lost client
+    uint64_t ignored;             //  worker results matching no waiting task
+    uint64_t timed_out;           //  tasks failed with TimeoutError (also in failed)
+    uint64_t deferred;            //  sends refused (peer at HWM or gone) and kept or requeued
+    uint64_t refused;             //  messages from a key of the wrong role (require_roles)
 } cf_broker_stats_t;
 //  A snapshot of counters. CF_OK, CF_ESHUTDOWN when the actor ended (its
 //  context was terminated), CF_EINVAL from an actor's thread. Thread-safe.

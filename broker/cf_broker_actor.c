@@ -29,10 +29,10 @@
 #define S_LOG "broker"
 
 struct cf_broker {
-    cf_actor_t *actor;          //  owns both sockets and every table
+    cf_actor_t *actor;    //  owns both sockets and every table
     void *ctx;
     bool own_ctx;
-    char client_endpoint[256];  //  written by the actor before it is ready
+    char client_endpoint[256];    //  written by the actor before it is ready
     char worker_endpoint[256];
 };
 
@@ -54,8 +54,8 @@ static void s_handle_pipe(cf_broker_state_t *self, cf_actor_t *actor)
             cf_actor_reply(actor, &msg, &stats, sizeof stats);
         }
         else if (cf_actor_msg_is(msg, "LOST")) {
-            cf_broker_worker_t *worker =
-                (cf_broker_worker_t *)cf_broker_peer_find(self->worker_table, arg, len);
+            cf_broker_worker_t *worker = (cf_broker_worker_t *)cf_broker_peer_find(
+                self->worker_table, arg, len);
             int32_t rc = worker ? CF_OK : CF_ENOTFOUND;
             if (worker)
                 cf_broker_worker_remove(self, worker, "reported gone", true);
@@ -71,7 +71,7 @@ static void s_handle_pipe(cf_broker_state_t *self, cf_actor_t *actor)
             assert(!"unknown verb on the broker pipe");
             cf_log_error(S_LOG, "unknown verb on the broker pipe");
         }
-        cf_actor_reply(actor, &msg, NULL, 0);       //  NULL once answered
+        cf_actor_reply(actor, &msg, NULL, 0);    //  NULL once answered
     }
 }
 
@@ -115,11 +115,11 @@ static void s_loop(cf_broker_state_t *self, cf_actor_t *actor)
     while (!self->terminated) {
         int rc = zmq_poll(items, 3, s_poll_timeout(self));
         if (rc < 0 && errno == EINTR)
-            continue;           //  a signal; revents are stale
+            continue;    //  a signal; revents are stale
         if (rc < 0) {
             if (errno != ETERM)
                 cf_log_error(S_LOG, "poll failed: %s", zmq_strerror(errno));
-            break;              //  context terminated
+            break;    //  context terminated
         }
         if (items[0].revents & ZMQ_POLLIN)
             s_handle_pipe(self, actor);

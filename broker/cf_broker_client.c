@@ -59,8 +59,8 @@ void cf_broker_client_started(cf_broker_state_t *self, cf_broker_client_t *clien
 //  Appends an outbox item for client task id with data_len bytes of data,
 //  which the caller fills in; NULL when out of memory (the result is lost:
 //  counted as dropped, logged).
-static cf_broker_out_t *s_out_add(cf_broker_state_t *self, cf_broker_client_t *client,
-                                  uint64_t id, cf_status_t status, size_t data_len)
+static cf_broker_out_t *s_out_add(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
+                                  cf_status_t status, size_t data_len)
 {
     size_t size = sizeof(cf_broker_out_t) + data_len;
     cf_broker_out_t *out = malloc(size);
@@ -186,8 +186,8 @@ static void s_client_refused(cf_broker_state_t *self, cf_broker_client_t *client
 {
     self->stats.deferred++;
     int64_t now = cf_clock_now_ms();
-    client->retry_delay_ms =
-        client->retry_delay_ms ? client->retry_delay_ms * 2 : CF_BROKER_RETRY_MS;
+    client->retry_delay_ms = client->retry_delay_ms ? client->retry_delay_ms * 2
+                                                    : CF_BROKER_RETRY_MS;
     if (client->retry_delay_ms > CF_BROKER_RETRY_MAX_MS)
         client->retry_delay_ms = CF_BROKER_RETRY_MAX_MS;
     client->retry_at_ms = now + client->retry_delay_ms;
@@ -258,8 +258,9 @@ static cf_err_t s_encode_item(cf_broker_state_t *self, const cf_broker_out_t *ou
         //  mistake; still, the client gets an error in its place rather
         //  than nothing.
         char message[160];
-        snprintf(message, sizeof message, "the result of task %" PRIu64
-                 " could not be forwarded: %s", out->id, cf_strerror(rc));
+        snprintf(message, sizeof message,
+                 "the result of task %" PRIu64 " could not be forwarded: %s", out->id,
+                 cf_strerror(rc));
         if (cf_broker_log_task(self))
             cf_log_error(S_LOG, "%s", message);
         rc = cf_proto_enc_result_error(self->enc, out->id, "ProtocolError", message, "", "", 0);
@@ -271,8 +272,7 @@ static cf_err_t s_encode_item(cf_broker_state_t *self, const cf_broker_out_t *ou
 //  the size limits allow, one while the client is unreachable (a probe
 //  whether it reads again). *count gets how many. CF_OK or CF_ENOMEM (the
 //  body is dropped).
-static cf_err_t s_encode_results(cf_broker_state_t *self, cf_broker_client_t *client,
-                                 size_t *count)
+static cf_err_t s_encode_results(cf_broker_state_t *self, cf_broker_client_t *client, size_t *count)
 {
     cf_proto_enc_begin(self->enc, CF_MSG_RESULT);
     size_t n = 0, body = 0;
@@ -283,7 +283,7 @@ static cf_err_t s_encode_results(cf_broker_state_t *self, cf_broker_client_t *cl
             break;
         cf_err_t rc = s_encode_item(self, out, item, n);
         if (rc == CF_ETOOBIG)
-            break;              //  send what fits
+            break;    //  send what fits
         if (rc != CF_OK) {
             cf_proto_enc_begin(self->enc, CF_MSG_RESULT);
             return rc;
@@ -335,7 +335,7 @@ static bool s_flush_results(cf_broker_state_t *self, cf_broker_client_t *client)
 static bool s_client_flush(cf_broker_state_t *self, cf_broker_client_t *client)
 {
     if (client->started_count && !client->out_head && client->started_due_ms > cf_clock_now_ms())
-        return false;           //  not due: wait for a RESULT to go with
+        return false;    //  not due: wait for a RESULT to go with
     if (!s_flush_started(self, client) || !s_flush_results(self, client))
         return false;
     s_client_reached(client);
@@ -363,8 +363,8 @@ void cf_broker_client_flush_all(cf_broker_state_t *self)
 static cf_broker_client_t *s_client_new(cf_broker_state_t *self, const void *id, size_t len,
                                         int64_t now)
 {
-    cf_broker_client_t *client =
-        (cf_broker_client_t *)cf_broker_peer_new(self, false, sizeof *client, id, len, now);
+    cf_broker_client_t *client = (cf_broker_client_t *)cf_broker_peer_new(
+        self, false, sizeof *client, id, len, now);
     if (!client)
         return NULL;
     cf_queue_init(&client->queue);
@@ -462,7 +462,7 @@ static void s_client_cancel(cf_broker_state_t *self, cf_broker_client_t *client,
     for (size_t i = 0; i < msg->count; i++) {
         cf_broker_task_t *task = cf_idmap_get(client->tasks, msg->ids[i]);
         if (!task)
-            continue;           //  done already, or never ours: nothing to say
+            continue;    //  done already, or never ours: nothing to say
         if (task->state == CF_BROKER_QUEUED) {
             cf_queue_rr_remove(&self->rr, &client->queue, &task->node);
             s_result_status(self, client, task->client_task_id, CF_STATUS_CANCELLED);
@@ -508,8 +508,8 @@ void cf_broker_client_on_message(cf_broker_state_t *self, const void *id, size_t
                                  cf_proto_msg_t *msg)
 {
     int64_t now = cf_clock_now_ms();
-    cf_broker_client_t *client =
-        (cf_broker_client_t *)cf_broker_peer_seen(self->client_table, id, len, now);
+    cf_broker_client_t *client = (cf_broker_client_t *)cf_broker_peer_seen(self->client_table, id,
+                                                                           len, now);
     switch (msg->type) {
     case CF_MSG_SUBMIT:
         if (!client) {

@@ -53,32 +53,32 @@
 
 //  Messages read from one socket in one turn before the loop looks at the
 //  other socket and the timers.
-#define CF_BROKER_READ_BUDGET   256
+#define CF_BROKER_READ_BUDGET       256
 //  How soon a refused send (peer at its high-water mark) is tried again;
 //  for a client the wait doubles with each refusal up to the maximum, and
 //  while refused only one item is offered at a time, so a client that does
 //  not read costs a small probe now and then, not a re-encoded 64 MiB batch
 //  every few milliseconds.
-#define CF_BROKER_RETRY_MS      10
-#define CF_BROKER_RETRY_MAX_MS  320
+#define CF_BROKER_RETRY_MS          10
+#define CF_BROKER_RETRY_MAX_MS      320
 //  An unasked STARTED (a task handed to a worker) waits up to this long for
 //  the task's RESULT, or any RESULT for its client, to go out with it: a
 //  message of its own would cost the client a wake-up per task, which on a
 //  one-at-a-time round trip was a fifth of the time (docs/benchmarks.md). A
 //  task running longer still shows as running within about this long; a
 //  STARTED that answers a CANCEL or a resubmission goes out at once.
-#define CF_BROKER_STARTED_DELAY_MS CF_BROKER_RETRY_MS
+#define CF_BROKER_STARTED_DELAY_MS  CF_BROKER_RETRY_MS
 //  Bodies are cut well below CF_PROTO_MAX_FRAME so the receiver never
 //  refuses a batch we built.
-#define CF_BROKER_MAX_BODY      (CF_PROTO_MAX_FRAME - 64u * 1024)
+#define CF_BROKER_MAX_BODY          (CF_PROTO_MAX_FRAME - 64u * 1024)
 //  Per-item encoding overhead allowance when deciding where to cut.
-#define CF_BROKER_ITEM_OVERHEAD 64
+#define CF_BROKER_ITEM_OVERHEAD     64
 //  An outbox larger than this means the client does not read: it is lost.
-#define CF_BROKER_MAX_OUTBOX    (256u * 1024 * 1024)
+#define CF_BROKER_MAX_OUTBOX        (256u * 1024 * 1024)
 //  A worker cannot announce more slots than this (bounds planning loops).
-#define CF_BROKER_MAX_CREDIT    (1u << 20)
+#define CF_BROKER_MAX_CREDIT        (1u << 20)
 //  Routing ids longer than ZeroMQ's 255 bytes do not exist.
-#define CF_BROKER_MAX_IDENTITY  255
+#define CF_BROKER_MAX_IDENTITY      255
 //  Lines a peer can cause once per message, logged a second at most: debug
 //  lines about peer events (cf_broker_log_event), warnings about tasks
 //  (cf_broker_log_task).
@@ -86,16 +86,16 @@
 #define CF_BROKER_TASK_LOG_PER_SEC  10
 //  Linger on close: long enough for DISCONNECT to leave, short enough that a
 //  stuck peer never holds shutdown.
-#define CF_BROKER_LINGER_MS     200
+#define CF_BROKER_LINGER_MS         200
 
 typedef struct cf_broker_client cf_broker_client_t;
 typedef struct cf_broker_worker cf_broker_worker_t;
 
 typedef enum {
-    CF_BROKER_QUEUED,           //  in its client's queue
-    CF_BROKER_RUNNING,          //  on a worker, its client waits
-    CF_BROKER_EXPIRED,          //  on a worker, already failed with TimeoutError
-    CF_BROKER_ORPHANED          //  on a worker, its client is gone
+    CF_BROKER_QUEUED,     //  in its client's queue
+    CF_BROKER_RUNNING,    //  on a worker, its client waits
+    CF_BROKER_EXPIRED,    //  on a worker, already failed with TimeoutError
+    CF_BROKER_ORPHANED    //  on a worker, its client is gone
 } cf_broker_task_state_t;
 
 //  One task: 88 bytes on LP64 (measured), with the function name and args
@@ -103,22 +103,22 @@ typedef enum {
 //  to 3/4 load, about 60 bytes together) and malloc's own 8 to 16: about
 //  165 bytes of bookkeeping per task beyond its payload.
 typedef struct {
-    cf_queue_node_t node;       //  in client->queue or worker->running
-    cf_broker_client_t *client; //  who waits; NULL once expired or orphaned
-    cf_broker_worker_t *worker; //  where it runs; NULL while queued
-    uint64_t id;                //  the broker's id (toward workers)
-    uint64_t client_task_id;    //  the client's id (toward the client)
-    int64_t deadline_ms;        //  when a running task times out
-    uint32_t heap_index;        //  in the timeout heap, or CF_BROKER_NOT_IN_HEAP
-    uint32_t timeout_ms;        //  run time limit, 0: none
-    int32_t retries;            //  retries allowed after a lost worker (<0: none)
+    cf_queue_node_t node;          //  in client->queue or worker->running
+    cf_broker_client_t *client;    //  who waits; NULL once expired or orphaned
+    cf_broker_worker_t *worker;    //  where it runs; NULL while queued
+    uint64_t id;                   //  the broker's id (toward workers)
+    uint64_t client_task_id;       //  the client's id (toward the client)
+    int64_t deadline_ms;           //  when a running task times out
+    uint32_t heap_index;           //  in the timeout heap, or CF_BROKER_NOT_IN_HEAP
+    uint32_t timeout_ms;           //  run time limit, 0: none
+    int32_t retries;               //  retries allowed after a lost worker (<0: none)
     uint32_t retries_used;
-    uint32_t flags;             //  CF_TASK_*
+    uint32_t flags;    //  CF_TASK_*
     uint32_t args_len;
     uint32_t results_before;    //  its worker's results count when it was sent
     uint16_t function_len;
-    uint8_t state;              //  cf_broker_task_state_t
-    uint8_t data[];             //  function name, NUL, args
+    uint8_t state;     //  cf_broker_task_state_t
+    uint8_t data[];    //  function name, NUL, args
 } cf_broker_task_t;
 
 _Static_assert(sizeof(cf_broker_task_t) <= 96, "keep per-task bookkeeping small");
@@ -128,55 +128,55 @@ _Static_assert(sizeof(cf_broker_task_t) <= 96, "keep per-task bookkeeping small"
 //  What clients and workers have in common: a routing id, a table slot,
 //  liveness.
 typedef struct cf_broker_peer {
-    struct cf_broker_peer *hash_next;   //  peers whose identity hashes alike
-    uint64_t hash;              //  of the identity
-    int64_t last_seen_ms;       //  last message from it
-    cf_queue_node_t all_node;   //  in self->clients or self->workers
+    struct cf_broker_peer *hash_next;    //  peers whose identity hashes alike
+    uint64_t hash;                       //  of the identity
+    int64_t last_seen_ms;                //  last message from it
+    cf_queue_node_t all_node;            //  in self->clients or self->workers
     size_t id_len;
     uint8_t id[CF_BROKER_MAX_IDENTITY];
-    char label[24];             //  identity as shown in logs
-    uint64_t auth_generation;   //  allow-lists its key was last found on; 0: not checked
+    char label[24];              //  identity as shown in logs
+    uint64_t auth_generation;    //  allow-lists its key was last found on; 0: not checked
 } cf_broker_peer_t;
 
 //  A RESULT item waiting to be sent to its client.
 typedef struct cf_broker_out {
     struct cf_broker_out *next;
-    uint64_t id;                //  the client's task id
-    uint32_t value_len;         //  OK: value bytes in data
-    int32_t pid;                //  ERROR
-    uint8_t status;             //  cf_status_t
-    uint8_t data[];             //  OK: value; ERROR: type\0message\0function\0host\0
+    uint64_t id;           //  the client's task id
+    uint32_t value_len;    //  OK: value bytes in data
+    int32_t pid;           //  ERROR
+    uint8_t status;        //  cf_status_t
+    uint8_t data[];        //  OK: value; ERROR: type\0message\0function\0host\0
 } cf_broker_out_t;
 
 struct cf_broker_client {
-    cf_broker_peer_t peer;      //  first: a client is a peer
-    cf_queue_t queue;           //  waiting tasks, FIFO; served by self->rr
-    cf_idmap_t *tasks;          //  client task id -> task (queued or on a worker)
-    size_t running;             //  of its tasks on workers
-    uint64_t *started;          //  STARTED ids not sent yet
+    cf_broker_peer_t peer;    //  first: a client is a peer
+    cf_queue_t queue;         //  waiting tasks, FIFO; served by self->rr
+    cf_idmap_t *tasks;        //  client task id -> task (queued or on a worker)
+    size_t running;           //  of its tasks on workers
+    uint64_t *started;        //  STARTED ids not sent yet
     size_t started_count, started_cap;
-    int64_t started_due_ms;     //  STARTED go out by then, or with a RESULT
-    cf_broker_out_t *out_head, *out_tail;   //  RESULT items not sent yet
+    int64_t started_due_ms;                  //  STARTED go out by then, or with a RESULT
+    cf_broker_out_t *out_head, *out_tail;    //  RESULT items not sent yet
     size_t out_count;
-    size_t out_bytes;           //  memory held by started + out items
-    cf_queue_node_t flush_node; //  in self->flush while anything is unsent
-    int64_t unreachable_since_ms;   //  first refused send not followed by a good one; 0: none
-    int64_t retry_at_ms;        //  no flush before this after a refusal
-    int retry_delay_ms;         //  the current wait between refused flushes
+    size_t out_bytes;                //  memory held by started + out items
+    cf_queue_node_t flush_node;      //  in self->flush while anything is unsent
+    int64_t unreachable_since_ms;    //  first refused send not followed by a good one; 0: none
+    int64_t retry_at_ms;             //  no flush before this after a refusal
+    int retry_delay_ms;              //  the current wait between refused flushes
 };
 
 struct cf_broker_worker {
-    cf_broker_peer_t peer;      //  first: a worker is a peer
-    cf_queue_t running;         //  tasks sent to it, in dispatch order
-    uint32_t credit;            //  tasks it can take now
-    uint32_t plan;              //  tasks planned for it in this dispatch
+    cf_broker_peer_t peer;    //  first: a worker is a peer
+    cf_queue_t running;       //  tasks sent to it, in dispatch order
+    uint32_t credit;          //  tasks it can take now
+    uint32_t plan;            //  tasks planned for it in this dispatch
     //  Tasks it runs at once (its READY credit plus what it held then);
     //  credit beyond this is prefetch, filled only after every worker's
     //  idle threads (see cf_broker_worker_dispatch).
     uint32_t threads;
-    uint32_t results;           //  results received (wraps; compared for equality)
-    cf_queue_node_t avail_node; //  in self->available while credit > 0 and not blocked
-    int64_t blocked_until_ms;   //  a TASK was refused at HWM: wait till then; 0: not blocked
+    uint32_t results;              //  results received (wraps; compared for equality)
+    cf_queue_node_t avail_node;    //  in self->available while credit > 0 and not blocked
+    int64_t blocked_until_ms;      //  a TASK was refused at HWM: wait till then; 0: not blocked
     int32_t pid;
     char host[64];
 };
@@ -191,15 +191,15 @@ typedef struct cf_broker_state {
     int liveness;
     size_t max_queued;
     size_t max_queued_per_client;
-    bool require_roles;         //  CURVE: check each message's User-Id role
-    cf_auth_t *auth;            //  CURVE: the allow-lists, for revoked keys; borrowed
-    cf_log_limit_t refused_log; //  audit lines of refused messages, per second
-    cf_log_limit_t event_log;   //  debug lines a peer can cause per message
-    cf_log_limit_t task_log;    //  warnings about tasks that cannot go on
-    uint64_t boot;              //  random, nonzero: tells peers this run from another
-    uint64_t next_task_id;      //  starts at random: a restarted broker never
-                                //  matches a result meant for its predecessor
-    cf_idmap_t *client_table;   //  identity hash -> first cf_broker_peer_t of the chain
+    bool require_roles;            //  CURVE: check each message's User-Id role
+    cf_auth_t *auth;               //  CURVE: the allow-lists, for revoked keys; borrowed
+    cf_log_limit_t refused_log;    //  audit lines of refused messages, per second
+    cf_log_limit_t event_log;      //  debug lines a peer can cause per message
+    cf_log_limit_t task_log;       //  warnings about tasks that cannot go on
+    uint64_t boot;                 //  random, nonzero: tells peers this run from another
+    uint64_t next_task_id;         //  starts at random: a restarted broker never
+                                   //  matches a result meant for its predecessor
+    cf_idmap_t *client_table;      //  identity hash -> first cf_broker_peer_t of the chain
     cf_idmap_t *worker_table;
     cf_queue_t clients;         //  all clients (all_node)
     cf_queue_t workers;         //  all workers (all_node)
@@ -209,12 +209,12 @@ typedef struct cf_broker_state {
     cf_idmap_t *tasks;          //  broker id -> task, queued or on a worker
     cf_broker_task_t **heap;    //  running tasks with a timeout, by deadline
     size_t heap_size, heap_cap;
-    size_t running;             //  tasks on workers whose client waits
+    size_t running;    //  tasks on workers whose client waits
     size_t blocked_workers;
     int64_t next_heartbeat_ms;
     bool terminated;
     cf_broker_stats_t stats;
-    char client_endpoint[256];  //  bound, a "*" port resolved
+    char client_endpoint[256];    //  bound, a "*" port resolved
     char worker_endpoint[256];
 } cf_broker_state_t;
 
@@ -241,7 +241,7 @@ static inline const char *cf_broker_command_name(cf_msg_type_t type)
 static inline bool cf_broker_log_event(cf_broker_state_t *self)
 {
     return cf_log_enabled(CF_LOG_DEBUG)
-        && cf_log_limit_allow(&self->event_log, "broker", "peer events");
+           && cf_log_limit_allow(&self->event_log, "broker", "peer events");
 }
 
 //  True when one more warning about a task that cannot go on (a peer sent
@@ -249,7 +249,7 @@ static inline bool cf_broker_log_event(cf_broker_state_t *self)
 static inline bool cf_broker_log_task(cf_broker_state_t *self)
 {
     return cf_log_enabled(CF_LOG_WARN)
-        && cf_log_limit_allow(&self->task_log, "broker", "task warnings");
+           && cf_log_limit_allow(&self->task_log, "broker", "task warnings");
 }
 
 // ---------------------------------------------------------------------------
@@ -294,8 +294,7 @@ void cf_broker_peer_label(const uint8_t *id, size_t len, char *label, size_t siz
 cf_broker_peer_t *cf_broker_peer_find(cf_idmap_t *table, const void *id, size_t len);
 //  The peer with that identity, marked as seen at now (any message is a
 //  sign of life); NULL when not known.
-cf_broker_peer_t *cf_broker_peer_seen(cf_idmap_t *table, const void *id, size_t len,
-                                      int64_t now);
+cf_broker_peer_t *cf_broker_peer_seen(cf_idmap_t *table, const void *id, size_t len, int64_t now);
 //  A new client or worker (worker says which) of size bytes, the peer
 //  first, zeroed but for its identity and seen at now; in its table and
 //  its list. NULL when out of memory.
@@ -341,8 +340,8 @@ void cf_broker_client_started(cf_broker_state_t *self, cf_broker_client_t *clien
 //  are empty).
 void cf_broker_client_result_ok(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
                                 const void *value, size_t value_len);
-void cf_broker_client_result_error(cf_broker_state_t *self, cf_broker_client_t *client,
-                                   uint64_t id, cf_proto_str_t type, cf_proto_str_t message,
+void cf_broker_client_result_error(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
+                                   cf_proto_str_t type, cf_proto_str_t message,
                                    cf_proto_str_t function, cf_proto_str_t host, int32_t pid);
 //  Queues a runtime error made by the broker (WorkerLost, TimeoutError) for
 //  a task whose client waits, naming its worker when it has one.
@@ -353,8 +352,7 @@ void cf_broker_client_runtime_error(cf_broker_state_t *self, cf_broker_task_t *t
 void cf_broker_client_flush_all(cf_broker_state_t *self);
 //  Drops the client: its queued tasks and unsent results go, its running
 //  tasks are orphaned (their results will be dropped).
-void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client,
-                           const char *reason);
+void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client, const char *reason);
 
 // ---------------------------------------------------------------------------
 //  cf_broker_worker.c

@@ -54,8 +54,7 @@ cf_broker_peer_t *cf_broker_peer_find(cf_idmap_t *table, const void *id, size_t 
     return NULL;
 }
 
-cf_broker_peer_t *cf_broker_peer_seen(cf_idmap_t *table, const void *id, size_t len,
-                                      int64_t now)
+cf_broker_peer_t *cf_broker_peer_seen(cf_idmap_t *table, const void *id, size_t len, int64_t now)
 {
     cf_broker_peer_t *peer = cf_broker_peer_find(table, id, len);
     if (peer)
@@ -175,7 +174,7 @@ void cf_broker_peer_unknown(cf_broker_state_t *self, void *sock, const void *id,
         cf_broker_peer_label(id, len, label, sizeof label);
         cf_log_debug(S_LOG, "unknown %s %s: told the boot id%s",
                      sock == self->clients_sock ? "client" : "worker", label,
-                     !text                                      ? ""
+                     !text                        ? ""
                      : sock == self->clients_sock ? ", to resubmit"
                                                   : ", to announce itself");
     }
@@ -220,8 +219,8 @@ static bool s_key_current(cf_broker_state_t *self, const void *id, size_t len, c
     uint64_t generation = cf_auth_generation(self->auth);
     if (generation == 0)
         return true;
-    cf_broker_peer_t *peer =
-        cf_broker_peer_find(clients ? self->client_table : self->worker_table, id, len);
+    cf_broker_peer_t *peer = cf_broker_peer_find(clients ? self->client_table : self->worker_table,
+                                                 id, len);
     if (peer && peer->auth_generation == generation)
         return true;
     if (cf_auth_user_allowed(self->auth, user)) {
@@ -247,8 +246,10 @@ static bool s_role_allowed(cf_broker_state_t *self, void *sock, const void *id, 
     cf_broker_peer_label(id, len, label, sizeof label);
     if (role == want) {
         if (s_may_log_refusal(self))
-            cf_log_warn(S_LOG, "refused %s from %s (routing id %s): its key was removed from the "
-                        "allow-list", cf_broker_command_name(msg->type), user, label);
+            cf_log_warn(S_LOG,
+                        "refused %s from %s (routing id %s): its key was removed from the "
+                        "allow-list",
+                        cf_broker_command_name(msg->type), user, label);
         cf_broker_peer_send_error(self, sock, id, len, 0, CF_PROTO_KEY_REVOKED);
         return false;
     }
@@ -274,12 +275,12 @@ void cf_broker_peer_read(cf_broker_state_t *self, void *sock)
         const void *id = zmq_msg_data(&rid);
         size_t len = zmq_msg_size(&rid);
         if (len > CF_BROKER_MAX_IDENTITY)
-            len = 0;            //  cannot happen with ZeroMQ; never trust it
+            len = 0;    //  cannot happen with ZeroMQ; never trust it
         if (rc == CF_OK) {
             if (len == 0)
                 cf_broker_peer_malformed(self, sock, NULL, 0, "message without a routing id");
             else if (self->require_roles && !s_role_allowed(self, sock, id, len, msg, clients))
-                ;               //  refused, answered and logged
+                ;    //  refused, answered and logged
             else if (clients)
                 cf_broker_client_on_message(self, id, len, msg);
             else
@@ -301,7 +302,7 @@ void cf_broker_peer_read(cf_broker_state_t *self, void *sock)
         zmq_msg_close(&rid);
         if (rc != CF_ETIMEDOUT)
             cf_log_debug(S_LOG, "receive failed: %s (%s)", cf_strerror(rc), zmq_strerror(errno));
-        break;                  //  nothing more to read now (or an error: poll again)
+        break;    //  nothing more to read now (or an error: poll again)
     }
 }
 

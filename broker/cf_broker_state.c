@@ -78,11 +78,11 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
     cf_queue_init(&self->available);
     cf_queue_init(&self->flush);
     self->ivl_ms = config->heartbeat_ivl_ms ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
-    self->liveness =
-        config->heartbeat_liveness ? config->heartbeat_liveness : CF_HEARTBEAT_LIVENESS;
+    self->liveness = config->heartbeat_liveness ? config->heartbeat_liveness
+                                                : CF_HEARTBEAT_LIVENESS;
     self->max_queued = config->max_queued ? config->max_queued : CF_BROKER_MAX_QUEUED;
-    self->max_queued_per_client =
-        config->max_queued_per_client ? config->max_queued_per_client : self->max_queued;
+    self->max_queued_per_client = config->max_queued_per_client ? config->max_queued_per_client
+                                                                : self->max_queued;
     self->require_roles = config->require_roles;
     self->auth = config->require_roles ? config->auth : NULL;
     self->refused_log.per_sec = CF_AUTH_LOG_PER_SEC;
@@ -105,9 +105,11 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
     if (!self->workers_sock)
         goto failed;
     if (s_bind(self->clients_sock, config->client_endpoint, self->client_endpoint,
-               sizeof self->client_endpoint) != CF_OK
+               sizeof self->client_endpoint)
+            != CF_OK
         || s_bind(self->workers_sock, config->worker_endpoint, self->worker_endpoint,
-                  sizeof self->worker_endpoint) != CF_OK)
+                  sizeof self->worker_endpoint)
+               != CF_OK)
         goto failed;
     return self;
 failed:

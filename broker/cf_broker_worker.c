@@ -97,8 +97,10 @@ static void s_result_error(cf_broker_state_t *self, cf_broker_task_t *task,
         self->stats.retried++;
         cf_broker_task_requeue(self, task);
         if (cf_broker_log_event(self))
-            cf_log_debug(S_LOG, "task %" PRIu64 " (%s) of client %s failed, retried (%" PRIu32
-                         " of %" PRId32 ")", task->client_task_id, cf_broker_task_function(task),
+            cf_log_debug(S_LOG,
+                         "task %" PRIu64 " (%s) of client %s failed, retried (%" PRIu32
+                         " of %" PRId32 ")",
+                         task->client_task_id, cf_broker_task_function(task),
                          task->client->peer.label, task->retries_used, task->retries);
         return;
     }
@@ -236,11 +238,11 @@ static cf_err_t s_batch_add(cf_broker_state_t *self, cf_broker_worker_t *worker,
     assert(node == &task->node);
     (void)node;
     cf_err_t rc = item > CF_BROKER_MAX_BODY
-                    ? CF_ETOOBIG
-                    : cf_proto_enc_task(self->enc, task->id, cf_broker_task_function(task),
-                                        task->function_len, cf_broker_task_args(task),
-                                        task->args_len, task->retries, task->timeout_ms,
-                                        task->flags);
+                      ? CF_ETOOBIG
+                      : cf_proto_enc_task(self->enc, task->id, cf_broker_task_function(task),
+                                          task->function_len, cf_broker_task_args(task),
+                                          task->args_len, task->retries, task->timeout_ms,
+                                          task->flags);
     if (rc == CF_ENOMEM) {
         //  What is encoded so far is discarded with the batch.
         cf_queue_rr_push_front(&self->rr, &task->client->queue, &task->node);
@@ -396,8 +398,7 @@ void cf_broker_worker_dispatch(cf_broker_state_t *self)
 
 //  A running task of a lost worker with no retry left fails with
 //  WorkerLost (while task->worker still names the worker for the error).
-static void s_task_lost(cf_broker_state_t *self, cf_broker_worker_t *worker,
-                        cf_broker_task_t *task)
+static void s_task_lost(cf_broker_state_t *self, cf_broker_worker_t *worker, cf_broker_task_t *task)
 {
     char message[512];
     snprintf(message, sizeof message,
@@ -474,8 +475,8 @@ void cf_broker_worker_remove(cf_broker_state_t *self, cf_broker_worker_t *worker
 static cf_broker_worker_t *s_worker_new(cf_broker_state_t *self, const void *id, size_t len,
                                         int64_t now)
 {
-    cf_broker_worker_t *worker =
-        (cf_broker_worker_t *)cf_broker_peer_new(self, true, sizeof *worker, id, len, now);
+    cf_broker_worker_t *worker = (cf_broker_worker_t *)cf_broker_peer_new(
+        self, true, sizeof *worker, id, len, now);
     if (!worker)
         return NULL;
     cf_queue_init(&worker->running);
@@ -521,14 +522,15 @@ static void s_worker_ready(cf_broker_state_t *self, cf_broker_worker_t *worker,
 //  (another pid or host) replaces its predecessor, whose tasks are lost;
 //  the same process announcing again (it thought we were gone) keeps its
 //  tasks.
-static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worker,
-                              const void *id, size_t len, const cf_proto_msg_t *msg, int64_t now)
+static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worker, const void *id,
+                              size_t len, const cf_proto_msg_t *msg, int64_t now)
 {
     if (worker && msg->pid == worker->pid && s_same_host(worker, msg->host)) {
         s_worker_ready(self, worker, msg);
         if (cf_broker_log_event(self))
-            cf_log_debug(S_LOG, "worker %s announced again (%" PRIu32 " threads, %" PRIu32
-                         " slots free)", worker->peer.label, worker->threads, worker->credit);
+            cf_log_debug(S_LOG,
+                         "worker %s announced again (%" PRIu32 " threads, %" PRIu32 " slots free)",
+                         worker->peer.label, worker->threads, worker->credit);
         return;
     }
     bool again = worker != NULL;
@@ -540,18 +542,18 @@ static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worke
         return;
     }
     s_worker_ready(self, worker, msg);
-    cf_log_info(S_LOG, "worker %s joined%s (host %s, pid %d, %" PRIu32 " threads, %" PRIu32
-                " slots)", worker->peer.label, again ? " again" : "",
-                worker->host[0] ? worker->host : "?", (int)worker->pid, worker->threads,
-                worker->credit);
+    cf_log_info(S_LOG,
+                "worker %s joined%s (host %s, pid %d, %" PRIu32 " threads, %" PRIu32 " slots)",
+                worker->peer.label, again ? " again" : "", worker->host[0] ? worker->host : "?",
+                (int)worker->pid, worker->threads, worker->credit);
 }
 
 void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t len,
                                  cf_proto_msg_t *msg)
 {
     int64_t now = cf_clock_now_ms();
-    cf_broker_worker_t *worker =
-        (cf_broker_worker_t *)cf_broker_peer_seen(self->worker_table, id, len, now);
+    cf_broker_worker_t *worker = (cf_broker_worker_t *)cf_broker_peer_seen(self->worker_table, id,
+                                                                           len, now);
     switch (msg->type) {
     case CF_MSG_READY:
         s_worker_on_ready(self, worker, id, len, msg, now);

@@ -40,23 +40,23 @@
 
 #define S_LOG "broker"
 
-#define S_DEFAULT_CLIENTS "tcp://127.0.0.1:5555"
-#define S_DEFAULT_WORKERS "tcp://127.0.0.1:5556"
+#define S_DEFAULT_CLIENTS      "tcp://127.0.0.1:5555"
+#define S_DEFAULT_WORKERS      "tcp://127.0.0.1:5556"
 //  Exit statuses (the man page lists them).
-#define S_EXIT_FAILURE 1
-#define S_EXIT_USAGE 2
+#define S_EXIT_FAILURE         1
+#define S_EXIT_USAGE           2
 //  Keep going: what s_parse returns when the broker should run.
-#define S_RUN -1
+#define S_RUN                  -1
 //  --stats-interval at most a day.
 #define S_MAX_STATS_INTERVAL_S 86400
 
 typedef struct {
     cf_broker_config_t broker;
-    const char *curve_secret;   //  NULL: plaintext
+    const char *curve_secret;    //  NULL: plaintext
     const char *client_keys;
     const char *worker_keys;
     bool verbose;
-    int stats_interval_s;       //  0: no periodic stats line
+    int stats_interval_s;    //  0: no periodic stats line
 } s_options_t;
 
 static void s_usage(FILE *out)
@@ -122,8 +122,8 @@ static int s_usage_error(const char *fmt, ...)
 //  of its endpoint, so a key of the other role cannot even connect.
 static cf_err_t s_curve_setup(void *socket, bool is_clients, void *arg)
 {
-    return cf_auth_apply_server(socket, arg, is_clients ? CF_AUTH_DOMAIN_CLIENTS
-                                                        : CF_AUTH_DOMAIN_WORKERS);
+    return cf_auth_apply_server(socket, arg,
+                                is_clients ? CF_AUTH_DOMAIN_CLIENTS : CF_AUTH_DOMAIN_WORKERS);
 }
 
 //  A positive number that fits max, or false.
@@ -178,9 +178,19 @@ static bool s_exposed(const char *endpoint)
     return !(len >= 4 && strncmp(host, "127.", 4) == 0);
 }
 
-enum { OPT_CLIENTS = 256, OPT_WORKERS, OPT_HEARTBEAT, OPT_LIVENESS, OPT_MAX_QUEUED,
-       OPT_MAX_PER_CLIENT, OPT_VERSION, OPT_CURVE_SECRET, OPT_CLIENT_KEYS, OPT_WORKER_KEYS,
-       OPT_STATS_INTERVAL };
+enum {
+    OPT_CLIENTS = 256,
+    OPT_WORKERS,
+    OPT_HEARTBEAT,
+    OPT_LIVENESS,
+    OPT_MAX_QUEUED,
+    OPT_MAX_PER_CLIENT,
+    OPT_VERSION,
+    OPT_CURVE_SECRET,
+    OPT_CLIENT_KEYS,
+    OPT_WORKER_KEYS,
+    OPT_STATS_INTERVAL
+};
 
 //  One option with its value: S_RUN when taken, or an exit status.
 static int s_option(int opt, const char *name, const char *value, s_options_t *options)
@@ -191,7 +201,8 @@ static int s_option(int opt, const char *name, const char *value, s_options_t *o
     case OPT_WORKERS:
         if (!s_endpoint_valid(value))
             return s_usage_error("%s: not an endpoint: '%s' (tcp://HOST:PORT, ipc://PATH or "
-                                 "inproc://NAME)", name, value);
+                                 "inproc://NAME)",
+                                 name, value);
         *(opt == OPT_CLIENTS ? &options->broker.client_endpoint
                              : &options->broker.worker_endpoint) = value;
         return S_RUN;
@@ -218,11 +229,12 @@ static int s_option(int opt, const char *name, const char *value, s_options_t *o
                                  S_MAX_STATS_INTERVAL_S, value);
         options->stats_interval_s = (int)number;
         return S_RUN;
-    default:        //  the key paths
+    default:    //  the key paths
         if (!*value)
             return s_usage_error("%s needs a path", name);
-        *(opt == OPT_CURVE_SECRET ? &options->curve_secret
-          : opt == OPT_CLIENT_KEYS ? &options->client_keys : &options->worker_keys) = value;
+        *(opt == OPT_CURVE_SECRET  ? &options->curve_secret
+          : opt == OPT_CLIENT_KEYS ? &options->client_keys
+                                   : &options->worker_keys) = value;
         return S_RUN;
     }
 }
@@ -265,7 +277,7 @@ static int s_parse(int argc, char **argv, s_options_t *options)
         .broker = { .client_endpoint = S_DEFAULT_CLIENTS, .worker_endpoint = S_DEFAULT_WORKERS },
     };
     int opt, index = -1;
-    opterr = 0;             //  our own messages, one line each
+    opterr = 0;    //  our own messages, one line each
     //  The leading ':' makes a missing value ':' and an unknown flag '?'.
     while ((opt = getopt_long(argc, argv, ":hv", table, &index)) != -1) {
         //  The flag as typed for errors of getopt's own; "--NAME" for ours
@@ -288,8 +300,8 @@ static int s_parse(int argc, char **argv, s_options_t *options)
         if (opt == ':')
             return s_usage_error("%s needs a value", name);
         if (opt == '?')
-            return s_usage_error("unknown option %s", optopt ? (char[]){'-', (char)optopt, 0}
-                                                              : name);
+            return s_usage_error("unknown option %s",
+                                 optopt ? (char[]){ '-', (char)optopt, 0 } : name);
         if (opt == 'v')
             options->verbose = true;
         else
@@ -340,20 +352,20 @@ static void s_log_stats(cf_broker_t *broker, int64_t started_ms)
         cf_log_error(S_LOG, "stats unavailable: %s", cf_last_error());
         return;
     }
-    cf_log_info(S_LOG, "stats uptime_s=%lld clients=%llu workers=%llu queued=%llu "
+    cf_log_info(S_LOG,
+                "stats uptime_s=%lld clients=%llu workers=%llu queued=%llu "
                 "running=%llu submitted=%llu completed=%llu failed=%llu cancelled=%llu "
                 "retried=%llu lost_workers=%llu busy=%llu malformed=%llu dropped=%llu "
                 "ignored=%llu timed_out=%llu deferred=%llu refused=%llu",
-                (long long)((cf_clock_now_ms() - started_ms) / 1000),
-                (unsigned long long)s.clients, (unsigned long long)s.workers,
-                (unsigned long long)s.queued, (unsigned long long)s.running,
-                (unsigned long long)s.submitted, (unsigned long long)s.completed,
-                (unsigned long long)s.failed, (unsigned long long)s.cancelled,
-                (unsigned long long)s.retried, (unsigned long long)s.lost_workers,
-                (unsigned long long)s.busy, (unsigned long long)s.malformed,
-                (unsigned long long)s.dropped, (unsigned long long)s.ignored,
-                (unsigned long long)s.timed_out, (unsigned long long)s.deferred,
-                (unsigned long long)s.refused);
+                (long long)((cf_clock_now_ms() - started_ms) / 1000), (unsigned long long)s.clients,
+                (unsigned long long)s.workers, (unsigned long long)s.queued,
+                (unsigned long long)s.running, (unsigned long long)s.submitted,
+                (unsigned long long)s.completed, (unsigned long long)s.failed,
+                (unsigned long long)s.cancelled, (unsigned long long)s.retried,
+                (unsigned long long)s.lost_workers, (unsigned long long)s.busy,
+                (unsigned long long)s.malformed, (unsigned long long)s.dropped,
+                (unsigned long long)s.ignored, (unsigned long long)s.timed_out,
+                (unsigned long long)s.deferred, (unsigned long long)s.refused);
 }
 
 //  Waits for signals until SIGINT or SIGTERM; returns the exit status.
@@ -368,7 +380,8 @@ static int s_serve(cf_broker_t *broker, cf_auth_t *auth, const sigset_t *signals
             int64_t left_ms = next_stats_ms - cf_clock_now_ms();
             if (left_ms < 0)
                 left_ms = 0;
-            struct timespec wait = {.tv_sec = left_ms / 1000, .tv_nsec = left_ms % 1000 * 1000000};
+            struct timespec wait = { .tv_sec = left_ms / 1000,
+                                     .tv_nsec = left_ms % 1000 * 1000000 };
             sig = sigtimedwait(signals, NULL, &wait);
         }
         else
@@ -406,7 +419,7 @@ static int s_run(s_options_t *options)
     //  inherits the mask and only s_serve sees them.
     sigset_t signals;
     sigemptyset(&signals);
-    for (int sig = 0, list[] = {SIGINT, SIGTERM, SIGHUP, SIGUSR1}; sig < 4; sig++)
+    for (int sig = 0, list[] = { SIGINT, SIGTERM, SIGHUP, SIGUSR1 }; sig < 4; sig++)
         sigaddset(&signals, list[sig]);
     int rc = pthread_sigmask(SIG_BLOCK, &signals, NULL);
     if (rc != 0) {
@@ -434,12 +447,14 @@ static int s_run(s_options_t *options)
     }
     //  With CURVE, cf_auth_new already logged the server key's fingerprint
     //  and the list sizes.
-    const char *endpoints[2] = {cf_broker_client_endpoint(broker),
-                                cf_broker_worker_endpoint(broker)};
+    const char *endpoints[2] = { cf_broker_client_endpoint(broker),
+                                 cf_broker_worker_endpoint(broker) };
     for (int i = 0; i < 2 && !auth; i++)
         if (s_exposed(endpoints[i]))
-            cf_log_warn(S_LOG, "%s endpoint %s is not loopback and traffic is not encrypted "
-                        "(see --curve-secret)", i == 0 ? "clients" : "workers", endpoints[i]);
+            cf_log_warn(S_LOG,
+                        "%s endpoint %s is not loopback and traffic is not encrypted "
+                        "(see --curve-secret)",
+                        i == 0 ? "clients" : "workers", endpoints[i]);
     printf("ready clients=%s workers=%s\n", endpoints[0], endpoints[1]);
     fflush(stdout);
     int status = s_serve(broker, auth, &signals, options->stats_interval_s);

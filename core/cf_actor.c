@@ -10,7 +10,7 @@
 //  cf_actor_wake), and the actor clears it before it reads the list, so a
 //  message is never left unseen.
 
-#define _GNU_SOURCE     //  pthread_setname_np
+#define _GNU_SOURCE    //  pthread_setname_np
 
 #include "cf_actor.h"
 
@@ -28,19 +28,19 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#define S_VERB_MAX 16           //  verbs are short words: "$TERM", "STATS"
-#define S_SLEEP_FDS_MAX 7       //  descriptors an actor sleeps on, besides the pipe
+#define S_VERB_MAX      16    //  verbs are short words: "$TERM", "STATS"
+#define S_SLEEP_FDS_MAX 7     //  descriptors an actor sleeps on, besides the pipe
 
 struct cf_actor_msg {
     struct cf_actor_msg *next;
     char verb[S_VERB_MAX];
-    const void *arg;            //  a send's copy follows the struct; a call's is borrowed
+    const void *arg;    //  a send's copy follows the struct; a call's is borrowed
     size_t arg_len;
-    bool is_call;               //  on the caller's stack: never freed here
-    void *reply;                //  call: where the answer goes
+    bool is_call;    //  on the caller's stack: never freed here
+    void *reply;     //  call: where the answer goes
     size_t reply_size;
-    bool answered;              //  call: under lock
-    cf_err_t rc;                //  call: CF_OK, or CF_ESHUTDOWN unanswered
+    bool answered;    //  call: under lock
+    cf_err_t rc;      //  call: CF_OK, or CF_ESHUTDOWN unanswered
 };
 
 struct cf_actor {
@@ -48,19 +48,19 @@ struct cf_actor {
     void *args;
     char name[16];
     pthread_t thread;
-    int wake_fd;                //  eventfd: the pipe and cf_actor_wake
+    int wake_fd;    //  eventfd: the pipe and cf_actor_wake
 
     //  Held by the actor's thread except while it sleeps in cf_actor_sleep.
     pthread_mutex_t io;
-    void *serving;              //  under io: cf_actor_serve's state
+    void *serving;    //  under io: cf_actor_serve's state
 
-    pthread_mutex_t lock;       //  guards everything below
-    pthread_cond_t changed;     //  started, a call answered
+    pthread_mutex_t lock;      //  guards everything below
+    pthread_cond_t changed;    //  started, a call answered
     cf_actor_msg_t *head, *tail;
     bool started;
     cf_err_t start_err;
     char start_msg[256];
-    bool ended;                 //  fn returned: the pipe refuses messages
+    bool ended;    //  fn returned: the pipe refuses messages
 };
 
 //  The actor this thread is, or acts for; NULL on other threads.
@@ -257,8 +257,7 @@ void cf_actor_ready(cf_actor_t *self, cf_err_t err, const char *message)
     assert(!self->started);
     self->started = true;
     self->start_err = err;
-    snprintf(self->start_msg, sizeof self->start_msg, "%s",
-             message ? message : cf_strerror(err));
+    snprintf(self->start_msg, sizeof self->start_msg, "%s", message ? message : cf_strerror(err));
     pthread_cond_broadcast(&self->changed);
     pthread_mutex_unlock(&self->lock);
 }
@@ -268,7 +267,7 @@ void cf_actor_ready(cf_actor_t *self, cf_err_t err, const char *message)
 
 void cf_actor_serve(cf_actor_t *self, void *state)
 {
-    self->serving = state;      //  under io: the actor's thread holds it
+    self->serving = state;    //  under io: the actor's thread holds it
 }
 
 void *cf_actor_enter(cf_actor_t *self)
@@ -292,8 +291,7 @@ void cf_actor_leave(cf_actor_t *self, bool wake)
         s_signal(self);
 }
 
-int cf_actor_sleep(cf_actor_t *self, struct pollfd *fds, int count, int timeout_ms,
-                   bool *woken)
+int cf_actor_sleep(cf_actor_t *self, struct pollfd *fds, int count, int timeout_ms, bool *woken)
 {
     assert(count >= 0 && count <= S_SLEEP_FDS_MAX);
     struct pollfd all[S_SLEEP_FDS_MAX + 1];
@@ -417,7 +415,7 @@ void cf_actor_destroy(cf_actor_t **self_p)
         return;
     cf_actor_t *self = *self_p;
     assert(s_current != self);
-    (void)cf_actor_send(self, "$TERM", NULL, 0);   //  CF_ESHUTDOWN: it already ended
+    (void)cf_actor_send(self, "$TERM", NULL, 0);    //  CF_ESHUTDOWN: it already ended
     pthread_join(self->thread, NULL);
     //  Only now: the actor may read the pointer until it ends.
     *self_p = NULL;

@@ -119,7 +119,6 @@ void cf_actor_serve(cf_actor_t *self, void *state);
 //  (-1: no limit), takes io again and clears the wake-up signal. Returns
 //  poll()'s count (a signal interrupting it counts as 0 ready) or -1 with
 //  errno; *woken (may be NULL) says whether the pipe or cf_actor_wake fired.
-int cf_actor_sleep(cf_actor_t *self, struct pollfd *fds, int count, int timeout_ms,
-                   bool *woken);
+int cf_actor_sleep(cf_actor_t *self, struct pollfd *fds, int count, int timeout_ms, bool *woken);
 
 #endif

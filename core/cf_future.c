@@ -53,10 +53,10 @@
 //  when that is within the limit, for about twice the mean; one thread of
 //  the process spins at a time, so many waiters cost one CPU at most.
 #define S_SPIN_DEFAULT_US 500
-#define S_SPIN_MARGIN_US 20
-static _Atomic int s_spin_max_us = -1;          //  -1: not set yet
+#define S_SPIN_MARGIN_US  20
+static _Atomic int s_spin_max_us = -1;    //  -1: not set yet
 static atomic_flag s_spinner = ATOMIC_FLAG_INIT;
-static _Thread_local double s_wait_mean_us = -1; //  < 0 until a wait was measured
+static _Thread_local double s_wait_mean_us = -1;    //  < 0 until a wait was measured
 
 //  A done callback, in a singly linked list (newest first).
 typedef struct s_callback {
@@ -68,19 +68,19 @@ typedef struct s_callback {
 //  One registration of a waiter on a future: in the future's list until the
 //  future completes, then moved (not copied) to the waiter's ready list.
 typedef struct s_node {
-    cf_future_waiter_t *waiter;     //  who to tell
-    cf_future_t *future;            //  who completed
+    cf_future_waiter_t *waiter;    //  who to tell
+    cf_future_t *future;           //  who completed
     struct s_node *next;
-    bool pooled;                    //  part of the waiter's reserve: not freed alone
+    bool pooled;    //  part of the waiter's reserve: not freed alone
 } s_node_t;
 
 struct cf_future_waiter {
     pthread_mutex_t lock;
-    pthread_cond_t cond;            //  signalled when the ready list grows
-    s_node_t *head;                 //  completed futures, oldest first
+    pthread_cond_t cond;    //  signalled when the ready list grows
+    s_node_t *head;         //  completed futures, oldest first
     s_node_t *tail;
-    int sleepers;                   //  threads blocked in cf_future_waiter_next
-    s_node_t *reserve;              //  nodes allocated at once (one malloc)
+    int sleepers;         //  threads blocked in cf_future_waiter_next
+    s_node_t *reserve;    //  nodes allocated at once (one malloc)
     size_t reserve_used;
     size_t reserve_size;
 };
@@ -94,31 +94,31 @@ static void s_node_free(s_node_t *node)
 //  A task error with its strings in the same allocation.
 typedef struct {
     cf_task_error_t pub;
-    char text[];                    //  type, message, host: NUL-terminated
+    char text[];    //  type, message, host: NUL-terminated
 } s_error_t;
 
 struct cf_future {
     pthread_mutex_t lock;
-    pthread_cond_t cond;            //  broadcast on completion if sleepers > 0
+    pthread_cond_t cond;    //  broadcast on completion if sleepers > 0
     atomic_int refs;
-    atomic_int state;               //  cf_future_state_t
-    int sleepers;                   //  threads blocked in cf_future_wait
-    bool checked;                   //  result validated (under lock)
-    bool decoded;                   //  result decode attempted (under lock)
-    uint8_t *result;                //  FINISHED: the msgpack bytes, owned
+    atomic_int state;    //  cf_future_state_t
+    int sleepers;        //  threads blocked in cf_future_wait
+    bool checked;        //  result validated (under lock)
+    bool decoded;        //  result decode attempted (under lock)
+    uint8_t *result;     //  FINISHED: the msgpack bytes, owned
     size_t result_len;
-    cf_mp_doc_t *doc;               //  the decoded result, once read
-    s_error_t *error;               //  FAILED, or a malformed result
-    s_callback_t *callbacks;        //  until completion
-    s_node_t *waiters;              //  until completion
-    cf_canceller_fn *canceller;     //  the back end's, or NULL
+    cf_mp_doc_t *doc;              //  the decoded result, once read
+    s_error_t *error;              //  FAILED, or a malformed result
+    s_callback_t *callbacks;       //  until completion
+    s_node_t *waiters;             //  until completion
+    cf_canceller_fn *canceller;    //  the back end's, or NULL
     void *canceller_arg;
-    cf_complete_fn *hook;           //  the executor front's progress hook
+    cf_complete_fn *hook;    //  the executor front's progress hook
     void *hook_arg;
-    int cancelling;                 //  cancellers running (under lock)
-    bool hook_due;                  //  completed while cancelling: the last canceller runs hook
-    void *_Atomic tag;              //  the application's
-    char function[];                //  NUL-terminated
+    int cancelling;       //  cancellers running (under lock)
+    bool hook_due;        //  completed while cancelling: the last canceller runs hook
+    void *_Atomic tag;    //  the application's
+    char function[];      //  NUL-terminated
 };
 
 static pthread_once_t s_condattr_once = PTHREAD_ONCE_INIT;
@@ -179,10 +179,12 @@ static s_error_t *s_error_new(const char *type, const char *message, const char 
 
 //  When even the error cannot be allocated, the future still fails: with
 //  this static one.
-static const s_error_t s_error_nomem = {
-    .pub = { .type = "MemoryError", .message = "out of memory recording the task's error",
-             .function = "", .host = "", .pid = 0 }
-};
+static const s_error_t s_error_nomem = { .pub = {
+                                             .type = "MemoryError",
+                                             .message = "out of memory recording the task's error",
+                                             .function = "",
+                                             .host = "",
+                                             .pid = 0 } };
 
 // ---------------------------------------------------------------------------
 //  Life cycle
@@ -318,8 +320,7 @@ bool cf_future_set_running(cf_future_t *f)
 {
     int expected = CF_FUTURE_PENDING;
     return atomic_compare_exchange_strong_explicit(&f->state, &expected, CF_FUTURE_RUNNING,
-                                                   memory_order_acq_rel,
-                                                   memory_order_acquire);
+                                                   memory_order_acq_rel, memory_order_acquire);
 }
 
 static void s_run_callback(cf_future_t *f, cf_done_fn *fn, void *arg)
@@ -358,8 +359,7 @@ static bool s_complete(cf_future_t *f, int final, uint8_t *result, size_t result
         }
         //  Only set_running can change the state under us (it takes no
         //  lock), and only from PENDING to RUNNING: retry from there.
-        if (atomic_compare_exchange_weak_explicit(&f->state, &state, final,
-                                                  memory_order_release,
+        if (atomic_compare_exchange_weak_explicit(&f->state, &state, final, memory_order_release,
                                                   memory_order_relaxed))
             break;
     }
@@ -411,7 +411,7 @@ static bool s_complete(cf_future_t *f, int final, uint8_t *result, size_t result
         ordered = next;
     }
     if (hook)
-        hook(hook_arg, f, (cf_future_state_t)final);
+        hook(hook_arg, f, (cf_future_state_t) final);
     return true;
 }
 
@@ -421,8 +421,7 @@ bool cf_future_set_result(cf_future_t *f, const void *value, size_t len)
     if (len > 0) {
         copy = malloc(len);
         if (!copy)
-            return cf_future_set_error(f, "MemoryError", "out of memory storing the result",
-                                       "", 0);
+            return cf_future_set_error(f, "MemoryError", "out of memory storing the result", "", 0);
         memcpy(copy, value, len);
     }
     if (s_complete(f, CF_FUTURE_FINISHED, copy, len, NULL, false))
@@ -439,8 +438,8 @@ bool cf_future_take_result(cf_future_t *f, uint8_t *value, size_t len)
     return false;
 }
 
-bool cf_future_set_error(cf_future_t *f, const char *type, const char *message,
-                         const char *host, int pid)
+bool cf_future_set_error(cf_future_t *f, const char *type, const char *message, const char *host,
+                         int pid)
 {
     //  Cheap check first: a late result after a timeout or cancel is common
     //  and should not allocate.
@@ -482,8 +481,7 @@ static int s_spin_limit_us(void)
         if (*end == '\0' && us >= 0 && us <= 1000000)
             limit = (int)us;
         else
-            cf_log_warn(S_LOG, "CF_WAIT_SPIN_US=%s ignored: microseconds, 0 to 1000000",
-                        env);
+            cf_log_warn(S_LOG, "CF_WAIT_SPIN_US=%s ignored: microseconds, 0 to 1000000", env);
     }
     int unset = -1;
     atomic_compare_exchange_strong(&s_spin_max_us, &unset, limit);
@@ -563,10 +561,11 @@ static cf_err_t s_malformed_locked(cf_future_t *f)
     f->checked = true;
     f->decoded = true;
     if (!f->error) {
-        cf_log_debug(S_LOG, "result of %s is malformed (%zu bytes)", f->function,
-                     f->result_len);
-        f->error = s_error_new("ProtocolError", "the task's result is not one well-formed "
-                               "msgpack value", f->function, "", 0);
+        cf_log_debug(S_LOG, "result of %s is malformed (%zu bytes)", f->function, f->result_len);
+        f->error = s_error_new("ProtocolError",
+                               "the task's result is not one well-formed "
+                               "msgpack value",
+                               f->function, "", 0);
         if (!f->error)
             f->error = (s_error_t *)&s_error_nomem;
     }
@@ -737,8 +736,7 @@ bool cf_future_cancel(cf_future_t *f)
     //  Checked under the lock: a future not final yet has not run its
     //  completion hook, so whatever the hook would release (the executor
     //  the canceller belongs to) stays alive until this canceller returns.
-    bool call = canceller && !s_is_final(atomic_load_explicit(&f->state,
-                                                               memory_order_relaxed));
+    bool call = canceller && !s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed));
     if (call)
         f->cancelling++;
     pthread_mutex_unlock(&f->lock);

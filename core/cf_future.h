@@ -33,7 +33,7 @@ typedef enum {
 //  Asked to cancel f; returns true if the task was removed before starting
 //  (the canceller then calls cf_future_set_cancelled itself or lets
 //  cf_future_cancel do it: see cf_future_cancel in cf_future.c).
-typedef bool (cf_canceller_fn)(void *executor, cf_future_t *f);
+typedef bool(cf_canceller_fn)(void *executor, cf_future_t *f);
 
 //  A new pending future with one reference (the caller's). NULL on ENOMEM.
 cf_future_t *cf_future_new(const char *function, size_t function_len);
@@ -59,8 +59,8 @@ bool cf_future_set_running(cf_future_t *f);
 bool cf_future_set_result(cf_future_t *f, const void *value, size_t len);
 //  Takes value (malloc'd) instead of copying it; frees it when not taken.
 bool cf_future_take_result(cf_future_t *f, uint8_t *value, size_t len);
-bool cf_future_set_error(cf_future_t *f, const char *type, const char *message,
-                         const char *host, int pid);
+bool cf_future_set_error(cf_future_t *f, const char *type, const char *message, const char *host,
+                         int pid);
 bool cf_future_set_cancelled(cf_future_t *f);
 
 //  Called once after f completes, after its callbacks, with the final state:
@@ -71,7 +71,7 @@ bool cf_future_set_cancelled(cf_future_t *f);
 //  when f was not done yet, so the hook set here (or the one replaced by
 //  NULL) is the one that runs (or never runs); false when f already
 //  completed and the previous hook ran.
-typedef void (cf_complete_fn)(void *arg, cf_future_t *f, cf_future_state_t state);
+typedef void(cf_complete_fn)(void *arg, cf_future_t *f, cf_future_state_t state);
 bool cf_future_set_complete_hook(cf_future_t *f, cf_complete_fn *fn, void *arg);
 
 //  Waiters. A waiter is signalled (under its own lock) each time one of its

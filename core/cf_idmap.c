@@ -19,14 +19,14 @@
 
 typedef struct {
     uint64_t id;
-    void *value;                //  NULL: the slot is empty
+    void *value;    //  NULL: the slot is empty
 } s_slot_t;
 
 struct cf_idmap {
     s_slot_t *slots;
-    size_t capacity;            //  a power of two
-    size_t size;                //  slots in use
-    size_t min_capacity;        //  never shrink below what the caller asked for
+    size_t capacity;        //  a power of two
+    size_t size;            //  slots in use
+    size_t min_capacity;    //  never shrink below what the caller asked for
 };
 
 //  Ids are often sequential (task counters): a finalizer spreads them over
@@ -116,7 +116,7 @@ static inline size_t s_find(const cf_idmap_t *self, uint64_t id, bool *found)
 cf_err_t cf_idmap_put(cf_idmap_t *self, uint64_t id, void *value)
 {
     assert(self);
-    assert(value);              //  NULL marks an empty slot
+    assert(value);    //  NULL marks an empty slot
     bool found;
     size_t i = s_find(self, id, &found);
     if (found) {

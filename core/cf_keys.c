@@ -70,7 +70,7 @@ void cf_keys_fingerprint(const char *z85, char fp[CF_KEY_FP_SIZE])
     for (; z85 && i < CF_KEY_FP_LEN && s_is_z85_char(z85[i]); i++)
         fp[i] = z85[i];
     if (i < CF_KEY_FP_LEN)
-        i = 0;                  //  not a key: an empty fingerprint, never a partial one
+        i = 0;    //  not a key: an empty fingerprint, never a partial one
     fp[i] = '\0';
 }
 
@@ -83,7 +83,7 @@ cf_err_t cf_keys_generate(cf_keypair_t *pair)
         cf_keys_wipe(pair);
         if (err == ENOTSUP)
             return cf_error_set(CF_ESYS, "cannot generate a CURVE key pair: libzmq was built "
-                                "without CURVE support");
+                                         "without CURVE support");
         return cf_error_set(CF_ESYS, "cannot generate a CURVE key pair: %s", zmq_strerror(err));
     }
     return CF_OK;
@@ -165,8 +165,8 @@ static bool s_comment_ok(const char *comment)
     return true;
 }
 
-cf_err_t cf_keys_write(const cf_keypair_t *pair, const char *public_path,
-                       const char *secret_path, const char *comment)
+cf_err_t cf_keys_write(const cf_keypair_t *pair, const char *public_path, const char *secret_path,
+                       const char *comment)
 {
     if (!pair || !public_path || !secret_path || !*public_path || !*secret_path)
         return cf_error_set(CF_EINVAL, "key pair and both paths are required");
@@ -201,8 +201,8 @@ cf_err_t cf_keys_write(const cf_keypair_t *pair, const char *public_path,
         errno = err;
         return rc;
     }
-    len = snprintf(text, sizeof text, "%s%s%s%s\n", comment ? "# " : "", label,
-                   comment ? "\n" : "", pair->secret_z85);
+    len = snprintf(text, sizeof text, "%s%s%s%s\n", comment ? "# " : "", label, comment ? "\n" : "",
+                   pair->secret_z85);
     bool secret_created = false;
     rc = s_write_new(secret_path, 0600, text, (size_t)len, &secret_created);
     explicit_bzero(text, sizeof text);
@@ -248,8 +248,10 @@ cf_err_t cf_keys_read_text(const char *path, const char *what, size_t max_bytes,
         goto done;
     }
     if (secret && (st.st_mode & (S_IRWXG | S_IRWXO))) {
-        rc = cf_error_set(CF_EAUTH, "secret %s %s is accessible by group or others (mode %04o); "
-                          "run: chmod 600 %s", what, path, (unsigned)(st.st_mode & 07777), path);
+        rc = cf_error_set(CF_EAUTH,
+                          "secret %s %s is accessible by group or others (mode %04o); "
+                          "run: chmod 600 %s",
+                          what, path, (unsigned)(st.st_mode & 07777), path);
         goto done;
     }
     if (st.st_size < 0 || (uint64_t)st.st_size > max_bytes) {
@@ -295,8 +297,8 @@ done:
     return rc;
 }
 
-cf_err_t cf_keys_each_line(char *text, const char *what, const char *path,
-                           cf_keys_line_fn *fn, void *arg)
+cf_err_t cf_keys_each_line(char *text, const char *what, const char *path, cf_keys_line_fn *fn,
+                           void *arg)
 {
     int line_no = 0;
     //  Walked by hand: strtok would merge empty lines and skew line numbers.
@@ -310,14 +312,15 @@ cf_err_t cf_keys_each_line(char *text, const char *what, const char *path,
         while (*start == ' ' || *start == '\t')
             start++;
         size_t len = strlen(start);
-        while (len > 0 && (start[len - 1] == ' ' || start[len - 1] == '\t' ||
-                           start[len - 1] == '\r'))
+        while (len > 0
+               && (start[len - 1] == ' ' || start[len - 1] == '\t' || start[len - 1] == '\r'))
             start[--len] = '\0';
         if (len == CF_KEY_Z85_LEN && cf_keys_valid(start)) {
             cf_err_t rc = fn(arg, start, line_no);
             if (rc != CF_OK)
                 return rc;
-        } else if (len > 0 && start[0] != '#')
+        }
+        else if (len > 0 && start[0] != '#')
             return cf_error_set(CF_EINVAL, "%s %s: line %d is not a 40-character Z85 key", what,
                                 path, line_no);
         line = end ? end + 1 : NULL;
@@ -336,8 +339,8 @@ static cf_err_t s_take_one(void *arg, const char *z85, int line)
 {
     s_one_key_t *one = arg;
     if (++one->keys > 1)
-        return cf_error_set(CF_EINVAL, "key file %s holds more than one key (line %d)",
-                            one->path, line);
+        return cf_error_set(CF_EINVAL, "key file %s holds more than one key (line %d)", one->path,
+                            line);
     memcpy(one->z85, z85, CF_KEY_Z85_SIZE);
     return CF_OK;
 }
@@ -402,13 +405,12 @@ cf_err_t cf_keys_apply_server(void *socket, const char *secret_z85)
     int on = 1;
     cf_err_t rc = s_set(socket, ZMQ_CURVE_SERVER, &on, sizeof on, "ZMQ_CURVE_SERVER");
     if (rc == CF_OK)
-        rc = s_set(socket, ZMQ_CURVE_SECRETKEY, secret_z85, CF_KEY_Z85_SIZE,
-                   "ZMQ_CURVE_SECRETKEY");
+        rc = s_set(socket, ZMQ_CURVE_SECRETKEY, secret_z85, CF_KEY_Z85_SIZE, "ZMQ_CURVE_SECRETKEY");
     return rc;
 }
 
-cf_err_t cf_keys_apply_client(void *socket, const char *server_public,
-                              const char *client_public, const char *client_secret)
+cf_err_t cf_keys_apply_client(void *socket, const char *server_public, const char *client_public,
+                              const char *client_secret)
 {
     if (!socket)
         return cf_error_set(CF_EINVAL, "no socket");
@@ -419,8 +421,8 @@ cf_err_t cf_keys_apply_client(void *socket, const char *server_public,
     //  A mismatched pair would fail the handshake with a confusing
     //  "cryptographic error" on the server; catch it here.
     char derived[CF_KEY_Z85_SIZE];
-    if (zmq_curve_public(derived, client_secret) != 0 ||
-        memcmp(derived, client_public, CF_KEY_Z85_LEN) != 0)
+    if (zmq_curve_public(derived, client_secret) != 0
+        || memcmp(derived, client_public, CF_KEY_Z85_LEN) != 0)
         return cf_error_set(CF_EINVAL, "client public key does not match its secret key");
     cf_err_t rc = s_set(socket, ZMQ_CURVE_SERVERKEY, server_public, CF_KEY_Z85_SIZE,
                         "ZMQ_CURVE_SERVERKEY");
@@ -449,17 +451,17 @@ void *cf_keys_monitor_new(void *ctx, void *socket)
     char endpoint[80];
     snprintf(endpoint, sizeof endpoint, "inproc://cf-keys-monitor-%p-%u", socket,
              atomic_fetch_add(&s_serial, 1));
-    int events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                 ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
-                 ZMQ_EVENT_DISCONNECTED;
+    int events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+                 | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                 | ZMQ_EVENT_DISCONNECTED;
     if (zmq_socket_monitor(socket, endpoint, events) != 0) {
         cf_error_set(CF_ESYS, "cannot monitor socket: %s", zmq_strerror(errno));
         return NULL;
     }
     void *pair = zmq_socket(ctx, ZMQ_PAIR);
     int linger = 0;
-    if (!pair || zmq_setsockopt(pair, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
-        zmq_connect(pair, endpoint) != 0) {
+    if (!pair || zmq_setsockopt(pair, ZMQ_LINGER, &linger, sizeof linger) != 0
+        || zmq_connect(pair, endpoint) != 0) {
         cf_error_set(CF_ESYS, "cannot connect to socket monitor: %s", zmq_strerror(errno));
         if (pair)
             zmq_close(pair);
@@ -521,8 +523,8 @@ cf_err_t cf_keys_event_code(uint16_t event)
 static bool s_mechanism_mismatch(int value)
 {
     return value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
-        || (value >= ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED
-            && value <= ZMQ_PROTOCOL_ERROR_ZAP_INVALID_METADATA);
+           || (value >= ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED
+               && value <= ZMQ_PROTOCOL_ERROR_ZAP_INVALID_METADATA);
 }
 
 int cf_keys_judge(cf_keys_judge_t *judge, cf_err_t code, int value, char *why, size_t size)
@@ -533,14 +535,15 @@ int cf_keys_judge(cf_keys_judge_t *judge, cf_err_t code, int value, char *why, s
     }
     if (code == CF_EAUTH) {
         snprintf(why, size, "the broker at %s refused this %s's key %s (not on its %s list)",
-                 judge->endpoint, judge->who, judge->curve ? judge->key_fp : "(none)",
-                 judge->who);
+                 judge->endpoint, judge->who, judge->curve ? judge->key_fp : "(none)", judge->who);
         return -1;
     }
     if (code == CF_EPROTO && s_mechanism_mismatch(value)) {
         if (judge->curve)
-            snprintf(why, size, "the broker at %s does not use CURVE, this %s does (drop %s, "
-                     "or fix the broker)", judge->endpoint, judge->who, judge->key_options);
+            snprintf(why, size,
+                     "the broker at %s does not use CURVE, this %s does (drop %s, "
+                     "or fix the broker)",
+                     judge->endpoint, judge->who, judge->key_options);
         else
             snprintf(why, size, "the broker at %s requires CURVE: give %s", judge->endpoint,
                      judge->key_options);
@@ -548,9 +551,10 @@ int cf_keys_judge(cf_keys_judge_t *judge, cf_err_t code, int value, char *why, s
     }
     if (judge->curve && (code == CF_ESYS || code == CF_EPROTO)
         && ++judge->drops >= CF_KEYS_HANDSHAKE_DROPS_MAX) {
-        snprintf(why, size, "the broker at %s dropped %d CURVE handshakes in a row: wrong "
-                 "broker key (%s), or the broker cannot authenticate %ss", judge->endpoint,
-                 judge->drops, judge->key_options, judge->who);
+        snprintf(why, size,
+                 "the broker at %s dropped %d CURVE handshakes in a row: wrong "
+                 "broker key (%s), or the broker cannot authenticate %ss",
+                 judge->endpoint, judge->drops, judge->key_options, judge->who);
         return -1;
     }
     return 0;

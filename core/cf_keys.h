@@ -29,12 +29,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CF_KEY_Z85_LEN      40      //  characters of a Z85 key
-#define CF_KEY_Z85_SIZE     41      //  a Z85 key with its NUL
-#define CF_KEY_BIN_LEN      32      //  bytes of a binary key
-#define CF_KEY_FP_LEN       8       //  characters of a fingerprint
-#define CF_KEY_FP_SIZE      9       //  a fingerprint with its NUL
-#define CF_KEY_FILE_MAX     4096    //  bytes of a key file at most
+#define CF_KEY_Z85_LEN  40      //  characters of a Z85 key
+#define CF_KEY_Z85_SIZE 41      //  a Z85 key with its NUL
+#define CF_KEY_BIN_LEN  32      //  bytes of a binary key
+#define CF_KEY_FP_LEN   8       //  characters of a fingerprint
+#define CF_KEY_FP_SIZE  9       //  a fingerprint with its NUL
+#define CF_KEY_FILE_MAX 4096    //  bytes of a key file at most
 
 //  A CURVE key pair as Z85 text.
 typedef struct {
@@ -72,8 +72,8 @@ cf_err_t cf_keys_public_of(const char *secret_z85, char public_z85[CF_KEY_Z85_SI
 //  Refuses to replace an existing file: CF_ESYS with errno EEXIST, and
 //  nothing is created. On any failure no half-written file is left behind.
 //  Returns CF_OK, CF_EINVAL or CF_ESYS with cf_last_error() saying why.
-cf_err_t cf_keys_write(const cf_keypair_t *pair, const char *public_path,
-                       const char *secret_path, const char *comment);
+cf_err_t cf_keys_write(const cf_keypair_t *pair, const char *public_path, const char *secret_path,
+                       const char *comment);
 
 //  Reads the one public key in a key file into z85. CF_OK, CF_ENOTFOUND (no
 //  such file), CF_EINVAL (not a regular file, too large, no key, more than
@@ -105,8 +105,8 @@ typedef cf_err_t(cf_keys_line_fn)(void *arg, const char *z85, int line);
 //  Walks the lines of text (modified in place): blanks around a line are
 //  trimmed, blank lines and '#' comments skipped, a key line goes to fn,
 //  any other line is CF_EINVAL naming what, path and the line number.
-cf_err_t cf_keys_each_line(char *text, const char *what, const char *path,
-                           cf_keys_line_fn *fn, void *arg);
+cf_err_t cf_keys_each_line(char *text, const char *what, const char *path, cf_keys_line_fn *fn,
+                           void *arg);
 
 //  Makes socket a CURVE server with this secret key (ZMQ_CURVE_SERVER,
 //  ZMQ_CURVE_SECRETKEY). Call before bind. This alone does NOT authenticate
@@ -118,8 +118,8 @@ cf_err_t cf_keys_apply_server(void *socket, const char *secret_z85);
 //  Makes socket a CURVE client of a server with public key server_public,
 //  proving its own identity with the client key pair. Call before connect.
 //  CF_OK, CF_EINVAL (a bad key) or CF_ESYS.
-cf_err_t cf_keys_apply_client(void *socket, const char *server_public,
-                              const char *client_public, const char *client_secret);
+cf_err_t cf_keys_apply_client(void *socket, const char *server_public, const char *client_public,
+                              const char *client_secret);
 
 // ---------------------------------------------------------------------------
 //  Noticing a refused handshake. ZeroMQ reconnects silently forever when the

@@ -40,8 +40,7 @@ void cf_log(cf_log_level_t level, const char *component, const char *fmt, ...)
     fn(level, component, message, atomic_load(&s_handler_arg));
 }
 
-void cf_log_to_stderr(cf_log_level_t level, const char *component, const char *message,
-                      void *arg)
+void cf_log_to_stderr(cf_log_level_t level, const char *component, const char *message, void *arg)
 {
     static const char letters[] = "DIWE";
     (void)arg;

@@ -17,10 +17,10 @@ bool cf_log_enabled(cf_log_level_t level);
 //  how many were left out. Zero-initialise it and set per_sec; not
 //  thread-safe (each limiter belongs to one thread, usually an actor).
 typedef struct {
-    int per_sec;                //  lines allowed per second
-    int lines;                  //  lines in the current second
-    int64_t window_ms;          //  start of the current second
-    uint64_t suppressed;        //  lines left out in it
+    int per_sec;            //  lines allowed per second
+    int lines;              //  lines in the current second
+    int64_t window_ms;      //  start of the current second
+    uint64_t suppressed;    //  lines left out in it
 } cf_log_limit_t;
 
 //  True when one more line may be logged now. At the turn of a second it

@@ -40,17 +40,17 @@
 
 //  A decoded value. 16 bytes: the node array is the bulk of a document.
 struct cf_value {
-    uint8_t type;               //  cf_type_t
-    uint8_t negative;           //  CF_TYPE_INT: as.i holds it (< 0); else as.u
-    int8_t ext_type;            //  CF_TYPE_EXT: the application's type code
-    uint32_t len;               //  str/bin/ext bytes, array items, map pairs
+    uint8_t type;        //  cf_type_t
+    uint8_t negative;    //  CF_TYPE_INT: as.i holds it (< 0); else as.u
+    int8_t ext_type;     //  CF_TYPE_EXT: the application's type code
+    uint32_t len;        //  str/bin/ext bytes, array items, map pairs
     union {
         bool b;
         int64_t i;
         uint64_t u;
-        double f;               //  float32 is widened
-        const char *str;        //  NUL-terminated copy (len excludes the NUL)
-        const uint8_t *bin;     //  bin and ext bytes (copies)
+        double f;                   //  float32 is widened
+        const char *str;            //  NUL-terminated copy (len excludes the NUL)
+        const uint8_t *bin;         //  bin and ext bytes (copies)
         const cf_value_t *items;    //  array items; map keys and values interleaved
     } as;
 };
@@ -95,8 +95,8 @@ static cf_err_t s_head(const uint8_t *p, size_t left, s_head_t *h)
         return CF_EPROTO;
     memset(h, 0, sizeof *h);
     uint8_t c = p[0];
-    size_t need = 1;            //  header bytes
-    uint64_t payload = 0;       //  str/bin/ext bytes after the header
+    size_t need = 1;         //  header bytes
+    uint64_t payload = 0;    //  str/bin/ext bytes after the header
     if (c <= 0x7f) {
         h->type = CF_TYPE_INT;
         h->u = c;
@@ -121,18 +121,18 @@ static cf_err_t s_head(const uint8_t *p, size_t left, s_head_t *h)
     else {
         //  Fixed-size headers first: how many bytes follow the type byte.
         static const uint8_t s_extra[32] = {
-            [0x00] = 0,                 //  c0 nil
-            [0x01] = 0,                 //  c1 never used
-            [0x02] = 0, [0x03] = 0,     //  c2 c3 bool
-            [0x04] = 1, [0x05] = 2, [0x06] = 4,     //  c4-c6 bin
-            [0x07] = 2, [0x08] = 3, [0x09] = 5,     //  c7-c9 ext (len, type)
-            [0x0a] = 4, [0x0b] = 8,                 //  ca cb float
+            [0x00] = 0,                                        //  c0 nil
+            [0x01] = 0,                                        //  c1 never used
+            [0x02] = 0, [0x03] = 0,                            //  c2 c3 bool
+            [0x04] = 1, [0x05] = 2, [0x06] = 4,                //  c4-c6 bin
+            [0x07] = 2, [0x08] = 3, [0x09] = 5,                //  c7-c9 ext (len, type)
+            [0x0a] = 4, [0x0b] = 8,                            //  ca cb float
             [0x0c] = 1, [0x0d] = 2, [0x0e] = 4, [0x0f] = 8,    //  cc-cf uint
             [0x10] = 1, [0x11] = 2, [0x12] = 4, [0x13] = 8,    //  d0-d3 int
-            [0x14] = 2, [0x15] = 3, [0x16] = 5, [0x17] = 9, [0x18] = 17, //  fixext
-            [0x19] = 1, [0x1a] = 2, [0x1b] = 4,     //  d9-db str
-            [0x1c] = 2, [0x1d] = 4,                 //  dc dd array
-            [0x1e] = 2, [0x1f] = 4,                 //  de df map
+            [0x14] = 2, [0x15] = 3, [0x16] = 5, [0x17] = 9, [0x18] = 17,    //  fixext
+            [0x19] = 1, [0x1a] = 2, [0x1b] = 4,                             //  d9-db str
+            [0x1c] = 2, [0x1d] = 4,                                         //  dc dd array
+            [0x1e] = 2, [0x1f] = 4,                                         //  de df map
         };
         need = 1 + s_extra[c - 0xc0];
         //  fixext counts its payload in s_extra: only the type byte is header.
@@ -142,51 +142,131 @@ static cf_err_t s_head(const uint8_t *p, size_t left, s_head_t *h)
             return CF_EPROTO;
         const uint8_t *q = p + 1;
         switch (c) {
-            case 0xc0: h->type = CF_TYPE_NIL; break;
-            case 0xc1: return CF_EPROTO;
-            case 0xc2: h->type = CF_TYPE_BOOL; h->b = false; break;
-            case 0xc3: h->type = CF_TYPE_BOOL; h->b = true; break;
-            case 0xc4: h->type = CF_TYPE_BIN; h->len = q[0]; break;
-            case 0xc5: h->type = CF_TYPE_BIN; h->len = s_be16(q); break;
-            case 0xc6: h->type = CF_TYPE_BIN; h->len = s_be32(q); break;
-            case 0xc7: h->type = CF_TYPE_EXT; h->len = q[0]; h->ext_type = (int8_t)q[1]; break;
-            case 0xc8: h->type = CF_TYPE_EXT; h->len = s_be16(q); h->ext_type = (int8_t)q[2]; break;
-            case 0xc9: h->type = CF_TYPE_EXT; h->len = s_be32(q); h->ext_type = (int8_t)q[4]; break;
-            case 0xca: {
-                uint32_t bits = s_be32(q);
-                float f;
-                memcpy(&f, &bits, sizeof f);
-                h->type = CF_TYPE_FLOAT;
-                h->f = f;
-                break;
-            }
-            case 0xcb: {
-                uint64_t bits = s_be64(q);
-                memcpy(&h->f, &bits, sizeof h->f);
-                h->type = CF_TYPE_FLOAT;
-                break;
-            }
-            case 0xcc: h->type = CF_TYPE_INT; h->u = q[0]; break;
-            case 0xcd: h->type = CF_TYPE_INT; h->u = s_be16(q); break;
-            case 0xce: h->type = CF_TYPE_INT; h->u = s_be32(q); break;
-            case 0xcf: h->type = CF_TYPE_INT; h->u = s_be64(q); break;
-            case 0xd0: h->type = CF_TYPE_INT; h->i = (int8_t)q[0]; break;
-            case 0xd1: h->type = CF_TYPE_INT; h->i = (int16_t)s_be16(q); break;
-            case 0xd2: h->type = CF_TYPE_INT; h->i = (int32_t)s_be32(q); break;
-            case 0xd3: h->type = CF_TYPE_INT; h->i = (int64_t)s_be64(q); break;
-            case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
-                h->type = CF_TYPE_EXT;
-                h->len = (uint32_t)fixext;
-                h->ext_type = (int8_t)q[0];
-                break;
-            case 0xd9: h->type = CF_TYPE_STR; h->len = q[0]; break;
-            case 0xda: h->type = CF_TYPE_STR; h->len = s_be16(q); break;
-            case 0xdb: h->type = CF_TYPE_STR; h->len = s_be32(q); break;
-            case 0xdc: h->type = CF_TYPE_ARRAY; h->len = s_be16(q); break;
-            case 0xdd: h->type = CF_TYPE_ARRAY; h->len = s_be32(q); break;
-            case 0xde: h->type = CF_TYPE_MAP; h->len = s_be16(q); break;
-            case 0xdf: h->type = CF_TYPE_MAP; h->len = s_be32(q); break;
-            default: return CF_EPROTO;
+        case 0xc0:
+            h->type = CF_TYPE_NIL;
+            break;
+        case 0xc1:
+            return CF_EPROTO;
+        case 0xc2:
+            h->type = CF_TYPE_BOOL;
+            h->b = false;
+            break;
+        case 0xc3:
+            h->type = CF_TYPE_BOOL;
+            h->b = true;
+            break;
+        case 0xc4:
+            h->type = CF_TYPE_BIN;
+            h->len = q[0];
+            break;
+        case 0xc5:
+            h->type = CF_TYPE_BIN;
+            h->len = s_be16(q);
+            break;
+        case 0xc6:
+            h->type = CF_TYPE_BIN;
+            h->len = s_be32(q);
+            break;
+        case 0xc7:
+            h->type = CF_TYPE_EXT;
+            h->len = q[0];
+            h->ext_type = (int8_t)q[1];
+            break;
+        case 0xc8:
+            h->type = CF_TYPE_EXT;
+            h->len = s_be16(q);
+            h->ext_type = (int8_t)q[2];
+            break;
+        case 0xc9:
+            h->type = CF_TYPE_EXT;
+            h->len = s_be32(q);
+            h->ext_type = (int8_t)q[4];
+            break;
+        case 0xca: {
+            uint32_t bits = s_be32(q);
+            float f;
+            memcpy(&f, &bits, sizeof f);
+            h->type = CF_TYPE_FLOAT;
+            h->f = f;
+            break;
+        }
+        case 0xcb: {
+            uint64_t bits = s_be64(q);
+            memcpy(&h->f, &bits, sizeof h->f);
+            h->type = CF_TYPE_FLOAT;
+            break;
+        }
+        case 0xcc:
+            h->type = CF_TYPE_INT;
+            h->u = q[0];
+            break;
+        case 0xcd:
+            h->type = CF_TYPE_INT;
+            h->u = s_be16(q);
+            break;
+        case 0xce:
+            h->type = CF_TYPE_INT;
+            h->u = s_be32(q);
+            break;
+        case 0xcf:
+            h->type = CF_TYPE_INT;
+            h->u = s_be64(q);
+            break;
+        case 0xd0:
+            h->type = CF_TYPE_INT;
+            h->i = (int8_t)q[0];
+            break;
+        case 0xd1:
+            h->type = CF_TYPE_INT;
+            h->i = (int16_t)s_be16(q);
+            break;
+        case 0xd2:
+            h->type = CF_TYPE_INT;
+            h->i = (int32_t)s_be32(q);
+            break;
+        case 0xd3:
+            h->type = CF_TYPE_INT;
+            h->i = (int64_t)s_be64(q);
+            break;
+        case 0xd4:
+        case 0xd5:
+        case 0xd6:
+        case 0xd7:
+        case 0xd8:
+            h->type = CF_TYPE_EXT;
+            h->len = (uint32_t)fixext;
+            h->ext_type = (int8_t)q[0];
+            break;
+        case 0xd9:
+            h->type = CF_TYPE_STR;
+            h->len = q[0];
+            break;
+        case 0xda:
+            h->type = CF_TYPE_STR;
+            h->len = s_be16(q);
+            break;
+        case 0xdb:
+            h->type = CF_TYPE_STR;
+            h->len = s_be32(q);
+            break;
+        case 0xdc:
+            h->type = CF_TYPE_ARRAY;
+            h->len = s_be16(q);
+            break;
+        case 0xdd:
+            h->type = CF_TYPE_ARRAY;
+            h->len = s_be32(q);
+            break;
+        case 0xde:
+            h->type = CF_TYPE_MAP;
+            h->len = s_be16(q);
+            break;
+        case 0xdf:
+            h->type = CF_TYPE_MAP;
+            h->len = s_be32(q);
+            break;
+        default:
+            return CF_EPROTO;
         }
         //  Signed encodings of non-negative numbers are normal (Python's
         //  msgpack uses them for some values): one INT, two views.
@@ -199,23 +279,23 @@ static cf_err_t s_head(const uint8_t *p, size_t left, s_head_t *h)
     }
     left -= need;
     switch (h->type) {
-        case CF_TYPE_STR:
-        case CF_TYPE_BIN:
-        case CF_TYPE_EXT:
-            payload = h->len;
-            break;
-        case CF_TYPE_ARRAY:
-            //  Each item takes at least one byte: a count that cannot fit is
-            //  malformed now, not after a 4 GiB reservation.
-            if (h->len > left)
-                return CF_EPROTO;
-            break;
-        case CF_TYPE_MAP:
-            if ((uint64_t)h->len * 2 > left)
-                return CF_EPROTO;
-            break;
-        default:
-            break;
+    case CF_TYPE_STR:
+    case CF_TYPE_BIN:
+    case CF_TYPE_EXT:
+        payload = h->len;
+        break;
+    case CF_TYPE_ARRAY:
+        //  Each item takes at least one byte: a count that cannot fit is
+        //  malformed now, not after a 4 GiB reservation.
+        if (h->len > left)
+            return CF_EPROTO;
+        break;
+    case CF_TYPE_MAP:
+        if ((uint64_t)h->len * 2 > left)
+            return CF_EPROTO;
+        break;
+    default:
+        break;
     }
     if (payload > left)
         return CF_EPROTO;
@@ -363,8 +443,8 @@ cf_err_t cf_mp_read_bin(cf_mp_reader_t *r, size_t max_len, const void **ptr, siz
 
 //  What a walk over one value found.
 typedef struct {
-    size_t values;      //  nodes
-    size_t bytes;       //  str bytes + 1 each, bin and ext bytes
+    size_t values;    //  nodes
+    size_t bytes;     //  str bytes + 1 each, bin and ext bytes
 } s_tally_t;
 
 //  Walks one whole value from p (left bytes), iteratively: a stack of the
@@ -377,7 +457,7 @@ static cf_err_t s_walk(const uint8_t *p, size_t left, size_t *spanned, s_tally_t
     uint64_t left_at_depth[CF_MP_MAX_DEPTH];
     int depth = 0;
     size_t pos = 0;
-    uint64_t pending = 1;           //  values to walk at the current level
+    uint64_t pending = 1;    //  values to walk at the current level
     while (true) {
         while (pending == 0) {
             if (depth == 0) {
@@ -434,16 +514,15 @@ bool cf_mp_valid(const void *data, size_t size)
 bool cf_mp_valid_array(const void *data, size_t size)
 {
     s_head_t h;
-    return cf_mp_valid(data, size) && s_head(data, size, &h) == CF_OK
-           && h.type == CF_TYPE_ARRAY;
+    return cf_mp_valid(data, size) && s_head(data, size, &h) == CF_OK && h.type == CF_TYPE_ARRAY;
 }
 
 // ---------------------------------------------------------------------------
 //  Documents
 
 struct cf_mp_doc {
-    size_t values;              //  nodes that follow
-    cf_value_t nodes[];         //  nodes[0] is the root; bytes follow the nodes
+    size_t values;         //  nodes that follow
+    cf_value_t nodes[];    //  nodes[0] is the root; bytes follow the nodes
 };
 
 cf_err_t cf_mp_doc_decode(const void *data, size_t size, cf_mp_doc_t **doc)
@@ -453,7 +532,7 @@ cf_err_t cf_mp_doc_decode(const void *data, size_t size, cf_mp_doc_t **doc)
     if (!data || size == 0)
         return CF_EPROTO;
     const uint8_t *p = data;
-    s_tally_t tally = {0, 0};
+    s_tally_t tally = { 0, 0 };
     size_t spanned;
     if (s_walk(p, size, &spanned, &tally) != CF_OK || spanned != size
         || tally.values > CF_MP_MAX_VALUES)
@@ -474,7 +553,10 @@ cf_err_t cf_mp_doc_decode(const void *data, size_t size, cf_mp_doc_t **doc)
     //  Second pass: validated input, so s_head cannot fail. Each container
     //  gets a block of child slots at the next free node; the stack keeps
     //  the next slot to fill and how many remain at each open level.
-    struct { cf_value_t *slot; uint64_t left; } stack[CF_MP_MAX_DEPTH + 1];
+    struct {
+        cf_value_t *slot;
+        uint64_t left;
+    } stack[CF_MP_MAX_DEPTH + 1];
     int depth = 0;
     stack[0].slot = &self->nodes[0];
     stack[0].left = 1;
@@ -495,48 +577,48 @@ cf_err_t cf_mp_doc_decode(const void *data, size_t size, cf_mp_doc_t **doc)
         v->type = (uint8_t)h.type;
         v->len = h.len;
         switch (h.type) {
-            case CF_TYPE_NIL:
-                break;
-            case CF_TYPE_BOOL:
-                v->as.b = h.b;
-                break;
-            case CF_TYPE_INT:
-                v->negative = h.negative;
-                if (h.negative)
-                    v->as.i = h.i;
-                else
-                    v->as.u = h.u;
-                break;
-            case CF_TYPE_FLOAT:
-                v->as.f = h.f;
-                break;
-            case CF_TYPE_STR:
+        case CF_TYPE_NIL:
+            break;
+        case CF_TYPE_BOOL:
+            v->as.b = h.b;
+            break;
+        case CF_TYPE_INT:
+            v->negative = h.negative;
+            if (h.negative)
+                v->as.i = h.i;
+            else
+                v->as.u = h.u;
+            break;
+        case CF_TYPE_FLOAT:
+            v->as.f = h.f;
+            break;
+        case CF_TYPE_STR:
+            memcpy(bytes, p + pos + h.hdr, h.len);
+            bytes[h.len] = '\0';
+            v->as.str = (const char *)bytes;
+            bytes += (size_t)h.len + 1;
+            break;
+        case CF_TYPE_BIN:
+        case CF_TYPE_EXT:
+            if (h.len)
                 memcpy(bytes, p + pos + h.hdr, h.len);
-                bytes[h.len] = '\0';
-                v->as.str = (const char *)bytes;
-                bytes += (size_t)h.len + 1;
-                break;
-            case CF_TYPE_BIN:
-            case CF_TYPE_EXT:
-                if (h.len)
-                    memcpy(bytes, p + pos + h.hdr, h.len);
-                v->as.bin = bytes;
-                v->ext_type = h.ext_type;
-                bytes += h.len;
-                break;
-            case CF_TYPE_ARRAY:
-            case CF_TYPE_MAP: {
-                uint64_t n = s_children(&h);
-                v->as.items = &self->nodes[next_free];
-                if (n > 0) {
-                    depth++;
-                    assert(depth <= CF_MP_MAX_DEPTH);
-                    stack[depth].slot = &self->nodes[next_free];
-                    stack[depth].left = n;
-                    next_free += n;
-                }
-                break;
+            v->as.bin = bytes;
+            v->ext_type = h.ext_type;
+            bytes += h.len;
+            break;
+        case CF_TYPE_ARRAY:
+        case CF_TYPE_MAP: {
+            uint64_t n = s_children(&h);
+            v->as.items = &self->nodes[next_free];
+            if (n > 0) {
+                depth++;
+                assert(depth <= CF_MP_MAX_DEPTH);
+                stack[depth].slot = &self->nodes[next_free];
+                stack[depth].left = n;
+                next_free += n;
             }
+            break;
+        }
         }
         pos += s_span(&h);
     }
@@ -587,7 +669,7 @@ uint8_t *cf_mp_writer_take(cf_mp_writer_t *w, size_t *len)
     *len = w->buf.size;
     uint8_t *data = (uint8_t *)msgpack_sbuffer_release(&w->buf);
     if (!data)
-        data = malloc(1);       //  nothing written: still a buffer to free
+        data = malloc(1);    //  nothing written: still a buffer to free
     return data;
 }
 
@@ -598,47 +680,47 @@ static cf_err_t s_write_value(cf_mp_writer_t *w, const cf_value_t *v, int depth)
     if (!v)
         return msgpack_pack_nil(pk) == 0 ? CF_OK : CF_ENOMEM;
     if (depth > CF_MP_MAX_DEPTH)
-        return CF_EINVAL;       //  values come from documents: cannot happen
+        return CF_EINVAL;    //  values come from documents: cannot happen
     switch ((cf_type_t)v->type) {
-        case CF_TYPE_NIL:
-            rc = msgpack_pack_nil(pk);
-            break;
-        case CF_TYPE_BOOL:
-            rc = v->as.b ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
-            break;
-        case CF_TYPE_INT:
-            rc = v->negative ? msgpack_pack_int64(pk, v->as.i) : msgpack_pack_uint64(pk, v->as.u);
-            break;
-        case CF_TYPE_FLOAT:
-            rc = msgpack_pack_double(pk, v->as.f);
-            break;
-        case CF_TYPE_STR:
-            rc = msgpack_pack_str_with_body(pk, v->as.str, v->len);
-            break;
-        case CF_TYPE_BIN:
-            rc = msgpack_pack_bin_with_body(pk, v->as.bin, v->len);
-            break;
-        case CF_TYPE_EXT:
-            rc = msgpack_pack_ext_with_body(pk, v->as.bin, v->len, v->ext_type);
-            break;
-        case CF_TYPE_ARRAY:
-        case CF_TYPE_MAP: {
-            size_t n = v->len;
-            if (v->type == CF_TYPE_ARRAY)
-                rc = msgpack_pack_array(pk, n);
-            else {
-                rc = msgpack_pack_map(pk, n);
-                n *= 2;
-            }
-            for (size_t i = 0; rc == 0 && i < n; i++) {
-                cf_err_t err = s_write_value(w, &v->as.items[i], depth + 1);
-                if (err != CF_OK)
-                    return err;
-            }
-            break;
+    case CF_TYPE_NIL:
+        rc = msgpack_pack_nil(pk);
+        break;
+    case CF_TYPE_BOOL:
+        rc = v->as.b ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+        break;
+    case CF_TYPE_INT:
+        rc = v->negative ? msgpack_pack_int64(pk, v->as.i) : msgpack_pack_uint64(pk, v->as.u);
+        break;
+    case CF_TYPE_FLOAT:
+        rc = msgpack_pack_double(pk, v->as.f);
+        break;
+    case CF_TYPE_STR:
+        rc = msgpack_pack_str_with_body(pk, v->as.str, v->len);
+        break;
+    case CF_TYPE_BIN:
+        rc = msgpack_pack_bin_with_body(pk, v->as.bin, v->len);
+        break;
+    case CF_TYPE_EXT:
+        rc = msgpack_pack_ext_with_body(pk, v->as.bin, v->len, v->ext_type);
+        break;
+    case CF_TYPE_ARRAY:
+    case CF_TYPE_MAP: {
+        size_t n = v->len;
+        if (v->type == CF_TYPE_ARRAY)
+            rc = msgpack_pack_array(pk, n);
+        else {
+            rc = msgpack_pack_map(pk, n);
+            n *= 2;
         }
-        default:
-            return CF_EINVAL;
+        for (size_t i = 0; rc == 0 && i < n; i++) {
+            cf_err_t err = s_write_value(w, &v->as.items[i], depth + 1);
+            if (err != CF_OK)
+                return err;
+        }
+        break;
+    }
+    default:
+        return CF_EINVAL;
     }
     return rc == 0 ? CF_OK : CF_ENOMEM;
 }
@@ -672,7 +754,11 @@ static bool s_is_blank(char c)
 static cf_err_t s_scan_format(const char *fmt, size_t *counts, size_t *brackets, size_t *top)
 {
     //  For each open bracket: its kind, its index in counts, its count so far.
-    struct { char close; size_t index; size_t items; } stack[CF_MP_MAX_DEPTH];
+    struct {
+        char close;
+        size_t index;
+        size_t items;
+    } stack[CF_MP_MAX_DEPTH];
     int depth = 0;
     size_t opened = 0;
     size_t top_items = 0;
@@ -690,8 +776,9 @@ static cf_err_t s_scan_format(const char *fmt, size_t *counts, size_t *brackets,
             continue;
         if (c == '[' || c == '{') {
             if (depth == CF_MP_MAX_DEPTH)
-                return cf_error_set(CF_EINVAL, "format \"%s\": nesting deeper than %d at position %zu",
-                                    fmt, CF_MP_MAX_DEPTH, i);
+                return cf_error_set(CF_EINVAL,
+                                    "format \"%s\": nesting deeper than %d at position %zu", fmt,
+                                    CF_MP_MAX_DEPTH, i);
             stack[depth].close = c == '[' ? ']' : '}';
             stack[depth].index = opened++;
             stack[depth].items = 0;
@@ -704,17 +791,21 @@ static cf_err_t s_scan_format(const char *fmt, size_t *counts, size_t *brackets,
                                     fmt, c, i);
             depth--;
             if (stack[depth].close != c)
-                return cf_error_set(CF_EINVAL, "format \"%s\": '%c' at position %zu does not match "
-                                    "the bracket it closes", fmt, c, i);
+                return cf_error_set(CF_EINVAL,
+                                    "format \"%s\": '%c' at position %zu does not match "
+                                    "the bracket it closes",
+                                    fmt, c, i);
             if (c == '}' && stack[depth].items % 2 != 0)
-                return cf_error_set(CF_EINVAL, "format \"%s\": the map closed at position %zu has "
-                                    "%zu items, not key-value pairs", fmt, i, stack[depth].items);
+                return cf_error_set(CF_EINVAL,
+                                    "format \"%s\": the map closed at position %zu has "
+                                    "%zu items, not key-value pairs",
+                                    fmt, i, stack[depth].items);
             if (counts)
                 counts[stack[depth].index] = stack[depth].items;
             continue;
         }
-        return cf_error_set(CF_EINVAL, "format \"%s\": unknown letter '%c' at position %zu",
-                            fmt, c, i);
+        return cf_error_set(CF_EINVAL, "format \"%s\": unknown letter '%c' at position %zu", fmt, c,
+                            i);
     }
     if (depth > 0)
         return cf_error_set(CF_EINVAL, "format \"%s\": '%c' missing at the end", fmt,
@@ -733,67 +824,71 @@ static cf_err_t s_write_format(cf_mp_writer_t *w, const char *fmt, const size_t 
     for (size_t i = 0; fmt[i]; i++) {
         int rc = 0;
         switch (fmt[i]) {
-            case 'n':
-                rc = msgpack_pack_nil(pk);
-                break;
-            case 'b':
-                rc = va_arg(*ap, int) ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
-                break;
-            case 'i':
-                rc = msgpack_pack_int64(pk, va_arg(*ap, int));
-                break;
-            case 'l':
-                rc = msgpack_pack_int64(pk, va_arg(*ap, long));
-                break;
-            case 'L':
-                rc = msgpack_pack_int64(pk, va_arg(*ap, int64_t));
-                break;
-            case 'u':
-                rc = msgpack_pack_uint64(pk, va_arg(*ap, unsigned));
-                break;
-            case 'U':
-                rc = msgpack_pack_uint64(pk, va_arg(*ap, uint64_t));
-                break;
-            case 'd':
-                rc = msgpack_pack_double(pk, va_arg(*ap, double));
-                break;
-            case 's': {
-                const char *s = va_arg(*ap, const char *);
-                rc = s ? msgpack_pack_str_with_body(pk, s, strlen(s)) : msgpack_pack_nil(pk);
-                break;
-            }
-            case 'y': {
-                const void *data = va_arg(*ap, const void *);
-                size_t len = va_arg(*ap, size_t);
-                if (!data && len > 0)
-                    return cf_error_set(CF_EINVAL, "format \"%s\": 'y' at position %zu got "
-                                        "NULL with length %zu", fmt, i, len);
-                rc = msgpack_pack_bin_with_body(pk, data, len);
-                break;
-            }
-            case 'v': {
-                cf_err_t err = s_write_value(w, va_arg(*ap, const cf_value_t *), 1);
-                if (err != CF_OK)
-                    return err;
-                break;
-            }
-            case 'm': {
-                const void *data = va_arg(*ap, const void *);
-                size_t len = va_arg(*ap, size_t);
-                if (!cf_mp_valid(data, len))
-                    return cf_error_set(CF_EINVAL, "format \"%s\": 'm' at position %zu is not "
-                                        "one valid msgpack value", fmt, i);
-                rc = msgpack_sbuffer_write(&w->buf, data, len);    //  as is
-                break;
-            }
-            case '[':
-                rc = msgpack_pack_array(pk, counts[opened++]);
-                break;
-            case '{':
-                rc = msgpack_pack_map(pk, counts[opened++] / 2);
-                break;
-            default:
-                break;      //  blanks and closing brackets write nothing
+        case 'n':
+            rc = msgpack_pack_nil(pk);
+            break;
+        case 'b':
+            rc = va_arg(*ap, int) ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+            break;
+        case 'i':
+            rc = msgpack_pack_int64(pk, va_arg(*ap, int));
+            break;
+        case 'l':
+            rc = msgpack_pack_int64(pk, va_arg(*ap, long));
+            break;
+        case 'L':
+            rc = msgpack_pack_int64(pk, va_arg(*ap, int64_t));
+            break;
+        case 'u':
+            rc = msgpack_pack_uint64(pk, va_arg(*ap, unsigned));
+            break;
+        case 'U':
+            rc = msgpack_pack_uint64(pk, va_arg(*ap, uint64_t));
+            break;
+        case 'd':
+            rc = msgpack_pack_double(pk, va_arg(*ap, double));
+            break;
+        case 's': {
+            const char *s = va_arg(*ap, const char *);
+            rc = s ? msgpack_pack_str_with_body(pk, s, strlen(s)) : msgpack_pack_nil(pk);
+            break;
+        }
+        case 'y': {
+            const void *data = va_arg(*ap, const void *);
+            size_t len = va_arg(*ap, size_t);
+            if (!data && len > 0)
+                return cf_error_set(CF_EINVAL,
+                                    "format \"%s\": 'y' at position %zu got "
+                                    "NULL with length %zu",
+                                    fmt, i, len);
+            rc = msgpack_pack_bin_with_body(pk, data, len);
+            break;
+        }
+        case 'v': {
+            cf_err_t err = s_write_value(w, va_arg(*ap, const cf_value_t *), 1);
+            if (err != CF_OK)
+                return err;
+            break;
+        }
+        case 'm': {
+            const void *data = va_arg(*ap, const void *);
+            size_t len = va_arg(*ap, size_t);
+            if (!cf_mp_valid(data, len))
+                return cf_error_set(CF_EINVAL,
+                                    "format \"%s\": 'm' at position %zu is not "
+                                    "one valid msgpack value",
+                                    fmt, i);
+            rc = msgpack_sbuffer_write(&w->buf, data, len);    //  as is
+            break;
+        }
+        case '[':
+            rc = msgpack_pack_array(pk, counts[opened++]);
+            break;
+        case '{':
+            rc = msgpack_pack_map(pk, counts[opened++] / 2);
+            break;
+        default:
+            break;    //  blanks and closing brackets write nothing
         }
         if (rc != 0)
             return CF_ENOMEM;
@@ -848,15 +943,24 @@ cf_type_t cf_value_type(const cf_value_t *v)
 const char *cf_type_name(cf_type_t type)
 {
     switch (type) {
-        case CF_TYPE_NIL: return "nil";
-        case CF_TYPE_BOOL: return "bool";
-        case CF_TYPE_INT: return "int";
-        case CF_TYPE_FLOAT: return "float";
-        case CF_TYPE_STR: return "str";
-        case CF_TYPE_BIN: return "bin";
-        case CF_TYPE_ARRAY: return "array";
-        case CF_TYPE_MAP: return "map";
-        case CF_TYPE_EXT: return "ext";
+    case CF_TYPE_NIL:
+        return "nil";
+    case CF_TYPE_BOOL:
+        return "bool";
+    case CF_TYPE_INT:
+        return "int";
+    case CF_TYPE_FLOAT:
+        return "float";
+    case CF_TYPE_STR:
+        return "str";
+    case CF_TYPE_BIN:
+        return "bin";
+    case CF_TYPE_ARRAY:
+        return "array";
+    case CF_TYPE_MAP:
+        return "map";
+    case CF_TYPE_EXT:
+        return "ext";
     }
     return "unknown";
 }
@@ -929,13 +1033,13 @@ size_t cf_value_len(const cf_value_t *v)
     if (!v)
         return 0;
     switch ((cf_type_t)v->type) {
-        case CF_TYPE_STR:
-        case CF_TYPE_BIN:
-        case CF_TYPE_ARRAY:
-        case CF_TYPE_MAP:
-            return v->len;
-        default:
-            return 0;
+    case CF_TYPE_STR:
+    case CF_TYPE_BIN:
+    case CF_TYPE_ARRAY:
+    case CF_TYPE_MAP:
+        return v->len;
+    default:
+        return 0;
     }
 }
 
@@ -982,7 +1086,7 @@ typedef struct {
     char *data;
     size_t len;
     size_t cap;
-    bool failed;        //  out of memory: everything after is dropped
+    bool failed;    //  out of memory: everything after is dropped
 } s_text_t;
 
 static void s_put(s_text_t *t, const char *s, size_t n)
@@ -1099,61 +1203,61 @@ static void s_repr(s_text_t *t, const cf_value_t *v)
         return;
     }
     switch ((cf_type_t)v->type) {
-        case CF_TYPE_NIL:
-            s_puts(t, "None");
-            break;
-        case CF_TYPE_BOOL:
-            s_puts(t, v->as.b ? "True" : "False");
-            break;
-        case CF_TYPE_INT:
-            if (v->negative)
-                snprintf(buf, sizeof buf, "%" PRId64, v->as.i);
-            else
-                snprintf(buf, sizeof buf, "%" PRIu64, v->as.u);
-            s_puts(t, buf);
-            break;
-        case CF_TYPE_FLOAT:
-            s_put_double(t, v->as.f);
-            break;
-        case CF_TYPE_STR:
-            s_put_quoted(t, (const uint8_t *)v->as.str, v->len, false);
-            break;
-        case CF_TYPE_BIN:
-            s_put_quoted(t, v->as.bin, v->len, true);
-            break;
-        case CF_TYPE_EXT:
-            //  msgpack-python's own rendering of an unknown extension.
-            snprintf(buf, sizeof buf, "ExtType(code=%d, data=", v->ext_type);
-            s_puts(t, buf);
-            s_put_quoted(t, v->as.bin, v->len, true);
-            s_putc(t, ')');
-            break;
-        case CF_TYPE_ARRAY:
-            s_putc(t, '[');
-            for (size_t i = 0; i < v->len; i++) {
-                if (i)
-                    s_puts(t, ", ");
-                s_repr(t, &v->as.items[i]);
-            }
-            s_putc(t, ']');
-            break;
-        case CF_TYPE_MAP:
-            s_putc(t, '{');
-            for (size_t i = 0; i < v->len; i++) {
-                if (i)
-                    s_puts(t, ", ");
-                s_repr(t, &v->as.items[2 * i]);
-                s_puts(t, ": ");
-                s_repr(t, &v->as.items[2 * i + 1]);
-            }
-            s_putc(t, '}');
-            break;
+    case CF_TYPE_NIL:
+        s_puts(t, "None");
+        break;
+    case CF_TYPE_BOOL:
+        s_puts(t, v->as.b ? "True" : "False");
+        break;
+    case CF_TYPE_INT:
+        if (v->negative)
+            snprintf(buf, sizeof buf, "%" PRId64, v->as.i);
+        else
+            snprintf(buf, sizeof buf, "%" PRIu64, v->as.u);
+        s_puts(t, buf);
+        break;
+    case CF_TYPE_FLOAT:
+        s_put_double(t, v->as.f);
+        break;
+    case CF_TYPE_STR:
+        s_put_quoted(t, (const uint8_t *)v->as.str, v->len, false);
+        break;
+    case CF_TYPE_BIN:
+        s_put_quoted(t, v->as.bin, v->len, true);
+        break;
+    case CF_TYPE_EXT:
+        //  msgpack-python's own rendering of an unknown extension.
+        snprintf(buf, sizeof buf, "ExtType(code=%d, data=", v->ext_type);
+        s_puts(t, buf);
+        s_put_quoted(t, v->as.bin, v->len, true);
+        s_putc(t, ')');
+        break;
+    case CF_TYPE_ARRAY:
+        s_putc(t, '[');
+        for (size_t i = 0; i < v->len; i++) {
+            if (i)
+                s_puts(t, ", ");
+            s_repr(t, &v->as.items[i]);
+        }
+        s_putc(t, ']');
+        break;
+    case CF_TYPE_MAP:
+        s_putc(t, '{');
+        for (size_t i = 0; i < v->len; i++) {
+            if (i)
+                s_puts(t, ", ");
+            s_repr(t, &v->as.items[2 * i]);
+            s_puts(t, ": ");
+            s_repr(t, &v->as.items[2 * i + 1]);
+        }
+        s_putc(t, '}');
+        break;
     }
 }
 
 char *cf_value_repr(const cf_value_t *v)
 {
-    s_text_t t = {NULL, 0, 0, false};
+    s_text_t t = { NULL, 0, 0, false };
     s_repr(&t, v);
     if (t.failed) {
         free(t.data);
@@ -1170,7 +1274,7 @@ char *cf_value_repr(const cf_value_t *v)
 #define S_THREAD_WRITERS 2
 
 typedef struct {
-    cf_mp_writer_t writer;          //  first: a writer's address is its slot's
+    cf_mp_writer_t writer;    //  first: a writer's address is its slot's
     bool in_use;
     size_t keep_bytes;
 } s_slot_t;
@@ -1226,9 +1330,8 @@ void cf_mp_thread_writer_release(cf_mp_writer_t *w)
         return;
     s_slot_t *slot = (s_slot_t *)w;
     if (w->buf.alloc > slot->keep_bytes)
-        cf_mp_writer_fini(w);       //  frees and leaves it empty and usable
+        cf_mp_writer_fini(w);    //  frees and leaves it empty and usable
     else
         cf_mp_writer_reset(w);
     slot->in_use = false;
 }
-

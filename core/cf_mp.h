@@ -15,7 +15,7 @@
 #include <msgpack.h>
 
 //  Nesting deeper than this is malformed (also bounds recursion).
-#define CF_MP_MAX_DEPTH 64
+#define CF_MP_MAX_DEPTH  64
 //  Values in one decoded document at most. A decoded value takes 16 bytes
 //  while it can take 1 byte on the wire (a nil), so without this a 64 MiB
 //  body of nils would cost 1 GiB; with it a document costs at most 256 MiB
@@ -39,7 +39,7 @@ size_t cf_mp_reader_left(const cf_mp_reader_t *r);
 //  at least one byte) and against max_count.
 cf_err_t cf_mp_read_array(cf_mp_reader_t *r, uint32_t max_count, uint32_t *count);
 cf_err_t cf_mp_read_map(cf_mp_reader_t *r, uint32_t max_count, uint32_t *count);
-cf_err_t cf_mp_read_uint(cf_mp_reader_t *r, uint64_t *out);     //  non-negative ints
+cf_err_t cf_mp_read_uint(cf_mp_reader_t *r, uint64_t *out);    //  non-negative ints
 cf_err_t cf_mp_read_int(cf_mp_reader_t *r, int64_t *out);
 cf_err_t cf_mp_read_bool(cf_mp_reader_t *r, bool *out);
 cf_err_t cf_mp_read_nil(cf_mp_reader_t *r);
@@ -62,7 +62,6 @@ bool cf_mp_valid_array(const void *data, size_t size);
 
 typedef struct cf_mp_doc cf_mp_doc_t;
 
-
 //  Decodes exactly one value (trailing bytes are malformed). CF_EPROTO
 //  (malformed, deeper than CF_MP_MAX_DEPTH, more than CF_MP_MAX_VALUES
 //  values) or CF_ENOMEM; *doc is NULL on error. The document copies
@@ -83,7 +82,7 @@ typedef struct {
 
 void cf_mp_writer_init(cf_mp_writer_t *w);
 void cf_mp_writer_fini(cf_mp_writer_t *w);
-void cf_mp_writer_reset(cf_mp_writer_t *w);     //  keeps capacity
+void cf_mp_writer_reset(cf_mp_writer_t *w);    //  keeps capacity
 //  One of this thread's own writers, empty, kept between uses so that
 //  encoding allocates nothing once warm; freed when the thread exits. NULL
 //  when all of the thread's writers are in use (nested uses: a task that

@@ -79,12 +79,17 @@ bool cf_proto_str_eq(cf_proto_str_t s, const char *text)
 static size_t s_min_item_bytes(cf_msg_type_t type)
 {
     switch (type) {
-        case CF_MSG_SUBMIT: return 9;   //  96 id a1 'f' c4 00 retries timeout flags
-        case CF_MSG_TASK: return 7;     //  94 id a1 'f' c4 00 timeout
-        case CF_MSG_RESULT: return 3;   //  92 id 02
-        case CF_MSG_CANCEL:
-        case CF_MSG_STARTED: return 1;  //  a positive fixint
-        default: return 0;
+    case CF_MSG_SUBMIT:
+        return 9;    //  96 id a1 'f' c4 00 retries timeout flags
+    case CF_MSG_TASK:
+        return 7;    //  94 id a1 'f' c4 00 timeout
+    case CF_MSG_RESULT:
+        return 3;    //  92 id 02
+    case CF_MSG_CANCEL:
+    case CF_MSG_STARTED:
+        return 1;    //  a positive fixint
+    default:
+        return 0;
     }
 }
 
@@ -155,29 +160,28 @@ static cf_err_t s_read_result(cf_mp_reader_t *r, cf_proto_result_t *result)
         || cf_mp_read_uint(r, &result->id) != CF_OK || cf_mp_read_uint(r, &status) != CF_OK)
         return CF_EPROTO;
     switch (status) {
-        case CF_STATUS_OK:
-            if (fields != 3 || s_read_bytes(r, &result->value, &result->value_len) != CF_OK)
-                return CF_EPROTO;
-            break;
-        case CF_STATUS_ERROR: {
-            cf_proto_error_t *e = &result->error;
-            if (fields != 3 || cf_mp_read_array(r, 5, &error_fields) != CF_OK
-                || error_fields != 5
-                || s_read_text(r, 1, CF_PROTO_MAX_TEXT, &e->type) != CF_OK
-                || s_read_text(r, 0, CF_PROTO_MAX_TEXT, &e->message) != CF_OK
-                || s_read_text(r, 0, CF_PROTO_MAX_NAME, &e->function) != CF_OK
-                || s_read_text(r, 0, CF_PROTO_MAX_TEXT, &e->host) != CF_OK
-                || s_read_i32(r, &e->pid) != CF_OK)
-                return CF_EPROTO;
-            break;
-        }
-        case CF_STATUS_CANCELLED:
-        case CF_STATUS_BUSY:
-            if (fields != 2)
-                return CF_EPROTO;
-            break;
-        default:
+    case CF_STATUS_OK:
+        if (fields != 3 || s_read_bytes(r, &result->value, &result->value_len) != CF_OK)
             return CF_EPROTO;
+        break;
+    case CF_STATUS_ERROR: {
+        cf_proto_error_t *e = &result->error;
+        if (fields != 3 || cf_mp_read_array(r, 5, &error_fields) != CF_OK || error_fields != 5
+            || s_read_text(r, 1, CF_PROTO_MAX_TEXT, &e->type) != CF_OK
+            || s_read_text(r, 0, CF_PROTO_MAX_TEXT, &e->message) != CF_OK
+            || s_read_text(r, 0, CF_PROTO_MAX_NAME, &e->function) != CF_OK
+            || s_read_text(r, 0, CF_PROTO_MAX_TEXT, &e->host) != CF_OK
+            || s_read_i32(r, &e->pid) != CF_OK)
+            return CF_EPROTO;
+        break;
+    }
+    case CF_STATUS_CANCELLED:
+    case CF_STATUS_BUSY:
+        if (fields != 2)
+            return CF_EPROTO;
+        break;
+    default:
+        return CF_EPROTO;
     }
     result->status = (cf_status_t)status;
     return CF_OK;
@@ -223,9 +227,9 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
         if (cf_mp_read_array(&r, CF_PROTO_MAX_BATCH, &items) != CF_OK
             || (uint64_t)items * min_item > cf_mp_reader_left(&r))
             goto malformed;
-        item_size = type == CF_MSG_RESULT ? sizeof(cf_proto_result_t)
-                  : type == CF_MSG_SUBMIT || type == CF_MSG_TASK ? sizeof(cf_proto_task_t)
-                  : sizeof(uint64_t);
+        item_size = type == CF_MSG_RESULT                          ? sizeof(cf_proto_result_t)
+                    : type == CF_MSG_SUBMIT || type == CF_MSG_TASK ? sizeof(cf_proto_task_t)
+                                                                   : sizeof(uint64_t);
     }
     else if (type == CF_MSG_STATS) {
         //  A request is [], a reply {name: value, ...}: told apart by type.
@@ -256,85 +260,84 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
     r.pos = header_pos;
 
     switch (type) {
-        case CF_MSG_SUBMIT:
-        case CF_MSG_TASK:
-            msg->tasks = item_area;
+    case CF_MSG_SUBMIT:
+    case CF_MSG_TASK:
+        msg->tasks = item_area;
+        for (uint32_t i = 0; i < items; i++) {
+            if (s_read_task(&r, type == CF_MSG_SUBMIT, &msg->tasks[i]) != CF_OK)
+                goto malformed;
+        }
+        break;
+    case CF_MSG_RESULT:
+        msg->results = item_area;
+        for (uint32_t i = 0; i < items; i++) {
+            if (s_read_result(&r, &msg->results[i]) != CF_OK)
+                goto malformed;
+        }
+        break;
+    case CF_MSG_CANCEL:
+    case CF_MSG_STARTED:
+        msg->ids = item_area;
+        for (uint32_t i = 0; i < items; i++) {
+            if (cf_mp_read_uint(&r, &msg->ids[i]) != CF_OK)
+                goto malformed;
+        }
+        break;
+    case CF_MSG_STATS:
+        if (stats_reply) {
+            msg->stats = item_area;
             for (uint32_t i = 0; i < items; i++) {
-                if (s_read_task(&r, type == CF_MSG_SUBMIT, &msg->tasks[i]) != CF_OK)
+                if (s_read_text(&r, 1, CF_PROTO_MAX_NAME, &msg->stats[i].name) != CF_OK
+                    || cf_mp_read_uint(&r, &msg->stats[i].value) != CF_OK)
                     goto malformed;
             }
-            break;
-        case CF_MSG_RESULT:
-            msg->results = item_area;
-            for (uint32_t i = 0; i < items; i++) {
-                if (s_read_result(&r, &msg->results[i]) != CF_OK)
-                    goto malformed;
-            }
-            break;
-        case CF_MSG_CANCEL:
-        case CF_MSG_STARTED:
-            msg->ids = item_area;
-            for (uint32_t i = 0; i < items; i++) {
-                if (cf_mp_read_uint(&r, &msg->ids[i]) != CF_OK)
-                    goto malformed;
-            }
-            break;
-        case CF_MSG_STATS:
-            if (stats_reply) {
-                msg->stats = item_area;
-                for (uint32_t i = 0; i < items; i++) {
-                    if (s_read_text(&r, 1, CF_PROTO_MAX_NAME, &msg->stats[i].name) != CF_OK
-                        || cf_mp_read_uint(&r, &msg->stats[i].value) != CF_OK)
-                        goto malformed;
-                }
-            }
-            break;
-        case CF_MSG_READY: {
-            uint32_t fields;
-            //  threads came later as an optional fourth field.
-            if (cf_mp_read_array(&r, 4, &fields) != CF_OK || fields < 3
-                || s_read_u32(&r, &msg->credit) != CF_OK
-                || s_read_text(&r, 0, CF_PROTO_MAX_TEXT, &msg->host) != CF_OK
-                || s_read_i32(&r, &msg->pid) != CF_OK
-                || (fields == 4 && s_read_u32(&r, &msg->threads) != CF_OK))
-                goto malformed;
-            break;
         }
-        case CF_MSG_CREDIT: {
-            uint32_t fields;
-            if (cf_mp_read_array(&r, 1, &fields) != CF_OK || fields != 1
-                || s_read_u32(&r, &msg->credit) != CF_OK)
-                goto malformed;
-            break;
-        }
-        case CF_MSG_HEARTBEAT: {
-            uint32_t fields;
-            if (cf_mp_read_array(&r, 2, &fields) != CF_OK || fields != 2
-                || cf_mp_read_uint(&r, &msg->boot) != CF_OK
-                || s_read_u32(&r, &msg->ivl_ms) != CF_OK)
-                goto malformed;
-            break;
-        }
-        case CF_MSG_DISCONNECT: {
-            uint32_t fields;
-            if (cf_mp_read_array(&r, 1, &fields) != CF_OK || fields != 1
-                || s_read_text(&r, 0, CF_PROTO_MAX_TEXT, &msg->text) != CF_OK)
-                goto malformed;
-            break;
-        }
-        case CF_MSG_ERROR: {
-            uint32_t fields;
-            if (cf_mp_read_array(&r, 2, &fields) != CF_OK || fields != 2
-                || cf_mp_read_uint(&r, &msg->ref) != CF_OK
-                || s_read_text(&r, 0, CF_PROTO_MAX_TEXT, &msg->text) != CF_OK)
-                goto malformed;
-            break;
-        }
-        default:
+        break;
+    case CF_MSG_READY: {
+        uint32_t fields;
+        //  threads came later as an optional fourth field.
+        if (cf_mp_read_array(&r, 4, &fields) != CF_OK || fields < 3
+            || s_read_u32(&r, &msg->credit) != CF_OK
+            || s_read_text(&r, 0, CF_PROTO_MAX_TEXT, &msg->host) != CF_OK
+            || s_read_i32(&r, &msg->pid) != CF_OK
+            || (fields == 4 && s_read_u32(&r, &msg->threads) != CF_OK))
             goto malformed;
+        break;
+    }
+    case CF_MSG_CREDIT: {
+        uint32_t fields;
+        if (cf_mp_read_array(&r, 1, &fields) != CF_OK || fields != 1
+            || s_read_u32(&r, &msg->credit) != CF_OK)
+            goto malformed;
+        break;
+    }
+    case CF_MSG_HEARTBEAT: {
+        uint32_t fields;
+        if (cf_mp_read_array(&r, 2, &fields) != CF_OK || fields != 2
+            || cf_mp_read_uint(&r, &msg->boot) != CF_OK || s_read_u32(&r, &msg->ivl_ms) != CF_OK)
+            goto malformed;
+        break;
+    }
+    case CF_MSG_DISCONNECT: {
+        uint32_t fields;
+        if (cf_mp_read_array(&r, 1, &fields) != CF_OK || fields != 1
+            || s_read_text(&r, 0, CF_PROTO_MAX_TEXT, &msg->text) != CF_OK)
+            goto malformed;
+        break;
+    }
+    case CF_MSG_ERROR: {
+        uint32_t fields;
+        if (cf_mp_read_array(&r, 2, &fields) != CF_OK || fields != 2
+            || cf_mp_read_uint(&r, &msg->ref) != CF_OK
+            || s_read_text(&r, 0, CF_PROTO_MAX_TEXT, &msg->text) != CF_OK)
+            goto malformed;
+        break;
+    }
+    default:
+        goto malformed;
     }
     if (cf_mp_reader_left(&r) != 0)
-        goto malformed;             //  one value, nothing after it
+        goto malformed;    //  one value, nothing after it
     *msg_p = msg;
     return CF_OK;
 
@@ -359,8 +362,7 @@ const char *cf_proto_msg_user_id(const cf_proto_msg_t *msg)
     return msg && msg->has_body_ ? zmq_msg_gets(&msg->body_, "User-Id") : NULL;
 }
 
-cf_err_t cf_proto_recv(void *socket, bool is_router, zmq_msg_t *routing_id,
-                       cf_proto_msg_t **msg)
+cf_err_t cf_proto_recv(void *socket, bool is_router, zmq_msg_t *routing_id, cf_proto_msg_t **msg)
 {
     assert(socket && msg);
     assert(!is_router || routing_id);
@@ -392,7 +394,7 @@ cf_err_t cf_proto_recv(void *socket, bool is_router, zmq_msg_t *routing_id,
             zmq_msg_move(&frames[count++], &part);
         }
         else
-            too_many = true;        //  drained and dropped, never kept
+            too_many = true;    //  drained and dropped, never kept
         zmq_msg_close(&part);
         if (!more)
             break;
@@ -419,17 +421,17 @@ cf_err_t cf_proto_recv(void *socket, bool is_router, zmq_msg_t *routing_id,
 //  Bodies up to this size are copied into the frame (zmq allocates one block
 //  for a copy, and a zero-copy frame costs zmq an allocation of its own plus
 //  ours for the next body); larger ones are handed over without a copy.
-#define S_COPY_MAX (16 * 1024)
+#define S_COPY_MAX    (16 * 1024)
 //  The capacity a fresh body buffer starts with after a zero-copy send:
 //  the last body's, bounded so one huge message does not pin memory.
 #define S_RESERVE_MAX (4u * 1024 * 1024)
 
 struct cf_proto_enc {
-    cf_mp_writer_t w;           //  the body being built
-    cf_msg_type_t type;         //  of the message being built
-    size_t count;               //  items since begin
-    bool failed;                //  out of memory since begin: send fails
-    size_t reserve;             //  capacity to start the next buffer with
+    cf_mp_writer_t w;      //  the body being built
+    cf_msg_type_t type;    //  of the message being built
+    size_t count;          //  items since begin
+    bool failed;           //  out of memory since begin: send fails
+    size_t reserve;        //  capacity to start the next buffer with
 };
 
 static bool s_is_batch(cf_msg_type_t type)
@@ -476,8 +478,8 @@ void cf_proto_enc_begin(cf_proto_enc_t *enc, cf_msg_type_t type)
     s_reset(enc, type);
     //  A count patched at send: array32 (map32 for a STATS reply) always,
     //  whatever the final count. Legal msgpack, decoded by every reader.
-    static const uint8_t array32[5] = {0xdd, 0, 0, 0, 0};
-    static const uint8_t map32[5] = {0xdf, 0, 0, 0, 0};
+    static const uint8_t array32[5] = { 0xdd, 0, 0, 0, 0 };
+    static const uint8_t map32[5] = { 0xdf, 0, 0, 0, 0 };
     if (s_is_batch(type))
         enc->failed = msgpack_sbuffer_write(&enc->w.buf, (const char *)array32, 5) != 0;
     else if (type == CF_MSG_STATS)
@@ -526,8 +528,8 @@ static cf_err_t s_item_check(cf_proto_enc_t *enc, cf_msg_type_t a, cf_msg_type_t
 }
 
 cf_err_t cf_proto_enc_task(cf_proto_enc_t *enc, uint64_t id, const char *function,
-                           size_t function_len, const void *args, size_t args_len,
-                           int32_t retries, uint32_t timeout_ms, uint32_t flags)
+                           size_t function_len, const void *args, size_t args_len, int32_t retries,
+                           uint32_t timeout_ms, uint32_t flags)
 {
     assert(enc);
     cf_err_t rc = s_item_check(enc, CF_MSG_SUBMIT, CF_MSG_TASK, CF_PROTO_MAX_BATCH);
@@ -541,13 +543,12 @@ cf_err_t cf_proto_enc_task(cf_proto_enc_t *enc, uint64_t id, const char *functio
     msgpack_packer *pk = &enc->w.pk;
     size_t mark = enc->w.buf.size;
     bool submit = enc->type == CF_MSG_SUBMIT;
-    int failed = msgpack_pack_array(pk, submit ? 6 : 4)
-               | msgpack_pack_uint64(pk, id)
-               | msgpack_pack_str_with_body(pk, function, function_len)
-               | msgpack_pack_bin_with_body(pk, args, args_len);
+    int failed = msgpack_pack_array(pk, submit ? 6 : 4) | msgpack_pack_uint64(pk, id)
+                 | msgpack_pack_str_with_body(pk, function, function_len)
+                 | msgpack_pack_bin_with_body(pk, args, args_len);
     if (submit)
         failed |= msgpack_pack_int32(pk, retries) | msgpack_pack_uint32(pk, timeout_ms)
-                | msgpack_pack_uint32(pk, flags);
+                  | msgpack_pack_uint32(pk, flags);
     else
         failed |= msgpack_pack_uint32(pk, timeout_ms);
     return s_item_done(enc, mark, failed);
@@ -561,14 +562,14 @@ cf_err_t cf_proto_enc_result_ok(cf_proto_enc_t *enc, uint64_t id, const void *va
     if (rc != CF_OK)
         return rc;
     if (!value || value_len == 0)
-        return CF_EINVAL;           //  a result is one value: at least one byte
+        return CF_EINVAL;    //  a result is one value: at least one byte
     if (value_len > CF_PROTO_MAX_FRAME)
         return CF_ETOOBIG;
     msgpack_packer *pk = &enc->w.pk;
     size_t mark = enc->w.buf.size;
     int failed = msgpack_pack_array(pk, 3) | msgpack_pack_uint64(pk, id)
-               | msgpack_pack_uint8(pk, CF_STATUS_OK)
-               | msgpack_pack_bin_with_body(pk, value, value_len);
+                 | msgpack_pack_uint8(pk, CF_STATUS_OK)
+                 | msgpack_pack_bin_with_body(pk, value, value_len);
     return s_item_done(enc, mark, failed);
 }
 
@@ -580,8 +581,8 @@ static int s_pack_text(msgpack_packer *pk, const char *text, size_t max)
 }
 
 cf_err_t cf_proto_enc_result_error(cf_proto_enc_t *enc, uint64_t id, const char *type,
-                                   const char *message, const char *function,
-                                   const char *host, int32_t pid)
+                                   const char *message, const char *function, const char *host,
+                                   int32_t pid)
 {
     assert(enc);
     cf_err_t rc = s_item_check(enc, CF_MSG_RESULT, CF_MSG_RESULT, CF_PROTO_MAX_BATCH);
@@ -592,12 +593,11 @@ cf_err_t cf_proto_enc_result_error(cf_proto_enc_t *enc, uint64_t id, const char 
     msgpack_packer *pk = &enc->w.pk;
     size_t mark = enc->w.buf.size;
     int failed = msgpack_pack_array(pk, 3) | msgpack_pack_uint64(pk, id)
-               | msgpack_pack_uint8(pk, CF_STATUS_ERROR) | msgpack_pack_array(pk, 5)
-               | s_pack_text(pk, type, CF_PROTO_MAX_TEXT)
-               | s_pack_text(pk, message, CF_PROTO_MAX_TEXT)
-               | s_pack_text(pk, function, CF_PROTO_MAX_NAME)
-               | s_pack_text(pk, host, CF_PROTO_MAX_TEXT)
-               | msgpack_pack_int32(pk, pid);
+                 | msgpack_pack_uint8(pk, CF_STATUS_ERROR) | msgpack_pack_array(pk, 5)
+                 | s_pack_text(pk, type, CF_PROTO_MAX_TEXT)
+                 | s_pack_text(pk, message, CF_PROTO_MAX_TEXT)
+                 | s_pack_text(pk, function, CF_PROTO_MAX_NAME)
+                 | s_pack_text(pk, host, CF_PROTO_MAX_TEXT) | msgpack_pack_int32(pk, pid);
     return s_item_done(enc, mark, failed);
 }
 
@@ -612,7 +612,7 @@ cf_err_t cf_proto_enc_result_status(cf_proto_enc_t *enc, uint64_t id, cf_status_
     msgpack_packer *pk = &enc->w.pk;
     size_t mark = enc->w.buf.size;
     int failed = msgpack_pack_array(pk, 2) | msgpack_pack_uint64(pk, id)
-               | msgpack_pack_uint8(pk, (uint8_t)status);
+                 | msgpack_pack_uint8(pk, (uint8_t)status);
     return s_item_done(enc, mark, failed);
 }
 
@@ -637,19 +637,20 @@ cf_err_t cf_proto_enc_stat(cf_proto_enc_t *enc, const char *name, uint64_t value
     msgpack_packer *pk = &enc->w.pk;
     size_t mark = enc->w.buf.size;
     int failed = msgpack_pack_str_with_body(pk, name, strlen(name))
-               | msgpack_pack_uint64(pk, value);
+                 | msgpack_pack_uint64(pk, value);
     return s_item_done(enc, mark, failed);
 }
 
-void cf_proto_enc_ready(cf_proto_enc_t *enc, uint32_t credit, uint32_t threads,
-                        const char *host, int32_t pid)
+void cf_proto_enc_ready(cf_proto_enc_t *enc, uint32_t credit, uint32_t threads, const char *host,
+                        int32_t pid)
 {
     assert(enc);
     s_reset(enc, CF_MSG_READY);
     msgpack_packer *pk = &enc->w.pk;
     enc->failed = (msgpack_pack_array(pk, 4) | msgpack_pack_uint32(pk, credit)
                    | s_pack_text(pk, host, CF_PROTO_MAX_TEXT) | msgpack_pack_int32(pk, pid)
-                   | msgpack_pack_uint32(pk, threads)) != 0;
+                   | msgpack_pack_uint32(pk, threads))
+                  != 0;
 }
 
 void cf_proto_enc_credit(cf_proto_enc_t *enc, uint32_t credit)
@@ -666,7 +667,8 @@ void cf_proto_enc_heartbeat(cf_proto_enc_t *enc, uint64_t boot, uint32_t ivl_ms)
     s_reset(enc, CF_MSG_HEARTBEAT);
     msgpack_packer *pk = &enc->w.pk;
     enc->failed = (msgpack_pack_array(pk, 2) | msgpack_pack_uint64(pk, boot)
-                   | msgpack_pack_uint32(pk, ivl_ms)) != 0;
+                   | msgpack_pack_uint32(pk, ivl_ms))
+                  != 0;
 }
 
 void cf_proto_enc_text(cf_proto_enc_t *enc, const char *text, uint64_t ref)
@@ -680,7 +682,8 @@ void cf_proto_enc_text(cf_proto_enc_t *enc, const char *text, uint64_t ref)
         enc->failed = (msgpack_pack_array(pk, 1) | s_pack_text(pk, text, CF_PROTO_MAX_TEXT)) != 0;
     else
         enc->failed = (msgpack_pack_array(pk, 2) | msgpack_pack_uint64(pk, ref)
-                       | s_pack_text(pk, text, CF_PROTO_MAX_TEXT)) != 0;
+                       | s_pack_text(pk, text, CF_PROTO_MAX_TEXT))
+                      != 0;
 }
 
 size_t cf_proto_enc_count(const cf_proto_enc_t *enc)
@@ -741,7 +744,7 @@ cf_err_t cf_proto_enc_send(cf_proto_enc_t *enc, void *socket, const void *routin
         goto done;
     }
     if (enc->w.buf.size == 0 || !cf_proto_command_name(enc->type)) {
-        rc = CF_EINVAL;             //  nothing was begun or filled in
+        rc = CF_EINVAL;    //  nothing was begun or filled in
         goto done;
     }
     s_finish_body(enc);
@@ -783,10 +786,10 @@ cf_err_t cf_proto_enc_send(cf_proto_enc_t *enc, void *socket, const void *routin
         rc = s_send_errno();
         goto done;
     }
-    body_ready = false;             //  zmq owns it now
+    body_ready = false;    //  zmq owns it now
 
 done:;
-    int err = errno;                //  kept for the caller (ETERM)
+    int err = errno;    //  kept for the caller (ETERM)
     if (body_ready)
         zmq_msg_close(&body);
     if (s_is_batch(enc->type) || enc->type == CF_MSG_STATS)
@@ -819,10 +822,10 @@ done:;
 //    for a peer that stops reading. Our messages are batches, so 1000 of
 //    them are far more than any credit or window keeps in flight, and a
 //    peer that does reach it gets EAGAIN (CF_EBUSY), never a silent drop.
-#define S_LINGER_MS 100
+#define S_LINGER_MS        100
 #define S_HANDSHAKE_IVL_MS 5000
-#define S_HWM 1000
-#define S_FRAME_SLACK 4096
+#define S_HWM              1000
+#define S_FRAME_SLACK      4096
 
 int cf_proto_events(void *socket)
 {

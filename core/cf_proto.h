@@ -18,19 +18,19 @@
 
 #include <zmq.h>
 
-#define CF_PROTO_VERSION        "cf/1"
-#define CF_PROTO_MAX_FRAME      (64u * 1024 * 1024)    //  body bytes
-#define CF_PROTO_MAX_FRAMES     8       //  frames in a message, routing id included
-#define CF_PROTO_MAX_BATCH      65536   //  tasks, results or ids in one body
-#define CF_PROTO_MAX_NAME       255     //  function name bytes
-#define CF_PROTO_MAX_TEXT       4096    //  error type/message/host bytes
-#define CF_PROTO_MAX_STATS      64      //  stats map pairs
+#define CF_PROTO_VERSION    "cf/1"
+#define CF_PROTO_MAX_FRAME  (64u * 1024 * 1024)    //  body bytes
+#define CF_PROTO_MAX_FRAMES 8                      //  frames in a message, routing id included
+#define CF_PROTO_MAX_BATCH  65536                  //  tasks, results or ids in one body
+#define CF_PROTO_MAX_NAME   255                    //  function name bytes
+#define CF_PROTO_MAX_TEXT   4096                   //  error type/message/host bytes
+#define CF_PROTO_MAX_STATS  64                     //  stats map pairs
 
 //  Heartbeat defaults every peer starts from: a peer sends something at
 //  least every interval and counts another as lost after liveness silent
 //  intervals (the broker's HEARTBEAT announces the interval it uses).
-#define CF_HEARTBEAT_IVL_MS     1000
-#define CF_HEARTBEAT_LIVENESS   3
+#define CF_HEARTBEAT_IVL_MS   1000
+#define CF_HEARTBEAT_LIVENESS 3
 
 //  ERROR texts (ref 0) the broker sends and peers act on: the sender is not
 //  known (a client resubmits, a worker announces itself again), its key has
@@ -41,17 +41,17 @@
 #define CF_PROTO_KEY_REVOKED    "not allowed: this key was revoked"
 
 typedef enum {
-    CF_MSG_SUBMIT = 1,  //  client -> broker: tasks
-    CF_MSG_CANCEL,      //  client -> broker: ids to cancel if not started
-    CF_MSG_STARTED,     //  broker -> client: ids now on a worker
-    CF_MSG_RESULT,      //  broker -> client, worker -> broker: outcomes
-    CF_MSG_TASK,        //  broker -> worker: tasks to run
-    CF_MSG_READY,       //  worker -> broker: hello with capacity
-    CF_MSG_CREDIT,      //  worker -> broker: more capacity
-    CF_MSG_HEARTBEAT,   //  both ways
-    CF_MSG_DISCONNECT,  //  both ways: going away
-    CF_MSG_STATS,       //  client -> broker request, broker -> client reply
-    CF_MSG_ERROR,       //  broker -> peer: a message was refused
+    CF_MSG_SUBMIT = 1,    //  client -> broker: tasks
+    CF_MSG_CANCEL,        //  client -> broker: ids to cancel if not started
+    CF_MSG_STARTED,       //  broker -> client: ids now on a worker
+    CF_MSG_RESULT,        //  broker -> client, worker -> broker: outcomes
+    CF_MSG_TASK,          //  broker -> worker: tasks to run
+    CF_MSG_READY,         //  worker -> broker: hello with capacity
+    CF_MSG_CREDIT,        //  worker -> broker: more capacity
+    CF_MSG_HEARTBEAT,     //  both ways
+    CF_MSG_DISCONNECT,    //  both ways: going away
+    CF_MSG_STATS,         //  client -> broker request, broker -> client reply
+    CF_MSG_ERROR,         //  broker -> peer: a message was refused
     CF_MSG_TYPE_COUNT_
 } cf_msg_type_t;
 
@@ -87,11 +87,11 @@ bool cf_proto_str_eq(cf_proto_str_t s, const char *text);
 typedef struct {
     uint64_t id;
     cf_proto_str_t function;
-    const uint8_t *args;        //  one msgpack array
+    const uint8_t *args;    //  one msgpack array
     size_t args_len;
-    int32_t retries;            //  retries after a lost worker (<0: none)
-    uint32_t timeout_ms;        //  0: none
-    uint32_t flags;             //  CF_TASK_*
+    int32_t retries;        //  retries after a lost worker (<0: none)
+    uint32_t timeout_ms;    //  0: none
+    uint32_t flags;         //  CF_TASK_*
 } cf_proto_task_t;
 
 typedef struct {
@@ -102,9 +102,9 @@ typedef struct {
 typedef struct {
     uint64_t id;
     cf_status_t status;
-    const uint8_t *value;       //  CF_STATUS_OK: one msgpack value
+    const uint8_t *value;    //  CF_STATUS_OK: one msgpack value
     size_t value_len;
-    cf_proto_error_t error;     //  CF_STATUS_ERROR
+    cf_proto_error_t error;    //  CF_STATUS_ERROR
 } cf_proto_result_t;
 
 typedef struct {
@@ -115,19 +115,19 @@ typedef struct {
 typedef struct {
     cf_msg_type_t type;
     //  Which of these is set depends on type.
-    cf_proto_task_t *tasks;     //  SUBMIT, TASK
-    cf_proto_result_t *results; //  RESULT
-    uint64_t *ids;              //  CANCEL, STARTED
-    size_t count;               //  items in tasks / results / ids / stats
-    uint32_t credit;            //  READY, CREDIT
-    uint32_t threads;           //  READY: execution slots; 0 when not said (3 fields)
-    uint64_t boot;              //  HEARTBEAT from the broker: its instance id (0 from peers)
-    uint32_t ivl_ms;            //  HEARTBEAT from the broker: its heartbeat interval
-    cf_proto_str_t host;        //  READY
-    int32_t pid;                //  READY
-    cf_proto_stat_t *stats;     //  STATS reply
-    cf_proto_str_t text;        //  ERROR, DISCONNECT: reason
-    uint64_t ref;               //  ERROR: id it concerns, 0 if none
+    cf_proto_task_t *tasks;        //  SUBMIT, TASK
+    cf_proto_result_t *results;    //  RESULT
+    uint64_t *ids;                 //  CANCEL, STARTED
+    size_t count;                  //  items in tasks / results / ids / stats
+    uint32_t credit;               //  READY, CREDIT
+    uint32_t threads;              //  READY: execution slots; 0 when not said (3 fields)
+    uint64_t boot;                 //  HEARTBEAT from the broker: its instance id (0 from peers)
+    uint32_t ivl_ms;               //  HEARTBEAT from the broker: its heartbeat interval
+    cf_proto_str_t host;           //  READY
+    int32_t pid;                   //  READY
+    cf_proto_stat_t *stats;        //  STATS reply
+    cf_proto_str_t text;           //  ERROR, DISCONNECT: reason
+    uint64_t ref;                  //  ERROR: id it concerns, 0 if none
     //  Private: the body frame the pointers above point into. The items
     //  arrays live in the same allocation as the message.
     zmq_msg_t body_;
@@ -158,8 +158,7 @@ const char *cf_proto_msg_user_id(const cf_proto_msg_t *msg);
 //  CF_EPROTO (malformed: counted by the caller; *routing_id still set when
 //  known), CF_ETIMEDOUT (EAGAIN or EINTR: nothing read) or CF_ESYS (errno
 //  kept: ETERM when the context is terminating).
-cf_err_t cf_proto_recv(void *socket, bool is_router, zmq_msg_t *routing_id,
-                       cf_proto_msg_t **msg);
+cf_err_t cf_proto_recv(void *socket, bool is_router, zmq_msg_t *routing_id, cf_proto_msg_t **msg);
 
 // ---------------------------------------------------------------------------
 //  Encoding: an encoder builds one message body incrementally, then sends.
@@ -186,14 +185,14 @@ void cf_proto_enc_destroy(cf_proto_enc_t **enc);
 void cf_proto_enc_begin(cf_proto_enc_t *enc, cf_msg_type_t type);
 //  Items of SUBMIT / TASK (TASK ignores retries and flags).
 cf_err_t cf_proto_enc_task(cf_proto_enc_t *enc, uint64_t id, const char *function,
-                           size_t function_len, const void *args, size_t args_len,
-                           int32_t retries, uint32_t timeout_ms, uint32_t flags);
+                           size_t function_len, const void *args, size_t args_len, int32_t retries,
+                           uint32_t timeout_ms, uint32_t flags);
 //  Items of RESULT.
 cf_err_t cf_proto_enc_result_ok(cf_proto_enc_t *enc, uint64_t id, const void *value,
                                 size_t value_len);
 cf_err_t cf_proto_enc_result_error(cf_proto_enc_t *enc, uint64_t id, const char *type,
-                                   const char *message, const char *function,
-                                   const char *host, int32_t pid);
+                                   const char *message, const char *function, const char *host,
+                                   int32_t pid);
 cf_err_t cf_proto_enc_result_status(cf_proto_enc_t *enc, uint64_t id, cf_status_t status);
 //  Items of CANCEL / STARTED.
 cf_err_t cf_proto_enc_id(cf_proto_enc_t *enc, uint64_t id);
@@ -204,12 +203,13 @@ cf_err_t cf_proto_enc_stat(cf_proto_enc_t *enc, const char *name, uint64_t value
 //  when begun as one, else an ERROR. Out of memory makes the send fail.
 //  READY carries threads (execution slots) besides credit (what may be sent
 //  now): a worker that prefetches announces more credit than threads.
-void cf_proto_enc_ready(cf_proto_enc_t *enc, uint32_t credit, uint32_t threads,
-                        const char *host, int32_t pid);
+void cf_proto_enc_ready(cf_proto_enc_t *enc, uint32_t credit, uint32_t threads, const char *host,
+                        int32_t pid);
 void cf_proto_enc_credit(cf_proto_enc_t *enc, uint32_t credit);
 //  The broker sends its boot id and interval; clients and workers send 0, 0.
 void cf_proto_enc_heartbeat(cf_proto_enc_t *enc, uint64_t boot, uint32_t ivl_ms);
-void cf_proto_enc_text(cf_proto_enc_t *enc, const char *text, uint64_t ref);  //  ERROR, DISCONNECT
+void cf_proto_enc_text(cf_proto_enc_t *enc, const char *text,
+                       uint64_t ref);    //  ERROR, DISCONNECT
 //  Items added since begin.
 size_t cf_proto_enc_count(const cf_proto_enc_t *enc);
 //  Bytes of the body so far (callers split batches before CF_PROTO_MAX_FRAME).

@@ -143,7 +143,7 @@ cf_queue_node_t *cf_queue_rr_pop(cf_queue_rr_t *self, cf_queue_t **from)
         return NULL;
     cf_queue_t *queue = cf_queue_entry(link, cf_queue_t, ring);
     cf_queue_node_t *node = cf_queue_pop_front(queue);
-    assert(node);               //  only non-empty queues are in the ring
+    assert(node);    //  only non-empty queues are in the ring
     self->items--;
     cf_queue_remove(&self->ring, link);
     if (!cf_queue_empty(queue))
@@ -170,8 +170,7 @@ void cf_queue_rr_detach(cf_queue_rr_t *self, cf_queue_t *queue)
 }
 
 //  Links the whole chain of from between prev and next, and empties from.
-static void s_splice(cf_queue_t *to, cf_queue_t *from, cf_queue_node_t *prev,
-                     cf_queue_node_t *next)
+static void s_splice(cf_queue_t *to, cf_queue_t *from, cf_queue_node_t *prev, cf_queue_node_t *next)
 {
     assert(!cf_queue_linked(&to->ring) && !cf_queue_linked(&from->ring));
     if (from->size == 0)

@@ -21,18 +21,17 @@
 #include <stddef.h>
 
 typedef struct cf_queue_node {
-    struct cf_queue_node *prev;     //  NULL while not in a queue
+    struct cf_queue_node *prev;    //  NULL while not in a queue
     struct cf_queue_node *next;
 } cf_queue_node_t;
 
 //  The struct holding a node: cf_queue_entry(node, task_t, node).
-#define cf_queue_entry(ptr, type, member) \
-    ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+#define cf_queue_entry(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 typedef struct {
-    cf_queue_node_t head;           //  sentinel of a circular list
-    size_t size;                    //  nodes linked
-    cf_queue_node_t ring;           //  link in a cf_queue_rr_t while non-empty there
+    cf_queue_node_t head;    //  sentinel of a circular list
+    size_t size;             //  nodes linked
+    cf_queue_node_t ring;    //  link in a cf_queue_rr_t while non-empty there
 } cf_queue_t;
 
 //  An embedded queue starts empty. There is no _fini: the queue owns no
@@ -71,8 +70,8 @@ void cf_queue_prepend(cf_queue_t *to, cf_queue_t *from);
 //  the cf_queue_rr_* calls (not the plain ones) on queues served by a ring.
 
 typedef struct {
-    cf_queue_t ring;                //  non-empty member queues, in turn order
-    size_t items;                   //  items in all member queues
+    cf_queue_t ring;    //  non-empty member queues, in turn order
+    size_t items;       //  items in all member queues
 } cf_queue_rr_t;
 
 void cf_queue_rr_init(cf_queue_rr_t *rr);

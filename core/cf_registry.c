@@ -42,16 +42,16 @@
 #include <unistd.h>
 
 //  Function names, as the wire carries them.
-#define S_MAX_NAME CF_PROTO_MAX_NAME
+#define S_MAX_NAME          CF_PROTO_MAX_NAME
 //  Error types and messages are cut to what a RESULT item carries.
-#define S_MAX_TEXT (CF_PROTO_MAX_TEXT - 1)
+#define S_MAX_TEXT          (CF_PROTO_MAX_TEXT - 1)
 //  Slots of the first table (a power of two).
-#define S_FIRST_SLOTS 64
+#define S_FIRST_SLOTS       64
 //  A thread's result writer that grew past this is freed after the task,
 //  so one huge result does not pin its memory in every thread forever.
 #define S_WRITER_KEEP_BYTES (1024u * 1024)
 //  Names starting with this are the library's own (cf.chunk).
-#define S_RESERVED_PREFIX "cf."
+#define S_RESERVED_PREFIX   "cf."
 
 // ---------------------------------------------------------------------------
 //  The table
@@ -60,14 +60,14 @@ typedef struct s_entry {
     cf_task_fn *fn;
     uint64_t hash;
     size_t len;
-    struct s_entry *retired_next;   //  on the retired list once replaced
-    char name[];                    //  NUL-terminated
+    struct s_entry *retired_next;    //  on the retired list once replaced
+    char name[];                     //  NUL-terminated
 } s_entry_t;
 
 typedef struct s_table {
-    size_t mask;                    //  slots - 1
-    size_t used;                    //  entries (written under s_write_lock)
-    struct s_table *retired_next;   //  on the retired list once replaced
+    size_t mask;                     //  slots - 1
+    size_t used;                     //  entries (written under s_write_lock)
+    struct s_table *retired_next;    //  on the retired list once replaced
     _Atomic(s_entry_t *) slots[];
 } s_table_t;
 
@@ -232,7 +232,7 @@ cf_err_t cf_registry_load(const char *path)
     //  and will not run again, so "registered nothing" would be wrong.
     void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
     if (handle) {
-        dlclose(handle);        //  drops only the reference just taken
+        dlclose(handle);    //  drops only the reference just taken
         return CF_OK;
     }
     uint64_t before = s_registration_count();
@@ -240,15 +240,15 @@ cf_err_t cf_registry_load(const char *path)
     handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
         const char *why = dlerror();
-        return cf_error_set(CF_ENOTFOUND, "cannot load task library: %s",
-                            why ? why : path);
+        return cf_error_set(CF_ENOTFOUND, "cannot load task library: %s", why ? why : path);
     }
     if (s_registration_count() == before) {
         //  Useless, and its constructors did nothing we depend on.
         dlclose(handle);
         return cf_error_set(CF_EINVAL,
                             "task library %s registered no tasks (no CF_TASK in it, or it "
-                            "is linked to another copy of libcfutures)", path);
+                            "is linked to another copy of libcfutures)",
+                            path);
     }
     return CF_OK;
 }
@@ -263,7 +263,7 @@ static void s_hostname_init(void)
 {
     char name[sizeof s_hostname];
     if (gethostname(name, sizeof name) == 0) {
-        name[sizeof name - 1] = '\0';       //  truncation may leave it unterminated
+        name[sizeof name - 1] = '\0';    //  truncation may leave it unterminated
         if (name[0])
             memcpy(s_hostname, name, sizeof name);
     }
@@ -279,15 +279,15 @@ const char *cf_registry_hostname(void)
 //  Calls
 
 struct cf_call {
-    const char *function;           //  NUL-terminated
-    const cf_value_t *args;         //  the argument array
-    const uint8_t *args_raw;        //  its encoding
+    const char *function;       //  NUL-terminated
+    const cf_value_t *args;     //  the argument array
+    const uint8_t *args_raw;    //  its encoding
     size_t args_len;
-    cf_mp_writer_t *result;         //  where returns are written
-    bool has_result;                //  result holds one value
-    bool failed;                    //  raised: later raises and returns are ignored
-    bool out_of_memory;             //  a raise could not store its text
-    char *error_type;               //  malloc'd once failed
+    cf_mp_writer_t *result;    //  where returns are written
+    bool has_result;           //  result holds one value
+    bool failed;               //  raised: later raises and returns are ignored
+    bool out_of_memory;        //  a raise could not store its text
+    char *error_type;          //  malloc'd once failed
     char *error_message;
 };
 
@@ -318,7 +318,7 @@ static char *s_text_dup(const char *s, size_t max)
 static void s_raise_v(cf_call_t *call, const char *type, const char *fmt, va_list ap)
 {
     if (call->failed)
-        return;                     //  the first raise wins
+        return;    //  the first raise wins
     call->failed = true;
     call->has_result = false;
     char stack[512];
@@ -570,7 +570,7 @@ void cf_return_str(cf_call_t *call, const char *value)
     if (!pk)
         return;
     if (!value) {
-        s_return_end(call, msgpack_pack_nil(pk));   //  as the format's `s` does
+        s_return_end(call, msgpack_pack_nil(pk));    //  as the format's `s` does
         return;
     }
     s_return_end(call, msgpack_pack_str_with_body(pk, value, strlen(value)));
@@ -621,8 +621,10 @@ void cf_return_raw(cf_call_t *call, const void *msgpack, size_t len)
     if (call->failed)
         return;
     if (!msgpack || !cf_mp_valid(msgpack, len)) {
-        cf_raise(call, "ValueError", "%s(): cf_return_raw: not exactly one well-formed "
-                 "msgpack value", call->function);
+        cf_raise(call, "ValueError",
+                 "%s(): cf_return_raw: not exactly one well-formed "
+                 "msgpack value",
+                 call->function);
         return;
     }
     cf_mp_writer_reset(call->result);
@@ -632,7 +634,6 @@ void cf_return_raw(cf_call_t *call, const void *msgpack, size_t len)
 
 // ---------------------------------------------------------------------------
 //  Running
-
 
 static void s_call_fini(cf_call_t *call)
 {
@@ -657,7 +658,7 @@ static cf_err_t s_outcome_error(cf_outcome_t *outcome, const char *type, const c
 
 static cf_err_t s_outcome_error(cf_outcome_t *outcome, const char *type, const char *fmt, ...)
 {
-    cf_call_t call = {.function = ""};
+    cf_call_t call = { .function = "" };
     va_list ap;
     va_start(ap, fmt);
     s_raise_v(&call, type, fmt, ap);
@@ -805,8 +806,7 @@ static void s_chunk(cf_call_t *call)
     cf_mp_reader_t r;
     uint32_t outer = 0, count = 0;
     cf_mp_reader_init(&r, call->args_raw, call->args_len);
-    if (cf_mp_read_array(&r, UINT32_MAX, &outer) != CF_OK
-        || cf_mp_skip(&r, NULL, NULL) != CF_OK
+    if (cf_mp_read_array(&r, UINT32_MAX, &outer) != CF_OK || cf_mp_skip(&r, NULL, NULL) != CF_OK
         || cf_mp_read_array(&r, UINT32_MAX, &count) != CF_OK || count != cf_value_len(lists)) {
         cf_raise(call, "ProtocolError", "cf.chunk(): arguments do not match their encoding");
         return;
@@ -833,8 +833,10 @@ static void s_chunk(cf_call_t *call)
             .result = &item_result,
         };
         if (cf_value_type(item_args) != CF_TYPE_ARRAY)
-            cf_raise(&item, "TypeError", "%s() input %" PRIu32 " of the chunk: arguments must "
-                     "be an array, got %s", fn_name, i, cf_type_name(cf_value_type(item_args)));
+            cf_raise(&item, "TypeError",
+                     "%s() input %" PRIu32 " of the chunk: arguments must "
+                     "be an array, got %s",
+                     fn_name, i, cf_type_name(cf_value_type(item_args)));
         else
             fn(&item);
         if (item.out_of_memory) {
@@ -848,10 +850,12 @@ static void s_chunk(cf_call_t *call)
             const char *host = cf_registry_hostname();
             prc = msgpack_pack_array(&out->pk, 5);
             prc = prc ? prc : msgpack_pack_int(&out->pk, 1);
-            prc = prc ? prc : msgpack_pack_str_with_body(&out->pk, item.error_type,
-                                                         strlen(item.error_type));
-            prc = prc ? prc : msgpack_pack_str_with_body(&out->pk, item.error_message,
-                                                         strlen(item.error_message));
+            prc = prc ? prc
+                      : msgpack_pack_str_with_body(&out->pk, item.error_type,
+                                                   strlen(item.error_type));
+            prc = prc ? prc
+                      : msgpack_pack_str_with_body(&out->pk, item.error_message,
+                                                   strlen(item.error_message));
             prc = prc ? prc : msgpack_pack_str_with_body(&out->pk, host, strlen(host));
             prc = prc ? prc : msgpack_pack_int64(&out->pk, (int64_t)getpid());
         }

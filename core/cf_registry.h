@@ -35,10 +35,10 @@ cf_err_t cf_registry_load(const char *path);
 //  The outcome of running one task.
 typedef struct {
     bool ok;
-    uint8_t *value;             //  ok: one msgpack value (malloc'd, yours)
+    uint8_t *value;    //  ok: one msgpack value (malloc'd, yours)
     size_t value_len;
-    char *error_type;           //  !ok: malloc'd, yours
-    char *error_message;        //  !ok: malloc'd, yours
+    char *error_type;       //  !ok: malloc'd, yours
+    char *error_message;    //  !ok: malloc'd, yours
 } cf_outcome_t;
 
 void cf_outcome_fini(cf_outcome_t *outcome);

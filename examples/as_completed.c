@@ -38,8 +38,8 @@ int main(int argc, char **argv)
         const char *name;
         int delay_ms;
         bool fail;
-    } tasks[] = {{"A", 200, false}, {"B", 100, true}, {"C", 300, false}};
-    cf_future_t *futures[3] = {NULL};
+    } tasks[] = { { "A", 200, false }, { "B", 100, true }, { "C", 300, false } };
+    cf_future_t *futures[3] = { NULL };
     cf_as_completed_t *it = NULL;
     int status = 1;
     for (int i = 0; i < 3; i++) {

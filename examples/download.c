@@ -42,7 +42,6 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-
 // ---------------------------------------------------------------------------
 //  The program
 
@@ -110,7 +109,7 @@ int main(int argc, char **argv)
 {
     int timeout_ms = 10000, retries = 2, workers = 8;
     const char *dir = NULL;
-    url_list_t list = {0};
+    url_list_t list = { 0 };
     int status = 2;
     int opt;
     while ((opt = getopt(argc, argv, "t:r:w:o:f:h")) != -1) {
@@ -147,15 +146,15 @@ int main(int argc, char **argv)
     }
     //  The executor kind, as the other examples take it, before the URLs.
     int argi = optind;
-    bool has_kind = argi < argc && (!strcmp(argv[argi], "threads")
-                                    || !strcmp(argv[argi], "processes")
-                                    || !strcmp(argv[argi], "remote"));
+    bool has_kind = argi < argc
+                    && (!strcmp(argv[argi], "threads") || !strcmp(argv[argi], "processes")
+                        || !strcmp(argv[argi], "remote"));
     int kind_argi = argi;
     if (has_kind) {
         argi++;
         if (!strcmp(argv[kind_argi], "remote") && argi < argc && strstr(argv[argi], "://")
             && strncmp(argv[argi], "http", 4) != 0)
-            argi++;         //  remote's endpoint (tcp://, ipc://), not a URL
+            argi++;    //  remote's endpoint (tcp://, ipc://), not a URL
     }
     for (int i = argi; i < argc; i++) {
         if (!s_add_url(&list, argv[i])) {
@@ -170,10 +169,10 @@ int main(int argc, char **argv)
     status = 0;
     //  curl_global_init ran before main (download_tasks.c), before any
     //  thread or worker process.
-    cf_executor_t *executor = has_kind ? example_executor(argc, argv, &kind_argi, CF_THREADS,
-                                                          workers)
-                                       : cf_executor_new(CF_THREADS,
-                                                         &(cf_options_t){.max_workers = workers});
+    cf_executor_t *executor = has_kind
+                                  ? example_executor(argc, argv, &kind_argi, CF_THREADS, workers)
+                                  : cf_executor_new(CF_THREADS,
+                                                    &(cf_options_t){ .max_workers = workers });
     if (!executor) {
         if (!has_kind)
             fprintf(stderr, "download: %s\n", cf_last_error());

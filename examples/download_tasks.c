@@ -34,7 +34,7 @@ __attribute__((constructor)) static void s_net_init(void)
 //  Sleeps ms milliseconds, resuming after signals.
 static void s_net_sleep_ms(int64_t ms)
 {
-    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+    struct timespec ts = { .tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L };
     while (ms > 0 && nanosleep(&ts, &ts) < 0 && errno == EINTR)
         ;
 }
@@ -44,8 +44,8 @@ static void s_net_sleep_ms(int64_t ms)
 //  {"bytes": n, "attempts": k, "status": http status}
 
 typedef struct {
-    size_t bytes;       //  body bytes received in this attempt
-    FILE *file;         //  where they go, or NULL to count only
+    size_t bytes;    //  body bytes received in this attempt
+    FILE *file;      //  where they go, or NULL to count only
 } sink_t;
 
 static size_t s_on_body(char *data, size_t size, size_t count, void *arg)
@@ -53,7 +53,7 @@ static size_t s_on_body(char *data, size_t size, size_t count, void *arg)
     sink_t *sink = arg;
     size_t len = size * count;
     if (sink->file && fwrite(data, 1, len, sink->file) != len)
-        return 0;       //  makes curl fail with CURLE_WRITE_ERROR
+        return 0;    //  makes curl fail with CURLE_WRITE_ERROR
     sink->bytes += len;
     return len;
 }
@@ -71,8 +71,10 @@ static void s_file_name(const char *url, const char *dir, char *path, size_t siz
     size_t len = 0;
     for (const char *c = name; c < end && len + 1 < sizeof safe; c++)
         safe[len++] = (char)((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z')
-                             || (*c >= '0' && *c <= '9') || *c == '.' || *c == '-' || *c == '_'
-                             ? *c : '_');
+                                     || (*c >= '0' && *c <= '9') || *c == '.' || *c == '-'
+                                     || *c == '_'
+                                 ? *c
+                                 : '_');
     safe[len] = '\0';
     if (len == 0 || !strcmp(safe, ".") || !strcmp(safe, ".."))
         snprintf(safe, sizeof safe, "index.html");
@@ -84,9 +86,8 @@ static bool s_worth_retrying(CURLcode code, long status)
     if (code == CURLE_OK)
         return status >= 500 || status == 429;
     return code == CURLE_OPERATION_TIMEDOUT || code == CURLE_COULDNT_CONNECT
-        || code == CURLE_COULDNT_RESOLVE_HOST || code == CURLE_RECV_ERROR
-        || code == CURLE_SEND_ERROR || code == CURLE_GOT_NOTHING
-        || code == CURLE_PARTIAL_FILE;
+           || code == CURLE_COULDNT_RESOLVE_HOST || code == CURLE_RECV_ERROR
+           || code == CURLE_SEND_ERROR || code == CURLE_GOT_NOTHING || code == CURLE_PARTIAL_FILE;
 }
 
 static void download(cf_call_t *call)
@@ -97,7 +98,7 @@ static void download(cf_call_t *call)
     const cf_value_t *dir_value = cf_arg(call, 3);
     if (cf_failed(call))
         return;
-    const char *dir = cf_value_str(dir_value, NULL);     //  NULL when nil
+    const char *dir = cf_value_str(dir_value, NULL);    //  NULL when nil
 
     CURL *curl = curl_easy_init();
     if (!curl) {
@@ -106,12 +107,12 @@ static void download(cf_call_t *call)
     }
     char error_text[CURL_ERROR_SIZE];
     char path[4096];
-    sink_t sink = {0};
+    sink_t sink = { 0 };
     curl_easy_setopt(curl, CURLOPT_URL, url);
     curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(curl, CURLOPT_MAXREDIRS, 5L);
     curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
-    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);       //  threads: no SIGALRM
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);    //  threads: no SIGALRM
     curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error_text);
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, s_on_body);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &sink);
@@ -152,8 +153,8 @@ static void download(cf_call_t *call)
                          (long long)timeout_ms, (long long)attempt, tries);
             else if (code != CURLE_OK)
                 cf_raise(call, "URLError", "%s (%lld %s)",
-                         error_text[0] ? error_text : curl_easy_strerror(code),
-                         (long long)attempt, tries);
+                         error_text[0] ? error_text : curl_easy_strerror(code), (long long)attempt,
+                         tries);
             else
                 cf_raise(call, "HTTPError", "HTTP %ld (%lld %s)", status, (long long)attempt,
                          tries);
@@ -224,7 +225,7 @@ static void get_flag(cf_call_t *call)
         return;
     }
     char error_text[CURL_ERROR_SIZE] = "";
-    s_body_t body = {0};
+    s_body_t body = { 0 };
     curl_easy_setopt(curl, CURLOPT_URL, url);
     curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
@@ -238,8 +239,8 @@ static void get_flag(cf_call_t *call)
     if (code == CURLE_OPERATION_TIMEDOUT)
         cf_raise(call, "TimeoutError", "%s: no answer within %lld ms", url, (long long)timeout_ms);
     else if (code != CURLE_OK)
-        cf_raise(call, "URLError", "%s: %s", url, error_text[0] ? error_text
-                                                               : curl_easy_strerror(code));
+        cf_raise(call, "URLError", "%s: %s", url,
+                 error_text[0] ? error_text : curl_easy_strerror(code));
     else if (status == 404)
         cf_return_nil(call);
     else if (status != 200)

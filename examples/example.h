@@ -31,7 +31,7 @@ static inline cf_executor_t *example_executor(int argc, char **argv, int *argi,
                                               cf_kind_t default_kind, int max_workers)
 {
     cf_kind_t kind = default_kind;
-    cf_options_t options = {.max_workers = max_workers};
+    cf_options_t options = { .max_workers = max_workers };
     const char *endpoint = "tcp://127.0.0.1:5555";
     if (*argi < argc) {
         const char *word = argv[*argi];
@@ -42,8 +42,9 @@ static inline cf_executor_t *example_executor(int argc, char **argv, int *argi,
         else if (!strcmp(word, "remote")) {
             kind = CF_REMOTE;
             //  A ZeroMQ endpoint, not a URL the program takes next.
-            if (*argi + 1 < argc && (!strncmp(argv[*argi + 1], "tcp://", 6)
-                                     || !strncmp(argv[*argi + 1], "ipc://", 6)))
+            if (*argi + 1 < argc
+                && (!strncmp(argv[*argi + 1], "tcp://", 6)
+                    || !strncmp(argv[*argi + 1], "ipc://", 6)))
                 endpoint = argv[++*argi];
         }
         else {

@@ -46,9 +46,9 @@ static int s_ordered_map(cf_executor_t *executor)
 static int s_progress(cf_executor_t *executor)
 {
     enum { TASKS = 6 };
-    static const int delays_ms[TASKS] = {300, 50, 200, 10, 250, 100};
+    static const int delays_ms[TASKS] = { 300, 50, 200, 10, 250, 100 };
     printf("2. as_completed with progress\n");
-    cf_future_t *futures[TASKS] = {NULL};
+    cf_future_t *futures[TASKS] = { NULL };
     int status = 0;
     for (int i = 0; i < TASKS; i++) {
         futures[i] = cf_submit(executor, "sleep_ms", "i", delays_ms[i]);
@@ -91,9 +91,9 @@ done:
 static int s_error_isolation(cf_executor_t *executor)
 {
     enum { WORDS = 5 };
-    static const char *const words[WORDS] = {"alpha", "!boom", "beta", "!nope", "gamma"};
+    static const char *const words[WORDS] = { "alpha", "!boom", "beta", "!nope", "gamma" };
     printf("3. error isolation\n");
-    cf_future_t *futures[WORDS] = {NULL};
+    cf_future_t *futures[WORDS] = { NULL };
     for (int i = 0; i < WORDS; i++) {
         futures[i] = cf_submit(executor, "shout", "s", words[i]);
         if (!futures[i]) {

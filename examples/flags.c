@@ -55,7 +55,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: flags [-u URL] [-o DIR]   (sequential: no executor kind)\n");
         return 2;
     }
-    cf_executor_t *executor = cf_executor_new(CF_THREADS, &(cf_options_t){.max_workers = 1});
+    cf_executor_t *executor = cf_executor_new(CF_THREADS, &(cf_options_t){ .max_workers = 1 });
     if (!executor) {
         fprintf(stderr, "flags: %s\n", cf_last_error());
         return 2;

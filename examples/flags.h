@@ -34,22 +34,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define FLAGS_POP20 "CN IN US ID BR PK NG BD RU JP MX PH VN ET EG DE IR TR CD FR"
+#define FLAGS_POP20       "CN IN US ID BR PK NG BD RU JP MX PH VN ET EG DE IR TR CD FR"
 #define FLAGS_DEFAULT_URL "http://127.0.0.1:8001/flags"
 #define FLAGS_DEFAULT_DIR "downloaded"
-#define FLAGS_TIMEOUT_MS 10000
-#define FLAGS_MAX_CODES 676
+#define FLAGS_TIMEOUT_MS  10000
+#define FLAGS_MAX_CODES   676
 
 typedef struct {
-    const char *url;            //  -u: the server's base URL
-    const char *dir;            //  -o: where images go
+    const char *url;    //  -u: the server's base URL
+    const char *dir;    //  -o: where images go
     char codes[FLAGS_MAX_CODES][3];
     size_t count;
 } flags_job_t;
 
 //  Saves data as dir/cc.gif; false after printing why.
-static inline bool flags_save(const flags_job_t *job, const char *cc, const void *data,
-                              size_t len)
+static inline bool flags_save(const flags_job_t *job, const char *cc, const void *data, size_t len)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s.gif", job->dir, cc);
@@ -109,10 +108,11 @@ static inline int flags_options(int argc, char **argv, flags_job_t *job, int *ar
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help") || i + 1 >= argc
             || (strcmp(argv[i], "-u") && strcmp(argv[i], "-o"))) {
             bool help = !strcmp(argv[i], "-h") || !strcmp(argv[i], "--help");
-            fprintf(help ? stdout : stderr, "usage: %s [-u URL] [-o DIR] [threads | "
+            fprintf(help ? stdout : stderr,
+                    "usage: %s [-u URL] [-o DIR] [threads | "
                     "processes | remote [ENDPOINT]]\n  -u  the flags server (default %s)\n"
-                    "  -o  where the images go (default ./%s)\n", argv[0], FLAGS_DEFAULT_URL,
-                    FLAGS_DEFAULT_DIR);
+                    "  -o  where the images go (default ./%s)\n",
+                    argv[0], FLAGS_DEFAULT_URL, FLAGS_DEFAULT_DIR);
             return help ? 0 : 2;
         }
         *(argv[i][1] == 'u' ? &job->url : &job->dir) = argv[i + 1];
@@ -123,7 +123,7 @@ static inline int flags_options(int argc, char **argv, flags_job_t *job, int *ar
 }
 
 //  Times download_many(job, arg) and prints "N downloads in X.XXs".
-typedef size_t (flags_download_many_fn)(const flags_job_t *job, void *arg);
+typedef size_t(flags_download_many_fn)(const flags_job_t *job, void *arg);
 static inline int flags_main(const flags_job_t *job, flags_download_many_fn *download_many,
                              void *arg)
 {
@@ -137,7 +137,7 @@ static inline int flags_main(const flags_job_t *job, flags_download_many_fn *dow
 //  code printed as it completes (as_completed), whatever the executor.
 static inline size_t flags_download_pool(const flags_job_t *job, void *executor)
 {
-    cf_future_t *futures[FLAGS_MAX_CODES] = {0};
+    cf_future_t *futures[FLAGS_MAX_CODES] = { 0 };
     size_t submitted = 0, saved = 0;
     for (size_t i = 0; i < job->count; i++) {
         futures[submitted] = cf_submit(executor, "get_flag", "ssi", job->url, job->codes[i],

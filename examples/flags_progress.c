@@ -51,15 +51,16 @@ static int s_usage(bool help)
 //  the kind), or an exit status.
 static int s_options(int argc, char **argv, s_options_t *options, flags_job_t *job, int *argi)
 {
-    *options = (s_options_t){.workers = 8, .retries = 2};
+    *options = (s_options_t){ .workers = 8, .retries = 2 };
     flags_job_init(job);
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         const char *arg = argv[i];
-        int *number = !strcmp(arg, "-m") ? &options->workers : !strcmp(arg, "-r")
-                    ? &options->retries : !strcmp(arg, "-l") ? &options->limit : NULL;
-        const char **text = !strcmp(arg, "-u") ? &job->url : !strcmp(arg, "-o") ? &job->dir
-                                                                              : NULL;
+        int *number = !strcmp(arg, "-m")   ? &options->workers
+                      : !strcmp(arg, "-r") ? &options->retries
+                      : !strcmp(arg, "-l") ? &options->limit
+                                           : NULL;
+        const char **text = !strcmp(arg, "-u") ? &job->url : !strcmp(arg, "-o") ? &job->dir : NULL;
         if (!strcmp(arg, "-a"))
             options->all = true;
         else if (!strcmp(arg, "-v"))
@@ -105,12 +106,11 @@ int main(int argc, char **argv)
         return 2;
 
     double start = example_seconds();
-    cf_task_opts_t task = {.retries = options.retries ? options.retries : -1,
-                           .retry_on_error = true};
+    cf_task_opts_t task = { .retries = options.retries ? options.retries : -1,
+                            .retry_on_error = true };
     static cf_future_t *futures[FLAGS_MAX_CODES];
     size_t submitted = 0;
-    cf_progress_bar_t *bar = cf_progress_bar_new(stderr, "flags", job.count,
-                                                 CF_PROGRESS_BAR_AUTO);
+    cf_progress_bar_t *bar = cf_progress_bar_new(stderr, "flags", job.count, CF_PROGRESS_BAR_AUTO);
     cf_executor_on_progress(executor, cf_progress_bar_on_progress, bar);
     for (size_t i = 0; i < job.count; i++) {
         futures[submitted] = cf_submit_with(executor, &task, "get_flag", "ssi", job.url,

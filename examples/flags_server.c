@@ -18,7 +18,7 @@
 //  SIGINT or SIGTERM stop it; it then prints how many requests it served.
 //  Loopback only: it is a test fixture, not a web server.
 
-#define _GNU_SOURCE     //  accept4
+#define _GNU_SOURCE    //  accept4
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -37,17 +37,16 @@
 
 //  The 20 most populous countries (the examples' default list) and some
 //  more, so the --all runs of flags_progress find some and miss others.
-static const char s_known[] =
-    "cn in us id br pk ng bd ru jp mx ph vn et eg de ir tr cd fr "
-    "th gb it za tz mm kr co ke es ar dz sd ug ua iq ca pl ma sa "
-    "uz pe af my ao gh mz ye np ve";
+static const char s_known[] = "cn in us id br pk ng bd ru jp mx ph vn et eg de ir tr cd fr "
+                              "th gb it za tz mm kr co ke es ar dz sd ug ua iq ca pl ma sa "
+                              "uz pe af my ao gh mz ye np ve";
 
 static volatile sig_atomic_t s_stopping = 0;
 static atomic_uint s_requests = 0, s_errors = 0;
 static int s_delay_ms = 100;
 static unsigned s_error_every = 0;
 static bool s_fail_first = false;
-static atomic_bool s_asked[26 * 26];     //  -f: codes asked for once already
+static atomic_bool s_asked[26 * 26];    //  -f: codes asked for once already
 
 static void s_on_stop(int sig)
 {
@@ -57,7 +56,7 @@ static void s_on_stop(int sig)
 
 static void s_sleep_ms(int ms)
 {
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
     while (ms > 0 && nanosleep(&ts, &ts) < 0 && errno == EINTR)
         ;
 }
@@ -125,8 +124,8 @@ static void *s_serve(void *arg)
         s_answer(fd, 404, "Not Found", "no such page\n", 13);
     }
     else if ((s_error_every && number % s_error_every == 0)
-             || (s_fail_first && !atomic_exchange(&s_asked[(cc[0] - 'a') * 26 + cc[1] - 'a'],
-                                                   true))) {
+             || (s_fail_first
+                 && !atomic_exchange(&s_asked[(cc[0] - 'a') * 26 + cc[1] - 'a'], true))) {
         atomic_fetch_add(&s_errors, 1);
         s_answer(fd, 503, "Service Unavailable", "try again\n", 10);
     }
@@ -146,12 +145,11 @@ static int s_listen(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int on = 1;
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0
         || bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(fd, 128) < 0) {
-        fprintf(stderr, "flags_server: cannot listen on 127.0.0.1:%d: %s\n", port,
-                strerror(errno));
+        fprintf(stderr, "flags_server: cannot listen on 127.0.0.1:%d: %s\n", port, strerror(errno));
         return -1;
     }
     return fd;
@@ -173,9 +171,9 @@ int main(int argc, char **argv)
     int port = 8001, every = 0, opt;
     while ((opt = getopt(argc, argv, "p:d:e:fh")) != -1) {
         bool ok = (opt == 'f' && (s_fail_first = true))
-               || (opt == 'p' && s_number(optarg, 65535, &port))
-               || (opt == 'd' && s_number(optarg, 60000, &s_delay_ms))
-               || (opt == 'e' && s_number(optarg, 1000000, &every));
+                  || (opt == 'p' && s_number(optarg, 65535, &port))
+                  || (opt == 'd' && s_number(optarg, 60000, &s_delay_ms))
+                  || (opt == 'e' && s_number(optarg, 1000000, &every));
         if (!ok) {
             fprintf(opt == 'h' ? stdout : stderr,
                     "usage: flags_server [-p PORT] [-d DELAY_MS] [-e EVERY] [-f]\n");
@@ -190,13 +188,13 @@ int main(int argc, char **argv)
     socklen_t addr_len = sizeof addr;
     getsockname(listen_fd, (struct sockaddr *)&addr, &addr_len);
     //  No SA_RESTART: poll returns at once when asked to stop.
-    struct sigaction action = {.sa_handler = s_on_stop};
+    struct sigaction action = { .sa_handler = s_on_stop };
     sigaction(SIGINT, &action, NULL);
     sigaction(SIGTERM, &action, NULL);
     printf("ready url=http://127.0.0.1:%d/flags\n", ntohs(addr.sin_port));
     fflush(stdout);
     while (!s_stopping) {
-        struct pollfd item = {.fd = listen_fd, .events = POLLIN};
+        struct pollfd item = { .fd = listen_fd, .events = POLLIN };
         if (poll(&item, 1, 1000) <= 0)
             continue;
         int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);

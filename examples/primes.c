@@ -25,22 +25,22 @@
 #include <inttypes.h>
 
 typedef struct {
-    const char *text;       //  as printed
+    const char *text;    //  as printed
     uint64_t number;
-    bool is_number;         //  false: submitted as a string, to show a TypeError
+    bool is_number;    //  false: submitted as a string, to show a TypeError
 } input_t;
 
 static const input_t s_inputs[] = {
-    {"2", 2, true},
-    {"11111111111111111", 11111111111111111ULL, true},
-    {"11111111111111113", 11111111111111113ULL, true},
-    {"112272535095293", 112272535095293ULL, true},
-    {"999999999999999989", 999999999999999989ULL, true},
-    {"1000000000000000001", 1000000000000000001ULL, true},
-    {"1000000000000000003", 1000000000000000003ULL, true},
-    {"1099726899285419", 1099726899285419ULL, true},
-    {"9999999999999999", 9999999999999999ULL, true},
-    {"1e18", 0, false},
+    { "2", 2, true },
+    { "11111111111111111", 11111111111111111ULL, true },
+    { "11111111111111113", 11111111111111113ULL, true },
+    { "112272535095293", 112272535095293ULL, true },
+    { "999999999999999989", 999999999999999989ULL, true },
+    { "1000000000000000001", 1000000000000000001ULL, true },
+    { "1000000000000000003", 1000000000000000003ULL, true },
+    { "1099726899285419", 1099726899285419ULL, true },
+    { "9999999999999999", 9999999999999999ULL, true },
+    { "1e18", 0, false },
 };
 #define INPUTS (sizeof s_inputs / sizeof s_inputs[0])
 
@@ -56,7 +56,7 @@ int main(int argc, char **argv)
     printf("\n");
 
     double start = example_seconds();
-    cf_future_t *futures[INPUTS] = {NULL};
+    cf_future_t *futures[INPUTS] = { NULL };
     for (size_t i = 0; i < INPUTS; i++) {
         const input_t *in = &s_inputs[i];
         futures[i] = in->is_number ? cf_submit(executor, "is_prime", "U", in->number)

@@ -31,7 +31,7 @@ static void s_example_sleep_ms(int64_t ms)
 {
     if (ms <= 0)
         return;
-    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+    struct timespec ts = { .tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L };
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
         ;
 }
@@ -185,8 +185,8 @@ static void add(cf_call_t *call)
     if (cf_value_get_int(a, &ia) == CF_OK && cf_value_get_int(b, &ib) == CF_OK) {
         int64_t sum;
         if (__builtin_add_overflow(ia, ib, &sum))
-            cf_raise(call, "OverflowError", "%lld + %lld does not fit in 64 bits",
-                     (long long)ia, (long long)ib);
+            cf_raise(call, "OverflowError", "%lld + %lld does not fit in 64 bits", (long long)ia,
+                     (long long)ib);
         else
             cf_return_int(call, sum);
         return;

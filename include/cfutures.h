@@ -60,20 +60,20 @@ extern "C" {
 #define CF_VERSION_MINOR 2
 #define CF_VERSION_PATCH 0
 
-#define CF_VERSION_STR_(x) #x
+#define CF_VERSION_STR_(x)  #x
 #define CF_VERSION_XSTR_(x) CF_VERSION_STR_(x)
 //  "0.2.0": the version of this header.
-#define CF_VERSION_STRING                                              \
-    CF_VERSION_XSTR_(CF_VERSION_MAJOR) "." CF_VERSION_XSTR_(CF_VERSION_MINOR) "." \
-    CF_VERSION_XSTR_(CF_VERSION_PATCH)
+#define CF_VERSION_STRING \
+    CF_VERSION_XSTR_(CF_VERSION_MAJOR) \
+    "." CF_VERSION_XSTR_(CF_VERSION_MINOR) "." CF_VERSION_XSTR_(CF_VERSION_PATCH)
 //  One number to compare: CF_VERSION >= CF_MAKE_VERSION(0, 2, 0).
-#define CF_MAKE_VERSION(major, minor, patch) ((major) * 10000 + (minor) * 100 + (patch))
-#define CF_VERSION CF_MAKE_VERSION(CF_VERSION_MAJOR, CF_VERSION_MINOR, CF_VERSION_PATCH)
+#define CF_MAKE_VERSION(major, minor, patch) ((major)*10000 + (minor)*100 + (patch))
+#define CF_VERSION                           CF_MAKE_VERSION(CF_VERSION_MAJOR, CF_VERSION_MINOR, CF_VERSION_PATCH)
 
 #if defined(__GNUC__)
-#   define CF_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define CF_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #else
-#   define CF_PRINTF(f, a)
+#define CF_PRINTF(f, a)
 #endif
 
 //  The version of the library running (which may be newer than the header
@@ -84,28 +84,28 @@ const char *cf_version(int *major, int *minor, int *patch);
 //  Errors
 
 //  One list yields the enum and cf_strerror().
-#define CF_ERRORS(X)                                                   \
-    X(CF_OK,         "success")                                        \
-    X(CF_EINVAL,     "invalid argument")                               \
-    X(CF_ENOMEM,     "out of memory")                                  \
-    X(CF_ESYS,       "system call failed")                             \
-    X(CF_EPROTO,     "malformed or unexpected message")                \
-    X(CF_ETIMEDOUT,  "timed out")                                      \
-    X(CF_ECANCELLED, "cancelled")                                      \
-    X(CF_ETASK,      "task failed")                                    \
-    X(CF_ESHUTDOWN,  "executor is shut down")                          \
-    X(CF_EBUSY,      "queue full")                                     \
-    X(CF_ETOOBIG,    "message too large")                              \
-    X(CF_ENOTFOUND,  "not found")                                      \
-    X(CF_ETYPE,      "wrong type")                                     \
-    X(CF_EAUTH,      "authentication failed")                          \
-    X(CF_ESTOP,      "no more items")
+#define CF_ERRORS(X) \
+    X(CF_OK, "success") \
+    X(CF_EINVAL, "invalid argument") \
+    X(CF_ENOMEM, "out of memory") \
+    X(CF_ESYS, "system call failed") \
+    X(CF_EPROTO, "malformed or unexpected message") \
+    X(CF_ETIMEDOUT, "timed out") \
+    X(CF_ECANCELLED, "cancelled") \
+    X(CF_ETASK, "task failed") \
+    X(CF_ESHUTDOWN, "executor is shut down") \
+    X(CF_EBUSY, "queue full") \
+    X(CF_ETOOBIG, "message too large") \
+    X(CF_ENOTFOUND, "not found") \
+    X(CF_ETYPE, "wrong type") \
+    X(CF_EAUTH, "authentication failed") \
+    X(CF_ESTOP, "no more items")
 
 typedef enum {
 #define CF_ERR_ENUM_(name, text) name,
     CF_ERRORS(CF_ERR_ENUM_)
 #undef CF_ERR_ENUM_
-    CF_ERR_COUNT_
+        CF_ERR_COUNT_
 } cf_err_t;
 
 //  A static description of err, never NULL.
@@ -125,7 +125,7 @@ const char *cf_last_error(void);
 typedef enum {
     CF_TYPE_NIL,
     CF_TYPE_BOOL,
-    CF_TYPE_INT,        //  any integer; cf_value_get_int/uint say if it fits
+    CF_TYPE_INT,    //  any integer; cf_value_get_int/uint say if it fits
     CF_TYPE_FLOAT,
     CF_TYPE_STR,
     CF_TYPE_BIN,
@@ -142,7 +142,7 @@ const char *cf_type_name(cf_type_t type);
 //  CF_OK, or CF_ETYPE when v is not of that type (or does not fit).
 cf_err_t cf_value_get_int(const cf_value_t *v, int64_t *out);
 cf_err_t cf_value_get_uint(const cf_value_t *v, uint64_t *out);
-cf_err_t cf_value_get_double(const cf_value_t *v, double *out);   //  ints convert
+cf_err_t cf_value_get_double(const cf_value_t *v, double *out);    //  ints convert
 cf_err_t cf_value_get_bool(const cf_value_t *v, bool *out);
 //  NULL unless a string; len (may be NULL) gets its length in bytes.
 const char *cf_value_str(const cf_value_t *v, size_t *len);
@@ -188,15 +188,17 @@ char *cf_value_repr(const cf_value_t *v);
 //  Tasks: writing them
 
 typedef struct cf_call cf_call_t;
-typedef void (cf_task_fn)(cf_call_t *call);
+typedef void(cf_task_fn)(cf_call_t *call);
 
 //  Registers fn under its own name before main runs (a constructor), in a
 //  program or in a task library that cf-worker loads. One line next to the
 //  function:  CF_TASK(slow_double);
 #define CF_TASK(fn) CF_TASK_NAMED(#fn, fn)
-#define CF_TASK_NAMED(name, fn)                                        \
+#define CF_TASK_NAMED(name, fn) \
     __attribute__((constructor)) static void cf_register_task_##fn(void) \
-    { cf_task_register(name, fn); }
+    { \
+        cf_task_register(name, fn); \
+    }
 
 //  Adds or replaces a task by name. Names are 1..255 bytes; names starting
 //  with "cf." are reserved for the library's own tasks (map's "cf.chunk")
@@ -213,10 +215,10 @@ int64_t cf_arg_int(cf_call_t *call, size_t i);
 uint64_t cf_arg_uint(cf_call_t *call, size_t i);
 double cf_arg_double(cf_call_t *call, size_t i);
 bool cf_arg_bool(cf_call_t *call, size_t i);
-const char *cf_arg_str(cf_call_t *call, size_t i);                 //  NUL-terminated
+const char *cf_arg_str(cf_call_t *call, size_t i);    //  NUL-terminated
 const void *cf_arg_bytes(cf_call_t *call, size_t i, size_t *len);
-const cf_value_t *cf_arg(cf_call_t *call, size_t i);               //  any type
-const cf_value_t *cf_args(cf_call_t *call);                        //  the array
+const cf_value_t *cf_arg(cf_call_t *call, size_t i);    //  any type
+const cf_value_t *cf_args(cf_call_t *call);             //  the array
 //  The raw msgpack array of arguments.
 const void *cf_args_raw(cf_call_t *call, size_t *len);
 //  The function name this call runs under.
@@ -253,11 +255,11 @@ void cf_raise(cf_call_t *call, const char *type, const char *fmt, ...) CF_PRINTF
 //  task raised.
 
 typedef struct {
-    const char *type;       //  "ValueError", "WorkerLost", ...
-    const char *message;    //  human-readable
-    const char *function;   //  the task's function name
-    const char *host;       //  where it happened ("" when unknown)
-    int pid;                //  process that ran it (0 when unknown)
+    const char *type;        //  "ValueError", "WorkerLost", ...
+    const char *message;     //  human-readable
+    const char *function;    //  the task's function name
+    const char *host;        //  where it happened ("" when unknown)
+    int pid;                 //  process that ran it (0 when unknown)
 } cf_task_error_t;
 
 // ---------------------------------------------------------------------------
@@ -318,7 +320,7 @@ void *cf_future_tag(cf_future_t *f);
 //  or at once in this thread when it is done already. A callback that
 //  returns non-zero is logged and the others still run. Callbacks must not
 //  block for long: they run on the executor's own thread.
-typedef int (cf_done_fn)(cf_future_t *f, void *arg);
+typedef int(cf_done_fn)(cf_future_t *f, void *arg);
 cf_err_t cf_future_add_done_callback(cf_future_t *f, cf_done_fn *fn, void *arg);
 
 //  Drops the caller's reference; the future lives on while its executor
@@ -329,9 +331,9 @@ void cf_future_release(cf_future_t **f);
 //  Executors
 
 typedef enum {
-    CF_THREADS = 1,     //  threads in this process (I/O-bound work)
-    CF_PROCESSES,       //  worker processes on this host (CPU-bound work)
-    CF_REMOTE           //  a cf-broker at options.endpoint
+    CF_THREADS = 1,    //  threads in this process (I/O-bound work)
+    CF_PROCESSES,      //  worker processes on this host (CPU-bound work)
+    CF_REMOTE          //  a cf-broker at options.endpoint
 } cf_kind_t;
 
 typedef struct cf_executor cf_executor_t;
@@ -354,8 +356,8 @@ typedef struct {
     //  counts as lost after 3 silent intervals and pending tasks are resent.
     int heartbeat_ivl_ms;
     //  Task defaults; a cf_task_opts_t given to cf_submit_with overrides them.
-    int retries;        //  retries after a lost worker: 0 = default 3, <0 = none
-    int timeout_ms;     //  per-task run time limit: 0 = none
+    int retries;       //  retries after a lost worker: 0 = default 3, <0 = none
+    int timeout_ms;    //  per-task run time limit: 0 = none
     //  CF_REMOTE with CurveZMQ (docs/security.md): paths of the broker's
     //  public key file (cf-keygen's BROKER.key) and of this client's secret
     //  key file (NAME.key_secret, mode 0600; its public half must be on the
@@ -393,13 +395,13 @@ typedef struct {
 //  cf_last_error() (CF_ESHUTDOWN after shutdown, CF_EINVAL for a bad format,
 //  CF_ETOOBIG for over-size arguments). Release the future when done with it.
 cf_future_t *cf_submit(cf_executor_t *ex, const char *fn, const char *fmt, ...);
-cf_future_t *cf_submit_with(cf_executor_t *ex, const cf_task_opts_t *opts,
-                            const char *fn, const char *fmt, ...);
-cf_future_t *cf_submitv(cf_executor_t *ex, const cf_task_opts_t *opts,
-                        const char *fn, const char *fmt, va_list ap);
+cf_future_t *cf_submit_with(cf_executor_t *ex, const cf_task_opts_t *opts, const char *fn,
+                            const char *fmt, ...);
+cf_future_t *cf_submitv(cf_executor_t *ex, const cf_task_opts_t *opts, const char *fn,
+                        const char *fmt, va_list ap);
 //  args is one msgpack array (validated).
-cf_future_t *cf_submit_raw(cf_executor_t *ex, const cf_task_opts_t *opts,
-                           const char *fn, const void *args, size_t len);
+cf_future_t *cf_submit_raw(cf_executor_t *ex, const cf_task_opts_t *opts, const char *fn,
+                           const void *args, size_t len);
 
 //  Stops accepting tasks. wait: block until every submitted task finished.
 //  cancel_futures: cancel what has not started. Safe to call twice.
@@ -415,11 +417,11 @@ void cf_executor_destroy(cf_executor_t **ex);
 //  inside the hook itself it waits for the other calls only).
 typedef struct {
     uint64_t submitted;
-    uint64_t done;          //  finished in any way, including failed and cancelled
+    uint64_t done;    //  finished in any way, including failed and cancelled
     uint64_t failed;
     uint64_t cancelled;
 } cf_progress_t;
-typedef void (cf_progress_fn)(const cf_progress_t *progress, void *arg);
+typedef void(cf_progress_fn)(const cf_progress_t *progress, void *arg);
 void cf_executor_on_progress(cf_executor_t *ex, cf_progress_fn *fn, void *arg);
 cf_progress_t cf_executor_progress(cf_executor_t *ex);
 
@@ -437,9 +439,9 @@ cf_progress_t cf_executor_progress(cf_executor_t *ex);
 typedef struct cf_progress_bar cf_progress_bar_t;
 
 typedef enum {
-    CF_PROGRESS_BAR_AUTO,       //  in place when out is a terminal, else lines
-    CF_PROGRESS_BAR_IN_PLACE,   //  redraw with '\r' whatever out is
-    CF_PROGRESS_BAR_LINES       //  plain lines whatever out is
+    CF_PROGRESS_BAR_AUTO,        //  in place when out is a terminal, else lines
+    CF_PROGRESS_BAR_IN_PLACE,    //  redraw with '\r' whatever out is
+    CF_PROGRESS_BAR_LINES        //  plain lines whatever out is
 } cf_progress_bar_mode_t;
 
 //  A bar for total items (0: unknown, no percent nor ETA) written to out
@@ -471,7 +473,7 @@ cf_err_t cf_args_addf(cf_args_t *args, const char *fmt, ...);
 
 //  The source of map's inputs: fill args for input number index and return
 //  1, return 0 at the end, or a negative number to stop with an error.
-typedef int (cf_map_source_fn)(void *state, size_t index, cf_args_t *args);
+typedef int(cf_map_source_fn)(void *state, size_t index, cf_args_t *args);
 
 typedef struct {
     size_t chunksize;       //  inputs per message (0 or 1: one task each)
@@ -484,14 +486,14 @@ typedef struct {
 typedef struct cf_map cf_map_t;
 
 //  Starts mapping fn over the source; opts may be NULL. NULL on error.
-cf_map_t *cf_map_new(cf_executor_t *ex, const char *fn, cf_map_source_fn *source,
-                     void *state, const cf_map_opts_t *opts);
+cf_map_t *cf_map_new(cf_executor_t *ex, const char *fn, cf_map_source_fn *source, void *state,
+                     const cf_map_opts_t *opts);
 //  Conveniences: one int / one string argument per input, from an array the
 //  caller keeps alive until the map is destroyed.
-cf_map_t *cf_map_ints(cf_executor_t *ex, const char *fn, const int64_t *inputs,
-                      size_t count, const cf_map_opts_t *opts);
-cf_map_t *cf_map_strs(cf_executor_t *ex, const char *fn, const char *const *inputs,
-                      size_t count, const cf_map_opts_t *opts);
+cf_map_t *cf_map_ints(cf_executor_t *ex, const char *fn, const int64_t *inputs, size_t count,
+                      const cf_map_opts_t *opts);
+cf_map_t *cf_map_strs(cf_executor_t *ex, const char *fn, const char *const *inputs, size_t count,
+                      const cf_map_opts_t *opts);
 //  The next result in order: CF_OK with *value (borrowed until the next
 //  call), CF_ESTOP at the end, CF_ETASK at the first failed input (see
 //  cf_map_error; iteration ends there), CF_ETIMEDOUT when the timeout passed,
@@ -521,7 +523,7 @@ void cf_as_completed_destroy(cf_as_completed_t **it);
 
 typedef enum {
     CF_FIRST_COMPLETED,
-    CF_FIRST_EXCEPTION,     //  or all completed, when none fails
+    CF_FIRST_EXCEPTION,    //  or all completed, when none fails
     CF_ALL_COMPLETED
 } cf_wait_mode_t;
 
@@ -530,20 +532,18 @@ typedef enum {
 //  filled. Returns CF_OK when the condition was met, CF_ETIMEDOUT otherwise
 //  (the sets are filled either way), CF_EINVAL for bad arguments.
 cf_err_t cf_wait(cf_future_t *const *fs, size_t count, int timeout_ms, cf_wait_mode_t mode,
-                 cf_future_t **done, size_t *n_done,
-                 cf_future_t **not_done, size_t *n_not_done);
+                 cf_future_t **done, size_t *n_done, cf_future_t **not_done, size_t *n_not_done);
 
 // ---------------------------------------------------------------------------
 //  Logging: the library is silent unless a handler is set.
 
 typedef enum { CF_LOG_DEBUG, CF_LOG_INFO, CF_LOG_WARN, CF_LOG_ERROR } cf_log_level_t;
-typedef void (cf_log_fn)(cf_log_level_t level, const char *component, const char *message,
-                         void *arg);
+typedef void(cf_log_fn)(cf_log_level_t level, const char *component, const char *message,
+                        void *arg);
 //  Sets the process-wide handler (NULL: silent) and the lowest level passed.
 void cf_log_set_handler(cf_log_fn *fn, void *arg, cf_log_level_t min_level);
 //  A ready handler writing "time L: component: message" lines to stderr.
-void cf_log_to_stderr(cf_log_level_t level, const char *component, const char *message,
-                      void *arg);
+void cf_log_to_stderr(cf_log_level_t level, const char *component, const char *message, void *arg);
 
 #ifdef __cplusplus
 }

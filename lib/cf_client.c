@@ -77,100 +77,100 @@ enum { S_AUTH_UNKNOWN, S_AUTH_OK, S_AUTH_REFUSED };
 //  promises about 1 MiB): large enough that the per-message cost vanishes,
 //  small enough that the broker starts dispatching a burst before all of it
 //  has arrived.
-#define S_BATCH_TASKS       4096
-#define S_BATCH_BYTES       (1u * 1024 * 1024)
+#define S_BATCH_TASKS    4096
+#define S_BATCH_BYTES    (1u * 1024 * 1024)
 //  Envelope bytes per task beyond its name and arguments (array header, id,
 //  retries, timeout, flags, str/bin headers), rounded up.
-#define S_TASK_OVERHEAD     48
+#define S_TASK_OVERHEAD  48
 //  Replies read per poll wakeup before the actor looks at its inbox again.
-#define S_RECV_BURST        512
+#define S_RECV_BURST     512
 //  BUSY backoff: doubles while the broker frees nothing, back to the minimum
 //  as soon as it completes tasks again.
-#define S_BACKOFF_MIN_MS    5
-#define S_BACKOFF_MAX_MS    1000
+#define S_BACKOFF_MIN_MS 5
+#define S_BACKOFF_MAX_MS 1000
 //  A resend round sends twice what the broker completed in the last round
 //  (slow start), at least this many.
-#define S_RESEND_MIN        64
+#define S_RESEND_MIN     64
 //  How long a canceller waits for the broker's answer to CANCEL.
-#define S_CANCEL_WAIT_MS    5000
+#define S_CANCEL_WAIT_MS 5000
 
 typedef enum {
-    S_AT_INBOX,         //  handed over by an application thread
-    S_AT_OUTBOX,        //  waiting to be encoded and sent
-    S_AT_PARKED,        //  answered BUSY, waiting for the backoff
-    S_AT_BROKER         //  sent: waiting for STARTED / RESULT
+    S_AT_INBOX,     //  handed over by an application thread
+    S_AT_OUTBOX,    //  waiting to be encoded and sent
+    S_AT_PARKED,    //  answered BUSY, waiting for the backoff
+    S_AT_BROKER     //  sent: waiting for STARTED / RESULT
 } s_where_t;
 
 typedef struct s_item {
-    cf_queue_node_t node;       //  in the inbox, outbox or parked list
-    cf_task_t *task;            //  owned; holds a reference to the future
-    uint64_t id;                //  client task id on the wire
-    size_t function_len;        //  strlen(task->function), taken once
+    cf_queue_node_t node;    //  in the inbox, outbox or parked list
+    cf_task_t *task;         //  owned; holds a reference to the future
+    uint64_t id;             //  client task id on the wire
+    size_t function_len;     //  strlen(task->function), taken once
     s_where_t where;
-    bool started;               //  STARTED seen: cancel can no longer win
-    bool cancel_asked;          //  CANCEL sent, a canceller may be waiting
+    bool started;         //  STARTED seen: cancel can no longer win
+    bool cancel_asked;    //  CANCEL sent, a canceller may be waiting
 } s_item_t;
 
 //  What application threads and the actor share: every field under mutex.
 typedef struct {
     pthread_mutex_t mutex;
-    pthread_cond_t idle_cond;       //  outstanding reached 0
-    pthread_cond_t cancel_cond;     //  a cancel was answered; a canceller left
-    cf_queue_t inbox;                 //  new tasks, in submission order
-    cf_future_t **cancels;          //  futures to cancel (each a reference)
+    pthread_cond_t idle_cond;      //  outstanding reached 0
+    pthread_cond_t cancel_cond;    //  a cancel was answered; a canceller left
+    cf_queue_t inbox;              //  new tasks, in submission order
+    cf_future_t **cancels;         //  futures to cancel (each a reference)
     size_t cancels_len, cancels_cap;
-    bool cancel_all;                //  shutdown(cancel_futures) asked
-    bool signalled;                 //  the actor is awake or was woken
-    bool closed;                    //  no more submissions
-    bool stopping;                  //  destroy runs: cancellers stop waiting
-    size_t outstanding;             //  submitted and not yet resolved
-    int cancel_waiters;             //  cancellers blocked in s_cancel
-    uint64_t cancel_seq;            //  cancel requests queued so far
-    uint64_t cancel_handled;        //  of those, handled by the actor
-    bool broker_unreachable;        //  no answer to wait for (actor's view)
-    pthread_cond_t auth_cond;       //  auth_state left S_AUTH_UNKNOWN
-    int auth_state;                 //  S_AUTH_*: the first handshake's outcome
-    char auth_message[256];         //  why the broker refused us (S_AUTH_REFUSED)
+    bool cancel_all;             //  shutdown(cancel_futures) asked
+    bool signalled;              //  the actor is awake or was woken
+    bool closed;                 //  no more submissions
+    bool stopping;               //  destroy runs: cancellers stop waiting
+    size_t outstanding;          //  submitted and not yet resolved
+    int cancel_waiters;          //  cancellers blocked in s_cancel
+    uint64_t cancel_seq;         //  cancel requests queued so far
+    uint64_t cancel_handled;     //  of those, handled by the actor
+    bool broker_unreachable;     //  no answer to wait for (actor's view)
+    pthread_cond_t auth_cond;    //  auth_state left S_AUTH_UNKNOWN
+    int auth_state;              //  S_AUTH_*: the first handshake's outcome
+    char auth_message[256];      //  why the broker refused us (S_AUTH_REFUSED)
 } s_shared_t;
 
 //  The actor's alone: touched only by the actor's thread, or by a
 //  submitter acting for it (cf_actor_enter), under the actor's io mutex.
 typedef struct {
-    cf_proto_enc_t *enc;            //  one reusable encoder
-    cf_idmap_t *pending;            //  task id -> item, every unresolved task
-    cf_idmap_t *by_future;          //  future address -> item, for cancel
+    cf_proto_enc_t *enc;      //  one reusable encoder
+    cf_idmap_t *pending;      //  task id -> item, every unresolved task
+    cf_idmap_t *by_future;    //  future address -> item, for cancel
     cf_queue_t outbox;
     cf_queue_t parked;
     uint64_t next_id;
-    uint64_t boot;                  //  broker instance id, 0 unknown
-    uint32_t broker_ivl_ms;         //  the broker's heartbeat interval
-    int send_ivl_ms;                //  ours, or the broker's when shorter
-    int64_t last_heard_ms;          //  last message from the broker
-    int64_t next_heartbeat_ms;      //  pushed back by every message we send
-    int64_t resend_at_ms;           //  parked tasks go out then; -1 none
+    uint64_t boot;                //  broker instance id, 0 unknown
+    uint32_t broker_ivl_ms;       //  the broker's heartbeat interval
+    int send_ivl_ms;              //  ours, or the broker's when shorter
+    int64_t last_heard_ms;        //  last message from the broker
+    int64_t next_heartbeat_ms;    //  pushed back by every message we send
+    int64_t resend_at_ms;         //  parked tasks go out then; -1 none
     int backoff_ms;
-    size_t freed;                   //  results since the last resend round
-    bool blocked;                   //  a send hit the HWM: wait for POLLOUT
-    bool connected;                 //  heard from the broker, not lost since
-    bool ever_connected;            //  the transport came up once
-    bool transport_up;              //  connected in zmq's sense (monitor)
-    bool heard_once;                //  the broker has spoken to us
-    cf_keys_judge_t judge;          //  what the handshakes said of our key
-    bool resend_on_contact;         //  we found it silent: it may have dropped us
-    int64_t last_sent_ms;           //  our last message (0: none yet)
-    bool unreachable;               //  published as broker_unreachable
-    bool reach_changed;             //  unreachable changed since s_report
-    uint64_t cancel_taken;          //  cancel_seq when the inbox was drained
-    bool term_asked;                //  $TERM came down the pipe
-    bool terminated;                //  the actor loop ends
-    size_t resolved;                //  resolved since the last report
-    bool answered;                  //  a cancel answer to broadcast
-    uint64_t *cancel_ids;           //  ids to send in CANCEL
+    size_t freed;              //  results since the last resend round
+    bool blocked;              //  a send hit the HWM: wait for POLLOUT
+    bool connected;            //  heard from the broker, not lost since
+    bool ever_connected;       //  the transport came up once
+    bool transport_up;         //  connected in zmq's sense (monitor)
+    bool heard_once;           //  the broker has spoken to us
+    cf_keys_judge_t judge;     //  what the handshakes said of our key
+    bool resend_on_contact;    //  we found it silent: it may have dropped us
+    int64_t last_sent_ms;      //  our last message (0: none yet)
+    bool unreachable;          //  published as broker_unreachable
+    bool reach_changed;        //  unreachable changed since s_report
+    uint64_t cancel_taken;     //  cancel_seq when the inbox was drained
+    bool term_asked;           //  $TERM came down the pipe
+    bool terminated;           //  the actor loop ends
+    size_t resolved;           //  resolved since the last report
+    bool answered;             //  a cancel answer to broadcast
+    uint64_t *cancel_ids;      //  ids to send in CANCEL
     size_t cancel_ids_len, cancel_ids_cap;
     cf_future_t **cancels_spare;    //  swapped with cancels when draining
     size_t cancels_spare_cap;
-    uint64_t malformed;             //  replies dropped as malformed
-    uint64_t stale;                 //  results for tasks no longer pending
+    uint64_t malformed;    //  replies dropped as malformed
+    uint64_t stale;        //  results for tasks no longer pending
     char err_type[CF_PROTO_MAX_TEXT + 1];
     char err_message[CF_PROTO_MAX_TEXT + 1];
     char err_host[CF_PROTO_MAX_TEXT + 1];
@@ -186,14 +186,14 @@ typedef struct {
     bool curve;                     //  CURVE client (cf_client_config_t keys)
     char key_fp[CF_KEY_FP_SIZE];    //  our public key's fingerprint, for messages
     char *endpoint;
-    int ivl_ms;                     //  our heartbeat interval
-    int liveness;                   //  silent intervals before the broker is lost
+    int ivl_ms;      //  our heartbeat interval
+    int liveness;    //  silent intervals before the broker is lost
     //  Set by the actor's thread before it reports ready (no submission
     //  comes earlier); its io mutex guards own.
     cf_actor_t *actor;
 
-    s_shared_t shared;              //  under shared.mutex
-    s_own_t own;                    //  under the actor's io
+    s_shared_t shared;    //  under shared.mutex
+    s_own_t own;          //  under the actor's io
 } cf_client_t;
 
 // ---------------------------------------------------------------------------
@@ -331,7 +331,8 @@ static bool s_cancel(void *executor, cf_future_t *f)
         struct timespec deadline = cf_clock_deadline(S_CANCEL_WAIT_MS);
         while (cf_future_state(f) == CF_FUTURE_PENDING && !self->shared.stopping
                && !(self->shared.cancel_handled >= seq && self->shared.broker_unreachable)) {
-            int rc = pthread_cond_timedwait(&self->shared.cancel_cond, &self->shared.mutex, &deadline);
+            int rc = pthread_cond_timedwait(&self->shared.cancel_cond, &self->shared.mutex,
+                                            &deadline);
             if (rc == ETIMEDOUT)
                 break;
         }
@@ -372,7 +373,7 @@ static cf_err_t s_shutdown(void *backend, bool wait, bool cancel_futures)
 static int s_max_workers(void *backend)
 {
     (void)backend;
-    return 0;           //  the broker decides
+    return 0;    //  the broker decides
 }
 
 // ---------------------------------------------------------------------------
@@ -493,7 +494,7 @@ static void s_resend_all(cf_client_t *self, const char *why)
     cf_queue_prepend(&self->own.outbox, &resend);
     s_item_t *item;
     while ((item = s_pop_front(&cancel))) {
-        item->where = S_AT_BROKER;      //  in no list now
+        item->where = S_AT_BROKER;    //  in no list now
         s_resolve_cancelled(self, item);
     }
     self->own.blocked = false;
@@ -537,10 +538,10 @@ static void s_accept_tasks(cf_client_t *self, cf_queue_t *tasks)
     s_item_t *item;
     while ((item = s_pop_front(tasks))) {
         if (++self->own.next_id == 0)
-            self->own.next_id = 1;      //  0 means "no task" in ERROR refs
+            self->own.next_id = 1;    //  0 means "no task" in ERROR refs
         item->id = self->own.next_id;
         if (cf_idmap_put(self->own.pending, item->id, item) != CF_OK) {
-            item->where = S_AT_BROKER;  //  in no list: s_forget unlinks nothing
+            item->where = S_AT_BROKER;    //  in no list: s_forget unlinks nothing
             s_resolve_error(self, item, "MemoryError", "out of memory in the client", "", 0);
             continue;
         }
@@ -566,24 +567,24 @@ static void s_handle_cancel(cf_client_t *self, cf_future_t *f)
 {
     s_item_t *item = cf_idmap_get(self->own.by_future, (uint64_t)(uintptr_t)f);
     if (!item) {
-        self->own.answered = true;      //  already resolved: the state says so
+        self->own.answered = true;    //  already resolved: the state says so
         return;
     }
     switch (item->where) {
-        case S_AT_OUTBOX:
-        case S_AT_PARKED:
-            s_resolve_cancelled(self, item);
+    case S_AT_OUTBOX:
+    case S_AT_PARKED:
+        s_resolve_cancelled(self, item);
+        self->own.answered = true;
+        break;
+    case S_AT_BROKER:
+        if (item->started)
             self->own.answered = true;
-            break;
-        case S_AT_BROKER:
-            if (item->started)
-                self->own.answered = true;
-            else if (!item->cancel_asked)
-                s_queue_cancel_id(self, item);
-            break;
-        case S_AT_INBOX:
-            assert(false);          //  the inbox was drained first
-            break;
+        else if (!item->cancel_asked)
+            s_queue_cancel_id(self, item);
+        break;
+    case S_AT_INBOX:
+        assert(false);    //  the inbox was drained first
+        break;
     }
 }
 
@@ -592,8 +593,7 @@ static void s_handle_cancel(cf_client_t *self, cf_future_t *f)
 //  state change that keeps new ones out), then the outbox and the parked
 //  list in order, then what only the pending map holds (at the broker).
 static void s_resolve_all(cf_client_t *self, cf_queue_t *inbox,
-                          void (*resolve)(cf_client_t *, s_item_t *, const char *),
-                          const char *why)
+                          void (*resolve)(cf_client_t *, s_item_t *, const char *), const char *why)
 {
     s_accept_tasks(self, inbox);
     s_item_t *item;
@@ -725,7 +725,7 @@ static void s_drain_inbox(cf_client_t *self)
         cf_future_release(&cancels[i]);
     }
     if (cancels_len)
-        self->own.answered = true;      //  cancel_handled moves on in s_report
+        self->own.answered = true;    //  cancel_handled moves on in s_report
     self->own.cancels_spare = cancels;
     self->own.cancels_spare_cap = cancels_cap;
     if (cancel_all)
@@ -801,8 +801,7 @@ static void s_send_tasks(cf_client_t *self)
                 //  This task cannot travel; fail it alone and rebuild the
                 //  message without it.
                 char message[96];
-                snprintf(message, sizeof message, "cannot encode the task: %s",
-                         cf_strerror(rc));
+                snprintf(message, sizeof message, "cannot encode the task: %s", cf_strerror(rc));
                 s_resolve_error(self, item, "ProtocolError", message, "", 0);
                 redo = true;
                 break;
@@ -851,9 +850,10 @@ static void s_kick(cf_client_t *self)
             s_send_tasks(self);
             //  s_inbox_has_work also re-arms "signalled" for the next
             //  submission when nothing new came meanwhile.
-            wake = !cf_queue_empty(&self->own.outbox) || self->own.blocked || self->own.cancel_ids_len
-                   || self->own.resolved || self->own.answered || self->own.reach_changed
-                   || s_inbox_has_work(self) || (cf_proto_events(self->socket) & ZMQ_POLLIN);
+            wake = !cf_queue_empty(&self->own.outbox) || self->own.blocked
+                   || self->own.cancel_ids_len || self->own.resolved || self->own.answered
+                   || self->own.reach_changed || s_inbox_has_work(self)
+                   || (cf_proto_events(self->socket) & ZMQ_POLLIN);
         }
     }
     cf_actor_leave(self->actor, wake);
@@ -883,40 +883,40 @@ static void s_on_result(cf_client_t *self, cf_proto_msg_t *msg, int64_t now)
         cf_proto_result_t *r = &msg->results[i];
         s_item_t *item = cf_idmap_get(self->own.pending, r->id);
         if (!item) {
-            self->own.stale++;          //  resolved already (a resend's twin)
+            self->own.stale++;    //  resolved already (a resend's twin)
             continue;
         }
         //  A result for a task we are resending (its first copy came
         //  through after all) resolves it just the same; only BUSY is
         //  ignored then.
         switch (r->status) {
-            case CF_STATUS_OK: {
-                cf_future_t *f = cf_future_ref(item->task->future);
-                s_forget(self, item);
-                cf_future_set_result(f, r->value, r->value_len);
-                cf_future_release(&f);
-                self->own.freed++;
-                break;
-            }
-            case CF_STATUS_ERROR:
-                s_copy_text(self->own.err_type, r->error.type);
-                s_copy_text(self->own.err_message, r->error.message);
-                s_copy_text(self->own.err_host, r->error.host);
-                s_resolve_error(self, item, self->own.err_type, self->own.err_message,
-                                self->own.err_host, r->error.pid);
-                self->own.freed++;
-                break;
-            case CF_STATUS_CANCELLED:
-                s_resolve_cancelled(self, item);
-                self->own.freed++;
-                break;
-            case CF_STATUS_BUSY:
-                if (item->where == S_AT_BROKER)
-                    s_park(self, item, now);
-                break;
-            default:
-                self->own.malformed++;
-                break;
+        case CF_STATUS_OK: {
+            cf_future_t *f = cf_future_ref(item->task->future);
+            s_forget(self, item);
+            cf_future_set_result(f, r->value, r->value_len);
+            cf_future_release(&f);
+            self->own.freed++;
+            break;
+        }
+        case CF_STATUS_ERROR:
+            s_copy_text(self->own.err_type, r->error.type);
+            s_copy_text(self->own.err_message, r->error.message);
+            s_copy_text(self->own.err_host, r->error.host);
+            s_resolve_error(self, item, self->own.err_type, self->own.err_message,
+                            self->own.err_host, r->error.pid);
+            self->own.freed++;
+            break;
+        case CF_STATUS_CANCELLED:
+            s_resolve_cancelled(self, item);
+            self->own.freed++;
+            break;
+        case CF_STATUS_BUSY:
+            if (item->where == S_AT_BROKER)
+                s_park(self, item, now);
+            break;
+        default:
+            self->own.malformed++;
+            break;
         }
     }
 }
@@ -965,8 +965,9 @@ static void s_on_error(cf_client_t *self, cf_proto_msg_t *msg)
         s_resend_all(self, "broker does not know us");
         return;
     }
-    if (msg->ref == 0 && (strcmp(self->own.err_message, CF_PROTO_KEY_REVOKED) == 0
-                          || strcmp(self->own.err_message, CF_PROTO_NOT_ALLOWED) == 0)) {
+    if (msg->ref == 0
+        && (strcmp(self->own.err_message, CF_PROTO_KEY_REVOKED) == 0
+            || strcmp(self->own.err_message, CF_PROTO_NOT_ALLOWED) == 0)) {
         //  No retry can help: every task fails, as at a refused handshake.
         char why[sizeof self->own.err_message + 64];
         snprintf(why, sizeof why, "the broker at %s refused this client: %s", self->endpoint,
@@ -1002,28 +1003,28 @@ static void s_recv(cf_client_t *self)
         }
         s_contact(self, now);
         switch (msg->type) {
-            case CF_MSG_RESULT:
-                s_on_result(self, msg, now);
-                break;
-            case CF_MSG_STARTED:
-                s_on_started(self, msg);
-                break;
-            case CF_MSG_HEARTBEAT:
-                s_on_heartbeat(self, msg);
-                break;
-            case CF_MSG_ERROR:
-                s_on_error(self, msg);
-                break;
-            case CF_MSG_DISCONNECT:
-                s_lost(self, "it said goodbye");
-                break;
-            case CF_MSG_STATS:
-                break;              //  we never ask; harmless
-            default:
-                self->own.malformed++;
-                cf_log_debug(S_LOG, "unexpected %s from the broker dropped",
-                             cf_proto_command_name(msg->type));
-                break;
+        case CF_MSG_RESULT:
+            s_on_result(self, msg, now);
+            break;
+        case CF_MSG_STARTED:
+            s_on_started(self, msg);
+            break;
+        case CF_MSG_HEARTBEAT:
+            s_on_heartbeat(self, msg);
+            break;
+        case CF_MSG_ERROR:
+            s_on_error(self, msg);
+            break;
+        case CF_MSG_DISCONNECT:
+            s_lost(self, "it said goodbye");
+            break;
+        case CF_MSG_STATS:
+            break;    //  we never ask; harmless
+        default:
+            self->own.malformed++;
+            cf_log_debug(S_LOG, "unexpected %s from the broker dropped",
+                         cf_proto_command_name(msg->type));
+            break;
         }
         cf_proto_msg_destroy(&msg);
     }
@@ -1049,7 +1050,7 @@ static void s_on_monitor(cf_client_t *self)
             memcpy(&value, (const uint8_t *)zmq_msg_data(&frame) + sizeof event, sizeof value);
         bool more = zmq_msg_more(&frame);
         zmq_msg_close(&frame);
-        while (more) {              //  the endpoint frame
+        while (more) {    //  the endpoint frame
             zmq_msg_init(&frame);
             if (zmq_msg_recv(&frame, self->monitor, ZMQ_DONTWAIT) < 0) {
                 zmq_msg_close(&frame);
@@ -1126,7 +1127,8 @@ static void s_run_timers(cf_client_t *self)
     if (self->own.resend_at_ms >= 0 && now >= self->own.resend_at_ms) {
         if (self->own.freed == 0)
             self->own.backoff_ms = self->own.backoff_ms * 2 > S_BACKOFF_MAX_MS
-                             ? S_BACKOFF_MAX_MS : self->own.backoff_ms * 2;
+                                       ? S_BACKOFF_MAX_MS
+                                       : self->own.backoff_ms * 2;
         else
             self->own.backoff_ms = S_BACKOFF_MIN_MS;
         size_t n = self->own.freed * 2 > S_RESEND_MIN ? self->own.freed * 2 : S_RESEND_MIN;
@@ -1139,7 +1141,8 @@ static void s_run_timers(cf_client_t *self)
             cf_queue_push_back(&round, &item->node);
         }
         cf_queue_prepend(&self->own.outbox, &round);
-        self->own.resend_at_ms = !cf_queue_empty(&self->own.parked) ? now + self->own.backoff_ms : -1;
+        self->own.resend_at_ms = !cf_queue_empty(&self->own.parked) ? now + self->own.backoff_ms
+                                                                    : -1;
     }
 }
 
@@ -1201,7 +1204,7 @@ static void s_actor(cf_actor_t *actor, void *arg)
                         zmq_strerror(errno));
             monitor_fd = -1;
         }
-        s_on_monitor(self);     //  what came before we looked
+        s_on_monitor(self);    //  what came before we looked
     }
     zmq_fd_t socket_fd = -1;
     size_t fd_len = sizeof socket_fd;
@@ -1281,7 +1284,7 @@ static void s_actor(cf_actor_t *actor, void *arg)
 static void s_free(cf_client_t *self)
 {
     if (self->socket)
-        zmq_socket_monitor(self->socket, NULL, 0);     //  fine when none runs
+        zmq_socket_monitor(self->socket, NULL, 0);    //  fine when none runs
     if (self->monitor)
         zmq_close(self->monitor);
     if (self->socket)
@@ -1307,12 +1310,12 @@ static void s_free(cf_client_t *self)
 static cf_err_t s_apply_curve(cf_client_t *self, const cf_client_config_t *config)
 {
     int given = !!config->curve_server_key + !!config->curve_public_key
-              + !!config->curve_secret_key;
+                + !!config->curve_secret_key;
     if (given == 0)
         return CF_OK;
     if (given != 3)
         return cf_error_set(CF_EINVAL, "client: CURVE needs the broker's public key and this "
-                            "client's key pair");
+                                       "client's key pair");
     if (!zmq_has("curve"))
         return cf_error_set(CF_ESYS, "client: this libzmq was built without CURVE support");
     cf_err_t rc = cf_keys_apply_client(self->socket, config->curve_server_key,
@@ -1344,7 +1347,8 @@ static cf_err_t s_await_handshake(cf_client_t *self)
     }
     pthread_mutex_lock(&self->shared.mutex);
     while (self->shared.auth_state == S_AUTH_UNKNOWN) {
-        if (pthread_cond_timedwait(&self->shared.auth_cond, &self->shared.mutex, &deadline) == ETIMEDOUT)
+        if (pthread_cond_timedwait(&self->shared.auth_cond, &self->shared.mutex, &deadline)
+            == ETIMEDOUT)
             break;
     }
     int state = self->shared.auth_state;
@@ -1375,7 +1379,7 @@ void *cf_client_new(const cf_client_config_t *config)
 
     self->ivl_ms = config->heartbeat_ivl_ms > 0 ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
     self->liveness = config->heartbeat_liveness > 0 ? config->heartbeat_liveness
-                                                     : CF_HEARTBEAT_LIVENESS;
+                                                    : CF_HEARTBEAT_LIVENESS;
     self->own.send_ivl_ms = self->ivl_ms;
     self->own.backoff_ms = S_BACKOFF_MIN_MS;
     self->own.resend_at_ms = -1;
@@ -1420,17 +1424,17 @@ void *cf_client_new(const cf_client_config_t *config)
     //  inproc peers never reconnect: no monitor needed there.
     self->own.transport_up = true;
     if (strncmp(config->endpoint, "inproc://", 9) != 0) {
-        self->own.transport_up = false;     //  until the monitor says connected
+        self->own.transport_up = false;    //  until the monitor says connected
         self->own.unreachable = true;
         self->shared.broker_unreachable = true;
         char name[96];
-        snprintf(name, sizeof name, "inproc://cf-client-monitor-%p-%016" PRIx64,
-                 (void *)self, self->own.next_id);
+        snprintf(name, sizeof name, "inproc://cf-client-monitor-%p-%016" PRIx64, (void *)self,
+                 self->own.next_id);
         //  Handshake outcomes tell a refused key (or a missing one) from a
         //  broker that is not up yet, which ZeroMQ itself never reports.
-        int events = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED
-                   | ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
-                   | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
+        int events = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED
+                     | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
         if (zmq_socket_monitor(self->socket, name, events) != 0) {
             cf_error_set(CF_ESYS, "client: socket monitor: %s", zmq_strerror(errno));
             goto failed;
@@ -1442,8 +1446,7 @@ void *cf_client_new(const cf_client_config_t *config)
         }
     }
     if (zmq_connect(self->socket, config->endpoint) != 0) {
-        cf_error_set(CF_EINVAL, "cannot connect to %s: %s", config->endpoint,
-                     zmq_strerror(errno));
+        cf_error_set(CF_EINVAL, "cannot connect to %s: %s", config->endpoint, zmq_strerror(errno));
         goto failed;
     }
     //  From here the sockets belong to the actor thread (starting it is
@@ -1503,5 +1506,5 @@ const cf_backend_ops_t cf_client_ops = {
     .shutdown = s_shutdown,
     .destroy = s_destroy,
     .max_workers = s_max_workers,
-    .cancel = s_cancel,     //  the front installs it on futures that got in
+    .cancel = s_cancel,    //  the front installs it on futures that got in
 };

@@ -35,10 +35,10 @@
 extern const cf_backend_ops_t cf_client_ops;
 
 typedef struct {
-    const char *endpoint;       //  broker client endpoint
-    void *zmq_context;          //  NULL: the client makes its own
-    int heartbeat_ivl_ms;       //  <= 0: CF_HEARTBEAT_IVL_MS (the broker's, when shorter, wins)
-    int heartbeat_liveness;     //  missed intervals before the broker is lost; <= 0: default
+    const char *endpoint;      //  broker client endpoint
+    void *zmq_context;         //  NULL: the client makes its own
+    int heartbeat_ivl_ms;      //  <= 0: CF_HEARTBEAT_IVL_MS (the broker's, when shorter, wins)
+    int heartbeat_liveness;    //  missed intervals before the broker is lost; <= 0: default
     //  CURVE (Z85 text, all three or none; applied before connect, not
     //  kept): the broker's public key and this client's key pair. With
     //  them, cf_client_new waits for the first handshake up to

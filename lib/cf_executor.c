@@ -24,7 +24,7 @@
 //  while a canceller runs (cf_future.h), and destroy waits for the cancels
 //  already inside the back end and turns later ones away before freeing it.
 
-#define _GNU_SOURCE     //  sched_getaffinity, CPU_COUNT
+#define _GNU_SOURCE    //  sched_getaffinity, CPU_COUNT
 
 #include "cf_executor.h"
 
@@ -49,23 +49,23 @@ struct cf_executor {
     cf_kind_t kind;
     const cf_backend_ops_t *ops;
     void *backend;
-    int max_workers;                //  resolved
-    int32_t retries;                //  task default, resolved: <0 none
-    uint32_t timeout_ms;            //  task default: 0 none
-    atomic_bool shut;               //  no more submissions
+    int max_workers;        //  resolved
+    int32_t retries;        //  task default, resolved: <0 none
+    uint32_t timeout_ms;    //  task default: 0 none
+    atomic_bool shut;       //  no more submissions
     //  Cancels reach the back end only through the front (s_cancel), so
     //  destroy can wait for those in progress before freeing it.
     pthread_mutex_t cancel_lock;
-    pthread_cond_t cancel_cond;     //  cancels reached 0
-    int cancels;                    //  s_cancel calls inside ops->cancel
-    bool backend_gone;              //  destroy began: no more ops->cancel
-    atomic_int refs;                //  destroy's, plus one per unresolved future
-    pthread_mutex_t shutdown_lock;  //  serialises shutdown calls
-    bool waited;                    //  a shutdown with wait completed
-    pthread_mutex_t progress_lock;  //  guards progress_fn/arg and progress_calls
-    pthread_cond_t progress_idle;   //  progress_calls reached 0
-    int progress_calls;             //  hook calls running now
-    atomic_bool has_progress_fn;    //  lets the hot path skip the lock
+    pthread_cond_t cancel_cond;       //  cancels reached 0
+    int cancels;                      //  s_cancel calls inside ops->cancel
+    bool backend_gone;                //  destroy began: no more ops->cancel
+    atomic_int refs;                  //  destroy's, plus one per unresolved future
+    pthread_mutex_t shutdown_lock;    //  serialises shutdown calls
+    bool waited;                      //  a shutdown with wait completed
+    pthread_mutex_t progress_lock;    //  guards progress_fn/arg and progress_calls
+    pthread_cond_t progress_idle;     //  progress_calls reached 0
+    int progress_calls;               //  hook calls running now
+    atomic_bool has_progress_fn;      //  lets the hot path skip the lock
     cf_progress_fn *progress_fn;
     void *progress_arg;
     //  Counters. submitted is written by submitting threads, the others by
@@ -137,28 +137,36 @@ static void s_unref(cf_executor_t *ex)
 static cf_err_t s_validate(cf_kind_t kind, const cf_options_t *opts)
 {
     if (kind != CF_THREADS && kind != CF_PROCESSES && kind != CF_REMOTE)
-        return cf_error_set(CF_EINVAL, "unknown executor kind %d (CF_THREADS, CF_PROCESSES "
-                            "or CF_REMOTE)", (int)kind);
+        return cf_error_set(CF_EINVAL,
+                            "unknown executor kind %d (CF_THREADS, CF_PROCESSES "
+                            "or CF_REMOTE)",
+                            (int)kind);
     if (opts->max_workers < 0)
-        return cf_error_set(CF_EINVAL, "max_workers must be > 0 (or 0 for the default), "
-                            "got %d", opts->max_workers);
+        return cf_error_set(CF_EINVAL,
+                            "max_workers must be > 0 (or 0 for the default), "
+                            "got %d",
+                            opts->max_workers);
     if (opts->max_tasks_per_worker < 0)
-        return cf_error_set(CF_EINVAL, "max_tasks_per_worker must be > 0 (or 0 for never), "
-                            "got %d", opts->max_tasks_per_worker);
+        return cf_error_set(CF_EINVAL,
+                            "max_tasks_per_worker must be > 0 (or 0 for never), "
+                            "got %d",
+                            opts->max_tasks_per_worker);
     if (opts->timeout_ms < 0)
         return cf_error_set(CF_EINVAL, "timeout_ms must be > 0 (or 0 for none), got %d",
                             opts->timeout_ms);
     if (opts->heartbeat_ivl_ms < 0)
-        return cf_error_set(CF_EINVAL, "heartbeat_ivl_ms must be > 0 (or 0 for the "
-                            "default), got %d", opts->heartbeat_ivl_ms);
+        return cf_error_set(CF_EINVAL,
+                            "heartbeat_ivl_ms must be > 0 (or 0 for the "
+                            "default), got %d",
+                            opts->heartbeat_ivl_ms);
     if (kind == CF_REMOTE && (!opts->curve_broker_key != !opts->curve_key))
         return cf_error_set(CF_EINVAL, "CURVE needs both curve_broker_key (the broker's public "
-                            "key file) and curve_key (this client's secret key file)");
+                                       "key file) and curve_key (this client's secret key file)");
     if (kind != CF_REMOTE && (opts->curve_broker_key || opts->curve_key))
         return cf_error_set(CF_EINVAL, "curve_broker_key and curve_key are for CF_REMOTE");
     if (kind == CF_REMOTE && (!opts->endpoint || !*opts->endpoint))
         return cf_error_set(CF_EINVAL, "CF_REMOTE needs options.endpoint, the broker's "
-                            "client endpoint (\"tcp://host:5555\")");
+                                       "client endpoint (\"tcp://host:5555\")");
     return CF_OK;
 }
 
@@ -189,7 +197,7 @@ static void *s_client_new(const cf_options_t *opts)
 
 cf_executor_t *cf_executor_new(cf_kind_t kind, const cf_options_t *opts)
 {
-    static const cf_options_t defaults = {0};
+    static const cf_options_t defaults = { 0 };
     if (!opts)
         opts = &defaults;
     if (s_validate(kind, opts) != CF_OK)
@@ -221,8 +229,7 @@ cf_executor_t *cf_executor_new(cf_kind_t kind, const cf_options_t *opts)
     pthread_cond_init(&ex->progress_idle, NULL);
     ex->kind = kind;
     ex->max_workers = max_workers;
-    ex->retries = opts->retries == 0 ? CF_DEFAULT_RETRIES : opts->retries < 0 ? -1
-                                                                             : opts->retries;
+    ex->retries = opts->retries == 0 ? CF_DEFAULT_RETRIES : opts->retries < 0 ? -1 : opts->retries;
     ex->timeout_ms = (uint32_t)opts->timeout_ms;
     atomic_init(&ex->shut, false);
     atomic_init(&ex->refs, 1);
@@ -260,7 +267,7 @@ failed:
 
 cf_executor_t *cf_executor_connect(const char *endpoint, const cf_options_t *opts)
 {
-    cf_options_t copy = {0};
+    cf_options_t copy = { 0 };
     if (opts)
         copy = *opts;
     copy.endpoint = endpoint;
@@ -414,8 +421,8 @@ static cf_err_t s_check_function(const char *fn, size_t *len)
         return cf_error_set(CF_EINVAL, "the function name is NULL");
     *len = strlen(fn);
     if (*len == 0 || *len > CF_PROTO_MAX_NAME)
-        return cf_error_set(CF_EINVAL, "function names are 1..%d bytes, got %zu",
-                            CF_PROTO_MAX_NAME, *len);
+        return cf_error_set(CF_EINVAL, "function names are 1..%d bytes, got %zu", CF_PROTO_MAX_NAME,
+                            *len);
     return CF_OK;
 }
 
@@ -423,8 +430,8 @@ static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, cons
                              size_t fn_len, const void *args, size_t args_len)
 {
     if (args_len > CF_PROTO_MAX_FRAME) {
-        cf_error_set(CF_ETOOBIG, "arguments of %s are %zu bytes, over the limit of %u",
-                     fn, args_len, CF_PROTO_MAX_FRAME);
+        cf_error_set(CF_ETOOBIG, "arguments of %s are %zu bytes, over the limit of %u", fn,
+                     args_len, CF_PROTO_MAX_FRAME);
         return NULL;
     }
     cf_task_t *task = cf_task_new(fn, fn_len, args, args_len);
@@ -452,7 +459,7 @@ static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, cons
         //  The back end's own words say more ("... this key was revoked").
         char why[256];
         snprintf(why, sizeof why, "%s", cf_last_err() == rc ? cf_last_error() : cf_strerror(rc));
-        cf_task_destroy(&task);         //  the back end took it; NULL by now
+        cf_task_destroy(&task);    //  the back end took it; NULL by now
         //  The back end refused it: unless it resolved the future anyway
         //  (then the hook ran and counted it), the submission never happened.
         if (cf_future_set_complete_hook(f, NULL, NULL)) {
@@ -489,7 +496,7 @@ static cf_err_t s_check_submit(cf_executor_t *ex, const char *fn, size_t *len)
 cf_future_t *cf_submitv(cf_executor_t *ex, const cf_task_opts_t *opts, const char *fn,
                         const char *fmt, va_list ap)
 {
-    size_t fn_len = 0;      //  set by s_check_submit; GCC 12 -O3 cannot tell
+    size_t fn_len = 0;    //  set by s_check_submit; GCC 12 -O3 cannot tell
     if (s_check_submit(ex, fn, &fn_len) != CF_OK)
         return NULL;
     //  The thread's writer keeps its capacity, so a submission allocates
@@ -539,7 +546,7 @@ cf_future_t *cf_submit_with(cf_executor_t *ex, const cf_task_opts_t *opts, const
 cf_future_t *cf_executor_submit_encoded(cf_executor_t *ex, const cf_task_opts_t *opts,
                                         const char *fn, const void *args, size_t len)
 {
-    size_t fn_len = 0;      //  set by s_check_submit; GCC 12 -O3 cannot tell
+    size_t fn_len = 0;    //  set by s_check_submit; GCC 12 -O3 cannot tell
     if (s_check_submit(ex, fn, &fn_len) != CF_OK)
         return NULL;
     return s_submit(ex, opts, fn, fn_len, args, len);

@@ -33,17 +33,17 @@
 #include <string.h>
 
 struct cf_args {
-    cf_mp_writer_t values;          //  the values, without the array header
-    cf_mp_writer_t scratch;         //  cf_args_addf's formatting space
-    uint32_t count;                 //  values written
-    cf_err_t err;                   //  first failure while adding (sticky)
+    cf_mp_writer_t values;     //  the values, without the array header
+    cf_mp_writer_t scratch;    //  cf_args_addf's formatting space
+    uint32_t count;            //  values written
+    cf_err_t err;              //  first failure while adding (sticky)
 };
 
 //  One task in flight.
 typedef struct {
     cf_future_t *future;
-    size_t first;                   //  index of its first input
-    size_t count;                   //  inputs it carries
+    size_t first;    //  index of its first input
+    size_t count;    //  inputs it carries
 } s_slot_t;
 
 //  Storage for cf_map_ints and cf_map_strs.
@@ -54,33 +54,33 @@ typedef struct {
 } s_array_source_t;
 
 struct cf_map {
-    cf_executor_t *ex;              //  borrowed: outlives the map
-    char *fn;                       //  the mapped function
+    cf_executor_t *ex;    //  borrowed: outlives the map
+    char *fn;             //  the mapped function
     cf_map_source_fn *source;
     void *state;
-    size_t chunksize;               //  >= 1
-    size_t window;                  //  >= 1
+    size_t chunksize;    //  >= 1
+    size_t window;       //  >= 1
     cf_task_opts_t task_opts;
-    int64_t deadline_ms;            //  -1: none
-    s_slot_t *ring;                 //  window slots
+    int64_t deadline_ms;    //  -1: none
+    s_slot_t *ring;         //  window slots
     size_t head;
     size_t count;
-    size_t next_input;              //  index the source is asked for next
-    bool source_done;               //  no more inputs will be pulled
-    cf_err_t pending_err;           //  source or submit error, after the ring
+    size_t next_input;       //  index the source is asked for next
+    bool source_done;        //  no more inputs will be pulled
+    cf_err_t pending_err;    //  source or submit error, after the ring
     size_t pending_err_index;
-    bool stopped;                   //  iteration ended
-    cf_args_t args;                 //  given to the source, reused
-    cf_mp_writer_t chunk;           //  argument lists of the chunk being built
-    cf_mp_writer_t message;         //  the arguments of the task being submitted
-    cf_future_t *current;           //  owner of the last value or error returned
-    const cf_value_t *items;        //  current chunk's result items, or NULL
+    bool stopped;               //  iteration ended
+    cf_args_t args;             //  given to the source, reused
+    cf_mp_writer_t chunk;       //  argument lists of the chunk being built
+    cf_mp_writer_t message;     //  the arguments of the task being submitted
+    cf_future_t *current;       //  owner of the last value or error returned
+    const cf_value_t *items;    //  current chunk's result items, or NULL
     size_t item_pos;
     size_t item_first;
-    size_t index;                   //  input index of the last value or error
-    cf_task_error_t error;          //  the error that stopped iteration
+    size_t index;             //  input index of the last value or error
+    cf_task_error_t error;    //  the error that stopped iteration
     bool has_error;
-    s_array_source_t array;         //  for the conveniences
+    s_array_source_t array;    //  for the conveniences
 };
 
 // ---------------------------------------------------------------------------
@@ -145,8 +145,9 @@ cf_err_t cf_args_addf(cf_args_t *args, const char *fmt, ...)
         if (rc == CF_OK) {
             size_t left = cf_mp_reader_left(&reader);
             if (left > 0
-                && msgpack_sbuffer_write(&args->values.buf,
-                                         args->scratch.buf.data + reader.pos, left) != 0)
+                && msgpack_sbuffer_write(&args->values.buf, args->scratch.buf.data + reader.pos,
+                                         left)
+                       != 0)
                 rc = CF_ENOMEM;
             else
                 args->count += n;
@@ -246,9 +247,9 @@ static void s_fill(cf_map_t *map)
                 cf_mp_writer_reset(&map->message);
                 rc = s_write_args(&map->message, &map->args);
                 if (rc == CF_OK) {
-                    cf_future_t *f = cf_executor_submit_encoded(
-                        map->ex, &map->task_opts, map->fn, map->message.buf.data,
-                        map->message.buf.size);
+                    cf_future_t *f = cf_executor_submit_encoded(map->ex, &map->task_opts, map->fn,
+                                                                map->message.buf.data,
+                                                                map->message.buf.size);
                     if (f)
                         s_push(map, f, map->next_input, 1);
                     else
@@ -321,15 +322,17 @@ static cf_err_t s_next_item(cf_map_t *map, const cf_value_t **value)
         const char *host = len == 5 ? cf_value_str(cf_value_at(item, 3), NULL) : "";
         int64_t pid = 0;
         if (type && message && host
-            && (len == 3 || (cf_value_get_int(cf_value_at(item, 4), &pid) == CF_OK
-                             && pid >= 0 && pid <= INT32_MAX))) {
+            && (len == 3
+                || (cf_value_get_int(cf_value_at(item, 4), &pid) == CF_OK && pid >= 0
+                    && pid <= INT32_MAX))) {
             cf_err_t rc = s_fail(map, type, message);
             map->error.host = host;
             map->error.pid = (int)pid;
             return rc;
         }
     }
-    return s_fail(map, "ProtocolError", "a chunk result item is not [0, value] or "
+    return s_fail(map, "ProtocolError",
+                  "a chunk result item is not [0, value] or "
                   "[1, type, message, host, pid]");
 }
 
@@ -365,7 +368,7 @@ cf_err_t cf_map_next(cf_map_t *map, const cf_value_t **value)
     map->count--;
     map->current = slot.future;
     map->index = slot.first;
-    s_fill(map);                    //  keep the window full while the caller works
+    s_fill(map);    //  keep the window full while the caller works
 
     const cf_value_t *result;
     cf_err_t rc = cf_future_result(slot.future, 0, &result);
@@ -424,8 +427,8 @@ void cf_map_destroy(cf_map_t **pmap)
 }
 
 //  A map that has not pulled anything yet.
-static cf_map_t *s_map_new(cf_executor_t *ex, const char *fn, cf_map_source_fn *source,
-                           void *state, const cf_map_opts_t *opts)
+static cf_map_t *s_map_new(cf_executor_t *ex, const char *fn, cf_map_source_fn *source, void *state,
+                           const cf_map_opts_t *opts)
 {
     if (!ex || !fn || !source) {
         cf_error_set(CF_EINVAL, "map needs an executor, a function name and a source");
@@ -480,7 +483,7 @@ cf_map_t *cf_map_new(cf_executor_t *ex, const char *fn, cf_map_source_fn *source
 {
     cf_map_t *map = s_map_new(ex, fn, source, state, opts);
     if (map)
-        s_fill(map);                //  work starts now, as with Python's map
+        s_fill(map);    //  work starts now, as with Python's map
     return map;
 }
 
@@ -527,8 +530,8 @@ cf_map_t *cf_map_ints(cf_executor_t *ex, const char *fn, const int64_t *inputs, 
     return map;
 }
 
-cf_map_t *cf_map_strs(cf_executor_t *ex, const char *fn, const char *const *inputs,
-                      size_t count, const cf_map_opts_t *opts)
+cf_map_t *cf_map_strs(cf_executor_t *ex, const char *fn, const char *const *inputs, size_t count,
+                      const cf_map_opts_t *opts)
 {
     cf_map_t *map = s_map_array(ex, fn, s_strs_source, inputs, count, opts);
     if (map) {

@@ -29,7 +29,7 @@
 //  the task (a thread cannot be killed safely); the late result is dropped
 //  by the future's state machine.
 
-#define _GNU_SOURCE     //  pthread_setname_np
+#define _GNU_SOURCE    //  pthread_setname_np
 
 #include "cf_pool.h"
 
@@ -50,12 +50,12 @@
 #define S_LOG "pool"
 
 //  Most tasks a worker takes at once.
-#define S_BATCH_MAX 16
+#define S_BATCH_MAX       16
 //  Times an idle worker yields the CPU, watching the queue, before it
 //  sleeps (about 1 us each when nothing else runs, more when others do).
-#define S_SPIN_ROUNDS 64
+#define S_SPIN_ROUNDS     64
 //  Initial queue capacity (it grows by doubling).
-#define S_RING_INITIAL 256
+#define S_RING_INITIAL    256
 //  Linux thread names are at most 15 bytes.
 #define S_THREAD_NAME_MAX 15
 
@@ -64,43 +64,43 @@ typedef struct cf_pool cf_pool_t;
 typedef struct {
     cf_pool_t *pool;
     pthread_t thread;
-    bool started;                   //  thread was created
-    int index;                      //  N in the thread name
-    pthread_cond_t cond;            //  this worker's wakeup
-    bool woken;                     //  set under pool->lock by the waker
+    bool started;           //  thread was created
+    int index;              //  N in the thread name
+    pthread_cond_t cond;    //  this worker's wakeup
+    bool woken;             //  set under pool->lock by the waker
     //  Timeout slot, under pool->timer_lock.
-    cf_future_t *timed;             //  the running task's future, or NULL
+    cf_future_t *timed;    //  the running task's future, or NULL
     int64_t deadline_ms;
     uint32_t timeout_ms;
 } s_worker_t;
 
 struct cf_pool {
-    pthread_mutex_t lock;           //  queue, sleepers, stopping
-    cf_task_t **ring;               //  queued tasks
+    pthread_mutex_t lock;    //  queue, sleepers, stopping
+    cf_task_t **ring;        //  queued tasks
     size_t ring_cap;
     size_t head;
     size_t count;
-    atomic_size_t queued;           //  count, readable without the lock
+    atomic_size_t queued;    //  count, readable without the lock
     s_worker_t *workers;
     int n_workers;
-    int *sleepers;                  //  stack of sleeping worker indexes
+    int *sleepers;    //  stack of sleeping worker indexes
     int n_sleepers;
-    int searching;                  //  woken or spinning workers not yet at the queue
-    bool stopping;                  //  no more submissions
-    atomic_bool stopping_hint;      //  stopping, readable without the lock
-    atomic_bool cancelling;         //  cancel tasks workers already took
+    int searching;                //  woken or spinning workers not yet at the queue
+    bool stopping;                //  no more submissions
+    atomic_bool stopping_hint;    //  stopping, readable without the lock
+    atomic_bool cancelling;       //  cancel tasks workers already took
     void (*initializer)(void *arg);
     void *initarg;
     char prefix[S_THREAD_NAME_MAX + 1];
-    int pid;                        //  for error reports
-    pthread_mutex_t join_lock;      //  serialises joining
+    int pid;                      //  for error reports
+    pthread_mutex_t join_lock;    //  serialises joining
     bool joined;
-    pthread_mutex_t timer_lock;     //  timer state and worker slots
+    pthread_mutex_t timer_lock;    //  timer state and worker slots
     pthread_cond_t timer_cond;
     pthread_t timer;
     bool timer_started;
     bool timer_stop;
-    int64_t timer_next_ms;          //  what the timer sleeps until (-1: nothing)
+    int64_t timer_next_ms;    //  what the timer sleeps until (-1: nothing)
 };
 
 // ---------------------------------------------------------------------------
@@ -214,10 +214,10 @@ static void s_run(cf_pool_t *pool, s_worker_t *w, cf_task_t *task)
     if ((task->flags & CF_TASK_RETRY_ON_ERROR) && task->retries > 0)
         attempts += task->retries;
     size_t function_len = strlen(task->function);
-    for (int attempt = 1; ; attempt++) {
-        cf_outcome_t outcome = {0};
-        cf_err_t rc = cf_registry_run(task->function, function_len, task->args,
-                                      task->args_len, &outcome);
+    for (int attempt = 1;; attempt++) {
+        cf_outcome_t outcome = { 0 };
+        cf_err_t rc = cf_registry_run(task->function, function_len, task->args, task->args_len,
+                                      &outcome);
         if (rc != CF_OK) {
             cf_future_set_error(f, "MemoryError", "out of memory running the task",
                                 cf_registry_hostname(), pool->pid);
@@ -238,8 +238,8 @@ static void s_run(cf_pool_t *pool, s_worker_t *w, cf_task_t *task)
             cf_outcome_fini(&outcome);
             continue;
         }
-        cf_future_set_error(f, outcome.error_type, outcome.error_message,
-                            cf_registry_hostname(), pool->pid);
+        cf_future_set_error(f, outcome.error_type, outcome.error_message, cf_registry_hostname(),
+                            pool->pid);
         cf_outcome_fini(&outcome);
         break;
     }
@@ -412,7 +412,7 @@ static cf_err_t s_join(cf_pool_t *pool)
     pthread_mutex_unlock(&pool->timer_lock);
     if (own)
         return cf_error_set(CF_EINVAL, "a pool cannot wait for its own shutdown from "
-                            "one of its threads");
+                                       "one of its threads");
     pthread_mutex_lock(&pool->join_lock);
     if (!pool->joined) {
         for (int i = 0; i < pool->n_workers; i++)
@@ -535,8 +535,7 @@ void *cf_pool_new(const cf_options_t *opts, int max_workers)
     atomic_init(&pool->stopping_hint, false);
     pool->initializer = opts ? opts->initializer : NULL;
     pool->initarg = opts ? opts->initarg : NULL;
-    const char *prefix = opts && opts->thread_name_prefix ? opts->thread_name_prefix
-                                                          : "cf-worker";
+    const char *prefix = opts && opts->thread_name_prefix ? opts->thread_name_prefix : "cf-worker";
     snprintf(pool->prefix, sizeof pool->prefix, "%s", prefix);
     pool->pid = (int)getpid();
     pool->workers = calloc((size_t)max_workers, sizeof *pool->workers);
@@ -557,8 +556,8 @@ void *cf_pool_new(const cf_options_t *opts, int max_workers)
         s_worker_t *w = &pool->workers[i];
         int rc = pthread_create(&w->thread, NULL, s_worker_main, w);
         if (rc != 0) {
-            cf_error_set(CF_ESYS, "cannot start worker thread %d of %d: %s", i + 1,
-                         max_workers, strerror(rc));
+            cf_error_set(CF_ESYS, "cannot start worker thread %d of %d: %s", i + 1, max_workers,
+                         strerror(rc));
             goto failed;
         }
         w->started = true;

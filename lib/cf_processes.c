@@ -38,20 +38,20 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#define S_LOG "processes"
+#define S_LOG         "processes"
 //  How long worker processes get to finish after SIGTERM at destroy.
-#define S_GRACE_MS 2000
+#define S_GRACE_MS    2000
 //  The worker socket's file name inside the private directory.
 #define S_SOCKET_NAME "workers"
 
 typedef struct {
-    void *ctx;                  //  shared by broker and client
+    void *ctx;    //  shared by broker and client
     //  Set after the workers were forked; read by the supervisor's thread.
     _Atomic(cf_broker_t *) broker;
     cf_procs_t *procs;
     void *client;
     int max_workers;
-    char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];  //  "" when none
+    char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];    //  "" when none
 } cf_processes_t;
 
 //  On the supervisor's thread: a worker process is gone. The broker hears
@@ -60,13 +60,13 @@ typedef struct {
 static void s_worker_exited(void *arg, pid_t pid, const char *identity, int status)
 {
     cf_processes_t *self = arg;
-    cf_log_debug(S_LOG, "worker %d (%s) exited, status 0x%x", (int)pid,
-                 identity ? identity : "?", status);
+    cf_log_debug(S_LOG, "worker %d (%s) exited, status 0x%x", (int)pid, identity ? identity : "?",
+                 status);
     if (!identity || !*identity)
         return;
     cf_broker_t *broker = atomic_load(&self->broker);
     if (!broker)
-        return;                 //  still starting: the broker never knew it
+        return;    //  still starting: the broker never knew it
     cf_err_t rc = cf_broker_worker_lost(broker, identity, strlen(identity));
     //  CF_ENOTFOUND is the normal case for a worker that ended cleanly (it
     //  said DISCONNECT first) or never got to READY.
@@ -137,7 +137,7 @@ void *cf_processes_new(const cf_options_t *opts, int max_workers)
         cf_error_set(CF_EINVAL, "max_workers must be > 0, got %d", max_workers);
         return NULL;
     }
-    static const cf_options_t defaults = {0};
+    static const cf_options_t defaults = { 0 };
     if (!opts)
         opts = &defaults;
     cf_processes_t *self = calloc(1, sizeof *self);
@@ -171,7 +171,7 @@ void *cf_processes_new(const cf_options_t *opts, int max_workers)
         .on_exit_arg = self,
     });
     if (!self->procs)
-        goto failed;            //  cf_last_error() says why
+        goto failed;    //  cf_last_error() says why
     cf_broker_t *broker = cf_broker_new(&(cf_broker_config_t){
         .client_endpoint = "inproc://cf-processes-clients",
         .worker_endpoint = worker_endpoint,

@@ -32,16 +32,16 @@
 
 struct cf_progress_bar {
     pthread_mutex_t lock;
-    FILE *out;                  //  borrowed
-    char label[64];             //  "" when none
-    uint64_t total;             //  0: unknown
-    uint64_t done;              //  highest count seen
-    bool in_place;              //  '\r' redraws, else plain lines
-    int64_t start_us;           //  cf_clock_now_us() at creation
-    int64_t drawn_us;           //  last redraw (in place)
-    uint64_t drawn_step;        //  last step printed (lines)
-    uint64_t drawn_done;        //  the count the last drawing showed
-    size_t drawn_width;         //  length of the last in-place line, to blank its tail
+    FILE *out;              //  borrowed
+    char label[64];         //  "" when none
+    uint64_t total;         //  0: unknown
+    uint64_t done;          //  highest count seen
+    bool in_place;          //  '\r' redraws, else plain lines
+    int64_t start_us;       //  cf_clock_now_us() at creation
+    int64_t drawn_us;       //  last redraw (in place)
+    uint64_t drawn_step;    //  last step printed (lines)
+    uint64_t drawn_done;    //  the count the last drawing showed
+    size_t drawn_width;     //  length of the last in-place line, to blank its tail
 };
 
 //  "01:02" or "1:02:03": tqdm's time format.
@@ -116,7 +116,7 @@ static void s_draw(cf_progress_bar_t *self, bool final)
         if (!final && step <= self->drawn_step)
             return;
         if (final && self->drawn_us && self->drawn_done == self->done)
-            return;     //  the last line printed is already the final state
+            return;    //  the last line printed is already the final state
         self->drawn_step = step;
     }
     self->drawn_us = now_us;
@@ -146,7 +146,7 @@ cf_progress_bar_t *cf_progress_bar_new(FILE *out, const char *label, uint64_t to
     snprintf(self->label, sizeof self->label, "%s", label ? label : "");
     self->total = total;
     self->in_place = mode == CF_PROGRESS_BAR_IN_PLACE
-                  || (mode == CF_PROGRESS_BAR_AUTO && isatty(fileno(self->out)));
+                     || (mode == CF_PROGRESS_BAR_AUTO && isatty(fileno(self->out)));
     self->start_us = cf_clock_now_us();
     if (self->in_place) {
         pthread_mutex_lock(&self->lock);

@@ -12,22 +12,20 @@
 //  the task.
 typedef struct {
     cf_task_t pub;
-    char *function;                 //  what pub.function was made as
-    uint8_t *args;                  //  what pub.args was made as
-    bool args_owned;                //  args is a separate allocation
+    char *function;     //  what pub.function was made as
+    uint8_t *args;      //  what pub.args was made as
+    bool args_owned;    //  args is a separate allocation
     uint8_t inline_args[];
 } s_task_t;
 
 #define S_INLINE_ARGS_MAX 256
 
-cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args,
-                       size_t args_len)
+cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args, size_t args_len)
 {
     bool inline_args = args_len <= S_INLINE_ARGS_MAX;
     s_task_t *task;
-    cf_future_t *f = cf_future_new_with(function, function_len,
-                                        sizeof *task + (inline_args ? args_len : 0),
-                                        (void **)&task);
+    cf_future_t *f = cf_future_new_with(
+        function, function_len, sizeof *task + (inline_args ? args_len : 0), (void **)&task);
     if (!f)
         return NULL;
     task->args_owned = !inline_args;

@@ -14,13 +14,13 @@
 //  its function or its args directly. A back end that replaces function or
 //  args with its own malloc'd copy may do so; cf_task_destroy frees it.
 typedef struct cf_task {
-    cf_future_t *future;        //  a reference owned by the task
-    char *function;             //  NUL-terminated, owned by the task
-    uint8_t *args;              //  one msgpack array, owned by the task
+    cf_future_t *future;    //  a reference owned by the task
+    char *function;         //  NUL-terminated, owned by the task
+    uint8_t *args;          //  one msgpack array, owned by the task
     size_t args_len;
-    int32_t retries;            //  resolved: <0 none
-    uint32_t timeout_ms;        //  resolved: 0 none
-    uint32_t flags;             //  CF_TASK_* of cf_proto.h
+    int32_t retries;        //  resolved: <0 none
+    uint32_t timeout_ms;    //  resolved: 0 none
+    uint32_t flags;         //  CF_TASK_* of cf_proto.h
 } cf_task_t;
 
 //  A new task with a new pending future, function and args copied (see

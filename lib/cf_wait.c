@@ -21,8 +21,7 @@
 //  malloc'd (yours), *n_out their number. CF_EINVAL for a NULL future,
 //  CF_ENOMEM. Linear time: an open-addressing set of pointers sized to at
 //  most half full (as_completed over a million futures is a benchmark).
-static cf_err_t s_distinct(cf_future_t *const *fs, size_t count, cf_future_t ***out,
-                           size_t *n_out)
+static cf_err_t s_distinct(cf_future_t *const *fs, size_t count, cf_future_t ***out, size_t *n_out)
 {
     *out = NULL;
     *n_out = 0;
@@ -69,13 +68,13 @@ static int64_t s_deadline(int timeout_ms)
 
 struct cf_as_completed {
     cf_future_waiter_t *waiter;
-    cf_future_t **futures;          //  distinct, borrowed
+    cf_future_t **futures;    //  distinct, borrowed
     size_t count;
-    cf_future_t **ready;            //  done at creation, yielded first
+    cf_future_t **ready;    //  done at creation, yielded first
     size_t ready_head;
     size_t ready_count;
-    size_t pending;                 //  registered and not yet yielded
-    int64_t deadline_ms;            //  -1: none
+    size_t pending;         //  registered and not yet yielded
+    int64_t deadline_ms;    //  -1: none
 };
 
 cf_as_completed_t *cf_as_completed_new(cf_future_t *const *fs, size_t count, int timeout_ms)
@@ -96,8 +95,7 @@ cf_as_completed_t *cf_as_completed_new(cf_future_t *const *fs, size_t count, int
     }
     it->waiter = cf_future_waiter_new();
     it->ready = malloc((it->count ? it->count : 1) * sizeof *it->ready);
-    if (!it->waiter || !it->ready
-        || cf_future_waiter_reserve(it->waiter, it->count) != CF_OK) {
+    if (!it->waiter || !it->ready || cf_future_waiter_reserve(it->waiter, it->count) != CF_OK) {
         cf_error_set(CF_ENOMEM, "out of memory in as_completed");
         cf_as_completed_destroy(&it);
         return NULL;
@@ -176,8 +174,7 @@ static bool s_satisfied(cf_wait_mode_t mode, size_t n_done, size_t count, bool a
 }
 
 cf_err_t cf_wait(cf_future_t *const *fs, size_t count, int timeout_ms, cf_wait_mode_t mode,
-                 cf_future_t **done, size_t *n_done, cf_future_t **not_done,
-                 size_t *n_not_done)
+                 cf_future_t **done, size_t *n_done, cf_future_t **not_done, size_t *n_not_done)
 {
     if (n_done)
         *n_done = 0;

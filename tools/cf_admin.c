@@ -34,23 +34,23 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#define S_DEFAULT_BROKER "tcp://127.0.0.1:5555"
+#define S_DEFAULT_BROKER     "tcp://127.0.0.1:5555"
 #define S_DEFAULT_TIMEOUT_MS 3000
 #define S_DEFAULT_INTERVAL_S 2
-#define S_EXIT_FAILURE 1
-#define S_EXIT_USAGE 2
-#define S_RUN -1
+#define S_EXIT_FAILURE       1
+#define S_EXIT_USAGE         2
+#define S_RUN                -1
 
 typedef enum { S_STATUS, S_WORKERS, S_CLIENTS, S_METRICS } s_command_t;
 
 typedef struct {
     s_command_t command;
-    const char *broker;         //  the client endpoint
+    const char *broker;    //  the client endpoint
     int timeout_ms;
     bool json;
     bool watch;
     int interval_s;
-    const char *broker_key, *key;   //  CURVE: both or neither
+    const char *broker_key, *key;    //  CURVE: both or neither
 } s_options_t;
 
 //  One STATS reply: counters in the order the broker sent them.
@@ -59,7 +59,7 @@ typedef struct {
     size_t count;
     char names[S_MAX_COUNTERS][64];
     uint64_t values[S_MAX_COUNTERS];
-    int64_t answered_ms;        //  when the reply came (cf_clock_now_ms)
+    int64_t answered_ms;    //  when the reply came (cf_clock_now_ms)
     int round_trip_ms;
 } s_stats_t;
 
@@ -70,24 +70,24 @@ static const struct {
     bool gauge;
     const char *help;
 } s_known[] = {
-    {"clients", true, "Clients known to the broker now"},
-    {"workers", true, "Workers connected now"},
-    {"queued", true, "Tasks waiting for a worker now"},
-    {"running", true, "Tasks on workers now"},
-    {"uptime_ms", true, "Milliseconds since the broker started"},
-    {"submitted", false, "Tasks accepted into a queue"},
-    {"completed", false, "Results with a value sent to clients"},
-    {"failed", false, "Errors sent to clients (task errors, WorkerLost, TimeoutError)"},
-    {"cancelled", false, "Queued tasks removed by CANCEL"},
-    {"timed_out", false, "Tasks failed with TimeoutError (also in failed)"},
-    {"retried", false, "Requeues that used one of a task's retries"},
-    {"lost_workers", false, "Workers lost (heartbeats, gone, reported)"},
-    {"busy", false, "Tasks refused with BUSY (queue limits)"},
-    {"refused", false, "Messages from a key of the wrong role"},
-    {"malformed", false, "Messages refused as malformed"},
-    {"dropped", false, "Tasks and results discarded with a lost client"},
-    {"ignored", false, "Worker results matching no waiting task"},
-    {"deferred", false, "Sends refused (peer at HWM or gone) and kept or requeued"},
+    { "clients", true, "Clients known to the broker now" },
+    { "workers", true, "Workers connected now" },
+    { "queued", true, "Tasks waiting for a worker now" },
+    { "running", true, "Tasks on workers now" },
+    { "uptime_ms", true, "Milliseconds since the broker started" },
+    { "submitted", false, "Tasks accepted into a queue" },
+    { "completed", false, "Results with a value sent to clients" },
+    { "failed", false, "Errors sent to clients (task errors, WorkerLost, TimeoutError)" },
+    { "cancelled", false, "Queued tasks removed by CANCEL" },
+    { "timed_out", false, "Tasks failed with TimeoutError (also in failed)" },
+    { "retried", false, "Requeues that used one of a task's retries" },
+    { "lost_workers", false, "Workers lost (heartbeats, gone, reported)" },
+    { "busy", false, "Tasks refused with BUSY (queue limits)" },
+    { "refused", false, "Messages from a key of the wrong role" },
+    { "malformed", false, "Messages refused as malformed" },
+    { "dropped", false, "Tasks and results discarded with a lost client" },
+    { "ignored", false, "Worker results matching no waiting task" },
+    { "deferred", false, "Sends refused (peer at HWM or gone) and kept or requeued" },
 };
 #define S_KNOWN (sizeof s_known / sizeof s_known[0])
 
@@ -160,14 +160,13 @@ static int s_value(s_options_t *options, const char *flag, const char *value)
     long number;
     if (!strcmp(flag, "-b") || !strcmp(flag, "--broker")) {
         if (strncmp(value, "tcp://", 6) && strncmp(value, "ipc://", 6))
-            return s_usage_error("%s: not an endpoint: '%s' (tcp://HOST:PORT or ipc://PATH)",
-                                 flag, value);
+            return s_usage_error("%s: not an endpoint: '%s' (tcp://HOST:PORT or ipc://PATH)", flag,
+                                 value);
         options->broker = value;
     }
     else if (!strcmp(flag, "-t") || !strcmp(flag, "--timeout")) {
         if ((number = s_number(value, 1, 3600 * 1000)) < 0)
-            return s_usage_error("%s needs milliseconds from 1 to 3600000, got '%s'", flag,
-                                 value);
+            return s_usage_error("%s needs milliseconds from 1 to 3600000, got '%s'", flag, value);
         options->timeout_ms = (int)number;
     }
     else if (!strcmp(flag, "-i") || !strcmp(flag, "--interval")) {
@@ -184,8 +183,8 @@ static int s_value(s_options_t *options, const char *flag, const char *value)
 
 static bool s_takes_value(const char *flag)
 {
-    static const char *const flags[] = {"-b", "--broker", "-t", "--timeout", "-i",
-                                        "--interval", "--broker-key", "--key"};
+    static const char *const flags[] = { "-b", "--broker",   "-t",           "--timeout",
+                                         "-i", "--interval", "--broker-key", "--key" };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (!strcmp(flag, flags[i]))
             return true;
@@ -196,10 +195,10 @@ static bool s_takes_value(const char *flag)
 static int s_parse(int argc, char **argv, s_options_t *options)
 {
     const char *env = getenv("CF_BROKER");
-    *options = (s_options_t){.broker = env && *env ? env : S_DEFAULT_BROKER,
-                             .timeout_ms = S_DEFAULT_TIMEOUT_MS,
-                             .interval_s = S_DEFAULT_INTERVAL_S};
-    static const char *const commands[] = {"status", "workers", "clients", "metrics"};
+    *options = (s_options_t){ .broker = env && *env ? env : S_DEFAULT_BROKER,
+                              .timeout_ms = S_DEFAULT_TIMEOUT_MS,
+                              .interval_s = S_DEFAULT_INTERVAL_S };
+    static const char *const commands[] = { "status", "workers", "clients", "metrics" };
     bool have_command = false;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
@@ -229,8 +228,10 @@ static int s_parse(int argc, char **argv, s_options_t *options)
             while (c < 4 && strcmp(arg, commands[c]))
                 c++;
             if (c == 4 || have_command)
-                return s_usage_error(c == 4 ? "unknown command '%s'" : "one command only, "
-                                     "got '%s' too", arg);
+                return s_usage_error(c == 4 ? "unknown command '%s'"
+                                            : "one command only, "
+                                              "got '%s' too",
+                                     arg);
             options->command = (s_command_t)c;
             have_command = true;
         }
@@ -246,7 +247,7 @@ static int s_parse(int argc, char **argv, s_options_t *options)
 
 typedef struct {
     void *ctx, *socket;
-    void *monitor;              //  handshake outcomes of socket (cf_keys)
+    void *monitor;    //  handshake outcomes of socket (cf_keys)
     cf_proto_enc_t *enc;
     bool curve;
     char server[CF_KEY_Z85_SIZE];
@@ -268,15 +269,16 @@ static bool s_link_open(s_link_t *link, const s_options_t *options)
     s_link_close(link);
     link->socket = zmq_socket(link->ctx, ZMQ_DEALER);
     int linger = 0;
-    if (!link->socket
-        || zmq_setsockopt(link->socket, ZMQ_LINGER, &linger, sizeof linger) != 0) {
+    if (!link->socket || zmq_setsockopt(link->socket, ZMQ_LINGER, &linger, sizeof linger) != 0) {
         fprintf(stderr, "cf-admin: cannot make a socket: %s\n", zmq_strerror(errno));
         return false;
     }
     //  Watched handshakes turn a refused key into an answer at once
     //  instead of a silent wait for the timeout.
-    if ((link->curve && cf_keys_apply_client(link->socket, link->server, link->pair.public_z85,
-                                             link->pair.secret_z85) != CF_OK)
+    if ((link->curve
+         && cf_keys_apply_client(link->socket, link->server, link->pair.public_z85,
+                                 link->pair.secret_z85)
+                != CF_OK)
         || !(link->monitor = cf_keys_monitor_new(link->ctx, link->socket))) {
         fprintf(stderr, "cf-admin: %s\n", cf_last_error());
         return false;
@@ -301,15 +303,19 @@ static bool s_refused(s_link_t *link, const s_options_t *options)
         if (rc == CF_EAUTH) {
             char fp[CF_KEY_FP_SIZE];
             cf_keys_fingerprint(link->pair.public_z85, fp);
-            fprintf(stderr, "cf-admin: the broker at %s refused the key %s (not on its client "
-                    "list)\n", options->broker, fp);
+            fprintf(stderr,
+                    "cf-admin: the broker at %s refused the key %s (not on its client "
+                    "list)\n",
+                    options->broker, fp);
             return true;
         }
         if (rc == CF_EPROTO && value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
-            fprintf(stderr, link->curve ? "cf-admin: the broker at %s does not use CURVE: drop "
-                                          "--broker-key and --key\n"
-                                        : "cf-admin: the broker at %s requires CURVE: give "
-                                          "--broker-key and --key\n", options->broker);
+            fprintf(stderr,
+                    link->curve ? "cf-admin: the broker at %s does not use CURVE: drop "
+                                  "--broker-key and --key\n"
+                                : "cf-admin: the broker at %s requires CURVE: give "
+                                  "--broker-key and --key\n",
+                    options->broker);
             return true;
         }
     }
@@ -331,8 +337,8 @@ static cf_err_t s_ask(s_link_t *link, const s_options_t *options, s_stats_t *sta
     }
     while (!s_interrupted) {
         int left_ms = cf_clock_ms_until(deadline_ms);
-        zmq_pollitem_t items[2] = {{.socket = link->socket, .events = ZMQ_POLLIN},
-                                   {.socket = link->monitor, .events = ZMQ_POLLIN}};
+        zmq_pollitem_t items[2] = { { .socket = link->socket, .events = ZMQ_POLLIN },
+                                    { .socket = link->monitor, .events = ZMQ_POLLIN } };
         int rc = left_ms > 0 ? zmq_poll(items, 2, left_ms) : 0;
         if (rc < 0 && errno == EINTR)
             continue;
@@ -397,8 +403,7 @@ static int s_known_index(const char *name)
 }
 
 //  "+12.5/s" since the last answer, for --watch; "" without one.
-static void s_rate(const s_stats_t *now, const s_stats_t *before, size_t i, char *out,
-                   size_t size)
+static void s_rate(const s_stats_t *now, const s_stats_t *before, size_t i, char *out, size_t size)
 {
     uint64_t old;
     int k = s_known_index(now->names[i]);
@@ -407,7 +412,7 @@ static void s_rate(const s_stats_t *now, const s_stats_t *before, size_t i, char
         || now->values[i] < old || now->answered_ms <= before->answered_ms)
         return;
     double per_s = (double)(now->values[i] - old) * 1000.0
-                 / (double)(now->answered_ms - before->answered_ms);
+                   / (double)(now->answered_ms - before->answered_ms);
     snprintf(out, size, "+%.1f/s", per_s);
 }
 
@@ -419,11 +424,9 @@ static void s_print_counter(const s_stats_t *stats, const s_stats_t *before, siz
     s_rate(stats, before, i, rate, sizeof rate);
     //  The right column is not padded: no trailing blanks.
     if (++*shown % 2)
-        printf("  %-14s %12llu %-10s", stats->names[i], (unsigned long long)stats->values[i],
-               rate);
+        printf("  %-14s %12llu %-10s", stats->names[i], (unsigned long long)stats->values[i], rate);
     else
-        printf("  %-14s %12llu %s\n", stats->names[i], (unsigned long long)stats->values[i],
-               rate);
+        printf("  %-14s %12llu %s\n", stats->names[i], (unsigned long long)stats->values[i], rate);
 }
 
 static void s_print_status(const s_options_t *options, const s_stats_t *stats,
@@ -485,12 +488,14 @@ static void s_print_metrics(const s_stats_t *stats, bool up)
 {
     printf("# HELP cfutures_broker_up 1 when the broker answered STATS, else 0.\n"
            "# TYPE cfutures_broker_up gauge\n"
-           "cfutures_broker_up %d\n", up ? 1 : 0);
+           "cfutures_broker_up %d\n",
+           up ? 1 : 0);
     if (!up)
         return;
     printf("# HELP cfutures_broker_stats_round_trip_seconds Time the STATS answer took.\n"
            "# TYPE cfutures_broker_stats_round_trip_seconds gauge\n"
-           "cfutures_broker_stats_round_trip_seconds %.3f\n", stats->round_trip_ms / 1000.0);
+           "cfutures_broker_stats_round_trip_seconds %.3f\n",
+           stats->round_trip_ms / 1000.0);
     for (size_t i = 0; i < stats->count; i++) {
         int k = s_known_index(stats->names[i]);
         bool gauge = k < 0 || s_known[k].gauge;
@@ -503,7 +508,10 @@ static void s_print_metrics(const s_stats_t *stats, bool up)
         printf("# HELP cfutures_broker_%s%s %s.\n# TYPE cfutures_broker_%s%s %s\n"
                "cfutures_broker_%s%s %llu\n",
                name, gauge ? "" : "_total", k >= 0 ? s_known[k].help : "Reported by the broker",
-               name, gauge ? "" : "_total", k < 0 ? "untyped" : gauge ? "gauge" : "counter",
+               name, gauge ? "" : "_total",
+               k < 0   ? "untyped"
+               : gauge ? "gauge"
+                       : "counter",
                name, gauge ? "" : "_total", (unsigned long long)stats->values[i]);
     }
 }
@@ -530,8 +538,10 @@ static int s_show(const s_options_t *options, const s_stats_t *stats, const s_st
     s_get(stats, what, &count);
     printf("%llu %s connected to %s\n", (unsigned long long)count, what, options->broker);
     if (version < 2) {
-        fprintf(stderr, "cf-admin: this broker does not report per-%s detail (cf/1 STATS "
-                "without '%s')\n", options->command == S_WORKERS ? "worker" : "client", what);
+        fprintf(stderr,
+                "cf-admin: this broker does not report per-%s detail (cf/1 STATS "
+                "without '%s')\n",
+                options->command == S_WORKERS ? "worker" : "client", what);
         return S_EXIT_FAILURE;
     }
     return 0;
@@ -557,14 +567,15 @@ static int s_loop(s_link_t *link, const s_options_t *options)
         if (rc == CF_ECANCELLED)
             break;
         if (options->watch && tty)
-            printf("\033[H\033[2J");            //  home, clear: redraw in place
+            printf("\033[H\033[2J");    //  home, clear: redraw in place
         else if (options->watch && have_before)
             printf("\n");
         if (rc != CF_OK) {
             if (options->command == S_METRICS)
                 s_print_metrics(NULL, false);
             if (rc == CF_ETIMEDOUT)
-                fprintf(stderr, "cf-admin: no answer from %s within %d ms (is cf-broker "
+                fprintf(stderr,
+                        "cf-admin: no answer from %s within %d ms (is cf-broker "
                         "running there? a CURVE broker needs --broker-key and --key)\n",
                         options->broker, options->timeout_ms);
             status = S_EXIT_FAILURE;
@@ -583,7 +594,7 @@ static int s_loop(s_link_t *link, const s_options_t *options)
 
 static int s_run(const s_options_t *options)
 {
-    s_link_t link = {0};
+    s_link_t link = { 0 };
     int status = S_EXIT_FAILURE;
     if (options->broker_key
         && (cf_keys_read_public(options->broker_key, link.server) != CF_OK
@@ -598,7 +609,7 @@ static int s_run(const s_options_t *options)
     if (!link.ctx || !link.enc)
         fprintf(stderr, "cf-admin: cannot start ZeroMQ: %s\n", zmq_strerror(errno));
     else {
-        struct sigaction action = {.sa_handler = s_on_interrupt};
+        struct sigaction action = { .sa_handler = s_on_interrupt };
         sigaction(SIGINT, &action, NULL);
         sigaction(SIGTERM, &action, NULL);
         status = s_loop(&link, options);

@@ -23,23 +23,22 @@
 
 static void s_usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: cf-keygen [OPTIONS] NAME\n"
-            "Makes a CurveZMQ key pair for cfutures:\n"
-            "  NAME.key         public key (mode 0644): share it; put client and worker\n"
-            "                   keys in the broker's --client-keys / --worker-keys\n"
-            "                   directories, give the broker's to clients and workers\n"
-            "  NAME.key_secret  secret key (mode 0600): never copy it off its host\n"
-            "\n"
-            "Existing files are never replaced. The public key is printed; the secret\n"
-            "key is not. See docs/security.md.\n"
-            "\n"
-            "Options:\n"
-            "  -h, --help     show this text and exit\n"
-            "  --version      show the version and exit\n"
-            "\n"
-            "Exit status: 0 written, 1 could not write them (a file exists, no such\n"
-            "directory), 2 usage error.\n");
+    fprintf(out, "Usage: cf-keygen [OPTIONS] NAME\n"
+                 "Makes a CurveZMQ key pair for cfutures:\n"
+                 "  NAME.key         public key (mode 0644): share it; put client and worker\n"
+                 "                   keys in the broker's --client-keys / --worker-keys\n"
+                 "                   directories, give the broker's to clients and workers\n"
+                 "  NAME.key_secret  secret key (mode 0600): never copy it off its host\n"
+                 "\n"
+                 "Existing files are never replaced. The public key is printed; the secret\n"
+                 "key is not. See docs/security.md.\n"
+                 "\n"
+                 "Options:\n"
+                 "  -h, --help     show this text and exit\n"
+                 "  --version      show the version and exit\n"
+                 "\n"
+                 "Exit status: 0 written, 1 could not write them (a file exists, no such\n"
+                 "directory), 2 usage error.\n");
 }
 
 int main(int argc, char **argv)
@@ -69,9 +68,9 @@ int main(int argc, char **argv)
         return 2;
     }
     char public_path[4096], secret_path[4096];
-    if ((size_t)snprintf(public_path, sizeof public_path, "%s.key", name) >= sizeof public_path ||
-        (size_t)snprintf(secret_path, sizeof secret_path, "%s.key_secret", name) >=
-            sizeof secret_path) {
+    if ((size_t)snprintf(public_path, sizeof public_path, "%s.key", name) >= sizeof public_path
+        || (size_t)snprintf(secret_path, sizeof secret_path, "%s.key_secret", name)
+               >= sizeof secret_path) {
         fprintf(stderr, "cf-keygen: NAME is too long\n");
         return 2;
     }

@@ -43,7 +43,7 @@
 //  ROUTER refuses a duplicate, and a broker would mistake a replacement for
 //  the worker it replaces).
 
-#define _GNU_SOURCE             //  pipe2
+#define _GNU_SOURCE    //  pipe2
 #include "cf_procs.h"
 
 #include "cf_clock.h"
@@ -72,29 +72,29 @@
 #include <time.h>
 #include <unistd.h>
 
-#define S_LOG "procs"
+#define S_LOG              "procs"
 //  A worker that exits sooner than this after its spawn is replaced after
 //  a growing delay (S_BACKOFF_MIN_MS doubling up to S_BACKOFF_MAX_MS), so a
 //  worker that cannot run does not become a fork loop.
-#define S_QUICK_EXIT_MS 1000
-#define S_BACKOFF_MIN_MS 100
-#define S_BACKOFF_MAX_MS 5000
+#define S_QUICK_EXIT_MS    1000
+#define S_BACKOFF_MIN_MS   100
+#define S_BACKOFF_MAX_MS   5000
 //  How long cf_procs_new waits for the first workers to start.
 #define S_START_TIMEOUT_MS 30000
 //  After SIGKILL, how long the supervisor waits for the zygote's reports
 //  before it ends the zygote anyway (which kills and reaps what is left).
-#define S_KILL_WAIT_MS 5000
+#define S_KILL_WAIT_MS     5000
 //  A worker's main thread looks for SIGTERM and for its worker's end this
 //  often.
-#define S_CHILD_TICK_MS 100
+#define S_CHILD_TICK_MS    100
 
 enum {
-    S_CMD_SPAWN = 1,            //  supervisor -> zygote: slot, suffix
-    S_CMD_SIGNAL,               //  supervisor -> zygote: value = signal, to every worker
-    S_CMD_QUIT,                 //  supervisor -> zygote: kill what is left, reap, exit
-    S_REP_SPAWNED,              //  zygote -> supervisor: slot, pid
-    S_REP_SPAWN_FAILED,         //  zygote -> supervisor: slot, value = errno
-    S_REP_EXITED,               //  zygote -> supervisor: pid, value = wait status
+    S_CMD_SPAWN = 1,       //  supervisor -> zygote: slot, suffix
+    S_CMD_SIGNAL,          //  supervisor -> zygote: value = signal, to every worker
+    S_CMD_QUIT,            //  supervisor -> zygote: kill what is left, reap, exit
+    S_REP_SPAWNED,         //  zygote -> supervisor: slot, pid
+    S_REP_SPAWN_FAILED,    //  zygote -> supervisor: slot, value = errno
+    S_REP_EXITED,          //  zygote -> supervisor: pid, value = wait status
 };
 
 //  One datagram on the socketpair.
@@ -103,18 +103,18 @@ typedef struct {
     int32_t slot;
     int32_t pid;
     int32_t value;
-    char suffix[192];           //  SPAWN: the identity after "p<pid>-"
+    char suffix[192];    //  SPAWN: the identity after "p<pid>-"
 } s_msg_t;
 
 typedef struct {
-    pid_t pid;                  //  0: none
-    bool spawning;              //  SPAWN sent, no answer yet
-    bool started;               //  its worker reported it started
+    pid_t pid;        //  0: none
+    bool spawning;    //  SPAWN sent, no answer yet
+    bool started;     //  its worker reported it started
     int64_t spawned_ms;
-    int64_t respawn_ms;         //  when to spawn again; 0: not scheduled
+    int64_t respawn_ms;    //  when to spawn again; 0: not scheduled
     int backoff_ms;
-    char suffix[192];           //  of the last SPAWN sent for this slot
-    char identity[256];         //  "p<pid>-<suffix>" once spawned
+    char suffix[192];      //  of the last SPAWN sent for this slot
+    char identity[256];    //  "p<pid>-<suffix>" once spawned
 } s_slot_t;
 
 struct cf_procs {
@@ -132,17 +132,17 @@ struct cf_procs {
     void *on_exit_arg;
     cf_err_t (*socket_setup)(void *socket, void *arg);
     void *socket_setup_arg;
-    char suffix_base[128];      //  "<host>-<random>"
+    char suffix_base[128];    //  "<host>-<random>"
 
     pthread_t thread;
-    int wake_fd;                //  destroy -> supervisor
+    int wake_fd;    //  destroy -> supervisor
 
     //  The supervisor thread's own (and, copied, the zygote's).
-    int sock;                   //  supervisor's end of the socketpair
-    int started_rd;             //  workers' pids, once started
-    int started_wr;             //  inherited by zygote and workers
+    int sock;          //  supervisor's end of the socketpair
+    int started_rd;    //  workers' pids, once started
+    int started_wr;    //  inherited by zygote and workers
     pid_t zygote;
-    pid_t *zygote_children;     //  zygote's own copy: live children
+    pid_t *zygote_children;    //  zygote's own copy: live children
     uint64_t spawns;
     s_slot_t *slots;
     //  Started reports that came before the zygote's SPAWNED for that pid
@@ -153,7 +153,7 @@ struct cf_procs {
     pthread_cond_t cond;
     //  Under lock.
     int alive;
-    bool refused;               //  a worker exited with CF_PROCS_EXIT_REFUSED
+    bool refused;    //  a worker exited with CF_PROCS_EXIT_REFUSED
     bool init_done;
     cf_err_t init_err;
     char init_msg[256];
@@ -211,7 +211,7 @@ static void s_reset_signals(void)
     sigemptyset(&dfl.sa_mask);
     for (int sig = 1; sig < NSIG; sig++) {
         if (sig != SIGKILL && sig != SIGSTOP)
-            sigaction(sig, &dfl, NULL);         //  fails harmlessly for reserved ones
+            sigaction(sig, &dfl, NULL);    //  fails harmlessly for reserved ones
     }
     sigset_t none;
     sigemptyset(&none);
@@ -242,8 +242,7 @@ static bool s_send_msg(int fd, const s_msg_t *msg)
 // ---------------------------------------------------------------------------
 //  A worker process
 
-__attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote,
-                                                   const char *suffix)
+__attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote, const char *suffix)
 {
     //  Dies with the zygote; if the zygote is already gone, so are we.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -259,7 +258,7 @@ __attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote,
     sigemptyset(&term);
     sigaddset(&term, SIGTERM);
     sigprocmask(SIG_BLOCK, &term, NULL);
-    int keep[] = {p->started_wr};
+    int keep[] = { p->started_wr };
     s_close_fds_except(keep, 1);
 
     int pid = (int)getpid();
@@ -287,7 +286,7 @@ __attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote,
         ;
     close(p->started_wr);
 
-    struct timespec tick = {.tv_sec = 0, .tv_nsec = S_CHILD_TICK_MS * 1000000L};
+    struct timespec tick = { .tv_sec = 0, .tv_nsec = S_CHILD_TICK_MS * 1000000L };
     bool terminated = false;
     while (true) {
         int sig = sigtimedwait(&term, NULL, &tick);
@@ -307,7 +306,7 @@ __attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote,
         //  for long. Leave now; the kernel frees everything.
         _exit(0);
     }
-    cf_worker_destroy(&worker);     //  finishes the running task, says DISCONNECT
+    cf_worker_destroy(&worker);    //  finishes the running task, says DISCONNECT
     //  _exit, not exit: atexit handlers and stdio buffers are the program's,
     //  inherited copies that must not run or flush twice.
     _exit(0);
@@ -341,7 +340,7 @@ static void s_zygote_reap(cf_procs_t *p)
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
         s_zygote_forget(p, pid);
-        s_msg_t rep = {.kind = S_REP_EXITED, .pid = pid, .value = status};
+        s_msg_t rep = { .kind = S_REP_EXITED, .pid = pid, .value = status };
         s_send_msg(p->sock, &rep);
     }
 }
@@ -360,7 +359,7 @@ __attribute__((noreturn)) static void s_zygote_main(cf_procs_t *p, pid_t supervi
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
     sigprocmask(SIG_BLOCK, &chld, NULL);
-    int keep[] = {p->sock, p->started_wr};
+    int keep[] = { p->sock, p->started_wr };
     s_close_fds_except(keep, 2);
     int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sfd < 0)
@@ -371,7 +370,7 @@ __attribute__((noreturn)) static void s_zygote_main(cf_procs_t *p, pid_t supervi
 
     bool quit = false;
     while (!quit) {
-        struct pollfd fds[2] = {{p->sock, POLLIN, 0}, {sfd, POLLIN, 0}};
+        struct pollfd fds[2] = { { p->sock, POLLIN, 0 }, { sfd, POLLIN, 0 } };
         if (poll(fds, 2, -1) < 0) {
             if (errno == EINTR)
                 continue;
@@ -390,7 +389,7 @@ __attribute__((noreturn)) static void s_zygote_main(cf_procs_t *p, pid_t supervi
         if (n < 0 && errno == EINTR)
             continue;
         if (n != (ssize_t)sizeof cmd)
-            break;              //  supervisor gone (0) or broken
+            break;    //  supervisor gone (0) or broken
         switch (cmd.kind) {
         case S_CMD_SPAWN: {
             cmd.suffix[sizeof cmd.suffix - 1] = '\0';
@@ -405,7 +404,7 @@ __attribute__((noreturn)) static void s_zygote_main(cf_procs_t *p, pid_t supervi
                 close(p->sock);
                 s_child_main(p, self, cmd.suffix);
             }
-            s_msg_t rep = {.slot = cmd.slot};
+            s_msg_t rep = { .slot = cmd.slot };
             if (pid < 0) {
                 rep.kind = S_REP_SPAWN_FAILED;
                 rep.value = free_index < 0 ? EAGAIN : errno;
@@ -502,7 +501,7 @@ static cf_err_t s_zygote_start(cf_procs_t *p)
 static void s_spawn(cf_procs_t *p, int slot)
 {
     s_slot_t *s = &p->slots[slot];
-    s_msg_t cmd = {.kind = S_CMD_SPAWN, .slot = slot};
+    s_msg_t cmd = { .kind = S_CMD_SPAWN, .slot = slot };
     snprintf(cmd.suffix, sizeof cmd.suffix, "%s-%" PRIu64, p->suffix_base, ++p->spawns);
     memcpy(s->suffix, cmd.suffix, sizeof s->suffix);
     s->respawn_ms = 0;
@@ -577,7 +576,7 @@ static void s_worker_exited(cf_procs_t *p, int slot, int status, bool stopping)
 
 static void s_signal_workers(cf_procs_t *p, int sig)
 {
-    s_msg_t cmd = {.kind = S_CMD_SIGNAL, .value = sig};
+    s_msg_t cmd = { .kind = S_CMD_SIGNAL, .value = sig };
     if (!s_send_msg(p->sock, &cmd))
         cf_log_error(S_LOG, "cannot reach the zygote to signal workers: %s", strerror(errno));
 }
@@ -614,7 +613,7 @@ static void s_on_spawned(cf_procs_t *p, const s_msg_t *rep, bool stopping)
     s_set_alive(p, 1);
     cf_log_debug(S_LOG, "worker process %d (%s) forked", (int)rep->pid, s->identity);
     if (stopping)
-        s_signal_workers(p, SIGTERM);   //  it missed the first round
+        s_signal_workers(p, SIGTERM);    //  it missed the first round
 }
 
 //  Reads the pids of workers whose cf_worker started.
@@ -657,8 +656,7 @@ static void s_read_started(cf_procs_t *p)
 static bool s_zygote_lost(cf_procs_t *p, bool stopping)
 {
     if (!stopping)
-        cf_log_error(S_LOG, "the zygote (pid %d) is gone: its workers die with it",
-                     (int)p->zygote);
+        cf_log_error(S_LOG, "the zygote (pid %d) is gone: its workers die with it", (int)p->zygote);
     close(p->sock);
     p->sock = -1;
     while (waitpid(p->zygote, NULL, 0) < 0 && errno == EINTR)
@@ -667,7 +665,7 @@ static bool s_zygote_lost(cf_procs_t *p, bool stopping)
     for (int i = 0; i < p->count; i++) {
         p->slots[i].spawning = false;
         if (p->slots[i].pid > 0)
-            s_worker_exited(p, i, SIGKILL, stopping);   //  a wait status: killed by SIGKILL
+            s_worker_exited(p, i, SIGKILL, stopping);    //  a wait status: killed by SIGKILL
     }
     if (stopping)
         return false;
@@ -740,8 +738,10 @@ static void *s_supervisor_main(void *arg)
                 give_up_at = now + S_KILL_WAIT_MS;
             }
             if (killed && now >= give_up_at) {
-                cf_log_error(S_LOG, "%d worker processes not reported after SIGKILL; ending the "
-                             "zygote reaps them", alive);
+                cf_log_error(S_LOG,
+                             "%d worker processes not reported after SIGKILL; ending the "
+                             "zygote reaps them",
+                             alive);
                 break;
             }
         }
@@ -770,9 +770,9 @@ static void *s_supervisor_main(void *arg)
             }
         }
         struct pollfd fds[3] = {
-            {p->sock, POLLIN, 0},
-            {p->started_rd, POLLIN, 0},
-            {p->wake_fd, POLLIN, 0},
+            { p->sock, POLLIN, 0 },
+            { p->started_rd, POLLIN, 0 },
+            { p->wake_fd, POLLIN, 0 },
         };
         int rc = poll(fds, 3, s_timeout(now, deadlines, 4));
         if (rc < 0) {
@@ -822,7 +822,7 @@ static void *s_supervisor_main(void *arg)
     }
 
     if (p->zygote > 0) {
-        s_msg_t quit = {.kind = S_CMD_QUIT};
+        s_msg_t quit = { .kind = S_CMD_QUIT };
         s_send_msg(p->sock, &quit);
         while (waitpid(p->zygote, NULL, 0) < 0 && errno == EINTR)
             ;

@@ -27,19 +27,19 @@ typedef struct cf_procs cf_procs_t;
 
 //  pid exited with wait status; identity is the routing id it used with the
 //  broker. Called on the supervisor's thread.
-typedef void (cf_procs_exit_fn)(void *arg, pid_t pid, const char *identity, int status);
+typedef void(cf_procs_exit_fn)(void *arg, pid_t pid, const char *identity, int status);
 
 typedef struct {
-    int count;                      //  worker processes (>= 1)
-    int threads;                    //  execution threads in each (>= 1)
-    const char *endpoint;           //  broker worker endpoint for the children
-    void (*initializer)(void *arg); //  run in each worker before its first task
+    int count;                         //  worker processes (>= 1)
+    int threads;                       //  execution threads in each (>= 1)
+    const char *endpoint;              //  broker worker endpoint for the children
+    void (*initializer)(void *arg);    //  run in each worker before its first task
     void *initarg;
-    int max_tasks_per_worker;       //  replace after this many tasks (0: never)
-    bool exit_on_broker_loss;       //  passed to each cf_worker_config_t
-    int heartbeat_ivl_ms;           //  passed on; 0: CF_HEARTBEAT_IVL_MS
-    int heartbeat_liveness;         //  passed on; 0: CF_HEARTBEAT_LIVENESS
-    cf_procs_exit_fn *on_exit;      //  NULL: exits are only logged
+    int max_tasks_per_worker;     //  replace after this many tasks (0: never)
+    bool exit_on_broker_loss;     //  passed to each cf_worker_config_t
+    int heartbeat_ivl_ms;         //  passed on; 0: CF_HEARTBEAT_IVL_MS
+    int heartbeat_liveness;       //  passed on; 0: CF_HEARTBEAT_LIVENESS
+    cf_procs_exit_fn *on_exit;    //  NULL: exits are only logged
     void *on_exit_arg;
     //  Passed to each worker's cf_worker_config_t (CURVE keys, ...). Runs
     //  in the worker process, on a copy of the memory the supervisor had

@@ -56,40 +56,40 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#define S_LOG "worker"
+#define S_LOG                "worker"
 //  Messages read per wakeup before the actor looks at its other duties.
-#define S_READ_BUDGET 256
+#define S_READ_BUDGET        256
 //  Prefetch (see "Prefetch" below): at most this many tasks held beyond
 //  the threads, and about this much work (per thread) queued locally.
-#define S_PREFETCH_MAX 256
+#define S_PREFETCH_MAX       256
 #define S_PREFETCH_BUDGET_US 2000
 //  Tasks queued while every thread ran the same tasks this long: those
 //  tasks are long, whatever the mean says (see s_check_stall).
-#define S_STALL_MS 10
+#define S_STALL_MS           10
 //  Run times are averaged over about this many tasks.
-#define S_RUN_TIME_WEIGHT 16
+#define S_RUN_TIME_WEIGHT    16
 //  Tasks queued beyond threads + prefetch + this (a broker ignoring credit)
 //  are handed back.
-#define S_QUEUE_SLACK 64
+#define S_QUEUE_SLACK        64
 //  A result larger than this cannot ride in a RESULT body with its
 //  envelope: it becomes an error instead.
-#define S_MAX_RESULT (CF_PROTO_MAX_FRAME - 64 * 1024)
+#define S_MAX_RESULT         (CF_PROTO_MAX_FRAME - 64 * 1024)
 //  A destroy waits at least this long for an unreachable broker to take
 //  the last results.
-#define S_MIN_GIVE_UP_MS 1000
+#define S_MIN_GIVE_UP_MS     1000
 //  The shortest heartbeat interval a broker may impose.
-#define S_MIN_IVL_MS 10
+#define S_MIN_IVL_MS         10
 
 typedef struct s_task {
-    cf_queue_node_t node;       //  in the queue, the outbox or pending
+    cf_queue_node_t node;    //  in the queue, the outbox or pending
     uint64_t id;
-    const char *function;       //  NUL-terminated, in data
+    const char *function;    //  NUL-terminated, in data
     size_t function_len;
-    const uint8_t *args;        //  in data
+    const uint8_t *args;    //  in data
     size_t args_len;
-    cf_outcome_t outcome;       //  once run
-    int64_t run_us;             //  how long it ran
-    bool out_of_memory;         //  cf_registry_run could not produce an outcome
+    cf_outcome_t outcome;    //  once run
+    int64_t run_us;          //  how long it ran
+    bool out_of_memory;      //  cf_registry_run could not produce an outcome
     char data[];
 } s_task_t;
 
@@ -120,16 +120,16 @@ struct cf_worker {
     cf_actor_t *actor;
 
     pthread_mutex_t lock;
-    pthread_cond_t work;        //  executors: a task queued, or stopping
-    pthread_cond_t state;       //  ended
+    pthread_cond_t work;     //  executors: a task queued, or stopping
+    pthread_cond_t state;    //  ended
     //  Under lock.
-    cf_queue_t queue;             //  tasks to run
-    cf_queue_t outbox;            //  tasks run, for the actor
-    int running;                //  tasks being run
-    int64_t progress_us;        //  an executor last took or finished a task
-    bool stopping;              //  executors leave once the queue is empty
-    bool ended;                 //  the actor is done
-    cf_err_t end_reason;        //  CF_ESTOP, CF_ESHUTDOWN; CF_OK for a destroy
+    cf_queue_t queue;       //  tasks to run
+    cf_queue_t outbox;      //  tasks run, for the actor
+    int running;            //  tasks being run
+    int64_t progress_us;    //  an executor last took or finished a task
+    bool stopping;          //  executors leave once the queue is empty
+    bool ended;             //  the actor is done
+    cf_err_t end_reason;    //  CF_ESTOP, CF_ESHUTDOWN; CF_OK for a destroy
 };
 
 //  The actor's state, on its stack, under the actor's io mutex.
@@ -138,30 +138,30 @@ typedef struct s_actor {
     cf_actor_t *actor;
     void *sock;
     cf_proto_enc_t *enc;
-    cf_queue_t pending;           //  results to send, oldest first
-    uint64_t in_hand;           //  tasks taken whose result is not sent
+    cf_queue_t pending;    //  results to send, oldest first
+    uint64_t in_hand;      //  tasks taken whose result is not sent
     //  What the broker believes we can hold: in_hand plus its credit for
     //  us. READY sets it, CREDIT raises it, results and tasks move slots
     //  between the two without changing it.
     uint64_t grant;
-    double mean_run_us;         //  moving mean of run times; < 0 until measured
-    bool prefetching;           //  we asked for more than threads (CREDIT)
-    bool prefetched_once;       //  ever did: a READY of ours may race tasks
-    uint64_t accepted;          //  tasks taken in all (max_tasks)
-    uint64_t declined;          //  tasks not taken (handed back by DISCONNECT)
+    double mean_run_us;      //  moving mean of run times; < 0 until measured
+    bool prefetching;        //  we asked for more than threads (CREDIT)
+    bool prefetched_once;    //  ever did: a READY of ours may race tasks
+    uint64_t accepted;       //  tasks taken in all (max_tasks)
+    uint64_t declined;       //  tasks not taken (handed back by DISCONNECT)
     bool accepting;
-    bool term_asked;            //  $TERM came down the pipe
-    bool terminating;           //  destroy: finish, send, leave
-    bool announce;              //  READY to send
-    bool blocked;               //  a send was refused: wait for POLLOUT
+    bool term_asked;     //  $TERM came down the pipe
+    bool terminating;    //  destroy: finish, send, leave
+    bool announce;       //  READY to send
+    bool blocked;        //  a send was refused: wait for POLLOUT
     bool broker_lost;
     bool done;
     cf_err_t end_reason;
-    uint64_t boot;              //  broker's boot id, 0 until its first heartbeat
-    int broker_ivl_ms;          //  what the broker announced, 0 until then
+    uint64_t boot;        //  broker's boot id, 0 until its first heartbeat
+    int broker_ivl_ms;    //  what the broker announced, 0 until then
     int64_t last_recv_ms;
     int64_t last_send_ms;
-    int64_t give_up_ms;         //  terminating: drop unsent results after this; 0 unset
+    int64_t give_up_ms;    //  terminating: drop unsent results after this; 0 unset
 } s_actor_t;
 
 // ---------------------------------------------------------------------------
@@ -232,8 +232,8 @@ static s_task_t *s_task_new(const cf_proto_task_t *src)
 //  Runs one task; its outcome stays in the record.
 static void s_execute(s_task_t *task)
 {
-    cf_err_t rc = cf_registry_run(task->function, task->function_len, task->args,
-                                  task->args_len, &task->outcome);
+    cf_err_t rc = cf_registry_run(task->function, task->function_len, task->args, task->args_len,
+                                  &task->outcome);
     if (rc != CF_OK) {
         task->out_of_memory = true;
         return;
@@ -264,7 +264,7 @@ static void *s_executor_main(void *arg)
             pthread_cond_wait(&w->work, &w->lock);
         s_task_t *task = s_pop(&w->queue);
         if (!task)
-            break;              //  stopping, nothing queued
+            break;    //  stopping, nothing queued
         w->running++;
         int64_t start_us = cf_clock_now_us();
         w->progress_us = start_us;
@@ -317,7 +317,7 @@ static uint64_t s_target(const s_actor_t *a)
     if (a->mean_run_us < 0)
         return threads;
     double extra = (double)S_PREFETCH_BUDGET_US * (double)threads
-                 / (a->mean_run_us > 1.0 ? a->mean_run_us : 1.0);
+                   / (a->mean_run_us > 1.0 ? a->mean_run_us : 1.0);
     return threads + (extra >= S_PREFETCH_MAX ? S_PREFETCH_MAX : (uint64_t)extra);
 }
 
@@ -360,8 +360,8 @@ static cf_err_t s_encode_result(s_actor_t *a, const s_task_t *t)
                                          a->w->pid);
     if (t->outcome.ok)
         return cf_proto_enc_result_ok(a->enc, t->id, t->outcome.value, t->outcome.value_len);
-    return cf_proto_enc_result_error(a->enc, t->id, t->outcome.error_type,
-                                     t->outcome.error_message, t->function, host, a->w->pid);
+    return cf_proto_enc_result_error(a->enc, t->id, t->outcome.error_type, t->outcome.error_message,
+                                     t->function, host, a->w->pid);
 }
 
 //  Sends READY if due, then pending results in as few RESULT messages as
@@ -377,7 +377,7 @@ static void s_flush(s_actor_t *a)
         cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
         s_sent(a, rc, "READY");
         if (rc != CF_OK)
-            return;             //  results would reach a broker that does not know us
+            return;    //  results would reach a broker that does not know us
         a->announce = false;
         a->grant = a->in_hand + credit;
         //  A READY beyond the threads is a prefetch of ours like a CREDIT:
@@ -396,15 +396,15 @@ static void s_flush(s_actor_t *a)
                 continue;
             }
             if (rc == CF_ETOOBIG && count > 0)
-                break;          //  the batch is full: send it, then the rest
+                break;    //  the batch is full: send it, then the rest
             //  This item cannot be encoded at all: say so instead.
             cf_log_error(S_LOG, "result of task %" PRIu64 " (%s) cannot be encoded: %s", t->id,
                          t->function, cf_strerror(rc));
             rc = cf_proto_enc_result_error(a->enc, t->id, "ProtocolError",
-                                           "the worker could not encode the result",
-                                           t->function, cf_registry_hostname(), a->w->pid);
+                                           "the worker could not encode the result", t->function,
+                                           cf_registry_hostname(), a->w->pid);
             if (rc != CF_OK)
-                break;          //  out of memory: try again later
+                break;    //  out of memory: try again later
             count++;
         }
         if (count == 0)
@@ -412,7 +412,7 @@ static void s_flush(s_actor_t *a)
         cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
         s_sent(a, rc, "RESULT");
         if (rc != CF_OK)
-            return;             //  kept in pending
+            return;    //  kept in pending
         for (size_t i = 0; i < count; i++) {
             s_task_free(s_pop(&a->pending));
             a->in_hand--;
@@ -486,8 +486,10 @@ static void s_adjust_prefetch(s_actor_t *a, bool stalled)
         }
         a->in_hand -= s_clear(&back);
     }
-    cf_log_debug(S_LOG, "tasks take %.0f us: holding %" PRIu64 " instead of %" PRIu64
-                 ", %zu queued handed back", a->mean_run_us, target, a->grant, handed_back);
+    cf_log_debug(S_LOG,
+                 "tasks take %.0f us: holding %" PRIu64 " instead of %" PRIu64
+                 ", %zu queued handed back",
+                 a->mean_run_us, target, a->grant, handed_back);
     a->prefetching = false;
     a->announce = true;
     s_flush(a);
@@ -543,8 +545,10 @@ static void s_hand_back(s_actor_t *a, uint64_t id)
     if (rc == CF_OK)
         rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
     if (rc != CF_OK)
-        cf_log_warn(S_LOG, "task %" PRIu64 " not handed back (%s): the broker gets it back when "
-                    "this worker leaves or is lost", id, cf_strerror(rc));
+        cf_log_warn(S_LOG,
+                    "task %" PRIu64 " not handed back (%s): the broker gets it back when "
+                    "this worker leaves or is lost",
+                    id, cf_strerror(rc));
 }
 
 // ---------------------------------------------------------------------------
@@ -622,7 +626,8 @@ static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
         }
         if (msg->ivl_ms)
             a->broker_ivl_ms = msg->ivl_ms < S_MIN_IVL_MS ? S_MIN_IVL_MS
-                             : msg->ivl_ms > INT32_MAX ? INT32_MAX : (int)msg->ivl_ms;
+                               : msg->ivl_ms > INT32_MAX  ? INT32_MAX
+                                                          : (int)msg->ivl_ms;
         break;
     case CF_MSG_TASK:
         s_take_tasks(a, msg);
@@ -686,7 +691,7 @@ static void s_read(s_actor_t *a)
             continue;
         }
         if (rc != CF_OK)
-            break;              //  out of memory: the message is lost, the broker retries
+            break;    //  out of memory: the message is lost, the broker retries
         s_on_message(a, msg);
         cf_proto_msg_destroy(&msg);
     }
@@ -758,8 +763,10 @@ static void s_check_end(s_actor_t *a, size_t busy, int64_t now)
         }
         if (now < a->give_up_ms)
             return;
-        cf_log_warn(S_LOG, "broker unreachable: %zu results not delivered (the broker retries "
-                    "those tasks elsewhere)", cf_queue_size(&a->pending));
+        cf_log_warn(S_LOG,
+                    "broker unreachable: %zu results not delivered (the broker retries "
+                    "those tasks elsewhere)",
+                    cf_queue_size(&a->pending));
     }
     a->done = true;
     a->end_reason = a->terminating ? CF_OK : CF_ESTOP;
@@ -798,8 +805,8 @@ static void s_deliver(cf_worker_t *w)
         s_collect(a);
         s_flush(a);
         s_adjust_prefetch(a, false);
-        wake = !cf_queue_empty(&a->pending) || a->blocked || a->announce || a->terminating || !a->accepting
-               || (cf_proto_events(a->sock) & ZMQ_POLLIN);
+        wake = !cf_queue_empty(&a->pending) || a->blocked || a->announce || a->terminating
+               || !a->accepting || (cf_proto_events(a->sock) & ZMQ_POLLIN);
     }
     cf_actor_leave(w->actor, wake);
 }
@@ -852,7 +859,7 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
     int64_t now = cf_clock_now_ms();
     a->last_recv_ms = a->last_send_ms = now;
     cf_actor_serve(pipe, a);
-    s_flush(a);                 //  READY
+    s_flush(a);    //  READY
     cf_log_info(S_LOG, "worker %s connecting to %s with %d threads", w->identity, w->endpoint,
                 w->threads);
     cf_actor_ready(pipe, CF_OK, NULL);
@@ -968,7 +975,6 @@ static void s_free(cf_worker_t *w)
     free(w);
 }
 
-
 cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
 {
     if (!config || !config->endpoint || !*config->endpoint) {
@@ -1045,7 +1051,7 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
     return w;
 
 failed:
-    s_free(w);      //  keeps the error: joining threads and freeing set none
+    s_free(w);    //  keeps the error: joining threads and freeing set none
     return NULL;
 }
 

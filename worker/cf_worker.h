@@ -25,15 +25,15 @@
 typedef struct cf_worker cf_worker_t;
 
 typedef struct {
-    const char *endpoint;           //  broker worker endpoint (connect)
-    int threads;                    //  execution threads (>= 1)
-    void *zmq_context;              //  NULL: own context
-    const char *identity;           //  routing id; NULL: random
-    int heartbeat_ivl_ms;           //  0: CF_HEARTBEAT_IVL_MS
-    int heartbeat_liveness;         //  0: CF_HEARTBEAT_LIVENESS
-    void (*initializer)(void *arg); //  run in each execution thread first
+    const char *endpoint;              //  broker worker endpoint (connect)
+    int threads;                       //  execution threads (>= 1)
+    void *zmq_context;                 //  NULL: own context
+    const char *identity;              //  routing id; NULL: random
+    int heartbeat_ivl_ms;              //  0: CF_HEARTBEAT_IVL_MS
+    int heartbeat_liveness;            //  0: CF_HEARTBEAT_LIVENESS
+    void (*initializer)(void *arg);    //  run in each execution thread first
     void *initarg;
-    int max_tasks;                  //  stop after this many tasks (0: never)
+    int max_tasks;    //  stop after this many tasks (0: never)
     //  true: a lost broker ends the worker (pool children die with their
     //  executor); false: reconnect and wait for it (cf-worker).
     bool exit_on_broker_loss;

@@ -44,27 +44,27 @@
 #define S_LOG "worker"
 
 #define S_DEFAULT_BROKER "tcp://127.0.0.1:5556"
-#define S_MAX_LIBRARIES 64
+#define S_MAX_LIBRARIES  64
 //  How long worker processes get to finish their task after SIGTERM.
 #define S_PROCS_GRACE_MS 30000
 //  How often the main thread looks at its worker while waiting for signals.
-#define S_TICK_MS 200
+#define S_TICK_MS        200
 //  How long --procs waits for its check handshake (a broker not up yet is
 //  no error).
-#define S_PREFLIGHT_MS 3000
+#define S_PREFLIGHT_MS   3000
 //  Exit statuses (the man page lists them), and "keep going".
-#define S_EXIT_FAILURE 1
-#define S_EXIT_USAGE 2
-#define S_RUN -1
+#define S_EXIT_FAILURE   1
+#define S_EXIT_USAGE     2
+#define S_RUN            -1
 
 //  The command line.
 typedef struct {
     const char *broker;
     const char *libraries[S_MAX_LIBRARIES];
     int nlibraries;
-    int threads, procs, ivl_ms, liveness, max_tasks;   //  0: the default
+    int threads, procs, ivl_ms, liveness, max_tasks;    //  0: the default
     bool verbose;
-    const char *broker_key, *key;                       //  both or neither
+    const char *broker_key, *key;    //  both or neither
 } s_options_t;
 
 //  The CURVE keys, read before any thread or process starts; --procs
@@ -73,7 +73,7 @@ typedef struct {
     bool on;
     char server[CF_KEY_Z85_SIZE];
     cf_keypair_t pair;
-    const char *monitor;        //  inproc endpoint to report handshakes to, or NULL
+    const char *monitor;    //  inproc endpoint to report handshakes to, or NULL
 } s_curve_t;
 
 static cf_err_t s_socket_setup(void *socket, void *arg)
@@ -88,8 +88,9 @@ static cf_err_t s_socket_setup(void *socket, void *arg)
     if (curve->monitor
         && zmq_socket_monitor(socket, curve->monitor,
                               ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
-                              | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
-                              | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0)
+                                  | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                  | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+               != 0)
         return cf_error_set(CF_ESYS, "cannot watch the handshakes: %s", zmq_strerror(errno));
     return CF_OK;
 }
@@ -114,8 +115,7 @@ static int s_handshakes(void *monitor, cf_keys_judge_t *judge, char *why, size_t
 
 //  What the handshakes of this worker's key are judged as; fp holds the
 //  key's fingerprint as long as the judge is used.
-static cf_keys_judge_t s_judge(const s_curve_t *curve, const char *broker,
-                               char fp[CF_KEY_FP_SIZE])
+static cf_keys_judge_t s_judge(const s_curve_t *curve, const char *broker, char fp[CF_KEY_FP_SIZE])
 {
     fp[0] = '\0';
     if (curve->on)
@@ -145,8 +145,8 @@ static int s_preflight(const s_curve_t *curve, const char *broker, char *why, si
         goto done;
     }
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
-    if (cf_keys_apply_client(sock, curve->server, curve->pair.public_z85,
-                             curve->pair.secret_z85) != CF_OK
+    if (cf_keys_apply_client(sock, curve->server, curve->pair.public_z85, curve->pair.secret_z85)
+            != CF_OK
         || !(monitor = cf_keys_monitor_new(ctx, sock))) {
         snprintf(why, size, "%s", cf_last_error());
         verdict = -1;
@@ -158,7 +158,7 @@ static int s_preflight(const s_curve_t *curve, const char *broker, char *why, si
         goto done;
     }
     for (int waited = 0; verdict == 0 && waited < S_PREFLIGHT_MS; waited += 50) {
-        zmq_pollitem_t item = {monitor, 0, ZMQ_POLLIN, 0};
+        zmq_pollitem_t item = { monitor, 0, ZMQ_POLLIN, 0 };
         if (zmq_poll(&item, 1, 50) > 0)
             verdict = s_handshakes(monitor, &judge, why, size);
     }
@@ -271,12 +271,16 @@ static bool s_endpoint_valid(const char *endpoint)
 //  The flags that take a value, and where a number goes (NULL: a string).
 static int s_value(s_options_t *options, const char *flag, const char *value)
 {
-    static const struct { const char *flag; size_t offset; long max; } numbers[] = {
-        {"--threads", offsetof(s_options_t, threads), 4096},
-        {"--procs", offsetof(s_options_t, procs), 4096},
-        {"--heartbeat-ms", offsetof(s_options_t, ivl_ms), 3600 * 1000},
-        {"--liveness", offsetof(s_options_t, liveness), 1000},
-        {"--max-tasks", offsetof(s_options_t, max_tasks), INT_MAX},
+    static const struct {
+        const char *flag;
+        size_t offset;
+        long max;
+    } numbers[] = {
+        { "--threads", offsetof(s_options_t, threads), 4096 },
+        { "--procs", offsetof(s_options_t, procs), 4096 },
+        { "--heartbeat-ms", offsetof(s_options_t, ivl_ms), 3600 * 1000 },
+        { "--liveness", offsetof(s_options_t, liveness), 1000 },
+        { "--max-tasks", offsetof(s_options_t, max_tasks), INT_MAX },
     };
     for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++) {
         if (strcmp(flag, numbers[i].flag) != 0)
@@ -291,7 +295,8 @@ static int s_value(s_options_t *options, const char *flag, const char *value)
     if (!strcmp(flag, "--broker")) {
         if (!s_endpoint_valid(value))
             return s_usage_error("--broker: not an endpoint: '%s' (tcp://HOST:PORT or "
-                                 "ipc://PATH)", value);
+                                 "ipc://PATH)",
+                                 value);
         options->broker = value;
     }
     else if (!strcmp(flag, "--broker-key") || !strcmp(flag, "--key")) {
@@ -299,7 +304,7 @@ static int s_value(s_options_t *options, const char *flag, const char *value)
             return s_usage_error("%s needs a path", flag);
         *(flag[2] == 'b' ? &options->broker_key : &options->key) = value;
     }
-    else {      //  --tasks
+    else {    //  --tasks
         if (options->nlibraries == S_MAX_LIBRARIES)
             return s_usage_error("more than %d --tasks", S_MAX_LIBRARIES);
         options->libraries[options->nlibraries++] = value;
@@ -309,9 +314,9 @@ static int s_value(s_options_t *options, const char *flag, const char *value)
 
 static bool s_takes_value(const char *flag)
 {
-    static const char *const flags[] = {"--broker", "--tasks", "--threads", "--procs",
-                                        "--heartbeat-ms", "--liveness", "--max-tasks",
-                                        "--broker-key", "--key"};
+    static const char *const flags[] = { "--broker",    "--tasks",        "--threads",
+                                         "--procs",     "--heartbeat-ms", "--liveness",
+                                         "--max-tasks", "--broker-key",   "--key" };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (!strcmp(flag, flags[i]))
             return true;
@@ -320,7 +325,7 @@ static bool s_takes_value(const char *flag)
 
 static int s_parse(int argc, char **argv, s_options_t *options)
 {
-    *options = (s_options_t){.broker = S_DEFAULT_BROKER};
+    *options = (s_options_t){ .broker = S_DEFAULT_BROKER };
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
         if (!strcmp(flag, "--help") || !strcmp(flag, "-h")) {
@@ -406,8 +411,8 @@ static int s_start_procs(const s_options_t *options, s_curve_t *curve, cf_procs_
 //  Threads: the worker actor in this process. Its socket reports its
 //  handshakes to a PAIR of ours in the same context, connected before the
 //  worker binds the monitor so no event is lost.
-static int s_start_threads(const s_options_t *options, s_curve_t *curve, void **ctx,
-                           void **monitor, cf_worker_t **worker)
+static int s_start_threads(const s_options_t *options, s_curve_t *curve, void **ctx, void **monitor,
+                           cf_worker_t **worker)
 {
     static const char monitor_endpoint[] = "inproc://cf-worker-handshakes";
     int threads = options->threads;
@@ -442,7 +447,7 @@ static int s_start_threads(const s_options_t *options, s_curve_t *curve, void **
 static int s_watch(const s_options_t *options, const sigset_t *stop, s_curve_t *curve,
                    void *monitor, cf_worker_t *worker, cf_procs_t *pool)
 {
-    struct timespec tick = {.tv_sec = 0, .tv_nsec = S_TICK_MS * 1000000L};
+    struct timespec tick = { .tv_sec = 0, .tv_nsec = S_TICK_MS * 1000000L };
     char fp[CF_KEY_FP_SIZE];
     cf_keys_judge_t judge = s_judge(curve, options->broker, fp);
     char why[512];
@@ -455,9 +460,10 @@ static int s_watch(const s_options_t *options, const sigset_t *stop, s_curve_t *
         bool ended = worker && cf_worker_wait(worker, 0) == CF_OK;
         if ((ended && cf_worker_ended(worker) == CF_EAUTH) || (pool && cf_procs_refused(pool)))
             return s_fail("the broker at %s refused this worker's key (revoked, or not a "
-                          "worker key)", options->broker);
+                          "worker key)",
+                          options->broker);
         if (ended)
-            return 0;               //  --max-tasks reached
+            return 0;    //  --max-tasks reached
         if (monitor && s_handshakes(monitor, &judge, why, sizeof why) < 0)
             return s_fail("%s", why);
     }
@@ -465,7 +471,7 @@ static int s_watch(const s_options_t *options, const sigset_t *stop, s_curve_t *
 
 static int s_run(const s_options_t *options)
 {
-    static s_curve_t curve;         //  children of --procs use the copy they inherit
+    static s_curve_t curve;    //  children of --procs use the copy they inherit
     int status = s_load(options, &curve);
     if (status != S_RUN)
         return status;
