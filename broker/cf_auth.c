@@ -1,9 +1,7 @@
-//  The ZAP handler and the allow-lists (see cf_auth.h).
+//  The ZAP handler (see cf_auth.h); the lists it judges by are cf_allowlist.
 //
-//  Design note: the allow-list is one array of (32-byte key, role) sorted by
-//  key, searched with bsearch: a handshake costs one lookup, and a reload
-//  builds a whole new array in the caller's thread and hands the pointer to
-//  the actor (a cf_actor_call, whose lock orders the list's construction
+//  Design note: a reload builds whole new allow-lists (cf_allowlist) in the
+//  caller's thread and hands the pointer to the actor (a cf_actor_call, whose lock orders the list's construction
 //  before its use where ThreadSanitizer can see it), which swaps it in
 //  between two requests, with the User-Ids cf_auth_user_allowed reads.
 //  The actor creates and binds its ZAP socket itself, so the socket never
@@ -23,15 +21,12 @@
 #include "cf_keys.h"
 #include "cf_log.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define S_LOG                  "auth"
@@ -40,260 +35,15 @@
 #define S_ADDRESS_MAX          63     //  bytes of a peer address we log
 
 // ---------------------------------------------------------------------------
-//  Allow-lists
-
-typedef struct {
-    uint8_t key[CF_KEY_BIN_LEN];
-    uint8_t role;    //  cf_role_t
-} s_entry_t;
-
-typedef struct {
-    s_entry_t *entries;    //  sorted by key after s_list_finish
-    size_t count;
-    size_t capacity;
-    size_t clients;    //  entries with CF_ROLE_CLIENT
-    size_t workers;    //  entries with CF_ROLE_WORKER
-} s_list_t;
-
-static void s_list_destroy(s_list_t **list_p)
-{
-    if (!list_p || !*list_p)
-        return;
-    s_list_t *list = *list_p;
-    free(list->entries);
-    free(list);
-    *list_p = NULL;
-}
-
-static cf_err_t s_list_add(s_list_t *list, const uint8_t key[CF_KEY_BIN_LEN], cf_role_t role)
-{
-    if (list->count == list->capacity) {
-        if (list->capacity >= CF_AUTH_MAX_KEYS)
-            return cf_error_set(CF_ETOOBIG, "allow-lists hold more than %d keys", CF_AUTH_MAX_KEYS);
-        size_t capacity = list->capacity ? list->capacity * 2 : 64;
-        if (capacity > CF_AUTH_MAX_KEYS)
-            capacity = CF_AUTH_MAX_KEYS;
-        s_entry_t *entries = realloc(list->entries, capacity * sizeof *entries);
-        if (!entries)
-            return cf_error_set(CF_ENOMEM, "out of memory loading allow-lists");
-        list->entries = entries;
-        list->capacity = capacity;
-    }
-    memcpy(list->entries[list->count].key, key, CF_KEY_BIN_LEN);
-    list->entries[list->count].role = (uint8_t)role;
-    list->count++;
-    return CF_OK;
-}
-
-static int s_entry_compare(const void *a, const void *b)
-{
-    const s_entry_t *x = a, *y = b;
-    int c = memcmp(x->key, y->key, CF_KEY_BIN_LEN);
-    return c ? c : (int)x->role - (int)y->role;
-}
-
-//  Sorts, drops repeats of a key within one list, refuses a key on both.
-static cf_err_t s_list_finish(s_list_t *list)
-{
-    if (list->count > 1)
-        qsort(list->entries, list->count, sizeof *list->entries, s_entry_compare);
-    size_t kept = 0;
-    for (size_t i = 0; i < list->count; i++) {
-        if (kept > 0
-            && memcmp(list->entries[kept - 1].key, list->entries[i].key, CF_KEY_BIN_LEN) == 0) {
-            if (list->entries[kept - 1].role == list->entries[i].role)
-                continue;
-            char z85[CF_KEY_Z85_SIZE], fp[CF_KEY_FP_SIZE];
-            cf_keys_encode(list->entries[i].key, z85);
-            cf_keys_fingerprint(z85, fp);
-            return cf_error_set(CF_EINVAL, "key %s is on both the client and the worker allow-list",
-                                fp);
-        }
-        list->entries[kept++] = list->entries[i];
-    }
-    list->count = kept;
-    list->clients = list->workers = 0;
-    for (size_t i = 0; i < list->count; i++) {
-        if (list->entries[i].role == CF_ROLE_CLIENT)
-            list->clients++;
-        else
-            list->workers++;
-    }
-    return CF_OK;
-}
-
-static cf_role_t s_list_lookup(const s_list_t *list, const uint8_t key[CF_KEY_BIN_LEN])
-{
-    size_t low = 0, high = list->count;
-    while (low < high) {
-        size_t mid = low + (high - low) / 2;
-        int c = memcmp(list->entries[mid].key, key, CF_KEY_BIN_LEN);
-        if (c == 0)
-            return (cf_role_t)list->entries[mid].role;
-        if (c < 0)
-            low = mid + 1;
-        else
-            high = mid;
-    }
-    return CF_ROLE_NONE;
-}
-
-static const char *s_list_name(cf_role_t role)
-{
-    return role == CF_ROLE_CLIENT ? "client" : "worker";
-}
-
-//  Anyone who can write an allow-list can let themselves in: refuse lists
-//  (and key files in a list directory) that others may write.
-static cf_err_t s_check_not_world_writable(const char *path, const struct stat *st)
-{
-    if (st->st_mode & S_IWOTH)
-        return cf_error_set(CF_EAUTH, "allow-list %s is writable by others (mode %04o)", path,
-                            (unsigned)(st->st_mode & 07777));
-    return CF_OK;
-}
-
-static cf_err_t s_add_public_file(s_list_t *list, const char *path, cf_role_t role)
-{
-    char z85[CF_KEY_Z85_SIZE];
-    cf_err_t rc = cf_keys_read_public(path, z85);
-    if (rc != CF_OK)
-        return rc;
-    uint8_t bin[CF_KEY_BIN_LEN];
-    rc = cf_keys_decode(z85, bin);
-    if (rc != CF_OK)
-        return cf_error_set(CF_EINVAL, "key file %s: not a valid key", path);
-    return s_list_add(list, bin, role);
-}
-
-static bool s_is_key_file_name(const char *name)
-{
-    size_t len = strlen(name);
-    return name[0] != '.' && len > 4 && strcmp(name + len - 4, ".key") == 0;
-}
-
-static cf_err_t s_load_dir(s_list_t *list, const char *dir_path, cf_role_t role)
-{
-    DIR *dir = opendir(dir_path);
-    if (!dir)
-        return cf_error_set(errno == ENOENT ? CF_ENOTFOUND : CF_ESYS,
-                            "cannot open %s allow-list %s: %s", s_list_name(role), dir_path,
-                            strerror(errno));
-    cf_err_t rc = CF_OK;
-    struct dirent *entry;
-    size_t files = 0;
-    while (rc == CF_OK && (errno = 0, entry = readdir(dir)) != NULL) {
-        if (!s_is_key_file_name(entry->d_name))
-            continue;
-        char path[4096];
-        int len = snprintf(path, sizeof path, "%s/%s", dir_path, entry->d_name);
-        if (len < 0 || (size_t)len >= sizeof path) {
-            rc = cf_error_set(CF_EINVAL, "path too long in allow-list %s", dir_path);
-            break;
-        }
-        struct stat st;
-        if (stat(path, &st) != 0) {
-            rc = cf_error_set(CF_ESYS, "cannot stat %s: %s", path, strerror(errno));
-            break;
-        }
-        if (!S_ISREG(st.st_mode)) {
-            cf_log_debug(S_LOG, "allow-list %s: skipping %s (not a regular file)", dir_path,
-                         entry->d_name);
-            continue;
-        }
-        if (++files > CF_AUTH_MAX_KEYS) {
-            rc = cf_error_set(CF_ETOOBIG, "allow-list %s holds more than %d key files", dir_path,
-                              CF_AUTH_MAX_KEYS);
-            break;
-        }
-        rc = s_check_not_world_writable(path, &st);
-        if (rc == CF_OK)
-            rc = s_add_public_file(list, path, role);
-    }
-    if (rc == CF_OK && errno != 0)
-        rc = cf_error_set(CF_ESYS, "cannot read allow-list %s: %s", dir_path, strerror(errno));
-    closedir(dir);
-    if (rc == CF_OK && files == 0)
-        cf_log_warn(S_LOG, "%s allow-list %s holds no *.key files", s_list_name(role), dir_path);
-    return rc;
-}
-
-typedef struct {
-    s_list_t *list;
-    cf_role_t role;
-} s_adding_t;
-
-static cf_err_t s_add_line(void *arg, const char *z85, int line)
-{
-    s_adding_t *adding = arg;
-    uint8_t bin[CF_KEY_BIN_LEN];
-    (void)line;
-    cf_err_t rc = cf_keys_decode(z85, bin);    //  valid: cf_keys_each_line checked
-    return rc == CF_OK ? s_list_add(adding->list, bin, adding->role) : rc;
-}
-
-//  A file of keys, one per line: the line rules of cf_keys.h, any number of
-//  keys; read and walked by cf_keys as key files are.
-static cf_err_t s_load_file(s_list_t *list, const char *path, cf_role_t role)
-{
-    char *text;
-    cf_err_t rc = cf_keys_read_text(path, "allow-list", CF_AUTH_MAX_LIST_BYTES, false, &text);
-    if (rc != CF_OK)
-        return rc;
-    rc = cf_keys_each_line(text, "allow-list", path, s_add_line,
-                           &(s_adding_t){ .list = list, .role = role });
-    free(text);
-    return rc;
-}
-
-static cf_err_t s_load_path(s_list_t *list, const char *path, cf_role_t role)
-{
-    if (!path)
-        return CF_OK;
-    struct stat st;
-    if (stat(path, &st) != 0)
-        return cf_error_set(errno == ENOENT ? CF_ENOTFOUND : CF_ESYS,
-                            "cannot open %s allow-list %s: %s", s_list_name(role), path,
-                            strerror(errno));
-    cf_err_t rc = s_check_not_world_writable(path, &st);
-    if (rc != CF_OK)
-        return rc;
-    if (S_ISDIR(st.st_mode))
-        return s_load_dir(list, path, role);
-    if (S_ISREG(st.st_mode))
-        return s_load_file(list, path, role);
-    return cf_error_set(CF_EINVAL, "%s allow-list %s is neither a directory nor a file",
-                        s_list_name(role), path);
-}
-
-//  Both lists, whole, or NULL with cf_last_error().
-static s_list_t *s_list_load(const char *client_keys, const char *worker_keys)
-{
-    s_list_t *list = calloc(1, sizeof *list);
-    if (!list) {
-        cf_error_set(CF_ENOMEM, "out of memory loading allow-lists");
-        return NULL;
-    }
-    cf_err_t rc = s_load_path(list, client_keys, CF_ROLE_CLIENT);
-    if (rc == CF_OK)
-        rc = s_load_path(list, worker_keys, CF_ROLE_WORKER);
-    if (rc == CF_OK)
-        rc = s_list_finish(list);
-    if (rc != CF_OK)
-        s_list_destroy(&list);
-    return list;
-}
-
-// ---------------------------------------------------------------------------
 //  The actor
 
 //  The ZAP handler: the actor's state, its alone while it runs (cf_auth_new
 //  fills it in before the thread starts, cf_auth_destroy frees it after the
 //  join).
 typedef struct {
-    void *ctx;         //  the broker's context (borrowed)
-    void *zap;         //  REP bound at CF_AUTH_ZAP_ENDPOINT, made by the actor
-    s_list_t *list;    //  owned; replaced by RELOAD
+    void *ctx;               //  the broker's context (borrowed)
+    void *zap;               //  REP bound at CF_AUTH_ZAP_ENDPOINT, made by the actor
+    cf_allowlist_t *list;    //  owned; replaced by RELOAD
     cf_auth_stats_t stats;
     bool terminated;    //  $TERM received or the context ended
     //  Denials are logged at most CF_AUTH_LOG_PER_SEC a second: anyone who
@@ -310,7 +60,7 @@ typedef char s_user_t[CF_AUTH_USER_ID_SIZE];
 //  the actor took them; a call that fails (the actor ended) leaves them
 //  with the caller.
 typedef struct {
-    s_list_t *list;
+    cf_allowlist_t *list;
     s_user_t *users;
     size_t user_count;
 } s_reload_t;
@@ -410,7 +160,7 @@ static void s_zap_curve(s_handler_t *self, zmq_msg_t *frames, const char *addres
     char z85[CF_KEY_Z85_SIZE], fp[CF_KEY_FP_SIZE];
     cf_keys_encode(key, z85);
     cf_keys_fingerprint(z85, fp);
-    cf_role_t role = s_list_lookup(self->list, key);
+    cf_role_t role = cf_allowlist_role(self->list, key);
     if (role == CF_ROLE_NONE) {
         self->stats.denied++;
         if (s_may_log_denial(self))
@@ -514,7 +264,7 @@ static void s_zap_close(s_handler_t *self)
 static void s_take_reload(cf_auth_t *auth, const s_reload_t *reload)
 {
     s_handler_t *self = &auth->handler;
-    s_list_destroy(&self->list);
+    cf_allowlist_destroy(&self->list);
     self->list = reload->list;
     self->stats.reloads++;
     pthread_mutex_lock(&auth->users_lock);
@@ -540,8 +290,8 @@ static void s_handle_pipe(cf_auth_t *auth, cf_actor_t *actor)
             s_take_reload(auth, arg);
         else if (cf_actor_msg_is(msg, "STATS")) {
             cf_auth_stats_t stats = self->stats;
-            stats.client_keys = self->list->clients;
-            stats.worker_keys = self->list->workers;
+            stats.client_keys = cf_allowlist_count(self->list, CF_ROLE_CLIENT);
+            stats.worker_keys = cf_allowlist_count(self->list, CF_ROLE_WORKER);
             cf_actor_reply(actor, &msg, &stats, sizeof stats);
         }
         else
@@ -588,22 +338,24 @@ static int s_user_compare(const void *a, const void *b)
 }
 
 //  The sorted User-Ids of list; NULL and CF_ENOMEM when out of memory.
-static s_user_t *s_users_of(const s_list_t *list, size_t *count)
+static s_user_t *s_users_of(const cf_allowlist_t *list, size_t *count)
 {
-    s_user_t *users = malloc((list->count ? list->count : 1) * sizeof *users);
+    size_t n = cf_allowlist_count(list, CF_ROLE_NONE);
+    s_user_t *users = malloc((n ? n : 1) * sizeof *users);
     if (!users) {
         cf_error_set(CF_ENOMEM, "out of memory loading allow-lists");
         return NULL;
     }
-    for (size_t i = 0; i < list->count; i++) {
+    for (size_t i = 0; i < n; i++) {
+        uint8_t key[CF_KEY_BIN_LEN];
+        cf_role_t role = cf_allowlist_entry(list, i, key);
         char z85[CF_KEY_Z85_SIZE], fp[CF_KEY_FP_SIZE];
-        cf_keys_encode(list->entries[i].key, z85);
+        cf_keys_encode(key, z85);
         cf_keys_fingerprint(z85, fp);
-        snprintf(users[i], sizeof users[i], "%s:%s",
-                 cf_auth_role_name((cf_role_t)list->entries[i].role), fp);
+        snprintf(users[i], sizeof users[i], "%s:%s", cf_auth_role_name(role), fp);
     }
-    qsort(users, list->count, sizeof *users, s_user_compare);
-    *count = list->count;
+    qsort(users, n, sizeof *users, s_user_compare);
+    *count = n;
     return users;
 }
 
@@ -616,7 +368,7 @@ void cf_auth_destroy(cf_auth_t **auth_p)
     //  $TERM and the join; an actor that already left on ETERM (its context
     //  ended) is only joined. It closed its socket itself.
     cf_actor_destroy(&self->actor);
-    s_list_destroy(&self->handler.list);
+    cf_allowlist_destroy(&self->handler.list);
     explicit_bzero(self->secret_z85, sizeof self->secret_z85);
     free(self->client_keys);
     free(self->worker_keys);
@@ -641,7 +393,7 @@ static cf_err_t s_load_config(cf_auth_t *self, const cf_auth_config_t *config)
     if ((config->client_keys && !(self->client_keys = strdup(config->client_keys)))
         || (config->worker_keys && !(self->worker_keys = strdup(config->worker_keys))))
         return cf_error_set(CF_ENOMEM, "out of memory");
-    self->handler.list = s_list_load(self->client_keys, self->worker_keys);
+    self->handler.list = cf_allowlist_load(self->client_keys, self->worker_keys);
     if (!self->handler.list)
         return cf_last_err();
     self->users = s_users_of(self->handler.list, &self->user_count);
@@ -680,7 +432,8 @@ cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
     if (s_load_config(self, config) != CF_OK)
         goto failed;
     //  Counted now: once the thread runs, the list is its alone.
-    size_t clients = self->handler.list->clients, workers = self->handler.list->workers;
+    size_t clients = cf_allowlist_count(self->handler.list, CF_ROLE_CLIENT),
+           workers = cf_allowlist_count(self->handler.list, CF_ROLE_WORKER);
     //  Returns once the actor has bound the ZAP endpoint, or with why not.
     self->actor = cf_actor_new("cf-auth", s_handler_run, self);
     if (!self->actor)
@@ -723,19 +476,20 @@ cf_err_t cf_auth_reload(cf_auth_t *auth)
 {
     if (!auth)
         return cf_error_set(CF_EINVAL, "no auth");
-    s_reload_t reload = { .list = s_list_load(auth->client_keys, auth->worker_keys) };
+    s_reload_t reload = { .list = cf_allowlist_load(auth->client_keys, auth->worker_keys) };
     if (!reload.list)
         return cf_last_err();
-    size_t clients = reload.list->clients, workers = reload.list->workers;
+    size_t clients = cf_allowlist_count(reload.list, CF_ROLE_CLIENT),
+           workers = cf_allowlist_count(reload.list, CF_ROLE_WORKER);
     reload.users = s_users_of(reload.list, &reload.user_count);
     if (!reload.users) {
-        s_list_destroy(&reload.list);
+        cf_allowlist_destroy(&reload.list);
         return cf_last_err();
     }
     //  Answered: the actor owns both now. Not answered: they are still ours.
     cf_err_t rc = cf_actor_call(auth->actor, "RELOAD", &reload, sizeof reload, NULL, 0);
     if (rc != CF_OK) {
-        s_list_destroy(&reload.list);
+        cf_allowlist_destroy(&reload.list);
         free(reload.users);
         return cf_error_set(CF_ESYS, "cannot reach the auth actor: %s", cf_strerror(rc));
     }

@@ -39,6 +39,8 @@
 
 #include "cfutures.h"
 
+#include "cf_allowlist.h"
+
 #include <zmq.h>
 
 //  Debian's zmq.h keeps this behind ZMQ_BUILD_DRAFT_API; libzmq 4.3 accepts
@@ -57,15 +59,7 @@
 #define CF_AUTH_DOMAIN_CLIENTS   "cfutures-clients"    //  client keys only
 #define CF_AUTH_DOMAIN_WORKERS   "cfutures-workers"    //  worker keys only
 #define CF_AUTH_HANDSHAKE_IVL_MS 5000                  //  close connections that never finish
-#define CF_AUTH_MAX_KEYS         65536                 //  keys on both lists together
-#define CF_AUTH_MAX_LIST_BYTES   (4u * 1024 * 1024)    //  a list file
 #define CF_AUTH_LOG_PER_SEC      10                    //  denial log lines per second at most
-
-typedef enum {
-    CF_ROLE_NONE = 0,    //  no authenticated role (plaintext, or an unknown User-Id)
-    CF_ROLE_CLIENT,      //  may submit, cancel, ask for stats
-    CF_ROLE_WORKER       //  may take tasks and return results
-} cf_role_t;
 
 typedef struct cf_auth cf_auth_t;
 
