@@ -15,6 +15,7 @@
 //  number of lost workers.
 //
 //  Environment: CF_CHAOS_SECONDS (default 20) how long the chaos lasts;
+//  CF_CHAOS_EVENTS (default "kill,stop,restart,poison") which events come;
 //  CF_CHAOS_SEED (default: from the clock) the seed of the event schedule,
 //  printed first so a failing run can be repeated (the schedule repeats;
 //  the timing of a multi-process system does not, exactly). The last line
@@ -158,11 +159,41 @@ static cf_testkit_proc_t *s_some_worker(s_chaos_t *c)
     return c->workers_procs[s_next(c) % c->n_workers];
 }
 
+//  The events and how often each comes (of every 100), unless
+//  CF_CHAOS_EVENTS names the ones wanted ("kill,stop,poison": a soak of one
+//  broker's memory, without restarts).
+enum { S_KILL, S_STOP, S_RESTART, S_POISON_TASK, S_EVENTS };
+static const char *const s_event_names[S_EVENTS] = {"kill", "stop", "restart", "poison"};
+static int s_weights[S_EVENTS] = {35, 25, 15, 25};
+
+static void s_choose_events(const char *wanted)
+{
+    if (!wanted || !*wanted)
+        return;
+    int total = 0;
+    for (int e = 0; e < S_EVENTS; e++) {
+        const char *at = strstr(wanted, s_event_names[e]);
+        size_t len = strlen(s_event_names[e]);
+        bool named = at && (at == wanted || at[-1] == ',') && (at[len] == ',' || !at[len]);
+        if (!named)
+            s_weights[e] = 0;
+        total += s_weights[e];
+    }
+    if (total == 0)
+        fail_msg("CF_CHAOS_EVENTS=%s names none of kill, stop, restart, poison", wanted);
+}
+
 static void s_event(s_chaos_t *c, cf_executor_t *executor, s_counts_t *counts,
                     s_task_t **tasks, cf_future_t **window, size_t *n_window)
 {
-    int roll = s_between(c, 0, 99);
-    if (roll < 35) {
+    int total = 0;
+    for (int e = 0; e < S_EVENTS; e++)
+        total += s_weights[e];
+    int roll = s_between(c, 0, total - 1);
+    int event = 0;
+    while (roll >= s_weights[event])
+        roll -= s_weights[event++];
+    if (event == S_KILL) {
         cf_testkit_proc_t *victim = s_some_worker(c);
         if (victim == c->frozen)
             c->frozen = NULL;
@@ -170,7 +201,7 @@ static void s_event(s_chaos_t *c, cf_executor_t *executor, s_counts_t *counts,
         c->kills++;
         s_keep_workers(c);
     }
-    else if (roll < 60) {
+    else if (event == S_STOP) {
         if (c->frozen)
             return;
         c->frozen = s_some_worker(c);
@@ -179,7 +210,7 @@ static void s_event(s_chaos_t *c, cf_executor_t *executor, s_counts_t *counts,
         c->thaw_at_ms = cf_testkit_now_ms() + s_between(c, 300, 2000);
         c->stops++;
     }
-    else if (roll < 75) {
+    else if (event == S_RESTART) {
         s_broker_sample(c);
         if (s_next(c) & 1)
             cf_testkit_kill(c->broker);
@@ -269,6 +300,7 @@ static void test_every_future_resolves_once_under_chaos(void **state)
              (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16));
     uint64_t seed = strtoull(s_env("CF_CHAOS_SEED", seed_text), NULL, 10);
     c.rng = seed;
+    s_choose_events(getenv("CF_CHAOS_EVENTS"));
     c.salt = 1000000007ull + s_next(&c) % 1000;
     printf("chaos: seed=%" PRIu64 " seconds=%d (CF_CHAOS_SEED=%" PRIu64
            " CF_CHAOS_SECONDS=%d repeat the schedule)\n", seed, seconds, seed, seconds);
