@@ -325,6 +325,7 @@ static void test_every_future_resolves_once_under_chaos(void **state)
     int64_t start_ms = cf_testkit_now_ms();
     int64_t end_ms = start_ms + (int64_t)seconds * 1000;
     int64_t next_event_ms = start_ms + s_between(&c, 500, 1500);
+    int64_t next_progress_ms = start_ms + 60000;
     bool warm = false;
     bool draining = false;
     int64_t drain_deadline_ms = 0;
@@ -356,6 +357,14 @@ static void test_every_future_resolves_once_under_chaos(void **state)
             s_keep_workers(&c);
             while (n_window < S_WINDOW)
                 s_submit(&c, executor, counts, tasks, window, &n_window);
+        }
+        if (now >= next_progress_ms && !draining) {
+            //  A soak's memory over time: one line a minute.
+            printf("chaos: t=%" PRId64 "s futures=%" PRIu64 " kills=%" PRIu64 " restarts=%"
+                   PRIu64 " broker_rss_kib=%ld\n", (now - start_ms) / 1000, c.submitted,
+                   c.kills, c.restarts, cf_testkit_rss_kib(cf_testkit_pid(c.broker)));
+            fflush(stdout);
+            next_progress_ms += 60000;
         }
         if (!warm && c.ok >= 1000) {
             warm = true;
