@@ -354,10 +354,12 @@ static void test_every_future_resolves_once_under_chaos(void **state)
                 s_event(&c, executor, counts, tasks, window, &n_window);
                 next_event_ms = cf_testkit_now_ms() + s_between(&c, 500, 2500);
             }
-            s_keep_workers(&c);
             while (n_window < S_WINDOW)
                 s_submit(&c, executor, counts, tasks, window, &n_window);
         }
+        //  Also while draining: poison tasks still pending may yet crash
+        //  workers, and the rest need somewhere to run.
+        s_keep_workers(&c);
         if (now >= next_progress_ms && !draining) {
             //  A soak's memory over time: one line a minute.
             printf("chaos: t=%" PRId64 "s futures=%" PRIu64 " kills=%" PRIu64 " restarts=%"
