@@ -1,7 +1,8 @@
 //  Garbage on the broker's ports: raw ZeroMQ DEALER peers send junk frames,
 //  wrong versions, unknown commands, malformed and hostile msgpack (the
 //  5-byte "reserve 4 GiB" array), messages with too many frames, a very long
-//  multipart message, an oversized frame, and seeded random messages, to the
+//  multipart message, an oversized frame, and seeded random messages
+//  (CF_GARBAGE_SEED, printed; a fixed one by default), to the
 //  client port and to the worker port. The broker must not crash or stop
 //  serving: a client connected before the garbage and one connected after
 //  both get their results.
@@ -14,10 +15,10 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <zmq.h>
 
 //  Frames in the long multipart message. Small frames (zmq keeps frames
@@ -204,6 +205,23 @@ static void s_send_fuzz(raw_peer_t *peer, unsigned seed)
     }
 }
 
+//  The seed of the random messages: CF_GARBAGE_SEED, else a fixed one, so
+//  that a run repeats unless asked otherwise (a failure names its seed).
+#define S_DEFAULT_SEED 20260901u
+
+static unsigned s_seed(void)
+{
+    const char *text = getenv("CF_GARBAGE_SEED");
+    if (!text || !*text)
+        return S_DEFAULT_SEED;
+    char *end = NULL;
+    errno = 0;
+    unsigned long seed = strtoul(text, &end, 10);
+    if (errno || *end || seed > UINT_MAX)
+        fail_msg("CF_GARBAGE_SEED=%s is not a number from 0 to %u", text, UINT_MAX);
+    return (unsigned)seed;
+}
+
 typedef struct {
     const char *clients;
     uint64_t malformed;
@@ -233,8 +251,10 @@ static void s_garbage_on(cf_testkit_t *kit, bool worker_port)
     s_expect_served(kit, before, 3);
     long rss_before = cf_testkit_rss_kib(cf_testkit_pid(broker));
 
-    unsigned seed = (unsigned)time(NULL);
-    fprintf(stderr, "fuzz seed %u (%s port)\n", seed, worker_port ? "worker" : "client");
+    unsigned seed = s_seed();
+    printf("fuzz seed %u (%s port): CF_GARBAGE_SEED=%u repeats these messages\n", seed,
+           worker_port ? "worker" : "client", seed);
+    fflush(stdout);
     raw_peer_t peer;
     s_peer_open(&peer, target);
     s_send_known_garbage(&peer);

@@ -12,6 +12,7 @@ System headers (<...>) are not ours and are not checked.
     lib       include core broker worker lib
     tools     include core broker worker lib tools
     bench     include core lib bench
+    fuzz      include core fuzz
     examples  include examples
     tests     every folder
 
@@ -36,6 +37,7 @@ LAYERS = {
     "lib": ["include", "core", "broker", "worker", "lib"],
     "tools": ["include", "core", "broker", "worker", "lib", "tools"],
     "bench": ["include", "core", "lib", "bench"],
+    "fuzz": ["include", "core", "fuzz"],
     "examples": ["include", "examples"],
     "tests": ["include", "core", "broker", "worker", "lib", "tests", "examples"],
 }

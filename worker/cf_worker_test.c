@@ -541,26 +541,52 @@ static void test_short_tasks_bring_prefetch_credit(void **state)
     cf_fakebroker_add_task(b, 1, "w_add", "ii", 1, 1);
     cf_fakebroker_add_task(b, 2, "w_add", "ii", 2, 2);
     cf_fakebroker_send(b);
-    s_result_t r[2 + 256];
+    s_result_t r[2];
     s_collect_results(b, r, 2);
     //  Tasks of microseconds: it asks for a queue's worth more, capped.
     uint64_t extra = s_credit_added(b);
     assert_true(extra > 2 && extra <= 256);
-    //  All of it is taken: each task is run, or handed back unrun (BUSY)
-    //  if a pause of this loaded machine looked like a stall to the worker
-    //  (which then also says READY); none is lost or run wrong.
+    //  All of it is taken. A pause of this loaded machine may look like a
+    //  stall to the worker, which then hands queued tasks back unrun (BUSY)
+    //  and says READY with less credit; the fake broker does what the
+    //  broker does (resends them within the credit the worker gives), so
+    //  in the end every task has run exactly once, with its own result.
+    enum { S_FIRST = 100 };
+    size_t total = 2 + (size_t)extra;
+    uint8_t ran[2 + 256] = {0};
+    uint64_t again[2 + 256];
+    size_t n_again = 0, ok = 0, back = 0;
     cf_proto_enc_begin(b->enc, CF_MSG_TASK);
-    for (uint64_t id = 0; id < 2 + extra; id++)
-        cf_fakebroker_add_task(b, 100 + id, "w_add", "ii", (int)id, 1);
+    for (size_t i = 0; i < total; i++)
+        cf_fakebroker_add_task(b, S_FIRST + i, "w_add", "ii", (int)i, 1);
     cf_fakebroker_send(b);
-    size_t ok = 0, back = 0;
-    while (ok + back < 2 + extra) {
+    int64_t credit = 0;         //  slots the worker has free, as a broker counts them
+    while (ok < total) {
+        if (n_again > 0 && credit > 0) {
+            cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+            while (n_again > 0 && credit > 0) {
+                uint64_t id = again[--n_again];
+                cf_fakebroker_add_task(b, id, "w_add", "ii", (int)(id - S_FIRST), 1);
+                credit--;
+            }
+            cf_fakebroker_send(b);
+        }
         cf_proto_msg_t *msg = cf_fakebroker_recv(b, S_WAIT_MS);
         if (!msg)
-            fail_msg("%zu run and %zu handed back of %" PRIu64, ok, back, 2 + extra);
+            fail_msg("%zu of %zu run, %zu handed back, %zu waiting to be resent, credit %"
+                     PRId64, ok, total, back, n_again, credit);
+        if (msg->type == CF_MSG_READY)
+            credit = msg->credit;
+        else if (msg->type == CF_MSG_CREDIT)
+            credit += msg->credit;
         for (size_t i = 0; msg->type == CF_MSG_RESULT && i < msg->count; i++) {
             const cf_proto_result_t *res = &msg->results[i];
+            assert_true(res->id >= S_FIRST && res->id < S_FIRST + total);
+            size_t index = (size_t)(res->id - S_FIRST);
+            credit++;
             if (res->status == CF_STATUS_BUSY) {
+                assert_int_equal(ran[index], 0);
+                again[n_again++] = res->id;
                 back++;
                 continue;
             }
@@ -569,16 +595,29 @@ static void test_short_tasks_bring_prefetch_credit(void **state)
             cf_mp_doc_t *doc = NULL;
             assert_int_equal(cf_mp_doc_decode(res->value, res->value_len, &doc), CF_OK);
             assert_int_equal(cf_value_get_int(cf_mp_doc_root(doc), &value), CF_OK);
-            assert_int_equal(value, (int64_t)res->id - 100 + 1);
+            assert_int_equal(value, (int64_t)index + 1);
             cf_mp_doc_destroy(&doc);
+            //  Each task runs once: a second result for it fails here.
+            assert_int_equal(ran[index], 0);
+            ran[index] = 1;
             ok++;
         }
         cf_proto_msg_destroy(&msg);
     }
-    assert_true(ok > 0);
+    assert_int_equal(ok, total);
+    assert_int_equal(n_again, 0);
     cf_worker_destroy(&w);
 }
 
+//  Tasks turn long after short ones: the worker gives back what it
+//  prefetched. Driven so that the worker's state is known at each step,
+//  whatever the machine's load: a 100 ms task alone (nothing queued, so
+//  nothing to hand back yet) makes its mean at least 100/16 ms, so it wants
+//  its one thread's worth and re-announces that (READY, credit 1); tasks
+//  sent before a broker read that READY (a gate, then adds) come on the old
+//  grant, and the gate holds the only thread, so no add can run: every add
+//  must come back unrun (BUSY), the READY after that says credit 0, and
+//  once the gate opens its task is the only one that ran.
 static void test_long_tasks_hand_prefetched_ones_back(void **state)
 {
     cf_fakebroker_t *b = *state;
@@ -587,37 +626,64 @@ static void test_long_tasks_hand_prefetched_ones_back(void **state)
     cf_fakebroker_send_task(b, 1, "w_add", "ii", 1, 1);
     (void)s_collect_result(b);
     uint64_t grant = 1 + s_credit_added(b);
-    cf_proto_msg_t *msg;
     //  How much it asks for depends on how fast an add ran here (an ASan
     //  build on a loaded machine asks for less): any prefetch will do.
     assert_true(grant > 2);
-    //  Fill the grant with 30 ms tasks: after the first, the worker wants
-    //  a thread's worth only, hands the queued rest back (BUSY, never run)
-    //  and announces a smaller credit.
-    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
-    for (uint64_t id = 0; id < grant; id++)
-        cf_fakebroker_add_task(b, 10 + id, "w_nap", "i", 30);
-    cf_fakebroker_send(b);
-    size_t ok = 0, busy = 0;
-    uint32_t ready_credit = UINT32_MAX;
-    while (ok + busy < grant) {
-        msg = cf_fakebroker_recv(b, S_WAIT_MS);
+
+    cf_fakebroker_send_task(b, 2, "w_nap", "i", 100);
+    bool result = false, ready = false;
+    while (!result || !ready) {
+        cf_proto_msg_t *msg = cf_fakebroker_recv(b, S_WAIT_MS);
         if (!msg)
-            fail_msg("%zu ok and %zu handed back of %" PRIu64, ok, busy, grant);
-        if (msg->type == CF_MSG_READY && ready_credit == UINT32_MAX)
-            ready_credit = msg->credit;
-        for (size_t i = 0; msg->type == CF_MSG_RESULT && i < msg->count; i++) {
-            if (msg->results[i].status == CF_STATUS_OK)
-                ok++;
-            else {
-                assert_int_equal(msg->results[i].status, CF_STATUS_BUSY);
-                busy++;
-            }
+            fail_msg("after a 100 ms task: %s", result ? "no READY" : "no result");
+        if (msg->type == CF_MSG_RESULT) {
+            assert_int_equal(msg->count, 1);
+            assert_int_equal(msg->results[0].id, 2);
+            assert_int_equal(msg->results[0].status, CF_STATUS_OK);
+            result = true;
+        }
+        else if (msg->type == CF_MSG_READY) {
+            assert_false(ready);
+            assert_int_equal(msg->credit, 1);
+            ready = true;
         }
         cf_proto_msg_destroy(&msg);
     }
-    assert_true(ready_credit <= 2);
-    assert_true(busy + 4 >= grant);
+
+    //  What a broker that had not read the READY yet sends: the old grant.
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(b, 3, "w_gate", "i", 7);
+    for (uint64_t id = 10; id < 10 + grant - 1; id++)
+        cf_fakebroker_add_task(b, id, "w_add", "ii", 1, 1);
+    cf_fakebroker_send(b);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
+    uint8_t back[257] = {0};
+    size_t busy = 0;
+    ready = false;
+    while (busy < grant - 1 || !ready) {
+        cf_proto_msg_t *msg = cf_fakebroker_recv(b, S_WAIT_MS);
+        if (!msg)
+            fail_msg("%zu of %" PRIu64 " handed back, %s", busy, grant - 1,
+                     ready ? "READY seen" : "no READY");
+        if (msg->type == CF_MSG_READY) {
+            assert_int_equal(msg->credit, 0);
+            ready = true;
+        }
+        for (size_t i = 0; msg->type == CF_MSG_RESULT && i < msg->count; i++) {
+            uint64_t id = msg->results[i].id;
+            //  Not run: the gate holds the only thread.
+            assert_int_equal(msg->results[i].status, CF_STATUS_BUSY);
+            assert_true(id >= 10 && id < 10 + grant - 1);
+            assert_int_equal(back[id - 10], 0);
+            back[id - 10] = 1;
+            busy++;
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+    s_result_t r = s_open_gate_and_collect(b);
+    assert_int_equal(r.id, 3);
+    assert_int_equal(r.status, CF_STATUS_OK);
+    assert_int_equal(r.value, 7);
     cf_worker_destroy(&w);
 }
 
