@@ -11,8 +11,10 @@
 #include <string.h>
 #include <time.h>
 
-static _Atomic(cf_log_fn *) s_handler = NULL;
-static void *_Atomic s_handler_arg = NULL;
+//  Zero-initialised (no handler): clang 14 refuses NULL as the constant
+//  initialiser of an atomic function pointer.
+static _Atomic(cf_log_fn *) s_handler;
+static void *_Atomic s_handler_arg;
 static atomic_int s_min_level = CF_LOG_INFO;
 
 void cf_log_set_handler(cf_log_fn *fn, void *arg, cf_log_level_t min_level)
