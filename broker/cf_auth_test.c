@@ -6,7 +6,7 @@
 //  reports the failed handshake (cf_keys_monitor_read), and only then does
 //  a short poll confirm that no message reached the server.
 
-#define _GNU_SOURCE         //  nftw
+#define _GNU_SOURCE    //  nftw
 
 #include "cf_auth.h"
 #include "cf_clock.h"
@@ -34,8 +34,8 @@
 
 #include <cmocka.h>
 
-#define S_EVENT_TIMEOUT_MS  5000    //  a handshake outcome arrives well within this
-#define S_QUIET_MS          300     //  "nothing arrives" is checked this long
+#define S_EVENT_TIMEOUT_MS 5000    //  a handshake outcome arrives well within this
+#define S_QUIET_MS         300     //  "nothing arrives" is checked this long
 
 // ---------------------------------------------------------------------------
 //  Fixture: keys on disk, a context with cf_auth, a CURVE ROUTER on a port.
@@ -45,8 +45,8 @@ static cf_keypair_t s_server, s_client, s_worker, s_stranger;
 
 static struct {
     pthread_mutex_t mutex;
-    char text[16384];           //  every log line, newline-separated
-} s_log = {PTHREAD_MUTEX_INITIALIZER, ""};
+    char text[16384];    //  every log line, newline-separated
+} s_log = { PTHREAD_MUTEX_INITIALIZER, "" };
 
 static void s_log_collect(cf_log_level_t level, const char *component, const char *message,
                           void *arg)
@@ -105,16 +105,16 @@ static int s_group_setup(void **state)
     if (!mkdtemp(s_dir))
         return -1;
     atexit(s_remove_dir);
-    if (cf_keys_generate(&s_server) || cf_keys_generate(&s_client) ||
-        cf_keys_generate(&s_worker) || cf_keys_generate(&s_stranger))
+    if (cf_keys_generate(&s_server) || cf_keys_generate(&s_client) || cf_keys_generate(&s_worker)
+        || cf_keys_generate(&s_stranger))
         return -1;
     if (cf_keys_write(&s_server, s_path("broker.key"), s_path("broker.key_secret"), "broker"))
         return -1;
     //  Clients: a directory of *.key files (plus files that must be ignored).
     if (mkdir(s_path("clients"), 0755) != 0)
         return -1;
-    if (cf_keys_write(&s_client, s_path("clients/alice.key"),
-                      s_path("clients/alice.key_secret"), "alice"))
+    if (cf_keys_write(&s_client, s_path("clients/alice.key"), s_path("clients/alice.key_secret"),
+                      "alice"))
         return -1;
     FILE *f = fopen(s_path("clients/README"), "w");
     if (!f || fputs("not a key\n", f) < 0 || fclose(f) != 0)
@@ -136,7 +136,7 @@ static int s_group_teardown(void **state)
     s_remove_dir();
     //  Keys never appear in logs: not even the 10 characters after a
     //  fingerprint, of any key used in any test.
-    const cf_keypair_t *pairs[] = {&s_server, &s_client, &s_worker, &s_stranger};
+    const cf_keypair_t *pairs[] = { &s_server, &s_client, &s_worker, &s_stranger };
     for (size_t i = 0; i < 4; i++) {
         char tail[16];
         snprintf(tail, sizeof tail, "%.10s", pairs[i]->public_z85 + CF_KEY_FP_LEN);
@@ -183,7 +183,7 @@ typedef struct {
     void *ctx;
     cf_auth_t *auth;
     void *router;
-    void *monitor;              //  the router's handshake events
+    void *monitor;    //  the router's handshake events
     char endpoint[64];
 } s_fixture_t;
 
@@ -239,7 +239,7 @@ static int s_teardown(void **state)
     cf_keys_monitor_close(fx->router, &fx->monitor);
     zmq_close(fx->router);
     cf_auth_destroy(&fx->auth);
-    cf_auth_destroy(&fx->auth);         //  safe twice
+    cf_auth_destroy(&fx->auth);    //  safe twice
     zmq_ctx_term(fx->ctx);
     free(fx);
     return 0;
@@ -258,8 +258,7 @@ static void *s_dealer_new(void *ctx, const char *endpoint, const char *server_pu
                      0);
     if (pair)
         assert_int_equal(
-            cf_keys_apply_client(dealer, server_public, pair->public_z85, pair->secret_z85),
-            CF_OK);
+            cf_keys_apply_client(dealer, server_public, pair->public_z85, pair->secret_z85), CF_OK);
     *monitor = cf_keys_monitor_new(ctx, dealer);
     assert_non_null(*monitor);
     s_track(dealer);
@@ -282,7 +281,7 @@ static cf_err_t s_wait_outcome(void *monitor, int *value)
 {
     int64_t deadline = cf_clock_now_ms() + S_EVENT_TIMEOUT_MS;
     for (;;) {
-        zmq_pollitem_t item = {monitor, 0, ZMQ_POLLIN, 0};
+        zmq_pollitem_t item = { monitor, 0, ZMQ_POLLIN, 0 };
         int wait_ms = cf_clock_ms_until(deadline);
         if (zmq_poll(&item, 1, wait_ms) <= 0)
             return CF_ETIMEDOUT;
@@ -295,10 +294,10 @@ static cf_err_t s_wait_outcome(void *monitor, int *value)
 
 //  Receives one [routing id][body] message on the router within timeout_ms:
 //  the body's role and User-Id, and the body itself.
-static bool s_router_recv(void *router, int timeout_ms, cf_role_t *role, char *user_id,
-                          size_t size, char *body, size_t body_size)
+static bool s_router_recv(void *router, int timeout_ms, cf_role_t *role, char *user_id, size_t size,
+                          char *body, size_t body_size)
 {
-    zmq_pollitem_t item = {router, 0, ZMQ_POLLIN, 0};
+    zmq_pollitem_t item = { router, 0, ZMQ_POLLIN, 0 };
     if (zmq_poll(&item, 1, timeout_ms) <= 0)
         return false;
     zmq_msg_t id, data;
@@ -325,8 +324,8 @@ static bool s_router_recv(void *router, int timeout_ms, cf_role_t *role, char *u
 
 //  What a router received from a dealer.
 typedef struct {
-    cf_role_t role;             //  of the body frame's connection
-    char user_id[64];           //  its User-Id, "" when none
+    cf_role_t role;      //  of the body frame's connection
+    char user_id[64];    //  its User-Id, "" when none
     char body[16];
 } s_received_t;
 
@@ -343,7 +342,7 @@ static s_received_t s_round_trip(void *dealer, void *router, const char *text)
 
 static void s_assert_dealer_gets_pong(void *dealer)
 {
-    zmq_pollitem_t item = {dealer, 0, ZMQ_POLLIN, 0};
+    zmq_pollitem_t item = { dealer, 0, ZMQ_POLLIN, 0 };
     assert_int_equal(zmq_poll(&item, 1, S_EVENT_TIMEOUT_MS), 1);
     char buf[8];
     assert_int_equal(zmq_recv(dealer, buf, sizeof buf, 0), 4);
@@ -352,7 +351,7 @@ static void s_assert_dealer_gets_pong(void *dealer)
 
 static void s_assert_router_quiet(void *router)
 {
-    zmq_pollitem_t item = {router, 0, ZMQ_POLLIN, 0};
+    zmq_pollitem_t item = { router, 0, ZMQ_POLLIN, 0 };
     assert_int_equal(zmq_poll(&item, 1, S_QUIET_MS), 0);
 }
 
@@ -399,8 +398,7 @@ static void test_unknown_key_is_refused_with_auth_failure(void **state)
 {
     s_fixture_t *fx = *state;
     void *monitor;
-    void *dealer =
-        s_dealer_new(fx->ctx, fx->endpoint, s_server.public_z85, &s_stranger, &monitor);
+    void *dealer = s_dealer_new(fx->ctx, fx->endpoint, s_server.public_z85, &s_stranger, &monitor);
     assert_int_equal(zmq_send(dealer, "hello", 5, 0), 5);
     int value = 0;
     assert_int_equal(s_wait_outcome(monitor, &value), CF_EAUTH);
@@ -439,8 +437,7 @@ static void test_wrong_server_key_is_refused(void **state)
     void *monitor;
     //  An allowed client that believes the server has another key: the
     //  server cannot open its HELLO and drops the connection.
-    void *dealer = s_dealer_new(fx->ctx, fx->endpoint, s_stranger.public_z85, &s_client,
-                                &monitor);
+    void *dealer = s_dealer_new(fx->ctx, fx->endpoint, s_stranger.public_z85, &s_client, &monitor);
     assert_int_equal(zmq_send(dealer, "hello", 5, 0), 5);
     int value = 0;
     assert_int_equal(s_wait_outcome(fx->monitor, &value), CF_EPROTO);
@@ -500,17 +497,16 @@ static void test_enforced_domain_without_handler_refuses_everyone(void **state)
 static void test_role_domains_refuse_the_other_role(void **state)
 {
     s_fixture_t *fx = *state;
-    const char *domains[] = {CF_AUTH_DOMAIN_CLIENTS, CF_AUTH_DOMAIN_WORKERS};
-    const cf_keypair_t *admitted[] = {&s_client, &s_worker};
-    const cf_keypair_t *refused[] = {&s_worker, &s_client};
-    cf_role_t roles[] = {CF_ROLE_CLIENT, CF_ROLE_WORKER};
+    const char *domains[] = { CF_AUTH_DOMAIN_CLIENTS, CF_AUTH_DOMAIN_WORKERS };
+    const cf_keypair_t *admitted[] = { &s_client, &s_worker };
+    const cf_keypair_t *refused[] = { &s_worker, &s_client };
+    cf_role_t roles[] = { CF_ROLE_CLIENT, CF_ROLE_WORKER };
     for (size_t i = 0; i < 2; i++) {
         char endpoint[64];
-        void *router = s_track(s_router_new_in(fx->ctx, fx->auth, domains[i], endpoint,
-                                               sizeof endpoint));
+        void *router = s_track(
+            s_router_new_in(fx->ctx, fx->auth, domains[i], endpoint, sizeof endpoint));
         void *monitor;
-        void *dealer =
-            s_dealer_new(fx->ctx, endpoint, s_server.public_z85, refused[i], &monitor);
+        void *dealer = s_dealer_new(fx->ctx, endpoint, s_server.public_z85, refused[i], &monitor);
         assert_int_equal(zmq_send(dealer, "hello", 5, 0), 5);
         int value = 0;
         assert_int_equal(s_wait_outcome(monitor, &value), CF_EAUTH);
@@ -575,7 +571,7 @@ static void test_stalled_connections_are_closed_while_a_client_works(void **stat
     void *dealer = s_dealer_new(fx->ctx, fx->endpoint, s_server.public_z85, &s_client, &monitor);
     assert_int_equal(s_wait_outcome(monitor, NULL), CF_OK);
 
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(s_port_of(fx->endpoint))};
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(s_port_of(fx->endpoint)) };
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     struct pollfd fds[STALLED];
     for (int i = 0; i < STALLED; i++) {
@@ -585,13 +581,13 @@ static void test_stalled_connections_are_closed_while_a_client_works(void **stat
         //  Half say nothing at all; half stop in the middle of the greeting.
         if (i % 2)
             assert_int_equal(write(fd, "\xff\0\0\0\0\0\0\0\x01\x7f\x03", 11), 11);
-        fds[i] = (struct pollfd){.fd = fd, .events = POLLIN};
+        fds[i] = (struct pollfd){ .fd = fd, .events = POLLIN };
     }
 
     //  The legitimate client keeps working while they hang...
     int round_trips = 0;
     int closed = 0;
-    bool is_closed[STALLED] = {false};
+    bool is_closed[STALLED] = { false };
     int64_t deadline = cf_clock_now_ms() + 20 * 1000;
     while (closed < STALLED && cf_clock_now_ms() < deadline) {
         char text[16];
@@ -610,7 +606,7 @@ static void test_stalled_connections_are_closed_while_a_client_works(void **stat
                 ssize_t n = read(fds[i].fd, buf, sizeof buf);
                 if (n == 0 || (n < 0 && errno == ECONNRESET)) {
                     is_closed[i] = true;
-                    fds[i].fd = -fds[i].fd - 1;     //  poll skips negative fds
+                    fds[i].fd = -fds[i].fd - 1;    //  poll skips negative fds
                     closed++;
                 }
             }
@@ -643,9 +639,9 @@ static s_reply_t s_zap_ask(void *dealer, const void *const *frames, const size_t
     for (size_t i = 0; i < count; i++)
         assert_int_equal(zmq_send(dealer, frames[i], sizes[i], i + 1 < count ? ZMQ_SNDMORE : 0),
                          (int)sizes[i]);
-    zmq_pollitem_t item = {dealer, 0, ZMQ_POLLIN, 0};
+    zmq_pollitem_t item = { dealer, 0, ZMQ_POLLIN, 0 };
     assert_int_equal(zmq_poll(&item, 1, S_EVENT_TIMEOUT_MS), 1);
-    s_reply_t reply = {{0}, {0}, 0};
+    s_reply_t reply = { { 0 }, { 0 }, 0 };
     char parts[7][300];
     int lens[7];
     size_t got = 0;
@@ -672,8 +668,8 @@ static s_reply_t s_zap_ask(void *dealer, const void *const *frames, const size_t
 static s_reply_t s_zap_curve(void *dealer, const char *mechanism, const uint8_t *key,
                              size_t key_len)
 {
-    const void *frames[] = {"1.0", "7", "cfutures", "10.0.0.1", "", mechanism, key};
-    size_t sizes[] = {3, 1, 8, 8, 0, strlen(mechanism), key_len};
+    const void *frames[] = { "1.0", "7", "cfutures", "10.0.0.1", "", mechanism, key };
+    size_t sizes[] = { 3, 1, 8, 8, 0, strlen(mechanism), key_len };
     return s_zap_ask(dealer, frames, sizes, 7);
 }
 
@@ -721,29 +717,29 @@ static void test_zap_handler_answers_malformed_requests_and_keeps_serving(void *
     reply = s_zap_curve(dealer, "CURVE", big, big_len);
     assert_string_equal(reply.status, "500");
     {
-        const void *frames[] = {"garbage"};
-        size_t sizes[] = {7};
+        const void *frames[] = { "garbage" };
+        size_t sizes[] = { 7 };
         reply = s_zap_ask(dealer, frames, sizes, 1);
         assert_string_equal(reply.status, "500");
     }
     {
-        const void *frames[] = {"2.0", "7", "d", "a", "", "CURVE", client};
-        size_t sizes[] = {3, 1, 1, 1, 0, 5, sizeof client};
+        const void *frames[] = { "2.0", "7", "d", "a", "", "CURVE", client };
+        size_t sizes[] = { 3, 1, 1, 1, 0, 5, sizeof client };
         reply = s_zap_ask(dealer, frames, sizes, 7);
         assert_string_equal(reply.status, "500");
     }
     {
         //  A request id too long to echo: answered, with an empty id.
-        const void *frames[] = {"1.0", big, "d", "a", "", "CURVE", client};
-        size_t sizes[] = {3, 1000, 1, 1, 0, 5, sizeof client};
+        const void *frames[] = { "1.0", big, "d", "a", "", "CURVE", client };
+        size_t sizes[] = { 3, 1000, 1, 1, 0, 5, sizeof client };
         reply = s_zap_ask(dealer, frames, sizes, 7);
         assert_string_equal(reply.status, "500");
         assert_int_equal(reply.id_len, 0);
     }
     {
         //  Two credentials, then many frames.
-        const void *frames[] = {"1.0", "7", "d", "a", "", "CURVE", client, client};
-        size_t sizes[] = {3, 1, 1, 1, 0, 5, sizeof client, sizeof client};
+        const void *frames[] = { "1.0", "7", "d", "a", "", "CURVE", client, client };
+        size_t sizes[] = { 3, 1, 1, 1, 0, 5, sizeof client, sizeof client };
         reply = s_zap_ask(dealer, frames, sizes, 8);
         assert_string_equal(reply.status, "500");
         const void *many[40];
@@ -818,7 +814,7 @@ static void test_reload_admits_new_keys_and_keeps_old_lists_on_error(void **stat
     assert_int_equal(unlink(s_path("clients/stranger.key")), 0);
     assert_int_equal(cf_auth_reload(fx->auth), CF_OK);
     assert_string_equal(s_zap_curve(dealer, "CURVE", stranger, sizeof stranger).status, "400");
-    assert_false(cf_auth_user_allowed(fx->auth, user));     //  connections made before too
+    assert_false(cf_auth_user_allowed(fx->auth, user));    //  connections made before too
     assert_int_equal(cf_auth_generation(fx->auth), 2);
     s_close(dealer);
 }
@@ -842,7 +838,7 @@ static void test_new_rejects_bad_configuration(void **state)
 {
     (void)state;
     void *ctx = zmq_ctx_new();
-    char secret[256];           //  s_path's buffers rotate: keep a copy
+    char secret[256];    //  s_path's buffers rotate: keep a copy
     snprintf(secret, sizeof secret, "%s", s_path("broker.key_secret"));
     char text[256];
 
@@ -852,8 +848,10 @@ static void test_new_rejects_bad_configuration(void **state)
     assert_int_equal(cf_last_err(), CF_EINVAL);
     assert_null(s_try_new(NULL, secret, s_path("clients"), NULL));
     assert_int_equal(cf_last_err(), CF_EINVAL);
-    cf_auth_config_t both = {.zmq_context = ctx, .secret_key_file = secret,
-                             .secret_key = s_server.secret_z85, .client_keys = s_path("clients")};
+    cf_auth_config_t both = { .zmq_context = ctx,
+                              .secret_key_file = secret,
+                              .secret_key = s_server.secret_z85,
+                              .client_keys = s_path("clients") };
     assert_null(cf_auth_new(&both));
     assert_int_equal(cf_last_err(), CF_EINVAL);
 
@@ -869,8 +867,7 @@ static void test_new_rejects_bad_configuration(void **state)
     assert_non_null(strstr(cf_last_error(), "both"));
 
     //  A malformed line, reported by number, its text not quoted.
-    snprintf(text, sizeof text, "# ok\n%s\n%.30sXYZ\n", s_worker.public_z85,
-             s_stranger.public_z85);
+    snprintf(text, sizeof text, "# ok\n%s\n%.30sXYZ\n", s_worker.public_z85, s_stranger.public_z85);
     s_write_text(s_path("bad.list"), text);
     assert_null(s_try_new(ctx, secret, NULL, s_path("bad.list")));
     assert_int_equal(cf_last_err(), CF_EINVAL);
@@ -892,14 +889,16 @@ static void test_new_rejects_bad_configuration(void **state)
     assert_int_equal(chmod(secret, 0600), 0);
 
     //  A bad inline secret key.
-    cf_auth_config_t inline_bad = {.zmq_context = ctx, .secret_key = "short",
-                                   .client_keys = s_path("clients")};
+    cf_auth_config_t inline_bad = { .zmq_context = ctx,
+                                    .secret_key = "short",
+                                    .client_keys = s_path("clients") };
     assert_null(cf_auth_new(&inline_bad));
     assert_int_equal(cf_last_err(), CF_EINVAL);
 
     //  One handler per context.
-    cf_auth_config_t inline_ok = {.zmq_context = ctx, .secret_key = s_server.secret_z85,
-                                  .client_keys = s_path("clients")};
+    cf_auth_config_t inline_ok = { .zmq_context = ctx,
+                                   .secret_key = s_server.secret_z85,
+                                   .client_keys = s_path("clients") };
     cf_auth_t *auth = cf_auth_new(&inline_ok);
     assert_non_null(auth);
     assert_string_equal(cf_auth_server_public(auth), s_server.public_z85);

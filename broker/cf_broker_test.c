@@ -19,7 +19,7 @@
 #include <cmocka.h>
 
 //  How long any expected event may take before the test fails.
-#define WAIT_MS 5000
+#define WAIT_MS  5000
 //  Slices of waiting; peers in the keep-alive list heartbeat every slice.
 #define SLICE_MS 10
 
@@ -31,12 +31,12 @@ static const uint8_t s_value14[] = { 0x0e };
 typedef struct {
     void *ctx;
     cf_broker_t *broker;
-    void *peers[8];             //  the test's sockets, closed at teardown
-    bool silent[8];             //  true: it stopped heartbeating
+    void *peers[8];    //  the test's sockets, closed at teardown
+    bool silent[8];    //  true: it stopped heartbeating
     size_t peer_count;
 } s_fixture_t;
 
-static s_fixture_t *s_fx;       //  the running test's fixture (one at a time)
+static s_fixture_t *s_fx;    //  the running test's fixture (one at a time)
 
 //  Over tcp on loopback rather than inproc: inproc hands message buffers
 //  between threads through libzmq's lock-free pipes, which ThreadSanitizer
@@ -216,8 +216,8 @@ static bool s_str_has(cf_proto_str_t s, const char *needle)
 static bool s_unknown_peer_error(const cf_proto_msg_t *msg)
 {
     return msg->type == CF_MSG_ERROR
-        && (s_str_eq(msg->text, CF_PROTO_UNKNOWN_CLIENT)
-            || s_str_eq(msg->text, CF_PROTO_UNKNOWN_WORKER));
+           && (s_str_eq(msg->text, CF_PROTO_UNKNOWN_CLIENT)
+               || s_str_eq(msg->text, CF_PROTO_UNKNOWN_WORKER));
 }
 
 //  The next message on sock that is not a HEARTBEAT, STARTED or an
@@ -285,7 +285,7 @@ static cf_broker_stats_t s_stats(void)
 }
 
 //  Waits until the broker's counters satisfy check.
-typedef bool (s_stats_check_fn)(const cf_broker_stats_t *stats, uint64_t arg);
+typedef bool(s_stats_check_fn)(const cf_broker_stats_t *stats, uint64_t arg);
 static cf_broker_stats_t s_wait_stats(s_stats_check_fn *check, uint64_t arg)
 {
     cf_broker_stats_t stats;
@@ -306,13 +306,34 @@ static cf_broker_stats_t s_wait_stats(s_stats_check_fn *check, uint64_t arg)
     }
 }
 
-static bool s_queued_is(const cf_broker_stats_t *s, uint64_t n) { return s->queued == n; }
-static bool s_workers_is(const cf_broker_stats_t *s, uint64_t n) { return s->workers == n; }
-static bool s_clients_is(const cf_broker_stats_t *s, uint64_t n) { return s->clients == n; }
-static bool s_ignored_is(const cf_broker_stats_t *s, uint64_t n) { return s->ignored == n; }
-static bool s_malformed_is(const cf_broker_stats_t *s, uint64_t n) { return s->malformed == n; }
-static bool s_lost_is(const cf_broker_stats_t *s, uint64_t n) { return s->lost_workers == n; }
-static bool s_submitted_is(const cf_broker_stats_t *s, uint64_t n) { return s->submitted == n; }
+static bool s_queued_is(const cf_broker_stats_t *s, uint64_t n)
+{
+    return s->queued == n;
+}
+static bool s_workers_is(const cf_broker_stats_t *s, uint64_t n)
+{
+    return s->workers == n;
+}
+static bool s_clients_is(const cf_broker_stats_t *s, uint64_t n)
+{
+    return s->clients == n;
+}
+static bool s_ignored_is(const cf_broker_stats_t *s, uint64_t n)
+{
+    return s->ignored == n;
+}
+static bool s_malformed_is(const cf_broker_stats_t *s, uint64_t n)
+{
+    return s->malformed == n;
+}
+static bool s_lost_is(const cf_broker_stats_t *s, uint64_t n)
+{
+    return s->lost_workers == n;
+}
+static bool s_submitted_is(const cf_broker_stats_t *s, uint64_t n)
+{
+    return s->submitted == n;
+}
 
 //  Returns the single id of a STARTED message (or asserts its count).
 static void s_expect_started(void *client, const uint64_t *ids, size_t count)
@@ -537,7 +558,7 @@ static void test_round_robin_between_clients(void **state)
     }
     assert_int_equal(fa, 2);
     assert_int_equal(fb, 2);
-    assert_string_equal(fns[0], "fa");      //  a came first
+    assert_string_equal(fns[0], "fa");    //  a came first
     assert_string_equal(fns[1], "fb");
 }
 
@@ -635,7 +656,7 @@ static void test_silent_worker_is_lost_by_heartbeat(void **state)
     void *worker = s_worker_peer(fx, "silent");
     s_ready(worker, 1, 1);
     void *client = s_client(fx, "c1");
-    s_submit(client, 5, 1, "hang", -1, 0, 0);      //  no retries
+    s_submit(client, 5, 1, "hang", -1, 0, 0);    //  no retries
     s_take_tasks(worker, NULL, NULL, 1);
     //  The worker stops talking (a frozen process); the client keeps up its
     //  heartbeats while it waits.
@@ -646,7 +667,7 @@ static void test_silent_worker_is_lost_by_heartbeat(void **state)
     cf_proto_msg_destroy(&msg);
     cf_broker_stats_t stats = s_wait_stats(s_lost_is, 1);
     assert_int_equal(stats.workers, 0);
-    assert_int_equal(stats.clients, 1);     //  the heartbeating client stays
+    assert_int_equal(stats.clients, 1);    //  the heartbeating client stays
     //  The broker heartbeats known peers: the client has seen them.
     msg = s_expect(client, CF_MSG_HEARTBEAT);
     assert_int_equal(msg->ivl_ms, 50);
@@ -909,9 +930,9 @@ static void test_stats_reply_lists_the_counters(void **state)
     cf_proto_enc_begin(s_enc(), CF_MSG_STATS);
     assert_int_equal(cf_proto_enc_send(s_enc(), client, NULL, 0), CF_OK);
     cf_proto_msg_t *msg = s_expect(client, CF_MSG_STATS);
-    static const char *const names[] = { "clients", "workers", "queued", "running",
-                                         "submitted", "completed", "failed", "cancelled",
-                                         "retried", "lost_workers", "busy", "malformed",
+    static const char *const names[] = { "clients",   "workers",      "queued", "running",
+                                         "submitted", "completed",    "failed", "cancelled",
+                                         "retried",   "lost_workers", "busy",   "malformed",
                                          "dropped" };
     for (size_t n = 0; n < sizeof names / sizeof names[0]; n++) {
         bool found = false;
@@ -981,7 +1002,7 @@ static void test_tcp_port_is_resolved_and_a_taken_port_is_reported(void **state)
     snprintf(expected, sizeof expected, "cannot bind %s: Address already in use", clients);
     assert_string_equal(cf_last_error(), expected);
     cf_broker_destroy(&broker);
-    cf_broker_destroy(&broker);     //  safe twice
+    cf_broker_destroy(&broker);    //  safe twice
 }
 
 static void test_config_errors_are_reported(void **state)
@@ -1002,8 +1023,9 @@ static cf_err_t s_tiny_send_hwm(void *socket, bool is_clients, void *arg)
 {
     (void)arg;
     int hwm = 1, buffer = S_SOCKET_BUFFER;
-    if (is_clients && (zmq_setsockopt(socket, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0
-                       || zmq_setsockopt(socket, ZMQ_SNDBUF, &buffer, sizeof buffer) != 0))
+    if (is_clients
+        && (zmq_setsockopt(socket, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0
+            || zmq_setsockopt(socket, ZMQ_SNDBUF, &buffer, sizeof buffer) != 0))
         return CF_ESYS;
     return CF_OK;
 }
@@ -1067,9 +1089,8 @@ static void *s_fill_outbox(s_fixture_t *fx, int ivl_ms, void **worker, uint8_t *
         while (cf_proto_recv(*worker, false, NULL, &msg) == CF_OK) {
             for (size_t i = 0; msg->type == CF_MSG_TASK && i < msg->count; i++) {
                 cf_proto_enc_begin(enc, CF_MSG_RESULT);
-                assert_int_equal(cf_proto_enc_result_ok(enc, msg->tasks[i].id, big,
-                                                        S_BIG_VALUE + 5),
-                                 CF_OK);
+                assert_int_equal(
+                    cf_proto_enc_result_ok(enc, msg->tasks[i].id, big, S_BIG_VALUE + 5), CF_OK);
                 assert_int_equal(cf_proto_enc_send(enc, *worker, NULL, 0), CF_OK);
                 answered++;
                 s_heartbeat_all();
@@ -1100,7 +1121,7 @@ static void test_results_wait_in_the_outbox_while_a_client_does_not_read(void **
     //  come before the client reads, however slow this build runs.
     void *client = s_fill_outbox(fx, 10000, &worker, &value);
     cf_broker_stats_t stats = s_stats();
-    assert_int_equal(stats.clients, 1);     //  kept, not lost
+    assert_int_equal(stats.clients, 1);    //  kept, not lost
 
     //  Now the client reads, and the worker finishes the rest.
     cf_proto_enc_t *enc = s_enc();
@@ -1116,9 +1137,9 @@ static void test_results_wait_in_the_outbox_while_a_client_does_not_read(void **
             if (msg->type == CF_MSG_TASK) {
                 cf_proto_enc_begin(enc, CF_MSG_RESULT);
                 for (size_t i = 0; i < msg->count; i++)
-                    assert_int_equal(cf_proto_enc_result_ok(enc, msg->tasks[i].id, value,
-                                                            S_BIG_VALUE + 5),
-                                     CF_OK);
+                    assert_int_equal(
+                        cf_proto_enc_result_ok(enc, msg->tasks[i].id, value, S_BIG_VALUE + 5),
+                        CF_OK);
                 assert_int_equal(cf_proto_enc_send(enc, worker, NULL, 0), CF_OK);
             }
             cf_proto_msg_destroy(&msg);
@@ -1171,9 +1192,8 @@ static void test_client_that_never_reads_is_lost(void **state)
         while (cf_proto_recv(worker, false, NULL, &msg) == CF_OK) {
             for (size_t i = 0; msg->type == CF_MSG_TASK && i < msg->count; i++) {
                 cf_proto_enc_begin(enc, CF_MSG_RESULT);
-                assert_int_equal(cf_proto_enc_result_ok(enc, msg->tasks[i].id, value,
-                                                        S_BIG_VALUE + 5),
-                                 CF_OK);
+                assert_int_equal(
+                    cf_proto_enc_result_ok(enc, msg->tasks[i].id, value, S_BIG_VALUE + 5), CF_OK);
                 assert_int_equal(cf_proto_enc_send(enc, worker, NULL, 0), CF_OK);
             }
             cf_proto_msg_destroy(&msg);
@@ -1231,8 +1251,8 @@ static void test_every_task_is_answered_exactly_once_under_load(void **state)
             for (size_t i = scan[c]; i < TASKS && added < BATCH && in_flight[c] < WINDOW; i++) {
                 if (status[c][i] != 0)
                     continue;
-                assert_int_equal(cf_proto_enc_task(enc, i, "echo", 4, s_args, sizeof s_args, 0, 0, 0),
-                                 CF_OK);
+                assert_int_equal(
+                    cf_proto_enc_task(enc, i, "echo", 4, s_args, sizeof s_args, 0, 0, 0), CF_OK);
                 status[c][i] = 1;
                 in_flight[c]++;
                 added++;
@@ -1311,7 +1331,7 @@ static void test_every_task_is_answered_exactly_once_under_load(void **state)
     }
     print_message("%zu values, %zu cancelled, %zu busy answers resubmitted\n", values, cancelled,
                   busy);
-    assert_true(busy > 0);          //  the limit was reached and recovered from
+    assert_true(busy > 0);    //  the limit was reached and recovered from
     assert_true(cancelled > 0);
     cf_broker_stats_t stats = s_stats();
     assert_int_equal(stats.queued, 0);
@@ -1329,30 +1349,54 @@ int main(void)
     if (getenv("CF_TEST_LOG"))
         cf_log_set_handler(cf_log_to_stderr, NULL, CF_LOG_DEBUG);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_tasks_are_dispatched_within_worker_credit, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_tasks_are_dispatched_within_worker_credit,
+                                        s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_credit_message_adds_slots, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_tasks_spread_over_workers_in_batches, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_prefetch_only_to_workers_turning_over, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_round_robin_between_clients, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_tasks_over_the_limits_are_answered_busy, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_cancel_removes_queued_and_reports_started, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_reported_worker_loss_retries_then_fails_with_worker_lost, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_silent_worker_is_lost_by_heartbeat, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_silent_client_is_lost_and_its_tasks_dropped, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_client_disconnect_drops_its_tasks_and_results, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_result_for_unknown_id_is_ignored, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_running_task_times_out_and_late_result_is_ignored, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_error_is_retried_only_with_retry_on_error, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_resubmitted_task_is_not_duplicated, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_worker_handing_a_task_back_requeues_it, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_worker_disconnect_requeues_without_using_retries, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_restarted_worker_loses_what_its_predecessor_held, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_malformed_messages_are_counted_and_answered, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_unknown_client_learns_the_boot_id, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_stats_reply_lists_the_counters, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_destroy_says_disconnect_to_peers, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_every_task_is_answered_exactly_once_under_load, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_results_wait_in_the_outbox_while_a_client_does_not_read, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_tasks_spread_over_workers_in_batches, s_setup_broker,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_prefetch_only_to_workers_turning_over, s_setup_broker,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_round_robin_between_clients, s_setup_broker,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_tasks_over_the_limits_are_answered_busy, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_removes_queued_and_reports_started,
+                                        s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_reported_worker_loss_retries_then_fails_with_worker_lost, s_setup_broker,
+            s_teardown),
+        cmocka_unit_test_setup_teardown(test_silent_worker_is_lost_by_heartbeat, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_silent_client_is_lost_and_its_tasks_dropped, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_client_disconnect_drops_its_tasks_and_results,
+                                        s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_result_for_unknown_id_is_ignored, s_setup_broker,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_running_task_times_out_and_late_result_is_ignored,
+                                        s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_error_is_retried_only_with_retry_on_error,
+                                        s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_resubmitted_task_is_not_duplicated, s_setup_broker,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_handing_a_task_back_requeues_it, s_setup_broker,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_disconnect_requeues_without_using_retries,
+                                        s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_restarted_worker_loses_what_its_predecessor_held,
+                                        s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_messages_are_counted_and_answered,
+                                        s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_client_learns_the_boot_id, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_stats_reply_lists_the_counters, s_setup_broker,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_says_disconnect_to_peers, s_setup_broker,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_every_task_is_answered_exactly_once_under_load,
+                                        s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_results_wait_in_the_outbox_while_a_client_does_not_read, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_client_that_never_reads_is_lost, s_setup, s_teardown),
         cmocka_unit_test(test_tcp_port_is_resolved_and_a_taken_port_is_reported),
         cmocka_unit_test(test_config_errors_are_reported),

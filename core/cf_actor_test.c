@@ -21,10 +21,10 @@
 //  An actor that counts what it receives: "ADD" adds its int argument,
 //  "GET" answers the sum, "END" makes it return on its own, $TERM too.
 typedef struct {
-    bool fail_start;            //  report CF_EAUTH instead of serving
-    bool serve;                 //  let other threads act for it
-    int sum;                    //  under the actor (or whoever acts for it)
-    atomic_int wakeups;         //  sleeps that ended with the pipe signalled
+    bool fail_start;       //  report CF_EAUTH instead of serving
+    bool serve;            //  let other threads act for it
+    int sum;               //  under the actor (or whoever acts for it)
+    atomic_int wakeups;    //  sleeps that ended with the pipe signalled
     atomic_bool saw_term;
     //  What the actor saw wrong: cmocka's asserts belong to the test's own
     //  thread, so the actor only records and the test checks.
@@ -89,13 +89,13 @@ static cf_actor_t *s_counter_start(s_counter_t *c)
 static void test_new_returns_once_the_actor_serves_and_destroy_sends_term(void **state)
 {
     (void)state;
-    s_counter_t c = {0};
+    s_counter_t c = { 0 };
     cf_actor_t *actor = s_counter_start(&c);
     assert_null(cf_actor_current());
     s_counter_stop(&actor, &c);
     assert_null(actor);
     assert_true(atomic_load(&c.saw_term));
-    cf_actor_destroy(&actor);       //  safe twice (the first was s_counter_stop)
+    cf_actor_destroy(&actor);    //  safe twice (the first was s_counter_stop)
 }
 
 static void test_a_failed_start_is_the_error_of_new(void **state)
@@ -110,7 +110,7 @@ static void test_a_failed_start_is_the_error_of_new(void **state)
 static void test_sends_arrive_in_order_before_a_call_is_answered(void **state)
 {
     (void)state;
-    s_counter_t c = {0};
+    s_counter_t c = { 0 };
     cf_actor_t *actor = s_counter_start(&c);
     for (int i = 1; i <= 100; i++)
         assert_int_equal(cf_actor_send(actor, "ADD", &i, sizeof i), CF_OK);
@@ -126,7 +126,7 @@ static void test_sends_arrive_in_order_before_a_call_is_answered(void **state)
 static void test_an_actor_that_ended_refuses_sends_and_calls(void **state)
 {
     (void)state;
-    s_counter_t c = {0};
+    s_counter_t c = { 0 };
     cf_actor_t *actor = s_counter_start(&c);
     int sum = -1;
     //  END makes it return; the call answering END comes first.
@@ -163,7 +163,7 @@ static void *s_caller_main(void *arg)
 static void test_concurrent_calls_are_each_answered(void **state)
 {
     (void)state;
-    s_counter_t c = {0};
+    s_counter_t c = { 0 };
     cf_actor_t *actor = s_counter_start(&c);
     pthread_t threads[4];
     s_caller_t callers[4];
@@ -217,7 +217,7 @@ static void test_another_thread_acts_for_a_sleeping_actor(void **state)
 static void test_an_actor_that_does_not_serve_is_never_entered(void **state)
 {
     (void)state;
-    s_counter_t c = {0};
+    s_counter_t c = { 0 };
     cf_actor_t *actor = s_counter_start(&c);
     int sum;
     //  A call round trip: the actor has been asleep in between.

@@ -16,10 +16,10 @@
 
 #include <cmocka.h>
 
-static const uint8_t s_42[] = { 0x2a };                         //  42
+static const uint8_t s_42[] = { 0x2a };    //  42
 static const uint8_t s_hello[] = { 0xa5, 'h', 'e', 'l', 'l', 'o' };
-static const uint8_t s_never_used[] = { 0xc1 };                 //  not msgpack
-static const uint8_t s_truncated[] = { 0x92, 0x01 };            //  [1, ...
+static const uint8_t s_never_used[] = { 0xc1 };         //  not msgpack
+static const uint8_t s_truncated[] = { 0x92, 0x01 };    //  [1, ...
 
 static cf_future_t *s_new(void)
 {
@@ -184,7 +184,7 @@ static void test_cancel_works_only_before_start(void **state)
     assert_true(cf_future_cancel(pending));
     assert_true(cf_future_cancelled(pending));
     assert_true(cf_future_done(pending));
-    assert_true(cf_future_cancel(pending));             //  already cancelled
+    assert_true(cf_future_cancel(pending));    //  already cancelled
     assert_int_equal(cf_future_result(pending, -1, NULL), CF_ECANCELLED);
     assert_null(cf_future_error(pending));
     assert_false(cf_future_set_running(pending));
@@ -231,7 +231,7 @@ static void test_cancel_asks_the_canceller(void **state)
     cf_future_set_canceller(f, s_removing_canceller, NULL);
     assert_true(cf_future_cancel(f));
     assert_int_equal(s_canceller_calls, 2);
-    assert_true(cf_future_cancel(f));                   //  not asked again
+    assert_true(cf_future_cancel(f));    //  not asked again
     assert_int_equal(s_canceller_calls, 2);
     cf_future_release(&f);
 }
@@ -240,14 +240,14 @@ static void test_cancel_asks_the_canceller(void **state)
 typedef struct {
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    bool entered;               //  the canceller runs
-    bool proceed;               //  it may return
-    bool inside;                //  it has not returned yet
+    bool entered;    //  the canceller runs
+    bool proceed;    //  it may return
+    bool inside;     //  it has not returned yet
     int hook_calls;
     bool hook_saw_canceller;    //  the hook ran while the canceller was inside
     pthread_t hook_thread;
     cf_future_t *f;
-    bool cancelled;             //  what cf_future_cancel returned
+    bool cancelled;    //  what cf_future_cancel returned
 } s_race_t;
 
 static bool s_blocking_canceller(void *executor, cf_future_t *f)
@@ -288,7 +288,7 @@ static void *s_cancel_thread(void *arg)
 static void test_hook_waits_for_a_running_canceller(void **state)
 {
     (void)state;
-    s_race_t race = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    s_race_t race = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
     race.f = s_new();
     cf_future_set_canceller(race.f, s_blocking_canceller, &race);
     assert_true(cf_future_set_complete_hook(race.f, s_race_hook, &race));
@@ -359,12 +359,12 @@ static void test_scalar_getters_check_type_and_trailing_bytes(void **state)
 
     cf_future_t *f = s_new();
     cf_future_set_result(f, too_big, sizeof too_big);
-    assert_int_equal(cf_future_int(f, 0, &i), CF_ETYPE);        //  uint64 max
+    assert_int_equal(cf_future_int(f, 0, &i), CF_ETYPE);    //  uint64 max
     cf_future_release(&f);
 
     f = s_new();
     cf_future_set_result(f, trailing, sizeof trailing);
-    assert_int_equal(cf_future_int(f, 0, &i), CF_ETASK);        //  two values
+    assert_int_equal(cf_future_int(f, 0, &i), CF_ETASK);    //  two values
     assert_string_equal(cf_future_error(f)->type, "ProtocolError");
     cf_future_release(&f);
 
@@ -399,7 +399,7 @@ static void test_extra_area_lives_with_the_future(void **state)
     assert_non_null(f);
     assert_non_null(extra);
     assert_int_equal((uintptr_t)extra % 16, 0);
-    memset(extra, 0xab, 100);                   //  ASan: all 100 bytes are ours
+    memset(extra, 0xab, 100);    //  ASan: all 100 bytes are ours
     assert_string_equal(cf_future_function(f), "fn");
     cf_future_release(&f);
 }
@@ -430,7 +430,7 @@ static void test_references_keep_the_future(void **state)
 //  Callbacks and the completion hook
 
 typedef struct {
-    char log[64];           //  one letter per event
+    char log[64];    //  one letter per event
     size_t len;
     cf_future_state_t hook_state;
 } s_record_t;
@@ -539,7 +539,7 @@ static void test_unresolved_future_with_callbacks_is_freed(void **state)
     (void)state;
     cf_future_t *f = s_new();
     assert_int_equal(cf_future_add_done_callback(f, s_callback_b, &s_record), CF_OK);
-    cf_future_release(&f);          //  LeakSanitizer checks the callback went too
+    cf_future_release(&f);    //  LeakSanitizer checks the callback went too
 }
 
 // ---------------------------------------------------------------------------
@@ -547,8 +547,8 @@ static void test_unresolved_future_with_callbacks_is_freed(void **state)
 
 typedef struct {
     cf_future_t *f;
-    cf_future_t *gate;              //  start only after this is done (or NULL)
-    bool started;                   //  set_running won
+    cf_future_t *gate;    //  start only after this is done (or NULL)
+    bool started;         //  set_running won
 } s_resolver_t;
 
 //  Resolves r->f like a worker: start it, then set its result. (No cmocka
@@ -591,8 +591,7 @@ static void test_racing_cancel_and_start_have_one_winner(void **state)
         bool cancelled = cf_future_cancel(f);
         pthread_join(thread, NULL);
         assert_true(r.started != cancelled);
-        assert_int_equal(cf_future_state(f), cancelled ? CF_FUTURE_CANCELLED
-                                                       : CF_FUTURE_FINISHED);
+        assert_int_equal(cf_future_state(f), cancelled ? CF_FUTURE_CANCELLED : CF_FUTURE_FINISHED);
         cf_future_release(&f);
         cf_future_release(&go);
     }
@@ -674,7 +673,7 @@ static void test_completed_registrations_are_freed_with_the_waiter(void **state)
     assert_int_equal(cf_future_waiter_add(waiter, f, &done), CF_OK);
     cf_future_set_result(f, s_42, 1);
     cf_future_waiter_remove(waiter, f);
-    cf_future_waiter_destroy(&waiter);  //  LeakSanitizer: the ready node went too
+    cf_future_waiter_destroy(&waiter);    //  LeakSanitizer: the ready node went too
     cf_future_release(&f);
 }
 
@@ -694,7 +693,7 @@ static void test_reserved_registrations_mix_with_allocated_ones(void **state)
     assert_ptr_equal(cf_future_waiter_next(waiter, -1), f[1]);
     assert_ptr_equal(cf_future_waiter_next(waiter, -1), f[2]);
     for (int i = 0; i < 3; i++) {
-        cf_future_waiter_remove(waiter, f[i]);  //  f[0]: a reserved node, not freed alone
+        cf_future_waiter_remove(waiter, f[i]);    //  f[0]: a reserved node, not freed alone
         cf_future_release(&f[i]);
     }
     cf_future_waiter_destroy(&waiter);

@@ -27,7 +27,7 @@ static void test_put_get_remove_round_trip(void **state)
     assert_null(cf_idmap_get(map, 42));
 
     assert_int_equal(cf_idmap_put(map, 42, s_value(1)), CF_OK);
-    assert_int_equal(cf_idmap_put(map, 0, s_value(2)), CF_OK);     //  0 is a valid id
+    assert_int_equal(cf_idmap_put(map, 0, s_value(2)), CF_OK);    //  0 is a valid id
     assert_int_equal(cf_idmap_put(map, UINT64_MAX, s_value(3)), CF_OK);
     assert_int_equal(cf_idmap_size(map), 3);
     assert_ptr_equal(cf_idmap_get(map, 42), s_value(1));
@@ -40,7 +40,7 @@ static void test_put_get_remove_round_trip(void **state)
     assert_int_equal(cf_idmap_size(map), 2);
     cf_idmap_destroy(&map);
     assert_null(map);
-    cf_idmap_destroy(&map);     //  safe twice
+    cf_idmap_destroy(&map);    //  safe twice
 }
 
 static void test_put_replaces_an_existing_value(void **state)

@@ -146,7 +146,7 @@ static void test_public_of_rejects_invalid_secret(void **state)
 static void test_write_sets_modes_whatever_the_umask(void **state)
 {
     (void)state;
-    mode_t masks[] = {0, 022, 077};
+    mode_t masks[] = { 0, 022, 077 };
     for (size_t i = 0; i < sizeof masks / sizeof masks[0]; i++) {
         char pub[32], sec[32];
         snprintf(pub, sizeof pub, "umask%zu.key", i);
@@ -179,7 +179,7 @@ static void test_written_files_read_back(void **state)
     assert_string_equal(back.public_z85, pair.public_z85);
     assert_string_equal(back.secret_z85, pair.secret_z85);
     //  The public file holds the comment and the public key only.
-    char text[256] = {0};
+    char text[256] = { 0 };
     FILE *f = fopen(pub, "r");
     assert_non_null(f);
     size_t n = fread(text, 1, sizeof text - 1, f);
@@ -204,7 +204,7 @@ static void test_write_refuses_to_overwrite_and_creates_nothing(void **state)
     assert_non_null(strstr(cf_last_error(), "refusing to overwrite"));
     assert_int_equal(access(pub, F_OK), -1);
     //  The old file is untouched.
-    char text[32] = {0};
+    char text[32] = { 0 };
     FILE *f = fopen(sec, "r");
     assert_non_null(f);
     assert_int_equal(fread(text, 1, sizeof text - 1, f), 11);
@@ -244,7 +244,7 @@ static void test_read_secret_refuses_group_or_world_access(void **state)
     assert_int_equal(cf_keys_generate(&pair), CF_OK);
     char text[64];
     int len = snprintf(text, sizeof text, "%s\n", pair.secret_z85);
-    mode_t modes[] = {0640, 0604, 0644, 0660, 0610};
+    mode_t modes[] = { 0640, 0604, 0644, 0660, 0610 };
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
         const char *path = s_path("loose.key_secret");
         s_write_file(path, modes[i], text, (size_t)len);
@@ -303,15 +303,15 @@ static void test_read_rejects_malformed_files(void **state)
         const char *name;
         const char *text;
         size_t len;
-        const char *why;        //  expected in the message
+        const char *why;    //  expected in the message
     } cases[] = {
-        {"empty", "", 0, "no key"},
-        {"comments only", "# nothing\n\n", 11, "no key"},
-        {"two keys", two, strlen(two), "more than one key"},
-        {"short key", short_key, strlen(short_key), "line 1"},
-        {"long key", long_key, strlen(long_key), "line 1"},
-        {"bad character", bad_char, strlen(bad_char), "line 1"},
-        {"binary", binary, sizeof binary - 1, "binary"},
+        { "empty", "", 0, "no key" },
+        { "comments only", "# nothing\n\n", 11, "no key" },
+        { "two keys", two, strlen(two), "more than one key" },
+        { "short key", short_key, strlen(short_key), "line 1" },
+        { "long key", long_key, strlen(long_key), "line 1" },
+        { "bad character", bad_char, strlen(bad_char), "line 1" },
+        { "binary", binary, sizeof binary - 1, "binary" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *path = s_path("bad.key");
@@ -373,9 +373,9 @@ static void test_apply_server_and_client_set_curve(void **state)
     assert_int_equal(cf_keys_apply_server(NULL, server.secret_z85), CF_EINVAL);
 
     void *dealer = zmq_socket(ctx, ZMQ_DEALER);
-    assert_int_equal(cf_keys_apply_client(dealer, server.public_z85, client.public_z85,
-                                          client.secret_z85),
-                     CF_OK);
+    assert_int_equal(
+        cf_keys_apply_client(dealer, server.public_z85, client.public_z85, client.secret_z85),
+        CF_OK);
     assert_int_equal(zmq_getsockopt(dealer, ZMQ_MECHANISM, &value, &len), 0);
     assert_int_equal(value, ZMQ_CURVE);
     char got[CF_KEY_Z85_SIZE];
@@ -385,9 +385,9 @@ static void test_apply_server_and_client_set_curve(void **state)
 
     //  A pair that does not match, or a bad key, is refused before any
     //  handshake, and the message names no key.
-    assert_int_equal(cf_keys_apply_client(dealer, server.public_z85, server.public_z85,
-                                          client.secret_z85),
-                     CF_EINVAL);
+    assert_int_equal(
+        cf_keys_apply_client(dealer, server.public_z85, server.public_z85, client.secret_z85),
+        CF_EINVAL);
     assert_non_null(strstr(cf_last_error(), "does not match"));
     s_assert_no_key_in_error(client.secret_z85);
     assert_int_equal(cf_keys_apply_client(dealer, "x", client.public_z85, client.secret_z85),
@@ -426,14 +426,15 @@ static void test_judge_refuses_for_good_only_what_cannot_succeed(void **state)
     //  Connections closing say nothing.
     assert_int_equal(cf_keys_judge(&judge, CF_ESTOP, 0, why, sizeof why), 0);
     //  A mechanism mismatch, seen from either side.
-    assert_int_equal(cf_keys_judge(&judge, CF_EPROTO,
-                                   ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH, why, sizeof why),
+    assert_int_equal(cf_keys_judge(&judge, CF_EPROTO, ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH,
+                                   why, sizeof why),
                      -1);
     assert_non_null(strstr(why, "does not use CURVE, this worker does"));
-    cf_keys_judge_t plain = { .who = "client", .endpoint = "tcp://h:1",
+    cf_keys_judge_t plain = { .who = "client",
+                              .endpoint = "tcp://h:1",
                               .key_options = "curve_broker_key and curve_key" };
-    assert_int_equal(cf_keys_judge(&plain, CF_EPROTO, ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED, why,
-                                   sizeof why), -1);
+    assert_int_equal(
+        cf_keys_judge(&plain, CF_EPROTO, ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED, why, sizeof why), -1);
     assert_string_equal(why, "the broker at tcp://h:1 requires CURVE: give curve_broker_key "
                              "and curve_key");
     //  Without CURVE a drop is only a broker going away.

@@ -58,41 +58,42 @@ static void s_assert_format_repr(const char *expected, const char *fmt, ...)
 //  One value of every kind, with encodings of every width: the corpus for
 //  round trips and truncation.
 static const uint8_t s_every_type[] = {
-    0xdc, 0x00, 0x24,                           //  array16 of 36
-    0xc0,                                       //  nil
-    0xc2, 0xc3,                                 //  false, true
-    0x05, 0xe0,                                 //  fixint 5, -32
-    0xcc, 0xff,                                 //  uint8 255
-    0xcd, 0x01, 0x00,                           //  uint16 256
-    0xce, 0x00, 0x01, 0x00, 0x00,               //  uint32 65536
-    0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,   //  uint64 max
-    0xd0, 0x80,                                 //  int8 -128
-    0xd1, 0x80, 0x00,                           //  int16 -32768
-    0xd2, 0x80, 0x00, 0x00, 0x00,               //  int32 min
-    0xd3, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,   //  int64 min
-    0xd0, 0x07,                                 //  int8 holding 7
-    0xca, 0x3f, 0x00, 0x00, 0x00,               //  float32 0.5
-    0xcb, 0x3f, 0xf8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,   //  float64 1.5
-    0xa2, 'h', 'i',                             //  fixstr
-    0xd9, 0x01, 'a',                            //  str8
-    0xda, 0x00, 0x01, 'b',                      //  str16
-    0xdb, 0x00, 0x00, 0x00, 0x01, 'c',          //  str32
-    0xc4, 0x02, 0x00, 0xff,                     //  bin8
-    0xc5, 0x00, 0x01, 0x01,                     //  bin16
-    0xc6, 0x00, 0x00, 0x00, 0x00,               //  bin32, empty
-    0xd4, 0x01, 0xaa,                           //  fixext1
-    0xd5, 0x02, 0xaa, 0xbb,                     //  fixext2
-    0xd6, 0x03, 1, 2, 3, 4,                     //  fixext4
-    0xd7, 0x04, 1, 2, 3, 4, 5, 6, 7, 8,         //  fixext8
-    0xd8, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,    //  fixext16
-    0xc7, 0x01, 0x05, 0x42,                     //  ext8
-    0xc8, 0x00, 0x00, 0x06,                     //  ext16, empty
-    0xc9, 0x00, 0x00, 0x00, 0x01, 0x07, 0x43,   //  ext32
-    0x91, 0x90,                                 //  [[]]
-    0xdd, 0x00, 0x00, 0x00, 0x01, 0x01,         //  array32 [1]
-    0x81, 0xa1, 'k', 0x80,                      //  {'k': {}}
-    0xde, 0x00, 0x01, 0x01, 0x02,               //  map16 {1: 2}
-    0xdf, 0x00, 0x00, 0x00, 0x00,               //  map32 {}
+    0xdc, 0x00, 0x24,                                           //  array16 of 36
+    0xc0,                                                       //  nil
+    0xc2, 0xc3,                                                 //  false, true
+    0x05, 0xe0,                                                 //  fixint 5, -32
+    0xcc, 0xff,                                                 //  uint8 255
+    0xcd, 0x01, 0x00,                                           //  uint16 256
+    0xce, 0x00, 0x01, 0x00, 0x00,                               //  uint32 65536
+    0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,       //  uint64 max
+    0xd0, 0x80,                                                 //  int8 -128
+    0xd1, 0x80, 0x00,                                           //  int16 -32768
+    0xd2, 0x80, 0x00, 0x00, 0x00,                               //  int32 min
+    0xd3, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,       //  int64 min
+    0xd0, 0x07,                                                 //  int8 holding 7
+    0xca, 0x3f, 0x00, 0x00, 0x00,                               //  float32 0.5
+    0xcb, 0x3f, 0xf8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,       //  float64 1.5
+    0xa2, 'h',  'i',                                            //  fixstr
+    0xd9, 0x01, 'a',                                            //  str8
+    0xda, 0x00, 0x01, 'b',                                      //  str16
+    0xdb, 0x00, 0x00, 0x00, 0x01, 'c',                          //  str32
+    0xc4, 0x02, 0x00, 0xff,                                     //  bin8
+    0xc5, 0x00, 0x01, 0x01,                                     //  bin16
+    0xc6, 0x00, 0x00, 0x00, 0x00,                               //  bin32, empty
+    0xd4, 0x01, 0xaa,                                           //  fixext1
+    0xd5, 0x02, 0xaa, 0xbb,                                     //  fixext2
+    0xd6, 0x03, 1,    2,    3,    4,                            //  fixext4
+    0xd7, 0x04, 1,    2,    3,    4,    5,    6,    7,    8,    //  fixext8
+    0xd8, 0xff, 1,    2,    3,    4,    5,    6,    7,    8,
+    9,    10,   11,   12,   13,   14,   15,   16,    //  fixext16
+    0xc7, 0x01, 0x05, 0x42,                          //  ext8
+    0xc8, 0x00, 0x00, 0x06,                          //  ext16, empty
+    0xc9, 0x00, 0x00, 0x00, 0x01, 0x07, 0x43,        //  ext32
+    0x91, 0x90,                                      //  [[]]
+    0xdd, 0x00, 0x00, 0x00, 0x01, 0x01,              //  array32 [1]
+    0x81, 0xa1, 'k',  0x80,                          //  {'k': {}}
+    0xde, 0x00, 0x01, 0x01, 0x02,                    //  map16 {1: 2}
+    0xdf, 0x00, 0x00, 0x00, 0x00,                    //  map32 {}
 };
 
 // ---------------------------------------------------------------------------
@@ -159,7 +160,7 @@ static void test_decode_reads_every_type_and_width(void **state)
     assert_int_equal(len, 0);
     for (size_t k = 23; k <= 30; k++)
         assert_int_equal(cf_value_type(cf_value_at(root, k)), CF_TYPE_EXT);
-    assert_int_equal(cf_value_len(cf_value_at(root, 27)), 0);   //  ext bytes are not counted
+    assert_int_equal(cf_value_len(cf_value_at(root, 27)), 0);    //  ext bytes are not counted
     const cf_value_t *nested = cf_value_at(root, 31);
     assert_int_equal(cf_value_type(cf_value_at(nested, 0)), CF_TYPE_ARRAY);
     assert_int_equal(cf_value_len(cf_value_at(nested, 0)), 0);
@@ -175,7 +176,7 @@ static void test_decode_reads_every_type_and_width(void **state)
     assert_int_equal(cf_value_len(cf_value_at(root, 35)), 0);
     cf_mp_doc_destroy(&doc);
     assert_null(doc);
-    cf_mp_doc_destroy(&doc);        //  safe twice
+    cf_mp_doc_destroy(&doc);    //  safe twice
 }
 
 static void test_decode_copies_so_the_input_may_be_freed(void **state)
@@ -199,13 +200,13 @@ static void test_decode_copies_so_the_input_may_be_freed(void **state)
 static void test_strings_are_nul_terminated_and_keep_embedded_nuls(void **state)
 {
     (void)state;
-    const uint8_t data[] = {0xa3, 'a', 0, 'b'};
+    const uint8_t data[] = { 0xa3, 'a', 0, 'b' };
     cf_mp_doc_t *doc = NULL;
     assert_int_equal(cf_mp_doc_decode(data, sizeof data, &doc), CF_OK);
     size_t len;
     const char *s = cf_value_str(cf_mp_doc_root(doc), &len);
     assert_int_equal(len, 3);
-    assert_memory_equal(s, "a\0b", 4);      //  and the terminating NUL
+    assert_memory_equal(s, "a\0b", 4);    //  and the terminating NUL
     cf_mp_doc_destroy(&doc);
 }
 
@@ -216,10 +217,11 @@ static void test_write_value_copies_every_type_byte_for_byte(void **state)
     //  widths), so the copy must equal the input.
     cf_mp_writer_t w;
     cf_mp_writer_init(&w);
-    const uint8_t bin[] = {0, 1, 2};
-    assert_int_equal(s_format(&w, true, "n b b i i L U L d s y [] {} [i [s]] {s i, s {}}", 1, 0,
-                              -1, 127, INT64_MIN, UINT64_MAX, (int64_t)-40000, -2.25, "text",
-                              bin, sizeof bin, 1, "x", "a", 1, "b"), CF_OK);
+    const uint8_t bin[] = { 0, 1, 2 };
+    assert_int_equal(s_format(&w, true, "n b b i i L U L d s y [] {} [i [s]] {s i, s {}}", 1, 0, -1,
+                              127, INT64_MIN, UINT64_MAX, (int64_t)-40000, -2.25, "text", bin,
+                              sizeof bin, 1, "x", "a", 1, "b"),
+                     CF_OK);
     cf_mp_doc_t *doc = NULL;
     assert_int_equal(cf_mp_doc_decode(w.buf.data, w.buf.size, &doc), CF_OK);
     cf_mp_writer_t copy;
@@ -230,7 +232,7 @@ static void test_write_value_copies_every_type_byte_for_byte(void **state)
     cf_mp_doc_destroy(&doc);
 
     //  Ext survives too, and NULL writes nil.
-    const uint8_t ext[] = {0x92, 0xd5, 0x02, 0xaa, 0xbb, 0xc7, 0x03, 0x09, 1, 2, 3};
+    const uint8_t ext[] = { 0x92, 0xd5, 0x02, 0xaa, 0xbb, 0xc7, 0x03, 0x09, 1, 2, 3 };
     assert_int_equal(cf_mp_doc_decode(ext, sizeof ext, &doc), CF_OK);
     cf_mp_writer_reset(&copy);
     assert_int_equal(cf_mp_write_value(&copy, cf_mp_doc_root(doc)), CF_OK);
@@ -251,7 +253,7 @@ static void test_decode_rejects_the_4_gib_array_bomb_before_allocating(void **st
     //  msgpack-c reserves 4 GiB for these 5 bytes. Here the count is held
     //  against the 0 bytes that follow before anything is allocated: the
     //  answer is CF_EPROTO, never CF_ENOMEM.
-    const uint8_t bomb[] = {0xdd, 0x05, 0xf5, 0xe1, 0x00};
+    const uint8_t bomb[] = { 0xdd, 0x05, 0xf5, 0xe1, 0x00 };
     cf_mp_doc_t *doc = NULL;
     assert_int_equal(cf_mp_doc_decode(bomb, sizeof bomb, &doc), CF_EPROTO);
     assert_null(doc);
@@ -263,10 +265,10 @@ static void test_decode_rejects_the_4_gib_array_bomb_before_allocating(void **st
     assert_int_equal(count, 12345);
     assert_int_equal(r.pos, 0);
     //  The same for a map, a str and a bin claiming 4 GiB.
-    const uint8_t map_bomb[] = {0xdf, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02};
-    const uint8_t str_bomb[] = {0xdb, 0xff, 0xff, 0xff, 0xff, 'a'};
-    const uint8_t bin_bomb[] = {0xc6, 0xff, 0xff, 0xff, 0xff, 0x00};
-    const uint8_t ext_bomb[] = {0xc9, 0xff, 0xff, 0xff, 0xff, 0x01, 0x00};
+    const uint8_t map_bomb[] = { 0xdf, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02 };
+    const uint8_t str_bomb[] = { 0xdb, 0xff, 0xff, 0xff, 0xff, 'a' };
+    const uint8_t bin_bomb[] = { 0xc6, 0xff, 0xff, 0xff, 0xff, 0x00 };
+    const uint8_t ext_bomb[] = { 0xc9, 0xff, 0xff, 0xff, 0xff, 0x01, 0x00 };
     assert_int_equal(cf_mp_doc_decode(map_bomb, sizeof map_bomb, &doc), CF_EPROTO);
     assert_int_equal(cf_mp_doc_decode(str_bomb, sizeof str_bomb, &doc), CF_EPROTO);
     assert_int_equal(cf_mp_doc_decode(bin_bomb, sizeof bin_bomb, &doc), CF_EPROTO);
@@ -277,8 +279,8 @@ static void test_decode_rejects_a_count_larger_than_the_bytes_left(void **state)
 {
     (void)state;
     //  Three items announced, two present; a map of two pairs with 3 bytes.
-    const uint8_t short_array[] = {0x93, 0x01, 0x02};
-    const uint8_t short_map[] = {0x82, 0x01, 0x02, 0x03};
+    const uint8_t short_array[] = { 0x93, 0x01, 0x02 };
+    const uint8_t short_map[] = { 0x82, 0x01, 0x02, 0x03 };
     cf_mp_doc_t *doc = NULL;
     assert_int_equal(cf_mp_doc_decode(short_array, sizeof short_array, &doc), CF_EPROTO);
     assert_int_equal(cf_mp_doc_decode(short_map, sizeof short_map, &doc), CF_EPROTO);
@@ -293,7 +295,7 @@ static void test_decode_rejects_every_truncation(void **state)
     (void)state;
     for (size_t cut = 0; cut < sizeof s_every_type; cut++) {
         cf_mp_doc_t *doc = NULL;
-        uint8_t *copy = malloc(cut ? cut : 1);      //  ASan sees any overread
+        uint8_t *copy = malloc(cut ? cut : 1);    //  ASan sees any overread
         assert_non_null(copy);
         memcpy(copy, s_every_type, cut);
         assert_int_equal(cf_mp_doc_decode(copy, cut, &doc), CF_EPROTO);
@@ -331,7 +333,7 @@ static void test_decode_rejects_trailing_bytes(void **state)
     assert_int_equal(cf_mp_doc_decode(data, sizeof data, &doc), CF_EPROTO);
     assert_null(doc);
     assert_false(cf_mp_valid(data, sizeof data));
-    const uint8_t two_ints[] = {0x01, 0x02};
+    const uint8_t two_ints[] = { 0x01, 0x02 };
     assert_false(cf_mp_valid(two_ints, sizeof two_ints));
     assert_int_equal(cf_mp_doc_decode(two_ints, sizeof two_ints, &doc), CF_EPROTO);
 }
@@ -340,8 +342,8 @@ static void test_decode_rejects_empty_input_and_the_unused_byte(void **state)
 {
     (void)state;
     cf_mp_doc_t *doc = NULL;
-    const uint8_t c1[] = {0xc1};
-    const uint8_t nested_c1[] = {0x91, 0xc1};
+    const uint8_t c1[] = { 0xc1 };
+    const uint8_t nested_c1[] = { 0x91, 0xc1 };
     assert_int_equal(cf_mp_doc_decode(c1, 0, &doc), CF_EPROTO);
     assert_int_equal(cf_mp_doc_decode(NULL, 5, &doc), CF_EPROTO);
     assert_int_equal(cf_mp_doc_decode(c1, sizeof c1, &doc), CF_EPROTO);
@@ -420,7 +422,7 @@ static void test_decode_rejects_more_values_than_the_limit(void **state)
     data[4] = (uint8_t)n;
     cf_mp_doc_t *doc = NULL;
     assert_int_equal(cf_mp_doc_decode(data, size, &doc), CF_EPROTO);
-    assert_true(cf_mp_valid(data, size));      //  well-formed, just too many
+    assert_true(cf_mp_valid(data, size));    //  well-formed, just too many
     n--;
     data[4] = (uint8_t)n;
     data[3] = (uint8_t)(n >> 8);
@@ -435,7 +437,7 @@ static void test_decode_rejects_more_values_than_the_limit(void **state)
 static void test_cursor_reads_fields_and_stays_put_on_a_wrong_type(void **state)
 {
     (void)state;
-    const uint8_t data[] = {0x96, 0x2a, 0xff, 0xc3, 0xa3, 'a', 'b', 'c', 0xc4, 0x01, 0x09, 0xc0};
+    const uint8_t data[] = { 0x96, 0x2a, 0xff, 0xc3, 0xa3, 'a', 'b', 'c', 0xc4, 0x01, 0x09, 0xc0 };
     cf_mp_reader_t r;
     cf_mp_reader_init(&r, data, sizeof data);
     uint32_t count;
@@ -452,7 +454,7 @@ static void test_cursor_reads_fields_and_stays_put_on_a_wrong_type(void **state)
     assert_int_equal(cf_mp_read_str(&r, 10, &s, &len), CF_EPROTO);
     assert_int_equal(cf_mp_read_uint(&r, &u), CF_OK);
     assert_int_equal(u, 42);
-    assert_int_equal(cf_mp_read_uint(&r, &u), CF_EPROTO);             //  -1
+    assert_int_equal(cf_mp_read_uint(&r, &u), CF_EPROTO);    //  -1
     size_t before = r.pos;
     assert_int_equal(cf_mp_read_bool(&r, &b), CF_EPROTO);
     assert_int_equal(r.pos, before);
@@ -460,11 +462,11 @@ static void test_cursor_reads_fields_and_stays_put_on_a_wrong_type(void **state)
     assert_int_equal(i, -1);
     assert_int_equal(cf_mp_read_bool(&r, &b), CF_OK);
     assert_true(b);
-    assert_int_equal(cf_mp_read_str(&r, 2, &s, &len), CF_EPROTO);     //  over max_len
+    assert_int_equal(cf_mp_read_str(&r, 2, &s, &len), CF_EPROTO);    //  over max_len
     assert_int_equal(cf_mp_read_str(&r, 3, &s, &len), CF_OK);
     assert_int_equal(len, 3);
     assert_memory_equal(s, "abc", 3);
-    assert_ptr_equal(s, data + 5);          //  points into the input
+    assert_ptr_equal(s, data + 5);    //  points into the input
     assert_int_equal(cf_mp_read_bin(&r, 0, &p, &len), CF_EPROTO);
     assert_int_equal(cf_mp_read_bin(&r, 1, &p, &len), CF_OK);
     assert_int_equal(*(const uint8_t *)p, 9);
@@ -478,7 +480,7 @@ static void test_cursor_reads_fields_and_stays_put_on_a_wrong_type(void **state)
 static void test_read_int_rejects_a_uint64_beyond_int64(void **state)
 {
     (void)state;
-    const uint8_t big[] = {0xcf, 0x80, 0, 0, 0, 0, 0, 0, 0};
+    const uint8_t big[] = { 0xcf, 0x80, 0, 0, 0, 0, 0, 0, 0 };
     cf_mp_reader_t r;
     cf_mp_reader_init(&r, big, sizeof big);
     int64_t i;
@@ -491,7 +493,7 @@ static void test_read_int_rejects_a_uint64_beyond_int64(void **state)
 static void test_skip_reports_the_span_of_a_nested_value(void **state)
 {
     (void)state;
-    const uint8_t data[] = {0x92, 0x82, 0xa1, 'a', 0x91, 0x01, 0x02, 0xc0, 0x07};
+    const uint8_t data[] = { 0x92, 0x82, 0xa1, 'a', 0x91, 0x01, 0x02, 0xc0, 0x07 };
     cf_mp_reader_t r;
     cf_mp_reader_init(&r, data, sizeof data);
     uint32_t count;
@@ -508,10 +510,10 @@ static void test_skip_reports_the_span_of_a_nested_value(void **state)
 static void test_valid_array_wants_exactly_one_array(void **state)
 {
     (void)state;
-    const uint8_t array[] = {0x92, 0x01, 0x02};
-    const uint8_t array16[] = {0xdc, 0x00, 0x01, 0x01};
-    const uint8_t map[] = {0x81, 0x01, 0x02};
-    const uint8_t scalar[] = {0x01};
+    const uint8_t array[] = { 0x92, 0x01, 0x02 };
+    const uint8_t array16[] = { 0xdc, 0x00, 0x01, 0x01 };
+    const uint8_t map[] = { 0x81, 0x01, 0x02 };
+    const uint8_t scalar[] = { 0x01 };
     assert_true(cf_mp_valid_array(array, sizeof array));
     assert_true(cf_mp_valid_array(array16, sizeof array16));
     assert_false(cf_mp_valid_array(map, sizeof map));
@@ -526,7 +528,7 @@ static void test_valid_array_wants_exactly_one_array(void **state)
 static void test_accessors_answer_null_and_etype_for_the_wrong_type(void **state)
 {
     (void)state;
-    const uint8_t data[] = {0x92, 0xa1, 'x', 0x81, 0xa1, 'k', 0x01};
+    const uint8_t data[] = { 0x92, 0xa1, 'x', 0x81, 0xa1, 'k', 0x01 };
     cf_mp_doc_t *doc = NULL;
     assert_int_equal(cf_mp_doc_decode(data, sizeof data, &doc), CF_OK);
     const cf_value_t *root = cf_mp_doc_root(doc);
@@ -551,7 +553,7 @@ static void test_accessors_answer_null_and_etype_for_the_wrong_type(void **state
     assert_null(cf_value_get(root, "k"));
     assert_int_equal(cf_value_len(str), 1);
     assert_int_equal(cf_value_len(map), 1);
-    assert_int_equal(cf_value_get_double(cf_value_get(map, "k"), &d), CF_OK);   //  ints convert
+    assert_int_equal(cf_value_get_double(cf_value_get(map, "k"), &d), CF_OK);    //  ints convert
     assert_true(d == 1.0);
     //  NULL anywhere is harmless.
     assert_int_equal(cf_value_type(NULL), CF_TYPE_NIL);
@@ -608,7 +610,7 @@ static void test_repr_quotes_and_escapes_strings_like_python(void **state)
     s_assert_format_repr("'say \"hi\"'", "s", "say \"hi\"");
     s_assert_format_repr("'both \\' and \"'", "s", "both ' and \"");
     s_assert_format_repr("'a\\\\b\\n\\t\\r\\x01'", "s", "a\\b\n\t\r\x01");
-    s_assert_format_repr("'caf\xc3\xa9'", "s", "caf\xc3\xa9");     //  UTF-8 as is
+    s_assert_format_repr("'caf\xc3\xa9'", "s", "caf\xc3\xa9");    //  UTF-8 as is
 }
 
 static void test_repr_prints_floats_like_python(void **state)
@@ -636,9 +638,9 @@ static void test_repr_prints_floats_like_python(void **state)
 static void test_repr_shows_ext_like_msgpack_python(void **state)
 {
     (void)state;
-    const uint8_t ext[] = {0xd5, 0x05, 0x01, 0x41};
+    const uint8_t ext[] = { 0xd5, 0x05, 0x01, 0x41 };
     s_assert_repr(ext, sizeof ext, "ExtType(code=5, data=b'\\x01A')");
-    const uint8_t f32[] = {0xca, 0x3e, 0x80, 0x00, 0x00};
+    const uint8_t f32[] = { 0xca, 0x3e, 0x80, 0x00, 0x00 };
     s_assert_repr(f32, sizeof f32, "0.25");
 }
 
@@ -658,13 +660,13 @@ static void test_format_writes_every_letter(void **state)
     (void)state;
     cf_mp_writer_t w;
     cf_mp_writer_init(&w);
-    const uint8_t raw[] = {0x92, 0x01, 0xa1, 'r'};
-    const uint8_t v_src[] = {0x81, 0xa1, 'v', 0xc3};
+    const uint8_t raw[] = { 0x92, 0x01, 0xa1, 'r' };
+    const uint8_t v_src[] = { 0x81, 0xa1, 'v', 0xc3 };
     cf_mp_doc_t *vdoc = NULL;
     assert_int_equal(cf_mp_doc_decode(v_src, sizeof v_src, &vdoc), CF_OK);
     assert_int_equal(s_format(&w, true, "n b i l L u U d s s y v v m", 1, -7, -70000L,
-                              (int64_t)1 << 40, 4000000000u, UINT64_MAX, 0.25, "str", NULL,
-                              "by", (size_t)2, cf_mp_doc_root(vdoc), NULL, raw, sizeof raw),
+                              (int64_t)1 << 40, 4000000000u, UINT64_MAX, 0.25, "str", NULL, "by",
+                              (size_t)2, cf_mp_doc_root(vdoc), NULL, raw, sizeof raw),
                      CF_OK);
     s_assert_repr(w.buf.data, w.buf.size,
                   "[None, True, -7, -70000, 1099511627776, 4000000000, 18446744073709551615, "
@@ -717,8 +719,8 @@ static void test_format_counts_large_and_nested_containers(void **state)
     for (int k = 0; k < 39; k++)
         strcat(fmt, "[]");
     strcat(fmt, "n");
-    assert_int_equal(s_format(&w, true, fmt, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
-                              15, 16), CF_OK);
+    assert_int_equal(s_format(&w, true, fmt, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16),
+                     CF_OK);
     cf_mp_doc_t *doc = NULL;
     assert_int_equal(cf_mp_doc_decode(w.buf.data, w.buf.size, &doc), CF_OK);
     const cf_value_t *root = cf_mp_doc_root(doc);
@@ -746,8 +748,8 @@ static void s_assert_bad_format(bool as_array, const char *fmt, const char *says
     va_end(ap);
     assert_int_equal(w.buf.size, before);
     if (!strstr(cf_last_error(), says))
-        fail_msg("error for \"%s\" was \"%s\", expected it to say \"%s\"", fmt,
-                 cf_last_error(), says);
+        fail_msg("error for \"%s\" was \"%s\", expected it to say \"%s\"", fmt, cf_last_error(),
+                 says);
     cf_mp_writer_fini(&w);
 }
 
@@ -763,9 +765,9 @@ static void test_format_rejects_bad_formats_naming_the_position(void **state)
     s_assert_bad_format(false, "ii", "describes 2 values, not one");
     s_assert_bad_format(false, "", "describes 0 values, not one");
     s_assert_bad_format(true, "i y", "'y' at position 2 got NULL", 1, NULL, (size_t)3);
-    const uint8_t bad[] = {0x92, 0x01};
+    const uint8_t bad[] = { 0x92, 0x01 };
     s_assert_bad_format(true, "i m", "'m' at position 2 is not one valid", 1, bad, sizeof bad);
-    const uint8_t two[] = {0x01, 0x02};
+    const uint8_t two[] = { 0x01, 0x02 };
     s_assert_bad_format(true, "m", "'m' at position 0", two, sizeof two);
     s_assert_bad_format(true, "m", "'m' at position 0", NULL, (size_t)0);
     char deep[CF_MP_MAX_DEPTH * 2 + 3];
@@ -807,13 +809,16 @@ static void test_writer_take_hands_over_the_bytes_and_resets(void **state)
     assert_int_equal(s_format(&w, false, "s", "abc"), CF_OK);
     uint8_t *data = cf_mp_writer_take(&w, &len);
     assert_int_equal(len, 4);
-    assert_memory_equal(data, "\xa3" "abc", 4);
+    assert_memory_equal(data,
+                        "\xa3"
+                        "abc",
+                        4);
     free(data);
     assert_int_equal(w.buf.size, 0);
-    assert_int_equal(s_format(&w, false, "i", 1), CF_OK);   //  usable again
+    assert_int_equal(s_format(&w, false, "i", 1), CF_OK);    //  usable again
     assert_int_equal(w.buf.size, 1);
     cf_mp_writer_fini(&w);
-    cf_mp_writer_fini(&w);          //  fini twice is harmless
+    cf_mp_writer_fini(&w);    //  fini twice is harmless
 }
 
 //  Random bytes never crash the reader, and whatever it accepts round
@@ -848,7 +853,7 @@ static void test_random_bytes_are_rejected_or_round_trip(void **state)
         cf_mp_writer_fini(&w);
         cf_mp_doc_destroy(&doc);
     }
-    assert_true(accepted > 0);      //  the generator does reach valid input
+    assert_true(accepted > 0);    //  the generator does reach valid input
 }
 
 int main(void)

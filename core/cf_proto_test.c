@@ -62,7 +62,7 @@ static int s_teardown(void **state)
 //  makes the test independent of that).
 static void s_wait_readable(void *socket)
 {
-    zmq_pollitem_t item = {socket, 0, ZMQ_POLLIN, 0};
+    zmq_pollitem_t item = { socket, 0, ZMQ_POLLIN, 0 };
     assert_int_equal(zmq_poll(&item, 1, 5000), 1);
 }
 
@@ -88,7 +88,7 @@ static s_raw_t s_capture(s_fix_t *fix)
 {
     assert_int_equal(cf_proto_enc_send(fix->enc, fix->tx, NULL, 0), CF_OK);
     s_wait_readable(fix->rx);
-    s_raw_t raw = {{0}, NULL, 0};
+    s_raw_t raw = { { 0 }, NULL, 0 };
     zmq_msg_t part;
     for (int k = 0; k < 3; k++) {
         zmq_msg_init(&part);
@@ -112,8 +112,8 @@ static s_raw_t s_capture(s_fix_t *fix)
 }
 
 //  Decodes hand-made frames; *msg is set on success (caller destroys).
-static cf_err_t s_decode3(const char *version, const char *command, const void *body,
-                          size_t size, cf_proto_msg_t **msg)
+static cf_err_t s_decode3(const char *version, const char *command, const void *body, size_t size,
+                          cf_proto_msg_t **msg)
 {
     zmq_msg_t frames[3];
     zmq_msg_init_size(&frames[0], strlen(version));
@@ -152,10 +152,11 @@ static bool s_str_is(cf_proto_str_t s, const char *text)
 static void test_submit_round_trips_every_field(void **state)
 {
     s_fix_t *fix = *state;
-    const uint8_t args[] = {0x92, 0x01, 0xa1, 'x'};
+    const uint8_t args[] = { 0x92, 0x01, 0xa1, 'x' };
     cf_proto_enc_begin(fix->enc, CF_MSG_SUBMIT);
-    assert_int_equal(cf_proto_enc_task(fix->enc, UINT64_MAX, "square", 6, args, sizeof args,
-                                       3, 1500, CF_TASK_RETRY_ON_ERROR), CF_OK);
+    assert_int_equal(cf_proto_enc_task(fix->enc, UINT64_MAX, "square", 6, args, sizeof args, 3,
+                                       1500, CF_TASK_RETRY_ON_ERROR),
+                     CF_OK);
     assert_int_equal(cf_proto_enc_task(fix->enc, 0, "f", 1, "\x90", 1, -1, 0, 0), CF_OK);
     assert_int_equal(cf_proto_enc_count(fix->enc), 2);
     cf_proto_msg_t *msg = s_round_trip(fix);
@@ -177,7 +178,7 @@ static void test_submit_round_trips_every_field(void **state)
     assert_int_equal(t->flags, 0);
     cf_proto_msg_destroy(&msg);
     assert_null(msg);
-    cf_proto_msg_destroy(&msg);     //  safe twice
+    cf_proto_msg_destroy(&msg);    //  safe twice
 }
 
 static void test_task_round_trips_without_retries_and_flags(void **state)
@@ -188,8 +189,8 @@ static void test_task_round_trips_without_retries_and_flags(void **state)
     s_raw_t raw = s_capture(fix);
     assert_string_equal(raw.command, "TASK");
     //  [77, "slow", b"\x91\x05", 250] inside the array32 batch header.
-    const uint8_t expected[] = {0xdd, 0, 0, 0, 1, 0x94, 77, 0xa4, 's', 'l', 'o', 'w',
-                                0xc4, 0x02, 0x91, 0x05, 0xcc, 250};
+    const uint8_t expected[] = { 0xdd, 0,   0,   0,    1,    0x94, 77,   0xa4, 's',
+                                 'l',  'o', 'w', 0xc4, 0x02, 0x91, 0x05, 0xcc, 250 };
     assert_int_equal(raw.size, sizeof expected);
     assert_memory_equal(raw.body, expected, sizeof expected);
     cf_proto_msg_t *msg = NULL;
@@ -208,8 +209,9 @@ static void test_result_round_trips_every_status(void **state)
     s_fix_t *fix = *state;
     cf_proto_enc_begin(fix->enc, CF_MSG_RESULT);
     assert_int_equal(cf_proto_enc_result_ok(fix->enc, 1, "\x2a", 1), CF_OK);
-    assert_int_equal(cf_proto_enc_result_error(fix->enc, 2, "ValueError", "bad input", "parse",
-                                               "host-1", 4242), CF_OK);
+    assert_int_equal(
+        cf_proto_enc_result_error(fix->enc, 2, "ValueError", "bad input", "parse", "host-1", 4242),
+        CF_OK);
     assert_int_equal(cf_proto_enc_result_status(fix->enc, 3, CF_STATUS_CANCELLED), CF_OK);
     assert_int_equal(cf_proto_enc_result_status(fix->enc, 4, CF_STATUS_BUSY), CF_OK);
     assert_int_equal(cf_proto_enc_result_error(fix->enc, 5, "WorkerLost", NULL, NULL, NULL, -1),
@@ -240,7 +242,7 @@ static void test_result_round_trips_every_status(void **state)
 static void test_cancel_and_started_round_trip_ids(void **state)
 {
     s_fix_t *fix = *state;
-    cf_msg_type_t types[] = {CF_MSG_CANCEL, CF_MSG_STARTED};
+    cf_msg_type_t types[] = { CF_MSG_CANCEL, CF_MSG_STARTED };
     for (int k = 0; k < 2; k++) {
         cf_proto_enc_begin(fix->enc, types[k]);
         assert_int_equal(cf_proto_enc_id(fix->enc, 5), CF_OK);
@@ -292,7 +294,7 @@ static void test_single_body_messages_round_trip(void **state)
     msg = s_round_trip(fix);
     assert_int_equal(msg->type, CF_MSG_DISCONNECT);
     assert_true(s_str_is(msg->text, "client closed"));
-    assert_int_equal(msg->ref, 0);          //  DISCONNECT carries no ref
+    assert_int_equal(msg->ref, 0);    //  DISCONNECT carries no ref
     cf_proto_msg_destroy(&msg);
 
     cf_proto_enc_begin(fix->enc, CF_MSG_ERROR);
@@ -332,7 +334,7 @@ static void test_stats_request_is_an_empty_array_and_reply_a_map(void **state)
     cf_proto_msg_destroy(&msg);
 
     //  An empty map is a reply with nothing in it, not a request.
-    const uint8_t empty_map[] = {0x80};
+    const uint8_t empty_map[] = { 0x80 };
     assert_int_equal(s_decode3("cf/1", "STATS", empty_map, 1, &msg), CF_OK);
     assert_int_equal(msg->count, 0);
     cf_proto_msg_destroy(&msg);
@@ -342,18 +344,16 @@ static void test_submit_encoding_matches_the_documented_example(void **state)
 {
     //  docs/protocol.md shows these bytes: keep them in step.
     s_fix_t *fix = *state;
-    const uint8_t args[] = {0x91, 0x15};    //  [21]
+    const uint8_t args[] = { 0x91, 0x15 };    //  [21]
     cf_proto_enc_begin(fix->enc, CF_MSG_SUBMIT);
     assert_int_equal(cf_proto_enc_task(fix->enc, 0x1f2e3d4c5b6a7988ull, "slow_double", 11, args,
-                                       sizeof args, 3, 0, 0), CF_OK);
+                                       sizeof args, 3, 0, 0),
+                     CF_OK);
     s_raw_t raw = s_capture(fix);
     const uint8_t expected[] = {
-        0xdd, 0x00, 0x00, 0x00, 0x01,
-        0x96,
-        0xcf, 0x1f, 0x2e, 0x3d, 0x4c, 0x5b, 0x6a, 0x79, 0x88,
-        0xab, 's', 'l', 'o', 'w', '_', 'd', 'o', 'u', 'b', 'l', 'e',
-        0xc4, 0x02, 0x91, 0x15,
-        0x03, 0x00, 0x00,
+        0xdd, 0x00, 0x00, 0x00, 0x01, 0x96, 0xcf, 0x1f, 0x2e, 0x3d, 0x4c, 0x5b,
+        0x6a, 0x79, 0x88, 0xab, 's',  'l',  'o',  'w',  '_',  'd',  'o',  'u',
+        'b',  'l',  'e',  0xc4, 0x02, 0x91, 0x15, 0x03, 0x00, 0x00,
     };
     assert_int_equal(raw.size, sizeof expected);
     assert_memory_equal(raw.body, expected, sizeof expected);
@@ -367,7 +367,7 @@ static void test_large_bodies_travel_zero_copy_and_the_encoder_is_reused(void **
     uint8_t *args = malloc(args_len);
     assert_non_null(args);
     memset(args, 0xc0, args_len);
-    args[0] = 0xdd;                 //  an array32 of nils: a valid argument list
+    args[0] = 0xdd;    //  an array32 of nils: a valid argument list
     uint32_t n = (uint32_t)(args_len - 5);
     args[1] = (uint8_t)(n >> 24);
     args[2] = (uint8_t)(n >> 16);
@@ -376,8 +376,8 @@ static void test_large_bodies_travel_zero_copy_and_the_encoder_is_reused(void **
     for (int round = 0; round < 3; round++) {
         cf_proto_enc_begin(fix->enc, CF_MSG_SUBMIT);
         for (int k = 0; k < 3; k++)
-            assert_int_equal(cf_proto_enc_task(fix->enc, (uint64_t)k, "big", 3, args, args_len,
-                                               0, 0, 0), CF_OK);
+            assert_int_equal(
+                cf_proto_enc_task(fix->enc, (uint64_t)k, "big", 3, args, args_len, 0, 0, 0), CF_OK);
         assert_true(cf_proto_enc_size(fix->enc) > 3 * args_len);
         cf_proto_msg_t *msg = s_round_trip(fix);
         assert_int_equal(msg->count, 3);
@@ -425,16 +425,17 @@ static void test_encoder_refuses_bad_items_and_leaves_the_body_alone(void **stat
     memset(long_name, 'n', sizeof long_name);
     assert_int_equal(cf_proto_enc_task(fix->enc, 2, "", 0, "\x90", 1, 0, 0, 0), CF_EINVAL);
     assert_int_equal(cf_proto_enc_task(fix->enc, 2, NULL, 3, "\x90", 1, 0, 0, 0), CF_EINVAL);
-    assert_int_equal(cf_proto_enc_task(fix->enc, 2, long_name, CF_PROTO_MAX_NAME + 1, "\x90", 1,
-                                       0, 0, 0), CF_EINVAL);
+    assert_int_equal(
+        cf_proto_enc_task(fix->enc, 2, long_name, CF_PROTO_MAX_NAME + 1, "\x90", 1, 0, 0, 0),
+        CF_EINVAL);
     assert_int_equal(cf_proto_enc_task(fix->enc, 2, "f", 1, NULL, 4, 0, 0, 0), CF_EINVAL);
-    assert_int_equal(cf_proto_enc_id(fix->enc, 2), CF_EINVAL);            //  not a SUBMIT item
+    assert_int_equal(cf_proto_enc_id(fix->enc, 2), CF_EINVAL);    //  not a SUBMIT item
     assert_int_equal(cf_proto_enc_result_ok(fix->enc, 2, "\xc0", 1), CF_EINVAL);
     assert_int_equal(cf_proto_enc_stat(fix->enc, "x", 1), CF_EINVAL);
     assert_int_equal(cf_proto_enc_size(fix->enc), size);
     assert_int_equal(cf_proto_enc_count(fix->enc), 1);
-    assert_int_equal(cf_proto_enc_task(fix->enc, 2, long_name, CF_PROTO_MAX_NAME, "\x90", 1,
-                                       0, 0, 0), CF_OK);
+    assert_int_equal(
+        cf_proto_enc_task(fix->enc, 2, long_name, CF_PROTO_MAX_NAME, "\x90", 1, 0, 0, 0), CF_OK);
 
     cf_proto_enc_begin(fix->enc, CF_MSG_RESULT);
     assert_int_equal(cf_proto_enc_result_ok(fix->enc, 1, NULL, 0), CF_EINVAL);
@@ -474,11 +475,10 @@ static void test_encoder_stops_a_batch_at_the_frame_limit(void **state)
     cf_proto_enc_begin(fix->enc, CF_MSG_SUBMIT);
     assert_int_equal(cf_proto_enc_task(fix->enc, 1, "f", 1, args, args_len, 0, 0, 0), CF_OK);
     size_t size = cf_proto_enc_size(fix->enc);
-    assert_int_equal(cf_proto_enc_task(fix->enc, 2, "f", 1, args, args_len, 0, 0, 0),
-                     CF_ETOOBIG);
+    assert_int_equal(cf_proto_enc_task(fix->enc, 2, "f", 1, args, args_len, 0, 0, 0), CF_ETOOBIG);
     assert_int_equal(cf_proto_enc_size(fix->enc), size);
-    assert_int_equal(cf_proto_enc_task(fix->enc, 2, "f", 1, args, CF_PROTO_MAX_FRAME + 1,
-                                       0, 0, 0), CF_ETOOBIG);
+    assert_int_equal(cf_proto_enc_task(fix->enc, 2, "f", 1, args, CF_PROTO_MAX_FRAME + 1, 0, 0, 0),
+                     CF_ETOOBIG);
     assert_int_equal(cf_proto_enc_count(fix->enc), 1);
     free(args);
 }
@@ -504,14 +504,13 @@ static void test_encoder_cuts_long_texts_at_a_utf8_boundary(void **state)
     cf_proto_enc_begin(fix->enc, CF_MSG_RESULT);
     assert_int_equal(cf_proto_enc_result_error(fix->enc, 1, "ValueError", message, "f", "h", 1),
                      CF_OK);
-    assert_int_equal(cf_proto_enc_result_error(fix->enc, 2, "ValueError", odd, "f", "h", 1),
-                     CF_OK);
+    assert_int_equal(cf_proto_enc_result_error(fix->enc, 2, "ValueError", odd, "f", "h", 1), CF_OK);
     cf_proto_msg_t *msg = s_round_trip(fix);
     cf_proto_str_t m = msg->results[0].error.message;
     assert_int_equal(m.len, CF_PROTO_MAX_TEXT);
     assert_memory_equal(m.ptr, message, m.len);
     m = msg->results[1].error.message;
-    assert_int_equal(m.len, CF_PROTO_MAX_TEXT - 1);     //  'x' and 2047 whole characters
+    assert_int_equal(m.len, CF_PROTO_MAX_TEXT - 1);    //  'x' and 2047 whole characters
     assert_int_equal((uint8_t)m.ptr[m.len - 1], 0xa9);
     cf_proto_msg_destroy(&msg);
 
@@ -543,8 +542,8 @@ static void test_send_refuses_a_message_never_filled_in(void **state)
 static void test_decode_rejects_the_wrong_version_frame(void **state)
 {
     (void)state;
-    const uint8_t body[] = {0x91, 0x01};
-    const char *versions[] = {"cf/2", "cf/", "cf/10", "", "CF/1", "cf/1 "};
+    const uint8_t body[] = { 0x91, 0x01 };
+    const char *versions[] = { "cf/2", "cf/", "cf/10", "", "CF/1", "cf/1 " };
     for (size_t k = 0; k < sizeof versions / sizeof versions[0]; k++) {
         cf_proto_msg_t *msg = NULL;
         assert_int_equal(s_decode3(versions[k], "CREDIT", body, sizeof body, &msg), CF_EPROTO);
@@ -558,8 +557,8 @@ static void test_decode_rejects_the_wrong_version_frame(void **state)
 static void test_decode_rejects_unknown_commands(void **state)
 {
     (void)state;
-    const uint8_t body[] = {0x91, 0x01};
-    const char *commands[] = {"credit", "CREDITS", "CREDI", "", "NOPE", "$TERM"};
+    const uint8_t body[] = { 0x91, 0x01 };
+    const char *commands[] = { "credit", "CREDITS", "CREDI", "", "NOPE", "$TERM" };
     for (size_t k = 0; k < sizeof commands / sizeof commands[0]; k++)
         assert_int_equal(s_decode(commands[k], body, sizeof body), CF_EPROTO);
 }
@@ -622,7 +621,7 @@ static void test_decode_rejects_oversized_counts(void **state)
     free(body);
 
     //  4 billion tasks announced in 5 bytes: refused before any allocation.
-    const uint8_t bomb[] = {0xdd, 0xff, 0xff, 0xff, 0xff};
+    const uint8_t bomb[] = { 0xdd, 0xff, 0xff, 0xff, 0xff };
     assert_int_equal(s_decode("SUBMIT", bomb, sizeof bomb), CF_EPROTO);
     //  1000 tasks announced, bytes for a few: each task takes >= 9 bytes.
     uint8_t few[5 + 100];
@@ -653,30 +652,43 @@ typedef struct {
     size_t size;
 } s_bad_t;
 
-#define BAD(cmd, why, ...) {cmd, why, {__VA_ARGS__}, sizeof((uint8_t[]){__VA_ARGS__})}
+#define BAD(cmd, why, ...) \
+    { \
+        cmd, why, { __VA_ARGS__ }, sizeof((uint8_t[]){ __VA_ARGS__ }) \
+    }
 
 static const s_bad_t s_bad[] = {
     //  SUBMIT: [[id, function, args, retries, timeout_ms, flags]]
     BAD("SUBMIT", "good", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00),
-    BAD("SUBMIT", "body not an array", 0x81, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00),
-    BAD("SUBMIT", "task not an array", 0x91, 0x86, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00),
+    BAD("SUBMIT", "body not an array", 0x81, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00,
+        0x00),
+    BAD("SUBMIT", "task not an array", 0x91, 0x86, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00,
+        0x00),
     BAD("SUBMIT", "five fields", 0x91, 0x95, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00),
-    BAD("SUBMIT", "seven fields", 0x91, 0x97, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00, 0x00),
+    BAD("SUBMIT", "seven fields", 0x91, 0x97, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00,
+        0x00),
     BAD("SUBMIT", "id a str", 0x91, 0x96, 0xa1, '1', 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00),
     BAD("SUBMIT", "id negative", 0x91, 0x96, 0xff, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00),
-    BAD("SUBMIT", "function a bin", 0x91, 0x96, 0x01, 0xc4, 0x01, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00),
+    BAD("SUBMIT", "function a bin", 0x91, 0x96, 0x01, 0xc4, 0x01, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00,
+        0x00),
     BAD("SUBMIT", "function empty", 0x91, 0x96, 0x01, 0xa0, 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00),
     BAD("SUBMIT", "args a str", 0x91, 0x96, 0x01, 0xa1, 'f', 0xa1, 0x90, 0x00, 0x00, 0x00),
     BAD("SUBMIT", "args nil", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc0, 0x00, 0x00, 0x00),
-    BAD("SUBMIT", "retries a float", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0xca, 0, 0, 0, 0, 0x00, 0x00),
-    BAD("SUBMIT", "retries over int32", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0xce, 0x80, 0, 0, 0, 0x00, 0x00),
-    BAD("SUBMIT", "timeout negative", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0xff, 0x00),
-    BAD("SUBMIT", "timeout over uint32", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0xcf, 0, 0, 0, 1, 0, 0, 0, 0, 0x00),
+    BAD("SUBMIT", "retries a float", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0xca, 0, 0, 0,
+        0, 0x00, 0x00),
+    BAD("SUBMIT", "retries over int32", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0xce, 0x80,
+        0, 0, 0, 0x00, 0x00),
+    BAD("SUBMIT", "timeout negative", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0xff,
+        0x00),
+    BAD("SUBMIT", "timeout over uint32", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0xcf,
+        0, 0, 0, 1, 0, 0, 0, 0, 0x00),
     BAD("SUBMIT", "flags a bool", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0xc3),
-    BAD("SUBMIT", "args bin truncated", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x09, 0x90, 0x00, 0x00, 0x00),
+    BAD("SUBMIT", "args bin truncated", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x09, 0x90, 0x00, 0x00,
+        0x00),
     //  TASK: [[id, function, args, timeout_ms]]
     BAD("TASK", "good", 0x91, 0x94, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00),
-    BAD("TASK", "six fields (a SUBMIT task)", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00),
+    BAD("TASK", "six fields (a SUBMIT task)", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00,
+        0x00, 0x00),
     BAD("TASK", "timeout a str", 0x91, 0x94, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0xa0),
     //  RESULT
     BAD("RESULT", "good ok", 0x91, 0x93, 0x01, 0x00, 0xc4, 0x01, 0xc0),
@@ -690,10 +702,13 @@ static const s_bad_t s_bad[] = {
     BAD("RESULT", "ok value not bin", 0x91, 0x93, 0x01, 0x00, 0xc0),
     BAD("RESULT", "cancelled with a value", 0x91, 0x93, 0x01, 0x02, 0xc4, 0x01, 0xc0),
     BAD("RESULT", "four fields", 0x91, 0x94, 0x01, 0x00, 0xc4, 0x01, 0xc0, 0xc0),
-    BAD("RESULT", "error with four fields", 0x91, 0x93, 0x01, 0x01, 0x94, 0xa1, 'E', 0xa0, 0xa0, 0xa0),
+    BAD("RESULT", "error with four fields", 0x91, 0x93, 0x01, 0x01, 0x94, 0xa1, 'E', 0xa0, 0xa0,
+        0xa0),
     BAD("RESULT", "error type empty", 0x91, 0x93, 0x01, 0x01, 0x95, 0xa0, 0xa0, 0xa0, 0xa0, 0x00),
-    BAD("RESULT", "error message nil", 0x91, 0x93, 0x01, 0x01, 0x95, 0xa1, 'E', 0xc0, 0xa0, 0xa0, 0x00),
-    BAD("RESULT", "error pid over int32", 0x91, 0x93, 0x01, 0x01, 0x95, 0xa1, 'E', 0xa0, 0xa0, 0xa0, 0xce, 0x80, 0, 0, 0),
+    BAD("RESULT", "error message nil", 0x91, 0x93, 0x01, 0x01, 0x95, 0xa1, 'E', 0xc0, 0xa0, 0xa0,
+        0x00),
+    BAD("RESULT", "error pid over int32", 0x91, 0x93, 0x01, 0x01, 0x95, 0xa1, 'E', 0xa0, 0xa0, 0xa0,
+        0xce, 0x80, 0, 0, 0),
     BAD("RESULT", "error not an array", 0x91, 0x93, 0x01, 0x01, 0xa1, 'E'),
     //  CANCEL, STARTED
     BAD("CANCEL", "good", 0x92, 0x01, 0x02),
@@ -791,7 +806,7 @@ static void test_decode_rejects_limits_plus_one(void **state)
         memset(body + pos, 't', text);
         pos += text;
         assert_int_equal(s_decode("ERROR", body, pos), over ? CF_EPROTO : CF_OK);
-        body[0] = 0x91;             //  the same text as a DISCONNECT reason
+        body[0] = 0x91;    //  the same text as a DISCONNECT reason
         memmove(body + 1, body + 2, pos - 2);
         assert_int_equal(s_decode("DISCONNECT", body, pos - 1), over ? CF_EPROTO : CF_OK);
     }
@@ -810,9 +825,9 @@ static size_t s_samples(s_fix_t *fix, s_sample_t *out)
 {
     size_t n = 0;
     s_raw_t raw;
-#define S_TAKE() (raw = s_capture(fix), \
-                  out[n].command = cf_proto_command_name(s_command_of(raw.command)), \
-                  out[n].body = raw.body, out[n].size = raw.size, n++)
+#define S_TAKE() \
+    (raw = s_capture(fix), out[n].command = cf_proto_command_name(s_command_of(raw.command)), \
+     out[n].body = raw.body, out[n].size = raw.size, n++)
     cf_proto_enc_t *enc = fix->enc;
     cf_proto_enc_begin(enc, CF_MSG_SUBMIT);
     cf_proto_enc_task(enc, 1, "alpha", 5, "\x92\x01\xa1x", 4, 3, 1000, 1);
@@ -887,8 +902,8 @@ static void s_assert_inside(const cf_proto_msg_t *msg, const void *lo, size_t si
 {
     const uint8_t *start = lo;
     const uint8_t *end = start + size;
-#define INSIDE(p, n) assert_true((n) == 0 || ((const uint8_t *)(p) >= start \
-                                             && (const uint8_t *)(p) + (n) <= end))
+#define INSIDE(p, n) \
+    assert_true((n) == 0 || ((const uint8_t *)(p) >= start && (const uint8_t *)(p) + (n) <= end))
     for (size_t k = 0; k < msg->count; k++) {
         if (msg->tasks) {
             INSIDE(msg->tasks[k].function.ptr, msg->tasks[k].function.len);
@@ -928,23 +943,23 @@ static void test_mutated_and_random_frames_never_crash_the_decoder(void **state)
         size_t size = sample->size;
         memcpy(buf, sample->body, size);
         int how = (int)(s_rand(&seed) % 4);
-        if (how == 0) {             //  flip a few bytes
+        if (how == 0) {    //  flip a few bytes
             int flips = 1 + (int)(s_rand(&seed) % 3);
             for (int f = 0; f < flips; f++)
                 buf[s_rand(&seed) % size] = (uint8_t)s_rand(&seed);
         }
-        else if (how == 1) {        //  insert a byte
+        else if (how == 1) {    //  insert a byte
             size_t at = s_rand(&seed) % (size + 1);
             memmove(buf + at + 1, buf + at, size - at);
             buf[at] = (uint8_t)s_rand(&seed);
             size++;
         }
-        else if (how == 2) {        //  drop a byte
+        else if (how == 2) {    //  drop a byte
             size_t at = s_rand(&seed) % size;
             memmove(buf + at, buf + at + 1, size - at - 1);
             size--;
         }
-        else {                      //  pure noise
+        else {    //  pure noise
             size = 1 + s_rand(&seed) % 64;
             for (size_t k = 0; k < size; k++)
                 buf[k] = (uint8_t)s_rand(&seed);
@@ -1082,8 +1097,8 @@ static void test_recv_drains_and_rejects_a_message_with_too_many_frames(void **s
     s_pair_t p;
     s_pair_open(&p, "inproc://cf-proto-frames");
     //  The routing id counts: 7 + 1 fits, 8 + 1 does not; 1000 never could.
-    int sizes[] = {CF_PROTO_MAX_FRAMES, 1000, CF_PROTO_MAX_FRAMES - 1};
-    cf_err_t expected[] = {CF_EPROTO, CF_EPROTO, CF_EPROTO};
+    int sizes[] = { CF_PROTO_MAX_FRAMES, 1000, CF_PROTO_MAX_FRAMES - 1 };
+    cf_err_t expected[] = { CF_EPROTO, CF_EPROTO, CF_EPROTO };
     for (int k = 0; k < 3; k++) {
         s_send_frames(p.dealer, sizes[k]);
         s_wait_readable(p.router);
@@ -1091,7 +1106,7 @@ static void test_recv_drains_and_rejects_a_message_with_too_many_frames(void **s
         cf_proto_msg_t *msg = NULL;
         assert_int_equal(cf_proto_recv(p.router, true, &rid, &msg), expected[k]);
         assert_null(msg);
-        assert_memory_equal(zmq_msg_data(&rid), "peer-1", 6);     //  known: answerable
+        assert_memory_equal(zmq_msg_data(&rid), "peer-1", 6);    //  known: answerable
         zmq_msg_close(&rid);
     }
     //  After all that, the stream is in step: a good message decodes.
@@ -1176,14 +1191,14 @@ static void test_command_names_cover_every_type_and_nothing_else(void **state)
 static void test_str_helpers_copy_cut_and_compare(void **state)
 {
     (void)state;
-    cf_proto_str_t s = {"abcdef", 6};
+    cf_proto_str_t s = { "abcdef", 6 };
     char small[4];
     assert_int_equal(cf_proto_str_copy(s, small, sizeof small), 3);
     assert_string_equal(small, "abc");
     char *dup = cf_proto_str_dup(s);
     assert_string_equal(dup, "abcdef");
     free(dup);
-    cf_proto_str_t empty = {NULL, 0};
+    cf_proto_str_t empty = { NULL, 0 };
     dup = cf_proto_str_dup(empty);
     assert_string_equal(dup, "");
     free(dup);

@@ -13,8 +13,8 @@
 #include <cmocka.h>
 
 typedef struct {
-    int owner;                  //  which queue it was pushed to
-    int seq;                    //  order within its owner
+    int owner;    //  which queue it was pushed to
+    int seq;      //  order within its owner
     cf_queue_node_t node;
 } s_item_t;
 
@@ -113,7 +113,7 @@ static void test_rotate_moves_the_front_to_the_back(void **state)
     (void)state;
     cf_queue_t queue;
     cf_queue_init(&queue);
-    cf_queue_rotate(&queue);        //  empty: nothing happens
+    cf_queue_rotate(&queue);    //  empty: nothing happens
     s_item_t items[3];
     s_items_init(items, 3, 0);
     for (int i = 0; i < 3; i++)
@@ -180,7 +180,7 @@ static void test_round_robin_never_lets_a_queue_wait_more_than_a_round(void **st
     s_item_t *items = calloc(ITEMS, sizeof *items);
     assert_non_null(items);
     int pushed[QUEUES] = { 0 }, popped[QUEUES] = { 0 };
-    int waited[QUEUES] = { 0 };     //  pops of others while this queue had items
+    int waited[QUEUES] = { 0 };    //  pops of others while this queue had items
     unsigned seed = 12345;
     int next = 0;
     while (next < ITEMS || cf_queue_rr_size(&rr) > 0) {

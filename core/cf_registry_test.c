@@ -153,7 +153,7 @@ CF_TASK(t_bool);
 static void t_str(cf_call_t *call)
 {
     const char *s = cf_arg_str(call, 0);
-    assert_non_null(s);         //  "" on error, never NULL
+    assert_non_null(s);    //  "" on error, never NULL
     cf_return_str(call, s);
 }
 CF_TASK(t_str);
@@ -203,8 +203,8 @@ static void t_raise_twice(cf_call_t *call)
     cf_raise(call, "ValueError", "first %d", 1);
     cf_raise(call, "KeyError", "second");
     assert_true(cf_failed(call));
-    cf_return_int(call, 2);     //  ignored
-    (void)cf_arg_str(call, 5);  //  a failing getter after a raise changes nothing
+    cf_return_int(call, 2);       //  ignored
+    (void)cf_arg_str(call, 5);    //  a failing getter after a raise changes nothing
 }
 CF_TASK(t_raise_twice);
 
@@ -226,8 +226,8 @@ CF_TASK(t_nothing);
 static void t_returns(cf_call_t *call)
 {
     const char *kind = cf_arg_str(call, 0);
-    static const uint8_t raw[] = {0x92, 0x01, 0xa1, 'x'};   //  [1, "x"]
-    static const uint8_t bad_raw[] = {0x92, 0x01};         //  truncated
+    static const uint8_t raw[] = { 0x92, 0x01, 0xa1, 'x' };    //  [1, "x"]
+    static const uint8_t bad_raw[] = { 0x92, 0x01 };           //  truncated
     if (!strcmp(kind, "nil"))
         cf_return_nil(call);
     else if (!strcmp(kind, "str_null"))
@@ -313,7 +313,7 @@ static void test_register_rejects_bad_names(void **state)
     assert_int_equal(cf_task_register(long_name, s_noop), CF_EINVAL);
     assert_int_equal(cf_task_register("cf.chunk", s_noop), CF_EINVAL);
     assert_int_equal(cf_task_register("cf.mine", s_noop), CF_EINVAL);
-    long_name[255] = '\0';     //  255 bytes: the longest allowed
+    long_name[255] = '\0';    //  255 bytes: the longest allowed
     assert_int_equal(cf_task_register(long_name, s_noop), CF_OK);
     assert_ptr_equal(cf_registry_find(long_name, 255), s_noop);
 }
@@ -390,7 +390,7 @@ static void test_lookups_run_during_registrations(void **state)
         snprintf(name, sizeof name, "race_%d", i);
         assert_int_equal(cf_task_register(name, s_noop), CF_OK);
         if (i % 100 == 0)
-            assert_int_equal(cf_task_register("t_str", t_str), CF_OK);   //  replaced
+            assert_int_equal(cf_task_register("t_str", t_str), CF_OK);    //  replaced
     }
     //  Let the readers run at least once each after the last change.
     while (atomic_load(&race.lookups) < 100)
@@ -571,7 +571,8 @@ static void test_every_return_kind(void **state)
     assert_memory_equal(o.value, "\x92\x01\xa1x", 4);
     cf_outcome_fini(&o);
     o = s_run("t_returns", "s", "bad_raw");
-    s_expect_error(&o, "ValueError", "t_returns(): cf_return_raw: not exactly one well-formed "
+    s_expect_error(&o, "ValueError",
+                   "t_returns(): cf_return_raw: not exactly one well-formed "
                    "msgpack value");
 
     o = s_run("t_returns", "s", "last_wins");
@@ -609,12 +610,12 @@ static void test_malformed_arguments_are_a_protocol_error(void **state)
         const char *bytes;
         size_t len;
     } cases[] = {
-        {"\x92\x01", 2},            //  truncated array
-        {"\x91\x01\x02", 3},        //  trailing byte
-        {"\x05", 1},                //  not an array
-        {"\xc1", 1},                //  never-used type byte
-        {"\xdd\x05\xf5\xe1\x00", 5},    //  array of 100 million with no items
-        {"", 0},
+        { "\x92\x01", 2 },                //  truncated array
+        { "\x91\x01\x02", 3 },            //  trailing byte
+        { "\x05", 1 },                    //  not an array
+        { "\xc1", 1 },                    //  never-used type byte
+        { "\xdd\x05\xf5\xe1\x00", 5 },    //  array of 100 million with no items
+        { "", 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         cf_outcome_t o;
@@ -624,7 +625,7 @@ static void test_malformed_arguments_are_a_protocol_error(void **state)
     cf_outcome_t o;
     assert_int_equal(cf_registry_run("t_int", 5, NULL, 4, &o), CF_OK);
     s_expect_error(&o, "ProtocolError", NULL);
-    o = s_run("t_int", "i", 1);     //  and the next run is fine
+    o = s_run("t_int", "i", 1);    //  and the next run is fine
     s_expect_int(&o, 1);
 }
 
@@ -654,7 +655,9 @@ static void test_chunk_runs_each_input_and_isolates_failures(void **state)
                          "[1, 'TypeError', 't_fail_on_odd() argument 0: expected int, got str', "
                          "%s], [0, 40], "
                          "[1, 'TypeError', 't_fail_on_odd() input 4 of the chunk: arguments must "
-                         "be an array, got int', %s]]", where, where, where) < (int)sizeof expected);
+                         "be an array, got int', %s]]",
+                         where, where, where)
+                < (int)sizeof expected);
     s_expect_repr(&o, expected);
 }
 
@@ -709,7 +712,7 @@ static void test_load_of_a_library_without_tasks_is_refused(void **state)
     //  libz is a dependency of nothing here and registers nothing.
     cf_err_t rc = cf_registry_load("libz.so.1");
     if (rc == CF_ENOTFOUND)
-        skip();                 //  not installed on this machine
+        skip();    //  not installed on this machine
     assert_int_equal(rc, CF_EINVAL);
     assert_non_null(strstr(cf_last_error(), "registered no tasks"));
 }

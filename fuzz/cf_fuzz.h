@@ -14,18 +14,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#define CF_FUZZ_CHECK(cond)                                                             \
-    do {                                                                                \
-        if (!(cond)) {                                                                  \
-            fprintf(stderr, "%s:%d: fuzz property broken: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                             \
-            abort();                                                                    \
-        }                                                                               \
+#define CF_FUZZ_CHECK(cond) \
+    do { \
+        if (!(cond)) { \
+            fprintf(stderr, "%s:%d: fuzz property broken: %s\n", __FILE__, __LINE__, #cond); \
+            abort(); \
+        } \
     } while (0)
 
 //  Splits data into at most max frames: *count, and (ptr, len) of each.
-static inline void cf_fuzz_split(const uint8_t *data, size_t size, size_t max,
-                                 const uint8_t **ptr, size_t *len, size_t *count)
+static inline void cf_fuzz_split(const uint8_t *data, size_t size, size_t max, const uint8_t **ptr,
+                                 size_t *len, size_t *count)
 {
     *count = 0;
     if (size == 0)

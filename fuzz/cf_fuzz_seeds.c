@@ -144,8 +144,8 @@ int main(int argc, char **argv)
 
     cf_proto_enc_begin(enc, CF_MSG_SUBMIT);
     cf_proto_enc_task(enc, 0x1234567890ull, "square", 6, args.buf.data, args.buf.size, 3, 0, 0);
-    cf_proto_enc_task(enc, 0x1234567891ull, "cf.chunk", 8, chunk.buf.data, chunk.buf.size, -1,
-                      5000, CF_TASK_RETRY_ON_ERROR);
+    cf_proto_enc_task(enc, 0x1234567891ull, "cf.chunk", 8, chunk.buf.data, chunk.buf.size, -1, 5000,
+                      CF_TASK_RETRY_ON_ERROR);
     s_capture(enc, "submit");
     cf_proto_enc_begin(enc, CF_MSG_TASK);
     cf_proto_enc_task(enc, 7, "sleep_ms", 8, args.buf.data, args.buf.size, 0, 100, 0);

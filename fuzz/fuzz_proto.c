@@ -57,10 +57,9 @@ static bool s_encode(const cf_proto_msg_t *msg)
                 char *message = cf_proto_str_dup(r->error.message);
                 char *function = cf_proto_str_dup(r->error.function);
                 char *host = cf_proto_str_dup(r->error.host);
-                rc = type && message && function && host
-                         ? cf_proto_enc_result_error(s_enc, r->id, type, message, function,
-                                                     host, r->error.pid)
-                         : CF_ENOMEM;
+                rc = type && message && function && host ? cf_proto_enc_result_error(
+                         s_enc, r->id, type, message, function, host, r->error.pid)
+                                                         : CF_ENOMEM;
                 free(type);
                 free(message);
                 free(function);

@@ -102,9 +102,9 @@ static void s_start(s_env_t *env, int threads, size_t max_queued)
     s_start_broker(env, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", max_queued);
     s_start_worker(env, threads);
     env->ex = cf_executor_new(CF_REMOTE, &(cf_options_t){
-        .endpoint = env->client_endpoint,
-        .heartbeat_ivl_ms = S_IVL_MS,
-    });
+                                             .endpoint = env->client_endpoint,
+                                             .heartbeat_ivl_ms = S_IVL_MS,
+                                         });
     if (!env->ex)
         fail_msg("cf_executor_new: %s", cf_last_error());
 }
@@ -166,7 +166,7 @@ static void test_task_error_keeps_type_message_and_origin(void **state)
     const cf_task_error_t *e = cf_unitkit_expect_task_error(f, 20000, "ValueError");
     assert_string_equal(e->message, "bad value 7");
     assert_string_equal(e->function, "t_fail");
-    assert_int_equal(e->pid, getpid());     //  the worker runs in this process
+    assert_int_equal(e->pid, getpid());    //  the worker runs in this process
     assert_non_null(e->host);
     cf_future_release(&f);
     s_stop(&env);
@@ -290,7 +290,7 @@ static void test_busy_broker_pushes_back_and_every_task_still_finishes(void **st
     (void)state;
     enum { N = 600 };
     s_env_t env;
-    s_start(&env, 2, 4);        //  the broker queues 4 tasks at most
+    s_start(&env, 2, 4);    //  the broker queues 4 tasks at most
     cf_future_t *fs[N];
     for (int i = 0; i < N; i++) {
         fs[i] = cf_submit(env.ex, "t_add", "ii", i, 3);
@@ -349,10 +349,10 @@ typedef enum { S_FAKE_UNKNOWN_CLIENT, S_FAKE_NEW_BOOT } s_fake_mode_t;
 
 typedef struct {
     s_fake_mode_t mode;
-    cf_fakebroker_t broker;     //  its ROUTER and encoder, used by the thread only
-    cf_idmap_t *seen;           //  id -> (void *)1 once seen
+    cf_fakebroker_t broker;    //  its ROUTER and encoder, used by the thread only
+    cf_idmap_t *seen;          //  id -> (void *)1 once seen
     uint64_t boot;
-    int resubmitted;            //  ids seen a second time
+    int resubmitted;    //  ids seen a second time
     atomic_bool stop;
     pthread_t thread;
 } s_fake_t;
@@ -380,14 +380,13 @@ static void *s_fake_run(void *arg)
     void *router = fake->broker.router;
     cf_proto_enc_t *enc = fake->broker.enc;
     while (!atomic_load(&fake->stop)) {
-        zmq_pollitem_t item = {router, 0, ZMQ_POLLIN, 0};
+        zmq_pollitem_t item = { router, 0, ZMQ_POLLIN, 0 };
         if (zmq_poll(&item, 1, 20) <= 0)
             continue;
         zmq_msg_t rid;
         zmq_msg_init(&rid);
         cf_proto_msg_t *msg = NULL;
-        if (cf_proto_recv(router, true, &rid, &msg) == CF_OK
-            && msg->type == CF_MSG_SUBMIT) {
+        if (cf_proto_recv(router, true, &rid, &msg) == CF_OK && msg->type == CF_MSG_SUBMIT) {
             const void *id = zmq_msg_data(&rid);
             size_t id_len = zmq_msg_size(&rid);
             bool fresh = false;
@@ -438,8 +437,8 @@ static void s_expect_resubmission(s_fake_mode_t mode)
     enum { N = 5 };
     s_fake_t fake;
     s_fake_start(&fake, mode);
-    cf_executor_t *ex =
-        cf_executor_new(CF_REMOTE, &(cf_options_t){.endpoint = fake.broker.endpoint});
+    cf_executor_t *ex = cf_executor_new(CF_REMOTE,
+                                        &(cf_options_t){ .endpoint = fake.broker.endpoint });
     assert_non_null(ex);
     cf_future_t *fs[N];
     for (int i = 0; i < N; i++)
@@ -473,8 +472,8 @@ static cf_future_t *s_submit_direct(void *client, const char *fn, int64_t x)
 {
     uint8_t args[16];
     size_t len = 0;
-    args[len++] = 0x91;                 //  array of one
-    args[len++] = 0xd3;                 //  int64, big-endian
+    args[len++] = 0x91;    //  array of one
+    args[len++] = 0xd3;    //  int64, big-endian
     for (int shift = 56; shift >= 0; shift -= 8)
         args[len++] = (uint8_t)((uint64_t)x >> shift);
     cf_task_t *task = cf_task_new(fn, strlen(fn), args, len);
@@ -492,12 +491,12 @@ static cf_future_t *s_submit_direct(void *client, const char *fn, int64_t x)
 //  with n tasks t_add(i) submitted through the back end.
 static void *s_client_of_a_gone_broker(cf_future_t **fs, int n)
 {
-    s_env_t env = {0};
+    s_env_t env = { 0 };
     s_start_broker(&env, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", 0);
     char gone[128];
     snprintf(gone, sizeof gone, "%s", env.client_endpoint);
     cf_broker_destroy(&env.broker);
-    void *client = cf_client_new(&(cf_client_config_t){.endpoint = gone});
+    void *client = cf_client_new(&(cf_client_config_t){ .endpoint = gone });
     assert_non_null(client);
     for (int i = 0; i < n; i++)
         fs[i] = s_submit_direct(client, "t_add", i);
@@ -543,11 +542,11 @@ static void test_cancel_does_not_wait_for_an_unreachable_broker(void **state)
 static void test_destroy_fails_a_started_task(void **state)
 {
     (void)state;
-    s_env_t env = {0};
+    s_env_t env = { 0 };
     s_start_broker(&env, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", 0);
     s_start_worker(&env, 1);
-    void *client = cf_client_new(&(cf_client_config_t){
-        .endpoint = env.client_endpoint, .heartbeat_ivl_ms = S_IVL_MS});
+    void *client = cf_client_new(
+        &(cf_client_config_t){ .endpoint = env.client_endpoint, .heartbeat_ivl_ms = S_IVL_MS });
     assert_non_null(client);
     cf_unitkit_gate_close();
     cf_future_t *f = s_submit_direct(client, "t_gate", 9);
@@ -568,11 +567,11 @@ static void test_destroy_fails_a_started_task(void **state)
 static void test_new_rejects_a_bad_endpoint(void **state)
 {
     (void)state;
-    assert_null(cf_client_new(&(cf_client_config_t){.endpoint = NULL}));
+    assert_null(cf_client_new(&(cf_client_config_t){ .endpoint = NULL }));
     assert_int_equal(cf_last_err(), CF_EINVAL);
-    assert_null(cf_client_new(&(cf_client_config_t){.endpoint = "nonsense"}));
+    assert_null(cf_client_new(&(cf_client_config_t){ .endpoint = "nonsense" }));
     assert_int_equal(cf_last_err(), CF_EINVAL);
-    assert_null(cf_executor_new(CF_REMOTE, &(cf_options_t){.endpoint = "tcp://"}));
+    assert_null(cf_executor_new(CF_REMOTE, &(cf_options_t){ .endpoint = "tcp://" }));
 }
 
 int main(void)

@@ -74,7 +74,7 @@ static const int64_t s_zero_to_nine[10] = { 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 };
 typedef struct {
     size_t asked;
     size_t limit;
-    size_t fail_at;                 //  return -1 here (0: never)
+    size_t fail_at;    //  return -1 here (0: never)
 } s_counter_t;
 
 static int s_counting_source(void *state, size_t index, cf_args_t *args)
@@ -137,7 +137,7 @@ static void test_inputs_are_pulled_only_as_the_window_allows(void **state)
 {
     (void)state;
     cf_executor_t *ex = s_threads(2);
-    s_counter_t counter = {0};
+    s_counter_t counter = { 0 };
     cf_map_t *map = s_map_counted(ex, "twice", &counter, &(cf_map_opts_t){ .window = 4 });
     assert_true(counter.asked <= 4);
     s_expect_ints(map, 3, 2);
@@ -152,7 +152,7 @@ static void test_an_endless_source_runs_in_bounded_memory(void **state)
 {
     (void)state;
     cf_executor_t *ex = s_threads(2);
-    s_counter_t counter = {0};
+    s_counter_t counter = { 0 };
     cf_map_t *map = s_map_counted(ex, "twice", &counter,
                                   &(cf_map_opts_t){ .window = 8, .chunksize = 10 });
     s_expect_ints(map, 2000, 2);
@@ -166,7 +166,7 @@ static void test_a_bad_argument_in_a_chunk_fails_its_own_input(void **state)
 {
     (void)state;
     cf_executor_t *ex = s_threads(2);
-    s_counter_t counter = {0};
+    s_counter_t counter = { 0 };
     //  sum2 wants two arguments and gets one: a TypeError inside the chunk.
     cf_map_t *map = s_map_counted(ex, "sum2", &counter,
                                   &(cf_map_opts_t){ .window = 8, .chunksize = 10 });
@@ -183,8 +183,8 @@ static void test_chunks_carry_several_inputs_each(void **state)
 {
     (void)state;
     cf_executor_t *ex = s_threads(2);
-    cf_map_t *map =
-        cf_map_ints(ex, "twice", s_zero_to_nine, 10, &(cf_map_opts_t){ .chunksize = 3 });
+    cf_map_t *map = cf_map_ints(ex, "twice", s_zero_to_nine, 10,
+                                &(cf_map_opts_t){ .chunksize = 3 });
     assert_non_null(map);
     s_expect_ints(map, 10, 2);
     assert_int_equal(cf_map_next(map, NULL), CF_ESTOP);
@@ -212,7 +212,7 @@ static void s_check_first_error_stops(size_t chunksize)
     assert_string_equal(error->message, "bad 5");
     assert_string_equal(error->function, "fail_at_5");
     assert_int_equal(cf_map_next(map, &value), CF_ESTOP);
-    assert_non_null(cf_map_error(map));             //  still readable
+    assert_non_null(cf_map_error(map));    //  still readable
     cf_map_destroy(&map);
     cf_executor_destroy(&ex);
 }
@@ -259,10 +259,10 @@ static void test_destroy_cancels_what_is_queued(void **state)
     (void)state;
     cf_unitkit_gate_close();
     cf_executor_t *ex = s_threads(1);
-    s_counter_t counter = {0};
+    s_counter_t counter = { 0 };
     cf_map_t *map = s_map_counted(ex, "block", &counter, &(cf_map_opts_t){ .window = 6 });
     cf_unitkit_expect_at_gate(1, S_WAIT_MS);
-    cf_map_destroy(&map);           //  returns without waiting for the running one
+    cf_map_destroy(&map);    //  returns without waiting for the running one
     cf_unitkit_gate_open();
     assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
     cf_progress_t p = cf_executor_progress(ex);
@@ -307,8 +307,7 @@ static void test_shutdown_mid_map_ends_it_after_the_submitted_results(void **sta
 {
     (void)state;
     cf_executor_t *ex = s_threads(2);
-    cf_map_t *map =
-        cf_map_ints(ex, "twice", s_zero_to_nine, 10, &(cf_map_opts_t){ .window = 2 });
+    cf_map_t *map = cf_map_ints(ex, "twice", s_zero_to_nine, 10, &(cf_map_opts_t){ .window = 2 });
     s_expect_ints(map, 1, 2);
     assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
     size_t ok = 1;
@@ -335,7 +334,8 @@ static void test_argument_lists_take_several_values(void **state)
 {
     (void)state;
     cf_executor_t *ex = s_threads(2);
-    cf_map_t *map = cf_map_new(ex, "sum2", s_pairs_source, NULL, &(cf_map_opts_t){ .chunksize = 2 });
+    cf_map_t *map = cf_map_new(ex, "sum2", s_pairs_source, NULL,
+                               &(cf_map_opts_t){ .chunksize = 2 });
     for (int64_t i = 0; i < 5; i++) {
         const cf_value_t *value;
         int64_t got;

@@ -5,7 +5,7 @@
 //  test depends on timing; the only timeouts expected are ones nothing can
 //  beat (a task blocked on a closed gate).
 
-#define _GNU_SOURCE     //  pthread_getname_np
+#define _GNU_SOURCE    //  pthread_getname_np
 
 #include "cfutures.h"
 
@@ -247,7 +247,7 @@ static void test_shutdown_cancel_futures_cancels_the_queue(void **state)
     assert_true(cf_future_running(running));
     cf_unitkit_gate_open();
     assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
-    assert_int_equal(cf_executor_shutdown(ex, true, true), CF_OK);      //  twice: fine
+    assert_int_equal(cf_executor_shutdown(ex, true, true), CF_OK);    //  twice: fine
     assert_int_equal(cf_future_state(running), CF_FUTURE_FINISHED);
     cf_progress_t p = cf_executor_progress(ex);
     assert_int_equal(p.submitted, 6);
@@ -282,9 +282,9 @@ static void test_bad_submissions_are_refused(void **state)
     assert_int_equal(cf_last_err(), CF_EINVAL);
     assert_null(cf_submit(ex, NULL, ""));
     assert_int_equal(cf_last_err(), CF_EINVAL);
-    assert_null(cf_submit_raw(ex, NULL, "noop", "\x01", 1));       //  not an array
+    assert_null(cf_submit_raw(ex, NULL, "noop", "\x01", 1));    //  not an array
     assert_int_equal(cf_last_err(), CF_EINVAL);
-    assert_null(cf_submit_raw(ex, NULL, "noop", "\x92\x01", 2));   //  truncated
+    assert_null(cf_submit_raw(ex, NULL, "noop", "\x92\x01", 2));    //  truncated
     assert_int_equal(cf_last_err(), CF_EINVAL);
     size_t big = 64u * 1024 * 1024 + 1;
     void *bytes = calloc(1, big);
@@ -306,8 +306,9 @@ static void test_initializer_runs_once_per_thread(void **state)
 {
     (void)state;
     atomic_store(&s_inits, 0);
-    cf_executor_t *ex = cf_executor_new(CF_THREADS, &(cf_options_t){
-        .max_workers = 3, .initializer = s_initializer, .initarg = &s_inits });
+    cf_executor_t *ex = cf_executor_new(
+        CF_THREADS,
+        &(cf_options_t){ .max_workers = 3, .initializer = s_initializer, .initarg = &s_inits });
     assert_non_null(ex);
     cf_future_t *fs[20];
     for (int i = 0; i < 20; i++)
@@ -383,16 +384,16 @@ static void test_executor_timeout_is_the_task_default(void **state)
 {
     (void)state;
     cf_unitkit_gate_close();
-    cf_executor_t *ex = cf_executor_new(CF_THREADS, &(cf_options_t){ .max_workers = 1,
-                                                                      .timeout_ms = 10 });
+    cf_executor_t *ex = cf_executor_new(CF_THREADS,
+                                        &(cf_options_t){ .max_workers = 1, .timeout_ms = 10 });
     cf_future_t *f = cf_submit(ex, "block", "");
     assert_int_equal(cf_future_result(f, -1, NULL), CF_ETASK);
     assert_string_equal(cf_future_error(f)->type, "TimeoutError");
     cf_future_release(&f);
-    cf_unitkit_gate_open();     //  the single thread is still in the task
+    cf_unitkit_gate_open();    //  the single thread is still in the task
     //  A per-task timeout of -1 means none, overriding the default.
-    cf_future_t *quick = cf_submit_with(ex, &(cf_task_opts_t){ .timeout_ms = -1 }, "add", "ii",
-                                        1, 1);
+    cf_future_t *quick = cf_submit_with(ex, &(cf_task_opts_t){ .timeout_ms = -1 }, "add", "ii", 1,
+                                        1);
     assert_int_equal(cf_future_result(quick, -1, NULL), CF_OK);
     cf_future_release(&quick);
     cf_executor_destroy(&ex);
@@ -421,8 +422,7 @@ static void test_retry_on_error_retries_a_raising_task(void **state)
 
     //  Too few retries: the last error is the one reported.
     atomic_store(&s_flaky_calls, 0);
-    f = cf_submit_with(ex, &(cf_task_opts_t){ .retries = 1, .retry_on_error = true },
-                       "flaky", "");
+    f = cf_submit_with(ex, &(cf_task_opts_t){ .retries = 1, .retry_on_error = true }, "flaky", "");
     assert_int_equal(cf_future_result(f, -1, NULL), CF_ETASK);
     assert_int_equal(atomic_load(&s_flaky_calls), 2);
     cf_future_release(&f);
@@ -458,9 +458,9 @@ static void test_progress_counts_every_outcome(void **state)
 //  A slow hook whose arg dies as soon as the hook is replaced: it records
 //  any call that starts after that.
 typedef struct {
-    atomic_bool retired;        //  cf_executor_on_progress(ex, NULL) returned
+    atomic_bool retired;    //  cf_executor_on_progress(ex, NULL) returned
     atomic_int calls;
-    atomic_int late_calls;      //  calls that began or ended after retirement
+    atomic_int late_calls;    //  calls that began or ended after retirement
 } s_slow_hook_t;
 
 static void s_slow_progress(const cf_progress_t *p, void *arg)
@@ -479,7 +479,7 @@ static void test_a_replaced_progress_hook_is_never_called_again(void **state)
 {
     (void)state;
     cf_executor_t *ex = s_threads(4);
-    s_slow_hook_t hook = {0};
+    s_slow_hook_t hook = { 0 };
     cf_executor_on_progress(ex, s_slow_progress, &hook);
     enum { N = 2000 };
     cf_future_t **fs = calloc(N, sizeof *fs);

@@ -180,7 +180,7 @@ static size_t s_descendants(pid_t *pids, size_t cap)
 static void test_tasks_run_in_worker_processes(void **state)
 {
     (void)state;
-    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){.max_workers = 2});
+    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){ .max_workers = 2 });
     assert_non_null(ex);
     assert_int_equal(cf_executor_max_workers(ex), 2);
     cf_future_t *fs[50];
@@ -204,15 +204,16 @@ static void test_initializer_runs_in_each_worker(void **state)
 {
     (void)state;
     static const int64_t value = 4242;
-    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){
-        .max_workers = 2, .initializer = s_initializer, .initarg = (void *)&value});
+    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){ .max_workers = 2,
+                                                             .initializer = s_initializer,
+                                                             .initarg = (void *)&value });
     assert_non_null(ex);
     for (int i = 0; i < 4; i++) {
         cf_future_t *f = cf_submit(ex, "t_init_value", "");
         assert_int_equal(s_int_result(f), value);
         cf_future_release(&f);
     }
-    assert_int_equal(s_init_value, 0);     //  never in this process
+    assert_int_equal(s_init_value, 0);    //  never in this process
     cf_executor_destroy(&ex);
 }
 
@@ -220,10 +221,10 @@ static void test_a_crashing_task_fails_alone_and_the_pool_lives_on(void **state)
 {
     (void)state;
     enum { N = 40 };
-    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){.max_workers = 2});
+    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){ .max_workers = 2 });
     assert_non_null(ex);
     cf_future_t *fs[N];
-    cf_task_opts_t once = {.retries = 1};
+    cf_task_opts_t once = { .retries = 1 };
     cf_future_t *aborting = NULL, *killed = NULL;
     for (int i = 0; i < N; i++) {
         fs[i] = cf_submit(ex, "t_square", "i", i);
@@ -259,8 +260,8 @@ static void test_max_tasks_per_worker_recycles_processes(void **state)
 {
     (void)state;
     enum { N = 6 };
-    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){
-        .max_workers = 1, .max_tasks_per_worker = 2});
+    cf_executor_t *ex = s_new(CF_PROCESSES,
+                              &(cf_options_t){ .max_workers = 1, .max_tasks_per_worker = 2 });
     assert_non_null(ex);
     int64_t pids[N];
     for (int i = 0; i < N; i++) {
@@ -293,12 +294,12 @@ static void test_a_process_pool_starts_while_a_thread_pool_is_busy(void **state)
 {
     (void)state;
     enum { N = 4 };
-    cf_executor_t *threads = s_new(CF_THREADS, &(cf_options_t){.max_workers = N});
+    cf_executor_t *threads = s_new(CF_THREADS, &(cf_options_t){ .max_workers = N });
     assert_non_null(threads);
     cf_future_t *busy[N];
     for (int i = 0; i < N; i++)
         busy[i] = cf_submit(threads, "t_sleep_ms", "i", 300);
-    cf_executor_t *procs = s_new(CF_PROCESSES, &(cf_options_t){.max_workers = 2});
+    cf_executor_t *procs = s_new(CF_PROCESSES, &(cf_options_t){ .max_workers = 2 });
     assert_non_null(procs);
     for (int i = 0; i < 10; i++) {
         cf_future_t *f = cf_submit(procs, "t_square", "i", i);
@@ -306,7 +307,7 @@ static void test_a_process_pool_starts_while_a_thread_pool_is_busy(void **state)
         cf_future_release(&f);
     }
     //  A second pool beside the first.
-    cf_executor_t *procs2 = s_new(CF_PROCESSES, &(cf_options_t){.max_workers = 1});
+    cf_executor_t *procs2 = s_new(CF_PROCESSES, &(cf_options_t){ .max_workers = 1 });
     assert_non_null(procs2);
     cf_future_t *f = cf_submit(procs2, "t_square", "i", 12);
     assert_int_equal(s_int_result(f), 144);
@@ -330,7 +331,7 @@ static void test_destroy_leaves_no_process_and_no_directory(void **state)
     char *saved = old ? strdup(old) : NULL;
     setenv("TMPDIR", tmp, 1);
 
-    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){.max_workers = 3});
+    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){ .max_workers = 3 });
     assert_non_null(ex);
     cf_future_t *f = cf_submit(ex, "t_square", "i", 5);
     assert_int_equal(s_int_result(f), 25);
@@ -338,7 +339,7 @@ static void test_destroy_leaves_no_process_and_no_directory(void **state)
 
     pid_t pids[256];
     size_t count = s_descendants(pids, 256);
-    assert_true(count >= 3);            //  the workers (and the zygote)
+    assert_true(count >= 3);    //  the workers (and the zygote)
     cf_executor_destroy(&ex);
     for (size_t i = 0; i < count; i++) {
         if (s_alive(pids[i]))
@@ -372,7 +373,7 @@ static void test_new_rejects_zero_workers(void **state)
 int main(int argc, char **argv)
 {
     //  Crashing tasks should not leave core files behind.
-    struct rlimit none = {0, 0};
+    struct rlimit none = { 0, 0 };
     setrlimit(RLIMIT_CORE, &none);
     //  CF_TEST_LOG=1 shows what the broker, supervisor and client did.
     cf_unitkit_use_env();

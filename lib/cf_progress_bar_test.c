@@ -81,7 +81,7 @@ static void test_in_place_mode_redraws_with_carriage_returns_and_ends_the_line(v
         cf_progress_bar_update(bar, done);
     cf_progress_bar_destroy(&bar);
     char *text = s_contents(file);
-    assert_true(text[0] == '\r');       //  drawn at once, at 0
+    assert_true(text[0] == '\r');    //  drawn at once, at 0
     assert_int_equal(s_count(text, "\n"), 1);
     assert_true(text[strlen(text) - 1] == '\n');
     assert_non_null(strstr(text, "\rio 100%|####################| 4/4 ["));
@@ -108,7 +108,7 @@ static void test_the_progress_hook_drives_the_bar(void **state)
     (void)state;
     FILE *file = tmpfile();
     cf_progress_bar_t *bar = cf_progress_bar_new(file, "hook", 2, CF_PROGRESS_BAR_LINES);
-    cf_progress_t progress = {.submitted = 2, .done = 2};
+    cf_progress_t progress = { .submitted = 2, .done = 2 };
     cf_progress_bar_on_progress(&progress, bar);
     cf_progress_bar_destroy(&bar);
     cf_progress_bar_destroy(&bar);      //  twice: harmless

@@ -79,8 +79,8 @@ static void test_first_completed_returns_with_one_done(void **state)
     cf_future_set_result(fs[2], s_42, 1);
     cf_future_t *done[N], *not_done[N];
     size_t n_done = 99, n_not_done = 99;
-    assert_int_equal(cf_wait(fs, N, -1, CF_FIRST_COMPLETED, done, &n_done, not_done,
-                             &n_not_done), CF_OK);
+    assert_int_equal(cf_wait(fs, N, -1, CF_FIRST_COMPLETED, done, &n_done, not_done, &n_not_done),
+                     CF_OK);
     assert_int_equal(n_done, 1);
     assert_ptr_equal(done[0], fs[2]);
     assert_int_equal(n_not_done, 3);
@@ -112,13 +112,13 @@ static void test_wait_times_out_with_sets_filled(void **state)
     s_make(fs, N);
     cf_future_t *done[N], *not_done[N];
     size_t n_done = 99, n_not_done = 99;
-    assert_int_equal(cf_wait(fs, N, 0, CF_FIRST_COMPLETED, done, &n_done, not_done,
-                             &n_not_done), CF_ETIMEDOUT);
+    assert_int_equal(cf_wait(fs, N, 0, CF_FIRST_COMPLETED, done, &n_done, not_done, &n_not_done),
+                     CF_ETIMEDOUT);
     assert_int_equal(n_done, 0);
     assert_int_equal(n_not_done, N);
     cf_future_set_result(fs[0], s_42, 1);
-    assert_int_equal(cf_wait(fs, N, 20, CF_ALL_COMPLETED, done, &n_done, not_done,
-                             &n_not_done), CF_ETIMEDOUT);
+    assert_int_equal(cf_wait(fs, N, 20, CF_ALL_COMPLETED, done, &n_done, not_done, &n_not_done),
+                     CF_ETIMEDOUT);
     assert_int_equal(n_done, 1);
     assert_ptr_equal(done[0], fs[0]);
     assert_int_equal(n_not_done, 3);
@@ -175,8 +175,7 @@ static void test_all_completed_waits_for_every_future(void **state)
     s_resolve_later(&r, fs, "recr");
     cf_future_t *done[N];
     size_t n_done = 0, n_not_done = 99;
-    assert_int_equal(cf_wait(fs, N, -1, CF_ALL_COMPLETED, done, &n_done, NULL, &n_not_done),
-                     CF_OK);
+    assert_int_equal(cf_wait(fs, N, -1, CF_ALL_COMPLETED, done, &n_done, NULL, &n_not_done), CF_OK);
     pthread_join(r.thread, NULL);
     assert_int_equal(n_done, N);
     assert_int_equal(n_not_done, 0);
@@ -194,8 +193,8 @@ static void test_wait_treats_duplicates_as_one(void **state)
     cf_future_t *input[5] = { fs[1], fs[0], fs[1], fs[0], fs[1] };
     cf_future_t *done[5], *not_done[5];
     size_t n_done, n_not_done;
-    assert_int_equal(cf_wait(input, 5, 0, CF_ALL_COMPLETED, done, &n_done, not_done,
-                             &n_not_done), CF_ETIMEDOUT);
+    assert_int_equal(cf_wait(input, 5, 0, CF_ALL_COMPLETED, done, &n_done, not_done, &n_not_done),
+                     CF_ETIMEDOUT);
     assert_int_equal(n_done, 1);
     assert_ptr_equal(done[0], fs[1]);
     assert_int_equal(n_not_done, 1);
@@ -207,8 +206,7 @@ static void test_wait_rejects_bad_arguments(void **state)
 {
     (void)state;
     size_t n_done = 7;
-    assert_int_equal(cf_wait(NULL, 2, 0, CF_ALL_COMPLETED, NULL, &n_done, NULL, NULL),
-                     CF_EINVAL);
+    assert_int_equal(cf_wait(NULL, 2, 0, CF_ALL_COMPLETED, NULL, &n_done, NULL, NULL), CF_EINVAL);
     assert_int_equal(n_done, 0);
     cf_future_t *fs[2] = { NULL, NULL };
     assert_int_equal(cf_wait(fs, 2, 0, CF_ALL_COMPLETED, NULL, NULL, NULL, NULL), CF_EINVAL);

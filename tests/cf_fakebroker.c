@@ -118,8 +118,7 @@ void cf_fakebroker_send_to(cf_fakebroker_t *b, const char *identity)
     assert_int_equal(cf_proto_enc_send(b->enc, b->router, identity, strlen(identity)), CF_OK);
 }
 
-void cf_fakebroker_add_task(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt,
-                            ...)
+void cf_fakebroker_add_task(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -133,14 +132,12 @@ void cf_fakebroker_add_taskv(cf_fakebroker_t *b, uint64_t id, const char *fn, co
     cf_mp_writer_t w;
     cf_mp_writer_init(&w);
     assert_int_equal(cf_mp_write_format(&w, true, fmt, ap), CF_OK);
-    assert_int_equal(cf_proto_enc_task(b->enc, id, fn, strlen(fn), w.buf.data, w.buf.size, 0, 0,
-                                       0),
+    assert_int_equal(cf_proto_enc_task(b->enc, id, fn, strlen(fn), w.buf.data, w.buf.size, 0, 0, 0),
                      CF_OK);
     cf_mp_writer_fini(&w);
 }
 
-void cf_fakebroker_send_task(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt,
-                             ...)
+void cf_fakebroker_send_task(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt, ...)
 {
     cf_proto_enc_begin(b->enc, CF_MSG_TASK);
     va_list ap;

@@ -18,12 +18,12 @@
 typedef struct {
     void *ctx;
     void *router;
-    char endpoint[128];         //  what workers connect to
-    cf_proto_enc_t *enc;        //  build messages here, then send
-    char peer[256];             //  routing id of the last sender, NUL-terminated
+    char endpoint[128];     //  what workers connect to
+    cf_proto_enc_t *enc;    //  build messages here, then send
+    char peer[256];         //  routing id of the last sender, NUL-terminated
     size_t peer_len;
-    int heartbeats;             //  HEARTBEATs cf_fakebroker_expect skipped
-    uint64_t credit;            //  CREDIT cf_fakebroker_expect skipped, summed
+    int heartbeats;     //  HEARTBEATs cf_fakebroker_expect skipped
+    uint64_t credit;    //  CREDIT cf_fakebroker_expect skipped, summed
 } cf_fakebroker_t;
 
 void cf_fakebroker_start(cf_fakebroker_t *b);
@@ -53,13 +53,11 @@ void cf_fakebroker_send_to(cf_fakebroker_t *b, const char *identity);
 
 //  Adds a task item to the TASK being built; fmt and the rest are its
 //  arguments as for cf_submit.
-void cf_fakebroker_add_task(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt,
-                            ...);
+void cf_fakebroker_add_task(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt, ...);
 void cf_fakebroker_add_taskv(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt,
                              va_list *ap);
 
 //  Sends a TASK of that one task item to the last sender.
-void cf_fakebroker_send_task(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt,
-                             ...);
+void cf_fakebroker_send_task(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt, ...);
 
 #endif

@@ -6,25 +6,25 @@
 #define CF_SANITIZE_H
 
 #if defined(__SANITIZE_ADDRESS__)
-#   define CF_TEST_ASAN 1
+#define CF_TEST_ASAN 1
 #elif defined(__has_feature)
-#   if __has_feature(address_sanitizer)
-#       define CF_TEST_ASAN 1
-#   endif
+#if __has_feature(address_sanitizer)
+#define CF_TEST_ASAN 1
+#endif
 #endif
 #ifndef CF_TEST_ASAN
-#   define CF_TEST_ASAN 0
+#define CF_TEST_ASAN 0
 #endif
 
 #if defined(__SANITIZE_THREAD__)
-#   define CF_TEST_TSAN 1
+#define CF_TEST_TSAN 1
 #elif defined(__has_feature)
-#   if __has_feature(thread_sanitizer)
-#       define CF_TEST_TSAN 1
-#   endif
+#if __has_feature(thread_sanitizer)
+#define CF_TEST_TSAN 1
+#endif
 #endif
 #ifndef CF_TEST_TSAN
-#   define CF_TEST_TSAN 0
+#define CF_TEST_TSAN 0
 #endif
 
 #endif

@@ -8,7 +8,7 @@
 //  Between fork and exec the child only calls async-signal-safe functions:
 //  the test process may already run threads (an executor).
 
-#define _GNU_SOURCE     //  pipe2, asprintf, program_invocation_short_name
+#define _GNU_SOURCE    //  pipe2, asprintf, program_invocation_short_name
 
 #include "cf_testkit.h"
 
@@ -38,9 +38,9 @@
 #define S_LOG_TAIL_LINES 40
 //  A daemon's ready line and other stdout lines are short; a longer line is
 //  cut (its start is what we match).
-#define S_LINE_MAX 4096
+#define S_LINE_MAX       4096
 //  Arguments a start helper accepts.
-#define S_MAX_ARGS 64
+#define S_MAX_ARGS       64
 
 struct cf_testkit_proc {
     cf_testkit_t *kit;
@@ -54,9 +54,9 @@ struct cf_testkit_proc {
     int out_fd;                 //  read end of its stdout pipe, -1 when closed
     char buf[S_LINE_MAX];       //  stdout bytes not yet split into lines
     size_t buf_len;
-    char line[S_LINE_MAX];      //  the last line wait_line returned
-    char field[S_LINE_MAX];     //  the last value cf_testkit_field returned
-    char *clients;              //  broker endpoints from its ready line
+    char line[S_LINE_MAX];     //  the last line wait_line returned
+    char field[S_LINE_MAX];    //  the last value cf_testkit_field returned
+    char *clients;             //  broker endpoints from its ready line
     char *workers;
 };
 
@@ -66,10 +66,10 @@ typedef struct s_string {
 } s_string_t;
 
 struct cf_testkit {
-    char *dir;                  //  the temporary directory
-    cf_testkit_proc_t *procs;   //  every child started, newest first
-    s_string_t *strings;        //  paths handed out, freed with the kit
-    unsigned next_label;        //  numbers labels
+    char *dir;                   //  the temporary directory
+    cf_testkit_proc_t *procs;    //  every child started, newest first
+    s_string_t *strings;         //  paths handed out, freed with the kit
+    unsigned next_label;         //  numbers labels
 };
 
 // ---------------------------------------------------------------------------
@@ -84,7 +84,7 @@ int64_t cf_testkit_now_ms(void)
 
 void cf_testkit_nap_ms(int ms)
 {
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
         ;
 }
@@ -386,8 +386,7 @@ int cf_testkit_setup(void **state)
     const char *name = program_invocation_short_name;
     cf_testkit_t *kit = cf_testkit_new(name && *name ? name : "test");
     if (!kit) {
-        fprintf(stderr, "cf_testkit: cannot create a temporary directory: %s\n",
-                strerror(errno));
+        fprintf(stderr, "cf_testkit: cannot create a temporary directory: %s\n", strerror(errno));
         return -1;
     }
     *state = kit;
@@ -418,7 +417,8 @@ const char *cf_testkit_env(const char *name)
     if (!value || !*value)
         fail_msg("%s is not set: run this test through ctest (cmake/cf_test.cmake sets it; "
                  "CF_BROKER_BIN, CF_WORKER_BIN and CF_TASKS_LIB need cf-broker and cf-worker "
-                 "to be built)", name);
+                 "to be built)",
+                 name);
     return value;
 }
 
@@ -448,8 +448,7 @@ void cf_testkit_dump_logs(cf_testkit_t *kit)
         if (start != text)
             start++;
         fprintf(stderr, "---- %s (%s) stderr, last lines ----\n%s%s", p->label,
-                p->pid > 0 ? "running" : "exited", start,
-                len && text[len - 1] != '\n' ? "\n" : "");
+                p->pid > 0 ? "running" : "exited", start, len && text[len - 1] != '\n' ? "\n" : "");
         free(text);
     }
 }
@@ -519,7 +518,7 @@ static void s_child_setup(pid_t parent, int pipe_fds[2], int log_fd, int stdin_f
     setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent)
-        _exit(127);             //  the test died before prctl took effect
+        _exit(127);    //  the test died before prctl took effect
     if (dup2(pipe_fds[1], STDOUT_FILENO) < 0 || dup2(log_fd, STDERR_FILENO) < 0)
         _exit(127);
     if (stdin_fd >= 0 && dup2(stdin_fd, STDIN_FILENO) < 0)
@@ -532,8 +531,8 @@ static void s_child_setup(pid_t parent, int pipe_fds[2], int log_fd, int stdin_f
     signal(SIGPIPE, SIG_DFL);
 }
 
-static cf_testkit_proc_t *s_start(cf_testkit_t *kit, const char *label,
-                                  const char *const *argv, cf_testkit_child_fn *fn, void *arg)
+static cf_testkit_proc_t *s_start(cf_testkit_t *kit, const char *label, const char *const *argv,
+                                  cf_testkit_child_fn *fn, void *arg)
 {
     int pipe_fds[2];
     int log_fd;
@@ -542,7 +541,7 @@ static cf_testkit_proc_t *s_start(cf_testkit_t *kit, const char *label,
         return NULL;
     int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     pid_t parent = getpid();
-    fflush(NULL);               //  no buffered test output duplicated in a fork
+    fflush(NULL);    //  no buffered test output duplicated in a fork
     pid_t pid = fork();
     if (pid == 0) {
         s_child_setup(parent, pipe_fds, log_fd, null_fd);
@@ -583,14 +582,13 @@ static cf_testkit_proc_t *s_start(cf_testkit_t *kit, const char *label,
     return proc;
 }
 
-cf_testkit_proc_t *cf_testkit_spawn(cf_testkit_t *kit, const char *label,
-                                    const char *const *argv)
+cf_testkit_proc_t *cf_testkit_spawn(cf_testkit_t *kit, const char *label, const char *const *argv)
 {
     return s_start(kit, label, argv, NULL, NULL);
 }
 
-cf_testkit_proc_t *cf_testkit_fork(cf_testkit_t *kit, const char *label,
-                                   cf_testkit_child_fn *fn, void *arg)
+cf_testkit_proc_t *cf_testkit_fork(cf_testkit_t *kit, const char *label, cf_testkit_child_fn *fn,
+                                   void *arg)
 {
     return s_start(kit, label, NULL, fn, arg);
 }
@@ -602,7 +600,7 @@ static bool s_take_line(cf_testkit_proc_t *proc)
     if (!nl) {
         if (proc->buf_len < sizeof proc->buf)
             return false;
-        nl = proc->buf + proc->buf_len - 1;     //  an over-long line: cut it
+        nl = proc->buf + proc->buf_len - 1;    //  an over-long line: cut it
     }
     size_t len = (size_t)(nl - proc->buf);
     memcpy(proc->line, proc->buf, len);
@@ -623,16 +621,15 @@ const char *cf_testkit_wait_line(cf_testkit_proc_t *proc, const char *prefix, in
         }
         if (proc->out_fd < 0)
             return NULL;
-        struct pollfd item = {.fd = proc->out_fd, .events = POLLIN};
+        struct pollfd item = { .fd = proc->out_fd, .events = POLLIN };
         int rc = poll(&item, 1, s_ms_left(deadline));
         if (rc < 0 && errno == EINTR)
             continue;
         if (rc < 0)
             return NULL;
         if (rc == 0)
-            return NULL;        //  timed out
-        ssize_t n = read(proc->out_fd, proc->buf + proc->buf_len,
-                         sizeof proc->buf - proc->buf_len);
+            return NULL;    //  timed out
+        ssize_t n = read(proc->out_fd, proc->buf + proc->buf_len, sizeof proc->buf - proc->buf_len);
         if (n < 0 && (errno == EINTR || errno == EAGAIN))
             continue;
         if (n <= 0) {
@@ -853,7 +850,7 @@ cf_testkit_proc_t *cf_testkit_start_worker(cf_testkit_t *kit, const char *worker
 
 cf_executor_t *cf_testkit_connect(const char *clients_endpoint, int heartbeat_ivl_ms)
 {
-    cf_options_t options = {.endpoint = clients_endpoint, .heartbeat_ivl_ms = heartbeat_ivl_ms};
+    cf_options_t options = { .endpoint = clients_endpoint, .heartbeat_ivl_ms = heartbeat_ivl_ms };
     cf_executor_t *executor = cf_executor_connect(clients_endpoint, &options);
     if (!executor)
         fail_msg("cannot connect to %s: %s", clients_endpoint, cf_last_error());
@@ -900,8 +897,8 @@ void cf_testkit_expect_bool(cf_testkit_t *kit, cf_future_t *f, bool expected)
     assert_int_equal(value, expected);
 }
 
-const cf_task_error_t *cf_testkit_expect_error(cf_testkit_t *kit, cf_future_t *f,
-                                                const char *type, const char *message)
+const cf_task_error_t *cf_testkit_expect_error(cf_testkit_t *kit, cf_future_t *f, const char *type,
+                                               const char *message)
 {
     cf_testkit_expect_done(kit, f);
     cf_err_t rc = cf_future_result(f, 0, NULL);
@@ -928,7 +925,7 @@ static bool s_drain(int fd, char **text, size_t *len, size_t *cap)
             assert_non_null(bigger);
             *text = bigger;
             *cap = new_cap;
-            (*text)[*len] = '\0';      //  a text even if nothing more comes
+            (*text)[*len] = '\0';    //  a text even if nothing more comes
         }
         ssize_t n = read(fd, *text + *len, *cap - *len - 1);
         if (n < 0 && errno == EINTR)
@@ -963,7 +960,7 @@ bool cf_testkit_run(cf_testkit_t *kit, const char *const *argv, int timeout_ms,
             timed_out = true;
             break;
         }
-        struct pollfd item = {.fd = proc->out_fd, .events = POLLIN};
+        struct pollfd item = { .fd = proc->out_fd, .events = POLLIN };
         int rc = poll(&item, 1, left);
         if (rc < 0 && errno == EINTR)
             continue;
@@ -1017,7 +1014,7 @@ bool cf_testkit_broker_stat(const char *clients_endpoint, const char *name, int 
         int64_t deadline = cf_testkit_now_ms() + timeout_ms;
         if (cf_proto_enc_send(enc, socket, NULL, 0) == CF_OK) {
             while (!found) {
-                zmq_pollitem_t item = {.socket = socket, .events = ZMQ_POLLIN};
+                zmq_pollitem_t item = { .socket = socket, .events = ZMQ_POLLIN };
                 int left = s_ms_left(deadline);
                 if (left == 0)
                     break;

@@ -26,17 +26,17 @@
 #include <sys/types.h>
 
 #if defined(__GNUC__)
-#   define CF_TESTKIT_SENTINEL __attribute__((sentinel))
+#define CF_TESTKIT_SENTINEL __attribute__((sentinel))
 #else
-#   define CF_TESTKIT_SENTINEL
+#define CF_TESTKIT_SENTINEL
 #endif
 
 //  How long a daemon may take to print its ready line.
-#define CF_TESTKIT_READY_MS     30000
+#define CF_TESTKIT_READY_MS          30000
 //  How long a stopped child may take to exit after SIGTERM before SIGKILL.
-#define CF_TESTKIT_STOP_MS      10000
+#define CF_TESTKIT_STOP_MS           10000
 //  The default bound for anything a test waits for (a result, a condition).
-#define CF_TESTKIT_DEADLINE_MS  60000
+#define CF_TESTKIT_DEADLINE_MS       60000
 //  The heartbeat interval fault tests give every party, so a lost peer is
 //  noticed within about a second.
 #define CF_TESTKIT_FAST_HEARTBEAT_MS 200
@@ -80,8 +80,7 @@ void cf_testkit_dump_logs(cf_testkit_t *kit);
 //  group, stdout on a pipe the kit reads, stderr appended to
 //  dir/<label>.log. The child dies with the test (PR_SET_PDEATHSIG). NULL
 //  with errno on error.
-cf_testkit_proc_t *cf_testkit_spawn(cf_testkit_t *kit, const char *label,
-                                    const char *const *argv);
+cf_testkit_proc_t *cf_testkit_spawn(cf_testkit_t *kit, const char *label, const char *const *argv);
 
 //  Runs fn(arg) in a forked copy of the test process, with the same stdout
 //  pipe and stderr log as a spawned program; the child exits with fn's
@@ -89,9 +88,9 @@ cf_testkit_proc_t *cf_testkit_spawn(cf_testkit_t *kit, const char *label,
 //  only the forking thread exists in the child. fn must not use cmocka
 //  assertions (they would jump into the child's copy of the test runner);
 //  it reports through its exit code and stdout. NULL with errno on error.
-typedef int (cf_testkit_child_fn)(void *arg);
-cf_testkit_proc_t *cf_testkit_fork(cf_testkit_t *kit, const char *label,
-                                   cf_testkit_child_fn *fn, void *arg);
+typedef int(cf_testkit_child_fn)(void *arg);
+cf_testkit_proc_t *cf_testkit_fork(cf_testkit_t *kit, const char *label, cf_testkit_child_fn *fn,
+                                   void *arg);
 
 //  Reads the child's stdout until a line starting with prefix arrives:
 //  returns it (without the newline, owned by the proc, valid until the next
@@ -161,8 +160,8 @@ void cf_testkit_expect_int(cf_testkit_t *kit, cf_future_t *f, int64_t expected);
 void cf_testkit_expect_bool(cf_testkit_t *kit, cf_future_t *f, bool expected);
 //  f failed with this error type (and, when message is not NULL, a message
 //  containing it); returns the error (borrowed from f).
-const cf_task_error_t *cf_testkit_expect_error(cf_testkit_t *kit, cf_future_t *f,
-                                                const char *type, const char *message);
+const cf_task_error_t *cf_testkit_expect_error(cf_testkit_t *kit, cf_future_t *f, const char *type,
+                                               const char *message);
 
 // ---------------------------------------------------------------------------
 //  Programs run to completion
@@ -187,7 +186,7 @@ bool cf_testkit_run(cf_testkit_t *kit, const char *const *argv, int timeout_ms,
 
 //  Calls cond(arg) until it returns true or timeout_ms passes, napping a
 //  few milliseconds between calls. True if the condition was met.
-typedef bool (cf_testkit_cond_fn)(void *arg);
+typedef bool(cf_testkit_cond_fn)(void *arg);
 bool cf_testkit_wait_until(cf_testkit_cond_fn *cond, void *arg, int timeout_ms);
 
 //  A short nap (inside wait loops only).

@@ -1,6 +1,6 @@
 //  cf_unitkit (see cf_unitkit.h).
 
-#define _GNU_SOURCE         //  nftw
+#define _GNU_SOURCE    //  nftw
 
 #include "cf_unitkit.h"
 
@@ -20,7 +20,7 @@
 static pthread_mutex_t s_gate_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t s_gate_cond = PTHREAD_COND_INITIALIZER;
 static bool s_gate_open = true;
-static int s_gate_reached;          //  tasks that reached it since it closed
+static int s_gate_reached;    //  tasks that reached it since it closed
 
 void cf_unitkit_use_env(void)
 {

@@ -15,9 +15,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#define S_HB_MS CF_TESTKIT_FAST_HEARTBEAT_MS
+#define S_HB_MS   CF_TESTKIT_FAST_HEARTBEAT_MS
 #define S_HB_TEXT "200"
-#define S_TASKS 30
+#define S_TASKS   30
 
 static void s_restart_with_pending_tasks(cf_testkit_t *kit, int how)
 {
@@ -40,8 +40,8 @@ static void s_restart_with_pending_tasks(cf_testkit_t *kit, int how)
     }
     cf_future_t *done[S_TASKS], *not_done[S_TASKS];
     size_t n_done = 0, n_not_done = 0;
-    assert_int_equal(cf_wait(futures, S_TASKS, CF_TESTKIT_DEADLINE_MS, CF_FIRST_COMPLETED,
-                             done, &n_done, not_done, &n_not_done),
+    assert_int_equal(cf_wait(futures, S_TASKS, CF_TESTKIT_DEADLINE_MS, CF_FIRST_COMPLETED, done,
+                             &n_done, not_done, &n_not_done),
                      CF_OK);
     assert_true(n_done >= 1);
 
@@ -79,12 +79,10 @@ static void test_a_stopped_broker_is_replaced_and_pending_tasks_finish(void **st
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(
-            test_a_crashed_broker_is_replaced_and_pending_tasks_finish,
-            cf_testkit_setup, cf_testkit_teardown),
-        cmocka_unit_test_setup_teardown(
-            test_a_stopped_broker_is_replaced_and_pending_tasks_finish,
-            cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_a_crashed_broker_is_replaced_and_pending_tasks_finish,
+                                        cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_a_stopped_broker_is_replaced_and_pending_tasks_finish,
+                                        cf_testkit_setup, cf_testkit_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

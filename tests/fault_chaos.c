@@ -38,22 +38,22 @@
 #include <time.h>
 #include <unistd.h>
 
-#define S_HB_MS CF_TESTKIT_FAST_HEARTBEAT_MS
-#define S_HB_TEXT "200"
-#define S_WORKERS 3             //  live workers the test keeps
-#define S_WINDOW 256            //  ordinary futures kept in flight
-#define S_SLOTS (S_WINDOW + 16) //  room for poison tasks beyond them
-#define S_RETRIES 1000          //  ordinary tasks: never run out
-#define S_POISON_RETRIES 1      //  a poison task kills two workers, then fails
-#define S_BLOCK (1u << 20)      //  completion counters per block
-#define S_MAX_BLOCKS 4096       //  4 G tasks
+#define S_HB_MS          CF_TESTKIT_FAST_HEARTBEAT_MS
+#define S_HB_TEXT        "200"
+#define S_WORKERS        3                  //  live workers the test keeps
+#define S_WINDOW         256                //  ordinary futures kept in flight
+#define S_SLOTS          (S_WINDOW + 16)    //  room for poison tasks beyond them
+#define S_RETRIES        1000               //  ordinary tasks: never run out
+#define S_POISON_RETRIES 1                  //  a poison task kills two workers, then fails
+#define S_BLOCK          (1u << 20)         //  completion counters per block
+#define S_MAX_BLOCKS     4096               //  4 G tasks
 
 typedef enum { S_ADD, S_SLOW, S_POISON } s_kind_t;
 
 typedef struct {
     uint64_t id;
     s_kind_t kind;
-    int64_t expected;           //  S_ADD, S_SLOW
+    int64_t expected;    //  S_ADD, S_SLOW
 } s_task_t;
 
 //  Completions per task id, one byte each, in blocks that never move (the
@@ -69,13 +69,12 @@ typedef struct {
     cf_testkit_proc_t *broker;
     cf_testkit_proc_t *workers_procs[64];
     size_t n_workers;
-    cf_testkit_proc_t *frozen;  //  the worker under SIGSTOP, or NULL
+    cf_testkit_proc_t *frozen;    //  the worker under SIGSTOP, or NULL
     int64_t thaw_at_ms;
     uint64_t rng;
     uint64_t salt;
     //  Totals.
-    uint64_t submitted, ok, poison_failed, wrong, kills, stops, restarts, poisons,
-        replaced;
+    uint64_t submitted, ok, poison_failed, wrong, kills, stops, restarts, poisons, replaced;
     long rss_first_kib, rss_max_kib;
 } s_chaos_t;
 
@@ -133,8 +132,7 @@ static void s_start_worker(s_chaos_t *c)
 {
     assert_true(c->n_workers < sizeof c->workers_procs / sizeof c->workers_procs[0]);
     c->workers_procs[c->n_workers++] = cf_testkit_start_worker(
-        c->kit, c->workers, "--threads", "2", "--heartbeat-ms", S_HB_TEXT, "--liveness", "3",
-        NULL);
+        c->kit, c->workers, "--threads", "2", "--heartbeat-ms", S_HB_TEXT, "--liveness", "3", NULL);
 }
 
 //  Forgets dead workers and starts new ones until S_WORKERS live.
@@ -163,8 +161,8 @@ static cf_testkit_proc_t *s_some_worker(s_chaos_t *c)
 //  CF_CHAOS_EVENTS names the ones wanted ("kill,stop,poison": a soak of one
 //  broker's memory, without restarts).
 enum { S_KILL, S_STOP, S_RESTART, S_POISON_TASK, S_EVENTS };
-static const char *const s_event_names[S_EVENTS] = {"kill", "stop", "restart", "poison"};
-static int s_weights[S_EVENTS] = {35, 25, 15, 25};
+static const char *const s_event_names[S_EVENTS] = { "kill", "stop", "restart", "poison" };
+static int s_weights[S_EVENTS] = { 35, 25, 15, 25 };
 
 static void s_choose_events(const char *wanted)
 {
@@ -183,8 +181,8 @@ static void s_choose_events(const char *wanted)
         fail_msg("CF_CHAOS_EVENTS=%s names none of kill, stop, restart, poison", wanted);
 }
 
-static void s_event(s_chaos_t *c, cf_executor_t *executor, s_counts_t *counts,
-                    s_task_t **tasks, cf_future_t **window, size_t *n_window)
+static void s_event(s_chaos_t *c, cf_executor_t *executor, s_counts_t *counts, s_task_t **tasks,
+                    cf_future_t **window, size_t *n_window)
 {
     int total = 0;
     for (int e = 0; e < S_EVENTS; e++)
@@ -220,11 +218,11 @@ static void s_event(s_chaos_t *c, cf_executor_t *executor, s_counts_t *counts,
         c->restarts++;
     }
     else if (*n_window < S_SLOTS) {
-        cf_task_opts_t opts = {.retries = S_POISON_RETRIES};
+        cf_task_opts_t opts = { .retries = S_POISON_RETRIES };
         uint64_t id = c->submitted++;
         s_task_t *task = malloc(sizeof *task);
         assert_non_null(task);
-        *task = (s_task_t){.id = id, .kind = S_POISON};
+        *task = (s_task_t){ .id = id, .kind = S_POISON };
         cf_future_t *f = cf_submit_with(executor, &opts, "crash", "");
         assert_non_null(f);
         assert_int_equal(cf_future_add_done_callback(f, s_on_done, s_counter(counts, id)), CF_OK);
@@ -234,8 +232,8 @@ static void s_event(s_chaos_t *c, cf_executor_t *executor, s_counts_t *counts,
     }
 }
 
-static void s_submit(s_chaos_t *c, cf_executor_t *executor, s_counts_t *counts,
-                     s_task_t **tasks, cf_future_t **window, size_t *n_window)
+static void s_submit(s_chaos_t *c, cf_executor_t *executor, s_counts_t *counts, s_task_t **tasks,
+                     cf_future_t **window, size_t *n_window)
 {
     uint64_t id = c->submitted++;
     s_task_t *task = malloc(sizeof *task);
@@ -243,12 +241,11 @@ static void s_submit(s_chaos_t *c, cf_executor_t *executor, s_counts_t *counts,
     cf_future_t *f;
     //  One in twenty takes 100 ms, so a kill often finds tasks mid-run.
     if (s_next(c) % 20 == 0) {
-        *task = (s_task_t){.id = id, .kind = S_SLOW, .expected = 2 * (int64_t)id};
+        *task = (s_task_t){ .id = id, .kind = S_SLOW, .expected = 2 * (int64_t)id };
         f = cf_submit(executor, "slow_double", "i", (int64_t)id);
     }
     else {
-        *task = (s_task_t){.id = id, .kind = S_ADD,
-                           .expected = (int64_t)id + (int64_t)c->salt};
+        *task = (s_task_t){ .id = id, .kind = S_ADD, .expected = (int64_t)id + (int64_t)c->salt };
         f = cf_submit(executor, "add", "ii", (int64_t)id, (int64_t)c->salt);
     }
     if (!f)
@@ -292,7 +289,7 @@ static const char *s_env(const char *name, const char *fallback)
 
 static void test_every_future_resolves_once_under_chaos(void **state)
 {
-    s_chaos_t c = {.kit = *state};
+    s_chaos_t c = { .kit = *state };
     int seconds = atoi(s_env("CF_CHAOS_SECONDS", "20"));
     assert_true(seconds > 0);
     char seed_text[32];
@@ -303,7 +300,8 @@ static void test_every_future_resolves_once_under_chaos(void **state)
     s_choose_events(getenv("CF_CHAOS_EVENTS"));
     c.salt = 1000000007ull + s_next(&c) % 1000;
     printf("chaos: seed=%" PRIu64 " seconds=%d (CF_CHAOS_SEED=%" PRIu64
-           " CF_CHAOS_SECONDS=%d repeat the schedule)\n", seed, seconds, seed, seconds);
+           " CF_CHAOS_SECONDS=%d repeat the schedule)\n",
+           seed, seconds, seed, seconds);
     fflush(stdout);
 
     c.broker = s_start_broker(&c, false);
@@ -311,8 +309,9 @@ static void test_every_future_resolves_once_under_chaos(void **state)
     snprintf(c.workers, sizeof c.workers, "%s", cf_testkit_workers(c.broker));
     for (int i = 0; i < S_WORKERS; i++)
         s_start_worker(&c);
-    cf_options_t options = {.endpoint = c.clients, .heartbeat_ivl_ms = S_HB_MS,
-                            .retries = S_RETRIES};
+    cf_options_t options = { .endpoint = c.clients,
+                             .heartbeat_ivl_ms = S_HB_MS,
+                             .retries = S_RETRIES };
     cf_executor_t *executor = cf_executor_connect(c.clients, &options);
     if (!executor)
         fail_msg("cannot connect to %s: %s", c.clients, cf_last_error());
@@ -344,7 +343,7 @@ static void test_every_future_resolves_once_under_chaos(void **state)
         if (draining && n_window == 0)
             break;
         if (draining && now >= drain_deadline_ms)
-            break;                  //  what is left is lost
+            break;    //  what is left is lost
         if (!draining) {
             if (c.frozen && now >= c.thaw_at_ms) {
                 assert_true(cf_testkit_signal(c.frozen, SIGCONT));
@@ -362,9 +361,10 @@ static void test_every_future_resolves_once_under_chaos(void **state)
         s_keep_workers(&c);
         if (now >= next_progress_ms && !draining) {
             //  A soak's memory over time: one line a minute.
-            printf("chaos: t=%" PRId64 "s futures=%" PRIu64 " kills=%" PRIu64 " restarts=%"
-                   PRIu64 " broker_rss_kib=%ld\n", (now - start_ms) / 1000, c.submitted,
-                   c.kills, c.restarts, cf_testkit_rss_kib(cf_testkit_pid(c.broker)));
+            printf("chaos: t=%" PRId64 "s futures=%" PRIu64 " kills=%" PRIu64 " restarts=%" PRIu64
+                   " broker_rss_kib=%ld\n",
+                   (now - start_ms) / 1000, c.submitted, c.kills, c.restarts,
+                   cf_testkit_rss_kib(cf_testkit_pid(c.broker)));
             fflush(stdout);
             next_progress_ms += 60000;
         }
@@ -426,21 +426,21 @@ static void test_every_future_resolves_once_under_chaos(void **state)
         else if (calls == 0)
             missing++;
     }
-    printf("chaos: seed=%" PRIu64 " seconds=%d futures=%" PRIu64 " ok=%" PRIu64
-           " poison=%" PRIu64 " poison_failed=%" PRIu64 " kills=%" PRIu64 " stops=%" PRIu64
-           " restarts=%" PRIu64 " workers_started=%" PRIu64 " lost=%" PRIu64
-           " duplicates=%" PRIu64 " wrong=%" PRIu64 " broker_rss_kib_start=%ld"
-           " broker_rss_kib_end=%ld broker_rss_kib_max=%ld chaos_ms=%" PRId64
-           " drain_ms=%" PRId64 "\n",
+    printf("chaos: seed=%" PRIu64 " seconds=%d futures=%" PRIu64 " ok=%" PRIu64 " poison=%" PRIu64
+           " poison_failed=%" PRIu64 " kills=%" PRIu64 " stops=%" PRIu64 " restarts=%" PRIu64
+           " workers_started=%" PRIu64 " lost=%" PRIu64 " duplicates=%" PRIu64 " wrong=%" PRIu64
+           " broker_rss_kib_start=%ld"
+           " broker_rss_kib_end=%ld broker_rss_kib_max=%ld chaos_ms=%" PRId64 " drain_ms=%" PRId64
+           "\n",
            seed, seconds, c.submitted, c.ok, c.poisons, c.poison_failed, c.kills, c.stops,
            c.restarts, c.replaced + S_WORKERS, lost, duplicates, c.wrong, c.rss_first_kib,
            rss_end_kib, c.rss_max_kib, chaos_ms, drain_ms);
     fflush(stdout);
     if (lost || duplicates || c.wrong || missing != lost) {
         cf_testkit_dump_logs(c.kit);
-        fail_msg("chaos (seed %" PRIu64 "): %" PRIu64 " lost, %" PRIu64 " completed twice, %"
-                 PRIu64 " wrong, %" PRIu64 " without a completion", seed, lost, duplicates,
-                 c.wrong, missing);
+        fail_msg("chaos (seed %" PRIu64 "): %" PRIu64 " lost, %" PRIu64 " completed twice, %" PRIu64
+                 " wrong, %" PRIu64 " without a completion",
+                 seed, lost, duplicates, c.wrong, missing);
     }
     assert_int_equal(c.ok + c.poison_failed, c.submitted);
     for (uint64_t b = 0; b < S_MAX_BLOCKS; b++)

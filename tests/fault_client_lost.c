@@ -16,19 +16,19 @@
 #include <stdio.h>
 #include <unistd.h>
 
-#define S_HB_MS CF_TESTKIT_FAST_HEARTBEAT_MS
-#define S_HB_TEXT "200"
+#define S_HB_MS          CF_TESTKIT_FAST_HEARTBEAT_MS
+#define S_HB_TEXT        "200"
 //  The doomed client's queue: 40 tasks of 2 s on one worker thread would
 //  take 80 s to drain, far longer than the deadline for dropping them, so
 //  a broker that runs them instead of dropping them fails the test.
-#define S_DOOMED_TASKS 40
+#define S_DOOMED_TASKS   40
 #define S_DOOMED_TASK_MS 2000
 
 //  Runs in the forked child: no cmocka, reports on stdout.
 static int s_doomed_client(void *arg)
 {
     const char *endpoint = arg;
-    cf_options_t options = {.endpoint = endpoint, .heartbeat_ivl_ms = S_HB_MS};
+    cf_options_t options = { .endpoint = endpoint, .heartbeat_ivl_ms = S_HB_MS };
     cf_executor_t *executor = cf_executor_connect(endpoint, &options);
     if (!executor) {
         printf("failed connect: %s\n", cf_last_error());
@@ -51,8 +51,8 @@ static int s_doomed_client(void *arg)
 
 typedef struct {
     const char *endpoint;
-    uint64_t want_at_least;     //  queued >= this (when not UINT64_MAX)
-    uint64_t want_at_most;      //  queued <= this
+    uint64_t want_at_least;    //  queued >= this (when not UINT64_MAX)
+    uint64_t want_at_most;     //  queued <= this
 } queued_t;
 
 static bool s_queued_in_range(void *arg)
@@ -69,8 +69,8 @@ static void test_a_lost_client_has_its_queue_dropped_and_others_are_served(void 
     cf_testkit_t *kit = *state;
     cf_testkit_proc_t *broker = cf_testkit_start_broker(kit, "--heartbeat-ms", S_HB_TEXT,
                                                         "--liveness", "3", NULL);
-    cf_testkit_start_worker(kit, cf_testkit_workers(broker), "--threads", "1",
-                            "--heartbeat-ms", S_HB_TEXT, NULL);
+    cf_testkit_start_worker(kit, cf_testkit_workers(broker), "--threads", "1", "--heartbeat-ms",
+                            S_HB_TEXT, NULL);
     const char *clients = cf_testkit_clients(broker);
 
     cf_testkit_proc_t *doomed = cf_testkit_fork(kit, "doomed-client", s_doomed_client,
@@ -81,8 +81,9 @@ static void test_a_lost_client_has_its_queue_dropped_and_others_are_served(void 
         fail_msg("the doomed client did not submit its tasks");
     }
     //  The tasks are queued at the broker (a few may be on the worker).
-    queued_t full = {.endpoint = clients, .want_at_least = S_DOOMED_TASKS - 5,
-                     .want_at_most = UINT64_MAX};
+    queued_t full = { .endpoint = clients,
+                      .want_at_least = S_DOOMED_TASKS - 5,
+                      .want_at_most = UINT64_MAX };
     if (!cf_testkit_wait_until(s_queued_in_range, &full, CF_TESTKIT_DEADLINE_MS)) {
         cf_testkit_dump_logs(kit);
         fail_msg("the broker never reported the doomed client's tasks as queued");
@@ -90,7 +91,7 @@ static void test_a_lost_client_has_its_queue_dropped_and_others_are_served(void 
 
     cf_testkit_kill(doomed);
 
-    queued_t empty = {.endpoint = clients, .want_at_least = 0, .want_at_most = 0};
+    queued_t empty = { .endpoint = clients, .want_at_least = 0, .want_at_most = 0 };
     if (!cf_testkit_wait_until(s_queued_in_range, &empty, 30000)) {
         cf_testkit_dump_logs(kit);
         fail_msg("the lost client's queued tasks were not dropped");
@@ -109,8 +110,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(
-            test_a_lost_client_has_its_queue_dropped_and_others_are_served,
-            cf_testkit_setup, cf_testkit_teardown),
+            test_a_lost_client_has_its_queue_dropped_and_others_are_served, cf_testkit_setup,
+            cf_testkit_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -25,7 +25,7 @@
 //  under 34 bytes inline) make it cheap to send yet long enough that a
 //  broker that kept a whole message before looking at it would hold
 //  tens of megabytes.
-#define S_LONG_FRAMES 300000
+#define S_LONG_FRAMES   300000
 #define S_FUZZ_MESSAGES 400
 
 typedef struct {
@@ -46,8 +46,7 @@ static void s_peer_open(raw_peer_t *peer, const char *endpoint)
     //  A broker that stops reading makes a send block: bound it, so the
     //  test fails instead of hanging.
     int timeout_ms = CF_TESTKIT_DEADLINE_MS;
-    assert_int_equal(zmq_setsockopt(peer->socket, ZMQ_SNDTIMEO, &timeout_ms, sizeof timeout_ms),
-                     0);
+    assert_int_equal(zmq_setsockopt(peer->socket, ZMQ_SNDTIMEO, &timeout_ms, sizeof timeout_ms), 0);
     assert_int_equal(zmq_connect(peer->socket, endpoint), 0);
 }
 
@@ -83,38 +82,44 @@ static void s_send_strs(raw_peer_t *peer, size_t count, const char *const *frame
 
 static void s_send_body(raw_peer_t *peer, const char *command, const void *body, size_t len)
 {
-    const void *data[3] = {"cf/1", command, body};
-    size_t lens[3] = {4, strlen(command), len};
+    const void *data[3] = { "cf/1", command, body };
+    size_t lens[3] = { 4, strlen(command), len };
     s_send(peer, 3, data, lens);
 }
 
 //  The fixed set of bad messages, for either port.
 static void s_send_known_garbage(raw_peer_t *peer)
 {
-    static const char *const commands[] = {"SUBMIT", "CANCEL", "STARTED", "RESULT", "TASK",
-                                           "READY", "CREDIT", "HEARTBEAT", "DISCONNECT",
-                                           "STATS", "ERROR"};
+    static const char *const commands[] = { "SUBMIT",     "CANCEL", "STARTED", "RESULT",
+                                            "TASK",       "READY",  "CREDIT",  "HEARTBEAT",
+                                            "DISCONNECT", "STATS",  "ERROR" };
     //  Bodies that are not what any command expects.
     static const struct {
         const char *bytes;
         size_t len;
     } bodies[] = {
-#define S_BODY(text) {text, sizeof text - 1}
-        S_BODY(""),                                 //  empty
-        S_BODY("\xc1"),                             //  never-used msgpack byte
-        S_BODY("\xdd\x05\xf5\xe1\x00"),              //  array of 100 million, no items
-        S_BODY("\xdb\xff\xff\xff\xff"),              //  str32 of 4 GiB, no bytes
-        S_BODY("\xc6\x7f\xff\xff\xff"),              //  bin32 of 2 GiB
-        S_BODY("\xdf\x7f\xff\xff\xff"),              //  map32 of 2 billion pairs
-        S_BODY("\x91\x91\x91\x91\x91\x91\x91\x91"),  //  nesting, truncated
-        S_BODY("\x2a"),                             //  a bare int
-        S_BODY("\x93\x01\x02\x03"),                 //  an array of ints
-        S_BODY("\x81\xa1x\x01"),                    //  a map
+#define S_BODY(text) { text, sizeof text - 1 }
+        S_BODY(""),                                    //  empty
+        S_BODY("\xc1"),                                //  never-used msgpack byte
+        S_BODY("\xdd\x05\xf5\xe1\x00"),                //  array of 100 million, no items
+        S_BODY("\xdb\xff\xff\xff\xff"),                //  str32 of 4 GiB, no bytes
+        S_BODY("\xc6\x7f\xff\xff\xff"),                //  bin32 of 2 GiB
+        S_BODY("\xdf\x7f\xff\xff\xff"),                //  map32 of 2 billion pairs
+        S_BODY("\x91\x91\x91\x91\x91\x91\x91\x91"),    //  nesting, truncated
+        S_BODY("\x2a"),                                //  a bare int
+        S_BODY("\x93\x01\x02\x03"),                    //  an array of ints
+        S_BODY("\x81\xa1x\x01"),                       //  a map
         //  Task-like arrays with wrong field types and counts.
-        S_BODY("\x95\xcf\x00\x00\x00\x00\x00\x00\x00\x01\xa3" "add" "\x92\x01\x02\x00\x00"),
-        S_BODY("\x91\x95\xcf\x00\x00\x00\x00\x00\x00\x00\x01\xa3" "add" "\xc4\x01\x90\x00\x00"),
-        S_BODY("\x91\x96\xff\xa3" "add" "\x90\xff\xff\xff"),
-        S_BODY("\x90\x90"),                         //  trailing bytes
+        S_BODY("\x95\xcf\x00\x00\x00\x00\x00\x00\x00\x01\xa3"
+               "add"
+               "\x92\x01\x02\x00\x00"),
+        S_BODY("\x91\x95\xcf\x00\x00\x00\x00\x00\x00\x00\x01\xa3"
+               "add"
+               "\xc4\x01\x90\x00\x00"),
+        S_BODY("\x91\x96\xff\xa3"
+               "add"
+               "\x90\xff\xff\xff"),
+        S_BODY("\x90\x90"),    //  trailing bytes
 #undef S_BODY
     };
     for (size_t c = 0; c < sizeof commands / sizeof commands[0]; c++) {
@@ -131,23 +136,24 @@ static void s_send_known_garbage(raw_peer_t *peer)
     s_send_body(peer, "RESULT", deep, deep_len);
     free(deep);
 
-    s_send_strs(peer, 1, (const char *[]){"hello"});
-    s_send_strs(peer, 1, (const char *[]){""});
-    s_send_strs(peer, 1, (const char *[]){"cf/1"});
-    s_send_strs(peer, 2, (const char *[]){"cf/1", "SUBMIT"});
-    s_send_strs(peer, 3, (const char *[]){"cf/2", "SUBMIT", "\x90"});
-    s_send_strs(peer, 3, (const char *[]){"CF/1", "SUBMIT", "\x90"});
-    s_send_strs(peer, 3, (const char *[]){"cf/1", "NOPE", "\x90"});
-    s_send_strs(peer, 3, (const char *[]){"cf/1", "", ""});
-    s_send_strs(peer, 3, (const char *[]){"", "", ""});
-    s_send_strs(peer, 4, (const char *[]){"cf/1", "HEARTBEAT", "\x92\x00\x00", "extra"});
-    s_send_strs(peer, 12, (const char *[]){"cf/1", "SUBMIT", "a", "b", "c", "d", "e", "f", "g",
-                                           "h", "i", "j"});
+    s_send_strs(peer, 1, (const char *[]){ "hello" });
+    s_send_strs(peer, 1, (const char *[]){ "" });
+    s_send_strs(peer, 1, (const char *[]){ "cf/1" });
+    s_send_strs(peer, 2, (const char *[]){ "cf/1", "SUBMIT" });
+    s_send_strs(peer, 3, (const char *[]){ "cf/2", "SUBMIT", "\x90" });
+    s_send_strs(peer, 3, (const char *[]){ "CF/1", "SUBMIT", "\x90" });
+    s_send_strs(peer, 3, (const char *[]){ "cf/1", "NOPE", "\x90" });
+    s_send_strs(peer, 3, (const char *[]){ "cf/1", "", "" });
+    s_send_strs(peer, 3, (const char *[]){ "", "", "" });
+    s_send_strs(peer, 4, (const char *[]){ "cf/1", "HEARTBEAT", "\x92\x00\x00", "extra" });
+    s_send_strs(
+        peer, 12,
+        (const char *[]){ "cf/1", "SUBMIT", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j" });
     //  A command frame far longer than any command.
     char long_command[5000];
     memset(long_command, 'S', sizeof long_command - 1);
     long_command[sizeof long_command - 1] = '\0';
-    s_send_strs(peer, 3, (const char *[]){"cf/1", long_command, "\x90"});
+    s_send_strs(peer, 3, (const char *[]){ "cf/1", long_command, "\x90" });
 }
 
 //  One very long multipart message: S_LONG_FRAMES frames of 16 bytes.
@@ -177,8 +183,8 @@ static void s_send_oversized_frame(raw_peer_t *peer)
 //  Seeded random messages: 1 to 6 frames, often starting like real ones.
 static void s_send_fuzz(raw_peer_t *peer, unsigned seed)
 {
-    static const char *const commands[] = {"SUBMIT", "RESULT", "READY", "CREDIT", "HEARTBEAT",
-                                           "CANCEL", "STATS", "DISCONNECT", "TASK"};
+    static const char *const commands[] = { "SUBMIT", "RESULT", "READY",      "CREDIT", "HEARTBEAT",
+                                            "CANCEL", "STATS",  "DISCONNECT", "TASK" };
     srand(seed);
     uint8_t buf[6][512];
     const void *data[6];
@@ -231,7 +237,7 @@ static bool s_counted_malformed(void *arg)
 {
     malformed_t *m = arg;
     return cf_testkit_broker_stat(m->clients, "malformed", 5000, &m->malformed)
-        && m->malformed >= 100;
+           && m->malformed >= 100;
 }
 
 //  Garbage must not have broken the client.
@@ -279,7 +285,7 @@ static void s_garbage_on(cf_testkit_t *kit, bool worker_port)
 
     //  The garbage did reach the broker: it counted it (the known set alone
     //  is well over a hundred malformed messages).
-    malformed_t counted = {.clients = cf_testkit_clients(broker)};
+    malformed_t counted = { .clients = cf_testkit_clients(broker) };
     if (!cf_testkit_wait_until(s_counted_malformed, &counted, CF_TESTKIT_DEADLINE_MS)) {
         cf_testkit_dump_logs(kit);
         fail_msg("the broker counted %llu malformed messages, expected at least 100",
@@ -313,12 +319,10 @@ static void test_garbage_on_the_worker_port_does_not_break_the_broker(void **sta
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(
-            test_garbage_on_the_client_port_does_not_break_the_broker,
-            cf_testkit_setup, cf_testkit_teardown),
-        cmocka_unit_test_setup_teardown(
-            test_garbage_on_the_worker_port_does_not_break_the_broker,
-            cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_on_the_client_port_does_not_break_the_broker,
+                                        cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_on_the_worker_port_does_not_break_the_broker,
+                                        cf_testkit_setup, cf_testkit_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,7 +15,7 @@
 #include <stdio.h>
 #include <sys/types.h>
 
-#define S_HB_MS CF_TESTKIT_FAST_HEARTBEAT_MS
+#define S_HB_MS   CF_TESTKIT_FAST_HEARTBEAT_MS
 #define S_HB_TEXT "200"
 
 typedef struct {
@@ -44,7 +44,7 @@ typedef struct {
     cf_executor_t *executor;
     pid_t supervisor;
     long excluded;
-    int64_t last_a, last_b;     //  the pids the last pair ran on
+    int64_t last_a, last_b;    //  the pids the last pair ran on
     int pairs;
 } two_pids_t;
 
@@ -78,12 +78,14 @@ static bool s_two_distinct(void *arg)
 static void s_expect_two_live_processes(cf_testkit_t *kit, cf_executor_t *executor,
                                         pid_t supervisor, long excluded)
 {
-    two_pids_t t = {.kit = kit, .executor = executor, .supervisor = supervisor,
-                    .excluded = excluded};
+    two_pids_t t = {
+        .kit = kit, .executor = executor, .supervisor = supervisor, .excluded = excluded
+    };
     if (!cf_testkit_wait_until(s_two_distinct, &t, CF_TESTKIT_DEADLINE_MS)) {
         cf_testkit_dump_logs(kit);
         fail_msg("%d pairs of concurrent tasks, none on two processes (last pair: pids %lld "
-                 "and %lld)", t.pairs, (long long)t.last_a, (long long)t.last_b);
+                 "and %lld)",
+                 t.pairs, (long long)t.last_a, (long long)t.last_b);
     }
 }
 
@@ -97,7 +99,7 @@ static void test_a_killed_worker_process_is_replaced_and_its_task_retried(void *
     const char *pid_file = cf_testkit_path(kit, "running.pid");
     cf_future_t *f = cf_submit(executor, "sleep_pid", "is", 1500, pid_file);
     assert_non_null(f);
-    pid_wait_t wait = {.pid_file = pid_file, .pid = -1};
+    pid_wait_t wait = { .pid_file = pid_file, .pid = -1 };
     if (!cf_testkit_wait_until(s_pid_written, &wait, CF_TESTKIT_DEADLINE_MS)) {
         cf_testkit_dump_logs(kit);
         fail_msg("no worker process started the task");
@@ -126,7 +128,7 @@ static void test_a_crashing_task_fails_alone_and_the_pool_lives(void **state)
     cf_testkit_proc_t *broker = s_cluster(kit, &pool);
     cf_executor_t *executor = cf_testkit_connect(cf_testkit_clients(broker), S_HB_MS);
 
-    cf_task_opts_t one_retry = {.retries = 1};
+    cf_task_opts_t one_retry = { .retries = 1 };
     cf_future_t *crash = cf_submit_with(executor, &one_retry, "crash", "");
     assert_non_null(crash);
     enum { OTHERS = 12 };
@@ -154,8 +156,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(
-            test_a_killed_worker_process_is_replaced_and_its_task_retried,
-            cf_testkit_setup, cf_testkit_teardown),
+            test_a_killed_worker_process_is_replaced_and_its_task_retried, cf_testkit_setup,
+            cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_a_crashing_task_fails_alone_and_the_pool_lives,
                                         cf_testkit_setup, cf_testkit_teardown),
     };

@@ -16,7 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define S_HB_MS CF_TESTKIT_FAST_HEARTBEAT_MS
+#define S_HB_MS   CF_TESTKIT_FAST_HEARTBEAT_MS
 #define S_HB_TEXT "200"
 
 typedef struct {
@@ -34,7 +34,7 @@ static bool s_pid_written(void *arg)
 //  Waits until the task running sleep_pid(ms, pid_file) has written its pid.
 static long s_running_pid(cf_testkit_t *kit, const char *pid_file)
 {
-    pid_wait_t wait = {.pid_file = pid_file, .pid = -1};
+    pid_wait_t wait = { .pid_file = pid_file, .pid = -1 };
     if (!cf_testkit_wait_until(s_pid_written, &wait, CF_TESTKIT_DEADLINE_MS)) {
         cf_testkit_dump_logs(kit);
         fail_msg("no worker started the task (no pid in %s)", pid_file);
@@ -88,7 +88,7 @@ static void test_a_task_without_retries_fails_with_worker_lost(void **state)
     cf_executor_t *executor = cf_testkit_connect(cf_testkit_clients(broker), S_HB_MS);
 
     const char *pid_file = cf_testkit_path(kit, "running.pid");
-    cf_task_opts_t no_retries = {.retries = -1};
+    cf_task_opts_t no_retries = { .retries = -1 };
     cf_future_t *f = cf_submit_with(executor, &no_retries, "sleep_pid", "is", 1500, pid_file);
     assert_non_null(f);
     assert_int_equal(s_running_pid(kit, pid_file), cf_testkit_pid(doomed));
@@ -152,7 +152,7 @@ static void test_a_frozen_worker_is_noticed_and_its_task_retried(void **state)
     //  Thawed, the worker finishes its stale task (its result must be
     //  dropped harmlessly), notices it was cut off and joins again.
     assert_true(cf_testkit_signal(frozen, SIGCONT));
-    rejoin_t rejoin = {.executor = executor, .wanted = cf_testkit_pid(frozen)};
+    rejoin_t rejoin = { .executor = executor, .wanted = cf_testkit_pid(frozen) };
     bool rejoined = cf_testkit_wait_until(s_ran_on_wanted, &rejoin, CF_TESTKIT_DEADLINE_MS);
     if (rejoin.failed || !rejoined) {
         cf_testkit_dump_logs(kit);

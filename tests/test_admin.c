@@ -68,7 +68,7 @@ static void test_status_json_and_metrics_show_the_work_done(void **state)
     const char *clients = cf_testkit_clients(broker);
     cf_testkit_output_t output;
 
-    s_admin(kit, (const char *[]){"--broker", clients, "status", NULL}, &output);
+    s_admin(kit, (const char *[]){ "--broker", clients, "status", NULL }, &output);
     assert_int_equal(output.exit_code, 0);
     char heading[256];
     snprintf(heading, sizeof heading, "cf-broker at %s: answered in ", clients);
@@ -82,7 +82,7 @@ static void test_status_json_and_metrics_show_the_work_done(void **state)
     assert_int_equal(submitted, 5);
     assert_int_equal(completed, 5);
 
-    s_admin(kit, (const char *[]){"--json", "--broker", clients, NULL}, &output);
+    s_admin(kit, (const char *[]){ "--json", "--broker", clients, NULL }, &output);
     assert_int_equal(output.exit_code, 0);
     s_expect_in(output.out, "\"submitted\": 5,", &output);
     s_expect_in(output.out, "\"completed\": 5,", &output);
@@ -90,7 +90,7 @@ static void test_status_json_and_metrics_show_the_work_done(void **state)
     s_expect_in(output.out, "\"failed\": 0,", &output);
     assert_int_equal(cf_testkit_count(output.out, "\n"), 1);    //  one object, one line
 
-    s_admin(kit, (const char *[]){"metrics", "-b", clients, NULL}, &output);
+    s_admin(kit, (const char *[]){ "metrics", "-b", clients, NULL }, &output);
     assert_int_equal(output.exit_code, 0);
     s_expect_in(output.out, "\ncfutures_broker_up 1\n", &output);
     s_expect_in(output.out, "# TYPE cfutures_broker_completed_total counter\n", &output);
@@ -117,13 +117,15 @@ static void test_workers_and_clients_say_the_broker_lacks_detail(void **state)
     cf_testkit_t *kit = *state;
     cf_testkit_proc_t *broker = s_busy_broker(kit);
     cf_testkit_output_t output;
-    s_admin(kit, (const char *[]){"workers", "--broker", cf_testkit_clients(broker), NULL},
+    s_admin(kit, (const char *[]){ "workers", "--broker", cf_testkit_clients(broker), NULL },
             &output);
     assert_int_equal(output.exit_code, 1);
     s_expect_in(output.out, "1 workers connected to ", &output);
-    s_expect_in(output.err, "this broker does not report per-worker detail (cf/1 STATS "
-                            "without 'workers')", &output);
-    s_admin(kit, (const char *[]){"clients", "--broker", cf_testkit_clients(broker), NULL},
+    s_expect_in(output.err,
+                "this broker does not report per-worker detail (cf/1 STATS "
+                "without 'workers')",
+                &output);
+    s_admin(kit, (const char *[]){ "clients", "--broker", cf_testkit_clients(broker), NULL },
             &output);
     assert_int_equal(output.exit_code, 1);
     s_expect_in(output.err, "this broker does not report per-client detail", &output);
@@ -140,16 +142,16 @@ static void test_a_silent_broker_fails_within_the_timeout_naming_the_endpoint(vo
 
     cf_testkit_output_t output;
     int64_t start_ms = cf_testkit_now_ms();
-    s_admin(kit, (const char *[]){"--broker", endpoint, "--timeout", "700", NULL}, &output);
+    s_admin(kit, (const char *[]){ "--broker", endpoint, "--timeout", "700", NULL }, &output);
     int64_t took_ms = cf_testkit_now_ms() - start_ms;
     assert_int_equal(output.exit_code, 1);
     char expected[512];
     snprintf(expected, sizeof expected, "cf-admin: no answer from %s within 700 ms", endpoint);
     s_expect_in(output.err, expected, &output);
     assert_true(took_ms >= 700);
-    assert_true(took_ms < 700 + 10000);     //  the timeout bounds it, not a hang
+    assert_true(took_ms < 700 + 10000);    //  the timeout bounds it, not a hang
 
-    s_admin(kit, (const char *[]){"metrics", "--broker", endpoint, "--timeout", "300", NULL},
+    s_admin(kit, (const char *[]){ "metrics", "--broker", endpoint, "--timeout", "300", NULL },
             &output);
     assert_int_equal(output.exit_code, 1);
     s_expect_in(output.out, "\ncfutures_broker_up 0\n", &output);
@@ -159,8 +161,8 @@ static void test_watch_redraws_until_interrupted(void **state)
 {
     cf_testkit_t *kit = *state;
     cf_testkit_proc_t *broker = cf_testkit_start_broker(kit, NULL);
-    const char *argv[] = {cf_testkit_env("CF_ADMIN_BIN"), "--watch", "--interval", "1",
-                          "--broker", cf_testkit_clients(broker), NULL};
+    const char *argv[] = { cf_testkit_env("CF_ADMIN_BIN"), "--watch", "--interval", "1", "--broker",
+                           cf_testkit_clients(broker),     NULL };
     cf_testkit_proc_t *admin = cf_testkit_spawn(kit, "cf-admin", argv);
     assert_non_null(admin);
     //  Not a terminal: each refresh is a new block of lines.
@@ -179,7 +181,7 @@ static const char *s_keygen(cf_testkit_t *kit, const char *relative)
 {
     const char *name = cf_testkit_path(kit, relative);
     cf_testkit_output_t output;
-    const char *argv[] = {cf_testkit_env("CF_KEYGEN_BIN"), name, NULL};
+    const char *argv[] = { cf_testkit_env("CF_KEYGEN_BIN"), name, NULL };
     assert_true(cf_testkit_run(kit, argv, S_RUN_MS, &output));
     assert_int_equal(output.exit_code, 0);
     return name;
@@ -199,13 +201,15 @@ static void test_a_curve_broker_answers_an_allowed_key_only(void **state)
     snprintf(broker_public, sizeof broker_public, "%s.key", broker_key);
     snprintf(alice_secret, sizeof alice_secret, "%s.key_secret", alice);
     snprintf(mallory_secret, sizeof mallory_secret, "%s.key_secret", mallory);
-    cf_testkit_proc_t *broker = cf_testkit_start_broker(
-        kit, "--curve-secret", broker_secret, "--client-keys", cf_testkit_path(kit, "clients"),
-        NULL);
+    cf_testkit_proc_t *broker = cf_testkit_start_broker(kit, "--curve-secret", broker_secret,
+                                                        "--client-keys",
+                                                        cf_testkit_path(kit, "clients"), NULL);
     const char *clients = cf_testkit_clients(broker);
     cf_testkit_output_t output;
-    s_admin(kit, (const char *[]){"-b", clients, "--broker-key", broker_public, "--key",
-                                  alice_secret, "--json", NULL}, &output);
+    s_admin(kit,
+            (const char *[]){ "-b", clients, "--broker-key", broker_public, "--key", alice_secret,
+                              "--json", NULL },
+            &output);
     if (output.exit_code != 0)
         fail_msg("alice: exit %d\n%s%s", output.exit_code, output.out, output.err);
     s_expect_in(output.out, "\"clients\": 0,", &output);
@@ -213,14 +217,18 @@ static void test_a_curve_broker_answers_an_allowed_key_only(void **state)
     //  said at once (well within the long timeout), with the endpoint.
     char refused[512], plaintext[512];
     snprintf(refused, sizeof refused, "cf-admin: the broker at %s refused the key ", clients);
-    snprintf(plaintext, sizeof plaintext, "cf-admin: the broker at %s requires CURVE: give "
-                                          "--broker-key and --key", clients);
+    snprintf(plaintext, sizeof plaintext,
+             "cf-admin: the broker at %s requires CURVE: give "
+             "--broker-key and --key",
+             clients);
     int64_t start_ms = cf_testkit_now_ms();
-    s_admin(kit, (const char *[]){"-b", clients, "--broker-key", broker_public, "--key",
-                                  mallory_secret, "-t", "60000", NULL}, &output);
+    s_admin(kit,
+            (const char *[]){ "-b", clients, "--broker-key", broker_public, "--key", mallory_secret,
+                              "-t", "60000", NULL },
+            &output);
     assert_int_equal(output.exit_code, 1);
     s_expect_in(output.err, refused, &output);
-    s_admin(kit, (const char *[]){"-b", clients, "-t", "60000", NULL}, &output);
+    s_admin(kit, (const char *[]){ "-b", clients, "-t", "60000", NULL }, &output);
     assert_int_equal(output.exit_code, 1);
     s_expect_in(output.err, plaintext, &output);
     assert_true(cf_testkit_now_ms() - start_ms < 50000);
@@ -234,10 +242,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_workers_and_clients_say_the_broker_lacks_detail,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(
-            test_a_silent_broker_fails_within_the_timeout_naming_the_endpoint,
-            cf_testkit_setup, cf_testkit_teardown),
-        cmocka_unit_test_setup_teardown(test_watch_redraws_until_interrupted,
-                                        cf_testkit_setup, cf_testkit_teardown),
+            test_a_silent_broker_fails_within_the_timeout_naming_the_endpoint, cf_testkit_setup,
+            cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_watch_redraws_until_interrupted, cf_testkit_setup,
+                                        cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_a_curve_broker_answers_an_allowed_key_only,
                                         cf_testkit_setup, cf_testkit_teardown),
     };

@@ -11,7 +11,7 @@
 //  when it starts and waits for a release file, which orders the tests'
 //  steps across processes without sleeping. Nothing here asserts a duration.
 
-#define _GNU_SOURCE     //  program_invocation_short_name
+#define _GNU_SOURCE    //  program_invocation_short_name
 
 #include "cf_sanitize.h"
 #include "cf_testkit.h"
@@ -33,18 +33,17 @@
 #include <unistd.h>
 
 //  Tasks at once on every kind: max_workers, or two workers of one thread.
-#define S_SLOTS 2
+#define S_SLOTS    2
 //  A wait that must end (a gate's release lets it end): only bounds a hang.
-#define S_LONG_MS CF_TESTKIT_DEADLINE_MS
+#define S_LONG_MS  CF_TESTKIT_DEADLINE_MS
 //  A timeout that must pass (nothing can finish while the gates are shut).
 #define S_SHORT_MS 50
 //  How long a gate may take to start on a free slot (a hang bound: a gate
 //  that has not started by then never will before the release).
 #define S_START_MS 20000
 
-
 typedef struct s_fixture s_fixture_t;
-typedef void (s_body_fn)(s_fixture_t *fx);
+typedef void(s_body_fn)(s_fixture_t *fx);
 
 //  One (behaviour, kind) pair: cmocka's initial state of the test.
 typedef struct {
@@ -55,9 +54,9 @@ typedef struct {
 struct s_fixture {
     const s_case_t *test;
     cf_testkit_t *kit;
-    cf_executor_t *ex;              //  made by s_executor
-    cf_testkit_proc_t *workers[2];  //  CF_REMOTE only
-    int gates;                      //  gate names handed out
+    cf_executor_t *ex;                //  made by s_executor
+    cf_testkit_proc_t *workers[2];    //  CF_REMOTE only
+    int gates;                        //  gate names handed out
 };
 
 // ---------------------------------------------------------------------------
@@ -99,7 +98,7 @@ static cf_executor_t *s_executor_with(s_fixture_t *fx, const cf_options_t *opts)
 {
     if (fx->ex)
         return fx->ex;
-    cf_options_t options = opts ? *opts : (cf_options_t){0};
+    cf_options_t options = opts ? *opts : (cf_options_t){ 0 };
     if (fx->test->kind == CF_REMOTE) {
         cf_testkit_proc_t *broker = cf_testkit_start_broker(fx->kit, NULL);
         for (int i = 0; i < 2; i++)
@@ -111,8 +110,7 @@ static cf_executor_t *s_executor_with(s_fixture_t *fx, const cf_options_t *opts)
         options.max_workers = S_SLOTS;
     fx->ex = cf_executor_new(fx->test->kind, &options);
     if (!fx->ex)
-        fail_msg("cannot make a %s executor: %s", cf_kind_name(fx->test->kind),
-                 cf_last_error());
+        fail_msg("cannot make a %s executor: %s", cf_kind_name(fx->test->kind), cf_last_error());
     return fx->ex;
 }
 
@@ -132,8 +130,8 @@ static void s_run(void **state)
     //  fixed globally.
     if (fx->test->kind == CF_PROCESSES && getenv("CF_TEST_ASAN_SKIP_PROCESSES")) {
         fprintf(stderr, "skipped: CF_PROCESSES under AddressSanitizer "
-                "(CF_TEST_ASAN_SKIP_PROCESSES is set: forked workers can hang in ASan's "
-                "allocator)\n");
+                        "(CF_TEST_ASAN_SKIP_PROCESSES is set: forked workers can hang in ASan's "
+                        "allocator)\n");
         skip();
     }
 #endif
@@ -145,7 +143,7 @@ static void s_run(void **state)
     if (fx->test->kind == CF_PROCESSES
         && !(tsan_options && strstr(tsan_options, "die_after_fork=0"))) {
         fprintf(stderr, "skipped: CF_PROCESSES under ThreadSanitizer needs "
-                "TSAN_OPTIONS=die_after_fork=0\n");
+                        "TSAN_OPTIONS=die_after_fork=0\n");
         skip();
     }
 #endif
@@ -182,7 +180,8 @@ static void s_expect_started(s_fixture_t *fx, int number)
     if (!cf_testkit_wait_until(s_file_exists, (void *)path, S_START_MS)) {
         cf_testkit_dump_logs(fx->kit);
         fail_msg("gate %d did not start although the executor has a slot for it (is it "
-                 "queued behind another gate at a busy worker while one idles?)", number);
+                 "queued behind another gate at a busy worker while one idles?)",
+                 number);
     }
 }
 
@@ -211,8 +210,9 @@ static void s_expect_cancel(cf_future_t *f)
     bool running = cf_future_running(f);
     if (!cf_future_cancel(f))
         fail_msg("cancel of a task that had not started (running before: %s, after: %s, "
-                 "done: %s) returned false", running ? "yes" : "no",
-                 cf_future_running(f) ? "yes" : "no", cf_future_done(f) ? "yes" : "no");
+                 "done: %s) returned false",
+                 running ? "yes" : "no", cf_future_running(f) ? "yes" : "no",
+                 cf_future_done(f) ? "yes" : "no");
 }
 
 static bool s_running(void *f)
@@ -297,7 +297,7 @@ static void s_submit_returns_ints_strings_arrays_and_maps(s_fixture_t *fx)
     assert_int_equal(cf_value_len(v), 0);
     assert_string_equal(cf_future_function(map), "echo");
 
-    cf_future_t *all[] = {sum, word, array, map, empty};
+    cf_future_t *all[] = { sum, word, array, map, empty };
     s_release_all(all, 5);
 }
 
@@ -362,7 +362,7 @@ static void s_errors_say_type_message_function_and_origin(s_fixture_t *fx)
     assert_string_equal(error->host, s_hostname());
     s_expect_task_pid(fx, error->pid);
 
-    cf_future_t *all[] = {plain, typed, unknown, mistyped};
+    cf_future_t *all[] = { plain, typed, unknown, mistyped };
     s_release_all(all, 4);
 }
 
@@ -407,9 +407,9 @@ static void s_cancel_wins_only_before_the_task_starts(s_fixture_t *fx)
 
 typedef struct {
     atomic_int calls;
-    atomic_int order[4];            //  calls[k] in the order they came
-    atomic_bool not_done;           //  a callback saw its future not done
-    pthread_t thread;               //  who ran the last call
+    atomic_int order[4];     //  calls[k] in the order they came
+    atomic_bool not_done;    //  a callback saw its future not done
+    pthread_t thread;        //  who ran the last call
 } s_callbacks_t;
 
 //  Records the call (no cmocka assertion: this may run on another thread).
@@ -447,7 +447,7 @@ static void s_done_callbacks_run_once_each(s_fixture_t *fx)
     //  Done already: the callback runs at once, in this thread.
     cf_future_t *done = cf_submit(ex, "square", "i", 3);
     assert_int_equal(cf_future_wait(done, S_LONG_MS), CF_OK);
-    s_callbacks_t now = {0};
+    s_callbacks_t now = { 0 };
     assert_int_equal(cf_future_add_done_callback(done, s_callback_ok, &now), CF_OK);
     assert_int_equal(atomic_load(&now.calls), 1);
     assert_true(pthread_equal(now.thread, pthread_self()));
@@ -456,7 +456,7 @@ static void s_done_callbacks_run_once_each(s_fixture_t *fx)
     //  first one fails.
     int number;
     cf_future_t *gate = s_gate(fx, &number);
-    s_callbacks_t later = {0};
+    s_callbacks_t later = { 0 };
     assert_int_equal(cf_future_add_done_callback(gate, s_callback_fails, &later), CF_OK);
     assert_int_equal(cf_future_add_done_callback(gate, s_callback_ok, &later), CF_OK);
     s_expect_started(fx, number);
@@ -473,7 +473,7 @@ static void s_done_callbacks_run_once_each(s_fixture_t *fx)
     cf_future_t *gates[S_SLOTS];
     s_fill_slots(fx, gates);
     cf_future_t *queued = cf_submit(ex, "square", "i", 4);
-    s_callbacks_t cancelled = {0};
+    s_callbacks_t cancelled = { 0 };
     assert_int_equal(cf_future_add_done_callback(queued, s_callback_ok, &cancelled), CF_OK);
     s_expect_cancel(queued);
     assert_int_equal(atomic_load(&cancelled.calls), 1);
@@ -492,9 +492,9 @@ static void s_map_keeps_order_with_and_without_chunks(s_fixture_t *fx)
     int64_t inputs[INPUTS];
     for (int i = 0; i < INPUTS; i++)
         inputs[i] = 20 - i;
-    static const size_t chunksizes[] = {1, 4, 64};
+    static const size_t chunksizes[] = { 1, 4, 64 };
     for (size_t c = 0; c < 3; c++) {
-        cf_map_opts_t opts = {.chunksize = chunksizes[c], .window = 3};
+        cf_map_opts_t opts = { .chunksize = chunksizes[c], .window = 3 };
         cf_map_t *map = cf_map_ints(ex, "square", inputs, INPUTS, &opts);
         assert_non_null(map);
         const cf_value_t *v = NULL;
@@ -523,9 +523,9 @@ static void s_map_keeps_order_with_and_without_chunks(s_fixture_t *fx)
 static void s_map_stops_at_the_first_error_after_earlier_results(s_fixture_t *fx)
 {
     cf_executor_t *ex = s_executor(fx);
-    static const char *const words[] = {"alpha", "beta", "!gamma", "delta", "!epsilon", "zeta"};
+    static const char *const words[] = { "alpha", "beta", "!gamma", "delta", "!epsilon", "zeta" };
     for (size_t chunksize = 1; chunksize <= 4; chunksize += 3) {
-        cf_map_opts_t opts = {.chunksize = chunksize};
+        cf_map_opts_t opts = { .chunksize = chunksize };
         cf_map_t *map = cf_map_strs(ex, "shout", words, 6, &opts);
         assert_non_null(map);
         const cf_value_t *v = NULL;
@@ -554,10 +554,10 @@ static void s_map_stops_at_the_first_error_after_earlier_results(s_fixture_t *fx
 
 typedef struct {
     s_fixture_t *fx;
-    size_t asked;                   //  inputs the source was asked for
-    size_t count;                   //  inputs it has
-    bool gated;                     //  inputs are gates, not squares
-    size_t fail_at;                 //  the input it fails on (0: none)
+    size_t asked;      //  inputs the source was asked for
+    size_t count;      //  inputs it has
+    bool gated;        //  inputs are gates, not squares
+    size_t fail_at;    //  the input it fails on (0: none)
 } s_source_t;
 
 static int s_source(void *state, size_t index, cf_args_t *args)
@@ -576,14 +576,17 @@ static int s_source(void *state, size_t index, cf_args_t *args)
     char name[48];
     snprintf(name, sizeof name, "started-map-%zu", index);
     return cf_args_addf(args, "ss", cf_testkit_path(src->fx->kit, name),
-                        cf_testkit_path(src->fx->kit, "release")) == CF_OK ? 1 : -1;
+                        cf_testkit_path(src->fx->kit, "release"))
+                   == CF_OK
+               ? 1
+               : -1;
 }
 
 static void s_map_times_out_and_cancels_the_rest(s_fixture_t *fx)
 {
     cf_executor_t *ex = s_executor(fx);
-    s_source_t src = {.fx = fx, .count = 5, .gated = true};
-    cf_map_opts_t opts = {.timeout_ms = S_SHORT_MS, .window = 5};
+    s_source_t src = { .fx = fx, .count = 5, .gated = true };
+    cf_map_opts_t opts = { .timeout_ms = S_SHORT_MS, .window = 5 };
     cf_map_t *map = cf_map_new(ex, "gate", s_source, &src, &opts);
     assert_non_null(map);
     const cf_value_t *v = NULL;
@@ -608,8 +611,8 @@ static void s_map_asks_its_source_only_within_the_window(s_fixture_t *fx)
     cf_executor_t *ex = s_executor(fx);
     for (size_t chunksize = 1; chunksize <= 3; chunksize += 2) {
         enum { WINDOW = 4, INPUTS = 50 };
-        s_source_t src = {.fx = fx, .count = INPUTS};
-        cf_map_opts_t opts = {.chunksize = chunksize, .window = WINDOW};
+        s_source_t src = { .fx = fx, .count = INPUTS };
+        cf_map_opts_t opts = { .chunksize = chunksize, .window = WINDOW };
         cf_map_t *map = cf_map_new(ex, "square", s_source, &src, &opts);
         assert_non_null(map);
         //  Nothing taken yet: at most a window of chunks asked for.
@@ -636,7 +639,7 @@ static void s_map_asks_its_source_only_within_the_window(s_fixture_t *fx)
     }
 
     //  A source error ends iteration at its input, after the ones before.
-    s_source_t bad = {.fx = fx, .count = 5, .fail_at = 2};
+    s_source_t bad = { .fx = fx, .count = 5, .fail_at = 2 };
     cf_map_t *map = cf_map_new(ex, "square", s_source, &bad, NULL);
     assert_non_null(map);
     const cf_value_t *v = NULL;
@@ -663,7 +666,7 @@ static void s_as_completed_yields_each_once_done_first(s_fixture_t *fx)
     cf_future_t *gate = gates[0];
 
     //  Done first; duplicates count once; the gate holds the rest.
-    cf_future_t *fs[] = {gate, done, gate, done};
+    cf_future_t *fs[] = { gate, done, gate, done };
     cf_as_completed_t *it = cf_as_completed_new(fs, 4, S_SHORT_MS);
     assert_non_null(it);
     assert_int_equal(cf_as_completed_pending(it), 1);
@@ -677,7 +680,7 @@ static void s_as_completed_yields_each_once_done_first(s_fixture_t *fx)
     //  Without a timeout: each once, as they finish; queued waits for a
     //  slot, so done (finished already) comes first.
     cf_future_t *queued = cf_submit(ex, "square", "i", 6);
-    cf_future_t *more[] = {queued, gate, done, queued, gate};
+    cf_future_t *more[] = { queued, gate, done, queued, gate };
     it = cf_as_completed_new(more, 5, -1);
     assert_non_null(it);
     assert_int_equal(cf_as_completed_next(it, &f), CF_OK);
@@ -727,47 +730,51 @@ static void s_wait_modes_and_timeouts(s_fixture_t *fx)
     size_t n_done = 99, n_not_done = 99;
 
     //  Nothing finishes while the gates are shut.
-    cf_future_t *shut[] = {gates[0], gates[1]};
-    assert_int_equal(cf_wait(shut, 2, S_SHORT_MS, CF_FIRST_COMPLETED, done, &n_done,
-                             not_done, &n_not_done), CF_ETIMEDOUT);
+    cf_future_t *shut[] = { gates[0], gates[1] };
+    assert_int_equal(
+        cf_wait(shut, 2, S_SHORT_MS, CF_FIRST_COMPLETED, done, &n_done, not_done, &n_not_done),
+        CF_ETIMEDOUT);
     assert_int_equal(n_done, 0);
     assert_int_equal(n_not_done, 2);
 
     //  FIRST_COMPLETED: one is done already.
-    cf_future_t *first[] = {gates[0], ok, gates[1]};
-    assert_int_equal(cf_wait(first, 3, S_SHORT_MS, CF_FIRST_COMPLETED, done, &n_done,
-                             not_done, &n_not_done), CF_OK);
+    cf_future_t *first[] = { gates[0], ok, gates[1] };
+    assert_int_equal(
+        cf_wait(first, 3, S_SHORT_MS, CF_FIRST_COMPLETED, done, &n_done, not_done, &n_not_done),
+        CF_OK);
     assert_int_equal(n_done, 1);
     assert_ptr_equal(done[0], ok);
     assert_int_equal(n_not_done, 2);
 
     //  FIRST_EXCEPTION: a failure ends the wait although others run.
-    cf_future_t *exc[] = {gates[0], ok, bad};
-    assert_int_equal(cf_wait(exc, 3, -1, CF_FIRST_EXCEPTION, done, &n_done,
-                             not_done, &n_not_done), CF_OK);
+    cf_future_t *exc[] = { gates[0], ok, bad };
+    assert_int_equal(cf_wait(exc, 3, -1, CF_FIRST_EXCEPTION, done, &n_done, not_done, &n_not_done),
+                     CF_OK);
     assert_int_equal(n_done, 2);
     assert_true(s_contains(done, n_done, bad));
     assert_true(s_contains(done, n_done, ok));
     assert_int_equal(n_not_done, 1);
     assert_ptr_equal(not_done[0], gates[0]);
     //  Without a failure it waits like ALL_COMPLETED, so it times out.
-    cf_future_t *no_exc[] = {ok, gates[1]};
-    assert_int_equal(cf_wait(no_exc, 2, S_SHORT_MS, CF_FIRST_EXCEPTION, done, &n_done,
-                             not_done, &n_not_done), CF_ETIMEDOUT);
+    cf_future_t *no_exc[] = { ok, gates[1] };
+    assert_int_equal(
+        cf_wait(no_exc, 2, S_SHORT_MS, CF_FIRST_EXCEPTION, done, &n_done, not_done, &n_not_done),
+        CF_ETIMEDOUT);
     assert_int_equal(n_done, 1);
     assert_int_equal(n_not_done, 1);
 
     //  ALL_COMPLETED: times out with the gates shut, ends once released.
-    cf_future_t *all[] = {ok, bad, gates[0], gates[1]};
-    assert_int_equal(cf_wait(all, 4, S_SHORT_MS, CF_ALL_COMPLETED, done, &n_done,
-                             not_done, &n_not_done), CF_ETIMEDOUT);
+    cf_future_t *all[] = { ok, bad, gates[0], gates[1] };
+    assert_int_equal(
+        cf_wait(all, 4, S_SHORT_MS, CF_ALL_COMPLETED, done, &n_done, not_done, &n_not_done),
+        CF_ETIMEDOUT);
     assert_int_equal(n_done, 2);
     assert_int_equal(n_not_done, 2);
     assert_true(s_contains(not_done, 2, gates[0]));
     assert_true(s_contains(not_done, 2, gates[1]));
     s_release(fx);
-    assert_int_equal(cf_wait(all, 4, S_LONG_MS, CF_ALL_COMPLETED, done, &n_done,
-                             not_done, &n_not_done), CF_OK);
+    assert_int_equal(
+        cf_wait(all, 4, S_LONG_MS, CF_ALL_COMPLETED, done, &n_done, not_done, &n_not_done), CF_OK);
     assert_int_equal(n_done, 4);
     assert_int_equal(n_not_done, 0);
     //  NULL sets are allowed.
@@ -811,7 +818,7 @@ static void s_shutdown_cancels_queued_and_finishes_running(s_fixture_t *fx)
     }
     //  shutdown(wait, cancel_futures) blocks on the running gates: from
     //  another thread, which must cancel the queued tasks meanwhile.
-    s_shutdown_call_t call = {.ex = ex, .rc = CF_EINVAL};
+    s_shutdown_call_t call = { .ex = ex, .rc = CF_EINVAL };
     pthread_t thread;
     assert_int_equal(pthread_create(&thread, NULL, s_shutdown_thread, &call), 0);
     bool cancelled = cf_testkit_wait_until(s_all_cancelled, queued, S_LONG_MS);
@@ -833,7 +840,7 @@ static void s_shutdown_cancels_queued_and_finishes_running(s_fixture_t *fx)
     assert_null(cf_submit(ex, "square", "i", 1));
     assert_int_equal(cf_last_err(), CF_ESHUTDOWN);
     assert_non_null(strstr(cf_last_error(), "shut down"));
-    static const int64_t one[] = {1};
+    static const int64_t one[] = { 1 };
     cf_map_t *map = cf_map_ints(ex, "square", one, 1, NULL);
     if (map) {
         assert_int_equal(cf_map_next(map, NULL), CF_ESHUTDOWN);
@@ -875,15 +882,15 @@ static bool s_progress_reached(void *arg)
 static void s_progress_counts_every_outcome(s_fixture_t *fx)
 {
     cf_executor_t *ex = s_executor(fx);
-    s_progress_t p = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    s_progress_t p = { .lock = PTHREAD_MUTEX_INITIALIZER };
     cf_executor_on_progress(ex, s_on_progress, &p);
     cf_future_t *gates[S_SLOTS];
     s_fill_slots(fx, gates);
     cf_future_t *queued = cf_submit(ex, "square", "i", 1);
     s_expect_cancel(queued);
     s_release(fx);
-    cf_future_t *fs[] = {cf_submit(ex, "square", "i", 2), cf_submit(ex, "square", "i", 3),
-                         cf_submit(ex, "fail", "s", "counted")};
+    cf_future_t *fs[] = { cf_submit(ex, "square", "i", 2), cf_submit(ex, "square", "i", 3),
+                          cf_submit(ex, "fail", "s", "counted") };
     for (int i = 0; i < 3; i++)
         assert_int_equal(cf_future_wait(fs[i], S_LONG_MS), CF_OK);
     for (int i = 0; i < S_SLOTS; i++)
@@ -954,15 +961,15 @@ static void s_cancel_racing_destroy_is_safe(s_fixture_t *fx)
         s_release_all(gates, S_SLOTS);
         assert_int_equal(unlink(cf_testkit_path(fx->kit, "release")), 0);
         if (fx->test->kind == CF_REMOTE)
-            break;      //  the cluster stays up; one round is enough there
+            break;    //  the cluster stays up; one round is enough there
     }
 }
 
 static void s_max_workers_must_not_be_negative(s_fixture_t *fx)
 {
-    static const int bad[] = {-1, -2, -1000};
+    static const int bad[] = { -1, -2, -1000 };
     for (size_t i = 0; i < 3; i++) {
-        cf_options_t opts = {.max_workers = bad[i]};
+        cf_options_t opts = { .max_workers = bad[i] };
         assert_null(cf_executor_new(fx->test->kind, &opts));
         assert_int_equal(cf_last_err(), CF_EINVAL);
         char expected[64];
@@ -971,7 +978,7 @@ static void s_max_workers_must_not_be_negative(s_fixture_t *fx)
         assert_non_null(strstr(cf_last_error(), expected));
     }
     //  0 is the documented default, not an error.
-    cf_executor_t *ex = cf_executor_new(fx->test->kind, &(cf_options_t){.max_workers = 0});
+    cf_executor_t *ex = cf_executor_new(fx->test->kind, &(cf_options_t){ .max_workers = 0 });
     assert_non_null(ex);
     assert_true(cf_executor_max_workers(ex) >= 1);
     assert_int_equal(cf_executor_kind(ex), fx->test->kind);
@@ -1012,8 +1019,7 @@ CF_TASK(init_probe);
 static void s_initializer_runs_in_each_worker(s_fixture_t *fx)
 {
     static char tag[] = "initialised";
-    cf_options_t opts = {.max_workers = S_SLOTS, .initializer = s_initializer,
-                         .initarg = tag};
+    cf_options_t opts = { .max_workers = S_SLOTS, .initializer = s_initializer, .initarg = tag };
     cf_executor_t *ex = s_executor_with(fx, &opts);
     //  Two probes running at once: one in each worker.
     cf_future_t *probes[S_SLOTS];
@@ -1047,8 +1053,13 @@ static void s_initializer_runs_in_each_worker(s_fixture_t *fx)
 // ---------------------------------------------------------------------------
 
 //  One cmocka test per (behaviour, kind), named "behaviour on kind".
-#define S_CASE(body, kind)                                                   \
-    {#body " on " #kind, s_run, s_setup, s_teardown, &(s_case_t){body, kind}}
+#define S_CASE(body, kind) \
+    { \
+#body " on " #kind, s_run, s_setup, s_teardown, &(s_case_t) \
+        { \
+            body, kind \
+        } \
+    }
 #define S_ALL_KINDS(body) \
     S_CASE(body, CF_THREADS), S_CASE(body, CF_PROCESSES), S_CASE(body, CF_REMOTE)
 #define S_LOCAL_KINDS(body) S_CASE(body, CF_THREADS), S_CASE(body, CF_PROCESSES)

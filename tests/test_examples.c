@@ -5,7 +5,7 @@
 //  this test runs on loopback (fast files, a slow one, a 404, a 500, one
 //  that fails once) so it never touches the internet.
 
-#define _GNU_SOURCE     //  pipe2, accept4
+#define _GNU_SOURCE    //  pipe2, accept4
 
 #include "cf_testkit.h"
 
@@ -51,8 +51,7 @@ static void s_run_example(cf_testkit_t *kit, const char *name, const char *const
 static void s_expect_in(const cf_testkit_output_t *output, const char *needle)
 {
     if (!strstr(output->out, needle))
-        fail_msg("expected '%s' in the output:\n%s\nstderr:\n%s", needle, output->out,
-                 output->err);
+        fail_msg("expected '%s' in the output:\n%s\nstderr:\n%s", needle, output->out, output->err);
 }
 
 static void s_expect_exit(const cf_testkit_output_t *output, int code)
@@ -72,15 +71,15 @@ static void s_expect_primes_output(const cf_testkit_output_t *output)
         const char *number;
         bool prime;
     } expected[] = {
-        {"2", true},
-        {"11111111111111111", false},
-        {"11111111111111113", false},
-        {"112272535095293", true},
-        {"999999999999999989", true},
-        {"1000000000000000001", false},
-        {"1000000000000000003", true},
-        {"1099726899285419", false},
-        {"9999999999999999", false},
+        { "2", true },
+        { "11111111111111111", false },
+        { "11111111111111113", false },
+        { "112272535095293", true },
+        { "999999999999999989", true },
+        { "1000000000000000001", false },
+        { "1000000000000000003", true },
+        { "1099726899285419", false },
+        { "9999999999999999", false },
     };
     for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++) {
         char line[128];
@@ -113,7 +112,7 @@ static void test_primes_runs_on_a_cluster(void **state)
     cf_testkit_start_worker(kit, cf_testkit_workers(broker), "--threads", "1", NULL);
     cf_testkit_start_worker(kit, cf_testkit_workers(broker), "--threads", "1", NULL);
     cf_testkit_output_t output;
-    s_run_example(kit, "primes", (const char *[]){"remote", cf_testkit_clients(broker), NULL},
+    s_run_example(kit, "primes", (const char *[]){ "remote", cf_testkit_clients(broker), NULL },
                   &output);
     s_expect_in(&output, "on remote");
     s_expect_primes_output(&output);
@@ -128,12 +127,12 @@ static void test_map_slow_doubles_in_order_on_every_kind(void **state)
     cf_testkit_proc_t *broker = cf_testkit_start_broker(kit, NULL);
     cf_testkit_start_worker(kit, cf_testkit_workers(broker), "--threads", "5", NULL);
     const char *const *kinds[] = {
-        (const char *[]){NULL},
-        (const char *[]){"threads", NULL},
-        (const char *[]){"processes", NULL},
-        (const char *[]){"remote", cf_testkit_clients(broker), NULL},
+        (const char *[]){ NULL },
+        (const char *[]){ "threads", NULL },
+        (const char *[]){ "processes", NULL },
+        (const char *[]){ "remote", cf_testkit_clients(broker), NULL },
     };
-    static const char *const kind_names[] = {"threads", "threads", "processes", "remote"};
+    static const char *const kind_names[] = { "threads", "threads", "processes", "remote" };
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         cf_testkit_output_t output;
         s_run_example(kit, "map_slow", kinds[i], &output);
@@ -148,7 +147,7 @@ static void test_map_slow_doubles_in_order_on_every_kind(void **state)
 static void test_examples_refuse_an_unknown_kind(void **state)
 {
     cf_testkit_output_t output;
-    s_run_example(*state, "map_slow", (const char *[]){"quantum", NULL}, &output);
+    s_run_example(*state, "map_slow", (const char *[]){ "quantum", NULL }, &output);
     s_expect_exit(&output, 2);
     assert_non_null(strstr(output.err, "usage:"));
 }
@@ -159,8 +158,8 @@ static void test_as_completed_prints_in_finishing_order(void **state)
     s_run_example(*state, "as_completed", NULL, &output);
     s_expect_exit(&output, 0);
     //  B (100 ms, fails) before A (200 ms) before C (300 ms).
-    static const char *const order[] = {"B raised ValueError('B failed')\n", "A done\n",
-                                        "C done\n", NULL};
+    static const char *const order[] = { "B raised ValueError('B failed')\n", "A done\n",
+                                         "C done\n", NULL };
     if (!cf_testkit_in_order(output.out, order))
         fail_msg("expected B's error, then A, then C:\n%s", output.out);
     assert_int_equal(cf_testkit_count(output.out, "\n"), 3);
@@ -192,7 +191,7 @@ static void test_fanout_maps_reports_progress_and_isolates_errors(void **state)
 
 typedef struct {
     int listen_fd;
-    int stop_pipe[2];           //  written once to stop everything
+    int stop_pipe[2];    //  written once to stop everything
     int port;
     pthread_t acceptor;
     pthread_mutex_t lock;
@@ -213,7 +212,7 @@ static void s_write_all(int fd, const char *data, size_t len)
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
-            return;             //  the client left: nothing to do
+            return;    //  the client left: nothing to do
         data += n;
         len -= (size_t)n;
     }
@@ -240,15 +239,15 @@ static void s_respond(int fd, int status, const char *reason, size_t body_len)
 //  download), at most timeout_ms.
 static void s_stall(http_server_t *server, int fd, int timeout_ms)
 {
-    struct pollfd items[2] = {{.fd = server->stop_pipe[0], .events = POLLIN},
-                              {.fd = fd, .events = POLLIN}};
+    struct pollfd items[2] = { { .fd = server->stop_pipe[0], .events = POLLIN },
+                               { .fd = fd, .events = POLLIN } };
     int64_t deadline = cf_testkit_now_ms() + timeout_ms;
     while (cf_testkit_now_ms() < deadline) {
         int rc = poll(items, 2, (int)(deadline - cf_testkit_now_ms()));
         if (rc < 0 && errno == EINTR)
             continue;
         if (rc != 0)
-            return;             //  stop, or the client closed (or sent more)
+            return;    //  stop, or the client closed (or sent more)
     }
 }
 
@@ -261,7 +260,7 @@ static void *s_serve_connection(void *arg)
     request[0] = '\0';
     //  Read the request head (GET only, no body).
     while (len < sizeof request - 1 && !strstr(request, "\r\n\r\n")) {
-        struct pollfd item = {.fd = conn->fd, .events = POLLIN};
+        struct pollfd item = { .fd = conn->fd, .events = POLLIN };
         if (poll(&item, 1, 10000) <= 0)
             break;
         ssize_t n = recv(conn->fd, request + len, sizeof request - 1 - len, 0);
@@ -307,8 +306,8 @@ static void *s_accept_loop(void *arg)
 {
     http_server_t *server = arg;
     for (;;) {
-        struct pollfd items[2] = {{.fd = server->stop_pipe[0], .events = POLLIN},
-                                  {.fd = server->listen_fd, .events = POLLIN}};
+        struct pollfd items[2] = { { .fd = server->stop_pipe[0], .events = POLLIN },
+                                   { .fd = server->listen_fd, .events = POLLIN } };
         int rc = poll(items, 2, -1);
         if (rc < 0 && errno == EINTR)
             continue;
@@ -324,7 +323,8 @@ static void *s_accept_loop(void *arg)
             conn->server = server;
             conn->fd = fd;
             if (pthread_create(&server->connections[server->connection_count], NULL,
-                               s_serve_connection, conn) == 0)
+                               s_serve_connection, conn)
+                == 0)
                 server->connection_count++;
             else
                 room = false;
@@ -343,8 +343,9 @@ static void s_server_start(http_server_t *server)
     pthread_mutex_init(&server->lock, NULL);
     server->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_true(server->listen_fd >= 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = 0,
-                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in addr = { .sin_family = AF_INET,
+                                .sin_port = 0,
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     assert_int_equal(bind(server->listen_fd, (struct sockaddr *)&addr, sizeof addr), 0);
     assert_int_equal(listen(server->listen_fd, 64), 0);
     socklen_t addr_len = sizeof addr;
@@ -389,8 +390,8 @@ static void test_download_reports_each_url_and_survives_failures(void **state)
 {
     cf_testkit_t *kit = *state;
     s_server_start(&s_server);
-    static const char *const paths[] = {"/file/1", "/file/2", "/file/3", "/file/40", "/file/7",
-                                        "/slow", "/missing", "/broken", "/flaky"};
+    static const char *const paths[] = { "/file/1", "/file/2",  "/file/3", "/file/40", "/file/7",
+                                         "/slow",   "/missing", "/broken", "/flaky" };
     enum { URLS = sizeof paths / sizeof paths[0] };
     char urls[URLS][256];
     const char *args[8 + URLS];
@@ -419,8 +420,9 @@ static void test_download_reports_each_url_and_survives_failures(void **state)
     s_expect_download_line(&output, "/file/40", " 40000 bytes (1 attempt)\n");
     s_expect_download_line(&output, "/file/7", " 7000 bytes (1 attempt)\n");
     s_expect_download_line(&output, "/flaky", " 1000 bytes (2 attempts)\n");
-    s_expect_download_line(&output, "/slow", ": TimeoutError: no answer within 500 ms "
-                                             "(3 attempts)\n");
+    s_expect_download_line(&output, "/slow",
+                           ": TimeoutError: no answer within 500 ms "
+                           "(3 attempts)\n");
     s_expect_download_line(&output, "/missing", ": HTTPError: HTTP 404 (1 attempt)\n");
     s_expect_download_line(&output, "/broken", ": HTTPError: HTTP 500 (3 attempts)\n");
     s_expect_in(&output, "6 downloaded (54000 bytes), 3 failed");
@@ -456,7 +458,7 @@ static void test_download_reads_urls_from_a_file_and_saves_them(void **state)
     assert_int_equal(fclose(list), 0);
 
     cf_testkit_output_t output;
-    s_run_example(kit, "download", (const char *[]){"-o", dir, "-f", list_path, NULL}, &output);
+    s_run_example(kit, "download", (const char *[]){ "-o", dir, "-f", list_path, NULL }, &output);
     s_server_stop(&s_server);
     s_expect_exit(&output, 0);
     s_expect_in(&output, "2 downloaded (17000 bytes), 0 failed");
@@ -481,12 +483,12 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_primes_checks_numbers_on_processes_by_default,
                                         cf_testkit_setup, cf_testkit_teardown),
-        cmocka_unit_test_setup_teardown(test_primes_runs_on_a_cluster,
-                                        cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_primes_runs_on_a_cluster, cf_testkit_setup,
+                                        cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_map_slow_doubles_in_order_on_every_kind,
                                         cf_testkit_setup, cf_testkit_teardown),
-        cmocka_unit_test_setup_teardown(test_examples_refuse_an_unknown_kind,
-                                        cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_examples_refuse_an_unknown_kind, cf_testkit_setup,
+                                        cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_as_completed_prints_in_finishing_order,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_fanout_maps_reports_progress_and_isolates_errors,
@@ -495,8 +497,8 @@ int main(void)
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_download_reads_urls_from_a_file_and_saves_them,
                                         cf_testkit_setup, cf_testkit_teardown),
-        cmocka_unit_test_setup_teardown(test_download_without_urls_prints_usage,
-                                        cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_download_without_urls_prints_usage, cf_testkit_setup,
+                                        cf_testkit_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,20 +21,25 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define S_RUN_MS 120000
+#define S_RUN_MS   120000
 //  The server's delay per answer: twenty of them one after the other take
 //  at least a second, which is what the sequential version must take.
 #define S_DELAY_MS "50"
 
-static const char *const s_pop20[] = {"BD", "BR", "CD", "CN", "DE", "EG", "ET", "FR", "ID", "IN",
-                                      "IR", "JP", "MX", "NG", "PH", "PK", "RU", "TR", "US", "VN"};
+static const char *const s_pop20[] = { "BD", "BR", "CD", "CN", "DE", "EG", "ET", "FR", "ID", "IN",
+                                       "IR", "JP", "MX", "NG", "PH", "PK", "RU", "TR", "US", "VN" };
 
 //  flags_server with this delay, failing the first request for each flag
 //  when flaky; returns its base URL.
 static const char *s_server(cf_testkit_t *kit, const char *delay_ms, bool flaky)
 {
-    const char *argv[] = {cf_testkit_example(kit, "flags_server"), "-p", "0", "-d", delay_ms,
-                          flaky ? "-f" : NULL, NULL};
+    const char *argv[] = { cf_testkit_example(kit, "flags_server"),
+                           "-p",
+                           "0",
+                           "-d",
+                           delay_ms,
+                           flaky ? "-f" : NULL,
+                           NULL };
     cf_testkit_proc_t *server = cf_testkit_spawn(kit, "flags_server", argv);
     assert_non_null(server);
     if (!cf_testkit_wait_line(server, "ready ", CF_TESTKIT_READY_MS)) {
@@ -95,19 +100,23 @@ static void test_sequential_and_pool_versions_download_the_same_flags(void **sta
     const char *url = s_server(kit, S_DELAY_MS, false);
     const char *dir = cf_testkit_path(kit, "flags");
     cf_testkit_output_t output;
-    s_run(kit, (const char *[]){cf_testkit_example(kit, "flags"), "-u", url, "-o", dir, NULL},
+    s_run(kit, (const char *[]){ cf_testkit_example(kit, "flags"), "-u", url, "-o", dir, NULL },
           &output);
     double sequential = s_expect_flags(&output, dir);
     //  One request after another: at least twenty delays.
     assert_true(sequential >= 1.0);
-    s_run(kit, (const char *[]){cf_testkit_example(kit, "flags_threadpool"), "-u", url, "-o",
-                                dir, NULL}, &output);
+    s_run(
+        kit,
+        (const char *[]){ cf_testkit_example(kit, "flags_threadpool"), "-u", url, "-o", dir, NULL },
+        &output);
     double threads = s_expect_flags(&output, dir);
     //  Twenty at once: less than the one-at-a-time sum of delays.
     if (!(threads < sequential))
         fail_msg("threads took %.2fs, sequential %.2fs", threads, sequential);
-    s_run(kit, (const char *[]){cf_testkit_example(kit, "flags_processpool"), "-u", url, "-o",
-                                dir, NULL}, &output);
+    s_run(kit,
+          (const char *[]){ cf_testkit_example(kit, "flags_processpool"), "-u", url, "-o", dir,
+                            NULL },
+          &output);
     s_expect_flags(&output, dir);
 }
 
@@ -120,19 +129,25 @@ static void test_pool_versions_and_download_run_on_a_cluster(void **state)
     cf_testkit_start_worker(kit, cf_testkit_workers(broker), "--threads", "4", "--tasks",
                             cf_testkit_example(kit, "libdownload_tasks.so"), NULL);
     cf_testkit_output_t output;
-    s_run(kit, (const char *[]){cf_testkit_example(kit, "flags_processpool"), "-u", url, "-o",
-                                dir, "remote", cf_testkit_clients(broker), NULL}, &output);
+    s_run(kit,
+          (const char *[]){ cf_testkit_example(kit, "flags_processpool"), "-u", url, "-o", dir,
+                            "remote", cf_testkit_clients(broker), NULL },
+          &output);
     s_expect_flags(&output, dir);
-    s_run(kit, (const char *[]){cf_testkit_example(kit, "flags_threadpool"), "-u", url, "-o",
-                                dir, "remote", cf_testkit_clients(broker), NULL}, &output);
+    s_run(kit,
+          (const char *[]){ cf_testkit_example(kit, "flags_threadpool"), "-u", url, "-o", dir,
+                            "remote", cf_testkit_clients(broker), NULL },
+          &output);
     s_expect_flags(&output, dir);
 
     char found[512], missing[512];
     snprintf(found, sizeof found, "%s/cn/cn.gif", url);
     snprintf(missing, sizeof missing, "%s/zz/zz.gif", url);
-    s_run(kit, (const char *[]){cf_testkit_example(kit, "download"), "-r", "0", "remote",
-                                cf_testkit_clients(broker), found, missing, NULL}, &output);
-    assert_int_equal(output.exit_code, 1);      //  one URL failed
+    s_run(kit,
+          (const char *[]){ cf_testkit_example(kit, "download"), "-r", "0", "remote",
+                            cf_testkit_clients(broker), found, missing, NULL },
+          &output);
+    assert_int_equal(output.exit_code, 1);    //  one URL failed
     char *ok = cf_testkit_line_with(output.out, found);
     char *failed = cf_testkit_line_with(output.out, missing);
     assert_non_null(ok);
@@ -152,14 +167,14 @@ static void test_flags_progress_retries_and_draws_plain_lines(void **state)
     //  The first request for each flag fails (503): without retries, all
     //  twenty fail.
     const char *url = s_server(kit, "0", true);
-    s_run(kit, (const char *[]){bin, "-u", url, "-o", dir, "-r", "0", NULL}, &output);
+    s_run(kit, (const char *[]){ bin, "-u", url, "-o", dir, "-r", "0", NULL }, &output);
     assert_int_equal(output.exit_code, 1);
     if (!strstr(output.out, "0 flags downloaded.\n") || !strstr(output.out, "20 errors.\n"))
         fail_msg("without retries:\n%s", output.out);
     //  With retries the same failures are retried away (the second request
     //  for a flag always succeeds).
     url = s_server(kit, "0", true);
-    s_run(kit, (const char *[]){bin, "-u", url, "-o", dir, "-m", "4", "-r", "2", NULL}, &output);
+    s_run(kit, (const char *[]){ bin, "-u", url, "-o", dir, "-m", "4", "-r", "2", NULL }, &output);
     if (output.exit_code != 0 || !strstr(output.out, "20 flags downloaded.\n")
         || strstr(output.out, "error"))
         fail_msg("with retries: exit %d\n%s", output.exit_code, output.out);
@@ -170,7 +185,7 @@ static void test_flags_progress_retries_and_draws_plain_lines(void **state)
         fail_msg("no final bar:\n%s", output.err);
     //  -a: every two-letter code; the server knows fifty.
     url = s_server(kit, "0", false);
-    s_run(kit, (const char *[]){bin, "-u", url, "-o", dir, "-a", "-m", "16", "-r", "5", NULL},
+    s_run(kit, (const char *[]){ bin, "-u", url, "-o", dir, "-a", "-m", "16", "-r", "5", NULL },
           &output);
     if (output.exit_code != 0 || !strstr(output.out, "50 flags downloaded.\n")
         || !strstr(output.out, "626 not found.\n"))
@@ -184,7 +199,7 @@ static void test_example_tasks_raise_overflow_instead_of_wrapping(void **state)
     cf_testkit_start_worker(kit, cf_testkit_workers(broker), "--threads", "2", NULL);
     cf_executor_t *ex = cf_testkit_connect(cf_testkit_clients(broker), 0);
     cf_future_t *big = cf_submit(ex, "square", "L", (int64_t)1 << 40);
-    cf_future_t *edge = cf_submit(ex, "square", "L", (int64_t)3037000499);  //  fits: 9.22e18
+    cf_future_t *edge = cf_submit(ex, "square", "L", (int64_t)3037000499);    //  fits: 9.22e18
     cf_future_t *twice = cf_submit(ex, "slow_double", "L", INT64_MAX / 2 + 1);
     cf_future_t *sum = cf_submit(ex, "add", "LL", INT64_MAX, (int64_t)1);
     cf_testkit_expect_error(kit, big, "OverflowError", "does not fit in 64 bits");

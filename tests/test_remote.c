@@ -27,11 +27,22 @@ static void test_is_prime_runs_on_two_workers(void **state)
         uint64_t n;
         bool prime;
     } cases[] = {
-        {0, false}, {1, false}, {2, true}, {3, true}, {4, false}, {97, true},
-        {7919, true}, {7921, false}, {112272535095293ULL, true}, {112582705942171ULL, true},
-        {1099726899285419ULL, false}, {11111111111111111ULL, false},
-        {11111111111111113ULL, false}, {9999999999999999ULL, false},
-        {999999999999999989ULL, true}, {1000000000000000001ULL, false},
+        { 0, false },
+        { 1, false },
+        { 2, true },
+        { 3, true },
+        { 4, false },
+        { 97, true },
+        { 7919, true },
+        { 7921, false },
+        { 112272535095293ULL, true },
+        { 112582705942171ULL, true },
+        { 1099726899285419ULL, false },
+        { 11111111111111111ULL, false },
+        { 11111111111111113ULL, false },
+        { 9999999999999999ULL, false },
+        { 999999999999999989ULL, true },
+        { 1000000000000000001ULL, false },
     };
     enum { CASES = sizeof cases / sizeof cases[0] };
     cf_future_t *futures[CASES];
@@ -85,7 +96,7 @@ static void test_map_keeps_input_order_across_workers(void **state)
         inputs[i] = i - 50;
     //  One task per input, then chunks of 7 (through cf.chunk on workers).
     for (size_t chunksize = 1; chunksize <= 7; chunksize += 6) {
-        cf_map_opts_t opts = {.chunksize = chunksize};
+        cf_map_opts_t opts = { .chunksize = chunksize };
         cf_map_t *map = cf_map_ints(executor, "square", inputs, INPUTS, &opts);
         assert_non_null(map);
         const cf_value_t *value;
@@ -199,9 +210,9 @@ static void test_values_cross_the_cluster_intact(void **state)
     cf_testkit_start_worker(kit, cf_testkit_workers(broker), NULL);
     cf_executor_t *executor = cf_testkit_connect(cf_testkit_clients(broker), 0);
 
-    static const uint8_t bytes[] = {0, 1, 2, 0xff, 0};
-    cf_future_t *f = cf_submit(executor, "echo", "[Ls{sd}bny]", (int64_t)INT64_MIN, "two",
-                               "three", 3.5, true, bytes, sizeof bytes);
+    static const uint8_t bytes[] = { 0, 1, 2, 0xff, 0 };
+    cf_future_t *f = cf_submit(executor, "echo", "[Ls{sd}bny]", (int64_t)INT64_MIN, "two", "three",
+                               3.5, true, bytes, sizeof bytes);
     cf_testkit_expect_done(kit, f);
     const cf_value_t *value = NULL;
     assert_int_equal(cf_future_result(f, 0, &value), CF_OK);
@@ -213,8 +224,7 @@ static void test_values_cross_the_cluster_intact(void **state)
     assert_true(i == INT64_MIN);
     assert_string_equal(cf_value_str(cf_value_at(value, 1), NULL), "two");
     double d = 0;
-    assert_int_equal(cf_value_get_double(cf_value_get(cf_value_at(value, 2), "three"), &d),
-                     CF_OK);
+    assert_int_equal(cf_value_get_double(cf_value_get(cf_value_at(value, 2), "three"), &d), CF_OK);
     assert_true(d == 3.5);
     bool b = false;
     assert_int_equal(cf_value_get_bool(cf_value_at(value, 3), &b), CF_OK);
@@ -275,20 +285,20 @@ static void test_two_clients_share_the_workers(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_is_prime_runs_on_two_workers,
-                                        cf_testkit_setup, cf_testkit_teardown),
-        cmocka_unit_test_setup_teardown(test_map_keeps_input_order_across_workers,
-                                        cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_is_prime_runs_on_two_workers, cf_testkit_setup,
+                                        cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_map_keeps_input_order_across_workers, cf_testkit_setup,
+                                        cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_a_task_error_keeps_its_type_message_and_origin,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_an_unknown_function_fails_with_unknown_function,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_wrong_argument_types_fail_with_type_error,
                                         cf_testkit_setup, cf_testkit_teardown),
-        cmocka_unit_test_setup_teardown(test_values_cross_the_cluster_intact,
-                                        cf_testkit_setup, cf_testkit_teardown),
-        cmocka_unit_test_setup_teardown(test_two_clients_share_the_workers,
-                                        cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_values_cross_the_cluster_intact, cf_testkit_setup,
+                                        cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_two_clients_share_the_workers, cf_testkit_setup,
+                                        cf_testkit_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

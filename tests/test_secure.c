@@ -41,16 +41,14 @@ typedef struct {
     cf_testkit_t *kit;
     cf_keypair_t broker, alice, w1, mallory;
     const char *broker_pub, *broker_secret;
-    const char *clients, *workers;      //  allow-list directories
+    const char *clients, *workers;    //  allow-list directories
     const char *alice_secret, *w1_secret, *mallory_secret, *mallory_pub;
 } s_keys_t;
 
-static void s_make_pair(cf_testkit_t *kit, cf_keypair_t *pair, const char *pub,
-                        const char *secret)
+static void s_make_pair(cf_testkit_t *kit, cf_keypair_t *pair, const char *pub, const char *secret)
 {
     assert_int_equal(cf_keys_generate(pair), CF_OK);
-    if (cf_keys_write(pair, cf_testkit_path(kit, pub), cf_testkit_path(kit, secret), pub)
-        != CF_OK)
+    if (cf_keys_write(pair, cf_testkit_path(kit, pub), cf_testkit_path(kit, secret), pub) != CF_OK)
         fail_msg("cf_keys_write %s: %s", pub, cf_last_error());
 }
 
@@ -88,32 +86,31 @@ static cf_testkit_proc_t *s_secure_worker(s_keys_t *k, const char *endpoint, con
                                           const char *procs)
 {
     if (procs)
-        return cf_testkit_start_worker(k->kit, endpoint, "--broker-key", k->broker_pub,
-                                       "--key", secret, "--procs", procs, NULL);
-    return cf_testkit_start_worker(k->kit, endpoint, "--broker-key", k->broker_pub, "--key",
-                                   secret, "--threads", "2", NULL);
+        return cf_testkit_start_worker(k->kit, endpoint, "--broker-key", k->broker_pub, "--key",
+                                       secret, "--procs", procs, NULL);
+    return cf_testkit_start_worker(k->kit, endpoint, "--broker-key", k->broker_pub, "--key", secret,
+                                   "--threads", "2", NULL);
 }
 
 static cf_executor_t *s_connect(const char *endpoint, const char *broker_key, const char *key)
 {
     return cf_executor_connect(endpoint, &(cf_options_t){
-        .curve_broker_key = broker_key,
-        .curve_key = key,
-    });
+                                             .curve_broker_key = broker_key,
+                                             .curve_key = key,
+                                         });
 }
 
 //  A raw DEALER in ctx with the given CURVE keys (server NULL: plaintext),
 //  connected to endpoint.
-static void *s_dealer(void *ctx, const char *endpoint, const char *server,
-                      const cf_keypair_t *pair)
+static void *s_dealer(void *ctx, const char *endpoint, const char *server, const cf_keypair_t *pair)
 {
     void *sock = zmq_socket(ctx, ZMQ_DEALER);
     assert_non_null(sock);
     int linger = 0;
     assert_int_equal(zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger), 0);
     if (server)
-        assert_int_equal(cf_keys_apply_client(sock, server, pair->public_z85,
-                                              pair->secret_z85), CF_OK);
+        assert_int_equal(cf_keys_apply_client(sock, server, pair->public_z85, pair->secret_z85),
+                         CF_OK);
     assert_int_equal(zmq_connect(sock, endpoint), 0);
     return sock;
 }
@@ -124,7 +121,7 @@ static cf_proto_msg_t *s_recv_type(void *sock, cf_msg_type_t want, int timeout_m
 {
     int64_t deadline = cf_testkit_now_ms() + timeout_ms;
     while (cf_testkit_now_ms() < deadline) {
-        zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
+        zmq_pollitem_t item = { sock, 0, ZMQ_POLLIN, 0 };
         int rc = zmq_poll(&item, 1, 100);
         if (rc <= 0)
             continue;
@@ -140,8 +137,8 @@ static cf_proto_msg_t *s_recv_type(void *sock, cf_msg_type_t want, int timeout_m
 
 //  A broker counter asked over CURVE with the client key pair (the kit's
 //  cf_testkit_broker_stat speaks plaintext, which a CURVE broker refuses).
-static uint64_t s_stat(const char *endpoint, const cf_keypair_t *broker,
-                       const cf_keypair_t *pair, const char *name)
+static uint64_t s_stat(const char *endpoint, const cf_keypair_t *broker, const cf_keypair_t *pair,
+                       const char *name)
 {
     void *ctx = zmq_ctx_new();
     assert_non_null(ctx);
@@ -201,9 +198,9 @@ static bool s_log_cond(void *arg)
 }
 
 typedef struct {
-    const char *endpoint;       //  the broker's client endpoint
+    const char *endpoint;    //  the broker's client endpoint
     s_keys_t *keys;
-    uint64_t workers;           //  how many it must know
+    uint64_t workers;    //  how many it must know
 } s_workers_wait_t;
 
 static bool s_workers_known(void *arg)
@@ -262,8 +259,7 @@ static void test_unknown_plaintext_and_wrong_server_key_clients_are_refused(void
     s_keys_t k;
     s_keys(kit, &k);
     cf_testkit_proc_t *broker = s_secure_broker(&k);
-    cf_testkit_proc_t *worker = s_secure_worker(&k, cf_testkit_workers(broker), k.w1_secret,
-                                                NULL);
+    cf_testkit_proc_t *worker = s_secure_worker(&k, cf_testkit_workers(broker), k.w1_secret, NULL);
     (void)worker;
     const char *clients = cf_testkit_clients(broker);
 
@@ -279,7 +275,7 @@ static void test_unknown_plaintext_and_wrong_server_key_clients_are_refused(void
 
     //  An allowed key but the wrong broker key (a server impersonating the
     //  broker looks the same): the broker drops the handshakes.
-    s_make_pair(kit, &(cf_keypair_t){0}, "other.key", "other.key_secret");
+    s_make_pair(kit, &(cf_keypair_t){ 0 }, "other.key", "other.key_secret");
     ex = s_connect(clients, cf_testkit_path(kit, "other.key"), k.alice_secret);
     assert_null(ex);
     assert_int_equal(cf_last_err(), CF_EAUTH);
@@ -313,7 +309,7 @@ static void test_unknown_plaintext_and_wrong_server_key_clients_are_refused(void
     assert_int_equal(s_stat(clients, &k.broker, &k.alice, "submitted"), 0);
     assert_int_equal(s_stat(clients, &k.broker, &k.alice, "clients"), 0);
     assert_int_equal(s_stat(clients, &k.broker, &k.alice, "malformed"), 0);
-    assert_true(s_log_has(broker, fp));     //  the denial, by fingerprint
+    assert_true(s_log_has(broker, fp));    //  the denial, by fingerprint
     s_expect_no_keys_in_log(&k, broker);
 
     //  SIGHUP: mallory added to the client list is admitted.
@@ -357,8 +353,7 @@ static void test_revoked_keys_are_cut_off_while_connected(void **state)
     };
     s_secure_worker(&k, cf_testkit_workers(broker), cf_testkit_path(kit, "w2.key_secret"), NULL);
     cf_executor_t *alice = s_connect(clients, k.broker_pub, k.alice_secret);
-    cf_executor_t *kept = s_connect(clients, k.broker_pub,
-                                   cf_testkit_path(kit, "bob.key_secret"));
+    cf_executor_t *kept = s_connect(clients, k.broker_pub, cf_testkit_path(kit, "bob.key_secret"));
     if (!alice || !kept)
         fail_msg("allowed client refused: %s", cf_last_error());
     s_expect_square(kit, alice, 3);
@@ -430,9 +425,16 @@ static void test_a_client_key_cannot_work_and_a_worker_key_cannot_submit(void **
     assert_non_null(alice);
 
     //  alice's key as a worker: refused, said in one line, exit status 1.
-    const char *argv[] = { cf_testkit_env("CF_WORKER_BIN"), "--broker",
-                           cf_testkit_workers(broker), "--tasks", cf_testkit_env("CF_TASKS_LIB"),
-                           "--broker-key", k.broker_pub, "--key", k.alice_secret, NULL };
+    const char *argv[] = { cf_testkit_env("CF_WORKER_BIN"),
+                           "--broker",
+                           cf_testkit_workers(broker),
+                           "--tasks",
+                           cf_testkit_env("CF_TASKS_LIB"),
+                           "--broker-key",
+                           k.broker_pub,
+                           "--key",
+                           k.alice_secret,
+                           NULL };
     cf_testkit_output_t out;
     assert_true(cf_testkit_run(kit, argv, CF_TESTKIT_DEADLINE_MS, &out));
     assert_true(out.exited);
@@ -445,18 +447,26 @@ static void test_a_client_key_cannot_work_and_a_worker_key_cannot_submit(void **
     free(line);
 
     //  --procs checks before starting its children.
-    const char *argv_procs[] = { cf_testkit_env("CF_WORKER_BIN"), "--broker",
-                                 cf_testkit_workers(broker), "--tasks",
-                                 cf_testkit_env("CF_TASKS_LIB"), "--broker-key", k.broker_pub,
-                                 "--key", k.alice_secret, "--procs", "2", NULL };
+    const char *argv_procs[] = { cf_testkit_env("CF_WORKER_BIN"),
+                                 "--broker",
+                                 cf_testkit_workers(broker),
+                                 "--tasks",
+                                 cf_testkit_env("CF_TASKS_LIB"),
+                                 "--broker-key",
+                                 k.broker_pub,
+                                 "--key",
+                                 k.alice_secret,
+                                 "--procs",
+                                 "2",
+                                 NULL };
     assert_true(cf_testkit_run(kit, argv_procs, CF_TESTKIT_DEADLINE_MS, &out));
     assert_int_equal(out.exit_code, 1);
     assert_non_null(strstr(out.err, "refused this worker's key"));
 
     //  A plaintext worker of a CURVE broker is told what is missing.
     const char *argv_plain[] = { cf_testkit_env("CF_WORKER_BIN"), "--broker",
-                                 cf_testkit_workers(broker), "--tasks",
-                                 cf_testkit_env("CF_TASKS_LIB"), NULL };
+                                 cf_testkit_workers(broker),      "--tasks",
+                                 cf_testkit_env("CF_TASKS_LIB"),  NULL };
     assert_true(cf_testkit_run(kit, argv_plain, CF_TESTKIT_DEADLINE_MS, &out));
     assert_int_equal(out.exit_code, 1);
     assert_non_null(strstr(out.err, "requires CURVE"));
@@ -500,8 +510,8 @@ static void s_log_capture(cf_log_level_t level, const char *component, const cha
     (void)level;
     (void)arg;
     pthread_mutex_lock(&s_log_lock);
-    int n = snprintf(s_log_text + s_log_len, sizeof s_log_text - s_log_len, "%s: %s\n",
-                     component, message);
+    int n = snprintf(s_log_text + s_log_len, sizeof s_log_text - s_log_len, "%s: %s\n", component,
+                     message);
     if (n > 0 && (size_t)n < sizeof s_log_text - s_log_len)
         s_log_len += (size_t)n;
     pthread_mutex_unlock(&s_log_lock);
@@ -527,26 +537,35 @@ static void test_without_a_zap_handler_everyone_is_refused(void **state)
     void *broker_ctx = zmq_ctx_new();
     assert_non_null(auth_ctx);
     assert_non_null(broker_ctx);
-    cf_auth_t *auth = cf_auth_new(&(cf_auth_config_t){
-        .zmq_context = auth_ctx, .secret_key_file = k.broker_secret,
-        .client_keys = k.clients, .worker_keys = k.workers });
+    cf_auth_t *auth = cf_auth_new(&(cf_auth_config_t){ .zmq_context = auth_ctx,
+                                                       .secret_key_file = k.broker_secret,
+                                                       .client_keys = k.clients,
+                                                       .worker_keys = k.workers });
     assert_non_null(auth);
     s_setup_t setup = { auth, NULL };
-    cf_broker_t *broker = cf_broker_new(&(cf_broker_config_t){
-        .client_endpoint = "tcp://127.0.0.1:*", .worker_endpoint = "tcp://127.0.0.1:*",
-        .zmq_context = broker_ctx, .socket_setup = s_setup, .socket_setup_arg = &setup,
-        .require_roles = true });
+    cf_broker_t *broker = cf_broker_new(
+        &(cf_broker_config_t){ .client_endpoint = "tcp://127.0.0.1:*",
+                               .worker_endpoint = "tcp://127.0.0.1:*",
+                               .zmq_context = broker_ctx,
+                               .socket_setup = s_setup,
+                               .socket_setup_arg = &setup,
+                               .require_roles = true });
     assert_non_null(broker);
 
-    cf_executor_t *ex = s_connect(cf_broker_client_endpoint(broker), k.broker_pub,
-                                  k.alice_secret);
+    cf_executor_t *ex = s_connect(cf_broker_client_endpoint(broker), k.broker_pub, k.alice_secret);
     assert_null(ex);
     assert_int_equal(cf_last_err(), CF_EAUTH);
 
-    const char *argv[] = { cf_testkit_env("CF_WORKER_BIN"), "--broker",
-                           cf_broker_worker_endpoint(broker), "--tasks",
-                           cf_testkit_env("CF_TASKS_LIB"), "--broker-key", k.broker_pub, "--key",
-                           k.w1_secret, NULL };
+    const char *argv[] = { cf_testkit_env("CF_WORKER_BIN"),
+                           "--broker",
+                           cf_broker_worker_endpoint(broker),
+                           "--tasks",
+                           cf_testkit_env("CF_TASKS_LIB"),
+                           "--broker-key",
+                           k.broker_pub,
+                           "--key",
+                           k.w1_secret,
+                           NULL };
     cf_testkit_output_t out;
     assert_true(cf_testkit_run(kit, argv, CF_TESTKIT_DEADLINE_MS, &out));
     assert_int_equal(out.exit_code, 1);
@@ -579,15 +598,19 @@ static void test_messages_of_the_wrong_role_are_refused_and_audited(void **state
     cf_log_set_handler(s_log_capture, NULL, CF_LOG_INFO);
     void *ctx = zmq_ctx_new();
     assert_non_null(ctx);
-    cf_auth_t *auth = cf_auth_new(&(cf_auth_config_t){
-        .zmq_context = ctx, .secret_key_file = k.broker_secret,
-        .client_keys = k.clients, .worker_keys = k.workers });
+    cf_auth_t *auth = cf_auth_new(&(cf_auth_config_t){ .zmq_context = ctx,
+                                                       .secret_key_file = k.broker_secret,
+                                                       .client_keys = k.clients,
+                                                       .worker_keys = k.workers });
     assert_non_null(auth);
     s_setup_t setup = { auth, CF_AUTH_DOMAIN };
-    cf_broker_t *broker = cf_broker_new(&(cf_broker_config_t){
-        .client_endpoint = "tcp://127.0.0.1:*", .worker_endpoint = "tcp://127.0.0.1:*",
-        .zmq_context = ctx, .socket_setup = s_setup, .socket_setup_arg = &setup,
-        .require_roles = true });
+    cf_broker_t *broker = cf_broker_new(
+        &(cf_broker_config_t){ .client_endpoint = "tcp://127.0.0.1:*",
+                               .worker_endpoint = "tcp://127.0.0.1:*",
+                               .zmq_context = ctx,
+                               .socket_setup = s_setup,
+                               .socket_setup_arg = &setup,
+                               .require_roles = true });
     assert_non_null(broker);
     void *peers = zmq_ctx_new();
     assert_non_null(peers);
@@ -616,8 +639,7 @@ static void test_messages_of_the_wrong_role_are_refused_and_audited(void **state
     cf_proto_msg_destroy(&msg);
 
     //  alice as a client is served as ever.
-    assert_int_equal(s_stat(cf_broker_client_endpoint(broker), &k.broker, &k.alice, "refused"),
-                     2);
+    assert_int_equal(s_stat(cf_broker_client_endpoint(broker), &k.broker, &k.alice, "refused"), 2);
     cf_broker_stats_t stats;
     assert_int_equal(cf_broker_stats(broker, &stats), CF_OK);
     assert_int_equal(stats.workers, 0);
@@ -663,7 +685,7 @@ static void test_oversize_and_too_many_frames_hurt_only_their_sender(void **stat
     size_t big = CF_PROTO_MAX_FRAME + 1;
     char *blob = malloc(big + 16);
     assert_non_null(blob);
-    blob[0] = (char)0x91;           //  [bin32 of big bytes]
+    blob[0] = (char)0x91;    //  [bin32 of big bytes]
     blob[1] = (char)0xc6;
     uint32_t be = htonl((uint32_t)big);
     memcpy(blob + 2, &be, 4);
@@ -677,8 +699,7 @@ static void test_oversize_and_too_many_frames_hurt_only_their_sender(void **stat
     //  Too many frames from an allowed client: drained, answered ERROR.
     void *many = s_dealer(ctx, clients, k.broker.public_z85, &k.alice);
     for (int i = 0; i < CF_PROTO_MAX_FRAMES + 4; i++)
-        assert_true(zmq_send(many, "x", 1, i + 1 < CF_PROTO_MAX_FRAMES + 4 ? ZMQ_SNDMORE : 0)
-                    == 1);
+        assert_true(zmq_send(many, "x", 1, i + 1 < CF_PROTO_MAX_FRAMES + 4 ? ZMQ_SNDMORE : 0) == 1);
     cf_proto_msg_t *msg = s_recv_type(many, CF_MSG_ERROR, CF_TESTKIT_DEADLINE_MS);
     if (!msg)
         fail_msg("no ERROR for a message of too many frames");
@@ -698,7 +719,7 @@ static void test_oversize_and_too_many_frames_hurt_only_their_sender(void **stat
     bool closed = false;
     int64_t deadline = cf_testkit_now_ms() + CF_TESTKIT_DEADLINE_MS;
     while (!closed && cf_testkit_now_ms() < deadline) {
-        zmq_pollitem_t item = {monitor, 0, ZMQ_POLLIN, 0};
+        zmq_pollitem_t item = { monitor, 0, ZMQ_POLLIN, 0 };
         if (zmq_poll(&item, 1, 100) > 0 && cf_keys_monitor_read(monitor, NULL) == CF_ESTOP)
             closed = true;
     }
@@ -794,22 +815,33 @@ static void test_broker_refuses_bad_secure_configurations(void **state)
     assert_int_equal(out.exit_code, 2);
     //  A secret key others may read.
     assert_int_equal(chmod(k.broker_secret, 0644), 0);
-    const char *loose[] = { bin, "--clients", "tcp://127.0.0.1:*", "--workers",
-                            "tcp://127.0.0.1:*", "--curve-secret", k.broker_secret,
-                            "--client-keys", k.clients, NULL };
+    const char *loose[] = { bin,
+                            "--clients",
+                            "tcp://127.0.0.1:*",
+                            "--workers",
+                            "tcp://127.0.0.1:*",
+                            "--curve-secret",
+                            k.broker_secret,
+                            "--client-keys",
+                            k.clients,
+                            NULL };
     assert_true(cf_testkit_run(kit, loose, CF_TESTKIT_DEADLINE_MS, &out));
     assert_int_equal(out.exit_code, 1);
     assert_null(strstr(out.out, "ready"));
     assert_int_equal(chmod(k.broker_secret, 0600), 0);
     //  The worker wants both of its key options.
-    const char *half[] = { cf_testkit_env("CF_WORKER_BIN"), "--tasks",
-                           cf_testkit_env("CF_TASKS_LIB"), "--key", k.w1_secret, NULL };
+    const char *half[] = { cf_testkit_env("CF_WORKER_BIN"),
+                           "--tasks",
+                           cf_testkit_env("CF_TASKS_LIB"),
+                           "--key",
+                           k.w1_secret,
+                           NULL };
     assert_true(cf_testkit_run(kit, half, CF_TESTKIT_DEADLINE_MS, &out));
     assert_int_equal(out.exit_code, 2);
     assert_non_null(strstr(out.err, "--broker-key"));
     //  Plaintext on a non-loopback address is allowed, with a warning.
-    const char *open_broker[] = { bin, "--clients", "tcp://0.0.0.0:*", "--workers",
-                                  "tcp://127.0.0.1:*", NULL };
+    const char *open_broker[] = { bin,         "--clients",         "tcp://0.0.0.0:*",
+                                  "--workers", "tcp://127.0.0.1:*", NULL };
     cf_testkit_proc_t *plain = cf_testkit_spawn(kit, "plain-broker", open_broker);
     assert_non_null(plain);
     assert_non_null(cf_testkit_wait_line(plain, "ready", CF_TESTKIT_READY_MS));
@@ -826,11 +858,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_revoked_keys_are_cut_off_while_connected,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(
-            test_unknown_plaintext_and_wrong_server_key_clients_are_refused,
-            cf_testkit_setup, cf_testkit_teardown),
+            test_unknown_plaintext_and_wrong_server_key_clients_are_refused, cf_testkit_setup,
+            cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(
-            test_a_client_key_cannot_work_and_a_worker_key_cannot_submit,
-            cf_testkit_setup, cf_testkit_teardown),
+            test_a_client_key_cannot_work_and_a_worker_key_cannot_submit, cf_testkit_setup,
+            cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_without_a_zap_handler_everyone_is_refused,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_messages_of_the_wrong_role_are_refused_and_audited,

@@ -36,7 +36,7 @@
 
 static void s_sleep_ms(int ms)
 {
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
         ;
 }
@@ -44,7 +44,7 @@ static void s_sleep_ms(int ms)
 // ---------------------------------------------------------------------------
 //  Tasks (registered before any pool exists, so every worker has them)
 
-static int s_child_init_value;          //  set by the initializer, in the child
+static int s_child_init_value;    //  set by the initializer, in the child
 
 static void p_pid(cf_call_t *call)
 {
@@ -128,7 +128,7 @@ static s_exit_t s_wait_exit(int n)
             break;
     }
     bool got = s_exit_count > n;
-    s_exit_t e = got ? s_exits[n] : (s_exit_t){0};
+    s_exit_t e = got ? s_exits[n] : (s_exit_t){ 0 };
     pthread_mutex_unlock(&s_exit_lock);
     if (!got)
         fail_msg("no exit report number %d", n);
@@ -253,7 +253,7 @@ static void test_workers_start_run_tasks_and_leave_nothing_behind(void **state)
 
     cf_procs_destroy(&procs, 5000);
     assert_null(procs);
-    cf_procs_destroy(&procs, 5000);     //  safe with NULL
+    cf_procs_destroy(&procs, 5000);    //  safe with NULL
     //  Both said DISCONNECT (SIGTERM is graceful) and were reported.
     for (int i = 0; i < 2; i++)
         cf_fakebroker_await(b, CF_MSG_DISCONNECT);
@@ -291,7 +291,7 @@ static void test_a_killed_worker_is_reported_and_replaced(void **state)
     s_wait_alive(procs, 2);
 
     cf_procs_destroy(&procs, 5000);
-    s_expect_gone((pid_t[]){first, second, replacement}, 3);
+    s_expect_gone((pid_t[]){ first, second, replacement }, 3);
 }
 
 static void test_sigterm_lets_a_worker_finish_its_task(void **state)
@@ -375,7 +375,7 @@ static void test_the_initializer_runs_in_the_worker(void **state)
     char id[256];
     (void)s_expect_ready_id(b, id);
     assert_int_equal(s_run_on(b, id, 1, "p_init", ""), 42);
-    assert_int_equal(s_child_init_value, 0);        //  it ran there, not here
+    assert_int_equal(s_child_init_value, 0);    //  it ran there, not here
     cf_procs_destroy(&procs, 5000);
     s_expect_no_children();
 }
@@ -416,7 +416,7 @@ static void *s_creator(void *arg)
 {
     s_creator_t *c = arg;
     c->procs = s_procs(c->broker, 2, 0);
-    return NULL;                //  this thread ends; the pool must not
+    return NULL;    //  this thread ends; the pool must not
 }
 
 static void test_it_works_when_the_caller_runs_threads(void **state)
@@ -430,7 +430,7 @@ static void test_it_works_when_the_caller_runs_threads(void **state)
 
     //  Created from a thread that then exits (PR_SET_PDEATHSIG follows the
     //  forking thread: the supervisor's, not this one).
-    s_creator_t creator = {.broker = b};
+    s_creator_t creator = { .broker = b };
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, s_creator, &creator), 0);
     assert_int_equal(pthread_join(t, NULL), 0);
@@ -478,14 +478,14 @@ static void test_bad_configurations_are_refused(void **state)
     (void)state;
     assert_null(cf_procs_new(NULL));
     assert_int_equal(cf_last_err(), CF_EINVAL);
-    assert_null(cf_procs_new(&(cf_procs_config_t){.count = 0, .threads = 1, .endpoint = "x"}));
+    assert_null(cf_procs_new(&(cf_procs_config_t){ .count = 0, .threads = 1, .endpoint = "x" }));
     assert_int_equal(cf_last_err(), CF_EINVAL);
-    assert_null(cf_procs_new(&(cf_procs_config_t){.count = 1, .threads = 0, .endpoint = "x"}));
+    assert_null(cf_procs_new(&(cf_procs_config_t){ .count = 1, .threads = 0, .endpoint = "x" }));
     assert_int_equal(cf_last_err(), CF_EINVAL);
-    assert_null(cf_procs_new(&(cf_procs_config_t){.count = 1, .threads = 1}));
+    assert_null(cf_procs_new(&(cf_procs_config_t){ .count = 1, .threads = 1 }));
     assert_int_equal(cf_last_err(), CF_EINVAL);
-    assert_null(cf_procs_new(&(cf_procs_config_t){.count = 1, .threads = 1, .endpoint = "x",
-                                                  .max_tasks_per_worker = -1}));
+    assert_null(cf_procs_new(&(cf_procs_config_t){
+        .count = 1, .threads = 1, .endpoint = "x", .max_tasks_per_worker = -1 }));
     assert_int_equal(cf_last_err(), CF_EINVAL);
     s_expect_no_children();
 }

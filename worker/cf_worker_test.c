@@ -61,7 +61,7 @@ CF_TASK_NAMED("w_gate", cf_unitkit_gate_task);
 static void w_nap(cf_call_t *call)
 {
     int64_t ms = cf_arg_int(call, 0);
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
     cf_return_int(call, ms);
@@ -96,8 +96,8 @@ static void s_send_heartbeat(cf_fakebroker_t *b, uint64_t boot, uint32_t ivl_ms)
 typedef struct {
     uint64_t id;
     cf_status_t status;
-    int64_t value;              //  -1 when not an int
-    int truth;                  //  a bool result: 0 or 1; -1 otherwise
+    int64_t value;    //  -1 when not an int
+    int truth;        //  a bool result: 0 or 1; -1 otherwise
     char type[64], message[128], function[64], host[256];
     int pid;
 } s_result_t;
@@ -174,11 +174,11 @@ static cf_worker_t *s_start(cf_fakebroker_t *b, cf_worker_config_t config)
 static cf_worker_t *s_start_worker(cf_fakebroker_t *b, int threads, int ivl_ms, int max_tasks)
 {
     return s_start(b, (cf_worker_config_t){
-        .threads = threads,
-        .identity = "test-worker",
-        .heartbeat_ivl_ms = ivl_ms,
-        .max_tasks = max_tasks,
-    });
+                          .threads = threads,
+                          .identity = "test-worker",
+                          .heartbeat_ivl_ms = ivl_ms,
+                          .max_tasks = max_tasks,
+                      });
 }
 
 //  s_start for a worker that counts the broker lost after two silent
@@ -186,11 +186,11 @@ static cf_worker_t *s_start_worker(cf_fakebroker_t *b, int threads, int ivl_ms, 
 static cf_worker_t *s_start_impatient(cf_fakebroker_t *b, int threads, bool exit_on_broker_loss)
 {
     return s_start(b, (cf_worker_config_t){
-        .threads = threads,
-        .heartbeat_ivl_ms = 20,
-        .heartbeat_liveness = 2,
-        .exit_on_broker_loss = exit_on_broker_loss,
-    });
+                          .threads = threads,
+                          .heartbeat_ivl_ms = 20,
+                          .heartbeat_liveness = 2,
+                          .exit_on_broker_loss = exit_on_broker_loss,
+                      });
 }
 
 //  Sends a message of type that carries one text (ERROR, DISCONNECT).
@@ -245,14 +245,14 @@ static void test_ready_announces_credit_host_and_pid(void **state)
     assert_string_equal(cf_worker_identity(w), "test-worker");
     cf_proto_msg_destroy(&msg);
     cf_worker_destroy(&w);
-    cf_worker_destroy(&w);      //  safe twice
+    cf_worker_destroy(&w);    //  safe twice
     cf_fakebroker_await(b, CF_MSG_DISCONNECT);
 }
 
 static void test_a_random_identity_is_readable(void **state)
 {
     cf_fakebroker_t *b = *state;
-    cf_worker_t *w = s_start(b, (cf_worker_config_t){.threads = 1});
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){ .threads = 1 });
     (void)s_expect_ready(b);
     char prefix[300];
     snprintf(prefix, sizeof prefix, "w-%.64s-%d-", cf_registry_hostname(), (int)getpid());
@@ -272,7 +272,7 @@ static void test_tasks_run_and_results_come_back(void **state)
     cf_fakebroker_send(b);
     s_result_t results[20];
     s_collect_results(b, results, 20);
-    bool seen[21] = {false};
+    bool seen[21] = { false };
     for (size_t i = 0; i < 20; i++) {
         assert_int_equal(results[i].status, CF_STATUS_OK);
         assert_true(results[i].id >= 1 && results[i].id <= 20);
@@ -391,7 +391,7 @@ static void test_a_silent_broker_ends_a_worker_that_exits_on_loss(void **state)
 static void test_a_broker_disconnect_ends_a_worker_that_exits_on_loss(void **state)
 {
     cf_fakebroker_t *b = *state;
-    cf_worker_t *w = s_start(b, (cf_worker_config_t){.threads = 1, .exit_on_broker_loss = true});
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){ .threads = 1, .exit_on_broker_loss = true });
     (void)s_expect_ready(b);
     s_send_text(b, CF_MSG_DISCONNECT, "broker stopping");
     assert_int_equal(cf_worker_wait(w, S_WAIT_MS), CF_OK);
@@ -447,7 +447,7 @@ static void test_destroy_finishes_running_tasks_and_hands_back_queued_ones(void 
     (void)s_expect_ready(b);
     cf_proto_enc_begin(b->enc, CF_MSG_TASK);
     cf_fakebroker_add_task(b, 1, "w_gate", "i", 10);
-    cf_fakebroker_add_task(b, 2, "w_gate", "i", 20);     //  queued behind it
+    cf_fakebroker_add_task(b, 2, "w_gate", "i", 20);    //  queued behind it
     cf_fakebroker_send(b);
     cf_unitkit_expect_at_gate(1, S_WAIT_MS);
     s_stopping_line[0] = '\0';
@@ -476,10 +476,10 @@ static void test_the_initializer_runs_once_per_thread_before_tasks(void **state)
     cf_fakebroker_t *b = *state;
     atomic_store(&s_init_calls, 0);
     cf_worker_t *w = s_start(b, (cf_worker_config_t){
-        .threads = 3,
-        .initializer = s_initializer,
-        .initarg = &s_init_calls,
-    });
+                                    .threads = 3,
+                                    .initializer = s_initializer,
+                                    .initarg = &s_init_calls,
+                                });
     (void)s_expect_ready(b);
     cf_proto_enc_begin(b->enc, CF_MSG_TASK);
     for (uint64_t id = 1; id <= 9; id++)
@@ -500,10 +500,10 @@ static void test_garbage_from_the_broker_is_ignored(void **state)
     (void)s_expect_ready(b);
     //  Wrong version, unknown command, a truncated body, a single frame.
     const char *frames[][3] = {
-        {"cf/9", "TASK", "\x90"},
-        {"cf/1", "BOGUS", "\x90"},
-        {"cf/1", "TASK", "\x91\x95"},
-        {"cf/1", "SUBMIT", "\x90"},
+        { "cf/9", "TASK", "\x90" },
+        { "cf/1", "BOGUS", "\x90" },
+        { "cf/1", "TASK", "\x91\x95" },
+        { "cf/1", "SUBMIT", "\x90" },
     };
     for (size_t i = 0; i < sizeof frames / sizeof frames[0]; i++) {
         zmq_send(b->router, b->peer, b->peer_len, ZMQ_SNDMORE);
@@ -553,14 +553,14 @@ static void test_short_tasks_bring_prefetch_credit(void **state)
     //  in the end every task has run exactly once, with its own result.
     enum { S_FIRST = 100 };
     size_t total = 2 + (size_t)extra;
-    uint8_t ran[2 + 256] = {0};
+    uint8_t ran[2 + 256] = { 0 };
     uint64_t again[2 + 256];
     size_t n_again = 0, ok = 0, back = 0;
     cf_proto_enc_begin(b->enc, CF_MSG_TASK);
     for (size_t i = 0; i < total; i++)
         cf_fakebroker_add_task(b, S_FIRST + i, "w_add", "ii", (int)i, 1);
     cf_fakebroker_send(b);
-    int64_t credit = 0;         //  slots the worker has free, as a broker counts them
+    int64_t credit = 0;    //  slots the worker has free, as a broker counts them
     while (ok < total) {
         if (n_again > 0 && credit > 0) {
             cf_proto_enc_begin(b->enc, CF_MSG_TASK);
@@ -573,8 +573,8 @@ static void test_short_tasks_bring_prefetch_credit(void **state)
         }
         cf_proto_msg_t *msg = cf_fakebroker_recv(b, S_WAIT_MS);
         if (!msg)
-            fail_msg("%zu of %zu run, %zu handed back, %zu waiting to be resent, credit %"
-                     PRId64, ok, total, back, n_again, credit);
+            fail_msg("%zu of %zu run, %zu handed back, %zu waiting to be resent, credit %" PRId64,
+                     ok, total, back, n_again, credit);
         if (msg->type == CF_MSG_READY)
             credit = msg->credit;
         else if (msg->type == CF_MSG_CREDIT)
@@ -657,7 +657,7 @@ static void test_long_tasks_hand_prefetched_ones_back(void **state)
         cf_fakebroker_add_task(b, id, "w_add", "ii", 1, 1);
     cf_fakebroker_send(b);
     cf_unitkit_expect_at_gate(1, S_WAIT_MS);
-    uint8_t back[257] = {0};
+    uint8_t back[257] = { 0 };
     size_t busy = 0;
     ready = false;
     while (busy < grant - 1 || !ready) {
@@ -721,14 +721,14 @@ static void test_bad_configurations_are_refused(void **state)
     (void)state;
     assert_null(cf_worker_new(NULL));
     assert_int_equal(cf_last_err(), CF_EINVAL);
-    assert_null(cf_worker_new(&(cf_worker_config_t){.endpoint = "tcp://127.0.0.1:5"}));
+    assert_null(cf_worker_new(&(cf_worker_config_t){ .endpoint = "tcp://127.0.0.1:5" }));
     assert_int_equal(cf_last_err(), CF_EINVAL);
-    assert_null(cf_worker_new(&(cf_worker_config_t){.threads = 1}));
+    assert_null(cf_worker_new(&(cf_worker_config_t){ .threads = 1 }));
     assert_int_equal(cf_last_err(), CF_EINVAL);
-    assert_null(cf_worker_new(&(cf_worker_config_t){.endpoint = "tcp://127.0.0.1:5",
-                                                    .threads = 1, .identity = ""}));
+    assert_null(cf_worker_new(
+        &(cf_worker_config_t){ .endpoint = "tcp://127.0.0.1:5", .threads = 1, .identity = "" }));
     assert_int_equal(cf_last_err(), CF_EINVAL);
-    assert_null(cf_worker_new(&(cf_worker_config_t){.endpoint = "nonsense", .threads = 1}));
+    assert_null(cf_worker_new(&(cf_worker_config_t){ .endpoint = "nonsense", .threads = 1 }));
     assert_int_equal(cf_last_err(), CF_ESYS);
     assert_non_null(strstr(cf_last_error(), "nonsense"));
 }

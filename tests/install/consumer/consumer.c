@@ -27,7 +27,7 @@ int main(void)
         fprintf(stderr, "header %s, library %s\n", CF_VERSION_STRING, version);
         return 1;
     }
-    cf_executor_t *ex = cf_executor_new(CF_THREADS, &(cf_options_t){.max_workers = 2});
+    cf_executor_t *ex = cf_executor_new(CF_THREADS, &(cf_options_t){ .max_workers = 2 });
     cf_future_t *f = ex ? cf_submit(ex, "triple", "i", 14) : NULL;
     int64_t value = 0;
     cf_err_t rc = f ? cf_future_int(f, 10000, &value) : cf_last_err();
