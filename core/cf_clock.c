@@ -39,15 +39,20 @@ int cf_clock_ms_until(int64_t deadline_ms)
     return left > INT32_MAX ? INT32_MAX : (int)left;
 }
 
+//  One attribute for every condition: futures make one per submission.
+static pthread_once_t s_condattr_once = PTHREAD_ONCE_INIT;
+static pthread_condattr_t s_condattr;
+static int s_condattr_rc;
+
+static void s_condattr_init(void)
+{
+    s_condattr_rc = pthread_condattr_init(&s_condattr);
+    if (s_condattr_rc == 0)
+        s_condattr_rc = pthread_condattr_setclock(&s_condattr, CLOCK_MONOTONIC);
+}
+
 int cf_clock_cond_init(pthread_cond_t *cond)
 {
-    pthread_condattr_t attr;
-    int rc = pthread_condattr_init(&attr);
-    if (rc != 0)
-        return rc;
-    rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    if (rc == 0)
-        rc = pthread_cond_init(cond, &attr);
-    pthread_condattr_destroy(&attr);
-    return rc;
+    pthread_once(&s_condattr_once, s_condattr_init);
+    return s_condattr_rc != 0 ? s_condattr_rc : pthread_cond_init(cond, &s_condattr);
 }

@@ -121,23 +121,6 @@ struct cf_future {
     char function[];      //  NUL-terminated
 };
 
-static pthread_once_t s_condattr_once = PTHREAD_ONCE_INIT;
-static pthread_condattr_t s_condattr;
-
-//  Conditions wait on CLOCK_MONOTONIC like every deadline in cfutures (see
-//  cf_clock.h), so a wall-clock jump never fires or stalls a wait.
-static void s_condattr_init(void)
-{
-    pthread_condattr_init(&s_condattr);
-    pthread_condattr_setclock(&s_condattr, CLOCK_MONOTONIC);
-}
-
-static int s_cond_init(pthread_cond_t *cond)
-{
-    pthread_once(&s_condattr_once, s_condattr_init);
-    return pthread_cond_init(cond, &s_condattr);
-}
-
 static bool s_is_final(int state)
 {
     return state >= CF_FUTURE_FINISHED;
@@ -216,7 +199,7 @@ cf_future_t *cf_future_new_with(const char *function, size_t function_len, size_
         free(f);
         return NULL;
     }
-    if (s_cond_init(&f->cond) != 0) {
+    if (cf_clock_cond_init(&f->cond) != 0) {
         pthread_mutex_destroy(&f->lock);
         free(f);
         return NULL;
@@ -828,7 +811,7 @@ cf_future_waiter_t *cf_future_waiter_new(void)
         free(waiter);
         return NULL;
     }
-    if (s_cond_init(&waiter->cond) != 0) {
+    if (cf_clock_cond_init(&waiter->cond) != 0) {
         pthread_mutex_destroy(&waiter->lock);
         free(waiter);
         return NULL;
