@@ -34,6 +34,11 @@ struct cf_broker {
     bool own_ctx;
     char client_endpoint[256];    //  written by the actor before it is ready
     char worker_endpoint[256];
+    //  The actor's state, which only the actor touches. Kept here too so that
+    //  it stays reachable from the handle: a process forked while the broker
+    //  runs (CF_PROCESSES' zygote) has no actor thread, and a leak checker
+    //  there would take state known only to that thread's stack for lost.
+    cf_broker_state_t *state;
 };
 
 // ---------------------------------------------------------------------------
@@ -149,9 +154,11 @@ static void s_actor(cf_actor_t *actor, void *args)
     memcpy(broker->worker_endpoint, self->worker_endpoint, sizeof broker->worker_endpoint);
     cf_log_info(S_LOG, "serving clients at %s, workers at %s (heartbeat %d ms x %d)",
                 self->client_endpoint, self->worker_endpoint, self->ivl_ms, self->liveness);
+    broker->state = self;
     cf_actor_ready(actor, CF_OK, NULL);
     s_loop(self, actor);
     cf_broker_state_destroy(&self);
+    broker->state = NULL;
 }
 
 // ---------------------------------------------------------------------------
