@@ -14,13 +14,17 @@
 #
 #  usage: tests/cf_memcheck.sh PROGRAM [ARGS...]     (exit status: the
 #  program's, else 1 when valgrind reported an error in any process)
+#  --fair-sched=yes: valgrind runs one thread at a time, and by default a
+#  busy thread keeps the CPU; cf_procs_test's "caller runs threads" test then
+#  starved its supervisor and fake broker (138 s, a READY where a RESULT was
+#  due). Fair scheduling: 4 s, and the test means what it says.
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 logs=$(mktemp -d "${TMPDIR:-/tmp}/cf_memcheck.XXXXXX")
 trap 'rm -rf "$logs"' EXIT
 
-valgrind -q --log-file="$logs/vg.%p" --leak-check=full --errors-for-leak-kinds=definite \
+valgrind -q --fair-sched=yes --log-file="$logs/vg.%p" --leak-check=full --errors-for-leak-kinds=definite \
     --show-leak-kinds=definite --track-origins=no --child-silent-after-fork=no \
     --suppressions="$here/memcheck.supp" --error-exitcode=97 "$@"
 status=$?
