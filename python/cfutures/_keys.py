@@ -5,7 +5,7 @@ NAME.key_secret (the secret key, mode 0600). Each holds exactly one key
 line of 40 Z85 characters; blank lines and comment lines (starting with
 '#') are ignored, surrounding white space and a CR trimmed. A secret key
 file that group or others may access is refused, as ssh and the C side
-(lib/cf_keys.c) do. Keys never appear in messages: at most a fingerprint,
+(core/cf_keys.c) do. Keys never appear in messages: at most a fingerprint,
 the first 8 characters of a public key.
 """
 

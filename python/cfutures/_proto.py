@@ -27,7 +27,7 @@ import zmq
 
 VERSION = b"cf/1"
 
-#  Limits, with the names of lib/cf_proto.h and lib/cf_mp.h.
+#  Limits, with the names of core/cf_proto.h and core/cf_mp.h.
 MAX_FRAME = 64 * 1024 * 1024        # CF_PROTO_MAX_FRAME: body bytes
 MAX_FRAMES = 8                      # CF_PROTO_MAX_FRAMES, routing id included
 MAX_BATCH = 65536                   # CF_PROTO_MAX_BATCH: items in one batch
