@@ -62,7 +62,7 @@ import msgpack
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .. import _keys, _proto
+from .. import _actor, _keys, _proto
 from ..errors import AuthError, TaskError
 from ..registry import load, registered, task
 
@@ -381,17 +381,9 @@ class Worker:
                     timeout = 0
                 else:
                     self.signalled = False
-            events = dict(self.poller.poll(timeout))
-            if self.wake_r in events:
-                try:
-                    while os.read(self.wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
-            sock_events = events.get(self.sock, 0)
+            events, sock_events = _actor.sleep(self.poller, self.wake_r, self.sock, timeout)
             if sock_events & zmq.POLLOUT:
                 self.blocked = False
-                self.poller.modify(self.sock, zmq.POLLIN)
             if sock_events & zmq.POLLIN:
                 self._read()
             if self.monitor in events:
