@@ -88,6 +88,13 @@ static void s_result_status(cf_broker_state_t *self, cf_broker_client_t *client,
     (void)s_out_add(self, client, id, status, 0);
 }
 
+void cf_broker_client_cancelled(cf_broker_state_t *self, cf_broker_task_t *task)
+{
+    s_result_status(self, task->client, task->client_task_id, CF_STATUS_CANCELLED);
+    self->stats.cancelled++;
+    cf_broker_task_finish(self, task);
+}
+
 void cf_broker_client_result_ok(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
                                 const void *value, size_t value_len)
 {
@@ -427,7 +434,7 @@ static void s_client_submit(cf_broker_state_t *self, cf_broker_client_t *client,
         if (known) {
             //  A resubmission (the client thought we were gone): the task is
             //  still here, so only say where it is.
-            if (known->state == CF_BROKER_RUNNING)
+            if (known->state == CF_BROKER_RUNNING && (known->marks & CF_BROKER_BEGUN))
                 cf_broker_client_started(self, client, t->id, true);
             if (cf_broker_log_event(self))
                 cf_log_debug(S_LOG, "client %s resubmitted task %" PRIu64, client->peer.label,
@@ -465,11 +472,9 @@ static void s_client_cancel(cf_broker_state_t *self, cf_broker_client_t *client,
             continue;    //  done already, or never ours: nothing to say
         if (task->state == CF_BROKER_QUEUED) {
             cf_queue_rr_remove(&self->rr, &client->queue, &task->node);
-            s_result_status(self, client, task->client_task_id, CF_STATUS_CANCELLED);
-            self->stats.cancelled++;
-            cf_broker_task_finish(self, task);
+            cf_broker_client_cancelled(self, task);
         }
-        else
+        else if (!cf_broker_worker_cancel(self, task))
             cf_broker_client_started(self, client, task->client_task_id, true);
     }
 }

@@ -118,12 +118,23 @@ typedef struct {
     uint32_t results_before;    //  its worker's results count when it was sent
     uint16_t function_len;
     uint8_t state;     //  cf_broker_task_state_t
+    uint8_t marks;     //  CF_BROKER_BEGUN, ...
     uint8_t data[];    //  function name, NUL, args
 } cf_broker_task_t;
 
 _Static_assert(sizeof(cf_broker_task_t) <= 96, "keep per-task bookkeeping small");
 
 #define CF_BROKER_NOT_IN_HEAP UINT32_MAX
+
+//  Task marks. BEGUN: its function began on its worker (the worker said
+//  STARTED, or, for a worker that does not say, it was sent): its client
+//  was told. CANCEL_ASKED: its client asked to cancel it while on a worker
+//  that had not said it began; the worker was asked in turn. SUSPECT: it
+//  was on a worker that vanished and may have been what killed it; it runs
+//  alone on a worker from now on, so that a second loss names it alone.
+#define CF_BROKER_BEGUN        0x1u
+#define CF_BROKER_CANCEL_ASKED 0x2u
+#define CF_BROKER_SUSPECT      0x4u
 
 //  What clients and workers have in common: a routing id, a table slot,
 //  liveness.
@@ -175,6 +186,8 @@ struct cf_broker_worker {
     //  idle threads (see cf_broker_worker_dispatch).
     uint32_t threads;
     uint32_t results;              //  results received (wraps; compared for equality)
+    uint32_t suspects;             //  SUSPECT tasks on it (it then takes nothing else)
+    bool says_begun;               //  READY feature BEGUN: sends STARTED, takes CANCEL
     cf_queue_node_t avail_node;    //  in self->available while credit > 0 and not blocked
     int64_t blocked_until_ms;      //  a TASK was refused at HWM: wait till then; 0: not blocked
     int32_t pid;
@@ -336,6 +349,8 @@ void cf_broker_client_on_message(cf_broker_state_t *self, const void *id, size_t
 //  resubmission), so it goes out at once.
 void cf_broker_client_started(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
                               bool asked);
+//  Answers task cancelled (RESULT status 2) and forgets it.
+void cf_broker_client_cancelled(cf_broker_state_t *self, cf_broker_task_t *task);
 //  Queues a RESULT with a value, or with an error (strings with a NULL ptr
 //  are empty).
 void cf_broker_client_result_ok(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
@@ -362,6 +377,10 @@ void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t
                                  cf_proto_msg_t *msg);
 //  Hands queued tasks to workers with credit.
 void cf_broker_worker_dispatch(cf_broker_state_t *self);
+//  A client asked to cancel task, which is on a worker. True when the
+//  worker was asked (it answers RESULT cancelled or STARTED); false when
+//  the task has begun, or its worker cannot cancel: then it runs on.
+bool cf_broker_worker_cancel(cf_broker_state_t *self, cf_broker_task_t *task);
 //  Makes workers whose refusal wait ended by now available again.
 void cf_broker_worker_unblock(cf_broker_state_t *self, int64_t now);
 //  The worker is gone. lost: it vanished (heartbeats, ROUTER says gone,

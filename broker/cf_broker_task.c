@@ -84,6 +84,8 @@ void cf_broker_task_unassign(cf_broker_state_t *self, cf_broker_task_t *task)
     cf_broker_worker_t *worker = task->worker;
     assert(worker);
     cf_queue_remove(&worker->running, &task->node);
+    if (task->marks & CF_BROKER_SUSPECT)
+        worker->suspects--;
     cf_broker_task_unwatch(self, task);
     if (task->state == CF_BROKER_RUNNING) {
         self->running--;
@@ -98,6 +100,7 @@ void cf_broker_task_requeue(cf_broker_state_t *self, cf_broker_task_t *task)
 {
     assert(task->client && !task->worker);
     task->state = CF_BROKER_QUEUED;
+    task->marks &= (uint8_t)~CF_BROKER_BEGUN;
     cf_queue_rr_push_front(&self->rr, &task->client->queue, &task->node);
 }
 

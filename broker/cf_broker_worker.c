@@ -145,6 +145,11 @@ static void s_worker_result(cf_broker_state_t *self, cf_broker_worker_t *worker,
         s_result_value(self, task, result);
     else if (result->status == CF_STATUS_ERROR)
         s_result_error(self, task, result);
+    else if (task->marks & CF_BROKER_CANCEL_ASKED) {
+        //  Unrun, and its client asked to cancel it: done.
+        cf_broker_task_unassign(self, task);
+        cf_broker_client_cancelled(self, task);
+    }
     else {
         //  CANCELLED or BUSY from a worker: handed back unrun (a worker
         //  stopping, or stalled). Requeued without using a retry.
@@ -190,7 +195,11 @@ static cf_err_t s_worker_send_batch(cf_broker_state_t *self, cf_broker_worker_t 
         self->running++;
         task->client->running++;
         worker->credit--;
-        cf_broker_client_started(self, task->client, task->client_task_id, false);
+        //  A worker that says when a task begins tells the client then.
+        if (!worker->says_begun) {
+            task->marks |= CF_BROKER_BEGUN;
+            cf_broker_client_started(self, task->client, task->client_task_id, false);
+        }
         if (task->timeout_ms) {
             task->deadline_ms = now + task->timeout_ms;
             if (cf_broker_task_watch(self, task) != CF_OK)
@@ -255,6 +264,8 @@ static cf_err_t s_batch_add(cf_broker_state_t *self, cf_broker_worker_t *worker,
     }
     task->worker = worker;
     task->results_before = worker->results;
+    if (task->marks & CF_BROKER_SUSPECT)
+        worker->suspects++;
     cf_queue_push_back(&worker->running, &task->node);
     return CF_OK;
 }
@@ -307,6 +318,10 @@ static void s_worker_dispatch(cf_broker_state_t *self, cf_broker_worker_t *worke
         cf_broker_task_t *task = s_queued_front(self);
         if (!task)
             break;
+        //  A suspect runs alone: it waits for a worker that holds nothing.
+        bool suspect = (task->marks & CF_BROKER_SUSPECT) != 0;
+        if (suspect && (batch > 0 || !cf_queue_empty(&worker->running)))
+            break;
         size_t item = task->function_len + task->args_len + CF_BROKER_ITEM_OVERHEAD;
         if (batch > 0 && (body + item > CF_BROKER_MAX_BODY || batch >= CF_PROTO_MAX_BATCH)) {
             rc = s_worker_send_batch(self, worker, batch);
@@ -324,6 +339,8 @@ static void s_worker_dispatch(cf_broker_state_t *self, cf_broker_worker_t *worke
             batch++;
             body += item;
         }
+        if (suspect)
+            break;
     }
     if (batch > 0 && rc == CF_OK)
         rc = s_worker_send_batch(self, worker, batch);
@@ -356,7 +373,7 @@ static void s_plan(cf_broker_state_t *self, size_t *left, bool idle_only)
         for (cf_queue_node_t *node = cf_queue_front(&self->available); node && *left > 0;
              node = cf_queue_next(&self->available, node)) {
             cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
-            if (worker->plan >= worker->credit)
+            if (worker->plan >= worker->credit || worker->suspects)
                 continue;
             if (idle_only && cf_queue_size(&worker->running) + worker->plan >= worker->threads)
                 continue;
@@ -413,12 +430,38 @@ static void s_task_lost(cf_broker_state_t *self, cf_broker_worker_t *worker, cf_
     cf_broker_task_finish(self, task);
 }
 
-//  Takes every task off the worker: requeued (using a retry when lost),
-//  failed when lost with no retry left, dropped when nobody waits for it.
+//  Marks SUSPECT what a lost worker may have been running: every task it
+//  said began, and its first `threads` others in dispatch order (it takes
+//  tasks in that order; a begin it had not said yet, or one whose task
+//  finished unsent, hides among them). A worker that never says (no
+//  feature BEGUN) has only the first `threads`. The rest never began: they go back
+//  without using a retry, so a task that kills its worker does not take
+//  the tasks queued behind it down with it.
+static void s_worker_mark_suspects(cf_broker_worker_t *worker)
+{
+    uint32_t unsaid = 0;
+    for (cf_queue_node_t *node = cf_queue_front(&worker->running); node;
+         node = cf_queue_next(&worker->running, node)) {
+        cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
+        bool said = worker->says_begun && (task->marks & CF_BROKER_BEGUN);
+        if (!said && unsaid++ >= worker->threads)
+            continue;
+        if (!(task->marks & CF_BROKER_SUSPECT)) {
+            task->marks |= CF_BROKER_SUSPECT;
+            worker->suspects++;
+        }
+    }
+}
+
+//  Takes every task off the worker: requeued (using a retry when lost and
+//  it may have run), failed when lost with no retry left, answered
+//  cancelled when its client asked, dropped when nobody waits for it.
 //  Counts into *requeued and *failed.
 static void s_worker_release(cf_broker_state_t *self, cf_broker_worker_t *worker, bool lost,
                              size_t *requeued, size_t *failed)
 {
+    if (lost)
+        s_worker_mark_suspects(worker);
     //  Back to front with push_front: each client's tasks keep their order.
     cf_queue_node_t *node = cf_queue_back(&worker->running), *prev;
     for (; node; node = prev) {
@@ -430,13 +473,18 @@ static void s_worker_release(cf_broker_state_t *self, cf_broker_worker_t *worker
             cf_broker_task_free(self, task);
             continue;
         }
-        bool retry = !lost || (task->retries > 0 && task->retries_used < (uint32_t)task->retries);
-        if (!retry) {
+        if (task->marks & CF_BROKER_CANCEL_ASKED) {
+            cf_broker_task_unassign(self, task);
+            cf_broker_client_cancelled(self, task);
+            continue;
+        }
+        bool charged = lost && (task->marks & CF_BROKER_SUSPECT);
+        if (charged && (task->retries <= 0 || task->retries_used >= (uint32_t)task->retries)) {
             s_task_lost(self, worker, task);
             (*failed)++;
             continue;
         }
-        if (lost) {
+        if (charged) {
             task->retries_used++;
             self->stats.retried++;
         }
@@ -516,6 +564,7 @@ static void s_worker_ready(cf_broker_state_t *self, cf_broker_worker_t *worker,
     uint64_t threads = msg->threads ? (uint64_t)msg->threads
                                     : (uint64_t)msg->credit + cf_queue_size(&worker->running);
     worker->threads = threads > CF_BROKER_MAX_CREDIT ? CF_BROKER_MAX_CREDIT : (uint32_t)threads;
+    worker->says_begun = (msg->features & CF_PROTO_FEATURE_BEGUN) != 0;
 }
 
 //  READY: a new worker joins; the same identity from another process
@@ -548,6 +597,46 @@ static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worke
                 (int)worker->pid, worker->threads, worker->credit);
 }
 
+//  STARTED: these tasks' functions began. Their clients hear it (at once
+//  when it answers their CANCEL); a task's STARTED after its RESULT, or
+//  for a task no longer on this worker, is stale and ignored.
+static void s_worker_started(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                             const cf_proto_msg_t *msg)
+{
+    for (size_t i = 0; i < msg->count; i++) {
+        cf_broker_task_t *task = cf_idmap_get(self->tasks, msg->ids[i]);
+        if (!task || task->worker != worker || (task->marks & CF_BROKER_BEGUN))
+            continue;
+        task->marks |= CF_BROKER_BEGUN;
+        if (task->state == CF_BROKER_RUNNING)
+            cf_broker_client_started(self, task->client, task->client_task_id,
+                                     (task->marks & CF_BROKER_CANCEL_ASKED) != 0);
+    }
+}
+
+bool cf_broker_worker_cancel(cf_broker_state_t *self, cf_broker_task_t *task)
+{
+    cf_broker_worker_t *worker = task->worker;
+    if ((task->marks & CF_BROKER_BEGUN) || !worker->says_begun)
+        return false;
+    if (task->marks & CF_BROKER_CANCEL_ASKED)
+        return true;    //  the worker's answer is on its way
+    cf_proto_enc_begin(self->enc, CF_MSG_CANCEL);
+    cf_err_t rc = cf_proto_enc_id(self->enc, task->id);
+    if (rc == CF_OK)
+        rc = cf_proto_enc_send(self->enc, self->workers_sock, worker->peer.id, worker->peer.id_len);
+    if (rc != CF_OK) {
+        //  Unasked, it runs; the client's cancel gets no answer and gives
+        //  up on its own. Its RESULT comes as usual.
+        if (cf_broker_log_event(self))
+            cf_log_debug(S_LOG, "CANCEL of task %" PRIu64 " not sent to worker %s: %s",
+                         task->client_task_id, worker->peer.label, cf_strerror(rc));
+        return true;
+    }
+    task->marks |= CF_BROKER_CANCEL_ASKED;
+    return true;
+}
+
 void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t len,
                                  cf_proto_msg_t *msg)
 {
@@ -571,6 +660,12 @@ void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t
             self->stats.ignored += msg->count;
             cf_broker_peer_unknown(self, self->workers_sock, id, len, CF_PROTO_UNKNOWN_WORKER);
         }
+        break;
+    case CF_MSG_STARTED:
+        if (worker)
+            s_worker_started(self, worker, msg);
+        else
+            cf_broker_peer_unknown(self, self->workers_sock, id, len, CF_PROTO_UNKNOWN_WORKER);
         break;
     case CF_MSG_HEARTBEAT:
         if (!worker)

@@ -295,12 +295,13 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
         break;
     case CF_MSG_READY: {
         uint32_t fields;
-        //  threads came later as an optional fourth field.
-        if (cf_mp_read_array(&r, 4, &fields) != CF_OK || fields < 3
+        //  threads and features came later as optional fields.
+        if (cf_mp_read_array(&r, 5, &fields) != CF_OK || fields < 3
             || s_read_u32(&r, &msg->credit) != CF_OK
             || s_read_text(&r, 0, CF_PROTO_MAX_TEXT, &msg->host) != CF_OK
             || s_read_i32(&r, &msg->pid) != CF_OK
-            || (fields == 4 && s_read_u32(&r, &msg->threads) != CF_OK))
+            || (fields >= 4 && s_read_u32(&r, &msg->threads) != CF_OK)
+            || (fields == 5 && s_read_u32(&r, &msg->features) != CF_OK))
             goto malformed;
         break;
     }
@@ -642,14 +643,15 @@ cf_err_t cf_proto_enc_stat(cf_proto_enc_t *enc, const char *name, uint64_t value
 }
 
 void cf_proto_enc_ready(cf_proto_enc_t *enc, uint32_t credit, uint32_t threads, const char *host,
-                        int32_t pid)
+                        int32_t pid, uint32_t features)
 {
     assert(enc);
     s_reset(enc, CF_MSG_READY);
     msgpack_packer *pk = &enc->w.pk;
-    enc->failed = (msgpack_pack_array(pk, 4) | msgpack_pack_uint32(pk, credit)
+    enc->failed = (msgpack_pack_array(pk, features ? 5 : 4) | msgpack_pack_uint32(pk, credit)
                    | s_pack_text(pk, host, CF_PROTO_MAX_TEXT) | msgpack_pack_int32(pk, pid)
-                   | msgpack_pack_uint32(pk, threads))
+                   | msgpack_pack_uint32(pk, threads)
+                   | (features ? msgpack_pack_uint32(pk, features) : 0))
                   != 0;
 }
 

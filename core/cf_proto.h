@@ -42,8 +42,8 @@
 
 typedef enum {
     CF_MSG_SUBMIT = 1,    //  client -> broker: tasks
-    CF_MSG_CANCEL,        //  client -> broker: ids to cancel if not started
-    CF_MSG_STARTED,       //  broker -> client: ids now on a worker
+    CF_MSG_CANCEL,        //  client -> broker, broker -> worker: ids to cancel if not begun
+    CF_MSG_STARTED,       //  worker -> broker -> client: ids whose function began
     CF_MSG_RESULT,        //  broker -> client, worker -> broker: outcomes
     CF_MSG_TASK,          //  broker -> worker: tasks to run
     CF_MSG_READY,         //  worker -> broker: hello with capacity
@@ -67,6 +67,11 @@ typedef enum {
 
 //  Task flags.
 #define CF_TASK_RETRY_ON_ERROR 0x1u
+
+//  READY features. BEGUN: the worker sends STARTED when a task's function
+//  begins and answers the broker's CANCEL (docs/protocol.md, "CANCEL,
+//  STARTED").
+#define CF_PROTO_FEATURE_BEGUN 0x1u
 
 //  Strings and byte fields in decoded messages point into the message's body
 //  and live as long as the message. Strings are NOT NUL-terminated: use the
@@ -121,6 +126,7 @@ typedef struct {
     size_t count;                  //  items in tasks / results / ids / stats
     uint32_t credit;               //  READY, CREDIT
     uint32_t threads;              //  READY: execution slots; 0 when not said (3 fields)
+    uint32_t features;             //  READY: CF_PROTO_FEATURE_* bits; 0 when not said
     uint64_t boot;                 //  HEARTBEAT from the broker: its instance id (0 from peers)
     uint32_t ivl_ms;               //  HEARTBEAT from the broker: its heartbeat interval
     cf_proto_str_t host;           //  READY
@@ -203,8 +209,9 @@ cf_err_t cf_proto_enc_stat(cf_proto_enc_t *enc, const char *name, uint64_t value
 //  when begun as one, else an ERROR. Out of memory makes the send fail.
 //  READY carries threads (execution slots) besides credit (what may be sent
 //  now): a worker that prefetches announces more credit than threads.
+//  features: CF_PROTO_FEATURE_* bits (0 writes the 4-field READY of cf/1).
 void cf_proto_enc_ready(cf_proto_enc_t *enc, uint32_t credit, uint32_t threads, const char *host,
-                        int32_t pid);
+                        int32_t pid, uint32_t features);
 void cf_proto_enc_credit(cf_proto_enc_t *enc, uint32_t credit);
 //  The broker sends its boot id and interval; clients and workers send 0, 0.
 void cf_proto_enc_heartbeat(cf_proto_enc_t *enc, uint64_t boot, uint32_t ivl_ms);

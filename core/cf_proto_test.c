@@ -260,11 +260,12 @@ static void test_single_body_messages_round_trip(void **state)
 {
     s_fix_t *fix = *state;
     cf_proto_enc_begin(fix->enc, CF_MSG_READY);
-    cf_proto_enc_ready(fix->enc, 8, 2, "node-7", 31337);
+    cf_proto_enc_ready(fix->enc, 8, 2, "node-7", 31337, CF_PROTO_FEATURE_BEGUN);
     cf_proto_msg_t *msg = s_round_trip(fix);
     assert_int_equal(msg->type, CF_MSG_READY);
     assert_int_equal(msg->credit, 8);
     assert_int_equal(msg->threads, 2);
+    assert_int_equal(msg->features, CF_PROTO_FEATURE_BEGUN);
     assert_true(s_str_is(msg->host, "node-7"));
     assert_int_equal(msg->pid, 31337);
     cf_proto_msg_destroy(&msg);
@@ -719,7 +720,9 @@ static const s_bad_t s_bad[] = {
     BAD("READY", "good", 0x93, 0x04, 0xa1, 'h', 0x01),
     BAD("READY", "good with threads", 0x94, 0x04, 0xa1, 'h', 0x01, 0x02),
     BAD("READY", "two fields", 0x92, 0x04, 0xa1, 'h'),
-    BAD("READY", "five fields", 0x95, 0x04, 0xa1, 'h', 0x01, 0x02, 0x02),
+    BAD("READY", "good with features", 0x95, 0x04, 0xa1, 'h', 0x01, 0x02, 0x01),
+    BAD("READY", "six fields", 0x96, 0x04, 0xa1, 'h', 0x01, 0x02, 0x01, 0x00),
+    BAD("READY", "features negative", 0x95, 0x04, 0xa1, 'h', 0x01, 0x02, 0xff),
     BAD("READY", "threads negative", 0x94, 0x04, 0xa1, 'h', 0x01, 0xff),
     BAD("READY", "credit negative", 0x93, 0xff, 0xa1, 'h', 0x01),
     BAD("READY", "host a bin", 0x93, 0x04, 0xc4, 0x01, 'h', 0x01),
@@ -849,7 +852,7 @@ static size_t s_samples(s_fix_t *fix, s_sample_t *out)
     cf_proto_enc_begin(enc, CF_MSG_STARTED);
     cf_proto_enc_id(enc, 9);
     S_TAKE();
-    cf_proto_enc_ready(enc, 4, 4, "host", 77);
+    cf_proto_enc_ready(enc, 4, 4, "host", 77, 0);
     S_TAKE();
     cf_proto_enc_credit(enc, 2);
     S_TAKE();
@@ -1023,7 +1026,7 @@ static void test_router_receives_with_the_routing_id_and_replies_to_it(void **st
     s_pair_t p;
     s_pair_open(&p, "inproc://cf-proto-router");
     cf_proto_enc_t *enc = cf_proto_enc_new();
-    cf_proto_enc_ready(enc, 2, 2, "h", 1);
+    cf_proto_enc_ready(enc, 2, 2, "h", 1, 0);
     assert_int_equal(cf_proto_enc_send(enc, p.dealer, NULL, 0), CF_OK);
     s_wait_readable(p.router);
     zmq_msg_t rid;

@@ -174,7 +174,7 @@ int main(int argc, char **argv)
     cf_proto_enc_stat(enc, "queued", 3);
     cf_proto_enc_stat(enc, "workers", 2);
     s_capture(enc, "stats_reply");
-    cf_proto_enc_ready(enc, 8, 2, "host-1", 4242);
+    cf_proto_enc_ready(enc, 8, 2, "host-1", 4242, CF_PROTO_FEATURE_BEGUN);
     s_capture(enc, "ready");
     cf_proto_enc_credit(enc, 16);
     s_capture(enc, "credit");

@@ -91,7 +91,7 @@ static bool s_encode(const cf_proto_msg_t *msg)
         host = cf_proto_str_dup(msg->host);
         if (!host)
             return false;
-        cf_proto_enc_ready(s_enc, msg->credit, msg->threads, host, msg->pid);
+        cf_proto_enc_ready(s_enc, msg->credit, msg->threads, host, msg->pid, msg->features);
         free(host);
         break;
     case CF_MSG_CREDIT:

@@ -24,6 +24,7 @@ typedef struct {
     size_t peer_len;
     int heartbeats;     //  HEARTBEATs cf_fakebroker_expect skipped
     uint64_t credit;    //  CREDIT cf_fakebroker_expect skipped, summed
+    uint64_t started;    //  ids of STARTED cf_fakebroker_expect skipped
 } cf_fakebroker_t;
 
 void cf_fakebroker_start(cf_fakebroker_t *b);

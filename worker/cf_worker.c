@@ -71,6 +71,9 @@
 //  Tasks queued beyond threads + prefetch + this (a broker ignoring credit)
 //  are handed back.
 #define S_QUEUE_SLACK        64
+//  A task's begin is announced (STARTED) within about this long; the
+//  executor that begins it wakes the actor only when it sleeps longer.
+#define S_BEGUN_HOLD_MS      10
 //  A result larger than this cannot ride in a RESULT body with its
 //  envelope: it becomes an error instead.
 #define S_MAX_RESULT         (CF_PROTO_MAX_FRAME - 64 * 1024)
@@ -81,7 +84,8 @@
 #define S_MIN_IVL_MS         10
 
 typedef struct s_task {
-    cf_queue_node_t node;    //  in the queue, the outbox or pending
+    cf_queue_node_t node;          //  in the queue, the outbox or pending
+    cf_queue_node_t begun_node;    //  in begun from its start until announced or done
     uint64_t id;
     const char *function;    //  NUL-terminated, in data
     size_t function_len;
@@ -125,6 +129,8 @@ struct cf_worker {
     //  Under lock.
     cf_queue_t queue;       //  tasks to run
     cf_queue_t outbox;      //  tasks run, for the actor
+    cf_queue_t begun;       //  tasks running whose start the broker was not told
+    bool begun_wake;        //  the actor sleeps past S_BEGUN_HOLD_MS: wake it
     int running;            //  tasks being run
     int64_t progress_us;    //  an executor last took or finished a task
     bool stopping;          //  executors leave once the queue is empty
@@ -212,6 +218,7 @@ static s_task_t *s_task_new(const cf_proto_task_t *src)
     if (!task)
         return NULL;
     memset(task, 0, sizeof *task);
+    cf_queue_node_init(&task->begun_node);
     task->id = src->id;
     char *p = task->data;
     memcpy(p, src->function.ptr, src->function.len);
@@ -268,13 +275,21 @@ static void *s_executor_main(void *arg)
         w->running++;
         int64_t start_us = cf_clock_now_us();
         w->progress_us = start_us;
+        //  From here a CANCEL cannot find it in the queue: it has begun.
+        bool wake = cf_queue_empty(&w->begun) && w->begun_wake;
+        cf_queue_push_back(&w->begun, &task->begun_node);
         pthread_mutex_unlock(&w->lock);
+        if (wake)
+            cf_actor_wake(w->actor);
 
         s_execute(task);
         int64_t end_us = cf_clock_now_us();
         task->run_us = end_us - start_us;
 
         pthread_mutex_lock(&w->lock);
+        //  Its RESULT says it began: no STARTED needed any more.
+        if (cf_queue_linked(&task->begun_node))
+            cf_queue_remove(&w->begun, &task->begun_node);
         w->progress_us = end_us;
         w->running--;
         bool was_empty = cf_queue_empty(&w->outbox);
@@ -364,8 +379,29 @@ static cf_err_t s_encode_result(s_actor_t *a, const s_task_t *t)
                                      t->function, host, a->w->pid);
 }
 
-//  Sends READY if due, then pending results in as few RESULT messages as
-//  the limits allow. Stops at the first refused send.
+//  Tells the broker which tasks began since the last call (STARTED), so
+//  that it and the client know them running and a CANCEL no longer tries
+//  for them. A refused send loses the news, not the task: the broker asks
+//  again with CANCEL, and the RESULT says it too.
+static void s_announce_begun(s_actor_t *a)
+{
+    cf_worker_t *w = a->w;
+    pthread_mutex_lock(&w->lock);
+    if (cf_queue_empty(&w->begun)) {
+        pthread_mutex_unlock(&w->lock);
+        return;
+    }
+    cf_proto_enc_begin(a->enc, CF_MSG_STARTED);
+    cf_queue_node_t *node;
+    while ((node = cf_queue_pop_front(&w->begun)))
+        (void)cf_proto_enc_id(a->enc, cf_queue_entry(node, s_task_t, begun_node)->id);
+    pthread_mutex_unlock(&w->lock);
+    s_sent(a, cf_proto_enc_send(a->enc, a->sock, NULL, 0), "STARTED");
+}
+
+//  Sends READY if due, then STARTED for tasks that began, then pending
+//  results in as few RESULT messages as the limits allow. Stops at the
+//  first refused send.
 static void s_flush(s_actor_t *a)
 {
     if (a->blocked)
@@ -373,7 +409,7 @@ static void s_flush(s_actor_t *a)
     if (a->announce) {
         uint32_t credit = s_credit(a);
         cf_proto_enc_ready(a->enc, credit, (uint32_t)a->w->threads, cf_registry_hostname(),
-                           a->w->pid);
+                           a->w->pid, CF_PROTO_FEATURE_BEGUN);
         cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
         s_sent(a, rc, "READY");
         if (rc != CF_OK)
@@ -386,6 +422,8 @@ static void s_flush(s_actor_t *a)
         if (a->grant > (uint64_t)a->w->threads)
             a->prefetching = a->prefetched_once = true;
     }
+    if (!a->blocked)
+        s_announce_begun(a);
     while (!cf_queue_empty(&a->pending) && !a->blocked) {
         cf_proto_enc_begin(a->enc, CF_MSG_RESULT);
         size_t count = 0;
@@ -554,6 +592,52 @@ static void s_hand_back(s_actor_t *a, uint64_t id)
 // ---------------------------------------------------------------------------
 //  The actor: receiving
 
+//  CANCEL from the broker: a task still queued here is taken out and
+//  answered RESULT cancelled (it never runs); any other id is answered
+//  STARTED, as its function began (its RESULT follows, or went already).
+//  An executor takes tasks from the queue under the same lock, so each
+//  task is either cancelled here or begun there, never both.
+static void s_cancel_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
+{
+    cf_worker_t *w = a->w;
+    cf_queue_t cancelled;
+    cf_queue_init(&cancelled);
+    cf_proto_enc_begin(a->enc, CF_MSG_STARTED);
+    pthread_mutex_lock(&w->lock);
+    for (size_t i = 0; i < msg->count; i++) {
+        s_task_t *task = s_front(&w->queue);
+        while (task && task->id != msg->ids[i])
+            task = s_next(&w->queue, task);
+        if (task) {
+            cf_queue_remove(&w->queue, &task->node);
+            cf_queue_push_back(&cancelled, &task->node);
+        }
+        else if (!a->terminating)    //  else DISCONNECT hands it back unrun
+            (void)cf_proto_enc_id(a->enc, msg->ids[i]);
+    }
+    pthread_mutex_unlock(&w->lock);
+    if (cf_proto_enc_count(a->enc) > 0)
+        s_sent(a, cf_proto_enc_send(a->enc, a->sock, NULL, 0), "STARTED");
+    if (cf_queue_empty(&cancelled))
+        return;
+    cf_err_t rc = CF_OK;
+    cf_proto_enc_begin(a->enc, CF_MSG_RESULT);
+    for (s_task_t *t = s_front(&cancelled); t && rc == CF_OK; t = s_next(&cancelled, t))
+        rc = cf_proto_enc_result_status(a->enc, t->id, CF_STATUS_CANCELLED);
+    if (rc == CF_OK)
+        rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
+    s_sent(a, rc, "RESULT");
+    if (rc != CF_OK) {
+        //  Run them after all: their results answer the broker's CANCEL.
+        pthread_mutex_lock(&w->lock);
+        cf_queue_prepend(&w->queue, &cancelled);
+        pthread_cond_broadcast(&w->work);
+        pthread_mutex_unlock(&w->lock);
+        return;
+    }
+    a->in_hand -= s_clear(&cancelled);
+}
+
 static void s_take_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
 {
     cf_worker_t *w = a->w;
@@ -631,6 +715,9 @@ static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
         break;
     case CF_MSG_TASK:
         s_take_tasks(a, msg);
+        break;
+    case CF_MSG_CANCEL:
+        s_cancel_tasks(a, msg);
         break;
     case CF_MSG_ERROR:
         if (cf_proto_str_eq(msg->text, CF_PROTO_UNKNOWN_WORKER)) {
@@ -772,7 +859,11 @@ static void s_check_end(s_actor_t *a, size_t busy, int64_t now)
     a->end_reason = a->terminating ? CF_OK : CF_ESTOP;
 }
 
-static int s_poll_timeout(const s_actor_t *a, int64_t now)
+//  How long the actor may sleep. It also tells executors whether a task's
+//  begin must wake it (a sleep past S_BEGUN_HOLD_MS would hold STARTED
+//  back): under load it wakes that often anyway, and no begin costs a
+//  wakeup.
+static int s_poll_timeout(s_actor_t *a, int64_t now)
 {
     int64_t deadline = a->last_send_ms + s_send_ivl(a);
     if (!a->broker_lost) {
@@ -786,6 +877,11 @@ static int s_poll_timeout(const s_actor_t *a, int64_t now)
     if (a->prefetching && a->in_hand > (uint64_t)a->w->threads + cf_queue_size(&a->pending)
         && now + S_STALL_MS < deadline)
         deadline = now + S_STALL_MS;
+    pthread_mutex_lock(&a->w->lock);
+    if (!cf_queue_empty(&a->w->begun) && now + S_BEGUN_HOLD_MS < deadline)
+        deadline = now + S_BEGUN_HOLD_MS;
+    a->w->begun_wake = deadline > now + S_BEGUN_HOLD_MS;
+    pthread_mutex_unlock(&a->w->lock);
     int64_t left = deadline - now;
     return left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left;
 }
@@ -1000,6 +1096,7 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
     }
     cf_queue_init(&w->queue);
     cf_queue_init(&w->outbox);
+    cf_queue_init(&w->begun);
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->work, NULL);
     cf_clock_cond_init(&w->state);
