@@ -430,22 +430,19 @@ static void s_task_lost(cf_broker_state_t *self, cf_broker_worker_t *worker, cf_
     cf_broker_task_finish(self, task);
 }
 
-//  Marks SUSPECT what a lost worker may have been running: every task it
-//  said began, and its first `threads` others in dispatch order (it takes
-//  tasks in that order; a begin it had not said yet, or one whose task
-//  finished unsent, hides among them). A worker that never says (no
-//  feature BEGUN) has only the first `threads`. The rest never began: they go back
-//  without using a retry, so a task that kills its worker does not take
-//  the tasks queued behind it down with it.
+//  Marks SUSPECT every task a lost worker held. Any of them may have
+//  killed it: a task's STARTED, and the RESULTs of tasks it finished just
+//  before, die with the process, so what the broker holds cannot tell the
+//  culprit from the tasks queued behind it. Each uses a retry; from now on
+//  each runs alone on a worker, so that if it kills that one too it alone
+//  is charged, and an innocent task loses at most one retry to another's
+//  crash (before, one per crash: a task prefetched next to a poison task
+//  failed with WorkerLost after 4 attempts).
 static void s_worker_mark_suspects(cf_broker_worker_t *worker)
 {
-    uint32_t unsaid = 0;
     for (cf_queue_node_t *node = cf_queue_front(&worker->running); node;
          node = cf_queue_next(&worker->running, node)) {
         cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
-        bool said = worker->says_begun && (task->marks & CF_BROKER_BEGUN);
-        if (!said && unsaid++ >= worker->threads)
-            continue;
         if (!(task->marks & CF_BROKER_SUSPECT)) {
             task->marks |= CF_BROKER_SUSPECT;
             worker->suspects++;

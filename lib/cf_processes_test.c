@@ -2,6 +2,7 @@
 //  copies of this test program, so the tasks registered here with CF_TASK
 //  run in them.
 
+#include "cf_clock.h"
 #include "cf_executor.h"
 #include "cf_processes.h"
 #include "cf_sanitize.h"
@@ -9,6 +10,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -69,6 +72,26 @@ static void t_sleep_ms(cf_call_t *call)
 }
 CF_TASK(t_sleep_ms);
 
+//  Where t_noted_sleep notes which inputs ran (one line each, O_APPEND so
+//  the worker processes never interleave); set before the executor forks.
+static char s_note_path[256];
+
+static void t_noted_sleep(cf_call_t *call)
+{
+    int64_t index = cf_arg_int(call, 0), ms = cf_arg_int(call, 1);
+    int fd = open(s_note_path, O_WRONLY | O_APPEND | O_CREAT, 0600);
+    if (fd >= 0) {
+        char line[32];
+        int len = snprintf(line, sizeof line, "%" PRId64 "\n", index);
+        if (write(fd, line, (size_t)len) != len)
+            abort();
+        close(fd);
+    }
+    usleep((useconds_t)ms * 1000);
+    cf_return_int(call, index);
+}
+CF_TASK(t_noted_sleep);
+
 //  Set by the initializer in each worker process, never in this one.
 static int64_t s_init_value;
 
@@ -85,6 +108,29 @@ CF_TASK(t_init_value);
 
 // ---------------------------------------------------------------------------
 //  Helpers
+
+//  n short tasks, so the workers measure them and prefetch.
+static void s_warm_up(cf_executor_t *ex, int n)
+{
+    int64_t *inputs = calloc((size_t)n, sizeof *inputs);
+    assert_non_null(inputs);
+    cf_map_t *map = cf_map_ints(ex, "t_square", inputs, (size_t)n, NULL);
+    assert_non_null(map);
+    const cf_value_t *value;
+    while (cf_map_next(map, &value) == CF_OK)
+        ;
+    cf_map_destroy(&map);
+    free(inputs);
+}
+
+//  Inputs (index, MS of 200) for t_noted_sleep from an int64_t array.
+static int s_sleep_source(void *state, size_t index, cf_args_t *args)
+{
+    const int64_t *inputs = state;
+    if (index >= 50)
+        return 0;
+    return cf_args_addf(args, "ii", inputs[index], 200) == CF_OK ? 1 : -1;
+}
 
 //  A new executor, or the test fails saying why.
 static cf_executor_t *s_new(cf_kind_t kind, const cf_options_t *opts)
@@ -256,6 +302,172 @@ static void test_a_crashing_task_fails_alone_and_the_pool_lives_on(void **state)
     cf_executor_destroy(&ex);
 }
 
+//  Prefetched tasks held with a task that kills its worker lose one retry
+//  at most: after that they run alone, so a crash names its culprit. With
+//  one retry each, every innocent finishes; the poison tasks fail after
+//  two attempts. (Before, each crash used a retry of every task held, and
+//  an innocent t_square failed with WorkerLost after 4 attempts.)
+static void test_tasks_held_with_a_crashing_task_lose_one_retry_at_most(void **state)
+{
+    (void)state;
+    enum { WARM = 2000, N = 60 };
+    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){ .max_workers = 1 });
+    assert_non_null(ex);
+    s_warm_up(ex, WARM);
+    cf_task_opts_t once = { .retries = 1 };
+    cf_future_t *fs[N], *poison[2];
+    int poisons = 0;
+    for (int i = 0; i < N; i++) {
+        if (i % 30 == 15) {
+            poison[poisons] = cf_submit_with(ex, &once, poisons % 2 ? "t_kill" : "t_abort", "");
+            poisons++;
+        }
+        fs[i] = cf_submit_with(ex, &once, "t_square", "i", i);
+        assert_non_null(fs[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(s_int_result(fs[i]), (int64_t)i * i);
+        cf_future_release(&fs[i]);
+    }
+    for (int i = 0; i < poisons; i++) {
+        (void)cf_unitkit_expect_task_error(poison[i], 60000, "WorkerLost");
+        cf_future_release(&poison[i]);
+    }
+    cf_executor_destroy(&ex);
+}
+
+//  The indices t_noted_sleep noted, as a bit set of n.
+static void s_read_notes(bool *ran, size_t n)
+{
+    memset(ran, 0, n * sizeof *ran);
+    FILE *file = fopen(s_note_path, "r");
+    if (!file)
+        return;
+    long index;
+    while (fscanf(file, "%ld", &index) == 1) {
+        assert_true(index >= 0 && (size_t)index < n);
+        assert_false(ran[index]);    //  never twice
+        ran[index] = true;
+    }
+    fclose(file);
+}
+
+static void s_note_path_new(void)
+{
+    const char *tmp = getenv("TMPDIR");
+    snprintf(s_note_path, sizeof s_note_path, "%s/cf_notes_%d", tmp ? tmp : "/tmp", (int)getpid());
+    unlink(s_note_path);
+}
+
+//  After a warm-up the workers prefetch: tasks wait in their local queues.
+//  Those still count as waiting: running() is false for them, cancel()
+//  returns true and they never run. (Before, 38 of 40 said running at once
+//  and none could be cancelled.)
+static void test_cancel_reaches_tasks_prefetched_by_workers(void **state)
+{
+    (void)state;
+    enum { N = 40, MS = 300 };
+    s_note_path_new();
+    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){ .max_workers = 2 });
+    assert_non_null(ex);
+    s_warm_up(ex, 3000);
+    cf_future_t *fs[N];
+    for (int i = 0; i < N; i++) {
+        fs[i] = cf_submit(ex, "t_noted_sleep", "ii", i, MS);
+        assert_non_null(fs[i]);
+    }
+    //  Once one runs, no more than the two workers' tasks do.
+    int64_t deadline = cf_clock_now_ms() + 30000;
+    bool any = false;
+    while (!any && cf_clock_now_ms() < deadline) {
+        for (int i = 0; i < N && !any; i++)
+            any = cf_future_running(fs[i]);
+        if (!any)
+            usleep(1000);
+    }
+    assert_true(any);
+    int running = 0;
+    for (int i = 0; i < N; i++)
+        running += cf_future_running(fs[i]);
+    assert_in_range(running, 1, 2);
+    //  Last first: the next to begin are cancelled last.
+    bool cancelled[N];
+    int n_cancelled = 0;
+    for (int i = N - 1; i >= 0; i--) {
+        cancelled[i] = cf_future_cancel(fs[i]);
+        n_cancelled += cancelled[i];
+    }
+    assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
+    bool ran[N];
+    s_read_notes(ran, N);
+    for (int i = 0; i < N; i++) {
+        if (cancelled[i]) {
+            assert_true(cf_future_cancelled(fs[i]));
+            assert_false(ran[i]);
+        }
+        else {
+            assert_int_equal(s_int_result(fs[i]), i);
+            assert_true(ran[i]);
+        }
+        cf_future_release(&fs[i]);
+    }
+    //  Two ran for sure; a few more only if cancelling took over MS.
+    assert_true(n_cancelled >= N - 6);
+    cf_executor_destroy(&ex);
+    unlink(s_note_path);
+}
+
+//  shutdown(cancel_futures) and cf_map_destroy cancel what has not begun,
+//  prefetched or not, as ProcessPoolExecutor does (it may hold max_workers
+//  + 1 in its call queue). Before, 0 of 50 were cancelled.
+static void test_shutdown_and_map_destroy_cancel_what_did_not_begin(void **state)
+{
+    (void)state;
+    enum { N = 50, MS = 200, WORKERS = 2 };
+    s_note_path_new();
+    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){ .max_workers = WORKERS });
+    assert_non_null(ex);
+    s_warm_up(ex, 3000);
+    cf_future_t *fs[N];
+    for (int i = 0; i < N; i++)
+        fs[i] = cf_submit(ex, "t_noted_sleep", "ii", i, MS);
+    assert_int_equal(cf_future_wait(fs[0], 30000), CF_OK);
+    assert_int_equal(cf_executor_shutdown(ex, true, true), CF_OK);
+    bool ran[N];
+    s_read_notes(ran, N);
+    int n_ran = 0;
+    for (int i = 0; i < N; i++) {
+        n_ran += ran[i];
+        assert_true(ran[i] ? cf_future_done(fs[i]) && !cf_future_cancelled(fs[i])
+                           : cf_future_cancelled(fs[i]));
+        cf_future_release(&fs[i]);
+    }
+    assert_true(n_ran <= 3 * WORKERS + 1);
+    cf_executor_destroy(&ex);
+
+    s_note_path_new();
+    ex = s_new(CF_PROCESSES, &(cf_options_t){ .max_workers = WORKERS });
+    assert_non_null(ex);
+    s_warm_up(ex, 3000);
+    int64_t inputs[N];
+    for (int i = 0; i < N; i++)
+        inputs[i] = i;
+    cf_map_t *map = cf_map_new(ex, "t_noted_sleep", s_sleep_source, inputs,
+                               &(cf_map_opts_t){ .window = N });
+    assert_non_null(map);
+    const cf_value_t *value;
+    assert_int_equal(cf_map_next(map, &value), CF_OK);
+    cf_map_destroy(&map);
+    assert_int_equal(cf_executor_shutdown(ex, true, false), CF_OK);
+    s_read_notes(ran, N);
+    n_ran = 0;
+    for (int i = 0; i < N; i++)
+        n_ran += ran[i];
+    assert_true(n_ran <= 3 * WORKERS + 1);
+    cf_executor_destroy(&ex);
+    unlink(s_note_path);
+}
+
 static void test_max_tasks_per_worker_recycles_processes(void **state)
 {
     (void)state;
@@ -396,6 +608,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_tasks_run_in_worker_processes),
         cmocka_unit_test(test_initializer_runs_in_each_worker),
         cmocka_unit_test(test_a_crashing_task_fails_alone_and_the_pool_lives_on),
+        cmocka_unit_test(test_tasks_held_with_a_crashing_task_lose_one_retry_at_most),
+        cmocka_unit_test(test_cancel_reaches_tasks_prefetched_by_workers),
+        cmocka_unit_test(test_shutdown_and_map_destroy_cancel_what_did_not_begin),
         cmocka_unit_test(test_max_tasks_per_worker_recycles_processes),
         cmocka_unit_test(test_destroy_leaves_no_process_and_no_directory),
         cmocka_unit_test(test_new_rejects_zero_workers),

@@ -22,8 +22,8 @@ typedef struct {
     cf_proto_enc_t *enc;    //  build messages here, then send
     char peer[256];         //  routing id of the last sender, NUL-terminated
     size_t peer_len;
-    int heartbeats;     //  HEARTBEATs cf_fakebroker_expect skipped
-    uint64_t credit;    //  CREDIT cf_fakebroker_expect skipped, summed
+    int heartbeats;      //  HEARTBEATs cf_fakebroker_expect skipped
+    uint64_t credit;     //  CREDIT cf_fakebroker_expect skipped, summed
     uint64_t started;    //  ids of STARTED cf_fakebroker_expect skipped
 } cf_fakebroker_t;
 
