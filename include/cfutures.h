@@ -302,10 +302,18 @@ cf_err_t cf_future_raw(cf_future_t *f, int timeout_ms, const void **data, size_t
 //  failed (yet). Non-blocking; borrowed, lives as long as the future.
 const cf_task_error_t *cf_future_error(cf_future_t *f);
 
-//  Cancels a task that has not started: true if it is now cancelled (or
-//  already was), false if it is running or done. Callbacks run.
+//  Cancels a task whose function has not begun, wherever it waits (the
+//  client, the broker's queue, a worker's prefetch queue): true if it is now
+//  cancelled (or already was), and then it never runs; false if it began or
+//  is done. On a remote or process executor it asks the holder and waits
+//  for the answer (a broker round trip, a worker's too for a prefetched
+//  task; at most 5 s, then false). From a callback it does not wait: false
+//  unless the client still held the task. Callbacks run.
 bool cf_future_cancel(cf_future_t *f);
 bool cf_future_cancelled(cf_future_t *f);
+//  True once the task's function has begun (cf-worker says so within about
+//  10 ms of the start; a task done sooner goes straight to done), until done.
+//  A task merely handed to a worker is not running.
 bool cf_future_running(cf_future_t *f);
 bool cf_future_done(cf_future_t *f);
 //  The function name the future was submitted with (borrowed).
@@ -404,7 +412,8 @@ cf_future_t *cf_submit_raw(cf_executor_t *ex, const cf_task_opts_t *opts, const 
                            const void *args, size_t len);
 
 //  Stops accepting tasks. wait: block until every submitted task finished.
-//  cancel_futures: cancel what has not started. Safe to call twice.
+//  cancel_futures: cancel every task whose function has not begun,
+//  prefetched ones included (as cf_future_cancel). Safe to call twice.
 cf_err_t cf_executor_shutdown(cf_executor_t *ex, bool wait, bool cancel_futures);
 //  Shuts down (waiting for running and queued work) and frees the executor;
 //  no thread or process is left behind. Futures stay valid until released.
