@@ -282,6 +282,57 @@ static void test_two_clients_share_the_workers(void **state)
     cf_executor_destroy(&second);
 }
 
+//  cf-worker prefetches once it measured short tasks: tasks then wait in
+//  its local queue. They have not started: running() is false for them,
+//  cancel() returns true and reaches into the worker's queue, and the
+//  worker never runs them (the broker counts what workers completed).
+static void test_cancel_reaches_into_a_workers_prefetch_queue(void **state)
+{
+    cf_testkit_t *kit = *state;
+    enum { WARM = 3000, N = 30, THREADS = 2 };
+    cf_testkit_proc_t *broker = cf_testkit_start_broker(kit, NULL);
+    cf_testkit_start_worker(kit, cf_testkit_workers(broker), "--threads", "2", NULL);
+    cf_executor_t *executor = cf_testkit_connect(cf_testkit_clients(broker), 0);
+    assert_non_null(executor);
+    static int64_t inputs[WARM];
+    cf_map_t *map = cf_map_ints(executor, "square", inputs, WARM, NULL);
+    assert_non_null(map);
+    const cf_value_t *value;
+    while (cf_map_next(map, &value) == CF_OK)
+        ;
+    cf_map_destroy(&map);
+
+    cf_future_t *fs[N];
+    for (int i = 0; i < N; i++) {
+        fs[i] = cf_submit(executor, "sleep_ms", "i", 300);
+        assert_non_null(fs[i]);
+    }
+    int64_t deadline = cf_testkit_now_ms() + 30000;
+    int running = 0;
+    while (running == 0 && cf_testkit_now_ms() < deadline) {
+        for (int i = 0; i < N; i++)
+            running += cf_future_running(fs[i]);
+        if (running == 0)
+            cf_testkit_nap_ms(1);
+    }
+    assert_in_range(running, 1, THREADS);
+    int cancelled = 0;
+    for (int i = N - 1; i >= 0; i--)
+        cancelled += cf_future_cancel(fs[i]);
+    assert_int_equal(cf_executor_shutdown(executor, true, false), CF_OK);
+    int ran = 0;
+    for (int i = 0; i < N; i++) {
+        ran += !cf_future_cancelled(fs[i]);
+        cf_future_release(&fs[i]);
+    }
+    assert_int_equal(ran + cancelled, N);
+    assert_true(ran <= 3 * THREADS);
+    uint64_t completed = 0;
+    assert_true(cf_testkit_broker_stat(cf_testkit_clients(broker), "completed", 5000, &completed));
+    assert_int_equal(completed, WARM + (uint64_t)ran);
+    cf_executor_destroy(&executor);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -297,6 +348,8 @@ int main(void)
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_values_cross_the_cluster_intact, cf_testkit_setup,
                                         cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_reaches_into_a_workers_prefetch_queue,
+                                        cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_two_clients_share_the_workers, cf_testkit_setup,
                                         cf_testkit_teardown),
     };
