@@ -378,6 +378,15 @@ typedef struct {
     //  "AuthError", and cf_submit then returns NULL with CF_EAUTH.
     const char *curve_broker_key;
     const char *curve_key;
+    //  At most this many tasks submitted and not yet done (0: no bound;
+    //  negative is an error), so a producer faster than the workers holds
+    //  bounded memory. A submission over the bound waits until a task is
+    //  done, or, with fail_when_full, fails at once with CF_EBUSY. It never
+    //  waits on a thread of the executor's own (a callback, a progress hook,
+    //  an actor): there it fails with CF_EBUSY. A shutdown wakes waiting
+    //  submitters, which then fail with CF_ESHUTDOWN.
+    int max_outstanding;
+    bool fail_when_full;
 } cf_options_t;
 
 //  A new executor of the given kind; opts may be NULL for defaults. NULL on

@@ -28,6 +28,7 @@
 
 #include "cf_executor.h"
 
+#include "cf_actor.h"
 #include "cf_client.h"
 #include "cf_error.h"
 #include "cf_keys.h"
@@ -68,6 +69,14 @@ struct cf_executor {
     atomic_bool has_progress_fn;      //  lets the hot path skip the lock
     cf_progress_fn *progress_fn;
     void *progress_arg;
+    //  The bound on tasks not done (options.max_outstanding): a submission
+    //  takes a slot under slots_lock, its completion gives it back. Unused
+    //  (no lock taken) when max_outstanding is 0.
+    pthread_mutex_t slots_lock;
+    pthread_cond_t slots_cond;    //  a slot came free, or shutdown
+    int max_outstanding;
+    bool fail_when_full;
+    int outstanding;
     //  Counters. submitted is written by submitting threads, the others by
     //  completing ones: keep them off the read-mostly fields' cache line.
     _Alignas(64) _Atomic uint64_t submitted;
@@ -127,6 +136,8 @@ static void s_unref(cf_executor_t *ex)
     if (atomic_fetch_sub_explicit(&ex->refs, 1, memory_order_acq_rel) != 1)
         return;
     pthread_mutex_destroy(&ex->shutdown_lock);
+    pthread_cond_destroy(&ex->slots_cond);
+    pthread_mutex_destroy(&ex->slots_lock);
     pthread_cond_destroy(&ex->progress_idle);
     pthread_mutex_destroy(&ex->progress_lock);
     pthread_cond_destroy(&ex->cancel_cond);
@@ -154,6 +165,9 @@ static cf_err_t s_validate(cf_kind_t kind, const cf_options_t *opts)
     if (opts->timeout_ms < 0)
         return cf_error_set(CF_EINVAL, "timeout_ms must be > 0 (or 0 for none), got %d",
                             opts->timeout_ms);
+    if (opts->max_outstanding < 0)
+        return cf_error_set(CF_EINVAL, "max_outstanding must be > 0 (or 0 for no bound), got %d",
+                            opts->max_outstanding);
     if (opts->heartbeat_ivl_ms < 0)
         return cf_error_set(CF_EINVAL,
                             "heartbeat_ivl_ms must be > 0 (or 0 for the "
@@ -227,6 +241,10 @@ cf_executor_t *cf_executor_new(cf_kind_t kind, const cf_options_t *opts)
     pthread_mutex_init(&ex->cancel_lock, NULL);
     pthread_cond_init(&ex->cancel_cond, NULL);
     pthread_cond_init(&ex->progress_idle, NULL);
+    pthread_mutex_init(&ex->slots_lock, NULL);
+    pthread_cond_init(&ex->slots_cond, NULL);
+    ex->max_outstanding = opts->max_outstanding;
+    ex->fail_when_full = opts->fail_when_full;
     ex->kind = kind;
     ex->max_workers = max_workers;
     ex->retries = opts->retries == 0 ? CF_DEFAULT_RETRIES : opts->retries < 0 ? -1 : opts->retries;
@@ -279,6 +297,11 @@ cf_err_t cf_executor_shutdown(cf_executor_t *ex, bool wait, bool cancel_futures)
     if (!ex)
         return CF_EINVAL;
     atomic_store(&ex->shut, true);
+    if (ex->max_outstanding) {
+        pthread_mutex_lock(&ex->slots_lock);
+        pthread_cond_broadcast(&ex->slots_cond);
+        pthread_mutex_unlock(&ex->slots_lock);
+    }
     pthread_mutex_lock(&ex->shutdown_lock);
     cf_err_t rc = CF_OK;
     //  After a completed waiting shutdown nothing is left to stop or cancel;
@@ -377,10 +400,42 @@ void cf_executor_on_progress(cf_executor_t *ex, cf_progress_fn *fn, void *arg)
 }
 
 //  Every future's completion hook: runs once, after the future's callbacks.
+//  Takes a slot under options.max_outstanding (see there): CF_OK, CF_EBUSY
+//  or CF_ESHUTDOWN, with the error set.
+static cf_err_t s_slot_take(cf_executor_t *ex, const char *fn)
+{
+    bool may_wait = !ex->fail_when_full && !cf_actor_current() && !s_in_hook;
+    cf_err_t rc = CF_OK;
+    pthread_mutex_lock(&ex->slots_lock);
+    while (ex->outstanding >= ex->max_outstanding && rc == CF_OK) {
+        if (atomic_load(&ex->shut))
+            rc = cf_error_set(CF_ESHUTDOWN, "cannot submit %s: the executor is shut down", fn);
+        else if (!may_wait)
+            rc = cf_error_set(CF_EBUSY, "cannot submit %s: %d tasks outstanding (max_outstanding)",
+                              fn, ex->outstanding);
+        else
+            pthread_cond_wait(&ex->slots_cond, &ex->slots_lock);
+    }
+    if (rc == CF_OK)
+        ex->outstanding++;
+    pthread_mutex_unlock(&ex->slots_lock);
+    return rc;
+}
+
+static void s_slot_give(cf_executor_t *ex)
+{
+    pthread_mutex_lock(&ex->slots_lock);
+    ex->outstanding--;
+    pthread_cond_signal(&ex->slots_cond);
+    pthread_mutex_unlock(&ex->slots_lock);
+}
+
 static void s_on_complete(void *arg, cf_future_t *f, cf_future_state_t state)
 {
     cf_executor_t *ex = arg;
     (void)f;
+    if (ex->max_outstanding)
+        s_slot_give(ex);
     atomic_fetch_add_explicit(&ex->done, 1, memory_order_relaxed);
     if (state == CF_FUTURE_FAILED)
         atomic_fetch_add_explicit(&ex->failed, 1, memory_order_relaxed);
@@ -434,8 +489,12 @@ static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, cons
                      args_len, CF_PROTO_MAX_FRAME);
         return NULL;
     }
+    if (ex->max_outstanding && s_slot_take(ex, fn) != CF_OK)
+        return NULL;
     cf_task_t *task = cf_task_new(fn, fn_len, args, args_len);
     if (!task) {
+        if (ex->max_outstanding)
+            s_slot_give(ex);
         cf_error_set(CF_ENOMEM, "out of memory submitting %s", fn);
         return NULL;
     }
@@ -464,6 +523,8 @@ static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, cons
         //  (then the hook ran and counted it), the submission never happened.
         if (cf_future_set_complete_hook(f, NULL, NULL)) {
             atomic_fetch_sub_explicit(&ex->submitted, 1, memory_order_relaxed);
+            if (ex->max_outstanding)
+                s_slot_give(ex);
             s_unref(ex);
         }
         cf_future_release(&f);

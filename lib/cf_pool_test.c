@@ -557,6 +557,86 @@ static void test_many_tasks_all_resolve(void **state)
     free(fs);
 }
 
+typedef struct {
+    cf_executor_t *ex;
+    cf_future_t *f;
+    atomic_bool returned;
+} s_submitter_t;
+
+static void *s_submit_in_thread(void *arg)
+{
+    s_submitter_t *sub = arg;
+    sub->f = cf_submit(sub->ex, "noop", "");
+    atomic_store(&sub->returned, true);
+    return NULL;
+}
+
+//  options.max_outstanding bounds the tasks not done: over it, a submission
+//  fails with CF_EBUSY (fail_when_full) or waits until a task is done; a
+//  shutdown ends the wait with CF_ESHUTDOWN.
+static void test_max_outstanding_bounds_tasks_not_done(void **state)
+{
+    (void)state;
+    cf_executor_t *ex = cf_executor_new(
+        CF_THREADS,
+        &(cf_options_t){ .max_workers = 2, .max_outstanding = 2, .fail_when_full = true });
+    assert_non_null(ex);
+    cf_unitkit_gate_close();
+    cf_future_t *held[2] = { cf_submit(ex, "block", ""), cf_submit(ex, "block", "") };
+    assert_non_null(held[0]);
+    assert_non_null(held[1]);
+    cf_unitkit_expect_at_gate(2, S_WAIT_MS);
+    assert_null(cf_submit(ex, "noop", ""));
+    assert_int_equal(cf_last_err(), CF_EBUSY);
+    cf_unitkit_gate_open();
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(cf_future_wait(held[i], S_WAIT_MS), CF_OK);
+        cf_future_release(&held[i]);
+    }
+    cf_future_t *f = cf_submit(ex, "noop", "");
+    assert_non_null(f);
+    assert_int_equal(cf_future_wait(f, S_WAIT_MS), CF_OK);
+    cf_future_release(&f);
+    cf_executor_destroy(&ex);
+
+    //  Waiting: the third submission returns only once a held task is done.
+    ex = cf_executor_new(CF_THREADS, &(cf_options_t){ .max_workers = 2, .max_outstanding = 2 });
+    assert_non_null(ex);
+    cf_unitkit_gate_close();
+    held[0] = cf_submit(ex, "block", "");
+    held[1] = cf_submit(ex, "block", "");
+    cf_unitkit_expect_at_gate(2, S_WAIT_MS);
+    s_submitter_t sub = { .ex = ex };
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, s_submit_in_thread, &sub), 0);
+    //  Not a timing check: it cannot return while both tasks are held.
+    usleep(50 * 1000);
+    assert_false(atomic_load(&sub.returned));
+    cf_unitkit_gate_open();
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    assert_non_null(sub.f);
+    assert_true(cf_future_done(held[0]) || cf_future_done(held[1]));
+    cf_future_release(&sub.f);
+    cf_unitkit_release_all(held, 2);
+
+    //  A shutdown wakes a waiting submitter, which then fails.
+    cf_unitkit_gate_close();
+    held[0] = cf_submit(ex, "block", "");
+    held[1] = cf_submit(ex, "block", "");
+    cf_unitkit_expect_at_gate(2, S_WAIT_MS);
+    sub = (s_submitter_t){ .ex = ex };
+    assert_int_equal(pthread_create(&thread, NULL, s_submit_in_thread, &sub), 0);
+    usleep(50 * 1000);
+    assert_int_equal(cf_executor_shutdown(ex, false, false), CF_OK);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    assert_null(sub.f);
+    cf_unitkit_gate_open();
+    cf_unitkit_release_all(held, 2);
+    cf_executor_destroy(&ex);
+    assert_null(cf_executor_new(CF_THREADS, &(cf_options_t){ .max_outstanding = -1 }));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -578,6 +658,7 @@ int main(void)
         cmocka_unit_test(test_destroy_waits_for_queued_work_and_futures_outlive_it),
         cmocka_unit_test(test_shutdown_waiting_from_its_own_thread_is_refused),
         cmocka_unit_test(test_many_tasks_all_resolve),
+        cmocka_unit_test(test_max_outstanding_bounds_tasks_not_done),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
