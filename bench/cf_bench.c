@@ -971,6 +971,7 @@ static void s_group_broker_mem(const bench_opts_t *opts)
     uint64_t queued = 0;
     s_broker_stat(clients, "queued", 5000, &queued);
     long before_kib = s_status_kib(broker.pid, "VmRSS:");
+    long client_before_kib = s_status_kib(getpid(), "VmRSS:");
     bool ok = true;
     double payload = 0;
     double start = s_now_s();
@@ -993,6 +994,7 @@ static void s_group_broker_mem(const bench_opts_t *opts)
     }
     double elapsed = s_now_s() - start;
     long after_kib = s_status_kib(broker.pid, "VmRSS:");
+    long client_after_kib = s_status_kib(getpid(), "VmRSS:");
     if (ok && (before_kib < 0 || after_kib < 0))
         ok = s_fail("broker.mem: cannot read /proc/%ld/status", (long)broker.pid);
     if (ok) {
@@ -1002,6 +1004,14 @@ static void s_group_broker_mem(const bench_opts_t *opts)
         s_emit("broker.mem.per_task", per_task, "bytes/task");
         s_emit("broker.mem.payload", payload / (double)n, "bytes/task");
         s_emit("broker.mem.bookkeeping", per_task - payload / (double)n, "bytes/task");
+        //  The client holds every task until its answer: its future, the
+        //  task with its function and arguments (kept for a resubmission),
+        //  and its entries in the client's maps. Less the payload and this
+        //  program's own array of future pointers (8 bytes a task).
+        double client = (double)(client_after_kib - client_before_kib) * 1024.0 / (double)n;
+        printf("# client.mem: VmRSS %ld -> %ld KiB\n", client_before_kib, client_after_kib);
+        s_emit("client.mem.per_task", client, "bytes/task");
+        s_emit("client.mem.bookkeeping", client - payload / (double)n - 8.0, "bytes/task");
     }
     //  No worker will ever run these: cancel them, then go.
     cf_executor_shutdown(ex, false, true);
@@ -1119,6 +1129,8 @@ static size_t s_expected(unsigned group, char names[][64], size_t max)
     if (group == GROUP_BROKER_MEM) {
         snprintf(names[n++], 64, "broker.mem.per_task");
         snprintf(names[n++], 64, "broker.mem.bookkeeping");
+        snprintf(names[n++], 64, "client.mem.per_task");
+        snprintf(names[n++], 64, "client.mem.bookkeeping");
     }
     if (group == GROUP_MAP_MEM) {
         snprintf(names[n++], 64, "client.map.peak_rss");

@@ -97,9 +97,35 @@ typedef struct {
     char text[];    //  type, message, host: NUL-terminated
 } s_error_t;
 
+//  A future's lock and condition variable are one of S_STRIPES pairs shared
+//  by address: a client holds a future per outstanding task, and a mutex
+//  and a condition variable of its own were 88 of its bytes. No code holds
+//  two futures' locks at once (the only nesting is a future's lock, then a
+//  waiter's), so sharing cannot deadlock; a broadcast wakes the sleepers of
+//  other futures of the stripe too, and they wait again.
+#define S_STRIPES 256
+
+static pthread_mutex_t s_locks[S_STRIPES];
+static pthread_cond_t s_conds[S_STRIPES];
+static pthread_once_t s_stripes_once = PTHREAD_ONCE_INIT;
+static bool s_stripes_ok;
+
+static void s_stripes_init(void)
+{
+    for (size_t i = 0; i < S_STRIPES; i++) {
+        if (pthread_mutex_init(&s_locks[i], NULL) != 0 || cf_clock_cond_init(&s_conds[i]) != 0)
+            return;
+    }
+    s_stripes_ok = true;
+}
+
+static size_t s_stripe(const cf_future_t *f)
+{
+    uintptr_t a = (uintptr_t)f;
+    return (size_t)((a >> 6) ^ (a >> 14)) % S_STRIPES;
+}
+
 struct cf_future {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;    //  broadcast on completion if sleepers > 0
     atomic_int refs;
     atomic_int state;    //  cf_future_state_t
     int sleepers;        //  threads blocked in cf_future_wait
@@ -190,20 +216,14 @@ cf_future_t *cf_future_new_with(const char *function, size_t function_len, size_
         function_len = 0;
     size_t size = extra ? s_extra_offset(function_len) + extra
                         : sizeof(cf_future_t) + function_len + 1;
+    pthread_once(&s_stripes_once, s_stripes_init);
+    if (!s_stripes_ok)
+        return NULL;
     cf_future_t *f = malloc(size);
     if (!f)
         return NULL;
     if (extra_out)
         *extra_out = extra ? (char *)f + s_extra_offset(function_len) : NULL;
-    if (pthread_mutex_init(&f->lock, NULL) != 0) {
-        free(f);
-        return NULL;
-    }
-    if (cf_clock_cond_init(&f->cond) != 0) {
-        pthread_mutex_destroy(&f->lock);
-        free(f);
-        return NULL;
-    }
     atomic_init(&f->refs, 1);
     atomic_init(&f->state, CF_FUTURE_PENDING);
     f->sleepers = 0;
@@ -256,8 +276,6 @@ static void s_free(cf_future_t *f)
         free(f->error);
     free(f->result);
     cf_mp_doc_destroy(&f->doc);
-    pthread_cond_destroy(&f->cond);
-    pthread_mutex_destroy(&f->lock);
     free(f);
 }
 
@@ -273,21 +291,21 @@ void cf_future_release(cf_future_t **pf)
 
 void cf_future_set_canceller(cf_future_t *f, cf_canceller_fn *fn, void *executor)
 {
-    pthread_mutex_lock(&f->lock);
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
     f->canceller = fn;
     f->canceller_arg = executor;
-    pthread_mutex_unlock(&f->lock);
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
 }
 
 bool cf_future_set_complete_hook(cf_future_t *f, cf_complete_fn *fn, void *arg)
 {
-    pthread_mutex_lock(&f->lock);
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
     bool pending = !s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed));
     if (pending) {
         f->hook = fn;
         f->hook_arg = arg;
     }
-    pthread_mutex_unlock(&f->lock);
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
     return pending;
 }
 
@@ -320,10 +338,10 @@ static void s_run_callback(cf_future_t *f, cf_done_fn *fn, void *arg)
 static bool s_complete(cf_future_t *f, int final, uint8_t *result, size_t result_len,
                        s_error_t *error, bool only_from_pending)
 {
-    pthread_mutex_lock(&f->lock);
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
     int state = atomic_load_explicit(&f->state, memory_order_relaxed);
     if (s_is_final(state)) {
-        pthread_mutex_unlock(&f->lock);
+        pthread_mutex_unlock(&s_locks[s_stripe(f)]);
         return false;
     }
     //  Assigned before the final state is published (release), so a reader
@@ -337,7 +355,7 @@ static bool s_complete(cf_future_t *f, int final, uint8_t *result, size_t result
             f->result = NULL;
             f->result_len = 0;
             f->error = NULL;
-            pthread_mutex_unlock(&f->lock);
+            pthread_mutex_unlock(&s_locks[s_stripe(f)]);
             return false;
         }
         //  Only set_running can change the state under us (it takes no
@@ -365,7 +383,7 @@ static bool s_complete(cf_future_t *f, int final, uint8_t *result, size_t result
         node = next;
     }
     if (f->sleepers > 0)
-        pthread_cond_broadcast(&f->cond);
+        pthread_cond_broadcast(&s_conds[s_stripe(f)]);
     s_callback_t *callbacks = f->callbacks;
     f->callbacks = NULL;
     cf_complete_fn *hook = f->hook;
@@ -376,7 +394,7 @@ static bool s_complete(cf_future_t *f, int final, uint8_t *result, size_t result
         f->hook_due = true;
         hook = NULL;
     }
-    pthread_mutex_unlock(&f->lock);
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
 
     //  Callbacks were pushed newest first; Python runs them in the order
     //  they were added.
@@ -520,11 +538,12 @@ cf_err_t cf_future_wait(cf_future_t *f, int timeout_ms)
     if (timeout_ms > 0)
         deadline = cf_clock_deadline(timeout_ms);
     cf_err_t rc = CF_OK;
-    pthread_mutex_lock(&f->lock);
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
     while (!s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed))) {
         f->sleepers++;
-        int prc = timeout_ms > 0 ? pthread_cond_timedwait(&f->cond, &f->lock, &deadline)
-                                 : pthread_cond_wait(&f->cond, &f->lock);
+        int prc = timeout_ms > 0 ? pthread_cond_timedwait(&s_conds[s_stripe(f)],
+                                                          &s_locks[s_stripe(f)], &deadline)
+                                 : pthread_cond_wait(&s_conds[s_stripe(f)], &s_locks[s_stripe(f)]);
         f->sleepers--;
         if (prc == ETIMEDOUT
             && !s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed))) {
@@ -532,13 +551,13 @@ cf_err_t cf_future_wait(cf_future_t *f, int timeout_ms)
             break;
         }
     }
-    pthread_mutex_unlock(&f->lock);
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
     if (rc == CF_OK)
         s_learn_wait(start_us);
     return rc;
 }
 
-//  Records that a FINISHED future's result is malformed; under f->lock.
+//  Records that a FINISHED future's result is malformed; under its lock.
 static cf_err_t s_malformed_locked(cf_future_t *f)
 {
     f->checked = true;
@@ -556,7 +575,7 @@ static cf_err_t s_malformed_locked(cf_future_t *f)
 }
 
 //  Checks a FINISHED future's result once without decoding it (no
-//  allocation); under f->lock. CF_OK or CF_ETASK (ProtocolError).
+//  allocation); under its lock. CF_OK or CF_ETASK (ProtocolError).
 static cf_err_t s_validate_locked(cf_future_t *f)
 {
     if (f->checked)
@@ -567,7 +586,7 @@ static cf_err_t s_validate_locked(cf_future_t *f)
     return CF_OK;
 }
 
-//  Decodes a FINISHED future's result once; under f->lock. CF_OK (f->doc
+//  Decodes a FINISHED future's result once; under its lock. CF_OK (f->doc
 //  set), CF_ETASK (malformed: f->error says ProtocolError) or CF_ENOMEM
 //  (tried again next time).
 static cf_err_t s_decode_locked(cf_future_t *f)
@@ -601,11 +620,11 @@ cf_err_t cf_future_result(cf_future_t *f, int timeout_ms, const cf_value_t **val
     default:
         break;
     }
-    pthread_mutex_lock(&f->lock);
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
     rc = value ? s_decode_locked(f) : s_validate_locked(f);
     if (rc == CF_OK && value)
         *value = cf_mp_doc_root(f->doc);
-    pthread_mutex_unlock(&f->lock);
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
     return rc;
 }
 
@@ -697,12 +716,12 @@ const cf_task_error_t *cf_future_error(cf_future_t *f)
     if (state != CF_FUTURE_FAILED && state != CF_FUTURE_FINISHED)
         return NULL;
     const cf_task_error_t *error = NULL;
-    pthread_mutex_lock(&f->lock);
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
     if (state == CF_FUTURE_FINISHED)
         s_validate_locked(f);
     if (f->error)
         error = &f->error->pub;
-    pthread_mutex_unlock(&f->lock);
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
     return error;
 }
 
@@ -713,7 +732,7 @@ bool cf_future_cancel(cf_future_t *f)
         return true;
     if (state != CF_FUTURE_PENDING)
         return false;
-    pthread_mutex_lock(&f->lock);
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
     cf_canceller_fn *canceller = f->canceller;
     void *canceller_arg = f->canceller_arg;
     //  Checked under the lock: a future not final yet has not run its
@@ -722,14 +741,14 @@ bool cf_future_cancel(cf_future_t *f)
     bool call = canceller && !s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed));
     if (call)
         f->cancelling++;
-    pthread_mutex_unlock(&f->lock);
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
     if (call) {
         //  The executor decides (a remote one may ask its broker); once it
         //  removed the task, the future is cancelled whatever the state
         //  says meanwhile.
         if (canceller(canceller_arg, f))
             cf_future_set_cancelled(f);
-        pthread_mutex_lock(&f->lock);
+        pthread_mutex_lock(&s_locks[s_stripe(f)]);
         cf_complete_fn *hook = NULL;
         void *hook_arg = NULL;
         if (--f->cancelling == 0 && f->hook_due) {
@@ -737,7 +756,7 @@ bool cf_future_cancel(cf_future_t *f)
             hook_arg = f->hook_arg;
             f->hook_due = false;
         }
-        pthread_mutex_unlock(&f->lock);
+        pthread_mutex_unlock(&s_locks[s_stripe(f)]);
         if (hook)
             hook(hook_arg, f, (cf_future_state_t)s_load_state(f));
     }
@@ -785,13 +804,13 @@ cf_err_t cf_future_add_done_callback(cf_future_t *f, cf_done_fn *fn, void *arg)
         return CF_ENOMEM;
     cb->fn = fn;
     cb->arg = arg;
-    pthread_mutex_lock(&f->lock);
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
     bool done = s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed));
     if (!done) {
         cb->next = f->callbacks;
         f->callbacks = cb;
     }
-    pthread_mutex_unlock(&f->lock);
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
     if (done) {
         free(cb);
         s_run_callback(f, fn, arg);
@@ -873,14 +892,14 @@ cf_err_t cf_future_waiter_add(cf_future_waiter_t *waiter, cf_future_t *f, bool *
     }
     node->waiter = waiter;
     node->future = f;
-    pthread_mutex_lock(&f->lock);
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
     if (s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed)))
         *done = true;
     else {
         node->next = f->waiters;
         f->waiters = node;
     }
-    pthread_mutex_unlock(&f->lock);
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
     if (*done)
         s_node_free(node);
     return CF_OK;
@@ -889,7 +908,7 @@ cf_err_t cf_future_waiter_add(cf_future_waiter_t *waiter, cf_future_t *f, bool *
 void cf_future_waiter_remove(cf_future_waiter_t *waiter, cf_future_t *f)
 {
     s_node_t *gone = NULL;
-    pthread_mutex_lock(&f->lock);
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
     s_node_t **link = &f->waiters;
     while (*link) {
         s_node_t *node = *link;
@@ -901,7 +920,7 @@ void cf_future_waiter_remove(cf_future_waiter_t *waiter, cf_future_t *f)
         else
             link = &node->next;
     }
-    pthread_mutex_unlock(&f->lock);
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
     while (gone) {
         s_node_t *next = gone->next;
         s_node_free(gone);
