@@ -417,6 +417,23 @@ void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client, 
     free(client);
 }
 
+//  A task of a SUBMIT that cannot be taken (the codec says why): it fails
+//  alone, with a ProtocolError under its id, and the rest of its batch goes
+//  on. Counted as failed (a status 1 result) and as malformed input.
+static void s_client_refuse(cf_broker_state_t *self, cf_broker_client_t *client,
+                            const cf_proto_task_t *t)
+{
+    char message[160];
+    snprintf(message, sizeof message, "task refused by the broker: %s", t->refused);
+    cf_broker_client_result_error(self, client, t->id, s_text("ProtocolError"), s_text(message),
+                                  t->function, s_text(""), 0);
+    self->stats.failed++;
+    self->stats.malformed++;
+    if (cf_broker_log_event(self))
+        cf_log_debug(S_LOG, "client %s: task %" PRIu64 " refused: %s", client->peer.label, t->id,
+                     t->refused);
+}
+
 static void s_client_submit(cf_broker_state_t *self, cf_broker_client_t *client,
                             const cf_proto_msg_t *msg)
 {
@@ -432,6 +449,10 @@ static void s_client_submit(cf_broker_state_t *self, cf_broker_client_t *client,
             if (cf_broker_log_event(self))
                 cf_log_debug(S_LOG, "client %s resubmitted task %" PRIu64, client->peer.label,
                              t->id);
+            continue;
+        }
+        if (t->refused) {
+            s_client_refuse(self, client, t);
             continue;
         }
         if (cf_queue_rr_size(&self->rr) >= self->max_queued
