@@ -41,7 +41,7 @@ void cf_broker_client_started(cf_broker_state_t *self, cf_broker_client_t *clien
             //  STARTED is advice (the RESULT will still come), so under
             //  memory pressure it is the one thing we give up; counted.
             self->stats.dropped++;
-            cf_log_warn(S_LOG, "out of memory: STARTED for task %" PRIu64 " not sent", id);
+            cf_log_warn_rated(S_LOG, "out of memory: STARTED for task %" PRIu64 " not sent", id);
             return;
         }
         client->out_bytes += (cap - client->started_cap) * sizeof *started;
@@ -66,8 +66,8 @@ static cf_broker_out_t *s_out_add(cf_broker_state_t *self, cf_broker_client_t *c
     cf_broker_out_t *out = malloc(size);
     if (!out) {
         self->stats.dropped++;
-        cf_log_error(S_LOG, "out of memory: result of task %" PRIu64 " for client %s lost", id,
-                     client->peer.label);
+        cf_log_error_rated(S_LOG, "out of memory: result of task %" PRIu64 " for client %s lost",
+                           id, client->peer.label);
         return NULL;
     }
     *out = (cf_broker_out_t){ .id = id, .status = (uint8_t)status };
