@@ -244,6 +244,19 @@ def test_a_task_the_broker_refuses_fails_alone_with_protocol_error(cluster):
         assert msgpack.unpackb(body, raw=False) == [
             [5, 1, ["ProtocolError", "task refused by the broker: the function name is not "
                     "valid UTF-8", "", "", 0]]]
+        # A task whose error is made of bytes it was given that are not
+        # UTF-8 (args are the application's, never checked): cf-worker's
+        # RESULT still reads, with U+FFFD in their place.
+        args = b"\x92\xa5\xff bad\xa4Bad\xfe"
+        task = b"\x96\x06\xa4fail\xc4" + bytes([len(args)]) + args + b"\x00\x00\x00"
+        sock.send_multipart([b"cf/1", b"SUBMIT", b"\x91" + task])
+        while True:
+            assert sock.poll(30000), "no RESULT"
+            version, command, body = sock.recv_multipart()
+            if command == b"RESULT":
+                break
+        [[task_id, status, error]] = msgpack.unpackb(body, raw=False)
+        assert (task_id, status, error[:3]) == (6, 1, ["Bad\ufffd", "\ufffd bad", "fail"])
     finally:
         sock.close(linger=0)
 
