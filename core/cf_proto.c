@@ -121,7 +121,7 @@ static cf_err_t s_read_i32(cf_mp_reader_t *r, int32_t *out)
 static cf_err_t s_read_text(cf_mp_reader_t *r, size_t min_len, size_t max_len, cf_proto_str_t *s)
 {
     if (cf_mp_read_str(r, max_len, &s->ptr, &s->len) != CF_OK || s->len < min_len
-        || !cf_utf8_valid(s->ptr, s->len) || (s->len && memchr(s->ptr, '\0', s->len)))
+        || !cf_utf8_name_ok(s->ptr, s->len))
         return CF_EPROTO;
     return CF_OK;
 }
@@ -170,10 +170,9 @@ static const char *s_read_function(cf_mp_reader_t *r, cf_proto_str_t *s)
         why = "the function name is not a msgpack str";
     else if (s->len == 0 || s->len > CF_PROTO_MAX_NAME)
         why = "the function name is not 1..255 bytes long";
-    else if (!cf_utf8_valid(s->ptr, s->len))
-        why = "the function name is not valid UTF-8";
-    else if (memchr(s->ptr, '\0', s->len))
-        why = "the function name contains a NUL byte";
+    else if (!cf_utf8_name_ok(s->ptr, s->len))
+        why = cf_utf8_valid(s->ptr, s->len) ? "the function name contains a NUL byte"
+                                            : "the function name is not valid UTF-8";
     if (why)
         *s = (cf_proto_str_t){ NULL, 0 };
     return why;
@@ -211,6 +210,16 @@ static cf_err_t s_read_submit_task(cf_mp_reader_t *r, cf_proto_task_t *task)
     if (cf_mp_read_array(r, UINT32_MAX, &fields) != CF_OK || fields == 0
         || cf_mp_read_uint(r, &task->id) != CF_OK)
         return CF_EPROTO;
+    //  The way of every good task, the fields in a row; only a bad one is
+    //  read again field by field, to say what is wrong and skip the rest.
+    size_t after_id = r->pos;
+    if (fields == 6 && s_read_function(r, &task->function) == NULL
+        && s_read_bytes(r, &task->args, &task->args_len) == CF_OK
+        && s_read_i32(r, &task->retries) == CF_OK && s_read_u32(r, &task->timeout_ms) == CF_OK
+        && s_read_u32(r, &task->flags) == CF_OK)
+        return CF_OK;
+    r->pos = after_id;
+    *task = (cf_proto_task_t){ .id = task->id };
     if (fields != 6)
         task->refused = "a task is an array of 6 fields";
     for (uint32_t k = 1; k < fields; k++) {
@@ -597,7 +606,7 @@ static size_t s_clip(const char *text, size_t max)
 //  (Replacing bytes of a function name would call another function.)
 static bool s_name_ok(const char *name, size_t len)
 {
-    return cf_utf8_valid(name, len) && !memchr(name, '\0', len);
+    return cf_utf8_name_ok(name, len);
 }
 
 //  Ends one item: rolls back to mark when packing failed or the body grew

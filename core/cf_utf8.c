@@ -11,6 +11,7 @@
 #include <string.h>
 
 #define S_HIGH_BITS 0x8080808080808080ull
+#define S_ONES      0x0101010101010101ull
 
 //  The character at p (left > 0 bytes available). Returns true and its
 //  length in *len when well-formed; else false and in *len the length of
@@ -57,10 +58,42 @@ static bool s_char(const uint8_t *p, size_t left, size_t *len)
     return true;
 }
 
+//  True when text (len > 0) is ASCII only, without NUL when no_nul: whole
+//  words, then the last word again overlapping (the checks are per byte, so
+//  bytes seen twice do no harm), or one padded word when len < 8. A NUL
+//  byte minus one borrows and sets its high bit; no byte borrows unless one
+//  is NUL, so the test is exact on any byte order.
+static bool s_all_ascii(const uint8_t *p, size_t len, bool no_nul)
+{
+    uint64_t w, nul = no_nul ? S_ONES : 0;
+    if (len < 8) {
+        w = S_ONES;    //  padding that passes both tests
+        memcpy(&w, p, len);
+        return (((w - nul) | w) & S_HIGH_BITS) == 0;
+    }
+    for (size_t i = 0; i + 8 <= len; i += 8) {
+        memcpy(&w, p + i, 8);
+        if ((((w - nul) | w) & S_HIGH_BITS) != 0)
+            return false;
+    }
+    memcpy(&w, p + len - 8, 8);
+    return (((w - nul) | w) & S_HIGH_BITS) == 0;
+}
+
+bool cf_utf8_name_ok(const void *text, size_t len)
+{
+    assert(text || len == 0);
+    if (len == 0 || s_all_ascii(text, len, true))
+        return true;
+    return !memchr(text, '\0', len) && cf_utf8_valid(text, len);
+}
+
 bool cf_utf8_valid(const void *text, size_t len)
 {
     assert(text || len == 0);
     const uint8_t *p = text;
+    if (len == 0 || s_all_ascii(p, len, false))
+        return true;
     size_t i = 0;
     while (i < len) {
         if (len - i >= 8) {

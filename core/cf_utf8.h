@@ -21,6 +21,11 @@
 //  Runs on every function name of every task: ASCII goes 8 bytes a step.
 bool cf_utf8_valid(const void *text, size_t len);
 
+//  True when the len bytes at text are well-formed UTF-8 without NUL: what a
+//  name (function, error type, host, stat name) must be. One pass over
+//  ASCII, which names almost always are.
+bool cf_utf8_name_ok(const void *text, size_t len);
+
 //  Copies text into dst (size bytes, > 0) as well-formed UTF-8 and
 //  NUL-terminates it: each maximal ill-formed subpart becomes U+FFFD (the
 //  substitution Unicode recommends, and Python's errors="replace"), and the

@@ -130,6 +130,46 @@ static void test_a_bad_byte_is_found_at_every_offset_of_a_long_ascii_text(void *
     }
 }
 
+//  A name is valid UTF-8 without NUL: against the two checks made apart,
+//  every short sequence and a NUL at every offset of every length.
+static void test_a_name_is_utf8_without_nul(void **state)
+{
+    (void)state;
+    uint8_t b[3];
+    for (unsigned x = 0; x < 256; x++) {
+        for (unsigned y = 0; y < 256; y++) {
+            for (unsigned z = 0; z < 256; z += 17) {
+                b[0] = (uint8_t)x;
+                b[1] = (uint8_t)y;
+                b[2] = (uint8_t)z;
+                for (size_t len = 1; len <= 3; len++) {
+                    bool want = s_reference_valid(b, len) && !memchr(b, 0, len);
+                    if (cf_utf8_name_ok(b, len) != want)
+                        fail_msg("%02x %02x %02x, len %zu", x, y, z, len);
+                }
+            }
+        }
+    }
+    char text[40];
+    for (size_t len = 1; len <= sizeof text; len++) {
+        memset(text, 'n', sizeof text);
+        assert_true(cf_utf8_name_ok(text, len));
+        for (size_t at = 0; at < len; at++) {
+            memset(text, 'n', sizeof text);
+            text[at] = '\0';
+            if (cf_utf8_name_ok(text, len))
+                fail_msg("len %zu, NUL at %zu not seen", len, at);
+            assert_true(cf_utf8_valid(text, len));    //  a character, only not in a name
+            text[at] = (char)0xc3;                    //  a cut sequence, also in the slow path
+            if (cf_utf8_name_ok(text, len) || cf_utf8_valid(text, len))
+                fail_msg("len %zu, cut sequence at %zu not seen", len, at);
+        }
+    }
+    assert_true(cf_utf8_name_ok("", 0));
+    assert_true(cf_utf8_name_ok("caf\xc3\xa9 au lait", 13));
+    assert_false(cf_utf8_name_ok("caf\xc3\xa9\0", 6));
+}
+
 static void test_sanitize_replaces_each_maximal_subpart(void **state)
 {
     (void)state;
@@ -180,6 +220,7 @@ int main(void)
         cmocka_unit_test(test_every_short_sequence_matches_the_reference),
         cmocka_unit_test(test_four_byte_edges_and_named_cases),
         cmocka_unit_test(test_a_bad_byte_is_found_at_every_offset_of_a_long_ascii_text),
+        cmocka_unit_test(test_a_name_is_utf8_without_nul),
         cmocka_unit_test(test_sanitize_replaces_each_maximal_subpart),
         cmocka_unit_test(test_sanitize_cuts_at_a_character_boundary),
     };
