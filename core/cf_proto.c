@@ -5,8 +5,11 @@
 //  must be one of ours, the body is read with cf_mp's bounded cursor, every
 //  count is held to CF_PROTO_MAX_BATCH and to what the bytes present could
 //  hold before the one allocation of the message, every field is
-//  type-checked and range-checked, and nothing may follow the body's value.
-//  Any failure leaves through the one `malformed` exit. Strings and byte
+//  type-checked and range-checked (every str well-formed UTF-8, names
+//  without NUL), and nothing may follow the body's value. Any failure
+//  leaves through the one `malformed` exit, except a SUBMIT task that is
+//  wrong but has a readable id: it is marked refused, for the broker to
+//  answer alone, and the batch goes on. Strings and byte
 //  fields are not copied: the body frame moves into the message and the
 //  fields point into it.
 //
