@@ -41,7 +41,7 @@ void cf_broker_client_started(cf_broker_state_t *self, cf_broker_client_t *clien
             //  STARTED is advice (the RESULT will still come), so under
             //  memory pressure it is the one thing we give up; counted.
             self->stats.dropped++;
-            cf_log_warn(S_LOG, "out of memory: STARTED for task %" PRIu64 " not sent", id);
+            cf_log_warn_rated(S_LOG, "out of memory: STARTED for task %" PRIu64 " not sent", id);
             return;
         }
         client->out_bytes += (cap - client->started_cap) * sizeof *started;
@@ -66,8 +66,8 @@ static cf_broker_out_t *s_out_add(cf_broker_state_t *self, cf_broker_client_t *c
     cf_broker_out_t *out = malloc(size);
     if (!out) {
         self->stats.dropped++;
-        cf_log_error(S_LOG, "out of memory: result of task %" PRIu64 " for client %s lost", id,
-                     client->peer.label);
+        cf_log_error_rated(S_LOG, "out of memory: result of task %" PRIu64 " for client %s lost",
+                           id, client->peer.label);
         return NULL;
     }
     *out = (cf_broker_out_t){ .id = id, .status = (uint8_t)status };
@@ -424,6 +424,23 @@ void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client, 
     free(client);
 }
 
+//  A task of a SUBMIT that cannot be taken (the codec says why): it fails
+//  alone, with a ProtocolError under its id, and the rest of its batch goes
+//  on. Counted as failed (a status 1 result) and as malformed input.
+static void s_client_refuse(cf_broker_state_t *self, cf_broker_client_t *client,
+                            const cf_proto_task_t *t)
+{
+    char message[160];
+    snprintf(message, sizeof message, "task refused by the broker: %s", t->refused);
+    cf_broker_client_result_error(self, client, t->id, s_text("ProtocolError"), s_text(message),
+                                  t->function, s_text(""), 0);
+    self->stats.failed++;
+    self->stats.malformed++;
+    if (cf_broker_log_event(self))
+        cf_log_debug(S_LOG, "client %s: task %" PRIu64 " refused: %s", client->peer.label, t->id,
+                     t->refused);
+}
+
 static void s_client_submit(cf_broker_state_t *self, cf_broker_client_t *client,
                             const cf_proto_msg_t *msg)
 {
@@ -439,6 +456,10 @@ static void s_client_submit(cf_broker_state_t *self, cf_broker_client_t *client,
             if (cf_broker_log_event(self))
                 cf_log_debug(S_LOG, "client %s resubmitted task %" PRIu64, client->peer.label,
                              t->id);
+            continue;
+        }
+        if (t->refused) {
+            s_client_refuse(self, client, t);
             continue;
         }
         if (cf_queue_rr_size(&self->rr) >= self->max_queued

@@ -295,7 +295,9 @@ void cf_broker_peer_read(cf_broker_state_t *self, void *sock)
             if (len)
                 cf_broker_peer_seen(clients ? self->client_table : self->worker_table, id, len,
                                     cf_clock_now_ms());
-            cf_broker_peer_malformed(self, sock, len ? id : NULL, len, "malformed message");
+            //  The codec's last error says what it could of why (for a
+            //  SUBMIT, which task), for the ERROR and the log.
+            cf_broker_peer_malformed(self, sock, len ? id : NULL, len, cf_last_error());
             zmq_msg_close(&rid);
             continue;
         }

@@ -27,8 +27,8 @@ cf_broker_task_t *cf_broker_task_new(cf_broker_state_t *self, cf_broker_client_t
         return NULL;    //  the codec holds these limits; this guards our narrower fields
     cf_broker_task_t *task = malloc(sizeof *task + function_len + 1 + item->args_len);
     if (!task) {
-        cf_log_warn(S_LOG, "out of memory: task %" PRIu64 " of client %s refused as busy", item->id,
-                    client->peer.label);
+        cf_log_warn_rated(S_LOG, "out of memory: task %" PRIu64 " of client %s refused as busy",
+                          item->id, client->peer.label);
         return NULL;
     }
     *task = (cf_broker_task_t){

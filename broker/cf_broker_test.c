@@ -897,6 +897,105 @@ static void test_malformed_messages_are_counted_and_answered(void **state)
     s_take_tasks(worker, NULL, NULL, 1);
 }
 
+//  Sends one cf/1 message with a hand-made body (bytes the codec would not
+//  write).
+static void s_send_body(void *sock, const char *command, const void *body, size_t size)
+{
+    assert_true(zmq_send(sock, "cf/1", 4, ZMQ_SNDMORE) == 4);
+    assert_true(zmq_send(sock, command, strlen(command), ZMQ_SNDMORE) >= 0);
+    assert_true(zmq_send(sock, body, size, 0) == (int)size);
+}
+
+//  Collects the RESULT items for count ids (in any order and batching)
+//  into *results; fails on any other id. The messages are kept in msgs
+//  (count of them at most) for the caller to destroy.
+static void s_collect_results(void *client, size_t count, cf_proto_msg_t **msgs,
+                              const cf_proto_result_t **results)
+{
+    size_t got = 0, m = 0;
+    while (got < count) {
+        cf_proto_msg_t *msg = s_expect(client, CF_MSG_RESULT);
+        assert_true(got + msg->count <= count);
+        for (size_t i = 0; i < msg->count; i++)
+            results[got++] = &msg->results[i];
+        msgs[m++] = msg;
+    }
+}
+
+static const cf_proto_result_t *s_result_of(const cf_proto_result_t **results, size_t count,
+                                            uint64_t id)
+{
+    for (size_t i = 0; i < count; i++)
+        if (results[i]->id == id)
+            return results[i];
+    fail_msg("no result for task %llu", (unsigned long long)id);
+    return NULL;
+}
+
+//  One bad task no longer sinks its batch: each is refused alone with a
+//  ProtocolError under its id, the good one runs.
+static void test_submit_batch_refuses_bad_tasks_one_by_one(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *worker = s_worker(fx, "w1", 4, 4001, 1);
+    void *client = s_client(fx, "c1");
+    static const uint8_t batch[] = {
+        0x94,                                                                         //  4 tasks
+        0x96, 11, 0xa1, 'f', 0xc4, 0x02, 0x91, 0x07, 0x00, 0x00, 0x00,                //  good
+        0x96, 12, 0xa2, 'f', 0xff, 0xc4, 0x02, 0x91, 0x07, 0x00, 0x00, 0x00,          //  not UTF-8
+        0x96, 13, 0xa3, 'f', 0x00, 'g',  0xc4, 0x02, 0x91, 0x07, 0x00, 0x00, 0x00,    //  NUL
+        0x96, 14, 0xa1, 'f', 0xc4, 0x02, 0x91, 0x07, 0xa1, '3',  0x00, 0x00,    //  retries a str
+    };
+    s_send_body(client, "SUBMIT", batch, sizeof batch);
+
+    cf_proto_msg_t *msgs[3] = { NULL };
+    const cf_proto_result_t *results[3];
+    s_collect_results(client, 3, msgs, results);
+    static const struct {
+        uint64_t id;
+        const char *says;
+        const char *function;
+    } refused[] = {
+        { 12, "the function name is not valid UTF-8", "" },
+        { 13, "the function name contains a NUL byte", "" },
+        { 14, "retries is not an int32", "f" },
+    };
+    for (size_t i = 0; i < 3; i++) {
+        const cf_proto_result_t *r = s_result_of(results, 3, refused[i].id);
+        assert_int_equal(r->status, CF_STATUS_ERROR);
+        assert_true(s_str_eq(r->error.type, "ProtocolError"));
+        if (!s_str_has(r->error.message, refused[i].says))
+            fail_msg("task %llu: '%.*s'", (unsigned long long)r->id, (int)r->error.message.len,
+                     r->error.message.ptr);
+        assert_true(s_str_eq(r->error.function, refused[i].function));
+    }
+    for (size_t i = 0; i < 3; i++)
+        cf_proto_msg_destroy(&msgs[i]);
+
+    //  The good task went to the worker, and its result comes back.
+    uint64_t id;
+    char fns[1][16];
+    s_take_tasks(worker, &id, fns, 1);
+    assert_string_equal(fns[0], "f");
+    s_result_ok(worker, id);
+    cf_proto_msg_t *msg = s_expect_result(client, 11, CF_STATUS_OK);
+    cf_proto_msg_destroy(&msg);
+    cf_broker_stats_t stats = s_wait_stats(s_malformed_is, 3);
+    assert_int_equal(stats.submitted, 1);
+    assert_int_equal(stats.failed, 3);
+    assert_int_equal(stats.queued + stats.running, 0);
+
+    //  A task without a readable id sinks its batch: the ERROR says which.
+    static const uint8_t no_id[] = {
+        0x92, 0x96, 21,  0xa1, 'f', 0xc4, 0x02, 0x91, 0x07, 0x00, 0x00, 0x00, 0x96,
+        0xa2, '2',  '2', 0xa1, 'f', 0xc4, 0x02, 0x91, 0x07, 0x00, 0x00, 0x00,
+    };
+    s_send_body(client, "SUBMIT", no_id, sizeof no_id);
+    s_expect_error(client, "malformed SUBMIT: task 2 of 2 has no readable id");
+    stats = s_wait_stats(s_malformed_is, 4);
+    assert_int_equal(stats.submitted, 1);
+}
+
 static void test_unknown_client_learns_the_boot_id(void **state)
 {
     s_fixture_t *fx = *state;
@@ -1386,6 +1485,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restarted_worker_loses_what_its_predecessor_held,
                                         s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_malformed_messages_are_counted_and_answered,
+                                        s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_submit_batch_refuses_bad_tasks_one_by_one,
                                         s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_client_learns_the_boot_id, s_setup,
                                         s_teardown),

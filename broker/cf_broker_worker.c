@@ -203,8 +203,8 @@ static cf_err_t s_worker_send_batch(cf_broker_state_t *self, cf_broker_worker_t 
         if (task->timeout_ms) {
             task->deadline_ms = now + task->timeout_ms;
             if (cf_broker_task_watch(self, task) != CF_OK)
-                cf_log_error(S_LOG, "out of memory: timeout of task %" PRIu64 " not watched",
-                             task->client_task_id);
+                cf_log_error_rated(S_LOG, "out of memory: timeout of task %" PRIu64 " not watched",
+                                   task->client_task_id);
         }
     }
     if (rc != CF_OK)
@@ -255,7 +255,7 @@ static cf_err_t s_batch_add(cf_broker_state_t *self, cf_broker_worker_t *worker,
     if (rc == CF_ENOMEM) {
         //  What is encoded so far is discarded with the batch.
         cf_queue_rr_push_front(&self->rr, &task->client->queue, &task->node);
-        cf_log_error(S_LOG, "out of memory encoding task %" PRIu64, task->client_task_id);
+        cf_log_error_rated(S_LOG, "out of memory encoding task %" PRIu64, task->client_task_id);
         return rc;
     }
     if (rc != CF_OK) {

@@ -73,3 +73,55 @@ bool cf_log_limit_allow(cf_log_limit_t *limit, const char *component, const char
     limit->suppressed++;
     return false;
 }
+
+//  Decides, under the site's lock, what becomes of one line: false when it
+//  is left out; else *carried gets the lines left out before it and *over
+//  whether it is the one that reaches the limit.
+static bool s_rate_take(cf_log_rate_t *rate, uint64_t *carried, bool *over)
+{
+    int64_t now = cf_clock_now_ms();
+    bool take = false;
+    *carried = 0;
+    *over = false;
+    pthread_mutex_lock(&rate->lock);
+    if (rate->logged == 0 || now - rate->window_ms >= rate->interval_ms) {
+        rate->window_ms = now;
+        rate->logged = 0;
+    }
+    if (rate->logged < rate->lines + 1) {
+        take = true;
+        *over = rate->logged == rate->lines;
+        *carried = rate->suppressed;
+        rate->suppressed = 0;
+        rate->logged++;
+    }
+    else
+        rate->suppressed++;
+    pthread_mutex_unlock(&rate->lock);
+    return take;
+}
+
+void cf_log_rate(cf_log_rate_t *rate, cf_log_level_t level, const char *component, const char *fmt,
+                 ...)
+{
+    if (!cf_log_enabled(level))
+        return;
+    uint64_t carried;
+    bool over;
+    if (!s_rate_take(rate, &carried, &over))
+        return;
+    //  Shorter than cf_log's line, so the suffix is never the part cut.
+    char message[440];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    if (over)
+        cf_log(level, component, "%s (over %d lines in %d ms: more like this suppressed)", message,
+               rate->lines, rate->interval_ms);
+    else if (carried > 0)
+        cf_log(level, component, "%s (%llu more like this suppressed)", message,
+               (unsigned long long)carried);
+    else
+        cf_log(level, component, "%s", message);
+}

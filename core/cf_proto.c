@@ -5,8 +5,11 @@
 //  must be one of ours, the body is read with cf_mp's bounded cursor, every
 //  count is held to CF_PROTO_MAX_BATCH and to what the bytes present could
 //  hold before the one allocation of the message, every field is
-//  type-checked and range-checked, and nothing may follow the body's value.
-//  Any failure leaves through the one `malformed` exit. Strings and byte
+//  type-checked and range-checked (every str well-formed UTF-8, names
+//  without NUL), and nothing may follow the body's value. Any failure
+//  leaves through the one `malformed` exit, except a SUBMIT task that is
+//  wrong but has a readable id: it is marked refused, for the broker to
+//  answer alone, and the batch goes on. Strings and byte
 //  fields are not copied: the body frame moves into the message and the
 //  fields point into it.
 //
@@ -17,10 +20,13 @@
 //  one growing buffer, and the body leaves zero-copy when large.
 
 #include "cf_proto.h"
+#include "cf_error.h"
 #include "cf_mp.h"
+#include "cf_utf8.h"
 
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,7 +86,7 @@ static size_t s_min_item_bytes(cf_msg_type_t type)
 {
     switch (type) {
     case CF_MSG_SUBMIT:
-        return 9;    //  96 id a1 'f' c4 00 retries timeout flags
+        return 2;    //  91 id: a task with no more than an id is answered alone
     case CF_MSG_TASK:
         return 7;    //  94 id a1 'f' c4 00 timeout
     case CF_MSG_RESULT:
@@ -111,9 +117,24 @@ static cf_err_t s_read_i32(cf_mp_reader_t *r, int32_t *out)
     return CF_OK;
 }
 
+//  A str that names something (function, error type, host, stat name):
+//  within its lengths, well-formed UTF-8 (peers in other languages decode
+//  it strictly) and free of NUL, which every C reader would cut the name at,
+//  calling or showing something else than was sent.
 static cf_err_t s_read_text(cf_mp_reader_t *r, size_t min_len, size_t max_len, cf_proto_str_t *s)
 {
-    if (cf_mp_read_str(r, max_len, &s->ptr, &s->len) != CF_OK || s->len < min_len)
+    if (cf_mp_read_str(r, max_len, &s->ptr, &s->len) != CF_OK || s->len < min_len
+        || !cf_utf8_name_ok(s->ptr, s->len))
+        return CF_EPROTO;
+    return CF_OK;
+}
+
+//  A str of prose (error message, DISCONNECT reason, ERROR text): UTF-8 as
+//  well, but a NUL in it is only cut at by C readers, never misread.
+static cf_err_t s_read_prose(cf_mp_reader_t *r, cf_proto_str_t *s)
+{
+    if (cf_mp_read_str(r, CF_PROTO_MAX_TEXT, &s->ptr, &s->len) != CF_OK
+        || !cf_utf8_valid(s->ptr, s->len))
         return CF_EPROTO;
     return CF_OK;
 }
@@ -127,25 +148,92 @@ static cf_err_t s_read_bytes(cf_mp_reader_t *r, const uint8_t **ptr, size_t *len
     return CF_OK;
 }
 
-//  [id, function, args, retries, timeout_ms, flags] (SUBMIT) or
-//  [id, function, args, timeout_ms] (TASK).
-static cf_err_t s_read_task(cf_mp_reader_t *r, bool submit, cf_proto_task_t *task)
+//  [id, function, args, timeout_ms] (TASK): the broker sends only what it
+//  took from a SUBMIT, so anything wrong here is wrong with the message.
+static cf_err_t s_read_task(cf_mp_reader_t *r, cf_proto_task_t *task)
 {
     uint32_t fields;
-    if (cf_mp_read_array(r, 8, &fields) != CF_OK || fields != (submit ? 6u : 4u))
+    if (cf_mp_read_array(r, 8, &fields) != CF_OK || fields != 4u)
         return CF_EPROTO;
     memset(task, 0, sizeof *task);
     if (cf_mp_read_uint(r, &task->id) != CF_OK
         || s_read_text(r, 1, CF_PROTO_MAX_NAME, &task->function) != CF_OK
-        || s_read_bytes(r, &task->args, &task->args_len) != CF_OK)
+        || s_read_bytes(r, &task->args, &task->args_len) != CF_OK
+        || s_read_u32(r, &task->timeout_ms) != CF_OK)
         return CF_EPROTO;
-    if (submit) {
-        if (s_read_i32(r, &task->retries) != CF_OK || s_read_u32(r, &task->timeout_ms) != CF_OK
-            || s_read_u32(r, &task->flags) != CF_OK)
+    return CF_OK;
+}
+
+//  A SUBMIT task's function name; NULL when good, else what is wrong (the
+//  refusal's message, so it says it plainly).
+static const char *s_read_function(cf_mp_reader_t *r, cf_proto_str_t *s)
+{
+    const char *why = NULL;
+    if (cf_mp_read_str(r, CF_PROTO_MAX_FRAME, &s->ptr, &s->len) != CF_OK)
+        why = "the function name is not a msgpack str";
+    else if (s->len == 0 || s->len > CF_PROTO_MAX_NAME)
+        why = "the function name is not 1..255 bytes long";
+    else if (!cf_utf8_name_ok(s->ptr, s->len))
+        why = cf_utf8_valid(s->ptr, s->len) ? "the function name contains a NUL byte"
+                                            : "the function name is not valid UTF-8";
+    if (why)
+        *s = (cf_proto_str_t){ NULL, 0 };
+    return why;
+}
+
+//  Field k (1..5, after the id) of a SUBMIT task; NULL when good, else what
+//  is wrong.
+static const char *s_read_submit_field(cf_mp_reader_t *r, uint32_t k, cf_proto_task_t *task)
+{
+    switch (k) {
+    case 1:
+        return s_read_function(r, &task->function);
+    case 2:
+        return s_read_bytes(r, &task->args, &task->args_len) == CF_OK ? NULL
+                                                                      : "args is not a msgpack bin";
+    case 3:
+        return s_read_i32(r, &task->retries) == CF_OK ? NULL : "retries is not an int32";
+    case 4:
+        return s_read_u32(r, &task->timeout_ms) == CF_OK ? NULL : "timeout_ms is not a uint32";
+    default:
+        return s_read_u32(r, &task->flags) == CF_OK ? NULL : "flags is not a uint32";
+    }
+}
+
+//  [id, function, args, retries, timeout_ms, flags] (SUBMIT). A task whose
+//  id can be read is taken whatever else is wrong with it: task->refused
+//  then says what, and the rest of the task is skipped, so one bad task
+//  does not sink its batch (the broker answers it alone). CF_EPROTO only
+//  when the task has no readable id or is not well-formed msgpack: then
+//  the batch cannot be read on.
+static cf_err_t s_read_submit_task(cf_mp_reader_t *r, cf_proto_task_t *task)
+{
+    uint32_t fields;
+    memset(task, 0, sizeof *task);
+    if (cf_mp_read_array(r, UINT32_MAX, &fields) != CF_OK || fields == 0
+        || cf_mp_read_uint(r, &task->id) != CF_OK)
+        return CF_EPROTO;
+    //  The way of every good task, the fields in a row; only a bad one is
+    //  read again field by field, to say what is wrong and skip the rest.
+    size_t after_id = r->pos;
+    if (fields == 6 && s_read_function(r, &task->function) == NULL
+        && s_read_bytes(r, &task->args, &task->args_len) == CF_OK
+        && s_read_i32(r, &task->retries) == CF_OK && s_read_u32(r, &task->timeout_ms) == CF_OK
+        && s_read_u32(r, &task->flags) == CF_OK)
+        return CF_OK;
+    r->pos = after_id;
+    *task = (cf_proto_task_t){ .id = task->id };
+    if (fields != 6)
+        task->refused = "a task is an array of 6 fields";
+    for (uint32_t k = 1; k < fields; k++) {
+        size_t mark = r->pos;
+        if (!task->refused && (task->refused = s_read_submit_field(r, k, task)) == NULL)
+            continue;
+        //  A failed read may have moved the cursor: skip the field whole.
+        r->pos = mark;
+        if (cf_mp_skip(r, NULL, NULL) != CF_OK)
             return CF_EPROTO;
     }
-    else if (s_read_u32(r, &task->timeout_ms) != CF_OK)
-        return CF_EPROTO;
     return CF_OK;
 }
 
@@ -168,7 +256,7 @@ static cf_err_t s_read_result(cf_mp_reader_t *r, cf_proto_result_t *result)
         cf_proto_error_t *e = &result->error;
         if (fields != 3 || cf_mp_read_array(r, 5, &error_fields) != CF_OK || error_fields != 5
             || s_read_text(r, 1, CF_PROTO_MAX_TEXT, &e->type) != CF_OK
-            || s_read_text(r, 0, CF_PROTO_MAX_TEXT, &e->message) != CF_OK
+            || s_read_prose(r, &e->message) != CF_OK
             || s_read_text(r, 0, CF_PROTO_MAX_NAME, &e->function) != CF_OK
             || s_read_text(r, 0, CF_PROTO_MAX_TEXT, &e->host) != CF_OK
             || s_read_i32(r, &e->pid) != CF_OK)
@@ -203,13 +291,14 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
     assert(msg_p);
     *msg_p = NULL;
     cf_proto_msg_t *msg = NULL;
+    cf_msg_type_t type = 0;
     if (!frames || count != 3)
         goto malformed;
     //  The version first: a peer of another version gets nothing else read.
     if (zmq_msg_size(&frames[0]) != strlen(CF_PROTO_VERSION)
         || memcmp(zmq_msg_data(&frames[0]), CF_PROTO_VERSION, strlen(CF_PROTO_VERSION)) != 0)
         goto malformed;
-    cf_msg_type_t type = s_command(&frames[1]);
+    type = s_command(&frames[1]);
     if (type == 0)
         goto malformed;
     size_t size = zmq_msg_size(&frames[2]);
@@ -261,10 +350,21 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
 
     switch (type) {
     case CF_MSG_SUBMIT:
+        msg->tasks = item_area;
+        for (uint32_t i = 0; i < items; i++) {
+            if (s_read_submit_task(&r, &msg->tasks[i]) != CF_OK) {
+                cf_error_set(CF_EPROTO,
+                             "malformed SUBMIT: task %" PRIu32 " of %" PRIu32
+                             " has no readable id or is not msgpack; no task of it was taken",
+                             i + 1, items);
+                goto said;
+            }
+        }
+        break;
     case CF_MSG_TASK:
         msg->tasks = item_area;
         for (uint32_t i = 0; i < items; i++) {
-            if (s_read_task(&r, type == CF_MSG_SUBMIT, &msg->tasks[i]) != CF_OK)
+            if (s_read_task(&r, &msg->tasks[i]) != CF_OK)
                 goto malformed;
         }
         break;
@@ -322,15 +422,14 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
     case CF_MSG_DISCONNECT: {
         uint32_t fields;
         if (cf_mp_read_array(&r, 1, &fields) != CF_OK || fields != 1
-            || s_read_text(&r, 0, CF_PROTO_MAX_TEXT, &msg->text) != CF_OK)
+            || s_read_prose(&r, &msg->text) != CF_OK)
             goto malformed;
         break;
     }
     case CF_MSG_ERROR: {
         uint32_t fields;
         if (cf_mp_read_array(&r, 2, &fields) != CF_OK || fields != 2
-            || cf_mp_read_uint(&r, &msg->ref) != CF_OK
-            || s_read_text(&r, 0, CF_PROTO_MAX_TEXT, &msg->text) != CF_OK)
+            || cf_mp_read_uint(&r, &msg->ref) != CF_OK || s_read_prose(&r, &msg->text) != CF_OK)
             goto malformed;
         break;
     }
@@ -343,6 +442,11 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
     return CF_OK;
 
 malformed:
+    //  The text of the ERROR the broker answers with (cf_proto.h).
+    cf_error_set(CF_EPROTO, "%s",
+                 type == CF_MSG_SUBMIT ? "malformed SUBMIT: no task of it was taken"
+                                       : "malformed message");
+said:
     cf_proto_msg_destroy(&msg);
     return CF_EPROTO;
 }
@@ -407,7 +511,8 @@ cf_err_t cf_proto_recv(void *socket, bool is_router, zmq_msg_t *routing_id, cf_p
     }
     if (rc == CF_OK) {
         if (too_many)
-            rc = CF_EPROTO;
+            rc = cf_error_set(CF_EPROTO, "malformed message: more than %d frames",
+                              CF_PROTO_MAX_FRAMES);
         else
             rc = cf_proto_decode(frames + first, count - first, msg);
     }
@@ -501,6 +606,13 @@ static size_t s_clip(const char *text, size_t max)
     return len;
 }
 
+//  A name that goes on the wire as it is: well-formed UTF-8 without NUL.
+//  (Replacing bytes of a function name would call another function.)
+static bool s_name_ok(const char *name, size_t len)
+{
+    return cf_utf8_name_ok(name, len);
+}
+
 //  Ends one item: rolls back to mark when packing failed or the body grew
 //  past the frame limit.
 static cf_err_t s_item_done(cf_proto_enc_t *enc, size_t mark, int pack_failed)
@@ -537,7 +649,7 @@ cf_err_t cf_proto_enc_task(cf_proto_enc_t *enc, uint64_t id, const char *functio
     if (rc != CF_OK)
         return rc;
     if (!function || function_len == 0 || function_len > CF_PROTO_MAX_NAME
-        || (!args && args_len > 0))
+        || !s_name_ok(function, function_len) || (!args && args_len > 0))
         return CF_EINVAL;
     if (args_len > CF_PROTO_MAX_FRAME)
         return CF_ETOOBIG;
@@ -574,11 +686,21 @@ cf_err_t cf_proto_enc_result_ok(cf_proto_enc_t *enc, uint64_t id, const void *va
     return s_item_done(enc, mark, failed);
 }
 
+//  Packs text as a str of at most max bytes, well-formed UTF-8 whatever it
+//  held: a task's error can carry any bytes (its function name, its own
+//  text), and one bad str would make a strict reader (msgpack-python)
+//  refuse the whole RESULT. Ill-formed bytes become U+FFFD (cf_utf8.h).
 static int s_pack_text(msgpack_packer *pk, const char *text, size_t max)
 {
     if (!text)
         text = "";
-    return msgpack_pack_str_with_body(pk, text, s_clip(text, max));
+    size_t len = s_clip(text, max);
+    if (cf_utf8_valid(text, len))
+        return msgpack_pack_str_with_body(pk, text, len);
+    char clean[CF_PROTO_MAX_TEXT + 1];
+    assert(max < sizeof clean);
+    len = cf_utf8_sanitize(clean, max + 1, text, strlen(text));
+    return msgpack_pack_str_with_body(pk, clean, len);
 }
 
 cf_err_t cf_proto_enc_result_error(cf_proto_enc_t *enc, uint64_t id, const char *type,
@@ -633,7 +755,7 @@ cf_err_t cf_proto_enc_stat(cf_proto_enc_t *enc, const char *name, uint64_t value
     cf_err_t rc = s_item_check(enc, CF_MSG_STATS, CF_MSG_STATS, CF_PROTO_MAX_STATS);
     if (rc != CF_OK)
         return rc;
-    if (!name || !*name || strlen(name) > CF_PROTO_MAX_NAME)
+    if (!name || !*name || strlen(name) > CF_PROTO_MAX_NAME || !s_name_ok(name, strlen(name)))
         return CF_EINVAL;
     msgpack_packer *pk = &enc->w.pk;
     size_t mark = enc->w.buf.size;

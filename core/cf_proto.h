@@ -97,6 +97,10 @@ typedef struct {
     int32_t retries;        //  retries after a lost worker (<0: none)
     uint32_t timeout_ms;    //  0: none
     uint32_t flags;         //  CF_TASK_*
+    //  SUBMIT only: NULL when the task is good, else why it cannot be taken
+    //  (static text for the ProtocolError that answers it). Only id is then
+    //  sure to be set; fields before the bad one keep what they read.
+    const char *refused;
 } cf_proto_task_t;
 
 typedef struct {
@@ -142,10 +146,15 @@ typedef struct {
 
 //  Decodes the frames of one message (routing id already removed):
 //  frames[0] version, frames[1] command, frames[2] body. CF_EPROTO for any
-//  malformed input, CF_ENOMEM; *msg is NULL on error. The body frame may be
-//  moved into the message (frames[2] is then left empty): the caller closes
-//  all frames in every case. A decoded message must not be copied by value
-//  (small bodies live inside its zmq_msg_t). STATS: count 0 and stats NULL
+//  malformed input (then cf_last_error() on this thread says what, fit for
+//  the ERROR answering it), CF_ENOMEM; *msg is NULL on error. Every str
+//  read is well-formed UTF-8, and names (function, error type, host, stat
+//  names) hold no NUL. A SUBMIT task that is wrong but has a readable id
+//  does not make the message malformed: it comes with its refused text
+//  set. The body frame may be moved into the message (frames[2] is then
+//  left empty): the caller closes all frames in every case. A decoded
+//  message must not be copied by value (small bodies live inside its
+//  zmq_msg_t). STATS: count 0 and stats NULL
 //  is a request (body []), anything else a reply (body a map).
 cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg);
 void cf_proto_msg_destroy(cf_proto_msg_t **msg);
@@ -180,7 +189,11 @@ cf_err_t cf_proto_recv(void *socket, bool is_router, zmq_msg_t *routing_id, cf_p
 //  message type, CF_ETOOBIG when the body would pass CF_PROTO_MAX_FRAME or
 //  the count its limit (the item is not added: send what is there and
 //  begin again), CF_ENOMEM. A failed item leaves the body as it was.
-//  Texts over their limit are cut at a UTF-8 boundary, never refused.
+//  Every str written is well-formed UTF-8: in texts (error fields, host,
+//  DISCONNECT and ERROR texts) each ill-formed byte sequence is replaced
+//  with U+FFFD, and texts over their limit are cut at a character boundary,
+//  never refused. Names that must arrive as they are (a task's function, a
+//  stat name) are CF_EINVAL when not UTF-8 or holding NUL.
 
 typedef struct cf_proto_enc cf_proto_enc_t;
 

@@ -5,6 +5,7 @@
 
 #include "cf_proto.h"
 #include "cf_mp.h"
+#include "cf_utf8.h"
 
 #include <errno.h>
 #include <setjmp.h>
@@ -624,7 +625,7 @@ static void test_decode_rejects_oversized_counts(void **state)
     //  4 billion tasks announced in 5 bytes: refused before any allocation.
     const uint8_t bomb[] = { 0xdd, 0xff, 0xff, 0xff, 0xff };
     assert_int_equal(s_decode("SUBMIT", bomb, sizeof bomb), CF_EPROTO);
-    //  1000 tasks announced, bytes for a few: each task takes >= 9 bytes.
+    //  1000 tasks announced, bytes for a few: each task takes >= 2 bytes.
     uint8_t few[5 + 100];
     memset(few, 0x01, sizeof few);
     few[0] = 0xdc;
@@ -665,27 +666,61 @@ static const s_bad_t s_bad[] = {
         0x00),
     BAD("SUBMIT", "task not an array", 0x91, 0x86, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00,
         0x00),
-    BAD("SUBMIT", "five fields", 0x91, 0x95, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00),
-    BAD("SUBMIT", "seven fields", 0x91, 0x97, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00,
+    BAD("SUBMIT", "refused: five fields", 0x91, 0x95, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00,
         0x00),
+    BAD("SUBMIT", "refused: seven fields", 0x91, 0x97, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00,
+        0x00, 0x00, 0x00),
     BAD("SUBMIT", "id a str", 0x91, 0x96, 0xa1, '1', 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00),
     BAD("SUBMIT", "id negative", 0x91, 0x96, 0xff, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00),
-    BAD("SUBMIT", "function a bin", 0x91, 0x96, 0x01, 0xc4, 0x01, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00,
+    BAD("SUBMIT", "refused: function a bin", 0x91, 0x96, 0x01, 0xc4, 0x01, 'f', 0xc4, 0x01, 0x90,
+        0x00, 0x00, 0x00),
+    BAD("SUBMIT", "refused: function empty", 0x91, 0x96, 0x01, 0xa0, 0xc4, 0x01, 0x90, 0x00, 0x00,
         0x00),
-    BAD("SUBMIT", "function empty", 0x91, 0x96, 0x01, 0xa0, 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00),
-    BAD("SUBMIT", "args a str", 0x91, 0x96, 0x01, 0xa1, 'f', 0xa1, 0x90, 0x00, 0x00, 0x00),
-    BAD("SUBMIT", "args nil", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc0, 0x00, 0x00, 0x00),
-    BAD("SUBMIT", "retries a float", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0xca, 0, 0, 0,
-        0, 0x00, 0x00),
-    BAD("SUBMIT", "retries over int32", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0xce, 0x80,
-        0, 0, 0, 0x00, 0x00),
-    BAD("SUBMIT", "timeout negative", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0xff,
-        0x00),
-    BAD("SUBMIT", "timeout over uint32", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0xcf,
-        0, 0, 0, 1, 0, 0, 0, 0, 0x00),
-    BAD("SUBMIT", "flags a bool", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0xc3),
+    BAD("SUBMIT", "refused: args a str", 0x91, 0x96, 0x01, 0xa1, 'f', 0xa1, 0x90, 0x00, 0x00, 0x00),
+    BAD("SUBMIT", "refused: args nil", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc0, 0x00, 0x00, 0x00),
+    BAD("SUBMIT", "a refused task, then a byte after the body", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc0,
+        0x00, 0x00, 0x00, 0x00),
+    BAD("SUBMIT", "refused: only an id", 0x91, 0x91, 0x01),
+    BAD("SUBMIT", "refused: retries a float", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0xca,
+        0, 0, 0, 0, 0x00, 0x00),
+    BAD("SUBMIT", "refused: retries over int32", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90,
+        0xce, 0x80, 0, 0, 0, 0x00, 0x00),
+    BAD("SUBMIT", "refused: timeout negative", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00,
+        0xff, 0x00),
+    BAD("SUBMIT", "refused: timeout over uint32", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90,
+        0x00, 0xcf, 0, 0, 0, 1, 0, 0, 0, 0, 0x00),
+    BAD("SUBMIT", "refused: flags a bool", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00,
+        0x00, 0xc3),
     BAD("SUBMIT", "args bin truncated", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x09, 0x90, 0x00, 0x00,
         0x00),
+    BAD("SUBMIT", "no fields", 0x91, 0x90),
+    //  Strs are well-formed UTF-8, and names hold no NUL (prose may).
+    BAD("SUBMIT", "refused: function not UTF-8", 0x91, 0x96, 0x01, 0xa1, 0xff, 0xc4, 0x01, 0x90,
+        0x00, 0x00, 0x00),
+    BAD("SUBMIT", "refused: function a surrogate", 0x91, 0x96, 0x01, 0xa3, 0xed, 0xa0, 0x80, 0xc4,
+        0x01, 0x90, 0x00, 0x00, 0x00),
+    BAD("SUBMIT", "refused: function with NUL", 0x91, 0x96, 0x01, 0xa3, 'f', 0x00, 'g', 0xc4, 0x01,
+        0x90, 0x00, 0x00, 0x00),
+    BAD("SUBMIT", "good: function UTF-8", 0x91, 0x96, 0x01, 0xa3, 0xe2, 0x82, 0xac, 0xc4, 0x01,
+        0x90, 0x00, 0x00, 0x00),
+    BAD("TASK", "function not UTF-8", 0x91, 0x94, 0x01, 0xa1, 0xc0, 0xc4, 0x01, 0x90, 0x00),
+    BAD("TASK", "function with NUL", 0x91, 0x94, 0x01, 0xa2, 'f', 0x00, 0xc4, 0x01, 0x90, 0x00),
+    BAD("RESULT", "error type with NUL", 0x91, 0x93, 0x01, 0x01, 0x95, 0xa2, 'E', 0x00, 0xa0, 0xa0,
+        0xa0, 0x00),
+    BAD("RESULT", "error message not UTF-8", 0x91, 0x93, 0x01, 0x01, 0x95, 0xa1, 'E', 0xa1, 0xff,
+        0xa0, 0xa0, 0x00),
+    BAD("RESULT", "good: error message with NUL", 0x91, 0x93, 0x01, 0x01, 0x95, 0xa1, 'E', 0xa1,
+        0x00, 0xa0, 0xa0, 0x00),
+    BAD("RESULT", "error function with NUL", 0x91, 0x93, 0x01, 0x01, 0x95, 0xa1, 'E', 0xa0, 0xa1,
+        0x00, 0xa0, 0x00),
+    BAD("RESULT", "error host not UTF-8", 0x91, 0x93, 0x01, 0x01, 0x95, 0xa1, 'E', 0xa0, 0xa0, 0xa1,
+        0x80, 0x00),
+    BAD("READY", "host not UTF-8", 0x93, 0x04, 0xa1, 0xfe, 0x01),
+    BAD("READY", "host with NUL", 0x93, 0x04, 0xa2, 'h', 0x00, 0x01),
+    BAD("DISCONNECT", "reason not UTF-8", 0x91, 0xa2, 'b', 0xc3),
+    BAD("ERROR", "good: text with NUL", 0x92, 0x07, 0xa1, 0x00),
+    BAD("ERROR", "text not UTF-8", 0x92, 0x07, 0xa1, 0xe0),
+    BAD("STATS", "name with NUL", 0x81, 0xa2, 's', 0x00, 0x01),
     //  TASK: [[id, function, args, timeout_ms]]
     BAD("TASK", "good", 0x91, 0x94, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00),
     BAD("TASK", "six fields (a SUBMIT task)", 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00,
@@ -749,15 +784,27 @@ static const s_bad_t s_bad[] = {
     BAD("STATS", "not a container", 0xc0),
 };
 
+//  "good" decodes; "refused" decodes with its one SUBMIT task refused (its
+//  id read); anything else is malformed.
 static void test_decode_checks_the_type_of_every_field(void **state)
 {
     (void)state;
     for (size_t k = 0; k < sizeof s_bad / sizeof s_bad[0]; k++) {
         const s_bad_t *bad = &s_bad[k];
-        cf_err_t expected = strncmp(bad->why, "good", 4) == 0 ? CF_OK : CF_EPROTO;
-        cf_err_t rc = s_decode(bad->command, bad->body, bad->size);
+        bool refused = strncmp(bad->why, "refused", 7) == 0;
+        cf_err_t expected = strncmp(bad->why, "good", 4) == 0 || refused ? CF_OK : CF_EPROTO;
+        cf_proto_msg_t *msg = NULL;
+        cf_err_t rc = s_decode3(CF_PROTO_VERSION, bad->command, bad->body, bad->size, &msg);
         if (rc != expected)
             fail_msg("%s \"%s\": got %s", bad->command, bad->why, cf_strerror(rc));
+        if (msg && msg->type == CF_MSG_SUBMIT) {
+            assert_int_equal(msg->count, 1);
+            assert_int_equal(msg->tasks[0].id, 1);
+            if ((msg->tasks[0].refused != NULL) != refused)
+                fail_msg("%s \"%s\": refused is %s", bad->command, bad->why,
+                         msg->tasks[0].refused ? msg->tasks[0].refused : "NULL");
+        }
+        cf_proto_msg_destroy(&msg);
     }
 }
 
@@ -900,6 +947,13 @@ static void test_decode_rejects_every_truncation_of_every_command(void **state)
     }
 }
 
+//  A decoded name is well-formed UTF-8 without NUL.
+static void s_assert_name(cf_proto_str_t s)
+{
+    assert_true(cf_utf8_valid(s.ptr, s.len));
+    assert_true(s.len == 0 || !memchr(s.ptr, '\0', s.len));
+}
+
 //  Checks that everything a decoded message points to lies inside its body.
 static void s_assert_inside(const cf_proto_msg_t *msg, const void *lo, size_t size)
 {
@@ -911,19 +965,30 @@ static void s_assert_inside(const cf_proto_msg_t *msg, const void *lo, size_t si
         if (msg->tasks) {
             INSIDE(msg->tasks[k].function.ptr, msg->tasks[k].function.len);
             INSIDE(msg->tasks[k].args, msg->tasks[k].args_len);
-            assert_true(msg->tasks[k].function.len >= 1
-                        && msg->tasks[k].function.len <= CF_PROTO_MAX_NAME);
+            assert_true(msg->tasks[k].refused
+                        || (msg->tasks[k].function.len >= 1
+                            && msg->tasks[k].function.len <= CF_PROTO_MAX_NAME));
+            s_assert_name(msg->tasks[k].function);
         }
         if (msg->results) {
             INSIDE(msg->results[k].value, msg->results[k].value_len);
             INSIDE(msg->results[k].error.message.ptr, msg->results[k].error.message.len);
             assert_true(msg->results[k].status <= CF_STATUS_BUSY);
+            s_assert_name(msg->results[k].error.type);
+            s_assert_name(msg->results[k].error.function);
+            s_assert_name(msg->results[k].error.host);
+            assert_true(cf_utf8_valid(msg->results[k].error.message.ptr,
+                                      msg->results[k].error.message.len));
         }
-        if (msg->stats)
+        if (msg->stats) {
             INSIDE(msg->stats[k].name.ptr, msg->stats[k].name.len);
+            s_assert_name(msg->stats[k].name);
+        }
     }
     INSIDE(msg->text.ptr, msg->text.len);
     INSIDE(msg->host.ptr, msg->host.len);
+    assert_true(cf_utf8_valid(msg->text.ptr, msg->text.len));
+    s_assert_name(msg->host);
 #undef INSIDE
 }
 
@@ -990,6 +1055,119 @@ static void test_mutated_and_random_frames_never_crash_the_decoder(void **state)
     assert_true(rejected > accepted);
     for (size_t k = 0; k < n; k++)
         free(samples[k].body);
+}
+
+// ---------------------------------------------------------------------------
+//  Strict input, clean output: UTF-8 and NUL (docs/protocol.md, "Body
+//  encoding rules")
+
+//  Good task 1, then tasks 2..5 each wrong in one way, then good task 6.
+static void test_submit_refuses_bad_tasks_one_by_one(void **state)
+{
+    (void)state;
+    const uint8_t body[] = {
+        0x96, 0x96, 0x01, 0xa1, 'f',  0xc4, 0x01, 0x90, 0x00, 0x00, 0x00,          //  good
+        0x96, 0x02, 0xa2, 'f',  0xff, 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00,          //  not UTF-8
+        0x96, 0x03, 0xa3, 'f',  0x00, 'g',  0xc4, 0x01, 0x90, 0x00, 0x00, 0x00,    //  NUL
+        0x96, 0x04, 0xa1, 'f',  0xc4, 0x01, 0x90, 0xa1, 'x',  0x00, 0x00,          //  retries a str
+        0x92, 0x05, 0x93, 0x01, 0x02, 0x03,                                        //  two fields
+        0x96, 0x06, 0xa1, 'g',  0xc4, 0x01, 0x90, 0x00, 0x00, 0x00,                //  good
+    };
+    cf_proto_msg_t *msg = NULL;
+    assert_int_equal(s_decode3("cf/1", "SUBMIT", body, sizeof body, &msg), CF_OK);
+    assert_int_equal(msg->count, 6);
+    for (size_t i = 0; i < 6; i++)
+        assert_int_equal(msg->tasks[i].id, i + 1);
+    assert_null(msg->tasks[0].refused);
+    assert_true(s_str_is(msg->tasks[0].function, "f"));
+    assert_string_equal(msg->tasks[1].refused, "the function name is not valid UTF-8");
+    assert_null(msg->tasks[1].function.ptr);
+    assert_string_equal(msg->tasks[2].refused, "the function name contains a NUL byte");
+    assert_string_equal(msg->tasks[3].refused, "retries is not an int32");
+    assert_true(s_str_is(msg->tasks[3].function, "f"));    //  read before the bad field
+    assert_string_equal(msg->tasks[4].refused, "a task is an array of 6 fields");
+    assert_null(msg->tasks[5].refused);
+    assert_true(s_str_is(msg->tasks[5].function, "g"));
+    cf_proto_msg_destroy(&msg);
+}
+
+//  What cannot be read on sinks the batch, and the error says which task.
+static void test_submit_without_a_readable_id_is_malformed_and_says_which_task(void **state)
+{
+    (void)state;
+    const uint8_t no_id[] = {
+        0x92, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00,
+        0x96, 0xa1, '2',  0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00,    //  id a str
+    };
+    assert_int_equal(s_decode("SUBMIT", no_id, sizeof no_id), CF_EPROTO);
+    assert_string_equal(cf_last_error(), "malformed SUBMIT: task 2 of 2 has no readable id or is "
+                                         "not msgpack; no task of it was taken");
+    const uint8_t not_array[] = { 0x81, 0x01, 0x02 };
+    assert_int_equal(s_decode("SUBMIT", not_array, sizeof not_array), CF_EPROTO);
+    assert_string_equal(cf_last_error(), "malformed SUBMIT: no task of it was taken");
+    const uint8_t cut[] = { 0x91, 0x96, 0x01, 0xa1, 'f', 0xc4, 0x09, 0x90 };    //  bin cut short
+    assert_int_equal(s_decode("SUBMIT", cut, sizeof cut), CF_EPROTO);
+    assert_string_equal(cf_last_error(), "malformed SUBMIT: task 1 of 1 has no readable id or is "
+                                         "not msgpack; no task of it was taken");
+    assert_int_equal(s_decode("CREDIT", not_array, sizeof not_array), CF_EPROTO);
+    assert_string_equal(cf_last_error(), "malformed message");
+}
+
+//  Names go out as they are or not at all: replacing a byte of a function
+//  name would call another function.
+static void test_encoder_refuses_names_that_are_not_utf8_or_hold_nul(void **state)
+{
+    s_fix_t *fix = *state;
+    cf_proto_enc_begin(fix->enc, CF_MSG_SUBMIT);
+    assert_int_equal(cf_proto_enc_task(fix->enc, 1, "f\xff", 2, "\x90", 1, 0, 0, 0), CF_EINVAL);
+    assert_int_equal(cf_proto_enc_task(fix->enc, 1, "f\0g", 3, "\x90", 1, 0, 0, 0), CF_EINVAL);
+    assert_int_equal(cf_proto_enc_task(fix->enc, 1, "\xed\xa0\x80", 3, "\x90", 1, 0, 0, 0),
+                     CF_EINVAL);
+    assert_int_equal(cf_proto_enc_task(fix->enc, 1, "caf\xc3\xa9", 5, "\x90", 1, 0, 0, 0), CF_OK);
+    assert_int_equal(cf_proto_enc_count(fix->enc), 1);
+    cf_proto_msg_t *msg = s_round_trip(fix);
+    assert_true(s_str_is(msg->tasks[0].function, "caf\xc3\xa9"));
+    cf_proto_msg_destroy(&msg);
+    cf_proto_enc_begin(fix->enc, CF_MSG_STATS);
+    assert_int_equal(cf_proto_enc_stat(fix->enc, "bad\xc0", 1), CF_EINVAL);
+}
+
+//  Texts are written as well-formed UTF-8 whatever they held: what a strict
+//  reader (this decoder, msgpack-python) takes, with U+FFFD in place of
+//  each ill-formed sequence, cut to the limit at a character boundary.
+static void test_encoder_replaces_bytes_of_texts_that_are_not_utf8(void **state)
+{
+    s_fix_t *fix = *state;
+    cf_proto_enc_begin(fix->enc, CF_MSG_RESULT);
+    assert_int_equal(cf_proto_enc_result_error(fix->enc, 9, "Bad\xff", "no function named 'f\xfe'",
+                                               "f\xc3", "h\xed\xa0\x80", 4),
+                     CF_OK);
+    char *long_bad = malloc(2 * CF_PROTO_MAX_TEXT);
+    assert_non_null(long_bad);
+    memset(long_bad, 0xff, 2 * CF_PROTO_MAX_TEXT - 1);
+    long_bad[2 * CF_PROTO_MAX_TEXT - 1] = '\0';
+    assert_int_equal(cf_proto_enc_result_error(fix->enc, 10, "E", long_bad, "", "", 0), CF_OK);
+    cf_proto_msg_t *msg = s_round_trip(fix);
+    const cf_proto_error_t *e = &msg->results[0].error;
+    assert_true(s_str_is(e->type, "Bad\xef\xbf\xbd"));
+    assert_true(s_str_is(e->message, "no function named 'f\xef\xbf\xbd'"));
+    assert_true(s_str_is(e->function, "f\xef\xbf\xbd"));
+    assert_true(s_str_is(e->host, "h\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"));
+    e = &msg->results[1].error;
+    assert_int_equal(e->message.len, CF_PROTO_MAX_TEXT / 3 * 3);    //  whole U+FFFDs only
+    assert_true(cf_utf8_valid(e->message.ptr, e->message.len));
+    cf_proto_msg_destroy(&msg);
+    free(long_bad);
+
+    cf_proto_enc_ready(fix->enc, 1, 1, "host\x80", 1);
+    msg = s_round_trip(fix);
+    assert_true(s_str_is(msg->host, "host\xef\xbf\xbd"));
+    cf_proto_msg_destroy(&msg);
+    cf_proto_enc_begin(fix->enc, CF_MSG_DISCONNECT);
+    cf_proto_enc_text(fix->enc, "bye\xf5", 0);
+    msg = s_round_trip(fix);
+    assert_true(s_str_is(msg->text, "bye\xef\xbf\xbd"));
+    cf_proto_msg_destroy(&msg);
 }
 
 // ---------------------------------------------------------------------------
@@ -1216,6 +1394,10 @@ int main(void)
 #define T(name) cmocka_unit_test_setup_teardown(name, s_setup, s_teardown)
     const struct CMUnitTest tests[] = {
         T(test_submit_round_trips_every_field),
+        T(test_submit_refuses_bad_tasks_one_by_one),
+        T(test_submit_without_a_readable_id_is_malformed_and_says_which_task),
+        T(test_encoder_refuses_names_that_are_not_utf8_or_hold_nul),
+        T(test_encoder_replaces_bytes_of_texts_that_are_not_utf8),
         T(test_task_round_trips_without_retries_and_flags),
         T(test_result_round_trips_every_status),
         T(test_cancel_and_started_round_trip_ids),

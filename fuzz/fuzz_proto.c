@@ -4,10 +4,12 @@
 //  frames (cf_fuzz.h). Beyond "no crash, no leak, no undefined behaviour",
 //  a message that decodes must re-encode with the codec's own encoder and
 //  decode again to the same items: what the decoder accepts, the rest of
-//  cfutures can send on.
+//  cfutures can send on. And every str it hands out is well-formed UTF-8,
+//  names without NUL (a refused SUBMIT task has only its id to trust).
 
 #include "cf_fuzz.h"
 #include "cf_proto.h"
+#include "cf_utf8.h"
 
 #include <string.h>
 #include <zmq.h>
@@ -44,6 +46,10 @@ static bool s_encode(const cf_proto_msg_t *msg)
         case CF_MSG_SUBMIT:
         case CF_MSG_TASK: {
             const cf_proto_task_t *t = &msg->tasks[i];
+            if (t->refused) {
+                rc = CF_EINVAL;    //  what was wrong with it cannot be sent again
+                break;
+            }
             rc = cf_proto_enc_task(s_enc, t->id, t->function.ptr, t->function.len, t->args,
                                    t->args_len, t->retries, t->timeout_ms, t->flags);
             break;
@@ -114,6 +120,35 @@ static bool s_encode(const cf_proto_msg_t *msg)
     return true;
 }
 
+static void s_check_name(cf_proto_str_t s)
+{
+    CF_FUZZ_CHECK(cf_utf8_valid(s.ptr, s.len));
+    CF_FUZZ_CHECK(s.len == 0 || !memchr(s.ptr, '\0', s.len));
+}
+
+//  What the decoder promises of the strs it accepted.
+static void s_check_strs(const cf_proto_msg_t *msg)
+{
+    for (size_t i = 0; i < msg->count; i++) {
+        if (msg->tasks) {
+            s_check_name(msg->tasks[i].function);
+            CF_FUZZ_CHECK(msg->tasks[i].refused || msg->tasks[i].function.len > 0);
+            CF_FUZZ_CHECK(!msg->tasks[i].refused || msg->type == CF_MSG_SUBMIT);
+        }
+        if (msg->results && msg->results[i].status == CF_STATUS_ERROR) {
+            const cf_proto_error_t *e = &msg->results[i].error;
+            s_check_name(e->type);
+            s_check_name(e->function);
+            s_check_name(e->host);
+            CF_FUZZ_CHECK(cf_utf8_valid(e->message.ptr, e->message.len));
+        }
+        if (msg->stats)
+            s_check_name(msg->stats[i].name);
+    }
+    s_check_name(msg->host);
+    CF_FUZZ_CHECK(cf_utf8_valid(msg->text.ptr, msg->text.len));
+}
+
 static void s_same(const cf_proto_msg_t *a, const cf_proto_msg_t *b)
 {
     CF_FUZZ_CHECK(a->type == b->type);
@@ -164,6 +199,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CF_FUZZ_CHECK((rc == CF_OK) == (msg != NULL));
     if (!msg)
         return 0;
+    s_check_strs(msg);
 
     if (s_encode(msg) && cf_proto_enc_send(s_enc, s_out, NULL, 0) == CF_OK) {
         cf_proto_msg_t *again = NULL;

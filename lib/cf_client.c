@@ -456,7 +456,7 @@ static void s_queue_cancel_id(cf_client_t *self, s_item_t *item)
         if (!grown) {
             //  The canceller times out and reports false: honest, since
             //  the task was not cancelled.
-            cf_log_warn(S_LOG, "out of memory queueing a cancel");
+            cf_log_warn_rated(S_LOG, "out of memory queueing a cancel");
             return;
         }
         self->own.cancel_ids = grown;
@@ -771,7 +771,7 @@ static void s_send_cancels(cf_client_t *self)
             self->own.blocked = true;
         else {
             //  Dropped: the cancellers time out and report false.
-            cf_log_warn(S_LOG, "cannot send CANCEL: %s", cf_strerror(rc));
+            cf_log_warn_rated(S_LOG, "cannot send CANCEL: %s", cf_strerror(rc));
             sent += n;
         }
     }
@@ -819,7 +819,7 @@ static void s_send_tasks(cf_client_t *self)
         if (rc != CF_OK) {
             //  ETERM and the like: the loop ends at the next poll; keep the
             //  tasks so they are resolved at the end.
-            cf_log_warn(S_LOG, "cannot send SUBMIT: %s", cf_strerror(rc));
+            cf_log_warn_rated(S_LOG, "cannot send SUBMIT: %s", cf_strerror(rc));
             self->own.blocked = true;
             break;
         }
@@ -980,7 +980,7 @@ static void s_on_error(cf_client_t *self, cf_proto_msg_t *msg)
         s_resolve_error(self, item, "ProtocolError", self->own.err_message, "", 0);
         return;
     }
-    cf_log_warn(S_LOG, "broker refused a message: %s", self->own.err_message);
+    cf_log_warn_rated(S_LOG, "broker refused a message: %s", self->own.err_message);
 }
 
 static void s_recv(cf_client_t *self)
@@ -998,7 +998,7 @@ static void s_recv(cf_client_t *self)
         }
         if (rc != CF_OK) {
             if (rc != CF_ESYS || errno != ETERM)
-                cf_log_warn(S_LOG, "receive failed: %s", cf_strerror(rc));
+                cf_log_warn_rated(S_LOG, "receive failed: %s", cf_strerror(rc));
             break;
         }
         s_contact(self, now);

@@ -171,6 +171,33 @@ static void test_an_unknown_function_fails_with_unknown_function(void **state)
     cf_executor_destroy(&executor);
 }
 
+//  Strict input, clean output: a function name that is not UTF-8 never
+//  travels (the client fails it alone), and an error made of bytes that
+//  are not UTF-8 arrives as UTF-8, U+FFFD in their place.
+static void test_text_that_is_not_utf8_fails_alone_or_arrives_replaced(void **state)
+{
+    cf_testkit_t *kit = *state;
+    cf_testkit_proc_t *broker = cf_testkit_start_broker(kit, NULL);
+    cf_testkit_start_worker(kit, cf_testkit_workers(broker), NULL);
+    cf_executor_t *executor = cf_testkit_connect(cf_testkit_clients(broker), 0);
+
+    cf_future_t *bad = cf_submit(executor,
+                                 "squ\xff"
+                                 "are",
+                                 "i", 3);
+    cf_future_t *good = cf_submit(executor, "square", "i", 3);
+    cf_future_t *raised = cf_submit(executor, "fail", "ss", "bad \xff byte", "Odd\xc3");
+    cf_testkit_expect_error(kit, bad, "ProtocolError", "cannot encode");
+    cf_testkit_expect_int(kit, good, 9);
+    const cf_task_error_t *error = cf_testkit_expect_error(kit, raised, "Odd\xef\xbf\xbd",
+                                                           "bad \xef\xbf\xbd byte");
+    assert_string_equal(error->message, "bad \xef\xbf\xbd byte");
+    cf_future_release(&bad);
+    cf_future_release(&good);
+    cf_future_release(&raised);
+    cf_executor_destroy(&executor);
+}
+
 static void test_wrong_argument_types_fail_with_type_error(void **state)
 {
     cf_testkit_t *kit = *state;
@@ -343,6 +370,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_task_error_keeps_its_type_message_and_origin,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_an_unknown_function_fails_with_unknown_function,
+                                        cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_text_that_is_not_utf8_fails_alone_or_arrives_replaced,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_wrong_argument_types_fail_with_type_error,
                                         cf_testkit_setup, cf_testkit_teardown),

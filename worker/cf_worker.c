@@ -360,7 +360,7 @@ static void s_sent(s_actor_t *a, cf_err_t rc, const char *what)
         a->blocked = true;
         return;
     }
-    cf_log_warn(S_LOG, "cannot send %s: %s (%s)", what, cf_strerror(rc), zmq_strerror(errno));
+    cf_log_warn_rated(S_LOG, "cannot send %s: %s (%s)", what, cf_strerror(rc), zmq_strerror(errno));
 }
 
 static cf_err_t s_encode_result(s_actor_t *a, const s_task_t *t)
@@ -433,8 +433,8 @@ static void s_flush(s_actor_t *a)
             if (rc == CF_ETOOBIG && count > 0)
                 break;    //  the batch is full: send it, then the rest
             //  This item cannot be encoded at all: say so instead.
-            cf_log_error(S_LOG, "result of task %" PRIu64 " (%s) cannot be encoded: %s", t->id,
-                         t->function, cf_strerror(rc));
+            cf_log_error_rated(S_LOG, "result of task %" PRIu64 " (%s) cannot be encoded: %s",
+                               t->id, t->function, cf_strerror(rc));
             rc = cf_proto_enc_result_error(a->enc, t->id, "ProtocolError",
                                            "the worker could not encode the result", t->function,
                                            cf_registry_hostname(), a->w->pid);
@@ -580,10 +580,10 @@ static void s_hand_back(s_actor_t *a, uint64_t id)
     if (rc == CF_OK)
         rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
     if (rc != CF_OK)
-        cf_log_warn(S_LOG,
-                    "task %" PRIu64 " not handed back (%s): the broker gets it back when "
-                    "this worker leaves or is lost",
-                    id, cf_strerror(rc));
+        cf_log_warn_rated(S_LOG,
+                          "task %" PRIu64 " not handed back (%s): the broker gets it back when "
+                          "this worker leaves or is lost",
+                          id, cf_strerror(rc));
 }
 
 // ---------------------------------------------------------------------------
@@ -731,9 +731,9 @@ static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
             a->end_reason = CF_EAUTH;
         }
         else
-            cf_log_warn(S_LOG, "broker refused a message: %.*s",
-                        (int)(msg->text.len > 200 ? 200 : msg->text.len),
-                        msg->text.ptr ? msg->text.ptr : "");
+            cf_log_warn_rated(S_LOG, "broker refused a message: %.*s",
+                              (int)(msg->text.len > 200 ? 200 : msg->text.len),
+                              msg->text.ptr ? msg->text.ptr : "");
         break;
     case CF_MSG_DISCONNECT:
         s_broker_gone(a, "said DISCONNECT");

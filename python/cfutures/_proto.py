@@ -140,11 +140,16 @@ def text_clip(text, limit=MAX_TEXT):
 
 def check_function_name(name, reserved_ok=False):
     """Raises ValueError (TypeError for a non-str) unless name can travel as
-    a function name: 1..255 UTF-8 bytes, not starting with "cf." unless
-    reserved_ok."""
+    a function name: 1..255 UTF-8 bytes without NUL (the broker refuses
+    either), not starting with "cf." unless reserved_ok."""
     if not isinstance(name, str):
         raise TypeError(f"a function name is a str, not {type(name).__name__}")
-    size = len(name.encode("utf-8"))
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("a function name is UTF-8: this one holds a lone surrogate") from None
+    if "\0" in name:
+        raise ValueError("a function name holds no NUL character")
     if size < 1 or size > MAX_NAME:
         raise ValueError(f"a function name is 1 to {MAX_NAME} bytes, this one is {size}")
     if not reserved_ok and name.startswith(RESERVED_PREFIX):

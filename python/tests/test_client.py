@@ -211,6 +211,56 @@ def test_submit_refuses_what_cannot_travel(cluster):
         ex.submit("echo", 1)
 
 
+def test_a_task_the_broker_refuses_fails_alone_with_protocol_error(cluster):
+    """Past the client's own checks (as from another client), a task whose
+    name holds NUL is refused by the broker alone: its future fails with
+    ProtocolError, the task sent with it runs."""
+    import msgpack
+    import zmq
+    from cfutures import _proto
+    broker = cluster.broker()
+    cluster.c_worker(broker)
+    with cluster.executor(broker) as ex:
+        options = ex._defaults
+        bad = ex._submit("squ\0are", msgpack.packb([7]), options)
+        good = ex.submit("square", 7)
+        assert good.result(timeout=30) == 49
+        error = bad.exception(timeout=30)
+        assert isinstance(error, cfutures.TaskError)
+        assert error.type == "ProtocolError"
+        assert "NUL" in error.message
+    # A raw SUBMIT with a name that is not UTF-8: the RESULT error comes back
+    # readable by msgpack-python's strict default.
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    try:
+        sock.connect(broker.clients)
+        task = b"\x96\x05\xa2f\xff\xc4\x02\x91\x07\x00\x00\x00"
+        sock.send_multipart([b"cf/1", b"SUBMIT", b"\x91" + task])
+        while True:
+            assert sock.poll(30000), "no RESULT"
+            version, command, body = sock.recv_multipart()
+            if command == b"RESULT":
+                break
+        assert msgpack.unpackb(body, raw=False) == [
+            [5, 1, ["ProtocolError", "task refused by the broker: the function name is not "
+                    "valid UTF-8", "", "", 0]]]
+        # A task whose error is made of bytes it was given that are not
+        # UTF-8 (args are the application's, never checked): cf-worker's
+        # RESULT still reads, with U+FFFD in their place.
+        args = b"\x92\xa5\xff bad\xa4Bad\xfe"
+        task = b"\x96\x06\xa4fail\xc4" + bytes([len(args)]) + args + b"\x00\x00\x00"
+        sock.send_multipart([b"cf/1", b"SUBMIT", b"\x91" + task])
+        while True:
+            assert sock.poll(30000), "no RESULT"
+            version, command, body = sock.recv_multipart()
+            if command == b"RESULT":
+                break
+        [[task_id, status, error]] = msgpack.unpackb(body, raw=False)
+        assert (task_id, status, error[:3]) == (6, 1, ["Bad\ufffd", "\ufffd bad", "fail"])
+    finally:
+        sock.close(linger=0)
+
+
 def test_shutdown_cancels_what_has_not_started(cluster, tmp_path):
     broker = cluster.broker()
     cluster.c_worker(broker, "--threads", "1")

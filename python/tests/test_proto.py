@@ -132,7 +132,7 @@ def test_values_outside_the_envelope_fail_alone():
 def test_function_names_are_checked():
     _proto.check_function_name("f")
     _proto.check_function_name("é" * 127)
-    for name in ("", "é" * 128, "cf.chunk", "cf.anything"):
+    for name in ("", "é" * 128, "cf.chunk", "cf.anything", "f\0g", "f\ud800"):
         with pytest.raises(ValueError):
             _proto.check_function_name(name)
     with pytest.raises(TypeError):
