@@ -1159,7 +1159,7 @@ static void test_encoder_replaces_bytes_of_texts_that_are_not_utf8(void **state)
     cf_proto_msg_destroy(&msg);
     free(long_bad);
 
-    cf_proto_enc_ready(fix->enc, 1, 1, "host\x80", 1);
+    cf_proto_enc_ready(fix->enc, 1, 1, "host\x80", 1, 0);
     msg = s_round_trip(fix);
     assert_true(s_str_is(msg->host, "host\xef\xbf\xbd"));
     cf_proto_msg_destroy(&msg);
