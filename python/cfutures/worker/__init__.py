@@ -25,13 +25,15 @@ actor alone takes tasks from it (_dispatch, only when a thread is free) and
 cancels from it (_on_cancel), so each task is either cancelled or handed
 to a thread, never both, with no lock needed. A task handed to a thread
 counts as begun for CANCEL (it is answered STARTED: nothing stops it any
-more, and its function begins as soon as the thread picks it up); the
-unasked STARTED is said by the thread itself when the function begins: it
-adds the id to `begun` (under lock), and the actor sends the ids found
-there in one STARTED at its next wakeup, at most BEGUN_HOLD_S later (a
-begin wakes an actor that would sleep longer). A task finishing before
-that drops its id: its RESULT says it began. --procs processes are
-Workers of one thread each, so the same holds for each process.
+more, and its function begins as soon as the thread picks it up). The
+unasked STARTED follows the function's real begin: the thread notes it in
+`begun` (id and time, under lock), and the actor sends every id noted
+there in one STARTED once the oldest has waited BEGUN_HOLD_S; a task that
+finishes sooner drops its id, as its RESULT says it began, so tasks
+shorter than that cost no STARTED. While a task it handed over is not yet
+announced, the actor sleeps at most until that is due, so no begin needs
+to wake it. --procs processes are Workers of one thread each, so the same
+holds for each process.
 
 Credit (docs/protocol.md, section 6): READY announces the free slots,
 threads + prefetch minus the tasks in hand (received, not yet answered);
@@ -95,9 +97,8 @@ BATCH_BYTES = 1 << 20
 QUEUE_SLACK = 64
 #  The shortest heartbeat interval a broker may impose.
 MIN_IVL_S = 0.010
-#  A task's begin is announced (STARTED) within about this long; the
-#  thread that begins it wakes the actor only when it sleeps longer (as
-#  cf-worker's S_BEGUN_HOLD_MS).
+#  A task's begin is announced (STARTED) about this long after it, unless
+#  its RESULT goes first (cf-worker's S_BEGUN_HOLD_MS).
 BEGUN_HOLD_S = 0.010
 HANDSHAKE_DROPS_MAX = 3
 
@@ -176,8 +177,7 @@ class Worker:
         #  Shared with task threads and stop(), under lock.
         self.lock = threading.Lock()
         self.done = collections.deque()     # RESULT items of finished tasks
-        self.begun = {}                     # ids whose function began, not yet told
-        self.begun_wake = False             # the actor sleeps past BEGUN_HOLD_S: wake it
+        self.begun = {}                     # id -> when its function began, not yet told
         self.stop_asked = 0                 # 1 graceful, 2 now
         self.signalled = True
         self.wake_r, self.wake_w = os.pipe()
@@ -191,6 +191,7 @@ class Worker:
         self.queue = collections.deque()    # (id, function name, args) waiting for a thread
         self.running = 0
         self.in_threads = set()             # ids handed to a thread, result not collected
+        self.unannounced = set()            # of those, the ones no STARTED was sent for
         self.in_hand = 0                    # received and not yet answered
         self.started_answers = []           # ids answering a CANCEL with STARTED
         self.unsent = []                    # RESULT items not yet taken by zmq
@@ -234,10 +235,7 @@ class Worker:
 
     def _execute(self, task_id, name, fn, args):
         with self.lock:
-            wake = not self.begun and self.begun_wake
-            self.begun[task_id] = None
-        if wake:
-            self._wake()
+            self.begun[task_id] = time.monotonic()
         try:
             item = self._call(task_id, name, fn, args)
         except BaseException as e:          # never lose a task's answer
@@ -412,11 +410,12 @@ class Worker:
                     timeout = 0
                 else:
                     self.signalled = False
-                if self.begun:
-                    timeout = min(timeout, int(BEGUN_HOLD_S * 1000))
-                #  Under load the actor wakes that often anyway: no begin
-                #  costs a wakeup then.
-                self.begun_wake = timeout > BEGUN_HOLD_S * 1000
+                if self.unannounced:
+                    #  Due BEGUN_HOLD_S after the oldest begin noted, or
+                    #  after now for tasks not begun yet.
+                    now = time.monotonic()
+                    due = next(iter(self.begun.values()), now) + BEGUN_HOLD_S
+                    timeout = min(timeout, max(0, int(math.ceil((due - now) * 1000))))
             events, sock_events = _actor.sleep(self.poller, self.wake_r, self.sock, timeout)
             if sock_events & zmq.POLLOUT:
                 self.blocked = False
@@ -465,6 +464,7 @@ class Worker:
             item = done.popleft()
             self.unsent.append(item)
             self.in_threads.discard(item[0])
+            self.unannounced.discard(item[0])
             self.running -= 1
 
     def _dispatch(self):
@@ -475,17 +475,26 @@ class Worker:
             fn = self.functions.get(name)
             self.running += 1
             self.in_threads.add(task_id)
+            self.unannounced.add(task_id)
             self.pool.submit(self._execute, task_id, name, fn, args)
 
     def _announce_begun(self):
-        """Tells the broker which tasks began since the last call, and which
-        ones a CANCEL asked for too late (STARTED). A refused send loses the
+        """Tells the broker which tasks began (once the oldest begin not
+        told has waited BEGUN_HOLD_S, or with answers), and which ones a
+        CANCEL asked for too late (STARTED). A refused send loses the
         unasked news, not the task: the broker asks again with CANCEL, and
         the RESULT says it too; the answers to a CANCEL are kept for the
         next try."""
+        if not self.unannounced and not self.started_answers:
+            return
+        begun = []
         with self.lock:
-            begun = list(self.begun)
-            self.begun.clear()
+            if self.begun and (self.started_answers or next(iter(self.begun.values()))
+                               <= time.monotonic() - BEGUN_HOLD_S):
+                begun = list(self.begun)
+                self.begun.clear()
+        for task_id in begun:
+            self.unannounced.discard(task_id)
         ids = self.started_answers + begun
         sent = 0
         while sent < len(ids) and not self.blocked:
