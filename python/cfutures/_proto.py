@@ -48,6 +48,9 @@ INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
 OK, ERROR, CANCELLED, BUSY = 0, 1, 2, 3
 #  SUBMIT flags.
 RETRY_ON_ERROR = 0x1
+#  READY features (CF_PROTO_FEATURE_*): BEGUN, the worker sends STARTED when
+#  a task's function begins and answers the broker's CANCEL.
+FEATURE_BEGUN = 0x1
 
 SUBMIT = b"SUBMIT"
 CANCEL = b"CANCEL"
@@ -278,7 +281,7 @@ def decode(parts):
         RESULT      [(id, status, value bytes | error tuple | None), ...],
                     error tuple = (type, message, function, host, pid)
         CANCEL, STARTED   [id, ...]
-        READY       (credit, host, pid, threads or None)
+        READY       (credit, host, pid, threads or None, features or None)
         CREDIT      credit
         HEARTBEAT   (boot, ivl_ms)
         DISCONNECT  reason
@@ -332,10 +335,11 @@ def _fields(command, obj):
         _array(obj, 2, 2, "HEARTBEAT body")
         return (_uint(obj[0], UINT64_MAX, "boot"), _uint(obj[1], UINT32_MAX, "ivl_ms"))
     if command == READY:
-        _array(obj, 3, 4, "READY body")
+        _array(obj, 3, 5, "READY body")
         return (_uint(obj[0], UINT32_MAX, "credit"), _str(obj[1], 0, MAX_TEXT, "host"),
                 _int32(obj[2], "pid"),
-                _uint(obj[3], UINT32_MAX, "threads") if len(obj) == 4 else None)
+                _uint(obj[3], UINT32_MAX, "threads") if len(obj) >= 4 else None,
+                _uint(obj[4], UINT32_MAX, "features") if len(obj) == 5 else None)
     if command == CREDIT:
         _array(obj, 1, 1, "CREDIT body")
         return _uint(obj[0], UINT32_MAX, "credit")

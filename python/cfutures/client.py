@@ -97,11 +97,15 @@ class Future(cf.Future):
 
     Everything is the standard Future's, except cancel(): a task still on
     this side is cancelled at once; one already sent is cancelled through
-    the broker (CANCEL), which succeeds while the task is queued there and
-    fails once a worker has it. cancel() waits for that answer (at most
+    the broker (CANCEL), which succeeds while the task's function has not
+    begun: queued at the broker, or in a worker's prefetch queue (the broker
+    asks that worker). cancel() waits for that answer (at most
     CANCEL_WAIT_S, and not at all when called from a done-callback or while
-    the broker is unreachable) and returns whether the task was cancelled.
-    running() turns true when the broker reports the task on a worker.
+    the broker is unreachable) and returns whether the task was cancelled;
+    a cancelled task never runs. running() turns true when the broker
+    reports that the task's function began (STARTED); a task merely handed
+    to a worker is not running. (A worker without feature BEGUN, see
+    docs/protocol.md, counts as beginning each task when it receives it.)
     """
 
     #  The task this future stands for, set by the executor before the

@@ -3,12 +3,13 @@ worker processes on loopback.
 
 Daemons are found through the environment, as the C tests find them
 (cmake/cf_test.cmake): CF_BROKER_BIN, CF_WORKER_BIN, CF_TASKS_LIB (the
-example task library), CF_EXAMPLES_DIR (the example programs), and
-CF_KEYGEN_BIN (cf-keygen). Run by hand, they default to the repository's
-build/ directory. Each daemon starts on tcp://127.0.0.1:* and is waited for
-through its ready line (never a sleep); each is stopped by its PID with
-SIGTERM at the end of its test, and must then exit 0 (under ASan a leak
-makes a daemon exit non-zero, which fails the test that drove it).
+example task library), CF_EXAMPLES_DIR (the example programs),
+CF_KEYGEN_BIN (cf-keygen) and CF_LIB (libcfutures.so, the C client). Run
+by hand, they default to the repository's build/ directory. Each daemon
+starts on tcp://127.0.0.1:* and is waited for through its ready line
+(never a sleep); each is stopped by its PID with SIGTERM at the end of its
+test, and must then exit 0 (under ASan a leak makes a daemon exit
+non-zero, which fails the test that drove it).
 """
 
 import os
@@ -44,6 +45,8 @@ TASKS_LIB = _path("CF_TASKS_LIB", BUILD / "examples" / "libexample_tasks.so")
 EXAMPLES_DIR = _path("CF_EXAMPLES_DIR", BUILD / "examples")
 KEYGEN_BIN = _path("CF_KEYGEN_BIN", BUILD / "cf-keygen")
 BENCH_TASKS_LIB = _path("CF_BENCH_TASKS_LIB", BUILD / "bench" / "libbench_tasks.so")
+#  The C client library, for tests that drive it through ctypes.
+CF_LIB = _path("CF_LIB", BROKER_BIN.parent / "libcfutures.so")
 
 #  How long a daemon may take to print its ready line (ASan builds are slow
 #  to start; a missing line is a failure, never a skip).

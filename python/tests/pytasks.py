@@ -39,3 +39,15 @@ def py_spin(n):
 
 def not_decorated(a, b):
     return a * b
+
+
+@cfutures.task
+def py_mark(path, ms):
+    """Creates path as soon as it runs (proof that it ran), sleeps ms, then
+    returns the pid that ran it."""
+    with open(path, "a"):
+        pass
+    if ms:
+        import time
+        time.sleep(ms / 1000)
+    return os.getpid()

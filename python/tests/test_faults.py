@@ -193,12 +193,13 @@ def test_the_worker_survives_garbage_from_its_broker():
 #  The protocol's rules, against a broker driven by hand
 
 def _expect(router, command, timeout_ms=10000):
-    """The next message of that command (heartbeats skipped)."""
+    """The next message of that command (heartbeats skipped, and STARTED:
+    it is advice, tests that care ask for it)."""
     while True:
         peer, (got, fields) = _recv(router, timeout_ms)
         if got == command:
             return peer, fields
-        assert got == _proto.HEARTBEAT, f"expected {command}, got {got}"
+        assert got in (_proto.HEARTBEAT, _proto.STARTED), f"expected {command}, got {got}"
 
 
 def test_the_client_resends_on_every_sign_of_a_forgetful_broker_and_after_busy():
@@ -252,6 +253,7 @@ def test_the_worker_announces_its_free_slots_once_per_sign():
     try:
         peer, ready = _expect(router, _proto.READY)
         assert ready[0] == 3 and ready[3] == 2              # threads + prefetch, threads
+        assert ready[4] == _proto.FEATURE_BEGUN
         send = lambda command, body: router.send_multipart(  # noqa: E731
             [peer] + _proto.frames(command, body))
         send(_proto.HEARTBEAT, [0xAAAA, 1000])
@@ -273,6 +275,41 @@ def test_the_worker_announces_its_free_slots_once_per_sign():
         assert results == [(8, _proto.OK, b"\x01")]
         #  No further READY came meanwhile: only heartbeats may follow.
         assert not router.poll(200) or _recv(router)[1][0] == _proto.HEARTBEAT
+    finally:
+        worker.stop()
+        thread.join(10)
+        router.close(linger=0)
+    assert not thread.is_alive()
+
+
+def test_the_worker_says_started_and_cancels_only_what_waits_in_its_queue():
+    router, endpoint = _router()
+    release = threading.Event()
+    ran = []
+    worker = Worker({"hold": lambda: release.wait(10), "one": lambda: ran.append(1) or 1},
+                    endpoint, threads=1, prefetch=2)
+    thread = threading.Thread(target=worker.serve, daemon=True)
+    thread.start()
+    try:
+        peer, ready = _expect(router, _proto.READY)
+        assert ready[4] == _proto.FEATURE_BEGUN
+        send = lambda command, body: router.send_multipart(  # noqa: E731
+            [peer] + _proto.frames(command, body))
+        send(_proto.HEARTBEAT, [0xAAAA, 1000])
+        send(_proto.TASK, [[7, "hold", _proto.pack([]), 0], [8, "one", _proto.pack([]), 0],
+                           [9, "one", _proto.pack([]), 0]])
+        #  Unasked, for the task whose function began, and for it alone.
+        assert _expect(router, _proto.STARTED)[1] == [7]
+        #  The running task, a queued one, one never seen.
+        send(_proto.CANCEL, [7, 8, 42])
+        assert _expect(router, _proto.STARTED)[1] == [7, 42]
+        assert _expect(router, _proto.RESULT)[1] == [(8, _proto.CANCELLED, None)]
+        release.set()
+        results = []
+        while len(results) < 2:
+            results += _expect(router, _proto.RESULT)[1]
+        assert sorted(results) == [(7, _proto.OK, b"\xc3"), (9, _proto.OK, b"\x01")]
+        assert ran == [1]                                   # 9 ran, 8 never did
     finally:
         worker.stop()
         thread.join(10)

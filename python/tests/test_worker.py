@@ -4,15 +4,17 @@ processes, and stopping gracefully."""
 
 import concurrent.futures as cf
 import os
+import json
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 import cfutures
-from conftest import PYTHON_DIR, wait_for, wait_workers
+from conftest import CF_LIB, HERE, PYTHON_DIR, wait_for, wait_workers
 
 
 def test_c_example_programs_run_on_a_python_worker(cluster):
@@ -144,6 +146,95 @@ def test_sigterm_lets_running_tasks_finish_and_hands_back_the_rest(cluster, tmp_
     other = cluster.c_worker(broker)
     assert [f.result(timeout=30) for f in later] == [other.pid] * 3
     ex.shutdown()
+
+
+@pytest.mark.parametrize("mode", [("--threads", "2", "--prefetch", "3"),
+                                  ("--procs", "2", "--prefetch", "2")],
+                         ids=["threads", "procs"])
+def test_running_means_begun_and_a_prefetched_task_can_be_cancelled(cluster, tmp_path, mode):
+    broker = cluster.broker()
+    ex = cluster.executor(broker, retries=0)
+    release = tmp_path / "release"
+    marks = [tmp_path / f"started-{i}" for i in range(5)]
+    #  Queued at the broker before any worker is there, so the first READY
+    #  takes them all: two run, three wait in the workers' local queues.
+    futures = [ex.submit("gate", str(m), str(release)) for m in marks]
+    wait_for(lambda: ex.stats()["queued"] == 5, what="the tasks queued at the broker")
+    worker = cluster.py_worker(broker, *mode)
+    wait_for(lambda: ex.stats()["queued"] == 0, what="every task on a worker")
+    try:
+        wait_for(lambda: sum(m.exists() for m in marks) == 2, what="two tasks to start")
+        wait_for(lambda: sum(f.running() for f in futures) >= 2, what="STARTED for them")
+        time.sleep(0.3)         # a wrong STARTED for the others would have come
+        assert [f.running() for f in futures] == [m.exists() for m in marks]
+        assert sum(m.exists() for m in marks) == 2
+        runner = next(f for f, m in zip(futures, marks) if m.exists())
+        assert runner.cancel() is False
+        waiting = [i for i, m in enumerate(marks) if not m.exists()]
+        assert futures[waiting[0]].cancel() is True
+        assert futures[waiting[0]].cancelled()
+    finally:
+        release.touch()         # a failure above must not leave the workers busy
+    pids = {futures[i].result(timeout=30) for i in range(5) if i != waiting[0]}
+    if mode[0] == "--threads":
+        assert pids == {worker.pid}
+    else:
+        assert worker.pid not in pids
+    #  Never run, on that worker or another.
+    assert not marks[waiting[0]].exists()
+    assert ex.stats()["cancelled"] == 1
+
+
+def test_cancels_racing_the_starts_either_cancel_a_task_or_let_it_run(cluster, tmp_path):
+    broker = cluster.broker()
+    ex = cluster.executor(broker, retries=0)
+    marks = [tmp_path / f"ran-{i}" for i in range(30)]
+    futures = [ex.submit("py_mark", str(m), 10) for m in marks]
+    wait_for(lambda: ex.stats()["queued"] == 30, what="the tasks queued at the broker")
+    worker = cluster.py_worker(broker, "--threads", "2", "--prefetch", "28",
+                               specs=("pytasks",))
+    wait_for(lambda: ex.stats()["queued"] == 0, what="every task on the worker")
+    answers = [f.cancel() for f in reversed(futures)][::-1]
+    cf.wait(futures, timeout=30)
+    for f, m, answer in zip(futures, marks, answers):
+        assert answer == f.cancelled()
+        if f.cancelled():
+            assert not m.exists()
+        else:
+            assert f.result() == worker.pid and m.exists()
+    assert 0 < sum(answers) < 30
+    assert ex.stats()["cancelled"] == sum(answers)
+
+
+def test_a_c_client_sees_begun_and_cancels_a_prefetched_task(cluster, tmp_path):
+    broker = cluster.broker()
+    client = subprocess.Popen([sys.executable, str(HERE / "c_client_cancel.py"), str(CF_LIB),
+                               broker.clients, str(tmp_path), "3"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        line = client.stdout.readline()
+        if line != "submitted\n":
+            err = client.stderr.read()
+            if "runtime does not come first" in err:
+                pytest.skip("a sanitizer build: libcfutures cannot be loaded into Python")
+            raise AssertionError(f"the C client failed: {line!r} {err}")
+        with cluster.executor(broker) as ex:
+            wait_for(lambda: ex.stats()["queued"] == 3, what="the tasks queued at the broker")
+        worker = cluster.py_worker(broker, "--threads", "1", "--prefetch", "2")
+        out, err = client.communicate("go\n", timeout=60)
+    finally:
+        (tmp_path / "release").touch()
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 0, err
+    report = json.loads(out)
+    assert report["running"] == report["started"] and sum(report["started"]) == 1
+    assert report["cancel"] == {str(i): [True, True]
+                                for i, started in enumerate(report["started"]) if not started}
+    assert list(report["results"].values()) == [worker.pid]
+    assert sum(report["ran"]) == 1
 
 
 def test_worker_command_line_errors_are_one_line(tmp_path):

@@ -18,6 +18,23 @@ one wakeup and becomes one RESULT batch. Arguments are decoded and results
 encoded on the task's thread, not the actor's. Heartbeats come from the
 actor, so a task computing for minutes never makes the worker look dead.
 
+Feature BEGUN (docs/protocol.md, "CANCEL, STARTED"): READY says the
+worker has it, so the broker hears when a task's function begins and may
+ask to cancel a task held here. The actor's queue is the local queue: the
+actor alone takes tasks from it (_dispatch, only when a thread is free) and
+cancels from it (_on_cancel), so each task is either cancelled or handed
+to a thread, never both, with no lock needed. A task handed to a thread
+counts as begun for CANCEL (it is answered STARTED: nothing stops it any
+more, and its function begins as soon as the thread picks it up). The
+unasked STARTED follows the function's real begin: the thread notes it in
+`begun` (id and time, under lock), and the actor sends every id noted
+there in one STARTED once the oldest has waited BEGUN_HOLD_S; a task that
+finishes sooner drops its id, as its RESULT says it began, so tasks
+shorter than that cost no STARTED. While a task it handed over is not yet
+announced, the actor sleeps at most until that is due, so no begin needs
+to wake it. --procs processes are Workers of one thread each, so the same
+holds for each process.
+
 Credit (docs/protocol.md, section 6): READY announces the free slots,
 threads + prefetch minus the tasks in hand (received, not yet answered);
 each RESULT item returns one. So a READY repeated to a broker that still
@@ -80,6 +97,9 @@ BATCH_BYTES = 1 << 20
 QUEUE_SLACK = 64
 #  The shortest heartbeat interval a broker may impose.
 MIN_IVL_S = 0.010
+#  A task's begin is announced (STARTED) about this long after it, unless
+#  its RESULT goes first (cf-worker's S_BEGUN_HOLD_MS).
+BEGUN_HOLD_S = 0.010
 HANDSHAKE_DROPS_MAX = 3
 
 _MONITOR_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
@@ -157,6 +177,7 @@ class Worker:
         #  Shared with task threads and stop(), under lock.
         self.lock = threading.Lock()
         self.done = collections.deque()     # RESULT items of finished tasks
+        self.begun = {}                     # id -> when its function began, not yet told
         self.stop_asked = 0                 # 1 graceful, 2 now
         self.signalled = True
         self.wake_r, self.wake_w = os.pipe()
@@ -169,7 +190,10 @@ class Worker:
         #  Actor only.
         self.queue = collections.deque()    # (id, function name, args) waiting for a thread
         self.running = 0
+        self.in_threads = set()             # ids handed to a thread, result not collected
+        self.unannounced = set()            # of those, the ones no STARTED was sent for
         self.in_hand = 0                    # received and not yet answered
+        self.started_answers = []           # ids answering a CANCEL with STARTED
         self.unsent = []                    # RESULT items not yet taken by zmq
         self.stopping = False
         self.declined = 0
@@ -210,13 +234,18 @@ class Worker:
     #  Task threads
 
     def _execute(self, task_id, name, fn, args):
+        with self.lock:
+            self.begun[task_id] = time.monotonic()
         try:
             item = self._call(task_id, name, fn, args)
         except BaseException as e:          # never lose a task's answer
             etype, message = _describe(e)
             item = _error_item(task_id, etype, message, name, self.host, self.pid)
-        self.done.append(item)
         with self.lock:
+            #  Its RESULT says it began: no STARTED needed any more (and
+            #  none may follow the RESULT).
+            self.begun.pop(task_id, None)
+            self.done.append(item)
             wake = not self.signalled
             self.signalled = True
         if wake:
@@ -381,6 +410,12 @@ class Worker:
                     timeout = 0
                 else:
                     self.signalled = False
+                if self.unannounced:
+                    #  Due BEGUN_HOLD_S after the oldest begin noted, or
+                    #  after now for tasks not begun yet.
+                    now = time.monotonic()
+                    due = next(iter(self.begun.values()), now) + BEGUN_HOLD_S
+                    timeout = min(timeout, max(0, int(math.ceil((due - now) * 1000))))
             events, sock_events = _actor.sleep(self.poller, self.wake_r, self.sock, timeout)
             if sock_events & zmq.POLLOUT:
                 self.blocked = False
@@ -390,11 +425,13 @@ class Worker:
                 self._on_monitor()
 
     def _ready_body(self):
-        """READY [credit, host, pid, threads]: credit is the free slots now
-        (see the design note). The one place that will announce the
-        functions served once cf/1 routes by function (issue 10)."""
+        """READY [credit, host, pid, threads, features]: credit is the free
+        slots now (see the design note), features BEGUN. The one place that
+        will announce the functions served once cf/1 routes by function
+        (issue 10)."""
         credit = max(0, self.threads + self.prefetch - self.in_hand)
-        return [min(credit, _proto.UINT32_MAX), self.host, self.pid, self.threads]
+        return [min(credit, _proto.UINT32_MAX), self.host, self.pid, self.threads,
+                _proto.FEATURE_BEGUN]
 
     def _send(self, command, body):
         if self.blocked:
@@ -424,18 +461,53 @@ class Worker:
         """Moves finished tasks' results to the unsent list."""
         done = self.done
         while done:
-            self.unsent.append(done.popleft())
+            item = done.popleft()
+            self.unsent.append(item)
+            self.in_threads.discard(item[0])
+            self.unannounced.discard(item[0])
             self.running -= 1
 
     def _dispatch(self):
+        #  From here a CANCEL cannot find the task in the queue: it has begun
+        #  (see the design note).
         while self.queue and self.running < self.threads and not self.stopping:
             task_id, name, args = self.queue.popleft()
             fn = self.functions.get(name)
             self.running += 1
+            self.in_threads.add(task_id)
+            self.unannounced.add(task_id)
             self.pool.submit(self._execute, task_id, name, fn, args)
 
+    def _announce_begun(self):
+        """Tells the broker which tasks began (once the oldest begin not
+        told has waited BEGUN_HOLD_S, or with answers), and which ones a
+        CANCEL asked for too late (STARTED). A refused send loses the
+        unasked news, not the task: the broker asks again with CANCEL, and
+        the RESULT says it too; the answers to a CANCEL are kept for the
+        next try."""
+        if not self.unannounced and not self.started_answers:
+            return
+        begun = []
+        with self.lock:
+            if self.begun and (self.started_answers or next(iter(self.begun.values()))
+                               <= time.monotonic() - BEGUN_HOLD_S):
+                begun = list(self.begun)
+                self.begun.clear()
+        for task_id in begun:
+            self.unannounced.discard(task_id)
+        ids = self.started_answers + begun
+        sent = 0
+        while sent < len(ids) and not self.blocked:
+            if not self._send(_proto.STARTED, ids[sent:sent + _proto.MAX_BATCH]):
+                break
+            sent += _proto.MAX_BATCH
+        del self.started_answers[:sent]
+
     def _flush(self):
-        """Sends the results of finished tasks, in RESULT batches."""
+        """Sends STARTED for tasks that began, then the results of finished
+        tasks, in RESULT batches."""
+        if not self.blocked:
+            self._announce_begun()
         while self.unsent and not self.blocked:
             size = 0
             n = 0
@@ -469,6 +541,8 @@ class Worker:
             self._contact(now)
             if command == _proto.TASK:
                 self._on_tasks(fields)
+            elif command == _proto.CANCEL:
+                self._on_cancel(fields)
             elif command == _proto.HEARTBEAT:
                 boot, ivl_ms = fields
                 if boot:
@@ -522,6 +596,33 @@ class Worker:
                 self.unsent.append([task_id, _proto.BUSY])
             else:
                 self.queue.append((task_id, name, args))
+
+    def _on_cancel(self, ids):
+        """CANCEL from the broker: a task still queued here is taken out and
+        answered RESULT cancelled (it never runs); any other id is answered
+        STARTED, as its function began (its RESULT follows, or went
+        already). Only the actor takes tasks from the queue, so each task is
+        either cancelled here or begun in _dispatch, never both."""
+        wanted = dict.fromkeys(ids)         # in order, once each
+        cancelled = set()
+        if self.queue:
+            kept = collections.deque()
+            for entry in self.queue:
+                if entry[0] in wanted:
+                    cancelled.add(entry[0])
+                    self.unsent.append([entry[0], _proto.CANCELLED])
+                else:
+                    kept.append(entry)
+            self.queue = kept
+        for task_id in wanted:
+            if task_id in cancelled:
+                continue
+            #  Stopping, a task not in a thread was handed back (the
+            #  DISCONNECT at the end says so) or is answered already.
+            if not self.stopping or task_id in self.in_threads:
+                self.started_answers.append(task_id)
+        if cancelled:
+            log.debug("%d queued tasks cancelled", len(cancelled))
 
     def _on_monitor(self):
         while self.monitor is not None:
