@@ -91,6 +91,13 @@ const char *cf_broker_worker_endpoint(cf_broker_t *broker);
 //  actor's thread (which must not wait for another) the report goes one
 //  way and the answer is CF_OK.
 cf_err_t cf_broker_worker_lost(cf_broker_t *broker, const void *identity, size_t len);
+//  The same, from a supervisor that read what the dead process ran: the
+//  broker ids of the tasks its threads were running (n of them; none when
+//  it was between tasks). Only those use a retry (and run alone from then
+//  on); the other tasks it held never began, or finished, and go back
+//  without using one. running NULL: not known (cf_broker_worker_lost).
+cf_err_t cf_broker_worker_died(cf_broker_t *broker, const void *identity, size_t len,
+                               const uint64_t *running, size_t n);
 
 typedef struct {
     uint64_t clients, workers;    //  known now

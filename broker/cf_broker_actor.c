@@ -58,17 +58,34 @@ static void s_handle_pipe(cf_broker_state_t *self, cf_actor_t *actor)
             cf_broker_state_stats(self, &stats);
             cf_actor_reply(actor, &msg, &stats, sizeof stats);
         }
-        else if (cf_actor_msg_is(msg, "LOST")) {
+        else if (cf_actor_msg_is(msg, "LOST") || cf_actor_msg_is(msg, "DIED")) {
+            //  DIED: [id_len uint32][count uint32][identity][count ids],
+            //  the ids copied out, as the mailbox keeps no alignment.
+            cf_broker_died_t died = { 0 }, *known = NULL;
+            uint64_t *ids = NULL;
+            if (cf_actor_msg_is(msg, "DIED")) {
+                uint32_t head[2];
+                memcpy(head, arg, sizeof head);
+                ids = malloc((head[1] ? head[1] : 1) * sizeof *ids);
+                if (ids) {
+                    memcpy(ids, (const char *)arg + sizeof head + head[0], head[1] * sizeof *ids);
+                    died = (cf_broker_died_t){ ids, head[1] };
+                    known = &died;
+                }
+                arg = (const char *)arg + sizeof head;
+                len = head[0];
+            }
             cf_broker_worker_t *worker = (cf_broker_worker_t *)cf_broker_peer_find(
                 self->worker_table, arg, len);
             int32_t rc = worker ? CF_OK : CF_ENOTFOUND;
             if (worker)
-                cf_broker_worker_remove(self, worker, "reported gone", true);
+                cf_broker_worker_remove_died(self, worker, "reported gone", true, known);
             else if (cf_log_enabled(CF_LOG_DEBUG)) {
                 char label[24];
                 cf_broker_peer_label(arg, len, label, sizeof label);
                 cf_log_debug(S_LOG, "worker %s reported gone: not known here", label);
             }
+            free(ids);
             cf_actor_reply(actor, &msg, &rc, sizeof rc);
         }
         else {
@@ -241,6 +258,35 @@ cf_err_t cf_broker_worker_lost(cf_broker_t *broker, const void *identity, size_t
     int32_t reply = CF_ESYS;
     cf_err_t rc = cf_actor_call(broker->actor, "LOST", identity, len, &reply, sizeof reply);
     return rc != CF_OK ? rc : (cf_err_t)reply;
+}
+
+cf_err_t cf_broker_worker_died(cf_broker_t *broker, const void *identity, size_t len,
+                               const uint64_t *running, size_t n)
+{
+    if (!running)
+        return cf_broker_worker_lost(broker, identity, len);
+    if (!broker || !identity || len == 0 || len > CF_BROKER_MAX_IDENTITY || n > UINT32_MAX / 8)
+        return CF_EINVAL;
+    uint32_t head[2] = { (uint32_t)len, (uint32_t)n };
+    size_t size = sizeof head + len + n * sizeof *running;
+    uint8_t *buf = malloc(size);
+    if (!buf)
+        return CF_ENOMEM;
+    memcpy(buf, head, sizeof head);
+    memcpy(buf + sizeof head, identity, len);
+    if (n)
+        memcpy(buf + sizeof head + len, running, n * sizeof *running);
+    cf_err_t rc;
+    if (cf_actor_current())
+        rc = cf_actor_send(broker->actor, "DIED", buf, size);
+    else {
+        int32_t reply = CF_ESYS;
+        rc = cf_actor_call(broker->actor, "DIED", buf, size, &reply, sizeof reply);
+        if (rc == CF_OK)
+            rc = (cf_err_t)reply;
+    }
+    free(buf);
+    return rc;
 }
 
 cf_err_t cf_broker_stats(cf_broker_t *broker, cf_broker_stats_t *stats)

@@ -135,6 +135,15 @@ _Static_assert(sizeof(cf_broker_task_t) <= 96, "keep per-task bookkeeping small"
 #define CF_BROKER_BEGUN        0x1u
 #define CF_BROKER_CANCEL_ASKED 0x2u
 #define CF_BROKER_SUSPECT      0x4u
+//  Transient, while a lost worker's tasks are released: uses a retry.
+#define CF_BROKER_CHARGED      0x8u
+
+//  What a supervisor saw when a worker process died: the broker ids of the
+//  tasks its threads were running (count of them; none when between tasks).
+typedef struct {
+    const uint64_t *running;
+    size_t count;
+} cf_broker_died_t;
 
 //  What clients and workers have in common: a routing id, a table slot,
 //  liveness.
@@ -388,5 +397,9 @@ void cf_broker_worker_unblock(cf_broker_state_t *self, int64_t now);
 //  DISCONNECT and what it held was never run.
 void cf_broker_worker_remove(cf_broker_state_t *self, cf_broker_worker_t *worker,
                              const char *reason, bool lost);
+//  The same, for a lost worker whose supervisor said what it ran when it
+//  died (died NULL: not known, as cf_broker_worker_remove).
+void cf_broker_worker_remove_died(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                                  const char *reason, bool lost, const cf_broker_died_t *died);
 
 #endif

@@ -438,11 +438,20 @@ static void s_task_lost(cf_broker_state_t *self, cf_broker_worker_t *worker, cf_
 //  is charged, and an innocent task loses at most one retry to another's
 //  crash (before, one per crash: a task prefetched next to a poison task
 //  failed with WorkerLost after 4 attempts).
-static void s_worker_mark_suspects(cf_broker_worker_t *worker)
+//  With died (a supervisor read from the dead process's memory which tasks
+//  its threads ran), only those are charged and become suspects; the rest
+//  never began, or finished, and go back free.
+static void s_worker_mark_suspects(cf_broker_worker_t *worker, const cf_broker_died_t *died)
 {
     for (cf_queue_node_t *node = cf_queue_front(&worker->running); node;
          node = cf_queue_next(&worker->running, node)) {
         cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
+        bool ran = !died;
+        for (size_t i = 0; died && i < died->count && !ran; i++)
+            ran = died->running[i] == task->id;
+        if (!ran)
+            continue;
+        task->marks |= CF_BROKER_CHARGED;
         if (!(task->marks & CF_BROKER_SUSPECT)) {
             task->marks |= CF_BROKER_SUSPECT;
             worker->suspects++;
@@ -455,10 +464,10 @@ static void s_worker_mark_suspects(cf_broker_worker_t *worker)
 //  cancelled when its client asked, dropped when nobody waits for it.
 //  Counts into *requeued and *failed.
 static void s_worker_release(cf_broker_state_t *self, cf_broker_worker_t *worker, bool lost,
-                             size_t *requeued, size_t *failed)
+                             const cf_broker_died_t *died, size_t *requeued, size_t *failed)
 {
     if (lost)
-        s_worker_mark_suspects(worker);
+        s_worker_mark_suspects(worker, died);
     //  Back to front with push_front: each client's tasks keep their order.
     cf_queue_node_t *node = cf_queue_back(&worker->running), *prev;
     for (; node; node = prev) {
@@ -475,7 +484,8 @@ static void s_worker_release(cf_broker_state_t *self, cf_broker_worker_t *worker
             cf_broker_client_cancelled(self, task);
             continue;
         }
-        bool charged = lost && (task->marks & CF_BROKER_SUSPECT);
+        bool charged = (task->marks & CF_BROKER_CHARGED) != 0;
+        task->marks &= (uint8_t)~CF_BROKER_CHARGED;
         if (charged && (task->retries <= 0 || task->retries_used >= (uint32_t)task->retries)) {
             s_task_lost(self, worker, task);
             (*failed)++;
@@ -494,8 +504,14 @@ static void s_worker_release(cf_broker_state_t *self, cf_broker_worker_t *worker
 void cf_broker_worker_remove(cf_broker_state_t *self, cf_broker_worker_t *worker,
                              const char *reason, bool lost)
 {
+    cf_broker_worker_remove_died(self, worker, reason, lost, NULL);
+}
+
+void cf_broker_worker_remove_died(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                                  const char *reason, bool lost, const cf_broker_died_t *died)
+{
     size_t requeued = 0, failed = 0;
-    s_worker_release(self, worker, lost, &requeued, &failed);
+    s_worker_release(self, worker, lost, died, &requeued, &failed);
     if (lost) {
         self->stats.lost_workers++;
         if (failed)

@@ -57,7 +57,8 @@ typedef struct {
 //  On the supervisor's thread: a worker process is gone. The broker hears
 //  it now, by the identity the worker used, so the task it ran is retried
 //  (or fails with WorkerLost) without waiting for missed heartbeats.
-static void s_worker_exited(void *arg, pid_t pid, const char *identity, int status)
+static void s_worker_exited(void *arg, pid_t pid, const char *identity, int status,
+                            const uint64_t *running, size_t n_running)
 {
     cf_processes_t *self = arg;
     cf_log_debug(S_LOG, "worker %d (%s) exited, status 0x%x", (int)pid, identity ? identity : "?",
@@ -67,7 +68,8 @@ static void s_worker_exited(void *arg, pid_t pid, const char *identity, int stat
     cf_broker_t *broker = atomic_load(&self->broker);
     if (!broker)
         return;    //  still starting: the broker never knew it
-    cf_err_t rc = cf_broker_worker_lost(broker, identity, strlen(identity));
+    //  What it ran when it died is exact: only that uses a retry.
+    cf_err_t rc = cf_broker_worker_died(broker, identity, strlen(identity), running, n_running);
     //  CF_ENOTFOUND is the normal case for a worker that ended cleanly (it
     //  said DISCONNECT first) or never got to READY.
     if (rc == CF_ENOTFOUND)

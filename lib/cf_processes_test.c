@@ -336,6 +336,33 @@ static void test_tasks_held_with_a_crashing_task_lose_one_retry_at_most(void **s
     cf_executor_destroy(&ex);
 }
 
+//  The supervisor reads from the dead process's memory which task it ran:
+//  only that one is charged, so innocent tasks held with a poison task run
+//  even with no retries at all.
+static void test_only_the_task_that_killed_its_process_is_charged(void **state)
+{
+    (void)state;
+    enum { WARM = 2000, N = 60 };
+    cf_executor_t *ex = s_new(CF_PROCESSES, &(cf_options_t){ .max_workers = 1 });
+    assert_non_null(ex);
+    s_warm_up(ex, WARM);
+    cf_task_opts_t none = { .retries = -1 };
+    cf_future_t *fs[N], *poison = NULL;
+    for (int i = 0; i < N; i++) {
+        if (i == N / 2)
+            poison = cf_submit_with(ex, &none, "t_abort", "");
+        fs[i] = cf_submit_with(ex, &none, "t_square", "i", i);
+        assert_non_null(fs[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(s_int_result(fs[i]), (int64_t)i * i);
+        cf_future_release(&fs[i]);
+    }
+    (void)cf_unitkit_expect_task_error(poison, 60000, "WorkerLost");
+    cf_future_release(&poison);
+    cf_executor_destroy(&ex);
+}
+
 //  The indices t_noted_sleep noted, as a bit set of n.
 static void s_read_notes(bool *ran, size_t n)
 {
@@ -609,6 +636,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_initializer_runs_in_each_worker),
         cmocka_unit_test(test_a_crashing_task_fails_alone_and_the_pool_lives_on),
         cmocka_unit_test(test_tasks_held_with_a_crashing_task_lose_one_retry_at_most),
+        cmocka_unit_test(test_only_the_task_that_killed_its_process_is_charged),
         cmocka_unit_test(test_cancel_reaches_tasks_prefetched_by_workers),
         cmocka_unit_test(test_shutdown_and_map_destroy_cancel_what_did_not_begin),
         cmocka_unit_test(test_max_tasks_per_worker_recycles_processes),

@@ -68,6 +68,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -145,6 +146,10 @@ struct cf_procs {
     pid_t *zygote_children;    //  zygote's own copy: live children
     uint64_t spawns;
     s_slot_t *slots;
+    //  threads entries per slot, shared with every worker process (MAP_SHARED
+    //  before the zygote is forked): the task each of its threads runs.
+    _Atomic uint64_t *running;
+    size_t running_size;
     //  Started reports that came before the zygote's SPAWNED for that pid
     //  (the two travel different paths); matched when it arrives.
     pid_t *early_started;
@@ -242,7 +247,8 @@ static bool s_send_msg(int fd, const s_msg_t *msg)
 // ---------------------------------------------------------------------------
 //  A worker process
 
-__attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote, const char *suffix)
+__attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote, int slot,
+                                                   const char *suffix)
 {
     //  Dies with the zygote; if the zygote is already gone, so are we.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -276,6 +282,7 @@ __attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote, 
         .heartbeat_liveness = p->liveness,
         .socket_setup = p->socket_setup,
         .socket_setup_arg = p->socket_setup_arg,
+        .running_ids = &p->running[(size_t)slot * (size_t)p->threads],
     });
     if (!worker) {
         cf_log_error(S_LOG, "worker process %d cannot start: %s", pid, cf_last_error());
@@ -402,7 +409,7 @@ __attribute__((noreturn)) static void s_zygote_main(cf_procs_t *p, pid_t supervi
             if (pid == 0) {
                 close(sfd);
                 close(p->sock);
-                s_child_main(p, self, cmd.suffix);
+                s_child_main(p, self, cmd.slot, cmd.suffix);
             }
             s_msg_t rep = { .slot = cmd.slot };
             if (pid < 0) {
@@ -505,6 +512,8 @@ static void s_spawn(cf_procs_t *p, int slot)
     snprintf(cmd.suffix, sizeof cmd.suffix, "%s-%" PRIu64, p->suffix_base, ++p->spawns);
     memcpy(s->suffix, cmd.suffix, sizeof s->suffix);
     s->respawn_ms = 0;
+    for (int i = 0; i < p->threads; i++)
+        atomic_store(&p->running[(size_t)slot * (size_t)p->threads + (size_t)i], 0);
     if (!s_send_msg(p->sock, &cmd)) {
         cf_log_error(S_LOG, "cannot reach the zygote: %s", strerror(errno));
         s->respawn_ms = cf_clock_now_ms() + S_BACKOFF_MAX_MS;
@@ -538,8 +547,17 @@ static void s_worker_exited(cf_procs_t *p, int slot, int status, bool stopping)
                     WEXITSTATUS(status));
     else
         cf_log_debug(S_LOG, "worker process %d (%s) exited", (int)pid, s->identity);
-    if (p->on_exit)
-        p->on_exit(p->on_exit_arg, pid, s->identity, status);
+    if (p->on_exit) {
+        uint64_t *running = malloc((size_t)p->threads * sizeof *running);
+        size_t n = 0;
+        for (int i = 0; running && i < p->threads; i++) {
+            uint64_t id = atomic_load(&p->running[(size_t)slot * (size_t)p->threads + (size_t)i]);
+            if (id)
+                running[n++] = id;
+        }
+        p->on_exit(p->on_exit_arg, pid, s->identity, status, running, n);
+        free(running);
+    }
     bool was_started = s->started;
     s->pid = 0;
     s->started = false;
@@ -860,6 +878,8 @@ static void s_free(cf_procs_t *p)
     free(p->zygote_children);
     free(p->early_started);
     free(p->slots);
+    if (p->running)
+        munmap((void *)p->running, p->running_size);
     free(p->endpoint);
     free(p);
 }
@@ -924,6 +944,14 @@ cf_procs_t *cf_procs_new(const cf_procs_config_t *config)
         cf_error_set(CF_ENOMEM, "out of memory");
         goto failed;
     }
+    p->running_size = (size_t)p->count * (size_t)p->threads * sizeof *p->running;
+    void *shared = mmap(NULL, p->running_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                        -1, 0);
+    if (shared == MAP_FAILED) {
+        cf_error_set(CF_ESYS, "procs: shared memory: %s", strerror(errno));
+        goto failed;
+    }
+    p->running = shared;
     snprintf(p->suffix_base, sizeof p->suffix_base, "%.64s-%08" PRIx32, cf_registry_hostname(),
              (uint32_t)cf_random_u64());
 

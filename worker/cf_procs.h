@@ -21,13 +21,20 @@
 
 #include "cfutures.h"
 
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 typedef struct cf_procs cf_procs_t;
 
 //  pid exited with wait status; identity is the routing id it used with the
-//  broker. Called on the supervisor's thread.
-typedef void(cf_procs_exit_fn)(void *arg, pid_t pid, const char *identity, int status);
+//  broker; running holds the broker ids of the tasks its threads were
+//  running when it exited (n_running of them, none for a process that was
+//  between tasks): read from memory the supervisor shares with the process,
+//  so they are exact even when the process crashed (NULL: not known, out of
+//  memory). Called on the supervisor's thread.
+typedef void(cf_procs_exit_fn)(void *arg, pid_t pid, const char *identity, int status,
+                               const uint64_t *running, size_t n_running);
 
 typedef struct {
     int count;                         //  worker processes (>= 1)

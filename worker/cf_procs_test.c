@@ -94,8 +94,11 @@ static pthread_cond_t s_exit_cond = PTHREAD_COND_INITIALIZER;
 static s_exit_t s_exits[64];
 static int s_exit_count;
 
-static void s_on_exit(void *arg, pid_t pid, const char *identity, int status)
+static void s_on_exit(void *arg, pid_t pid, const char *identity, int status,
+                      const uint64_t *running, size_t n_running)
 {
+    (void)running;
+    (void)n_running;
     assert_ptr_equal(arg, &s_exit_count);
     pthread_mutex_lock(&s_exit_lock);
     if (s_exit_count < 64) {

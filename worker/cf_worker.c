@@ -49,6 +49,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,6 +113,8 @@ struct cf_worker {
     void *initarg;
     cf_err_t (*socket_setup)(void *socket, void *arg);
     void *socket_setup_arg;
+    _Atomic uint64_t *running_ids;    //  config's, or NULL
+    atomic_int executor_seq;          //  hands each executor its slot
     void *ctx;
     bool own_ctx;
     int pid;
@@ -262,6 +265,8 @@ static void s_deliver(cf_worker_t *w);
 static void *s_executor_main(void *arg)
 {
     cf_worker_t *w = arg;
+    int slot = atomic_fetch_add(&w->executor_seq, 1);
+    _Atomic uint64_t *running_id = w->running_ids ? &w->running_ids[slot] : NULL;
     if (w->initializer)
         w->initializer(w->initarg);
     pthread_mutex_lock(&w->lock);
@@ -279,7 +284,13 @@ static void *s_executor_main(void *arg)
         cf_queue_push_back(&w->begun, &task->begun_node);
         pthread_mutex_unlock(&w->lock);
 
+        //  Stored before the function runs: if it kills the process, the
+        //  supervisor reads who did.
+        if (running_id)
+            atomic_store_explicit(running_id, task->id, memory_order_seq_cst);
         s_execute(task);
+        if (running_id)
+            atomic_store_explicit(running_id, 0, memory_order_release);
         int64_t end_us = cf_clock_now_us();
         task->run_us = end_us - start_us;
 
@@ -1117,6 +1128,7 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
     w->initarg = config->initarg;
     w->socket_setup = config->socket_setup;
     w->socket_setup_arg = config->socket_setup_arg;
+    w->running_ids = config->running_ids;
     w->pid = (int)getpid();
 
     w->ctx = config->zmq_context;

@@ -22,6 +22,9 @@
 
 #include "cfutures.h"
 
+#include <stdatomic.h>
+#include <stdint.h>
+
 typedef struct cf_worker cf_worker_t;
 
 typedef struct {
@@ -41,6 +44,11 @@ typedef struct {
     //  (CURVE options, ...); a non-OK return fails cf_worker_new. NULL: none.
     cf_err_t (*socket_setup)(void *socket, void *arg);
     void *socket_setup_arg;
+    //  threads slots, or NULL: each execution thread writes the broker id of
+    //  the task it runs into its slot, and 0 when done. cf_procs puts them
+    //  in memory it shares with the process, so that when the process dies
+    //  it can tell the broker which task was running (and which were not).
+    _Atomic uint64_t *running_ids;
 } cf_worker_config_t;
 
 //  Starts the actor and its threads; returns once connected (in zmq's
