@@ -101,8 +101,11 @@ for kind in $only; do
         #  itself forked from a threaded process and then start threads,
         #  which TSan cannot follow ("starting new threads after
         #  multi-threaded fork is not supported"); the ASan build runs it.
+        #  history_size=7: a reader on one actor of a message another wrote
+        #  long before (a STARTED or RESULT held 10 ms) needs the writer's
+        #  stack restored for tests/tsan.supp to match it.
         test_jobs=1 \
-        TSAN_OPTIONS=${TSAN_OPTIONS:-suppressions=$root/tests/tsan.supp:halt_on_error=1:second_deadlock_stack=1} \
+        TSAN_OPTIONS=${TSAN_OPTIONS:-suppressions=$root/tests/tsan.supp:halt_on_error=1:second_deadlock_stack=1:history_size=7} \
             build_and_test tsan -L unit -E '^cf_procs_test$' -- -DCF_SANITIZE=thread
         ;;
     fuzz)
