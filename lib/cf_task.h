@@ -11,12 +11,11 @@
 //  One task on its way: what a back end receives from the front.
 //  The front allocates a task inside its future's block, with the function
 //  and (small) arguments (one malloc per submission): never free the task,
-//  its function or its args directly. A back end that replaces function or
-//  args with its own malloc'd copy may do so; cf_task_destroy frees it.
+//  its function or its args directly; cf_task_destroy does.
 typedef struct cf_task {
-    cf_future_t *future;    //  a reference owned by the task
-    char *function;         //  NUL-terminated, owned by the task
-    uint8_t *args;          //  one msgpack array, owned by the task
+    cf_future_t *future;     //  a reference owned by the task
+    const char *function;    //  NUL-terminated: the future's own name
+    const uint8_t *args;     //  one msgpack array, owned by the task
     size_t args_len;
     int32_t retries;        //  resolved: <0 none
     uint32_t timeout_ms;    //  resolved: 0 none
