@@ -131,6 +131,7 @@ struct cf_future {
     int sleepers;        //  threads blocked in cf_future_wait
     bool checked;        //  result validated (under lock)
     bool decoded;        //  result decode attempted (under lock)
+    bool has_extra;      //  made by cf_future_new_with with extra bytes
     uint8_t *result;     //  FINISHED: the msgpack bytes, owned
     size_t result_len;
     cf_mp_doc_t *doc;              //  the decoded result, once read
@@ -229,6 +230,7 @@ cf_future_t *cf_future_new_with(const char *function, size_t function_len, size_
     f->sleepers = 0;
     f->checked = false;
     f->decoded = false;
+    f->has_extra = extra > 0;
     f->result = NULL;
     f->result_len = 0;
     f->doc = NULL;
@@ -246,6 +248,11 @@ cf_future_t *cf_future_new_with(const char *function, size_t function_len, size_
         memcpy(f->function, function, function_len);
     f->function[function_len] = '\0';
     return f;
+}
+
+void *cf_future_extra(cf_future_t *f)
+{
+    return f && f->has_extra ? (char *)f + s_extra_offset(strlen(f->function)) : NULL;
 }
 
 cf_future_t *cf_future_ref(cf_future_t *f)

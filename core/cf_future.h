@@ -42,6 +42,8 @@ cf_future_t *cf_future_new(const char *function, size_t function_len);
 //  keeps its task there, one allocation per submission.
 cf_future_t *cf_future_new_with(const char *function, size_t function_len, size_t extra,
                                 void **extra_out);
+//  The extra bytes of a future made by cf_future_new_with, or NULL.
+void *cf_future_extra(cf_future_t *f);
 //  Another reference (the executor keeps one while the task is in flight).
 cf_future_t *cf_future_ref(cf_future_t *f);
 

@@ -95,21 +95,40 @@ enum { S_AUTH_UNKNOWN, S_AUTH_OK, S_AUTH_REFUSED };
 #define S_CANCEL_WAIT_MS 5000
 
 typedef enum {
+    S_GONE,         //  resolved and forgotten (or never handed over)
     S_AT_INBOX,     //  handed over by an application thread
     S_AT_OUTBOX,    //  waiting to be encoded and sent
     S_AT_PARKED,    //  answered BUSY, waiting for the backoff
     S_AT_BROKER     //  sent: waiting for STARTED / RESULT
 } s_where_t;
 
+//  What the client keeps of a task, in the task's own allocation (its
+//  back-end bytes, cf_task_backend): no allocation of its own, and a cancel
+//  finds it from the future (cf_task_of) without a map. It lives as long
+//  as the future, so it is used only while the client holds the task:
+//  where is S_GONE from s_forget on.
 typedef struct s_item {
-    cf_queue_node_t node;    //  in the inbox, outbox or parked list
-    cf_task_t *task;         //  owned; holds a reference to the future
-    uint64_t id;             //  client task id on the wire
-    size_t function_len;     //  strlen(task->function), taken once
-    s_where_t where;
-    bool started;         //  STARTED seen: cancel can no longer win
-    bool cancel_asked;    //  CANCEL sent, a canceller may be waiting
+    cf_queue_node_t node;     //  in the inbox, outbox or parked list
+    uint64_t id;              //  client task id on the wire
+    uint16_t function_len;    //  strlen(task->function), taken once
+    uint8_t where;            //  s_where_t
+    bool started;             //  STARTED seen: cancel can no longer win
+    bool cancel_asked;        //  CANCEL sent, a canceller may be waiting
 } s_item_t;
+_Static_assert(sizeof(s_item_t) <= CF_CLIENT_TASK_SIZE, "CF_CLIENT_TASK_SIZE holds an item");
+
+//  The task the item is kept in: owned by the client while it holds the
+//  item; it holds a reference to the future.
+static cf_task_t *s_task(s_item_t *item)
+{
+    return cf_task_of_backend(item);
+}
+
+static void s_task_drop(s_item_t *item)
+{
+    cf_task_t *task = s_task(item);
+    cf_task_destroy(&task);
+}
 
 //  What application threads and the actor share: every field under mutex.
 typedef struct {
@@ -136,9 +155,8 @@ typedef struct {
 //  The actor's alone: touched only by the actor's thread, or by a
 //  submitter acting for it (cf_actor_enter), under the actor's io mutex.
 typedef struct {
-    cf_proto_enc_t *enc;      //  one reusable encoder
-    cf_idmap_t *pending;      //  task id -> item, every unresolved task
-    cf_idmap_t *by_future;    //  future address -> item, for cancel
+    cf_proto_enc_t *enc;    //  one reusable encoder
+    cf_idmap_t *pending;    //  task id -> item, every unresolved task
     cf_queue_t outbox;
     cf_queue_t parked;
     uint64_t next_id;
@@ -249,16 +267,15 @@ static cf_err_t s_submit(void *backend, cf_task_t **task_p)
     }
     if (task->args_len + function_len + S_TASK_OVERHEAD > CF_PROTO_MAX_FRAME) {
         cf_task_destroy(&task);
-        return cf_error_set(CF_ETOOBIG, "arguments of %zu bytes exceed the message limit",
+        return cf_error_set(CF_ETOOBIG, "arguments of %" PRIu32 " bytes exceed the message limit",
                             task->args_len);
     }
-    s_item_t *item = calloc(1, sizeof *item);
+    s_item_t *item = cf_task_backend(task);
     if (!item) {
         cf_task_destroy(&task);
-        return cf_error_set(CF_ENOMEM, "out of memory");
+        return cf_error_set(CF_EINVAL, "a task without room for the client's record");
     }
-    item->task = task;
-    item->function_len = function_len;
+    item->function_len = (uint16_t)function_len;
     item->where = S_AT_INBOX;
 
     pthread_mutex_lock(&self->shared.mutex);
@@ -266,14 +283,14 @@ static cf_err_t s_submit(void *backend, cf_task_t **task_p)
         char why[sizeof self->shared.auth_message];
         memcpy(why, self->shared.auth_message, sizeof why);
         pthread_mutex_unlock(&self->shared.mutex);
-        cf_task_destroy(&item->task);
-        free(item);
+        item->where = S_GONE;
+        s_task_drop(item);
         return cf_error_set(CF_EAUTH, "%s", why);
     }
     if (self->shared.closed) {
         pthread_mutex_unlock(&self->shared.mutex);
-        cf_task_destroy(&item->task);
-        free(item);
+        item->where = S_GONE;
+        s_task_drop(item);
         return cf_error_set(CF_ESHUTDOWN, "executor is shut down");
     }
     cf_queue_push_back(&self->shared.inbox, &item->node);
@@ -388,19 +405,19 @@ static void s_forget(cf_client_t *self, s_item_t *item)
     else if (item->where == S_AT_PARKED)
         cf_queue_remove(&self->own.parked, &item->node);
     cf_idmap_remove(self->own.pending, item->id);
-    cf_idmap_remove(self->own.by_future, (uint64_t)(uintptr_t)item->task->future);
     if (item->cancel_asked)
         self->own.answered = true;
-    cf_task_destroy(&item->task);
-    free(item);
+    item->where = S_GONE;
     self->own.resolved++;
+    //  Last: the item lives in the task's memory, which may go with it.
+    s_task_drop(item);
 }
 
 //  Runs fn's transition on the future of item, then forgets item. The
 //  future outlives the item through the extra reference.
 static void s_resolve_cancelled(cf_client_t *self, s_item_t *item)
 {
-    cf_future_t *f = cf_future_ref(item->task->future);
+    cf_future_t *f = cf_future_ref(s_task(item)->future);
     s_forget(self, item);
     cf_future_set_cancelled(f);
     cf_future_release(&f);
@@ -409,7 +426,7 @@ static void s_resolve_cancelled(cf_client_t *self, s_item_t *item)
 static void s_resolve_error(cf_client_t *self, s_item_t *item, const char *type,
                             const char *message, const char *host, int pid)
 {
-    cf_future_t *f = cf_future_ref(item->task->future);
+    cf_future_t *f = cf_future_ref(s_task(item)->future);
     s_forget(self, item);
     cf_future_set_error(f, type, message, host, pid);
     cf_future_release(&f);
@@ -545,12 +562,6 @@ static void s_accept_tasks(cf_client_t *self, cf_queue_t *tasks)
             s_resolve_error(self, item, "MemoryError", "out of memory in the client", "", 0);
             continue;
         }
-        if (cf_idmap_put(self->own.by_future, (uint64_t)(uintptr_t)item->task->future, item)
-            != CF_OK) {
-            item->where = S_AT_BROKER;
-            s_resolve_error(self, item, "MemoryError", "out of memory in the client", "", 0);
-            continue;
-        }
         //  Behind parked tasks while the broker pushes back.
         if (!cf_queue_empty(&self->own.parked)) {
             item->where = S_AT_PARKED;
@@ -565,12 +576,13 @@ static void s_accept_tasks(cf_client_t *self, cf_queue_t *tasks)
 
 static void s_handle_cancel(cf_client_t *self, cf_future_t *f)
 {
-    s_item_t *item = cf_idmap_get(self->own.by_future, (uint64_t)(uintptr_t)f);
-    if (!item) {
+    cf_task_t *task = cf_task_of(f);
+    s_item_t *item = task ? cf_task_backend(task) : NULL;
+    if (!item || item->where == S_GONE) {
         self->own.answered = true;    //  already resolved: the state says so
         return;
     }
-    switch (item->where) {
+    switch ((s_where_t)item->where) {
     case S_AT_OUTBOX:
     case S_AT_PARKED:
         s_resolve_cancelled(self, item);
@@ -583,7 +595,8 @@ static void s_handle_cancel(cf_client_t *self, cf_future_t *f)
             s_queue_cancel_id(self, item);
         break;
     case S_AT_INBOX:
-        assert(false);    //  the inbox was drained first
+    case S_GONE:
+        assert(false);    //  the inbox was drained first; S_GONE returned above
         break;
     }
 }
@@ -790,7 +803,7 @@ static void s_send_tasks(cf_client_t *self)
         s_item_t *item = s_front(&self->own.outbox);
         bool redo = false;
         while (item && count < S_BATCH_TASKS) {
-            cf_task_t *task = item->task;
+            cf_task_t *task = s_task(item);
             size_t need = item->function_len + task->args_len + S_TASK_OVERHEAD;
             if (count > 0 && cf_proto_enc_size(self->own.enc) + need > S_BATCH_BYTES)
                 break;
@@ -891,7 +904,7 @@ static void s_on_result(cf_client_t *self, cf_proto_msg_t *msg, int64_t now)
         //  ignored then.
         switch (r->status) {
         case CF_STATUS_OK: {
-            cf_future_t *f = cf_future_ref(item->task->future);
+            cf_future_t *f = cf_future_ref(s_task(item)->future);
             s_forget(self, item);
             cf_future_set_result(f, r->value, r->value_len);
             cf_future_release(&f);
@@ -928,7 +941,7 @@ static void s_on_started(cf_client_t *self, cf_proto_msg_t *msg)
         if (!item || item->started)
             continue;
         item->started = true;
-        cf_future_set_running(item->task->future);
+        cf_future_set_running(s_task(item)->future);
         if (item->cancel_asked)
             self->own.answered = true;
     }
@@ -1293,7 +1306,6 @@ static void s_free(cf_client_t *self)
         zmq_ctx_term(self->ctx);
     cf_proto_enc_destroy(&self->own.enc);
     cf_idmap_destroy(&self->own.pending);
-    cf_idmap_destroy(&self->own.by_future);
     free(self->shared.cancels);
     free(self->own.cancels_spare);
     free(self->own.cancel_ids);
@@ -1387,8 +1399,7 @@ void *cf_client_new(const cf_client_config_t *config)
     self->endpoint = strdup(config->endpoint);
     self->own.enc = cf_proto_enc_new();
     self->own.pending = cf_idmap_new(1024);
-    self->own.by_future = cf_idmap_new(1024);
-    if (!self->endpoint || !self->own.enc || !self->own.pending || !self->own.by_future) {
+    if (!self->endpoint || !self->own.enc || !self->own.pending) {
         cf_error_set(CF_ENOMEM, "out of memory");
         goto failed;
     }
@@ -1507,4 +1518,5 @@ const cf_backend_ops_t cf_client_ops = {
     .destroy = s_destroy,
     .max_workers = s_max_workers,
     .cancel = s_cancel,    //  the front installs it on futures that got in
+    .task_size = CF_CLIENT_TASK_SIZE,
 };

@@ -33,6 +33,9 @@
 #include "cf_task.h"
 
 extern const cf_backend_ops_t cf_client_ops;
+//  cf_client_ops.task_size, for back ends that pass tasks on to a client
+//  (a static initialiser cannot read another's field).
+#define CF_CLIENT_TASK_SIZE 32
 
 typedef struct {
     const char *endpoint;      //  broker client endpoint

@@ -476,7 +476,7 @@ static cf_future_t *s_submit_direct(void *client, const char *fn, int64_t x)
     args[len++] = 0xd3;    //  int64, big-endian
     for (int shift = 56; shift >= 0; shift -= 8)
         args[len++] = (uint8_t)((uint64_t)x >> shift);
-    cf_task_t *task = cf_task_new(fn, strlen(fn), args, len);
+    cf_task_t *task = cf_task_new(fn, strlen(fn), args, len, cf_client_ops.task_size);
     assert_non_null(task);
     task->retries = 1;
     cf_future_t *f = cf_future_ref(task->future);

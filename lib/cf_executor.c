@@ -491,7 +491,7 @@ static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, cons
     }
     if (ex->max_outstanding && s_slot_take(ex, fn) != CF_OK)
         return NULL;
-    cf_task_t *task = cf_task_new(fn, fn_len, args, args_len);
+    cf_task_t *task = cf_task_new(fn, fn_len, args, args_len, ex->ops->task_size);
     if (!task) {
         if (ex->max_outstanding)
             s_slot_give(ex);

@@ -234,4 +234,5 @@ const cf_backend_ops_t cf_processes_ops = {
     .destroy = s_destroy,
     .max_workers = s_max_workers,
     .cancel = s_cancel,
+    .task_size = CF_CLIENT_TASK_SIZE,    //  its client keeps its record there
 };

@@ -3,6 +3,7 @@
 #include "cf_task.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,22 +15,30 @@
 //  (bench: client.mem.bookkeeping).
 typedef struct {
     cf_task_t pub;
-    bool args_owned;    //  pub.args is a separate allocation
-    uint8_t inline_args[];
+    uint32_t backend_size;    //  the back end's bytes, then the inline args
+    bool args_owned;          //  pub.args is a separate allocation
+    _Alignas(8) uint8_t data[];
 } s_task_t;
 
 #define S_INLINE_ARGS_MAX 256
 
-cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args, size_t args_len)
+cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args, size_t args_len,
+                       size_t backend_size)
 {
     bool inline_args = args_len <= S_INLINE_ARGS_MAX;
+    backend_size = (backend_size + 7) & ~(size_t)7;
+    if (backend_size > UINT32_MAX || args_len > UINT32_MAX)
+        return NULL;
     s_task_t *task;
-    cf_future_t *f = cf_future_new_with(
-        function, function_len, sizeof *task + (inline_args ? args_len : 0), (void **)&task);
+    cf_future_t *f = cf_future_new_with(function, function_len,
+                                        sizeof *task + backend_size + (inline_args ? args_len : 0),
+                                        (void **)&task);
     if (!f)
         return NULL;
+    task->backend_size = (uint32_t)backend_size;
+    memset(task->data, 0, backend_size);
     task->args_owned = !inline_args;
-    uint8_t *copy = inline_args ? task->inline_args : malloc(args_len ? args_len : 1);
+    uint8_t *copy = inline_args ? task->data + backend_size : malloc(args_len ? args_len : 1);
     if (!copy) {
         cf_future_release(&f);
         return NULL;
@@ -40,11 +49,27 @@ cf_task_t *cf_task_new(const char *function, size_t function_len, const void *ar
     //  The future keeps its own copy of the name: share it.
     task->pub.function = cf_future_function(f);
     task->pub.args = copy;
-    task->pub.args_len = args_len;
+    task->pub.args_len = (uint32_t)args_len;
     task->pub.retries = -1;
     task->pub.timeout_ms = 0;
     task->pub.flags = 0;
     return &task->pub;
+}
+
+void *cf_task_backend(cf_task_t *task)
+{
+    s_task_t *t = (s_task_t *)task;
+    return t && t->backend_size ? t->data : NULL;
+}
+
+cf_task_t *cf_task_of_backend(void *backend)
+{
+    return &((s_task_t *)((uint8_t *)backend - offsetof(s_task_t, data)))->pub;
+}
+
+cf_task_t *cf_task_of(cf_future_t *f)
+{
+    return cf_future_extra(f);
 }
 
 void cf_task_destroy(cf_task_t **ptask)

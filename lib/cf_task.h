@@ -16,16 +16,25 @@ typedef struct cf_task {
     cf_future_t *future;     //  a reference owned by the task
     const char *function;    //  NUL-terminated: the future's own name
     const uint8_t *args;     //  one msgpack array, owned by the task
-    size_t args_len;
-    int32_t retries;        //  resolved: <0 none
-    uint32_t timeout_ms;    //  resolved: 0 none
-    uint32_t flags;         //  CF_TASK_* of cf_proto.h
+    uint32_t args_len;       //  at most CF_PROTO_MAX_FRAME
+    int32_t retries;         //  resolved: <0 none
+    uint32_t timeout_ms;     //  resolved: 0 none
+    uint32_t flags;          //  CF_TASK_* of cf_proto.h
 } cf_task_t;
 
 //  A new task with a new pending future, function and args copied (see
-//  cf_task_t); NULL on ENOMEM. Free it with cf_task_destroy.
-cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args,
-                       size_t args_len);
+//  cf_task_t), and backend_size zeroed bytes for the back end's own record
+//  of it (cf_task_backend); NULL on ENOMEM. Free it with cf_task_destroy.
+cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args, size_t args_len,
+                       size_t backend_size);
+//  The back end's bytes of task (8-byte aligned), NULL when none were
+//  reserved. They live as long as the task's future, not the task: a back
+//  end that keeps its record there uses it only while it holds the task.
+void *cf_task_backend(cf_task_t *task);
+//  The task made with future f, or NULL (a future made otherwise).
+cf_task_t *cf_task_of(cf_future_t *f);
+//  The task whose back-end bytes start at backend.
+cf_task_t *cf_task_of_backend(void *backend);
 
 //  Frees a task made by cf_task_new and drops its future reference. Safe
 //  with NULL and twice.
@@ -43,6 +52,9 @@ typedef struct {
     //  left behind.
     void (*destroy)(void **backend);
     int (*max_workers)(void *backend);
+    //  Bytes the back end keeps in each task (cf_task_backend): the front
+    //  reserves them in the task's one allocation.
+    size_t task_size;
     //  Optional. Asked by cf_future_cancel (through the front, which keeps
     //  the back end alive meanwhile) to cancel f, a future it took and has
     //  not resolved: true if the task was removed before it started. NULL:
