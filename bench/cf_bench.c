@@ -107,7 +107,11 @@ typedef struct {
     long io_tasks;    //  workload 4
     int io_threads;
     int io_ms;
-    long queued;        //  tasks queued on the broker (workload 5)
+    long queued;    //  tasks queued on the broker (workload 5)
+    //  --max-client-bookkeeping: fail when the client keeps more bytes per
+    //  outstanding task than this (0: report only). A memory bound, not a
+    //  speed: CTest's client_memory_bound checks issue 9's 256.
+    long max_client_bookkeeping;
     long map_inputs;    //  inputs mapped (workload 5)
     cf_kind_t map_kind;
     long map_chunksize;
@@ -1011,7 +1015,11 @@ static void s_group_broker_mem(const bench_opts_t *opts)
         double client = (double)(client_after_kib - client_before_kib) * 1024.0 / (double)n;
         printf("# client.mem: VmRSS %ld -> %ld KiB\n", client_before_kib, client_after_kib);
         s_emit("client.mem.per_task", client, "bytes/task");
-        s_emit("client.mem.bookkeeping", client - payload / (double)n - 8.0, "bytes/task");
+        double bookkeeping = client - payload / (double)n - 8.0;
+        s_emit("client.mem.bookkeeping", bookkeeping, "bytes/task");
+        if (opts->max_client_bookkeeping > 0 && bookkeeping > (double)opts->max_client_bookkeeping)
+            s_fail("client.mem.bookkeeping: %.1f bytes a task, over the bound of %ld", bookkeeping,
+                   opts->max_client_bookkeeping);
     }
     //  No worker will ever run these: cancel them, then go.
     cf_executor_shutdown(ex, false, true);
@@ -1284,6 +1292,7 @@ static void s_usage(FILE *out)
                  "                [--queued N] [--map-inputs N] [--map-kind KIND]\n"
                  "                [--map-chunksize N] [--broker PATH] [--worker PATH]\n"
                  "                [--tasks-lib PATH] [--samples DIR]\n"
+                 "                [--max-client-bookkeeping BYTES]\n"
                  "GROUPS: comma-separated threads,processes,remote,broker-mem,map-mem\n"
                  "        (mem = broker-mem,map-mem; default all)\n"
                  "Binaries default to $CF_BROKER_BIN, $CF_WORKER_BIN, $CF_BENCH_TASKS_LIB.\n");
@@ -1360,6 +1369,8 @@ int main(int argc, char **argv)
             rounds = s_parse_long(arg, next), i++;
         else if (!strcmp(arg, "--queued"))
             queued = s_parse_long(arg, next), i++;
+        else if (!strcmp(arg, "--max-client-bookkeeping"))
+            opts.max_client_bookkeeping = s_parse_long(arg, next), i++;
         else if (!strcmp(arg, "--map-inputs"))
             map_inputs = s_parse_long(arg, next), i++;
         else if (!strcmp(arg, "--map-chunksize"))
