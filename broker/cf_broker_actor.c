@@ -114,6 +114,11 @@ static int s_poll_timeout(cf_broker_state_t *self)
     int64_t deadline = self->next_heartbeat_ms;
     if (self->heap_size && self->heap[0]->deadline_ms < deadline)
         deadline = self->heap[0]->deadline_ms;
+    //  The oldest suspect's wait for an empty worker ends (see
+    //  cf_broker_worker_dispatch).
+    cf_queue_node_t *suspect = cf_queue_front(&self->suspects);
+    if (suspect && cf_queue_entry(suspect, cf_broker_task_t, node)->deadline_ms < deadline)
+        deadline = cf_queue_entry(suspect, cf_broker_task_t, node)->deadline_ms;
     int timeout = cf_clock_ms_until(deadline);
     if ((!cf_queue_empty(&self->flush) || self->blocked_workers) && timeout > CF_BROKER_RETRY_MS)
         timeout = CF_BROKER_RETRY_MS;

@@ -403,9 +403,18 @@ void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client, 
     }
     size_t queued = cf_queue_size(&client->queue);
     cf_queue_rr_detach(&self->rr, &client->queue);
-    cf_queue_node_t *node;
+    cf_queue_node_t *node, *next;
     while ((node = cf_queue_pop_front(&client->queue)))
         cf_broker_task_free(self, cf_queue_entry(node, cf_broker_task_t, node));
+    for (node = cf_queue_front(&self->suspects); node; node = next) {
+        next = cf_queue_next(&self->suspects, node);
+        cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
+        if (task->client == client) {
+            cf_queue_remove(&self->suspects, node);
+            cf_broker_task_free(self, task);
+            queued++;
+        }
+    }
     size_t unsent = client->out_count;
     self->stats.dropped += queued + unsent;
     while (client->out_head) {
@@ -492,7 +501,7 @@ static void s_client_cancel(cf_broker_state_t *self, cf_broker_client_t *client,
         if (!task)
             continue;    //  done already, or never ours: nothing to say
         if (task->state == CF_BROKER_QUEUED) {
-            cf_queue_rr_remove(&self->rr, &client->queue, &task->node);
+            cf_broker_task_unqueue(self, task);
             cf_broker_client_cancelled(self, task);
         }
         else if (!cf_broker_worker_cancel(self, task))

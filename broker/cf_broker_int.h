@@ -84,6 +84,10 @@
 //  (cf_broker_log_task).
 #define CF_BROKER_EVENT_LOG_PER_SEC 50
 #define CF_BROKER_TASK_LOG_PER_SEC  10
+//  How long a suspect waits for a worker that holds nothing before it runs
+//  like any task: a cluster whose workers all hold long tasks never has an
+//  empty one, and the suspect must not wait for them.
+#define CF_BROKER_SUSPECT_WAIT_MS   2000
 //  Linger on close: long enough for DISCONNECT to leave, short enough that a
 //  stuck peer never holds shutdown.
 #define CF_BROKER_LINGER_MS         200
@@ -223,10 +227,16 @@ typedef struct cf_broker_state {
                                    //  matches a result meant for its predecessor
     cf_idmap_t *client_table;      //  identity hash -> first cf_broker_peer_t of the chain
     cf_idmap_t *worker_table;
-    cf_queue_t clients;         //  all clients (all_node)
-    cf_queue_t workers;         //  all workers (all_node)
-    cf_queue_rr_t rr;           //  clients with queued tasks, in turn order
-    cf_queue_t available;       //  workers with credit (avail_node)
+    cf_queue_t clients;      //  all clients (all_node)
+    cf_queue_t workers;      //  all workers (all_node)
+    cf_queue_rr_t rr;        //  clients with queued tasks, in turn order
+    cf_queue_t available;    //  workers with credit (avail_node)
+    //  Queued suspects (CF_BROKER_SUSPECT), oldest first, apart from their
+    //  clients' queues so that one waiting for an empty worker holds no
+    //  other task back; each goes alone to a worker that holds nothing, or,
+    //  after CF_BROKER_SUSPECT_WAIT_MS without one, back to its client's
+    //  queue as an ordinary task.
+    cf_queue_t suspects;
     cf_queue_t flush;           //  clients with unsent items (flush_node)
     cf_idmap_t *tasks;          //  broker id -> task, queued or on a worker
     cf_broker_task_t **heap;    //  running tasks with a timeout, by deadline
@@ -299,8 +309,11 @@ void cf_broker_task_free(cf_broker_state_t *self, cf_broker_task_t *task);
 void cf_broker_task_finish(cf_broker_state_t *self, cf_broker_task_t *task);
 //  Takes a task off its worker's running list.
 void cf_broker_task_unassign(cf_broker_state_t *self, cf_broker_task_t *task);
-//  Puts an unassigned task back at the front of its client's queue.
+//  Puts an unassigned task back at the front of its client's queue (a
+//  suspect: of the broker's suspects).
 void cf_broker_task_requeue(cf_broker_state_t *self, cf_broker_task_t *task);
+//  Takes a queued task out of whichever queue holds it.
+void cf_broker_task_unqueue(cf_broker_state_t *self, cf_broker_task_t *task);
 //  Watches a running task's deadline_ms (the timeout heap). CF_ENOMEM.
 cf_err_t cf_broker_task_watch(cf_broker_state_t *self, cf_broker_task_t *task);
 //  Stops watching it; safe when not watched.

@@ -75,6 +75,7 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
     cf_queue_init(&self->clients);
     cf_queue_init(&self->workers);
     cf_queue_rr_init(&self->rr);
+    cf_queue_init(&self->suspects);
     cf_queue_init(&self->available);
     cf_queue_init(&self->flush);
     self->ivl_ms = config->heartbeat_ivl_ms ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
@@ -168,6 +169,6 @@ void cf_broker_state_stats(cf_broker_state_t *self, cf_broker_stats_t *stats)
     *stats = self->stats;
     stats->clients = cf_queue_size(&self->clients);
     stats->workers = cf_queue_size(&self->workers);
-    stats->queued = cf_queue_rr_size(&self->rr);
+    stats->queued = cf_queue_rr_size(&self->rr) + cf_queue_size(&self->suspects);
     stats->running = self->running;
 }

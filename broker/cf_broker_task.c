@@ -8,6 +8,8 @@
 
 #include "cf_broker_int.h"
 
+#include "cf_clock.h"
+
 #include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -101,7 +103,23 @@ void cf_broker_task_requeue(cf_broker_state_t *self, cf_broker_task_t *task)
     assert(task->client && !task->worker);
     task->state = CF_BROKER_QUEUED;
     task->marks &= (uint8_t)~CF_BROKER_BEGUN;
-    cf_queue_rr_push_front(&self->rr, &task->client->queue, &task->node);
+    if (task->marks & CF_BROKER_SUSPECT) {
+        //  deadline_ms serves a running task's timeout; while queued, it is
+        //  the end of the suspect's wait for an empty worker.
+        task->deadline_ms = cf_clock_now_ms() + CF_BROKER_SUSPECT_WAIT_MS;
+        cf_queue_push_back(&self->suspects, &task->node);
+    }
+    else
+        cf_queue_rr_push_front(&self->rr, &task->client->queue, &task->node);
+}
+
+void cf_broker_task_unqueue(cf_broker_state_t *self, cf_broker_task_t *task)
+{
+    assert(task->state == CF_BROKER_QUEUED);
+    if (task->marks & CF_BROKER_SUSPECT)
+        cf_queue_remove(&self->suspects, &task->node);
+    else
+        cf_queue_rr_remove(&self->rr, &task->client->queue, &task->node);
 }
 
 // ---------------------------------------------------------------------------

@@ -602,6 +602,42 @@ static void test_cancel_removes_queued_and_reports_started(void **state)
     s_expect_status(sc.client, 1, CF_STATUS_OK);
 }
 
+//  The tasks of a lost worker are suspects: each runs alone on a worker
+//  that holds nothing, and one waiting for such a worker holds no other task
+//  back. A supervisor that knows what the dead process ran makes only that
+//  task a suspect; the others go back free.
+static void test_a_lost_workers_tasks_run_alone_and_hold_nothing_back(void **state)
+{
+    s_fixture_t *fx = *state;
+    //  w1 (4 slots) takes tasks 1..4; w2 (2 slots) takes 5 and keeps it.
+    s_scene_t sc = s_scene(4, 1, (s_tasks_t){ 1, 4, "f", 3, 0, 0 }, 4);
+    void *w2 = s_worker(fx, "w2", 2, 2, 2);
+    s_submit(sc.client, 5, 1, "f", 3, 0, 0);
+    s_take_tasks(w2, NULL, NULL, 1);
+
+    //  w1 dies running task 2 (its broker id is sc.ids[1]).
+    assert_int_equal(cf_broker_worker_died(fx->broker, "w1", 2, &sc.ids[1], 1), CF_OK);
+    cf_broker_stats_t stats = s_stats();
+    assert_int_equal(stats.retried, 1);     //  task 2 alone
+    assert_in_range(stats.queued, 3, 4);    //  w2's free slot may have taken one
+
+    //  w2 holds a task, so the suspect waits; an ordinary task (1, 3 and 4
+    //  never began) fills w2's free slot at once: the suspect holds nothing
+    //  back.
+    s_take_tasks(w2, NULL, NULL, 1);
+
+    //  An empty worker takes the suspect, and nothing else with it.
+    void *w3 = s_worker(fx, "w3", 4, 3, 2);
+    cf_proto_msg_t *msg = s_expect(w3, CF_MSG_TASK);
+    assert_int_equal(msg->count, 1);
+    assert_int_equal(msg->tasks[0].id, sc.ids[1]);
+    cf_proto_msg_destroy(&msg);
+    //  w3 answers it, and only then takes the other two.
+    s_result_ok(w3, sc.ids[1]);
+    s_expect_status(sc.client, 2, CF_STATUS_OK);
+    s_take_tasks(w3, NULL, NULL, 2);
+}
+
 static void test_reported_worker_loss_retries_then_fails_with_worker_lost(void **state)
 {
     s_fixture_t *fx = *state;
@@ -1460,6 +1496,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tasks_over_the_limits_are_answered_busy, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_cancel_removes_queued_and_reports_started,
+                                        s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_a_lost_workers_tasks_run_alone_and_hold_nothing_back,
                                         s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(
             test_reported_worker_loss_retries_then_fails_with_worker_lost, s_setup_broker,

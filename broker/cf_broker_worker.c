@@ -236,16 +236,20 @@ static cf_broker_task_t *s_queued_front(cf_broker_state_t *self)
     return cf_queue_entry(cf_queue_front(queue), cf_broker_task_t, node);
 }
 
-//  Takes task, the front of the ring, into the TASK body for worker (item:
-//  its size with overhead). CF_OK: added, on worker->running. CF_ENOMEM:
-//  left queued for a later turn. Anything else: the task can never be sent
-//  and failed on its own.
+//  Takes task, the front of the ring (or of the suspects), into the TASK
+//  body for worker (item: its size with overhead). CF_OK: added, on
+//  worker->running. CF_ENOMEM: left queued for a later turn. Anything else:
+//  the task can never be sent and failed on its own.
 static cf_err_t s_batch_add(cf_broker_state_t *self, cf_broker_worker_t *worker,
                             cf_broker_task_t *task, size_t item)
 {
-    cf_queue_node_t *node = cf_queue_rr_pop(&self->rr, NULL);
-    assert(node == &task->node);
-    (void)node;
+    if (task->marks & CF_BROKER_SUSPECT)
+        cf_queue_remove(&self->suspects, &task->node);
+    else {
+        cf_queue_node_t *node = cf_queue_rr_pop(&self->rr, NULL);
+        assert(node == &task->node);
+        (void)node;
+    }
     cf_err_t rc = item > CF_BROKER_MAX_BODY
                       ? CF_ETOOBIG
                       : cf_proto_enc_task(self->enc, task->id, cf_broker_task_function(task),
@@ -254,7 +258,7 @@ static cf_err_t s_batch_add(cf_broker_state_t *self, cf_broker_worker_t *worker,
                                           task->flags);
     if (rc == CF_ENOMEM) {
         //  What is encoded so far is discarded with the batch.
-        cf_queue_rr_push_front(&self->rr, &task->client->queue, &task->node);
+        cf_broker_task_requeue(self, task);
         cf_log_error_rated(S_LOG, "out of memory encoding task %" PRIu64, task->client_task_id);
         return rc;
     }
@@ -318,10 +322,6 @@ static void s_worker_dispatch(cf_broker_state_t *self, cf_broker_worker_t *worke
         cf_broker_task_t *task = s_queued_front(self);
         if (!task)
             break;
-        //  A suspect runs alone: it waits for a worker that holds nothing.
-        bool suspect = (task->marks & CF_BROKER_SUSPECT) != 0;
-        if (suspect && (batch > 0 || !cf_queue_empty(&worker->running)))
-            break;
         size_t item = task->function_len + task->args_len + CF_BROKER_ITEM_OVERHEAD;
         if (batch > 0 && (body + item > CF_BROKER_MAX_BODY || batch >= CF_PROTO_MAX_BATCH)) {
             rc = s_worker_send_batch(self, worker, batch);
@@ -339,8 +339,6 @@ static void s_worker_dispatch(cf_broker_state_t *self, cf_broker_worker_t *worke
             batch++;
             body += item;
         }
-        if (suspect)
-            break;
     }
     if (batch > 0 && rc == CF_OK)
         rc = s_worker_send_batch(self, worker, batch);
@@ -391,8 +389,45 @@ static void s_plan(cf_broker_state_t *self, size_t *left, bool idle_only)
 //  for more than its threads while its tasks are short) must never take a
 //  task another worker could start now: a long task behind a busy thread
 //  would wait while a thread elsewhere idles.
+//  Sends each waiting suspect alone to a worker that holds nothing (it
+//  then gets nothing else until it answers). A suspect that waited
+//  CF_BROKER_SUSPECT_WAIT_MS goes back to its client's queue as an ordinary
+//  task: isolation must not cost the cluster a worker's capacity, nor wait
+//  on workers that all hold long tasks.
+static void s_dispatch_suspects(cf_broker_state_t *self)
+{
+    cf_queue_node_t *node = cf_queue_front(&self->available), *next;
+    for (; node && !cf_queue_empty(&self->suspects); node = next) {
+        next = cf_queue_next(&self->available, node);
+        cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
+        if (!cf_queue_empty(&worker->running))
+            continue;
+        cf_broker_task_t *task = cf_queue_entry(cf_queue_front(&self->suspects), cf_broker_task_t,
+                                                node);
+        size_t item = task->function_len + task->args_len + CF_BROKER_ITEM_OVERHEAD;
+        cf_proto_enc_begin(self->enc, CF_MSG_TASK);
+        cf_err_t rc = s_batch_add(self, worker, task, item);
+        if (rc == CF_OK)
+            rc = s_worker_send_batch(self, worker, 1);
+        else if (rc != CF_ENOMEM)
+            rc = CF_OK;    //  that task failed alone; the worker is fine
+        s_worker_dispatched(self, worker, rc);
+    }
+    int64_t now = cf_clock_now_ms();
+    while ((node = cf_queue_front(&self->suspects))) {
+        cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
+        if (task->deadline_ms > now)
+            break;
+        cf_queue_remove(&self->suspects, node);
+        task->marks &= (uint8_t)~CF_BROKER_SUSPECT;
+        cf_broker_task_requeue(self, task);
+    }
+}
+
 void cf_broker_worker_dispatch(cf_broker_state_t *self)
 {
+    if (!cf_queue_empty(&self->suspects))
+        s_dispatch_suspects(self);
     size_t queued = cf_queue_rr_size(&self->rr);
     if (queued == 0 || cf_queue_empty(&self->available))
         return;
