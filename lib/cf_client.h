@@ -39,6 +39,10 @@ typedef struct {
     void *zmq_context;         //  NULL: the client makes its own
     int heartbeat_ivl_ms;      //  <= 0: CF_HEARTBEAT_IVL_MS (the broker's, when shorter, wins)
     int heartbeat_liveness;    //  missed intervals before the broker is lost; <= 0: default
+    //  > 0: cf_client_new waits up to this long for a first handshake with
+    //  a broker and returns NULL with CF_ETIMEDOUT when none came (a
+    //  message naming the endpoint); <= 0: it does not wait.
+    int connect_timeout_ms;
     //  CURVE (Z85 text, all three or none; applied before connect, not
     //  kept): the broker's public key and this client's key pair. With
     //  them, cf_client_new waits for the first handshake up to

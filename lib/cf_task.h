@@ -43,6 +43,10 @@ typedef struct {
     //  Frees the back end after shutdown(wait = true): no thread or process
     //  left behind.
     void (*destroy)(void **backend);
+    //  Optional. Called by cf_executor_destroy before its waiting shutdown:
+    //  the back end may then bound that wait (a client gives up on a lost
+    //  broker, failing what it cannot know about).
+    void (*destroying)(void *backend);
     int (*max_workers)(void *backend);
     //  Optional. Asked by cf_future_cancel (through the front, which keeps
     //  the back end alive meanwhile) to cancel f, a future it took and has
