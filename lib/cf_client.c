@@ -186,6 +186,7 @@ typedef struct {
     int64_t progress_ms;           //  a task started or resolved
     bool stats_asked;              //  STATS sent to look for workers
     bool cancel_all_asked;         //  shutdown(cancel_futures) came
+    bool ever_up;                  //  some socket of ours ever connected
     uint64_t resends;              //  s_resend_all rounds that moved tasks
     uint64_t malformed;            //  replies dropped as malformed
     uint64_t stale;                //  results for tasks no longer pending
@@ -1150,6 +1151,7 @@ static void s_on_monitor(cf_client_t *self)
         if (event == ZMQ_EVENT_CONNECTED) {
             self->own.redial_deadline_ms = -1;
             self->own.transport_up = true;
+            self->own.ever_up = true;
             s_update_reach(self);
             if (self->own.ever_connected) {
                 cf_log_info(S_LOG, "reconnected to %s", self->endpoint);
@@ -1192,10 +1194,11 @@ static int64_t s_broker_expiry_ms(cf_client_t *self)
 }
 
 //  Tasks the broker had when destroy gave up on it: it may have run them or
-//  not, and nobody will say. Tasks it never had are simply cancelled.
+//  not, and nobody will say. Tasks it never had (never sent, or sent while
+//  no connection ever came up) are simply cancelled.
 static void s_resolve_lost(cf_client_t *self, s_item_t *item, const char *why)
 {
-    if (item->where == S_AT_BROKER)
+    if (item->where == S_AT_BROKER && self->own.ever_up)
         s_resolve_error(self, item, "BrokerLost", why, "", 0);
     else
         s_resolve_cancelled(self, item);
@@ -1221,10 +1224,10 @@ static void s_check_lost(cf_client_t *self, int64_t now)
     uint64_t id;
     void *value;
     while (cf_idmap_next(self->own.pending, &cursor, &id, &value))
-        at_broker += ((s_item_t *)value)->where == S_AT_BROKER;
+        at_broker += ((s_item_t *)value)->where == S_AT_BROKER && self->own.ever_up;
     cf_log_warn(S_LOG,
                 "executor destroyed while the broker at %s was unreachable (%" PRId64
-                " ms): %zu tasks failed with BrokerLost, %zu never sent cancelled",
+                " ms): %zu tasks failed with BrokerLost, %zu never delivered cancelled",
                 self->endpoint, now - self->own.lost_since_ms, at_broker, total - at_broker);
     char why[512];
     snprintf(why, sizeof why,
@@ -1691,9 +1694,10 @@ void *cf_client_new(const cf_client_config_t *config)
     self->own.transport_up = true;
     self->own.redial_deadline_ms = -1;
     self->own.monitor_fd = -1;
-    //  A lost broker gets a fresh socket at once, then at most every
-    //  interval, doubling to 8 intervals while it stays away.
-    cf_link_backoff_init(&self->own.reopen, self->ivl_ms, 8 * self->ivl_ms);
+    //  A lost broker gets a fresh socket at once, then at most once per
+    //  expiry (liveness intervals), the wait doubling to 4 expiries.
+    cf_link_backoff_init(&self->own.reopen, self->liveness * self->ivl_ms,
+                         4 * self->liveness * self->ivl_ms);
     if (strncmp(config->endpoint, "inproc://", 9) != 0) {
         self->watch = true;
         self->own.transport_up = false;    //  until the monitor says connected

@@ -951,9 +951,10 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
         snprintf(message, sizeof message, "worker: cannot create its socket: out of memory");
         goto failed;
     }
-    //  A lost broker gets a fresh socket at once, then at most every
-    //  interval, doubling to 8 while it stays away.
-    cf_link_backoff_init(&a->reopen, w->ivl_ms, 8 * w->ivl_ms);
+    //  A lost broker gets a fresh socket at once, then (still silent after
+    //  as long again: the new socket's redials were no better) another,
+    //  the wait doubling to 4 times that while it stays away.
+    cf_link_backoff_init(&a->reopen, w->liveness * w->ivl_ms, 4 * w->liveness * w->ivl_ms);
     if (s_open(a, message, sizeof message) != CF_OK)
         goto failed;
     int64_t now = cf_clock_now_ms();

@@ -324,6 +324,9 @@ static void test_heartbeats_flow_while_a_task_blocks(void **state)
     cf_fakebroker_t *b = *state;
     cf_worker_t *w = s_start_worker(b, 1, 20, 0);
     (void)s_expect_ready(b);
+    //  A broker that speaks, judged on its own 1 s interval: a silent one
+    //  would get a fresh socket (and a READY) after 3 of the worker's.
+    s_send_heartbeat(b, 7, 1000);
     s_send_blocked_task(b, 1, 5);
     //  The only thread is blocked in the task; the actor heartbeats.
     for (int i = 0; i < 3; i++) {
