@@ -998,7 +998,9 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
             if (a->done)
                 break;
         }
-        if (a->broker_lost && !a->terminating)
+        //  Silent, not only gone: after a DISCONNECT libzmq redials by
+        //  itself, and the broker's successor speaks within an expiry.
+        if (a->broker_lost && !a->terminating && now - a->last_recv_ms > s_expiry_ms(a))
             s_reopen(a, now);
         s_check_end(a, busy, now);
         if (a->done)
