@@ -1152,6 +1152,9 @@ static void s_on_monitor(cf_client_t *self)
             self->own.redial_deadline_ms = -1;
             self->own.transport_up = true;
             self->own.ever_up = true;
+            //  What waited in the socket (a resubmission) goes out now: no
+            //  reason for s_run_timers to call us silent and resend again.
+            self->own.last_sent_ms = cf_clock_now_ms();
             s_update_reach(self);
             if (self->own.ever_connected) {
                 cf_log_info(S_LOG, "reconnected to %s", self->endpoint);
