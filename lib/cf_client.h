@@ -23,7 +23,13 @@
 //    cancel_futures cancels what the client holds and asks the broker to
 //    drop what it queues.
 //  - destroy resolves whatever is still pending: cancelled if it never
-//    started, error "ExecutorDestroyed" if it did. No future hangs.
+//    started, error "ExecutorDestroyed" if it did. No future hangs, and no
+//    destroy either: once the broker was lost (or never heard) for
+//    liveness intervals, the waiting shutdown before it ends with tasks
+//    handed to that broker failed ("BrokerLost") and the rest cancelled.
+//  - A connection that ends without libzmq redialling (a protocol error),
+//    or a broker silent for liveness intervals, gets a fresh socket
+//    (core/cf_link.h) and every task the broker had is resubmitted.
 //  - Delivery is at-least-once: after a broker restart a task may run twice;
 //    its future takes the first result.
 
