@@ -1,14 +1,17 @@
 //  cf_link: the backoff, and what it is for: a client and a worker whose
 //  connection to the broker ends for good (a ZMTP protocol error: a frame
-//  over ZMQ_MAXMSGSIZE) dial again on a fresh socket and carry on; a
+//  over ZMQ_MAXMSGSIZE, or one byte of a CURVE stream altered by a relay in
+//  the middle) dial again on a fresh socket and carry on; a
 //  client whose broker is not there neither hangs in destroy nor waits in
 //  silence (issue 9, sections 2 and 3). The broker is tests/cf_fakebroker,
 //  driven by hand.
 
 #include "cf_link.h"
 
+#include "cf_client.h"
 #include "cf_clock.h"
 #include "cf_fakebroker.h"
+#include "cf_keys.h"
 #include "cf_worker.h"
 
 #include <setjmp.h>
@@ -16,10 +19,16 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #define S_WAIT_MS 20000
@@ -308,12 +317,198 @@ static void test_pending_tasks_without_a_broker_bring_steady_warnings(void **sta
     cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
 }
 
+// ---------------------------------------------------------------------------
+//  A TCP relay between a client and a CURVE broker that can alter one byte
+//  of the broker's stream: an on-path attacker's cheapest outage.
+
+typedef struct {
+    int listen_fd;
+    int port;            //  where clients connect
+    int broker_port;     //  where the relay connects
+    atomic_bool flip;    //  alter one byte of the next broker -> client data
+    atomic_bool stop;
+    atomic_int flipped;     //  bytes altered so far
+    atomic_int accepted;    //  connections relayed so far
+    pthread_t thread;
+} s_relay_t;
+
+static int s_connect_local(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+//  Copies what one side has to the other; false when either closed.
+static bool s_pump(s_relay_t *relay, int from, int to, bool from_broker)
+{
+    char buf[65536];
+    ssize_t n = read(from, buf, sizeof buf);
+    if (n <= 0)
+        return false;
+    if (from_broker && atomic_exchange(&relay->flip, false)) {
+        buf[n - 1] ^= 0x01;    //  inside the last frame's box: its MAC fails
+        atomic_fetch_add(&relay->flipped, 1);
+    }
+    for (ssize_t sent = 0; sent < n;) {
+        ssize_t m = write(to, buf + sent, (size_t)(n - sent));
+        if (m <= 0)
+            return false;
+        sent += m;
+    }
+    return true;
+}
+
+//  One connection at a time, until stop: each accepted one is joined to a
+//  fresh connection to the broker.
+static void *s_relay_main(void *arg)
+{
+    s_relay_t *relay = arg;
+    while (!atomic_load(&relay->stop)) {
+        struct pollfd item = { relay->listen_fd, POLLIN, 0 };
+        if (poll(&item, 1, 50) <= 0)
+            continue;
+        int client = accept(relay->listen_fd, NULL, NULL);
+        int broker = client >= 0 ? s_connect_local(relay->broker_port) : -1;
+        atomic_fetch_add(&relay->accepted, 1);
+        while (client >= 0 && broker >= 0 && !atomic_load(&relay->stop)) {
+            struct pollfd fds[2] = { { client, POLLIN, 0 }, { broker, POLLIN, 0 } };
+            if (poll(fds, 2, 50) <= 0)
+                continue;
+            if ((fds[0].revents & (POLLIN | POLLHUP)) && !s_pump(relay, client, broker, false))
+                break;
+            if ((fds[1].revents & (POLLIN | POLLHUP)) && !s_pump(relay, broker, client, true))
+                break;
+        }
+        if (client >= 0)
+            close(client);
+        if (broker >= 0)
+            close(broker);
+    }
+    return NULL;
+}
+
+static void s_relay_start(s_relay_t *relay, int broker_port)
+{
+    memset(relay, 0, sizeof *relay);
+    relay->broker_port = broker_port;
+    relay->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(relay->listen_fd >= 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET };
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(relay->listen_fd, (struct sockaddr *)&addr, sizeof addr), 0);
+    assert_int_equal(listen(relay->listen_fd, 8), 0);
+    socklen_t len = sizeof addr;
+    assert_int_equal(getsockname(relay->listen_fd, (struct sockaddr *)&addr, &len), 0);
+    relay->port = ntohs(addr.sin_port);
+    assert_int_equal(pthread_create(&relay->thread, NULL, s_relay_main, relay), 0);
+}
+
+static void s_relay_stop(s_relay_t *relay)
+{
+    atomic_store(&relay->stop, true);
+    pthread_join(relay->thread, NULL);
+    close(relay->listen_fd);
+}
+
+static void test_a_client_dials_again_after_one_altered_curve_byte(void **state)
+{
+    (void)state;
+    s_log_start();
+    cf_keypair_t server, client;
+    assert_int_equal(cf_keys_generate(&server), CF_OK);
+    assert_int_equal(cf_keys_generate(&client), CF_OK);
+    //  The broker: a CURVE ROUTER (no ZAP handler: every client key goes).
+    void *ctx = zmq_ctx_new();
+    void *router = zmq_socket(ctx, ZMQ_ROUTER);
+    int one = 1;
+    assert_int_equal(cf_proto_socket_setup(router, true), CF_OK);
+    assert_int_equal(zmq_setsockopt(router, ZMQ_CURVE_SERVER, &one, sizeof one), 0);
+    assert_int_equal(zmq_setsockopt(router, ZMQ_CURVE_SECRETKEY, server.secret_z85, 40), 0);
+    assert_int_equal(zmq_bind(router, "tcp://127.0.0.1:*"), 0);
+    char endpoint[128];
+    size_t len = sizeof endpoint;
+    assert_int_equal(zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, endpoint, &len), 0);
+    s_relay_t relay;
+    s_relay_start(&relay, atoi(strrchr(endpoint, ':') + 1));
+    char via[64];
+    snprintf(via, sizeof via, "tcp://127.0.0.1:%d", relay.port);
+
+    void *backend = cf_client_new(&(cf_client_config_t){
+        .endpoint = via,
+        .heartbeat_ivl_ms = S_IVL_MS,
+        .connect_timeout_ms = 5000,
+        .curve_server_key = server.public_z85,
+        .curve_public_key = client.public_z85,
+        .curve_secret_key = client.secret_z85,
+    });
+    assert_non_null(backend);
+    cf_task_t *task = cf_task_new("link_echo", 9, "\x91\x07", 2);
+    assert_non_null(task);
+    cf_future_t *f = cf_future_ref(task->future);
+    assert_int_equal(cf_client_ops.submit(backend, &task), CF_OK);
+
+    cf_proto_enc_t *enc = cf_proto_enc_new();
+    zmq_msg_t rid;
+    zmq_msg_init(&rid);
+    cf_proto_msg_t *msg = NULL;
+    zmq_pollitem_t item = { router, 0, ZMQ_POLLIN, 0 };
+    assert_true(zmq_poll(&item, 1, S_WAIT_MS) > 0);
+    assert_int_equal(cf_proto_recv(router, true, &rid, &msg), CF_OK);
+    assert_int_equal(msg->type, CF_MSG_SUBMIT);
+    uint64_t id = msg->tasks[0].id;
+    cf_proto_msg_destroy(&msg);
+    //  One altered byte in the next thing the broker says.
+    atomic_store(&relay.flip, true);
+    cf_proto_enc_heartbeat(enc, 42, S_IVL_MS);
+    assert_int_equal(cf_proto_enc_send(enc, router, zmq_msg_data(&rid), zmq_msg_size(&rid)), CF_OK);
+    zmq_msg_close(&rid);
+    //  The client's CURVE decoder refuses the box and libzmq drops the
+    //  connection for good; the client dials again and resubmits.
+    int64_t until = cf_clock_now_ms() + S_WAIT_MS;
+    bool resolved = false;
+    while (!resolved && cf_clock_now_ms() < until) {
+        if (zmq_poll(&item, 1, 100) <= 0)
+            continue;
+        zmq_msg_init(&rid);
+        if (cf_proto_recv(router, true, &rid, &msg) == CF_OK && msg->type == CF_MSG_SUBMIT
+            && msg->tasks[0].id == id) {
+            cf_proto_enc_begin(enc, CF_MSG_RESULT);
+            assert_int_equal(cf_proto_enc_result_ok(enc, id, "\x07", 1), CF_OK);
+            assert_int_equal(cf_proto_enc_send(enc, router, zmq_msg_data(&rid), zmq_msg_size(&rid)),
+                             CF_OK);
+            resolved = cf_future_wait(f, S_WAIT_MS) == CF_OK;
+        }
+        cf_proto_msg_destroy(&msg);
+        zmq_msg_close(&rid);
+    }
+    assert_true(resolved);
+    assert_int_equal(atomic_load(&relay.flipped), 1);
+    assert_true(atomic_load(&relay.accepted) >= 2);
+    assert_true(s_log_has("opened a fresh connection"));
+    cf_future_release(&f);
+    cf_client_ops.destroy(&backend);
+    s_relay_stop(&relay);
+    cf_proto_enc_destroy(&enc);
+    zmq_close(router);
+    zmq_ctx_term(ctx);
+    cf_keys_wipe(&server);
+    cf_keys_wipe(&client);
+    cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_the_backoff_doubles_to_its_bound_and_resets),
         CF_FAKEBROKER_TEST(test_a_client_dials_again_after_an_oversized_frame),
         CF_FAKEBROKER_TEST(test_a_worker_dials_again_after_an_oversized_frame),
+        cmocka_unit_test(test_a_client_dials_again_after_one_altered_curve_byte),
         cmocka_unit_test(test_connect_fails_after_its_timeout_naming_the_endpoint),
         cmocka_unit_test(test_shutdown_cancels_and_destroy_returns_without_a_broker),
         CF_FAKEBROKER_TEST(test_destroy_gives_up_on_a_lost_broker_and_says_so),
