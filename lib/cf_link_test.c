@@ -1,4 +1,5 @@
-//  cf_link: the backoff, and what it is for: a client and a worker whose
+//  cf_link (core/cf_link.h), tested here in lib/ because it reaches the
+//  client and the worker: the backoff, and what it is for: a client and a worker whose
 //  connection to the broker ends for good (a ZMTP protocol error: a frame
 //  over ZMQ_MAXMSGSIZE, or one byte of a CURVE stream altered by a relay in
 //  the middle) dial again on a fresh socket and carry on; a
