@@ -318,6 +318,56 @@ static void test_pending_tasks_without_a_broker_bring_steady_warnings(void **sta
     cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
 }
 
+static void test_a_broker_without_workers_brings_a_warning(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    s_log_start();
+    cf_executor_t *ex = cf_executor_connect(b->endpoint,
+                                            &(cf_options_t){ .heartbeat_ivl_ms = S_IVL_MS });
+    assert_non_null(ex);
+    cf_future_t *f = cf_submit(ex, "link_echo", "i", 1);
+    assert_non_null(f);
+    cf_fakebroker_await(b, CF_MSG_SUBMIT);
+    char client[sizeof b->peer];
+    size_t client_len = b->peer_len;
+    memcpy(client, b->peer, client_len);
+    //  A broker that answers but never starts the task: after 10 s the
+    //  client asks for STATS, and hears that no worker is there.
+    cf_proto_msg_t *msg = NULL;
+    int64_t until = cf_clock_now_ms() + S_WAIT_MS;
+    while (!msg && cf_clock_now_ms() < until) {
+        s_heartbeat_to(b, client, client_len);
+        msg = cf_fakebroker_recv(b, S_IVL_MS);
+        if (msg && msg->type != CF_MSG_STATS)
+            cf_proto_msg_destroy(&msg);
+    }
+    assert_non_null(msg);
+    cf_proto_msg_destroy(&msg);
+    cf_proto_enc_begin(b->enc, CF_MSG_STATS);
+    assert_int_equal(cf_proto_enc_stat(b->enc, "workers", 0), CF_OK);
+    assert_int_equal(cf_proto_enc_send(b->enc, b->router, client, client_len), CF_OK);
+    assert_true(s_log_await("1 tasks waiting: the broker at", 5000));
+    assert_true(s_log_has("has no workers"));
+    cf_executor_shutdown(ex, false, true);
+    //  The CANCEL, answered: the task never ran.
+    until = cf_clock_now_ms() + S_WAIT_MS;
+    while (cf_future_wait(f, 0) != CF_OK && cf_clock_now_ms() < until) {
+        s_heartbeat_to(b, client, client_len);
+        msg = cf_fakebroker_recv(b, S_IVL_MS / 2);
+        if (msg && msg->type == CF_MSG_CANCEL) {
+            cf_proto_enc_begin(b->enc, CF_MSG_RESULT);
+            assert_int_equal(cf_proto_enc_result_status(b->enc, msg->ids[0], CF_STATUS_CANCELLED),
+                             CF_OK);
+            assert_int_equal(cf_proto_enc_send(b->enc, b->router, client, client_len), CF_OK);
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+    assert_true(cf_future_cancelled(f));
+    cf_executor_destroy(&ex);
+    cf_future_release(&f);
+    cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
+}
+
 // ---------------------------------------------------------------------------
 //  A TCP relay between a client and a CURVE broker that can alter one byte
 //  of the broker's stream: an on-path attacker's cheapest outage.
@@ -514,6 +564,7 @@ int main(void)
         cmocka_unit_test(test_shutdown_cancels_and_destroy_returns_without_a_broker),
         CF_FAKEBROKER_TEST(test_destroy_gives_up_on_a_lost_broker_and_says_so),
         cmocka_unit_test(test_pending_tasks_without_a_broker_bring_steady_warnings),
+        CF_FAKEBROKER_TEST(test_a_broker_without_workers_brings_a_warning),
     };
     if (getenv("CF_TEST_FILTER"))
         cmocka_set_test_filter(getenv("CF_TEST_FILTER"));
