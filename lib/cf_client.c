@@ -954,7 +954,6 @@ static void s_on_result(cf_client_t *self, cf_proto_msg_t *msg, int64_t now)
         //  ignored then.
         switch (r->status) {
         case CF_STATUS_OK: {
-            self->own.progress_ms = now;
             cf_future_t *f = cf_future_ref(item->task->future);
             s_forget(self, item);
             cf_future_set_result(f, r->value, r->value_len);
@@ -992,7 +991,6 @@ static void s_on_started(cf_client_t *self, cf_proto_msg_t *msg)
         if (!item || item->started)
             continue;
         item->started = true;
-        self->own.progress_ms = cf_clock_now_ms();
         cf_future_set_running(item->task->future);
         if (item->cancel_asked)
             self->own.answered = true;
@@ -1089,9 +1087,11 @@ static void s_recv(cf_client_t *self)
         switch (msg->type) {
         case CF_MSG_RESULT:
             s_on_result(self, msg, now);
+            self->own.progress_ms = now;    //  for s_warn_waiting
             break;
         case CF_MSG_STARTED:
             s_on_started(self, msg);
+            self->own.progress_ms = now;
             break;
         case CF_MSG_HEARTBEAT:
             s_on_heartbeat(self, msg);
