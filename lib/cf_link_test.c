@@ -402,7 +402,8 @@ static bool s_pump(s_relay_t *relay, int from, int to, bool from_broker)
     ssize_t n = read(from, buf, sizeof buf);
     if (n <= 0)
         return false;
-    if (from_broker && atomic_exchange(&relay->flip, false)) {
+    //  Not a lone frame header (a chunk that small): the box itself.
+    if (from_broker && n >= 40 && atomic_exchange(&relay->flip, false)) {
         buf[n - 1] ^= 0x01;    //  inside the last frame's box: its MAC fails
         atomic_fetch_add(&relay->flipped, 1);
     }
@@ -541,7 +542,15 @@ static void test_a_client_dials_again_after_one_altered_curve_byte(void **state)
     assert_true(resolved);
     assert_int_equal(atomic_load(&relay.flipped), 1);
     assert_true(atomic_load(&relay.accepted) >= 2);
-    assert_true(s_log_has("opened a fresh connection"));
+    //  Mostly the box fails its MAC, a protocol error, and the client opens
+    //  a fresh socket; when the read the relay altered ended inside a frame
+    //  (a length changed), the ZMTP heartbeat times the stalled connection
+    //  out and libzmq redials by itself. Either way: a new connection.
+    pthread_mutex_lock(&s_log_lock);
+    bool fresh = strstr(s_log, "opened a fresh connection") != NULL;
+    bool redialled = strstr(s_log, "reconnected to") != NULL;
+    pthread_mutex_unlock(&s_log_lock);
+    assert_true(fresh || redialled);
     cf_future_release(&f);
     cf_client_ops.destroy(&backend);
     s_relay_stop(&relay);
