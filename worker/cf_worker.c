@@ -638,7 +638,8 @@ static cf_err_t s_open(s_actor_t *a, char *message, size_t size)
     cf_worker_t *w = a->w;
     char identity[sizeof w->identity + 16];
     if (a->generation)
-        snprintf(identity, sizeof identity, "%.255s.%u", w->identity, a->generation);
+        snprintf(identity, sizeof identity, "%.240s.%u", w->identity,
+                 a->generation);    //  ids: 255 bytes at most
     else
         snprintf(identity, sizeof identity, "%s", w->identity);
     a->sock = zmq_socket(w->ctx, ZMQ_DEALER);
