@@ -338,6 +338,10 @@ static void s_heartbeat_peers(cf_broker_state_t *self, bool workers, int64_t now
     }
 }
 
+//  Runs on the heartbeat tick, once per interval: a peer's silence is seen
+//  between liveness and liveness + 1 intervals after its last message
+//  (docs/protocol.md section 7 says so). Checking on every wakeup would
+//  walk every peer per message for a second's precision nobody needs.
 void cf_broker_peer_heartbeat(cf_broker_state_t *self, int64_t now)
 {
     if (now < self->next_heartbeat_ms)

@@ -363,6 +363,17 @@ typedef struct {
     //  CF_REMOTE: heartbeat interval with the broker (0: 1000 ms); the broker
     //  counts as lost after 3 silent intervals and pending tasks are resent.
     int heartbeat_ivl_ms;
+    //  CF_REMOTE: how long cf_executor_new / cf_executor_connect wait for a
+    //  first handshake with a broker at endpoint: 0 means the default,
+    //  CF_CONNECT_TIMEOUT_MS (5 s); a negative value means do not wait (the
+    //  executor then connects in the background, as before). When nothing
+    //  answers in time the call returns NULL with CF_ETIMEDOUT and
+    //  cf_last_error() naming the endpoint. A broker lost later never makes
+    //  a call wait silently: while tasks are pending and no broker answers,
+    //  or the broker reports no worker, the log gets a warning every 10 s,
+    //  and cf_executor_destroy gives up on a broker lost (or never heard)
+    //  for 3 heartbeat intervals (see cf_executor_destroy).
+    int connect_timeout_ms;
     //  Task defaults; a cf_task_opts_t given to cf_submit_with overrides them.
     int retries;       //  retries after a lost worker: 0 = default 3, <0 = none
     int timeout_ms;    //  per-task run time limit: 0 = none
@@ -423,9 +434,22 @@ cf_future_t *cf_submit_raw(cf_executor_t *ex, const cf_task_opts_t *opts, const 
 //  Stops accepting tasks. wait: block until every submitted task finished.
 //  cancel_futures: cancel every task whose function has not begun,
 //  prefetched ones included (as cf_future_cancel). Safe to call twice.
+//  CF_REMOTE: with a broker that answers, a task at the broker or in a
+//  worker's queue is cancelled when its holder removes it (one already
+//  begun runs to its end); while the broker is unreachable (no connection,
+//  or silent after having answered) a task not known to have begun is
+//  cancelled at once.
 cf_err_t cf_executor_shutdown(cf_executor_t *ex, bool wait, bool cancel_futures);
 //  Shuts down (waiting for running and queued work) and frees the executor;
 //  no thread or process is left behind. Futures stay valid until released.
+//  CF_REMOTE: returns in bounded time even when the broker is gone or was
+//  never there. Once the broker has been lost (or never heard) for 3
+//  heartbeat intervals, destroy stops waiting: tasks never sent are
+//  cancelled, tasks handed to the broker fail with "BrokerLost" (they may or
+//  may not have run), and a warning in the log says how many. With a broker
+//  that answers, destroy waits for every task as before; what is still
+//  pending when it ends is cancelled if it never started and fails with
+//  "ExecutorDestroyed" if it did.
 void cf_executor_destroy(cf_executor_t **ex);
 
 //  Progress of everything submitted to the executor. The hook runs on the

@@ -52,6 +52,7 @@
 #include "cf_error.h"
 #include "cf_idmap.h"
 #include "cf_keys.h"
+#include "cf_link.h"
 #include "cf_log.h"
 #include "cf_proto.h"
 #include "cf_queue.h"
@@ -93,6 +94,9 @@ enum { S_AUTH_UNKNOWN, S_AUTH_OK, S_AUTH_REFUSED };
 #define S_RESEND_MIN     64
 //  How long a canceller waits for the broker's answer to CANCEL.
 #define S_CANCEL_WAIT_MS 5000
+//  While tasks wait and no broker (or no worker) is there, a warning this
+//  often: steady enough to be seen, slow enough not to flood a log.
+#define S_WARN_EVERY_MS  10000
 
 typedef enum {
     S_GONE,         //  resolved and forgotten (or never handed over)
@@ -147,6 +151,7 @@ typedef struct {
     uint64_t cancel_seq;         //  cancel requests queued so far
     uint64_t cancel_handled;     //  of those, handled by the actor
     bool broker_unreachable;     //  no answer to wait for (actor's view)
+    bool destroying;             //  destroy waits: give up on a lost broker
     pthread_cond_t auth_cond;    //  auth_state left S_AUTH_UNKNOWN
     int auth_state;              //  S_AUTH_*: the first handshake's outcome
     char auth_message[256];      //  why the broker refused us (S_AUTH_REFUSED)
@@ -187,8 +192,22 @@ typedef struct {
     size_t cancel_ids_len, cancel_ids_cap;
     cf_future_t **cancels_spare;    //  swapped with cancels when draining
     size_t cancels_spare_cap;
-    uint64_t malformed;    //  replies dropped as malformed
-    uint64_t stale;        //  results for tasks no longer pending
+    //  The socket's life cycle (s_open_socket, s_reopen) and its
+    //  reporting: every field here is the actor's.
+    zmq_fd_t socket_fd;            //  ZMQ_FD of socket
+    zmq_fd_t monitor_fd;           //  ZMQ_FD of monitor, -1 none
+    int64_t redial_deadline_ms;    //  DISCONNECTED, no redial seen yet; -1 none
+    cf_link_backoff_t reopen;      //  fresh sockets for a lost broker
+    int64_t resent_ms;             //  the last s_resend_all (0: none)
+    int64_t lost_since_ms;         //  not connected since (when !connected)
+    int64_t next_warn_ms;          //  next "tasks waiting" warning
+    int64_t progress_ms;           //  a task started or resolved
+    bool stats_asked;              //  STATS sent to look for workers
+    bool cancel_all_asked;         //  shutdown(cancel_futures) came
+    bool ever_up;                  //  some socket of ours ever connected
+    uint64_t resends;              //  s_resend_all rounds that moved tasks
+    uint64_t malformed;            //  replies dropped as malformed
+    uint64_t stale;                //  results for tasks no longer pending
     char err_type[CF_PROTO_MAX_TEXT + 1];
     char err_message[CF_PROTO_MAX_TEXT + 1];
     char err_host[CF_PROTO_MAX_TEXT + 1];
@@ -196,12 +215,21 @@ typedef struct {
 
 typedef struct {
     //  Set by cf_client_new before the actor starts, read-only afterwards
-    //  (the sockets and the encoder are the actor's to use).
+    //  (the sockets and the encoder are the actor's to use; s_reopen
+    //  replaces the sockets, under the actor's io like the rest of own).
     void *ctx;
-    bool own_ctx;                   //  we made ctx, we terminate it
-    void *socket;                   //  DEALER to the broker (actor's)
-    void *monitor;                  //  PAIR receiving socket events, or NULL
-    bool curve;                     //  CURVE client (cf_client_config_t keys)
+    bool own_ctx;              //  we made ctx, we terminate it
+    void *socket;              //  DEALER to the broker (actor's)
+    void *monitor;             //  PAIR receiving socket events, or NULL
+    bool watch;                //  a monitor on every socket (not inproc)
+    unsigned generation;       //  sockets opened so far (monitor names)
+    int connect_timeout_ms;    //  cf_client_new waits this for a broker
+    bool curve;                //  CURVE client (cf_client_config_t keys)
+    //  The keys, kept for a fresh socket after a protocol error (wiped in
+    //  s_free): reconnecting needs them as much as connecting did.
+    char curve_server[CF_KEY_Z85_SIZE];
+    char curve_public[CF_KEY_Z85_SIZE];
+    char curve_secret[CF_KEY_Z85_SIZE];
     char key_fp[CF_KEY_FP_SIZE];    //  our public key's fingerprint, for messages
     char *endpoint;
     int ivl_ms;      //  our heartbeat interval
@@ -252,6 +280,8 @@ static bool s_signal_locked(cf_client_t *self)
 
 static bool s_cancel(void *executor, cf_future_t *f);
 static void s_kick(cf_client_t *self);
+static bool s_reopen(cf_client_t *self, const char *why, int64_t now);
+static void s_close_socket(void **socket_p, void **monitor_p);
 
 static cf_err_t s_submit(void *backend, cf_task_t **task_p)
 {
@@ -505,8 +535,14 @@ static void s_resend_all(cf_client_t *self, const char *why)
         item->where = S_AT_OUTBOX;
         cf_queue_push_back(&resend, &item->node);
     }
-    if (!cf_queue_empty(&resend) || !cf_queue_empty(&cancel))
+    if (!cf_queue_empty(&resend) || !cf_queue_empty(&cancel)) {
         cf_log_info(S_LOG, "%s: resending %zu tasks", why, cf_queue_size(&resend));
+        self->own.resends++;
+    }
+    //  One resubmission per restart (docs/protocol.md section 7): this one
+    //  answers every sign seen so far.
+    self->own.resend_on_contact = false;
+    self->own.resent_ms = cf_clock_now_ms();
     //  Resent tasks go first: they are the oldest.
     cf_queue_prepend(&self->own.outbox, &resend);
     s_item_t *item;
@@ -522,8 +558,10 @@ static void s_resend_all(cf_client_t *self, const char *why)
 //  (unknown client, new boot id, new connection).
 static void s_lost(cf_client_t *self, const char *why)
 {
-    if (self->own.connected)
+    if (self->own.connected) {
         cf_log_warn(S_LOG, "broker at %s lost (%s)", self->endpoint, why);
+        self->own.lost_since_ms = cf_clock_now_ms();
+    }
     self->own.connected = false;
     //  Silent to us, we were probably silent to it as well: it may have
     //  dropped our tasks, and our next SUBMIT would rejoin without a word.
@@ -679,8 +717,30 @@ static void s_on_handshake(cf_client_t *self, uint16_t event, uint32_t value)
         s_auth_refused(self, why);
 }
 
+//  shutdown(cancel_futures) with no broker to answer: every task at the
+//  broker not known to have started is cancelled here (its CANCEL, if it
+//  ever arrives, makes the broker drop it; a late STARTED or result is
+//  then stale).
+static void s_cancel_asked_locally(cf_client_t *self)
+{
+    cf_queue_t cancel;
+    cf_queue_init(&cancel);
+    size_t cursor = 0;
+    uint64_t id;
+    void *value;
+    while (cf_idmap_next(self->own.pending, &cursor, &id, &value)) {
+        s_item_t *item = value;
+        if (item->where == S_AT_BROKER && !item->started)
+            cf_queue_push_back(&cancel, &item->node);
+    }
+    s_item_t *item;
+    while ((item = s_pop_front(&cancel)))
+        s_resolve_cancelled(self, item);
+}
+
 static void s_cancel_everything_queued(cf_client_t *self)
 {
+    self->own.cancel_all_asked = true;
     s_item_t *item;
     while ((item = s_front(&self->own.outbox)))
         s_resolve_cancelled(self, item);
@@ -695,6 +755,8 @@ static void s_cancel_everything_queued(cf_client_t *self)
         if (item->where == S_AT_BROKER && !item->started && !item->cancel_asked)
             s_queue_cancel_id(self, item);
     }
+    if (self->own.unreachable)
+        s_cancel_asked_locally(self);
 }
 
 //  Called before the actor blocks in poll (and by a submitter acting for
@@ -881,6 +943,7 @@ static void s_contact(cf_client_t *self, int64_t now)
     if (!self->own.connected) {
         cf_log_debug(S_LOG, "broker at %s answers", self->endpoint);
         self->own.connected = true;
+        cf_link_backoff_reset(&self->own.reopen);
         self->own.heard_once = true;
         s_update_reach(self);
     }
@@ -970,11 +1033,30 @@ static void s_on_heartbeat(cf_client_t *self, cf_proto_msg_t *msg)
     self->own.boot = msg->boot;
 }
 
+//  The answer to the STATS s_warn_waiting sent: a broker without workers
+//  is worth a warning of its own.
+static void s_on_stats(cf_client_t *self, cf_proto_msg_t *msg)
+{
+    if (!self->own.stats_asked)
+        return;
+    self->own.stats_asked = false;
+    for (size_t i = 0; i < msg->count; i++) {
+        if (cf_proto_str_eq(msg->stats[i].name, "workers") && msg->stats[i].value == 0)
+            cf_log_warn(S_LOG, "%zu tasks waiting: the broker at %s has no workers",
+                        cf_idmap_size(self->own.pending), self->endpoint);
+    }
+}
+
 static void s_on_error(cf_client_t *self, cf_proto_msg_t *msg)
 {
     s_copy_text(self->own.err_message, msg->text);
     if (msg->ref == 0 && strcmp(self->own.err_message, CF_PROTO_UNKNOWN_CLIENT) == 0) {
-        //  It lost our tasks (or never had them): give them again.
+        //  It lost our tasks (or never had them): give them again. Unless
+        //  we just did: within an interval of a resubmission the error
+        //  answers a message sent before it, and the resubmission already
+        //  introduced us (one per restart, docs/protocol.md section 7).
+        if (self->own.resent_ms && cf_clock_now_ms() - self->own.resent_ms < self->own.send_ivl_ms)
+            return;
         s_resend_all(self, "broker does not know us");
         return;
     }
@@ -1018,9 +1100,11 @@ static void s_recv(cf_client_t *self)
         switch (msg->type) {
         case CF_MSG_RESULT:
             s_on_result(self, msg, now);
+            self->own.progress_ms = now;    //  for s_warn_waiting
             break;
         case CF_MSG_STARTED:
             s_on_started(self, msg);
+            self->own.progress_ms = now;
             break;
         case CF_MSG_HEARTBEAT:
             s_on_heartbeat(self, msg);
@@ -1032,7 +1116,8 @@ static void s_recv(cf_client_t *self)
             s_lost(self, "it said goodbye");
             break;
         case CF_MSG_STATS:
-            break;    //  we never ask; harmless
+            s_on_stats(self, msg);
+            break;
         default:
             self->own.malformed++;
             cf_log_debug(S_LOG, "unexpected %s from the broker dropped",
@@ -1072,8 +1157,17 @@ static void s_on_monitor(cf_client_t *self)
             more = zmq_msg_more(&frame);
             zmq_msg_close(&frame);
         }
+        if (event == ZMQ_EVENT_CONNECT_RETRIED) {
+            self->own.redial_deadline_ms = -1;    //  libzmq redials by itself
+            continue;
+        }
         if (event == ZMQ_EVENT_CONNECTED) {
+            self->own.redial_deadline_ms = -1;
             self->own.transport_up = true;
+            self->own.ever_up = true;
+            //  What waited in the socket (a resubmission) goes out now: no
+            //  reason for s_run_timers to call us silent and resend again.
+            self->own.last_sent_ms = cf_clock_now_ms();
             s_update_reach(self);
             if (self->own.ever_connected) {
                 cf_log_info(S_LOG, "reconnected to %s", self->endpoint);
@@ -1086,6 +1180,10 @@ static void s_on_monitor(cf_client_t *self)
         else if (event == ZMQ_EVENT_DISCONNECTED) {
             self->own.transport_up = false;
             s_lost(self, "disconnected");
+            //  After a protocol error libzmq closes the connection for
+            //  good: no CONNECT_RETRIED follows (see cf_link.h).
+            if (self->shared.auth_state != S_AUTH_REFUSED)
+                self->own.redial_deadline_ms = cf_clock_now_ms() + CF_LINK_REDIAL_GRACE_MS;
         }
         else if (self->shared.auth_state != S_AUTH_REFUSED)
             s_on_handshake(self, event, value);
@@ -1109,6 +1207,87 @@ static int64_t s_broker_expiry_ms(cf_client_t *self)
 {
     int64_t ivl = self->own.broker_ivl_ms ? (int64_t)self->own.broker_ivl_ms : self->ivl_ms;
     return ivl * self->liveness;
+}
+
+//  Tasks the broker had when destroy gave up on it: it may have run them or
+//  not, and nobody will say. Tasks it never had (never sent, or sent while
+//  no connection ever came up) are simply cancelled.
+static void s_resolve_lost(cf_client_t *self, s_item_t *item, const char *why)
+{
+    if (item->where == S_AT_BROKER && self->own.ever_up)
+        s_resolve_error(self, item, "BrokerLost", why, "", 0);
+    else
+        s_resolve_cancelled(self, item);
+}
+
+//  A lost broker (or one never heard) bounds two waits: a destroy gives up
+//  on it after the time in which a live broker would have spoken
+//  (s_dead_after_ms), and shutdown(cancel_futures) does not wait for
+//  answers to its CANCELs (the tasks it asked about are cancelled here).
+static void s_check_lost(cf_client_t *self, int64_t now)
+{
+    if (cf_idmap_size(self->own.pending) == 0)
+        return;
+    if (self->own.cancel_all_asked && self->own.unreachable)
+        s_cancel_asked_locally(self);
+    pthread_mutex_lock(&self->shared.mutex);
+    bool destroying = self->shared.destroying;
+    pthread_mutex_unlock(&self->shared.mutex);
+    if (!destroying || now - self->own.lost_since_ms < s_dead_after_ms(self))
+        return;
+    size_t at_broker = 0, total = cf_idmap_size(self->own.pending);
+    size_t cursor = 0;
+    uint64_t id;
+    void *value;
+    while (cf_idmap_next(self->own.pending, &cursor, &id, &value))
+        at_broker += ((s_item_t *)value)->where == S_AT_BROKER && self->own.ever_up;
+    cf_log_warn(S_LOG,
+                "executor destroyed while the broker at %s was unreachable (%" PRId64
+                " ms): %zu tasks failed with BrokerLost, %zu never delivered cancelled",
+                self->endpoint, now - self->own.lost_since_ms, at_broker, total - at_broker);
+    char why[512];
+    snprintf(why, sizeof why,
+             "the executor was destroyed while the broker at %s was unreachable: the task "
+             "may or may not have run",
+             self->endpoint);
+    pthread_mutex_lock(&self->shared.mutex);
+    cf_queue_t tasks;
+    cf_queue_init(&tasks);
+    cf_queue_append(&tasks, &self->shared.inbox);
+    pthread_mutex_unlock(&self->shared.mutex);
+    s_resolve_all(self, &tasks, s_resolve_lost, why);
+}
+
+//  No silent waits: while tasks are pending and no broker answers, a
+//  warning every S_WARN_EVERY_MS; while the broker answers but nothing
+//  started or finished for as long, a STATS request, whose answer says
+//  whether the broker has any worker (s_on_stats).
+static void s_warn_waiting(cf_client_t *self, int64_t now)
+{
+    size_t pending = cf_idmap_size(self->own.pending);
+    if (pending == 0) {
+        self->own.next_warn_ms = 0;
+        return;
+    }
+    if (self->own.next_warn_ms == 0) {
+        self->own.next_warn_ms = now + S_WARN_EVERY_MS;
+        return;
+    }
+    if (now < self->own.next_warn_ms)
+        return;
+    self->own.next_warn_ms = now + S_WARN_EVERY_MS;
+    if (!self->own.connected) {
+        cf_log_warn(S_LOG, "%zu tasks waiting: no broker answers at %s (for %" PRId64 " s)",
+                    pending, self->endpoint, (now - self->own.lost_since_ms) / 1000);
+        return;
+    }
+    if (now - self->own.progress_ms < S_WARN_EVERY_MS || !self->own.transport_up)
+        return;
+    cf_proto_enc_begin(self->own.enc, CF_MSG_STATS);
+    if (cf_proto_enc_send(self->own.enc, self->socket, NULL, 0) == CF_OK) {
+        self->own.stats_asked = true;
+        s_sent(self);
+    }
 }
 
 static void s_run_timers(cf_client_t *self)
@@ -1135,8 +1314,18 @@ static void s_run_timers(cf_client_t *self)
         }
         self->own.next_heartbeat_ms = now + self->own.send_ivl_ms;
     }
-    if (self->own.connected && now - self->own.last_heard_ms > s_dead_after_ms(self))
+    if (self->own.connected && now - self->own.last_heard_ms > s_dead_after_ms(self)) {
         s_lost(self, "silent");
+        //  A partition leaves the connection half-open for minutes, and a
+        //  broker that went silent may be behind one: dial afresh.
+        s_reopen(self, "the broker went silent", now);
+    }
+    if (self->own.redial_deadline_ms >= 0 && now >= self->own.redial_deadline_ms
+        && s_reopen(self, "the connection broke and ZeroMQ does not redial", now))
+        self->own.redial_deadline_ms = -1;
+    if (!self->own.connected)
+        s_check_lost(self, now);
+    s_warn_waiting(self, now);
     if (self->own.resend_at_ms >= 0 && now >= self->own.resend_at_ms) {
         if (self->own.freed == 0)
             self->own.backoff_ms = self->own.backoff_ms * 2 > S_BACKOFF_MAX_MS
@@ -1162,6 +1351,13 @@ static void s_run_timers(cf_client_t *self)
 static int s_poll_timeout(cf_client_t *self)
 {
     int64_t next = self->own.next_heartbeat_ms;
+    if (self->own.redial_deadline_ms >= 0) {
+        int64_t at = self->own.redial_deadline_ms > self->own.reopen.next_ms
+                         ? self->own.redial_deadline_ms
+                         : self->own.reopen.next_ms;
+        if (at < next)
+            next = at;
+    }
     if (self->own.connected && self->own.last_heard_ms + s_dead_after_ms(self) + 1 < next)
         next = self->own.last_heard_ms + s_dead_after_ms(self) + 1;
     if (self->own.resend_at_ms >= 0 && self->own.resend_at_ms < next)
@@ -1208,25 +1404,10 @@ static void s_actor(cf_actor_t *actor, void *arg)
     //  ZMQ_EVENTS checks (a getpid and a poll each) zmq_poll made on every
     //  call for events that come a few times per connection. A descriptor
     //  only says "look": s_on_monitor reads until EAGAIN, which re-arms it,
-    //  so nothing waits unseen.
-    zmq_fd_t monitor_fd = -1;
-    if (self->monitor) {
-        size_t len = sizeof monitor_fd;
-        if (zmq_getsockopt(self->monitor, ZMQ_FD, &monitor_fd, &len) != 0) {
-            cf_log_warn(S_LOG, "monitor descriptor: %s (reconnections go unnoticed)",
-                        zmq_strerror(errno));
-            monitor_fd = -1;
-        }
+    //  so nothing waits unseen. s_open_socket found both descriptors.
+    self->own.lost_since_ms = now;
+    if (self->monitor)
         s_on_monitor(self);    //  what came before we looked
-    }
-    zmq_fd_t socket_fd = -1;
-    size_t fd_len = sizeof socket_fd;
-    if (zmq_getsockopt(self->socket, ZMQ_FD, &socket_fd, &fd_len) != 0) {
-        char message[160];
-        snprintf(message, sizeof message, "client: socket descriptor: %s", zmq_strerror(errno));
-        cf_actor_ready(actor, CF_ESYS, message);
-        return;
-    }
 
     cf_actor_serve(actor, self);
     cf_actor_ready(actor, CF_OK, NULL);
@@ -1235,8 +1416,10 @@ static void s_actor(cf_actor_t *actor, void *arg)
         int events = cf_proto_events(self->socket);
         bool ready = work || (events & ZMQ_POLLIN) || (self->own.blocked && (events & ZMQ_POLLOUT));
         int timeout = ready ? 0 : s_poll_timeout(self);
+        //  Read every round: s_reopen may have replaced both sockets.
+        zmq_fd_t monitor_fd = self->own.monitor_fd;
         struct pollfd fds[2] = {
-            { socket_fd, POLLIN, 0 },
+            { self->own.socket_fd, POLLIN, 0 },
             { monitor_fd, POLLIN, 0 },
         };
         bool woken = false;
@@ -1264,7 +1447,7 @@ static void s_actor(cf_actor_t *actor, void *arg)
             s_recv(self);
         if (events & ZMQ_POLLOUT)
             self->own.blocked = false;
-        if (monitor_fd >= 0 && (fds[1].revents & POLLIN))
+        if (monitor_fd >= 0 && (fds[1].revents & POLLIN) && monitor_fd == self->own.monitor_fd)
             s_on_monitor(self);
         s_run_timers(self);
         if (self->own.cancel_ids_len)
@@ -1296,12 +1479,8 @@ static void s_actor(cf_actor_t *actor, void *arg)
 //  failures come here).
 static void s_free(cf_client_t *self)
 {
-    if (self->socket)
-        zmq_socket_monitor(self->socket, NULL, 0);    //  fine when none runs
-    if (self->monitor)
-        zmq_close(self->monitor);
-    if (self->socket)
-        zmq_close(self->socket);
+    s_close_socket(&self->socket, &self->monitor);
+    explicit_bzero(self->curve_secret, sizeof self->curve_secret);
     if (self->own_ctx && self->ctx)
         zmq_ctx_term(self->ctx);
     cf_proto_enc_destroy(&self->own.enc);
@@ -1317,9 +1496,9 @@ static void s_free(cf_client_t *self)
     free(self);
 }
 
-//  Makes the socket a CURVE client when the config has keys: all three or
-//  none (CF_EINVAL). The keys are applied, not kept.
-static cf_err_t s_apply_curve(cf_client_t *self, const cf_client_config_t *config)
+//  Takes the CURVE keys from the config when it has them: all three or
+//  none (CF_EINVAL). They are kept for every socket this client opens.
+static cf_err_t s_take_curve(cf_client_t *self, const cf_client_config_t *config)
 {
     int given = !!config->curve_server_key + !!config->curve_public_key
                 + !!config->curve_secret_key;
@@ -1330,33 +1509,136 @@ static cf_err_t s_apply_curve(cf_client_t *self, const cf_client_config_t *confi
                                        "client's key pair");
     if (!zmq_has("curve"))
         return cf_error_set(CF_ESYS, "client: this libzmq was built without CURVE support");
-    cf_err_t rc = cf_keys_apply_client(self->socket, config->curve_server_key,
-                                       config->curve_public_key, config->curve_secret_key);
-    if (rc != CF_OK) {
-        if (cf_last_err() != rc)
-            cf_error_set(rc, "client: cannot set the CURVE keys: %s", cf_strerror(rc));
-        return rc;
-    }
+    snprintf(self->curve_server, sizeof self->curve_server, "%s", config->curve_server_key);
+    snprintf(self->curve_public, sizeof self->curve_public, "%s", config->curve_public_key);
+    snprintf(self->curve_secret, sizeof self->curve_secret, "%s", config->curve_secret_key);
     self->curve = true;
     cf_keys_fingerprint(config->curve_public_key, self->key_fp);
     return CF_OK;
 }
 
-//  Waits for the first handshake's outcome, at most the time after which
-//  the broker would count as lost: CF_OK when it succeeded or did not come
-//  (a broker not up yet is no error, as without CURVE), CF_EAUTH when the
-//  broker refused us.
-static cf_err_t s_await_handshake(cf_client_t *self)
+//  Opens a DEALER to the broker (and its monitor) into *socket_p and
+//  *monitor_p, with our options, keys and ZMTP heartbeats, connected.
+//  On error nothing is left open and the error is set.
+static cf_err_t s_open_socket(cf_client_t *self, void **socket_p, void **monitor_p)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    int64_t wait_ms = (int64_t)self->ivl_ms * self->liveness;
-    deadline.tv_sec += (time_t)(wait_ms / 1000);
-    deadline.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
+    void *socket = zmq_socket(self->ctx, ZMQ_DEALER);
+    void *monitor = NULL;
+    cf_err_t rc = CF_OK;
+    if (!socket)
+        return cf_error_set(CF_ESYS, "client: zmq_socket: %s", zmq_strerror(errno));
+    if (cf_proto_socket_setup(socket, false) != CF_OK
+        || cf_link_setup(socket, self->own.send_ivl_ms, self->liveness) != CF_OK) {
+        rc = cf_error_set(CF_ESYS, "client: socket setup: %s", zmq_strerror(errno));
+        goto failed;
     }
+    if (self->curve) {
+        rc = cf_keys_apply_client(socket, self->curve_server, self->curve_public,
+                                  self->curve_secret);
+        if (rc != CF_OK) {
+            if (cf_last_err() != rc)
+                cf_error_set(rc, "client: cannot set the CURVE keys: %s", cf_strerror(rc));
+            goto failed;
+        }
+    }
+    if (self->watch) {
+        char name[96];
+        snprintf(name, sizeof name, "inproc://cf-client-monitor-%p-%u", (void *)self,
+                 self->generation++);
+        //  Handshake outcomes tell a refused key (or a missing one) from a
+        //  broker that is not up yet, which ZeroMQ itself never reports;
+        //  CONNECT_RETRIED tells a connection libzmq redials from one it
+        //  dropped for good (cf_link.h).
+        int events = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CONNECT_RETRIED
+                     | ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+                     | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
+        if (zmq_socket_monitor(socket, name, events) != 0) {
+            rc = cf_error_set(CF_ESYS, "client: socket monitor: %s", zmq_strerror(errno));
+            goto failed;
+        }
+        monitor = zmq_socket(self->ctx, ZMQ_PAIR);
+        if (!monitor || zmq_connect(monitor, name) != 0) {
+            rc = cf_error_set(CF_ESYS, "client: socket monitor: %s", zmq_strerror(errno));
+            goto failed;
+        }
+    }
+    if (zmq_connect(socket, self->endpoint) != 0) {
+        rc = cf_error_set(CF_EINVAL, "cannot connect to %s: %s", self->endpoint,
+                          zmq_strerror(errno));
+        goto failed;
+    }
+    zmq_fd_t socket_fd = -1, monitor_fd = -1;
+    size_t len = sizeof socket_fd;
+    if (zmq_getsockopt(socket, ZMQ_FD, &socket_fd, &len) != 0
+        || (monitor && zmq_getsockopt(monitor, ZMQ_FD, &monitor_fd, &len) != 0)) {
+        rc = cf_error_set(CF_ESYS, "client: socket descriptor: %s", zmq_strerror(errno));
+        goto failed;
+    }
+    self->own.socket_fd = socket_fd;
+    self->own.monitor_fd = monitor_fd;
+    *socket_p = socket;
+    *monitor_p = monitor;
+    return CF_OK;
+
+failed:
+    zmq_socket_monitor(socket, NULL, 0);
+    if (monitor)
+        zmq_close(monitor);
+    zmq_close(socket);
+    return rc;
+}
+
+static void s_close_socket(void **socket_p, void **monitor_p)
+{
+    if (*socket_p)
+        zmq_socket_monitor(*socket_p, NULL, 0);    //  fine when none runs
+    if (*monitor_p)
+        zmq_close(*monitor_p);
+    if (*socket_p)
+        zmq_close(*socket_p);
+    *socket_p = *monitor_p = NULL;
+}
+
+//  The broker is lost and libzmq may never redial by itself (cf_link.h): a
+//  fresh socket, at most once per backoff step (false when not now). What
+//  the old socket held unsent is gone with it, so every task at the broker
+//  is resent on the new one, which introduces us to whichever broker
+//  answers (a new routing id: the old one's tasks are dropped there).
+static bool s_reopen(cf_client_t *self, const char *why, int64_t now)
+{
+    if (self->shared.auth_state == S_AUTH_REFUSED || !self->watch)
+        return true;    //  nothing to reopen for: no redial wanted, or inproc
+    if (!cf_link_backoff_take(&self->own.reopen, now))
+        return false;
+    void *socket = NULL, *monitor = NULL;
+    zmq_fd_t old_socket_fd = self->own.socket_fd, old_monitor_fd = self->own.monitor_fd;
+    if (s_open_socket(self, &socket, &monitor) != CF_OK) {
+        cf_log_warn(S_LOG, "%s; no fresh connection: %s (trying again later)", why,
+                    cf_last_error());
+        self->own.socket_fd = old_socket_fd;
+        self->own.monitor_fd = old_monitor_fd;
+        return false;
+    }
+    s_close_socket(&self->socket, &self->monitor);
+    self->socket = socket;
+    self->monitor = monitor;
+    cf_log_warn(S_LOG, "%s: opened a fresh connection to %s", why, self->endpoint);
+    self->own.blocked = false;
+    self->own.transport_up = false;
+    self->own.ever_connected = false;    //  its first connection is not a re-connection
+    self->own.boot = 0;                  //  the next HEARTBEAT is not a second sign
+    self->own.redial_deadline_ms = -1;
+    s_resend_all(self, "fresh connection");
+    s_update_reach(self);
+    s_on_monitor(self);
+    return true;
+}
+
+//  Waits for the first handshake's outcome, at most wait_ms: the auth
+//  state it left (S_AUTH_UNKNOWN when none came in time).
+static int s_await_handshake(cf_client_t *self, int wait_ms)
+{
+    struct timespec deadline = cf_clock_deadline(wait_ms);
     pthread_mutex_lock(&self->shared.mutex);
     while (self->shared.auth_state == S_AUTH_UNKNOWN) {
         if (pthread_cond_timedwait(&self->shared.auth_cond, &self->shared.mutex, &deadline)
@@ -1365,7 +1647,7 @@ static cf_err_t s_await_handshake(cf_client_t *self)
     }
     int state = self->shared.auth_state;
     pthread_mutex_unlock(&self->shared.mutex);
-    return state == S_AUTH_REFUSED ? CF_EAUTH : CF_OK;
+    return state;
 }
 
 static void s_destroy(void **backend_p);
@@ -1390,6 +1672,7 @@ void *cf_client_new(const cf_client_config_t *config)
     cf_clock_cond_init(&self->shared.auth_cond);
 
     self->ivl_ms = config->heartbeat_ivl_ms > 0 ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
+    self->connect_timeout_ms = config->connect_timeout_ms;
     self->liveness = config->heartbeat_liveness > 0 ? config->heartbeat_liveness
                                                     : CF_HEARTBEAT_LIVENESS;
     self->own.send_ivl_ms = self->ivl_ms;
@@ -1412,18 +1695,7 @@ void *cf_client_new(const cf_client_config_t *config)
             goto failed;
         }
     }
-    self->socket = zmq_socket(self->ctx, ZMQ_DEALER);
-    if (!self->socket) {
-        cf_error_set(CF_ESYS, "client: zmq_socket: %s", zmq_strerror(errno));
-        goto failed;
-    }
-    cf_err_t rc = cf_proto_socket_setup(self->socket, false);
-    if (rc != CF_OK) {
-        cf_error_set(rc, "client: socket setup: %s", zmq_strerror(errno));
-        goto failed;
-    }
-    rc = s_apply_curve(self, config);
-    if (rc != CF_OK)
+    if (s_take_curve(self, config) != CF_OK)
         goto failed;
     self->own.judge = (cf_keys_judge_t){
         .curve = self->curve,
@@ -1434,50 +1706,67 @@ void *cf_client_new(const cf_client_config_t *config)
     };
     //  inproc peers never reconnect: no monitor needed there.
     self->own.transport_up = true;
+    self->own.redial_deadline_ms = -1;
+    self->own.monitor_fd = -1;
+    //  A lost broker gets a fresh socket at once, then at most once per
+    //  expiry (liveness intervals), the wait doubling to 4 expiries.
+    cf_link_backoff_init(&self->own.reopen, self->liveness * self->ivl_ms,
+                         4 * self->liveness * self->ivl_ms);
     if (strncmp(config->endpoint, "inproc://", 9) != 0) {
+        self->watch = true;
         self->own.transport_up = false;    //  until the monitor says connected
         self->own.unreachable = true;
         self->shared.broker_unreachable = true;
-        char name[96];
-        snprintf(name, sizeof name, "inproc://cf-client-monitor-%p-%016" PRIx64, (void *)self,
-                 self->own.next_id);
-        //  Handshake outcomes tell a refused key (or a missing one) from a
-        //  broker that is not up yet, which ZeroMQ itself never reports.
-        int events = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED
-                     | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
-        if (zmq_socket_monitor(self->socket, name, events) != 0) {
-            cf_error_set(CF_ESYS, "client: socket monitor: %s", zmq_strerror(errno));
-            goto failed;
-        }
-        self->monitor = zmq_socket(self->ctx, ZMQ_PAIR);
-        if (!self->monitor || zmq_connect(self->monitor, name) != 0) {
-            cf_error_set(CF_ESYS, "client: socket monitor: %s", zmq_strerror(errno));
-            goto failed;
-        }
     }
-    if (zmq_connect(self->socket, config->endpoint) != 0) {
-        cf_error_set(CF_EINVAL, "cannot connect to %s: %s", config->endpoint, zmq_strerror(errno));
+    if (s_open_socket(self, &self->socket, &self->monitor) != CF_OK)
         goto failed;
-    }
     //  From here the sockets belong to the actor thread (starting it is
     //  the memory barrier zmq asks for when a socket changes threads). The
     //  actor sets self->actor itself (see the struct).
     if (!cf_actor_new("cf-client", s_actor, self))
         goto failed;
-    if (self->curve && self->monitor && s_await_handshake(self) != CF_OK) {
-        char why[sizeof self->shared.auth_message];
-        memcpy(why, self->shared.auth_message, sizeof why);
-        void *backend = self;
-        s_destroy(&backend);
-        cf_error_set(CF_EAUTH, "%s", why);
-        return NULL;
+    //  Wait for the first handshake: up to the connect timeout, or with
+    //  CURVE and no timeout up to the broker's expiry, to tell a refused
+    //  key at once (CF_EAUTH) rather than through every future.
+    int wait_ms = self->connect_timeout_ms;
+    if (wait_ms <= 0 && self->curve)
+        wait_ms = self->ivl_ms * self->liveness;
+    int state = self->monitor && wait_ms > 0 ? s_await_handshake(self, wait_ms) : S_AUTH_OK;
+    if (state == S_AUTH_OK || (state == S_AUTH_UNKNOWN && self->connect_timeout_ms <= 0))
+        return self;
+    char why[sizeof self->shared.auth_message + 128];
+    if (state == S_AUTH_REFUSED) {
+        pthread_mutex_lock(&self->shared.mutex);
+        snprintf(why, sizeof why, "%s", self->shared.auth_message);
+        pthread_mutex_unlock(&self->shared.mutex);
     }
-    return self;
+    else
+        snprintf(why, sizeof why,
+                 "no cf-broker answered at %s within %d ms (connect_timeout_ms; is the broker "
+                 "running and the endpoint right?)",
+                 self->endpoint, self->connect_timeout_ms);
+    void *backend = self;
+    s_destroy(&backend);
+    cf_error_set(state == S_AUTH_REFUSED ? CF_EAUTH : CF_ETIMEDOUT, "%s", why);
+    return NULL;
 
 failed:
     s_free(self);
     return NULL;
+}
+
+//  cf_executor_destroy is about to wait for every task: from now on a
+//  broker lost (or never heard) for s_dead_after_ms ends that wait, the
+//  tasks it had failing with BrokerLost (s_check_lost).
+static void s_destroying(void *backend)
+{
+    cf_client_t *self = backend;
+    pthread_mutex_lock(&self->shared.mutex);
+    self->shared.destroying = true;
+    bool wake = s_signal_locked(self);
+    pthread_mutex_unlock(&self->shared.mutex);
+    if (wake)
+        s_wake(self);
 }
 
 static void s_destroy(void **backend_p)
@@ -1516,6 +1805,7 @@ const cf_backend_ops_t cf_client_ops = {
     .submit = s_submit,
     .shutdown = s_shutdown,
     .destroy = s_destroy,
+    .destroying = s_destroying,
     .max_workers = s_max_workers,
     .cancel = s_cancel,    //  the front installs it on futures that got in
     .task_size = CF_CLIENT_TASK_SIZE,

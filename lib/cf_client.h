@@ -23,7 +23,13 @@
 //    cancel_futures cancels what the client holds and asks the broker to
 //    drop what it queues.
 //  - destroy resolves whatever is still pending: cancelled if it never
-//    started, error "ExecutorDestroyed" if it did. No future hangs.
+//    started, error "ExecutorDestroyed" if it did. No future hangs, and no
+//    destroy either: once the broker was lost (or never heard) for
+//    liveness intervals, the waiting shutdown before it ends with tasks
+//    handed to that broker failed ("BrokerLost") and the rest cancelled.
+//  - A connection that ends without libzmq redialling (a protocol error),
+//    or a broker silent for liveness intervals, gets a fresh socket
+//    (core/cf_link.h) and every task the broker had is resubmitted.
 //  - Delivery is at-least-once: after a broker restart a task may run twice;
 //    its future takes the first result.
 
@@ -42,6 +48,10 @@ typedef struct {
     void *zmq_context;         //  NULL: the client makes its own
     int heartbeat_ivl_ms;      //  <= 0: CF_HEARTBEAT_IVL_MS (the broker's, when shorter, wins)
     int heartbeat_liveness;    //  missed intervals before the broker is lost; <= 0: default
+    //  > 0: cf_client_new waits up to this long for a first handshake with
+    //  a broker and returns NULL with CF_ETIMEDOUT when none came (a
+    //  message naming the endpoint); <= 0: it does not wait.
+    int connect_timeout_ms;
     //  CURVE (Z85 text, all three or none; applied before connect, not
     //  kept): the broker's public key and this client's key pair. With
     //  them, cf_client_new waits for the first handshake up to

@@ -192,6 +192,10 @@ static void *s_client_new(const cf_options_t *opts)
         .endpoint = opts->endpoint,
         .heartbeat_ivl_ms = opts->heartbeat_ivl_ms ? opts->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS,
         .heartbeat_liveness = CF_HEARTBEAT_LIVENESS,
+        //  0 in the options is the default; < 0 asks not to wait.
+        .connect_timeout_ms = opts->connect_timeout_ms == 0  ? CF_CONNECT_TIMEOUT_MS
+                              : opts->connect_timeout_ms < 0 ? 0
+                                                             : opts->connect_timeout_ms,
     };
     if (!opts->curve_broker_key)
         return cf_client_new(&config);
@@ -321,6 +325,8 @@ void cf_executor_destroy(cf_executor_t **pex)
         return;
     cf_executor_t *ex = *pex;
     *pex = NULL;
+    if (ex->ops->destroying)
+        ex->ops->destroying(ex->backend);
     cf_err_t rc = cf_executor_shutdown(ex, true, false);
     if (rc != CF_OK)
         cf_log_warn(S_LOG, "shutdown of the %s executor failed: %s", cf_kind_name(ex->kind),

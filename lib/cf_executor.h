@@ -11,7 +11,9 @@
 
 #include "cf_task.h"
 
-#define CF_DEFAULT_RETRIES 3
+#define CF_DEFAULT_RETRIES    3
+//  How long cf_executor_connect waits for a broker unless told (cfutures.h).
+#define CF_CONNECT_TIMEOUT_MS 5000
 
 //  Number of online CPUs (at least 1): the ones this process may run on.
 int cf_executor_cores(void);

@@ -51,6 +51,10 @@ typedef struct {
     //  Frees the back end after shutdown(wait = true): no thread or process
     //  left behind.
     void (*destroy)(void **backend);
+    //  Optional. Called by cf_executor_destroy before its waiting shutdown:
+    //  the back end may then bound that wait (a client gives up on a lost
+    //  broker, failing what it cannot know about).
+    void (*destroying)(void *backend);
     int (*max_workers)(void *backend);
     //  Bytes the back end keeps in each task (cf_task_backend): the front
     //  reserves them in the task's one allocation.

@@ -281,11 +281,18 @@ static void test_unknown_plaintext_and_wrong_server_key_clients_are_refused(void
     assert_int_equal(cf_last_err(), CF_EAUTH);
     assert_non_null(strstr(cf_last_error(), "broker key"));
 
-    //  Plaintext: the executor starts (it cannot know before the first
-    //  handshake), then its task fails with AuthError and later submits
-    //  fail with CF_EAUTH. The refusal may come before the first submit
-    //  (one run in a few on a loaded machine): then that submit fails too.
+    //  Plaintext: cf_executor_connect waits for the first handshake
+    //  (connect_timeout_ms), so the refusal comes there, with its reason.
     ex = cf_executor_connect(clients, NULL);
+    assert_null(ex);
+    assert_int_equal(cf_last_err(), CF_EAUTH);
+    assert_non_null(strstr(cf_last_error(), "requires CURVE"));
+    //  Without the wait the executor starts (it cannot know before the
+    //  first handshake), then its task fails with AuthError and later
+    //  submits fail with CF_EAUTH. The refusal may come before the first
+    //  submit (one run in a few on a loaded machine): then that submit
+    //  fails too.
+    ex = cf_executor_connect(clients, &(cf_options_t){ .connect_timeout_ms = -1 });
     assert_non_null(ex);
     cf_future_t *f = cf_submit(ex, "square", "i", 3);
     if (f)

@@ -38,6 +38,7 @@
 #include "cf_actor.h"
 #include "cf_clock.h"
 #include "cf_error.h"
+#include "cf_link.h"
 #include "cf_log.h"
 #include "cf_proto.h"
 #include "cf_queue.h"
@@ -170,6 +171,13 @@ typedef struct s_actor {
     int64_t last_recv_ms;
     int64_t last_send_ms;
     int64_t give_up_ms;    //  terminating: drop unsent results after this; 0 unset
+    //  The socket's life cycle (see s_open, s_reopen).
+    int sock_fd;                  //  its ZMQ_FD
+    unsigned generation;          //  sockets opened before this one
+    cf_link_backoff_t reopen;     //  when a lost broker gets a fresh socket
+    int64_t announce_asked_ms;    //  the last sign that set announce
+    uint64_t reintroductions;     //  READYs asked for after the first
+    bool introduced;              //  a fresh socket announced us since the loss
 } s_actor_t;
 
 // ---------------------------------------------------------------------------
@@ -690,12 +698,126 @@ static void s_take_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
     pthread_mutex_unlock(&w->lock);
 }
 
+static int s_send_ivl(const s_actor_t *a);
+
+//  One re-introduction per restart (docs/protocol.md section 7): every sign
+//  sets the one announce flag that one READY clears. An "unknown worker"
+//  that comes within an interval of a READY answers a message sent before
+//  it (a heartbeat queued while the broker was away) and is not a new sign:
+//  a second READY would only reset our credit while its tasks are on the
+//  way. A broker that really missed the READY says so again at our next
+//  heartbeat, after the interval.
+static void s_announce(s_actor_t *a, bool unknown_worker, const char *why)
+{
+    int64_t now = cf_clock_now_ms();
+    if (a->announce)
+        return;
+    if (unknown_worker && a->announce_asked_ms && now - a->announce_asked_ms < s_send_ivl(a))
+        return;
+    cf_log_info(S_LOG, "%s: announcing again", why);
+    a->announce = true;
+    a->announce_asked_ms = now;
+    a->reintroductions++;
+}
+
+//  Opens the DEALER to the broker (again after s_reopen): our identity,
+//  with a generation suffix on a fresh socket so that the broker never
+//  confuses it with the old connection it may still hold (it treats the old
+//  identity as lost and retries what that one held), ZMTP heartbeats, and
+//  the caller's setup (CURVE keys). Returns CF_OK or an error with message.
+static cf_err_t s_open(s_actor_t *a, char *message, size_t size)
+{
+    cf_worker_t *w = a->w;
+    char identity[sizeof w->identity + 16];
+    if (a->generation)
+        snprintf(identity, sizeof identity, "%.240s.%u", w->identity,
+                 a->generation);    //  ids: 255 bytes at most
+    else
+        snprintf(identity, sizeof identity, "%s", w->identity);
+    a->sock = zmq_socket(w->ctx, ZMQ_DEALER);
+    if (!a->sock) {
+        snprintf(message, size, "worker: cannot create its socket: %s", zmq_strerror(errno));
+        return CF_ESYS;
+    }
+    if (cf_proto_socket_setup(a->sock, false) != CF_OK
+        || cf_link_setup(a->sock, s_send_ivl(a), w->liveness) != CF_OK
+        || zmq_setsockopt(a->sock, ZMQ_ROUTING_ID, identity, strlen(identity)) != 0) {
+        snprintf(message, size, "worker: socket options: %s", zmq_strerror(errno));
+        return CF_ESYS;
+    }
+    if (w->socket_setup) {
+        cf_err_t rc = w->socket_setup(a->sock, w->socket_setup_arg);
+        if (rc != CF_OK) {
+            snprintf(message, size, "worker: socket setup failed: %s",
+                     cf_last_err() == rc ? cf_last_error() : cf_strerror(rc));
+            return rc;
+        }
+    }
+    if (zmq_connect(a->sock, w->endpoint) != 0) {
+        snprintf(message, size, "worker: cannot connect to %s: %s", w->endpoint,
+                 zmq_strerror(errno));
+        return CF_EINVAL;
+    }
+    size_t fd_len = sizeof a->sock_fd;
+    if (zmq_getsockopt(a->sock, ZMQ_FD, &a->sock_fd, &fd_len) != 0) {
+        snprintf(message, size, "worker: socket descriptor: %s", zmq_strerror(errno));
+        return CF_ESYS;
+    }
+    return CF_OK;
+}
+
+static void s_close(s_actor_t *a)
+{
+    if (!a->sock)
+        return;
+    zmq_socket_monitor(a->sock, NULL, 0);    //  the setup's, if any
+    zmq_close(a->sock);
+    a->sock = NULL;
+    a->sock_fd = -1;
+}
+
+//  The broker is lost and libzmq may never redial by itself (a protocol
+//  error ended the connection, or a partition left it half-open): a fresh
+//  socket, at most once per backoff step. Results handed to the old socket
+//  and not delivered are gone with it; the broker retries those tasks when
+//  it loses the old identity. What we hold and have not sent stays.
+static void s_reopen(s_actor_t *a, int64_t now)
+{
+    if (!cf_link_backoff_take(&a->reopen, now))
+        return;
+    void *old = a->sock;
+    int old_fd = a->sock_fd;
+    zmq_socket_monitor(old, NULL, 0);    //  frees the setup's monitor endpoint
+    a->generation++;
+    char message[256];
+    if (s_open(a, message, sizeof message) != CF_OK) {
+        //  Keep the old socket (every send needs one) and try later.
+        cf_log_warn(S_LOG, "%s (trying again later)", message);
+        s_close(a);
+        a->sock = old;
+        a->sock_fd = old_fd;
+        return;
+    }
+    zmq_close(old);
+    cf_log_warn(S_LOG, "broker %s lost: opened a fresh connection (%u)", a->w->endpoint,
+                a->generation);
+    a->blocked = false;
+    a->boot = 0;    //  the next broker's first HEARTBEAT is not a second sign
+    a->announce = false;
+    s_announce(a, false, "fresh connection");
+    //  That READY waits in the new socket for whichever broker answers:
+    //  its answer is then no reason for another.
+    a->introduced = true;
+    a->last_send_ms = now;
+}
+
 //  The broker is gone (silent, or said DISCONNECT).
 static void s_broker_gone(s_actor_t *a, const char *why)
 {
     if (a->broker_lost)
         return;
     a->broker_lost = true;
+    a->introduced = false;
     if (a->w->exit_on_broker_loss) {
         cf_log_warn(S_LOG, "broker %s %s: ending", a->w->endpoint, why);
         a->done = true;
@@ -710,10 +832,8 @@ static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
     switch (msg->type) {
     case CF_MSG_HEARTBEAT:
         if (msg->boot) {
-            if (a->boot && msg->boot != a->boot) {
-                cf_log_info(S_LOG, "broker restarted (new boot id): announcing again");
-                a->announce = true;
-            }
+            if (a->boot && msg->boot != a->boot)
+                s_announce(a, false, "broker restarted (new boot id)");
             a->boot = msg->boot;
         }
         if (msg->ivl_ms)
@@ -730,8 +850,7 @@ static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
     case CF_MSG_ERROR:
         if (cf_proto_str_eq(msg->text, CF_PROTO_UNKNOWN_WORKER)) {
             //  It lost track of us (it restarted, or judged us lost).
-            cf_log_info(S_LOG, "broker does not know this worker: announcing again");
-            a->announce = true;
+            s_announce(a, true, "broker does not know this worker");
         }
         else if (cf_proto_str_eq(msg->text, CF_PROTO_KEY_REVOKED)
                  || cf_proto_str_eq(msg->text, CF_PROTO_NOT_ALLOWED)) {
@@ -748,8 +867,10 @@ static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
         break;
     case CF_MSG_DISCONNECT:
         s_broker_gone(a, "said DISCONNECT");
-        //  Whoever answers next has forgotten us.
-        a->announce = true;
+        //  Whoever answers next has forgotten us: s_read announces when it
+        //  speaks, not now (a READY to a broker going away is lost), and
+        //  its first HEARTBEAT is not a second sign.
+        a->boot = 0;
         break;
     default:
         cf_log_debug(S_LOG, "unexpected %s from the broker ignored",
@@ -777,9 +898,10 @@ static void s_read(s_actor_t *a)
         //  is alive.
         a->last_recv_ms = cf_clock_now_ms();
         if (a->broker_lost && !a->done) {
-            cf_log_info(S_LOG, "broker %s is back: announcing again", a->w->endpoint);
             a->broker_lost = false;
-            a->announce = true;
+            cf_link_backoff_reset(&a->reopen);
+            if (!a->introduced)
+                s_announce(a, false, "broker is back");
         }
         if (rc == CF_EPROTO) {
             cf_log_debug(S_LOG, "malformed message from the broker dropped");
@@ -930,36 +1052,16 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
     cf_queue_init(&a->pending);
     char message[256];
     a->enc = cf_proto_enc_new();
-    a->sock = zmq_socket(w->ctx, ZMQ_DEALER);
-    if (!a->enc || !a->sock) {
-        snprintf(message, sizeof message, "worker: cannot create its socket: %s",
-                 a->enc ? zmq_strerror(errno) : "out of memory");
+    if (!a->enc) {
+        snprintf(message, sizeof message, "worker: cannot create its socket: out of memory");
         goto failed;
     }
-    if (cf_proto_socket_setup(a->sock, false) != CF_OK
-        || zmq_setsockopt(a->sock, ZMQ_ROUTING_ID, w->identity, strlen(w->identity)) != 0) {
-        snprintf(message, sizeof message, "worker: socket options: %s", zmq_strerror(errno));
+    //  A lost broker gets a fresh socket at once, then (still silent after
+    //  as long again: the new socket's redials were no better) another,
+    //  the wait doubling to 4 times that while it stays away.
+    cf_link_backoff_init(&a->reopen, w->liveness * w->ivl_ms, 4 * w->liveness * w->ivl_ms);
+    if (s_open(a, message, sizeof message) != CF_OK)
         goto failed;
-    }
-    if (w->socket_setup) {
-        cf_err_t rc = w->socket_setup(a->sock, w->socket_setup_arg);
-        if (rc != CF_OK) {
-            snprintf(message, sizeof message, "worker: socket setup failed: %s",
-                     cf_last_err() == rc ? cf_last_error() : cf_strerror(rc));
-            goto failed;
-        }
-    }
-    if (zmq_connect(a->sock, w->endpoint) != 0) {
-        snprintf(message, sizeof message, "worker: cannot connect to %s: %s", w->endpoint,
-                 zmq_strerror(errno));
-        goto failed;
-    }
-    zmq_fd_t sock_fd;
-    size_t fd_len = sizeof sock_fd;
-    if (zmq_getsockopt(a->sock, ZMQ_FD, &sock_fd, &fd_len) != 0) {
-        snprintf(message, sizeof message, "worker: socket descriptor: %s", zmq_strerror(errno));
-        goto failed;
-    }
     int64_t now = cf_clock_now_ms();
     a->last_recv_ms = a->last_send_ms = now;
     cf_actor_serve(pipe, a);
@@ -972,7 +1074,7 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
         int events = cf_proto_events(a->sock);
         bool ready = (events & ZMQ_POLLIN) || (a->blocked && (events & ZMQ_POLLOUT));
         int timeout = ready ? 0 : s_poll_timeout(a, cf_clock_now_ms());
-        struct pollfd fds[1] = { { sock_fd, POLLIN, 0 } };
+        struct pollfd fds[1] = { { a->sock_fd, POLLIN, 0 } };
         bool woken = false;
         if (cf_actor_sleep(pipe, fds, 1, timeout, &woken) < 0) {
             cf_log_error(S_LOG, "poll failed: %s", strerror(errno));
@@ -1001,6 +1103,10 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
             if (a->done)
                 break;
         }
+        //  Silent, not only gone: after a DISCONNECT libzmq redials by
+        //  itself, and the broker's successor speaks within an expiry.
+        if (a->broker_lost && !a->terminating && now - a->last_recv_ms > s_expiry_ms(a))
+            s_reopen(a, now);
         s_check_end(a, busy, now);
         if (a->done)
             break;
@@ -1017,7 +1123,7 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
     if (a->declined)
         cf_log_debug(S_LOG, "%" PRIu64 " tasks not taken, handed back by DISCONNECT", a->declined);
     cf_actor_serve(pipe, NULL);
-    zmq_close(a->sock);
+    s_close(a);
     cf_proto_enc_destroy(&a->enc);
     pthread_mutex_lock(&w->lock);
     w->stopping = true;
@@ -1030,8 +1136,7 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
     return;
 
 failed:
-    if (a->sock)
-        zmq_close(a->sock);
+    s_close(a);
     cf_proto_enc_destroy(&a->enc);
     cf_actor_ready(pipe, CF_ESYS, message);
 }

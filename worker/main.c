@@ -74,6 +74,7 @@ typedef struct {
     char server[CF_KEY_Z85_SIZE];
     cf_keypair_t pair;
     const char *monitor;    //  inproc endpoint to report handshakes to, or NULL
+    int sockets;            //  sockets set up so far (the worker may open more)
 } s_curve_t;
 
 static cf_err_t s_socket_setup(void *socket, void *arg)
@@ -85,7 +86,11 @@ static cf_err_t s_socket_setup(void *socket, void *arg)
         if (rc != CF_OK)
             return rc;
     }
-    if (curve->monitor
+    //  The first socket only: our PAIR connected to that monitor's endpoint
+    //  once, and an inproc connection is not made again. A fresh socket the
+    //  worker opens after losing the broker (cf_link.h) goes unwatched, so
+    //  a key refused on it shows as a broker that stays silent.
+    if (curve->monitor && curve->sockets++ == 0
         && zmq_socket_monitor(socket, curve->monitor,
                               ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
                                   | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
