@@ -500,7 +500,7 @@ static void test_a_client_dials_again_after_one_altered_curve_byte(void **state)
         .curve_secret_key = client.secret_z85,
     });
     assert_non_null(backend);
-    cf_task_t *task = cf_task_new("link_echo", 9, "\x91\x07", 2);
+    cf_task_t *task = cf_task_new("link_echo", 9, "\x91\x07", 2, cf_client_ops.task_size);
     assert_non_null(task);
     cf_future_t *f = cf_future_ref(task->future);
     assert_int_equal(cf_client_ops.submit(backend, &task), CF_OK);
