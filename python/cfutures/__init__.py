@@ -14,7 +14,7 @@ Python clients alike (``python -m cfutures.worker --help``).
 import logging
 
 from .client import Executor, Future
-from .errors import AuthError, TaskError
+from .errors import AuthError, Busy, TaskError
 from .registry import task
 
 #  Silent unless the application configures logging (as the C library is
@@ -22,5 +22,5 @@ from .registry import task
 #  cfutures.worker.
 logging.getLogger("cfutures").addHandler(logging.NullHandler())
 
-__all__ = ["Executor", "Future", "TaskError", "AuthError", "task"]
+__all__ = ["Executor", "Future", "TaskError", "AuthError", "Busy", "task"]
 __version__ = "0.1.0"

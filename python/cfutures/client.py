@@ -53,7 +53,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import _actor, _keys, _proto
-from .errors import AuthError, TaskError
+from .errors import AuthError, Busy, TaskError
 
 log = logging.getLogger("cfutures.client")
 
@@ -1042,7 +1042,10 @@ class Executor(cf.Executor):
     and this client's secret key file (cf-keygen); with them the
     constructor waits for the first handshake and raises AuthError if the
     broker refuses the key. ``map_window`` bounds the tasks map() keeps in
-    flight.
+    flight. ``max_outstanding`` bounds the tasks submit() has not seen done:
+    a submission over it waits for one, or, with ``fail_when_full``, raises
+    cfutures.Busy at once (a done callback never waits: it raises Busy), as
+    the C library's options of the same names do.
 
     An executor is shut down by ``with``, shutdown(), or at interpreter
     exit: there, as with ThreadPoolExecutor, its tasks still complete,
@@ -1059,7 +1062,8 @@ class Executor(cf.Executor):
     def __init__(self, endpoint="tcp://127.0.0.1:5555", *, retries=DEFAULT_RETRIES,
                  timeout=None, retry_on_error=False, heartbeat_ms=DEFAULT_HEARTBEAT_MS,
                  liveness=DEFAULT_LIVENESS, curve_broker_key=None, curve_key=None,
-                 map_window=MAP_WINDOW, context=None):
+                 map_window=MAP_WINDOW, max_outstanding=None, fail_when_full=False,
+                 context=None):
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if not endpoints or not all(isinstance(e, str) and e for e in endpoints):
             raise ValueError("endpoint is a non-empty str or a list of them")
@@ -1069,6 +1073,13 @@ class Executor(cf.Executor):
             raise ValueError("liveness is a positive int")
         if type(map_window) is not int or map_window < 1:
             raise ValueError("map_window is a positive int")
+        if max_outstanding is not None and (type(max_outstanding) is not int
+                                            or max_outstanding < 1):
+            raise ValueError("max_outstanding is None or a positive int")
+        #  submit()'s bound on tasks not done (map() has its own window).
+        self._slots = None if max_outstanding is None else threading.Semaphore(max_outstanding)
+        self._max_outstanding = max_outstanding
+        self._fail_when_full = fail_when_full
         self._defaults = _task_options((0, 0, 0), {"retries": retries, "timeout": timeout,
                                                    "retry_on_error": retry_on_error})
         self._map_window = map_window
@@ -1104,8 +1115,29 @@ class Executor(cf.Executor):
 
     def _submit(self, fn, args_bytes, options):
         future = Future()
-        self._client.submit(fn, args_bytes, options[0], options[1], options[2], future)
+        if self._slots is not None:
+            self._take_slot(fn)
+            future.add_done_callback(lambda _: self._slots.release())
+        try:
+            self._client.submit(fn, args_bytes, options[0], options[1], options[2], future)
+        except BaseException:
+            if self._slots is not None and not future.done():
+                self._slots.release()
+            raise
         return future
+
+    def _take_slot(self, fn):
+        #  Never waits on the client's own thread (a done callback): the
+        #  slot it waits for is freed on that thread. A shutdown ends the
+        #  wait, as it ends every submission.
+        may_wait = (not self._fail_when_full
+                    and threading.current_thread() is not self._client.thread)
+        while not self._slots.acquire(timeout=0.1 if may_wait else 0):
+            if not may_wait:
+                raise Busy(f"cannot submit {fn}: {self._max_outstanding} tasks outstanding "
+                           "(max_outstanding)")
+            if self._client.closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
 
     def map(self, fn, *iterables, timeout=None, chunksize=1, window=None):
         """Like Executor.map: fn(*args) for args in zip(*iterables), results

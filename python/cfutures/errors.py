@@ -42,6 +42,11 @@ class TaskError(Exception):
         return (TaskError, (self.type, self.message, self.function, self.host, self.pid))
 
 
+class Busy(RuntimeError):
+    """Executor(max_outstanding=..., fail_when_full=True): a submission found
+    max_outstanding tasks not done yet (the C library's CF_EBUSY)."""
+
+
 class AuthError(PermissionError):
     """The broker refused this client's or worker's CURVE key (or its lack of
     one), or a secret key file is readable by others."""

@@ -348,3 +348,39 @@ def test_a_full_broker_pushes_back_and_nothing_is_lost(cluster):
         stats = ex.stats()
     assert stats["busy"] > 0                    # the broker did push back
     assert stats["completed"] == 3000
+
+
+def test_max_outstanding_bounds_the_tasks_not_done(cluster, tmp_path):
+    broker = cluster.broker()
+    cluster.c_worker(broker, "--threads", "2")
+    ex = cluster.executor(broker, max_outstanding=2, fail_when_full=True)
+    gates = []
+    for i in range(2):
+        started, release = tmp_path / f"started{i}", tmp_path / f"release{i}"
+        gates.append((ex.submit("gate", str(started), str(release)), release))
+        wait_for(started.exists, what="a gate task to start")
+    with pytest.raises(cfutures.Busy):
+        ex.submit("square", 3)
+    gates[0][1].touch()
+    assert gates[0][0].result(timeout=30) > 0
+    assert ex.submit("square", 3).result(timeout=30) == 9
+    gates[1][1].touch()
+    assert gates[1][0].result(timeout=30) > 0
+
+    #  Without fail_when_full the submission waits for a slot.
+    waiting = cluster.executor(broker, max_outstanding=1)
+    started, release = tmp_path / "started_w", tmp_path / "release_w"
+    held = waiting.submit("gate", str(started), str(release))
+    wait_for(started.exists, what="the gate task to start")
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("f", waiting.submit("square", 4)))
+    thread.start()
+    thread.join(0.2)
+    assert thread.is_alive()          # no slot while the gate task holds it
+    release.touch()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert box["f"].result(timeout=30) == 16
+    assert held.result(timeout=30) > 0
+    with pytest.raises(ValueError):
+        cfutures.Executor(broker.clients, max_outstanding=0)
