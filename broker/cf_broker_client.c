@@ -98,6 +98,7 @@ void cf_broker_client_cancelled(cf_broker_state_t *self, cf_broker_task_t *task)
 void cf_broker_client_result_ok(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
                                 const void *value, size_t value_len)
 {
+    client->completed++;
     cf_broker_out_t *out = s_out_add(self, client, id, CF_STATUS_OK, value_len);
     if (!out)
         return;
@@ -110,6 +111,7 @@ void cf_broker_client_result_error(cf_broker_state_t *self, cf_broker_client_t *
                                    cf_proto_str_t type, cf_proto_str_t message,
                                    cf_proto_str_t function, cf_proto_str_t host, int32_t pid)
 {
+    client->failed++;
     //  The codec refuses an empty type; a worker that sent one still failed.
     if (!type.ptr || type.len == 0)
         type = (cf_proto_str_t){ "Error", 5 };
@@ -486,6 +488,7 @@ static void s_client_submit(cf_broker_state_t *self, cf_broker_client_t *client,
         }
         cf_queue_rr_push_back(&self->rr, &client->queue, &task->node);
         self->stats.submitted++;
+        client->submitted++;
     }
     self->stats.busy += busy;
     if (busy && cf_broker_log_event(self))
@@ -507,36 +510,6 @@ static void s_client_cancel(cf_broker_state_t *self, cf_broker_client_t *client,
         else if (!cf_broker_worker_cancel(self, task))
             cf_broker_client_started(self, client, task->client_task_id, true);
     }
-}
-
-static void s_send_stats(cf_broker_state_t *self, const void *id, size_t len)
-{
-    cf_broker_stats_t s;
-    cf_broker_state_stats(self, &s);
-    const struct {
-        const char *name;
-        uint64_t value;
-    } items[] = {
-        { "clients", s.clients },     { "workers", s.workers },
-        { "queued", s.queued },       { "running", s.running },
-        { "submitted", s.submitted }, { "completed", s.completed },
-        { "failed", s.failed },       { "cancelled", s.cancelled },
-        { "retried", s.retried },     { "lost_workers", s.lost_workers },
-        { "busy", s.busy },           { "malformed", s.malformed },
-        { "dropped", s.dropped },     { "ignored", s.ignored },
-        { "timed_out", s.timed_out }, { "deferred", s.deferred },
-        { "refused", s.refused },
-    };
-    cf_proto_enc_begin(self->enc, CF_MSG_STATS);
-    for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
-        if (cf_proto_enc_stat(self->enc, items[i].name, items[i].value) != CF_OK) {
-            cf_log_error(S_LOG, "cannot encode stats");
-            return;
-        }
-    }
-    cf_err_t rc = cf_proto_enc_send(self->enc, self->clients_sock, id, len);
-    if (rc != CF_OK && cf_broker_log_event(self))
-        cf_log_debug(S_LOG, "stats reply not sent: %s", cf_strerror(rc));
 }
 
 void cf_broker_client_on_message(cf_broker_state_t *self, const void *id, size_t len,
@@ -576,7 +549,7 @@ void cf_broker_client_on_message(cf_broker_state_t *self, const void *id, size_t
     case CF_MSG_STATS:
         if (!client)
             cf_broker_peer_unknown(self, self->clients_sock, id, len, NULL);
-        s_send_stats(self, id, len);
+        cf_broker_stats_reply(self, id, len, msg->stats_flags);
         break;
     case CF_MSG_DISCONNECT:
         if (client)

@@ -16,6 +16,8 @@
 //                         outboxes (STARTED, RESULT) and their flush, lost
 //    cf_broker_worker.c   cf_broker_worker_*: workers: ready, credit,
 //                         dispatch, results, removal
+//    cf_broker_stats.c    cf_broker_stats_*: the STATS reply, its counters
+//                         and its per-worker and per-client lists
 //
 //  Design note. One thread, a cf_actor, creates and owns the two ROUTER
 //  sockets and every table below; other threads reach it only through its
@@ -186,7 +188,8 @@ struct cf_broker_client {
     cf_queue_node_t flush_node;      //  in self->flush while anything is unsent
     int64_t unreachable_since_ms;    //  first refused send not followed by a good one; 0: none
     int64_t retry_at_ms;             //  no flush before this after a refusal
-    int retry_delay_ms;              //  the current wait between refused flushes
+    uint64_t submitted, completed, failed;    //  its tasks taken; answered with a value, an error
+    int retry_delay_ms;                       //  the current wait between refused flushes
 };
 
 struct cf_broker_worker {
@@ -200,6 +203,7 @@ struct cf_broker_worker {
     uint32_t threads;
     uint32_t results;              //  results received (wraps; compared for equality)
     uint32_t suspects;             //  SUSPECT tasks on it (it then takes nothing else)
+    uint64_t completed, failed;    //  its results with a value, with an error
     bool says_begun;               //  READY feature BEGUN: sends STARTED, takes CANCEL
     cf_queue_node_t avail_node;    //  in self->available while credit > 0 and not blocked
     int64_t blocked_until_ms;      //  a TASK was refused at HWM: wait till then; 0: not blocked
@@ -223,6 +227,7 @@ typedef struct cf_broker_state {
     cf_log_limit_t event_log;      //  debug lines a peer can cause per message
     cf_log_limit_t task_log;       //  warnings about tasks that cannot go on
     uint64_t boot;                 //  random, nonzero: tells peers this run from another
+    int64_t started_ms;            //  when the state was made (uptime_ms)
     uint64_t next_task_id;         //  starts at random: a restarted broker never
                                    //  matches a result meant for its predecessor
     cf_idmap_t *client_table;      //  identity hash -> first cf_broker_peer_t of the chain
@@ -390,6 +395,13 @@ void cf_broker_client_flush_all(cf_broker_state_t *self);
 //  Drops the client: its queued tasks and unsent results go, its running
 //  tasks are orphaned (their results will be dropped).
 void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client, const char *reason);
+
+// ---------------------------------------------------------------------------
+//  cf_broker_stats.c
+
+//  Answers a STATS request from id: the counters, and the lists flags asks
+//  for (CF_PROTO_STATS_*).
+void cf_broker_stats_reply(cf_broker_state_t *self, const void *id, size_t len, uint32_t flags);
 
 // ---------------------------------------------------------------------------
 //  cf_broker_worker.c

@@ -5,6 +5,7 @@
 
 #include "cf_broker_int.h"
 
+#include "cf_clock.h"
 #include "cf_error.h"
 #include "cf_random.h"
 
@@ -90,6 +91,7 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
     self->event_log.per_sec = CF_BROKER_EVENT_LOG_PER_SEC;
     self->task_log.per_sec = CF_BROKER_TASK_LOG_PER_SEC;
     self->boot = cf_random_u64();
+    self->started_ms = cf_clock_now_ms();
     self->next_task_id = cf_random_u64();
     self->enc = cf_proto_enc_new();
     self->tasks = cf_idmap_new(1024);

@@ -124,6 +124,10 @@ static void s_worker_result(cf_broker_state_t *self, cf_broker_worker_t *worker,
     //  over (see s_worker_turning_over).
     if (result->status == CF_STATUS_OK || result->status == CF_STATUS_ERROR)
         worker->results++;
+    if (result->status == CF_STATUS_OK)
+        worker->completed++;
+    else if (result->status == CF_STATUS_ERROR)
+        worker->failed++;
     cf_broker_task_t *task = cf_idmap_get(self->tasks, result->id);
     if (!task || task->worker != worker) {
         self->stats.ignored++;

@@ -99,6 +99,15 @@ static size_t s_min_item_bytes(cf_msg_type_t type)
     }
 }
 
+//  True when the next value is an array (fixarray, array16, array32).
+static bool s_next_is_array(const cf_mp_reader_t *r)
+{
+    if (r->pos >= r->size)
+        return false;
+    uint8_t b = r->data[r->pos];
+    return (b & 0xf0) == 0x90 || b == 0xdc || b == 0xdd;
+}
+
 static cf_err_t s_read_u32(cf_mp_reader_t *r, uint32_t *out)
 {
     uint64_t v;
@@ -311,6 +320,7 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
     uint32_t items = 0;
     size_t item_size = 0;
     bool stats_reply = false;
+    uint32_t stats_flags = 0;
     size_t min_item = s_min_item_bytes(type);
     if (min_item > 0) {
         if (cf_mp_read_array(&r, CF_PROTO_MAX_BATCH, &items) != CF_OK
@@ -326,8 +336,15 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
             stats_reply = true;
             item_size = sizeof(cf_proto_stat_t);
         }
-        else if (cf_mp_read_array(&r, 0, &items) != CF_OK)
-            goto malformed;
+        else {
+            //  A request: [] or [flags].
+            uint32_t fields;
+            r.pos = 0;
+            if (cf_mp_read_array(&r, 1, &fields) != CF_OK
+                || (fields == 1 && s_read_u32(&r, &stats_flags) != CF_OK))
+                goto malformed;
+            items = 0;
+        }
     }
     size_t header_pos = r.pos;
 
@@ -387,11 +404,22 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
         if (stats_reply) {
             msg->stats = item_area;
             for (uint32_t i = 0; i < items; i++) {
-                if (s_read_text(&r, 1, CF_PROTO_MAX_NAME, &msg->stats[i].name) != CF_OK
-                    || cf_mp_read_uint(&r, &msg->stats[i].value) != CF_OK)
+                cf_proto_stat_t *stat = &msg->stats[i];
+                if (s_read_text(&r, 1, CF_PROTO_MAX_NAME, &stat->name) != CF_OK)
+                    goto malformed;
+                stat->list = NULL;
+                stat->list_len = 0;
+                if (s_next_is_array(&r)) {
+                    if (cf_mp_skip(&r, &stat->list, &stat->list_len) != CF_OK)
+                        goto malformed;
+                    stat->value = 0;
+                }
+                else if (cf_mp_read_uint(&r, &stat->value) != CF_OK)
                     goto malformed;
             }
         }
+        else
+            msg->stats_flags = stats_flags;
         break;
     case CF_MSG_READY: {
         uint32_t fields;
@@ -527,7 +555,7 @@ cf_err_t cf_proto_recv(void *socket, bool is_router, zmq_msg_t *routing_id, cf_p
 //  Bodies up to this size are copied into the frame (zmq allocates one block
 //  for a copy, and a zero-copy frame costs zmq an allocation of its own plus
 //  ours for the next body); larger ones are handed over without a copy.
-#define S_COPY_MAX    (16 * 1024)
+#define S_COPY_MAX (16 * 1024)
 //  Under ThreadSanitizer every body is copied: over inproc:// a handed-over
 //  buffer, written by the encoder on one thread, is read on another behind
 //  libzmq's lock-free pipe, which TSan cannot see; a copy is written in
@@ -547,6 +575,7 @@ struct cf_proto_enc {
     size_t count;          //  items since begin
     bool failed;           //  out of memory since begin: send fails
     size_t reserve;        //  capacity to start the next buffer with
+    bool whole;            //  the body is complete as written (a STATS request with flags)
 };
 
 static bool s_is_batch(cf_msg_type_t type)
@@ -585,6 +614,7 @@ static void s_reset(cf_proto_enc_t *self, cf_msg_type_t type)
     self->type = type;
     self->count = 0;
     self->failed = false;
+    self->whole = false;
 }
 
 void cf_proto_enc_begin(cf_proto_enc_t *enc, cf_msg_type_t type)
@@ -758,6 +788,34 @@ cf_err_t cf_proto_enc_id(cf_proto_enc_t *enc, uint64_t id)
     return s_item_done(enc, mark, msgpack_pack_uint64(&enc->w.pk, id));
 }
 
+cf_err_t cf_proto_enc_stat_list(cf_proto_enc_t *enc, const char *name, const void *list,
+                                size_t list_len)
+{
+    assert(enc);
+    cf_err_t rc = s_item_check(enc, CF_MSG_STATS, CF_MSG_STATS, CF_PROTO_MAX_STATS);
+    if (rc != CF_OK)
+        return rc;
+    if (!name || !*name || strlen(name) > CF_PROTO_MAX_NAME || !s_name_ok(name, strlen(name))
+        || !list || list_len == 0)
+        return CF_EINVAL;
+    msgpack_packer *pk = &enc->w.pk;
+    size_t mark = enc->w.buf.size;
+    int failed = msgpack_pack_str_with_body(pk, name, strlen(name))
+                 | msgpack_sbuffer_write(&enc->w.buf, list, list_len);
+    return s_item_done(enc, mark, failed);
+}
+
+void cf_proto_enc_stats_request(cf_proto_enc_t *enc, uint32_t flags)
+{
+    assert(enc);
+    s_reset(enc, CF_MSG_STATS);
+    msgpack_packer *pk = &enc->w.pk;
+    enc->failed = (msgpack_pack_array(pk, flags ? 1 : 0)
+                   | (flags ? msgpack_pack_uint32(pk, flags) : 0))
+                  != 0;
+    enc->whole = true;
+}
+
 cf_err_t cf_proto_enc_stat(cf_proto_enc_t *enc, const char *name, uint64_t value)
 {
     assert(enc);
@@ -851,6 +909,8 @@ static cf_err_t s_send_errno(void)
 static void s_finish_body(cf_proto_enc_t *enc)
 {
     uint8_t *body = (uint8_t *)enc->w.buf.data;
+    if (enc->whole)
+        return;
     if (enc->type == CF_MSG_STATS && enc->count == 0) {
         body[0] = 0x90;
         enc->w.buf.size = 1;

@@ -118,8 +118,16 @@ typedef struct {
 
 typedef struct {
     cf_proto_str_t name;
-    uint64_t value;
+    uint64_t value;    //  0 for a list
+    //  A list (worker_list, client_list): the array's msgpack bytes, for the
+    //  caller to read; NULL for a counter.
+    const uint8_t *list;
+    size_t list_len;
 } cf_proto_stat_t;
+
+//  STATS request flags: what detail the reply carries besides the counters.
+#define CF_PROTO_STATS_WORKERS 0x1u    //  worker_list
+#define CF_PROTO_STATS_CLIENTS 0x2u    //  client_list
 
 typedef struct {
     cf_msg_type_t type;
@@ -131,6 +139,7 @@ typedef struct {
     uint32_t credit;               //  READY, CREDIT
     uint32_t threads;              //  READY: execution slots; 0 when not said (3 fields)
     uint32_t features;             //  READY: CF_PROTO_FEATURE_* bits; 0 when not said
+    uint32_t stats_flags;          //  STATS request: CF_PROTO_STATS_* ([] is 0)
     uint64_t boot;                 //  HEARTBEAT from the broker: its instance id (0 from peers)
     uint32_t ivl_ms;               //  HEARTBEAT from the broker: its heartbeat interval
     cf_proto_str_t host;           //  READY
@@ -217,6 +226,13 @@ cf_err_t cf_proto_enc_result_status(cf_proto_enc_t *enc, uint64_t id, cf_status_
 cf_err_t cf_proto_enc_id(cf_proto_enc_t *enc, uint64_t id);
 //  Items of STATS replies.
 cf_err_t cf_proto_enc_stat(cf_proto_enc_t *enc, const char *name, uint64_t value);
+//  A list item of a STATS reply: name, then list, the msgpack bytes of one
+//  array (list_len of them), written as they are.
+cf_err_t cf_proto_enc_stat_list(cf_proto_enc_t *enc, const char *name, const void *list,
+                                size_t list_len);
+//  A STATS request asking for the detail in flags (CF_PROTO_STATS_*); a
+//  request with no flags is cf_proto_enc_begin(enc, CF_MSG_STATS) alone.
+void cf_proto_enc_stats_request(cf_proto_enc_t *enc, uint32_t flags);
 //  The single-body messages. Each sets its own type and replaces the body,
 //  so begin is optional before them; cf_proto_enc_text makes a DISCONNECT
 //  when begun as one, else an ERROR. Out of memory makes the send fail.

@@ -777,7 +777,12 @@ static const s_bad_t s_bad[] = {
     BAD("ERROR", "text missing", 0x91, 0x07),
     //  STATS
     BAD("STATS", "good request", 0x90),
-    BAD("STATS", "request not empty", 0x91, 0x01),
+    BAD("STATS", "good request with flags", 0x91, 0x01),
+    BAD("STATS", "request of two", 0x92, 0x01, 0x01),
+    BAD("STATS", "request flags a str", 0x91, 0xa1, 'x'),
+    BAD("STATS", "good list", 0x81, 0xa1, 'l', 0x91, 0x01),
+    BAD("STATS", "list cut short", 0x81, 0xa1, 'l', 0x92, 0x01),
+    BAD("STATS", "value a map", 0x81, 0xa1, 's', 0x80),
     BAD("STATS", "value negative", 0x81, 0xa1, 's', 0xff),
     BAD("STATS", "name an int", 0x81, 0x01, 0x01),
     BAD("STATS", "name empty", 0x81, 0xa0, 0x01),

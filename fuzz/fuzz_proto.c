@@ -40,6 +40,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 static bool s_encode(const cf_proto_msg_t *msg)
 {
     cf_proto_enc_begin(s_enc, msg->type);
+    if (msg->type == CF_MSG_STATS && msg->stats_flags)
+        cf_proto_enc_stats_request(s_enc, msg->stats_flags);
     cf_err_t rc = CF_OK;
     for (size_t i = 0; i < msg->count && rc == CF_OK; i++) {
         switch (msg->type) {
@@ -80,8 +82,11 @@ static bool s_encode(const cf_proto_msg_t *msg)
             rc = cf_proto_enc_id(s_enc, msg->ids[i]);
             break;
         case CF_MSG_STATS: {
-            char *name = cf_proto_str_dup(msg->stats[i].name);
-            rc = name ? cf_proto_enc_stat(s_enc, name, msg->stats[i].value) : CF_ENOMEM;
+            const cf_proto_stat_t *stat = &msg->stats[i];
+            char *name = cf_proto_str_dup(stat->name);
+            rc = !name        ? CF_ENOMEM
+                 : stat->list ? cf_proto_enc_stat_list(s_enc, name, stat->list, stat->list_len)
+                              : cf_proto_enc_stat(s_enc, name, stat->value);
             free(name);
             break;
         }
@@ -172,12 +177,16 @@ static void s_same(const cf_proto_msg_t *a, const cf_proto_msg_t *b)
             break;
         case CF_MSG_STATS:
             CF_FUZZ_CHECK(a->stats[i].value == b->stats[i].value);
+            CF_FUZZ_CHECK(a->stats[i].list_len == b->stats[i].list_len);
+            CF_FUZZ_CHECK(a->stats[i].list_len == 0
+                          || memcmp(a->stats[i].list, b->stats[i].list, a->stats[i].list_len) == 0);
             break;
         default:
             break;
         }
     }
     CF_FUZZ_CHECK(a->credit == b->credit && a->boot == b->boot && a->ref == b->ref);
+    CF_FUZZ_CHECK(a->stats_flags == b->stats_flags);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

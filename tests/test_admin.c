@@ -112,23 +112,60 @@ static void test_status_json_and_metrics_show_the_work_done(void **state)
     free(copy);
 }
 
-static void test_workers_and_clients_say_the_broker_lacks_detail(void **state)
+//  workers and clients list each peer, as a table and as JSON, from the
+//  broker's worker_list and client_list (STATS [flags]).
+static void test_workers_and_clients_list_each_peer(void **state)
 {
     cf_testkit_t *kit = *state;
-    cf_testkit_proc_t *broker = s_busy_broker(kit);
+    cf_testkit_proc_t *broker = cf_testkit_start_broker(kit, NULL);
+    cf_testkit_proc_t *worker = cf_testkit_start_worker(kit, cf_testkit_workers(broker),
+                                                        "--threads", "2", NULL);
+    const char *clients = cf_testkit_clients(broker);
+    cf_executor_t *ex = cf_testkit_connect(clients, 0);
+    for (int i = 1; i <= 3; i++) {
+        cf_future_t *f = cf_submit(ex, "square", "i", i);
+        assert_non_null(f);
+        cf_testkit_expect_int(kit, f, (int64_t)i * i);
+        cf_future_release(&f);
+    }
     cf_testkit_output_t output;
-    s_admin(kit, (const char *[]){ "workers", "--broker", cf_testkit_clients(broker), NULL },
-            &output);
-    assert_int_equal(output.exit_code, 1);
+    s_admin(kit, (const char *[]){ "workers", "--broker", clients, NULL }, &output);
+    assert_int_equal(output.exit_code, 0);
     s_expect_in(output.out, "1 workers connected to ", &output);
-    s_expect_in(output.err,
-                "this broker does not report per-worker detail (cf/1 STATS "
-                "without 'workers')",
-                &output);
-    s_admin(kit, (const char *[]){ "clients", "--broker", cf_testkit_clients(broker), NULL },
-            &output);
-    assert_int_equal(output.exit_code, 1);
-    s_expect_in(output.err, "this broker does not report per-client detail", &output);
+    s_expect_in(output.out, "worker", &output);
+    s_expect_in(output.out, "completed", &output);
+    char pid[32];
+    snprintf(pid, sizeof pid, " %d ", (int)cf_testkit_pid(worker));
+    char *row = cf_testkit_line_with(output.out, pid);
+    if (!row)
+        fail_msg("no row with pid%s in:\n%s", pid, output.out);
+    //  worker host pid threads credit held completed failed heard_ms
+    char id[128], host[128];
+    long row_pid, threads, credit, held, completed, failed, heard;
+    assert_int_equal(sscanf(row, "%127s %127s %ld %ld %ld %ld %ld %ld %ld", id, host, &row_pid,
+                            &threads, &credit, &held, &completed, &failed, &heard),
+                     9);
+    free(row);
+    assert_int_equal(row_pid, cf_testkit_pid(worker));
+    assert_int_equal(threads, 2);
+    assert_int_equal(completed, 3);
+    assert_int_equal(failed, 0);
+
+    s_admin(kit, (const char *[]){ "workers", "--json", "--broker", clients, NULL }, &output);
+    assert_int_equal(output.exit_code, 0);
+    snprintf(pid, sizeof pid, "\"pid\": %d,", (int)cf_testkit_pid(worker));
+    s_expect_in(output.out, pid, &output);
+    s_expect_in(output.out, "\"completed\": 3,", &output);
+
+    //  The executor still connected is the one client.
+    s_admin(kit, (const char *[]){ "clients", "--broker", clients, NULL }, &output);
+    assert_int_equal(output.exit_code, 0);
+    s_expect_in(output.out, "1 clients connected to ", &output);
+    s_admin(kit, (const char *[]){ "clients", "--json", "--broker", clients, NULL }, &output);
+    assert_int_equal(output.exit_code, 0);
+    s_expect_in(output.out, "\"submitted\": 3,", &output);
+    s_expect_in(output.out, "\"queued\": 0,", &output);
+    cf_executor_destroy(&ex);
 }
 
 static void test_a_silent_broker_fails_within_the_timeout_naming_the_endpoint(void **state)
@@ -239,8 +276,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_status_json_and_metrics_show_the_work_done,
                                         cf_testkit_setup, cf_testkit_teardown),
-        cmocka_unit_test_setup_teardown(test_workers_and_clients_say_the_broker_lacks_detail,
-                                        cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_workers_and_clients_list_each_peer, cf_testkit_setup,
+                                        cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(
             test_a_silent_broker_fails_within_the_timeout_naming_the_endpoint, cf_testkit_setup,
             cf_testkit_teardown),

@@ -11,15 +11,15 @@
 //      cf-admin metrics > /var/lib/node_exporter/textfile/cfutures.prom.$$ && mv ...
 //
 //  It speaks to the broker's client endpoint as a client that only asks
-//  STATS, which the broker answers without making it a known client. cf/1
-//  STATS today carries broker counters only; per-worker and per-client
-//  detail need the extension proposed for the broker (a reply with
-//  'stats_version' >= 2 and 'workers' / 'clients'): until a broker reports
-//  it, `workers` and `clients` say so and exit 1 rather than print nothing.
+//  STATS, which the broker answers without making it a known client.
+//  `workers` and `clients` ask for the broker's worker_list or client_list
+//  (STATS [flags], stats_version 2); a broker without them is said to lack
+//  them, with exit 1, rather than print nothing.
 //
 //  Exit status: 0 answered, 1 no answer within --timeout (the endpoint is
 //  named) or the broker lacks what was asked, 2 usage error.
 
+#include "cf_admin_list.h"
 #include "cf_clock.h"
 #include "cf_keys.h"
 #include "cf_proto.h"
@@ -61,7 +61,18 @@ typedef struct {
     uint64_t values[S_MAX_COUNTERS];
     int64_t answered_ms;    //  when the reply came (cf_clock_now_ms)
     int round_trip_ms;
+    uint8_t *list;    //  the worker_list or client_list asked for (a copy), or NULL
+    size_t list_len;
 } s_stats_t;
+
+//  The columns of the brokers' lists, in their order (docs/protocol.md).
+static const char *const s_worker_columns[] = { "worker",    "host",   "pid",
+                                                "threads",   "credit", "held",
+                                                "completed", "failed", "heard_ms" };
+static const char *const s_client_columns[] = { "client",    "queued", "running", "submitted",
+                                                "completed", "failed", "heard_ms" };
+#define S_WORKER_COLUMNS (sizeof s_worker_columns / sizeof s_worker_columns[0])
+#define S_CLIENT_COLUMNS (sizeof s_client_columns / sizeof s_client_columns[0])
 
 //  The counters cf/1 brokers send, with what they mean: the status screen's
 //  labels and the metrics' HELP lines. Gauges are "now"; the rest count up.
@@ -107,8 +118,10 @@ static void s_usage(FILE *out)
             "\n"
             "Commands:\n"
             "  status      counters, queue depth and peers (the default)\n"
-            "  workers     each worker: host, pid, threads, tasks held, functions, last heard\n"
-            "  clients     each client: queue depth, tasks running, last heard\n"
+            "  workers     each worker: host, pid, threads, free slots, tasks held,\n"
+            "              results, errors, last heard\n"
+            "  clients     each client: queue depth, tasks running, submitted, results,\n"
+            "              errors, last heard\n"
             "  metrics     the counters in the Prometheus text format (node_exporter's\n"
             "              textfile collector)\n"
             "\n"
@@ -329,7 +342,14 @@ static cf_err_t s_ask(s_link_t *link, const s_options_t *options, s_stats_t *sta
         return CF_ESYS;
     int64_t sent_ms = cf_clock_now_ms();
     int64_t deadline_ms = sent_ms + options->timeout_ms;
-    cf_proto_enc_begin(link->enc, CF_MSG_STATS);
+    free(stats->list);
+    stats->list = NULL;
+    stats->list_len = 0;
+    //  Only the lists the command shows are asked for.
+    uint32_t flags = options->command == S_WORKERS   ? CF_PROTO_STATS_WORKERS
+                     : options->command == S_CLIENTS ? CF_PROTO_STATS_CLIENTS
+                                                     : 0;
+    cf_proto_enc_stats_request(link->enc, flags);
     //  The DEALER queues the request until connected.
     if (cf_proto_enc_send(link->enc, link->socket, NULL, 0) != CF_OK) {
         fprintf(stderr, "cf-admin: cannot send to %s: %s\n", options->broker, cf_last_error());
@@ -362,7 +382,18 @@ static cf_err_t s_ask(s_link_t *link, const s_options_t *options, s_stats_t *sta
                 for (char *c = name; *c; c++)
                     if ((unsigned char)*c < 0x20 || (unsigned char)*c > 0x7e)
                         *c = '?';
-                stats->values[stats->count++] = msg->stats[i].value;
+                const cf_proto_stat_t *stat = &msg->stats[i];
+                if (stat->list) {
+                    bool wanted = flags
+                                  && !strcmp(name, flags == CF_PROTO_STATS_WORKERS ? "worker_list"
+                                                                                   : "client_list");
+                    if (wanted && !stats->list && (stats->list = malloc(stat->list_len))) {
+                        memcpy(stats->list, stat->list, stat->list_len);
+                        stats->list_len = stat->list_len;
+                    }
+                    continue;    //  a list is not a counter
+                }
+                stats->values[stats->count++] = stat->value;
             }
             stats->answered_ms = cf_clock_now_ms();
             stats->round_trip_ms = (int)(stats->answered_ms - sent_ms);
@@ -455,33 +486,27 @@ static void s_print_status(const s_options_t *options, const s_stats_t *stats,
                "(cf/1 STATS without 'workers')\n");
 }
 
-//  text as a JSON string: quotes, backslashes and control bytes escaped
-//  (counter names come from the broker: never trusted to be clean).
-static void s_json_string(const char *text)
-{
-    putchar('"');
-    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
-        if (*c == '"' || *c == '\\')
-            printf("\\%c", *c);
-        else if (*c < 0x20)
-            printf("\\u%04x", *c);
-        else
-            putchar(*c);
-    }
-    putchar('"');
-}
-
 static void s_print_json(const s_options_t *options, const s_stats_t *stats)
 {
     printf("{\"broker\": ");
-    s_json_string(options->broker);
+    cf_admin_list_json_string(options->broker);
     printf(", \"round_trip_ms\": %d, \"counters\": {", stats->round_trip_ms);
     for (size_t i = 0; i < stats->count; i++) {
         printf("%s", i ? ", " : "");
-        s_json_string(stats->names[i]);
+        cf_admin_list_json_string(stats->names[i]);
         printf(": %llu", (unsigned long long)stats->values[i]);
     }
-    printf("}, \"workers\": null, \"clients\": null}\n");
+    printf("}, \"workers\": ");
+    if (options->command == S_WORKERS)
+        cf_admin_list_print(stats->list, stats->list_len, s_worker_columns, S_WORKER_COLUMNS, true);
+    else
+        printf("null");
+    printf(", \"clients\": ");
+    if (options->command == S_CLIENTS)
+        cf_admin_list_print(stats->list, stats->list_len, s_client_columns, S_CLIENT_COLUMNS, true);
+    else
+        printf("null");
+    printf("}\n");
 }
 
 static void s_print_metrics(const s_stats_t *stats, bool up)
@@ -537,11 +562,20 @@ static int s_show(const s_options_t *options, const s_stats_t *stats, const s_st
     const char *what = options->command == S_WORKERS ? "workers" : "clients";
     s_get(stats, what, &count);
     printf("%llu %s connected to %s\n", (unsigned long long)count, what, options->broker);
-    if (version < 2) {
+    if (version < 2 || !stats->list) {
         fprintf(stderr,
                 "cf-admin: this broker does not report per-%s detail (cf/1 STATS "
                 "without '%s')\n",
-                options->command == S_WORKERS ? "worker" : "client", what);
+                options->command == S_WORKERS ? "worker" : "client",
+                options->command == S_WORKERS ? "worker_list" : "client_list");
+        return S_EXIT_FAILURE;
+    }
+    bool workers = options->command == S_WORKERS;
+    if (cf_admin_list_print(stats->list, stats->list_len,
+                            workers ? s_worker_columns : s_client_columns,
+                            workers ? S_WORKER_COLUMNS : S_CLIENT_COLUMNS, false)
+        < 0) {
+        fprintf(stderr, "cf-admin: the broker's %s is malformed\n", what);
         return S_EXIT_FAILURE;
     }
     return 0;
@@ -559,7 +593,7 @@ static void s_pause(int interval_s)
 static int s_loop(s_link_t *link, const s_options_t *options)
 {
     bool tty = isatty(STDOUT_FILENO);
-    s_stats_t stats[2];
+    s_stats_t stats[2] = { { 0 }, { 0 } };
     int status = 0, current = 0;
     bool have_before = false;
     do {
@@ -589,6 +623,8 @@ static int s_loop(s_link_t *link, const s_options_t *options)
         if (options->watch)
             s_pause(options->interval_s);
     } while (options->watch && !s_interrupted);
+    free(stats[0].list);
+    free(stats[1].list);
     return options->watch && s_interrupted ? 0 : status;
 }
 
