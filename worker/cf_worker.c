@@ -474,6 +474,32 @@ static void s_flush(s_actor_t *a)
     }
 }
 
+//  Answers every task of list unrun with status (BUSY: handed back;
+//  CANCELLED: a CANCEL won) in one RESULT and frees them. A refused send
+//  puts them back at the end of the queue, to run after all. CF_OK for an
+//  empty list.
+static cf_err_t s_return_unrun(s_actor_t *a, cf_queue_t *list, cf_status_t status)
+{
+    if (cf_queue_empty(list))
+        return CF_OK;
+    cf_err_t rc = CF_OK;
+    cf_proto_enc_begin(a->enc, CF_MSG_RESULT);
+    for (s_task_t *t = s_front(list); t && rc == CF_OK; t = s_next(list, t))
+        rc = cf_proto_enc_result_status(a->enc, t->id, status);
+    if (rc == CF_OK)
+        rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
+    s_sent(a, rc, "RESULT");
+    if (rc != CF_OK) {
+        pthread_mutex_lock(&a->w->lock);
+        cf_queue_append(&a->w->queue, list);
+        pthread_cond_broadcast(&a->w->work);
+        pthread_mutex_unlock(&a->w->lock);
+        return rc;
+    }
+    a->in_hand -= s_clear(list);
+    return CF_OK;
+}
+
 //  Asks the broker for what s_target wants (see "Prefetch"): more with
 //  CREDIT once it is a quarter above what the broker grants; less once the
 //  broker grants more than twice the target (and more than threads because
@@ -522,24 +548,9 @@ static void s_adjust_prefetch(s_actor_t *a, bool stalled)
     }
     pthread_mutex_unlock(&w->lock);
     size_t handed_back = cf_queue_size(&back);
-    if (handed_back) {
-        cf_err_t rc = CF_OK;
-        cf_proto_enc_begin(a->enc, CF_MSG_RESULT);
-        for (s_task_t *t = s_front(&back); t && rc == CF_OK; t = s_next(&back, t))
-            rc = cf_proto_enc_result_status(a->enc, t->id, CF_STATUS_BUSY);
-        if (rc == CF_OK)
-            rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
-        s_sent(a, rc, "RESULT");
-        if (rc != CF_OK) {
-            //  Run them after all; try again on a later round.
-            pthread_mutex_lock(&w->lock);
-            cf_queue_append(&w->queue, &back);
-            pthread_cond_broadcast(&w->work);
-            pthread_mutex_unlock(&w->lock);
-            return;
-        }
-        a->in_hand -= s_clear(&back);
-    }
+    //  Refused: they run after all; trimmed again on a later round.
+    if (s_return_unrun(a, &back, CF_STATUS_BUSY) != CF_OK)
+        return;
     cf_log_debug(S_LOG,
                  "tasks take %.0f us: holding %" PRIu64 " instead of %" PRIu64
                  ", %zu queued handed back",
@@ -634,24 +645,8 @@ static void s_cancel_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
     pthread_mutex_unlock(&w->lock);
     if (cf_proto_enc_count(a->enc) > 0)
         s_sent(a, cf_proto_enc_send(a->enc, a->sock, NULL, 0), "STARTED");
-    if (cf_queue_empty(&cancelled))
-        return;
-    cf_err_t rc = CF_OK;
-    cf_proto_enc_begin(a->enc, CF_MSG_RESULT);
-    for (s_task_t *t = s_front(&cancelled); t && rc == CF_OK; t = s_next(&cancelled, t))
-        rc = cf_proto_enc_result_status(a->enc, t->id, CF_STATUS_CANCELLED);
-    if (rc == CF_OK)
-        rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
-    s_sent(a, rc, "RESULT");
-    if (rc != CF_OK) {
-        //  Run them after all: their results answer the broker's CANCEL.
-        pthread_mutex_lock(&w->lock);
-        cf_queue_prepend(&w->queue, &cancelled);
-        pthread_cond_broadcast(&w->work);
-        pthread_mutex_unlock(&w->lock);
-        return;
-    }
-    a->in_hand -= s_clear(&cancelled);
+    //  Refused: they run after all, and their results answer the CANCEL.
+    (void)s_return_unrun(a, &cancelled, CF_STATUS_CANCELLED);
 }
 
 static void s_take_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
