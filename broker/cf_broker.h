@@ -47,13 +47,18 @@ typedef struct cf_broker cf_broker_t;
 typedef cf_err_t(cf_broker_socket_fn)(void *socket, bool is_clients, void *arg);
 
 typedef struct {
-    const char *client_endpoint;          //  bind; "tcp://127.0.0.1:*" picks a port
-    const char *worker_endpoint;          //  bind
-    void *zmq_context;                    //  NULL: the broker makes its own
-    int heartbeat_ivl_ms;                 //  0: CF_HEARTBEAT_IVL_MS
-    int heartbeat_liveness;               //  0: CF_HEARTBEAT_LIVENESS
-    size_t max_queued;                    //  tasks queued in all; 0: CF_BROKER_MAX_QUEUED
-    size_t max_queued_per_client;         //  0: same as max_queued
+    const char *client_endpoint;     //  bind; "tcp://127.0.0.1:*" picks a port
+    const char *worker_endpoint;     //  bind
+    void *zmq_context;               //  NULL: the broker makes its own
+    int heartbeat_ivl_ms;            //  0: CF_HEARTBEAT_IVL_MS
+    int heartbeat_liveness;          //  0: CF_HEARTBEAT_LIVENESS
+    size_t max_queued;               //  tasks queued in all; 0: CF_BROKER_MAX_QUEUED
+    size_t max_queued_per_client;    //  0: same as max_queued
+    //  How long a task may wait while no connected worker serves its
+    //  function (workers that say which functions they serve) before it
+    //  fails with NoWorker, unless its SUBMIT gives its own wait_ms.
+    //  0: CF_BROKER_NO_WORKER_WAIT_MS.
+    uint32_t no_worker_wait_ms;
     cf_broker_socket_fn *socket_setup;    //  NULL: none
     void *socket_setup_arg;
     //  CURVE (cf_auth): every message must come from a connection whose
@@ -70,7 +75,8 @@ typedef struct {
     struct cf_auth *auth;
 } cf_broker_config_t;
 
-#define CF_BROKER_MAX_QUEUED (4u * 1024 * 1024)
+#define CF_BROKER_MAX_QUEUED        (4u * 1024 * 1024)
+#define CF_BROKER_NO_WORKER_WAIT_MS 60000u
 
 //  Starts the actor, which binds both endpoints; returns once it is
 //  serving. NULL with cf_last_error() ("cannot bind tcp://...: Address in
@@ -116,6 +122,7 @@ typedef struct {
     uint64_t timed_out;           //  tasks failed with TimeoutError (also in failed)
     uint64_t deferred;            //  sends refused (peer at HWM or gone) and kept or requeued
     uint64_t refused;             //  messages from a key of the wrong role (require_roles)
+    uint64_t no_worker;           //  tasks failed with NoWorker (also in failed)
 } cf_broker_stats_t;
 //  A snapshot of counters. CF_OK, CF_ESHUTDOWN when the actor ended (its
 //  context was terminated), CF_EINVAL from an actor's thread. Thread-safe.

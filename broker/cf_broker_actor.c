@@ -100,11 +100,14 @@ static void s_handle_pipe(cf_broker_state_t *self, cf_actor_t *actor)
 // ---------------------------------------------------------------------------
 //  The actor
 
-//  Deadlines due: timeouts, refused workers' waits, heartbeats.
+//  Deadlines due: timeouts, waits for a worker serving a function, refused
+//  workers' waits, heartbeats.
 static void s_run_timers(cf_broker_state_t *self)
 {
     int64_t now = cf_clock_now_ms();
     cf_broker_task_expire(self, now);
+    if (!cf_queue_empty(&self->unserved))
+        cf_broker_queue_expire(self, now);
     cf_broker_worker_unblock(self, now);
     cf_broker_peer_heartbeat(self, now);
 }
@@ -122,6 +125,8 @@ static int s_poll_timeout(cf_broker_state_t *self)
     int timeout = cf_clock_ms_until(deadline);
     if ((!cf_queue_empty(&self->flush) || self->blocked_workers) && timeout > CF_BROKER_RETRY_MS)
         timeout = CF_BROKER_RETRY_MS;
+    if (!cf_queue_empty(&self->unserved) && timeout > CF_BROKER_UNSERVED_CHECK_MS)
+        timeout = CF_BROKER_UNSERVED_CHECK_MS;
     return timeout;
 }
 

@@ -149,7 +149,7 @@ void cf_broker_client_runtime_error(cf_broker_state_t *self, cf_broker_task_t *t
     cf_broker_worker_t *worker = task->worker;
     cf_broker_client_result_error(
         self, task->client, task->client_task_id, s_text(type), s_text(message),
-        (cf_proto_str_t){ cf_broker_task_function(task), task->function_len },
+        (cf_proto_str_t){ cf_broker_task_function(task), cf_broker_task_function_len(task) },
         s_text(worker ? worker->host : ""), worker ? worker->pid : 0);
 }
 
@@ -376,7 +376,9 @@ static cf_broker_client_t *s_client_new(cf_broker_state_t *self, const void *id,
         self, false, sizeof *client, id, len, now);
     if (!client)
         return NULL;
-    cf_queue_init(&client->queue);
+    cf_queue_init(&client->lanes);
+    cf_queue_init(&client->order);
+    cf_queue_node_init(&client->ring_node);
     cf_queue_node_init(&client->flush_node);
     client->tasks = cf_idmap_new(16);
     if (!client->tasks) {
@@ -403,11 +405,8 @@ void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client, 
             orphaned++;
         }
     }
-    size_t queued = cf_queue_size(&client->queue);
-    cf_queue_rr_detach(&self->rr, &client->queue);
+    size_t queued = cf_broker_queue_drop_client(self, client);
     cf_queue_node_t *node, *next;
-    while ((node = cf_queue_pop_front(&client->queue)))
-        cf_broker_task_free(self, cf_queue_entry(node, cf_broker_task_t, node));
     for (node = cf_queue_front(&self->suspects); node; node = next) {
         next = cf_queue_next(&self->suspects, node);
         cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
@@ -473,8 +472,7 @@ static void s_client_submit(cf_broker_state_t *self, cf_broker_client_t *client,
             s_client_refuse(self, client, t);
             continue;
         }
-        if (cf_queue_rr_size(&self->rr) >= self->max_queued
-            || cf_queue_size(&client->queue) >= self->max_queued_per_client) {
+        if (self->queued >= self->max_queued || client->queued >= self->max_queued_per_client) {
             s_result_status(self, client, t->id, CF_STATUS_BUSY);
             busy++;
             continue;
@@ -486,14 +484,14 @@ static void s_client_submit(cf_broker_state_t *self, cf_broker_client_t *client,
             busy++;
             continue;
         }
-        cf_queue_rr_push_back(&self->rr, &client->queue, &task->node);
+        cf_broker_queue_push(self, task, false);
         self->stats.submitted++;
         client->submitted++;
     }
     self->stats.busy += busy;
     if (busy && cf_broker_log_event(self))
         cf_log_debug(S_LOG, "client %s: %zu of %zu tasks refused as busy (%zu queued)",
-                     client->peer.label, busy, msg->count, cf_queue_rr_size(&self->rr));
+                     client->peer.label, busy, msg->count, self->queued);
 }
 
 static void s_client_cancel(cf_broker_state_t *self, cf_broker_client_t *client,

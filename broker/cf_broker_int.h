@@ -9,6 +9,11 @@
 //                         bound, tables, goodbye), the stats snapshot
 //    cf_broker_task.c     cf_broker_task_*: a task's life (new, where it
 //                         lives, finished), the timeout heap
+//    cf_broker_queue.c    cf_broker_queue_*, cf_broker_fn_*: the queued
+//                         tasks (each client's lanes by function and
+//                         priority), the fair pick of a task a worker can
+//                         run, the functions workers serve, and the end of
+//                         a task no worker serves (NoWorker)
 //    cf_broker_peer.c     cf_broker_peer_*: identities and tables, reading
 //                         the sockets (the role check), heartbeats and
 //                         liveness, the simple replies (HEARTBEAT, ERROR)
@@ -27,8 +32,8 @@
 //  credit, and flushes the clients' outboxes: many events between two polls
 //  become one TASK per worker and one STARTED and one RESULT per client.
 //
-//  A task lives in exactly one place: its client's queue (waiting) or its
-//  worker's running list (sent). The same list node serves both, so moving
+//  A task lives in exactly one place: its client's queue (waiting: a lane
+//  of it, see cf_broker_queue.c) or its worker's running list (sent). The same list node serves both, so moving
 //  it costs nothing and a task is never copied after SUBMIT. Two maps find
 //  it: the broker's own id (what workers answer with) and the client's id
 //  (what CANCEL names, and what detects a resubmission).
@@ -94,8 +99,51 @@
 //  stuck peer never holds shutdown.
 #define CF_BROKER_LINGER_MS         200
 
+//  How often at most the queued tasks of a function no worker serves are
+//  looked over for ones whose wait ended (NoWorker): the end comes this
+//  late at worst, and a million such tasks cost a scan this often.
+#define CF_BROKER_UNSERVED_CHECK_MS 100
+
 typedef struct cf_broker_client cf_broker_client_t;
 typedef struct cf_broker_worker cf_broker_worker_t;
+
+//  A function name the broker knows: of a task, or on a worker's list.
+//  Interned, so a task, a lane and a worker's set hold a pointer, and
+//  "does this worker serve it" is one lookup by id.
+typedef struct cf_broker_fn {
+    struct cf_broker_fn *hash_next;    //  names whose hash is alike
+    uint64_t hash;
+    uint64_t id;         //  key in workers' sets; never reused
+    size_t refs;         //  lanes and workers' sets holding it
+    size_t queued;       //  its tasks waiting in lanes
+    uint32_t servers;    //  workers whose list names it
+    cf_queue_t lanes;    //  lanes of this function, of every client (fn_node)
+    //  Since when no connected worker serves it (0: one does); while it has
+    //  queued tasks it is then in self->unserved, and its tasks end with
+    //  NoWorker once they waited their wait (cf_broker_queue_expire).
+    int64_t unserved_since_ms;
+    int64_t next_check_ms;    //  no look at its tasks before then
+    cf_queue_node_t unserved_node;
+    uint16_t len;
+    char name[];    //  NUL-terminated
+} cf_broker_fn_t;
+
+//  A client's queued tasks of one function, priority and wait for a worker
+//  (wait_ms, as SUBMIT gave it: 0 is the broker's default), FIFO. A lane
+//  lives while a task (queued or on a worker) refers to it, so putting a
+//  task back never needs memory; a lost client's lanes live on, without
+//  it, while its orphaned tasks run.
+typedef struct {
+    cf_queue_node_t all_node;      //  in client->lanes (every lane of the client)
+    cf_queue_node_t order_node;    //  in client->order while it holds tasks
+    cf_queue_node_t fn_node;       //  in fn->lanes
+    cf_queue_t tasks;
+    cf_broker_client_t *client;    //  NULL once the client is lost
+    cf_broker_fn_t *fn;
+    size_t refs;    //  tasks referring to it
+    int32_t priority;
+    uint32_t wait_ms;
+} cf_broker_lane_t;
 
 typedef enum {
     CF_BROKER_QUEUED,     //  in its client's queue
@@ -104,28 +152,32 @@ typedef enum {
     CF_BROKER_ORPHANED    //  on a worker, its client is gone
 } cf_broker_task_state_t;
 
-//  One task: 88 bytes on LP64 (measured), with the function name and args
-//  in the same allocation, plus a 16-byte slot in each of two maps (at 3/8
-//  to 3/4 load, about 60 bytes together) and malloc's own 8 to 16: about
-//  165 bytes of bookkeeping per task beyond its payload.
+//  One task: 96 bytes on LP64 (measured), with its args in the same
+//  allocation (the function name is its lane's), plus a 16-byte slot in
+//  each of two maps (at 3/8 to 3/4 load, about 60 bytes together) and
+//  malloc's own 8 to 16: about 170 bytes of bookkeeping per task beyond its
+//  payload.
 typedef struct {
-    cf_queue_node_t node;          //  in client->queue or worker->running
+    cf_queue_node_t node;          //  in its lane's tasks, the suspects, or worker->running
+    cf_broker_lane_t *lane;        //  its client, function and priority
     cf_broker_client_t *client;    //  who waits; NULL once expired or orphaned
     cf_broker_worker_t *worker;    //  where it runs; NULL while queued
     uint64_t id;                   //  the broker's id (toward workers)
     uint64_t client_task_id;       //  the client's id (toward the client)
-    int64_t deadline_ms;           //  when a running task times out
-    uint32_t heap_index;           //  in the timeout heap, or CF_BROKER_NOT_IN_HEAP
-    uint32_t timeout_ms;           //  run time limit, 0: none
-    int32_t retries;               //  retries allowed after a lost worker (<0: none)
+    //  Running: when it times out. Queued in a lane: the earliest its wait
+    //  for a worker serving its function can end. A queued suspect: the
+    //  end of its wait for an empty worker.
+    int64_t deadline_ms;
+    uint32_t heap_index;    //  in the timeout heap, or CF_BROKER_NOT_IN_HEAP
+    uint32_t timeout_ms;    //  run time limit, 0: none
+    int32_t retries;        //  retries allowed after a lost worker (<0: none)
     uint32_t retries_used;
     uint32_t flags;    //  CF_TASK_*
     uint32_t args_len;
     uint32_t results_before;    //  its worker's results count when it was sent
-    uint16_t function_len;
-    uint8_t state;     //  cf_broker_task_state_t
-    uint8_t marks;     //  CF_BROKER_BEGUN, ...
-    uint8_t data[];    //  function name, NUL, args
+    uint8_t state;              //  cf_broker_task_state_t
+    uint8_t marks;              //  CF_BROKER_BEGUN, ...
+    uint8_t args[];
 } cf_broker_task_t;
 
 _Static_assert(sizeof(cf_broker_task_t) <= 96, "keep per-task bookkeeping small");
@@ -176,10 +228,17 @@ typedef struct cf_broker_out {
 
 struct cf_broker_client {
     cf_broker_peer_t peer;    //  first: a client is a peer
-    cf_queue_t queue;         //  waiting tasks, FIFO; served by self->rr
-    cf_idmap_t *tasks;        //  client task id -> task (queued or on a worker)
-    size_t running;           //  of its tasks on workers
-    uint64_t *started;        //  STARTED ids not sent yet
+    //  Its waiting tasks, in lanes by function and priority. order holds
+    //  the lanes with tasks by (priority high first, front task oldest
+    //  first): a worker takes from the first lane whose function it serves.
+    cf_queue_t lanes;
+    cf_queue_t order;
+    cf_broker_lane_t *last_lane;    //  where the last SUBMIT went (the usual next)
+    size_t queued;
+    cf_queue_node_t ring_node;    //  in self->ring while queued > 0
+    cf_idmap_t *tasks;            //  client task id -> task (queued or on a worker)
+    size_t running;               //  of its tasks on workers
+    uint64_t *started;            //  STARTED ids not sent yet
     size_t started_count, started_cap;
     int64_t started_due_ms;                  //  STARTED go out by then, or with a RESULT
     cf_broker_out_t *out_head, *out_tail;    //  RESULT items not sent yet
@@ -205,6 +264,11 @@ struct cf_broker_worker {
     uint32_t suspects;             //  SUSPECT tasks on it (it then takes nothing else)
     uint64_t completed, failed;    //  its results with a value, with an error
     bool says_begun;               //  READY feature BEGUN: sends STARTED, takes CANCEL
+    bool exhausted;                //  this dispatch found nothing it serves
+    bool counted_all;              //  in self->serve_all
+    //  The functions it serves: fn id -> cf_broker_fn_t; NULL when it sent
+    //  no list (it serves every function, as cf/1 workers do).
+    cf_idmap_t *fns;
     cf_queue_node_t avail_node;    //  in self->available while credit > 0 and not blocked
     int64_t blocked_until_ms;      //  a TASK was refused at HWM: wait till then; 0: not blocked
     int32_t pid;
@@ -221,6 +285,7 @@ typedef struct cf_broker_state {
     int liveness;
     size_t max_queued;
     size_t max_queued_per_client;
+    uint32_t no_worker_wait_ms;    //  a task's wait for a worker serving its function
     bool require_roles;            //  CURVE: check each message's User-Id role
     cf_auth_t *auth;               //  CURVE: the allow-lists, for revoked keys; borrowed
     cf_log_limit_t refused_log;    //  audit lines of refused messages, per second
@@ -234,8 +299,13 @@ typedef struct cf_broker_state {
     cf_idmap_t *worker_table;
     cf_queue_t clients;      //  all clients (all_node)
     cf_queue_t workers;      //  all workers (all_node)
-    cf_queue_rr_t rr;        //  clients with queued tasks, in turn order
+    cf_queue_t ring;         //  clients with queued tasks, in turn order (ring_node)
+    size_t queued;           //  tasks in lanes
     cf_queue_t available;    //  workers with credit (avail_node)
+    cf_idmap_t *fn_table;    //  name hash -> first cf_broker_fn_t of the chain
+    uint64_t next_fn_id;
+    uint32_t serve_all;     //  workers with no list (they serve every function)
+    cf_queue_t unserved;    //  functions with queued tasks and no worker (unserved_node)
     //  Queued suspects (CF_BROKER_SUSPECT), oldest first, apart from their
     //  clients' queues so that one waiting for an empty worker holds no
     //  other task back; each goes alone to a worker that holds nothing, or,
@@ -257,12 +327,12 @@ typedef struct cf_broker_state {
 
 static inline const char *cf_broker_task_function(const cf_broker_task_t *task)
 {
-    return (const char *)task->data;
+    return task->lane->fn->name;
 }
 
-static inline const uint8_t *cf_broker_task_args(const cf_broker_task_t *task)
+static inline size_t cf_broker_task_function_len(const cf_broker_task_t *task)
 {
-    return task->data + task->function_len + 1;
+    return task->lane->fn->len;
 }
 
 //  The command's name for logs ("SUBMIT"), "?" for none.
@@ -314,8 +384,8 @@ void cf_broker_task_free(cf_broker_state_t *self, cf_broker_task_t *task);
 void cf_broker_task_finish(cf_broker_state_t *self, cf_broker_task_t *task);
 //  Takes a task off its worker's running list.
 void cf_broker_task_unassign(cf_broker_state_t *self, cf_broker_task_t *task);
-//  Puts an unassigned task back at the front of its client's queue (a
-//  suspect: of the broker's suspects).
+//  Puts an unassigned task back at the front of its lane (a suspect: of
+//  the broker's suspects).
 void cf_broker_task_requeue(cf_broker_state_t *self, cf_broker_task_t *task);
 //  Takes a queued task out of whichever queue holds it.
 void cf_broker_task_unqueue(cf_broker_state_t *self, cf_broker_task_t *task);
@@ -325,6 +395,47 @@ cf_err_t cf_broker_task_watch(cf_broker_state_t *self, cf_broker_task_t *task);
 void cf_broker_task_unwatch(cf_broker_state_t *self, cf_broker_task_t *task);
 //  Fails the running tasks whose deadline passed with TimeoutError.
 void cf_broker_task_expire(cf_broker_state_t *self, int64_t now);
+
+// ---------------------------------------------------------------------------
+//  cf_broker_queue.c
+
+//  The function named name (len bytes, checked by the codec), one more
+//  reference to it; NULL when out of memory.
+cf_broker_fn_t *cf_broker_fn_get(cf_broker_state_t *self, const char *name, size_t len);
+//  Drops a reference; the last one frees it.
+void cf_broker_fn_put(cf_broker_state_t *self, cf_broker_fn_t *fn);
+//  Frees every function left (the state's end).
+void cf_broker_fn_destroy_all(cf_broker_state_t *self);
+//  The lane of client for item's function, priority and wait, one more
+//  reference to it (a task's); NULL when out of memory.
+cf_broker_lane_t *cf_broker_queue_lane(cf_broker_state_t *self, cf_broker_client_t *client,
+                                       const cf_proto_task_t *item);
+//  Drops a task's reference to its lane; the last one frees it.
+void cf_broker_queue_lane_put(cf_broker_state_t *self, cf_broker_lane_t *lane);
+//  Queues a task in its lane, at the back (new) or the front (put back).
+void cf_broker_queue_push(cf_broker_state_t *self, cf_broker_task_t *task, bool front);
+//  Takes a queued task out of its lane.
+void cf_broker_queue_remove(cf_broker_state_t *self, cf_broker_task_t *task);
+//  True when worker may be sent tasks of fn.
+bool cf_broker_queue_serves(const cf_broker_worker_t *worker, const cf_broker_fn_t *fn);
+//  The next task for worker, fairly between clients (each turn one task,
+//  then the client goes to the back of the ring), highest priority first
+//  within a client, only of a function the worker serves; taken out of its
+//  lane. NULL when no queued task is one the worker serves.
+cf_broker_task_t *cf_broker_queue_pick(cf_broker_state_t *self, cf_broker_worker_t *worker);
+//  Frees the client's queued tasks and detaches its lanes (a lost
+//  client); returns how many tasks went.
+size_t cf_broker_queue_drop_client(cf_broker_state_t *self, cf_broker_client_t *client);
+//  Sets the functions worker serves (names given: that list; not given:
+//  every function), replacing what it served. CF_ENOMEM leaves it serving
+//  what it did.
+cf_err_t cf_broker_queue_set_functions(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                                       const cf_proto_names_t *names);
+//  The worker goes: it serves nothing from now on.
+void cf_broker_queue_clear_functions(cf_broker_state_t *self, cf_broker_worker_t *worker);
+//  Fails with NoWorker the queued tasks whose wait for a worker serving
+//  their function ended; when anything is unserved.
+void cf_broker_queue_expire(cf_broker_state_t *self, int64_t now);
 
 // ---------------------------------------------------------------------------
 //  cf_broker_peer.c

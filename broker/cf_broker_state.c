@@ -75,7 +75,8 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
     }
     cf_queue_init(&self->clients);
     cf_queue_init(&self->workers);
-    cf_queue_rr_init(&self->rr);
+    cf_queue_init(&self->ring);
+    cf_queue_init(&self->unserved);
     cf_queue_init(&self->suspects);
     cf_queue_init(&self->available);
     cf_queue_init(&self->flush);
@@ -85,6 +86,8 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
     self->max_queued = config->max_queued ? config->max_queued : CF_BROKER_MAX_QUEUED;
     self->max_queued_per_client = config->max_queued_per_client ? config->max_queued_per_client
                                                                 : self->max_queued;
+    self->no_worker_wait_ms = config->no_worker_wait_ms ? config->no_worker_wait_ms
+                                                        : CF_BROKER_NO_WORKER_WAIT_MS;
     self->require_roles = config->require_roles;
     self->auth = config->require_roles ? config->auth : NULL;
     self->refused_log.per_sec = CF_AUTH_LOG_PER_SEC;
@@ -97,7 +100,9 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
     self->tasks = cf_idmap_new(1024);
     self->client_table = cf_idmap_new(16);
     self->worker_table = cf_idmap_new(16);
-    if (!self->enc || !self->tasks || !self->client_table || !self->worker_table) {
+    self->fn_table = cf_idmap_new(16);
+    if (!self->enc || !self->tasks || !self->client_table || !self->worker_table
+        || !self->fn_table) {
         cf_error_set(CF_ENOMEM, "out of memory");
         goto failed;
     }
@@ -153,6 +158,7 @@ void cf_broker_state_destroy(cf_broker_state_t **self_p)
     cf_idmap_destroy(&self->tasks);
     cf_idmap_destroy(&self->client_table);
     cf_idmap_destroy(&self->worker_table);
+    cf_broker_fn_destroy_all(self);
     free(self->heap);
     cf_proto_enc_destroy(&self->enc);
     int linger = CF_BROKER_LINGER_MS;
@@ -171,6 +177,6 @@ void cf_broker_state_stats(cf_broker_state_t *self, cf_broker_stats_t *stats)
     *stats = self->stats;
     stats->clients = cf_queue_size(&self->clients);
     stats->workers = cf_queue_size(&self->workers);
-    stats->queued = cf_queue_rr_size(&self->rr) + cf_queue_size(&self->suspects);
+    stats->queued = self->queued + cf_queue_size(&self->suspects);
     stats->running = self->running;
 }

@@ -42,7 +42,7 @@ static int s_pack_worker(msgpack_packer *pk, const cf_broker_worker_t *w, int64_
 static int s_pack_client(msgpack_packer *pk, const cf_broker_client_t *c, int64_t now)
 {
     return msgpack_pack_array(pk, 7) | s_pack_str(pk, c->peer.label)
-           | msgpack_pack_uint64(pk, cf_queue_size(&c->queue)) | msgpack_pack_uint64(pk, c->running)
+           | msgpack_pack_uint64(pk, c->queued) | msgpack_pack_uint64(pk, c->running)
            | msgpack_pack_uint64(pk, c->submitted) | msgpack_pack_uint64(pk, c->completed)
            | msgpack_pack_uint64(pk, c->failed)
            | msgpack_pack_uint64(pk, (uint64_t)s_ago_ms(now, c->peer.last_seen_ms));
@@ -101,6 +101,7 @@ void cf_broker_stats_reply(cf_broker_state_t *self, const void *id, size_t len, 
         { "timed_out", s.timed_out },
         { "deferred", s.deferred },
         { "refused", s.refused },
+        { "no_worker", s.no_worker },
     };
     cf_proto_enc_begin(self->enc, CF_MSG_STATS);
     cf_err_t rc = CF_OK;

@@ -2,7 +2,8 @@
 //  SUBMIT to its answer, and the timeout heap that watches running tasks
 //  with a time limit, earliest first.
 //
-//  A task is one allocation holding its function name and arguments; its
+//  A task is one allocation holding its arguments (its function is its
+//  lane's, cf_broker_queue.c); its
 //  state says whether a client still waits for it. Nothing here sends:
 //  answers go through the client module's outbox.
 
@@ -24,16 +25,18 @@
 cf_broker_task_t *cf_broker_task_new(cf_broker_state_t *self, cf_broker_client_t *client,
                                      const cf_proto_task_t *item)
 {
-    size_t function_len = item->function.ptr ? item->function.len : 0;
-    if (function_len > CF_PROTO_MAX_NAME || item->args_len > UINT32_MAX)
+    if (item->args_len > UINT32_MAX)
         return NULL;    //  the codec holds these limits; this guards our narrower fields
-    cf_broker_task_t *task = malloc(sizeof *task + function_len + 1 + item->args_len);
-    if (!task) {
+    cf_broker_task_t *task = malloc(sizeof *task + item->args_len);
+    cf_broker_lane_t *lane = task ? cf_broker_queue_lane(self, client, item) : NULL;
+    if (!lane) {
+        free(task);
         cf_log_warn_rated(S_LOG, "out of memory: task %" PRIu64 " of client %s refused as busy",
                           item->id, client->peer.label);
         return NULL;
     }
     *task = (cf_broker_task_t){
+        .lane = lane,
         .client = client,
         .client_task_id = item->id,
         .heap_index = CF_BROKER_NOT_IN_HEAP,
@@ -41,24 +44,22 @@ cf_broker_task_t *cf_broker_task_new(cf_broker_state_t *self, cf_broker_client_t
         .retries = item->retries,
         .flags = item->flags,
         .args_len = (uint32_t)item->args_len,
-        .function_len = (uint16_t)function_len,
         .state = CF_BROKER_QUEUED,
     };
     cf_queue_node_init(&task->node);
-    if (function_len)
-        memcpy(task->data, item->function.ptr, function_len);
-    task->data[function_len] = '\0';
     if (item->args_len)
-        memcpy(task->data + function_len + 1, item->args, item->args_len);
+        memcpy(task->args, item->args, item->args_len);
     do
         task->id = self->next_task_id++;
     while (task->id == 0 || cf_idmap_get(self->tasks, task->id));
     if (cf_idmap_put(self->tasks, task->id, task) != CF_OK) {
+        cf_broker_queue_lane_put(self, lane);
         free(task);
         return NULL;
     }
     if (cf_idmap_put(client->tasks, item->id, task) != CF_OK) {
         cf_idmap_remove(self->tasks, task->id);
+        cf_broker_queue_lane_put(self, lane);
         free(task);
         return NULL;
     }
@@ -69,6 +70,7 @@ void cf_broker_task_free(cf_broker_state_t *self, cf_broker_task_t *task)
 {
     cf_broker_task_unwatch(self, task);
     cf_idmap_remove(self->tasks, task->id);
+    cf_broker_queue_lane_put(self, task->lane);
     free(task);
 }
 
@@ -96,8 +98,8 @@ void cf_broker_task_unassign(cf_broker_state_t *self, cf_broker_task_t *task)
     task->worker = NULL;
 }
 
-//  Puts a task that was on a worker back at the front of its client's queue.
-//  Call cf_broker_task_unassign first.
+//  Puts a task that was on a worker back at the front of its lane. Call
+//  cf_broker_task_unassign first.
 void cf_broker_task_requeue(cf_broker_state_t *self, cf_broker_task_t *task)
 {
     assert(task->client && !task->worker);
@@ -110,7 +112,7 @@ void cf_broker_task_requeue(cf_broker_state_t *self, cf_broker_task_t *task)
         cf_queue_push_back(&self->suspects, &task->node);
     }
     else
-        cf_queue_rr_push_front(&self->rr, &task->client->queue, &task->node);
+        cf_broker_queue_push(self, task, true);
 }
 
 void cf_broker_task_unqueue(cf_broker_state_t *self, cf_broker_task_t *task)
@@ -119,7 +121,7 @@ void cf_broker_task_unqueue(cf_broker_state_t *self, cf_broker_task_t *task)
     if (task->marks & CF_BROKER_SUSPECT)
         cf_queue_remove(&self->suspects, &task->node);
     else
-        cf_queue_rr_remove(&self->rr, &task->client->queue, &task->node);
+        cf_broker_queue_remove(self, task);
 }
 
 // ---------------------------------------------------------------------------

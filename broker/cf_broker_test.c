@@ -176,7 +176,7 @@ static void s_send_ids(void *sock, cf_msg_type_t type, const uint64_t *ids, size
 
 static void s_ready(void *sock, uint32_t credit, int32_t pid)
 {
-    cf_proto_enc_ready(s_enc(), credit, credit, "testhost", pid, 0);
+    cf_proto_enc_ready(s_enc(), credit, credit, "testhost", pid, 0, NULL, 0);
     assert_int_equal(cf_proto_enc_send(s_enc(), sock, NULL, 0), CF_OK);
 }
 
@@ -512,7 +512,7 @@ static void test_prefetch_only_to_workers_turning_over(void **state)
 {
     s_fixture_t *fx = *state;
     void *w1 = s_worker_peer(fx, "w1");
-    cf_proto_enc_ready(s_enc(), 4, 1, "testhost", 1, 0);
+    cf_proto_enc_ready(s_enc(), 4, 1, "testhost", 1, 0, NULL, 0);
     assert_int_equal(cf_proto_enc_send(s_enc(), w1, NULL, 0), CF_OK);
     s_wait_stats(s_workers_is, 1);
     void *client = s_client(fx, "c1");

@@ -1,5 +1,5 @@
 //  The broker's workers (see cf_broker_int.h): what a worker sends (READY,
-//  CREDIT, RESULT, DISCONNECT), its credit, the dispatch of queued tasks in
+//  FUNCTIONS, CREDIT, RESULT, STARTED, DISCONNECT), its credit, the dispatch of queued tasks in
 //  TASK batches, and what happens to its tasks when it goes.
 //
 //  Credit comes from workers: READY says how many tasks a worker can take
@@ -174,27 +174,57 @@ static void s_worker_results(cf_broker_state_t *self, cf_broker_worker_t *worker
 
 // ---------------------------------------------------------------------------
 //  Dispatch
+//
+//  In two steps: planning picks tasks for workers one at a time (so 4
+//  tasks and 4 idle workers means one each, not 4 on the first), putting
+//  each on its worker's running list still unsent; sending then encodes
+//  each worker's planned tasks, the last worker->plan of its running list,
+//  into as few TASK messages as the size limits allow.
 
-//  Sends the TASK batch at the back of worker->running (count tasks).
-//  On refusal the tasks go back to the front of their queues. Returns the
-//  send's result.
-static cf_err_t s_worker_send_batch(cf_broker_state_t *self, cf_broker_worker_t *worker,
-                                    size_t count)
+//  Fails a task that can never be dispatched (it cannot be encoded).
+static void s_task_undispatchable(cf_broker_state_t *self, cf_broker_task_t *task, cf_err_t rc)
 {
-    cf_err_t rc = cf_proto_enc_send(self->enc, self->workers_sock, worker->peer.id,
-                                    worker->peer.id_len);
+    char message[512];
+    snprintf(message, sizeof message, "task %" PRIu64 " (%s) cannot be sent to a worker: %s",
+             task->client_task_id, cf_broker_task_function(task), cf_strerror(rc));
+    if (cf_broker_log_task(self))
+        cf_log_warn(S_LOG, "%s", message);
+    cf_broker_client_runtime_error(self, task, "ProtocolError", message);
+    self->stats.failed++;
+    cf_broker_task_finish(self, task);
+}
+
+//  Takes task, just picked for worker, onto its running list, unsent.
+static void s_plan_task(cf_broker_worker_t *worker, cf_broker_task_t *task)
+{
+    task->worker = worker;
+    task->results_before = worker->results;
+    if (task->marks & CF_BROKER_SUSPECT)
+        worker->suspects++;
+    cf_queue_push_back(&worker->running, &task->node);
+    worker->plan++;
+}
+
+//  The last count tasks of worker->running were never sent: back to the
+//  front of their lanes, last first, so each lane keeps its order.
+static void s_unplan(cf_broker_state_t *self, cf_broker_worker_t *worker, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        cf_broker_task_t *task = cf_queue_entry(cf_queue_back(&worker->running), cf_broker_task_t,
+                                                node);
+        cf_broker_task_unassign(self, task);
+        cf_broker_task_requeue(self, task);
+    }
+}
+
+//  The count tasks from first on worker->running went out in a TASK.
+static void s_sent(cf_broker_state_t *self, cf_broker_worker_t *worker, cf_queue_node_t *first,
+                   size_t count)
+{
     int64_t now = cf_clock_now_ms();
-    cf_queue_node_t *node = cf_queue_back(&worker->running), *prev;
-    for (size_t i = 0; i < count; i++, node = prev) {
-        prev = cf_queue_prev(&worker->running, node);
+    cf_queue_node_t *node = first;
+    for (size_t i = 0; i < count; i++, node = cf_queue_next(&worker->running, node)) {
         cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
-        if (rc != CF_OK) {
-            //  Never reached the worker: no attempt used.
-            cf_queue_remove(&worker->running, node);
-            task->worker = NULL;
-            cf_broker_task_requeue(self, task);
-            continue;
-        }
         task->state = CF_BROKER_RUNNING;
         self->running++;
         task->client->running++;
@@ -210,85 +240,6 @@ static cf_err_t s_worker_send_batch(cf_broker_state_t *self, cf_broker_worker_t 
                 cf_log_error_rated(S_LOG, "out of memory: timeout of task %" PRIu64 " not watched",
                                    task->client_task_id);
         }
-    }
-    if (rc != CF_OK)
-        self->stats.deferred++;
-    return rc;
-}
-
-//  Fails a task that can never be dispatched (it cannot be encoded).
-static void s_task_undispatchable(cf_broker_state_t *self, cf_broker_task_t *task, cf_err_t rc)
-{
-    char message[256];
-    snprintf(message, sizeof message, "task %" PRIu64 " (%s) cannot be sent to a worker: %s",
-             task->client_task_id, cf_broker_task_function(task), cf_strerror(rc));
-    if (cf_broker_log_task(self))
-        cf_log_warn(S_LOG, "%s", message);
-    cf_broker_client_runtime_error(self, task, "ProtocolError", message);
-    self->stats.failed++;
-    cf_broker_task_finish(self, task);
-}
-
-//  The task at the front of the round-robin ring, left there; NULL when
-//  nothing is queued.
-static cf_broker_task_t *s_queued_front(cf_broker_state_t *self)
-{
-    cf_queue_node_t *link = cf_queue_front(&self->rr.ring);
-    if (!link)
-        return NULL;
-    cf_queue_t *queue = cf_queue_entry(link, cf_queue_t, ring);
-    return cf_queue_entry(cf_queue_front(queue), cf_broker_task_t, node);
-}
-
-//  Takes task, the front of the ring (or of the suspects), into the TASK
-//  body for worker (item: its size with overhead). CF_OK: added, on
-//  worker->running. CF_ENOMEM: left queued for a later turn. Anything else:
-//  the task can never be sent and failed on its own.
-static cf_err_t s_batch_add(cf_broker_state_t *self, cf_broker_worker_t *worker,
-                            cf_broker_task_t *task, size_t item)
-{
-    if (task->marks & CF_BROKER_SUSPECT)
-        cf_queue_remove(&self->suspects, &task->node);
-    else {
-        cf_queue_node_t *node = cf_queue_rr_pop(&self->rr, NULL);
-        assert(node == &task->node);
-        (void)node;
-    }
-    cf_err_t rc = item > CF_BROKER_MAX_BODY
-                      ? CF_ETOOBIG
-                      : cf_proto_enc_task(self->enc, task->id, cf_broker_task_function(task),
-                                          task->function_len, cf_broker_task_args(task),
-                                          task->args_len, task->retries, task->timeout_ms,
-                                          task->flags);
-    if (rc == CF_ENOMEM) {
-        //  What is encoded so far is discarded with the batch.
-        cf_broker_task_requeue(self, task);
-        cf_log_error_rated(S_LOG, "out of memory encoding task %" PRIu64, task->client_task_id);
-        return rc;
-    }
-    if (rc != CF_OK) {
-        s_task_undispatchable(self, task, rc);
-        return rc;
-    }
-    task->worker = worker;
-    task->results_before = worker->results;
-    if (task->marks & CF_BROKER_SUSPECT)
-        worker->suspects++;
-    cf_queue_push_back(&worker->running, &task->node);
-    return CF_OK;
-}
-
-//  Encoding failed part way: the batch's count tasks at the back of
-//  worker->running go back to their queues unsent.
-static void s_batch_unsend(cf_broker_state_t *self, cf_broker_worker_t *worker, size_t count)
-{
-    cf_proto_enc_begin(self->enc, CF_MSG_TASK);
-    for (size_t i = 0; i < count; i++) {
-        cf_queue_node_t *back = cf_queue_back(&worker->running);
-        cf_broker_task_t *task = cf_queue_entry(back, cf_broker_task_t, node);
-        cf_queue_remove(&worker->running, back);
-        task->worker = NULL;
-        cf_broker_task_requeue(self, task);
     }
 }
 
@@ -312,92 +263,112 @@ static void s_worker_dispatched(cf_broker_state_t *self, cf_broker_worker_t *wor
     s_worker_set_available(self, worker);
 }
 
-//  Sends worker->plan tasks from the round-robin ring, in as few TASK
-//  messages as the size limits allow.
-static void s_worker_dispatch(cf_broker_state_t *self, cf_broker_worker_t *worker)
+//  Sends what was planned for worker. A task that cannot be encoded fails
+//  alone; a refused send or a lack of memory puts every unsent task back.
+static void s_worker_send(cf_broker_state_t *self, cf_broker_worker_t *worker)
 {
-    size_t planned = worker->plan, batch = 0, body = 0;
+    size_t unsent = worker->plan, batch = 0, body = 0;
     worker->plan = 0;
+    cf_queue_node_t *node = cf_queue_back(&worker->running), *next, *first = NULL;
+    for (size_t i = 1; i < unsent; i++)
+        node = cf_queue_prev(&worker->running, node);
     cf_err_t rc = CF_OK;
     cf_proto_enc_begin(self->enc, CF_MSG_TASK);
-    for (size_t i = 0; i < planned; i++) {
-        //  Look at the next task before taking it, so a full body is sent
-        //  first and a refused send puts everything back in order.
-        cf_broker_task_t *task = s_queued_front(self);
-        if (!task)
-            break;
-        size_t item = task->function_len + task->args_len + CF_BROKER_ITEM_OVERHEAD;
+    for (size_t left = unsent; left > 0 && rc == CF_OK; left--, node = next) {
+        next = cf_queue_next(&worker->running, node);
+        cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
+        size_t item = cf_broker_task_function_len(task) + task->args_len + CF_BROKER_ITEM_OVERHEAD;
         if (batch > 0 && (body + item > CF_BROKER_MAX_BODY || batch >= CF_PROTO_MAX_BATCH)) {
-            rc = s_worker_send_batch(self, worker, batch);
-            batch = body = 0;
+            rc = cf_proto_enc_send(self->enc, self->workers_sock, worker->peer.id,
+                                   worker->peer.id_len);
             if (rc != CF_OK)
                 break;
+            s_sent(self, worker, first, batch);
+            unsent -= batch;
+            batch = body = 0;
             cf_proto_enc_begin(self->enc, CF_MSG_TASK);
         }
-        cf_err_t added = s_batch_add(self, worker, task, item);
-        if (added == CF_ENOMEM) {
-            rc = added;
+        rc = item > CF_BROKER_MAX_BODY
+                 ? CF_ETOOBIG
+                 : cf_proto_enc_task(self->enc, task->id, cf_broker_task_function(task),
+                                     cf_broker_task_function_len(task), task->args, task->args_len,
+                                     task->retries, task->timeout_ms, task->flags);
+        if (rc == CF_ENOMEM) {
+            cf_log_error_rated(S_LOG, "out of memory encoding task %" PRIu64, task->client_task_id);
             break;
         }
-        if (added == CF_OK) {
-            batch++;
-            body += item;
+        if (rc != CF_OK) {
+            cf_broker_task_unassign(self, task);
+            s_task_undispatchable(self, task, rc);
+            unsent--;
+            rc = CF_OK;
+            continue;
+        }
+        if (batch++ == 0)
+            first = node;
+        body += item;
+    }
+    if (rc == CF_OK && batch > 0) {
+        rc = cf_proto_enc_send(self->enc, self->workers_sock, worker->peer.id, worker->peer.id_len);
+        if (rc == CF_OK) {
+            s_sent(self, worker, first, batch);
+            unsent -= batch;
         }
     }
-    if (batch > 0 && rc == CF_OK)
-        rc = s_worker_send_batch(self, worker, batch);
-    else if (batch > 0)
-        s_batch_unsend(self, worker, batch);
+    if (unsent > 0) {
+        //  Never reached the worker: no attempt used.
+        s_unplan(self, worker, unsent);
+        self->stats.deferred++;
+    }
     s_worker_dispatched(self, worker, rc);
 }
 
 //  True when the worker answered something since its oldest task in hand
-//  was sent (or holds nothing): it is turning tasks over, so its prefetch
-//  slots will be reached soon. A worker whose threads all sit on long tasks
-//  gets nothing more to queue, so what waits stays here: another worker may
-//  free up first, and a cancel of it still wins.
+//  was sent (or holds nothing sent): it is turning tasks over, so its
+//  prefetch slots will be reached soon. A worker whose threads all sit on
+//  long tasks gets nothing more to queue, so what waits stays here:
+//  another worker may free up first, and a cancel of it still wins.
 static bool s_worker_turning_over(const cf_broker_worker_t *worker)
 {
-    cf_queue_node_t *oldest = cf_queue_front(&worker->running);
-    if (!oldest)
+    if (cf_queue_size(&worker->running) == worker->plan)
         return true;
+    cf_queue_node_t *oldest = cf_queue_front(&worker->running);
     return cf_queue_entry(oldest, cf_broker_task_t, node)->results_before != worker->results;
 }
 
-//  Plans up to *left tasks one at a time over the available workers (so 4
-//  tasks and 4 idle workers means one each, not 4 on the first). With
-//  idle_only, a worker is planned only up to its idle threads.
-static void s_plan(cf_broker_state_t *self, size_t *left, bool idle_only)
+//  Picks tasks one at a time over the available workers, each only what
+//  it serves. With idle_only, a worker is planned only up to its idle
+//  threads.
+static void s_plan(cf_broker_state_t *self, bool idle_only)
 {
     bool progress = true;
-    while (*left > 0 && progress) {
+    while (progress && self->queued > 0) {
         progress = false;
-        for (cf_queue_node_t *node = cf_queue_front(&self->available); node && *left > 0;
+        for (cf_queue_node_t *node = cf_queue_front(&self->available); node && self->queued > 0;
              node = cf_queue_next(&self->available, node)) {
             cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
-            if (worker->plan >= worker->credit || worker->suspects)
+            if (worker->exhausted || worker->plan >= worker->credit || worker->suspects)
                 continue;
-            if (idle_only && cf_queue_size(&worker->running) + worker->plan >= worker->threads)
+            if (idle_only && cf_queue_size(&worker->running) >= worker->threads)
                 continue;
             if (!idle_only && !s_worker_turning_over(worker))
                 continue;
-            worker->plan++;
-            (*left)--;
+            cf_broker_task_t *task = cf_broker_queue_pick(self, worker);
+            if (!task) {
+                worker->exhausted = true;    //  nothing queued is one it serves
+                continue;
+            }
+            s_plan_task(worker, task);
             progress = true;
         }
     }
 }
 
-//  Hands queued tasks to workers with credit, in two rounds: first to idle
-//  threads anywhere, then to prefetch slots. A worker that prefetches (asks
-//  for more than its threads while its tasks are short) must never take a
-//  task another worker could start now: a long task behind a busy thread
-//  would wait while a thread elsewhere idles.
-//  Sends each waiting suspect alone to a worker that holds nothing (it
-//  then gets nothing else until it answers). A suspect that waited
-//  CF_BROKER_SUSPECT_WAIT_MS goes back to its client's queue as an ordinary
-//  task: isolation must not cost the cluster a worker's capacity, nor wait
-//  on workers that all hold long tasks.
+//  Sends each waiting suspect alone to a worker that holds nothing and
+//  serves its function (it then gets nothing else until it answers). A
+//  suspect that waited CF_BROKER_SUSPECT_WAIT_MS goes back to its lane as
+//  an ordinary task: isolation must not cost the cluster a worker's
+//  capacity, nor wait on workers that all hold long tasks.
 static void s_dispatch_suspects(cf_broker_state_t *self)
 {
     cf_queue_node_t *node = cf_queue_front(&self->available), *next;
@@ -406,16 +377,16 @@ static void s_dispatch_suspects(cf_broker_state_t *self)
         cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
         if (!cf_queue_empty(&worker->running))
             continue;
-        cf_broker_task_t *task = cf_queue_entry(cf_queue_front(&self->suspects), cf_broker_task_t,
-                                                node);
-        size_t item = task->function_len + task->args_len + CF_BROKER_ITEM_OVERHEAD;
-        cf_proto_enc_begin(self->enc, CF_MSG_TASK);
-        cf_err_t rc = s_batch_add(self, worker, task, item);
-        if (rc == CF_OK)
-            rc = s_worker_send_batch(self, worker, 1);
-        else if (rc != CF_ENOMEM)
-            rc = CF_OK;    //  that task failed alone; the worker is fine
-        s_worker_dispatched(self, worker, rc);
+        for (cf_queue_node_t *at = cf_queue_front(&self->suspects); at;
+             at = cf_queue_next(&self->suspects, at)) {
+            cf_broker_task_t *task = cf_queue_entry(at, cf_broker_task_t, node);
+            if (cf_broker_queue_serves(worker, task->lane->fn)) {
+                cf_queue_remove(&self->suspects, at);
+                s_plan_task(worker, task);
+                s_worker_send(self, worker);
+                break;
+            }
+        }
     }
     int64_t now = cf_clock_now_ms();
     while ((node = cf_queue_front(&self->suspects))) {
@@ -428,24 +399,30 @@ static void s_dispatch_suspects(cf_broker_state_t *self)
     }
 }
 
+//  Hands queued tasks to workers with credit, in two rounds: first to idle
+//  threads anywhere, then to prefetch slots. A worker that prefetches (asks
+//  for more than its threads while its tasks are short) must never take a
+//  task another worker could start now: a long task behind a busy thread
+//  would wait while a thread elsewhere idles.
 void cf_broker_worker_dispatch(cf_broker_state_t *self)
 {
     if (!cf_queue_empty(&self->suspects))
         s_dispatch_suspects(self);
-    size_t queued = cf_queue_rr_size(&self->rr);
-    if (queued == 0 || cf_queue_empty(&self->available))
+    if (self->queued == 0 || cf_queue_empty(&self->available))
         return;
-    size_t left = queued;
-    s_plan(self, &left, true);
-    s_plan(self, &left, false);
+    cf_queue_node_t *node, *next;
+    for (node = cf_queue_front(&self->available); node;
+         node = cf_queue_next(&self->available, node))
+        cf_queue_entry(node, cf_broker_worker_t, avail_node)->exhausted = false;
+    s_plan(self, true);
+    s_plan(self, false);
     //  The next dispatch starts at another worker, so single tasks rotate.
     cf_queue_rotate(&self->available);
-    cf_queue_node_t *node = cf_queue_front(&self->available), *next;
-    for (; node; node = next) {
+    for (node = cf_queue_front(&self->available); node; node = next) {
         next = cf_queue_next(&self->available, node);
         cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
         if (worker->plan)
-            s_worker_dispatch(self, worker);
+            s_worker_send(self, worker);
     }
 }
 
@@ -564,6 +541,8 @@ void cf_broker_worker_remove_died(cf_broker_state_t *self, cf_broker_worker_t *w
     else
         cf_log_info(S_LOG, "worker %s left (%s), %zu tasks requeued", worker->peer.label, reason,
                     requeued);
+    //  After its tasks went back: a function only it served starts its wait.
+    cf_broker_queue_clear_functions(self, worker);
     if (cf_queue_linked(&worker->avail_node))
         cf_queue_remove(&self->available, &worker->avail_node);
     if (worker->blocked_until_ms)
@@ -619,6 +598,22 @@ static void s_worker_ready(cf_broker_state_t *self, cf_broker_worker_t *worker,
     worker->says_begun = (msg->features & CF_PROTO_FEATURE_BEGUN) != 0;
 }
 
+//  The functions a READY or FUNCTIONS says the worker serves; false when
+//  out of memory (it serves what it did).
+static bool s_worker_functions(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                               const cf_proto_msg_t *msg)
+{
+    if (cf_broker_queue_set_functions(self, worker, &msg->functions) == CF_OK) {
+        if (msg->functions.given && cf_broker_log_event(self))
+            cf_log_debug(S_LOG, "worker %s serves %" PRIu32 " functions", worker->peer.label,
+                         msg->functions.count);
+        return true;
+    }
+    cf_log_error_rated(S_LOG, "out of memory: the function list of worker %s not taken",
+                       worker->peer.label);
+    return false;
+}
+
 //  READY: a new worker joins; the same identity from another process
 //  (another pid or host) replaces its predecessor, whose tasks are lost;
 //  the same process announcing again (it thought we were gone) keeps its
@@ -628,6 +623,7 @@ static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worke
 {
     if (worker && msg->pid == worker->pid && s_same_host(worker, msg->host)) {
         s_worker_ready(self, worker, msg);
+        s_worker_functions(self, worker, msg);
         if (cf_broker_log_event(self))
             cf_log_debug(S_LOG,
                          "worker %s announced again (%" PRIu32 " threads, %" PRIu32 " slots free)",
@@ -643,10 +639,18 @@ static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worke
         return;
     }
     s_worker_ready(self, worker, msg);
+    if (!s_worker_functions(self, worker, msg)) {
+        //  It would serve nothing it said: better unknown, and asked again.
+        cf_broker_worker_remove(self, worker, "out of memory", false);
+        return;
+    }
+    char functions[32] = "every function";
+    if (msg->functions.given)
+        snprintf(functions, sizeof functions, "%" PRIu32 " functions", msg->functions.count);
     cf_log_info(S_LOG,
-                "worker %s joined%s (host %s, pid %d, %" PRIu32 " threads, %" PRIu32 " slots)",
+                "worker %s joined%s (host %s, pid %d, %" PRIu32 " threads, %" PRIu32 " slots, %s)",
                 worker->peer.label, again ? " again" : "", worker->host[0] ? worker->host : "?",
-                (int)worker->pid, worker->threads, worker->credit);
+                (int)worker->pid, worker->threads, worker->credit, functions);
 }
 
 //  STARTED: these tasks' functions began. Their clients hear it (at once
@@ -716,6 +720,12 @@ void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t
     case CF_MSG_STARTED:
         if (worker)
             s_worker_started(self, worker, msg);
+        else
+            cf_broker_peer_unknown(self, self->workers_sock, id, len, CF_PROTO_UNKNOWN_WORKER);
+        break;
+    case CF_MSG_FUNCTIONS:
+        if (worker)
+            s_worker_functions(self, worker, msg);
         else
             cf_broker_peer_unknown(self, self->workers_sock, id, len, CF_PROTO_UNKNOWN_WORKER);
         break;

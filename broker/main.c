@@ -78,6 +78,9 @@ static void s_usage(FILE *out)
             "  --liveness N                silent intervals before a peer is lost (default %d)\n"
             "  --max-queued N              tasks queued in all (default %u)\n"
             "  --max-queued-per-client N   tasks queued per client (default: --max-queued)\n"
+            "  --no-worker-timeout MS      how long a task waits while no connected worker\n"
+            "                              serves its function before it fails with\n"
+            "                              NoWorker (default %u; a task may set its own)\n"
             "  --curve-secret FILE         the broker's secret key file (cf-keygen NAME);\n"
             "                              turns CURVE encryption and authentication on\n"
             "  --client-keys PATH          public keys allowed to submit: a directory of\n"
@@ -102,7 +105,7 @@ static void s_usage(FILE *out)
             "loopback or a trusted network (see docs/security.md). cf-admin shows a\n"
             "running broker's counters.\n",
             S_DEFAULT_CLIENTS, S_DEFAULT_WORKERS, CF_HEARTBEAT_IVL_MS, CF_HEARTBEAT_LIVENESS,
-            CF_BROKER_MAX_QUEUED);
+            CF_BROKER_MAX_QUEUED, CF_BROKER_NO_WORKER_WAIT_MS);
 }
 
 //  One line on stderr and the usage exit status.
@@ -185,6 +188,7 @@ enum {
     OPT_LIVENESS,
     OPT_MAX_QUEUED,
     OPT_MAX_PER_CLIENT,
+    OPT_NO_WORKER_TIMEOUT,
     OPT_VERSION,
     OPT_CURVE_SECRET,
     OPT_CLIENT_KEYS,
@@ -222,6 +226,11 @@ static int s_option(int opt, const char *name, const char *value, s_options_t *o
             return s_usage_error("%s must be a positive number, got '%s'", name, value);
         *(opt == OPT_MAX_QUEUED ? &options->broker.max_queued
                                 : &options->broker.max_queued_per_client) = (size_t)number;
+        return S_RUN;
+    case OPT_NO_WORKER_TIMEOUT:
+        if (!s_parse_count(value, UINT32_MAX, &number))
+            return s_usage_error("%s must be a positive number of ms, got '%s'", name, value);
+        options->broker.no_worker_wait_ms = (uint32_t)number;
         return S_RUN;
     case OPT_STATS_INTERVAL:
         if (!s_parse_count(value, S_MAX_STATS_INTERVAL_S, &number))
@@ -264,6 +273,7 @@ static int s_parse(int argc, char **argv, s_options_t *options)
         { "liveness", required_argument, NULL, OPT_LIVENESS },
         { "max-queued", required_argument, NULL, OPT_MAX_QUEUED },
         { "max-queued-per-client", required_argument, NULL, OPT_MAX_PER_CLIENT },
+        { "no-worker-timeout", required_argument, NULL, OPT_NO_WORKER_TIMEOUT },
         { "curve-secret", required_argument, NULL, OPT_CURVE_SECRET },
         { "client-keys", required_argument, NULL, OPT_CLIENT_KEYS },
         { "worker-keys", required_argument, NULL, OPT_WORKER_KEYS },
@@ -356,7 +366,7 @@ static void s_log_stats(cf_broker_t *broker, int64_t started_ms)
                 "stats uptime_s=%lld clients=%llu workers=%llu queued=%llu "
                 "running=%llu submitted=%llu completed=%llu failed=%llu cancelled=%llu "
                 "retried=%llu lost_workers=%llu busy=%llu malformed=%llu dropped=%llu "
-                "ignored=%llu timed_out=%llu deferred=%llu refused=%llu",
+                "ignored=%llu timed_out=%llu deferred=%llu refused=%llu no_worker=%llu",
                 (long long)((cf_clock_now_ms() - started_ms) / 1000), (unsigned long long)s.clients,
                 (unsigned long long)s.workers, (unsigned long long)s.queued,
                 (unsigned long long)s.running, (unsigned long long)s.submitted,
@@ -365,7 +375,8 @@ static void s_log_stats(cf_broker_t *broker, int64_t started_ms)
                 (unsigned long long)s.lost_workers, (unsigned long long)s.busy,
                 (unsigned long long)s.malformed, (unsigned long long)s.dropped,
                 (unsigned long long)s.ignored, (unsigned long long)s.timed_out,
-                (unsigned long long)s.deferred, (unsigned long long)s.refused);
+                (unsigned long long)s.deferred, (unsigned long long)s.refused,
+                (unsigned long long)s.no_worker);
 }
 
 //  Waits for signals until SIGINT or SIGTERM; returns the exit status.

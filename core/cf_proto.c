@@ -42,6 +42,7 @@ static const char *s_names[CF_MSG_TYPE_COUNT_] = {
     [CF_MSG_DISCONNECT] = "DISCONNECT",
     [CF_MSG_STATS] = "STATS",
     [CF_MSG_ERROR] = "ERROR",
+    [CF_MSG_FUNCTIONS] = "FUNCTIONS",
 };
 
 const char *cf_proto_command_name(cf_msg_type_t type)
@@ -190,7 +191,7 @@ static const char *s_read_function(cf_mp_reader_t *r, cf_proto_str_t *s)
     return why;
 }
 
-//  Field k (1..5, after the id) of a SUBMIT task; NULL when good, else what
+//  Field k (1..7, after the id) of a SUBMIT task; NULL when good, else what
 //  is wrong.
 static const char *s_read_submit_field(cf_mp_reader_t *r, uint32_t k, cf_proto_task_t *task)
 {
@@ -204,12 +205,17 @@ static const char *s_read_submit_field(cf_mp_reader_t *r, uint32_t k, cf_proto_t
         return s_read_i32(r, &task->retries) == CF_OK ? NULL : "retries is not an int32";
     case 4:
         return s_read_u32(r, &task->timeout_ms) == CF_OK ? NULL : "timeout_ms is not a uint32";
-    default:
+    case 5:
         return s_read_u32(r, &task->flags) == CF_OK ? NULL : "flags is not a uint32";
+    case 6:
+        return s_read_i32(r, &task->priority) == CF_OK ? NULL : "priority is not an int32";
+    default:
+        return s_read_u32(r, &task->wait_ms) == CF_OK ? NULL : "wait_ms is not a uint32";
     }
 }
 
-//  [id, function, args, retries, timeout_ms, flags] (SUBMIT). A task whose
+//  [id, function, args, retries, timeout_ms, flags] or the same with
+//  [..., priority, wait_ms] (SUBMIT). A task whose
 //  id can be read is taken whatever else is wrong with it: task->refused
 //  then says what, and the rest of the task is skipped, so one bad task
 //  does not sink its batch (the broker answers it alone). CF_EPROTO only
@@ -225,15 +231,18 @@ static cf_err_t s_read_submit_task(cf_mp_reader_t *r, cf_proto_task_t *task)
     //  The way of every good task, the fields in a row; only a bad one is
     //  read again field by field, to say what is wrong and skip the rest.
     size_t after_id = r->pos;
-    if (fields == 6 && s_read_function(r, &task->function) == NULL
+    bool routed = fields == 8;
+    if ((fields == 6 || routed) && s_read_function(r, &task->function) == NULL
         && s_read_bytes(r, &task->args, &task->args_len) == CF_OK
         && s_read_i32(r, &task->retries) == CF_OK && s_read_u32(r, &task->timeout_ms) == CF_OK
-        && s_read_u32(r, &task->flags) == CF_OK)
+        && s_read_u32(r, &task->flags) == CF_OK
+        && (!routed
+            || (s_read_i32(r, &task->priority) == CF_OK && s_read_u32(r, &task->wait_ms) == CF_OK)))
         return CF_OK;
     r->pos = after_id;
     *task = (cf_proto_task_t){ .id = task->id };
-    if (fields != 6)
-        task->refused = "a task is an array of 6 fields";
+    if (fields != 6 && fields != 8)
+        task->refused = "a task is an array of 6 or 8 fields";
     for (uint32_t k = 1; k < fields; k++) {
         size_t mark = r->pos;
         if (!task->refused && (task->refused = s_read_submit_field(r, k, task)) == NULL)
@@ -244,6 +253,38 @@ static cf_err_t s_read_submit_task(cf_mp_reader_t *r, cf_proto_task_t *task)
             return CF_EPROTO;
     }
     return CF_OK;
+}
+
+//  An array of function names (READY's 6th field, FUNCTIONS' body): at
+//  most CF_PROTO_MAX_FUNCTIONS, each a name a task could carry.
+static cf_err_t s_read_names(cf_mp_reader_t *r, cf_proto_names_t *names)
+{
+    uint32_t count;
+    if (cf_mp_read_array(r, CF_PROTO_MAX_FUNCTIONS, &count) != CF_OK)
+        return CF_EPROTO;
+    size_t start = r->pos;
+    for (uint32_t i = 0; i < count; i++) {
+        cf_proto_str_t name;
+        if (s_read_text(r, 1, CF_PROTO_MAX_NAME, &name) != CF_OK)
+            return CF_EPROTO;
+    }
+    *names = (cf_proto_names_t){ r->data + start, r->pos - start, count, true };
+    return CF_OK;
+}
+
+bool cf_proto_names_next(const cf_proto_names_t *names, size_t *pos, cf_proto_str_t *name)
+{
+    assert(names && pos && name);
+    if (*pos >= names->len)
+        return false;
+    cf_mp_reader_t r;
+    cf_mp_reader_init(&r, names->data, names->len);
+    r.pos = *pos;
+    //  Checked when decoded: cannot fail.
+    if (cf_mp_read_str(&r, CF_PROTO_MAX_NAME, &name->ptr, &name->len) != CF_OK)
+        return false;
+    *pos = r.pos;
+    return true;
 }
 
 //  [id, 0, value] | [id, 1, [type, message, function, host, pid]] |
@@ -423,13 +464,23 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
         break;
     case CF_MSG_READY: {
         uint32_t fields;
-        //  threads and features came later as optional fields.
-        if (cf_mp_read_array(&r, 5, &fields) != CF_OK || fields < 3
+        //  threads, features and functions came later as optional fields;
+        //  functions nil is no list (every function).
+        if (cf_mp_read_array(&r, 6, &fields) != CF_OK || fields < 3
             || s_read_u32(&r, &msg->credit) != CF_OK
             || s_read_text(&r, 0, CF_PROTO_MAX_TEXT, &msg->host) != CF_OK
             || s_read_i32(&r, &msg->pid) != CF_OK
             || (fields >= 4 && s_read_u32(&r, &msg->threads) != CF_OK)
-            || (fields == 5 && s_read_u32(&r, &msg->features) != CF_OK))
+            || (fields >= 5 && s_read_u32(&r, &msg->features) != CF_OK)
+            || (fields == 6 && cf_mp_read_nil(&r) != CF_OK
+                && s_read_names(&r, &msg->functions) != CF_OK))
+            goto malformed;
+        break;
+    }
+    case CF_MSG_FUNCTIONS: {
+        uint32_t fields;
+        if (cf_mp_read_array(&r, 1, &fields) != CF_OK || fields != 1
+            || s_read_names(&r, &msg->functions) != CF_OK)
             goto malformed;
         break;
     }
@@ -683,6 +734,15 @@ cf_err_t cf_proto_enc_task(cf_proto_enc_t *enc, uint64_t id, const char *functio
                            size_t function_len, const void *args, size_t args_len, int32_t retries,
                            uint32_t timeout_ms, uint32_t flags)
 {
+    return cf_proto_enc_submit(enc, id, function, function_len, args, args_len, retries, timeout_ms,
+                               flags, 0, 0);
+}
+
+cf_err_t cf_proto_enc_submit(cf_proto_enc_t *enc, uint64_t id, const char *function,
+                             size_t function_len, const void *args, size_t args_len,
+                             int32_t retries, uint32_t timeout_ms, uint32_t flags, int32_t priority,
+                             uint32_t wait_ms)
+{
     assert(enc);
     cf_err_t rc = s_item_check(enc, CF_MSG_SUBMIT, CF_MSG_TASK, CF_PROTO_MAX_BATCH);
     if (rc != CF_OK)
@@ -695,13 +755,19 @@ cf_err_t cf_proto_enc_task(cf_proto_enc_t *enc, uint64_t id, const char *functio
     msgpack_packer *pk = &enc->w.pk;
     size_t mark = enc->w.buf.size;
     bool submit = enc->type == CF_MSG_SUBMIT;
-    int failed = msgpack_pack_array(pk, submit ? 6 : 4) | msgpack_pack_uint64(pk, id)
+    bool routed = submit && (priority != 0 || wait_ms != 0);
+    int failed = msgpack_pack_array(pk, routed   ? 8
+                                        : submit ? 6
+                                                 : 4)
+                 | msgpack_pack_uint64(pk, id)
                  | msgpack_pack_str_with_body(pk, function, function_len)
                  | msgpack_pack_bin_with_body(pk, args, args_len);
     if (submit)
         failed |= msgpack_pack_int32(pk, retries) | msgpack_pack_uint32(pk, timeout_ms)
                   | msgpack_pack_uint32(pk, flags);
-    else
+    if (routed)
+        failed |= msgpack_pack_int32(pk, priority) | msgpack_pack_uint32(pk, wait_ms);
+    else if (!submit)
         failed |= msgpack_pack_uint32(pk, timeout_ms);
     return s_item_done(enc, mark, failed);
 }
@@ -831,17 +897,48 @@ cf_err_t cf_proto_enc_stat(cf_proto_enc_t *enc, const char *name, uint64_t value
     return s_item_done(enc, mark, failed);
 }
 
+//  Packs a function list; false when it is not one a peer would take (the
+//  body is then emptied, so the send says CF_EINVAL).
+static bool s_pack_names(cf_proto_enc_t *enc, const char *const *names, size_t count)
+{
+    if (count > CF_PROTO_MAX_FUNCTIONS || (!names && count > 0))
+        return false;
+    for (size_t i = 0; i < count; i++) {
+        size_t len = names[i] ? strlen(names[i]) : 0;
+        if (len == 0 || len > CF_PROTO_MAX_NAME || !s_name_ok(names[i], len))
+            return false;
+    }
+    msgpack_packer *pk = &enc->w.pk;
+    int failed = msgpack_pack_array(pk, count);
+    for (size_t i = 0; i < count; i++)
+        failed |= msgpack_pack_str_with_body(pk, names[i], strlen(names[i]));
+    enc->failed |= failed != 0;
+    return true;
+}
+
 void cf_proto_enc_ready(cf_proto_enc_t *enc, uint32_t credit, uint32_t threads, const char *host,
-                        int32_t pid, uint32_t features)
+                        int32_t pid, uint32_t features, const char *const *functions, size_t count)
 {
     assert(enc);
     s_reset(enc, CF_MSG_READY);
     msgpack_packer *pk = &enc->w.pk;
-    enc->failed = (msgpack_pack_array(pk, features ? 5 : 4) | msgpack_pack_uint32(pk, credit)
+    size_t fields = functions ? 6 : features ? 5 : 4;
+    enc->failed = (msgpack_pack_array(pk, fields) | msgpack_pack_uint32(pk, credit)
                    | s_pack_text(pk, host, CF_PROTO_MAX_TEXT) | msgpack_pack_int32(pk, pid)
                    | msgpack_pack_uint32(pk, threads)
-                   | (features ? msgpack_pack_uint32(pk, features) : 0))
+                   | (fields >= 5 ? msgpack_pack_uint32(pk, features) : 0))
                   != 0;
+    if (functions && !s_pack_names(enc, functions, count))
+        cf_mp_writer_reset(&enc->w);
+}
+
+void cf_proto_enc_functions(cf_proto_enc_t *enc, const char *const *functions, size_t count)
+{
+    assert(enc);
+    s_reset(enc, CF_MSG_FUNCTIONS);
+    enc->failed = msgpack_pack_array(&enc->w.pk, 1) != 0;
+    if (!s_pack_names(enc, functions, count))
+        cf_mp_writer_reset(&enc->w);
 }
 
 void cf_proto_enc_credit(cf_proto_enc_t *enc, uint32_t credit)

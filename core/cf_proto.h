@@ -18,13 +18,14 @@
 
 #include <zmq.h>
 
-#define CF_PROTO_VERSION    "cf/1"
-#define CF_PROTO_MAX_FRAME  (64u * 1024 * 1024)    //  body bytes
-#define CF_PROTO_MAX_FRAMES 8                      //  frames in a message, routing id included
-#define CF_PROTO_MAX_BATCH  65536                  //  tasks, results or ids in one body
-#define CF_PROTO_MAX_NAME   255                    //  function name bytes
-#define CF_PROTO_MAX_TEXT   4096                   //  error type/message/host bytes
-#define CF_PROTO_MAX_STATS  64                     //  stats map pairs
+#define CF_PROTO_VERSION       "cf/1"
+#define CF_PROTO_MAX_FRAME     (64u * 1024 * 1024)    //  body bytes
+#define CF_PROTO_MAX_FRAMES    8                      //  frames in a message, routing id included
+#define CF_PROTO_MAX_BATCH     65536                  //  tasks, results or ids in one body
+#define CF_PROTO_MAX_NAME      255                    //  function name bytes
+#define CF_PROTO_MAX_TEXT      4096                   //  error type/message/host bytes
+#define CF_PROTO_MAX_STATS     64                     //  stats map pairs
+#define CF_PROTO_MAX_FUNCTIONS 4096                   //  names in a worker's function list
 
 //  Heartbeat defaults every peer starts from: a peer sends something at
 //  least every interval and counts another as lost after liveness silent
@@ -52,6 +53,7 @@ typedef enum {
     CF_MSG_DISCONNECT,    //  both ways: going away
     CF_MSG_STATS,         //  client -> broker request, broker -> client reply
     CF_MSG_ERROR,         //  broker -> peer: a message was refused
+    CF_MSG_FUNCTIONS,     //  worker -> broker: the functions it serves now
     CF_MSG_TYPE_COUNT_
 } cf_msg_type_t;
 
@@ -97,6 +99,9 @@ typedef struct {
     int32_t retries;        //  retries after a lost worker (<0: none)
     uint32_t timeout_ms;    //  0: none
     uint32_t flags;         //  CF_TASK_*
+    int32_t priority;       //  SUBMIT: higher is dispatched first within its client
+    uint32_t wait_ms;       //  SUBMIT: how long it may wait for a worker serving
+                            //  its function; 0: the broker's default
     //  SUBMIT only: NULL when the task is good, else why it cannot be taken
     //  (static text for the ProtocolError that answers it). Only id is then
     //  sure to be set; fields before the bad one keep what they read.
@@ -125,6 +130,20 @@ typedef struct {
     size_t list_len;
 } cf_proto_stat_t;
 
+//  A list of function names as it came (READY's 6th field, FUNCTIONS):
+//  every name already checked like a task's function name (1..255 bytes,
+//  UTF-8, no NUL); read them with cf_proto_names_next.
+typedef struct {
+    const uint8_t *data;    //  the names' msgpack strs, one after another
+    size_t len;
+    uint32_t count;
+    bool given;    //  READY: false when the worker sent no list (it serves every function)
+} cf_proto_names_t;
+
+//  The name at *pos (start at 0) of names, moving *pos past it; false
+//  after the last one.
+bool cf_proto_names_next(const cf_proto_names_t *names, size_t *pos, cf_proto_str_t *name);
+
 //  STATS request flags: what detail the reply carries besides the counters.
 #define CF_PROTO_STATS_WORKERS 0x1u    //  worker_list
 #define CF_PROTO_STATS_CLIENTS 0x2u    //  client_list
@@ -143,6 +162,7 @@ typedef struct {
     uint64_t boot;                 //  HEARTBEAT from the broker: its instance id (0 from peers)
     uint32_t ivl_ms;               //  HEARTBEAT from the broker: its heartbeat interval
     cf_proto_str_t host;           //  READY
+    cf_proto_names_t functions;    //  READY (given or not), FUNCTIONS (always given)
     int32_t pid;                   //  READY
     cf_proto_stat_t *stats;        //  STATS reply
     cf_proto_str_t text;           //  ERROR, DISCONNECT: reason
@@ -215,6 +235,13 @@ void cf_proto_enc_begin(cf_proto_enc_t *enc, cf_msg_type_t type);
 cf_err_t cf_proto_enc_task(cf_proto_enc_t *enc, uint64_t id, const char *function,
                            size_t function_len, const void *args, size_t args_len, int32_t retries,
                            uint32_t timeout_ms, uint32_t flags);
+//  A SUBMIT item with the routing fields: written as cf/1's 6 fields when
+//  priority and wait_ms are both 0 (a broker older than routing takes it),
+//  else as 8.
+cf_err_t cf_proto_enc_submit(cf_proto_enc_t *enc, uint64_t id, const char *function,
+                             size_t function_len, const void *args, size_t args_len,
+                             int32_t retries, uint32_t timeout_ms, uint32_t flags, int32_t priority,
+                             uint32_t wait_ms);
 //  Items of RESULT.
 cf_err_t cf_proto_enc_result_ok(cf_proto_enc_t *enc, uint64_t id, const void *value,
                                 size_t value_len);
@@ -239,8 +266,14 @@ void cf_proto_enc_stats_request(cf_proto_enc_t *enc, uint32_t flags);
 //  READY carries threads (execution slots) besides credit (what may be sent
 //  now): a worker that prefetches announces more credit than threads.
 //  features: CF_PROTO_FEATURE_* bits (0 writes the 4-field READY of cf/1).
+//  functions: the count names the worker serves (6 fields), or NULL for
+//  "every function" (no 6th field). A list over CF_PROTO_MAX_FUNCTIONS, or
+//  a name that is not one a task could carry, makes the send fail
+//  (CF_EINVAL): the worker checks its names first.
 void cf_proto_enc_ready(cf_proto_enc_t *enc, uint32_t credit, uint32_t threads, const char *host,
-                        int32_t pid, uint32_t features);
+                        int32_t pid, uint32_t features, const char *const *functions, size_t count);
+//  FUNCTIONS [names]: the functions the worker serves from now on.
+void cf_proto_enc_functions(cf_proto_enc_t *enc, const char *const *functions, size_t count);
 void cf_proto_enc_credit(cf_proto_enc_t *enc, uint32_t credit);
 //  The broker sends its boot id and interval; clients and workers send 0, 0.
 void cf_proto_enc_heartbeat(cf_proto_enc_t *enc, uint64_t boot, uint32_t ivl_ms);

@@ -261,7 +261,7 @@ static void test_single_body_messages_round_trip(void **state)
 {
     s_fix_t *fix = *state;
     cf_proto_enc_begin(fix->enc, CF_MSG_READY);
-    cf_proto_enc_ready(fix->enc, 8, 2, "node-7", 31337, CF_PROTO_FEATURE_BEGUN);
+    cf_proto_enc_ready(fix->enc, 8, 2, "node-7", 31337, CF_PROTO_FEATURE_BEGUN, NULL, 0);
     cf_proto_msg_t *msg = s_round_trip(fix);
     assert_int_equal(msg->type, CF_MSG_READY);
     assert_int_equal(msg->credit, 8);
@@ -887,6 +887,7 @@ static size_t s_samples(s_fix_t *fix, s_sample_t *out)
     cf_proto_enc_begin(enc, CF_MSG_SUBMIT);
     cf_proto_enc_task(enc, 1, "alpha", 5, "\x92\x01\xa1x", 4, 3, 1000, 1);
     cf_proto_enc_task(enc, 300, "b", 1, "\x90", 1, -1, 0, 0);
+    cf_proto_enc_submit(enc, 301, "c", 1, "\x90", 1, 0, 0, 0, -7, 250);
     S_TAKE();
     cf_proto_enc_begin(enc, CF_MSG_TASK);
     cf_proto_enc_task(enc, 70000, "gamma", 5, "\x91\xc0", 2, 0, 5, 0);
@@ -904,7 +905,7 @@ static size_t s_samples(s_fix_t *fix, s_sample_t *out)
     cf_proto_enc_begin(enc, CF_MSG_STARTED);
     cf_proto_enc_id(enc, 9);
     S_TAKE();
-    cf_proto_enc_ready(enc, 4, 4, "host", 77, 0);
+    cf_proto_enc_ready(enc, 4, 4, "host", 77, 0, NULL, 0);
     S_TAKE();
     cf_proto_enc_credit(enc, 2);
     S_TAKE();
@@ -1090,9 +1091,115 @@ static void test_submit_refuses_bad_tasks_one_by_one(void **state)
     assert_string_equal(msg->tasks[2].refused, "the function name contains a NUL byte");
     assert_string_equal(msg->tasks[3].refused, "retries is not an int32");
     assert_true(s_str_is(msg->tasks[3].function, "f"));    //  read before the bad field
-    assert_string_equal(msg->tasks[4].refused, "a task is an array of 6 fields");
+    assert_string_equal(msg->tasks[4].refused, "a task is an array of 6 or 8 fields");
     assert_null(msg->tasks[5].refused);
     assert_true(s_str_is(msg->tasks[5].function, "g"));
+    cf_proto_msg_destroy(&msg);
+}
+
+//  Routing (issue 10): SUBMIT's 8-field form, READY's function list and
+//  FUNCTIONS.
+static void test_routing_fields_round_trip(void **state)
+{
+    s_fix_t *fix = *state;
+    cf_proto_enc_begin(fix->enc, CF_MSG_SUBMIT);
+    assert_int_equal(cf_proto_enc_submit(fix->enc, 1, "f", 1, "\x90", 1, 2, 0, 0, 0, 0), CF_OK);
+    assert_int_equal(cf_proto_enc_submit(fix->enc, 2, "f", 1, "\x90", 1, 2, 0, 0, -3, 0), CF_OK);
+    assert_int_equal(cf_proto_enc_submit(fix->enc, 3, "f", 1, "\x90", 1, 2, 0, 0, 0, 900), CF_OK);
+    cf_proto_msg_t *msg = s_round_trip(fix);
+    assert_int_equal(msg->count, 3);
+    assert_int_equal(msg->tasks[0].priority, 0);
+    assert_int_equal(msg->tasks[1].priority, -3);
+    assert_int_equal(msg->tasks[1].wait_ms, 0);
+    assert_int_equal(msg->tasks[2].wait_ms, 900);
+    assert_int_equal(msg->tasks[2].retries, 2);
+    cf_proto_msg_destroy(&msg);
+    //  Without routing fields the item is cf/1's 6 fields, byte for byte.
+    cf_proto_enc_begin(fix->enc, CF_MSG_SUBMIT);
+    cf_proto_enc_submit(fix->enc, 1, "f", 1, "\x90", 1, 0, 0, 0, 0, 0);
+    s_raw_t raw = s_capture(fix);
+    assert_int_equal(raw.body[5], 0x96);
+    free(raw.body);
+
+    static const char *const names[] = { "alpha", "b\xc3\xa9ta" };
+    cf_proto_enc_ready(fix->enc, 4, 2, "h", 7, CF_PROTO_FEATURE_BEGUN, names, 2);
+    msg = s_round_trip(fix);
+    assert_true(msg->functions.given);
+    assert_int_equal(msg->functions.count, 2);
+    size_t pos = 0;
+    cf_proto_str_t name;
+    assert_true(cf_proto_names_next(&msg->functions, &pos, &name) && s_str_is(name, "alpha"));
+    assert_true(cf_proto_names_next(&msg->functions, &pos, &name) && s_str_is(name, "b\xc3\xa9ta"));
+    assert_false(cf_proto_names_next(&msg->functions, &pos, &name));
+    cf_proto_msg_destroy(&msg);
+    //  An empty list is a list: the worker serves nothing.
+    cf_proto_enc_ready(fix->enc, 4, 2, "h", 7, 0, names, 0);
+    msg = s_round_trip(fix);
+    assert_true(msg->functions.given);
+    assert_int_equal(msg->functions.count, 0);
+    cf_proto_msg_destroy(&msg);
+    cf_proto_enc_ready(fix->enc, 4, 2, "h", 7, 0, NULL, 0);
+    msg = s_round_trip(fix);
+    assert_false(msg->functions.given);
+    cf_proto_msg_destroy(&msg);
+
+    cf_proto_enc_functions(fix->enc, names, 1);
+    msg = s_round_trip(fix);
+    assert_int_equal(msg->type, CF_MSG_FUNCTIONS);
+    assert_int_equal(msg->functions.count, 1);
+    cf_proto_msg_destroy(&msg);
+}
+
+static void test_routing_fields_are_held_to_their_limits(void **state)
+{
+    s_fix_t *fix = *state;
+    //  A name a task could not carry is refused before anything is sent.
+    static const char *const bad[] = { "ok", "" };
+    cf_proto_enc_functions(fix->enc, bad, 2);
+    assert_int_equal(cf_proto_enc_send(fix->enc, fix->tx, NULL, 0), CF_EINVAL);
+    static const char *const nul_free[] = { "a\xff" };
+    cf_proto_enc_ready(fix->enc, 1, 1, "h", 1, 0, nul_free, 1);
+    assert_int_equal(cf_proto_enc_send(fix->enc, fix->tx, NULL, 0), CF_EINVAL);
+
+    //  READY [1, "h", 1, 1, 0, nil] is every function; a str is no list.
+    const uint8_t ready_nil[] = { 0x96, 0x01, 0xa1, 'h', 0x01, 0x01, 0x00, 0xc0 };
+    cf_proto_msg_t *msg = NULL;
+    assert_int_equal(s_decode3("cf/1", "READY", ready_nil, sizeof ready_nil, &msg), CF_OK);
+    assert_false(msg->functions.given);
+    cf_proto_msg_destroy(&msg);
+    const uint8_t ready_str[] = { 0x96, 0x01, 0xa1, 'h', 0x01, 0x01, 0x00, 0xa1, 'f' };
+    assert_int_equal(s_decode("READY", ready_str, sizeof ready_str), CF_EPROTO);
+    //  FUNCTIONS: one array of names; a NUL, an empty name, a number or nil
+    //  is malformed.
+    const uint8_t nul[] = { 0x91, 0x91, 0xa3, 'a', 0x00, 'b' };
+    assert_int_equal(s_decode("FUNCTIONS", nul, sizeof nul), CF_EPROTO);
+    const uint8_t empty[] = { 0x91, 0x91, 0xa0 };
+    assert_int_equal(s_decode("FUNCTIONS", empty, sizeof empty), CF_EPROTO);
+    const uint8_t number[] = { 0x91, 0x91, 0x05 };
+    assert_int_equal(s_decode("FUNCTIONS", number, sizeof number), CF_EPROTO);
+    const uint8_t nil[] = { 0x91, 0xc0 };
+    assert_int_equal(s_decode("FUNCTIONS", nil, sizeof nil), CF_EPROTO);
+    //  More names than CF_PROTO_MAX_FUNCTIONS: refused from the header.
+    uint8_t many[16] = { 0x91, 0xdd };
+    uint32_t count = CF_PROTO_MAX_FUNCTIONS + 1;
+    many[2] = (uint8_t)(count >> 24);
+    many[3] = (uint8_t)(count >> 16);
+    many[4] = (uint8_t)(count >> 8);
+    many[5] = (uint8_t)count;
+    assert_int_equal(s_decode("FUNCTIONS", many, 6), CF_EPROTO);
+    //  SUBMIT: priority must be an int32, wait_ms a uint32; 7 fields is
+    //  neither form. Each is refused alone.
+    const uint8_t body[] = {
+        0x93,    //  3 tasks
+        0x98, 0x01, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00, 0xa1, 'x',
+        0x00,                                                                     //  priority str
+        0x98, 0x02, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00, 0x01, 0xff,    //  wait -1
+        0x97, 0x03, 0xa1, 'f', 0xc4, 0x01, 0x90, 0x00, 0x00, 0x00, 0x01,          //  7 fields
+    };
+    assert_int_equal(s_decode3("cf/1", "SUBMIT", body, sizeof body, &msg), CF_OK);
+    assert_string_equal(msg->tasks[0].refused, "priority is not an int32");
+    assert_string_equal(msg->tasks[1].refused, "wait_ms is not a uint32");
+    assert_string_equal(msg->tasks[2].refused, "a task is an array of 6 or 8 fields");
     cf_proto_msg_destroy(&msg);
 }
 
@@ -1164,7 +1271,7 @@ static void test_encoder_replaces_bytes_of_texts_that_are_not_utf8(void **state)
     cf_proto_msg_destroy(&msg);
     free(long_bad);
 
-    cf_proto_enc_ready(fix->enc, 1, 1, "host\x80", 1, 0);
+    cf_proto_enc_ready(fix->enc, 1, 1, "host\x80", 1, 0, NULL, 0);
     msg = s_round_trip(fix);
     assert_true(s_str_is(msg->host, "host\xef\xbf\xbd"));
     cf_proto_msg_destroy(&msg);
@@ -1209,7 +1316,7 @@ static void test_router_receives_with_the_routing_id_and_replies_to_it(void **st
     s_pair_t p;
     s_pair_open(&p, "inproc://cf-proto-router");
     cf_proto_enc_t *enc = cf_proto_enc_new();
-    cf_proto_enc_ready(enc, 2, 2, "h", 1, 0);
+    cf_proto_enc_ready(enc, 2, 2, "h", 1, 0, NULL, 0);
     assert_int_equal(cf_proto_enc_send(enc, p.dealer, NULL, 0), CF_OK);
     s_wait_readable(p.router);
     zmq_msg_t rid;
@@ -1400,6 +1507,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_submit_round_trips_every_field),
         T(test_submit_refuses_bad_tasks_one_by_one),
+        T(test_routing_fields_round_trip),
+        T(test_routing_fields_are_held_to_their_limits),
         T(test_submit_without_a_readable_id_is_malformed_and_says_which_task),
         T(test_encoder_refuses_names_that_are_not_utf8_or_hold_nul),
         T(test_encoder_replaces_bytes_of_texts_that_are_not_utf8),

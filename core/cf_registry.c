@@ -29,6 +29,7 @@
 #include "cf_hash.h"
 #include "cf_mp.h"
 #include "cf_proto.h"
+#include "cf_utf8.h"
 
 #include <assert.h>
 #include <dlfcn.h>
@@ -203,12 +204,46 @@ size_t cf_registry_count(void)
     return count;
 }
 
-static uint64_t s_registration_count(void)
+uint64_t cf_registry_generation(void)
 {
     pthread_mutex_lock(&s_write_lock);
     uint64_t n = s_registrations;
     pthread_mutex_unlock(&s_write_lock);
     return n;
+}
+
+char **cf_registry_names(size_t *count, uint64_t *generation)
+{
+    assert(count);
+    pthread_mutex_lock(&s_write_lock);
+    s_table_t *t = atomic_load_explicit(&s_table, memory_order_relaxed);
+    size_t slots = t ? t->mask + 1 : 0, n = 1, bytes = sizeof CF_CHUNK_FUNCTION;
+    for (size_t i = 0; i < slots; i++) {
+        s_entry_t *e = atomic_load_explicit(&t->slots[i], memory_order_relaxed);
+        if (e && cf_utf8_name_ok(e->name, e->len)) {
+            n++;
+            bytes += e->len + 1;
+        }
+    }
+    char **names = malloc(n * sizeof *names + bytes);
+    if (names) {
+        char *text = (char *)(names + n);
+        size_t k = 0;
+        names[k++] = memcpy(text, CF_CHUNK_FUNCTION, sizeof CF_CHUNK_FUNCTION);
+        text += sizeof CF_CHUNK_FUNCTION;
+        for (size_t i = 0; i < slots; i++) {
+            s_entry_t *e = atomic_load_explicit(&t->slots[i], memory_order_relaxed);
+            if (e && cf_utf8_name_ok(e->name, e->len)) {
+                names[k++] = memcpy(text, e->name, e->len + 1);
+                text += e->len + 1;
+            }
+        }
+        *count = n;
+    }
+    if (generation)
+        *generation = s_registrations;
+    pthread_mutex_unlock(&s_write_lock);
+    return names;
 }
 
 // ---------------------------------------------------------------------------
@@ -235,14 +270,14 @@ cf_err_t cf_registry_load(const char *path)
         dlclose(handle);    //  drops only the reference just taken
         return CF_OK;
     }
-    uint64_t before = s_registration_count();
+    uint64_t before = cf_registry_generation();
     dlerror();
     handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
         const char *why = dlerror();
         return cf_error_set(CF_ENOTFOUND, "cannot load task library: %s", why ? why : path);
     }
-    if (s_registration_count() == before) {
+    if (cf_registry_generation() == before) {
         //  Useless, and its constructors did nothing we depend on.
         dlclose(handle);
         return cf_error_set(CF_EINVAL,

@@ -26,6 +26,15 @@
 //  or NULL. Safe from any thread; registration after startup is allowed.
 cf_task_fn *cf_registry_find(const char *name, size_t name_len);
 size_t cf_registry_count(void);
+//  The names a worker can announce (docs/protocol.md, READY): every
+//  registered function whose name a task can carry (UTF-8, no NUL), plus
+//  the built-ins (cf.chunk), as one malloc'd block that is also the array
+//  of *count NUL-terminated names (free the returned pointer alone). NULL
+//  when out of memory. *generation (may be NULL) gets cf_registry_generation
+//  as of the list.
+char **cf_registry_names(size_t *count, uint64_t *generation);
+//  Registrations so far: a worker that saw another value announces again.
+uint64_t cf_registry_generation(void);
 
 //  dlopen()s a task library so its CF_TASK constructors register its tasks.
 //  CF_ENOTFOUND with cf_last_error() giving dlerror()'s text, or

@@ -164,6 +164,33 @@ static void crash(cf_call_t *call)
 }
 CF_TASK(crash);
 
+//  append_line(path: str, value: int) -> value, after appending "value\n"
+//  to path: tests read the order in which tasks began from the file (one
+//  O_APPEND write each, so lines never mix).
+static void append_line(cf_call_t *call)
+{
+    const char *path = cf_arg_str(call, 0);
+    int64_t value = cf_arg_int(call, 1);
+    if (cf_failed(call))
+        return;
+    char text[32];
+    int len = snprintf(text, sizeof text, "%lld\n", (long long)value);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        cf_raise(call, "OSError", "cannot open %s: %s", path, strerror(errno));
+        return;
+    }
+    ssize_t written = write(fd, text, (size_t)len);
+    int saved = errno;
+    close(fd);
+    if (written != len) {
+        cf_raise(call, "OSError", "cannot write %s: %s", path, strerror(saved));
+        return;
+    }
+    cf_return_int(call, value);
+}
+CF_TASK(append_line);
+
 //  echo(x: any) -> x, whatever it is.
 static void echo(cf_call_t *call)
 {

@@ -146,6 +146,8 @@ int main(int argc, char **argv)
     cf_proto_enc_task(enc, 0x1234567890ull, "square", 6, args.buf.data, args.buf.size, 3, 0, 0);
     cf_proto_enc_task(enc, 0x1234567891ull, "cf.chunk", 8, chunk.buf.data, chunk.buf.size, -1, 5000,
                       CF_TASK_RETRY_ON_ERROR);
+    cf_proto_enc_submit(enc, 0x1234567892ull, "square", 6, args.buf.data, args.buf.size, 3, 0, 0,
+                        -5, 300);
     s_capture(enc, "submit");
     cf_proto_enc_begin(enc, CF_MSG_TASK);
     cf_proto_enc_task(enc, 7, "sleep_ms", 8, args.buf.data, args.buf.size, 0, 100, 0);
@@ -174,8 +176,13 @@ int main(int argc, char **argv)
     cf_proto_enc_stat(enc, "queued", 3);
     cf_proto_enc_stat(enc, "workers", 2);
     s_capture(enc, "stats_reply");
-    cf_proto_enc_ready(enc, 8, 2, "host-1", 4242, CF_PROTO_FEATURE_BEGUN);
+    cf_proto_enc_ready(enc, 8, 2, "host-1", 4242, CF_PROTO_FEATURE_BEGUN, NULL, 0);
     s_capture(enc, "ready");
+    static const char *const functions[] = { "square", "slow_double", "fail_always" };
+    cf_proto_enc_ready(enc, 8, 2, "host-2", 4243, CF_PROTO_FEATURE_BEGUN, functions, 3);
+    s_capture(enc, "ready_functions");
+    cf_proto_enc_functions(enc, functions, 2);
+    s_capture(enc, "functions");
     cf_proto_enc_credit(enc, 16);
     s_capture(enc, "credit");
     cf_proto_enc_heartbeat(enc, 0xfeedfacecafebeefull, 1000);

@@ -11,6 +11,7 @@
 #include "cf_proto.h"
 #include "cf_utf8.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
@@ -35,6 +36,30 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+//  The names of a function list as C strings (one allocation: *names
+//  points into it, and it is the caller's to free); NULL when out of
+//  memory or names were not given.
+static char **s_names_dup(const cf_proto_names_t *names)
+{
+    if (!names->given)
+        return NULL;
+    char **list = malloc((names->count + 1) * sizeof *list + names->len + names->count + 1);
+    if (!list)
+        return NULL;
+    char *text = (char *)(list + names->count + 1);
+    size_t pos = 0, i = 0;
+    cf_proto_str_t name;
+    while (cf_proto_names_next(names, &pos, &name)) {
+        CF_FUZZ_CHECK(i < names->count);
+        memcpy(text, name.ptr, name.len);
+        text[name.len] = '\0';
+        list[i++] = text;
+        text += name.len + 1;
+    }
+    CF_FUZZ_CHECK(i == names->count);
+    return list;
+}
+
 //  Encodes msg again; false when the encoder refuses an item (its own
 //  limits may be stricter: then there is nothing to compare).
 static bool s_encode(const cf_proto_msg_t *msg)
@@ -52,8 +77,9 @@ static bool s_encode(const cf_proto_msg_t *msg)
                 rc = CF_EINVAL;    //  what was wrong with it cannot be sent again
                 break;
             }
-            rc = cf_proto_enc_task(s_enc, t->id, t->function.ptr, t->function.len, t->args,
-                                   t->args_len, t->retries, t->timeout_ms, t->flags);
+            rc = cf_proto_enc_submit(s_enc, t->id, t->function.ptr, t->function.len, t->args,
+                                     t->args_len, t->retries, t->timeout_ms, t->flags, t->priority,
+                                     t->wait_ms);
             break;
         }
         case CF_MSG_RESULT: {
@@ -98,13 +124,29 @@ static bool s_encode(const cf_proto_msg_t *msg)
         return false;
     char *text = NULL, *host = NULL;
     switch (msg->type) {
-    case CF_MSG_READY:
+    case CF_MSG_READY: {
         host = cf_proto_str_dup(msg->host);
         if (!host)
             return false;
-        cf_proto_enc_ready(s_enc, msg->credit, msg->threads, host, msg->pid, msg->features);
+        char **names = s_names_dup(&msg->functions);
+        if (msg->functions.given && !names) {
+            free(host);
+            return false;
+        }
+        cf_proto_enc_ready(s_enc, msg->credit, msg->threads, host, msg->pid, msg->features,
+                           (const char *const *)names, msg->functions.count);
         free(host);
+        free(names);
         break;
+    }
+    case CF_MSG_FUNCTIONS: {
+        char **names = s_names_dup(&msg->functions);
+        if (!names)
+            return false;
+        cf_proto_enc_functions(s_enc, (const char *const *)names, msg->functions.count);
+        free(names);
+        break;
+    }
     case CF_MSG_CREDIT:
         cf_proto_enc_credit(s_enc, msg->credit);
         break;
@@ -151,6 +193,12 @@ static void s_check_strs(const cf_proto_msg_t *msg)
             s_check_name(msg->stats[i].name);
     }
     s_check_name(msg->host);
+    size_t pos = 0;
+    cf_proto_str_t name;
+    while (cf_proto_names_next(&msg->functions, &pos, &name)) {
+        s_check_name(name);
+        CF_FUZZ_CHECK(name.len > 0);
+    }
     CF_FUZZ_CHECK(cf_utf8_valid(msg->text.ptr, msg->text.len));
 }
 
@@ -165,6 +213,8 @@ static void s_same(const cf_proto_msg_t *a, const cf_proto_msg_t *b)
             CF_FUZZ_CHECK(a->tasks[i].id == b->tasks[i].id);
             CF_FUZZ_CHECK(a->tasks[i].args_len == b->tasks[i].args_len);
             CF_FUZZ_CHECK(memcmp(a->tasks[i].args, b->tasks[i].args, a->tasks[i].args_len) == 0);
+            CF_FUZZ_CHECK(a->tasks[i].priority == b->tasks[i].priority);
+            CF_FUZZ_CHECK(a->tasks[i].wait_ms == b->tasks[i].wait_ms);
             break;
         case CF_MSG_RESULT:
             CF_FUZZ_CHECK(a->results[i].id == b->results[i].id);
@@ -187,6 +237,15 @@ static void s_same(const cf_proto_msg_t *a, const cf_proto_msg_t *b)
     }
     CF_FUZZ_CHECK(a->credit == b->credit && a->boot == b->boot && a->ref == b->ref);
     CF_FUZZ_CHECK(a->stats_flags == b->stats_flags);
+    CF_FUZZ_CHECK(a->functions.given == b->functions.given);
+    CF_FUZZ_CHECK(a->functions.count == b->functions.count);
+    size_t pos_a = 0, pos_b = 0;
+    cf_proto_str_t name_a, name_b;
+    while (cf_proto_names_next(&a->functions, &pos_a, &name_a)) {
+        CF_FUZZ_CHECK(cf_proto_names_next(&b->functions, &pos_b, &name_b));
+        CF_FUZZ_CHECK(name_a.len == name_b.len && memcmp(name_a.ptr, name_b.ptr, name_a.len) == 0);
+    }
+    CF_FUZZ_CHECK(!cf_proto_names_next(&b->functions, &pos_b, &name_b));
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -869,9 +869,10 @@ static void s_send_tasks(cf_client_t *self)
             size_t need = item->function_len + task->args_len + S_TASK_OVERHEAD;
             if (count > 0 && cf_proto_enc_size(self->own.enc) + need > S_BATCH_BYTES)
                 break;
-            cf_err_t rc = cf_proto_enc_task(self->own.enc, item->id, task->function,
-                                            item->function_len, task->args, task->args_len,
-                                            task->retries, task->timeout_ms, task->flags);
+            cf_err_t rc = cf_proto_enc_submit(self->own.enc, item->id, task->function,
+                                              item->function_len, task->args, task->args_len,
+                                              task->retries, task->timeout_ms, task->flags,
+                                              task->priority, task->wait_ms);
             if (rc != CF_OK) {
                 //  This task cannot travel; fail it alone and rebuild the
                 //  message without it.

@@ -820,13 +820,20 @@ const char *cf_testkit_workers(cf_testkit_proc_t *broker)
 cf_testkit_proc_t *cf_testkit_start_workerv(cf_testkit_t *kit, const char *workers_endpoint,
                                             const char *const *extra)
 {
+    return cf_testkit_start_worker_tasks(kit, workers_endpoint, cf_testkit_env("CF_TASKS_LIB"),
+                                         extra);
+}
+
+cf_testkit_proc_t *cf_testkit_start_worker_tasks(cf_testkit_t *kit, const char *workers_endpoint,
+                                                 const char *tasks_lib, const char *const *extra)
+{
     const char *argv[S_MAX_ARGS + 8];
     size_t n = 0;
     argv[n++] = cf_testkit_env("CF_WORKER_BIN");
     argv[n++] = "--broker";
     argv[n++] = workers_endpoint;
     argv[n++] = "--tasks";
-    argv[n++] = cf_testkit_env("CF_TASKS_LIB");
+    argv[n++] = tasks_lib;
     for (size_t i = 0; extra && extra[i]; i++) {
         assert_true(n < S_MAX_ARGS);
         argv[n++] = extra[i];

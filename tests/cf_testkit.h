@@ -142,6 +142,10 @@ cf_testkit_proc_t *cf_testkit_start_worker(cf_testkit_t *kit, const char *worker
                                            ...) CF_TESTKIT_SENTINEL;
 cf_testkit_proc_t *cf_testkit_start_workerv(cf_testkit_t *kit, const char *workers_endpoint,
                                             const char *const *extra);
+//  The same with another task library than the example one (extra may be
+//  NULL).
+cf_testkit_proc_t *cf_testkit_start_worker_tasks(cf_testkit_t *kit, const char *workers_endpoint,
+                                                 const char *tasks_lib, const char *const *extra);
 
 // ---------------------------------------------------------------------------
 //  Clients and futures

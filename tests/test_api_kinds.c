@@ -333,7 +333,11 @@ static void s_errors_say_type_message_function_and_origin(s_fixture_t *fx)
     cf_executor_t *ex = s_executor(fx);
     cf_future_t *plain = cf_submit(ex, "fail", "s", "bad value 42");
     cf_future_t *typed = cf_submit(ex, "fail", "ss", "no such key", "KeyError");
-    cf_future_t *unknown = cf_submit(ex, "no_such_task", "i", 1);
+    //  A pool runs what its process registered: an unknown function fails at
+    //  once. A broker routes by function: no worker serves this one, so it
+    //  waits for one, here 300 ms, then fails with NoWorker.
+    cf_task_opts_t short_wait = { .no_worker_timeout_ms = 300 };
+    cf_future_t *unknown = cf_submit_with(ex, &short_wait, "no_such_task", "i", 1);
     cf_future_t *mistyped = cf_submit(ex, "square", "s", "seven");
 
     assert_int_equal(cf_future_result(plain, S_LONG_MS, NULL), CF_ETASK);
@@ -351,7 +355,7 @@ static void s_errors_say_type_message_function_and_origin(s_fixture_t *fx)
 
     assert_int_equal(cf_future_result(unknown, S_LONG_MS, NULL), CF_ETASK);
     error = cf_future_error(unknown);
-    assert_string_equal(error->type, "UnknownFunction");
+    assert_string_equal(error->type, fx->test->kind == CF_REMOTE ? "NoWorker" : "UnknownFunction");
     assert_string_equal(error->function, "no_such_task");
     assert_non_null(strstr(error->message, "no_such_task"));
 
@@ -1050,6 +1054,48 @@ static void s_initializer_runs_in_each_worker(s_fixture_t *fx)
     s_release_all(probes, S_SLOTS);
 }
 
+//  Priorities (issue 10): with every slot held, low-priority tasks then
+//  high-priority ones are queued; once the slots open, the high ones begin
+//  first. Slots free at about the same moment, so a low one may begin
+//  beside the last high ones: at most S_SLOTS - 1 lows come before the
+//  last high (in submission order, all 10 would).
+static void s_priorities_start_high_before_low(s_fixture_t *fx)
+{
+    cf_executor_t *ex = s_executor(fx);
+    cf_future_t *gates[S_SLOTS];
+    s_fill_slots(fx, gates);
+    const char *order = cf_testkit_path(fx->kit, "order");
+    enum { N = 10 };
+    cf_future_t *fs[2 * N];
+    cf_task_opts_t low = { .priority = -1 }, high = { .priority = 7 };
+    for (int i = 0; i < N; i++)
+        fs[i] = cf_submit_with(ex, &low, "append_line", "si", order, i);
+    for (int i = 0; i < N; i++)
+        fs[N + i] = cf_submit_with(ex, &high, "append_line", "si", order, 100 + i);
+    s_release(fx);
+    for (int i = 0; i < 2 * N; i++) {
+        assert_int_equal(cf_future_result(fs[i], S_LONG_MS, NULL), CF_OK);
+        cf_future_release(&fs[i]);
+    }
+    for (int i = 0; i < S_SLOTS; i++)
+        cf_future_release(&gates[i]);
+    FILE *file = fopen(order, "r");
+    assert_non_null(file);
+    long line, lows = 0, highs = 0, lows_before_last_high = 0;
+    while (fscanf(file, "%ld", &line) == 1) {
+        if (line >= 100 && ++highs == N)
+            lows_before_last_high = lows;
+        if (line < 100)
+            lows++;
+    }
+    fclose(file);
+    assert_int_equal(highs, N);
+    assert_int_equal(lows, N);
+    if (lows_before_last_high > S_SLOTS - 1)
+        fail_msg("%ld low-priority tasks began before the last high-priority one",
+                 lows_before_last_high);
+}
+
 // ---------------------------------------------------------------------------
 
 //  One cmocka test per (behaviour, kind), named "behaviour on kind".
@@ -1086,6 +1132,7 @@ int main(void)
         S_ALL_KINDS(s_shutdown_cancels_queued_and_finishes_running),
         S_ALL_KINDS(s_progress_counts_every_outcome),
         S_ALL_KINDS(s_cancel_racing_destroy_is_safe),
+        S_ALL_KINDS(s_priorities_start_high_before_low),
         S_LOCAL_KINDS(s_max_workers_must_not_be_negative),
         S_LOCAL_KINDS(s_initializer_runs_in_each_worker),
     };

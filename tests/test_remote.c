@@ -151,26 +151,6 @@ static void test_a_task_error_keeps_its_type_message_and_origin(void **state)
     cf_executor_destroy(&executor);
 }
 
-static void test_an_unknown_function_fails_with_unknown_function(void **state)
-{
-    cf_testkit_t *kit = *state;
-    cf_testkit_proc_t *broker = cf_testkit_start_broker(kit, NULL);
-    cf_testkit_start_worker(kit, cf_testkit_workers(broker), NULL);
-    cf_executor_t *executor = cf_testkit_connect(cf_testkit_clients(broker), 0);
-
-    cf_future_t *f = cf_submit(executor, "no_such_function", "i", 1);
-    const cf_task_error_t *error = cf_testkit_expect_error(kit, f, "UnknownFunction",
-                                                           "no_such_function");
-    assert_string_equal(error->function, "no_such_function");
-    cf_future_release(&f);
-
-    //  The worker is fine afterwards.
-    f = cf_submit(executor, "square", "i", 12);
-    cf_testkit_expect_int(kit, f, 144);
-    cf_future_release(&f);
-    cf_executor_destroy(&executor);
-}
-
 //  Strict input, clean output: a function name that is not UTF-8 never
 //  travels (the client fails it alone), and an error made of bytes that
 //  are not UTF-8 arrives as UTF-8, U+FFFD in their place.
@@ -368,8 +348,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_map_keeps_input_order_across_workers, cf_testkit_setup,
                                         cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_a_task_error_keeps_its_type_message_and_origin,
-                                        cf_testkit_setup, cf_testkit_teardown),
-        cmocka_unit_test_setup_teardown(test_an_unknown_function_fails_with_unknown_function,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_text_that_is_not_utf8_fails_alone_or_arrives_replaced,
                                         cf_testkit_setup, cf_testkit_teardown),

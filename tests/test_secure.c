@@ -627,7 +627,7 @@ static void test_messages_of_the_wrong_role_are_refused_and_audited(void **state
     //  alice says READY on the worker endpoint.
     void *fake_worker = s_dealer(peers, cf_broker_worker_endpoint(broker), k.broker.public_z85,
                                  &k.alice);
-    cf_proto_enc_ready(enc, 4, 4, "host", 1234, 0);
+    cf_proto_enc_ready(enc, 4, 4, "host", 1234, 0, NULL, 0);
     assert_int_equal(cf_proto_enc_send(enc, fake_worker, NULL, 0), CF_OK);
     cf_proto_msg_t *msg = s_recv_type(fake_worker, CF_MSG_ERROR, CF_TESTKIT_DEADLINE_MS);
     assert_non_null(msg);

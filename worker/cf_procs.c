@@ -127,6 +127,7 @@ struct cf_procs {
     void *initarg;
     int max_tasks;
     bool exit_on_broker_loss;
+    bool announce_functions;
     int ivl_ms;
     int liveness;
     cf_procs_exit_fn *on_exit;
@@ -278,6 +279,7 @@ __attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote, 
         .initarg = p->initarg,
         .max_tasks = p->max_tasks,
         .exit_on_broker_loss = p->exit_on_broker_loss,
+        .announce_functions = p->announce_functions,
         .heartbeat_ivl_ms = p->ivl_ms,
         .heartbeat_liveness = p->liveness,
         .socket_setup = p->socket_setup,
@@ -930,6 +932,7 @@ cf_procs_t *cf_procs_new(const cf_procs_config_t *config)
     p->initarg = config->initarg;
     p->max_tasks = config->max_tasks_per_worker;
     p->exit_on_broker_loss = config->exit_on_broker_loss;
+    p->announce_functions = config->announce_functions;
     p->ivl_ms = config->heartbeat_ivl_ms;
     p->liveness = config->heartbeat_liveness;
     p->on_exit = config->on_exit;

@@ -44,6 +44,7 @@ typedef struct {
     void *initarg;
     int max_tasks_per_worker;     //  replace after this many tasks (0: never)
     bool exit_on_broker_loss;     //  passed to each cf_worker_config_t
+    bool announce_functions;      //  passed to each cf_worker_config_t
     int heartbeat_ivl_ms;         //  passed on; 0: CF_HEARTBEAT_IVL_MS
     int heartbeat_liveness;       //  passed on; 0: CF_HEARTBEAT_LIVENESS
     cf_procs_exit_fn *on_exit;    //  NULL: exits are only logged

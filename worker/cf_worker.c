@@ -115,7 +115,8 @@ struct cf_worker {
     cf_err_t (*socket_setup)(void *socket, void *arg);
     void *socket_setup_arg;
     _Atomic uint64_t *running_ids;    //  config's, or NULL
-    atomic_int executor_seq;          //  hands each executor its slot
+    bool announce_functions;
+    atomic_int executor_seq;    //  hands each executor its slot
     void *ctx;
     bool own_ctx;
     int pid;
@@ -178,6 +179,8 @@ typedef struct s_actor {
     int64_t announce_asked_ms;    //  the last sign that set announce
     uint64_t reintroductions;     //  READYs asked for after the first
     bool introduced;              //  a fresh socket announced us since the loss
+    uint64_t functions_sent;      //  registry generation the broker was last told
+    bool functions_due;           //  more functions registered since: FUNCTIONS to send
 } s_actor_t;
 
 // ---------------------------------------------------------------------------
@@ -415,6 +418,67 @@ static void s_announce_begun(s_actor_t *a)
     s_sent(a, cf_proto_enc_send(a->enc, a->sock, NULL, 0), "STARTED");
 }
 
+//  The functions to announce, as cf_registry_names gives them; NULL (and
+//  *count 0) for "every function": when the worker does not announce,
+//  when the list is over the protocol's limit (said once), or when out of
+//  memory (*failed then says so).
+static char **s_functions(s_actor_t *a, size_t *count, bool *failed)
+{
+    *count = 0;
+    *failed = false;
+    if (!a->w->announce_functions)
+        return NULL;
+    char **names = cf_registry_names(count, &a->functions_sent);
+    if (!names) {
+        *failed = true;
+        return NULL;
+    }
+    if (*count > CF_PROTO_MAX_FUNCTIONS) {
+        cf_log_warn_rated(S_LOG,
+                          "%zu functions are more than READY can name (%d): serving every "
+                          "function, so the broker may send tasks of functions this worker lacks",
+                          *count, CF_PROTO_MAX_FUNCTIONS);
+        free(names);
+        *count = 0;
+        return NULL;
+    }
+    return names;
+}
+
+//  READY: who we are, what we can take, and the functions we serve.
+static cf_err_t s_send_ready(s_actor_t *a, uint32_t credit)
+{
+    size_t count;
+    bool failed;
+    char **names = s_functions(a, &count, &failed);
+    if (failed)
+        return CF_ENOMEM;
+    cf_proto_enc_ready(a->enc, credit, (uint32_t)a->w->threads, cf_registry_hostname(), a->w->pid,
+                       CF_PROTO_FEATURE_BEGUN, (const char *const *)names, count);
+    free(names);
+    cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
+    if (rc == CF_OK)
+        a->functions_due = false;
+    return rc;
+}
+
+//  FUNCTIONS: more functions were registered since READY.
+static void s_send_functions(s_actor_t *a)
+{
+    size_t count;
+    bool failed;
+    char **names = s_functions(a, &count, &failed);
+    if (!names) {
+        a->functions_due = failed;    //  out of memory: later; else nothing to say
+        return;
+    }
+    cf_proto_enc_functions(a->enc, (const char *const *)names, count);
+    free(names);
+    cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
+    s_sent(a, rc, "FUNCTIONS");
+    a->functions_due = rc != CF_OK;
+}
+
 //  Sends READY if due, then STARTED for tasks that began, then pending
 //  results in as few RESULT messages as the limits allow. Stops at the
 //  first refused send.
@@ -424,9 +488,7 @@ static void s_flush(s_actor_t *a)
         return;
     if (a->announce) {
         uint32_t credit = s_credit(a);
-        cf_proto_enc_ready(a->enc, credit, (uint32_t)a->w->threads, cf_registry_hostname(),
-                           a->w->pid, CF_PROTO_FEATURE_BEGUN);
-        cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
+        cf_err_t rc = s_send_ready(a, credit);
         s_sent(a, rc, "READY");
         if (rc != CF_OK)
             return;    //  results would reach a broker that does not know us
@@ -438,6 +500,8 @@ static void s_flush(s_actor_t *a)
         if (a->grant > (uint64_t)a->w->threads)
             a->prefetching = a->prefetched_once = true;
     }
+    if (a->functions_due && !a->blocked)
+        s_send_functions(a);
     if (!a->blocked)
         s_announce_begun(a);
     while (!cf_queue_empty(&a->pending) && !a->blocked) {
@@ -1088,6 +1152,8 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
         if (a->done)
             break;
         size_t busy = s_collect(a);
+        if (w->announce_functions && !a->announce && cf_registry_generation() != a->functions_sent)
+            a->functions_due = true;
         s_flush(a);
         s_adjust_prefetch(a, s_check_stall(a));
         now = cf_clock_now_ms();
@@ -1229,6 +1295,7 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
     w->socket_setup = config->socket_setup;
     w->socket_setup_arg = config->socket_setup_arg;
     w->running_ids = config->running_ids;
+    w->announce_functions = config->announce_functions;
     w->pid = (int)getpid();
 
     w->ctx = config->zmq_context;

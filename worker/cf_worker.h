@@ -49,6 +49,13 @@ typedef struct {
     //  in memory it shares with the process, so that when the process dies
     //  it can tell the broker which task was running (and which were not).
     _Atomic uint64_t *running_ids;
+    //  true: READY names the functions this process has registered
+    //  (cf_registry_names), and FUNCTIONS follows whenever more get
+    //  registered, so the broker sends only tasks this worker can run
+    //  (cf-worker). false: it serves every function, as cf/1 workers did,
+    //  and a task of a function it lacks fails with UnknownFunction (the
+    //  pools' own workers, which share their executor's functions).
+    bool announce_functions;
 } cf_worker_config_t;
 
 //  Starts the actor and its threads; returns once connected (in zmq's

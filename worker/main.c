@@ -404,6 +404,7 @@ static int s_start_procs(const s_options_t *options, s_curve_t *curve, cf_procs_
         //  Exits are logged by cf_procs; a remote broker notices a dead
         //  worker by its silence.
         .exit_on_broker_loss = false,
+        .announce_functions = true,
         .socket_setup = curve->on ? s_socket_setup : NULL,
         .socket_setup_arg = curve,
     });
@@ -437,6 +438,7 @@ static int s_start_threads(const s_options_t *options, s_curve_t *curve, void **
         .heartbeat_liveness = options->liveness,
         .max_tasks = options->max_tasks,
         .exit_on_broker_loss = false,
+        .announce_functions = true,
         .zmq_context = *ctx,
         .socket_setup = s_socket_setup,
         .socket_setup_arg = curve,
