@@ -864,8 +864,11 @@ static void s_reopen(s_actor_t *a, int64_t now)
     a->boot = 0;    //  the next broker's first HEARTBEAT is not a second sign
     a->announce = false;
     s_announce(a, false, "fresh connection");
-    //  That READY waits in the new socket for whichever broker answers:
-    //  its answer is then no reason for another.
+    //  The READY goes into the new socket now, where it waits for whichever
+    //  broker answers (its answer is then no reason for another): left to
+    //  the loop's next flush, it waited a whole poll (a heartbeat interval)
+    //  after a partition healed.
+    s_flush(a);
     a->introduced = true;
     a->last_send_ms = now;
 }
