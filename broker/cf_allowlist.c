@@ -1,6 +1,6 @@
 //  The allow-lists (see cf_allowlist.h).
 //
-//  Design note: both lists are one array of (32-byte key, role) sorted by
+//  Design note: the lists are one array of (32-byte key, role) sorted by
 //  key, searched with bsearch: a handshake costs one lookup. Files are read
 //  and their lines walked by cf_keys, as key files are.
 
@@ -30,6 +30,7 @@ struct cf_allowlist {
     size_t capacity;
     size_t clients;    //  entries with CF_ROLE_CLIENT
     size_t workers;    //  entries with CF_ROLE_WORKER
+    size_t admins;     //  entries with CF_ROLE_ADMIN
 };
 
 void cf_allowlist_destroy(cf_allowlist_t **list_p)
@@ -70,7 +71,12 @@ static int s_entry_compare(const void *a, const void *b)
     return c ? c : (int)x->role - (int)y->role;
 }
 
-//  Sorts, drops repeats of a key within one list, refuses a key on both.
+static const char *s_list_name(cf_role_t role)
+{
+    return role == CF_ROLE_CLIENT ? "client" : role == CF_ROLE_WORKER ? "worker" : "admin";
+}
+
+//  Sorts, drops repeats of a key within one list, refuses a key on two.
 static cf_err_t s_list_finish(cf_allowlist_t *list)
 {
     if (list->count > 1)
@@ -84,18 +90,24 @@ static cf_err_t s_list_finish(cf_allowlist_t *list)
             char z85[CF_KEY_Z85_SIZE], fp[CF_KEY_FP_SIZE];
             cf_keys_encode(list->entries[i].key, z85);
             cf_keys_fingerprint(z85, fp);
-            return cf_error_set(CF_EINVAL, "key %s is on both the client and the worker allow-list",
-                                fp);
+            //  Sorted by role too: the first is the lower role.
+            return cf_error_set(CF_EINVAL,
+                                "key %s is on both the %s and the %s allow-list (a key has one "
+                                "role: give each its own key)",
+                                fp, s_list_name((cf_role_t)list->entries[kept - 1].role),
+                                s_list_name((cf_role_t)list->entries[i].role));
         }
         list->entries[kept++] = list->entries[i];
     }
     list->count = kept;
-    list->clients = list->workers = 0;
+    list->clients = list->workers = list->admins = 0;
     for (size_t i = 0; i < list->count; i++) {
         if (list->entries[i].role == CF_ROLE_CLIENT)
             list->clients++;
-        else
+        else if (list->entries[i].role == CF_ROLE_WORKER)
             list->workers++;
+        else
+            list->admins++;
     }
     return CF_OK;
 }
@@ -114,11 +126,6 @@ cf_role_t cf_allowlist_role(const cf_allowlist_t *list, const uint8_t key[CF_KEY
             high = mid;
     }
     return CF_ROLE_NONE;
-}
-
-static const char *s_list_name(cf_role_t role)
-{
-    return role == CF_ROLE_CLIENT ? "client" : "worker";
 }
 
 //  Anyone who can write an allow-list can let themselves in: refuse lists
@@ -244,7 +251,8 @@ static cf_err_t s_load_path(cf_allowlist_t *list, const char *path, cf_role_t ro
                         s_list_name(role), path);
 }
 
-cf_allowlist_t *cf_allowlist_load(const char *client_keys, const char *worker_keys)
+cf_allowlist_t *cf_allowlist_load(const char *client_keys, const char *worker_keys,
+                                  const char *admin_keys)
 {
     cf_allowlist_t *list = calloc(1, sizeof *list);
     if (!list) {
@@ -254,6 +262,8 @@ cf_allowlist_t *cf_allowlist_load(const char *client_keys, const char *worker_ke
     cf_err_t rc = s_load_path(list, client_keys, CF_ROLE_CLIENT);
     if (rc == CF_OK)
         rc = s_load_path(list, worker_keys, CF_ROLE_WORKER);
+    if (rc == CF_OK)
+        rc = s_load_path(list, admin_keys, CF_ROLE_ADMIN);
     if (rc == CF_OK)
         rc = s_list_finish(list);
     if (rc != CF_OK)
@@ -265,6 +275,7 @@ size_t cf_allowlist_count(const cf_allowlist_t *list, cf_role_t role)
 {
     return role == CF_ROLE_CLIENT   ? list->clients
            : role == CF_ROLE_WORKER ? list->workers
+           : role == CF_ROLE_ADMIN  ? list->admins
                                     : list->count;
 }
 

@@ -76,6 +76,7 @@ struct cf_auth {
     char public_z85[CF_KEY_Z85_SIZE];
     char *client_keys;    //  configured paths, for reload
     char *worker_keys;
+    char *admin_keys;
     int handshake_ivl_ms;
 };
 
@@ -151,6 +152,18 @@ static size_t s_zap_read(s_handler_t *self, zmq_msg_t *frames, bool *too_many)
     }
 }
 
+//  Whether a key of role may connect to a socket of ZAP domain: the role
+//  domains admit their role (and the client domain admin keys too: cf-admin
+//  asks for STATS at the client endpoint); any other domain admits all.
+static bool s_domain_admits(zmq_msg_t *domain, cf_role_t role)
+{
+    if (s_frame_is(domain, CF_AUTH_DOMAIN_CLIENTS))
+        return role == CF_ROLE_CLIENT || role == CF_ROLE_ADMIN;
+    if (s_frame_is(domain, CF_AUTH_DOMAIN_WORKERS))
+        return role == CF_ROLE_WORKER;
+    return true;
+}
+
 //  Answers a well-formed CURVE request (7 frames, a 32-byte key): 200 with
 //  the key's User-Id when its role may use the request's domain, else 400.
 static void s_zap_curve(s_handler_t *self, zmq_msg_t *frames, const char *address)
@@ -168,14 +181,12 @@ static void s_zap_curve(s_handler_t *self, zmq_msg_t *frames, const char *addres
         s_send_reply(self, &frames[1], "400", "key not allowed", "");
         return;
     }
-    cf_role_t only = s_frame_is(&frames[2], CF_AUTH_DOMAIN_CLIENTS)   ? CF_ROLE_CLIENT
-                     : s_frame_is(&frames[2], CF_AUTH_DOMAIN_WORKERS) ? CF_ROLE_WORKER
-                                                                      : CF_ROLE_NONE;
-    if (only != CF_ROLE_NONE && role != only) {
+    if (!s_domain_admits(&frames[2], role)) {
         self->stats.denied++;
         if (s_may_log_denial(self))
             cf_log_warn(S_LOG, "denied %s key %s from %s on the %s endpoint",
-                        cf_auth_role_name(role), fp, address, cf_auth_role_name(only));
+                        cf_auth_role_name(role), fp, address,
+                        s_frame_is(&frames[2], CF_AUTH_DOMAIN_WORKERS) ? "worker" : "client");
         s_send_reply(self, &frames[1], "400", "key not allowed on this endpoint", "");
         return;
     }
@@ -292,6 +303,7 @@ static void s_handle_pipe(cf_auth_t *auth, cf_actor_t *actor)
             cf_auth_stats_t stats = self->stats;
             stats.client_keys = cf_allowlist_count(self->list, CF_ROLE_CLIENT);
             stats.worker_keys = cf_allowlist_count(self->list, CF_ROLE_WORKER);
+            stats.admin_keys = cf_allowlist_count(self->list, CF_ROLE_ADMIN);
             cf_actor_reply(actor, &msg, &stats, sizeof stats);
         }
         else
@@ -372,6 +384,7 @@ void cf_auth_destroy(cf_auth_t **auth_p)
     explicit_bzero(self->secret_z85, sizeof self->secret_z85);
     free(self->client_keys);
     free(self->worker_keys);
+    free(self->admin_keys);
     free(self->users);
     pthread_mutex_destroy(&self->users_lock);
     free(self);
@@ -391,9 +404,10 @@ static cf_err_t s_load_config(cf_auth_t *self, const cf_auth_config_t *config)
     if (cf_keys_public_of(self->secret_z85, self->public_z85) != CF_OK)
         return cf_last_err();
     if ((config->client_keys && !(self->client_keys = strdup(config->client_keys)))
-        || (config->worker_keys && !(self->worker_keys = strdup(config->worker_keys))))
+        || (config->worker_keys && !(self->worker_keys = strdup(config->worker_keys)))
+        || (config->admin_keys && !(self->admin_keys = strdup(config->admin_keys))))
         return cf_error_set(CF_ENOMEM, "out of memory");
-    self->handler.list = cf_allowlist_load(self->client_keys, self->worker_keys);
+    self->handler.list = cf_allowlist_load(self->client_keys, self->worker_keys, self->admin_keys);
     if (!self->handler.list)
         return cf_last_err();
     self->users = s_users_of(self->handler.list, &self->user_count);
@@ -433,15 +447,17 @@ cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
         goto failed;
     //  Counted now: once the thread runs, the list is its alone.
     size_t clients = cf_allowlist_count(self->handler.list, CF_ROLE_CLIENT),
-           workers = cf_allowlist_count(self->handler.list, CF_ROLE_WORKER);
+           workers = cf_allowlist_count(self->handler.list, CF_ROLE_WORKER),
+           admins = cf_allowlist_count(self->handler.list, CF_ROLE_ADMIN);
     //  Returns once the actor has bound the ZAP endpoint, or with why not.
     self->actor = cf_actor_new("cf-auth", s_handler_run, self);
     if (!self->actor)
         goto failed;
     cf_log_info(S_LOG,
                 "CURVE authentication on: server key %.8s, %zu client and %zu "
-                "worker keys allowed",
-                self->public_z85, clients, workers);
+                "worker keys allowed, %zu admin keys%s",
+                self->public_z85, clients, workers, admins,
+                self->admin_keys ? "" : " (no admin list: STATS is refused to every key)");
     return self;
 failed:
     cf_auth_destroy(&self);
@@ -476,11 +492,13 @@ cf_err_t cf_auth_reload(cf_auth_t *auth)
 {
     if (!auth)
         return cf_error_set(CF_EINVAL, "no auth");
-    s_reload_t reload = { .list = cf_allowlist_load(auth->client_keys, auth->worker_keys) };
+    s_reload_t reload = { .list = cf_allowlist_load(auth->client_keys, auth->worker_keys,
+                                                    auth->admin_keys) };
     if (!reload.list)
         return cf_last_err();
     size_t clients = cf_allowlist_count(reload.list, CF_ROLE_CLIENT),
-           workers = cf_allowlist_count(reload.list, CF_ROLE_WORKER);
+           workers = cf_allowlist_count(reload.list, CF_ROLE_WORKER),
+           admins = cf_allowlist_count(reload.list, CF_ROLE_ADMIN);
     reload.users = s_users_of(reload.list, &reload.user_count);
     if (!reload.users) {
         cf_allowlist_destroy(&reload.list);
@@ -493,7 +511,8 @@ cf_err_t cf_auth_reload(cf_auth_t *auth)
         free(reload.users);
         return cf_error_set(CF_ESYS, "cannot reach the auth actor: %s", cf_strerror(rc));
     }
-    cf_log_info(S_LOG, "allow-lists reloaded: %zu client and %zu worker keys", clients, workers);
+    cf_log_info(S_LOG, "allow-lists reloaded: %zu client and %zu worker keys, %zu admin keys",
+                clients, workers, admins);
     return CF_OK;
 }
 
@@ -537,6 +556,8 @@ cf_role_t cf_auth_role_of_user(const char *user_id)
         return CF_ROLE_CLIENT;
     if (strncmp(user_id, "worker:", 7) == 0)
         return CF_ROLE_WORKER;
+    if (strncmp(user_id, "admin:", 6) == 0)
+        return CF_ROLE_ADMIN;
     return CF_ROLE_NONE;
 }
 
@@ -547,6 +568,8 @@ const char *cf_auth_role_name(cf_role_t role)
         return "client";
     case CF_ROLE_WORKER:
         return "worker";
+    case CF_ROLE_ADMIN:
+        return "admin";
     default:
         return "none";
     }

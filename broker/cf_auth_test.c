@@ -1,6 +1,7 @@
-//  cf_auth: the ZAP handler and allow-lists with real CURVE handshakes over
-//  tcp://127.0.0.1 (a ROUTER server, DEALER clients), raw ZAP requests,
-//  stalled TCP connections, reloads and load errors.
+//  cf_auth: the ZAP handler and allow-lists (client, worker and admin keys)
+//  with real CURVE handshakes over tcp://127.0.0.1 (a ROUTER server, DEALER
+//  clients), raw ZAP requests, stalled TCP connections, reloads and load
+//  errors.
 //
 //  Refusals are observed, never waited out: the client's socket monitor
 //  reports the failed handshake (cf_keys_monitor_read), and only then does
@@ -41,7 +42,7 @@
 //  Fixture: keys on disk, a context with cf_auth, a CURVE ROUTER on a port.
 
 static char s_dir[64];
-static cf_keypair_t s_server, s_client, s_worker, s_stranger;
+static cf_keypair_t s_server, s_client, s_worker, s_admin, s_stranger;
 
 static struct {
     pthread_mutex_t mutex;
@@ -106,7 +107,7 @@ static int s_group_setup(void **state)
         return -1;
     atexit(s_remove_dir);
     if (cf_keys_generate(&s_server) || cf_keys_generate(&s_client) || cf_keys_generate(&s_worker)
-        || cf_keys_generate(&s_stranger))
+        || cf_keys_generate(&s_admin) || cf_keys_generate(&s_stranger))
         return -1;
     if (cf_keys_write(&s_server, s_path("broker.key"), s_path("broker.key_secret"), "broker"))
         return -1;
@@ -125,6 +126,10 @@ static int s_group_setup(void **state)
     f = fopen(s_path("workers.list"), "w");
     if (!f || fputs(text, f) < 0 || fclose(f) != 0)
         return -1;
+    //  Admins: a directory, as cf-broker --admin-keys takes it.
+    if (mkdir(s_path("admins"), 0755) != 0
+        || cf_keys_write(&s_admin, s_path("admins/ops.key"), s_path("ops.key_secret"), "ops"))
+        return -1;
     cf_log_set_handler(s_log_collect, NULL, CF_LOG_DEBUG);
     return 0;
 }
@@ -136,8 +141,8 @@ static int s_group_teardown(void **state)
     s_remove_dir();
     //  Keys never appear in logs: not even the 10 characters after a
     //  fingerprint, of any key used in any test.
-    const cf_keypair_t *pairs[] = { &s_server, &s_client, &s_worker, &s_stranger };
-    for (size_t i = 0; i < 4; i++) {
+    const cf_keypair_t *pairs[] = { &s_server, &s_client, &s_worker, &s_admin, &s_stranger };
+    for (size_t i = 0; i < 5; i++) {
         char tail[16];
         snprintf(tail, sizeof tail, "%.10s", pairs[i]->public_z85 + CF_KEY_FP_LEN);
         if (s_log_has(tail) || s_log_has(pairs[i]->secret_z85 + 20))
@@ -217,6 +222,7 @@ static int s_setup(void **state)
         .secret_key_file = s_path("broker.key_secret"),
         .client_keys = s_path("clients"),
         .worker_keys = s_path("workers.list"),
+        .admin_keys = s_path("admins"),
         .handshake_ivl_ms = 500,
     };
     fx->auth = cf_auth_new(&config);
@@ -386,12 +392,19 @@ static void test_allowed_client_key_is_admitted_as_client(void **state)
     assert_int_equal(stats.denied, 0);
     assert_int_equal(stats.client_keys, 1);
     assert_int_equal(stats.worker_keys, 1);
+    assert_int_equal(stats.admin_keys, 1);
 }
 
 static void test_allowed_worker_key_is_admitted_as_worker(void **state)
 {
     s_fixture_t *fx = *state;
     s_assert_admitted(fx, &s_worker, CF_ROLE_WORKER);
+}
+
+static void test_allowed_admin_key_is_admitted_as_admin(void **state)
+{
+    s_fixture_t *fx = *state;
+    s_assert_admitted(fx, &s_admin, CF_ROLE_ADMIN);
 }
 
 static void test_unknown_key_is_refused_with_auth_failure(void **state)
@@ -493,32 +506,46 @@ static void test_enforced_domain_without_handler_refuses_everyone(void **state)
     zmq_ctx_term(ctx);
 }
 
-//  On the role domains the other role's key is refused at the handshake.
-static void test_role_domains_refuse_the_other_role(void **state)
+//  On the role domains a key of another role is refused at the handshake:
+//  the client domain admits client and admin keys (cf-admin asks there),
+//  the worker domain worker keys alone.
+static void test_role_domains_refuse_the_other_roles(void **state)
 {
     s_fixture_t *fx = *state;
-    const char *domains[] = { CF_AUTH_DOMAIN_CLIENTS, CF_AUTH_DOMAIN_WORKERS };
-    const cf_keypair_t *admitted[] = { &s_client, &s_worker };
-    const cf_keypair_t *refused[] = { &s_worker, &s_client };
-    cf_role_t roles[] = { CF_ROLE_CLIENT, CF_ROLE_WORKER };
-    for (size_t i = 0; i < 2; i++) {
+    static const struct {
+        const char *domain;
+        const cf_keypair_t *key;
+        cf_role_t role;    //  admitted with it, or CF_ROLE_NONE: refused
+    } cases[] = {
+        { CF_AUTH_DOMAIN_CLIENTS, &s_worker, CF_ROLE_NONE },
+        { CF_AUTH_DOMAIN_CLIENTS, &s_client, CF_ROLE_CLIENT },
+        { CF_AUTH_DOMAIN_CLIENTS, &s_admin, CF_ROLE_ADMIN },
+        { CF_AUTH_DOMAIN_WORKERS, &s_client, CF_ROLE_NONE },
+        { CF_AUTH_DOMAIN_WORKERS, &s_admin, CF_ROLE_NONE },
+        { CF_AUTH_DOMAIN_WORKERS, &s_worker, CF_ROLE_WORKER },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char endpoint[64];
         void *router = s_track(
-            s_router_new_in(fx->ctx, fx->auth, domains[i], endpoint, sizeof endpoint));
+            s_router_new_in(fx->ctx, fx->auth, cases[i].domain, endpoint, sizeof endpoint));
         void *monitor;
-        void *dealer = s_dealer_new(fx->ctx, endpoint, s_server.public_z85, refused[i], &monitor);
-        assert_int_equal(zmq_send(dealer, "hello", 5, 0), 5);
-        int value = 0;
-        assert_int_equal(s_wait_outcome(monitor, &value), CF_EAUTH);
-        assert_int_equal(value, 400);
-        s_assert_router_quiet(router);
-        s_dealer_destroy(&dealer, &monitor);
-
-        dealer = s_dealer_new(fx->ctx, endpoint, s_server.public_z85, admitted[i], &monitor);
-        assert_int_equal(s_round_trip(dealer, router, "hello").role, roles[i]);
+        void *dealer = s_dealer_new(fx->ctx, endpoint, s_server.public_z85, cases[i].key, &monitor);
+        if (cases[i].role == CF_ROLE_NONE) {
+            assert_int_equal(zmq_send(dealer, "hello", 5, 0), 5);
+            int value = 0;
+            assert_int_equal(s_wait_outcome(monitor, &value), CF_EAUTH);
+            assert_int_equal(value, 400);
+            s_assert_router_quiet(router);
+        }
+        else
+            assert_int_equal(s_round_trip(dealer, router, "hello").role, cases[i].role);
         s_dealer_destroy(&dealer, &monitor);
         s_close(router);
     }
+    char fp[CF_KEY_FP_SIZE], line[96];
+    cf_keys_fingerprint(s_admin.public_z85, fp);
+    snprintf(line, sizeof line, "denied admin key %s from", fp);
+    assert_true(s_log_has(line));
     assert_true(s_log_has("on the client endpoint"));
     assert_true(s_log_has("on the worker endpoint"));
 }
@@ -534,10 +561,13 @@ static void test_plaintext_messages_have_no_role(void **state)
     assert_int_equal(cf_auth_role_of_user(NULL), CF_ROLE_NONE);
     assert_int_equal(cf_auth_role_of_user("client:abcdefgh"), CF_ROLE_CLIENT);
     assert_int_equal(cf_auth_role_of_user("worker:abcdefgh"), CF_ROLE_WORKER);
+    assert_int_equal(cf_auth_role_of_user("admin:abcdefgh"), CF_ROLE_ADMIN);
     assert_int_equal(cf_auth_role_of_user("clients"), CF_ROLE_NONE);
+    assert_int_equal(cf_auth_role_of_user("admins"), CF_ROLE_NONE);
     assert_string_equal(cf_auth_role_name(CF_ROLE_NONE), "none");
     assert_string_equal(cf_auth_role_name(CF_ROLE_CLIENT), "client");
     assert_string_equal(cf_auth_role_name(CF_ROLE_WORKER), "worker");
+    assert_string_equal(cf_auth_role_name(CF_ROLE_ADMIN), "admin");
 
     //  A plaintext ROUTER/DEALER pair over TCP.
     void *ctx = zmq_ctx_new();
@@ -819,6 +849,40 @@ static void test_reload_admits_new_keys_and_keeps_old_lists_on_error(void **stat
     s_close(dealer);
 }
 
+//  The admin list is reloaded with the others: a key added there is
+//  admitted as an admin, and a removed one is no longer allowed.
+static void test_reload_reads_the_admin_list_too(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *dealer = s_zap_dealer(fx->ctx);
+    uint8_t stranger[CF_KEY_BIN_LEN];
+    assert_int_equal(cf_keys_decode(s_stranger.public_z85, stranger), CF_OK);
+    char fp[CF_KEY_FP_SIZE], admin[CF_AUTH_USER_ID_SIZE], client[CF_AUTH_USER_ID_SIZE];
+    cf_keys_fingerprint(s_stranger.public_z85, fp);
+    snprintf(admin, sizeof admin, "admin:%s", fp);
+    snprintf(client, sizeof client, "client:%s", fp);
+
+    char text[128];
+    snprintf(text, sizeof text, "%s\n", s_stranger.public_z85);
+    s_write_text(s_path("admins/stranger.key"), text);
+    assert_int_equal(cf_auth_reload(fx->auth), CF_OK);
+    s_reply_t reply = s_zap_curve(dealer, "CURVE", stranger, sizeof stranger);
+    assert_string_equal(reply.status, "200");
+    assert_string_equal(reply.user_id, admin);
+    assert_true(cf_auth_user_allowed(fx->auth, admin));
+    assert_false(cf_auth_user_allowed(fx->auth, client));
+    cf_auth_stats_t stats;
+    assert_int_equal(cf_auth_stats(fx->auth, &stats), CF_OK);
+    assert_int_equal(stats.admin_keys, 2);
+    assert_true(s_log_has("allow-lists reloaded: 1 client and 1 worker keys, 2 admin keys"));
+
+    assert_int_equal(unlink(s_path("admins/stranger.key")), 0);
+    assert_int_equal(cf_auth_reload(fx->auth), CF_OK);
+    assert_string_equal(s_zap_curve(dealer, "CURVE", stranger, sizeof stranger).status, "400");
+    assert_false(cf_auth_user_allowed(fx->auth, admin));
+    s_close(dealer);
+}
+
 // ---------------------------------------------------------------------------
 //  Configuration errors
 
@@ -865,6 +929,32 @@ static void test_new_rejects_bad_configuration(void **state)
     assert_null(s_try_new(ctx, secret, s_path("clients"), s_path("dup.list")));
     assert_int_equal(cf_last_err(), CF_EINVAL);
     assert_non_null(strstr(cf_last_error(), "both"));
+    //  A key on the admin list and another: one key, one role.
+    char dup[256], admins[256];
+    snprintf(dup, sizeof dup, "%s", s_path("dup.list"));
+    snprintf(admins, sizeof admins, "%s", s_path("admins"));
+    snprintf(text, sizeof text, "%s\n", s_admin.public_z85);
+    s_write_text(dup, text);
+    for (size_t i = 0; i < 2; i++) {
+        cf_auth_config_t config = { .zmq_context = ctx,
+                                    .secret_key_file = secret,
+                                    .client_keys = i == 0 ? dup : NULL,
+                                    .worker_keys = i == 1 ? dup : NULL,
+                                    .admin_keys = admins };
+        assert_null(cf_auth_new(&config));
+        assert_int_equal(cf_last_err(), CF_EINVAL);
+        char expect[64];
+        snprintf(expect, sizeof expect, "both the %s and the admin allow-list",
+                 i == 0 ? "client" : "worker");
+        if (!strstr(cf_last_error(), expect))
+            fail_msg("expected '%s' in: %s", expect, cf_last_error());
+    }
+    //  An admin list alone is no configuration: nobody could submit or work.
+    cf_auth_config_t admins_only = { .zmq_context = ctx,
+                                     .secret_key_file = secret,
+                                     .admin_keys = admins };
+    assert_null(cf_auth_new(&admins_only));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
 
     //  A malformed line, reported by number, its text not quoted.
     snprintf(text, sizeof text, "# ok\n%s\n%.30sXYZ\n", s_worker.public_z85, s_stranger.public_z85);
@@ -926,6 +1016,7 @@ static void test_list_directory_ignores_other_files(void **state)
     assert_int_equal(cf_auth_stats(fx->auth, &stats), CF_OK);
     assert_int_equal(stats.client_keys, 1);
     assert_int_equal(stats.worker_keys, 1);
+    assert_int_equal(stats.admin_keys, 1);    //  admins/ holds ops.key alone
     assert_string_equal(cf_auth_server_public(fx->auth), s_server.public_z85);
 }
 
@@ -936,6 +1027,8 @@ int main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_allowed_worker_key_is_admitted_as_worker, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_allowed_admin_key_is_admitted_as_admin, s_setup,
+                                        s_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_key_is_refused_with_auth_failure, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_plaintext_client_is_refused, s_setup, s_teardown),
@@ -943,7 +1036,7 @@ int main(void)
         cmocka_unit_test(test_curve_without_handler_fails_open_by_default),
         cmocka_unit_test_setup_teardown(test_enforced_domain_without_handler_refuses_everyone,
                                         s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_role_domains_refuse_the_other_role, s_setup,
+        cmocka_unit_test_setup_teardown(test_role_domains_refuse_the_other_roles, s_setup,
                                         s_teardown),
         cmocka_unit_test(test_plaintext_messages_have_no_role),
         cmocka_unit_test_setup_teardown(test_stalled_connections_are_closed_while_a_client_works,
@@ -952,6 +1045,7 @@ int main(void)
             test_zap_handler_answers_malformed_requests_and_keeps_serving, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_reload_admits_new_keys_and_keeps_old_lists_on_error,
                                         s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_reload_reads_the_admin_list_too, s_setup, s_teardown),
         cmocka_unit_test(test_new_rejects_bad_configuration),
         cmocka_unit_test_setup_teardown(test_list_directory_ignores_other_files, s_setup,
                                         s_teardown),

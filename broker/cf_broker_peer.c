@@ -233,18 +233,50 @@ static bool s_key_current(cf_broker_state_t *self, const void *id, size_t len, c
     return false;
 }
 
+//  What a key of an admitted role may send: STATS is for admin keys alone
+//  (cf-admin; docs/security.md), and an admin key sends nothing that makes
+//  it a peer or touches tasks: STATS, HEARTBEAT and DISCONNECT (which are
+//  answered, or ignored, without peer state). NULL when allowed, else the
+//  ERROR text; *why says it for the log.
+static const char *s_command_refusal(cf_msg_type_t type, cf_role_t role, const char **why)
+{
+    if (role == CF_ROLE_ADMIN
+        && !(type == CF_MSG_STATS || type == CF_MSG_HEARTBEAT || type == CF_MSG_DISCONNECT)) {
+        *why = "an admin key may only ask for STATS";
+        return CF_PROTO_NOT_ALLOWED;    //  a client library using it fails at once
+    }
+    if (role != CF_ROLE_ADMIN && type == CF_MSG_STATS) {
+        *why = "STATS needs an admin key (cf-broker --admin-keys)";
+        return CF_AUTH_STATS_NEEDS_ADMIN;    //  not fatal to a client: it may still submit
+    }
+    return NULL;
+}
+
 static bool s_role_allowed(cf_broker_state_t *self, void *sock, const void *id, size_t len,
                            cf_proto_msg_t *msg, bool clients)
 {
     cf_role_t want = clients ? CF_ROLE_CLIENT : CF_ROLE_WORKER;
     const char *user = cf_proto_msg_user_id(msg);
     cf_role_t role = cf_auth_role_of_user(user);
-    if (role == want && (!self->auth || s_key_current(self, id, len, user, clients)))
-        return true;
+    //  Admin keys use the client endpoint too.
+    bool admitted = role == want || (clients && role == CF_ROLE_ADMIN);
+    const char *why = NULL, *refusal = NULL;
+    if (admitted && (!self->auth || s_key_current(self, id, len, user, clients))) {
+        refusal = s_command_refusal(msg->type, role, &why);
+        if (!refusal)
+            return true;
+    }
     self->stats.refused++;
     char label[24];
     cf_broker_peer_label(id, len, label, sizeof label);
-    if (role == want) {
+    if (refusal) {
+        if (s_may_log_refusal(self))
+            cf_log_warn(S_LOG, "refused %s from %s (routing id %s): %s",
+                        cf_broker_command_name(msg->type), user, label, why);
+        cf_broker_peer_send_error(self, sock, id, len, 0, refusal);
+        return false;
+    }
+    if (admitted) {
         if (s_may_log_refusal(self))
             cf_log_warn(S_LOG,
                         "refused %s from %s (routing id %s): its key was removed from the "

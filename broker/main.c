@@ -12,7 +12,8 @@
 //  value, malformed endpoint): the same convention as every cfutures tool.
 //
 //  Signals are taken by the main thread only (blocked everywhere, then
-//  sigtimedwait): SIGHUP reloads the CURVE allow-lists, SIGUSR1 logs one
+//  sigtimedwait): SIGHUP reloads the CURVE allow-lists (client, worker and
+//  admin keys), SIGUSR1 logs one
 //  stats line (cf_broker_stats, which is thread-safe, called from here and
 //  never from a handler), and --stats-interval logs the same line every N
 //  seconds.
@@ -20,6 +21,9 @@
 //  With --curve-secret and an allow-list (docs/security.md) both endpoints
 //  are CURVE servers that fail closed, authenticated by the cf_auth ZAP
 //  handler, which starts in the broker's zmq context before anything binds.
+//  Then STATS (cf-admin) is answered only to keys on --admin-keys, which
+//  connect to the client endpoint and may ask nothing else; plaintext
+//  brokers answer STATS from anyone.
 
 #include "cf_auth.h"
 #include "cf_broker.h"
@@ -55,6 +59,7 @@ typedef struct {
     const char *curve_secret;    //  NULL: plaintext
     const char *client_keys;
     const char *worker_keys;
+    const char *admin_keys;
     bool verbose;
     int stats_interval_s;    //  0: no periodic stats line
 } s_options_t;
@@ -86,6 +91,9 @@ static void s_usage(FILE *out)
             "  --client-keys PATH          public keys allowed to submit: a directory of\n"
             "                              *.key files or a file with one key per line\n"
             "  --worker-keys PATH          public keys allowed to work (same forms)\n"
+            "  --admin-keys PATH           public keys allowed to ask for STATS (cf-admin)\n"
+            "                              at the client endpoint, and nothing else (same\n"
+            "                              forms); with CURVE no other key gets STATS\n"
             "  --stats-interval SECONDS    log a stats line every SECONDS (default: never;\n"
             "                              SIGUSR1 logs one at any time)\n"
             "  -v, --verbose               log debug messages too\n"
@@ -95,15 +103,16 @@ static void s_usage(FILE *out)
             "Once serving, prints one line to stdout:\n"
             "  ready clients=ENDPOINT workers=ENDPOINT\n"
             "Logs go to stderr. SIGINT or SIGTERM stops the broker; SIGHUP reloads\n"
-            "--client-keys and --worker-keys (on an error the old lists stay; a removed\n"
-            "key is cut off, connected or not); SIGUSR1 logs a stats line.\n"
+            "--client-keys, --worker-keys and --admin-keys (on an error the old lists\n"
+            "stay; a removed key is cut off, connected or not); SIGUSR1 logs a stats\n"
+            "line.\n"
             "\n"
             "Exit status: 0 stopped by a signal, 1 could not start or failed, 2 usage\n"
             "error (unknown option, missing or bad value, malformed endpoint).\n"
             "\n"
             "Without --curve-secret traffic is not encrypted: keep the endpoints on\n"
             "loopback or a trusted network (see docs/security.md). cf-admin shows a\n"
-            "running broker's counters.\n",
+            "running broker's counters (without CURVE, to anyone who can connect).\n",
             S_DEFAULT_CLIENTS, S_DEFAULT_WORKERS, CF_HEARTBEAT_IVL_MS, CF_HEARTBEAT_LIVENESS,
             CF_BROKER_MAX_QUEUED, CF_BROKER_NO_WORKER_WAIT_MS);
 }
@@ -193,7 +202,8 @@ enum {
     OPT_CURVE_SECRET,
     OPT_CLIENT_KEYS,
     OPT_WORKER_KEYS,
-    OPT_STATS_INTERVAL
+    OPT_STATS_INTERVAL,
+    OPT_ADMIN_KEYS
 };
 
 //  One option with its value: S_RUN when taken, or an exit status.
@@ -243,6 +253,7 @@ static int s_option(int opt, const char *name, const char *value, s_options_t *o
             return s_usage_error("%s needs a path", name);
         *(opt == OPT_CURVE_SECRET  ? &options->curve_secret
           : opt == OPT_CLIENT_KEYS ? &options->client_keys
+          : opt == OPT_ADMIN_KEYS  ? &options->admin_keys
                                    : &options->worker_keys) = value;
         return S_RUN;
     }
@@ -256,9 +267,10 @@ static int s_check(const s_options_t *options)
         return s_usage_error("--max-queued-per-client (%zu) exceeds --max-queued (%zu)",
                              broker->max_queued_per_client, broker->max_queued);
     bool keys = options->client_keys || options->worker_keys;
-    if (keys && !options->curve_secret)
-        return s_usage_error("%s needs --curve-secret",
-                             options->client_keys ? "--client-keys" : "--worker-keys");
+    if ((keys || options->admin_keys) && !options->curve_secret)
+        return s_usage_error("%s needs --curve-secret", options->client_keys   ? "--client-keys"
+                                                        : options->worker_keys ? "--worker-keys"
+                                                                               : "--admin-keys");
     if (options->curve_secret && !keys)
         return s_usage_error("--curve-secret needs --client-keys or --worker-keys");
     return S_RUN;
@@ -277,6 +289,7 @@ static int s_parse(int argc, char **argv, s_options_t *options)
         { "curve-secret", required_argument, NULL, OPT_CURVE_SECRET },
         { "client-keys", required_argument, NULL, OPT_CLIENT_KEYS },
         { "worker-keys", required_argument, NULL, OPT_WORKER_KEYS },
+        { "admin-keys", required_argument, NULL, OPT_ADMIN_KEYS },
         { "stats-interval", required_argument, NULL, OPT_STATS_INTERVAL },
         { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
@@ -345,6 +358,7 @@ static cf_auth_t *s_auth_start(const s_options_t *options, void **ctx)
         .secret_key_file = options->curve_secret,
         .client_keys = options->client_keys,
         .worker_keys = options->worker_keys,
+        .admin_keys = options->admin_keys,
     });
     if (!auth) {
         fprintf(stderr, "cf-broker: %s\n", cf_last_error());

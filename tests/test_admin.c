@@ -6,9 +6,14 @@
 //  say plainly that a cf/1 broker does not report per-peer detail, --watch
 //  redraws until Ctrl-C, a broker that does not answer fails within the
 //  timeout with the endpoint named, and a CURVE broker answers cf-admin
-//  with an allowed key and nobody else.
+//  with an admin key (--admin-keys) and nobody else: a client or worker
+//  key's STATS gets a clear ERROR, an admin key's SUBMIT is refused, the
+//  admin list reloads on SIGHUP; a plaintext broker answers anyone.
 
 #include "cf_testkit.h"
+
+#include "cf_keys.h"
+#include "cf_proto.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #define S_RUN_MS 30000
@@ -224,51 +230,337 @@ static const char *s_keygen(cf_testkit_t *kit, const char *relative)
     return name;
 }
 
-static void test_a_curve_broker_answers_an_allowed_key_only(void **state)
+//  A CURVE cluster's keys, made by cf-keygen in the kit's directory: the
+//  broker, alice on the client list, w1 on the worker list, ops on the admin
+//  list, mallory on none. Paths are the kit's (they live as long as it).
+typedef struct {
+    const char *broker_public, *broker_secret;
+    const char *alice_secret, *w1_secret, *ops_secret, *mallory_secret;
+    const char *clients, *workers, *admins;    //  the list directories
+    cf_keypair_t alice, w1, ops;               //  read back, for fingerprints
+} s_keys_t;
+
+static const char *s_with(cf_testkit_t *kit, const char *name, const char *suffix)
+{
+    char relative[256];
+    snprintf(relative, sizeof relative, "%s%s", name, suffix);
+    return cf_testkit_path(kit, relative);
+}
+
+static void s_keys(cf_testkit_t *kit, s_keys_t *k)
+{
+    memset(k, 0, sizeof *k);
+    const char *dirs[] = { "clients", "workers", "admins" };
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(mkdir(cf_testkit_path(kit, dirs[i]), 0755), 0);
+        assert_int_equal(chmod(cf_testkit_path(kit, dirs[i]), 0755), 0);    //  whatever the umask
+    }
+    k->clients = cf_testkit_path(kit, "clients");
+    k->workers = cf_testkit_path(kit, "workers");
+    k->admins = cf_testkit_path(kit, "admins");
+    s_keygen(kit, "broker");
+    s_keygen(kit, "clients/alice");
+    s_keygen(kit, "workers/w1");
+    s_keygen(kit, "admins/ops");
+    s_keygen(kit, "mallory");
+    k->broker_public = s_with(kit, "broker", ".key");
+    k->broker_secret = s_with(kit, "broker", ".key_secret");
+    k->alice_secret = s_with(kit, "clients/alice", ".key_secret");
+    k->w1_secret = s_with(kit, "workers/w1", ".key_secret");
+    k->ops_secret = s_with(kit, "admins/ops", ".key_secret");
+    k->mallory_secret = s_with(kit, "mallory", ".key_secret");
+    assert_int_equal(cf_keys_read_pair(k->alice_secret, &k->alice), CF_OK);
+    assert_int_equal(cf_keys_read_pair(k->w1_secret, &k->w1), CF_OK);
+    assert_int_equal(cf_keys_read_pair(k->ops_secret, &k->ops), CF_OK);
+}
+
+static cf_testkit_proc_t *s_curve_broker(cf_testkit_t *kit, const s_keys_t *k)
+{
+    return cf_testkit_start_broker(kit, "--curve-secret", k->broker_secret, "--client-keys",
+                                   k->clients, "--worker-keys", k->workers, "--admin-keys",
+                                   k->admins, NULL);
+}
+
+//  cf-admin ARGS... with a CURVE key: --broker-key and --key secret.
+static void s_admin_keyed(cf_testkit_t *kit, const s_keys_t *k, const char *clients,
+                          const char *secret, const char *const *args, cf_testkit_output_t *output)
+{
+    const char *argv[12] = { "-b", clients, "--broker-key", k->broker_public, "--key", secret };
+    size_t n = 6;
+    for (size_t i = 0; args[i]; i++) {
+        assert_true(n < 11);
+        argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+    s_admin(kit, argv, output);
+}
+
+typedef struct {
+    cf_testkit_proc_t *proc;
+    const char *needle;
+} s_log_wait_t;
+
+static bool s_log_has(void *arg)
+{
+    s_log_wait_t *w = arg;
+    char *log = cf_testkit_log(w->proc);
+    bool found = log && strstr(log, w->needle);
+    free(log);
+    return found;
+}
+
+//  The broker's log gets a line with needle (it is written before the
+//  refusal is sent, but read here from a file another process writes).
+static void s_expect_logged(cf_testkit_proc_t *broker, const char *needle)
+{
+    s_log_wait_t w = { broker, needle };
+    if (!cf_testkit_wait_until(s_log_has, &w, CF_TESTKIT_DEADLINE_MS))
+        fail_msg("no '%s' in the broker's log (%s)", needle, cf_testkit_log_path(broker));
+}
+
+//  The next message of type want on sock, others skipped; NULL after
+//  timeout_ms.
+static cf_proto_msg_t *s_recv_type(void *sock, cf_msg_type_t want, int timeout_ms)
+{
+    int64_t deadline = cf_testkit_now_ms() + timeout_ms;
+    while (cf_testkit_now_ms() < deadline) {
+        zmq_pollitem_t item = { sock, 0, ZMQ_POLLIN, 0 };
+        if (zmq_poll(&item, 1, 100) <= 0)
+            continue;
+        cf_proto_msg_t *msg = NULL;
+        if (cf_proto_recv(sock, false, NULL, &msg) != CF_OK)
+            continue;
+        if (msg->type == want)
+            return msg;
+        cf_proto_msg_destroy(&msg);
+    }
+    return NULL;
+}
+
+//  STATS sent by hand on endpoint with pair's key: the ERROR text that
+//  answers it (into text), or fails.
+static void s_raw_stats_refused(const s_keys_t *k, const char *endpoint, const cf_keypair_t *pair,
+                                char *text, size_t size)
+{
+    char server[CF_KEY_Z85_SIZE];
+    assert_int_equal(cf_keys_read_public(k->broker_public, server), CF_OK);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    void *sock = zmq_socket(ctx, ZMQ_DEALER);
+    assert_non_null(sock);
+    int linger = 0;
+    assert_int_equal(zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger), 0);
+    assert_int_equal(cf_keys_apply_client(sock, server, pair->public_z85, pair->secret_z85), CF_OK);
+    assert_int_equal(zmq_connect(sock, endpoint), 0);
+    cf_proto_enc_t *enc = cf_proto_enc_new();
+    assert_non_null(enc);
+    cf_proto_enc_begin(enc, CF_MSG_STATS);
+    assert_int_equal(cf_proto_enc_send(enc, sock, NULL, 0), CF_OK);
+    cf_proto_msg_t *msg = s_recv_type(sock, CF_MSG_ERROR, CF_TESTKIT_DEADLINE_MS);
+    if (!msg)
+        fail_msg("no ERROR for STATS at %s", endpoint);
+    cf_proto_str_copy(msg->text, text, size);
+    cf_proto_msg_destroy(&msg);
+    cf_proto_enc_destroy(&enc);
+    zmq_close(sock);
+    zmq_ctx_term(ctx);
+}
+
+//  Under CURVE, STATS is for admin keys: cf-admin with one is answered; a
+//  client key's STATS gets a clear ERROR, said by cf-admin with the fix and
+//  logged by the broker; a worker key's STATS (on the worker endpoint, the
+//  only one it may reach) the same ERROR; a key on no list and no key at
+//  all are refused at the handshake, said at once with the endpoint.
+static void test_under_curve_stats_needs_an_admin_key(void **state)
 {
     cf_testkit_t *kit = *state;
     if (!zmq_has("curve"))
         skip();
-    assert_int_equal(mkdir(cf_testkit_path(kit, "clients"), 0755), 0);
-    const char *broker_key = s_keygen(kit, "broker");
-    const char *alice = s_keygen(kit, "clients/alice");
-    const char *mallory = s_keygen(kit, "mallory");
-    char broker_secret[4096], broker_public[4096], alice_secret[4096], mallory_secret[4096];
-    snprintf(broker_secret, sizeof broker_secret, "%s.key_secret", broker_key);
-    snprintf(broker_public, sizeof broker_public, "%s.key", broker_key);
-    snprintf(alice_secret, sizeof alice_secret, "%s.key_secret", alice);
-    snprintf(mallory_secret, sizeof mallory_secret, "%s.key_secret", mallory);
-    cf_testkit_proc_t *broker = cf_testkit_start_broker(kit, "--curve-secret", broker_secret,
-                                                        "--client-keys",
-                                                        cf_testkit_path(kit, "clients"), NULL);
+    s_keys_t k;
+    s_keys(kit, &k);
+    cf_testkit_proc_t *broker = s_curve_broker(kit, &k);
     const char *clients = cf_testkit_clients(broker);
+    s_expect_logged(broker, "1 client and 1 worker keys allowed, 1 admin keys");
     cf_testkit_output_t output;
-    s_admin(kit,
-            (const char *[]){ "-b", clients, "--broker-key", broker_public, "--key", alice_secret,
-                              "--json", NULL },
-            &output);
+
+    s_admin_keyed(kit, &k, clients, k.ops_secret, (const char *[]){ "--json", NULL }, &output);
     if (output.exit_code != 0)
-        fail_msg("alice: exit %d\n%s%s", output.exit_code, output.out, output.err);
+        fail_msg("ops: exit %d\n%s%s", output.exit_code, output.out, output.err);
     s_expect_in(output.out, "\"clients\": 0,", &output);
-    //  A key not on the list, and no key at all: refused at the handshake,
-    //  said at once (well within the long timeout), with the endpoint.
-    char refused[512], plaintext[512];
-    snprintf(refused, sizeof refused, "cf-admin: the broker at %s refused the key ", clients);
-    snprintf(plaintext, sizeof plaintext,
-             "cf-admin: the broker at %s requires CURVE: give "
-             "--broker-key and --key",
+    s_expect_in(output.out, "\"refused\": 0", &output);
+    //  The lists too (workers and clients ask with flags).
+    s_admin_keyed(kit, &k, clients, k.ops_secret, (const char *[]){ "workers", NULL }, &output);
+    assert_int_equal(output.exit_code, 0);
+    s_expect_in(output.out, "0 workers connected to ", &output);
+
+    //  alice's client key: refused at once (well within the long timeout)
+    //  with the broker's reason and the fix.
+    char refused[512], fp[CF_KEY_FP_SIZE], line[128];
+    snprintf(refused, sizeof refused,
+             "cf-admin: the broker at %s refused STATS: not allowed: STATS needs an admin key",
              clients);
     int64_t start_ms = cf_testkit_now_ms();
-    s_admin(kit,
-            (const char *[]){ "-b", clients, "--broker-key", broker_public, "--key", mallory_secret,
-                              "-t", "60000", NULL },
-            &output);
+    s_admin_keyed(kit, &k, clients, k.alice_secret, (const char *[]){ "-t", "60000", NULL },
+                  &output);
     assert_int_equal(output.exit_code, 1);
     s_expect_in(output.err, refused, &output);
+    s_expect_in(output.err, "--admin-keys", &output);
+    assert_int_equal(output.out[0], '\0');
+    cf_keys_fingerprint(k.alice.public_z85, fp);
+    s_expect_in(output.err, fp, &output);
+    snprintf(line, sizeof line, "refused STATS from client:%s (routing id ", fp);
+    s_expect_logged(broker, line);
+    s_expect_logged(broker, "STATS needs an admin key (cf-broker --admin-keys)");
+    //  metrics says the broker is down to Prometheus, and why on stderr.
+    s_admin_keyed(kit, &k, clients, k.alice_secret, (const char *[]){ "metrics", NULL }, &output);
+    assert_int_equal(output.exit_code, 1);
+    s_expect_in(output.out, "\ncfutures_broker_up 0\n", &output);
+    s_expect_in(output.err, refused, &output);
+
+    //  w1's worker key asking STATS where it may connect.
+    char text[256];
+    s_raw_stats_refused(&k, cf_testkit_workers(broker), &k.w1, text, sizeof text);
+    assert_string_equal(text, "not allowed: STATS needs an admin key");
+    cf_keys_fingerprint(k.w1.public_z85, fp);
+    snprintf(line, sizeof line, "refused STATS from worker:%s", fp);
+    s_expect_logged(broker, line);
+
+    //  A key on no list, and no key at all: refused at the handshake.
+    char no_key[512], plaintext[512];
+    snprintf(no_key, sizeof no_key, "cf-admin: the broker at %s refused the key ", clients);
+    snprintf(plaintext, sizeof plaintext,
+             "cf-admin: the broker at %s requires CURVE: give --broker-key and --key", clients);
+    s_admin_keyed(kit, &k, clients, k.mallory_secret, (const char *[]){ "-t", "60000", NULL },
+                  &output);
+    assert_int_equal(output.exit_code, 1);
+    s_expect_in(output.err, no_key, &output);
+    s_expect_in(output.err, "(not on its admin list", &output);
     s_admin(kit, (const char *[]){ "-b", clients, "-t", "60000", NULL }, &output);
     assert_int_equal(output.exit_code, 1);
     s_expect_in(output.err, plaintext, &output);
     assert_true(cf_testkit_now_ms() - start_ms < 50000);
+
+    //  Every refusal counted: alice twice, w1 once.
+    s_admin_keyed(kit, &k, clients, k.ops_secret, (const char *[]){ "--json", NULL }, &output);
+    assert_int_equal(output.exit_code, 0);
+    s_expect_in(output.out, "\"refused\": 3", &output);
+    assert_true(cf_testkit_alive(broker));
+}
+
+//  An admin key may ask, never submit: its SUBMIT is refused with the ERROR
+//  a client library takes as final (its tasks fail with AuthError, at once),
+//  nothing is queued, and the broker logs it by fingerprint.
+static void test_an_admin_key_cannot_submit(void **state)
+{
+    cf_testkit_t *kit = *state;
+    if (!zmq_has("curve"))
+        skip();
+    s_keys_t k;
+    s_keys(kit, &k);
+    cf_testkit_proc_t *broker = s_curve_broker(kit, &k);
+    const char *clients = cf_testkit_clients(broker);
+    cf_testkit_start_worker(kit, cf_testkit_workers(broker), "--broker-key", k.broker_public,
+                            "--key", k.w1_secret, NULL);
+    //  The handshake passes (admin keys may connect to the client endpoint).
+    cf_executor_t *ex = cf_executor_connect(clients, &(cf_options_t){
+                                                         .curve_broker_key = k.broker_public,
+                                                         .curve_key = k.ops_secret,
+                                                     });
+    if (!ex)
+        fail_msg("the admin key was refused at the handshake: %s", cf_last_error());
+    cf_future_t *f = cf_submit(ex, "square", "i", 3);
+    if (f) {
+        cf_testkit_expect_error(kit, f, "AuthError", "not allowed");
+        cf_future_release(&f);
+        f = cf_submit(ex, "square", "i", 4);
+    }
+    //  Once refused, the executor refuses every later submission.
+    assert_null(f);
+    assert_int_equal(cf_last_err(), CF_EAUTH);
+    if (!strstr(cf_last_error(), "not allowed"))
+        fail_msg("refused without saying why: %s", cf_last_error());
+    cf_executor_destroy(&ex);
+
+    char fp[CF_KEY_FP_SIZE], line[128];
+    cf_keys_fingerprint(k.ops.public_z85, fp);
+    snprintf(line, sizeof line, "refused SUBMIT from admin:%s (routing id ", fp);
+    s_expect_logged(broker, line);
+    s_expect_logged(broker, "an admin key may only ask for STATS");
+    cf_testkit_output_t output;
+    s_admin_keyed(kit, &k, clients, k.ops_secret, (const char *[]){ "--json", NULL }, &output);
+    assert_int_equal(output.exit_code, 0);
+    s_expect_in(output.out, "\"submitted\": 0,", &output);
+    s_expect_in(output.out, "\"clients\": 0,", &output);
+
+    //  alice, a client key, still submits.
+    ex = cf_executor_connect(clients, &(cf_options_t){
+                                          .curve_broker_key = k.broker_public,
+                                          .curve_key = k.alice_secret,
+                                      });
+    assert_non_null(ex);
+    f = cf_submit(ex, "square", "i", 6);
+    assert_non_null(f);
+    cf_testkit_expect_int(kit, f, 36);
+    cf_future_release(&f);
+    cf_executor_destroy(&ex);
+}
+
+//  --admin-keys is reloaded on SIGHUP with the other lists: a key added is
+//  answered, a key removed is refused again.
+static void test_the_admin_list_reloads_on_sighup(void **state)
+{
+    cf_testkit_t *kit = *state;
+    if (!zmq_has("curve"))
+        skip();
+    s_keys_t k;
+    s_keys(kit, &k);
+    //  ops.key moves out of the list before the broker starts.
+    char *ops_public = cf_testkit_read_file(s_with(kit, "admins/ops", ".key"));
+    assert_non_null(ops_public);
+    assert_int_equal(unlink(s_with(kit, "admins/ops", ".key")), 0);
+    cf_testkit_proc_t *broker = s_curve_broker(kit, &k);
+    const char *clients = cf_testkit_clients(broker);
+    cf_testkit_output_t output;
+    s_admin_keyed(kit, &k, clients, k.ops_secret, (const char *[]){ NULL }, &output);
+    assert_int_equal(output.exit_code, 1);
+    s_expect_in(output.err, "(not on its admin list", &output);
+
+    FILE *f = fopen(s_with(kit, "admins/ops", ".key"), "w");
+    assert_non_null(f);
+    assert_true(fputs(ops_public, f) >= 0);
+    assert_int_equal(fclose(f), 0);
+    free(ops_public);
+    assert_true(cf_testkit_signal(broker, SIGHUP));
+    s_expect_logged(broker, "allow-lists reloaded: 1 client and 1 worker keys, 1 admin keys");
+    s_admin_keyed(kit, &k, clients, k.ops_secret, (const char *[]){ NULL }, &output);
+    if (output.exit_code != 0)
+        fail_msg("ops after the reload: exit %d\n%s%s", output.exit_code, output.out, output.err);
+
+    assert_int_equal(unlink(s_with(kit, "admins/ops", ".key")), 0);
+    assert_true(cf_testkit_signal(broker, SIGHUP));
+    s_expect_logged(broker, "allow-lists reloaded: 1 client and 1 worker keys, 0 admin keys");
+    s_admin_keyed(kit, &k, clients, k.ops_secret, (const char *[]){ NULL }, &output);
+    assert_int_equal(output.exit_code, 1);
+    s_expect_in(output.err, "(not on its admin list", &output);
+}
+
+//  Without CURVE there are no keys and no roles: STATS is answered to
+//  anyone who can connect, as before (docs/security.md), and admin key
+//  flags are a usage error there.
+static void test_a_plaintext_broker_answers_stats_from_anyone(void **state)
+{
+    cf_testkit_t *kit = *state;
+    cf_testkit_proc_t *broker = cf_testkit_start_broker(kit, NULL);
+    cf_testkit_output_t output;
+    s_admin(kit, (const char *[]){ "-b", cf_testkit_clients(broker), "--json", NULL }, &output);
+    assert_int_equal(output.exit_code, 0);
+    s_expect_in(output.out, "\"workers\": 0,", &output);
+
+    const char *argv[] = { cf_testkit_env("CF_BROKER_BIN"), "--admin-keys", cf_testkit_dir(kit),
+                           NULL };
+    assert_true(cf_testkit_run(kit, argv, S_RUN_MS, &output));
+    assert_int_equal(output.exit_code, 2);
+    s_expect_in(output.err, "cf-broker: --admin-keys needs --curve-secret", &output);
 }
 
 int main(void)
@@ -283,7 +575,13 @@ int main(void)
             cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_watch_redraws_until_interrupted, cf_testkit_setup,
                                         cf_testkit_teardown),
-        cmocka_unit_test_setup_teardown(test_a_curve_broker_answers_an_allowed_key_only,
+        cmocka_unit_test_setup_teardown(test_under_curve_stats_needs_an_admin_key, cf_testkit_setup,
+                                        cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_an_admin_key_cannot_submit, cf_testkit_setup,
+                                        cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_the_admin_list_reloads_on_sighup, cf_testkit_setup,
+                                        cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_a_plaintext_broker_answers_stats_from_anyone,
                                         cf_testkit_setup, cf_testkit_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -35,13 +35,14 @@
 #include <unistd.h>
 #include <zmq.h>
 
-//  Keys of one test: the broker, an allowed client and worker, and a
-//  stranger on neither list.
+//  Keys of one test: the broker, an allowed client and worker, an admin
+//  key that reads the counters (STATS needs one under CURVE), and a
+//  stranger on no list.
 typedef struct {
     cf_testkit_t *kit;
-    cf_keypair_t broker, alice, w1, mallory;
+    cf_keypair_t broker, alice, w1, mallory, ops;
     const char *broker_pub, *broker_secret;
-    const char *clients, *workers;    //  allow-list directories
+    const char *clients, *workers, *admins;    //  allow-list directories
     const char *alice_secret, *w1_secret, *mallory_secret, *mallory_pub;
 } s_keys_t;
 
@@ -60,6 +61,9 @@ static void s_keys(cf_testkit_t *kit, s_keys_t *k)
     k->workers = cf_testkit_path(kit, "workers");
     assert_int_equal(mkdir(k->clients, 0755), 0);
     assert_int_equal(mkdir(k->workers, 0755), 0);
+    k->admins = cf_testkit_path(kit, "admins");
+    assert_int_equal(mkdir(k->admins, 0755), 0);
+    assert_int_equal(chmod(k->admins, 0755), 0);
     //  A umask may have taken write bits we never wanted anyway; others
     //  must not be able to write a list (cf_auth refuses it).
     assert_int_equal(chmod(k->clients, 0755), 0);
@@ -68,6 +72,7 @@ static void s_keys(cf_testkit_t *kit, s_keys_t *k)
     s_make_pair(kit, &k->alice, "clients/alice.key", "alice.key_secret");
     s_make_pair(kit, &k->w1, "workers/w1.key", "w1.key_secret");
     s_make_pair(kit, &k->mallory, "mallory.key", "mallory.key_secret");
+    s_make_pair(kit, &k->ops, "admins/ops.key", "ops.key_secret");
     k->broker_pub = cf_testkit_path(kit, "broker.key");
     k->broker_secret = cf_testkit_path(kit, "broker.key_secret");
     k->alice_secret = cf_testkit_path(kit, "alice.key_secret");
@@ -79,7 +84,8 @@ static void s_keys(cf_testkit_t *kit, s_keys_t *k)
 static cf_testkit_proc_t *s_secure_broker(s_keys_t *k)
 {
     return cf_testkit_start_broker(k->kit, "--curve-secret", k->broker_secret, "--client-keys",
-                                   k->clients, "--worker-keys", k->workers, "--verbose", NULL);
+                                   k->clients, "--worker-keys", k->workers, "--admin-keys",
+                                   k->admins, "--verbose", NULL);
 }
 
 static cf_testkit_proc_t *s_secure_worker(s_keys_t *k, const char *endpoint, const char *secret,
@@ -135,7 +141,7 @@ static cf_proto_msg_t *s_recv_type(void *sock, cf_msg_type_t want, int timeout_m
     return NULL;
 }
 
-//  A broker counter asked over CURVE with the client key pair (the kit's
+//  A broker counter asked over CURVE with an admin key pair (the kit's
 //  cf_testkit_broker_stat speaks plaintext, which a CURVE broker refuses).
 static uint64_t s_stat(const char *endpoint, const cf_keypair_t *broker, const cf_keypair_t *pair,
                        const char *name)
@@ -206,7 +212,7 @@ typedef struct {
 static bool s_workers_known(void *arg)
 {
     s_workers_wait_t *w = arg;
-    return s_stat(w->endpoint, &w->keys->broker, &w->keys->alice, "workers") >= w->workers;
+    return s_stat(w->endpoint, &w->keys->broker, &w->keys->ops, "workers") >= w->workers;
 }
 
 //  No log of proc may hold a whole key of k (public or secret).
@@ -214,8 +220,8 @@ static void s_expect_no_keys_in_log(s_keys_t *k, cf_testkit_proc_t *proc)
 {
     char *log = cf_testkit_log(proc);
     assert_non_null(log);
-    const cf_keypair_t *pairs[] = { &k->broker, &k->alice, &k->w1, &k->mallory };
-    for (size_t i = 0; i < 4; i++) {
+    const cf_keypair_t *pairs[] = { &k->broker, &k->alice, &k->w1, &k->mallory, &k->ops };
+    for (size_t i = 0; i < 5; i++) {
         assert_null(strstr(log, pairs[i]->public_z85));
         assert_null(strstr(log, pairs[i]->secret_z85));
     }
@@ -244,11 +250,11 @@ static void test_allowed_keys_run_tasks_on_threads_and_procs_workers(void **stat
     s_workers_wait_t known = { cf_testkit_clients(broker), &k, 3 };
     if (!cf_testkit_wait_until(s_workers_known, &known, CF_TESTKIT_DEADLINE_MS))
         fail_msg("the broker knows %" PRIu64 " workers, not 3",
-                 s_stat(cf_testkit_clients(broker), &k.broker, &k.alice, "workers"));
+                 s_stat(cf_testkit_clients(broker), &k.broker, &k.ops, "workers"));
     for (int i = 0; i < 8; i++)
         s_expect_square(kit, ex, i + 2);
-    assert_int_equal(s_stat(cf_testkit_clients(broker), &k.broker, &k.alice, "workers"), 3);
-    assert_int_equal(s_stat(cf_testkit_clients(broker), &k.broker, &k.alice, "refused"), 0);
+    assert_int_equal(s_stat(cf_testkit_clients(broker), &k.broker, &k.ops, "workers"), 3);
+    assert_int_equal(s_stat(cf_testkit_clients(broker), &k.broker, &k.ops, "refused"), 0);
     cf_executor_destroy(&ex);
     s_expect_no_keys_in_log(&k, broker);
 }
@@ -313,9 +319,9 @@ static void test_unknown_plaintext_and_wrong_server_key_clients_are_refused(void
     assert_int_equal(cf_last_err(), CF_EINVAL);
 
     //  Nothing of theirs reached the broker's task handling.
-    assert_int_equal(s_stat(clients, &k.broker, &k.alice, "submitted"), 0);
-    assert_int_equal(s_stat(clients, &k.broker, &k.alice, "clients"), 0);
-    assert_int_equal(s_stat(clients, &k.broker, &k.alice, "malformed"), 0);
+    assert_int_equal(s_stat(clients, &k.broker, &k.ops, "submitted"), 0);
+    assert_int_equal(s_stat(clients, &k.broker, &k.ops, "clients"), 0);
+    assert_int_equal(s_stat(clients, &k.broker, &k.ops, "malformed"), 0);
     assert_true(s_log_has(broker, fp));    //  the denial, by fingerprint
     s_expect_no_keys_in_log(&k, broker);
 
@@ -368,7 +374,7 @@ static void test_revoked_keys_are_cut_off_while_connected(void **state)
     //  Every worker connected (a --procs child still in its handshake would
     //  be refused there instead, which is another test).
     int64_t deadline = cf_testkit_now_ms() + CF_TESTKIT_DEADLINE_MS;
-    while (s_stat(clients, &k.broker, &k.alice, "workers") != 4) {
+    while (s_stat(clients, &k.broker, &k.ops, "workers") != 4) {
         if (cf_testkit_now_ms() > deadline)
             fail_msg("the four workers never joined");
         cf_testkit_nap_ms(20);
@@ -486,8 +492,8 @@ static void test_a_client_key_cannot_work_and_a_worker_key_cannot_submit(void **
     //  Audited by fingerprint; everyone else unaffected.
     assert_true(s_log_has(broker, fp));
     s_expect_square(kit, alice, 11);
-    assert_int_equal(s_stat(clients, &k.broker, &k.alice, "workers"), 1);
-    assert_int_equal(s_stat(clients, &k.broker, &k.alice, "submitted"), 1);
+    assert_int_equal(s_stat(clients, &k.broker, &k.ops, "workers"), 1);
+    assert_int_equal(s_stat(clients, &k.broker, &k.ops, "submitted"), 1);
     cf_executor_destroy(&alice);
     s_expect_no_keys_in_log(&k, broker);
 }
@@ -608,7 +614,8 @@ static void test_messages_of_the_wrong_role_are_refused_and_audited(void **state
     cf_auth_t *auth = cf_auth_new(&(cf_auth_config_t){ .zmq_context = ctx,
                                                        .secret_key_file = k.broker_secret,
                                                        .client_keys = k.clients,
-                                                       .worker_keys = k.workers });
+                                                       .worker_keys = k.workers,
+                                                       .admin_keys = k.admins });
     assert_non_null(auth);
     s_setup_t setup = { auth, CF_AUTH_DOMAIN };
     cf_broker_t *broker = cf_broker_new(
@@ -645,8 +652,8 @@ static void test_messages_of_the_wrong_role_are_refused_and_audited(void **state
     assert_non_null(msg);
     cf_proto_msg_destroy(&msg);
 
-    //  alice as a client is served as ever.
-    assert_int_equal(s_stat(cf_broker_client_endpoint(broker), &k.broker, &k.alice, "refused"), 2);
+    //  Counted, as ops (an admin key) sees.
+    assert_int_equal(s_stat(cf_broker_client_endpoint(broker), &k.broker, &k.ops, "refused"), 2);
     cf_broker_stats_t stats;
     assert_int_equal(cf_broker_stats(broker, &stats), CF_OK);
     assert_int_equal(stats.workers, 0);
@@ -735,7 +742,7 @@ static void test_oversize_and_too_many_frames_hurt_only_their_sender(void **stat
 
     //  Everyone else keeps working.
     s_expect_square(kit, ex, 9);
-    assert_int_equal(s_stat(clients, &k.broker, &k.alice, "malformed"), 1);
+    assert_int_equal(s_stat(clients, &k.broker, &k.ops, "malformed"), 1);
     cf_keys_monitor_close(huge, &monitor);
     zmq_close(huge);
     zmq_close(many);
@@ -801,7 +808,7 @@ static void test_idle_unauthenticated_connections_are_closed(void **state)
         fail_msg("%d of %d idle connections still open", open, S_IDLE_CONNECTIONS);
     s_expect_square(kit, ex, 6);
     cf_executor_destroy(&ex);
-    assert_int_equal(s_stat(clients, &k.broker, &k.alice, "clients"), 0);
+    assert_int_equal(s_stat(clients, &k.broker, &k.ops, "clients"), 0);
 }
 
 static void test_broker_refuses_bad_secure_configurations(void **state)

@@ -11,7 +11,11 @@
 //      cf-admin metrics > /var/lib/node_exporter/textfile/cfutures.prom.$$ && mv ...
 //
 //  It speaks to the broker's client endpoint as a client that only asks
-//  STATS, which the broker answers without making it a known client.
+//  STATS, which the broker answers without making it a known client. A
+//  CURVE broker answers only keys on its admin list (cf-broker
+//  --admin-keys): cf-admin then uses --broker-key and --key, and a refusal
+//  (a key on no list at the handshake, a client key's STATS by ERROR) is
+//  said at once, with the broker's reason and the fix.
 //  `workers` and `clients` ask for the broker's worker_list or client_list
 //  (STATS [flags], stats_version 2); a broker without them is said to lack
 //  them, with exit 1, rather than print nothing.
@@ -135,12 +139,15 @@ static void s_usage(FILE *out)
             "  -j, --json              one JSON object per answer, for scripts\n"
             "  --broker-key FILE       the broker's public key file: use CURVE (with --key)\n"
             "  --key FILE              this tool's secret key file (cf-keygen NAME; mode\n"
-            "                          0600), its public key on the broker's client list\n"
+            "                          0600), its public key on the broker's admin list\n"
+            "                          (cf-broker --admin-keys): a CURVE broker answers\n"
+            "                          no other key\n"
             "  -h, --help              show this text and exit\n"
             "  --version               show the version and exit\n"
             "\n"
-            "Exit status: 0 the broker answered, 1 no answer within --timeout, or the\n"
-            "broker does not report what was asked, 2 usage error.\n",
+            "Exit status: 0 the broker answered, 1 no answer within --timeout, the\n"
+            "broker refused the key or the request, or it does not report what was\n"
+            "asked, 2 usage error.\n",
             S_DEFAULT_TIMEOUT_MS, S_DEFAULT_INTERVAL_S);
 }
 
@@ -317,8 +324,8 @@ static bool s_refused(s_link_t *link, const s_options_t *options)
             char fp[CF_KEY_FP_SIZE];
             cf_keys_fingerprint(link->pair.public_z85, fp);
             fprintf(stderr,
-                    "cf-admin: the broker at %s refused the key %s (not on its client "
-                    "list)\n",
+                    "cf-admin: the broker at %s refused the key %s (not on its admin "
+                    "list: cf-broker --admin-keys)\n",
                     options->broker, fp);
             return true;
         }
@@ -332,6 +339,32 @@ static bool s_refused(s_link_t *link, const s_options_t *options)
             return true;
         }
     }
+}
+
+//  Says why the broker answered ERROR: its text (printable, cut to fit)
+//  and, for a CURVE refusal ("not allowed: STATS needs an admin key" from a
+//  broker with an admin list), which key and the fix.
+static void s_say_refused(const s_link_t *link, const s_options_t *options,
+                          const cf_proto_msg_t *msg)
+{
+    char text[256];
+    size_t len = msg->text.len < sizeof text - 1 ? msg->text.len : sizeof text - 1;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)msg->text.ptr[i];
+        text[i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+    }
+    text[len] = '\0';
+    fprintf(stderr, "cf-admin: the broker at %s refused STATS: %s", options->broker,
+            len ? text : "(no reason given)");
+    if (link->curve && !strncmp(text, "not allowed:", 12)) {
+        char fp[CF_KEY_FP_SIZE];
+        cf_keys_fingerprint(link->pair.public_z85, fp);
+        fprintf(stderr,
+                " (the key %s is not an admin key there: put its public key on the "
+                "broker's --admin-keys list)",
+                fp);
+    }
+    fprintf(stderr, "\n");
 }
 
 //  Sends STATS [] and waits for the reply: CF_OK, CF_ETIMEDOUT, or another
@@ -401,11 +434,11 @@ static cf_err_t s_ask(s_link_t *link, const s_options_t *options, s_stats_t *sta
             return CF_OK;
         }
         bool refused = msg->type == CF_MSG_ERROR;
+        if (refused)
+            s_say_refused(link, options, msg);
         cf_proto_msg_destroy(&msg);
-        if (refused) {
-            fprintf(stderr, "cf-admin: the broker at %s refused the request\n", options->broker);
+        if (refused)
             return CF_EAUTH;
-        }
     }
     return CF_ECANCELLED;
 }
