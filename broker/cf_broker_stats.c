@@ -12,10 +12,12 @@
 #include <msgpack.h>
 #include <string.h>
 
-#define S_LOG        "broker"
+#define S_LOG            "broker"
 //  Peers listed at most per list; the rest are counted (*_omitted), so a
 //  reply stays far below the frame limit whatever the cluster's size.
-#define S_MAX_LISTED 4096
+#define S_MAX_LISTED     4096
+//  Bytes of function names listed per worker: 4096 workers stay under 5 MiB.
+#define S_FUNCTIONS_TEXT 1024
 
 static int s_pack_str(msgpack_packer *pk, const char *text)
 {
@@ -27,15 +29,43 @@ static int64_t s_ago_ms(int64_t now, int64_t then)
     return now > then ? now - then : 0;
 }
 
-//  [identity, host, pid, threads, credit, held, completed, failed, heard_ms]
+//  The functions a worker serves as one text: "*" for every function, else
+//  the names joined by ",", cut after about S_FUNCTIONS_TEXT bytes with
+//  ",..." (function_count says how many there are).
+static int s_pack_functions(msgpack_packer *pk, const cf_broker_worker_t *w)
+{
+    if (!w->fns)
+        return s_pack_str(pk, "*");
+    char text[S_FUNCTIONS_TEXT + CF_PROTO_MAX_NAME + 8];
+    size_t len = 0, cursor = 0;
+    void *value;
+    while (cf_idmap_next(w->fns, &cursor, NULL, &value)) {
+        const cf_broker_fn_t *fn = value;
+        if (len >= S_FUNCTIONS_TEXT) {
+            memcpy(text + len, ",...", 4);
+            len += 4;
+            break;
+        }
+        if (len)
+            text[len++] = ',';
+        memcpy(text + len, fn->name, fn->len);
+        len += fn->len;
+    }
+    return msgpack_pack_str_with_body(pk, text, len);
+}
+
+//  [identity, host, pid, threads, credit, held, completed, failed, heard_ms,
+//   function_count (-1: every function), functions]
 static int s_pack_worker(msgpack_packer *pk, const cf_broker_worker_t *w, int64_t now)
 {
-    return msgpack_pack_array(pk, 9) | s_pack_str(pk, w->peer.label) | s_pack_str(pk, w->host)
+    int64_t functions = w->fns ? (int64_t)cf_idmap_size(w->fns) : -1;
+    return msgpack_pack_array(pk, 11) | s_pack_str(pk, w->peer.label) | s_pack_str(pk, w->host)
            | msgpack_pack_int32(pk, w->pid) | msgpack_pack_uint32(pk, w->threads)
            | msgpack_pack_uint32(pk, w->credit)
            | msgpack_pack_uint64(pk, cf_queue_size(&w->running))
            | msgpack_pack_uint64(pk, w->completed) | msgpack_pack_uint64(pk, w->failed)
-           | msgpack_pack_uint64(pk, (uint64_t)s_ago_ms(now, w->peer.last_seen_ms));
+           | msgpack_pack_uint64(pk, (uint64_t)s_ago_ms(now, w->peer.last_seen_ms))
+           | msgpack_pack_int64(pk, functions) | s_pack_functions(pk, w);
 }
 
 //  [identity, queued, running, submitted, completed, failed, heard_ms]

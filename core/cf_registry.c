@@ -220,7 +220,7 @@ char **cf_registry_names(size_t *count, uint64_t *generation)
     size_t slots = t ? t->mask + 1 : 0, n = 1, bytes = sizeof CF_CHUNK_FUNCTION;
     for (size_t i = 0; i < slots; i++) {
         s_entry_t *e = atomic_load_explicit(&t->slots[i], memory_order_relaxed);
-        if (e && cf_utf8_name_ok(e->name, e->len)) {
+        if (e && cf_utf8_name_ok(e->name, e->len) && strcmp(e->name, CF_CHUNK_FUNCTION) != 0) {
             n++;
             bytes += e->len + 1;
         }
@@ -233,7 +233,7 @@ char **cf_registry_names(size_t *count, uint64_t *generation)
         text += sizeof CF_CHUNK_FUNCTION;
         for (size_t i = 0; i < slots; i++) {
             s_entry_t *e = atomic_load_explicit(&t->slots[i], memory_order_relaxed);
-            if (e && cf_utf8_name_ok(e->name, e->len)) {
+            if (e && cf_utf8_name_ok(e->name, e->len) && strcmp(e->name, CF_CHUNK_FUNCTION) != 0) {
                 names[k++] = memcpy(text, e->name, e->len + 1);
                 text += e->len + 1;
             }

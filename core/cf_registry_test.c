@@ -341,6 +341,40 @@ static void test_constructors_registered_the_tasks_and_the_chunk(void **state)
     assert_non_null(cf_registry_find(CF_CHUNK_FUNCTION, strlen(CF_CHUNK_FUNCTION)));
 }
 
+static size_t s_count_name(char **names, size_t count, const char *name)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < count; i++)
+        n += strcmp(names[i], name) == 0;
+    return n;
+}
+
+//  What a worker announces (READY's function list): every function once,
+//  cf.chunk included, none a task could not name; a registration moves the
+//  generation, so the worker announces again.
+static void test_names_list_what_a_worker_announces(void **state)
+{
+    (void)state;
+    size_t count = 0;
+    uint64_t generation = 0;
+    char **names = cf_registry_names(&count, &generation);
+    assert_non_null(names);
+    assert_int_equal(s_count_name(names, count, "t_int"), 1);
+    assert_int_equal(s_count_name(names, count, CF_CHUNK_FUNCTION), 1);
+    assert_int_equal(count, cf_registry_count() + (cf_registry_find(CF_CHUNK_FUNCTION, 8) ? 0 : 1));
+    free(names);
+    assert_true(cf_registry_generation() == generation);
+    assert_int_equal(cf_task_register("names_later", s_noop), CF_OK);
+    assert_true(cf_registry_generation() > generation);
+    //  A name no task can carry (not UTF-8) runs locally but is not named.
+    assert_int_equal(cf_task_register("bad\xff", s_noop), CF_OK);
+    names = cf_registry_names(&count, NULL);
+    assert_non_null(names);
+    assert_int_equal(s_count_name(names, count, "names_later"), 1);
+    assert_int_equal(s_count_name(names, count, "bad\xff"), 0);
+    free(names);
+}
+
 static void test_many_registrations_are_all_found(void **state)
 {
     (void)state;
@@ -723,6 +757,7 @@ int main(void)
         cmocka_unit_test(test_register_rejects_bad_names),
         cmocka_unit_test(test_register_replaces_by_name),
         cmocka_unit_test(test_constructors_registered_the_tasks_and_the_chunk),
+        cmocka_unit_test(test_names_list_what_a_worker_announces),
         cmocka_unit_test(test_many_registrations_are_all_found),
         cmocka_unit_test(test_lookups_run_during_registrations),
         cmocka_unit_test(test_int_getter),

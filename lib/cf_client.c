@@ -1284,6 +1284,15 @@ static void s_warn_waiting(cf_client_t *self, int64_t now)
     }
     if (now - self->own.progress_ms < S_WARN_EVERY_MS || !self->own.transport_up)
         return;
+    if (self->curve) {
+        //  Under CURVE STATS is an admin key's (docs/security.md): asking
+        //  with ours would only be refused and logged as a refusal.
+        cf_log_warn(S_LOG,
+                    "%zu tasks waiting: nothing started or finished for %" PRId64
+                    " s (workers busy, missing, or serving none of these functions)",
+                    pending, (now - self->own.progress_ms) / 1000);
+        return;
+    }
     cf_proto_enc_begin(self->own.enc, CF_MSG_STATS);
     if (cf_proto_enc_send(self->own.enc, self->socket, NULL, 0) == CF_OK) {
         self->own.stats_asked = true;

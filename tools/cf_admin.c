@@ -70,9 +70,10 @@ typedef struct {
 } s_stats_t;
 
 //  The columns of the brokers' lists, in their order (docs/protocol.md).
-static const char *const s_worker_columns[] = { "worker",    "host",   "pid",
-                                                "threads",   "credit", "held",
-                                                "completed", "failed", "heard_ms" };
+static const char *const s_worker_columns[] = { "worker",         "host",     "pid",
+                                                "threads",        "credit",   "held",
+                                                "completed",      "failed",   "heard_ms",
+                                                "function_count", "functions" };
 static const char *const s_client_columns[] = { "client",    "queued", "running", "submitted",
                                                 "completed", "failed", "heard_ms" };
 #define S_WORKER_COLUMNS (sizeof s_worker_columns / sizeof s_worker_columns[0])

@@ -251,6 +251,50 @@ static void test_ready_announces_credit_host_and_pid(void **state)
     cf_fakebroker_await(b, CF_MSG_DISCONNECT);
 }
 
+static bool s_names_have(const cf_proto_names_t *names, const char *name)
+{
+    size_t pos = 0;
+    cf_proto_str_t s;
+    while (cf_proto_names_next(names, &pos, &s))
+        if (cf_proto_str_eq(s, name))
+            return true;
+    return false;
+}
+
+static void s_later_task(cf_call_t *call)
+{
+    cf_return_int(call, 1);
+}
+
+//  announce_functions: READY names what the process registered, and a
+//  function registered later is announced with FUNCTIONS. Without it,
+//  READY has no list (every function).
+static void test_ready_names_the_functions_and_functions_follows(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){ .threads = 1, .announce_functions = true });
+    cf_proto_msg_t *msg = cf_fakebroker_expect(b, CF_MSG_READY);
+    assert_true(msg->functions.given);
+    assert_true(s_names_have(&msg->functions, "w_add"));
+    assert_true(s_names_have(&msg->functions, CF_CHUNK_FUNCTION));
+    assert_false(s_names_have(&msg->functions, "t_registered_later"));
+    cf_proto_msg_destroy(&msg);
+    assert_int_equal(cf_task_register("t_registered_later", s_later_task), CF_OK);
+    msg = cf_fakebroker_expect(b, CF_MSG_FUNCTIONS);
+    assert_true(s_names_have(&msg->functions, "t_registered_later"));
+    assert_true(s_names_have(&msg->functions, "w_add"));
+    cf_proto_msg_destroy(&msg);
+    cf_worker_destroy(&w);
+    cf_fakebroker_await(b, CF_MSG_DISCONNECT);
+
+    w = s_start(b, (cf_worker_config_t){ .threads = 1 });
+    msg = cf_fakebroker_expect(b, CF_MSG_READY);
+    assert_false(msg->functions.given);
+    cf_proto_msg_destroy(&msg);
+    cf_worker_destroy(&w);
+    cf_fakebroker_await(b, CF_MSG_DISCONNECT);
+}
+
 static void test_a_random_identity_is_readable(void **state)
 {
     cf_fakebroker_t *b = *state;
@@ -765,6 +809,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         S_TEST(test_ready_announces_credit_host_and_pid),
         S_TEST(test_a_random_identity_is_readable),
+        S_TEST(test_ready_names_the_functions_and_functions_follows),
         S_TEST(test_tasks_run_and_results_come_back),
         S_TEST(test_errors_carry_host_pid_and_function),
         S_TEST(test_heartbeats_flow_while_a_task_blocks),
