@@ -53,6 +53,8 @@ cf_task_t *cf_task_new(const char *function, size_t function_len, const void *ar
     task->pub.retries = -1;
     task->pub.timeout_ms = 0;
     task->pub.flags = 0;
+    task->pub.priority = 0;
+    task->pub.wait_ms = 0;
     return &task->pub;
 }
 
