@@ -43,6 +43,8 @@ static const char *s_names[CF_MSG_TYPE_COUNT_] = {
     [CF_MSG_STATS] = "STATS",
     [CF_MSG_ERROR] = "ERROR",
     [CF_MSG_FUNCTIONS] = "FUNCTIONS",
+    [CF_MSG_PROGRESS] = "PROGRESS",
+    [CF_MSG_STOP] = "STOP",
 };
 
 const char *cf_proto_command_name(cf_msg_type_t type)
@@ -95,6 +97,10 @@ static size_t s_min_item_bytes(cf_msg_type_t type)
     case CF_MSG_CANCEL:
     case CF_MSG_STARTED:
         return 1;    //  a positive fixint
+    case CF_MSG_PROGRESS:
+        return 6;    //  95 id seq done total c0
+    case CF_MSG_STOP:
+        return 3;    //  92 id grace
     default:
         return 0;
     }
@@ -287,6 +293,35 @@ bool cf_proto_names_next(const cf_proto_names_t *names, size_t *pos, cf_proto_st
     return true;
 }
 
+//  [id, seq, done, total, partial bin | nil] (PROGRESS).
+static cf_err_t s_read_progress(cf_mp_reader_t *r, cf_proto_progress_t *p)
+{
+    uint32_t fields;
+    memset(p, 0, sizeof *p);
+    if (cf_mp_read_array(r, 5, &fields) != CF_OK || fields != 5
+        || cf_mp_read_uint(r, &p->id) != CF_OK || s_read_u32(r, &p->seq) != CF_OK
+        || cf_mp_read_uint(r, &p->done) != CF_OK || cf_mp_read_uint(r, &p->total) != CF_OK)
+        return CF_EPROTO;
+    if (cf_mp_read_nil(r) == CF_OK)
+        return CF_OK;
+    const void *partial;
+    if (cf_mp_read_bin(r, CF_PROTO_MAX_PARTIAL, &partial, &p->partial_len) != CF_OK
+        || p->partial_len == 0)
+        return CF_EPROTO;
+    p->partial = partial;
+    return CF_OK;
+}
+
+//  [id, grace_ms] (STOP).
+static cf_err_t s_read_stop(cf_mp_reader_t *r, cf_proto_stop_t *stop)
+{
+    uint32_t fields;
+    if (cf_mp_read_array(r, 2, &fields) != CF_OK || fields != 2
+        || cf_mp_read_uint(r, &stop->id) != CF_OK || s_read_u32(r, &stop->grace_ms) != CF_OK)
+        return CF_EPROTO;
+    return CF_OK;
+}
+
 //  [id, 0, value] | [id, 1, [type, message, function, host, pid]] |
 //  [id, 2] | [id, 3].
 static cf_err_t s_read_result(cf_mp_reader_t *r, cf_proto_result_t *result)
@@ -369,6 +404,8 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
             goto malformed;
         item_size = type == CF_MSG_RESULT                          ? sizeof(cf_proto_result_t)
                     : type == CF_MSG_SUBMIT || type == CF_MSG_TASK ? sizeof(cf_proto_task_t)
+                    : type == CF_MSG_PROGRESS                      ? sizeof(cf_proto_progress_t)
+                    : type == CF_MSG_STOP                          ? sizeof(cf_proto_stop_t)
                                                                    : sizeof(uint64_t);
     }
     else if (type == CF_MSG_STATS) {
@@ -430,6 +467,20 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
         msg->results = item_area;
         for (uint32_t i = 0; i < items; i++) {
             if (s_read_result(&r, &msg->results[i]) != CF_OK)
+                goto malformed;
+        }
+        break;
+    case CF_MSG_PROGRESS:
+        msg->progress = item_area;
+        for (uint32_t i = 0; i < items; i++) {
+            if (s_read_progress(&r, &msg->progress[i]) != CF_OK)
+                goto malformed;
+        }
+        break;
+    case CF_MSG_STOP:
+        msg->stops = item_area;
+        for (uint32_t i = 0; i < items; i++) {
+            if (s_read_stop(&r, &msg->stops[i]) != CF_OK)
                 goto malformed;
         }
         break;
@@ -632,7 +683,8 @@ struct cf_proto_enc {
 static bool s_is_batch(cf_msg_type_t type)
 {
     return type == CF_MSG_SUBMIT || type == CF_MSG_TASK || type == CF_MSG_RESULT
-           || type == CF_MSG_CANCEL || type == CF_MSG_STARTED;
+           || type == CF_MSG_CANCEL || type == CF_MSG_STARTED || type == CF_MSG_PROGRESS
+           || type == CF_MSG_STOP;
 }
 
 cf_proto_enc_t *cf_proto_enc_new(void)
@@ -852,6 +904,40 @@ cf_err_t cf_proto_enc_id(cf_proto_enc_t *enc, uint64_t id)
         return rc;
     size_t mark = enc->w.buf.size;
     return s_item_done(enc, mark, msgpack_pack_uint64(&enc->w.pk, id));
+}
+
+cf_err_t cf_proto_enc_progress(cf_proto_enc_t *enc, uint64_t id, uint32_t seq, uint64_t done,
+                               uint64_t total, const void *partial, size_t partial_len)
+{
+    assert(enc);
+    cf_err_t rc = s_item_check(enc, CF_MSG_PROGRESS, CF_MSG_PROGRESS, CF_PROTO_MAX_BATCH);
+    if (rc != CF_OK)
+        return rc;
+    if (partial && partial_len == 0)
+        return CF_EINVAL;
+    if (partial_len > CF_PROTO_MAX_PARTIAL)
+        return CF_ETOOBIG;
+    msgpack_packer *pk = &enc->w.pk;
+    size_t mark = enc->w.buf.size;
+    int failed = msgpack_pack_array(pk, 5) | msgpack_pack_uint64(pk, id)
+                 | msgpack_pack_uint32(pk, seq) | msgpack_pack_uint64(pk, done)
+                 | msgpack_pack_uint64(pk, total)
+                 | (partial ? msgpack_pack_bin_with_body(pk, partial, partial_len)
+                            : msgpack_pack_nil(pk));
+    return s_item_done(enc, mark, failed);
+}
+
+cf_err_t cf_proto_enc_stop(cf_proto_enc_t *enc, uint64_t id, uint32_t grace_ms)
+{
+    assert(enc);
+    cf_err_t rc = s_item_check(enc, CF_MSG_STOP, CF_MSG_STOP, CF_PROTO_MAX_BATCH);
+    if (rc != CF_OK)
+        return rc;
+    msgpack_packer *pk = &enc->w.pk;
+    size_t mark = enc->w.buf.size;
+    int failed = msgpack_pack_array(pk, 2) | msgpack_pack_uint64(pk, id)
+                 | msgpack_pack_uint32(pk, grace_ms);
+    return s_item_done(enc, mark, failed);
 }
 
 cf_err_t cf_proto_enc_stat_list(cf_proto_enc_t *enc, const char *name, const void *list,

@@ -26,6 +26,7 @@
 #define CF_PROTO_MAX_TEXT      4096                   //  error type/message/host bytes
 #define CF_PROTO_MAX_STATS     64                     //  stats map pairs
 #define CF_PROTO_MAX_FUNCTIONS 4096                   //  names in a worker's function list
+#define CF_PROTO_MAX_PARTIAL   (64u * 1024)           //  bytes of a PROGRESS item's partial value
 
 //  Heartbeat defaults every peer starts from: a peer sends something at
 //  least every interval and counts another as lost after liveness silent
@@ -54,6 +55,8 @@ typedef enum {
     CF_MSG_STATS,         //  client -> broker request, broker -> client reply
     CF_MSG_ERROR,         //  broker -> peer: a message was refused
     CF_MSG_FUNCTIONS,     //  worker -> broker: the functions it serves now
+    CF_MSG_PROGRESS,      //  worker -> broker -> client: how far running tasks are
+    CF_MSG_STOP,          //  client -> broker -> worker: stop these tasks, even running
     CF_MSG_TYPE_COUNT_
 } cf_msg_type_t;
 
@@ -113,6 +116,23 @@ typedef struct {
     int32_t pid;
 } cf_proto_error_t;
 
+//  A PROGRESS item: the latest a running task reported. seq grows with
+//  each report of the task, so a receiver keeps only a newer one.
+typedef struct {
+    uint64_t id;
+    uint32_t seq;
+    uint64_t done, total;      //  total 0: not known
+    const uint8_t *partial;    //  one msgpack value, or NULL (none sent)
+    size_t partial_len;
+} cf_proto_progress_t;
+
+//  A STOP item: stop the task, running or not; a running one that has not
+//  ended grace_ms after being asked may be killed (processes only).
+typedef struct {
+    uint64_t id;
+    uint32_t grace_ms;
+} cf_proto_stop_t;
+
 typedef struct {
     uint64_t id;
     cf_status_t status;
@@ -151,22 +171,24 @@ bool cf_proto_names_next(const cf_proto_names_t *names, size_t *pos, cf_proto_st
 typedef struct {
     cf_msg_type_t type;
     //  Which of these is set depends on type.
-    cf_proto_task_t *tasks;        //  SUBMIT, TASK
-    cf_proto_result_t *results;    //  RESULT
-    uint64_t *ids;                 //  CANCEL, STARTED
-    size_t count;                  //  items in tasks / results / ids / stats
-    uint32_t credit;               //  READY, CREDIT
-    uint32_t threads;              //  READY: execution slots; 0 when not said (3 fields)
-    uint32_t features;             //  READY: CF_PROTO_FEATURE_* bits; 0 when not said
-    uint32_t stats_flags;          //  STATS request: CF_PROTO_STATS_* ([] is 0)
-    uint64_t boot;                 //  HEARTBEAT from the broker: its instance id (0 from peers)
-    uint32_t ivl_ms;               //  HEARTBEAT from the broker: its heartbeat interval
-    cf_proto_str_t host;           //  READY
-    cf_proto_names_t functions;    //  READY (given or not), FUNCTIONS (always given)
-    int32_t pid;                   //  READY
-    cf_proto_stat_t *stats;        //  STATS reply
-    cf_proto_str_t text;           //  ERROR, DISCONNECT: reason
-    uint64_t ref;                  //  ERROR: id it concerns, 0 if none
+    cf_proto_task_t *tasks;           //  SUBMIT, TASK
+    cf_proto_result_t *results;       //  RESULT
+    uint64_t *ids;                    //  CANCEL, STARTED
+    cf_proto_progress_t *progress;    //  PROGRESS
+    cf_proto_stop_t *stops;           //  STOP
+    size_t count;                     //  items in tasks / results / ids / stats
+    uint32_t credit;                  //  READY, CREDIT
+    uint32_t threads;                 //  READY: execution slots; 0 when not said (3 fields)
+    uint32_t features;                //  READY: CF_PROTO_FEATURE_* bits; 0 when not said
+    uint32_t stats_flags;             //  STATS request: CF_PROTO_STATS_* ([] is 0)
+    uint64_t boot;                    //  HEARTBEAT from the broker: its instance id (0 from peers)
+    uint32_t ivl_ms;                  //  HEARTBEAT from the broker: its heartbeat interval
+    cf_proto_str_t host;              //  READY
+    cf_proto_names_t functions;       //  READY (given or not), FUNCTIONS (always given)
+    int32_t pid;                      //  READY
+    cf_proto_stat_t *stats;           //  STATS reply
+    cf_proto_str_t text;              //  ERROR, DISCONNECT: reason
+    uint64_t ref;                     //  ERROR: id it concerns, 0 if none
     //  Private: the body frame the pointers above point into. The items
     //  arrays live in the same allocation as the message.
     zmq_msg_t body_;
@@ -251,6 +273,12 @@ cf_err_t cf_proto_enc_result_error(cf_proto_enc_t *enc, uint64_t id, const char 
 cf_err_t cf_proto_enc_result_status(cf_proto_enc_t *enc, uint64_t id, cf_status_t status);
 //  Items of CANCEL / STARTED.
 cf_err_t cf_proto_enc_id(cf_proto_enc_t *enc, uint64_t id);
+//  Items of PROGRESS: partial NULL sends none (nil); else one msgpack value
+//  of at most CF_PROTO_MAX_PARTIAL bytes (CF_ETOOBIG past it).
+cf_err_t cf_proto_enc_progress(cf_proto_enc_t *enc, uint64_t id, uint32_t seq, uint64_t done,
+                               uint64_t total, const void *partial, size_t partial_len);
+//  Items of STOP.
+cf_err_t cf_proto_enc_stop(cf_proto_enc_t *enc, uint64_t id, uint32_t grace_ms);
 //  Items of STATS replies.
 cf_err_t cf_proto_enc_stat(cf_proto_enc_t *enc, const char *name, uint64_t value);
 //  A list item of a STATS reply: name, then list, the msgpack bytes of one

@@ -907,6 +907,18 @@ static size_t s_samples(s_fix_t *fix, s_sample_t *out)
     S_TAKE();
     cf_proto_enc_ready(enc, 4, 4, "host", 77, 0, NULL, 0);
     S_TAKE();
+    static const char *const names[] = { "alpha", "b" };
+    cf_proto_enc_ready(enc, 4, 4, "host", 77, CF_PROTO_FEATURE_BEGUN, names, 2);
+    S_TAKE();
+    cf_proto_enc_functions(enc, names, 2);
+    S_TAKE();
+    cf_proto_enc_begin(enc, CF_MSG_PROGRESS);
+    cf_proto_enc_progress(enc, 9, 2, 10, 20, "\x91\x01", 2);
+    cf_proto_enc_progress(enc, 10, 1, 0, 0, NULL, 0);
+    S_TAKE();
+    cf_proto_enc_begin(enc, CF_MSG_STOP);
+    cf_proto_enc_stop(enc, 9, 250);
+    S_TAKE();
     cf_proto_enc_credit(enc, 2);
     S_TAKE();
     cf_proto_enc_heartbeat(enc, 123456789, 1000);
@@ -939,9 +951,9 @@ static cf_msg_type_t s_command_of(const char *name)
 static void test_decode_rejects_every_truncation_of_every_command(void **state)
 {
     s_fix_t *fix = *state;
-    s_sample_t samples[16];
+    s_sample_t samples[24];
     size_t n = s_samples(fix, samples);
-    assert_int_equal(n, 12);
+    assert_int_equal(n, 16);
     for (size_t k = 0; k < n; k++) {
         assert_int_equal(s_decode(samples[k].command, samples[k].body, samples[k].size), CF_OK);
         for (size_t cut = 0; cut < samples[k].size; cut++) {
@@ -990,6 +1002,15 @@ static void s_assert_inside(const cf_proto_msg_t *msg, const void *lo, size_t si
             INSIDE(msg->stats[k].name.ptr, msg->stats[k].name.len);
             s_assert_name(msg->stats[k].name);
         }
+        if (msg->progress)
+            INSIDE(msg->progress[k].partial, msg->progress[k].partial_len);
+    }
+    INSIDE(msg->functions.data, msg->functions.len);
+    size_t pos = 0;
+    cf_proto_str_t name;
+    while (cf_proto_names_next(&msg->functions, &pos, &name)) {
+        INSIDE(name.ptr, name.len);
+        s_assert_name(name);
     }
     INSIDE(msg->text.ptr, msg->text.len);
     INSIDE(msg->host.ptr, msg->host.len);
@@ -1007,7 +1028,7 @@ static uint32_t s_rand(uint32_t *seed)
 static void test_mutated_and_random_frames_never_crash_the_decoder(void **state)
 {
     s_fix_t *fix = *state;
-    s_sample_t samples[16];
+    s_sample_t samples[24];
     size_t n = s_samples(fix, samples);
     uint32_t seed = 2024;
     size_t accepted = 0, rejected = 0;
@@ -1148,6 +1169,49 @@ static void test_routing_fields_round_trip(void **state)
     assert_int_equal(msg->type, CF_MSG_FUNCTIONS);
     assert_int_equal(msg->functions.count, 1);
     cf_proto_msg_destroy(&msg);
+}
+
+//  PROGRESS and STOP (issue 10): batches like CANCEL's, each item checked.
+static void test_progress_and_stop_round_trip(void **state)
+{
+    s_fix_t *fix = *state;
+    cf_proto_enc_begin(fix->enc, CF_MSG_PROGRESS);
+    assert_int_equal(cf_proto_enc_progress(fix->enc, 9, 4, 30, 120, NULL, 0), CF_OK);
+    assert_int_equal(cf_proto_enc_progress(fix->enc, 10, 1, 2, 0, "\xa2hi", 3), CF_OK);
+    assert_int_equal(cf_proto_enc_progress(fix->enc, 11, 1, 2, 0, "\xc0", 0), CF_EINVAL);
+    static uint8_t big[CF_PROTO_MAX_PARTIAL + 1];
+    assert_int_equal(cf_proto_enc_progress(fix->enc, 11, 1, 2, 0, big, sizeof big), CF_ETOOBIG);
+    cf_proto_msg_t *msg = s_round_trip(fix);
+    assert_int_equal(msg->type, CF_MSG_PROGRESS);
+    assert_int_equal(msg->count, 2);
+    assert_int_equal(msg->progress[0].id, 9);
+    assert_int_equal(msg->progress[0].seq, 4);
+    assert_int_equal(msg->progress[0].done, 30);
+    assert_int_equal(msg->progress[0].total, 120);
+    assert_null(msg->progress[0].partial);
+    assert_int_equal(msg->progress[1].partial_len, 3);
+    assert_memory_equal(msg->progress[1].partial, "\xa2hi", 3);
+    cf_proto_msg_destroy(&msg);
+
+    cf_proto_enc_begin(fix->enc, CF_MSG_STOP);
+    assert_int_equal(cf_proto_enc_stop(fix->enc, 5, 1500), CF_OK);
+    assert_int_equal(cf_proto_enc_id(fix->enc, 5), CF_EINVAL);    //  not a STOP item
+    msg = s_round_trip(fix);
+    assert_int_equal(msg->type, CF_MSG_STOP);
+    assert_int_equal(msg->count, 1);
+    assert_int_equal(msg->stops[0].id, 5);
+    assert_int_equal(msg->stops[0].grace_ms, 1500);
+    cf_proto_msg_destroy(&msg);
+
+    //  A partial that is not a bin, or an empty one, or a missing field.
+    const uint8_t str_partial[] = { 0x91, 0x95, 0x01, 0x01, 0x00, 0x00, 0xa1, 'x' };
+    assert_int_equal(s_decode("PROGRESS", str_partial, sizeof str_partial), CF_EPROTO);
+    const uint8_t empty_partial[] = { 0x91, 0x95, 0x01, 0x01, 0x00, 0x00, 0xc4, 0x00 };
+    assert_int_equal(s_decode("PROGRESS", empty_partial, sizeof empty_partial), CF_EPROTO);
+    const uint8_t short_stop[] = { 0x91, 0x91, 0x01 };
+    assert_int_equal(s_decode("STOP", short_stop, sizeof short_stop), CF_EPROTO);
+    const uint8_t negative_grace[] = { 0x91, 0x92, 0x01, 0xff };
+    assert_int_equal(s_decode("STOP", negative_grace, sizeof negative_grace), CF_EPROTO);
 }
 
 static void test_routing_fields_are_held_to_their_limits(void **state)
@@ -1508,6 +1572,7 @@ int main(void)
         T(test_submit_round_trips_every_field),
         T(test_submit_refuses_bad_tasks_one_by_one),
         T(test_routing_fields_round_trip),
+        T(test_progress_and_stop_round_trip),
         T(test_routing_fields_are_held_to_their_limits),
         T(test_submit_without_a_readable_id_is_malformed_and_says_which_task),
         T(test_encoder_refuses_names_that_are_not_utf8_or_hold_nul),

@@ -170,6 +170,13 @@ int main(int argc, char **argv)
     cf_proto_enc_begin(enc, CF_MSG_STARTED);
     cf_proto_enc_id(enc, 77);
     s_capture(enc, "started");
+    cf_proto_enc_begin(enc, CF_MSG_PROGRESS);
+    cf_proto_enc_progress(enc, 77, 3, 40, 100, NULL, 0);
+    cf_proto_enc_progress(enc, 78, 1, 5, 0, "\x92\x01\xa1x", 4);
+    s_capture(enc, "progress");
+    cf_proto_enc_begin(enc, CF_MSG_STOP);
+    cf_proto_enc_stop(enc, 77, 2000);
+    s_capture(enc, "stop");
     cf_proto_enc_begin(enc, CF_MSG_STATS);
     s_capture(enc, "stats_request");
     cf_proto_enc_begin(enc, CF_MSG_STATS);

@@ -107,6 +107,15 @@ static bool s_encode(const cf_proto_msg_t *msg)
         case CF_MSG_STARTED:
             rc = cf_proto_enc_id(s_enc, msg->ids[i]);
             break;
+        case CF_MSG_PROGRESS: {
+            const cf_proto_progress_t *p = &msg->progress[i];
+            rc = cf_proto_enc_progress(s_enc, p->id, p->seq, p->done, p->total, p->partial,
+                                       p->partial_len);
+            break;
+        }
+        case CF_MSG_STOP:
+            rc = cf_proto_enc_stop(s_enc, msg->stops[i].id, msg->stops[i].grace_ms);
+            break;
         case CF_MSG_STATS: {
             const cf_proto_stat_t *stat = &msg->stats[i];
             char *name = cf_proto_str_dup(stat->name);
@@ -224,6 +233,18 @@ static void s_same(const cf_proto_msg_t *a, const cf_proto_msg_t *b)
         case CF_MSG_CANCEL:
         case CF_MSG_STARTED:
             CF_FUZZ_CHECK(a->ids[i] == b->ids[i]);
+            break;
+        case CF_MSG_PROGRESS: {
+            const cf_proto_progress_t *pa = &a->progress[i], *pb = &b->progress[i];
+            CF_FUZZ_CHECK(pa->id == pb->id && pa->seq == pb->seq && pa->done == pb->done
+                          && pa->total == pb->total && pa->partial_len == pb->partial_len);
+            CF_FUZZ_CHECK(!pa->partial == !pb->partial);
+            CF_FUZZ_CHECK(!pa->partial || memcmp(pa->partial, pb->partial, pa->partial_len) == 0);
+            break;
+        }
+        case CF_MSG_STOP:
+            CF_FUZZ_CHECK(a->stops[i].id == b->stops[i].id);
+            CF_FUZZ_CHECK(a->stops[i].grace_ms == b->stops[i].grace_ms);
             break;
         case CF_MSG_STATS:
             CF_FUZZ_CHECK(a->stats[i].value == b->stats[i].value);
