@@ -324,6 +324,7 @@ struct cf_call {
     bool out_of_memory;        //  a raise could not store its text
     char *error_type;          //  malloc'd once failed
     char *error_message;
+    const cf_run_ctx_t *ctx;    //  what its runner lent it, or NULL
 };
 
 //  The length of s cut to at most max bytes without splitting a UTF-8
@@ -751,7 +752,7 @@ static void s_printable_name(const char *name, size_t len, char out[S_MAX_NAME +
 }
 
 cf_err_t cf_registry_run(const char *function, size_t function_len, const void *args,
-                         size_t args_len, cf_outcome_t *outcome)
+                         size_t args_len, const cf_run_ctx_t *ctx, cf_outcome_t *outcome)
 {
     assert(outcome);
     memset(outcome, 0, sizeof *outcome);
@@ -794,6 +795,7 @@ cf_err_t cf_registry_run(const char *function, size_t function_len, const void *
         .args_raw = args,
         .args_len = args_len,
         .result = w,
+        .ctx = ctx,
     };
     fn(&call);
     rc = s_outcome_take(&call, outcome);
@@ -866,6 +868,7 @@ static void s_chunk(cf_call_t *call)
             .args_raw = raw,
             .args_len = raw_len,
             .result = &item_result,
+            .ctx = call->ctx,
         };
         if (cf_value_type(item_args) != CF_TYPE_ARRAY)
             cf_raise(&item, "TypeError",

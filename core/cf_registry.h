@@ -20,6 +20,8 @@
 
 #include "cfutures.h"
 
+#include <stdatomic.h>
+
 #define CF_CHUNK_FUNCTION "cf.chunk"
 
 //  The function registered under name (name_len bytes, not NUL-terminated),
@@ -52,13 +54,28 @@ typedef struct {
 
 void cf_outcome_fini(cf_outcome_t *outcome);
 
+//  What the code running a task lends it besides its arguments, for the
+//  length of the run: the task reaches it through its cf_call_t (its
+//  items in cf.chunk too). Every field may be NULL.
+typedef struct {
+    //  True once the task was asked to stop (cf_future_stop): the task
+    //  reads it with cf_stop_requested.
+    const atomic_bool *stop;
+    //  Takes what the task reports with cf_progress / cf_partial, on the
+    //  task's own thread: the latest done and total (0: not known), and a
+    //  partial value (one msgpack value, NULL when the report has none).
+    void (*progress)(void *arg, uint64_t done, uint64_t total, const void *partial,
+                     size_t partial_len);
+    void *progress_arg;
+} cf_run_ctx_t;
+
 //  Runs function (not NUL-terminated) on args (one msgpack array, validated
 //  here). Never fails as a call: an unknown function gives UnknownFunction,
 //  malformed args ProtocolError, a bad argument TypeError, all as outcomes.
 //  Only CF_ENOMEM is returned as an error. Thread-safe; the task runs on the
-//  calling thread.
+//  calling thread. ctx may be NULL.
 cf_err_t cf_registry_run(const char *function, size_t function_len, const void *args,
-                         size_t args_len, cf_outcome_t *outcome);
+                         size_t args_len, const cf_run_ctx_t *ctx, cf_outcome_t *outcome);
 
 //  This host's name (cached; for error reports).
 const char *cf_registry_hostname(void);

@@ -47,7 +47,8 @@ static cf_outcome_t s_run(const char *fn, const char *fmt, ...)
     assert_int_equal(cf_mp_write_format(&w, true, fmt, &ap), CF_OK);
     va_end(ap);
     cf_outcome_t outcome;
-    assert_int_equal(cf_registry_run(fn, strlen(fn), w.buf.data, w.buf.size, &outcome), CF_OK);
+    assert_int_equal(cf_registry_run(fn, strlen(fn), w.buf.data, w.buf.size, NULL, &outcome),
+                     CF_OK);
     cf_mp_writer_fini(&w);
     return outcome;
 }
@@ -275,7 +276,7 @@ static void t_nested(cf_call_t *call)
     size_t len;
     uint8_t *args = s_args(&len, "i", 41);
     cf_outcome_t inner;
-    assert_int_equal(cf_registry_run("t_int", 5, args, len, &inner), CF_OK);
+    assert_int_equal(cf_registry_run("t_int", 5, args, len, NULL, &inner), CF_OK);
     free(args);
     s_expect_int(&inner, 41);
 }
@@ -629,11 +630,11 @@ static void test_unknown_function(void **state)
     cf_outcome_t o = s_run("foo", "");
     s_expect_unknown_function(&o, "foo");
     //  Control bytes from the network never reach the message.
-    assert_int_equal(cf_registry_run("a\nb", 3, "\x90", 1, &o), CF_OK);
+    assert_int_equal(cf_registry_run("a\nb", 3, "\x90", 1, NULL, &o), CF_OK);
     assert_false(o.ok);
     assert_null(strchr(o.error_message, '\n'));
     cf_outcome_fini(&o);
-    assert_int_equal(cf_registry_run(NULL, 0, "\x90", 1, &o), CF_OK);
+    assert_int_equal(cf_registry_run(NULL, 0, "\x90", 1, NULL, &o), CF_OK);
     s_expect_error(&o, "UnknownFunction", NULL);
 }
 
@@ -653,11 +654,12 @@ static void test_malformed_arguments_are_a_protocol_error(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         cf_outcome_t o;
-        assert_int_equal(cf_registry_run("t_int", 5, cases[i].bytes, cases[i].len, &o), CF_OK);
+        assert_int_equal(cf_registry_run("t_int", 5, cases[i].bytes, cases[i].len, NULL, &o),
+                         CF_OK);
         s_expect_error(&o, "ProtocolError", NULL);
     }
     cf_outcome_t o;
-    assert_int_equal(cf_registry_run("t_int", 5, NULL, 4, &o), CF_OK);
+    assert_int_equal(cf_registry_run("t_int", 5, NULL, 4, NULL, &o), CF_OK);
     s_expect_error(&o, "ProtocolError", NULL);
     o = s_run("t_int", "i", 1);    //  and the next run is fine
     s_expect_int(&o, 1);

@@ -59,7 +59,7 @@ CF_TASK(fuzz_args);
 static void s_run(const char *function, const uint8_t *bytes, size_t len)
 {
     cf_outcome_t outcome;
-    cf_err_t rc = cf_registry_run(function, strlen(function), bytes, len, &outcome);
+    cf_err_t rc = cf_registry_run(function, strlen(function), bytes, len, NULL, &outcome);
     CF_FUZZ_CHECK(rc == CF_OK || rc == CF_ENOMEM);
     if (rc == CF_OK && outcome.ok)
         CF_FUZZ_CHECK(outcome.value && cf_mp_valid(outcome.value, outcome.value_len));

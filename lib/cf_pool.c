@@ -217,7 +217,7 @@ static void s_run(cf_pool_t *pool, s_worker_t *w, cf_task_t *task)
     for (int attempt = 1;; attempt++) {
         cf_outcome_t outcome = { 0 };
         cf_err_t rc = cf_registry_run(task->function, function_len, task->args, task->args_len,
-                                      &outcome);
+                                      NULL, &outcome);
         if (rc != CF_OK) {
             cf_future_set_error(f, "MemoryError", "out of memory running the task",
                                 cf_registry_hostname(), pool->pid);

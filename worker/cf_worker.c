@@ -253,7 +253,7 @@ static s_task_t *s_task_new(const cf_proto_task_t *src)
 static void s_execute(s_task_t *task)
 {
     cf_err_t rc = cf_registry_run(task->function, task->function_len, task->args, task->args_len,
-                                  &task->outcome);
+                                  NULL, &task->outcome);
     if (rc != CF_OK) {
         task->out_of_memory = true;
         return;
