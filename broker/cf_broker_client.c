@@ -381,7 +381,10 @@ static cf_broker_client_t *s_client_new(cf_broker_state_t *self, const void *id,
     cf_queue_node_init(&client->ring_node);
     cf_queue_node_init(&client->flush_node);
     client->tasks = cf_idmap_new(16);
-    if (!client->tasks) {
+    client->lane_map = cf_idmap_new(4);
+    if (!client->tasks || !client->lane_map) {
+        cf_idmap_destroy(&client->tasks);
+        cf_idmap_destroy(&client->lane_map);
         cf_broker_peer_remove(self, &client->peer, false);
         free(client);
         return NULL;
@@ -431,6 +434,7 @@ void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client, 
         cf_queue_remove(&self->flush, &client->flush_node);
     cf_broker_peer_remove(self, &client->peer, false);
     cf_idmap_destroy(&client->tasks);
+    cf_idmap_destroy(&client->lane_map);
     free(client);
 }
 

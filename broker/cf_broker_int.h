@@ -133,10 +133,11 @@ typedef struct cf_broker_fn {
 //  lives while a task (queued or on a worker) refers to it, so putting a
 //  task back never needs memory; a lost client's lanes live on, without
 //  it, while its orphaned tasks run.
-typedef struct {
-    cf_queue_node_t all_node;      //  in client->lanes (every lane of the client)
-    cf_queue_node_t order_node;    //  in client->order while it holds tasks
-    cf_queue_node_t fn_node;       //  in fn->lanes
+typedef struct cf_broker_lane {
+    struct cf_broker_lane *same_fn;    //  the client's next lane of this function
+    cf_queue_node_t all_node;          //  in client->lanes (every lane of the client)
+    cf_queue_node_t order_node;        //  in client->order while it holds tasks
+    cf_queue_node_t fn_node;           //  in fn->lanes
     cf_queue_t tasks;
     cf_broker_client_t *client;    //  NULL once the client is lost
     cf_broker_fn_t *fn;
@@ -233,6 +234,7 @@ struct cf_broker_client {
     //  first): a worker takes from the first lane whose function it serves.
     cf_queue_t lanes;
     cf_queue_t order;
+    cf_idmap_t *lane_map;           //  fn id -> its first lane here (same_fn: the others)
     cf_broker_lane_t *last_lane;    //  where the last SUBMIT went (the usual next)
     size_t queued;
     cf_queue_node_t ring_node;    //  in self->ring while queued > 0

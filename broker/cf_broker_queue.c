@@ -63,17 +63,27 @@ static void s_fn_unwatch(cf_broker_state_t *self, cf_broker_fn_t *fn)
         cf_queue_remove(&self->unserved, &fn->unserved_node);
 }
 
+//  The function named name, or NULL when the broker does not know it.
+static cf_broker_fn_t *s_fn_find(cf_broker_state_t *self, const char *name, size_t len,
+                                 uint64_t hash)
+{
+    for (cf_broker_fn_t *fn = cf_idmap_get(self->fn_table, hash); fn; fn = fn->hash_next) {
+        if (fn->len == len && memcmp(fn->name, name, len) == 0)
+            return fn;
+    }
+    return NULL;
+}
+
 cf_broker_fn_t *cf_broker_fn_get(cf_broker_state_t *self, const char *name, size_t len)
 {
     assert(len > 0 && len <= CF_PROTO_MAX_NAME);
     uint64_t hash = cf_hash_bytes(name, len);
-    cf_broker_fn_t *first = cf_idmap_get(self->fn_table, hash);
-    for (cf_broker_fn_t *fn = first; fn; fn = fn->hash_next) {
-        if (fn->len == len && memcmp(fn->name, name, len) == 0) {
-            fn->refs++;
-            return fn;
-        }
+    cf_broker_fn_t *found = s_fn_find(self, name, len, hash);
+    if (found) {
+        found->refs++;
+        return found;
     }
+    cf_broker_fn_t *first = cf_idmap_get(self->fn_table, hash);
     cf_broker_fn_t *fn = calloc(1, sizeof *fn + len + 1);
     if (!fn)
         return NULL;
@@ -187,26 +197,42 @@ static void s_lane_place(cf_broker_client_t *client, cf_broker_lane_t *lane)
     cf_queue_append(order, &after);
 }
 
+static bool s_lane_is(const cf_broker_lane_t *lane, const cf_proto_task_t *item)
+{
+    return lane->priority == item->priority && lane->wait_ms == item->wait_ms
+           && lane->fn->len == item->function.len
+           && memcmp(lane->fn->name, item->function.ptr, item->function.len) == 0;
+}
+
+//  The client's lane for item, or NULL: one lookup by function, then the
+//  (rare) other priorities and waits of that function.
+static cf_broker_lane_t *s_lane_find(cf_broker_state_t *self, cf_broker_client_t *client,
+                                     const cf_proto_task_t *item)
+{
+    cf_broker_lane_t *lane = client->last_lane;
+    if (lane && s_lane_is(lane, item))
+        return lane;
+    uint64_t hash = cf_hash_bytes(item->function.ptr, item->function.len);
+    cf_broker_fn_t *fn = s_fn_find(self, item->function.ptr, item->function.len, hash);
+    lane = fn ? cf_idmap_get(client->lane_map, fn->id) : NULL;
+    while (lane && (lane->priority != item->priority || lane->wait_ms != item->wait_ms))
+        lane = lane->same_fn;
+    return lane;
+}
+
 cf_broker_lane_t *cf_broker_queue_lane(cf_broker_state_t *self, cf_broker_client_t *client,
                                        const cf_proto_task_t *item)
 {
-    cf_broker_lane_t *lane = client->last_lane;
-    bool match = lane && lane->priority == item->priority && lane->wait_ms == item->wait_ms
-                 && lane->fn->len == item->function.len
-                 && memcmp(lane->fn->name, item->function.ptr, item->function.len) == 0;
-    for (cf_queue_node_t *node = cf_queue_front(&client->lanes); node && !match;
-         node = cf_queue_next(&client->lanes, node)) {
-        lane = cf_queue_entry(node, cf_broker_lane_t, all_node);
-        match = lane->priority == item->priority && lane->wait_ms == item->wait_ms
-                && lane->fn->len == item->function.len
-                && memcmp(lane->fn->name, item->function.ptr, item->function.len) == 0;
-    }
-    if (!match) {
+    cf_broker_lane_t *lane = s_lane_find(self, client, item);
+    if (!lane) {
         lane = calloc(1, sizeof *lane);
         if (!lane)
             return NULL;
         lane->fn = cf_broker_fn_get(self, item->function.ptr, item->function.len);
-        if (!lane->fn) {
+        lane->same_fn = lane->fn ? cf_idmap_get(client->lane_map, lane->fn->id) : NULL;
+        if (!lane->fn || cf_idmap_put(client->lane_map, lane->fn->id, lane) != CF_OK) {
+            if (lane->fn)
+                cf_broker_fn_put(self, lane->fn);
             free(lane);
             return NULL;
         }
@@ -227,6 +253,22 @@ cf_broker_lane_t *cf_broker_queue_lane(cf_broker_state_t *self, cf_broker_client
 //  unused); it lives on while tasks refer to it.
 static void s_lane_detach(cf_broker_client_t *client, cf_broker_lane_t *lane)
 {
+    cf_broker_lane_t *first = cf_idmap_get(client->lane_map, lane->fn->id);
+    if (first == lane) {
+        if (lane->same_fn)
+            cf_idmap_put(client->lane_map, lane->fn->id, lane->same_fn);    //  replaces: no memory
+        else
+            cf_idmap_remove(client->lane_map, lane->fn->id);
+    }
+    else {
+        for (cf_broker_lane_t *l = first; l; l = l->same_fn) {
+            if (l->same_fn == lane) {
+                l->same_fn = lane->same_fn;
+                break;
+            }
+        }
+    }
+    lane->same_fn = NULL;
     cf_queue_remove(&client->lanes, &lane->all_node);
     if (cf_queue_linked(&lane->order_node))
         cf_queue_remove(&client->order, &lane->order_node);
