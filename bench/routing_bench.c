@@ -14,6 +14,9 @@
 //    legacy  workers announce no list (cf/1: they serve everything), the
 //            figure before routing existed
 //
+//  --only LAYOUT runs one layout: "legacy" also runs against a broker
+//  older than routing (its READY has no list), the figure before.
+//
 //  Output: one line per configuration, "routing.LAYOUT.fF.wW us_per_task
 //  VALUE", the median of --rounds rounds, then its min and max. --quick
 //  runs tiny sizes (the bench-smoke test).
@@ -211,6 +214,7 @@ int main(int argc, char **argv)
     const char *bin = getenv("CF_BROKER_BIN");
     int tasks = 200000, rounds = 5;
     bool quick = false;
+    const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--broker") && i + 1 < argc)
             bin = argv[++i];
@@ -220,6 +224,8 @@ int main(int argc, char **argv)
             rounds = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = true;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
         else {
             fprintf(stderr,
                     "usage: routing_bench --broker PATH [--tasks N] [--rounds R] [--quick]\n");
@@ -250,7 +256,8 @@ int main(int argc, char **argv)
             for (size_t fi = 0; fi < 3; fi++)
                 for (size_t wi = 0; wi < 4; wi++, c++) {
                     int fns = function_counts[fi], ws = worker_counts[wi];
-                    if ((layouts[l] == S_SPLIT && (fns == 1 || ws == 1)) || (quick && ws > 10))
+                    if ((layouts[l] == S_SPLIT && (fns == 1 || ws == 1)) || (quick && ws > 10)
+                        || (only && strcmp(only, s_layout_names[layouts[l]]) != 0))
                         continue;
                     results[c][r] = s_round(bin, layouts[l], fns, ws, tasks);
                     used[c] = true;
