@@ -459,6 +459,7 @@ static void s_client_submit(cf_broker_state_t *self, cf_broker_client_t *client,
                             const cf_proto_msg_t *msg)
 {
     size_t busy = 0;
+    int64_t now = cf_clock_now_ms();
     for (size_t i = 0; i < msg->count; i++) {
         const cf_proto_task_t *t = &msg->tasks[i];
         cf_broker_task_t *known = cf_idmap_get(client->tasks, t->id);
@@ -488,7 +489,7 @@ static void s_client_submit(cf_broker_state_t *self, cf_broker_client_t *client,
             busy++;
             continue;
         }
-        cf_broker_queue_push(self, task, false);
+        cf_broker_queue_push(self, task, false, now);
         self->stats.submitted++;
         client->submitted++;
     }

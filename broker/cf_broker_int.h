@@ -254,10 +254,11 @@ struct cf_broker_client {
 };
 
 struct cf_broker_worker {
-    cf_broker_peer_t peer;    //  first: a worker is a peer
-    cf_queue_t running;       //  tasks sent to it, in dispatch order
-    uint32_t credit;          //  tasks it can take now
-    uint32_t plan;            //  tasks planned for it in this dispatch
+    cf_broker_peer_t peer;          //  first: a worker is a peer
+    cf_queue_t running;             //  tasks sent to it, in dispatch order
+    uint32_t credit;                //  tasks it can take now
+    uint32_t plan;                  //  tasks planned for it in this dispatch
+    cf_queue_node_t *plan_first;    //  the first of them on running
     //  Tasks it runs at once (its READY credit plus what it held then);
     //  credit beyond this is prefetch, filled only after every worker's
     //  idle threads (see cf_broker_worker_dispatch).
@@ -414,8 +415,9 @@ cf_broker_lane_t *cf_broker_queue_lane(cf_broker_state_t *self, cf_broker_client
                                        const cf_proto_task_t *item);
 //  Drops a task's reference to its lane; the last one frees it.
 void cf_broker_queue_lane_put(cf_broker_state_t *self, cf_broker_lane_t *lane);
-//  Queues a task in its lane, at the back (new) or the front (put back).
-void cf_broker_queue_push(cf_broker_state_t *self, cf_broker_task_t *task, bool front);
+//  Queues a task in its lane, at the back (new) or the front (put back);
+//  now starts its wait for a worker serving its function.
+void cf_broker_queue_push(cf_broker_state_t *self, cf_broker_task_t *task, bool front, int64_t now);
 //  Takes a queued task out of its lane.
 void cf_broker_queue_remove(cf_broker_state_t *self, cf_broker_task_t *task);
 //  True when worker may be sent tasks of fn.

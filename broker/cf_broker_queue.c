@@ -298,12 +298,11 @@ static uint32_t s_wait_ms(const cf_broker_state_t *self, const cf_broker_lane_t 
     return lane->wait_ms ? lane->wait_ms : self->no_worker_wait_ms;
 }
 
-void cf_broker_queue_push(cf_broker_state_t *self, cf_broker_task_t *task, bool front)
+void cf_broker_queue_push(cf_broker_state_t *self, cf_broker_task_t *task, bool front, int64_t now)
 {
     cf_broker_lane_t *lane = task->lane;
     cf_broker_client_t *client = lane->client;
     assert(client);
-    int64_t now = cf_clock_now_ms();
     task->deadline_ms = now + s_wait_ms(self, lane);
     if (front)
         cf_queue_push_front(&lane->tasks, &task->node);

@@ -112,7 +112,7 @@ void cf_broker_task_requeue(cf_broker_state_t *self, cf_broker_task_t *task)
         cf_queue_push_back(&self->suspects, &task->node);
     }
     else
-        cf_broker_queue_push(self, task, true);
+        cf_broker_queue_push(self, task, true, cf_clock_now_ms());
 }
 
 void cf_broker_task_unqueue(cf_broker_state_t *self, cf_broker_task_t *task)

@@ -202,7 +202,8 @@ static void s_plan_task(cf_broker_worker_t *worker, cf_broker_task_t *task)
     if (task->marks & CF_BROKER_SUSPECT)
         worker->suspects++;
     cf_queue_push_back(&worker->running, &task->node);
-    worker->plan++;
+    if (worker->plan++ == 0)
+        worker->plan_first = &task->node;
 }
 
 //  The last count tasks of worker->running were never sent: back to the
@@ -269,9 +270,7 @@ static void s_worker_send(cf_broker_state_t *self, cf_broker_worker_t *worker)
 {
     size_t unsent = worker->plan, batch = 0, body = 0;
     worker->plan = 0;
-    cf_queue_node_t *node = cf_queue_back(&worker->running), *next, *first = NULL;
-    for (size_t i = 1; i < unsent; i++)
-        node = cf_queue_prev(&worker->running, node);
+    cf_queue_node_t *node = worker->plan_first, *next, *first = NULL;
     cf_err_t rc = CF_OK;
     cf_proto_enc_begin(self->enc, CF_MSG_TASK);
     for (size_t left = unsent; left > 0 && rc == CF_OK; left--, node = next) {
