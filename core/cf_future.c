@@ -142,7 +142,10 @@ struct cf_future {
     void *canceller_arg;
     cf_complete_fn *hook;    //  the executor front's progress hook
     void *hook_arg;
-    int cancelling;       //  cancellers running (under lock)
+    cf_stopper_fn *stopper;    //  the executor front's (cf_future_stop), or NULL
+    void *stopper_arg;
+    atomic_bool stop;     //  cf_future_stop was called: lent to the task (cf_run_ctx_t)
+    int cancelling;       //  cancellers and stoppers running (under lock)
     bool hook_due;        //  completed while cancelling: the last canceller runs hook
     void *_Atomic tag;    //  the application's
     char function[];      //  NUL-terminated
@@ -241,6 +244,9 @@ cf_future_t *cf_future_new_with(const char *function, size_t function_len, size_
     f->canceller_arg = NULL;
     f->hook = NULL;
     f->hook_arg = NULL;
+    f->stopper = NULL;
+    f->stopper_arg = NULL;
+    atomic_init(&f->stop, false);
     f->cancelling = 0;
     f->hook_due = false;
     atomic_init(&f->tag, NULL);
@@ -770,6 +776,66 @@ bool cf_future_cancel(cf_future_t *f)
     else if (!canceller)
         s_complete(f, CF_FUTURE_CANCELLED, NULL, 0, NULL, true);
     return s_load_state(f) == CF_FUTURE_CANCELLED;
+}
+
+// ---------------------------------------------------------------------------
+//  Stopping (cf_future_stop). The flag is set first, so a task that begins
+//  from then on sees it; then the executor's stopper (the front's, which
+//  cancels a queued task or asks the back end to stop a running one) runs
+//  under the same "cancelling" count a canceller uses, so the completion
+//  hook, and what it would release, waits for it.
+
+void cf_future_set_stopper(cf_future_t *f, cf_stopper_fn *fn, void *executor)
+{
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
+    f->stopper = fn;
+    f->stopper_arg = executor;
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
+}
+
+const atomic_bool *cf_future_stop_flag(cf_future_t *f)
+{
+    return &f->stop;
+}
+
+bool cf_future_stop_asked(cf_future_t *f)
+{
+    return atomic_load_explicit(&f->stop, memory_order_acquire);
+}
+
+cf_err_t cf_future_stop(cf_future_t *f, int grace_ms)
+{
+    if (!f || grace_ms < 0)
+        return CF_EINVAL;
+    if (s_is_final(s_load_state(f)))
+        return CF_ENOTFOUND;
+    atomic_store_explicit(&f->stop, true, memory_order_release);
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
+    cf_stopper_fn *stopper = f->stopper;
+    void *stopper_arg = f->stopper_arg;
+    bool call = stopper && !s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed));
+    if (call)
+        f->cancelling++;
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
+    if (!call) {
+        //  No executor to ask (or done meanwhile): a queued task is cancelled.
+        if (s_load_state(f) == CF_FUTURE_PENDING)
+            (void)cf_future_cancel(f);
+        return CF_OK;
+    }
+    stopper(stopper_arg, f, (uint32_t)grace_ms);
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
+    cf_complete_fn *hook = NULL;
+    void *hook_arg = NULL;
+    if (--f->cancelling == 0 && f->hook_due) {
+        hook = f->hook;
+        hook_arg = f->hook_arg;
+        f->hook_due = false;
+    }
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
+    if (hook)
+        hook(hook_arg, f, (cf_future_state_t)s_load_state(f));
+    return CF_OK;
 }
 
 bool cf_future_cancelled(cf_future_t *f)

@@ -21,6 +21,7 @@
 #include "cfutures.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 typedef enum {
     CF_FUTURE_PENDING,
@@ -75,6 +76,20 @@ bool cf_future_set_cancelled(cf_future_t *f);
 //  completed and the previous hook ran.
 typedef void(cf_complete_fn)(void *arg, cf_future_t *f, cf_future_state_t state);
 bool cf_future_set_complete_hook(cf_future_t *f, cf_complete_fn *fn, void *arg);
+
+//  Stopping (cf_future_stop, in cfutures.h). The stopper is the executor
+//  front's: called by cf_future_stop, after the future's stop flag was
+//  set, while f is not final (its completion hook waits for it, as for a
+//  canceller). It cancels a task not begun or asks the back end to stop a
+//  running one; it must not block for long. Without a stopper,
+//  cf_future_stop only sets the flag and cancels a pending future.
+typedef void(cf_stopper_fn)(void *executor, cf_future_t *f, uint32_t grace_ms);
+void cf_future_set_stopper(cf_future_t *f, cf_stopper_fn *fn, void *executor);
+//  The flag cf_future_stop sets, for a runner in this process to lend the
+//  task (cf_run_ctx_t.stop, CF_THREADS); lives as long as f.
+const atomic_bool *cf_future_stop_flag(cf_future_t *f);
+//  True once cf_future_stop was called on f.
+bool cf_future_stop_asked(cf_future_t *f);
 
 //  Waiters. A waiter is signalled (under its own lock) each time one of its
 //  futures completes; the future is appended to its ready list.

@@ -366,6 +366,31 @@ static bool s_cancel(void *arg, cf_future_t *f)
     return cancelled;
 }
 
+//  The stopper of every future (cf_future_stop): the back end's stop when
+//  it has one, kept alive as for s_cancel; else a queued task is cancelled
+//  and a running one has its flag, which the back end lent it.
+static void s_stop(void *arg, cf_future_t *f, uint32_t grace_ms)
+{
+    cf_executor_t *ex = arg;
+    if (!ex->ops->stop) {
+        if (cf_future_state(f) == CF_FUTURE_PENDING)
+            (void)cf_future_cancel(f);
+        return;
+    }
+    pthread_mutex_lock(&ex->cancel_lock);
+    if (ex->backend_gone) {
+        pthread_mutex_unlock(&ex->cancel_lock);
+        return;
+    }
+    ex->cancels++;
+    pthread_mutex_unlock(&ex->cancel_lock);
+    ex->ops->stop(ex->backend, f, grace_ms);
+    pthread_mutex_lock(&ex->cancel_lock);
+    if (--ex->cancels == 0 && ex->backend_gone)
+        pthread_cond_broadcast(&ex->cancel_cond);
+    pthread_mutex_unlock(&ex->cancel_lock);
+}
+
 // ---------------------------------------------------------------------------
 //  Progress
 
@@ -551,6 +576,7 @@ static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, cons
     //  Only a future that got in, and before anyone else can see it.
     if (ex->ops->cancel)
         cf_future_set_canceller(f, s_cancel, ex);
+    cf_future_set_stopper(f, s_stop, ex);
     return f;
 }
 
