@@ -132,6 +132,7 @@ struct cf_future {
     bool checked;        //  result validated (under lock)
     bool decoded;        //  result decode attempted (under lock)
     bool has_extra;      //  made by cf_future_new_with with extra bytes
+    atomic_bool stop;    //  cf_future_stop was called: lent to the task (in padding)
     uint8_t *result;     //  FINISHED: the msgpack bytes, owned
     size_t result_len;
     cf_mp_doc_t *doc;              //  the decoded result, once read
@@ -142,10 +143,7 @@ struct cf_future {
     void *canceller_arg;
     cf_complete_fn *hook;    //  the executor front's progress hook
     void *hook_arg;
-    cf_stopper_fn *stopper;    //  the executor front's (cf_future_stop), or NULL
-    void *stopper_arg;
-    atomic_bool stop;     //  cf_future_stop was called: lent to the task (cf_run_ctx_t)
-    int cancelling;       //  cancellers and stoppers running (under lock)
+    int cancelling;       //  cancellers (and cf_future_with_hook calls) running (under lock)
     bool hook_due;        //  completed while cancelling: the last canceller runs hook
     void *_Atomic tag;    //  the application's
     char function[];      //  NUL-terminated
@@ -244,8 +242,6 @@ cf_future_t *cf_future_new_with(const char *function, size_t function_len, size_
     f->canceller_arg = NULL;
     f->hook = NULL;
     f->hook_arg = NULL;
-    f->stopper = NULL;
-    f->stopper_arg = NULL;
     atomic_init(&f->stop, false);
     f->cancelling = 0;
     f->hook_due = false;
@@ -779,18 +775,12 @@ bool cf_future_cancel(cf_future_t *f)
 }
 
 // ---------------------------------------------------------------------------
-//  Stopping (cf_future_stop). The flag is set first, so a task that begins
-//  from then on sees it; then the executor's stopper (the front's, which
-//  cancels a queued task or asks the back end to stop a running one) runs
-//  under the same "cancelling" count a canceller uses, so the completion
-//  hook, and what it would release, waits for it.
+//  Stopping (cf_future_stop, in the executor front): the flag, and a call
+//  into the front while its hook keeps it alive.
 
-void cf_future_set_stopper(cf_future_t *f, cf_stopper_fn *fn, void *executor)
+void cf_future_request_stop(cf_future_t *f)
 {
-    pthread_mutex_lock(&s_locks[s_stripe(f)]);
-    f->stopper = fn;
-    f->stopper_arg = executor;
-    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
+    atomic_store_explicit(&f->stop, true, memory_order_release);
 }
 
 const atomic_bool *cf_future_stop_flag(cf_future_t *f)
@@ -803,39 +793,30 @@ bool cf_future_stop_asked(cf_future_t *f)
     return atomic_load_explicit(&f->stop, memory_order_acquire);
 }
 
-cf_err_t cf_future_stop(cf_future_t *f, int grace_ms)
+bool cf_future_with_hook(cf_future_t *f, cf_complete_fn *hook, cf_hooked_fn *fn, void *arg)
 {
-    if (!f || grace_ms < 0)
-        return CF_EINVAL;
-    if (s_is_final(s_load_state(f)))
-        return CF_ENOTFOUND;
-    atomic_store_explicit(&f->stop, true, memory_order_release);
     pthread_mutex_lock(&s_locks[s_stripe(f)]);
-    cf_stopper_fn *stopper = f->stopper;
-    void *stopper_arg = f->stopper_arg;
-    bool call = stopper && !s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed));
+    void *hook_arg = f->hook_arg;
+    bool call = f->hook == hook && hook
+                && !s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed));
     if (call)
         f->cancelling++;
     pthread_mutex_unlock(&s_locks[s_stripe(f)]);
-    if (!call) {
-        //  No executor to ask (or done meanwhile): a queued task is cancelled.
-        if (s_load_state(f) == CF_FUTURE_PENDING)
-            (void)cf_future_cancel(f);
-        return CF_OK;
-    }
-    stopper(stopper_arg, f, (uint32_t)grace_ms);
+    if (!call)
+        return false;
+    fn(hook_arg, f, arg);
     pthread_mutex_lock(&s_locks[s_stripe(f)]);
-    cf_complete_fn *hook = NULL;
-    void *hook_arg = NULL;
+    cf_complete_fn *due = NULL;
+    void *due_arg = NULL;
     if (--f->cancelling == 0 && f->hook_due) {
-        hook = f->hook;
-        hook_arg = f->hook_arg;
+        due = f->hook;
+        due_arg = f->hook_arg;
         f->hook_due = false;
     }
     pthread_mutex_unlock(&s_locks[s_stripe(f)]);
-    if (hook)
-        hook(hook_arg, f, (cf_future_state_t)s_load_state(f));
-    return CF_OK;
+    if (due)
+        due(due_arg, f, (cf_future_state_t)s_load_state(f));
+    return true;
 }
 
 bool cf_future_cancelled(cf_future_t *f)
