@@ -340,15 +340,13 @@ const char *cf_future_function(cf_future_t *f);
 //    - running: asked to stop. Cooperative on every kind: the task sees
 //      cf_stop_requested true and returns, and the future fails with
 //      CF_INTERRUPTED ("Interrupted"). Forced where that is safe: a task
-//      in a worker process (CF_PROCESSES, `cf-worker --procs` with one
-//      thread per process) still running grace_ms after the request has
-//      its process killed; the process is replaced, the pool's other
-//      processes and their tasks are untouched, the task is not retried,
-//      and the future fails with "Interrupted" saying it was killed after
-//      the grace. On threads (CF_THREADS, a threaded cf-worker, or
-//      `--procs` with several threads per process) only the cooperative
-//      stop exists: a task that never checks runs to its end and keeps its
-//      own result (a thread cannot be killed safely);
+//      in a worker process (CF_PROCESSES, `cf-worker --procs`) still
+//      running grace_ms after the request has its process killed; the
+//      process is replaced, the pool's other processes and their tasks are
+//      untouched, the task is not retried, and the future fails with
+//      "Interrupted" saying it was killed after the grace. On threads (CF_THREADS, a threaded cf-worker) only the
+//      cooperative stop exists: a task that never checks runs to its end
+//      and keeps its own result (a thread cannot be killed safely);
 //    - done (result, error or cancelled): nothing changes.
 //  On CF_REMOTE a worker too old to know STOP (docs/protocol.md) lets the
 //  task run to its end. Returns CF_OK when the request was made (the task
