@@ -545,6 +545,12 @@ void cf_broker_client_on_message(cf_broker_state_t *self, const void *id, size_t
         else
             cf_broker_peer_unknown(self, self->clients_sock, id, len, CF_PROTO_UNKNOWN_CLIENT);
         break;
+    case CF_MSG_STOP:
+        if (client)
+            cf_broker_stop_client(self, client, msg);
+        else
+            cf_broker_peer_unknown(self, self->clients_sock, id, len, CF_PROTO_UNKNOWN_CLIENT);
+        break;
     case CF_MSG_HEARTBEAT:
         if (!client)
             cf_broker_peer_unknown(self, self->clients_sock, id, len, CF_PROTO_UNKNOWN_CLIENT);

@@ -23,6 +23,8 @@
 //                         dispatch, results, removal
 //    cf_broker_stats.c    cf_broker_stats_*: the STATS reply, its counters
 //                         and its per-worker and per-client lists
+//    cf_broker_stop.c     cf_broker_stop_*: STOP from clients, forwarded to
+//                         workers; what a stopped task's lost worker means
 //
 //  Design note. One thread, a cf_actor, creates and owns the two ROUTER
 //  sockets and every table below; other threads reach it only through its
@@ -196,6 +198,11 @@ _Static_assert(sizeof(cf_broker_task_t) <= 96, "keep per-task bookkeeping small"
 #define CF_BROKER_SUSPECT      0x4u
 //  Transient, while a lost worker's tasks are released: uses a retry.
 #define CF_BROKER_CHARGED      0x8u
+//  STOP_ASKED: its client asked to stop it (cf_future_stop) and its worker
+//  was sent STOP: an error is final (no retry), a hand-back is cancelled,
+//  and a lost worker fails it with Interrupted instead of a retry
+//  (cf_broker_stop.c).
+#define CF_BROKER_STOP_ASKED   0x10u
 
 //  What a supervisor saw when a worker process died: the broker ids of the
 //  tasks its threads were running (count of them; none when between tasks).
@@ -267,6 +274,7 @@ struct cf_broker_worker {
     uint32_t suspects;             //  SUSPECT tasks on it (it then takes nothing else)
     uint64_t completed, failed;    //  its results with a value, with an error
     bool says_begun;               //  READY feature BEGUN: sends STARTED, takes CANCEL
+    bool says_stop;                //  READY feature STOP: takes STOP
     bool exhausted;                //  this dispatch found nothing it serves
     bool counted_all;              //  in self->serve_all
     //  The functions it serves: fn id -> cf_broker_fn_t; NULL when it sent
@@ -517,6 +525,19 @@ void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client, 
 //  Answers a STATS request from id: the counters, and the lists flags asks
 //  for (CF_PROTO_STATS_*).
 void cf_broker_stats_reply(cf_broker_state_t *self, const void *id, size_t len, uint32_t flags);
+
+// ---------------------------------------------------------------------------
+//  cf_broker_stop.c
+
+//  STOP from a client: queued tasks are answered cancelled, running ones
+//  are asked of their worker (CF_BROKER_STOP_ASKED).
+void cf_broker_stop_client(cf_broker_state_t *self, cf_broker_client_t *client,
+                           const cf_proto_msg_t *msg);
+//  A task marked STOP_ASKED leaves its worker without an answer: lost
+//  (vanished, or its process died; ran: its supervisor saw it running
+//  then) fails it with Interrupted; a DISCONNECT's hand-back (it never
+//  ran) answers it cancelled. The task is finished either way.
+void cf_broker_stop_release(cf_broker_state_t *self, cf_broker_task_t *task, bool lost, bool ran);
 
 // ---------------------------------------------------------------------------
 //  cf_broker_worker.c

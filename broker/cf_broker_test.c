@@ -1032,6 +1032,130 @@ static void test_submit_batch_refuses_bad_tasks_one_by_one(void **state)
     assert_int_equal(stats.submitted, 1);
 }
 
+// ---------------------------------------------------------------------------
+//  STOP (cf_future_stop)
+
+//  A worker peer that takes STOP (READY feature STOP), threads = credit.
+static void *s_stop_worker(s_fixture_t *fx, const char *name, uint32_t credit, int32_t pid,
+                           uint64_t workers)
+{
+    void *worker = s_worker_peer(fx, name);
+    cf_proto_enc_ready(s_enc(), credit, credit, "testhost", pid,
+                       CF_PROTO_FEATURE_BEGUN | CF_PROTO_FEATURE_STOP, NULL, 0);
+    assert_int_equal(cf_proto_enc_send(s_enc(), worker, NULL, 0), CF_OK);
+    s_wait_stats(s_workers_is, workers);
+    return worker;
+}
+
+static void s_send_stop(void *sock, const uint64_t *ids, size_t count, uint32_t grace_ms)
+{
+    cf_proto_enc_begin(s_enc(), CF_MSG_STOP);
+    for (size_t i = 0; i < count; i++)
+        assert_int_equal(cf_proto_enc_stop(s_enc(), ids[i], grace_ms), CF_OK);
+    assert_int_equal(cf_proto_enc_send(s_enc(), sock, NULL, 0), CF_OK);
+}
+
+//  The worker gets STOP [[id, grace_ms]].
+static void s_expect_stop(void *worker, uint64_t id, uint32_t grace_ms)
+{
+    cf_proto_msg_t *msg = s_expect(worker, CF_MSG_STOP);
+    assert_int_equal(msg->count, 1);
+    assert_int_equal(msg->stops[0].id, id);
+    assert_int_equal(msg->stops[0].grace_ms, grace_ms);
+    cf_proto_msg_destroy(&msg);
+}
+
+//  The client gets RESULT id Interrupted whose message holds needle.
+static void s_expect_interrupted(void *client, uint64_t id, const char *needle)
+{
+    cf_proto_msg_t *msg = s_expect_result(client, id, CF_STATUS_ERROR);
+    const cf_proto_error_t *error = &msg->results[0].error;
+    assert_true(s_str_eq(error->type, CF_INTERRUPTED));
+    if (!s_str_has(error->message, needle))
+        fail_msg("'%.*s' does not say '%s'", (int)error->message.len, error->message.ptr, needle);
+    cf_proto_msg_destroy(&msg);
+}
+
+static void test_stop_cancels_queued_and_asks_workers_that_take_it(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *w1 = s_stop_worker(fx, "w1", 1, 1, 1);
+    void *client = s_client(fx, "c1");
+    //  Retries on error: a stopped task's error is final all the same.
+    s_submit(client, 1, 2, "f", 3, 0, CF_TASK_RETRY_ON_ERROR);
+    uint64_t id1;
+    s_take_tasks(w1, &id1, NULL, 1);
+    static const uint64_t stop[] = { 2, 1, 999 };
+    s_send_stop(client, stop, 3, 250);
+    //  Queued: cancelled at once. Running: the worker is asked. Unknown: nothing.
+    s_expect_status(client, 2, CF_STATUS_CANCELLED);
+    s_expect_stop(w1, id1, 250);
+    //  The worker says it stopped.
+    cf_proto_enc_begin(s_enc(), CF_MSG_RESULT);
+    assert_int_equal(cf_proto_enc_result_error(s_enc(), id1, CF_INTERRUPTED, "asked to stop", "f",
+                                               "testhost", 1),
+                     CF_OK);
+    assert_int_equal(cf_proto_enc_send(s_enc(), w1, NULL, 0), CF_OK);
+    s_expect_interrupted(client, 1, "asked to stop");
+    cf_broker_stats_t stats = s_stats();
+    assert_int_equal(stats.retried, 0);
+    assert_int_equal(stats.cancelled, 1);
+    assert_int_equal(stats.failed, 1);
+
+    //  A worker without feature STOP is not sent STOP: its task runs to its end.
+    s_send_disconnect(w1, "leaving");
+    s_wait_stats(s_workers_is, 0);
+    void *w2 = s_worker(fx, "w2", 1, 2, 1);
+    s_submit(client, 3, 1, "f", 0, 0, 0);
+    uint64_t id3;
+    s_take_tasks(w2, &id3, NULL, 1);
+    static const uint64_t three[] = { 3 };
+    s_send_stop(client, three, 1, 0);
+    s_result_ok(w2, id3);
+    //  (s_expect would fail on a STOP reaching w2 before the next TASK.)
+    s_expect_status(client, 3, CF_STATUS_OK);
+    s_submit(client, 4, 1, "f", 0, 0, 0);
+    s_take_tasks(w2, NULL, NULL, 1);
+
+    //  STOP from a worker is unexpected there.
+    s_send_stop(w2, three, 1, 0);
+    s_expect_error(w2, "unexpected STOP");
+}
+
+static void test_a_stopped_tasks_lost_worker_fails_it_interrupted_not_retried(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *w1 = s_stop_worker(fx, "w1", 1, 11, 1);
+    void *w2 = s_stop_worker(fx, "w2", 1, 12, 2);
+    void *w3 = s_stop_worker(fx, "w3", 1, 13, 3);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 3, "f", 5, 0, 0);
+    uint64_t ids[3];
+    s_take_tasks(w1, &ids[0], NULL, 1);
+    s_take_tasks(w2, &ids[1], NULL, 1);
+    s_take_tasks(w3, &ids[2], NULL, 1);
+    static const uint64_t all[] = { 1, 2, 3 };
+    s_send_stop(client, all, 3, 10);
+    s_expect_stop(w1, ids[0], 10);
+    s_expect_stop(w2, ids[1], 10);
+    s_expect_stop(w3, ids[2], 10);
+
+    //  w1's process died running it (its supervisor says so): killed.
+    assert_int_equal(cf_broker_worker_died(fx->broker, "w1", 2, &ids[0], 1), CF_OK);
+    s_expect_interrupted(client, 1, "killed");
+    //  w2 is lost without a word of what it ran: Interrupted, not retried.
+    assert_int_equal(cf_broker_worker_lost(fx->broker, "w2", 2), CF_OK);
+    s_expect_interrupted(client, 2, "lost");
+    //  w3 hands its task back with DISCONNECT: it never ran, so cancelled.
+    s_send_disconnect(w3, "stopping");
+    s_expect_status(client, 3, CF_STATUS_CANCELLED);
+    cf_broker_stats_t stats = s_wait_stats(s_workers_is, 0);
+    assert_int_equal(stats.retried, 0);
+    assert_int_equal(stats.queued, 0);
+    assert_int_equal(stats.failed, 2);
+    assert_int_equal(stats.cancelled, 1);
+}
+
 static void test_unknown_client_learns_the_boot_id(void **state)
 {
     s_fixture_t *fx = *state;
@@ -1526,6 +1650,11 @@ int main(void)
                                         s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_submit_batch_refuses_bad_tasks_one_by_one,
                                         s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_stop_cancels_queued_and_asks_workers_that_take_it,
+                                        s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_stopped_tasks_lost_worker_fails_it_interrupted_not_retried, s_setup_broker,
+            s_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_client_learns_the_boot_id, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_stats_reply_lists_the_counters, s_setup_broker,

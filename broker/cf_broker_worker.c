@@ -92,7 +92,7 @@ static void s_result_error(cf_broker_state_t *self, cf_broker_task_t *task,
 {
     cf_broker_task_unassign(self, task);
     if ((task->flags & CF_TASK_RETRY_ON_ERROR) && task->retries > 0
-        && task->retries_used < (uint32_t)task->retries) {
+        && task->retries_used < (uint32_t)task->retries && !(task->marks & CF_BROKER_STOP_ASKED)) {
         task->retries_used++;
         self->stats.retried++;
         cf_broker_task_requeue(self, task);
@@ -149,8 +149,8 @@ static void s_worker_result(cf_broker_state_t *self, cf_broker_worker_t *worker,
         s_result_value(self, task, result);
     else if (result->status == CF_STATUS_ERROR)
         s_result_error(self, task, result);
-    else if (task->marks & CF_BROKER_CANCEL_ASKED) {
-        //  Unrun, and its client asked to cancel it: done.
+    else if (task->marks & (CF_BROKER_CANCEL_ASKED | CF_BROKER_STOP_ASKED)) {
+        //  Unrun, and its client asked to cancel or stop it: done.
         cf_broker_task_unassign(self, task);
         cf_broker_client_cancelled(self, task);
     }
@@ -499,6 +499,12 @@ static void s_worker_release(cf_broker_state_t *self, cf_broker_worker_t *worker
             cf_broker_client_cancelled(self, task);
             continue;
         }
+        if (task->marks & CF_BROKER_STOP_ASKED) {
+            cf_broker_stop_release(self, task, lost, died && (task->marks & CF_BROKER_CHARGED));
+            if (lost)
+                (*failed)++;
+            continue;
+        }
         bool charged = (task->marks & CF_BROKER_CHARGED) != 0;
         task->marks &= (uint8_t)~CF_BROKER_CHARGED;
         if (charged && (task->retries <= 0 || task->retries_used >= (uint32_t)task->retries)) {
@@ -595,6 +601,7 @@ static void s_worker_ready(cf_broker_state_t *self, cf_broker_worker_t *worker,
                                     : (uint64_t)msg->credit + cf_queue_size(&worker->running);
     worker->threads = threads > CF_BROKER_MAX_CREDIT ? CF_BROKER_MAX_CREDIT : (uint32_t)threads;
     worker->says_begun = (msg->features & CF_PROTO_FEATURE_BEGUN) != 0;
+    worker->says_stop = (msg->features & CF_PROTO_FEATURE_STOP) != 0;
 }
 
 //  The functions a READY or FUNCTIONS says the worker serves; false when

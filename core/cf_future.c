@@ -132,6 +132,7 @@ struct cf_future {
     bool checked;        //  result validated (under lock)
     bool decoded;        //  result decode attempted (under lock)
     bool has_extra;      //  made by cf_future_new_with with extra bytes
+    atomic_bool stop;    //  cf_future_stop was called: lent to the task (in padding)
     uint8_t *result;     //  FINISHED: the msgpack bytes, owned
     size_t result_len;
     cf_mp_doc_t *doc;              //  the decoded result, once read
@@ -142,7 +143,7 @@ struct cf_future {
     void *canceller_arg;
     cf_complete_fn *hook;    //  the executor front's progress hook
     void *hook_arg;
-    int cancelling;       //  cancellers running (under lock)
+    int cancelling;       //  cancellers (and cf_future_with_hook calls) running (under lock)
     bool hook_due;        //  completed while cancelling: the last canceller runs hook
     void *_Atomic tag;    //  the application's
     char function[];      //  NUL-terminated
@@ -241,6 +242,7 @@ cf_future_t *cf_future_new_with(const char *function, size_t function_len, size_
     f->canceller_arg = NULL;
     f->hook = NULL;
     f->hook_arg = NULL;
+    atomic_init(&f->stop, false);
     f->cancelling = 0;
     f->hook_due = false;
     atomic_init(&f->tag, NULL);
@@ -770,6 +772,51 @@ bool cf_future_cancel(cf_future_t *f)
     else if (!canceller)
         s_complete(f, CF_FUTURE_CANCELLED, NULL, 0, NULL, true);
     return s_load_state(f) == CF_FUTURE_CANCELLED;
+}
+
+// ---------------------------------------------------------------------------
+//  Stopping (cf_future_stop, in the executor front): the flag, and a call
+//  into the front while its hook keeps it alive.
+
+void cf_future_request_stop(cf_future_t *f)
+{
+    atomic_store_explicit(&f->stop, true, memory_order_release);
+}
+
+const atomic_bool *cf_future_stop_flag(cf_future_t *f)
+{
+    return &f->stop;
+}
+
+bool cf_future_stop_asked(cf_future_t *f)
+{
+    return atomic_load_explicit(&f->stop, memory_order_acquire);
+}
+
+bool cf_future_with_hook(cf_future_t *f, cf_complete_fn *hook, cf_hooked_fn *fn, void *arg)
+{
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
+    void *hook_arg = f->hook_arg;
+    bool call = f->hook == hook && hook
+                && !s_is_final(atomic_load_explicit(&f->state, memory_order_relaxed));
+    if (call)
+        f->cancelling++;
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
+    if (!call)
+        return false;
+    fn(hook_arg, f, arg);
+    pthread_mutex_lock(&s_locks[s_stripe(f)]);
+    cf_complete_fn *due = NULL;
+    void *due_arg = NULL;
+    if (--f->cancelling == 0 && f->hook_due) {
+        due = f->hook;
+        due_arg = f->hook_arg;
+        f->hook_due = false;
+    }
+    pthread_mutex_unlock(&s_locks[s_stripe(f)]);
+    if (due)
+        due(due_arg, f, (cf_future_state_t)s_load_state(f));
+    return true;
 }
 
 bool cf_future_cancelled(cf_future_t *f)

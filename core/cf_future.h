@@ -21,6 +21,7 @@
 #include "cfutures.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 typedef enum {
     CF_FUTURE_PENDING,
@@ -75,6 +76,21 @@ bool cf_future_set_cancelled(cf_future_t *f);
 //  completed and the previous hook ran.
 typedef void(cf_complete_fn)(void *arg, cf_future_t *f, cf_future_state_t state);
 bool cf_future_set_complete_hook(cf_future_t *f, cf_complete_fn *fn, void *arg);
+
+//  Stopping (cf_future_stop, in cfutures.h, lives in the executor front).
+//  The flag cf_future_stop sets, for a runner in this process to lend the
+//  task (cf_run_ctx_t.stop, CF_THREADS); lives as long as f.
+void cf_future_request_stop(cf_future_t *f);
+const atomic_bool *cf_future_stop_flag(cf_future_t *f);
+//  True once cf_future_request_stop was called on f.
+bool cf_future_stop_asked(cf_future_t *f);
+//  Calls fn(hook_arg, f, arg), hook_arg being what f's completion hook was
+//  set with, while f is not final and its hook is hook: f's completion
+//  hook (and what it would release, such as the executor) waits for fn, as
+//  for a canceller. False, without calling fn, when f is final or has
+//  another hook. fn must not block for long.
+typedef void(cf_hooked_fn)(void *hook_arg, cf_future_t *f, void *arg);
+bool cf_future_with_hook(cf_future_t *f, cf_complete_fn *hook, cf_hooked_fn *fn, void *arg);
 
 //  Waiters. A waiter is signalled (under its own lock) each time one of its
 //  futures completes; the future is appended to its ready list.

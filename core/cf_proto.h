@@ -77,6 +77,12 @@ typedef enum {
 //  begins and answers the broker's CANCEL (docs/protocol.md, "CANCEL,
 //  STARTED").
 #define CF_PROTO_FEATURE_BEGUN 0x1u
+//  STOP: the worker takes STOP [[id, grace_ms]] (docs/protocol.md, "STOP"):
+//  cancels a task it still queues, sets a running one's stop flag, and in
+//  a worker process ends the process when the task overruns the grace.
+//  The broker forwards STOP only to workers that say so. (0x2 is left for
+//  the progress feature of issue 10, section 3.)
+#define CF_PROTO_FEATURE_STOP  0x4u
 
 //  Strings and byte fields in decoded messages point into the message's body
 //  and live as long as the message. Strings are NOT NUL-terminated: use the

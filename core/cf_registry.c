@@ -325,6 +325,7 @@ struct cf_call {
     char *error_type;          //  malloc'd once failed
     char *error_message;
     const cf_run_ctx_t *ctx;    //  what its runner lent it, or NULL
+    bool stop_seen;             //  cf_stop_requested said true: the outcome is Interrupted
 };
 
 //  The length of s cut to at most max bytes without splitting a UTF-8
@@ -394,6 +395,32 @@ bool cf_failed(cf_call_t *call)
 {
     assert(call);
     return call->failed;
+}
+
+// ---------------------------------------------------------------------------
+//  Stopping (cf_future_stop): the task asks; once told yes, its outcome is
+//  Interrupted whatever it does after (s_interrupt, in cf_registry_run).
+
+bool cf_stop_requested(cf_call_t *call)
+{
+    assert(call);
+    const cf_run_ctx_t *ctx = call->ctx;
+    if (!ctx || !ctx->stop || !atomic_load_explicit(ctx->stop, memory_order_acquire))
+        return false;
+    call->stop_seen = true;
+    return true;
+}
+
+//  Replaces what the call produced with the Interrupted error.
+static void s_interrupt(cf_call_t *call)
+{
+    free(call->error_type);
+    free(call->error_message);
+    call->error_type = call->error_message = NULL;
+    call->failed = false;
+    call->out_of_memory = false;
+    call->has_result = false;
+    cf_raise(call, CF_INTERRUPTED, "%s() was asked to stop and returned early", call->function);
 }
 
 const char *cf_call_function(cf_call_t *call)
@@ -798,6 +825,8 @@ cf_err_t cf_registry_run(const char *function, size_t function_len, const void *
         .ctx = ctx,
     };
     fn(&call);
+    if (call.stop_seen)
+        s_interrupt(&call);
     rc = s_outcome_take(&call, outcome);
     s_call_fini(&call);
     if (w == &local)
@@ -877,6 +906,13 @@ static void s_chunk(cf_call_t *call)
                      fn_name, i, cf_type_name(cf_value_type(item_args)));
         else
             fn(&item);
+        if (item.stop_seen) {
+            //  The whole chunk is Interrupted (cf_registry_run): the inputs
+            //  after this one are not run.
+            call->stop_seen = true;
+            s_call_fini(&item);
+            break;
+        }
         if (item.out_of_memory) {
             s_call_fini(&item);
             prc = -1;

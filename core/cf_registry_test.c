@@ -730,6 +730,86 @@ static void test_chunk_of_chunks(void **state)
 }
 
 // ---------------------------------------------------------------------------
+//  Stopping (cf_stop_requested)
+
+static atomic_int s_stop_looks;    //  t_look_then_return's calls that saw true
+
+//  Returns its argument; looks at cf_stop_requested first when told to.
+static void t_look_then_return(cf_call_t *call)
+{
+    int64_t x = cf_arg_int(call, 0);
+    bool look = cf_arg_bool(call, 1);
+    if (look && cf_stop_requested(call))
+        atomic_fetch_add(&s_stop_looks, 1);
+    cf_return_int(call, x);
+}
+CF_TASK(t_look_then_return);
+
+static void t_look_then_raise(cf_call_t *call)
+{
+    if (cf_stop_requested(call))
+        cf_raise(call, "ValueError", "raised after the stop");
+    cf_return_int(call, 1);
+}
+CF_TASK(t_look_then_raise);
+
+static cf_outcome_t s_run_ctx(const cf_run_ctx_t *ctx, const char *fn, const char *fmt, ...)
+{
+    cf_mp_writer_t w;
+    cf_mp_writer_init(&w);
+    va_list ap;
+    va_start(ap, fmt);
+    assert_int_equal(cf_mp_write_format(&w, true, fmt, &ap), CF_OK);
+    va_end(ap);
+    cf_outcome_t outcome;
+    assert_int_equal(cf_registry_run(fn, strlen(fn), w.buf.data, w.buf.size, ctx, &outcome), CF_OK);
+    cf_mp_writer_fini(&w);
+    return outcome;
+}
+
+static void test_a_task_that_saw_the_stop_is_interrupted_whatever_it_returns(void **state)
+{
+    (void)state;
+    atomic_bool stop = false;
+    cf_run_ctx_t ctx = { .stop = &stop };
+    //  Not asked: its own result.
+    cf_outcome_t o = s_run_ctx(&ctx, "t_look_then_return", "ib", 5, true);
+    s_expect_repr(&o, "5");
+    //  Asked, and it looked: Interrupted, its return dropped.
+    atomic_store(&stop, true);
+    o = s_run_ctx(&ctx, "t_look_then_return", "ib", 5, true);
+    s_expect_error(&o, CF_INTERRUPTED, "t_look_then_return() was asked to stop and returned early");
+    //  A raise after the look is Interrupted too.
+    o = s_run_ctx(&ctx, "t_look_then_raise", "");
+    s_expect_error(&o, CF_INTERRUPTED, NULL);
+    //  Asked, but it never looked: its own result.
+    o = s_run_ctx(&ctx, "t_look_then_return", "ib", 6, false);
+    s_expect_repr(&o, "6");
+    //  No context, or one without a flag: never asked.
+    o = s_run_ctx(NULL, "t_look_then_return", "ib", 7, true);
+    s_expect_repr(&o, "7");
+    cf_run_ctx_t empty = { 0 };
+    o = s_run_ctx(&empty, "t_look_then_return", "ib", 8, true);
+    s_expect_repr(&o, "8");
+}
+
+static void test_a_chunk_that_saw_the_stop_is_interrupted_and_runs_no_further(void **state)
+{
+    (void)state;
+    atomic_bool stop = true;
+    cf_run_ctx_t ctx = { .stop = &stop };
+    atomic_store(&s_stop_looks, 0);
+    //  The second input looks: the third never runs, the chunk is Interrupted.
+    cf_outcome_t o = s_run_ctx(&ctx, CF_CHUNK_FUNCTION, "s[[ib][ib][ib]]", "t_look_then_return", 1,
+                               false, 2, true, 3, true);
+    s_expect_error(&o, CF_INTERRUPTED, NULL);
+    assert_int_equal(atomic_load(&s_stop_looks), 1);
+    //  No input looks: the chunk's results.
+    o = s_run_ctx(&ctx, CF_CHUNK_FUNCTION, "s[[ib]]", "t_look_then_return", 4, false);
+    s_expect_repr(&o, "[[0, 4]]");
+}
+
+// ---------------------------------------------------------------------------
 //  Task libraries
 
 static void test_load_of_a_missing_library_says_why(void **state)
@@ -779,6 +859,8 @@ int main(void)
         cmocka_unit_test(test_chunk_of_nothing_and_of_tasks_returning_nothing),
         cmocka_unit_test(test_chunk_refuses_bad_arguments),
         cmocka_unit_test(test_chunk_of_chunks),
+        cmocka_unit_test(test_a_task_that_saw_the_stop_is_interrupted_whatever_it_returns),
+        cmocka_unit_test(test_a_chunk_that_saw_the_stop_is_interrupted_and_runs_no_further),
         cmocka_unit_test(test_load_of_a_missing_library_says_why),
         cmocka_unit_test(test_load_of_a_library_without_tasks_is_refused),
     };

@@ -301,3 +301,68 @@ static void gate(cf_call_t *call)
     cf_return_int(call, (int64_t)getpid());
 }
 CF_TASK(gate);
+
+//  Creates path (an empty file) so a test knows the task began; "" or a
+//  missing argument: nothing. False (and raised) when it cannot.
+static bool s_example_mark_started(cf_call_t *call, size_t i)
+{
+    const char *path = cf_arg_count(call) > i ? cf_arg_str(call, i) : "";
+    if (cf_failed(call))
+        return false;
+    if (!*path)
+        return true;
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        cf_raise(call, "OSError", "cannot create %s: %s", path, strerror(errno));
+        return false;
+    }
+    close(fd);
+    return true;
+}
+
+static int64_t s_example_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+//  spin_until_stopped(ms: int[, started_path: str]) -> int, the ms it ran.
+//  A long task that behaves: it looks at cf_stop_requested every
+//  millisecond and returns as soon as it says true (the future then fails
+//  with Interrupted, see cf_future_stop); otherwise it returns after ms.
+//  With started_path it creates that file first.
+static void spin_until_stopped(cf_call_t *call)
+{
+    int64_t ms = cf_arg_int(call, 0);
+    if (cf_failed(call) || !s_example_mark_started(call, 1))
+        return;
+    int64_t start = s_example_now_ms();
+    while (s_example_now_ms() - start < ms) {
+        if (cf_stop_requested(call)) {
+            cf_return_int(call, s_example_now_ms() - start);    //  Interrupted all the same
+            return;
+        }
+        s_example_sleep_ms(1);
+    }
+    cf_return_int(call, s_example_now_ms() - start);
+}
+CF_TASK(spin_until_stopped);
+
+//  spin_ignoring_stop(ms: int[, started_path: str]) -> int, the pid that
+//  ran it. Keeps a CPU busy for ms and never looks at cf_stop_requested:
+//  on threads it runs to its end whatever cf_future_stop says; in a worker
+//  process it is killed once the stop's grace is over. With started_path
+//  it creates that file first.
+static void spin_ignoring_stop(cf_call_t *call)
+{
+    int64_t ms = cf_arg_int(call, 0);
+    if (cf_failed(call) || !s_example_mark_started(call, 1))
+        return;
+    int64_t start = s_example_now_ms();
+    volatile uint64_t spins = 0;
+    while (s_example_now_ms() - start < ms)
+        spins++;
+    cf_return_int(call, (int64_t)getpid());
+}
+CF_TASK(spin_ignoring_stop);

@@ -243,6 +243,19 @@ void cf_return_raw(cf_call_t *call, const void *msgpack, size_t len);
 //  Python exception. The first raise wins.
 void cf_raise(cf_call_t *call, const char *type, const char *fmt, ...) CF_PRINTF(3, 4);
 
+//  True once the application asked this task to stop (cf_future_stop).
+//  A long task calls it now and then (it is one atomic load) and returns
+//  when it says true. The rule: once it has returned true to the task, the
+//  task's outcome is the error CF_INTERRUPTED, whatever the task returns
+//  or raises after; a task that never calls it, or only before the
+//  request, ends with its own result. Inside cf.chunk (map's chunksize)
+//  the whole chunk ends Interrupted and its later inputs are not run.
+bool cf_stop_requested(cf_call_t *call);
+//  The error type of a task stopped by cf_future_stop: it returned after
+//  cf_stop_requested said true, or (worker processes only) it did not
+//  return within the grace and its process was killed.
+#define CF_INTERRUPTED "Interrupted"
+
 // ---------------------------------------------------------------------------
 //  Errors of tasks, as they come back in futures.
 //
@@ -318,6 +331,29 @@ bool cf_future_running(cf_future_t *f);
 bool cf_future_done(cf_future_t *f);
 //  The function name the future was submitted with (borrowed).
 const char *cf_future_function(cf_future_t *f);
+
+//  Stops a task, even a running one (Python cannot; cf_future_cancel stays
+//  Python's and never touches a task that began). Never blocks.
+//    - not begun (queued anywhere): cancelled, as cf_future_cancel does
+//      (on CF_PROCESSES and CF_REMOTE the broker or the worker holding it
+//      answers, so the future turns cancelled a round trip later);
+//    - running: asked to stop. Cooperative on every kind: the task sees
+//      cf_stop_requested true and returns, and the future fails with
+//      CF_INTERRUPTED ("Interrupted"). Forced where that is safe: a task
+//      in a worker process (CF_PROCESSES, `cf-worker --procs`) still
+//      running grace_ms after the request has its process killed; the
+//      process is replaced, the pool's other processes and their tasks are
+//      untouched, the task is not retried, and the future fails with
+//      "Interrupted" saying it was killed after the grace. On threads (CF_THREADS, a threaded cf-worker) only the
+//      cooperative stop exists: a task that never checks runs to its end
+//      and keeps its own result (a thread cannot be killed safely);
+//    - done (result, error or cancelled): nothing changes.
+//  On CF_REMOTE a worker too old to know STOP (docs/protocol.md) lets the
+//  task run to its end. Returns CF_OK when the request was made (the task
+//  was not done), CF_ENOTFOUND when the future was already done, CF_EINVAL
+//  for a NULL future or grace_ms < 0. Safe from any thread and from
+//  callbacks; a second call changes nothing but may shorten the grace.
+cf_err_t cf_future_stop(cf_future_t *f, int grace_ms);
 
 //  Attaches a pointer of the application's (Python users keep a dict from
 //  future to input; this is that, without the dict).

@@ -118,6 +118,7 @@ typedef struct s_item {
     uint8_t where;            //  s_where_t
     bool started;             //  STARTED seen: cancel can no longer win
     bool cancel_asked;        //  CANCEL sent, a canceller may be waiting
+    bool stop_asked;          //  STOP sent: not resubmitted to a broker that forgot it
 } s_item_t;
 _Static_assert(sizeof(s_item_t) <= CF_CLIENT_TASK_SIZE, "CF_CLIENT_TASK_SIZE holds an item");
 
@@ -134,6 +135,12 @@ static void s_task_drop(s_item_t *item)
     cf_task_destroy(&task);
 }
 
+//  A cf_future_stop on its way to the actor.
+typedef struct {
+    cf_future_t *future;    //  a reference
+    uint32_t grace_ms;
+} s_stop_req_t;
+
 //  What application threads and the actor share: every field under mutex.
 typedef struct {
     pthread_mutex_t mutex;
@@ -142,6 +149,8 @@ typedef struct {
     cf_queue_t inbox;              //  new tasks, in submission order
     cf_future_t **cancels;         //  futures to cancel (each a reference)
     size_t cancels_len, cancels_cap;
+    s_stop_req_t *stops;    //  cf_future_stop requests (s_stop)
+    size_t stops_len, stops_cap;
     bool cancel_all;             //  shutdown(cancel_futures) asked
     bool signalled;              //  the actor is awake or was woken
     bool closed;                 //  no more submissions
@@ -192,6 +201,8 @@ typedef struct {
     size_t cancel_ids_len, cancel_ids_cap;
     cf_future_t **cancels_spare;    //  swapped with cancels when draining
     size_t cancels_spare_cap;
+    cf_proto_stop_t *stop_items;    //  [id, grace] to send in STOP
+    size_t stop_items_len, stop_items_cap;
     //  The socket's life cycle (s_open_socket, s_reopen) and its
     //  reporting: every field here is the actor's.
     zmq_fd_t socket_fd;            //  ZMQ_FD of socket
@@ -279,6 +290,8 @@ static bool s_signal_locked(cf_client_t *self)
 }
 
 static bool s_cancel(void *executor, cf_future_t *f);
+static void s_handle_stops(cf_client_t *self, s_stop_req_t *stops, size_t count);
+static void s_send_stops(cf_client_t *self);
 static void s_kick(cf_client_t *self);
 static bool s_reopen(cf_client_t *self, const char *why, int64_t now);
 static void s_close_socket(void **socket_p, void **monitor_p);
@@ -518,9 +531,10 @@ static void s_queue_cancel_id(cf_client_t *self, s_item_t *item)
 //  back in our hands, so it is cancelled here instead.
 static void s_resend_all(cf_client_t *self, const char *why)
 {
-    cf_queue_t resend, cancel;
+    cf_queue_t resend, cancel, interrupted;
     cf_queue_init(&resend);
     cf_queue_init(&cancel);
+    cf_queue_init(&interrupted);
     size_t cursor = 0;
     uint64_t id;
     void *value;
@@ -530,6 +544,10 @@ static void s_resend_all(cf_client_t *self, const char *why)
             continue;
         if (item->cancel_asked && !item->started) {
             cf_queue_push_back(&cancel, &item->node);
+            continue;
+        }
+        if (item->stop_asked) {
+            cf_queue_push_back(&interrupted, &item->node);
             continue;
         }
         item->where = S_AT_OUTBOX;
@@ -549,6 +567,15 @@ static void s_resend_all(cf_client_t *self, const char *why)
     while ((item = s_pop_front(&cancel))) {
         item->where = S_AT_BROKER;    //  in no list now
         s_resolve_cancelled(self, item);
+    }
+    //  Asked to stop, then forgotten by the broker: run again it would not
+    //  be stopped, so it ends here.
+    while ((item = s_pop_front(&interrupted))) {
+        item->where = S_AT_BROKER;
+        s_resolve_error(self, item, CF_INTERRUPTED,
+                        "the task was asked to stop and the broker forgot it (restarted or "
+                        "lost this client): not resubmitted",
+                        "", 0);
     }
     self->own.blocked = false;
 }
@@ -767,7 +794,7 @@ static bool s_inbox_has_work(cf_client_t *self)
 {
     pthread_mutex_lock(&self->shared.mutex);
     bool work = !cf_queue_empty(&self->shared.inbox) || self->shared.cancels_len
-                || self->shared.cancel_all;
+                || self->shared.cancel_all || self->shared.stops_len;
     if (!work)
         self->shared.signalled = false;
     pthread_mutex_unlock(&self->shared.mutex);
@@ -791,6 +818,10 @@ static void s_drain_inbox(cf_client_t *self)
     bool cancel_all = self->shared.cancel_all;
     self->shared.cancel_all = false;
     self->own.cancel_taken = self->shared.cancel_seq;
+    s_stop_req_t *stops = self->shared.stops;
+    size_t stops_len = self->shared.stops_len;
+    self->shared.stops = NULL;
+    self->shared.stops_len = self->shared.stops_cap = 0;
     pthread_mutex_unlock(&self->shared.mutex);
 
     //  Tasks first: a cancel always follows its task's submission.
@@ -803,6 +834,7 @@ static void s_drain_inbox(cf_client_t *self)
         self->own.answered = true;    //  cancel_handled moves on in s_report
     self->own.cancels_spare = cancels;
     self->own.cancels_spare_cap = cancels_cap;
+    s_handle_stops(self, stops, stops_len);
     if (cancel_all)
         s_cancel_everything_queued(self);
 }
@@ -927,8 +959,8 @@ static void s_kick(cf_client_t *self)
             //  s_inbox_has_work also re-arms "signalled" for the next
             //  submission when nothing new came meanwhile.
             wake = !cf_queue_empty(&self->own.outbox) || self->own.blocked
-                   || self->own.cancel_ids_len || self->own.resolved || self->own.answered
-                   || self->own.reach_changed || s_inbox_has_work(self)
+                   || self->own.cancel_ids_len || self->own.stop_items_len || self->own.resolved
+                   || self->own.answered || self->own.reach_changed || s_inbox_has_work(self)
                    || (cf_proto_events(self->socket) & ZMQ_POLLIN);
         }
     }
@@ -1463,6 +1495,8 @@ static void s_actor(cf_actor_t *actor, void *arg)
         if (self->own.cancel_ids_len)
             s_send_cancels(self);
         s_send_tasks(self);
+        if (self->own.stop_items_len)
+            s_send_stops(self);
         s_report(self);
     }
     cf_actor_serve(actor, NULL);
@@ -1483,6 +1517,102 @@ static void s_actor(cf_actor_t *actor, void *arg)
 }
 
 // ---------------------------------------------------------------------------
+//  Stopping (cf_future_stop; docs/protocol.md, STOP). An application
+//  thread queues the request and wakes the actor, never waiting: a task
+//  the client still holds is cancelled here, one at the broker gets STOP
+//  [id, grace] and the broker (or its worker) answers in the task's RESULT:
+//  cancelled if it had not begun, Interrupted if it stopped or was killed,
+//  its own outcome if it finished first or ignored the request on threads.
+
+static void s_stop(void *backend, cf_future_t *f, uint32_t grace_ms)
+{
+    cf_client_t *self = backend;
+    pthread_mutex_lock(&self->shared.mutex);
+    if (self->shared.stopping || cf_future_done(f)) {
+        pthread_mutex_unlock(&self->shared.mutex);
+        return;
+    }
+    if (self->shared.stops_len == self->shared.stops_cap) {
+        size_t cap = self->shared.stops_cap ? self->shared.stops_cap * 2 : 8;
+        s_stop_req_t *grown = realloc(self->shared.stops, cap * sizeof *grown);
+        if (!grown) {
+            pthread_mutex_unlock(&self->shared.mutex);
+            cf_log_warn_rated(S_LOG, "out of memory: a stop request was dropped");
+            return;
+        }
+        self->shared.stops = grown;
+        self->shared.stops_cap = cap;
+    }
+    self->shared.stops[self->shared.stops_len++] = (s_stop_req_t){ cf_future_ref(f), grace_ms };
+    bool wake = s_signal_locked(self);
+    pthread_mutex_unlock(&self->shared.mutex);
+    if (wake)
+        s_wake(self);
+}
+
+static void s_queue_stop_item(cf_client_t *self, s_item_t *item, uint32_t grace_ms)
+{
+    if (self->own.stop_items_len == self->own.stop_items_cap) {
+        size_t cap = self->own.stop_items_cap ? self->own.stop_items_cap * 2 : 16;
+        cf_proto_stop_t *grown = realloc(self->own.stop_items, cap * sizeof *grown);
+        if (!grown) {
+            cf_log_warn_rated(S_LOG, "out of memory: a stop request was dropped");
+            return;
+        }
+        self->own.stop_items = grown;
+        self->own.stop_items_cap = cap;
+    }
+    self->own.stop_items[self->own.stop_items_len++] = (cf_proto_stop_t){ item->id, grace_ms };
+    item->stop_asked = true;
+}
+
+//  On the actor, after the inbox was taken (so every task is found where
+//  it is); frees stops.
+static void s_handle_stops(cf_client_t *self, s_stop_req_t *stops, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        cf_task_t *task = cf_task_of(stops[i].future);
+        s_item_t *item = task ? cf_task_backend(task) : NULL;
+        if (item && (item->where == S_AT_OUTBOX || item->where == S_AT_PARKED))
+            s_resolve_cancelled(self, item);    //  never sent: it never runs
+        else if (item && item->where == S_AT_BROKER)
+            s_queue_stop_item(self, item, stops[i].grace_ms);
+        cf_future_release(&stops[i].future);
+    }
+    free(stops);
+}
+
+static void s_send_stops(cf_client_t *self)
+{
+    size_t sent = 0;
+    while (sent < self->own.stop_items_len && !self->own.blocked) {
+        size_t n = self->own.stop_items_len - sent;
+        if (n > CF_PROTO_MAX_BATCH)
+            n = CF_PROTO_MAX_BATCH;
+        cf_proto_enc_begin(self->own.enc, CF_MSG_STOP);
+        cf_err_t rc = CF_OK;
+        for (size_t i = 0; i < n && rc == CF_OK; i++)
+            rc = cf_proto_enc_stop(self->own.enc, self->own.stop_items[sent + i].id,
+                                   self->own.stop_items[sent + i].grace_ms);
+        if (rc == CF_OK)
+            rc = cf_proto_enc_send(self->own.enc, self->socket, NULL, 0);
+        if (rc == CF_OK) {
+            sent += n;
+            s_sent(self);
+        }
+        else if (rc == CF_EBUSY)
+            self->own.blocked = true;
+        else {
+            cf_log_warn_rated(S_LOG, "cannot send STOP: %s", cf_strerror(rc));
+            sent += n;
+        }
+    }
+    memmove(self->own.stop_items, self->own.stop_items + sent,
+            (self->own.stop_items_len - sent) * sizeof *self->own.stop_items);
+    self->own.stop_items_len -= sent;
+}
+
+// ---------------------------------------------------------------------------
 //  Construction and destruction
 
 //  Frees a client the actor has left, or a half-built one (cf_client_new's
@@ -1498,6 +1628,8 @@ static void s_free(cf_client_t *self)
     free(self->shared.cancels);
     free(self->own.cancels_spare);
     free(self->own.cancel_ids);
+    free(self->shared.stops);
+    free(self->own.stop_items);
     free(self->endpoint);
     pthread_cond_destroy(&self->shared.idle_cond);
     pthread_cond_destroy(&self->shared.cancel_cond);
@@ -1804,6 +1936,9 @@ static void s_destroy(void **backend_p)
     for (size_t i = 0; i < self->shared.cancels_len; i++)
         cf_future_release(&self->shared.cancels[i]);
     self->shared.cancels_len = 0;
+    for (size_t i = 0; i < self->shared.stops_len; i++)
+        cf_future_release(&self->shared.stops[i].future);
+    self->shared.stops_len = 0;
     if (self->own.malformed || self->own.stale)
         cf_log_debug(S_LOG, "closed: %" PRIu64 " malformed replies, %" PRIu64 " stale results",
                      self->own.malformed, self->own.stale);
@@ -1818,5 +1953,6 @@ const cf_backend_ops_t cf_client_ops = {
     .destroying = s_destroying,
     .max_workers = s_max_workers,
     .cancel = s_cancel,    //  the front installs it on futures that got in
+    .stop = s_stop,
     .task_size = CF_CLIENT_TASK_SIZE,
 };

@@ -366,6 +366,50 @@ static bool s_cancel(void *arg, cf_future_t *f)
     return cancelled;
 }
 
+//  cf_future_stop's call into the back end, while the future's completion
+//  hook keeps ex alive (cf_future_with_hook) and cancel_lock the back end,
+//  as for s_cancel. Without a stop operation the flag, which the back end
+//  lends its tasks, does it, and a queued task is cancelled.
+static void s_stop(void *arg, cf_future_t *f, void *grace)
+{
+    cf_executor_t *ex = arg;
+    if (!ex->ops->stop) {
+        if (cf_future_state(f) == CF_FUTURE_PENDING)
+            (void)cf_future_cancel(f);
+        return;
+    }
+    pthread_mutex_lock(&ex->cancel_lock);
+    if (ex->backend_gone) {
+        pthread_mutex_unlock(&ex->cancel_lock);
+        return;
+    }
+    ex->cancels++;
+    pthread_mutex_unlock(&ex->cancel_lock);
+    ex->ops->stop(ex->backend, f, *(const uint32_t *)grace);
+    pthread_mutex_lock(&ex->cancel_lock);
+    if (--ex->cancels == 0 && ex->backend_gone)
+        pthread_cond_broadcast(&ex->cancel_cond);
+    pthread_mutex_unlock(&ex->cancel_lock);
+}
+
+static void s_on_complete(void *arg, cf_future_t *f, cf_future_state_t state);
+
+cf_err_t cf_future_stop(cf_future_t *f, int grace_ms)
+{
+    if (!f || grace_ms < 0)
+        return CF_EINVAL;
+    if (cf_future_done(f))
+        return CF_ENOTFOUND;
+    //  First: a task that begins from now on sees it.
+    cf_future_request_stop(f);
+    uint32_t grace = (uint32_t)grace_ms;
+    //  Not an executor's (or done meanwhile): a queued one is cancelled.
+    if (!cf_future_with_hook(f, s_on_complete, s_stop, &grace)
+        && cf_future_state(f) == CF_FUTURE_PENDING)
+        (void)cf_future_cancel(f);
+    return CF_OK;
+}
+
 // ---------------------------------------------------------------------------
 //  Progress
 

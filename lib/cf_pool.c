@@ -214,10 +214,13 @@ static void s_run(cf_pool_t *pool, s_worker_t *w, cf_task_t *task)
     if ((task->flags & CF_TASK_RETRY_ON_ERROR) && task->retries > 0)
         attempts += task->retries;
     size_t function_len = strlen(task->function);
+    //  The stop flag lives in the future: cf_future_stop sets it, the task
+    //  reads it (cf_stop_requested). Threads have no forced stop.
+    cf_run_ctx_t ctx = { .stop = cf_future_stop_flag(f) };
     for (int attempt = 1;; attempt++) {
         cf_outcome_t outcome = { 0 };
         cf_err_t rc = cf_registry_run(task->function, function_len, task->args, task->args_len,
-                                      NULL, &outcome);
+                                      &ctx, &outcome);
         if (rc != CF_OK) {
             cf_future_set_error(f, "MemoryError", "out of memory running the task",
                                 cf_registry_hostname(), pool->pid);
@@ -232,7 +235,7 @@ static void s_run(cf_pool_t *pool, s_worker_t *w, cf_task_t *task)
         }
         //  A raising task with retry_on_error runs again, unless its
         //  timeout already failed it.
-        if (attempt < attempts && !cf_future_done(f)) {
+        if (attempt < attempts && !cf_future_done(f) && !cf_future_stop_asked(f)) {
             cf_log_debug(S_LOG, "%s raised %s, attempt %d of %d", task->function,
                          outcome.error_type ? outcome.error_type : "?", attempt, attempts);
             cf_outcome_fini(&outcome);

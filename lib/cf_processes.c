@@ -227,6 +227,14 @@ static bool s_cancel(void *backend, cf_future_t *f)
     return cf_client_ops.cancel(self->client, f);
 }
 
+//  cf_future_stop: STOP through the embedded broker to the worker process,
+//  which ends itself if the task is still running after the grace.
+static void s_stop(void *backend, cf_future_t *f, uint32_t grace_ms)
+{
+    cf_processes_t *self = backend;
+    cf_client_ops.stop(self->client, f, grace_ms);
+}
+
 const cf_backend_ops_t cf_processes_ops = {
     .name = "processes",
     .submit = s_submit,
@@ -234,5 +242,6 @@ const cf_backend_ops_t cf_processes_ops = {
     .destroy = s_destroy,
     .max_workers = s_max_workers,
     .cancel = s_cancel,
+    .stop = s_stop,
     .task_size = CF_CLIENT_TASK_SIZE,    //  its client keeps its record there
 };

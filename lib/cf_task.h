@@ -67,6 +67,13 @@ typedef struct {
     //  the future is cancelled while pending and the back end sees that when
     //  cf_future_set_running fails. A back end never sets cancellers itself.
     bool (*cancel)(void *backend, cf_future_t *f);
+    //  Optional. Asked by cf_future_stop (through the front, as cancel) to
+    //  stop f, a future it took and has not resolved, whose stop flag is
+    //  set: a task not begun is cancelled, a running one asked to stop
+    //  (grace_ms: how long a worker process may take before it is killed).
+    //  Must not block on the network. NULL: the flag alone does it (the
+    //  back end lends it to the task), and a pending future is cancelled.
+    void (*stop)(void *backend, cf_future_t *f, uint32_t grace_ms);
 } cf_backend_ops_t;
 
 #endif

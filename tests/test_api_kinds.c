@@ -1097,6 +1097,124 @@ static void s_priorities_start_high_before_low(s_fixture_t *fx)
 }
 
 // ---------------------------------------------------------------------------
+//  Stopping a task (cf_future_stop). On CF_REMOTE here the workers are
+//  threads (cf-worker --threads 1): only the cooperative stop exists there,
+//  as on CF_THREADS; tests/test_stop.c covers cf-worker --procs.
+
+//  Submits fn(ms, kit/name) (spin_until_stopped, spin_ignoring_stop) and
+//  waits until it runs.
+static cf_future_t *s_spin(s_fixture_t *fx, const char *fn, int64_t ms, const char *name)
+{
+    const char *path = cf_testkit_path(fx->kit, name);
+    cf_future_t *f = cf_submit(s_executor(fx), fn, "Ls", ms, path);
+    assert_non_null(f);
+    if (!cf_testkit_wait_until(s_file_exists, (void *)path, S_START_MS)) {
+        cf_testkit_dump_logs(fx->kit);
+        fail_msg("%s did not start although the executor has a free slot", fn);
+    }
+    return f;
+}
+
+static void s_stop_ends_a_task_that_checks_with_interrupted(s_fixture_t *fx)
+{
+    //  It would spin for a minute; it looks at its flag every millisecond.
+    int64_t start = cf_testkit_now_ms();
+    cf_future_t *f = s_spin(fx, "spin_until_stopped", 60000, "spinning");
+    assert_false(cf_future_done(f));
+    assert_int_equal(cf_future_stop(f, 30000), CF_OK);
+    assert_int_equal(cf_future_result(f, S_LONG_MS, NULL), CF_ETASK);
+    const cf_task_error_t *error = cf_future_error(f);
+    assert_string_equal(error->type, CF_INTERRUPTED);
+    assert_string_equal(error->function, "spin_until_stopped");
+    assert_non_null(strstr(error->message, "asked to stop"));
+    s_expect_task_pid(fx, error->pid);
+    assert_false(cf_future_cancelled(f));
+    //  Well within the grace: it stopped, nobody killed it.
+    assert_true(cf_testkit_now_ms() - start < 30000);
+    //  Done now: a second stop changes nothing.
+    assert_int_equal(cf_future_stop(f, 0), CF_ENOTFOUND);
+    //  The executor goes on.
+    cf_future_t *next = cf_submit(s_executor(fx), "square", "i", 7);
+    cf_testkit_expect_int(fx->kit, next, 49);
+    cf_future_release(&next);
+    cf_future_release(&f);
+}
+
+static void s_stop_of_a_queued_task_cancels_it(s_fixture_t *fx)
+{
+    cf_future_t *gates[S_SLOTS];
+    s_fill_slots(fx, gates);
+    cf_future_t *queued = cf_submit(s_executor(fx), "square", "i", 3);
+    assert_non_null(queued);
+    assert_int_equal(cf_future_stop(queued, 1000), CF_OK);
+    //  Answered by whoever holds it (a round trip on a broker): cancelled.
+    assert_int_equal(cf_future_wait(queued, S_LONG_MS), CF_OK);
+    assert_true(cf_future_cancelled(queued));
+    assert_int_equal(cf_future_result(queued, 0, NULL), CF_ECANCELLED);
+    s_release(fx);
+    for (int i = 0; i < S_SLOTS; i++) {
+        int64_t pid = 0;
+        assert_int_equal(cf_future_int(gates[i], S_LONG_MS, &pid), CF_OK);
+        s_expect_task_pid(fx, pid);
+    }
+    s_release_all(gates, S_SLOTS);
+    cf_future_release(&queued);
+}
+
+static void s_stop_of_a_finished_task_changes_nothing(s_fixture_t *fx)
+{
+    cf_future_t *done = cf_submit(s_executor(fx), "square", "i", 5);
+    cf_testkit_expect_int(fx->kit, done, 25);
+    assert_int_equal(cf_future_stop(done, 100), CF_ENOTFOUND);
+    int64_t value = 0;
+    assert_int_equal(cf_future_int(done, 0, &value), CF_OK);
+    assert_int_equal(value, 25);
+    assert_null(cf_future_error(done));
+    assert_int_equal(cf_future_stop(NULL, 100), CF_EINVAL);
+    assert_int_equal(cf_future_stop(done, -1), CF_EINVAL);
+    cf_future_release(&done);
+}
+
+//  A task that never looks: on threads it runs to its end with its own
+//  result; in a worker process it is killed after the grace and the
+//  process replaced. Either way the task next to it runs on untouched and
+//  the executor serves on.
+static void s_stop_of_a_task_that_ignores_it(s_fixture_t *fx)
+{
+    bool killed = fx->test->kind == CF_PROCESSES;
+    int number;
+    cf_future_t *gate = s_gate(fx, &number);
+    s_expect_started(fx, number);
+    //  Killed: it would spin for two minutes; on threads a short spin.
+    cf_future_t *spin = s_spin(fx, "spin_ignoring_stop", killed ? 120000 : 300, "ignoring");
+    int64_t start = cf_testkit_now_ms();
+    assert_int_equal(cf_future_stop(spin, 200), CF_OK);
+    assert_int_equal(cf_future_wait(spin, S_LONG_MS), CF_OK);
+    if (killed) {
+        const cf_task_error_t *error = cf_testkit_expect_error(fx->kit, spin, CF_INTERRUPTED,
+                                                               "grace");
+        assert_non_null(strstr(error->message, "killed"));
+        assert_true(cf_testkit_now_ms() - start < 60000);
+    }
+    else {
+        int64_t pid = 0;
+        assert_int_equal(cf_future_int(spin, 0, &pid), CF_OK);
+        s_expect_task_pid(fx, pid);
+    }
+    //  The other running task was not touched, and the executor serves on.
+    assert_false(cf_future_done(gate));
+    cf_future_t *next = cf_submit(s_executor(fx), "square", "i", 9);
+    cf_testkit_expect_int(fx->kit, next, 81);
+    s_release(fx);
+    int64_t pid = 0;
+    assert_int_equal(cf_future_int(gate, S_LONG_MS, &pid), CF_OK);
+    s_expect_task_pid(fx, pid);
+    cf_future_release(&next);
+    cf_future_release(&spin);
+    cf_future_release(&gate);
+}
+
+// ---------------------------------------------------------------------------
 
 //  One cmocka test per (behaviour, kind), named "behaviour on kind".
 #define S_CASE(body, kind) \
@@ -1133,6 +1251,10 @@ int main(void)
         S_ALL_KINDS(s_progress_counts_every_outcome),
         S_ALL_KINDS(s_cancel_racing_destroy_is_safe),
         S_ALL_KINDS(s_priorities_start_high_before_low),
+        S_ALL_KINDS(s_stop_ends_a_task_that_checks_with_interrupted),
+        S_ALL_KINDS(s_stop_of_a_queued_task_cancels_it),
+        S_ALL_KINDS(s_stop_of_a_finished_task_changes_nothing),
+        S_ALL_KINDS(s_stop_of_a_task_that_ignores_it),
         S_LOCAL_KINDS(s_max_workers_must_not_be_negative),
         S_LOCAL_KINDS(s_initializer_runs_in_each_worker),
     };

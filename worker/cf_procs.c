@@ -88,6 +88,9 @@
 //  A worker's main thread looks for SIGTERM and for its worker's end this
 //  often.
 #define S_CHILD_TICK_MS    100
+//  How long a process ending for a task that overran its stop grace gives
+//  its last messages (the task's Interrupted, DISCONNECT) to leave.
+#define S_STOP_FLUSH_MS    500
 
 enum {
     S_CMD_SPAWN = 1,       //  supervisor -> zygote: slot, suffix
@@ -285,6 +288,10 @@ __attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote, 
         .socket_setup = p->socket_setup,
         .socket_setup_arg = p->socket_setup_arg,
         .running_ids = &p->running[(size_t)slot * (size_t)p->threads],
+        //  A process of one thread holds one task: killing it for a task
+        //  that ignores its stop harms no other. With more threads only
+        //  the cooperative stop exists, as on threads.
+        .stop_kills_process = p->threads == 1,
     });
     if (!worker) {
         cf_log_error(S_LOG, "worker process %d cannot start: %s", pid, cf_last_error());
@@ -309,6 +316,12 @@ __attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote, 
     if (!terminated && cf_worker_ended(worker) == CF_EAUTH) {
         cf_worker_destroy(&worker);
         _exit(CF_PROCS_EXIT_REFUSED);
+    }
+    if (!terminated && cf_worker_ended(worker) == CF_ETIMEDOUT) {
+        //  A task asked to stop overran its grace: its Interrupted and our
+        //  DISCONNECT are sent; exiting kills it (its thread never returns).
+        cf_worker_abandon(worker, S_STOP_FLUSH_MS);
+        _exit(CF_PROCS_EXIT_STOPPED);
     }
     if (!terminated && cf_worker_ended(worker) == CF_ESHUTDOWN) {
         //  The broker is gone: nobody can take results, and a task may run
@@ -541,9 +554,15 @@ static void s_worker_exited(cf_procs_t *p, int slot, int status, bool stopping)
     int64_t now = cf_clock_now_ms();
     int64_t lived = now - s->spawned_ms;
     s_set_alive(p, -1);
+    bool stopped = WIFEXITED(status) && WEXITSTATUS(status) == CF_PROCS_EXIT_STOPPED;
     if (WIFSIGNALED(status))
         cf_log_warn(S_LOG, "worker process %d (%s) killed by signal %d", (int)pid, s->identity,
                     WTERMSIG(status));
+    else if (stopped)
+        cf_log_info(S_LOG,
+                    "worker process %d (%s) ended a task that did not stop within its grace: "
+                    "replacing it",
+                    (int)pid, s->identity);
     else if (!stopping && WIFEXITED(status) && WEXITSTATUS(status) != 0)
         cf_log_warn(S_LOG, "worker process %d (%s) exited with status %d", (int)pid, s->identity,
                     WEXITSTATUS(status));
@@ -580,7 +599,7 @@ static void s_worker_exited(cf_procs_t *p, int slot, int status, bool stopping)
         pthread_mutex_unlock(&p->lock);
         return;
     }
-    if (lived < S_QUICK_EXIT_MS) {
+    if (lived < S_QUICK_EXIT_MS && !stopped) {
         s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : S_BACKOFF_MIN_MS;
         if (s->backoff_ms > S_BACKOFF_MAX_MS)
             s->backoff_ms = S_BACKOFF_MAX_MS;

@@ -65,6 +65,10 @@ int cf_procs_alive(cf_procs_t *procs);
 //  cf_worker ended with CF_EAUTH). Such a process is not replaced: a new one
 //  would present the same key.
 #define CF_PROCS_EXIT_REFUSED 77
+//  The exit status of a worker process that ended itself because a task
+//  asked to stop (cf_future_stop) still ran after its grace: the task dies
+//  with it; the process is replaced at once (no crash backoff).
+#define CF_PROCS_EXIT_STOPPED 78
 //  True once a worker process exited with CF_PROCS_EXIT_REFUSED.
 bool cf_procs_refused(cf_procs_t *procs);
 //  SIGTERM to every worker (they finish their task and say DISCONNECT),

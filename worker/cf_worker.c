@@ -96,6 +96,12 @@ typedef struct s_task {
     cf_outcome_t outcome;    //  once run
     int64_t run_us;          //  how long it ran
     bool out_of_memory;      //  cf_registry_run could not produce an outcome
+    //  Stopping (STOP; see "Stopping" below). stop is lent to the task
+    //  (cf_run_ctx_t); run_node and stop_deadline_ms are under lock.
+    atomic_bool stop;
+    cf_queue_node_t run_node;    //  in runs while its function runs
+    int64_t stop_deadline_ms;    //  stop_kills_process: end the process then; 0 none
+    uint32_t stop_grace_ms;      //  the grace that set it, for the error
     char data[];
 } s_task_t;
 
@@ -116,6 +122,7 @@ struct cf_worker {
     void *socket_setup_arg;
     _Atomic uint64_t *running_ids;    //  config's, or NULL
     bool announce_functions;
+    bool stop_kills_process;
     atomic_int executor_seq;    //  hands each executor its slot
     void *ctx;
     bool own_ctx;
@@ -135,6 +142,7 @@ struct cf_worker {
     cf_queue_t queue;       //  tasks to run
     cf_queue_t outbox;      //  tasks run, for the actor
     cf_queue_t begun;       //  tasks running whose start the broker was not told
+    cf_queue_t runs;        //  tasks whose function runs (run_node): STOP finds them
     int running;            //  tasks being run
     int64_t progress_us;    //  an executor last took or finished a task
     bool stopping;          //  executors leave once the queue is empty
@@ -181,6 +189,7 @@ typedef struct s_actor {
     bool introduced;              //  a fresh socket announced us since the loss
     uint64_t functions_sent;      //  registry generation the broker was last told
     bool functions_due;           //  more functions registered since: FUNCTIONS to send
+    int64_t stop_deadline_ms;     //  the earliest stop deadline armed; 0 none
 } s_actor_t;
 
 // ---------------------------------------------------------------------------
@@ -232,6 +241,8 @@ static s_task_t *s_task_new(const cf_proto_task_t *src)
         return NULL;
     memset(task, 0, sizeof *task);
     cf_queue_node_init(&task->begun_node);
+    cf_queue_node_init(&task->run_node);
+    atomic_init(&task->stop, false);
     task->id = src->id;
     char *p = task->data;
     memcpy(p, src->function.ptr, src->function.len);
@@ -252,8 +263,9 @@ static s_task_t *s_task_new(const cf_proto_task_t *src)
 //  Runs one task; its outcome stays in the record.
 static void s_execute(s_task_t *task)
 {
+    cf_run_ctx_t ctx = { .stop = &task->stop };
     cf_err_t rc = cf_registry_run(task->function, task->function_len, task->args, task->args_len,
-                                  NULL, &task->outcome);
+                                  &ctx, &task->outcome);
     if (rc != CF_OK) {
         task->out_of_memory = true;
         return;
@@ -293,6 +305,7 @@ static void *s_executor_main(void *arg)
         //  From here a CANCEL cannot find it in the queue: it has begun.
         //  No wakeup: the actor looks at begun within S_BEGUN_HOLD_MS.
         cf_queue_push_back(&w->begun, &task->begun_node);
+        cf_queue_push_back(&w->runs, &task->run_node);
         pthread_mutex_unlock(&w->lock);
 
         //  Stored before the function runs: if it kills the process, the
@@ -309,6 +322,7 @@ static void *s_executor_main(void *arg)
         //  Its RESULT says it began: no STARTED needed any more.
         if (cf_queue_linked(&task->begun_node))
             cf_queue_remove(&w->begun, &task->begun_node);
+        cf_queue_remove(&w->runs, &task->run_node);
         w->progress_us = end_us;
         w->running--;
         bool was_empty = cf_queue_empty(&w->outbox);
@@ -454,7 +468,8 @@ static cf_err_t s_send_ready(s_actor_t *a, uint32_t credit)
     if (failed)
         return CF_ENOMEM;
     cf_proto_enc_ready(a->enc, credit, (uint32_t)a->w->threads, cf_registry_hostname(), a->w->pid,
-                       CF_PROTO_FEATURE_BEGUN, (const char *const *)names, count);
+                       CF_PROTO_FEATURE_BEGUN | CF_PROTO_FEATURE_STOP, (const char *const *)names,
+                       count);
     free(names);
     cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
     if (rc == CF_OK)
@@ -713,6 +728,121 @@ static void s_cancel_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
     (void)s_return_unrun(a, &cancelled, CF_STATUS_CANCELLED);
 }
 
+// ---------------------------------------------------------------------------
+//  Stopping (STOP [[id, grace_ms]], docs/protocol.md). A task still queued
+//  here is taken out and answered cancelled, as CANCEL does; a running one
+//  gets its stop flag (cf_stop_requested says true to it from now on). In
+//  a worker process (stop_kills_process) the request also arms a deadline:
+//  if the task still runs grace_ms later, s_check_stop_deadlines answers
+//  it Interrupted and ends the worker (CF_ETIMEDOUT), and the process that
+//  runs it exits, which kills the task; its supervisor replaces it. Ids of
+//  tasks that finished (their RESULT went or goes) or that we never had
+//  are ignored: their RESULT answers for them.
+
+static size_t s_collect(s_actor_t *a);
+
+static s_task_t *s_running_task(cf_worker_t *w, uint64_t id)
+{
+    for (cf_queue_node_t *node = cf_queue_front(&w->runs); node;
+         node = cf_queue_next(&w->runs, node)) {
+        s_task_t *task = cf_queue_entry(node, s_task_t, run_node);
+        if (task->id == id)
+            return task;
+    }
+    return NULL;
+}
+
+static void s_stop_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
+{
+    cf_worker_t *w = a->w;
+    cf_queue_t cancelled;
+    cf_queue_init(&cancelled);
+    int64_t now = cf_clock_now_ms();
+    pthread_mutex_lock(&w->lock);
+    for (size_t i = 0; i < msg->count; i++) {
+        const cf_proto_stop_t *stop = &msg->stops[i];
+        s_task_t *task = s_front(&w->queue);
+        while (task && task->id != stop->id)
+            task = s_next(&w->queue, task);
+        if (task) {
+            cf_queue_remove(&w->queue, &task->node);
+            cf_queue_push_back(&cancelled, &task->node);
+            //  If the RESULT cannot be sent it runs after all: stopped.
+            atomic_store_explicit(&task->stop, true, memory_order_release);
+            continue;
+        }
+        task = s_running_task(w, stop->id);
+        if (!task)
+            continue;
+        atomic_store_explicit(&task->stop, true, memory_order_release);
+        if (!w->stop_kills_process)
+            continue;
+        int64_t deadline = now + (int64_t)stop->grace_ms;
+        if (!task->stop_deadline_ms || deadline < task->stop_deadline_ms) {
+            task->stop_deadline_ms = deadline;
+            task->stop_grace_ms = stop->grace_ms;
+        }
+        if (!a->stop_deadline_ms || deadline < a->stop_deadline_ms)
+            a->stop_deadline_ms = deadline;
+    }
+    pthread_mutex_unlock(&w->lock);
+    (void)s_return_unrun(a, &cancelled, CF_STATUS_CANCELLED);
+}
+
+//  Encodes RESULT Interrupted for every running task whose stop deadline
+//  passed (under lock); returns how many, and sets *next to the earliest
+//  deadline still ahead (0: none).
+static size_t s_encode_overdue(s_actor_t *a, int64_t now, int64_t *next)
+{
+    cf_worker_t *w = a->w;
+    size_t overdue = 0;
+    *next = 0;
+    cf_proto_enc_begin(a->enc, CF_MSG_RESULT);
+    for (cf_queue_node_t *node = cf_queue_front(&w->runs); node;
+         node = cf_queue_next(&w->runs, node)) {
+        s_task_t *task = cf_queue_entry(node, s_task_t, run_node);
+        if (!task->stop_deadline_ms)
+            continue;
+        if (task->stop_deadline_ms > now) {
+            if (!*next || task->stop_deadline_ms < *next)
+                *next = task->stop_deadline_ms;
+            continue;
+        }
+        char message[256];
+        snprintf(message, sizeof message,
+                 "%s() was asked to stop and did not return within its grace of %" PRIu32
+                 " ms: its worker process was killed (and replaced); the task is not retried",
+                 task->function, task->stop_grace_ms);
+        cf_log_warn(S_LOG,
+                    "task %" PRIu64 " (%s) did not stop within %" PRIu32 " ms: ending this process",
+                    task->id, task->function, task->stop_grace_ms);
+        if (cf_proto_enc_result_error(a->enc, task->id, CF_INTERRUPTED, message, task->function,
+                                      cf_registry_hostname(), w->pid)
+            == CF_OK)
+            overdue++;
+    }
+    return overdue;
+}
+
+static void s_check_stop_deadlines(s_actor_t *a, int64_t now)
+{
+    if (!a->stop_deadline_ms || now < a->stop_deadline_ms)
+        return;
+    //  What finished before goes out first.
+    s_collect(a);
+    s_flush(a);
+    pthread_mutex_lock(&a->w->lock);
+    size_t overdue = s_encode_overdue(a, now, &a->stop_deadline_ms);
+    pthread_mutex_unlock(&a->w->lock);
+    if (overdue == 0)
+        return;    //  they returned in time
+    //  Refused: the broker learns it from the process's death instead (a
+    //  task it asked to stop whose worker is lost fails with Interrupted).
+    s_sent(a, cf_proto_enc_send(a->enc, a->sock, NULL, 0), "RESULT");
+    a->done = true;
+    a->end_reason = CF_ETIMEDOUT;
+}
+
 static void s_take_tasks(s_actor_t *a, const cf_proto_msg_t *msg)
 {
     cf_worker_t *w = a->w;
@@ -909,6 +1039,9 @@ static void s_on_message(s_actor_t *a, const cf_proto_msg_t *msg)
     case CF_MSG_CANCEL:
         s_cancel_tasks(a, msg);
         break;
+    case CF_MSG_STOP:
+        s_stop_tasks(a, msg);
+        break;
     case CF_MSG_ERROR:
         if (cf_proto_str_eq(msg->text, CF_PROTO_UNKNOWN_WORKER)) {
             //  It lost track of us (it restarted, or judged us lost).
@@ -1074,6 +1207,8 @@ static int s_poll_timeout(s_actor_t *a, int64_t now)
     pthread_mutex_unlock(&a->w->lock);
     if (soon && now + S_BEGUN_HOLD_MS < deadline)
         deadline = now + S_BEGUN_HOLD_MS;
+    if (a->stop_deadline_ms && a->stop_deadline_ms < deadline)
+        deadline = a->stop_deadline_ms;
     int64_t left = deadline - now;
     return left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left;
 }
@@ -1171,6 +1306,9 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
         //  itself, and the broker's successor speaks within an expiry.
         if (a->broker_lost && !a->terminating && now - a->last_recv_ms > s_expiry_ms(a))
             s_reopen(a, now);
+        s_check_stop_deadlines(a, now);
+        if (a->done)
+            break;
         s_check_end(a, busy, now);
         if (a->done)
             break;
@@ -1180,7 +1318,9 @@ static void s_actor_main(cf_actor_t *pipe, void *arg)
 
     //  Leaving: say so (best effort; the broker also notices silence), and
     //  stop the executors whatever ended us.
-    s_send_disconnect(a, a->end_reason == CF_ESTOP ? "max tasks reached" : "stopping");
+    s_send_disconnect(a, a->end_reason == CF_ESTOP       ? "max tasks reached"
+                         : a->end_reason == CF_ETIMEDOUT ? "a stopped task overran its grace"
+                                                         : "stopping");
     if (cf_queue_size(&a->pending))
         cf_log_warn(S_LOG, "%zu results not delivered", cf_queue_size(&a->pending));
     s_clear(&a->pending);
@@ -1274,6 +1414,7 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
     cf_queue_init(&w->queue);
     cf_queue_init(&w->outbox);
     cf_queue_init(&w->begun);
+    cf_queue_init(&w->runs);
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->work, NULL);
     cf_clock_cond_init(&w->state);
@@ -1299,6 +1440,7 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
     w->socket_setup_arg = config->socket_setup_arg;
     w->running_ids = config->running_ids;
     w->announce_functions = config->announce_functions;
+    w->stop_kills_process = config->stop_kills_process;
     w->pid = (int)getpid();
 
     w->ctx = config->zmq_context;
@@ -1354,6 +1496,55 @@ cf_err_t cf_worker_ended(cf_worker_t *w)
     cf_err_t reason = w->ended ? w->end_reason : CF_OK;
     pthread_mutex_unlock(&w->lock);
     return reason;
+}
+
+//  A helper thread's zmq_ctx_term, waited for with a bound (cf_worker_abandon).
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    void *ctx;
+    bool done;
+} s_term_t;
+
+static void *s_term_main(void *arg)
+{
+    s_term_t *t = arg;
+    while (zmq_ctx_term(t->ctx) != 0 && errno == EINTR)
+        ;
+    pthread_mutex_lock(&t->lock);
+    t->done = true;
+    pthread_cond_signal(&t->cond);
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+void cf_worker_abandon(cf_worker_t *w, int flush_ms)
+{
+    assert(w);
+    pthread_mutex_lock(&w->lock);
+    bool ended = w->ended;
+    pthread_mutex_unlock(&w->lock);
+    if (!w->own_ctx || !ended)
+        return;
+    //  Leaked on purpose: the process ends next, and a term still waiting
+    //  (a socket someone else holds) keeps using it.
+    s_term_t *t = calloc(1, sizeof *t);
+    if (!t)
+        return;
+    pthread_mutex_init(&t->lock, NULL);
+    cf_clock_cond_init(&t->cond);
+    t->ctx = w->ctx;
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, s_term_main, t) != 0)
+        return;
+    pthread_detach(thread);
+    struct timespec deadline = cf_clock_deadline(flush_ms > 0 ? flush_ms : 0);
+    pthread_mutex_lock(&t->lock);
+    while (!t->done) {
+        if (pthread_cond_timedwait(&t->cond, &t->lock, &deadline) == ETIMEDOUT)
+            break;
+    }
+    pthread_mutex_unlock(&t->lock);
 }
 
 const char *cf_worker_identity(cf_worker_t *w)

@@ -56,6 +56,14 @@ typedef struct {
     //  and a task of a function it lacks fails with UnknownFunction (the
     //  pools' own workers, which share their executor's functions).
     bool announce_functions;
+    //  What a STOP does to a running task that ignores it (docs/protocol.md,
+    //  STOP). false: nothing more than its stop flag (threads cannot be
+    //  killed safely: cf-worker's threads mode). true: grace_ms after the
+    //  request a task still running is answered Interrupted and the worker
+    //  ends with CF_ETIMEDOUT, its executor still inside the task: the
+    //  process must then cf_worker_abandon and _exit, which kills the task
+    //  (cf_procs's children, one thread each, set it), never destroy.
+    bool stop_kills_process;
 } cf_worker_config_t;
 
 //  Starts the actor and its threads; returns once connected (in zmq's
@@ -69,8 +77,17 @@ cf_err_t cf_worker_wait(cf_worker_t *worker, int timeout_ms);
 //  max_tasks was reached (every result sent, DISCONNECT said); CF_ESHUTDOWN
 //  when the broker was lost or said DISCONNECT with exit_on_broker_loss
 //  (tasks may still be running: a process may _exit instead of destroying);
-//  CF_EAUTH when the broker refused our key (revoked since we connected).
+//  CF_EAUTH when the broker refused our key (revoked since we connected);
+//  CF_ETIMEDOUT when a task asked to stop overran its grace with
+//  stop_kills_process (its RESULT Interrupted and DISCONNECT said: end the
+//  process now, see cf_worker_abandon).
 cf_err_t cf_worker_ended(cf_worker_t *worker);
+//  For a process about to _exit after its worker ended with CF_ETIMEDOUT:
+//  gives the worker's last messages up to flush_ms to leave (its own zmq
+//  context is terminated on a helper thread), joins and frees nothing, so
+//  that an execution thread stuck in a task never blocks the exit. Does
+//  nothing while the worker runs, or with a caller's context.
+void cf_worker_abandon(cf_worker_t *worker, int flush_ms);
 //  The routing id the worker uses with the broker (borrowed, lives as long
 //  as the worker).
 const char *cf_worker_identity(cf_worker_t *worker);

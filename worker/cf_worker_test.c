@@ -787,6 +787,136 @@ static void test_tasks_queued_behind_a_stalled_thread_go_back(void **state)
     cf_worker_destroy(&w);
 }
 
+// ---------------------------------------------------------------------------
+//  STOP
+
+static atomic_bool s_spinning;
+
+//  Spins (1 ms naps, at most a minute) until asked to stop.
+static void w_until_stopped(cf_call_t *call)
+{
+    atomic_store(&s_spinning, true);
+    for (int i = 0; i < 60000 && !cf_stop_requested(call); i++) {
+        struct timespec ts = { 0, 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    cf_return_int(call, 1);
+}
+CF_TASK(w_until_stopped);
+
+static bool s_is_spinning(void)
+{
+    for (int waited = 0; waited < S_WAIT_MS && !atomic_load(&s_spinning); waited++) {
+        struct timespec ts = { 0, 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    return atomic_load(&s_spinning);
+}
+
+static void s_send_stop(cf_fakebroker_t *b, const cf_proto_stop_t *items, size_t count)
+{
+    cf_proto_enc_begin(b->enc, CF_MSG_STOP);
+    for (size_t i = 0; i < count; i++)
+        assert_int_equal(cf_proto_enc_stop(b->enc, items[i].id, items[i].grace_ms), CF_OK);
+    cf_fakebroker_send(b);
+}
+
+static const s_result_t *s_result_of(const s_result_t *results, size_t n, uint64_t id)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (results[i].id == id)
+            return &results[i];
+    }
+    fail_msg("no result for task %" PRIu64, id);
+    return NULL;
+}
+
+static void test_ready_says_stop_and_stop_cancels_queued_and_asks_running(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    atomic_store(&s_spinning, false);
+    cf_worker_t *w = s_start_worker(b, 1, 0, 0);
+    cf_proto_msg_t *ready = cf_fakebroker_expect(b, CF_MSG_READY);
+    assert_true(ready->features & CF_PROTO_FEATURE_STOP);
+    assert_true(ready->features & CF_PROTO_FEATURE_BEGUN);
+    cf_proto_msg_destroy(&ready);
+    cf_fakebroker_send_task(b, 1, "w_until_stopped", "");
+    assert_true(s_is_spinning());
+    //  Queued behind it (one thread).
+    cf_fakebroker_send_task(b, 2, "w_add", "ii", 1, 2);
+    //  Unknown ids are ignored; a thread is never killed, whatever the grace.
+    cf_proto_stop_t stops[] = { { 2, 0 }, { 1, 0 }, { 99, 0 } };
+    s_send_stop(b, stops, 3);
+    s_result_t results[2];
+    s_collect_results(b, results, 2);
+    assert_int_equal(s_result_of(results, 2, 2)->status, CF_STATUS_CANCELLED);
+    const s_result_t *stopped = s_result_of(results, 2, 1);
+    assert_int_equal(stopped->status, CF_STATUS_ERROR);
+    assert_string_equal(stopped->type, CF_INTERRUPTED);
+    assert_string_equal(stopped->function, "w_until_stopped");
+    assert_int_equal(stopped->pid, getpid());
+    //  It goes on serving.
+    cf_fakebroker_send_task(b, 3, "w_add", "ii", 2, 3);
+    s_result_t next = s_collect_result(b);
+    assert_int_equal(next.id, 3);
+    assert_int_equal(next.value, 5);
+    assert_int_equal(cf_worker_ended(w), CF_OK);
+    cf_worker_destroy(&w);
+}
+
+static void test_a_process_worker_ends_a_task_that_overruns_its_grace(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){
+                                    .threads = 1,
+                                    .identity = "test-worker",
+                                    .stop_kills_process = true,
+                                });
+    s_expect_ready(b);
+    //  The gate task never looks at its flag.
+    s_send_blocked_task(b, 1, 7);
+    cf_fakebroker_send_task(b, 2, "w_add", "ii", 1, 2);
+    cf_proto_stop_t stop = { 1, 50 };
+    s_send_stop(b, &stop, 1);
+    s_result_t r = s_collect_result(b);
+    assert_int_equal(r.id, 1);
+    assert_int_equal(r.status, CF_STATUS_ERROR);
+    assert_string_equal(r.type, CF_INTERRUPTED);
+    assert_non_null(strstr(r.message, "grace of 50 ms"));
+    //  Then it leaves: DISCONNECT hands task 2 back, unrun.
+    cf_fakebroker_await(b, CF_MSG_DISCONNECT);
+    assert_int_equal(cf_worker_wait(w, S_WAIT_MS), CF_OK);
+    assert_int_equal(cf_worker_ended(w), CF_ETIMEDOUT);
+    //  A process would _exit now; here the task is let go so the test ends.
+    cf_unitkit_gate_open();
+    cf_worker_destroy(&w);
+}
+
+static void test_a_process_worker_keeps_a_task_that_stops_in_time(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    atomic_store(&s_spinning, false);
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){
+                                    .threads = 1,
+                                    .identity = "test-worker",
+                                    .stop_kills_process = true,
+                                });
+    s_expect_ready(b);
+    cf_fakebroker_send_task(b, 1, "w_until_stopped", "");
+    assert_true(s_is_spinning());
+    cf_proto_stop_t stop = { 1, 60000 };
+    s_send_stop(b, &stop, 1);
+    s_result_t r = s_collect_result(b);
+    assert_string_equal(r.type, CF_INTERRUPTED);
+    assert_null(strstr(r.message, "grace"));
+    //  Its deadline is disarmed: the worker stays.
+    cf_fakebroker_send_task(b, 2, "w_add", "ii", 20, 22);
+    r = s_collect_result(b);
+    assert_int_equal(r.value, 42);
+    assert_int_equal(cf_worker_ended(w), CF_OK);
+    cf_worker_destroy(&w);
+}
+
 static void test_bad_configurations_are_refused(void **state)
 {
     (void)state;
@@ -824,6 +954,9 @@ int main(void)
         S_TEST(test_short_tasks_bring_prefetch_credit),
         S_TEST(test_long_tasks_hand_prefetched_ones_back),
         S_TEST(test_tasks_queued_behind_a_stalled_thread_go_back),
+        S_TEST(test_ready_says_stop_and_stop_cancels_queued_and_asks_running),
+        S_TEST(test_a_process_worker_ends_a_task_that_overruns_its_grace),
+        S_TEST(test_a_process_worker_keeps_a_task_that_stops_in_time),
         cmocka_unit_test(test_bad_configurations_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
