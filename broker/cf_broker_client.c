@@ -147,10 +147,9 @@ void cf_broker_client_runtime_error(cf_broker_state_t *self, cf_broker_task_t *t
                                     const char *type, const char *message)
 {
     cf_broker_worker_t *worker = task->worker;
-    cf_broker_client_result_error(
-        self, task->client, task->client_task_id, s_text(type), s_text(message),
-        (cf_proto_str_t){ cf_broker_task_function(task), cf_broker_task_function_len(task) },
-        s_text(worker ? worker->host : ""), worker ? worker->pid : 0);
+    cf_broker_client_result_error(self, task->client, task->client_task_id, s_text(type),
+                                  s_text(message), cf_broker_task_wire_function(task),
+                                  s_text(worker ? worker->host : ""), worker ? worker->pid : 0);
 }
 
 //  Encodes one outbox item; CF_ETOOBIG or CF_ENOMEM when it cannot be.

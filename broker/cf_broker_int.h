@@ -203,6 +203,9 @@ _Static_assert(sizeof(cf_broker_task_t) <= 96, "keep per-task bookkeeping small"
 //  and a lost worker fails it with Interrupted instead of a retry
 //  (cf_broker_stop.c).
 #define CF_BROKER_STOP_ASKED   0x10u
+//  CHUNK: a cf.chunk task (map's chunksize), routed by the function its
+//  arguments name (its lane's), sent to the worker as cf.chunk.
+#define CF_BROKER_CHUNK        0x20u
 
 //  What a supervisor saw when a worker process died: the broker ids of the
 //  tasks its threads were running (count of them; none when between tasks).
@@ -344,6 +347,15 @@ static inline const char *cf_broker_task_function(const cf_broker_task_t *task)
 static inline size_t cf_broker_task_function_len(const cf_broker_task_t *task)
 {
     return task->lane->fn->len;
+}
+
+//  The function as the client sent it and the worker gets it: cf.chunk for
+//  a chunk, else the function it is routed by.
+static inline cf_proto_str_t cf_broker_task_wire_function(const cf_broker_task_t *task)
+{
+    if (task->marks & CF_BROKER_CHUNK)
+        return (cf_proto_str_t){ CF_PROTO_CHUNK_FUNCTION, sizeof CF_PROTO_CHUNK_FUNCTION - 1 };
+    return (cf_proto_str_t){ task->lane->fn->name, task->lane->fn->len };
 }
 
 //  The command's name for logs ("SUBMIT"), "?" for none.

@@ -10,6 +10,8 @@
 #include "cf_broker_int.h"
 
 #include "cf_clock.h"
+#include "cf_mp.h"
+#include "cf_utf8.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -22,13 +24,35 @@
 // ---------------------------------------------------------------------------
 //  Life
 
+//  The function a cf.chunk task runs (the first of its arguments, checked
+//  as a task's function name); false when its arguments do not say, and
+//  the chunk goes by its own name (its worker answers what is wrong).
+static bool s_chunk_function(const cf_proto_task_t *item, cf_proto_str_t *function)
+{
+    if (!cf_proto_str_eq(item->function, CF_PROTO_CHUNK_FUNCTION))
+        return false;
+    cf_mp_reader_t r;
+    cf_mp_reader_init(&r, item->args, item->args_len);
+    uint32_t count;
+    const char *name;
+    size_t len;
+    if (cf_mp_read_array(&r, UINT32_MAX, &count) != CF_OK || count < 1
+        || cf_mp_read_str(&r, CF_PROTO_MAX_NAME, &name, &len) != CF_OK || len == 0
+        || !cf_utf8_name_ok(name, len))
+        return false;
+    *function = (cf_proto_str_t){ name, len };
+    return true;
+}
+
 cf_broker_task_t *cf_broker_task_new(cf_broker_state_t *self, cf_broker_client_t *client,
                                      const cf_proto_task_t *item)
 {
     if (item->args_len > UINT32_MAX)
         return NULL;    //  the codec holds these limits; this guards our narrower fields
+    cf_proto_task_t routed = *item;
+    bool chunk = s_chunk_function(item, &routed.function);
     cf_broker_task_t *task = malloc(sizeof *task + item->args_len);
-    cf_broker_lane_t *lane = task ? cf_broker_queue_lane(self, client, item) : NULL;
+    cf_broker_lane_t *lane = task ? cf_broker_queue_lane(self, client, &routed) : NULL;
     if (!lane) {
         free(task);
         cf_log_warn_rated(S_LOG, "out of memory: task %" PRIu64 " of client %s refused as busy",
@@ -45,6 +69,7 @@ cf_broker_task_t *cf_broker_task_new(cf_broker_state_t *self, cf_broker_client_t
         .flags = item->flags,
         .args_len = (uint32_t)item->args_len,
         .state = CF_BROKER_QUEUED,
+        .marks = chunk ? CF_BROKER_CHUNK : 0,
     };
     cf_queue_node_init(&task->node);
     if (item->args_len)

@@ -276,7 +276,8 @@ static void s_worker_send(cf_broker_state_t *self, cf_broker_worker_t *worker)
     for (size_t left = unsent; left > 0 && rc == CF_OK; left--, node = next) {
         next = cf_queue_next(&worker->running, node);
         cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
-        size_t item = cf_broker_task_function_len(task) + task->args_len + CF_BROKER_ITEM_OVERHEAD;
+        cf_proto_str_t function = cf_broker_task_wire_function(task);
+        size_t item = function.len + task->args_len + CF_BROKER_ITEM_OVERHEAD;
         if (batch > 0 && (body + item > CF_BROKER_MAX_BODY || batch >= CF_PROTO_MAX_BATCH)) {
             rc = cf_proto_enc_send(self->enc, self->workers_sock, worker->peer.id,
                                    worker->peer.id_len);
@@ -289,9 +290,8 @@ static void s_worker_send(cf_broker_state_t *self, cf_broker_worker_t *worker)
         }
         rc = item > CF_BROKER_MAX_BODY
                  ? CF_ETOOBIG
-                 : cf_proto_enc_task(self->enc, task->id, cf_broker_task_function(task),
-                                     cf_broker_task_function_len(task), task->args, task->args_len,
-                                     task->retries, task->timeout_ms, task->flags);
+                 : cf_proto_enc_task(self->enc, task->id, function.ptr, function.len, task->args,
+                                     task->args_len, task->retries, task->timeout_ms, task->flags);
         if (rc == CF_ENOMEM) {
             cf_log_error_rated(S_LOG, "out of memory encoding task %" PRIu64, task->client_task_id);
             break;

@@ -70,6 +70,10 @@ typedef enum {
     CF_STATUS_BUSY = 3          //  broker queue full: resend later
 } cf_status_t;
 
+//  The built-in task that runs a function over several inputs (map's
+//  chunksize): [function, [args, ...]]. The broker routes it by function.
+#define CF_PROTO_CHUNK_FUNCTION "cf.chunk"
+
 //  Task flags.
 #define CF_TASK_RETRY_ON_ERROR 0x1u
 

@@ -19,10 +19,11 @@
 #define CF_REGISTRY_H
 
 #include "cfutures.h"
+#include "cf_proto.h"
 
 #include <stdatomic.h>
 
-#define CF_CHUNK_FUNCTION "cf.chunk"
+#define CF_CHUNK_FUNCTION CF_PROTO_CHUNK_FUNCTION
 
 //  The function registered under name (name_len bytes, not NUL-terminated),
 //  or NULL. Safe from any thread; registration after startup is allowed.

@@ -56,6 +56,29 @@ static void test_tasks_go_only_to_workers_that_serve_their_function(void **state
         assert_int_equal(pid, cf_testkit_pid(i % 2 ? routing : examples));
         cf_future_release(&fs[i]);
     }
+    //  map's chunks travel as cf.chunk, which every worker runs: they are
+    //  routed by the function they carry.
+    static const int64_t inputs[40] = { 0 };
+    cf_map_opts_t chunked = { .chunksize = 5 };
+    const char *fns[] = { "route_pid", "sleep_pid" };
+    for (int k = 0; k < 2; k++) {
+        cf_map_t *map = cf_map_ints(ex, fns[k], inputs, 40, &chunked);
+        assert_non_null(map);
+        const cf_value_t *value;
+        int count = 0;
+        cf_err_t rc;
+        while ((rc = cf_map_next(map, &value)) == CF_OK) {
+            int64_t pid = 0;
+            assert_int_equal(cf_value_get_int(value, &pid), CF_OK);
+            assert_int_equal(pid, cf_testkit_pid(k == 0 ? routing : examples));
+            count++;
+        }
+        if (rc != CF_ESTOP)
+            fail_msg("map of %s over chunks ended with %s: %s", fns[k], cf_strerror(rc),
+                     cf_map_error(map) ? cf_map_error(map)->message : "");
+        assert_int_equal(count, 40);
+        cf_map_destroy(&map);
+    }
     cf_executor_destroy(&ex);
 }
 
