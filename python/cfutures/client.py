@@ -123,12 +123,13 @@ class _Task:
     __slots__ = ("id", "function", "wire", "size", "future", "where", "started",
                  "cancel_asked", "waiters", "client")
 
-    def __init__(self, client, task_id, function, args, retries, timeout_ms, flags, future):
+    def __init__(self, client, task_id, function, args, options, future):
         self.client = client
         self.id = task_id
         self.function = function
-        #  The SUBMIT item, built once by the submitting thread.
-        self.wire = (task_id, function, args, retries, timeout_ms, flags)
+        #  The SUBMIT item, built once by the submitting thread; options are
+        #  (retries, timeout_ms, flags, priority, wait_ms) (_task_options).
+        self.wire = _proto.submit_task(task_id, function, args, *options)
         self.size = len(function) + len(args) + _proto.TASK_OVERHEAD
         self.future = future
         self.where = _INBOX
@@ -242,8 +243,8 @@ class _Client:
         self.signalled = True
         return True
 
-    def submit(self, function, args, retries, timeout_ms, flags, future):
-        task = _Task(self, next(self.ids), function, args, retries, timeout_ms, flags, future)
+    def submit(self, function, args, options, future):
+        task = _Task(self, next(self.ids), function, args, options, future)
         future._cf_task = task
         with self.lock:
             if self.refused is not None:
@@ -255,12 +256,12 @@ class _Client:
         if wake:
             self._wake()
 
-    def submit_many(self, function, args_list, retries, timeout_ms, flags, futures):
+    def submit_many(self, function, args_list, options, futures):
         """Several tasks of one function under one lock and one wakeup
         (map's refills)."""
         tasks = []
         for args, future in zip(args_list, futures):
-            task = _Task(self, next(self.ids), function, args, retries, timeout_ms, flags, future)
+            task = _Task(self, next(self.ids), function, args, options, future)
             future._cf_task = task
             tasks.append(task)
         with self.lock:
@@ -962,7 +963,9 @@ class _Client:
 
 
 def _task_options(defaults, options):
-    retries, timeout_ms, flags = defaults
+    """The wire options (retries, timeout_ms, flags, priority, wait_ms) of
+    defaults overridden by the keyword task options given."""
+    retries, timeout_ms, flags, priority, wait_ms = defaults
     for key, value in options.items():
         if key == "retries":
             if type(value) is not int:
@@ -972,20 +975,30 @@ def _task_options(defaults, options):
             timeout_ms = _timeout_ms(value)
         elif key == "retry_on_error":
             flags = (flags | _proto.RETRY_ON_ERROR) if value else (flags & ~_proto.RETRY_ON_ERROR)
+        elif key == "priority":
+            if type(value) is not int:
+                raise TypeError("priority is an int")
+            if not _proto.INT32_MIN <= value <= _proto.INT32_MAX:
+                raise ValueError(f"priority is an int from {_proto.INT32_MIN} to "
+                                 f"{_proto.INT32_MAX}")
+            priority = value
+        elif key == "no_worker_timeout":
+            wait_ms = _timeout_ms(value, "no_worker_timeout")
         else:
-            raise TypeError(f"unknown task option {key!r} (task options are retries, timeout "
-                            f"and retry_on_error; a task's own arguments are positional)")
-    return retries, timeout_ms, flags
+            raise TypeError(f"unknown task option {key!r} (task options are retries, timeout, "
+                            f"retry_on_error, priority and no_worker_timeout; a task's own "
+                            f"arguments are positional)")
+    return retries, timeout_ms, flags, priority, wait_ms
 
 
-def _timeout_ms(seconds):
+def _timeout_ms(seconds, what="timeout"):
     if seconds is None or seconds == 0:
         return 0
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-        raise ValueError("timeout is a number of seconds >= 0, or None")
+        raise ValueError(f"{what} is a number of seconds >= 0, or None")
     ms = int(math.ceil(seconds * 1000))
     if ms > _proto.UINT32_MAX:
-        raise ValueError(f"timeout is at most {_proto.UINT32_MAX // 1000} s")
+        raise ValueError(f"{what} is at most {_proto.UINT32_MAX // 1000} s")
     return max(ms, 1)
 
 
@@ -1031,13 +1044,23 @@ class Executor(cf.Executor):
             print(ex.submit("square", 7).result())              # 49
             print(list(ex.map("is_prime", [2, 4, 97])))         # [True, False, True]
 
-    Options: ``retries`` (how often a task may run again after its worker
-    was lost; default 3, negative: never), ``timeout`` (a task's run time
-    limit in seconds, enforced by the broker: the task fails with a
-    TaskError of type "TimeoutError"), ``retry_on_error`` (also retry tasks
-    that failed, within ``retries``): defaults for every task, and
-    per-task keyword arguments of submit(). ``heartbeat_ms`` and
-    ``liveness`` set how fast a silent broker counts as lost.
+    Task options, defaults for every task here and per-task keyword
+    arguments of submit(): ``retries`` (how often a task may run again
+    after its worker was lost; default 3, negative: never), ``timeout`` (a
+    task's run time limit in seconds, enforced by the broker: the task
+    fails with a TaskError of type "TimeoutError"), ``retry_on_error``
+    (also retry tasks that failed, within ``retries``), ``priority`` (an
+    int32, default 0: the broker dispatches a client's higher-priority
+    tasks first) and ``no_worker_timeout`` (seconds a task may wait while
+    no connected worker serves its function before it fails with a
+    TaskError of type "NoWorker"; None or 0: the broker's default,
+    cf-broker --no-worker-timeout). A task with a priority or a
+    no_worker_timeout travels in the longer SUBMIT form of issue 10, which
+    brokers older than it refuse (that task alone fails, ProtocolError);
+    tasks without them reach every broker.
+
+    ``heartbeat_ms`` and ``liveness`` set how fast a silent broker counts
+    as lost.
     ``curve_broker_key`` and ``curve_key`` are the broker's public key file
     and this client's secret key file (cf-keygen); with them the
     constructor waits for the first handshake and raises AuthError if the
@@ -1060,7 +1083,8 @@ class Executor(cf.Executor):
     """
 
     def __init__(self, endpoint="tcp://127.0.0.1:5555", *, retries=DEFAULT_RETRIES,
-                 timeout=None, retry_on_error=False, heartbeat_ms=DEFAULT_HEARTBEAT_MS,
+                 timeout=None, retry_on_error=False, priority=0, no_worker_timeout=None,
+                 heartbeat_ms=DEFAULT_HEARTBEAT_MS,
                  liveness=DEFAULT_LIVENESS, curve_broker_key=None, curve_key=None,
                  map_window=MAP_WINDOW, max_outstanding=None, fail_when_full=False,
                  context=None):
@@ -1080,8 +1104,9 @@ class Executor(cf.Executor):
         self._slots = None if max_outstanding is None else threading.Semaphore(max_outstanding)
         self._max_outstanding = max_outstanding
         self._fail_when_full = fail_when_full
-        self._defaults = _task_options((0, 0, 0), {"retries": retries, "timeout": timeout,
-                                                   "retry_on_error": retry_on_error})
+        self._defaults = _task_options((0, 0, 0, 0, 0), {
+            "retries": retries, "timeout": timeout, "retry_on_error": retry_on_error,
+            "priority": priority, "no_worker_timeout": no_worker_timeout})
         self._map_window = map_window
         self._names = set()         # function names checked already
         curve = _keys.load_client_keys(curve_broker_key, curve_key)
@@ -1104,8 +1129,9 @@ class Executor(cf.Executor):
     def submit(self, fn, /, *args, **task_options):
         """Schedules fn(*args) on a worker; fn is the task's registered
         name. Keyword arguments are task options (retries, timeout,
-        retry_on_error), never arguments of the task: cf/1 has positional
-        arguments only. Returns a Future."""
+        retry_on_error, priority, no_worker_timeout: see the class), never
+        arguments of the task: cf/1 has positional arguments only. Returns
+        a Future."""
         if fn not in self._names:
             _proto.check_function_name(fn)
             if len(self._names) < 4096:
@@ -1119,7 +1145,7 @@ class Executor(cf.Executor):
             self._take_slot(fn)
             future.add_done_callback(lambda _: self._slots.release())
         try:
-            self._client.submit(fn, args_bytes, options[0], options[1], options[2], future)
+            self._client.submit(fn, args_bytes, options, future)
         except BaseException:
             if self._slots is not None and not future.done():
                 self._slots.release()
@@ -1139,25 +1165,33 @@ class Executor(cf.Executor):
             if self._client.closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1, window=None):
+    def map(self, fn, *iterables, timeout=None, chunksize=1, window=None, priority=None,
+            no_worker_timeout=None):
         """Like Executor.map: fn(*args) for args in zip(*iterables), results
         in order, the first failing input's error raised where it stands.
         Unlike it, inputs are read lazily: at most `window` tasks
         (map_window) are in flight, so an endless iterable takes bounded
         memory; the first window is submitted at once. chunksize > 1 sends
         that many inputs per task (cf.chunk, run by every worker). timeout
-        counts from this call. Closing the iterator early cancels the tasks
-        still in flight."""
+        counts from this call (it is the wait's, not a task option).
+        priority and no_worker_timeout, when given, are the task options of
+        every input (see the class); the others are the executor's.
+        Closing the iterator early cancels the tasks still in flight."""
         _proto.check_function_name(fn)
         if type(chunksize) is not int or chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         window = self._map_window if window is None else window
         if type(window) is not int or window < 1:
             raise ValueError("window must be >= 1")
+        overrides = {}
+        if priority is not None:
+            overrides["priority"] = priority
+        if no_worker_timeout is not None:
+            overrides["no_worker_timeout"] = no_worker_timeout
+        options = _task_options(self._defaults, overrides) if overrides else self._defaults
         end = None if timeout is None else time.monotonic() + timeout
         inputs = zip(*iterables)
         in_flight = collections.deque()
-        retries, timeout_ms, flags = self._defaults
         state = {"exhausted": False}
         #  Refills go out in batches: one lock, one wakeup and one SUBMIT for
         #  many tasks, where refilling slot by slot would cost a wakeup of
@@ -1188,7 +1222,7 @@ class Executor(cf.Executor):
                     counts.append(len(chunk))
             if packed:
                 futures = [Future() for _ in packed]
-                self._client.submit_many(name, packed, retries, timeout_ms, flags, futures)
+                self._client.submit_many(name, packed, options, futures)
                 in_flight.extend(zip(futures, counts))
 
         fill(first=True)

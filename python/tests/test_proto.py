@@ -191,6 +191,26 @@ def test_submit_tasks_take_the_longer_form_only_when_they_need_it():
     assert _proto.decode([b"cf/1", b"SUBMIT", low])[1][0][6:] == (-2 ** 31, 1)
 
 
+def test_the_client_turns_task_options_into_wire_fields():
+    from cfutures.client import _task_options
+    base = _task_options((0, 0, 0, 0, 0), {"retries": 3})
+    assert base == (3, 0, 0, 0, 0)
+    assert _task_options(base, {"priority": -5}) == (3, 0, 0, -5, 0)
+    assert _task_options(base, {"no_worker_timeout": 0.3}) == (3, 0, 0, 0, 300)
+    assert _task_options(base, {"no_worker_timeout": 0.0001}) == (3, 0, 0, 0, 1)
+    assert _task_options(base, {"no_worker_timeout": None}) == base
+    assert _task_options(base, {"priority": 2 ** 31 - 1, "timeout": 1.5,
+                                "retry_on_error": True}) == (3, 1500, 1, 2 ** 31 - 1, 0)
+    for bad in ({"priority": 2 ** 31}, {"priority": -2 ** 31 - 1},
+                {"no_worker_timeout": -1}, {"no_worker_timeout": "1"},
+                {"no_worker_timeout": 2 ** 32}):
+        with pytest.raises(ValueError):
+            _task_options(base, bad)
+    for bad in ({"priority": 1.0}, {"priority": True}, {"priority": None}, {"wait_ms": 1}):
+        with pytest.raises(TypeError):
+            _task_options(base, bad)
+
+
 def test_function_lists_are_checked_before_they_travel():
     assert _proto.ready_body(2, "h", 7, 2, 1) == [2, "h", 7, 2, 1]
     assert _proto.ready_body(2, "h", 7, 2, 1, ["a", "b"]) == [2, "h", 7, 2, 1, ["a", "b"]]
