@@ -228,6 +228,16 @@ def test_function_lists_are_checked_before_they_travel():
             _proto.functions_body(bad)
 
 
+def test_the_worker_lists_its_functions_in_ready():
+    w = Worker({"b": len, "a": len, "é" * 100: len}, "tcp://127.0.0.1:9", threads=3)
+    body = w._ready_body()
+    assert body == [3, w.host, os.getpid(), 3, _proto.FEATURE_BEGUN, ["a", "b", "é" * 100]]
+    assert _proto.decode(_proto.frames(_proto.READY, body))[1][5] == ["a", "b", "é" * 100]
+    #  More names than a READY lists: every function is announced (5 fields).
+    many = Worker({f"f{i}": len for i in range(_proto.MAX_FUNCTIONS + 1)}, "tcp://127.0.0.1:9")
+    assert len(many._ready_body()) == 5
+
+
 def test_text_clip_cuts_at_a_character_boundary():
     assert _proto.text_clip("abc") == "abc"
     clipped = _proto.text_clip("é" * 3000)

@@ -117,3 +117,44 @@ def test_the_client_sends_the_longer_submit_only_for_tasks_that_need_it():
             cfutures.Executor(endpoint, priority="high")
     finally:
         router.close(linger=0)
+
+
+def test_the_worker_offers_its_function_list_and_drops_it_for_an_older_broker():
+    router, endpoint = _router()
+    worker = Worker({"b": lambda: 2, "a": lambda: 1}, endpoint, threads=1)
+    thread = threading.Thread(target=worker.serve, daemon=True)
+    thread.start()
+    send = lambda peer, command, body: router.send_multipart(  # noqa: E731
+        [peer] + _proto.frames(command, body))
+
+    def nothing_but_heartbeats():
+        while router.poll(200):
+            _, *parts = router.recv_multipart()
+            assert parts[1] == _proto.HEARTBEAT
+        return True
+
+    try:
+        peer, ready = _expect(router, _proto.READY)
+        assert ready == [1, worker.host, worker.pid, 1, _proto.FEATURE_BEGUN, ["a", "b"]]
+        #  A broker older than issue 10 refuses it: the 5 fields of before.
+        send(peer, _proto.ERROR_CMD, [0, _proto.MALFORMED_TEXT])
+        peer, ready = _expect(router, _proto.READY)
+        assert ready == [1, worker.host, worker.pid, 1, _proto.FEATURE_BEGUN]
+        send(peer, _proto.HEARTBEAT, [0xAAAA, 1000])
+        send(peer, _proto.TASK, [[1, "a", _proto.pack([]), 0]])
+        assert _expect(router, _proto.RESULT)[1] == [[1, _proto.OK, b"\x01"]]
+        #  A restarted broker, perhaps a newer one, is offered the list again.
+        send(peer, _proto.HEARTBEAT, [0xBBBB, 1000])
+        peer, ready = _expect(router, _proto.READY)
+        assert ready[5] == ["a", "b"]
+        send(peer, _proto.TASK, [[2, "b", _proto.pack([]), 0]])
+        assert _expect(router, _proto.RESULT)[1] == [[2, _proto.OK, b"\x02"]]
+        #  Taken (a task came): a later "malformed" is about something else.
+        send(peer, _proto.ERROR_CMD, [0, _proto.MALFORMED_TEXT])
+        assert nothing_but_heartbeats()
+        assert worker.list_functions
+    finally:
+        worker.stop()
+        thread.join(10)
+        router.close(linger=0)
+    assert not thread.is_alive()
