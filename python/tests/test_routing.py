@@ -158,3 +158,101 @@ def test_the_worker_offers_its_function_list_and_drops_it_for_an_older_broker():
         thread.join(10)
         router.close(linger=0)
     assert not thread.is_alive()
+
+
+# ---------------------------------------------------------------------------
+#  A real cluster (needs the broker's side)
+
+@NEEDS_ROUTING
+def test_each_task_lands_on_a_worker_that_serves_its_function(cluster):
+    broker = cluster.broker()
+    #  Idle threads, which a broker that does not route fills first.
+    c_worker = cluster.c_worker(broker, "--threads", "4")
+    py_worker = cluster.py_worker(broker, "--threads", "2", specs=("pytasks",))
+    with cluster.executor(broker) as ex:
+        wait_workers(ex, 2)
+        py, c = [], []
+        for i in range(30):
+            py.append(ex.submit("py_pid"))
+            c.append(ex.submit("sleep_pid", 5))
+        assert {f.result(timeout=30) for f in py} == {py_worker.pid}
+        assert {f.result(timeout=30) for f in c} == {c_worker.pid}
+        assert list(ex.map("py_upper", "abcdef")) == list("ABCDEF")
+        assert list(ex.map("square", range(10))) == [i * i for i in range(10)]
+
+
+@NEEDS_ROUTING
+def test_chunks_go_to_a_worker_that_serves_their_function(cluster):
+    broker = cluster.broker()
+    cluster.c_worker(broker, "--threads", "4")
+    py_worker = cluster.py_worker(broker, "--threads", "1", specs=("pytasks",))
+    with cluster.executor(broker) as ex:
+        wait_workers(ex, 2)
+        words = [f"w{i}" for i in range(40)]
+        assert list(ex.map("py_upper", words, chunksize=3, timeout=60)) == \
+            [w.upper() for w in words]
+        assert set(ex.map("py_pid", [0] * 12, chunksize=4, timeout=60)) == {py_worker.pid}
+        assert list(ex.map("square", range(12), chunksize=5, timeout=60)) == \
+            [i * i for i in range(12)]
+
+
+@NEEDS_ROUTING
+def test_a_function_no_worker_serves_fails_with_no_worker(cluster):
+    broker = cluster.broker()
+    cluster.c_worker(broker)
+    with cluster.executor(broker) as ex:
+        wait_workers(ex, 1)
+        start = time.monotonic()
+        f = ex.submit("py_upper", "x", no_worker_timeout=0.3)
+        with pytest.raises(cfutures.TaskError) as info:
+            f.result(timeout=30)
+        waited = time.monotonic() - start
+        assert info.value.type == "NoWorker"
+        assert "no connected worker serves function 'py_upper'" in info.value.message
+        assert info.value.function == "py_upper"
+        assert 0.3 <= waited < 20
+        #  map: every input has the wait.
+        with pytest.raises(cfutures.TaskError) as info:
+            list(ex.map("py_upper", "ab", no_worker_timeout=0.3, timeout=30))
+        assert info.value.type == "NoWorker"
+        #  The functions that are served meanwhile run as ever.
+        assert ex.submit("square", 7).result(timeout=30) == 49
+        #  A task whose worker comes within its wait runs there.
+        late = ex.submit("py_upper", "late", no_worker_timeout=60)
+        wait_for(lambda: ex.stats()["queued"] == 1, what="the task waiting at the broker")
+        cluster.py_worker(broker, specs=("pytasks",))
+        assert late.result(timeout=30) == "LATE"
+
+
+@NEEDS_ROUTING
+def test_higher_priority_tasks_are_dispatched_first(cluster, tmp_path):
+    broker = cluster.broker()
+    #  One thread and no prefetch: the order tasks run in is the order the
+    #  broker sends them.
+    cluster.py_worker(broker, "--threads", "1")
+    with cluster.executor(broker) as ex:
+        started, release = tmp_path / "started", tmp_path / "release"
+        gate = ex.submit("gate", str(started), str(release))
+        try:
+            wait_for(started.exists, what="the gate task to hold the only thread")
+            order = []              # done callbacks run one at a time, in RESULT order
+            futures = []
+            for i in range(4):
+                for priority, tag in ((0, "default"), (5, "high"), (-3, "low")):
+                    if tag == "low" and i >= 2:
+                        continue
+                    f = ex.submit("echo", f"{tag}{i}", priority=priority)
+                    f.add_done_callback(lambda f: order.append(
+                        "error" if f.exception() else f.result()))
+                    futures.append(f)
+            #  (A task the broker refused is done already: no use waiting.)
+            wait_for(lambda: ex.stats()["queued"] + sum(f.done() for f in futures)
+                     >= len(futures), what="every task queued at the broker")
+            assert not [f.exception() for f in futures if f.done()]
+        finally:
+            release.touch()         # a failure above must not leave the worker held
+        assert gate.result(timeout=30) > 0
+        done, not_done = cf.wait(futures, timeout=30)
+        assert not not_done
+        assert [tag.rstrip("0123") for tag in order] == ["high"] * 4 + ["default"] * 4 \
+            + ["low"] * 2
