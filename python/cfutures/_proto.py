@@ -177,15 +177,15 @@ def check_function_name(name, reserved_ok=False):
 def check_function_list(names):
     """Raises ValueError (TypeError for a wrong type) unless names can
     travel as READY's function list or a FUNCTIONS body: a list of at most
-    MAX_FUNCTIONS function names (reserved ones are refused: every worker
-    serves those itself)."""
+    MAX_FUNCTIONS function names (reserved ones included: a worker lists
+    cf.chunk, which the broker routes by that name like any other)."""
     if type(names) is not list:
         raise TypeError(f"a function list is a list, not {type(names).__name__}")
     if len(names) > MAX_FUNCTIONS:
         raise ValueError(f"a function list holds at most {MAX_FUNCTIONS} names, this one "
                          f"{len(names)}")
     for name in names:
-        check_function_name(name)
+        check_function_name(name, reserved_ok=True)
 
 
 def submit_task(task_id, function, args, retries, timeout_ms, flags, priority=0, wait_ms=0):

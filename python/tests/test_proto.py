@@ -218,7 +218,8 @@ def test_function_lists_are_checked_before_they_travel():
     names = [f"f{i}" for i in range(_proto.MAX_FUNCTIONS)]
     assert _proto.decode(_proto.frames(_proto.FUNCTIONS, _proto.functions_body(names)))[1] \
         == names
-    for bad in (names + ["x"], [""], ["x" * 256], ["f\0"], ["cf.chunk"], ["f\ud800"]):
+    assert _proto.functions_body(["cf.chunk"]) == [["cf.chunk"]]
+    for bad in (names + ["x"], [""], ["x" * 256], ["f\0"], ["f\ud800"]):
         with pytest.raises(ValueError):
             _proto.functions_body(bad)
         with pytest.raises(ValueError):
@@ -231,10 +232,14 @@ def test_function_lists_are_checked_before_they_travel():
 def test_the_worker_lists_its_functions_in_ready():
     w = Worker({"b": len, "a": len, "é" * 100: len}, "tcp://127.0.0.1:9", threads=3)
     body = w._ready_body()
-    assert body == [3, w.host, os.getpid(), 3, _proto.FEATURE_BEGUN, ["a", "b", "é" * 100]]
-    assert _proto.decode(_proto.frames(_proto.READY, body))[1][5] == ["a", "b", "é" * 100]
+    #  cf.chunk first, as cf-worker lists it: the broker routes it by name.
+    names = ["cf.chunk", "a", "b", "é" * 100]
+    assert body == [3, w.host, os.getpid(), 3, _proto.FEATURE_BEGUN, names]
+    assert _proto.decode(_proto.frames(_proto.READY, body))[1][5] == names
     #  More names than a READY lists: every function is announced (5 fields).
-    many = Worker({f"f{i}": len for i in range(_proto.MAX_FUNCTIONS + 1)}, "tcp://127.0.0.1:9")
+    most = Worker({f"f{i}": len for i in range(_proto.MAX_FUNCTIONS - 1)}, "tcp://127.0.0.1:9")
+    assert len(most._ready_body()[5]) == _proto.MAX_FUNCTIONS
+    many = Worker({f"f{i}": len for i in range(_proto.MAX_FUNCTIONS)}, "tcp://127.0.0.1:9")
     assert len(many._ready_body()) == 5
 
 

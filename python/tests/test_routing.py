@@ -23,6 +23,13 @@ from cfutures.worker import Worker
 from conftest import wait_for, wait_workers
 
 NEEDS_ROUTING = pytest.mark.xfail(strict=False, reason="needs broker routing (issue 10)")
+#  The broker of issue 10 routes a chunk by its name, cf.chunk, which every
+#  worker lists: a chunk of a function one worker lacks may still land
+#  there (UnknownFunction). Routing it by the function it carries (the
+#  first item of its args) is left to do.
+NEEDS_CHUNK_ROUTING = pytest.mark.xfail(
+    strict=False, reason="needs the broker to route cf.chunk by the function it carries "
+    "(issue 10 routes it by the name cf.chunk, which every worker serves)")
 
 
 # ---------------------------------------------------------------------------
@@ -135,7 +142,8 @@ def test_the_worker_offers_its_function_list_and_drops_it_for_an_older_broker():
 
     try:
         peer, ready = _expect(router, _proto.READY)
-        assert ready == [1, worker.host, worker.pid, 1, _proto.FEATURE_BEGUN, ["a", "b"]]
+        assert ready == [1, worker.host, worker.pid, 1, _proto.FEATURE_BEGUN,
+                         ["cf.chunk", "a", "b"]]
         #  A broker older than issue 10 refuses it: the 5 fields of before.
         send(peer, _proto.ERROR_CMD, [0, _proto.MALFORMED_TEXT])
         peer, ready = _expect(router, _proto.READY)
@@ -146,7 +154,7 @@ def test_the_worker_offers_its_function_list_and_drops_it_for_an_older_broker():
         #  A restarted broker, perhaps a newer one, is offered the list again.
         send(peer, _proto.HEARTBEAT, [0xBBBB, 1000])
         peer, ready = _expect(router, _proto.READY)
-        assert ready[5] == ["a", "b"]
+        assert ready[5] == ["cf.chunk", "a", "b"]
         send(peer, _proto.TASK, [[2, "b", _proto.pack([]), 0]])
         assert _expect(router, _proto.RESULT)[1] == [[2, _proto.OK, b"\x02"]]
         #  Taken (a task came): a later "malformed" is about something else.
@@ -181,7 +189,7 @@ def test_each_task_lands_on_a_worker_that_serves_its_function(cluster):
         assert list(ex.map("square", range(10))) == [i * i for i in range(10)]
 
 
-@NEEDS_ROUTING
+@NEEDS_CHUNK_ROUTING
 def test_chunks_go_to_a_worker_that_serves_their_function(cluster):
     broker = cluster.broker()
     cluster.c_worker(broker, "--threads", "4")
@@ -254,5 +262,6 @@ def test_higher_priority_tasks_are_dispatched_first(cluster, tmp_path):
         assert gate.result(timeout=30) > 0
         done, not_done = cf.wait(futures, timeout=30)
         assert not not_done
-        assert [tag.rstrip("0123") for tag in order] == ["high"] * 4 + ["default"] * 4 \
-            + ["low"] * 2
+        #  Higher first; equal ones in submission order.
+        assert order == [f"high{i}" for i in range(4)] + [f"default{i}" for i in range(4)] \
+            + ["low0", "low1"]

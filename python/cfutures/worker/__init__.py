@@ -55,9 +55,11 @@ tasks are requeued too.
 
 Routing by function (issue 10): READY carries the names of the functions
 this worker serves (its 6th field, _ready_body()), so a broker that routes
-by function sends it only tasks of those (cf.chunk, which every worker
-runs itself, is not listed: the broker routes a chunk by the function it
-carries). A broker older than that refuses the 6-field READY as malformed
+by function sends it only tasks of those. cf.chunk, which every worker
+runs itself, is listed first, as cf-worker lists it: the broker routes by
+the task's name, so a chunk may reach a worker that lacks the function it
+carries (the chunk then fails with UnknownFunction). A broker
+older than that refuses the 6-field READY as malformed
 (ERROR "malformed message"): the worker then announces itself again with
 the 5 fields of before and gets tasks of any function, as every worker
 did (a task of a function it lacks fails with UnknownFunction); a broker
@@ -205,11 +207,12 @@ class Worker:
         self.announce = True
         #  READY lists the functions (issue 10) unless the broker refused
         #  that form; unconfirmed: sent, and no task came since.
-        self.list_functions = len(self.functions) <= _proto.MAX_FUNCTIONS
+        self.list_functions = len(self.functions) < _proto.MAX_FUNCTIONS
         self.functions_unconfirmed = False
         if not self.list_functions:
-            log.warning("%d functions, more than a READY lists (%d): announcing every "
-                        "function", len(self.functions), _proto.MAX_FUNCTIONS)
+            log.warning("%d functions and cf.chunk are more than a READY lists (%d): "
+                        "announcing every function (the broker may send tasks of functions "
+                        "this worker lacks)", len(self.functions), _proto.MAX_FUNCTIONS)
         self.boot = 0
         self.broker_ivl_s = 0.0
         self.last_heard = 0.0
@@ -441,12 +444,14 @@ class Worker:
     def _ready_body(self):
         """READY [credit, host, pid, threads, features, functions]: credit
         is the free slots now (see the design note), features BEGUN,
-        functions the names served (sorted), left out for a broker that
-        refused them (see the design note)."""
+        functions cf.chunk and the names served (sorted), left out for a
+        broker that refused them (see the design note)."""
         credit = max(0, self.threads + self.prefetch - self.in_hand)
+        functions = None
+        if self.list_functions:
+            functions = [_proto.CHUNK_FUNCTION] + sorted(self.functions)
         return _proto.ready_body(min(credit, _proto.UINT32_MAX), self.host, self.pid,
-                                 self.threads, _proto.FEATURE_BEGUN,
-                                 sorted(self.functions) if self.list_functions else None)
+                                 self.threads, _proto.FEATURE_BEGUN, functions)
 
     def _send(self, command, body):
         if self.blocked:
@@ -565,7 +570,7 @@ class Worker:
                         log.info("broker restarted (new boot id): announcing again")
                         self.announce = True
                         #  Perhaps a newer one: offer the function list again.
-                        self.list_functions = len(self.functions) <= _proto.MAX_FUNCTIONS
+                        self.list_functions = len(self.functions) < _proto.MAX_FUNCTIONS
                     self.boot = boot
                 if ivl_ms:
                     self.broker_ivl_s = max(ivl_ms / 1000.0, MIN_IVL_S)
