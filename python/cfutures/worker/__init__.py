@@ -209,6 +209,10 @@ class Worker:
         #  that form; unconfirmed: sent, and no task came since.
         self.list_functions = len(self.functions) < _proto.MAX_FUNCTIONS
         self.functions_unconfirmed = False
+        #  After that refusal, an "unknown worker" answering a heartbeat
+        #  sent before it is no new sign (the READY that follows the
+        #  refusal answers it): ignored until then.
+        self.unknown_is_old_until = 0.0
         if not self.list_functions:
             log.warning("%d functions and cf.chunk are more than a READY lists (%d): "
                         "announcing every function (the broker may send tasks of functions "
@@ -577,6 +581,10 @@ class Worker:
             elif command == _proto.ERROR_CMD:
                 ref, text = fields
                 if text == _proto.UNKNOWN_WORKER:
+                    if now < self.unknown_is_old_until:
+                        log.debug("'unknown worker' answering a heartbeat before the READY "
+                                  "without the function list: ignored")
+                        continue
                     log.info("broker does not know this worker: announcing again")
                     self.announce = True
                 elif ref == 0 and text.startswith(_proto.MALFORMED_TEXT) \
@@ -589,6 +597,7 @@ class Worker:
                     self.list_functions = False
                     self.functions_unconfirmed = False
                     self.announce = True
+                    self.unknown_is_old_until = now + self._send_ivl()
                 elif text in (_proto.KEY_REVOKED, _proto.NOT_ALLOWED):
                     self.refused = f"the broker at {self.endpoint} refused this worker: {text}"
                 else:
