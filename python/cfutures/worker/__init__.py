@@ -58,14 +58,14 @@ this worker serves (its 6th field, _ready_body()), so a broker that routes
 by function sends it only tasks of those. cf.chunk, which every worker
 runs itself, is listed first, as cf-worker lists it: the broker routes by
 the task's name, so a chunk may reach a worker that lacks the function it
-carries (the chunk then fails with UnknownFunction). A broker
-older than that refuses the 6-field READY as malformed
-(ERROR "malformed message"): the worker then announces itself again with
-the 5 fields of before and gets tasks of any function, as every worker
-did (a task of a function it lacks fails with UnknownFunction); a broker
-that restarts (new boot id) is offered the list again. The functions are
-fixed when the Worker is made, so it never sends FUNCTIONS (the command
-that replaces the list of a worker that loads functions later).
+carries (the chunk then fails with UnknownFunction). A broker older than
+that refuses the 6-field READY as malformed (ERROR "malformed message"):
+the worker then announces itself again with the 5 fields of before and
+gets tasks of any function, as every worker did (a task of a function it
+lacks fails with UnknownFunction); a broker that restarts (new boot id)
+is offered the list again. The functions are fixed when the Worker is
+made, so it never sends FUNCTIONS (the command that replaces the list of
+a worker that loads functions later).
 
 --procs N (in __main__) runs N single-threaded workers in forked processes,
 each with its own connection, as cf-worker --procs does: a process that
