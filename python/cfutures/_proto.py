@@ -20,6 +20,12 @@ Texts (function names, error types and messages, hosts) are decoded with
 invalid UTF-8 replaced rather than refused: the C side does not check UTF-8,
 and refusing a RESULT batch over one odd byte in one error message would
 leave every future of that batch waiting.
+
+Routing by function (issue 10), additive to cf/1: a SUBMIT task may carry
+two more fields, priority and wait_ms (submit_task() writes them only when
+one is not 0, so brokers older than them keep serving everyone who does
+not use them); READY may carry a 6th field, the functions the worker serves
+(nil: every function); FUNCTIONS [functions] replaces that list later.
 """
 
 import msgpack
@@ -34,6 +40,7 @@ MAX_BATCH = 65536                   # CF_PROTO_MAX_BATCH: items in one batch
 MAX_NAME = 255                      # CF_PROTO_MAX_NAME: function name bytes
 MAX_TEXT = 4096                     # CF_PROTO_MAX_TEXT: error texts, host, reasons
 MAX_STATS = 64                      # CF_PROTO_MAX_STATS: pairs in a STATS reply
+MAX_FUNCTIONS = 4096                # names in READY's function list and in FUNCTIONS
 #  Socket options (docs/protocol.md, section 1).
 LINGER_MS = 100
 MAX_MSG_SIZE = MAX_FRAME + 4096
@@ -63,8 +70,9 @@ HEARTBEAT = b"HEARTBEAT"
 DISCONNECT = b"DISCONNECT"
 STATS = b"STATS"
 ERROR_CMD = b"ERROR"
+FUNCTIONS = b"FUNCTIONS"
 COMMANDS = frozenset({SUBMIT, CANCEL, STARTED, RESULT, TASK, READY, CREDIT,
-                      HEARTBEAT, DISCONNECT, STATS, ERROR_CMD})
+                      HEARTBEAT, DISCONNECT, STATS, ERROR_CMD, FUNCTIONS})
 
 #  The ERROR texts with a meaning (broker/cf_broker.h).
 UNKNOWN_CLIENT = "unknown client"
@@ -72,8 +80,15 @@ UNKNOWN_WORKER = "unknown worker"
 NOT_ALLOWED = "not allowed: this key's role may not use this endpoint"
 KEY_REVOKED = "not allowed: this key was revoked"
 
+#  The text of the ERROR a broker answers a message it cannot read with
+#  (its first words; more may follow).
+MALFORMED_TEXT = "malformed message"
+#  The error type of a task no connected worker serves (issue 10).
+NO_WORKER = "NoWorker"
+
 #  Envelope bytes per SUBMIT task beyond its name and arguments (array
-#  header, id, str/bin headers, retries, timeout, flags), rounded up.
+#  header, id, str/bin headers, retries, timeout, flags, priority,
+#  wait_ms: 42 at most), rounded up.
 TASK_OVERHEAD = 48
 #  Function names starting with this are the workers' own (cf.chunk).
 RESERVED_PREFIX = "cf."
@@ -159,6 +174,45 @@ def check_function_name(name, reserved_ok=False):
         raise ValueError(f"function names starting with {RESERVED_PREFIX!r} are reserved")
 
 
+def check_function_list(names):
+    """Raises ValueError (TypeError for a wrong type) unless names can
+    travel as READY's function list or a FUNCTIONS body: a list of at most
+    MAX_FUNCTIONS function names (reserved ones included: a worker lists
+    cf.chunk, which the broker routes by that name like any other)."""
+    if type(names) is not list:
+        raise TypeError(f"a function list is a list, not {type(names).__name__}")
+    if len(names) > MAX_FUNCTIONS:
+        raise ValueError(f"a function list holds at most {MAX_FUNCTIONS} names, this one "
+                         f"{len(names)}")
+    for name in names:
+        check_function_name(name, reserved_ok=True)
+
+
+def submit_task(task_id, function, args, retries, timeout_ms, flags, priority=0, wait_ms=0):
+    """One SUBMIT task as a tuple: the 6 fields of cf/1, or the 8 of issue
+    10 when priority or wait_ms is not 0 (so a broker older than them
+    refuses only the tasks that use them)."""
+    if priority or wait_ms:
+        return (task_id, function, args, retries, timeout_ms, flags, priority, wait_ms)
+    return (task_id, function, args, retries, timeout_ms, flags)
+
+
+def ready_body(credit, host, pid, threads, features, functions=None):
+    """READY [credit, host, pid, threads, features] (5 fields, every
+    function served) or, with functions a list of names, the 6-field READY
+    of issue 10. Checks the list (check_function_list)."""
+    if functions is None:
+        return [credit, host, pid, threads, features]
+    check_function_list(functions)
+    return [credit, host, pid, threads, features, functions]
+
+
+def functions_body(functions):
+    """FUNCTIONS [functions]: the worker's new function list."""
+    check_function_list(functions)
+    return [functions]
+
+
 # ---------------------------------------------------------------------------
 #  Receiving and decoding
 
@@ -232,15 +286,33 @@ def _array(v, lo, hi, what):
     return v
 
 
+def _name(v, what):
+    """A function name: a str of 1..MAX_NAME bytes without NUL."""
+    _str(v, 1, MAX_NAME, what)
+    if "\0" in v:
+        raise Malformed(f"{what} holds a NUL")
+    return v
+
+
+def _names(v, what):
+    """A function list: an array of at most MAX_FUNCTIONS names."""
+    return [_name(n, "a function name of " + what)
+            for n in _array(v, 0, MAX_FUNCTIONS, what)]
+
+
 def _task(item, submit):
     if submit:
-        _array(item, 6, 6, "a SUBMIT task")
-        return (_uint(item[0], UINT64_MAX, "task id"),
-                _str(item[1], 1, MAX_NAME, "function"),
-                _bin(item[2], "args"),
-                _int32(item[3], "retries"),
-                _uint(item[4], UINT32_MAX, "timeout_ms"),
-                _uint(item[5], UINT32_MAX, "flags"))
+        if type(item) is not list or len(item) not in (6, 8):
+            raise Malformed("a SUBMIT task is not an array of 6 or 8 fields")
+        fields = (_uint(item[0], UINT64_MAX, "task id"),
+                  _str(item[1], 1, MAX_NAME, "function"),
+                  _bin(item[2], "args"),
+                  _int32(item[3], "retries"),
+                  _uint(item[4], UINT32_MAX, "timeout_ms"),
+                  _uint(item[5], UINT32_MAX, "flags"))
+        if len(item) == 8:
+            fields += (_int32(item[6], "priority"), _uint(item[7], UINT32_MAX, "wait_ms"))
+        return fields
     _array(item, 4, 4, "a TASK task")
     return (_uint(item[0], UINT64_MAX, "task id"),
             _str(item[1], 1, MAX_NAME, "function"),
@@ -276,12 +348,16 @@ def decode(parts):
     """Decodes the frames of one message (after any routing id) into
     (command, fields):
 
-        SUBMIT      [(id, function, args, retries, timeout_ms, flags), ...]
+        SUBMIT      [(id, function, args, retries, timeout_ms, flags), ...],
+                    each task with (..., priority, wait_ms) after flags when
+                    it came with the 8 fields of issue 10
         TASK        [(id, function, args, timeout_ms), ...]
         RESULT      [(id, status, value bytes | error tuple | None), ...],
                     error tuple = (type, message, function, host, pid)
         CANCEL, STARTED   [id, ...]
-        READY       (credit, host, pid, threads or None, features or None)
+        READY       (credit, host, pid, threads or None, features or None,
+                     functions: [name, ...], or None for every function)
+        FUNCTIONS   [name, ...]
         CREDIT      credit
         HEARTBEAT   (boot, ivl_ms)
         DISCONNECT  reason
@@ -335,11 +411,15 @@ def _fields(command, obj):
         _array(obj, 2, 2, "HEARTBEAT body")
         return (_uint(obj[0], UINT64_MAX, "boot"), _uint(obj[1], UINT32_MAX, "ivl_ms"))
     if command == READY:
-        _array(obj, 3, 5, "READY body")
+        _array(obj, 3, 6, "READY body")
         return (_uint(obj[0], UINT32_MAX, "credit"), _str(obj[1], 0, MAX_TEXT, "host"),
                 _int32(obj[2], "pid"),
                 _uint(obj[3], UINT32_MAX, "threads") if len(obj) >= 4 else None,
-                _uint(obj[4], UINT32_MAX, "features") if len(obj) == 5 else None)
+                _uint(obj[4], UINT32_MAX, "features") if len(obj) >= 5 else None,
+                None if len(obj) < 6 or obj[5] is None else _names(obj[5], "READY's functions"))
+    if command == FUNCTIONS:
+        _array(obj, 1, 1, "FUNCTIONS body")
+        return _names(obj[0], "FUNCTIONS' list")
     if command == CREDIT:
         _array(obj, 1, 1, "CREDIT body")
         return _uint(obj[0], UINT32_MAX, "credit")

@@ -35,7 +35,20 @@ already resolved is dropped because its id is no longer pending.
 With several endpoints the client stays with one broker while it answers
 and moves to the next one (resending everything pending there) when that
 broker said DISCONNECT or stayed silent for `liveness` heartbeat intervals
-while the client waited for it.
+while the client waited for it, or when no connection to it completed its
+handshake within one interval while the client waits for a broker (its
+constructor, or pending tasks).
+
+No silent waits, as the C client (include/cfutures.h, connect_timeout_ms
+and cf_executor_destroy). The constructor waits up to connect_timeout for
+a first handshake with a broker and raises TimeoutError when none came.
+shutdown(wait=True) waits for every task while the broker answers; once
+the broker has been lost (or never heard) for `liveness` intervals it stops
+waiting: tasks never sent are cancelled, tasks handed to the broker fail
+with "BrokerLost" (they may or may not have run), and a warning says how
+many. "Never heard" counts from the moment tasks wait for the broker, not
+from the executor's creation: a broker says nothing to a client before its
+first SUBMIT.
 """
 
 import collections
@@ -75,6 +88,8 @@ CANCEL_WAIT_S = 5.0
 DEFAULT_RETRIES = 3
 DEFAULT_HEARTBEAT_MS = 1000
 DEFAULT_LIVENESS = 3
+#  How long the constructor waits for a broker (CF_CONNECT_TIMEOUT_MS).
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
 #  map() keeps at most this many tasks in flight (the C map's default
 #  through a broker: docs/benchmarks.md).
 MAP_WINDOW = 1024
@@ -123,12 +138,13 @@ class _Task:
     __slots__ = ("id", "function", "wire", "size", "future", "where", "started",
                  "cancel_asked", "waiters", "client")
 
-    def __init__(self, client, task_id, function, args, retries, timeout_ms, flags, future):
+    def __init__(self, client, task_id, function, args, options, future):
         self.client = client
         self.id = task_id
         self.function = function
-        #  The SUBMIT item, built once by the submitting thread.
-        self.wire = (task_id, function, args, retries, timeout_ms, flags)
+        #  The SUBMIT item, built once by the submitting thread; options are
+        #  (retries, timeout_ms, flags, priority, wait_ms) (_task_options).
+        self.wire = _proto.submit_task(task_id, function, args, *options)
         self.size = len(function) + len(args) + _proto.TASK_OVERHEAD
         self.future = future
         self.where = _INBOX
@@ -161,7 +177,7 @@ def _set_cancelled(future):
 class _Client:
     """The client actor and the shared state application threads use."""
 
-    def __init__(self, endpoints, ivl_ms, liveness, curve, context):
+    def __init__(self, endpoints, ivl_ms, liveness, curve, context, connecting=False):
         self.endpoints = list(endpoints)
         self.ivl_s = ivl_ms / 1000.0
         self.liveness = liveness
@@ -176,11 +192,16 @@ class _Client:
         self.closed = False                 # no more submissions
         self.cancel_all = False             # shutdown(cancel_futures=True) asked
         self.terminate = False              # resolve everything now and stop
+        self.destroying = False             # shutdown(wait=True): give up on a lost broker
         self.signalled = True               # the actor is awake or was woken
         self.finished = False               # the actor has ended
         self.refused = None                 # why the broker refused us (AuthError)
         self.ids = itertools.count(random.getrandbits(63) + 1)
         self.handshake = threading.Event()  # the first handshake's outcome is known
+        self.answered = False               # some broker completed a handshake
+        #  The constructor waits for a first handshake: move past endpoints
+        #  that do not answer meanwhile, as while tasks wait.
+        self.connecting = connecting
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -219,6 +240,11 @@ class _Client:
         self.ever_connected = False
         self.known = False                  # a SUBMIT went out on this socket
         self.handshake_drops = 0
+        self.answered_here = False          # a handshake completed on this socket
+        self.opened_at = 0.0
+        self.ever_up = False                # some socket of ours ever connected
+        self.silent_since = None            # waiting for a broker that is silent, since
+        self.giving_up = False              # destroying, read with the inbox
         self.malformed = 0
         self.stale = 0
 
@@ -242,8 +268,8 @@ class _Client:
         self.signalled = True
         return True
 
-    def submit(self, function, args, retries, timeout_ms, flags, future):
-        task = _Task(self, next(self.ids), function, args, retries, timeout_ms, flags, future)
+    def submit(self, function, args, options, future):
+        task = _Task(self, next(self.ids), function, args, options, future)
         future._cf_task = task
         with self.lock:
             if self.refused is not None:
@@ -255,12 +281,12 @@ class _Client:
         if wake:
             self._wake()
 
-    def submit_many(self, function, args_list, retries, timeout_ms, flags, futures):
+    def submit_many(self, function, args_list, options, futures):
         """Several tasks of one function under one lock and one wakeup
         (map's refills)."""
         tasks = []
         for args, future in zip(args_list, futures):
-            task = _Task(self, next(self.ids), function, args, retries, timeout_ms, flags, future)
+            task = _Task(self, next(self.ids), function, args, options, future)
             future._cf_task = task
             tasks.append(task)
         with self.lock:
@@ -315,12 +341,16 @@ class _Client:
         return request[1]
 
     def shutdown(self, wait, cancel_futures, terminate=False):
+        """No more submissions. wait: join the actor, which then gives up on
+        a broker lost for liveness intervals (see the design note)."""
         with self.lock:
             self.closed = True
             if cancel_futures:
                 self.cancel_all = True
             if terminate:
                 self.terminate = True
+            if wait:
+                self.destroying = True
             wake = self._signal_locked()
         if wake:
             self._wake()
@@ -392,6 +422,11 @@ class _Client:
         deadline = self.next_heartbeat
         if self._watching():
             deadline = min(deadline, self.last_heard + self._dead_after() + 0.001)
+        if self._may_move_on():
+            deadline = min(deadline, self.opened_at + self.ivl_s + 0.001)
+        if self.giving_up and self.silent_since is not None and not self.connected \
+                and self.pending:
+            deadline = min(deadline, self.silent_since + self._dead_after() + 0.001)
         if self.resend_at is not None:
             deadline = min(deadline, self.resend_at)
         return max(0, int(math.ceil((deadline - now) * 1000)))
@@ -430,6 +465,8 @@ class _Client:
         self.ever_connected = False
         self.known = False
         self.handshake_drops = 0
+        self.answered_here = False
+        self.opened_at = now
         log.debug("connecting to %s", endpoint)
 
     def _close_socket(self, goodbye):
@@ -452,11 +489,11 @@ class _Client:
         self.sock.close()
         self.sock = None
 
-    def _failover(self, why):
+    def _failover(self, why, level=logging.WARNING):
         old = self.endpoints[self.ep_index]
         self._close_socket(goodbye=False)
         self.ep_index = (self.ep_index + 1) % len(self.endpoints)
-        log.warning("broker at %s %s: moving to %s", old, why, self.endpoints[self.ep_index])
+        log.log(level, "broker at %s %s: moving to %s", old, why, self.endpoints[self.ep_index])
         self._open_socket()
         self._resend_all("moved to another broker")
 
@@ -545,6 +582,7 @@ class _Client:
             cancel_all = self.cancel_all
             self.cancel_all = False
             terminate = self.terminate
+            self.giving_up = self.destroying
             #  Read with the inbox: every task submitted before shutdown()
             #  is in this drain.
             closed = self.closed
@@ -712,6 +750,7 @@ class _Client:
 
     def _contact(self, now):
         self.last_heard = now
+        self.silent_since = None
         if not self.connected:
             self.connected = True
             self.lost = False
@@ -831,6 +870,7 @@ class _Client:
     def _lost_broker(self, why):
         if self.connected:
             log.warning("broker at %s lost (%s)", self.endpoints[self.ep_index], why)
+            self.silent_since = time.monotonic()
         self.connected = False
         self.lost = True
         #  Silent to us, we were probably silent to it as well: it may have
@@ -870,6 +910,7 @@ class _Client:
             kind, value = event.get("event"), event.get("value")
             if kind == zmq.EVENT_CONNECTED:
                 self.transport_up = True
+                self.ever_up = True
                 if self.ever_connected:
                     log.info("reconnected to %s", self.endpoints[self.ep_index])
                     self.boot = 0
@@ -882,6 +923,8 @@ class _Client:
                 return          # the socket may have been replaced
             elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshake_drops = 0
+                self.answered_here = True
+                self.answered = True
                 self.handshake.set()
             elif self.refused is None:
                 self._on_handshake_failure(kind, value)
@@ -920,6 +963,34 @@ class _Client:
         return not self.lost and (self.connected or bool(self.pending)) \
             and self.refused is None
 
+    def _may_move_on(self):
+        """Whether the next endpoint is tried once this one has not
+        answered (no handshake) for an interval: with several endpoints,
+        while someone waits for a broker."""
+        return len(self.endpoints) > 1 and not self.answered_here \
+            and self.refused is None and (self.connecting or bool(self.pending))
+
+    def _give_up(self, now):
+        """shutdown(wait=True) while the broker has been unreachable for
+        liveness intervals: as cf_executor_destroy, tasks the broker may
+        have had fail with BrokerLost, the others are cancelled."""
+        endpoint = self.endpoints[self.ep_index]
+        lost = [t for t in self.pending.values() if t.where == _BROKER and self.ever_up]
+        log.warning("executor shut down while the broker at %s was unreachable (%d ms): %d "
+                    "tasks failed with BrokerLost, %d never delivered cancelled", endpoint,
+                    int((now - self.silent_since) * 1000), len(lost),
+                    len(self.pending) - len(lost))
+        why = (f"the executor was shut down while the broker at {endpoint} was unreachable: "
+               f"the task may or may not have run")
+        for task in list(self.pending.values()):
+            if task.where == _BROKER and self.ever_up:
+                self._resolve_error(task, "BrokerLost", why)
+            else:
+                self._resolve_cancelled(task)
+        self.outbox.clear()
+        self.parked.clear()
+        self.resend_at = None
+
     def _run_timers(self):
         now = time.monotonic()
         #  Heartbeats keep our gaps near one interval; a gap past the
@@ -942,6 +1013,15 @@ class _Client:
             #  (Messages waiting unread mean this thread stalled, not the
             #  broker: they are read next.)
             self._lost_broker("silent")
+        if self._may_move_on() and now - self.opened_at > self.ivl_s:
+            self._failover("does not answer", logging.INFO)
+        if not self.connected and self.pending:
+            #  Waiting for a broker that says nothing: since it was lost,
+            #  or since tasks began to wait for one never heard.
+            if self.silent_since is None:
+                self.silent_since = now
+            if self.giving_up and now - self.silent_since >= self._dead_after():
+                self._give_up(now)
         if self.resend_at is not None and now >= self.resend_at:
             if self.freed == 0:
                 self.backoff_s = min(self.backoff_s * 2, BACKOFF_MAX_S)
@@ -962,7 +1042,9 @@ class _Client:
 
 
 def _task_options(defaults, options):
-    retries, timeout_ms, flags = defaults
+    """The wire options (retries, timeout_ms, flags, priority, wait_ms) of
+    defaults overridden by the keyword task options given."""
+    retries, timeout_ms, flags, priority, wait_ms = defaults
     for key, value in options.items():
         if key == "retries":
             if type(value) is not int:
@@ -972,21 +1054,44 @@ def _task_options(defaults, options):
             timeout_ms = _timeout_ms(value)
         elif key == "retry_on_error":
             flags = (flags | _proto.RETRY_ON_ERROR) if value else (flags & ~_proto.RETRY_ON_ERROR)
+        elif key == "priority":
+            if type(value) is not int:
+                raise TypeError("priority is an int")
+            if not _proto.INT32_MIN <= value <= _proto.INT32_MAX:
+                raise ValueError(f"priority is an int from {_proto.INT32_MIN} to "
+                                 f"{_proto.INT32_MAX}")
+            priority = value
+        elif key == "no_worker_timeout":
+            wait_ms = _timeout_ms(value, "no_worker_timeout")
         else:
-            raise TypeError(f"unknown task option {key!r} (task options are retries, timeout "
-                            f"and retry_on_error; a task's own arguments are positional)")
-    return retries, timeout_ms, flags
+            raise TypeError(f"unknown task option {key!r} (task options are retries, timeout, "
+                            f"retry_on_error, priority and no_worker_timeout; a task's own "
+                            f"arguments are positional)")
+    return retries, timeout_ms, flags, priority, wait_ms
 
 
-def _timeout_ms(seconds):
+def _timeout_ms(seconds, what="timeout"):
     if seconds is None or seconds == 0:
         return 0
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-        raise ValueError("timeout is a number of seconds >= 0, or None")
+        raise ValueError(f"{what} is a number of seconds >= 0, or None")
     ms = int(math.ceil(seconds * 1000))
     if ms > _proto.UINT32_MAX:
-        raise ValueError(f"timeout is at most {_proto.UINT32_MAX // 1000} s")
+        raise ValueError(f"{what} is at most {_proto.UINT32_MAX // 1000} s")
     return max(ms, 1)
+
+
+def _connect_wait(connect_timeout):
+    """The constructor's wait for a broker, in seconds (None: no wait), as
+    connect_timeout_ms: 0 the default, negative (or None) no wait."""
+    if connect_timeout is None:
+        return None
+    if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
+            or not math.isfinite(connect_timeout):
+        raise ValueError("connect_timeout is a number of seconds, or None")
+    if connect_timeout < 0:
+        return None
+    return float(connect_timeout) or DEFAULT_CONNECT_TIMEOUT_S
 
 
 def _pack_args(function, args):
@@ -1031,27 +1136,45 @@ class Executor(cf.Executor):
             print(ex.submit("square", 7).result())              # 49
             print(list(ex.map("is_prime", [2, 4, 97])))         # [True, False, True]
 
-    Options: ``retries`` (how often a task may run again after its worker
-    was lost; default 3, negative: never), ``timeout`` (a task's run time
-    limit in seconds, enforced by the broker: the task fails with a
-    TaskError of type "TimeoutError"), ``retry_on_error`` (also retry tasks
-    that failed, within ``retries``): defaults for every task, and
-    per-task keyword arguments of submit(). ``heartbeat_ms`` and
+    Task options, defaults for every task here and per-task keyword
+    arguments of submit(): ``retries`` (how often a task may run again
+    after its worker was lost; default 3, negative: never), ``timeout`` (a
+    task's run time limit in seconds, enforced by the broker: the task
+    fails with a TaskError of type "TimeoutError"), ``retry_on_error``
+    (also retry tasks that failed, within ``retries``), ``priority`` (an
+    int32, default 0: the broker dispatches a client's higher-priority
+    tasks first) and ``no_worker_timeout`` (seconds a task may wait while
+    no connected worker serves its function before it fails with a
+    TaskError of type "NoWorker"; None or 0: the broker's default,
+    cf-broker --no-worker-timeout). A task with a priority or a
+    no_worker_timeout travels in the longer SUBMIT form of issue 10, which
+    brokers older than it refuse (that task alone fails, ProtocolError);
+    tasks without them reach every broker.
+
+    ``connect_timeout`` (seconds, default 5; 0: the default; None or
+    negative: do not wait) is how long the constructor waits for a broker
+    to answer at ``endpoint`` (any of them, for a list); it raises
+    TimeoutError, naming the endpoint, when none did. ``heartbeat_ms`` and
     ``liveness`` set how fast a silent broker counts as lost.
     ``curve_broker_key`` and ``curve_key`` are the broker's public key file
     and this client's secret key file (cf-keygen); with them the
-    constructor waits for the first handshake and raises AuthError if the
-    broker refuses the key. ``map_window`` bounds the tasks map() keeps in
+    constructor raises AuthError if the broker refuses the key (waiting at
+    least ``liveness`` heartbeat intervals for the handshake even without
+    connect_timeout). ``map_window`` bounds the tasks map() keeps in
     flight. ``max_outstanding`` bounds the tasks submit() has not seen done:
     a submission over it waits for one, or, with ``fail_when_full``, raises
     cfutures.Busy at once (a done callback never waits: it raises Busy), as
     the C library's options of the same names do.
 
     An executor is shut down by ``with``, shutdown(), or at interpreter
-    exit: there, as with ThreadPoolExecutor, its tasks still complete,
-    unless its broker is lost (then they are cancelled, or fail with
-    "ExecutorDestroyed" if they had started). shutdown(wait=True) itself
-    waits for every task, however long the broker is away.
+    exit: there, as with ThreadPoolExecutor, its tasks still complete.
+    shutdown(wait=True) (and the exit) waits for every task while the
+    broker answers, however long they take; but once the broker has been
+    lost, or never heard, for ``liveness`` heartbeat intervals, it stops
+    waiting, as cf_executor_destroy does: tasks never sent are cancelled,
+    tasks handed to the broker fail with a TaskError of type "BrokerLost"
+    (they may or may not have run), and a warning is logged
+    (cfutures.client) saying how many.
 
     submit() and map() raise TypeError or ValueError at once for arguments
     that cannot travel; everything that happens remotely comes back through
@@ -1060,10 +1183,11 @@ class Executor(cf.Executor):
     """
 
     def __init__(self, endpoint="tcp://127.0.0.1:5555", *, retries=DEFAULT_RETRIES,
-                 timeout=None, retry_on_error=False, heartbeat_ms=DEFAULT_HEARTBEAT_MS,
-                 liveness=DEFAULT_LIVENESS, curve_broker_key=None, curve_key=None,
-                 map_window=MAP_WINDOW, max_outstanding=None, fail_when_full=False,
-                 context=None):
+                 timeout=None, retry_on_error=False, priority=0, no_worker_timeout=None,
+                 connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
+                 heartbeat_ms=DEFAULT_HEARTBEAT_MS, liveness=DEFAULT_LIVENESS,
+                 curve_broker_key=None, curve_key=None, map_window=MAP_WINDOW,
+                 max_outstanding=None, fail_when_full=False, context=None):
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if not endpoints or not all(isinstance(e, str) and e for e in endpoints):
             raise ValueError("endpoint is a non-empty str or a list of them")
@@ -1080,20 +1204,34 @@ class Executor(cf.Executor):
         self._slots = None if max_outstanding is None else threading.Semaphore(max_outstanding)
         self._max_outstanding = max_outstanding
         self._fail_when_full = fail_when_full
-        self._defaults = _task_options((0, 0, 0), {"retries": retries, "timeout": timeout,
-                                                   "retry_on_error": retry_on_error})
+        self._defaults = _task_options((0, 0, 0, 0, 0), {
+            "retries": retries, "timeout": timeout, "retry_on_error": retry_on_error,
+            "priority": priority, "no_worker_timeout": no_worker_timeout})
+        connect_wait = _connect_wait(connect_timeout)
         self._map_window = map_window
         self._names = set()         # function names checked already
         curve = _keys.load_client_keys(curve_broker_key, curve_key)
-        self._client = _Client(endpoints, heartbeat_ms, liveness, curve, context)
-        if curve is not None:
-            #  A refused key says so within a few heartbeat intervals; a
-            #  broker that is not up yet is no error.
-            self._client.handshake.wait(heartbeat_ms * liveness / 1000.0)
+        self._client = _Client(endpoints, heartbeat_ms, liveness, curve, context,
+                               connecting=connect_wait is not None)
+        #  Without connect_timeout, with CURVE: a refused key says so within
+        #  a few heartbeat intervals; a broker that is not up yet is no error.
+        wait = connect_wait
+        if wait is None and curve is not None:
+            wait = heartbeat_ms * liveness / 1000.0
+        if wait is not None:
+            self._client.handshake.wait(wait)
+            self._client.connecting = False
+            error = None
             if self._client.refused is not None:
-                why = self._client.refused
+                error = AuthError(self._client.refused)
+            elif connect_wait is not None and not self._client.answered:
+                where = ", ".join(endpoints)
+                error = TimeoutError(
+                    f"no cf-broker answered at {where} within {int(connect_wait * 1000)} ms "
+                    f"(connect_timeout; is the broker running and the endpoint right?)")
+            if error is not None:
                 self._client.shutdown(wait=True, cancel_futures=True, terminate=True)
-                raise AuthError(why)
+                raise error
         _live_executors.add(self)
         weakref.finalize(self, _Client.shutdown, self._client, False, False)
 
@@ -1104,8 +1242,9 @@ class Executor(cf.Executor):
     def submit(self, fn, /, *args, **task_options):
         """Schedules fn(*args) on a worker; fn is the task's registered
         name. Keyword arguments are task options (retries, timeout,
-        retry_on_error), never arguments of the task: cf/1 has positional
-        arguments only. Returns a Future."""
+        retry_on_error, priority, no_worker_timeout: see the class), never
+        arguments of the task: cf/1 has positional arguments only. Returns
+        a Future."""
         if fn not in self._names:
             _proto.check_function_name(fn)
             if len(self._names) < 4096:
@@ -1119,7 +1258,7 @@ class Executor(cf.Executor):
             self._take_slot(fn)
             future.add_done_callback(lambda _: self._slots.release())
         try:
-            self._client.submit(fn, args_bytes, options[0], options[1], options[2], future)
+            self._client.submit(fn, args_bytes, options, future)
         except BaseException:
             if self._slots is not None and not future.done():
                 self._slots.release()
@@ -1139,25 +1278,33 @@ class Executor(cf.Executor):
             if self._client.closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1, window=None):
+    def map(self, fn, *iterables, timeout=None, chunksize=1, window=None, priority=None,
+            no_worker_timeout=None):
         """Like Executor.map: fn(*args) for args in zip(*iterables), results
         in order, the first failing input's error raised where it stands.
         Unlike it, inputs are read lazily: at most `window` tasks
         (map_window) are in flight, so an endless iterable takes bounded
         memory; the first window is submitted at once. chunksize > 1 sends
         that many inputs per task (cf.chunk, run by every worker). timeout
-        counts from this call. Closing the iterator early cancels the tasks
-        still in flight."""
+        counts from this call (it is the wait's, not a task option).
+        priority and no_worker_timeout, when given, are the task options of
+        every input (see the class); the others are the executor's.
+        Closing the iterator early cancels the tasks still in flight."""
         _proto.check_function_name(fn)
         if type(chunksize) is not int or chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         window = self._map_window if window is None else window
         if type(window) is not int or window < 1:
             raise ValueError("window must be >= 1")
+        overrides = {}
+        if priority is not None:
+            overrides["priority"] = priority
+        if no_worker_timeout is not None:
+            overrides["no_worker_timeout"] = no_worker_timeout
+        options = _task_options(self._defaults, overrides) if overrides else self._defaults
         end = None if timeout is None else time.monotonic() + timeout
         inputs = zip(*iterables)
         in_flight = collections.deque()
-        retries, timeout_ms, flags = self._defaults
         state = {"exhausted": False}
         #  Refills go out in batches: one lock, one wakeup and one SUBMIT for
         #  many tasks, where refilling slot by slot would cost a wakeup of
@@ -1188,7 +1335,7 @@ class Executor(cf.Executor):
                     counts.append(len(chunk))
             if packed:
                 futures = [Future() for _ in packed]
-                self._client.submit_many(name, packed, retries, timeout_ms, flags, futures)
+                self._client.submit_many(name, packed, options, futures)
                 in_flight.extend(zip(futures, counts))
 
         fill(first=True)
@@ -1233,16 +1380,18 @@ class Executor(cf.Executor):
 def _shutdown_at_exit():
     #  As ThreadPoolExecutor: at interpreter exit, work submitted to an
     #  executor nobody shut down still completes; but not waiting for a
-    #  broker that is lost (silent for liveness intervals, or never there):
-    #  then what is pending is cancelled or failed, as cf_executor_destroy
-    #  does, and the interpreter exits.
-    for executor in list(_live_executors):
-        client = executor._client
+    #  broker that is lost (or never heard) for liveness intervals: then
+    #  what is pending is cancelled or fails with BrokerLost, as
+    #  shutdown(wait=True) and cf_executor_destroy do, and the interpreter
+    #  exits. Every executor is told first, so their waits run together.
+    clients = [executor._client for executor in list(_live_executors)]
+    for client in clients:
         client.shutdown(wait=False, cancel_futures=False)
-        while client.thread.is_alive():
-            client.thread.join(0.1)
-            if client.lost or client.refused is not None:
-                client.shutdown(wait=True, cancel_futures=True, terminate=True)
+        with client.lock:
+            client.destroying = True
+        client._wake()
+    for client in clients:
+        client.shutdown(wait=True, cancel_futures=False)
 
 
 if hasattr(threading, "_register_atexit"):

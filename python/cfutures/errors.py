@@ -16,6 +16,14 @@ class TaskError(Exception):
     Attributes: ``type`` (the remote error type, e.g. "ValueError",
     "WorkerLost", "UnknownFunction"), ``message``, ``function``, ``host``
     and ``pid`` (where it ran; "" and 0 when unknown).
+
+    The runtime types (docs/protocol.md, section 9) come as the same
+    class: from workers "UnknownFunction", "TypeError"; from the broker
+    "WorkerLost", "TimeoutError", "ProtocolError", and "NoWorker" (no
+    connected worker serves the task's function and its wait,
+    ``no_worker_timeout``, ran out: routing by function, issue 10); from
+    this client "BrokerLost" (shut down while the broker was unreachable:
+    the task may or may not have run), "ExecutorDestroyed", "AuthError".
     """
 
     def __init__(self, type, message, function="", host="", pid=0):

@@ -180,9 +180,8 @@ def test_values_travel_unchanged(cluster):
         with pytest.raises(cfutures.TaskError) as info:
             ex.submit("square").result()
         assert info.value.type == "TypeError"
-        with pytest.raises(cfutures.TaskError) as info:
-            ex.submit("no_such_task", 1).result()
-        assert info.value.type == "UnknownFunction" and info.value.function == "no_such_task"
+        #  (A function no worker serves: the worker's UnknownFunction before
+        #  routing by function, the broker's NoWorker with it: test_routing.py.)
 
 
 def test_submit_refuses_what_cannot_travel(cluster):
@@ -311,7 +310,7 @@ EXIT_SCRIPT = """
 import sys
 sys.path.insert(0, {path!r})
 import cfutures
-ex = cfutures.Executor({endpoint!r}, heartbeat_ms=100)
+ex = cfutures.Executor({endpoint!r}, heartbeat_ms=100, connect_timeout=None)
 f = ex.submit("slow_double", 21)
 f.add_done_callback(lambda f: print("cancelled" if f.cancelled() else f.result(), flush=True))
 """
@@ -384,3 +383,49 @@ def test_max_outstanding_bounds_the_tasks_not_done(cluster, tmp_path):
     assert held.result(timeout=30) > 0
     with pytest.raises(ValueError):
         cfutures.Executor(broker.clients, max_outstanding=0)
+
+
+def _dead_endpoint():
+    """A port nobody listens on."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    return endpoint
+
+
+def test_the_constructor_waits_for_a_broker_and_says_when_none_answers(cluster):
+    import time
+    dead = _dead_endpoint()
+    start = time.monotonic()
+    with pytest.raises(TimeoutError) as info:
+        cfutures.Executor(dead, connect_timeout=0.3)
+    assert 0.3 <= time.monotonic() - start < 10
+    assert f"no cf-broker answered at {dead} within 300 ms (connect_timeout" \
+        in str(info.value)
+    with pytest.raises(TimeoutError) as info:
+        cfutures.Executor([dead, _dead_endpoint()], connect_timeout=0.2, heartbeat_ms=50)
+    assert dead in str(info.value)
+    #  None (or a negative number): no wait, the executor connects in the
+    #  background and its tasks wait for a broker.
+    start = time.monotonic()
+    ex = cluster.executor(dead, connect_timeout=None)
+    ex2 = cluster.executor(dead, connect_timeout=-1)
+    assert time.monotonic() - start < 2
+    assert not ex._client.answered and not ex2._client.answered
+    for bad in ("5", True, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            cfutures.Executor(dead, connect_timeout=bad)
+    #  A broker that is there answers at once (0: the default wait, 5 s).
+    broker = cluster.broker()
+    cluster.c_worker(broker)
+    start = time.monotonic()
+    ex = cluster.executor(broker, connect_timeout=0)
+    assert ex._client.answered and time.monotonic() - start < 5
+    assert ex.submit("square", 6).result(timeout=30) == 36
+    #  With several endpoints it moves past those that do not answer, one
+    #  heartbeat interval each, within the same wait.
+    ex = cluster.executor([dead, _dead_endpoint(), broker.clients], connect_timeout=30,
+                          heartbeat_ms=200)
+    assert ex._client.ep_index == 2
+    assert ex.submit("square", 7).result(timeout=30) == 49

@@ -2,7 +2,9 @@
 restarted, and a broker that sends garbage. Every Python future resolves."""
 
 import concurrent.futures as cf
+import logging
 import signal
+import socket
 import threading
 import time
 
@@ -83,6 +85,63 @@ def test_a_broker_that_stops_gracefully_is_left_and_rejoined(cluster):
     cluster.broker(*FAST, clients=endpoints[0], workers=endpoints[1])
     assert pending.result(timeout=30) == 9
     ex.shutdown()
+
+
+# ---------------------------------------------------------------------------
+#  shutdown(wait=True) with a broker lost or never there: bounded, as
+#  cf_executor_destroy (include/cfutures.h)
+
+def _dead_endpoint():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    return endpoint
+
+
+def test_shutdown_stops_waiting_for_a_broker_never_there(caplog):
+    caplog.set_level(logging.WARNING, logger="cfutures.client")
+    ex = cfutures.Executor(_dead_endpoint(), heartbeat_ms=100, connect_timeout=None)
+    futures = [ex.submit("square", i) for i in range(3)]
+    start = time.monotonic()
+    ex.shutdown(wait=True)
+    #  Liveness (3) intervals of 100 ms since the tasks began to wait.
+    assert 0.25 <= time.monotonic() - start < 10
+    #  Never delivered (no connection ever came up): cancelled.
+    assert all(f.cancelled() for f in futures)
+    assert "0 tasks failed with BrokerLost, 3 never delivered cancelled" in caplog.text
+
+
+def test_shutdown_fails_the_tasks_of_a_lost_broker_with_broker_lost(cluster, caplog):
+    caplog.set_level(logging.WARNING, logger="cfutures.client")
+    broker = cluster.broker(*FAST)
+    ex = cluster.executor(broker, heartbeat_ms=100)
+    #  No worker: the tasks wait in the broker's queue.
+    futures = [ex.submit("square", i) for i in range(4)]
+    wait_for(lambda: ex.stats()["queued"] == 4, what="the tasks queued at the broker")
+    broker.kill()
+    start = time.monotonic()
+    ex.shutdown(wait=True)
+    assert time.monotonic() - start < 10
+    for f in futures:
+        error = f.exception(timeout=0)
+        assert isinstance(error, cfutures.TaskError) and error.type == "BrokerLost"
+        assert "may or may not have run" in error.message and broker.clients in error.message
+    assert "4 tasks failed with BrokerLost, 0 never delivered cancelled" in caplog.text
+
+
+def test_shutdown_waits_for_every_task_while_the_broker_answers(cluster, caplog):
+    caplog.set_level(logging.WARNING, logger="cfutures.client")
+    broker = cluster.broker(*FAST)
+    worker = cluster.c_worker(broker, "--threads", "1", *FAST)
+    ex = cluster.executor(broker, heartbeat_ms=100)
+    #  One thread: 8 x 100 ms, far longer than liveness x 100 ms.
+    futures = [ex.submit("sleep_pid", 100) for _ in range(8)]
+    start = time.monotonic()
+    ex.shutdown(wait=True)
+    assert time.monotonic() - start >= 0.7
+    assert [f.result(timeout=0) for f in futures] == [worker.pid] * 8
+    assert "BrokerLost" not in caplog.text
 
 
 # ---------------------------------------------------------------------------

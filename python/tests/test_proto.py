@@ -38,9 +38,16 @@ def test_every_command_round_trips():
         (_proto.STARTED, [1, 2 ** 64 - 1], [1, 2 ** 64 - 1]),
         (_proto.CANCEL, [], []),
         (_proto.TASK, [[17, "f", b"\x90", 0]], [(17, "f", b"\x90", 0)]),
-        (_proto.READY, [4, "node", 42, 4, 1], (4, "node", 42, 4, 1)),
-        (_proto.READY, [4, "node", 42, 4], (4, "node", 42, 4, None)),
-        (_proto.READY, [4, "node", 42], (4, "node", 42, None, None)),
+        (_proto.READY, [4, "node", 42, 4, 1, ["f", "g"]], (4, "node", 42, 4, 1, ["f", "g"])),
+        (_proto.READY, [4, "node", 42, 4, 1, None], (4, "node", 42, 4, 1, None)),
+        (_proto.READY, [4, "node", 42, 4, 1, []], (4, "node", 42, 4, 1, [])),
+        (_proto.READY, [4, "node", 42, 4, 1], (4, "node", 42, 4, 1, None)),
+        (_proto.READY, [4, "node", 42, 4], (4, "node", 42, 4, None, None)),
+        (_proto.READY, [4, "node", 42], (4, "node", 42, None, None, None)),
+        (_proto.FUNCTIONS, [["f", "é" * 127]], ["f", "é" * 127]),
+        (_proto.FUNCTIONS, [[]], []),
+        (_proto.SUBMIT, [[1, "f", b"\x90", 3, 0, 1, -7, 300]],
+         [(1, "f", b"\x90", 3, 0, 1, -7, 300)]),
         (_proto.CREDIT, [3], 3),
         (_proto.HEARTBEAT, [0x5eedc0ffee15600d, 1000], (0x5eedc0ffee15600d, 1000)),
         (_proto.DISCONNECT, ["bye"], "bye"),
@@ -82,6 +89,25 @@ MALFORMED = [
     [b"cf/1", b"TASK", msgpack.packb([[1, "f", b"", 2 ** 32]], use_bin_type=True)],
     [b"cf/1", b"READY", msgpack.packb([1, "h"])],
     [b"cf/1", b"READY", msgpack.packb([1, "h", 1, 1, 1, 1])],
+    [b"cf/1", b"READY", msgpack.packb([1, "h", 1, 1, 1, ["f"], 1])],
+    [b"cf/1", b"READY", msgpack.packb([1, "h", 1, 1, 1, [""]])],
+    [b"cf/1", b"READY", msgpack.packb([1, "h", 1, 1, 1, ["f" * 256]])],
+    [b"cf/1", b"READY", msgpack.packb([1, "h", 1, 1, 1, ["f\0g"]])],
+    [b"cf/1", b"READY", msgpack.packb([1, "h", 1, 1, 1, [b"f"]], use_bin_type=True)],
+    [b"cf/1", b"READY", msgpack.packb([1, "h", 1, 1, 1, "f"])],
+    [b"cf/1", b"READY", msgpack.packb([1, "h", 1, 1, 1, [str(i) for i in range(4097)]])],
+    [b"cf/1", b"FUNCTIONS", msgpack.packb([None])],
+    [b"cf/1", b"FUNCTIONS", msgpack.packb([])],
+    [b"cf/1", b"FUNCTIONS", msgpack.packb(["f"])],
+    [b"cf/1", b"FUNCTIONS", msgpack.packb([["f"], ["g"]])],
+    [b"cf/1", b"FUNCTIONS", msgpack.packb([[1]])],
+    [b"cf/1", b"FUNCTIONS", msgpack.packb([[str(i) for i in range(4097)]])],
+    [b"cf/1", b"SUBMIT", msgpack.packb([[1, "f", b"", 0, 0, 0, 0]], use_bin_type=True)],
+    [b"cf/1", b"SUBMIT", msgpack.packb([[1, "f", b"", 0, 0, 0, 0, 0, 0]], use_bin_type=True)],
+    [b"cf/1", b"SUBMIT", msgpack.packb([[1, "f", b"", 0, 0, 0, 2 ** 31, 0]], use_bin_type=True)],
+    [b"cf/1", b"SUBMIT", msgpack.packb([[1, "f", b"", 0, 0, 0, 0, -1]], use_bin_type=True)],
+    [b"cf/1", b"SUBMIT", msgpack.packb([[1, "f", b"", 0, 0, 0, 0, 2 ** 32]], use_bin_type=True)],
+    [b"cf/1", b"SUBMIT", msgpack.packb([[1, "f", b"", 0, 0, 0, 1.0, 0]], use_bin_type=True)],
     [b"cf/1", b"READY", msgpack.packb([1, "h", 1, 1, -1])],
     [b"cf/1", b"HEARTBEAT", msgpack.packb([1])],
     [b"cf/1", b"HEARTBEAT", msgpack.packb([1.0, 2])],
@@ -140,6 +166,81 @@ def test_function_names_are_checked():
     with pytest.raises(TypeError):
         _proto.check_function_name(b"f")
     _proto.check_function_name("cf.chunk", reserved_ok=True)
+
+
+# ---------------------------------------------------------------------------
+#  Issue 10: SUBMIT's priority and wait_ms, READY's functions, FUNCTIONS
+
+def test_submit_tasks_take_the_longer_form_only_when_they_need_it():
+    assert _proto.submit_task(5, "f", b"\x90", 3, 0, 0) == (5, "f", b"\x90", 3, 0, 0)
+    assert _proto.submit_task(5, "f", b"\x90", 3, 0, 0, 0, 0) == (5, "f", b"\x90", 3, 0, 0)
+    assert _proto.submit_task(5, "f", b"\x90", 3, 0, 1, -2, 0) == \
+        (5, "f", b"\x90", 3, 0, 1, -2, 0)
+    assert _proto.submit_task(5, "f", b"\x90", 3, 0, 0, 0, 300) == \
+        (5, "f", b"\x90", 3, 0, 0, 0, 300)
+    #  The 8 fields, byte for byte after the 6 of the documented example.
+    task = _proto.submit_task(0x1f2e3d4c5b6a7988, "slow_double", b"\x91\x15", 3, 0, 0,
+                              2 ** 31 - 1, 2 ** 32 - 1)
+    body = _proto.frames(_proto.SUBMIT, [task])[2]
+    assert body == b"\x91\x98" + DOCUMENTED_SUBMIT[6:] + b"\xce\x7f\xff\xff\xff" \
+        + b"\xce\xff\xff\xff\xff"
+    assert _proto.decode([b"cf/1", b"SUBMIT", body])[1] == [task]
+    low = _proto.frames(_proto.SUBMIT, [_proto.submit_task(1, "f", b"\x90", 0, 0, 0,
+                                                            -2 ** 31, 1)])[2]
+    assert low.endswith(b"\xd2\x80\x00\x00\x00\x01")
+    assert _proto.decode([b"cf/1", b"SUBMIT", low])[1][0][6:] == (-2 ** 31, 1)
+
+
+def test_the_client_turns_task_options_into_wire_fields():
+    from cfutures.client import _task_options
+    base = _task_options((0, 0, 0, 0, 0), {"retries": 3})
+    assert base == (3, 0, 0, 0, 0)
+    assert _task_options(base, {"priority": -5}) == (3, 0, 0, -5, 0)
+    assert _task_options(base, {"no_worker_timeout": 0.3}) == (3, 0, 0, 0, 300)
+    assert _task_options(base, {"no_worker_timeout": 0.0001}) == (3, 0, 0, 0, 1)
+    assert _task_options(base, {"no_worker_timeout": None}) == base
+    assert _task_options(base, {"priority": 2 ** 31 - 1, "timeout": 1.5,
+                                "retry_on_error": True}) == (3, 1500, 1, 2 ** 31 - 1, 0)
+    for bad in ({"priority": 2 ** 31}, {"priority": -2 ** 31 - 1},
+                {"no_worker_timeout": -1}, {"no_worker_timeout": "1"},
+                {"no_worker_timeout": 2 ** 32}):
+        with pytest.raises(ValueError):
+            _task_options(base, bad)
+    for bad in ({"priority": 1.0}, {"priority": True}, {"priority": None}, {"wait_ms": 1}):
+        with pytest.raises(TypeError):
+            _task_options(base, bad)
+
+
+def test_function_lists_are_checked_before_they_travel():
+    assert _proto.ready_body(2, "h", 7, 2, 1) == [2, "h", 7, 2, 1]
+    assert _proto.ready_body(2, "h", 7, 2, 1, ["a", "b"]) == [2, "h", 7, 2, 1, ["a", "b"]]
+    assert _proto.functions_body(["a"]) == [["a"]]
+    names = [f"f{i}" for i in range(_proto.MAX_FUNCTIONS)]
+    assert _proto.decode(_proto.frames(_proto.FUNCTIONS, _proto.functions_body(names)))[1] \
+        == names
+    assert _proto.functions_body(["cf.chunk"]) == [["cf.chunk"]]
+    for bad in (names + ["x"], [""], ["x" * 256], ["f\0"], ["f\ud800"]):
+        with pytest.raises(ValueError):
+            _proto.functions_body(bad)
+        with pytest.raises(ValueError):
+            _proto.ready_body(1, "h", 1, 1, 1, bad)
+    for bad in (("a",), "a", [b"a"], [1]):
+        with pytest.raises(TypeError):
+            _proto.functions_body(bad)
+
+
+def test_the_worker_lists_its_functions_in_ready():
+    w = Worker({"b": len, "a": len, "é" * 100: len}, "tcp://127.0.0.1:9", threads=3)
+    body = w._ready_body()
+    #  cf.chunk first, as cf-worker lists it: the broker routes it by name.
+    names = ["cf.chunk", "a", "b", "é" * 100]
+    assert body == [3, w.host, os.getpid(), 3, _proto.FEATURE_BEGUN, names]
+    assert _proto.decode(_proto.frames(_proto.READY, body))[1][5] == names
+    #  More names than a READY lists: every function is announced (5 fields).
+    most = Worker({f"f{i}": len for i in range(_proto.MAX_FUNCTIONS - 1)}, "tcp://127.0.0.1:9")
+    assert len(most._ready_body()[5]) == _proto.MAX_FUNCTIONS
+    many = Worker({f"f{i}": len for i in range(_proto.MAX_FUNCTIONS)}, "tcp://127.0.0.1:9")
+    assert len(many._ready_body()) == 5
 
 
 def test_text_clip_cuts_at_a_character_boundary():

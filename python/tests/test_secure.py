@@ -70,7 +70,13 @@ def test_a_client_key_not_on_the_list_is_refused(cluster, keys):
 
 def test_a_plaintext_client_of_a_curve_broker_gets_auth_errors(cluster, keys):
     broker = _secure_broker(cluster, keys)
-    ex = cluster.executor(broker)
+    #  The constructor waits for the handshake (connect_timeout) and hears
+    #  the refusal there.
+    with pytest.raises(cfutures.AuthError) as info:
+        cfutures.Executor(broker.clients)
+    assert "requires CURVE" in str(info.value)
+    #  Without that wait, the refusal fails the futures.
+    ex = cluster.executor(broker, connect_timeout=None)
     f = ex.submit("square", 2)
     done, _ = cf.wait([f], timeout=30)
     assert f in done

@@ -66,9 +66,9 @@ def test_python_functions_serve_python_clients(cluster):
         with pytest.raises(cfutures.TaskError) as info:
             ex.submit("py_upper").result(timeout=30)
         assert info.value.type == "TypeError"
-        with pytest.raises(cfutures.TaskError) as info:
-            ex.submit("square", 3).result(timeout=30)
-        assert info.value.type == "UnknownFunction"
+        #  (A function this worker lacks: UnknownFunction from it, see
+        #  test_faults.py's hand-driven broker; a broker that routes by
+        #  function never sends it here, see test_routing.py.)
         #  cf.chunk, served by the Python worker itself.
         results = ex.map("py_lookup", ["a", "a", "a", "zz", "a"], chunksize=2)
         assert [next(results) for _ in range(3)] == [1, 1, 1]

@@ -53,12 +53,19 @@ queued ones and any that arrive meanwhile) without using a retry. A second
 stop(now=True) (a second signal) sends DISCONNECT at once: the running
 tasks are requeued too.
 
-Routing by function (issue 10) does not exist in cf/1 yet: a broker sends
-any task to any worker, so every worker of a cluster must serve every
-function its clients call (a task landing here for a function this worker
-lacks fails with UnknownFunction). When READY can carry the function names,
-_ready_body() is the one place that will add them (Worker.functions holds
-them).
+Routing by function (issue 10): READY carries the names of the functions
+this worker serves (its 6th field, _ready_body()), so a broker that routes
+by function sends it only tasks of those. cf.chunk, which every worker
+runs itself, is listed first, as cf-worker lists it: the broker routes by
+the task's name, so a chunk may reach a worker that lacks the function it
+carries (the chunk then fails with UnknownFunction). A broker older than
+that refuses the 6-field READY as malformed (ERROR "malformed message"):
+the worker then announces itself again with the 5 fields of before and
+gets tasks of any function, as every worker did (a task of a function it
+lacks fails with UnknownFunction); a broker that restarts (new boot id)
+is offered the list again. The functions are fixed when the Worker is
+made, so it never sends FUNCTIONS (the command that replaces the list of
+a worker that loads functions later).
 
 --procs N (in __main__) runs N single-threaded workers in forked processes,
 each with its own connection, as cf-worker --procs does: a process that
@@ -198,6 +205,18 @@ class Worker:
         self.stopping = False
         self.declined = 0
         self.announce = True
+        #  READY lists the functions (issue 10) unless the broker refused
+        #  that form; unconfirmed: sent, and no task came since.
+        self.list_functions = len(self.functions) < _proto.MAX_FUNCTIONS
+        self.functions_unconfirmed = False
+        #  After that refusal, an "unknown worker" answering a heartbeat
+        #  sent before it is no new sign (the READY that follows the
+        #  refusal answers it): ignored until then.
+        self.unknown_is_old_until = 0.0
+        if not self.list_functions:
+            log.warning("%d functions and cf.chunk are more than a READY lists (%d): "
+                        "announcing every function (the broker may send tasks of functions "
+                        "this worker lacks)", len(self.functions), _proto.MAX_FUNCTIONS)
         self.boot = 0
         self.broker_ivl_s = 0.0
         self.last_heard = 0.0
@@ -401,8 +420,10 @@ class Worker:
             #  Not to a broker judged lost (silent, or it said DISCONNECT):
             #  its next word sets announce again, and one READY answers both.
             if self.announce and not self.stopping and not self.blocked and not self.lost:
-                if self._send(_proto.READY, self._ready_body()):
+                body = self._ready_body()
+                if self._send(_proto.READY, body):
                     self.announce = False
+                    self.functions_unconfirmed = len(body) > 5
             self._run_timers()
             timeout = self._poll_timeout()
             with self.lock:
@@ -425,13 +446,16 @@ class Worker:
                 self._on_monitor()
 
     def _ready_body(self):
-        """READY [credit, host, pid, threads, features]: credit is the free
-        slots now (see the design note), features BEGUN. The one place that
-        will announce the functions served once cf/1 routes by function
-        (issue 10)."""
+        """READY [credit, host, pid, threads, features, functions]: credit
+        is the free slots now (see the design note), features BEGUN,
+        functions cf.chunk and the names served (sorted), left out for a
+        broker that refused them (see the design note)."""
         credit = max(0, self.threads + self.prefetch - self.in_hand)
-        return [min(credit, _proto.UINT32_MAX), self.host, self.pid, self.threads,
-                _proto.FEATURE_BEGUN]
+        functions = None
+        if self.list_functions:
+            functions = [_proto.CHUNK_FUNCTION] + sorted(self.functions)
+        return _proto.ready_body(min(credit, _proto.UINT32_MAX), self.host, self.pid,
+                                 self.threads, _proto.FEATURE_BEGUN, functions)
 
     def _send(self, command, body):
         if self.blocked:
@@ -549,14 +573,31 @@ class Worker:
                     if self.boot and boot != self.boot:
                         log.info("broker restarted (new boot id): announcing again")
                         self.announce = True
+                        #  Perhaps a newer one: offer the function list again.
+                        self.list_functions = len(self.functions) < _proto.MAX_FUNCTIONS
                     self.boot = boot
                 if ivl_ms:
                     self.broker_ivl_s = max(ivl_ms / 1000.0, MIN_IVL_S)
             elif command == _proto.ERROR_CMD:
                 ref, text = fields
                 if text == _proto.UNKNOWN_WORKER:
+                    if now < self.unknown_is_old_until:
+                        log.debug("'unknown worker' answering a heartbeat before the READY "
+                                  "without the function list: ignored")
+                        continue
                     log.info("broker does not know this worker: announcing again")
                     self.announce = True
+                elif ref == 0 and text.startswith(_proto.MALFORMED_TEXT) \
+                        and self.functions_unconfirmed:
+                    #  The READY with the function list, refused by a broker
+                    #  that predates it (issue 10).
+                    log.warning("broker %s refused READY with the function list (it does "
+                                "not route by function): announcing every function",
+                                self.endpoint)
+                    self.list_functions = False
+                    self.functions_unconfirmed = False
+                    self.announce = True
+                    self.unknown_is_old_until = now + self._send_ivl()
                 elif text in (_proto.KEY_REVOKED, _proto.NOT_ALLOWED):
                     self.refused = f"the broker at {self.endpoint} refused this worker: {text}"
                 else:
@@ -578,6 +619,7 @@ class Worker:
             self.announce = True
 
     def _on_tasks(self, tasks):
+        self.functions_unconfirmed = False      # the broker took our READY
         limit = self.threads + self.prefetch + QUEUE_SLACK
         for task_id, name, args, _timeout_ms in tasks:
             if self.stopping:
