@@ -2,12 +2,10 @@
 side: what the client and the worker send, against a broker driven by
 hand; and the behaviour of a cluster, against a real cf-broker.
 
-The cluster tests need the broker's side of issue 10 (it routes tasks by
-the functions a worker's READY lists, dispatches a client's tasks by
-priority, fails a task no connected worker serves with NoWorker). A broker
-without it sends any task to any worker (the C worker answers
-UnknownFunction) and refuses a SUBMIT task of 8 fields (ProtocolError), so
-they are marked xfail until it lands."""
+The cluster tests run against the broker's side of issue 10: it routes
+tasks (and map's chunks, by the function they carry) by the functions a
+worker's READY lists, dispatches a client's tasks by priority, and fails a
+task no connected worker serves with NoWorker."""
 
 import concurrent.futures as cf
 import threading
@@ -21,16 +19,6 @@ import cfutures
 from cfutures import _proto
 from cfutures.worker import Worker
 from conftest import wait_for, wait_workers
-
-NEEDS_ROUTING = pytest.mark.xfail(strict=False, reason="needs broker routing (issue 10)")
-#  The broker of issue 10 routes a chunk by its name, cf.chunk, which every
-#  worker lists: a chunk of a function one worker lacks may still land
-#  there (UnknownFunction). Routing it by the function it carries (the
-#  first item of its args) is left to do.
-NEEDS_CHUNK_ROUTING = pytest.mark.xfail(
-    strict=False, reason="needs the broker to route cf.chunk by the function it carries "
-    "(issue 10 routes it by the name cf.chunk, which every worker serves)")
-
 
 # ---------------------------------------------------------------------------
 #  A broker driven by hand: a ROUTER
@@ -175,7 +163,6 @@ def test_the_worker_offers_its_function_list_and_drops_it_for_an_older_broker():
 # ---------------------------------------------------------------------------
 #  A real cluster (needs the broker's side)
 
-@NEEDS_ROUTING
 def test_each_task_lands_on_a_worker_that_serves_its_function(cluster):
     broker = cluster.broker()
     #  Idle threads, which a broker that does not route fills first.
@@ -193,7 +180,6 @@ def test_each_task_lands_on_a_worker_that_serves_its_function(cluster):
         assert list(ex.map("square", range(10))) == [i * i for i in range(10)]
 
 
-@NEEDS_CHUNK_ROUTING
 def test_chunks_go_to_a_worker_that_serves_their_function(cluster):
     broker = cluster.broker()
     cluster.c_worker(broker, "--threads", "4")
@@ -208,7 +194,6 @@ def test_chunks_go_to_a_worker_that_serves_their_function(cluster):
             [i * i for i in range(12)]
 
 
-@NEEDS_ROUTING
 def test_a_function_no_worker_serves_fails_with_no_worker(cluster):
     broker = cluster.broker()
     cluster.c_worker(broker)
@@ -236,7 +221,6 @@ def test_a_function_no_worker_serves_fails_with_no_worker(cluster):
         assert late.result(timeout=30) == "LATE"
 
 
-@NEEDS_ROUTING
 def test_higher_priority_tasks_are_dispatched_first(cluster, tmp_path):
     broker = cluster.broker()
     #  One thread and no prefetch: the order tasks run in is the order the

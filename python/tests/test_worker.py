@@ -112,9 +112,6 @@ def test_a_mixed_cluster_serves_the_same_functions_from_c_and_python(cluster):
         assert list(ex.map("shout", ["ab", "cd"] * 10)) == ["AB", "CD"] * 10
 
 
-@pytest.mark.xfail(strict=True, raises=cfutures.TaskError,
-                   reason="routing by function is issue 10: cf/1's broker sends any task to "
-                   "any worker, and the C worker answers UnknownFunction")
 def test_tasks_go_only_to_workers_that_serve_their_function(cluster):
     broker = cluster.broker()
     cluster.c_worker(broker, "--threads", "4")      # idle threads the broker fills first
