@@ -70,8 +70,11 @@ typedef enum {
     CF_STATUS_BUSY = 3          //  broker queue full: resend later
 } cf_status_t;
 
-//  Task flags.
+//  Task flags. PROGRESS (SUBMIT): the client reads PROGRESS; a broker
+//  forwards a task's PROGRESS only with it, so a client that predates the
+//  command never gets one.
 #define CF_TASK_RETRY_ON_ERROR 0x1u
+#define CF_TASK_PROGRESS       0x2u
 
 //  READY features. BEGUN: the worker sends STARTED when a task's function
 //  begins and answers the broker's CANCEL (docs/protocol.md, "CANCEL,
