@@ -384,12 +384,17 @@ typedef struct {
 //  none arrives after f is done; the task's last report before it returned
 //  is passed before f completes, unless something was lost on the way (a
 //  refused send to a full peer, a lost worker or broker, out of memory).
-//  At most about one call per CF_TASK_REPORT_INTERVAL_MS per task.
+//  At most about one call per CF_TASK_REPORT_INTERVAL_MS per task: the
+//  first report at once, then the latest once per interval. On CF_THREADS
+//  there is no timer: a report held back by the interval is passed with
+//  the task's next report after it, or when the task returns; elsewhere it
+//  waits an interval at most.
 typedef void(cf_task_report_fn)(cf_future_t *f, const cf_task_report_t *report, void *arg);
 //  Sets f's progress callback, replacing the previous one (fn NULL: none).
-//  When a report arrived already, fn is called at once on this thread with
-//  the latest. Returns once no call of the previous callback runs on
-//  another thread, so its arg may be freed then. CF_OK or CF_ENOMEM.
+//  When a report arrived already and f is not done, fn is called at once
+//  on this thread with the latest. Returns once no call of the previous
+//  callback runs on another thread, so its arg may be freed then (from
+//  inside the callback it cannot wait for itself). CF_OK or CF_ENOMEM.
 cf_err_t cf_future_on_progress(cf_future_t *f, cf_task_report_fn *fn, void *arg);
 //  The latest report's seq (0: none arrived yet), with its done and total
 //  (each may be NULL; 0 when none). Non-blocking; still there once done.
