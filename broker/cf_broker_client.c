@@ -62,6 +62,8 @@ void cf_broker_client_started(cf_broker_state_t *self, cf_broker_client_t *clien
 static cf_broker_out_t *s_out_add(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
                                   cf_status_t status, size_t data_len)
 {
+    //  Its progress record goes once its last report went (before this).
+    cf_broker_progress_finished(self, client, id);
     size_t size = sizeof(cf_broker_out_t) + data_len;
     cf_broker_out_t *out = malloc(size);
     if (!out) {
@@ -337,14 +339,31 @@ static bool s_flush_results(cf_broker_state_t *self, cf_broker_client_t *client)
     return true;
 }
 
-//  Sends what the client's outbox holds: STARTED first, then RESULTs, so a
-//  client never sees a task's result before its start. Returns true when
+//  Sends the outbox's progress reports (cf_broker_progress.c), after
+//  STARTED and before RESULTs. False when a send was refused.
+static bool s_flush_progress(cf_broker_state_t *self, cf_broker_client_t *client)
+{
+    if (!cf_broker_progress_unsent(client))
+        return true;
+    cf_err_t rc = cf_broker_progress_flush(self, client);
+    if (rc != CF_OK) {
+        s_client_refused(self, client, rc);
+        return false;
+    }
+    return true;
+}
+
+//  Sends what the client's outbox holds: STARTED first, then progress
+//  reports, then RESULTs, so a client never sees a task's result before its
+//  start, nor a task's last report after its result. Returns true when
 //  everything went.
 static bool s_client_flush(cf_broker_state_t *self, cf_broker_client_t *client)
 {
-    if (client->started_count && !client->out_head && client->started_due_ms > cf_clock_now_ms())
-        return false;    //  not due: wait for a RESULT to go with
-    if (!s_flush_started(self, client) || !s_flush_results(self, client))
+    if (client->started_count && !client->out_head && !cf_broker_progress_unsent(client)
+        && client->started_due_ms > cf_clock_now_ms())
+        return false;    //  not due: wait for a RESULT (or a report) to go with
+    if (!s_flush_started(self, client) || !s_flush_progress(self, client)
+        || !s_flush_results(self, client))
         return false;
     s_client_reached(client);
     return true;
@@ -379,6 +398,7 @@ static cf_broker_client_t *s_client_new(cf_broker_state_t *self, const void *id,
     cf_queue_init(&client->order);
     cf_queue_node_init(&client->ring_node);
     cf_queue_node_init(&client->flush_node);
+    cf_queue_init(&client->progress_out);
     client->tasks = cf_idmap_new(16);
     client->lane_map = cf_idmap_new(4);
     if (!client->tasks || !client->lane_map) {
@@ -426,6 +446,7 @@ void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client, 
         free(out);
     }
     free(client->started);
+    cf_broker_progress_drop_client(self, client);
     cf_log_info(S_LOG,
                 "client %s lost (%s): %zu queued tasks dropped, %zu running, %zu results unsent",
                 client->peer.label, reason, queued, orphaned, unsent);

@@ -25,6 +25,8 @@
 //                         and its per-worker and per-client lists
 //    cf_broker_stop.c     cf_broker_stop_*: STOP from clients, forwarded to
 //                         workers; what a stopped task's lost worker means
+//    cf_broker_progress.c cf_broker_progress_*: PROGRESS from workers kept
+//                         in clients' outboxes (latest wins) and flushed
 //
 //  Design note. One thread, a cf_actor, creates and owns the two ROUTER
 //  sockets and every table below; other threads reach it only through its
@@ -261,6 +263,11 @@ struct cf_broker_client {
     int64_t retry_at_ms;             //  no flush before this after a refusal
     uint64_t submitted, completed, failed;    //  its tasks taken; answered with a value, an error
     int retry_delay_ms;                       //  the current wait between refused flushes
+    //  Progress (cf_broker_progress.c): client task id -> the record of a
+    //  task that reported (NULL until one did), and the records holding a
+    //  report not sent yet.
+    cf_idmap_t *progress;
+    cf_queue_t progress_out;
 };
 
 struct cf_broker_worker {
@@ -530,6 +537,25 @@ void cf_broker_client_flush_all(cf_broker_state_t *self);
 //  Drops the client: its queued tasks and unsent results go, its running
 //  tasks are orphaned (their results will be dropped).
 void cf_broker_client_lost(cf_broker_state_t *self, cf_broker_client_t *client, const char *reason);
+
+// ---------------------------------------------------------------------------
+//  cf_broker_progress.c
+
+//  PROGRESS from worker: each item for a task running on it, whose client
+//  reads PROGRESS (SUBMIT flag), becomes that client's latest report of
+//  the task; other items are stale (counted as ignored).
+void cf_broker_progress_from_worker(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                                    const cf_proto_msg_t *msg);
+//  The result for client task id was queued: its record goes (once its
+//  last report is sent, when one waits).
+void cf_broker_progress_finished(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id);
+//  True when client has reports not sent.
+bool cf_broker_progress_unsent(const cf_broker_client_t *client);
+//  Sends client's waiting reports, in as few PROGRESS as the limits allow.
+//  CF_OK, or the refused send's error (what is left waits).
+cf_err_t cf_broker_progress_flush(cf_broker_state_t *self, cf_broker_client_t *client);
+//  Frees client's records (the client is lost).
+void cf_broker_progress_drop_client(cf_broker_state_t *self, cf_broker_client_t *client);
 
 // ---------------------------------------------------------------------------
 //  cf_broker_stats.c

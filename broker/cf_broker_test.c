@@ -1156,6 +1156,110 @@ static void test_a_stopped_tasks_lost_worker_fails_it_interrupted_not_retried(vo
     assert_int_equal(stats.cancelled, 1);
 }
 
+// ---------------------------------------------------------------------------
+//  PROGRESS: forwarded to clients that asked, latest wins, before RESULT
+
+//  One msgpack value: "half".
+static const uint8_t s_partial[] = { 0xa4, 'h', 'a', 'l', 'f' };
+
+//  Sends one PROGRESS from sock: count items for task id, done 1..count of
+//  total 100, the partial value with the second item only.
+static void s_progress(void *sock, uint64_t id, uint32_t count)
+{
+    cf_proto_enc_t *enc = s_enc();
+    cf_proto_enc_begin(enc, CF_MSG_PROGRESS);
+    for (uint32_t i = 1; i <= count; i++)
+        assert_int_equal(cf_proto_enc_progress(enc, id, i, i, 100, i == 2 ? s_partial : NULL,
+                                               i == 2 ? sizeof s_partial : 0),
+                         CF_OK);
+    assert_int_equal(cf_proto_enc_send(enc, sock, NULL, 0), CF_OK);
+}
+
+static void test_progress_reaches_its_client_coalesced_and_before_the_result(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *worker = s_worker(fx, "w1", 1, 1, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 70, 1, "f", 0, 0, CF_TASK_PROGRESS);
+    uint64_t id;
+    s_take_tasks(worker, &id, NULL, 1);
+    //  Five reports in one message: one item reaches the client, the
+    //  latest, with the partial value of an earlier one carried on.
+    s_progress(worker, id, 5);
+    cf_proto_msg_t *msg = s_expect(client, CF_MSG_PROGRESS);
+    assert_int_equal(msg->count, 1);
+    assert_int_equal(msg->progress[0].id, 70);
+    assert_int_equal(msg->progress[0].seq, 1);
+    assert_int_equal(msg->progress[0].done, 5);
+    assert_int_equal(msg->progress[0].total, 100);
+    assert_int_equal(msg->progress[0].partial_len, sizeof s_partial);
+    assert_memory_equal(msg->progress[0].partial, s_partial, sizeof s_partial);
+    cf_proto_msg_destroy(&msg);
+    //  A later report, then the result in one turn: the report goes first,
+    //  numbered on, without the partial value already sent.
+    s_progress(worker, id, 1);
+    s_result_ok(worker, id);
+    msg = s_expect(client, CF_MSG_PROGRESS);
+    assert_int_equal(msg->count, 1);
+    assert_int_equal(msg->progress[0].seq, 2);
+    assert_int_equal(msg->progress[0].done, 1);
+    assert_null(msg->progress[0].partial);
+    cf_proto_msg_destroy(&msg);
+    s_expect_status(client, 70, CF_STATUS_OK);
+    //  A report after the result is stale.
+    s_progress(worker, id, 1);
+    s_wait_stats(s_ignored_is, 1);
+}
+
+static void test_progress_goes_only_to_clients_that_asked(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *worker = s_worker(fx, "w1", 1, 1, 1);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 80, 1, "f", 0, 0, 0);    //  no PROGRESS flag: an older client
+    uint64_t id;
+    s_take_tasks(worker, &id, NULL, 1);
+    s_progress(worker, id, 3);
+    s_result_ok(worker, id);
+    //  s_expect fails on a PROGRESS before the RESULT.
+    s_expect_status(client, 80, CF_STATUS_OK);
+    assert_int_equal(s_stats().ignored, 0);
+}
+
+static void test_progress_from_the_wrong_peer_is_refused(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *worker = s_worker(fx, "w1", 1, 1, 1);
+    void *other = s_worker(fx, "w2", 1, 2, 2);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 90, 1, "f", 0, 0, CF_TASK_PROGRESS);
+    uint64_t id;
+    zmq_pollitem_t items[2] = { { worker, 0, ZMQ_POLLIN, 0 }, { other, 0, ZMQ_POLLIN, 0 } };
+    assert_true(zmq_poll(items, 2, WAIT_MS) > 0);
+    void *holder = items[0].revents ? worker : other;
+    void *idle = holder == worker ? other : worker;
+    s_take_tasks(holder, &id, NULL, 1);
+    //  From a client: unexpected. From a worker the task is not on, or for
+    //  no task at all: ignored. Malformed: refused.
+    s_progress(client, id, 1);
+    s_expect_error(client, "unexpected PROGRESS from a client");
+    s_progress(idle, id, 2);
+    s_progress(holder, 123456789, 1);
+    s_wait_stats(s_ignored_is, 3);
+    static const uint8_t bad[] = { 0x91, 0x93, 0x01, 0x01, 0x01 };    //  [[1, 1, 1]]
+    uint64_t malformed = s_stats().malformed;
+    s_send_body(holder, "PROGRESS", bad, sizeof bad);
+    s_expect_error(holder, "malformed");
+    s_wait_stats(s_malformed_is, malformed + 1);
+    //  Nothing else was lost: the task's own report and result still go.
+    s_progress(holder, id, 1);
+    cf_proto_msg_t *msg = s_expect(client, CF_MSG_PROGRESS);
+    assert_int_equal(msg->progress[0].id, 90);
+    cf_proto_msg_destroy(&msg);
+    s_result_ok(holder, id);
+    s_expect_status(client, 90, CF_STATUS_OK);
+}
+
 static void test_unknown_client_learns_the_boot_id(void **state)
 {
     s_fixture_t *fx = *state;
@@ -1657,6 +1761,13 @@ int main(void)
             s_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_client_learns_the_boot_id, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_progress_reaches_its_client_coalesced_and_before_the_result, s_setup_broker,
+            s_teardown),
+        cmocka_unit_test_setup_teardown(test_progress_goes_only_to_clients_that_asked,
+                                        s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_progress_from_the_wrong_peer_is_refused,
+                                        s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_stats_reply_lists_the_counters, s_setup_broker,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_destroy_says_disconnect_to_peers, s_setup_broker,

@@ -1,5 +1,5 @@
 //  The broker's workers (see cf_broker_int.h): what a worker sends (READY,
-//  FUNCTIONS, CREDIT, RESULT, STARTED, DISCONNECT), its credit, the dispatch of queued tasks in
+//  FUNCTIONS, CREDIT, RESULT, STARTED, PROGRESS, DISCONNECT), its credit, the dispatch of queued tasks in
 //  TASK batches, and what happens to its tasks when it goes.
 //
 //  Credit comes from workers: READY says how many tasks a worker can take
@@ -726,6 +726,12 @@ void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t
     case CF_MSG_STARTED:
         if (worker)
             s_worker_started(self, worker, msg);
+        else
+            cf_broker_peer_unknown(self, self->workers_sock, id, len, CF_PROTO_UNKNOWN_WORKER);
+        break;
+    case CF_MSG_PROGRESS:
+        if (worker)
+            cf_broker_progress_from_worker(self, worker, msg);
         else
             cf_broker_peer_unknown(self, self->workers_sock, id, len, CF_PROTO_UNKNOWN_WORKER);
         break;

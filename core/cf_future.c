@@ -31,12 +31,15 @@
 #include "cf_future.h"
 
 #include "cf_clock.h"
+#include "cf_idmap.h"
 #include "cf_log.h"
 #include "cf_mp.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -128,12 +131,16 @@ static size_t s_stripe(const cf_future_t *f)
 struct cf_future {
     atomic_int refs;
     atomic_int state;    //  cf_future_state_t
-    int sleepers;        //  threads blocked in cf_future_wait
-    bool checked;        //  result validated (under lock)
-    bool decoded;        //  result decode attempted (under lock)
-    bool has_extra;      //  made by cf_future_new_with with extra bytes
-    atomic_bool stop;    //  cf_future_stop was called: lent to the task (in padding)
-    uint8_t *result;     //  FINISHED: the msgpack bytes, owned
+    //  16 bits, so that the flags below and the stop flag share the word
+    //  with it: a pointer more per future is 16 bytes a task in malloc's
+    //  classes (bench: client.mem.bookkeeping).
+    uint16_t sleepers;    //  threads blocked in cf_future_wait (under lock)
+    bool checked;         //  result validated (under lock)
+    bool decoded;         //  result decode attempted (under lock)
+    bool has_extra;       //  made by cf_future_new_with with extra bytes
+    atomic_bool stop;     //  cf_future_stop was called: lent to the task
+    bool has_reports;     //  has progress state (s_progress_map, under its lock)
+    uint8_t *result;      //  FINISHED: the msgpack bytes, owned
     size_t result_len;
     cf_mp_doc_t *doc;              //  the decoded result, once read
     s_error_t *error;              //  FAILED, or a malformed result
@@ -148,6 +155,8 @@ struct cf_future {
     void *_Atomic tag;    //  the application's
     char function[];      //  NUL-terminated
 };
+
+_Static_assert(offsetof(struct cf_future, result) == 16, "the flags share the first 16 bytes");
 
 static bool s_is_final(int state)
 {
@@ -232,6 +241,7 @@ cf_future_t *cf_future_new_with(const char *function, size_t function_len, size_
     f->checked = false;
     f->decoded = false;
     f->has_extra = extra > 0;
+    f->has_reports = false;
     f->result = NULL;
     f->result_len = 0;
     f->doc = NULL;
@@ -264,8 +274,12 @@ cf_future_t *cf_future_ref(cf_future_t *f)
     return f;
 }
 
+static void s_progress_free(cf_future_t *f);
+
 static void s_free(cf_future_t *f)
 {
+    if (f->has_reports)
+        s_progress_free(f);
     //  Callbacks and registrations of a future that never completed: the
     //  executor that should have resolved it is gone (or it was never
     //  submitted), so nobody will ever call them.
@@ -1015,4 +1029,283 @@ cf_future_t *cf_future_waiter_next(cf_future_waiter_t *waiter, int64_t deadline_
     if (node)
         s_node_free(node);
     return f;
+}
+
+// ---------------------------------------------------------------------------
+//  Progress reports (cfutures.h, cf_task_report_t)
+//
+//  Design note. Reports are rare next to results (the runners deliver at
+//  most one per task per CF_TASK_REPORT_INTERVAL_MS), and most futures
+//  never get one, so their state is allocated on first use, found in one
+//  map by the future's address (a pointer in every future cost 16 bytes a
+//  task in malloc's size classes, over the client's memory bound), and has
+//  a lock of its own: the stripe lock of the hot path is never held for
+//  them, and the map's lock only to find the state. A
+//  report is an immutable snapshot with a reference count, replaced whole
+//  by a newer one, so the poll can hand the application a reference
+//  (cf_future_report) that never changes under it, and the callback runs
+//  without any lock. Its partial value is decoded once and shared by the
+//  snapshots that carry it on (reports without a partial keep the last).
+//
+//  Order: a report older than (or as old as) the latest one is dropped when
+//  it arrives, so the latest only grows. Callbacks of one future run one at
+//  a time, whoever delivers: the first thread to deliver calls the callback
+//  in a loop while newer reports keep coming (delivered_seq says what it
+//  passed last); another thread delivering meanwhile only replaces the
+//  latest, which the loop then passes on. So no callback ever sees a report
+//  older than one it saw, and two threads never run one future's callback
+//  at once.
+
+typedef struct {
+    atomic_int refs;
+    cf_mp_doc_t *doc;
+} s_partial_t;
+
+typedef struct {
+    cf_task_report_t pub;    //  first: the application sees this part
+    atomic_int refs;
+    s_partial_t *partial;    //  shared with the snapshots before and after
+} s_report_t;
+
+typedef struct s_progress {
+    pthread_mutex_t lock;
+    pthread_cond_t idle;    //  a delivery loop ended
+    s_report_t *latest;     //  NULL until the first report
+    cf_task_report_fn *fn;
+    void *arg;
+    uint32_t delivered_seq;    //  the last report passed to fn
+    bool delivering;           //  a thread runs the delivery loop
+    pthread_t deliverer;       //  which one
+    int waiting;               //  threads waiting for the loop to end
+} s_progress_t;
+
+static void s_partial_unref(s_partial_t *partial)
+{
+    if (partial && atomic_fetch_sub_explicit(&partial->refs, 1, memory_order_acq_rel) == 1) {
+        cf_mp_doc_destroy(&partial->doc);
+        free(partial);
+    }
+}
+
+static void s_report_unref(s_report_t *report)
+{
+    if (report && atomic_fetch_sub_explicit(&report->refs, 1, memory_order_acq_rel) == 1) {
+        s_partial_unref(report->partial);
+        free(report);
+    }
+}
+
+//  Every future's progress state, by address: s_progress_map under
+//  s_progress_map_lock. A future in it has has_reports set.
+static pthread_mutex_t s_progress_map_lock = PTHREAD_MUTEX_INITIALIZER;
+static cf_idmap_t *s_progress_map;
+
+static s_progress_t *s_progress_find(cf_future_t *f)
+{
+    pthread_mutex_lock(&s_progress_map_lock);
+    s_progress_t *p = s_progress_map ? cf_idmap_get(s_progress_map, (uintptr_t)f) : NULL;
+    pthread_mutex_unlock(&s_progress_map_lock);
+    return p;
+}
+
+//  The future is freed: no other thread can reach it any more.
+static void s_progress_free(cf_future_t *f)
+{
+    pthread_mutex_lock(&s_progress_map_lock);
+    s_progress_t *p = cf_idmap_remove(s_progress_map, (uintptr_t)f);
+    pthread_mutex_unlock(&s_progress_map_lock);
+    if (!p)
+        return;
+    s_report_unref(p->latest);
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->idle);
+    free(p);
+}
+
+//  f's progress state, made on first use; NULL when out of memory.
+static s_progress_t *s_progress_get(cf_future_t *f)
+{
+    s_progress_t *p = s_progress_find(f);
+    if (p)
+        return p;
+    p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    if (pthread_mutex_init(&p->lock, NULL) != 0) {
+        free(p);
+        return NULL;
+    }
+    if (pthread_cond_init(&p->idle, NULL) != 0) {
+        pthread_mutex_destroy(&p->lock);
+        free(p);
+        return NULL;
+    }
+    pthread_mutex_lock(&s_progress_map_lock);
+    if (!s_progress_map)
+        s_progress_map = cf_idmap_new(64);
+    s_progress_t *known = s_progress_map ? cf_idmap_get(s_progress_map, (uintptr_t)f) : NULL;
+    cf_err_t rc = known || !s_progress_map ? CF_ENOMEM
+                                           : cf_idmap_put(s_progress_map, (uintptr_t)f, p);
+    if (rc == CF_OK)
+        f->has_reports = true;
+    pthread_mutex_unlock(&s_progress_map_lock);
+    if (rc == CF_OK)
+        return p;
+    pthread_mutex_destroy(&p->lock);    //  another thread made it first, or no memory
+    pthread_cond_destroy(&p->idle);
+    free(p);
+    return known;
+}
+
+//  Passes the latest report to the callback until none newer is left (see
+//  the design note); returns at once when another thread does it.
+static void s_progress_deliver(cf_future_t *f, s_progress_t *p)
+{
+    pthread_mutex_lock(&p->lock);
+    if (p->delivering) {
+        pthread_mutex_unlock(&p->lock);
+        return;
+    }
+    p->delivering = true;
+    p->deliverer = pthread_self();
+    while (p->fn && p->latest && p->latest->pub.seq > p->delivered_seq
+           && !s_is_final(s_load_state(f))) {
+        s_report_t *report = p->latest;
+        atomic_fetch_add_explicit(&report->refs, 1, memory_order_relaxed);
+        cf_task_report_fn *fn = p->fn;
+        void *arg = p->arg;
+        p->delivered_seq = report->pub.seq;
+        pthread_mutex_unlock(&p->lock);
+        fn(f, &report->pub, arg);
+        s_report_unref(report);
+        pthread_mutex_lock(&p->lock);
+    }
+    p->delivering = false;
+    if (p->waiting)
+        pthread_cond_broadcast(&p->idle);
+    pthread_mutex_unlock(&p->lock);
+}
+
+bool cf_future_put_progress(cf_future_t *f, uint32_t seq, uint64_t done, uint64_t total,
+                            const void *partial, size_t partial_len)
+{
+    if (seq == 0 || s_is_final(s_load_state(f)))
+        return false;
+    s_progress_t *p = s_progress_get(f);
+    s_report_t *report = malloc(sizeof *report);
+    s_partial_t *part = NULL;
+    if (partial) {
+        part = malloc(sizeof *part);
+        if (part) {
+            atomic_init(&part->refs, 1);
+            if (cf_mp_doc_decode(partial, partial_len, &part->doc) != CF_OK) {
+                //  Malformed (the runner's codec checks only the size) or
+                //  out of memory: the report goes on without it.
+                cf_log_debug(S_LOG, "a partial value of %s dropped: not one msgpack value",
+                             f->function);
+                free(part);
+                part = NULL;
+            }
+        }
+    }
+    if (!p || !report) {
+        free(report);
+        s_partial_unref(part);
+        cf_log_warn_rated(S_LOG, "out of memory: a progress report of %s dropped", f->function);
+        return false;
+    }
+    pthread_mutex_lock(&p->lock);
+    s_report_t *old = p->latest;
+    if (s_is_final(s_load_state(f)) || (old && seq <= old->pub.seq)) {
+        pthread_mutex_unlock(&p->lock);
+        free(report);
+        s_partial_unref(part);
+        return false;
+    }
+    if (!part && old && old->partial) {
+        part = old->partial;
+        atomic_fetch_add_explicit(&part->refs, 1, memory_order_relaxed);
+        report->pub.partial_new = false;
+    }
+    else
+        report->pub.partial_new = part != NULL;
+    report->pub.seq = seq;
+    report->pub.done = done;
+    report->pub.total = total;
+    report->pub.partial = part ? cf_mp_doc_root(part->doc) : NULL;
+    report->partial = part;
+    atomic_init(&report->refs, 1);
+    p->latest = report;
+    pthread_mutex_unlock(&p->lock);
+    s_report_unref(old);
+    s_progress_deliver(f, p);
+    return true;
+}
+
+cf_err_t cf_future_on_progress(cf_future_t *f, cf_task_report_fn *fn, void *arg)
+{
+    assert(f);
+    s_progress_t *p = s_progress_get(f);
+    if (!p)
+        return CF_ENOMEM;
+    pthread_mutex_lock(&p->lock);
+    //  A call of the old callback on another thread ends first (its arg
+    //  may be freed once we return); from inside it, it cannot.
+    while (p->delivering && !pthread_equal(p->deliverer, pthread_self())) {
+        p->waiting++;
+        pthread_cond_wait(&p->idle, &p->lock);
+        p->waiting--;
+    }
+    p->fn = fn;
+    p->arg = arg;
+    p->delivered_seq = 0;    //  the new one gets the latest at once
+    pthread_mutex_unlock(&p->lock);
+    if (fn)
+        s_progress_deliver(f, p);
+    return CF_OK;
+}
+
+uint32_t cf_future_progress(cf_future_t *f, uint64_t *done, uint64_t *total)
+{
+    assert(f);
+    uint32_t seq = 0;
+    uint64_t d = 0, t = 0;
+    s_progress_t *p = s_progress_find(f);
+    if (p) {
+        pthread_mutex_lock(&p->lock);
+        if (p->latest) {
+            seq = p->latest->pub.seq;
+            d = p->latest->pub.done;
+            t = p->latest->pub.total;
+        }
+        pthread_mutex_unlock(&p->lock);
+    }
+    if (done)
+        *done = d;
+    if (total)
+        *total = t;
+    return seq;
+}
+
+const cf_task_report_t *cf_future_report(cf_future_t *f)
+{
+    assert(f);
+    s_progress_t *p = s_progress_find(f);
+    if (!p)
+        return NULL;
+    pthread_mutex_lock(&p->lock);
+    s_report_t *report = p->latest;
+    if (report)
+        atomic_fetch_add_explicit(&report->refs, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&p->lock);
+    return report ? &report->pub : NULL;
+}
+
+void cf_task_report_release(const cf_task_report_t **report)
+{
+    if (!report || !*report)
+        return;
+    //  pub is the first member: the snapshot starts where it does.
+    s_report_unref((s_report_t *)(uintptr_t)*report);
+    *report = NULL;
 }

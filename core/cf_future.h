@@ -91,6 +91,15 @@ bool cf_future_stop_asked(cf_future_t *f);
 //  another hook. fn must not block for long.
 typedef void(cf_hooked_fn)(void *hook_arg, cf_future_t *f, void *arg);
 bool cf_future_with_hook(cf_future_t *f, cf_complete_fn *hook, cf_hooked_fn *fn, void *arg);
+//  Progress: the runner of f's task hands over the latest report it has
+//  (seq: 1, 2, ... per task, growing; done, total; partial: one msgpack
+//  value, or NULL when this report brings none, and f keeps the last one).
+//  A report not newer than f's latest, or arriving once f is done, is
+//  dropped (false); a malformed partial is dropped alone. Runs f's progress
+//  callback on this thread (cf_future_on_progress), unless another thread
+//  is running it: that one passes the report on. Returns true when taken.
+bool cf_future_put_progress(cf_future_t *f, uint32_t seq, uint64_t done, uint64_t total,
+                            const void *partial, size_t partial_len);
 
 //  Waiters. A waiter is signalled (under its own lock) each time one of its
 //  futures completes; the future is appended to its ready list.

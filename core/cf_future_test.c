@@ -699,6 +699,150 @@ static void test_reserved_registrations_mix_with_allocated_ones(void **state)
     cf_future_waiter_destroy(&waiter);
 }
 
+// ---------------------------------------------------------------------------
+//  Progress reports
+
+typedef struct {
+    unsigned calls;
+    uint32_t seqs[16];
+    bool partial_new[16];
+    cf_future_t *replace_with_null;    //  set: the callback unsets itself on this future
+} s_reports_t;
+
+static void s_record_report(cf_future_t *f, const cf_task_report_t *report, void *arg)
+{
+    s_reports_t *r = arg;
+    if (r->calls < 16) {
+        r->seqs[r->calls] = report->seq;
+        r->partial_new[r->calls] = report->partial_new;
+    }
+    r->calls++;
+    if (r->replace_with_null == f)
+        assert_int_equal(cf_future_on_progress(f, NULL, NULL), CF_OK);
+}
+
+static void test_reports_keep_order_and_end_with_the_future(void **state)
+{
+    (void)state;
+    cf_future_t *f = s_new();
+    uint64_t done = 7, total = 7;
+    assert_int_equal(cf_future_progress(f, &done, &total), 0);
+    assert_int_equal(done, 0);
+    assert_null(cf_future_report(f));
+    s_reports_t r = { 0 };
+    assert_int_equal(cf_future_on_progress(f, s_record_report, &r), CF_OK);
+    assert_int_equal(r.calls, 0);    //  nothing yet
+    //  seq 0 means none; older and equal ones are dropped.
+    assert_false(cf_future_put_progress(f, 0, 1, 10, NULL, 0));
+    assert_true(cf_future_put_progress(f, 2, 2, 10, s_hello, sizeof s_hello));
+    assert_false(cf_future_put_progress(f, 1, 1, 10, NULL, 0));
+    assert_false(cf_future_put_progress(f, 2, 3, 10, NULL, 0));
+    //  A report without a partial value keeps the last one.
+    assert_true(cf_future_put_progress(f, 5, 4, 10, NULL, 0));
+    //  A malformed partial is dropped, the report taken.
+    assert_true(cf_future_put_progress(f, 6, 5, 10, s_never_used, sizeof s_never_used));
+    assert_int_equal(r.calls, 3);
+    assert_int_equal(r.seqs[0], 2);
+    assert_true(r.partial_new[0]);
+    assert_int_equal(r.seqs[1], 5);
+    assert_false(r.partial_new[1]);
+    assert_int_equal(r.seqs[2], 6);
+    assert_int_equal(cf_future_progress(f, &done, &total), 6);
+    assert_int_equal(done, 5);
+    assert_int_equal(total, 10);
+    const cf_task_report_t *report = cf_future_report(f);
+    assert_non_null(report);
+    assert_string_equal(cf_value_str(report->partial, NULL), "hello");
+    //  The reference outlives newer reports and the future itself.
+    assert_true(cf_future_put_progress(f, 7, 6, 10, s_42, sizeof s_42));
+    assert_true(cf_future_set_result(f, s_42, sizeof s_42));
+    assert_false(cf_future_put_progress(f, 8, 7, 10, NULL, 0));    //  done: dropped
+    assert_int_equal(r.calls, 4);
+    assert_int_equal(cf_future_progress(f, &done, NULL), 7);
+    assert_int_equal(done, 6);
+    cf_future_release(&f);
+    assert_int_equal(report->seq, 6);
+    assert_string_equal(cf_value_str(report->partial, NULL), "hello");
+    cf_task_report_release(&report);
+    assert_null(report);
+    cf_task_report_release(&report);
+}
+
+static void test_a_late_callback_gets_the_latest_and_may_unset_itself(void **state)
+{
+    (void)state;
+    cf_future_t *f = s_new();
+    assert_true(cf_future_put_progress(f, 1, 1, 0, NULL, 0));
+    assert_true(cf_future_put_progress(f, 3, 2, 0, NULL, 0));
+    s_reports_t r = { .replace_with_null = f };
+    assert_int_equal(cf_future_on_progress(f, s_record_report, &r), CF_OK);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.seqs[0], 3);
+    //  It unset itself: nothing more.
+    assert_true(cf_future_put_progress(f, 4, 3, 0, NULL, 0));
+    assert_int_equal(r.calls, 1);
+    assert_true(cf_future_set_cancelled(f));
+    cf_future_release(&f);
+}
+
+typedef struct {
+    cf_future_t *f;
+    uint32_t from;    //  puts seqs from, from + 2, ... (two threads interleave)
+    int count;
+} s_putter_t;
+
+static void *s_putter(void *arg)
+{
+    s_putter_t *p = arg;
+    for (int i = 0; i < p->count; i++)
+        (void)cf_future_put_progress(p->f, p->from + 2 * (uint32_t)i, (uint64_t)i, 0, NULL, 0);
+    return NULL;
+}
+
+typedef struct {
+    pthread_mutex_t lock;
+    uint32_t last;
+    bool backwards;
+    int inside;    //  calls running now
+    bool overlapped;
+} s_order_t;
+
+static void s_check_order(cf_future_t *f, const cf_task_report_t *report, void *arg)
+{
+    (void)f;
+    s_order_t *o = arg;
+    pthread_mutex_lock(&o->lock);
+    if (o->inside++ > 0)
+        o->overlapped = true;
+    if (report->seq <= o->last)
+        o->backwards = true;
+    o->last = report->seq;
+    pthread_mutex_unlock(&o->lock);
+    pthread_mutex_lock(&o->lock);
+    o->inside--;
+    pthread_mutex_unlock(&o->lock);
+}
+
+static void test_two_delivering_threads_never_reorder_nor_overlap_calls(void **state)
+{
+    (void)state;
+    cf_future_t *f = s_new();
+    s_order_t o = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    assert_int_equal(cf_future_on_progress(f, s_check_order, &o), CF_OK);
+    s_putter_t a = { f, 1, 2000 }, b = { f, 2, 2000 };
+    pthread_t ta, tb;
+    assert_int_equal(pthread_create(&ta, NULL, s_putter, &a), 0);
+    assert_int_equal(pthread_create(&tb, NULL, s_putter, &b), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    assert_false(o.backwards);
+    assert_false(o.overlapped);
+    assert_true(o.last >= 3999);    //  the latest of all was passed on
+    assert_int_equal(cf_future_on_progress(f, NULL, NULL), CF_OK);
+    assert_true(cf_future_set_cancelled(f));
+    cf_future_release(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -727,6 +871,9 @@ int main(void)
         cmocka_unit_test(test_waiter_wakes_on_completion_in_another_thread),
         cmocka_unit_test(test_completed_registrations_are_freed_with_the_waiter),
         cmocka_unit_test(test_reserved_registrations_mix_with_allocated_ones),
+        cmocka_unit_test(test_reports_keep_order_and_end_with_the_future),
+        cmocka_unit_test(test_a_late_callback_gets_the_latest_and_may_unset_itself),
+        cmocka_unit_test(test_two_delivering_threads_never_reorder_nor_overlap_calls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -75,7 +75,11 @@ typedef enum {
 #define CF_PROTO_CHUNK_FUNCTION "cf.chunk"
 
 //  Task flags.
+//  Task flags. PROGRESS (SUBMIT): the client reads PROGRESS; a broker
+//  forwards a task's PROGRESS only with it, so a client that predates the
+//  command never gets one.
 #define CF_TASK_RETRY_ON_ERROR 0x1u
+#define CF_TASK_PROGRESS       0x2u
 
 //  READY features. BEGUN: the worker sends STARTED when a task's function
 //  begins and answers the broker's CANCEL (docs/protocol.md, "CANCEL,

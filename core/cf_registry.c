@@ -326,6 +326,7 @@ struct cf_call {
     char *error_message;
     const cf_run_ctx_t *ctx;    //  what its runner lent it, or NULL
     bool stop_seen;             //  cf_stop_requested said true: the outcome is Interrupted
+    uint64_t done, total;       //  its last cf_task_progress, for cf_task_partialf
 };
 
 //  The length of s cut to at most max bytes without splitting a UTF-8
@@ -693,6 +694,63 @@ void cf_return_raw(cf_call_t *call, const void *msgpack, size_t len)
     cf_mp_writer_reset(call->result);
     call->has_result = false;
     s_return_end(call, msgpack_sbuffer_write(&call->result->buf, msgpack, len));
+}
+
+// ---------------------------------------------------------------------------
+//  Progress: what the task reports goes to its runner's sink (ctx), which
+//  coalesces and rate-limits it (core/cf_report.h).
+
+_Static_assert(CF_TASK_MAX_PARTIAL == CF_PROTO_MAX_PARTIAL, "a partial value fits a PROGRESS item");
+
+void cf_task_progress(cf_call_t *call, uint64_t done, uint64_t total)
+{
+    assert(call);
+    call->done = done;
+    call->total = total;
+    if (call->ctx && call->ctx->progress)
+        call->ctx->progress(call->ctx->progress_arg, done, total, NULL, 0);
+}
+
+cf_err_t cf_task_partial_raw(cf_call_t *call, const void *msgpack, size_t len)
+{
+    assert(call);
+    if (len > CF_TASK_MAX_PARTIAL)
+        return cf_error_set(CF_ETOOBIG, "%s(): a partial value of %zu bytes is over %u",
+                            call->function, len, CF_TASK_MAX_PARTIAL);
+    if (!msgpack || !cf_mp_valid(msgpack, len))
+        return cf_error_set(CF_EINVAL, "%s(): not exactly one well-formed msgpack value",
+                            call->function);
+    if (call->ctx && call->ctx->progress)
+        call->ctx->progress(call->ctx->progress_arg, call->done, call->total, msgpack, len);
+    return CF_OK;
+}
+
+cf_err_t cf_task_partialf(cf_call_t *call, const char *fmt, ...)
+{
+    assert(call);
+    if (!call->ctx || !call->ctx->progress)
+        return CF_OK;    //  nobody listens: not even encoded
+    cf_mp_writer_t local;
+    cf_mp_writer_t *w = cf_mp_thread_writer(S_WRITER_KEEP_BYTES);
+    if (!w) {
+        cf_mp_writer_init(&local);
+        w = &local;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    cf_err_t rc = cf_mp_write_format(w, false, fmt ? fmt : "", &ap);
+    va_end(ap);
+    if (rc == CF_OK && w->buf.size > CF_TASK_MAX_PARTIAL)
+        rc = cf_error_set(CF_ETOOBIG, "%s(): a partial value of %zu bytes is over %u",
+                          call->function, w->buf.size, CF_TASK_MAX_PARTIAL);
+    if (rc == CF_OK)
+        call->ctx->progress(call->ctx->progress_arg, call->done, call->total, w->buf.data,
+                            w->buf.size);
+    if (w == &local)
+        cf_mp_writer_fini(&local);
+    else
+        cf_mp_thread_writer_release(w);
+    return rc;
 }
 
 // ---------------------------------------------------------------------------

@@ -62,9 +62,11 @@ typedef struct {
     //  True once the task was asked to stop (cf_future_stop): the task
     //  reads it with cf_stop_requested.
     const atomic_bool *stop;
-    //  Takes what the task reports with cf_progress / cf_partial, on the
-    //  task's own thread: the latest done and total (0: not known), and a
-    //  partial value (one msgpack value, NULL when the report has none).
+    //  Takes what the task reports with cf_task_progress /
+    //  cf_task_partialf, on the task's own thread, every time: the latest
+    //  done and total (0: not known), and a partial value (one msgpack
+    //  value of at most CF_TASK_MAX_PARTIAL bytes, NULL when the report has
+    //  none). The sink coalesces and rate-limits (core/cf_report.h).
     void (*progress)(void *arg, uint64_t done, uint64_t total, const void *partial,
                      size_t partial_len);
     void *progress_arg;

@@ -366,3 +366,60 @@ static void spin_ignoring_stop(cf_call_t *call)
     cf_return_int(call, (int64_t)getpid());
 }
 CF_TASK(spin_ignoring_stop);
+//  count_primes(lo: int, hi: int, every: int) -> int: how many primes lie in
+//  [lo, hi), reporting progress (numbers checked of hi - lo) every `every`
+//  numbers, with a partial value {"primes": found so far, "last": the
+//  largest so far}. A client draws a progress bar from it
+//  (examples/progress.c). every 0 reports only at the end.
+static void count_primes(cf_call_t *call)
+{
+    uint64_t lo = cf_arg_uint(call, 0);
+    uint64_t hi = cf_arg_uint(call, 1);
+    uint64_t every = cf_arg_uint(call, 2);
+    if (cf_failed(call))
+        return;
+    uint64_t total = hi > lo ? hi - lo : 0;
+    uint64_t found = 0, last = 0;
+    for (uint64_t n = lo; n < hi; n++) {
+        if (s_example_is_prime(n)) {
+            found++;
+            last = n;
+        }
+        uint64_t done = n - lo + 1;
+        if (every && done % every == 0 && done < total) {
+            cf_task_progress(call, done, total);
+            (void)cf_task_partialf(call, "{sUsU}", "primes", found, "last", last);
+        }
+    }
+    cf_task_progress(call, total, total);
+    (void)cf_task_partialf(call, "{sUsU}", "primes", found, "last", last);
+    cf_return_uint(call, found);
+}
+CF_TASK(count_primes);
+
+//  report_loop(n: int, partial_every: int, pause_us: int) -> n: reports
+//  progress i of n for i = 1..n, with the partial value i every
+//  partial_every reports (0: none) and the last report, pausing pause_us
+//  between reports (0: a tight loop). Tests send a million reports through
+//  it and count what arrives.
+static void report_loop(cf_call_t *call)
+{
+    uint64_t n = cf_arg_uint(call, 0);
+    uint64_t partial_every = cf_arg_uint(call, 1);
+    uint64_t pause_us = cf_arg_uint(call, 2);
+    if (cf_failed(call))
+        return;
+    for (uint64_t i = 1; i <= n; i++) {
+        cf_task_progress(call, i, n);
+        if ((partial_every && i % partial_every == 0) || (partial_every && i == n))
+            (void)cf_task_partialf(call, "U", i);
+        if (pause_us) {
+            struct timespec ts = { .tv_sec = (time_t)(pause_us / 1000000),
+                                   .tv_nsec = (long)(pause_us % 1000000) * 1000L };
+            while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+        }
+    }
+    cf_return_uint(call, n);
+}
+CF_TASK(report_loop);

@@ -254,7 +254,30 @@ bool cf_stop_requested(cf_call_t *call);
 //  The error type of a task stopped by cf_future_stop: it returned after
 //  cf_stop_requested said true, or (worker processes only) it did not
 //  return within the grace and its process was killed.
-#define CF_INTERRUPTED "Interrupted"
+#define CF_INTERRUPTED             "Interrupted"
+//  Progress from inside a task (Gearman's WORK_STATUS and WORK_DATA): the
+//  client sees it through cf_future_on_progress and cf_future_progress.
+//  done and total are the task's own units (total 0: not known). A partial
+//  value is one value built from a format (as cf_returnf) that the client
+//  gets decoded: the latest partial the task sent, a state rather than a
+//  stream, since reports are coalesced (latest wins) on their way: a task
+//  may report a million times a second, the client gets at most about one
+//  report per task every CF_TASK_REPORT_INTERVAL_MS, always the newest, and
+//  the task's last report before it returns reaches the client before its
+//  result (see cf_future_on_progress). Reporting costs a mutex and a copy,
+//  never a message: call it as often as is convenient. Both are no-ops
+//  (cf_task_partialf returns CF_OK) when the executor takes no reports.
+#define CF_TASK_REPORT_INTERVAL_MS 50
+//  A partial value's encoded size limit: 64 KiB.
+#define CF_TASK_MAX_PARTIAL        (64u * 1024)
+void cf_task_progress(cf_call_t *call, uint64_t done, uint64_t total);
+//  Sends a partial value with the last done and total. CF_OK, CF_EINVAL (a
+//  bad format, see cf_last_error), CF_ETOOBIG (over CF_TASK_MAX_PARTIAL),
+//  CF_ENOMEM. A failure does not fail the task.
+cf_err_t cf_task_partialf(cf_call_t *call, const char *fmt, ...);
+//  The same with one raw msgpack value (validated: CF_EINVAL when it is not
+//  exactly one well-formed value).
+cf_err_t cf_task_partial_raw(cf_call_t *call, const void *msgpack, size_t len);
 
 // ---------------------------------------------------------------------------
 //  Errors of tasks, as they come back in futures.
@@ -370,6 +393,53 @@ cf_err_t cf_future_add_done_callback(cf_future_t *f, cf_done_fn *fn, void *arg);
 //  Drops the caller's reference; the future lives on while its executor
 //  needs it. Safe with NULL and twice.
 void cf_future_release(cf_future_t **f);
+
+//  A task's progress as the client holds it (see cf_task_progress): an
+//  immutable snapshot, shared, so a reader never sees it change.
+typedef struct {
+    uint32_t seq;      //  1, 2, ...: a later report has a larger seq (gaps: skipped ones)
+    uint64_t done;     //  as the task said
+    uint64_t total;    //  0: not known
+    //  The latest partial value the task sent (with this report or an
+    //  earlier one), decoded; NULL when none came. Lives as long as the
+    //  report.
+    const cf_value_t *partial;
+    bool partial_new;    //  partial came with this report
+} cf_task_report_t;
+
+//  Called with each report of f that arrives, in seq order, one call at a
+//  time per future; report is borrowed for the call (cf_future_report keeps
+//  one). Where it runs: CF_THREADS, on the pool thread running the task,
+//  inside its cf_task_progress / cf_task_partialf; CF_PROCESSES and
+//  CF_REMOTE, on the executor's client thread (or a thread doing its work
+//  for it), like done callbacks. Keep it short: it holds up the task
+//  (threads) or every future of the executor (processes, remote).
+//  Guarantees: reports arrive in order (an older report is never passed
+//  after a newer one; a report may be skipped, coalesced into a newer one);
+//  none arrives after f is done; the task's last report before it returned
+//  is passed before f completes, unless something was lost on the way (a
+//  refused send to a full peer, a lost worker or broker, out of memory).
+//  At most about one call per CF_TASK_REPORT_INTERVAL_MS per task: the
+//  first report at once, then the latest once per interval. On CF_THREADS
+//  there is no timer: a report held back by the interval is passed with
+//  the task's next report after it, or when the task returns; elsewhere it
+//  waits an interval at most.
+typedef void(cf_task_report_fn)(cf_future_t *f, const cf_task_report_t *report, void *arg);
+//  Sets f's progress callback, replacing the previous one (fn NULL: none).
+//  When a report arrived already and f is not done, fn is called at once
+//  on this thread with the latest. Returns once no call of the previous
+//  callback runs on another thread, so its arg may be freed then (from
+//  inside the callback it cannot wait for itself). CF_OK or CF_ENOMEM.
+cf_err_t cf_future_on_progress(cf_future_t *f, cf_task_report_fn *fn, void *arg);
+//  The latest report's seq (0: none arrived yet), with its done and total
+//  (each may be NULL; 0 when none). Non-blocking; still there once done.
+uint32_t cf_future_progress(cf_future_t *f, uint64_t *done, uint64_t *total);
+//  The latest report, partial value included, as a reference of yours (the
+//  future may take newer ones meanwhile: this one does not change): release
+//  it with cf_task_report_release. NULL when none arrived yet.
+const cf_task_report_t *cf_future_report(cf_future_t *f);
+//  Drops a reference from cf_future_report. Safe with NULL and twice.
+void cf_task_report_release(const cf_task_report_t **report);
 
 // ---------------------------------------------------------------------------
 //  Executors

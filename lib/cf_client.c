@@ -901,9 +901,11 @@ static void s_send_tasks(cf_client_t *self)
             size_t need = item->function_len + task->args_len + S_TASK_OVERHEAD;
             if (count > 0 && cf_proto_enc_size(self->own.enc) + need > S_BATCH_BYTES)
                 break;
+            //  This client reads PROGRESS: every task asks for it.
+            uint32_t flags = task->flags | CF_TASK_PROGRESS;
             cf_err_t rc = cf_proto_enc_submit(self->own.enc, item->id, task->function,
                                               item->function_len, task->args, task->args_len,
-                                              task->retries, task->timeout_ms, task->flags,
+                                              task->retries, task->timeout_ms, flags,
                                               task->priority, task->wait_ms);
             if (rc != CF_OK) {
                 //  This task cannot travel; fail it alone and rebuild the
@@ -1043,6 +1045,31 @@ static void s_on_started(cf_client_t *self, cf_proto_msg_t *msg)
     }
 }
 
+//  PROGRESS: reports of running tasks (docs/protocol.md). A report says
+//  the function began, as STARTED does; the future drops one older than
+//  what it has, and one for a task no longer pending is stale.
+static void s_on_progress(cf_client_t *self, cf_proto_msg_t *msg)
+{
+    for (size_t i = 0; i < msg->count; i++) {
+        const cf_proto_progress_t *p = &msg->progress[i];
+        s_item_t *item = cf_idmap_get(self->own.pending, p->id);
+        if (!item) {
+            self->own.stale++;
+            continue;
+        }
+        if (!item->started) {
+            item->started = true;
+            cf_future_set_running(s_task(item)->future);
+            if (item->cancel_asked)
+                self->own.answered = true;
+        }
+        //  Runs the future's progress callback here, on the actor (or a
+        //  thread acting for it), like the done callbacks.
+        cf_future_put_progress(s_task(item)->future, p->seq, p->done, p->total, p->partial,
+                               p->partial_len);
+    }
+}
+
 static void s_on_heartbeat(cf_client_t *self, cf_proto_msg_t *msg)
 {
     if (msg->ivl_ms && msg->ivl_ms <= INT32_MAX) {
@@ -1137,6 +1164,10 @@ static void s_recv(cf_client_t *self)
             break;
         case CF_MSG_STARTED:
             s_on_started(self, msg);
+            self->own.progress_ms = now;
+            break;
+        case CF_MSG_PROGRESS:
+            s_on_progress(self, msg);
             self->own.progress_ms = now;
             break;
         case CF_MSG_HEARTBEAT:

@@ -38,6 +38,7 @@
 #include "cf_log.h"
 #include "cf_proto.h"
 #include "cf_registry.h"
+#include "cf_report.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -215,12 +216,19 @@ static void s_run(cf_pool_t *pool, s_worker_t *w, cf_task_t *task)
         attempts += task->retries;
     size_t function_len = strlen(task->function);
     //  The stop flag lives in the future: cf_future_stop sets it, the task
-    //  reads it (cf_stop_requested). Threads have no forced stop.
-    cf_run_ctx_t ctx = { .stop = cf_future_stop_flag(f) };
+    //  reads it (cf_stop_requested). Threads have no forced stop. The task's
+    //  reports go straight to its future from this thread, rate-limited
+    //  (core/cf_report.h); the last one before the result.
+    cf_report_direct_t report;
+    cf_report_direct_init(&report, f);
+    cf_run_ctx_t ctx = { .stop = cf_future_stop_flag(f),
+                         .progress = cf_report_direct_sink,
+                         .progress_arg = &report };
     for (int attempt = 1;; attempt++) {
         cf_outcome_t outcome = { 0 };
         cf_err_t rc = cf_registry_run(task->function, function_len, task->args, task->args_len,
                                       &ctx, &outcome);
+        cf_report_direct_flush(&report);
         if (rc != CF_OK) {
             cf_future_set_error(f, "MemoryError", "out of memory running the task",
                                 cf_registry_hostname(), pool->pid);
@@ -246,6 +254,7 @@ static void s_run(cf_pool_t *pool, s_worker_t *w, cf_task_t *task)
         cf_outcome_fini(&outcome);
         break;
     }
+    cf_report_direct_fini(&report);
     if (timed)
         s_timer_disarm(pool, w);
     cf_task_destroy(&task);

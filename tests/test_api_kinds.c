@@ -25,6 +25,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -1216,6 +1217,125 @@ static void s_stop_of_a_task_that_ignores_it(s_fixture_t *fx)
 
 // ---------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------
+//  Progress from inside a task (cf_task_progress, cf_future_on_progress)
+
+//  What a progress callback saw; the callback runs on another thread.
+typedef struct {
+    pthread_mutex_t lock;
+    unsigned calls;
+    uint32_t last_seq;
+    uint64_t last_done;
+    uint64_t last_partial;    //  decoded uint of the latest partial, 0: none
+    bool out_of_order;        //  a seq or done not above the one before
+    bool after_done;          //  a call once the future was done
+} s_watch_t;
+
+static void s_watch_report(cf_future_t *f, const cf_task_report_t *report, void *arg)
+{
+    s_watch_t *watch = arg;
+    pthread_mutex_lock(&watch->lock);
+    watch->calls++;
+    if (report->seq <= watch->last_seq || report->done < watch->last_done)
+        watch->out_of_order = true;
+    if (cf_future_done(f))
+        watch->after_done = true;
+    watch->last_seq = report->seq;
+    watch->last_done = report->done;
+    if (report->partial)
+        (void)cf_value_get_uint(report->partial, &watch->last_partial);
+    pthread_mutex_unlock(&watch->lock);
+}
+
+//  Runs report_loop(n, partial_every, pause_us) watched; returns the time it
+//  took from submission to result, in ms.
+static int64_t s_watch_loop(s_fixture_t *fx, s_watch_t *watch, cf_future_t **pf, uint64_t n,
+                            uint64_t partial_every, uint64_t pause_us)
+{
+    cf_executor_t *ex = s_executor(fx);
+    pthread_mutex_init(&watch->lock, NULL);
+    int64_t start = cf_testkit_now_ms();
+    cf_future_t *f = cf_submit(ex, "report_loop", "UUU", n, partial_every, pause_us);
+    assert_non_null(f);
+    assert_int_equal(cf_future_on_progress(f, s_watch_report, watch), CF_OK);
+    int64_t value = 0;
+    assert_int_equal(cf_future_int(f, S_LONG_MS, &value), CF_OK);
+    assert_int_equal(value, (int64_t)n);
+    *pf = f;
+    return cf_testkit_now_ms() - start;
+}
+
+static void s_task_reports_arrive_in_order_the_last_before_the_result(s_fixture_t *fx)
+{
+    s_watch_t watch = { .calls = 0 };
+    cf_future_t *f = NULL;
+    //  200 reports over at least 200 ms: several intervals' worth.
+    s_watch_loop(fx, &watch, &f, 200, 10, 1000);
+    pthread_mutex_lock(&watch.lock);
+    assert_false(watch.out_of_order);
+    assert_false(watch.after_done);
+    assert_true(watch.calls >= 2);    //  the first at once, the last before the result
+    //  The last report comes before the result, decoded.
+    assert_int_equal(watch.last_done, 200);
+    assert_int_equal(watch.last_partial, 200);
+    uint32_t seen = watch.last_seq;
+    pthread_mutex_unlock(&watch.lock);
+    //  The poll gives the latest, still there once done.
+    uint64_t done = 0, total = 0;
+    assert_int_equal(cf_future_progress(f, &done, &total), seen);
+    assert_int_equal(done, 200);
+    assert_int_equal(total, 200);
+    const cf_task_report_t *report = cf_future_report(f);
+    assert_non_null(report);
+    assert_int_equal(report->seq, seen);
+    uint64_t partial = 0;
+    assert_non_null(report->partial);
+    assert_int_equal(cf_value_get_uint(report->partial, &partial), CF_OK);
+    assert_int_equal(partial, 200);
+    cf_task_report_release(&report);
+    assert_null(report);
+    //  A callback set once done is called at once, with the latest, on this
+    //  thread; then nothing more comes.
+    s_watch_t late = { .calls = 0 };
+    pthread_mutex_init(&late.lock, NULL);
+    assert_int_equal(cf_future_on_progress(f, s_watch_report, &late), CF_OK);
+    assert_int_equal(late.calls, 0);    //  done: reports are over
+    cf_future_release(&f);
+    pthread_mutex_destroy(&watch.lock);
+    pthread_mutex_destroy(&late.lock);
+}
+
+static void s_a_task_reporting_a_million_times_does_not_flood(s_fixture_t *fx)
+{
+    s_watch_t watch = { .calls = 0 };
+    cf_future_t *f = NULL;
+    int64_t took_ms = s_watch_loop(fx, &watch, &f, 1000000, 1000, 0);
+    pthread_mutex_lock(&watch.lock);
+    assert_false(watch.out_of_order);
+    //  One report per interval at most, plus the first and the last.
+    unsigned bound = (unsigned)(took_ms / CF_TASK_REPORT_INTERVAL_MS) + 3;
+    if (watch.calls > bound)
+        fail_msg("%u progress callbacks in %" PRId64 " ms: over %u", watch.calls, took_ms, bound);
+    assert_int_equal(watch.last_done, 1000000);
+    assert_int_equal(watch.last_partial, 1000000);
+    pthread_mutex_unlock(&watch.lock);
+    cf_future_release(&f);
+    pthread_mutex_destroy(&watch.lock);
+}
+
+static void s_a_task_that_never_reports_has_no_progress(s_fixture_t *fx)
+{
+    cf_future_t *f = cf_submit(s_executor(fx), "square", "i", 7);
+    assert_non_null(f);
+    assert_int_equal(cf_future_wait(f, S_LONG_MS), CF_OK);
+    uint64_t done = 1, total = 1;
+    assert_int_equal(cf_future_progress(f, &done, &total), 0);
+    assert_int_equal(done, 0);
+    assert_int_equal(total, 0);
+    assert_null(cf_future_report(f));
+    cf_future_release(&f);
+}
+
 //  One cmocka test per (behaviour, kind), named "behaviour on kind".
 #define S_CASE(body, kind) \
     { \
@@ -1257,6 +1377,9 @@ int main(void)
         S_ALL_KINDS(s_stop_of_a_task_that_ignores_it),
         S_LOCAL_KINDS(s_max_workers_must_not_be_negative),
         S_LOCAL_KINDS(s_initializer_runs_in_each_worker),
+        S_ALL_KINDS(s_task_reports_arrive_in_order_the_last_before_the_result),
+        S_ALL_KINDS(s_a_task_reporting_a_million_times_does_not_flood),
+        S_ALL_KINDS(s_a_task_that_never_reports_has_no_progress),
     };
     return cmocka_run_group_tests_name("api on every executor kind", tests, NULL, NULL);
 }

@@ -1,7 +1,7 @@
 //  Every example program, run as a user would run it, with its output
 //  checked against what its header comment promises: the primes demo on
 //  processes and on a cluster, map_slow on each kind, as_completed's order,
-//  fanout's three stories, and the downloader against a small HTTP server
+//  fanout's three stories, the progress bar a task drives through a broker, and the downloader against a small HTTP server
 //  this test runs on loopback (fast files, a slow one, a 404, a 500, one
 //  that fails once) so it never touches the internet.
 
@@ -182,6 +182,27 @@ static void test_fanout_maps_reports_progress_and_isolates_errors(void **state)
     s_expect_in(&output, "failed: !boom  -> ValueError: cannot shout '!boom'\n");
     s_expect_in(&output, "failed: !nope  -> ValueError: cannot shout '!nope'\n");
     s_expect_in(&output, "3 succeeded, 2 failed\n");
+}
+
+// ---------------------------------------------------------------------------
+//  progress: a task's own progress drives the client's bar, through a broker
+
+static void test_progress_draws_a_bar_from_a_task_through_a_broker(void **state)
+{
+    cf_testkit_t *kit = *state;
+    cf_testkit_proc_t *broker = cf_testkit_start_broker(kit, NULL);
+    cf_testkit_start_worker(kit, cf_testkit_workers(broker), "--threads", "1", NULL);
+    cf_testkit_output_t output;
+    s_run_example(kit, "progress",
+                  (const char *[]){ "remote", cf_testkit_clients(broker), "300000", NULL },
+                  &output);
+    s_expect_exit(&output, 0);
+    s_expect_in(&output, "Counting primes below 300000 on remote\n");
+    //  Not a terminal: plain lines, the last one at 100% (the task's last
+    //  report comes before its result).
+    s_expect_in(&output, "primes 100%|####################| 300000/300000 [");
+    s_expect_in(&output, "25997 primes below 300000 in ");
+    s_expect_in(&output, "last report 300000/300000 with 25997 primes");
 }
 
 // ---------------------------------------------------------------------------
@@ -492,6 +513,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_as_completed_prints_in_finishing_order,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_fanout_maps_reports_progress_and_isolates_errors,
+                                        cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_progress_draws_a_bar_from_a_task_through_a_broker,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_download_reports_each_url_and_survives_failures,
                                         cf_testkit_setup, cf_testkit_teardown),

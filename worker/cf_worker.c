@@ -34,6 +34,7 @@
 //  ZMQ_EVENTS and wakes the actor if a message waits.
 
 #include "cf_worker.h"
+#include "cf_worker_progress.h"
 
 #include "cf_actor.h"
 #include "cf_clock.h"
@@ -148,6 +149,10 @@ struct cf_worker {
     bool stopping;          //  executors leave once the queue is empty
     bool ended;             //  the actor is done
     cf_err_t end_reason;    //  CF_ESTOP, CF_ESHUTDOWN; CF_OK for a destroy
+
+    //  Progress reports of running tasks, under locks of their own
+    //  (cf_worker_progress.h).
+    cf_worker_progress_t *progress;
 };
 
 //  The actor's state, on its stack, under the actor's io mutex.
@@ -260,10 +265,13 @@ static s_task_t *s_task_new(const cf_proto_task_t *src)
 // ---------------------------------------------------------------------------
 //  Execution threads
 
-//  Runs one task; its outcome stays in the record.
-static void s_execute(s_task_t *task)
+//  Runs one task; its outcome stays in the record. Its progress reports
+//  go to report (cf_worker_progress.h).
+static void s_execute(s_task_t *task, cf_worker_progress_run_t *report)
 {
-    cf_run_ctx_t ctx = { .stop = &task->stop };
+    cf_run_ctx_t ctx = { .stop = &task->stop,
+                         .progress = cf_worker_progress_sink,
+                         .progress_arg = report };
     cf_err_t rc = cf_registry_run(task->function, task->function_len, task->args, task->args_len,
                                   &ctx, &task->outcome);
     if (rc != CF_OK) {
@@ -312,7 +320,10 @@ static void *s_executor_main(void *arg)
         //  supervisor reads who did.
         if (running_id)
             atomic_store_explicit(running_id, task->id, memory_order_seq_cst);
-        s_execute(task);
+        cf_worker_progress_run_t report = { .set = w->progress, .id = task->id };
+        s_execute(task, &report);
+        //  Before its result is queued: the last report goes first.
+        cf_worker_progress_end(&report);
         if (running_id)
             atomic_store_explicit(running_id, 0, memory_order_release);
         int64_t end_us = cf_clock_now_us();
@@ -432,6 +443,18 @@ static void s_announce_begun(s_actor_t *a)
     s_sent(a, cf_proto_enc_send(a->enc, a->sock, NULL, 0), "STARTED");
 }
 
+//  Sends PROGRESS with the reports due (cf_worker_progress.h): after
+//  STARTED, before RESULT, so a task's last report reaches the broker
+//  before its result. A refused send keeps them for the next turn.
+static void s_send_progress(s_actor_t *a)
+{
+    size_t sent = 0;
+    cf_err_t rc = cf_worker_progress_send(a->w->progress, a->enc, a->sock, cf_clock_now_ms(),
+                                          &sent);
+    if (sent > 0 || rc != CF_OK)
+        s_sent(a, rc, "PROGRESS");
+}
+
 //  The functions to announce, as cf_registry_names gives them; NULL (and
 //  *count 0) for "every function": when the worker does not announce,
 //  when the list is over the protocol's limit (said once), or when out of
@@ -519,6 +542,8 @@ static void s_flush(s_actor_t *a)
         s_send_functions(a);
     if (!a->blocked)
         s_announce_begun(a);
+    if (!a->blocked)
+        s_send_progress(a);
     while (!cf_queue_empty(&a->pending) && !a->blocked) {
         cf_proto_enc_begin(a->enc, CF_MSG_RESULT);
         size_t count = 0;
@@ -1209,6 +1234,10 @@ static int s_poll_timeout(s_actor_t *a, int64_t now)
         deadline = now + S_BEGUN_HOLD_MS;
     if (a->stop_deadline_ms && a->stop_deadline_ms < deadline)
         deadline = a->stop_deadline_ms;
+    //  A report held back by the rate limit goes when due.
+    int64_t report_due = cf_worker_progress_due_ms(a->w->progress);
+    if (report_due < deadline)
+        deadline = report_due;
     int64_t left = deadline - now;
     return left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left;
 }
@@ -1348,6 +1377,13 @@ failed:
 // ---------------------------------------------------------------------------
 //  Public
 
+//  A first progress report waits (cf_worker_progress.h): the actor sends it.
+static void s_wake_actor(void *arg)
+{
+    cf_worker_t *w = arg;
+    cf_actor_wake(w->actor);
+}
+
 //  "w-<host>-<pid>-<random>": readable in broker logs, unique across
 //  restarts of the same pid.
 static void s_make_identity(char *out, size_t size)
@@ -1380,6 +1416,7 @@ static void s_free(cf_worker_t *w)
     }
     s_clear(&w->queue);
     s_clear(&w->outbox);
+    cf_worker_progress_destroy(&w->progress);
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->work);
     pthread_cond_destroy(&w->state);
@@ -1421,7 +1458,8 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
 
     w->endpoint = strdup(config->endpoint);
     w->executors = calloc((size_t)config->threads, sizeof *w->executors);
-    if (!w->endpoint || !w->executors) {
+    w->progress = cf_worker_progress_new(s_wake_actor, w);
+    if (!w->endpoint || !w->executors || !w->progress) {
         cf_error_set(CF_ENOMEM, "out of memory");
         goto failed;
     }

@@ -70,6 +70,20 @@ static void w_nap(cf_call_t *call)
 }
 CF_TASK(w_nap);
 
+//  Reports progress i of n for i = 1..n in a tight loop, with the partial
+//  value i every 1000 reports and with the last; returns n.
+static void w_report(cf_call_t *call)
+{
+    int64_t n = cf_arg_int(call, 0);
+    for (int64_t i = 1; i <= n; i++) {
+        cf_task_progress(call, (uint64_t)i, (uint64_t)n);
+        if (i % 1000 == 0 || i == n)
+            (void)cf_task_partialf(call, "L", i);
+    }
+    cf_return_int(call, n);
+}
+CF_TASK(w_report);
+
 static void w_initialized(cf_call_t *call)
 {
     cf_return_bool(call, s_initialized);
@@ -917,6 +931,56 @@ static void test_a_process_worker_keeps_a_task_that_stops_in_time(void **state)
     cf_worker_destroy(&w);
 }
 
+//  A task reporting a million times: the worker sends a few PROGRESS
+//  (the first report at once, then one per interval), in order, the last
+//  one (done = n, with its partial value) before the RESULT.
+static void test_progress_is_rate_limited_in_order_and_last_before_the_result(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start_worker(b, 1, 0, 0);
+    (void)s_expect_ready(b);
+    int64_t start = cf_clock_now_ms();
+    cf_fakebroker_send_task(b, 5, "w_report", "i", 1000000);
+    unsigned messages = 0;
+    uint32_t last_seq = 0;
+    uint64_t last_done = 0;
+    int64_t last_partial = 0;
+    for (;;) {
+        cf_proto_msg_t *msg = cf_fakebroker_recv(b, CF_FAKEBROKER_WAIT_MS);
+        assert_non_null(msg);
+        if (msg->type == CF_MSG_RESULT) {
+            assert_int_equal(msg->results[0].id, 5);
+            cf_proto_msg_destroy(&msg);
+            break;
+        }
+        if (msg->type == CF_MSG_PROGRESS) {
+            messages++;
+            assert_int_equal(msg->count, 1);
+            const cf_proto_progress_t *p = &msg->progress[0];
+            assert_int_equal(p->id, 5);
+            assert_true(p->seq > last_seq);
+            assert_true(p->done >= last_done);
+            assert_int_equal(p->total, 1000000);
+            last_seq = p->seq;
+            last_done = p->done;
+            if (p->partial) {
+                cf_mp_doc_t *doc = NULL;
+                assert_int_equal(cf_mp_doc_decode(p->partial, p->partial_len, &doc), CF_OK);
+                assert_int_equal(cf_value_get_int(cf_mp_doc_root(doc), &last_partial), CF_OK);
+                cf_mp_doc_destroy(&doc);
+            }
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+    int64_t took_ms = cf_clock_now_ms() - start;
+    assert_int_equal(last_done, 1000000);
+    assert_int_equal(last_partial, 1000000);
+    unsigned bound = (unsigned)(took_ms / CF_TASK_REPORT_INTERVAL_MS) + 3;
+    if (messages > bound)
+        fail_msg("%u PROGRESS in %lld ms: over %u", messages, (long long)took_ms, bound);
+    cf_worker_destroy(&w);
+}
+
 static void test_bad_configurations_are_refused(void **state)
 {
     (void)state;
@@ -957,6 +1021,7 @@ int main(void)
         S_TEST(test_ready_says_stop_and_stop_cancels_queued_and_asks_running),
         S_TEST(test_a_process_worker_ends_a_task_that_overruns_its_grace),
         S_TEST(test_a_process_worker_keeps_a_task_that_stops_in_time),
+        CF_FAKEBROKER_TEST(test_progress_is_rate_limited_in_order_and_last_before_the_result),
         cmocka_unit_test(test_bad_configurations_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
