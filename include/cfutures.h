@@ -417,6 +417,19 @@ typedef struct {
     int retries;            //  0 = executor default, <0 = none
     int timeout_ms;         //  0 = executor default
     bool retry_on_error;    //  also retry when the task itself raised
+    //  Higher starts first: of this executor's tasks still queued, one of
+    //  higher priority is handed to a worker before one of lower, equal
+    //  ones in submission order (0: the default). CF_REMOTE: the broker
+    //  keeps its clients' turns fair, so one client's priorities never hold
+    //  another client back. A task a worker already took (prefetched) is
+    //  not overtaken.
+    int priority;
+    //  CF_REMOTE: how long the task may wait while no connected worker
+    //  serves its function (cf-worker says which functions it serves)
+    //  before it fails with "NoWorker". 0 = the broker's default
+    //  (cf-broker --no-worker-timeout, 60 s); negative is an error. Other
+    //  kinds run every registered function and ignore it.
+    int no_worker_timeout_ms;
 } cf_task_opts_t;
 
 //  Submits fn(args...) and returns a future at once, or NULL with

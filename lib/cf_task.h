@@ -20,6 +20,8 @@ typedef struct cf_task {
     int32_t retries;         //  resolved: <0 none
     uint32_t timeout_ms;     //  resolved: 0 none
     uint32_t flags;          //  CF_TASK_* of cf_proto.h
+    int32_t priority;        //  higher first
+    uint32_t wait_ms;        //  CF_REMOTE: for a worker serving it; 0 the broker's default
 } cf_task_t;
 
 //  A new task with a new pending future, function and args copied (see
