@@ -495,6 +495,11 @@ static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, cons
                      args_len, CF_PROTO_MAX_FRAME);
         return NULL;
     }
+    if (opts && opts->no_worker_timeout_ms < 0) {
+        cf_error_set(CF_EINVAL, "no_worker_timeout_ms must be >= 0 (0: the broker's default), got %d",
+                     opts->no_worker_timeout_ms);
+        return NULL;
+    }
     if (ex->max_outstanding && s_slot_take(ex, fn) != CF_OK)
         return NULL;
     cf_task_t *task = cf_task_new(fn, fn_len, args, args_len, ex->ops->task_size);
@@ -513,6 +518,8 @@ static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, cons
             task->timeout_ms = opts->timeout_ms < 0 ? 0 : (uint32_t)opts->timeout_ms;
         if (opts->retry_on_error)
             task->flags |= CF_TASK_RETRY_ON_ERROR;
+        task->priority = opts->priority;
+        task->wait_ms = (uint32_t)opts->no_worker_timeout_ms;
     }
     cf_future_t *f = cf_future_ref(task->future);
     atomic_fetch_add_explicit(&ex->refs, 1, memory_order_relaxed);
