@@ -21,7 +21,22 @@
 //    the tasks queued; busy workers loop back to the queue without sleeping,
 //    so a steady stream of tasks costs no system calls on either side.
 //  - No allocation per task beyond what the front made and the result bytes;
-//    the queue is a ring that grows by doubling.
+//    the queue is a ring per priority level, each grown by doubling.
+//
+//  Priorities (cf_task_opts_t.priority): one ring per priority level that
+//  has tasks queued, the levels in a small array sorted by priority, highest
+//  last. A worker takes its batch from the highest level only, so a batch
+//  never mixes priorities. Submitting to the highest level (the common case:
+//  every task at one priority) costs what one ring cost; a task of another
+//  priority costs a binary search over the levels, and a new level an insert
+//  into that array, never a move of the tasks queued. A level is dropped as
+//  soon as it empties (unless it is the only one: it stays, relabelled by the
+//  next submission, so a single priority never allocates again), which keeps
+//  the memory to the levels in use however many priorities callers used
+//  before; the ring of a dropped level is kept as a spare for the next new
+//  level, so alternating priorities do not allocate for each new level either.
+//  A sorted array rather than a heap: levels are few in practice, and the
+//  highest is at the end, where taking and dropping cost nothing.
 //
 //  Timeouts: a timer thread, started on the first task that has a timeout,
 //  watches one slot per worker (a worker runs one task at a time) and fails
@@ -54,12 +69,26 @@
 //  Times an idle worker yields the CPU, watching the queue, before it
 //  sleeps (about 1 us each when nothing else runs, more when others do).
 #define S_SPIN_ROUNDS     64
-//  Initial queue capacity (it grows by doubling).
+//  Initial capacity of the first level's ring (rings grow by doubling).
 #define S_RING_INITIAL    256
+//  Initial capacity of a later level's ring: small, since a caller may keep
+//  many priorities queued with a few tasks each.
+#define S_LEVEL_INITIAL   8
+//  Initial capacity of the array of levels.
+#define S_LEVELS_INITIAL  4
 //  Linux thread names are at most 15 bytes.
 #define S_THREAD_NAME_MAX 15
 
 typedef struct cf_pool cf_pool_t;
+
+//  The queued tasks of one priority, in submission order.
+typedef struct {
+    int32_t priority;
+    cf_task_t **ring;
+    size_t cap;    //  a power of two
+    size_t head;
+    size_t count;
+} s_level_t;
 
 typedef struct {
     cf_pool_t *pool;
@@ -76,10 +105,14 @@ typedef struct {
 
 struct cf_pool {
     pthread_mutex_t lock;    //  queue, sleepers, stopping
-    cf_task_t **ring;        //  queued tasks
-    size_t ring_cap;
-    size_t head;
-    size_t count;
+    //  Lowest priority first. Every level holds tasks, except a lone one;
+    //  none at all once shutdown(cancel_futures) took them.
+    s_level_t *levels;
+    size_t n_levels;
+    size_t levels_cap;
+    cf_task_t **spare;    //  a dropped level's ring, or NULL
+    size_t spare_cap;
+    size_t count;            //  tasks queued, over every level
     atomic_size_t queued;    //  count, readable without the lock
     s_worker_t *workers;
     int n_workers;
@@ -273,6 +306,88 @@ static size_t s_batch_size(const cf_pool_t *pool)
     return take;
 }
 
+static cf_err_t s_ring_grow(s_level_t *level)
+{
+    size_t cap = level->cap * 2;
+    cf_task_t **ring = malloc(cap * sizeof *ring);
+    if (!ring)
+        return CF_ENOMEM;
+    for (size_t i = 0; i < level->count; i++)
+        ring[i] = level->ring[(level->head + i) % level->cap];
+    free(level->ring);
+    level->ring = ring;
+    level->cap = cap;
+    level->head = 0;
+    return CF_OK;
+}
+
+//  Drops the highest level, empty; under lock. The larger of its ring and
+//  the spare is kept: at most one idle ring, no larger than the queue once
+//  needed (as the single ring of old never shrank), and a burst at a new
+//  level does not grow a ring again.
+static void s_level_drop_top(cf_pool_t *pool)
+{
+    s_level_t *top = &pool->levels[--pool->n_levels];
+    if (top->cap > pool->spare_cap) {
+        free(pool->spare);
+        pool->spare = top->ring;
+        pool->spare_cap = top->cap;
+    }
+    else
+        free(top->ring);
+    top->ring = NULL;
+    //  The array too gives back what a crowd of priorities once took:
+    //  halved at a quarter full, so a level that comes and goes at the
+    //  edge does not resize it each time.
+    if (pool->levels_cap > S_LEVELS_INITIAL && pool->n_levels <= pool->levels_cap / 4) {
+        s_level_t *levels = realloc(pool->levels, pool->levels_cap / 2 * sizeof *levels);
+        if (levels) {
+            pool->levels = levels;
+            pool->levels_cap /= 2;
+        }
+    }
+}
+
+//  The level of priority, inserted (empty) where the order wants it if
+//  there is none; NULL when out of memory. Under lock, with tasks queued.
+static s_level_t *s_level_find(cf_pool_t *pool, int32_t priority)
+{
+    size_t low = 0, high = pool->n_levels;
+    while (low < high) {
+        size_t mid = low + (high - low) / 2;
+        if (pool->levels[mid].priority < priority)
+            low = mid + 1;
+        else
+            high = mid;
+    }
+    if (low < pool->n_levels && pool->levels[low].priority == priority)
+        return &pool->levels[low];
+    if (pool->n_levels == pool->levels_cap) {
+        size_t cap = pool->levels_cap * 2;
+        s_level_t *levels = realloc(pool->levels, cap * sizeof *levels);
+        if (!levels)
+            return NULL;
+        pool->levels = levels;
+        pool->levels_cap = cap;
+    }
+    s_level_t level = { .priority = priority, .ring = pool->spare, .cap = pool->spare_cap };
+    if (level.ring) {
+        pool->spare = NULL;
+        pool->spare_cap = 0;
+    }
+    else {
+        level.cap = S_LEVEL_INITIAL;
+        level.ring = malloc(level.cap * sizeof *level.ring);
+        if (!level.ring)
+            return NULL;
+    }
+    memmove(&pool->levels[low + 1], &pool->levels[low],
+            (pool->n_levels - low) * sizeof *pool->levels);
+    pool->levels[low] = level;
+    pool->n_levels++;
+    return &pool->levels[low];
+}
+
 static void *s_worker_main(void *arg)
 {
     s_worker_t *w = arg;
@@ -298,13 +413,18 @@ static void *s_worker_main(void *arg)
     pthread_mutex_lock(&pool->lock);
     for (;;) {
         if (pool->count > 0) {
+            //  Tasks queued: the highest level holds some.
+            s_level_t *top = &pool->levels[pool->n_levels - 1];
             size_t take = s_batch_size(pool);
-            if (take > pool->count)
-                take = pool->count;
+            if (take > top->count)
+                take = top->count;
             for (size_t i = 0; i < take; i++) {
-                batch[i] = pool->ring[pool->head];
-                pool->head = (pool->head + 1) % pool->ring_cap;
+                batch[i] = top->ring[top->head];
+                top->head = (top->head + 1) % top->cap;
             }
+            top->count -= take;
+            if (top->count == 0 && pool->n_levels > 1)
+                s_level_drop_top(pool);
             pool->count -= take;
             atomic_store_explicit(&pool->queued, pool->count, memory_order_relaxed);
             //  More work than this worker took and nobody on the way: pass
@@ -351,21 +471,6 @@ static void *s_worker_main(void *arg)
     return NULL;
 }
 
-static cf_err_t s_grow(cf_pool_t *pool)
-{
-    size_t cap = pool->ring_cap ? pool->ring_cap * 2 : S_RING_INITIAL;
-    cf_task_t **ring = malloc(cap * sizeof *ring);
-    if (!ring)
-        return CF_ENOMEM;
-    for (size_t i = 0; i < pool->count; i++)
-        ring[i] = pool->ring[(pool->head + i) % pool->ring_cap];
-    free(pool->ring);
-    pool->ring = ring;
-    pool->ring_cap = cap;
-    pool->head = 0;
-    return CF_OK;
-}
-
 static cf_err_t s_submit(void *backend, cf_task_t **ptask)
 {
     cf_pool_t *pool = backend;
@@ -375,13 +480,22 @@ static cf_err_t s_submit(void *backend, cf_task_t **ptask)
         cf_task_destroy(ptask);
         return CF_ESHUTDOWN;
     }
-    if (pool->count == pool->ring_cap && s_grow(pool) != CF_OK) {
+    int32_t priority = (*ptask)->priority;
+    s_level_t *level = &pool->levels[pool->n_levels - 1];
+    if (level->priority != priority) {
+        if (pool->count == 0)
+            level->priority = priority;    //  the lone empty level
+        else
+            level = s_level_find(pool, priority);
+    }
+    if (!level || (level->count == level->cap && s_ring_grow(level) != CF_OK)) {
         pthread_mutex_unlock(&pool->lock);
         cf_task_destroy(ptask);
         return CF_ENOMEM;
     }
-    pool->ring[(pool->head + pool->count) % pool->ring_cap] = *ptask;
+    level->ring[(level->head + level->count) % level->cap] = *ptask;
     *ptask = NULL;
+    level->count++;
     pool->count++;
     atomic_store_explicit(&pool->queued, pool->count, memory_order_relaxed);
     pthread_cond_t *wake = NULL;
@@ -434,20 +548,19 @@ static cf_err_t s_join(cf_pool_t *pool)
 static cf_err_t s_shutdown(void *backend, bool wait, bool cancel_futures)
 {
     cf_pool_t *pool = backend;
-    cf_task_t **taken = NULL;
-    size_t taken_cap = 0, taken_head = 0, taken_count = 0;
+    s_level_t *taken = NULL;
+    size_t n_taken = 0;
 
     pthread_mutex_lock(&pool->lock);
     pool->stopping = true;
     atomic_store(&pool->stopping_hint, true);
     if (cancel_futures) {
         atomic_store(&pool->cancelling, true);
-        taken = pool->ring;
-        taken_cap = pool->ring_cap;
-        taken_head = pool->head;
-        taken_count = pool->count;
-        pool->ring = NULL;
-        pool->ring_cap = pool->head = pool->count = 0;
+        taken = pool->levels;
+        n_taken = pool->n_levels;
+        pool->levels = NULL;
+        pool->n_levels = pool->levels_cap = 0;
+        pool->count = 0;
         atomic_store(&pool->queued, 0);
     }
     //  Sleepers wake, find the queue empty and the pool stopping, and exit;
@@ -458,10 +571,15 @@ static cf_err_t s_shutdown(void *backend, bool wait, bool cancel_futures)
     }
     pthread_mutex_unlock(&pool->lock);
 
-    for (size_t i = 0; i < taken_count; i++) {
-        cf_task_t *task = taken[(taken_head + i) % taken_cap];
-        cf_future_set_cancelled(task->future);
-        cf_task_destroy(&task);
+    //  In the order they would have started.
+    for (size_t l = n_taken; l-- > 0;) {
+        s_level_t *level = &taken[l];
+        for (size_t i = 0; i < level->count; i++) {
+            cf_task_t *task = level->ring[(level->head + i) % level->cap];
+            cf_future_set_cancelled(task->future);
+            cf_task_destroy(&task);
+        }
+        free(level->ring);
     }
     free(taken);
     return wait ? s_join(pool) : CF_OK;
@@ -473,8 +591,11 @@ static void s_free(cf_pool_t *pool)
         pthread_cond_destroy(&pool->workers[i].cond);
     //  Nothing can be queued after a join (workers drain the queue before
     //  they exit), but a pool that failed to start may hold tasks: none, as
-    //  it was never returned. The ring is empty here.
-    free(pool->ring);
+    //  it was never returned. The levels are empty here.
+    for (size_t l = 0; l < pool->n_levels; l++)
+        free(pool->levels[l].ring);
+    free(pool->levels);
+    free(pool->spare);
     free(pool->workers);
     free(pool->sleepers);
     pthread_cond_destroy(&pool->timer_cond);
@@ -540,7 +661,15 @@ void *cf_pool_new(const cf_options_t *opts, int max_workers)
     pool->pid = (int)getpid();
     pool->workers = calloc((size_t)max_workers, sizeof *pool->workers);
     pool->sleepers = calloc((size_t)max_workers, sizeof *pool->sleepers);
-    if (!pool->workers || !pool->sleepers || s_grow(pool) != CF_OK) {
+    pool->levels = calloc(S_LEVELS_INITIAL, sizeof *pool->levels);
+    if (pool->levels) {
+        pool->levels_cap = S_LEVELS_INITIAL;
+        pool->levels[0] = (s_level_t){ .cap = S_RING_INITIAL };
+        pool->levels[0].ring = malloc(S_RING_INITIAL * sizeof *pool->levels[0].ring);
+        if (pool->levels[0].ring)
+            pool->n_levels = 1;
+    }
+    if (!pool->workers || !pool->sleepers || pool->n_levels != 1) {
         cf_error_set(CF_ENOMEM, "out of memory creating a thread pool");
         goto failed;
     }
