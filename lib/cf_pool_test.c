@@ -729,8 +729,7 @@ static void test_negative_priorities_start_after_the_default(void **state)
     s_submit_records(ex, fs, 0, 1, -1);
     s_submit_records(ex, fs + 1, 1, 1, INT_MIN);
     s_submit_records(ex, fs + 2, 2, 1, -5);
-    fs[3] = cf_submit(ex, "record", "L", (int64_t)3);    //  no options: priority 0
-    assert_non_null(fs[3]);
+    s_submit_records(ex, fs + 3, 3, 1, 0);
     s_submit_records(ex, fs + 4, 4, 1, -1);
     s_submit_records(ex, fs + 5, 5, 1, INT_MAX);
     s_submit_records(ex, fs + 6, 6, 1, INT_MIN);
