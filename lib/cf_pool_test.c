@@ -744,6 +744,38 @@ static void test_negative_priorities_start_after_the_default(void **state)
     cf_executor_destroy(&ex);
 }
 
+//  A task submitted without options has the default priority, 0, whatever
+//  the task whose memory it reuses had: tasks of priority 9 run and are
+//  freed first, so their blocks are what the next submissions get.
+static void test_a_task_without_options_has_priority_0(void **state)
+{
+    (void)state;
+    enum { WARM = 32 };
+    cf_executor_t *ex = s_threads(1);
+    cf_future_t *fs[WARM];
+    s_submit_records(ex, fs, 0, WARM, 9);
+    for (int i = 0; i < WARM; i++)
+        cf_unitkit_expect_int(fs[i], S_WAIT_MS);
+    cf_unitkit_release_all(fs, WARM);
+    atomic_store(&s_n_starts, 0);
+    cf_future_t *held = s_submit_held(ex);
+    s_submit_records(ex, fs, 0, 1, 1);
+    for (int i = 1; i < 4; i++) {
+        fs[i] = cf_submit(ex, "record", "L", (int64_t)i);
+        assert_non_null(fs[i]);
+    }
+    s_submit_records(ex, fs + 4, 4, 1, -1);
+    cf_unitkit_gate_open();
+    for (int i = 0; i < 5; i++)
+        cf_unitkit_expect_int(fs[i], S_WAIT_MS);
+    static const int64_t expected[] = { 0, 1, 2, 3, 4 };
+    s_expect_starts(expected, 5);
+    assert_int_equal(cf_future_wait(held, S_WAIT_MS), CF_OK);
+    cf_future_release(&held);
+    cf_unitkit_release_all(fs, 5);
+    cf_executor_destroy(&ex);
+}
+
 //  Many priorities queued at once, in a scrambled order, twice on one
 //  executor: the start order is the submission order sorted by priority,
 //  highest first, stably.
@@ -897,6 +929,7 @@ int main(void)
         cmocka_unit_test(test_max_outstanding_bounds_tasks_not_done),
         cmocka_unit_test(test_higher_priority_starts_first),
         cmocka_unit_test(test_negative_priorities_start_after_the_default),
+        cmocka_unit_test(test_a_task_without_options_has_priority_0),
         cmocka_unit_test(test_many_priorities_start_in_a_stable_order),
         cmocka_unit_test(test_map_task_priority_applies_to_every_input),
         cmocka_unit_test(test_shutdown_cancel_futures_cancels_every_level),
