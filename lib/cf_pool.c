@@ -453,9 +453,12 @@ static void *s_worker_main(void *arg)
                 top->head = (top->head + 1) % top->cap;
             }
             top->count -= take;
-            if (top->count == 0 && pool->n_lower > 0)
-                s_top_drop(pool);
             pool->count -= take;
+            //  Tasks left beyond the top's are in lower levels: asking the
+            //  count rather than n_lower keeps the cold lines out of the
+            //  common case.
+            if (top->count == 0 && pool->count > 0)
+                s_top_drop(pool);
             atomic_store_explicit(&pool->queued, pool->count, memory_order_relaxed);
             //  More work than this worker took and nobody on the way: pass
             //  the wakeup on, so the submitter does not have to.
