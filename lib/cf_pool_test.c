@@ -14,6 +14,7 @@
 #include "cf_registry.h"
 #include "cf_unitkit.h"
 
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -105,6 +106,31 @@ static void shutdown_self(cf_call_t *call)
 }
 CF_TASK(shutdown_self);
 
+//  Shuts its executor down cancelling the queue, without waiting (a
+//  worker cannot wait for itself).
+static void cancel_queue(cf_call_t *call)
+{
+    cf_return_int(call, cf_executor_shutdown(s_self_ex, false, true));
+}
+CF_TASK(cancel_queue);
+
+//  The order tasks started in: record appends its int argument (an id the
+//  test gives) and returns it. The test reads the list only after the
+//  futures are done, which orders the reads after the writes.
+#define S_STARTS_MAX 2048
+static int64_t s_starts[S_STARTS_MAX];
+static atomic_int s_n_starts;
+
+static void record(cf_call_t *call)
+{
+    int64_t id = cf_arg_int(call, 0);
+    int slot = atomic_fetch_add(&s_n_starts, 1);
+    if (slot < S_STARTS_MAX)
+        s_starts[slot] = id;
+    cf_return_int(call, id);
+}
+CF_TASK(record);
+
 // ---------------------------------------------------------------------------
 
 static cf_executor_t *s_threads(int max_workers)
@@ -133,6 +159,28 @@ static cf_future_t *s_submit_held(cf_executor_t *ex)
     assert_non_null(f);
     cf_unitkit_expect_at_gate(1, S_WAIT_MS);
     return f;
+}
+
+//  Submits record(id) at priority for ids first..first+n-1.
+static void s_submit_records(cf_executor_t *ex, cf_future_t **fs, int64_t first, int n,
+                             int priority)
+{
+    for (int i = 0; i < n; i++) {
+        fs[i] = cf_submit_with(ex, &(cf_task_opts_t){ .priority = priority }, "record", "L",
+                               first + i);
+        assert_non_null(fs[i]);
+    }
+}
+
+//  Expects the record tasks since the last reset to have started with the
+//  ids of expected, in that order.
+static void s_expect_starts(const int64_t *expected, int n)
+{
+    assert_int_equal(atomic_load(&s_n_starts), n);
+    for (int i = 0; i < n; i++)
+        if (s_starts[i] != expected[i])
+            fail_msg("start %d: record(%lld), expected record(%lld)", i, (long long)s_starts[i],
+                     (long long)expected[i]);
 }
 
 static void test_submit_returns_the_result(void **state)
@@ -648,6 +696,215 @@ static void test_max_outstanding_bounds_tasks_not_done(void **state)
     assert_int_equal(cf_last_err(), CF_EINVAL);
 }
 
+//  The single worker is held while low tasks then high ones queue: every
+//  high one starts before any low one, each priority in submission order.
+static void test_higher_priority_starts_first(void **state)
+{
+    (void)state;
+    atomic_store(&s_n_starts, 0);
+    cf_executor_t *ex = s_threads(1);
+    cf_future_t *held = s_submit_held(ex);
+    cf_future_t *fs[10];
+    s_submit_records(ex, fs, 0, 5, 0);
+    s_submit_records(ex, fs + 5, 100, 5, 3);
+    cf_unitkit_gate_open();
+    for (int i = 0; i < 10; i++)
+        cf_unitkit_expect_int(fs[i], S_WAIT_MS);
+    static const int64_t expected[] = { 100, 101, 102, 103, 104, 0, 1, 2, 3, 4 };
+    s_expect_starts(expected, 10);
+    assert_int_equal(cf_future_wait(held, S_WAIT_MS), CF_OK);
+    cf_future_release(&held);
+    cf_unitkit_release_all(fs, 10);
+    cf_executor_destroy(&ex);
+}
+
+//  Below the default and down to INT_MIN, and INT_MAX above everything.
+static void test_negative_priorities_start_after_the_default(void **state)
+{
+    (void)state;
+    atomic_store(&s_n_starts, 0);
+    cf_executor_t *ex = s_threads(1);
+    cf_future_t *held = s_submit_held(ex);
+    cf_future_t *fs[7];
+    s_submit_records(ex, fs, 0, 1, -1);
+    s_submit_records(ex, fs + 1, 1, 1, INT_MIN);
+    s_submit_records(ex, fs + 2, 2, 1, -5);
+    s_submit_records(ex, fs + 3, 3, 1, 0);
+    s_submit_records(ex, fs + 4, 4, 1, -1);
+    s_submit_records(ex, fs + 5, 5, 1, INT_MAX);
+    s_submit_records(ex, fs + 6, 6, 1, INT_MIN);
+    cf_unitkit_gate_open();
+    for (int i = 0; i < 7; i++)
+        cf_unitkit_expect_int(fs[i], S_WAIT_MS);
+    static const int64_t expected[] = { 5, 3, 0, 4, 2, 1, 6 };
+    s_expect_starts(expected, 7);
+    assert_int_equal(cf_future_wait(held, S_WAIT_MS), CF_OK);
+    cf_future_release(&held);
+    cf_unitkit_release_all(fs, 7);
+    cf_executor_destroy(&ex);
+}
+
+//  A task submitted without options has the default priority, 0, whatever
+//  the task whose memory it reuses had: tasks of priority 9 run and are
+//  freed first, so their blocks are what the next submissions get.
+static void test_a_task_without_options_has_priority_0(void **state)
+{
+    (void)state;
+    enum { WARM = 32 };
+    cf_executor_t *ex = s_threads(1);
+    cf_future_t *fs[WARM];
+    s_submit_records(ex, fs, 0, WARM, 9);
+    for (int i = 0; i < WARM; i++)
+        cf_unitkit_expect_int(fs[i], S_WAIT_MS);
+    cf_unitkit_release_all(fs, WARM);
+    atomic_store(&s_n_starts, 0);
+    cf_future_t *held = s_submit_held(ex);
+    s_submit_records(ex, fs, 0, 1, 1);
+    for (int i = 1; i < 4; i++) {
+        fs[i] = cf_submit(ex, "record", "L", (int64_t)i);
+        assert_non_null(fs[i]);
+    }
+    s_submit_records(ex, fs + 4, 4, 1, -1);
+    cf_unitkit_gate_open();
+    for (int i = 0; i < 5; i++)
+        cf_unitkit_expect_int(fs[i], S_WAIT_MS);
+    static const int64_t expected[] = { 0, 1, 2, 3, 4 };
+    s_expect_starts(expected, 5);
+    assert_int_equal(cf_future_wait(held, S_WAIT_MS), CF_OK);
+    cf_future_release(&held);
+    cf_unitkit_release_all(fs, 5);
+    cf_executor_destroy(&ex);
+}
+
+//  Many priorities queued at once, in a scrambled order, twice on one
+//  executor: the start order is the submission order sorted by priority,
+//  highest first, stably.
+static void test_many_priorities_start_in_a_stable_order(void **state)
+{
+    (void)state;
+    enum { N = 600 };
+    cf_executor_t *ex = s_threads(1);
+    cf_future_t **fs = calloc(N, sizeof *fs);
+    int *priorities = calloc(N, sizeof *priorities);
+    int64_t *expected = calloc(N, sizeof *expected);
+    assert_non_null(fs);
+    assert_non_null(priorities);
+    assert_non_null(expected);
+    uint32_t seed = 12345;
+    for (int round = 0; round < 2; round++) {
+        atomic_store(&s_n_starts, 0);
+        cf_future_t *held = s_submit_held(ex);
+        for (int i = 0; i < N; i++) {
+            seed = seed * 1103515245u + 12345u;
+            //  Forty levels in round 0, five in round 1 (levels come and go).
+            priorities[i] = (int)((seed >> 16) % (round == 0 ? 40 : 5)) - 20;
+            s_submit_records(ex, &fs[i], i, 1, priorities[i]);
+        }
+        cf_unitkit_gate_open();
+        for (int i = 0; i < N; i++)
+            cf_unitkit_expect_int(fs[i], S_WAIT_MS);
+        //  Insertion sort: stable, and N is small.
+        for (int i = 0; i < N; i++) {
+            int j = i;
+            while (j > 0 && priorities[expected[j - 1]] < priorities[i]) {
+                expected[j] = expected[j - 1];
+                j--;
+            }
+            expected[j] = i;
+        }
+        s_expect_starts(expected, N);
+        assert_int_equal(cf_future_wait(held, S_WAIT_MS), CF_OK);
+        cf_future_release(&held);
+        cf_unitkit_release_all(fs, N);
+    }
+    cf_executor_destroy(&ex);
+    free(fs);
+    free(priorities);
+    free(expected);
+}
+
+static int s_ids_from_100(void *state, size_t index, cf_args_t *args)
+{
+    (void)state;
+    if (index >= 5)
+        return 0;
+    return cf_args_add_int(args, 100 + (int64_t)index) == CF_OK ? 1 : -1;
+}
+
+//  map's task options reach every input: its tasks overtake default ones
+//  queued before it.
+static void test_map_task_priority_applies_to_every_input(void **state)
+{
+    (void)state;
+    atomic_store(&s_n_starts, 0);
+    cf_executor_t *ex = s_threads(1);
+    cf_future_t *held = s_submit_held(ex);
+    cf_future_t *fs[3];
+    s_submit_records(ex, fs, 0, 3, 0);
+    //  The window (64) takes the five inputs at once.
+    cf_map_t *map = cf_map_new(ex, "record", s_ids_from_100, NULL,
+                               &(cf_map_opts_t){ .task = { .priority = 2 } });
+    assert_non_null(map);
+    cf_unitkit_gate_open();
+    for (int64_t i = 0;; i++) {
+        const cf_value_t *value = NULL;
+        cf_err_t rc = cf_map_next(map, &value);
+        if (rc == CF_ESTOP) {
+            assert_int_equal(i, 5);
+            break;
+        }
+        assert_int_equal(rc, CF_OK);
+        int64_t id = -1;
+        assert_int_equal(cf_value_get_int(value, &id), CF_OK);
+        assert_int_equal(id, 100 + i);
+    }
+    cf_map_destroy(&map);
+    for (int i = 0; i < 3; i++)
+        cf_unitkit_expect_int(fs[i], S_WAIT_MS);
+    static const int64_t expected[] = { 100, 101, 102, 103, 104, 0, 1, 2 };
+    s_expect_starts(expected, 8);
+    assert_int_equal(cf_future_wait(held, S_WAIT_MS), CF_OK);
+    cf_future_release(&held);
+    cf_unitkit_release_all(fs, 3);
+    cf_executor_destroy(&ex);
+}
+
+//  A highest-priority task that shuts the executor down with
+//  cancel_futures starts first and cancels every task of every level below
+//  it; none of them runs.
+static void test_shutdown_cancel_futures_cancels_every_level(void **state)
+{
+    (void)state;
+    enum { PER_LEVEL = 4, LEVELS = 4, N = PER_LEVEL * LEVELS };
+    static const int priorities[LEVELS] = { -2, 0, 3, 7 };
+    atomic_store(&s_n_starts, 0);
+    s_self_ex = s_threads(1);
+    cf_future_t *held = s_submit_held(s_self_ex);
+    cf_future_t *fs[N];
+    //  Levels interleaved, so each ring holds tasks submitted apart.
+    for (int i = 0; i < PER_LEVEL; i++)
+        for (int l = 0; l < LEVELS; l++)
+            s_submit_records(s_self_ex, &fs[i * LEVELS + l], i * LEVELS + l, 1, priorities[l]);
+    cf_future_t *stop = cf_submit_with(s_self_ex, &(cf_task_opts_t){ .priority = 8 },
+                                       "cancel_queue", "");
+    assert_non_null(stop);
+    cf_unitkit_gate_open();
+    assert_int_equal(cf_unitkit_expect_int(stop, S_WAIT_MS), CF_OK);
+    for (int i = 0; i < N; i++)
+        assert_true(cf_future_cancelled(fs[i]));
+    assert_int_equal(atomic_load(&s_n_starts), 0);
+    assert_int_equal(cf_executor_shutdown(s_self_ex, true, false), CF_OK);
+    s_expect_progress(
+        s_self_ex,
+        (cf_progress_t){ .submitted = N + 2, .done = N + 2, .failed = 0, .cancelled = N });
+    assert_null(cf_submit_with(s_self_ex, &(cf_task_opts_t){ .priority = 1 }, "noop", ""));
+    assert_int_equal(cf_last_err(), CF_ESHUTDOWN);
+    cf_future_release(&held);
+    cf_future_release(&stop);
+    cf_unitkit_release_all(fs, N);
+    cf_executor_destroy(&s_self_ex);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -670,6 +927,12 @@ int main(void)
         cmocka_unit_test(test_shutdown_waiting_from_its_own_thread_is_refused),
         cmocka_unit_test(test_many_tasks_all_resolve),
         cmocka_unit_test(test_max_outstanding_bounds_tasks_not_done),
+        cmocka_unit_test(test_higher_priority_starts_first),
+        cmocka_unit_test(test_negative_priorities_start_after_the_default),
+        cmocka_unit_test(test_a_task_without_options_has_priority_0),
+        cmocka_unit_test(test_many_priorities_start_in_a_stable_order),
+        cmocka_unit_test(test_map_task_priority_applies_to_every_input),
+        cmocka_unit_test(test_shutdown_cancel_futures_cancels_every_level),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
