@@ -114,7 +114,7 @@ typedef enum {
 typedef struct s_item {
     cf_queue_node_t node;     //  in the inbox, outbox or parked list
     uint64_t id;              //  client task id on the wire
-    uint16_t function_len;    //  strlen(task->function), taken once
+    uint16_t function_len;    //  strlen(cf_task_function(task)), taken once
     uint8_t where;            //  s_where_t
     bool started;             //  STARTED seen: cancel can no longer win
     bool cancel_asked;        //  CANCEL sent, a canceller may be waiting
@@ -303,7 +303,7 @@ static cf_err_t s_submit(void *backend, cf_task_t **task_p)
     cf_task_t *task = *task_p;
     *task_p = NULL;
 
-    size_t function_len = strlen(task->function);
+    size_t function_len = strlen(cf_task_function(task));
     if (function_len == 0 || function_len > CF_PROTO_MAX_NAME) {
         cf_task_destroy(&task);
         return cf_error_set(CF_EINVAL, "function name must be 1..%d bytes", CF_PROTO_MAX_NAME);
@@ -903,7 +903,7 @@ static void s_send_tasks(cf_client_t *self)
                 break;
             //  This client reads PROGRESS: every task asks for it.
             uint32_t flags = task->flags | CF_TASK_PROGRESS;
-            cf_err_t rc = cf_proto_enc_submit(self->own.enc, item->id, task->function,
+            cf_err_t rc = cf_proto_enc_submit(self->own.enc, item->id, cf_task_function(task),
                                               item->function_len, task->args, task->args_len,
                                               task->retries, task->timeout_ms, flags,
                                               task->priority, task->wait_ms);

@@ -252,7 +252,7 @@ static void s_run(cf_pool_t *pool, s_worker_t *w, cf_task_t *task)
     int attempts = 1;
     if ((task->flags & CF_TASK_RETRY_ON_ERROR) && task->retries > 0)
         attempts += task->retries;
-    size_t function_len = strlen(task->function);
+    size_t function_len = strlen(cf_task_function(task));
     //  The stop flag lives in the future: cf_future_stop sets it, the task
     //  reads it (cf_stop_requested). Threads have no forced stop. The task's
     //  reports go straight to its future from this thread, rate-limited
@@ -264,8 +264,8 @@ static void s_run(cf_pool_t *pool, s_worker_t *w, cf_task_t *task)
                          .progress_arg = &report };
     for (int attempt = 1;; attempt++) {
         cf_outcome_t outcome = { 0 };
-        cf_err_t rc = cf_registry_run(task->function, function_len, task->args, task->args_len,
-                                      &ctx, &outcome);
+        cf_err_t rc = cf_registry_run(cf_task_function(task), function_len, task->args,
+                                      task->args_len, &ctx, &outcome);
         cf_report_direct_flush(&report);
         if (rc != CF_OK) {
             cf_future_set_error(f, "MemoryError", "out of memory running the task",
@@ -282,7 +282,7 @@ static void s_run(cf_pool_t *pool, s_worker_t *w, cf_task_t *task)
         //  A raising task with retry_on_error runs again, unless its
         //  timeout already failed it.
         if (attempt < attempts && !cf_future_done(f) && !cf_future_stop_asked(f)) {
-            cf_log_debug(S_LOG, "%s raised %s, attempt %d of %d", task->function,
+            cf_log_debug(S_LOG, "%s raised %s, attempt %d of %d", cf_task_function(task),
                          outcome.error_type ? outcome.error_type : "?", attempt, attempts);
             cf_outcome_fini(&outcome);
             continue;

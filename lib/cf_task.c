@@ -15,8 +15,6 @@
 //  (bench: client.mem.bookkeeping).
 typedef struct {
     cf_task_t pub;
-    uint32_t backend_size;    //  the back end's bytes, then the inline args
-    bool args_owned;          //  pub.args is a separate allocation
     _Alignas(8) uint8_t data[];
 } s_task_t;
 
@@ -27,7 +25,7 @@ cf_task_t *cf_task_new(const char *function, size_t function_len, const void *ar
 {
     bool inline_args = args_len <= S_INLINE_ARGS_MAX;
     backend_size = (backend_size + 7) & ~(size_t)7;
-    if (backend_size > UINT32_MAX || args_len > UINT32_MAX)
+    if (backend_size > UINT16_MAX || args_len > UINT32_MAX)
         return NULL;
     s_task_t *task;
     cf_future_t *f = cf_future_new_with(function, function_len,
@@ -35,9 +33,9 @@ cf_task_t *cf_task_new(const char *function, size_t function_len, const void *ar
                                         (void **)&task);
     if (!f)
         return NULL;
-    task->backend_size = (uint32_t)backend_size;
+    task->pub.backend_size_ = (uint16_t)backend_size;
     memset(task->data, 0, backend_size);
-    task->args_owned = !inline_args;
+    task->pub.args_owned_ = !inline_args;
     uint8_t *copy = inline_args ? task->data + backend_size : malloc(args_len ? args_len : 1);
     if (!copy) {
         cf_future_release(&f);
@@ -46,8 +44,6 @@ cf_task_t *cf_task_new(const char *function, size_t function_len, const void *ar
     if (args_len)
         memcpy(copy, args, args_len);
     task->pub.future = f;
-    //  The future keeps its own copy of the name: share it.
-    task->pub.function = cf_future_function(f);
     task->pub.args = copy;
     task->pub.args_len = (uint32_t)args_len;
     task->pub.retries = -1;
@@ -61,7 +57,7 @@ cf_task_t *cf_task_new(const char *function, size_t function_len, const void *ar
 void *cf_task_backend(cf_task_t *task)
 {
     s_task_t *t = (s_task_t *)task;
-    return t && t->backend_size ? t->data : NULL;
+    return t && t->pub.backend_size_ ? t->data : NULL;
 }
 
 cf_task_t *cf_task_of_backend(void *backend)
@@ -80,7 +76,7 @@ void cf_task_destroy(cf_task_t **ptask)
         return;
     s_task_t *task = (s_task_t *)*ptask;
     *ptask = NULL;
-    if (task->args_owned)
+    if (task->pub.args_owned_)
         free((void *)task->pub.args);
     //  Last: the task lives in the future's memory.
     cf_future_t *f = task->pub.future;

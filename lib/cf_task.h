@@ -12,17 +12,32 @@
 //  The front allocates a task inside its future's block, with the function
 //  and (small) arguments (one malloc per submission): never free the task,
 //  its function or its args directly; cf_task_destroy does.
+//  A client holds one per outstanding task, so it is packed: 40 bytes
+//  with the front's own fields (lib/cf_task.c), 16 less than with a
+//  function pointer and 32-bit flags, which is what kept the client under
+//  its bound (bench: client.mem.bookkeeping). The function is the future's
+//  name (cf_task_function).
 typedef struct cf_task {
-    cf_future_t *future;     //  a reference owned by the task
-    const char *function;    //  NUL-terminated: the future's own name
-    const uint8_t *args;     //  one msgpack array, owned by the task
-    uint32_t args_len;       //  at most CF_PROTO_MAX_FRAME
-    int32_t retries;         //  resolved: <0 none
-    uint32_t timeout_ms;     //  resolved: 0 none
-    uint32_t flags;          //  CF_TASK_* of cf_proto.h
-    int32_t priority;        //  higher first
-    uint32_t wait_ms;        //  CF_REMOTE: for a worker serving it; 0 the broker's default
+    cf_future_t *future;    //  a reference owned by the task
+    const uint8_t *args;    //  one msgpack array, owned by the task
+    uint32_t args_len;      //  at most CF_PROTO_MAX_FRAME
+    int32_t retries;        //  resolved: <0 none
+    uint32_t timeout_ms;    //  resolved: 0 none
+    int32_t priority;       //  higher first
+    uint32_t wait_ms;       //  CF_REMOTE: for a worker serving it; 0 the broker's default
+    uint8_t flags;          //  CF_TASK_* of cf_proto.h
+    //  The front's own (lib/cf_task.c), in what would be padding.
+    bool args_owned_;          //  args is a separate allocation
+    uint16_t backend_size_;    //  the back end's bytes, then the inline args
 } cf_task_t;
+
+_Static_assert(sizeof(cf_task_t) == 40, "a client holds one per outstanding task");
+
+//  The task's function, NUL-terminated: its future's name.
+static inline const char *cf_task_function(const cf_task_t *task)
+{
+    return cf_future_function(task->future);
+}
 
 //  A new task with a new pending future, function and args copied (see
 //  cf_task_t), and backend_size zeroed bytes for the back end's own record
