@@ -87,6 +87,11 @@ static void test_status_json_and_metrics_show_the_work_done(void **state)
     free(line);
     assert_int_equal(submitted, 5);
     assert_int_equal(completed, 5);
+    //  Each worker and client too, with what each worker serves (issue 12).
+    s_expect_in(output.out, "\nworkers:\nworker ", &output);
+    s_expect_in(output.out, "function_count  functions", &output);
+    s_expect_in(output.out, "cf.chunk", &output);
+    s_expect_in(output.out, "\nclients:\nclient ", &output);
 
     s_admin(kit, (const char *[]){ "--json", "--broker", clients, NULL }, &output);
     assert_int_equal(output.exit_code, 0);
@@ -94,6 +99,7 @@ static void test_status_json_and_metrics_show_the_work_done(void **state)
     s_expect_in(output.out, "\"completed\": 5,", &output);
     s_expect_in(output.out, "\"workers\": 1,", &output);
     s_expect_in(output.out, "\"failed\": 0,", &output);
+    s_expect_in(output.out, "\"function_count\": ", &output);
     assert_int_equal(cf_testkit_count(output.out, "\n"), 1);    //  one object, one line
 
     s_admin(kit, (const char *[]){ "metrics", "-b", clients, NULL }, &output);

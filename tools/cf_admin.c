@@ -65,9 +65,12 @@ typedef struct {
     uint64_t values[S_MAX_COUNTERS];
     int64_t answered_ms;    //  when the reply came (cf_clock_now_ms)
     int round_trip_ms;
-    uint8_t *list;    //  the worker_list or client_list asked for (a copy), or NULL
-    size_t list_len;
+    //  The lists asked for (copies), or NULL: [0] worker_list, [1] client_list.
+    uint8_t *list[2];
+    size_t list_len[2];
 } s_stats_t;
+
+static const char *const s_list_names[2] = { "worker_list", "client_list" };
 
 //  The columns of the brokers' lists, in their order (docs/protocol.md).
 static const char *const s_worker_columns[] = { "worker",         "host",     "pid",
@@ -376,13 +379,17 @@ static cf_err_t s_ask(s_link_t *link, const s_options_t *options, s_stats_t *sta
         return CF_ESYS;
     int64_t sent_ms = cf_clock_now_ms();
     int64_t deadline_ms = sent_ms + options->timeout_ms;
-    free(stats->list);
-    stats->list = NULL;
-    stats->list_len = 0;
+    for (int k = 0; k < 2; k++) {
+        free(stats->list[k]);
+        stats->list[k] = NULL;
+        stats->list_len[k] = 0;
+    }
     //  Only the lists the command shows are asked for.
     uint32_t flags = options->command == S_WORKERS   ? CF_PROTO_STATS_WORKERS
                      : options->command == S_CLIENTS ? CF_PROTO_STATS_CLIENTS
-                                                     : 0;
+                     : options->command == S_STATUS
+                         ? CF_PROTO_STATS_WORKERS | CF_PROTO_STATS_CLIENTS
+                         : 0;
     cf_proto_enc_stats_request(link->enc, flags);
     //  The DEALER queues the request until connected.
     if (cf_proto_enc_send(link->enc, link->socket, NULL, 0) != CF_OK) {
@@ -418,12 +425,15 @@ static cf_err_t s_ask(s_link_t *link, const s_options_t *options, s_stats_t *sta
                         *c = '?';
                 const cf_proto_stat_t *stat = &msg->stats[i];
                 if (stat->list) {
-                    bool wanted = flags
-                                  && !strcmp(name, flags == CF_PROTO_STATS_WORKERS ? "worker_list"
-                                                                                   : "client_list");
-                    if (wanted && !stats->list && (stats->list = malloc(stat->list_len))) {
-                        memcpy(stats->list, stat->list, stat->list_len);
-                        stats->list_len = stat->list_len;
+                    for (int k = 0; k < 2; k++) {
+                        bool wanted = (flags
+                                       & (k == 0 ? CF_PROTO_STATS_WORKERS : CF_PROTO_STATS_CLIENTS))
+                                      && !strcmp(name, s_list_names[k]);
+                        if (wanted && !stats->list[k]
+                            && (stats->list[k] = malloc(stat->list_len))) {
+                            memcpy(stats->list[k], stat->list, stat->list_len);
+                            stats->list_len[k] = stat->list_len;
+                        }
                     }
                     continue;    //  a list is not a counter
                 }
@@ -515,9 +525,21 @@ static void s_print_status(const s_options_t *options, const s_stats_t *stats,
             s_print_counter(stats, before, i, &shown);
     if (shown % 2)
         printf("\n");
-    if (!s_get(stats, "stats_version", &value) || value < 2)
+    if (!s_get(stats, "stats_version", &value) || value < 2) {
         printf("per-worker and per-client detail: not reported by this broker "
                "(cf/1 STATS without 'workers')\n");
+        return;
+    }
+    printf("\nworkers:\n");
+    if (cf_admin_list_print(stats->list[0], stats->list_len[0], s_worker_columns, S_WORKER_COLUMNS,
+                            false)
+        < 0)
+        printf("(not reported)\n");
+    printf("\nclients:\n");
+    if (cf_admin_list_print(stats->list[1], stats->list_len[1], s_client_columns, S_CLIENT_COLUMNS,
+                            false)
+        < 0)
+        printf("(not reported)\n");
 }
 
 static void s_print_json(const s_options_t *options, const s_stats_t *stats)
@@ -530,14 +552,17 @@ static void s_print_json(const s_options_t *options, const s_stats_t *stats)
         cf_admin_list_json_string(stats->names[i]);
         printf(": %llu", (unsigned long long)stats->values[i]);
     }
+    (void)options;
     printf("}, \"workers\": ");
-    if (options->command == S_WORKERS)
-        cf_admin_list_print(stats->list, stats->list_len, s_worker_columns, S_WORKER_COLUMNS, true);
+    if (stats->list[0])
+        cf_admin_list_print(stats->list[0], stats->list_len[0], s_worker_columns, S_WORKER_COLUMNS,
+                            true);
     else
         printf("null");
     printf(", \"clients\": ");
-    if (options->command == S_CLIENTS)
-        cf_admin_list_print(stats->list, stats->list_len, s_client_columns, S_CLIENT_COLUMNS, true);
+    if (stats->list[1])
+        cf_admin_list_print(stats->list[1], stats->list_len[1], s_client_columns, S_CLIENT_COLUMNS,
+                            true);
     else
         printf("null");
     printf("}\n");
@@ -596,7 +621,8 @@ static int s_show(const s_options_t *options, const s_stats_t *stats, const s_st
     const char *what = options->command == S_WORKERS ? "workers" : "clients";
     s_get(stats, what, &count);
     printf("%llu %s connected to %s\n", (unsigned long long)count, what, options->broker);
-    if (version < 2 || !stats->list) {
+    bool workers = options->command == S_WORKERS;
+    if (version < 2 || !stats->list[workers ? 0 : 1]) {
         fprintf(stderr,
                 "cf-admin: this broker does not report per-%s detail (cf/1 STATS "
                 "without '%s')\n",
@@ -604,8 +630,7 @@ static int s_show(const s_options_t *options, const s_stats_t *stats, const s_st
                 options->command == S_WORKERS ? "worker_list" : "client_list");
         return S_EXIT_FAILURE;
     }
-    bool workers = options->command == S_WORKERS;
-    if (cf_admin_list_print(stats->list, stats->list_len,
+    if (cf_admin_list_print(stats->list[workers ? 0 : 1], stats->list_len[workers ? 0 : 1],
                             workers ? s_worker_columns : s_client_columns,
                             workers ? S_WORKER_COLUMNS : S_CLIENT_COLUMNS, false)
         < 0) {
@@ -657,8 +682,10 @@ static int s_loop(s_link_t *link, const s_options_t *options)
         if (options->watch)
             s_pause(options->interval_s);
     } while (options->watch && !s_interrupted);
-    free(stats[0].list);
-    free(stats[1].list);
+    for (int k = 0; k < 2; k++) {
+        free(stats[0].list[k]);
+        free(stats[1].list[k]);
+    }
     return options->watch && s_interrupted ? 0 : status;
 }
 
