@@ -234,7 +234,8 @@ def test_the_worker_lists_its_functions_in_ready():
     body = w._ready_body()
     #  cf.chunk first, as cf-worker lists it: the broker routes it by name.
     names = ["cf.chunk", "a", "b", "é" * 100]
-    assert body == [3, w.host, os.getpid(), 3, _proto.FEATURE_BEGUN, names]
+    assert body == [3, w.host, os.getpid(), 3, _proto.FEATURE_BEGUN | _proto.FEATURE_STOP,
+                    names]
     assert _proto.decode(_proto.frames(_proto.READY, body))[1][5] == names
     #  More names than a READY lists: every function is announced (5 fields).
     most = Worker({f"f{i}": len for i in range(_proto.MAX_FUNCTIONS - 1)}, "tcp://127.0.0.1:9")
