@@ -238,10 +238,9 @@ def test_a_million_reports_do_not_flood(cluster, worker):
     broker = cluster.broker()
     if worker == "c":
         cluster.c_worker(broker)
-        n = 1_000_000
     else:
         cluster.py_worker(broker, "--threads", "2")
-        n = 300_000
+    n = 1_000_000
     ex = cluster.executor(broker)
     watcher = _Watcher()
     t0 = time.monotonic()
