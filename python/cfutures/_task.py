@@ -31,8 +31,6 @@ _UINT64_MAX = 2 ** 64 - 1
 REPORT_INTERVAL_S = 0.050
 
 _current = contextvars.ContextVar("cfutures_task", default=None)
-#  report_progress() without a partial value.
-_NO_PARTIAL = object()
 
 
 class Call:
@@ -71,11 +69,12 @@ class Call:
             return True
         return False
 
-    def report_progress(self, done, total=0, partial=_NO_PARTIAL):
+    def report_progress(self, done, total=0, partial=None):
         """Reports the task's progress: done of total units (total 0: not
         known), and optionally a partial value (one msgpack-encodable value
         of at most 64 KiB encoded: the client keeps the latest one it got,
-        a state rather than a stream). Cheap: the worker keeps the latest
+        a state rather than a stream; None: no new partial value, the
+        client keeps the one it has). Cheap: the worker keeps the latest
         report and sends at most one per task every 50 ms, and the task's
         last report before it returns reaches the client before its result.
         Raises ValueError (out of range, too big) or TypeError (not
@@ -89,7 +88,7 @@ def _report(call, done, total, partial):
     if type(total) is not int or not 0 <= total <= _UINT64_MAX:
         raise ValueError("total is an int from 0 to 2**64-1 (0: not known)")
     data = None
-    if partial is not _NO_PARTIAL:
+    if partial is not None:
         try:
             data = _proto.pack(partial)
         except Exception as e:
@@ -119,7 +118,7 @@ def stop_requested():
     return call is not None and call.stop_requested()
 
 
-def report_progress(done, total=0, partial=_NO_PARTIAL):
+def report_progress(done, total=0, partial=None):
     """In a task on the Python worker: reports progress (see
     Call.report_progress). Outside a task: does nothing."""
     call = _current.get()

@@ -271,3 +271,117 @@ def test_a_task_reports_outside_the_worker_as_a_no_op():
     assert cfutures.stop_requested() is False
     assert cfutures.current_task() is None
     cfutures.report_progress(1, 2, {"x": 1})        # nothing to report to
+
+
+# ---------------------------------------------------------------------------
+#  The worker's side, against a broker driven by hand
+
+def _hand_worker(functions, **options):
+    from cfutures.worker import Worker
+    from test_faults import _router
+    router, endpoint = _router()
+    worker = Worker(functions, endpoint, **options)
+    thread = threading.Thread(target=worker.serve, daemon=True)
+    thread.start()
+    return router, worker, thread
+
+
+def test_the_worker_stops_a_running_task_and_cancels_a_queued_one():
+    from test_faults import _expect, _recv
+
+    def wait_stop(then_raise):
+        while not cfutures.stop_requested():
+            time.sleep(0.001)
+        if then_raise:
+            raise ValueError("whatever it does after")
+        return "ignored"
+
+    router, worker, thread = _hand_worker({"wait_stop": wait_stop}, threads=1, prefetch=1)
+    try:
+        peer, ready = _expect(router, _proto.READY)
+        assert ready[4] & _proto.FEATURE_STOP
+
+        def send(command, body):
+            router.send_multipart([peer] + _proto.frames(command, body))
+
+        send(_proto.HEARTBEAT, [0xAAAA, 1000])
+        for raising in (False, True):
+            send(_proto.TASK, [[7, "wait_stop", _proto.pack([raising]), 0],
+                               [8, "wait_stop", _proto.pack([raising]), 0]])
+            while True:
+                _, (command, fields) = _recv(router)
+                if command == _proto.STARTED:
+                    assert fields == [7]
+                    break
+            #  Queued: cancelled (never run); running: its flag set; an
+            #  unknown id: ignored.
+            send(_proto.STOP, [[8, 0], [7, 100], [42, 0]])
+            results = []
+            while len(results) < 2:
+                results += _expect(router, _proto.RESULT)[1]
+            assert results[0] == (8, _proto.CANCELLED, None)
+            task_id, status, error = results[1]
+            assert (task_id, status, error[0], error[2]) == (7, _proto.ERROR, "Interrupted",
+                                                             "wait_stop")
+            assert error[1] == "wait_stop() was asked to stop and returned early"
+    finally:
+        worker.stop()
+        thread.join(10)
+        router.close(linger=0)
+    assert not thread.is_alive()
+
+
+def test_the_worker_coalesces_reports_and_sends_the_last_before_the_result():
+    from test_faults import _expect, _recv
+    n = 200_000
+
+    def rep(n):
+        for i in range(1, n + 1):
+            cfutures.report_progress(i, n, {"i": i} if i % 1000 == 0 else None)
+        return n
+
+    def bad_partials():
+        with pytest.raises(ValueError):
+            cfutures.report_progress(1, 2, b"x" * _proto.MAX_PARTIAL)
+        with pytest.raises(TypeError):
+            cfutures.report_progress(1, 2, object())
+        with pytest.raises(ValueError):
+            cfutures.report_progress(-1, 2)
+        cfutures.report_progress(3, 4)
+        return cfutures.current_task().function
+
+    router, worker, thread = _hand_worker({"rep": rep, "bad": bad_partials}, threads=2)
+    try:
+        peer, _ = _expect(router, _proto.READY)
+
+        def send(command, body):
+            router.send_multipart([peer] + _proto.frames(command, body))
+
+        send(_proto.HEARTBEAT, [0xAAAA, 1000])
+        t0 = time.monotonic()
+        send(_proto.TASK, [[7, "rep", _proto.pack([n]), 0]])
+        reports = []
+        while True:
+            _, (command, fields) = _recv(router)
+            if command == _proto.PROGRESS:
+                reports += fields
+            elif command == _proto.RESULT:
+                assert fields == [(7, _proto.OK, _proto.pack(n))]
+                break
+        elapsed = time.monotonic() - t0
+        assert [r[1] for r in reports] == list(range(1, len(reports) + 1))
+        assert len(reports) <= 2 + elapsed / 0.050, (len(reports), elapsed)
+        last = reports[-1]
+        assert last[:4] == (7, len(reports), n, n)
+        assert _proto.unpack_value(last[4]) == {"i": n}
+        #  Refused reports raise in the task, which goes on.
+        send(_proto.TASK, [[8, "bad", _proto.pack([]), 0]])
+        _, progress = _expect(router, _proto.PROGRESS)
+        assert progress == [(8, 1, 3, 4, None)]
+        _, result = _expect(router, _proto.RESULT)
+        assert result == [(8, _proto.OK, _proto.pack("bad"))]
+    finally:
+        worker.stop()
+        thread.join(10)
+        router.close(linger=0)
+    assert not thread.is_alive()

@@ -178,6 +178,11 @@ def _serve_procs(args, functions):
 
                 threading.Thread(target=report, daemon=True).start()
                 code = worker.serve()
+                if code == EXIT_STOPPED and worker.ctx is not None:
+                    #  os._exit below would drop the Interrupted RESULT and
+                    #  the DISCONNECT still in zmq's queue: let them leave
+                    #  (its sockets are closed, with their linger).
+                    worker.ctx.term()
             except AuthError as e:
                 _fail(str(e))
                 code = EXIT_REFUSED
