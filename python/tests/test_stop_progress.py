@@ -385,3 +385,26 @@ def test_the_worker_coalesces_reports_and_sends_the_last_before_the_result():
         thread.join(10)
         router.close(linger=0)
     assert not thread.is_alive()
+
+
+# ---------------------------------------------------------------------------
+#  No silent waits
+
+def test_waiting_tasks_are_warned_about(cluster, monkeypatch, caplog):
+    import cfutures.client
+    monkeypatch.setattr(cfutures.client, "WARN_EVERY_S", 0.2)
+    caplog.set_level("WARNING", logger="cfutures.client")
+
+    def warned(text):
+        return any(text in r.getMessage() for r in caplog.records)
+
+    #  A broker without workers: it answers, nothing starts, STATS says why.
+    broker = cluster.broker()
+    ex = cluster.executor(broker)
+    f = ex.submit("square", 2)
+    wait_for(lambda: warned("the broker at"), what="the 'no workers' warning")
+    assert warned("1 tasks waiting: the broker at") and warned("has no workers")
+    #  No broker at all.
+    broker.stop()
+    wait_for(lambda: warned("no broker answers at"), what="the 'no broker' warning")
+    f.cancel()

@@ -130,6 +130,8 @@ MIN_IVL_S = 0.010
 #  A task's begin is announced (STARTED) about this long after it, unless
 #  its RESULT goes first (cf-worker's S_BEGUN_HOLD_MS).
 BEGUN_HOLD_S = 0.010
+#  "broker refused a message" is logged at most this often.
+REFUSAL_LOG_EVERY_S = 10.0
 #  A --procs process whose stopped task outran its grace exits with this
 #  status (as cf-worker's processes): its supervisor replaces it at once.
 EXIT_STOPPED = 78
@@ -266,6 +268,8 @@ class Worker:
         self.malformed = 0
         self.started = threading.Event()    # serve() is connected and looping
         self.killed = False                 # a stopped task outran its grace
+        self.refusal_logged_at = -REFUSAL_LOG_EVERY_S
+        self.sent_progress = False          # some PROGRESS went out
         self.pool = None
         self.sock = None
         self.monitor = None
@@ -636,6 +640,7 @@ class Worker:
                 size += item_size
             if not self._send(_proto.PROGRESS, items):
                 return
+            self.sent_progress = True
             for item in items:
                 del self.unsent_progress[item[0]]
 
@@ -717,8 +722,14 @@ class Worker:
                     self.unknown_is_old_until = now + self._send_ivl()
                 elif text in (_proto.KEY_REVOKED, _proto.NOT_ALLOWED):
                     self.refused = f"the broker at {self.endpoint} refused this worker: {text}"
-                else:
-                    log.warning("broker refused a message: %s", text[:200])
+                elif now >= self.refusal_logged_at + REFUSAL_LOG_EVERY_S:
+                    #  Rate-limited: a broker older than PROGRESS refuses
+                    #  each report (the tasks still run).
+                    self.refusal_logged_at = now
+                    log.warning("broker refused a message: %s%s", text[:200],
+                                " (a broker older than PROGRESS refuses task reports)"
+                                if self.sent_progress and
+                                text.startswith(_proto.MALFORMED_TEXT) else "")
             elif command == _proto.DISCONNECT:
                 log.warning("broker %s said DISCONNECT: waiting for it", self.endpoint)
                 self.lost = True
