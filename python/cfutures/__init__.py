@@ -8,12 +8,16 @@ Executor sends tasks (functions registered by name on the workers, called
 with msgpack values) to a cf-broker over the cf/1 protocol
 (docs/protocol.md), and returns real concurrent.futures.Future objects.
 cfutures.worker serves Python functions to the same broker, for C and
-Python clients alike (``python -m cfutures.worker --help``).
+Python clients alike (``python -m cfutures.worker --help``); inside such a
+function, cfutures.stop_requested() says whether the client asked it to
+stop (Future.stop) and cfutures.report_progress() reports its progress
+(Future.progress, Future.add_progress_callback).
 """
 
 import logging
 
-from .client import Executor, Future
+from ._task import current_task, report_progress, stop_requested
+from .client import Executor, Future, Progress
 from .errors import AuthError, Busy, TaskError
 from .registry import task
 
@@ -22,5 +26,6 @@ from .registry import task
 #  cfutures.worker.
 logging.getLogger("cfutures").addHandler(logging.NullHandler())
 
-__all__ = ["Executor", "Future", "TaskError", "AuthError", "Busy", "task"]
+__all__ = ["Executor", "Future", "Progress", "TaskError", "AuthError", "Busy", "task",
+           "stop_requested", "report_progress", "current_task"]
 __version__ = "0.1.0"

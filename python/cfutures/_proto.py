@@ -41,6 +41,7 @@ MAX_NAME = 255                      # CF_PROTO_MAX_NAME: function name bytes
 MAX_TEXT = 4096                     # CF_PROTO_MAX_TEXT: error texts, host, reasons
 MAX_STATS = 64                      # CF_PROTO_MAX_STATS: pairs in a STATS reply
 MAX_FUNCTIONS = 4096                # names in READY's function list and in FUNCTIONS
+MAX_PARTIAL = 64 * 1024             # CF_PROTO_MAX_PARTIAL: a PROGRESS partial value
 #  Socket options (docs/protocol.md, section 1).
 LINGER_MS = 100
 MAX_MSG_SIZE = MAX_FRAME + 4096
@@ -55,9 +56,12 @@ INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
 OK, ERROR, CANCELLED, BUSY = 0, 1, 2, 3
 #  SUBMIT flags.
 RETRY_ON_ERROR = 0x1
+FLAG_PROGRESS = 0x2                 # the client reads PROGRESS for this task
 #  READY features (CF_PROTO_FEATURE_*): BEGUN, the worker sends STARTED when
-#  a task's function begins and answers the broker's CANCEL.
+#  a task's function begins and answers the broker's CANCEL; STOP, it takes
+#  STOP.
 FEATURE_BEGUN = 0x1
+FEATURE_STOP = 0x4
 
 SUBMIT = b"SUBMIT"
 CANCEL = b"CANCEL"
@@ -71,20 +75,27 @@ DISCONNECT = b"DISCONNECT"
 STATS = b"STATS"
 ERROR_CMD = b"ERROR"
 FUNCTIONS = b"FUNCTIONS"
+STOP = b"STOP"
+PROGRESS = b"PROGRESS"
 COMMANDS = frozenset({SUBMIT, CANCEL, STARTED, RESULT, TASK, READY, CREDIT,
-                      HEARTBEAT, DISCONNECT, STATS, ERROR_CMD, FUNCTIONS})
+                      HEARTBEAT, DISCONNECT, STATS, ERROR_CMD, FUNCTIONS, STOP, PROGRESS})
 
 #  The ERROR texts with a meaning (broker/cf_broker.h).
 UNKNOWN_CLIENT = "unknown client"
 UNKNOWN_WORKER = "unknown worker"
 NOT_ALLOWED = "not allowed: this key's role may not use this endpoint"
 KEY_REVOKED = "not allowed: this key was revoked"
+#  A CURVE broker's answer to STATS from a key not on --admin-keys: it
+#  refuses that request only, nothing else of the client.
+STATS_NEEDS_ADMIN = "not allowed: STATS needs an admin key"
 
 #  The text of the ERROR a broker answers a message it cannot read with
 #  (its first words; more may follow).
 MALFORMED_TEXT = "malformed message"
 #  The error type of a task no connected worker serves (issue 10).
 NO_WORKER = "NoWorker"
+#  The error type of a task stopped by STOP (cf_future_stop, CF_INTERRUPTED).
+INTERRUPTED = "Interrupted"
 
 #  Envelope bytes per SUBMIT task beyond its name and arguments (array
 #  header, id, str/bin headers, retries, timeout, flags, priority,
@@ -205,6 +216,16 @@ def ready_body(credit, host, pid, threads, features, functions=None):
         return [credit, host, pid, threads, features]
     check_function_list(functions)
     return [credit, host, pid, threads, features, functions]
+
+
+def stop_item(task_id, grace_ms):
+    """One STOP item, [id, grace_ms]."""
+    return [task_id, grace_ms]
+
+
+def progress_item(task_id, seq, done, total, partial):
+    """One PROGRESS report, [id, seq, done, total, partial bin | None]."""
+    return [task_id, seq, done, total, partial]
 
 
 def functions_body(functions):
@@ -344,6 +365,21 @@ def _result(item):
     raise Malformed("unknown result status")
 
 
+def _stop(item):
+    _array(item, 2, 2, "a STOP item")
+    return (_uint(item[0], UINT64_MAX, "STOP id"), _uint(item[1], UINT32_MAX, "grace_ms"))
+
+
+def _progress(item):
+    _array(item, 5, 5, "a PROGRESS report")
+    partial = item[4]
+    if partial is not None:
+        if type(partial) is not bytes or not 1 <= len(partial) <= MAX_PARTIAL:
+            raise Malformed(f"a partial value is not nil or a bin of 1..{MAX_PARTIAL} bytes")
+    return (_uint(item[0], UINT64_MAX, "PROGRESS id"), _uint(item[1], UINT32_MAX, "seq"),
+            _uint(item[2], UINT64_MAX, "done"), _uint(item[3], UINT64_MAX, "total"), partial)
+
+
 def decode(parts):
     """Decodes the frames of one message (after any routing id) into
     (command, fields):
@@ -358,6 +394,8 @@ def decode(parts):
         READY       (credit, host, pid, threads or None, features or None,
                      functions: [name, ...], or None for every function)
         FUNCTIONS   [name, ...]
+        STOP        [(id, grace_ms), ...]
+        PROGRESS    [(id, seq, done, total, partial bytes | None), ...]
         CREDIT      credit
         HEARTBEAT   (boot, ivl_ms)
         DISCONNECT  reason
@@ -417,6 +455,10 @@ def _fields(command, obj):
                 _uint(obj[3], UINT32_MAX, "threads") if len(obj) >= 4 else None,
                 _uint(obj[4], UINT32_MAX, "features") if len(obj) >= 5 else None,
                 None if len(obj) < 6 or obj[5] is None else _names(obj[5], "READY's functions"))
+    if command == STOP:
+        return [_stop(item) for item in _array(obj, 0, MAX_BATCH, "STOP body")]
+    if command == PROGRESS:
+        return [_progress(item) for item in _array(obj, 0, MAX_BATCH, "PROGRESS body")]
     if command == FUNCTIONS:
         _array(obj, 1, 1, "FUNCTIONS body")
         return _names(obj[0], "FUNCTIONS' list")

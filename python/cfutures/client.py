@@ -48,7 +48,25 @@ waiting: tasks never sent are cancelled, tasks handed to the broker fail
 with "BrokerLost" (they may or may not have run), and a warning says how
 many. "Never heard" counts from the moment tasks wait for the broker, not
 from the executor's creation: a broker says nothing to a client before its
-first SUBMIT.
+first SUBMIT. While tasks wait, every WARN_EVERY_S a warning says so when
+no broker answers, or when nothing started or finished meanwhile (with a
+STATS first on a plaintext broker, to say when it has no workers; under
+CURVE STATS is an admin key's, so the warning says less).
+
+STOP (Future.stop, cf_future_stop): the request goes to the actor like a
+cancel, never waiting: a task still here is cancelled, one at the broker
+gets STOP [id, grace_ms] and its RESULT is the answer (cancelled when it
+had not begun, "Interrupted" when it stopped or its process was killed,
+its own outcome when it finished first or never looked). A task asked to
+stop that a broker then forgot is not resubmitted: it fails with
+"Interrupted", as in the C client.
+
+PROGRESS: every task is submitted with flag PROGRESS (this client reads
+PROGRESS), so the broker forwards the reports of tasks that make them.
+The actor keeps the latest report per future (a report whose seq is not
+above the last one kept, or that comes after the result, is dropped),
+decodes its partial value (at most 64 KiB, checked by _proto) and calls the
+future's progress callbacks, on this thread, as done-callbacks are.
 """
 
 import collections
@@ -95,6 +113,11 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 MAP_WINDOW = 1024
 #  CURVE handshakes dropped in a row before the broker key counts as wrong.
 HANDSHAKE_DROPS_MAX = 3
+#  While tasks wait and no broker answers, or nothing starts or finishes, a
+#  warning this often (the C client's S_WARN_EVERY_MS).
+WARN_EVERY_S = 10.0
+#  Future.stop()'s default grace, seconds.
+DEFAULT_STOP_GRACE_S = 5.0
 
 #  Where a task is (actor's view).
 _INBOX, _OUTBOX, _PARKED, _BROKER, _DONE = range(5)
@@ -105,6 +128,18 @@ _MONITOR_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _ZAP_ERRORS = range(zmq.PROTOCOL_ERROR_ZAP_UNSPECIFIED,
                     zmq.PROTOCOL_ERROR_ZAP_INVALID_METADATA + 1)
+
+
+class Progress(collections.namedtuple("Progress", "seq done total partial partial_new")):
+    """A task's latest progress report, as Future.progress() returns it and
+    progress callbacks get it (the C library's cf_task_report_t): ``seq``
+    (1, 2, ...: a later report has a larger one; gaps are reports
+    coalesced away), ``done`` and ``total`` (the task's own units; total 0:
+    not known), ``partial`` (the latest partial value the task sent, with
+    this report or an earlier one, decoded; None when none came) and
+    ``partial_new`` (it came with this report)."""
+
+    __slots__ = ()
 
 
 class Future(cf.Future):
@@ -121,22 +156,92 @@ class Future(cf.Future):
     reports that the task's function began (STARTED); a task merely handed
     to a worker is not running. (A worker without feature BEGUN, see
     docs/protocol.md, counts as beginning each task when it receives it.)
+
+    Beyond the standard Future: stop() stops a task even once it runs, and
+    progress() / add_progress_callback() show the reports of a task that
+    makes them (cfutures.report_progress on the Python worker,
+    cf_task_progress in C).
     """
 
     #  The task this future stands for, set by the executor before the
     #  future is handed out (no __init__ of our own: a future is made per
     #  task, and the standard one's is cost enough).
     _cf_task = None
+    #  The latest Progress, and the progress callbacks (under _condition).
+    _cf_progress = None
+    _cf_progress_callbacks = None
 
     def cancel(self):
         if self.done() or self.running():
             return self.cancelled()
         return self._cf_task.client.cancel(self)
 
+    def stop(self, grace=DEFAULT_STOP_GRACE_S):
+        """Stops the task even when it runs (cf_future_stop); cancel() stays
+        Python's and never touches a task that began. Never blocks:
+
+        - not begun (here, queued at the broker or in a worker's queue):
+          cancelled, as by cancel() (a round trip later when the broker or
+          worker holds it);
+        - running: asked to stop. Cooperative: the task sees
+          cfutures.stop_requested() (Python worker) or cf_stop_requested
+          (C) true and returns, and the future fails with a TaskError of
+          type "Interrupted". Forced in worker processes (cf-worker
+          --procs, python -m cfutures.worker --procs): a task still
+          running ``grace`` seconds after the request has its process
+          killed (and replaced), and fails with "Interrupted" too, never
+          retried. On threads a task that never looks runs to its end and
+          keeps its own outcome; so does any task on a worker too old to
+          know STOP;
+        - done: nothing changes.
+
+        Returns True when the request was made (the future was not done),
+        False when the future was done already. A second call changes
+        nothing but may shorten the grace."""
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) \
+                or not grace >= 0:
+            raise ValueError("grace is a number of seconds >= 0")
+        grace_ms = min(int(math.ceil(grace * 1000)), _proto.UINT32_MAX)
+        if self.done():
+            return False
+        return self._cf_task.client.stop(self, grace_ms)
+
+    def progress(self):
+        """The task's latest progress report (a Progress), or None when none
+        arrived yet. Never blocks; still there once the future is done."""
+        with self._condition:
+            return self._cf_progress
+
+    def add_progress_callback(self, fn):
+        """Calls fn(future, progress) with each report of the task that
+        arrives, in seq order, on the executor's thread (as done-callbacks
+        run): keep it short, it holds up every future of the executor.
+        Reports are coalesced on their way (latest wins, at most about one
+        per task every 50 ms), never reordered; none is passed once the
+        future is done, and the task's last report before it returned is
+        passed before the future completes (unless something on the way was
+        lost). When a report arrived already and the future is not done,
+        fn is called at once, on this thread, with the latest. An exception
+        from fn is logged (cfutures.client) and ignored."""
+        with self._condition:
+            if self._cf_progress_callbacks is None:
+                self._cf_progress_callbacks = []
+            self._cf_progress_callbacks.append(fn)
+            latest = None if self.done() else self._cf_progress
+        if latest is not None:
+            _call_progress(fn, self, latest)
+
+
+def _call_progress(fn, future, progress):
+    try:
+        fn(future, progress)
+    except Exception:
+        log.exception("a progress callback of %s raised", future)
+
 
 class _Task:
     __slots__ = ("id", "function", "wire", "size", "future", "where", "started",
-                 "cancel_asked", "waiters", "client")
+                 "cancel_asked", "waiters", "client", "stop_asked")
 
     def __init__(self, client, task_id, function, args, options, future):
         self.client = client
@@ -150,6 +255,7 @@ class _Task:
         self.where = _INBOX
         self.started = False        # STARTED seen: a cancel can no longer win
         self.cancel_asked = False   # CANCEL sent
+        self.stop_asked = False     # STOP sent: not resubmitted to a broker that forgot it
         self.waiters = None         # Events of cancellers waiting for an answer
 
 
@@ -188,7 +294,8 @@ class _Client:
         self.lock = threading.Lock()
         self.inbox = []                     # new tasks, in submission order
         self.cancels = []                   # (future, Event or None)
-        self.stats_requests = []            # [Event, reply] lists
+        self.stops = []                     # (future, grace_ms)
+        self.stats_requests = []            # [Event, reply, error] lists
         self.closed = False                 # no more submissions
         self.cancel_all = False             # shutdown(cancel_futures=True) asked
         self.terminate = False              # resolve everything now and stop
@@ -220,6 +327,7 @@ class _Client:
         self.outbox = collections.deque()   # tasks to send (lazily skipped when not _OUTBOX)
         self.parked = collections.deque()   # tasks answered BUSY
         self.cancel_ids = []                # ids to send in CANCEL
+        self.stop_items = []                # [id, grace_ms] to send in STOP
         self.cancel_waiting = set()         # tasks with waiting cancellers
         self.stats_waiting = []             # requests sent, waiting for the reply
         self.stats_due = False
@@ -247,6 +355,9 @@ class _Client:
         self.giving_up = False              # destroying, read with the inbox
         self.malformed = 0
         self.stale = 0
+        self.next_warn = None               # the next "tasks waiting" warning is due
+        self.progress_at = 0.0              # a task last started or finished
+        self.warn_stats_asked = False       # a STATS of ours (the warning's) is out
 
         self.thread = threading.Thread(target=self._run, name="cfutures-client", daemon=True)
         self.thread.start()
@@ -325,8 +436,22 @@ class _Client:
         if wake:
             self._wake()
 
+    def stop(self, future, grace_ms):
+        """Future.stop() of a pending future: see Future.stop. Never waits."""
+        if threading.get_ident() == self.actor_ident:
+            self._handle_stop(future, grace_ms)
+            return True
+        with self.lock:
+            if self.finished:
+                return not future.done()
+            self.stops.append((future, grace_ms))
+            wake = self._signal_locked()
+        if wake:
+            self._wake()
+        return True
+
     def stats(self, timeout):
-        request = [threading.Event(), None]
+        request = [threading.Event(), None, None]
         with self.lock:
             if self.finished:
                 raise RuntimeError("the executor is shut down")
@@ -336,6 +461,8 @@ class _Client:
             self._wake()
         if not request[0].wait(timeout):
             raise TimeoutError("the broker did not answer STATS")
+        if request[2] is not None:
+            raise request[2]
         if request[1] is None:
             raise RuntimeError("the executor was shut down before the broker answered")
         return request[1]
@@ -399,13 +526,15 @@ class _Client:
             self._run_timers()
             if self.cancel_ids:
                 self._send_cancels()
+            if self.stop_items:
+                self._send_stops()
             self._send_tasks()
             if self.stats_due:
                 self._send_stats()
             timeout = self._poll_timeout()
             with self.lock:
-                if self.inbox or self.cancels or self.stats_requests or self.cancel_all \
-                        or self.terminate:
+                if self.inbox or self.cancels or self.stops or self.stats_requests \
+                        or self.cancel_all or self.terminate:
                     timeout = 0
                 else:
                     self.signalled = False
@@ -429,6 +558,8 @@ class _Client:
             deadline = min(deadline, self.silent_since + self._dead_after() + 0.001)
         if self.resend_at is not None:
             deadline = min(deadline, self.resend_at)
+        if self.next_warn is not None:
+            deadline = min(deadline, self.next_warn)
         return max(0, int(math.ceil((deadline - now) * 1000)))
 
     # -----------------------------------------------------------------
@@ -577,6 +708,8 @@ class _Client:
             self.inbox = []
             cancels = self.cancels
             self.cancels = []
+            stops = self.stops
+            self.stops = []
             stats = self.stats_requests
             self.stats_requests = []
             cancel_all = self.cancel_all
@@ -600,6 +733,8 @@ class _Client:
                 self.outbox.append(task)
         for future, answered in cancels:
             self._handle_cancel(future, answered)
+        for future, grace_ms in stops:
+            self._handle_stop(future, grace_ms)
         if stats:
             self.stats_waiting.extend(stats)
             self.stats_due = True
@@ -644,6 +779,19 @@ class _Client:
                 task.waiters = []
             task.waiters.append(answered)
             self.cancel_waiting.add(task)
+
+    def _handle_stop(self, future, grace_ms):
+        task = future._cf_task
+        if task is None or task.where == _DONE:
+            return
+        if task.where in (_INBOX, _OUTBOX, _PARKED):
+            #  Never sent (or back in our hands): it never runs.
+            self._handle_cancel(future, None)
+            return
+        #  At the broker: it cancels a queued task, asks a worker to stop a
+        #  held one; the RESULT answers.
+        self.stop_items.append(_proto.stop_item(task.id, grace_ms))
+        task.stop_asked = True
 
     def _cancel_everything_queued(self):
         for task in list(self.pending.values()):
@@ -703,6 +851,18 @@ class _Client:
             del self.cancel_ids[:len(ids)]
             self._sent()
 
+    def _send_stops(self):
+        if self.blocked:
+            return
+        while self.stop_items:
+            items = self.stop_items[:_proto.MAX_BATCH]
+            if not _proto.send(self.sock, _proto.STOP, items):
+                self.blocked = True
+                self.poller.modify(self.sock, zmq.POLLIN | zmq.POLLOUT)
+                return
+            del self.stop_items[:len(items)]
+            self._sent()
+
     def _send_stats(self):
         if _proto.send(self.sock, _proto.STATS, []):
             self.stats_due = False
@@ -729,6 +889,8 @@ class _Client:
                 self._on_result(fields, now)
             elif command == _proto.STARTED:
                 self._on_started(fields)
+            elif command == _proto.PROGRESS:
+                self._on_progress(fields)
             elif command == _proto.HEARTBEAT:
                 self._on_heartbeat(*fields)
             elif command == _proto.ERROR_CMD:
@@ -738,6 +900,7 @@ class _Client:
                 return          # the socket may have been replaced
             elif command == _proto.STATS:
                 if fields is not None:
+                    self._on_stats_reply(fields)
                     for request in self.stats_waiting:
                         request[1] = fields
                         request[0].set()
@@ -760,6 +923,7 @@ class _Client:
 
     def _on_result(self, results, now):
         pending = self.pending
+        self.progress_at = now
         unpack = _proto.unpack_value
         for task_id, status, payload in results:
             task = pending.get(task_id)
@@ -802,16 +966,93 @@ class _Client:
             task = pending.get(task_id)
             if task is None or task.started:
                 continue
-            task.started = True
-            try:
-                task.future.set_running_or_notify_cancel()
-            except RuntimeError:
-                pass            # resolved behind our back (Future.cancel of the base class)
-            if task.waiters:
-                for answered in task.waiters:
-                    answered.set()
-                task.waiters = None
-                self.cancel_waiting.discard(task)
+            self._begun(task)
+
+    def _begun(self, task):
+        """The task's function began (STARTED, or a first report)."""
+        task.started = True
+        self.progress_at = time.monotonic()
+        try:
+            task.future.set_running_or_notify_cancel()
+        except RuntimeError:
+            pass            # resolved behind our back (Future.cancel of the base class)
+        if task.waiters:
+            for answered in task.waiters:
+                answered.set()
+            task.waiters = None
+            self.cancel_waiting.discard(task)
+
+    def _on_progress(self, reports):
+        """PROGRESS: the latest report of each task, in seq order, none
+        after the result (see the design note)."""
+        pending = self.pending
+        for task_id, seq, done, total, partial in reports:
+            task = pending.get(task_id)
+            if task is None:
+                self.stale += 1         # resolved already: dropped
+                continue
+            future = task.future
+            latest = future._cf_progress
+            if latest is not None and seq <= latest.seq:
+                continue
+            if not task.started:
+                #  A report says the function began.
+                self._begun(task)
+            value, new = (latest.partial if latest is not None else None), False
+            if partial is not None:
+                try:
+                    value, new = _proto.unpack_value(partial), True
+                except _proto.BadValue as e:
+                    log.debug("a partial value of task %d dropped: %s", task_id, e)
+            report = Progress(seq, done, total, value, new)
+            with future._condition:
+                if future.done():
+                    continue
+                future._cf_progress = report
+                callbacks = list(future._cf_progress_callbacks or ())
+            for fn in callbacks:
+                _call_progress(fn, future, report)
+
+    def _on_stats_reply(self, stats):
+        """The answer to the STATS the waiting warning sent: a broker
+        without workers is worth a warning of its own."""
+        if not self.warn_stats_asked:
+            return
+        self.warn_stats_asked = False
+        if stats.get("workers") == 0:
+            log.warning("%d tasks waiting: the broker at %s has no workers", len(self.pending),
+                        self.endpoints[self.ep_index])
+
+    def _warn_waiting(self, now):
+        """No silent waits: while tasks wait, every WARN_EVERY_S a warning
+        when no broker answers, or when nothing started or finished (then a
+        STATS first, on a plaintext broker, to tell a broker without
+        workers; under CURVE STATS is an admin key's)."""
+        if not self.pending or self.refused is not None:
+            self.next_warn = None
+            return
+        if self.next_warn is None:
+            self.next_warn = now + WARN_EVERY_S
+            return
+        if now < self.next_warn:
+            return
+        self.next_warn = now + WARN_EVERY_S
+        endpoint = self.endpoints[self.ep_index]
+        if not self.connected:
+            since = self.silent_since if self.silent_since is not None else now
+            log.warning("%d tasks waiting: no broker answers at %s (for %d s)",
+                        len(self.pending), endpoint, int(now - since))
+            return
+        if now - self.progress_at < WARN_EVERY_S or not self.transport_up:
+            return
+        if self.curve is not None:
+            log.warning("%d tasks waiting: nothing started or finished for %d s (workers "
+                        "busy, missing, or serving none of these functions)",
+                        len(self.pending), int(now - self.progress_at))
+            return
+        if not self.blocked and _proto.send(self.sock, _proto.STATS, []):
+            self.warn_stats_asked = True
+            self._sent()
 
     def _on_heartbeat(self, boot, ivl_ms):
         if ivl_ms:
@@ -833,6 +1074,20 @@ class _Client:
         if ref == 0 and text == _proto.UNKNOWN_CLIENT:
             self._resend_all("broker does not know us")
             return
+        if ref == 0 and text == _proto.STATS_NEEDS_ADMIN:
+            #  Only the STATS request is refused (a CURVE broker answers it
+            #  for --admin-keys only): the tasks go on.
+            self.warn_stats_asked = False
+            fp = _keys.fingerprint(self.curve[1]) if self.curve else "(none)"
+            error = AuthError(f"the broker at {self.endpoints[self.ep_index]} refused STATS: "
+                              f"{text} (cf-broker --admin-keys; this client's key {fp} is "
+                              f"not one)")
+            for request in self.stats_waiting:
+                request[2] = error
+                request[0].set()
+            self.stats_waiting = []
+            self.stats_due = False
+            return
         if ref == 0 and text in (_proto.KEY_REVOKED, _proto.NOT_ALLOWED):
             self._refused(f"the broker at {self.endpoints[self.ep_index]} refused this "
                           f"client: {text}")
@@ -850,11 +1105,14 @@ class _Client:
         self.resend_on_contact = False
         resend = []
         cancel = []
+        interrupted = []
         for task in self.pending.values():
             if task.where != _BROKER:
                 continue
             if task.cancel_asked and not task.started:
                 cancel.append(task)
+            elif task.stop_asked:
+                interrupted.append(task)
             else:
                 task.where = _OUTBOX
                 resend.append(task)
@@ -863,6 +1121,13 @@ class _Client:
         self.outbox.extendleft(reversed(resend))
         for task in cancel:
             self._resolve_cancelled(task)
+        #  Asked to stop, then forgotten by the broker: run again it would
+        #  not be stopped, so it ends here.
+        for task in interrupted:
+            self._resolve_error(task, _proto.INTERRUPTED,
+                                "the task was asked to stop and the broker forgot it (restarted "
+                                "or lost this client): not resubmitted")
+        self.stop_items.clear()
         self.blocked = False
         if self.poller is not None and self.sock is not None:
             self.poller.modify(self.sock, zmq.POLLIN)
@@ -1022,6 +1287,7 @@ class _Client:
                 self.silent_since = now
             if self.giving_up and now - self.silent_since >= self._dead_after():
                 self._give_up(now)
+        self._warn_waiting(now)
         if self.resend_at is not None and now >= self.resend_at:
             if self.freed == 0:
                 self.backoff_s = min(self.backoff_s * 2, BACKOFF_MAX_S)
@@ -1204,7 +1470,8 @@ class Executor(cf.Executor):
         self._slots = None if max_outstanding is None else threading.Semaphore(max_outstanding)
         self._max_outstanding = max_outstanding
         self._fail_when_full = fail_when_full
-        self._defaults = _task_options((0, 0, 0, 0, 0), {
+        #  Every task asks for PROGRESS: this client reads it.
+        self._defaults = _task_options((0, 0, _proto.FLAG_PROGRESS, 0, 0), {
             "retries": retries, "timeout": timeout, "retry_on_error": retry_on_error,
             "priority": priority, "no_worker_timeout": no_worker_timeout})
         connect_wait = _connect_wait(connect_timeout)
@@ -1370,7 +1637,9 @@ class Executor(cf.Executor):
     def stats(self, timeout=5.0):
         """The broker's counters (STATS): a dict such as {"workers": 2,
         "queued": 0, "completed": 41, ...}. Raises TimeoutError when the
-        broker does not answer in time."""
+        broker does not answer in time. Under CURVE a broker answers STATS
+        only for the keys of its --admin-keys: with any other key this
+        raises AuthError at once (the executor's tasks are not affected)."""
         return self._client.stats(timeout)
 
     def __repr__(self):

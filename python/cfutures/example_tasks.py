@@ -10,11 +10,17 @@ purpose: is_prime answers with a deterministic Miller-Rabin test instead of
 trial division (the same answer for every 64-bit number; trial division of
 an 18-digit prime takes CPython about 30 seconds), and crash() aborts the
 Python worker process, as the C one aborts cf-worker's.
+
+count_primes and report_loop report progress (cfutures.report_progress),
+spin_until_stopped looks at its stop flag (cfutures.stop_requested), as the
+C ones do; spin_ignoring_stop never looks (on threads it runs to its end,
+under --procs its process is killed once the stop's grace is over).
 """
 
 import os
 import time
 
+from ._task import report_progress, stop_requested
 from .registry import task
 
 _UINT64_MAX = 2 ** 64 - 1
@@ -191,3 +197,95 @@ def gate(started_path, release_path):
             raise TimeoutError(f"{release_path} was not created within a minute")
         time.sleep(0.002)
     return os.getpid()
+
+
+def _uint_arg(fn, index, value):
+    if type(value) is not int or not 0 <= value <= _UINT64_MAX:
+        raise TypeError(f"{fn}() argument {index}: expected non-negative int, got "
+                        f"{_type_name(value)}")
+    return value
+
+
+def _mark_started(fn, path):
+    if path:
+        path = _str_arg(fn, 1, path)
+        try:
+            with open(path, "a"):
+                pass
+        except OSError as e:
+            from .errors import TaskError
+            raise TaskError("OSError", f"cannot create {path}: {e.strerror}") from None
+
+
+def _now_ms():
+    return int(time.monotonic() * 1000)
+
+
+@task
+def spin_until_stopped(ms, started_path=""):
+    """spin_until_stopped(ms: int[, started_path: str]) -> the ms it ran,
+    after ms; looks at its stop flag every millisecond and returns when
+    asked (the future then fails with Interrupted). With started_path it
+    creates that file first."""
+    ms = _int_arg("spin_until_stopped", 0, ms)
+    _mark_started("spin_until_stopped", started_path)
+    start = _now_ms()
+    while _now_ms() - start < ms:
+        if stop_requested():
+            return _now_ms() - start        # Interrupted all the same
+        time.sleep(0.001)
+    return _now_ms() - start
+
+
+@task
+def spin_ignoring_stop(ms, started_path=""):
+    """spin_ignoring_stop(ms: int[, started_path: str]) -> the pid that ran
+    it, after keeping a CPU busy ms without ever looking at its stop flag.
+    With started_path it creates that file first."""
+    ms = _int_arg("spin_ignoring_stop", 0, ms)
+    _mark_started("spin_ignoring_stop", started_path)
+    end = time.monotonic() + ms / 1000.0
+    spins = 0
+    while time.monotonic() < end:
+        spins += 1
+    return os.getpid()
+
+
+@task
+def count_primes(lo, hi, every):
+    """count_primes(lo, hi, every: int) -> how many primes lie in [lo, hi),
+    reporting progress (numbers checked of hi - lo) every `every` numbers
+    with the partial value {"primes": found, "last": largest}, and once at
+    the end (every 0: only at the end)."""
+    lo = _uint_arg("count_primes", 0, lo)
+    hi = _uint_arg("count_primes", 1, hi)
+    every = _uint_arg("count_primes", 2, every)
+    total = hi - lo if hi > lo else 0
+    found = last = 0
+    for n in range(lo, hi):
+        if _is_prime(n):
+            found += 1
+            last = n
+        done = n - lo + 1
+        if every and done % every == 0 and done < total:
+            report_progress(done, total, {"primes": found, "last": last})
+    report_progress(total, total, {"primes": found, "last": last})
+    return found
+
+
+@task
+def report_loop(n, partial_every, pause_us):
+    """report_loop(n, partial_every, pause_us: int) -> n: reports progress i
+    of n for i = 1..n, with the partial value i every partial_every reports
+    and with the last (0: none), pausing pause_us between reports."""
+    n = _uint_arg("report_loop", 0, n)
+    partial_every = _uint_arg("report_loop", 1, partial_every)
+    pause_us = _uint_arg("report_loop", 2, pause_us)
+    for i in range(1, n + 1):
+        if partial_every and (i % partial_every == 0 or i == n):
+            report_progress(i, n, i)
+        else:
+            report_progress(i, n)
+        if pause_us:
+            time.sleep(pause_us / 1e6)
+    return n

@@ -312,7 +312,7 @@ def test_the_worker_announces_its_free_slots_once_per_sign():
     try:
         peer, ready = _expect(router, _proto.READY)
         assert ready[0] == 3 and ready[3] == 2              # threads + prefetch, threads
-        assert ready[4] == _proto.FEATURE_BEGUN
+        assert ready[4] == (_proto.FEATURE_BEGUN | _proto.FEATURE_STOP)
         send = lambda command, body: router.send_multipart(  # noqa: E731
             [peer] + _proto.frames(command, body))
         send(_proto.HEARTBEAT, [0xAAAA, 1000])
@@ -351,7 +351,7 @@ def test_the_worker_says_started_and_cancels_only_what_waits_in_its_queue():
     thread.start()
     try:
         peer, ready = _expect(router, _proto.READY)
-        assert ready[4] == _proto.FEATURE_BEGUN
+        assert ready[4] == (_proto.FEATURE_BEGUN | _proto.FEATURE_STOP)
         send = lambda command, body: router.send_multipart(  # noqa: E731
             [peer] + _proto.frames(command, body))
         send(_proto.HEARTBEAT, [0xAAAA, 1000])

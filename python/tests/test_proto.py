@@ -54,6 +54,12 @@ def test_every_command_round_trips():
         (_proto.STATS, [], None),
         (_proto.STATS, {"workers": 2, "queued": 0}, {"workers": 2, "queued": 0}),
         (_proto.ERROR_CMD, [0, "unknown client"], (0, "unknown client")),
+        (_proto.STOP, [[7, 0], [2 ** 64 - 1, 2 ** 32 - 1]], [(7, 0), (2 ** 64 - 1, 2 ** 32 - 1)]),
+        (_proto.STOP, [], []),
+        (_proto.PROGRESS, [[7, 1, 5, 10, None], [8, 2 ** 32 - 1, 2 ** 64 - 1, 0, b"\x01"]],
+         [(7, 1, 5, 10, None), (8, 2 ** 32 - 1, 2 ** 64 - 1, 0, b"\x01")]),
+        (_proto.PROGRESS, [[7, 1, 0, 0, b"x" * _proto.MAX_PARTIAL]],
+         [(7, 1, 0, 0, b"x" * _proto.MAX_PARTIAL)]),
     ]
     for command, body, expected in cases:
         assert _proto.decode(_proto.frames(command, body)) == (command, expected)
@@ -117,6 +123,19 @@ MALFORMED = [
     [b"cf/1", b"ERROR", msgpack.packb([0, "x", 1])],
     [b"cf/1", b"DISCONNECT", msgpack.packb([b"bin"], use_bin_type=True)],
     [b"cf/1", b"STARTED", b"\xd4\x01\x00"],          # an extension type in the envelope
+    [b"cf/1", b"STOP", msgpack.packb([7, 0])],
+    [b"cf/1", b"STOP", msgpack.packb([[7]])],
+    [b"cf/1", b"STOP", msgpack.packb([[7, 0, 0]])],
+    [b"cf/1", b"STOP", msgpack.packb([[7, -1]])],
+    [b"cf/1", b"STOP", msgpack.packb([[7, 2 ** 32]])],
+    [b"cf/1", b"STOP", b"\xdd\xff\xff\xff\xff"],
+    [b"cf/1", b"PROGRESS", msgpack.packb([[7, 1, 5, 10]])],
+    [b"cf/1", b"PROGRESS", msgpack.packb([[7, 2 ** 32, 5, 10, None]])],
+    [b"cf/1", b"PROGRESS", msgpack.packb([[7, 1, -5, 10, None]])],
+    [b"cf/1", b"PROGRESS", msgpack.packb([[7, 1, 5, 10, "str"]], use_bin_type=True)],
+    [b"cf/1", b"PROGRESS", msgpack.packb([[7, 1, 5, 10, b""]], use_bin_type=True)],
+    [b"cf/1", b"PROGRESS", msgpack.packb([[7, 1, 5, 10, b"x" * (_proto.MAX_PARTIAL + 1)]],
+                                         use_bin_type=True)],
 ]
 
 
@@ -234,7 +253,8 @@ def test_the_worker_lists_its_functions_in_ready():
     body = w._ready_body()
     #  cf.chunk first, as cf-worker lists it: the broker routes it by name.
     names = ["cf.chunk", "a", "b", "é" * 100]
-    assert body == [3, w.host, os.getpid(), 3, _proto.FEATURE_BEGUN, names]
+    assert body == [3, w.host, os.getpid(), 3, _proto.FEATURE_BEGUN | _proto.FEATURE_STOP,
+                    names]
     assert _proto.decode(_proto.frames(_proto.READY, body))[1][5] == names
     #  More names than a READY lists: every function is announced (5 fields).
     most = Worker({f"f{i}": len for i in range(_proto.MAX_FUNCTIONS - 1)}, "tcp://127.0.0.1:9")

@@ -75,8 +75,10 @@ def test_the_client_sends_the_longer_submit_only_for_tasks_that_need_it():
                        ex.submit("square", 5, priority=-1, no_worker_timeout=2),
                        ex.submit("square", 6, priority=0, no_worker_timeout=None, retries=1)]
             peer, tasks = _tasks(router, 5)
-            assert [t[3:] for t in tasks] == [[3, 0, 0], [3, 0, 0, 7, 0], [3, 0, 0, 0, 300],
-                                              [3, 0, 0, -1, 2000], [1, 0, 0]]
+            #  Flags 0x2: the client reads PROGRESS.
+            p = _proto.FLAG_PROGRESS
+            assert [t[3:] for t in tasks] == [[3, 0, p], [3, 0, p, 7, 0], [3, 0, p, 0, 300],
+                                              [3, 0, p, -1, 2000], [1, 0, p]]
             _answer(router, peer, tasks, _square)
             assert [f.result(timeout=10) for f in futures] == [4, 9, 16, 25, 36]
 
@@ -103,7 +105,8 @@ def test_the_client_sends_the_longer_submit_only_for_tasks_that_need_it():
             futures = [ex.submit("square", 2), ex.submit("square", 3, priority=0),
                        ex.submit("square", 4, priority=0, no_worker_timeout=0)]
             peer, tasks = _tasks(router, 3)
-            assert [t[3:] for t in tasks] == [[3, 0, 0, 2, 50], [3, 0, 0, 0, 50], [3, 0, 0]]
+            p = _proto.FLAG_PROGRESS
+            assert [t[3:] for t in tasks] == [[3, 0, p, 2, 50], [3, 0, p, 0, 50], [3, 0, p]]
             _answer(router, peer, tasks, _square)
             assert [f.result(timeout=10) for f in futures] == [4, 9, 16]
         with pytest.raises(ValueError):
@@ -130,14 +133,16 @@ def test_the_worker_offers_its_function_list_and_drops_it_for_an_older_broker():
 
     try:
         peer, ready = _expect(router, _proto.READY)
-        assert ready == [1, worker.host, worker.pid, 1, _proto.FEATURE_BEGUN,
+        assert ready == [1, worker.host, worker.pid, 1,
+                         _proto.FEATURE_BEGUN | _proto.FEATURE_STOP,
                          ["cf.chunk", "a", "b"]]
         #  A broker older than issue 10 refuses it: the 5 fields of before,
         #  once (the "unknown worker" answering a heartbeat sent meanwhile
         #  is not a second sign).
         send(peer, _proto.ERROR_CMD, [0, _proto.MALFORMED_TEXT])
         peer, ready = _expect(router, _proto.READY)
-        assert ready == [1, worker.host, worker.pid, 1, _proto.FEATURE_BEGUN]
+        assert ready == [1, worker.host, worker.pid, 1,
+                         _proto.FEATURE_BEGUN | _proto.FEATURE_STOP]
         send(peer, _proto.HEARTBEAT, [0xAAAA, 1000])
         send(peer, _proto.ERROR_CMD, [0, _proto.UNKNOWN_WORKER])
         assert nothing_but_heartbeats()

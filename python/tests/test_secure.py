@@ -5,34 +5,37 @@ import concurrent.futures as cf
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 import cfutures
-from conftest import KEYGEN_BIN, PYTHON_DIR
+from conftest import KEYGEN_BIN, PYTHON_DIR, wait_for
 
 
 @pytest.fixture
 def keys(tmp_path):
-    """broker, alice (client), w1 (C worker), py1 (Python worker), mallory
-    (on no list); lists clients/ and workers/."""
+    """broker, alice (client), w1 (C worker), py1 (Python worker), root
+    (admin: STATS), mallory (on no list); lists clients/, workers/ and
+    admins/."""
     if not KEYGEN_BIN.exists():
         pytest.fail(f"cf-keygen is not built: {KEYGEN_BIN} (set CF_KEYGEN_BIN)")
     k = tmp_path / "keys"
-    for d in ("", "clients", "workers"):
+    for d in ("", "clients", "workers", "admins"):
         (k / d).mkdir(exist_ok=True)
         os.chmod(k / d, 0o755)
-    for name in ("broker", "alice", "w1", "py1", "mallory"):
+    for name in ("broker", "alice", "w1", "py1", "root", "mallory"):
         subprocess.run([str(KEYGEN_BIN), str(k / name)], check=True, capture_output=True)
     (k / "clients" / "alice.key").write_bytes((k / "alice.key").read_bytes())
     for name in ("w1", "py1"):
         (k / "workers" / f"{name}.key").write_bytes((k / f"{name}.key").read_bytes())
+    (k / "admins" / "root.key").write_bytes((k / "root.key").read_bytes())
     return k
 
 
-def _secure_broker(cluster, k):
+def _secure_broker(cluster, k, *extra):
     return cluster.broker("--curve-secret", k / "broker.key_secret",
-                          "--client-keys", k / "clients", "--worker-keys", k / "workers")
+                          "--client-keys", k / "clients", "--worker-keys", k / "workers", *extra)
 
 
 def test_a_python_client_and_workers_with_keys(cluster, keys):
@@ -104,3 +107,25 @@ def test_a_secret_key_readable_by_others_is_refused(keys):
         cfutures.Executor("tcp://127.0.0.1:9", curve_broker_key=keys / "broker.key",
                           curve_key=keys / "alice.key_secret")
     assert "chmod 600" in str(info.value)
+
+
+def test_stats_under_curve_needs_an_admin_key(cluster, keys):
+    broker = _secure_broker(cluster, keys, "--admin-keys", keys / "admins")
+    cluster.c_worker(broker, "--broker-key", keys / "broker.key", "--key",
+                     keys / "w1.key_secret")
+    ex = cluster.executor(broker, curve_broker_key=keys / "broker.key",
+                          curve_key=keys / "alice.key_secret")
+    assert ex.submit("square", 6).result(timeout=30) == 36
+    #  Refused at once (not after the timeout), saying why; the tasks go on.
+    t0 = time.monotonic()
+    with pytest.raises(cfutures.AuthError) as info:
+        ex.stats(timeout=30)
+    assert time.monotonic() - t0 < 10
+    assert "STATS needs an admin key" in str(info.value)
+    assert "--admin-keys" in str(info.value)
+    assert ex.submit("square", 7).result(timeout=30) == 49
+    #  An admin key reads the counters.
+    admin = cluster.executor(broker, curve_broker_key=keys / "broker.key",
+                             curve_key=keys / "root.key_secret")
+    wait_for(lambda: admin.stats(timeout=30)["completed"] >= 2, what="the counters")
+    assert admin.stats()["workers"] == 1

@@ -70,6 +70,29 @@ a worker that loads functions later).
 --procs N (in __main__) runs N single-threaded workers in forked processes,
 each with its own connection, as cf-worker --procs does: a process that
 dies takes only its own task with it, which the broker retries elsewhere.
+
+Feature STOP (docs/protocol.md, "STOP"): READY says the worker takes STOP.
+A task still in the actor's queue is taken out and answered cancelled, as
+for CANCEL; a running one has its stop flag set (its Call, cfutures._task),
+which the task reads with cfutures.stop_requested(). The rule is C's: once
+that said True to the task, its outcome is "Interrupted" whatever it
+returns or raises; a chunk is Interrupted as a whole, its later inputs not
+run. On threads that is all (a thread cannot be killed): a task that never
+looks runs to its end and keeps its outcome, and grace_ms means nothing.
+A --procs process (kill_on_stop) also arms the grace: a task still running
+grace_ms after the STOP is answered Interrupted ("... its worker process
+was killed"), the process says DISCONNECT (handing back what it queued)
+and exits with status 78 (EXIT_STOPPED), which kills the task; the
+supervisor replaces it at once.
+
+PROGRESS: a task's reports (cfutures.report_progress) land in its Call
+under the lock, latest wins (done and total replaced, the partial value
+when one comes). A Call that becomes dirty joins `reporting` and wakes the
+actor once; the actor sends at most one item per task per REPORT_INTERVAL_S
+(the first at once), all due items in one PROGRESS per turn, after STARTED
+and before RESULT, and an ended task's last report at once, so it precedes
+that task's RESULT. So a task reporting a million times a second costs
+about 20 items a second, and one wakeup per item at most.
 """
 
 import collections
@@ -86,7 +109,7 @@ import msgpack
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .. import _actor, _keys, _proto
+from .. import _actor, _keys, _proto, _task
 from ..errors import AuthError, TaskError
 from ..registry import load, registered, task
 
@@ -107,6 +130,11 @@ MIN_IVL_S = 0.010
 #  A task's begin is announced (STARTED) about this long after it, unless
 #  its RESULT goes first (cf-worker's S_BEGUN_HOLD_MS).
 BEGUN_HOLD_S = 0.010
+#  "broker refused a message" is logged at most this often.
+REFUSAL_LOG_EVERY_S = 10.0
+#  A --procs process whose stopped task outran its grace exits with this
+#  status (as cf-worker's processes): its supervisor replaces it at once.
+EXIT_STOPPED = 78
 HANDSHAKE_DROPS_MAX = 3
 
 _MONITOR_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
@@ -150,12 +178,16 @@ class Worker:
     heartbeat_ms, liveness: how often we speak when idle and how many
     silent broker intervals make it lost. curve_broker_key, curve_key: the
     broker's public key file and this worker's secret key file (cf-keygen).
-    host: the name reported in READY and in errors.
+    host: the name reported in READY and in errors. kill_on_stop: a task
+    still running grace_ms after a STOP ends serve() (returning
+    EXIT_STOPPED after answering it Interrupted and saying DISCONNECT),
+    for a process that then exits (``--procs``); otherwise STOP is
+    cooperative only (see the design note).
     """
 
     def __init__(self, functions, broker="tcp://127.0.0.1:5556", *, threads=1, prefetch=0,
                  heartbeat_ms=1000, liveness=3, curve_broker_key=None, curve_key=None,
-                 host=None, context=None):
+                 host=None, context=None, kill_on_stop=False):
         if type(threads) is not int or threads < 1:
             raise ValueError("threads is a positive int")
         if type(prefetch) is not int or prefetch < 0:
@@ -185,6 +217,7 @@ class Worker:
         self.lock = threading.Lock()
         self.done = collections.deque()     # RESULT items of finished tasks
         self.begun = {}                     # id -> when its function began, not yet told
+        self.reporting = set()              # Calls with a report not sent yet
         self.stop_asked = 0                 # 1 graceful, 2 now
         self.signalled = True
         self.wake_r, self.wake_w = os.pipe()
@@ -198,6 +231,10 @@ class Worker:
         self.queue = collections.deque()    # (id, function name, args) waiting for a thread
         self.running = 0
         self.in_threads = set()             # ids handed to a thread, result not collected
+        self.calls = {}                     # id -> Call of each task in a thread
+        self.kill_on_stop = kill_on_stop
+        self.kill_at = {}                   # id -> (when its grace ends, grace_ms)
+        self.unsent_progress = {}           # id -> PROGRESS item not yet taken by zmq
         self.unannounced = set()            # of those, the ones no STARTED was sent for
         self.in_hand = 0                    # received and not yet answered
         self.started_answers = []           # ids answering a CANCEL with STARTED
@@ -230,6 +267,9 @@ class Worker:
         self.refused = None
         self.malformed = 0
         self.started = threading.Event()    # serve() is connected and looping
+        self.killed = False                 # a stopped task outran its grace
+        self.refusal_logged_at = -REFUSAL_LOG_EVERY_S
+        self.sent_progress = False          # some PROGRESS went out
         self.pool = None
         self.sock = None
         self.monitor = None
@@ -252,18 +292,37 @@ class Worker:
     # -----------------------------------------------------------------
     #  Task threads
 
-    def _execute(self, task_id, name, fn, args):
+    def _on_report(self, call):
+        """A Call's first report since its last was sent (under lock)."""
+        self.reporting.add(call)
+        if not self.signalled:
+            self.signalled = True
+            self._wake()
+
+    def _execute(self, call, fn, args):
+        task_id, name = call.id, call.function
         with self.lock:
             self.begun[task_id] = time.monotonic()
+        token = _task._current.set(call)
         try:
             item = self._call(task_id, name, fn, args)
         except BaseException as e:          # never lose a task's answer
             etype, message = _describe(e)
             item = _error_item(task_id, etype, message, name, self.host, self.pid)
+        finally:
+            _task._current.reset(token)
+        if call.stop_seen:
+            #  The cooperative rule: it saw its stop flag, so whatever it
+            #  returned it was stopped.
+            item = _error_item(task_id, _proto.INTERRUPTED,
+                               f"{name}() was asked to stop and returned early",
+                               name, self.host, self.pid)
         with self.lock:
             #  Its RESULT says it began: no STARTED needed any more (and
-            #  none may follow the RESULT).
+            #  none may follow the RESULT). Its last report goes at once,
+            #  ahead of the RESULT (_flush).
             self.begun.pop(task_id, None)
+            call.ended = True
             self.done.append(item)
             wake = not self.signalled
             self.signalled = True
@@ -314,7 +373,12 @@ class Worker:
         packer = msgpack.Packer(use_bin_type=True)
         parts = [packer.pack_array_header(len(lists))]
         size = 5
+        call = _task._current.get()
         for i, item_args in enumerate(lists):
+            if call is not None and call.stop_seen:
+                #  Seen by an input: the chunk is Interrupted, the rest not run.
+                raise TaskError(_proto.INTERRUPTED, f"cf.chunk of {name}() was asked to stop "
+                                f"and returned early (after {i} of {len(lists)} inputs)")
             if type(item_args) is not list:
                 part = packer.pack([1, "TypeError", f"{name}() input {i} of the chunk: "
                                     f"arguments must be an array, got "
@@ -351,7 +415,8 @@ class Worker:
             self.started.set()
             return self._loop()
         finally:
-            self.pool.shutdown(wait=self.stop_asked < 2 and self.refused is None)
+            self.pool.shutdown(wait=self.stop_asked < 2 and self.refused is None
+                               and not self.killed)
             self._close_socket()
             if self.malformed:
                 log.debug("%d malformed messages from the broker dropped", self.malformed)
@@ -401,6 +466,8 @@ class Worker:
             if self.stop_asked >= 2:
                 self._send_disconnect("worker stopped")
                 return 1
+            if self.kill_at and self._grace_over():
+                return EXIT_STOPPED
             if self.stopping and self.running == 0:
                 now = time.monotonic()
                 if self.idle_since is None:
@@ -431,6 +498,12 @@ class Worker:
                     timeout = 0
                 else:
                     self.signalled = False
+                if self.reporting:
+                    due = min(c.next_send for c in self.reporting)
+                    if any(c.ended for c in self.reporting):
+                        due = 0
+                    timeout = min(timeout, max(0, int(math.ceil((due - time.monotonic())
+                                                                * 1000))))
                 if self.unannounced:
                     #  Due BEGUN_HOLD_S after the oldest begin noted, or
                     #  after now for tasks not begun yet.
@@ -455,7 +528,8 @@ class Worker:
         if self.list_functions:
             functions = [_proto.CHUNK_FUNCTION] + sorted(self.functions)
         return _proto.ready_body(min(credit, _proto.UINT32_MAX), self.host, self.pid,
-                                 self.threads, _proto.FEATURE_BEGUN, functions)
+                                 self.threads, _proto.FEATURE_BEGUN | _proto.FEATURE_STOP,
+                                 functions)
 
     def _send(self, command, body):
         if self.blocked:
@@ -489,6 +563,8 @@ class Worker:
             self.unsent.append(item)
             self.in_threads.discard(item[0])
             self.unannounced.discard(item[0])
+            self.calls.pop(item[0], None)
+            self.kill_at.pop(item[0], None)
             self.running -= 1
 
     def _dispatch(self):
@@ -500,7 +576,9 @@ class Worker:
             self.running += 1
             self.in_threads.add(task_id)
             self.unannounced.add(task_id)
-            self.pool.submit(self._execute, task_id, name, fn, args)
+            call = _task.Call(task_id, name, self.lock, self._on_report)
+            self.calls[task_id] = call
+            self.pool.submit(self._execute, call, fn, args)
 
     def _announce_begun(self):
         """Tells the broker which tasks began (once the oldest begin not
@@ -527,11 +605,53 @@ class Worker:
             sent += _proto.MAX_BATCH
         del self.started_answers[:sent]
 
+    def _take_reports(self):
+        """The reports due now (latest wins): every ended task's, and those
+        of running tasks whose last one went REPORT_INTERVAL_S ago, into
+        unsent_progress (one item per task: a newer one replaces an unsent
+        older one, keeping its partial value unless it brings one)."""
+        now = time.monotonic()
+        with self.lock:
+            if not self.reporting:
+                return
+            due = [c for c in self.reporting if c.ended or c.next_send <= now]
+            for call in due:
+                self.reporting.discard(call)
+                call.dirty = False
+                call.seq = min(call.seq + 1, _proto.UINT32_MAX)
+                call.next_send = now + _task.REPORT_INTERVAL_S
+                partial, call.partial = call.partial, None
+                old = self.unsent_progress.get(call.id)
+                if partial is None and old is not None:
+                    partial = old[4]
+                self.unsent_progress[call.id] = _proto.progress_item(
+                    call.id, call.seq, call.done, call.total, partial)
+
+    def _send_reports(self):
+        while self.unsent_progress and not self.blocked:
+            items = []
+            size = 0
+            for item in self.unsent_progress.values():
+                item_size = 48 + (len(item[4]) if item[4] is not None else 0)
+                if items and (size + item_size > BATCH_BYTES
+                              or len(items) == _proto.MAX_BATCH):
+                    break
+                items.append(item)
+                size += item_size
+            if not self._send(_proto.PROGRESS, items):
+                return
+            self.sent_progress = True
+            for item in items:
+                del self.unsent_progress[item[0]]
+
     def _flush(self):
-        """Sends STARTED for tasks that began, then the results of finished
-        tasks, in RESULT batches."""
+        """Sends STARTED for tasks that began, then the reports due, then
+        the results of finished tasks, in RESULT batches (so a task's last
+        report precedes its result)."""
         if not self.blocked:
             self._announce_begun()
+        self._take_reports()
+        self._send_reports()
         while self.unsent and not self.blocked:
             size = 0
             n = 0
@@ -567,6 +687,8 @@ class Worker:
                 self._on_tasks(fields)
             elif command == _proto.CANCEL:
                 self._on_cancel(fields)
+            elif command == _proto.STOP:
+                self._on_stop(fields, now)
             elif command == _proto.HEARTBEAT:
                 boot, ivl_ms = fields
                 if boot:
@@ -600,8 +722,14 @@ class Worker:
                     self.unknown_is_old_until = now + self._send_ivl()
                 elif text in (_proto.KEY_REVOKED, _proto.NOT_ALLOWED):
                     self.refused = f"the broker at {self.endpoint} refused this worker: {text}"
-                else:
-                    log.warning("broker refused a message: %s", text[:200])
+                elif now >= self.refusal_logged_at + REFUSAL_LOG_EVERY_S:
+                    #  Rate-limited: a broker older than PROGRESS refuses
+                    #  each report (the tasks still run).
+                    self.refusal_logged_at = now
+                    log.warning("broker refused a message: %s%s", text[:200],
+                                " (a broker older than PROGRESS refuses task reports)"
+                                if self.sent_progress and
+                                text.startswith(_proto.MALFORMED_TEXT) else "")
             elif command == _proto.DISCONNECT:
                 log.warning("broker %s said DISCONNECT: waiting for it", self.endpoint)
                 self.lost = True
@@ -665,6 +793,58 @@ class Worker:
                 self.started_answers.append(task_id)
         if cancelled:
             log.debug("%d queued tasks cancelled", len(cancelled))
+
+    def _on_stop(self, items, now):
+        """STOP from the broker: a task still queued here is cancelled (as
+        for CANCEL); a running one has its stop flag set, and with
+        kill_on_stop its grace armed (a second STOP may shorten it); any
+        other id (finished, unknown) is ignored."""
+        wanted = {}
+        for task_id, grace_ms in items:
+            wanted[task_id] = min(grace_ms, wanted.get(task_id, grace_ms))
+        if self.queue:
+            kept = collections.deque()
+            for entry in self.queue:
+                if entry[0] in wanted:
+                    self.unsent.append([entry[0], _proto.CANCELLED])
+                    del wanted[entry[0]]
+                else:
+                    kept.append(entry)
+            self.queue = kept
+        for task_id, grace_ms in wanted.items():
+            call = self.calls.get(task_id)
+            if call is None:
+                continue
+            call.stop = True
+            log.debug("task %d (%s) asked to stop (grace %d ms)", task_id, call.function,
+                      grace_ms)
+            if self.kill_on_stop:
+                at = (now + grace_ms / 1000.0, grace_ms)
+                self.kill_at[task_id] = min(at, self.kill_at.get(task_id, at))
+
+    def _grace_over(self):
+        """kill_on_stop: when a stopped task still runs past its grace,
+        answers it Interrupted, hands back the rest (DISCONNECT) and tells
+        serve() to return EXIT_STOPPED (the process exits, killing it)."""
+        now = time.monotonic()
+        late = [i for i, (at, _) in self.kill_at.items() if at <= now and i in self.calls
+                and not self.calls[i].ended]
+        if not late:
+            return False
+        for task_id in late:
+            call = self.calls[task_id]
+            self.unsent.append(_error_item(
+                task_id, _proto.INTERRUPTED,
+                f"{call.function}() was asked to stop and did not return within its grace "
+                f"of {self.kill_at[task_id][1]} ms: its worker process was killed (and "
+                f"replaced); the task is not retried", call.function, self.host, self.pid))
+        #  Its last reports first, then the RESULT; DISCONNECT hands back
+        #  whatever else is held.
+        self._flush()
+        self._send_disconnect("a stopped task outran its grace")
+        log.warning("a stopped task outran its grace: this worker process exits")
+        self.killed = True
+        return True
 
     def _on_monitor(self):
         while self.monitor is not None:
@@ -734,6 +914,8 @@ class Worker:
     def _poll_timeout(self):
         now = time.monotonic()
         deadline = self.next_heartbeat
+        if self.kill_at:
+            deadline = min(deadline, min(at for at, _ in self.kill_at.values()))
         if not self.lost:
             deadline = min(deadline, self.last_heard + self._expiry() + 0.001)
         if self.stopping and self.running == 0:

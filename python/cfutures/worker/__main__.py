@@ -7,6 +7,11 @@ started are handed back to the broker (DISCONNECT), exit 0; a second signal
 stops at once (exit 1; the broker requeues what was running). A startup
 failure, or a broker that refuses this worker's key, prints one line to
 stderr and exits 1.
+
+STOP (a client's Future.stop / cf_future_stop): cooperative on threads (the
+task reads cfutures.stop_requested()); with --procs, a task still running
+its grace after the STOP is answered Interrupted and its process exits
+(status 78) and is replaced at once, as cf-worker --procs does.
 """
 
 import argparse
@@ -17,7 +22,7 @@ import signal
 import sys
 import time
 
-from . import Worker
+from . import EXIT_STOPPED, Worker
 from .. import _keys
 from ..errors import AuthError
 from ..registry import load
@@ -87,10 +92,11 @@ def _fail(message):
     return 1
 
 
-def _make_worker(args, functions, threads):
+def _make_worker(args, functions, threads, kill_on_stop=False):
     return Worker(functions, args.broker, threads=threads, prefetch=args.prefetch,
                   heartbeat_ms=args.heartbeat_ms, liveness=args.liveness,
-                  curve_broker_key=args.broker_key, curve_key=args.key)
+                  curve_broker_key=args.broker_key, curve_key=args.key,
+                  kill_on_stop=kill_on_stop)
 
 
 def _serve_threads(args, functions):
@@ -154,7 +160,7 @@ def _serve_procs(args, functions):
                 signal.set_wakeup_fd(-1)
                 for fd in (wake_r, wake_w, ready_r):
                     os.close(fd)
-                worker = _make_worker(args, functions, 1)
+                worker = _make_worker(args, functions, 1, kill_on_stop=True)
                 got = {"count": 0}
 
                 def child_signal(signum, frame):
@@ -172,6 +178,11 @@ def _serve_procs(args, functions):
 
                 threading.Thread(target=report, daemon=True).start()
                 code = worker.serve()
+                if code == EXIT_STOPPED and worker.ctx is not None:
+                    #  os._exit below would drop the Interrupted RESULT and
+                    #  the DISCONNECT still in zmq's queue: let them leave
+                    #  (its sockets are closed, with their linger).
+                    worker.ctx.term()
             except AuthError as e:
                 _fail(str(e))
                 code = EXIT_REFUSED
@@ -245,6 +256,12 @@ def _serve_procs(args, functions):
             if code == EXIT_REFUSED:
                 refused = True
             if state["signals"] or refused:
+                continue
+            if code == EXIT_STOPPED:
+                #  It ended a stopped task that outran its grace: at once.
+                logging.getLogger("cfutures.worker").info(
+                    "worker process %d killed a stopped task: replacing it", pid)
+                respawn_at.append(time.monotonic())
                 continue
             logging.getLogger("cfutures.worker").warning(
                 "worker process %d exited (status %s): replacing it", pid, code)
