@@ -48,10 +48,11 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#define S_CREDIT    64      //  per worker socket
 #define S_MAX_BATCH 500     //  tasks per SUBMIT at most
 #define S_IVL_MS    1000    //  heartbeat interval (the default)
 #define S_MAX_ROUND 32
+
+static int s_credit = 64;    //  per worker socket (--credit)
 
 static void s_die(const char *what)
 {
@@ -209,7 +210,7 @@ static int64_t s_zmtp_bytes(const size_t *sizes, int n)
 
 static void s_send_ready(s_rig_t *r, s_peer_t *p, int pid)
 {
-    cf_proto_enc_ready(r->enc, S_CREDIT, S_CREDIT, "bench", pid, 0, NULL, 0);
+    cf_proto_enc_ready(r->enc, s_credit, s_credit, "bench", pid, 0, NULL, 0);
     if (cf_proto_enc_send(r->enc, p->sock, NULL, 0) != CF_OK)
         s_die("READY");
     p->known = true;
@@ -518,7 +519,7 @@ static void s_queue_round(const char *bin, int64_t depth, int64_t tasks)
     s_record("B/task", bytes, "queue.n%" PRId64 ".rss_per_task", depth);
     //  Steady state: the workers drain it, the client keeps it at depth.
     s_add_workers(&r, WORKERS);
-    int64_t window = depth + WORKERS * S_CREDIT;
+    int64_t window = depth + WORKERS * s_credit;
     s_drive(&r, window, tasks / 10 > 1000 ? tasks / 10 : 1000);
     double us = s_drive(&r, window, tasks);
     s_record("us/task", us, "queue.n%" PRId64 ".steady_cpu", depth);
@@ -603,6 +604,7 @@ int main(int argc, char **argv)
     int rounds = 3, idle_seconds = 5;
     bool quick = false;
     const char *only = NULL;
+    int one_config[2] = { 0, 0 };    //  --peers W,C: that configuration alone
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--broker") && i + 1 < argc)
             bin = argv[++i];
@@ -614,15 +616,22 @@ int main(int argc, char **argv)
             rounds = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
+        else if (!strcmp(argv[i], "--peers") && i + 1 < argc) {
+            if (sscanf(argv[++i], "%d,%d", &one_config[0], &one_config[1]) != 2)
+                one_config[0] = 0;
+        }
+        else if (!strcmp(argv[i], "--credit") && i + 1 < argc)
+            s_credit = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = true;
         else {
-            fprintf(stderr, "usage: scale_bench --broker PATH [--only peers|queue|idle] "
-                            "[--tasks N] [--window N] [--rounds R] [--quick]\n");
+            fprintf(stderr,
+                    "usage: scale_bench --broker PATH [--only peers|queue|idle] "
+                    "[--peers W,C] [--credit N] [--tasks N] [--window N] [--rounds R] [--quick]\n");
             return 2;
         }
     }
-    if (!bin || tasks <= 0 || window <= 0 || rounds <= 0 || rounds > S_MAX_ROUND) {
+    if (!bin || s_credit <= 0 || tasks <= 0 || window <= 0 || rounds <= 0 || rounds > S_MAX_ROUND) {
         fprintf(stderr, "scale_bench: give --broker PATH (or CF_BROKER_BIN)\n");
         return 2;
     }
@@ -643,7 +652,9 @@ int main(int argc, char **argv)
     for (int round = 0; round < rounds; round++) {
         if (s_verbose_rounds)
             fprintf(stderr, "round %d\n", round + 1);
-        if (!only || !strcmp(only, "peers"))
+        if (one_config[0] > 0 && one_config[1] > 0)
+            s_peers_round(bin, one_config[0], one_config[1], window, tasks);
+        if ((!only || !strcmp(only, "peers")) && !one_config[0])
             for (int i = 0; i < npeer; i++)
                 s_peers_round(bin, peer_configs[i][0], peer_configs[i][1], window, tasks);
         if (!only || !strcmp(only, "queue"))
