@@ -17,6 +17,9 @@
 //            then while 10 workers drain it and the client keeps it at N
 //            (steady state: each answer is replaced by a new submit), and
 //            the broker's RSS per queued task.
+//    wire    bytes on the wire per task of each message a task causes
+//            (SUBMIT, TASK, RESULT, STARTED), one item a message and 64,
+//            from the protocol's own encoder (no broker: computed once)
 //    idle    1,000 worker sockets and then 1,000 client sockets connected
 //            and idle: broker RSS per worker and per client, heartbeat
 //            messages and bytes per second both ways, and the broker's CPU
@@ -589,6 +592,43 @@ static void s_idle_round(const char *bin, int peers, int seconds)
     s_broker_stop(&broker);
 }
 
+//  Bytes on the wire per task of each message a task causes, in batches of
+//  `batch` items, function "noop", empty args ([]) and a nil result: what a
+//  task costs beyond its own payload (arguments count twice, in SUBMIT and
+//  TASK; a result twice, in both RESULTs). ZMTP framing included, TCP/IP
+//  headers not. Computed, not measured: the encoder is the broker's.
+static void s_wire_figures(int batch)
+{
+    cf_proto_enc_t *enc = cf_proto_enc_new();
+    if (!enc)
+        s_die("encoder");
+    static const char *const names[] = { "SUBMIT", "TASK", "RESULT", "STARTED" };
+    static const cf_msg_type_t types[] = { CF_MSG_SUBMIT, CF_MSG_TASK, CF_MSG_RESULT,
+                                           CF_MSG_STARTED };
+    uint64_t broker_id = 0x9e3779b97f4a7c15ULL;    //  broker ids start at random
+    for (int t = 0; t < 4; t++) {
+        cf_proto_enc_begin(enc, types[t]);
+        for (int k = 0; k < batch; k++) {
+            uint64_t client_id = 1000000 + (uint64_t)k;
+            cf_err_t rc;
+            if (types[t] == CF_MSG_SUBMIT)
+                rc = cf_proto_enc_task(enc, client_id, "noop", 4, "\x90", 1, 0, 0, 0);
+            else if (types[t] == CF_MSG_TASK)
+                rc = cf_proto_enc_task(enc, broker_id + (uint64_t)k, "noop", 4, "\x90", 1, 0, 0, 0);
+            else if (types[t] == CF_MSG_RESULT)
+                rc = cf_proto_enc_result_ok(enc, broker_id + (uint64_t)k, "\xc0", 1);
+            else
+                rc = cf_proto_enc_id(enc, client_id);
+            if (rc != CF_OK)
+                s_die("encoding");
+        }
+        size_t sizes[] = { 4, strlen(names[t]), cf_proto_enc_size(enc) };
+        s_record("B/task", (double)s_zmtp_bytes(sizes, 3) / batch, "wire.b%d.%s_bytes", batch,
+                 names[t]);
+    }
+    cf_proto_enc_destroy(&enc);
+}
+
 static int s_cmp(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -612,6 +652,7 @@ int main(int argc, char **argv)
     bool quick = false;
     const char *only = NULL;
     int one_config[2] = { 0, 0 };    //  --peers W,C: that configuration alone
+    int64_t one_depth = 0;           //  --depth N: that queue alone
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--broker") && i + 1 < argc)
             bin = argv[++i];
@@ -627,14 +668,16 @@ int main(int argc, char **argv)
             if (sscanf(argv[++i], "%d,%d", &one_config[0], &one_config[1]) != 2)
                 one_config[0] = 0;
         }
+        else if (!strcmp(argv[i], "--depth") && i + 1 < argc)
+            one_depth = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--credit") && i + 1 < argc)
             s_credit = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = true;
         else {
-            fprintf(stderr,
-                    "usage: scale_bench --broker PATH [--only peers|queue|idle] "
-                    "[--peers W,C] [--credit N] [--tasks N] [--window N] [--rounds R] [--quick]\n");
+            fprintf(stderr, "usage: scale_bench --broker PATH [--only peers|queue|idle|wire] "
+                            "[--peers W,C] [--depth N] [--credit N] [--tasks N] [--window N] "
+                            "[--rounds R] [--quick]\n");
             return 2;
         }
     }
@@ -656,6 +699,10 @@ int main(int argc, char **argv)
         ndepth = 2;
         peers = 20;
     }
+    if (!only || !strcmp(only, "wire")) {
+        s_wire_figures(1);
+        s_wire_figures(64);
+    }
     for (int round = 0; round < rounds; round++) {
         if (s_verbose_rounds)
             fprintf(stderr, "round %d\n", round + 1);
@@ -664,7 +711,9 @@ int main(int argc, char **argv)
         if ((!only || !strcmp(only, "peers")) && !one_config[0])
             for (int i = 0; i < npeer; i++)
                 s_peers_round(bin, peer_configs[i][0], peer_configs[i][1], window, tasks);
-        if (!only || !strcmp(only, "queue"))
+        if (one_depth > 0)
+            s_queue_round(bin, one_depth, tasks);
+        if ((!only || !strcmp(only, "queue")) && !one_depth)
             for (int i = 0; i < ndepth; i++)
                 s_queue_round(bin, depths[i], tasks);
         if (!only || !strcmp(only, "idle"))

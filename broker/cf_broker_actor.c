@@ -142,10 +142,17 @@ static void s_loop(cf_broker_state_t *self, cf_actor_t *actor)
         { NULL, cf_actor_fd(actor), ZMQ_POLLIN, 0 },
         { self->clients_sock, 0, ZMQ_POLLIN, 0 },
         { self->workers_sock, 0, ZMQ_POLLIN, 0 },
+        { NULL, -1, 0, 0 },    //  the listeners' monitors, those made
+        { NULL, -1, 0, 0 },
     };
+    int count = 3;
+    if (self->monitors[0])
+        items[count++] = (zmq_pollitem_t){ self->monitors[0], 0, ZMQ_POLLIN, 0 };
+    if (self->monitors[1])
+        items[count++] = (zmq_pollitem_t){ self->monitors[1], 0, ZMQ_POLLIN, 0 };
     self->next_heartbeat_ms = cf_clock_now_ms() + self->ivl_ms;
     while (!self->terminated) {
-        int rc = zmq_poll(items, 3, s_poll_timeout(self));
+        int rc = zmq_poll(items, count, s_poll_timeout(self));
         if (rc < 0 && errno == EINTR)
             continue;    //  a signal; revents are stale
         if (rc < 0) {
@@ -161,6 +168,9 @@ static void s_loop(cf_broker_state_t *self, cf_actor_t *actor)
             cf_broker_peer_read(self, self->clients_sock);
         if (items[2].revents & ZMQ_POLLIN)
             cf_broker_peer_read(self, self->workers_sock);
+        for (int i = 3; i < count; i++)
+            if (items[i].revents & ZMQ_POLLIN)
+                cf_broker_state_monitor_read(self, items[i].socket == self->monitors[0] ? 0 : 1);
         s_run_timers(self);
         cf_broker_worker_dispatch(self);
         cf_broker_client_flush_all(self);

@@ -108,6 +108,11 @@
 //  late at worst, and a million such tasks cost a scan this often.
 #define CF_BROKER_UNSERVED_CHECK_MS 100
 
+//  A listener that cannot accept a connection (out of file descriptors:
+//  libzmq retries the accept at once, silently) is reported once in this
+//  long at most, with how many attempts failed since the last line.
+#define CF_BROKER_ACCEPT_LOG_MS 10000
+
 typedef struct cf_broker_client cf_broker_client_t;
 typedef struct cf_broker_worker cf_broker_worker_t;
 
@@ -344,6 +349,12 @@ typedef struct cf_broker_state {
     cf_broker_stats_t stats;
     char client_endpoint[256];    //  bound, a "*" port resolved
     char worker_endpoint[256];
+    //  What libzmq says of each ROUTER's listener (zmq_socket_monitor,
+    //  ZMQ_EVENT_ACCEPT_FAILED only): [0] the clients', [1] the workers'
+    //  (NULL when the monitor could not be made: nothing is reported).
+    void *monitors[2];
+    uint64_t accept_failed[2];      //  failed accepts not reported yet
+    int64_t accept_logged_ms[2];    //  when the last line was written; 0: never
 } cf_broker_state_t;
 
 static inline const char *cf_broker_task_function(const cf_broker_task_t *task)
@@ -400,6 +411,11 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
 void cf_broker_state_destroy(cf_broker_state_t **self);
 //  The counters now.
 void cf_broker_state_stats(cf_broker_state_t *self, cf_broker_stats_t *stats);
+//  Reads what monitor i (of self->monitors) has: failed accepts, logged
+//  once in CF_BROKER_ACCEPT_LOG_MS with the cause ("Too many open files")
+//  and what to do. Read it whenever it has something: libzmq blocks its
+//  I/O thread on a monitor that is not read.
+void cf_broker_state_monitor_read(cf_broker_state_t *self, int i);
 
 // ---------------------------------------------------------------------------
 //  cf_broker_task.c

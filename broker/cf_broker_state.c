@@ -11,6 +11,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,31 @@ static cf_err_t s_bind(void *sock, const char *endpoint, char *resolved, size_t 
     }
     resolved[size - 1] = '\0';
     return CF_OK;
+}
+
+//  Watches sock's listener for failed accepts on an inproc PAIR of our
+//  own; NULL when that cannot be made (the broker serves as before, only
+//  without the report).
+static void *s_monitor_new(void *ctx, void *sock, const cf_broker_state_t *self, int i)
+{
+    char endpoint[96];
+    snprintf(endpoint, sizeof endpoint, "inproc://cf-broker-monitor-%p-%d", (const void *)self, i);
+    if (zmq_socket_monitor(sock, endpoint, ZMQ_EVENT_ACCEPT_FAILED) != 0)
+        return NULL;
+    void *pair = zmq_socket(ctx, ZMQ_PAIR);
+    int linger = 0;
+    if (pair
+        && (zmq_setsockopt(pair, ZMQ_LINGER, &linger, sizeof linger) != 0
+            || zmq_connect(pair, endpoint) != 0)) {
+        zmq_close(pair);
+        pair = NULL;
+    }
+    if (!pair) {
+        zmq_socket_monitor(sock, NULL, 0);
+        cf_log_warn(S_LOG, "cannot watch %s's connections: %s (a failed accept goes unreported)",
+                    i == 0 ? "the client socket" : "the worker socket", zmq_strerror(errno));
+    }
+    return pair;
 }
 
 static void *s_router_new(void *ctx, const cf_broker_config_t *config, bool is_clients)
@@ -119,6 +145,8 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
                   sizeof self->worker_endpoint)
                != CF_OK)
         goto failed;
+    self->monitors[0] = s_monitor_new(ctx, self->clients_sock, self, 0);
+    self->monitors[1] = s_monitor_new(ctx, self->workers_sock, self, 1);
     return self;
 failed:
     cf_broker_state_destroy(&self);
@@ -164,6 +192,10 @@ void cf_broker_state_destroy(cf_broker_state_t **self_p)
     int linger = CF_BROKER_LINGER_MS;
     void *socks[] = { self->clients_sock, self->workers_sock };
     for (size_t i = 0; i < 2; i++) {
+        if (self->monitors[i]) {
+            zmq_socket_monitor(socks[i], NULL, 0);
+            zmq_close(self->monitors[i]);
+        }
         if (socks[i]) {
             zmq_setsockopt(socks[i], ZMQ_LINGER, &linger, sizeof linger);
             zmq_close(socks[i]);
@@ -179,4 +211,67 @@ void cf_broker_state_stats(cf_broker_state_t *self, cf_broker_stats_t *stats)
     stats->workers = cf_queue_size(&self->workers);
     stats->queued = self->queued + cf_queue_size(&self->suspects);
     stats->running = self->running;
+}
+
+//  The clear line for a listener that cannot accept: what failed, why, and
+//  what to do; the broker serves the peers it has meanwhile.
+static void s_accept_failed_log(cf_broker_state_t *self, int i, int err, const char *endpoint)
+{
+    const char *peers = i == 0 ? "clients" : "workers";
+    size_t have = cf_queue_size(i == 0 ? &self->clients : &self->workers);
+    cf_log_error(S_LOG,
+                 "cannot accept a connection on %s: %s%s; %" PRIu64
+                 " attempts failed since the last report, %zu %s connected are served",
+                 endpoint, strerror(err),
+                 err == EMFILE   ? " (raise LimitNOFILE / ulimit -n)"
+                 : err == ENFILE ? " (the system's file table is full: raise fs.file-max)"
+                                 : "",
+                 self->accept_failed[i], have, peers);
+}
+
+void cf_broker_state_monitor_read(cf_broker_state_t *self, int i)
+{
+    void *monitor = self->monitors[i];
+    //  Each event: [uint16 event, uint32 errno] then the endpoint. A
+    //  listener out of descriptors fails its accept every time its I/O
+    //  thread turns, so events come in floods: all read, few logged.
+    for (int budget = CF_BROKER_READ_BUDGET * 4; budget > 0; budget--) {
+        zmq_msg_t head, where;
+        zmq_msg_init(&head);
+        if (zmq_msg_recv(&head, monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&head);
+            return;
+        }
+        zmq_msg_init(&where);
+        if (!zmq_msg_more(&head) || zmq_msg_recv(&where, monitor, 0) < 0) {
+            zmq_msg_close(&head);
+            zmq_msg_close(&where);
+            continue;
+        }
+        uint16_t event = 0;
+        uint32_t err = 0;
+        if (zmq_msg_size(&head) >= 6) {
+            memcpy(&event, zmq_msg_data(&head), sizeof event);
+            memcpy(&err, (const uint8_t *)zmq_msg_data(&head) + 2, sizeof err);
+        }
+        if (event == ZMQ_EVENT_ACCEPT_FAILED) {
+            self->accept_failed[i]++;
+            int64_t now = cf_clock_now_ms();
+            if (!self->accept_logged_ms[i]
+                || now - self->accept_logged_ms[i] >= CF_BROKER_ACCEPT_LOG_MS) {
+                char endpoint[256];
+                size_t len = zmq_msg_size(&where) < sizeof endpoint - 1 ? zmq_msg_size(&where)
+                                                                        : sizeof endpoint - 1;
+                memcpy(endpoint, zmq_msg_data(&where), len);
+                endpoint[len] = '\0';
+                s_accept_failed_log(self, i, (int)err,
+                                    len ? endpoint
+                                        : (i == 0 ? self->client_endpoint : self->worker_endpoint));
+                self->accept_logged_ms[i] = now;
+                self->accept_failed[i] = 0;
+            }
+        }
+        zmq_msg_close(&head);
+        zmq_msg_close(&where);
+    }
 }
