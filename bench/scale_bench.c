@@ -25,6 +25,10 @@
 //            messages and bytes per second both ways, and the broker's CPU
 //            for keeping them alive.
 //
+//    fdlimit a broker under RLIMIT_NOFILE 64 (set before exec) with 10
+//            workers and a client, then 200 connections more than it can
+//            accept: its CPU per task and idle, below and over its limit
+//
 //  Peers heartbeat as cf-worker does (an app-level HEARTBEAT every interval,
 //  ZeroMQ's ZMTP PINGs at the same interval, core/cf_link.c). The broker
 //  runs with --liveness 30 so that setting up 2,000 sockets never loses a
@@ -103,6 +107,8 @@ typedef struct {
     char clients[128], workers[128];
 } s_broker_t;
 
+static int s_broker_fd_limit;    //  RLIMIT_NOFILE of the next broker; 0: ours
+
 static void s_broker_start(const char *bin, s_broker_t *b)
 {
     int fds[2];
@@ -117,6 +123,12 @@ static void s_broker_start(const char *bin, s_broker_t *b)
         int null = open("/dev/null", O_WRONLY);
         if (null >= 0)
             dup2(null, 2);
+        if (s_broker_fd_limit > 0) {
+            struct rlimit rl;
+            getrlimit(RLIMIT_NOFILE, &rl);
+            rl.rlim_cur = (rlim_t)s_broker_fd_limit;
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
         execl(bin, bin, "--clients", "tcp://127.0.0.1:*", "--workers", "tcp://127.0.0.1:*",
               "--max-queued", "10000000", "--liveness", "30", (char *)NULL);
         _exit(127);
@@ -629,6 +641,52 @@ static void s_wire_figures(int batch)
     cf_proto_enc_destroy(&enc);
 }
 
+//  A broker at its file-descriptor limit: 10 workers and a client within
+//  it, then `extra` more connections than it can accept. libzmq's I/O
+//  thread retries the accept at once each time round (the pending
+//  connection keeps its listener readable): what that costs the broker,
+//  idle and per task, against the same broker below its limit.
+static void s_fdlimit_round(const char *bin, int extra, int64_t tasks, int seconds)
+{
+    s_broker_fd_limit = 64;
+    s_broker_t broker;
+    s_broker_start(bin, &broker);
+    s_broker_fd_limit = 0;
+    s_rig_t r;
+    s_rig_init(&r, &broker, 16 + extra);
+    s_add_workers(&r, 10);
+    s_add_clients(&r, 1);
+    s_wait_stat(&r, "workers", 10);
+    for (int over = 0; over < 2; over++) {
+        const char *when = over ? "over" : "below";
+        s_drive(&r, 20000, tasks / 10 > 1000 ? tasks / 10 : 1000);
+        s_record("us/task", s_drive(&r, 20000, tasks), "fdlimit.%s.broker_cpu", when);
+        int64_t cpu0 = s_cpu_us(broker.pid), t0 = s_now_ms();
+        while (s_now_ms() < t0 + seconds * 1000)
+            s_pump(&r, 50);
+        s_record("ms/s", (double)(s_cpu_us(broker.pid) - cpu0) / (double)(s_now_ms() - t0),
+                 "fdlimit.%s.idle_broker_cpu", when);
+        if (over)
+            break;
+        //  Connections it cannot take, kept out of the pump (they never
+        //  speak); it reports them (cf_broker_state_monitor_read).
+        for (int i = 0; i < extra; i++) {
+            void *sock = s_dealer(&r, broker.workers);
+            r.peers[r.count + i].sock = sock;
+        }
+        int64_t until = s_now_ms() + 1000;
+        while (s_now_ms() < until)
+            s_pump(&r, 50);
+    }
+    for (int i = 0; i < extra; i++) {
+        int linger = 0;
+        zmq_setsockopt(r.peers[r.count + i].sock, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(r.peers[r.count + i].sock);
+    }
+    s_rig_destroy(&r);
+    s_broker_stop(&broker);
+}
+
 static int s_cmp(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -675,9 +733,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--quick"))
             quick = true;
         else {
-            fprintf(stderr, "usage: scale_bench --broker PATH [--only peers|queue|idle|wire] "
-                            "[--peers W,C] [--depth N] [--credit N] [--tasks N] [--window N] "
-                            "[--rounds R] [--quick]\n");
+            fprintf(stderr,
+                    "usage: scale_bench --broker PATH [--only peers|queue|idle|wire|fdlimit] "
+                    "[--peers W,C] [--depth N] [--credit N] [--tasks N] [--window N] "
+                    "[--rounds R] [--quick]\n");
             return 2;
         }
     }
@@ -718,6 +777,8 @@ int main(int argc, char **argv)
                 s_queue_round(bin, depths[i], tasks);
         if (!only || !strcmp(only, "idle"))
             s_idle_round(bin, peers, idle_seconds);
+        if (!only || !strcmp(only, "fdlimit"))
+            s_fdlimit_round(bin, quick ? 60 : 200, tasks, idle_seconds > 2 ? 2 : 1);
     }
     for (int i = 0; i < s_nfigs; i++) {
         s_fig_t *f = &s_figs[i];

@@ -110,7 +110,7 @@
 
 //  A listener that cannot accept a connection (out of file descriptors:
 //  libzmq retries the accept at once, silently) is reported once in this
-//  long at most, with how many attempts failed since the last line.
+//  long at most.
 #define CF_BROKER_ACCEPT_LOG_MS 10000
 
 typedef struct cf_broker_client cf_broker_client_t;
@@ -350,11 +350,13 @@ typedef struct cf_broker_state {
     char client_endpoint[256];    //  bound, a "*" port resolved
     char worker_endpoint[256];
     //  What libzmq says of each ROUTER's listener (zmq_socket_monitor,
-    //  ZMQ_EVENT_ACCEPT_FAILED only): [0] the clients', [1] the workers'
-    //  (NULL when the monitor could not be made: nothing is reported).
+    //  ZMQ_EVENT_ACCEPT_FAILED only): [0] the clients', [1] the workers'.
+    //  NULL when not watching: it could not be made, or a failure was just
+    //  reported and the monitor waits till monitor_rearm_ms (0: never).
+    void *ctx;
     void *monitors[2];
-    uint64_t accept_failed[2];      //  failed accepts not reported yet
-    int64_t accept_logged_ms[2];    //  when the last line was written; 0: never
+    int64_t monitor_rearm_ms[2];
+    uint64_t monitor_generation;    //  names each arming's inproc endpoint
 } cf_broker_state_t;
 
 static inline const char *cf_broker_task_function(const cf_broker_task_t *task)
@@ -411,11 +413,14 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
 void cf_broker_state_destroy(cf_broker_state_t **self);
 //  The counters now.
 void cf_broker_state_stats(cf_broker_state_t *self, cf_broker_stats_t *stats);
-//  Reads what monitor i (of self->monitors) has: failed accepts, logged
-//  once in CF_BROKER_ACCEPT_LOG_MS with the cause ("Too many open files")
-//  and what to do. Read it whenever it has something: libzmq blocks its
-//  I/O thread on a monitor that is not read.
+//  Reads what monitor i (of self->monitors) has: a failed accept is
+//  logged with its cause ("Too many open files") and what to do, and the
+//  monitor rests CF_BROKER_ACCEPT_LOG_MS. Read it whenever it has
+//  something: libzmq blocks its I/O thread on a monitor that is not read.
 void cf_broker_state_monitor_read(cf_broker_state_t *self, int i);
+//  Arms again a monitor whose rest is over; one that cannot be armed for
+//  want of a descriptor means the broker is at its limit still: logged so.
+void cf_broker_state_monitor_check(cf_broker_state_t *self, int64_t now);
 
 // ---------------------------------------------------------------------------
 //  cf_broker_task.c
