@@ -120,7 +120,10 @@ static void s_broker_start(const char *bin, s_broker_t *b)
     if (b->pid == 0) {
         dup2(fds[1], 1);
         close(fds[0]);
-        int null = open("/dev/null", O_WRONLY);
+        //  SCALE_BENCH_BROKER_LOG: the brokers' logs appended there.
+        const char *log = getenv("SCALE_BENCH_BROKER_LOG");
+        int null = log ? open(log, O_WRONLY | O_CREAT | O_APPEND, 0644)
+                       : open("/dev/null", O_WRONLY);
         if (null >= 0)
             dup2(null, 2);
         if (s_broker_fd_limit > 0) {
@@ -711,6 +714,7 @@ int main(int argc, char **argv)
     const char *only = NULL;
     int one_config[2] = { 0, 0 };    //  --peers W,C: that configuration alone
     int64_t one_depth = 0;           //  --depth N: that queue alone
+    int fd_seconds = 2;              //  fdlimit: idle seconds measured each side
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--broker") && i + 1 < argc)
             bin = argv[++i];
@@ -726,6 +730,8 @@ int main(int argc, char **argv)
             if (sscanf(argv[++i], "%d,%d", &one_config[0], &one_config[1]) != 2)
                 one_config[0] = 0;
         }
+        else if (!strcmp(argv[i], "--fdlimit-seconds") && i + 1 < argc)
+            fd_seconds = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--depth") && i + 1 < argc)
             one_depth = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--credit") && i + 1 < argc)
@@ -735,7 +741,8 @@ int main(int argc, char **argv)
         else {
             fprintf(stderr,
                     "usage: scale_bench --broker PATH [--only peers|queue|idle|wire|fdlimit] "
-                    "[--peers W,C] [--depth N] [--credit N] [--tasks N] [--window N] "
+                    "[--peers W,C] [--depth N] [--credit N] [--fdlimit-seconds N] [--tasks N] "
+                    "[--window N] "
                     "[--rounds R] [--quick]\n");
             return 2;
         }
@@ -778,7 +785,7 @@ int main(int argc, char **argv)
         if (!only || !strcmp(only, "idle"))
             s_idle_round(bin, peers, idle_seconds);
         if (!only || !strcmp(only, "fdlimit"))
-            s_fdlimit_round(bin, quick ? 60 : 200, tasks, idle_seconds > 2 ? 2 : 1);
+            s_fdlimit_round(bin, quick ? 60 : 200, tasks, quick ? 1 : fd_seconds);
     }
     for (int i = 0; i < s_nfigs; i++) {
         s_fig_t *f = &s_figs[i];
