@@ -42,6 +42,7 @@
 #include "cf_proto.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -84,6 +85,45 @@ static int64_t s_cpu_us(pid_t pid)
     if (clock_getcpuclockid(pid, &clock) != 0 || clock_gettime(clock, &ts) != 0)
         s_die("cannot read the broker's CPU clock");
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+//  The broker's threads' CPU ticks, to tell its ZeroMQ I/O thread's share
+//  (ZMQbg/IO/0) from the actor's: the busier one sets a broker's ceiling.
+typedef struct {
+    int64_t io, all;
+} s_split_t;
+
+static s_split_t s_thread_ticks(pid_t pid)
+{
+    s_split_t split = { 0, 0 };
+    char path[320], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *dir = opendir(path);
+    if (!dir)
+        return split;
+    for (struct dirent *e; (e = readdir(dir));) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/proc/%d/task/%s/stat", (int)pid, e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(buf, sizeof buf, f)) {
+            const char *p = strrchr(buf, ')');
+            unsigned long long utime = 0, stime = 0;
+            if (p
+                && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                          &stime)
+                       == 2) {
+                split.all += (int64_t)(utime + stime);
+                if (strstr(buf, "(ZMQbg/IO"))
+                    split.io += (int64_t)(utime + stime);
+            }
+        }
+        fclose(f);
+    }
+    closedir(dir);
+    return split;
 }
 
 //  Resident set of pid in bytes.
@@ -507,7 +547,12 @@ static void s_peers_round(const char *bin, int workers, int clients, int64_t win
     //  A warm-up: every client known, every worker reached once.
     s_drive(&r, window, tasks / 10 > 1000 ? tasks / 10 : 1000);
     int64_t msgs0 = r.task_msgs, items0 = r.task_items;
+    s_split_t split0 = s_thread_ticks(broker.pid);
     double us = s_drive(&r, window, tasks);
+    s_split_t split1 = s_thread_ticks(broker.pid);
+    if (split1.all > split0.all)
+        s_record("share", (double)(split1.io - split0.io) / (double)(split1.all - split0.all),
+                 "peers.w%d.c%d.io_thread_share", workers, clients);
     s_record("us/task", us, "peers.w%d.c%d.broker_cpu", workers, clients);
     s_record("tasks/msg", (double)(r.task_items - items0) / (double)(r.task_msgs - msgs0),
              "peers.w%d.c%d.tasks_per_TASK", workers, clients);
