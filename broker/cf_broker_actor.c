@@ -110,6 +110,7 @@ static void s_run_timers(cf_broker_state_t *self)
         cf_broker_queue_expire(self, now);
     cf_broker_worker_unblock(self, now);
     cf_broker_peer_heartbeat(self, now);
+    cf_broker_state_monitor_check(self, now);
 }
 
 static int s_poll_timeout(cf_broker_state_t *self)
@@ -138,14 +139,21 @@ typedef struct {
 
 static void s_loop(cf_broker_state_t *self, cf_actor_t *actor)
 {
-    zmq_pollitem_t items[] = {
+    zmq_pollitem_t items[5] = {
         { NULL, cf_actor_fd(actor), ZMQ_POLLIN, 0 },
         { self->clients_sock, 0, ZMQ_POLLIN, 0 },
         { self->workers_sock, 0, ZMQ_POLLIN, 0 },
     };
     self->next_heartbeat_ms = cf_clock_now_ms() + self->ivl_ms;
     while (!self->terminated) {
-        int rc = zmq_poll(items, 3, s_poll_timeout(self));
+        //  The listeners' monitors that watch now (see cf_broker_state.c).
+        int count = 3, which[5];
+        for (int i = 0; i < 2; i++)
+            if (self->monitors[i]) {
+                which[count] = i;
+                items[count++] = (zmq_pollitem_t){ self->monitors[i], 0, ZMQ_POLLIN, 0 };
+            }
+        int rc = zmq_poll(items, count, s_poll_timeout(self));
         if (rc < 0 && errno == EINTR)
             continue;    //  a signal; revents are stale
         if (rc < 0) {
@@ -161,6 +169,9 @@ static void s_loop(cf_broker_state_t *self, cf_actor_t *actor)
             cf_broker_peer_read(self, self->clients_sock);
         if (items[2].revents & ZMQ_POLLIN)
             cf_broker_peer_read(self, self->workers_sock);
+        for (int i = 3; i < count; i++)
+            if (items[i].revents & ZMQ_POLLIN)
+                cf_broker_state_monitor_read(self, which[i]);
         s_run_timers(self);
         cf_broker_worker_dispatch(self);
         cf_broker_client_flush_all(self);

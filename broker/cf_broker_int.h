@@ -108,6 +108,11 @@
 //  late at worst, and a million such tasks cost a scan this often.
 #define CF_BROKER_UNSERVED_CHECK_MS 100
 
+//  A listener that cannot accept a connection (out of file descriptors:
+//  libzmq retries the accept at once, silently) is reported once in this
+//  long at most.
+#define CF_BROKER_ACCEPT_LOG_MS 10000
+
 typedef struct cf_broker_client cf_broker_client_t;
 typedef struct cf_broker_worker cf_broker_worker_t;
 
@@ -344,6 +349,14 @@ typedef struct cf_broker_state {
     cf_broker_stats_t stats;
     char client_endpoint[256];    //  bound, a "*" port resolved
     char worker_endpoint[256];
+    //  What libzmq says of each ROUTER's listener (zmq_socket_monitor,
+    //  ZMQ_EVENT_ACCEPT_FAILED only): [0] the clients', [1] the workers'.
+    //  NULL when not watching: it could not be made, or a failure was just
+    //  reported and the monitor waits till monitor_rearm_ms (0: never).
+    void *ctx;
+    void *monitors[2];
+    int64_t monitor_rearm_ms[2];
+    uint64_t monitor_generation;    //  names each arming's inproc endpoint
 } cf_broker_state_t;
 
 static inline const char *cf_broker_task_function(const cf_broker_task_t *task)
@@ -400,6 +413,14 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
 void cf_broker_state_destroy(cf_broker_state_t **self);
 //  The counters now.
 void cf_broker_state_stats(cf_broker_state_t *self, cf_broker_stats_t *stats);
+//  Reads what monitor i (of self->monitors) has: a failed accept is
+//  logged with its cause ("Too many open files") and what to do, and the
+//  monitor rests CF_BROKER_ACCEPT_LOG_MS. Read it whenever it has
+//  something: libzmq blocks its I/O thread on a monitor that is not read.
+void cf_broker_state_monitor_read(cf_broker_state_t *self, int i);
+//  Arms again a monitor whose rest is over; one that cannot be armed for
+//  want of a descriptor means the broker is at its limit still: logged so.
+void cf_broker_state_monitor_check(cf_broker_state_t *self, int64_t now);
 
 // ---------------------------------------------------------------------------
 //  cf_broker_task.c

@@ -11,6 +11,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,47 @@ static cf_err_t s_bind(void *sock, const char *endpoint, char *resolved, size_t 
     }
     resolved[size - 1] = '\0';
     return CF_OK;
+}
+
+//  Watches the listener of ROUTER i (0 clients, 1 workers) for failed
+//  accepts on an inproc PAIR of our own: CF_OK, or the errno that stopped
+//  it (nothing left behind). Each arming takes a new inproc name.
+static int s_monitor_arm(cf_broker_state_t *self, int i)
+{
+    void *sock = i == 0 ? self->clients_sock : self->workers_sock;
+    char endpoint[96];
+    snprintf(endpoint, sizeof endpoint, "inproc://cf-broker-monitor-%p-%d-%" PRIu64,
+             (const void *)self, i, ++self->monitor_generation);
+    if (zmq_socket_monitor(sock, endpoint, ZMQ_EVENT_ACCEPT_FAILED) != 0)
+        return errno;
+    //  No high-water mark on the way to us: libzmq sends events blocking,
+    //  from its I/O thread, holding the socket's monitor lock. At a mark
+    //  that thread would wait for us to read while we waited for the lock
+    //  to stop the monitor (zmq_socket_monitor with NULL): both stuck, and
+    //  the broker silent (seen once in seven runs of tests/test_fd_limit.c).
+    //  Unbounded is safe: we read at once, and stop after the first event.
+    void *pair = zmq_socket(self->ctx, ZMQ_PAIR);
+    int linger = 0, unbounded = 0;
+    if (!pair || zmq_setsockopt(pair, ZMQ_LINGER, &linger, sizeof linger) != 0
+        || zmq_setsockopt(pair, ZMQ_RCVHWM, &unbounded, sizeof unbounded) != 0
+        || zmq_connect(pair, endpoint) != 0) {
+        int err = errno;
+        if (pair)
+            zmq_close(pair);
+        zmq_socket_monitor(sock, NULL, 0);
+        return err;
+    }
+    self->monitors[i] = pair;
+    return 0;
+}
+
+static void s_monitor_stop(cf_broker_state_t *self, int i)
+{
+    if (!self->monitors[i])
+        return;
+    zmq_socket_monitor(i == 0 ? self->clients_sock : self->workers_sock, NULL, 0);
+    zmq_close(self->monitors[i]);
+    self->monitors[i] = NULL;
 }
 
 static void *s_router_new(void *ctx, const cf_broker_config_t *config, bool is_clients)
@@ -119,6 +161,15 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
                   sizeof self->worker_endpoint)
                != CF_OK)
         goto failed;
+    self->ctx = ctx;
+    for (int i = 0; i < 2; i++) {
+        int err = s_monitor_arm(self, i);
+        if (err)    //  the broker serves as before, only without the report
+            cf_log_warn(S_LOG,
+                        "cannot watch the %s socket's connections: %s (a failed accept "
+                        "goes unreported)",
+                        i == 0 ? "client" : "worker", zmq_strerror(err));
+    }
     return self;
 failed:
     cf_broker_state_destroy(&self);
@@ -164,6 +215,8 @@ void cf_broker_state_destroy(cf_broker_state_t **self_p)
     int linger = CF_BROKER_LINGER_MS;
     void *socks[] = { self->clients_sock, self->workers_sock };
     for (size_t i = 0; i < 2; i++) {
+        if (socks[i])
+            s_monitor_stop(self, (int)i);
         if (socks[i]) {
             zmq_setsockopt(socks[i], ZMQ_LINGER, &linger, sizeof linger);
             zmq_close(socks[i]);
@@ -179,4 +232,67 @@ void cf_broker_state_stats(cf_broker_state_t *self, cf_broker_stats_t *stats)
     stats->workers = cf_queue_size(&self->workers);
     stats->queued = self->queued + cf_queue_size(&self->suspects);
     stats->running = self->running;
+}
+
+//  The clear line for a listener that cannot accept: what failed, why, and
+//  what to do; the broker serves the peers it has meanwhile.
+static void s_accept_failed_log(cf_broker_state_t *self, int i, int err)
+{
+    size_t have = cf_queue_size(i == 0 ? &self->clients : &self->workers);
+    cf_log_error(S_LOG, "cannot accept a connection on %s: %s%s; the %zu %s connected are served",
+                 i == 0 ? self->client_endpoint : self->worker_endpoint, strerror(err),
+                 err == EMFILE   ? " (raise LimitNOFILE / ulimit -n)"
+                 : err == ENFILE ? " (the system's file table is full: raise fs.file-max)"
+                                 : "",
+                 have, i == 0 ? "clients" : "workers");
+}
+
+void cf_broker_state_monitor_read(cf_broker_state_t *self, int i)
+{
+    //  Each event: [uint16 event, uint32 errno] then the endpoint.
+    for (int budget = CF_BROKER_READ_BUDGET; budget > 0 && self->monitors[i]; budget--) {
+        zmq_msg_t head, where;
+        zmq_msg_init(&head);
+        if (zmq_msg_recv(&head, self->monitors[i], ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&head);
+            return;
+        }
+        zmq_msg_init(&where);
+        if (zmq_msg_more(&head))
+            (void)zmq_msg_recv(&where, self->monitors[i], 0);
+        uint16_t event = 0;
+        uint32_t err = 0;
+        if (zmq_msg_size(&head) >= 6) {
+            memcpy(&event, zmq_msg_data(&head), sizeof event);
+            memcpy(&err, (const uint8_t *)zmq_msg_data(&head) + 2, sizeof err);
+        }
+        zmq_msg_close(&head);
+        zmq_msg_close(&where);
+        if (event != ZMQ_EVENT_ACCEPT_FAILED)
+            continue;
+        //  A listener out of descriptors fails its accept each time libzmq's
+        //  I/O thread turns, so events come in floods: one is enough. The
+        //  monitor stops (reading the flood cost the broker half a core
+        //  more) and is armed again after CF_BROKER_ACCEPT_LOG_MS.
+        s_accept_failed_log(self, i, (int)err);
+        s_monitor_stop(self, i);
+        self->monitor_rearm_ms[i] = cf_clock_now_ms() + CF_BROKER_ACCEPT_LOG_MS;
+    }
+}
+
+void cf_broker_state_monitor_check(cf_broker_state_t *self, int64_t now)
+{
+    for (int i = 0; i < 2; i++) {
+        if (self->monitors[i] || !self->monitor_rearm_ms[i] || now < self->monitor_rearm_ms[i])
+            continue;
+        int err = s_monitor_arm(self, i);
+        if (err == EMFILE || err == ENFILE) {
+            //  No descriptor even for the monitor: the listener took the
+            //  ones the monitor freed, and is at the limit still.
+            s_accept_failed_log(self, i, err);
+            self->monitor_rearm_ms[i] = now + CF_BROKER_ACCEPT_LOG_MS;
+        }
+        else
+            self->monitor_rearm_ms[i] = 0;    //  watching again (or never will: err)
+    }
 }
