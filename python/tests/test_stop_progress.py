@@ -177,6 +177,8 @@ def test_a_c_client_stops_a_python_workers_task(cluster, tmp_path):
     proc = subprocess.run([sys.executable, "-c", _C_CLIENT_STOP, str(CF_LIB), broker.clients,
                            str(tmp_path / "started")], capture_output=True, text=True,
                           timeout=90, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0 and "runtime does not come first" in proc.stderr:
+        pytest.skip("a sanitizer build: libcfutures cannot be loaded into Python")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["Interrupted"], proc.stdout + proc.stderr
 
