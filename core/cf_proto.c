@@ -575,7 +575,7 @@ malformed:
     //  The text of the ERROR the broker answers with (cf_proto.h).
     cf_error_set(CF_EPROTO, "%s",
                  type == CF_MSG_SUBMIT ? "malformed SUBMIT: no task of it was taken"
-                                       : "malformed message");
+                                       : CF_PROTO_MALFORMED);
 said:
     cf_proto_msg_destroy(&msg);
     return CF_EPROTO;

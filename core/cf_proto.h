@@ -41,6 +41,8 @@
 #define CF_PROTO_UNKNOWN_WORKER "unknown worker"
 #define CF_PROTO_NOT_ALLOWED    "not allowed: this key's role may not use this endpoint"
 #define CF_PROTO_KEY_REVOKED    "not allowed: this key was revoked"
+//  ERROR text of a message that could not be read (cf_proto_decode's).
+#define CF_PROTO_MALFORMED      "malformed message"
 
 typedef enum {
     CF_MSG_SUBMIT = 1,    //  client -> broker: tasks

@@ -200,7 +200,13 @@ typedef struct cf_worker_actor {
     bool introduced;              //  a fresh socket announced us since the loss
     uint64_t functions_sent;      //  registry generation the broker was last told
     bool functions_due;           //  more functions registered since: FUNCTIONS to send
-    int64_t stop_deadline_ms;     //  the earliest stop deadline armed; 0 none
+    //  A broker older than routing refuses a READY with a function list as
+    //  malformed: list_pending says one went out and no TASK came since;
+    //  list_refused that this broker refused it, so READY goes without one
+    //  (every function, as cf/1) until a broker with another boot id.
+    bool list_pending;
+    bool list_refused;
+    int64_t stop_deadline_ms;    //  the earliest stop deadline armed; 0 none
 } cf_worker_actor_t;
 
 static inline cf_worker_task_t *cf_worker_task_of(cf_queue_node_t *node)

@@ -254,8 +254,10 @@ static void s_on_message(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
     switch (msg->type) {
     case CF_MSG_HEARTBEAT:
         if (msg->boot) {
-            if (a->boot && msg->boot != a->boot)
+            if (a->boot && msg->boot != a->boot) {
+                a->list_refused = false;    //  another broker: maybe a newer one
                 cf_worker_recv_announce(a, false, "broker restarted (new boot id)");
+            }
             a->boot = msg->boot;
         }
         if (msg->ivl_ms)
@@ -264,6 +266,7 @@ static void s_on_message(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
                                                           : (int)msg->ivl_ms;
         break;
     case CF_MSG_TASK:
+        a->list_pending = false;    //  it took our READY
         s_take_tasks(a, msg);
         break;
     case CF_MSG_CANCEL:
@@ -276,6 +279,19 @@ static void s_on_message(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
         if (cf_proto_str_eq(msg->text, CF_PROTO_UNKNOWN_WORKER)) {
             //  It lost track of us (it restarted, or judged us lost).
             cf_worker_recv_announce(a, true, "broker does not know this worker");
+        }
+        else if (a->list_pending && cf_proto_str_eq(msg->text, CF_PROTO_MALFORMED)) {
+            //  A broker older than routing: our READY's function list is
+            //  what it cannot read. Serve every function there, as cf/1
+            //  workers do, rather than not at all.
+            a->list_pending = false;
+            a->list_refused = true;
+            cf_log_warn(S_LOG,
+                        "the broker at %s refused READY with a function list (a broker older "
+                        "than routing by function): announcing without one, so it may send "
+                        "tasks of functions this worker lacks; upgrade the broker",
+                        a->w->endpoint);
+            cf_worker_recv_announce(a, false, "the broker refused READY's function list");
         }
         else if (cf_proto_str_eq(msg->text, CF_PROTO_KEY_REVOKED)
                  || cf_proto_str_eq(msg->text, CF_PROTO_NOT_ALLOWED)) {

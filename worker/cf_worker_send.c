@@ -119,7 +119,7 @@ static char **s_functions(cf_worker_actor_t *a, size_t *count, bool *failed)
 {
     *count = 0;
     *failed = false;
-    if (!a->w->announce_functions)
+    if (!a->w->announce_functions || a->list_refused)
         return NULL;
     char **names = cf_registry_names(count, &a->functions_sent);
     if (!names) {
@@ -149,10 +149,13 @@ static cf_err_t s_send_ready(cf_worker_actor_t *a, uint32_t credit)
     cf_proto_enc_ready(a->enc, credit, (uint32_t)a->w->threads, cf_registry_hostname(), a->w->pid,
                        CF_PROTO_FEATURE_BEGUN | CF_PROTO_FEATURE_STOP, (const char *const *)names,
                        count);
+    bool listed = names != NULL;
     free(names);
     cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
-    if (rc == CF_OK)
+    if (rc == CF_OK) {
         a->functions_due = false;
+        a->list_pending = listed;
+    }
     return rc;
 }
 

@@ -309,6 +309,32 @@ static void test_ready_names_the_functions_and_functions_follows(void **state)
     cf_fakebroker_await(b, CF_MSG_DISCONNECT);
 }
 
+//  A broker older than routing refuses a READY with a list as malformed:
+//  the worker announces again without one (every function) and serves.
+static void test_a_broker_that_refuses_the_list_gets_a_ready_without_one(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){ .threads = 1, .announce_functions = true });
+    cf_proto_msg_t *msg = cf_fakebroker_expect(b, CF_MSG_READY);
+    assert_true(msg->functions.given);
+    cf_proto_msg_destroy(&msg);
+    s_send_text(b, CF_MSG_ERROR, CF_PROTO_MALFORMED);
+    msg = cf_fakebroker_expect(b, CF_MSG_READY);
+    assert_false(msg->functions.given);
+    assert_int_equal(msg->credit, 1);
+    cf_proto_msg_destroy(&msg);
+    cf_fakebroker_send_task(b, 1, "w_add", "ii", 2, 3);
+    s_result_t r = s_collect_result(b);
+    assert_int_equal(r.value, 5);
+    //  Later malformed answers are only logged: no READY for each.
+    s_send_text(b, CF_MSG_ERROR, CF_PROTO_MALFORMED);
+    cf_fakebroker_send_task(b, 2, "w_add", "ii", 3, 4);
+    r = s_collect_result(b);
+    assert_int_equal(r.id, 2);
+    cf_worker_destroy(&w);
+    cf_fakebroker_await(b, CF_MSG_DISCONNECT);
+}
+
 static void test_a_random_identity_is_readable(void **state)
 {
     cf_fakebroker_t *b = *state;
@@ -1004,6 +1030,7 @@ int main(void)
         S_TEST(test_ready_announces_credit_host_and_pid),
         S_TEST(test_a_random_identity_is_readable),
         S_TEST(test_ready_names_the_functions_and_functions_follows),
+        S_TEST(test_a_broker_that_refuses_the_list_gets_a_ready_without_one),
         S_TEST(test_tasks_run_and_results_come_back),
         S_TEST(test_errors_carry_host_pid_and_function),
         S_TEST(test_heartbeats_flow_while_a_task_blocks),
