@@ -35,17 +35,36 @@ cf_err_t cf_client_send_heartbeat(cf_client_t *self)
     return cf_proto_enc_send(self->own.enc, self->socket, NULL, 0);
 }
 
-void cf_client_send_cancels(cf_client_t *self)
+//  Item i of a CANCEL or STOP batch being sent.
+typedef cf_err_t(s_encode_item_fn)(cf_client_t *self, size_t i);
+
+static cf_err_t s_encode_cancel(cf_client_t *self, size_t i)
+{
+    return cf_proto_enc_id(self->own.enc, self->own.cancel_ids[i]);
+}
+
+static cf_err_t s_encode_stop(cf_client_t *self, size_t i)
+{
+    return cf_proto_enc_stop(self->own.enc, self->own.stop_items[i].id,
+                             self->own.stop_items[i].grace_ms);
+}
+
+//  Sends the count items waiting (CANCEL ids, STOP items) in batches of
+//  type until done or the socket is at its high-water mark; returns how
+//  many went (or were dropped: the cancellers time out and report false,
+//  a stop then runs its course).
+static size_t s_send_items(cf_client_t *self, cf_msg_type_t type, size_t count,
+                           s_encode_item_fn *encode)
 {
     size_t sent = 0;
-    while (sent < self->own.cancel_ids_len && !self->own.blocked) {
-        size_t n = self->own.cancel_ids_len - sent;
+    while (sent < count && !self->own.blocked) {
+        size_t n = count - sent;
         if (n > CF_PROTO_MAX_BATCH)
             n = CF_PROTO_MAX_BATCH;
-        cf_proto_enc_begin(self->own.enc, CF_MSG_CANCEL);
+        cf_proto_enc_begin(self->own.enc, type);
         cf_err_t rc = CF_OK;
         for (size_t i = 0; i < n && rc == CF_OK; i++)
-            rc = cf_proto_enc_id(self->own.enc, self->own.cancel_ids[sent + i]);
+            rc = encode(self, sent + i);
         if (rc == CF_OK)
             rc = cf_proto_enc_send(self->own.enc, self->socket, NULL, 0);
         if (rc == CF_OK) {
@@ -55,11 +74,17 @@ void cf_client_send_cancels(cf_client_t *self)
         else if (rc == CF_EBUSY)
             self->own.blocked = true;
         else {
-            //  Dropped: the cancellers time out and report false.
-            cf_log_warn_rated(S_LOG, "cannot send CANCEL: %s", cf_strerror(rc));
+            cf_log_warn_rated(S_LOG, "cannot send %s: %s", cf_proto_command_name(type),
+                              cf_strerror(rc));
             sent += n;
         }
     }
+    return sent;
+}
+
+void cf_client_send_cancels(cf_client_t *self)
+{
+    size_t sent = s_send_items(self, CF_MSG_CANCEL, self->own.cancel_ids_len, s_encode_cancel);
     memmove(self->own.cancel_ids, self->own.cancel_ids + sent,
             (self->own.cancel_ids_len - sent) * sizeof *self->own.cancel_ids);
     self->own.cancel_ids_len -= sent;
@@ -150,29 +175,7 @@ void cf_client_send_kick(cf_client_t *self)
 
 void cf_client_send_stops(cf_client_t *self)
 {
-    size_t sent = 0;
-    while (sent < self->own.stop_items_len && !self->own.blocked) {
-        size_t n = self->own.stop_items_len - sent;
-        if (n > CF_PROTO_MAX_BATCH)
-            n = CF_PROTO_MAX_BATCH;
-        cf_proto_enc_begin(self->own.enc, CF_MSG_STOP);
-        cf_err_t rc = CF_OK;
-        for (size_t i = 0; i < n && rc == CF_OK; i++)
-            rc = cf_proto_enc_stop(self->own.enc, self->own.stop_items[sent + i].id,
-                                   self->own.stop_items[sent + i].grace_ms);
-        if (rc == CF_OK)
-            rc = cf_proto_enc_send(self->own.enc, self->socket, NULL, 0);
-        if (rc == CF_OK) {
-            sent += n;
-            cf_client_send_sent(self);
-        }
-        else if (rc == CF_EBUSY)
-            self->own.blocked = true;
-        else {
-            cf_log_warn_rated(S_LOG, "cannot send STOP: %s", cf_strerror(rc));
-            sent += n;
-        }
-    }
+    size_t sent = s_send_items(self, CF_MSG_STOP, self->own.stop_items_len, s_encode_stop);
     memmove(self->own.stop_items, self->own.stop_items + sent,
             (self->own.stop_items_len - sent) * sizeof *self->own.stop_items);
     self->own.stop_items_len -= sent;
