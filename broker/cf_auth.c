@@ -433,11 +433,9 @@ cf_auth_t *cf_auth_new(const cf_auth_config_t *config)
 {
     if (!s_config_valid(config))
         return NULL;
-    cf_auth_t *self = calloc(1, sizeof *self);
-    if (!self) {
-        cf_error_set(CF_ENOMEM, "out of memory");
+    cf_auth_t *self = cf_calloc(1, sizeof *self);
+    if (!self)
         return NULL;
-    }
     pthread_mutex_init(&self->users_lock, NULL);
     self->handshake_ivl_ms = config->handshake_ivl_ms ? config->handshake_ivl_ms
                                                       : CF_AUTH_HANDSHAKE_IVL_MS;

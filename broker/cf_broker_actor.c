@@ -218,11 +218,9 @@ cf_broker_t *cf_broker_new(const cf_broker_config_t *config)
 {
     if (!s_config_valid(config))
         return NULL;
-    cf_broker_t *broker = calloc(1, sizeof *broker);
-    if (!broker) {
-        cf_error_set(CF_ENOMEM, "out of memory");
+    cf_broker_t *broker = cf_calloc(1, sizeof *broker);
+    if (!broker)
         return NULL;
-    }
     broker->ctx = config->zmq_context;
     if (!broker->ctx) {
         broker->ctx = zmq_ctx_new();

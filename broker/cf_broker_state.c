@@ -110,11 +110,9 @@ static void *s_router_new(void *ctx, const cf_broker_config_t *config, bool is_c
 
 cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *config)
 {
-    cf_broker_state_t *self = calloc(1, sizeof *self);
-    if (!self) {
-        cf_error_set(CF_ENOMEM, "out of memory");
+    cf_broker_state_t *self = cf_calloc(1, sizeof *self);
+    if (!self)
         return NULL;
-    }
     cf_queue_init(&self->clients);
     cf_queue_init(&self->workers);
     cf_queue_init(&self->ring);

@@ -3,6 +3,7 @@
 #include "cf_error.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 
 static const char *s_text[] = {
 #define CF_ERR_TEXT_(name, text) text,
@@ -38,4 +39,12 @@ cf_err_t cf_last_err(void)
 const char *cf_last_error(void)
 {
     return s_last_err == CF_OK ? "" : s_last_msg;
+}
+
+void *cf_calloc(size_t count, size_t size)
+{
+    void *p = calloc(count, size);
+    if (!p)
+        cf_error_set(CF_ENOMEM, "out of memory");
+    return p;
 }

@@ -439,11 +439,9 @@ static cf_map_t *s_map_new(cf_executor_t *ex, const char *fn, cf_map_source_fn *
         cf_error_set(CF_EINVAL, "function names are 1..255 bytes, got %zu", fn_len);
         return NULL;
     }
-    cf_map_t *map = calloc(1, sizeof *map);
-    if (!map) {
-        cf_error_set(CF_ENOMEM, "out of memory creating a map");
+    cf_map_t *map = cf_calloc(1, sizeof *map);
+    if (!map)
         return NULL;
-    }
     cf_mp_writer_init(&map->args.values);
     cf_mp_writer_init(&map->args.scratch);
     cf_mp_writer_init(&map->chunk);

@@ -690,11 +690,9 @@ void *cf_pool_new(const cf_options_t *opts, int max_workers)
         cf_error_set(CF_EINVAL, "max_workers must be > 0, got %d", max_workers);
         return NULL;
     }
-    cf_pool_t *pool = calloc(1, sizeof *pool);
-    if (!pool) {
-        cf_error_set(CF_ENOMEM, "out of memory creating a thread pool");
+    cf_pool_t *pool = cf_calloc(1, sizeof *pool);
+    if (!pool)
         return NULL;
-    }
     pthread_mutex_init(&pool->lock, NULL);
     pthread_mutex_init(&pool->join_lock, NULL);
     pthread_mutex_init(&pool->timer_lock, NULL);

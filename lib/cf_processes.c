@@ -142,11 +142,9 @@ void *cf_processes_new(const cf_options_t *opts, int max_workers)
     static const cf_options_t defaults = { 0 };
     if (!opts)
         opts = &defaults;
-    cf_processes_t *self = calloc(1, sizeof *self);
-    if (!self) {
-        cf_error_set(CF_ENOMEM, "out of memory");
+    cf_processes_t *self = cf_calloc(1, sizeof *self);
+    if (!self)
         return NULL;
-    }
     self->max_workers = max_workers;
     void *backend = self;
 

@@ -83,11 +83,9 @@ cf_as_completed_t *cf_as_completed_new(cf_future_t *const *fs, size_t count, int
         cf_error_set(CF_EINVAL, "no futures given for a count of %zu", count);
         return NULL;
     }
-    cf_as_completed_t *it = calloc(1, sizeof *it);
-    if (!it) {
-        cf_error_set(CF_ENOMEM, "out of memory in as_completed");
+    cf_as_completed_t *it = cf_calloc(1, sizeof *it);
+    if (!it)
         return NULL;
-    }
     it->deadline_ms = s_deadline(timeout_ms);
     if (s_distinct(fs, count, &it->futures, &it->count) != CF_OK) {
         free(it);
