@@ -137,7 +137,7 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
     self->started_ms = cf_clock_now_ms();
     self->next_task_id = cf_random_u64();
     self->enc = cf_proto_enc_new();
-    self->tasks = cf_idmap_new(1024);
+    self->tasks = cf_idmap_new_dense(1024);
     self->client_table = cf_idmap_new(16);
     self->worker_table = cf_idmap_new(16);
     self->fn_table = cf_idmap_new(16);

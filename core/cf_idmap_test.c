@@ -178,16 +178,17 @@ static uint64_t s_rand(void)
     return s_rand_state;
 }
 
+//  state: NULL for an ordinary map, non-NULL for a dense one (whose ids
+//  below, multiples of a large odd number, collide often modulo the table).
 static void test_random_operations_match_a_reference(void **state)
 {
-    (void)state;
     //  Reference: ids drawn from a small universe so puts, replaces and
     //  removes of present and absent ids all happen often.
     enum { UNIVERSE = 2048, STEPS = 200000 };
     static void *ref[UNIVERSE];
     memset(ref, 0, sizeof ref);
     size_t ref_size = 0;
-    cf_idmap_t *map = cf_idmap_new(0);
+    cf_idmap_t *map = *state ? cf_idmap_new_dense(0) : cf_idmap_new(0);
     for (int step = 0; step < STEPS; step++) {
         uint64_t r = s_rand();
         uint64_t n = (r >> 8) % UNIVERSE;
@@ -230,15 +231,49 @@ static void test_random_operations_match_a_reference(void **state)
     cf_idmap_destroy(&map);
 }
 
+//  What the dense map is for: ids handed out in order sit in order, so a
+//  walk over them is a walk over memory; an ordinary map's seed scatters
+//  them, differently in each map.
+static void test_dense_maps_keep_counter_ids_in_order_and_others_scatter_them(void **state)
+{
+    (void)state;
+    enum { IDS = 100 };
+    cf_idmap_t *dense = cf_idmap_new_dense(256), *a = cf_idmap_new(256), *b = cf_idmap_new(256);
+    for (uint64_t id = 1000; id < 1000 + IDS; id++) {
+        assert_int_equal(cf_idmap_put(dense, id, s_value(id)), CF_OK);
+        assert_int_equal(cf_idmap_put(a, id, s_value(id)), CF_OK);
+        assert_int_equal(cf_idmap_put(b, id, s_value(id)), CF_OK);
+    }
+    uint64_t order[3][IDS];
+    cf_idmap_t *maps[3] = { dense, a, b };
+    for (int m = 0; m < 3; m++) {
+        size_t cursor = 0, n = 0;
+        uint64_t id;
+        while (cf_idmap_next(maps[m], &cursor, &id, NULL))
+            order[m][n++] = id;
+        assert_int_equal(n, IDS);
+    }
+    for (int i = 1; i < IDS; i++)
+        assert_true(order[0][i] == order[0][i - 1] + 1 || order[0][i] < order[0][i - 1]);
+    //  Two seeds giving the same order of 100 ids: about 1 in 100!.
+    assert_memory_not_equal(order[1], order[2], sizeof order[1]);
+    cf_idmap_destroy(&dense);
+    cf_idmap_destroy(&a);
+    cf_idmap_destroy(&b);
+}
+
 int main(void)
 {
+    static int dense = 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_put_get_remove_round_trip),
         cmocka_unit_test(test_put_replaces_an_existing_value),
         cmocka_unit_test(test_map_grows_and_shrinks_keeping_every_entry),
         cmocka_unit_test(test_iteration_visits_each_entry_once),
         cmocka_unit_test(test_colliding_ids_survive_removal_in_the_middle_of_a_run),
-        cmocka_unit_test(test_random_operations_match_a_reference),
+        cmocka_unit_test_prestate(test_random_operations_match_a_reference, NULL),
+        cmocka_unit_test_prestate(test_random_operations_match_a_reference, &dense),
+        cmocka_unit_test(test_dense_maps_keep_counter_ids_in_order_and_others_scatter_them),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
