@@ -400,7 +400,7 @@ static cf_broker_client_t *s_client_new(cf_broker_state_t *self, const void *id,
     cf_queue_node_init(&client->flush_node);
     cf_queue_init(&client->progress_out);
     client->tasks = cf_idmap_new(16);
-    client->lane_map = cf_idmap_new(4);
+    client->lane_map = cf_idmap_new_dense(4);
     if (!client->tasks || !client->lane_map) {
         cf_idmap_destroy(&client->tasks);
         cf_idmap_destroy(&client->lane_map);

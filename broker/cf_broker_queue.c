@@ -439,7 +439,7 @@ static void s_release_set(cf_broker_state_t *self, cf_idmap_t **set, int64_t now
 //  Builds the set of names (references taken); NULL when out of memory.
 static cf_idmap_t *s_set_new(cf_broker_state_t *self, const cf_proto_names_t *names)
 {
-    cf_idmap_t *set = cf_idmap_new(names->count ? names->count : 1);
+    cf_idmap_t *set = cf_idmap_new_dense(names->count ? names->count : 1);
     if (!set)
         return NULL;
     size_t pos = 0;

@@ -486,22 +486,43 @@ static void test_credit_message_adds_slots(void **state)
     s_take_tasks(sc.worker, NULL, NULL, 2);
 }
 
-static void test_tasks_spread_over_workers_in_batches(void **state)
+//  Which of two workers has a message waiting (the other must have none).
+static void *s_the_one_with_tasks(void *a, void *b)
+{
+    zmq_pollitem_t items[2] = { { a, 0, ZMQ_POLLIN, 0 }, { b, 0, ZMQ_POLLIN, 0 } };
+    assert_true(zmq_poll(items, 2, WAIT_MS) > 0);
+    return items[0].revents ? a : b;
+}
+
+//  A burst fills one worker's idle threads in one TASK message before the
+//  next worker gets any (a message a task would cost the broker 3-4x the
+//  CPU once workers outnumber the burst), and the next burst starts at the
+//  other worker.
+static void test_a_burst_fills_one_workers_idle_threads_in_one_message(void **state)
 {
     s_fixture_t *fx = *state;
     void *w1 = s_worker_peer(fx, "w1");
     void *w2 = s_worker_peer(fx, "w2");
-    s_ready(w1, 4, 1);
-    s_ready(w2, 4, 2);
+    s_ready(w1, 8, 1);
+    s_ready(w2, 8, 2);
     s_wait_stats(s_workers_is, 2);
     void *client = s_client(fx, "c1");
     s_submit(client, 1, 4, "f", 0, 0, 0);
-    //  Four tasks, two workers with four slots each: two each, one TASK
-    //  message each.
-    assert_int_equal(s_take_tasks(w1, NULL, NULL, 2), 1);
-    assert_int_equal(s_take_tasks(w2, NULL, NULL, 2), 1);
-    static const uint64_t all[] = { 1, 2, 3, 4 };
-    s_expect_started(client, all, 4);
+    void *first = s_the_one_with_tasks(w1, w2);
+    assert_int_equal(s_take_tasks(first, NULL, NULL, 4), 1);
+    static const uint64_t burst1[] = { 1, 2, 3, 4 };
+    s_expect_started(client, burst1, 4);
+    s_submit(client, 5, 4, "f", 0, 0, 0);
+    void *second = first == w1 ? w2 : w1;
+    assert_ptr_equal(s_the_one_with_tasks(w1, w2), second);
+    assert_int_equal(s_take_tasks(second, NULL, NULL, 4), 1);
+    static const uint64_t burst2[] = { 5, 6, 7, 8 };
+    s_expect_started(client, burst2, 4);
+    //  More than one worker's idle threads: the rest go to the other.
+    s_submit(client, 9, 12, "f", 0, 0, 0);
+    assert_int_equal(s_take_tasks(first, NULL, NULL, 4), 1);
+    assert_int_equal(s_take_tasks(second, NULL, NULL, 4), 1);
+    s_wait_stats(s_queued_is, 4);
 }
 
 //  A worker announcing more credit than threads (it prefetches) gets
@@ -1715,8 +1736,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tasks_are_dispatched_within_worker_credit,
                                         s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_credit_message_adds_slots, s_setup_broker, s_teardown),
-        cmocka_unit_test_setup_teardown(test_tasks_spread_over_workers_in_batches, s_setup_broker,
-                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_a_burst_fills_one_workers_idle_threads_in_one_message,
+                                        s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_prefetch_only_to_workers_turning_over, s_setup_broker,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_round_robin_between_clients, s_setup_broker,

@@ -335,9 +335,31 @@ static bool s_worker_turning_over(const cf_broker_worker_t *worker)
     return cf_queue_entry(oldest, cf_broker_task_t, node)->results_before != worker->results;
 }
 
-//  Picks tasks one at a time over the available workers, each only what
-//  it serves. With idle_only, a worker is planned only up to its idle
-//  threads.
+//  Fills worker's idle threads (up to its credit) with what it serves, in
+//  one go: one TASK message for many tasks. False when nothing queued is
+//  one it serves.
+static bool s_plan_idle(cf_broker_state_t *self, cf_broker_worker_t *worker)
+{
+    while (self->queued > 0 && worker->plan < worker->credit
+           && cf_queue_size(&worker->running) < worker->threads) {
+        cf_broker_task_t *task = cf_broker_queue_pick(self, worker);
+        if (!task)
+            return false;
+        s_plan_task(worker, task);
+    }
+    return true;
+}
+
+//  Plans the queued tasks over the available workers, each only what it
+//  serves. With idle_only, each worker in turn gets its idle threads filled
+//  before the next: a free thread is a free thread wherever it is, and
+//  dealing a burst one task a worker would cost a message a task once
+//  workers outnumber it (a broker with 1,000 workers spent 3-4x the CPU a
+//  task; docs/benchmarks.md, "Broker CPU per task as connections grow").
+//  The available list rotates after each dispatch, so the next burst starts
+//  at another worker. Prefetch slots (not idle_only) are dealt one task a
+//  worker per lap, so no worker queues more than its share behind its
+//  running tasks.
 static void s_plan(cf_broker_state_t *self, bool idle_only)
 {
     bool progress = true;
@@ -348,9 +370,12 @@ static void s_plan(cf_broker_state_t *self, bool idle_only)
             cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
             if (worker->exhausted || worker->plan >= worker->credit || worker->suspects)
                 continue;
-            if (idle_only && cf_queue_size(&worker->running) >= worker->threads)
+            if (idle_only) {
+                if (cf_queue_size(&worker->running) < worker->threads && !s_plan_idle(self, worker))
+                    worker->exhausted = true;    //  nothing queued is one it serves
                 continue;
-            if (!idle_only && !s_worker_turning_over(worker))
+            }
+            if (!s_worker_turning_over(worker))
                 continue;
             cf_broker_task_t *task = cf_broker_queue_pick(self, worker);
             if (!task) {
