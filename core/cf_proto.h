@@ -88,13 +88,13 @@ typedef enum {
 //  READY features. BEGUN: the worker sends STARTED when a task's function
 //  begins and answers the broker's CANCEL (docs/protocol.md, "CANCEL,
 //  STARTED").
-#define CF_PROTO_FEATURE_BEGUN 0x1u
+#define CF_PROTO_FEATURE_BEGUN  0x1u
 //  STOP: the worker takes STOP [[id, grace_ms]] (docs/protocol.md, "STOP"):
 //  cancels a task it still queues, sets a running one's stop flag, and in
 //  a worker process ends the process when the task overruns the grace.
 //  The broker forwards STOP only to workers that say so. (0x2 is left for
 //  the progress feature of issue 10, section 3.)
-#define CF_PROTO_FEATURE_STOP  0x4u
+#define CF_PROTO_FEATURE_STOP   0x4u
 //  SHARED: the worker shares its slots among several brokers and grants
 //  them explicitly (docs/protocol.md, "Shared workers"): a RESULT returns
 //  no slot, the broker says WANT when it has work for the worker and no
