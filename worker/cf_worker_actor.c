@@ -501,6 +501,7 @@ static void s_loop_shared(cf_worker_budget_t *b, cf_actor_t *pipe, cf_err_t *rea
         for (unsigned i = 0; i < b->count; i++)
             if (!b->links[i].done)
                 s_link_turn(&b->links[i], busy);
+        cf_worker_send_shared_stall(b);
         cf_worker_send_grants(b);
     }
 }

@@ -311,6 +311,11 @@ void cf_worker_send_hand_back(cf_worker_actor_t *a, uint64_t id);
 //  credit every broker may still use) to the brokers that asked (WANT),
 //  one slot at a time in turn, each at most what it asked, by CREDIT.
 void cf_worker_send_grants(cf_worker_budget_t *b);
+//  Several brokers: tasks queued while every thread ran the same tasks for
+//  CF_WORKER_STALL_MS go back to their brokers unrun (BUSY), and the mean
+//  run time learns that tasks are long, so no slot beyond the threads is
+//  granted until they are short again.
+void cf_worker_send_shared_stall(cf_worker_budget_t *b);
 //  Several brokers: forgets what this broker could send (it is lost,
 //  restarted, or we opened a fresh connection): its slots are free again.
 void cf_worker_send_forget_credit(cf_worker_actor_t *a);

@@ -445,9 +445,11 @@ static bool s_may_grant(const cf_worker_actor_t *a, uint64_t give)
 
 void cf_worker_send_grants(cf_worker_budget_t *b)
 {
-    uint64_t used = 0, give[CF_WORKER_MAX_BROKERS] = { 0 };
-    for (unsigned i = 0; i < b->count; i++)
+    uint64_t held = 0, used = 0, give[CF_WORKER_MAX_BROKERS] = { 0 };
+    for (unsigned i = 0; i < b->count; i++) {
+        held += b->links[i].in_hand;
         used += b->links[i].in_hand + b->links[i].credit_out + b->links[i].credit_stale;
+    }
     uint64_t cap = s_shared_cap(b);
     uint64_t free_slots = used < cap ? cap - used : 0;
     //  One slot per turn of the rotation.
@@ -464,7 +466,6 @@ void cf_worker_send_grants(cf_worker_budget_t *b)
             break;
         }
     }
-    cf_worker_t *w = b->links[0].w;
     for (unsigned i = 0; i < b->count; i++) {
         cf_worker_actor_t *a = &b->links[i];
         if (give[i] == 0)
@@ -472,14 +473,19 @@ void cf_worker_send_grants(cf_worker_budget_t *b)
         cf_proto_enc_credit(a->enc, (uint32_t)give[i]);
         cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
         cf_worker_send_sent(a, rc, "CREDIT");
-        if (rc != CF_OK)
-            continue;    //  not granted: free for the next round
+        if (rc != CF_OK) {
+            give[i] = 0;    //  not granted: free for the next round
+            continue;
+        }
         a->credit_out += give[i];
         a->wanted -= give[i];
-        pthread_mutex_lock(&w->lock);
-        w->granted[a->link] += give[i];
-        pthread_mutex_unlock(&w->lock);
     }
+    cf_worker_t *w = b->links[0].w;
+    pthread_mutex_lock(&w->lock);
+    w->held = held;
+    for (unsigned i = 0; i < b->count; i++)
+        w->granted[i] += give[i];
+    pthread_mutex_unlock(&w->lock);
 }
 
 void cf_worker_send_forget_credit(cf_worker_actor_t *a)
@@ -489,4 +495,30 @@ void cf_worker_send_forget_credit(cf_worker_actor_t *a)
     a->credit_out = a->credit_stale = a->wanted = 0;
     a->readies_unacked = 0;
     a->acked = false;
+}
+
+void cf_worker_send_shared_stall(cf_worker_budget_t *b)
+{
+    cf_worker_t *w = b->links[0].w;
+    if (w->shared_prefetch == 0)
+        return;    //  never more than threads: nothing queues
+    cf_queue_t back[CF_WORKER_MAX_BROKERS];
+    for (unsigned i = 0; i < b->count; i++)
+        cf_queue_init(&back[i]);
+    int64_t now_us = cf_clock_now_us();
+    pthread_mutex_lock(&w->lock);
+    int64_t idle_us = now_us - w->progress_us;
+    bool stalled = !cf_queue_empty(&w->queue) && w->running >= w->threads
+                   && idle_us >= CF_WORKER_STALL_MS * 1000;
+    cf_worker_task_t *task;
+    while (stalled && (task = cf_worker_pop(&w->queue)))
+        cf_queue_push_back(&back[task->link], &task->node);
+    pthread_mutex_unlock(&w->lock);
+    if (!stalled)
+        return;
+    if (b->mean_run_us < (double)idle_us)
+        b->mean_run_us = (double)idle_us;
+    //  Refused: they run after all (cf_worker_send_unrun requeues them).
+    for (unsigned i = 0; i < b->count; i++)
+        (void)cf_worker_send_unrun(&b->links[i], &back[i], CF_STATUS_BUSY);
 }

@@ -1022,6 +1022,16 @@ static void test_bad_configurations_are_refused(void **state)
     assert_null(cf_worker_new(&(cf_worker_config_t){ .endpoint = "nonsense", .threads = 1 }));
     assert_int_equal(cf_last_err(), CF_ESYS);
     assert_non_null(strstr(cf_last_error(), "nonsense"));
+    //  Several brokers: max_tasks would end the worker for all of them; a
+    //  bad one among them is named.
+    const char *two[] = { "tcp://127.0.0.1:5", "tcp://127.0.0.1:6" };
+    assert_null(cf_worker_new(&(cf_worker_config_t){
+        .endpoints = two, .endpoint_count = 2, .threads = 1, .max_tasks = 3 }));
+    assert_int_equal(cf_last_err(), CF_EINVAL);
+    const char *bad[] = { "tcp://127.0.0.1:5", "nonsense" };
+    assert_null(cf_worker_new(
+        &(cf_worker_config_t){ .endpoints = bad, .endpoint_count = 2, .threads = 1 }));
+    assert_non_null(strstr(cf_last_error(), "nonsense"));
 }
 
 // ---------------------------------------------------------------------------
@@ -1241,6 +1251,47 @@ static void test_shared_worker_grants_nothing_to_a_broker_that_never_wanted(void
     s_pair_stop(&p);
 }
 
+//  Tasks prefetched behind a thread that stalls go back to their broker
+//  unrun, and no slot beyond the threads is granted while tasks run long.
+static void test_shared_tasks_queued_behind_a_stalled_thread_go_back(void **state)
+{
+    (void)state;
+    s_pair_t p;
+    s_pair_start(&p, 1, 2, 0);
+    s_pair_slots(&p, 0, CF_MSG_WANT, 10);
+    //  Until a run time is known: the threads only.
+    assert_int_equal(s_pair_expect_credit(&p, 0, NULL), 1);
+    s_pair_task(&p, 0, 1, "w_nap", 0);
+    cf_proto_msg_t *msg = s_pair_expect(&p, 0, CF_MSG_RESULT, NULL);
+    cf_proto_msg_destroy(&msg);
+    //  Short tasks: the allowance too.
+    uint32_t granted = 0;
+    while (granted < 3)
+        granted += s_pair_expect_credit(&p, 0, NULL);
+    assert_int_equal(granted, 3);
+    cf_proto_enc_begin(p.b[0].enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(&p.b[0], 2, "w_gate", "i", 2);
+    cf_fakebroker_add_task(&p.b[0], 3, "w_nap", "i", 0);
+    cf_fakebroker_add_task(&p.b[0], 4, "w_nap", "i", 0);
+    cf_fakebroker_send_to(&p.b[0], "test-worker");
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
+    size_t back = 0;
+    while (back < 2) {
+        msg = s_pair_expect(&p, 0, CF_MSG_RESULT, NULL);
+        for (size_t i = 0; i < msg->count; i++) {
+            assert_int_equal(msg->results[i].status, CF_STATUS_BUSY);
+            assert_true(msg->results[i].id == 3 || msg->results[i].id == 4);
+            back++;
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+    cf_worker_counters_t c = s_pair_counters(&p);
+    assert_int_equal(c.held, 1);
+    assert_int_equal(c.max_held, 3);
+    assert_int_equal(c.limit, 3);
+    s_pair_stop(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1270,6 +1321,7 @@ int main(void)
         S_TEST(test_shared_refund_frees_slots_for_the_other_broker),
         S_TEST(test_shared_slots_of_a_lost_broker_come_back),
         S_TEST(test_shared_worker_grants_nothing_to_a_broker_that_never_wanted),
+        S_TEST(test_shared_tasks_queued_behind_a_stalled_thread_go_back),
         cmocka_unit_test(test_bad_configurations_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
