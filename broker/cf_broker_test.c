@@ -1883,6 +1883,12 @@ static void test_classic_worker_gets_no_want_or_refund(void **state)
     s_take_tasks(sc.worker, NULL, NULL, 1);
     s_settle(sc.worker, counts);
     assert_int_equal(counts[CF_MSG_WANT] + counts[CF_MSG_REFUND], 0);
+    //  And a worker has no business sending them.
+    cf_proto_enc_want(s_enc(), 1);
+    assert_int_equal(cf_proto_enc_send(s_enc(), sc.worker, NULL, 0), CF_OK);
+    cf_proto_msg_t *msg = s_expect(sc.worker, CF_MSG_ERROR);
+    assert_true(s_str_eq(msg->text, "unexpected WANT from a worker"));
+    cf_proto_msg_destroy(&msg);
 }
 
 int main(void)

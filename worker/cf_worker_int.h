@@ -30,7 +30,11 @@
 //  only thing it needs from there (C11 allows the same typedef twice).
 //
 //  The worker actor (see cf_worker.h): one DEALER to the broker, N
-//  execution threads.
+//  execution threads. With several brokers, one actor thread still, with
+//  one link (a cf_worker_actor_t, all the per-connection state below) per
+//  broker and one budget of slots they share (cf_worker_budget_t;
+//  cf_worker_send_grants; docs/architecture.md, "A worker shared by
+//  several brokers"); each task remembers its link.
 //
 //  Design note. The actor thread owns the socket and everything about the
 //  broker (credit, heartbeats, boot id, what is still to send); execution
