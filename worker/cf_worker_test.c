@@ -1148,6 +1148,16 @@ static cf_worker_counters_t s_pair_counters(s_pair_t *p)
     return c;
 }
 
+//  s_pair_stop once the worker's counters say it granted g0 and g1 slots to
+//  the brokers.
+static void s_pair_stop_granted(s_pair_t *p, uint64_t g0, uint64_t g1)
+{
+    cf_worker_counters_t c = s_pair_counters(p);
+    assert_int_equal(c.broker[0].granted, g0);
+    assert_int_equal(c.broker[1].granted, g1);
+    s_pair_stop(p);
+}
+
 //  One slot (1 thread, no prefetch) and two brokers that both want work:
 //  the slot goes to one, and when its task ends, to the other, never back
 //  to the one whose task ended while the other waits. A task beyond a
@@ -1205,10 +1215,7 @@ static void test_shared_refund_frees_slots_for_the_other_broker(void **state)
     s_pair_slots(&p, 1, CF_MSG_WANT, 2);
     s_pair_slots(&p, 0, CF_MSG_REFUND, 2);
     assert_int_equal(s_pair_expect_credit(&p, 1, NULL), 2);
-    cf_worker_counters_t c = s_pair_counters(&p);
-    assert_int_equal(c.broker[0].granted, 2);
-    assert_int_equal(c.broker[1].granted, 2);
-    s_pair_stop(&p);
+    s_pair_stop_granted(&p, 2, 2);
 }
 
 //  A broker gone silent takes no slots with it: what it could still send
@@ -1226,10 +1233,7 @@ static void test_shared_slots_of_a_lost_broker_come_back(void **state)
     //  intervals of 20 ms and grants its slot to broker 1.
     alive[0] = false;
     assert_int_equal(s_pair_expect_credit(&p, 1, alive), 1);
-    cf_worker_counters_t c = s_pair_counters(&p);
-    assert_int_equal(c.broker[0].granted, 1);
-    assert_int_equal(c.broker[1].granted, 1);
-    s_pair_stop(&p);
+    s_pair_stop_granted(&p, 1, 1);
 }
 
 //  A broker that never answers the SHARED READY (older than shared
