@@ -56,6 +56,8 @@ void cf_broker_worker_unblock(cf_broker_state_t *self, int64_t now)
             worker->blocked_until_ms = 0;
             self->blocked_workers--;
             s_worker_set_available(self, worker);
+            //  A SHARED one at credit 0 was not asked while blocked.
+            self->want_due = self->want_due || worker->shared;
         }
     }
 }
