@@ -466,6 +466,14 @@ void cf_worker_send_grants(cf_worker_budget_t *b)
             break;
         }
     }
+    //  Counted before the CREDIT goes, so whoever sees the grant arrive
+    //  also sees it counted; a refused send takes it back.
+    cf_worker_t *w = b->links[0].w;
+    pthread_mutex_lock(&w->lock);
+    w->held = held;
+    for (unsigned i = 0; i < b->count; i++)
+        w->granted[i] += give[i];
+    pthread_mutex_unlock(&w->lock);
     for (unsigned i = 0; i < b->count; i++) {
         cf_worker_actor_t *a = &b->links[i];
         if (give[i] == 0)
@@ -474,18 +482,15 @@ void cf_worker_send_grants(cf_worker_budget_t *b)
         cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
         cf_worker_send_sent(a, rc, "CREDIT");
         if (rc != CF_OK) {
-            give[i] = 0;    //  not granted: free for the next round
+            //  Not granted: free for the next round.
+            pthread_mutex_lock(&w->lock);
+            w->granted[i] -= give[i];
+            pthread_mutex_unlock(&w->lock);
             continue;
         }
         a->credit_out += give[i];
         a->wanted -= give[i];
     }
-    cf_worker_t *w = b->links[0].w;
-    pthread_mutex_lock(&w->lock);
-    w->held = held;
-    for (unsigned i = 0; i < b->count; i++)
-        w->granted[i] += give[i];
-    pthread_mutex_unlock(&w->lock);
 }
 
 void cf_worker_send_forget_credit(cf_worker_actor_t *a)
