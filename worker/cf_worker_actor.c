@@ -106,7 +106,12 @@ size_t cf_worker_actor_collect(cf_worker_actor_t *a)
     cf_worker_task_t *task;
     while ((task = cf_worker_pop(&done))) {
         s_learn_run_time(mean_us, task);
-        cf_queue_push_back(&s_link_of(a, task)->pending, &task->node);
+        cf_worker_actor_t *link = s_link_of(a, task);
+        cf_queue_push_back(&link->pending, &task->node);
+        if (link->broker_lost) {
+            link->orphaned++;    //  see cf_worker_actor_t
+            link->in_hand--;
+        }
     }
     return busy;
 }

@@ -236,7 +236,11 @@ typedef struct cf_worker_actor {
     //  tasks it sent before reading that READY use these, until the WANT
     //  that answers the READY.
     uint64_t credit_stale;
-    uint64_t wanted;             //  what its last WANT asked, less what we granted since
+    uint64_t wanted;    //  what its last WANT asked, less what we granted since
+    //  Results in pending kept for this broker while it is lost: finished,
+    //  so no longer in in_hand (they hold no slot of the budget; a broker
+    //  gone for good would keep them for ever), sent if it comes back.
+    uint64_t orphaned;
     unsigned readies_unacked;    //  SHARED READYs sent whose answering WANT did not come
     bool acked;                  //  it answered a SHARED READY: it grants by WANT
     bool ack_warned;             //  said once that it does not

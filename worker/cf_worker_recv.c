@@ -280,6 +280,11 @@ void cf_worker_recv_broker_gone(cf_worker_actor_t *a, const char *why)
     a->broker_lost = true;
     a->introduced = false;
     cf_worker_send_forget_credit(a);
+    if (a->budget) {
+        uint64_t kept = cf_queue_size(&a->pending) - a->orphaned;
+        a->orphaned += kept;
+        a->in_hand -= kept;
+    }
     if (a->w->exit_on_broker_loss) {
         cf_log_warn(S_LOG, "broker %s %s: ending", a->endpoint, why);
         a->done = true;

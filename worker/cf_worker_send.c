@@ -265,7 +265,10 @@ void cf_worker_send_flush(cf_worker_actor_t *a)
             return;    //  kept in pending
         for (size_t i = 0; i < count; i++) {
             cf_worker_exec_task_free(cf_worker_pop(&a->pending));
-            a->in_hand--;
+            if (a->orphaned > 0)
+                a->orphaned--;
+            else
+                a->in_hand--;
         }
     }
 }

@@ -1040,13 +1040,14 @@ static void test_bad_configurations_are_refused(void **state)
 //  Two fake brokers and the worker serving both, named "test-worker".
 typedef struct {
     cf_fakebroker_t b[2];
+    bool stopped[2];    //  the test stopped that broker (its socket is gone)
     cf_worker_t *w;
 } s_pair_t;
 
 static void s_pair_heartbeats(s_pair_t *p, const bool *alive)
 {
     for (int i = 0; i < 2; i++) {
-        if (alive && !alive[i])
+        if ((alive && !alive[i]) || p->stopped[i])
             continue;
         cf_proto_enc_heartbeat(p->b[i].enc, 7 + (uint64_t)i, 1000);
         (void)cf_proto_enc_send(p->b[i].enc, p->b[i].router, "test-worker", 11);
@@ -1108,6 +1109,7 @@ static void s_pair_start(s_pair_t *p, int threads, int shared_prefetch, int ivl_
 {
     cf_fakebroker_start(&p->b[0]);
     cf_fakebroker_start(&p->b[1]);
+    p->stopped[0] = p->stopped[1] = false;
     const char *endpoints[2] = { p->b[0].endpoint, p->b[1].endpoint };
     p->w = cf_worker_new(&(cf_worker_config_t){
         .endpoints = endpoints,
@@ -1133,8 +1135,9 @@ static void s_pair_stop(s_pair_t *p)
 {
     cf_unitkit_gate_open();
     cf_worker_destroy(&p->w);
-    cf_fakebroker_stop(&p->b[0]);
-    cf_fakebroker_stop(&p->b[1]);
+    for (int i = 0; i < 2; i++)
+        if (!p->stopped[i])
+            cf_fakebroker_stop(&p->b[i]);
 }
 
 //  Held plus what both brokers may still use, by the worker's own
@@ -1302,6 +1305,26 @@ static void test_shared_tasks_queued_behind_a_stalled_thread_go_back(void **stat
     s_pair_stop(&p);
 }
 
+//  A broker gone for good while its task ran: the task's result waits for
+//  it (sent if it comes back) but holds no slot, so the other broker gets
+//  the thread.
+static void test_shared_results_kept_for_a_lost_broker_hold_no_slot(void **state)
+{
+    (void)state;
+    s_pair_t p;
+    s_pair_start(&p, 1, -1, 20);
+    s_pair_slots(&p, 0, CF_MSG_WANT, 1);
+    assert_int_equal(s_pair_expect_credit(&p, 0, NULL), 1);
+    s_pair_task(&p, 0, 1, "w_gate", 1);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
+    cf_fakebroker_stop(&p.b[0]);
+    p.stopped[0] = true;
+    s_pair_slots(&p, 1, CF_MSG_WANT, 1);
+    cf_unitkit_gate_open();
+    assert_int_equal(s_pair_expect_credit(&p, 1, NULL), 1);
+    s_pair_stop_granted(&p, 1, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1332,6 +1355,7 @@ int main(void)
         S_TEST(test_shared_slots_of_a_lost_broker_come_back),
         S_TEST(test_shared_worker_grants_nothing_to_a_broker_that_never_wanted),
         S_TEST(test_shared_tasks_queued_behind_a_stalled_thread_go_back),
+        S_TEST(test_shared_results_kept_for_a_lost_broker_hold_no_slot),
         cmocka_unit_test(test_bad_configurations_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
