@@ -239,6 +239,33 @@ static void test_a_broker_given_twice_is_served_once(void **state)
     free(log);
 }
 
+//  One broker reached under two names is two links with routing ids of
+//  their own (one id twice would be refused by the broker's ROUTER): it
+//  serves, within the limit.
+static void test_one_broker_under_two_names_is_served(void **state)
+{
+    cf_testkit_t *kit = *state;
+    cf_testkit_proc_t *a = cf_testkit_start_broker(kit, NULL);
+    const char *port = strrchr(cf_testkit_workers(a), ':');
+    assert_non_null(port);
+    char names[256];
+    snprintf(names, sizeof names, "%s,tcp://localhost%s", cf_testkit_workers(a), port);
+    cf_testkit_proc_t *worker = cf_testkit_start_worker(kit, names, "--threads", "2", NULL);
+    cf_executor_t *ex = cf_testkit_connect(cf_testkit_clients(a), 0);
+    enum { N = 40 };
+    cf_future_t *fs[N];
+    for (int i = 0; i < N; i++)
+        fs[i] = cf_submit(ex, "sleep_ms", "i", 2);
+    s_expect_all(kit, fs, N);
+    cf_executor_destroy(&ex);
+    assert_int_equal(WEXITSTATUS(cf_testkit_stop(worker, CF_TESTKIT_STOP_MS)), 0);
+    s_counters_t c = s_exit_line(kit, worker);
+    assert_true(c.max_held <= c.limit);
+    assert_true(c.taken[0] + c.taken[1] >= N);
+    //  Both links served: the broker took both connections.
+    assert_true(c.taken[0] > 0 && c.taken[1] > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -247,6 +274,8 @@ int main(void)
             cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_a_broker_that_comes_back_is_used_again,
                                         cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_one_broker_under_two_names_is_served, cf_testkit_setup,
+                                        cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_broker_lists_are_checked, cf_testkit_setup,
                                         cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_a_broker_given_twice_is_served_once, cf_testkit_setup,

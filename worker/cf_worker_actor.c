@@ -208,12 +208,19 @@ void cf_worker_actor_deliver(cf_worker_t *w)
 static cf_err_t s_open(cf_worker_actor_t *a, char *message, size_t size)
 {
     cf_worker_t *w = a->w;
-    char identity[sizeof w->identity + 16];
+    //  Each broker's link has an identity of its own ("-b1", ...): two
+    //  endpoints that reach one broker (a host under two names) must not
+    //  be two connections with one routing id, which a ROUTER refuses.
+    char base[sizeof w->identity + 16], identity[sizeof base + 16];
+    if (a->link)
+        snprintf(base, sizeof base, "%.232s-b%u", w->identity, a->link);
+    else
+        snprintf(base, sizeof base, "%s", w->identity);
     if (a->generation)
-        snprintf(identity, sizeof identity, "%.240s.%u", w->identity,
+        snprintf(identity, sizeof identity, "%.240s.%u", base,
                  a->generation);    //  ids: 255 bytes at most
     else
-        snprintf(identity, sizeof identity, "%s", w->identity);
+        snprintf(identity, sizeof identity, "%s", base);
     a->sock = zmq_socket(w->ctx, ZMQ_DEALER);
     if (!a->sock) {
         snprintf(message, size, "worker: cannot create its socket: %s", zmq_strerror(errno));

@@ -1044,13 +1044,16 @@ typedef struct {
     cf_worker_t *w;
 } s_pair_t;
 
+//  The worker's routing id at each broker: a link of its own per broker.
+static const char *const s_pair_ids[2] = { "test-worker", "test-worker-b1" };
+
 static void s_pair_heartbeats(s_pair_t *p, const bool *alive)
 {
     for (int i = 0; i < 2; i++) {
         if ((alive && !alive[i]) || p->stopped[i])
             continue;
         cf_proto_enc_heartbeat(p->b[i].enc, 7 + (uint64_t)i, 1000);
-        (void)cf_proto_enc_send(p->b[i].enc, p->b[i].router, "test-worker", 11);
+        (void)cf_proto_enc_send(p->b[i].enc, p->b[i].router, s_pair_ids[i], strlen(s_pair_ids[i]));
     }
 }
 
@@ -1092,14 +1095,14 @@ static void s_pair_slots(s_pair_t *p, int which, cf_msg_type_t type, uint32_t n)
         cf_proto_enc_want(p->b[which].enc, n);
     else
         cf_proto_enc_refund(p->b[which].enc, n);
-    cf_fakebroker_send_to(&p->b[which], "test-worker");
+    cf_fakebroker_send_to(&p->b[which], s_pair_ids[which]);
 }
 
 static void s_pair_task(s_pair_t *p, int which, uint64_t id, const char *fn, int x)
 {
     cf_proto_enc_begin(p->b[which].enc, CF_MSG_TASK);
     cf_fakebroker_add_task(&p->b[which], id, fn, "i", x);
-    cf_fakebroker_send_to(&p->b[which], "test-worker");
+    cf_fakebroker_send_to(&p->b[which], s_pair_ids[which]);
 }
 
 //  Starts both brokers and a worker of threads threads, shared_prefetch as
@@ -1127,6 +1130,7 @@ static void s_pair_start(s_pair_t *p, int threads, int shared_prefetch, int ivl_
         assert_int_equal(msg->credit, 0);
         assert_true(msg->features & CF_PROTO_FEATURE_SHARED);
         assert_int_equal(msg->threads, (uint32_t)threads);
+        assert_string_equal(p->b[i].peer, s_pair_ids[i]);
         cf_proto_msg_destroy(&msg);
     }
 }
@@ -1280,7 +1284,7 @@ static void test_shared_tasks_queued_behind_a_stalled_thread_go_back(void **stat
     cf_fakebroker_add_task(&p.b[0], 2, "w_gate", "i", 2);
     cf_fakebroker_add_task(&p.b[0], 3, "w_nap", "i", 0);
     cf_fakebroker_add_task(&p.b[0], 4, "w_nap", "i", 0);
-    cf_fakebroker_send_to(&p.b[0], "test-worker");
+    cf_fakebroker_send_to(&p.b[0], s_pair_ids[0]);
     cf_unitkit_expect_at_gate(1, S_WAIT_MS);
     size_t back = 0;
     while (back < 2) {
