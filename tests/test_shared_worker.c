@@ -4,7 +4,7 @@
 //  its own counters show in the line it logs on exit; both brokers'
 //  clients get their tasks done while one of them floods its broker; a
 //  broker killed and started again on the same port is used again without
-//  restarting the worker.
+//  restarting the worker; worker processes (--procs) serve both brokers.
 
 #include "cf_testkit.h"
 
@@ -186,35 +186,50 @@ static void test_a_broker_that_comes_back_is_used_again(void **state)
     assert_true(c.taken[1] >= N + N / 2);
 }
 
-//  Usage: several brokers are refused with --procs, a bad one is named,
-//  and one given twice is served once.
-static void test_broker_lists_are_checked(void **state)
+//  A bad endpoint in a list is refused, named.
+static void test_a_bad_broker_in_a_list_is_named(void **state)
 {
     cf_testkit_t *kit = *state;
-    const char *bin = cf_testkit_env("CF_WORKER_BIN");
     cf_testkit_output_t out;
-    const char *const bad[] = { bin,
-                                "--tasks",
-                                cf_testkit_env("CF_TASKS_LIB"),
-                                "--broker",
-                                "tcp://127.0.0.1:5556,tcp://nohost",
-                                NULL };
+    const char *const bad[] = { cf_testkit_env("CF_WORKER_BIN"),     "--tasks",
+                                cf_testkit_env("CF_TASKS_LIB"),      "--broker",
+                                "tcp://127.0.0.1:5556,tcp://nohost", NULL };
     assert_true(cf_testkit_run(kit, bad, CF_TESTKIT_DEADLINE_MS, &out));
     assert_int_equal(out.exit_code, 2);
     assert_non_null(strstr(out.err, "'tcp://nohost'"));
-    const char *const procs[] = { bin,
-                                  "--tasks",
-                                  cf_testkit_env("CF_TASKS_LIB"),
-                                  "--procs",
-                                  "2",
-                                  "--broker",
-                                  "tcp://127.0.0.1:5556",
-                                  "--broker",
-                                  "tcp://127.0.0.1:5558",
-                                  NULL };
-    assert_true(cf_testkit_run(kit, procs, CF_TESTKIT_DEADLINE_MS, &out));
-    assert_int_equal(out.exit_code, 2);
-    assert_non_null(strstr(out.err, "--procs"));
+}
+
+//  --procs: every worker process serves both brokers, and both brokers'
+//  clients get their tasks done by them.
+static void test_worker_processes_serve_both_brokers(void **state)
+{
+    cf_testkit_t *kit = *state;
+    cf_testkit_proc_t *a = cf_testkit_start_broker(kit, NULL);
+    cf_testkit_proc_t *b = cf_testkit_start_broker(kit, NULL);
+    char both[512];
+    cf_testkit_proc_t *worker = cf_testkit_start_worker(kit, s_both(a, b, both, sizeof both),
+                                                        "--procs", "2", NULL);
+    cf_executor_t *ea = cf_testkit_connect(cf_testkit_clients(a), 0);
+    cf_executor_t *eb = cf_testkit_connect(cf_testkit_clients(b), 0);
+    enum { N = 40 };
+    cf_future_t *fs[N];
+    for (int i = 0; i < N; i++)
+        fs[i] = cf_submit(i % 2 ? eb : ea, "sleep_pid", "i", 2);
+    for (int i = 0; i < N; i++) {
+        cf_testkit_expect_done(kit, fs[i]);
+        int64_t pid = 0;
+        assert_int_equal(cf_future_int(fs[i], 0, &pid), CF_OK);
+        assert_true(pid != cf_testkit_pid(worker));    //  a worker process ran it
+        cf_future_release(&fs[i]);
+    }
+    cf_executor_destroy(&ea);
+    cf_executor_destroy(&eb);
+    assert_int_equal(WEXITSTATUS(cf_testkit_stop(worker, CF_TESTKIT_STOP_MS)), 0);
+    //  Each process logs its own counters as it ends: two brokers each.
+    char *log = cf_testkit_log(worker);
+    assert_non_null(log);
+    assert_non_null(strstr(log, "(limit 2); taken:"));
+    free(log);
 }
 
 //  The same broker twice is one connection: the worker serves it alone,
@@ -276,7 +291,9 @@ int main(void)
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_one_broker_under_two_names_is_served, cf_testkit_setup,
                                         cf_testkit_teardown),
-        cmocka_unit_test_setup_teardown(test_broker_lists_are_checked, cf_testkit_setup,
+        cmocka_unit_test_setup_teardown(test_a_bad_broker_in_a_list_is_named, cf_testkit_setup,
+                                        cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_processes_serve_both_brokers, cf_testkit_setup,
                                         cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_a_broker_given_twice_is_served_once, cf_testkit_setup,
                                         cf_testkit_teardown),

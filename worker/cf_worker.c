@@ -107,12 +107,6 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
         cf_error_set(CF_EINVAL, "worker: a broker endpoint is required");
         return NULL;
     }
-    if (config->endpoint_count > 1 && (config->max_tasks > 0 || config->stop_kills_process)) {
-        //  Both end the whole worker for one broker's task; across brokers
-        //  that would cut the others' work short.
-        cf_error_set(CF_EINVAL, "worker: max_tasks and stop_kills_process take one broker");
-        return NULL;
-    }
     if (config->threads < 1) {
         cf_error_set(CF_EINVAL, "worker: threads must be >= 1, got %d", config->threads);
         return NULL;

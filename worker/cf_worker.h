@@ -78,7 +78,7 @@ typedef struct {
     //  Several brokers: endpoints[0..endpoint_count-1] (then endpoint is
     //  not used), each served, the slots shared (see the top). With 0 or 1
     //  the worker serves endpoint (or endpoints[0]) alone, with the classic
-    //  credit of cf/1. Not with max_tasks or stop_kills_process.
+    //  credit of cf/1. max_tasks then counts the tasks of every broker.
     const char *const *endpoints;
     int endpoint_count;
     //  Several brokers: tasks held beyond threads at most (the prefetch

@@ -122,7 +122,7 @@ static void s_check_end(cf_worker_actor_t *a, size_t busy, int64_t now)
 {
     if (a->done)
         return;
-    bool limit = a->w->max_tasks > 0 && a->accepted >= (uint64_t)a->w->max_tasks;
+    bool limit = a->w->max_tasks > 0 && *cf_worker_accepted(a) >= (uint64_t)a->w->max_tasks;
     if (!a->terminating && !limit)
         return;
     if (busy > 0)
@@ -459,7 +459,7 @@ static void s_main_one(cf_worker_t *w, cf_actor_t *pipe)
 //  refused key, the context gone). Sets *reason.
 static bool s_all_done(const cf_worker_budget_t *b, cf_err_t *reason)
 {
-    bool all = true;
+    bool all = true, limit = false;
     for (unsigned i = 0; i < b->count; i++) {
         const cf_worker_actor_t *a = &b->links[i];
         if (a->done && a->end_reason != CF_OK && a->end_reason != CF_ESTOP) {
@@ -467,8 +467,9 @@ static bool s_all_done(const cf_worker_budget_t *b, cf_err_t *reason)
             return true;
         }
         all = all && a->done;
+        limit = limit || (a->done && a->end_reason == CF_ESTOP);
     }
-    *reason = CF_OK;
+    *reason = limit ? CF_ESTOP : CF_OK;
     return all;
 }
 

@@ -254,7 +254,15 @@ struct cf_worker_budget {
     unsigned count;
     unsigned next;         //  the link first in turn for a free slot
     double mean_run_us;    //  moving mean of run times over every broker's tasks
+    uint64_t accepted;     //  tasks taken from every broker (max_tasks)
 };
+
+//  Tasks taken in all, the count max_tasks limits: of this broker, or of
+//  every broker when the worker serves several.
+static inline uint64_t *cf_worker_accepted(cf_worker_actor_t *a)
+{
+    return a->budget ? &a->budget->accepted : &a->accepted;
+}
 
 static inline cf_worker_task_t *cf_worker_task_of(cf_queue_node_t *node)
 {

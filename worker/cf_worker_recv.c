@@ -123,8 +123,8 @@ static size_t s_encode_overdue(cf_worker_actor_t *a, int64_t now, int64_t *next)
     for (cf_queue_node_t *node = cf_queue_front(&w->runs); node;
          node = cf_queue_next(&w->runs, node)) {
         cf_worker_task_t *task = cf_queue_entry(node, cf_worker_task_t, run_node);
-        if (!task->stop_deadline_ms)
-            continue;
+        if (!task->stop_deadline_ms || task->link != a->link)
+            continue;    //  none, or another broker's: its own link answers it
         if (task->stop_deadline_ms > now) {
             if (!*next || task->stop_deadline_ms < *next)
                 *next = task->stop_deadline_ms;
@@ -229,6 +229,8 @@ static void s_take_tasks(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
         cf_queue_push_back(&w->queue, &task->node);
         queued++;
         a->accepted++;
+        if (a->budget)
+            a->budget->accepted++;
         a->in_hand++;
         w->taken[a->link]++;
         s_count_held(a);
@@ -239,8 +241,10 @@ static void s_take_tasks(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
             if (a->prefetched_once)
                 a->prefetching = true;
         }
-        if (w->max_tasks > 0 && a->accepted >= (uint64_t)w->max_tasks) {
+        if (w->max_tasks > 0 && *cf_worker_accepted(a) >= (uint64_t)w->max_tasks) {
             a->accepting = false;
+            for (unsigned i = 0; a->budget && i < a->budget->count; i++)
+                a->budget->links[i].accepting = false;
             cf_log_info(S_LOG, "took its %d tasks (--max-tasks): finishing", w->max_tasks);
         }
     }

@@ -455,6 +455,14 @@ void cf_worker_send_grants(cf_worker_budget_t *b)
     }
     uint64_t cap = s_shared_cap(b);
     uint64_t free_slots = used < cap ? cap - used : 0;
+    cf_worker_t *w = b->links[0].w;
+    if (w->max_tasks > 0) {
+        //  Never grant a task max_tasks would refuse.
+        uint64_t granted = used - held, left = (uint64_t)w->max_tasks - b->accepted;
+        left = left > granted ? left - granted : 0;
+        if (free_slots > left)
+            free_slots = left;
+    }
     //  One slot per turn of the rotation.
     for (bool any = true; free_slots > 0 && any;) {
         any = false;
@@ -471,7 +479,6 @@ void cf_worker_send_grants(cf_worker_budget_t *b)
     }
     //  Counted before the CREDIT goes, so whoever sees the grant arrive
     //  also sees it counted; a refused send takes it back.
-    cf_worker_t *w = b->links[0].w;
     pthread_mutex_lock(&w->lock);
     w->held = held;
     for (unsigned i = 0; i < b->count; i++)

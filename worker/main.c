@@ -16,9 +16,8 @@
 //  Several brokers (--broker repeated, or a comma-separated list): one
 //  connection to each, and the slots shared among them (cf_worker.h); on
 //  exit one line says how many tasks it held at most and took from each.
-//  Not with --procs (a worker process that overruns a STOP's grace is
-//  killed, and with it the tasks it held from the other brokers) nor with
-//  --max-tasks: run one cf-worker per broker for those.
+//  With --procs every worker process serves all of them; --max-tasks
+//  counts the tasks of every broker.
 //
 //  CURVE (--broker-key, --key; docs/security.md): a broker that refuses the
 //  worker's key (or a plaintext worker of a CURVE broker) ends the worker
@@ -397,9 +396,6 @@ static int s_parse(int argc, char **argv, s_options_t *options)
         if (status != S_RUN)
             return status;
     }
-    if (options->nbrokers > 1 && (options->procs > 0 || options->max_tasks > 0))
-        return s_usage_error("several brokers are served in threads mode only, without "
-                             "--max-tasks (--procs and --max-tasks take one broker)");
     if (!options->broker_key != !options->key)
         return s_usage_error("CURVE needs both --broker-key (the broker's public key file) and "
                              "--key (this worker's secret key file)");
@@ -437,12 +433,17 @@ static int s_load(const s_options_t *options, s_curve_t *curve)
 static int s_start_procs(const s_options_t *options, s_curve_t *curve, cf_procs_t **pool)
 {
     char why[512];
-    if (curve->on && s_preflight(curve, options->broker, why, sizeof why) < 0)
-        return s_fail("%s", why);
+    for (int i = 0; curve->on && i < (options->nbrokers ? options->nbrokers : 1); i++)
+        if (s_preflight(curve, options->nbrokers ? options->brokers[i] : options->broker, why,
+                        sizeof why)
+            < 0)
+            return s_fail("%s", why);
     *pool = cf_procs_new(&(cf_procs_config_t){
         .count = options->procs,
         .threads = 1,
         .endpoint = options->broker,
+        .endpoints = options->brokers,
+        .endpoint_count = options->nbrokers,
         .max_tasks_per_worker = options->max_tasks,
         .heartbeat_ivl_ms = options->ivl_ms,
         .heartbeat_liveness = options->liveness,
