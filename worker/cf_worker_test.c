@@ -1332,9 +1332,10 @@ static void test_shared_max_tasks_counts_every_broker(void **state)
     (void)state;
     s_pair_t p;
     s_pair_start(&p, 2, -1, 0, 2);
-    s_pair_slots(&p, 0, CF_MSG_WANT, 5);
-    s_pair_slots(&p, 1, CF_MSG_WANT, 5);
+    s_pair_slots(&p, 0, CF_MSG_WANT, 1);
     assert_int_equal(s_pair_expect_credit(&p, 0, NULL), 1);
+    //  Two threads, but one task left to take: one slot, not two.
+    s_pair_slots(&p, 1, CF_MSG_WANT, 5);
     assert_int_equal(s_pair_expect_credit(&p, 1, NULL), 1);
     for (int i = 0; i < 2; i++) {
         s_pair_task(&p, i, 10 + (uint64_t)i, "w_nap", 0);
