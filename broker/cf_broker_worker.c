@@ -741,16 +741,20 @@ static void s_worker_ready(cf_broker_state_t *self, cf_broker_worker_t *worker,
     worker->pid = msg->pid;
     //  READY states what the worker can take now; what it still runs comes
     //  back with its results, each returning a slot (not for SHARED).
-    //  Out of the available list while shared may change, which that list's
-    //  SHARED count follows.
     worker->credit = 0;
-    s_worker_set_available(self, worker);
-    worker->shared = (msg->features & CF_PROTO_FEATURE_SHARED) != 0;
+    bool shared = (msg->features & CF_PROTO_FEATURE_SHARED) != 0;
+    if (shared != worker->shared) {
+        //  Out of the available list while it changes, so that list's
+        //  SHARED count stays right; a READY that keeps it keeps the
+        //  worker's place there, as before SHARED existed.
+        s_worker_set_available(self, worker);
+        worker->shared = shared;
+        if (shared)
+            cf_queue_push_back(&self->shared, &worker->shared_node);
+        else
+            cf_queue_remove(&self->shared, &worker->shared_node);
+    }
     worker->want_sent = false;
-    if (worker->shared && !cf_queue_linked(&worker->shared_node))
-        cf_queue_push_back(&self->shared, &worker->shared_node);
-    else if (!worker->shared && cf_queue_linked(&worker->shared_node))
-        cf_queue_remove(&self->shared, &worker->shared_node);
     s_worker_add_credit(self, worker, msg->credit);
     //  threads decides what counts as an idle thread in s_plan. A worker
     //  that prefetches announces more credit than threads; taken as
