@@ -77,19 +77,34 @@ static const char *s_both(cf_testkit_proc_t *a, cf_testkit_proc_t *b, char *buf,
     return buf;
 }
 
+//  Two brokers, one cf-worker serving both (started with flag value), and a
+//  client of each.
+typedef struct {
+    cf_testkit_proc_t *a, *b, *worker;
+    cf_executor_t *ea, *eb;
+} s_two_t;
+
+static s_two_t s_two_brokers(cf_testkit_t *kit, const char *flag, const char *value)
+{
+    s_two_t two;
+    two.a = cf_testkit_start_broker(kit, NULL);
+    two.b = cf_testkit_start_broker(kit, NULL);
+    char both[512];
+    two.worker = cf_testkit_start_worker(kit, s_both(two.a, two.b, both, sizeof both), flag, value,
+                                         NULL);
+    two.ea = cf_testkit_connect(cf_testkit_clients(two.a), 0);
+    two.eb = cf_testkit_connect(cf_testkit_clients(two.b), 0);
+    return two;
+}
+
 //  A client floods broker A with short tasks and a few long ones while a
 //  client of broker B submits too: both finish, the worker held at most
 //  its limit at any moment, and it took tasks from both brokers.
 static void test_a_worker_shared_by_two_brokers_serves_both_within_its_limit(void **state)
 {
     cf_testkit_t *kit = *state;
-    cf_testkit_proc_t *a = cf_testkit_start_broker(kit, NULL);
-    cf_testkit_proc_t *b = cf_testkit_start_broker(kit, NULL);
-    char both[512];
-    cf_testkit_proc_t *worker = cf_testkit_start_worker(kit, s_both(a, b, both, sizeof both),
-                                                        "--threads", "2", NULL);
-    cf_executor_t *flood = cf_testkit_connect(cf_testkit_clients(a), 0);
-    cf_executor_t *other = cf_testkit_connect(cf_testkit_clients(b), 0);
+    s_two_t two = s_two_brokers(kit, "--threads", "2");
+    cf_executor_t *flood = two.ea, *other = two.eb;
     enum { SHORT = 600, LONG = 4, OTHER = 60 };
     static cf_future_t *fa[SHORT + LONG], *fb[OTHER];
     for (int i = 0; i < SHORT + LONG; i++) {
@@ -107,14 +122,14 @@ static void test_a_worker_shared_by_two_brokers_serves_both_within_its_limit(voi
     cf_executor_destroy(&flood);
     cf_executor_destroy(&other);
 
-    assert_int_equal(WEXITSTATUS(cf_testkit_stop(worker, CF_TESTKIT_STOP_MS)), 0);
-    s_counters_t c = s_exit_line(kit, worker);
+    assert_int_equal(WEXITSTATUS(cf_testkit_stop(two.worker, CF_TESTKIT_STOP_MS)), 0);
+    s_counters_t c = s_exit_line(kit, two.worker);
     assert_int_equal(c.limit, 4);    //  2 threads + an allowance of 2
     if (c.max_held > c.limit)
         fail_msg("the worker held %" PRIu64 " tasks at once, over its limit %" PRIu64, c.max_held,
                  c.limit);
-    assert_string_equal(c.endpoint[0], cf_testkit_workers(a));
-    assert_string_equal(c.endpoint[1], cf_testkit_workers(b));
+    assert_string_equal(c.endpoint[0], cf_testkit_workers(two.a));
+    assert_string_equal(c.endpoint[1], cf_testkit_workers(two.b));
     assert_true(c.taken[0] >= SHORT + LONG);
     assert_true(c.taken[1] >= OTHER);
 }
@@ -204,13 +219,9 @@ static void test_a_bad_broker_in_a_list_is_named(void **state)
 static void test_worker_processes_serve_both_brokers(void **state)
 {
     cf_testkit_t *kit = *state;
-    cf_testkit_proc_t *a = cf_testkit_start_broker(kit, NULL);
-    cf_testkit_proc_t *b = cf_testkit_start_broker(kit, NULL);
-    char both[512];
-    cf_testkit_proc_t *worker = cf_testkit_start_worker(kit, s_both(a, b, both, sizeof both),
-                                                        "--procs", "2", NULL);
-    cf_executor_t *ea = cf_testkit_connect(cf_testkit_clients(a), 0);
-    cf_executor_t *eb = cf_testkit_connect(cf_testkit_clients(b), 0);
+    s_two_t two = s_two_brokers(kit, "--procs", "2");
+    cf_executor_t *ea = two.ea, *eb = two.eb;
+    cf_testkit_proc_t *worker = two.worker;
     enum { N = 40 };
     cf_future_t *fs[N];
     for (int i = 0; i < N; i++)
