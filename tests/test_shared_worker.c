@@ -143,6 +143,36 @@ static bool s_log_has(void *arg)
     return has;
 }
 
+//  Broker A holds a long queue of 50 ms tasks when broker B's client asks
+//  for a few: B's tasks get every other slot the worker frees, so they are
+//  all done while A still has most of its queue (without the rotation a
+//  busy broker keeps the slots its results free, and B waits for all of
+//  A's). An order of events, not a speed: A's queue is 8 times B's.
+static void test_a_flooded_broker_does_not_starve_the_other(void **state)
+{
+    cf_testkit_t *kit = *state;
+    s_two_t two = s_two_brokers(kit, "--threads", "2");
+    enum { A = 40, B = 5 };
+    cf_future_t *fa[A], *fb[B];
+    for (int i = 0; i < A; i++)
+        fa[i] = cf_submit(two.ea, "sleep_ms", "i", 50);
+    //  A's tasks run before B asks.
+    cf_testkit_expect_done(kit, fa[0]);
+    for (int i = 0; i < B; i++)
+        fb[i] = cf_submit(two.eb, "sleep_ms", "i", 50);
+    for (int i = 0; i < B; i++)
+        cf_testkit_expect_done(kit, fb[i]);
+    int a_done = 0;
+    for (int i = 0; i < A; i++)
+        a_done += cf_future_done(fa[i]);
+    if (a_done > A / 2)
+        fail_msg("%d of broker A's %d tasks were done before broker B's %d", a_done, A, B);
+    s_expect_all(kit, fb, B);
+    s_expect_all(kit, fa, A);
+    cf_executor_destroy(&two.ea);
+    cf_executor_destroy(&two.eb);
+}
+
 //  Broker A killed (SIGKILL) and started again on the same ports: the same
 //  worker process, never restarted, runs A's new client's tasks, and B's
 //  client is served all along.
@@ -298,6 +328,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_a_worker_shared_by_two_brokers_serves_both_within_its_limit, cf_testkit_setup,
             cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_a_flooded_broker_does_not_starve_the_other,
+                                        cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_a_broker_that_comes_back_is_used_again,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_one_broker_under_two_names_is_served, cf_testkit_setup,
