@@ -291,7 +291,14 @@ struct cf_broker_worker {
     bool says_begun;               //  READY feature BEGUN: sends STARTED, takes CANCEL
     bool says_stop;                //  READY feature STOP: takes STOP
     bool exhausted;                //  this dispatch found nothing it serves
-    bool counted_all;              //  in self->serve_all
+    //  READY feature SHARED: it grants credit explicitly and a RESULT
+    //  returns no slot; it hears WANT when it has no credit and a task
+    //  waits for it, REFUND of credit nothing here can use (see "Shared
+    //  workers" in cf_broker_worker.c).
+    bool shared;
+    bool want_sent;                 //  SHARED: a WANT went since its last grant (READY, CREDIT)
+    cf_queue_node_t shared_node;    //  in self->shared while shared
+    bool counted_all;               //  in self->serve_all
     //  The functions it serves: fn id -> cf_broker_fn_t; NULL when it sent
     //  no list (it serves every function, as cf/1 workers do).
     cf_idmap_t *fns;
@@ -328,6 +335,13 @@ typedef struct cf_broker_state {
     cf_queue_t ring;         //  clients with queued tasks, in turn order (ring_node)
     size_t queued;           //  tasks in lanes
     cf_queue_t available;    //  workers with credit (avail_node)
+    //  SHARED workers (shared_node), and how many of them are available. A
+    //  change that may let one of them use a WANT (a task queued, a shared
+    //  worker at credit 0 or holding less) sets want_due; the dispatch then
+    //  looks once.
+    cf_queue_t shared;
+    size_t shared_available;
+    bool want_due;
     cf_idmap_t *fn_table;    //  name hash -> first cf_broker_fn_t of the chain
     uint64_t next_fn_id;
     uint32_t serve_all;     //  workers with no list (they serve every function)
@@ -475,6 +489,9 @@ bool cf_broker_queue_serves(const cf_broker_worker_t *worker, const cf_broker_fn
 //  within a client, only of a function the worker serves; taken out of its
 //  lane. NULL when no queued task is one the worker serves.
 cf_broker_task_t *cf_broker_queue_pick(cf_broker_state_t *self, cf_broker_worker_t *worker);
+//  True when cf_broker_queue_pick would find a task for worker now (it
+//  takes nothing).
+bool cf_broker_queue_has_for(const cf_broker_state_t *self, const cf_broker_worker_t *worker);
 //  Frees the client's queued tasks and detaches its lanes (a lost
 //  client); returns how many tasks went.
 size_t cf_broker_queue_drop_client(cf_broker_state_t *self, cf_broker_client_t *client);

@@ -315,6 +315,7 @@ void cf_broker_queue_push(cf_broker_state_t *self, cf_broker_task_t *task, bool 
         cf_queue_push_back(&self->ring, &client->ring_node);
     self->queued++;
     lane->fn->queued++;
+    self->want_due = true;    //  a SHARED worker at credit 0 may want it
     if (!s_served(self, lane->fn))
         s_fn_watch(self, lane->fn, now);
 }
@@ -369,6 +370,21 @@ cf_broker_task_t *cf_broker_queue_pick(cf_broker_state_t *self, cf_broker_worker
         }
     }
     return NULL;
+}
+
+bool cf_broker_queue_has_for(const cf_broker_state_t *self, const cf_broker_worker_t *worker)
+{
+    //  Every client has its turn in a pick, so any lane of any client in
+    //  the ring that the worker serves is one a pick would reach.
+    for (cf_queue_node_t *node = cf_queue_front(&self->ring); node;
+         node = cf_queue_next(&self->ring, node)) {
+        cf_broker_client_t *client = cf_queue_entry(node, cf_broker_client_t, ring_node);
+        for (cf_queue_node_t *at = cf_queue_front(&client->order); at;
+             at = cf_queue_next(&client->order, at))
+            if (cf_broker_queue_serves(worker, s_order_lane(at)->fn))
+                return true;
+    }
+    return false;
 }
 
 size_t cf_broker_queue_drop_client(cf_broker_state_t *self, cf_broker_client_t *client)

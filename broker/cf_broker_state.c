@@ -119,6 +119,7 @@ cf_broker_state_t *cf_broker_state_new(void *ctx, const cf_broker_config_t *conf
     cf_queue_init(&self->unserved);
     cf_queue_init(&self->suspects);
     cf_queue_init(&self->available);
+    cf_queue_init(&self->shared);
     cf_queue_init(&self->flush);
     self->ivl_ms = config->heartbeat_ivl_ms ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
     self->liveness = config->heartbeat_liveness ? config->heartbeat_liveness

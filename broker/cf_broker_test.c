@@ -1727,6 +1727,191 @@ static void test_every_task_is_answered_exactly_once_under_load(void **state)
     assert_int_equal(stats.dropped + stats.ignored + stats.failed + stats.malformed, 0);
 }
 
+// ---------------------------------------------------------------------------
+//  Shared workers (READY feature SHARED): credit only by grant, WANT and
+//  REFUND.
+
+static void s_ready_shared(void *sock, uint32_t credit, uint32_t threads, int32_t pid)
+{
+    cf_proto_enc_ready(s_enc(), credit, threads, "testhost", pid,
+                       CF_PROTO_FEATURE_BEGUN | CF_PROTO_FEATURE_SHARED, NULL, 0);
+    assert_int_equal(cf_proto_enc_send(s_enc(), sock, NULL, 0), CF_OK);
+}
+
+static void s_grant(void *sock, uint32_t n)
+{
+    cf_proto_enc_credit(s_enc(), n);
+    assert_int_equal(cf_proto_enc_send(s_enc(), sock, NULL, 0), CF_OK);
+}
+
+//  The next WANT or REFUND on a worker socket says n.
+static void s_expect_slots(void *worker, cf_msg_type_t type, uint32_t n)
+{
+    cf_proto_msg_t *msg = s_expect(worker, type);
+    assert_int_equal(msg->credit, n);
+    cf_proto_msg_destroy(&msg);
+}
+
+//  What the broker sent a worker, by type, up to an ERROR answering a
+//  probe (an empty SUBMIT, unexpected from a worker). Two probes in a row:
+//  the first may be read in the same loop turn as what the test sent
+//  before it, whose dispatch (TASK, WANT, REFUND) then follows the first
+//  answer; the second is read in a later turn, so its answer comes after
+//  everything the earlier turns sent. No clock involved.
+static void s_settle(void *worker, unsigned counts[CF_MSG_TYPE_COUNT_])
+{
+    memset(counts, 0, sizeof(unsigned) * CF_MSG_TYPE_COUNT_);
+    for (int probe = 0; probe < 2; probe++) {
+        cf_proto_enc_begin(s_enc(), CF_MSG_SUBMIT);
+        assert_int_equal(cf_proto_enc_send(s_enc(), worker, NULL, 0), CF_OK);
+        for (;;) {
+            cf_proto_msg_t *msg = NULL;
+            int64_t deadline = cf_clock_now_ms() + WAIT_MS;
+            while (!msg) {
+                assert_true(cf_clock_now_ms() < deadline);
+                s_heartbeat_all();
+                zmq_pollitem_t item = { worker, 0, ZMQ_POLLIN, 0 };
+                if (zmq_poll(&item, 1, SLICE_MS) > 0)
+                    assert_int_equal(cf_proto_recv(worker, false, NULL, &msg), CF_OK);
+            }
+            bool answer = msg->type == CF_MSG_ERROR && s_str_has(msg->text, "unexpected SUBMIT");
+            if (!answer && msg->type != CF_MSG_HEARTBEAT)
+                counts[msg->type]++;
+            cf_proto_msg_destroy(&msg);
+            if (answer)
+                break;
+        }
+    }
+}
+
+//  A SHARED worker's READY is acknowledged with WANT (0: nothing waits);
+//  work arriving at credit 0 brings one WANT, not one per task; a grant
+//  is used, and a RESULT returns no slot: the next task waits for the
+//  next grant.
+static void test_shared_worker_gets_tasks_by_grant_only(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *worker = s_worker_peer(fx, "ws");
+    s_ready_shared(worker, 0, 2, 1);
+    s_expect_slots(worker, CF_MSG_WANT, 0);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 3, "f", 0, 0, 0);
+    s_expect_slots(worker, CF_MSG_WANT, 3);
+    s_submit(client, 4, 1, "f", 0, 0, 0);
+    unsigned counts[CF_MSG_TYPE_COUNT_];
+    s_settle(worker, counts);
+    assert_int_equal(counts[CF_MSG_WANT], 0);    //  asked already
+    assert_int_equal(counts[CF_MSG_TASK], 0);
+
+    s_grant(worker, 1);
+    uint64_t id;
+    s_take_tasks(worker, &id, NULL, 1);
+    //  Its credit is used up and three wait: asked again.
+    s_expect_slots(worker, CF_MSG_WANT, 3);
+    s_result_ok(worker, id);
+    s_expect_status(client, 1, CF_STATUS_OK);
+    s_settle(worker, counts);
+    assert_int_equal(counts[CF_MSG_TASK], 0);    //  the result returned no slot
+    assert_int_equal(counts[CF_MSG_WANT], 0);
+
+    s_grant(worker, 2);
+    s_take_tasks(worker, NULL, NULL, 2);
+    cf_broker_stats_t stats = s_stats();
+    assert_int_equal(stats.queued, 1);
+    assert_int_equal(stats.running, 2);
+}
+
+//  Credit nothing waiting can use goes back at once (REFUND), after the
+//  tasks that did use some; with nothing queued a real worker's grant is
+//  answered by one REFUND and nothing more.
+static void test_shared_worker_unusable_credit_is_refunded_once(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *worker = s_worker_peer(fx, "ws");
+    s_ready_shared(worker, 0, 2, 1);
+    s_expect_slots(worker, CF_MSG_WANT, 0);
+    s_wait_stats(s_workers_is, 1);
+    s_grant(worker, 3);
+    s_expect_slots(worker, CF_MSG_REFUND, 3);
+    unsigned counts[CF_MSG_TYPE_COUNT_];
+    s_settle(worker, counts);
+    for (int t = 1; t < CF_MSG_TYPE_COUNT_; t++)
+        if (counts[t])
+            fail_msg("%u %s after the REFUND", counts[t], cf_proto_command_name((cf_msg_type_t)t));
+
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 1, "f", 0, 0, 0);
+    s_expect_slots(worker, CF_MSG_WANT, 1);
+    s_grant(worker, 3);
+    s_take_tasks(worker, NULL, NULL, 1);
+    s_expect_slots(worker, CF_MSG_REFUND, 2);
+    s_settle(worker, counts);
+    assert_int_equal(counts[CF_MSG_WANT] + counts[CF_MSG_REFUND] + counts[CF_MSG_TASK], 0);
+}
+
+//  A suspect runs alone, so it cannot go to a SHARED worker that holds a
+//  task: no WANT for it, and a grant is refunded once, not wanted again.
+//  Once the worker holds nothing it is asked, and takes the suspect alone.
+static void test_shared_worker_is_not_asked_for_a_suspect_it_cannot_take(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *shared = s_worker_peer(fx, "ws");
+    s_ready_shared(shared, 0, 2, 1);
+    s_expect_slots(shared, CF_MSG_WANT, 0);
+    void *client = s_client(fx, "c1");
+    s_submit(client, 1, 1, "f", 3, 0, 0);
+    s_expect_slots(shared, CF_MSG_WANT, 1);
+    s_grant(shared, 1);
+    uint64_t held;
+    s_take_tasks(shared, &held, NULL, 1);
+
+    //  A classic worker takes task 2 and is lost: task 2 is a suspect.
+    void *classic = s_worker(fx, "w1", 1, 2, 2);
+    s_submit(client, 2, 1, "f", 3, 0, 0);
+    uint64_t suspect;
+    s_take_tasks(classic, &suspect, NULL, 1);
+    assert_int_equal(cf_broker_worker_lost(fx->broker, "w1", 2), CF_OK);
+    s_silence(fx, classic);
+
+    unsigned counts[CF_MSG_TYPE_COUNT_];
+    s_settle(shared, counts);
+    assert_int_equal(counts[CF_MSG_WANT] + counts[CF_MSG_TASK], 0);
+    s_grant(shared, 1);
+    s_expect_slots(shared, CF_MSG_REFUND, 1);
+    s_settle(shared, counts);
+    assert_int_equal(counts[CF_MSG_WANT] + counts[CF_MSG_REFUND] + counts[CF_MSG_TASK], 0);
+
+    s_result_ok(shared, held);
+    s_expect_slots(shared, CF_MSG_WANT, 1);
+    s_grant(shared, 2);
+    cf_proto_msg_t *msg = s_expect(shared, CF_MSG_TASK);
+    assert_int_equal(msg->count, 1);
+    assert_int_equal(msg->tasks[0].id, suspect);
+    cf_proto_msg_destroy(&msg);
+    s_expect_slots(shared, CF_MSG_REFUND, 1);    //  it holds a suspect: nothing else
+}
+
+//  A classic worker hears neither WANT nor REFUND, and a result still
+//  returns its slot.
+static void test_classic_worker_gets_no_want_or_refund(void **state)
+{
+    (void)state;
+    s_scene_t sc = s_scene(1, 101, (s_tasks_t){ .first = 1, .count = 2 }, 1);
+    unsigned counts[CF_MSG_TYPE_COUNT_];
+    s_settle(sc.worker, counts);
+    assert_int_equal(counts[CF_MSG_WANT] + counts[CF_MSG_REFUND] + counts[CF_MSG_TASK], 0);
+    s_result_ok(sc.worker, sc.ids[0]);
+    s_take_tasks(sc.worker, NULL, NULL, 1);
+    s_settle(sc.worker, counts);
+    assert_int_equal(counts[CF_MSG_WANT] + counts[CF_MSG_REFUND], 0);
+    //  And a worker has no business sending them.
+    cf_proto_enc_want(s_enc(), 1);
+    assert_int_equal(cf_proto_enc_send(s_enc(), sc.worker, NULL, 0), CF_OK);
+    cf_proto_msg_t *msg = s_expect(sc.worker, CF_MSG_ERROR);
+    assert_true(s_str_eq(msg->text, "unexpected WANT from a worker"));
+    cf_proto_msg_destroy(&msg);
+}
+
 int main(void)
 {
     //  CF_TEST_LOG=1 shows the broker's log while debugging a test.
@@ -1798,6 +1983,15 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_results_wait_in_the_outbox_while_a_client_does_not_read, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_client_that_never_reads_is_lost, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_shared_worker_gets_tasks_by_grant_only, s_setup_broker,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_shared_worker_unusable_credit_is_refunded_once,
+                                        s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_shared_worker_is_not_asked_for_a_suspect_it_cannot_take, s_setup_broker,
+            s_teardown),
+        cmocka_unit_test_setup_teardown(test_classic_worker_gets_no_want_or_refund, s_setup_broker,
+                                        s_teardown),
         cmocka_unit_test(test_tcp_port_is_resolved_and_a_taken_port_is_reported),
         cmocka_unit_test(test_config_errors_are_reported),
     };

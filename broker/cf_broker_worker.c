@@ -6,7 +6,8 @@
 //  now (and how many threads it has), each RESULT item returns a slot,
 //  CREDIT adds slots. Dispatch fills idle threads everywhere before any
 //  prefetch slot (docs/architecture.md, "Workers prefetch by measured run
-//  time").
+//  time"). A worker that says SHARED (it serves several brokers) grants
+//  every slot itself: see "Shared workers" below.
 
 #include "cf_broker_int.h"
 
@@ -27,10 +28,14 @@
 static void s_worker_set_available(cf_broker_state_t *self, cf_broker_worker_t *worker)
 {
     bool want = worker->credit > 0 && !worker->blocked_until_ms;
-    if (want && !cf_queue_linked(&worker->avail_node))
+    if (want && !cf_queue_linked(&worker->avail_node)) {
         cf_queue_push_back(&self->available, &worker->avail_node);
-    else if (!want && cf_queue_linked(&worker->avail_node))
+        self->shared_available += worker->shared;
+    }
+    else if (!want && cf_queue_linked(&worker->avail_node)) {
         cf_queue_remove(&self->available, &worker->avail_node);
+        self->shared_available -= worker->shared;
+    }
 }
 
 static void s_worker_add_credit(cf_broker_state_t *self, cf_broker_worker_t *worker, uint64_t n)
@@ -51,7 +56,127 @@ void cf_broker_worker_unblock(cf_broker_state_t *self, int64_t now)
             worker->blocked_until_ms = 0;
             self->blocked_workers--;
             s_worker_set_available(self, worker);
+            //  A SHARED one at credit 0 was not asked while blocked.
+            self->want_due = self->want_due || worker->shared;
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+//  Shared workers (READY feature SHARED; docs/protocol.md, "Shared workers")
+//
+//  Such a worker splits its slots between several brokers, so it alone
+//  says what each may send: the credit changes only by READY, CREDIT, a
+//  TASK sent and REFUND, never by a result (a busy broker that kept the
+//  slot of each result would keep the worker for good and starve the
+//  others). The broker asks with WANT [n] when its credit is 0 and a task
+//  waits that a pick would give it, once until it grants again, and gives
+//  back with REFUND [k] credit no waiting task can use. Both ask one
+//  question, s_shared_could_use, so a grant refunded is not wanted again
+//  until the queue changes: no WANT, CREDIT, REFUND round in a loop.
+
+//  True when a task waiting here could go to worker now: a pick would find
+//  one, or it holds nothing and a suspect it serves waits. Nothing while
+//  it holds a suspect (that runs alone).
+static bool s_shared_could_use(const cf_broker_state_t *self, const cf_broker_worker_t *worker)
+{
+    if (worker->suspects)
+        return false;
+    if (cf_queue_empty(&worker->running))
+        for (cf_queue_node_t *at = cf_queue_front(&self->suspects); at;
+             at = cf_queue_next(&self->suspects, at))
+            if (cf_broker_queue_serves(worker,
+                                       cf_queue_entry(at, cf_broker_task_t, node)->lane->fn))
+                return true;
+    return self->queued > 0 && cf_broker_queue_has_for(self, worker);
+}
+
+//  Sends WANT or REFUND [n] to worker. CF_ENOTFOUND: the ROUTER no longer
+//  knows it.
+static cf_err_t s_shared_send(cf_broker_state_t *self, cf_broker_worker_t *worker,
+                              cf_msg_type_t type, uint32_t n)
+{
+    if (type == CF_MSG_WANT)
+        cf_proto_enc_want(self->enc, n);
+    else
+        cf_proto_enc_refund(self->enc, n);
+    cf_err_t rc = cf_proto_enc_send(self->enc, self->workers_sock, worker->peer.id,
+                                    worker->peer.id_len);
+    if (rc != CF_OK && cf_broker_log_event(self))
+        cf_log_debug(S_LOG, "%s not sent to worker %s: %s", cf_proto_command_name(type),
+                     worker->peer.label, cf_strerror(rc));
+    return rc;
+}
+
+//  WANT [n], n the tasks waiting (a hint: how many it could use). ack: the
+//  answer to a SHARED READY, sent even with nothing to want (n 0), so the
+//  worker knows this broker grants by WANT; only a WANT of something
+//  waits for a grant (a WANT 0 taken as "asked" would leave a worker that
+//  granted nothing never asked again).
+static cf_err_t s_shared_want(cf_broker_state_t *self, cf_broker_worker_t *worker, bool ack)
+{
+    size_t waiting = self->queued + cf_queue_size(&self->suspects);
+    uint32_t n = !s_shared_could_use(self, worker) ? 0
+                 : waiting > CF_BROKER_MAX_CREDIT  ? CF_BROKER_MAX_CREDIT
+                                                   : (uint32_t)waiting;
+    if (n == 0 && !ack)
+        return CF_OK;
+    cf_err_t rc = s_shared_send(self, worker, CF_MSG_WANT, n);
+    if (rc == CF_OK && n > 0)
+        worker->want_sent = true;
+    return rc;
+}
+
+//  Gives all of worker's credit back (REFUND): nothing waiting can use it.
+//  Tasks sent before it reach the worker first (one ordered pipe), so the
+//  worker knows to the slot what this broker may still send. A refused
+//  send keeps the credit; the next dispatch tries again.
+static cf_err_t s_shared_refund(cf_broker_state_t *self, cf_broker_worker_t *worker)
+{
+    cf_err_t rc = s_shared_send(self, worker, CF_MSG_REFUND, worker->credit);
+    if (rc == CF_OK) {
+        worker->credit = 0;
+        s_worker_set_available(self, worker);
+        self->want_due = true;
+    }
+    return rc;
+}
+
+//  After a dispatch looked at a SHARED worker: credit 0 may call for a
+//  WANT; credit left over that no waiting task can use goes back.
+static void s_shared_settle(cf_broker_state_t *self, cf_broker_worker_t *worker)
+{
+    if (worker->credit == 0)
+        self->want_due = true;
+    else if ((worker->exhausted || self->queued == 0 || worker->suspects)
+             && s_shared_refund(self, worker) == CF_ENOTFOUND)
+        cf_broker_worker_remove(self, worker, "gone", true);
+}
+
+//  WANT to every SHARED worker at credit 0 not asked yet that a waiting
+//  task could go to. Runs only after something changed (want_due).
+static void s_shared_wants(cf_broker_state_t *self)
+{
+    self->want_due = false;
+    cf_queue_node_t *node = cf_queue_front(&self->shared), *next;
+    for (; node; node = next) {
+        next = cf_queue_next(&self->shared, node);
+        cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, shared_node);
+        if (worker->credit == 0 && !worker->want_sent && !worker->blocked_until_ms
+            && s_shared_want(self, worker, false) == CF_ENOTFOUND)
+            cf_broker_worker_remove(self, worker, "gone", true);
+    }
+}
+
+//  With nothing queued: SHARED workers' credit is of no use here.
+static void s_shared_refund_idle(cf_broker_state_t *self)
+{
+    cf_queue_node_t *node = cf_queue_front(&self->available), *next;
+    for (; node; node = next) {
+        next = cf_queue_next(&self->available, node);
+        cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
+        if (worker->shared && s_shared_refund(self, worker) == CF_ENOTFOUND)
+            cf_broker_worker_remove(self, worker, "gone", true);
     }
 }
 
@@ -118,8 +243,10 @@ static void s_worker_result(cf_broker_state_t *self, cf_broker_worker_t *worker,
 {
     //  Every result returns its slot, known id or not: the worker is the
     //  authority on its slots, and this keeps a re-announced worker's count
-    //  right while its earlier tasks drain.
-    s_worker_add_credit(self, worker, 1);
+    //  right while its earlier tasks drain. A SHARED worker gives the slot
+    //  to whichever broker it chooses, by CREDIT.
+    if (!worker->shared)
+        s_worker_add_credit(self, worker, 1);
     //  A task handed back unrun says the worker is stalled, not turning
     //  over (see s_worker_turning_over).
     if (result->status == CF_STATUS_OK || result->status == CF_STATUS_ERROR)
@@ -170,6 +297,9 @@ static void s_worker_results(cf_broker_state_t *self, cf_broker_worker_t *worker
 {
     for (size_t i = 0; i < msg->count; i++)
         s_worker_result(self, worker, &msg->results[i]);
+    //  Holding less, it may now take a suspect: worth a WANT.
+    if (worker->shared && msg->count > 0)
+        self->want_due = true;
 }
 
 // ---------------------------------------------------------------------------
@@ -262,6 +392,8 @@ static void s_worker_dispatched(cf_broker_state_t *self, cf_broker_worker_t *wor
                          worker->peer.label, cf_strerror(rc));
     }
     s_worker_set_available(self, worker);
+    if (worker->shared && rc == CF_OK)
+        s_shared_settle(self, worker);
 }
 
 //  Sends what was planned for worker. A task that cannot be encoded fails
@@ -375,7 +507,8 @@ static void s_plan(cf_broker_state_t *self, bool idle_only)
                     worker->exhausted = true;    //  nothing queued is one it serves
                 continue;
             }
-            if (!s_worker_turning_over(worker))
+            //  A SHARED worker's grant is its own choice of what to queue.
+            if (!worker->shared && !s_worker_turning_over(worker))
                 continue;
             cf_broker_task_t *task = cf_broker_queue_pick(self, worker);
             if (!task) {
@@ -428,12 +561,8 @@ static void s_dispatch_suspects(cf_broker_state_t *self)
 //  for more than its threads while its tasks are short) must never take a
 //  task another worker could start now: a long task behind a busy thread
 //  would wait while a thread elsewhere idles.
-void cf_broker_worker_dispatch(cf_broker_state_t *self)
+static void s_dispatch_queued(cf_broker_state_t *self)
 {
-    if (!cf_queue_empty(&self->suspects))
-        s_dispatch_suspects(self);
-    if (self->queued == 0 || cf_queue_empty(&self->available))
-        return;
     cf_queue_node_t *node, *next;
     for (node = cf_queue_front(&self->available); node;
          node = cf_queue_next(&self->available, node))
@@ -447,7 +576,24 @@ void cf_broker_worker_dispatch(cf_broker_state_t *self)
         cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
         if (worker->plan)
             s_worker_send(self, worker);
+        else if (worker->shared)
+            s_shared_settle(self, worker);
     }
+}
+
+//  Suspects first, then the queued tasks; then what SHARED workers are
+//  owed: a REFUND of what nothing waiting can use, a WANT where something
+//  waits and they have no credit.
+void cf_broker_worker_dispatch(cf_broker_state_t *self)
+{
+    if (!cf_queue_empty(&self->suspects))
+        s_dispatch_suspects(self);
+    if (self->queued > 0 && !cf_queue_empty(&self->available))
+        s_dispatch_queued(self);
+    else if (self->shared_available > 0)
+        s_shared_refund_idle(self);
+    if (self->want_due && !cf_queue_empty(&self->shared))
+        s_shared_wants(self);
 }
 
 // ---------------------------------------------------------------------------
@@ -573,8 +719,12 @@ void cf_broker_worker_remove_died(cf_broker_state_t *self, cf_broker_worker_t *w
                     requeued);
     //  After its tasks went back: a function only it served starts its wait.
     cf_broker_queue_clear_functions(self, worker);
-    if (cf_queue_linked(&worker->avail_node))
+    if (cf_queue_linked(&worker->avail_node)) {
         cf_queue_remove(&self->available, &worker->avail_node);
+        self->shared_available -= worker->shared;
+    }
+    if (cf_queue_linked(&worker->shared_node))
+        cf_queue_remove(&self->shared, &worker->shared_node);
     if (worker->blocked_until_ms)
         self->blocked_workers--;
     cf_broker_peer_remove(self, &worker->peer, true);
@@ -590,6 +740,7 @@ static cf_broker_worker_t *s_worker_new(cf_broker_state_t *self, const void *id,
         return NULL;
     cf_queue_init(&worker->running);
     cf_queue_node_init(&worker->avail_node);
+    cf_queue_node_init(&worker->shared_node);
     return worker;
 }
 
@@ -614,8 +765,21 @@ static void s_worker_ready(cf_broker_state_t *self, cf_broker_worker_t *worker,
     worker->host[host_len] = '\0';
     worker->pid = msg->pid;
     //  READY states what the worker can take now; what it still runs comes
-    //  back with its results, each returning a slot.
+    //  back with its results, each returning a slot (not for SHARED).
     worker->credit = 0;
+    bool shared = (msg->features & CF_PROTO_FEATURE_SHARED) != 0;
+    if (shared != worker->shared) {
+        //  Out of the available list while it changes, so that list's
+        //  SHARED count stays right; a READY that keeps it keeps the
+        //  worker's place there, as before SHARED existed.
+        s_worker_set_available(self, worker);
+        worker->shared = shared;
+        if (shared)
+            cf_queue_push_back(&self->shared, &worker->shared_node);
+        else
+            cf_queue_remove(&self->shared, &worker->shared_node);
+    }
+    worker->want_sent = false;
     s_worker_add_credit(self, worker, msg->credit);
     //  threads decides what counts as an idle thread in s_plan. A worker
     //  that prefetches announces more credit than threads; taken as
@@ -645,6 +809,26 @@ static bool s_worker_functions(cf_broker_state_t *self, cf_broker_worker_t *work
     return false;
 }
 
+//  A SHARED READY is answered with WANT at once (see s_shared_want).
+static void s_worker_ready_ack(cf_broker_state_t *self, cf_broker_worker_t *worker)
+{
+    if (worker->shared && s_shared_want(self, worker, true) == CF_ENOTFOUND)
+        cf_broker_worker_remove(self, worker, "gone", true);
+}
+
+//  CREDIT: more slots. A SHARED worker's grant ends its WANT; one that
+//  nothing waiting can use goes straight back.
+static void s_worker_on_credit(cf_broker_state_t *self, cf_broker_worker_t *worker, uint32_t n)
+{
+    s_worker_add_credit(self, worker, n);
+    if (!worker->shared)
+        return;
+    worker->want_sent = false;
+    if (worker->credit > 0 && !s_shared_could_use(self, worker)
+        && s_shared_refund(self, worker) == CF_ENOTFOUND)
+        cf_broker_worker_remove(self, worker, "gone", true);
+}
+
 //  READY: a new worker joins; the same identity from another process
 //  (another pid or host) replaces its predecessor, whose tasks are lost;
 //  the same process announcing again (it thought we were gone) keeps its
@@ -659,6 +843,7 @@ static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worke
             cf_log_debug(S_LOG,
                          "worker %s announced again (%" PRIu32 " threads, %" PRIu32 " slots free)",
                          worker->peer.label, worker->threads, worker->credit);
+        s_worker_ready_ack(self, worker);
         return;
     }
     bool again = worker != NULL;
@@ -678,10 +863,12 @@ static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worke
     char functions[32] = "every function";
     if (msg->functions.given)
         snprintf(functions, sizeof functions, "%" PRIu32 " functions", msg->functions.count);
-    cf_log_info(S_LOG,
-                "worker %s joined%s (host %s, pid %d, %" PRIu32 " threads, %" PRIu32 " slots, %s)",
-                worker->peer.label, again ? " again" : "", worker->host[0] ? worker->host : "?",
-                (int)worker->pid, worker->threads, worker->credit, functions);
+    cf_log_info(
+        S_LOG, "worker %s joined%s (host %s, pid %d, %" PRIu32 " threads, %" PRIu32 " slots, %s%s)",
+        worker->peer.label, again ? " again" : "", worker->host[0] ? worker->host : "?",
+        (int)worker->pid, worker->threads, worker->credit, functions,
+        worker->shared ? ", shared" : "");
+    s_worker_ready_ack(self, worker);
 }
 
 //  STARTED: these tasks' functions began. Their clients hear it (at once
@@ -736,7 +923,7 @@ void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t
         break;
     case CF_MSG_CREDIT:
         if (worker)
-            s_worker_add_credit(self, worker, msg->credit);
+            s_worker_on_credit(self, worker, msg->credit);
         else
             cf_broker_peer_unknown(self, self->workers_sock, id, len, CF_PROTO_UNKNOWN_WORKER);
         break;

@@ -45,6 +45,8 @@ static const char *s_names[CF_MSG_TYPE_COUNT_] = {
     [CF_MSG_FUNCTIONS] = "FUNCTIONS",
     [CF_MSG_PROGRESS] = "PROGRESS",
     [CF_MSG_STOP] = "STOP",
+    [CF_MSG_WANT] = "WANT",
+    [CF_MSG_REFUND] = "REFUND",
 };
 
 const char *cf_proto_command_name(cf_msg_type_t type)
@@ -535,7 +537,9 @@ cf_err_t cf_proto_decode(zmq_msg_t *frames, size_t count, cf_proto_msg_t **msg_p
             goto malformed;
         break;
     }
-    case CF_MSG_CREDIT: {
+    case CF_MSG_CREDIT:
+    case CF_MSG_WANT:
+    case CF_MSG_REFUND: {
         uint32_t fields;
         if (cf_mp_read_array(&r, 1, &fields) != CF_OK || fields != 1
             || s_read_u32(&r, &msg->credit) != CF_OK)
@@ -1027,12 +1031,28 @@ void cf_proto_enc_functions(cf_proto_enc_t *enc, const char *const *functions, s
         cf_mp_writer_reset(&enc->w);
 }
 
-void cf_proto_enc_credit(cf_proto_enc_t *enc, uint32_t credit)
+//  The one-slot-count bodies: CREDIT, WANT, REFUND ([n uint32]).
+static void s_enc_slots(cf_proto_enc_t *enc, cf_msg_type_t type, uint32_t n)
 {
     assert(enc);
-    s_reset(enc, CF_MSG_CREDIT);
+    s_reset(enc, type);
     msgpack_packer *pk = &enc->w.pk;
-    enc->failed = (msgpack_pack_array(pk, 1) | msgpack_pack_uint32(pk, credit)) != 0;
+    enc->failed = (msgpack_pack_array(pk, 1) | msgpack_pack_uint32(pk, n)) != 0;
+}
+
+void cf_proto_enc_credit(cf_proto_enc_t *enc, uint32_t credit)
+{
+    s_enc_slots(enc, CF_MSG_CREDIT, credit);
+}
+
+void cf_proto_enc_want(cf_proto_enc_t *enc, uint32_t n)
+{
+    s_enc_slots(enc, CF_MSG_WANT, n);
+}
+
+void cf_proto_enc_refund(cf_proto_enc_t *enc, uint32_t k)
+{
+    s_enc_slots(enc, CF_MSG_REFUND, k);
 }
 
 void cf_proto_enc_heartbeat(cf_proto_enc_t *enc, uint64_t boot, uint32_t ivl_ms)

@@ -59,6 +59,8 @@ typedef enum {
     CF_MSG_FUNCTIONS,     //  worker -> broker: the functions it serves now
     CF_MSG_PROGRESS,      //  worker -> broker -> client: how far running tasks are
     CF_MSG_STOP,          //  client -> broker -> worker: stop these tasks, even running
+    CF_MSG_WANT,          //  broker -> SHARED worker: it could use this many slots
+    CF_MSG_REFUND,        //  broker -> SHARED worker: credit it cannot use, given back
     CF_MSG_TYPE_COUNT_
 } cf_msg_type_t;
 
@@ -86,13 +88,18 @@ typedef enum {
 //  READY features. BEGUN: the worker sends STARTED when a task's function
 //  begins and answers the broker's CANCEL (docs/protocol.md, "CANCEL,
 //  STARTED").
-#define CF_PROTO_FEATURE_BEGUN 0x1u
+#define CF_PROTO_FEATURE_BEGUN  0x1u
 //  STOP: the worker takes STOP [[id, grace_ms]] (docs/protocol.md, "STOP"):
 //  cancels a task it still queues, sets a running one's stop flag, and in
 //  a worker process ends the process when the task overruns the grace.
 //  The broker forwards STOP only to workers that say so. (0x2 is left for
 //  the progress feature of issue 10, section 3.)
-#define CF_PROTO_FEATURE_STOP  0x4u
+#define CF_PROTO_FEATURE_STOP   0x4u
+//  SHARED: the worker shares its slots among several brokers and grants
+//  them explicitly (docs/protocol.md, "Shared workers"): a RESULT returns
+//  no slot, the broker says WANT when it has work for the worker and no
+//  credit, and REFUND when it holds credit no queued task can use.
+#define CF_PROTO_FEATURE_SHARED 0x8u
 
 //  Strings and byte fields in decoded messages point into the message's body
 //  and live as long as the message. Strings are NOT NUL-terminated: use the
@@ -193,7 +200,7 @@ typedef struct {
     cf_proto_progress_t *progress;    //  PROGRESS
     cf_proto_stop_t *stops;           //  STOP
     size_t count;                     //  items in tasks / results / ids / stats
-    uint32_t credit;                  //  READY, CREDIT
+    uint32_t credit;                  //  READY, CREDIT, WANT, REFUND: slots
     uint32_t threads;                 //  READY: execution slots; 0 when not said (3 fields)
     uint32_t features;                //  READY: CF_PROTO_FEATURE_* bits; 0 when not said
     uint32_t stats_flags;             //  STATS request: CF_PROTO_STATS_* ([] is 0)
@@ -319,6 +326,10 @@ void cf_proto_enc_ready(cf_proto_enc_t *enc, uint32_t credit, uint32_t threads, 
 //  FUNCTIONS [names]: the functions the worker serves from now on.
 void cf_proto_enc_functions(cf_proto_enc_t *enc, const char *const *functions, size_t count);
 void cf_proto_enc_credit(cf_proto_enc_t *enc, uint32_t credit);
+//  WANT [n]: a hint of how many slots the broker could use; REFUND [k]:
+//  the credit the broker gives back (broker -> SHARED worker only).
+void cf_proto_enc_want(cf_proto_enc_t *enc, uint32_t n);
+void cf_proto_enc_refund(cf_proto_enc_t *enc, uint32_t k);
 //  The broker sends its boot id and interval; clients and workers send 0, 0.
 void cf_proto_enc_heartbeat(cf_proto_enc_t *enc, uint64_t boot, uint32_t ivl_ms);
 void cf_proto_enc_text(cf_proto_enc_t *enc, const char *text,

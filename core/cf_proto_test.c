@@ -278,6 +278,18 @@ static void test_single_body_messages_round_trip(void **state)
     assert_true(msg->credit == UINT32_MAX);
     cf_proto_msg_destroy(&msg);
 
+    cf_proto_enc_want(fix->enc, 1u << 20);
+    msg = s_round_trip(fix);
+    assert_int_equal(msg->type, CF_MSG_WANT);
+    assert_int_equal(msg->credit, 1u << 20);
+    cf_proto_msg_destroy(&msg);
+
+    cf_proto_enc_refund(fix->enc, 0);
+    msg = s_round_trip(fix);
+    assert_int_equal(msg->type, CF_MSG_REFUND);
+    assert_int_equal(msg->credit, 0);
+    cf_proto_msg_destroy(&msg);
+
     cf_proto_enc_heartbeat(fix->enc, 0x0123456789abcdefull, 1000);
     msg = s_round_trip(fix);
     assert_int_equal(msg->type, CF_MSG_HEARTBEAT);
@@ -765,6 +777,19 @@ static const s_bad_t s_bad[] = {
     BAD("CREDIT", "not an array", 0x04),
     BAD("CREDIT", "credit over uint32", 0x91, 0xcf, 0, 0, 0, 1, 0, 0, 0, 0),
     BAD("CREDIT", "empty", 0x90),
+    BAD("WANT", "good", 0x91, 0x00),
+    BAD("WANT", "good at uint32's end", 0x91, 0xce, 0xff, 0xff, 0xff, 0xff),
+    BAD("WANT", "over uint32", 0x91, 0xcf, 0, 0, 0, 1, 0, 0, 0, 0),
+    BAD("WANT", "negative", 0x91, 0xff),
+    BAD("WANT", "two fields", 0x92, 0x01, 0x01),
+    BAD("WANT", "empty", 0x90),
+    BAD("WANT", "nil", 0xc0),
+    BAD("WANT", "trailing byte", 0x91, 0x01, 0x01),
+    BAD("REFUND", "good", 0x91, 0x03),
+    BAD("REFUND", "a str", 0x91, 0xa1, '3'),
+    BAD("REFUND", "a float", 0x91, 0xca, 0, 0, 0, 0),
+    BAD("REFUND", "not an array", 0x03),
+    BAD("REFUND", "array32 of two", 0xdd, 0, 0, 0, 2, 0x01, 0x01),
     BAD("HEARTBEAT", "good", 0x92, 0x00, 0x00),
     BAD("HEARTBEAT", "boot negative", 0x92, 0xff, 0x00),
     BAD("HEARTBEAT", "one field", 0x91, 0x00),
@@ -921,6 +946,10 @@ static size_t s_samples(s_fix_t *fix, s_sample_t *out)
     S_TAKE();
     cf_proto_enc_credit(enc, 2);
     S_TAKE();
+    cf_proto_enc_want(enc, 7);
+    S_TAKE();
+    cf_proto_enc_refund(enc, 3);
+    S_TAKE();
     cf_proto_enc_heartbeat(enc, 123456789, 1000);
     S_TAKE();
     cf_proto_enc_begin(enc, CF_MSG_DISCONNECT);
@@ -953,7 +982,7 @@ static void test_decode_rejects_every_truncation_of_every_command(void **state)
     s_fix_t *fix = *state;
     s_sample_t samples[24];
     size_t n = s_samples(fix, samples);
-    assert_int_equal(n, 16);
+    assert_int_equal(n, 18);
     for (size_t k = 0; k < n; k++) {
         assert_int_equal(s_decode(samples[k].command, samples[k].body, samples[k].size), CF_OK);
         for (size_t cut = 0; cut < samples[k].size; cut++) {

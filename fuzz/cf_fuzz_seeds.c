@@ -192,6 +192,10 @@ int main(int argc, char **argv)
     s_capture(enc, "functions");
     cf_proto_enc_credit(enc, 16);
     s_capture(enc, "credit");
+    cf_proto_enc_want(enc, 12);
+    s_capture(enc, "want");
+    cf_proto_enc_refund(enc, 3);
+    s_capture(enc, "refund");
     cf_proto_enc_heartbeat(enc, 0xfeedfacecafebeefull, 1000);
     s_capture(enc, "heartbeat");
     cf_proto_enc_begin(enc, CF_MSG_DISCONNECT);

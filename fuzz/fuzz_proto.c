@@ -159,6 +159,12 @@ static bool s_encode(const cf_proto_msg_t *msg)
     case CF_MSG_CREDIT:
         cf_proto_enc_credit(s_enc, msg->credit);
         break;
+    case CF_MSG_WANT:
+        cf_proto_enc_want(s_enc, msg->credit);
+        break;
+    case CF_MSG_REFUND:
+        cf_proto_enc_refund(s_enc, msg->credit);
+        break;
     case CF_MSG_HEARTBEAT:
         cf_proto_enc_heartbeat(s_enc, msg->boot, msg->ivl_ms);
         break;

@@ -126,6 +126,8 @@ struct cf_procs {
     int count;
     int threads;
     char *endpoint;
+    char **endpoints;    //  endpoint_count copies when the children serve several
+    int endpoint_count;
     void (*initializer)(void *arg);
     void *initarg;
     int max_tasks;
@@ -276,6 +278,8 @@ __attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote, 
     snprintf(identity, sizeof identity, "p%d-%s", pid, suffix);
     cf_worker_t *worker = cf_worker_new(&(cf_worker_config_t){
         .endpoint = p->endpoint,
+        .endpoints = (const char *const *)p->endpoints,
+        .endpoint_count = p->endpoint_count,
         .threads = p->threads,
         .identity = identity,
         .initializer = p->initializer,
@@ -902,6 +906,9 @@ static void s_free(cf_procs_t *p)
     if (p->running)
         munmap((void *)p->running, p->running_size);
     free(p->endpoint);
+    for (int i = 0; p->endpoints && i < p->endpoint_count; i++)
+        free(p->endpoints[i]);
+    free(p->endpoints);
     free(p);
 }
 
@@ -924,7 +931,7 @@ cf_procs_t *cf_procs_new(const cf_procs_config_t *config)
                      config ? config->count : 0, config ? config->threads : 0);
         return NULL;
     }
-    if (!config->endpoint || !*config->endpoint) {
+    if ((!config->endpoint || !*config->endpoint) && config->endpoint_count <= 0) {
         cf_error_set(CF_EINVAL, "procs: a broker endpoint is required");
         return NULL;
     }
@@ -958,7 +965,22 @@ cf_procs_t *cf_procs_new(const cf_procs_config_t *config)
     p->on_exit_arg = config->on_exit_arg;
     p->socket_setup = config->socket_setup;
     p->socket_setup_arg = config->socket_setup_arg;
-    p->endpoint = strdup(config->endpoint);
+    p->endpoint = strdup(config->endpoint_count > 0 ? config->endpoints[0] : config->endpoint);
+    if (config->endpoint_count > 1) {
+        p->endpoints = calloc((size_t)config->endpoint_count, sizeof *p->endpoints);
+        for (int i = 0; p->endpoints && i < config->endpoint_count; i++) {
+            p->endpoints[i] = strdup(config->endpoints[i]);
+            if (!p->endpoints[i]) {
+                cf_error_set(CF_ENOMEM, "out of memory");
+                goto failed;
+            }
+            p->endpoint_count = i + 1;
+        }
+        if (!p->endpoints) {
+            cf_error_set(CF_ENOMEM, "out of memory");
+            goto failed;
+        }
+    }
     p->slots = calloc((size_t)p->count, sizeof *p->slots);
     p->zygote_children = calloc((size_t)p->count, sizeof *p->zygote_children);
     p->early_started = calloc((size_t)p->count, sizeof *p->early_started);

@@ -37,9 +37,13 @@ typedef void(cf_procs_exit_fn)(void *arg, pid_t pid, const char *identity, int s
                                const uint64_t *running, size_t n_running);
 
 typedef struct {
-    int count;                         //  worker processes (>= 1)
-    int threads;                       //  execution threads in each (>= 1)
-    const char *endpoint;              //  broker worker endpoint for the children
+    int count;               //  worker processes (>= 1)
+    int threads;             //  execution threads in each (>= 1)
+    const char *endpoint;    //  broker worker endpoint for the children
+    //  Several brokers (endpoint_count > 1): each child serves all of them
+    //  (cf_worker_config_t's endpoints); endpoint is then not used.
+    const char *const *endpoints;
+    int endpoint_count;
     void (*initializer)(void *arg);    //  run in each worker before its first task
     void *initarg;
     int max_tasks_per_worker;     //  replace after this many tasks (0: never)

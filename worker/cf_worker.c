@@ -62,18 +62,48 @@ static void s_free(cf_worker_t *w)
     }
     cf_worker_exec_clear(&w->queue);
     cf_worker_exec_clear(&w->outbox);
-    cf_worker_progress_destroy(&w->progress);
+    for (unsigned i = 0; i < CF_WORKER_MAX_BROKERS; i++) {
+        cf_worker_progress_destroy(&w->progress[i]);
+        free(w->endpoints[i]);
+    }
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->work);
     pthread_cond_destroy(&w->state);
     free(w->executors);
-    free(w->endpoint);
     free(w);
+}
+
+//  The brokers to serve, each once (a repeated one is dropped with a
+//  warning); CF_EINVAL when there are none or too many.
+static cf_err_t s_endpoints(cf_worker_t *w, const cf_worker_config_t *config)
+{
+    const char *one[1] = { config->endpoint };
+    const char *const *list = config->endpoint_count > 0 ? config->endpoints : one;
+    int count = config->endpoint_count > 0 ? config->endpoint_count : 1;
+    for (int i = 0; i < count; i++) {
+        if (!list || !list[i] || !*list[i])
+            return cf_error_set(CF_EINVAL, "worker: a broker endpoint is required");
+        bool again = false;
+        for (unsigned k = 0; k < w->endpoint_count && !again; k++)
+            again = strcmp(w->endpoints[k], list[i]) == 0;
+        if (again) {
+            cf_log_warn(S_LOG, "broker %s given twice: served once", list[i]);
+            continue;
+        }
+        if (w->endpoint_count == CF_WORKER_MAX_BROKERS)
+            return cf_error_set(CF_EINVAL, "worker: more than %d brokers", CF_WORKER_MAX_BROKERS);
+        w->endpoints[w->endpoint_count] = strdup(list[i]);
+        if (!w->endpoints[w->endpoint_count])
+            return cf_error_set(CF_ENOMEM, "out of memory");
+        w->endpoint_count++;
+    }
+    w->endpoint = w->endpoints[0];
+    return CF_OK;
 }
 
 cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
 {
-    if (!config || !config->endpoint || !*config->endpoint) {
+    if (!config || (config->endpoint_count <= 0 && (!config->endpoint || !*config->endpoint))) {
         cf_error_set(CF_EINVAL, "worker: a broker endpoint is required");
         return NULL;
     }
@@ -102,10 +132,17 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
     pthread_cond_init(&w->work, NULL);
     cf_clock_cond_init(&w->state);
 
-    w->endpoint = strdup(config->endpoint);
+    if (s_endpoints(w, config) != CF_OK)
+        goto failed;
     w->executors = calloc((size_t)config->threads, sizeof *w->executors);
-    w->progress = cf_worker_progress_new(s_wake_actor, w);
-    if (!w->endpoint || !w->executors || !w->progress) {
+    for (unsigned i = 0; i < w->endpoint_count; i++) {
+        w->progress[i] = cf_worker_progress_new(s_wake_actor, w);
+        if (!w->progress[i]) {
+            cf_error_set(CF_ENOMEM, "out of memory");
+            goto failed;
+        }
+    }
+    if (!w->executors) {
         cf_error_set(CF_ENOMEM, "out of memory");
         goto failed;
     }
@@ -114,6 +151,12 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
     else
         s_make_identity(w->identity, sizeof w->identity);
     w->threads = config->threads;
+    if (w->endpoint_count > 1) {
+        w->shared_prefetch = config->shared_prefetch == 0  ? (uint64_t)config->threads
+                             : config->shared_prefetch < 0 ? 0
+                                                           : (uint64_t)config->shared_prefetch;
+        w->limit = (uint64_t)w->threads + w->shared_prefetch;
+    }
     w->ivl_ms = config->heartbeat_ivl_ms ? config->heartbeat_ivl_ms : CF_HEARTBEAT_IVL_MS;
     w->liveness = config->heartbeat_liveness ? config->heartbeat_liveness : CF_HEARTBEAT_LIVENESS;
     w->max_tasks = config->max_tasks;
@@ -237,6 +280,38 @@ const char *cf_worker_identity(cf_worker_t *w)
     return w->identity;
 }
 
+void cf_worker_counters(cf_worker_t *w, cf_worker_counters_t *out)
+{
+    assert(w && out);
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&w->lock);
+    out->held = w->held;
+    out->max_held = w->max_held;
+    out->limit = w->limit;
+    out->brokers = (int)w->endpoint_count;
+    for (unsigned i = 0; i < w->endpoint_count; i++) {
+        out->broker[i].endpoint = w->endpoints[i];
+        out->broker[i].taken = w->taken[i];
+        out->broker[i].granted = w->granted[i];
+    }
+    pthread_mutex_unlock(&w->lock);
+}
+
+void cf_worker_counters_line(cf_worker_t *w, char *line, size_t size)
+{
+    assert(w && line && size > 0);
+    cf_worker_counters_t c;
+    cf_worker_counters(w, &c);
+    int n = c.limit
+                ? snprintf(line, size,
+                           "held at most %" PRIu64 " tasks (limit %" PRIu64 "); taken:", c.max_held,
+                           c.limit)
+                : snprintf(line, size, "held at most %" PRIu64 " tasks; taken:", c.max_held);
+    for (int i = 0; i < c.brokers && n > 0 && (size_t)n < size; i++)
+        n += snprintf(line + n, size - (size_t)n, "%s %s %" PRIu64, i ? "," : "",
+                      c.broker[i].endpoint, c.broker[i].taken);
+}
+
 void cf_worker_destroy(cf_worker_t **wp)
 {
     if (!wp || !*wp)
@@ -254,5 +329,9 @@ void cf_worker_destroy(cf_worker_t **wp)
     if (undelivered)
         cf_log_warn(S_LOG, "%zu results finished after the worker ended, not delivered",
                     undelivered);
+    //  Final now that every task ended: what cf-worker says as it exits.
+    char line[1024];
+    cf_worker_counters_line(w, line, sizeof line);
+    cf_log_info(S_LOG, "%s", line);
     s_free(w);
 }

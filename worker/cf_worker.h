@@ -8,6 +8,14 @@
 //  Used by cf-worker (threads mode, and each child of --procs) and by the
 //  CF_PROCESSES executor's worker processes.
 //
+//  Several brokers (endpoint_count > 1): one DEALER per broker, each with
+//  its own heartbeats, boot id and reconnection, and one budget of slots
+//  shared by all: at every moment the tasks held (taken, result not sent)
+//  plus the credit every broker may still use stay within the limit
+//  (threads + prefetch allowance). READY says SHARED with credit 0; a
+//  broker asks with WANT and gets free slots by CREDIT, in turn with the
+//  others, so none keeps the worker (docs/protocol.md, "Shared workers").
+//
 //  Credit (see cf_broker.h): READY states the slots free now (threads minus
 //  tasks held, capped by what max_tasks still allows); every RESULT item
 //  gives one back. Tasks that arrive when the worker takes no more
@@ -26,6 +34,9 @@
 #include <stdint.h>
 
 typedef struct cf_worker cf_worker_t;
+
+//  The most brokers one worker serves.
+#define CF_WORKER_MAX_BROKERS 16
 
 typedef struct {
     const char *endpoint;              //  broker worker endpoint (connect)
@@ -64,7 +75,32 @@ typedef struct {
     //  process must then cf_worker_abandon and _exit, which kills the task
     //  (cf_procs's children, one thread each, set it), never destroy.
     bool stop_kills_process;
+    //  Several brokers: endpoints[0..endpoint_count-1] (then endpoint is
+    //  not used), each served, the slots shared (see the top). With 0 or 1
+    //  the worker serves endpoint (or endpoints[0]) alone, with the classic
+    //  credit of cf/1. max_tasks then counts the tasks of every broker.
+    const char *const *endpoints;
+    int endpoint_count;
+    //  Several brokers: tasks held beyond threads at most (the prefetch
+    //  allowance; within it the worker prefetches by measured run time, as
+    //  with one broker). 0: threads; < 0: none.
+    int shared_prefetch;
 } cf_worker_config_t;
+
+//  What a worker held and took, for tests and the exit line of cf-worker.
+typedef struct {
+    uint64_t held;        //  tasks taken whose result is not sent, at the last look
+    uint64_t max_held;    //  the most held at once
+    //  Several brokers: threads + allowance, which held plus every broker's
+    //  credit never passes. One broker: 0 (classic credit).
+    uint64_t limit;
+    int brokers;
+    struct {
+        const char *endpoint;    //  borrowed: lives as long as the worker
+        uint64_t taken;          //  tasks taken from it
+        uint64_t granted;        //  slots granted to it by CREDIT (several brokers)
+    } broker[CF_WORKER_MAX_BROKERS];
+} cf_worker_counters_t;
 
 //  Starts the actor and its threads; returns once connected (in zmq's
 //  sense) and READY was sent. NULL with cf_last_error().
@@ -91,6 +127,12 @@ void cf_worker_abandon(cf_worker_t *worker, int flush_ms);
 //  The routing id the worker uses with the broker (borrowed, lives as long
 //  as the worker).
 const char *cf_worker_identity(cf_worker_t *worker);
+//  Copies the worker's counters into *out. Safe from any thread.
+void cf_worker_counters(cf_worker_t *worker, cf_worker_counters_t *out);
+//  One line of them: "held at most 3 tasks (limit 3); taken: tcp://h:5556
+//  812, tcp://h:5558 790". Safe from any thread. cf_worker_destroy logs it
+//  (info) once every task ended.
+void cf_worker_counters_line(cf_worker_t *worker, char *line, size_t size);
 //  Stops taking tasks, finishes the running ones and sends their results,
 //  says DISCONNECT, joins every thread and frees. Safe with NULL and twice.
 void cf_worker_destroy(cf_worker_t **worker);

@@ -38,32 +38,80 @@ static int64_t s_expiry_ms(const cf_worker_actor_t *a)
     return (int64_t)a->w->liveness * ivl;
 }
 
-//  Moves finished tasks to pending; reacts to destroy. Returns the tasks
-//  still running or queued.
+static void s_learn_run_time(double *mean_us, const cf_worker_task_t *task)
+{
+    double us = (double)task->run_us;
+    if (*mean_us < 0)
+        *mean_us = us;
+    else
+        *mean_us += (us - *mean_us) / S_RUN_TIME_WEIGHT;
+}
+
+//  The link (broker) a task came from.
+static cf_worker_actor_t *s_link_of(cf_worker_actor_t *a, const cf_worker_task_t *task)
+{
+    return a->budget ? &a->budget->links[task->link] : a;
+}
+
+//  Destroy: queued tasks never run here (DISCONNECT hands them back), and
+//  each leaves its broker's count. Under lock.
+static size_t s_drop_queued(cf_worker_actor_t *a)
+{
+    cf_worker_t *w = a->w;
+    if (!a->budget) {
+        size_t dropped = cf_worker_exec_clear(&w->queue);
+        a->in_hand -= dropped;
+        return dropped;
+    }
+    size_t dropped = 0;
+    cf_worker_task_t *task;
+    while ((task = cf_worker_pop(&w->queue))) {
+        s_link_of(a, task)->in_hand--;
+        cf_worker_exec_task_free(task);
+        dropped++;
+    }
+    for (unsigned i = 0; i < a->budget->count; i++) {
+        a->budget->links[i].terminating = true;
+        a->budget->links[i].accepting = false;
+    }
+    return dropped;
+}
+
+//  Moves finished tasks to their broker's pending; reacts to destroy.
+//  Returns the tasks still running or queued.
 size_t cf_worker_actor_collect(cf_worker_actor_t *a)
 {
     cf_worker_t *w = a->w;
+    cf_queue_t done;
+    cf_queue_init(&done);
     pthread_mutex_lock(&w->lock);
-    cf_worker_task_t *done = cf_worker_front(&w->outbox);
-    cf_queue_append(&a->pending, &w->outbox);
+    cf_queue_append(&done, &w->outbox);
     if (a->term_asked && !a->terminating) {
         a->terminating = true;
         a->accepting = false;
-        //  Queued tasks never run here: DISCONNECT hands them back.
-        size_t dropped = cf_worker_exec_clear(&w->queue);
-        a->in_hand -= dropped;
+        size_t dropped = s_drop_queued(a);
         w->stopping = true;
         pthread_cond_broadcast(&w->work);
         cf_log_info(S_LOG, "stopping: %d running, %zu queued handed back", w->running, dropped);
     }
     size_t busy = (size_t)w->running + cf_queue_size(&w->queue);
     pthread_mutex_unlock(&w->lock);
-    for (; done; done = cf_worker_next(&a->pending, done)) {
-        double us = (double)done->run_us;
-        if (a->mean_run_us < 0)
-            a->mean_run_us = us;
-        else
-            a->mean_run_us += (us - a->mean_run_us) / S_RUN_TIME_WEIGHT;
+    double *mean_us = a->budget ? &a->budget->mean_run_us : &a->mean_run_us;
+    if (!a->budget) {
+        for (cf_worker_task_t *t = cf_worker_front(&done); t; t = cf_worker_next(&done, t))
+            s_learn_run_time(mean_us, t);
+        cf_queue_append(&a->pending, &done);
+        return busy;
+    }
+    cf_worker_task_t *task;
+    while ((task = cf_worker_pop(&done))) {
+        s_learn_run_time(mean_us, task);
+        cf_worker_actor_t *link = s_link_of(a, task);
+        cf_queue_push_back(&link->pending, &task->node);
+        if (link->broker_lost) {
+            link->orphaned++;    //  see cf_worker_actor_t
+            link->in_hand--;
+        }
     }
     return busy;
 }
@@ -74,7 +122,7 @@ static void s_check_end(cf_worker_actor_t *a, size_t busy, int64_t now)
 {
     if (a->done)
         return;
-    bool limit = a->w->max_tasks > 0 && a->accepted >= (uint64_t)a->w->max_tasks;
+    bool limit = a->w->max_tasks > 0 && *cf_worker_accepted(a) >= (uint64_t)a->w->max_tasks;
     if (!a->terminating && !limit)
         return;
     if (busy > 0)
@@ -121,7 +169,7 @@ static int s_poll_timeout(cf_worker_actor_t *a, int64_t now)
     if (a->stop_deadline_ms && a->stop_deadline_ms < deadline)
         deadline = a->stop_deadline_ms;
     //  A report held back by the rate limit goes when due.
-    int64_t report_due = cf_worker_progress_due_ms(a->w->progress);
+    int64_t report_due = cf_worker_progress_due_ms(a->w->progress[a->link]);
     if (report_due < deadline)
         deadline = report_due;
     int64_t left = deadline - now;
@@ -160,12 +208,19 @@ void cf_worker_actor_deliver(cf_worker_t *w)
 static cf_err_t s_open(cf_worker_actor_t *a, char *message, size_t size)
 {
     cf_worker_t *w = a->w;
-    char identity[sizeof w->identity + 16];
+    //  Each broker's link has an identity of its own ("-b1", ...): two
+    //  endpoints that reach one broker (a host under two names) must not
+    //  be two connections with one routing id, which a ROUTER refuses.
+    char base[sizeof w->identity + 16], identity[sizeof base + 16];
+    if (a->link)
+        snprintf(base, sizeof base, "%.232s-b%u", w->identity, a->link);
+    else
+        snprintf(base, sizeof base, "%s", w->identity);
     if (a->generation)
-        snprintf(identity, sizeof identity, "%.240s.%u", w->identity,
+        snprintf(identity, sizeof identity, "%.240s.%u", base,
                  a->generation);    //  ids: 255 bytes at most
     else
-        snprintf(identity, sizeof identity, "%s", w->identity);
+        snprintf(identity, sizeof identity, "%s", base);
     a->sock = zmq_socket(w->ctx, ZMQ_DEALER);
     if (!a->sock) {
         snprintf(message, size, "worker: cannot create its socket: %s", zmq_strerror(errno));
@@ -185,8 +240,8 @@ static cf_err_t s_open(cf_worker_actor_t *a, char *message, size_t size)
             return rc;
         }
     }
-    if (zmq_connect(a->sock, w->endpoint) != 0) {
-        snprintf(message, size, "worker: cannot connect to %s: %s", w->endpoint,
+    if (zmq_connect(a->sock, a->endpoint) != 0) {
+        snprintf(message, size, "worker: cannot connect to %s: %s", a->endpoint,
                  zmq_strerror(errno));
         return CF_EINVAL;
     }
@@ -231,9 +286,10 @@ static void s_reopen(cf_worker_actor_t *a, int64_t now)
         return;
     }
     zmq_close(old);
-    cf_log_warn(S_LOG, "broker %s lost: opened a fresh connection (%u)", a->w->endpoint,
+    cf_log_warn(S_LOG, "broker %s lost: opened a fresh connection (%u)", a->endpoint,
                 a->generation);
     a->blocked = false;
+    cf_worker_send_forget_credit(a);
     a->boot = 0;    //  the next broker's first HEARTBEAT is not a second sign
     a->announce = false;
     cf_worker_recv_announce(a, false, "fresh connection");
@@ -249,36 +305,124 @@ static void s_reopen(cf_worker_actor_t *a, int64_t now)
 // ---------------------------------------------------------------------------
 //  The loop
 
-void cf_worker_actor_main(cf_actor_t *pipe, void *arg)
+//  Sets up link number link (to w->endpoints[link]) and opens its socket.
+static cf_err_t s_link_start(cf_worker_actor_t *a, cf_worker_t *w, cf_actor_t *pipe, unsigned link,
+                             char *message, size_t size)
 {
-    cf_worker_t *w = arg;
-    w->actor = pipe;
-    cf_worker_actor_t actor = {
+    *a = (cf_worker_actor_t){
         .w = w,
         .actor = pipe,
         .accepting = true,
         .announce = true,
         .mean_run_us = -1,
+        .endpoint = w->endpoints[link],
+        .link = link,
+        .sock_fd = -1,
     };
-    cf_worker_actor_t *a = &actor;
     cf_queue_init(&a->pending);
-    char message[256];
     a->enc = cf_proto_enc_new();
     if (!a->enc) {
-        snprintf(message, sizeof message, "worker: cannot create its socket: out of memory");
-        goto failed;
+        snprintf(message, size, "worker: cannot create its socket: out of memory");
+        return CF_ENOMEM;
     }
     //  A lost broker gets a fresh socket at once, then (still silent after
     //  as long again: the new socket's redials were no better) another,
     //  the wait doubling to 4 times that while it stays away.
     cf_link_backoff_init(&a->reopen, w->liveness * w->ivl_ms, 4 * w->liveness * w->ivl_ms);
-    if (s_open(a, message, sizeof message) != CF_OK)
-        goto failed;
+    cf_err_t rc = s_open(a, message, size);
+    a->last_recv_ms = a->last_send_ms = cf_clock_now_ms();
+    return rc;
+}
+
+//  Leaving: say so (best effort; the broker also notices silence) and
+//  free the link.
+static void s_link_end(cf_worker_actor_t *a, cf_err_t end_reason)
+{
+    if (a->sock)
+        cf_worker_send_disconnect(a, end_reason == CF_ESTOP ? "max tasks reached"
+                                     : end_reason == CF_ETIMEDOUT
+                                         ? "a stopped task overran its grace"
+                                         : "stopping");
+    if (cf_queue_size(&a->pending))
+        cf_log_warn(S_LOG, "%zu results not delivered to %s", cf_queue_size(&a->pending),
+                    a->endpoint);
+    cf_worker_exec_clear(&a->pending);
+    if (a->declined)
+        cf_log_debug(S_LOG, "%" PRIu64 " tasks not taken, handed back by DISCONNECT", a->declined);
+    s_close(a);
+    cf_proto_enc_destroy(&a->enc);
+}
+
+//  One turn's work on a link after reading: what to send, whether the
+//  broker is silent, heartbeats. busy: tasks running or queued.
+static void s_link_turn(cf_worker_actor_t *a, size_t busy)
+{
+    cf_worker_t *w = a->w;
+    if (w->announce_functions && !a->announce && cf_registry_generation() != a->functions_sent)
+        a->functions_due = true;
+    cf_worker_send_flush(a);
+    if (!a->budget)
+        cf_worker_send_adjust_prefetch(a, cf_worker_send_check_stall(a));
     int64_t now = cf_clock_now_ms();
-    a->last_recv_ms = a->last_send_ms = now;
+    if (!a->broker_lost && now - a->last_recv_ms > s_expiry_ms(a)) {
+        char why[64];
+        snprintf(why, sizeof why, "silent for %" PRId64 " ms", now - a->last_recv_ms);
+        cf_worker_recv_broker_gone(a, why);
+        if (a->done)
+            return;
+    }
+    //  Silent, not only gone: after a DISCONNECT libzmq redials by
+    //  itself, and the broker's successor speaks within an expiry.
+    if (a->broker_lost && !a->terminating && now - a->last_recv_ms > s_expiry_ms(a))
+        s_reopen(a, now);
+    cf_worker_recv_check_stops(a, now);
+    if (a->done)
+        return;
+    s_check_end(a, busy, now);
+    if (a->done)
+        return;
+    if (now - a->last_send_ms >= cf_worker_actor_send_ivl(a))
+        cf_worker_send_heartbeat(a);
+    //  A broker older than shared workers takes READY (it ignores the
+    //  feature bit) but never says WANT: it gets no slot, and says why.
+    if (a->budget && a->readies_unacked && !a->ack_warned && !a->broker_lost
+        && now - a->ready_sent_ms > 2 * (int64_t)cf_worker_actor_send_ivl(a)) {
+        a->ack_warned = true;
+        cf_log_warn(S_LOG,
+                    "broker %s did not answer READY with WANT (a broker older than shared "
+                    "workers?): it gets no tasks from this worker; upgrade it",
+                    a->endpoint);
+    }
+}
+
+//  The worker is over: executors stop, and whoever waits hears why.
+static void s_ended(cf_worker_t *w, cf_err_t end_reason)
+{
+    pthread_mutex_lock(&w->lock);
+    w->stopping = true;
+    cf_worker_exec_clear(&w->queue);
+    pthread_cond_broadcast(&w->work);
+    w->ended = true;
+    w->end_reason = end_reason;
+    pthread_cond_broadcast(&w->state);
+    pthread_mutex_unlock(&w->lock);
+}
+
+//  One broker.
+static void s_main_one(cf_worker_t *w, cf_actor_t *pipe)
+{
+    cf_worker_actor_t actor;
+    cf_worker_actor_t *a = &actor;
+    char message[256];
+    if (s_link_start(a, w, pipe, 0, message, sizeof message) != CF_OK) {
+        s_close(a);
+        cf_proto_enc_destroy(&a->enc);
+        cf_actor_ready(pipe, CF_ESYS, message);
+        return;
+    }
     cf_actor_serve(pipe, a);
     cf_worker_send_flush(a);    //  READY
-    cf_log_info(S_LOG, "worker %s connecting to %s with %d threads", w->identity, w->endpoint,
+    cf_log_info(S_LOG, "worker %s connecting to %s with %d threads", w->identity, a->endpoint,
                 w->threads);
     cf_actor_ready(pipe, CF_OK, NULL);
 
@@ -304,59 +448,115 @@ void cf_worker_actor_main(cf_actor_t *pipe, void *arg)
             cf_worker_recv_read(a);
         if (a->done)
             break;
-        size_t busy = cf_worker_actor_collect(a);
-        if (w->announce_functions && !a->announce && cf_registry_generation() != a->functions_sent)
-            a->functions_due = true;
-        cf_worker_send_flush(a);
-        cf_worker_send_adjust_prefetch(a, cf_worker_send_check_stall(a));
-        now = cf_clock_now_ms();
-        if (!a->broker_lost && now - a->last_recv_ms > s_expiry_ms(a)) {
-            char why[64];
-            snprintf(why, sizeof why, "silent for %" PRId64 " ms", now - a->last_recv_ms);
-            cf_worker_recv_broker_gone(a, why);
-            if (a->done)
-                break;
-        }
-        //  Silent, not only gone: after a DISCONNECT libzmq redials by
-        //  itself, and the broker's successor speaks within an expiry.
-        if (a->broker_lost && !a->terminating && now - a->last_recv_ms > s_expiry_ms(a))
-            s_reopen(a, now);
-        cf_worker_recv_check_stops(a, now);
-        if (a->done)
-            break;
-        s_check_end(a, busy, now);
-        if (a->done)
-            break;
-        if (now - a->last_send_ms >= cf_worker_actor_send_ivl(a))
-            cf_worker_send_heartbeat(a);
+        s_link_turn(a, cf_worker_actor_collect(a));
     }
-
-    //  Leaving: say so (best effort; the broker also notices silence), and
-    //  stop the executors whatever ended us.
-    cf_worker_send_disconnect(a, a->end_reason == CF_ESTOP ? "max tasks reached"
-                                 : a->end_reason == CF_ETIMEDOUT
-                                     ? "a stopped task overran its grace"
-                                     : "stopping");
-    if (cf_queue_size(&a->pending))
-        cf_log_warn(S_LOG, "%zu results not delivered", cf_queue_size(&a->pending));
-    cf_worker_exec_clear(&a->pending);
-    if (a->declined)
-        cf_log_debug(S_LOG, "%" PRIu64 " tasks not taken, handed back by DISCONNECT", a->declined);
     cf_actor_serve(pipe, NULL);
-    s_close(a);
-    cf_proto_enc_destroy(&a->enc);
-    pthread_mutex_lock(&w->lock);
-    w->stopping = true;
-    cf_worker_exec_clear(&w->queue);
-    pthread_cond_broadcast(&w->work);
-    w->ended = true;
-    w->end_reason = a->end_reason;
-    pthread_cond_broadcast(&w->state);
-    pthread_mutex_unlock(&w->lock);
-    return;
+    s_link_end(a, a->end_reason);
+    s_ended(w, a->end_reason);
+}
 
-failed:
-    s_close(a);
-    cf_proto_enc_destroy(&a->enc);
-    cf_actor_ready(pipe, CF_ESYS, message);
+//  Several brokers: when every link is done, or one ended the worker (a
+//  refused key, the context gone). Sets *reason.
+static bool s_all_done(const cf_worker_budget_t *b, cf_err_t *reason)
+{
+    bool all = true, limit = false;
+    for (unsigned i = 0; i < b->count; i++) {
+        const cf_worker_actor_t *a = &b->links[i];
+        if (a->done && a->end_reason != CF_OK && a->end_reason != CF_ESTOP) {
+            *reason = a->end_reason;
+            return true;
+        }
+        all = all && a->done;
+        limit = limit || (a->done && a->end_reason == CF_ESTOP);
+    }
+    *reason = limit ? CF_ESTOP : CF_OK;
+    return all;
+}
+
+//  Several brokers: the loop of s_main_one over every link, with the
+//  shared budget's grants after each turn. No executor acts for this
+//  actor (it is not served): a finished task wakes it.
+static void s_loop_shared(cf_worker_budget_t *b, cf_actor_t *pipe, cf_err_t *reason)
+{
+    struct pollfd fds[CF_WORKER_MAX_BROKERS];
+    while (!s_all_done(b, reason)) {
+        int64_t now = cf_clock_now_ms();
+        int timeout = INT32_MAX;
+        for (unsigned i = 0; i < b->count; i++) {
+            cf_worker_actor_t *a = &b->links[i];
+            int events = cf_proto_events(a->sock);
+            int t = (events & ZMQ_POLLIN) || (a->blocked && (events & ZMQ_POLLOUT))
+                        ? 0
+                        : s_poll_timeout(a, now);
+            if (t < timeout)
+                timeout = t;
+            fds[i] = (struct pollfd){ a->sock_fd, POLLIN, 0 };
+        }
+        bool woken = false;
+        if (cf_actor_sleep(pipe, fds, (int)b->count, timeout, &woken) < 0) {
+            cf_log_error(S_LOG, "poll failed: %s", strerror(errno));
+            *reason = CF_ESHUTDOWN;
+            return;
+        }
+        bool term = woken && cf_actor_term_received(pipe);
+        for (unsigned i = 0; i < b->count; i++) {
+            cf_worker_actor_t *a = &b->links[i];
+            a->term_asked = a->term_asked || term;
+            int events = cf_proto_events(a->sock);
+            if (events & ZMQ_POLLOUT)
+                a->blocked = false;
+            if ((events & ZMQ_POLLIN) && !a->done)
+                cf_worker_recv_read(a);
+        }
+        if (s_all_done(b, reason))
+            return;
+        size_t busy = cf_worker_actor_collect(&b->links[0]);
+        for (unsigned i = 0; i < b->count; i++)
+            if (!b->links[i].done)
+                s_link_turn(&b->links[i], busy);
+        cf_worker_send_shared_stall(b);
+        cf_worker_send_grants(b);
+    }
+}
+
+static void s_main_shared(cf_worker_t *w, cf_actor_t *pipe)
+{
+    cf_worker_actor_t links[CF_WORKER_MAX_BROKERS];
+    cf_worker_budget_t budget = { .links = links, .count = w->endpoint_count, .mean_run_us = -1 };
+    char message[256];
+    unsigned started = 0;
+    for (; started < w->endpoint_count; started++) {
+        cf_worker_actor_t *a = &links[started];
+        cf_err_t rc = s_link_start(a, w, pipe, started, message, sizeof message);
+        a->budget = &budget;
+        if (rc != CF_OK) {
+            for (unsigned i = 0; i <= started; i++) {
+                s_close(&links[i]);
+                cf_proto_enc_destroy(&links[i].enc);
+            }
+            cf_actor_ready(pipe, CF_ESYS, message);
+            return;
+        }
+    }
+    for (unsigned i = 0; i < budget.count; i++) {
+        cf_worker_send_flush(&links[i]);    //  READY
+        cf_log_info(S_LOG, "worker %s connecting to %s with %d threads, shared with %u brokers",
+                    w->identity, links[i].endpoint, w->threads, budget.count);
+    }
+    cf_actor_ready(pipe, CF_OK, NULL);
+    cf_err_t reason = CF_OK;
+    s_loop_shared(&budget, pipe, &reason);
+    for (unsigned i = 0; i < budget.count; i++)
+        s_link_end(&links[i], reason);
+    s_ended(w, reason);
+}
+
+void cf_worker_actor_main(cf_actor_t *pipe, void *arg)
+{
+    cf_worker_t *w = arg;
+    w->actor = pipe;
+    if (w->endpoint_count > 1)
+        s_main_shared(w, pipe);
+    else
+        s_main_one(w, pipe);
 }

@@ -112,7 +112,7 @@ void *cf_worker_exec_main(void *arg)
         //  supervisor reads who did.
         if (running_id)
             atomic_store_explicit(running_id, task->id, memory_order_seq_cst);
-        cf_worker_progress_run_t report = { .set = w->progress, .id = task->id };
+        cf_worker_progress_run_t report = { .set = w->progress[task->link], .id = task->id };
         s_execute(task, &report);
         //  Before its result is queued: the last report goes first.
         cf_worker_progress_end(&report);

@@ -30,7 +30,11 @@
 //  only thing it needs from there (C11 allows the same typedef twice).
 //
 //  The worker actor (see cf_worker.h): one DEALER to the broker, N
-//  execution threads.
+//  execution threads. With several brokers, one actor thread still, with
+//  one link (a cf_worker_actor_t, all the per-connection state below) per
+//  broker and one budget of slots they share (cf_worker_budget_t;
+//  cf_worker_send_grants; docs/architecture.md, "A worker shared by
+//  several brokers"); each task remembers its link.
 //
 //  Design note. The actor thread owns the socket and everything about the
 //  broker (credit, heartbeats, boot id, what is still to send); execution
@@ -93,12 +97,15 @@ typedef struct cf_worker cf_worker_t;    //  as in cf_worker.h
 //  A task's begin is announced (STARTED) within about this long: the actor
 //  looks that often while tasks are queued or begun unannounced.
 #define CF_WORKER_BEGUN_HOLD_MS      10
+//  As in cf_worker.h (a macro may be defined twice alike).
+#define CF_WORKER_MAX_BROKERS        16
 
 typedef struct cf_worker_task {
     cf_queue_node_t node;          //  in the queue, the outbox or pending
     cf_queue_node_t begun_node;    //  in begun from its start until announced or done
-    uint64_t id;
-    const char *function;    //  NUL-terminated, in data
+    uint64_t id;                   //  the broker's id: unique only with link
+    unsigned link;                 //  the broker it came from (index in w->endpoints)
+    const char *function;          //  NUL-terminated, in data
     size_t function_len;
     const uint8_t *args;    //  in data
     size_t args_len;
@@ -116,7 +123,11 @@ typedef struct cf_worker_task {
 
 struct cf_worker {
     //  Set before any thread starts, read-only afterwards.
-    char *endpoint;
+    char *endpoint;    //  endpoints[0]
+    char *endpoints[CF_WORKER_MAX_BROKERS];
+    unsigned endpoint_count;
+    uint64_t limit;              //  several brokers: threads + prefetch allowance; else 0
+    uint64_t shared_prefetch;    //  several brokers: the allowance
     char identity[256];
     int threads;
     int ivl_ms;
@@ -156,10 +167,17 @@ struct cf_worker {
     bool ended;             //  the actor is done
     cf_err_t end_reason;    //  CF_ESTOP, CF_ESHUTDOWN; CF_OK for a destroy
 
-    //  Progress reports of running tasks, under locks of their own
+    //  Counters (cf_worker_counters_t), under lock.
+    uint64_t held, max_held;
+    uint64_t taken[CF_WORKER_MAX_BROKERS], granted[CF_WORKER_MAX_BROKERS];
+
+    //  Progress reports of running tasks, one set per broker (a task's
+    //  reports go where it came from), under locks of their own
     //  (cf_worker_progress.h).
-    cf_worker_progress_t *progress;
+    cf_worker_progress_t *progress[CF_WORKER_MAX_BROKERS];
 };
+
+typedef struct cf_worker_budget cf_worker_budget_t;
 
 //  The actor's state, on its stack, under the actor's io mutex.
 typedef struct cf_worker_actor {
@@ -207,7 +225,44 @@ typedef struct cf_worker_actor {
     bool list_pending;
     bool list_refused;
     int64_t stop_deadline_ms;    //  the earliest stop deadline armed; 0 none
+    //  Which broker: its endpoint and index (0 with one broker).
+    const char *endpoint;
+    unsigned link;
+    //  Several brokers (NULL: one, classic credit): the shared slots, and
+    //  this broker's part of them (see cf_worker_send_grants).
+    cf_worker_budget_t *budget;
+    uint64_t credit_out;    //  what it may still send, by our grants since its READY's answer
+    //  Grants it had when we sent READY (which sets its credit to 0):
+    //  tasks it sent before reading that READY use these, until the WANT
+    //  that answers the READY.
+    uint64_t credit_stale;
+    uint64_t wanted;    //  what its last WANT asked, less what we granted since
+    //  Results in pending kept for this broker while it is lost: finished,
+    //  so no longer in in_hand (they hold no slot of the budget; a broker
+    //  gone for good would keep them for ever), sent if it comes back.
+    uint64_t orphaned;
+    unsigned readies_unacked;    //  SHARED READYs sent whose answering WANT did not come
+    bool acked;                  //  it answered a SHARED READY: it grants by WANT
+    bool ack_warned;             //  said once that it does not
+    int64_t ready_sent_ms;       //  the first READY not answered
 } cf_worker_actor_t;
+
+//  Several brokers: one actor thread, one link (a cf_worker_actor_t) per
+//  broker, and the slots they share.
+struct cf_worker_budget {
+    cf_worker_actor_t *links;
+    unsigned count;
+    unsigned next;         //  the link first in turn for a free slot
+    double mean_run_us;    //  moving mean of run times over every broker's tasks
+    uint64_t accepted;     //  tasks taken from every broker (max_tasks)
+};
+
+//  Tasks taken in all, the count max_tasks limits: of this broker, or of
+//  every broker when the worker serves several.
+static inline uint64_t *cf_worker_accepted(cf_worker_actor_t *a)
+{
+    return a->budget ? &a->budget->accepted : &a->accepted;
+}
 
 static inline cf_worker_task_t *cf_worker_task_of(cf_queue_node_t *node)
 {
@@ -268,6 +323,18 @@ void cf_worker_send_heartbeat(cf_worker_actor_t *a);
 void cf_worker_send_disconnect(cf_worker_actor_t *a, const char *reason);
 //  Hands task id back unrun (RESULT BUSY): a broker sent past our credit.
 void cf_worker_send_hand_back(cf_worker_actor_t *a, uint64_t id);
+//  Several brokers: gives the free slots (limit minus tasks held minus the
+//  credit every broker may still use) to the brokers that asked (WANT),
+//  one slot at a time in turn, each at most what it asked, by CREDIT.
+void cf_worker_send_grants(cf_worker_budget_t *b);
+//  Several brokers: tasks queued while every thread ran the same tasks for
+//  CF_WORKER_STALL_MS go back to their brokers unrun (BUSY), and the mean
+//  run time learns that tasks are long, so no slot beyond the threads is
+//  granted until they are short again.
+void cf_worker_send_shared_stall(cf_worker_budget_t *b);
+//  Several brokers: forgets what this broker could send (it is lost,
+//  restarted, or we opened a fresh connection): its slots are free again.
+void cf_worker_send_forget_credit(cf_worker_actor_t *a);
 
 // ---------------------------------------------------------------------------
 //  cf_worker_recv.c

@@ -36,7 +36,7 @@ static void s_cancel_tasks(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
     pthread_mutex_lock(&w->lock);
     for (size_t i = 0; i < msg->count; i++) {
         cf_worker_task_t *task = cf_worker_front(&w->queue);
-        while (task && task->id != msg->ids[i])
+        while (task && (task->id != msg->ids[i] || task->link != a->link))
             task = cf_worker_next(&w->queue, task);
         if (task) {
             cf_queue_remove(&w->queue, &task->node);
@@ -63,12 +63,12 @@ static void s_cancel_tasks(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
 //  tasks that finished (their RESULT went or goes) or that we never had
 //  are ignored: their RESULT answers for them.
 
-static cf_worker_task_t *s_running_task(cf_worker_t *w, uint64_t id)
+static cf_worker_task_t *s_running_task(cf_worker_t *w, unsigned link, uint64_t id)
 {
     for (cf_queue_node_t *node = cf_queue_front(&w->runs); node;
          node = cf_queue_next(&w->runs, node)) {
         cf_worker_task_t *task = cf_queue_entry(node, cf_worker_task_t, run_node);
-        if (task->id == id)
+        if (task->id == id && task->link == link)
             return task;
     }
     return NULL;
@@ -84,7 +84,7 @@ static void s_stop_tasks(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
     for (size_t i = 0; i < msg->count; i++) {
         const cf_proto_stop_t *stop = &msg->stops[i];
         cf_worker_task_t *task = cf_worker_front(&w->queue);
-        while (task && task->id != stop->id)
+        while (task && (task->id != stop->id || task->link != a->link))
             task = cf_worker_next(&w->queue, task);
         if (task) {
             cf_queue_remove(&w->queue, &task->node);
@@ -93,7 +93,7 @@ static void s_stop_tasks(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
             atomic_store_explicit(&task->stop, true, memory_order_release);
             continue;
         }
-        task = s_running_task(w, stop->id);
+        task = s_running_task(w, a->link, stop->id);
         if (!task)
             continue;
         atomic_store_explicit(&task->stop, true, memory_order_release);
@@ -123,8 +123,8 @@ static size_t s_encode_overdue(cf_worker_actor_t *a, int64_t now, int64_t *next)
     for (cf_queue_node_t *node = cf_queue_front(&w->runs); node;
          node = cf_queue_next(&w->runs, node)) {
         cf_worker_task_t *task = cf_queue_entry(node, cf_worker_task_t, run_node);
-        if (!task->stop_deadline_ms)
-            continue;
+        if (!task->stop_deadline_ms || task->link != a->link)
+            continue;    //  none, or another broker's: its own link answers it
         if (task->stop_deadline_ms > now) {
             if (!*next || task->stop_deadline_ms < *next)
                 *next = task->stop_deadline_ms;
@@ -168,6 +168,39 @@ void cf_worker_recv_check_stops(cf_worker_actor_t *a, int64_t now)
 // ---------------------------------------------------------------------------
 //  Tasks, the broker's news, reading
 
+//  Several brokers: a task uses one of the slots its broker may use,
+//  those it had before our last READY first. None left: it sent past our
+//  grant (or before it read a READY of ours after a loss), and the task
+//  goes back unrun, so the worker never holds more than its limit.
+static bool s_use_grant(cf_worker_actor_t *a)
+{
+    if (a->credit_stale > 0) {
+        a->credit_stale--;
+        return true;
+    }
+    if (a->credit_out > 0) {
+        a->credit_out--;
+        return true;
+    }
+    cf_log_debug(S_LOG, "a task from %s beyond our grant: handed back", a->endpoint);
+    return false;
+}
+
+//  The counters of what is held now (under lock).
+static void s_count_held(cf_worker_actor_t *a)
+{
+    cf_worker_t *w = a->w;
+    uint64_t held = a->in_hand;
+    if (a->budget) {
+        held = 0;
+        for (unsigned i = 0; i < a->budget->count; i++)
+            held += a->budget->links[i].in_hand;
+    }
+    w->held = held;
+    if (held > w->max_held)
+        w->max_held = held;
+}
+
 static void s_take_tasks(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
 {
     cf_worker_t *w = a->w;
@@ -181,7 +214,10 @@ static void s_take_tasks(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
             continue;
         }
         cf_worker_task_t *task = NULL;
-        if (cf_queue_size(&w->queue) < (size_t)w->threads + CF_WORKER_PREFETCH_MAX + S_QUEUE_SLACK)
+        bool granted = !a->budget || s_use_grant(a);
+        if (granted
+            && cf_queue_size(&w->queue)
+                   < (size_t)w->threads + CF_WORKER_PREFETCH_MAX + S_QUEUE_SLACK)
             task = cf_worker_exec_task_new(src);
         if (!task) {
             pthread_mutex_unlock(&w->lock);
@@ -189,10 +225,15 @@ static void s_take_tasks(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
             pthread_mutex_lock(&w->lock);
             continue;
         }
+        task->link = a->link;
         cf_queue_push_back(&w->queue, &task->node);
         queued++;
         a->accepted++;
+        if (a->budget)
+            a->budget->accepted++;
         a->in_hand++;
+        w->taken[a->link]++;
+        s_count_held(a);
         if (a->in_hand > a->grant) {
             //  A broker past our credit, or tasks sent before it read our
             //  READY: those are ours to trim again.
@@ -200,8 +241,10 @@ static void s_take_tasks(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
             if (a->prefetched_once)
                 a->prefetching = true;
         }
-        if (w->max_tasks > 0 && a->accepted >= (uint64_t)w->max_tasks) {
+        if (w->max_tasks > 0 && *cf_worker_accepted(a) >= (uint64_t)w->max_tasks) {
             a->accepting = false;
+            for (unsigned i = 0; a->budget && i < a->budget->count; i++)
+                a->budget->links[i].accepting = false;
             cf_log_info(S_LOG, "took its %d tasks (--max-tasks): finishing", w->max_tasks);
         }
     }
@@ -240,13 +283,43 @@ void cf_worker_recv_broker_gone(cf_worker_actor_t *a, const char *why)
         return;
     a->broker_lost = true;
     a->introduced = false;
+    cf_worker_send_forget_credit(a);
+    if (a->budget) {
+        uint64_t kept = cf_queue_size(&a->pending) - a->orphaned;
+        a->orphaned += kept;
+        a->in_hand -= kept;
+    }
     if (a->w->exit_on_broker_loss) {
-        cf_log_warn(S_LOG, "broker %s %s: ending", a->w->endpoint, why);
+        cf_log_warn(S_LOG, "broker %s %s: ending", a->endpoint, why);
         a->done = true;
         a->end_reason = CF_ESHUTDOWN;
         return;
     }
-    cf_log_warn(S_LOG, "broker %s %s: waiting for it", a->w->endpoint, why);
+    cf_log_warn(S_LOG, "broker %s %s: waiting for it", a->endpoint, why);
+}
+
+//  Several brokers: WANT [n] (the broker could use n slots; the first
+//  after a READY of ours answers it, and from then on its credit is what
+//  we grant after that READY) or REFUND [k] (it gives k back: nothing
+//  there can use them; every task it sent before came first). What is
+//  granted goes out in cf_worker_send_grants.
+static void s_on_slots(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
+{
+    if (msg->type == CF_MSG_REFUND) {
+        uint64_t k = msg->credit;
+        a->credit_out = a->credit_out > k ? a->credit_out - k : 0;
+        a->wanted = 0;
+        return;
+    }
+    if (a->readies_unacked > 0) {
+        a->readies_unacked--;
+        a->credit_stale = 0;
+        if (!a->acked)
+            cf_log_info(S_LOG, "broker %s takes shared slots", a->endpoint);
+        a->acked = true;
+        a->ack_warned = false;
+    }
+    a->wanted = msg->credit;
 }
 
 static void s_on_message(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
@@ -256,6 +329,7 @@ static void s_on_message(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
         if (msg->boot) {
             if (a->boot && msg->boot != a->boot) {
                 a->list_refused = false;    //  another broker: maybe a newer one
+                cf_worker_send_forget_credit(a);
                 cf_worker_recv_announce(a, false, "broker restarted (new boot id)");
             }
             a->boot = msg->boot;
@@ -271,6 +345,14 @@ static void s_on_message(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
         break;
     case CF_MSG_CANCEL:
         s_cancel_tasks(a, msg);
+        break;
+    case CF_MSG_WANT:
+    case CF_MSG_REFUND:
+        if (a->budget)
+            s_on_slots(a, msg);
+        else
+            cf_log_debug(S_LOG, "unexpected %s from the broker ignored",
+                         cf_proto_command_name(msg->type));
         break;
     case CF_MSG_STOP:
         s_stop_tasks(a, msg);
@@ -290,13 +372,13 @@ static void s_on_message(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
                         "the broker at %s refused READY with a function list (a broker older "
                         "than routing by function): announcing without one, so it may send "
                         "tasks of functions this worker lacks; upgrade the broker",
-                        a->w->endpoint);
+                        a->endpoint);
             cf_worker_recv_announce(a, false, "the broker refused READY's function list");
         }
         else if (cf_proto_str_eq(msg->text, CF_PROTO_KEY_REVOKED)
                  || cf_proto_str_eq(msg->text, CF_PROTO_NOT_ALLOWED)) {
             //  Nothing we send will be taken: stop, and say why.
-            cf_log_error(S_LOG, "the broker at %s refused this worker: %.*s", a->w->endpoint,
+            cf_log_error(S_LOG, "the broker at %s refused this worker: %.*s", a->endpoint,
                          (int)msg->text.len, msg->text.ptr);
             a->done = true;
             a->end_reason = CF_EAUTH;
@@ -340,6 +422,7 @@ void cf_worker_recv_read(cf_worker_actor_t *a)
         a->last_recv_ms = cf_clock_now_ms();
         if (a->broker_lost && !a->done) {
             a->broker_lost = false;
+            a->ready_sent_ms = a->last_recv_ms;    //  its answer to a READY is due from now
             cf_link_backoff_reset(&a->reopen);
             if (!a->introduced)
                 cf_worker_recv_announce(a, false, "broker is back");

@@ -92,10 +92,25 @@ static void s_announce_begun(cf_worker_actor_t *a)
         return;
     }
     cf_proto_enc_begin(a->enc, CF_MSG_STARTED);
-    cf_queue_node_t *node;
-    while ((node = cf_queue_pop_front(&w->begun)))
-        (void)cf_proto_enc_id(a->enc, cf_queue_entry(node, cf_worker_task_t, begun_node)->id);
+    cf_queue_node_t *node, *next;
+    if (!a->budget) {
+        while ((node = cf_queue_pop_front(&w->begun)))
+            (void)cf_proto_enc_id(a->enc, cf_queue_entry(node, cf_worker_task_t, begun_node)->id);
+    }
+    else {
+        //  Several brokers: each hears of its own tasks only.
+        for (node = cf_queue_front(&w->begun); node; node = next) {
+            next = cf_queue_next(&w->begun, node);
+            cf_worker_task_t *task = cf_queue_entry(node, cf_worker_task_t, begun_node);
+            if (task->link != a->link)
+                continue;
+            cf_queue_remove(&w->begun, node);
+            (void)cf_proto_enc_id(a->enc, task->id);
+        }
+    }
     pthread_mutex_unlock(&w->lock);
+    if (cf_proto_enc_count(a->enc) == 0)
+        return;
     cf_worker_send_sent(a, cf_proto_enc_send(a->enc, a->sock, NULL, 0), "STARTED");
 }
 
@@ -105,8 +120,8 @@ static void s_announce_begun(cf_worker_actor_t *a)
 static void s_send_progress(cf_worker_actor_t *a)
 {
     size_t sent = 0;
-    cf_err_t rc = cf_worker_progress_send(a->w->progress, a->enc, a->sock, cf_clock_now_ms(),
-                                          &sent);
+    cf_err_t rc = cf_worker_progress_send(a->w->progress[a->link], a->enc, a->sock,
+                                          cf_clock_now_ms(), &sent);
     if (sent > 0 || rc != CF_OK)
         cf_worker_send_sent(a, rc, "PROGRESS");
 }
@@ -146,9 +161,10 @@ static cf_err_t s_send_ready(cf_worker_actor_t *a, uint32_t credit)
     char **names = s_functions(a, &count, &failed);
     if (failed)
         return CF_ENOMEM;
+    uint32_t features = CF_PROTO_FEATURE_BEGUN | CF_PROTO_FEATURE_STOP
+                        | (a->budget ? CF_PROTO_FEATURE_SHARED : 0);
     cf_proto_enc_ready(a->enc, credit, (uint32_t)a->w->threads, cf_registry_hostname(), a->w->pid,
-                       CF_PROTO_FEATURE_BEGUN | CF_PROTO_FEATURE_STOP, (const char *const *)names,
-                       count);
+                       features, (const char *const *)names, count);
     bool listed = names != NULL;
     free(names);
     cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
@@ -176,6 +192,19 @@ static void s_send_functions(cf_worker_actor_t *a)
     a->functions_due = rc != CF_OK;
 }
 
+//  A SHARED READY went: the broker sets our credit there to 0 when it
+//  reads it. What it had may still bring tasks sent before (kept apart,
+//  as stale, until the WANT that answers the READY); what it asked for is
+//  asked again by that WANT.
+static void s_shared_announced(cf_worker_actor_t *a)
+{
+    a->credit_stale += a->credit_out;
+    a->credit_out = 0;
+    a->wanted = 0;
+    if (a->readies_unacked++ == 0)
+        a->ready_sent_ms = cf_clock_now_ms();
+}
+
 //  Sends READY if due, then STARTED for tasks that began, then pending
 //  results in as few RESULT messages as the limits allow. Stops at the
 //  first refused send.
@@ -184,12 +213,15 @@ void cf_worker_send_flush(cf_worker_actor_t *a)
     if (a->blocked)
         return;
     if (a->announce) {
-        uint32_t credit = s_credit(a);
+        //  Several brokers: credit 0, and slots by grant only.
+        uint32_t credit = a->budget ? 0 : s_credit(a);
         cf_err_t rc = s_send_ready(a, credit);
         cf_worker_send_sent(a, rc, "READY");
         if (rc != CF_OK)
             return;    //  results would reach a broker that does not know us
         a->announce = false;
+        if (a->budget)
+            s_shared_announced(a);
         a->grant = a->in_hand + credit;
         //  A READY beyond the threads is a prefetch of ours like a CREDIT:
         //  without this, tasks queued by it behind a long task were never
@@ -233,7 +265,10 @@ void cf_worker_send_flush(cf_worker_actor_t *a)
             return;    //  kept in pending
         for (size_t i = 0; i < count; i++) {
             cf_worker_exec_task_free(cf_worker_pop(&a->pending));
-            a->in_hand--;
+            if (a->orphaned > 0)
+                a->orphaned--;
+            else
+                a->in_hand--;
         }
     }
 }
@@ -274,7 +309,7 @@ cf_err_t cf_worker_send_unrun(cf_worker_actor_t *a, cf_queue_t *list, cf_status_
 void cf_worker_send_adjust_prefetch(cf_worker_actor_t *a, bool stalled)
 {
     cf_worker_t *w = a->w;
-    if (!a->accepting || a->announce || a->broker_lost || a->blocked)
+    if (a->budget || !a->accepting || a->announce || a->broker_lost || a->blocked)
         return;
     uint64_t target = s_target(a);
     if (w->max_tasks > 0) {
@@ -378,4 +413,127 @@ void cf_worker_send_hand_back(cf_worker_actor_t *a, uint64_t id)
                           "task %" PRIu64 " not handed back (%s): the broker gets it back when "
                           "this worker leaves or is lost",
                           id, cf_strerror(rc));
+}
+
+// ---------------------------------------------------------------------------
+//  Several brokers: one budget of slots (cf_worker.h). The invariant, at
+//  every moment: tasks held (taken, result not sent) plus the credit each
+//  broker may still use (credit_out, and credit_stale while a READY is on
+//  its way) stay within w->limit. A slot is granted only where a WANT
+//  asked for it, one at a time in turn, so a result's slot goes to the
+//  next broker that wants one, not back where the task came from: two busy
+//  brokers alternate, and neither keeps the worker.
+
+//  The slots to fill now: threads, plus prefetch by measured run time (as
+//  s_target) within the allowance. Nothing beyond threads until a run time
+//  is known, nor once tasks run long: a queued task would wait here
+//  while another worker may be free.
+static uint64_t s_shared_cap(const cf_worker_budget_t *b)
+{
+    const cf_worker_t *w = b->links[0].w;
+    uint64_t threads = (uint64_t)w->threads;
+    if (b->mean_run_us < 0 || w->shared_prefetch == 0)
+        return threads;
+    double extra = (double)CF_WORKER_PREFETCH_BUDGET_US * (double)threads
+                   / (b->mean_run_us > 1.0 ? b->mean_run_us : 1.0);
+    return threads + (extra >= (double)w->shared_prefetch ? w->shared_prefetch : (uint64_t)extra);
+}
+
+//  True when link may be granted one more slot beyond give.
+static bool s_may_grant(const cf_worker_actor_t *a, uint64_t give)
+{
+    return a->acked && a->readies_unacked == 0 && a->wanted > give && a->accepting && !a->announce
+           && !a->broker_lost && !a->blocked && !a->done;
+}
+
+void cf_worker_send_grants(cf_worker_budget_t *b)
+{
+    uint64_t held = 0, used = 0, give[CF_WORKER_MAX_BROKERS] = { 0 };
+    for (unsigned i = 0; i < b->count; i++) {
+        held += b->links[i].in_hand;
+        used += b->links[i].in_hand + b->links[i].credit_out + b->links[i].credit_stale;
+    }
+    uint64_t cap = s_shared_cap(b);
+    uint64_t free_slots = used < cap ? cap - used : 0;
+    cf_worker_t *w = b->links[0].w;
+    if (w->max_tasks > 0) {
+        //  Never grant a task max_tasks would refuse.
+        uint64_t granted = used - held, left = (uint64_t)w->max_tasks - b->accepted;
+        left = left > granted ? left - granted : 0;
+        if (free_slots > left)
+            free_slots = left;
+    }
+    //  One slot per turn of the rotation.
+    for (bool any = true; free_slots > 0 && any;) {
+        any = false;
+        for (unsigned k = 0; k < b->count; k++) {
+            unsigned i = (b->next + k) % b->count;
+            if (!s_may_grant(&b->links[i], give[i]))
+                continue;
+            give[i]++;
+            free_slots--;
+            b->next = (i + 1) % b->count;
+            any = true;
+            break;
+        }
+    }
+    //  Counted before the CREDIT goes, so whoever sees the grant arrive
+    //  also sees it counted; a refused send takes it back.
+    pthread_mutex_lock(&w->lock);
+    w->held = held;
+    for (unsigned i = 0; i < b->count; i++)
+        w->granted[i] += give[i];
+    pthread_mutex_unlock(&w->lock);
+    for (unsigned i = 0; i < b->count; i++) {
+        cf_worker_actor_t *a = &b->links[i];
+        if (give[i] == 0)
+            continue;
+        cf_proto_enc_credit(a->enc, (uint32_t)give[i]);
+        cf_err_t rc = cf_proto_enc_send(a->enc, a->sock, NULL, 0);
+        cf_worker_send_sent(a, rc, "CREDIT");
+        if (rc != CF_OK) {
+            //  Not granted: free for the next round.
+            pthread_mutex_lock(&w->lock);
+            w->granted[i] -= give[i];
+            pthread_mutex_unlock(&w->lock);
+            continue;
+        }
+        a->credit_out += give[i];
+        a->wanted -= give[i];
+    }
+}
+
+void cf_worker_send_forget_credit(cf_worker_actor_t *a)
+{
+    if (!a->budget)
+        return;
+    a->credit_out = a->credit_stale = a->wanted = 0;
+    a->readies_unacked = 0;
+    a->acked = false;
+}
+
+void cf_worker_send_shared_stall(cf_worker_budget_t *b)
+{
+    cf_worker_t *w = b->links[0].w;
+    if (w->shared_prefetch == 0)
+        return;    //  never more than threads: nothing queues
+    cf_queue_t back[CF_WORKER_MAX_BROKERS];
+    for (unsigned i = 0; i < b->count; i++)
+        cf_queue_init(&back[i]);
+    int64_t now_us = cf_clock_now_us();
+    pthread_mutex_lock(&w->lock);
+    int64_t idle_us = now_us - w->progress_us;
+    bool stalled = !cf_queue_empty(&w->queue) && w->running >= w->threads
+                   && idle_us >= CF_WORKER_STALL_MS * 1000;
+    cf_worker_task_t *task;
+    while (stalled && (task = cf_worker_pop(&w->queue)))
+        cf_queue_push_back(&back[task->link], &task->node);
+    pthread_mutex_unlock(&w->lock);
+    if (!stalled)
+        return;
+    if (b->mean_run_us < (double)idle_us)
+        b->mean_run_us = (double)idle_us;
+    //  Refused: they run after all (cf_worker_send_unrun requeues them).
+    for (unsigned i = 0; i < b->count; i++)
+        (void)cf_worker_send_unrun(&b->links[i], &back[i], CF_STATUS_BUSY);
 }

@@ -1022,6 +1022,330 @@ static void test_bad_configurations_are_refused(void **state)
     assert_null(cf_worker_new(&(cf_worker_config_t){ .endpoint = "nonsense", .threads = 1 }));
     assert_int_equal(cf_last_err(), CF_ESYS);
     assert_non_null(strstr(cf_last_error(), "nonsense"));
+    //  Several brokers: a bad one among them is named.
+    const char *bad[] = { "tcp://127.0.0.1:5", "nonsense" };
+    assert_null(cf_worker_new(
+        &(cf_worker_config_t){ .endpoints = bad, .endpoint_count = 2, .threads = 1 }));
+    assert_non_null(strstr(cf_last_error(), "nonsense"));
+}
+
+// ---------------------------------------------------------------------------
+//  Several brokers: one worker, two fake brokers, one budget of slots.
+
+//  Two fake brokers and the worker serving both, named "test-worker".
+typedef struct {
+    cf_fakebroker_t b[2];
+    bool stopped[2];    //  the test stopped that broker (its socket is gone)
+    cf_worker_t *w;
+} s_pair_t;
+
+//  The worker's routing id at each broker: a link of its own per broker.
+static const char *const s_pair_ids[2] = { "test-worker", "test-worker-b1" };
+
+static void s_pair_heartbeats(s_pair_t *p, const bool *alive)
+{
+    for (int i = 0; i < 2; i++) {
+        if ((alive && !alive[i]) || p->stopped[i])
+            continue;
+        cf_proto_enc_heartbeat(p->b[i].enc, 7 + (uint64_t)i, 1000);
+        (void)cf_proto_enc_send(p->b[i].enc, p->b[i].router, s_pair_ids[i], strlen(s_pair_ids[i]));
+    }
+}
+
+//  The next message of type at broker which (HEARTBEATs and STARTED
+//  skipped), both brokers (or those alive says) heartbeating meanwhile so
+//  that the worker never counts them silent while the test waits.
+static cf_proto_msg_t *s_pair_expect(s_pair_t *p, int which, cf_msg_type_t type, const bool *alive)
+{
+    int64_t deadline = cf_clock_now_ms() + S_WAIT_MS;
+    while (cf_clock_now_ms() < deadline) {
+        s_pair_heartbeats(p, alive);
+        cf_proto_msg_t *msg = cf_fakebroker_recv(&p->b[which], 10);
+        if (!msg)
+            continue;
+        if (msg->type == type)
+            return msg;
+        bool skip = msg->type == CF_MSG_HEARTBEAT || msg->type == CF_MSG_STARTED;
+        cf_msg_type_t got = msg->type;
+        cf_proto_msg_destroy(&msg);
+        if (!skip)
+            fail_msg("broker %d: expected %s, got %s", which, cf_proto_command_name(type),
+                     cf_proto_command_name(got));
+    }
+    fail_msg("broker %d: no %s", which, cf_proto_command_name(type));
+    return NULL;
+}
+
+static uint32_t s_pair_expect_credit(s_pair_t *p, int which, const bool *alive)
+{
+    cf_proto_msg_t *msg = s_pair_expect(p, which, CF_MSG_CREDIT, alive);
+    uint32_t n = msg->credit;
+    cf_proto_msg_destroy(&msg);
+    return n;
+}
+
+static void s_pair_slots(s_pair_t *p, int which, cf_msg_type_t type, uint32_t n)
+{
+    if (type == CF_MSG_WANT)
+        cf_proto_enc_want(p->b[which].enc, n);
+    else
+        cf_proto_enc_refund(p->b[which].enc, n);
+    cf_fakebroker_send_to(&p->b[which], s_pair_ids[which]);
+}
+
+static void s_pair_task(s_pair_t *p, int which, uint64_t id, const char *fn, int x)
+{
+    cf_proto_enc_begin(p->b[which].enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(&p->b[which], id, fn, "i", x);
+    cf_fakebroker_send_to(&p->b[which], s_pair_ids[which]);
+}
+
+//  Starts both brokers and a worker of threads threads, shared_prefetch as
+//  given (limit = threads + allowance), heartbeat ivl_ms; each broker gets
+//  its SHARED READY with credit 0.
+static void s_pair_start(s_pair_t *p, int threads, int shared_prefetch, int ivl_ms, int max_tasks)
+{
+    cf_fakebroker_start(&p->b[0]);
+    cf_fakebroker_start(&p->b[1]);
+    p->stopped[0] = p->stopped[1] = false;
+    const char *endpoints[2] = { p->b[0].endpoint, p->b[1].endpoint };
+    p->w = cf_worker_new(&(cf_worker_config_t){
+        .endpoints = endpoints,
+        .endpoint_count = 2,
+        .threads = threads,
+        .shared_prefetch = shared_prefetch,
+        .identity = "test-worker",
+        .heartbeat_ivl_ms = ivl_ms,
+        .heartbeat_liveness = 2,
+        .max_tasks = max_tasks,
+    });
+    if (!p->w)
+        fail_msg("cf_worker_new: %s", cf_last_error());
+    for (int i = 0; i < 2; i++) {
+        cf_proto_msg_t *msg = s_pair_expect(p, i, CF_MSG_READY, NULL);
+        assert_int_equal(msg->credit, 0);
+        assert_true(msg->features & CF_PROTO_FEATURE_SHARED);
+        assert_int_equal(msg->threads, (uint32_t)threads);
+        assert_string_equal(p->b[i].peer, s_pair_ids[i]);
+        cf_proto_msg_destroy(&msg);
+    }
+}
+
+static void s_pair_stop(s_pair_t *p)
+{
+    cf_unitkit_gate_open();
+    cf_worker_destroy(&p->w);
+    for (int i = 0; i < 2; i++)
+        if (!p->stopped[i])
+            cf_fakebroker_stop(&p->b[i]);
+}
+
+//  Held plus what both brokers may still use, by the worker's own
+//  counters, never passes the limit.
+static cf_worker_counters_t s_pair_counters(s_pair_t *p)
+{
+    cf_worker_counters_t c;
+    cf_worker_counters(p->w, &c);
+    assert_int_equal(c.brokers, 2);
+    assert_true(c.max_held <= c.limit);
+    return c;
+}
+
+//  s_pair_stop once the worker's counters say it granted g0 and g1 slots to
+//  the brokers.
+static void s_pair_stop_granted(s_pair_t *p, uint64_t g0, uint64_t g1)
+{
+    cf_worker_counters_t c = s_pair_counters(p);
+    assert_int_equal(c.broker[0].granted, g0);
+    assert_int_equal(c.broker[1].granted, g1);
+    s_pair_stop(p);
+}
+
+//  One slot (1 thread, no prefetch) and two brokers that both want work:
+//  the slot goes to one, and when its task ends, to the other, never back
+//  to the one whose task ended while the other waits. A task beyond a
+//  broker's grant goes back unrun.
+static void test_shared_slots_go_round_in_turn_within_the_limit(void **state)
+{
+    (void)state;
+    s_pair_t p;
+    s_pair_start(&p, 1, -1, 0, 0);
+    s_pair_slots(&p, 0, CF_MSG_WANT, 5);
+    assert_int_equal(s_pair_expect_credit(&p, 0, NULL), 1);
+    s_pair_slots(&p, 1, CF_MSG_WANT, 5);
+    s_pair_task(&p, 0, 100, "w_gate", 1);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
+    cf_worker_counters_t c = s_pair_counters(&p);
+    assert_int_equal(c.limit, 1);
+    assert_int_equal(c.held, 1);
+
+    //  Broker 0 sends past its grant: handed back, not held.
+    s_pair_task(&p, 0, 101, "w_nap", 0);
+    cf_proto_msg_t *msg = s_pair_expect(&p, 0, CF_MSG_RESULT, NULL);
+    assert_int_equal(msg->results[0].id, 101);
+    assert_int_equal(msg->results[0].status, CF_STATUS_BUSY);
+    cf_proto_msg_destroy(&msg);
+
+    //  Its task ends: the slot goes to broker 1, which waited.
+    cf_unitkit_gate_open();
+    msg = s_pair_expect(&p, 0, CF_MSG_RESULT, NULL);
+    assert_int_equal(msg->results[0].id, 100);
+    cf_proto_msg_destroy(&msg);
+    assert_int_equal(s_pair_expect_credit(&p, 1, NULL), 1);
+    s_pair_task(&p, 1, 200, "w_nap", 0);
+    msg = s_pair_expect(&p, 1, CF_MSG_RESULT, NULL);
+    assert_int_equal(msg->results[0].status, CF_STATUS_OK);
+    cf_proto_msg_destroy(&msg);
+    //  And back to broker 0.
+    assert_int_equal(s_pair_expect_credit(&p, 0, NULL), 1);
+    c = s_pair_counters(&p);
+    assert_int_equal(c.broker[0].granted, 2);
+    assert_int_equal(c.broker[1].granted, 1);
+    assert_int_equal(c.broker[0].taken, 1);
+    assert_int_equal(c.broker[1].taken, 1);
+    assert_int_equal(c.max_held, 1);
+    s_pair_stop(&p);
+}
+
+//  A REFUND gives the slots back to the budget: the other broker gets them.
+static void test_shared_refund_frees_slots_for_the_other_broker(void **state)
+{
+    (void)state;
+    s_pair_t p;
+    s_pair_start(&p, 2, -1, 0, 0);
+    s_pair_slots(&p, 0, CF_MSG_WANT, 2);
+    assert_int_equal(s_pair_expect_credit(&p, 0, NULL), 2);
+    s_pair_slots(&p, 1, CF_MSG_WANT, 2);
+    s_pair_slots(&p, 0, CF_MSG_REFUND, 2);
+    assert_int_equal(s_pair_expect_credit(&p, 1, NULL), 2);
+    s_pair_stop_granted(&p, 2, 2);
+}
+
+//  A broker gone silent takes no slots with it: what it could still send
+//  returns to the budget at once, and the broker that waits gets it.
+static void test_shared_slots_of_a_lost_broker_come_back(void **state)
+{
+    (void)state;
+    s_pair_t p;
+    s_pair_start(&p, 1, -1, 20, 0);
+    bool alive[2] = { true, true };
+    s_pair_slots(&p, 0, CF_MSG_WANT, 3);
+    assert_int_equal(s_pair_expect_credit(&p, 0, alive), 1);
+    s_pair_slots(&p, 1, CF_MSG_WANT, 3);
+    //  Broker 0 stops speaking; the worker counts it lost after two
+    //  intervals of 20 ms and grants its slot to broker 1.
+    alive[0] = false;
+    assert_int_equal(s_pair_expect_credit(&p, 1, alive), 1);
+    s_pair_stop_granted(&p, 1, 1);
+}
+
+//  A broker that never answers the SHARED READY (older than shared
+//  workers) gets no slot, and tasks it sends anyway go back unrun.
+static void test_shared_worker_grants_nothing_to_a_broker_that_never_wanted(void **state)
+{
+    (void)state;
+    s_pair_t p;
+    s_pair_start(&p, 1, -1, 0, 0);
+    s_pair_task(&p, 0, 1, "w_nap", 0);
+    cf_proto_msg_t *msg = s_pair_expect(&p, 0, CF_MSG_RESULT, NULL);
+    assert_int_equal(msg->results[0].status, CF_STATUS_BUSY);
+    cf_proto_msg_destroy(&msg);
+    s_pair_slots(&p, 1, CF_MSG_WANT, 1);
+    assert_int_equal(s_pair_expect_credit(&p, 1, NULL), 1);
+    cf_worker_counters_t c = s_pair_counters(&p);
+    assert_int_equal(c.broker[0].taken, 0);
+    assert_int_equal(c.broker[0].granted, 0);
+    s_pair_stop(&p);
+}
+
+//  Tasks prefetched behind a thread that stalls go back to their broker
+//  unrun, and no slot beyond the threads is granted while tasks run long.
+static void test_shared_tasks_queued_behind_a_stalled_thread_go_back(void **state)
+{
+    (void)state;
+    s_pair_t p;
+    s_pair_start(&p, 1, 2, 0, 0);
+    s_pair_slots(&p, 0, CF_MSG_WANT, 10);
+    //  Until a run time is known: the threads only.
+    assert_int_equal(s_pair_expect_credit(&p, 0, NULL), 1);
+    s_pair_task(&p, 0, 1, "w_nap", 0);
+    cf_proto_msg_t *msg = s_pair_expect(&p, 0, CF_MSG_RESULT, NULL);
+    cf_proto_msg_destroy(&msg);
+    //  Short tasks: the allowance too.
+    uint32_t granted = 0;
+    while (granted < 3)
+        granted += s_pair_expect_credit(&p, 0, NULL);
+    assert_int_equal(granted, 3);
+    cf_proto_enc_begin(p.b[0].enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(&p.b[0], 2, "w_gate", "i", 2);
+    cf_fakebroker_add_task(&p.b[0], 3, "w_nap", "i", 0);
+    cf_fakebroker_add_task(&p.b[0], 4, "w_nap", "i", 0);
+    cf_fakebroker_send_to(&p.b[0], s_pair_ids[0]);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
+    size_t back = 0;
+    while (back < 2) {
+        msg = s_pair_expect(&p, 0, CF_MSG_RESULT, NULL);
+        for (size_t i = 0; i < msg->count; i++) {
+            assert_int_equal(msg->results[i].status, CF_STATUS_BUSY);
+            assert_true(msg->results[i].id == 3 || msg->results[i].id == 4);
+            back++;
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+    //  The counter follows at the end of the worker's turn.
+    cf_worker_counters_t c = s_pair_counters(&p);
+    for (int64_t end = cf_clock_now_ms() + S_WAIT_MS; c.held != 1 && cf_clock_now_ms() < end;) {
+        s_pair_heartbeats(&p, NULL);
+        zmq_poll(NULL, 0, 5);
+        c = s_pair_counters(&p);
+    }
+    assert_int_equal(c.held, 1);
+    assert_int_equal(c.max_held, 3);
+    assert_int_equal(c.limit, 3);
+    s_pair_stop(&p);
+}
+
+//  A broker gone for good while its task ran: the task's result waits for
+//  it (sent if it comes back) but holds no slot, so the other broker gets
+//  the thread.
+static void test_shared_results_kept_for_a_lost_broker_hold_no_slot(void **state)
+{
+    (void)state;
+    s_pair_t p;
+    s_pair_start(&p, 1, -1, 20, 0);
+    s_pair_slots(&p, 0, CF_MSG_WANT, 1);
+    assert_int_equal(s_pair_expect_credit(&p, 0, NULL), 1);
+    s_pair_task(&p, 0, 1, "w_gate", 1);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
+    cf_fakebroker_stop(&p.b[0]);
+    p.stopped[0] = true;
+    s_pair_slots(&p, 1, CF_MSG_WANT, 1);
+    cf_unitkit_gate_open();
+    assert_int_equal(s_pair_expect_credit(&p, 1, NULL), 1);
+    s_pair_stop_granted(&p, 1, 1);
+}
+
+//  max_tasks counts the tasks of every broker: one from each, and the
+//  worker ends (CF_ESTOP), never granting a third.
+static void test_shared_max_tasks_counts_every_broker(void **state)
+{
+    (void)state;
+    s_pair_t p;
+    s_pair_start(&p, 2, -1, 0, 2);
+    s_pair_slots(&p, 0, CF_MSG_WANT, 1);
+    assert_int_equal(s_pair_expect_credit(&p, 0, NULL), 1);
+    //  Two threads, but one task left to take: one slot, not two.
+    s_pair_slots(&p, 1, CF_MSG_WANT, 5);
+    assert_int_equal(s_pair_expect_credit(&p, 1, NULL), 1);
+    for (int i = 0; i < 2; i++) {
+        s_pair_task(&p, i, 10 + (uint64_t)i, "w_nap", 0);
+        cf_proto_msg_t *msg = s_pair_expect(&p, i, CF_MSG_RESULT, NULL);
+        assert_int_equal(msg->results[0].status, CF_STATUS_OK);
+        cf_proto_msg_destroy(&msg);
+    }
+    assert_int_equal(cf_worker_wait(p.w, S_WAIT_MS), CF_OK);
+    assert_int_equal(cf_worker_ended(p.w), CF_ESTOP);
+    s_pair_stop_granted(&p, 1, 1);
 }
 
 int main(void)
@@ -1049,6 +1373,13 @@ int main(void)
         S_TEST(test_a_process_worker_ends_a_task_that_overruns_its_grace),
         S_TEST(test_a_process_worker_keeps_a_task_that_stops_in_time),
         CF_FAKEBROKER_TEST(test_progress_is_rate_limited_in_order_and_last_before_the_result),
+        S_TEST(test_shared_slots_go_round_in_turn_within_the_limit),
+        S_TEST(test_shared_refund_frees_slots_for_the_other_broker),
+        S_TEST(test_shared_slots_of_a_lost_broker_come_back),
+        S_TEST(test_shared_worker_grants_nothing_to_a_broker_that_never_wanted),
+        S_TEST(test_shared_tasks_queued_behind_a_stalled_thread_go_back),
+        S_TEST(test_shared_results_kept_for_a_lost_broker_hold_no_slot),
+        S_TEST(test_shared_max_tasks_counts_every_broker),
         cmocka_unit_test(test_bad_configurations_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,6 +13,12 @@
 //  flag, missing or bad value, malformed endpoint) exits 2, as in every
 //  cfutures tool.
 //
+//  Several brokers (--broker repeated, or a comma-separated list): one
+//  connection to each, and the slots shared among them (cf_worker.h); on
+//  exit one line says how many tasks it held at most and took from each.
+//  With --procs every worker process serves all of them; --max-tasks
+//  counts the tasks of every broker.
+//
 //  CURVE (--broker-key, --key; docs/security.md): a broker that refuses the
 //  worker's key (or a plaintext worker of a CURVE broker) ends the worker
 //  with one line on stderr and exit status 1, instead of the silent
@@ -59,7 +65,11 @@
 
 //  The command line.
 typedef struct {
-    const char *broker;
+    const char *broker;    //  brokers[0]
+    //  Each given once; a value is cut at commas into buffers of its own.
+    const char *brokers[CF_WORKER_MAX_BROKERS];
+    char broker_text[CF_WORKER_MAX_BROKERS][256];
+    int nbrokers;
     const char *libraries[S_MAX_LIBRARIES];
     int nlibraries;
     int threads, procs, ivl_ms, liveness, max_tasks;    //  0: the default
@@ -186,7 +196,9 @@ static void s_usage(FILE *out)
             "\n"
             "Options:\n"
             "  --broker ENDPOINT   the broker's worker endpoint (default " S_DEFAULT_BROKER ")\n"
-            "                      tcp://HOST:PORT or ipc://PATH\n"
+            "                      tcp://HOST:PORT or ipc://PATH; repeat it, or give a\n"
+            "                      comma-separated list, to serve several brokers at once\n"
+            "                      (their tasks share this worker's threads)\n"
             "  --tasks PATH        task library to load (repeatable; at least one unless\n"
             "                      the program has tasks built in)\n"
             "  --threads N         execution threads (default: number of cores)\n"
@@ -273,6 +285,40 @@ static bool s_endpoint_valid(const char *endpoint)
     return colon && colon != host && !strpbrk(host, " /*") && s_number(colon + 1, 65535) > 0;
 }
 
+//  --broker's value: one endpoint or several, comma-separated; a broker
+//  given again is served once (with a warning).
+static int s_brokers(s_options_t *options, const char *value)
+{
+    const char *at = value;
+    do {
+        size_t len = strcspn(at, ",");
+        char one[256];
+        if (len >= sizeof one)
+            return s_usage_error("--broker: endpoint too long: '%.40s...'", at);
+        memcpy(one, at, len);
+        one[len] = '\0';
+        if (!s_endpoint_valid(one))
+            return s_usage_error("--broker: not an endpoint: '%s' (tcp://HOST:PORT or "
+                                 "ipc://PATH)",
+                                 one);
+        bool again = false;
+        for (int i = 0; i < options->nbrokers && !again; i++)
+            again = strcmp(options->brokers[i], one) == 0;
+        if (again)
+            fprintf(stderr, "cf-worker: --broker %s given twice: served once\n", one);
+        else if (options->nbrokers == CF_WORKER_MAX_BROKERS)
+            return s_usage_error("--broker: more than %d brokers", CF_WORKER_MAX_BROKERS);
+        else {
+            memcpy(options->broker_text[options->nbrokers], one, len + 1);
+            options->brokers[options->nbrokers] = options->broker_text[options->nbrokers];
+            options->nbrokers++;
+        }
+        at += len;
+    } while (*at++ == ',');
+    options->broker = options->brokers[0];
+    return S_RUN;
+}
+
 //  The flags that take a value, and where a number goes (NULL: a string).
 static int s_value(s_options_t *options, const char *flag, const char *value)
 {
@@ -297,13 +343,8 @@ static int s_value(s_options_t *options, const char *flag, const char *value)
         *(int *)((char *)options + numbers[i].offset) = number;
         return S_RUN;
     }
-    if (!strcmp(flag, "--broker")) {
-        if (!s_endpoint_valid(value))
-            return s_usage_error("--broker: not an endpoint: '%s' (tcp://HOST:PORT or "
-                                 "ipc://PATH)",
-                                 value);
-        options->broker = value;
-    }
+    if (!strcmp(flag, "--broker"))
+        return s_brokers(options, value);
     else if (!strcmp(flag, "--broker-key") || !strcmp(flag, "--key")) {
         if (!*value)
             return s_usage_error("%s needs a path", flag);
@@ -392,12 +433,17 @@ static int s_load(const s_options_t *options, s_curve_t *curve)
 static int s_start_procs(const s_options_t *options, s_curve_t *curve, cf_procs_t **pool)
 {
     char why[512];
-    if (curve->on && s_preflight(curve, options->broker, why, sizeof why) < 0)
-        return s_fail("%s", why);
+    for (int i = 0; curve->on && i < (options->nbrokers ? options->nbrokers : 1); i++)
+        if (s_preflight(curve, options->nbrokers ? options->brokers[i] : options->broker, why,
+                        sizeof why)
+            < 0)
+            return s_fail("%s", why);
     *pool = cf_procs_new(&(cf_procs_config_t){
         .count = options->procs,
         .threads = 1,
         .endpoint = options->broker,
+        .endpoints = options->brokers,
+        .endpoint_count = options->nbrokers,
         .max_tasks_per_worker = options->max_tasks,
         .heartbeat_ivl_ms = options->ivl_ms,
         .heartbeat_liveness = options->liveness,
@@ -433,6 +479,8 @@ static int s_start_threads(const s_options_t *options, s_curve_t *curve, void **
     curve->monitor = monitor_endpoint;
     *worker = cf_worker_new(&(cf_worker_config_t){
         .endpoint = options->broker,
+        .endpoints = options->brokers,
+        .endpoint_count = options->nbrokers,
         .threads = threads,
         .heartbeat_ivl_ms = options->ivl_ms,
         .heartbeat_liveness = options->liveness,
