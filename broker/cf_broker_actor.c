@@ -119,7 +119,7 @@ static int s_poll_timeout(cf_broker_state_t *self)
     if (self->heap_size && self->heap[0]->deadline_ms < deadline)
         deadline = self->heap[0]->deadline_ms;
     //  The oldest suspect's wait for an empty worker ends (see
-    //  cf_broker_worker_dispatch).
+    //  cf_broker_dispatch).
     cf_queue_node_t *suspect = cf_queue_front(&self->suspects);
     if (suspect && cf_queue_entry(suspect, cf_broker_task_t, node)->deadline_ms < deadline)
         deadline = cf_queue_entry(suspect, cf_broker_task_t, node)->deadline_ms;
@@ -173,7 +173,7 @@ static void s_loop(cf_broker_state_t *self, cf_actor_t *actor)
             if (items[i].revents & ZMQ_POLLIN)
                 cf_broker_state_monitor_read(self, which[i]);
         s_run_timers(self);
-        cf_broker_worker_dispatch(self);
+        cf_broker_dispatch(self);
         cf_broker_client_flush_all(self);
     }
 }

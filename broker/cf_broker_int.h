@@ -21,6 +21,11 @@
 //                         outboxes (STARTED, RESULT) and their flush, lost
 //    cf_broker_worker.c   cf_broker_worker_*: workers: ready, credit,
 //                         dispatch, results, removal
+//    cf_broker_dispatch.c cf_broker_dispatch: queued tasks planned over the
+//                         workers with credit and sent in TASK batches
+//    cf_broker_shared.c   cf_broker_shared_*: workers shared with other
+//                         brokers (READY feature SHARED): WANT, REFUND,
+//                         their grants
 //    cf_broker_stats.c    cf_broker_stats_*: the STATS reply, its counters
 //                         and its per-worker and per-client lists
 //    cf_broker_stop.c     cf_broker_stop_*: STOP from clients, forwarded to
@@ -283,7 +288,7 @@ struct cf_broker_worker {
     cf_queue_node_t *plan_first;    //  the first of them on running
     //  Tasks it runs at once (its READY credit plus what it held then);
     //  credit beyond this is prefetch, filled only after every worker's
-    //  idle threads (see cf_broker_worker_dispatch).
+    //  idle threads (see cf_broker_dispatch).
     uint32_t threads;
     uint32_t results;              //  results received (wraps; compared for equality)
     uint32_t suspects;             //  SUSPECT tasks on it (it then takes nothing else)
@@ -621,8 +626,6 @@ void cf_broker_stop_release(cf_broker_state_t *self, cf_broker_task_t *task, boo
 //  One message from a worker (routing id id).
 void cf_broker_worker_on_message(cf_broker_state_t *self, const void *id, size_t len,
                                  cf_proto_msg_t *msg);
-//  Hands queued tasks to workers with credit.
-void cf_broker_worker_dispatch(cf_broker_state_t *self);
 //  A client asked to cancel task, which is on a worker. True when the
 //  worker was asked (it answers RESULT cancelled or STARTED); false when
 //  the task has begun, or its worker cannot cancel: then it runs on.
@@ -638,5 +641,32 @@ void cf_broker_worker_remove(cf_broker_state_t *self, cf_broker_worker_t *worker
 //  died (died NULL: not known, as cf_broker_worker_remove).
 void cf_broker_worker_remove_died(cf_broker_state_t *self, cf_broker_worker_t *worker,
                                   const char *reason, bool lost, const cf_broker_died_t *died);
+//  Puts worker on the available list while it has credit and is not
+//  blocked, and takes it off otherwise.
+void cf_broker_worker_set_available(cf_broker_state_t *self, cf_broker_worker_t *worker);
+
+// ---------------------------------------------------------------------------
+//  cf_broker_dispatch.c
+
+//  Hands queued tasks to workers with credit: idle threads first, then
+//  prefetch slots; then what SHARED workers are owed.
+void cf_broker_dispatch(cf_broker_state_t *self);
+
+// ---------------------------------------------------------------------------
+//  cf_broker_shared.c: SHARED workers grant every slot themselves
+
+//  Answers a SHARED worker's READY (WANT, n possibly 0: the acknowledgement).
+void cf_broker_shared_ack(cf_broker_state_t *self, cf_broker_worker_t *worker);
+//  A SHARED worker's CREDIT arrived: its WANT is answered; credit nothing
+//  waiting can use goes back (REFUND).
+void cf_broker_shared_granted(cf_broker_state_t *self, cf_broker_worker_t *worker);
+//  After a dispatch looked at a SHARED worker: a WANT is due at credit 0,
+//  credit left that nothing waiting can use goes back.
+void cf_broker_shared_settle(cf_broker_state_t *self, cf_broker_worker_t *worker);
+//  WANT to every SHARED worker at credit 0, not asked yet, that a waiting
+//  task could go to (run when self->want_due says something changed).
+void cf_broker_shared_wants(cf_broker_state_t *self);
+//  With nothing queued: every available SHARED worker's credit goes back.
+void cf_broker_shared_refund_idle(cf_broker_state_t *self);
 
 #endif

@@ -1,13 +1,14 @@
 //  The broker's workers (see cf_broker_int.h): what a worker sends (READY,
-//  FUNCTIONS, CREDIT, RESULT, STARTED, PROGRESS, DISCONNECT), its credit, the dispatch of queued tasks in
-//  TASK batches, and what happens to its tasks when it goes.
+//  FUNCTIONS, CREDIT, RESULT, STARTED, PROGRESS, DISCONNECT), its credit,
+//  and what happens to its tasks when it goes. The dispatch of queued tasks
+//  in TASK batches is cf_broker_dispatch.c.
 //
 //  Credit comes from workers: READY says how many tasks a worker can take
 //  now (and how many threads it has), each RESULT item returns a slot,
 //  CREDIT adds slots. Dispatch fills idle threads everywhere before any
 //  prefetch slot (docs/architecture.md, "Workers prefetch by measured run
 //  time"). A worker that says SHARED (it serves several brokers) grants
-//  every slot itself: see "Shared workers" below.
+//  every slot itself (cf_broker_shared.c).
 
 #include "cf_broker_int.h"
 
@@ -25,7 +26,7 @@
 // ---------------------------------------------------------------------------
 //  Credit
 
-static void s_worker_set_available(cf_broker_state_t *self, cf_broker_worker_t *worker)
+void cf_broker_worker_set_available(cf_broker_state_t *self, cf_broker_worker_t *worker)
 {
     bool want = worker->credit > 0 && !worker->blocked_until_ms;
     if (want && !cf_queue_linked(&worker->avail_node)) {
@@ -42,7 +43,7 @@ static void s_worker_add_credit(cf_broker_state_t *self, cf_broker_worker_t *wor
 {
     uint64_t credit = (uint64_t)worker->credit + n;
     worker->credit = credit > CF_BROKER_MAX_CREDIT ? CF_BROKER_MAX_CREDIT : (uint32_t)credit;
-    s_worker_set_available(self, worker);
+    cf_broker_worker_set_available(self, worker);
 }
 
 void cf_broker_worker_unblock(cf_broker_state_t *self, int64_t now)
@@ -55,128 +56,10 @@ void cf_broker_worker_unblock(cf_broker_state_t *self, int64_t now)
         if (worker->blocked_until_ms && worker->blocked_until_ms <= now) {
             worker->blocked_until_ms = 0;
             self->blocked_workers--;
-            s_worker_set_available(self, worker);
+            cf_broker_worker_set_available(self, worker);
             //  A SHARED one at credit 0 was not asked while blocked.
             self->want_due = self->want_due || worker->shared;
         }
-    }
-}
-
-// ---------------------------------------------------------------------------
-//  Shared workers (READY feature SHARED; docs/protocol.md, "Shared workers")
-//
-//  Such a worker splits its slots between several brokers, so it alone
-//  says what each may send: the credit changes only by READY, CREDIT, a
-//  TASK sent and REFUND, never by a result (a busy broker that kept the
-//  slot of each result would keep the worker for good and starve the
-//  others). The broker asks with WANT [n] when its credit is 0 and a task
-//  waits that a pick would give it, once until it grants again, and gives
-//  back with REFUND [k] credit no waiting task can use. Both ask one
-//  question, s_shared_could_use, so a grant refunded is not wanted again
-//  until the queue changes: no WANT, CREDIT, REFUND round in a loop.
-
-//  True when a task waiting here could go to worker now: a pick would find
-//  one, or it holds nothing and a suspect it serves waits. Nothing while
-//  it holds a suspect (that runs alone).
-static bool s_shared_could_use(const cf_broker_state_t *self, const cf_broker_worker_t *worker)
-{
-    if (worker->suspects)
-        return false;
-    if (cf_queue_empty(&worker->running))
-        for (cf_queue_node_t *at = cf_queue_front(&self->suspects); at;
-             at = cf_queue_next(&self->suspects, at))
-            if (cf_broker_queue_serves(worker,
-                                       cf_queue_entry(at, cf_broker_task_t, node)->lane->fn))
-                return true;
-    return self->queued > 0 && cf_broker_queue_has_for(self, worker);
-}
-
-//  Sends WANT or REFUND [n] to worker. CF_ENOTFOUND: the ROUTER no longer
-//  knows it.
-static cf_err_t s_shared_send(cf_broker_state_t *self, cf_broker_worker_t *worker,
-                              cf_msg_type_t type, uint32_t n)
-{
-    if (type == CF_MSG_WANT)
-        cf_proto_enc_want(self->enc, n);
-    else
-        cf_proto_enc_refund(self->enc, n);
-    cf_err_t rc = cf_proto_enc_send(self->enc, self->workers_sock, worker->peer.id,
-                                    worker->peer.id_len);
-    if (rc != CF_OK && cf_broker_log_event(self))
-        cf_log_debug(S_LOG, "%s not sent to worker %s: %s", cf_proto_command_name(type),
-                     worker->peer.label, cf_strerror(rc));
-    return rc;
-}
-
-//  WANT [n], n the tasks waiting (a hint: how many it could use). ack: the
-//  answer to a SHARED READY, sent even with nothing to want (n 0), so the
-//  worker knows this broker grants by WANT; only a WANT of something
-//  waits for a grant (a WANT 0 taken as "asked" would leave a worker that
-//  granted nothing never asked again).
-static cf_err_t s_shared_want(cf_broker_state_t *self, cf_broker_worker_t *worker, bool ack)
-{
-    size_t waiting = self->queued + cf_queue_size(&self->suspects);
-    uint32_t n = !s_shared_could_use(self, worker) ? 0
-                 : waiting > CF_BROKER_MAX_CREDIT  ? CF_BROKER_MAX_CREDIT
-                                                   : (uint32_t)waiting;
-    if (n == 0 && !ack)
-        return CF_OK;
-    cf_err_t rc = s_shared_send(self, worker, CF_MSG_WANT, n);
-    if (rc == CF_OK && n > 0)
-        worker->want_sent = true;
-    return rc;
-}
-
-//  Gives all of worker's credit back (REFUND): nothing waiting can use it.
-//  Tasks sent before it reach the worker first (one ordered pipe), so the
-//  worker knows to the slot what this broker may still send. A refused
-//  send keeps the credit; the next dispatch tries again.
-static cf_err_t s_shared_refund(cf_broker_state_t *self, cf_broker_worker_t *worker)
-{
-    cf_err_t rc = s_shared_send(self, worker, CF_MSG_REFUND, worker->credit);
-    if (rc == CF_OK) {
-        worker->credit = 0;
-        s_worker_set_available(self, worker);
-        self->want_due = true;
-    }
-    return rc;
-}
-
-//  After a dispatch looked at a SHARED worker: credit 0 may call for a
-//  WANT; credit left over that no waiting task can use goes back.
-static void s_shared_settle(cf_broker_state_t *self, cf_broker_worker_t *worker)
-{
-    if (worker->credit == 0)
-        self->want_due = true;
-    else if ((worker->exhausted || self->queued == 0 || worker->suspects)
-             && s_shared_refund(self, worker) == CF_ENOTFOUND)
-        cf_broker_worker_remove(self, worker, "gone", true);
-}
-
-//  WANT to every SHARED worker at credit 0 not asked yet that a waiting
-//  task could go to. Runs only after something changed (want_due).
-static void s_shared_wants(cf_broker_state_t *self)
-{
-    self->want_due = false;
-    cf_queue_node_t *node = cf_queue_front(&self->shared), *next;
-    for (; node; node = next) {
-        next = cf_queue_next(&self->shared, node);
-        cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, shared_node);
-        if (worker->credit == 0 && !worker->want_sent && !worker->blocked_until_ms
-            && s_shared_want(self, worker, false) == CF_ENOTFOUND)
-            cf_broker_worker_remove(self, worker, "gone", true);
-    }
-}
-
-//  With nothing queued: SHARED workers' credit is of no use here.
-static void s_shared_refund_idle(cf_broker_state_t *self)
-{
-    cf_queue_node_t *node = cf_queue_front(&self->available), *next;
-    for (; node; node = next) {
-        next = cf_queue_next(&self->available, node);
-        cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
-        if (worker->shared && s_shared_refund(self, worker) == CF_ENOTFOUND)
-            cf_broker_worker_remove(self, worker, "gone", true);
     }
 }
 
@@ -300,300 +183,6 @@ static void s_worker_results(cf_broker_state_t *self, cf_broker_worker_t *worker
     //  Holding less, it may now take a suspect: worth a WANT.
     if (worker->shared && msg->count > 0)
         self->want_due = true;
-}
-
-// ---------------------------------------------------------------------------
-//  Dispatch
-//
-//  In two steps: planning picks tasks for workers one at a time (so 4
-//  tasks and 4 idle workers means one each, not 4 on the first), putting
-//  each on its worker's running list still unsent; sending then encodes
-//  each worker's planned tasks, the last worker->plan of its running list,
-//  into as few TASK messages as the size limits allow.
-
-//  Fails a task that can never be dispatched (it cannot be encoded).
-static void s_task_undispatchable(cf_broker_state_t *self, cf_broker_task_t *task, cf_err_t rc)
-{
-    char message[512];
-    snprintf(message, sizeof message, "task %" PRIu64 " (%s) cannot be sent to a worker: %s",
-             task->client_task_id, cf_broker_task_function(task), cf_strerror(rc));
-    if (cf_broker_log_task(self))
-        cf_log_warn(S_LOG, "%s", message);
-    cf_broker_client_runtime_error(self, task, "ProtocolError", message);
-    self->stats.failed++;
-    cf_broker_task_finish(self, task);
-}
-
-//  Takes task, just picked for worker, onto its running list, unsent.
-static void s_plan_task(cf_broker_worker_t *worker, cf_broker_task_t *task)
-{
-    task->worker = worker;
-    task->results_before = worker->results;
-    if (task->marks & CF_BROKER_SUSPECT)
-        worker->suspects++;
-    cf_queue_push_back(&worker->running, &task->node);
-    if (worker->plan++ == 0)
-        worker->plan_first = &task->node;
-}
-
-//  The last count tasks of worker->running were never sent: back to the
-//  front of their lanes, last first, so each lane keeps its order.
-static void s_unplan(cf_broker_state_t *self, cf_broker_worker_t *worker, size_t count)
-{
-    for (size_t i = 0; i < count; i++) {
-        cf_broker_task_t *task = cf_queue_entry(cf_queue_back(&worker->running), cf_broker_task_t,
-                                                node);
-        cf_broker_task_unassign(self, task);
-        cf_broker_task_requeue(self, task);
-    }
-}
-
-//  The count tasks from first on worker->running went out in a TASK.
-static void s_sent(cf_broker_state_t *self, cf_broker_worker_t *worker, cf_queue_node_t *first,
-                   size_t count)
-{
-    int64_t now = cf_clock_now_ms();
-    cf_queue_node_t *node = first;
-    for (size_t i = 0; i < count; i++, node = cf_queue_next(&worker->running, node)) {
-        cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
-        task->state = CF_BROKER_RUNNING;
-        self->running++;
-        task->client->running++;
-        worker->credit--;
-        //  A worker that says when a task begins tells the client then.
-        if (!worker->says_begun) {
-            task->marks |= CF_BROKER_BEGUN;
-            cf_broker_client_started(self, task->client, task->client_task_id, false);
-        }
-        if (task->timeout_ms) {
-            task->deadline_ms = now + task->timeout_ms;
-            if (cf_broker_task_watch(self, task) != CF_OK)
-                cf_log_error_rated(S_LOG, "out of memory: timeout of task %" PRIu64 " not watched",
-                                   task->client_task_id);
-        }
-    }
-}
-
-//  After a dispatch that ended with rc: a worker the ROUTER no longer
-//  knows is gone; one that refused (at its high-water mark, or we are out
-//  of memory) is left alone for a moment instead of spun on.
-static void s_worker_dispatched(cf_broker_state_t *self, cf_broker_worker_t *worker, cf_err_t rc)
-{
-    if (rc == CF_ENOTFOUND) {
-        cf_broker_worker_remove(self, worker, "gone", true);
-        return;
-    }
-    if (rc != CF_OK) {
-        if (!worker->blocked_until_ms)
-            self->blocked_workers++;
-        worker->blocked_until_ms = cf_clock_now_ms() + CF_BROKER_RETRY_MS;
-        if (cf_broker_log_event(self))
-            cf_log_debug(S_LOG, "worker %s refused a TASK (%s): its tasks are requeued",
-                         worker->peer.label, cf_strerror(rc));
-    }
-    s_worker_set_available(self, worker);
-    if (worker->shared && rc == CF_OK)
-        s_shared_settle(self, worker);
-}
-
-//  Sends what was planned for worker. A task that cannot be encoded fails
-//  alone; a refused send or a lack of memory puts every unsent task back.
-static void s_worker_send(cf_broker_state_t *self, cf_broker_worker_t *worker)
-{
-    size_t unsent = worker->plan, batch = 0, body = 0;
-    worker->plan = 0;
-    cf_queue_node_t *node = worker->plan_first, *next, *first = NULL;
-    cf_err_t rc = CF_OK;
-    cf_proto_enc_begin(self->enc, CF_MSG_TASK);
-    for (size_t left = unsent; left > 0 && rc == CF_OK; left--, node = next) {
-        next = cf_queue_next(&worker->running, node);
-        cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
-        cf_proto_str_t function = cf_broker_task_wire_function(task);
-        size_t item = function.len + task->args_len + CF_BROKER_ITEM_OVERHEAD;
-        if (batch > 0 && (body + item > CF_BROKER_MAX_BODY || batch >= CF_PROTO_MAX_BATCH)) {
-            rc = cf_proto_enc_send(self->enc, self->workers_sock, worker->peer.id,
-                                   worker->peer.id_len);
-            if (rc != CF_OK)
-                break;
-            s_sent(self, worker, first, batch);
-            unsent -= batch;
-            batch = body = 0;
-            cf_proto_enc_begin(self->enc, CF_MSG_TASK);
-        }
-        rc = item > CF_BROKER_MAX_BODY
-                 ? CF_ETOOBIG
-                 : cf_proto_enc_task(self->enc, task->id, function.ptr, function.len, task->args,
-                                     task->args_len, task->retries, task->timeout_ms, task->flags);
-        if (rc == CF_ENOMEM) {
-            cf_log_error_rated(S_LOG, "out of memory encoding task %" PRIu64, task->client_task_id);
-            break;
-        }
-        if (rc != CF_OK) {
-            cf_broker_task_unassign(self, task);
-            s_task_undispatchable(self, task, rc);
-            unsent--;
-            rc = CF_OK;
-            continue;
-        }
-        if (batch++ == 0)
-            first = node;
-        body += item;
-    }
-    if (rc == CF_OK && batch > 0) {
-        rc = cf_proto_enc_send(self->enc, self->workers_sock, worker->peer.id, worker->peer.id_len);
-        if (rc == CF_OK) {
-            s_sent(self, worker, first, batch);
-            unsent -= batch;
-        }
-    }
-    if (unsent > 0) {
-        //  Never reached the worker: no attempt used.
-        s_unplan(self, worker, unsent);
-        self->stats.deferred++;
-    }
-    s_worker_dispatched(self, worker, rc);
-}
-
-//  True when the worker answered something since its oldest task in hand
-//  was sent (or holds nothing sent): it is turning tasks over, so its
-//  prefetch slots will be reached soon. A worker whose threads all sit on
-//  long tasks gets nothing more to queue, so what waits stays here:
-//  another worker may free up first, and a cancel of it still wins.
-static bool s_worker_turning_over(const cf_broker_worker_t *worker)
-{
-    if (cf_queue_size(&worker->running) == worker->plan)
-        return true;
-    cf_queue_node_t *oldest = cf_queue_front(&worker->running);
-    return cf_queue_entry(oldest, cf_broker_task_t, node)->results_before != worker->results;
-}
-
-//  Fills worker's idle threads (up to its credit) with what it serves, in
-//  one go: one TASK message for many tasks. False when nothing queued is
-//  one it serves.
-static bool s_plan_idle(cf_broker_state_t *self, cf_broker_worker_t *worker)
-{
-    while (self->queued > 0 && worker->plan < worker->credit
-           && cf_queue_size(&worker->running) < worker->threads) {
-        cf_broker_task_t *task = cf_broker_queue_pick(self, worker);
-        if (!task)
-            return false;
-        s_plan_task(worker, task);
-    }
-    return true;
-}
-
-//  Plans the queued tasks over the available workers, each only what it
-//  serves. With idle_only, each worker in turn gets its idle threads filled
-//  before the next: a free thread is a free thread wherever it is, and
-//  dealing a burst one task a worker would cost a message a task once
-//  workers outnumber it (a broker with 1,000 workers spent 3-4x the CPU a
-//  task; docs/benchmarks.md, "Broker CPU per task as connections grow").
-//  The available list rotates after each dispatch, so the next burst starts
-//  at another worker. Prefetch slots (not idle_only) are dealt one task a
-//  worker per lap, so no worker queues more than its share behind its
-//  running tasks.
-static void s_plan(cf_broker_state_t *self, bool idle_only)
-{
-    bool progress = true;
-    while (progress && self->queued > 0) {
-        progress = false;
-        for (cf_queue_node_t *node = cf_queue_front(&self->available); node && self->queued > 0;
-             node = cf_queue_next(&self->available, node)) {
-            cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
-            if (worker->exhausted || worker->plan >= worker->credit || worker->suspects)
-                continue;
-            if (idle_only) {
-                if (cf_queue_size(&worker->running) < worker->threads && !s_plan_idle(self, worker))
-                    worker->exhausted = true;    //  nothing queued is one it serves
-                continue;
-            }
-            //  A SHARED worker's grant is its own choice of what to queue.
-            if (!worker->shared && !s_worker_turning_over(worker))
-                continue;
-            cf_broker_task_t *task = cf_broker_queue_pick(self, worker);
-            if (!task) {
-                worker->exhausted = true;    //  nothing queued is one it serves
-                continue;
-            }
-            s_plan_task(worker, task);
-            progress = true;
-        }
-    }
-}
-
-//  Sends each waiting suspect alone to a worker that holds nothing and
-//  serves its function (it then gets nothing else until it answers). A
-//  suspect that waited CF_BROKER_SUSPECT_WAIT_MS goes back to its lane as
-//  an ordinary task: isolation must not cost the cluster a worker's
-//  capacity, nor wait on workers that all hold long tasks.
-static void s_dispatch_suspects(cf_broker_state_t *self)
-{
-    cf_queue_node_t *node = cf_queue_front(&self->available), *next;
-    for (; node && !cf_queue_empty(&self->suspects); node = next) {
-        next = cf_queue_next(&self->available, node);
-        cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
-        if (!cf_queue_empty(&worker->running))
-            continue;
-        for (cf_queue_node_t *at = cf_queue_front(&self->suspects); at;
-             at = cf_queue_next(&self->suspects, at)) {
-            cf_broker_task_t *task = cf_queue_entry(at, cf_broker_task_t, node);
-            if (cf_broker_queue_serves(worker, task->lane->fn)) {
-                cf_queue_remove(&self->suspects, at);
-                s_plan_task(worker, task);
-                s_worker_send(self, worker);
-                break;
-            }
-        }
-    }
-    int64_t now = cf_clock_now_ms();
-    while ((node = cf_queue_front(&self->suspects))) {
-        cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
-        if (task->deadline_ms > now)
-            break;
-        cf_queue_remove(&self->suspects, node);
-        task->marks &= (uint8_t)~CF_BROKER_SUSPECT;
-        cf_broker_task_requeue(self, task);
-    }
-}
-
-//  Hands queued tasks to workers with credit, in two rounds: first to idle
-//  threads anywhere, then to prefetch slots. A worker that prefetches (asks
-//  for more than its threads while its tasks are short) must never take a
-//  task another worker could start now: a long task behind a busy thread
-//  would wait while a thread elsewhere idles.
-static void s_dispatch_queued(cf_broker_state_t *self)
-{
-    cf_queue_node_t *node, *next;
-    for (node = cf_queue_front(&self->available); node;
-         node = cf_queue_next(&self->available, node))
-        cf_queue_entry(node, cf_broker_worker_t, avail_node)->exhausted = false;
-    s_plan(self, true);
-    s_plan(self, false);
-    //  The next dispatch starts at another worker, so single tasks rotate.
-    cf_queue_rotate(&self->available);
-    for (node = cf_queue_front(&self->available); node; node = next) {
-        next = cf_queue_next(&self->available, node);
-        cf_broker_worker_t *worker = cf_queue_entry(node, cf_broker_worker_t, avail_node);
-        if (worker->plan)
-            s_worker_send(self, worker);
-        else if (worker->shared)
-            s_shared_settle(self, worker);
-    }
-}
-
-//  Suspects first, then the queued tasks; then what SHARED workers are
-//  owed: a REFUND of what nothing waiting can use, a WANT where something
-//  waits and they have no credit.
-void cf_broker_worker_dispatch(cf_broker_state_t *self)
-{
-    if (!cf_queue_empty(&self->suspects))
-        s_dispatch_suspects(self);
-    if (self->queued > 0 && !cf_queue_empty(&self->available))
-        s_dispatch_queued(self);
-    else if (self->shared_available > 0)
-        s_shared_refund_idle(self);
-    if (self->want_due && !cf_queue_empty(&self->shared))
-        s_shared_wants(self);
 }
 
 // ---------------------------------------------------------------------------
@@ -772,7 +361,7 @@ static void s_worker_ready(cf_broker_state_t *self, cf_broker_worker_t *worker,
         //  Out of the available list while it changes, so that list's
         //  SHARED count stays right; a READY that keeps it keeps the
         //  worker's place there, as before SHARED existed.
-        s_worker_set_available(self, worker);
+        cf_broker_worker_set_available(self, worker);
         worker->shared = shared;
         if (shared)
             cf_queue_push_back(&self->shared, &worker->shared_node);
@@ -809,24 +398,13 @@ static bool s_worker_functions(cf_broker_state_t *self, cf_broker_worker_t *work
     return false;
 }
 
-//  A SHARED READY is answered with WANT at once (see s_shared_want).
-static void s_worker_ready_ack(cf_broker_state_t *self, cf_broker_worker_t *worker)
-{
-    if (worker->shared && s_shared_want(self, worker, true) == CF_ENOTFOUND)
-        cf_broker_worker_remove(self, worker, "gone", true);
-}
-
-//  CREDIT: more slots. A SHARED worker's grant ends its WANT; one that
-//  nothing waiting can use goes straight back.
+//  CREDIT: more slots (for a SHARED worker, its grant: see
+//  cf_broker_shared.c).
 static void s_worker_on_credit(cf_broker_state_t *self, cf_broker_worker_t *worker, uint32_t n)
 {
     s_worker_add_credit(self, worker, n);
-    if (!worker->shared)
-        return;
-    worker->want_sent = false;
-    if (worker->credit > 0 && !s_shared_could_use(self, worker)
-        && s_shared_refund(self, worker) == CF_ENOTFOUND)
-        cf_broker_worker_remove(self, worker, "gone", true);
+    if (worker->shared)
+        cf_broker_shared_granted(self, worker);
 }
 
 //  READY: a new worker joins; the same identity from another process
@@ -843,7 +421,7 @@ static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worke
             cf_log_debug(S_LOG,
                          "worker %s announced again (%" PRIu32 " threads, %" PRIu32 " slots free)",
                          worker->peer.label, worker->threads, worker->credit);
-        s_worker_ready_ack(self, worker);
+        cf_broker_shared_ack(self, worker);
         return;
     }
     bool again = worker != NULL;
@@ -868,7 +446,7 @@ static void s_worker_on_ready(cf_broker_state_t *self, cf_broker_worker_t *worke
         worker->peer.label, again ? " again" : "", worker->host[0] ? worker->host : "?",
         (int)worker->pid, worker->threads, worker->credit, functions,
         worker->shared ? ", shared" : "");
-    s_worker_ready_ack(self, worker);
+    cf_broker_shared_ack(self, worker);
 }
 
 //  STARTED: these tasks' functions began. Their clients hear it (at once
