@@ -137,7 +137,7 @@ struct cf_procs {
     int liveness;
     cf_procs_exit_fn *on_exit;
     void *on_exit_arg;
-    cf_err_t (*socket_setup)(void *socket, void *arg);
+    cf_err_t (*socket_setup)(void *socket, const char *endpoint, void *arg);
     void *socket_setup_arg;
     char suffix_base[128];    //  "<host>-<random>"
 

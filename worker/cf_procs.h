@@ -56,7 +56,7 @@ typedef struct {
     //  Passed to each worker's cf_worker_config_t (CURVE keys, ...). Runs
     //  in the worker process, on a copy of the memory the supervisor had
     //  when it started: arg must be ready before cf_procs_new.
-    cf_err_t (*socket_setup)(void *socket, void *arg);
+    cf_err_t (*socket_setup)(void *socket, const char *endpoint, void *arg);
     void *socket_setup_arg;
 } cf_procs_config_t;
 

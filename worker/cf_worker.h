@@ -51,9 +51,10 @@ typedef struct {
     //  true: a lost broker ends the worker (pool children die with their
     //  executor); false: reconnect and wait for it (cf-worker).
     bool exit_on_broker_loss;
-    //  Called on the actor's thread with the DEALER before it connects
-    //  (CURVE options, ...); a non-OK return fails cf_worker_new. NULL: none.
-    cf_err_t (*socket_setup)(void *socket, void *arg);
+    //  Called on the actor's thread with each DEALER before it connects to
+    //  endpoint (one of the brokers: CURVE options, which differ per
+    //  broker, ...); a non-OK return fails cf_worker_new. NULL: none.
+    cf_err_t (*socket_setup)(void *socket, const char *endpoint, void *arg);
     void *socket_setup_arg;
     //  threads slots, or NULL: each execution thread writes the broker id of
     //  the task it runs into its slot, and 0 when done. cf_procs puts them

@@ -233,7 +233,7 @@ static cf_err_t s_open(cf_worker_actor_t *a, char *message, size_t size)
         return CF_ESYS;
     }
     if (w->socket_setup) {
-        cf_err_t rc = w->socket_setup(a->sock, w->socket_setup_arg);
+        cf_err_t rc = w->socket_setup(a->sock, a->endpoint, w->socket_setup_arg);
         if (rc != CF_OK) {
             snprintf(message, size, "worker: socket setup failed: %s",
                      cf_last_err() == rc ? cf_last_error() : cf_strerror(rc));

@@ -136,7 +136,7 @@ struct cf_worker {
     bool exit_on_broker_loss;
     void (*initializer)(void *arg);
     void *initarg;
-    cf_err_t (*socket_setup)(void *socket, void *arg);
+    cf_err_t (*socket_setup)(void *socket, const char *endpoint, void *arg);
     void *socket_setup_arg;
     _Atomic uint64_t *running_ids;    //  config's, or NULL
     bool announce_functions;

@@ -81,18 +81,32 @@ typedef struct {
 //  children use the copy they inherit.
 typedef struct {
     bool on;
-    char server[CF_KEY_Z85_SIZE];
+    //  The brokers' public keys, in the order of the brokers (of
+    //  s_options_t); server[0] for every broker when one key was given.
+    char server[CF_WORKER_MAX_BROKERS][CF_KEY_Z85_SIZE];
+    int nservers;
+    const char *const *brokers;    //  s_options_t's, to find a socket's key
+    int nbrokers;
     cf_keypair_t pair;
     const char *monitor;    //  inproc endpoint to report handshakes to, or NULL
     int sockets;            //  sockets set up so far (the worker may open more)
 } s_curve_t;
 
-static cf_err_t s_socket_setup(void *socket, void *arg)
+//  The public key of the broker at endpoint.
+static const char *s_server_key(const s_curve_t *curve, const char *endpoint)
+{
+    for (int i = 0; i < curve->nbrokers && i < curve->nservers; i++)
+        if (!strcmp(curve->brokers[i], endpoint))
+            return curve->server[i];
+    return curve->server[0];
+}
+
+static cf_err_t s_socket_setup(void *socket, const char *endpoint, void *arg)
 {
     s_curve_t *curve = arg;
     if (curve->on) {
-        cf_err_t rc = cf_keys_apply_client(socket, curve->server, curve->pair.public_z85,
-                                           curve->pair.secret_z85);
+        cf_err_t rc = cf_keys_apply_client(socket, s_server_key(curve, endpoint),
+                                           curve->pair.public_z85, curve->pair.secret_z85);
         if (rc != CF_OK)
             return rc;
     }
@@ -160,7 +174,8 @@ static int s_preflight(const s_curve_t *curve, const char *broker, char *why, si
         goto done;
     }
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
-    if (cf_keys_apply_client(sock, curve->server, curve->pair.public_z85, curve->pair.secret_z85)
+    if (cf_keys_apply_client(sock, s_server_key(curve, broker), curve->pair.public_z85,
+                             curve->pair.secret_z85)
             != CF_OK
         || !(monitor = cf_keys_monitor_new(ctx, sock))) {
         snprintf(why, size, "%s", cf_last_error());
@@ -209,7 +224,9 @@ static void s_usage(FILE *out)
             "                      (default %d)\n"
             "  --max-tasks N       exit after N tasks (per process with --procs: the\n"
             "                      process is replaced)\n"
-            "  --broker-key FILE   the broker's public key file: use CURVE (with --key)\n"
+            "  --broker-key FILE   the broker's public key file: use CURVE (with --key);\n"
+            "                      with several brokers one file for all, or one per\n"
+            "                      broker, comma-separated in the order of --broker\n"
             "  --key FILE          this worker's secret key file (cf-keygen NAME;\n"
             "                      mode 0600), its public key on the broker's worker list\n"
             "  -v, --verbose       log debug messages too\n"
@@ -402,6 +419,40 @@ static int s_parse(int argc, char **argv, s_options_t *options)
     return S_RUN;
 }
 
+//  --broker-key: one public key file for every broker, or one per broker,
+//  comma-separated in the order of --broker.
+static int s_server_keys(const s_options_t *options, s_curve_t *curve)
+{
+    int nbrokers = options->nbrokers ? options->nbrokers : 1;
+    const char *at = options->broker_key;
+    curve->nservers = 0;
+    do {
+        size_t len = strcspn(at, ",");
+        char path[4096];
+        if (len == 0 || len >= sizeof path)
+            return s_fail("--broker-key: an empty or too long path in '%s'", options->broker_key);
+        if (curve->nservers == nbrokers)
+            return s_fail("--broker-key: more keys than the %d brokers given", nbrokers);
+        memcpy(path, at, len);
+        path[len] = '\0';
+        if (cf_keys_read_public(path, curve->server[curve->nservers]) != CF_OK)
+            return s_fail("%s", cf_last_error());
+        curve->nservers++;
+        at += len;
+    } while (*at++ == ',');
+    if (curve->nservers != 1 && curve->nservers != nbrokers)
+        return s_fail("--broker-key: %d keys for %d brokers (give one for all, or one per "
+                      "broker in the order of --broker)",
+                      curve->nservers, nbrokers);
+    if (curve->nservers == 1)
+        for (int i = 1; i < nbrokers; i++)
+            memcpy(curve->server[i], curve->server[0], sizeof curve->server[0]);
+    curve->nservers = nbrokers;
+    curve->brokers = options->nbrokers ? options->brokers : &options->broker;
+    curve->nbrokers = nbrokers;
+    return S_RUN;
+}
+
 //  The CURVE keys and the task libraries, before any thread starts.
 static int s_load(const s_options_t *options, s_curve_t *curve)
 {
@@ -410,8 +461,10 @@ static int s_load(const s_options_t *options, s_curve_t *curve)
             return s_fail("%s", "this libzmq was built without CURVE support");
         //  A secret key file open to group or others is refused here, with
         //  the chmod that fixes it in the message (cf_keys).
-        if (cf_keys_read_public(options->broker_key, curve->server) != CF_OK
-            || cf_keys_read_pair(options->key, &curve->pair) != CF_OK) {
+        int status = s_server_keys(options, curve);
+        if (status != S_RUN)
+            return status;
+        if (cf_keys_read_pair(options->key, &curve->pair) != CF_OK) {
             int status = s_fail("%s", cf_last_error());
             cf_keys_wipe(&curve->pair);
             return status;
