@@ -222,7 +222,14 @@ static void s_stop(void *backend, cf_future_t *f, uint32_t grace_ms)
 //  failures come here).
 static void s_free(cf_client_t *self)
 {
-    cf_client_link_close(&self->socket, &self->monitor);
+    for (size_t i = 0; i < self->links_len; i++) {
+        cf_client_link_t *link = &self->links[i];
+        cf_client_link_close(&link->socket, &link->monitor);
+        free(link->cancel_ids);
+        free(link->stop_items);
+        free(link->endpoint);
+    }
+    free(self->links);
     explicit_bzero(self->curve_secret, sizeof self->curve_secret);
     if (self->own_ctx && self->ctx)
         zmq_ctx_term(self->ctx);
@@ -230,10 +237,8 @@ static void s_free(cf_client_t *self)
     cf_idmap_destroy(&self->own.pending);
     free(self->shared.cancels);
     free(self->own.cancels_spare);
-    free(self->own.cancel_ids);
     free(self->shared.stops);
-    free(self->own.stop_items);
-    free(self->endpoint);
+    free(self->endpoints);
     pthread_cond_destroy(&self->shared.idle_cond);
     pthread_cond_destroy(&self->shared.cancel_cond);
     pthread_cond_destroy(&self->shared.auth_cond);
@@ -241,8 +246,121 @@ static void s_free(cf_client_t *self)
     free(self);
 }
 
-//  Takes the CURVE keys from the config when it has them: all three or
-//  none (CF_EINVAL). They are kept for every socket this client opens.
+//  Splits a comma-separated list (spaces around the commas allowed) into
+//  at most max items, each a malloc'd string, none empty. Returns how many,
+//  or -1 with the error set (what names the list in the message).
+static int s_split_list(const char *list, const char *what, char **items, int max)
+{
+    int count = 0;
+    const char *p = list;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        const char *end = comma ? comma : p + strlen(p);
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        if (end == p) {
+            cf_error_set(CF_EINVAL, "client: an empty item in the %s \"%s\" (item %d)", what,
+                         list, count + 1);
+            goto failed;
+        }
+        if (count == max) {
+            cf_error_set(CF_EINVAL, "client: the %s \"%.200s...\" has more than %d items", what,
+                         list, max);
+            goto failed;
+        }
+        items[count] = strndup(p, (size_t)(end - p));
+        if (!items[count]) {
+            cf_error_set(CF_ENOMEM, "out of memory");
+            goto failed;
+        }
+        count++;
+        if (!comma)
+            return count;
+        p = comma + 1;
+    }
+
+failed:
+    while (count > 0)
+        free(items[--count]);
+    return -1;
+}
+
+//  The links, one per endpoint of config's list, in its order; a
+//  duplicate endpoint is dropped with a warning (two sockets to one broker
+//  would be two clients there, each holding half our tasks for nothing).
+//  CURVE: the broker key list gives one key for all or one per endpoint,
+//  in the same order (duplicates included). CF_OK or the error set.
+static cf_err_t s_take_links(cf_client_t *self, const cf_client_config_t *config)
+{
+    char *endpoints[CF_CLIENT_MAX_LINKS] = { 0 };
+    char *keys[CF_CLIENT_MAX_LINKS] = { 0 };
+    int keys_len = 0;
+    cf_err_t rc = CF_OK;
+    int endpoints_len = s_split_list(config->endpoint, "broker endpoint list", endpoints,
+                                     CF_CLIENT_MAX_LINKS);
+    if (endpoints_len < 0)
+        return cf_last_err();
+    if (config->curve_server_key) {
+        keys_len = s_split_list(config->curve_server_key, "broker key list", keys,
+                                CF_CLIENT_MAX_LINKS);
+        if (keys_len < 0) {
+            rc = cf_last_err();
+            goto done;
+        }
+        if (keys_len != 1 && keys_len != endpoints_len) {
+            rc = cf_error_set(CF_EINVAL,
+                              "client: %d broker keys for %d broker endpoints (give one key for "
+                              "all, or one per endpoint in the same order)",
+                              keys_len, endpoints_len);
+            goto done;
+        }
+    }
+    self->links = calloc((size_t)endpoints_len, sizeof *self->links);
+    size_t names_len = 1;
+    for (int i = 0; i < endpoints_len; i++)
+        names_len += strlen(endpoints[i]) + 2;
+    self->endpoints = calloc(1, names_len);
+    if (!self->links || !self->endpoints) {
+        rc = cf_error_set(CF_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < endpoints_len; i++) {
+        bool twice = false;
+        for (size_t j = 0; j < self->links_len && !twice; j++)
+            twice = strcmp(self->links[j].endpoint, endpoints[i]) == 0;
+        if (twice) {
+            cf_log_warn(S_LOG, "broker endpoint %s is listed twice: the second is ignored",
+                        endpoints[i]);
+            continue;
+        }
+        cf_client_link_t *link = &self->links[self->links_len];
+        link->index = (uint8_t)self->links_len;
+        link->endpoint = endpoints[i];
+        endpoints[i] = NULL;
+        if (keys_len)
+            snprintf(link->curve_server, sizeof link->curve_server, "%s",
+                     keys[keys_len == 1 ? 0 : i]);
+        if (self->links_len)
+            strcat(self->endpoints, ", ");
+        strcat(self->endpoints, link->endpoint);
+        self->links_len++;
+    }
+
+done:
+    for (int i = 0; i < endpoints_len; i++)
+        free(endpoints[i]);
+    for (int i = 0; i < keys_len; i++) {
+        explicit_bzero(keys[i], strlen(keys[i]));
+        free(keys[i]);
+    }
+    return rc;
+}
+
+//  Takes this client's CURVE key pair from the config when it has the
+//  keys: all three or none (CF_EINVAL). They are kept for every socket
+//  this client opens.
 static cf_err_t s_take_curve(cf_client_t *self, const cf_client_config_t *config)
 {
     int given = !!config->curve_server_key + !!config->curve_public_key
@@ -254,7 +372,6 @@ static cf_err_t s_take_curve(cf_client_t *self, const cf_client_config_t *config
                                        "client's key pair");
     if (!zmq_has("curve"))
         return cf_error_set(CF_ESYS, "client: this libzmq was built without CURVE support");
-    snprintf(self->curve_server, sizeof self->curve_server, "%s", config->curve_server_key);
     snprintf(self->curve_public, sizeof self->curve_public, "%s", config->curve_public_key);
     snprintf(self->curve_secret, sizeof self->curve_secret, "%s", config->curve_secret_key);
     self->curve = true;
@@ -276,6 +393,32 @@ static int s_await_handshake(cf_client_t *self, int wait_ms)
     int state = self->shared.auth_state;
     pthread_mutex_unlock(&self->shared.mutex);
     return state;
+}
+
+//  A link's state before its socket opens.
+static void s_link_init(cf_client_t *self, cf_client_link_t *link)
+{
+    link->send_ivl_ms = self->ivl_ms;
+    link->redial_deadline_ms = -1;
+    link->monitor_fd = -1;
+    link->judge = (cf_keys_judge_t){
+        .curve = self->curve,
+        .who = "client",
+        .endpoint = link->endpoint,
+        .key_fp = self->key_fp,
+        .key_options = "curve_broker_key and curve_key",
+    };
+    //  A lost broker gets a fresh socket at once, then at most once per
+    //  expiry (liveness intervals), the wait doubling to 4 expiries.
+    cf_link_backoff_init(&link->reopen, self->liveness * self->ivl_ms,
+                         4 * self->liveness * self->ivl_ms);
+    //  inproc peers never reconnect: no monitor needed there.
+    link->transport_up = true;
+    if (strncmp(link->endpoint, "inproc://", 9) != 0) {
+        link->watch = true;
+        link->transport_up = false;    //  until the monitor says connected
+        link->unreachable = true;
+    }
 }
 
 static void s_destroy(void **backend_p);
@@ -303,17 +446,18 @@ void *cf_client_new(const cf_client_config_t *config)
     self->connect_timeout_ms = config->connect_timeout_ms;
     self->liveness = config->heartbeat_liveness > 0 ? config->heartbeat_liveness
                                                     : CF_HEARTBEAT_LIVENESS;
-    self->own.send_ivl_ms = self->ivl_ms;
     self->own.backoff_ms = CF_CLIENT_BACKOFF_MIN_MS;
     self->own.resend_at_ms = -1;
+    self->own.connect_warn_ms = -1;
     self->own.next_id = cf_random_u64();
-    self->endpoint = strdup(config->endpoint);
     self->own.enc = cf_proto_enc_new();
     self->own.pending = cf_idmap_new(1024);
-    if (!self->endpoint || !self->own.enc || !self->own.pending) {
+    if (!self->own.enc || !self->own.pending) {
         cf_error_set(CF_ENOMEM, "out of memory");
         goto failed;
     }
+    if (s_take_curve(self, config) != CF_OK || s_take_links(self, config) != CF_OK)
+        goto failed;
     self->ctx = config->zmq_context;
     if (!self->ctx) {
         self->ctx = zmq_ctx_new();
@@ -323,47 +467,37 @@ void *cf_client_new(const cf_client_config_t *config)
             goto failed;
         }
     }
-    if (s_take_curve(self, config) != CF_OK)
-        goto failed;
-    self->own.judge = (cf_keys_judge_t){
-        .curve = self->curve,
-        .who = "client",
-        .endpoint = self->endpoint,
-        .key_fp = self->key_fp,
-        .key_options = "curve_broker_key and curve_key",
-    };
-    //  inproc peers never reconnect: no monitor needed there.
-    self->own.transport_up = true;
-    self->own.redial_deadline_ms = -1;
-    self->own.monitor_fd = -1;
-    //  A lost broker gets a fresh socket at once, then at most once per
-    //  expiry (liveness intervals), the wait doubling to 4 expiries.
-    cf_link_backoff_init(&self->own.reopen, self->liveness * self->ivl_ms,
-                         4 * self->liveness * self->ivl_ms);
-    if (strncmp(config->endpoint, "inproc://", 9) != 0) {
-        self->watch = true;
-        self->own.transport_up = false;    //  until the monitor says connected
-        self->own.unreachable = true;
-        self->shared.broker_unreachable = true;
+    bool watched = false;
+    bool all_unreachable = true;
+    for (size_t i = 0; i < self->links_len; i++) {
+        cf_client_link_t *link = &self->links[i];
+        s_link_init(self, link);
+        watched = watched || link->watch;
+        all_unreachable = all_unreachable && link->unreachable;
+        if (cf_client_link_open(self, link, &link->socket, &link->monitor) != CF_OK)
+            goto failed;
     }
-    if (cf_client_link_open(self, &self->socket, &self->monitor) != CF_OK)
-        goto failed;
+    self->own.unreachable = all_unreachable;
+    self->shared.broker_unreachable = all_unreachable;
+    if (self->links_len > 1 && self->connect_timeout_ms > 0)
+        self->own.connect_warn_ms = cf_clock_now_ms() + self->connect_timeout_ms;
     //  From here the sockets belong to the actor thread (starting it is
     //  the memory barrier zmq asks for when a socket changes threads). The
     //  actor sets self->actor itself (see the struct).
     if (!cf_actor_new("cf-client", cf_client_actor_main, self))
         goto failed;
-    //  Wait for the first handshake: up to the connect timeout, or with
-    //  CURVE and no timeout up to the broker's expiry, to tell a refused
-    //  key at once (CF_EAUTH) rather than through every future.
+    //  Wait for the first handshake with any broker: up to the connect
+    //  timeout, or with CURVE and no timeout up to the broker's expiry, to
+    //  tell a refused key at once (CF_EAUTH) rather than through every
+    //  future.
     int wait_ms = self->connect_timeout_ms;
     if (wait_ms <= 0 && self->curve)
         wait_ms = self->ivl_ms * self->liveness;
-    int state = self->monitor && wait_ms > 0 ? s_await_handshake(self, wait_ms) : CF_CLIENT_AUTH_OK;
+    int state = watched && wait_ms > 0 ? s_await_handshake(self, wait_ms) : CF_CLIENT_AUTH_OK;
     if (state == CF_CLIENT_AUTH_OK
         || (state == CF_CLIENT_AUTH_UNKNOWN && self->connect_timeout_ms <= 0))
         return self;
-    char why[sizeof self->shared.auth_message + 128];
+    char why[sizeof self->shared.auth_message + 1024];
     if (state == CF_CLIENT_AUTH_REFUSED) {
         pthread_mutex_lock(&self->shared.mutex);
         snprintf(why, sizeof why, "%s", self->shared.auth_message);
@@ -373,7 +507,7 @@ void *cf_client_new(const cf_client_config_t *config)
         snprintf(why, sizeof why,
                  "no cf-broker answered at %s within %d ms (connect_timeout_ms; is the broker "
                  "running and the endpoint right?)",
-                 self->endpoint, self->connect_timeout_ms);
+                 self->endpoints, self->connect_timeout_ms);
     void *backend = self;
     s_destroy(&backend);
     cf_error_set(state == CF_CLIENT_AUTH_REFUSED ? CF_EAUTH : CF_ETIMEDOUT, "%s", why);
@@ -382,6 +516,20 @@ void *cf_client_new(const cf_client_config_t *config)
 failed:
     s_free(self);
     return NULL;
+}
+
+void cf_client_counters(void *backend, cf_client_counters_t *counters)
+{
+    cf_client_t *self = backend;
+    assert(self && counters);
+    *counters = (cf_client_counters_t){
+        .brokers = self->links_len,
+        .moved = atomic_load_explicit(&self->tally.moved, memory_order_relaxed),
+        .late = atomic_load_explicit(&self->tally.late, memory_order_relaxed),
+        .failovers = atomic_load_explicit(&self->tally.failovers, memory_order_relaxed),
+        .last_failover_ms =
+            atomic_load_explicit(&self->tally.last_failover_ms, memory_order_relaxed),
+    };
 }
 
 //  cf_executor_destroy is about to wait for every task: from now on a

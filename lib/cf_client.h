@@ -32,11 +32,30 @@
 //    (core/cf_link.h) and every task the broker had is resubmitted.
 //  - Delivery is at-least-once: after a broker restart a task may run twice;
 //    its future takes the first result.
+//
+//  Several brokers (endpoint "tcp://a:5555, tcp://b:5555"): one DEALER,
+//  with its own heartbeats, boot id, fresh-socket reopen and handshake
+//  monitor, per broker. A new task goes to the live broker holding the
+//  fewest of our unanswered tasks. When a broker is lost (its connection
+//  drops, or it is silent for liveness intervals) or restarts, every task
+//  it held is resubmitted at once to the others (with none live, it waits
+//  for the first that answers). From then on what the broker it left says
+//  of it (RESULT, STARTED, PROGRESS) is late and ignored, so each future
+//  resolves once, with the answer of the broker it is on; CANCEL and STOP
+//  go to that broker. A task running on a worker when its broker died may
+//  therefore run twice (at-least-once, as after a lost worker). A broker
+//  that comes back takes new tasks again. No CANCEL is sent for moved
+//  tasks to a broker that comes back: a lost broker gets a fresh socket at
+//  once, so it sees a new client, which cannot name the old one's tasks;
+//  the old client's queue is dropped at the broker's own expiry.
 
 #ifndef CF_CLIENT_H
 #define CF_CLIENT_H
 
 #include "cf_task.h"
+
+#include <stddef.h>
+#include <stdint.h>
 
 extern const cf_backend_ops_t cf_client_ops;
 //  cf_client_ops.task_size, for back ends that pass tasks on to a client
@@ -44,25 +63,31 @@ extern const cf_backend_ops_t cf_client_ops;
 #define CF_CLIENT_TASK_SIZE 32
 
 typedef struct {
-    const char *endpoint;      //  broker client endpoint
+    //  The brokers' client endpoints: one, or a comma-separated list
+    //  (spaces around the commas allowed; a duplicate is ignored with a
+    //  warning; at most 16). See "Several brokers" above.
+    const char *endpoint;
     void *zmq_context;         //  NULL: the client makes its own
     int heartbeat_ivl_ms;      //  <= 0: CF_HEARTBEAT_IVL_MS (the broker's, when shorter, wins)
     int heartbeat_liveness;    //  missed intervals before the broker is lost; <= 0: default
     //  > 0: cf_client_new waits up to this long for a first handshake with
-    //  a broker and returns NULL with CF_ETIMEDOUT when none came (a
-    //  message naming the endpoint); <= 0: it does not wait.
+    //  a broker (any of the list) and returns NULL with CF_ETIMEDOUT when
+    //  none came (a message naming every endpoint); the brokers of a list
+    //  still silent then are named in a warning. <= 0: it does not wait.
     int connect_timeout_ms;
     //  CURVE (Z85 text, all three or none; applied before connect, not
     //  kept): the broker's public key and this client's key pair. With
     //  them, cf_client_new waits for the first handshake up to
     //  heartbeat_ivl_ms * heartbeat_liveness and returns NULL with CF_EAUTH
-    //  when the broker refuses the key.
+    //  when every broker refuses the key. With several brokers
+    //  curve_server_key is one key for all or a comma-separated list of
+    //  one per endpoint, in the endpoints' order.
     const char *curve_server_key;
     const char *curve_public_key;
     const char *curve_secret_key;
 } cf_client_config_t;
 
-//  Whatever the keys, a handshake the broker refuses (key not on its client
+//  Whatever the keys, a handshake every broker refuses (key not on its client
 //  list, CURVE on one side only, or with CURVE three handshakes in a row
 //  dropped: a wrong broker key) fails every pending future with the runtime
 //  error "AuthError", makes submit return CF_EAUTH, and stops reconnecting.
@@ -71,5 +96,18 @@ typedef struct {
 //  cf_last_error() on failure (CF_EINVAL for a malformed endpoint). A
 //  shared zmq_context must outlive the client.
 void *cf_client_new(const cf_client_config_t *config);
+
+//  What the client did across its brokers, for tests and diagnostics.
+typedef struct {
+    size_t brokers;              //  links: the list less its duplicates
+    uint64_t moved;              //  tasks sent to another broker than the one they were on
+    uint64_t late;               //  RESULT, STARTED, PROGRESS items of moved tasks, ignored
+    uint64_t failovers;          //  brokers lost while holding tasks, which were moved
+    int64_t last_failover_ms;    //  cf_clock_now_ms() of the last one (0: none)
+} cf_client_counters_t;
+
+//  Reads the counters of a client (a cf_client_new back end). Safe from
+//  any thread; each counter is exact, the set is not one snapshot.
+void cf_client_counters(void *backend, cf_client_counters_t *counters);
 
 #endif

@@ -1,7 +1,8 @@
 //  The client's actor thread (cf_client_int.h has the design and the map):
-//  its loop, the timers (heartbeats, a silent broker, resend rounds,
-//  warnings while tasks wait, a destroy giving up on a lost broker) and the
-//  end, where every future still pending is resolved.
+//  its loop over every broker's socket, the timers (heartbeats, a silent
+//  broker, resend rounds, warnings while tasks wait, a destroy giving up
+//  on lost brokers) and the end, where every future still pending is
+//  resolved.
 
 #include "cf_client_int.h"
 
@@ -9,6 +10,7 @@
 #include "cf_log.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <stdio.h>
@@ -22,35 +24,35 @@
 //  often: steady enough to be seen, slow enough not to flood a log.
 #define S_WARN_EVERY_MS 10000
 
-static int64_t s_dead_after_ms(cf_client_t *self)
+static int64_t s_dead_after_ms(cf_client_t *self, const cf_client_link_t *link)
 {
     int64_t ivl = self->ivl_ms;
-    if ((int64_t)self->own.broker_ivl_ms > ivl)
-        ivl = self->own.broker_ivl_ms;
+    if ((int64_t)link->broker_ivl_ms > ivl)
+        ivl = link->broker_ivl_ms;
     return ivl * self->liveness;
 }
 
 //  How long the broker lets a client be silent: its interval when known
 //  (liveness is not announced; ours is assumed).
-static int64_t s_broker_expiry_ms(cf_client_t *self)
+static int64_t s_broker_expiry_ms(cf_client_t *self, const cf_client_link_t *link)
 {
-    int64_t ivl = self->own.broker_ivl_ms ? (int64_t)self->own.broker_ivl_ms : self->ivl_ms;
+    int64_t ivl = link->broker_ivl_ms ? (int64_t)link->broker_ivl_ms : self->ivl_ms;
     return ivl * self->liveness;
 }
 
-//  Tasks the broker had when destroy gave up on it: it may have run them or
-//  not, and nobody will say. Tasks it never had (never sent, or sent while
-//  no connection ever came up) are simply cancelled.
+//  Tasks a broker had when destroy gave up on every broker: it may have
+//  run them or not, and nobody will say. Tasks no broker ever had (never
+//  sent, or sent while no connection ever came up) are simply cancelled.
 static void s_resolve_lost(cf_client_t *self, cf_client_item_t *item, const char *why)
 {
-    if (item->where == CF_CLIENT_AT_BROKER && self->own.ever_up)
+    if (item->link != CF_CLIENT_NO_LINK && self->links[item->link].ever_up)
         cf_client_task_error(self, item, "BrokerLost", why, "", 0);
     else
         cf_client_task_cancelled(self, item);
 }
 
-//  A lost broker (or one never heard) bounds two waits: a destroy gives up
-//  on it after the time in which a live broker would have spoken
+//  Every broker lost (or never heard) bounds two waits: a destroy gives up
+//  on them after the time in which a live broker would have spoken
 //  (s_dead_after_ms), and shutdown(cancel_futures) does not wait for
 //  answers to its CANCELs (the tasks it asked about are cancelled here).
 static void s_check_lost(cf_client_t *self, int64_t now)
@@ -62,23 +64,36 @@ static void s_check_lost(cf_client_t *self, int64_t now)
     pthread_mutex_lock(&self->shared.mutex);
     bool destroying = self->shared.destroying;
     pthread_mutex_unlock(&self->shared.mutex);
-    if (!destroying || now - self->own.lost_since_ms < s_dead_after_ms(self))
+    if (!destroying)
         return;
-    size_t at_broker = 0, total = cf_idmap_size(self->own.pending);
+    int64_t lost_ms = INT64_MAX;
+    for (size_t i = 0; i < self->links_len; i++) {
+        const cf_client_link_t *link = &self->links[i];
+        if (link->connected || now - link->lost_since_ms < s_dead_after_ms(self, link))
+            return;
+        if (now - link->lost_since_ms < lost_ms)
+            lost_ms = now - link->lost_since_ms;
+    }
+    size_t delivered = 0, total = cf_idmap_size(self->own.pending);
     size_t cursor = 0;
     uint64_t id;
     void *value;
-    while (cf_idmap_next(self->own.pending, &cursor, &id, &value))
-        at_broker += ((cf_client_item_t *)value)->where == CF_CLIENT_AT_BROKER && self->own.ever_up;
+    while (cf_idmap_next(self->own.pending, &cursor, &id, &value)) {
+        const cf_client_item_t *item = value;
+        delivered += item->link != CF_CLIENT_NO_LINK && self->links[item->link].ever_up;
+    }
+    char where[320];
+    if (self->links_len == 1)
+        snprintf(where, sizeof where, "the broker at %s was unreachable", self->endpoints);
+    else
+        snprintf(where, sizeof where, "no broker was reachable at %s", self->endpoints);
     cf_log_warn(S_LOG,
-                "executor destroyed while the broker at %s was unreachable (%" PRId64
+                "executor destroyed while %s (%" PRId64
                 " ms): %zu tasks failed with BrokerLost, %zu never delivered cancelled",
-                self->endpoint, now - self->own.lost_since_ms, at_broker, total - at_broker);
+                where, lost_ms, delivered, total - delivered);
     char why[512];
     snprintf(why, sizeof why,
-             "the executor was destroyed while the broker at %s was unreachable: the task "
-             "may or may not have run",
-             self->endpoint);
+             "the executor was destroyed while %s: the task may or may not have run", where);
     pthread_mutex_lock(&self->shared.mutex);
     cf_queue_t tasks;
     cf_queue_init(&tasks);
@@ -88,9 +103,9 @@ static void s_check_lost(cf_client_t *self, int64_t now)
 }
 
 //  No silent waits: while tasks are pending and no broker answers, a
-//  warning every S_WARN_EVERY_MS; while the broker answers but nothing
-//  started or finished for as long, a STATS request, whose answer says
-//  whether the broker has any worker (s_on_stats).
+//  warning every S_WARN_EVERY_MS; while a broker answers but nothing
+//  started or finished for as long, a STATS request to each that answers,
+//  whose reply says whether it has any worker (s_on_stats).
 static void s_warn_waiting(cf_client_t *self, int64_t now)
 {
     size_t pending = cf_idmap_size(self->own.pending);
@@ -105,12 +120,19 @@ static void s_warn_waiting(cf_client_t *self, int64_t now)
     if (now < self->own.next_warn_ms)
         return;
     self->own.next_warn_ms = now + S_WARN_EVERY_MS;
-    if (!self->own.connected) {
+    int64_t lost_since = INT64_MAX;
+    for (size_t i = 0; i < self->links_len; i++) {
+        if (self->links[i].connected)
+            lost_since = INT64_MIN;
+        else if (self->links[i].lost_since_ms < lost_since && lost_since != INT64_MIN)
+            lost_since = self->links[i].lost_since_ms;
+    }
+    if (lost_since != INT64_MIN) {
         cf_log_warn(S_LOG, "%zu tasks waiting: no broker answers at %s (for %" PRId64 " s)",
-                    pending, self->endpoint, (now - self->own.lost_since_ms) / 1000);
+                    pending, self->endpoints, (now - lost_since) / 1000);
         return;
     }
-    if (now - self->own.progress_ms < S_WARN_EVERY_MS || !self->own.transport_up)
+    if (now - self->own.progress_ms < S_WARN_EVERY_MS)
         return;
     if (self->curve) {
         //  Under CURVE STATS is an admin key's (docs/security.md): asking
@@ -121,49 +143,103 @@ static void s_warn_waiting(cf_client_t *self, int64_t now)
                     pending, (now - self->own.progress_ms) / 1000);
         return;
     }
-    cf_proto_enc_begin(self->own.enc, CF_MSG_STATS);
-    if (cf_proto_enc_send(self->own.enc, self->socket, NULL, 0) == CF_OK) {
-        self->own.stats_asked = true;
-        cf_client_send_sent(self);
+    for (size_t i = 0; i < self->links_len; i++) {
+        cf_client_link_t *link = &self->links[i];
+        if (!link->connected || !link->transport_up)
+            continue;
+        cf_proto_enc_begin(self->own.enc, CF_MSG_STATS);
+        if (cf_proto_enc_send(self->own.enc, link->socket, NULL, 0) == CF_OK) {
+            link->stats_asked = true;
+            cf_client_send_sent(link);
+        }
     }
+}
+
+//  With several brokers, once the connect timeout has passed: name those
+//  that never completed a handshake (construction returned at the first
+//  that did, so nobody else says it).
+static void s_warn_unanswered(cf_client_t *self, int64_t now)
+{
+    if (self->own.connect_warn_ms < 0 || now < self->own.connect_warn_ms)
+        return;
+    self->own.connect_warn_ms = -1;
+    char names[1024] = "";
+    size_t len = 0, count = 0;
+    for (size_t i = 0; i < self->links_len; i++) {
+        const cf_client_link_t *link = &self->links[i];
+        if (link->handshaken || link->refused || !link->watch)
+            continue;
+        int n = snprintf(names + len, sizeof names - len, "%s%s", count ? ", " : "",
+                         link->endpoint);
+        if (n > 0 && (size_t)n < sizeof names - len)
+            len += (size_t)n;
+        count++;
+    }
+    if (count)
+        cf_log_warn(S_LOG,
+                    "%zu of %zu brokers did not answer within %d ms: %s (tasks go to the "
+                    "others until they do)",
+                    count, self->links_len, self->connect_timeout_ms, names);
+}
+
+//  One link's timers: heartbeats, its silence, the stall of our own, a
+//  connection that libzmq will not redial.
+static void s_run_link_timers(cf_client_t *self, cf_client_link_t *link, int64_t now)
+{
+    //  Heartbeats keep our gaps near one interval; a gap past the broker's
+    //  expiry means this thread stalled (a long callback, a stopped
+    //  process, a starved machine) and the broker may have dropped us.
+    if (link->last_sent_ms && link->transport_up
+        && now - link->last_sent_ms > s_broker_expiry_ms(self, link)) {
+        cf_client_task_resend_all(self, link, "we were silent");
+        link->last_sent_ms = now;
+    }
+    if (now >= link->next_heartbeat_ms) {
+        //  Not while disconnected: zmq would queue them, and delivered ahead
+        //  of the resent tasks after a reconnect each would draw an "unknown
+        //  client" answer and a second, useless resend.
+        if (link->transport_up && !link->refused) {
+            cf_err_t rc = cf_client_send_heartbeat(self, link);
+            if (rc == CF_OK)
+                cf_client_send_sent(link);
+            else if (rc != CF_EBUSY)
+                cf_log_debug(S_LOG, "heartbeat not sent: %s", cf_strerror(rc));
+        }
+        link->next_heartbeat_ms = now + link->send_ivl_ms;
+    }
+    //  With several brokers a connection that came up but never answered
+    //  while holding tasks counts as silent too: one broker stopped before
+    //  we ever heard it must not hold its share of the tasks forever.
+    bool mute = self->links_len > 1 && !link->heard_once && link->transport_up
+                && link->at_broker > 0;
+    if ((link->connected || mute) && now - link->last_heard_ms > s_dead_after_ms(self, link)) {
+        if (mute) {
+            link->heard_once = true;    //  unusable until it speaks
+            link->connected = true;     //  so that the loss is logged
+        }
+        cf_client_link_lost(self, link, "silent");
+        //  A partition leaves the connection half-open for minutes, and a
+        //  broker that went silent may be behind one: dial afresh.
+        cf_client_link_reopen(self, link, "the broker went silent", now);
+    }
+    if (link->redial_deadline_ms >= 0 && now >= link->redial_deadline_ms
+        && cf_client_link_reopen(self, link, "the connection broke and ZeroMQ does not redial",
+                                 now))
+        link->redial_deadline_ms = -1;
 }
 
 static void s_run_timers(cf_client_t *self)
 {
     int64_t now = cf_clock_now_ms();
-    //  Heartbeats keep our gaps near one interval; a gap past the broker's
-    //  expiry means this thread stalled (a long callback, a stopped
-    //  process, a starved machine) and the broker may have dropped us.
-    if (self->own.last_sent_ms && self->own.transport_up
-        && now - self->own.last_sent_ms > s_broker_expiry_ms(self)) {
-        cf_client_task_resend_all(self, "we were silent");
-        self->own.last_sent_ms = now;
+    bool connected = false;
+    for (size_t i = 0; i < self->links_len; i++) {
+        s_run_link_timers(self, &self->links[i], now);
+        connected = connected || self->links[i].connected;
     }
-    if (now >= self->own.next_heartbeat_ms) {
-        //  Not while disconnected: zmq would queue them, and delivered ahead
-        //  of the resent tasks after a reconnect each would draw an "unknown
-        //  client" answer and a second, useless resend.
-        if (self->own.transport_up) {
-            cf_err_t rc = cf_client_send_heartbeat(self);
-            if (rc == CF_OK)
-                cf_client_send_sent(self);
-            else if (rc != CF_EBUSY)
-                cf_log_debug(S_LOG, "heartbeat not sent: %s", cf_strerror(rc));
-        }
-        self->own.next_heartbeat_ms = now + self->own.send_ivl_ms;
-    }
-    if (self->own.connected && now - self->own.last_heard_ms > s_dead_after_ms(self)) {
-        cf_client_link_lost(self, "silent");
-        //  A partition leaves the connection half-open for minutes, and a
-        //  broker that went silent may be behind one: dial afresh.
-        cf_client_link_reopen(self, "the broker went silent", now);
-    }
-    if (self->own.redial_deadline_ms >= 0 && now >= self->own.redial_deadline_ms
-        && cf_client_link_reopen(self, "the connection broke and ZeroMQ does not redial", now))
-        self->own.redial_deadline_ms = -1;
-    if (!self->own.connected)
+    if (!connected)
         s_check_lost(self, now);
     s_warn_waiting(self, now);
+    s_warn_unanswered(self, now);
     if (self->own.resend_at_ms >= 0 && now >= self->own.resend_at_ms) {
         if (self->own.freed == 0)
             self->own.backoff_ms = self->own.backoff_ms * 2 > CF_CLIENT_BACKOFF_MAX_MS
@@ -188,18 +264,26 @@ static void s_run_timers(cf_client_t *self)
 
 static int s_poll_timeout(cf_client_t *self)
 {
-    int64_t next = self->own.next_heartbeat_ms;
-    if (self->own.redial_deadline_ms >= 0) {
-        int64_t at = self->own.redial_deadline_ms > self->own.reopen.next_ms
-                         ? self->own.redial_deadline_ms
-                         : self->own.reopen.next_ms;
-        if (at < next)
-            next = at;
+    int64_t next = INT64_MAX;
+    for (size_t i = 0; i < self->links_len; i++) {
+        const cf_client_link_t *link = &self->links[i];
+        if (link->next_heartbeat_ms < next)
+            next = link->next_heartbeat_ms;
+        if (link->redial_deadline_ms >= 0) {
+            int64_t at = link->redial_deadline_ms > link->reopen.next_ms ? link->redial_deadline_ms
+                                                                         : link->reopen.next_ms;
+            if (at < next)
+                next = at;
+        }
+        bool watched = link->connected
+                       || (self->links_len > 1 && !link->heard_once && link->at_broker > 0);
+        if (watched && link->last_heard_ms + s_dead_after_ms(self, link) + 1 < next)
+            next = link->last_heard_ms + s_dead_after_ms(self, link) + 1;
     }
-    if (self->own.connected && self->own.last_heard_ms + s_dead_after_ms(self) + 1 < next)
-        next = self->own.last_heard_ms + s_dead_after_ms(self) + 1;
     if (self->own.resend_at_ms >= 0 && self->own.resend_at_ms < next)
         next = self->own.resend_at_ms;
+    if (self->own.connect_warn_ms >= 0 && self->own.connect_warn_ms < next)
+        next = self->own.connect_warn_ms;
     return cf_clock_ms_until(next);
 }
 
@@ -232,36 +316,49 @@ void cf_client_actor_main(cf_actor_t *actor, void *arg)
     cf_client_t *self = arg;
     self->actor = actor;
     int64_t now = cf_clock_now_ms();
-    self->own.last_heard_ms = now;
-    //  No hello: the broker knows a client from its first SUBMIT and
-    //  answers anything before that with "unknown client", which would
-    //  make us resubmit a burst that raced the answer.
-    self->own.next_heartbeat_ms = now + self->own.send_ivl_ms;
-    //  Both sockets are polled through their ZMQ_FD as plain descriptors
-    //  (see the design note); for the monitor that also spares the two
+    for (size_t i = 0; i < self->links_len; i++) {
+        cf_client_link_t *link = &self->links[i];
+        link->last_heard_ms = now;
+        //  No hello: the broker knows a client from its first SUBMIT and
+        //  answers anything before that with "unknown client", which would
+        //  make us resubmit a burst that raced the answer.
+        link->next_heartbeat_ms = now + link->send_ivl_ms;
+        link->lost_since_ms = now;
+    }
+    //  The sockets are polled through their ZMQ_FD as plain descriptors
+    //  (see the design note); for the monitors that also spares the two
     //  ZMQ_EVENTS checks (a getpid and a poll each) zmq_poll made on every
     //  call for events that come a few times per connection. A descriptor
-    //  only says "look": cf_client_link_on_monitor reads until EAGAIN, which re-arms it,
-    //  so nothing waits unseen. cf_client_link_open found both descriptors.
-    self->own.lost_since_ms = now;
-    if (self->monitor)
-        cf_client_link_on_monitor(self);    //  what came before we looked
+    //  only says "look": cf_client_link_on_monitor reads until EAGAIN, which
+    //  re-arms it, so nothing waits unseen. cf_client_link_open found every
+    //  descriptor.
+    for (size_t i = 0; i < self->links_len; i++) {
+        if (self->links[i].monitor)
+            cf_client_link_on_monitor(self, &self->links[i]);    //  what came before we looked
+    }
+    struct pollfd fds[2 * CF_CLIENT_MAX_LINKS];
+    zmq_fd_t monitor_fds[CF_CLIENT_MAX_LINKS];
 
     cf_actor_serve(actor, self);
     cf_actor_ready(actor, CF_OK, NULL);
     while (!self->own.terminated) {
         bool work = cf_client_task_inbox_has_work(self);
-        int events = cf_proto_events(self->socket);
-        bool ready = work || (events & ZMQ_POLLIN) || (self->own.blocked && (events & ZMQ_POLLOUT));
+        bool ready = work;
+        int count = 0;
+        for (size_t i = 0; i < self->links_len; i++) {
+            cf_client_link_t *link = &self->links[i];
+            int events = cf_proto_events(link->socket);
+            ready = ready || (events & ZMQ_POLLIN) || (link->blocked && (events & ZMQ_POLLOUT));
+            //  Read every round: cf_client_link_reopen may have replaced
+            //  the sockets.
+            fds[count++] = (struct pollfd){ link->socket_fd, POLLIN, 0 };
+            monitor_fds[i] = link->monitor_fd;
+            if (link->monitor_fd >= 0)
+                fds[count++] = (struct pollfd){ link->monitor_fd, POLLIN, 0 };
+        }
         int timeout = ready ? 0 : s_poll_timeout(self);
-        //  Read every round: cf_client_link_reopen may have replaced both sockets.
-        zmq_fd_t monitor_fd = self->own.monitor_fd;
-        struct pollfd fds[2] = {
-            { self->own.socket_fd, POLLIN, 0 },
-            { monitor_fd, POLLIN, 0 },
-        };
         bool woken = false;
-        if (cf_actor_sleep(actor, fds, monitor_fd >= 0 ? 2 : 1, timeout, &woken) < 0) {
+        if (cf_actor_sleep(actor, fds, count, timeout, &woken) < 0) {
             cf_log_warn(S_LOG, "poll failed: %s", strerror(errno));
             break;
         }
@@ -280,34 +377,43 @@ void cf_client_actor_main(cf_actor_t *actor, void *arg)
                 break;
             }
         }
-        events = cf_proto_events(self->socket);
-        if (events & ZMQ_POLLIN)
-            cf_client_recv_read(self);
-        if (events & ZMQ_POLLOUT)
-            self->own.blocked = false;
-        if (monitor_fd >= 0 && (fds[1].revents & POLLIN) && monitor_fd == self->own.monitor_fd)
-            cf_client_link_on_monitor(self);
+        int at = 0;
+        for (size_t i = 0; i < self->links_len; i++) {
+            cf_client_link_t *link = &self->links[i];
+            int events = cf_proto_events(link->socket);
+            if (events & ZMQ_POLLIN)
+                cf_client_recv_read(self, link);
+            if (events & ZMQ_POLLOUT)
+                link->blocked = false;
+            at++;
+            if (monitor_fds[i] >= 0) {
+                if ((fds[at].revents & POLLIN) && monitor_fds[i] == link->monitor_fd)
+                    cf_client_link_on_monitor(self, link);
+                at++;
+            }
+        }
         s_run_timers(self);
-        if (self->own.cancel_ids_len)
-            cf_client_send_cancels(self);
+        for (size_t i = 0; i < self->links_len; i++) {
+            if (self->links[i].cancel_ids_len)
+                cf_client_send_cancels(self, &self->links[i]);
+        }
         cf_client_send_tasks(self);
-        if (self->own.stop_items_len)
-            cf_client_send_stops(self);
+        for (size_t i = 0; i < self->links_len; i++) {
+            if (self->links[i].stop_items_len)
+                cf_client_send_stops(self, &self->links[i]);
+        }
         cf_client_task_report(self);
     }
     cf_actor_serve(actor, NULL);
     s_finish_all(self);
-    //  Tell the broker to drop what it still queues for us. Best effort:
+    //  Tell each broker to drop what it still queues for us. Best effort:
     //  at the high-water mark it is lost and the broker's heartbeats find
     //  out instead.
-    cf_proto_enc_begin(self->own.enc, CF_MSG_DISCONNECT);
-    cf_proto_enc_text(self->own.enc, "client closed", 0);
-    cf_proto_enc_send(self->own.enc, self->socket, NULL, 0);
-    if (self->monitor) {
-        zmq_socket_monitor(self->socket, NULL, 0);
-        zmq_close(self->monitor);
-        self->monitor = NULL;
+    for (size_t i = 0; i < self->links_len; i++) {
+        cf_client_link_t *link = &self->links[i];
+        cf_proto_enc_begin(self->own.enc, CF_MSG_DISCONNECT);
+        cf_proto_enc_text(self->own.enc, "client closed", 0);
+        cf_proto_enc_send(self->own.enc, link->socket, NULL, 0);
+        cf_client_link_close(&link->socket, &link->monitor);
     }
-    zmq_close(self->socket);
-    self->socket = NULL;
 }

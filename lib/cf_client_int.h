@@ -89,6 +89,7 @@
 #include "cf_task.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -103,6 +104,9 @@ enum { CF_CLIENT_AUTH_UNKNOWN, CF_CLIENT_AUTH_OK, CF_CLIENT_AUTH_REFUSED };
 //  as soon as it completes tasks again.
 #define CF_CLIENT_BACKOFF_MIN_MS 5
 #define CF_CLIENT_BACKOFF_MAX_MS 1000
+//  Brokers one client may list (cf_client_item_t.link is a byte).
+#define CF_CLIENT_MAX_LINKS      16
+#define CF_CLIENT_NO_LINK        0xff
 
 typedef enum {
     CF_CLIENT_GONE,         //  resolved and forgotten (or never handed over)
@@ -125,6 +129,11 @@ typedef struct cf_client_item {
     bool started;             //  STARTED seen: cancel can no longer win
     bool cancel_asked;        //  CANCEL sent, a canceller may be waiting
     bool stop_asked;          //  STOP sent: not resubmitted to a broker that forgot it
+    //  The link it was last sent on (CF_CLIENT_NO_LINK: never sent). Kept
+    //  while the task waits to be resent, so that the broker it left may
+    //  still answer for it until it is sent elsewhere; from then on that
+    //  broker's replies for it are late and ignored.
+    uint8_t link;
 } cf_client_item_t;
 
 //  The task the item is kept in: owned by the client while it holds the
@@ -171,6 +180,47 @@ typedef struct {
     char auth_message[256];      //  why the broker refused us (CF_CLIENT_AUTH_REFUSED)
 } cf_client_shared_t;
 
+//  One broker of the list: its socket and everything known of it. The
+//  actor's alone (under its io, like own), except the endpoint and keys,
+//  which are set before the actor starts and never change.
+typedef struct {
+    char *endpoint;                       //  this broker's client endpoint
+    char curve_server[CF_KEY_Z85_SIZE];    //  its public key (CURVE)
+    uint8_t index;                        //  in cf_client_t.links, as items name it
+    bool watch;                           //  a monitor on the socket (not inproc)
+    void *socket;                         //  DEALER to the broker
+    void *monitor;                        //  PAIR receiving socket events, or NULL
+    zmq_fd_t socket_fd;                   //  ZMQ_FD of socket
+    zmq_fd_t monitor_fd;                  //  ZMQ_FD of monitor, -1 none
+    uint64_t boot;                        //  broker instance id, 0 unknown
+    uint32_t broker_ivl_ms;               //  the broker's heartbeat interval
+    int send_ivl_ms;                      //  ours, or the broker's when shorter
+    int64_t last_heard_ms;                //  last message from the broker
+    int64_t next_heartbeat_ms;            //  pushed back by every message we send
+    int64_t last_sent_ms;                 //  our last message (0: none yet)
+    int64_t redial_deadline_ms;           //  DISCONNECTED, no redial seen yet; -1 none
+    int64_t resent_ms;                    //  the last cf_client_task_resend_all (0: none)
+    int64_t lost_since_ms;                //  not connected since (when !connected)
+    cf_link_backoff_t reopen;             //  fresh sockets for a lost broker
+    cf_keys_judge_t judge;                //  what the handshakes said of our key
+    size_t at_broker;                     //  tasks sent here and not answered
+    bool blocked;                         //  a send hit the HWM: wait for POLLOUT
+    bool connected;                       //  heard from the broker, not lost since
+    bool ever_connected;                  //  the transport came up once
+    bool transport_up;                    //  connected in zmq's sense (monitor)
+    bool heard_once;                      //  the broker has spoken to us
+    bool ever_up;                         //  some socket of ours to it ever connected
+    bool handshaken;                      //  a handshake succeeded once
+    bool refused;                         //  it refused our key: never used again
+    bool resend_on_contact;               //  we found it silent: it may have dropped us
+    bool unreachable;                     //  not to be waited for nor given tasks
+    bool stats_asked;                     //  STATS sent to look for workers
+    uint64_t *cancel_ids;                 //  ids to send in CANCEL
+    size_t cancel_ids_len, cancel_ids_cap;
+    cf_proto_stop_t *stop_items;          //  [id, grace] to send in STOP
+    size_t stop_items_len, stop_items_cap;
+} cf_client_link_t;
+
 //  The actor's alone: touched only by the actor's thread, or by a
 //  submitter acting for it (cf_actor_enter), under the actor's io mutex.
 typedef struct {
@@ -179,48 +229,23 @@ typedef struct {
     cf_queue_t outbox;
     cf_queue_t parked;
     uint64_t next_id;
-    uint64_t boot;                //  broker instance id, 0 unknown
-    uint32_t broker_ivl_ms;       //  the broker's heartbeat interval
-    int send_ivl_ms;              //  ours, or the broker's when shorter
-    int64_t last_heard_ms;        //  last message from the broker
-    int64_t next_heartbeat_ms;    //  pushed back by every message we send
-    int64_t resend_at_ms;         //  parked tasks go out then; -1 none
+    int64_t resend_at_ms;    //  parked tasks go out then; -1 none
     int backoff_ms;
     size_t freed;              //  results since the last resend round
-    bool blocked;              //  a send hit the HWM: wait for POLLOUT
-    bool connected;            //  heard from the broker, not lost since
-    bool ever_connected;       //  the transport came up once
-    bool transport_up;         //  connected in zmq's sense (monitor)
-    bool heard_once;           //  the broker has spoken to us
-    cf_keys_judge_t judge;     //  what the handshakes said of our key
-    bool resend_on_contact;    //  we found it silent: it may have dropped us
-    int64_t last_sent_ms;      //  our last message (0: none yet)
-    bool unreachable;          //  published as broker_unreachable
+    unsigned next_link;        //  where the spread starts looking (ties)
+    bool unreachable;          //  every link is: published as broker_unreachable
     bool reach_changed;        //  unreachable changed since cf_client_task_report
     uint64_t cancel_taken;     //  cancel_seq when the inbox was drained
     bool term_asked;           //  $TERM came down the pipe
     bool terminated;           //  the actor loop ends
     size_t resolved;           //  resolved since the last report
     bool answered;             //  a cancel answer to broadcast
-    uint64_t *cancel_ids;      //  ids to send in CANCEL
-    size_t cancel_ids_len, cancel_ids_cap;
     cf_future_t **cancels_spare;    //  swapped with cancels when draining
     size_t cancels_spare_cap;
-    cf_proto_stop_t *stop_items;    //  [id, grace] to send in STOP
-    size_t stop_items_len, stop_items_cap;
-    //  The socket's life cycle (cf_client_link_open, cf_client_link_reopen) and its
-    //  reporting: every field here is the actor's.
-    zmq_fd_t socket_fd;            //  ZMQ_FD of socket
-    zmq_fd_t monitor_fd;           //  ZMQ_FD of monitor, -1 none
-    int64_t redial_deadline_ms;    //  DISCONNECTED, no redial seen yet; -1 none
-    cf_link_backoff_t reopen;      //  fresh sockets for a lost broker
-    int64_t resent_ms;             //  the last cf_client_task_resend_all (0: none)
-    int64_t lost_since_ms;         //  not connected since (when !connected)
+    int64_t connect_warn_ms;       //  then, name the brokers never heard; -1 none
     int64_t next_warn_ms;          //  next "tasks waiting" warning
     int64_t progress_ms;           //  a task started or resolved
-    bool stats_asked;              //  STATS sent to look for workers
     bool cancel_all_asked;         //  shutdown(cancel_futures) came
-    bool ever_up;                  //  some socket of ours ever connected
     uint64_t resends;              //  cf_client_task_resend_all rounds that moved tasks
     uint64_t malformed;            //  replies dropped as malformed
     uint64_t stale;                //  results for tasks no longer pending
@@ -229,33 +254,40 @@ typedef struct {
     char err_host[CF_PROTO_MAX_TEXT + 1];
 } cf_client_own_t;
 
+//  What cf_client_counters reports; the actor adds, anyone reads.
+typedef struct {
+    _Atomic uint64_t moved;
+    _Atomic uint64_t late;
+    _Atomic uint64_t failovers;
+    _Atomic int64_t last_failover_ms;
+} cf_client_tally_t;
+
 typedef struct {
     //  Set by cf_client_new before the actor starts, read-only afterwards
     //  (the sockets and the encoder are the actor's to use; cf_client_link_reopen
-    //  replaces the sockets, under the actor's io like the rest of own).
+    //  replaces a link's sockets, under the actor's io like the rest of own).
     void *ctx;
     bool own_ctx;              //  we made ctx, we terminate it
-    void *socket;              //  DEALER to the broker (actor's)
-    void *monitor;             //  PAIR receiving socket events, or NULL
-    bool watch;                //  a monitor on every socket (not inproc)
     unsigned generation;       //  sockets opened so far (monitor names)
     int connect_timeout_ms;    //  cf_client_new waits this for a broker
     bool curve;                //  CURVE client (cf_client_config_t keys)
-    //  The keys, kept for a fresh socket after a protocol error (wiped in
+    //  Our keys, kept for a fresh socket after a protocol error (wiped in
     //  s_free): reconnecting needs them as much as connecting did.
-    char curve_server[CF_KEY_Z85_SIZE];
     char curve_public[CF_KEY_Z85_SIZE];
     char curve_secret[CF_KEY_Z85_SIZE];
     char key_fp[CF_KEY_FP_SIZE];    //  our public key's fingerprint, for messages
-    char *endpoint;
-    int ivl_ms;      //  our heartbeat interval
-    int liveness;    //  silent intervals before the broker is lost
+    cf_client_link_t *links;        //  one per broker, in the order given
+    size_t links_len;
+    char *endpoints;    //  "a, b": every broker, for messages
+    int ivl_ms;         //  our heartbeat interval
+    int liveness;       //  silent intervals before the broker is lost
     //  Set by the actor's thread before it reports ready (no submission
     //  comes earlier); its io mutex guards own.
     cf_actor_t *actor;
 
     cf_client_shared_t shared;    //  under shared.mutex
     cf_client_own_t own;          //  under the actor's io
+    cf_client_tally_t tally;      //  atomics
 } cf_client_t;
 
 static inline cf_client_item_t *cf_client_item_of(cf_queue_node_t *node)
@@ -289,23 +321,24 @@ void cf_client_task_cancelled(cf_client_t *self, cf_client_item_t *item);
 //  Forgets item and fails its future with that error.
 void cf_client_task_error(cf_client_t *self, cf_client_item_t *item, const char *type,
                           const char *message, const char *host, int pid);
-//  Reports resolutions, cancel answers and the broker's reach to waiting
+//  Reports resolutions, cancel answers and the brokers' reach to waiting
 //  application threads: one lock per loop iteration, not per task.
 void cf_client_task_report(cf_client_t *self);
-//  Every task at the broker goes back to the outbox (a lost or restarted
-//  broker may have forgotten it); one a canceller waits on is cancelled,
-//  one asked to stop fails with Interrupted. why is logged.
-void cf_client_task_resend_all(cf_client_t *self, const char *why);
+//  Every task sent on link and not answered goes back to the outbox (a
+//  lost or restarted broker may have forgotten it), to be sent on the
+//  links the spread picks; one a canceller waits on is cancelled, one
+//  asked to stop fails with Interrupted. why is logged.
+void cf_client_task_resend_all(cf_client_t *self, cf_client_link_t *link, const char *why);
 //  Parks a task the broker answered BUSY until the resend round.
 void cf_client_task_park(cf_client_t *self, cf_client_item_t *item, int64_t now);
 //  Resolves every task the client holds with resolve(self, item, why):
 //  inbox (taken by the caller under the mutex), outbox, parked, then what
-//  is at the broker; then reports.
+//  is at the brokers; then reports.
 void cf_client_task_resolve_all(cf_client_t *self, cf_queue_t *inbox,
                                 void (*resolve)(cf_client_t *, cf_client_item_t *, const char *),
                                 const char *why);
 //  shutdown(cancel_futures) with no broker to answer: cancels here every
-//  task at the broker not known to have started.
+//  task at a broker not known to have started.
 void cf_client_task_cancel_locally(cf_client_t *self);
 //  Before the actor blocks: true when application threads left work; else
 //  clears "signalled" under the same lock (see cf_client_task.c).
@@ -317,46 +350,61 @@ void cf_client_task_drain_inbox(cf_client_t *self);
 // ---------------------------------------------------------------------------
 //  cf_client_send.c
 
-//  After a message went out: the next heartbeat is due an interval later.
-void cf_client_send_sent(cf_client_t *self);
-//  Sends one HEARTBEAT (the caller notes it sent).
-cf_err_t cf_client_send_heartbeat(cf_client_t *self);
-//  Sends the queued CANCEL ids until done or the socket is blocked.
-void cf_client_send_cancels(cf_client_t *self);
-//  Encodes the outbox into SUBMIT messages until it is empty or blocked.
+//  After a message went out on link: its next heartbeat is due an
+//  interval later.
+void cf_client_send_sent(cf_client_link_t *link);
+//  Sends one HEARTBEAT on link (the caller notes it sent).
+cf_err_t cf_client_send_heartbeat(cf_client_t *self, cf_client_link_t *link);
+//  Sends link's queued CANCEL ids until done or the socket is blocked.
+void cf_client_send_cancels(cf_client_t *self, cf_client_link_t *link);
+//  Encodes the outbox into SUBMIT messages, spread over the live links,
+//  until it is empty or every such link is blocked.
 void cf_client_send_tasks(cf_client_t *self);
 //  A submission found the actor asleep: sends the inbox from this thread
 //  when it can act for the actor, else wakes it.
 void cf_client_send_kick(cf_client_t *self);
-//  Sends the queued STOP items until done or the socket is blocked.
-void cf_client_send_stops(cf_client_t *self);
+//  Sends link's queued STOP items until done or the socket is blocked.
+void cf_client_send_stops(cf_client_t *self, cf_client_link_t *link);
+//  True when some link's socket has a message to read.
+bool cf_client_send_readable(cf_client_t *self);
 
 // ---------------------------------------------------------------------------
 //  cf_client_recv.c
 
-//  Reads and handles what the socket has, up to a burst.
-void cf_client_recv_read(cf_client_t *self);
+//  Reads and handles what link's socket has, up to a burst.
+void cf_client_recv_read(cf_client_t *self, cf_client_link_t *link);
 
 // ---------------------------------------------------------------------------
 //  cf_client_link.c
 
-//  Publishes (at the next report) whether the broker is unreachable.
-void cf_client_link_update_reach(cf_client_t *self);
-//  The broker stopped answering or said goodbye (why, for the log).
-void cf_client_link_lost(cf_client_t *self, const char *why);
-//  The broker refused this client (why): every task fails with AuthError,
-//  later submissions with CF_EAUTH, and the socket stops reconnecting.
-void cf_client_link_refused(cf_client_t *self, const char *why);
-//  Reads the monitor's events (connections, handshakes) until none is left.
-void cf_client_link_on_monitor(cf_client_t *self);
-//  Opens a DEALER to the broker (and its monitor), connected; CF_OK, or an
-//  error set with nothing left open.
-cf_err_t cf_client_link_open(cf_client_t *self, void **socket_p, void **monitor_p);
+//  Publishes (at the next report) whether link's broker, and whether every
+//  broker, is unreachable.
+void cf_client_link_update_reach(cf_client_t *self, cf_client_link_t *link);
+//  The broker stopped answering or said goodbye (why, for the log). With
+//  several brokers, what it held moves to the others at once.
+void cf_client_link_lost(cf_client_t *self, cf_client_link_t *link, const char *why);
+//  The broker refused this client (why): that link is dropped for good;
+//  when no other broker is left, every task fails with AuthError, later
+//  submissions with CF_EAUTH.
+void cf_client_link_refused(cf_client_t *self, cf_client_link_t *link, const char *why);
+//  Reads link's monitor events (connections, handshakes) until none is left.
+void cf_client_link_on_monitor(cf_client_t *self, cf_client_link_t *link);
+//  Opens a DEALER to link's broker (and its monitor), connected; CF_OK, or
+//  an error set with nothing left open.
+cf_err_t cf_client_link_open(cf_client_t *self, cf_client_link_t *link, void **socket_p,
+                             void **monitor_p);
 //  Closes a socket and its monitor (either may be NULL) and clears both.
 void cf_client_link_close(void **socket_p, void **monitor_p);
 //  A fresh socket for a lost broker, at most once per backoff step: false
 //  when not now.
-bool cf_client_link_reopen(cf_client_t *self, const char *why, int64_t now);
+bool cf_client_link_reopen(cf_client_t *self, cf_client_link_t *link, const char *why,
+                           int64_t now);
+//  True when new tasks may go to link: its broker answers (or has not been
+//  found silent yet) and did not refuse us.
+static inline bool cf_client_link_usable(const cf_client_link_t *link)
+{
+    return !link->unreachable && !link->refused;
+}
 
 // ---------------------------------------------------------------------------
 //  cf_client_actor.c

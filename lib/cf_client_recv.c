@@ -24,27 +24,42 @@ static void s_copy_text(char *dst, cf_proto_str_t src)
     dst[len] = '\0';
 }
 
-static void s_contact(cf_client_t *self, int64_t now)
+static void s_contact(cf_client_t *self, cf_client_link_t *link, int64_t now)
 {
-    self->own.last_heard_ms = now;
-    if (!self->own.connected) {
-        cf_log_debug(S_LOG, "broker at %s answers", self->endpoint);
-        self->own.connected = true;
-        cf_link_backoff_reset(&self->own.reopen);
-        self->own.heard_once = true;
-        cf_client_link_update_reach(self);
+    link->last_heard_ms = now;
+    if (!link->connected) {
+        cf_log_debug(S_LOG, "broker at %s answers", link->endpoint);
+        link->connected = true;
+        cf_link_backoff_reset(&link->reopen);
+        link->heard_once = true;
+        cf_client_link_update_reach(self, link);
     }
-    if (self->own.resend_on_contact) {
-        self->own.resend_on_contact = false;
-        cf_client_task_resend_all(self, "broker back after silence");
+    if (link->resend_on_contact) {
+        link->resend_on_contact = false;
+        cf_client_task_resend_all(self, link, "broker back after silence");
     }
 }
 
-static void s_on_result(cf_client_t *self, cf_proto_msg_t *msg, int64_t now)
+//  The pending task id names, if link may speak for it: a task last sent
+//  on another link was moved off this one, and what this broker says of it
+//  now is late (counted, ignored): one broker answers for a task at a time,
+//  so its future resolves once and its cancel or stop goes where it runs.
+static cf_client_item_t *s_item_for(cf_client_t *self, cf_client_link_t *link, uint64_t id)
+{
+    cf_client_item_t *item = cf_idmap_get(self->own.pending, id);
+    if (item && item->link != link->index) {
+        atomic_fetch_add_explicit(&self->tally.late, 1, memory_order_relaxed);
+        return NULL;
+    }
+    return item;
+}
+
+static void s_on_result(cf_client_t *self, cf_client_link_t *link, cf_proto_msg_t *msg,
+                        int64_t now)
 {
     for (size_t i = 0; i < msg->count; i++) {
         cf_proto_result_t *r = &msg->results[i];
-        cf_client_item_t *item = cf_idmap_get(self->own.pending, r->id);
+        cf_client_item_t *item = s_item_for(self, link, r->id);
         if (!item) {
             self->own.stale++;    //  resolved already (a resend's twin)
             continue;
@@ -84,10 +99,10 @@ static void s_on_result(cf_client_t *self, cf_proto_msg_t *msg, int64_t now)
     }
 }
 
-static void s_on_started(cf_client_t *self, cf_proto_msg_t *msg)
+static void s_on_started(cf_client_t *self, cf_client_link_t *link, cf_proto_msg_t *msg)
 {
     for (size_t i = 0; i < msg->count; i++) {
-        cf_client_item_t *item = cf_idmap_get(self->own.pending, msg->ids[i]);
+        cf_client_item_t *item = s_item_for(self, link, msg->ids[i]);
         if (!item || item->started)
             continue;
         item->started = true;
@@ -100,11 +115,11 @@ static void s_on_started(cf_client_t *self, cf_proto_msg_t *msg)
 //  PROGRESS: reports of running tasks (docs/protocol.md). A report says
 //  the function began, as STARTED does; the future drops one older than
 //  what it has, and one for a task no longer pending is stale.
-static void s_on_progress(cf_client_t *self, cf_proto_msg_t *msg)
+static void s_on_progress(cf_client_t *self, cf_client_link_t *link, cf_proto_msg_t *msg)
 {
     for (size_t i = 0; i < msg->count; i++) {
         const cf_proto_progress_t *p = &msg->progress[i];
-        cf_client_item_t *item = cf_idmap_get(self->own.pending, p->id);
+        cf_client_item_t *item = s_item_for(self, link, p->id);
         if (!item) {
             self->own.stale++;
             continue;
@@ -122,44 +137,44 @@ static void s_on_progress(cf_client_t *self, cf_proto_msg_t *msg)
     }
 }
 
-static void s_on_heartbeat(cf_client_t *self, cf_proto_msg_t *msg)
+static void s_on_heartbeat(cf_client_t *self, cf_client_link_t *link, cf_proto_msg_t *msg)
 {
     if (msg->ivl_ms && msg->ivl_ms <= INT32_MAX) {
-        self->own.broker_ivl_ms = msg->ivl_ms;
+        link->broker_ivl_ms = msg->ivl_ms;
         //  The broker expires peers silent for liveness of ITS intervals:
         //  speak at least that often.
         int ivl = (int)msg->ivl_ms < self->ivl_ms ? (int)msg->ivl_ms : self->ivl_ms;
-        if (ivl != self->own.send_ivl_ms) {
-            self->own.send_ivl_ms = ivl;
+        if (ivl != link->send_ivl_ms) {
+            link->send_ivl_ms = ivl;
             int64_t now = cf_clock_now_ms();
-            if (self->own.next_heartbeat_ms > now + ivl)
-                self->own.next_heartbeat_ms = now + ivl;
+            if (link->next_heartbeat_ms > now + ivl)
+                link->next_heartbeat_ms = now + ivl;
         }
     }
     if (msg->boot == 0)
         return;
-    if (self->own.boot != 0 && msg->boot != self->own.boot) {
-        cf_log_warn(S_LOG, "broker at %s restarted", self->endpoint);
-        cf_client_task_resend_all(self, "broker restarted");
+    if (link->boot != 0 && msg->boot != link->boot) {
+        cf_log_warn(S_LOG, "broker at %s restarted", link->endpoint);
+        cf_client_task_resend_all(self, link, "broker restarted");
     }
-    self->own.boot = msg->boot;
+    link->boot = msg->boot;
 }
 
 //  The answer to the STATS s_warn_waiting sent: a broker without workers
 //  is worth a warning of its own.
-static void s_on_stats(cf_client_t *self, cf_proto_msg_t *msg)
+static void s_on_stats(cf_client_t *self, cf_client_link_t *link, cf_proto_msg_t *msg)
 {
-    if (!self->own.stats_asked)
+    if (!link->stats_asked)
         return;
-    self->own.stats_asked = false;
+    link->stats_asked = false;
     for (size_t i = 0; i < msg->count; i++) {
         if (cf_proto_str_eq(msg->stats[i].name, "workers") && msg->stats[i].value == 0)
             cf_log_warn(S_LOG, "%zu tasks waiting: the broker at %s has no workers",
-                        cf_idmap_size(self->own.pending), self->endpoint);
+                        cf_idmap_size(self->own.pending), link->endpoint);
     }
 }
 
-static void s_on_error(cf_client_t *self, cf_proto_msg_t *msg)
+static void s_on_error(cf_client_t *self, cf_client_link_t *link, cf_proto_msg_t *msg)
 {
     s_copy_text(self->own.err_message, msg->text);
     if (msg->ref == 0 && strcmp(self->own.err_message, CF_PROTO_UNKNOWN_CLIENT) == 0) {
@@ -167,9 +182,9 @@ static void s_on_error(cf_client_t *self, cf_proto_msg_t *msg)
         //  we just did: within an interval of a resubmission the error
         //  answers a message sent before it, and the resubmission already
         //  introduced us (one per restart, docs/protocol.md section 7).
-        if (self->own.resent_ms && cf_clock_now_ms() - self->own.resent_ms < self->own.send_ivl_ms)
+        if (link->resent_ms && cf_clock_now_ms() - link->resent_ms < link->send_ivl_ms)
             return;
-        cf_client_task_resend_all(self, "broker does not know us");
+        cf_client_task_resend_all(self, link, "broker does not know us");
         return;
     }
     if (msg->ref == 0
@@ -177,12 +192,12 @@ static void s_on_error(cf_client_t *self, cf_proto_msg_t *msg)
             || strcmp(self->own.err_message, CF_PROTO_NOT_ALLOWED) == 0)) {
         //  No retry can help: every task fails, as at a refused handshake.
         char why[sizeof self->own.err_message + 64];
-        snprintf(why, sizeof why, "the broker at %s refused this client: %s", self->endpoint,
+        snprintf(why, sizeof why, "the broker at %s refused this client: %s", link->endpoint,
                  self->own.err_message);
-        cf_client_link_refused(self, why);
+        cf_client_link_refused(self, link, why);
         return;
     }
-    cf_client_item_t *item = msg->ref ? cf_idmap_get(self->own.pending, msg->ref) : NULL;
+    cf_client_item_t *item = msg->ref ? s_item_for(self, link, msg->ref) : NULL;
     if (item) {
         cf_client_task_error(self, item, "ProtocolError", self->own.err_message, "", 0);
         return;
@@ -190,12 +205,12 @@ static void s_on_error(cf_client_t *self, cf_proto_msg_t *msg)
     cf_log_warn_rated(S_LOG, "broker refused a message: %s", self->own.err_message);
 }
 
-void cf_client_recv_read(cf_client_t *self)
+void cf_client_recv_read(cf_client_t *self, cf_client_link_t *link)
 {
     int64_t now = cf_clock_now_ms();
     for (int n = 0; n < S_RECV_BURST; n++) {
         cf_proto_msg_t *msg = NULL;
-        cf_err_t rc = cf_proto_recv(self->socket, false, NULL, &msg);
+        cf_err_t rc = cf_proto_recv(link->socket, false, NULL, &msg);
         if (rc == CF_ETIMEDOUT)
             break;
         if (rc == CF_EPROTO) {
@@ -208,31 +223,31 @@ void cf_client_recv_read(cf_client_t *self)
                 cf_log_warn_rated(S_LOG, "receive failed: %s", cf_strerror(rc));
             break;
         }
-        s_contact(self, now);
+        s_contact(self, link, now);
         switch (msg->type) {
         case CF_MSG_RESULT:
-            s_on_result(self, msg, now);
+            s_on_result(self, link, msg, now);
             self->own.progress_ms = now;    //  for s_warn_waiting
             break;
         case CF_MSG_STARTED:
-            s_on_started(self, msg);
+            s_on_started(self, link, msg);
             self->own.progress_ms = now;
             break;
         case CF_MSG_PROGRESS:
-            s_on_progress(self, msg);
+            s_on_progress(self, link, msg);
             self->own.progress_ms = now;
             break;
         case CF_MSG_HEARTBEAT:
-            s_on_heartbeat(self, msg);
+            s_on_heartbeat(self, link, msg);
             break;
         case CF_MSG_ERROR:
-            s_on_error(self, msg);
+            s_on_error(self, link, msg);
             break;
         case CF_MSG_DISCONNECT:
-            cf_client_link_lost(self, "it said goodbye");
+            cf_client_link_lost(self, link, "it said goodbye");
             break;
         case CF_MSG_STATS:
-            s_on_stats(self, msg);
+            s_on_stats(self, link, msg);
             break;
         default:
             self->own.malformed++;

@@ -22,6 +22,8 @@ void cf_client_task_forget(cf_client_t *self, cf_client_item_t *item)
         cf_queue_remove(&self->own.outbox, &item->node);
     else if (item->where == CF_CLIENT_AT_PARKED)
         cf_queue_remove(&self->own.parked, &item->node);
+    else if (item->where == CF_CLIENT_AT_BROKER && item->link != CF_CLIENT_NO_LINK)
+        self->links[item->link].at_broker--;
     cf_idmap_remove(self->own.pending, item->id);
     if (item->cancel_asked)
         self->own.answered = true;
@@ -71,28 +73,32 @@ void cf_client_task_report(cf_client_t *self)
     self->own.reach_changed = false;
 }
 
+//  The CANCEL goes to the broker the task was sent to, the one that can
+//  remove it.
 static void s_queue_cancel_id(cf_client_t *self, cf_client_item_t *item)
 {
-    if (self->own.cancel_ids_len == self->own.cancel_ids_cap) {
-        size_t cap = self->own.cancel_ids_cap ? self->own.cancel_ids_cap * 2 : 64;
-        uint64_t *grown = realloc(self->own.cancel_ids, cap * sizeof *grown);
+    cf_client_link_t *link = &self->links[item->link];
+    if (link->cancel_ids_len == link->cancel_ids_cap) {
+        size_t cap = link->cancel_ids_cap ? link->cancel_ids_cap * 2 : 64;
+        uint64_t *grown = realloc(link->cancel_ids, cap * sizeof *grown);
         if (!grown) {
             //  The canceller times out and reports false: honest, since
             //  the task was not cancelled.
             cf_log_warn_rated(S_LOG, "out of memory queueing a cancel");
             return;
         }
-        self->own.cancel_ids = grown;
-        self->own.cancel_ids_cap = cap;
+        link->cancel_ids = grown;
+        link->cancel_ids_cap = cap;
     }
-    self->own.cancel_ids[self->own.cancel_ids_len++] = item->id;
+    link->cancel_ids[link->cancel_ids_len++] = item->id;
     item->cancel_asked = true;
 }
 
-//  Every task at the broker goes back to the outbox (a lost or restarted
-//  broker may have forgotten it). One that a canceller is waiting on is
-//  back in our hands, so it is cancelled here instead.
-void cf_client_task_resend_all(cf_client_t *self, const char *why)
+//  Every task sent on link and unanswered goes back to the outbox (a lost
+//  or restarted broker may have forgotten it), from where the spread sends
+//  it to this broker or another. One that a canceller is waiting on is back
+//  in our hands, so it is cancelled here instead.
+void cf_client_task_resend_all(cf_client_t *self, cf_client_link_t *link, const char *why)
 {
     cf_queue_t resend, cancel, interrupted;
     cf_queue_init(&resend);
@@ -103,7 +109,7 @@ void cf_client_task_resend_all(cf_client_t *self, const char *why)
     void *value;
     while (cf_idmap_next(self->own.pending, &cursor, &id, &value)) {
         cf_client_item_t *item = value;
-        if (item->where != CF_CLIENT_AT_BROKER)
+        if (item->where != CF_CLIENT_AT_BROKER || item->link != link->index)
             continue;
         if (item->cancel_asked && !item->started) {
             cf_queue_push_back(&cancel, &item->node);
@@ -114,6 +120,7 @@ void cf_client_task_resend_all(cf_client_t *self, const char *why)
             continue;
         }
         item->where = CF_CLIENT_AT_OUTBOX;
+        link->at_broker--;
         cf_queue_push_back(&resend, &item->node);
     }
     if (!cf_queue_empty(&resend) || !cf_queue_empty(&cancel)) {
@@ -122,8 +129,8 @@ void cf_client_task_resend_all(cf_client_t *self, const char *why)
     }
     //  One resubmission per restart (docs/protocol.md section 7): this one
     //  answers every sign seen so far.
-    self->own.resend_on_contact = false;
-    self->own.resent_ms = cf_clock_now_ms();
+    link->resend_on_contact = false;
+    link->resent_ms = cf_clock_now_ms();
     //  Resent tasks go first: they are the oldest.
     cf_queue_prepend(&self->own.outbox, &resend);
     cf_client_item_t *item;
@@ -140,11 +147,12 @@ void cf_client_task_resend_all(cf_client_t *self, const char *why)
                              "lost this client): not resubmitted",
                              "", 0);
     }
-    self->own.blocked = false;
+    link->blocked = false;
 }
 
 void cf_client_task_park(cf_client_t *self, cf_client_item_t *item, int64_t now)
 {
+    self->links[item->link].at_broker--;
     item->where = CF_CLIENT_AT_PARKED;
     cf_queue_push_back(&self->own.parked, &item->node);
     if (self->own.resend_at_ms < 0)
@@ -161,6 +169,7 @@ static void s_accept_tasks(cf_client_t *self, cf_queue_t *tasks)
         if (++self->own.next_id == 0)
             self->own.next_id = 1;    //  0 means "no task" in ERROR refs
         item->id = self->own.next_id;
+        item->link = CF_CLIENT_NO_LINK;
         if (cf_idmap_put(self->own.pending, item->id, item) != CF_OK) {
             item->where =
                 CF_CLIENT_AT_BROKER;    //  in no list: cf_client_task_forget unlinks nothing
@@ -279,17 +288,18 @@ static void s_cancel_everything_queued(cf_client_t *self)
 
 static void s_queue_stop_item(cf_client_t *self, cf_client_item_t *item, uint32_t grace_ms)
 {
-    if (self->own.stop_items_len == self->own.stop_items_cap) {
-        size_t cap = self->own.stop_items_cap ? self->own.stop_items_cap * 2 : 16;
-        cf_proto_stop_t *grown = realloc(self->own.stop_items, cap * sizeof *grown);
+    cf_client_link_t *link = &self->links[item->link];
+    if (link->stop_items_len == link->stop_items_cap) {
+        size_t cap = link->stop_items_cap ? link->stop_items_cap * 2 : 16;
+        cf_proto_stop_t *grown = realloc(link->stop_items, cap * sizeof *grown);
         if (!grown) {
             cf_log_warn_rated(S_LOG, "out of memory: a stop request was dropped");
             return;
         }
-        self->own.stop_items = grown;
-        self->own.stop_items_cap = cap;
+        link->stop_items = grown;
+        link->stop_items_cap = cap;
     }
-    self->own.stop_items[self->own.stop_items_len++] = (cf_proto_stop_t){ item->id, grace_ms };
+    link->stop_items[link->stop_items_len++] = (cf_proto_stop_t){ item->id, grace_ms };
     item->stop_asked = true;
 }
 
