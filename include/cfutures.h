@@ -464,7 +464,16 @@ typedef struct {
     int max_tasks_per_worker;
     //  CF_THREADS: worker thread names are prefix-N (default "cf-worker").
     const char *thread_name_prefix;
-    //  CF_REMOTE: the broker's client endpoint, "tcp://127.0.0.1:5555".
+    //  CF_REMOTE: the broker's client endpoint, "tcp://127.0.0.1:5555", or
+    //  several brokers' as a comma-separated list ("tcp://a:5555,
+    //  tcp://b:5555"; at most 16; spaces around the commas allowed). A bad
+    //  endpoint is refused with CF_EINVAL naming it; a duplicate is ignored
+    //  with a warning. With several, tasks are spread over the brokers that
+    //  answer (each new task to the one holding the fewest of this
+    //  executor's), and a broker's tasks move at once to the others when it
+    //  is lost or restarts: a task running when its broker died may run
+    //  twice (README, "Several brokers"). The brokers share nothing: each
+    //  needs its own cf-workers.
     const char *endpoint;
     //  CF_REMOTE: heartbeat interval with the broker (0: 1000 ms); the broker
     //  counts as lost after 3 silent intervals and pending tasks are resent.
@@ -474,7 +483,9 @@ typedef struct {
     //  CF_CONNECT_TIMEOUT_MS (5 s); a negative value means do not wait (the
     //  executor then connects in the background, as before). When nothing
     //  answers in time the call returns NULL with CF_ETIMEDOUT and
-    //  cf_last_error() naming the endpoint. A broker lost later never makes
+    //  cf_last_error() naming the endpoint (every endpoint of a list). With
+    //  a list the call returns at the first broker's handshake, and a
+    //  warning names those still silent when the timeout has passed. A broker lost later never makes
     //  a call wait silently: while tasks are pending and no broker answers,
     //  or the broker reports no worker, the log gets a warning every 10 s,
     //  and cf_executor_destroy gives up on a broker lost (or never heard)
@@ -487,9 +498,14 @@ typedef struct {
     //  public key file (cf-keygen's BROKER.key) and of this client's secret
     //  key file (NAME.key_secret, mode 0600; its public half must be on the
     //  broker's client list). Both NULL: plaintext; one alone is CF_EINVAL.
+    //  With several brokers each has its own key: curve_broker_key is then
+    //  a comma-separated list of key files, one per endpoint in the same
+    //  order (or a single file when every broker shares one key).
     //  With them the executor waits for the first handshake (up to 3
     //  heartbeat intervals): a refused key makes cf_executor_new return NULL
-    //  with CF_EAUTH and cf_last_error() naming the key's fingerprint. A
+    //  with CF_EAUTH and cf_last_error() naming the key's fingerprint (with
+    //  several brokers: when every one refuses it; one that refuses is
+    //  dropped from the list with an error in the log). A
     //  refusal later (a plaintext client of a CURVE broker, a key dropped
     //  from the list before a reconnect) fails pending futures with
     //  "AuthError", and cf_submit then returns NULL with CF_EAUTH.
@@ -509,7 +525,8 @@ typedef struct {
 //  A new executor of the given kind; opts may be NULL for defaults. NULL on
 //  error, with cf_last_error() saying why ("max_workers must be > 0, got -2").
 cf_executor_t *cf_executor_new(cf_kind_t kind, const cf_options_t *opts);
-//  Shorthand for CF_REMOTE at endpoint.
+//  Shorthand for CF_REMOTE at endpoint (one, or a comma-separated list:
+//  see cf_options_t.endpoint).
 cf_executor_t *cf_executor_connect(const char *endpoint, const cf_options_t *opts);
 
 cf_kind_t cf_executor_kind(cf_executor_t *ex);

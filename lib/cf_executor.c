@@ -184,6 +184,42 @@ static cf_err_t s_validate(cf_kind_t kind, const cf_options_t *opts)
     return CF_OK;
 }
 
+//  Reads the broker key files of curve_broker_key (one path, or a
+//  comma-separated list of one per endpoint; spaces around the commas
+//  allowed) into keys, their Z85 texts comma-separated, as cf_client_new
+//  takes them. Errors name the file, never a key.
+static cf_err_t s_read_broker_keys(const char *paths, char *keys, size_t size)
+{
+    size_t len = 0;
+    keys[0] = '\0';
+    const char *p = paths;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        const char *end = comma ? comma : p + strlen(p);
+        while (p < end && *p == ' ')
+            p++;
+        while (end > p && end[-1] == ' ')
+            end--;
+        char path[4096];
+        if (end == p || (size_t)(end - p) >= sizeof path)
+            return cf_error_set(CF_EINVAL, "curve_broker_key: an empty or over-long path in \"%s\"",
+                                paths);
+        memcpy(path, p, (size_t)(end - p));
+        path[end - p] = '\0';
+        char z85[CF_KEY_Z85_SIZE];
+        cf_err_t rc = cf_keys_read_public(path, z85);
+        if (rc != CF_OK)
+            return rc;
+        if (len + CF_KEY_Z85_SIZE + 1 > size)
+            return cf_error_set(CF_EINVAL, "curve_broker_key: too many key files in \"%s\"",
+                                paths);
+        len += (size_t)snprintf(keys + len, size - len, "%s%s", len ? "," : "", z85);
+        if (!comma)
+            return CF_OK;
+        p = comma + 1;
+    }
+}
+
 //  A client for CF_REMOTE. Key files are read here (errors name the file,
 //  never a key) and the keys wiped once the client applied them.
 static void *s_client_new(const cf_options_t *opts)
@@ -199,12 +235,13 @@ static void *s_client_new(const cf_options_t *opts)
     };
     if (!opts->curve_broker_key)
         return cf_client_new(&config);
-    char broker_key[CF_KEY_Z85_SIZE];
+    //  Public keys, one per broker at most (cf_client.c's limit, 16).
+    char broker_keys[16 * (CF_KEY_Z85_SIZE + 1)];
     cf_keypair_t pair;
     void *client = NULL;
-    if (cf_keys_read_public(opts->curve_broker_key, broker_key) == CF_OK
+    if (s_read_broker_keys(opts->curve_broker_key, broker_keys, sizeof broker_keys) == CF_OK
         && cf_keys_read_pair(opts->curve_key, &pair) == CF_OK) {
-        config.curve_server_key = broker_key;
+        config.curve_server_key = broker_keys;
         config.curve_public_key = pair.public_z85;
         config.curve_secret_key = pair.secret_z85;
         client = cf_client_new(&config);
@@ -285,6 +322,14 @@ failed:
         cf_error_set(CF_ESYS, "cannot start the %s executor", cf_kind_name(kind));
     s_unref(ex);
     return NULL;
+}
+
+bool cf_executor_client_counters(cf_executor_t *ex, cf_client_counters_t *counters)
+{
+    if (!ex || ex->kind != CF_REMOTE || !ex->backend)
+        return false;
+    cf_client_counters(ex->backend, counters);
+    return true;
 }
 
 cf_executor_t *cf_executor_connect(const char *endpoint, const cf_options_t *opts)

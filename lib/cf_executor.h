@@ -9,6 +9,7 @@
 #ifndef CF_EXECUTOR_H
 #define CF_EXECUTOR_H
 
+#include "cf_client.h"
 #include "cf_task.h"
 
 #define CF_DEFAULT_RETRIES    3
@@ -22,5 +23,10 @@ int cf_executor_cores(void);
 //  themselves (map's chunks). Same errors otherwise.
 cf_future_t *cf_executor_submit_encoded(cf_executor_t *ex, const cf_task_opts_t *opts,
                                         const char *fn, const void *args, size_t len);
+
+//  The client counters of a CF_REMOTE executor (cf_client.h: tasks moved
+//  between brokers, late replies ignored): false, *counters untouched, for
+//  another kind. Safe from any thread while ex lives.
+bool cf_executor_client_counters(cf_executor_t *ex, cf_client_counters_t *counters);
 
 #endif
