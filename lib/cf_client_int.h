@@ -16,10 +16,11 @@
 //                         sleeping actor (kick)
 //    cf_client_recv.c     cf_client_recv_*: reading the socket: RESULT,
 //                         STARTED, PROGRESS, HEARTBEAT, ERROR, STATS
-//    cf_client_link.c     cf_client_link_*: the socket's life (open, close,
-//                         a fresh one for a lost broker), the monitor's
-//                         events (connections, handshakes: our key accepted
-//                         or refused), whether the broker is reachable
+//    cf_client_link.c     cf_client_link_*: each broker's socket's life
+//                         (open, close, a fresh one for a lost broker), the
+//                         monitor's events (connections, handshakes: our
+//                         key accepted or refused), whether the broker is
+//                         reachable, failover of a lost broker's tasks
 //    cf_client_actor.c    cf_client_actor_*: the actor's thread and its
 //                         loop, the timers (heartbeats, silence, resend
 //                         rounds, warnings), the end (every future resolved)
@@ -72,6 +73,22 @@
 //  in the outbox: delivery is at-least-once. The broker leaves a resubmitted
 //  id it still holds alone, and a second result for a task is dropped here
 //  because the first one removed it.
+//
+//  Several brokers (a comma-separated endpoint list). Each broker has a
+//  link (cf_client_link_t): its DEALER, monitor, heartbeats, boot id and
+//  fresh-socket backoff, everything the signs above are read from, per
+//  link; the outbox, the parked list and the pending map stay one for the
+//  client. A sent task records its link (cf_client_item_t.link), and
+//  cf_client_task_resend_all takes a link: the signs of one broker resend
+//  that broker's tasks only. The spread (cf_client_send.c, s_pick_link)
+//  sends each batch to the usable link holding the fewest of our tasks.
+//  With one link everything is as it was before lists: tasks go to that
+//  link whatever its state, a lost broker keeps its tasks until it speaks.
+//  With several, a lost broker's tasks go back to the outbox at once
+//  (cf_client_link_lost) and on to the others; a reply about a task from a
+//  link it is no longer on is late and dropped (cf_client_recv.c,
+//  s_item_for), which is what keeps "one resolution per future" true when
+//  two brokers may both run it.
 //
 //  Callbacks of futures run on the actor thread (the thread that completes
 //  a future). They may submit and cancel; they must not wait for this
@@ -266,6 +283,11 @@ typedef struct {
     //  Set by cf_client_new before the actor starts, read-only afterwards
     //  (the sockets and the encoder are the actor's to use; cf_client_link_reopen
     //  replaces a link's sockets, under the actor's io like the rest of own).
+    //  First, away from shared: the actor reads these on every message,
+    //  while submitters write shared's mutex and inbox next to the end of
+    //  this part.
+    cf_client_link_t *links;    //  one per broker, in the order given
+    size_t links_len;
     void *ctx;
     bool own_ctx;              //  we made ctx, we terminate it
     unsigned generation;       //  sockets opened so far (monitor names)
@@ -276,8 +298,6 @@ typedef struct {
     char curve_public[CF_KEY_Z85_SIZE];
     char curve_secret[CF_KEY_Z85_SIZE];
     char key_fp[CF_KEY_FP_SIZE];    //  our public key's fingerprint, for messages
-    cf_client_link_t *links;        //  one per broker, in the order given
-    size_t links_len;
     char *endpoints;    //  "a, b": every broker, for messages
     int ivl_ms;         //  our heartbeat interval
     int liveness;       //  silent intervals before the broker is lost
