@@ -261,8 +261,8 @@ static int s_split_list(const char *list, const char *what, char **items, int ma
         while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
             end--;
         if (end == p) {
-            cf_error_set(CF_EINVAL, "client: an empty item in the %s \"%s\" (item %d)", what,
-                         list, count + 1);
+            cf_error_set(CF_EINVAL, "client: an empty item in the %s \"%s\" (item %d)", what, list,
+                         count + 1);
             goto failed;
         }
         if (count == max) {
@@ -527,8 +527,8 @@ void cf_client_counters(void *backend, cf_client_counters_t *counters)
         .moved = atomic_load_explicit(&self->tally.moved, memory_order_relaxed),
         .late = atomic_load_explicit(&self->tally.late, memory_order_relaxed),
         .failovers = atomic_load_explicit(&self->tally.failovers, memory_order_relaxed),
-        .last_failover_ms =
-            atomic_load_explicit(&self->tally.last_failover_ms, memory_order_relaxed),
+        .last_failover_ms = atomic_load_explicit(&self->tally.last_failover_ms,
+                                                 memory_order_relaxed),
     };
 }
 

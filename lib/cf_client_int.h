@@ -201,40 +201,40 @@ typedef struct {
 //  actor's alone (under its io, like own), except the endpoint and keys,
 //  which are set before the actor starts and never change.
 typedef struct {
-    char *endpoint;                       //  this broker's client endpoint
+    char *endpoint;                        //  this broker's client endpoint
     char curve_server[CF_KEY_Z85_SIZE];    //  its public key (CURVE)
-    uint8_t index;                        //  in cf_client_t.links, as items name it
-    bool watch;                           //  a monitor on the socket (not inproc)
-    void *socket;                         //  DEALER to the broker
-    void *monitor;                        //  PAIR receiving socket events, or NULL
-    zmq_fd_t socket_fd;                   //  ZMQ_FD of socket
-    zmq_fd_t monitor_fd;                  //  ZMQ_FD of monitor, -1 none
-    uint64_t boot;                        //  broker instance id, 0 unknown
-    uint32_t broker_ivl_ms;               //  the broker's heartbeat interval
-    int send_ivl_ms;                      //  ours, or the broker's when shorter
-    int64_t last_heard_ms;                //  last message from the broker
-    int64_t next_heartbeat_ms;            //  pushed back by every message we send
-    int64_t last_sent_ms;                 //  our last message (0: none yet)
-    int64_t redial_deadline_ms;           //  DISCONNECTED, no redial seen yet; -1 none
-    int64_t resent_ms;                    //  the last cf_client_task_resend_all (0: none)
-    int64_t lost_since_ms;                //  not connected since (when !connected)
-    cf_link_backoff_t reopen;             //  fresh sockets for a lost broker
-    cf_keys_judge_t judge;                //  what the handshakes said of our key
-    size_t at_broker;                     //  tasks sent here and not answered
-    bool blocked;                         //  a send hit the HWM: wait for POLLOUT
-    bool connected;                       //  heard from the broker, not lost since
-    bool ever_connected;                  //  the transport came up once
-    bool transport_up;                    //  connected in zmq's sense (monitor)
-    bool heard_once;                      //  the broker has spoken to us
-    bool ever_up;                         //  some socket of ours to it ever connected
-    bool handshaken;                      //  a handshake succeeded once
-    bool refused;                         //  it refused our key: never used again
-    bool resend_on_contact;               //  we found it silent: it may have dropped us
-    bool unreachable;                     //  not to be waited for nor given tasks
-    bool stats_asked;                     //  STATS sent to look for workers
-    uint64_t *cancel_ids;                 //  ids to send in CANCEL
+    uint8_t index;                         //  in cf_client_t.links, as items name it
+    bool watch;                            //  a monitor on the socket (not inproc)
+    void *socket;                          //  DEALER to the broker
+    void *monitor;                         //  PAIR receiving socket events, or NULL
+    zmq_fd_t socket_fd;                    //  ZMQ_FD of socket
+    zmq_fd_t monitor_fd;                   //  ZMQ_FD of monitor, -1 none
+    uint64_t boot;                         //  broker instance id, 0 unknown
+    uint32_t broker_ivl_ms;                //  the broker's heartbeat interval
+    int send_ivl_ms;                       //  ours, or the broker's when shorter
+    int64_t last_heard_ms;                 //  last message from the broker
+    int64_t next_heartbeat_ms;             //  pushed back by every message we send
+    int64_t last_sent_ms;                  //  our last message (0: none yet)
+    int64_t redial_deadline_ms;            //  DISCONNECTED, no redial seen yet; -1 none
+    int64_t resent_ms;                     //  the last cf_client_task_resend_all (0: none)
+    int64_t lost_since_ms;                 //  not connected since (when !connected)
+    cf_link_backoff_t reopen;              //  fresh sockets for a lost broker
+    cf_keys_judge_t judge;                 //  what the handshakes said of our key
+    size_t at_broker;                      //  tasks sent here and not answered
+    bool blocked;                          //  a send hit the HWM: wait for POLLOUT
+    bool connected;                        //  heard from the broker, not lost since
+    bool ever_connected;                   //  the transport came up once
+    bool transport_up;                     //  connected in zmq's sense (monitor)
+    bool heard_once;                       //  the broker has spoken to us
+    bool ever_up;                          //  some socket of ours to it ever connected
+    bool handshaken;                       //  a handshake succeeded once
+    bool refused;                          //  it refused our key: never used again
+    bool resend_on_contact;                //  we found it silent: it may have dropped us
+    bool unreachable;                      //  not to be waited for nor given tasks
+    bool stats_asked;                      //  STATS sent to look for workers
+    uint64_t *cancel_ids;                  //  ids to send in CANCEL
     size_t cancel_ids_len, cancel_ids_cap;
-    cf_proto_stop_t *stop_items;          //  [id, grace] to send in STOP
+    cf_proto_stop_t *stop_items;    //  [id, grace] to send in STOP
     size_t stop_items_len, stop_items_cap;
 } cf_client_link_t;
 
@@ -248,24 +248,24 @@ typedef struct {
     uint64_t next_id;
     int64_t resend_at_ms;    //  parked tasks go out then; -1 none
     int backoff_ms;
-    size_t freed;              //  results since the last resend round
-    unsigned next_link;        //  where the spread starts looking (ties)
-    bool unreachable;          //  every link is: published as broker_unreachable
-    bool reach_changed;        //  unreachable changed since cf_client_task_report
-    uint64_t cancel_taken;     //  cancel_seq when the inbox was drained
-    bool term_asked;           //  $TERM came down the pipe
-    bool terminated;           //  the actor loop ends
-    size_t resolved;           //  resolved since the last report
-    bool answered;             //  a cancel answer to broadcast
+    size_t freed;                   //  results since the last resend round
+    unsigned next_link;             //  where the spread starts looking (ties)
+    bool unreachable;               //  every link is: published as broker_unreachable
+    bool reach_changed;             //  unreachable changed since cf_client_task_report
+    uint64_t cancel_taken;          //  cancel_seq when the inbox was drained
+    bool term_asked;                //  $TERM came down the pipe
+    bool terminated;                //  the actor loop ends
+    size_t resolved;                //  resolved since the last report
+    bool answered;                  //  a cancel answer to broadcast
     cf_future_t **cancels_spare;    //  swapped with cancels when draining
     size_t cancels_spare_cap;
-    int64_t connect_warn_ms;       //  then, name the brokers never heard; -1 none
-    int64_t next_warn_ms;          //  next "tasks waiting" warning
-    int64_t progress_ms;           //  a task started or resolved
-    bool cancel_all_asked;         //  shutdown(cancel_futures) came
-    uint64_t resends;              //  cf_client_task_resend_all rounds that moved tasks
-    uint64_t malformed;            //  replies dropped as malformed
-    uint64_t stale;                //  results for tasks no longer pending
+    int64_t connect_warn_ms;    //  then, name the brokers never heard; -1 none
+    int64_t next_warn_ms;       //  next "tasks waiting" warning
+    int64_t progress_ms;        //  a task started or resolved
+    bool cancel_all_asked;      //  shutdown(cancel_futures) came
+    uint64_t resends;           //  cf_client_task_resend_all rounds that moved tasks
+    uint64_t malformed;         //  replies dropped as malformed
+    uint64_t stale;             //  results for tasks no longer pending
     char err_type[CF_PROTO_MAX_TEXT + 1];
     char err_message[CF_PROTO_MAX_TEXT + 1];
     char err_host[CF_PROTO_MAX_TEXT + 1];
@@ -298,9 +298,9 @@ typedef struct {
     char curve_public[CF_KEY_Z85_SIZE];
     char curve_secret[CF_KEY_Z85_SIZE];
     char key_fp[CF_KEY_FP_SIZE];    //  our public key's fingerprint, for messages
-    char *endpoints;    //  "a, b": every broker, for messages
-    int ivl_ms;         //  our heartbeat interval
-    int liveness;       //  silent intervals before the broker is lost
+    char *endpoints;                //  "a, b": every broker, for messages
+    int ivl_ms;                     //  our heartbeat interval
+    int liveness;                   //  silent intervals before the broker is lost
     //  Set by the actor's thread before it reports ready (no submission
     //  comes earlier); its io mutex guards own.
     cf_actor_t *actor;
@@ -417,8 +417,7 @@ cf_err_t cf_client_link_open(cf_client_t *self, cf_client_link_t *link, void **s
 void cf_client_link_close(void **socket_p, void **monitor_p);
 //  A fresh socket for a lost broker, at most once per backoff step: false
 //  when not now.
-bool cf_client_link_reopen(cf_client_t *self, cf_client_link_t *link, const char *why,
-                           int64_t now);
+bool cf_client_link_reopen(cf_client_t *self, cf_client_link_t *link, const char *why, int64_t now);
 //  True when new tasks may go to link: its broker answers (or has not been
 //  found silent yet) and did not refuse us.
 static inline bool cf_client_link_usable(const cf_client_link_t *link)

@@ -287,8 +287,7 @@ void cf_client_link_close(void **socket_p, void **monitor_p)
 //  the old socket held unsent is gone with it, so every task at the broker
 //  is resent, which introduces us to whichever broker answers on the new
 //  one (a new routing id: the old one's tasks are dropped there).
-bool cf_client_link_reopen(cf_client_t *self, cf_client_link_t *link, const char *why,
-                           int64_t now)
+bool cf_client_link_reopen(cf_client_t *self, cf_client_link_t *link, const char *why, int64_t now)
 {
     if (link->refused || !link->watch)
         return true;    //  nothing to reopen for: no redial wanted, or inproc

@@ -54,8 +54,7 @@ static cf_client_item_t *s_item_for(cf_client_t *self, cf_client_link_t *link, u
     return item;
 }
 
-static void s_on_result(cf_client_t *self, cf_client_link_t *link, cf_proto_msg_t *msg,
-                        int64_t now)
+static void s_on_result(cf_client_t *self, cf_client_link_t *link, cf_proto_msg_t *msg, int64_t now)
 {
     for (size_t i = 0; i < msg->count; i++) {
         cf_proto_result_t *r = &msg->results[i];

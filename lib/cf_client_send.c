@@ -206,8 +206,8 @@ void cf_client_send_kick(cf_client_t *self)
             cf_client_send_tasks(self);
             //  cf_client_task_inbox_has_work also re-arms "signalled" for the next
             //  submission when nothing new came meanwhile.
-            wake = !cf_queue_empty(&self->own.outbox) || self->own.resolved
-                   || self->own.answered || self->own.reach_changed;
+            wake = !cf_queue_empty(&self->own.outbox) || self->own.resolved || self->own.answered
+                   || self->own.reach_changed;
             for (size_t i = 0; i < self->links_len && !wake; i++) {
                 const cf_client_link_t *link = &self->links[i];
                 wake = link->blocked || link->cancel_ids_len || link->stop_items_len;

@@ -211,8 +211,7 @@ static cf_err_t s_read_broker_keys(const char *paths, char *keys, size_t size)
         if (rc != CF_OK)
             return rc;
         if (len + CF_KEY_Z85_SIZE + 1 > size)
-            return cf_error_set(CF_EINVAL, "curve_broker_key: too many key files in \"%s\"",
-                                paths);
+            return cf_error_set(CF_EINVAL, "curve_broker_key: too many key files in \"%s\"", paths);
         len += (size_t)snprintf(keys + len, size - len, "%s%s", len ? "," : "", z85);
         if (!comma)
             return CF_OK;

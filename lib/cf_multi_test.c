@@ -83,7 +83,7 @@ typedef struct {
     uint64_t boot;
     char peer[256];    //  the client's routing id, once it spoke
     size_t peer_len;
-    bool silent;       //  no heartbeats: the client finds it lost
+    bool silent;                //  no heartbeats: the client finds it lost
     uint64_t ids[S_MAX_IDS];    //  task ids of the SUBMITs it got, in order
     size_t ids_len;
     size_t cancels;    //  CANCEL ids it got

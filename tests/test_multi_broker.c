@@ -69,7 +69,7 @@ typedef struct {
     int client;
     const char *records;    //  the file the tasks append to
     pthread_t thread;
-    cf_err_t failed;        //  a submission that failed (CF_OK: none)
+    cf_err_t failed;    //  a submission that failed (CF_OK: none)
 } s_client_t;
 
 static atomic_int s_resolutions[S_TASKS];
@@ -144,11 +144,12 @@ static const char *s_worker_endpoint(s_cluster_t *cl, int w)
 static void s_start_workers(s_cluster_t *cl)
 {
     const char *lib = cf_testkit_env("CF_MULTI_TASKS_LIB");
-    const char *extra[] = { "--threads", S_THREADS_TEXT, "--heartbeat-ms", S_HB_TEXT,
-                            "--liveness", "3", NULL };
+    const char *extra[] = { "--threads", S_THREADS_TEXT, "--heartbeat-ms",
+                            S_HB_TEXT,   "--liveness",   "3",
+                            NULL };
     for (int w = 0; w < S_BROKERS; w++) {
-        cl->workers_procs[w] = cf_testkit_start_worker_tasks(cl->kit, s_worker_endpoint(cl, w),
-                                                             lib, extra);
+        cl->workers_procs[w] = cf_testkit_start_worker_tasks(cl->kit, s_worker_endpoint(cl, w), lib,
+                                                             extra);
         cl->worker_pids[w] = cf_testkit_pid(cl->workers_procs[w]);
     }
 }
@@ -304,8 +305,7 @@ static void s_check_runs(s_cluster_t *cl, const char *path, const int64_t killed
                    dead[d], moved_running[d], (double)first_us[d] / 1000,
                    (double)last_us[d] / 1000);
         else
-            printf("multi: broker %d death -> none of the tasks it had begun ran again\n",
-                   dead[d]);
+            printf("multi: broker %d death -> none of the tasks it had begun ran again\n", dead[d]);
     }
     assert_int_equal(never, 0);
     assert_int_equal(unexplained, 0);
@@ -365,8 +365,8 @@ static void test_two_clients_survive_two_broker_deaths_and_a_restart(void **stat
         cf_testkit_dump_logs(kit);
         fail_msg("the restarted broker ran no task again");
     }
-    printf("multi: broker %d restarted; 100 tasks completed there %" PRId64 " ms later\n",
-           dead[0], cf_testkit_now_ms() - restarted_ms);
+    printf("multi: broker %d restarted; 100 tasks completed there %" PRId64 " ms later\n", dead[0],
+           cf_testkit_now_ms() - restarted_ms);
 
     killed_ms[1] = s_kill_and_watch(&cl, clients, dead[1], 2);
 
