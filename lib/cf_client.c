@@ -317,13 +317,12 @@ static cf_err_t s_take_links(cf_client_t *self, const cf_client_config_t *config
             goto done;
         }
     }
-    self->links = calloc((size_t)endpoints_len, sizeof *self->links);
     size_t names_len = 1;
     for (int i = 0; i < endpoints_len; i++)
         names_len += strlen(endpoints[i]) + 2;
-    self->endpoints = calloc(1, names_len);
-    if (!self->links || !self->endpoints) {
-        rc = cf_error_set(CF_ENOMEM, "out of memory");
+    if (!(self->links = cf_calloc((size_t)endpoints_len, sizeof *self->links))
+        || !(self->endpoints = cf_calloc(1, names_len))) {
+        rc = CF_ENOMEM;
         goto done;
     }
     for (int i = 0; i < endpoints_len; i++) {
