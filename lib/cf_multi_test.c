@@ -407,18 +407,24 @@ static int s_two_teardown(void **state)
     return 0;
 }
 
+//  Tasks 0..count-1 into f, each going out alone (the actor sleeps
+//  between them), so each goes to the broker holding fewer.
+static void s_submit_one_by_one(s_two_t *two, cf_future_t **f, int count)
+{
+    s_fake_t *fakes[] = { &two->a, &two->b };
+    for (int i = 0; i < count; i++) {
+        f[i] = s_submit(two->ex, i);
+        s_pump(fakes, 2, 20);
+    }
+}
+
 static void test_a_burst_is_spread_over_the_brokers(void **state)
 {
     s_two_t *two = *state;
     s_fake_t *fakes[] = { &two->a, &two->b };
     cf_executor_t *ex = two->ex;
     cf_future_t *f[6];
-    //  Each submission goes out alone (the actor sleeps between them), to
-    //  the broker holding fewer.
-    for (int i = 0; i < 6; i++) {
-        f[i] = s_submit(ex, i);
-        s_pump(fakes, 2, 20);
-    }
+    s_submit_one_by_one(two, f, 6);
     assert_int_equal(two->a.ids_len, 3);
     assert_int_equal(two->b.ids_len, 3);
     for (size_t i = 0; i < 3; i++) {
@@ -498,10 +504,7 @@ static void test_a_dropped_connection_moves_the_tasks_at_once(void **state)
     s_fake_t *fakes[] = { &two->a, &two->b };
     cf_executor_t *ex = two->ex;
     cf_future_t *f[4];
-    for (int i = 0; i < 4; i++) {
-        f[i] = s_submit(ex, i);
-        s_pump(fakes, 2, 20);
-    }
+    s_submit_one_by_one(two, f, 4);
     assert_int_equal(two->a.ids_len, 2);
     assert_int_equal(two->b.ids_len, 2);
     s_fake_close(&two->a);
