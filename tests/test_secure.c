@@ -259,6 +259,58 @@ static void test_allowed_keys_run_tasks_on_threads_and_procs_workers(void **stat
     s_expect_no_keys_in_log(&k, broker);
 }
 
+//  Two brokers, each with its own key: a worker and a client that list
+//  both keys (in the order of their endpoints) use both brokers; a client
+//  that lists them the wrong way round is refused by both.
+static void test_two_brokers_each_with_its_own_key(void **state)
+{
+    cf_testkit_t *kit = *state;
+    s_keys_t k;
+    s_keys(kit, &k);
+    cf_keypair_t broker2;
+    s_make_pair(kit, &broker2, "broker2.key", "broker2.key_secret");
+    cf_testkit_proc_t *a = s_secure_broker(&k);
+    cf_testkit_proc_t *b = cf_testkit_start_broker(
+        kit, "--curve-secret", cf_testkit_path(kit, "broker2.key_secret"), "--client-keys",
+        k.clients, "--worker-keys", k.workers, "--admin-keys", k.admins, NULL);
+    char workers[512], clients[512], keys[2048], swapped[2048];
+    snprintf(workers, sizeof workers, "%s,%s", cf_testkit_workers(a), cf_testkit_workers(b));
+    snprintf(clients, sizeof clients, "%s,%s", cf_testkit_clients(a), cf_testkit_clients(b));
+    snprintf(keys, sizeof keys, "%s,%s", k.broker_pub, cf_testkit_path(kit, "broker2.key"));
+    snprintf(swapped, sizeof swapped, "%s,%s", cf_testkit_path(kit, "broker2.key"), k.broker_pub);
+    cf_testkit_start_worker(kit, workers, "--broker-key", keys, "--key", k.w1_secret, "--threads",
+                            "2", NULL);
+
+    cf_executor_t *ex = s_connect(clients, keys, k.alice_secret);
+    if (!ex)
+        fail_msg("a client with both keys refused: %s", cf_last_error());
+    //  The executor returns at the first handshake: rounds of a batch until
+    //  each broker has completed some (each task goes to the broker holding
+    //  the fewest of ours, so a batch spreads once both answer).
+    uint64_t done_a = 0, done_b = 0, rounds = 0;
+    while ((done_a == 0 || done_b == 0) && rounds++ < 50) {
+        cf_future_t *fs[20];
+        for (int i = 0; i < 20; i++)
+            assert_non_null(fs[i] = cf_submit(ex, "square", "i", i));
+        for (int i = 0; i < 20; i++) {
+            cf_testkit_expect_int(kit, fs[i], (int64_t)i * i);
+            cf_future_release(&fs[i]);
+        }
+        done_a = s_stat(cf_testkit_clients(a), &k.broker, &k.ops, "completed");
+        done_b = s_stat(cf_testkit_clients(b), &broker2, &k.ops, "completed");
+    }
+    if (done_a == 0 || done_b == 0)
+        fail_msg("after %" PRIu64 " rounds broker a completed %" PRIu64 " and b %" PRIu64, rounds,
+                 done_a, done_b);
+    assert_int_equal(done_a + done_b, 20 * rounds);
+    cf_executor_destroy(&ex);
+
+    cf_executor_t *bad = s_connect(clients, swapped, k.alice_secret);
+    assert_null(bad);
+    assert_int_equal(cf_last_err(), CF_EAUTH);
+    s_expect_no_keys_in_log(&k, a);
+}
+
 static void test_unknown_plaintext_and_wrong_server_key_clients_are_refused(void **state)
 {
     cf_testkit_t *kit = *state;
@@ -869,6 +921,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_allowed_keys_run_tasks_on_threads_and_procs_workers,
                                         cf_testkit_setup, cf_testkit_teardown),
+        cmocka_unit_test_setup_teardown(test_two_brokers_each_with_its_own_key, cf_testkit_setup,
+                                        cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(test_revoked_keys_are_cut_off_while_connected,
                                         cf_testkit_setup, cf_testkit_teardown),
         cmocka_unit_test_setup_teardown(
