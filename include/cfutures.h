@@ -472,8 +472,8 @@ typedef struct {
     //  answer (each new task to the one holding the fewest of this
     //  executor's), and a broker's tasks move at once to the others when it
     //  is lost or restarts: a task running when its broker died may run
-    //  twice (README, "Several brokers"). The brokers share nothing: each
-    //  needs its own cf-workers.
+    //  twice (README, "Several brokers"). The brokers share nothing; a
+    //  cf-worker may serve several of them (--broker with a list).
     const char *endpoint;
     //  CF_REMOTE: heartbeat interval with the broker (0: 1000 ms); the broker
     //  counts as lost after 3 silent intervals and pending tasks are resent.
