@@ -13,6 +13,7 @@
 #include "cf_clock.h"
 #include "cf_fakebroker.h"
 #include "cf_keys.h"
+#include "cf_unitkit.h"
 #include "cf_worker.h"
 
 #include <setjmp.h>
@@ -42,54 +43,6 @@ static void link_echo(cf_call_t *call)
     cf_return_int(call, cf_arg_int(call, 0));
 }
 CF_TASK(link_echo);
-
-// ---------------------------------------------------------------------------
-//  Log lines the tests look for
-
-static pthread_mutex_t s_log_lock = PTHREAD_MUTEX_INITIALIZER;
-static char s_log[16384];
-
-static void s_log_handler(cf_log_level_t level, const char *component, const char *message,
-                          void *arg)
-{
-    (void)arg;
-    if (getenv("CF_TEST_DEBUG"))
-        fprintf(stderr, "%c %s: %s\n", "DIWE"[level], component, message);
-    pthread_mutex_lock(&s_log_lock);
-    size_t len = strlen(s_log);
-    if (len + 512 < sizeof s_log)
-        snprintf(s_log + len, sizeof s_log - len, "%c %s: %.400s\n", "DIWE"[level], component,
-                 message);
-    pthread_mutex_unlock(&s_log_lock);
-}
-
-static void s_log_start(void)
-{
-    pthread_mutex_lock(&s_log_lock);
-    s_log[0] = '\0';
-    pthread_mutex_unlock(&s_log_lock);
-    cf_log_set_handler(s_log_handler, NULL, getenv("CF_TEST_DEBUG") ? CF_LOG_DEBUG : CF_LOG_INFO);
-}
-
-static bool s_log_has(const char *needle)
-{
-    pthread_mutex_lock(&s_log_lock);
-    bool found = strstr(s_log, needle) != NULL;
-    pthread_mutex_unlock(&s_log_lock);
-    return found;
-}
-
-static bool s_log_await(const char *needle, int timeout_ms)
-{
-    int64_t until = cf_clock_now_ms() + timeout_ms;
-    while (!s_log_has(needle)) {
-        if (cf_clock_now_ms() > until)
-            return false;
-        struct timespec nap = { 0, 10 * 1000 * 1000 };
-        nanosleep(&nap, NULL);
-    }
-    return true;
-}
 
 // ---------------------------------------------------------------------------
 //  The fake broker's tools
@@ -156,7 +109,7 @@ static void test_the_backoff_doubles_to_its_bound_and_resets(void **state)
 static void test_a_client_dials_again_after_an_oversized_frame(void **state)
 {
     cf_fakebroker_t *b = *state;
-    s_log_start();
+    cf_unitkit_log_start();
     cf_executor_t *ex = cf_executor_connect(b->endpoint,
                                             &(cf_options_t){ .heartbeat_ivl_ms = S_IVL_MS });
     assert_non_null(ex);
@@ -177,7 +130,7 @@ static void test_a_client_dials_again_after_an_oversized_frame(void **state)
     assert_true(msg->tasks[0].id == id);
     assert_false(b->peer_len == first_len && memcmp(b->peer, first, first_len) == 0);
     cf_proto_msg_destroy(&msg);
-    assert_true(s_log_has("opened a fresh connection"));
+    assert_true(cf_unitkit_log_has("opened a fresh connection"));
 
     cf_proto_enc_begin(b->enc, CF_MSG_RESULT);
     assert_int_equal(cf_proto_enc_result_ok(b->enc, id, "\x2a", 1), CF_OK);
@@ -187,13 +140,13 @@ static void test_a_client_dials_again_after_an_oversized_frame(void **state)
     assert_int_equal(value, 42);
     cf_future_release(&f);
     cf_executor_destroy(&ex);
-    cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
+    cf_unitkit_log_stop();
 }
 
 static void test_a_worker_dials_again_after_an_oversized_frame(void **state)
 {
     cf_fakebroker_t *b = *state;
-    s_log_start();
+    cf_unitkit_log_start();
     cf_worker_t *w = cf_worker_new(&(cf_worker_config_t){
         .endpoint = b->endpoint,
         .threads = 1,
@@ -238,9 +191,9 @@ static void test_a_worker_dials_again_after_an_oversized_frame(void **state)
         cf_proto_msg_destroy(&msg);
     }
     assert_true(done);
-    assert_true(s_log_has("opened a fresh connection"));
+    assert_true(cf_unitkit_log_has("opened a fresh connection"));
     cf_worker_destroy(&w);
-    cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
+    cf_unitkit_log_stop();
 }
 
 static void test_connect_fails_after_its_timeout_naming_the_endpoint(void **state)
@@ -277,7 +230,7 @@ static void test_shutdown_cancels_and_destroy_returns_without_a_broker(void **st
 static void test_destroy_gives_up_on_a_lost_broker_and_says_so(void **state)
 {
     cf_fakebroker_t *b = *state;
-    s_log_start();
+    cf_unitkit_log_start();
     cf_executor_t *ex = cf_executor_connect(b->endpoint,
                                             &(cf_options_t){ .heartbeat_ivl_ms = S_IVL_MS });
     assert_non_null(ex);
@@ -297,31 +250,31 @@ static void test_destroy_gives_up_on_a_lost_broker_and_says_so(void **state)
     const cf_task_error_t *error = cf_future_error(f);
     assert_non_null(error);
     assert_string_equal(error->type, "BrokerLost");
-    assert_true(s_log_has("1 tasks failed with BrokerLost"));
+    assert_true(cf_unitkit_log_has("1 tasks failed with BrokerLost"));
     cf_future_release(&f);
-    cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
+    cf_unitkit_log_stop();
 }
 
 static void test_pending_tasks_without_a_broker_bring_steady_warnings(void **state)
 {
     (void)state;
-    s_log_start();
+    cf_unitkit_log_start();
     cf_executor_t *ex = cf_executor_connect(
         S_NOBODY, &(cf_options_t){ .connect_timeout_ms = -1, .heartbeat_ivl_ms = S_IVL_MS });
     assert_non_null(ex);
     cf_future_t *f = cf_submit(ex, "link_echo", "i", 1);
     assert_non_null(f);
-    assert_true(s_log_await("1 tasks waiting: no broker answers at " S_NOBODY, 15000));
+    assert_true(cf_unitkit_log_await("1 tasks waiting: no broker answers at " S_NOBODY, 15000));
     cf_executor_destroy(&ex);
     assert_int_equal(cf_future_wait(f, 0), CF_OK);
     cf_future_release(&f);
-    cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
+    cf_unitkit_log_stop();
 }
 
 static void test_a_broker_without_workers_brings_a_warning(void **state)
 {
     cf_fakebroker_t *b = *state;
-    s_log_start();
+    cf_unitkit_log_start();
     cf_executor_t *ex = cf_executor_connect(b->endpoint,
                                             &(cf_options_t){ .heartbeat_ivl_ms = S_IVL_MS });
     assert_non_null(ex);
@@ -346,8 +299,8 @@ static void test_a_broker_without_workers_brings_a_warning(void **state)
     cf_proto_enc_begin(b->enc, CF_MSG_STATS);
     assert_int_equal(cf_proto_enc_stat(b->enc, "workers", 0), CF_OK);
     assert_int_equal(cf_proto_enc_send(b->enc, b->router, client, client_len), CF_OK);
-    assert_true(s_log_await("1 tasks waiting: the broker at", 5000));
-    assert_true(s_log_has("has no workers"));
+    assert_true(cf_unitkit_log_await("1 tasks waiting: the broker at", 5000));
+    assert_true(cf_unitkit_log_has("has no workers"));
     cf_executor_shutdown(ex, false, true);
     //  The CANCEL, answered: the task never ran.
     until = cf_clock_now_ms() + S_WAIT_MS;
@@ -365,7 +318,7 @@ static void test_a_broker_without_workers_brings_a_warning(void **state)
     assert_true(cf_future_cancelled(f));
     cf_executor_destroy(&ex);
     cf_future_release(&f);
-    cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
+    cf_unitkit_log_stop();
 }
 
 // ---------------------------------------------------------------------------
@@ -471,7 +424,7 @@ static void s_relay_stop(s_relay_t *relay)
 static void test_a_client_dials_again_after_one_altered_curve_byte(void **state)
 {
     (void)state;
-    s_log_start();
+    cf_unitkit_log_start();
     cf_keypair_t server, client;
     assert_int_equal(cf_keys_generate(&server), CF_OK);
     assert_int_equal(cf_keys_generate(&client), CF_OK);
@@ -546,11 +499,8 @@ static void test_a_client_dials_again_after_one_altered_curve_byte(void **state)
     //  a fresh socket; when the read the relay altered ended inside a frame
     //  (a length changed), the ZMTP heartbeat times the stalled connection
     //  out and libzmq redials by itself. Either way: a new connection.
-    pthread_mutex_lock(&s_log_lock);
-    bool fresh = strstr(s_log, "opened a fresh connection") != NULL;
-    bool redialled = strstr(s_log, "reconnected to") != NULL;
-    pthread_mutex_unlock(&s_log_lock);
-    assert_true(fresh || redialled);
+    assert_true(cf_unitkit_log_has("opened a fresh connection")
+                || cf_unitkit_log_has("reconnected to"));
     cf_future_release(&f);
     cf_client_ops.destroy(&backend);
     s_relay_stop(&relay);
@@ -559,7 +509,7 @@ static void test_a_client_dials_again_after_one_altered_curve_byte(void **state)
     zmq_ctx_term(ctx);
     cf_keys_wipe(&server);
     cf_keys_wipe(&client);
-    cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
+    cf_unitkit_log_stop();
 }
 
 int main(void)

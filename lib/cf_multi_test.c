@@ -14,6 +14,7 @@
 #include "cf_clock.h"
 #include "cf_executor.h"
 #include "cf_keys.h"
+#include "cf_unitkit.h"
 #include "cf_proto.h"
 
 #include <setjmp.h>
@@ -36,42 +37,6 @@
 #define S_NOBODY  "tcp://127.0.0.1:1"
 #define S_NOBODY2 "tcp://127.0.0.1:7"
 #define S_MAX_IDS 64
-
-// ---------------------------------------------------------------------------
-//  Log lines the tests look for
-
-static pthread_mutex_t s_log_lock = PTHREAD_MUTEX_INITIALIZER;
-static char s_log[16384];
-
-static void s_log_handler(cf_log_level_t level, const char *component, const char *message,
-                          void *arg)
-{
-    (void)arg;
-    if (getenv("CF_TEST_DEBUG"))
-        fprintf(stderr, "%c %s: %s\n", "DIWE"[level], component, message);
-    pthread_mutex_lock(&s_log_lock);
-    size_t len = strlen(s_log);
-    if (len + 512 < sizeof s_log)
-        snprintf(s_log + len, sizeof s_log - len, "%c %s: %.400s\n", "DIWE"[level], component,
-                 message);
-    pthread_mutex_unlock(&s_log_lock);
-}
-
-static void s_log_start(void)
-{
-    pthread_mutex_lock(&s_log_lock);
-    s_log[0] = '\0';
-    pthread_mutex_unlock(&s_log_lock);
-    cf_log_set_handler(s_log_handler, NULL, getenv("CF_TEST_DEBUG") ? CF_LOG_DEBUG : CF_LOG_INFO);
-}
-
-static bool s_log_has(const char *needle)
-{
-    pthread_mutex_lock(&s_log_lock);
-    bool found = strstr(s_log, needle) != NULL;
-    pthread_mutex_unlock(&s_log_lock);
-    return found;
-}
 
 // ---------------------------------------------------------------------------
 //  Fake brokers
@@ -314,7 +279,7 @@ static void test_a_bad_endpoint_is_refused_naming_it(void **state)
 static void test_a_duplicate_endpoint_is_ignored_with_a_warning(void **state)
 {
     (void)state;
-    s_log_start();
+    cf_unitkit_log_start();
     s_fake_t a;
     s_fake_start(&a, NULL);
     char list[300];
@@ -323,10 +288,10 @@ static void test_a_duplicate_endpoint_is_ignored_with_a_warning(void **state)
     assert_int_equal(s_counters(ex).brokers, 1);
     char needle[200];
     snprintf(needle, sizeof needle, "broker endpoint %s is listed twice", a.endpoint);
-    assert_true(s_log_has(needle));
+    assert_true(cf_unitkit_log_has(needle));
     cf_executor_destroy(&ex);
     s_fake_stop(&a);
-    cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
+    cf_unitkit_log_stop();
 }
 
 static void test_no_broker_answering_fails_within_the_timeout_naming_all(void **state)
@@ -345,7 +310,7 @@ static void test_no_broker_answering_fails_within_the_timeout_naming_all(void **
 static void test_a_silent_broker_of_the_list_is_named_after_the_timeout(void **state)
 {
     (void)state;
-    s_log_start();
+    cf_unitkit_log_start();
     s_fake_t a;
     s_fake_start(&a, NULL);
     char list[300];
@@ -365,11 +330,11 @@ static void test_a_silent_broker_of_the_list_is_named_after_the_timeout(void **s
     assert_int_equal(cf_future_int(f, 0, &value), CF_OK);
     assert_int_equal(value, 11);
     s_pump(fakes, 1, 600);
-    assert_true(s_log_has("1 of 2 brokers did not answer within 500 ms: " S_NOBODY));
+    assert_true(cf_unitkit_log_has("1 of 2 brokers did not answer within 500 ms: " S_NOBODY));
     cf_future_release(&f);
     cf_executor_destroy(&ex);
     s_fake_stop(&a);
-    cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
+    cf_unitkit_log_stop();
 }
 
 // ---------------------------------------------------------------------------
@@ -382,7 +347,7 @@ typedef struct {
 
 static int s_two_setup(void **state)
 {
-    s_log_start();
+    cf_unitkit_log_start();
     s_two_t *two = calloc(1, sizeof *two);
     assert_non_null(two);
     s_fake_start(&two->a, NULL);
@@ -403,7 +368,7 @@ static int s_two_teardown(void **state)
     s_fake_stop(&two->a);
     s_fake_stop(&two->b);
     free(two);
-    cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
+    cf_unitkit_log_stop();
     return 0;
 }
 
@@ -491,7 +456,7 @@ static void test_a_silent_brokers_task_moves_and_its_late_result_is_ignored(void
     s_fake_result(second, id, 43);    //  a twin: stale, not a second resolution
     s_pump(fakes, 2, 50);
     assert_int_equal(atomic_load(&s_resolved[5]), 1);
-    assert_true(s_log_has("its tasks go to the others"));
+    assert_true(cf_unitkit_log_has("its tasks go to the others"));
     cf_future_release(&f);
 }
 

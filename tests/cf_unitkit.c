@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -154,4 +155,56 @@ void cf_unitkit_release_all(cf_future_t **fs, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         cf_future_release(&fs[i]);
+}
+
+// ---------------------------------------------------------------------------
+//  Log capture
+
+static pthread_mutex_t s_log_lock = PTHREAD_MUTEX_INITIALIZER;
+static char s_log[16384];
+
+static void s_log_handler(cf_log_level_t level, const char *component, const char *message,
+                          void *arg)
+{
+    (void)arg;
+    if (getenv("CF_TEST_DEBUG"))
+        fprintf(stderr, "%c %s: %s\n", "DIWE"[level], component, message);
+    pthread_mutex_lock(&s_log_lock);
+    size_t len = strlen(s_log);
+    if (len + 512 < sizeof s_log)
+        snprintf(s_log + len, sizeof s_log - len, "%c %s: %.400s\n", "DIWE"[level], component,
+                 message);
+    pthread_mutex_unlock(&s_log_lock);
+}
+
+void cf_unitkit_log_start(void)
+{
+    pthread_mutex_lock(&s_log_lock);
+    s_log[0] = '\0';
+    pthread_mutex_unlock(&s_log_lock);
+    cf_log_set_handler(s_log_handler, NULL, getenv("CF_TEST_DEBUG") ? CF_LOG_DEBUG : CF_LOG_INFO);
+}
+
+void cf_unitkit_log_stop(void)
+{
+    cf_log_set_handler(NULL, NULL, CF_LOG_WARN);
+}
+
+bool cf_unitkit_log_has(const char *needle)
+{
+    pthread_mutex_lock(&s_log_lock);
+    bool found = strstr(s_log, needle) != NULL;
+    pthread_mutex_unlock(&s_log_lock);
+    return found;
+}
+
+bool cf_unitkit_log_await(const char *needle, int timeout_ms)
+{
+    for (int waited = 0; !cf_unitkit_log_has(needle); waited += 10) {
+        if (waited >= timeout_ms)
+            return false;
+        struct timespec nap = { 0, 10 * 1000 * 1000 };
+        nanosleep(&nap, NULL);
+    }
+    return true;
 }

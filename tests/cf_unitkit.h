@@ -13,6 +13,7 @@
 
 #include "cfutures.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,5 +66,15 @@ void cf_unitkit_release_all(cf_future_t **fs, size_t n);
 //  the error, which lives as long as f.
 const cf_task_error_t *cf_unitkit_expect_task_error(cf_future_t *f, int timeout_ms,
                                                     const char *type);
+
+//  Captures the library's log lines (info and up; with CF_TEST_DEBUG set,
+//  debug too, echoed to stderr), forgetting what was captured before;
+//  cf_unitkit_log_stop puts the default handler back.
+void cf_unitkit_log_start(void);
+void cf_unitkit_log_stop(void);
+//  Whether a captured line holds needle; the await form waits up to
+//  timeout_ms for one (a hang guard, not a timing check).
+bool cf_unitkit_log_has(const char *needle);
+bool cf_unitkit_log_await(const char *needle, int timeout_ms);
 
 #endif
