@@ -308,6 +308,27 @@ static void test_two_brokers_each_with_its_own_key(void **state)
     cf_executor_t *bad = s_connect(clients, swapped, k.alice_secret);
     assert_null(bad);
     assert_int_equal(cf_last_err(), CF_EAUTH);
+
+    //  A worker given the first broker's key for the second too: the
+    //  second broker's handshake fails, and the worker says which broker.
+    char wrong_second[2048];
+    snprintf(wrong_second, sizeof wrong_second, "%s,%s", k.broker_pub, k.broker_pub);
+    const char *argv[] = { cf_testkit_env("CF_WORKER_BIN"),
+                           "--broker",
+                           workers,
+                           "--tasks",
+                           cf_testkit_env("CF_TASKS_LIB"),
+                           "--broker-key",
+                           wrong_second,
+                           "--key",
+                           k.w1_secret,
+                           NULL };
+    cf_testkit_output_t out;
+    assert_true(cf_testkit_run(kit, argv, CF_TESTKIT_DEADLINE_MS, &out));
+    assert_true(out.exited);
+    assert_int_equal(out.exit_code, 1);
+    if (!strstr(out.err, cf_testkit_workers(b)))
+        fail_msg("no error naming %s in:\n%s", cf_testkit_workers(b), out.err);
     s_expect_no_keys_in_log(&k, a);
 }
 

@@ -88,38 +88,50 @@ typedef struct {
     const char *const *brokers;    //  s_options_t's, to find a socket's key
     int nbrokers;
     cf_keypair_t pair;
-    const char *monitor;    //  inproc endpoint to report handshakes to, or NULL
-    int sockets;            //  sockets set up so far (the worker may open more)
+    //  Threads mode: each broker's first socket reports its handshakes to
+    //  inproc://cf-worker-handshakes-N (N its index), where a PAIR of ours
+    //  listens; set up on the worker's actor thread.
+    bool monitoring;
+    bool watched[CF_WORKER_MAX_BROKERS];
 } s_curve_t;
 
-//  The public key of the broker at endpoint.
-static const char *s_server_key(const s_curve_t *curve, const char *endpoint)
+#define S_MONITOR_ENDPOINT "inproc://cf-worker-handshakes-%d"
+
+//  The index of the broker at endpoint among the brokers given (0 when not
+//  found: one broker).
+static int s_broker_index(const s_curve_t *curve, const char *endpoint)
 {
-    for (int i = 0; i < curve->nbrokers && i < curve->nservers; i++)
+    for (int i = 0; i < curve->nbrokers; i++)
         if (!strcmp(curve->brokers[i], endpoint))
-            return curve->server[i];
-    return curve->server[0];
+            return i;
+    return 0;
 }
 
 static cf_err_t s_socket_setup(void *socket, const char *endpoint, void *arg)
 {
     s_curve_t *curve = arg;
     if (curve->on) {
-        cf_err_t rc = cf_keys_apply_client(socket, s_server_key(curve, endpoint),
+        cf_err_t rc = cf_keys_apply_client(socket, curve->server[s_broker_index(curve, endpoint)],
                                            curve->pair.public_z85, curve->pair.secret_z85);
         if (rc != CF_OK)
             return rc;
     }
-    //  The first socket only: our PAIR connected to that monitor's endpoint
-    //  once, and an inproc connection is not made again. A fresh socket the
-    //  worker opens after losing the broker (cf_link.h) goes unwatched, so
-    //  a key refused on it shows as a broker that stays silent.
-    if (curve->monitor && curve->sockets++ == 0
-        && zmq_socket_monitor(socket, curve->monitor,
-                              ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
-                                  | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                  | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-               != 0)
+    //  Each broker's first socket only: our PAIR connected to that
+    //  monitor's endpoint once, and an inproc connection is not made again.
+    //  A fresh socket the worker opens after losing a broker (cf_link.h)
+    //  goes unwatched, so a key refused on it shows as a broker that stays
+    //  silent.
+    int index = s_broker_index(curve, endpoint);
+    if (!curve->monitoring || curve->watched[index])
+        return CF_OK;
+    curve->watched[index] = true;
+    char monitor[64];
+    snprintf(monitor, sizeof monitor, S_MONITOR_ENDPOINT, index);
+    if (zmq_socket_monitor(socket, monitor,
+                           ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+                               | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+                               | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        != 0)
         return cf_error_set(CF_ESYS, "cannot watch the handshakes: %s", zmq_strerror(errno));
     return CF_OK;
 }
@@ -174,8 +186,8 @@ static int s_preflight(const s_curve_t *curve, const char *broker, char *why, si
         goto done;
     }
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
-    if (cf_keys_apply_client(sock, s_server_key(curve, broker), curve->pair.public_z85,
-                             curve->pair.secret_z85)
+    if (cf_keys_apply_client(sock, curve->server[s_broker_index(curve, broker)],
+                             curve->pair.public_z85, curve->pair.secret_z85)
             != CF_OK
         || !(monitor = cf_keys_monitor_new(ctx, sock))) {
         snprintf(why, size, "%s", cf_last_error());
@@ -448,8 +460,6 @@ static int s_server_keys(const s_options_t *options, s_curve_t *curve)
         for (int i = 1; i < nbrokers; i++)
             memcpy(curve->server[i], curve->server[0], sizeof curve->server[0]);
     curve->nservers = nbrokers;
-    curve->brokers = options->nbrokers ? options->brokers : &options->broker;
-    curve->nbrokers = nbrokers;
     return S_RUN;
 }
 
@@ -513,23 +523,27 @@ static int s_start_procs(const s_options_t *options, s_curve_t *curve, cf_procs_
     return S_RUN;
 }
 
-//  Threads: the worker actor in this process. Its socket reports its
-//  handshakes to a PAIR of ours in the same context, connected before the
-//  worker binds the monitor so no event is lost.
-static int s_start_threads(const s_options_t *options, s_curve_t *curve, void **ctx, void **monitor,
-                           cf_worker_t **worker)
+//  Threads: the worker actor in this process. Each broker's socket reports
+//  its handshakes to a PAIR of ours in the same context (monitors[i] for
+//  broker i), connected before the worker binds the monitor so no event is
+//  lost.
+static int s_start_threads(const s_options_t *options, s_curve_t *curve, void **ctx,
+                           void **monitors, cf_worker_t **worker)
 {
-    static const char monitor_endpoint[] = "inproc://cf-worker-handshakes";
     int threads = options->threads;
     if (threads == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         threads = cores > 0 ? (int)cores : 1;
     }
     *ctx = zmq_ctx_new();
-    *monitor = *ctx ? zmq_socket(*ctx, ZMQ_PAIR) : NULL;
-    if (!*monitor || zmq_connect(*monitor, monitor_endpoint) != 0)
-        return s_fail("cannot watch the handshakes: %s", zmq_strerror(errno));
-    curve->monitor = monitor_endpoint;
+    for (int i = 0; i < curve->nbrokers; i++) {
+        char endpoint[64];
+        snprintf(endpoint, sizeof endpoint, S_MONITOR_ENDPOINT, i);
+        monitors[i] = *ctx ? zmq_socket(*ctx, ZMQ_PAIR) : NULL;
+        if (!monitors[i] || zmq_connect(monitors[i], endpoint) != 0)
+            return s_fail("cannot watch the handshakes: %s", zmq_strerror(errno));
+    }
+    curve->monitoring = true;
     *worker = cf_worker_new(&(cf_worker_config_t){
         .endpoint = options->broker,
         .endpoints = options->brokers,
@@ -550,14 +564,16 @@ static int s_start_threads(const s_options_t *options, s_curve_t *curve, void **
     return S_RUN;
 }
 
-//  Until a signal, --max-tasks, or the broker refusing our key: the exit
+//  Until a signal, --max-tasks, or a broker refusing our key: the exit
 //  status.
 static int s_watch(const s_options_t *options, const sigset_t *stop, s_curve_t *curve,
-                   void *monitor, cf_worker_t *worker, cf_procs_t *pool)
+                   void *const *monitors, cf_worker_t *worker, cf_procs_t *pool)
 {
     struct timespec tick = { .tv_sec = 0, .tv_nsec = S_TICK_MS * 1000000L };
     char fp[CF_KEY_FP_SIZE];
-    cf_keys_judge_t judge = s_judge(curve, options->broker, fp);
+    cf_keys_judge_t judges[CF_WORKER_MAX_BROKERS];
+    for (int i = 0; i < curve->nbrokers; i++)
+        judges[i] = s_judge(curve, curve->brokers[i], fp);
     char why[512];
     while (true) {
         int sig = sigtimedwait(stop, NULL, &tick);
@@ -572,14 +588,17 @@ static int s_watch(const s_options_t *options, const sigset_t *stop, s_curve_t *
                           options->broker);
         if (ended)
             return 0;    //  --max-tasks reached
-        if (monitor && s_handshakes(monitor, &judge, why, sizeof why) < 0)
-            return s_fail("%s", why);
+        for (int i = 0; i < curve->nbrokers; i++)
+            if (monitors[i] && s_handshakes(monitors[i], &judges[i], why, sizeof why) < 0)
+                return s_fail("%s", why);
     }
 }
 
 static int s_run(const s_options_t *options)
 {
     static s_curve_t curve;    //  children of --procs use the copy they inherit
+    curve.brokers = options->nbrokers ? options->brokers : &options->broker;
+    curve.nbrokers = options->nbrokers ? options->nbrokers : 1;
     int status = s_load(options, &curve);
     if (status != S_RUN)
         return status;
@@ -596,23 +615,25 @@ static int s_run(const s_options_t *options)
     }
     cf_worker_t *worker = NULL;
     cf_procs_t *pool = NULL;
-    void *ctx = NULL, *monitor = NULL;
+    void *ctx = NULL, *monitors[CF_WORKER_MAX_BROKERS] = { NULL };
     if (options->procs > 0)
         status = s_start_procs(options, &curve, &pool);
     else
-        status = s_start_threads(options, &curve, &ctx, &monitor, &worker);
+        status = s_start_threads(options, &curve, &ctx, monitors, &worker);
     //  Applied to the socket(s) or inherited by the children: not needed.
     cf_keys_wipe(&curve.pair);
     if (status == S_RUN) {
         fflush(stdout);
-        status = s_watch(options, &stop, &curve, monitor, worker, pool);
+        status = s_watch(options, &stop, &curve, monitors, worker, pool);
     }
     cf_worker_destroy(&worker);
     cf_procs_destroy(&pool, S_PROCS_GRACE_MS);
-    if (monitor) {
+    for (int i = 0; i < curve.nbrokers; i++) {
+        if (!monitors[i])
+            continue;
         int linger = 0;
-        zmq_setsockopt(monitor, ZMQ_LINGER, &linger, sizeof linger);
-        zmq_close(monitor);
+        zmq_setsockopt(monitors[i], ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(monitors[i]);
     }
     if (ctx)
         zmq_ctx_term(ctx);
