@@ -21,16 +21,14 @@
 //  VALUE", the median of --rounds rounds, then its min and max. --quick
 //  runs tiny sizes (the bench-smoke test).
 
+#include "bench_broker.h"
 #include "cf_proto.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -52,58 +50,10 @@ static void s_die(const char *what)
 //  utime + stime of pid in µs.
 static int64_t s_cpu_us(pid_t pid)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f || !fgets(buf, sizeof buf, f))
-        s_die("cannot read the broker's /proc stat");
-    fclose(f);
-    const char *p = strrchr(buf, ')');
-    unsigned long long utime = 0, stime = 0;
-    //  After ")": state (3) ... utime is field 14, stime 15.
-    if (!p
-        || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime)
-               != 2)
-        s_die("cannot parse /proc stat");
-    return (int64_t)((utime + stime) * 1000000ULL / (unsigned long long)sysconf(_SC_CLK_TCK));
-}
-
-typedef struct {
-    pid_t pid;
-    char clients[128], workers[128];
-} s_broker_t;
-
-static void s_broker_start(const char *bin, s_broker_t *b)
-{
-    int fds[2];
-    if (pipe(fds) != 0)
-        s_die("pipe");
-    b->pid = fork();
-    if (b->pid < 0)
-        s_die("fork");
-    if (b->pid == 0) {
-        dup2(fds[1], 1);
-        close(fds[0]);
-        int null = open("/dev/null", O_WRONLY);
-        if (null >= 0)
-            dup2(null, 2);
-        execl(bin, bin, "--clients", "tcp://127.0.0.1:*", "--workers", "tcp://127.0.0.1:*",
-              "--max-queued", "10000000", (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    FILE *out = fdopen(fds[0], "r");
-    char line[512];
-    if (!out || !fgets(line, sizeof line, out)
-        || sscanf(line, "ready clients=%127s workers=%127s", b->clients, b->workers) != 2)
-        s_die("the broker did not say ready");
-    fclose(out);
-}
-
-static void s_broker_stop(s_broker_t *b)
-{
-    kill(b->pid, SIGTERM);
-    waitpid(b->pid, NULL, 0);
+    int64_t us = bench_broker_cpu_us(pid);
+    if (us < 0)
+        s_die("cannot read the broker's CPU clock");
+    return us;
 }
 
 static char s_names[S_MAX_FUNCTIONS][32];
@@ -125,8 +75,9 @@ static size_t s_worker_functions(s_layout_t layout, int i, int functions, int wo
 //  One round: tasks through a fresh broker; returns broker CPU µs per task.
 static double s_round(const char *bin, s_layout_t layout, int functions, int workers, int tasks)
 {
-    s_broker_t broker;
-    s_broker_start(bin, &broker);
+    bench_broker_t broker;
+    if (!bench_broker_start(bin, NULL, &broker))
+        s_die("the broker did not say ready");
     void *ctx = zmq_ctx_new();
     cf_proto_enc_t *enc = cf_proto_enc_new();
     void *client = zmq_socket(ctx, ZMQ_DEALER);
@@ -199,7 +150,7 @@ static double s_round(const char *bin, s_layout_t layout, int functions, int wor
     zmq_close(client);
     cf_proto_enc_destroy(&enc);
     zmq_ctx_term(ctx);
-    s_broker_stop(&broker);
+    bench_broker_stop(&broker);
     return per_task;
 }
 

@@ -39,19 +39,17 @@
 //  sizes (the bench-smoke test): it checks that every figure comes out,
 //  never how fast.
 
+#include "bench_broker.h"
 #include "cf_proto.h"
 
 #include <errno.h>
 #include <dirent.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -75,16 +73,12 @@ static int64_t s_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-//  CPU time of pid (all its threads) in µs: its process CPU clock, to the
-//  nanosecond (/proc/PID/stat counts 10 ms ticks: 0.4 ms of work on a
-//  queue of 1,000 read as 0 or 10 ms).
 static int64_t s_cpu_us(pid_t pid)
 {
-    clockid_t clock;
-    struct timespec ts;
-    if (clock_getcpuclockid(pid, &clock) != 0 || clock_gettime(clock, &ts) != 0)
+    int64_t us = bench_broker_cpu_us(pid);
+    if (us < 0)
         s_die("cannot read the broker's CPU clock");
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    return us;
 }
 
 //  The broker's threads' CPU ticks, to tell its ZeroMQ I/O thread's share
@@ -142,53 +136,17 @@ static int64_t s_rss(pid_t pid)
 // ---------------------------------------------------------------------------
 //  The broker
 
-typedef struct {
-    pid_t pid;
-    char clients[128], workers[128];
-} s_broker_t;
-
 static int s_broker_fd_limit;    //  RLIMIT_NOFILE of the next broker; 0: ours
 
-static void s_broker_start(const char *bin, s_broker_t *b)
+//  --liveness 30, so that setting up 2,000 sockets never loses a peer;
+//  SCALE_BENCH_BROKER_LOG: the brokers' logs appended there.
+static void s_broker_start(const char *bin, bench_broker_t *b)
 {
-    int fds[2];
-    if (pipe(fds) != 0)
-        s_die("pipe");
-    b->pid = fork();
-    if (b->pid < 0)
-        s_die("fork");
-    if (b->pid == 0) {
-        dup2(fds[1], 1);
-        close(fds[0]);
-        //  SCALE_BENCH_BROKER_LOG: the brokers' logs appended there.
-        const char *log = getenv("SCALE_BENCH_BROKER_LOG");
-        int null = log ? open(log, O_WRONLY | O_CREAT | O_APPEND, 0644)
-                       : open("/dev/null", O_WRONLY);
-        if (null >= 0)
-            dup2(null, 2);
-        if (s_broker_fd_limit > 0) {
-            struct rlimit rl;
-            getrlimit(RLIMIT_NOFILE, &rl);
-            rl.rlim_cur = (rlim_t)s_broker_fd_limit;
-            setrlimit(RLIMIT_NOFILE, &rl);
-        }
-        execl(bin, bin, "--clients", "tcp://127.0.0.1:*", "--workers", "tcp://127.0.0.1:*",
-              "--max-queued", "10000000", "--liveness", "30", (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    FILE *out = fdopen(fds[0], "r");
-    char line[512];
-    if (!out || !fgets(line, sizeof line, out)
-        || sscanf(line, "ready clients=%127s workers=%127s", b->clients, b->workers) != 2)
+    bench_broker_opts_t opts = { .log = getenv("SCALE_BENCH_BROKER_LOG"),
+                                 .fd_limit = s_broker_fd_limit,
+                                 .liveness = 30 };
+    if (!bench_broker_start(bin, &opts, b))
         s_die("the broker did not say ready");
-    fclose(out);
-}
-
-static void s_broker_stop(s_broker_t *b)
-{
-    kill(b->pid, SIGTERM);
-    waitpid(b->pid, NULL, 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -205,7 +163,7 @@ typedef struct {
 typedef struct {
     void *ctx;
     cf_proto_enc_t *enc;
-    s_broker_t *broker;
+    bench_broker_t *broker;
     s_peer_t *peers;    //  workers first, then clients
     zmq_pollitem_t *items;
     int count, workers, clients;
@@ -235,7 +193,7 @@ static void *s_dealer(s_rig_t *r, const char *endpoint)
     return sock;
 }
 
-static void s_rig_init(s_rig_t *r, s_broker_t *broker, int max_peers)
+static void s_rig_init(s_rig_t *r, bench_broker_t *broker, int max_peers)
 {
     memset(r, 0, sizeof *r);
     r->broker = broker;
@@ -537,7 +495,7 @@ static bool s_verbose_rounds = true;
 
 static void s_peers_round(const char *bin, int workers, int clients, int64_t window, int64_t tasks)
 {
-    s_broker_t broker;
+    bench_broker_t broker;
     s_broker_start(bin, &broker);
     s_rig_t r;
     s_rig_init(&r, &broker, workers + clients + 1);
@@ -557,13 +515,13 @@ static void s_peers_round(const char *bin, int workers, int clients, int64_t win
     s_record("tasks/msg", (double)(r.task_items - items0) / (double)(r.task_msgs - msgs0),
              "peers.w%d.c%d.tasks_per_TASK", workers, clients);
     s_rig_destroy(&r);
-    s_broker_stop(&broker);
+    bench_broker_stop(&broker);
 }
 
 static void s_queue_round(const char *bin, int64_t depth, int64_t tasks)
 {
     enum { WORKERS = 10 };
-    s_broker_t broker;
+    bench_broker_t broker;
     s_broker_start(bin, &broker);
     s_rig_t r;
     s_rig_init(&r, &broker, WORKERS + 2);
@@ -594,12 +552,12 @@ static void s_queue_round(const char *bin, int64_t depth, int64_t tasks)
     double us = s_drive(&r, window, tasks);
     s_record("us/task", us, "queue.n%" PRId64 ".steady_cpu", depth);
     s_rig_destroy(&r);
-    s_broker_stop(&broker);
+    bench_broker_stop(&broker);
 }
 
 static void s_idle_round(const char *bin, int peers, int seconds)
 {
-    s_broker_t broker;
+    bench_broker_t broker;
     s_broker_start(bin, &broker);
     s_rig_t r;
     s_rig_init(&r, &broker, 2 * peers + 2);
@@ -649,7 +607,7 @@ static void s_idle_round(const char *bin, int peers, int seconds)
     int64_t rss2 = s_rss(broker.pid);
     s_record("B/peer", (double)(rss2 - rss1) / peers, "idle.rss_per_client");
     s_rig_destroy(&r);
-    s_broker_stop(&broker);
+    bench_broker_stop(&broker);
 }
 
 //  Bytes on the wire per task of each message a task causes, in batches of
@@ -697,7 +655,7 @@ static void s_wire_figures(int batch)
 static void s_fdlimit_round(const char *bin, int extra, int64_t tasks, int seconds)
 {
     s_broker_fd_limit = 64;
-    s_broker_t broker;
+    bench_broker_t broker;
     s_broker_start(bin, &broker);
     s_broker_fd_limit = 0;
     s_rig_t r;
@@ -732,7 +690,7 @@ static void s_fdlimit_round(const char *bin, int extra, int64_t tasks, int secon
         zmq_close(r.peers[r.count + i].sock);
     }
     s_rig_destroy(&r);
-    s_broker_stop(&broker);
+    bench_broker_stop(&broker);
 }
 
 static int s_cmp(const void *a, const void *b)
