@@ -29,6 +29,8 @@
 //            workers and a client, then 200 connections more than it can
 //            accept: its CPU per task and idle, below and over its limit
 //
+//  Workers say READY with cf-worker's features (BEGUN, STOP), so the broker
+//  sends their clients no STARTED for these no-ops, as with cf-worker.
 //  Peers heartbeat as cf-worker does (an app-level HEARTBEAT every interval,
 //  ZeroMQ's ZMTP PINGs at the same interval, core/cf_link.c). The broker
 //  runs with --liveness 30 so that setting up 2,000 sockets never loses a
@@ -170,7 +172,7 @@ typedef struct {
     uint64_t next_id;
     int64_t next_hb_ms;
     //  Seen by the workers / clients.
-    int64_t task_msgs, task_items, answered;
+    int64_t task_msgs, task_items, answered, result_msgs, submit_msgs;
     //  HEARTBEAT from the broker, and ours to it (messages, ZMTP bytes).
     int64_t hb_in, hb_in_bytes, hb_out, hb_out_bytes;
     bool count_raw;    //  idle mode: read raw frames to count bytes
@@ -218,9 +220,16 @@ static int64_t s_zmtp_bytes(const size_t *sizes, int n)
     return bytes;
 }
 
+//  Features as cf-worker says them: BEGUN (it says STARTED itself, and
+//  only for a task still running after a while, so never for these
+//  no-ops) and STOP. A cf/1 worker without BEGUN costs every task a
+//  STARTED from the broker to its client (--cf1-workers).
+static bool s_cf1_workers;
+
 static void s_send_ready(s_rig_t *r, s_peer_t *p, int pid)
 {
-    cf_proto_enc_ready(r->enc, s_credit, s_credit, "bench", pid, 0, NULL, 0);
+    uint32_t features = s_cf1_workers ? 0 : CF_PROTO_FEATURE_BEGUN | CF_PROTO_FEATURE_STOP;
+    cf_proto_enc_ready(r->enc, s_credit, s_credit, "bench", pid, features, NULL, 0);
     if (cf_proto_enc_send(r->enc, p->sock, NULL, 0) != CF_OK)
         s_die("READY");
     p->known = true;
@@ -272,6 +281,7 @@ static void s_submit(s_rig_t *r, s_peer_t *p, int n)
         s_die("SUBMIT");
     p->submitted += n;
     p->known = true;
+    r->submit_msgs++;
 }
 
 //  Every known peer says HEARTBEAT [0, 0] once an interval.
@@ -352,6 +362,7 @@ static void s_pump(s_rig_t *r, int timeout_ms)
             }
             else if (!p->worker && msg->type == CF_MSG_RESULT) {
                 p->answered += (int64_t)msg->count;
+                r->result_msgs++;
                 r->answered += (int64_t)msg->count;
             }
             else if (!p->worker && msg->type == CF_MSG_STATS && r->stats_pending > 0) {
@@ -504,7 +515,8 @@ static void s_peers_round(const char *bin, int workers, int clients, int64_t win
     s_wait_stat(&r, "workers", (uint64_t)workers);
     //  A warm-up: every client known, every worker reached once.
     s_drive(&r, window, tasks / 10 > 1000 ? tasks / 10 : 1000);
-    int64_t msgs0 = r.task_msgs, items0 = r.task_items;
+    int64_t msgs0 = r.task_msgs, items0 = r.task_items, answered0 = r.answered;
+    int64_t results0 = r.result_msgs, submits0 = r.submit_msgs;
     s_split_t split0 = s_thread_ticks(broker.pid);
     double us = s_drive(&r, window, tasks);
     s_split_t split1 = s_thread_ticks(broker.pid);
@@ -514,6 +526,10 @@ static void s_peers_round(const char *bin, int workers, int clients, int64_t win
     s_record("us/task", us, "peers.w%d.c%d.broker_cpu", workers, clients);
     s_record("tasks/msg", (double)(r.task_items - items0) / (double)(r.task_msgs - msgs0),
              "peers.w%d.c%d.tasks_per_TASK", workers, clients);
+    s_record("tasks/msg", (double)(r.answered - answered0) / (double)(r.result_msgs - results0),
+             "peers.w%d.c%d.tasks_per_client_RESULT", workers, clients);
+    s_record("tasks/msg", (double)(r.answered - answered0) / (double)(r.submit_msgs - submits0),
+             "peers.w%d.c%d.tasks_per_SUBMIT", workers, clients);
     s_rig_destroy(&r);
     bench_broker_stop(&broker);
 }
@@ -739,12 +755,15 @@ int main(int argc, char **argv)
             one_depth = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--credit") && i + 1 < argc)
             s_credit = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--cf1-workers"))
+            s_cf1_workers = true;
         else if (!strcmp(argv[i], "--quick"))
             quick = true;
         else {
             fprintf(stderr,
                     "usage: scale_bench --broker PATH [--only peers|queue|idle|wire|fdlimit] "
-                    "[--peers W,C] [--depth N] [--credit N] [--fdlimit-seconds N] [--tasks N] "
+                    "[--peers W,C] [--depth N] [--credit N] [--cf1-workers] [--fdlimit-seconds N] "
+                    "[--tasks N] "
                     "[--window N] "
                     "[--rounds R] [--quick]\n");
             return 2;
