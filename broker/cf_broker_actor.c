@@ -126,6 +126,8 @@ static int s_poll_timeout(cf_broker_state_t *self)
     int timeout = cf_clock_ms_until(deadline);
     if ((!cf_queue_empty(&self->flush) || self->blocked_workers) && timeout > CF_BROKER_RETRY_MS)
         timeout = CF_BROKER_RETRY_MS;
+    if (self->gathering && timeout > 1)
+        timeout = 1;    //  the gather ends within CF_BROKER_GATHER_US
     if (!cf_queue_empty(&self->unserved) && timeout > CF_BROKER_UNSERVED_CHECK_MS)
         timeout = CF_BROKER_UNSERVED_CHECK_MS;
     return timeout;

@@ -2,6 +2,9 @@
 //  (SUBMIT, CANCEL, STATS, DISCONNECT), its queue, and its outbox: the
 //  STARTED ids and RESULT items waiting to be sent, flushed once a turn.
 //
+//  A client whose tasks still wait in our queue gets its RESULTs gathered
+//  into fuller messages (CF_BROKER_GATHER_ITEMS, CF_BROKER_GATHER_US).
+//
 //  An outbox holds what could not go yet (the client's pipe at its
 //  high-water mark): STARTED first, then RESULTs, so a client never sees a
 //  task's result before its start. After a refusal the flush backs off and
@@ -75,8 +78,10 @@ static cf_broker_out_t *s_out_add(cf_broker_state_t *self, cf_broker_client_t *c
     *out = (cf_broker_out_t){ .id = id, .status = (uint8_t)status };
     if (client->out_tail)
         client->out_tail->next = out;
-    else
+    else {
         client->out_head = out;
+        client->out_since_us = cf_clock_now_us();
+    }
     client->out_tail = out;
     client->out_count++;
     client->out_bytes += size;
@@ -357,8 +362,21 @@ static bool s_flush_progress(cf_broker_state_t *self, cf_broker_client_t *client
 //  reports, then RESULTs, so a client never sees a task's result before its
 //  start, nor a task's last report after its result. Returns true when
 //  everything went.
+static bool s_gathering(cf_broker_state_t *self, const cf_broker_client_t *client)
+{
+    //  Only RESULTs are held: STARTED and progress have their own timing.
+    if (!client->queued || client->out_count >= CF_BROKER_GATHER_ITEMS || client->started_count
+        || cf_broker_progress_unsent(client)
+        || cf_clock_now_us() - client->out_since_us >= CF_BROKER_GATHER_US)
+        return false;
+    self->gathering = true;
+    return true;
+}
+
 static bool s_client_flush(cf_broker_state_t *self, cf_broker_client_t *client)
 {
+    if (s_gathering(self, client))
+        return false;
     if (client->started_count && !client->out_head && !cf_broker_progress_unsent(client)
         && client->started_due_ms > cf_clock_now_ms())
         return false;    //  not due: wait for a RESULT (or a report) to go with
@@ -372,6 +390,7 @@ static bool s_client_flush(cf_broker_state_t *self, cf_broker_client_t *client)
 void cf_broker_client_flush_all(cf_broker_state_t *self)
 {
     cf_queue_node_t *node = cf_queue_front(&self->flush), *next;
+    self->gathering = false;
     for (; node; node = next) {
         next = cf_queue_next(&self->flush, node);
         cf_broker_client_t *client = cf_queue_entry(node, cf_broker_client_t, flush_node);

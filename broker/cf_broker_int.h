@@ -84,6 +84,14 @@
 //  task running longer still shows as running within about this long; a
 //  STARTED that answers a CANCEL or a resubmission goes out at once.
 #define CF_BROKER_STARTED_DELAY_MS  CF_BROKER_RETRY_MS
+//  A client with tasks still queued here waits on the workers, not on its
+//  results' latency: its results go in messages of this many, or once the
+//  oldest has waited CF_BROKER_GATHER_US. With 100 clients sharing a
+//  broker each one's share of a poll round is a few results, and every
+//  message to a connection costs the I/O thread five system calls
+//  (docs/scaling.md, "Many clients").
+#define CF_BROKER_GATHER_ITEMS      64
+#define CF_BROKER_GATHER_US         2000
 //  Bodies are cut well below CF_PROTO_MAX_FRAME so the receiver never
 //  refuses a batch we built.
 #define CF_BROKER_MAX_BODY          (CF_PROTO_MAX_FRAME - 64u * 1024)
@@ -267,6 +275,7 @@ struct cf_broker_client {
     int64_t started_due_ms;                  //  STARTED go out by then, or with a RESULT
     cf_broker_out_t *out_head, *out_tail;    //  RESULT items not sent yet
     size_t out_count;
+    int64_t out_since_us;            //  when the oldest of them came
     size_t out_bytes;                //  memory held by started + out items
     cf_queue_node_t flush_node;      //  in self->flush while anything is unsent
     int64_t unreachable_since_ms;    //  first refused send not followed by a good one; 0: none
@@ -358,6 +367,7 @@ typedef struct cf_broker_state {
     //  queue as an ordinary task.
     cf_queue_t suspects;
     cf_queue_t flush;           //  clients with unsent items (flush_node)
+    bool gathering;             //  the last flush held a client's results back to gather more
     cf_idmap_t *tasks;          //  broker id -> task, queued or on a worker
     cf_broker_task_t **heap;    //  running tasks with a timeout, by deadline
     size_t heap_size, heap_cap;

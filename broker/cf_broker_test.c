@@ -1185,6 +1185,31 @@ static const uint8_t s_partial[] = { 0xa4, 'h', 'a', 'l', 'f' };
 
 //  Sends one PROGRESS from sock: count items for task id, done 1..count of
 //  total 100, the partial value with the second item only.
+//  A client with tasks still queued has its results gathered into fuller
+//  messages; the gather ends on its own, with no other event to wake the
+//  broker: here the worker keeps the next task and nothing else happens.
+static void test_a_backlogged_clients_results_are_gathered_and_still_go(void **state)
+{
+    (void)state;
+    //  A worker that says when tasks begin (as cf-worker does): the broker
+    //  owes the client no STARTED, which would go at once with the result.
+    void *worker = s_stop_worker(s_fx, "w1", 1, 101, 1);
+    void *client = s_client(s_fx, "c1");
+    s_submit(client, 100, 4, "double", 3, 0, 0);
+    uint64_t ids[4];
+    s_take_tasks(worker, ids, NULL, 1);
+    for (int i = 0; i < 3; i++) {
+        s_result_ok(worker, ids[i]);
+        s_take_tasks(worker, ids + i + 1, NULL, 1);
+        cf_proto_msg_t *msg = s_expect_result(client, 100 + (uint64_t)i, CF_STATUS_OK);
+        cf_proto_msg_destroy(&msg);
+    }
+    //  Nothing queued now: no gathering.
+    s_result_ok(worker, ids[3]);
+    s_expect_status(client, 103, CF_STATUS_OK);
+    assert_int_equal(s_stats().completed, 4);
+}
+
 static void s_progress(void *sock, uint64_t id, uint32_t count)
 {
     cf_proto_enc_t *enc = s_enc();
@@ -1921,6 +1946,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tasks_are_dispatched_within_worker_credit,
                                         s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_credit_message_adds_slots, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_a_backlogged_clients_results_are_gathered_and_still_go,
+                                        s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_a_burst_fills_one_workers_idle_threads_in_one_message,
                                         s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_prefetch_only_to_workers_turning_over, s_setup_broker,
