@@ -85,12 +85,13 @@
 //  STARTED that answers a CANCEL or a resubmission goes out at once.
 #define CF_BROKER_STARTED_DELAY_MS  CF_BROKER_RETRY_MS
 //  A client with tasks still queued here waits on the workers, not on its
-//  results' latency: its results go in messages of this many, or once the
-//  oldest has waited CF_BROKER_GATHER_US. With 100 clients sharing a
+//  results' latency: its results go in messages of this many (or this many
+//  bytes), or once the oldest has waited CF_BROKER_GATHER_US. With 100 clients sharing a
 //  broker each one's share of a poll round is a few results, and every
 //  message to a connection costs the I/O thread five system calls
 //  (docs/scaling.md, "Many clients").
 #define CF_BROKER_GATHER_ITEMS      64
+#define CF_BROKER_GATHER_BYTES      (64u * 1024)
 #define CF_BROKER_GATHER_US         2000
 //  Bodies are cut well below CF_PROTO_MAX_FRAME so the receiver never
 //  refuses a batch we built.
