@@ -106,12 +106,21 @@ void cf_broker_client_result_ok(cf_broker_state_t *self, cf_broker_client_t *cli
                                 const void *value, size_t value_len)
 {
     client->completed++;
-    cf_broker_out_t *out = s_out_add(self, client, id, CF_STATUS_OK, value_len);
+    uint8_t head[CF_PROTO_RESULT_HEAD_MAX];
+    //  One too big to forward takes the usual path, which answers it with
+    //  an error.
+    size_t head_len = value_len >= CF_BROKER_WHOLE_MIN
+                              && value_len + CF_PROTO_RESULT_HEAD_MAX <= CF_BROKER_MAX_BODY
+                          ? cf_proto_result_ok_head(head, id, value_len)
+                          : 0;
+    cf_broker_out_t *out = s_out_add(self, client, id, CF_STATUS_OK, head_len + value_len);
     if (!out)
         return;
-    out->value_len = (uint32_t)value_len;
+    out->whole = head_len > 0;
+    out->value_len = (uint32_t)(head_len + value_len);
+    memcpy(out->data, head, head_len);
     if (value_len)
-        memcpy(out->data, value, value_len);
+        memcpy(out->data + head_len, value, value_len);
 }
 
 void cf_broker_client_result_error(cf_broker_state_t *self, cf_broker_client_t *client, uint64_t id,
@@ -292,7 +301,8 @@ static cf_err_t s_encode_results(cf_broker_state_t *self, cf_broker_client_t *cl
     cf_proto_enc_begin(self->enc, CF_MSG_RESULT);
     size_t n = 0, body = 0;
     size_t max_items = client->unreachable_since_ms ? 1 : CF_PROTO_MAX_BATCH;
-    for (cf_broker_out_t *out = client->out_head; out && n < max_items; out = out->next) {
+    cf_broker_out_t *out = client->out_head;
+    for (; out && n < max_items && !out->whole; out = out->next) {
         size_t item = s_out_size(out) + CF_BROKER_ITEM_OVERHEAD;
         if (n > 0 && body + item > CF_BROKER_MAX_BODY)
             break;
@@ -324,21 +334,52 @@ static void s_results_sent(cf_broker_client_t *client, size_t n)
         client->out_tail = NULL;
 }
 
+static void s_free_whole(void *body, void *hint)
+{
+    (void)body;
+    free(hint);
+}
+
+//  Sends the outbox's first item, a whole body, handing it to ZeroMQ: the
+//  outbox forgets it first, for ZeroMQ's I/O thread frees it once sent.
+static cf_err_t s_send_whole(cf_broker_state_t *self, cf_broker_client_t *client)
+{
+    cf_broker_out_t *out = client->out_head;
+    cf_broker_out_t *next = out->next;
+    size_t size = s_out_size(out);
+    cf_err_t rc = cf_proto_send_body(self->clients_sock, client->peer.id, client->peer.id_len,
+                                     CF_MSG_RESULT, out->data, out->value_len, s_free_whole, out);
+    if (rc != CF_OK)
+        return rc;
+    client->out_head = next;
+    if (!next)
+        client->out_tail = NULL;
+    client->out_bytes -= size;
+    client->out_count--;
+    return CF_OK;
+}
+
 //  Sends the outbox's RESULT items. False when a send was refused or out
 //  of memory (what is left waits).
 static bool s_flush_results(cf_broker_state_t *self, cf_broker_client_t *client)
 {
     while (client->out_head) {
         size_t n = 0;
-        cf_err_t rc = s_encode_results(self, client, &n);
-        if (rc == CF_OK)
-            rc = cf_proto_enc_send(self->enc, self->clients_sock, client->peer.id,
-                                   client->peer.id_len);
+        cf_err_t rc;
+        if (client->out_head->whole)
+            rc = s_send_whole(self, client);
+        else {
+            rc = s_encode_results(self, client, &n);
+            if (rc == CF_OK)
+                rc = cf_proto_enc_send(self->enc, self->clients_sock, client->peer.id,
+                                       client->peer.id_len);
+            if (rc == CF_OK)
+                s_results_sent(client, n);
+        }
         if (rc != CF_OK) {
             s_client_refused(self, client, rc);
             return false;
         }
-        s_results_sent(client, n);
         s_client_reached(client);
     }
     return true;

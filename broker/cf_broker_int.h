@@ -91,6 +91,7 @@
 //  message to a connection costs the I/O thread five system calls
 //  (docs/scaling.md, "Many clients").
 #define CF_BROKER_GATHER_ITEMS      64
+#define CF_BROKER_WHOLE_MIN         (16u * 1024)
 #define CF_BROKER_GATHER_BYTES      (64u * 1024)
 #define CF_BROKER_GATHER_US         2000
 //  Bodies are cut well below CF_PROTO_MAX_FRAME so the receiver never
@@ -255,7 +256,11 @@ typedef struct cf_broker_out {
     uint32_t value_len;    //  OK: value bytes in data
     int32_t pid;           //  ERROR
     uint8_t status;        //  cf_status_t
-    uint8_t data[];        //  OK: value; ERROR: type\0message\0function\0host\0
+    //  data is a whole one-item RESULT body (value_len its size) that goes
+    //  alone, handed to ZeroMQ: a value of CF_BROKER_WHOLE_MIN bytes or
+    //  more is copied once in the broker, not three times.
+    bool whole;
+    uint8_t data[];    //  OK: value (or whole body); ERROR: type\0message\0function\0host\0
 } cf_broker_out_t;
 
 struct cf_broker_client {

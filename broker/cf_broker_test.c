@@ -1210,6 +1210,54 @@ static void test_a_backlogged_clients_results_are_gathered_and_still_go(void **s
     assert_int_equal(s_stats().completed, 4);
 }
 
+//  A large result goes to its client in a message of its own, built around
+//  its value (copied once in the broker); the small ones around it still
+//  go batched, and every value arrives whole.
+static void test_a_large_result_goes_alone_and_whole_between_small_ones(void **state)
+{
+    (void)state;
+    s_scene_t sc = s_scene(3, 101, (s_tasks_t){ 100, 3, "double", 3, 0, 0 }, 3);
+    enum { BIG = 100 * 1024 };
+    uint8_t *big = malloc(BIG + 5);
+    assert_non_null(big);
+    big[0] = 0xc6;    //  the value: a msgpack bin32 of BIG bytes
+    big[1] = 0;
+    big[2] = (uint8_t)(BIG >> 16);
+    big[3] = (uint8_t)(BIG >> 8);
+    big[4] = (uint8_t)BIG;
+    for (size_t i = 0; i < BIG; i++)
+        big[5 + i] = (uint8_t)(i * 31);
+    cf_proto_enc_t *enc = s_enc();
+    cf_proto_enc_begin(enc, CF_MSG_RESULT);
+    assert_int_equal(cf_proto_enc_result_ok(enc, sc.ids[0], s_value14, sizeof s_value14), CF_OK);
+    assert_int_equal(cf_proto_enc_result_ok(enc, sc.ids[1], big, BIG + 5), CF_OK);
+    assert_int_equal(cf_proto_enc_result_ok(enc, sc.ids[2], s_value14, sizeof s_value14), CF_OK);
+    assert_int_equal(cf_proto_enc_send(enc, sc.worker, NULL, 0), CF_OK);
+
+    cf_proto_msg_t *msgs[3];
+    const cf_proto_result_t *results[3];
+    s_collect_results(sc.client, 3, msgs, results);
+    const cf_proto_result_t *r = s_result_of(results, 3, 101);
+    assert_int_equal(r->status, CF_STATUS_OK);
+    assert_int_equal(r->value_len, BIG + 5);
+    assert_memory_equal(r->value, big, BIG + 5);
+    for (uint64_t id = 100; id <= 102; id += 2) {
+        r = s_result_of(results, 3, id);
+        assert_int_equal(r->value_len, sizeof s_value14);
+        assert_memory_equal(r->value, s_value14, sizeof s_value14);
+    }
+    //  Sent in order, the large one alone: 100 | 101 | 102.
+    assert_int_equal(results[0]->id, 100);
+    assert_int_equal(results[1]->id, 101);
+    assert_int_equal(results[2]->id, 102);
+    assert_int_equal(msgs[1]->count, 1);
+    assert_int_equal(msgs[1]->results[0].id, 101);
+    for (size_t i = 0; i < 3; i++)
+        cf_proto_msg_destroy(&msgs[i]);
+    free(big);
+    assert_int_equal(s_stats().completed, 3);
+}
+
 static void s_progress(void *sock, uint64_t id, uint32_t count)
 {
     cf_proto_enc_t *enc = s_enc();
@@ -1946,6 +1994,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tasks_are_dispatched_within_worker_credit,
                                         s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_credit_message_adds_slots, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(test_a_large_result_goes_alone_and_whole_between_small_ones,
+                                        s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_a_backlogged_clients_results_are_gathered_and_still_go,
                                         s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_a_burst_fills_one_workers_idle_threads_in_one_message,

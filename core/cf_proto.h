@@ -345,6 +345,22 @@ size_t cf_proto_enc_size(const cf_proto_enc_t *enc);
 cf_err_t cf_proto_enc_send(cf_proto_enc_t *enc, void *socket, const void *routing_id,
                            size_t routing_id_len);
 
+//  A one-item RESULT body built by its holder around a value it already
+//  keeps, so that the value leaves without another copy (the broker
+//  forwarding a large result): cf_proto_result_ok_head writes the bytes
+//  such a body holds before the value (at most CF_PROTO_RESULT_HEAD_MAX)
+//  and returns how many.
+#define CF_PROTO_RESULT_HEAD_MAX 24
+size_t cf_proto_result_ok_head(uint8_t *head, uint64_t id, size_t value_len);
+//  Sends a whole body of type, handing its memory to ZeroMQ: on CF_OK
+//  free_fn(body, hint) runs once it went (from ZeroMQ's I/O thread, so the
+//  caller must not touch body after); on an error body is still the
+//  caller's. Errors as cf_proto_enc_send's.
+typedef void cf_proto_free_fn(void *body, void *hint);
+cf_err_t cf_proto_send_body(void *socket, const void *routing_id, size_t routing_id_len,
+                            cf_msg_type_t type, void *body, size_t size, cf_proto_free_fn *free_fn,
+                            void *hint);
+
 //  Applies the socket options every cfutures socket gets: linger 100 ms,
 //  maximum frame size CF_PROTO_MAX_FRAME + 4 KiB, ROUTER_MANDATORY on
 //  routers, handshake interval 5 s, SNDHWM/RCVHWM 1000 (cf_proto.c says

@@ -8,6 +8,7 @@
 #include "cf_utf8.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 // ---------------------------------------------------------------------------
@@ -1453,6 +1455,61 @@ static void test_router_send_to_an_unknown_peer_is_not_found(void **state)
     s_pair_close(&p);
 }
 
+static atomic_int s_freed;
+
+static void s_count_free(void *body, void *hint)
+{
+    assert_ptr_equal(hint, body);
+    free(body);
+    atomic_fetch_add(&s_freed, 1);
+}
+
+//  A one-item RESULT built around a value reads as the encoder's would,
+//  ids of every width; the body is ZeroMQ's after a send, and still the
+//  caller's after a failed one.
+static void test_a_built_result_body_round_trips_and_is_freed_once_sent(void **state)
+{
+    (void)state;
+    s_pair_t p;
+    s_pair_open(&p, "inproc://cf-proto-built");
+    static const uint64_t ids[] = { 0, 127, 128, 65536, UINT64_MAX };
+    static const size_t sizes[] = { 1, 255, 256, 65535, 65536, 300000 };
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+        for (size_t j = 0; j < sizeof sizes / sizeof sizes[0]; j++) {
+            uint8_t head[CF_PROTO_RESULT_HEAD_MAX];
+            size_t n = cf_proto_result_ok_head(head, ids[i], sizes[j]);
+            assert_true(n <= CF_PROTO_RESULT_HEAD_MAX);
+            uint8_t *body = malloc(n + sizes[j]);
+            assert_non_null(body);
+            memcpy(body, head, n);
+            for (size_t k = 0; k < sizes[j]; k++)
+                body[n + k] = (uint8_t)(k * 7 + i);
+            int freed = atomic_load(&s_freed);
+            assert_int_equal(cf_proto_send_body(p.router, "nobody", 6, CF_MSG_RESULT, body,
+                                                n + sizes[j], s_count_free, body),
+                             CF_ENOTFOUND);
+            assert_int_equal(atomic_load(&s_freed), freed);
+            assert_int_equal(cf_proto_send_body(p.router, "peer-1", 6, CF_MSG_RESULT, body,
+                                                n + sizes[j], s_count_free, body),
+                             CF_OK);
+            s_wait_readable(p.dealer);
+            cf_proto_msg_t *msg = NULL;
+            assert_int_equal(cf_proto_recv(p.dealer, false, NULL, &msg), CF_OK);
+            assert_int_equal(msg->type, CF_MSG_RESULT);
+            assert_int_equal(msg->count, 1);
+            assert_true(msg->results[0].id == ids[i]);
+            assert_int_equal(msg->results[0].status, CF_STATUS_OK);
+            assert_int_equal(msg->results[0].value_len, sizes[j]);
+            for (size_t k = 0; k < sizes[j]; k++)
+                assert_int_equal(((const uint8_t *)msg->results[0].value)[k], (uint8_t)(k * 7 + i));
+            cf_proto_msg_destroy(&msg);
+            for (int wait = 0; atomic_load(&s_freed) != freed + 1 && wait < 5000; wait++)
+                usleep(1000);
+            assert_int_equal(atomic_load(&s_freed), freed + 1);
+        }
+    s_pair_close(&p);
+}
+
 static void test_dealer_with_no_peer_is_busy(void **state)
 {
     (void)state;
@@ -1632,6 +1689,7 @@ int main(void)
         cmocka_unit_test(test_router_receives_with_the_routing_id_and_replies_to_it),
         cmocka_unit_test(test_router_send_to_an_unknown_peer_is_not_found),
         cmocka_unit_test(test_dealer_with_no_peer_is_busy),
+        cmocka_unit_test(test_a_built_result_body_round_trips_and_is_freed_once_sent),
         cmocka_unit_test(test_recv_drains_and_rejects_a_message_with_too_many_frames),
         T(test_recv_on_a_dealer_rejects_extra_frames),
         T(test_small_bodies_survive_the_move_into_the_message),
