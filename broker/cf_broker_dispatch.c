@@ -102,29 +102,59 @@ static void s_worker_dispatched(cf_broker_state_t *self, cf_broker_worker_t *wor
         cf_broker_shared_settle(self, worker);
 }
 
-//  Sends what was planned for worker. A task that cannot be encoded fails
-//  alone; a refused send or a lack of memory puts every unsent task back.
+//  What s_worker_send has encoded and not sent yet: batch tasks from first,
+//  body bytes, and of the worker's plan unsent tasks not sent.
+typedef struct {
+    cf_queue_node_t *first;
+    size_t batch, body, unsent;
+} s_batch_t;
+
+//  Sends the TASK encoded so far, if any, and begins the next.
+static cf_err_t s_send_batch(cf_broker_state_t *self, cf_broker_worker_t *worker, s_batch_t *b)
+{
+    if (b->batch == 0)
+        return CF_OK;
+    cf_err_t rc = cf_proto_enc_send(self->enc, self->workers_sock, worker->peer.id,
+                                    worker->peer.id_len);
+    if (rc != CF_OK)
+        return rc;
+    s_sent(self, worker, b->first, b->batch);
+    b->unsent -= b->batch;
+    b->batch = b->body = 0;
+    cf_proto_enc_begin(self->enc, CF_MSG_TASK);
+    return CF_OK;
+}
+
+//  Sends what was planned for worker, in order: batches, and a task with
+//  large arguments alone in the body it keeps them in. A task that cannot
+//  be encoded fails alone; a refused send or a lack of memory puts every
+//  unsent task back.
 static void s_worker_send(cf_broker_state_t *self, cf_broker_worker_t *worker)
 {
-    size_t unsent = worker->plan, batch = 0, body = 0;
+    s_batch_t b = { .unsent = worker->plan };
     worker->plan = 0;
-    cf_queue_node_t *node = worker->plan_first, *next, *first = NULL;
+    cf_queue_node_t *node = worker->plan_first, *next;
     cf_err_t rc = CF_OK;
     cf_proto_enc_begin(self->enc, CF_MSG_TASK);
-    for (size_t left = unsent; left > 0 && rc == CF_OK; left--, node = next) {
+    for (size_t left = b.unsent; left > 0 && rc == CF_OK; left--, node = next) {
         next = cf_queue_next(&worker->running, node);
         cf_broker_task_t *task = cf_queue_entry(node, cf_broker_task_t, node);
+        if (task->marks & CF_BROKER_WHOLE) {
+            rc = s_send_batch(self, worker, &b);
+            if (rc == CF_OK)
+                rc = cf_broker_task_send_whole(self, task, worker);
+            if (rc == CF_OK) {
+                s_sent(self, worker, node, 1);
+                b.unsent--;
+            }
+            continue;
+        }
         cf_proto_str_t function = cf_broker_task_wire_function(task);
         size_t item = function.len + task->args_len + CF_BROKER_ITEM_OVERHEAD;
-        if (batch > 0 && (body + item > CF_BROKER_MAX_BODY || batch >= CF_PROTO_MAX_BATCH)) {
-            rc = cf_proto_enc_send(self->enc, self->workers_sock, worker->peer.id,
-                                   worker->peer.id_len);
+        if (b.batch > 0 && (b.body + item > CF_BROKER_MAX_BODY || b.batch >= CF_PROTO_MAX_BATCH)) {
+            rc = s_send_batch(self, worker, &b);
             if (rc != CF_OK)
                 break;
-            s_sent(self, worker, first, batch);
-            unsent -= batch;
-            batch = body = 0;
-            cf_proto_enc_begin(self->enc, CF_MSG_TASK);
         }
         rc = item > CF_BROKER_MAX_BODY
                  ? CF_ETOOBIG
@@ -137,24 +167,19 @@ static void s_worker_send(cf_broker_state_t *self, cf_broker_worker_t *worker)
         if (rc != CF_OK) {
             cf_broker_task_unassign(self, task);
             s_task_undispatchable(self, task, rc);
-            unsent--;
+            b.unsent--;
             rc = CF_OK;
             continue;
         }
-        if (batch++ == 0)
-            first = node;
-        body += item;
+        if (b.batch++ == 0)
+            b.first = node;
+        b.body += item;
     }
-    if (rc == CF_OK && batch > 0) {
-        rc = cf_proto_enc_send(self->enc, self->workers_sock, worker->peer.id, worker->peer.id_len);
-        if (rc == CF_OK) {
-            s_sent(self, worker, first, batch);
-            unsent -= batch;
-        }
-    }
-    if (unsent > 0) {
+    if (rc == CF_OK)
+        rc = s_send_batch(self, worker, &b);
+    if (b.unsent > 0) {
         //  Never reached the worker: no attempt used.
-        s_unplan(self, worker, unsent);
+        s_unplan(self, worker, b.unsent);
         self->stats.deferred++;
     }
     s_worker_dispatched(self, worker, rc);

@@ -228,6 +228,12 @@ _Static_assert(sizeof(cf_broker_task_t) <= 96, "keep per-task bookkeeping small"
 //  CHUNK: a cf.chunk task (map's chunksize), routed by the function its
 //  arguments name (its lane's), sent to the worker as cf.chunk.
 #define CF_BROKER_CHUNK        0x20u
+//  WHOLE: its arguments (CF_BROKER_WHOLE_MIN bytes or more) are kept in the
+//  one-item TASK body it is sent as, built when it came, so that they are
+//  copied once in the broker: args holds a count of references (the task,
+//  and each send ZeroMQ has not finished with), then the body, args_len
+//  bytes (cf_broker_task_body).
+#define CF_BROKER_WHOLE        0x40u
 
 //  What a supervisor saw when a worker process died: the broker ids of the
 //  tasks its threads were running (count of them; none when between tasks).
@@ -466,6 +472,10 @@ cf_broker_task_t *cf_broker_task_new(cf_broker_state_t *self, cf_broker_client_t
                                      const cf_proto_task_t *item);
 //  Frees a task that is in no queue or running list (unwatched, unmapped).
 void cf_broker_task_free(cf_broker_state_t *self, cf_broker_task_t *task);
+//  A WHOLE task's body goes to worker alone, handed to ZeroMQ with a
+//  reference of its own. CF_OK or cf_proto_send_body's error.
+cf_err_t cf_broker_task_send_whole(cf_broker_state_t *self, cf_broker_task_t *task,
+                                   cf_broker_worker_t *worker);
 //  A task leaves its client for good (answered): forgotten there too.
 void cf_broker_task_finish(cf_broker_state_t *self, cf_broker_task_t *task);
 //  Takes a task off its worker's running list.

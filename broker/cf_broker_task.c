@@ -15,6 +15,8 @@
 
 #include <assert.h>
 #include <inttypes.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +46,56 @@ static bool s_chunk_function(const cf_proto_task_t *item, cf_proto_str_t *functi
     return true;
 }
 
+//  A WHOLE task's references, at the first 8-byte boundary of args, and
+//  its body after them.
+#define S_WHOLE_EXTRA 16
+
+static _Atomic uint32_t *s_refs(cf_broker_task_t *task)
+{
+    return (_Atomic uint32_t *)(((uintptr_t)task->args + 7) & ~(uintptr_t)7);
+}
+
+static uint8_t *s_body(cf_broker_task_t *task)
+{
+    return (uint8_t *)s_refs(task) + 8;
+}
+
+//  Drops a reference to a WHOLE task's memory (the last one frees it), or
+//  frees any other task's.
+static void s_release(cf_broker_task_t *task)
+{
+    if (!(task->marks & CF_BROKER_WHOLE)
+        || atomic_fetch_sub_explicit(s_refs(task), 1, memory_order_acq_rel) == 1)
+        free(task);
+}
+
+//  ZeroMQ is done with a send of the body (from its I/O thread).
+static void s_body_sent(void *body, void *hint)
+{
+    (void)body;
+    s_release(hint);
+}
+
+cf_err_t cf_broker_task_send_whole(cf_broker_state_t *self, cf_broker_task_t *task,
+                                   cf_broker_worker_t *worker)
+{
+    assert(task->marks & CF_BROKER_WHOLE);
+    atomic_fetch_add_explicit(s_refs(task), 1, memory_order_relaxed);
+    cf_err_t rc = cf_proto_send_body(self->workers_sock, worker->peer.id, worker->peer.id_len,
+                                     CF_MSG_TASK, s_body(task), task->args_len, s_body_sent, task);
+    if (rc != CF_OK)
+        atomic_fetch_sub_explicit(s_refs(task), 1, memory_order_relaxed);
+    return rc;
+}
+
+//  Large arguments (not too large to forward: those fail at dispatch) go
+//  in a body of their own.
+static bool s_whole(const cf_proto_task_t *item)
+{
+    return item->args_len >= CF_BROKER_WHOLE_MIN
+           && CF_PROTO_TASK_BODY_MAX(item->function.len, item->args_len) <= CF_BROKER_MAX_BODY;
+}
+
 cf_broker_task_t *cf_broker_task_new(cf_broker_state_t *self, cf_broker_client_t *client,
                                      const cf_proto_task_t *item)
 {
@@ -51,7 +103,11 @@ cf_broker_task_t *cf_broker_task_new(cf_broker_state_t *self, cf_broker_client_t
         return NULL;    //  the codec holds these limits; this guards our narrower fields
     cf_proto_task_t routed = *item;
     bool chunk = s_chunk_function(item, &routed.function);
-    cf_broker_task_t *task = malloc(sizeof *task + item->args_len);
+    bool whole = s_whole(item);
+    size_t extra = whole
+                       ? S_WHOLE_EXTRA + CF_PROTO_TASK_BODY_MAX(item->function.len, item->args_len)
+                       : item->args_len;
+    cf_broker_task_t *task = malloc(sizeof *task + extra);
     cf_broker_lane_t *lane = task ? cf_broker_queue_lane(self, client, &routed) : NULL;
     if (!lane) {
         free(task);
@@ -69,14 +125,22 @@ cf_broker_task_t *cf_broker_task_new(cf_broker_state_t *self, cf_broker_client_t
         .flags = item->flags,
         .args_len = (uint32_t)item->args_len,
         .state = CF_BROKER_QUEUED,
-        .marks = chunk ? CF_BROKER_CHUNK : 0,
+        .marks = (uint8_t)((chunk ? CF_BROKER_CHUNK : 0) | (whole ? CF_BROKER_WHOLE : 0)),
     };
     cf_queue_node_init(&task->node);
-    if (item->args_len)
+    if (item->args_len && !whole)
         memcpy(task->args, item->args, item->args_len);
     do
         task->id = self->next_task_id++;
     while (task->id == 0 || cf_idmap_get(self->tasks, task->id));
+    if (whole) {
+        //  The worker gets the function as the client sent it (cf.chunk
+        //  for a chunk), as in cf_broker_task_wire_function.
+        atomic_init(s_refs(task), 1);
+        task->args_len = (uint32_t)cf_proto_task_body(s_body(task), task->id, item->function.ptr,
+                                                      item->function.len, item->args,
+                                                      item->args_len, item->timeout_ms);
+    }
     if (cf_idmap_put(self->tasks, task->id, task) != CF_OK) {
         cf_broker_queue_lane_put(self, lane);
         free(task);
@@ -96,7 +160,7 @@ void cf_broker_task_free(cf_broker_state_t *self, cf_broker_task_t *task)
     cf_broker_task_unwatch(self, task);
     cf_idmap_remove(self->tasks, task->id);
     cf_broker_queue_lane_put(self, task->lane);
-    free(task);
+    s_release(task);
 }
 
 //  A task leaves its client for good (answered): forget it there too.

@@ -1258,6 +1258,80 @@ static void test_a_large_result_goes_alone_and_whole_between_small_ones(void **s
     assert_int_equal(s_stats().completed, 3);
 }
 
+//  Large arguments travel in a TASK of their own, built when they came (the
+//  broker copies them once), between the batches of small ones, in order;
+//  a worker that leaves gives them back whole for the next one, while
+//  ZeroMQ may still hold the first send.
+static void test_large_arguments_go_alone_and_whole_and_survive_a_requeue(void **state)
+{
+    s_fixture_t *fx = *state;
+    void *worker = s_worker(fx, "w1", 4, 1, 1);
+    void *client = s_client(fx, "c1");
+    enum { BIG = 100 * 1024 };
+    uint8_t *big = malloc(BIG + 5);
+    assert_non_null(big);
+    big[0] = 0x91;    //  [bin32 of BIG bytes]
+    big[1] = 0xc6;
+    big[2] = 0;
+    big[3] = (uint8_t)(BIG >> 16);
+    big[4] = 0;
+    for (size_t i = 0; i < BIG; i++)
+        big[5 + i] = (uint8_t)(i * 13);
+    cf_proto_enc_t *enc = s_enc();
+    cf_proto_enc_begin(enc, CF_MSG_SUBMIT);
+    for (uint64_t id = 1; id <= 4; id++) {
+        bool large = id == 2 || id == 3;
+        assert_int_equal(cf_proto_enc_task(enc, id, "f", 1, large ? big : s_args,
+                                           large ? BIG + 5 : sizeof s_args, -1, 7000, 0),
+                         CF_OK);
+    }
+    assert_int_equal(cf_proto_enc_send(enc, client, NULL, 0), CF_OK);
+
+    for (int round = 0; round < 2; round++) {
+        //  1 | 2 | 3 | 4: the large ones alone, the order kept.
+        uint64_t seen[4];
+        size_t got = 0;
+        while (got < 4) {
+            cf_proto_msg_t *msg = s_expect(worker, CF_MSG_TASK);
+            assert_true(got + msg->count <= 4);
+            for (size_t i = 0; i < msg->count; i++) {
+                const cf_proto_task_t *t = &msg->tasks[i];
+                bool large = t->args_len == BIG + 5;
+                if (large) {
+                    assert_int_equal(msg->count, 1);
+                    assert_memory_equal(t->args, big, BIG + 5);
+                }
+                else {
+                    assert_int_equal(t->args_len, sizeof s_args);
+                    assert_memory_equal(t->args, s_args, sizeof s_args);
+                }
+                assert_true(cf_proto_str_eq(t->function, "f"));
+                assert_int_equal(t->timeout_ms, 7000);
+                seen[got++] = t->id;
+            }
+            cf_proto_msg_destroy(&msg);
+        }
+        if (round == 0) {
+            //  It leaves at once: the tasks go back to the queue while the
+            //  large bodies may still be ZeroMQ's.
+            s_send_disconnect(worker, "stopping");
+            s_wait_stats(s_workers_is, 0);
+            worker = s_worker(fx, "w2", 4, 2, 1);
+            continue;
+        }
+        for (size_t i = 0; i < 4; i++)
+            s_result_ok(worker, seen[i]);
+    }
+    cf_proto_msg_t *msgs[4] = { NULL };
+    const cf_proto_result_t *results[4];
+    s_collect_results(client, 4, msgs, results);
+    for (uint64_t id = 1; id <= 4; id++)
+        assert_int_equal(s_result_of(results, 4, id)->status, CF_STATUS_OK);
+    for (size_t i = 0; i < 4 && msgs[i]; i++)
+        cf_proto_msg_destroy(&msgs[i]);
+    free(big);
+}
+
 static void s_progress(void *sock, uint64_t id, uint32_t count)
 {
     cf_proto_enc_t *enc = s_enc();
@@ -1994,6 +2068,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tasks_are_dispatched_within_worker_credit,
                                         s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_credit_message_adds_slots, s_setup_broker, s_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_large_arguments_go_alone_and_whole_and_survive_a_requeue, s_setup_broker,
+            s_teardown),
         cmocka_unit_test_setup_teardown(test_a_large_result_goes_alone_and_whole_between_small_ones,
                                         s_setup_broker, s_teardown),
         cmocka_unit_test_setup_teardown(test_a_backlogged_clients_results_are_gathered_and_still_go,

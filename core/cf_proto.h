@@ -356,6 +356,13 @@ size_t cf_proto_result_ok_head(uint8_t *head, uint64_t id, size_t value_len);
 //  free_fn(body, hint) runs once it went (from ZeroMQ's I/O thread, so the
 //  caller must not touch body after); on an error body is still the
 //  caller's. Errors as cf_proto_enc_send's.
+//  The same for a one-item TASK (the broker keeping a task's large
+//  arguments in the body it sends): writes the whole body into body, at
+//  most CF_PROTO_TASK_BODY_MAX(function_len, args_len) bytes, and returns
+//  its size.
+#define CF_PROTO_TASK_BODY_MAX(function_len, args_len) (32 + (function_len) + (args_len))
+size_t cf_proto_task_body(uint8_t *body, uint64_t id, const char *function, size_t function_len,
+                          const void *args, size_t args_len, uint32_t timeout_ms);
 typedef void cf_proto_free_fn(void *body, void *hint);
 cf_err_t cf_proto_send_body(void *socket, const void *routing_id, size_t routing_id_len,
                             cf_msg_type_t type, void *body, size_t size, cf_proto_free_fn *free_fn,

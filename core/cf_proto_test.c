@@ -1510,6 +1510,53 @@ static void test_a_built_result_body_round_trips_and_is_freed_once_sent(void **s
     s_pair_close(&p);
 }
 
+//  A one-item TASK body built around its arguments reads as the encoder's
+//  would, for every width of id, name and arguments.
+static void test_a_built_task_body_reads_as_an_encoded_one(void **state)
+{
+    (void)state;
+    s_pair_t p;
+    s_pair_open(&p, "inproc://cf-proto-built-task");
+    static const uint64_t ids[] = { 1, 127, 128, UINT64_MAX };
+    static const char *const names[] = { "f", "a_name_of_exactly_thirty_one_ch",
+                                         "a_name_of_thirty_two_characters_" };
+    static const size_t sizes[] = { 0, 255, 256, 65536 };
+    static const uint32_t timeouts[] = { 0, 1, UINT32_MAX };
+    for (size_t i = 0; i < 4; i++)
+        for (size_t j = 0; j < 3; j++)
+            for (size_t k = 0; k < 4; k++) {
+                size_t fn_len = strlen(names[j]);
+                uint8_t *args = malloc(sizes[k] + 1);
+                assert_non_null(args);
+                for (size_t b = 0; b < sizes[k]; b++)
+                    args[b] = (uint8_t)(b ^ i);
+                uint8_t *body = malloc(CF_PROTO_TASK_BODY_MAX(fn_len, sizes[k]));
+                assert_non_null(body);
+                uint32_t timeout = timeouts[(i + k) % 3];
+                size_t n = cf_proto_task_body(body, ids[i], names[j], fn_len, args, sizes[k],
+                                              timeout);
+                assert_true(n <= CF_PROTO_TASK_BODY_MAX(fn_len, sizes[k]));
+                assert_int_equal(cf_proto_send_body(p.router, "peer-1", 6, CF_MSG_TASK, body, n,
+                                                    s_count_free, body),
+                                 CF_OK);
+                s_wait_readable(p.dealer);
+                cf_proto_msg_t *msg = NULL;
+                assert_int_equal(cf_proto_recv(p.dealer, false, NULL, &msg), CF_OK);
+                assert_int_equal(msg->type, CF_MSG_TASK);
+                assert_int_equal(msg->count, 1);
+                const cf_proto_task_t *t = &msg->tasks[0];
+                assert_true(t->id == ids[i]);
+                assert_true(cf_proto_str_eq(t->function, names[j]));
+                assert_int_equal(t->args_len, sizes[k]);
+                if (sizes[k])
+                    assert_memory_equal(t->args, args, sizes[k]);
+                assert_int_equal(t->timeout_ms, timeout);
+                cf_proto_msg_destroy(&msg);
+                free(args);
+            }
+    s_pair_close(&p);
+}
+
 static void test_dealer_with_no_peer_is_busy(void **state)
 {
     (void)state;
@@ -1690,6 +1737,7 @@ int main(void)
         cmocka_unit_test(test_router_send_to_an_unknown_peer_is_not_found),
         cmocka_unit_test(test_dealer_with_no_peer_is_busy),
         cmocka_unit_test(test_a_built_result_body_round_trips_and_is_freed_once_sent),
+        cmocka_unit_test(test_a_built_task_body_reads_as_an_encoded_one),
         cmocka_unit_test(test_recv_drains_and_rejects_a_message_with_too_many_frames),
         T(test_recv_on_a_dealer_rejects_extra_frames),
         T(test_small_bodies_survive_the_move_into_the_message),
