@@ -504,8 +504,20 @@ static void s_record(const char *unit, double value, const char *fmt, ...)
 
 static bool s_verbose_rounds = true;
 
-static void s_peers_round(const char *bin, int workers, int clients, int64_t window, int64_t tasks)
+//  client_window > 0: every client keeps that many in flight (the window
+//  grows with the clients, as with real clients, each a cf_map of its own
+//  window); figures named peers.wW.cC.own_window.*. Else the window is
+//  split over the clients (the offered load stays the same).
+static void s_peers_round(const char *bin, int workers, int clients, int64_t window,
+                          int64_t client_window, int64_t tasks)
 {
+    char tag[64];
+    if (client_window > 0) {
+        window = client_window * clients;
+        snprintf(tag, sizeof tag, "peers.w%d.c%d.own_window", workers, clients);
+    }
+    else
+        snprintf(tag, sizeof tag, "peers.w%d.c%d", workers, clients);
     bench_broker_t broker;
     s_broker_start(bin, &broker);
     s_rig_t r;
@@ -522,14 +534,14 @@ static void s_peers_round(const char *bin, int workers, int clients, int64_t win
     s_split_t split1 = s_thread_ticks(broker.pid);
     if (split1.all > split0.all)
         s_record("share", (double)(split1.io - split0.io) / (double)(split1.all - split0.all),
-                 "peers.w%d.c%d.io_thread_share", workers, clients);
-    s_record("us/task", us, "peers.w%d.c%d.broker_cpu", workers, clients);
+                 "%s.io_thread_share", tag);
+    s_record("us/task", us, "%s.broker_cpu", tag);
     s_record("tasks/msg", (double)(r.task_items - items0) / (double)(r.task_msgs - msgs0),
-             "peers.w%d.c%d.tasks_per_TASK", workers, clients);
+             "%s.tasks_per_TASK", tag);
     s_record("tasks/msg", (double)(r.answered - answered0) / (double)(r.result_msgs - results0),
-             "peers.w%d.c%d.tasks_per_client_RESULT", workers, clients);
+             "%s.tasks_per_client_RESULT", tag);
     s_record("tasks/msg", (double)(r.answered - answered0) / (double)(r.submit_msgs - submits0),
-             "peers.w%d.c%d.tasks_per_SUBMIT", workers, clients);
+             "%s.tasks_per_SUBMIT", tag);
     s_rig_destroy(&r);
     bench_broker_stop(&broker);
 }
@@ -728,6 +740,7 @@ int main(int argc, char **argv)
 {
     const char *bin = getenv("CF_BROKER_BIN");
     int64_t tasks = 200000, window = 20000;
+    int64_t client_window = 0;    //  --client-window N: with --peers, each client's own
     int rounds = 3, idle_seconds = 5;
     bool quick = false;
     const char *only = NULL;
@@ -755,6 +768,8 @@ int main(int argc, char **argv)
             one_depth = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--credit") && i + 1 < argc)
             s_credit = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--client-window") && i + 1 < argc)
+            client_window = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--cf1-workers"))
             s_cf1_workers = true;
         else if (!strcmp(argv[i], "--quick"))
@@ -763,13 +778,13 @@ int main(int argc, char **argv)
             fprintf(stderr,
                     "usage: scale_bench --broker PATH [--only peers|queue|idle|wire|fdlimit] "
                     "[--peers W,C] [--depth N] [--credit N] [--cf1-workers] [--fdlimit-seconds N] "
-                    "[--tasks N] "
-                    "[--window N] "
+                    "[--tasks N] [--window N] [--client-window N] "
                     "[--rounds R] [--quick]\n");
             return 2;
         }
     }
-    if (!bin || s_credit <= 0 || tasks <= 0 || window <= 0 || rounds <= 0 || rounds > S_MAX_ROUND) {
+    if (!bin || s_credit <= 0 || tasks <= 0 || window <= 0 || client_window < 0 || rounds <= 0
+        || rounds > S_MAX_ROUND) {
         fprintf(stderr, "scale_bench: give --broker PATH (or CF_BROKER_BIN)\n");
         return 2;
     }
@@ -777,13 +792,19 @@ int main(int argc, char **argv)
     static const int peer_configs[][2] = { { 1, 1 },    { 10, 1 },    { 100, 1 },   { 1000, 1 },
                                            { 100, 10 }, { 100, 100 }, { 1000, 100 } };
     static const int64_t depths[] = { 1000, 10000, 100000, 1000000 };
-    int npeer = 7, ndepth = 4, peers = 1000;
+    //  The clients axis again with every client keeping its own window of
+    //  cf_map's default through a broker (1,024), as real clients do.
+    static const int own_clients[] = { 1, 10, 100 };
+    int64_t own_window = 1024;
+    int npeer = 7, nown = 3, ndepth = 4, peers = 1000;
     if (quick) {
         tasks = 2000;
         window = 2000;
         rounds = 1;
         idle_seconds = 1;
         npeer = 2;
+        nown = 1;
+        own_window = 1000;
         ndepth = 2;
         peers = 20;
     }
@@ -795,10 +816,13 @@ int main(int argc, char **argv)
         if (s_verbose_rounds)
             fprintf(stderr, "round %d\n", round + 1);
         if (one_config[0] > 0 && one_config[1] > 0)
-            s_peers_round(bin, one_config[0], one_config[1], window, tasks);
-        if ((!only || !strcmp(only, "peers")) && !one_config[0])
+            s_peers_round(bin, one_config[0], one_config[1], window, client_window, tasks);
+        if ((!only || !strcmp(only, "peers")) && !one_config[0]) {
             for (int i = 0; i < npeer; i++)
-                s_peers_round(bin, peer_configs[i][0], peer_configs[i][1], window, tasks);
+                s_peers_round(bin, peer_configs[i][0], peer_configs[i][1], window, 0, tasks);
+            for (int i = 0; i < nown; i++)
+                s_peers_round(bin, 100, own_clients[i], window, own_window, tasks);
+        }
         if (one_depth > 0)
             s_queue_round(bin, one_depth, tasks);
         if ((!only || !strcmp(only, "queue")) && !one_depth)
