@@ -226,6 +226,24 @@ static void s_dispatch(relay_t *self, relay_worker_t *w, zmq_msg_t *cid, zmq_msg
     w->held++;
 }
 
+//  Reads what is left of a message whose last frame read was msg: a peer
+//  that is not ours (a test's cf-worker dialling a port the relay now has)
+//  sends more frames. True when msg was the last frame (nothing dropped).
+static bool s_drop_rest(void *sock, zmq_msg_t *msg, const char *from)
+{
+    if (!zmq_msg_more(msg))
+        return true;
+    zmq_msg_t part;
+    zmq_msg_init(&part);
+    do {
+        if (zmq_msg_recv(&part, sock, 0) < 0)
+            s_die("relay: recv");
+    } while (zmq_msg_more(&part));
+    zmq_msg_close(&part);
+    fprintf(stderr, "zmq_relay: a message of too many frames from a %s dropped\n", from);
+    return false;
+}
+
 //  Moves ready replies (and READYs) from the workers to the clients; one
 //  message at most when once. Returns how many moved.
 static int s_drain_back(relay_t *self, bool once)
@@ -251,7 +269,8 @@ static int s_drain_back(relay_t *self, bool once)
         }
         if (!zmq_msg_more(&second)) {
             //  READY: remember this worker.
-            if (!from && self->ready < RELAY_WORKERS_MAX && zmq_msg_size(&wid) <= 256) {
+            bool ready = zmq_msg_size(&second) == 5 && !memcmp(zmq_msg_data(&second), "READY", 5);
+            if (ready && !from && self->ready < RELAY_WORKERS_MAX && zmq_msg_size(&wid) <= 256) {
                 relay_worker_t *w = &self->workers[self->ready++];
                 w->id_len = zmq_msg_size(&wid);
                 memcpy(w->id, zmq_msg_data(&wid), w->id_len);
@@ -265,8 +284,16 @@ static int s_drain_back(relay_t *self, bool once)
             zmq_msg_init(&body);
             if (zmq_msg_recv(&body, self->back, 0) < 0)
                 s_die("relay: recv reply");
-            if (zmq_msg_send(&second, self->front, ZMQ_SNDMORE) < 0
-                || zmq_msg_send(&body, self->front, 0) < 0) {
+            bool whole = s_drop_rest(self->back, &body, "worker");
+            if (!whole || !from) {
+                if (whole)
+                    fprintf(stderr,
+                            "zmq_relay: a reply from a peer that never said READY dropped\n");
+                zmq_msg_close(&second);
+                zmq_msg_close(&body);
+            }
+            else if (zmq_msg_send(&second, self->front, ZMQ_SNDMORE) < 0
+                     || zmq_msg_send(&body, self->front, 0) < 0) {
                 if (errno != EHOSTUNREACH)
                     s_die("relay: send reply");
                 fprintf(stderr, "zmq_relay: reply for an unknown client dropped\n");
@@ -312,7 +339,9 @@ static int s_drain_front(relay_t *self, bool once)
         if (zmq_msg_recv(&body, self->front, 0) < 0)
             s_die("relay: recv task");
         relay_worker_t *w = self->pending_len ? NULL : s_pick_worker(self);
-        if (w)
+        if (!s_drop_rest(self->front, &body, "client"))
+            ;
+        else if (w)
             s_dispatch(self, w, &cid, &body);
         else if (self->pending_len < RELAY_HWM) {
             relay_pending_t *p =
@@ -661,7 +690,7 @@ static long s_client_recv(client_t *c, bool block)
         zmq_msg_close(&msg);
         if (!block && errno == EAGAIN)
             return 0;
-        s_die("client recv");
+        s_die(errno == EAGAIN ? "client recv: no reply in 30 s" : "client recv");
     }
     msgpack_object o;
     long count = 0;
@@ -935,7 +964,10 @@ static void *s_connect(void **ctx)
 {
     *ctx = zmq_ctx_new();
     void *sock = s_socket(*ctx, ZMQ_DEALER);
-    if (zmq_connect(sock, s_front_endpoint) < 0)
+    //  A lost reply ends the run with a message, not a hang.
+    int timeout_ms = 30000;
+    if (zmq_setsockopt(sock, ZMQ_RCVTIMEO, &timeout_ms, sizeof timeout_ms) < 0
+        || zmq_connect(sock, s_front_endpoint) < 0)
         s_die("client connect");
     msgpack_zone_init(&s_zone, 65536);
     return sock;

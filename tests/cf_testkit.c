@@ -22,12 +22,14 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -740,34 +742,100 @@ static cf_testkit_proc_t *s_start_daemon(cf_testkit_t *kit, const char *label,
     return proc;
 }
 
-static bool s_has_arg(const char *const *extra, const char *flag)
+//  A loopback port below the kernel's ephemeral range that nothing holds
+//  now, as "tcp://127.0.0.1:PORT" in out; "tcp://127.0.0.1:*" when the range
+//  leaves no room below it. Why: tests restart a broker on the endpoint it
+//  had, and its peers keep dialling it meanwhile. An ephemeral port is
+//  free for anyone's bind(0) in that window (another test's broker, the
+//  relay of bench_smoke_relay, which then got the peers of a restarting
+//  broker and hung), and the kernel never hands out these.
+static void s_reserved_endpoint(char *out, size_t size)
 {
-    for (size_t i = 0; extra && extra[i]; i++) {
-        if (!strcmp(extra[i], flag))
-            return true;
+    int low = 0, high = 0;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+        if (fscanf(f, "%d %d", &low, &high) != 2)
+            low = 0;
+        fclose(f);
     }
-    return false;
+    snprintf(out, size, "tcp://127.0.0.1:*");
+    int first = low - 12000 > 10000 ? low - 12000 : 10000;
+    if (low - first < 1000)
+        return;
+    static unsigned seed;
+    if (!seed)
+        seed = (unsigned)getpid() ^ (unsigned)time(NULL);
+    for (int attempt = 0; attempt < 64; attempt++) {
+        int port = first + (int)(rand_r(&seed) % (unsigned)(low - first));
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0)
+            return;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        struct sockaddr_in addr = { .sin_family = AF_INET,
+                                    .sin_port = htons((uint16_t)port),
+                                    .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        bool free_now = bind(fd, (struct sockaddr *)&addr, sizeof addr) == 0;
+        close(fd);
+        if (free_now) {
+            snprintf(out, size, "tcp://127.0.0.1:%d", port);
+            return;
+        }
+    }
+}
+
+//  The endpoint a broker flag gets: the caller's, unless it asks for any
+//  loopback port, which becomes a reserved one.
+static const char *s_broker_endpoint(const char *const *extra, const char *flag, char *buf,
+                                     size_t size)
+{
+    for (size_t i = 0; extra && extra[i]; i++)
+        if (!strcmp(extra[i], flag) && extra[i + 1] && strcmp(extra[i + 1], "tcp://127.0.0.1:*"))
+            return extra[i + 1];
+    s_reserved_endpoint(buf, size);
+    return buf;
 }
 
 cf_testkit_proc_t *cf_testkit_start_brokerv(cf_testkit_t *kit, const char *const *extra)
 {
     const char *argv[S_MAX_ARGS + 8];
-    size_t n = 0;
-    argv[n++] = cf_testkit_env("CF_BROKER_BIN");
-    if (!s_has_arg(extra, "--clients")) {
+    char clients_ep[64], workers_ep[64];
+    cf_testkit_proc_t *broker = NULL;
+    //  Another test may take a reserved port between our look and the
+    //  broker's bind: then the broker exits, and we pick again.
+    for (int attempt = 0; !broker; attempt++) {
+        size_t n = 0;
+        argv[n++] = cf_testkit_env("CF_BROKER_BIN");
         argv[n++] = "--clients";
-        argv[n++] = "tcp://127.0.0.1:*";
-    }
-    if (!s_has_arg(extra, "--workers")) {
+        argv[n++] = s_broker_endpoint(extra, "--clients", clients_ep, sizeof clients_ep);
         argv[n++] = "--workers";
-        argv[n++] = "tcp://127.0.0.1:*";
+        argv[n++] = s_broker_endpoint(extra, "--workers", workers_ep, sizeof workers_ep);
+        for (size_t i = 0; extra && extra[i]; i++) {
+            if (!strcmp(extra[i], "--clients") || !strcmp(extra[i], "--workers")) {
+                if (extra[i + 1])
+                    i++;
+                continue;
+            }
+            assert_true(n < S_MAX_ARGS);
+            argv[n++] = extra[i];
+        }
+        argv[n] = NULL;
+        bool ours = argv[2] == clients_ep || argv[4] == workers_ep;
+        if (!ours || attempt == 3) {
+            broker = s_start_daemon(kit, "broker", argv);
+            break;
+        }
+        cf_testkit_proc_t *proc = cf_testkit_spawn(kit, "broker", argv);
+        if (!proc)
+            fail_msg("cannot start %s: %s", argv[0], strerror(errno));
+        if (cf_testkit_wait_line(proc, "ready", CF_TESTKIT_READY_MS))
+            broker = proc;
+        else if (cf_testkit_alive(proc)) {
+            cf_testkit_dump_logs(kit);
+            fail_msg("broker (%s) printed no ready line within %d ms (still running)", argv[0],
+                     CF_TESTKIT_READY_MS);
+        }
     }
-    for (size_t i = 0; extra && extra[i]; i++) {
-        assert_true(n < S_MAX_ARGS);
-        argv[n++] = extra[i];
-    }
-    argv[n] = NULL;
-    cf_testkit_proc_t *broker = s_start_daemon(kit, "broker", argv);
     const char *clients = cf_testkit_field(broker, "clients");
     if (!clients || strstr(clients, ":*")) {
         cf_testkit_dump_logs(kit);

@@ -6,7 +6,8 @@ Daemons are found through the environment, as the C tests find them
 example task library), CF_EXAMPLES_DIR (the example programs),
 CF_KEYGEN_BIN (cf-keygen) and CF_LIB (libcfutures.so, the C client). Run
 by hand, they default to the repository's build/ directory. Each daemon
-starts on tcp://127.0.0.1:* and is waited for through its ready line
+starts on a loopback port below the kernel's ephemeral range (see
+_reserved_endpoint) and is waited for through its ready line
 (never a sleep); each is stopped by its PID with SIGTERM at the end of its
 test, and must then exit 0 (under ASan a leak makes a daemon exit
 non-zero, which fails the test that drove it).
@@ -14,9 +15,11 @@ non-zero, which fails the test that drove it).
 
 import os
 import pathlib
+import random
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +35,32 @@ sys.path.insert(0, str(PYTHON_DIR))
 import cfutures  # noqa: E402
 
 BUILD = ROOT / "build"
+
+
+def _reserved_endpoint():
+    """A free loopback port below the kernel's ephemeral range, as an
+    endpoint. Tests restart a broker on the endpoint it had while its peers
+    keep dialling it; an ephemeral port could meanwhile go to anyone's
+    bind to port 0 (another test's broker, bench_smoke_relay's relay), the
+    kernel never hands out these (tests/cf_testkit.c does the same)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return "tcp://127.0.0.1:*"
+    first = max(10000, low - 12000)
+    if low - first < 1000:
+        return "tcp://127.0.0.1:*"
+    for _ in range(64):
+        port = random.randrange(first, low)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return f"tcp://127.0.0.1:{port}"
+    return "tcp://127.0.0.1:*"
 
 
 def _path(env, default):
@@ -175,6 +204,8 @@ class Cluster:
         return f"{self.counter:02d}-{kind}"
 
     def broker(self, *extra, clients="tcp://127.0.0.1:*", workers="tcp://127.0.0.1:*"):
+        clients = _reserved_endpoint() if clients == "tcp://127.0.0.1:*" else clients
+        workers = _reserved_endpoint() if workers == "tcp://127.0.0.1:*" else workers
         d = Daemon(self._name("broker"),
                    [BROKER_BIN, "--clients", clients, "--workers", workers, *extra], self.dir)
         d.clients = d.ready["clients"]
