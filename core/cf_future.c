@@ -25,8 +25,9 @@
 //  any lock.
 //
 //  The result is kept as the bytes the executor produced (which may come from
-//  the network) and decoded with cf_mp_doc_decode on first access. Malformed
-//  bytes become a ProtocolError seen by every reader; they never crash.
+//  the network) and decoded with cf_mp_doc_decode_borrowed on first access
+//  (its bins are the result's own bytes, no copy). Malformed bytes become a
+//  ProtocolError seen by every reader; they never crash.
 
 #include "cf_future.h"
 
@@ -618,7 +619,9 @@ static cf_err_t s_decode_locked(cf_future_t *f)
         return f->doc ? CF_OK : CF_ETASK;
     if (!f->result)
         return s_malformed_locked(f);
-    cf_err_t rc = cf_mp_doc_decode(f->result, f->result_len, &f->doc);
+    //  Borrowed: f->result is freed with the future, after the document,
+    //  and never changes once set.
+    cf_err_t rc = cf_mp_doc_decode_borrowed(f->result, f->result_len, &f->doc);
     if (rc == CF_ENOMEM)
         return CF_ENOMEM;
     if (rc != CF_OK)
