@@ -25,8 +25,9 @@
 //  any lock.
 //
 //  The result is kept as the bytes the executor produced (which may come from
-//  the network) and decoded with cf_mp_doc_decode on first access. Malformed
-//  bytes become a ProtocolError seen by every reader; they never crash.
+//  the network) and decoded with cf_mp_doc_decode_borrowed on first access
+//  (its bins are the result's own bytes, no copy). Malformed bytes become a
+//  ProtocolError seen by every reader; they never crash.
 
 #include "cf_future.h"
 
@@ -140,7 +141,11 @@ struct cf_future {
     bool has_extra;       //  made by cf_future_new_with with extra bytes
     atomic_bool stop;     //  cf_future_stop was called: lent to the task
     bool has_reports;     //  has progress state (s_progress_map, under its lock)
-    uint8_t *result;      //  FINISHED: the msgpack bytes, owned
+    bool result_held;     //  the result's bytes are in held, not owned (s_result_bytes)
+    union {
+        uint8_t *result;           //  FINISHED: the msgpack bytes, owned
+        cf_future_hold_t *held;    //  result_held: what keeps them
+    };
     size_t result_len;
     cf_mp_doc_t *doc;              //  the decoded result, once read
     s_error_t *error;              //  FAILED, or a malformed result
@@ -242,6 +247,7 @@ cf_future_t *cf_future_new_with(const char *function, size_t function_len, size_
     f->decoded = false;
     f->has_extra = extra > 0;
     f->has_reports = false;
+    f->result_held = false;
     f->result = NULL;
     f->result_len = 0;
     f->doc = NULL;
@@ -297,7 +303,10 @@ static void s_free(cf_future_t *f)
     }
     if (f->error != &s_error_nomem)
         free(f->error);
-    free(f->result);
+    if (f->result_held)
+        f->held->release(f->held);
+    else
+        free(f->result);
     cf_mp_doc_destroy(&f->doc);
     free(f);
 }
@@ -354,12 +363,18 @@ static void s_run_callback(cf_future_t *f, cf_done_fn *fn, void *arg)
         cf_log_warn(S_LOG, "a done callback of %s returned %d", f->function, rc);
 }
 
-//  The one completion path. result (owned, may be NULL) and error are stored
-//  only if the transition happens; the caller frees them otherwise.
-//  only_from_pending: the user's cancel, which must lose against a worker
-//  that already took the task.
-static bool s_complete(cf_future_t *f, int final, uint8_t *result, size_t result_len,
-                       s_error_t *error, bool only_from_pending)
+//  A FINISHED future's result bytes (NULL when none), wherever they are.
+static const uint8_t *s_result_bytes(const cf_future_t *f)
+{
+    return f->result_held ? f->held->value : f->result;
+}
+
+//  The one completion path. result (owned, may be NULL) or held, and error
+//  are stored only if the transition happens; the caller frees them
+//  otherwise. only_from_pending: the user's cancel, which must lose against
+//  a worker that already took the task.
+static bool s_complete(cf_future_t *f, int final, uint8_t *result, cf_future_hold_t *held,
+                       size_t result_len, s_error_t *error, bool only_from_pending)
 {
     pthread_mutex_lock(&s_locks[s_stripe(f)]);
     int state = atomic_load_explicit(&f->state, memory_order_relaxed);
@@ -370,11 +385,16 @@ static bool s_complete(cf_future_t *f, int final, uint8_t *result, size_t result
     //  Assigned before the final state is published (release), so a reader
     //  that sees the state (acquire) sees them without the lock. Nobody else
     //  writes them: final transitions are serialised by the lock.
-    f->result = result;
+    f->result_held = held != NULL;
+    if (held)
+        f->held = held;
+    else
+        f->result = result;
     f->result_len = result_len;
     f->error = error;
     for (;;) {
         if (only_from_pending && state != CF_FUTURE_PENDING) {
+            f->result_held = false;
             f->result = NULL;
             f->result_len = 0;
             f->error = NULL;
@@ -448,7 +468,7 @@ bool cf_future_set_result(cf_future_t *f, const void *value, size_t len)
             return cf_future_set_error(f, "MemoryError", "out of memory storing the result", "", 0);
         memcpy(copy, value, len);
     }
-    if (s_complete(f, CF_FUTURE_FINISHED, copy, len, NULL, false))
+    if (s_complete(f, CF_FUTURE_FINISHED, copy, NULL, len, NULL, false))
         return true;
     free(copy);
     return false;
@@ -456,9 +476,17 @@ bool cf_future_set_result(cf_future_t *f, const void *value, size_t len)
 
 bool cf_future_take_result(cf_future_t *f, uint8_t *value, size_t len)
 {
-    if (s_complete(f, CF_FUTURE_FINISHED, value, len, NULL, false))
+    if (s_complete(f, CF_FUTURE_FINISHED, value, NULL, len, NULL, false))
         return true;
     free(value);
+    return false;
+}
+
+bool cf_future_hold_result(cf_future_t *f, cf_future_hold_t *hold, size_t len)
+{
+    if (s_complete(f, CF_FUTURE_FINISHED, NULL, hold, len, NULL, false))
+        return true;
+    hold->release(hold);
     return false;
 }
 
@@ -472,7 +500,7 @@ bool cf_future_set_error(cf_future_t *f, const char *type, const char *message, 
     s_error_t *error = s_error_new(type, message, f->function, host, pid);
     if (!error)
         error = (s_error_t *)&s_error_nomem;
-    if (s_complete(f, CF_FUTURE_FAILED, NULL, 0, error, false))
+    if (s_complete(f, CF_FUTURE_FAILED, NULL, NULL, 0, error, false))
         return true;
     if (error != &s_error_nomem)
         free(error);
@@ -481,7 +509,7 @@ bool cf_future_set_error(cf_future_t *f, const char *type, const char *message, 
 
 bool cf_future_set_cancelled(cf_future_t *f)
 {
-    return s_complete(f, CF_FUTURE_CANCELLED, NULL, 0, NULL, false);
+    return s_complete(f, CF_FUTURE_CANCELLED, NULL, NULL, 0, NULL, false);
 }
 
 // ---------------------------------------------------------------------------
@@ -603,7 +631,7 @@ static cf_err_t s_validate_locked(cf_future_t *f)
 {
     if (f->checked)
         return f->error ? CF_ETASK : CF_OK;
-    if (!f->result || !cf_mp_valid(f->result, f->result_len))
+    if (!s_result_bytes(f) || !cf_mp_valid(s_result_bytes(f), f->result_len))
         return s_malformed_locked(f);
     f->checked = true;
     return CF_OK;
@@ -616,9 +644,11 @@ static cf_err_t s_decode_locked(cf_future_t *f)
 {
     if (f->decoded)
         return f->doc ? CF_OK : CF_ETASK;
-    if (!f->result)
+    if (!s_result_bytes(f))
         return s_malformed_locked(f);
-    cf_err_t rc = cf_mp_doc_decode(f->result, f->result_len, &f->doc);
+    //  Borrowed: the result's bytes are freed with the future, after the
+    //  document, and never change once set.
+    cf_err_t rc = cf_mp_doc_decode_borrowed(s_result_bytes(f), f->result_len, &f->doc);
     if (rc == CF_ENOMEM)
         return CF_ENOMEM;
     if (rc != CF_OK)
@@ -659,7 +689,7 @@ static bool s_scalar_ready(cf_future_t *f, int timeout_ms, cf_err_t *rc)
     *rc = cf_future_wait(f, timeout_ms);
     if (*rc != CF_OK)
         return false;
-    return s_load_state(f) == CF_FUTURE_FINISHED && f->result;
+    return s_load_state(f) == CF_FUTURE_FINISHED && s_result_bytes(f);
 }
 
 cf_err_t cf_future_int(cf_future_t *f, int timeout_ms, int64_t *out)
@@ -668,7 +698,7 @@ cf_err_t cf_future_int(cf_future_t *f, int timeout_ms, int64_t *out)
     if (s_scalar_ready(f, timeout_ms, &rc)) {
         cf_mp_reader_t reader;
         int64_t value;
-        cf_mp_reader_init(&reader, f->result, f->result_len);
+        cf_mp_reader_init(&reader, s_result_bytes(f), f->result_len);
         if (cf_mp_read_int(&reader, &value) == CF_OK && cf_mp_reader_left(&reader) == 0) {
             *out = value;
             return CF_OK;
@@ -696,7 +726,7 @@ cf_err_t cf_future_bool(cf_future_t *f, int timeout_ms, bool *out)
     if (s_scalar_ready(f, timeout_ms, &rc)) {
         cf_mp_reader_t reader;
         bool value;
-        cf_mp_reader_init(&reader, f->result, f->result_len);
+        cf_mp_reader_init(&reader, s_result_bytes(f), f->result_len);
         if (cf_mp_read_bool(&reader, &value) == CF_OK && cf_mp_reader_left(&reader) == 0) {
             *out = value;
             return CF_OK;
@@ -728,7 +758,7 @@ cf_err_t cf_future_raw(cf_future_t *f, int timeout_ms, const void **data, size_t
     cf_err_t rc = cf_future_result(f, timeout_ms, NULL);
     if (rc != CF_OK)
         return rc;
-    *data = f->result;
+    *data = s_result_bytes(f);
     *len = f->result_len;
     return CF_OK;
 }
@@ -784,7 +814,7 @@ bool cf_future_cancel(cf_future_t *f)
             hook(hook_arg, f, (cf_future_state_t)s_load_state(f));
     }
     else if (!canceller)
-        s_complete(f, CF_FUTURE_CANCELLED, NULL, 0, NULL, true);
+        s_complete(f, CF_FUTURE_CANCELLED, NULL, NULL, 0, NULL, true);
     return s_load_state(f) == CF_FUTURE_CANCELLED;
 }
 

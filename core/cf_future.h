@@ -62,6 +62,16 @@ bool cf_future_set_running(cf_future_t *f);
 bool cf_future_set_result(cf_future_t *f, const void *value, size_t len);
 //  Takes value (malloc'd) instead of copying it; frees it when not taken.
 bool cf_future_take_result(cf_future_t *f, uint8_t *value, size_t len);
+//  Result bytes that live in something else (a received message's body):
+//  value points at them, and release frees what keeps them (and the hold),
+//  from whichever thread drops the future's last reference.
+typedef struct cf_future_hold {
+    const uint8_t *value;
+    void (*release)(struct cf_future_hold *hold);
+} cf_future_hold_t;
+//  Takes hold's len bytes as the result instead of copying them, the future
+//  releasing hold once it is freed; releases it at once when not taken.
+bool cf_future_hold_result(cf_future_t *f, cf_future_hold_t *hold, size_t len);
 bool cf_future_set_error(cf_future_t *f, const char *type, const char *message, const char *host,
                          int pid);
 bool cf_future_set_cancelled(cf_future_t *f);

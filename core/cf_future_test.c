@@ -88,6 +88,61 @@ static void test_take_result_frees_what_it_does_not_take(void **state)
     cf_future_release(&f);
 }
 
+//  A bin result is read where the future keeps its bytes, not copied.
+static void test_a_bin_result_is_read_in_place(void **state)
+{
+    (void)state;
+    cf_future_t *f = s_new();
+    static const uint8_t bin[] = { 0xc4, 0x03, 'a', 0, 'b' };
+    uint8_t *bytes = malloc(sizeof bin);
+    memcpy(bytes, bin, sizeof bin);
+    assert_true(cf_future_take_result(f, bytes, sizeof bin));
+    const cf_value_t *value = NULL;
+    assert_int_equal(cf_future_result(f, 0, &value), CF_OK);
+    size_t len = 0;
+    assert_ptr_equal(cf_value_bin(value, &len), bytes + 2);
+    assert_int_equal(len, 3);
+    cf_future_release(&f);
+}
+
+//  A hold counting its releases.
+typedef struct {
+    cf_future_hold_t pub;
+    int releases;
+} s_hold_t;
+
+static void s_hold_release(cf_future_hold_t *hold)
+{
+    ((s_hold_t *)hold)->releases++;
+}
+
+//  A held result is read where the hold keeps it and released once, when
+//  the future is freed; one not taken is released at once.
+static void test_a_held_result_is_read_in_place_and_released_once(void **state)
+{
+    (void)state;
+    static const uint8_t bytes[] = { 0xc4, 0x03, 'a', 0, 'b' };
+    s_hold_t hold = { { bytes, s_hold_release }, 0 };
+    s_hold_t late = { { bytes, s_hold_release }, 0 };
+    cf_future_t *f = s_new();
+    assert_true(cf_future_hold_result(f, &hold.pub, sizeof bytes));
+    assert_false(cf_future_hold_result(f, &late.pub, sizeof bytes));
+    assert_int_equal(late.releases, 1);
+    const void *raw = NULL;
+    size_t len = 0;
+    assert_int_equal(cf_future_raw(f, 0, &raw, &len), CF_OK);
+    assert_ptr_equal(raw, bytes);
+    assert_int_equal(len, sizeof bytes);
+    const cf_value_t *value = NULL;
+    assert_int_equal(cf_future_result(f, 0, &value), CF_OK);
+    assert_ptr_equal(cf_value_bin(value, NULL), bytes + 2);
+    cf_future_t *other = cf_future_ref(f);
+    cf_future_release(&f);
+    assert_int_equal(hold.releases, 0);
+    cf_future_release(&other);
+    assert_int_equal(hold.releases, 1);
+}
+
 static void test_error_carries_type_message_function_host_pid(void **state)
 {
     (void)state;
@@ -850,6 +905,8 @@ int main(void)
         cmocka_unit_test(test_spinning_waits_keep_timeouts_and_results),
         cmocka_unit_test(test_result_is_decoded_and_later_transitions_lose),
         cmocka_unit_test(test_take_result_frees_what_it_does_not_take),
+        cmocka_unit_test(test_a_bin_result_is_read_in_place),
+        cmocka_unit_test(test_a_held_result_is_read_in_place_and_released_once),
         cmocka_unit_test(test_error_carries_type_message_function_host_pid),
         cmocka_unit_test(test_timeout_of_wait_is_not_a_task_timeout),
         cmocka_unit_test(test_cancel_works_only_before_start),

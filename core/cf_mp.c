@@ -12,7 +12,10 @@
 //  validates and counts values and string bytes, the second fills one
 //  allocation holding the header, every node, and copies of every str (NUL-
 //  terminated), bin and ext payload. One malloc per document; freeing it is
-//  one free.
+//  one free. A borrowed document leaves bin and ext payloads where they are
+//  (the payload bytes are the bulk of a task's arguments and results, and
+//  both their owners outlive the document); strs are copied still, as the
+//  API promises them NUL-terminated.
 //
 //  Writing goes through msgpack-c's packer into an sbuffer. The format
 //  language (cfutures.h, "Argument formats") is checked in full by a pre-scan
@@ -50,7 +53,7 @@ struct cf_value {
         uint64_t u;
         double f;                   //  float32 is widened
         const char *str;            //  NUL-terminated copy (len excludes the NUL)
-        const uint8_t *bin;         //  bin and ext bytes (copies)
+        const uint8_t *bin;         //  bin and ext bytes (copies, or the input's when borrowed)
         const cf_value_t *items;    //  array items; map keys and values interleaved
     } as;
 };
@@ -444,7 +447,8 @@ cf_err_t cf_mp_read_bin(cf_mp_reader_t *r, size_t max_len, const void **ptr, siz
 //  What a walk over one value found.
 typedef struct {
     size_t values;    //  nodes
-    size_t bytes;     //  str bytes + 1 each, bin and ext bytes
+    size_t strs;      //  str bytes + 1 each
+    size_t bins;      //  bin and ext bytes
 } s_tally_t;
 
 //  Walks one whole value from p (left bytes), iteratively: a stack of the
@@ -474,9 +478,9 @@ static cf_err_t s_walk(const uint8_t *p, size_t left, size_t *spanned, s_tally_t
         if (tally) {
             tally->values++;
             if (h.type == CF_TYPE_STR)
-                tally->bytes += (size_t)h.len + 1;
+                tally->strs += (size_t)h.len + 1;
             else if (h.type == CF_TYPE_BIN || h.type == CF_TYPE_EXT)
-                tally->bytes += h.len;
+                tally->bins += h.len;
         }
         uint64_t children = s_children(&h);
         if (h.type == CF_TYPE_ARRAY || h.type == CF_TYPE_MAP) {
@@ -525,14 +529,14 @@ struct cf_mp_doc {
     cf_value_t nodes[];    //  nodes[0] is the root; bytes follow the nodes
 };
 
-cf_err_t cf_mp_doc_decode(const void *data, size_t size, cf_mp_doc_t **doc)
+static cf_err_t s_decode(const void *data, size_t size, bool borrow, cf_mp_doc_t **doc)
 {
     assert(doc);
     *doc = NULL;
     if (!data || size == 0)
         return CF_EPROTO;
     const uint8_t *p = data;
-    s_tally_t tally = { 0, 0 };
+    s_tally_t tally = { 0, 0, 0 };
     size_t spanned;
     if (s_walk(p, size, &spanned, &tally) != CF_OK || spanned != size
         || tally.values > CF_MP_MAX_VALUES)
@@ -540,10 +544,11 @@ cf_err_t cf_mp_doc_decode(const void *data, size_t size, cf_mp_doc_t **doc)
     //  values <= size and bytes <= 2 * size: no overflow on any size_t that
     //  held the input, but keep the arithmetic honest anyway.
     size_t nodes_bytes = tally.values * sizeof(cf_value_t);
+    size_t copied = tally.strs + (borrow ? 0 : tally.bins);
     size_t total = sizeof(cf_mp_doc_t) + nodes_bytes;
-    if (total < nodes_bytes || total + tally.bytes < total)
+    if (total < nodes_bytes || copied < tally.strs || total + copied < total)
         return CF_ENOMEM;
-    total += tally.bytes;
+    total += copied;
     cf_mp_doc_t *self = malloc(total);
     if (!self)
         return CF_ENOMEM;
@@ -600,10 +605,14 @@ cf_err_t cf_mp_doc_decode(const void *data, size_t size, cf_mp_doc_t **doc)
             break;
         case CF_TYPE_BIN:
         case CF_TYPE_EXT:
+            v->ext_type = h.ext_type;
+            if (borrow) {
+                v->as.bin = p + pos + h.hdr;
+                break;
+            }
             if (h.len)
                 memcpy(bytes, p + pos + h.hdr, h.len);
             v->as.bin = bytes;
-            v->ext_type = h.ext_type;
             bytes += h.len;
             break;
         case CF_TYPE_ARRAY:
@@ -625,6 +634,16 @@ cf_err_t cf_mp_doc_decode(const void *data, size_t size, cf_mp_doc_t **doc)
     assert(pos == size && next_free == tally.values);
     *doc = self;
     return CF_OK;
+}
+
+cf_err_t cf_mp_doc_decode(const void *data, size_t size, cf_mp_doc_t **doc)
+{
+    return s_decode(data, size, false, doc);
+}
+
+cf_err_t cf_mp_doc_decode_borrowed(const void *data, size_t size, cf_mp_doc_t **doc)
+{
+    return s_decode(data, size, true, doc);
 }
 
 const cf_value_t *cf_mp_doc_root(const cf_mp_doc_t *doc)
@@ -670,6 +689,19 @@ uint8_t *cf_mp_writer_take(cf_mp_writer_t *w, size_t *len)
     uint8_t *data = (uint8_t *)msgpack_sbuffer_release(&w->buf);
     if (!data)
         data = malloc(1);    //  nothing written: still a buffer to free
+    return data;
+}
+
+uint8_t *cf_mp_writer_take_fit(cf_mp_writer_t *w, size_t *len)
+{
+    assert(w && len);
+    size_t alloc = w->buf.alloc;
+    uint8_t *data = cf_mp_writer_take(w, len);
+    if (data && *len > 0 && alloc > *len) {
+        uint8_t *fit = realloc(data, *len);
+        if (fit)    //  else the bigger block serves as well
+            data = fit;
+    }
     return data;
 }
 

@@ -58,7 +58,8 @@ bool cf_mp_valid_array(const void *data, size_t size);
 
 // ---------------------------------------------------------------------------
 //  Decoded values (cf_value_t of the public API). One malloc holds the whole
-//  tree and NUL-terminated copies of every str.
+//  tree and NUL-terminated copies of every str (and of every bin and ext
+//  payload, unless borrowed).
 
 typedef struct cf_mp_doc cf_mp_doc_t;
 
@@ -67,6 +68,10 @@ typedef struct cf_mp_doc cf_mp_doc_t;
 //  values) or CF_ENOMEM; *doc is NULL on error. The document copies
 //  everything it needs: data may be freed right after.
 cf_err_t cf_mp_doc_decode(const void *data, size_t size, cf_mp_doc_t **doc);
+//  The same, but bin and ext values point into data instead of copies: for
+//  a caller whose data outlives the document and stays unchanged while it
+//  lives. strs are copied still (they are NUL-terminated).
+cf_err_t cf_mp_doc_decode_borrowed(const void *data, size_t size, cf_mp_doc_t **doc);
 const cf_value_t *cf_mp_doc_root(const cf_mp_doc_t *doc);
 void cf_mp_doc_destroy(cf_mp_doc_t **doc);
 
@@ -95,6 +100,15 @@ void cf_mp_thread_writer_release(cf_mp_writer_t *w);
 //  Hands the bytes over (yours to free() ) and resets the writer. Never NULL
 //  unless out of memory, even when nothing was written (len 0).
 uint8_t *cf_mp_writer_take(cf_mp_writer_t *w, size_t *len);
+//  From this size on, bytes that must outlive their writer (a result, a
+//  task's arguments) are taken (cf_mp_writer_take_fit) rather than copied:
+//  below it, a copy costs less than the fresh buffer the writer then needs.
+#define CF_MP_TAKE_MIN (4u * 1024)
+//  cf_mp_writer_take with the buffer shrunk to the bytes: a writer grows by
+//  doubling, and what is taken may be kept long (a task's arguments until
+//  its result), so its slack would be memory held for nothing. Shrinking
+//  moves no bytes (glibc splits the block, or mremaps a mapped one).
+uint8_t *cf_mp_writer_take_fit(cf_mp_writer_t *w, size_t *len);
 //  Appends one copy of v (NULL appends nil). CF_ENOMEM; the writer is back
 //  at its previous size on error.
 cf_err_t cf_mp_write_value(cf_mp_writer_t *w, const cf_value_t *v);

@@ -3,6 +3,7 @@
 
 #include "cf_mp.h"
 
+#include <malloc.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -195,6 +196,46 @@ static void test_decode_copies_so_the_input_may_be_freed(void **state)
     const uint8_t *bin = cf_value_bin(cf_value_at(root, 20), &len);
     assert_int_equal(bin[1], 0xff);
     cf_mp_doc_destroy(&doc);
+}
+
+//  Borrowed: bins and exts are the input's own bytes, strs still copies
+//  with their NUL, and the values read the same as a copying decode's.
+static void test_borrowed_decode_points_bins_into_the_input(void **state)
+{
+    (void)state;
+    uint8_t *input = malloc(sizeof s_every_type);
+    assert_non_null(input);
+    memcpy(input, s_every_type, sizeof s_every_type);
+    cf_mp_doc_t *doc = NULL, *copied = NULL;
+    assert_int_equal(cf_mp_doc_decode_borrowed(input, sizeof s_every_type, &doc), CF_OK);
+    assert_int_equal(cf_mp_doc_decode(input, sizeof s_every_type, &copied), CF_OK);
+    char *borrowed_repr = cf_value_repr(cf_mp_doc_root(doc));
+    char *copied_repr = cf_value_repr(cf_mp_doc_root(copied));
+    assert_string_equal(borrowed_repr, copied_repr);
+    free(borrowed_repr);
+    free(copied_repr);
+
+    const cf_value_t *root = cf_mp_doc_root(doc);
+    size_t len;
+    const uint8_t *bin = cf_value_bin(cf_value_at(root, 20), &len);
+    assert_int_equal(len, 2);
+    assert_true(bin >= input && bin + len <= input + sizeof s_every_type);
+    const char *str = cf_value_str(cf_value_at(root, 16), &len);
+    assert_true((const uint8_t *)str < input
+                || (const uint8_t *)str >= input + sizeof s_every_type);
+    assert_int_equal(str[len], '\0');
+    //  A change to the input shows through the bin alone.
+    for (size_t k = 0; k + 3 <= sizeof s_every_type; k++)
+        if (memcmp(input + k, "\xa2hi", 3) == 0)
+            input[k + 1] = 'X';
+    input[bin - input + 1] = 0x7f;
+    assert_int_equal(bin[1], 0x7f);
+    assert_string_equal(cf_value_str(cf_value_at(root, 16), NULL), "hi");
+    const uint8_t *copy = cf_value_bin(cf_value_at(cf_mp_doc_root(copied), 20), NULL);
+    assert_int_equal(copy[1], 0xff);
+    cf_mp_doc_destroy(&doc);
+    cf_mp_doc_destroy(&copied);
+    free(input);
 }
 
 static void test_strings_are_nul_terminated_and_keep_embedded_nuls(void **state)
@@ -821,6 +862,34 @@ static void test_writer_take_hands_over_the_bytes_and_resets(void **state)
     cf_mp_writer_fini(&w);    //  fini twice is harmless
 }
 
+static void test_writer_take_fit_leaves_no_slack(void **state)
+{
+    (void)state;
+    enum { N = 100 * 1024 };
+    uint8_t *payload = malloc(N);
+    assert_non_null(payload);
+    for (size_t i = 0; i < N; i++)
+        payload[i] = (uint8_t)(i * 7);
+    cf_mp_writer_t w;
+    cf_mp_writer_init(&w);
+    assert_int_equal(s_format(&w, false, "y", payload, (size_t)N), CF_OK);
+    assert_true(w.buf.alloc >= N + 4096);    //  grown by doubling: slack to shed
+    size_t len = 0;
+    uint8_t *data = cf_mp_writer_take_fit(&w, &len);
+    assert_int_equal(len, N + 5);
+    assert_true(malloc_usable_size(data) < len + 4096);
+    assert_memory_equal(data + 5, payload, N);
+    assert_int_equal(w.buf.size, 0);
+    assert_int_equal(w.buf.alloc, 0);
+    free(data);
+    data = cf_mp_writer_take_fit(&w, &len);    //  nothing written: still a buffer
+    assert_non_null(data);
+    assert_int_equal(len, 0);
+    free(data);
+    cf_mp_writer_fini(&w);
+    free(payload);
+}
+
 //  Random bytes never crash the reader, and whatever it accepts round
 //  trips through a document and the writer to an equal value.
 static void test_random_bytes_are_rejected_or_round_trip(void **state)
@@ -861,6 +930,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decode_reads_every_type_and_width),
         cmocka_unit_test(test_decode_copies_so_the_input_may_be_freed),
+        cmocka_unit_test(test_borrowed_decode_points_bins_into_the_input),
         cmocka_unit_test(test_strings_are_nul_terminated_and_keep_embedded_nuls),
         cmocka_unit_test(test_write_value_copies_every_type_byte_for_byte),
         cmocka_unit_test(test_decode_rejects_the_4_gib_array_bomb_before_allocating),
@@ -889,6 +959,7 @@ int main(void)
         cmocka_unit_test(test_format_rejects_bad_formats_naming_the_position),
         cmocka_unit_test(test_format_accepts_max_depth),
         cmocka_unit_test(test_writer_take_hands_over_the_bytes_and_resets),
+        cmocka_unit_test(test_writer_take_fit_leaves_no_slack),
         cmocka_unit_test(test_random_bytes_are_rejected_or_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

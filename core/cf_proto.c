@@ -596,6 +596,27 @@ void cf_proto_msg_destroy(cf_proto_msg_t **msg_p)
     *msg_p = NULL;
 }
 
+cf_err_t cf_proto_msg_hold(cf_proto_msg_t *msg, zmq_msg_t *hold, const uint8_t **ptr)
+{
+    assert(msg && hold && ptr);
+    zmq_msg_init(hold);
+    if (!msg->has_body_)
+        return CF_EINVAL;
+    const uint8_t *base = zmq_msg_data(&msg->body_);
+    assert(*ptr >= base && *ptr <= base + zmq_msg_size(&msg->body_));
+    //  The offset, not the pointer: a small body's copy is elsewhere.
+    size_t offset = (size_t)(*ptr - base);
+    if (zmq_msg_copy(hold, &msg->body_) != 0)
+        return CF_ENOMEM;
+    *ptr = (const uint8_t *)zmq_msg_data(hold) + offset;
+    return CF_OK;
+}
+
+size_t cf_proto_msg_body_size(const cf_proto_msg_t *msg)
+{
+    return msg && msg->has_body_ ? zmq_msg_size(&msg->body_) : 0;
+}
+
 const char *cf_proto_msg_user_id(const cf_proto_msg_t *msg)
 {
     return msg && msg->has_body_ ? zmq_msg_gets(&msg->body_, "User-Id") : NULL;

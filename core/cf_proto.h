@@ -237,6 +237,16 @@ void cf_proto_msg_destroy(cf_proto_msg_t **msg);
 //  for the life of msg; NULL when it has none (plaintext). Read from the
 //  body frame: the routing id frame a ROUTER makes up carries no metadata.
 const char *cf_proto_msg_user_id(const cf_proto_msg_t *msg);
+//  Keeps the bytes at *ptr (an item's args or value, pointing into msg)
+//  alive past msg: *hold (initialised here; the caller closes it with
+//  zmq_msg_close, from any thread) gets a reference to msg's body, and
+//  *ptr is moved to the same bytes in it. libzmq shares a large body (a
+//  reference count) and copies a small one, so this is for large items;
+//  the whole body stays in memory as long as hold. CF_ENOMEM or CF_EINVAL
+//  (msg has no body).
+cf_err_t cf_proto_msg_hold(cf_proto_msg_t *msg, zmq_msg_t *hold, const uint8_t **ptr);
+//  The size of msg's body in bytes (0: none), what cf_proto_msg_hold keeps.
+size_t cf_proto_msg_body_size(const cf_proto_msg_t *msg);
 
 //  Receives one whole message from socket without blocking past what zmq
 //  already has: when is_router, *routing_id is initialized on every return

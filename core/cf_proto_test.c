@@ -409,6 +409,43 @@ static void test_large_bodies_travel_zero_copy_and_the_encoder_is_reused(void **
     free(args);
 }
 
+//  A held item outlives its message: the large body is shared (the same
+//  bytes), a small one copied (the same content elsewhere).
+static void test_a_held_item_outlives_its_message(void **state)
+{
+    s_fix_t *fix = *state;
+    size_t sizes[] = { 1, 200 * 1024 };
+    for (size_t k = 0; k < 2; k++) {
+        size_t len = sizes[k];
+        uint8_t *value = malloc(len);
+        assert_non_null(value);
+        memset(value, 0xc0, len);
+        value[0] = len > 1 ? 0xc6 : 0x2a;    //  a bin32 of nil bytes, or 42
+        if (len > 1) {
+            uint32_t n = (uint32_t)(len - 5);
+            value[1] = (uint8_t)(n >> 24);
+            value[2] = (uint8_t)(n >> 16);
+            value[3] = (uint8_t)(n >> 8);
+            value[4] = (uint8_t)n;
+        }
+        cf_proto_enc_begin(fix->enc, CF_MSG_RESULT);
+        assert_int_equal(cf_proto_enc_result_ok(fix->enc, 9, value, len), CF_OK);
+        cf_proto_msg_t *msg = s_round_trip(fix);
+        size_t body = cf_proto_msg_body_size(msg);
+        assert_true(body > len && body < len + 32);
+        const uint8_t *in_msg = msg->results[0].value;
+        const uint8_t *held = in_msg;
+        zmq_msg_t hold;
+        assert_int_equal(cf_proto_msg_hold(msg, &hold, &held), CF_OK);
+        if (len > 1)
+            assert_ptr_equal(held, in_msg);
+        cf_proto_msg_destroy(&msg);
+        assert_memory_equal(held, value, len);
+        zmq_msg_close(&hold);
+        free(value);
+    }
+}
+
 static void test_send_resets_and_keeps_the_type(void **state)
 {
     s_fix_t *fix = *state;
@@ -1718,6 +1755,7 @@ int main(void)
         T(test_submit_encoding_matches_the_documented_example),
         T(test_large_bodies_travel_zero_copy_and_the_encoder_is_reused),
         T(test_send_resets_and_keeps_the_type),
+        T(test_a_held_item_outlives_its_message),
         T(test_encoder_refuses_bad_items_and_leaves_the_body_alone),
         T(test_encoder_stops_a_batch_at_the_count_limit),
         T(test_encoder_stops_a_batch_at_the_frame_limit),

@@ -18,10 +18,13 @@
 //  replaced entry costs its own few bytes.
 //
 //  Running a task costs one malloc for the decoded arguments (cf_mp_doc, one
-//  block) and one for the outcome's copy of the result. Results are written
-//  into a writer kept per thread, so its buffer is reused from task to task;
-//  a nested run (a task running another task, cf.chunk's items) writes into
-//  a writer of its own so it never clobbers its caller's result.
+//  block, whose bins point into the arguments) and one for the outcome's
+//  copy of the result. Results are written into a writer kept per thread,
+//  so its buffer is reused from task to task; a result of CF_MP_TAKE_MIN
+//  bytes or more is not copied but takes the writer's buffer along, and the
+//  writer grows a new one. A nested run (a task running another task,
+//  cf.chunk's items) writes into a writer of its own so it never clobbers
+//  its caller's result.
 
 #include "cf_registry.h"
 
@@ -808,6 +811,14 @@ static cf_err_t s_outcome_take(cf_call_t *call, cf_outcome_t *outcome)
         call->error_type = call->error_message = NULL;
         return CF_OK;
     }
+    if (call->has_result && call->result->buf.size >= CF_MP_TAKE_MIN) {
+        //  The writer's own buffer: a large result is not copied once more.
+        outcome->value = cf_mp_writer_take_fit(call->result, &outcome->value_len);
+        if (!outcome->value)
+            return CF_ENOMEM;
+        outcome->ok = true;
+        return CF_OK;
+    }
     static const uint8_t nil = 0xc0;
     const void *bytes = &nil;
     if (call->has_result)
@@ -853,7 +864,9 @@ cf_err_t cf_registry_run(const char *function, size_t function_len, const void *
     //  A registered name has no control bytes, so name is the exact name.
 
     cf_mp_doc_t *doc = NULL;
-    cf_err_t rc = args && args_len ? cf_mp_doc_decode(args, args_len, &doc) : CF_EPROTO;
+    //  Borrowed: args outlive the call, and so what the task reads
+    //  (cf_arg_bytes) is the caller's bytes, not a copy of them.
+    cf_err_t rc = args && args_len ? cf_mp_doc_decode_borrowed(args, args_len, &doc) : CF_EPROTO;
     if (rc == CF_ENOMEM)
         return CF_ENOMEM;
     if (rc != CF_OK)

@@ -172,6 +172,17 @@ static void t_bytes(cf_call_t *call)
 }
 CF_TASK(t_bytes);
 
+//  Where its bytes argument is, for the test to compare with the input.
+static const void *s_seen_bytes;
+
+static void t_bytes_where(cf_call_t *call)
+{
+    size_t len = 0;
+    s_seen_bytes = cf_arg_bytes(call, 0, &len);
+    cf_return_nil(call);
+}
+CF_TASK(t_bytes_where);
+
 //  Echoes its argument list as it came, and reports introspection.
 static void t_introspect(cf_call_t *call)
 {
@@ -523,6 +534,52 @@ static void test_bool_str_bytes_getters(void **state)
     s_expect_error(&o, "TypeError", "t_bytes() missing argument 0 (0 arguments given)");
 }
 
+//  The task reads its bytes where the caller put them: no copy.
+static void test_bytes_arguments_are_read_in_place(void **state)
+{
+    (void)state;
+    size_t len = 0;
+    uint8_t *args = s_args(&len, "y", "payload", (size_t)7);
+    cf_outcome_t o;
+    assert_int_equal(cf_registry_run("t_bytes_where", 13, args, len, NULL, &o), CF_OK);
+    s_expect_nil(&o);
+    assert_true((const uint8_t *)s_seen_bytes > args
+                && (const uint8_t *)s_seen_bytes + 7 <= args + len);
+    free(args);
+}
+
+//  A large result leaves with the thread's writer buffer (the writer is
+//  empty after), a small one is copied (the writer keeps its buffer); both
+//  read back the same.
+static void test_a_large_result_takes_the_writer_buffer(void **state)
+{
+    (void)state;
+    size_t sizes[] = { 100, CF_MP_TAKE_MIN, 64 * 1024, 3 * 1024 * 1024 };
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t n = sizes[k];
+        uint8_t *payload = malloc(n);
+        assert_non_null(payload);
+        for (size_t i = 0; i < n; i++)
+            payload[i] = (uint8_t)(i * 13 + k);
+        cf_outcome_t o = s_run("t_bytes", "y", payload, n);
+        cf_mp_writer_t *w = cf_mp_thread_writer(SIZE_MAX);
+        assert_non_null(w);
+        if (n + 5 >= CF_MP_TAKE_MIN)
+            assert_int_equal(w->buf.alloc, 0);
+        else
+            assert_true(w->buf.alloc > 0);
+        cf_mp_thread_writer_release(w);
+        cf_mp_doc_t *doc = NULL;
+        size_t len = 0;
+        const void *bin = cf_value_bin(s_value(&o, &doc), &len);
+        assert_int_equal(len, n);
+        assert_memory_equal(bin, payload, n);
+        cf_mp_doc_destroy(&doc);
+        cf_outcome_fini(&o);
+        free(payload);
+    }
+}
+
 static void test_introspection(void **state)
 {
     (void)state;
@@ -846,6 +903,8 @@ int main(void)
         cmocka_unit_test(test_uint_getter),
         cmocka_unit_test(test_double_getter_accepts_ints),
         cmocka_unit_test(test_bool_str_bytes_getters),
+        cmocka_unit_test(test_bytes_arguments_are_read_in_place),
+        cmocka_unit_test(test_a_large_result_takes_the_writer_buffer),
         cmocka_unit_test(test_introspection),
         cmocka_unit_test(test_a_task_reads_all_then_checks_once),
         cmocka_unit_test(test_first_raise_wins_and_returns_after_it_are_ignored),

@@ -10,11 +10,51 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define S_LOG        "client"
 //  Replies read per poll wakeup before the actor looks at its inbox again.
 #define S_RECV_BURST 512
+//  A result of at least S_HOLD_MIN bytes that is at least 1/S_HOLD_SHARE of
+//  its RESULT body is read in the body, which its future keeps, instead of
+//  copied out of it: a future (which the application may keep for long)
+//  then never keeps more than S_HOLD_SHARE times its own result.
+#define S_HOLD_MIN   (64 * 1024)
+#define S_HOLD_SHARE 2
+
+//  A RESULT body kept for a future's result.
+typedef struct {
+    cf_future_hold_t pub;
+    zmq_msg_t body;
+} s_hold_t;
+
+static void s_hold_release(cf_future_hold_t *hold)
+{
+    s_hold_t *self = (s_hold_t *)hold;
+    zmq_msg_close(&self->body);
+    free(self);
+}
+
+//  Resolves f with r's value: kept in msg's body when large enough, else
+//  copied (also when keeping fails: out of memory).
+static void s_set_result(cf_future_t *f, cf_proto_msg_t *msg, const cf_proto_result_t *r)
+{
+    if (r->value_len >= S_HOLD_MIN && r->value_len * S_HOLD_SHARE >= cf_proto_msg_body_size(msg)) {
+        s_hold_t *hold = malloc(sizeof *hold);
+        if (hold) {
+            hold->pub.value = r->value;
+            hold->pub.release = s_hold_release;
+            if (cf_proto_msg_hold(msg, &hold->body, &hold->pub.value) == CF_OK) {
+                cf_future_hold_result(f, &hold->pub, r->value_len);
+                return;
+            }
+            zmq_msg_close(&hold->body);
+            free(hold);
+        }
+    }
+    cf_future_set_result(f, r->value, r->value_len);
+}
 
 static void s_copy_text(char *dst, cf_proto_str_t src)
 {
@@ -70,7 +110,7 @@ static void s_on_result(cf_client_t *self, cf_client_link_t *link, cf_proto_msg_
         case CF_STATUS_OK: {
             cf_future_t *f = cf_future_ref(cf_client_item_task(item)->future);
             cf_client_task_forget(self, item);
-            cf_future_set_result(f, r->value, r->value_len);
+            s_set_result(f, msg, r);
             cf_future_release(&f);
             self->own.freed++;
             break;

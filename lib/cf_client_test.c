@@ -48,6 +48,36 @@ CF_TASK(t_fail);
 //  finish; returns its argument.
 CF_TASK_NAMED("t_gate", cf_unitkit_gate_task);
 
+//  Waits at the gate, then returns the sum of its bytes argument's bytes.
+static void t_gate_sum(cf_call_t *call)
+{
+    size_t len = 0;
+    const uint8_t *data = cf_arg_bytes(call, 0, &len);
+    cf_unitkit_gate_pass();
+    int64_t sum = 0;
+    for (size_t i = 0; i < len; i++)
+        sum += data[i];
+    cf_return_int(call, sum);
+}
+CF_TASK(t_gate_sum);
+
+//  Returns n bytes of (seed + i * 3) & 0xff: args [n, seed].
+static void t_big(cf_call_t *call)
+{
+    int64_t n = cf_arg_int(call, 0);
+    int64_t seed = cf_arg_int(call, 1);
+    uint8_t *data = malloc((size_t)n);
+    if (!data) {
+        cf_raise(call, "MemoryError", "no %lld bytes", (long long)n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++)
+        data[i] = (uint8_t)(seed + i * 3);
+    cf_return_bytes(call, data, (size_t)n);
+    free(data);
+}
+CF_TASK(t_big);
+
 //  The gate holds a first task: 10 s for it to get there (a hung test fails
 //  instead of stalling CTest).
 static void s_expect_one_at_gate(void)
@@ -335,6 +365,126 @@ static void test_broker_restart_resends_pending_tasks(void **state)
     s_stop(&env);
 }
 
+//  Input i of s_large_source: S_LARGE_ARGS bytes of (i + j) & 0xff, so that
+//  the map hands the task a block of its own (lib/cf_map.c, s_submit_args)
+//  and cf_submit its writer's buffer (over CF_MP_TAKE_MIN). Not 64 KiB: with
+//  bodies that large (sent zero-copy) the broker's restart left a few of
+//  libzmq's own objects unfreed in 2 of 20 runs under ASan, on main as well
+//  (LeakSanitizer: indirect leaks allocated inside libzmq); at 5 KiB, 0 of 20.
+#define S_LARGE_ARGS (5 * 1024)
+
+static int64_t s_large_sum(size_t i)
+{
+    int64_t sum = 0;
+    for (size_t j = 0; j < S_LARGE_ARGS; j++)
+        sum += (uint8_t)(i + j);
+    return sum;
+}
+
+static int s_large_source(void *state, size_t index, cf_args_t *args)
+{
+    uint8_t *buffer = state;
+    if (index >= 5)
+        return 0;
+    for (size_t j = 0; j < S_LARGE_ARGS; j++)
+        buffer[j] = (uint8_t)(index + j);
+    return cf_args_add_bytes(args, buffer, S_LARGE_ARGS) == CF_OK ? 1 : -1;
+}
+
+//  Tasks whose arguments the task block adopted (a map's, and
+//  cf_submit's taking its writer's buffer) are sent again, whole, to the
+//  broker that replaced a lost one.
+static void test_broker_restart_resends_large_arguments_whole(void **state)
+{
+    (void)state;
+    s_env_t env;
+    s_start(&env, 1, 0);
+    uint8_t *buffer = malloc(S_LARGE_ARGS);
+    assert_non_null(buffer);
+    cf_unitkit_gate_close();
+    cf_map_t *map = cf_map_new(env.ex, "t_gate_sum", s_large_source, buffer, NULL);
+    assert_non_null(map);
+    for (size_t j = 0; j < S_LARGE_ARGS; j++)
+        buffer[j] = (uint8_t)(7 + j);
+    cf_future_t *f = cf_submit(env.ex, "t_gate_sum", "y", buffer, (size_t)S_LARGE_ARGS);
+    assert_non_null(f);
+    memset(buffer, 0, S_LARGE_ARGS);
+    s_expect_one_at_gate();
+    char client_ep[128], worker_ep[128];
+    snprintf(client_ep, sizeof client_ep, "%s", env.client_endpoint);
+    snprintf(worker_ep, sizeof worker_ep, "%s", env.worker_endpoint);
+    cf_broker_destroy(&env.broker);
+    s_start_broker(&env, client_ep, worker_ep, 0);
+    cf_unitkit_gate_open();
+    for (size_t i = 0; i < 5; i++) {
+        const cf_value_t *value = NULL;
+        assert_int_equal(cf_map_next(map, &value), CF_OK);
+        int64_t sum = -1;
+        assert_int_equal(cf_value_get_int(value, &sum), CF_OK);
+        assert_int_equal(sum, s_large_sum(i));
+    }
+    assert_int_equal(cf_map_next(map, NULL), CF_ESTOP);
+    cf_map_destroy(&map);
+    assert_int_equal(s_int_result(f), s_large_sum(7));
+    cf_future_release(&f);
+    free(buffer);
+    s_stop(&env);
+}
+
+//  Checks f's result is t_big(n, seed); for a reading thread.
+typedef struct {
+    cf_future_t *f;
+    size_t n;
+    int seed;
+} s_big_read_t;
+
+static void *s_read_big(void *arg)
+{
+    s_big_read_t *r = arg;
+    for (int k = 0; k < 20; k++) {
+        const cf_value_t *value = NULL;
+        assert_int_equal(cf_future_result(r->f, 20000, &value), CF_OK);
+        size_t len = 0;
+        const uint8_t *bin = cf_value_bin(value, &len);
+        assert_int_equal(len, r->n);
+        for (size_t i = 0; i < len; i += 997)
+            assert_int_equal(bin[i], (uint8_t)(r->seed + i * 3));
+        assert_int_equal(bin[len - 1], (uint8_t)(r->seed + (len - 1) * 3));
+    }
+    return NULL;
+}
+
+//  Large results (kept in the RESULT body they came in, lib/cf_client_recv.c)
+//  and small ones outlive their executor and read the same from several
+//  threads at once.
+static void test_results_outlive_the_executor_and_read_from_threads(void **state)
+{
+    (void)state;
+    enum { N = 6 };
+    static const size_t sizes[N] = { 100, 5000, 64 * 1024, 200 * 1024, 1024 * 1024, 300 * 1024 };
+    s_env_t env;
+    s_start(&env, 2, 0);
+    cf_future_t *fs[N];
+    for (int i = 0; i < N; i++) {
+        fs[i] = cf_submit(env.ex, "t_big", "ii", (int)sizes[i], i);
+        assert_non_null(fs[i]);
+    }
+    for (int i = 0; i < N; i++)
+        assert_int_equal(cf_future_wait(fs[i], 20000), CF_OK);
+    s_stop(&env);
+    pthread_t threads[2 * N];
+    s_big_read_t reads[N];
+    for (int i = 0; i < N; i++) {
+        reads[i] = (s_big_read_t){ fs[i], sizes[i], i };
+        for (int k = 0; k < 2; k++)
+            assert_int_equal(pthread_create(&threads[2 * i + k], NULL, s_read_big, &reads[i]), 0);
+    }
+    for (int i = 0; i < 2 * N; i++)
+        pthread_join(threads[i], NULL);
+    for (int i = 0; i < N; i++)
+        cf_future_release(&fs[i]);
+}
+
 // ---------------------------------------------------------------------------
 //  A scripted broker (a thread on tests/cf_fakebroker's ROUTER) for the
 //  resubmission triggers: it never answers a task id the first time it
@@ -584,6 +734,8 @@ int main(void)
         cmocka_unit_test(test_shutdown_cancel_futures_cancels_what_has_not_started),
         cmocka_unit_test(test_busy_broker_pushes_back_and_every_task_still_finishes),
         cmocka_unit_test(test_broker_restart_resends_pending_tasks),
+        cmocka_unit_test(test_broker_restart_resends_large_arguments_whole),
+        cmocka_unit_test(test_results_outlive_the_executor_and_read_from_threads),
         cmocka_unit_test(test_unknown_client_error_makes_the_client_resubmit),
         cmocka_unit_test(test_new_broker_boot_id_makes_the_client_resubmit),
         cmocka_unit_test(test_destroy_resolves_every_pending_future),

@@ -575,23 +575,31 @@ static cf_err_t s_check_function(const char *fn, size_t *len)
     return CF_OK;
 }
 
+//  taken: args is a malloc'd block (at *taken) the task adopts; freed here
+//  when refused, *taken NULL in any case. NULL: args are copied.
 static cf_future_t *s_submit(cf_executor_t *ex, const cf_task_opts_t *opts, const char *fn,
-                             size_t fn_len, const void *args, size_t args_len)
+                             size_t fn_len, const void *args, size_t args_len, uint8_t **taken)
 {
-    if (args_len > CF_PROTO_MAX_FRAME) {
-        cf_error_set(CF_ETOOBIG, "arguments of %s are %zu bytes, over the limit of %u", fn,
-                     args_len, CF_PROTO_MAX_FRAME);
+    cf_err_t refused = CF_OK;
+    if (args_len > CF_PROTO_MAX_FRAME)
+        refused = cf_error_set(CF_ETOOBIG, "arguments of %s are %zu bytes, over the limit of %u",
+                               fn, args_len, CF_PROTO_MAX_FRAME);
+    else if (opts && opts->no_worker_timeout_ms < 0)
+        refused = cf_error_set(CF_EINVAL,
+                               "no_worker_timeout_ms must be >= 0 (0: the broker's default), "
+                               "got %d",
+                               opts->no_worker_timeout_ms);
+    else if (ex->max_outstanding)
+        refused = s_slot_take(ex, fn);
+    if (refused != CF_OK) {
+        if (taken) {
+            free(*taken);
+            *taken = NULL;
+        }
         return NULL;
     }
-    if (opts && opts->no_worker_timeout_ms < 0) {
-        cf_error_set(CF_EINVAL,
-                     "no_worker_timeout_ms must be >= 0 (0: the broker's default), got %d",
-                     opts->no_worker_timeout_ms);
-        return NULL;
-    }
-    if (ex->max_outstanding && s_slot_take(ex, fn) != CF_OK)
-        return NULL;
-    cf_task_t *task = cf_task_new(fn, fn_len, args, args_len, ex->ops->task_size);
+    cf_task_t *task = taken ? cf_task_new_taking(fn, fn_len, taken, args_len, ex->ops->task_size)
+                            : cf_task_new(fn, fn_len, args, args_len, ex->ops->task_size);
     if (!task) {
         if (ex->max_outstanding)
             s_slot_give(ex);
@@ -675,8 +683,17 @@ cf_future_t *cf_submitv(cf_executor_t *ex, const cf_task_opts_t *opts, const cha
     cf_err_t rc = cf_mp_write_format(w, true, fmt ? fmt : "", &aq);
     va_end(aq);
     cf_future_t *f = NULL;
-    if (rc == CF_OK)
-        f = s_submit(ex, opts, fn, fn_len, w->buf.data, w->buf.size);
+    if (rc == CF_OK && w->buf.size >= CF_MP_TAKE_MIN) {
+        //  The task adopts the writer's buffer rather than a copy of it.
+        size_t len = 0;
+        uint8_t *args = cf_mp_writer_take_fit(w, &len);
+        if (args)
+            f = s_submit(ex, opts, fn, fn_len, args, len, &args);
+        else
+            cf_error_set(CF_ENOMEM, "out of memory encoding the arguments of %s", fn);
+    }
+    else if (rc == CF_OK)
+        f = s_submit(ex, opts, fn, fn_len, w->buf.data, w->buf.size, NULL);
     else if (rc == CF_ENOMEM)
         cf_error_set(CF_ENOMEM, "out of memory encoding the arguments of %s", fn);
     //  else cf_mp_write_format said what is wrong with the format
@@ -712,7 +729,19 @@ cf_future_t *cf_executor_submit_encoded(cf_executor_t *ex, const cf_task_opts_t 
     size_t fn_len = 0;    //  set by s_check_submit; GCC 12 -O3 cannot tell
     if (s_check_submit(ex, fn, &fn_len) != CF_OK)
         return NULL;
-    return s_submit(ex, opts, fn, fn_len, args, len);
+    return s_submit(ex, opts, fn, fn_len, args, len, NULL);
+}
+
+cf_future_t *cf_executor_submit_taking(cf_executor_t *ex, const cf_task_opts_t *opts,
+                                       const char *fn, uint8_t **args, size_t len)
+{
+    size_t fn_len = 0;    //  set by s_check_submit; GCC 12 -O3 cannot tell
+    if (s_check_submit(ex, fn, &fn_len) != CF_OK) {
+        free(*args);
+        *args = NULL;
+        return NULL;
+    }
+    return s_submit(ex, opts, fn, fn_len, *args, len, args);
 }
 
 cf_future_t *cf_submit_raw(cf_executor_t *ex, const cf_task_opts_t *opts, const char *fn,

@@ -23,6 +23,10 @@ int cf_executor_cores(void);
 //  themselves (map's chunks). Same errors otherwise.
 cf_future_t *cf_executor_submit_encoded(cf_executor_t *ex, const cf_task_opts_t *opts,
                                         const char *fn, const void *args, size_t len);
+//  The same, the task adopting *args (malloc'd) instead of a copy: *args
+//  is NULL after, freed when the submission is refused.
+cf_future_t *cf_executor_submit_taking(cf_executor_t *ex, const cf_task_opts_t *opts,
+                                       const char *fn, uint8_t **args, size_t len);
 
 //  The client counters of a CF_REMOTE executor (cf_client.h: tasks moved
 //  between brokers, late replies ignored): false, *counters untouched, for

@@ -72,7 +72,7 @@ struct cf_map {
     bool stopped;               //  iteration ended
     cf_args_t args;             //  given to the source, reused
     cf_mp_writer_t chunk;       //  argument lists of the chunk being built
-    cf_mp_writer_t message;     //  the arguments of the task being submitted
+    cf_mp_writer_t message;     //  the head (or all) of the arguments being submitted
     cf_future_t *current;       //  owner of the last value or error returned
     const cf_value_t *items;    //  current chunk's result items, or NULL
     size_t item_pos;
@@ -197,6 +197,32 @@ static cf_err_t s_write_args(cf_mp_writer_t *w, const cf_args_t *args)
     return CF_OK;
 }
 
+//  Submits fn with the arguments whose head is in map->message and whose
+//  rest is body. Arguments larger than a task keeps inline are put together
+//  once, in the block the task adopts: the task needs a copy of its own (it
+//  keeps them until its result, to send them again), but only one.
+static cf_future_t *s_submit_args(cf_map_t *map, const char *fn, const msgpack_sbuffer *body)
+{
+    cf_mp_writer_t *w = &map->message;
+    size_t len = w->buf.size + body->size;
+    if (len <= CF_TASK_INLINE_ARGS_MAX) {
+        if (body->size > 0 && msgpack_sbuffer_write(&w->buf, body->data, body->size) != 0) {
+            cf_error_set(CF_ENOMEM, "out of memory encoding the arguments of %s", map->fn);
+            return NULL;
+        }
+        return cf_executor_submit_encoded(map->ex, &map->task_opts, fn, w->buf.data, w->buf.size);
+    }
+    uint8_t *args = malloc(len);
+    if (!args) {
+        cf_error_set(CF_ENOMEM, "out of memory encoding the arguments of %s", map->fn);
+        return NULL;
+    }
+    memcpy(args, w->buf.data, w->buf.size);
+    if (body->size > 0)
+        memcpy(args + w->buf.size, body->data, body->size);
+    return cf_executor_submit_taking(map->ex, &map->task_opts, fn, &args, len);
+}
+
 //  Submits the n argument lists gathered in map->chunk as one cf.chunk task.
 static cf_err_t s_submit_chunk(cf_map_t *map, size_t first, size_t n)
 {
@@ -205,11 +231,9 @@ static cf_err_t s_submit_chunk(cf_map_t *map, size_t first, size_t n)
     size_t fn_len = strlen(map->fn);
     if (msgpack_pack_array(&w->pk, 2) != 0 || msgpack_pack_str(&w->pk, fn_len) != 0
         || msgpack_pack_str_body(&w->pk, map->fn, fn_len) != 0
-        || msgpack_pack_array(&w->pk, (uint32_t)n) != 0
-        || msgpack_sbuffer_write(&w->buf, map->chunk.buf.data, map->chunk.buf.size) != 0)
+        || msgpack_pack_array(&w->pk, (uint32_t)n) != 0)
         return CF_ENOMEM;
-    cf_future_t *f = cf_executor_submit_encoded(map->ex, &map->task_opts, CF_CHUNK_FUNCTION,
-                                                w->buf.data, w->buf.size);
+    cf_future_t *f = s_submit_args(map, CF_CHUNK_FUNCTION, &map->chunk.buf);
     if (!f)
         return cf_last_err();
     s_push(map, f, first, n);
@@ -245,11 +269,9 @@ static void s_fill(cf_map_t *map)
                 rc = s_write_args(&map->chunk, &map->args);
             else {
                 cf_mp_writer_reset(&map->message);
-                rc = s_write_args(&map->message, &map->args);
+                rc = msgpack_pack_array(&map->message.pk, map->args.count) == 0 ? CF_OK : CF_ENOMEM;
                 if (rc == CF_OK) {
-                    cf_future_t *f = cf_executor_submit_encoded(map->ex, &map->task_opts, map->fn,
-                                                                map->message.buf.data,
-                                                                map->message.buf.size);
+                    cf_future_t *f = s_submit_args(map, map->fn, &map->args.values.buf);
                     if (f)
                         s_push(map, f, map->next_input, 1);
                     else

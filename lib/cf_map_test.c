@@ -61,6 +61,14 @@ static void block(cf_call_t *call)
 }
 CF_TASK(block);
 
+static void echo_bytes(cf_call_t *call)
+{
+    size_t len = 0;
+    const void *data = cf_arg_bytes(call, 0, &len);
+    cf_return_bytes(call, data, len);
+}
+CF_TASK(echo_bytes);
+
 static cf_executor_t *s_threads(int max_workers)
 {
     cf_executor_t *ex = cf_executor_new(CF_THREADS, &(cf_options_t){ .max_workers = max_workers });
@@ -108,6 +116,30 @@ static void s_expect_ints(cf_map_t *map, size_t count, int64_t factor)
         assert_int_equal(got, factor * (int64_t)i);
         assert_int_equal(cf_map_index(map), i);
     }
+}
+
+//  Input i: a bytes argument of one of these sizes, around the task's
+//  inline limit and the size from which arguments are adopted, not copied.
+static const size_t s_byte_sizes[] = { 0, 100, 250, 300, 5000, 200000 };
+#define S_BYTE_INPUTS 12
+
+static void s_fill_bytes(uint8_t *data, size_t len, size_t index)
+{
+    for (size_t j = 0; j < len; j++)
+        data[j] = (uint8_t)(index * 31 + j);
+}
+
+static int s_bytes_source(void *state, size_t index, cf_args_t *args)
+{
+    uint8_t *buffer = state;
+    if (index >= S_BYTE_INPUTS)
+        return 0;
+    size_t len = s_byte_sizes[index % 6];
+    s_fill_bytes(buffer, len, index);
+    cf_err_t rc = cf_args_add_bytes(args, buffer, len);
+    //  Overwritten at once: the map must have taken its own copy.
+    memset(buffer, 0xee, len);
+    return rc == CF_OK ? 1 : -1;
 }
 
 // ---------------------------------------------------------------------------
@@ -193,6 +225,37 @@ static void test_chunks_carry_several_inputs_each(void **state)
     //  3 + 3 + 3 + 1 inputs: four tasks.
     assert_int_equal(cf_executor_progress(ex).submitted, 4);
     cf_executor_destroy(&ex);
+}
+
+//  Every size of bytes argument comes back whole, alone or in chunks.
+static void test_bytes_inputs_of_every_size_come_back_whole(void **state)
+{
+    (void)state;
+    uint8_t *buffer = malloc(200000);
+    uint8_t *expected = malloc(200000);
+    assert_non_null(buffer);
+    assert_non_null(expected);
+    cf_executor_t *ex = s_threads(2);
+    for (size_t chunksize = 1; chunksize <= 4; chunksize += 3) {
+        cf_map_t *map = cf_map_new(ex, "echo_bytes", s_bytes_source, buffer,
+                                   &(cf_map_opts_t){ .window = 4, .chunksize = chunksize });
+        assert_non_null(map);
+        for (size_t i = 0; i < S_BYTE_INPUTS; i++) {
+            const cf_value_t *value = NULL;
+            assert_int_equal(cf_map_next(map, &value), CF_OK);
+            size_t len = 0;
+            const void *bin = cf_value_bin(value, &len);
+            assert_int_equal(len, s_byte_sizes[i % 6]);
+            s_fill_bytes(expected, len, i);
+            if (len)
+                assert_memory_equal(bin, expected, len);
+        }
+        assert_int_equal(cf_map_next(map, NULL), CF_ESTOP);
+        cf_map_destroy(&map);
+    }
+    cf_executor_destroy(&ex);
+    free(buffer);
+    free(expected);
 }
 
 static void s_check_first_error_stops(size_t chunksize)
@@ -384,6 +447,7 @@ int main(void)
         cmocka_unit_test(test_shutdown_mid_map_ends_it_after_the_submitted_results),
         cmocka_unit_test(test_argument_lists_take_several_values),
         cmocka_unit_test(test_map_strs_passes_one_string_each),
+        cmocka_unit_test(test_bytes_inputs_of_every_size_come_back_whole),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

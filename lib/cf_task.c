@@ -10,7 +10,7 @@
 //  A task as the front makes it: inside its future's allocation. Small
 //  arguments are kept inline (they then live as long as the future, so the
 //  limit keeps that cheap); larger ones get their own allocation, freed with
-//  the task.
+//  the task: a copy, or the caller's block itself (cf_task_new_taking).
 //  A client holds one per outstanding task: every byte here counts
 //  (bench: client.mem.bookkeeping).
 typedef struct {
@@ -18,12 +18,11 @@ typedef struct {
     _Alignas(8) uint8_t data[];
 } s_task_t;
 
-#define S_INLINE_ARGS_MAX 256
-
-cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args, size_t args_len,
-                       size_t backend_size)
+//  taken: args is a malloc'd block the task adopts (not copied, not inline).
+static cf_task_t *s_new(const char *function, size_t function_len, const void *args,
+                        size_t args_len, bool taken, size_t backend_size)
 {
-    bool inline_args = args_len <= S_INLINE_ARGS_MAX;
+    bool inline_args = !taken && args_len <= CF_TASK_INLINE_ARGS_MAX;
     backend_size = (backend_size + 7) & ~(size_t)7;
     if (backend_size > UINT16_MAX || args_len > UINT32_MAX)
         return NULL;
@@ -36,13 +35,16 @@ cf_task_t *cf_task_new(const char *function, size_t function_len, const void *ar
     task->pub.backend_size_ = (uint16_t)backend_size;
     memset(task->data, 0, backend_size);
     task->pub.args_owned_ = !inline_args;
-    uint8_t *copy = inline_args ? task->data + backend_size : malloc(args_len ? args_len : 1);
-    if (!copy) {
-        cf_future_release(&f);
-        return NULL;
+    uint8_t *copy = (uint8_t *)args;
+    if (!taken) {
+        copy = inline_args ? task->data + backend_size : malloc(args_len ? args_len : 1);
+        if (!copy) {
+            cf_future_release(&f);
+            return NULL;
+        }
+        if (args_len)
+            memcpy(copy, args, args_len);
     }
-    if (args_len)
-        memcpy(copy, args, args_len);
     task->pub.future = f;
     task->pub.args = copy;
     task->pub.args_len = (uint32_t)args_len;
@@ -52,6 +54,22 @@ cf_task_t *cf_task_new(const char *function, size_t function_len, const void *ar
     task->pub.priority = 0;
     task->pub.wait_ms = 0;
     return &task->pub;
+}
+
+cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args, size_t args_len,
+                       size_t backend_size)
+{
+    return s_new(function, function_len, args, args_len, false, backend_size);
+}
+
+cf_task_t *cf_task_new_taking(const char *function, size_t function_len, uint8_t **args,
+                              size_t args_len, size_t backend_size)
+{
+    cf_task_t *task = s_new(function, function_len, *args, args_len, true, backend_size);
+    if (!task)
+        free(*args);
+    *args = NULL;
+    return task;
 }
 
 void *cf_task_backend(cf_task_t *task)

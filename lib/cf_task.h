@@ -44,6 +44,15 @@ static inline const char *cf_task_function(const cf_task_t *task)
 //  of it (cf_task_backend); NULL on ENOMEM. Free it with cf_task_destroy.
 cf_task_t *cf_task_new(const char *function, size_t function_len, const void *args, size_t args_len,
                        size_t backend_size);
+//  Arguments up to this size are kept inside the task's block by
+//  cf_task_new; larger ones are copied into a block of their own, which a
+//  caller holding them in a malloc'd block of its own saves by handing it
+//  over (cf_task_new_taking).
+#define CF_TASK_INLINE_ARGS_MAX 256
+//  cf_task_new adopting *args (malloc'd, args_len bytes) instead of copying
+//  them: *args is set to NULL, and freed when the task cannot be made.
+cf_task_t *cf_task_new_taking(const char *function, size_t function_len, uint8_t **args,
+                              size_t args_len, size_t backend_size);
 //  The back end's bytes of task (8-byte aligned), NULL when none were
 //  reserved. They live as long as the task's future, not the task: a back
 //  end that keeps its record there uses it only while it holds the task.

@@ -13,9 +13,27 @@
 //  A result larger than this cannot ride in a RESULT body with its
 //  envelope: it becomes an error instead.
 #define S_MAX_RESULT (CF_PROTO_MAX_FRAME - 64 * 1024)
+//  Arguments of at least S_HOLD_MIN bytes that are at least 1/S_HOLD_SHARE
+//  of their TASK body are read in the body instead of copied out: the body
+//  a task keeps alive (until it has run) is then at most S_HOLD_SHARE times
+//  its own arguments, whatever else the broker batched with them.
+#define S_HOLD_MIN   (64 * 1024)
+#define S_HOLD_SHARE 4
+
+//  Lets go of the TASK body a task's arguments are in, once read.
+static void s_release_args(cf_worker_task_t *task)
+{
+    if (task->holds_body) {
+        zmq_msg_close(&task->args_body);
+        task->holds_body = false;
+        task->args = NULL;
+        task->args_len = 0;
+    }
+}
 
 void cf_worker_exec_task_free(cf_worker_task_t *task)
 {
+    s_release_args(task);
     cf_outcome_fini(&task->outcome);
     free(task);
 }
@@ -32,9 +50,11 @@ size_t cf_worker_exec_clear(cf_queue_t *list)
     return n;
 }
 
-cf_worker_task_t *cf_worker_exec_task_new(const cf_proto_task_t *src)
+cf_worker_task_t *cf_worker_exec_task_new(cf_proto_msg_t *msg, const cf_proto_task_t *src)
 {
-    size_t size = sizeof(cf_worker_task_t) + src->function.len + 1 + src->args_len;
+    bool hold = src->args_len >= S_HOLD_MIN
+                && src->args_len * S_HOLD_SHARE >= cf_proto_msg_body_size(msg);
+    size_t size = sizeof(cf_worker_task_t) + src->function.len + 1 + (hold ? 0 : src->args_len);
     cf_worker_task_t *task = malloc(size);
     if (!task)
         return NULL;
@@ -49,10 +69,20 @@ cf_worker_task_t *cf_worker_exec_task_new(const cf_proto_task_t *src)
     task->function = p;
     task->function_len = src->function.len;
     p += src->function.len + 1;
+    task->args_len = src->args_len;
+    if (hold) {
+        task->args = src->args;
+        if (cf_proto_msg_hold(msg, &task->args_body, &task->args) != CF_OK) {
+            zmq_msg_close(&task->args_body);
+            free(task);
+            return NULL;
+        }
+        task->holds_body = true;
+        return task;
+    }
     if (src->args_len)
         memcpy(p, src->args, src->args_len);
     task->args = (const uint8_t *)p;
-    task->args_len = src->args_len;
     return task;
 }
 
@@ -114,6 +144,8 @@ void *cf_worker_exec_main(void *arg)
             atomic_store_explicit(running_id, task->id, memory_order_seq_cst);
         cf_worker_progress_run_t report = { .set = w->progress[task->link], .id = task->id };
         s_execute(task, &report);
+        //  Read: the body is not kept while the result waits to be sent.
+        s_release_args(task);
         //  Before its result is queued: the last report goes first.
         cf_worker_progress_end(&report);
         if (running_id)

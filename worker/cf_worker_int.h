@@ -107,8 +107,10 @@ typedef struct cf_worker_task {
     unsigned link;                 //  the broker it came from (index in w->endpoints)
     const char *function;          //  NUL-terminated, in data
     size_t function_len;
-    const uint8_t *args;    //  in data
+    const uint8_t *args;    //  in data, or in args_body
     size_t args_len;
+    bool holds_body;         //  args are in args_body, the TASK body they came in
+    zmq_msg_t args_body;     //  holds_body: a reference to it (cf_proto_msg_hold)
     cf_outcome_t outcome;    //  once run
     int64_t run_us;          //  how long it ran
     bool out_of_memory;      //  cf_registry_run could not produce an outcome
@@ -291,9 +293,10 @@ static inline cf_worker_task_t *cf_worker_next(const cf_queue_t *list, cf_worker
 void cf_worker_exec_task_free(cf_worker_task_t *task);
 //  Frees every task of list; returns how many.
 size_t cf_worker_exec_clear(cf_queue_t *list);
-//  A task record of a TASK item (its function and arguments copied into
-//  it); NULL when out of memory.
-cf_worker_task_t *cf_worker_exec_task_new(const cf_proto_task_t *src);
+//  A task record of a TASK item of msg (its function copied into it, and
+//  its arguments, unless large enough to be read in msg's body, which the
+//  record then keeps until the task has run); NULL when out of memory.
+cf_worker_task_t *cf_worker_exec_task_new(cf_proto_msg_t *msg, const cf_proto_task_t *src);
 //  An execution thread (arg is the worker): runs queued tasks until the
 //  worker stops and nothing is queued.
 void *cf_worker_exec_main(void *arg);

@@ -201,7 +201,7 @@ static void s_count_held(cf_worker_actor_t *a)
         w->max_held = held;
 }
 
-static void s_take_tasks(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
+static void s_take_tasks(cf_worker_actor_t *a, cf_proto_msg_t *msg)
 {
     cf_worker_t *w = a->w;
     size_t queued = 0;
@@ -218,7 +218,7 @@ static void s_take_tasks(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
         if (granted
             && cf_queue_size(&w->queue)
                    < (size_t)w->threads + CF_WORKER_PREFETCH_MAX + S_QUEUE_SLACK)
-            task = cf_worker_exec_task_new(src);
+            task = cf_worker_exec_task_new(msg, src);
         if (!task) {
             pthread_mutex_unlock(&w->lock);
             cf_worker_send_hand_back(a, src->id);
@@ -322,7 +322,7 @@ static void s_on_slots(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
     a->wanted = msg->credit;
 }
 
-static void s_on_message(cf_worker_actor_t *a, const cf_proto_msg_t *msg)
+static void s_on_message(cf_worker_actor_t *a, cf_proto_msg_t *msg)
 {
     switch (msg->type) {
     case CF_MSG_HEARTBEAT:

@@ -59,6 +59,18 @@ CF_TASK(w_fail);
 //  argument.
 CF_TASK_NAMED("w_gate", cf_unitkit_gate_task);
 
+//  The sum of the bytes of its bytes argument.
+static void w_sum(cf_call_t *call)
+{
+    size_t len = 0;
+    const uint8_t *data = cf_arg_bytes(call, 0, &len);
+    int64_t sum = 0;
+    for (size_t i = 0; i < len; i++)
+        sum += data[i];
+    cf_return_int(call, sum);
+}
+CF_TASK(w_sum);
+
 //  Sleeps its argument in milliseconds: a long task.
 static void w_nap(cf_call_t *call)
 {
@@ -871,6 +883,122 @@ static const s_result_t *s_result_of(const s_result_t *results, size_t n, uint64
     return NULL;
 }
 
+//  A w_sum task of test_large_arguments...: len bytes of (id + i * 7) & 0xff.
+typedef struct {
+    uint64_t id;
+    size_t len;
+} s_sum_task_t;
+
+static int64_t s_sum_args(uint8_t *buffer, const s_sum_task_t *t)
+{
+    int64_t sum = 0;
+    for (size_t i = 0; i < t->len; i++) {
+        buffer[i] = (uint8_t)(t->id + i * 7);
+        sum += buffer[i];
+    }
+    return sum;
+}
+
+//  The next RESULT, whatever comes before it (READY and CREDIT when a
+//  stall gave tasks back).
+static cf_proto_msg_t *s_next_results(cf_fakebroker_t *b)
+{
+    while (true) {
+        cf_proto_msg_t *msg = cf_fakebroker_recv(b, S_WAIT_MS);
+        assert_non_null(msg);
+        if (msg->type == CF_MSG_RESULT)
+            return msg;
+        cf_proto_msg_destroy(&msg);
+    }
+}
+
+static void s_add_sum_task(cf_fakebroker_t *b, uint8_t *buffer, const s_sum_task_t *t)
+{
+    s_sum_args(buffer, t);
+    cf_fakebroker_add_task(b, t->id, "w_sum", "y", buffer, t->len);
+}
+
+//  Large arguments are read where they came (the TASK body, kept while
+//  the task waits and runs) or copied when the body holds much else:
+//  either way the task reads them whole. A task that goes back unrun lets
+//  go of the body it kept (ASan's leak check).
+static void test_large_arguments_are_read_whole_from_their_body_or_a_copy(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    enum { BIG = 200 * 1024, MID = 64 * 1024, N = 8 };
+    uint8_t *buffer = malloc(BIG);
+    assert_non_null(buffer);
+    cf_worker_t *w = s_start_worker(b, 1, 0, 0);
+    s_expect_ready(b);
+    //  Bodies: 1 alone (kept); 2 with small ones around (most of its body:
+    //  kept); 3 with three bigger ones (a small share: copied), which are
+    //  themselves a quarter of their body or less.
+    const s_sum_task_t tasks[N] = { { 1, BIG }, { 2, MID }, { 3, MID }, { 4, BIG },
+                                    { 5, BIG }, { 6, BIG }, { 7, 0 },   { 8, 100 } };
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    s_add_sum_task(b, buffer, &tasks[0]);
+    cf_fakebroker_send(b);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    s_add_sum_task(b, buffer, &tasks[6]);
+    s_add_sum_task(b, buffer, &tasks[1]);
+    s_add_sum_task(b, buffer, &tasks[7]);
+    cf_fakebroker_send(b);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    for (size_t i = 2; i < 6; i++)
+        s_add_sum_task(b, buffer, &tasks[i]);
+    cf_fakebroker_send(b);
+    bool done[N + 1] = { false };
+    for (size_t left = N; left > 0;) {
+        cf_proto_msg_t *msg = s_next_results(b);
+        for (size_t i = 0; i < msg->count; i++) {
+            const cf_proto_result_t *r = &msg->results[i];
+            assert_true(r->id >= 1 && r->id <= N);
+            const s_sum_task_t *t = &tasks[r->id - 1];
+            if (r->status == CF_STATUS_BUSY) {    //  a stall gave it back: again
+                cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+                s_add_sum_task(b, buffer, t);
+                cf_fakebroker_send(b);
+                continue;
+            }
+            assert_int_equal(r->status, CF_STATUS_OK);
+            assert_false(done[r->id]);
+            done[r->id] = true;
+            cf_mp_reader_t reader;
+            cf_mp_reader_init(&reader, r->value, r->value_len);
+            int64_t sum = -1;
+            assert_int_equal(cf_mp_read_int(&reader, &sum), CF_OK);
+            assert_int_equal(sum, s_sum_args(buffer, t));
+            left--;
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+    //  Kept, then dropped unrun from behind a blocked thread: stopped, or
+    //  given back if the worker finds the thread stalled first.
+    cf_unitkit_gate_close();
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(b, 20, "w_gate", "i", 7);
+    cf_fakebroker_send(b);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    s_add_sum_task(b, buffer, &(s_sum_task_t){ 21, BIG });
+    cf_fakebroker_send(b);
+    s_send_stop(b, &(cf_proto_stop_t){ 21, 0 }, 1);
+    cf_proto_msg_t *back = s_next_results(b);
+    assert_int_equal(back->count, 1);
+    assert_int_equal(back->results[0].id, 21);
+    assert_true(back->results[0].status == CF_STATUS_CANCELLED
+                || back->results[0].status == CF_STATUS_BUSY);
+    cf_proto_msg_destroy(&back);
+    cf_unitkit_gate_open();
+    cf_proto_msg_t *gated = s_next_results(b);
+    assert_int_equal(gated->count, 1);
+    assert_int_equal(gated->results[0].id, 20);
+    assert_int_equal(gated->results[0].status, CF_STATUS_OK);
+    cf_proto_msg_destroy(&gated);
+    free(buffer);
+    cf_worker_destroy(&w);
+}
+
 static void test_ready_says_stop_and_stop_cancels_queued_and_asks_running(void **state)
 {
     cf_fakebroker_t *b = *state;
@@ -1370,6 +1498,7 @@ int main(void)
         S_TEST(test_long_tasks_hand_prefetched_ones_back),
         S_TEST(test_tasks_queued_behind_a_stalled_thread_go_back),
         S_TEST(test_ready_says_stop_and_stop_cancels_queued_and_asks_running),
+        S_TEST(test_large_arguments_are_read_whole_from_their_body_or_a_copy),
         S_TEST(test_a_process_worker_ends_a_task_that_overruns_its_grace),
         S_TEST(test_a_process_worker_keeps_a_task_that_stops_in_time),
         CF_FAKEBROKER_TEST(test_progress_is_rate_limited_in_order_and_last_before_the_result),
