@@ -114,6 +114,17 @@ static void s_start_broker(s_env_t *env, const char *client_ep, const char *work
              cf_broker_worker_endpoint(env->broker));
 }
 
+//  The broker goes away with what it held and a new one takes its
+//  endpoints.
+static void s_restart_broker(s_env_t *env)
+{
+    char client_ep[128], worker_ep[128];
+    snprintf(client_ep, sizeof client_ep, "%s", env->client_endpoint);
+    snprintf(worker_ep, sizeof worker_ep, "%s", env->worker_endpoint);
+    cf_broker_destroy(&env->broker);
+    s_start_broker(env, client_ep, worker_ep, 0);
+}
+
 static void s_start_worker(s_env_t *env, int threads)
 {
     env->worker = cf_worker_new(&(cf_worker_config_t){
@@ -348,11 +359,7 @@ static void test_broker_restart_resends_pending_tasks(void **state)
     //  One runs on the worker, the others wait in the broker, which now
     //  goes away with them.
     s_expect_one_at_gate();
-    char client_ep[128], worker_ep[128];
-    snprintf(client_ep, sizeof client_ep, "%s", env.client_endpoint);
-    snprintf(worker_ep, sizeof worker_ep, "%s", env.worker_endpoint);
-    cf_broker_destroy(&env.broker);
-    s_start_broker(&env, client_ep, worker_ep, 0);
+    s_restart_broker(&env);
     cf_unitkit_gate_open();
     for (int i = 0; i < N; i++) {
         assert_int_equal(s_int_result(fs[i]), i);
@@ -410,11 +417,7 @@ static void test_broker_restart_resends_large_arguments_whole(void **state)
     assert_non_null(f);
     memset(buffer, 0, S_LARGE_ARGS);
     s_expect_one_at_gate();
-    char client_ep[128], worker_ep[128];
-    snprintf(client_ep, sizeof client_ep, "%s", env.client_endpoint);
-    snprintf(worker_ep, sizeof worker_ep, "%s", env.worker_endpoint);
-    cf_broker_destroy(&env.broker);
-    s_start_broker(&env, client_ep, worker_ep, 0);
+    s_restart_broker(&env);
     cf_unitkit_gate_open();
     for (size_t i = 0; i < 5; i++) {
         const cf_value_t *value = NULL;
