@@ -58,6 +58,9 @@ cf_future_state_t cf_future_state(cf_future_t *f);
 //  the hot path): the first reader decodes them, and malformed bytes turn
 //  into a ProtocolError seen by cf_future_result and cf_future_error (the
 //  state stays FINISHED).
+//  Futures of the process not final yet (what decides whether a waiter
+//  spins; for tests).
+long cf_future_pending_count(void);
 bool cf_future_set_running(cf_future_t *f);
 bool cf_future_set_result(cf_future_t *f, const void *value, size_t len);
 //  Takes value (malloc'd) instead of copying it; frees it when not taken.

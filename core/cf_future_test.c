@@ -43,6 +43,42 @@ static void test_new_future_is_pending_and_named(void **state)
     cf_future_release(&f);
 }
 
+//  The count of futures not final yet (a waiter spins only when its own is
+//  the only one) comes back to where it was however they end, from
+//  whichever thread: a result, an error, a cancel, or a release unfinished.
+static void *s_finish_in_thread(void *arg)
+{
+    cf_future_set_error(arg, "E", "from another thread", "", 0);
+    return NULL;
+}
+
+static void test_pending_futures_are_counted_however_they_end(void **state)
+{
+    (void)state;
+    long base = cf_future_pending_count();
+    cf_future_t *fs[4];
+    for (int i = 0; i < 4; i++) {
+        fs[i] = cf_future_new("count", 5);
+        assert_non_null(fs[i]);
+    }
+    assert_int_equal(cf_future_pending_count(), base + 4);
+    assert_true(cf_future_set_running(fs[0]));
+    assert_true(cf_future_set_result(fs[0], "\x01", 1));
+    assert_false(cf_future_set_result(fs[0], "\x02", 1));    //  no second count
+    assert_int_equal(cf_future_pending_count(), base + 3);
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, s_finish_in_thread, fs[1]), 0);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    assert_int_equal(cf_future_pending_count(), base + 2);
+    assert_true(cf_future_set_cancelled(fs[2]));
+    assert_int_equal(cf_future_pending_count(), base + 1);
+    cf_future_release(&fs[3]);    //  never completed
+    assert_int_equal(cf_future_pending_count(), base);
+    for (int i = 0; i < 3; i++)
+        cf_future_release(&fs[i]);
+    assert_int_equal(cf_future_pending_count(), base);
+}
+
 static void test_result_is_decoded_and_later_transitions_lose(void **state)
 {
     (void)state;
@@ -903,6 +939,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_new_future_is_pending_and_named),
         cmocka_unit_test(test_spinning_waits_keep_timeouts_and_results),
+        cmocka_unit_test(test_pending_futures_are_counted_however_they_end),
         cmocka_unit_test(test_result_is_decoded_and_later_transitions_lose),
         cmocka_unit_test(test_take_result_frees_what_it_does_not_take),
         cmocka_unit_test(test_a_bin_result_is_read_in_place),

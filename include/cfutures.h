@@ -312,8 +312,10 @@ cf_err_t cf_future_wait(cf_future_t *f, int timeout_ms);
 //  How long, at most, a thread waiting in cf_future_wait spins (yielding
 //  the CPU to anything else runnable) before it sleeps, in microseconds,
 //  for the whole process. A thread spins only while its recent waits were
-//  shorter than this, for about twice their mean, and one thread of the
-//  process spins at a time: one-at-a-time round trips to worker processes
+//  shorter than this, for about twice their mean, only while the future it
+//  waits for is the only one of the process not done yet (a consumer of
+//  many leaves the CPU to the parts that bring them), and one thread of
+//  the process spins at a time: one-at-a-time round trips to worker processes
 //  or a broker get their result without paying a sleeping CPU's wake-up
 //  (about 100 us in a VM), while threads that wait for long tasks never
 //  spin. Default 500, or CF_WAIT_SPIN_US from the environment; 0 on a
