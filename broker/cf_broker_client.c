@@ -406,7 +406,9 @@ static bool s_flush_progress(cf_broker_state_t *self, cf_broker_client_t *client
 static bool s_gathering(cf_broker_state_t *self, const cf_broker_client_t *client)
 {
     //  Only RESULTs are held: STARTED and progress have their own timing.
-    if (!client->queued || client->out_count >= CF_BROKER_GATHER_ITEMS
+    //  A stopping broker sends what it has: a result it held would make
+    //  the client run the task again elsewhere.
+    if (self->terminated || !client->queued || client->out_count >= CF_BROKER_GATHER_ITEMS
         || client->out_bytes >= CF_BROKER_GATHER_BYTES || client->started_count
         || cf_broker_progress_unsent(client)
         || cf_clock_now_us() - client->out_since_us >= CF_BROKER_GATHER_US)

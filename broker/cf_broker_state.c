@@ -181,6 +181,12 @@ void cf_broker_state_destroy(cf_broker_state_t **self_p)
         return;
     cf_broker_state_t *self = *self_p;
     *self_p = NULL;
+    //  Results still in outboxes (a gather, a full pipe) go first: each
+    //  one lost would be run again by its client.
+    if (self->enc && self->clients_sock) {
+        self->terminated = true;
+        cf_broker_client_flush_all(self);
+    }
     //  Say goodbye so peers need not wait for heartbeats to notice.
     cf_queue_node_t *node;
     for (node = cf_queue_front(&self->workers); node; node = cf_queue_next(&self->workers, node)) {
