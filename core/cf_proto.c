@@ -1217,78 +1217,51 @@ done:;
     return rc;
 }
 
-//  Big-endian integers and headers for the bodies built around a payload
-//  (cf_proto_result_ok_head, cf_proto_task_body): what the msgpack-c
-//  packer writes, with an id always as fixint or uint64.
-static size_t s_put_be(uint8_t *at, uint64_t v, int bytes)
-{
-    for (int i = 0; i < bytes; i++)
-        at[i] = (uint8_t)(v >> (8 * (bytes - 1 - i)));
-    return (size_t)bytes;
-}
+//  The bodies built around a payload (cf_proto_result_ok_head,
+//  cf_proto_task_body) are packed by msgpack-c straight into the caller's
+//  buffer, which the caller sized with the _MAX bounds.
+typedef struct {
+    uint8_t *at;
+    size_t n;
+} s_sink_t;
 
-static size_t s_put_id(uint8_t *at, uint64_t id)
+static int s_sink_write(void *data, const char *buf, size_t len)
 {
-    if (id < 128) {
-        at[0] = (uint8_t)id;
-        return 1;
-    }
-    at[0] = 0xcf;
-    return 1 + s_put_be(at + 1, id, 8);
-}
-
-static size_t s_put_bin_head(uint8_t *at, size_t len)
-{
-    if (len < 256) {
-        at[0] = 0xc4;
-        return 1 + s_put_be(at + 1, len, 1);
-    }
-    if (len < 65536) {
-        at[0] = 0xc5;
-        return 1 + s_put_be(at + 1, len, 2);
-    }
-    at[0] = 0xc6;
-    return 1 + s_put_be(at + 1, len, 4);
-}
-
-//  The batch's array32 of one item, then the item's array of n.
-static size_t s_put_one_item(uint8_t *at, unsigned n)
-{
-    at[0] = 0xdd;
-    s_put_be(at + 1, 1, 4);
-    at[5] = (uint8_t)(0x90 | n);
-    return 6;
+    s_sink_t *sink = data;
+    if (len)
+        memcpy(sink->at + sink->n, buf, len);
+    sink->n += len;
+    return 0;
 }
 
 size_t cf_proto_result_ok_head(uint8_t *head, uint64_t id, size_t value_len)
 {
     assert(head && value_len <= CF_PROTO_MAX_FRAME);
-    size_t n = s_put_one_item(head, 3);
-    n += s_put_id(head + n, id);
-    head[n++] = CF_STATUS_OK;
-    return n + s_put_bin_head(head + n, value_len);
+    s_sink_t sink = { head, 0 };
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sink, s_sink_write);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_uint64(&pk, id);
+    msgpack_pack_uint8(&pk, CF_STATUS_OK);
+    msgpack_pack_bin(&pk, value_len);
+    return sink.n;
 }
 
 size_t cf_proto_task_body(uint8_t *body, uint64_t id, const char *function, size_t function_len,
                           const void *args, size_t args_len, uint32_t timeout_ms)
 {
     assert(body && function && function_len <= CF_PROTO_MAX_NAME && args_len <= CF_PROTO_MAX_FRAME);
-    size_t n = s_put_one_item(body, 4);
-    n += s_put_id(body + n, id);
-    if (function_len < 32)
-        body[n++] = (uint8_t)(0xa0 | function_len);
-    else {
-        body[n++] = 0xd9;
-        body[n++] = (uint8_t)function_len;
-    }
-    memcpy(body + n, function, function_len);
-    n += function_len;
-    n += s_put_bin_head(body + n, args_len);
-    if (args_len)
-        memcpy(body + n, args, args_len);
-    n += args_len;
-    body[n++] = 0xce;
-    return n + s_put_be(body + n, timeout_ms, 4);
+    s_sink_t sink = { body, 0 };
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sink, s_sink_write);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint64(&pk, id);
+    msgpack_pack_str_with_body(&pk, function, function_len);
+    msgpack_pack_bin_with_body(&pk, args, args_len);
+    msgpack_pack_uint32(&pk, timeout_ms);
+    return sink.n;
 }
 
 //  What cf_proto_send_body gives ZeroMQ to free a body: the caller's
