@@ -1501,6 +1501,20 @@ static void s_count_free(void *body, void *hint)
     atomic_fetch_add(&s_freed, 1);
 }
 
+//  Sends a built one-item body of type from the router to the dealer and
+//  returns the message the dealer reads.
+static cf_proto_msg_t *s_send_built(s_pair_t *p, cf_msg_type_t type, uint8_t *body, size_t size)
+{
+    assert_int_equal(
+        cf_proto_send_body(p->router, "peer-1", 6, type, body, size, s_count_free, body), CF_OK);
+    s_wait_readable(p->dealer);
+    cf_proto_msg_t *msg = NULL;
+    assert_int_equal(cf_proto_recv(p->dealer, false, NULL, &msg), CF_OK);
+    assert_int_equal(msg->type, type);
+    assert_int_equal(msg->count, 1);
+    return msg;
+}
+
 //  A one-item RESULT built around a value reads as the encoder's would,
 //  ids of every width; the body is ZeroMQ's after a send, and still the
 //  caller's after a failed one.
@@ -1526,14 +1540,7 @@ static void test_a_built_result_body_round_trips_and_is_freed_once_sent(void **s
                                                 n + sizes[j], s_count_free, body),
                              CF_ENOTFOUND);
             assert_int_equal(atomic_load(&s_freed), freed);
-            assert_int_equal(cf_proto_send_body(p.router, "peer-1", 6, CF_MSG_RESULT, body,
-                                                n + sizes[j], s_count_free, body),
-                             CF_OK);
-            s_wait_readable(p.dealer);
-            cf_proto_msg_t *msg = NULL;
-            assert_int_equal(cf_proto_recv(p.dealer, false, NULL, &msg), CF_OK);
-            assert_int_equal(msg->type, CF_MSG_RESULT);
-            assert_int_equal(msg->count, 1);
+            cf_proto_msg_t *msg = s_send_built(&p, CF_MSG_RESULT, body, n + sizes[j]);
             assert_true(msg->results[0].id == ids[i]);
             assert_int_equal(msg->results[0].status, CF_STATUS_OK);
             assert_int_equal(msg->results[0].value_len, sizes[j]);
@@ -1573,14 +1580,7 @@ static void test_a_built_task_body_reads_as_an_encoded_one(void **state)
                 size_t n = cf_proto_task_body(body, ids[i], names[j], fn_len, args, sizes[k],
                                               timeout);
                 assert_true(n <= CF_PROTO_TASK_BODY_MAX(fn_len, sizes[k]));
-                assert_int_equal(cf_proto_send_body(p.router, "peer-1", 6, CF_MSG_TASK, body, n,
-                                                    s_count_free, body),
-                                 CF_OK);
-                s_wait_readable(p.dealer);
-                cf_proto_msg_t *msg = NULL;
-                assert_int_equal(cf_proto_recv(p.dealer, false, NULL, &msg), CF_OK);
-                assert_int_equal(msg->type, CF_MSG_TASK);
-                assert_int_equal(msg->count, 1);
+                cf_proto_msg_t *msg = s_send_built(&p, CF_MSG_TASK, body, n);
                 const cf_proto_task_t *t = &msg->tasks[0];
                 assert_true(t->id == ids[i]);
                 assert_true(cf_proto_str_eq(t->function, names[j]));
