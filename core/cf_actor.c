@@ -291,6 +291,20 @@ void cf_actor_leave(cf_actor_t *self, bool wake)
         s_signal(self);
 }
 
+void cf_actor_step_out(cf_actor_t *self)
+{
+    assert(s_current == self);
+    s_current = NULL;
+    pthread_mutex_unlock(&self->io);
+}
+
+void cf_actor_step_in(cf_actor_t *self)
+{
+    assert(!s_current);
+    pthread_mutex_lock(&self->io);
+    s_current = self;
+}
+
 int cf_actor_sleep(cf_actor_t *self, struct pollfd *fds, int count, int timeout_ms, bool *woken)
 {
     assert(count >= 0 && count <= S_SLEEP_FDS_MAX);

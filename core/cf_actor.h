@@ -115,6 +115,14 @@ bool cf_actor_term_received(cf_actor_t *self);
 //  From now until cf_actor_serve(actor, NULL), other threads may act for
 //  the actor with state while it sleeps (see the header's note).
 void cf_actor_serve(cf_actor_t *self, void *state);
+//  Steps out of the actor while its thread does something long that uses
+//  none of its state or sockets (the worker running a short task where it
+//  was received): io is released, as in cf_actor_sleep, so other threads
+//  may act for it meanwhile, and the thread is no actor's (cf_actor_current
+//  is NULL: what it runs may wait for actors) until cf_actor_step_in takes
+//  io back.
+void cf_actor_step_out(cf_actor_t *self);
+void cf_actor_step_in(cf_actor_t *self);
 //  Releases io, polls fds[0..count-1] and the pipe for at most timeout_ms
 //  (-1: no limit), takes io again and clears the wake-up signal. Returns
 //  poll()'s count (a signal interrupting it counts as 0 ready) or -1 with

@@ -45,10 +45,14 @@ static void s_join_executors(cf_worker_t *w)
     w->stopping = true;
     cf_worker_exec_clear(&w->queue);
     pthread_cond_broadcast(&w->work);
+    pthread_cond_signal(&w->watch_cond);
     pthread_mutex_unlock(&w->lock);
     for (int i = 0; i < w->executors_started; i++)
         pthread_join(w->executors[i], NULL);
     w->executors_started = 0;
+    if (w->watch_started)
+        pthread_join(w->watch, NULL);
+    w->watch_started = false;
 }
 
 //  Frees a worker whose actor ended, or a half-built one (cf_worker_new's
@@ -69,6 +73,7 @@ static void s_free(cf_worker_t *w)
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->work);
     pthread_cond_destroy(&w->state);
+    pthread_cond_destroy(&w->watch_cond);
     free(w->executors);
     free(w);
 }
@@ -131,6 +136,7 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->work, NULL);
     cf_clock_cond_init(&w->state);
+    cf_clock_cond_init(&w->watch_cond);
 
     if (s_endpoints(w, config) != CF_OK)
         goto failed;
@@ -169,6 +175,14 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
     w->announce_functions = config->announce_functions;
     w->stop_kills_process = config->stop_kills_process;
     w->pid = (int)getpid();
+    //  Not where a task's thread matters: an initializer prepared the
+    //  executors' threads only; a process's supervisor reads the running
+    //  task from the executors' slots, and a stop that kills the process
+    //  needs the actor free to end it.
+    w->inline_allowed = !config->no_inline && w->endpoint_count == 1 && !w->initializer
+                        && !w->running_ids && !w->stop_kills_process;
+    w->inline_max_us = config->inline_max_us > 0 ? config->inline_max_us : CF_WORKER_INLINE_MAX_US;
+    w->inline_budget_us = CF_WORKER_INLINE_BUDGET * w->inline_max_us;
 
     w->ctx = config->zmq_context;
     if (!w->ctx) {
@@ -189,6 +203,14 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
             goto failed;
         }
         w->executors_started++;
+    }
+    if (w->inline_allowed) {
+        int rc = pthread_create(&w->watch, NULL, cf_worker_exec_watch, w);
+        if (rc != 0) {
+            cf_error_set(CF_ESYS, "worker: cannot start its watch thread: %s", strerror(rc));
+            goto failed;
+        }
+        w->watch_started = true;
     }
     //  The actor sets w->actor itself (see the struct).
     if (!cf_actor_new("cf-worker", cf_worker_actor_main, w))

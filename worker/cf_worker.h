@@ -86,6 +86,14 @@ typedef struct {
     //  allowance; within it the worker prefetches by measured run time, as
     //  with one broker). 0: threads; < 0: none.
     int shared_prefetch;
+    //  true: every task runs on an execution thread. false (default): when
+    //  the tasks are short (a mean of at most inline_max_us) and no
+    //  execution thread is busy, the actor's thread runs the ones it just
+    //  read, saving two thread hand-offs per task (docs/architecture.md,
+    //  "Short tasks run where they arrive"). Never with several brokers, an
+    //  initializer, running_ids or stop_kills_process.
+    bool no_inline;
+    int inline_max_us;    //  0: 50
 } cf_worker_config_t;
 
 //  What a worker held and took, for tests and the exit line of cf-worker.

@@ -395,6 +395,24 @@ static void s_link_turn(cf_worker_actor_t *a, size_t busy)
     }
 }
 
+void cf_worker_actor_tend(cf_worker_t *w)
+{
+    cf_worker_actor_t *a = cf_actor_enter(w->actor);
+    if (!a)
+        return;
+    if (!a->done) {
+        int events = cf_proto_events(a->sock);
+        if (events & ZMQ_POLLOUT)
+            a->blocked = false;
+        if (events & ZMQ_POLLIN)
+            cf_worker_recv_read(a);
+    }
+    if (!a->done)
+        s_link_turn(a, cf_worker_actor_collect(a));
+    //  Woken, it sees what was decided here (done, a fresh socket) at once.
+    cf_actor_leave(w->actor, true);
+}
+
 //  The worker is over: executors stop, and whoever waits hears why.
 static void s_ended(cf_worker_t *w, cf_err_t end_reason)
 {
@@ -426,9 +444,10 @@ static void s_main_one(cf_worker_t *w, cf_actor_t *pipe)
                 w->threads);
     cf_actor_ready(pipe, CF_OK, NULL);
 
+    bool more = false;    //  short tasks due to run here (cf_worker_exec_inline)
     while (!a->done) {
         int events = cf_proto_events(a->sock);
-        bool ready = (events & ZMQ_POLLIN) || (a->blocked && (events & ZMQ_POLLOUT));
+        bool ready = (events & ZMQ_POLLIN) || (a->blocked && (events & ZMQ_POLLOUT)) || more;
         int timeout = ready ? 0 : s_poll_timeout(a, cf_clock_now_ms());
         struct pollfd fds[1] = { { a->sock_fd, POLLIN, 0 } };
         bool woken = false;
@@ -446,6 +465,9 @@ static void s_main_one(cf_worker_t *w, cf_actor_t *pipe)
             a->blocked = false;
         if (events & ZMQ_POLLIN)
             cf_worker_recv_read(a);
+        if (a->done)
+            break;
+        more = cf_worker_exec_inline(a);
         if (a->done)
             break;
         s_link_turn(a, cf_worker_actor_collect(a));
@@ -555,6 +577,7 @@ void cf_worker_actor_main(cf_actor_t *pipe, void *arg)
 {
     cf_worker_t *w = arg;
     w->actor = pipe;
+    w->actor_thread = pthread_self();
     if (w->endpoint_count > 1)
         s_main_shared(w, pipe);
     else

@@ -115,6 +115,49 @@ static void s_execute(cf_worker_task_t *task, cf_worker_progress_run_t *report)
     }
 }
 
+//  A task taken from the queue begins: from here a CANCEL cannot find it
+//  there. No wakeup: the actor looks at begun within
+//  CF_WORKER_BEGUN_HOLD_MS. Under lock.
+static void s_begin(cf_worker_t *w, cf_worker_task_t *task, int64_t now_us)
+{
+    w->running++;
+    w->progress_us = now_us;
+    cf_queue_push_back(&w->begun, &task->begun_node);
+    cf_queue_push_back(&w->runs, &task->run_node);
+}
+
+//  Runs a begun task, unlocked.
+static void s_run(cf_worker_t *w, cf_worker_task_t *task, _Atomic uint64_t *running_id)
+{
+    //  Stored before the function runs: if it kills the process, the
+    //  supervisor reads who did.
+    if (running_id)
+        atomic_store_explicit(running_id, task->id, memory_order_seq_cst);
+    cf_worker_progress_run_t report = { .set = w->progress[task->link], .id = task->id };
+    s_execute(task, &report);
+    //  Read: the body is not kept while the result waits to be sent.
+    s_release_args(task);
+    //  Before its result is queued: the last report goes first.
+    cf_worker_progress_end(&report);
+    if (running_id)
+        atomic_store_explicit(running_id, 0, memory_order_release);
+}
+
+//  A run task's outcome goes to the outbox; true when that was empty.
+//  Under lock.
+static bool s_finish(cf_worker_t *w, cf_worker_task_t *task, int64_t now_us)
+{
+    //  Its RESULT says it began: no STARTED needed any more.
+    if (cf_queue_linked(&task->begun_node))
+        cf_queue_remove(&w->begun, &task->begun_node);
+    cf_queue_remove(&w->runs, &task->run_node);
+    w->progress_us = now_us;
+    w->running--;
+    bool was_empty = cf_queue_empty(&w->outbox);
+    cf_queue_push_back(&w->outbox, &task->node);
+    return was_empty;
+}
+
 void *cf_worker_exec_main(void *arg)
 {
     cf_worker_t *w = arg;
@@ -129,39 +172,14 @@ void *cf_worker_exec_main(void *arg)
         cf_worker_task_t *task = cf_worker_pop(&w->queue);
         if (!task)
             break;    //  stopping, nothing queued
-        w->running++;
         int64_t start_us = cf_clock_now_us();
-        w->progress_us = start_us;
-        //  From here a CANCEL cannot find it in the queue: it has begun.
-        //  No wakeup: the actor looks at begun within CF_WORKER_BEGUN_HOLD_MS.
-        cf_queue_push_back(&w->begun, &task->begun_node);
-        cf_queue_push_back(&w->runs, &task->run_node);
+        s_begin(w, task, start_us);
         pthread_mutex_unlock(&w->lock);
-
-        //  Stored before the function runs: if it kills the process, the
-        //  supervisor reads who did.
-        if (running_id)
-            atomic_store_explicit(running_id, task->id, memory_order_seq_cst);
-        cf_worker_progress_run_t report = { .set = w->progress[task->link], .id = task->id };
-        s_execute(task, &report);
-        //  Read: the body is not kept while the result waits to be sent.
-        s_release_args(task);
-        //  Before its result is queued: the last report goes first.
-        cf_worker_progress_end(&report);
-        if (running_id)
-            atomic_store_explicit(running_id, 0, memory_order_release);
+        s_run(w, task, running_id);
         int64_t end_us = cf_clock_now_us();
         task->run_us = end_us - start_us;
-
         pthread_mutex_lock(&w->lock);
-        //  Its RESULT says it began: no STARTED needed any more.
-        if (cf_queue_linked(&task->begun_node))
-            cf_queue_remove(&w->begun, &task->begun_node);
-        cf_queue_remove(&w->runs, &task->run_node);
-        w->progress_us = end_us;
-        w->running--;
-        bool was_empty = cf_queue_empty(&w->outbox);
-        cf_queue_push_back(&w->outbox, &task->node);
+        bool was_empty = s_finish(w, task, end_us);
         //  Sent from here only when nothing else runs or waits: under load
         //  the woken actor batches the results that came meanwhile (one by
         //  one from here cost 2.5x the throughput).
@@ -175,6 +193,126 @@ void *cf_worker_exec_main(void *arg)
         }
         else if (was_empty)
             cf_actor_wake(w->actor);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+// ---------------------------------------------------------------------------
+//  Short tasks in the actor
+//
+//  A task of a microsecond handed to an executor costs a wake-up of the
+//  executor and one of the actor for its result, each a context switch
+//  (about 10 us of CPU on the 2-core VM measured), and four threads (actor,
+//  I/O, two executors) contending for two cores. When the worker's tasks
+//  are short (mean at most inline_max_us, 50 by default) and no executor is
+//  busy, the actor runs the tasks it just read itself, between reading and
+//  sending, as the raw relay's worker does: no hand-off at all. It steps
+//  out of the actor while it does (cf_actor_step_out), so an executor's
+//  result can still be sent by that executor. Two things keep the actor's
+//  other duties when a "short" task turns out long: the burst ends after
+//  inline_budget_us and wakes the executors for the rest, and the
+//  watch thread, ticking every CF_WORKER_STALL_MS while the actor runs
+//  tasks, hands the queue to the executors and does the actor's turns
+//  (reading, heartbeats, results) once one task outran that.
+
+//  Tasks run in one go before the actor sends their results.
+#define S_INLINE_BATCH 32
+
+bool cf_worker_exec_inline_wanted(cf_worker_actor_t *a)
+{
+    cf_worker_t *w = a->w;
+    return w->inline_allowed && !a->budget && a->mean_run_us >= 0
+           && a->mean_run_us <= (double)w->inline_max_us && w->running == 0 && !w->inline_stuck
+           && pthread_equal(pthread_self(), w->actor_thread);
+}
+
+bool cf_worker_exec_inline(cf_worker_actor_t *a)
+{
+    cf_worker_t *w = a->w;
+    pthread_mutex_lock(&w->lock);
+    if (!w->inline_due) {
+        pthread_mutex_unlock(&w->lock);
+        return false;
+    }
+    w->inline_due = false;
+    //  More work queued than one go takes: it is worth the executors'
+    //  wake-ups, and they run it in parallel.
+    if ((double)cf_queue_size(&w->queue) * a->mean_run_us > (double)w->inline_budget_us) {
+        pthread_cond_broadcast(&w->work);
+        pthread_mutex_unlock(&w->lock);
+        return false;
+    }
+    int64_t now_us = cf_clock_now_us();
+    int64_t end_by = now_us + w->inline_budget_us;
+    w->inline_last_us = now_us;
+    if (w->watch_resting)
+        pthread_cond_signal(&w->watch_cond);
+    pthread_mutex_unlock(&w->lock);
+    cf_actor_step_out(w->actor);
+    pthread_mutex_lock(&w->lock);
+    cf_worker_task_t *task;
+    size_t ran = 0;
+    while (!w->stopping && now_us < end_by && ran < S_INLINE_BATCH
+           && (task = cf_worker_pop(&w->queue))) {
+        int64_t start_us = now_us;
+        s_begin(w, task, start_us);
+        w->inline_since_us = start_us;
+        pthread_mutex_unlock(&w->lock);
+        s_run(w, task, NULL);
+        now_us = cf_clock_now_us();
+        task->run_us = now_us - start_us;
+        pthread_mutex_lock(&w->lock);
+        s_finish(w, task, now_us);
+        ran++;
+    }
+    w->inline_since_us = 0;
+    w->inline_last_us = now_us;
+    if (!cf_queue_empty(&w->queue)) {
+        //  A batch done: the actor sends its results (the broker's next
+        //  tasks are on their way meanwhile) and comes back for the rest,
+        //  unless the time ran out or a task outran it: then the executors.
+        if (ran == S_INLINE_BATCH && now_us < end_by && !w->inline_stuck)
+            w->inline_due = true;
+        else
+            pthread_cond_broadcast(&w->work);
+    }
+    w->inline_stuck = false;
+    bool more = w->inline_due;
+    pthread_mutex_unlock(&w->lock);
+    cf_actor_step_in(w->actor);
+    return more;
+}
+
+//  The watch rests (no tick) once the actor ran no task for this long.
+#define S_WATCH_REST_US (1000 * 1000)
+
+void *cf_worker_exec_watch(void *arg)
+{
+    cf_worker_t *w = arg;
+    pthread_mutex_lock(&w->lock);
+    while (!w->stopping) {
+        int64_t now_us = cf_clock_now_us();
+        if (!w->inline_since_us && now_us - w->inline_last_us > S_WATCH_REST_US) {
+            w->watch_resting = true;
+            pthread_cond_wait(&w->watch_cond, &w->lock);
+            w->watch_resting = false;
+            continue;
+        }
+        struct timespec tick = cf_clock_deadline(CF_WORKER_STALL_MS);
+        pthread_cond_timedwait(&w->watch_cond, &w->lock, &tick);
+        now_us = cf_clock_now_us();
+        if (w->stopping || !w->inline_since_us
+            || now_us - w->inline_since_us < CF_WORKER_STALL_MS * 1000)
+            continue;
+        if (!w->inline_stuck) {
+            w->inline_stuck = true;
+            if (!cf_queue_empty(&w->queue))
+                pthread_cond_broadcast(&w->work);
+        }
+        pthread_mutex_unlock(&w->lock);
+        cf_worker_actor_tend(w);
+        pthread_mutex_lock(&w->lock);
     }
     pthread_mutex_unlock(&w->lock);
     return NULL;

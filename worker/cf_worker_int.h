@@ -99,6 +99,12 @@ typedef struct cf_worker cf_worker_t;    //  as in cf_worker.h
 #define CF_WORKER_BEGUN_HOLD_MS      10
 //  As in cf_worker.h (a macro may be defined twice alike).
 #define CF_WORKER_MAX_BROKERS        16
+//  Short tasks run in the actor (cf_worker_exec_inline): by default those
+//  of a worker whose tasks ran at most this long on average (as in
+//  cf_worker.h); the actor runs at most CF_WORKER_INLINE_BUDGET times that
+//  in one go before the executors get the rest.
+#define CF_WORKER_INLINE_MAX_US      50
+#define CF_WORKER_INLINE_BUDGET      20
 
 typedef struct cf_worker_task {
     cf_queue_node_t node;          //  in the queue, the outbox or pending
@@ -149,6 +155,15 @@ struct cf_worker {
     int pid;
     pthread_t *executors;
     int executors_started;
+    //  The actor may run short tasks itself (one broker, threads, no
+    //  initializer); the watch thread then stands by (cf_worker_exec_watch).
+    bool inline_allowed;
+    int64_t inline_max_us;       //  the longest mean run time that runs there
+    int64_t inline_budget_us;    //  the most run there in one go
+    pthread_t actor_thread;      //  set by the actor before any task exists
+    pthread_t watch;
+    bool watch_started;
+    pthread_cond_t watch_cond;
     //  Set by the actor's thread before it reports ready and before any
     //  task exists, so an executor never sees it unset; NULL after destroy.
     //  Its io mutex guards the actor's state (cf_worker_actor_t); an executor
@@ -166,8 +181,14 @@ struct cf_worker {
     int running;            //  tasks being run
     int64_t progress_us;    //  an executor last took or finished a task
     bool stopping;          //  executors leave once the queue is empty
-    bool ended;             //  the actor is done
-    cf_err_t end_reason;    //  CF_ESTOP, CF_ESHUTDOWN; CF_OK for a destroy
+    //  Short tasks run in the actor (cf_worker_exec_inline).
+    bool inline_due;            //  tasks were queued for the actor, no executor told
+    int64_t inline_since_us;    //  the actor's task began then; 0: it runs none
+    int64_t inline_last_us;     //  the actor last ran tasks
+    bool inline_stuck;          //  its task outran CF_WORKER_STALL_MS: executors take the rest
+    bool watch_resting;         //  the watch sleeps until the actor runs tasks again
+    bool ended;                 //  the actor is done
+    cf_err_t end_reason;        //  CF_ESTOP, CF_ESHUTDOWN; CF_OK for a destroy
 
     //  Counters (cf_worker_counters_t), under lock.
     uint64_t held, max_held;
@@ -300,6 +321,20 @@ cf_worker_task_t *cf_worker_exec_task_new(cf_proto_msg_t *msg, const cf_proto_ta
 //  An execution thread (arg is the worker): runs queued tasks until the
 //  worker stops and nothing is queued.
 void *cf_worker_exec_main(void *arg);
+//  Whether tasks taken now should wait for the actor to run them (it is
+//  the actor's thread taking them, and the tasks are short) rather than wake
+//  an executor. Under lock.
+bool cf_worker_exec_inline_wanted(cf_worker_actor_t *a);
+//  The actor's thread, between reading and sending: runs the tasks queued
+//  for it (inline_due) itself, stepped out of the actor (cf_actor_step_out),
+//  a batch at a time; true when more are due after this turn's sends. The
+//  executors get them instead when they are more than
+//  inline_budget_us of work, or a task outran it.
+bool cf_worker_exec_inline(cf_worker_actor_t *a);
+//  The watch thread (arg is the worker): when a task the actor runs outruns
+//  CF_WORKER_STALL_MS, wakes the executors for the queued tasks and does
+//  the actor's turns (heartbeats above all) until it is back.
+void *cf_worker_exec_watch(void *arg);
 
 // ---------------------------------------------------------------------------
 //  cf_worker_send.c
@@ -365,6 +400,9 @@ size_t cf_worker_actor_collect(cf_worker_actor_t *a);
 //  An executor put a result into an empty outbox: does the actor's
 //  after-result work when it sleeps, else wakes it.
 void cf_worker_actor_deliver(cf_worker_t *w);
+//  The watch: the actor runs a long task stepped out; does its turn (read,
+//  collect, send, heartbeats) in its place.
+void cf_worker_actor_tend(cf_worker_t *w);
 //  The actor's thread (cf_actor_new's body; arg is the worker).
 void cf_worker_actor_main(cf_actor_t *pipe, void *arg);
 

@@ -248,7 +248,9 @@ static void s_take_tasks(cf_worker_actor_t *a, cf_proto_msg_t *msg)
             cf_log_info(S_LOG, "took its %d tasks (--max-tasks): finishing", w->max_tasks);
         }
     }
-    if (queued == 1)
+    if (queued > 0 && cf_worker_exec_inline_wanted(a))
+        w->inline_due = true;
+    else if (queued == 1)
         pthread_cond_signal(&w->work);
     else if (queued > 1)
         pthread_cond_broadcast(&w->work);

@@ -5,6 +5,8 @@
 //  Tasks that must stay running wait on a gate the test opens, so nothing
 //  depends on timing.
 
+#define _GNU_SOURCE    //  pthread_getname_np
+
 #include "cf_worker.h"
 
 #include "cf_clock.h"
@@ -101,6 +103,16 @@ static void w_initialized(cf_call_t *call)
     cf_return_bool(call, s_initialized);
 }
 CF_TASK(w_initialized);
+
+//  Whether it runs on the worker's actor thread (named by cf_actor_new):
+//  where a short task runs when it may.
+static void w_on_actor(cf_call_t *call)
+{
+    char name[16] = "";
+    pthread_getname_np(pthread_self(), name, sizeof name);
+    cf_return_bool(call, strcmp(name, "cf-worker") == 0);
+}
+CF_TASK(w_on_actor);
 
 static void s_initializer(void *arg)
 {
@@ -813,7 +825,8 @@ static void test_long_tasks_hand_prefetched_ones_back(void **state)
 static void test_tasks_queued_behind_a_stalled_thread_go_back(void **state)
 {
     cf_fakebroker_t *b = *state;
-    cf_worker_t *w = s_start_worker(b, 1, 0, 0);
+    //  Executors only: the actor would run the short ones (the next test).
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){ .threads = 1, .no_inline = true });
     assert_int_equal(s_expect_ready(b), 1);
     cf_fakebroker_send_task(b, 1, "w_add", "ii", 1, 1);
     s_result_t r = s_collect_result(b);
@@ -834,6 +847,98 @@ static void test_tasks_queued_behind_a_stalled_thread_go_back(void **state)
     }
     assert_int_equal(s_expect_ready(b), 0);
     r = s_open_gate_and_collect(b);
+    assert_int_equal(r.id, 2);
+    assert_int_equal(r.value, 7);
+    cf_worker_destroy(&w);
+}
+
+// ---------------------------------------------------------------------------
+//  Short tasks run by the actor
+
+//  A mean run time any task here stays under, sanitizers' included.
+#define S_SHORT_US (1000 * 1000)
+
+//  Sends a TASK of n w_on_actor tasks (ids from first) and counts the
+//  results that say they ran on the actor's thread.
+static size_t s_count_on_actor(cf_fakebroker_t *b, uint64_t first, size_t n)
+{
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    for (uint64_t id = first; id < first + n; id++)
+        cf_fakebroker_add_task(b, id, "w_on_actor", "");
+    cf_fakebroker_send(b);
+    s_result_t r[8];
+    assert_true(n <= 8);
+    s_collect_results(b, r, n);
+    size_t on_actor = 0;
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(r[i].status, CF_STATUS_OK);
+        on_actor += r[i].truth == 1;
+    }
+    return on_actor;
+}
+
+//  Once the tasks are known to be short, the actor runs what it reads;
+//  with no_inline, or before anything is known, the execution threads do.
+static void test_short_tasks_run_where_they_arrive(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    //  Any mean is short here: a sanitizer's slow tasks too.
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){ .threads = 2, .inline_max_us = S_SHORT_US });
+    assert_int_equal(s_expect_ready(b), 2);
+    //  Nothing measured yet: an execution thread.
+    assert_int_equal(s_count_on_actor(b, 1, 1), 0);
+    assert_int_equal(s_count_on_actor(b, 2, 2), 2);
+    assert_int_equal(s_count_on_actor(b, 4, 1), 1);
+    cf_worker_destroy(&w);
+    cf_proto_msg_t *bye = cf_fakebroker_expect(b, CF_MSG_DISCONNECT);
+    cf_proto_msg_destroy(&bye);
+
+    w = s_start(b, (cf_worker_config_t){ .threads = 2, .no_inline = true });
+    assert_int_equal(s_expect_ready(b), 2);
+    assert_int_equal(s_count_on_actor(b, 1, 1), 0);
+    assert_int_equal(s_count_on_actor(b, 2, 2), 0);
+    cf_worker_destroy(&w);
+}
+
+//  A "short" task that blocks the actor: the watch hands the tasks queued
+//  behind it to the execution thread, and keeps the heartbeats going.
+static void test_a_short_task_that_runs_long_hands_the_actors_work_over(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){
+                                    .threads = 1,
+                                    .heartbeat_ivl_ms = 20,
+                                    .inline_max_us = S_SHORT_US,
+                                });
+    (void)s_expect_ready(b);
+    s_send_heartbeat(b, 7, 1000);    //  judged on the broker's 1 s (see above)
+    cf_fakebroker_send_task(b, 1, "w_add", "ii", 1, 1);
+    assert_int_equal(s_collect_result(b).value, 2);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(b, 2, "w_gate", "i", 7);
+    for (uint64_t id = 3; id <= 5; id++)
+        cf_fakebroker_add_task(b, id, "w_add", "ii", 1, (int)id);
+    cf_fakebroker_send(b);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
+    //  The gate holds the actor; the three behind it run elsewhere, and
+    //  heartbeats keep coming, while the gate stays shut.
+    size_t results = 0, heartbeats = 0;
+    while (results < 3 || heartbeats < 3) {
+        cf_proto_msg_t *msg = cf_fakebroker_recv(b, S_WAIT_MS);
+        assert_non_null(msg);
+        if (msg->type == CF_MSG_HEARTBEAT)
+            heartbeats++;
+        else if (msg->type == CF_MSG_RESULT) {
+            for (size_t i = 0; i < msg->count; i++) {
+                assert_int_equal(msg->results[i].status, CF_STATUS_OK);
+                assert_true(msg->results[i].id >= 3 && msg->results[i].id <= 5);
+            }
+            results += msg->count;
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+    assert_int_equal(results, 3);
+    s_result_t r = s_open_gate_and_collect(b);
     assert_int_equal(r.id, 2);
     assert_int_equal(r.value, 7);
     cf_worker_destroy(&w);
@@ -1497,6 +1602,8 @@ int main(void)
         S_TEST(test_short_tasks_bring_prefetch_credit),
         S_TEST(test_long_tasks_hand_prefetched_ones_back),
         S_TEST(test_tasks_queued_behind_a_stalled_thread_go_back),
+        S_TEST(test_short_tasks_run_where_they_arrive),
+        S_TEST(test_a_short_task_that_runs_long_hands_the_actors_work_over),
         S_TEST(test_ready_says_stop_and_stop_cancels_queued_and_asks_running),
         S_TEST(test_large_arguments_are_read_whole_from_their_body_or_a_copy),
         S_TEST(test_a_process_worker_ends_a_task_that_overruns_its_grace),

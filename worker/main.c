@@ -74,6 +74,7 @@ typedef struct {
     int nlibraries;
     int threads, procs, ivl_ms, liveness, max_tasks;    //  0: the default
     bool verbose;
+    bool no_inline;
     const char *broker_key, *key;    //  both or neither
 } s_options_t;
 
@@ -241,6 +242,8 @@ static void s_usage(FILE *out)
             "                      broker, comma-separated in the order of --broker\n"
             "  --key FILE          this worker's secret key file (cf-keygen NAME;\n"
             "                      mode 0600), its public key on the broker's worker list\n"
+            "  --no-inline         run every task on an execution thread (by default\n"
+            "                      the receiving thread runs short tasks itself)\n"
             "  -v, --verbose       log debug messages too\n"
             "  -h, --help          show this text and exit\n"
             "  --version           show the version and exit\n"
@@ -415,6 +418,10 @@ static int s_parse(int argc, char **argv, s_options_t *options)
             options->verbose = true;
             continue;
         }
+        if (!strcmp(flag, "--no-inline")) {
+            options->no_inline = true;
+            continue;
+        }
         if (strncmp(flag, "--", 2) != 0 || !strcmp(flag, "--"))
             return s_usage_error("unexpected argument '%s'", flag);
         if (!s_takes_value(flag))
@@ -553,6 +560,7 @@ static int s_start_threads(const s_options_t *options, s_curve_t *curve, void **
         .heartbeat_liveness = options->liveness,
         .max_tasks = options->max_tasks,
         .exit_on_broker_loss = false,
+        .no_inline = options->no_inline,
         .announce_functions = true,
         .zmq_context = *ctx,
         .socket_setup = s_socket_setup,
