@@ -152,8 +152,9 @@ struct cf_procs {
     pid_t *zygote_children;    //  zygote's own copy: live children
     uint64_t spawns;
     s_slot_t *slots;
-    //  threads entries per slot, shared with every worker process (MAP_SHARED
-    //  before the zygote is forked): the task each of its threads runs.
+    //  s_ids_per_process entries per slot, shared with every worker process
+    //  (MAP_SHARED before the zygote is forked): the task each of its
+    //  threads runs, its actor's thread included (cf_worker_config_t).
     _Atomic uint64_t *running;
     size_t running_size;
     //  Started reports that came before the zygote's SPAWNED for that pid
@@ -171,6 +172,13 @@ struct cf_procs {
     bool stopping;
     int grace_ms;
 };
+
+//  Running-task slots of one worker process: one per execution thread and
+//  one for the actor's thread, which runs short tasks (cf_worker.h).
+static size_t s_ids_per_process(const cf_procs_t *p)
+{
+    return (size_t)p->threads + 1;
+}
 
 // ---------------------------------------------------------------------------
 //  Helpers used after fork (system calls only)
@@ -291,7 +299,7 @@ __attribute__((noreturn)) static void s_child_main(cf_procs_t *p, pid_t zygote, 
         .heartbeat_liveness = p->liveness,
         .socket_setup = p->socket_setup,
         .socket_setup_arg = p->socket_setup_arg,
-        .running_ids = &p->running[(size_t)slot * (size_t)p->threads],
+        .running_ids = &p->running[(size_t)slot * s_ids_per_process(p)],
         //  A process of one thread holds one task: killing it for a task
         //  that ignores its stop harms no other. With more threads only
         //  the cooperative stop exists, as on threads.
@@ -531,8 +539,8 @@ static void s_spawn(cf_procs_t *p, int slot)
     snprintf(cmd.suffix, sizeof cmd.suffix, "%s-%" PRIu64, p->suffix_base, ++p->spawns);
     memcpy(s->suffix, cmd.suffix, sizeof s->suffix);
     s->respawn_ms = 0;
-    for (int i = 0; i < p->threads; i++)
-        atomic_store(&p->running[(size_t)slot * (size_t)p->threads + (size_t)i], 0);
+    for (size_t i = 0; i < s_ids_per_process(p); i++)
+        atomic_store(&p->running[(size_t)slot * s_ids_per_process(p) + i], 0);
     if (!s_send_msg(p->sock, &cmd)) {
         cf_log_error(S_LOG, "cannot reach the zygote: %s", strerror(errno));
         s->respawn_ms = cf_clock_now_ms() + S_BACKOFF_MAX_MS;
@@ -573,10 +581,10 @@ static void s_worker_exited(cf_procs_t *p, int slot, int status, bool stopping)
     else
         cf_log_debug(S_LOG, "worker process %d (%s) exited", (int)pid, s->identity);
     if (p->on_exit) {
-        uint64_t *running = malloc((size_t)p->threads * sizeof *running);
+        uint64_t *running = malloc(s_ids_per_process(p) * sizeof *running);
         size_t n = 0;
-        for (int i = 0; running && i < p->threads; i++) {
-            uint64_t id = atomic_load(&p->running[(size_t)slot * (size_t)p->threads + (size_t)i]);
+        for (size_t i = 0; running && i < s_ids_per_process(p); i++) {
+            uint64_t id = atomic_load(&p->running[(size_t)slot * s_ids_per_process(p) + i]);
             if (id)
                 running[n++] = id;
         }
@@ -988,7 +996,7 @@ cf_procs_t *cf_procs_new(const cf_procs_config_t *config)
         cf_error_set(CF_ENOMEM, "out of memory");
         goto failed;
     }
-    p->running_size = (size_t)p->count * (size_t)p->threads * sizeof *p->running;
+    p->running_size = (size_t)p->count * s_ids_per_process(p) * sizeof *p->running;
     void *shared = mmap(NULL, p->running_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
                         -1, 0);
     if (shared == MAP_FAILED) {

@@ -176,11 +176,8 @@ cf_worker_t *cf_worker_new(const cf_worker_config_t *config)
     w->stop_kills_process = config->stop_kills_process;
     w->pid = (int)getpid();
     //  Not where a task's thread matters: an initializer prepared the
-    //  executors' threads only; a process's supervisor reads the running
-    //  task from the executors' slots, and a stop that kills the process
-    //  needs the actor free to end it.
-    w->inline_allowed = !config->no_inline && w->endpoint_count == 1 && !w->initializer
-                        && !w->running_ids && !w->stop_kills_process;
+    //  executors' threads only.
+    w->inline_allowed = !config->no_inline && w->endpoint_count == 1 && !w->initializer;
     w->inline_max_us = config->inline_max_us > 0 ? config->inline_max_us : CF_WORKER_INLINE_MAX_US;
     w->inline_budget_us = CF_WORKER_INLINE_BUDGET * w->inline_max_us;
 

@@ -56,8 +56,9 @@ typedef struct {
     //  broker, ...); a non-OK return fails cf_worker_new. NULL: none.
     cf_err_t (*socket_setup)(void *socket, const char *endpoint, void *arg);
     void *socket_setup_arg;
-    //  threads slots, or NULL: each execution thread writes the broker id of
-    //  the task it runs into its slot, and 0 when done. cf_procs puts them
+    //  threads + 1 slots, or NULL: each execution thread writes the broker
+    //  id of the task it runs into its slot, and 0 when done; the last slot
+    //  is the actor's thread's, for the short tasks it runs (no_inline). cf_procs puts them
     //  in memory it shares with the process, so that when the process dies
     //  it can tell the broker which task was running (and which were not).
     _Atomic uint64_t *running_ids;
@@ -90,8 +91,10 @@ typedef struct {
     //  the tasks are short (a mean of at most inline_max_us) and no
     //  execution thread is busy, the actor's thread runs the ones it just
     //  read, saving two thread hand-offs per task (docs/architecture.md,
-    //  "Short tasks run where they arrive"). Never with several brokers, an
-    //  initializer, running_ids or stop_kills_process.
+    //  "Short tasks run where they arrive"). Its task takes an execution
+    //  thread's place: threads tasks at most run at once. Never with
+    //  several brokers or an initializer (it prepares the execution threads
+    //  only).
     bool no_inline;
     int inline_max_us;    //  0: 50
 } cf_worker_config_t;

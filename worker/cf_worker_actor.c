@@ -395,6 +395,19 @@ static void s_link_turn(cf_worker_actor_t *a, size_t busy)
     }
 }
 
+//  The worker is over: executors stop, and whoever waits hears why.
+static void s_ended(cf_worker_t *w, cf_err_t end_reason)
+{
+    pthread_mutex_lock(&w->lock);
+    w->stopping = true;
+    cf_worker_exec_clear(&w->queue);
+    pthread_cond_broadcast(&w->work);
+    w->ended = true;
+    w->end_reason = end_reason;
+    pthread_cond_broadcast(&w->state);
+    pthread_mutex_unlock(&w->lock);
+}
+
 void cf_worker_actor_tend(cf_worker_t *w)
 {
     cf_worker_actor_t *a = cf_actor_enter(w->actor);
@@ -409,21 +422,15 @@ void cf_worker_actor_tend(cf_worker_t *w)
     }
     if (!a->done)
         s_link_turn(a, cf_worker_actor_collect(a));
+    //  The worker ends with the actor inside a task (a stopped one that
+    //  outran its grace: the process exits, which ends it): whoever waits
+    //  hears it now. The actor, if it comes back, finds it done.
+    if (a->done) {
+        s_link_end(a, a->end_reason);
+        s_ended(w, a->end_reason);
+    }
     //  Woken, it sees what was decided here (done, a fresh socket) at once.
     cf_actor_leave(w->actor, true);
-}
-
-//  The worker is over: executors stop, and whoever waits hears why.
-static void s_ended(cf_worker_t *w, cf_err_t end_reason)
-{
-    pthread_mutex_lock(&w->lock);
-    w->stopping = true;
-    cf_worker_exec_clear(&w->queue);
-    pthread_cond_broadcast(&w->work);
-    w->ended = true;
-    w->end_reason = end_reason;
-    pthread_cond_broadcast(&w->state);
-    pthread_mutex_unlock(&w->lock);
 }
 
 //  One broker.

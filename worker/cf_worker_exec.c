@@ -167,7 +167,8 @@ void *cf_worker_exec_main(void *arg)
         w->initializer(w->initarg);
     pthread_mutex_lock(&w->lock);
     while (true) {
-        while (cf_queue_empty(&w->queue) && !w->stopping)
+        //  running counts a task the actor runs: threads at most at once.
+        while ((cf_queue_empty(&w->queue) || w->running >= w->threads) && !w->stopping)
             pthread_cond_wait(&w->work, &w->lock);
         cf_worker_task_t *task = cf_worker_pop(&w->queue);
         if (!task)
@@ -214,10 +215,16 @@ void *cf_worker_exec_main(void *arg)
 //  inline_budget_us and wakes the executors for the rest, and the
 //  watch thread, ticking every CF_WORKER_STALL_MS while the actor runs
 //  tasks, hands the queue to the executors and does the actor's turns
-//  (reading, heartbeats, results) once one task outran that.
+//  (reading, heartbeats, results; the end of the worker, when a stopped
+//  task outruns its grace) once one task outran that. The actor's task
+//  takes a thread's place: at most threads tasks run at once, so with one
+//  thread (a worker process) nothing runs beside it and the queued tasks
+//  wait, or go back as they do behind a stalled thread.
 
-//  Tasks run in one go before the actor sends their results.
-#define S_INLINE_BATCH 32
+//  Tasks run in one go before the actor sends their results: as many as
+//  it may hold. Fewer make more, smaller messages: with 32, map chunksize 1
+//  on processes lost 14% against no inline runs; with 256 it gained 9%.
+#define S_INLINE_BATCH CF_WORKER_PREFETCH_MAX
 
 bool cf_worker_exec_inline_wanted(cf_worker_actor_t *a)
 {
@@ -259,7 +266,7 @@ bool cf_worker_exec_inline(cf_worker_actor_t *a)
         s_begin(w, task, start_us);
         w->inline_since_us = start_us;
         pthread_mutex_unlock(&w->lock);
-        s_run(w, task, NULL);
+        s_run(w, task, w->running_ids ? &w->running_ids[w->threads] : NULL);
         now_us = cf_clock_now_us();
         task->run_us = now_us - start_us;
         pthread_mutex_lock(&w->lock);

@@ -178,7 +178,7 @@ struct cf_worker {
     cf_queue_t outbox;      //  tasks run, for the actor
     cf_queue_t begun;       //  tasks running whose start the broker was not told
     cf_queue_t runs;        //  tasks whose function runs (run_node): STOP finds them
-    int running;            //  tasks being run
+    int running;            //  tasks being run, the actor's included
     int64_t progress_us;    //  an executor last took or finished a task
     bool stopping;          //  executors leave once the queue is empty
     //  Short tasks run in the actor (cf_worker_exec_inline).

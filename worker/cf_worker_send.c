@@ -371,10 +371,7 @@ bool cf_worker_send_check_stall(cf_worker_actor_t *a)
     cf_worker_t *w = a->w;
     int64_t now_us = cf_clock_now_us();
     pthread_mutex_lock(&w->lock);
-    //  A task the actor runs holds no execution thread: the watch gives the
-    //  queue to the threads instead (cf_worker_exec_watch).
-    int running = w->running - (w->inline_since_us ? 1 : 0);
-    bool queued = cf_queue_size(&w->queue) > 0 && running >= w->threads;
+    bool queued = cf_queue_size(&w->queue) > 0 && w->running >= w->threads;
     int64_t idle_us = now_us - w->progress_us;
     pthread_mutex_unlock(&w->lock);
     if (!queued || idle_us < CF_WORKER_STALL_MS * 1000)

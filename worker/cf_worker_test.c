@@ -901,12 +901,13 @@ static void test_short_tasks_run_where_they_arrive(void **state)
 }
 
 //  A "short" task that blocks the actor: the watch hands the tasks queued
-//  behind it to the execution thread, and keeps the heartbeats going.
+//  behind it to an execution thread (the gate holds the other place of
+//  two), and keeps the heartbeats going.
 static void test_a_short_task_that_runs_long_hands_the_actors_work_over(void **state)
 {
     cf_fakebroker_t *b = *state;
     cf_worker_t *w = s_start(b, (cf_worker_config_t){
-                                    .threads = 1,
+                                    .threads = 2,
                                     .heartbeat_ivl_ms = 20,
                                     .inline_max_us = S_SHORT_US,
                                 });
@@ -1161,6 +1162,62 @@ static void test_a_process_worker_ends_a_task_that_overruns_its_grace(void **sta
     assert_int_equal(cf_worker_wait(w, S_WAIT_MS), CF_OK);
     assert_int_equal(cf_worker_ended(w), CF_ETIMEDOUT);
     //  A process would _exit now; here the task is let go so the test ends.
+    cf_unitkit_gate_open();
+    cf_worker_destroy(&w);
+}
+
+//  The same with the task run by the actor (a process's one thread is
+//  free, the task was short so far): the actor's running slot names it,
+//  nothing runs beside it, and the watch ends the worker while the actor
+//  is still inside the task.
+static void test_a_process_worker_ends_a_task_its_actor_runs_past_its_grace(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    _Atomic uint64_t running[2] = { 0, 0 };
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){
+                                    .threads = 1,
+                                    .identity = "test-worker",
+                                    .stop_kills_process = true,
+                                    .running_ids = running,
+                                    .inline_max_us = S_SHORT_US,
+                                });
+    s_expect_ready(b);
+    cf_fakebroker_send_task(b, 1, "w_add", "ii", 1, 1);
+    assert_int_equal(s_collect_result(b).value, 2);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(b, 2, "w_gate", "i", 7);
+    cf_fakebroker_add_task(b, 3, "w_add", "ii", 1, 2);
+    cf_fakebroker_send(b);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
+    assert_int_equal(atomic_load(&running[1]), 2);
+    assert_int_equal(atomic_load(&running[0]), 0);
+    cf_proto_stop_t stop = { 2, 50 };
+    s_send_stop(b, &stop, 1);
+    //  Task 3 never runs beside it: it may go back unrun (queued behind a
+    //  stalled thread, then READY again) before the answer for task 2.
+    bool answered = false;
+    while (!answered) {
+        cf_proto_msg_t *msg = s_next_results(b);
+        for (size_t i = 0; i < msg->count; i++) {
+            const cf_proto_result_t *r = &msg->results[i];
+            if (r->id == 3) {
+                assert_int_equal(r->status, CF_STATUS_BUSY);
+                continue;
+            }
+            assert_int_equal(r->id, 2);
+            assert_int_equal(r->status, CF_STATUS_ERROR);
+            char type[64], message[128];
+            cf_proto_str_copy(r->error.type, type, sizeof type);
+            cf_proto_str_copy(r->error.message, message, sizeof message);
+            assert_string_equal(type, CF_INTERRUPTED);
+            assert_non_null(strstr(message, "grace of 50 ms"));
+            answered = true;
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+    cf_fakebroker_await(b, CF_MSG_DISCONNECT);
+    assert_int_equal(cf_worker_wait(w, S_WAIT_MS), CF_OK);
+    assert_int_equal(cf_worker_ended(w), CF_ETIMEDOUT);
     cf_unitkit_gate_open();
     cf_worker_destroy(&w);
 }
@@ -1608,6 +1665,7 @@ int main(void)
         S_TEST(test_large_arguments_are_read_whole_from_their_body_or_a_copy),
         S_TEST(test_a_process_worker_ends_a_task_that_overruns_its_grace),
         S_TEST(test_a_process_worker_keeps_a_task_that_stops_in_time),
+        S_TEST(test_a_process_worker_ends_a_task_its_actor_runs_past_its_grace),
         CF_FAKEBROKER_TEST(test_progress_is_rate_limited_in_order_and_last_before_the_result),
         S_TEST(test_shared_slots_go_round_in_turn_within_the_limit),
         S_TEST(test_shared_refund_frees_slots_for_the_other_broker),
