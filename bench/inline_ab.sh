@@ -67,8 +67,8 @@ one_round() {
     pids="$pids $loader"
     wait_ready "$tmp/loader.out" >/dev/null
     perfs=""
-    for who in broker worker loader; do
-        eval pid=\$$who
+    for pid in "$broker" "$worker" "$loader"; do
+        case $pid in "$broker") who=broker ;; "$worker") who=worker ;; *) who=loader ;; esac
         perf stat -x, -e task-clock,context-switches -p "$pid" -o "$tmp/stat.$who" -- sleep 4 &
         perfs="$perfs $!"
     done
@@ -94,7 +94,7 @@ one_round() {
     pids=""
 }
 
-for r in $(seq "$rounds"); do
+for _ in $(seq "$rounds"); do
     one_round inline
     one_round no_inline --no-inline
 done | tee "$tmp/lines"
