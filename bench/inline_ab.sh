@@ -27,25 +27,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-tmp=$(mktemp -d)
-pids=""
-cleanup() {
-    for p in $pids; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
-
-wait_ready() {
-    i=0
-    while ! grep -q '^ready' "$1" 2>/dev/null; do
-        i=$((i + 1))
-        [ "$i" -lt 300 ] || { echo "inline_ab.sh: no ready line in $1" >&2; exit 1; }
-        sleep 0.1
-    done
-    grep -m1 '^ready' "$1"
-}
-field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+name=inline_ab.sh
+# shellcheck source=bench/daemons.sh
+. "$here/daemons.sh"
 
 # one_round TAG [WORKER FLAGS]: prints "TAG key value ..." on one line.
 one_round() {

@@ -40,26 +40,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-tmp=$(mktemp -d)
-pids=""
-cleanup() {
-    for p in $pids; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -n "${KEEP_TMP:-}" ] && echo "kept $tmp" || rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
-
-# Waits until file $1 has a line starting with "ready"; prints that line.
-wait_ready() {
-    i=0
-    while ! grep -q '^ready' "$1" 2>/dev/null; do
-        i=$((i + 1))
-        [ "$i" -lt 300 ] || { echo "profile.sh: no ready line in $1" >&2; exit 1; }
-        sleep 0.1
-    done
-    grep -m1 '^ready' "$1"
-}
-field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+name=profile.sh
+# shellcheck source=bench/daemons.sh
+. "$here/daemons.sh"
 
 events=raw_syscalls:sys_enter,context-switches,cpu-migrations,task-clock
 
@@ -96,6 +79,7 @@ start_loader
 perfs=""
 for who in broker worker loader; do
     eval pid=\$$who
+    # shellcheck disable=SC2154  # pid: set by the eval
     perf stat -x, -e "$events" -p "$pid" -o "$tmp/stat.$who" -- sleep "$seconds" &
     perfs="$perfs $!"
 done
