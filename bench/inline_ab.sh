@@ -35,17 +35,7 @@ name=inline_ab.sh
 one_round() {
     tag=$1
     shift
-    "$build/cf-broker" --clients 'tcp://127.0.0.1:*' --workers 'tcp://127.0.0.1:*' \
-        >"$tmp/broker.out" 2>/dev/null &
-    broker=$!
-    pids="$pids $broker"
-    line=$(wait_ready "$tmp/broker.out")
-    clients=$(field "$line" clients)
-    "$build/cf-worker" --broker "$(field "$line" workers)" \
-        --tasks "$build/bench/libbench_tasks.so" --threads 2 "$@" >"$tmp/worker.out" 2>/dev/null &
-    worker=$!
-    pids="$pids $worker"
-    wait_ready "$tmp/worker.out" >/dev/null
+    start_cluster "$@"
     "$build/bench/cf_bench" --load "$clients" >"$tmp/loader.out" 2>"$tmp/loader.err" &
     loader=$!
     pids="$pids $loader"

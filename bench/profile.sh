@@ -47,18 +47,8 @@ name=profile.sh
 events=raw_syscalls:sys_enter,context-switches,cpu-migrations,task-clock
 
 echo "== cfutures remote, saturated: 1 client (window 1,000), cf-broker, cf-worker --threads 2"
-"$build/cf-broker" --clients 'tcp://127.0.0.1:*' --workers 'tcp://127.0.0.1:*' \
-    >"$tmp/broker.out" 2>/dev/null &
-broker=$!
-pids="$pids $broker"
-line=$(wait_ready "$tmp/broker.out")
-clients=$(field "$line" clients)
-workers=$(field "$line" workers)
-"$build/cf-worker" --broker "$workers" --tasks "$build/bench/libbench_tasks.so" --threads 2 \
-    >"$tmp/worker.out" 2>/dev/null &
-worker=$!
-pids="$pids $worker"
-wait_ready "$tmp/worker.out" >/dev/null
+# shellcheck disable=SC2119  # no extra worker flags
+start_cluster
 
 # Starts a loader; sets $loader.
 start_loader() {
