@@ -408,18 +408,23 @@ static void s_ended(cf_worker_t *w, cf_err_t end_reason)
     pthread_mutex_unlock(&w->lock);
 }
 
+//  What the socket says: it takes sends again, and what it has is read.
+static void s_read_socket(cf_worker_actor_t *a)
+{
+    int events = cf_proto_events(a->sock);
+    if (events & ZMQ_POLLOUT)
+        a->blocked = false;
+    if (events & ZMQ_POLLIN)
+        cf_worker_recv_read(a);
+}
+
 void cf_worker_actor_tend(cf_worker_t *w)
 {
     cf_worker_actor_t *a = cf_actor_enter(w->actor);
     if (!a)
         return;
-    if (!a->done) {
-        int events = cf_proto_events(a->sock);
-        if (events & ZMQ_POLLOUT)
-            a->blocked = false;
-        if (events & ZMQ_POLLIN)
-            cf_worker_recv_read(a);
-    }
+    if (!a->done)
+        s_read_socket(a);
     if (!a->done)
         s_link_turn(a, cf_worker_actor_collect(a));
     //  The worker ends with the actor inside a task (a stopped one that
@@ -467,11 +472,7 @@ static void s_main_one(cf_worker_t *w, cf_actor_t *pipe)
         //  The pipe carries one verb: $TERM, from cf_worker_destroy.
         if (woken && cf_actor_term_received(pipe))
             a->term_asked = true;
-        events = cf_proto_events(a->sock);
-        if (events & ZMQ_POLLOUT)
-            a->blocked = false;
-        if (events & ZMQ_POLLIN)
-            cf_worker_recv_read(a);
+        s_read_socket(a);
         if (a->done)
             break;
         more = cf_worker_exec_inline(a);
@@ -531,11 +532,8 @@ static void s_loop_shared(cf_worker_budget_t *b, cf_actor_t *pipe, cf_err_t *rea
         for (unsigned i = 0; i < b->count; i++) {
             cf_worker_actor_t *a = &b->links[i];
             a->term_asked = a->term_asked || term;
-            int events = cf_proto_events(a->sock);
-            if (events & ZMQ_POLLOUT)
-                a->blocked = false;
-            if ((events & ZMQ_POLLIN) && !a->done)
-                cf_worker_recv_read(a);
+            if (!a->done)
+                s_read_socket(a);
         }
         if (s_all_done(b, reason))
             return;
