@@ -25,6 +25,7 @@ typedef struct {
     int heartbeats;      //  HEARTBEATs cf_fakebroker_expect skipped
     uint64_t credit;     //  CREDIT cf_fakebroker_expect skipped, summed
     uint64_t started;    //  ids of STARTED cf_fakebroker_expect skipped
+    int readies;         //  READYs cf_fakebroker_expect skipped
 } cf_fakebroker_t;
 
 void cf_fakebroker_start(cf_fakebroker_t *b);
@@ -40,8 +41,9 @@ int cf_fakebroker_teardown(void **state);
 //  The next message from any worker, NULL after timeout_ms.
 cf_proto_msg_t *cf_fakebroker_recv(cf_fakebroker_t *b, int timeout_ms);
 
-//  The next message of type, skipping (and counting) HEARTBEAT and CREDIT
-//  (a worker's prefetch) unless type is one of them; anything else, or
+//  The next message of type, skipping (and counting) HEARTBEAT, CREDIT (a
+//  worker's prefetch), STARTED and READY (a worker that trims its prefetch
+//  announces itself again) unless type is one of them; anything else, or
 //  nothing within CF_FAKEBROKER_WAIT_MS, fails the test.
 cf_proto_msg_t *cf_fakebroker_expect(cf_fakebroker_t *b, cf_msg_type_t type);
 
