@@ -7,7 +7,9 @@
 #    keeping 1,000 no-op tasks in flight (cf_bench --load, map with a window
 #    of 1,000 and chunksize 1), on loopback. For N seconds (default 5)
 #    `perf stat` counts, in each of the three processes, system calls
-#    (raw_syscalls:sys_enter), context switches and CPU time; the client
+#    (raw_syscalls:sys_enter), context switches, CPU time (split into user
+#    and system by /proc/PID/stat) and, where perf can place a uprobe on
+#    cf_proto_enc_send, the cf/1 messages each process sends; the client
 #    reports how many tasks it completed. Printed per task.
 # 2. Then (unless --no-trace) `perf trace -s` for N seconds on each process,
 #    with a fresh client: which system calls, as shares of each process's
@@ -65,29 +67,64 @@ stop_loader() {
     tasks=$(sed -n 's/^loader: \([0-9]*\) tasks.*/\1/p' "$tmp/loader.err")
 }
 
+# Messages each process sends: a uprobe on cf_proto_enc_send (every cf/1
+# message but the broker's large task bodies) where perf can place one;
+# the client (cf_bench) has the library linked in, the daemons load it.
+probe_group=cfprofile$$
+probes=""
+add_probe() {    # $1 name, $2 binary
+    addr=$(nm -D --defined-only "$2" 2>/dev/null | awk '$3 == "cf_proto_enc_send" { print $1; exit }')
+    [ -n "$addr" ] || addr=$(nm --defined-only "$2" 2>/dev/null | awk '$3 == "cf_proto_enc_send" { print $1; exit }')
+    [ -n "$addr" ] || return 0
+    if perf probe -q -x "$2" -a "$probe_group:$1=0x$addr" >/dev/null 2>&1; then
+        probes="$probes $probe_group:$1"
+    fi
+}
+remove_probes() { [ -z "$probes" ] || perf probe -q -d "$probe_group:*" >/dev/null 2>&1 || true; }
+add_probe lib "$(readlink -f "$build/libcfutures.so.1")"
+add_probe bench "$build/bench/cf_bench"
+# User and system CPU of a process so far, in clock ticks: "utime stime".
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12, $13 }' "/proc/$1/stat"; }
+
 start_loader
 perfs=""
 for who in broker worker loader; do
     eval pid=\$$who
+    msg_events=""
+    for probe in $probes; do msg_events="$msg_events,$probe"; done
     # shellcheck disable=SC2154  # pid: set by the eval
-    perf stat -x, -e "$events" -p "$pid" -o "$tmp/stat.$who" -- sleep "$seconds" &
+    cpu_ticks "$pid" >"$tmp/ticks0.$who"
+    perf stat -x, -e "$events$msg_events" -p "$pid" -o "$tmp/stat.$who" -- sleep "$seconds" &
     perfs="$perfs $!"
 done
 # shellcheck disable=SC2086
 wait $perfs
+for who in broker worker loader; do
+    eval pid=\$$who
+    cpu_ticks "$pid" >"$tmp/ticks1.$who"
+done
 stop_loader
+remove_probes
 rate=$(sed -n 's/.*: \([0-9]*\) tasks\/s/\1/p' "$tmp/loader.err")
 echo "client: $tasks tasks after ready ($rate tasks/s)"
-printf '%-8s %14s %14s %14s %14s\n' process syscalls/task switches/task migr/task "CPU us/task"
+printf '%-8s %14s %14s %14s %14s %12s %12s %14s\n' process syscalls/task switches/task \
+    migr/task "CPU us/task" "user us" "system us" "msgs sent/task"
 for who in broker worker loader; do
-    awk -F, -v who="$who" -v tasks="$tasks" '
+    # Ticks over the whole window, scaled to the tasks of perf's window
+    # (the same seconds): user and system shares of the CPU per task.
+    read -r u0 s0 <"$tmp/ticks0.$who"
+    read -r u1 s1 <"$tmp/ticks1.$who"
+    awk -F, -v who="$who" -v tasks="$tasks" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) '
         $3 == "raw_syscalls:sys_enter" { sc = $1 }
         $3 == "context-switches" { cs = $1 }
         $3 == "cpu-migrations" { mg = $1 }
         $3 == "task-clock" { tc = $1 }
+        $3 ~ /^cfprofile/ && $1 ~ /^[0-9]+$/ { msgs += $1; probed = 1 }
         END { name = who == "loader" ? "client" : who;
-              printf "%-8s %14.3f %14.3f %14.4f %14.3f\n", name, sc / tasks, cs / tasks, mg / tasks,
-                     tc * 1000 / tasks }' "$tmp/stat.$who"
+              cpu = tc * 1000 / tasks; user = du + ds > 0 ? cpu * du / (du + ds) : 0;
+              printf "%-8s %14.3f %14.3f %14.4f %14.3f %12.3f %12.3f %14s\n", name, sc / tasks,
+                     cs / tasks, mg / tasks, cpu, user, cpu - user,
+                     probed ? sprintf("%.4f", msgs / tasks) : "-" }' "$tmp/stat.$who"
 done
 
 if [ "$trace" = 1 ]; then
@@ -168,15 +205,26 @@ for variant in drain batch; do
     messages=2000000
     echo
     echo "== raw relay, $variant, 1 worker: $messages tasks, 1,000 in flight (client, relay, worker together)"
-    perf stat -x, -e "$events" -o "$tmp/stat.relay" -- \
+    # /usr/bin/time (package time), where present, splits the CPU into user
+    # and system for the three processes (the relay waits for its forks).
+    timer=""
+    [ -x /usr/bin/time ] && timer="/usr/bin/time -o $tmp/time.relay -f %U,%S"
+    echo "-,-" >"$tmp/time.relay"
+    # shellcheck disable=SC2086  # timer: a command and its arguments, or nothing
+    perf stat -x, -e "$events" -o "$tmp/stat.relay" -- $timer \
         "$build/bench/zmq_relay" --variant "$variant" --workers 1 --messages "$messages" \
         --rounds 1 --no-payload --no-load | grep throughput | head -1
-    awk -F, -v tasks="$messages" '
+    times=$(tail -n 1 "$tmp/time.relay")
+    awk -F, -v tasks="$messages" -v times="$times" '
         $3 == "raw_syscalls:sys_enter" { sc = $1 }
         $3 == "context-switches" { cs = $1 }
         $3 == "cpu-migrations" { mg = $1 }
         $3 == "task-clock" { tc = $1 }
-        END { printf "%-8s %14s %14s %14s %14s\n", "", "syscalls/task", "switches/task", "migr/task", "CPU us/task";
-              printf "%-8s %14.3f %14.3f %14.4f %14.3f\n", "all 3", sc / tasks, cs / tasks, mg / tasks,
-                     tc * 1000 / tasks }' "$tmp/stat.relay"
+        END { split(times, t, ",");
+              user = t[1] == "-" ? "-" : sprintf("%.3f", t[1] * 1e6 / tasks);
+              sys = t[2] == "-" ? "-" : sprintf("%.3f", t[2] * 1e6 / tasks);
+              printf "%-8s %14s %14s %14s %14s %12s %12s\n", "", "syscalls/task", "switches/task",
+                     "migr/task", "CPU us/task", "user us", "system us";
+              printf "%-8s %14.3f %14.3f %14.4f %14.3f %12s %12s\n", "all 3", sc / tasks, cs / tasks,
+                     mg / tasks, tc * 1000 / tasks, user, sys }' "$tmp/stat.relay"
 done
