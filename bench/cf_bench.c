@@ -22,6 +22,9 @@
 //    7. under load (remote): the round trip of one task at a time while
 //       another client process keeps 1,000 tasks in flight through the same
 //       broker and worker                       remote.load.p50/p99 us
+//       and while it keeps 100 tasks of 1 ms in flight (a batch job of
+//       real tasks beside an interactive client)
+//                                               remote.load_1ms.p50/p99 us
 //  KIND is threads, processes or remote (a cf-broker and a cf-worker this
 //  program starts on loopback, reading their ready lines).
 //
@@ -124,6 +127,7 @@ typedef struct {
     const char *child;          //  --child GROUP: run that group here
     const char *samples_dir;    //  --samples DIR: latency samples go there
     const char *load;           //  --load ENDPOINT: be workload 7's loader
+    long load_ms;               //  --load-ms N: its tasks sleep N ms (0: no-op)
     const char *rtt;            //  --rtt ENDPOINT: round trips only (profile)
 } bench_opts_t;
 
@@ -793,6 +797,13 @@ static int s_endless_source(void *state, size_t index, cf_args_t *args)
     return cf_args_add_int(args, (int64_t)(index & 0xffffff)) == CF_OK ? 1 : -1;
 }
 
+//  The same, every input *state (milliseconds for bench_sleep_ms).
+static int s_endless_ms(void *state, size_t index, cf_args_t *args)
+{
+    (void)index;
+    return cf_args_add_int(args, *(const long *)state) == CF_OK ? 1 : -1;
+}
+
 static volatile sig_atomic_t s_loader_stop;
 
 static void s_loader_on_term(int sig)
@@ -802,10 +813,11 @@ static void s_loader_on_term(int sig)
 }
 
 //  --load ENDPOINT: keeps 1,000 no-op tasks in flight through the broker at
-//  ENDPOINT until SIGTERM; prints "ready" once the first 1,000 came back,
-//  and at SIGTERM how many tasks it did at what rate (on stderr: a profile
-//  of a saturated broker uses it, docs/benchmarks.md).
-static int s_loader(const char *endpoint)
+//  ENDPOINT until SIGTERM; prints "ready" once as many came back, and at
+//  SIGTERM how many tasks it did at what rate (on stderr: a profile of a
+//  saturated broker uses it, docs/benchmarks.md). With --load-ms N: 100
+//  tasks sleeping N ms instead.
+static int s_loader(const char *endpoint, long ms)
 {
     signal(SIGTERM, s_loader_on_term);
     cf_executor_t *ex = cf_executor_connect(endpoint, NULL);
@@ -813,8 +825,10 @@ static int s_loader(const char *endpoint)
         fprintf(stderr, "cf_bench: loader: %s\n", cf_last_error());
         return 1;
     }
-    cf_map_opts_t map_opts = { .chunksize = 1, .window = 1000 };
-    cf_map_t *map = cf_map_new(ex, "bench_double", s_endless_source, NULL, &map_opts);
+    long window = ms > 0 ? 100 : 1000;
+    cf_map_opts_t map_opts = { .chunksize = 1, .window = (size_t)window };
+    cf_map_t *map = ms > 0 ? cf_map_new(ex, "bench_sleep_ms", s_endless_ms, &ms, &map_opts)
+                           : cf_map_new(ex, "bench_double", s_endless_source, NULL, &map_opts);
     if (!map) {
         fprintf(stderr, "cf_bench: loader: %s\n", cf_last_error());
         return 1;
@@ -828,15 +842,15 @@ static int s_loader(const char *endpoint)
             fprintf(stderr, "cf_bench: loader: %s\n", cf_strerror(rc));
             return 1;
         }
-        if (++count == 1000) {
+        if (++count == window) {
             start = s_now_s();
             printf("ready\n");
             fflush(stdout);
         }
     }
     double elapsed = s_now_s() - start;
-    fprintf(stderr, "loader: %ld tasks after ready in %.3f s: %.0f tasks/s\n", count - 1000,
-            elapsed, (double)(count - 1000) / elapsed);
+    fprintf(stderr, "loader: %ld tasks after ready in %.3f s: %.0f tasks/s\n", count - window,
+            elapsed, (double)(count - window) / elapsed);
     //  Quick exit: the tasks in flight die with the process.
     _exit(0);
 }
@@ -858,14 +872,22 @@ static int s_rtt(const char *endpoint, const bench_opts_t *opts)
 }
 
 //  The round trip of one task at a time (default waiter) while a loader
-//  process saturates the broker at clients.
-static bool s_under_load(cf_executor_t *ex, const char *clients, const bench_opts_t *opts)
+//  process saturates the broker at clients with no-op tasks (ms 0), or
+//  keeps its worker busy with tasks of ms milliseconds: remote.NAME.*.
+static bool s_under_load(cf_executor_t *ex, const char *clients, const bench_opts_t *opts,
+                         long ms, const char *name)
 {
-    char *argv[] = { "/proc/self/exe", "--load", (char *)clients, NULL };
+    char ms_arg[24];
+    snprintf(ms_arg, sizeof ms_arg, "%ld", ms);
+    char *argv[] = { "/proc/self/exe", "--load", (char *)clients, "--load-ms", ms_arg, NULL };
+    //  Round trips of a few ms each: fewer of them.
+    bench_opts_t mine = *opts;
+    if (ms > 0 && mine.rounds > 500)
+        mine.rounds = 500;
     daemon_t loader;
     bool ok = s_daemon_start(&loader, argv, 30000);
     if (ok)
-        ok = s_latency(ex, "remote", "load", opts);
+        ok = s_latency(ex, "remote", name, &mine);
     s_daemon_stop(&loader);
     return ok;
 }
@@ -939,7 +961,8 @@ static void s_group_remote(const bench_opts_t *opts)
             s_payload(ex, "remote", 1024, "1KiB", opts);
             s_payload(ex, "remote", 64 * 1024, "64KiB", opts);
             s_payload(ex, "remote", 1024 * 1024, "1MiB", opts);
-            s_under_load(ex, clients, opts);
+            s_under_load(ex, clients, opts, 0, "load");
+            s_under_load(ex, clients, opts, 1, "load_1ms");
             cf_executor_destroy(&ex);
         }
         else
@@ -1130,7 +1153,9 @@ static size_t s_expected(unsigned group, char names[][64], size_t max)
         static const char *const remote_only[] = { "remote.payload.1KiB.throughput",
                                                    "remote.payload.64KiB.throughput",
                                                    "remote.payload.1MiB.throughput",
-                                                   "remote.load.p50", "remote.load.p99" };
+                                                   "remote.load.p50", "remote.load.p99",
+                                                   "remote.load_1ms.p50",
+                                                   "remote.load_1ms.p99" };
         for (size_t i = 0; i < sizeof remote_only / sizeof remote_only[0] && n < max; i++)
             snprintf(names[n++], 64, "%s", remote_only[i]);
     }
@@ -1398,6 +1423,8 @@ int main(int argc, char **argv)
             opts.samples_dir = next, i++;
         else if (!strcmp(arg, "--load") && next)
             opts.load = next, i++;
+        else if (!strcmp(arg, "--load-ms") && next)
+            opts.load_ms = atol(next), i++;
         else if (!strcmp(arg, "--rtt") && next)
             opts.rtt = next, i++;
         else {
@@ -1423,7 +1450,7 @@ int main(int argc, char **argv)
 
     if (opts.load) {
         signal(SIGPIPE, SIG_IGN);
-        return s_loader(opts.load);
+        return s_loader(opts.load, opts.load_ms);
     }
     if (opts.rtt)
         return s_rtt(opts.rtt, &opts);

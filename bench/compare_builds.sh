@@ -12,7 +12,8 @@
 # per figure, the median of each build, new / old, the min-max of the
 # per-round ratios, and whether new is within 5% of old (or better) in the
 # figure's own direction: tasks/s and speedups up, latencies, times and
-# bytes down.
+# bytes down. ONLY=GROUPS runs those cf_bench groups only; BENCH_BUILD=DIR
+# runs DIR's cf_bench for both (see bench() below).
 set -eu
 
 [ $# -ge 2 ] || { sed -n '2,14p' "$0"; exit 2; }
@@ -22,10 +23,15 @@ rounds=${3:-5}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
+# ONLY=GROUPS (cf_bench --only) narrows the groups; BENCH_BUILD=DIR runs
+# that build's cf_bench (and client library) against both builds' cf-broker,
+# cf-worker and task library: a workload the old cf_bench lacks, or a
+# change of the daemons alone.
+groups=${ONLY:-threads,processes,remote,mem}
 bench() {       # bench BUILD TAG ROUND
     CF_BROKER_BIN="$1/cf-broker" CF_WORKER_BIN="$1/cf-worker" \
     CF_BENCH_TASKS_LIB="$1/bench/libbench_tasks.so" \
-        "$1/bench/cf_bench" --only threads,processes,remote,mem --message-tasks 20000 \
+        "${BENCH_BUILD:-$1}/bench/cf_bench" --only "$groups" --message-tasks 20000 \
         >"$out/$2.$3.txt" 2>/dev/null || echo "compare_builds: $2 round $3 failed" >&2
 }
 

@@ -125,6 +125,19 @@ static cf_err_t s_send_batch(cf_broker_state_t *self, cf_broker_worker_t *worker
     return CF_OK;
 }
 
+//  What a TASK item says besides the task: LONE when the task is all its
+//  client has here (a client waiting for one task at a time), for a worker
+//  that reads it. Such a worker runs it before the tasks it queues for
+//  busier clients: without it, a one-at-a-time client's task waited behind
+//  every task a loaded worker had prefetched (docs/benchmarks.md, "Under
+//  load").
+static uint32_t s_wire_flags(const cf_broker_worker_t *worker, const cf_broker_task_t *task)
+{
+    return worker->says_lone && task->client && cf_idmap_size(task->client->tasks) == 1
+               ? CF_TASK_LONE
+               : 0;
+}
+
 //  Sends what was planned for worker, in order: batches, and a task with
 //  large arguments alone in the body it keeps them in. A task that cannot
 //  be encoded fails alone; a refused send or a lack of memory puts every
@@ -159,7 +172,8 @@ static void s_worker_send(cf_broker_state_t *self, cf_broker_worker_t *worker)
         rc = item > CF_BROKER_MAX_BODY
                  ? CF_ETOOBIG
                  : cf_proto_enc_task(self->enc, task->id, function.ptr, function.len, task->args,
-                                     task->args_len, task->retries, task->timeout_ms, task->flags);
+                                     task->args_len, task->retries, task->timeout_ms,
+                                     s_wire_flags(worker, task));
         if (rc == CF_ENOMEM) {
             cf_log_error_rated(S_LOG, "out of memory encoding task %" PRIu64, task->client_task_id);
             break;

@@ -316,6 +316,7 @@ struct cf_broker_worker {
     uint64_t completed, failed;    //  its results with a value, with an error
     bool says_begun;               //  READY feature BEGUN: sends STARTED, takes CANCEL
     bool says_stop;                //  READY feature STOP: takes STOP
+    bool says_lone;                //  READY feature LONE: takes CF_TASK_LONE
     bool exhausted;                //  this dispatch found nothing it serves
     //  READY feature SHARED: it grants credit explicitly and a RESULT
     //  returns no slot; it hears WANT when it has no credit and a task

@@ -583,6 +583,48 @@ static void test_round_robin_between_clients(void **state)
     assert_string_equal(fns[1], "fb");
 }
 
+//  A client's only task goes out marked LONE to a worker that reads the
+//  flag (READY feature LONE), so the worker runs it before what it queues
+//  for busy clients; a client's tasks among others go unmarked, and a
+//  worker without the feature gets no flags at all.
+static void test_a_clients_only_task_is_marked_lone(void **state)
+{
+    s_fixture_t *fx = *state;
+    //  A worker that never said LONE, a client with one task: no flag.
+    void *first = s_client(fx, "client-first");
+    s_submit(first, 3000, 1, "fb", 0, 0, 0);
+    s_wait_stats(s_queued_is, 1);
+    void *plain = s_worker_peer(fx, "w-plain");
+    s_ready(plain, 1, 2);
+    cf_proto_msg_t *msg = s_expect(plain, CF_MSG_TASK);
+    assert_int_equal(msg->count, 1);
+    assert_true(s_str_eq(msg->tasks[0].function, "fb"));
+    assert_int_equal(msg->tasks[0].flags, 0);
+    cf_proto_msg_destroy(&msg);
+
+    void *busy = s_client(fx, "client-busy");
+    void *lone = s_client(fx, "client-lone");
+    s_submit(busy, 1000, 3, "fa", 0, 0, 0);
+    s_wait_stats(s_queued_is, 3);
+    s_submit(lone, 2000, 1, "fb", 0, 0, 0);
+    s_wait_stats(s_queued_is, 4);
+    void *worker = s_worker_peer(fx, "w-lone");
+    cf_proto_enc_ready(s_enc(), 4, 4, "testhost", 1, CF_PROTO_FEATURE_LONE, NULL, 0);
+    assert_int_equal(cf_proto_enc_send(s_enc(), worker, NULL, 0), CF_OK);
+    size_t got = 0, marked = 0;
+    while (got < 4) {
+        msg = s_expect(worker, CF_MSG_TASK);
+        for (size_t i = 0; i < msg->count; i++, got++) {
+            bool is_lone = s_str_eq(msg->tasks[i].function, "fb");
+            assert_int_equal(msg->tasks[i].flags, is_lone ? CF_TASK_LONE : 0);
+            marked += is_lone;
+        }
+        cf_proto_msg_destroy(&msg);
+    }
+    assert_int_equal(got, 4);
+    assert_int_equal(marked, 1);
+}
+
 static void test_tasks_over_the_limits_are_answered_busy(void **state)
 {
     s_fixture_t *fx = *state;
@@ -2080,6 +2122,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_prefetch_only_to_workers_turning_over, s_setup_broker,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_round_robin_between_clients, s_setup_broker,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_a_clients_only_task_is_marked_lone, s_setup_broker,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_tasks_over_the_limits_are_answered_busy, s_setup,
                                         s_teardown),

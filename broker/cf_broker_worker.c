@@ -380,6 +380,7 @@ static void s_worker_ready(cf_broker_state_t *self, cf_broker_worker_t *worker,
     worker->threads = threads > CF_BROKER_MAX_CREDIT ? CF_BROKER_MAX_CREDIT : (uint32_t)threads;
     worker->says_begun = (msg->features & CF_PROTO_FEATURE_BEGUN) != 0;
     worker->says_stop = (msg->features & CF_PROTO_FEATURE_STOP) != 0;
+    worker->says_lone = (msg->features & CF_PROTO_FEATURE_LONE) != 0;
 }
 
 //  The functions a READY or FUNCTIONS says the worker serves; false when

@@ -166,18 +166,20 @@ static cf_err_t s_read_bytes(cf_mp_reader_t *r, const uint8_t **ptr, size_t *len
     return CF_OK;
 }
 
-//  [id, function, args, timeout_ms] (TASK): the broker sends only what it
-//  took from a SUBMIT, so anything wrong here is wrong with the message.
+//  [id, function, args, timeout_ms] or [..., flags] (TASK): the broker
+//  sends only what it took from a SUBMIT, so anything wrong here is wrong
+//  with the message.
 static cf_err_t s_read_task(cf_mp_reader_t *r, cf_proto_task_t *task)
 {
     uint32_t fields;
-    if (cf_mp_read_array(r, 8, &fields) != CF_OK || fields != 4u)
+    if (cf_mp_read_array(r, 8, &fields) != CF_OK || (fields != 4u && fields != 5u))
         return CF_EPROTO;
     memset(task, 0, sizeof *task);
     if (cf_mp_read_uint(r, &task->id) != CF_OK
         || s_read_text(r, 1, CF_PROTO_MAX_NAME, &task->function) != CF_OK
         || s_read_bytes(r, &task->args, &task->args_len) != CF_OK
-        || s_read_u32(r, &task->timeout_ms) != CF_OK)
+        || s_read_u32(r, &task->timeout_ms) != CF_OK
+        || (fields == 5u && s_read_u32(r, &task->flags) != CF_OK))
         return CF_EPROTO;
     return CF_OK;
 }
@@ -833,9 +835,11 @@ cf_err_t cf_proto_enc_submit(cf_proto_enc_t *enc, uint64_t id, const char *funct
     size_t mark = enc->w.buf.size;
     bool submit = enc->type == CF_MSG_SUBMIT;
     bool routed = submit && (priority != 0 || wait_ms != 0);
-    int failed = msgpack_pack_array(pk, routed   ? 8
-                                        : submit ? 6
-                                                 : 4)
+    bool flagged = !submit && flags != 0;
+    int failed = msgpack_pack_array(pk, routed    ? 8
+                                        : submit  ? 6
+                                        : flagged ? 5
+                                                  : 4)
                  | msgpack_pack_uint64(pk, id)
                  | msgpack_pack_str_with_body(pk, function, function_len)
                  | msgpack_pack_bin_with_body(pk, args, args_len);
@@ -846,6 +850,8 @@ cf_err_t cf_proto_enc_submit(cf_proto_enc_t *enc, uint64_t id, const char *funct
         failed |= msgpack_pack_int32(pk, priority) | msgpack_pack_uint32(pk, wait_ms);
     else if (!submit)
         failed |= msgpack_pack_uint32(pk, timeout_ms);
+    if (flagged)
+        failed |= msgpack_pack_uint32(pk, flags);
     return s_item_done(enc, mark, failed);
 }
 

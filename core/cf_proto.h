@@ -84,6 +84,11 @@ typedef enum {
 //  command never gets one.
 #define CF_TASK_RETRY_ON_ERROR 0x1u
 #define CF_TASK_PROGRESS       0x2u
+//  LONE (TASK): the task is the only one its client has at the broker. The
+//  worker runs it before the tasks it queues for busier clients and sends
+//  its result at once (docs/protocol.md, "TASK"). Only to workers that say
+//  CF_PROTO_FEATURE_LONE; the only flag a TASK carries.
+#define CF_TASK_LONE           0x4u
 
 //  READY features. BEGUN: the worker sends STARTED when a task's function
 //  begins and answers the broker's CANCEL (docs/protocol.md, "CANCEL,
@@ -100,6 +105,9 @@ typedef enum {
 //  no slot, the broker says WANT when it has work for the worker and no
 //  credit, and REFUND when it holds credit no queued task can use.
 #define CF_PROTO_FEATURE_SHARED 0x8u
+//  LONE: the worker takes TASK items of 5 fields, the fifth their flags
+//  (CF_TASK_LONE), and serves lone tasks first.
+#define CF_PROTO_FEATURE_LONE   0x10u
 
 //  Strings and byte fields in decoded messages point into the message's body
 //  and live as long as the message. Strings are NOT NUL-terminated: use the
@@ -286,7 +294,9 @@ void cf_proto_enc_destroy(cf_proto_enc_t **enc);
 //  Starts a message of type; previous content is discarded. A STATS begun
 //  and sent without items is the request (body []).
 void cf_proto_enc_begin(cf_proto_enc_t *enc, cf_msg_type_t type);
-//  Items of SUBMIT / TASK (TASK ignores retries and flags).
+//  Items of SUBMIT / TASK (TASK ignores retries; its flags are written, as
+//  a fifth field, only when not 0: a worker without CF_PROTO_FEATURE_LONE
+//  refuses that field, so its broker passes 0).
 cf_err_t cf_proto_enc_task(cf_proto_enc_t *enc, uint64_t id, const char *function,
                            size_t function_len, const void *args, size_t args_len, int32_t retries,
                            uint32_t timeout_ms, uint32_t flags);

@@ -188,7 +188,7 @@ static void test_task_round_trips_without_retries_and_flags(void **state)
 {
     s_fix_t *fix = *state;
     cf_proto_enc_begin(fix->enc, CF_MSG_TASK);
-    assert_int_equal(cf_proto_enc_task(fix->enc, 77, "slow", 4, "\x91\x05", 2, 9, 250, 1), CF_OK);
+    assert_int_equal(cf_proto_enc_task(fix->enc, 77, "slow", 4, "\x91\x05", 2, 9, 250, 0), CF_OK);
     s_raw_t raw = s_capture(fix);
     assert_string_equal(raw.command, "TASK");
     //  [77, "slow", b"\x91\x05", 250] inside the array32 batch header.
@@ -205,6 +205,35 @@ static void test_task_round_trips_without_retries_and_flags(void **state)
     assert_int_equal(msg->tasks[0].flags, 0);
     cf_proto_msg_destroy(&msg);
     free(raw.body);
+}
+
+//  A TASK item's flags travel as a fifth field when there are any
+//  (CF_TASK_LONE); 4 and 5 fields decode, 6 do not.
+static void test_a_task_carries_its_flags_in_a_fifth_field(void **state)
+{
+    s_fix_t *fix = *state;
+    cf_proto_enc_begin(fix->enc, CF_MSG_TASK);
+    assert_int_equal(
+        cf_proto_enc_task(fix->enc, 77, "slow", 4, "\x91\x05", 2, 0, 250, CF_TASK_LONE), CF_OK);
+    s_raw_t raw = s_capture(fix);
+    //  [77, "slow", b"\x91\x05", 250, 4]
+    const uint8_t expected[] = { 0xdd, 0,   0,    0,    1,    0x95, 77,   0xa4, 's', 'l',
+                                 'o',  'w', 0xc4, 0x02, 0x91, 0x05, 0xcc, 250,  0x04 };
+    assert_int_equal(raw.size, sizeof expected);
+    assert_memory_equal(raw.body, expected, sizeof expected);
+    cf_proto_msg_t *msg = NULL;
+    assert_int_equal(s_decode3("cf/1", "TASK", raw.body, raw.size, &msg), CF_OK);
+    assert_int_equal(msg->count, 1);
+    assert_int_equal(msg->tasks[0].id, 77);
+    assert_int_equal(msg->tasks[0].timeout_ms, 250);
+    assert_int_equal(msg->tasks[0].flags, CF_TASK_LONE);
+    cf_proto_msg_destroy(&msg);
+    free(raw.body);
+
+    const uint8_t six[] = { 0xdd, 0,   0,    0,    1,    0x96, 77,   0xa4, 's',  'l',
+                            'o',  'w', 0xc4, 0x02, 0x91, 0x05, 0xcc, 250,  0x04, 0x00 };
+    assert_int_equal(s_decode3("cf/1", "TASK", six, sizeof six, &msg), CF_EPROTO);
+    assert_null(msg);
 }
 
 static void test_result_round_trips_every_status(void **state)
@@ -1748,6 +1777,7 @@ int main(void)
         T(test_encoder_refuses_names_that_are_not_utf8_or_hold_nul),
         T(test_encoder_replaces_bytes_of_texts_that_are_not_utf8),
         T(test_task_round_trips_without_retries_and_flags),
+        T(test_a_task_carries_its_flags_in_a_fifth_field),
         T(test_result_round_trips_every_status),
         T(test_cancel_and_started_round_trip_ids),
         T(test_single_body_messages_round_trip),

@@ -136,15 +136,30 @@ void cf_fakebroker_add_task(cf_fakebroker_t *b, uint64_t id, const char *fn, con
     va_end(ap);
 }
 
-void cf_fakebroker_add_taskv(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt,
-                             va_list *ap)
+static void s_add_task(cf_fakebroker_t *b, uint64_t id, const char *fn, uint32_t flags,
+                       const char *fmt, va_list *ap)
 {
     cf_mp_writer_t w;
     cf_mp_writer_init(&w);
     assert_int_equal(cf_mp_write_format(&w, true, fmt, ap), CF_OK);
-    assert_int_equal(cf_proto_enc_task(b->enc, id, fn, strlen(fn), w.buf.data, w.buf.size, 0, 0, 0),
-                     CF_OK);
+    assert_int_equal(
+        cf_proto_enc_task(b->enc, id, fn, strlen(fn), w.buf.data, w.buf.size, 0, 0, flags), CF_OK);
     cf_mp_writer_fini(&w);
+}
+
+void cf_fakebroker_add_taskv(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt,
+                             va_list *ap)
+{
+    s_add_task(b, id, fn, 0, fmt, ap);
+}
+
+void cf_fakebroker_add_flagged_task(cf_fakebroker_t *b, uint64_t id, const char *fn, uint32_t flags,
+                                    const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    s_add_task(b, id, fn, flags, fmt, &ap);
+    va_end(ap);
 }
 
 void cf_fakebroker_send_task(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt, ...)

@@ -59,6 +59,9 @@ void cf_fakebroker_send_to(cf_fakebroker_t *b, const char *identity);
 void cf_fakebroker_add_task(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt, ...);
 void cf_fakebroker_add_taskv(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt,
                              va_list *ap);
+//  cf_fakebroker_add_task with the item's flags (CF_TASK_LONE).
+void cf_fakebroker_add_flagged_task(cf_fakebroker_t *b, uint64_t id, const char *fn, uint32_t flags,
+                                    const char *fmt, ...);
 
 //  Sends a TASK of that one task item to the last sender.
 void cf_fakebroker_send_task(cf_fakebroker_t *b, uint64_t id, const char *fn, const char *fmt, ...);

@@ -63,6 +63,7 @@ cf_worker_task_t *cf_worker_exec_task_new(cf_proto_msg_t *msg, const cf_proto_ta
     cf_queue_node_init(&task->run_node);
     atomic_init(&task->stop, false);
     task->id = src->id;
+    task->lone = (src->flags & CF_TASK_LONE) != 0;
     char *p = task->data;
     memcpy(p, src->function.ptr, src->function.len);
     p[src->function.len] = '\0';
@@ -84,6 +85,24 @@ cf_worker_task_t *cf_worker_exec_task_new(cf_proto_msg_t *msg, const cf_proto_ta
         memcpy(p, src->args, src->args_len);
     task->args = (const uint8_t *)p;
     return task;
+}
+
+void cf_worker_exec_enqueue(cf_worker_t *w, cf_worker_task_t *task)
+{
+    if (!task->lone) {
+        cf_queue_push_back(&w->queue, &task->node);
+        return;
+    }
+    //  Lone tasks are one per waiting client: the walk is short.
+    cf_queue_t front;
+    cf_queue_init(&front);
+    cf_worker_task_t *first;
+    while ((first = cf_worker_front(&w->queue)) && first->lone) {
+        cf_queue_remove(&w->queue, &first->node);
+        cf_queue_push_back(&front, &first->node);
+    }
+    cf_queue_push_back(&front, &task->node);
+    cf_queue_prepend(&w->queue, &front);
 }
 
 // ---------------------------------------------------------------------------
@@ -179,13 +198,15 @@ void *cf_worker_exec_main(void *arg)
         s_run(w, task, running_id);
         int64_t end_us = cf_clock_now_us();
         task->run_us = end_us - start_us;
+        bool lone = task->lone;
         pthread_mutex_lock(&w->lock);
         bool was_empty = s_finish(w, task, end_us);
-        //  Sent from here only when nothing else runs or waits: under load
-        //  the woken actor batches the results that came meanwhile (one by
-        //  one from here cost 2.5x the throughput).
+        //  Sent from here only when nothing else runs or waits, or for a
+        //  lone task, whose client waits for it alone: under load the woken
+        //  actor batches the results that came meanwhile (one by one from
+        //  here cost 2.5x the throughput).
         bool alone = w->running == 0 && cf_queue_size(&w->queue) == 0;
-        if (was_empty && alone) {
+        if (was_empty && (alone || lone)) {
             //  A later result finds the outbox non-empty: this delivery
             //  (or the actor it wakes) takes it along.
             pthread_mutex_unlock(&w->lock);
@@ -260,9 +281,11 @@ bool cf_worker_exec_inline(cf_worker_actor_t *a)
     pthread_mutex_lock(&w->lock);
     cf_worker_task_t *task;
     size_t ran = 0;
-    while (!w->stopping && now_us < end_by && ran < S_INLINE_BATCH
+    bool lone = false;
+    while (!w->stopping && now_us < end_by && ran < S_INLINE_BATCH && !lone
            && (task = cf_worker_pop(&w->queue))) {
         int64_t start_us = now_us;
+        lone = task->lone;
         s_begin(w, task, start_us);
         w->inline_since_us = start_us;
         pthread_mutex_unlock(&w->lock);
@@ -279,7 +302,9 @@ bool cf_worker_exec_inline(cf_worker_actor_t *a)
         //  A batch done: the actor sends its results (the broker's next
         //  tasks are on their way meanwhile) and comes back for the rest,
         //  unless the time ran out or a task outran it: then the executors.
-        if (ran == S_INLINE_BATCH && now_us < end_by && !w->inline_stuck)
+        //  A lone task ends its batch, so that its client, which waits for
+        //  nothing else, gets its result now.
+        if ((ran == S_INLINE_BATCH || lone) && now_us < end_by && !w->inline_stuck)
             w->inline_due = true;
         else
             pthread_cond_broadcast(&w->work);

@@ -120,6 +120,7 @@ typedef struct cf_worker_task {
     cf_outcome_t outcome;    //  once run
     int64_t run_us;          //  how long it ran
     bool out_of_memory;      //  cf_registry_run could not produce an outcome
+    bool lone;               //  CF_TASK_LONE: all its client has at the broker
     //  Stopping (STOP; see "Stopping" in cf_worker_recv.c). stop is lent to the task
     //  (cf_run_ctx_t); run_node and stop_deadline_ms are under lock.
     atomic_bool stop;
@@ -318,6 +319,9 @@ size_t cf_worker_exec_clear(cf_queue_t *list);
 //  its arguments, unless large enough to be read in msg's body, which the
 //  record then keeps until the task has run); NULL when out of memory.
 cf_worker_task_t *cf_worker_exec_task_new(cf_proto_msg_t *msg, const cf_proto_task_t *src);
+//  Queues task (under lock): at the back, or a lone task (CF_TASK_LONE)
+//  after the lone ones at the front, ahead of busier clients' tasks.
+void cf_worker_exec_enqueue(cf_worker_t *w, cf_worker_task_t *task);
 //  An execution thread (arg is the worker): runs queued tasks until the
 //  worker stops and nothing is queued.
 void *cf_worker_exec_main(void *arg);

@@ -226,7 +226,7 @@ static void s_take_tasks(cf_worker_actor_t *a, cf_proto_msg_t *msg)
             continue;
         }
         task->link = a->link;
-        cf_queue_push_back(&w->queue, &task->node);
+        cf_worker_exec_enqueue(w, task);
         queued++;
         a->accepted++;
         if (a->budget)

@@ -161,7 +161,7 @@ static cf_err_t s_send_ready(cf_worker_actor_t *a, uint32_t credit)
     char **names = s_functions(a, &count, &failed);
     if (failed)
         return CF_ENOMEM;
-    uint32_t features = CF_PROTO_FEATURE_BEGUN | CF_PROTO_FEATURE_STOP
+    uint32_t features = CF_PROTO_FEATURE_BEGUN | CF_PROTO_FEATURE_STOP | CF_PROTO_FEATURE_LONE
                         | (a->budget ? CF_PROTO_FEATURE_SHARED : 0);
     cf_proto_enc_ready(a->enc, credit, (uint32_t)a->w->threads, cf_registry_hostname(), a->w->pid,
                        features, (const char *const *)names, count);

@@ -114,6 +114,22 @@ static void w_on_actor(cf_call_t *call)
 }
 CF_TASK(w_on_actor);
 
+//  Records the order its tasks ran in: each appends its argument. Atomic:
+//  the test reads it once the results came, an order ThreadSanitizer
+//  cannot see through the sockets.
+static atomic_int s_order_len;
+static _Atomic int64_t s_order[32];
+
+static void w_order(cf_call_t *call)
+{
+    int64_t x = cf_arg_int(call, 0);
+    int at = atomic_fetch_add(&s_order_len, 1);
+    if (at < 32)
+        atomic_store(&s_order[at], x);
+    cf_return_int(call, x);
+}
+CF_TASK(w_order);
+
 static void s_initializer(void *arg)
 {
     assert_ptr_equal(arg, &s_init_calls);
@@ -550,23 +566,56 @@ static void test_a_lost_broker_is_awaited_and_greeted_again(void **state)
     cf_worker_destroy(&w);
 }
 
-//  The worker's "stopping" log line tells the test the actor took in the
-//  destroy (and what it did with the queue) before the gate opens.
+//  A worker's log line tells a test that the actor got somewhere (took in
+//  a destroy, heard a broker's first WANT) before the test goes on.
 static pthread_mutex_t s_log_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t s_log_cond = PTHREAD_COND_INITIALIZER;
-static char s_stopping_line[256];
+static char s_log_prefix[192];    //  the line watched for
+static char s_log_line[256];      //  the first such line, once logged
 
 static void s_log_handler(cf_log_level_t level, const char *component, const char *message,
                           void *arg)
 {
     (void)level;
     (void)arg;
-    if (strcmp(component, "worker") != 0 || strncmp(message, "stopping:", 9) != 0)
+    if (strcmp(component, "worker") != 0)
         return;
     pthread_mutex_lock(&s_log_lock);
-    snprintf(s_stopping_line, sizeof s_stopping_line, "%s", message);
-    pthread_cond_broadcast(&s_log_cond);
+    if (!s_log_line[0] && strncmp(message, s_log_prefix, strlen(s_log_prefix)) == 0) {
+        snprintf(s_log_line, sizeof s_log_line, "%s", message);
+        pthread_cond_broadcast(&s_log_cond);
+    }
     pthread_mutex_unlock(&s_log_lock);
+}
+
+//  From now on, watches for the worker's first log line starting with
+//  prefix.
+static void s_log_watch(const char *prefix)
+{
+    pthread_mutex_lock(&s_log_lock);
+    snprintf(s_log_prefix, sizeof s_log_prefix, "%s", prefix);
+    s_log_line[0] = '\0';
+    pthread_mutex_unlock(&s_log_lock);
+    cf_log_set_handler(s_log_handler, NULL, CF_LOG_INFO);
+}
+
+//  Waits for the line s_log_watch watches for and copies it to line; stops
+//  watching.
+static void s_log_wait(char *line, size_t size)
+{
+    struct timespec deadline;    //  s_log_cond is on CLOCK_REALTIME
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += S_WAIT_MS / 1000;
+    pthread_mutex_lock(&s_log_lock);
+    while (!s_log_line[0]) {
+        if (pthread_cond_timedwait(&s_log_cond, &s_log_lock, &deadline) != 0)
+            break;
+    }
+    snprintf(line, size, "%s", s_log_line);
+    pthread_mutex_unlock(&s_log_lock);
+    cf_log_set_handler(NULL, NULL, CF_LOG_INFO);
+    if (!line[0])
+        fail_msg("the worker never logged \"%s...\"", s_log_prefix);
 }
 
 static void *s_destroy_main(void *arg)
@@ -585,17 +634,13 @@ static void test_destroy_finishes_running_tasks_and_hands_back_queued_ones(void 
     cf_fakebroker_add_task(b, 2, "w_gate", "i", 20);    //  queued behind it
     cf_fakebroker_send(b);
     cf_unitkit_expect_at_gate(1, S_WAIT_MS);
-    s_stopping_line[0] = '\0';
-    cf_log_set_handler(s_log_handler, NULL, CF_LOG_INFO);
+    s_log_watch("stopping:");
     //  Destroy from another thread: it waits for the running task.
     pthread_t destroyer;
     assert_int_equal(pthread_create(&destroyer, NULL, s_destroy_main, &w), 0);
-    pthread_mutex_lock(&s_log_lock);
-    while (!s_stopping_line[0])
-        pthread_cond_wait(&s_log_cond, &s_log_lock);
-    pthread_mutex_unlock(&s_log_lock);
-    cf_log_set_handler(NULL, NULL, CF_LOG_INFO);
-    assert_string_equal(s_stopping_line, "stopping: 1 running, 1 queued handed back");
+    char line[256];
+    s_log_wait(line, sizeof line);
+    assert_string_equal(line, "stopping: 1 running, 1 queued handed back");
     //  The running task's result, then DISCONNECT. Task 2 never runs:
     //  DISCONNECT hands it back.
     s_result_t r = s_open_gate_and_collect(b);
@@ -903,6 +948,79 @@ static void test_short_tasks_run_where_they_arrive(void **state)
 //  A "short" task that blocks the actor: the watch hands the tasks queued
 //  behind it to an execution thread (the gate holds the other place of
 //  two), and keeps the heartbeats going.
+//  Waits until the worker took n tasks from its broker.
+static void s_wait_taken(cf_worker_t *w, uint64_t n)
+{
+    cf_worker_counters_t c;
+    for (int waited = 0;; waited += 2) {
+        cf_worker_counters(w, &c);
+        if (c.broker[0].taken >= n)
+            return;
+        if (waited > S_WAIT_MS)
+            fail_msg("the worker took %" PRIu64 " tasks, not %" PRIu64, c.broker[0].taken, n);
+        struct timespec ts = { 0, 2 * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+}
+
+//  A lone task (CF_TASK_LONE: all its client has at the broker) goes
+//  ahead of the tasks queued before it, on an execution thread.
+static void test_a_lone_task_runs_before_the_queued_ones(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    atomic_store(&s_order_len, 0);
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){ .threads = 1 });
+    cf_proto_msg_t *ready = cf_fakebroker_expect(b, CF_MSG_READY);
+    assert_true(ready->features & CF_PROTO_FEATURE_LONE);
+    cf_proto_msg_destroy(&ready);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(b, 1, "w_gate", "i", 0);
+    for (uint64_t id = 2; id <= 6; id++)
+        cf_fakebroker_add_task(b, id, "w_order", "i", (int)id);
+    cf_fakebroker_send(b);
+    cf_unitkit_expect_at_gate(1, S_WAIT_MS);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    cf_fakebroker_add_task(b, 7, "w_order", "i", 7);
+    cf_fakebroker_add_flagged_task(b, 8, "w_order", CF_TASK_LONE, "i", 8);
+    cf_fakebroker_add_flagged_task(b, 9, "w_order", CF_TASK_LONE, "i", 9);
+    cf_fakebroker_send(b);
+    s_wait_taken(w, 9);
+    cf_unitkit_gate_open();
+    s_result_t r[9];
+    s_collect_results(b, r, 9);
+    assert_int_equal(atomic_load(&s_order_len), 8);
+    //  The lone ones first, in the order they came; then the rest in theirs.
+    static const int64_t expected[] = { 8, 9, 2, 3, 4, 5, 6, 7 };
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(atomic_load(&s_order[i]), expected[i]);
+    cf_worker_destroy(&w);
+}
+
+//  In the actor, a lone task runs first and its result goes at once, in a
+//  RESULT of its own, not after the batch it came with.
+static void test_a_lone_task_in_the_actor_is_answered_before_its_batch(void **state)
+{
+    cf_fakebroker_t *b = *state;
+    atomic_store(&s_order_len, 0);
+    cf_worker_t *w = s_start(b, (cf_worker_config_t){ .threads = 1, .inline_max_us = S_SHORT_US });
+    (void)s_expect_ready(b);
+    cf_fakebroker_send_task(b, 1, "w_add", "ii", 1, 1);    //  measured: short
+    assert_int_equal(s_collect_result(b).value, 2);
+    cf_proto_enc_begin(b->enc, CF_MSG_TASK);
+    for (uint64_t id = 11; id <= 20; id++)
+        cf_fakebroker_add_task(b, id, "w_order", "i", (int)id);
+    cf_fakebroker_add_flagged_task(b, 10, "w_order", CF_TASK_LONE, "i", 10);
+    cf_fakebroker_send(b);
+    cf_proto_msg_t *msg = cf_fakebroker_expect(b, CF_MSG_RESULT);
+    assert_int_equal(msg->count, 1);
+    assert_int_equal(msg->results[0].id, 10);
+    cf_proto_msg_destroy(&msg);
+    s_result_t r[10];
+    s_collect_results(b, r, 10);
+    assert_int_equal(atomic_load(&s_order[0]), 10);
+    cf_worker_destroy(&w);
+}
+
 static void test_a_short_task_that_runs_long_hands_the_actors_work_over(void **state)
 {
     cf_fakebroker_t *b = *state;
@@ -1462,7 +1580,13 @@ static void test_shared_slots_go_round_in_turn_within_the_limit(void **state)
     s_pair_start(&p, 1, -1, 0, 0);
     s_pair_slots(&p, 0, CF_MSG_WANT, 5);
     assert_int_equal(s_pair_expect_credit(&p, 0, NULL), 1);
+    //  Broker 1 waits for a slot, and the worker knows it before the slot
+    //  frees (else the slot rightly goes back to broker 0).
+    char line[256], ack[192];
+    snprintf(ack, sizeof ack, "broker %s takes shared slots", p.b[1].endpoint);
+    s_log_watch(ack);
     s_pair_slots(&p, 1, CF_MSG_WANT, 5);
+    s_log_wait(line, sizeof line);
     s_pair_task(&p, 0, 100, "w_gate", 1);
     cf_unitkit_expect_at_gate(1, S_WAIT_MS);
     cf_worker_counters_t c = s_pair_counters(&p);
@@ -1661,6 +1785,8 @@ int main(void)
         S_TEST(test_tasks_queued_behind_a_stalled_thread_go_back),
         S_TEST(test_short_tasks_run_where_they_arrive),
         S_TEST(test_a_short_task_that_runs_long_hands_the_actors_work_over),
+        S_TEST(test_a_lone_task_runs_before_the_queued_ones),
+        S_TEST(test_a_lone_task_in_the_actor_is_answered_before_its_batch),
         S_TEST(test_ready_says_stop_and_stop_cancels_queued_and_asks_running),
         S_TEST(test_large_arguments_are_read_whole_from_their_body_or_a_copy),
         S_TEST(test_a_process_worker_ends_a_task_that_overruns_its_grace),
