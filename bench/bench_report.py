@@ -154,6 +154,7 @@ def write_plots(rep, samples_dir, plots_dir, quick):
                    (RELAY_LAT, "raw relay (drain, 1 worker)"),
                    (RELAY_SPIN, "raw relay, its client spinning"),
                    ("remote.load", "cfutures remote, under load"),
+                   ("remote.load_1ms", "cfutures remote, beside 100 tasks of 1 ms"),
                    ("relay.load", "raw relay (drain w1), under load")],
     }
     scripts = []

@@ -43,7 +43,7 @@ set logscale x
 set yrange [0:1]
 set key bottom right
 set grid
-plot 'build-release/s6b/bench-samples/threads.latency.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures CF_THREADS', 'build-release/s6b/bench-samples/threads.latency_nospin.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures, waiter spin off', 'build-release/s6b/bench-samples/python.threads.latency.txt' using 1:($0+1)/2000 with lines lw 2 dt 2 title 'ThreadPoolExecutor'
+plot 'build-release/s7/bench-samples/threads.latency.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures CF_THREADS', 'build-release/s7/bench-samples/threads.latency_nospin.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures, waiter spin off', 'build-release/s7/bench-samples/python.threads.latency.txt' using 1:($0+1)/2000 with lines lw 2 dt 2 title 'ThreadPoolExecutor'
 unset logscale x
 
 set output 'docs/img/latency-processes.png'
@@ -54,7 +54,7 @@ set logscale x
 set yrange [0:1]
 set key bottom right
 set grid
-plot 'build-release/s6b/bench-samples/processes.latency.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures CF_PROCESSES', 'build-release/s6b/bench-samples/processes.latency_nospin.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures, waiter spin off', 'build-release/s6b/bench-samples/python.processes.latency.txt' using 1:($0+1)/2000 with lines lw 2 dt 2 title 'ProcessPoolExecutor'
+plot 'build-release/s7/bench-samples/processes.latency.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures CF_PROCESSES', 'build-release/s7/bench-samples/processes.latency_nospin.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures, waiter spin off', 'build-release/s7/bench-samples/python.processes.latency.txt' using 1:($0+1)/2000 with lines lw 2 dt 2 title 'ProcessPoolExecutor'
 unset logscale x
 
 set output 'docs/img/latency-remote.png'
@@ -65,5 +65,5 @@ set logscale x
 set yrange [0:1]
 set key bottom right
 set grid
-plot 'build-release/s6b/bench-samples/remote.latency.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures remote', 'build-release/s6b/bench-samples/remote.latency_nospin.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures remote, waiter spin off', 'build-release/s6b/bench-samples/relay.drain.w1.latency.txt' using 1:($0+1)/2000 with lines lw 2 dt 2 title 'raw relay (drain, 1 worker)', 'build-release/s6b/bench-samples/relay.drain.w1.latency_spin.txt' using 1:($0+1)/2000 with lines lw 2 dt 2 title 'raw relay, its client spinning', 'build-release/s6b/bench-samples/remote.load.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures remote, under load', 'build-release/s6b/bench-samples/relay.load.txt' using 1:($0+1)/2000 with lines lw 2 dt 2 title 'raw relay (drain w1), under load'
+plot 'build-release/s7/bench-samples/remote.latency.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures remote', 'build-release/s7/bench-samples/remote.latency_nospin.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures remote, waiter spin off', 'build-release/s7/bench-samples/relay.drain.w1.latency.txt' using 1:($0+1)/2000 with lines lw 2 dt 2 title 'raw relay (drain, 1 worker)', 'build-release/s7/bench-samples/relay.drain.w1.latency_spin.txt' using 1:($0+1)/2000 with lines lw 2 dt 2 title 'raw relay, its client spinning', 'build-release/s7/bench-samples/remote.load.txt' using 1:($0+1)/2000 with lines lw 2 dt 1 title 'cfutures remote, under load', 'build-release/s7/bench-samples/remote.load_1ms.txt' using 1:($0+1)/500 with lines lw 2 dt 1 title 'cfutures remote, beside 100 tasks of 1 ms', 'build-release/s7/bench-samples/relay.load.txt' using 1:($0+1)/2000 with lines lw 2 dt 2 title 'raw relay (drain w1), under load'
 unset logscale x
